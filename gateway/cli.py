@@ -1,0 +1,588 @@
+"""The ``gateway`` command.
+
+Every command that acts on a host takes ``--config FILE`` (default: ``$GATEWAY_CONFIG``,
+else ``./gateway.yaml``). Failures print one line, ``gateway: error: <what> — <what to
+do>``, and exit non-zero: 2 for bad input (arguments, configuration), 1 for a refused or
+failed operation. ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.table import Table
+
+from gateway._time import SystemClock, format_time
+from gateway.config import load_config
+from gateway.errors import ConfigError, GatewayError
+from gateway.host import Host
+from gateway.identity import HostId
+from gateway.keyring import add_key, init_keys, load_keyring, revoke_key
+from gateway.keys import Algorithm
+from gateway.lineage import verify_lineage
+from gateway.model import CycleState, GovernedObject, LifecycleState
+
+T = TypeVar("T")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    return Path(args.config or os.environ.get("GATEWAY_CONFIG") or "gateway.yaml")
+
+
+async def _with_host(args: argparse.Namespace, action: Callable[[Host], Awaitable[T]]) -> T:
+    host = await Host.open(load_config(_config_path(args)))
+    try:
+        return await action(host)
+    finally:
+        await host.close()
+
+
+def _read_data(args: argparse.Namespace) -> bytes:
+    if args.data is not None and args.data_file is not None:
+        raise ConfigError("give --data or --data-file, not both")
+    if args.data_file is not None:
+        try:
+            return Path(args.data_file).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{args.data_file}: cannot read: {exc.strerror}") from exc
+    data = (args.data if args.data is not None else "{}").encode("utf-8")
+    if args.content_type == "application/json":
+        try:
+            json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"--data is not valid JSON ({exc.msg} at column {exc.colno})",
+                hint="quote the whole value, e.g. --data '{\"amount\": 42}', or set --content-type",
+            ) from exc
+    return data
+
+
+# --- rendering -----------------------------------------------------------------------
+
+
+def _short(digest: bytes) -> str:
+    return digest.hex()[:12]
+
+
+def describe_object(obj: GovernedObject) -> Table:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("object", obj.object_id)
+    table.add_row("tenant", obj.tenant)
+    state = obj.state.value.upper()
+    if obj.state is LifecycleState.MOVED:
+        state += f" → {obj.moved_to}"
+    table.add_row("state", state)
+    table.add_row("epoch", str(obj.epoch))
+    table.add_row("generation", str(obj.generation))
+    table.add_row("data", _preview(obj))
+    table.add_row("data digest", obj.data_digest().hex())
+    table.add_row("grants", str(len(obj.grants)))
+    table.add_row("rules", ", ".join(r.name for r in obj.rules) or "none")
+    table.add_row("lineage", f"{len(obj.lineage)} entries, root {_short(obj.lineage.root())}")
+    if obj.migration_id:
+        table.add_row("migration", obj.migration_id)
+    return table
+
+
+def _preview(obj: GovernedObject, limit: int = 200) -> str:
+    if obj.content_type.startswith("application/json") or obj.content_type.startswith("text/"):
+        text = obj.data.decode("utf-8", errors="replace")
+    else:
+        text = f"{len(obj.data)} bytes of {obj.content_type}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def lineage_table(obj: GovernedObject) -> Table:
+    table = Table(title=f"lineage of {obj.object_id}", title_justify="left")
+    for column in ("#", "time", "host", "kind", "epoch", "gen", "data", "detail"):
+        table.add_column(column, overflow="fold")
+    for entry in obj.lineage.entries:
+        table.add_row(
+            str(entry.seq),
+            format_time(entry.time),
+            entry.host.removeprefix("spiffe://"),
+            entry.kind.value,
+            str(entry.epoch),
+            str(entry.generation),
+            _short(entry.data_digest),
+            entry.detail,
+        )
+    return table
+
+
+def verify_and_describe_lineage(host: Host, obj: GovernedObject) -> str:
+    verified = verify_lineage(obj.lineage, object_id=obj.object_id, trust=host.trust, sealed=False)
+    hops = ", ".join(h.removeprefix("spiffe://") for h in verified.hosts) or "none yet"
+    return (
+        f"lineage verified: {verified.size} entries, hash chain intact, Merkle root "
+        f"{_short(verified.root)}, {len(verified.hosts)} signed checkpoint(s) ({hops})"
+    )
+
+
+# --- commands --------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from gateway.scaffold import init_host
+
+    config = init_host(
+        Path(args.directory),
+        host_id=args.host_id,
+        listen=args.listen,
+        at=SystemClock().now(),
+        ca_directory=Path(args.ca) if args.ca else None,
+        region=args.region or "",
+        tenants=args.tenant or ["default"],
+        algorithm=Algorithm.parse(args.algorithm),
+    )
+    out.print(f"wrote {config}")
+    out.print(
+        "next: exchange trust bundles with peers (`gateway trust export` / `gateway trust import`),"
+    )
+    out.print(
+        "      add them under 'peers:' in the config, then `gateway serve --config "
+        + str(config)
+        + "`"
+    )
+    return 0
+
+
+def cmd_certs_ca(args: argparse.Namespace) -> int:
+    from gateway.scaffold import create_ca
+
+    create_ca(Path(args.out), args.trust_domain, at=SystemClock().now())
+    out.print(f"wrote {Path(args.out) / 'ca.crt'} and ca.key (keep the key private)")
+    return 0
+
+
+def cmd_certs_host(args: argparse.Namespace) -> int:
+    from gateway.scaffold import issue_host_certificate, load_ca
+
+    issue_host_certificate(
+        load_ca(Path(args.ca)),
+        HostId.parse(args.host_id),
+        Path(args.out),
+        at=SystemClock().now(),
+        dns_names=args.dns or ["localhost"],
+    )
+    out.print(f"wrote {Path(args.out)}/host.crt, host.key and ca.crt")
+    return 0
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    config = load_config(_config_path(args))
+    try:
+        ca = config.tls.authority.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"{config.tls.authority}: cannot read the CA certificate: {exc.strerror}"
+        ) from exc
+    keyring = init_keys(
+        config.keys,
+        trust_domain=config.host.trust_domain,
+        host=str(config.host),
+        ca_certificate=ca,
+        at=SystemClock().now(),
+        algorithm=Algorithm.parse(args.algorithm),
+    )
+    _print_keys(keyring.bundle.keys)
+    return 0
+
+
+def cmd_keys_add(args: argparse.Namespace) -> int:
+    config = load_config(_config_path(args))
+    keyring, signer = add_key(
+        config.keys,
+        host=args.host or str(config.host),
+        at=SystemClock().now(),
+        algorithm=Algorithm.parse(args.algorithm),
+    )
+    out.print(
+        f"added key {signer.key_id} ({signer.algorithm.value}); bundle sequence {keyring.bundle.sequence}"
+    )
+    out.print("peers see it after they import the new bundle (`gateway trust export`)")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    config = load_config(_config_path(args))
+    keyring = revoke_key(config.keys, args.key_id, at=SystemClock().now())
+    out.print(
+        f"revoked; bundle sequence {keyring.bundle.sequence}. Export and send it to every peer now."
+    )
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    config = load_config(_config_path(args))
+    keyring = load_keyring(config.keys)
+    out.print(f"{keyring.bundle.trust_domain}, bundle sequence {keyring.bundle.sequence}")
+    _print_keys(keyring.bundle.keys, private=set(keyring.signers))
+    return 0
+
+
+def _print_keys(records: Sequence[Any], private: set[str] | None = None) -> None:
+    table = Table()
+    for column in ("key id", "algorithm", "purposes", "hosts", "valid until", "status"):
+        table.add_column(column, overflow="fold")
+    for record in records:
+        status = "revoked" if record.revoked else "ok"
+        if private is not None and record.key_id in private:
+            status += ", private key here"
+        table.add_row(
+            record.key_id[:16] + "…",
+            record.algorithm.value,
+            ",".join(sorted(p.value for p in record.purposes)),
+            ",".join(sorted(h.removeprefix("spiffe://") for h in record.hosts)) or "any",
+            format_time(record.valid_until) if record.valid_until else "-",
+            status,
+        )
+    out.print(table)
+
+
+def cmd_trust_export(args: argparse.Namespace) -> int:
+    config = load_config(_config_path(args))
+    keyring = load_keyring(config.keys)
+    signed = keyring.export(SystemClock().now())
+    if args.out in (None, "-"):
+        sys.stdout.buffer.write(signed)
+    else:
+        Path(args.out).write_bytes(signed)
+        out.print(
+            f"wrote {args.out}: {keyring.bundle.trust_domain} sequence {keyring.bundle.sequence}, "
+            f"fingerprint {keyring.bundle.fingerprint()}"
+        )
+    return 0
+
+
+def cmd_trust_import(args: argparse.Namespace) -> int:
+    try:
+        signed = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{args.file}: cannot read: {exc.strerror}") from exc
+
+    async def run(host: Host) -> int:
+        imported = await host.import_bundle(signed)
+        bundle = imported.bundle
+        if not imported.changed:
+            out.print(
+                f"{bundle.trust_domain} sequence {bundle.sequence} is already trusted; nothing changed"
+            )
+        elif imported.first_use:
+            out.print(
+                f"trusted {bundle.trust_domain} for the first time (sequence {bundle.sequence})"
+            )
+            out.print(f"fingerprint {bundle.fingerprint()}")
+            out.print("compare it with the fingerprint the peer gave you over another channel")
+        else:
+            out.print(f"updated {bundle.trust_domain} to sequence {bundle.sequence}")
+        out.print("restart `gateway serve` for a running server to use it")
+        return 0
+
+    return asyncio.run(_with_host(args, run))
+
+
+def cmd_trust_list(args: argparse.Namespace) -> int:
+    async def run(host: Host) -> int:
+        table = Table()
+        for column in ("trust domain", "sequence", "keys", "fingerprint"):
+            table.add_column(column, overflow="fold")
+        for domain, bundle in sorted(host.trust.bundles.items()):
+            own = " (own)" if domain == host.config.host.trust_domain else ""
+            table.add_row(
+                domain + own,
+                str(bundle.sequence),
+                str(len(bundle.keys)),
+                bundle.fingerprint()[:32] + "…",
+            )
+        out.print(table)
+        return 0
+
+    return asyncio.run(_with_host(args, run))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = load_config(_config_path(args))
+
+    async def run() -> int:
+        host = await Host.open(config)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        ready: asyncio.Future[int] = loop.create_future()
+        server = asyncio.create_task(host.serve(ready=ready, stop=stop))
+        try:
+            port = await asyncio.wait_for(asyncio.shield(ready), timeout=30)
+            bind = config.listen.rsplit(":", 1)[0]
+            print(f"gateway: serving {config.host} on {bind}:{port}", flush=True)
+            await server
+        finally:
+            stop.set()
+            await asyncio.gather(server, return_exceptions=True)
+            await host.close()
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_object_create(args: argparse.Namespace) -> int:
+    data = _read_data(args)
+    cycle = CycleState()
+    if args.interval is not None:
+        if args.interval <= 0:
+            raise ConfigError("--interval must be a positive number of seconds")
+        cycle = CycleState(interval=timedelta(seconds=args.interval))
+
+    async def run(host: Host) -> int:
+        obj = await host.create_object(
+            args.object_id,
+            tenant=args.tenant,
+            data=data,
+            content_type=args.content_type,
+            cycle=cycle,
+        )
+        out.print(describe_object(obj))
+        return 0
+
+    return asyncio.run(_with_host(args, run))
+
+
+def cmd_object_show(args: argparse.Namespace) -> int:
+    async def run(host: Host) -> int:
+        obj = await host.get_object(args.object_id, tenant=args.tenant)
+        out.print(describe_object(obj))
+        return 0
+
+    return asyncio.run(_with_host(args, run))
+
+
+def cmd_object_list(args: argparse.Namespace) -> int:
+    async def run(host: Host) -> int:
+        objects = await host.list_objects(tenant=args.tenant)
+        table = Table()
+        for column in ("object", "state", "epoch", "generation", "lineage"):
+            table.add_column(column, overflow="fold")
+        for obj in objects:
+            state = obj.state.value.upper() + (f" → {obj.moved_to}" if obj.moved_to else "")
+            table.add_row(
+                obj.object_id, state, str(obj.epoch), str(obj.generation), str(len(obj.lineage))
+            )
+        out.print(table if objects else f"no objects in tenant {args.tenant}")
+        return 0
+
+    return asyncio.run(_with_host(args, run))
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    async def run(host: Host) -> int:
+        obj = await host.get_object(args.object_id, tenant=args.tenant)
+        out.print(lineage_table(obj))
+        out.print(verify_and_describe_lineage(host, obj))
+        return 0
+
+    return asyncio.run(_with_host(args, run))
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    async def run(host: Host) -> int:
+        result = await host.migrate(args.object_id, tenant=args.tenant, destination=args.to)
+        if result.step.value == "done":
+            out.print(
+                f"{result.object_id} moved to {result.destination} (epoch {result.epoch}, {result.migration_id})"
+            )
+        else:
+            out.print(
+                f"{result.object_id} committed to {result.destination} ({result.migration_id}); "
+                "activation not yet confirmed — `gateway serve` finishes it"
+            )
+        return 0
+
+    return asyncio.run(_with_host(args, run))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(Path(args.dir) if args.dir else None, keep=args.keep)
+
+
+# --- parser ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", help="host configuration file (default: $GATEWAY_CONFIG or ./gateway.yaml)"
+    )
+    common.add_argument("--debug", action="store_true", help="print tracebacks and debug logs")
+    tenant = argparse.ArgumentParser(add_help=False)
+    tenant.add_argument("--tenant", default="default", help="tenant (default: default)")
+    algorithms = [a.value for a in Algorithm]
+
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="Move live, governed objects between Dapr clusters and organizations.",
+    )
+    parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", help="run two hosts of two trust domains on loopback and migrate an object"
+    )
+    demo.add_argument("--dir", help="work directory (default: a new temporary one)")
+    demo.add_argument("--keep", action="store_true", help="keep the work directory afterwards")
+    demo.add_argument("--debug", action="store_true", help="print tracebacks")
+    demo.set_defaults(handler=cmd_demo)
+
+    init = commands.add_parser(
+        "init", parents=[common], help="create a host directory: dev certs, keys, config"
+    )
+    init.add_argument("directory")
+    init.add_argument(
+        "--host-id", required=True, help="e.g. spiffe://org-a.example/cluster/east/gateway"
+    )
+    init.add_argument("--listen", default="127.0.0.1:7001", help="HOST:PORT to serve on")
+    init.add_argument(
+        "--ca", help="directory with an existing dev CA (ca.crt, ca.key) of the same trust domain"
+    )
+    init.add_argument("--region")
+    init.add_argument(
+        "--tenant", action="append", help="tenant to host (repeatable; default: default)"
+    )
+    init.add_argument("--algorithm", default="ed25519", choices=algorithms)
+    init.set_defaults(handler=cmd_init)
+
+    serve = commands.add_parser(
+        "serve", parents=[common], help="serve peers (Prepare/Commit/Abort/Decision)"
+    )
+    serve.set_defaults(handler=cmd_serve)
+
+    certs = commands.add_parser("certs", help="development certificates").add_subparsers(
+        dest="certs_command", required=True, metavar="COMMAND"
+    )
+    certs_ca = certs.add_parser("ca", parents=[common], help="create a dev CA for a trust domain")
+    certs_ca.add_argument("--trust-domain", required=True)
+    certs_ca.add_argument("--out", required=True)
+    certs_ca.set_defaults(handler=cmd_certs_ca)
+    certs_host = certs.add_parser(
+        "host", parents=[common], help="issue a host certificate from a dev CA"
+    )
+    certs_host.add_argument("--ca", required=True, help="directory holding ca.crt and ca.key")
+    certs_host.add_argument("--host-id", required=True)
+    certs_host.add_argument("--out", required=True)
+    certs_host.add_argument(
+        "--dns", action="append", help="DNS name for the certificate (repeatable)"
+    )
+    certs_host.set_defaults(handler=cmd_certs_host)
+
+    keys = commands.add_parser("keys", help="signing keys of this trust domain").add_subparsers(
+        dest="keys_command", required=True, metavar="COMMAND"
+    )
+    keys_init = keys.add_parser("init", parents=[common], help="create the domain's first keys")
+    keys_init.add_argument("--algorithm", default="ed25519", choices=algorithms)
+    keys_init.set_defaults(handler=cmd_keys_init)
+    keys_add = keys.add_parser("add", parents=[common], help="add a signing key (rotation)")
+    keys_add.add_argument("--host", help="host id the key signs for (default: this host)")
+    keys_add.add_argument("--algorithm", default="ed25519", choices=algorithms)
+    keys_add.set_defaults(handler=cmd_keys_add)
+    keys_revoke = keys.add_parser("revoke", parents=[common], help="revoke a key")
+    keys_revoke.add_argument("key_id", help="key id or a unique prefix of it")
+    keys_revoke.set_defaults(handler=cmd_keys_revoke)
+    keys_list = keys.add_parser("list", parents=[common], help="list the domain's keys")
+    keys_list.set_defaults(handler=cmd_keys_list)
+
+    trust = commands.add_parser("trust", help="trust bundles of peer domains").add_subparsers(
+        dest="trust_command", required=True, metavar="COMMAND"
+    )
+    trust_export = trust.add_parser(
+        "export", parents=[common], help="write this domain's signed bundle"
+    )
+    trust_export.add_argument("--out", help="file to write (default: standard output)")
+    trust_export.set_defaults(handler=cmd_trust_export)
+    trust_import = trust.add_parser(
+        "import", parents=[common], help="trust a peer domain's signed bundle"
+    )
+    trust_import.add_argument("file")
+    trust_import.set_defaults(handler=cmd_trust_import)
+    trust_list = trust.add_parser("list", parents=[common], help="list trusted domains")
+    trust_list.set_defaults(handler=cmd_trust_list)
+
+    objects = commands.add_parser("object", help="governed objects on this host").add_subparsers(
+        dest="object_command", required=True, metavar="COMMAND"
+    )
+    create = objects.add_parser("create", parents=[common, tenant], help="create an object")
+    create.add_argument("object_id", help="e.g. obj://org-a.example/billing/invoice-42")
+    create.add_argument("--data", help="the object's data (default: {})")
+    create.add_argument("--data-file", help="read the data from a file")
+    create.add_argument("--content-type", default="application/json")
+    create.add_argument("--interval", type=float, help="seconds between evaluation cycles")
+    create.set_defaults(handler=cmd_object_create)
+    show = objects.add_parser("show", parents=[common, tenant], help="show an object")
+    show.add_argument("object_id")
+    show.set_defaults(handler=cmd_object_show)
+    listing = objects.add_parser("list", parents=[common, tenant], help="list objects")
+    listing.set_defaults(handler=cmd_object_list)
+
+    lineage = commands.add_parser(
+        "lineage", parents=[common, tenant], help="show and verify an object's lineage"
+    )
+    lineage.add_argument("object_id")
+    lineage.set_defaults(handler=cmd_lineage)
+
+    migrate = commands.add_parser(
+        "migrate", parents=[common, tenant], help="move an object to a peer host"
+    )
+    migrate.add_argument("object_id")
+    migrate.add_argument("--to", required=True, help="destination host id (a configured peer)")
+    migrate.set_defaults(handler=cmd_migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    if debug:
+        logging.basicConfig(level=logging.DEBUG)
+    try:
+        return int(args.handler(args))
+    except GatewayError as exc:
+        if debug:
+            err.print_exception()
+        err.print(f"gateway: error: {exc}", markup=False)
+        return 2 if isinstance(exc, ConfigError) else 1
+    except KeyboardInterrupt:
+        err.print("gateway: interrupted", markup=False)
+        return 130
+    except Exception as exc:
+        if debug:
+            err.print_exception()
+        err.print(
+            f"gateway: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
+            markup=False,
+        )
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""Host configuration: parsed once, at the edge, into frozen values passed down explicitly.
+
+A configuration file is YAML. Every problem is reported as one line naming the file,
+the key and what to do, e.g.::
+
+    host.yaml: peers[0].address: expected HOST:PORT, got 'localhost' — write it as 127.0.0.1:7002
+
+Relative paths in the file are relative to the file's own directory, so a host
+directory can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.errors import ConfigError
+from gateway.identity import HostId
+from gateway.model import validate_tenant
+
+_ADDRESS = re.compile(r"(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})")
+
+EXAMPLE = """\
+host:
+  id: spiffe://org-a.example/cluster/east/gateway
+  region: eu-west
+listen: 127.0.0.1:7001
+tls:
+  certificate: tls/host.crt
+  private_key: tls/host.key
+  authority: tls/ca.crt
+keys: keys
+store:
+  sqlite: state.db
+tenants: [default]
+peers:
+  - id: spiffe://org-b.example/cluster/west/gateway
+    address: 127.0.0.1:7002
+    server_name: localhost
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsConfig:
+    certificate: Path
+    private_key: Path
+    authority: Path  #: this trust domain's CA certificate, published in its trust bundle
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerConfig:
+    id: HostId
+    address: str  #: HOST:PORT
+    server_name: str  #: the DNS name its TLS certificate carries
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandoffConfig:
+    transfer_ttl: timedelta = timedelta(seconds=120)  #: how long a sealed transfer stays valid
+    clock_skew: timedelta = timedelta(seconds=60)  #: tolerated difference between host clocks
+    rpc_timeout: timedelta = timedelta(seconds=10)  #: deadline of one RPC attempt
+    retry_attempts: int = 5  #: attempts per RPC before giving up on a peer
+    stage_timeout: timedelta = timedelta(
+        seconds=30
+    )  #: a staged copy older than this asks for a decision
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    source: Path  #: the file this came from
+    host: HostId
+    region: str = ""
+    listen: str
+    tls: TlsConfig
+    keys: Path
+    sqlite: Path
+    tenants: tuple[str, ...] = ("default",)
+    peers: tuple[PeerConfig, ...] = ()
+    handoff: HandoffConfig = field(default_factory=HandoffConfig)
+
+    def peer(self, host_id: str) -> PeerConfig:
+        from gateway.errors import UnknownPeerError
+
+        for peer in self.peers:
+            if str(peer.id) == host_id:
+                return peer
+        known = ", ".join(str(p.id) for p in self.peers) or "none"
+        raise UnknownPeerError(
+            f"{host_id} is not a configured peer of {self.host} (peers: {known})",
+            hint=f"add it under 'peers:' in {self.source}",
+        )
+
+
+_HANDOFF_KEYS = {
+    "transfer_ttl_seconds": "transfer_ttl",
+    "clock_skew_seconds": "clock_skew",
+    "rpc_timeout_seconds": "rpc_timeout",
+    "retry_attempts": "retry_attempts",
+    "stage_timeout_seconds": "stage_timeout",
+}
+
+
+class _Reader:
+    """Walks a parsed YAML document, naming every key it complains about."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+
+    def fail(self, where: str, problem: str, fix: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {where}: {problem}", hint=fix)
+
+    def mapping(
+        self, value: Any, where: str, allowed: set[str], required: set[str]
+    ) -> Mapping[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(
+                where, f"expected a mapping, got {_kind(value)}", "see the example in README.md"
+            )
+        for key in value:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+                fix = (
+                    f"did you mean '{close[0]}'?"
+                    if close
+                    else f"allowed keys: {', '.join(sorted(allowed))}"
+                )
+                raise self.fail(_join(where, str(key)), "unknown key", fix)
+        for key in sorted(required - set(value)):
+            raise self.fail(_join(where, key), "missing", "add it; see the example in README.md")
+        return value
+
+    def string(self, value: Any, where: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(
+                where, f"expected a non-empty string, got {_kind(value)}", "quote the value"
+            )
+        return value
+
+    def path(self, value: Any, where: str) -> Path:
+        text = self.string(value, where)
+        return (self.source.parent / text).resolve()
+
+    def host_id(self, value: Any, where: str) -> HostId:
+        text = self.string(value, where)
+        try:
+            return HostId.parse(text)
+        except ConfigError as exc:
+            raise self.fail(
+                where, exc.reason, exc.hint or "use spiffe://<trust-domain>/<path>"
+            ) from exc
+
+    def address(self, value: Any, where: str) -> str:
+        text = self.string(value, where)
+        match = _ADDRESS.fullmatch(text)
+        if not match or not 0 <= int(match["port"]) <= 65535:
+            raise self.fail(
+                where, f"expected HOST:PORT, got {text!r}", "write it as 127.0.0.1:7002"
+            )
+        return text
+
+    def seconds(self, value: Any, where: str) -> timedelta:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise self.fail(
+                where, f"expected a positive number of seconds, got {_kind(value)}", "e.g. 30"
+            )
+        return timedelta(seconds=value)
+
+    def count(self, value: Any, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self.fail(where, f"expected a whole number ≥ 1, got {_kind(value)}", "e.g. 5")
+        return value
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, str):
+        return repr(value)
+    return type(value).__name__
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and check a host configuration file."""
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{source}: no such file",
+            hint="pass --config FILE (or set GATEWAY_CONFIG); `gateway init DIR` writes one",
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read: {exc}") from exc
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(
+            f"{source}: {where}: not valid YAML ({problem})",
+            hint="check indentation and quoting there",
+        ) from exc
+    return parse_config(document, source=source.resolve())
+
+
+def parse_config(document: Any, *, source: Path) -> Config:
+    r = _Reader(source)
+    top = (
+        r.mapping(
+            document,
+            "",
+            {"host", "listen", "tls", "keys", "store", "tenants", "peers", "handoff"},
+            {"host", "listen", "tls", "keys", "store"},
+        )
+        if document is not None
+        else None
+    )
+    if top is None:
+        raise r.fail("(top)", "the file is empty", "see the example in README.md")
+
+    host = r.mapping(top["host"], "host", {"id", "region"}, {"id"})
+    tls = r.mapping(
+        top["tls"],
+        "tls",
+        {"certificate", "private_key", "authority"},
+        {"certificate", "private_key", "authority"},
+    )
+    store = r.mapping(top["store"], "store", {"sqlite"}, {"sqlite"})
+
+    tenants_value = top.get("tenants", ["default"])
+    if not isinstance(tenants_value, list) or not tenants_value:
+        raise r.fail(
+            "tenants", f"expected a non-empty list, got {_kind(tenants_value)}", "e.g. [default]"
+        )
+    tenants: list[str] = []
+    for index, tenant in enumerate(tenants_value):
+        try:
+            tenants.append(validate_tenant(r.string(tenant, f"tenants[{index}]")))
+        except ConfigError as exc:
+            if exc.reason.startswith(str(source)):
+                raise
+            raise r.fail(f"tenants[{index}]", exc.reason, exc.hint or "") from exc
+
+    peers: list[PeerConfig] = []
+    peers_value = top.get("peers", [])
+    if not isinstance(peers_value, list):
+        raise r.fail(
+            "peers", f"expected a list, got {_kind(peers_value)}", "write '- id: ...' items"
+        )
+    for index, item in enumerate(peers_value):
+        where = f"peers[{index}]"
+        peer = r.mapping(item, where, {"id", "address", "server_name"}, {"id", "address"})
+        address = r.address(peer["address"], f"{where}.address")
+        peers.append(
+            PeerConfig(
+                id=r.host_id(peer["id"], f"{where}.id"),
+                address=address,
+                server_name=r.string(
+                    peer.get("server_name", address.rsplit(":", 1)[0]), f"{where}.server_name"
+                ),
+            )
+        )
+    if len({p.id for p in peers}) != len(peers):
+        raise r.fail("peers", "a peer is listed twice", "keep one entry per peer id")
+
+    handoff = r.mapping(top.get("handoff", {}), "handoff", set(_HANDOFF_KEYS), set())
+    handoff_values: dict[str, Any] = {}
+    for key, value in handoff.items():
+        attribute = _HANDOFF_KEYS[key]
+        read = r.count if attribute == "retry_attempts" else r.seconds
+        handoff_values[attribute] = read(value, f"handoff.{key}")
+
+    return Config(
+        source=source,
+        host=r.host_id(host["id"], "host.id"),
+        region=r.string(host["region"], "host.region") if "region" in host else "",
+        listen=r.address(top["listen"], "listen"),
+        tls=TlsConfig(
+            certificate=r.path(tls["certificate"], "tls.certificate"),
+            private_key=r.path(tls["private_key"], "tls.private_key"),
+            authority=r.path(tls["authority"], "tls.authority"),
+        ),
+        keys=r.path(top["keys"], "keys"),
+        sqlite=r.path(store["sqlite"], "store.sqlite"),
+        tenants=tuple(tenants),
+        peers=tuple(peers),
+        handoff=HandoffConfig(**handoff_values),
+    )

@@ -1,0 +1,179 @@
+"""Every error the gateway raises, under one root.
+
+Each error carries a *reason* (what was wrong) and, where there is one, a *hint*
+(what a person should do about it). ``str(error)`` gives both on one line, which is
+what the CLI prints and what crosses the wire in gRPC status details.
+
+Rules kept here:
+
+* Every leaf names one failure; callers and tests match on the leaf type, never
+  on message text.
+* Errors raised while handling another exception are chained (``raise ... from``).
+* The mapping from these types to gRPC status codes lives in exactly one place,
+  :mod:`gateway.transport.status`.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway raises on purpose."""
+
+    def __init__(self, reason: str, *, hint: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.reason} — {self.hint}" if self.hint else self.reason
+
+    def diagnostics(self) -> str:
+        """A short text for people: the reason, then what to do about it."""
+        lines = [f"{type(self).__name__}: {self.reason}"]
+        if self.hint:
+            lines.append(f"  what to do: {self.hint}")
+        return "\n".join(lines)
+
+
+# --- configuration -----------------------------------------------------------------
+
+
+class ConfigError(GatewayError):
+    """A configuration file, key file or command-line argument is unusable."""
+
+
+# --- envelopes ---------------------------------------------------------------------
+
+
+class EnvelopeError(GatewayError):
+    """An envelope is malformed: it cannot be decoded or breaks the format's rules."""
+
+
+class EnvelopeTooLargeError(EnvelopeError):
+    """An envelope or one of its parts is larger than the receiver accepts."""
+
+
+class PayloadTypeError(EnvelopeError):
+    """A correctly signed envelope carries a different kind of message than expected."""
+
+
+class PayloadDecodeError(EnvelopeError):
+    """The signed payload verified but does not parse as the message it claims to be."""
+
+
+# --- verification ------------------------------------------------------------------
+
+
+class VerificationError(GatewayError):
+    """Something signed, timed or sequenced failed a check."""
+
+
+class BadSignatureError(VerificationError):
+    """A signature does not verify under the key it names, or too few keys signed."""
+
+
+class UntrustedKeyError(VerificationError):
+    """No trusted key record matches: unknown key, wrong trust domain, host or purpose."""
+
+
+class RevokedKeyError(UntrustedKeyError):
+    """The key was trusted once and has been revoked."""
+
+
+class ExpiredError(VerificationError):
+    """Outside its validity window: expired, not yet valid, or too far in the future."""
+
+
+class ReplayError(VerificationError):
+    """A message that was already accepted once is presented again."""
+
+
+class RollbackError(VerificationError):
+    """Something older than what was already seen: an epoch, a bundle sequence."""
+
+
+class AudienceError(VerificationError):
+    """The message is addressed to another host."""
+
+
+class PeerMismatchError(VerificationError):
+    """The authenticated peer is not the host the message claims to come from."""
+
+
+# --- trust -------------------------------------------------------------------------
+
+
+class TrustError(GatewayError):
+    """A trust bundle or key record is malformed or cannot be used."""
+
+
+# --- authority ---------------------------------------------------------------------
+
+
+class AuthorityError(GatewayError):
+    """The object's credentials do not allow what is being asked."""
+
+
+class WideningError(AuthorityError):
+    """A child grant or host decision would give more than its parent allows."""
+
+
+class AdmissionDeniedError(AuthorityError):
+    """The receiving host's ceiling or the object's constraints refuse this host."""
+
+
+# --- lineage -----------------------------------------------------------------------
+
+
+class LineageError(GatewayError):
+    """The lineage is broken: a link, a checkpoint, or its history does not hold."""
+
+
+class MerkleProofError(LineageError):
+    """An RFC 9162 inclusion or consistency proof does not verify."""
+
+
+# --- handoff -----------------------------------------------------------------------
+
+
+class HandoffError(GatewayError):
+    """A migration cannot go on as asked."""
+
+
+class ObjectStateError(HandoffError):
+    """The object is not in a state that allows this (e.g. not ACTIVE, already moving)."""
+
+
+class UnknownPeerError(HandoffError):
+    """The destination or source host is not configured as a peer."""
+
+
+class PeerUnavailableError(HandoffError):
+    """The peer could not be reached in time; the migration did not commit."""
+
+
+class MigrationNotFoundError(HandoffError):
+    """No journal record exists for this migration id."""
+
+
+class MigrationAbortedError(HandoffError):
+    """The migration was aborted; the object stays (or is back) where it was."""
+
+
+# --- storage -----------------------------------------------------------------------
+
+
+class StoreError(GatewayError):
+    """The state store failed or refused an operation."""
+
+
+class ConcurrencyError(StoreError):
+    """An ETag precondition failed: somebody else wrote first."""
+
+
+class NotFoundError(StoreError):
+    """The key or object does not exist."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store could not be reached or timed out."""

@@ -1,0 +1,371 @@
+"""The destination side of the handoff: verify and stage, activate on commit, discard on abort.
+
+Invariants this side keeps:
+
+* A staged copy is never live. It becomes ACTIVE only on the source's Commit (or on a
+  COMMITTED answer to Decision), never on a timeout.
+* Verification order (DESIGN.md §4): size → decode → signatures by a key of the
+  *authenticated peer* → payload type → parse → the payload names that peer as source
+  → audience is this host → time window → idempotent retry or nonce unseen → epoch
+  above the fence → lineage (and what this host saw of it before). Nothing is
+  written before every check passed; then one transaction writes the journal record,
+  the nonce and the raised fence together.
+* Every call is idempotent by migration id: a retried Prepare gets the same receipt, a
+  retried Commit the same activation receipt.
+* Only the source that the migration names may commit, abort or ask about it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+from gateway import envelope as dsse
+from gateway import wire
+from gateway._time import format_time, to_millis
+from gateway.errors import (
+    AdmissionDeniedError,
+    AudienceError,
+    ConcurrencyError,
+    ExpiredError,
+    LineageError,
+    MigrationAbortedError,
+    MigrationNotFoundError,
+    ObjectStateError,
+    PeerMismatchError,
+    ReplayError,
+    RollbackError,
+)
+from gateway.handoff.context import HostContext
+from gateway.handoff.journal import (
+    Versioned,
+    decode_counter,
+    destination_key,
+    encode_counter,
+    fence_key,
+    nonce_key,
+    object_key,
+)
+from gateway.handoff.messages import Receipt, ReceiptKind, Transfer
+from gateway.handoff.records import DestinationRecord, DestinationStep
+from gateway.lineage import EntryKind, digest, verify_extends, verify_lineage
+from gateway.model import GovernedObject, LifecycleState
+from gateway.stores import Delete, Expect, Put
+
+#: Longest lifetime a transfer may claim, whatever the sender's configuration says.
+MAX_TRANSFER_LIFETIME_S = 600
+
+
+class Destination:
+    def __init__(self, context: HostContext) -> None:
+        self.ctx = context
+
+    # --- Prepare ----------------------------------------------------------------------
+
+    async def prepare(self, raw: bytes, *, peer: str) -> bytes:
+        """Verify, admit and stage a transfer from ``peer``; returns the signed receipt."""
+        ctx = self.ctx
+        now = ctx.clock.now()
+        envelope = wire.decode_envelope(raw)
+        payload = ctx.open_from(peer, envelope, dsse.PayloadType.TRANSFER, at=now)
+        transfer = wire.decode_transfer(payload)
+        transfer_digest = digest(payload)
+        if transfer.source_host != peer:
+            raise PeerMismatchError(
+                f"transfer claims to come from {transfer.source_host}, but the connection is from {peer}"
+            )
+        if transfer.destination_host != ctx.host:
+            raise AudienceError(
+                f"transfer {transfer.migration_id} is addressed to {transfer.destination_host}, not {ctx.host}",
+                hint="a transfer is valid for its one destination only; migrate again to this host",
+            )
+        self._check_time(transfer, now)
+
+        existing = await ctx.journal.destination(transfer.migration_id)
+        if existing is not None:
+            return self._replay(existing.value, transfer_digest)
+
+        if await ctx.journal.store.get(nonce_key(transfer.nonce)) is not None:
+            raise ReplayError(
+                f"transfer nonce of migration {transfer.migration_id} was already used here"
+            )
+        fence = await ctx.journal.fence(transfer.object_id)
+        if fence is not None and transfer.epoch <= fence.value:
+            raise RollbackError(
+                f"{transfer.object_id} arrives with epoch {transfer.epoch}, but epoch {fence.value} "
+                "was already seen here: this is a stale copy",
+                hint="only the copy with the newest epoch may move; find where the object lives now",
+            )
+        if transfer.object.tenant not in ctx.tenants:
+            raise AdmissionDeniedError(
+                f"tenant {transfer.object.tenant!r} is not hosted on {ctx.host}",
+                hint="add the tenant to this host's configuration, or migrate to another host",
+            )
+        current = await ctx.journal.object(transfer.object.tenant, transfer.object_id)
+        self._check_lineage(transfer, previous=current.value if current else None)
+
+        receipt = ctx.seal(
+            wire.encode_receipt(
+                Receipt(
+                    kind=ReceiptKind.STAGED,
+                    migration_id=transfer.migration_id,
+                    object_id=transfer.object_id,
+                    epoch=transfer.epoch,
+                    host=ctx.host,
+                    source_host=peer,
+                    transfer_digest=transfer_digest,
+                    issued_at=now,
+                )
+            ),
+            ReceiptKind.STAGED.payload_type,
+        )
+        receipt_raw = wire.encode_envelope(receipt)
+        record = DestinationRecord(
+            migration_id=transfer.migration_id,
+            object_id=transfer.object_id,
+            tenant=transfer.object.tenant,
+            source_host=peer,
+            step=DestinationStep.STAGED,
+            transfer_digest=transfer_digest,
+            staged_receipt=receipt_raw,
+            staged=transfer.object,
+            created_at=now,
+            updated_at=now,
+        )
+        expires = to_millis(transfer.expires_at + ctx.timing.clock_skew)
+        try:
+            await ctx.journal.store.transact(
+                [
+                    Put(
+                        key=destination_key(record.migration_id),
+                        value=wire.encode_destination_record(record),
+                        etag=Expect.ABSENT,
+                    ),
+                    Put(
+                        key=nonce_key(transfer.nonce),
+                        value=encode_counter(expires),
+                        etag=Expect.ABSENT,
+                    ),
+                    Put(
+                        key=fence_key(transfer.object_id),
+                        value=encode_counter(transfer.epoch),
+                        etag=fence.etag if fence else Expect.ABSENT,
+                    ),
+                ]
+            )
+        except ConcurrencyError as exc:
+            # Someone else wrote first: the same Prepare retried concurrently (answer it
+            # like any retry) or another migration of this object (refuse this one).
+            again = await ctx.journal.destination(transfer.migration_id)
+            if again is not None:
+                return self._replay(again.value, transfer_digest)
+            raise ObjectStateError(
+                f"another migration of {transfer.object_id} was staged here at the same time",
+                hint="only one migration of an object can proceed; retry after it settles",
+            ) from exc
+        return receipt_raw
+
+    def _check_time(self, transfer: Transfer, now: datetime) -> None:
+        skew = self.ctx.timing.clock_skew
+        if transfer.issued_at > now + skew:
+            raise ExpiredError(
+                f"transfer {transfer.migration_id} is issued in the future ({format_time(transfer.issued_at)})",
+                hint="check both hosts' clocks",
+            )
+        if transfer.expires_at + skew < now:
+            raise ExpiredError(
+                f"transfer {transfer.migration_id} expired at {format_time(transfer.expires_at)}",
+                hint="migrate again; the source seals a fresh transfer",
+            )
+        if (transfer.expires_at - transfer.issued_at).total_seconds() > MAX_TRANSFER_LIFETIME_S:
+            raise ExpiredError(
+                f"transfer {transfer.migration_id} claims a lifetime over {MAX_TRANSFER_LIFETIME_S} s",
+                hint="lower handoff.transfer_ttl_seconds on the source",
+            )
+
+    def _check_lineage(self, transfer: Transfer, *, previous: GovernedObject | None) -> None:
+        obj = transfer.object
+        verify_lineage(obj.lineage, object_id=obj.object_id, trust=self.ctx.trust, sealed=True)
+        last = obj.lineage.entries[-1] if obj.lineage.entries else None
+        if (
+            last is None
+            or last.kind is not EntryKind.FROZEN
+            or last.host != transfer.source_host
+            or last.epoch != transfer.epoch
+        ):
+            raise LineageError(
+                "the lineage does not end with the source freezing the object at this epoch",
+                hint="the source must freeze (and record) the object before sending it",
+            )
+        if (
+            last.data_digest != obj.data_digest()
+            or last.credentials_digest != obj.credentials_digest()
+        ):
+            raise LineageError("the data or credentials sent differ from what the lineage records")
+        if previous is not None:
+            if previous.state is not LifecycleState.MOVED:
+                raise ObjectStateError(
+                    f"{obj.object_id} is {previous.state.value} here already; refusing a second live copy",
+                    hint="find out how two hosts came to hold it before moving it again",
+                )
+            verify_extends(
+                obj.lineage, seen_size=len(previous.lineage), seen_root=previous.lineage.root()
+            )
+
+    @staticmethod
+    def _replay(record: DestinationRecord, transfer_digest: bytes) -> bytes:
+        if record.transfer_digest != transfer_digest:
+            raise ReplayError(
+                f"migration id {record.migration_id} was already used for a different transfer"
+            )
+        if record.step is DestinationStep.ABORTED:
+            raise MigrationAbortedError(f"migration {record.migration_id} was aborted here")
+        return record.staged_receipt
+
+    # --- Commit / Abort ---------------------------------------------------------------
+
+    async def commit(self, migration_id: str, *, peer: str) -> bytes:
+        """Make the staged object live; returns the signed activation receipt."""
+        for _attempt in range(3):
+            loaded = await self._record_for(migration_id, peer)
+            record = loaded.value
+            if record.step is DestinationStep.ACTIVATED:
+                return record.activation_receipt
+            if record.step is DestinationStep.ABORTED:
+                raise MigrationAbortedError(
+                    f"migration {migration_id} was aborted here ({record.reason}); it cannot commit"
+                )
+            try:
+                return await self._activate(record, loaded.etag, peer)
+            except ConcurrencyError:
+                continue  # raced with an abort or a duplicate commit: look again
+        raise ObjectStateError(f"migration {migration_id} keeps changing under commit; retry")
+
+    async def _activate(self, record: DestinationRecord, etag: str, peer: str) -> bytes:
+        ctx = self.ctx
+        now = ctx.clock.now()
+        assert record.staged is not None
+        current = await ctx.journal.object(record.tenant, record.object_id)
+        if current is not None and current.value.state is not LifecycleState.MOVED:
+            raise ObjectStateError(
+                f"{record.object_id} is {current.value.state.value} here already; refusing a second live copy"
+            )
+        live = record.staged.rehost(host=ctx.host, source=peer, at=now)
+        receipt = wire.encode_envelope(
+            ctx.seal(
+                wire.encode_receipt(
+                    Receipt(
+                        kind=ReceiptKind.ACTIVATED,
+                        migration_id=record.migration_id,
+                        object_id=record.object_id,
+                        epoch=live.epoch,
+                        host=ctx.host,
+                        source_host=peer,
+                        transfer_digest=record.transfer_digest,
+                        issued_at=now,
+                    )
+                ),
+                ReceiptKind.ACTIVATED.payload_type,
+            )
+        )
+        done = replace(
+            record,
+            step=DestinationStep.ACTIVATED,
+            staged=None,
+            activation_receipt=receipt,
+            updated_at=now,
+        )
+        await ctx.journal.store.transact(
+            [
+                Put(
+                    key=object_key(record.tenant, record.object_id),
+                    value=wire.encode_object(live),
+                    etag=current.etag if current else Expect.ABSENT,
+                ),
+                Put(
+                    key=destination_key(record.migration_id),
+                    value=wire.encode_destination_record(done),
+                    etag=etag,
+                ),
+            ]
+        )
+        return receipt
+
+    async def abort(self, migration_id: str, *, peer: str, reason: str) -> None:
+        """Discard a staged copy. Aborting an unknown migration records it as aborted, so
+        a Prepare delayed in the network can never stage it afterwards."""
+        ctx = self.ctx
+        for _attempt in range(3):
+            now = ctx.clock.now()
+            loaded = await ctx.journal.destination(migration_id)
+            if loaded is None:
+                record = DestinationRecord(
+                    migration_id=migration_id,
+                    object_id="",
+                    tenant="",
+                    source_host=peer,
+                    step=DestinationStep.ABORTED,
+                    transfer_digest=b"",
+                    created_at=now,
+                    updated_at=now,
+                    reason=reason,
+                )
+                etag: str | Expect = Expect.ABSENT
+            else:
+                if loaded.value.source_host != peer:
+                    raise PeerMismatchError(
+                        f"migration {migration_id} belongs to {loaded.value.source_host}, not {peer}"
+                    )
+                if loaded.value.step is DestinationStep.ABORTED:
+                    return
+                if loaded.value.step is DestinationStep.ACTIVATED:
+                    raise ObjectStateError(
+                        f"migration {migration_id} already committed and the object is live here; "
+                        "it cannot abort"
+                    )
+                record = replace(
+                    loaded.value,
+                    step=DestinationStep.ABORTED,
+                    staged=None,
+                    reason=reason,
+                    updated_at=now,
+                )
+                etag = loaded.etag
+            try:
+                await ctx.journal.store.put(
+                    destination_key(migration_id), wire.encode_destination_record(record), etag=etag
+                )
+                return
+            except ConcurrencyError:
+                continue  # raced with a Prepare or a Commit: look again
+        raise ObjectStateError(f"migration {migration_id} keeps changing under abort; retry")
+
+    async def _record_for(self, migration_id: str, peer: str) -> Versioned[DestinationRecord]:
+        loaded = await self.ctx.journal.destination(migration_id)
+        if loaded is None:
+            raise MigrationNotFoundError(f"no migration {migration_id} was staged here")
+        if loaded.value.source_host != peer:
+            raise PeerMismatchError(
+                f"migration {migration_id} belongs to {loaded.value.source_host}, not {peer}"
+            )
+        return loaded
+
+    # --- housekeeping -----------------------------------------------------------------
+
+    async def prune_nonces(self) -> int:
+        """Forget nonces whose transfers can no longer be accepted anyway."""
+        store = self.ctx.journal.store
+        now = to_millis(self.ctx.clock.now())
+        keys = await store.list("nonce/")
+        items = await store.get_many(keys)
+        expired = [
+            Delete(key=k, etag=item.etag)
+            for k, item in items.items()
+            if decode_counter(item.value) < now
+        ]
+        for start in range(0, len(expired), 100):
+            try:
+                await store.transact(expired[start : start + 100])
+            except ConcurrencyError:
+                continue
+        return len(expired)

@@ -1,0 +1,36 @@
+"""What the handoff needs from the network: one client per peer host.
+
+The gRPC implementation is in :mod:`gateway.transport.client`. A client raises the
+same :class:`~gateway.errors.GatewayError` types the peer raised, and
+:class:`~gateway.errors.PeerUnavailableError` once its retries are used up.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol
+
+
+class Outcome(enum.Enum):
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+
+
+class PeerClient(Protocol):
+    async def prepare(self, transfer: bytes) -> bytes:
+        """Send a serialized transfer envelope; returns the serialized staged receipt."""
+        ...
+
+    async def commit(self, migration_id: str) -> bytes:
+        """Returns the serialized activation receipt."""
+        ...
+
+    async def abort(self, migration_id: str, reason: str) -> None: ...
+
+    async def decision(self, migration_id: str) -> Outcome: ...
+
+
+class Peers(Protocol):
+    def client(self, host_id: str) -> PeerClient:
+        """The client for a configured peer; raises UnknownPeerError otherwise."""
+        ...

@@ -1,0 +1,53 @@
+"""Journal records: what each side has durably decided about one migration. No I/O."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+from gateway.model import GovernedObject
+
+
+class SourceStep(enum.Enum):
+    FROZEN = "frozen"  #: object frozen, transfer sealed; may still abort
+    COMMITTED = "committed"  #: point of no return: the object moves
+    DONE = "done"  #: destination confirmed activation
+    ABORTED = "aborted"  #: object resumed here; can never commit
+
+
+class DestinationStep(enum.Enum):
+    STAGED = "staged"  #: verified and stored, not live
+    ACTIVATED = "activated"  #: live here
+    ABORTED = "aborted"  #: staged copy discarded (or never staged); can never activate
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceRecord:
+    migration_id: str
+    object_id: str
+    tenant: str
+    destination_host: str
+    step: SourceStep
+    transfer: bytes  #: exact serialized transfer envelope, re-sent unchanged on retries
+    staged_receipt: bytes = b""
+    activation_receipt: bytes = b""
+    created_at: datetime
+    updated_at: datetime
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DestinationRecord:
+    migration_id: str
+    object_id: str
+    tenant: str
+    source_host: str
+    step: DestinationStep
+    transfer_digest: bytes
+    staged_receipt: bytes = b""
+    activation_receipt: bytes = b""
+    staged: GovernedObject | None = None
+    created_at: datetime
+    updated_at: datetime
+    reason: str = ""

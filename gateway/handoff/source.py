@@ -1,0 +1,362 @@
+"""The source side of the handoff: the coordinator of a presumed-abort two-phase commit.
+
+Invariants this side keeps (DESIGN.md §6):
+
+* **Journal first.** Freezing the object and recording the sealed transfer happen in
+  one transaction before anything is sent; committing (journal COMMITTED + tombstone)
+  happens in one transaction before Commit is sent. A crash between any two steps
+  leaves a journal from which :meth:`Source.resume` finishes the job.
+* **Presumed abort.** Until COMMITTED is journaled the source may abort, and it journals
+  ABORTED (and resumes the object) *before* telling anyone. A destination that asks
+  about a migration the source never committed gets ABORTED, and the source can then
+  never commit it: the COMMITTED write is conditional on the FROZEN record's ETag.
+* **One transfer per migration.** Retries re-send the exact sealed bytes from the
+  journal, so the destination's idempotency (by migration id and transfer digest)
+  holds across process restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass, replace
+
+from gateway import envelope as dsse
+from gateway import wire
+from gateway.errors import (
+    BadSignatureError,
+    ConcurrencyError,
+    GatewayError,
+    MigrationAbortedError,
+    MigrationNotFoundError,
+    NotFoundError,
+    ObjectStateError,
+    PeerMismatchError,
+    PeerUnavailableError,
+    VerificationError,
+)
+from gateway.handoff.context import HostContext
+from gateway.handoff.journal import object_key, source_key
+from gateway.handoff.messages import NONCE_BYTES, Receipt, ReceiptKind, Transfer
+from gateway.handoff.peers import Outcome, Peers
+from gateway.handoff.records import SourceRecord, SourceStep
+from gateway.lineage import digest
+from gateway.stores import Expect, Put
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MigrationResult:
+    migration_id: str
+    object_id: str
+    destination: str
+    step: SourceStep  #: DONE, or COMMITTED when activation is still to be confirmed
+    epoch: int
+
+
+def new_migration_id() -> str:
+    return f"mig-{uuid.uuid4().hex}"
+
+
+class Source:
+    def __init__(self, context: HostContext, peers: Peers) -> None:
+        self.ctx = context
+        self.peers = peers
+
+    async def migrate(self, object_id: str, *, tenant: str, destination: str) -> MigrationResult:
+        """Move an ACTIVE object to ``destination``; returns once it is committed.
+
+        Raises :class:`MigrationAbortedError` (or the destination's own refusal, with
+        the object ACTIVE here again) if the destination refused or could not be reached
+        before commit.
+        """
+        ctx = self.ctx
+        self.peers.client(destination)  # an unknown peer fails before anything is frozen
+        if destination == ctx.host:
+            raise ObjectStateError(f"{object_id} already lives on {ctx.host}")
+        loaded = await ctx.journal.object(tenant, object_id)
+        if loaded is None:
+            raise NotFoundError(
+                f"no object {object_id} in tenant {tenant} on {ctx.host}",
+                hint="list objects with `gateway object list`",
+            )
+        obj = loaded.value
+        now = ctx.clock.now()
+        migration_id = new_migration_id()
+        frozen = obj.freeze(migration_id, destination=destination, host=ctx.host, at=now)
+        sealed = frozen.lineage.sealed(
+            object_id=object_id, host=ctx.host, epoch=frozen.epoch, at=now, signer=ctx.signer
+        )
+        transfer = Transfer(
+            migration_id=migration_id,
+            epoch=frozen.epoch,
+            source_host=ctx.host,
+            destination_host=destination,
+            issued_at=now,
+            expires_at=now + ctx.timing.transfer_ttl,
+            nonce=os.urandom(NONCE_BYTES),
+            object=replace(frozen, lineage=sealed),
+            previous_transfer_digest=obj.last_transfer_digest,
+        )
+        raw = wire.encode_envelope(
+            ctx.seal(wire.encode_transfer(transfer), dsse.PayloadType.TRANSFER)
+        )
+        record = SourceRecord(
+            migration_id=migration_id,
+            object_id=object_id,
+            tenant=tenant,
+            destination_host=destination,
+            step=SourceStep.FROZEN,
+            transfer=raw,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            await ctx.journal.store.transact(
+                [
+                    Put(
+                        key=object_key(tenant, object_id),
+                        value=wire.encode_object(frozen),
+                        etag=loaded.etag,
+                    ),
+                    Put(
+                        key=source_key(migration_id),
+                        value=wire.encode_source_record(record),
+                        etag=Expect.ABSENT,
+                    ),
+                ]
+            )
+        except ConcurrencyError as exc:
+            raise ObjectStateError(
+                f"{object_id} changed while the migration was being prepared (another migration "
+                "or an update won)",
+                hint="check `gateway object show` and retry",
+            ) from exc
+        log.info("froze %s for migration %s to %s", object_id, migration_id, destination)
+        return await self.resume(migration_id)
+
+    async def resume(self, migration_id: str) -> MigrationResult:
+        """Drive a migration forward from whatever its journal says. Safe to call again."""
+        loaded = await self.ctx.journal.source(migration_id)
+        if loaded is None:
+            raise MigrationNotFoundError(
+                f"no migration {migration_id} was started on {self.ctx.host}"
+            )
+        record = loaded.value
+        if record.step is SourceStep.FROZEN:
+            record = await self._prepare_and_commit(record)
+        if record.step is SourceStep.COMMITTED:
+            record = await self._activate(record)
+        if record.step is SourceStep.ABORTED:
+            raise MigrationAbortedError(
+                f"migration {migration_id} of {record.object_id} aborted: {record.reason}",
+                hint=f"{record.object_id} is active on {self.ctx.host} again",
+            )
+        transfer = wire.decode_envelope(record.transfer)
+        return MigrationResult(
+            migration_id=migration_id,
+            object_id=record.object_id,
+            destination=record.destination_host,
+            step=record.step,
+            epoch=wire.decode_transfer(transfer.payload).epoch,
+        )
+
+    async def _prepare_and_commit(self, record: SourceRecord) -> SourceRecord:
+        client = self.peers.client(record.destination_host)
+        try:
+            receipt_raw = await client.prepare(record.transfer)
+            self._check_receipt(record, receipt_raw, ReceiptKind.STAGED)
+        except PeerUnavailableError as exc:
+            await self.abort(record.migration_id, reason=f"destination unreachable: {exc.reason}")
+            raise
+        except GatewayError as exc:
+            await self.abort(record.migration_id, reason=f"destination refused: {exc}")
+            raise
+        return await self._commit(record.migration_id, receipt_raw)
+
+    async def _commit(self, migration_id: str, receipt_raw: bytes) -> SourceRecord:
+        """Point of no return: journal COMMITTED and tombstone the object, atomically."""
+        ctx = self.ctx
+        journal = await ctx.journal.source(migration_id)
+        assert journal is not None
+        record = journal.value
+        if record.step is not SourceStep.FROZEN:
+            return record  # a Decision or another driver got here first; follow it
+        current = await ctx.journal.object(record.tenant, record.object_id)
+        if current is None:
+            raise ObjectStateError(f"{record.object_id} vanished from {ctx.host} during migration")
+        moved = current.value.tombstone(
+            migration_id,
+            moved_to=record.destination_host,
+            receipt=wire.decode_envelope(receipt_raw),
+            transfer_digest=digest(wire.decode_envelope(record.transfer).payload),
+        )
+        committed = replace(
+            record,
+            step=SourceStep.COMMITTED,
+            staged_receipt=receipt_raw,
+            updated_at=ctx.clock.now(),
+        )
+        try:
+            await ctx.journal.store.transact(
+                [
+                    Put(
+                        key=object_key(record.tenant, record.object_id),
+                        value=wire.encode_object(moved),
+                        etag=current.etag,
+                    ),
+                    Put(
+                        key=source_key(migration_id),
+                        value=wire.encode_source_record(committed),
+                        etag=journal.etag,
+                    ),
+                ]
+            )
+        except ConcurrencyError:
+            # Only an abort (e.g. answering a Decision) changes a FROZEN record; it won.
+            again = await ctx.journal.source(migration_id)
+            assert again is not None
+            return again.value
+        log.info("committed migration %s of %s", migration_id, record.object_id)
+        return committed
+
+    async def _activate(self, record: SourceRecord) -> SourceRecord:
+        """Send Commit until the destination confirms; then journal DONE."""
+        ctx = self.ctx
+        client = self.peers.client(record.destination_host)
+        try:
+            receipt_raw = await client.commit(record.migration_id)
+            self._check_receipt(record, receipt_raw, ReceiptKind.ACTIVATED)
+        except (PeerUnavailableError, VerificationError) as exc:
+            # Committed is committed: the object is the destination's. Recovery re-sends
+            # Commit, and the destination may also ask for the decision.
+            log.warning(
+                "migration %s committed; activation not confirmed yet: %s", record.migration_id, exc
+            )
+            return record
+        loaded = await ctx.journal.source(record.migration_id)
+        assert loaded is not None
+        if loaded.value.step is SourceStep.DONE:
+            return loaded.value
+        done = replace(
+            loaded.value,
+            step=SourceStep.DONE,
+            activation_receipt=receipt_raw,
+            updated_at=ctx.clock.now(),
+        )
+        try:
+            await ctx.journal.store.put(
+                source_key(record.migration_id), wire.encode_source_record(done), etag=loaded.etag
+            )
+        except ConcurrencyError:
+            again = await ctx.journal.source(record.migration_id)
+            assert again is not None
+            return again.value
+        return done
+
+    def _check_receipt(self, record: SourceRecord, raw: bytes, kind: ReceiptKind) -> Receipt:
+        """A receipt must be signed by the destination and about exactly this transfer."""
+        now = self.ctx.clock.now()
+        payload = self.ctx.open_from(
+            record.destination_host, wire.decode_envelope(raw), kind.payload_type, at=now
+        )
+        receipt = wire.decode_receipt(payload, kind)
+        expected_digest = digest(wire.decode_envelope(record.transfer).payload)
+        if (
+            receipt.migration_id != record.migration_id
+            or receipt.object_id != record.object_id
+            or receipt.host != record.destination_host
+            or receipt.source_host != self.ctx.host
+            or receipt.transfer_digest != expected_digest
+        ):
+            raise BadSignatureError(
+                f"{kind.name.lower()} receipt for migration {record.migration_id} is signed "
+                "but describes another transfer",
+                hint="the destination answered about something else; the migration aborts",
+            )
+        return receipt
+
+    async def abort(self, migration_id: str, *, reason: str) -> SourceRecord:
+        """Abort before commit: journal ABORTED and resume the object, then tell the
+        destination (best effort; it asks for the decision if it missed this)."""
+        ctx = self.ctx
+        for _attempt in range(3):
+            journal = await ctx.journal.source(migration_id)
+            if journal is None:
+                raise MigrationNotFoundError(f"no migration {migration_id} on {ctx.host}")
+            record = journal.value
+            if record.step is SourceStep.ABORTED:
+                return record
+            if record.step is not SourceStep.FROZEN:
+                raise ObjectStateError(
+                    f"migration {migration_id} is already {record.step.value}; it can no longer abort"
+                )
+            current = await ctx.journal.object(record.tenant, record.object_id)
+            if current is None:
+                raise ObjectStateError(
+                    f"{record.object_id} vanished from {ctx.host} during migration"
+                )
+            now = ctx.clock.now()
+            resumed = current.value.thaw(migration_id, host=ctx.host, at=now, reason=reason)
+            aborted = replace(record, step=SourceStep.ABORTED, reason=reason, updated_at=now)
+            try:
+                await ctx.journal.store.transact(
+                    [
+                        Put(
+                            key=object_key(record.tenant, record.object_id),
+                            value=wire.encode_object(resumed),
+                            etag=current.etag,
+                        ),
+                        Put(
+                            key=source_key(migration_id),
+                            value=wire.encode_source_record(aborted),
+                            etag=journal.etag,
+                        ),
+                    ]
+                )
+            except ConcurrencyError:
+                continue
+            log.info("aborted migration %s of %s: %s", migration_id, record.object_id, reason)
+            try:
+                await self.peers.client(record.destination_host).abort(migration_id, reason)
+            except GatewayError as exc:
+                log.info("destination not told of abort %s (it will ask): %s", migration_id, exc)
+            return aborted
+        raise ObjectStateError(f"migration {migration_id} keeps changing under abort; retry")
+
+    async def decide(self, migration_id: str, *, peer: str) -> Outcome:
+        """Answer a destination's Decision. Anything not committed is aborted first."""
+        ctx = self.ctx
+        journal = await ctx.journal.source(migration_id)
+        if journal is None:
+            now = ctx.clock.now()
+            unknown = SourceRecord(
+                migration_id=migration_id,
+                object_id="",
+                tenant="",
+                destination_host=peer,
+                step=SourceStep.ABORTED,
+                transfer=b"",
+                created_at=now,
+                updated_at=now,
+                reason="unknown migration (presumed abort)",
+            )
+            try:
+                await ctx.journal.store.put(
+                    source_key(migration_id), wire.encode_source_record(unknown), etag=Expect.ABSENT
+                )
+            except ConcurrencyError:
+                return await self.decide(migration_id, peer=peer)
+            return Outcome.ABORTED
+        record = journal.value
+        if record.destination_host != peer:
+            raise PeerMismatchError(f"migration {migration_id} is not addressed to {peer}")
+        if record.step is SourceStep.FROZEN:
+            record = await self.abort(
+                migration_id, reason="the destination asked before the source committed"
+            )
+        if record.step in (SourceStep.COMMITTED, SourceStep.DONE):
+            return Outcome.COMMITTED
+        return Outcome.ABORTED

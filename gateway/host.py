@@ -1,0 +1,316 @@
+"""A gateway host: the composition root that wires configuration, keys, trust, store,
+handoff and transport together. Commands and the server both work through a :class:`Host`.
+
+Several processes may open the same host at once (``gateway serve`` and a ``gateway
+migrate`` beside it): every state change is a conditional store transaction, so they
+coordinate through the store's ETags, never through memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from gateway import envelope as dsse
+from gateway._time import Clock, SystemClock
+from gateway.config import Config
+from gateway.errors import ConfigError, GatewayError, NotFoundError, TrustError, UnknownPeerError
+from gateway.handoff.context import HostContext
+from gateway.handoff.destination import Destination
+from gateway.handoff.journal import DESTINATION_PREFIX, SOURCE_PREFIX, Journal, object_key
+from gateway.handoff.peers import Outcome
+from gateway.handoff.records import DestinationStep, SourceStep
+from gateway.handoff.source import MigrationResult, Source
+from gateway.keyring import Keyring, load_keyring
+from gateway.keys import Purpose
+from gateway.model import CycleState, GovernedObject, Rule, new_object
+from gateway.stores import Expect
+from gateway.stores.sqlite import SqliteStore
+from gateway.transport.client import GrpcPeers
+from gateway.transport.server import GatewayService, start_server
+from gateway.transport.tls import authorities_by_domain, server_credentials
+from gateway.trust import TrustBundle, TrustStore, accept_bundle, decode_bundle, encode_bundle
+from gateway.wire import encode_object
+
+log = logging.getLogger(__name__)
+
+TRUST_PREFIX = "trust/"
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what}: {exc.strerror}") from exc
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImportedBundle:
+    bundle: TrustBundle
+    first_use: bool  #: no earlier bundle of this domain was trusted here
+    changed: bool
+
+
+class Host:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: SqliteStore,
+        keyring: Keyring,
+        trust: TrustStore,
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.keyring = keyring
+        self.trust = trust
+        self.clock = clock
+        self.journal = Journal(store)
+        host = str(config.host)
+        self.certificate = _read(config.tls.certificate, "TLS certificate")
+        self.private_key = _read(config.tls.private_key, "TLS private key")
+        self.context = HostContext(
+            host=host,
+            region=config.region,
+            tenants=frozenset(config.tenants),
+            journal=self.journal,
+            trust=trust,
+            signer=keyring.signer_for(Purpose.ENVELOPE, host=host, at=clock.now()),
+            clock=clock,
+            timing=config.handoff,
+        )
+        self.peers = GrpcPeers(
+            config.peers,
+            certificate=self.certificate,
+            private_key=self.private_key,
+            roots_for=self._roots_for,
+            timing=config.handoff,
+            unknown=self._unknown_peer,
+        )
+        self.source = Source(self.context, self.peers)
+        self.destination = Destination(self.context)
+
+    @classmethod
+    async def open(cls, config: Config, *, clock: Clock | None = None) -> Host:
+        clock = clock or SystemClock()
+        keyring = load_keyring(config.keys)
+        own = keyring.bundle
+        if own.trust_domain != config.host.trust_domain:
+            raise ConfigError(
+                f"{config.source}: keys: the bundle in {config.keys} is for {own.trust_domain}, "
+                f"but host.id is in {config.host.trust_domain}",
+                hint="point 'keys' at this trust domain's keys directory",
+            )
+        store = SqliteStore.open(config.sqlite)
+        try:
+            bundles = [own]
+            for key in await store.list(TRUST_PREFIX):
+                item = await store.get(key)
+                if item is not None:
+                    bundles.append(decode_bundle(item.value))
+            return cls(
+                config, store=store, keyring=keyring, trust=TrustStore.of(bundles), clock=clock
+            )
+        except BaseException:
+            await store.close()
+            raise
+
+    async def close(self) -> None:
+        await self.peers.close()
+        await self.store.close()
+
+    @property
+    def host_id(self) -> str:
+        return str(self.config.host)
+
+    def _roots_for(self, trust_domain: str) -> bytes:
+        authorities = self.trust.bundle(trust_domain).x509_authorities
+        if not authorities:
+            raise TrustError(f"the trust bundle of {trust_domain} carries no CA certificate")
+        return b"".join(authorities)
+
+    def _unknown_peer(self, host_id: str) -> Exception:
+        try:
+            self.config.peer(host_id)
+        except UnknownPeerError as exc:
+            return exc
+        return UnknownPeerError(f"{host_id} is not a peer")
+
+    def _tenant(self, tenant: str) -> str:
+        if tenant not in self.config.tenants:
+            raise ConfigError(
+                f"tenant {tenant!r} is not hosted on {self.host_id} (tenants: {', '.join(self.config.tenants)})",
+                hint=f"add it under 'tenants:' in {self.config.source}",
+            )
+        return tenant
+
+    # --- objects ------------------------------------------------------------------------
+
+    async def create_object(
+        self,
+        object_id: str,
+        *,
+        tenant: str,
+        data: bytes,
+        content_type: str,
+        grants: tuple[str, ...] = (),
+        rules: tuple[Rule, ...] = (),
+        cycle: CycleState | None = None,
+    ) -> GovernedObject:
+        obj = new_object(
+            object_id,
+            tenant=self._tenant(tenant),
+            data=data,
+            content_type=content_type,
+            host=self.host_id,
+            at=self.clock.now(),
+            grants=grants,
+            rules=rules,
+            cycle=cycle or CycleState(),
+        )
+        await self.store.put(
+            object_key(tenant, obj.object_id), encode_object(obj), etag=Expect.ABSENT
+        )
+        return obj
+
+    async def get_object(self, object_id: str, *, tenant: str) -> GovernedObject:
+        loaded = await self.journal.object(self._tenant(tenant), object_id)
+        if loaded is None:
+            raise NotFoundError(
+                f"no object {object_id} in tenant {tenant} on {self.host_id}",
+                hint="list objects with `gateway object list`",
+            )
+        return loaded.value
+
+    async def list_objects(self, *, tenant: str) -> list[GovernedObject]:
+        return await self.journal.objects(self._tenant(tenant))
+
+    async def migrate(self, object_id: str, *, tenant: str, destination: str) -> MigrationResult:
+        self.config.peer(destination)
+        return await self.source.migrate(
+            object_id, tenant=self._tenant(tenant), destination=destination
+        )
+
+    # --- trust --------------------------------------------------------------------------
+
+    async def import_bundle(self, signed: bytes, *, at: datetime | None = None) -> ImportedBundle:
+        """Trust a peer domain's signed bundle, or move to its newer one."""
+        at = at or self.clock.now()
+        try:
+            claimed = decode_bundle(dsse.from_json(signed, max_size=1 << 20).payload).trust_domain
+        except GatewayError as exc:
+            raise TrustError(
+                f"not a signed trust bundle: {exc.reason}",
+                hint="export one with `gateway trust export`",
+            ) from exc
+        if claimed == self.config.host.trust_domain:
+            raise TrustError(
+                f"{claimed} is this host's own trust domain; its bundle comes from {self.config.keys}",
+                hint="import bundles of peer domains only",
+            )
+        key = TRUST_PREFIX + claimed
+        item = await self.store.get(key)
+        current = decode_bundle(item.value) if item else None
+        accepted = accept_bundle(current, signed, at=at, trust_domain=claimed)
+        changed = current is None or accepted.sequence != current.sequence
+        if changed:
+            await self.store.put(
+                key, encode_bundle(accepted), etag=item.etag if item else Expect.ABSENT
+            )
+        return ImportedBundle(bundle=accepted, first_use=current is None, changed=changed)
+
+    # --- serving ------------------------------------------------------------------------
+
+    async def serve(
+        self, *, ready: asyncio.Future[int] | None = None, stop: asyncio.Event | None = None
+    ) -> None:
+        """Serve peers until ``stop`` is set (or forever); recover open migrations meanwhile."""
+        authorities = authorities_by_domain(self.trust.x509_authorities())
+        credentials = server_credentials(
+            certificate=self.certificate,
+            private_key=self.private_key,
+            client_roots=b"".join(authorities.values()),
+        )
+        service = GatewayService(
+            source=self.source, destination=self.destination, authorities=authorities
+        )
+        server, port = await start_server(
+            service, listen=self.config.listen, credentials=credentials
+        )
+        log.info("%s listening on port %d", self.host_id, port)
+        if ready is not None:
+            ready.set_result(port)
+        stop = stop or asyncio.Event()
+        recovery = asyncio.create_task(self._recover_forever(stop))
+        try:
+            await stop.wait()
+        finally:
+            recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recovery
+            await server.stop(grace=2.0)
+
+    async def _recover_forever(self, stop: asyncio.Event) -> None:
+        interval = max(1.0, self.config.handoff.stage_timeout.total_seconds() / 3)
+        while not stop.is_set():
+            try:
+                await self.recover()
+            except GatewayError as exc:
+                log.warning("recovery pass failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+
+    async def recover(self) -> int:
+        """One pass over open migrations; returns how many were moved forward.
+
+        Source: COMMITTED → re-send Commit; FROZEN whose transfer can no longer be
+        accepted anywhere → abort (presumed abort). Destination: STAGED for longer than
+        ``handoff.stage_timeout`` → ask the source for its decision and follow it.
+        """
+        now = self.clock.now()
+        timing = self.config.handoff
+        progressed = 0
+        for key in await self.store.list(SOURCE_PREFIX):
+            record = await self.journal.source(key.removeprefix(SOURCE_PREFIX))
+            if record is None:
+                continue
+            step, updated = record.value.step, record.value.updated_at
+            try:
+                if step is SourceStep.COMMITTED:
+                    await self.source.resume(record.value.migration_id)
+                    progressed += 1
+                elif (
+                    step is SourceStep.FROZEN
+                    and now - updated > timing.transfer_ttl + 2 * timing.clock_skew
+                ):
+                    await self.source.abort(
+                        record.value.migration_id, reason="transfer expired before commit"
+                    )
+                    progressed += 1
+            except GatewayError as exc:
+                log.info("source recovery of %s: %s", record.value.migration_id, exc)
+        for key in await self.store.list(DESTINATION_PREFIX):
+            loaded = await self.journal.destination(key.removeprefix(DESTINATION_PREFIX))
+            if loaded is None or loaded.value.step is not DestinationStep.STAGED:
+                continue
+            staged = loaded.value
+            if now - staged.updated_at < timing.stage_timeout:
+                continue
+            try:
+                outcome = await self.peers.client(staged.source_host).decision(staged.migration_id)
+                if outcome is Outcome.COMMITTED:
+                    await self.destination.commit(staged.migration_id, peer=staged.source_host)
+                else:
+                    await self.destination.abort(
+                        staged.migration_id, peer=staged.source_host, reason="source decided abort"
+                    )
+                progressed += 1
+            except GatewayError as exc:
+                log.info("destination recovery of %s: %s", staged.migration_id, exc)
+        await self.destination.prune_nonces()
+        return progressed

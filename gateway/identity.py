@@ -1,0 +1,318 @@
+"""Identities of hosts and objects, and what a peer's certificate says about them.
+
+A host is named by a SPIFFE ID (``spiffe://org-a.example/cluster/east/gateway``) and
+an object by an object id owned by its issuing trust domain
+(``obj://org-a.example/billing/invoice-42``). Both follow the SPIFFE ID rules:
+
+* the scheme is exactly ``spiffe`` (or ``obj``), lowercase;
+* the trust domain is 1-255 characters of ``[a-z0-9._-]``: no upper case, port,
+  userinfo or percent-encoding;
+* the path is required here (an id names a host or an object, never a whole trust
+  domain); its segments are non-empty, never ``.`` or ``..``, and made of
+  ``[A-Za-z0-9._-]``; there is no trailing ``/``, query or fragment;
+* the whole id is at most 2048 bytes.
+
+Ids are checked when they are constructed, so a ``HostId`` or ``ObjectId`` that
+exists is valid; ``str(id)`` gives back exactly the URI that was parsed.
+
+Peer certificates (``spiffe_id_from_cert`` and ``verify_issued_by``) are checked as
+X.509-SVIDs: exactly one URI SAN, a valid SPIFFE id, issued by the CA of the trust
+domain that id names. A CA's trust domain (``ca_trust_domain``) is the single URI
+host its name constraints permit (see ``verify_issued_by`` for why). Everything here
+is pure: PEM bytes in, values or errors out, no I/O.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from typing import Final
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from gateway.errors import ConfigError, PeerMismatchError, TrustError, UntrustedKeyError
+
+__all__ = ["HostId", "ObjectId", "ca_trust_domain", "spiffe_id_from_cert", "verify_issued_by"]
+
+_MAX_ID_BYTES: Final = 2048
+_MAX_TRUST_DOMAIN_CHARS: Final = 255
+_TRUST_DOMAIN_CHARS: Final = frozenset(string.ascii_lowercase + string.digits + ".-_")
+_SEGMENT_CHARS: Final = frozenset(string.ascii_letters + string.digits + ".-_")
+
+_HOST_EXAMPLE: Final = "spiffe://org-a.example/cluster/east/gateway"
+_OBJECT_EXAMPLE: Final = "obj://org-a.example/billing/invoice-42"
+
+
+def _trust_domain_problem(name: str) -> str | None:
+    """Why ``name`` is not a trust domain name, or None when it is one."""
+    if not name:
+        return "the trust domain is missing"
+    if len(name) > _MAX_TRUST_DOMAIN_CHARS:
+        return f"the trust domain is {len(name)} characters long, more than 255"
+    if "@" in name:
+        return "userinfo ('user@') is not allowed before the trust domain"
+    if ":" in name:
+        return f"the trust domain {name!r} has a port; ports are not allowed"
+    for char in name:
+        if char in _TRUST_DOMAIN_CHARS:
+            continue
+        if char in string.ascii_uppercase:
+            return f"the trust domain {name!r} must be lowercase"
+        return f"the trust domain {name!r} contains {char!r}; only [a-z0-9._-] are allowed"
+    return None
+
+
+def _path_problem(path: str) -> str | None:
+    """Why ``path`` (with its leading ``/``) is not an id path, or None when it is one."""
+    if not path or path == "/":
+        return "the path is missing; an id names something inside its trust domain"
+    if not path.startswith("/"):
+        return f"the path {path!r} must start with '/'"
+    segments = path[1:].split("/")
+    for index, segment in enumerate(segments):
+        if not segment:
+            if index == len(segments) - 1:
+                return "the path ends with '/'"
+            return "the path has an empty segment ('//')"
+        if segment in (".", ".."):
+            return f"the path has a {segment!r} segment; dot segments are not allowed"
+        for char in segment:
+            if char not in _SEGMENT_CHARS:
+                return (
+                    f"the path segment {segment!r} contains {char!r}; "
+                    "only [A-Za-z0-9._-] are allowed"
+                )
+    return None
+
+
+def _id_problem(uri: str, trust_domain: str, path: str) -> str | None:
+    if len(uri.encode()) > _MAX_ID_BYTES:
+        return f"it is longer than {_MAX_ID_BYTES} bytes"
+    return _trust_domain_problem(trust_domain) or _path_problem(path)
+
+
+def _split(uri: str, scheme: str) -> tuple[str, str] | str:
+    """Split ``uri`` into (trust domain, path), or return why it cannot be split.
+
+    Only the syntax around the parts is checked here; the parts themselves are
+    checked by the dataclass constructors, so both entry points apply one rule set.
+    """
+    prefix = f"{scheme}://"
+    if not uri.startswith(prefix):
+        found, separator, _ = uri.partition("://")
+        if not separator:
+            return f"it does not start with {prefix!r}"
+        return f"the scheme is {found!r}; it must be {scheme!r} (lowercase)"
+    if "?" in uri:
+        return "it has a query ('?'); queries are not allowed"
+    if "#" in uri:
+        return "it has a fragment ('#'); fragments are not allowed"
+    trust_domain, slash, rest = uri[len(prefix) :].partition("/")
+    return trust_domain, slash + rest
+
+
+def _invalid(kind: str, uri: str, problem: str, example: str) -> ConfigError:
+    shown = uri if len(uri) <= 120 else uri[:100] + "…"  # ids may come from peers
+    return ConfigError(
+        f"{shown!r} is not a valid {kind}: {problem}",
+        hint=f"write it like {example}",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostId:
+    """A host's SPIFFE ID: ``spiffe://<trust_domain><path>``.
+
+    ``path`` keeps its leading ``/``, e.g. ``HostId(trust_domain="org-a.example",
+    path="/cluster/east/gateway")``.
+    """
+
+    trust_domain: str
+    path: str
+
+    def __post_init__(self) -> None:
+        problem = _id_problem(self.uri, self.trust_domain, self.path)
+        if problem:
+            raise _invalid("SPIFFE id", self.uri, problem, _HOST_EXAMPLE)
+
+    @classmethod
+    def parse(cls, uri: str) -> HostId:
+        """Parse a SPIFFE ID, raising ConfigError that says what is wrong with it."""
+        parts = _split(uri, "spiffe")
+        if isinstance(parts, str):
+            raise _invalid("SPIFFE id", uri, parts, _HOST_EXAMPLE)
+        return cls(trust_domain=parts[0], path=parts[1])
+
+    @property
+    def uri(self) -> str:
+        return f"spiffe://{self.trust_domain}{self.path}"
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ObjectId:
+    """An object's id, owned by the trust domain that issued it: ``obj://<trust_domain><path>``."""
+
+    trust_domain: str
+    path: str
+
+    def __post_init__(self) -> None:
+        problem = _id_problem(self.uri, self.trust_domain, self.path)
+        if problem:
+            raise _invalid("object id", self.uri, problem, _OBJECT_EXAMPLE)
+
+    @classmethod
+    def parse(cls, uri: str) -> ObjectId:
+        """Parse an object id, raising ConfigError that says what is wrong with it."""
+        parts = _split(uri, "obj")
+        if isinstance(parts, str):
+            raise _invalid("object id", uri, parts, _OBJECT_EXAMPLE)
+        return cls(trust_domain=parts[0], path=parts[1])
+
+    @property
+    def uri(self) -> str:
+        return f"obj://{self.trust_domain}{self.path}"
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+# --- peer certificates -------------------------------------------------------------
+
+
+def spiffe_id_from_cert(cert_pem: bytes) -> HostId:
+    """The SPIFFE id a peer's certificate claims.
+
+    The certificate must carry exactly one URI SAN and it must be a valid SPIFFE id
+    (X.509-SVID rules); otherwise PeerMismatchError says what the certificate has.
+    This reads a claim only: pair it with ``verify_issued_by`` before believing it.
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise PeerMismatchError(
+            f"the peer certificate is not a PEM X.509 certificate: {exc}"
+        ) from exc
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound as exc:
+        raise PeerMismatchError(
+            "the peer certificate has no subjectAltName, so it names no SPIFFE id",
+            hint=f"issue it with exactly one URI SAN such as {_HOST_EXAMPLE}",
+        ) from exc
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    if len(uris) != 1:
+        has = f"{len(uris)} URI SANs {uris!r}" if uris else "no URI SAN"
+        raise PeerMismatchError(
+            f"the peer certificate has {has}; an X.509-SVID has exactly one",
+            hint=f"issue it with exactly one URI SAN such as {_HOST_EXAMPLE}",
+        )
+    try:
+        return HostId.parse(uris[0])
+    except ConfigError as exc:
+        raise PeerMismatchError(
+            f"the peer certificate's URI SAN is not a valid SPIFFE id: {exc.reason}",
+            hint=exc.hint,
+        ) from exc
+
+
+def verify_issued_by(cert_pem: bytes, ca_pem: bytes) -> None:
+    """Check that ``ca_pem`` issued ``cert_pem`` and is the CA of the domain it claims.
+
+    Why this is needed after a successful mTLS handshake: gRPC verifies the peer's
+    chain against the *union* of every trusted CA. A certificate issued by org-b's
+    CA may claim ``spiffe://org-a.example/...`` and still complete the handshake.
+    So once the handshake is done the server must look up the CA of the trust domain
+    the peer's SPIFFE id names, pass it here, and refuse the peer unless that very
+    CA signed its certificate. (The dev CAs also carry name constraints the TLS
+    stack enforces, but a partner's CA may not; this check does not rely on them.)
+
+    The CA's trust domain is read from its name constraints: the one permitted URI
+    subtree, e.g. ``org-a.example``. That is the only field that both names a trust
+    domain unambiguously and limits what the CA can sign for, unlike a subject,
+    which is free text. A CA without exactly one permitted URI subtree is refused
+    (TrustError), so a CA can never be silently trusted for every domain.
+
+    This checks issuance and domain only; validity periods and the rest of the path
+    are the TLS stack's job. Raises PeerMismatchError when the certificate names no
+    usable SPIFFE id, UntrustedKeyError when the CA is for another trust domain or
+    did not sign the certificate, TrustError when the CA certificate is unusable.
+    """
+    try:
+        ca = x509.load_pem_x509_certificate(ca_pem)
+    except ValueError as exc:
+        raise TrustError(f"the CA certificate is not a PEM X.509 certificate: {exc}") from exc
+    ca_domain = _ca_trust_domain(ca)
+    host_id = spiffe_id_from_cert(cert_pem)
+    if host_id.trust_domain != ca_domain:
+        # Checked before the signature so that passing the wrong CA gets a clear reason.
+        raise UntrustedKeyError(
+            f"the peer certificate claims {host_id}, but this CA is for trust domain {ca_domain!r}",
+            hint=f"verify it against the CA trusted for {host_id.trust_domain!r}",
+        )
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise UntrustedKeyError(
+            f"the certificate for {host_id} was not issued by the CA trusted for "
+            f"{ca_domain!r} ({type(exc).__name__}: {str(exc) or 'bad signature'})",
+            hint="the peer's CA for this trust domain must be the one in the trust bundle",
+        ) from exc
+
+
+def ca_trust_domain(ca_pem: bytes) -> str:
+    """The trust domain a CA certificate is for: its single permitted URI name constraint.
+
+    Raises TrustError when the PEM is not a CA certificate or does not name exactly
+    one trust domain this way. Useful to index a set of CAs by trust domain.
+    """
+    try:
+        ca = x509.load_pem_x509_certificate(ca_pem)
+    except ValueError as exc:
+        raise TrustError(f"the CA certificate is not a PEM X.509 certificate: {exc}") from exc
+    return _ca_trust_domain(ca)
+
+
+def _ca_trust_domain(ca: x509.Certificate) -> str:
+    """The trust domain a CA certificate is for: its single permitted URI name constraint.
+
+    Raises TrustError when the certificate is not a CA or does not name exactly one
+    trust domain this way.
+    """
+    try:
+        basic = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        basic = None
+    if basic is None or not basic.ca:
+        raise TrustError(
+            f"the certificate {ca.subject.rfc4514_string()!r} is not a CA certificate",
+            hint="trust the CA that issues host certificates, not a host certificate",
+        )
+    try:
+        constraints = ca.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    permitted = constraints.permitted_subtrees if constraints is not None else None
+    uris = [n.value for n in permitted or () if isinstance(n, x509.UniformResourceIdentifier)]
+    hint = "issue the CA with a name constraint permitting URI host <trust-domain>"
+    if len(uris) != 1:
+        raise TrustError(
+            f"the CA {ca.subject.rfc4514_string()!r} permits {len(uris)} URI name "
+            f"constraints {uris!r}; it must permit exactly one, its trust domain",
+            hint=hint,
+        )
+    problem = _trust_domain_problem(uris[0])
+    if uris[0].startswith("."):
+        # RFC 5280: ".org-a.example" permits the subdomains of org-a.example, not it.
+        problem = "a leading '.' permits other domains (subdomains), not one trust domain"
+    if problem:
+        raise TrustError(
+            f"the CA {ca.subject.rfc4514_string()!r} has a URI name constraint {uris[0]!r} "
+            f"that is not a trust domain: {problem}",
+            hint=hint,
+        )
+    return uris[0]

@@ -1,0 +1,188 @@
+"""A trust domain's keys on disk: private signing keys and the domain's own trust bundle.
+
+Layout of a keys directory (one per trust domain; it may hold keys of several hosts):
+
+=====================  ===================================================================
+``bundle.json``         the domain's current trust bundle (canonical JSON, public)
+``<key id>.key``        one private key (PKCS#8 PEM, mode 0600), named by its key id
+=====================  ===================================================================
+
+Every change (a new key, a revocation) writes a bundle with the next sequence number,
+which peers must import to see it. Private keys never leave this directory: bundles,
+exports and logs carry only public key records.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from gateway.errors import ConfigError, TrustError
+from gateway.keys import Algorithm, Purpose, Signer
+from gateway.trust import TrustBundle, decode_bundle, encode_bundle, new_bundle, sign_bundle
+
+BUNDLE_FILE = "bundle.json"
+SIGNING_PURPOSES = frozenset({Purpose.ENVELOPE, Purpose.GRANT})
+
+
+@dataclass(frozen=True, slots=True)
+class Keyring:
+    """A host's view of its domain's keys: the bundle, and the private keys it holds."""
+
+    directory: Path
+    bundle: TrustBundle
+    signers: dict[str, Signer]
+
+    def signer_for(self, purpose: Purpose, *, host: str, at: datetime) -> Signer:
+        """The newest usable key for ``purpose`` by ``host`` whose private half is here."""
+        usable = [
+            record
+            for record in self.bundle.keys
+            if purpose in record.purposes
+            and not record.revoked
+            and record.valid_at(at)
+            and (not record.hosts or host in record.hosts)
+            and record.key_id in self.signers
+        ]
+        if not usable:
+            raise ConfigError(
+                f"{self.directory}: no usable {purpose.value} key for {host}",
+                hint=f"create one with `gateway keys add --host {host}`",
+            )
+        newest = max(usable, key=lambda r: r.valid_from)
+        return self.signers[newest.key_id]
+
+    def bundle_signers(self, at: datetime) -> list[Signer]:
+        return [
+            self.signers[r.key_id]
+            for r in self.bundle.keys
+            if Purpose.BUNDLE in r.purposes
+            and not r.revoked
+            and r.valid_at(at)
+            and r.key_id in self.signers
+        ]
+
+    def export(self, at: datetime) -> bytes:
+        """The bundle signed by this domain's bundle keys, for peers to import."""
+        signers = self.bundle_signers(at)
+        if len(signers) < self.bundle.bundle_threshold:
+            raise ConfigError(
+                f"{self.directory}: {len(signers)} bundle key(s) here, "
+                f"{self.bundle.bundle_threshold} needed to sign the bundle",
+                hint="run the export where the domain's bundle keys are",
+            )
+        return sign_bundle(self.bundle, signers[: max(1, self.bundle.bundle_threshold)])
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _write_bundle(directory: Path, bundle: TrustBundle) -> None:
+    target = directory / BUNDLE_FILE
+    temporary = directory / f".{BUNDLE_FILE}.tmp"
+    temporary.write_bytes(encode_bundle(bundle))
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, target)
+
+
+def _add_signer(directory: Path, signer: Signer) -> None:
+    _write_private(directory / f"{signer.key_id}.key", signer.to_pem())
+
+
+def init_keys(
+    directory: Path,
+    *,
+    trust_domain: str,
+    host: str,
+    ca_certificate: bytes,
+    at: datetime,
+    algorithm: Algorithm = Algorithm.ED25519,
+    valid_for: timedelta = timedelta(days=365),
+) -> Keyring:
+    """Create a domain's first keys: a bundle key, and a signing key for ``host``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if (directory / BUNDLE_FILE).exists():
+        raise ConfigError(
+            f"{directory}: keys already exist",
+            hint="use `gateway keys add` to add a key, or choose another directory",
+        )
+    bundle_key = Signer.generate(algorithm)
+    signing_key = Signer.generate(algorithm)
+    bundle = new_bundle(
+        trust_domain,
+        [
+            bundle_key.record(purposes=[Purpose.BUNDLE], valid_from=at, valid_until=at + valid_for),
+            signing_key.record(
+                purposes=SIGNING_PURPOSES, hosts=[host], valid_from=at, valid_until=at + valid_for
+            ),
+        ],
+        x509_authorities=[ca_certificate],
+        issued_at=at,
+    )
+    for signer in (bundle_key, signing_key):
+        _add_signer(directory, signer)
+    _write_bundle(directory, bundle)
+    return load_keyring(directory)
+
+
+def add_key(
+    directory: Path,
+    *,
+    host: str,
+    at: datetime,
+    algorithm: Algorithm = Algorithm.ED25519,
+    valid_for: timedelta = timedelta(days=365),
+) -> tuple[Keyring, Signer]:
+    """Add a signing key for ``host`` (rotation: the newest valid key signs from now on)."""
+    keyring = load_keyring(directory)
+    signer = Signer.generate(algorithm)
+    record = signer.record(
+        purposes=SIGNING_PURPOSES, hosts=[host], valid_from=at, valid_until=at + valid_for
+    )
+    _add_signer(directory, signer)
+    _write_bundle(directory, keyring.bundle.with_key(record, issued_at=at))
+    return load_keyring(directory), signer
+
+
+def revoke_key(directory: Path, key_id: str, *, at: datetime) -> Keyring:
+    """Mark a key revoked in the next bundle; peers refuse its signatures once they import it."""
+    keyring = load_keyring(directory)
+    matches = [r for r in keyring.bundle.keys if r.key_id.startswith(key_id)]
+    if len(matches) != 1:
+        raise ConfigError(
+            f"key id {key_id!r} matches {len(matches)} keys in {directory}",
+            hint="give more of the key id (see `gateway keys list`)",
+        )
+    record = matches[0]
+    if record.revoked:
+        return keyring
+    _write_bundle(directory, keyring.bundle.with_key(replace(record, revoked=True), issued_at=at))
+    return load_keyring(directory)
+
+
+def load_keyring(directory: Path) -> Keyring:
+    try:
+        raw = (directory / BUNDLE_FILE).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{directory}: no {BUNDLE_FILE}", hint="create keys with `gateway keys init`"
+        ) from None
+    try:
+        bundle = decode_bundle(raw)
+    except TrustError as exc:
+        raise ConfigError(f"{directory / BUNDLE_FILE}: {exc.reason}", hint=exc.hint) from exc
+    signers: dict[str, Signer] = {}
+    for path in sorted(directory.glob("*.key")):
+        signer = Signer.from_pem(path.read_bytes(), source=str(path))
+        if signer.key_id != path.stem:
+            raise ConfigError(f"{path}: holds key {signer.key_id[:16]}…, not the key its name says")
+        signers[signer.key_id] = signer
+    return Keyring(directory=directory, bundle=bundle, signers=signers)

@@ -1,0 +1,389 @@
+"""Lineage: the hash-chained, host-signed record of everything that happened to an object.
+
+Invariants this module keeps:
+
+* **Exact bytes.** An entry is hashed as its canonical JSON bytes; :meth:`LineageEntry.decode`
+  accepts only bytes that re-encode to themselves, so every entry has one hash.
+* **Chained.** Entry *n* holds the leaf hash of entry *n-1* (RFC 9162 leaf hash
+  ``SHA-256(0x00 || entry)``), and its sequence number is *n*. Editing, dropping,
+  inserting or reordering an entry breaks the chain at that point.
+* **Signed by who recorded it.** Each host that lets an object go signs a checkpoint:
+  the Merkle tree head (RFC 9162) over every entry so far. The entries after the
+  previous checkpoint must all be recorded by the host that signs the next one, and
+  the checkpoint must be signed by a key trusted for that host. Verification costs one
+  hash per entry and one signature per hop, not one signature per entry.
+* **Only extended.** A host that saw an object before checks that the lineage it
+  receives now starts with exactly the entries it saw (:func:`verify_extends`), so a
+  fork, a truncation or a rewrite of history is detected.
+
+No I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from gateway import envelope as dsse
+from gateway import merkle
+from gateway._time import format_time, parse_time
+from gateway.errors import ExpiredError, LineageError, VerificationError
+from gateway.keys import Purpose, Signer
+from gateway.trust import TrustStore
+
+MAX_DETAIL = 1024
+_ENTRY_FIELDS = frozenset(
+    {
+        "seq",
+        "prev",
+        "time",
+        "host",
+        "kind",
+        "epoch",
+        "generation",
+        "data_digest",
+        "credentials_digest",
+        "detail",
+    }
+)
+_CHECKPOINT_FIELDS = frozenset({"object_id", "host", "epoch", "size", "root", "issued_at"})
+
+
+class EntryKind(enum.Enum):
+    CREATED = "created"
+    UPDATED = "updated"
+    EVALUATED = "evaluated"
+    ACTION_ADMITTED = "action-admitted"
+    ACTION_DENIED = "action-denied"
+    ATTENUATED = "attenuated"
+    FROZEN = "frozen"
+    ABORTED = "aborted"
+    REHOSTED = "rehosted"
+
+
+def _canonical(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
+
+
+def _strict_json(raw: bytes, fields: frozenset[str], what: str) -> dict[str, Any]:
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LineageError(f"{what} is not JSON: {exc}") from exc
+    if not isinstance(document, dict) or set(document) != fields:
+        raise LineageError(f"{what} must be an object with exactly the fields {sorted(fields)}")
+    if _canonical(document) != raw:
+        raise LineageError(f"{what} is not in canonical form (sorted keys, no spaces)")
+    return document
+
+
+def _field(document: dict[str, Any], name: str, kind: type, what: str) -> Any:
+    value = document[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise LineageError(f"{what}: {name} must be {kind.__name__}")
+    if isinstance(value, int) and value < 0:
+        raise LineageError(f"{what}: {name} must not be negative")
+    return value
+
+
+def _hex(document: dict[str, Any], name: str, what: str, *, empty_ok: bool = False) -> bytes:
+    text = _field(document, name, str, what)
+    if empty_ok and text == "":
+        return b""
+    try:
+        value = bytes.fromhex(text)
+    except ValueError as exc:
+        raise LineageError(f"{what}: {name} is not hex") from exc
+    if len(value) != 32 or value.hex() != text:
+        raise LineageError(f"{what}: {name} must be 64 lowercase hex digits")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LineageEntry:
+    seq: int
+    prev: bytes  #: leaf hash of the previous entry; empty for the first
+    time: datetime
+    host: str
+    kind: EntryKind
+    epoch: int
+    generation: int
+    data_digest: bytes
+    credentials_digest: bytes
+    detail: str = ""
+
+    def encode(self) -> bytes:
+        return _canonical(
+            {
+                "seq": self.seq,
+                "prev": self.prev.hex(),
+                "time": format_time(self.time),
+                "host": self.host,
+                "kind": self.kind.value,
+                "epoch": self.epoch,
+                "generation": self.generation,
+                "data_digest": self.data_digest.hex(),
+                "credentials_digest": self.credentials_digest.hex(),
+                "detail": self.detail,
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> LineageEntry:
+        what = "lineage entry"
+        document = _strict_json(raw, _ENTRY_FIELDS, what)
+        try:
+            kind = EntryKind(_field(document, "kind", str, what))
+            moment = parse_time(_field(document, "time", str, what))
+        except ValueError as exc:
+            raise LineageError(f"{what}: {exc}") from exc
+        return cls(
+            seq=_field(document, "seq", int, what),
+            prev=_hex(document, "prev", what, empty_ok=True),
+            time=moment,
+            host=_field(document, "host", str, what),
+            kind=kind,
+            epoch=_field(document, "epoch", int, what),
+            generation=_field(document, "generation", int, what),
+            data_digest=_hex(document, "data_digest", what),
+            credentials_digest=_hex(document, "credentials_digest", what),
+            detail=_field(document, "detail", str, what),
+        )
+
+    def leaf_hash(self) -> bytes:
+        return merkle.leaf_hash(self.encode())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Checkpoint:
+    """What a host vouches for when an object leaves it: the first ``size`` entries."""
+
+    object_id: str
+    host: str
+    epoch: int
+    size: int
+    root: bytes
+    issued_at: datetime
+
+    def encode(self) -> bytes:
+        return _canonical(
+            {
+                "object_id": self.object_id,
+                "host": self.host,
+                "epoch": self.epoch,
+                "size": self.size,
+                "root": self.root.hex(),
+                "issued_at": format_time(self.issued_at),
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Checkpoint:
+        what = "checkpoint"
+        document = _strict_json(raw, _CHECKPOINT_FIELDS, what)
+        try:
+            issued_at = parse_time(_field(document, "issued_at", str, what))
+        except ValueError as exc:
+            raise LineageError(f"{what}: {exc}") from exc
+        return cls(
+            object_id=_field(document, "object_id", str, what),
+            host=_field(document, "host", str, what),
+            epoch=_field(document, "epoch", int, what),
+            size=_field(document, "size", int, what),
+            root=_hex(document, "root", what),
+            issued_at=issued_at,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lineage:
+    entries: tuple[LineageEntry, ...] = ()
+    checkpoints: tuple[dsse.Envelope, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def leaf_hashes(self) -> list[bytes]:
+        return [e.leaf_hash() for e in self.entries]
+
+    def root(self) -> bytes:
+        return merkle.root(self.leaf_hashes())
+
+    def append(
+        self,
+        kind: EntryKind,
+        *,
+        host: str,
+        at: datetime,
+        epoch: int,
+        generation: int,
+        data_digest: bytes,
+        credentials_digest: bytes,
+        detail: str = "",
+    ) -> Lineage:
+        if len(detail) > MAX_DETAIL:
+            detail = detail[: MAX_DETAIL - 1] + "…"
+        previous = self.entries[-1].leaf_hash() if self.entries else b""
+        entry = LineageEntry(
+            seq=len(self.entries),
+            prev=previous,
+            time=at,
+            host=host,
+            kind=kind,
+            epoch=epoch,
+            generation=generation,
+            data_digest=data_digest,
+            credentials_digest=credentials_digest,
+            detail=detail,
+        )
+        return Lineage(entries=(*self.entries, entry), checkpoints=self.checkpoints)
+
+    def sealed(
+        self, *, object_id: str, host: str, epoch: int, at: datetime, signer: Signer
+    ) -> Lineage:
+        """This lineage with a checkpoint by ``host`` over every entry so far."""
+        checkpoint = Checkpoint(
+            object_id=object_id,
+            host=host,
+            epoch=epoch,
+            size=len(self.entries),
+            root=self.root(),
+            issued_at=at,
+        )
+        signed = dsse.seal(checkpoint.encode(), dsse.PayloadType.CHECKPOINT, [signer])
+        return Lineage(entries=self.entries, checkpoints=(*self.checkpoints, signed))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifiedLineage:
+    size: int
+    root: bytes
+    hosts: tuple[str, ...]  #: hosts that signed checkpoints, oldest first
+    checkpoints: tuple[Checkpoint, ...]
+
+
+def verify_chain(entries: Sequence[LineageEntry]) -> list[bytes]:
+    """Check sequence numbers and hash links; return the leaf hashes."""
+    hashes: list[bytes] = []
+    previous_epoch = 0
+    for index, entry in enumerate(entries):
+        if entry.seq != index:
+            raise LineageError(f"entry {index} has sequence number {entry.seq}")
+        expected = hashes[-1] if hashes else b""
+        if entry.prev != expected:
+            raise LineageError(
+                f"entry {index} does not link to entry {index - 1}: the lineage was edited, "
+                "reordered or has an entry missing",
+                hint="refuse the object; ask its previous host for the original",
+            )
+        if entry.epoch < previous_epoch:
+            raise LineageError(
+                f"entry {index} goes back from epoch {previous_epoch} to {entry.epoch}"
+            )
+        previous_epoch = entry.epoch
+        hashes.append(entry.leaf_hash())
+    return hashes
+
+
+def verify_lineage(
+    lineage: Lineage,
+    *,
+    object_id: str,
+    trust: TrustStore,
+    sealed: bool,
+) -> VerifiedLineage:
+    """Verify links and every checkpoint; with ``sealed``, the last checkpoint must
+    cover every entry (an object in transit carries nothing its host did not sign).
+
+    Raises :class:`LineageError`, or the verification error of a checkpoint signature.
+    """
+    hashes = verify_chain(lineage.entries)
+    covered = 0
+    hosts: list[str] = []
+    checkpoints: list[Checkpoint] = []
+    for index, envelope in enumerate(lineage.checkpoints):
+        if covered >= len(lineage.entries):
+            raise LineageError(f"checkpoint {index} covers no new entries")
+        # The host that must have signed is the one that recorded the next entries; keys
+        # are looked up for it before the checkpoint payload is parsed.
+        host = lineage.entries[covered].host
+        try:
+            keys = trust.keys_for_host(host, purpose=Purpose.ENVELOPE, at=None)
+            verified = dsse.open_envelope(
+                envelope, payload_type=dsse.PayloadType.CHECKPOINT, keys=keys
+            )
+        except VerificationError as exc:
+            raise type(exc)(f"checkpoint {index} by {host}: {exc.reason}", hint=exc.hint) from exc
+        checkpoint = Checkpoint.decode(verified.payload)
+        # Keys rotate: a checkpoint is good if its key was valid when it was signed
+        # (and is not revoked, which resolving above already refused).
+        for key_id in verified.key_ids:
+            record = keys.resolve(key_id)
+            if not record.valid_at(checkpoint.issued_at):
+                raise ExpiredError(
+                    f"checkpoint {index} by {host} was signed at {format_time(checkpoint.issued_at)}, "
+                    f"outside the validity of key {key_id[:16]}"
+                )
+        if checkpoint.object_id != object_id:
+            raise LineageError(f"checkpoint {index} is for {checkpoint.object_id}, not {object_id}")
+        if checkpoint.host != host:
+            raise LineageError(
+                f"checkpoint {index} names {checkpoint.host}, but {host} recorded its entries"
+            )
+        if not covered < checkpoint.size <= len(lineage.entries):
+            raise LineageError(
+                f"checkpoint {index} covers {checkpoint.size} entries; expected more than "
+                f"{covered} and at most {len(lineage.entries)}"
+            )
+        for entry in lineage.entries[covered : checkpoint.size]:
+            if entry.host != host:
+                raise LineageError(
+                    f"entry {entry.seq} is recorded by {entry.host} but vouched for by {host}",
+                    hint="each host signs only what it recorded",
+                )
+        if merkle.root(hashes[: checkpoint.size]) != checkpoint.root:
+            raise LineageError(f"checkpoint {index} by {host} does not match the entries it covers")
+        covered = checkpoint.size
+        hosts.append(host)
+        checkpoints.append(checkpoint)
+    if sealed and covered != len(lineage.entries):
+        raise LineageError(
+            f"{len(lineage.entries) - covered} lineage entries are not covered by a signed checkpoint",
+            hint="the sending host must checkpoint the lineage before the object leaves",
+        )
+    return VerifiedLineage(
+        size=len(lineage.entries),
+        root=merkle.root(hashes),
+        hosts=tuple(hosts),
+        checkpoints=tuple(checkpoints),
+    )
+
+
+def verify_extends(lineage: Lineage, *, seen_size: int, seen_root: bytes) -> None:
+    """The lineage must start with exactly the ``seen_size`` entries seen before."""
+    if len(lineage.entries) < seen_size:
+        raise LineageError(
+            f"lineage has {len(lineage.entries)} entries, fewer than the {seen_size} seen here before",
+            hint="history was truncated; refuse the object",
+        )
+    if merkle.root(lineage.leaf_hashes()[:seen_size]) != seen_root:
+        raise LineageError(
+            "lineage does not extend the history seen here before (a fork or a rewrite)",
+            hint="refuse the object and compare both histories with `gateway lineage`",
+        )
+
+
+def digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def credentials_digest(grants: Sequence[str]) -> bytes:
+    """SHA-256 of the grants as a canonical JSON array (order matters: root first)."""
+    return digest(json.dumps(list(grants), separators=(",", ":")).encode("ascii"))

@@ -1,0 +1,236 @@
+"""The governed object and its lifecycle, as immutable values.
+
+Every transition returns a new :class:`GovernedObject` with one lineage entry more that
+records it (with the digests of data and credentials *after* the transition). The
+lifecycle is a small state machine, enforced here so no caller can skip a step:
+
+    ACTIVE --freeze--> FROZEN --tombstone--> MOVED          (source side of a handoff)
+                       FROZEN --thaw-------> ACTIVE         (handoff aborted)
+    STAGED --rehost--> ACTIVE                               (destination side)
+
+The epoch goes up by one at every freeze; it is the fencing token that keeps a stale
+copy from ever coming back (DESIGN.md §6). No I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from gateway import envelope as dsse
+from gateway.errors import ConfigError, ObjectStateError
+from gateway.identity import HostId, ObjectId
+from gateway.lineage import EntryKind, Lineage, credentials_digest, digest
+
+MAX_DATA_BYTES = 4 << 20
+_TENANT = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+class LifecycleState(enum.Enum):
+    ACTIVE = "active"
+    FROZEN = "frozen"
+    MOVED = "moved"
+    STAGED = "staged"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteState:
+    """Merge the map a CEL expression yields into the object's own data."""
+
+    patch: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Publish:
+    """Publish an event; ``topic`` is ``<pubsub>/<topic>`` (resource ``pubsub:<topic>``)."""
+
+    topic: str
+    payload: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Invoke:
+    """Invoke a service method; ``target`` is ``<app>/<method>`` (resource ``invoke:<target>``)."""
+
+    target: str
+    payload: str = ""
+
+
+Action = WriteState | Publish | Invoke
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rule:
+    name: str
+    when: str  #: CEL condition
+    action: Action
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CycleState:
+    generation: int = 0  #: evaluations completed
+    interval: timedelta | None = None  #: None: the object does not cycle
+    next_due: datetime | None = None
+
+
+def validate_tenant(tenant: str) -> str:
+    if not _TENANT.fullmatch(tenant):
+        raise ConfigError(
+            f"tenant {tenant!r} is not a valid name",
+            hint="use 1-63 lowercase letters, digits and '-', e.g. 'billing'",
+        )
+    return tenant
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GovernedObject:
+    object_id: str
+    tenant: str
+    data: bytes
+    content_type: str
+    grants: tuple[str, ...] = ()  #: compact JWTs, root first
+    rules: tuple[Rule, ...] = ()
+    lineage: Lineage = field(default_factory=Lineage)
+    cycle: CycleState = field(default_factory=CycleState)
+    epoch: int = 0
+    state: LifecycleState = LifecycleState.ACTIVE
+    migration_id: str = ""  #: FROZEN / MOVED / STAGED: the migration concerned
+    moved_to: str = ""  #: MOVED: the host that holds the object now
+    receipt: dsse.Envelope | None = None  #: MOVED: the destination's staged receipt
+    last_transfer_digest: bytes = b""  #: chain of custody
+
+    @property
+    def generation(self) -> int:
+        return self.cycle.generation
+
+    @property
+    def live(self) -> bool:
+        """ACTIVE, or FROZEN (which keeps the right to resume if the handoff aborts)."""
+        return self.state in (LifecycleState.ACTIVE, LifecycleState.FROZEN)
+
+    def data_digest(self) -> bytes:
+        return digest(self.data)
+
+    def credentials_digest(self) -> bytes:
+        return credentials_digest(self.grants)
+
+    def record(
+        self, kind: EntryKind, *, host: str, at: datetime, detail: str = ""
+    ) -> GovernedObject:
+        """This object with one lineage entry more, describing its current state."""
+        return replace(
+            self,
+            lineage=self.lineage.append(
+                kind,
+                host=host,
+                at=at,
+                epoch=self.epoch,
+                generation=self.cycle.generation,
+                data_digest=self.data_digest(),
+                credentials_digest=self.credentials_digest(),
+                detail=detail,
+            ),
+        )
+
+    def _require(self, state: LifecycleState, doing: str) -> None:
+        if self.state is not state:
+            where = f" (migration {self.migration_id})" if self.migration_id else ""
+            raise ObjectStateError(
+                f"cannot {doing} {self.object_id}: it is {self.state.value}{where}, not {state.value}",
+                hint=_STATE_HINTS.get(self.state, ""),
+            )
+
+    def freeze(
+        self, migration_id: str, *, destination: str, host: str, at: datetime
+    ) -> GovernedObject:
+        """Stop the object for a handoff: epoch + 1, FROZEN, recorded."""
+        self._require(LifecycleState.ACTIVE, "migrate")
+        frozen = replace(
+            self, state=LifecycleState.FROZEN, epoch=self.epoch + 1, migration_id=migration_id
+        )
+        return frozen.record(
+            EntryKind.FROZEN, host=host, at=at, detail=f"migration {migration_id} to {destination}"
+        )
+
+    def thaw(self, migration_id: str, *, host: str, at: datetime, reason: str) -> GovernedObject:
+        """The handoff aborted: the object resumes here (its epoch stays raised)."""
+        self._require(LifecycleState.FROZEN, "resume")
+        if self.migration_id != migration_id:
+            raise ObjectStateError(
+                f"{self.object_id} is frozen by migration {self.migration_id}, not {migration_id}"
+            )
+        resumed = replace(self, state=LifecycleState.ACTIVE, migration_id="")
+        return resumed.record(
+            EntryKind.ABORTED,
+            host=host,
+            at=at,
+            detail=f"migration {migration_id} aborted: {reason}",
+        )
+
+    def tombstone(
+        self, migration_id: str, *, moved_to: str, receipt: dsse.Envelope, transfer_digest: bytes
+    ) -> GovernedObject:
+        """The handoff committed: keep only a pointer to where the object lives now."""
+        self._require(LifecycleState.FROZEN, "commit the migration of")
+        return replace(
+            self,
+            state=LifecycleState.MOVED,
+            moved_to=moved_to,
+            receipt=receipt,
+            migration_id=migration_id,
+            last_transfer_digest=transfer_digest,
+        )
+
+    def rehost(self, *, host: str, source: str, at: datetime) -> GovernedObject:
+        """The staged copy goes live on this host."""
+        self._require(LifecycleState.STAGED, "activate")
+        live = replace(self, state=LifecycleState.ACTIVE, moved_to="", receipt=None)
+        return live.record(
+            EntryKind.REHOSTED,
+            host=host,
+            at=at,
+            detail=f"from {source}, migration {self.migration_id}, epoch {self.epoch}",
+        )
+
+
+_STATE_HINTS = {
+    LifecycleState.FROZEN: "a migration is under way; wait for it to finish or abort",
+    LifecycleState.MOVED: "the object lives elsewhere now; see `gateway object show`",
+    LifecycleState.STAGED: "the object is staged here and not live until its source commits",
+}
+
+
+def new_object(
+    object_id: str,
+    *,
+    tenant: str,
+    data: bytes,
+    content_type: str,
+    host: str,
+    at: datetime,
+    grants: tuple[str, ...] = (),
+    rules: tuple[Rule, ...] = (),
+    cycle: CycleState | None = None,
+) -> GovernedObject:
+    """A new ACTIVE object with its CREATED entry. The id must be owned by ``host``'s domain."""
+    parsed = ObjectId.parse(object_id)
+    host_domain = HostId.parse(host).trust_domain
+    if parsed.trust_domain != host_domain:
+        raise ConfigError(
+            f"object id {object_id} belongs to {parsed.trust_domain}; this host is in {host_domain}",
+            hint=f"create objects under obj://{host_domain}/...",
+        )
+    if len(data) > MAX_DATA_BYTES:
+        raise ConfigError(f"object data is {len(data)} bytes; at most {MAX_DATA_BYTES}")
+    created = GovernedObject(
+        object_id=str(parsed),
+        tenant=validate_tenant(tenant),
+        data=data,
+        content_type=content_type,
+        grants=grants,
+        rules=rules,
+        cycle=cycle or CycleState(),
+    )
+    return created.record(EntryKind.CREATED, host=host, at=at, detail=f"tenant {tenant}")

@@ -1,0 +1,165 @@
+"""Create a working host directory: dev certificates, signing keys and a configuration file.
+
+Layout written by :func:`init_host` (paths in the configuration are relative to it)::
+
+    DIR/gateway.yaml     host configuration
+    DIR/tls/host.crt     this host's mTLS certificate (SPIFFE id in a URI SAN)
+    DIR/tls/host.key     its private key (mode 0600)
+    DIR/tls/ca.crt       the trust domain's CA certificate
+    DIR/keys/            signing keys and the domain's trust bundle (see gateway.keyring)
+    DIR/state.db         the SQLite state store, created on first use
+    CA_DIR/ca.crt|ca.key the development CA, when no existing one is given
+
+The CA here is a development convenience: production hosts get certificates from their
+organization's PKI and only need ``gateway keys init`` and a configuration file.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.devcerts import CertifiedKey, make_ca, make_host_cert
+from gateway.errors import ConfigError
+from gateway.identity import HostId
+from gateway.keyring import init_keys
+from gateway.keys import Algorithm
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerEntry:
+    id: str
+    address: str
+    server_name: str = "localhost"
+
+
+def free_port() -> int:
+    """A port the OS says is free on loopback now (it may be taken again before use)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _write(path: Path, data: bytes, *, private: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if private:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def create_ca(directory: Path, trust_domain: str, *, at: datetime) -> CertifiedKey:
+    """A development CA for ``trust_domain`` in ``directory`` (ca.crt, ca.key)."""
+    if (directory / "ca.key").exists():
+        raise ConfigError(
+            f"{directory}: a CA already exists here", hint="pass it with --ca instead"
+        )
+    ca = make_ca(trust_domain, now=at)
+    _write(directory / "ca.crt", ca.cert_pem)
+    _write(directory / "ca.key", ca.key_pem, private=True)
+    return ca
+
+
+def load_ca(directory: Path) -> CertifiedKey:
+    try:
+        return CertifiedKey(
+            cert_pem=(directory / "ca.crt").read_bytes(),
+            key_pem=(directory / "ca.key").read_bytes(),
+        )
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"{directory}: no CA here ({exc.filename} is missing)",
+            hint="create one with `gateway certs ca`",
+        ) from exc
+
+
+def issue_host_certificate(
+    ca: CertifiedKey,
+    host: HostId,
+    directory: Path,
+    *,
+    at: datetime,
+    dns_names: Sequence[str] = ("localhost",),
+) -> None:
+    issued = make_host_cert(ca, host, dns_names=dns_names, now=at)
+    _write(directory / "host.crt", issued.cert_pem)
+    _write(directory / "host.key", issued.key_pem, private=True)
+    _write(directory / "ca.crt", ca.cert_pem)
+
+
+def config_document(
+    *,
+    host: str,
+    listen: str,
+    region: str = "",
+    tenants: Sequence[str] = ("default",),
+    peers: Sequence[PeerEntry] = (),
+) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "host": {"id": host, **({"region": region} if region else {})},
+        "listen": listen,
+        "tls": {
+            "certificate": "tls/host.crt",
+            "private_key": "tls/host.key",
+            "authority": "tls/ca.crt",
+        },
+        "keys": "keys",
+        "store": {"sqlite": "state.db"},
+        "tenants": list(tenants),
+    }
+    if peers:
+        document["peers"] = [
+            {"id": p.id, "address": p.address, "server_name": p.server_name} for p in peers
+        ]
+    return document
+
+
+def write_config(path: Path, document: dict[str, Any]) -> None:
+    header = "# Gateway host configuration (see README.md). Paths are relative to this file.\n"
+    path.write_text(header + yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+
+
+def init_host(
+    directory: Path,
+    *,
+    host_id: str,
+    listen: str,
+    at: datetime,
+    ca_directory: Path | None = None,
+    region: str = "",
+    tenants: Sequence[str] = ("default",),
+    peers: Sequence[PeerEntry] = (),
+    algorithm: Algorithm = Algorithm.ED25519,
+) -> Path:
+    """Create a complete host directory; returns the path of its configuration file."""
+    host = HostId.parse(host_id)
+    config_path = directory / "gateway.yaml"
+    if config_path.exists():
+        raise ConfigError(f"{config_path} already exists", hint="choose an empty directory")
+    if ca_directory is None:
+        ca = create_ca(directory / "ca", host.trust_domain, at=at)
+    else:
+        ca = load_ca(ca_directory)
+    issue_host_certificate(ca, host, directory / "tls", at=at)
+    init_keys(
+        directory / "keys",
+        trust_domain=host.trust_domain,
+        host=str(host),
+        ca_certificate=ca.cert_pem,
+        at=at,
+        algorithm=algorithm,
+    )
+    write_config(
+        config_path,
+        config_document(host=str(host), listen=listen, region=region, tenants=tenants, peers=peers),
+    )
+    return config_path

@@ -1,0 +1,98 @@
+"""The state store seam: what the gateway needs from durable storage, and nothing more.
+
+Semantics every implementation keeps (the contract tests in ``tests/stores`` check them):
+
+* **ETags are made by the store.** Every successful write gives the key a new ETag that
+  was never used for that key before; callers treat it as an opaque string.
+* **First write wins.** Each write states its precondition explicitly: the ETag it read
+  (:class:`Put`/:class:`Delete` with ``etag="..."``), that the key must not exist yet
+  (``etag=Expect.ABSENT``), or, only for data nobody races on, ``Expect.ANY``. A failed
+  precondition raises :class:`~gateway.errors.ConcurrencyError` and writes nothing.
+* **Transactions are all or nothing.** :meth:`StateStore.transact` applies every
+  operation or none; one failed precondition fails the whole transaction.
+* **A write that returned is durable**: it survives a crash of the process right after.
+* **Keys are plain strings**; :meth:`StateStore.list` returns them in ascending order.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+class Expect(enum.Enum):
+    """A precondition that is not an ETag."""
+
+    ABSENT = "absent"  #: the key must not exist (create)
+    ANY = "any"  #: no precondition (last write wins); never for protocol state
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Item:
+    """A stored value and the ETag it was read with."""
+
+    key: str
+    value: bytes
+    etag: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Put:
+    """Write ``value`` at ``key`` if the precondition holds."""
+
+    key: str
+    value: bytes
+    etag: str | Expect
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Delete:
+    """Remove ``key`` if the precondition holds (``Expect.ANY`` also accepts a missing key)."""
+
+    key: str
+    etag: str | Expect
+
+
+Operation = Put | Delete
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Durable key/value state with ETags, transactions and prefix listing."""
+
+    async def get(self, key: str) -> Item | None:
+        """The current value and ETag, or ``None`` if the key does not exist."""
+        ...
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Item]:
+        """The items that exist among ``keys`` (missing keys are left out)."""
+        ...
+
+    async def transact(self, operations: Sequence[Operation]) -> dict[str, str]:
+        """Apply all operations atomically; returns the new ETag of every key put.
+
+        Raises :class:`~gateway.errors.ConcurrencyError` (naming the first key whose
+        precondition failed) and changes nothing if any precondition fails.
+        """
+        ...
+
+    async def put(self, key: str, value: bytes, *, etag: str | Expect) -> str:
+        """A transaction of one :class:`Put`; returns the new ETag."""
+        ...
+
+    async def delete(self, key: str, *, etag: str | Expect) -> None:
+        """A transaction of one :class:`Delete`."""
+        ...
+
+    async def list(self, prefix: str, *, limit: int | None = None) -> list[str]:
+        """Keys starting with ``prefix``, ascending."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and threads; the store is unusable afterwards."""
+        ...
+
+
+__all__ = ["Delete", "Expect", "Item", "Operation", "Put", "StateStore"]

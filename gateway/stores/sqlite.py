@@ -1,0 +1,538 @@
+"""The embedded :class:`~gateway.stores.StateStore`: one SQLite file in WAL mode.
+
+Invariants this module keeps, beyond the protocol's:
+
+* **One thread owns the connection.** Each store has a single-thread executor; the
+  connection is created on that thread and every statement runs there, reached from
+  async code through ``loop.run_in_executor``. The event loop never waits on an fsync
+  or a lock, and the connection is never touched by two threads (``sqlite3`` would
+  refuse anyway: ``check_same_thread`` stays on).
+* **A write that returned is on disk.** ``journal_mode=WAL`` with ``synchronous=FULL``
+  fsyncs the WAL at every commit, so a returned :meth:`SqliteStore.transact` survives a
+  SIGKILL of the process and a power loss. (``NORMAL`` would only survive the former.)
+* **Preconditions are checked under the write lock.** Every write transaction starts
+  with ``BEGIN IMMEDIATE``, which takes the database's single write lock *before* the
+  ETags are read; no other connection, in this process or another, can write between
+  the check and the write. A failed check rolls back and writes nothing.
+* **Several processes may share one file** (a CLI next to a running server): SQLite's
+  file locks serialize writers, and ``busy_timeout`` makes a writer wait for the lock
+  instead of failing at once. WAL needs shared memory between the processes, so the
+  file must be on a local file system, not NFS or SMB.
+* **Keys compare as UTF-8 bytes** (SQLite's ``BINARY`` collation is ``memcmp``), which
+  is the same order as Python's code-point order of ``str``; :meth:`SqliteStore.list`
+  relies on this for its range query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import functools
+import os
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from gateway.errors import ConcurrencyError, StoreError, StoreUnavailableError
+from gateway.stores import Delete, Expect, Item, Operation, Put
+
+__all__ = ["SqliteStore"]
+
+_T = TypeVar("_T")
+
+#: Bumped when the table layout changes; a file from a newer gateway is refused.
+_SCHEMA_VERSION = 1
+
+#: Keys per ``IN (...)`` query; far below SQLite's bound-parameter limit (32766 since 3.32,
+#: 999 before), so statements stay small whatever the build.
+_CHUNK = 500
+
+_DEFAULT_BUSY_TIMEOUT = 10.0
+
+# SQLite result codes (primary code = extended code & 0xFF) that mean "the file cannot be
+# used right now" rather than "the file is wrong": a caller may retry these later.
+_UNAVAILABLE_CODES = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+
+_HINTS = {
+    sqlite3.SQLITE_BUSY: (
+        "another process held the write lock longer than the busy timeout; "
+        "retry, or look for a stuck process using the same file"
+    ),
+    sqlite3.SQLITE_LOCKED: "another connection in this process holds a conflicting lock; retry",
+    sqlite3.SQLITE_IOERR: "the disk reported an I/O error; check the device and the kernel log",
+    sqlite3.SQLITE_FULL: "the file system is full; free space and retry",
+    sqlite3.SQLITE_CANTOPEN: "check that the path exists, is a file and is writable",
+    sqlite3.SQLITE_PERM: "check the file's permissions",
+    sqlite3.SQLITE_READONLY: "the file or its directory is read-only; the store needs to write",
+    sqlite3.SQLITE_CORRUPT: "the file is damaged; restore it from a backup",
+    sqlite3.SQLITE_NOTADB: "the path points at something that is not an SQLite database",
+}
+
+
+class SqliteStore:
+    """A :class:`~gateway.stores.StateStore` kept in one SQLite file.
+
+    Make one with :meth:`open`; release it with ``await store.close()`` or use it as
+    ``async with SqliteStore.open(path) as store:``. Calls from several coroutines are
+    fine (they queue on the store's worker thread); calls from several event loops at
+    once are not.
+    """
+
+    __slots__ = ("_closed", "_connection", "_executor", "_path")
+
+    def __init__(
+        self, *, path: Path, executor: ThreadPoolExecutor, connection: sqlite3.Connection
+    ) -> None:
+        # Use open(): the connection must have been made on the executor's only thread.
+        self._path = path
+        self._executor = executor
+        self._connection = connection
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], *, busy_timeout: float = _DEFAULT_BUSY_TIMEOUT
+    ) -> SqliteStore:
+        """Open (creating if needed) the store at ``path``.
+
+        Creates missing parent directories, the file and its schema. ``busy_timeout`` is
+        how many seconds a write waits for another process to release the file's write
+        lock before failing with :class:`~gateway.errors.StoreUnavailableError`.
+
+        Blocks the calling thread while the file is opened; call it at start-up.
+        """
+        if busy_timeout < 0:
+            raise ValueError(f"busy_timeout must not be negative, got {busy_timeout}")
+        file = Path(path)
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailableError(
+                f"cannot create the directory of the SQLite store {file}: {exc.strerror}",
+                hint="check the path and the permissions of its parent directories",
+            ) from exc
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-store:{file}")
+        try:
+            connection = executor.submit(_connect, file, busy_timeout).result()
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(path=file, executor=executor, connection=connection)
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file this store keeps its state in."""
+        return self._path
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<SqliteStore {str(self._path)!r} {state}>"
+
+    async def __aenter__(self) -> SqliteStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- the StateStore protocol -----------------------------------------------------
+
+    async def get(self, key: str) -> Item | None:
+        """The current value and ETag, or ``None`` if the key does not exist."""
+        _check_key(key)
+        return await self._run(f"read {key!r}", functools.partial(self._get, key))
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Item]:
+        """The items that exist among ``keys``, in the order asked (missing keys left out)."""
+        if isinstance(keys, str):  # a str is a Sequence[str] too: one key per character
+            raise TypeError("get_many() takes a sequence of keys, not one str")
+        wanted = list(dict.fromkeys(keys))
+        for key in wanted:
+            _check_key(key)
+        if not wanted:
+            return {}
+        found = await self._run(
+            f"read {len(wanted)} keys", functools.partial(self._get_many, wanted)
+        )
+        return {key: found[key] for key in wanted if key in found}
+
+    async def transact(self, operations: Sequence[Operation]) -> dict[str, str]:
+        """Apply all operations atomically; returns the new ETag of every key put.
+
+        Raises :class:`~gateway.errors.ConcurrencyError` naming the first key (in the
+        order given) whose precondition failed, and then nothing is written.
+        A transaction naming one key twice is refused with
+        :class:`~gateway.errors.StoreError`: the outcome would depend on an order the
+        protocol does not promise.
+
+        The transaction runs on the worker thread to its end even if the awaiting task
+        is cancelled, so a cancelled call may still have committed: re-read to find out.
+        """
+        ops = tuple(operations)
+        _check_operations(ops)
+        if not ops:
+            return {}
+        return await self._run(_describe(ops), functools.partial(self._transact, ops))
+
+    async def put(self, key: str, value: bytes, *, etag: str | Expect) -> str:
+        """A transaction of one :class:`~gateway.stores.Put`; returns the new ETag."""
+        etags = await self.transact([Put(key=key, value=value, etag=etag)])
+        return etags[key]
+
+    async def delete(self, key: str, *, etag: str | Expect) -> None:
+        """A transaction of one :class:`~gateway.stores.Delete`."""
+        await self.transact([Delete(key=key, etag=etag)])
+
+    async def list(self, prefix: str, *, limit: int | None = None) -> list[str]:
+        """Keys starting with ``prefix`` (taken literally), ascending; at most ``limit``."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be str, got {type(prefix).__name__}")
+        _check_encodable(prefix, "prefix")
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        if limit == 0:
+            return []
+        return await self._run(
+            f"list keys under {prefix!r}", functools.partial(self._list, prefix, limit)
+        )
+
+    async def close(self) -> None:
+        """Close the connection and stop the worker thread; later calls fail.
+
+        Calls already queued finish first (the worker runs them in order). Closing
+        twice is harmless.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._on_worker("close the store", self._connection.close)
+        finally:
+            # The close above was the last job queued, so the thread is idle and exits.
+            self._executor.shutdown(wait=True)
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    async def _run(self, action: str, job: Callable[[], _T]) -> _T:
+        if self._closed:
+            # Unavailable rather than a programming error: during shutdown a request
+            # still in flight may get here, and the caller should see a retryable error.
+            raise StoreUnavailableError(
+                f"cannot {action}: the SQLite store {self._path} is closed",
+                hint="the gateway is shutting down; retry against a running instance",
+            )
+        return await self._on_worker(action, job)
+
+    async def _on_worker(self, action: str, job: Callable[[], _T]) -> _T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, job)
+        except sqlite3.Error as exc:
+            raise _store_error(exc, self._path, action) from exc
+
+    # Everything below runs on the worker thread only.
+
+    def _get(self, key: str) -> Item | None:
+        row = self._connection.execute(
+            "SELECT value, etag FROM items WHERE key = ?", (key,)
+        ).fetchone()
+        if row is None:
+            return None
+        value, etag = row
+        return Item(key=key, value=value, etag=etag)
+
+    def _get_many(self, keys: Sequence[str]) -> dict[str, Item]:
+        # More than one chunk means more than one statement: read them in one
+        # transaction so that the answer is a single snapshot, as one query would be.
+        with self._read_transaction() if len(keys) > _CHUNK else contextlib.nullcontext():
+            return {
+                key: Item(key=key, value=value, etag=etag)
+                for key, value, etag in self._select_chunked(
+                    "SELECT key, value, etag FROM items WHERE key IN ({})", keys
+                )
+            }
+
+    def _list(self, prefix: str, limit: int | None) -> builtins.list[str]:
+        # A range on the primary key, not LIKE/GLOB: '%', '_', '*' and '?' in a prefix
+        # are ordinary characters here, and the index serves the scan.
+        upper = _prefix_successor(prefix)
+        sql = "SELECT key FROM items WHERE key >= ?"
+        params: builtins.list[object] = [prefix]
+        if upper is not None:
+            sql += " AND key < ?"
+            params.append(upper)
+        sql += " ORDER BY key"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [key for (key,) in self._connection.execute(sql, params)]
+
+    def _transact(self, ops: tuple[Operation, ...]) -> dict[str, str]:
+        connection = self._connection
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            current = {
+                key: etag
+                for key, etag in self._select_chunked(
+                    "SELECT key, etag FROM items WHERE key IN ({})", [op.key for op in ops]
+                )
+            }
+            # Check every precondition before the first write: a failure then leaves
+            # nothing to undo, and the rollback below is only a formality.
+            for op in ops:
+                _check_precondition(op, current.get(op.key))
+            new_etags: dict[str, str] = {}
+            for op in ops:
+                if isinstance(op, Put):
+                    etag = _new_etag()
+                    connection.execute(
+                        "INSERT INTO items (key, value, etag) VALUES (?, ?, ?)"
+                        " ON CONFLICT (key) DO UPDATE"
+                        " SET value = excluded.value, etag = excluded.etag",
+                        (op.key, op.value, etag),
+                    )
+                    new_etags[op.key] = etag
+                elif op.key in current:
+                    connection.execute("DELETE FROM items WHERE key = ?", (op.key,))
+            connection.execute("COMMIT")
+        except BaseException:
+            _rollback(connection)
+            raise
+        return new_etags
+
+    def _select_chunked(self, sql: str, keys: Sequence[str]) -> Iterator[Any]:
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
+            placeholders = ", ".join("?" * len(chunk))
+            yield from self._connection.execute(sql.format(placeholders), chunk)
+
+    @contextlib.contextmanager
+    def _read_transaction(self) -> Iterator[None]:
+        self._connection.execute("BEGIN DEFERRED")
+        try:
+            yield
+        finally:
+            _rollback(self._connection)
+
+
+# --- helpers (pure, or run on the worker thread) ------------------------------------
+
+
+def _connect(file: Path, busy_timeout: float) -> sqlite3.Connection:
+    """Open ``file`` and make it ready; runs on the store's worker thread."""
+    try:
+        # isolation_level=None: no implicit transactions; this module issues BEGIN
+        # IMMEDIATE / COMMIT itself so that it knows exactly when the write lock is held.
+        connection = sqlite3.connect(file, timeout=busy_timeout, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise _store_error(exc, file, "open the store") from exc
+    try:
+        _configure(connection, file, busy_timeout)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _configure(connection: sqlite3.Connection, file: Path, busy_timeout: float) -> None:
+    try:
+        connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+        if str(mode).lower() != "wal":
+            raise StoreError(
+                f"the SQLite store {file} cannot use write-ahead logging"
+                f" (journal mode stayed {mode!r})",
+                hint="put the state file on a local file system",
+            )
+        # Per connection, not stored in the file: every connection must set it.
+        connection.execute("PRAGMA synchronous = FULL")
+        created = _ensure_schema(connection, file)
+    except sqlite3.Error as exc:
+        raise _store_error(exc, file, "open the store") from exc
+    if created:
+        # SQLite fsyncs the file's contents but not the directory entry that makes a
+        # new file findable after a power loss; do that once, when the file is new.
+        _fsync_directory(file.parent)
+
+
+def _ensure_schema(connection: sqlite3.Connection, file: Path) -> bool:
+    """Create the table in a new file; returns whether it did."""
+    # IMMEDIATE so that two processes opening a new file at once do not both create.
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        (version,) = connection.execute("PRAGMA user_version").fetchone()
+        created = False
+        if version == 0:
+            (tables,) = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            if tables:
+                raise StoreError(
+                    f"{file} is an SQLite database the gateway did not create",
+                    hint="point the gateway at a new file or at its own state file",
+                )
+            # A rowid table, not WITHOUT ROWID: values may be megabytes, and SQLite
+            # advises WITHOUT ROWID only for small rows.
+            connection.execute(
+                "CREATE TABLE items ("
+                " key TEXT PRIMARY KEY NOT NULL,"
+                " value BLOB NOT NULL,"
+                " etag TEXT NOT NULL)"
+            )
+            connection.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            created = True
+        elif version != _SCHEMA_VERSION:
+            raise StoreError(
+                f"the SQLite store {file} has schema version {version};"
+                f" this gateway understands version {_SCHEMA_VERSION}",
+                hint="run the gateway version that wrote the file, or restore a backup",
+            )
+        connection.execute("COMMIT")
+    except BaseException:
+        _rollback(connection)
+        raise
+    return created
+
+
+def _fsync_directory(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform can open a directory
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _rollback(connection: sqlite3.Connection) -> None:
+    # SQLite may already have rolled back by itself (after an I/O error, for one); the
+    # error being raised matters more than a failed ROLLBACK.
+    if connection.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            connection.execute("ROLLBACK")
+
+
+def _new_etag() -> str:
+    # 128 random bits rather than a counter kept in the file. A counter rewinds when
+    # the file is restored from a backup or recreated, and would then hand out ETags
+    # that callers may still hold from before, letting a stale writer's precondition
+    # pass. Random tokens never depend on the file's history; a repeat is negligible
+    # (about 2**-64 after 2**32 writes) and needs no shared row for every commit.
+    return secrets.token_hex(16)
+
+
+def _check_precondition(op: Operation, found: str | None) -> None:
+    """Raise :class:`ConcurrencyError` if ``op``'s precondition fails on ``found``."""
+    verb = "put" if isinstance(op, Put) else "delete"
+    expected = op.etag
+    if expected is Expect.ANY:
+        return
+    if expected is Expect.ABSENT:
+        if found is None:
+            return
+        problem = "expected the key to be absent but it exists"
+    elif found is None:
+        problem = f"expected ETag {expected!r} but the key does not exist"
+    elif found != expected:
+        # The current ETag is left out on purpose: reasons can cross the wire, and the
+        # caller must re-read the value anyway before it may use the new ETag.
+        problem = f"ETag mismatch: expected {expected!r} but the key has a different ETag"
+    else:
+        return
+    raise ConcurrencyError(
+        f"{verb} of key {op.key!r} refused: {problem}",
+        hint="somebody else wrote first; read the key again and decide whether to retry",
+    )
+
+
+def _check_operations(ops: tuple[Operation, ...]) -> None:
+    seen: set[str] = set()
+    for op in ops:
+        if not isinstance(op, Put | Delete):
+            raise TypeError(f"a transaction takes Put and Delete, got {type(op).__name__}")
+        _check_key(op.key)
+        if not isinstance(op.etag, str | Expect):
+            raise TypeError(
+                f"the etag of key {op.key!r} must be a str or Expect, got {type(op.etag).__name__}"
+            )
+        if isinstance(op, Put) and not isinstance(op.value, bytes):
+            raise TypeError(
+                f"the value of key {op.key!r} must be bytes, got {type(op.value).__name__}"
+            )
+        if op.key in seen:
+            raise StoreError(
+                f"the transaction names key {op.key!r} more than once",
+                hint="merge the operations on that key into one",
+            )
+        seen.add(op.key)
+
+
+def _check_key(key: str) -> None:
+    if not isinstance(key, str):
+        raise TypeError(f"keys are str, got {type(key).__name__}")
+    if not key:
+        raise ValueError("keys must not be empty")
+    _check_encodable(key, "key")
+
+
+def _check_encodable(text: str, what: str) -> None:
+    # Lone surrogates cannot be stored as UTF-8 text and would break the ordering.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} {text!r} is not valid Unicode text: {exc.reason}") from exc
+
+
+def _prefix_successor(prefix: str) -> str | None:
+    """The smallest string greater than every string that starts with ``prefix``.
+
+    ``None`` when there is none (empty prefix, or only U+10FFFF characters): then the
+    range has no upper bound. Code-point order equals SQLite's UTF-8 byte order, so the
+    bound is computed on code points; surrogates are skipped because they have no UTF-8
+    form (after U+D7FF comes U+E000).
+    """
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop())
+        if last < 0x10FFFF:
+            following = last + 1
+            if 0xD800 <= following <= 0xDFFF:
+                following = 0xE000
+            return "".join(chars) + chr(following)
+    return None
+
+
+def _describe(ops: tuple[Operation, ...]) -> str:
+    if len(ops) == 1:
+        verb = "put" if isinstance(ops[0], Put) else "delete"
+        return f"{verb} key {ops[0].key!r}"
+    return f"apply a transaction of {len(ops)} operations"
+
+
+def _store_error(exc: sqlite3.Error, file: Path, action: str) -> StoreError:
+    """The gateway error for an ``sqlite3`` failure, naming the file and the action."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    reason = f"cannot {action} in the SQLite store {file}: {exc} ({name})"
+    hint = _HINTS.get(primary) if primary is not None else None
+    if primary in _UNAVAILABLE_CODES:
+        return StoreUnavailableError(reason, hint=hint)
+    return StoreError(reason, hint=hint)

@@ -1,0 +1,1 @@
+"""gRPC over mTLS: the only package that talks to the network."""

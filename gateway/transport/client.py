@@ -1,0 +1,162 @@
+"""gRPC clients for peer gateways, with retries that only repeat what is safe to repeat.
+
+Every handoff RPC is idempotent by migration id, so a call whose outcome is unknown
+(UNAVAILABLE, DEADLINE_EXCEEDED) is simply sent again, with exponential backoff and
+jitter, up to ``handoff.retry_attempts`` times. A refusal (any other status) is final and
+comes back as the peer's own error type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from gateway.config import HandoffConfig, PeerConfig
+from gateway.errors import HandoffError, PeerUnavailableError
+from gateway.handoff.peers import Outcome
+from gateway.transport.status import ERROR_TYPE_KEY, RETRYABLE, error_from_status
+from gateway.transport.tls import CHANNEL_OPTIONS
+from gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+R = TypeVar("R", bound=Message)
+
+
+class _Unavailable(Exception):
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+        super().__init__(error.details())
+        self.error = error
+
+
+class GrpcPeerClient:
+    """A :class:`~gateway.handoff.peers.PeerClient` over one mTLS channel."""
+
+    def __init__(
+        self, peer: PeerConfig, *, credentials: grpc.ChannelCredentials, timing: HandoffConfig
+    ) -> None:
+        self.peer = peer
+        self.timing = timing
+        self.channel = grpc.aio.secure_channel(
+            peer.address,
+            credentials,
+            options=(*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", peer.server_name)),
+        )
+        self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
+
+    async def _call(self, rpc: str, method: Callable[..., Awaitable[R]], request: Message) -> R:
+        timeout = self.timing.rpc_timeout.total_seconds()
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.timing.retry_attempts),
+            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            retry=retry_if_exception_type(_Unavailable),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    try:
+                        return await method(request, timeout=timeout)
+                    except grpc.aio.AioRpcError as exc:
+                        if exc.code() in RETRYABLE:
+                            raise _Unavailable(exc) from exc
+                        raise self._refusal(exc) from exc
+        except _Unavailable as exc:
+            raise PeerUnavailableError(
+                f"{self.peer.id} at {self.peer.address} did not answer {rpc} after "
+                f"{self.timing.retry_attempts} attempts ({exc.error.code().name}: {exc.error.details()})",
+                hint="check that the peer runs and that its address in the configuration is right",
+            ) from exc
+        raise AssertionError("tenacity returns or raises")
+
+    def _refusal(self, exc: grpc.aio.AioRpcError) -> Exception:
+        trailing: Mapping[str, str | bytes] = dict(exc.trailing_metadata() or ())
+        type_name = trailing.get(ERROR_TYPE_KEY)
+        return error_from_status(
+            exc.code(),
+            exc.details() or "",
+            type_name if isinstance(type_name, str) else None,
+            peer=str(self.peer.id),
+        )
+
+    async def prepare(self, transfer: bytes) -> bytes:
+        response: gateway_pb2.PrepareResponse = await self._call(
+            "Prepare", self.stub.Prepare, gateway_pb2.PrepareRequest(transfer=transfer)
+        )
+        return response.receipt
+
+    async def commit(self, migration_id: str) -> bytes:
+        response: gateway_pb2.CommitResponse = await self._call(
+            "Commit", self.stub.Commit, gateway_pb2.CommitRequest(migration_id=migration_id)
+        )
+        return response.receipt
+
+    async def abort(self, migration_id: str, reason: str) -> None:
+        await self._call(
+            "Abort",
+            self.stub.Abort,
+            gateway_pb2.AbortRequest(migration_id=migration_id, reason=reason),
+        )
+
+    async def decision(self, migration_id: str) -> Outcome:
+        response = await self._call(
+            "Decision", self.stub.Decision, gateway_pb2.DecisionRequest(migration_id=migration_id)
+        )
+        if response.outcome == gateway_pb2.OUTCOME_COMMITTED:
+            return Outcome.COMMITTED
+        if response.outcome == gateway_pb2.OUTCOME_ABORTED:
+            return Outcome.ABORTED
+        raise HandoffError(f"{self.peer.id} gave no decision for {migration_id}")
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class GrpcPeers:
+    """One client per configured peer, created on first use; TLS roots per peer domain."""
+
+    def __init__(
+        self,
+        peers: tuple[PeerConfig, ...],
+        *,
+        certificate: bytes,
+        private_key: bytes,
+        roots_for: Callable[[str], bytes],
+        timing: HandoffConfig,
+        unknown: Callable[[str], Exception],
+    ) -> None:
+        self._peers = {str(p.id): p for p in peers}
+        self._certificate = certificate
+        self._private_key = private_key
+        self._roots_for = roots_for
+        self._timing = timing
+        self._unknown = unknown
+        self._clients: dict[str, GrpcPeerClient] = {}
+
+    def client(self, host_id: str) -> GrpcPeerClient:
+        found = self._clients.get(host_id)
+        if found is not None:
+            return found
+        peer = self._peers.get(host_id)
+        if peer is None:
+            raise self._unknown(host_id)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self._roots_for(peer.id.trust_domain),
+            private_key=self._private_key,
+            certificate_chain=self._certificate,
+        )
+        client = GrpcPeerClient(peer, credentials=credentials, timing=self._timing)
+        self._clients[host_id] = client
+        return client
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()

@@ -1,0 +1,107 @@
+"""The gateway's gRPC service: thin adapters from RPCs to the handoff's two sides.
+
+Every call first establishes who the peer is from its mTLS certificate; the handoff
+code then checks that this peer is the one the migration names. Errors leave through
+one table (:mod:`gateway.transport.status`); anything unexpected is logged here and
+answered as INTERNAL without internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
+
+import grpc
+
+from gateway.errors import GatewayError
+from gateway.handoff.destination import Destination
+from gateway.handoff.peers import Outcome
+from gateway.handoff.source import Source
+from gateway.transport.status import ERROR_TYPE_KEY, status_of
+from gateway.transport.tls import CHANNEL_OPTIONS, authenticated_peer
+from gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+_OUTCOMES = {
+    Outcome.COMMITTED: gateway_pb2.OUTCOME_COMMITTED,
+    Outcome.ABORTED: gateway_pb2.OUTCOME_ABORTED,
+}
+
+
+class GatewayService(gateway_pb2_grpc.GatewayServicer):
+    def __init__(
+        self, *, source: Source, destination: Destination, authorities: Mapping[str, bytes]
+    ) -> None:
+        self.source = source
+        self.destination = destination
+        self.authorities = authorities
+
+    async def _answer(
+        self, context: grpc.aio.ServicerContext, rpc: str, handler: Callable[[str], Awaitable[R]]
+    ) -> R:
+        try:
+            peer = authenticated_peer(context.auth_context(), self.authorities)
+            return await handler(peer)
+        except GatewayError as exc:
+            log.info("%s refused: %s", rpc, exc)
+            context.set_trailing_metadata(((ERROR_TYPE_KEY, type(exc).__name__),))
+            await context.abort(status_of(exc), str(exc))
+        except Exception:
+            log.exception("%s failed", rpc)
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"{rpc} failed inside the gateway; see its log"
+            )
+        raise AssertionError("context.abort returns only by raising")
+
+    async def Prepare(
+        self, request: gateway_pb2.PrepareRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.PrepareResponse:
+        async def handle(peer: str) -> gateway_pb2.PrepareResponse:
+            return gateway_pb2.PrepareResponse(
+                receipt=await self.destination.prepare(request.transfer, peer=peer)
+            )
+
+        return await self._answer(context, "Prepare", handle)
+
+    async def Commit(
+        self, request: gateway_pb2.CommitRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.CommitResponse:
+        async def handle(peer: str) -> gateway_pb2.CommitResponse:
+            return gateway_pb2.CommitResponse(
+                receipt=await self.destination.commit(request.migration_id, peer=peer)
+            )
+
+        return await self._answer(context, "Commit", handle)
+
+    async def Abort(
+        self, request: gateway_pb2.AbortRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.AbortResponse:
+        async def handle(peer: str) -> gateway_pb2.AbortResponse:
+            await self.destination.abort(request.migration_id, peer=peer, reason=request.reason)
+            return gateway_pb2.AbortResponse()
+
+        return await self._answer(context, "Abort", handle)
+
+    async def Decision(
+        self, request: gateway_pb2.DecisionRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.DecisionResponse:
+        async def handle(peer: str) -> gateway_pb2.DecisionResponse:
+            outcome = await self.source.decide(request.migration_id, peer=peer)
+            return gateway_pb2.DecisionResponse(outcome=_OUTCOMES[outcome])
+
+        return await self._answer(context, "Decision", handle)
+
+
+async def start_server(
+    service: GatewayService, *, listen: str, credentials: grpc.ServerCredentials
+) -> tuple[grpc.aio.Server, int]:
+    """Start serving on ``listen`` (port 0 picks a free port); returns the server and port."""
+    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    gateway_pb2_grpc.add_GatewayServicer_to_server(service, server)
+    port = server.add_secure_port(listen, credentials)
+    await server.start()
+    return server, port

@@ -1,0 +1,80 @@
+"""The one table from gateway errors to gRPC status codes, and back.
+
+A server aborts with the status code from :data:`STATUS` and puts the error's type name
+in the ``gateway-error`` trailing metadata; the client raises the same type again with
+the peer's reason, so code on both sides matches on error types, never on strings.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from gateway import errors
+
+ERROR_TYPE_KEY = "gateway-error"
+
+#: Most specific first; the first entry the error is an instance of wins.
+STATUS: tuple[tuple[type[errors.GatewayError], grpc.StatusCode], ...] = (
+    (errors.PeerMismatchError, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.AudienceError, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.UntrustedKeyError, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.BadSignatureError, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.ExpiredError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.ReplayError, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.RollbackError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.VerificationError, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.EnvelopeTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.EnvelopeError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.TrustError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.AuthorityError, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.LineageError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.MigrationNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (errors.MigrationAbortedError, grpc.StatusCode.ABORTED),
+    (errors.ObjectStateError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.UnknownPeerError, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.PeerUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (errors.HandoffError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.ConcurrencyError, grpc.StatusCode.ABORTED),
+    (errors.NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (errors.StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (errors.StoreError, grpc.StatusCode.INTERNAL),
+    (errors.ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.GatewayError, grpc.StatusCode.INTERNAL),
+)
+
+#: Codes worth retrying: the call may not have reached the peer, or the peer was busy.
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+
+def status_of(error: errors.GatewayError) -> grpc.StatusCode:
+    for kind, code in STATUS:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _error_types() -> dict[str, type[errors.GatewayError]]:
+    found: dict[str, type[errors.GatewayError]] = {}
+    pending: list[type[errors.GatewayError]] = [errors.GatewayError]
+    while pending:
+        kind = pending.pop()
+        found[kind.__name__] = kind
+        pending.extend(kind.__subclasses__())
+    return found
+
+
+def error_from_status(
+    code: grpc.StatusCode, details: str, type_name: str | None, *, peer: str
+) -> errors.GatewayError:
+    """The error a peer raised, rebuilt from its status; unknown types become HandoffError."""
+    kind = _error_types().get(type_name or "", errors.HandoffError)
+    reason, _, hint = details.partition(" — ")
+    return kind(
+        f"{peer} refused: {reason}" if reason else f"{peer} answered {code.name}", hint=hint or None
+    )

@@ -1,0 +1,70 @@
+"""mTLS credentials and the check of who is on the other end.
+
+gRPC verifies a client certificate against the *union* of every trusted CA. A CA of
+``org-b.example`` could therefore issue a certificate claiming ``spiffe://org-a.example/…``
+and pass the handshake. :func:`authenticated_peer` closes that gap: the certificate must
+have been issued by the CA of the very trust domain its SPIFFE id names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+
+from gateway.errors import PeerMismatchError, UntrustedKeyError
+from gateway.identity import ca_trust_domain, spiffe_id_from_cert, verify_issued_by
+
+MAX_MESSAGE_BYTES = 32 << 20
+
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+)
+
+
+def authorities_by_domain(ca_certificates: tuple[bytes, ...]) -> dict[str, bytes]:
+    """Index CA certificates (PEM) by the trust domain their name constraints permit."""
+    found: dict[str, bytes] = {}
+    for pem in ca_certificates:
+        found.setdefault(ca_trust_domain(pem), pem)
+    return found
+
+
+def server_credentials(
+    *, certificate: bytes, private_key: bytes, client_roots: bytes
+) -> grpc.ServerCredentials:
+    """Server TLS that requires and verifies a client certificate (mTLS, always on)."""
+    return grpc.ssl_server_credentials(
+        [(private_key, certificate)], root_certificates=client_roots, require_client_auth=True
+    )
+
+
+def channel_credentials(
+    *, roots: bytes, certificate: bytes, private_key: bytes
+) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=roots, private_key=private_key, certificate_chain=certificate
+    )
+
+
+def authenticated_peer(
+    auth_context: Mapping[str, list[bytes]], authorities: Mapping[str, bytes]
+) -> str:
+    """The SPIFFE id of the peer, after checking its certificate came from its own domain's CA."""
+    certificates = auth_context.get("x509_pem_cert") or []
+    if not certificates:
+        raise PeerMismatchError(
+            "the peer presented no client certificate", hint="connect with mTLS"
+        )
+    pem = certificates[0]
+    host = spiffe_id_from_cert(pem)
+    authority = authorities.get(host.trust_domain)
+    if authority is None:
+        raise UntrustedKeyError(
+            f"peer {host} belongs to {host.trust_domain}, whose CA this host does not trust",
+            hint=f"import {host.trust_domain}'s trust bundle with `gateway trust import`",
+        )
+    verify_issued_by(pem, authority)
+    return str(host)

@@ -1,0 +1,404 @@
+"""Trust bundles: which keys and certificate authorities speak for a trust domain.
+
+Invariants this module keeps:
+
+* **One bundle per trust domain, never merged.** A key trusted for ``org-b.example``
+  can never vouch for ``org-a.example``; lookups always name the domain.
+* **Bundles only move forward.** Each bundle has a sequence number; a bundle with a
+  lower number is refused (:class:`RollbackError`), the same number is accepted only
+  if the content is identical, and an update must be signed by ``bundle``-purpose keys
+  of the bundle it replaces (so a stolen file server cannot swap a domain's keys).
+  The very first bundle of a domain is trusted on first use, which is why
+  ``gateway trust import`` prints its fingerprint for the operator to compare.
+* **A key is usable only** for the purposes, hosts and validity window its record
+  lists, and never once revoked. An empty set of usable keys is an error naming the
+  domain, not a silent "nothing to check".
+
+No I/O: bundles come in and go out as bytes; the host decides where they live.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+from gateway import envelope as dsse
+from gateway._time import format_time, parse_time
+from gateway.errors import (
+    EnvelopeError,
+    ExpiredError,
+    RevokedKeyError,
+    RollbackError,
+    TrustError,
+    UntrustedKeyError,
+)
+from gateway.identity import HostId
+from gateway.keys import Algorithm, KeyRecord, Purpose, Signer
+
+BUNDLE_FORMAT = 1
+MAX_BUNDLE_BYTES = 1 << 20
+
+_KEY_FIELDS = frozenset(
+    {
+        "key_id",
+        "algorithm",
+        "public_key",
+        "purposes",
+        "hosts",
+        "valid_from",
+        "valid_until",
+        "revoked",
+    }
+)
+_BUNDLE_FIELDS = frozenset(
+    {
+        "format",
+        "trust_domain",
+        "sequence",
+        "issued_at",
+        "keys",
+        "x509_authorities",
+        "envelope_threshold",
+        "bundle_threshold",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrustBundle:
+    """Everything a peer needs to trust one domain: its keys and its TLS CAs."""
+
+    trust_domain: str
+    sequence: int
+    issued_at: datetime
+    keys: tuple[KeyRecord, ...]
+    x509_authorities: tuple[bytes, ...] = ()  #: PEM CA certificates for mTLS
+    envelope_threshold: int = 1  #: distinct keys that must sign each envelope
+    bundle_threshold: int = 1  #: distinct bundle keys that must sign the next bundle
+
+    def __post_init__(self) -> None:
+        if self.sequence < 1:
+            raise TrustError(
+                f"bundle for {self.trust_domain} has sequence {self.sequence}; must be ≥ 1"
+            )
+        ids = [k.key_id for k in self.keys]
+        if len(set(ids)) != len(ids):
+            raise TrustError(f"bundle for {self.trust_domain} lists a key twice")
+        for name, threshold, purpose in (
+            ("envelope_threshold", self.envelope_threshold, Purpose.ENVELOPE),
+            ("bundle_threshold", self.bundle_threshold, Purpose.BUNDLE),
+        ):
+            usable = [k for k in self.keys if purpose in k.purposes and not k.revoked]
+            if threshold < 1 or threshold > max(1, len(usable)):
+                raise TrustError(
+                    f"bundle for {self.trust_domain}: {name} {threshold} cannot be met by "
+                    f"{len(usable)} unrevoked {purpose.value} key(s)"
+                )
+
+    def key(self, key_id: str) -> KeyRecord | None:
+        return next((k for k in self.keys if k.key_id == key_id), None)
+
+    def resolver(self, *, purpose: Purpose, host: str | None, at: datetime | None) -> DomainKeys:
+        """Keys of this domain usable for ``purpose`` by ``host`` at time ``at``."""
+        return DomainKeys(bundle=self, purpose=purpose, host=host, at=at)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical bundle: what operators compare out of band."""
+        return hashlib.sha256(encode_bundle(self)).hexdigest()
+
+    def with_key(self, record: KeyRecord, *, issued_at: datetime) -> TrustBundle:
+        """A successor bundle that adds (or replaces) one key record."""
+        keys = (*(k for k in self.keys if k.key_id != record.key_id), record)
+        return replace(self, keys=keys, sequence=self.sequence + 1, issued_at=issued_at)
+
+
+@dataclass(frozen=True, slots=True)
+class DomainKeys:
+    """A :class:`~gateway.envelope.KeyResolver` over one bundle, purpose, host and time."""
+
+    bundle: TrustBundle
+    purpose: Purpose
+    host: str | None
+    at: datetime | None  #: None: the caller checks validity itself, at the signing time
+
+    def resolve(self, key_id: str) -> KeyRecord:
+        domain = self.bundle.trust_domain
+        record = self.bundle.key(key_id)
+        if record is None:
+            raise UntrustedKeyError(
+                f"key {key_id[:16]} is not in the trust bundle of {domain} "
+                f"(sequence {self.bundle.sequence})",
+                hint=f"if {domain} rotated keys, import its newer bundle with `gateway trust import`",
+            )
+        self._check(record)
+        return record
+
+    def all(self) -> Sequence[KeyRecord]:
+        usable = []
+        for record in self.bundle.keys:
+            try:
+                self._check(record)
+            except (UntrustedKeyError, ExpiredError):
+                continue
+            usable.append(record)
+        return usable
+
+    def _check(self, record: KeyRecord) -> None:
+        domain = self.bundle.trust_domain
+        name = f"key {record.key_id[:16]} of {domain}"
+        if record.revoked:
+            raise RevokedKeyError(
+                f"{name} is revoked", hint="anything it signs is refused; ask the peer to re-sign"
+            )
+        if self.purpose not in record.purposes:
+            raise UntrustedKeyError(
+                f"{name} may sign {sorted(p.value for p in record.purposes)}, "
+                f"not {self.purpose.value}"
+            )
+        if self.host is not None and record.hosts and self.host not in record.hosts:
+            raise UntrustedKeyError(f"{name} may not sign for host {self.host}")
+        if self.at is not None and not record.valid_at(self.at):
+            raise ExpiredError(
+                f"{name} is valid from {format_time(record.valid_from)} until "
+                f"{format_time(record.valid_until) if record.valid_until else 'revoked'}, "
+                f"not at {format_time(self.at)}",
+                hint="check both hosts' clocks, or import the peer's current bundle",
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class TrustStore:
+    """The bundles a host trusts: its own domain's and each peer domain's, kept apart."""
+
+    bundles: Mapping[str, TrustBundle] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bundles", MappingProxyType(dict(self.bundles)))
+
+    @classmethod
+    def of(cls, bundles: Iterable[TrustBundle]) -> TrustStore:
+        collected: dict[str, TrustBundle] = {}
+        for bundle in bundles:
+            if bundle.trust_domain in collected:
+                raise TrustError(f"two bundles for {bundle.trust_domain}; keep only the newest")
+            collected[bundle.trust_domain] = bundle
+        return cls(collected)
+
+    def bundle(self, trust_domain: str) -> TrustBundle:
+        found = self.bundles.get(trust_domain)
+        if found is None:
+            known = ", ".join(sorted(self.bundles)) or "none"
+            raise UntrustedKeyError(
+                f"no trust bundle for {trust_domain} (trusted domains: {known})",
+                hint=f"import {trust_domain}'s bundle with `gateway trust import FILE`",
+            )
+        return found
+
+    def keys_for_host(self, host_id: str, *, purpose: Purpose, at: datetime | None) -> DomainKeys:
+        """Keys that may sign ``purpose`` for ``host_id`` (a ``spiffe://`` host id)."""
+        return self.bundle(HostId.parse(host_id).trust_domain).resolver(
+            purpose=purpose, host=host_id, at=at
+        )
+
+    def with_bundle(self, bundle: TrustBundle) -> TrustStore:
+        return TrustStore({**self.bundles, bundle.trust_domain: bundle})
+
+    def x509_authorities(self) -> tuple[bytes, ...]:
+        return tuple(ca for b in self.bundles.values() for ca in b.x509_authorities)
+
+
+# --- canonical JSON form -------------------------------------------------------------
+
+
+def _canonical(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _key_to_json(record: KeyRecord) -> dict[str, Any]:
+    return {
+        "key_id": record.key_id,
+        "algorithm": record.algorithm.value,
+        "public_key": base64.b64encode(record.public_key).decode("ascii"),
+        "purposes": sorted(p.value for p in record.purposes),
+        "hosts": sorted(record.hosts),
+        "valid_from": format_time(record.valid_from),
+        "valid_until": format_time(record.valid_until) if record.valid_until else None,
+        "revoked": record.revoked,
+    }
+
+
+def encode_bundle(bundle: TrustBundle) -> bytes:
+    """Canonical JSON (sorted keys, no spaces): equal bundles have equal bytes."""
+    return _canonical(
+        {
+            "format": BUNDLE_FORMAT,
+            "trust_domain": bundle.trust_domain,
+            "sequence": bundle.sequence,
+            "issued_at": format_time(bundle.issued_at),
+            "keys": [_key_to_json(k) for k in sorted(bundle.keys, key=lambda k: k.key_id)],
+            "x509_authorities": [ca.decode("ascii") for ca in bundle.x509_authorities],
+            "envelope_threshold": bundle.envelope_threshold,
+            "bundle_threshold": bundle.bundle_threshold,
+        }
+    )
+
+
+def _require(
+    document: Mapping[str, Any], name: str, kind: type | tuple[type, ...], where: str
+) -> Any:
+    value = document.get(name)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TrustError(f"{where}: {name!r} is missing or not a {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def _key_from_json(document: Any, where: str) -> KeyRecord:
+    if not isinstance(document, dict):
+        raise TrustError(f"{where}: must be an object")
+    unknown = set(document) - _KEY_FIELDS
+    if unknown:
+        raise TrustError(f"{where}: unknown fields {sorted(unknown)}", hint="upgrade the gateway")
+    try:
+        public_key = base64.b64decode(_require(document, "public_key", str, where), validate=True)
+        valid_until = document.get("valid_until")
+        return KeyRecord(
+            key_id=_require(document, "key_id", str, where),
+            algorithm=Algorithm.parse(_require(document, "algorithm", str, where)),
+            public_key=public_key,
+            purposes=frozenset(
+                Purpose.parse(p) for p in _require(document, "purposes", list, where)
+            ),
+            hosts=frozenset(str(h) for h in _require(document, "hosts", list, where)),
+            valid_from=parse_time(_require(document, "valid_from", str, where)),
+            valid_until=parse_time(valid_until) if valid_until is not None else None,
+            revoked=bool(_require(document, "revoked", bool, where)),
+        )
+    except ValueError as exc:
+        raise TrustError(f"{where}: {exc}") from exc
+
+
+def decode_bundle(raw: bytes) -> TrustBundle:
+    """Parse a bundle; it must be exactly the canonical form, and nothing unknown."""
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TrustError(f"trust bundle is not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise TrustError("trust bundle must be a JSON object")
+    unknown = set(document) - _BUNDLE_FIELDS
+    if unknown:
+        raise TrustError(
+            f"trust bundle has unknown fields {sorted(unknown)}", hint="upgrade the gateway"
+        )
+    if document.get("format") != BUNDLE_FORMAT:
+        raise TrustError(f"trust bundle format {document.get('format')!r} is not {BUNDLE_FORMAT}")
+    try:
+        bundle = TrustBundle(
+            trust_domain=_require(document, "trust_domain", str, "bundle"),
+            sequence=_require(document, "sequence", int, "bundle"),
+            issued_at=parse_time(_require(document, "issued_at", str, "bundle")),
+            keys=tuple(
+                _key_from_json(k, f"keys[{i}]")
+                for i, k in enumerate(_require(document, "keys", list, "bundle"))
+            ),
+            x509_authorities=tuple(
+                str(ca).encode("ascii")
+                for ca in _require(document, "x509_authorities", list, "bundle")
+            ),
+            envelope_threshold=_require(document, "envelope_threshold", int, "bundle"),
+            bundle_threshold=_require(document, "bundle_threshold", int, "bundle"),
+        )
+    except ValueError as exc:
+        raise TrustError(f"trust bundle: {exc}") from exc
+    if encode_bundle(bundle) != raw:
+        raise TrustError(
+            "trust bundle is not in canonical form",
+            hint="export it again with `gateway trust export`",
+        )
+    return bundle
+
+
+# --- signed bundles and updates --------------------------------------------------------
+
+
+def sign_bundle(bundle: TrustBundle, signers: Sequence[Signer]) -> bytes:
+    """The bundle as a DSSE JSON envelope signed by the domain's bundle keys."""
+    for signer in signers:
+        record = bundle.key(signer.key_id)
+        if record is None or Purpose.BUNDLE not in record.purposes:
+            raise TrustError(
+                f"key {signer.key_id[:16]} is not a bundle key of {bundle.trust_domain}",
+                hint="sign with a key whose record lists the 'bundle' purpose",
+            )
+    return dsse.to_json(dsse.seal(encode_bundle(bundle), dsse.PayloadType.TRUST_BUNDLE, signers))
+
+
+def accept_bundle(
+    current: TrustBundle | None,
+    signed: bytes,
+    *,
+    at: datetime,
+    trust_domain: str | None = None,
+) -> TrustBundle:
+    """Verify a signed bundle against the one it would replace; return the bundle to keep.
+
+    With no ``current`` bundle the new one must be signed by its own bundle keys (the
+    trust-on-first-use step); otherwise by ``current``'s bundle keys, with a higher
+    sequence number.
+    """
+    try:
+        envelope = dsse.from_json(signed, max_size=MAX_BUNDLE_BYTES)
+    except EnvelopeError as exc:
+        raise TrustError(f"not a signed trust bundle: {exc}") from exc
+    # First use: nothing to verify against but the bundle's own bundle keys, so the
+    # payload must be parsed to find them; the operator confirms the fingerprint.
+    authority = decode_bundle(envelope.payload) if current is None else current
+    verified = dsse.open_envelope(
+        envelope,
+        payload_type=dsse.PayloadType.TRUST_BUNDLE,
+        keys=authority.resolver(purpose=Purpose.BUNDLE, host=None, at=at),
+        threshold=authority.bundle_threshold,
+    )
+    claimed = decode_bundle(verified.payload)
+    expected = trust_domain or authority.trust_domain
+    if claimed.trust_domain != expected:
+        raise TrustError(f"bundle is for {claimed.trust_domain}, expected {expected}")
+    if current is not None:
+        if claimed.sequence < current.sequence:
+            raise RollbackError(
+                f"bundle for {claimed.trust_domain} has sequence {claimed.sequence}, "
+                f"older than the trusted {current.sequence}",
+                hint="an older bundle never replaces a newer one; get the peer's current bundle",
+            )
+        if claimed.sequence == current.sequence:
+            if encode_bundle(claimed) != encode_bundle(current):
+                raise RollbackError(
+                    f"bundle for {claimed.trust_domain} reuses sequence {claimed.sequence} "
+                    "with different content",
+                    hint="the peer must publish changes under a new sequence number",
+                )
+            return current
+    return claimed
+
+
+def new_bundle(
+    trust_domain: str,
+    keys: Iterable[KeyRecord],
+    *,
+    x509_authorities: Iterable[bytes] = (),
+    issued_at: datetime,
+    sequence: int = 1,
+) -> TrustBundle:
+    return TrustBundle(
+        trust_domain=trust_domain,
+        sequence=sequence,
+        issued_at=issued_at,
+        keys=tuple(keys),
+        x509_authorities=tuple(x509_authorities),
+    )

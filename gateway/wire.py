@@ -1,0 +1,426 @@
+"""Serialization between domain values and their protobuf wire form.
+
+The only module outside ``transport/`` that touches generated ``*_pb2`` types.
+
+Rules kept here:
+
+* **Received messages have one byte form.** Envelopes and signed payloads are accepted
+  only if re-encoding the parsed message gives back exactly the received bytes. That
+  refuses unknown fields, duplicated fields and non-minimal encodings, so what was
+  verified is exactly what is used, and a new field forces a new payload type.
+* **Size limits come first**, before any parsing.
+* Every protobuf decode failure becomes an :class:`~gateway.errors.EnvelopeError`
+  subclass naming what could not be read.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from gateway import envelope as dsse
+from gateway._time import truncate
+from gateway.errors import EnvelopeError, EnvelopeTooLargeError, LineageError, PayloadDecodeError
+from gateway.handoff.messages import NONCE_BYTES, Receipt, ReceiptKind, Transfer
+from gateway.handoff.records import (
+    DestinationRecord,
+    DestinationStep,
+    SourceRecord,
+    SourceStep,
+)
+from gateway.lineage import Lineage, LineageEntry, digest
+from gateway.model import (
+    Action,
+    CycleState,
+    GovernedObject,
+    Invoke,
+    LifecycleState,
+    Publish,
+    Rule,
+    WriteState,
+)
+from gateway.v1 import envelope_pb2, journal_pb2, object_pb2
+
+MAX_ENVELOPE_BYTES = 16 << 20
+MAX_RECEIPT_BYTES = 64 << 10
+
+M = TypeVar("M", bound=Message)
+
+
+def _parse(message: M, raw: bytes, what: str, *, canonical: bool) -> M:
+    try:
+        message.ParseFromString(raw)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise PayloadDecodeError(f"{what} does not decode: {exc}") from exc
+    if canonical and message.SerializeToString(deterministic=True) != raw:
+        raise PayloadDecodeError(
+            f"{what} is not in canonical encoding (unknown, repeated or oddly encoded fields)",
+            hint="the sender runs an incompatible gateway version",
+        )
+    return message
+
+
+def _ts(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment.astimezone(UTC))
+    return stamp
+
+
+def _dt(stamp: Timestamp) -> datetime:
+    return truncate(stamp.ToDatetime(tzinfo=UTC))
+
+
+# --- envelopes ----------------------------------------------------------------------
+
+
+def encode_envelope(envelope: dsse.Envelope) -> bytes:
+    message = envelope_pb2.Envelope(
+        payload=envelope.payload,
+        payload_type=envelope.payload_type,
+        signatures=[envelope_pb2.Signature(sig=s.sig, keyid=s.keyid) for s in envelope.signatures],
+    )
+    return message.SerializeToString(deterministic=True)
+
+
+def decode_envelope(raw: bytes, *, max_size: int = MAX_ENVELOPE_BYTES) -> dsse.Envelope:
+    """Parse a serialized envelope: size first, then strict decoding. Signatures are not
+    checked here (see :func:`gateway.envelope.open_envelope`)."""
+    if len(raw) > max_size:
+        raise EnvelopeTooLargeError(f"envelope is {len(raw)} bytes; at most {max_size} accepted")
+    try:
+        message = _parse(envelope_pb2.Envelope(), raw, "envelope", canonical=True)
+    except PayloadDecodeError as exc:
+        raise EnvelopeError(exc.reason, hint=exc.hint) from exc
+    return dsse.Envelope(
+        payload=message.payload,
+        payload_type=message.payload_type,
+        signatures=tuple(dsse.Signature(keyid=s.keyid, sig=s.sig) for s in message.signatures),
+    )
+
+
+# --- objects ------------------------------------------------------------------------
+
+
+def _rule_to_pb(rule: Rule) -> object_pb2.Rule:
+    message = object_pb2.Rule(name=rule.name, when=rule.when)
+    action = rule.action
+    if isinstance(action, WriteState):
+        message.write.patch = action.patch
+    elif isinstance(action, Publish):
+        message.publish.topic = action.topic
+        message.publish.payload = action.payload
+    else:
+        message.invoke.target = action.target
+        message.invoke.payload = action.payload
+    return message
+
+
+def _rule_from_pb(message: object_pb2.Rule) -> Rule:
+    kind = message.WhichOneof("action")
+    action: Action
+    if kind == "write":
+        action = WriteState(patch=message.write.patch)
+    elif kind == "publish":
+        action = Publish(topic=message.publish.topic, payload=message.publish.payload)
+    elif kind == "invoke":
+        action = Invoke(target=message.invoke.target, payload=message.invoke.payload)
+    else:
+        raise PayloadDecodeError(f"rule {message.name!r} has no action")
+    return Rule(name=message.name, when=message.when, action=action)
+
+
+def _cycle_to_pb(cycle: CycleState) -> object_pb2.CycleState:
+    message = object_pb2.CycleState(generation=cycle.generation)
+    if cycle.interval is not None:
+        message.interval_ms = cycle.interval // timedelta(milliseconds=1)
+    if cycle.next_due is not None:
+        message.next_due.CopyFrom(_ts(cycle.next_due))
+    return message
+
+
+def _cycle_from_pb(message: object_pb2.CycleState) -> CycleState:
+    return CycleState(
+        generation=message.generation,
+        interval=timedelta(milliseconds=message.interval_ms) if message.interval_ms else None,
+        next_due=_dt(message.next_due) if message.HasField("next_due") else None,
+    )
+
+
+def _snapshot_to_pb(obj: GovernedObject) -> object_pb2.ObjectSnapshot:
+    return object_pb2.ObjectSnapshot(
+        object_id=obj.object_id,
+        tenant=obj.tenant,
+        data=obj.data,
+        content_type=obj.content_type,
+        data_digest=obj.data_digest(),
+        rules=[_rule_to_pb(r) for r in obj.rules],
+        cycle=_cycle_to_pb(obj.cycle),
+    )
+
+
+def _lineage_to_pb(lineage: Lineage) -> object_pb2.Lineage:
+    return object_pb2.Lineage(
+        entries=[e.encode() for e in lineage.entries],
+        checkpoints=[encode_envelope(c) for c in lineage.checkpoints],
+    )
+
+
+def _lineage_from_pb(message: object_pb2.Lineage) -> Lineage:
+    try:
+        return Lineage(
+            entries=tuple(LineageEntry.decode(raw) for raw in message.entries),
+            checkpoints=tuple(decode_envelope(raw) for raw in message.checkpoints),
+        )
+    except EnvelopeError as exc:
+        raise LineageError(f"a lineage checkpoint is malformed: {exc.reason}") from exc
+
+
+def _object_from_snapshot(
+    snapshot: object_pb2.ObjectSnapshot, credentials: list[str], lineage: object_pb2.Lineage
+) -> GovernedObject:
+    if digest(snapshot.data) != snapshot.data_digest:
+        raise PayloadDecodeError(
+            f"data of {snapshot.object_id} does not match its digest",
+            hint="the object was damaged on the way; migrate it again",
+        )
+    return GovernedObject(
+        object_id=snapshot.object_id,
+        tenant=snapshot.tenant,
+        data=snapshot.data,
+        content_type=snapshot.content_type,
+        grants=tuple(credentials),
+        rules=tuple(_rule_from_pb(r) for r in snapshot.rules),
+        lineage=_lineage_from_pb(lineage),
+        cycle=_cycle_from_pb(snapshot.cycle),
+    )
+
+
+_STATE_TO_PB = {
+    LifecycleState.ACTIVE: object_pb2.LIFECYCLE_STATE_ACTIVE,
+    LifecycleState.FROZEN: object_pb2.LIFECYCLE_STATE_FROZEN,
+    LifecycleState.MOVED: object_pb2.LIFECYCLE_STATE_MOVED,
+    LifecycleState.STAGED: object_pb2.LIFECYCLE_STATE_STAGED,
+}
+_STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
+
+
+def _stored_to_pb(obj: GovernedObject) -> object_pb2.StoredObject:
+    return object_pb2.StoredObject(
+        snapshot=_snapshot_to_pb(obj),
+        credentials=list(obj.grants),
+        lineage=_lineage_to_pb(obj.lineage),
+        epoch=obj.epoch,
+        state=_STATE_TO_PB[obj.state],
+        migration_id=obj.migration_id,
+        moved_to=obj.moved_to,
+        receipt=encode_envelope(obj.receipt) if obj.receipt else b"",
+        last_transfer_digest=obj.last_transfer_digest,
+    )
+
+
+def _stored_from_pb(message: object_pb2.StoredObject) -> GovernedObject:
+    obj = _object_from_snapshot(message.snapshot, list(message.credentials), message.lineage)
+    if message.state not in _STATE_FROM_PB:
+        raise PayloadDecodeError(f"stored object {obj.object_id} has unknown state {message.state}")
+    return GovernedObject(
+        object_id=obj.object_id,
+        tenant=obj.tenant,
+        data=obj.data,
+        content_type=obj.content_type,
+        grants=obj.grants,
+        rules=obj.rules,
+        lineage=obj.lineage,
+        cycle=obj.cycle,
+        epoch=message.epoch,
+        state=_STATE_FROM_PB[message.state],
+        migration_id=message.migration_id,
+        moved_to=message.moved_to,
+        receipt=decode_envelope(message.receipt) if message.receipt else None,
+        last_transfer_digest=message.last_transfer_digest,
+    )
+
+
+def encode_object(obj: GovernedObject) -> bytes:
+    """The at-rest form of an object (state, placement and all)."""
+    return _stored_to_pb(obj).SerializeToString(deterministic=True)
+
+
+def decode_object(raw: bytes) -> GovernedObject:
+    return _stored_from_pb(_parse(object_pb2.StoredObject(), raw, "stored object", canonical=False))
+
+
+# --- transfers and receipts ---------------------------------------------------------
+
+
+def encode_transfer(transfer: Transfer) -> bytes:
+    obj = transfer.object
+    message = object_pb2.Transfer(
+        migration_id=transfer.migration_id,
+        object_id=obj.object_id,
+        epoch=transfer.epoch,
+        source_host=transfer.source_host,
+        destination_host=transfer.destination_host,
+        issued_at=_ts(transfer.issued_at),
+        expires_at=_ts(transfer.expires_at),
+        nonce=transfer.nonce,
+        object=_snapshot_to_pb(obj),
+        credentials=list(obj.grants),
+        lineage=_lineage_to_pb(obj.lineage),
+        previous_transfer_digest=transfer.previous_transfer_digest,
+    )
+    return message.SerializeToString(deterministic=True)
+
+
+def decode_transfer(payload: bytes) -> Transfer:
+    """Parse a *verified* transfer payload into a STAGED object candidate."""
+    message = _parse(object_pb2.Transfer(), payload, "transfer", canonical=True)
+    if message.object.object_id != message.object_id:
+        raise PayloadDecodeError(
+            f"transfer names object {message.object_id} but carries {message.object.object_id}"
+        )
+    if len(message.nonce) != NONCE_BYTES:
+        raise PayloadDecodeError(f"transfer nonce is {len(message.nonce)} bytes, not {NONCE_BYTES}")
+    snapshot = _object_from_snapshot(message.object, list(message.credentials), message.lineage)
+    obj = GovernedObject(
+        object_id=snapshot.object_id,
+        tenant=snapshot.tenant,
+        data=snapshot.data,
+        content_type=snapshot.content_type,
+        grants=snapshot.grants,
+        rules=snapshot.rules,
+        lineage=snapshot.lineage,
+        cycle=snapshot.cycle,
+        epoch=message.epoch,
+        state=LifecycleState.STAGED,
+        migration_id=message.migration_id,
+        last_transfer_digest=digest(payload),
+    )
+    return Transfer(
+        migration_id=message.migration_id,
+        epoch=message.epoch,
+        source_host=message.source_host,
+        destination_host=message.destination_host,
+        issued_at=_dt(message.issued_at),
+        expires_at=_dt(message.expires_at),
+        nonce=message.nonce,
+        object=obj,
+        previous_transfer_digest=message.previous_transfer_digest,
+    )
+
+
+def encode_receipt(receipt: Receipt) -> bytes:
+    return object_pb2.Receipt(
+        migration_id=receipt.migration_id,
+        object_id=receipt.object_id,
+        epoch=receipt.epoch,
+        host=receipt.host,
+        source_host=receipt.source_host,
+        transfer_digest=receipt.transfer_digest,
+        issued_at=_ts(receipt.issued_at),
+    ).SerializeToString(deterministic=True)
+
+
+def decode_receipt(payload: bytes, kind: ReceiptKind) -> Receipt:
+    message = _parse(object_pb2.Receipt(), payload, f"{kind.name.lower()} receipt", canonical=True)
+    return Receipt(
+        kind=kind,
+        migration_id=message.migration_id,
+        object_id=message.object_id,
+        epoch=message.epoch,
+        host=message.host,
+        source_host=message.source_host,
+        transfer_digest=message.transfer_digest,
+        issued_at=_dt(message.issued_at),
+    )
+
+
+# --- journal records ----------------------------------------------------------------
+
+_SOURCE_STEPS = {
+    SourceStep.FROZEN: journal_pb2.SOURCE_STEP_FROZEN,
+    SourceStep.COMMITTED: journal_pb2.SOURCE_STEP_COMMITTED,
+    SourceStep.DONE: journal_pb2.SOURCE_STEP_DONE,
+    SourceStep.ABORTED: journal_pb2.SOURCE_STEP_ABORTED,
+}
+_DESTINATION_STEPS = {
+    DestinationStep.STAGED: journal_pb2.DESTINATION_STEP_STAGED,
+    DestinationStep.ACTIVATED: journal_pb2.DESTINATION_STEP_ACTIVATED,
+    DestinationStep.ABORTED: journal_pb2.DESTINATION_STEP_ABORTED,
+}
+
+
+def encode_source_record(record: SourceRecord) -> bytes:
+    return journal_pb2.SourceRecord(
+        migration_id=record.migration_id,
+        object_id=record.object_id,
+        tenant=record.tenant,
+        destination_host=record.destination_host,
+        step=_SOURCE_STEPS[record.step],
+        transfer=record.transfer,
+        staged_receipt=record.staged_receipt,
+        activation_receipt=record.activation_receipt,
+        created_at=_ts(record.created_at),
+        updated_at=_ts(record.updated_at),
+        reason=record.reason,
+    ).SerializeToString(deterministic=True)
+
+
+def decode_source_record(raw: bytes) -> SourceRecord:
+    message = _parse(journal_pb2.SourceRecord(), raw, "source journal record", canonical=False)
+    steps = {v: k for k, v in _SOURCE_STEPS.items()}
+    return SourceRecord(
+        migration_id=message.migration_id,
+        object_id=message.object_id,
+        tenant=message.tenant,
+        destination_host=message.destination_host,
+        step=steps[message.step],
+        transfer=message.transfer,
+        staged_receipt=message.staged_receipt,
+        activation_receipt=message.activation_receipt,
+        created_at=_dt(message.created_at),
+        updated_at=_dt(message.updated_at),
+        reason=message.reason,
+    )
+
+
+def encode_destination_record(record: DestinationRecord) -> bytes:
+    message = journal_pb2.DestinationRecord(
+        migration_id=record.migration_id,
+        object_id=record.object_id,
+        tenant=record.tenant,
+        source_host=record.source_host,
+        step=_DESTINATION_STEPS[record.step],
+        transfer_digest=record.transfer_digest,
+        staged_receipt=record.staged_receipt,
+        activation_receipt=record.activation_receipt,
+        created_at=_ts(record.created_at),
+        updated_at=_ts(record.updated_at),
+        reason=record.reason,
+    )
+    if record.staged is not None:
+        message.staged.CopyFrom(_stored_to_pb(record.staged))
+    return message.SerializeToString(deterministic=True)
+
+
+def decode_destination_record(raw: bytes) -> DestinationRecord:
+    message = _parse(
+        journal_pb2.DestinationRecord(), raw, "destination journal record", canonical=False
+    )
+    steps = {v: k for k, v in _DESTINATION_STEPS.items()}
+    return DestinationRecord(
+        migration_id=message.migration_id,
+        object_id=message.object_id,
+        tenant=message.tenant,
+        source_host=message.source_host,
+        step=steps[message.step],
+        transfer_digest=message.transfer_digest,
+        staged_receipt=message.staged_receipt,
+        activation_receipt=message.activation_receipt,
+        staged=_stored_from_pb(message.staged) if message.HasField("staged") else None,
+        created_at=_dt(message.created_at),
+        updated_at=_dt(message.updated_at),
+        reason=message.reason,
+    )

@@ -1,0 +1,387 @@
+"""The behaviour every :class:`~gateway.stores.StateStore` must have, as reusable tests.
+
+To run these against an implementation, subclass :class:`StoreContract` in a
+``test_*.py`` module and give the subclass an ``open_store`` fixture: a callable that
+returns an async context manager yielding a fresh, empty store and closing it on exit.
+
+Why a factory and not the store itself: there is no pytest-asyncio here, so every test
+runs its own event loop with :func:`asyncio.run`, and a store may be bound to the loop it
+was opened in (a ``grpc.aio`` channel to a Dapr sidecar is). The store is therefore
+opened inside the test's loop, by :func:`store_test`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeAlias
+
+import pytest
+
+from gateway.errors import ConcurrencyError, StoreError
+from gateway.stores import Delete, Expect, Put, StateStore
+
+OpenStore: TypeAlias = Callable[[], AbstractAsyncContextManager[StateStore]]
+Scenario: TypeAlias = Callable[[Any, StateStore], Awaitable[None]]
+
+
+def store_test(scenario: Scenario) -> Callable[[Any, OpenStore], None]:
+    """Turn ``async def test_x(self, store)`` into a sync test using ``open_store``."""
+
+    def test(self: Any, open_store: OpenStore) -> None:
+        async def main() -> None:
+            async with open_store() as store:
+                await scenario(self, store)
+
+        asyncio.run(main())
+
+    # Not functools.wraps: pytest would follow __wrapped__ and ask for a `store` fixture.
+    test.__name__ = scenario.__name__
+    test.__qualname__ = scenario.__qualname__
+    test.__doc__ = scenario.__doc__
+    test.__module__ = scenario.__module__
+    return test
+
+
+class StoreContract:
+    """The contract tests; subclasses provide the ``open_store`` fixture."""
+
+    # --- reads -------------------------------------------------------------------------
+
+    @store_test
+    async def test_get_missing_key_is_none(self, store: StateStore) -> None:
+        """get() of a key that was never written returns None, not an error."""
+        assert await store.get("never/written") is None
+
+    @store_test
+    async def test_put_returns_the_etag_get_reads(self, store: StateStore) -> None:
+        """The ETag put() returns is the one get() reports, with the exact value."""
+        etag = await store.put("k", b"v", etag=Expect.ABSENT)
+        item = await store.get("k")
+        assert item is not None
+        assert (item.key, item.value, item.etag) == ("k", b"v", etag)
+        assert isinstance(etag, str)
+        assert etag
+
+    @store_test
+    async def test_get_many_leaves_out_missing_keys(self, store: StateStore) -> None:
+        """get_many() returns only the keys that exist, each with its value and ETag."""
+        etags = await store.transact(
+            [
+                Put(key="m/a", value=b"1", etag=Expect.ABSENT),
+                Put(key="m/c", value=b"3", etag=Expect.ABSENT),
+            ]
+        )
+        found = await store.get_many(["m/a", "m/b", "m/c", "m/zz", "m/a"])
+        assert set(found) == {"m/a", "m/c"}
+        assert found["m/a"].value == b"1"
+        assert found["m/a"].etag == etags["m/a"]
+        assert found["m/c"].value == b"3"
+        assert found["m/c"].etag == etags["m/c"]
+        assert await store.get_many([]) == {}
+        assert await store.get_many(["nothing/here"]) == {}
+
+    # --- first write wins --------------------------------------------------------------
+
+    @store_test
+    async def test_second_create_with_absent_fails(self, store: StateStore) -> None:
+        """Expect.ABSENT creates once; a second create of the same key is refused."""
+        await store.put("obj/1", b"first", etag=Expect.ABSENT)
+        with pytest.raises(ConcurrencyError) as caught:
+            await store.put("obj/1", b"second", etag=Expect.ABSENT)
+        assert "obj/1" in str(caught.value)
+        item = await store.get("obj/1")
+        assert item is not None
+        assert item.value == b"first"
+
+    @store_test
+    async def test_concurrent_creates_have_one_winner(self, store: StateStore) -> None:
+        """Of many concurrent Expect.ABSENT creates of one key, exactly one succeeds."""
+
+        async def create(n: int) -> str | None:
+            try:
+                await store.put("contended", str(n).encode(), etag=Expect.ABSENT)
+            except ConcurrencyError:
+                return None
+            return str(n)
+
+        results = await asyncio.gather(*(create(n) for n in range(20)))
+        winners = [r for r in results if r is not None]
+        assert len(winners) == 1
+        item = await store.get("contended")
+        assert item is not None
+        assert item.value == winners[0].encode()
+
+    @store_test
+    async def test_update_with_read_etag_gives_new_etag(self, store: StateStore) -> None:
+        """A put with the ETag just read succeeds and yields a new, different ETag."""
+        first = await store.put("doc", b"v1", etag=Expect.ABSENT)
+        item = await store.get("doc")
+        assert item is not None
+        second = await store.put("doc", b"v2", etag=item.etag)
+        assert second != first
+        after = await store.get("doc")
+        assert after is not None
+        assert (after.value, after.etag) == (b"v2", second)
+
+    @store_test
+    async def test_update_with_same_value_still_changes_etag(self, store: StateStore) -> None:
+        """Every successful write gives a new ETag, even when the value is unchanged."""
+        first = await store.put("same", b"x", etag=Expect.ABSENT)
+        second = await store.put("same", b"x", etag=first)
+        assert second != first
+
+    @store_test
+    async def test_update_with_stale_etag_fails(self, store: StateStore) -> None:
+        """A put with an ETag that is no longer current fails and leaves the value."""
+        stale = await store.put("doc", b"v1", etag=Expect.ABSENT)
+        current = await store.put("doc", b"v2", etag=stale)
+        with pytest.raises(ConcurrencyError) as caught:
+            await store.put("doc", b"v3", etag=stale)
+        assert "doc" in str(caught.value)
+        item = await store.get("doc")
+        assert item is not None
+        assert (item.value, item.etag) == (b"v2", current)
+
+    @store_test
+    async def test_put_with_etag_of_missing_key_fails(self, store: StateStore) -> None:
+        """A put with an ETag on a key that does not exist fails and creates nothing."""
+        etag = await store.put("gone", b"v", etag=Expect.ABSENT)
+        await store.delete("gone", etag=etag)
+        with pytest.raises(ConcurrencyError):
+            await store.put("gone", b"again", etag=etag)
+        assert await store.get("gone") is None
+
+    @store_test
+    async def test_etag_never_reused_after_delete_and_recreate(self, store: StateStore) -> None:
+        """ETags of a key stay unique across updates, deletes and re-creates."""
+        seen: list[str] = []
+        for round_ in range(10):
+            etag = await store.put("cycle", b"created %d" % round_, etag=Expect.ABSENT)
+            seen.append(etag)
+            etag = await store.put("cycle", b"updated %d" % round_, etag=etag)
+            seen.append(etag)
+            await store.delete("cycle", etag=etag)
+        assert len(set(seen)) == len(seen)
+        # An ETag from before the last delete must not match the re-created key.
+        recreated = await store.put("cycle", b"last", etag=Expect.ABSENT)
+        assert recreated not in seen
+        for old in seen:
+            with pytest.raises(ConcurrencyError):
+                await store.put("cycle", b"stale writer", etag=old)
+        item = await store.get("cycle")
+        assert item is not None
+        assert item.value == b"last"
+
+    # --- deletes -----------------------------------------------------------------------
+
+    @store_test
+    async def test_delete_with_etag(self, store: StateStore) -> None:
+        """A delete with the current ETag removes the key; a stale one fails and keeps it."""
+        stale = await store.put("d", b"v1", etag=Expect.ABSENT)
+        current = await store.put("d", b"v2", etag=stale)
+        with pytest.raises(ConcurrencyError):
+            await store.delete("d", etag=stale)
+        assert await store.get("d") is not None
+        await store.delete("d", etag=current)
+        assert await store.get("d") is None
+
+    @store_test
+    async def test_delete_with_etag_of_missing_key_fails(self, store: StateStore) -> None:
+        """A delete with an ETag of a key that does not exist is a ConcurrencyError."""
+        etag = await store.put("d", b"v", etag=Expect.ABSENT)
+        await store.delete("d", etag=etag)
+        with pytest.raises(ConcurrencyError) as caught:
+            await store.delete("d", etag=etag)
+        assert "d" in str(caught.value)
+
+    # --- Expect.ANY --------------------------------------------------------------------
+
+    @store_test
+    async def test_any_semantics(self, store: StateStore) -> None:
+        """Expect.ANY: put creates or overwrites; delete removes or accepts a missing key."""
+        created = await store.put("any", b"1", etag=Expect.ANY)
+        overwritten = await store.put("any", b"2", etag=Expect.ANY)
+        assert overwritten != created
+        item = await store.get("any")
+        assert item is not None
+        assert (item.value, item.etag) == (b"2", overwritten)
+        await store.delete("any", etag=Expect.ANY)
+        assert await store.get("any") is None
+        await store.delete("any", etag=Expect.ANY)  # missing: a no-op, not an error
+        await store.delete("never/existed", etag=Expect.ANY)
+        assert await store.get("any") is None
+
+    # --- transactions ------------------------------------------------------------------
+
+    @store_test
+    async def test_empty_transaction_is_a_no_op(self, store: StateStore) -> None:
+        """transact([]) succeeds, returns {} and writes nothing."""
+        assert await store.transact([]) == {}
+        assert await store.list("") == []
+
+    @store_test
+    async def test_transaction_returns_etag_of_each_put(self, store: StateStore) -> None:
+        """transact() returns the new ETag of every key put, matching what get() reads."""
+        etags = await store.transact(
+            [Put(key=f"t/{n}", value=b"%d" % n, etag=Expect.ABSENT) for n in range(3)]
+        )
+        assert set(etags) == {"t/0", "t/1", "t/2"}
+        assert len(set(etags.values())) == 3
+        found = await store.get_many(list(etags))
+        assert {key: item.etag for key, item in found.items()} == etags
+
+    @store_test
+    async def test_transaction_is_all_or_nothing(self, store: StateStore) -> None:
+        """One stale ETag fails the whole transaction; no put is applied; the key is named."""
+        stale = await store.put("acct/c", b"c0", etag=Expect.ABSENT)
+        current = await store.put("acct/c", b"c1", etag=stale)
+        with pytest.raises(ConcurrencyError) as caught:
+            await store.transact(
+                [
+                    Put(key="acct/a", value=b"a", etag=Expect.ABSENT),
+                    Put(key="acct/b", value=b"b", etag=Expect.ANY),
+                    Put(key="acct/c", value=b"c2", etag=stale),
+                ]
+            )
+        assert "acct/c" in str(caught.value)
+        assert await store.get("acct/a") is None
+        assert await store.get("acct/b") is None
+        item = await store.get("acct/c")
+        assert item is not None
+        assert (item.value, item.etag) == (b"c1", current)
+
+    @store_test
+    async def test_transaction_with_deletes(self, store: StateStore) -> None:
+        """Deletes and puts commit together, and a failed delete precondition undoes all."""
+        etags = await store.transact(
+            [
+                Put(key="x/old", value=b"old", etag=Expect.ABSENT),
+                Put(key="x/keep", value=b"k1", etag=Expect.ABSENT),
+            ]
+        )
+        # Move x/old to x/new and update x/keep, all at once.
+        moved = await store.transact(
+            [
+                Delete(key="x/old", etag=etags["x/old"]),
+                Put(key="x/new", value=b"old", etag=Expect.ABSENT),
+                Put(key="x/keep", value=b"k2", etag=etags["x/keep"]),
+            ]
+        )
+        assert set(moved) == {"x/new", "x/keep"}  # deletes have no ETag to return
+        assert await store.get("x/old") is None
+        assert await store.list("x/") == ["x/keep", "x/new"]
+
+        # A delete with a stale ETag fails the transaction: the put beside it is undone.
+        with pytest.raises(ConcurrencyError) as caught:
+            await store.transact(
+                [
+                    Put(key="x/other", value=b"o", etag=Expect.ABSENT),
+                    Delete(key="x/keep", etag=etags["x/keep"]),
+                ]
+            )
+        assert "x/keep" in str(caught.value)
+        assert await store.get("x/other") is None
+        kept = await store.get("x/keep")
+        assert kept is not None
+        assert (kept.value, kept.etag) == (b"k2", moved["x/keep"])
+
+    @store_test
+    async def test_duplicate_key_in_transaction_rejected(self, store: StateStore) -> None:
+        """A transaction naming one key twice is refused as ambiguous and writes nothing."""
+        with pytest.raises(StoreError) as caught:
+            await store.transact(
+                [
+                    Put(key="dup/other", value=b"o", etag=Expect.ABSENT),
+                    Put(key="dup", value=b"1", etag=Expect.ANY),
+                    Delete(key="dup", etag=Expect.ANY),
+                ]
+            )
+        # Not a conflict: retrying cannot help, so it must not look like one.
+        assert not isinstance(caught.value, ConcurrencyError)
+        assert "dup" in str(caught.value)
+        assert await store.get("dup") is None
+        assert await store.get("dup/other") is None
+
+    # --- listing -----------------------------------------------------------------------
+
+    @store_test
+    async def test_list_prefix_is_literal_and_ordered(self, store: StateStore) -> None:
+        """list() matches the prefix literally ('%', '_' are not wildcards), ascending."""
+        keys = [
+            "a",
+            "a%",
+            "a%b",
+            "a_b",
+            "aXb",
+            "ab",
+            "a/%/x",
+            "a/_/y",
+            "b",
+            "é/1",
+            "é/2",
+            "日本/東京",
+            "日本/大阪",
+            "😀/x",
+            "~",
+        ]
+        await store.transact([Put(key=key, value=b"", etag=Expect.ABSENT) for key in keys])
+        assert await store.list("") == sorted(keys)
+        assert await store.list("a%") == ["a%", "a%b"]
+        assert await store.list("a_") == ["a_b"]
+        assert await store.list("a/%") == ["a/%/x"]
+        assert await store.list("a/_") == ["a/_/y"]
+        assert await store.list("a") == sorted(k for k in keys if k.startswith("a"))
+        assert await store.list("é/") == ["é/1", "é/2"]
+        assert await store.list("日本/") == sorted(["日本/東京", "日本/大阪"])
+        assert await store.list("😀") == ["😀/x"]
+        assert await store.list("%") == []
+        assert await store.list("_") == []
+        assert await store.list("zzz") == []
+
+    @store_test
+    async def test_list_with_limit(self, store: StateStore) -> None:
+        """list(limit=n) returns the first n matching keys in ascending order."""
+        keys = [f"l/{n:02d}" for n in range(10)]
+        await store.transact(
+            [Put(key=key, value=b"", etag=Expect.ABSENT) for key in reversed(keys)]
+        )
+        await store.put("m/after", b"", etag=Expect.ABSENT)
+        assert await store.list("l/", limit=3) == keys[:3]
+        assert await store.list("l/", limit=10) == keys
+        assert await store.list("l/", limit=100) == keys
+        assert await store.list("l/", limit=0) == []
+        assert await store.list("l/") == keys
+
+    @store_test
+    async def test_list_reflects_deletes(self, store: StateStore) -> None:
+        """A deleted key is no longer listed."""
+        await store.put("p/1", b"", etag=Expect.ABSENT)
+        await store.put("p/2", b"", etag=Expect.ABSENT)
+        await store.delete("p/1", etag=Expect.ANY)
+        assert await store.list("p/") == ["p/2"]
+
+    # --- values ------------------------------------------------------------------------
+
+    @store_test
+    async def test_values_are_arbitrary_bytes(self, store: StateStore) -> None:
+        """Values round-trip exactly: empty, NUL bytes, every byte value, 5 MiB."""
+        values = {
+            "v/empty": b"",
+            "v/nul": b"\x00",
+            "v/nuls": b"a\x00b\x00\x00",
+            "v/all": bytes(range(256)),
+            "v/not-utf8": b"\xff\xfe\xc3\x28",
+            "v/big": os.urandom(5 * 1024 * 1024),
+        }
+        for key, value in values.items():
+            await store.put(key, value, etag=Expect.ABSENT)
+        for key, value in values.items():
+            item = await store.get(key)
+            assert item is not None
+            assert type(item.value) is bytes
+            assert item.value == value
+        found = await store.get_many(list(values))
+        assert {key: item.value for key, item in found.items()} == values

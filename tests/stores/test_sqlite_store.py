@@ -1,0 +1,425 @@
+"""SqliteStore: the store contract on a real file, plus what only SQLite has to show.
+
+The SQLite-specific tests cover durability across reopen, several OS processes
+sharing one file, a process killed mid-write, and the mapping of sqlite3 failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import StoreError, StoreUnavailableError
+from gateway.stores import Expect, Put, StateStore
+from gateway.stores.sqlite import SqliteStore
+from tests.stores.contract import OpenStore, StoreContract
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "gateway.db"
+
+
+class TestSqliteStoreContract(StoreContract):
+    @pytest.fixture
+    def open_store(self, db_path: Path) -> OpenStore:
+        @contextlib.asynccontextmanager
+        async def opened() -> AsyncIterator[StateStore]:
+            async with SqliteStore.open(db_path) as store:
+                yield store
+
+        return opened
+
+
+def _run_child(script: str, *args: str, **popen: object) -> subprocess.Popen[str]:
+    """Start ``python -c script args...`` with this checkout importable."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        env=env,
+        text=True,
+        **popen,
+    )
+
+
+# --- one process --------------------------------------------------------------------
+
+
+def test_satisfies_the_protocol(db_path: Path) -> None:
+    """SqliteStore is a StateStore (runtime-checkable protocol)."""
+
+    async def main() -> None:
+        async with SqliteStore.open(db_path) as store:
+            assert isinstance(store, StateStore)
+
+    asyncio.run(main())
+
+
+def test_writes_survive_close_and_reopen(db_path: Path) -> None:
+    """What a closed store wrote is there, with the same ETags, when the file is reopened."""
+
+    async def write() -> dict[str, str]:
+        async with SqliteStore.open(db_path) as store:
+            etags = await store.transact(
+                [Put(key=f"k/{n}", value=b"v%d" % n, etag=Expect.ABSENT) for n in range(5)]
+            )
+            await store.delete("k/4", etag=etags.pop("k/4"))
+            return etags
+
+    async def read(etags: dict[str, str]) -> None:
+        async with SqliteStore.open(db_path) as store:
+            found = await store.get_many([f"k/{n}" for n in range(5)])
+            assert {key: item.etag for key, item in found.items()} == etags
+            assert found["k/3"].value == b"v3"
+            await store.put("k/0", b"new", etag=etags["k/0"])
+
+    etags = asyncio.run(write())
+    asyncio.run(read(etags))
+
+
+def test_file_settings(db_path: Path) -> None:
+    """The file is in WAL mode, the connection syncs FULL, the schema version is set."""
+
+    async def main() -> None:
+        async with SqliteStore.open(db_path) as store:
+            # The connection may only be used on the store's worker thread.
+            synchronous = store._executor.submit(
+                lambda: store._connection.execute("PRAGMA synchronous").fetchone()
+            ).result()
+            assert synchronous == (2,)  # FULL
+            with pytest.raises(sqlite3.ProgrammingError):
+                store._connection.execute("SELECT 1")
+
+    asyncio.run(main())
+    raw = sqlite3.connect(db_path)
+    try:
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert raw.execute("PRAGMA user_version").fetchone() == (1,)
+    finally:
+        raw.close()
+
+
+def test_get_many_beyond_one_chunk(db_path: Path) -> None:
+    """get_many() of more keys than one query takes returns every existing one."""
+
+    async def main() -> None:
+        async with SqliteStore.open(db_path) as store:
+            keys = [f"bulk/{n:05d}" for n in range(1300)]
+            etags = await store.transact(
+                [Put(key=key, value=key.encode(), etag=Expect.ABSENT) for key in keys[::2]]
+            )
+            found = await store.get_many(keys)
+            assert list(found) == keys[::2]
+            assert {key: item.etag for key, item in found.items()} == etags
+            assert all(item.value == key.encode() for key, item in found.items())
+
+    asyncio.run(main())
+
+
+def test_list_prefix_at_code_point_edges(db_path: Path) -> None:
+    """Prefixes ending in U+D7FF (next is U+E000) or U+10FFFF (no successor) list right."""
+    keys = [
+        "a\ud7ff",
+        "a\ud7ffz",
+        "a\ue000",
+        "b\U0010ffff",
+        "b\U0010ffff\U0010ffff",
+        "c",
+        "\U0010ffff",
+    ]
+
+    async def main() -> None:
+        async with SqliteStore.open(db_path) as store:
+            await store.transact([Put(key=key, value=b"", etag=Expect.ABSENT) for key in keys])
+            assert await store.list("") == sorted(keys)
+            assert await store.list("a\ud7ff") == ["a\ud7ff", "a\ud7ffz"]
+            assert await store.list("b\U0010ffff") == ["b\U0010ffff", "b\U0010ffff\U0010ffff"]
+            assert await store.list("\U0010ffff") == ["\U0010ffff"]
+
+    asyncio.run(main())
+
+
+def test_misuse_is_a_type_or_value_error(db_path: Path) -> None:
+    """Wrong argument types and unusable keys raise TypeError/ValueError, writing nothing."""
+
+    async def main() -> None:
+        async with SqliteStore.open(db_path) as store:
+            with pytest.raises(TypeError):
+                await store.put("k", "text", etag=Expect.ANY)  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="empty"):
+                await store.put("", b"", etag=Expect.ANY)
+            with pytest.raises(ValueError, match="Unicode"):
+                await store.put("bad\udc80", b"", etag=Expect.ANY)
+            with pytest.raises(TypeError, match="sequence"):
+                await store.get_many("abc")
+            with pytest.raises(ValueError, match="limit"):
+                await store.list("", limit=-1)
+            assert await store.list("") == []
+
+    asyncio.run(main())
+
+
+def test_closed_store_is_unavailable(db_path: Path) -> None:
+    """After close() every call fails with StoreUnavailableError; closing twice is fine."""
+
+    async def main() -> None:
+        store = SqliteStore.open(db_path)
+        await store.close()
+        await store.close()
+        with pytest.raises(StoreUnavailableError, match="closed"):
+            await store.get("k")
+        with pytest.raises(StoreUnavailableError, match="closed"):
+            await store.put("k", b"", etag=Expect.ANY)
+
+    asyncio.run(main())
+
+
+def test_waits_for_another_writer_without_blocking_the_loop(db_path: Path) -> None:
+    """A write waits (busy_timeout) for another connection's lock; the loop keeps running."""
+
+    async def main() -> None:
+        async with SqliteStore.open(db_path, busy_timeout=5) as store:
+            other = sqlite3.connect(db_path, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                put = asyncio.create_task(store.put("k", b"v", etag=Expect.ABSENT))
+                # The loop runs these sleeps while the put waits on the worker thread; a
+                # put that blocked the loop would have failed (lock still held) by now.
+                for _ in range(20):
+                    await asyncio.sleep(0.01)
+                assert not put.done()
+                other.execute("ROLLBACK")
+                await asyncio.wait_for(put, timeout=5)
+            finally:
+                other.close()
+            item = await store.get("k")
+            assert item is not None
+            assert item.value == b"v"
+
+    asyncio.run(main())
+
+
+def test_lock_held_past_busy_timeout_is_unavailable(db_path: Path) -> None:
+    """A lock held longer than busy_timeout gives StoreUnavailableError naming the file."""
+
+    async def main() -> None:
+        async with SqliteStore.open(db_path, busy_timeout=0.2) as store:
+            other = sqlite3.connect(db_path, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                with pytest.raises(StoreUnavailableError) as caught:
+                    await store.put("k", b"v", etag=Expect.ABSENT)
+                assert str(db_path) in str(caught.value)
+                assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+            finally:
+                other.close()
+            # The lock is gone and the failed write left nothing behind.
+            assert await store.get("k") is None
+            await store.put("k", b"v", etag=Expect.ABSENT)
+
+    asyncio.run(main())
+
+
+def test_unopenable_path_is_unavailable(tmp_path: Path) -> None:
+    """A path that is a directory cannot be opened: StoreUnavailableError naming it."""
+    with pytest.raises(StoreUnavailableError) as caught:
+        SqliteStore.open(tmp_path)
+    assert str(tmp_path) in str(caught.value)
+    assert caught.value.__cause__ is not None
+
+
+def test_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    """A non-SQLite file is refused with a StoreError naming it, and left untouched."""
+    path = tmp_path / "notes.db"
+    garbage = b"this is not an SQLite database, just some text\n" * 100
+    path.write_bytes(garbage)
+    with pytest.raises(StoreError) as caught:
+        SqliteStore.open(path)
+    assert str(path) in str(caught.value)
+    assert path.read_bytes() == garbage
+
+
+def test_refuses_a_foreign_sqlite_database(tmp_path: Path) -> None:
+    """An SQLite file with someone else's tables is refused, not written into."""
+    path = tmp_path / "other.db"
+    raw = sqlite3.connect(path)
+    raw.execute("CREATE TABLE items (id INTEGER)")
+    raw.commit()
+    raw.close()
+    with pytest.raises(StoreError, match="did not create"):
+        SqliteStore.open(path)
+
+
+def test_refuses_a_newer_schema(db_path: Path) -> None:
+    """A file written by a newer schema version is refused instead of misread."""
+
+    async def create() -> None:
+        async with SqliteStore.open(db_path):
+            pass
+
+    asyncio.run(create())
+    raw = sqlite3.connect(db_path)
+    raw.execute("PRAGMA user_version = 99")
+    raw.close()
+    with pytest.raises(StoreError, match="schema version 99"):
+        SqliteStore.open(db_path)
+
+
+# --- several processes --------------------------------------------------------------
+
+_RACER = """
+    import asyncio, json, sys
+    from gateway.errors import ConcurrencyError
+    from gateway.stores import Expect
+    from gateway.stores.sqlite import SqliteStore
+
+    async def main(path: str, name: str, count: int) -> None:
+        won = []
+        async with SqliteStore.open(path) as store:
+            print("ready", flush=True)
+            sys.stdin.readline()  # start together
+            for n in range(count):
+                try:
+                    await store.put(f"race/{n:03d}", name.encode(), etag=Expect.ABSENT)
+                except ConcurrencyError:
+                    continue
+                won.append(n)
+        print(json.dumps(won), flush=True)
+
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+
+def test_two_processes_racing_to_create(db_path: Path) -> None:
+    """Two processes create the same 200 keys with Expect.ABSENT: each key has one winner."""
+    count = 200
+    racers = {
+        name: _run_child(
+            _RACER,
+            str(db_path),
+            name,
+            str(count),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        for name in ("left", "right")
+    }
+    try:
+        for racer in racers.values():
+            assert racer.stdout is not None
+            assert racer.stdout.readline().strip() == "ready"
+        for racer in racers.values():
+            assert racer.stdin is not None
+            racer.stdin.write("go\n")
+            racer.stdin.flush()
+        won = {}
+        for name, racer in racers.items():
+            out, _ = racer.communicate(timeout=30)
+            assert racer.returncode == 0
+            won[name] = set(json.loads(out))
+    finally:
+        for racer in racers.values():
+            if racer.poll() is None:
+                racer.kill()
+                racer.wait()
+
+    assert won["left"].isdisjoint(won["right"])
+    assert won["left"] | won["right"] == set(range(count))
+
+    async def check() -> None:
+        async with SqliteStore.open(db_path) as store:
+            found = await store.get_many([f"race/{n:03d}" for n in range(count)])
+            for name, numbers in won.items():
+                for n in numbers:
+                    assert found[f"race/{n:03d}"].value == name.encode()
+
+    asyncio.run(check())
+
+
+_WRITER = """
+    import asyncio, os, sys
+    from gateway.stores import Expect, Put
+    from gateway.stores.sqlite import SqliteStore
+
+    async def main(path: str) -> None:
+        async with SqliteStore.open(path) as store:
+            # Continue where the previous (killed) writer stopped.
+            heads = await store.get_many(["head/a", "head/b"])
+            n = int(heads["head/a"].value) if heads else 0
+            etags = {key: item.etag for key, item in heads.items()}
+            while True:
+                n += 1
+                # Big enough that the kill often lands while a commit is being written.
+                value = b"%d:" % n + os.urandom(48 * 1024)
+                etags = await store.transact(
+                    [
+                        Put(key=f"pair/{n:06d}/a", value=value, etag=Expect.ABSENT),
+                        Put(key=f"pair/{n:06d}/b", value=value, etag=Expect.ABSENT),
+                        Put(key="head/a", value=b"%d" % n, etag=etags.get("head/a", Expect.ABSENT)),
+                        Put(key="head/b", value=b"%d" % n, etag=etags.get("head/b", Expect.ABSENT)),
+                    ]
+                )
+                print(n, flush=True)  # only after transact() returned
+
+    asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_sigkill_mid_write_leaves_every_transaction_whole(db_path: Path) -> None:
+    """SIGKILL while writing: each transaction is all there or absent; returned ones stay."""
+    for _round in range(3):
+        writer = _run_child(_WRITER, str(db_path), stdout=subprocess.PIPE)
+        assert writer.stdout is not None
+        acknowledged = 0
+        try:
+            deadline = time.monotonic() + 10
+            # Let it commit a few dozen transactions, then kill it in the middle of more.
+            while acknowledged < 40 and time.monotonic() < deadline:
+                line = writer.stdout.readline()
+                if not line:
+                    break
+                acknowledged = int(line)
+        finally:
+            writer.send_signal(signal.SIGKILL)
+            rest, _ = writer.communicate(timeout=10)
+        assert writer.returncode == -signal.SIGKILL
+        for line in rest.split():
+            acknowledged = int(line)
+        assert acknowledged >= 40, "the writer made no progress"
+
+        raw = sqlite3.connect(db_path)
+        try:
+            assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        finally:
+            raw.close()
+
+        async def check(acknowledged: int) -> None:
+            async with SqliteStore.open(db_path) as store:
+                heads = await store.get_many(["head/a", "head/b"])
+                head = int(heads["head/a"].value)
+                assert heads["head/b"].value == heads["head/a"].value
+                # A transaction whose transact() returned is durable.
+                assert head >= acknowledged
+                keys = await store.list("pair/")
+                assert keys == [f"pair/{n:06d}/{side}" for n in range(1, head + 1) for side in "ab"]
+                for n in range(1, head + 1):
+                    pair = await store.get_many([f"pair/{n:06d}/a", f"pair/{n:06d}/b"])
+                    assert pair[f"pair/{n:06d}/a"].value == pair[f"pair/{n:06d}/b"].value
+                    assert pair[f"pair/{n:06d}/a"].value.startswith(b"%d:" % n)
+
+        asyncio.run(check(acknowledged))

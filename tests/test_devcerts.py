@@ -1,0 +1,270 @@
+"""Tests for gateway.devcerts: the certificate profiles and what is refused."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gateway.devcerts import CertifiedKey, make_ca, make_host_cert
+from gateway.errors import ConfigError, UntrustedKeyError
+from gateway.identity import HostId, ca_trust_domain, spiffe_id_from_cert, verify_issued_by
+
+NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+GATEWAY = HostId.parse("spiffe://org-a.example/cluster/east/gateway")
+
+
+@pytest.fixture(scope="module")
+def ca() -> CertifiedKey:
+    return make_ca("org-a.example", now=NOW)
+
+
+def _cert(pem: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem)
+
+
+_T = TypeVar("_T", bound=x509.ExtensionType)
+
+
+def _ext(cert: x509.Certificate, kind: type[_T]) -> x509.Extension[_T]:
+    return cert.extensions.get_extension_for_class(kind)
+
+
+def _is_p256(key: object) -> bool:
+    return isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) and isinstance(
+        key.curve, ec.SECP256R1
+    )
+
+
+# --- the CA ------------------------------------------------------------------------
+
+
+def test_ca_profile(ca: CertifiedKey) -> None:
+    cert = _cert(ca.cert_pem)
+    assert _is_p256(cert.public_key())
+    assert cert.subject == cert.issuer
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == (
+        "org-a.example development CA"
+    )
+    cert.verify_directly_issued_by(cert)
+
+    basic = _ext(cert, x509.BasicConstraints)
+    assert basic.critical
+    assert basic.value.ca
+    assert basic.value.path_length == 0
+
+    usage = _ext(cert, x509.KeyUsage)
+    assert usage.critical
+    assert usage.value.key_cert_sign
+    assert usage.value.crl_sign
+    assert not usage.value.digital_signature
+
+    constraints = _ext(cert, x509.NameConstraints)
+    assert constraints.critical
+    assert constraints.value.permitted_subtrees == [
+        x509.UniformResourceIdentifier("org-a.example"),
+        x509.DNSName("localhost"),
+    ]
+    assert constraints.value.excluded_subtrees is None
+
+    ski = _ext(cert, x509.SubjectKeyIdentifier).value
+    assert _ext(cert, x509.AuthorityKeyIdentifier).value.key_identifier == ski.digest
+    assert ca_trust_domain(ca.cert_pem) == "org-a.example"
+
+
+def test_ca_validity_window() -> None:
+    cert = _cert(make_ca("org-a.example", valid_for=timedelta(days=10), now=NOW).cert_pem)
+    assert cert.not_valid_before_utc == NOW
+    assert cert.not_valid_after_utc == NOW + timedelta(days=10)
+
+
+def test_key_is_unencrypted_pkcs8_and_matches_the_certificate(ca: CertifiedKey) -> None:
+    assert ca.key_pem.startswith(b"-----BEGIN PRIVATE KEY-----\n")
+    key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    assert _is_p256(key)
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert key.public_key().public_bytes(*spki) == _cert(ca.cert_pem).public_key().public_bytes(
+        *spki
+    )
+
+
+def test_repr_never_shows_the_private_key(ca: CertifiedKey) -> None:
+    assert b"PRIVATE KEY" not in repr(ca).encode()
+    assert "key_pem" not in repr(ca)
+
+
+def test_ca_given_no_dns_names_excludes_them_all() -> None:
+    # Without a permitted DNS subtree, RFC 5280 would let the CA sign any DNS name.
+    ca = make_ca("org-a.example", dns_names=(), now=NOW)
+    constraints = _ext(_cert(ca.cert_pem), x509.NameConstraints).value
+    assert constraints.permitted_subtrees == [x509.UniformResourceIdentifier("org-a.example")]
+    assert constraints.excluded_subtrees == [x509.DNSName("")]
+    with pytest.raises(ConfigError):
+        make_host_cert(ca, GATEWAY, now=NOW)
+    make_host_cert(ca, GATEWAY, dns_names=(), now=NOW)
+
+
+def test_long_trust_domain_still_makes_a_ca() -> None:
+    domain = "a" * 60 + ".example"  # too long for "<domain> development CA" as a CN
+    cert = _cert(make_ca(domain, now=NOW).cert_pem)
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "development CA"
+    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == domain
+
+
+@dataclass(frozen=True)
+class BadCaArgs:
+    trust_domain: str
+    dns_names: tuple[str, ...] | str
+    valid_for: timedelta
+    now: datetime
+    reason: str
+
+
+BAD_CA_ARGS = [
+    BadCaArgs("Org-A.example", ("localhost",), timedelta(days=1), NOW, "upper-case domain"),
+    BadCaArgs("org-a.example:443", ("localhost",), timedelta(days=1), NOW, "domain with port"),
+    BadCaArgs("", ("localhost",), timedelta(days=1), NOW, "empty domain"),
+    BadCaArgs("org-a.example", ("localhost",), timedelta(0), NOW, "zero validity"),
+    BadCaArgs("org-a.example", ("localhost",), timedelta(days=-1), NOW, "negative validity"),
+    BadCaArgs(
+        "org-a.example", ("localhost",), timedelta(days=1), NOW.replace(tzinfo=None), "naive now"
+    ),
+    BadCaArgs("org-a.example", "localhost", timedelta(days=1), NOW, "a str, not a list"),
+    BadCaArgs("org-a.example", ("b\u00fccher.example",), timedelta(days=1), NOW, "U-label"),
+    BadCaArgs("org-a.example", ("",), timedelta(days=1), NOW, "empty DNS name"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_CA_ARGS, ids=[c.reason for c in BAD_CA_ARGS])
+def test_bad_ca_arguments_are_refused(case: BadCaArgs) -> None:
+    with pytest.raises(ConfigError):
+        make_ca(case.trust_domain, dns_names=case.dns_names, valid_for=case.valid_for, now=case.now)
+
+
+# --- host certificates -------------------------------------------------------------
+
+
+def test_host_cert_profile(ca: CertifiedKey) -> None:
+    host = make_host_cert(ca, GATEWAY, now=NOW)
+    cert, ca_cert = _cert(host.cert_pem), _cert(ca.cert_pem)
+    assert _is_p256(cert.public_key())
+    assert host.key_pem.startswith(b"-----BEGIN PRIVATE KEY-----\n")
+    assert cert.issuer == ca_cert.subject
+    cert.verify_directly_issued_by(ca_cert)
+
+    san = _ext(cert, x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [GATEWAY.uri]
+    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+
+    eku = _ext(cert, x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+
+    usage = _ext(cert, x509.KeyUsage)
+    assert usage.critical
+    assert usage.value.digital_signature
+    assert not usage.value.key_cert_sign
+    assert not usage.value.crl_sign
+
+    basic = _ext(cert, x509.BasicConstraints)
+    assert basic.critical
+    assert not basic.value.ca
+
+    ca_ski = _ext(ca_cert, x509.SubjectKeyIdentifier).value.digest
+    assert _ext(cert, x509.AuthorityKeyIdentifier).value.key_identifier == ca_ski
+    assert cert.not_valid_before_utc == NOW
+
+
+def test_generated_pair_passes_the_peer_checks(ca: CertifiedKey) -> None:
+    host = make_host_cert(ca, GATEWAY, now=NOW)
+    assert spiffe_id_from_cert(host.cert_pem) == GATEWAY
+    verify_issued_by(host.cert_pem, ca.cert_pem)
+
+
+def test_a_pair_from_another_domain_fails_the_peer_checks(ca: CertifiedKey) -> None:
+    other_ca = make_ca("org-b.example", now=NOW)
+    other = make_host_cert(other_ca, HostId.parse("spiffe://org-b.example/gw"), now=NOW)
+    with pytest.raises(UntrustedKeyError):
+        verify_issued_by(other.cert_pem, ca.cert_pem)
+
+
+def test_host_cert_with_chosen_names() -> None:
+    ca = make_ca("org-a.example", dns_names=("gw.org-a.example",), now=NOW)
+    host = make_host_cert(
+        ca,
+        GATEWAY,
+        dns_names=("east.gw.org-a.example", "gw.org-a.example"),
+        ip_addresses=("10.0.0.7", "::1"),
+        now=NOW,
+    )
+    san = _ext(_cert(host.cert_pem), x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["east.gw.org-a.example", "gw.org-a.example"]
+    assert san.get_values_for_type(x509.IPAddress) == [
+        ipaddress.ip_address("10.0.0.7"),
+        ipaddress.ip_address("::1"),
+    ]
+
+
+def test_host_cert_never_outlives_its_ca() -> None:
+    ca = make_ca("org-a.example", valid_for=timedelta(days=30), now=NOW)
+    host = make_host_cert(ca, GATEWAY, valid_for=timedelta(days=90), now=NOW + timedelta(days=1))
+    assert _cert(host.cert_pem).not_valid_after_utc == _cert(ca.cert_pem).not_valid_after_utc
+
+
+def test_host_cert_validity_window(ca: CertifiedKey) -> None:
+    later = NOW + timedelta(hours=1, microseconds=5)
+    cert = _cert(make_host_cert(ca, GATEWAY, valid_for=timedelta(days=2), now=later).cert_pem)
+    assert cert.not_valid_before_utc == later.replace(microsecond=0)
+    assert cert.not_valid_after_utc == later.replace(microsecond=0) + timedelta(days=2)
+
+
+@dataclass(frozen=True)
+class BadHostArgs:
+    host_id: str
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+    now: datetime
+    reason: str
+
+
+BAD_HOST_ARGS = [
+    BadHostArgs("spiffe://org-b.example/gw", ("localhost",), (), NOW, "host of another domain"),
+    BadHostArgs(str(GATEWAY), ("example.com",), (), NOW, "DNS name the CA may not sign"),
+    BadHostArgs(str(GATEWAY), ("localhost.evil",), (), NOW, "suffix is not a subdomain"),
+    BadHostArgs(str(GATEWAY), ("localhost",), ("256.0.0.1",), NOW, "not an IP address"),
+    BadHostArgs(str(GATEWAY), ("localhost",), (), NOW - timedelta(days=1), "before the CA"),
+    BadHostArgs(str(GATEWAY), ("localhost",), (), NOW + timedelta(days=366), "after the CA"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_HOST_ARGS, ids=[c.reason for c in BAD_HOST_ARGS])
+def test_bad_host_cert_requests_are_refused(ca: CertifiedKey, case: BadHostArgs) -> None:
+    with pytest.raises(ConfigError):
+        make_host_cert(
+            ca,
+            HostId.parse(case.host_id),
+            dns_names=case.dns_names,
+            ip_addresses=case.ip_addresses,
+            now=case.now,
+        )
+
+
+def test_host_cert_needs_a_matching_ca_key(ca: CertifiedKey) -> None:
+    other = make_ca("org-a.example", now=NOW)
+    mixed = CertifiedKey(cert_pem=ca.cert_pem, key_pem=other.key_pem)
+    with pytest.raises(ConfigError, match="does not belong"):
+        make_host_cert(mixed, GATEWAY, now=NOW)
+
+
+def test_host_cert_cannot_be_issued_by_a_host_cert(ca: CertifiedKey) -> None:
+    host = make_host_cert(ca, GATEWAY, now=NOW)
+    with pytest.raises(ConfigError):
+        make_host_cert(host, GATEWAY, now=NOW)
