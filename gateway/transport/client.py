@@ -55,7 +55,7 @@ class GrpcPeerClient:
         timeout = self.timing.rpc_timeout.total_seconds()
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.timing.retry_attempts),
-            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.05),
             retry=retry_if_exception_type(_Unavailable),
             reraise=True,
         )

@@ -1,0 +1,225 @@
+"""Build and run multi-host, multi-domain gateway setups on one machine.
+
+For tests, CI pipelines that simulate partner handoffs, and ``gateway demo``. Nothing is
+faked: every host gets real dev certificates from its domain's CA, real signing keys, a
+real SQLite file and a real mTLS gRPC server on 127.0.0.1; trust bundles are exchanged
+with the same code as ``gateway trust export/import``.
+
+Layout of a world directory::
+
+    DIR/<trust domain>/ca/          the domain's dev CA
+    DIR/<trust domain>/keys/        the domain's keys and bundle (shared by its hosts)
+    DIR/<trust domain>/<host name>/ one host: gateway.yaml, tls/, state.db
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+from gateway._time import SystemClock
+from gateway.config import load_config
+from gateway.errors import GatewayError
+from gateway.host import Host
+from gateway.identity import HostId
+from gateway.keyring import add_key, init_keys, load_keyring
+from gateway.keys import Algorithm
+from gateway.scaffold import (
+    PeerEntry,
+    config_document,
+    create_ca,
+    free_port,
+    issue_host_certificate,
+    load_ca,
+    write_config,
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostSpec:
+    host_id: str
+    tenants: tuple[str, ...] = ("default",)
+    region: str = ""
+    algorithm: Algorithm = Algorithm.ED25519
+    handoff: dict[str, Any] = field(default_factory=dict)  #: extra ``handoff:`` settings
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    directory: Path
+    configs: dict[str, Path]  #: host id -> its gateway.yaml
+
+    def config(self, host_id: str) -> Path:
+        return self.configs[host_id]
+
+    def host_directory(self, host_id: str) -> Path:
+        return self.configs[host_id].parent
+
+
+def _host_name(host: HostId) -> str:
+    return host.path.strip("/").replace("/", "-")
+
+
+def build_world(directory: Path, specs: Sequence[HostSpec], *, at: datetime | None = None) -> World:
+    """Create every host, let every host trust every other domain, and list all as peers.
+
+    Runs its own event loop: call it outside one (e.g. before ``asyncio.run``).
+    """
+    at = at or SystemClock().now()
+    hosts = [(spec, HostId.parse(spec.host_id)) for spec in specs]
+    ports = {spec.host_id: free_port() for spec in specs}
+    domains: dict[str, Path] = {}
+    configs: dict[str, Path] = {}
+    for spec, host in hosts:
+        domain_dir = directory / host.trust_domain
+        if host.trust_domain not in domains:
+            ca = create_ca(domain_dir / "ca", host.trust_domain, at=at)
+            init_keys(
+                domain_dir / "keys",
+                trust_domain=host.trust_domain,
+                host=str(host),
+                ca_certificate=ca.cert_pem,
+                at=at,
+                algorithm=spec.algorithm,
+            )
+            domains[host.trust_domain] = domain_dir
+        else:
+            ca = load_ca(domain_dir / "ca")
+            add_key(domain_dir / "keys", host=str(host), at=at, algorithm=spec.algorithm)
+        host_dir = domain_dir / _host_name(host)
+        issue_host_certificate(ca, host, host_dir / "tls", at=at)
+        configs[spec.host_id] = host_dir / "gateway.yaml"
+    for spec, _host in hosts:
+        peers = [
+            PeerEntry(id=other.host_id, address=f"127.0.0.1:{ports[other.host_id]}")
+            for other in specs
+            if other.host_id != spec.host_id
+        ]
+        document = config_document(
+            host=spec.host_id,
+            listen=f"127.0.0.1:{ports[spec.host_id]}",
+            region=spec.region,
+            tenants=spec.tenants,
+            peers=peers,
+        )
+        document["keys"] = "../keys"
+        if spec.handoff:
+            document["handoff"] = dict(spec.handoff)
+        write_config(configs[spec.host_id], document)
+    bundles = {domain: load_keyring(path / "keys").export(at) for domain, path in domains.items()}
+
+    async def exchange() -> None:
+        for spec, host in hosts:
+            opened = await Host.open(load_config(configs[spec.host_id]))
+            try:
+                for domain, signed in bundles.items():
+                    if domain != host.trust_domain:
+                        await opened.import_bundle(signed, at=at)
+            finally:
+                await opened.close()
+
+    asyncio.run(exchange())
+    return World(directory=directory, configs=configs)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    world: World, host_ids: Sequence[str] | None = None
+) -> AsyncIterator[dict[str, Host]]:
+    """Open and serve the given hosts in this event loop; yields them by host id."""
+    opened: dict[str, Host] = {}
+    stops: list[asyncio.Event] = []
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        for host_id in host_ids or list(world.configs):
+            host = await Host.open(load_config(world.config(host_id)))
+            opened[host_id] = host
+            stop = asyncio.Event()
+            ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            tasks.append(asyncio.create_task(host.serve(ready=ready, stop=stop)))
+            stops.append(stop)
+            await asyncio.wait_for(ready, timeout=30)
+        yield opened
+    finally:
+        for stop in stops:
+            stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for host in opened.values():
+            await host.close()
+
+
+class ServerProcess:
+    """``gateway serve`` as a separate OS process, for crash and end-to-end tests."""
+
+    def __init__(
+        self, config: Path, *, log: Path | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        self.config = config
+        self.log_path = log or config.parent / "serve.log"
+        self.env = env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self.address = ""
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(self.config)],
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+        )
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline().decode("utf-8", "replace").strip()
+            if line.startswith("gateway: serving"):
+                self.address = line.rsplit(" ", 1)[-1]
+                return self
+            if not line and self.process.poll() is not None:
+                break
+        self.stop()
+        raise GatewayError(
+            f"gateway serve --config {self.config} did not start (see {self.log_path}): "
+            + self.log_path.read_text(errors="replace")[-2000:]
+        )
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def kill(self, signum: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signum)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
