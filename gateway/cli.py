@@ -18,25 +18,53 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from rich.console import Console
 from rich.table import Table
 
 from gateway._time import SystemClock, format_time
 from gateway.config import load_config
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import (
+    ConcurrencyError,
+    ConfigError,
+    GatewayError,
+    NotFoundError,
+    UnknownPeerError,
+)
 from gateway.host import Host
-from gateway.identity import HostId
+from gateway.identity import HostId, ObjectId
 from gateway.keyring import add_key, init_keys, load_keyring, revoke_key
 from gateway.keys import Algorithm
 from gateway.lineage import verify_lineage
 from gateway.model import CycleState, GovernedObject, LifecycleState
+from gateway.objectspec import load_spec
 
 T = TypeVar("T")
 
 out = Console(highlight=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# emoji=False: an error message is printed as is; ":name:" in a path or id stays text.
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+
+def _one_line(text: str) -> str:
+    """Errors are one line on stderr, whatever the message they wrap."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one ``gateway: error:`` line like every other error
+    (argparse's default prints the whole usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("gateway").strip()
+        where = f"{command}: " if command else ""
+        self.exit(2, f"gateway: error: {where}{message} — see `{self.prog} --help`\n")
+
+
+def _object_id(text: str) -> str:
+    """Check an object id given on the command line, so a typo is named as one."""
+    return str(ObjectId.parse(text))
 
 
 def _config_path(args: argparse.Namespace) -> Path:
@@ -92,7 +120,12 @@ def describe_object(obj: GovernedObject) -> Table:
     table.add_row("generation", str(obj.generation))
     table.add_row("data", _preview(obj))
     table.add_row("data digest", obj.data_digest().hex())
-    table.add_row("grants", str(len(obj.grants)))
+    table.add_row("grants", f"{len(obj.grants)} (root first)" if obj.grants else "none")
+    if obj.state is not LifecycleState.MOVED:
+        authority = str(obj.authority.allow)
+        if obj.authority.deny.capabilities:
+            authority += f" except {obj.authority.deny}"
+        table.add_row("authority here", authority)
     table.add_row("rules", ", ".join(r.name for r in obj.rules) or "none")
     table.add_row("lineage", f"{len(obj.lineage)} entries, root {_short(obj.lineage.root())}")
     if obj.migration_id:
@@ -108,15 +141,19 @@ def _preview(obj: GovernedObject, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _host(host_id: str) -> str:
+    return host_id.removeprefix("spiffe://")
+
+
 def lineage_table(obj: GovernedObject) -> Table:
     table = Table(title=f"lineage of {obj.object_id}", title_justify="left")
-    for column in ("#", "time", "host", "kind", "epoch", "gen", "data", "detail"):
+    for column in ("#", "time (UTC)", "host", "kind", "epoch", "gen", "data", "detail"):
         table.add_column(column, overflow="fold")
     for entry in obj.lineage.entries:
         table.add_row(
             str(entry.seq),
-            format_time(entry.time),
-            entry.host.removeprefix("spiffe://"),
+            format_time(entry.time)[:-1].replace("T", " "),
+            _host(entry.host),
             entry.kind.value,
             str(entry.epoch),
             str(entry.generation),
@@ -346,21 +383,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_object_create(args: argparse.Namespace) -> int:
-    data = _read_data(args)
-    cycle = CycleState()
+    spec = load_spec(args.spec) if args.spec else None
+    if spec is not None and (args.data is not None or args.data_file is not None):
+        raise ConfigError("give the data in --spec or with --data/--data-file, not both")
+    data = spec.data if spec is not None else _read_data(args)
+    content_type = spec.content_type if spec is not None else args.content_type
+    cycle = spec.cycle if spec is not None else CycleState()
     if args.interval is not None:
         if args.interval <= 0:
             raise ConfigError("--interval must be a positive number of seconds")
         cycle = CycleState(interval=timedelta(seconds=args.interval))
 
     async def run(host: Host) -> int:
-        obj = await host.create_object(
-            args.object_id,
-            tenant=args.tenant,
-            data=data,
-            content_type=args.content_type,
-            cycle=cycle,
-        )
+        try:
+            obj = await host.create_object(
+                args.object_id,
+                tenant=args.tenant,
+                data=data,
+                content_type=content_type,
+                grant=spec.grant if spec is not None else None,
+                cycle=cycle,
+            )
+        except ConcurrencyError as exc:
+            raise ConcurrencyError(
+                f"{args.object_id} already exists in tenant {args.tenant} on {host.host_id}",
+                hint="choose another id; `gateway object show` shows the existing one",
+            ) from exc
         out.print(describe_object(obj))
         return 0
 
@@ -369,7 +417,7 @@ def cmd_object_create(args: argparse.Namespace) -> int:
 
 def cmd_object_show(args: argparse.Namespace) -> int:
     async def run(host: Host) -> int:
-        obj = await host.get_object(args.object_id, tenant=args.tenant)
+        obj = await host.get_object(_object_id(args.object_id), tenant=args.tenant)
         out.print(describe_object(obj))
         return 0
 
@@ -395,7 +443,7 @@ def cmd_object_list(args: argparse.Namespace) -> int:
 
 def cmd_lineage(args: argparse.Namespace) -> int:
     async def run(host: Host) -> int:
-        obj = await host.get_object(args.object_id, tenant=args.tenant)
+        obj = await host.get_object(_object_id(args.object_id), tenant=args.tenant)
         out.print(lineage_table(obj))
         out.print(verify_and_describe_lineage(host, obj))
         return 0
@@ -403,9 +451,45 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return asyncio.run(_with_host(args, run))
 
 
+async def _where_it_is(host: Host, object_id: str, tenant: str) -> str:
+    """After a failed migration: where the object stands now, for the error line."""
+    try:
+        obj = await host.get_object(object_id, tenant=tenant)
+    except GatewayError:
+        return ""
+    if obj.state is LifecycleState.ACTIVE:
+        return f"{object_id} is ACTIVE here again (epoch {obj.epoch}); nothing was lost"
+    if obj.state is LifecycleState.FROZEN:
+        return f"{object_id} is still FROZEN here; `gateway serve` finishes or aborts the migration"
+    return f"{object_id} is {obj.state.value.upper()} here"
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
+    object_id = _object_id(args.object_id)
+
+    if args.dry_run:
+
+        async def evaluate(host: Host) -> int:
+            evaluation = await host.evaluate_remote(
+                object_id, tenant=args.tenant, destination=args.to
+            )
+            out.print(evaluation.render(), markup=False)
+            return 0 if evaluation.admitted else 1
+
+        return asyncio.run(_with_host(args, evaluate))
+
     async def run(host: Host) -> int:
-        result = await host.migrate(args.object_id, tenant=args.tenant, destination=args.to)
+        try:
+            result = await host.migrate(object_id, tenant=args.tenant, destination=args.to)
+        except (ConfigError, UnknownPeerError, NotFoundError):
+            raise  # refused before anything was frozen
+        except GatewayError as exc:
+            # The object may have been frozen and resumed meanwhile: say where it is, so
+            # nobody has to wonder whether a failed migration lost it.
+            where = await _where_it_is(host, object_id, args.tenant)
+            if not where:
+                raise
+            raise type(exc)(f"{exc.reason}; {where}", hint=exc.hint) from exc
         if result.step.value == "done":
             out.print(
                 f"{result.object_id} moved to {result.destination} (epoch {result.epoch}, {result.migration_id})"
@@ -420,6 +504,39 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return asyncio.run(_with_host(args, run))
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    async def run(host: Host) -> bytes:
+        return await host.export_proposal(
+            _object_id(args.object_id), tenant=args.tenant, destination=args.to
+        )
+
+    Path(args.out).write_bytes(asyncio.run(_with_host(args, run)))
+    out.print(
+        f"wrote {args.out}: a signed proposal of {args.object_id} for {args.to} "
+        "(nothing was frozen; it can only be dry-run, never staged)"
+    )
+    return 0
+
+
+def cmd_admit(args: argparse.Namespace) -> int:
+    if not args.dry_run:
+        raise ConfigError(
+            "gateway admit only does dry runs (--dry-run)",
+            hint="objects are admitted for real when their source migrates them here",
+        )
+    try:
+        signed = Path(args.envelope).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{args.envelope}: cannot read: {exc.strerror}") from exc
+
+    async def run(host: Host) -> int:
+        evaluation = await host.evaluate_proposal(signed)
+        out.print(evaluation.render(), markup=False)
+        return 0 if evaluation.admitted else 1
+
+    return asyncio.run(_with_host(args, run))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -430,16 +547,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--config", help="host configuration file (default: $GATEWAY_CONFIG or ./gateway.yaml)"
     )
     common.add_argument("--debug", action="store_true", help="print tracebacks and debug logs")
-    tenant = argparse.ArgumentParser(add_help=False)
+    tenant = _Parser(add_help=False)
     tenant.add_argument("--tenant", default="default", help="tenant (default: default)")
     algorithms = [a.value for a in Algorithm]
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gateway",
         description="Move live, governed objects between Dapr clusters and organizations.",
     )
@@ -536,6 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--data-file", help="read the data from a file")
     create.add_argument("--content-type", default="application/json")
     create.add_argument("--interval", type=float, help="seconds between evaluation cycles")
+    create.add_argument("--spec", help="YAML object spec: data, root grant, cycle (see README)")
     create.set_defaults(handler=cmd_object_create)
     show = objects.add_parser("show", parents=[common, tenant], help="show an object")
     show.add_argument("object_id")
@@ -554,7 +672,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument("object_id")
     migrate.add_argument("--to", required=True, help="destination host id (a configured peer)")
+    migrate.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="ask the destination what it would grant; move nothing",
+    )
     migrate.set_defaults(handler=cmd_migrate)
+
+    export = commands.add_parser(
+        "export",
+        parents=[common, tenant],
+        help="write a signed proposal of an object for a peer's dry run",
+    )
+    export.add_argument("object_id")
+    export.add_argument("--to", required=True, help="the host that will evaluate it")
+    export.add_argument("--out", required=True, help="file to write (DSSE JSON)")
+    export.set_defaults(handler=cmd_export)
+
+    admit = commands.add_parser(
+        "admit",
+        parents=[common],
+        help="show what this host would grant an object (from a proposal file)",
+    )
+    admit.add_argument("envelope", help="proposal file written by `gateway export` on the source")
+    admit.add_argument(
+        "--dry-run", action="store_true", help="required: admission itself happens by migration"
+    )
+    admit.set_defaults(handler=cmd_admit)
     return parser
 
 
@@ -569,7 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GatewayError as exc:
         if debug:
             err.print_exception()
-        err.print(f"gateway: error: {exc}", markup=False)
+        err.print(f"gateway: error: {_one_line(str(exc))}", markup=False)
         return 2 if isinstance(exc, ConfigError) else 1
     except KeyboardInterrupt:
         err.print("gateway: interrupted", markup=False)
@@ -578,7 +722,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             err.print_exception()
         err.print(
-            f"gateway: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
+            f"gateway: internal error: {type(exc).__name__}: {_one_line(str(exc))} "
+            "(run with --debug for details)",
             markup=False,
         )
         return 70

@@ -12,6 +12,7 @@ directory can be moved as a whole.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,11 +22,14 @@ from typing import Any
 
 import yaml
 
-from gateway.errors import ConfigError
-from gateway.identity import HostId
-from gateway.model import validate_tenant
+from gateway.authority import HostPolicy
+from gateway.errors import AuthorityError, ConfigError
+from gateway.identity import HostId, validate_tenant
 
 _ADDRESS = re.compile(r"(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})")
+#: Longer than any sensible timeout, short enough for every timer the gateway feeds it to.
+_MAX_SECONDS = 365 * 24 * 3600
+_SEE_EXAMPLE = "see README.md; `gateway init DIR --host-id ID` writes a complete file"
 
 EXAMPLE = """\
 host:
@@ -67,9 +71,10 @@ class HandoffConfig:
     clock_skew: timedelta = timedelta(seconds=60)  #: tolerated difference between host clocks
     rpc_timeout: timedelta = timedelta(seconds=10)  #: deadline of one RPC attempt
     retry_attempts: int = 5  #: attempts per RPC before giving up on a peer
-    stage_timeout: timedelta = timedelta(
-        seconds=30
-    )  #: a staged copy older than this asks for a decision
+    #: a staged copy older than this asks the source for a decision
+    stage_timeout: timedelta = timedelta(seconds=30)
+    #: issue a narrowed child grant when an object arrives (if its leaf grant allows)
+    attenuate_on_rehost: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,6 +89,7 @@ class Config:
     tenants: tuple[str, ...] = ("default",)
     peers: tuple[PeerConfig, ...] = ()
     handoff: HandoffConfig = field(default_factory=HandoffConfig)
+    policy: HostPolicy = field(default_factory=HostPolicy.empty)
 
     def peer(self, host_id: str) -> PeerConfig:
         from gateway.errors import UnknownPeerError
@@ -91,6 +97,10 @@ class Config:
         for peer in self.peers:
             if str(peer.id) == host_id:
                 return peer
+        if host_id == str(self.host):
+            raise UnknownPeerError(
+                f"{host_id} is this host itself, not a peer", hint="name another host"
+            )
         known = ", ".join(str(p.id) for p in self.peers) or "none"
         raise UnknownPeerError(
             f"{host_id} is not a configured peer of {self.host} (peers: {known})",
@@ -104,6 +114,7 @@ _HANDOFF_KEYS = {
     "rpc_timeout_seconds": "rpc_timeout",
     "retry_attempts": "retry_attempts",
     "stage_timeout_seconds": "stage_timeout",
+    "attenuate_on_rehost": "attenuate_on_rehost",
 }
 
 
@@ -114,15 +125,13 @@ class _Reader:
         self.source = source
 
     def fail(self, where: str, problem: str, fix: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {where}: {problem}", hint=fix)
+        return ConfigError(f"{self.source}: {where or '(top level)'}: {problem}", hint=fix)
 
     def mapping(
         self, value: Any, where: str, allowed: set[str], required: set[str]
     ) -> Mapping[str, Any]:
         if not isinstance(value, dict):
-            raise self.fail(
-                where, f"expected a mapping, got {_kind(value)}", "see the example in README.md"
-            )
+            raise self.fail(where, f"expected a mapping, got {_kind(value)}", _SEE_EXAMPLE)
         for key in value:
             if key not in allowed:
                 close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
@@ -133,14 +142,12 @@ class _Reader:
                 )
                 raise self.fail(_join(where, str(key)), "unknown key", fix)
         for key in sorted(required - set(value)):
-            raise self.fail(_join(where, key), "missing", "add it; see the example in README.md")
+            raise self.fail(_join(where, key), "missing", f"add it; {_SEE_EXAMPLE}")
         return value
 
-    def string(self, value: Any, where: str) -> str:
+    def string(self, value: Any, where: str, fix: str = "quote the value") -> str:
         if not isinstance(value, str) or not value.strip():
-            raise self.fail(
-                where, f"expected a non-empty string, got {_kind(value)}", "quote the value"
-            )
+            raise self.fail(where, f"expected a non-empty string, got {_kind(value)}", fix)
         return value
 
     def path(self, value: Any, where: str) -> Path:
@@ -148,7 +155,9 @@ class _Reader:
         return (self.source.parent / text).resolve()
 
     def host_id(self, value: Any, where: str) -> HostId:
-        text = self.string(value, where)
+        text = self.string(
+            value, where, "write a SPIFFE id, e.g. spiffe://org-a.example/cluster/east/gateway"
+        )
         try:
             return HostId.parse(text)
         except ConfigError as exc:
@@ -156,25 +165,42 @@ class _Reader:
                 where, exc.reason, exc.hint or "use spiffe://<trust-domain>/<path>"
             ) from exc
 
-    def address(self, value: Any, where: str) -> str:
-        text = self.string(value, where)
+    def address(self, value: Any, where: str, *, any_port: bool = False) -> str:
+        """HOST:PORT; port 0 (let the OS choose) only where ``any_port`` (a listen address)."""
+        fix = "write it as 127.0.0.1:7002"
+        text = self.string(value, where, fix)
         match = _ADDRESS.fullmatch(text)
-        if not match or not 0 <= int(match["port"]) <= 65535:
-            raise self.fail(
-                where, f"expected HOST:PORT, got {text!r}", "write it as 127.0.0.1:7002"
-            )
+        lowest = 0 if any_port else 1
+        if not match or not lowest <= int(match["port"]) <= 65535:
+            raise self.fail(where, f"expected HOST:PORT, got {text!r}", fix)
         return text
 
     def seconds(self, value: Any, where: str) -> timedelta:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        # YAML has .nan and .inf, and ints of any size: refuse them here rather than
+        # letting timedelta() fail later with an error that names no key.
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or not 0 < value <= _MAX_SECONDS
+        ):
             raise self.fail(
-                where, f"expected a positive number of seconds, got {_kind(value)}", "e.g. 30"
+                where,
+                f"expected a positive number of seconds up to {_MAX_SECONDS}, got {_kind(value)}",
+                "e.g. 30",
             )
         return timedelta(seconds=value)
 
     def count(self, value: Any, where: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise self.fail(where, f"expected a whole number ≥ 1, got {_kind(value)}", "e.g. 5")
+        return value
+
+    def flag(self, value: Any, where: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(
+                where, f"expected true or false, got {_kind(value)}", "write true or false"
+            )
         return value
 
 
@@ -187,7 +213,49 @@ def _kind(value: Any) -> str:
         return "nothing"
     if isinstance(value, str):
         return repr(value)
+    if isinstance(value, bool):  # YAML reads yes/no/on/off as booleans too
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, list) and not value:
+        return "an empty list"
+    if isinstance(value, int | float):
+        return f"{type(value).__name__} {value!r}"
     return type(value).__name__
+
+
+class _DuplicateKeyError(yaml.MarkedYAMLError):
+    """A mapping names the same key twice (plain YAML would silently keep the last)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys: with two ``handoff:`` blocks, the
+    one an operator edited might be the one silently ignored."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value_node in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # unhashable: construct_mapping below reports it
+            if duplicate:
+                raise _DuplicateKeyError(
+                    problem=f"key {key!r} appears twice", problem_mark=key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _location(exc: yaml.YAMLError, text: str) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+    position = getattr(exc, "position", None)  # ReaderError: a bad character
+    if isinstance(position, int):
+        line = text.count("\n", 0, position) + 1
+        column = position - (text.rfind("\n", 0, position) + 1) + 1
+        return f"line {line}, column {column}"
+    return "(unknown position)"
 
 
 def load_config(path: str | Path) -> Config:
@@ -200,16 +268,25 @@ def load_config(path: str | Path) -> Config:
             f"{source}: no such file",
             hint="pass --config FILE (or set GATEWAY_CONFIG); `gateway init DIR` writes one",
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{source}: cannot read: {exc}") from exc
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    except UnicodeDecodeError as exc:
         raise ConfigError(
-            f"{source}: {where}: not valid YAML ({problem})",
+            f"{source}: not UTF-8 text (byte {exc.start})", hint="save the file as UTF-8"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        document = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKeyError as exc:
+        raise ConfigError(
+            f"{source}: {_location(exc, text)}: {exc.problem}", hint="keep only one of them"
+        ) from exc
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context = getattr(exc, "context", None)
+        if context and problem.startswith("but "):  # "expected …" / "but found …"
+            problem = f"{context} {problem}"
+        raise ConfigError(
+            f"{source}: {_location(exc, text)}: not valid YAML ({problem})",
             hint="check indentation and quoting there",
         ) from exc
     return parse_config(document, source=source.resolve())
@@ -221,16 +298,17 @@ def parse_config(document: Any, *, source: Path) -> Config:
         r.mapping(
             document,
             "",
-            {"host", "listen", "tls", "keys", "store", "tenants", "peers", "handoff"},
+            {"host", "listen", "tls", "keys", "store", "tenants", "peers", "handoff", "policy"},
             {"host", "listen", "tls", "keys", "store"},
         )
         if document is not None
         else None
     )
     if top is None:
-        raise r.fail("(top)", "the file is empty", "see the example in README.md")
+        raise r.fail("", "the file is empty", _SEE_EXAMPLE)
 
     host = r.mapping(top["host"], "host", {"id", "region"}, {"id"})
+    host_id = r.host_id(host["id"], "host.id")
     tls = r.mapping(
         top["tls"],
         "tls",
@@ -262,31 +340,53 @@ def parse_config(document: Any, *, source: Path) -> Config:
     for index, item in enumerate(peers_value):
         where = f"peers[{index}]"
         peer = r.mapping(item, where, {"id", "address", "server_name"}, {"id", "address"})
+        peer_id = r.host_id(peer["id"], f"{where}.id")
+        if peer_id == host_id:
+            raise r.fail(
+                f"{where}.id",
+                f"{peer_id} is this host itself (host.id)",
+                "list only other hosts as peers",
+            )
+        for earlier, other in enumerate(peers):
+            if other.id == peer_id:
+                raise r.fail(
+                    f"{where}.id",
+                    f"{peer_id} is already listed as peers[{earlier}]",
+                    "keep one entry per peer id",
+                )
         address = r.address(peer["address"], f"{where}.address")
         peers.append(
             PeerConfig(
-                id=r.host_id(peer["id"], f"{where}.id"),
+                id=peer_id,
                 address=address,
                 server_name=r.string(
                     peer.get("server_name", address.rsplit(":", 1)[0]), f"{where}.server_name"
                 ),
             )
         )
-    if len({p.id for p in peers}) != len(peers):
-        raise r.fail("peers", "a peer is listed twice", "keep one entry per peer id")
 
     handoff = r.mapping(top.get("handoff", {}), "handoff", set(_HANDOFF_KEYS), set())
     handoff_values: dict[str, Any] = {}
     for key, value in handoff.items():
         attribute = _HANDOFF_KEYS[key]
-        read = r.count if attribute == "retry_attempts" else r.seconds
-        handoff_values[attribute] = read(value, f"handoff.{key}")
+        where = f"handoff.{key}"
+        if attribute == "retry_attempts":
+            handoff_values[attribute] = r.count(value, where)
+        elif attribute == "attenuate_on_rehost":
+            handoff_values[attribute] = r.flag(value, where)
+        else:
+            handoff_values[attribute] = r.seconds(value, where)
+
+    try:
+        policy = HostPolicy.from_config(top.get("policy"), str(source))
+    except AuthorityError as exc:
+        raise ConfigError(exc.reason, hint=exc.hint) from exc
 
     return Config(
         source=source,
-        host=r.host_id(host["id"], "host.id"),
+        host=host_id,
         region=r.string(host["region"], "host.region") if "region" in host else "",
-        listen=r.address(top["listen"], "listen"),
+        listen=r.address(top["listen"], "listen", any_port=True),
         tls=TlsConfig(
             certificate=r.path(tls["certificate"], "tls.certificate"),
             private_key=r.path(tls["private_key"], "tls.private_key"),
@@ -297,4 +397,5 @@ def parse_config(document: Any, *, source: Path) -> Config:
         tenants=tuple(tenants),
         peers=tuple(peers),
         handoff=HandoffConfig(**handoff_values),
+        policy=policy,
     )

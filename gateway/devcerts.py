@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.errors import ConfigError, TrustError
-from gateway.identity import HostId, _trust_domain_problem, ca_trust_domain
+from gateway.identity import HostId, ca_trust_domain, trust_domain_problem
 
 __all__ = ["CertifiedKey", "make_ca", "make_host_cert"]
 
@@ -65,7 +65,7 @@ def make_ca(
     The CA can sign for SPIFFE ids in ``trust_domain`` and for the DNS names given
     here (and their subdomains, per RFC 5280); see the module docstring.
     """
-    problem = _trust_domain_problem(trust_domain)
+    problem = trust_domain_problem(trust_domain)
     if problem:
         raise ConfigError(
             f"cannot make a CA for {trust_domain!r}: {problem}",

@@ -48,7 +48,9 @@ class PayloadType:
     TRANSFER = "application/vnd.gateway.transfer.v1+protobuf"
     STAGED_RECEIPT = "application/vnd.gateway.staged-receipt.v1+protobuf"
     ACTIVATION_RECEIPT = "application/vnd.gateway.activation-receipt.v1+protobuf"
-    CHECKPOINT = "application/vnd.gateway.checkpoint.v1+protobuf"
+    CHECKPOINT = "application/vnd.gateway.checkpoint.v1+json"
+    #: A transfer offered for a dry run (Evaluate); by its own type it can never be staged.
+    PROPOSAL = "application/vnd.gateway.proposal.v1+protobuf"
     TRUST_BUNDLE = "application/vnd.gateway.trust-bundle.v1+json"
 
 
@@ -78,6 +80,9 @@ class Envelope:
                 f"payload type must be 1..{MAX_PAYLOAD_TYPE} characters, "
                 f"got {len(self.payload_type)}"
             )
+        # JSON can smuggle lone surrogates ("\ud800") that no UTF-8 byte string, hence no
+        # PAE and no protobuf field, can carry; refuse them here rather than fail later.
+        _require_utf8(self.payload_type, "payload type")
         if not self.signatures:
             raise EnvelopeError("envelope has no signatures", hint="seal it with at least one key")
         if len(self.signatures) > MAX_SIGNATURES:
@@ -88,12 +93,20 @@ class Envelope:
         for signature in self.signatures:
             if len(signature.keyid) > MAX_KEYID or len(signature.sig) > MAX_SIGNATURE_BYTES:
                 raise EnvelopeTooLargeError("a signature or key id is larger than any we issue")
+            _require_utf8(signature.keyid, "key id")
             if signature.keyid and signature.keyid in seen:
                 raise EnvelopeError(
                     f"key id {signature.keyid[:16]} signs the envelope twice",
                     hint="each key signs an envelope once",
                 )
             seen.add(signature.keyid)
+
+
+def _require_utf8(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EnvelopeError(f"{what} is not valid Unicode text (lone surrogate)") from exc
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -248,6 +261,8 @@ def from_json(raw: bytes, *, max_size: int) -> Envelope:
         document = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EnvelopeError(f"envelope is not JSON: {exc}") from exc
+    except RecursionError as exc:  # "[[[[…" within max_size exhausts the parser's stack
+        raise EnvelopeError("envelope JSON is nested too deeply") from exc
     if not isinstance(document, dict) or set(document) - {"payload", "payloadType", "signatures"}:
         raise EnvelopeError(
             "envelope JSON must be an object with payload, payloadType and signatures only"

@@ -122,6 +122,18 @@ class AdmissionDeniedError(AuthorityError):
     """The receiving host's ceiling or the object's constraints refuse this host."""
 
 
+class AuthorityFormatError(AuthorityError):
+    """A capability, constraint, resource pattern or host pattern is malformed."""
+
+
+class CapabilityWideningError(WideningError):
+    """A child's capabilities include a resource or action its parent does not grant."""
+
+
+class ConstraintWideningError(WideningError):
+    """A child's constraints are looser than its parent's, or drop one of them."""
+
+
 # --- lineage -----------------------------------------------------------------------
 
 
@@ -177,3 +189,50 @@ class NotFoundError(StoreError):
 
 class StoreUnavailableError(StoreError):
     """The store could not be reached or timed out."""
+
+
+# --- credentials (grants and chains) --------------------------------------------------
+
+
+class GrantError(AuthorityError):
+    """A grant cannot be read or trusted as a grant at all."""
+
+
+class GrantFormatError(GrantError):
+    """Not a well-formed compact JWS: segments, canonical base64url, JSON, claims."""
+
+
+class GrantHeaderError(GrantError):
+    """The JOSE header is not a grant header: wrong ``typ``, ``crit``, or other fields."""
+
+
+class GrantAlgorithmError(GrantError):
+    """The header's ``alg`` is not the algorithm pinned by the signing key's record."""
+
+
+class ChainError(AuthorityError):
+    """Grants do not link into a chain rooted at the object's own trust domain."""
+
+
+class RootIssuerError(ChainError):
+    """The root grant is not issued by the trust domain that owns the object id."""
+
+
+class IssuerMismatchError(ChainError):
+    """A child's issuer is not its parent's audience (only the audience may extend)."""
+
+
+class SubjectMismatchError(ChainError):
+    """A grant names another object than the chain is for."""
+
+
+class ParentDigestError(ChainError):
+    """A child's ``prf`` is missing or does not match its parent's exact bytes."""
+
+
+class DepthExceededError(ChainError):
+    """The chain is deeper than its root (or a link) allows."""
+
+
+class LifetimeWideningError(WideningError):
+    """A child lives longer (``exp``) or starts earlier (``nbf``) than its parent."""

@@ -11,30 +11,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
 from gateway import envelope as dsse
 from gateway._time import Clock, SystemClock
 from gateway.config import Config
+from gateway.credentials import issue_grant
 from gateway.errors import ConfigError, GatewayError, NotFoundError, TrustError, UnknownPeerError
 from gateway.handoff.context import HostContext
 from gateway.handoff.destination import Destination
 from gateway.handoff.journal import DESTINATION_PREFIX, SOURCE_PREFIX, Journal, object_key
+from gateway.handoff.messages import Evaluation
 from gateway.handoff.peers import Outcome
 from gateway.handoff.records import DestinationStep, SourceStep
 from gateway.handoff.source import MigrationResult, Source
 from gateway.keyring import Keyring, load_keyring
 from gateway.keys import Purpose
 from gateway.model import CycleState, GovernedObject, Rule, new_object
+from gateway.objectspec import GrantSpec
 from gateway.stores import Expect
 from gateway.stores.sqlite import SqliteStore
 from gateway.transport.client import GrpcPeers
 from gateway.transport.server import GatewayService, start_server
 from gateway.transport.tls import authorities_by_domain, server_credentials
 from gateway.trust import TrustBundle, TrustStore, accept_bundle, decode_bundle, encode_bundle
-from gateway.wire import encode_object
+from gateway.wire import (
+    MAX_ENVELOPE_BYTES,
+    decode_envelope,
+    decode_transfer,
+    encode_envelope,
+    encode_object,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +90,11 @@ class Host:
             journal=self.journal,
             trust=trust,
             signer=keyring.signer_for(Purpose.ENVELOPE, host=host, at=clock.now()),
+            grant_signer=keyring.signer_for(Purpose.GRANT, host=host, at=clock.now()),
             clock=clock,
             timing=config.handoff,
+            policy=config.policy,
+            attenuate_on_rehost=config.handoff.attenuate_on_rehost,
         )
         self.peers = GrpcPeers(
             config.peers,
@@ -158,21 +170,44 @@ class Host:
         tenant: str,
         data: bytes,
         content_type: str,
-        grants: tuple[str, ...] = (),
+        grant: GrantSpec | None = None,
         rules: tuple[Rule, ...] = (),
         cycle: CycleState | None = None,
     ) -> GovernedObject:
+        """Create an ACTIVE object; with ``grant``, this host issues its root grant.
+
+        The object's effective authority here is computed as for an arriving object (its
+        chain within this host's policy for its own domain), and its constraints must
+        admit this host.
+        """
+        now = self.clock.now()
+        grants: tuple[str, ...] = ()
+        if grant is not None:
+            root = issue_grant(
+                signer=self.context.grant_signer,
+                issuer=self.host_id,
+                subject=object_id,
+                audience=grant.audience or self.host_id,
+                capabilities=grant.capabilities,
+                constraints=grant.constraints,
+                not_before=now,
+                expires_at=now + grant.valid_for,
+                at=now,
+            )
+            grants = (root.compact,)
         obj = new_object(
             object_id,
             tenant=self._tenant(tenant),
             data=data,
             content_type=content_type,
             host=self.host_id,
-            at=self.clock.now(),
+            at=now,
             grants=grants,
             rules=rules,
             cycle=cycle or CycleState(),
         )
+        admission = self.context.admit(obj, peer=self.host_id, hops=0, at=now)
+        obj = replace(obj, authority=admission.authority)
         await self.store.put(
             object_key(tenant, obj.object_id), encode_object(obj), etag=Expect.ABSENT
         )
@@ -195,6 +230,32 @@ class Host:
         return await self.source.migrate(
             object_id, tenant=self._tenant(tenant), destination=destination
         )
+
+    async def evaluate_remote(self, object_id: str, *, tenant: str, destination: str) -> Evaluation:
+        """Ask ``destination`` what it would grant this object (its Evaluate RPC)."""
+        self.config.peer(destination)
+        proposal = await self.source.propose(
+            object_id, tenant=self._tenant(tenant), destination=destination
+        )
+        return await self.peers.client(destination).evaluate(proposal)
+
+    async def export_proposal(self, object_id: str, *, tenant: str, destination: str) -> bytes:
+        """A signed proposal (DSSE JSON) for the destination's operator to dry-run offline."""
+        proposal = await self.source.propose(
+            object_id, tenant=self._tenant(tenant), destination=destination
+        )
+        return dsse.to_json(decode_envelope(proposal))
+
+    async def evaluate_proposal(self, signed_json: bytes) -> Evaluation:
+        """``gateway admit --dry-run``: what this host would grant, from a proposal file."""
+        envelope = dsse.from_json(signed_json, max_size=MAX_ENVELOPE_BYTES)
+        # The payload names its source; that only picks whose keys must have signed it.
+        source = decode_transfer(envelope.payload).source_host
+        try:
+            admission = await self.destination.evaluate(encode_envelope(envelope), peer=source)
+        except GatewayError as exc:
+            return Evaluation.refused(self.host_id, exc)
+        return Evaluation.of(self.host_id, admission)
 
     # --- trust --------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ is pure: PEM bytes in, values or errors out, no I/O.
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass
 from typing import Final
@@ -33,7 +34,15 @@ from cryptography.exceptions import InvalidSignature
 
 from gateway.errors import ConfigError, PeerMismatchError, TrustError, UntrustedKeyError
 
-__all__ = ["HostId", "ObjectId", "ca_trust_domain", "spiffe_id_from_cert", "verify_issued_by"]
+__all__ = [
+    "HostId",
+    "ObjectId",
+    "ca_trust_domain",
+    "spiffe_id_from_cert",
+    "trust_domain_problem",
+    "validate_tenant",
+    "verify_issued_by",
+]
 
 _MAX_ID_BYTES: Final = 2048
 _MAX_TRUST_DOMAIN_CHARS: Final = 255
@@ -44,7 +53,7 @@ _HOST_EXAMPLE: Final = "spiffe://org-a.example/cluster/east/gateway"
 _OBJECT_EXAMPLE: Final = "obj://org-a.example/billing/invoice-42"
 
 
-def _trust_domain_problem(name: str) -> str | None:
+def trust_domain_problem(name: str) -> str | None:
     """Why ``name`` is not a trust domain name, or None when it is one."""
     if not name:
         return "the trust domain is missing"
@@ -89,7 +98,7 @@ def _path_problem(path: str) -> str | None:
 def _id_problem(uri: str, trust_domain: str, path: str) -> str | None:
     if len(uri.encode()) > _MAX_ID_BYTES:
         return f"it is longer than {_MAX_ID_BYTES} bytes"
-    return _trust_domain_problem(trust_domain) or _path_problem(path)
+    return trust_domain_problem(trust_domain) or _path_problem(path)
 
 
 def _split(uri: str, scheme: str) -> tuple[str, str] | str:
@@ -305,7 +314,7 @@ def _ca_trust_domain(ca: x509.Certificate) -> str:
             f"constraints {uris!r}; it must permit exactly one, its trust domain",
             hint=hint,
         )
-    problem = _trust_domain_problem(uris[0])
+    problem = trust_domain_problem(uris[0])
     if uris[0].startswith("."):
         # RFC 5280: ".org-a.example" permits the subdomains of org-a.example, not it.
         problem = "a leading '.' permits other domains (subdomains), not one trust domain"
@@ -316,3 +325,15 @@ def _ca_trust_domain(ca: x509.Certificate) -> str:
             hint=hint,
         )
     return uris[0]
+
+
+_TENANT = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def validate_tenant(tenant: str) -> str:
+    if not _TENANT.fullmatch(tenant):
+        raise ConfigError(
+            f"tenant {tenant!r} is not a valid name",
+            hint="use 1-63 lowercase letters, digits and '-', e.g. 'billing'",
+        )
+    return tenant

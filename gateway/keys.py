@@ -4,6 +4,7 @@ Invariants this module keeps:
 
 * A key id is the hex SHA-256 of the key's SubjectPublicKeyInfo DER, computed here and
   checked whenever a record is built, so a record can never name another key's id.
+  Only the canonical SPKI (uncompressed EC point) is accepted, so a key has one id.
 * The algorithm of a signature is the algorithm of the *trusted record*, never a value
   found in a message. A record refuses a public key of another type than its algorithm.
 * Verification raises :class:`~gateway.errors.BadSignatureError`; it never returns a
@@ -175,6 +176,15 @@ class KeyRecord:
 
     def __post_init__(self) -> None:
         key = load_public_key(self.public_key)
+        # One key, one SPKI, one key id: a P-256 key also parses from a SPKI holding its
+        # *compressed* point, which would give the same key a second key id, and a
+        # threshold that counts key ids would count that key twice.
+        if _spki(key) != self.public_key:
+            raise TrustError(
+                "public key is not in canonical SubjectPublicKeyInfo DER "
+                "(EC points must be uncompressed)",
+                hint="export the key again as DER SubjectPublicKeyInfo",
+            )
         actual = key_id_of(self.public_key)
         if self.key_id != actual:
             raise TrustError(
@@ -279,7 +289,10 @@ class Signer:
                 f"{source}: unsupported key type {type(key).__name__}",
                 hint="use an Ed25519 or ECDSA P-256 key",
             )
-        return cls(key)
+        try:
+            return cls(key)
+        except TrustError as exc:  # an EC key on another curve than P-256
+            raise ConfigError(f"{source}: {exc.reason}", hint=exc.hint) from exc
 
     def to_pem(self) -> bytes:
         return self._key.private_bytes(

@@ -32,7 +32,7 @@ from typing import Any
 from gateway import envelope as dsse
 from gateway import merkle
 from gateway._time import format_time, parse_time
-from gateway.errors import ExpiredError, LineageError, VerificationError
+from gateway.errors import ConfigError, ExpiredError, LineageError, VerificationError
 from gateway.keys import Purpose, Signer
 from gateway.trust import TrustStore
 
@@ -75,7 +75,7 @@ def _canonical(document: dict[str, Any]) -> bytes:
 def _strict_json(raw: bytes, fields: frozenset[str], what: str) -> dict[str, Any]:
     try:
         document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise LineageError(f"{what} is not JSON: {exc}") from exc
     if not isinstance(document, dict) or set(document) != fields:
         raise LineageError(f"{what} must be an object with exactly the fields {sorted(fields)}")
@@ -316,8 +316,21 @@ def verify_lineage(
         host = lineage.entries[covered].host
         try:
             keys = trust.keys_for_host(host, purpose=Purpose.ENVELOPE, at=None)
+        except ConfigError as exc:
+            # The entry's host is data from the wire, not configuration: a malformed one
+            # is a broken lineage.
+            raise LineageError(
+                f"entry {covered} names {host!r}, which is not a host id: {exc.reason}"
+            ) from exc
+        except VerificationError as exc:
+            raise type(exc)(f"checkpoint {index} by {host}: {exc.reason}", hint=exc.hint) from exc
+        try:
+            # The domain's envelope threshold holds for checkpoints as for every envelope.
             verified = dsse.open_envelope(
-                envelope, payload_type=dsse.PayloadType.CHECKPOINT, keys=keys
+                envelope,
+                payload_type=dsse.PayloadType.CHECKPOINT,
+                keys=keys,
+                threshold=keys.bundle.envelope_threshold,
             )
         except VerificationError as exc:
             raise type(exc)(f"checkpoint {index} by {host}: {exc.reason}", hint=exc.hint) from exc
@@ -348,6 +361,11 @@ def verify_lineage(
                     f"entry {entry.seq} is recorded by {entry.host} but vouched for by {host}",
                     hint="each host signs only what it recorded",
                 )
+        if checkpoint.epoch != lineage.entries[checkpoint.size - 1].epoch:
+            raise LineageError(
+                f"checkpoint {index} by {host} is for epoch {checkpoint.epoch}, but the last "
+                f"entry it covers is at epoch {lineage.entries[checkpoint.size - 1].epoch}"
+            )
         if merkle.root(hashes[: checkpoint.size]) != checkpoint.root:
             raise LineageError(f"checkpoint {index} by {host} does not match the entries it covers")
         covered = checkpoint.size

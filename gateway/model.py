@@ -1,7 +1,10 @@
 """The governed object and its lifecycle, as immutable values.
 
-Every transition returns a new :class:`GovernedObject` with one lineage entry more that
-records it (with the digests of data and credentials *after* the transition). The
+Every transition returns a new :class:`GovernedObject`; freeze, thaw and rehost add one
+lineage entry that records it (with the digests of data and credentials *after* the
+transition). Tombstoning adds none: the lineage that left with the object was sealed
+at the freeze, and the source's copy must stay a prefix of it, or the object could
+never come back (its next arrival is checked to *extend* what this host saw). The
 lifecycle is a small state machine, enforced here so no caller can skip a step:
 
     ACTIVE --freeze--> FROZEN --tombstone--> MOVED          (source side of a handoff)
@@ -15,17 +18,17 @@ copy from ever coming back (DESIGN.md §6). No I/O.
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from gateway import envelope as dsse
+from gateway.authority import CapabilitySet, EffectiveAuthority
 from gateway.errors import ConfigError, ObjectStateError
-from gateway.identity import HostId, ObjectId
+from gateway.identity import HostId, ObjectId, validate_tenant
 from gateway.lineage import EntryKind, Lineage, credentials_digest, digest
 
 MAX_DATA_BYTES = 4 << 20
-_TENANT = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+NO_AUTHORITY = EffectiveAuthority(allow=CapabilitySet())
 
 
 class LifecycleState(enum.Enum):
@@ -75,15 +78,6 @@ class CycleState:
     next_due: datetime | None = None
 
 
-def validate_tenant(tenant: str) -> str:
-    if not _TENANT.fullmatch(tenant):
-        raise ConfigError(
-            f"tenant {tenant!r} is not a valid name",
-            hint="use 1-63 lowercase letters, digits and '-', e.g. 'billing'",
-        )
-    return tenant
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GovernedObject:
     object_id: str
@@ -100,6 +94,8 @@ class GovernedObject:
     moved_to: str = ""  #: MOVED: the host that holds the object now
     receipt: dsse.Envelope | None = None  #: MOVED: the destination's staged receipt
     last_transfer_digest: bytes = b""  #: chain of custody
+    #: What the object may do on the host holding it (chain ∩ host policy); host-local.
+    authority: EffectiveAuthority = field(default_factory=lambda: NO_AUTHORITY)
 
     @property
     def generation(self) -> int:
@@ -186,7 +182,9 @@ class GovernedObject:
     def rehost(self, *, host: str, source: str, at: datetime) -> GovernedObject:
         """The staged copy goes live on this host."""
         self._require(LifecycleState.STAGED, "activate")
-        live = replace(self, state=LifecycleState.ACTIVE, moved_to="", receipt=None)
+        live = replace(
+            self, state=LifecycleState.ACTIVE, moved_to="", receipt=None, migration_id=""
+        )
         return live.record(
             EntryKind.REHOSTED,
             host=host,

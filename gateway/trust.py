@@ -83,6 +83,8 @@ class TrustBundle:
     bundle_threshold: int = 1  #: distinct bundle keys that must sign the next bundle
 
     def __post_init__(self) -> None:
+        # One order for the keys, so that equal bundles compare (and encode) equal.
+        object.__setattr__(self, "keys", tuple(sorted(self.keys, key=lambda k: k.key_id)))
         if self.sequence < 1:
             raise TrustError(
                 f"bundle for {self.trust_domain} has sequence {self.sequence}; must be ≥ 1"
@@ -267,6 +269,8 @@ def _key_from_json(document: Any, where: str) -> KeyRecord:
     try:
         public_key = base64.b64decode(_require(document, "public_key", str, where), validate=True)
         valid_until = document.get("valid_until")
+        if valid_until is not None and not isinstance(valid_until, str):
+            raise TrustError(f"{where}: 'valid_until' is not a str or null")
         return KeyRecord(
             key_id=_require(document, "key_id", str, where),
             algorithm=Algorithm.parse(_require(document, "algorithm", str, where)),
@@ -289,6 +293,8 @@ def decode_bundle(raw: bytes) -> TrustBundle:
         document = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TrustError(f"trust bundle is not JSON: {exc}") from exc
+    except RecursionError as exc:  # "[[[[…" exhausts the parser's stack
+        raise TrustError("trust bundle JSON is nested too deeply") from exc
     if not isinstance(document, dict):
         raise TrustError("trust bundle must be a JSON object")
     unknown = set(document) - _BUNDLE_FIELDS

@@ -15,6 +15,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
@@ -23,8 +24,22 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway import envelope as dsse
 from gateway._time import truncate
-from gateway.errors import EnvelopeError, EnvelopeTooLargeError, LineageError, PayloadDecodeError
-from gateway.handoff.messages import NONCE_BYTES, Receipt, ReceiptKind, Transfer
+from gateway.authority import CapabilitySet, EffectiveAuthority
+from gateway.errors import (
+    AuthorityError,
+    EnvelopeError,
+    EnvelopeTooLargeError,
+    LineageError,
+    PayloadDecodeError,
+)
+from gateway.handoff.messages import (
+    NONCE_BYTES,
+    Decision,
+    Evaluation,
+    Receipt,
+    ReceiptKind,
+    Transfer,
+)
 from gateway.handoff.records import (
     DestinationRecord,
     DestinationStep,
@@ -33,6 +48,7 @@ from gateway.handoff.records import (
 )
 from gateway.lineage import Lineage, LineageEntry, digest
 from gateway.model import (
+    NO_AUTHORITY,
     Action,
     CycleState,
     GovernedObject,
@@ -42,7 +58,7 @@ from gateway.model import (
     Rule,
     WriteState,
 )
-from gateway.v1 import envelope_pb2, journal_pb2, object_pb2
+from gateway.v1 import envelope_pb2, gateway_pb2, journal_pb2, object_pb2
 
 MAX_ENVELOPE_BYTES = 16 << 20
 MAX_RECEIPT_BYTES = 64 << 10
@@ -55,6 +71,9 @@ def _parse(message: M, raw: bytes, what: str, *, canonical: bool) -> M:
         message.ParseFromString(raw)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise PayloadDecodeError(f"{what} does not decode: {exc}") from exc
+    # Unknown fields survive a parse and are written back at the end, so they would pass
+    # the comparison below; dropping them first makes any unknown field a mismatch.
+    message.DiscardUnknownFields()
     if canonical and message.SerializeToString(deterministic=True) != raw:
         raise PayloadDecodeError(
             f"{what} is not in canonical encoding (unknown, repeated or oddly encoded fields)",
@@ -218,7 +237,27 @@ def _stored_to_pb(obj: GovernedObject) -> object_pb2.StoredObject:
         moved_to=obj.moved_to,
         receipt=encode_envelope(obj.receipt) if obj.receipt else b"",
         last_transfer_digest=obj.last_transfer_digest,
+        authority=encode_authority(obj.authority),
     )
+
+
+def encode_authority(authority: EffectiveAuthority) -> bytes:
+    """Canonical JSON ``{"allow": [...], "deny": [...]}`` (the grant claim format)."""
+    document = {"allow": authority.allow.to_claim(), "deny": authority.deny.to_claim()}
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def decode_authority(raw: bytes) -> EffectiveAuthority:
+    if not raw:
+        return NO_AUTHORITY
+    try:
+        document = json.loads(raw)
+        return EffectiveAuthority(
+            allow=CapabilitySet.from_claim(document["allow"]),
+            deny=CapabilitySet.from_claim(document["deny"]),
+        )
+    except (ValueError, KeyError, TypeError, AuthorityError) as exc:
+        raise PayloadDecodeError(f"stored effective authority is unreadable: {exc}") from exc
 
 
 def _stored_from_pb(message: object_pb2.StoredObject) -> GovernedObject:
@@ -240,6 +279,7 @@ def _stored_from_pb(message: object_pb2.StoredObject) -> GovernedObject:
         moved_to=message.moved_to,
         receipt=decode_envelope(message.receipt) if message.receipt else None,
         last_transfer_digest=message.last_transfer_digest,
+        authority=decode_authority(message.authority),
     )
 
 
@@ -423,4 +463,34 @@ def decode_destination_record(raw: bytes) -> DestinationRecord:
         created_at=_dt(message.created_at),
         updated_at=_dt(message.updated_at),
         reason=message.reason,
+    )
+
+
+# --- dry runs -----------------------------------------------------------------------
+
+
+def encode_evaluation(evaluation: Evaluation) -> gateway_pb2.EvaluateResponse:
+    return gateway_pb2.EvaluateResponse(
+        admitted=evaluation.admitted,
+        refusal=evaluation.refusal,
+        decisions=[
+            gateway_pb2.CapabilityDecision(
+                capability=d.capability, outcome=d.outcome, reason=d.reason
+            )
+            for d in evaluation.decisions
+        ],
+        authority=encode_authority(evaluation.authority) if evaluation.authority else b"",
+    )
+
+
+def decode_evaluation(host: str, message: gateway_pb2.EvaluateResponse) -> Evaluation:
+    return Evaluation(
+        host=host,
+        admitted=message.admitted,
+        refusal=message.refusal,
+        decisions=tuple(
+            Decision(capability=d.capability, outcome=d.outcome, reason=d.reason)
+            for d in message.decisions
+        ),
+        authority=decode_authority(message.authority) if message.authority else None,
     )

@@ -7,9 +7,13 @@ from datetime import datetime
 
 from gateway import envelope as dsse
 from gateway._time import Clock
+from gateway.authority import Admission, CapabilitySet, HostPolicy, effective_authority
 from gateway.config import HandoffConfig
+from gateway.credentials import VerifiedChain, verify_chain
 from gateway.handoff.journal import Journal
+from gateway.identity import HostId
 from gateway.keys import Purpose, Signer
+from gateway.model import GovernedObject
 from gateway.trust import TrustStore
 
 
@@ -21,8 +25,42 @@ class HostContext:
     journal: Journal
     trust: TrustStore
     signer: Signer  #: this host's envelope key
+    grant_signer: Signer  #: this host's grant key (attenuation)
     clock: Clock
     timing: HandoffConfig
+    policy: HostPolicy
+    attenuate_on_rehost: bool = False
+
+    @property
+    def trust_domain(self) -> str:
+        return HostId.parse(self.host).trust_domain
+
+    def chain_of(self, obj: GovernedObject, *, at: datetime) -> VerifiedChain | None:
+        """The object's verified credential chain; ``None`` for an object without grants."""
+        if not obj.grants:
+            return None
+        return verify_chain(
+            obj.grants,
+            object_id=obj.object_id,
+            trust=self.trust,
+            at=at,
+            leeway=self.timing.clock_skew,
+        )
+
+    def admit(self, obj: GovernedObject, *, peer: str, hops: int, at: datetime) -> Admission:
+        """Effective authority of ``obj`` here: chain ∩ ceilings for ``peer``'s domain ∩ offers,
+        minus denials; raises if its credentials are bad or its constraints exclude this host.
+
+        An object without grants may live anywhere and do nothing.
+        """
+        chain = self.chain_of(obj, at=at)
+        capabilities = CapabilitySet()
+        if chain is not None:
+            chain.constraints.admit(self.host, self.region, hops)
+            capabilities = chain.capabilities
+        return effective_authority(
+            capabilities, self.policy, tenant=obj.tenant, peer=HostId.parse(peer).trust_domain
+        )
 
     def seal(self, payload: bytes, payload_type: str) -> dsse.Envelope:
         return dsse.seal(payload, payload_type, [self.signer])

@@ -23,6 +23,8 @@ from datetime import datetime
 from gateway import envelope as dsse
 from gateway import wire
 from gateway._time import format_time, to_millis
+from gateway.authority import Admission
+from gateway.credentials import attenuate, audience_admits
 from gateway.errors import (
     AdmissionDeniedError,
     AudienceError,
@@ -62,14 +64,14 @@ class Destination:
 
     # --- Prepare ----------------------------------------------------------------------
 
-    async def prepare(self, raw: bytes, *, peer: str) -> bytes:
-        """Verify, admit and stage a transfer from ``peer``; returns the signed receipt."""
+    def _open_transfer(
+        self, raw: bytes, *, peer: str, payload_type: str, now: datetime
+    ) -> tuple[Transfer, bytes]:
+        """Size, decode, signatures by ``peer``'s keys, payload type, parse, source, audience, time."""
         ctx = self.ctx
-        now = ctx.clock.now()
         envelope = wire.decode_envelope(raw)
-        payload = ctx.open_from(peer, envelope, dsse.PayloadType.TRANSFER, at=now)
+        payload = ctx.open_from(peer, envelope, payload_type, at=now)
         transfer = wire.decode_transfer(payload)
-        transfer_digest = digest(payload)
         if transfer.source_host != peer:
             raise PeerMismatchError(
                 f"transfer claims to come from {transfer.source_host}, but the connection is from {peer}"
@@ -80,15 +82,14 @@ class Destination:
                 hint="a transfer is valid for its one destination only; migrate again to this host",
             )
         self._check_time(transfer, now)
+        return transfer, digest(payload)
 
-        existing = await ctx.journal.destination(transfer.migration_id)
-        if existing is not None:
-            return self._replay(existing.value, transfer_digest)
-
-        if await ctx.journal.store.get(nonce_key(transfer.nonce)) is not None:
-            raise ReplayError(
-                f"transfer nonce of migration {transfer.migration_id} was already used here"
-            )
+    async def _assess(
+        self, transfer: Transfer, *, peer: str, now: datetime
+    ) -> tuple[Admission, Versioned[int] | None]:
+        """Everything that decides whether this host takes the object, without writing:
+        epoch fence, tenant, lineage, credential chain, constraints, host policy."""
+        ctx = self.ctx
         fence = await ctx.journal.fence(transfer.object_id)
         if fence is not None and transfer.epoch <= fence.value:
             raise RollbackError(
@@ -103,6 +104,34 @@ class Destination:
             )
         current = await ctx.journal.object(transfer.object.tenant, transfer.object_id)
         self._check_lineage(transfer, previous=current.value if current else None)
+        admission = ctx.admit(transfer.object, peer=peer, hops=transfer.epoch, at=now)
+        return admission, fence
+
+    async def evaluate(self, raw: bytes, *, peer: str) -> Admission:
+        """The dry run: what this host would grant the proposed object, and why. Writes nothing."""
+        now = self.ctx.clock.now()
+        transfer, _digest = self._open_transfer(
+            raw, peer=peer, payload_type=dsse.PayloadType.PROPOSAL, now=now
+        )
+        admission, _fence = await self._assess(transfer, peer=peer, now=now)
+        return admission
+
+    async def prepare(self, raw: bytes, *, peer: str) -> bytes:
+        """Verify, admit and stage a transfer from ``peer``; returns the signed receipt."""
+        ctx = self.ctx
+        now = ctx.clock.now()
+        transfer, transfer_digest = self._open_transfer(
+            raw, peer=peer, payload_type=dsse.PayloadType.TRANSFER, now=now
+        )
+        existing = await ctx.journal.destination(transfer.migration_id)
+        if existing is not None:
+            return self._replay(existing.value, transfer_digest)
+        if await ctx.journal.store.get(nonce_key(transfer.nonce)) is not None:
+            raise ReplayError(
+                f"transfer nonce of migration {transfer.migration_id} was already used here"
+            )
+        admission, fence = await self._assess(transfer, peer=peer, now=now)
+        staged = replace(transfer.object, authority=admission.authority)
 
         receipt = ctx.seal(
             wire.encode_receipt(
@@ -128,7 +157,7 @@ class Destination:
             step=DestinationStep.STAGED,
             transfer_digest=transfer_digest,
             staged_receipt=receipt_raw,
-            staged=transfer.object,
+            staged=staged,
             created_at=now,
             updated_at=now,
         )
@@ -250,7 +279,7 @@ class Destination:
             raise ObjectStateError(
                 f"{record.object_id} is {current.value.state.value} here already; refusing a second live copy"
             )
-        live = record.staged.rehost(host=ctx.host, source=peer, at=now)
+        live = self._attenuated(record.staged, at=now).rehost(host=ctx.host, source=peer, at=now)
         receipt = wire.encode_envelope(
             ctx.seal(
                 wire.encode_receipt(
@@ -290,6 +319,32 @@ class Destination:
             ]
         )
         return receipt
+
+    def _attenuated(self, staged: GovernedObject, *, at: datetime) -> GovernedObject:
+        """With ``handoff.attenuate_on_rehost``, a host that is the audience of the object's
+        leaf grant issues a child narrowed to what the object may do here, and records it.
+        The object then carries less authority onwards, never more."""
+        ctx = self.ctx
+        if not ctx.attenuate_on_rehost:
+            return staged
+        chain = ctx.chain_of(staged, at=at)
+        if chain is None or not audience_admits(chain.leaf.audience, ctx.host):
+            return staged
+        child = attenuate(
+            chain,
+            signer=ctx.grant_signer,
+            issuer=ctx.host,
+            audience=ctx.host,
+            at=at,
+            capabilities=staged.authority.allow,
+        )
+        narrowed = replace(staged, grants=(*staged.grants, child.compact))
+        return narrowed.record(
+            EntryKind.ATTENUATED,
+            host=ctx.host,
+            at=at,
+            detail=f"grant {child.grant_id} narrows to {child.capabilities}",
+        )
 
     async def abort(self, migration_id: str, *, peer: str, reason: str) -> None:
         """Discard a staged copy. Aborting an unknown migration records it as aborted, so

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from gateway import envelope as dsse
+from gateway.authority import Admission, EffectiveAuthority
 from gateway.model import GovernedObject
 
 NONCE_BYTES = 16
@@ -56,3 +57,53 @@ class Receipt:
     source_host: str  #: the source it answers
     transfer_digest: bytes
     issued_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """One capability of the chain and what became of it on the evaluating host."""
+
+    capability: str
+    outcome: str  #: granted, narrowed or denied
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Evaluation:
+    """A host's answer to a dry run: would it take the object, and with what authority."""
+
+    host: str
+    admitted: bool
+    refusal: str = ""
+    decisions: tuple[Decision, ...] = ()
+    authority: EffectiveAuthority | None = None
+
+    @classmethod
+    def of(cls, host: str, admission: Admission) -> Evaluation:
+        return cls(
+            host=host,
+            admitted=True,
+            decisions=tuple(
+                Decision(capability=str(e.capability), outcome=e.outcome.value, reason=e.reason)
+                for e in admission.explanations
+            ),
+            authority=admission.authority,
+        )
+
+    @classmethod
+    def refused(cls, host: str, error: Exception) -> Evaluation:
+        return cls(host=host, admitted=False, refusal=f"{type(error).__name__}: {error}")
+
+    def render(self) -> str:
+        if not self.admitted:
+            return f"{self.host} would refuse the object: {self.refusal}"
+        lines = [f"{self.host} would admit the object with this authority:"]
+        if not self.decisions:
+            lines.append("  (its credentials grant nothing)")
+        width = max((len(d.capability) for d in self.decisions), default=0)
+        lines.extend(f"  {d.capability:<{width}}  {d.reason}" for d in self.decisions)
+        if self.authority is not None:
+            lines.append(f"effective: {self.authority.allow}")
+            if self.authority.deny.capabilities:
+                lines.append(f"except:    {self.authority.deny}")
+        return "\n".join(lines)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from typing import Protocol
 
+from gateway.handoff.messages import Evaluation
+
 
 class Outcome(enum.Enum):
     COMMITTED = "committed"
@@ -28,6 +30,10 @@ class PeerClient(Protocol):
     async def abort(self, migration_id: str, reason: str) -> None: ...
 
     async def decision(self, migration_id: str) -> Outcome: ...
+
+    async def evaluate(self, proposal: bytes) -> Evaluation:
+        """The peer's dry-run answer for a serialized proposal envelope."""
+        ...
 
 
 class Peers(Protocol):

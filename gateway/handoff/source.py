@@ -21,6 +21,7 @@ import logging
 import os
 import uuid
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from gateway import envelope as dsse
 from gateway import wire
@@ -42,6 +43,7 @@ from gateway.handoff.messages import NONCE_BYTES, Receipt, ReceiptKind, Transfer
 from gateway.handoff.peers import Outcome, Peers
 from gateway.handoff.records import SourceRecord, SourceStep
 from gateway.lineage import digest
+from gateway.model import GovernedObject
 from gateway.stores import Expect, Put
 
 log = logging.getLogger(__name__)
@@ -85,24 +87,7 @@ class Source:
         obj = loaded.value
         now = ctx.clock.now()
         migration_id = new_migration_id()
-        frozen = obj.freeze(migration_id, destination=destination, host=ctx.host, at=now)
-        sealed = frozen.lineage.sealed(
-            object_id=object_id, host=ctx.host, epoch=frozen.epoch, at=now, signer=ctx.signer
-        )
-        transfer = Transfer(
-            migration_id=migration_id,
-            epoch=frozen.epoch,
-            source_host=ctx.host,
-            destination_host=destination,
-            issued_at=now,
-            expires_at=now + ctx.timing.transfer_ttl,
-            nonce=os.urandom(NONCE_BYTES),
-            object=replace(frozen, lineage=sealed),
-            previous_transfer_digest=obj.last_transfer_digest,
-        )
-        raw = wire.encode_envelope(
-            ctx.seal(wire.encode_transfer(transfer), dsse.PayloadType.TRANSFER)
-        )
+        frozen, raw = self._seal(obj, destination, migration_id, dsse.PayloadType.TRANSFER, now)
         record = SourceRecord(
             migration_id=migration_id,
             object_id=object_id,
@@ -136,6 +121,49 @@ class Source:
             ) from exc
         log.info("froze %s for migration %s to %s", object_id, migration_id, destination)
         return await self.resume(migration_id)
+
+    def _seal(
+        self,
+        obj: GovernedObject,
+        destination: str,
+        migration_id: str,
+        payload_type: str,
+        now: datetime,
+    ) -> tuple[GovernedObject, bytes]:
+        """Freeze ``obj`` (in memory) and seal it for ``destination``: the frozen object and
+        the serialized envelope, whose lineage ends with a checkpoint by this host."""
+        ctx = self.ctx
+        frozen = obj.freeze(migration_id, destination=destination, host=ctx.host, at=now)
+        sealed = frozen.lineage.sealed(
+            object_id=obj.object_id, host=ctx.host, epoch=frozen.epoch, at=now, signer=ctx.signer
+        )
+        transfer = Transfer(
+            migration_id=migration_id,
+            epoch=frozen.epoch,
+            source_host=ctx.host,
+            destination_host=destination,
+            issued_at=now,
+            expires_at=now + ctx.timing.transfer_ttl,
+            nonce=os.urandom(NONCE_BYTES),
+            object=replace(frozen, lineage=sealed),
+            previous_transfer_digest=obj.last_transfer_digest,
+        )
+        return frozen, wire.encode_envelope(ctx.seal(wire.encode_transfer(transfer), payload_type))
+
+    async def propose(self, object_id: str, *, tenant: str, destination: str) -> bytes:
+        """A proposal envelope for a dry run: the object as it would travel, under a payload
+        type no host stages. Nothing is frozen or written."""
+        loaded = await self.ctx.journal.object(tenant, object_id)
+        if loaded is None:
+            raise NotFoundError(f"no object {object_id} in tenant {tenant} on {self.ctx.host}")
+        _frozen, raw = self._seal(
+            loaded.value,
+            destination,
+            f"dry-{new_migration_id()}",
+            dsse.PayloadType.PROPOSAL,
+            self.ctx.clock.now(),
+        )
+        return raw
 
     async def resume(self, migration_id: str) -> MigrationResult:
         """Drive a migration forward from whatever its journal says. Safe to call again."""

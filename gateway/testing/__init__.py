@@ -52,6 +52,7 @@ class HostSpec:
     region: str = ""
     algorithm: Algorithm = Algorithm.ED25519
     handoff: dict[str, Any] = field(default_factory=dict)  #: extra ``handoff:`` settings
+    policy: dict[str, Any] | None = None  #: the ``policy:`` section (offers, ceilings, deny)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,8 @@ def build_world(directory: Path, specs: Sequence[HostSpec], *, at: datetime | No
         document["keys"] = "../keys"
         if spec.handoff:
             document["handoff"] = dict(spec.handoff)
+        if spec.policy is not None:
+            document["policy"] = spec.policy
         write_config(configs[spec.host_id], document)
     bundles = {domain: load_keyring(path / "keys").export(at) for domain, path in domains.items()}
 

@@ -22,10 +22,12 @@ from tenacity import (
 
 from gateway.config import HandoffConfig, PeerConfig
 from gateway.errors import HandoffError, PeerUnavailableError
+from gateway.handoff.messages import Evaluation
 from gateway.handoff.peers import Outcome
 from gateway.transport.status import ERROR_TYPE_KEY, RETRYABLE, error_from_status
 from gateway.transport.tls import CHANNEL_OPTIONS
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from gateway.wire import decode_evaluation
 
 R = TypeVar("R", bound=Message)
 
@@ -114,6 +116,12 @@ class GrpcPeerClient:
         if response.outcome == gateway_pb2.OUTCOME_ABORTED:
             return Outcome.ABORTED
         raise HandoffError(f"{self.peer.id} gave no decision for {migration_id}")
+
+    async def evaluate(self, proposal: bytes) -> Evaluation:
+        response: gateway_pb2.EvaluateResponse = await self._call(
+            "Evaluate", self.stub.Evaluate, gateway_pb2.EvaluateRequest(proposal=proposal)
+        )
+        return decode_evaluation(str(self.peer.id), response)
 
     async def close(self) -> None:
         await self.channel.close()

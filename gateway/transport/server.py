@@ -14,8 +14,10 @@ from typing import TypeVar
 
 import grpc
 
+from gateway import wire
 from gateway.errors import GatewayError
 from gateway.handoff.destination import Destination
+from gateway.handoff.messages import Evaluation
 from gateway.handoff.peers import Outcome
 from gateway.handoff.source import Source
 from gateway.transport.status import ERROR_TYPE_KEY, status_of
@@ -94,6 +96,20 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             return gateway_pb2.DecisionResponse(outcome=_OUTCOMES[outcome])
 
         return await self._answer(context, "Decision", handle)
+
+    async def Evaluate(
+        self, request: gateway_pb2.EvaluateRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.EvaluateResponse:
+        async def handle(peer: str) -> gateway_pb2.EvaluateResponse:
+            # A dry run answers refusals as data ("would refuse because ..."), so that an
+            # operator sees the same reason Prepare would give, without anything staged.
+            try:
+                admission = await self.destination.evaluate(request.proposal, peer=peer)
+            except GatewayError as exc:
+                return wire.encode_evaluation(Evaluation.refused(self.destination.ctx.host, exc))
+            return wire.encode_evaluation(Evaluation.of(self.destination.ctx.host, admission))
+
+        return await self._answer(context, "Evaluate", handle)
 
 
 async def start_server(

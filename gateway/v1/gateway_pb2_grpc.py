@@ -54,6 +54,11 @@ class GatewayStub:
                 request_serializer=gateway_dot_v1_dot_gateway__pb2.DecisionRequest.SerializeToString,
                 response_deserializer=gateway_dot_v1_dot_gateway__pb2.DecisionResponse.FromString,
                 _registered_method=True)
+        self.Evaluate = channel.unary_unary(
+                '/gateway.v1.Gateway/Evaluate',
+                request_serializer=gateway_dot_v1_dot_gateway__pb2.EvaluateRequest.SerializeToString,
+                response_deserializer=gateway_dot_v1_dot_gateway__pb2.EvaluateResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -87,6 +92,13 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Evaluate(self, request, context):
+        """Source -> destination: what would you grant this object? Nothing is staged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +121,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.Decision,
                     request_deserializer=gateway_dot_v1_dot_gateway__pb2.DecisionRequest.FromString,
                     response_serializer=gateway_dot_v1_dot_gateway__pb2.DecisionResponse.SerializeToString,
+            ),
+            'Evaluate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Evaluate,
+                    request_deserializer=gateway_dot_v1_dot_gateway__pb2.EvaluateRequest.FromString,
+                    response_serializer=gateway_dot_v1_dot_gateway__pb2.EvaluateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +236,33 @@ class Gateway:
             '/gateway.v1.Gateway/Decision',
             gateway_dot_v1_dot_gateway__pb2.DecisionRequest.SerializeToString,
             gateway_dot_v1_dot_gateway__pb2.DecisionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Evaluate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gateway.v1.Gateway/Evaluate',
+            gateway_dot_v1_dot_gateway__pb2.EvaluateRequest.SerializeToString,
+            gateway_dot_v1_dot_gateway__pb2.EvaluateResponse.FromString,
             options,
             channel_credentials,
             insecure,

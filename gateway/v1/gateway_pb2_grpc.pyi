@@ -42,6 +42,8 @@ class GatewayStub:
     """Source -> destination: discard the staged copy (only before commit)."""
     Decision: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.DecisionRequest, _gateway_pb2.DecisionResponse]
     """Destination -> source: what became of this migration? Unknown means aborted."""
+    Evaluate: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.EvaluateRequest, _gateway_pb2.EvaluateResponse]
+    """Source -> destination: what would you grant this object? Nothing is staged."""
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -54,6 +56,8 @@ class GatewayAsyncStub(GatewayStub):
     """Source -> destination: discard the staged copy (only before commit)."""
     Decision: _aio.UnaryUnaryMultiCallable[_gateway_pb2.DecisionRequest, _gateway_pb2.DecisionResponse]  # type: ignore[assignment]
     """Destination -> source: what became of this migration? Unknown means aborted."""
+    Evaluate: _aio.UnaryUnaryMultiCallable[_gateway_pb2.EvaluateRequest, _gateway_pb2.EvaluateResponse]  # type: ignore[assignment]
+    """Source -> destination: what would you grant this object? Nothing is staged."""
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -87,5 +91,13 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.DecisionResponse, _abc.Awaitable[_gateway_pb2.DecisionResponse]]:
         """Destination -> source: what became of this migration? Unknown means aborted."""
+
+    @_abc_1.abstractmethod
+    def Evaluate(
+        self,
+        request: _gateway_pb2.EvaluateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.EvaluateResponse, _abc.Awaitable[_gateway_pb2.EvaluateResponse]]:
+        """Source -> destination: what would you grant this object? Nothing is staged."""
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

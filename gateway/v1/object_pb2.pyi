@@ -274,6 +274,7 @@ class StoredObject(_message.Message):
     MOVED_TO_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
     LAST_TRANSFER_DIGEST_FIELD_NUMBER: _builtins.int
+    AUTHORITY_FIELD_NUMBER: _builtins.int
     epoch: _builtins.int
     state: Global___LifecycleState.ValueType
     migration_id: _builtins.str
@@ -284,6 +285,10 @@ class StoredObject(_message.Message):
     """MOVED: the destination's signed staged receipt (serialized Envelope)."""
     last_transfer_digest: _builtins.bytes
     """SHA-256 of the last transfer payload of this object (chain of custody)."""
+    authority: _builtins.bytes
+    """What the object may do on this host: canonical JSON {"allow": [...], "deny": [...]},
+    computed at creation or admission (chain ∩ host policy). Host-local: never transferred.
+    """
     @_builtins.property
     def snapshot(self) -> Global___ObjectSnapshot: ...
     @_builtins.property
@@ -304,10 +309,11 @@ class StoredObject(_message.Message):
         moved_to: _builtins.str = ...,
         receipt: _builtins.bytes = ...,
         last_transfer_digest: _builtins.bytes = ...,
+        authority: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lineage", b"lineage", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials", "epoch", b"epoch", "last_transfer_digest", b"last_transfer_digest", "lineage", b"lineage", "migration_id", b"migration_id", "moved_to", b"moved_to", "receipt", b"receipt", "snapshot", b"snapshot", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "credentials", b"credentials", "epoch", b"epoch", "last_transfer_digest", b"last_transfer_digest", "lineage", b"lineage", "migration_id", b"migration_id", "moved_to", b"moved_to", "receipt", b"receipt", "snapshot", b"snapshot", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,478 @@
+"""Grants and grant chains: signed credentials that can only ever be narrowed.
+
+A grant is a compact JWS (JWT) with ``typ`` ``gateway-grant+jwt``, signed with EdDSA or
+ES256 by a key whose trusted record lists the ``grant`` purpose. Claims:
+
+=========  =================================================================
+``iss``    the issuing host (``spiffe://…``)
+``sub``    the object id
+``aud``    who may extend the grant: a host id, or a trust domain ``spiffe://org-b.example``
+``iat`` ``nbf`` ``exp``   issue time and validity window (seconds since the epoch)
+``jti``    unique grant id
+``cap``    capabilities (:class:`gateway.authority.CapabilitySet`)
+``cons``   constraints (:class:`gateway.authority.Constraints`)
+``prf``    base64url SHA-256 of the parent grant's exact compact bytes; absent for the root
+=========  =================================================================
+
+Checks, in this order, and why:
+
+1. **Bytes first.** Three segments of canonical base64url (the one encoding of each
+   value), a JSON header with exactly ``alg``, ``typ`` and ``kid``: no ``crit`` (we
+   understand no extensions, so any critical one must fail), no ``jwk``/``jku``/``x5u``
+   (keys are never taken from the message).
+2. **The key is found in the issuer's own domain.** The issuer (``iss``) is read from
+   the payload only to choose the trust bundle; ``kid`` must name a ``grant`` key of
+   that domain, allowed for that host. A ``kid`` from another domain is refused.
+3. **The algorithm is the record's.** PyJWT is called with ``algorithms=[record's]``;
+   ``none``, HMAC and any mismatch fail before a signature is computed.
+4. **Then the claims**, strictly, and then each link against its parent (§5).
+
+No I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+
+from gateway.authority import CapabilitySet, Constraints
+from gateway.errors import (
+    BadSignatureError,
+    CapabilityWideningError,
+    ConstraintWideningError,
+    DepthExceededError,
+    ExpiredError,
+    GrantAlgorithmError,
+    GrantFormatError,
+    GrantHeaderError,
+    IssuerMismatchError,
+    LifetimeWideningError,
+    ParentDigestError,
+    RootIssuerError,
+    SubjectMismatchError,
+    UntrustedKeyError,
+    WideningError,
+)
+from gateway.identity import HostId, ObjectId
+from gateway.keys import Purpose, Signer
+from gateway.trust import TrustStore
+
+GRANT_TYPE = "gateway-grant+jwt"
+MAX_GRANT_BYTES = 16 << 10
+MAX_CHAIN = 16
+_HEADER_FIELDS = frozenset({"alg", "typ", "kid"})
+_CLAIMS = frozenset({"iss", "sub", "aud", "iat", "nbf", "exp", "jti", "cap", "cons", "prf"})
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64url_decode(segment: str, what: str) -> bytes:
+    """Strict base64url: the alphabet only, no padding, and only the canonical form
+    (a segment whose unused low bits are not zero would be a second spelling)."""
+    if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
+        raise GrantFormatError(f"grant {what} is not base64url")
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise GrantFormatError(f"grant {what} is not base64url") from exc
+    if _b64url_encode(raw) != segment:
+        raise GrantFormatError(
+            f"grant {what} is not canonical base64url",
+            hint="the grant was re-encoded or tampered with; ask its issuer for the original",
+        )
+    return raw
+
+
+def grant_digest(compact: str) -> str:
+    """What a child's ``prf`` holds: base64url SHA-256 of the parent's exact bytes."""
+    return _b64url_encode(hashlib.sha256(compact.encode("ascii")).digest())
+
+
+def audience_admits(audience: str, issuer: str) -> bool:
+    """May ``issuer`` extend a grant addressed to ``audience`` (a host or a whole domain)?"""
+    if audience == issuer:
+        return True
+    prefix = "spiffe://"
+    domain = audience.removeprefix(prefix)
+    return (
+        audience.startswith(prefix)
+        and "/" not in domain
+        and HostId.parse(issuer).trust_domain == domain
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Grant:
+    compact: str
+    key_id: str
+    issuer: str
+    subject: str
+    audience: str
+    issued_at: datetime
+    not_before: datetime
+    expires_at: datetime
+    grant_id: str
+    capabilities: CapabilitySet
+    constraints: Constraints
+    parent_digest: str | None
+
+    @property
+    def digest(self) -> str:
+        return grant_digest(self.compact)
+
+    @property
+    def is_root(self) -> bool:
+        return self.parent_digest is None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifiedChain:
+    grants: tuple[Grant, ...]
+
+    @property
+    def leaf(self) -> Grant:
+        return self.grants[-1]
+
+    @property
+    def capabilities(self) -> CapabilitySet:
+        """The chain's authority: each link is within its parent, so the last is the narrowest."""
+        return self.leaf.capabilities
+
+    @property
+    def constraints(self) -> Constraints:
+        return self.leaf.constraints
+
+    @property
+    def depth(self) -> int:
+        return len(self.grants) - 1
+
+
+def _seconds(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def _time(value: int) -> datetime:
+    return datetime.fromtimestamp(value, UTC)
+
+
+def issue_grant(
+    *,
+    signer: Signer,
+    issuer: str,
+    subject: str,
+    audience: str,
+    capabilities: CapabilitySet,
+    constraints: Constraints,
+    not_before: datetime,
+    expires_at: datetime,
+    at: datetime,
+    parent: Grant | None = None,
+) -> Grant:
+    """Sign a grant. With ``parent`` it is a child and must be within it (see :func:`attenuate`)."""
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": subject,
+        "aud": audience,
+        "iat": _seconds(at),
+        "nbf": _seconds(not_before),
+        "exp": _seconds(expires_at),
+        "jti": uuid.uuid4().hex,
+        "cap": capabilities.to_claim(),
+        "cons": constraints.to_claim(),
+    }
+    if parent is not None:
+        claims["prf"] = parent.digest
+    compact = jwt.encode(
+        claims,
+        signer.private_key_object(),
+        algorithm=signer.algorithm.jose,
+        headers={"typ": GRANT_TYPE, "kid": signer.key_id},
+    )
+    return _parse(compact, key_id=signer.key_id, claims=_decode_claims(compact))
+
+
+def _split(compact: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and claims of a grant whose bytes are well formed (signature not checked)."""
+    if len(compact) > MAX_GRANT_BYTES:
+        raise GrantFormatError(f"grant is {len(compact)} bytes; at most {MAX_GRANT_BYTES}")
+    parts = compact.split(".")
+    if len(parts) != 3 or not all(parts):
+        raise GrantFormatError("a grant is three non-empty base64url segments separated by '.'")
+    header = _json(_b64url_decode(parts[0], "header"), "header")
+    claims = _json(_b64url_decode(parts[1], "payload"), "payload")
+    _b64url_decode(parts[2], "signature")
+    return header, claims
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two "alg" (or "iss") members would let two parsers see two different grants.
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise GrantFormatError("grant JSON repeats a member name")
+    return dict(pairs)
+
+
+def _json(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw, object_pairs_hook=_unique_keys)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise GrantFormatError(f"grant {what} is not JSON") from exc
+    if not isinstance(value, dict):
+        raise GrantFormatError(f"grant {what} is not a JSON object")
+    return value
+
+
+def _decode_claims(compact: str) -> dict[str, Any]:
+    return _split(compact)[1]
+
+
+def _check_header(header: dict[str, Any]) -> tuple[str, str]:
+    if "crit" in header:
+        raise GrantHeaderError(
+            f"grant header marks {header['crit']!r} as critical; no extension is understood here"
+        )
+    extra = set(header) - _HEADER_FIELDS
+    if extra:
+        raise GrantHeaderError(
+            f"grant header has fields {sorted(extra)}; only alg, typ and kid are allowed",
+            hint="keys and algorithms come from trust bundles, never from a grant",
+        )
+    if header.get("typ") != GRANT_TYPE:
+        raise GrantHeaderError(f"grant typ is {header.get('typ')!r}, not {GRANT_TYPE!r}")
+    alg, kid = header.get("alg"), header.get("kid")
+    if not isinstance(alg, str) or not isinstance(kid, str) or not kid:
+        raise GrantHeaderError("grant header needs a string alg and a non-empty kid")
+    return alg, kid
+
+
+def _require(claims: dict[str, Any], name: str, kind: type) -> Any:
+    value = claims.get(name)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise GrantFormatError(f"grant claim {name!r} is missing or not a {kind.__name__}")
+    return value
+
+
+def _parse(compact: str, *, key_id: str, claims: dict[str, Any]) -> Grant:
+    extra = set(claims) - _CLAIMS
+    if extra:
+        raise GrantFormatError(f"grant has unknown claims {sorted(extra)}")
+    parent = claims.get("prf")
+    if parent is not None and not isinstance(parent, str):
+        raise GrantFormatError("grant claim 'prf' must be a string")
+    return Grant(
+        compact=compact,
+        key_id=key_id,
+        issuer=_require(claims, "iss", str),
+        subject=_require(claims, "sub", str),
+        audience=_require(claims, "aud", str),
+        issued_at=_time(_require(claims, "iat", int)),
+        not_before=_time(_require(claims, "nbf", int)),
+        expires_at=_time(_require(claims, "exp", int)),
+        grant_id=_require(claims, "jti", str),
+        capabilities=CapabilitySet.from_claim(_require(claims, "cap", list)),
+        constraints=Constraints.from_claim(_require(claims, "cons", dict)),
+        parent_digest=parent,
+    )
+
+
+def verify_grant(
+    compact: str, *, trust: TrustStore, at: datetime, leeway: timedelta = timedelta(seconds=60)
+) -> Grant:
+    """One grant on its own: bytes, header, key of the issuer's domain, signature, claims."""
+    header, claims = _split(compact)
+    alg, kid = _check_header(header)
+    issuer = claims.get("iss")
+    if not isinstance(issuer, str):
+        raise GrantFormatError("grant claim 'iss' is missing")
+    host = HostId.parse(issuer)
+    keys = trust.keys_for_host(issuer, purpose=Purpose.GRANT, at=at)
+    if keys.bundle.key(kid) is None:
+        others = [
+            d for d, b in trust.bundles.items() if d != host.trust_domain and b.key(kid) is not None
+        ]
+        where = f" (it is a key of {others[0]})" if others else ""
+        raise UntrustedKeyError(
+            f"grant kid {kid[:16]} is not a key of the issuer's domain {host.trust_domain}{where}",
+            hint="a grant must be signed by a key of the domain that issues it",
+        )
+    record = keys.resolve(kid)
+    if alg != record.algorithm.jose:
+        raise GrantAlgorithmError(
+            f"grant says alg {alg!r}, but key {kid[:16]} is {record.algorithm.value} ({record.algorithm.jose})",
+            hint="the algorithm is pinned by the key record; the grant was forged or mis-signed",
+        )
+    try:
+        verified = jwt.decode(
+            compact,
+            key=record.public_key_object(),
+            algorithms=[record.algorithm.jose],
+            options={
+                "require": ["iss", "sub", "aud", "iat", "nbf", "exp", "jti"],
+                "verify_aud": False,
+                "verify_iss": False,
+                "verify_sub": False,
+                "verify_jti": False,
+            },
+            leeway=leeway,
+        )
+    except jwt.InvalidSignatureError as exc:
+        raise BadSignatureError(
+            f"grant {claims.get('jti', '?')} signature does not verify under {kid[:16]}"
+        ) from exc
+    except jwt.ExpiredSignatureError as exc:
+        raise ExpiredError(
+            f"grant {claims.get('jti', '?')} by {issuer} has expired",
+            hint="ask the issuer for a fresh grant",
+        ) from exc
+    except jwt.ImmatureSignatureError as exc:
+        raise ExpiredError(f"grant {claims.get('jti', '?')} by {issuer} is not valid yet") from exc
+    except jwt.InvalidAlgorithmError as exc:
+        raise GrantAlgorithmError(f"grant algorithm refused: {exc}") from exc
+    except jwt.PyJWTError as exc:
+        raise GrantFormatError(f"grant refused: {exc}") from exc
+    return _parse(compact, key_id=kid, claims=verified)
+
+
+def _check_link(child: Grant, parent: Grant, index: int) -> None:
+    where = f"grant {index}"
+    if child.parent_digest != parent.digest:
+        raise ParentDigestError(
+            f"{where} does not point at grant {index - 1} (prf {child.parent_digest!r})",
+            hint="grants must be sent in order, root first, exactly as issued",
+        )
+    if child.subject != parent.subject:
+        raise SubjectMismatchError(
+            f"{where} is for {child.subject}, its parent for {parent.subject}"
+        )
+    if not audience_admits(parent.audience, child.issuer):
+        raise IssuerMismatchError(
+            f"{where} is issued by {child.issuer}, but only {parent.audience} may extend grant {index - 1}"
+        )
+    if child.expires_at > parent.expires_at or child.not_before < parent.not_before:
+        raise LifetimeWideningError(f"{where} is valid outside its parent's window")
+    try:
+        child.capabilities.require_subset_of(parent.capabilities)
+    except CapabilityWideningError as exc:
+        raise type(exc)(f"{where}: {exc.reason}", hint=exc.hint) from exc
+    try:
+        child.constraints.require_narrower_than(parent.constraints)
+    except ConstraintWideningError as exc:
+        raise type(exc)(f"{where}: {exc.reason}", hint=exc.hint) from exc
+
+
+def verify_chain(
+    grants: Sequence[str],
+    *,
+    object_id: str,
+    trust: TrustStore,
+    at: datetime,
+    leeway: timedelta = timedelta(seconds=60),
+) -> VerifiedChain:
+    """Verify every grant and every link; the root must come from the object's own domain."""
+    if not grants:
+        raise RootIssuerError(
+            f"{object_id} carries no grants", hint="its owner must issue a root grant"
+        )
+    if len(grants) > MAX_CHAIN:
+        raise DepthExceededError(f"{len(grants)} grants; at most {MAX_CHAIN}")
+    parsed = [verify_grant(g, trust=trust, at=at, leeway=leeway) for g in grants]
+    root = parsed[0]
+    owner = ObjectId.parse(object_id).trust_domain
+    if root.subject != object_id:
+        raise SubjectMismatchError(f"the root grant is for {root.subject}, not {object_id}")
+    if not root.is_root:
+        raise ParentDigestError("the first grant names a parent; the chain must start at its root")
+    if HostId.parse(root.issuer).trust_domain != owner:
+        raise RootIssuerError(
+            f"the root grant is issued by {root.issuer}, but {object_id} belongs to {owner}",
+            hint=f"only {owner} can issue the root grant of its objects",
+        )
+    for index in range(1, len(parsed)):
+        _check_link(parsed[index], parsed[index - 1], index)
+    depth_limit = min(
+        (g.constraints.max_depth for g in parsed if g.constraints.max_depth is not None),
+        default=None,
+    )
+    if depth_limit is not None and len(parsed) - 1 > depth_limit:
+        raise DepthExceededError(
+            f"chain has {len(parsed) - 1} delegations; its grants allow {depth_limit}"
+        )
+    return VerifiedChain(grants=tuple(parsed))
+
+
+def attenuate(
+    chain: VerifiedChain,
+    *,
+    signer: Signer,
+    issuer: str,
+    audience: str,
+    at: datetime,
+    capabilities: CapabilitySet | None = None,
+    constraints: Constraints | None = None,
+    expires_at: datetime | None = None,
+) -> Grant:
+    """A child of the chain's leaf that is no wider than it, or :class:`WideningError`.
+
+    Everything not given is kept as the parent has it.
+    """
+    parent = chain.leaf
+    if not audience_admits(parent.audience, issuer):
+        raise IssuerMismatchError(
+            f"{issuer} cannot extend a grant addressed to {parent.audience}",
+            hint="only the audience of a grant may issue a narrower child",
+        )
+    capabilities = capabilities if capabilities is not None else parent.capabilities
+    constraints = constraints if constraints is not None else parent.constraints
+    expires_at = expires_at or parent.expires_at
+    capabilities.require_subset_of(parent.capabilities)
+    constraints.require_narrower_than(parent.constraints)
+    if expires_at > parent.expires_at:
+        raise LifetimeWideningError("a child grant cannot outlive its parent")
+    limit = min(
+        (g.constraints.max_depth for g in chain.grants if g.constraints.max_depth is not None),
+        default=None,
+    )
+    if limit is not None and chain.depth + 1 > limit:
+        raise DepthExceededError(
+            f"the chain allows {limit} delegations; this would be {chain.depth + 1}"
+        )
+    child = issue_grant(
+        signer=signer,
+        issuer=issuer,
+        subject=parent.subject,
+        audience=audience,
+        capabilities=capabilities,
+        constraints=constraints,
+        not_before=parent.not_before,
+        expires_at=expires_at,
+        at=at,
+        parent=parent,
+    )
+    return child
+
+
+__all__ = [
+    "GRANT_TYPE",
+    "Grant",
+    "VerifiedChain",
+    "WideningError",
+    "attenuate",
+    "audience_admits",
+    "grant_digest",
+    "issue_grant",
+    "verify_chain",
+    "verify_grant",
+]

@@ -1,0 +1,166 @@
+"""Object specification files: what ``gateway object create --spec FILE`` reads.
+
+A spec says what a new object holds (data), what it may do and where it may live (its
+root grant, issued by the creating host), and its evaluation schedule::
+
+    data:                       # any YAML/JSON value, stored as JSON
+      invoice: 42
+      amount: 1250
+    grant:
+      audience: spiffe://org-b.example      # who may extend it; default: this host
+      valid_for_days: 30
+      capabilities:
+        - resource: pubsub:alerts/overdue
+          actions: [publish]
+      constraints:
+        hosts: ["spiffe://org-a.example/*", "spiffe://org-b.example/*"]
+        max_hops: 3
+    cycle:
+      interval_seconds: 5
+
+Parsed once, at the edge, into a frozen :class:`ObjectSpec`; errors name the file and key.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.authority import CapabilitySet, Constraints
+from gateway.errors import AuthorityError, ConfigError
+from gateway.model import CycleState
+
+_TOP = frozenset({"data", "content_type", "grant", "cycle", "rules"})
+_GRANT = frozenset({"audience", "valid_for_days", "capabilities", "constraints"})
+_CYCLE = frozenset({"interval_seconds"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GrantSpec:
+    audience: str | None  #: None: the creating host itself
+    valid_for: timedelta
+    capabilities: CapabilitySet
+    constraints: Constraints
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ObjectSpec:
+    data: bytes
+    content_type: str
+    grant: GrantSpec | None
+    cycle: CycleState
+    rules: tuple[Any, ...] = ()  #: raw rule mappings, compiled by the rules module
+
+
+def _fail(source: str, where: str, problem: str, fix: str) -> ConfigError:
+    return ConfigError(f"{source}: {where}: {problem}", hint=fix)
+
+
+def _mapping(value: Any, source: str, where: str, allowed: frozenset[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(
+            source,
+            where,
+            f"expected a mapping, got {type(value).__name__}",
+            "see gateway/objectspec.py",
+        )
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise _fail(
+            source,
+            f"{where}.{unknown[0]}",
+            "unknown key",
+            f"allowed keys: {', '.join(sorted(allowed))}",
+        )
+    return value
+
+
+def parse_spec(document: Any, *, source: str) -> ObjectSpec:
+    top = _mapping(document if document is not None else {}, source, "(top level)", _TOP)
+    content_type = top.get("content_type", "application/json")
+    if not isinstance(content_type, str) or "/" not in content_type:
+        raise _fail(
+            source, "content_type", f"{content_type!r} is not a media type", "e.g. application/json"
+        )
+    raw = top.get("data", {})
+    if content_type == "application/json":
+        data = json.dumps(raw, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    elif isinstance(raw, str):
+        data = raw.encode("utf-8")
+    else:
+        raise _fail(
+            source, "data", f"must be a string for {content_type}", "or use application/json"
+        )
+
+    grant = None
+    if "grant" in top:
+        spec = _mapping(top["grant"], source, "grant", _GRANT)
+        days = spec.get("valid_for_days", 30)
+        if isinstance(days, bool) or not isinstance(days, int | float) or not 0 < days <= 3650:
+            raise _fail(
+                source, "grant.valid_for_days", f"expected 0 < days ≤ 3650, got {days!r}", "e.g. 30"
+            )
+        audience = spec.get("audience")
+        if audience is not None and (
+            not isinstance(audience, str) or not audience.startswith("spiffe://")
+        ):
+            raise _fail(
+                source,
+                "grant.audience",
+                f"expected a host or trust-domain id, got {audience!r}",
+                "e.g. spiffe://org-b.example (any host of org-b) or a full host id",
+            )
+        try:
+            constraints = Constraints.from_claim(spec.get("constraints", {}))
+        except AuthorityError as exc:
+            raise _fail(source, "grant.constraints", exc.reason, exc.hint or "") from exc
+        grant = GrantSpec(
+            audience=audience,
+            valid_for=timedelta(days=days),
+            capabilities=CapabilitySet.from_config(
+                spec.get("capabilities", []), f"{source}: grant.capabilities"
+            ),
+            constraints=constraints,
+        )
+
+    cycle = CycleState()
+    if "cycle" in top:
+        spec = _mapping(top["cycle"], source, "cycle", _CYCLE)
+        interval = spec.get("interval_seconds")
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+            raise _fail(
+                source,
+                "cycle.interval_seconds",
+                f"expected seconds > 0, got {interval!r}",
+                "e.g. 5",
+            )
+        cycle = CycleState(interval=timedelta(seconds=interval))
+
+    rules = top.get("rules", [])
+    if not isinstance(rules, list):
+        raise _fail(source, "rules", "expected a list", "write '- name: ...' items")
+    return ObjectSpec(
+        data=data, content_type=content_type, grant=grant, cycle=cycle, rules=tuple(rules)
+    )
+
+
+def load_spec(path: str | Path) -> ObjectSpec:
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(top level)"
+        raise _fail(
+            str(source), where, "not valid YAML", "check indentation and quoting there"
+        ) from exc
+    return parse_spec(document, source=str(source))
