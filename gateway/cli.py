@@ -36,9 +36,10 @@ from gateway.host import Host
 from gateway.identity import HostId, ObjectId
 from gateway.keyring import add_key, init_keys, load_keyring, revoke_key
 from gateway.keys import Algorithm
-from gateway.lineage import verify_lineage
+from gateway.lineage import EntryKind, verify_lineage
 from gateway.model import CycleState, GovernedObject, LifecycleState
 from gateway.objectspec import load_spec
+from gateway.runtime.outbox import Event, list_events
 
 T = TypeVar("T")
 
@@ -160,6 +161,45 @@ def lineage_table(obj: GovernedObject) -> Table:
             _short(entry.data_digest),
             entry.detail,
         )
+    return table
+
+
+_CYCLE_KINDS = (EntryKind.ACTION_ADMITTED, EntryKind.ACTION_DENIED, EntryKind.EVALUATED)
+
+
+def lineage_summary(obj: GovernedObject) -> Table:
+    """The lineage with each evaluation's entries folded into one row (for long histories)."""
+    table = Table(
+        title=f"lineage of {obj.object_id} (one row per evaluation)", title_justify="left"
+    )
+    for column in ("#", "host", "epoch", "gen", "what happened"):
+        table.add_column(column, overflow="fold")
+    entries = list(obj.lineage.entries)
+    index = 0
+    while index < len(entries):
+        entry = entries[index]
+        if entry.kind not in _CYCLE_KINDS:
+            row = f"{entry.kind.value}: {entry.detail}"
+            table.add_row(
+                str(entry.seq), _host(entry.host), str(entry.epoch), str(entry.generation), row
+            )
+            index += 1
+            continue
+        group = [entry]
+        while group[-1].kind is not EntryKind.EVALUATED and index + len(group) < len(entries):
+            group.append(entries[index + len(group)])
+        admitted = [
+            e.detail.removeprefix("rule ") for e in group if e.kind is EntryKind.ACTION_ADMITTED
+        ]
+        denied = [
+            e.detail.removeprefix("rule ") for e in group if e.kind is EntryKind.ACTION_DENIED
+        ]
+        parts = [f"admitted {', '.join(admitted)}"] if admitted else []
+        parts += [f"[red]{d}[/]" for d in denied]
+        seqs = f"{group[0].seq}–{group[-1].seq}" if len(group) > 1 else str(group[0].seq)
+        what = "; ".join(parts) or group[-1].detail
+        table.add_row(seqs, _host(entry.host), str(entry.epoch), str(entry.generation), what)
+        index += len(group)
     return table
 
 
@@ -402,6 +442,7 @@ def cmd_object_create(args: argparse.Namespace) -> int:
                 data=data,
                 content_type=content_type,
                 grant=spec.grant if spec is not None else None,
+                rules=spec.rules if spec is not None else (),
                 cycle=cycle,
             )
         except ConcurrencyError as exc:
@@ -533,6 +574,35 @@ def cmd_admit(args: argparse.Namespace) -> int:
         evaluation = await host.evaluate_proposal(signed)
         out.print(evaluation.render(), markup=False)
         return 0 if evaluation.admitted else 1
+
+    return asyncio.run(_with_host(args, run))
+
+
+def events_table(events: Sequence[Event]) -> Table:
+    table = Table()
+    for column in ("time (UTC)", "object", "gen", "rule", "action", "status", "payload"):
+        table.add_column(column, overflow="fold")
+    for event in events:
+        status = event.status + (f" ({event.last_error})" if event.last_error else "")
+        table.add_row(
+            format_time(event.created_at)[11:-1],
+            event.object_id,
+            str(event.generation),
+            event.rule,
+            f"{event.verb} {event.target}",
+            status,
+            json.dumps(event.payload, separators=(",", ":"))[:80],
+        )
+    return table
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    async def run(host: Host) -> int:
+        events = await list_events(host.store, tenant=host.tenant(args.tenant))
+        if args.object:
+            events = [e for e in events if e.object_id == args.object]
+        out.print(events_table(events) if events else f"no events in tenant {args.tenant}")
+        return 0
 
     return asyncio.run(_with_host(args, run))
 
@@ -678,6 +748,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="ask the destination what it would grant; move nothing",
     )
     migrate.set_defaults(handler=cmd_migrate)
+
+    events = commands.add_parser(
+        "events", parents=[common, tenant], help="the outbox: events published and invocations made"
+    )
+    events.add_argument("--object", help="only this object's events")
+    events.set_defaults(handler=cmd_events)
 
     export = commands.add_parser(
         "export",

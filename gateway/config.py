@@ -90,6 +90,8 @@ class Config:
     peers: tuple[PeerConfig, ...] = ()
     handoff: HandoffConfig = field(default_factory=HandoffConfig)
     policy: HostPolicy = field(default_factory=HostPolicy.empty)
+    #: app id -> base URL for ``invoke:<app>/<method>`` actions (HTTP POST <url>/<method>)
+    invoke: Mapping[str, str] = field(default_factory=dict)
 
     def peer(self, host_id: str) -> PeerConfig:
         from gateway.errors import UnknownPeerError
@@ -298,7 +300,18 @@ def parse_config(document: Any, *, source: Path) -> Config:
         r.mapping(
             document,
             "",
-            {"host", "listen", "tls", "keys", "store", "tenants", "peers", "handoff", "policy"},
+            {
+                "host",
+                "listen",
+                "tls",
+                "keys",
+                "store",
+                "tenants",
+                "peers",
+                "handoff",
+                "policy",
+                "invoke",
+            },
             {"host", "listen", "tls", "keys", "store"},
         )
         if document is not None
@@ -377,6 +390,23 @@ def parse_config(document: Any, *, source: Path) -> Config:
         else:
             handoff_values[attribute] = r.seconds(value, where)
 
+    invoke_value = top.get("invoke", {})
+    if not isinstance(invoke_value, dict):
+        raise r.fail(
+            "invoke",
+            f"expected a mapping of app id to URL, got {_kind(invoke_value)}",
+            "e.g. payments: http://127.0.0.1:9000",
+        )
+    invoke: dict[str, str] = {}
+    for app, url in invoke_value.items():
+        where = f"invoke.{app}"
+        text = r.string(url, where)
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", text):
+            raise r.fail(
+                where, f"expected an http(s) URL, got {text!r}", "e.g. http://127.0.0.1:9000"
+            )
+        invoke[str(app)] = text
+
     try:
         policy = HostPolicy.from_config(top.get("policy"), str(source))
     except AuthorityError as exc:
@@ -398,4 +428,5 @@ def parse_config(document: Any, *, source: Path) -> Config:
         peers=tuple(peers),
         handoff=HandoffConfig(**handoff_values),
         policy=policy,
+        invoke=invoke,
     )

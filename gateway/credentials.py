@@ -25,7 +25,8 @@ Checks, in this order, and why:
    that domain, allowed for that host. A ``kid`` from another domain is refused.
 3. **The algorithm is the record's.** PyJWT is called with ``algorithms=[record's]``;
    ``none``, HMAC and any mismatch fail before a signature is computed.
-4. **Then the claims**, strictly, and then each link against its parent (§5).
+4. **Then the claims**, strictly; the validity window is checked against the caller's
+   ``at`` (PyJWT would use the wall clock), and then each link against its parent (§5).
 
 No I/O.
 """
@@ -45,10 +46,13 @@ from typing import Any
 
 import jwt
 
+from gateway._time import format_time
 from gateway.authority import CapabilitySet, Constraints
 from gateway.errors import (
+    AuthorityFormatError,
     BadSignatureError,
     CapabilityWideningError,
+    ConfigError,
     ConstraintWideningError,
     DepthExceededError,
     ExpiredError,
@@ -164,8 +168,12 @@ def _seconds(moment: datetime) -> int:
     return int(moment.timestamp())
 
 
-def _time(value: int) -> datetime:
-    return datetime.fromtimestamp(value, UTC)
+def _time(value: int, name: str) -> datetime:
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError) as exc:
+        # A signed but absurd time (exp 10**30) must be a refusal, not a crash.
+        raise GrantFormatError(f"grant claim {name!r} ({value}) is not a usable time") from exc
 
 
 def issue_grant(
@@ -272,18 +280,23 @@ def _parse(compact: str, *, key_id: str, claims: dict[str, Any]) -> Grant:
     parent = claims.get("prf")
     if parent is not None and not isinstance(parent, str):
         raise GrantFormatError("grant claim 'prf' must be a string")
+    try:
+        capabilities = CapabilitySet.from_claim(_require(claims, "cap", list))
+        constraints = Constraints.from_claim(_require(claims, "cons", dict))
+    except AuthorityFormatError as exc:
+        raise GrantFormatError(f"grant claims: {exc.reason}", hint=exc.hint) from exc
     return Grant(
         compact=compact,
         key_id=key_id,
         issuer=_require(claims, "iss", str),
         subject=_require(claims, "sub", str),
         audience=_require(claims, "aud", str),
-        issued_at=_time(_require(claims, "iat", int)),
-        not_before=_time(_require(claims, "nbf", int)),
-        expires_at=_time(_require(claims, "exp", int)),
+        issued_at=_time(_require(claims, "iat", int), "iat"),
+        not_before=_time(_require(claims, "nbf", int), "nbf"),
+        expires_at=_time(_require(claims, "exp", int), "exp"),
         grant_id=_require(claims, "jti", str),
-        capabilities=CapabilitySet.from_claim(_require(claims, "cap", list)),
-        constraints=Constraints.from_claim(_require(claims, "cons", dict)),
+        capabilities=capabilities,
+        constraints=constraints,
         parent_digest=parent,
     )
 
@@ -297,7 +310,13 @@ def verify_grant(
     issuer = claims.get("iss")
     if not isinstance(issuer, str):
         raise GrantFormatError("grant claim 'iss' is missing")
-    host = HostId.parse(issuer)
+    try:
+        host = HostId.parse(issuer)
+    except ConfigError as exc:
+        # The issuer comes from a peer's bytes: a bad one is a bad grant, not bad config.
+        raise GrantFormatError(
+            f"grant claim 'iss' is not a host id: {exc.reason}", hint=exc.hint
+        ) from exc
     keys = trust.keys_for_host(issuer, purpose=Purpose.GRANT, at=at)
     if keys.bundle.key(kid) is None:
         others = [
@@ -321,6 +340,11 @@ def verify_grant(
             algorithms=[record.algorithm.jose],
             options={
                 "require": ["iss", "sub", "aud", "iat", "nbf", "exp", "jti"],
+                # PyJWT compares times with the wall clock; the window is checked below
+                # against ``at``, the moment the caller verifies for.
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
                 "verify_aud": False,
                 "verify_iss": False,
                 "verify_sub": False,
@@ -332,18 +356,33 @@ def verify_grant(
         raise BadSignatureError(
             f"grant {claims.get('jti', '?')} signature does not verify under {kid[:16]}"
         ) from exc
-    except jwt.ExpiredSignatureError as exc:
-        raise ExpiredError(
-            f"grant {claims.get('jti', '?')} by {issuer} has expired",
-            hint="ask the issuer for a fresh grant",
-        ) from exc
-    except jwt.ImmatureSignatureError as exc:
-        raise ExpiredError(f"grant {claims.get('jti', '?')} by {issuer} is not valid yet") from exc
     except jwt.InvalidAlgorithmError as exc:
         raise GrantAlgorithmError(f"grant algorithm refused: {exc}") from exc
     except jwt.PyJWTError as exc:
         raise GrantFormatError(f"grant refused: {exc}") from exc
-    return _parse(compact, key_id=kid, claims=verified)
+    grant = _parse(compact, key_id=kid, claims=verified)
+    _check_window(grant, at=at, leeway=leeway)
+    return grant
+
+
+def _check_window(grant: Grant, *, at: datetime, leeway: timedelta) -> None:
+    """The validity window at ``at``, with PyJWT's boundaries (``exp`` is exclusive)."""
+    name = f"grant {grant.grant_id} by {grant.issuer}"
+    if grant.expires_at <= at - leeway:
+        raise ExpiredError(
+            f"{name} expired at {format_time(grant.expires_at)} (now {format_time(at)})",
+            hint="ask the issuer for a fresh grant",
+        )
+    if grant.not_before > at + leeway:
+        raise ExpiredError(
+            f"{name} is not valid until {format_time(grant.not_before)} (now {format_time(at)})",
+            hint="check both hosts' clocks",
+        )
+    if grant.issued_at > at + leeway:
+        raise ExpiredError(
+            f"{name} is issued in the future, at {format_time(grant.issued_at)} (now {format_time(at)})",
+            hint="check both hosts' clocks",
+        )
 
 
 def _check_link(child: Grant, parent: Grant, index: int) -> None:
@@ -361,8 +400,18 @@ def _check_link(child: Grant, parent: Grant, index: int) -> None:
         raise IssuerMismatchError(
             f"{where} is issued by {child.issuer}, but only {parent.audience} may extend grant {index - 1}"
         )
-    if child.expires_at > parent.expires_at or child.not_before < parent.not_before:
-        raise LifetimeWideningError(f"{where} is valid outside its parent's window")
+    if child.expires_at > parent.expires_at:
+        raise LifetimeWideningError(
+            f"{where} expires (exp {format_time(child.expires_at)}) after its parent "
+            f"(exp {format_time(parent.expires_at)})",
+            hint="a child grant cannot outlive its parent",
+        )
+    if child.not_before < parent.not_before:
+        raise LifetimeWideningError(
+            f"{where} is valid (nbf {format_time(child.not_before)}) before its parent "
+            f"(nbf {format_time(parent.not_before)})",
+            hint="a child grant cannot start earlier than its parent",
+        )
     try:
         child.capabilities.require_subset_of(parent.capabilities)
     except CapabilityWideningError as exc:
@@ -441,14 +490,22 @@ def attenuate(
     constraints.require_narrower_than(parent.constraints)
     if expires_at > parent.expires_at:
         raise LifetimeWideningError("a child grant cannot outlive its parent")
+    # The same limit verify_chain applies, including the child's own max_depth: a child
+    # whose max_depth is below its own depth would be a grant no verifier accepts.
     limit = min(
-        (g.constraints.max_depth for g in chain.grants if g.constraints.max_depth is not None),
+        (
+            depth
+            for depth in (*(g.constraints.max_depth for g in chain.grants), constraints.max_depth)
+            if depth is not None
+        ),
         default=None,
     )
     if limit is not None and chain.depth + 1 > limit:
         raise DepthExceededError(
             f"the chain allows {limit} delegations; this would be {chain.depth + 1}"
         )
+    if len(chain.grants) + 1 > MAX_CHAIN:
+        raise DepthExceededError(f"a chain holds at most {MAX_CHAIN} grants")
     child = issue_grant(
         signer=signer,
         issuer=issuer,

@@ -1,16 +1,17 @@
-"""``gateway demo``: two hosts of two organizations on loopback, one migration, end to end.
+"""``gateway demo``: a live, governed object moves between two organizations, end to end.
 
-Nothing is simulated: each host is a separate ``gateway serve`` process with its own
-dev CA, signing keys, trust bundle and SQLite file; they talk gRPC over mTLS on
-127.0.0.1 with ports the OS chose; the bundles are exchanged with the same code as
-``gateway trust export/import``; the migration is driven by host A's own code against
-host B's server, and B answers A's Decision requests through A's server.
+Nothing is simulated: each host is a separate ``gateway serve`` process with its own dev
+CA, signing keys, trust bundle, SQLite file, scheduler and outbox; they talk gRPC over
+mTLS on 127.0.0.1 with ports the OS chose; trust bundles are exchanged with the same code
+as ``gateway trust export/import``. The object cycles on host A, firing its rules;
+host B is asked for a dry run, then the object migrates and keeps cycling on B from the
+generation it stopped at. One rule asks for something host B's wide policy would offer
+but the object's own grant does not cover: it is denied on both hosts, and recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import tempfile
 import time
@@ -18,47 +19,131 @@ from pathlib import Path
 
 from rich.console import Console
 
-from gateway.cli import describe_object, lineage_table, verify_and_describe_lineage
+from gateway.cli import describe_object, events_table, lineage_summary, verify_and_describe_lineage
 from gateway.config import load_config
 from gateway.host import Host
+from gateway.objectspec import ObjectSpec, parse_spec
+from gateway.runtime.outbox import list_events
 from gateway.testing import HostSpec, ServerProcess, build_world
 
 HOST_A = "spiffe://org-a.example/cluster/east/gateway"
 HOST_B = "spiffe://org-b.example/cluster/west/gateway"
 OBJECT = "obj://org-a.example/billing/invoice-42"
-DATA = {"invoice": 42, "amount": 1250, "currency": "EUR", "status": "open"}
+CYCLE_SECONDS = 0.5
+RUN_SECONDS = 2.2
+
+#: What each host offers objects at most. B offers every topic, and invocations.
+POLICY_A = {
+    "offers": [
+        {"resource": "pubsub:*", "actions": ["publish"]},
+        {"resource": "state:self", "actions": ["read", "write"]},
+    ]
+}
+POLICY_B = {
+    "offers": [
+        {"resource": "pubsub:*", "actions": ["publish", "subscribe"]},
+        {"resource": "state:self", "actions": ["read", "write"]},
+        {"resource": "invoke:*", "actions": ["invoke"]},
+    ]
+}
+
+SPEC = {
+    "data": {"invoice": 42, "amount": 1250, "currency": "EUR", "status": "open"},
+    "grant": {
+        "audience": "spiffe://org-b.example",
+        "valid_for_days": 30,
+        "capabilities": [
+            {"resource": "pubsub:alerts/overdue", "actions": ["publish"]},
+            {"resource": "state:self", "actions": ["read", "write"]},
+        ],
+        "constraints": {
+            "hosts": ["spiffe://org-a.example/*", "spiffe://org-b.example/*"],
+            "max_hops": 3,
+        },
+    },
+    "cycle": {"interval_seconds": CYCLE_SECONDS},
+    "rules": [
+        {
+            "name": "overdue",
+            "when": 'data.amount > 1000 && data.status == "open"',
+            "publish": {
+                "topic": "alerts/overdue",
+                "payload": '{"invoice": data.invoice, "generation": generation, "host": host}',
+            },
+        },
+        {
+            "name": "escalate",
+            "when": "generation >= 2",
+            "publish": {"topic": "alerts/escalations", "payload": "data.invoice"},
+        },
+        {"name": "count", "when": "true", "write": '{"checks": generation + 1}'},
+    ],
+}
 
 console = Console(highlight=False)
 
 
-async def _migrate_and_report(config_a: Path, config_b: Path) -> None:
+async def _watch(host: Host, seconds: float, label: str) -> None:
+    """Let the host's own scheduler cycle the object, showing the generation as it goes."""
+    deadline = time.monotonic() + seconds
+    with console.status(f"{label}: cycling…") as status:
+        while time.monotonic() < deadline:
+            obj = await host.get_object(OBJECT, tenant="default")
+            status.update(f"{label}: generation {obj.generation}, data {obj.data.decode()}")
+            await asyncio.sleep(0.2)
+    obj = await host.get_object(OBJECT, tenant="default")
+    console.print(f"   {label}: reached generation {obj.generation}")
+
+
+async def _scenario(config_a: Path, config_b: Path, spec: ObjectSpec) -> None:
     host_a = await Host.open(load_config(config_a))
     try:
         obj = await host_a.create_object(
             OBJECT,
             tenant="default",
-            data=json.dumps(DATA).encode(),
-            content_type="application/json",
+            data=spec.data,
+            content_type=spec.content_type,
+            grant=spec.grant,
+            rules=spec.rules,
+            cycle=spec.cycle,
         )
-        console.print(f"[bold]3.[/] created {obj.object_id} on host A")
+        console.print(
+            f"[bold]3.[/] created {obj.object_id} on host A, with a root grant and 3 rules"
+        )
         console.print(describe_object(obj))
+        await _watch(host_a, RUN_SECONDS, "host A")
+        evaluation = await host_a.evaluate_remote(OBJECT, tenant="default", destination=HOST_B)
+        console.print("[bold]4.[/] dry run — host B's answer before anything moves:")
+        console.print(evaluation.render(), markup=False)
         started = time.perf_counter()
         result = await host_a.migrate(OBJECT, tenant="default", destination=HOST_B)
         elapsed = (time.perf_counter() - started) * 1000
         console.print(
-            f"[bold]4.[/] migrated to host B: {result.step.value}, epoch {result.epoch}, "
+            f"[bold]5.[/] migrated to host B: {result.step.value}, epoch {result.epoch}, "
             f"{result.migration_id} ({elapsed:.0f} ms)"
         )
         left = await host_a.get_object(OBJECT, tenant="default")
+        events_a = await list_events(host_a.store)
     finally:
         await host_a.close()
     host_b = await Host.open(load_config(config_b))
     try:
+        await _watch(host_b, RUN_SECONDS, "host B")
         arrived = await host_b.get_object(OBJECT, tenant="default")
-        console.print("[bold]5.[/] where it lives now, read from each host's own store:")
-        console.print(f"   host A ({HOST_A}): {left.state.value.upper()} → {left.moved_to}")
-        console.print(f"   host B ({HOST_B}): {arrived.state.value.upper()}, epoch {arrived.epoch}")
-        console.print(lineage_table(arrived))
+        console.print("[bold]6.[/] where it lives now, read from each host's own store:")
+        console.print(
+            f"   host A: {left.state.value.upper()} → {left.moved_to} (stopped at generation {left.generation})"
+        )
+        console.print(
+            f"   host B: {arrived.state.value.upper()}, epoch {arrived.epoch}, generation {arrived.generation}"
+        )
+        console.print(
+            f"   authority on B: {arrived.authority.allow} (B offers pubsub:*; the grant decides)"
+        )
+        console.print("[bold]7.[/] events each host published (its outbox):")
+        console.print(events_table(events_a))
+        console.print(events_table(await list_events(host_b.store)))
+        console.print(lineage_summary(arrived))
         console.print(verify_and_describe_lineage(host_b, arrived))
     finally:
         await host_b.close()
@@ -75,11 +160,17 @@ def run_demo(work: Path | None = None, *, keep: bool = False) -> int:
         world = build_world(
             work,
             [
-                HostSpec(host_id=HOST_A, region="eu-west"),
-                HostSpec(host_id=HOST_B, region="eu-central"),
+                HostSpec(host_id=HOST_A, region="eu-west", policy=POLICY_A),
+                HostSpec(
+                    host_id=HOST_B,
+                    region="eu-central",
+                    policy=POLICY_B,
+                    handoff={"attenuate_on_rehost": True},
+                ),
             ],
         )
         console.print("   exchanged signed trust bundles (org-a.example ↔ org-b.example)")
+        spec = parse_spec(SPEC, source="demo")
         with (
             ServerProcess(world.config(HOST_A)) as server_a,
             ServerProcess(world.config(HOST_B)) as server_b,
@@ -88,7 +179,7 @@ def run_demo(work: Path | None = None, *, keep: bool = False) -> int:
                 console.print(
                     f"[bold]2.[/] host {name}: `gateway serve` process {server.pid} on {server.address}"
                 )
-            asyncio.run(_migrate_and_report(world.config(HOST_A), world.config(HOST_B)))
+            asyncio.run(_scenario(world.config(HOST_A), world.config(HOST_B), spec))
     finally:
         if temporary and not keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -236,3 +236,17 @@ class DepthExceededError(ChainError):
 
 class LifetimeWideningError(WideningError):
     """A child lives longer (``exp``) or starts earlier (``nbf``) than its parent."""
+
+
+# --- rules --------------------------------------------------------------------------
+
+
+class RuleError(ConfigError):
+    """A rule cannot be used: it does not compile, type-check, or stay within its budget.
+
+    Raised when an object is created or imported, never in the middle of a cycle.
+    """
+
+
+class RuleCostError(RuleError):
+    """A rule's expression is larger or costlier than a rule may be."""

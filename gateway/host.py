@@ -31,6 +31,9 @@ from gateway.keyring import Keyring, load_keyring
 from gateway.keys import Purpose
 from gateway.model import CycleState, GovernedObject, Rule, new_object
 from gateway.objectspec import GrantSpec
+from gateway.runtime.cycle import CycleRunner
+from gateway.runtime.outbox import Dispatcher, HttpInvoker
+from gateway.runtime.scheduler import Scheduler
 from gateway.stores import Expect
 from gateway.stores.sqlite import SqliteStore
 from gateway.transport.client import GrpcPeers
@@ -95,6 +98,7 @@ class Host:
             timing=config.handoff,
             policy=config.policy,
             attenuate_on_rehost=config.handoff.attenuate_on_rehost,
+            on_active=self._object_became_active,
         )
         self.peers = GrpcPeers(
             config.peers,
@@ -106,6 +110,14 @@ class Host:
         )
         self.source = Source(self.context, self.peers)
         self.destination = Destination(self.context)
+        self.cycles = CycleRunner(self.context)
+        self.scheduler = Scheduler(self.cycles, self.journal, config.tenants, clock=clock)
+        self.dispatcher = Dispatcher(
+            store, invoker=HttpInvoker(config.invoke), sink=None, clock=clock
+        )
+
+    def _object_became_active(self) -> None:
+        self.scheduler.notice()
 
     @classmethod
     async def open(cls, config: Config, *, clock: Clock | None = None) -> Host:
@@ -153,7 +165,7 @@ class Host:
             return exc
         return UnknownPeerError(f"{host_id} is not a peer")
 
-    def _tenant(self, tenant: str) -> str:
+    def tenant(self, tenant: str) -> str:
         if tenant not in self.config.tenants:
             raise ConfigError(
                 f"tenant {tenant!r} is not hosted on {self.host_id} (tenants: {', '.join(self.config.tenants)})",
@@ -197,7 +209,7 @@ class Host:
             grants = (root.compact,)
         obj = new_object(
             object_id,
-            tenant=self._tenant(tenant),
+            tenant=self.tenant(tenant),
             data=data,
             content_type=content_type,
             host=self.host_id,
@@ -206,15 +218,17 @@ class Host:
             rules=rules,
             cycle=cycle or CycleState(),
         )
+        self.context.check_rules(obj)
         admission = self.context.admit(obj, peer=self.host_id, hops=0, at=now)
         obj = replace(obj, authority=admission.authority)
         await self.store.put(
             object_key(tenant, obj.object_id), encode_object(obj), etag=Expect.ABSENT
         )
+        self.scheduler.notice()
         return obj
 
     async def get_object(self, object_id: str, *, tenant: str) -> GovernedObject:
-        loaded = await self.journal.object(self._tenant(tenant), object_id)
+        loaded = await self.journal.object(self.tenant(tenant), object_id)
         if loaded is None:
             raise NotFoundError(
                 f"no object {object_id} in tenant {tenant} on {self.host_id}",
@@ -223,26 +237,26 @@ class Host:
         return loaded.value
 
     async def list_objects(self, *, tenant: str) -> list[GovernedObject]:
-        return await self.journal.objects(self._tenant(tenant))
+        return await self.journal.objects(self.tenant(tenant))
 
     async def migrate(self, object_id: str, *, tenant: str, destination: str) -> MigrationResult:
         self.config.peer(destination)
         return await self.source.migrate(
-            object_id, tenant=self._tenant(tenant), destination=destination
+            object_id, tenant=self.tenant(tenant), destination=destination
         )
 
     async def evaluate_remote(self, object_id: str, *, tenant: str, destination: str) -> Evaluation:
         """Ask ``destination`` what it would grant this object (its Evaluate RPC)."""
         self.config.peer(destination)
         proposal = await self.source.propose(
-            object_id, tenant=self._tenant(tenant), destination=destination
+            object_id, tenant=self.tenant(tenant), destination=destination
         )
         return await self.peers.client(destination).evaluate(proposal)
 
     async def export_proposal(self, object_id: str, *, tenant: str, destination: str) -> bytes:
         """A signed proposal (DSSE JSON) for the destination's operator to dry-run offline."""
         proposal = await self.source.propose(
-            object_id, tenant=self._tenant(tenant), destination=destination
+            object_id, tenant=self.tenant(tenant), destination=destination
         )
         return dsse.to_json(decode_envelope(proposal))
 
@@ -307,13 +321,18 @@ class Host:
         if ready is not None:
             ready.set_result(port)
         stop = stop or asyncio.Event()
-        recovery = asyncio.create_task(self._recover_forever(stop))
+        workers = [
+            asyncio.create_task(self._recover_forever(stop)),
+            asyncio.create_task(self.scheduler.run(stop)),
+            asyncio.create_task(self.dispatcher.run(stop)),
+        ]
         try:
             await stop.wait()
         finally:
-            recovery.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await recovery
+            stop.set()
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
             await server.stop(grace=2.0)
 
     async def _recover_forever(self, stop: asyncio.Event) -> None:

@@ -17,6 +17,13 @@ root grant, issued by the creating host), and its evaluation schedule::
         max_hops: 3
     cycle:
       interval_seconds: 5
+    rules:
+      - name: overdue
+        when: data.amount > 1000 && data.status == "open"
+        publish: {topic: alerts/overdue, payload: '{"invoice": data.invoice}'}
+      - name: count
+        when: "true"
+        write: '{"checks": generation + 1}'
 
 Parsed once, at the edge, into a frozen :class:`ObjectSpec`; errors name the file and key.
 """
@@ -33,7 +40,8 @@ import yaml
 
 from gateway.authority import CapabilitySet, Constraints
 from gateway.errors import AuthorityError, ConfigError
-from gateway.model import CycleState
+from gateway.model import CycleState, Rule
+from gateway.rules import rule_from_mapping
 
 _TOP = frozenset({"data", "content_type", "grant", "cycle", "rules"})
 _GRANT = frozenset({"audience", "valid_for_days", "capabilities", "constraints"})
@@ -54,7 +62,7 @@ class ObjectSpec:
     content_type: str
     grant: GrantSpec | None
     cycle: CycleState
-    rules: tuple[Any, ...] = ()  #: raw rule mappings, compiled by the rules module
+    rules: tuple[Rule, ...] = ()
 
 
 def _fail(source: str, where: str, problem: str, fix: str) -> ConfigError:
@@ -141,12 +149,13 @@ def parse_spec(document: Any, *, source: str) -> ObjectSpec:
             )
         cycle = CycleState(interval=timedelta(seconds=interval))
 
-    rules = top.get("rules", [])
-    if not isinstance(rules, list):
+    raw_rules = top.get("rules", [])
+    if not isinstance(raw_rules, list):
         raise _fail(source, "rules", "expected a list", "write '- name: ...' items")
-    return ObjectSpec(
-        data=data, content_type=content_type, grant=grant, cycle=cycle, rules=tuple(rules)
+    rules = tuple(
+        rule_from_mapping(item, f"{source}: rules[{index}]") for index, item in enumerate(raw_rules)
     )
+    return ObjectSpec(data=data, content_type=content_type, grant=grant, cycle=cycle, rules=rules)
 
 
 def load_spec(path: str | Path) -> ObjectSpec:

@@ -283,6 +283,19 @@ def _stored_from_pb(message: object_pb2.StoredObject) -> GovernedObject:
     )
 
 
+def decode_cycle(raw: bytes) -> tuple[int, datetime | None] | None:
+    """(generation, next due) of a stored object that is ACTIVE and cycling, else None.
+
+    Cheap on purpose: the scheduler reads every object often and needs none of the
+    lineage, which is by far the largest part to decode.
+    """
+    message = _parse(object_pb2.StoredObject(), raw, "stored object", canonical=False)
+    cycle = message.snapshot.cycle
+    if message.state != object_pb2.LIFECYCLE_STATE_ACTIVE or not cycle.interval_ms:
+        return None
+    return cycle.generation, _dt(cycle.next_due) if cycle.HasField("next_due") else None
+
+
 def encode_object(obj: GovernedObject) -> bytes:
     """The at-rest form of an object (state, placement and all)."""
     return _stored_to_pb(obj).SerializeToString(deterministic=True)

@@ -125,11 +125,14 @@ def test_cli_migration_between_two_server_processes(tmp_path: Path) -> None:
     assert asyncio.run(steps()) == (SourceStep.DONE, DestinationStep.ACTIVATED)
 
 
-def test_demo_runs_and_shows_a_verified_lineage(tmp_path: Path) -> None:
+def test_demo_runs_and_shows_a_live_object_moving(tmp_path: Path) -> None:
     result = gateway("demo", "--dir", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "MOVED → spiffe://org-b.example/cluster/west/gateway" in out
-    assert "ACTIVE, epoch 1" in out
-    assert "lineage verified: 3 entries" in out
+    assert "would admit the object" in out  # the dry run before the move
+    assert "host A: MOVED → spiffe://org-b.example/cluster/west/gateway" in out
+    assert "host B: ACTIVE, epoch 1" in out
+    assert "escalate: publish pubsub:alerts/escalations: denied" in out
+    assert "attenuated: grant" in out
+    assert "lineage verified:" in out
     assert "1 signed checkpoint(s)" in out

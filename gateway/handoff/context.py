@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from gateway import envelope as dsse
@@ -14,6 +15,7 @@ from gateway.handoff.journal import Journal
 from gateway.identity import HostId
 from gateway.keys import Purpose, Signer
 from gateway.model import GovernedObject
+from gateway.rules import check_data, compile_rules, load_data
 from gateway.trust import TrustStore
 
 
@@ -30,6 +32,8 @@ class HostContext:
     timing: HandoffConfig
     policy: HostPolicy
     attenuate_on_rehost: bool = False
+    #: called when an object becomes ACTIVE here, so its cycle starts without delay
+    on_active: Callable[[], None] = field(default=lambda: None)
 
     @property
     def trust_domain(self) -> str:
@@ -46,6 +50,14 @@ class HostContext:
             at=at,
             leeway=self.timing.clock_skew,
         )
+
+    def check_rules(self, obj: GovernedObject) -> None:
+        """An object's rules must compile, type-check and stay within budget, and its data
+        must be what they can read; checked on creation and on arrival, never mid-cycle."""
+        if not obj.rules:
+            return
+        compile_rules(obj.rules)
+        check_data(load_data(obj.data, obj.content_type))
 
     def admit(self, obj: GovernedObject, *, peer: str, hops: int, at: datetime) -> Admission:
         """Effective authority of ``obj`` here: chain ∩ ceilings for ``peer``'s domain ∩ offers,

@@ -104,6 +104,7 @@ class Destination:
             )
         current = await ctx.journal.object(transfer.object.tenant, transfer.object_id)
         self._check_lineage(transfer, previous=current.value if current else None)
+        ctx.check_rules(transfer.object)
         admission = ctx.admit(transfer.object, peer=peer, hops=transfer.epoch, at=now)
         return admission, fence
 
@@ -318,6 +319,7 @@ class Destination:
                 ),
             ]
         )
+        ctx.on_active()
         return receipt
 
     def _attenuated(self, staged: GovernedObject, *, at: datetime) -> GovernedObject:

@@ -1,0 +1,205 @@
+"""One evaluation cycle of one object: evaluate its rules, admit each proposed action,
+and commit the result — data, lineage, next due time, outbox events — in one transaction.
+
+Invariants this module keeps:
+
+* **Idempotent per generation.** A cycle runs for the generation the object is at and
+  leaves it at the next one. The commit is conditional on the object's ETag, so two
+  triggers for the same generation (or a trigger racing a freeze) commit at most once;
+  the loser changes nothing, because its effects existed only in its transaction.
+* **Admission before action.** Every proposal is checked against the object's effective
+  authority on this host; admitted and denied proposals are both recorded in the lineage,
+  with the reason.
+* **No gap, no repeat.** Each committed cycle records one ``evaluated`` entry carrying
+  the generation it ran for; generations in the lineage are consecutive across hosts,
+  because the generation travels with the object and a frozen object never commits a
+  cycle.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from gateway import wire
+from gateway.errors import AdmissionDeniedError, ConcurrencyError, RuleError
+from gateway.handoff.context import HostContext
+from gateway.handoff.journal import object_key
+from gateway.lineage import EntryKind
+from gateway.model import MAX_DATA_BYTES, CycleState, GovernedObject, LifecycleState
+from gateway.rules import RuleSet, check_data, compile_rules, dump_data, load_data
+from gateway.runtime.outbox import Event, event_key, outbox_puts
+from gateway.stores import Operation, Put
+
+log = logging.getLogger(__name__)
+
+
+class CycleResult(enum.Enum):
+    EVALUATED = "evaluated"
+    NOT_DUE = "not-due"
+    SKIPPED = "skipped"  #: not ACTIVE here, not cycling, or already past that generation
+    CONFLICT = "conflict"  #: somebody else wrote the object first; nothing happened
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CycleReport:
+    result: CycleResult
+    #: the object's cycle state afterwards; None when it is not cycling here or unknown
+    cycle: CycleState | None = None
+    admitted: int = 0
+    denied: int = 0
+
+
+class CycleRunner:
+    def __init__(self, context: HostContext, *, cache_size: int = 1024) -> None:
+        self.ctx = context
+        self._rulesets: OrderedDict[bytes, RuleSet] = OrderedDict()
+        self._cache_size = cache_size
+
+    def ruleset(self, obj: GovernedObject) -> RuleSet:
+        """Compiled rules, cached by their content (objects share rule sets often)."""
+        fingerprint = hashlib.sha256(repr(obj.rules).encode()).digest()
+        found = self._rulesets.get(fingerprint)
+        if found is None:
+            found = compile_rules(obj.rules)
+            self._rulesets[fingerprint] = found
+            if len(self._rulesets) > self._cache_size:
+                self._rulesets.popitem(last=False)
+        else:
+            self._rulesets.move_to_end(fingerprint)
+        return found
+
+    async def run(
+        self, tenant: str, object_id: str, *, generation: int | None = None
+    ) -> CycleReport:
+        """Evaluate the object once if it is due (and still at ``generation``, if given)."""
+        ctx = self.ctx
+        loaded = await ctx.journal.object(tenant, object_id)
+        if loaded is None:
+            return CycleReport(result=CycleResult.SKIPPED)
+        obj = loaded.value
+        if obj.state is not LifecycleState.ACTIVE or obj.cycle.interval is None:
+            return CycleReport(result=CycleResult.SKIPPED)
+        if generation is not None and obj.cycle.generation != generation:
+            return CycleReport(result=CycleResult.SKIPPED, cycle=obj.cycle)
+        now = ctx.clock.now()
+        if obj.cycle.next_due is not None and obj.cycle.next_due > now:
+            return CycleReport(result=CycleResult.NOT_DUE, cycle=obj.cycle)
+        evaluated, events, admitted, denied = self.evaluate(obj, now=now)
+        operations: list[Operation] = [
+            Put(
+                key=object_key(tenant, object_id),
+                value=wire.encode_object(evaluated),
+                etag=loaded.etag,
+            )
+        ]
+        for event in events:
+            operations.extend(outbox_puts(event))
+        try:
+            await ctx.journal.store.transact(operations)
+        except ConcurrencyError:
+            return CycleReport(result=CycleResult.CONFLICT)
+        return CycleReport(
+            result=CycleResult.EVALUATED, cycle=evaluated.cycle, admitted=admitted, denied=denied
+        )
+
+    def evaluate(
+        self, obj: GovernedObject, *, now: datetime
+    ) -> tuple[GovernedObject, list[Event], int, int]:
+        """The object after one evaluation at ``now``, its new events, and the admission counts."""
+        ctx = self.ctx
+        generation = obj.cycle.generation
+        result = obj
+        events: list[Event] = []
+        admitted = denied = 0
+        try:
+            ruleset = self.ruleset(obj)
+            data = load_data(obj.data, obj.content_type)
+            outcome = ruleset.evaluate(
+                data=data, generation=generation, epoch=obj.epoch, now=now, host=ctx.host
+            )
+        except RuleError as exc:
+            # Rules were checked when the object arrived; this only happens if data was
+            # changed to something rules cannot read. Record it and move on.
+            detail = f"generation {generation}: not evaluated: {exc.reason}"
+            return (
+                self._advance(
+                    result.record(EntryKind.EVALUATED, host=ctx.host, at=now, detail=detail), now
+                ),
+                [],
+                0,
+                0,
+            )
+        for proposal in outcome.proposals:
+            try:
+                obj.authority.require(proposal.resource, proposal.verb)
+                if proposal.verb == "write":
+                    merged = {**data, **proposal.value}
+                    check_data(merged)
+                    encoded = dump_data(merged)
+                    if len(encoded) > MAX_DATA_BYTES:
+                        raise AdmissionDeniedError(
+                            f"the write would make the data {len(encoded)} bytes"
+                        )
+                    data = merged
+                    result = replace(result, data=encoded)
+                else:
+                    events.append(
+                        Event(
+                            key=event_key(obj.tenant, obj.object_id, generation, len(events)),
+                            tenant=obj.tenant,
+                            object_id=obj.object_id,
+                            generation=generation,
+                            rule=proposal.rule,
+                            verb=proposal.verb,
+                            resource=proposal.resource,
+                            payload=proposal.value,
+                            created_at=now,
+                            status="pending",
+                        )
+                    )
+            except (AdmissionDeniedError, RuleError) as exc:
+                denied += 1
+                why = _why_denied(obj, proposal.resource, proposal.verb, exc)
+                result = result.record(
+                    EntryKind.ACTION_DENIED,
+                    host=ctx.host,
+                    at=now,
+                    detail=f"{proposal.describe()}: denied, {why}",
+                )
+                continue
+            admitted += 1
+            result = result.record(
+                EntryKind.ACTION_ADMITTED, host=ctx.host, at=now, detail=proposal.describe()
+            )
+        summary = f"generation {generation}: {len(outcome.proposals)} of {len(ruleset)} rules fired"
+        if outcome.errors:
+            summary += "; " + "; ".join(outcome.errors)
+        result = result.record(EntryKind.EVALUATED, host=ctx.host, at=now, detail=summary)
+        return self._advance(result, now), events, admitted, denied
+
+    @staticmethod
+    def _advance(obj: GovernedObject, now: datetime) -> GovernedObject:
+        """Next generation; the next due time keeps the rhythm but never bursts to catch up."""
+        interval = obj.cycle.interval
+        assert interval is not None
+        scheduled = (obj.cycle.next_due or now) + interval
+        next_due = scheduled if scheduled > now else now + interval
+        return replace(
+            obj,
+            cycle=CycleState(
+                generation=obj.cycle.generation + 1, interval=interval, next_due=next_due
+            ),
+        )
+
+
+def _why_denied(obj: GovernedObject, resource: str, verb: str, error: Exception) -> str:
+    if isinstance(error, RuleError) or obj.authority.permits(resource, verb):
+        return getattr(error, "reason", str(error))
+    if obj.authority.allow.permits(resource, verb):
+        return "this host's configuration denies it"
+    return "not in the object's effective authority here (its grants or this host's policy)"

@@ -1,0 +1,260 @@
+"""The durable outbox: every admitted publish and invoke is written in the same store
+transaction that commits the evaluation, then carried out by a dispatcher.
+
+Why an outbox: an evaluation and its effects must happen together or not at all, and a
+store transaction cannot include a network call. Writing the effect as a record in the
+evaluation's own transaction makes it exactly-once *decided*; delivery is then
+at-least-once, with the record key as idempotency key, so a receiver can de-duplicate.
+
+Key layout: ``events/<tenant>/<object id>/<generation>/<n>`` holds each event (its
+status is updated on delivery); ``pending/…`` with the same suffix marks what is still
+to deliver, so the dispatcher never scans delivered history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from gateway._time import Clock, format_time, parse_time
+from gateway.errors import ConcurrencyError, GatewayError
+from gateway.stores import Delete, Expect, Put, StateStore
+
+log = logging.getLogger(__name__)
+
+EVENTS = "events/"
+PENDING = "pending/"
+MAX_ATTEMPTS = 8
+
+
+class DeliveryError(GatewayError):
+    """An executor could not carry out an action (it will be retried)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    key: str  #: suffix shared by events/ and pending/; also the idempotency key
+    tenant: str
+    object_id: str
+    generation: int
+    rule: str
+    verb: str  #: publish or invoke
+    resource: str  #: pubsub:<topic> or invoke:<app>/<method>
+    payload: Any
+    created_at: datetime
+    status: str = "pending"  #: pending, published, delivered or failed
+    attempts: int = 0
+    last_error: str = ""
+
+    @property
+    def target(self) -> str:
+        return self.resource.split(":", 1)[1]
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "tenant": self.tenant,
+                "object_id": self.object_id,
+                "generation": self.generation,
+                "rule": self.rule,
+                "verb": self.verb,
+                "resource": self.resource,
+                "payload": self.payload,
+                "created_at": format_time(self.created_at),
+                "status": self.status,
+                "attempts": self.attempts,
+                "last_error": self.last_error,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode("utf-8")
+
+    @classmethod
+    def decode(cls, key: str, raw: bytes) -> Event:
+        document = json.loads(raw)
+        return cls(
+            key=key,
+            tenant=document["tenant"],
+            object_id=document["object_id"],
+            generation=document["generation"],
+            rule=document["rule"],
+            verb=document["verb"],
+            resource=document["resource"],
+            payload=document["payload"],
+            created_at=parse_time(document["created_at"]),
+            status=document["status"],
+            attempts=document["attempts"],
+            last_error=document["last_error"],
+        )
+
+
+def event_key(tenant: str, object_id: str, generation: int, index: int) -> str:
+    return f"{tenant}/{object_id}/{generation:012d}/{index:03d}"
+
+
+def outbox_puts(event: Event) -> list[Put]:
+    """The writes that record a new event, for the evaluation's own transaction."""
+    puts = [Put(key=EVENTS + event.key, value=event.encode(), etag=Expect.ABSENT)]
+    if event.status == "pending":
+        puts.append(Put(key=PENDING + event.key, value=b"", etag=Expect.ABSENT))
+    return puts
+
+
+async def list_events(
+    store: StateStore, *, tenant: str | None = None, limit: int | None = None
+) -> list[Event]:
+    keys = await store.list(EVENTS + (f"{tenant}/" if tenant else ""), limit=limit)
+    items = await store.get_many(keys)
+    return [Event.decode(k.removeprefix(EVENTS), items[k].value) for k in keys if k in items]
+
+
+class EventSink(Protocol):
+    """Where published events go beyond the outbox (Dapr pub/sub, in Dapr mode)."""
+
+    async def publish(self, event: Event) -> None: ...
+
+
+class Invoker(Protocol):
+    """Carries out ``invoke:<app>/<method>`` actions."""
+
+    async def invoke(self, event: Event) -> None: ...
+
+
+class HttpInvoker:
+    """POSTs the payload as JSON to ``<base url of app>/<method>`` with the event key as
+    ``Idempotency-Key``. Apps without a configured URL cannot be invoked."""
+
+    def __init__(
+        self, targets: Mapping[str, str], *, timeout: timedelta = timedelta(seconds=10)
+    ) -> None:
+        self.targets = dict(targets)
+        self.timeout = timeout
+
+    async def invoke(self, event: Event) -> None:
+        import aiohttp
+
+        app, _, method = event.target.partition("/")
+        base = self.targets.get(app)
+        if base is None:
+            raise DeliveryError(
+                f"no endpoint configured for app {app!r}", hint="add it under 'invoke:'"
+            )
+        url = f"{base.rstrip('/')}/{method}"
+        try:
+            async with (
+                aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=self.timeout.total_seconds())
+                ) as session,
+                session.post(
+                    url, json=event.payload, headers={"Idempotency-Key": event.key}
+                ) as response,
+            ):
+                if response.status >= 300:
+                    raise DeliveryError(f"{url} answered HTTP {response.status}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise DeliveryError(f"{url}: {type(exc).__name__}: {exc}") from exc
+
+
+class Dispatcher:
+    """Delivers pending events; one slow target never holds up the others."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        invoker: Invoker,
+        sink: EventSink | None,
+        clock: Clock,
+        interval: float = 0.2,
+        concurrency: int = 16,
+    ) -> None:
+        self.store = store
+        self.invoker = invoker
+        self.sink = sink
+        self.clock = clock
+        self.interval = interval
+        self._slots = asyncio.Semaphore(concurrency)
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._not_before: dict[str, datetime] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    await self.dispatch_once()
+                except GatewayError as exc:
+                    log.warning("outbox pass failed: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.interval)
+        finally:
+            for task in self._inflight.values():
+                task.cancel()
+            await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+
+    async def dispatch_once(self) -> int:
+        """Start delivery of every pending event not already under way; returns how many."""
+        now = self.clock.now()
+        started = 0
+        for pending in await self.store.list(PENDING, limit=1000):
+            key = pending.removeprefix(PENDING)
+            if key in self._inflight or self._not_before.get(key, now) > now:
+                continue
+            task = asyncio.create_task(self._deliver(key))
+            self._inflight[key] = task
+            task.add_done_callback(functools.partial(self._forget, key))
+            started += 1
+        return started
+
+    def _forget(self, key: str, _task: asyncio.Task[None]) -> None:
+        self._inflight.pop(key, None)
+
+    async def _deliver(self, key: str) -> None:
+        async with self._slots:
+            item = await self.store.get(EVENTS + key)
+            marker = await self.store.get(PENDING + key)
+            if item is None or marker is None:
+                return
+            event = Event.decode(key, item.value)
+            try:
+                if event.verb == "invoke":
+                    await self.invoker.invoke(event)
+                    status = "delivered"
+                elif self.sink is not None:
+                    await self.sink.publish(event)
+                    status = "delivered"
+                else:
+                    status = "published"
+                done = replace(event, status=status, attempts=event.attempts + 1, last_error="")
+                operations: list[Put | Delete] = [
+                    Put(key=EVENTS + key, value=done.encode(), etag=item.etag),
+                    Delete(key=PENDING + key, etag=marker.etag),
+                ]
+            except DeliveryError as exc:
+                attempts = event.attempts + 1
+                failed = attempts >= MAX_ATTEMPTS
+                retry = replace(
+                    event,
+                    attempts=attempts,
+                    last_error=exc.reason,
+                    status="failed" if failed else "pending",
+                )
+                operations = [Put(key=EVENTS + key, value=retry.encode(), etag=item.etag)]
+                if failed:
+                    operations.append(Delete(key=PENDING + key, etag=marker.etag))
+                    log.warning("giving up on %s after %d attempts: %s", key, attempts, exc.reason)
+                self._not_before[key] = self.clock.now() + timedelta(
+                    seconds=min(30.0, 0.2 * 2**attempts)
+                )
+            try:
+                await self.store.transact(operations)
+            except ConcurrencyError:
+                return  # another dispatcher (another replica) handled it
+            if not operations or operations[-1].key.startswith(PENDING):
+                self._not_before.pop(key, None)

@@ -1,0 +1,412 @@
+"""Live objects: evaluation cycles, admitted and denied actions, idempotent triggers, the
+scheduler's isolation of slow and failing objects, and a cycle that continues across a
+migration between two real processes with no generation lost or run twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from gateway.config import load_config
+from gateway.handoff.journal import Journal
+from gateway.host import Host
+from gateway.lineage import EntryKind, LineageEntry
+from gateway.model import CycleState, GovernedObject
+from gateway.objectspec import parse_spec
+from gateway.runtime.cycle import CycleResult
+from gateway.runtime.outbox import list_events
+from gateway.scaffold import free_port
+from gateway.stores.sqlite import SqliteStore
+from gateway.testing import HostSpec, ServerProcess, World, build_world, serving
+from tests.conftest import FAST_HANDOFF, HOST_A, HOST_B
+
+OFFERS = {
+    "offers": [
+        {"resource": "pubsub:*", "actions": ["publish"]},
+        {"resource": "state:self", "actions": ["read", "write"]},
+        {"resource": "invoke:*", "actions": ["invoke"]},
+    ]
+}
+
+
+def spec(
+    rules: list[dict[str, Any]],
+    *,
+    capabilities: list[dict[str, Any]],
+    data: dict[str, Any] | None = None,
+    interval: float = 0.2,
+) -> Any:
+    return parse_spec(
+        {
+            "data": data or {"invoice": 42, "amount": 1250, "status": "open"},
+            "grant": {
+                "audience": "spiffe://org-b.example",
+                "capabilities": capabilities,
+                "constraints": {"hosts": ["spiffe://org-a.example/*", "spiffe://org-b.example/*"]},
+            },
+            "cycle": {"interval_seconds": interval},
+            "rules": rules,
+        },
+        source="test",
+    )
+
+
+async def create(host: Host, object_id: str, object_spec: Any) -> GovernedObject:
+    return await host.create_object(
+        object_id,
+        tenant="default",
+        data=object_spec.data,
+        content_type=object_spec.content_type,
+        grant=object_spec.grant,
+        rules=object_spec.rules,
+        cycle=object_spec.cycle,
+    )
+
+
+def kinds(obj: GovernedObject) -> list[EntryKind]:
+    return [e.kind for e in obj.lineage.entries]
+
+
+def evaluated(entries: tuple[LineageEntry, ...] | list[LineageEntry]) -> list[int]:
+    return [e.generation for e in entries if e.kind is EntryKind.EVALUATED]
+
+
+@pytest.fixture
+def one_host(tmp_path: Path) -> World:
+    return build_world(tmp_path, [HostSpec(host_id=HOST_A, handoff=FAST_HANDOFF, policy=OFFERS)])
+
+
+def in_host(world: World, scenario: Any) -> None:
+    """Run ``scenario(host)`` on host A opened (not serving: no scheduler interferes)."""
+
+    async def main() -> None:
+        host = await Host.open(load_config(world.config(HOST_A)))
+        try:
+            await scenario(host)
+        finally:
+            await host.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("rule", "resource"),
+    [
+        ({"name": "w", "when": "true", "write": '{"checked": true}'}, "state:self"),
+        (
+            {
+                "name": "p",
+                "when": "true",
+                "publish": {"topic": "alerts/overdue", "payload": "data.invoice"},
+            },
+            "pubsub:alerts/overdue",
+        ),
+        (
+            {
+                "name": "i",
+                "when": "true",
+                "invoke": {"target": "payments/charge", "payload": "{'amount': data.amount}"},
+            },
+            "invoke:payments/charge",
+        ),
+    ],
+    ids=["write", "publish", "invoke"],
+)
+@pytest.mark.parametrize("granted", [True, False], ids=["admitted", "denied"])
+def test_each_action_kind_is_admitted_or_denied_and_recorded(
+    one_host: World, rule: dict[str, Any], resource: str, granted: bool
+) -> None:
+    verb = {"state:self": "write"}.get(
+        resource, resource.split(":")[0].replace("pubsub", "publish")
+    )
+    capabilities = (
+        [{"resource": resource, "actions": [verb]}]
+        if granted
+        else [{"resource": "pubsub:nothing/here", "actions": ["publish"]}]
+    )
+
+    async def scenario(host: Host) -> None:
+        object_id = "obj://org-a.example/live/one"
+        before = await create(host, object_id, spec([rule], capabilities=capabilities))
+        report = await host.cycles.run("default", object_id)
+        assert report.result is CycleResult.EVALUATED
+        after = await host.get_object(object_id, tenant="default")
+        expected = EntryKind.ACTION_ADMITTED if granted else EntryKind.ACTION_DENIED
+        assert kinds(after)[-2:] == [expected, EntryKind.EVALUATED]
+        detail = after.lineage.entries[-2].detail
+        assert f"rule {rule['name']}: {verb} {resource}" in detail
+        if not granted:
+            assert "denied, not in the object's effective authority" in detail  # the reason too
+        events = await list_events(host.store)
+        if verb == "write":
+            assert (json.loads(after.data).get("checked") is True) == granted
+            assert events == []
+        else:
+            assert after.data == before.data
+            assert [(e.verb, e.resource) for e in events] == ([(verb, resource)] if granted else [])
+
+    in_host(one_host, scenario)
+
+
+def test_a_repeated_trigger_for_one_generation_runs_once(one_host: World) -> None:
+    async def scenario(host: Host) -> None:
+        object_id = "obj://org-a.example/live/idempotent"
+        rule = {"name": "p", "when": "true", "publish": {"topic": "alerts/overdue"}}
+        await create(
+            host,
+            object_id,
+            spec([rule], capabilities=[{"resource": "pubsub:alerts/*", "actions": ["publish"]}]),
+        )
+        reports = await asyncio.gather(
+            *(host.cycles.run("default", object_id, generation=0) for _ in range(8))
+        )
+        results = sorted(r.result.value for r in reports)
+        assert results.count(CycleResult.EVALUATED.value) == 1, results
+        again = await host.cycles.run("default", object_id, generation=0)
+        assert again.result is CycleResult.SKIPPED
+        obj = await host.get_object(object_id, tenant="default")
+        assert obj.generation == 1
+        assert evaluated(obj.lineage.entries) == [0]
+        assert len(await list_events(host.store)) == 1
+
+    in_host(one_host, scenario)
+
+
+def test_not_due_is_not_evaluated(one_host: World) -> None:
+    async def scenario(host: Host) -> None:
+        object_id = "obj://org-a.example/live/later"
+        rule = {"name": "w", "when": "true", "write": '{"n": generation}'}
+        await create(
+            host,
+            object_id,
+            spec(
+                [rule], capabilities=[{"resource": "state:self", "actions": ["write"]}], interval=60
+            ),
+        )
+        assert (await host.cycles.run("default", object_id)).result is CycleResult.EVALUATED
+        assert (await host.cycles.run("default", object_id)).result is CycleResult.NOT_DUE
+        obj = await host.get_object(object_id, tenant="default")
+        assert obj.cycle.next_due is not None
+        assert obj.cycle.next_due - host.clock.now() > timedelta(seconds=50)
+
+    in_host(one_host, scenario)
+
+
+def test_runtime_errors_are_recorded_and_do_not_stop_other_rules(one_host: World) -> None:
+    async def scenario(host: Host) -> None:
+        object_id = "obj://org-a.example/live/flaky"
+        rules = [
+            {"name": "broken", "when": "data.status > 3", "write": '{"x": 1}'},
+            {"name": "fine", "when": "true", "write": '{"ok": generation}'},
+        ]
+        await create(
+            host,
+            object_id,
+            spec(rules, capabilities=[{"resource": "state:self", "actions": ["write"]}]),
+        )
+        await host.cycles.run("default", object_id)
+        obj = await host.get_object(object_id, tenant="default")
+        assert json.loads(obj.data)["ok"] == 0
+        assert "rule broken: condition failed" in obj.lineage.entries[-1].detail
+
+    in_host(one_host, scenario)
+
+
+# --- the scheduler --------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def http_endpoints(port: int, delay: float) -> AsyncIterator[list[str]]:
+    """A loopback HTTP app with /fast and /slow (sleeps ``delay``); yields its call log."""
+    calls: list[str] = []
+
+    async def fast(request: web.Request) -> web.Response:
+        calls.append("fast")
+        return web.json_response({"ok": True})
+
+    async def slow(request: web.Request) -> web.Response:
+        calls.append("slow")
+        await asyncio.sleep(delay)
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/fast", fast)
+    app.router.add_post("/slow", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield calls
+    finally:
+        await runner.cleanup()
+
+
+def test_slow_and_failing_objects_do_not_hold_up_the_others(tmp_path: Path) -> None:
+    """Five healthy objects cycling every 0.2 s, one invoking an endpoint that takes 5 s,
+    one whose rule fails every cycle: over 3 s each healthy object keeps its rhythm and
+    the fast endpoint keeps being called. Bounds are generous (half the ideal count)."""
+
+    port = free_port()
+    world = build_world(tmp_path, [HostSpec(host_id=HOST_A, policy=OFFERS)])
+    config = world.config(HOST_A)
+    config.write_text(config.read_text() + f"invoke:\n  app: http://127.0.0.1:{port}\n")
+
+    async def main() -> None:
+        async with http_endpoints(port, delay=5.0) as calls:
+            invoke_all = [
+                {"resource": "invoke:app/*", "actions": ["invoke"]},
+                {"resource": "state:self", "actions": ["write"]},
+            ]
+            async with serving(world) as hosts:
+                host = hosts[HOST_A]
+                healthy = [f"obj://org-a.example/live/healthy-{i}" for i in range(5)]
+                for object_id in healthy:
+                    await create(
+                        host,
+                        object_id,
+                        spec(
+                            [{"name": "tick", "when": "true", "write": '{"n": generation}'}],
+                            capabilities=invoke_all,
+                        ),
+                    )
+                await create(
+                    host,
+                    "obj://org-a.example/live/slow",
+                    spec(
+                        [{"name": "call", "when": "true", "invoke": {"target": "app/slow"}}],
+                        capabilities=invoke_all,
+                    ),
+                )
+                await create(
+                    host,
+                    "obj://org-a.example/live/fast",
+                    spec(
+                        [{"name": "call", "when": "true", "invoke": {"target": "app/fast"}}],
+                        capabilities=invoke_all,
+                    ),
+                )
+                await create(
+                    host,
+                    "obj://org-a.example/live/failing",
+                    spec(
+                        [{"name": "bad", "when": "data.status > 3", "write": "{}"}],
+                        capabilities=invoke_all,
+                    ),
+                )
+                started = time.monotonic()
+                await asyncio.sleep(3.0)
+                elapsed = time.monotonic() - started
+                ideal = elapsed / 0.2
+                for object_id in healthy:
+                    count = (await host.get_object(object_id, tenant="default")).generation
+                    assert count >= ideal / 2, (
+                        f"{object_id} ran {count} cycles in {elapsed:.1f} s (ideal {ideal:.0f})"
+                    )
+                failing = await host.get_object(
+                    "obj://org-a.example/live/failing", tenant="default"
+                )
+                assert failing.generation >= ideal / 2  # its failure is recorded, and it goes on
+                assert calls.count("fast") >= ideal / 4, calls.count("fast")
+                assert 1 <= calls.count("slow") <= 16  # a few in flight, never blocking the rest
+
+    asyncio.run(main())
+
+
+# --- across a real migration -----------------------------------------------------------
+
+
+def test_generations_continue_across_a_two_process_migration(tmp_path: Path) -> None:
+    policy = {"offers": OFFERS["offers"]}
+    world = build_world(
+        tmp_path, [HostSpec(host_id=HOST_A, policy=policy), HostSpec(host_id=HOST_B, policy=policy)]
+    )
+    object_id = "obj://org-a.example/billing/invoice-42"
+    spec_file = tmp_path / "invoice.yaml"
+    spec_file.write_text(
+        json.dumps(
+            {
+                "data": {"invoice": 42, "amount": 1250, "status": "open"},
+                "grant": {
+                    "audience": "spiffe://org-b.example",
+                    "capabilities": [
+                        {"resource": "pubsub:alerts/overdue", "actions": ["publish"]},
+                        {"resource": "state:self", "actions": ["read", "write"]},
+                    ],
+                    "constraints": {
+                        "hosts": ["spiffe://org-a.example/*", "spiffe://org-b.example/*"]
+                    },
+                },
+                "cycle": {"interval_seconds": 0.1},
+                "rules": [
+                    {
+                        "name": "overdue",
+                        "when": "data.amount > 1000",
+                        "publish": {"topic": "alerts/overdue", "payload": "generation"},
+                    },
+                    {"name": "count", "when": "true", "write": '{"checks": generation + 1}'},
+                ],
+            }
+        )
+    )
+    cli = [sys.executable, "-m", "gateway"]
+    env = {**os.environ, "COLUMNS": "200"}
+
+    def gateway(*args: str, config: Path) -> None:
+        done = subprocess.run(
+            [*cli, *args, "--config", str(config)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+
+    with ServerProcess(world.config(HOST_A)), ServerProcess(world.config(HOST_B)):
+        gateway(
+            "object", "create", object_id, "--spec", str(spec_file), config=world.config(HOST_A)
+        )
+        time.sleep(1.5)
+        gateway("migrate", object_id, "--to", HOST_B, config=world.config(HOST_A))
+        time.sleep(1.5)
+
+    async def read(config: Path) -> tuple[GovernedObject | None, list[int]]:
+        store = SqliteStore.open(load_config(config).sqlite)
+        try:
+            loaded = await Journal(store).object("default", object_id)
+            events = [e.generation for e in await list_events(store)]
+            return (loaded.value if loaded else None), events
+        finally:
+            await store.close()
+
+    moved, events_a = asyncio.run(read(world.config(HOST_A)))
+    live, events_b = asyncio.run(read(world.config(HOST_B)))
+    assert live is not None and moved is not None
+    generations = evaluated(live.lineage.entries)
+    hosts = [e.host for e in live.lineage.entries if e.kind is EntryKind.EVALUATED]
+    assert generations == list(range(len(generations))), "a generation was lost or repeated"
+    assert hosts.count(HOST_A) >= 3 and hosts.count(HOST_B) >= 3
+    switch = hosts.index(HOST_B)
+    assert set(hosts[:switch]) == {HOST_A} and set(hosts[switch:]) == {HOST_B}
+    assert live.generation == generations[-1] + 1
+    assert json.loads(live.data)["checks"] == live.generation
+    # Events: each generation published exactly once, on the host that ran it.
+    assert sorted(events_a + events_b) == generations
+    assert set(events_a).isdisjoint(events_b)
+    # The source keeps only what it had when the object left.
+    assert evaluated(moved.lineage.entries) == generations[:switch]
+    assert moved.cycle == CycleState(
+        generation=switch, interval=moved.cycle.interval, next_due=moved.cycle.next_due
+    )
