@@ -22,10 +22,9 @@ from gateway.credentials import issue_grant
 from gateway.errors import ConfigError, GatewayError, NotFoundError, TrustError, UnknownPeerError
 from gateway.handoff.context import HostContext
 from gateway.handoff.destination import Destination
-from gateway.handoff.journal import DESTINATION_PREFIX, SOURCE_PREFIX, Journal, object_key
+from gateway.handoff.journal import Journal, object_key
 from gateway.handoff.messages import Evaluation
-from gateway.handoff.peers import Outcome
-from gateway.handoff.records import DestinationStep, SourceStep
+from gateway.handoff.recovery import Recovery
 from gateway.handoff.source import MigrationResult, Source
 from gateway.keyring import Keyring, load_keyring
 from gateway.keys import Purpose
@@ -110,6 +109,7 @@ class Host:
         )
         self.source = Source(self.context, self.peers)
         self.destination = Destination(self.context)
+        self.recovery = Recovery(self.context, self.source, self.destination, self.peers)
         self.cycles = CycleRunner(self.context)
         self.scheduler = Scheduler(self.cycles, self.journal, config.tenants, clock=clock)
         self.dispatcher = Dispatcher(
@@ -346,51 +346,5 @@ class Host:
                 await asyncio.wait_for(stop.wait(), timeout=interval)
 
     async def recover(self) -> int:
-        """One pass over open migrations; returns how many were moved forward.
-
-        Source: COMMITTED → re-send Commit; FROZEN whose transfer can no longer be
-        accepted anywhere → abort (presumed abort). Destination: STAGED for longer than
-        ``handoff.stage_timeout`` → ask the source for its decision and follow it.
-        """
-        now = self.clock.now()
-        timing = self.config.handoff
-        progressed = 0
-        for key in await self.store.list(SOURCE_PREFIX):
-            record = await self.journal.source(key.removeprefix(SOURCE_PREFIX))
-            if record is None:
-                continue
-            step, updated = record.value.step, record.value.updated_at
-            try:
-                if step is SourceStep.COMMITTED:
-                    await self.source.resume(record.value.migration_id)
-                    progressed += 1
-                elif (
-                    step is SourceStep.FROZEN
-                    and now - updated > timing.transfer_ttl + 2 * timing.clock_skew
-                ):
-                    await self.source.abort(
-                        record.value.migration_id, reason="transfer expired before commit"
-                    )
-                    progressed += 1
-            except GatewayError as exc:
-                log.info("source recovery of %s: %s", record.value.migration_id, exc)
-        for key in await self.store.list(DESTINATION_PREFIX):
-            loaded = await self.journal.destination(key.removeprefix(DESTINATION_PREFIX))
-            if loaded is None or loaded.value.step is not DestinationStep.STAGED:
-                continue
-            staged = loaded.value
-            if now - staged.updated_at < timing.stage_timeout:
-                continue
-            try:
-                outcome = await self.peers.client(staged.source_host).decision(staged.migration_id)
-                if outcome is Outcome.COMMITTED:
-                    await self.destination.commit(staged.migration_id, peer=staged.source_host)
-                else:
-                    await self.destination.abort(
-                        staged.migration_id, peer=staged.source_host, reason="source decided abort"
-                    )
-                progressed += 1
-            except GatewayError as exc:
-                log.info("destination recovery of %s: %s", staged.migration_id, exc)
-        await self.destination.prune_nonces()
-        return progressed
+        """One recovery pass over open migrations (see gateway.handoff.recovery)."""
+        return await self.recovery.run_once()

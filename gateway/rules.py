@@ -1,11 +1,13 @@
 """Rules: CEL conditions over an object's data and cycle, and the actions they propose.
 
-Why ``cel-expr-python`` (Google's CEL C++ runtime): measured here, a typical condition
-evaluates in about 6-9 µs, against about 12 µs for the Rust-based
-``common-expression-language`` and about 550 µs for the pure-Python ``cel-python``
-(``bench/bench_cycle.py`` re-measures the first against our cycle). It also type-checks
-at compile time against declared variables, which is what lets a bad rule be refused
-when an object is created or imported instead of failing mid-cycle.
+Why ``cel-expr-python`` (Google's CEL C++ runtime), measured by ``bench/bench_cycle.py``
+on this project's rules: a typical condition evaluates in about 6-9 µs against about
+550-900 µs for the pure-Python ``cel-python``. The Rust-based
+``common-expression-language`` is as fast or faster on bare evaluation (0.7-1.1x over a
+whole rule set), but the deciding features are elsewhere: cel-expr-python type-checks at
+compile time against declared variables, and serializes the *checked* AST, which is what
+lets a bad or too-costly rule be refused when an object is created or imported instead of
+failing mid-cycle. Evaluation is a small part of a cycle anyway (see the benchmark).
 
 Invariants this module keeps:
 

@@ -219,19 +219,24 @@ def test_round_trip_extends_the_same_history(world: World) -> None:
     run(world, scenario)
 
 
-def test_every_call_is_idempotent(world: World) -> None:
-    """Re-sending the same Prepare or Commit gives the same signed answer and changes nothing."""
+def test_every_call_is_idempotent_and_a_settled_transfer_cannot_be_replayed(world: World) -> None:
+    """While a migration is open, re-sending Prepare gets the same receipt; Commit is
+    idempotent; once settled, the captured transfer is refused and changes nothing."""
 
     async def scenario(hosts: dict[str, Host]) -> None:
         a = hosts[HOST_A]
         await create(a)
-        result = await a.migrate(OBJECT, tenant="default", destination=HOST_B)
+        lossy = Source(a.context, LossyPeers(a.peers, drop={"commit"}))
+        result = await lossy.migrate(OBJECT, tenant="default", destination=HOST_B)
         record = (await a.journal.source(result.migration_id)).value  # type: ignore[union-attr]
         client = a.peers.client(HOST_B)
-        assert await client.prepare(record.transfer) == record.staged_receipt
-        assert await client.commit(result.migration_id) == record.activation_receipt
-        before = await placement(hosts)
+        assert await client.prepare(record.transfer) == record.staged_receipt  # still STAGED
+        activation = await client.commit(result.migration_id)
+        assert await client.commit(result.migration_id) == activation
         assert (await a.source.resume(result.migration_id)).step is SourceStep.DONE
+        before = await placement(hosts)
+        with pytest.raises(ReplayError):
+            await client.prepare(record.transfer)
         assert await placement(hosts) == before
 
     run(world, scenario)

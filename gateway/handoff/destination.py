@@ -22,6 +22,7 @@ from datetime import datetime
 
 from gateway import envelope as dsse
 from gateway import wire
+from gateway._crash import crash_point
 from gateway._time import format_time, to_millis
 from gateway.authority import Admission
 from gateway.credentials import attenuate, audience_admits
@@ -47,6 +48,7 @@ from gateway.handoff.journal import (
     fence_key,
     nonce_key,
     object_key,
+    open_destination_key,
 )
 from gateway.handoff.messages import Receipt, ReceiptKind, Transfer
 from gateway.handoff.records import DestinationRecord, DestinationStep
@@ -162,6 +164,7 @@ class Destination:
             created_at=now,
             updated_at=now,
         )
+        crash_point("destination.before-stage")
         expires = to_millis(transfer.expires_at + ctx.timing.clock_skew)
         try:
             await ctx.journal.store.transact(
@@ -181,6 +184,11 @@ class Destination:
                         value=encode_counter(transfer.epoch),
                         etag=fence.etag if fence else Expect.ABSENT,
                     ),
+                    Put(
+                        key=open_destination_key(record.migration_id),
+                        value=b"",
+                        etag=Expect.ABSENT,
+                    ),
                 ]
             )
         except ConcurrencyError as exc:
@@ -193,6 +201,7 @@ class Destination:
                 f"another migration of {transfer.object_id} was staged here at the same time",
                 hint="only one migration of an object can proceed; retry after it settles",
             ) from exc
+        crash_point("destination.after-stage")
         return receipt_raw
 
     def _check_time(self, transfer: Transfer, now: datetime) -> None:
@@ -244,12 +253,23 @@ class Destination:
 
     @staticmethod
     def _replay(record: DestinationRecord, transfer_digest: bytes) -> bytes:
+        """A Prepare for a migration already journaled here.
+
+        While STAGED it is the source retrying (its reply was lost): the same receipt again.
+        Once settled it can only be a replay — the source never re-sends a transfer after
+        it committed or aborted — so it is refused and changes nothing.
+        """
         if record.transfer_digest != transfer_digest:
             raise ReplayError(
                 f"migration id {record.migration_id} was already used for a different transfer"
             )
         if record.step is DestinationStep.ABORTED:
             raise MigrationAbortedError(f"migration {record.migration_id} was aborted here")
+        if record.step is DestinationStep.ACTIVATED:
+            raise ReplayError(
+                f"transfer of migration {record.migration_id} was already accepted and activated here",
+                hint="a transfer is accepted once; a replay changes nothing",
+            )
         return record.staged_receipt
 
     # --- Commit / Abort ---------------------------------------------------------------
@@ -280,6 +300,7 @@ class Destination:
             raise ObjectStateError(
                 f"{record.object_id} is {current.value.state.value} here already; refusing a second live copy"
             )
+        crash_point("destination.before-activate")
         live = self._attenuated(record.staged, at=now).rehost(host=ctx.host, source=peer, at=now)
         receipt = wire.encode_envelope(
             ctx.seal(
@@ -317,8 +338,10 @@ class Destination:
                     value=wire.encode_destination_record(done),
                     etag=etag,
                 ),
+                Delete(key=open_destination_key(record.migration_id), etag=Expect.ANY),
             ]
         )
+        crash_point("destination.after-activate")
         ctx.on_active()
         return receipt
 
@@ -389,9 +412,17 @@ class Destination:
                 )
                 etag = loaded.etag
             try:
-                await ctx.journal.store.put(
-                    destination_key(migration_id), wire.encode_destination_record(record), etag=etag
+                await ctx.journal.store.transact(
+                    [
+                        Put(
+                            key=destination_key(migration_id),
+                            value=wire.encode_destination_record(record),
+                            etag=etag,
+                        ),
+                        Delete(key=open_destination_key(migration_id), etag=Expect.ANY),
+                    ]
                 )
+                crash_point("destination.after-discard")
                 return
             except ConcurrencyError:
                 continue  # raced with a Prepare or a Commit: look again

@@ -8,6 +8,7 @@ Key layout (one store per host; tenants are prefixes so a Dapr store can be shar
 ``journal/destination/<mig.>``    the destination side's record, with the staged copy
 ``fence/<object id>``             highest epoch ever staged here (the fencing token)
 ``nonce/<hex>``                   nonces of transfers accepted here, until they expire
+``open/source|destination/<mig>`` migrations not settled yet (what recovery looks at)
 ===============================  ==================================================
 
 Writes are not made here: each protocol step builds its own transaction so that all of
@@ -55,6 +56,20 @@ def destination_key(migration_id: str) -> str:
 
 SOURCE_PREFIX = "journal/source/"
 DESTINATION_PREFIX = "journal/destination/"
+#: Markers of migrations not yet settled, written and removed in the same transactions
+#: as the journal steps, so recovery reads only what is open, not all history.
+OPEN_SOURCE_PREFIX = "open/source/"
+OPEN_DESTINATION_PREFIX = "open/destination/"
+
+
+def open_source_key(migration_id: str) -> str:
+    return OPEN_SOURCE_PREFIX + migration_id
+
+
+def open_destination_key(migration_id: str) -> str:
+    return OPEN_DESTINATION_PREFIX + migration_id
+
+
 NONCE_PREFIX = "nonce/"
 
 

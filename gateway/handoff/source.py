@@ -25,6 +25,7 @@ from datetime import datetime
 
 from gateway import envelope as dsse
 from gateway import wire
+from gateway._crash import crash_point
 from gateway.errors import (
     BadSignatureError,
     ConcurrencyError,
@@ -38,13 +39,13 @@ from gateway.errors import (
     VerificationError,
 )
 from gateway.handoff.context import HostContext
-from gateway.handoff.journal import object_key, source_key
+from gateway.handoff.journal import object_key, open_source_key, source_key
 from gateway.handoff.messages import NONCE_BYTES, Receipt, ReceiptKind, Transfer
 from gateway.handoff.peers import Outcome, Peers
 from gateway.handoff.records import SourceRecord, SourceStep
 from gateway.lineage import digest
 from gateway.model import GovernedObject
-from gateway.stores import Expect, Put
+from gateway.stores import Delete, Expect, Put
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class Source:
                         value=wire.encode_source_record(record),
                         etag=Expect.ABSENT,
                     ),
+                    Put(key=open_source_key(migration_id), value=b"", etag=Expect.ABSENT),
                 ]
             )
         except ConcurrencyError as exc:
@@ -120,6 +122,7 @@ class Source:
                 hint="check `gateway object show` and retry",
             ) from exc
         log.info("froze %s for migration %s to %s", object_id, migration_id, destination)
+        crash_point("source.after-freeze")
         return await self.resume(migration_id)
 
     def _seal(
@@ -202,6 +205,7 @@ class Source:
         except GatewayError as exc:
             await self.abort(record.migration_id, reason=f"destination refused: {exc}")
             raise
+        crash_point("source.after-prepare")
         return await self._commit(record.migration_id, receipt_raw)
 
     async def _commit(self, migration_id: str, receipt_raw: bytes) -> SourceRecord:
@@ -248,6 +252,7 @@ class Source:
             assert again is not None
             return again.value
         log.info("committed migration %s of %s", migration_id, record.object_id)
+        crash_point("source.after-commit-journal")
         return committed
 
     async def _activate(self, record: SourceRecord) -> SourceRecord:
@@ -264,6 +269,7 @@ class Source:
                 "migration %s committed; activation not confirmed yet: %s", record.migration_id, exc
             )
             return record
+        crash_point("source.after-activation")
         loaded = await ctx.journal.source(record.migration_id)
         assert loaded is not None
         if loaded.value.step is SourceStep.DONE:
@@ -275,8 +281,15 @@ class Source:
             updated_at=ctx.clock.now(),
         )
         try:
-            await ctx.journal.store.put(
-                source_key(record.migration_id), wire.encode_source_record(done), etag=loaded.etag
+            await ctx.journal.store.transact(
+                [
+                    Put(
+                        key=source_key(record.migration_id),
+                        value=wire.encode_source_record(done),
+                        etag=loaded.etag,
+                    ),
+                    Delete(key=open_source_key(record.migration_id), etag=Expect.ANY),
+                ]
             )
         except ConcurrencyError:
             again = await ctx.journal.source(record.migration_id)
@@ -342,11 +355,13 @@ class Source:
                             value=wire.encode_source_record(aborted),
                             etag=journal.etag,
                         ),
+                        Delete(key=open_source_key(migration_id), etag=Expect.ANY),
                     ]
                 )
             except ConcurrencyError:
                 continue
             log.info("aborted migration %s of %s: %s", migration_id, record.object_id, reason)
+            crash_point("source.after-abort-journal")
             try:
                 await self.peers.client(record.destination_host).abort(migration_id, reason)
             except GatewayError as exc:

@@ -1,0 +1,94 @@
+"""Recovery: moving every open migration on this host towards a final state.
+
+Run at start-up and periodically by ``gateway serve``; safe to run anywhere, any number of
+times, concurrently with the protocol itself, because every step it takes is one of the
+protocol's own idempotent, ETag-conditional steps:
+
+* source COMMITTED → re-send Commit until the destination confirms (DONE);
+* source FROZEN whose transfer can no longer be accepted anywhere (older than its
+  lifetime plus twice the clock skew) → abort: presumed abort, journal first;
+* destination STAGED for longer than ``stage_timeout`` → ask the source for its
+  decision (Decision) and follow it. A source that never committed answers ABORTED,
+  and can never commit afterwards.
+
+Only migrations marked open are looked at (``open/…`` markers, kept in the same
+transactions as the journal), so a pass costs what is open, not all history.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from gateway.errors import GatewayError
+from gateway.handoff.context import HostContext
+from gateway.handoff.destination import Destination
+from gateway.handoff.journal import OPEN_DESTINATION_PREFIX, OPEN_SOURCE_PREFIX
+from gateway.handoff.peers import Outcome, Peers
+from gateway.handoff.records import DestinationStep, SourceStep
+from gateway.handoff.source import Source
+
+log = logging.getLogger(__name__)
+
+
+class Recovery:
+    def __init__(
+        self, context: HostContext, source: Source, destination: Destination, peers: Peers
+    ) -> None:
+        self.ctx = context
+        self.source = source
+        self.destination = destination
+        self.peers = peers
+
+    async def run_once(self) -> int:
+        """One pass; returns how many migrations were moved forward."""
+        return await self.recover_sources() + await self.recover_destinations()
+
+    async def recover_sources(self) -> int:
+        ctx = self.ctx
+        timing = ctx.timing
+        progressed = 0
+        for key in await ctx.journal.store.list(OPEN_SOURCE_PREFIX):
+            migration_id = key.removeprefix(OPEN_SOURCE_PREFIX)
+            loaded = await ctx.journal.source(migration_id)
+            if loaded is None:
+                continue
+            record = loaded.value
+            try:
+                if record.step is SourceStep.COMMITTED:
+                    await self.source.resume(migration_id)
+                    progressed += 1
+                elif (
+                    record.step is SourceStep.FROZEN
+                    and ctx.clock.now() - record.updated_at
+                    > timing.transfer_ttl + 2 * timing.clock_skew
+                ):
+                    await self.source.abort(migration_id, reason="transfer expired before commit")
+                    progressed += 1
+            except GatewayError as exc:
+                log.info("source recovery of %s: %s", migration_id, exc)
+        return progressed
+
+    async def recover_destinations(self) -> int:
+        ctx = self.ctx
+        progressed = 0
+        for key in await ctx.journal.store.list(OPEN_DESTINATION_PREFIX):
+            migration_id = key.removeprefix(OPEN_DESTINATION_PREFIX)
+            loaded = await ctx.journal.destination(migration_id)
+            if loaded is None or loaded.value.step is not DestinationStep.STAGED:
+                continue
+            staged = loaded.value
+            if ctx.clock.now() - staged.updated_at < ctx.timing.stage_timeout:
+                continue
+            try:
+                outcome = await self.peers.client(staged.source_host).decision(migration_id)
+                if outcome is Outcome.COMMITTED:
+                    await self.destination.commit(migration_id, peer=staged.source_host)
+                else:
+                    await self.destination.abort(
+                        migration_id, peer=staged.source_host, reason="the source decided to abort"
+                    )
+                progressed += 1
+            except GatewayError as exc:
+                log.info("destination recovery of %s: %s", migration_id, exc)
+        await self.destination.prune_nonces()
+        return progressed
