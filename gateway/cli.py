@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway._time import SystemClock, format_time
+from gateway.blobs import CHUNK_BYTES
 from gateway.config import load_config
 from gateway.errors import (
     ConcurrencyError,
@@ -78,6 +79,28 @@ async def _with_host(args: argparse.Namespace, action: Callable[[Host], Awaitabl
         return await action(host)
     finally:
         await host.close()
+
+
+#: Data files larger than this are streamed into a blob instead of stored inline.
+INLINE_LIMIT = 1 << 20
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := await asyncio.to_thread(handle.read, CHUNK_BYTES):
+            yield chunk
+
+
+def _large_file(args: argparse.Namespace) -> Path | None:
+    """The --data-file to stream, if it is too large to keep inline."""
+    if args.data_file is None:
+        return None
+    path = Path(args.data_file)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ConfigError(f"{args.data_file}: cannot read: {exc.strerror}") from exc
+    return path if size > INLINE_LIMIT else None
 
 
 def _read_data(args: argparse.Namespace) -> bytes:
@@ -135,6 +158,8 @@ def describe_object(obj: GovernedObject) -> Table:
 
 
 def _preview(obj: GovernedObject, limit: int = 200) -> str:
+    if obj.blob is not None:
+        return f"{obj.size:,} bytes of {obj.content_type} (stored as {obj.blob.chunks} chunks)"
     if obj.content_type.startswith("application/json") or obj.content_type.startswith("text/"):
         text = obj.data.decode("utf-8", errors="replace")
     else:
@@ -426,7 +451,8 @@ def cmd_object_create(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec) if args.spec else None
     if spec is not None and (args.data is not None or args.data_file is not None):
         raise ConfigError("give the data in --spec or with --data/--data-file, not both")
-    data = spec.data if spec is not None else _read_data(args)
+    large = None if spec is not None else _large_file(args)
+    data = b"" if large is not None else spec.data if spec is not None else _read_data(args)
     content_type = spec.content_type if spec is not None else args.content_type
     cycle = spec.cycle if spec is not None else CycleState()
     if args.interval is not None:
@@ -444,6 +470,7 @@ def cmd_object_create(args: argparse.Namespace) -> int:
                 grant=spec.grant if spec is not None else None,
                 rules=spec.rules if spec is not None else (),
                 cycle=cycle,
+                data_stream=_file_chunks(large) if large is not None else None,
             )
         except ConcurrencyError as exc:
             raise ConcurrencyError(

@@ -250,3 +250,7 @@ class RuleError(ConfigError):
 
 class RuleCostError(RuleError):
     """A rule's expression is larger or costlier than a rule may be."""
+
+
+class TransferStreamError(EnvelopeError):
+    """Streamed object data is truncated, too long, or does not match its signed digest."""

@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
 from gateway import envelope as dsse
 from gateway._time import Clock, SystemClock
+from gateway.blobs import delete_blob, write_blob
 from gateway.config import Config
 from gateway.credentials import issue_grant
 from gateway.errors import ConfigError, GatewayError, NotFoundError, TrustError, UnknownPeerError
@@ -185,8 +188,12 @@ class Host:
         grant: GrantSpec | None = None,
         rules: tuple[Rule, ...] = (),
         cycle: CycleState | None = None,
+        data_stream: AsyncIterator[bytes] | None = None,
     ) -> GovernedObject:
         """Create an ACTIVE object; with ``grant``, this host issues its root grant.
+
+        Large data comes as ``data_stream`` (with ``data`` empty): it is stored as a blob
+        chunk by chunk, never held in memory whole.
 
         The object's effective authority here is computed as for an arriving object (its
         chain within this host's policy for its own domain), and its constraints must
@@ -207,23 +214,32 @@ class Host:
                 at=now,
             )
             grants = (root.compact,)
-        obj = new_object(
-            object_id,
-            tenant=self.tenant(tenant),
-            data=data,
-            content_type=content_type,
-            host=self.host_id,
-            at=now,
-            grants=grants,
-            rules=rules,
-            cycle=cycle or CycleState(),
-        )
-        self.context.check_rules(obj)
-        admission = self.context.admit(obj, peer=self.host_id, hops=0, at=now)
-        obj = replace(obj, authority=admission.authority)
-        await self.store.put(
-            object_key(tenant, obj.object_id), encode_object(obj), etag=Expect.ABSENT
-        )
+        blob = None
+        if data_stream is not None:
+            blob = await write_blob(self.store, f"blob/{uuid.uuid4().hex}/", data_stream)
+        try:
+            obj = new_object(
+                object_id,
+                tenant=self.tenant(tenant),
+                data=data,
+                blob=blob,
+                content_type=content_type,
+                host=self.host_id,
+                at=now,
+                grants=grants,
+                rules=rules,
+                cycle=cycle or CycleState(),
+            )
+            self.context.check_rules(obj)
+            admission = self.context.admit(obj, peer=self.host_id, hops=0, at=now)
+            obj = replace(obj, authority=admission.authority)
+            await self.store.put(
+                object_key(tenant, obj.object_id), encode_object(obj), etag=Expect.ABSENT
+            )
+        except BaseException:
+            if blob is not None:
+                await delete_blob(self.store, blob)
+            raise
         self.scheduler.notice()
         return obj
 

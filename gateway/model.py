@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 
 from gateway import envelope as dsse
 from gateway.authority import CapabilitySet, EffectiveAuthority
+from gateway.blobs import BlobRef
 from gateway.errors import ConfigError, ObjectStateError
 from gateway.identity import HostId, ObjectId, validate_tenant
 from gateway.lineage import EntryKind, Lineage, credentials_digest, digest
@@ -96,6 +97,8 @@ class GovernedObject:
     last_transfer_digest: bytes = b""  #: chain of custody
     #: What the object may do on the host holding it (chain ∩ host policy); host-local.
     authority: EffectiveAuthority = field(default_factory=lambda: NO_AUTHORITY)
+    #: Large objects: the data is this blob (``data`` is empty).
+    blob: BlobRef | None = None
 
     @property
     def generation(self) -> int:
@@ -107,7 +110,11 @@ class GovernedObject:
         return self.state in (LifecycleState.ACTIVE, LifecycleState.FROZEN)
 
     def data_digest(self) -> bytes:
-        return digest(self.data)
+        return self.blob.digest if self.blob is not None else digest(self.data)
+
+    @property
+    def size(self) -> int:
+        return self.blob.size if self.blob is not None else len(self.data)
 
     def credentials_digest(self) -> bytes:
         return credentials_digest(self.grants)
@@ -173,6 +180,8 @@ class GovernedObject:
         return replace(
             self,
             state=LifecycleState.MOVED,
+            # A large object's chunks go with it; the tombstone keeps only digest and size.
+            blob=replace(self.blob, location="", chunks=0) if self.blob is not None else None,
             moved_to=moved_to,
             receipt=receipt,
             migration_id=migration_id,
@@ -211,8 +220,12 @@ def new_object(
     grants: tuple[str, ...] = (),
     rules: tuple[Rule, ...] = (),
     cycle: CycleState | None = None,
+    blob: BlobRef | None = None,
 ) -> GovernedObject:
-    """A new ACTIVE object with its CREATED entry. The id must be owned by ``host``'s domain."""
+    """A new ACTIVE object with its CREATED entry. The id must be owned by ``host``'s domain.
+
+    Large data is passed as ``blob`` (already stored), with ``data`` empty.
+    """
     parsed = ObjectId.parse(object_id)
     host_domain = HostId.parse(host).trust_domain
     if parsed.trust_domain != host_domain:
@@ -221,7 +234,12 @@ def new_object(
             hint=f"create objects under obj://{host_domain}/...",
         )
     if len(data) > MAX_DATA_BYTES:
-        raise ConfigError(f"object data is {len(data)} bytes; at most {MAX_DATA_BYTES}")
+        raise ConfigError(
+            f"object data is {len(data)} bytes; at most {MAX_DATA_BYTES} inline",
+            hint="store larger data as a blob (gateway object create --data-file streams it)",
+        )
+    if blob is not None and data:
+        raise ConfigError("an object's data is inline or a blob, not both")
     created = GovernedObject(
         object_id=str(parsed),
         tenant=validate_tenant(tenant),
@@ -230,5 +248,6 @@ def new_object(
         grants=grants,
         rules=rules,
         cycle=cycle or CycleState(),
+        blob=blob,
     )
     return created.record(EntryKind.CREATED, host=host, at=at, detail=f"tenant {tenant}")

@@ -16,6 +16,7 @@ Rules kept here:
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
@@ -25,6 +26,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from gateway import envelope as dsse
 from gateway._time import truncate
 from gateway.authority import CapabilitySet, EffectiveAuthority
+from gateway.blobs import BlobRef
 from gateway.errors import (
     AuthorityError,
     EnvelopeError,
@@ -177,6 +179,8 @@ def _snapshot_to_pb(obj: GovernedObject) -> object_pb2.ObjectSnapshot:
         data_digest=obj.data_digest(),
         rules=[_rule_to_pb(r) for r in obj.rules],
         cycle=_cycle_to_pb(obj.cycle),
+        data_size=obj.size,
+        data_streamed=obj.blob is not None,
     )
 
 
@@ -200,7 +204,14 @@ def _lineage_from_pb(message: object_pb2.Lineage) -> Lineage:
 def _object_from_snapshot(
     snapshot: object_pb2.ObjectSnapshot, credentials: list[str], lineage: object_pb2.Lineage
 ) -> GovernedObject:
-    if digest(snapshot.data) != snapshot.data_digest:
+    blob = None
+    if snapshot.data_streamed:
+        if snapshot.data or len(snapshot.data_digest) != 32:
+            raise PayloadDecodeError(
+                f"streamed object {snapshot.object_id} has inline data or no digest"
+            )
+        blob = BlobRef(digest=snapshot.data_digest, size=snapshot.data_size)
+    elif digest(snapshot.data) != snapshot.data_digest or len(snapshot.data) != snapshot.data_size:
         raise PayloadDecodeError(
             f"data of {snapshot.object_id} does not match its digest",
             hint="the object was damaged on the way; migrate it again",
@@ -214,6 +225,7 @@ def _object_from_snapshot(
         rules=tuple(_rule_from_pb(r) for r in snapshot.rules),
         lineage=_lineage_from_pb(lineage),
         cycle=_cycle_from_pb(snapshot.cycle),
+        blob=blob,
     )
 
 
@@ -238,6 +250,15 @@ def _stored_to_pb(obj: GovernedObject) -> object_pb2.StoredObject:
         receipt=encode_envelope(obj.receipt) if obj.receipt else b"",
         last_transfer_digest=obj.last_transfer_digest,
         authority=encode_authority(obj.authority),
+        blob=_blob_to_pb(obj.blob),
+    )
+
+
+def _blob_to_pb(blob: BlobRef | None) -> object_pb2.BlobRef | None:
+    if blob is None:
+        return None
+    return object_pb2.BlobRef(
+        digest=blob.digest, size=blob.size, location=blob.location, chunks=blob.chunks
     )
 
 
@@ -264,15 +285,8 @@ def _stored_from_pb(message: object_pb2.StoredObject) -> GovernedObject:
     obj = _object_from_snapshot(message.snapshot, list(message.credentials), message.lineage)
     if message.state not in _STATE_FROM_PB:
         raise PayloadDecodeError(f"stored object {obj.object_id} has unknown state {message.state}")
-    return GovernedObject(
-        object_id=obj.object_id,
-        tenant=obj.tenant,
-        data=obj.data,
-        content_type=obj.content_type,
-        grants=obj.grants,
-        rules=obj.rules,
-        lineage=obj.lineage,
-        cycle=obj.cycle,
+    return replace(
+        obj,
         epoch=message.epoch,
         state=_STATE_FROM_PB[message.state],
         migration_id=message.migration_id,
@@ -280,6 +294,14 @@ def _stored_from_pb(message: object_pb2.StoredObject) -> GovernedObject:
         receipt=decode_envelope(message.receipt) if message.receipt else None,
         last_transfer_digest=message.last_transfer_digest,
         authority=decode_authority(message.authority),
+        # At rest the blob's host-local location replaces the digest-only transit form.
+        blob=_blob_from_pb(message.blob) if message.HasField("blob") else obj.blob,
+    )
+
+
+def _blob_from_pb(message: object_pb2.BlobRef) -> BlobRef:
+    return BlobRef(
+        digest=message.digest, size=message.size, location=message.location, chunks=message.chunks
     )
 
 
@@ -337,15 +359,8 @@ def decode_transfer(payload: bytes) -> Transfer:
     if len(message.nonce) != NONCE_BYTES:
         raise PayloadDecodeError(f"transfer nonce is {len(message.nonce)} bytes, not {NONCE_BYTES}")
     snapshot = _object_from_snapshot(message.object, list(message.credentials), message.lineage)
-    obj = GovernedObject(
-        object_id=snapshot.object_id,
-        tenant=snapshot.tenant,
-        data=snapshot.data,
-        content_type=snapshot.content_type,
-        grants=snapshot.grants,
-        rules=snapshot.rules,
-        lineage=snapshot.lineage,
-        cycle=snapshot.cycle,
+    obj = replace(
+        snapshot,
         epoch=message.epoch,
         state=LifecycleState.STAGED,
         migration_id=message.migration_id,

@@ -15,6 +15,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -157,6 +158,10 @@ class LossyPeers:
 
             async def prepare(self, transfer: bytes) -> bytes:
                 return await self._call("prepare", real.prepare(transfer))  # type: ignore[return-value]
+
+            async def prepare_stream(self, transfer: bytes, data: Any, *, size: int) -> bytes:
+                call = real.prepare_stream(transfer, data, size=size)
+                return await self._call("prepare", call)  # type: ignore[return-value]
 
             async def commit(self, migration_id: str) -> bytes:
                 return await self._call("commit", real.commit(migration_id))  # type: ignore[return-value]

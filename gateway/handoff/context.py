@@ -11,6 +11,7 @@ from gateway._time import Clock
 from gateway.authority import Admission, CapabilitySet, HostPolicy, effective_authority
 from gateway.config import HandoffConfig
 from gateway.credentials import VerifiedChain, verify_chain
+from gateway.errors import RuleError
 from gateway.handoff.journal import Journal
 from gateway.identity import HostId
 from gateway.keys import Purpose, Signer
@@ -56,6 +57,11 @@ class HostContext:
         must be what they can read; checked on creation and on arrival, never mid-cycle."""
         if not obj.rules:
             return
+        if obj.blob is not None:
+            raise RuleError(
+                f"{obj.object_id} has {obj.size} bytes of streamed data, which rules cannot read",
+                hint="keep rules for objects with small JSON data",
+            )
         compile_rules(obj.rules)
         check_data(load_data(obj.data, obj.content_type))
 

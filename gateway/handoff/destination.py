@@ -17,6 +17,7 @@ Invariants this side keeps:
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime
 
@@ -25,6 +26,7 @@ from gateway import wire
 from gateway._crash import crash_point
 from gateway._time import format_time, to_millis
 from gateway.authority import Admission
+from gateway.blobs import BlobRef, delete_blob, write_blob
 from gateway.credentials import attenuate, audience_admits
 from gateway.errors import (
     AdmissionDeniedError,
@@ -38,6 +40,7 @@ from gateway.errors import (
     PeerMismatchError,
     ReplayError,
     RollbackError,
+    TransferStreamError,
 )
 from gateway.handoff.context import HostContext
 from gateway.handoff.journal import (
@@ -126,6 +129,39 @@ class Destination:
         transfer, transfer_digest = self._open_transfer(
             raw, peer=peer, payload_type=dsse.PayloadType.TRANSFER, now=now
         )
+        if transfer.object.blob is not None:
+            raise TransferStreamError(
+                f"{transfer.object_id} carries {transfer.object.size} bytes of data as a stream",
+                hint="send it with PrepareStream",
+            )
+        return await self._prepare(transfer, transfer_digest, peer=peer, now=now)
+
+    async def prepare_stream(self, raw: bytes, data: AsyncIterator[bytes], *, peer: str) -> bytes:
+        """Prepare for a large object: the transfer is verified and admitted *before* any
+        data is read; the data is then stored as it streams in, hashed incrementally, and
+        must match the size and digest the transfer signs, or nothing is kept."""
+        ctx = self.ctx
+        now = ctx.clock.now()
+        transfer, transfer_digest = self._open_transfer(
+            raw, peer=peer, payload_type=dsse.PayloadType.TRANSFER, now=now
+        )
+        expected = transfer.object.blob
+        if expected is None:
+            raise TransferStreamError(
+                f"{transfer.object_id} carries its data inline; send it with Prepare"
+            )
+        return await self._prepare(transfer, transfer_digest, peer=peer, now=now, data=data)
+
+    async def _prepare(
+        self,
+        transfer: Transfer,
+        transfer_digest: bytes,
+        *,
+        peer: str,
+        now: datetime,
+        data: AsyncIterator[bytes] | None = None,
+    ) -> bytes:
+        ctx = self.ctx
         existing = await ctx.journal.destination(transfer.migration_id)
         if existing is not None:
             return self._replay(existing.value, transfer_digest)
@@ -135,6 +171,34 @@ class Destination:
             )
         admission, fence = await self._assess(transfer, peer=peer, now=now)
         staged = replace(transfer.object, authority=admission.authority)
+        blob: BlobRef | None = None
+        if data is not None and staged.blob is not None:
+            blob = await write_blob(
+                ctx.journal.store,
+                f"upload/{transfer.migration_id}/",
+                data,
+                expected_digest=staged.blob.digest,
+                expected_size=staged.blob.size,
+            )
+            staged = replace(staged, blob=blob)
+        try:
+            return await self._stage(transfer, transfer_digest, staged, fence, peer=peer, now=now)
+        except BaseException:
+            if blob is not None:
+                await delete_blob(ctx.journal.store, blob)
+            raise
+
+    async def _stage(
+        self,
+        transfer: Transfer,
+        transfer_digest: bytes,
+        staged: GovernedObject,
+        fence: Versioned[int] | None,
+        *,
+        peer: str,
+        now: datetime,
+    ) -> bytes:
+        ctx = self.ctx
 
         receipt = ctx.seal(
             wire.encode_receipt(
@@ -411,6 +475,7 @@ class Destination:
                     updated_at=now,
                 )
                 etag = loaded.etag
+            discarded = loaded.value.staged.blob if loaded and loaded.value.staged else None
             try:
                 await ctx.journal.store.transact(
                     [
@@ -422,10 +487,14 @@ class Destination:
                         Delete(key=open_destination_key(migration_id), etag=Expect.ANY),
                     ]
                 )
-                crash_point("destination.after-discard")
-                return
             except ConcurrencyError:
                 continue  # raced with a Prepare or a Commit: look again
+            crash_point("destination.after-discard")
+            if discarded is not None:
+                # The journal no longer points at the chunks; a crash here leaves only
+                # unreferenced chunks behind, never a half-deleted object.
+                await delete_blob(ctx.journal.store, discarded)
+            return
         raise ObjectStateError(f"migration {migration_id} keeps changing under abort; retry")
 
     async def _record_for(self, migration_id: str, peer: str) -> Versioned[DestinationRecord]:

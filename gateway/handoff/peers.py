@@ -8,6 +8,7 @@ same :class:`~gateway.errors.GatewayError` types the peer raised, and
 from __future__ import annotations
 
 import enum
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from gateway.handoff.messages import Evaluation
@@ -21,6 +22,13 @@ class Outcome(enum.Enum):
 class PeerClient(Protocol):
     async def prepare(self, transfer: bytes) -> bytes:
         """Send a serialized transfer envelope; returns the serialized staged receipt."""
+        ...
+
+    async def prepare_stream(
+        self, transfer: bytes, data: Callable[[], AsyncIterator[bytes]], *, size: int
+    ) -> bytes:
+        """Prepare for a large object; ``data`` makes a fresh iterator of its bytes (one
+        per attempt); ``size`` sets the deadline."""
         ...
 
     async def commit(self, migration_id: str) -> bytes:

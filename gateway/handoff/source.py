@@ -26,6 +26,7 @@ from datetime import datetime
 from gateway import envelope as dsse
 from gateway import wire
 from gateway._crash import crash_point
+from gateway.blobs import delete_blob, read_blob
 from gateway.errors import (
     BadSignatureError,
     ConcurrencyError,
@@ -196,8 +197,16 @@ class Source:
 
     async def _prepare_and_commit(self, record: SourceRecord) -> SourceRecord:
         client = self.peers.client(record.destination_host)
+        current = await self.ctx.journal.object(record.tenant, record.object_id)
+        blob = current.value.blob if current is not None else None
         try:
-            receipt_raw = await client.prepare(record.transfer)
+            if blob is None:
+                receipt_raw = await client.prepare(record.transfer)
+            else:
+                store = self.ctx.journal.store
+                receipt_raw = await client.prepare_stream(
+                    record.transfer, lambda: read_blob(store, blob), size=blob.size
+                )
             self._check_receipt(record, receipt_raw, ReceiptKind.STAGED)
         except PeerUnavailableError as exc:
             await self.abort(record.migration_id, reason=f"destination unreachable: {exc.reason}")
@@ -253,6 +262,9 @@ class Source:
             return again.value
         log.info("committed migration %s of %s", migration_id, record.object_id)
         crash_point("source.after-commit-journal")
+        if current.value.blob is not None:
+            # The destination holds the data (its staged receipt says so): ours can go.
+            await delete_blob(ctx.journal.store, current.value.blob)
         return committed
 
     async def _activate(self, record: SourceRecord) -> SourceRecord:

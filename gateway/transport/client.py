@@ -8,8 +8,8 @@ comes back as the peer's own error type.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -53,8 +53,20 @@ class GrpcPeerClient:
         )
         self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
 
-    async def _call(self, rpc: str, method: Callable[..., Awaitable[R]], request: Message) -> R:
-        timeout = self.timing.rpc_timeout.total_seconds()
+    async def _call(
+        self, rpc: str, method: Callable[..., Awaitable[R]], request: Message | Callable[[], Any]
+    ) -> R:
+        """Call with retries. ``request`` is a message, or (for client streams) a function
+        making a fresh request iterator for every attempt."""
+        return await self._attempts(
+            rpc,
+            lambda timeout: method(request() if callable(request) else request, timeout=timeout),
+            deadline=self.timing.rpc_timeout.total_seconds(),
+        )
+
+    async def _attempts(
+        self, rpc: str, invoke: Callable[[float], Awaitable[R]], *, deadline: float
+    ) -> R:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.timing.retry_attempts),
             wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.05),
@@ -65,7 +77,7 @@ class GrpcPeerClient:
             async for attempt in retrying:
                 with attempt:
                     try:
-                        return await method(request, timeout=timeout)
+                        return await invoke(deadline)
                     except grpc.aio.AioRpcError as exc:
                         if exc.code() in RETRYABLE:
                             raise _Unavailable(exc) from exc
@@ -91,6 +103,25 @@ class GrpcPeerClient:
     async def prepare(self, transfer: bytes) -> bytes:
         response: gateway_pb2.PrepareResponse = await self._call(
             "Prepare", self.stub.Prepare, gateway_pb2.PrepareRequest(transfer=transfer)
+        )
+        return response.receipt
+
+    async def prepare_stream(
+        self, transfer: bytes, data: Callable[[], AsyncIterator[bytes]], *, size: int
+    ) -> bytes:
+        """Prepare for a large object: the transfer, then its data, as one client stream.
+        The deadline grows with the size (at least 8 MiB/s must get through)."""
+
+        async def requests() -> AsyncIterator[gateway_pb2.PrepareChunk]:
+            yield gateway_pb2.PrepareChunk(transfer=transfer)
+            async for chunk in data():
+                yield gateway_pb2.PrepareChunk(data=chunk)
+
+        timeout = self.timing.rpc_timeout.total_seconds() + size / (8 << 20)
+        response: gateway_pb2.PrepareResponse = await self._attempts(
+            "PrepareStream",
+            lambda t: self.stub.PrepareStream(requests(), timeout=t),
+            deadline=timeout,
         )
         return response.receipt
 

@@ -9,13 +9,13 @@ answered as INTERNAL without internals.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TypeVar
 
 import grpc
 
 from gateway import wire
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, TransferStreamError
 from gateway.handoff.destination import Destination
 from gateway.handoff.messages import Evaluation
 from gateway.handoff.peers import Outcome
@@ -68,6 +68,29 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             )
 
         return await self._answer(context, "Prepare", handle)
+
+    async def PrepareStream(
+        self,
+        request_iterator: AsyncIterator[gateway_pb2.PrepareChunk],
+        context: grpc.aio.ServicerContext,
+    ) -> gateway_pb2.PrepareResponse:
+        async def handle(peer: str) -> gateway_pb2.PrepareResponse:
+            first = await anext(aiter(request_iterator), None)
+            if first is None or first.WhichOneof("part") != "transfer":
+                raise TransferStreamError("a PrepareStream must start with the transfer")
+
+            async def data() -> AsyncIterator[bytes]:
+                async for chunk in request_iterator:
+                    if chunk.WhichOneof("part") != "data":
+                        raise TransferStreamError(
+                            "a PrepareStream carries one transfer, then only data"
+                        )
+                    yield chunk.data
+
+            receipt = await self.destination.prepare_stream(first.transfer, data(), peer=peer)
+            return gateway_pb2.PrepareResponse(receipt=receipt)
+
+        return await self._answer(context, "PrepareStream", handle)
 
     async def Commit(
         self, request: gateway_pb2.CommitRequest, context: grpc.aio.ServicerContext

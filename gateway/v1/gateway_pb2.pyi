@@ -62,6 +62,32 @@ class PrepareRequest(_message.Message):
 Global___PrepareRequest: _TypeAlias = PrepareRequest  # noqa: Y015
 
 @_typing.final
+class PrepareChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    transfer: _builtins.bytes
+    """First message: the serialized transfer Envelope (its snapshot has data_streamed)."""
+    data: _builtins.bytes
+    """Every following message: the next bytes of the object's data."""
+    def __init__(
+        self,
+        *,
+        transfer: _builtins.bytes = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "part", b"part", "transfer", b"transfer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "part", b"part", "transfer", b"transfer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["transfer", "data"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___PrepareChunk: _TypeAlias = PrepareChunk  # noqa: Y015
+
+@_typing.final
 class PrepareResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

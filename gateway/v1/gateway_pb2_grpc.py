@@ -39,6 +39,11 @@ class GatewayStub:
                 request_serializer=gateway_dot_v1_dot_gateway__pb2.PrepareRequest.SerializeToString,
                 response_deserializer=gateway_dot_v1_dot_gateway__pb2.PrepareResponse.FromString,
                 _registered_method=True)
+        self.PrepareStream = channel.stream_unary(
+                '/gateway.v1.Gateway/PrepareStream',
+                request_serializer=gateway_dot_v1_dot_gateway__pb2.PrepareChunk.SerializeToString,
+                response_deserializer=gateway_dot_v1_dot_gateway__pb2.PrepareResponse.FromString,
+                _registered_method=True)
         self.Commit = channel.unary_unary(
                 '/gateway.v1.Gateway/Commit',
                 request_serializer=gateway_dot_v1_dot_gateway__pb2.CommitRequest.SerializeToString,
@@ -66,6 +71,13 @@ class GatewayServicer:
 
     def Prepare(self, request, context):
         """Source -> destination: verify, admit and stage the object; answer a signed receipt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrepareStream(self, request_iterator, context):
+        """Prepare for large objects: the transfer first, then the data in chunks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,6 +117,11 @@ def add_GatewayServicer_to_server(servicer, server):
             'Prepare': grpc.unary_unary_rpc_method_handler(
                     servicer.Prepare,
                     request_deserializer=gateway_dot_v1_dot_gateway__pb2.PrepareRequest.FromString,
+                    response_serializer=gateway_dot_v1_dot_gateway__pb2.PrepareResponse.SerializeToString,
+            ),
+            'PrepareStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.PrepareStream,
+                    request_deserializer=gateway_dot_v1_dot_gateway__pb2.PrepareChunk.FromString,
                     response_serializer=gateway_dot_v1_dot_gateway__pb2.PrepareResponse.SerializeToString,
             ),
             'Commit': grpc.unary_unary_rpc_method_handler(
@@ -154,6 +171,33 @@ class Gateway:
             target,
             '/gateway.v1.Gateway/Prepare',
             gateway_dot_v1_dot_gateway__pb2.PrepareRequest.SerializeToString,
+            gateway_dot_v1_dot_gateway__pb2.PrepareResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/gateway.v1.Gateway/PrepareStream',
+            gateway_dot_v1_dot_gateway__pb2.PrepareChunk.SerializeToString,
             gateway_dot_v1_dot_gateway__pb2.PrepareResponse.FromString,
             options,
             channel_credentials,

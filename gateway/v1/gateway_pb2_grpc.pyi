@@ -36,6 +36,8 @@ class GatewayStub:
     def __new__(cls, channel: _aio.Channel) -> GatewayAsyncStub: ...
     Prepare: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PrepareRequest, _gateway_pb2.PrepareResponse]
     """Source -> destination: verify, admit and stage the object; answer a signed receipt."""
+    PrepareStream: _grpc.StreamUnaryMultiCallable[_gateway_pb2.PrepareChunk, _gateway_pb2.PrepareResponse]
+    """Prepare for large objects: the transfer first, then the data in chunks."""
     Commit: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CommitRequest, _gateway_pb2.CommitResponse]
     """Source -> destination: make the staged object live; answer a signed activation receipt."""
     Abort: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.AbortRequest, _gateway_pb2.AbortResponse]
@@ -50,6 +52,8 @@ class GatewayAsyncStub(GatewayStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Prepare: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PrepareRequest, _gateway_pb2.PrepareResponse]  # type: ignore[assignment]
     """Source -> destination: verify, admit and stage the object; answer a signed receipt."""
+    PrepareStream: _aio.StreamUnaryMultiCallable[_gateway_pb2.PrepareChunk, _gateway_pb2.PrepareResponse]  # type: ignore[assignment]
+    """Prepare for large objects: the transfer first, then the data in chunks."""
     Commit: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CommitRequest, _gateway_pb2.CommitResponse]  # type: ignore[assignment]
     """Source -> destination: make the staged object live; answer a signed activation receipt."""
     Abort: _aio.UnaryUnaryMultiCallable[_gateway_pb2.AbortRequest, _gateway_pb2.AbortResponse]  # type: ignore[assignment]
@@ -67,6 +71,14 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.PrepareResponse, _abc.Awaitable[_gateway_pb2.PrepareResponse]]:
         """Source -> destination: verify, admit and stage the object; answer a signed receipt."""
+
+    @_abc_1.abstractmethod
+    def PrepareStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_gateway_pb2.PrepareChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.PrepareResponse, _abc.Awaitable[_gateway_pb2.PrepareResponse]]:
+        """Prepare for large objects: the transfer first, then the data in chunks."""
 
     @_abc_1.abstractmethod
     def Commit(

@@ -200,12 +200,19 @@ class ObjectSnapshot(_message.Message):
     DATA_DIGEST_FIELD_NUMBER: _builtins.int
     RULES_FIELD_NUMBER: _builtins.int
     CYCLE_FIELD_NUMBER: _builtins.int
+    DATA_SIZE_FIELD_NUMBER: _builtins.int
+    DATA_STREAMED_FIELD_NUMBER: _builtins.int
     object_id: _builtins.str
     tenant: _builtins.str
     data: _builtins.bytes
     content_type: _builtins.str
     data_digest: _builtins.bytes
     """SHA-256 of data; checked on receipt before data is used."""
+    data_size: _builtins.int
+    """Size of the data in bytes. When data_streamed is set, `data` is empty and the bytes
+    follow the transfer as a stream that must hash to data_digest.
+    """
+    data_streamed: _builtins.bool
     @_builtins.property
     def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rule]: ...
     @_builtins.property
@@ -220,14 +227,46 @@ class ObjectSnapshot(_message.Message):
         data_digest: _builtins.bytes = ...,
         rules: _abc.Iterable[Global___Rule] | None = ...,
         cycle: Global___CycleState | None = ...,
+        data_size: _builtins.int = ...,
+        data_streamed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cycle", b"cycle"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "cycle", b"cycle", "data", b"data", "data_digest", b"data_digest", "object_id", b"object_id", "rules", b"rules", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "cycle", b"cycle", "data", b"data", "data_digest", b"data_digest", "data_size", b"data_size", "data_streamed", b"data_streamed", "object_id", b"object_id", "rules", b"rules", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ObjectSnapshot: _TypeAlias = ObjectSnapshot  # noqa: Y015
+
+@_typing.final
+class BlobRef(_message.Message):
+    """Where a large object's data lives on this host (chunks under a key prefix)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    LOCATION_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
+    digest: _builtins.bytes
+    size: _builtins.int
+    location: _builtins.str
+    chunks: _builtins.int
+    def __init__(
+        self,
+        *,
+        digest: _builtins.bytes = ...,
+        size: _builtins.int = ...,
+        location: _builtins.str = ...,
+        chunks: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "digest", b"digest", "location", b"location", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlobRef: _TypeAlias = BlobRef  # noqa: Y015
 
 @_typing.final
 class Lineage(_message.Message):
@@ -275,6 +314,7 @@ class StoredObject(_message.Message):
     RECEIPT_FIELD_NUMBER: _builtins.int
     LAST_TRANSFER_DIGEST_FIELD_NUMBER: _builtins.int
     AUTHORITY_FIELD_NUMBER: _builtins.int
+    BLOB_FIELD_NUMBER: _builtins.int
     epoch: _builtins.int
     state: Global___LifecycleState.ValueType
     migration_id: _builtins.str
@@ -297,6 +337,10 @@ class StoredObject(_message.Message):
 
     @_builtins.property
     def lineage(self) -> Global___Lineage: ...
+    @_builtins.property
+    def blob(self) -> Global___BlobRef:
+        """Large objects: the data is this blob instead of snapshot.data (host-local location)."""
+
     def __init__(
         self,
         *,
@@ -310,10 +354,11 @@ class StoredObject(_message.Message):
         receipt: _builtins.bytes = ...,
         last_transfer_digest: _builtins.bytes = ...,
         authority: _builtins.bytes = ...,
+        blob: Global___BlobRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["lineage", b"lineage", "snapshot", b"snapshot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["blob", b"blob", "lineage", b"lineage", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "credentials", b"credentials", "epoch", b"epoch", "last_transfer_digest", b"last_transfer_digest", "lineage", b"lineage", "migration_id", b"migration_id", "moved_to", b"moved_to", "receipt", b"receipt", "snapshot", b"snapshot", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "blob", b"blob", "credentials", b"credentials", "epoch", b"epoch", "last_transfer_digest", b"last_transfer_digest", "lineage", b"lineage", "migration_id", b"migration_id", "moved_to", b"moved_to", "receipt", b"receipt", "snapshot", b"snapshot", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
