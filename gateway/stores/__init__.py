@@ -70,16 +70,19 @@ class StateStore(Protocol):
         """The items that exist among ``keys`` (missing keys are left out)."""
         ...
 
-    async def transact(self, operations: Sequence[Operation]) -> dict[str, str]:
-        """Apply all operations atomically; returns the new ETag of every key put.
+    async def transact(self, operations: Sequence[Operation]) -> None:
+        """Apply all operations atomically.
+
+        Writes return no ETags (Dapr's state API has none to return): read the key to
+        learn its new ETag.
 
         Raises :class:`~gateway.errors.ConcurrencyError` (naming the first key whose
         precondition failed) and changes nothing if any precondition fails.
         """
         ...
 
-    async def put(self, key: str, value: bytes, *, etag: str | Expect) -> str:
-        """A transaction of one :class:`Put`; returns the new ETag."""
+    async def put(self, key: str, value: bytes, *, etag: str | Expect) -> None:
+        """A transaction of one :class:`Put`."""
         ...
 
     async def delete(self, key: str, *, etag: str | Expect) -> None:

@@ -176,8 +176,8 @@ class SqliteStore:
         )
         return {key: found[key] for key in wanted if key in found}
 
-    async def transact(self, operations: Sequence[Operation]) -> dict[str, str]:
-        """Apply all operations atomically; returns the new ETag of every key put.
+    async def transact(self, operations: Sequence[Operation]) -> None:
+        """Apply all operations atomically.
 
         Raises :class:`~gateway.errors.ConcurrencyError` naming the first key (in the
         order given) whose precondition failed, and then nothing is written.
@@ -191,13 +191,12 @@ class SqliteStore:
         ops = tuple(operations)
         _check_operations(ops)
         if not ops:
-            return {}
-        return await self._run(_describe(ops), functools.partial(self._transact, ops))
+            return
+        await self._run(_describe(ops), functools.partial(self._transact, ops))
 
-    async def put(self, key: str, value: bytes, *, etag: str | Expect) -> str:
+    async def put(self, key: str, value: bytes, *, etag: str | Expect) -> None:
         """A transaction of one :class:`~gateway.stores.Put`; returns the new ETag."""
-        etags = await self.transact([Put(key=key, value=value, etag=etag)])
-        return etags[key]
+        await self.transact([Put(key=key, value=value, etag=etag)])
 
     async def delete(self, key: str, *, etag: str | Expect) -> None:
         """A transaction of one :class:`~gateway.stores.Delete`."""
