@@ -78,6 +78,24 @@ class HandoffConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DaprStoreConfig:
+    """State through a Dapr sidecar (``store: {dapr: ...}``)."""
+
+    state_store: str  #: the Dapr state component (transactional, with ETags)
+    grpc_endpoint: str | None = None  #: default: DAPR_GRPC_ENDPOINT / DAPR_GRPC_PORT
+    http_endpoint: str | None = None  #: default: DAPR_HTTP_ENDPOINT / DAPR_HTTP_PORT
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DaprConfig:
+    """Pub/sub and jobs through the sidecar (``dapr: ...``)."""
+
+    pubsub: str | None = None  #: component for gateway events, as CloudEvents
+    app_port: int | None = None  #: loopback gRPC port the sidecar calls for job triggers
+    jobs: bool = False  #: drive evaluation cycles with the Dapr Jobs API
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     source: Path  #: the file this came from
     host: HostId
@@ -85,7 +103,9 @@ class Config:
     listen: str
     tls: TlsConfig
     keys: Path
-    sqlite: Path
+    sqlite: Path | None = None  #: the embedded store (exactly one of sqlite / dapr_store)
+    dapr_store: DaprStoreConfig | None = None
+    dapr: DaprConfig | None = None
     tenants: tuple[str, ...] = ("default",)
     peers: tuple[PeerConfig, ...] = ()
     handoff: HandoffConfig = field(default_factory=HandoffConfig)
@@ -311,6 +331,7 @@ def parse_config(document: Any, *, source: Path) -> Config:
                 "handoff",
                 "policy",
                 "invoke",
+                "dapr",
             },
             {"host", "listen", "tls", "keys", "store"},
         )
@@ -328,7 +349,48 @@ def parse_config(document: Any, *, source: Path) -> Config:
         {"certificate", "private_key", "authority"},
         {"certificate", "private_key", "authority"},
     )
-    store = r.mapping(top["store"], "store", {"sqlite"}, {"sqlite"})
+    store = r.mapping(top["store"], "store", {"sqlite", "dapr"}, set())
+    if len(store) != 1:
+        raise r.fail(
+            "store", "give exactly one of 'sqlite' or 'dapr'", "e.g. store: {sqlite: state.db}"
+        )
+    dapr_store = None
+    if "dapr" in store:
+        section = r.mapping(
+            store["dapr"],
+            "store.dapr",
+            {"state_store", "grpc_endpoint", "http_endpoint"},
+            {"state_store"},
+        )
+        dapr_store = DaprStoreConfig(
+            state_store=r.string(section["state_store"], "store.dapr.state_store"),
+            grpc_endpoint=r.address(section["grpc_endpoint"], "store.dapr.grpc_endpoint")
+            if "grpc_endpoint" in section
+            else None,
+            http_endpoint=r.string(section["http_endpoint"], "store.dapr.http_endpoint")
+            if "http_endpoint" in section
+            else None,
+        )
+    dapr = None
+    if "dapr" in top:
+        section = r.mapping(top["dapr"], "dapr", {"pubsub", "app_port", "jobs"}, set())
+        app_port = section.get("app_port")
+        if app_port is not None and (
+            isinstance(app_port, bool) or not isinstance(app_port, int) or not 0 < app_port < 65536
+        ):
+            raise r.fail(
+                "dapr.app_port", f"expected a port number, got {_kind(app_port)}", "e.g. 50061"
+            )
+        jobs = r.flag(section["jobs"], "dapr.jobs") if "jobs" in section else False
+        if jobs and app_port is None:
+            raise r.fail(
+                "dapr.app_port", "missing", "jobs call the gateway back on this port; e.g. 50061"
+            )
+        dapr = DaprConfig(
+            pubsub=r.string(section["pubsub"], "dapr.pubsub") if "pubsub" in section else None,
+            app_port=app_port,
+            jobs=jobs,
+        )
 
     tenants_value = top.get("tenants", ["default"])
     if not isinstance(tenants_value, list) or not tenants_value:
@@ -423,7 +485,9 @@ def parse_config(document: Any, *, source: Path) -> Config:
             authority=r.path(tls["authority"], "tls.authority"),
         ),
         keys=r.path(top["keys"], "keys"),
-        sqlite=r.path(store["sqlite"], "store.sqlite"),
+        sqlite=r.path(store["sqlite"], "store.sqlite") if "sqlite" in store else None,
+        dapr_store=dapr_store,
+        dapr=dapr,
         tenants=tuple(tenants),
         peers=tuple(peers),
         handoff=HandoffConfig(**handoff_values),

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from gateway import envelope as dsse
 from gateway._time import Clock, SystemClock
@@ -31,12 +32,14 @@ from gateway.handoff.recovery import Recovery
 from gateway.handoff.source import MigrationResult, Source
 from gateway.keyring import Keyring, load_keyring
 from gateway.keys import Purpose
-from gateway.model import CycleState, GovernedObject, Rule, new_object
+from gateway.model import CycleState, GovernedObject, LifecycleState, Rule, new_object
 from gateway.objectspec import GrantSpec
 from gateway.runtime.cycle import CycleRunner
+from gateway.runtime.dapr import DaprEventSink, DaprJobs
 from gateway.runtime.outbox import Dispatcher, HttpInvoker
 from gateway.runtime.scheduler import Scheduler
-from gateway.stores import Expect
+from gateway.stores import Expect, StateStore
+from gateway.stores.dapr import DaprStore, connect_client
 from gateway.stores.sqlite import SqliteStore
 from gateway.transport.client import GrpcPeers
 from gateway.transport.server import GatewayService, start_server
@@ -74,10 +77,11 @@ class Host:
         self,
         config: Config,
         *,
-        store: SqliteStore,
+        store: StateStore,
         keyring: Keyring,
         trust: TrustStore,
         clock: Clock,
+        dapr_client: Any = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -115,12 +119,36 @@ class Host:
         self.recovery = Recovery(self.context, self.source, self.destination, self.peers)
         self.cycles = CycleRunner(self.context)
         self.scheduler = Scheduler(self.cycles, self.journal, config.tenants, clock=clock)
-        self.dispatcher = Dispatcher(
-            store, invoker=HttpInvoker(config.invoke), sink=None, clock=clock
+        self.dapr_client = dapr_client
+        dapr = config.dapr
+        sink = (
+            DaprEventSink(dapr_client, dapr.pubsub, source=host)
+            if dapr is not None and dapr.pubsub is not None and dapr_client is not None
+            else None
         )
+        self.jobs = (
+            DaprJobs(dapr_client, self.cycles, app_port=dapr.app_port)
+            if dapr is not None
+            and dapr.jobs
+            and dapr.app_port is not None
+            and dapr_client is not None
+            else None
+        )
+        self.dispatcher = Dispatcher(
+            store, invoker=HttpInvoker(config.invoke), sink=sink, clock=clock
+        )
+        self._background: set[asyncio.Task[None]] = set()
 
-    def _object_became_active(self) -> None:
-        self.scheduler.notice()
+    def _object_became_active(self, obj: GovernedObject) -> None:
+        """A new or arrived object starts cycling here: at once, not at the next scan."""
+        if self.jobs is None:
+            self.scheduler.notice()
+        elif obj.cycle.interval is not None:
+            task = asyncio.create_task(
+                self.jobs.schedule(obj.tenant, obj.object_id, obj.cycle.interval)
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     @classmethod
     async def open(cls, config: Config, *, clock: Clock | None = None) -> Host:
@@ -133,7 +161,20 @@ class Host:
                 f"but host.id is in {config.host.trust_domain}",
                 hint="point 'keys' at this trust domain's keys directory",
             )
-        store = SqliteStore.open(config.sqlite)
+        dapr_client = None
+        if config.dapr_store is not None:
+            dapr_store = await DaprStore.connect(
+                config.dapr_store.state_store,
+                grpc_endpoint=config.dapr_store.grpc_endpoint,
+                http_endpoint=config.dapr_store.http_endpoint,
+            )
+            store: StateStore = dapr_store
+            dapr_client = dapr_store.client
+        else:
+            assert config.sqlite is not None
+            store = SqliteStore.open(config.sqlite)
+            if config.dapr is not None:
+                dapr_client = await connect_client()
         try:
             bundles = [own]
             for key in await store.list(TRUST_PREFIX):
@@ -141,7 +182,12 @@ class Host:
                 if item is not None:
                     bundles.append(decode_bundle(item.value))
             return cls(
-                config, store=store, keyring=keyring, trust=TrustStore.of(bundles), clock=clock
+                config,
+                store=store,
+                keyring=keyring,
+                trust=TrustStore.of(bundles),
+                clock=clock,
+                dapr_client=dapr_client,
             )
         except BaseException:
             await store.close()
@@ -150,6 +196,8 @@ class Host:
     async def close(self) -> None:
         await self.peers.close()
         await self.store.close()
+        if self.dapr_client is not None and self.config.dapr_store is None:
+            await self.dapr_client.close()
 
     @property
     def host_id(self) -> str:
@@ -240,7 +288,7 @@ class Host:
             if blob is not None:
                 await delete_blob(self.store, blob)
             raise
-        self.scheduler.notice()
+        self._object_became_active(obj)
         return obj
 
     async def get_object(self, object_id: str, *, tenant: str) -> GovernedObject:
@@ -339,17 +387,31 @@ class Host:
         stop = stop or asyncio.Event()
         workers = [
             asyncio.create_task(self._recover_forever(stop)),
-            asyncio.create_task(self.scheduler.run(stop)),
             asyncio.create_task(self.dispatcher.run(stop)),
         ]
+        if self.jobs is None:
+            workers.append(asyncio.create_task(self.scheduler.run(stop)))
+        else:
+            await self.jobs.start()
+            await self._schedule_all_jobs()
         try:
             await stop.wait()
         finally:
             stop.set()
             for worker in workers:
                 worker.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*workers, *self._background, return_exceptions=True)
+            if self.jobs is not None:
+                await self.jobs.stop()
             await server.stop(grace=2.0)
+
+    async def _schedule_all_jobs(self) -> None:
+        """(Re)schedule the cycle job of every ACTIVE cycling object here (idempotent)."""
+        assert self.jobs is not None
+        for tenant in self.config.tenants:
+            for obj in await self.journal.objects(tenant):
+                if obj.state is LifecycleState.ACTIVE and obj.cycle.interval is not None:
+                    await self.jobs.schedule(tenant, obj.object_id, obj.cycle.interval)
 
     async def _recover_forever(self, stop: asyncio.Event) -> None:
         interval = max(1.0, self.config.handoff.stage_timeout.total_seconds() / 3)

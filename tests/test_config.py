@@ -79,7 +79,7 @@ BAD = [
     Bad("unknown-top-level-key", "a typo is named with the key it probably meant",
         edited(("peer", [])), "peer", "did you mean 'peers'?", "unknown key"),
     Bad("unknown-key-no-guess", "with no close match, the allowed keys are listed",
-        edited(("colour", "blue")), "colour", "allowed keys: handoff, host, invoke, keys", "unknown key"),
+        edited(("colour", "blue")), "colour", "allowed keys: dapr, handoff, host, invoke", "unknown key"),
     Bad("unknown-nested-key", "nested keys are named with their path",
         edited(("host.regoin", "eu")), "host.regoin", "did you mean 'region'?", "unknown key"),
     Bad("unknown-handoff-key", "handoff settings carry their unit",

@@ -34,7 +34,7 @@ class HostContext:
     policy: HostPolicy
     attenuate_on_rehost: bool = False
     #: called when an object becomes ACTIVE here, so its cycle starts without delay
-    on_active: Callable[[], None] = field(default=lambda: None)
+    on_active: Callable[[GovernedObject], None] = field(default=lambda _obj: None)
 
     @property
     def trust_domain(self) -> str:

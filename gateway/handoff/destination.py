@@ -57,6 +57,7 @@ from gateway.handoff.messages import Receipt, ReceiptKind, Transfer
 from gateway.handoff.records import DestinationRecord, DestinationStep
 from gateway.lineage import EntryKind, digest, verify_extends, verify_lineage
 from gateway.model import GovernedObject, LifecycleState
+from gateway.runtime.outbox import lifecycle_event, outbox_puts
 from gateway.stores import Delete, Expect, Put
 
 #: Longest lifetime a transfer may claim, whatever the sender's configuration says.
@@ -403,10 +404,21 @@ class Destination:
                     etag=etag,
                 ),
                 Delete(key=open_destination_key(record.migration_id), etag=Expect.ANY),
+                *outbox_puts(
+                    lifecycle_event(
+                        "object.rehosted",
+                        tenant=record.tenant,
+                        object_id=record.object_id,
+                        epoch=live.epoch,
+                        generation=live.generation,
+                        payload={"host": ctx.host, "from": peer, "migration": record.migration_id},
+                        at=now,
+                    )
+                ),
             ]
         )
         crash_point("destination.after-activate")
-        ctx.on_active()
+        ctx.on_active(live)
         return receipt
 
     def _attenuated(self, staged: GovernedObject, *, at: datetime) -> GovernedObject:

@@ -17,6 +17,7 @@ Invariants this side keeps (DESIGN.md §6):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import uuid
@@ -46,9 +47,12 @@ from gateway.handoff.peers import Outcome, Peers
 from gateway.handoff.records import SourceRecord, SourceStep
 from gateway.lineage import digest
 from gateway.model import GovernedObject
+from gateway.runtime.outbox import lifecycle_event, outbox_puts
 from gateway.stores import Delete, Expect, Put
 
 log = logging.getLogger(__name__)
+
+FREEZE_ATTEMPTS = 8
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,48 +84,56 @@ class Source:
         self.peers.client(destination)  # an unknown peer fails before anything is frozen
         if destination == ctx.host:
             raise ObjectStateError(f"{object_id} already lives on {ctx.host}")
-        loaded = await ctx.journal.object(tenant, object_id)
-        if loaded is None:
-            raise NotFoundError(
-                f"no object {object_id} in tenant {tenant} on {ctx.host}",
-                hint="list objects with `gateway object list`",
-            )
-        obj = loaded.value
-        now = ctx.clock.now()
         migration_id = new_migration_id()
-        frozen, raw = self._seal(obj, destination, migration_id, dsse.PayloadType.TRANSFER, now)
-        record = SourceRecord(
-            migration_id=migration_id,
-            object_id=object_id,
-            tenant=tenant,
-            destination_host=destination,
-            step=SourceStep.FROZEN,
-            transfer=raw,
-            created_at=now,
-            updated_at=now,
-        )
-        try:
-            await ctx.journal.store.transact(
-                [
-                    Put(
-                        key=object_key(tenant, object_id),
-                        value=wire.encode_object(frozen),
-                        etag=loaded.etag,
-                    ),
-                    Put(
-                        key=source_key(migration_id),
-                        value=wire.encode_source_record(record),
-                        etag=Expect.ABSENT,
-                    ),
-                    Put(key=open_source_key(migration_id), value=b"", etag=Expect.ABSENT),
-                ]
+        # A live object changes between our read and our freeze (its cycle commits every
+        # interval); freezing is local and conditional on the ETag read, so a lost race
+        # is simply tried again on the fresh object. Another migration is not retried:
+        # the object is then FROZEN or MOVED, and freeze() refuses it.
+        for attempt in range(FREEZE_ATTEMPTS):
+            loaded = await ctx.journal.object(tenant, object_id)
+            if loaded is None:
+                raise NotFoundError(
+                    f"no object {object_id} in tenant {tenant} on {ctx.host}",
+                    hint="list objects with `gateway object list`",
+                )
+            now = ctx.clock.now()
+            frozen, raw = self._seal(
+                loaded.value, destination, migration_id, dsse.PayloadType.TRANSFER, now
             )
-        except ConcurrencyError as exc:
-            raise ObjectStateError(
-                f"{object_id} changed while the migration was being prepared (another migration "
-                "or an update won)",
-                hint="check `gateway object show` and retry",
-            ) from exc
+            record = SourceRecord(
+                migration_id=migration_id,
+                object_id=object_id,
+                tenant=tenant,
+                destination_host=destination,
+                step=SourceStep.FROZEN,
+                transfer=raw,
+                created_at=now,
+                updated_at=now,
+            )
+            try:
+                await ctx.journal.store.transact(
+                    [
+                        Put(
+                            key=object_key(tenant, object_id),
+                            value=wire.encode_object(frozen),
+                            etag=loaded.etag,
+                        ),
+                        Put(
+                            key=source_key(migration_id),
+                            value=wire.encode_source_record(record),
+                            etag=Expect.ABSENT,
+                        ),
+                        Put(key=open_source_key(migration_id), value=b"", etag=Expect.ABSENT),
+                    ]
+                )
+                break
+            except ConcurrencyError as exc:
+                if attempt + 1 == FREEZE_ATTEMPTS:
+                    raise ObjectStateError(
+                        f"{object_id} kept changing while the migration was being prepared",
+                        hint="check `gateway object show` and retry",
+                    ) from exc
+                await asyncio.sleep(0.01 * (attempt + 1))
         log.info("froze %s for migration %s to %s", object_id, migration_id, destination)
         crash_point("source.after-freeze")
         return await self.resume(migration_id)
@@ -252,6 +264,21 @@ class Source:
                         key=source_key(migration_id),
                         value=wire.encode_source_record(committed),
                         etag=journal.etag,
+                    ),
+                    *outbox_puts(
+                        lifecycle_event(
+                            "migration.committed",
+                            tenant=record.tenant,
+                            object_id=record.object_id,
+                            epoch=moved.epoch,
+                            generation=moved.generation,
+                            payload={
+                                "from": ctx.host,
+                                "to": record.destination_host,
+                                "migration": migration_id,
+                            },
+                            at=committed.updated_at,
+                        )
                     ),
                 ]
             )

@@ -99,6 +99,32 @@ def event_key(tenant: str, object_id: str, generation: int, index: int) -> str:
     return f"{tenant}/{object_id}/{generation:012d}/{index:03d}"
 
 
+def lifecycle_event(
+    verb: str,
+    *,
+    tenant: str,
+    object_id: str,
+    epoch: int,
+    generation: int,
+    payload: Any,
+    at: datetime,
+) -> Event:
+    """A gateway event about an object (``object.rehosted``, ``migration.committed``): one
+    per object and epoch, so it is written once even if its transaction is retried."""
+    topic = verb.split(".", 1)[0] + "s"  # object.rehosted -> objects, migration.… -> migrations
+    return Event(
+        key=f"{tenant}/{object_id}/epoch-{epoch:012d}-{verb}",
+        tenant=tenant,
+        object_id=object_id,
+        generation=generation,
+        rule="",
+        verb=verb,
+        resource=f"gateway:{topic}",
+        payload=payload,
+        created_at=at,
+    )
+
+
 def outbox_puts(event: Event) -> list[Put]:
     """The writes that record a new event, for the evaluation's own transaction."""
     puts = [Put(key=EVENTS + event.key, value=event.encode(), etag=Expect.ABSENT)]

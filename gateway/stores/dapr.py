@@ -1,0 +1,394 @@
+"""A :class:`~gateway.stores.StateStore` over a Dapr state component, through the official
+``dapr`` SDK (async client) and a sidecar.
+
+How the protocol's guarantees map onto Dapr's state API:
+
+* **ETags** are the sidecar's. A write with an ETag is sent with that ETag (Dapr refuses it
+  with ``Aborted`` on mismatch); Dapr's writes return no ETag, so none is returned here.
+* **"Must be absent" and prefix listing** have no Dapr primitive, so the store keeps an
+  *existence index*: for every first key segment (``t``, ``journal``, ``open`` …; keys
+  without a ``/`` form one more family), :data:`SHARDS` index documents
+  ``__index__/<segment, hex>/<shard>`` list the keys that exist, and
+  ``__index__/families`` lists the segments seen.
+  Every transaction that creates or deletes a key also rewrites the key's index shard,
+  conditional on the shard's ETag, in the same ``ExecuteStateTransaction``. So the shards
+  change exactly when existence changes, and two creators of one key cannot both
+  succeed: the second fails on the shard's ETag, re-reads, and finds the key present.
+  Writes to keys that exist carry the ETag read just before, so even an unconditional
+  write can never resurrect a key deleted meanwhile behind the index's back.
+* **Atomicity** is ``ExecuteStateTransaction``'s: the component must be transactional.
+* **Values** are stored with a one-byte header, because Dapr answers a missing key with
+  empty data: without it an empty value and no value would look the same.
+
+Errors from the sidecar map to store errors: ``Aborted`` → ConcurrencyError (after the
+index retries described above), ``Unavailable``/``DeadlineExceeded`` →
+StoreUnavailableError. Reads are retried with tenacity (they are idempotent); writes are
+not retried blindly — a conditional write whose outcome is unknown is re-decided by
+re-reading, here for index contention and by the caller otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import grpc
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from gateway.errors import ConcurrencyError, StoreError, StoreUnavailableError
+from gateway.stores import Delete, Expect, Item, Operation, Put
+
+SHARDS = 32
+INDEX = "__index__/"
+_HEADER = b"\x00"
+_BULK = 100
+_ATTEMPTS = 12
+_MAX_MESSAGE = 32 << 20
+
+
+def _family(key: str) -> str:
+    """The first path segment of a key; "" for a key without a ``/``."""
+    family, slash, _rest = key.partition("/")
+    return family if slash else ""
+
+
+def _shards_of(family: str) -> builtins.list[str]:
+    return [f"{INDEX}{family.encode().hex()}/{n:02d}" for n in range(SHARDS)]
+
+
+def _shard_key(key: str) -> str:
+    shard = hashlib.sha256(key.encode("utf-8")).digest()[0] % SHARDS
+    return _shards_of(_family(key))[shard]
+
+
+FAMILIES = f"{INDEX}families"
+
+
+def _code(error: BaseException) -> grpc.StatusCode | None:
+    code = getattr(error, "code", None)
+    if callable(code):
+        try:
+            found = code()
+        except Exception:
+            return None
+        return found if isinstance(found, grpc.StatusCode) else None
+    return None
+
+
+class _Transient(Exception):
+    pass
+
+
+async def connect_client(
+    *, grpc_endpoint: str | None = None, http_endpoint: str | None = None
+) -> Any:
+    """Wait for the sidecar (its HTTP health endpoint, as the SDK does) and connect.
+
+    Endpoints not given come from the SDK's settings: ``DAPR_GRPC_ENDPOINT`` /
+    ``DAPR_GRPC_PORT`` and ``DAPR_HTTP_ENDPOINT`` / ``DAPR_HTTP_PORT``.
+    """
+    from dapr.aio.clients import DaprClient
+    from dapr.clients.health import DaprHealth
+    from dapr.conf import settings
+
+    if http_endpoint is not None:
+        setattr(settings, "DAPR_HTTP_ENDPOINT", http_endpoint)  # noqa: B010 - not declared
+    try:
+        # The SDK's wait is blocking (urllib + sleep): keep it off the event loop.
+        await asyncio.to_thread(DaprHealth.wait_for_sidecar)
+    except TimeoutError as exc:
+        raise StoreUnavailableError(
+            f"the Dapr sidecar did not become healthy ({exc})",
+            hint="check that daprd runs and DAPR_HTTP_ENDPOINT/DAPR_HTTP_PORT point at it",
+        ) from exc
+    return DaprClient(address=grpc_endpoint, max_grpc_message_length=_MAX_MESSAGE)
+
+
+class DaprStore:
+    """State through a Dapr sidecar. Open with :meth:`connect`."""
+
+    def __init__(self, client: Any, store_name: str) -> None:
+        self._client = client
+        self.store_name = store_name
+
+    @classmethod
+    async def connect(
+        cls, store_name: str, *, grpc_endpoint: str | None = None, http_endpoint: str | None = None
+    ) -> DaprStore:
+        return cls(
+            await connect_client(grpc_endpoint=grpc_endpoint, http_endpoint=http_endpoint),
+            store_name,
+        )
+
+    @property
+    def client(self) -> Any:
+        """The SDK client, shared with pub/sub and jobs."""
+        return self._client
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def __repr__(self) -> str:
+        return f"DaprStore({self.store_name!r})"
+
+    # --- calls ---------------------------------------------------------------------------
+
+    async def _read(self, call: Any) -> Any:
+        """An idempotent read, retried while the sidecar is briefly unavailable."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(4),
+            wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05),
+            retry=retry_if_exception_type(_Transient),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    try:
+                        return await call()
+                    except Exception as exc:
+                        if _code(exc) in (
+                            grpc.StatusCode.UNAVAILABLE,
+                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                        ):
+                            raise _Transient() from exc
+                        raise self._mapped(exc, "read") from exc
+        except _Transient as exc:
+            raise StoreUnavailableError(
+                f"Dapr state store {self.store_name!r} did not answer a read",
+                hint="check the sidecar and the state component",
+            ) from exc.__cause__
+        raise AssertionError("tenacity returns or raises")
+
+    def _mapped(self, error: Exception, doing: str) -> Exception:
+        code = _code(error)
+        if code is grpc.StatusCode.ABORTED:
+            return ConcurrencyError(
+                f"Dapr state store {self.store_name!r}: {doing} conflicted (ETag)"
+            )
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return StoreUnavailableError(
+                f"Dapr state store {self.store_name!r} did not answer a {doing}"
+            )
+        detail = str(error).splitlines()[0][:300]
+        return StoreError(f"Dapr state store {self.store_name!r} refused a {doing}: {detail}")
+
+    async def _bulk(self, keys: Sequence[str]) -> dict[str, tuple[bytes, str]]:
+        """Raw (value with header, etag) of the existing keys among ``keys``."""
+        found: dict[str, tuple[bytes, str]] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), _BULK):
+            chunk = unique[start : start + _BULK]
+            response = await self._read(
+                lambda c=chunk: self._client.get_bulk_state(
+                    store_name=self.store_name, keys=c, parallelism=8
+                )
+            )
+            for item in response.items:
+                if item.error:
+                    raise StoreError(f"Dapr could not read {item.key!r}: {item.error}")
+                data = item.data if isinstance(item.data, bytes) else item.data.encode()
+                if data:
+                    found[item.key] = (data, item.etag)
+        return found
+
+    # --- the protocol ---------------------------------------------------------------------
+
+    async def get(self, key: str) -> Item | None:
+        response = await self._read(
+            lambda: self._client.get_state(store_name=self.store_name, key=key)
+        )
+        data = response.data if isinstance(response.data, bytes) else response.data.encode()
+        if not data:
+            return None
+        return Item(key=key, value=_decode(key, data), etag=response.etag)
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Item]:
+        if isinstance(keys, str):
+            raise TypeError("get_many takes a sequence of keys, not one string")
+        found = await self._bulk(keys)
+        return {
+            k: Item(key=k, value=_decode(k, found[k][0]), etag=found[k][1])
+            for k in keys
+            if k in found
+        }
+
+    async def list(self, prefix: str, *, limit: int | None = None) -> builtins.list[str]:
+        if limit is not None and limit < 0:
+            raise ValueError("limit must not be negative")
+        if "/" in prefix:
+            families = [_family(prefix)]
+        else:
+            known = await self._bulk([FAMILIES])
+            names = _index_keys(known[FAMILIES][0]) if FAMILIES in known else []
+            families = ["", *(name for name in names if name.startswith(prefix))]
+        shards = [shard for family in families for shard in _shards_of(family)]
+        found = await self._bulk(shards)
+        keys = sorted(
+            k for raw, _etag in found.values() for k in _index_keys(raw) if k.startswith(prefix)
+        )
+        return keys[:limit] if limit is not None else keys
+
+    async def put(self, key: str, value: bytes, *, etag: str | Expect) -> None:
+        await self.transact([Put(key=key, value=value, etag=etag)])
+
+    async def delete(self, key: str, *, etag: str | Expect) -> None:
+        await self.transact([Delete(key=key, etag=etag)])
+
+    async def transact(self, operations: Sequence[Operation]) -> None:
+        ops = tuple(operations)
+        _check(ops)
+        if not ops:
+            return
+        for _attempt in range(_ATTEMPTS):
+            if await self._try_transact(ops):
+                return
+            await asyncio.sleep(0.005 * (1 + _attempt))
+        raise ConcurrencyError(
+            f"Dapr state store {self.store_name!r}: the key index kept changing under this transaction",
+            hint="heavy contention on new keys; retry",
+        )
+
+    async def _try_transact(self, ops: tuple[Operation, ...]) -> bool:
+        """One attempt; False if it lost a race on the index (re-read and try again)."""
+        from dapr.clients.grpc._request import TransactionalStateOperation, TransactionOperationType
+
+        current = await self._bulk([op.key for op in ops])
+        creations: builtins.list[str] = []
+        deletions: builtins.list[str] = []
+        requests = []
+        for op in ops:
+            existing = current.get(op.key)
+            if isinstance(op.etag, str):
+                if existing is None or existing[1] != op.etag:
+                    state = "it does not exist" if existing is None else "its ETag differs"
+                    raise ConcurrencyError(f"{op.key!r}: expected ETag {op.etag!r}, but {state}")
+            elif op.etag is Expect.ABSENT and existing is not None:
+                raise ConcurrencyError(f"{op.key!r}: expected it to be absent, but it exists")
+            if isinstance(op, Put):
+                if existing is None:
+                    creations.append(op.key)
+                requests.append(
+                    TransactionalStateOperation(
+                        key=op.key,
+                        data=_HEADER + op.value,
+                        etag=existing[1] if existing is not None else None,
+                        operation_type=TransactionOperationType.upsert,
+                    )
+                )
+            elif existing is not None:
+                deletions.append(op.key)
+                requests.append(
+                    TransactionalStateOperation(
+                        key=op.key, etag=existing[1], operation_type=TransactionOperationType.delete
+                    )
+                )
+        requests.extend(await self._index_updates(creations, deletions))
+        if not requests:
+            return True
+        try:
+            await self._client.execute_state_transaction(
+                store_name=self.store_name, operations=requests
+            )
+        except Exception as exc:
+            if _code(exc) is grpc.StatusCode.ABORTED:
+                return False  # someone wrote first; the next attempt re-decides from fresh reads
+            raise self._mapped(exc, "transaction") from exc
+        return True
+
+    async def _index_updates(
+        self, creations: Iterable[str], deletions: Iterable[str]
+    ) -> builtins.list[Any]:
+        """Index rewrites for keys coming into or going out of existence, each conditional
+        on the ETag just read (a concurrent change makes the whole transaction fail)."""
+
+        created = list(creations)
+        changes: dict[str, tuple[set[str], set[str]]] = {}
+        for key in created:
+            changes.setdefault(_shard_key(key), (set(), set()))[0].add(key)
+        for key in deletions:
+            changes.setdefault(_shard_key(key), (set(), set()))[1].add(key)
+        if not changes:
+            return []
+        wanted = [*changes, FAMILIES] if created else list(changes)
+        await self._ensure_documents(wanted)
+        documents = await self._bulk(wanted)
+        updates = []
+        for shard, (added, removed) in changes.items():
+            raw, etag = documents[shard]
+            keys = (set(_index_keys(raw)) | added) - removed
+            updates.append(_index_write(shard, sorted(keys), etag))
+        if created:
+            raw, etag = documents[FAMILIES]
+            families = set(_index_keys(raw))
+            new = {_family(key) for key in created} - families - {""}
+            if new:
+                updates.append(_index_write(FAMILIES, sorted(families | new), etag))
+        return updates
+
+    async def _ensure_documents(self, keys: Iterable[str]) -> None:
+        """Create missing index documents, insert-only (first-write with no ETag)."""
+        from dapr.clients.grpc._state import Concurrency, StateOptions
+
+        wanted = list(keys)
+        existing = await self._bulk(wanted)
+        for key in wanted:
+            if key in existing:
+                continue
+            try:
+                await self._client.save_state(
+                    store_name=self.store_name,
+                    key=key,
+                    value=_HEADER + b"[]",
+                    options=StateOptions(concurrency=Concurrency.first_write),
+                )
+            except Exception as exc:
+                if _code(exc) is not grpc.StatusCode.ABORTED:  # ABORTED: another writer made it
+                    raise self._mapped(exc, "index creation") from exc
+
+
+def _index_write(key: str, keys: builtins.list[str], etag: str) -> Any:
+    from dapr.clients.grpc._request import TransactionalStateOperation, TransactionOperationType
+
+    return TransactionalStateOperation(
+        key=key,
+        data=_HEADER + json.dumps(keys, separators=(",", ":"), ensure_ascii=False).encode(),
+        etag=etag,
+        operation_type=TransactionOperationType.upsert,
+    )
+
+
+def _decode(key: str, data: bytes) -> bytes:
+    if not data.startswith(_HEADER):
+        raise StoreError(f"{key!r} was not written by this gateway (no value header)")
+    return data[len(_HEADER) :]
+
+
+def _index_keys(raw: bytes) -> builtins.list[str]:
+    keys = json.loads(_decode("index", raw))
+    if not isinstance(keys, list):
+        raise StoreError("a key index shard is damaged")
+    return [str(k) for k in keys]
+
+
+def _check(ops: tuple[Operation, ...]) -> None:
+    keys = [op.key for op in ops]
+    if len(set(keys)) != len(keys):
+        duplicate = next(k for k in keys if keys.count(k) > 1)
+        raise StoreError(f"transaction names {duplicate!r} twice", hint="one operation per key")
+    for op in ops:
+        if op.key.startswith(INDEX):
+            raise StoreError(f"{op.key!r} is reserved for the store's own index")
+        if not op.key:
+            raise ValueError("keys must not be empty")
+        if isinstance(op, Put) and not isinstance(op.value, bytes):
+            raise TypeError(f"value of {op.key!r} must be bytes")
