@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,19 +31,64 @@ def vectors_dir() -> Path:
     return VECTORS
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> World:
+def three_hosts(tmp_path: Path, stores: dict[str, dict[str, Any]] | None = None) -> World:
     """Host A (org-a, east), host A2 (org-a, west) and host B (org-b); all trust each other."""
+    stores = stores or {}
     return build_world(
         tmp_path,
         [
-            HostSpec(host_id=HOST_A, region="eu-west", handoff=FAST_HANDOFF),
-            HostSpec(host_id=HOST_A2, region="eu-west", handoff=FAST_HANDOFF),
+            HostSpec(
+                host_id=HOST_A, region="eu-west", handoff=FAST_HANDOFF, store=stores.get(HOST_A)
+            ),
+            HostSpec(
+                host_id=HOST_A2, region="eu-west", handoff=FAST_HANDOFF, store=stores.get(HOST_A2)
+            ),
             HostSpec(
                 host_id=HOST_B,
                 region="eu-central",
                 tenants=("default", "billing"),
                 handoff=FAST_HANDOFF,
+                store=stores.get(HOST_B),
             ),
         ],
     )
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    """Three hosts, each on its own SQLite file."""
+    return three_hosts(tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "dapr"])
+def any_store_world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
+    """Three hosts on SQLite files, or each behind its own Dapr sidecar (the stand-in)."""
+    if request.param == "sqlite":
+        yield three_hosts(tmp_path)
+        return
+    from tests.daprd.components import state_store
+    from tests.daprd.runner import DaprdThread
+
+    sidecars = {
+        host: DaprdThread(
+            app_id=host.rsplit("/", 2)[-2],
+            db=tmp_path / f"daprd-{n}.db",
+            components=[state_store("statestore")],
+        )
+        for n, host in enumerate((HOST_A, HOST_A2, HOST_B))
+    }
+    stores = {}
+    for host, sidecar in sidecars.items():
+        addresses = sidecar.start()
+        stores[host] = {
+            "dapr": {
+                "state_store": "statestore",
+                "grpc_endpoint": addresses.grpc_endpoint,
+                "http_endpoint": addresses.http_endpoint,
+            }
+        }
+    try:
+        yield three_hosts(tmp_path, stores)
+    finally:
+        for sidecar in sidecars.values():
+            sidecar.stop()

@@ -54,6 +54,12 @@ DATA = json.dumps({"invoice": 42, "amount": 1250}).encode()
 Scenario = Callable[[dict[str, Host]], Awaitable[None]]
 
 
+@pytest.fixture
+def world(any_store_world: World) -> World:
+    """Every scenario here runs twice: on SQLite files, and on Dapr sidecars."""
+    return any_store_world
+
+
 def run(world: World, scenario: Scenario, hosts: list[str] | None = None) -> None:
     async def main() -> None:
         async with serving(world, hosts) as opened:

@@ -119,7 +119,7 @@ class DaprJobs:
             data=payload,
         )
         try:
-            await self.client.schedule_job_alpha1(job, overwrite=True)
+            await self.client.schedule_job(job, overwrite=True)
         except Exception as exc:
             raise StoreUnavailableError(
                 f"could not schedule the cycle of {object_id} with Dapr: {exc}"
@@ -127,7 +127,7 @@ class DaprJobs:
 
     async def unschedule(self, tenant: str, object_id: str) -> None:
         try:
-            await self.client.delete_job_alpha1(job_name(tenant, object_id))
+            await self.client.delete_job(job_name(tenant, object_id))
         except Exception as exc:
             log.info("deleting the job of %s: %s", object_id, exc)
 

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -73,19 +74,62 @@ def _shard_key(key: str) -> str:
 FAMILIES = f"{INDEX}families"
 
 
-def _code(error: BaseException) -> grpc.StatusCode | None:
-    code = getattr(error, "code", None)
-    if callable(code):
-        try:
-            found = code()
-        except Exception:
-            return None
-        return found if isinstance(found, grpc.StatusCode) else None
+def _code(error: BaseException | None) -> grpc.StatusCode | None:
+    """The gRPC status behind an SDK error. ``DaprGrpcError`` has ``code()``; the SDK's
+    ``DaprInternalError`` (what ``save_state`` raises) keeps it on ``__cause__``."""
+    while error is not None:
+        code = getattr(error, "code", None)
+        if callable(code):
+            try:
+                found = code()
+            except Exception:
+                found = None
+            if isinstance(found, grpc.StatusCode):
+                return found
+        error = error.__cause__
     return None
+
+
+def _conflict(error: BaseException) -> bool:
+    """An ETag conflict. Outside transactions daprd answers ABORTED; inside one it wraps
+    every store error as INTERNAL ("error while executing state transaction: possible
+    etag mismatch ..."), so the text is the only sign there (dapr/dapr pkg/api/grpc)."""
+    code = _code(error)
+    if code is grpc.StatusCode.ABORTED:
+        return True
+    return code is grpc.StatusCode.INTERNAL and "etag" in str(error).lower()
 
 
 class _Transient(Exception):
     pass
+
+
+class _Stale(Exception):
+    """Existence changed between reading a key and reading its index shard."""
+
+
+@contextlib.contextmanager
+def _sidecar_http(endpoint: str | None) -> Iterator[None]:
+    """Point the SDK's (process-wide) health check at ``endpoint`` for the duration only.
+
+    The SDK reads ``DAPR_HTTP_ENDPOINT`` from a settings object whose instance attributes
+    win over the environment; leaving one set would redirect every later client.
+    """
+    from dapr.conf import settings
+
+    if endpoint is None:
+        yield
+        return
+    had = "DAPR_HTTP_ENDPOINT" in vars(settings)
+    previous = vars(settings).get("DAPR_HTTP_ENDPOINT")
+    setattr(settings, "DAPR_HTTP_ENDPOINT", endpoint)  # noqa: B010 - not a declared attribute
+    try:
+        yield
+    finally:
+        if had:
+            setattr(settings, "DAPR_HTTP_ENDPOINT", previous)  # noqa: B010
+        else:
+            delattr(settings, "DAPR_HTTP_ENDPOINT")
 
 
 async def connect_client(
@@ -98,19 +142,19 @@ async def connect_client(
     """
     from dapr.aio.clients import DaprClient
     from dapr.clients.health import DaprHealth
-    from dapr.conf import settings
 
-    if http_endpoint is not None:
-        setattr(settings, "DAPR_HTTP_ENDPOINT", http_endpoint)  # noqa: B010 - not declared
-    try:
-        # The SDK's wait is blocking (urllib + sleep): keep it off the event loop.
-        await asyncio.to_thread(DaprHealth.wait_for_sidecar)
-    except TimeoutError as exc:
-        raise StoreUnavailableError(
-            f"the Dapr sidecar did not become healthy ({exc})",
-            hint="check that daprd runs and DAPR_HTTP_ENDPOINT/DAPR_HTTP_PORT point at it",
-        ) from exc
-    return DaprClient(address=grpc_endpoint, max_grpc_message_length=_MAX_MESSAGE)
+    with _sidecar_http(http_endpoint):
+        try:
+            # The SDK's wait is blocking (urllib + sleep): keep it off the event loop.
+            await asyncio.to_thread(DaprHealth.wait_for_sidecar)
+        except TimeoutError as exc:
+            raise StoreUnavailableError(
+                f"the Dapr sidecar did not become healthy ({exc})",
+                hint="check that daprd runs and DAPR_HTTP_ENDPOINT/DAPR_HTTP_PORT point at it",
+            ) from exc
+        # The constructor checks health again, synchronously: the sidecar is up, so it
+        # answers at once.
+        return DaprClient(address=grpc_endpoint, max_grpc_message_length=_MAX_MESSAGE)
 
 
 class DaprStore:
@@ -292,7 +336,10 @@ class DaprStore:
                         key=op.key, etag=existing[1], operation_type=TransactionOperationType.delete
                     )
                 )
-        requests.extend(await self._index_updates(creations, deletions))
+        try:
+            requests.extend(await self._index_updates(creations, deletions))
+        except _Stale:
+            return False
         if not requests:
             return True
         try:
@@ -300,7 +347,7 @@ class DaprStore:
                 store_name=self.store_name, operations=requests
             )
         except Exception as exc:
-            if _code(exc) is grpc.StatusCode.ABORTED:
+            if _conflict(exc):
                 return False  # someone wrote first; the next attempt re-decides from fresh reads
             raise self._mapped(exc, "transaction") from exc
         return True
@@ -325,7 +372,12 @@ class DaprStore:
         updates = []
         for shard, (added, removed) in changes.items():
             raw, etag = documents[shard]
-            keys = (set(_index_keys(raw)) | added) - removed
+            listed = set(_index_keys(raw))
+            if added & listed or removed - listed:
+                # The keys were read before this shard: someone created or deleted one in
+                # between. The shard is the authority on existence; decide again.
+                raise _Stale()
+            keys = (listed | added) - removed
             updates.append(_index_write(shard, sorted(keys), etag))
         if created:
             raw, etag = documents[FAMILIES]
@@ -352,7 +404,7 @@ class DaprStore:
                     options=StateOptions(concurrency=Concurrency.first_write),
                 )
             except Exception as exc:
-                if _code(exc) is not grpc.StatusCode.ABORTED:  # ABORTED: another writer made it
+                if not _conflict(exc):  # a conflict: another writer created it first
                     raise self._mapped(exc, "index creation") from exc
 
 

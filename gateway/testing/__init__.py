@@ -53,6 +53,8 @@ class HostSpec:
     algorithm: Algorithm = Algorithm.ED25519
     handoff: dict[str, Any] = field(default_factory=dict)  #: extra ``handoff:`` settings
     policy: dict[str, Any] | None = None  #: the ``policy:`` section (offers, ceilings, deny)
+    store: dict[str, Any] | None = None  #: the ``store:`` section (default: its own SQLite file)
+    dapr: dict[str, Any] | None = None  #: the ``dapr:`` section (pub/sub, jobs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,10 @@ def build_world(directory: Path, specs: Sequence[HostSpec], *, at: datetime | No
             document["handoff"] = dict(spec.handoff)
         if spec.policy is not None:
             document["policy"] = spec.policy
+        if spec.store is not None:
+            document["store"] = spec.store
+        if spec.dapr is not None:
+            document["dapr"] = spec.dapr
         write_config(configs[spec.host_id], document)
     bundles = {domain: load_keyring(path / "keys").export(at) for domain, path in domains.items()}
 

@@ -1,0 +1,279 @@
+"""Gateways on Dapr: state through the sidecar, cycles driven by Dapr jobs, events on Dapr
+pub/sub as CloudEvents, and a migration between two gateway processes whose sidecars
+(the stand-in, as real processes) are restarted between Prepare and Commit.
+
+With ``DAPR_GRPC_ENDPOINT`` set, tests/stores/test_dapr_store.py runs the store contract
+against a real sidecar; these tests need two sidecars they can kill, so they always use
+the stand-in (tests/daprd).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import load_config
+from gateway.handoff.journal import Journal
+from gateway.handoff.records import DestinationStep, SourceStep
+from gateway.lineage import EntryKind
+from gateway.model import GovernedObject, LifecycleState
+from gateway.objectspec import parse_spec
+from gateway.scaffold import free_port
+from gateway.stores.dapr import DaprStore
+from gateway.testing import HostSpec, ServerProcess, World, build_world, serving
+from tests.conftest import HOST_A, HOST_B
+from tests.daprd.components import pubsub, state_store
+from tests.daprd.runner import DaprdAddresses, DaprdProcess, DaprdThread
+
+pytestmark = pytest.mark.slow
+
+OBJECT = "obj://org-a.example/billing/invoice-9"
+POLICY = {
+    "offers": [
+        {"resource": "pubsub:*", "actions": ["publish"]},
+        {"resource": "state:self", "actions": ["read", "write"]},
+    ]
+}
+SPEC = {
+    "data": {"invoice": 9, "amount": 2000},
+    "grant": {
+        "audience": "spiffe://org-b.example",
+        "capabilities": [
+            {"resource": "pubsub:alerts/overdue", "actions": ["publish"]},
+            {"resource": "state:self", "actions": ["read", "write"]},
+        ],
+        "constraints": {"hosts": ["spiffe://org-a.example/*", "spiffe://org-b.example/*"]},
+    },
+    "cycle": {"interval_seconds": 0.3},
+    "rules": [
+        {
+            "name": "overdue",
+            "when": "data.amount > 1000",
+            "publish": {"topic": "alerts/overdue", "payload": "generation"},
+        },
+        {"name": "count", "when": "true", "write": '{"checks": generation + 1}'},
+    ],
+}
+
+
+def dapr_store_section(addresses: DaprdAddresses) -> dict[str, Any]:
+    return {
+        "dapr": {
+            "state_store": "statestore",
+            "grpc_endpoint": addresses.grpc_endpoint,
+            "http_endpoint": addresses.http_endpoint,
+        }
+    }
+
+
+def test_cycles_run_as_dapr_jobs_and_events_go_to_dapr_pubsub(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One gateway on Dapr: its object's cycle is triggered by the sidecar's job scheduler
+    (not the in-process scheduler), and what it publishes arrives as our CloudEvents."""
+    app_port = free_port()
+    sidecar = DaprdThread(
+        app_id="east",
+        db=tmp_path / "daprd.db",
+        components=[state_store("statestore"), pubsub("pubsub")],
+        app_port=app_port,
+    )
+    addresses = sidecar.start()
+    for name, value in addresses.env().items():  # for the test's own subscriber client
+        monkeypatch.setenv(name, value)
+    try:
+        world = build_world(
+            tmp_path / "world",
+            [
+                HostSpec(
+                    host_id=HOST_A,
+                    policy=POLICY,
+                    store=dapr_store_section(addresses),
+                    dapr={"pubsub": "pubsub", "app_port": app_port, "jobs": True},
+                )
+            ],
+        )
+        spec = parse_spec(SPEC, source="test")
+
+        async def main() -> None:
+            from dapr.aio.clients import DaprClient
+
+            async with serving(world) as hosts:
+                host = hosts[HOST_A]
+                assert host.jobs is not None  # cycles are the sidecar's jobs here
+                async with DaprClient(address=addresses.grpc_endpoint) as client:
+                    subscription = await client.subscribe("pubsub", "alerts.overdue")
+                    await host.create_object(
+                        OBJECT,
+                        tenant="default",
+                        data=spec.data,
+                        content_type=spec.content_type,
+                        grant=spec.grant,
+                        rules=spec.rules,
+                        cycle=spec.cycle,
+                    )
+                    received = []
+                    deadline = time.monotonic() + 15
+                    while len(received) < 3 and time.monotonic() < deadline:
+                        message = await asyncio.wait_for(subscription.next_message(), 10)
+                        received.append(message)
+                        await subscription.respond_success(message)
+                    await subscription.close()
+                assert len(received) >= 3
+                for message in received:
+                    assert message.type() == "gateway.action.published"
+                    assert message.source() == HOST_A
+                    assert message.id().startswith(f"default/{OBJECT}/")  # the outbox key
+                    assert message.extensions().get("subject") == OBJECT
+                generations = [m.data()["payload"] for m in received]  # our CloudEvent's data
+                assert generations == sorted(generations)
+                obj = await host.get_object(OBJECT, tenant="default")
+                assert obj.generation >= 3
+                assert host.scheduler.stats.evaluated == 0, "the in-process scheduler must be idle"
+
+        asyncio.run(main())
+    finally:
+        sidecar.stop()
+
+
+@pytest.fixture
+def sidecars(tmp_path: Path) -> Iterator[dict[str, DaprdProcess]]:
+    components = tmp_path / "components"
+    components.mkdir()
+    (components / "statestore.yaml").write_text(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\n"
+        "spec:\n  type: state.sqlite\n  version: v1\n  metadata: []\n"
+    )
+    started = {
+        host: DaprdProcess(
+            app_id=name,
+            db=tmp_path / f"{name}.db",
+            components_dir=components,
+            ready_file=tmp_path / f"{name}.ready",
+        )
+        for host, name in ((HOST_A, "east"), (HOST_B, "west"))
+    }
+    for process in started.values():
+        process.start()
+    try:
+        yield started
+    finally:
+        for process in started.values():
+            process.kill()
+
+
+def read(config: Path) -> tuple[GovernedObject | None, list[Any], list[Any]]:
+    async def main() -> tuple[GovernedObject | None, list[Any], list[Any]]:
+        section = load_config(config).dapr_store
+        assert section is not None
+        store = await DaprStore.connect(
+            section.state_store,
+            grpc_endpoint=section.grpc_endpoint,
+            http_endpoint=section.http_endpoint,
+        )
+        try:
+            journal = Journal(store)
+            loaded = await journal.object("default", OBJECT)
+            sources = [
+                await journal.source(k.rsplit("/", 1)[-1])
+                for k in await store.list("journal/source/")
+            ]
+            destinations = [
+                await journal.destination(k.rsplit("/", 1)[-1])
+                for k in await store.list("journal/destination/")
+            ]
+            return loaded.value if loaded else None, sources, destinations
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def test_migration_between_two_dapr_gateways_survives_a_sidecar_restart(
+    tmp_path: Path, sidecars: dict[str, DaprdProcess]
+) -> None:
+    """Both gateways keep their state in their own sidecar. The coordinator dies right after
+    COMMITTED; B's sidecar is SIGKILLed and restarted while the object is only staged on B;
+    then recovery finishes the migration through the restarted sidecar."""
+    assert all(p.addresses for p in sidecars.values())
+    fast = {
+        "transfer_ttl_seconds": 3,
+        "clock_skew_seconds": 1,
+        "rpc_timeout_seconds": 2,
+        "retry_attempts": 3,
+        "stage_timeout_seconds": 1,
+    }
+    world: World = build_world(
+        tmp_path / "world",
+        [
+            HostSpec(
+                host_id=host,
+                policy=POLICY,
+                handoff=fast,
+                store=dapr_store_section(sidecars[host].addresses),
+            )  # type: ignore[arg-type]
+            for host in (HOST_A, HOST_B)
+        ],
+    )
+    spec_file = tmp_path / "object.json"
+    spec_file.write_text(json.dumps({**SPEC, "cycle": {"interval_seconds": 60}}))
+    env = {**os.environ, "COLUMNS": "200"}
+    cli = [sys.executable, "-m", "gateway"]
+    with ServerProcess(world.config(HOST_A)), ServerProcess(world.config(HOST_B)):
+        created = subprocess.run(
+            [
+                *cli,
+                "object",
+                "create",
+                OBJECT,
+                "--spec",
+                str(spec_file),
+                "--config",
+                str(world.config(HOST_A)),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        assert created.returncode == 0, created.stderr
+        migrate = subprocess.run(
+            [*cli, "migrate", OBJECT, "--to", HOST_B, "--config", str(world.config(HOST_A))],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**env, "GATEWAY_TEST_CRASH_AT": "source.after-commit-journal"},
+        )
+        assert migrate.returncode == -9, migrate.stderr  # died between Prepare and Commit
+        staged, _, destinations = read(world.config(HOST_B))
+        assert staged is None  # not live on B: only staged
+        assert [d.value.step for d in destinations] == [DestinationStep.STAGED]  # type: ignore[union-attr]
+
+        sidecars[HOST_B].restart()  # SIGKILL the stand-in, start it on the same file
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            live, _, destinations = read(world.config(HOST_B))
+            if live is not None and live.state is LifecycleState.ACTIVE:
+                break
+            time.sleep(0.3)
+    moved, sources, _ = read(world.config(HOST_A))
+    live, _, destinations = read(world.config(HOST_B))
+    assert live is not None and live.state is LifecycleState.ACTIVE
+    assert moved is not None and moved.state is LifecycleState.MOVED
+    assert json.loads(live.data)["invoice"] == 9
+    assert [e.kind for e in live.lineage.entries][-2:] == [EntryKind.FROZEN, EntryKind.REHOSTED]
+    assert [d.value.step for d in destinations] == [DestinationStep.ACTIVATED]  # type: ignore[union-attr]
+    deadline = time.monotonic() + 15
+    while [s.value.step for s in sources] != [SourceStep.DONE] and time.monotonic() < deadline:  # type: ignore[union-attr]
+        time.sleep(0.3)
+        _, sources, _ = read(world.config(HOST_A))
