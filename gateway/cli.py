@@ -252,6 +252,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         region=args.region or "",
         tenants=args.tenant or ["default"],
         algorithm=Algorithm.parse(args.algorithm),
+        dns_names=args.dns or ["localhost"],
     )
     out.print(f"wrote {config}")
     out.print(
@@ -268,7 +269,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_certs_ca(args: argparse.Namespace) -> int:
     from gateway.scaffold import create_ca
 
-    create_ca(Path(args.out), args.trust_domain, at=SystemClock().now())
+    create_ca(
+        Path(args.out),
+        args.trust_domain,
+        at=SystemClock().now(),
+        dns_names=args.dns or ["localhost"],
+    )
     out.print(f"wrote {Path(args.out) / 'ca.crt'} and ca.key (keep the key private)")
     return 0
 
@@ -684,6 +690,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--tenant", action="append", help="tenant to host (repeatable; default: default)"
     )
     init.add_argument("--algorithm", default="ed25519", choices=algorithms)
+    init.add_argument(
+        "--dns",
+        action="append",
+        help="DNS name peers reach this host by (repeatable; default: localhost)",
+    )
     init.set_defaults(handler=cmd_init)
 
     serve = commands.add_parser(
@@ -697,6 +708,11 @@ def build_parser() -> argparse.ArgumentParser:
     certs_ca = certs.add_parser("ca", parents=[common], help="create a dev CA for a trust domain")
     certs_ca.add_argument("--trust-domain", required=True)
     certs_ca.add_argument("--out", required=True)
+    certs_ca.add_argument(
+        "--dns",
+        action="append",
+        help="DNS names its host certificates may carry (repeatable; default: localhost)",
+    )
     certs_ca.set_defaults(handler=cmd_certs_ca)
     certs_host = certs.add_parser(
         "host", parents=[common], help="issue a host certificate from a dev CA"

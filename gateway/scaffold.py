@@ -57,13 +57,16 @@ def _write(path: Path, data: bytes, *, private: bool = False) -> None:
         path.write_bytes(data)
 
 
-def create_ca(directory: Path, trust_domain: str, *, at: datetime) -> CertifiedKey:
-    """A development CA for ``trust_domain`` in ``directory`` (ca.crt, ca.key)."""
+def create_ca(
+    directory: Path, trust_domain: str, *, at: datetime, dns_names: Sequence[str] = ("localhost",)
+) -> CertifiedKey:
+    """A development CA for ``trust_domain`` in ``directory`` (ca.crt, ca.key). Its name
+    constraints permit only ``dns_names`` (and the trust domain's SPIFFE ids)."""
     if (directory / "ca.key").exists():
         raise ConfigError(
             f"{directory}: a CA already exists here", hint="pass it with --ca instead"
         )
-    ca = make_ca(trust_domain, now=at)
+    ca = make_ca(trust_domain, dns_names=dns_names, now=at)
     _write(directory / "ca.crt", ca.cert_pem)
     _write(directory / "ca.key", ca.key_pem, private=True)
     return ca
@@ -139,17 +142,21 @@ def init_host(
     tenants: Sequence[str] = ("default",),
     peers: Sequence[PeerEntry] = (),
     algorithm: Algorithm = Algorithm.ED25519,
+    dns_names: Sequence[str] = ("localhost",),
 ) -> Path:
-    """Create a complete host directory; returns the path of its configuration file."""
+    """Create a complete host directory; returns the path of its configuration file.
+
+    ``dns_names`` go into the host certificate (and, for a new CA, its name constraints):
+    the names peers use as ``server_name`` to reach this host."""
     host = HostId.parse(host_id)
     config_path = directory / "gateway.yaml"
     if config_path.exists():
         raise ConfigError(f"{config_path} already exists", hint="choose an empty directory")
     if ca_directory is None:
-        ca = create_ca(directory / "ca", host.trust_domain, at=at)
+        ca = create_ca(directory / "ca", host.trust_domain, at=at, dns_names=dns_names)
     else:
         ca = load_ca(ca_directory)
-    issue_host_certificate(ca, host, directory / "tls", at=at)
+    issue_host_certificate(ca, host, directory / "tls", at=at, dns_names=dns_names)
     init_keys(
         directory / "keys",
         trust_domain=host.trust_domain,

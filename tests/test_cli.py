@@ -378,3 +378,27 @@ def test_init_keys_trust_and_objects_work_end_to_end(tmp_path: Path) -> None:
         "add it under 'tenants:'",
         code=2,
     )
+
+
+def test_init_puts_the_dns_names_peers_use_in_the_certificate(tmp_path: Path) -> None:
+    """`gateway init --dns NAME` (repeatable): the host certificate carries the names, and
+    the new dev CA permits exactly those, so a peer can reach this host by name."""
+    from cryptography import x509
+
+    run = gateway(
+        "init",
+        tmp_path / "east",
+        "--host-id",
+        HOST_A,
+        "--dns",
+        "gateway.east.org-a.example",
+        "--dns",
+        "localhost",
+        cwd=tmp_path,
+    )
+    assert run.code == 0, run.stderr
+    certificate = x509.load_pem_x509_certificate(
+        (tmp_path / "east" / "tls" / "host.crt").read_bytes()
+    )
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["gateway.east.org-a.example", "localhost"]
