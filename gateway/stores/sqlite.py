@@ -32,6 +32,7 @@ import functools
 import os
 import secrets
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -353,10 +354,25 @@ def _connect(file: Path, busy_timeout: float) -> sqlite3.Connection:
     return connection
 
 
+def _enable_wal(connection: sqlite3.Connection, busy_timeout: float) -> str:
+    """Switch the file to WAL. Switching takes an exclusive lock and SQLite does not run
+    the busy handler for it, so two processes opening a new file at once can get
+    "database is locked" immediately: wait and retry within the busy timeout."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+            return str(mode)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _configure(connection: sqlite3.Connection, file: Path, busy_timeout: float) -> None:
     try:
         connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+        mode = _enable_wal(connection, busy_timeout)
         if str(mode).lower() != "wal":
             raise StoreError(
                 f"the SQLite store {file} cannot use write-ahead logging"
