@@ -285,8 +285,16 @@ class Host:
                 object_key(tenant, obj.object_id), encode_object(obj), etag=Expect.ABSENT
             )
         except BaseException:
+            # A write cancelled or timed out may still have committed: delete the chunks
+            # only if no object record points at them.
             if blob is not None:
-                await delete_blob(self.store, blob)
+                stored = await self.journal.object(tenant, object_id)
+                if (
+                    stored is None
+                    or stored.value.blob is None
+                    or stored.value.blob.location != blob.location
+                ):
+                    await delete_blob(self.store, blob)
             raise
         self._object_became_active(obj)
         return obj

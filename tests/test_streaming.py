@@ -9,13 +9,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from gateway import envelope as dsse
 from gateway.blobs import CHUNK_BYTES, read_blob
 from gateway.errors import TransferStreamError
+from gateway.handoff.destination import Destination
 from gateway.handoff.source import Source, new_migration_id
 from gateway.host import Host
 from gateway.lineage import verify_lineage
@@ -152,3 +157,76 @@ def test_an_aborted_stream_migration_discards_the_staged_chunks(world: World) ->
         assert await content(a, obj) == PAYLOAD
 
     run(world, scenario)
+
+
+def test_a_stage_cancelled_mid_commit_keeps_its_data(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's deadline cancels PrepareStream while the stage transaction is on the
+    SQLite worker: it commits anyway. The retried Prepare gets the receipt, the source
+    commits and drops its copy: the destination must still have every chunk.
+    (Regression: chunks used to be deleted on any failure, including an unknown outcome.)"""
+    from gateway.stores.sqlite import SqliteStore
+
+    async def scenario(hosts: dict[str, Host]) -> None:
+        a, b = hosts[HOST_A], hosts[HOST_B]
+        await create_large(a)
+        raw = await sealed_transfer(a)
+        original = SqliteStore._transact
+        slow_once = {"armed": True}
+
+        def slow_stage(self: SqliteStore, ops: tuple[Any, ...]) -> Any:
+            if slow_once["armed"] and any(op.key.startswith("journal/destination/") for op in ops):
+                slow_once["armed"] = False
+                time.sleep(0.3)  # a slow fsync; the caller gives up meanwhile
+            return original(self, ops)
+
+        monkeypatch.setattr(SqliteStore, "_transact", slow_stage)
+        first = asyncio.create_task(b.destination.prepare_stream(raw, pieces(PAYLOAD), peer=HOST_A))
+        for _ in range(200):  # until the stage transaction has reached the worker
+            if not slow_once["armed"]:
+                break
+            await asyncio.sleep(0.01)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await asyncio.sleep(0.4)  # the cancelled stage commits on the worker thread
+        receipt = await b.destination.prepare_stream(raw, pieces(PAYLOAD), peer=HOST_A)
+        assert receipt
+        (key,) = await b.store.list("journal/destination/")
+        record = await b.journal.destination(key.removeprefix("journal/destination/"))
+        assert record is not None and record.value.staged is not None
+        chunks = [c async for c in read_blob(b.store, record.value.staged.blob)]  # type: ignore[arg-type]
+        assert b"".join(chunks) == PAYLOAD
+
+    run(world, scenario)
+
+
+def test_unfinished_uploads_are_collected_after_their_transfer_expired(world: World) -> None:
+    async def scenario(hosts: dict[str, Host]) -> None:
+        a, b = hosts[HOST_A], hosts[HOST_B]
+        await create_large(a)
+        raw = await sealed_transfer(a)
+
+        async def dies_midway() -> AsyncIterator[bytes]:
+            yield PAYLOAD[: 3 * CHUNK_BYTES]
+            raise ConnectionError("the source vanished")
+
+        with pytest.raises(ConnectionError):
+            await b.destination.prepare_stream(raw, dies_midway(), peer=HOST_A)
+        assert await b.store.list("upload-open/")  # the attempt is on record
+        assert await b.destination.collect_uploads() == 0  # not expired yet: maybe in flight
+        later = replace(b.context, clock=Later(b.context.clock, timedelta(hours=1)))
+        assert await Destination(later).collect_uploads() == 1
+        assert await b.store.list("upload-open/") == []
+        assert await b.store.list("upload/") == []
+
+    run(world, scenario)
+
+
+class Later:
+    def __init__(self, clock: Any, ahead: timedelta) -> None:
+        self.clock, self.ahead = clock, ahead
+
+    def now(self) -> Any:
+        return self.clock.now() + self.ahead

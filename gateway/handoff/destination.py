@@ -17,6 +17,7 @@ Invariants this side keeps:
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime
@@ -26,7 +27,7 @@ from gateway import wire
 from gateway._crash import crash_point
 from gateway._time import format_time, to_millis
 from gateway.authority import Admission
-from gateway.blobs import BlobRef, delete_blob, write_blob
+from gateway.blobs import delete_blob, write_blob
 from gateway.credentials import attenuate, audience_admits
 from gateway.errors import (
     AdmissionDeniedError,
@@ -59,6 +60,9 @@ from gateway.lineage import EntryKind, digest, verify_extends, verify_lineage
 from gateway.model import GovernedObject, LifecycleState
 from gateway.runtime.outbox import lifecycle_event, outbox_puts
 from gateway.stores import Delete, Expect, Put
+
+#: Markers of uploads in progress: upload-open/<migration>/<attempt> -> expiry (ms).
+UPLOAD_MARKERS = "upload-open/"
 
 #: Longest lifetime a transfer may claim, whatever the sender's configuration says.
 MAX_TRANSFER_LIFETIME_S = 600
@@ -172,22 +176,27 @@ class Destination:
             )
         admission, fence = await self._assess(transfer, peer=peer, now=now)
         staged = replace(transfer.object, authority=admission.authority)
-        blob: BlobRef | None = None
+        upload: str | None = None
         if data is not None and staged.blob is not None:
+            # Each attempt uploads under its own prefix, announced by a marker that the
+            # stage transaction removes: a marker still there after the transfer expired
+            # means chunks nobody references (recovery deletes them). Chunks are never
+            # deleted when the stage's outcome is unknown (a cancelled or timed-out write
+            # may have committed): that would leave a staged object without its data.
+            upload = f"{UPLOAD_MARKERS}{transfer.migration_id}/{uuid.uuid4().hex[:16]}"
+            expires = to_millis(transfer.expires_at + 2 * ctx.timing.clock_skew)
+            await ctx.journal.store.put(upload, encode_counter(expires), etag=Expect.ABSENT)
             blob = await write_blob(
                 ctx.journal.store,
-                f"upload/{transfer.migration_id}/",
+                f"upload/{upload.removeprefix(UPLOAD_MARKERS)}/",
                 data,
                 expected_digest=staged.blob.digest,
                 expected_size=staged.blob.size,
             )
             staged = replace(staged, blob=blob)
-        try:
-            return await self._stage(transfer, transfer_digest, staged, fence, peer=peer, now=now)
-        except BaseException:
-            if blob is not None:
-                await delete_blob(ctx.journal.store, blob)
-            raise
+        return await self._stage(
+            transfer, transfer_digest, staged, fence, peer=peer, now=now, upload=upload
+        )
 
     async def _stage(
         self,
@@ -198,6 +207,7 @@ class Destination:
         *,
         peer: str,
         now: datetime,
+        upload: str | None = None,
     ) -> bytes:
         ctx = self.ctx
 
@@ -254,11 +264,16 @@ class Destination:
                         value=b"",
                         etag=Expect.ABSENT,
                     ),
+                    *([Delete(key=upload, etag=Expect.ANY)] if upload else []),
                 ]
             )
         except ConcurrencyError as exc:
             # Someone else wrote first: the same Prepare retried concurrently (answer it
             # like any retry) or another migration of this object (refuse this one).
+            # Our transaction certainly failed, so our own upload is unreferenced.
+            if upload is not None and staged.blob is not None:
+                await delete_blob(ctx.journal.store, staged.blob)
+                await ctx.journal.store.delete(upload, etag=Expect.ANY)
             again = await ctx.journal.destination(transfer.migration_id)
             if again is not None:
                 return self._replay(again.value, transfer_digest)
@@ -520,6 +535,25 @@ class Destination:
         return loaded
 
     # --- housekeeping -----------------------------------------------------------------
+
+    async def collect_uploads(self) -> int:
+        """Delete the chunks of uploads whose stage never committed (their marker is still
+        there after the transfer expired); returns how many uploads were removed."""
+        store = self.ctx.journal.store
+        now = to_millis(self.ctx.clock.now())
+        markers = await store.get_many(await store.list(UPLOAD_MARKERS))
+        removed = 0
+        for key, item in markers.items():
+            if decode_counter(item.value) >= now:
+                continue
+            chunks = await store.list(f"upload/{key.removeprefix(UPLOAD_MARKERS)}/")
+            for start in range(0, len(chunks), 64):
+                await store.transact(
+                    [Delete(key=k, etag=Expect.ANY) for k in chunks[start : start + 64]]
+                )
+            await store.delete(key, etag=item.etag)
+            removed += 1
+        return removed
 
     async def prune_nonces(self) -> int:
         """Forget nonces whose transfers can no longer be accepted anyway."""

@@ -91,4 +91,5 @@ class Recovery:
             except GatewayError as exc:
                 log.info("destination recovery of %s: %s", migration_id, exc)
         await self.destination.prune_nonces()
+        await self.destination.collect_uploads()
         return progressed
