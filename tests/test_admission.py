@@ -279,3 +279,20 @@ def test_host_policy_narrows_and_denies(tmp_path: Path) -> None:
 async def _serve(world: World, scenario, hosts: list[str] | None = None) -> None:  # type: ignore[no-untyped-def]
     async with serving(world, hosts) as opened:
         await scenario(opened)
+
+
+def test_attenuation_that_cannot_happen_never_blocks_activation(policy_world: World) -> None:
+    """B attenuates arriving objects, but this chain allows no delegation (max_depth 0):
+    once A has committed, B must make the object live anyway, unattenuated.
+    (Regression: activation used to raise, leaving the object live nowhere.)"""
+
+    async def scenario(hosts: dict[str, Host]) -> None:
+        a, b = hosts[HOST_A], hosts[HOST_B]
+        await create(a, grant(OVERDUE_ONLY, max_depth=0))
+        await a.migrate(OBJECT, tenant="default", destination=HOST_B)
+        moved = await b.get_object(OBJECT, tenant="default")
+        assert moved.state is LifecycleState.ACTIVE
+        assert len(moved.grants) == 1
+        assert EntryKind.ATTENUATED not in [e.kind for e in moved.lineage.entries]
+
+    asyncio.run(_serve(policy_world, scenario))

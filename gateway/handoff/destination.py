@@ -17,6 +17,7 @@ Invariants this side keeps:
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -34,6 +35,7 @@ from gateway.errors import (
     AudienceError,
     ConcurrencyError,
     ExpiredError,
+    GatewayError,
     LineageError,
     MigrationAbortedError,
     MigrationNotFoundError,
@@ -60,6 +62,8 @@ from gateway.lineage import EntryKind, digest, verify_extends, verify_lineage
 from gateway.model import GovernedObject, LifecycleState
 from gateway.runtime.outbox import lifecycle_event, outbox_puts
 from gateway.stores import Delete, Expect, Put
+
+log = logging.getLogger(__name__)
 
 #: Markers of uploads in progress: upload-open/<migration>/<attempt> -> expiry (ms).
 UPLOAD_MARKERS = "upload-open/"
@@ -443,17 +447,25 @@ class Destination:
         ctx = self.ctx
         if not ctx.attenuate_on_rehost:
             return staged
-        chain = ctx.chain_of(staged, at=at)
-        if chain is None or not audience_admits(chain.leaf.audience, ctx.host):
+        # By now the source has committed: the object is ours to make live whatever
+        # happens. Attenuating is optional, so anything that prevents it (a chain at its
+        # depth limit, a grant or key that expired while the object was staged) leaves
+        # the object as it arrived; it must never block activation.
+        try:
+            chain = ctx.chain_of(staged, at=at)
+            if chain is None or not audience_admits(chain.leaf.audience, ctx.host):
+                return staged
+            child = attenuate(
+                chain,
+                signer=ctx.grant_signer,
+                issuer=ctx.host,
+                audience=ctx.host,
+                at=at,
+                capabilities=staged.authority.allow,
+            )
+        except GatewayError as exc:
+            log.warning("not attenuating %s on rehost: %s", staged.object_id, exc)
             return staged
-        child = attenuate(
-            chain,
-            signer=ctx.grant_signer,
-            issuer=ctx.host,
-            audience=ctx.host,
-            at=at,
-            capabilities=staged.authority.allow,
-        )
         narrowed = replace(staged, grants=(*staged.grants, child.compact))
         return narrowed.record(
             EntryKind.ATTENUATED,
