@@ -43,7 +43,7 @@ from gateway.stores.dapr import DaprStore, connect_client
 from gateway.stores.sqlite import SqliteStore
 from gateway.transport.client import GrpcPeers
 from gateway.transport.server import GatewayService, start_server
-from gateway.transport.tls import authorities_by_domain, server_credentials
+from gateway.transport.tls import server_credentials
 from gateway.trust import TrustBundle, TrustStore, accept_bundle, decode_bundle, encode_bundle
 from gateway.wire import (
     MAX_ENVELOPE_BYTES,
@@ -377,11 +377,13 @@ class Host:
         self, *, ready: asyncio.Future[int] | None = None, stop: asyncio.Event | None = None
     ) -> None:
         """Serve peers until ``stop`` is set (or forever); recover open migrations meanwhile."""
-        authorities = authorities_by_domain(self.trust.x509_authorities())
+        authorities = {
+            domain: bundle.x509_authorities for domain, bundle in self.trust.bundles.items()
+        }
         credentials = server_credentials(
             certificate=self.certificate,
             private_key=self.private_key,
-            client_roots=b"".join(authorities.values()),
+            client_roots=b"".join(self.trust.x509_authorities()),
         )
         service = GatewayService(
             source=self.source, destination=self.destination, authorities=authorities

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -38,10 +39,12 @@ __all__ = [
     "HostId",
     "ObjectId",
     "ca_trust_domain",
+    "check_domain_authority",
     "spiffe_id_from_cert",
     "trust_domain_problem",
     "validate_tenant",
     "verify_issued_by",
+    "verify_issued_for_domain",
 ]
 
 _MAX_ID_BYTES: Final = 2048
@@ -271,6 +274,81 @@ def verify_issued_by(cert_pem: bytes, ca_pem: bytes) -> None:
             f"{ca_domain!r} ({type(exc).__name__}: {str(exc) or 'bad signature'})",
             hint="the peer's CA for this trust domain must be the one in the trust bundle",
         ) from exc
+
+
+def verify_issued_for_domain(
+    cert_pem: bytes, authorities: Sequence[bytes], trust_domain: str
+) -> HostId:
+    """The peer's SPIFFE id, if ``cert_pem`` names a host of ``trust_domain`` and was
+    signed directly by one of ``authorities`` — the CAs of that domain's trust bundle.
+
+    Which domain a CA speaks for comes from the signed trust bundle it was delivered in,
+    never from the CA certificate: a CA that one domain publishes can never vouch for
+    another domain's hosts. A CA that does carry a URI name constraint must also name
+    the same domain (so a CA constrained to another domain is refused even if a bundle
+    lists it). Raises PeerMismatchError (no usable SPIFFE id) or UntrustedKeyError.
+    """
+    host_id = spiffe_id_from_cert(cert_pem)
+    if host_id.trust_domain != trust_domain:
+        raise UntrustedKeyError(
+            f"the peer certificate claims {host_id}, not a host of {trust_domain}"
+        )
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    for ca_pem in authorities:
+        try:
+            ca = x509.load_pem_x509_certificate(ca_pem)
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        constrained = _ca_constraint_domain(ca)
+        if constrained is not None and constrained != trust_domain:
+            raise UntrustedKeyError(
+                f"the CA that issued {host_id} is constrained to {constrained!r}, not {trust_domain!r}"
+            )
+        return host_id
+    raise UntrustedKeyError(
+        f"the certificate for {host_id} was not issued by any CA in the trust bundle of {trust_domain}",
+        hint=f"import {trust_domain}'s current bundle, which carries its CA certificates",
+    )
+
+
+def check_domain_authority(ca_pem: bytes, trust_domain: str) -> None:
+    """A CA a bundle of ``trust_domain`` may carry: a CA certificate, and if it has a URI
+    name constraint, one for that very domain. Raises TrustError."""
+    try:
+        ca = x509.load_pem_x509_certificate(ca_pem)
+    except ValueError as exc:
+        raise TrustError(f"a CA of {trust_domain} is not a PEM X.509 certificate: {exc}") from exc
+    try:
+        basic = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        basic = None
+    if basic is None or not basic.ca:
+        raise TrustError(
+            f"{ca.subject.rfc4514_string()!r} in the bundle of {trust_domain} is not a CA"
+        )
+    constrained = _ca_constraint_domain(ca)
+    if constrained is not None and constrained != trust_domain:
+        raise TrustError(
+            f"the bundle of {trust_domain} carries a CA constrained to {constrained!r}",
+            hint="a domain's bundle may only carry CAs for that domain",
+        )
+
+
+def _ca_constraint_domain(ca: x509.Certificate) -> str | None:
+    """The domain a CA's URI name constraint permits, None if it has no URI constraint."""
+    try:
+        constraints = ca.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+    uris = [
+        n.value
+        for n in constraints.permitted_subtrees or ()
+        if isinstance(n, x509.UniformResourceIdentifier)
+    ]
+    if not uris:
+        return None
+    return _ca_trust_domain(ca)
 
 
 def ca_trust_domain(ca_pem: bytes) -> str:

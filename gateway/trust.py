@@ -38,7 +38,7 @@ from gateway.errors import (
     TrustError,
     UntrustedKeyError,
 )
-from gateway.identity import HostId
+from gateway.identity import HostId, check_domain_authority
 from gateway.keys import Algorithm, KeyRecord, Purpose, Signer
 
 BUNDLE_FORMAT = 1
@@ -375,6 +375,8 @@ def accept_bundle(
     expected = trust_domain or authority.trust_domain
     if claimed.trust_domain != expected:
         raise TrustError(f"bundle is for {claimed.trust_domain}, expected {expected}")
+    for ca in claimed.x509_authorities:
+        check_domain_authority(ca, claimed.trust_domain)
     if current is not None:
         if claimed.sequence < current.sequence:
             raise RollbackError(

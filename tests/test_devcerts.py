@@ -268,3 +268,41 @@ def test_host_cert_cannot_be_issued_by_a_host_cert(ca: CertifiedKey) -> None:
     host = make_host_cert(ca, GATEWAY, now=NOW)
     with pytest.raises(ConfigError):
         make_host_cert(host, GATEWAY, now=NOW)
+
+
+def test_a_domain_cannot_vouch_for_another_domains_hosts() -> None:
+    """org-b publishes, in its own bundle, a CA constrained to org-c.example and issues
+    itself a certificate for spiffe://org-c.example/...: it must be refused, and the real
+    org-c certificate accepted. Which domain a CA speaks for is its bundle's word.
+    (Regression: CAs used to be indexed by their own name constraint, first one wins.)"""
+    from datetime import UTC, datetime
+
+    from gateway.errors import TrustError, UntrustedKeyError
+    from gateway.keys import Purpose, Signer
+    from gateway.transport.tls import authenticated_peer
+    from gateway.trust import TrustStore, new_bundle
+
+    now = datetime.now(UTC)
+    rogue, real_c = make_ca("org-c.example"), make_ca("org-c.example")
+    keys = [
+        Signer.generate().record(purposes=[Purpose.ENVELOPE, Purpose.BUNDLE], valid_from=now)
+        for _ in range(2)
+    ]
+    b_bundle = new_bundle(
+        "org-b.example", [keys[0]], x509_authorities=[rogue.cert_pem], issued_at=now
+    )
+    c_bundle = new_bundle(
+        "org-c.example", [keys[1]], x509_authorities=[real_c.cert_pem], issued_at=now
+    )
+    trust = TrustStore.of([b_bundle, c_bundle])
+    authorities = {domain: bundle.x509_authorities for domain, bundle in trust.bundles.items()}
+    host = HostId.parse("spiffe://org-c.example/cluster/x/gateway")
+    fake, real = make_host_cert(rogue, host), make_host_cert(real_c, host)
+    with pytest.raises(UntrustedKeyError):
+        authenticated_peer({"x509_pem_cert": [fake.cert_pem]}, authorities)
+    assert authenticated_peer({"x509_pem_cert": [real.cert_pem]}, authorities) == str(host)
+    # And such a bundle is refused on import in the first place.
+    from gateway.identity import check_domain_authority
+
+    with pytest.raises(TrustError, match="constrained to 'org-c.example'"):
+        check_domain_authority(rogue.cert_pem, "org-b.example")

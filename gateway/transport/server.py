@@ -36,7 +36,11 @@ _OUTCOMES = {
 
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
     def __init__(
-        self, *, source: Source, destination: Destination, authorities: Mapping[str, bytes]
+        self,
+        *,
+        source: Source,
+        destination: Destination,
+        authorities: Mapping[str, tuple[bytes, ...]],
     ) -> None:
         self.source = source
         self.destination = destination

@@ -3,7 +3,8 @@
 gRPC verifies a client certificate against the *union* of every trusted CA. A CA of
 ``org-b.example`` could therefore issue a certificate claiming ``spiffe://org-a.example/…``
 and pass the handshake. :func:`authenticated_peer` closes that gap: the certificate must
-have been issued by the CA of the very trust domain its SPIFFE id names.
+have been issued by a CA carried in the signed trust bundle of the very trust domain its
+SPIFFE id names (which domain a CA speaks for is the bundle's word, not the CA's).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 import grpc
 
 from gateway.errors import PeerMismatchError, UntrustedKeyError
-from gateway.identity import ca_trust_domain, spiffe_id_from_cert, verify_issued_by
+from gateway.identity import spiffe_id_from_cert, verify_issued_for_domain
 
 MAX_MESSAGE_BYTES = 32 << 20
 
@@ -22,14 +23,6 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 30_000),
 )
-
-
-def authorities_by_domain(ca_certificates: tuple[bytes, ...]) -> dict[str, bytes]:
-    """Index CA certificates (PEM) by the trust domain their name constraints permit."""
-    found: dict[str, bytes] = {}
-    for pem in ca_certificates:
-        found.setdefault(ca_trust_domain(pem), pem)
-    return found
 
 
 def server_credentials(
@@ -50,9 +43,10 @@ def channel_credentials(
 
 
 def authenticated_peer(
-    auth_context: Mapping[str, list[bytes]], authorities: Mapping[str, bytes]
+    auth_context: Mapping[str, list[bytes]], authorities: Mapping[str, tuple[bytes, ...]]
 ) -> str:
-    """The SPIFFE id of the peer, after checking its certificate came from its own domain's CA."""
+    """The SPIFFE id of the peer, after checking its certificate was issued by a CA of the
+    trust bundle of the domain it claims (``authorities``: trust domain -> its CAs)."""
     certificates = auth_context.get("x509_pem_cert") or []
     if not certificates:
         raise PeerMismatchError(
@@ -60,11 +54,10 @@ def authenticated_peer(
         )
     pem = certificates[0]
     host = spiffe_id_from_cert(pem)
-    authority = authorities.get(host.trust_domain)
-    if authority is None:
+    domain_authorities = authorities.get(host.trust_domain)
+    if not domain_authorities:
         raise UntrustedKeyError(
             f"peer {host} belongs to {host.trust_domain}, whose CA this host does not trust",
             hint=f"import {host.trust_domain}'s trust bundle with `gateway trust import`",
         )
-    verify_issued_by(pem, authority)
-    return str(host)
+    return str(verify_issued_for_domain(pem, domain_authorities, host.trust_domain))
