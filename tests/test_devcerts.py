@@ -304,5 +304,5 @@ def test_a_domain_cannot_vouch_for_another_domains_hosts() -> None:
     # And such a bundle is refused on import in the first place.
     from gateway.identity import check_domain_authority
 
-    with pytest.raises(TrustError, match="constrained to 'org-c.example'"):
+    with pytest.raises(TrustError, match=r"constrained to 'org-c\.example'"):
         check_domain_authority(rogue.cert_pem, "org-b.example")
