@@ -49,6 +49,8 @@ class PayloadType:
     STAGED_RECEIPT = "application/vnd.gateway.staged-receipt.v1+protobuf"
     ACTIVATION_RECEIPT = "application/vnd.gateway.activation-receipt.v1+protobuf"
     CHECKPOINT = "application/vnd.gateway.checkpoint.v1+json"
+    #: A source's signed answer to a destination's Decision request.
+    DECISION = "application/vnd.gateway.decision.v1+json"
     #: A transfer offered for a dry run (Evaluate); by its own type it can never be staged.
     PROPOSAL = "application/vnd.gateway.proposal.v1+protobuf"
     TRUST_BUNDLE = "application/vnd.gateway.trust-bundle.v1+json"

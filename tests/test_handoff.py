@@ -37,10 +37,10 @@ from gateway.errors import (
     UnknownPeerError,
     UntrustedKeyError,
 )
-from gateway.handoff.messages import NONCE_BYTES, Transfer
-from gateway.handoff.peers import Outcome, PeerClient, Peers
+from gateway.handoff.messages import NONCE_BYTES, Outcome, Transfer
+from gateway.handoff.peers import PeerClient, Peers
 from gateway.handoff.records import DestinationStep, SourceStep
-from gateway.handoff.source import Source, new_migration_id
+from gateway.handoff.source import Source, new_migration_id, open_decision
 from gateway.host import Host
 from gateway.keys import Signer
 from gateway.lineage import EntryKind, verify_lineage
@@ -175,7 +175,7 @@ class LossyPeers:
             async def abort(self, migration_id: str, reason: str) -> None:
                 await self._call("abort", real.abort(migration_id, reason))
 
-            async def decision(self, migration_id: str) -> Outcome:
+            async def decision(self, migration_id: str) -> bytes:
                 return await self._call("decision", real.decision(migration_id))  # type: ignore[return-value]
 
         return Lossy()
@@ -587,8 +587,16 @@ def test_decision_aborts_what_was_not_committed(world: World) -> None:
         await freeze_only()
         (migration_id,) = frozen_at_prepare
         assert (await a.get_object(OBJECT, tenant="default")).state is LifecycleState.FROZEN
-        assert await b.peers.client(HOST_A).decision(migration_id) is Outcome.ABORTED
-        assert await b.peers.client(HOST_A).decision("mig-unknown") is Outcome.ABORTED
+        for asked in (migration_id, "mig-unknown"):
+            answer = await b.peers.client(HOST_A).decision(asked)
+            assert (
+                open_decision(b.context, answer, source=HOST_A, migration_id=asked)
+                is Outcome.ABORTED
+            )
+        # A signed answer is only good for its own migration (and destination).
+        answer = await b.peers.client(HOST_A).decision(migration_id)
+        with pytest.raises(BadSignatureError):
+            open_decision(b.context, answer, source=HOST_A, migration_id="mig-other")
         await assert_settled_on(hosts, HOST_A)
         with pytest.raises(MigrationAbortedError):
             await a.source.resume(migration_id)

@@ -42,7 +42,6 @@ from gateway.handoff.context import HostContext
 from gateway.handoff.destination import Destination
 from gateway.handoff.journal import OPEN_DESTINATION_PREFIX, OPEN_SOURCE_PREFIX, Journal
 from gateway.handoff.messages import Evaluation
-from gateway.handoff.peers import Outcome
 from gateway.handoff.recovery import Recovery
 from gateway.handoff.source import Source
 from gateway.host import Host
@@ -132,7 +131,7 @@ class SimClient:
     async def abort(self, migration_id: str, reason: str) -> None:
         await self.network.call(self.sender, self.receiver, "abort", migration_id, reason)
 
-    async def decision(self, migration_id: str) -> Outcome:
+    async def decision(self, migration_id: str) -> bytes:
         return await self.network.call(self.sender, self.receiver, "decision", migration_id)  # type: ignore[no-any-return]
 
     async def evaluate(self, proposal: bytes) -> Evaluation:

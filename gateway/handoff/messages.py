@@ -6,11 +6,14 @@ No I/O.
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 from datetime import datetime
 
 from gateway import envelope as dsse
+from gateway._time import format_time, parse_time
 from gateway.authority import Admission, EffectiveAuthority
+from gateway.errors import PayloadDecodeError
 from gateway.model import GovernedObject
 
 NONCE_BYTES = 16
@@ -107,3 +110,55 @@ class Evaluation:
             if self.authority.deny.capabilities:
                 lines.append(f"except:    {self.authority.deny}")
         return "\n".join(lines)
+
+
+class Outcome(enum.Enum):
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecisionAnswer:
+    """A source's signed answer to Decision: what became of one migration, for one
+    destination. Signed so that only the source itself can make a staged copy live."""
+
+    migration_id: str
+    outcome: Outcome
+    source: str
+    destination: str
+    issued_at: datetime
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "migration_id": self.migration_id,
+                "outcome": self.outcome.value,
+                "source": self.source,
+                "destination": self.destination,
+                "issued_at": format_time(self.issued_at),
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> DecisionAnswer:
+        try:
+            document = json.loads(raw)
+            if not isinstance(document, dict) or set(document) != _DECISION_FIELDS:
+                raise ValueError(f"fields must be {sorted(_DECISION_FIELDS)}")
+            answer = cls(
+                migration_id=str(document["migration_id"]),
+                outcome=Outcome(document["outcome"]),
+                source=str(document["source"]),
+                destination=str(document["destination"]),
+                issued_at=parse_time(document["issued_at"]),
+            )
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise PayloadDecodeError(f"decision answer does not parse: {exc}") from exc
+        if answer.encode() != raw:
+            raise PayloadDecodeError("decision answer is not in canonical form")
+        return answer
+
+
+_DECISION_FIELDS = frozenset({"migration_id", "outcome", "source", "destination", "issued_at"})

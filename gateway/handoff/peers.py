@@ -7,16 +7,10 @@ same :class:`~gateway.errors.GatewayError` types the peer raised, and
 
 from __future__ import annotations
 
-import enum
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from gateway.handoff.messages import Evaluation
-
-
-class Outcome(enum.Enum):
-    COMMITTED = "committed"
-    ABORTED = "aborted"
 
 
 class PeerClient(Protocol):
@@ -37,7 +31,9 @@ class PeerClient(Protocol):
 
     async def abort(self, migration_id: str, reason: str) -> None: ...
 
-    async def decision(self, migration_id: str) -> Outcome: ...
+    async def decision(self, migration_id: str) -> bytes:
+        """The source's signed answer (see gateway.handoff.source.open_decision)."""
+        ...
 
     async def evaluate(self, proposal: bytes) -> Evaluation:
         """The peer's dry-run answer for a serialized proposal envelope."""

@@ -23,9 +23,10 @@ from gateway.errors import GatewayError
 from gateway.handoff.context import HostContext
 from gateway.handoff.destination import Destination
 from gateway.handoff.journal import OPEN_DESTINATION_PREFIX, OPEN_SOURCE_PREFIX
-from gateway.handoff.peers import Outcome, Peers
+from gateway.handoff.messages import Outcome
+from gateway.handoff.peers import Peers
 from gateway.handoff.records import DestinationStep, SourceStep
-from gateway.handoff.source import Source
+from gateway.handoff.source import Source, open_decision
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,10 @@ class Recovery:
             if ctx.clock.now() - staged.updated_at < ctx.timing.stage_timeout:
                 continue
             try:
-                outcome = await self.peers.client(staged.source_host).decision(migration_id)
+                answer = await self.peers.client(staged.source_host).decision(migration_id)
+                outcome = open_decision(
+                    ctx, answer, source=staged.source_host, migration_id=migration_id
+                )
                 if outcome is Outcome.COMMITTED:
                     await self.destination.commit(migration_id, peer=staged.source_host)
                 else:

@@ -42,8 +42,15 @@ from gateway.errors import (
 )
 from gateway.handoff.context import HostContext
 from gateway.handoff.journal import object_key, open_source_key, source_key
-from gateway.handoff.messages import NONCE_BYTES, Receipt, ReceiptKind, Transfer
-from gateway.handoff.peers import Outcome, Peers
+from gateway.handoff.messages import (
+    NONCE_BYTES,
+    DecisionAnswer,
+    Outcome,
+    Receipt,
+    ReceiptKind,
+    Transfer,
+)
+from gateway.handoff.peers import Peers
 from gateway.handoff.records import SourceRecord, SourceStep
 from gateway.lineage import digest
 from gateway.model import GovernedObject
@@ -408,8 +415,19 @@ class Source:
             return aborted
         raise ObjectStateError(f"migration {migration_id} keeps changing under abort; retry")
 
-    async def decide(self, migration_id: str, *, peer: str) -> Outcome:
-        """Answer a destination's Decision. Anything not committed is aborted first."""
+    async def decide(self, migration_id: str, *, peer: str) -> bytes:
+        """Answer a destination's Decision, signed. Anything not committed is aborted first."""
+        outcome = await self._decide(migration_id, peer=peer)
+        decision = DecisionAnswer(
+            migration_id=migration_id,
+            outcome=outcome,
+            source=self.ctx.host,
+            destination=peer,
+            issued_at=self.ctx.clock.now(),
+        )
+        return wire.encode_envelope(self.ctx.seal(decision.encode(), dsse.PayloadType.DECISION))
+
+    async def _decide(self, migration_id: str, *, peer: str) -> Outcome:
         ctx = self.ctx
         journal = await ctx.journal.source(migration_id)
         if journal is None:
@@ -430,15 +448,41 @@ class Source:
                     source_key(migration_id), wire.encode_source_record(unknown), etag=Expect.ABSENT
                 )
             except ConcurrencyError:
-                return await self.decide(migration_id, peer=peer)
+                return await self._decide(migration_id, peer=peer)
             return Outcome.ABORTED
         record = journal.value
         if record.destination_host != peer:
             raise PeerMismatchError(f"migration {migration_id} is not addressed to {peer}")
         if record.step is SourceStep.FROZEN:
-            record = await self.abort(
-                migration_id, reason="the destination asked before the source committed"
-            )
+            try:
+                record = await self.abort(
+                    migration_id, reason="the destination asked before the source committed"
+                )
+            except ObjectStateError:
+                # The coordinator committed between our read and our abort: follow it.
+                again = await ctx.journal.source(migration_id)
+                assert again is not None
+                record = again.value
         if record.step in (SourceStep.COMMITTED, SourceStep.DONE):
             return Outcome.COMMITTED
         return Outcome.ABORTED
+
+
+def open_decision(context: HostContext, raw: bytes, *, source: str, migration_id: str) -> Outcome:
+    """The outcome a source signed for ``migration_id``, addressed to this host; raises
+    a verification error if the answer is not exactly that (an unsigned or misdirected
+    answer could make a destination activate a copy its source aborted)."""
+    payload = context.open_from(
+        source, wire.decode_envelope(raw), dsse.PayloadType.DECISION, at=context.clock.now()
+    )
+    decision = DecisionAnswer.decode(payload)
+    if (decision.migration_id, decision.source, decision.destination) != (
+        migration_id,
+        source,
+        context.host,
+    ):
+        raise BadSignatureError(
+            f"the decision signed by {source} is about another migration or destination",
+            hint="ask again; a decision is only valid for its one migration and destination",
+        )
+    return decision.outcome

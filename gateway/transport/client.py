@@ -23,7 +23,6 @@ from tenacity import (
 from gateway.config import HandoffConfig, PeerConfig
 from gateway.errors import HandoffError, PeerUnavailableError
 from gateway.handoff.messages import Evaluation
-from gateway.handoff.peers import Outcome
 from gateway.transport.status import ERROR_TYPE_KEY, RETRYABLE, error_from_status
 from gateway.transport.tls import CHANNEL_OPTIONS
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -138,15 +137,13 @@ class GrpcPeerClient:
             gateway_pb2.AbortRequest(migration_id=migration_id, reason=reason),
         )
 
-    async def decision(self, migration_id: str) -> Outcome:
-        response = await self._call(
+    async def decision(self, migration_id: str) -> bytes:
+        response: gateway_pb2.DecisionResponse = await self._call(
             "Decision", self.stub.Decision, gateway_pb2.DecisionRequest(migration_id=migration_id)
         )
-        if response.outcome == gateway_pb2.OUTCOME_COMMITTED:
-            return Outcome.COMMITTED
-        if response.outcome == gateway_pb2.OUTCOME_ABORTED:
-            return Outcome.ABORTED
-        raise HandoffError(f"{self.peer.id} gave no decision for {migration_id}")
+        if not response.decision:
+            raise HandoffError(f"{self.peer.id} gave no signed decision for {migration_id}")
+        return response.decision
 
     async def evaluate(self, proposal: bytes) -> Evaluation:
         response: gateway_pb2.EvaluateResponse = await self._call(

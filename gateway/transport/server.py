@@ -18,7 +18,6 @@ from gateway import wire
 from gateway.errors import GatewayError, TransferStreamError
 from gateway.handoff.destination import Destination
 from gateway.handoff.messages import Evaluation
-from gateway.handoff.peers import Outcome
 from gateway.handoff.source import Source
 from gateway.transport.status import ERROR_TYPE_KEY, status_of
 from gateway.transport.tls import CHANNEL_OPTIONS, authenticated_peer
@@ -27,11 +26,6 @@ from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
-
-_OUTCOMES = {
-    Outcome.COMMITTED: gateway_pb2.OUTCOME_COMMITTED,
-    Outcome.ABORTED: gateway_pb2.OUTCOME_ABORTED,
-}
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
@@ -119,8 +113,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self, request: gateway_pb2.DecisionRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.DecisionResponse:
         async def handle(peer: str) -> gateway_pb2.DecisionResponse:
-            outcome = await self.source.decide(request.migration_id, peer=peer)
-            return gateway_pb2.DecisionResponse(outcome=_OUTCOMES[outcome])
+            return gateway_pb2.DecisionResponse(
+                decision=await self.source.decide(request.migration_id, peer=peer)
+            )
 
         return await self._answer(context, "Decision", handle)
 

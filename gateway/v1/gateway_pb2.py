@@ -24,15 +24,13 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gateway/v1/gateway.proto\x12\ngateway.v1\"\"\n\x0ePrepareRequest\x12\x10\n\x08transfer\x18\x01 \x01(\x0c\":\n\x0cPrepareChunk\x12\x12\n\x08transfer\x18\x01 \x01(\x0cH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\"\n\x0fPrepareResponse\x12\x0f\n\x07receipt\x18\x01 \x01(\x0c\"%\n\rCommitRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\"!\n\x0e\x43ommitResponse\x12\x0f\n\x07receipt\x18\x01 \x01(\x0c\"4\n\x0c\x41\x62ortRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x0f\n\rAbortResponse\"\'\n\x0f\x44\x65\x63isionRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\"8\n\x10\x44\x65\x63isionResponse\x12$\n\x07outcome\x18\x01 \x01(\x0e\x32\x13.gateway.v1.Outcome\"#\n\x0f\x45valuateRequest\x12\x10\n\x08proposal\x18\x01 \x01(\x0c\"I\n\x12\x43\x61pabilityDecision\x12\x12\n\ncapability\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"{\n\x10\x45valuateResponse\x12\x10\n\x08\x61\x64mitted\x18\x01 \x01(\x08\x12\x0f\n\x07refusal\x18\x02 \x01(\t\x12\x31\n\tdecisions\x18\x03 \x03(\x0b\x32\x1e.gateway.v1.CapabilityDecision\x12\x11\n\tauthority\x18\x04 \x01(\x0c*N\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_COMMITTED\x10\x01\x12\x13\n\x0fOUTCOME_ABORTED\x10\x02\x32\xa4\x03\n\x07Gateway\x12\x42\n\x07Prepare\x12\x1a.gateway.v1.PrepareRequest\x1a\x1b.gateway.v1.PrepareResponse\x12H\n\rPrepareStream\x12\x18.gateway.v1.PrepareChunk\x1a\x1b.gateway.v1.PrepareResponse(\x01\x12?\n\x06\x43ommit\x12\x19.gateway.v1.CommitRequest\x1a\x1a.gateway.v1.CommitResponse\x12<\n\x05\x41\x62ort\x12\x18.gateway.v1.AbortRequest\x1a\x19.gateway.v1.AbortResponse\x12\x45\n\x08\x44\x65\x63ision\x12\x1b.gateway.v1.DecisionRequest\x1a\x1c.gateway.v1.DecisionResponse\x12\x45\n\x08\x45valuate\x12\x1b.gateway.v1.EvaluateRequest\x1a\x1c.gateway.v1.EvaluateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gateway/v1/gateway.proto\x12\ngateway.v1\"\"\n\x0ePrepareRequest\x12\x10\n\x08transfer\x18\x01 \x01(\x0c\":\n\x0cPrepareChunk\x12\x12\n\x08transfer\x18\x01 \x01(\x0cH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\"\n\x0fPrepareResponse\x12\x0f\n\x07receipt\x18\x01 \x01(\x0c\"%\n\rCommitRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\"!\n\x0e\x43ommitResponse\x12\x0f\n\x07receipt\x18\x01 \x01(\x0c\"4\n\x0c\x41\x62ortRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x0f\n\rAbortResponse\"\'\n\x0f\x44\x65\x63isionRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\"*\n\x10\x44\x65\x63isionResponse\x12\x10\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0cJ\x04\x08\x01\x10\x02\"#\n\x0f\x45valuateRequest\x12\x10\n\x08proposal\x18\x01 \x01(\x0c\"I\n\x12\x43\x61pabilityDecision\x12\x12\n\ncapability\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"{\n\x10\x45valuateResponse\x12\x10\n\x08\x61\x64mitted\x18\x01 \x01(\x08\x12\x0f\n\x07refusal\x18\x02 \x01(\t\x12\x31\n\tdecisions\x18\x03 \x03(\x0b\x32\x1e.gateway.v1.CapabilityDecision\x12\x11\n\tauthority\x18\x04 \x01(\x0c\x32\xa4\x03\n\x07Gateway\x12\x42\n\x07Prepare\x12\x1a.gateway.v1.PrepareRequest\x1a\x1b.gateway.v1.PrepareResponse\x12H\n\rPrepareStream\x12\x18.gateway.v1.PrepareChunk\x1a\x1b.gateway.v1.PrepareResponse(\x01\x12?\n\x06\x43ommit\x12\x19.gateway.v1.CommitRequest\x1a\x1a.gateway.v1.CommitResponse\x12<\n\x05\x41\x62ort\x12\x18.gateway.v1.AbortRequest\x1a\x19.gateway.v1.AbortResponse\x12\x45\n\x08\x44\x65\x63ision\x12\x1b.gateway.v1.DecisionRequest\x1a\x1c.gateway.v1.DecisionResponse\x12\x45\n\x08\x45valuate\x12\x1b.gateway.v1.EvaluateRequest\x1a\x1c.gateway.v1.EvaluateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gateway.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=653
-  _globals['_OUTCOME']._serialized_end=731
   _globals['_PREPAREREQUEST']._serialized_start=40
   _globals['_PREPAREREQUEST']._serialized_end=74
   _globals['_PREPARECHUNK']._serialized_start=76
@@ -50,13 +48,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DECISIONREQUEST']._serialized_start=317
   _globals['_DECISIONREQUEST']._serialized_end=356
   _globals['_DECISIONRESPONSE']._serialized_start=358
-  _globals['_DECISIONRESPONSE']._serialized_end=414
-  _globals['_EVALUATEREQUEST']._serialized_start=416
-  _globals['_EVALUATEREQUEST']._serialized_end=451
-  _globals['_CAPABILITYDECISION']._serialized_start=453
-  _globals['_CAPABILITYDECISION']._serialized_end=526
-  _globals['_EVALUATERESPONSE']._serialized_start=528
-  _globals['_EVALUATERESPONSE']._serialized_end=651
-  _globals['_GATEWAY']._serialized_start=734
-  _globals['_GATEWAY']._serialized_end=1154
+  _globals['_DECISIONRESPONSE']._serialized_end=400
+  _globals['_EVALUATEREQUEST']._serialized_start=402
+  _globals['_EVALUATEREQUEST']._serialized_end=437
+  _globals['_CAPABILITYDECISION']._serialized_start=439
+  _globals['_CAPABILITYDECISION']._serialized_end=512
+  _globals['_EVALUATERESPONSE']._serialized_start=514
+  _globals['_EVALUATERESPONSE']._serialized_end=637
+  _globals['_GATEWAY']._serialized_start=640
+  _globals['_GATEWAY']._serialized_end=1060
 # @@protoc_insertion_point(module_scope)

@@ -10,7 +10,6 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
-from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -21,23 +20,6 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
-
-class _Outcome:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _OutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Outcome.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    OUTCOME_UNSPECIFIED: _Outcome.ValueType  # 0
-    OUTCOME_COMMITTED: _Outcome.ValueType  # 1
-    OUTCOME_ABORTED: _Outcome.ValueType  # 2
-
-class Outcome(_Outcome, metaclass=_OutcomeEnumTypeWrapper): ...
-
-OUTCOME_UNSPECIFIED: Outcome.ValueType  # 0
-OUTCOME_COMMITTED: Outcome.ValueType  # 1
-OUTCOME_ABORTED: Outcome.ValueType  # 2
-Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 
 @_typing.final
 class PrepareRequest(_message.Message):
@@ -206,16 +188,20 @@ Global___DecisionRequest: _TypeAlias = DecisionRequest  # noqa: Y015
 class DecisionResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    OUTCOME_FIELD_NUMBER: _builtins.int
-    outcome: Global___Outcome.ValueType
+    DECISION_FIELD_NUMBER: _builtins.int
+    decision: _builtins.bytes
+    """Serialized Envelope with the source's signed decision (payload type
+    application/vnd.gateway.decision.v1+json): migration id, outcome, source,
+    destination, time. Only a signed answer can make a staged copy live.
+    """
     def __init__(
         self,
         *,
-        outcome: Global___Outcome.ValueType = ...,
+        decision: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
