@@ -84,7 +84,8 @@ async def write_blob(
     try:
         async for part in source:
             size += len(part)
-            limit = expected_size if expected_size is not None else max_size
+            # The announced size is signed, but it is the sender's word: cap it too.
+            limit = min(expected_size, max_size) if expected_size is not None else max_size
             if size > limit:
                 raise TransferStreamError(
                     f"object data stream is longer than the {limit} bytes announced",

@@ -191,6 +191,10 @@ class StoreUnavailableError(StoreError):
     """The store could not be reached or timed out."""
 
 
+class StoreContentionError(StoreUnavailableError):
+    """The store kept losing internal races and gave up; nothing was written. Retry."""
+
+
 # --- credentials (grants and chains) --------------------------------------------------
 
 

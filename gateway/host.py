@@ -56,6 +56,8 @@ from gateway.wire import (
 log = logging.getLogger(__name__)
 
 TRUST_PREFIX = "trust/"
+#: Recovery passes between two reconciliations of Dapr cycle jobs.
+JOB_RECONCILE_PASSES = 30
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -194,6 +196,9 @@ class Host:
             raise
 
     async def close(self) -> None:
+        if self._background:
+            # e.g. scheduling the job of an object just created: finish it, briefly.
+            await asyncio.wait(self._background, timeout=10)
         await self.peers.close()
         await self.store.close()
         if self.dapr_client is not None and self.config.dapr_store is None:
@@ -279,8 +284,8 @@ class Host:
                 cycle=cycle or CycleState(),
             )
             self.context.check_rules(obj)
-            admission = self.context.admit(obj, peer=self.host_id, hops=0, at=now)
-            obj = replace(obj, authority=admission.authority)
+            admission, expires = self.context.authorize(obj, peer=self.host_id, hops=0, at=now)
+            obj = replace(obj, authority=admission.authority, authority_expires=expires)
             await self.store.put(
                 object_key(tenant, obj.object_id), encode_object(obj), etag=Expect.ABSENT
             )
@@ -392,19 +397,18 @@ class Host:
             service, listen=self.config.listen, credentials=credentials
         )
         log.info("%s listening on port %d", self.host_id, port)
-        if ready is not None:
-            ready.set_result(port)
         stop = stop or asyncio.Event()
-        workers = [
-            asyncio.create_task(self._recover_forever(stop)),
-            asyncio.create_task(self.dispatcher.run(stop)),
-        ]
-        if self.jobs is None:
-            workers.append(asyncio.create_task(self.scheduler.run(stop)))
-        else:
-            await self.jobs.start()
-            await self._schedule_all_jobs()
+        workers: list[asyncio.Task[None]] = []
         try:
+            if self.jobs is not None:
+                await self.jobs.start()
+                await self._schedule_all_jobs()
+            else:
+                workers.append(asyncio.create_task(self.scheduler.run(stop)))
+            workers.append(asyncio.create_task(self._recover_forever(stop)))
+            workers.append(asyncio.create_task(self.dispatcher.run(stop)))
+            if ready is not None:
+                ready.set_result(port)
             await stop.wait()
         finally:
             stop.set()
@@ -425,11 +429,17 @@ class Host:
 
     async def _recover_forever(self, stop: asyncio.Event) -> None:
         interval = max(1.0, self.config.handoff.stage_timeout.total_seconds() / 3)
+        passes = 0
         while not stop.is_set():
             try:
                 await self.recover()
-            except GatewayError as exc:
-                log.warning("recovery pass failed: %s", exc)
+                if self.jobs is not None and passes % JOB_RECONCILE_PASSES == 0:
+                    await self._schedule_all_jobs()  # a job lost or deleted is re-created
+            except Exception:
+                # Recovery must outlive any one bad record (or a store hiccup): log it
+                # and try again at the next pass.
+                log.exception("recovery pass failed")
+            passes += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
 

@@ -33,6 +33,7 @@ from gateway import envelope as dsse
 from gateway import merkle
 from gateway._time import format_time, parse_time
 from gateway.errors import ConfigError, ExpiredError, LineageError, VerificationError
+from gateway.identity import HostId, ObjectId
 from gateway.keys import Purpose, Signer
 from gateway.trust import TrustStore
 
@@ -283,10 +284,18 @@ def verify_chain(entries: Sequence[LineageEntry]) -> list[bytes]:
                 "reordered or has an entry missing",
                 hint="refuse the object; ask its previous host for the original",
             )
-        if entry.epoch < previous_epoch:
-            raise LineageError(
-                f"entry {index} goes back from epoch {previous_epoch} to {entry.epoch}"
-            )
+        # The epoch is the fencing token: it starts at 0 and only a freeze raises it, by
+        # exactly one. A history that jumps (to poison a receiver's fence) or stalls
+        # (to reuse an epoch) is not one the protocol can produce.
+        if index == 0 and (entry.kind is not EntryKind.CREATED or entry.epoch != 0):
+            raise LineageError("the lineage does not start with the object's creation at epoch 0")
+        if index > 0:
+            step = 1 if entry.kind is EntryKind.FROZEN else 0
+            if entry.epoch != previous_epoch + step:
+                raise LineageError(
+                    f"entry {index} ({entry.kind.value}) is at epoch {entry.epoch} after epoch "
+                    f"{previous_epoch}; only a freeze raises the epoch, by one"
+                )
         previous_epoch = entry.epoch
         hashes.append(entry.leaf_hash())
     return hashes
@@ -305,6 +314,21 @@ def verify_lineage(
     Raises :class:`LineageError`, or the verification error of a checkpoint signature.
     """
     hashes = verify_chain(lineage.entries)
+    if lineage.entries:
+        # Only the domain that owns an object id creates objects under it (the object's
+        # first host signs the first checkpoint, so this cannot be forged by a peer).
+        owner = ObjectId.parse(object_id).trust_domain
+        creator = lineage.entries[0].host
+        try:
+            created_in = HostId.parse(creator).trust_domain
+        except ConfigError as exc:
+            raise LineageError(
+                f"the first entry names {creator!r}, which is not a host id"
+            ) from exc
+        if created_in != owner:
+            raise LineageError(
+                f"{object_id} was created by {creator}, outside {owner}, the domain that owns it"
+            )
     covered = 0
     hosts: list[str] = []
     checkpoints: list[Checkpoint] = []

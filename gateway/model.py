@@ -99,6 +99,14 @@ class GovernedObject:
     authority: EffectiveAuthority = field(default_factory=lambda: NO_AUTHORITY)
     #: Large objects: the data is this blob (``data`` is empty).
     blob: BlobRef | None = None
+    #: When ``authority`` ends (its grant chain expires); None: no grants, nothing to end.
+    authority_expires: datetime | None = None
+
+    def authority_at(self, moment: datetime) -> EffectiveAuthority:
+        """What the object may do here at ``moment``: nothing once its grants expired."""
+        if self.authority_expires is not None and moment >= self.authority_expires:
+            return NO_AUTHORITY
+        return self.authority
 
     @property
     def generation(self) -> int:

@@ -16,9 +16,10 @@ Rules kept here:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -66,6 +67,7 @@ MAX_ENVELOPE_BYTES = 16 << 20
 MAX_RECEIPT_BYTES = 64 << 10
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
 
 
 def _parse(message: M, raw: bytes, what: str, *, canonical: bool) -> M:
@@ -251,6 +253,7 @@ def _stored_to_pb(obj: GovernedObject) -> object_pb2.StoredObject:
         last_transfer_digest=obj.last_transfer_digest,
         authority=encode_authority(obj.authority),
         blob=_blob_to_pb(obj.blob),
+        authority_expires=_ts(obj.authority_expires) if obj.authority_expires else None,
     )
 
 
@@ -296,6 +299,9 @@ def _stored_from_pb(message: object_pb2.StoredObject) -> GovernedObject:
         authority=decode_authority(message.authority),
         # At rest the blob's host-local location replaces the digest-only transit form.
         blob=_blob_from_pb(message.blob) if message.HasField("blob") else obj.blob,
+        authority_expires=_dt(message.authority_expires)
+        if message.HasField("authority_expires")
+        else None,
     )
 
 
@@ -407,6 +413,15 @@ def decode_receipt(payload: bytes, kind: ReceiptKind) -> Receipt:
 
 # --- journal records ----------------------------------------------------------------
 
+
+def _step(steps: Mapping[Any, T], value: int, *, what: str) -> T:
+    """A journal step this version knows, or a decode error (never a bare KeyError that
+    would stop recovery, e.g. during a rolling upgrade)."""
+    if value not in steps:
+        raise PayloadDecodeError(f"{what} has step {value}, unknown to this gateway version")
+    return steps[value]
+
+
 _SOURCE_STEPS = {
     SourceStep.FROZEN: journal_pb2.SOURCE_STEP_FROZEN,
     SourceStep.COMMITTED: journal_pb2.SOURCE_STEP_COMMITTED,
@@ -444,7 +459,7 @@ def decode_source_record(raw: bytes) -> SourceRecord:
         object_id=message.object_id,
         tenant=message.tenant,
         destination_host=message.destination_host,
-        step=steps[message.step],
+        step=_step(steps, message.step, what="journal record"),
         transfer=message.transfer,
         staged_receipt=message.staged_receipt,
         activation_receipt=message.activation_receipt,
@@ -483,7 +498,7 @@ def decode_destination_record(raw: bytes) -> DestinationRecord:
         object_id=message.object_id,
         tenant=message.tenant,
         source_host=message.source_host,
-        step=steps[message.step],
+        step=_step(steps, message.step, what="journal record"),
         transfer_digest=message.transfer_digest,
         staged_receipt=message.staged_receipt,
         activation_receipt=message.activation_receipt,

@@ -410,3 +410,36 @@ def test_generations_continue_across_a_two_process_migration(tmp_path: Path) -> 
     assert moved.cycle == CycleState(
         generation=switch, interval=moved.cycle.interval, next_due=moved.cycle.next_due
     )
+
+
+def test_an_object_whose_grants_expired_may_do_nothing(one_host: World) -> None:
+    """The authority computed on arrival ends with the grant chain: after that every
+    proposal is denied, with the reason, though the object still cycles."""
+    from dataclasses import replace as _replace
+
+    from gateway.handoff.journal import object_key
+    from gateway.wire import encode_object
+
+    async def scenario(host: Host) -> None:
+        object_id = "obj://org-a.example/live/expiring"
+        rule = {"name": "p", "when": "true", "publish": {"topic": "alerts/overdue"}}
+        created = await create(
+            host,
+            object_id,
+            spec([rule], capabilities=[{"resource": "pubsub:alerts/*", "actions": ["publish"]}]),
+        )
+        assert created.authority_expires is not None
+        # Let the grants run out: pretend the object was admitted with a chain that ended.
+        loaded = await host.journal.object("default", object_id)
+        assert loaded is not None
+        expired = _replace(loaded.value, authority_expires=host.clock.now() - timedelta(seconds=1))
+        await host.store.put(
+            object_key("default", object_id), encode_object(expired), etag=loaded.etag
+        )
+        assert (await host.cycles.run("default", object_id)).result is CycleResult.EVALUATED
+        obj = await host.get_object(object_id, tenant="default")
+        assert obj.lineage.entries[-2].kind is EntryKind.ACTION_DENIED
+        assert "grants expired" in obj.lineage.entries[-2].detail
+        assert await list_events(host.store) == []
+
+    in_host(one_host, scenario)

@@ -84,15 +84,26 @@ def bundles(records: dict[str, list[KeyRecord]] | None = None) -> TrustStore:
 TRUST = bundles()
 
 
-def grow(lineage: Lineage, host: str, count: int, *, epoch: int = 0, detail: str = "") -> Lineage:
-    """``count`` more entries recorded by ``host``."""
-    for _ in range(count):
+def grow(
+    lineage: Lineage,
+    host: str,
+    count: int,
+    *,
+    epoch: int = 0,
+    detail: str = "",
+    freeze_last: bool = False,
+) -> Lineage:
+    """``count`` more entries recorded by ``host``; with ``freeze_last`` the last one is the
+    freeze that ends the hop (and raises the epoch by one, as the protocol does)."""
+    for index in range(count):
         n = len(lineage)
+        freezing = freeze_last and index == count - 1
+        kind = EntryKind.CREATED if not n else EntryKind.FROZEN if freezing else EntryKind.UPDATED
         lineage = lineage.append(
-            EntryKind.UPDATED if n else EntryKind.CREATED,
+            kind,
             host=host,
             at=T0 + timedelta(milliseconds=n),
-            epoch=epoch,
+            epoch=epoch + 1 if freezing else epoch,
             generation=n,
             data_digest=digest(f"data {n}".encode()),
             credentials_digest=digest(f"grants {n}".encode()),
@@ -112,12 +123,16 @@ def seal(lineage: Lineage, host: str, *, signer: Signer | None = None, epoch: in
 
 
 def hops(*plan: tuple[str, int], seal_last: bool = True) -> Lineage:
-    """Entries recorded hop by hop, each hop closed by its host's checkpoint."""
+    """Entries recorded hop by hop, each hop but the last ending with a freeze (epoch + 1)
+    and closed by its host's checkpoint."""
     lineage = Lineage()
+    epoch = 0
     for index, (host, count) in enumerate(plan):
-        lineage = grow(lineage, host, count, epoch=index)
-        if seal_last or index < len(plan) - 1:
-            lineage = seal(lineage, host, epoch=index)
+        last = index == len(plan) - 1
+        lineage = grow(lineage, host, count, epoch=epoch, freeze_last=not last)
+        epoch = lineage.entries[-1].epoch
+        if seal_last or not last:
+            lineage = seal(lineage, host, epoch=epoch)
     return lineage
 
 
@@ -289,7 +304,7 @@ REWRITES = [
         relinked=True,
     ),
     Rewrite(
-        "reorder-relinked", "re-chained swap", lambda es: [es[1], es[0], *es[2:]], relinked=True
+        "reorder-relinked", "re-chained swap", lambda es: [*es[:5], es[6], es[5]], relinked=True
     ),
     Rewrite("truncate-relinked", "re-chained truncation", lambda es: es[:5], relinked=True),
 ]
@@ -317,8 +332,31 @@ def test_dropping_the_last_hop_with_its_checkpoint_is_caught_by_verify_extends()
 def test_the_epoch_never_goes_back() -> None:
     entries = list(THREE_HOPS.entries)
     entries[5] = replace(entries[5], epoch=0)
-    with pytest.raises(LineageError, match="goes back from epoch"):
+    with pytest.raises(LineageError, match="only a freeze raises the epoch"):
         verify_chain(relink(entries))
+
+
+@pytest.mark.parametrize(
+    ("index", "epoch", "reason"),
+    [
+        (2, 5, "a freeze that jumps epochs (to poison a receiver's fence)"),
+        (3, 2, "an entry that raises the epoch without a freeze"),
+        (2, 0, "a freeze that does not raise the epoch"),
+    ],
+)
+def test_only_a_freeze_raises_the_epoch_by_one(index: int, epoch: int, reason: str) -> None:
+    entries = list(THREE_HOPS.entries)
+    assert entries[2].kind is EntryKind.FROZEN  # hop one ends at entry 2
+    entries[index] = replace(entries[index], epoch=epoch)
+    with pytest.raises(LineageError, match="only a freeze raises the epoch"):
+        verify_chain(relink(entries))
+
+
+def test_an_object_created_outside_its_own_domain_is_refused() -> None:
+    """org-b cannot make up an object whose id org-a owns, with a history of its own."""
+    forged = seal(grow(Lineage(), HOST_B, 2), HOST_B)
+    with pytest.raises(LineageError, match=r"outside org-a\.example"):
+        verify(forged)
 
 
 def test_an_entry_host_that_is_no_host_id_is_a_lineage_error() -> None:
@@ -741,13 +779,25 @@ def lineages(draw: st.DrawFn) -> Lineage:
     lineage = Lineage()
     total = draw(st.integers(min_value=1, max_value=40))
     epoch = 0
+    middle = [k for k in EntryKind if k not in (EntryKind.CREATED, EntryKind.FROZEN)]
     while len(lineage) < total:
-        host = draw(st.sampled_from(HOSTS))
+        # The object is created in its owner's domain; after that it may go anywhere.
+        host = draw(st.sampled_from(HOSTS if lineage.entries else (HOST_A, HOST_A2)))
         count = draw(st.integers(min_value=1, max_value=total - len(lineage)))
-        for _ in range(count):
+        for index in range(count):
             n = len(lineage)
+            last_of_hop = index == count - 1 and len(lineage) + 1 < total
+            kind = (
+                EntryKind.CREATED
+                if not n
+                else EntryKind.FROZEN
+                if last_of_hop
+                else draw(st.sampled_from(middle))
+            )
+            if kind is EntryKind.FROZEN:
+                epoch += 1
             lineage = lineage.append(
-                draw(st.sampled_from(EntryKind)),
+                kind,
                 host=host,
                 at=T0 + timedelta(milliseconds=draw(st.integers(0, 10**9))),
                 epoch=epoch,
@@ -757,7 +807,6 @@ def lineages(draw: st.DrawFn) -> Lineage:
                 detail=draw(st.text(max_size=12)),
             )
         lineage = seal(lineage, host, epoch=epoch)
-        epoch += draw(st.integers(0, 2))
     return lineage
 
 

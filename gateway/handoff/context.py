@@ -65,6 +65,17 @@ class HostContext:
         compile_rules(obj.rules)
         check_data(load_data(obj.data, obj.content_type))
 
+    def authorize(
+        self, obj: GovernedObject, *, peer: str, hops: int, at: datetime
+    ) -> tuple[Admission, datetime | None]:
+        """:meth:`admit`, and when the authority it grants ends (the chain's expiry)."""
+        admission = self.admit(obj, peer=peer, hops=hops, at=at)
+        chain = self.chain_of(obj, at=at)
+        expires = (
+            min((g.expires_at for g in chain.grants), default=None) if chain is not None else None
+        )
+        return admission, expires
+
     def admit(self, obj: GovernedObject, *, peer: str, hops: int, at: datetime) -> Admission:
         """Effective authority of ``obj`` here: chain ∩ ceilings for ``peer``'s domain ∩ offers,
         minus denials; raises if its credentials are bad or its constraints exclude this host.

@@ -70,6 +70,8 @@ UPLOAD_MARKERS = "upload-open/"
 
 #: Longest lifetime a transfer may claim, whatever the sender's configuration says.
 MAX_TRANSFER_LIFETIME_S = 600
+#: Proposals are evaluated by people, possibly a day later (gateway admit --dry-run).
+MAX_PROPOSAL_LIFETIME_S = 2 * 86400
 
 
 class Destination:
@@ -95,12 +97,17 @@ class Destination:
                 f"transfer {transfer.migration_id} is addressed to {transfer.destination_host}, not {ctx.host}",
                 hint="a transfer is valid for its one destination only; migrate again to this host",
             )
-        self._check_time(transfer, now)
+        proposal = payload_type == dsse.PayloadType.PROPOSAL
+        self._check_time(
+            transfer,
+            now,
+            max_lifetime=MAX_PROPOSAL_LIFETIME_S if proposal else MAX_TRANSFER_LIFETIME_S,
+        )
         return transfer, digest(payload)
 
     async def _assess(
         self, transfer: Transfer, *, peer: str, now: datetime
-    ) -> tuple[Admission, Versioned[int] | None]:
+    ) -> tuple[Admission, Versioned[int] | None, datetime | None]:
         """Everything that decides whether this host takes the object, without writing:
         epoch fence, tenant, lineage, credential chain, constraints, host policy."""
         ctx = self.ctx
@@ -117,10 +124,21 @@ class Destination:
                 hint="add the tenant to this host's configuration, or migrate to another host",
             )
         current = await ctx.journal.object(transfer.object.tenant, transfer.object_id)
+        for tenant in sorted(ctx.tenants - {transfer.object.tenant}):
+            # An object id is global: relabelling the tenant must not hide an earlier copy.
+            if await ctx.journal.object(tenant, transfer.object_id) is not None:
+                raise ObjectStateError(
+                    f"{transfer.object_id} is known here in tenant {tenant!r}, "
+                    f"not {transfer.object.tenant!r}",
+                    hint="an object keeps its tenant; the source must send it under the tenant it had here",
+                )
         self._check_lineage(transfer, previous=current.value if current else None)
         ctx.check_rules(transfer.object)
-        admission = ctx.admit(transfer.object, peer=peer, hops=transfer.epoch, at=now)
-        return admission, fence
+        # Hops are the handoffs the object completed (plus this one), not its epoch:
+        # attempts that aborted raised the epoch but moved nothing.
+        hops = 1 + sum(1 for e in transfer.object.lineage.entries if e.kind is EntryKind.REHOSTED)
+        admission, expires = ctx.authorize(transfer.object, peer=peer, hops=hops, at=now)
+        return admission, fence, expires
 
     async def evaluate(self, raw: bytes, *, peer: str) -> Admission:
         """The dry run: what this host would grant the proposed object, and why. Writes nothing."""
@@ -128,7 +146,7 @@ class Destination:
         transfer, _digest = self._open_transfer(
             raw, peer=peer, payload_type=dsse.PayloadType.PROPOSAL, now=now
         )
-        admission, _fence = await self._assess(transfer, peer=peer, now=now)
+        admission, _fence, _expires = await self._assess(transfer, peer=peer, now=now)
         return admission
 
     async def prepare(self, raw: bytes, *, peer: str) -> bytes:
@@ -178,8 +196,8 @@ class Destination:
             raise ReplayError(
                 f"transfer nonce of migration {transfer.migration_id} was already used here"
             )
-        admission, fence = await self._assess(transfer, peer=peer, now=now)
-        staged = replace(transfer.object, authority=admission.authority)
+        admission, fence, expires = await self._assess(transfer, peer=peer, now=now)
+        staged = replace(transfer.object, authority=admission.authority, authority_expires=expires)
         upload: str | None = None
         if data is not None and staged.blob is not None:
             # Each attempt uploads under its own prefix, announced by a marker that the
@@ -188,8 +206,8 @@ class Destination:
             # deleted when the stage's outcome is unknown (a cancelled or timed-out write
             # may have committed): that would leave a staged object without its data.
             upload = f"{UPLOAD_MARKERS}{transfer.migration_id}/{uuid.uuid4().hex[:16]}"
-            expires = to_millis(transfer.expires_at + 2 * ctx.timing.clock_skew)
-            await ctx.journal.store.put(upload, encode_counter(expires), etag=Expect.ABSENT)
+            collectable = to_millis(transfer.expires_at + 2 * ctx.timing.clock_skew)
+            await ctx.journal.store.put(upload, encode_counter(collectable), etag=Expect.ABSENT)
             blob = await write_blob(
                 ctx.journal.store,
                 f"upload/{upload.removeprefix(UPLOAD_MARKERS)}/",
@@ -288,7 +306,9 @@ class Destination:
         crash_point("destination.after-stage")
         return receipt_raw
 
-    def _check_time(self, transfer: Transfer, now: datetime) -> None:
+    def _check_time(
+        self, transfer: Transfer, now: datetime, *, max_lifetime: int = MAX_TRANSFER_LIFETIME_S
+    ) -> None:
         skew = self.ctx.timing.clock_skew
         if transfer.issued_at > now + skew:
             raise ExpiredError(
@@ -300,9 +320,9 @@ class Destination:
                 f"transfer {transfer.migration_id} expired at {format_time(transfer.expires_at)}",
                 hint="migrate again; the source seals a fresh transfer",
             )
-        if (transfer.expires_at - transfer.issued_at).total_seconds() > MAX_TRANSFER_LIFETIME_S:
+        if (transfer.expires_at - transfer.issued_at).total_seconds() > max_lifetime:
             raise ExpiredError(
-                f"transfer {transfer.migration_id} claims a lifetime over {MAX_TRANSFER_LIFETIME_S} s",
+                f"transfer {transfer.migration_id} claims a lifetime over {max_lifetime} s",
                 hint="lower handoff.transfer_ttl_seconds on the source",
             )
 
@@ -343,12 +363,13 @@ class Destination:
         Once settled it can only be a replay — the source never re-sends a transfer after
         it committed or aborted — so it is refused and changes nothing.
         """
+        if record.step is DestinationStep.ABORTED:
+            # Also when an Abort arrived before this (delayed) Prepare: aborted is final.
+            raise MigrationAbortedError(f"migration {record.migration_id} was aborted here")
         if record.transfer_digest != transfer_digest:
             raise ReplayError(
                 f"migration id {record.migration_id} was already used for a different transfer"
             )
-        if record.step is DestinationStep.ABORTED:
-            raise MigrationAbortedError(f"migration {record.migration_id} was aborted here")
         if record.step is DestinationStep.ACTIVATED:
             raise ReplayError(
                 f"transfer of migration {record.migration_id} was already accepted and activated here",

@@ -22,7 +22,7 @@ import logging
 import os
 import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from gateway import envelope as dsse
 from gateway import wire
@@ -32,12 +32,14 @@ from gateway.errors import (
     BadSignatureError,
     ConcurrencyError,
     GatewayError,
+    HandoffError,
     MigrationAbortedError,
     MigrationNotFoundError,
     NotFoundError,
     ObjectStateError,
     PeerMismatchError,
     PeerUnavailableError,
+    StoreUnavailableError,
     VerificationError,
 )
 from gateway.handoff.context import HostContext
@@ -60,6 +62,9 @@ from gateway.stores import Delete, Expect, Put
 log = logging.getLogger(__name__)
 
 FREEZE_ATTEMPTS = 8
+COMMIT_ATTEMPTS = 8
+#: A proposal is read by the destination's operator, maybe the next day.
+PROPOSAL_TTL = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,6 +157,8 @@ class Source:
         migration_id: str,
         payload_type: str,
         now: datetime,
+        *,
+        ttl: timedelta | None = None,
     ) -> tuple[GovernedObject, bytes]:
         """Freeze ``obj`` (in memory) and seal it for ``destination``: the frozen object and
         the serialized envelope, whose lineage ends with a checkpoint by this host."""
@@ -166,7 +173,7 @@ class Source:
             source_host=ctx.host,
             destination_host=destination,
             issued_at=now,
-            expires_at=now + ctx.timing.transfer_ttl,
+            expires_at=now + (ttl or ctx.timing.transfer_ttl),
             nonce=os.urandom(NONCE_BYTES),
             object=replace(frozen, lineage=sealed),
             previous_transfer_digest=obj.last_transfer_digest,
@@ -185,6 +192,7 @@ class Source:
             f"dry-{new_migration_id()}",
             dsse.PayloadType.PROPOSAL,
             self.ctx.clock.now(),
+            ttl=PROPOSAL_TTL,
         )
         return raw
 
@@ -198,6 +206,10 @@ class Source:
         record = loaded.value
         if record.step is SourceStep.FROZEN:
             record = await self._prepare_and_commit(record)
+            if record.step is SourceStep.FROZEN:  # never reported as anything it is not
+                raise HandoffError(
+                    f"migration {migration_id} is still open; its commit was not recorded"
+                )
         if record.step is SourceStep.COMMITTED:
             record = await self._activate(record)
         if record.step is SourceStep.ABORTED:
@@ -237,63 +249,75 @@ class Source:
         return await self._commit(record.migration_id, receipt_raw)
 
     async def _commit(self, migration_id: str, receipt_raw: bytes) -> SourceRecord:
-        """Point of no return: journal COMMITTED and tombstone the object, atomically."""
+        """Point of no return: journal COMMITTED and tombstone the object, atomically.
+
+        A lost write race is retried as long as the record is still FROZEN: only an
+        abort may change a FROZEN record, so anything else that makes the write fail
+        (contention in the store, a busy store) is not a decision against committing.
+        """
         ctx = self.ctx
-        journal = await ctx.journal.source(migration_id)
-        assert journal is not None
-        record = journal.value
-        if record.step is not SourceStep.FROZEN:
-            return record  # a Decision or another driver got here first; follow it
-        current = await ctx.journal.object(record.tenant, record.object_id)
-        if current is None:
-            raise ObjectStateError(f"{record.object_id} vanished from {ctx.host} during migration")
-        moved = current.value.tombstone(
-            migration_id,
-            moved_to=record.destination_host,
-            receipt=wire.decode_envelope(receipt_raw),
-            transfer_digest=digest(wire.decode_envelope(record.transfer).payload),
-        )
-        committed = replace(
-            record,
-            step=SourceStep.COMMITTED,
-            staged_receipt=receipt_raw,
-            updated_at=ctx.clock.now(),
-        )
-        try:
-            await ctx.journal.store.transact(
-                [
-                    Put(
-                        key=object_key(record.tenant, record.object_id),
-                        value=wire.encode_object(moved),
-                        etag=current.etag,
-                    ),
-                    Put(
-                        key=source_key(migration_id),
-                        value=wire.encode_source_record(committed),
-                        etag=journal.etag,
-                    ),
-                    *outbox_puts(
-                        lifecycle_event(
-                            "migration.committed",
-                            tenant=record.tenant,
-                            object_id=record.object_id,
-                            epoch=moved.epoch,
-                            generation=moved.generation,
-                            payload={
-                                "from": ctx.host,
-                                "to": record.destination_host,
-                                "migration": migration_id,
-                            },
-                            at=committed.updated_at,
-                        )
-                    ),
-                ]
+        for attempt in range(COMMIT_ATTEMPTS):
+            journal = await ctx.journal.source(migration_id)
+            assert journal is not None
+            record = journal.value
+            if record.step is not SourceStep.FROZEN:
+                return record  # a Decision or another driver got here first; follow it
+            current = await ctx.journal.object(record.tenant, record.object_id)
+            if current is None:
+                raise ObjectStateError(
+                    f"{record.object_id} vanished from {ctx.host} during migration"
+                )
+            moved = current.value.tombstone(
+                migration_id,
+                moved_to=record.destination_host,
+                receipt=wire.decode_envelope(receipt_raw),
+                transfer_digest=digest(wire.decode_envelope(record.transfer).payload),
             )
-        except ConcurrencyError:
-            # Only an abort (e.g. answering a Decision) changes a FROZEN record; it won.
-            again = await ctx.journal.source(migration_id)
-            assert again is not None
-            return again.value
+            committed = replace(
+                record,
+                step=SourceStep.COMMITTED,
+                staged_receipt=receipt_raw,
+                updated_at=ctx.clock.now(),
+            )
+            try:
+                await ctx.journal.store.transact(
+                    [
+                        Put(
+                            key=object_key(record.tenant, record.object_id),
+                            value=wire.encode_object(moved),
+                            etag=current.etag,
+                        ),
+                        Put(
+                            key=source_key(migration_id),
+                            value=wire.encode_source_record(committed),
+                            etag=journal.etag,
+                        ),
+                        *outbox_puts(
+                            lifecycle_event(
+                                "migration.committed",
+                                tenant=record.tenant,
+                                object_id=record.object_id,
+                                epoch=moved.epoch,
+                                generation=moved.generation,
+                                payload={
+                                    "from": ctx.host,
+                                    "to": record.destination_host,
+                                    "migration": migration_id,
+                                },
+                                at=committed.updated_at,
+                            )
+                        ),
+                    ]
+                )
+                break
+            except (ConcurrencyError, StoreUnavailableError) as exc:
+                if attempt + 1 == COMMIT_ATTEMPTS:
+                    raise HandoffError(
+                        f"could not record the commit of migration {migration_id}: {exc.reason}",
+                        hint="the migration stays open; recovery aborts it if it cannot be committed",
+                    ) from exc
+                await asyncio.sleep(0.02 * (attempt + 1))
+        assert current is not None  # the loop either committed with it or raised
         log.info("committed migration %s of %s", migration_id, record.object_id)
         crash_point("source.after-commit-journal")
         if current.value.blob is not None:
@@ -408,6 +432,7 @@ class Source:
                 continue
             log.info("aborted migration %s of %s: %s", migration_id, record.object_id, reason)
             crash_point("source.after-abort-journal")
+            ctx.on_active(resumed)  # it cycles here again
             try:
                 await self.peers.client(record.destination_host).abort(migration_id, reason)
             except GatewayError as exc:

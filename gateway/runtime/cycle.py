@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from gateway import wire
+from gateway._time import format_time
 from gateway.errors import AdmissionDeniedError, ConcurrencyError, RuleError
 from gateway.handoff.context import HostContext
 from gateway.handoff.journal import object_key
@@ -136,7 +137,7 @@ class CycleRunner:
             )
         for proposal in outcome.proposals:
             try:
-                obj.authority.require(proposal.resource, proposal.verb)
+                obj.authority_at(now).require(proposal.resource, proposal.verb)
                 if proposal.verb == "write":
                     merged = {**data, **proposal.value}
                     check_data(merged)
@@ -198,8 +199,16 @@ class CycleRunner:
 
 
 def _why_denied(obj: GovernedObject, resource: str, verb: str, error: Exception) -> str:
-    if isinstance(error, RuleError) or obj.authority.permits(resource, verb):
+    if isinstance(error, RuleError) or (
+        obj.authority.permits(resource, verb) and obj.authority_expires is None
+    ):
         return getattr(error, "reason", str(error))
+    if obj.authority.permits(resource, verb):
+        return (
+            f"its grants expired at {format_time(obj.authority_expires)}"
+            if obj.authority_expires
+            else "refused"
+        )
     if obj.authority.allow.permits(resource, verb):
         return "this host's configuration denies it"
     return "not in the object's effective authority here (its grants or this host's policy)"

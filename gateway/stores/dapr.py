@@ -45,7 +45,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from gateway.errors import ConcurrencyError, StoreError, StoreUnavailableError
+from gateway.errors import ConcurrencyError, StoreContentionError, StoreError, StoreUnavailableError
 from gateway.stores import Delete, Expect, Item, Operation, Put
 
 SHARDS = 32
@@ -297,7 +297,9 @@ class DaprStore:
             if await self._try_transact(ops):
                 return
             await asyncio.sleep(0.005 * (1 + _attempt))
-        raise ConcurrencyError(
+        # Not a ConcurrencyError: no precondition of the caller failed, and callers read
+        # ConcurrencyError as "somebody else decided first".
+        raise StoreContentionError(
             f"Dapr state store {self.store_name!r}: the key index kept changing under this transaction",
             hint="heavy contention on new keys; retry",
         )

@@ -23,7 +23,8 @@ STATUS: tuple[tuple[type[errors.GatewayError], grpc.StatusCode], ...] = (
     (errors.ReplayError, grpc.StatusCode.ALREADY_EXISTS),
     (errors.RollbackError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.VerificationError, grpc.StatusCode.UNAUTHENTICATED),
-    (errors.EnvelopeTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    # Not RESOURCE_EXHAUSTED: clients retry that, and a too-large message stays too large.
+    (errors.EnvelopeTooLargeError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.EnvelopeError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.TrustError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.AuthorityError, grpc.StatusCode.PERMISSION_DENIED),

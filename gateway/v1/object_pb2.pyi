@@ -315,6 +315,7 @@ class StoredObject(_message.Message):
     LAST_TRANSFER_DIGEST_FIELD_NUMBER: _builtins.int
     AUTHORITY_FIELD_NUMBER: _builtins.int
     BLOB_FIELD_NUMBER: _builtins.int
+    AUTHORITY_EXPIRES_FIELD_NUMBER: _builtins.int
     epoch: _builtins.int
     state: Global___LifecycleState.ValueType
     migration_id: _builtins.str
@@ -341,6 +342,10 @@ class StoredObject(_message.Message):
     def blob(self) -> Global___BlobRef:
         """Large objects: the data is this blob instead of snapshot.data (host-local location)."""
 
+    @_builtins.property
+    def authority_expires(self) -> _timestamp_pb2.Timestamp:
+        """When `authority` ends: the earliest expiry in the grant chain it was computed from."""
+
     def __init__(
         self,
         *,
@@ -355,10 +360,11 @@ class StoredObject(_message.Message):
         last_transfer_digest: _builtins.bytes = ...,
         authority: _builtins.bytes = ...,
         blob: Global___BlobRef | None = ...,
+        authority_expires: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["blob", b"blob", "lineage", b"lineage", "snapshot", b"snapshot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["authority_expires", b"authority_expires", "blob", b"blob", "lineage", b"lineage", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "blob", b"blob", "credentials", b"credentials", "epoch", b"epoch", "last_transfer_digest", b"last_transfer_digest", "lineage", b"lineage", "migration_id", b"migration_id", "moved_to", b"moved_to", "receipt", b"receipt", "snapshot", b"snapshot", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "authority_expires", b"authority_expires", "blob", b"blob", "credentials", b"credentials", "epoch", b"epoch", "last_transfer_digest", b"last_transfer_digest", "lineage", b"lineage", "migration_id", b"migration_id", "moved_to", b"moved_to", "receipt", b"receipt", "snapshot", b"snapshot", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
