@@ -193,6 +193,8 @@ class Host:
             )
         except BaseException:
             await store.close()
+            if dapr_client is not None and config.dapr_store is None:
+                await dapr_client.close()  # connected on its own, for pub/sub and jobs
             raise
 
     async def close(self) -> None:
