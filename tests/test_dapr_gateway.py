@@ -2,9 +2,10 @@
 pub/sub as CloudEvents, and a migration between two gateway processes whose sidecars
 (the stand-in, as real processes) are restarted between Prepare and Commit.
 
-With ``DAPR_GRPC_ENDPOINT`` set, tests/stores/test_dapr_store.py runs the store contract
-against a real sidecar; these tests need two sidecars they can kill, so they always use
-the stand-in (tests/daprd).
+With ``DAPR_GRPC_ENDPOINT`` set, tests/stores/test_dapr_store.py and
+tests/test_dapr_events_contract.py run the store and events contracts against a real
+sidecar; these tests need sidecars they can kill and whose app port they choose, so they
+always use the stand-in (tests/daprd).
 """
 
 from __future__ import annotations
