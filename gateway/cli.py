@@ -611,21 +611,29 @@ def cmd_admit(args: argparse.Namespace) -> int:
     return asyncio.run(_with_host(args, run))
 
 
-def events_table(events: Sequence[Event]) -> Table:
-    table = Table()
-    for column in ("time (UTC)", "object", "gen", "rule", "action", "status", "payload"):
+def events_table(
+    events: Sequence[Event], *, title: str | None = None, show_object: bool = True
+) -> Table:
+    """One row per event; the payload is cut to the width left (full text: the store)."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("time (UTC)", no_wrap=True)
+    if show_object:
+        table.add_column("object", overflow="fold")
+    for column in ("gen", "rule", "action", "status"):
         table.add_column(column, overflow="fold")
+    table.add_column("payload", overflow="ellipsis", min_width=12)
     for event in events:
         status = event.status + (f" ({event.last_error})" if event.last_error else "")
-        table.add_row(
+        row = [
             format_time(event.created_at)[11:-1],
-            event.object_id,
+            *([event.object_id] if show_object else []),
             str(event.generation),
             event.rule,
             f"{event.verb} {event.target}",
             status,
-            json.dumps(event.payload, separators=(",", ":"))[:80],
-        )
+            json.dumps(event.payload, separators=(",", ":"))[:200],
+        ]
+        table.add_row(*row)
     return table
 
 

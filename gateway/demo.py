@@ -141,8 +141,12 @@ async def _scenario(config_a: Path, config_b: Path, spec: ObjectSpec) -> None:
             f"   authority on B: {arrived.authority.allow} (B offers pubsub:*; the grant decides)"
         )
         console.print("[bold]7.[/] events each host published (its outbox):")
-        console.print(events_table(events_a))
-        console.print(events_table(await list_events(host_b.store)))
+        console.print(events_table(events_a, title="host A's outbox", show_object=False))
+        console.print(
+            events_table(
+                await list_events(host_b.store), title="host B's outbox", show_object=False
+            )
+        )
         console.print(lineage_summary(arrived))
         console.print(verify_and_describe_lineage(host_b, arrived))
     finally:

@@ -160,6 +160,47 @@ def test_each_action_kind_is_admitted_or_denied_and_recorded(
     in_host(one_host, scenario)
 
 
+def test_gateway_events_lists_the_outbox(one_host: World) -> None:
+    """``gateway events`` shows what a host's objects published, filtered by object."""
+    rule = {
+        "name": "overdue",
+        "when": "data.amount > 1000",
+        "publish": {"topic": "alerts/overdue", "payload": "{'invoice': data.invoice}"},
+    }
+    capabilities = [{"resource": "pubsub:alerts/*", "actions": ["publish"]}]
+    loud, quiet = "obj://org-a.example/live/loud", "obj://org-a.example/live/quiet"
+
+    async def scenario(host: Host) -> None:
+        await create(host, loud, spec([rule], capabilities=capabilities))
+        await create(host, quiet, spec([rule], capabilities=capabilities, data={"amount": 5}))
+        for object_id in (loud, quiet):
+            assert (await host.cycles.run("default", object_id)).result is CycleResult.EVALUATED
+
+    def events(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "events", *args],
+            env={**os.environ, "COLUMNS": "250"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0 and done.stderr == "", done
+        return done.stdout
+
+    config = str(one_host.config(HOST_A))
+    assert "no events in tenant default" in events("--config", config)
+    in_host(one_host, scenario)
+    listed = events("--config", config)
+    rows = [line for line in listed.splitlines() if loud in line]
+    assert len(rows) == 1, listed  # one event: the quiet object's rule did not fire
+    assert "overdue" in rows[0] and "publish alerts/overdue" in rows[0]
+    assert "pending" in rows[0]  # nobody delivers it: the host is not serving
+    assert '{"invoice":42}' in rows[0]
+    assert quiet not in listed
+    assert "no events in tenant default" in events("--config", config, "--object", quiet)
+
+
 def test_a_repeated_trigger_for_one_generation_runs_once(one_host: World) -> None:
     async def scenario(host: Host) -> None:
         object_id = "obj://org-a.example/live/idempotent"
