@@ -52,7 +52,7 @@ from gateway.model import GovernedObject
 from gateway.objectspec import parse_spec
 from gateway.rules import RuleSet, load_data
 from gateway.runtime.cycle import CycleResult, CycleRunner
-from gateway.testing import HostSpec, World, build_world
+from gateway.testing import HostSpec, World, build_world, create_from_spec
 
 HOST = "spiffe://org-a.example/cluster/east/gateway"
 TENANT = "default"
@@ -611,15 +611,7 @@ async def run(world: World, arguments: argparse.Namespace, console: Console) -> 
                     source="bench",
                 )
                 object_id = f"obj://org-a.example/bench/invoice-{index}"
-                await host.create_object(
-                    object_id,
-                    tenant=TENANT,
-                    data=spec.data,
-                    content_type=spec.content_type,
-                    grant=spec.grant,
-                    rules=spec.rules,
-                    cycle=spec.cycle,
-                )
+                await create_from_spec(host, object_id, spec, tenant=TENANT)
                 object_ids.append(object_id)
                 progress.advance(task)
         objects = await host.list_objects(tenant=TENANT)

@@ -47,9 +47,5 @@ def parse_time(text: str) -> datetime:
     return datetime.strptime(text[:-1], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC)
 
 
-def from_millis(millis: int) -> datetime:
-    return EPOCH + timedelta(milliseconds=millis)
-
-
 def to_millis(moment: datetime) -> int:
     return (moment - EPOCH) // timedelta(milliseconds=1)

@@ -39,6 +39,7 @@ subclass; a refused admission raises :class:`AdmissionDeniedError`. Predicates s
 from __future__ import annotations
 
 import enum
+import functools
 import string
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -260,8 +261,18 @@ class Resource:
         return f"{self.kind}:{_path_text(self.segments, False)}"
 
 
+@functools.lru_cache(maxsize=1024)
+def _parsed(text: str) -> Resource:
+    """``Resource.parse`` memoised: admission checks parse the same few resources over and
+    over. A Resource is immutable; a parse error is raised, and so never cached."""
+    return Resource.parse(text)
+
+
 def _resource(resource: Resource | str) -> Resource:
-    return resource if isinstance(resource, Resource) else Resource.parse(resource)
+    if isinstance(resource, Resource):
+        return resource
+    # Only strings are cached (hashable); anything else gets parse's own error.
+    return _parsed(resource) if isinstance(resource, str) else Resource.parse(resource)
 
 
 def _check_action(kind: str, action: object) -> str:
@@ -415,10 +426,6 @@ class CapabilitySet:
             for pattern in sorted(grouped, key=lambda p: p._sort_key)
         )
         object.__setattr__(self, "capabilities", canonical)
-
-    @classmethod
-    def of(cls, *capabilities: Capability) -> CapabilitySet:
-        return cls(capabilities=capabilities)
 
     @classmethod
     def from_claim(cls, claim: object) -> CapabilitySet:
@@ -684,13 +691,6 @@ class HostPattern:
     def covers(self, other: HostPattern) -> bool:
         """Whether every host ``other`` matches, this matches too."""
         return self.trust_domain == other.trust_domain and _path_covers(self._path, other._path)
-
-    def intersect(self, other: HostPattern) -> HostPattern | None:
-        if self.covers(other):
-            return other
-        if other.covers(self):
-            return self
-        return None
 
     def __str__(self) -> str:
         return f"spiffe://{self.trust_domain}/{_path_text(self.segments, self.wildcard)}"

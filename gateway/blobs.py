@@ -16,7 +16,7 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from gateway.errors import TransferStreamError
@@ -26,6 +26,12 @@ CHUNK_BYTES = 1 << 20
 #: Chunks written per store transaction (one fsync per batch, not per chunk).
 BATCH = 8
 MAX_BLOB_BYTES = 64 << 30
+#: Keys deleted per store transaction.
+DELETE_BATCH = 64
+
+
+def _chunk_key(location: str, index: int) -> str:
+    return f"{location}{index:08d}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,11 +42,7 @@ class BlobRef:
     chunks: int = 0
 
     def chunk_key(self, index: int) -> str:
-        return f"{self.location}{index:08d}"
-
-
-def chunk_count(size: int) -> int:
-    return (size + CHUNK_BYTES - 1) // CHUNK_BYTES
+        return _chunk_key(self.location, index)
 
 
 async def write_blob(
@@ -63,6 +65,8 @@ async def write_blob(
     written = 0
     buffer = bytearray()
     batch: list[Put] = []
+    # The announced size is signed, but it is the sender's word: cap it too.
+    limit = min(expected_size, max_size) if expected_size is not None else max_size
 
     async def flush(final: bool) -> None:
         nonlocal written
@@ -70,7 +74,7 @@ async def write_blob(
             piece = bytes(buffer[:CHUNK_BYTES])
             del buffer[:CHUNK_BYTES]
             batch.append(
-                Put(key=f"{location}{written + len(batch):08d}", value=piece, etag=Expect.ABSENT)
+                Put(key=_chunk_key(location, written + len(batch)), value=piece, etag=Expect.ABSENT)
             )
             if len(batch) >= BATCH:
                 await store.transact(batch)
@@ -84,8 +88,6 @@ async def write_blob(
     try:
         async for part in source:
             size += len(part)
-            # The announced size is signed, but it is the sender's word: cap it too.
-            limit = min(expected_size, max_size) if expected_size is not None else max_size
             if size > limit:
                 raise TransferStreamError(
                     f"object data stream is longer than the {limit} bytes announced",
@@ -123,14 +125,16 @@ async def read_blob(store: StateStore, ref: BlobRef) -> AsyncIterator[bytes]:
         yield item.value
 
 
-async def delete_chunks(store: StateStore, location: str, count: int) -> None:
-    for start in range(0, count, 64):
+async def delete_keys(store: StateStore, keys: Sequence[str]) -> None:
+    """Delete ``keys`` (whatever their ETags), :data:`DELETE_BATCH` per transaction."""
+    for start in range(0, len(keys), DELETE_BATCH):
         await store.transact(
-            [
-                Delete(key=f"{location}{i:08d}", etag=Expect.ANY)
-                for i in range(start, min(count, start + 64))
-            ]
+            [Delete(key=k, etag=Expect.ANY) for k in keys[start : start + DELETE_BATCH]]
         )
+
+
+async def delete_chunks(store: StateStore, location: str, count: int) -> None:
+    await delete_keys(store, [_chunk_key(location, i) for i in range(count)])
 
 
 async def delete_blob(store: StateStore, ref: BlobRef) -> None:

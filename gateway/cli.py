@@ -18,7 +18,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from rich.console import Console
 from rich.table import Table
@@ -33,7 +33,6 @@ from gateway.errors import (
     NotFoundError,
     UnknownPeerError,
 )
-from gateway.host import Host
 from gateway.identity import HostId, ObjectId
 from gateway.keyring import add_key, init_keys, load_keyring, revoke_key
 from gateway.keys import Algorithm
@@ -41,6 +40,10 @@ from gateway.lineage import EntryKind, verify_lineage
 from gateway.model import CycleState, GovernedObject, LifecycleState
 from gateway.objectspec import load_spec
 from gateway.runtime.outbox import Event, list_events
+
+if TYPE_CHECKING:
+    # Imported where used: it costs ~200 ms, which commands without a host need not pay.
+    from gateway.host import Host
 
 T = TypeVar("T")
 
@@ -74,6 +77,8 @@ def _config_path(args: argparse.Namespace) -> Path:
 
 
 async def _with_host(args: argparse.Namespace, action: Callable[[Host], Awaitable[T]]) -> T:
+    from gateway.host import Host
+
     host = await Host.open(load_config(_config_path(args)))
     try:
         return await action(host)
@@ -103,14 +108,19 @@ def _large_file(args: argparse.Namespace) -> Path | None:
     return path if size > INLINE_LIMIT else None
 
 
+def _read_file(name: str) -> bytes:
+    """The bytes of the file ``name`` given on the command line."""
+    try:
+        return Path(name).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read: {exc.strerror}") from exc
+
+
 def _read_data(args: argparse.Namespace) -> bytes:
     if args.data is not None and args.data_file is not None:
         raise ConfigError("give --data or --data-file, not both")
     if args.data_file is not None:
-        try:
-            return Path(args.data_file).read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"{args.data_file}: cannot read: {exc.strerror}") from exc
+        return _read_file(args.data_file)
     data = (args.data if args.data is not None else "{}").encode("utf-8")
     if args.content_type == "application/json":
         try:
@@ -380,10 +390,7 @@ def cmd_trust_export(args: argparse.Namespace) -> int:
 
 
 def cmd_trust_import(args: argparse.Namespace) -> int:
-    try:
-        signed = Path(args.file).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{args.file}: cannot read: {exc.strerror}") from exc
+    signed = _read_file(args.file)
 
     async def run(host: Host) -> int:
         imported = await host.import_bundle(signed)
@@ -432,6 +439,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(_config_path(args))
 
     async def run() -> int:
+        from gateway.host import Host
+
         host = await Host.open(config)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -598,10 +607,7 @@ def cmd_admit(args: argparse.Namespace) -> int:
             "gateway admit only does dry runs (--dry-run)",
             hint="objects are admitted for real when their source migrates them here",
         )
-    try:
-        signed = Path(args.envelope).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{args.envelope}: cannot read: {exc.strerror}") from exc
+    signed = _read_file(args.envelope)
 
     async def run(host: Host) -> int:
         evaluation = await host.evaluate_proposal(signed)

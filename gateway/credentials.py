@@ -39,7 +39,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -422,6 +422,11 @@ def _check_link(child: Grant, parent: Grant, index: int) -> None:
         raise type(exc)(f"{where}: {exc.reason}", hint=exc.hint) from exc
 
 
+def _depth_limit(constraints: Iterable[Constraints]) -> int | None:
+    """The tightest ``max_depth`` among ``constraints``; None when none sets one."""
+    return min((c.max_depth for c in constraints if c.max_depth is not None), default=None)
+
+
 def verify_chain(
     grants: Sequence[str],
     *,
@@ -451,10 +456,7 @@ def verify_chain(
         )
     for index in range(1, len(parsed)):
         _check_link(parsed[index], parsed[index - 1], index)
-    depth_limit = min(
-        (g.constraints.max_depth for g in parsed if g.constraints.max_depth is not None),
-        default=None,
-    )
+    depth_limit = _depth_limit(g.constraints for g in parsed)
     if depth_limit is not None and len(parsed) - 1 > depth_limit:
         raise DepthExceededError(
             f"chain has {len(parsed) - 1} delegations; its grants allow {depth_limit}"
@@ -492,14 +494,7 @@ def attenuate(
         raise LifetimeWideningError("a child grant cannot outlive its parent")
     # The same limit verify_chain applies, including the child's own max_depth: a child
     # whose max_depth is below its own depth would be a grant no verifier accepts.
-    limit = min(
-        (
-            depth
-            for depth in (*(g.constraints.max_depth for g in chain.grants), constraints.max_depth)
-            if depth is not None
-        ),
-        default=None,
-    )
+    limit = _depth_limit((*(g.constraints for g in chain.grants), constraints))
     if limit is not None and chain.depth + 1 > limit:
         raise DepthExceededError(
             f"the chain allows {limit} delegations; this would be {chain.depth + 1}"

@@ -24,7 +24,7 @@ from gateway.config import load_config
 from gateway.host import Host
 from gateway.objectspec import ObjectSpec, parse_spec
 from gateway.runtime.outbox import list_events
-from gateway.testing import HostSpec, ServerProcess, build_world
+from gateway.testing import HostSpec, ServerProcess, build_world, create_from_spec
 
 HOST_A = "spiffe://org-a.example/cluster/east/gateway"
 HOST_B = "spiffe://org-b.example/cluster/west/gateway"
@@ -98,15 +98,7 @@ async def _watch(host: Host, seconds: float, label: str) -> None:
 async def _scenario(config_a: Path, config_b: Path, spec: ObjectSpec) -> None:
     host_a = await Host.open(load_config(config_a))
     try:
-        obj = await host_a.create_object(
-            OBJECT,
-            tenant="default",
-            data=spec.data,
-            content_type=spec.content_type,
-            grant=spec.grant,
-            rules=spec.rules,
-            cycle=spec.cycle,
-        )
+        obj = await create_from_spec(host_a, OBJECT, spec)
         console.print(
             f"[bold]3.[/] created {obj.object_id} on host A, with a root grant and 3 rules"
         )

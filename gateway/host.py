@@ -23,7 +23,7 @@ from gateway._time import Clock, SystemClock
 from gateway.blobs import delete_blob, write_blob
 from gateway.config import Config
 from gateway.credentials import issue_grant
-from gateway.errors import ConfigError, GatewayError, NotFoundError, TrustError, UnknownPeerError
+from gateway.errors import ConfigError, GatewayError, TrustError, UnknownPeerError
 from gateway.handoff.context import HostContext
 from gateway.handoff.destination import Destination
 from gateway.handoff.journal import Journal, object_key
@@ -72,6 +72,25 @@ class ImportedBundle:
     bundle: TrustBundle
     first_use: bool  #: no earlier bundle of this domain was trusted here
     changed: bool
+
+
+async def open_store(config: Config) -> StateStore:
+    """The store ``config`` names: its Dapr sidecar's state store, else its SQLite file."""
+    if config.dapr_store is not None:
+        return await DaprStore.connect(
+            config.dapr_store.state_store,
+            grpc_endpoint=config.dapr_store.grpc_endpoint,
+            http_endpoint=config.dapr_store.http_endpoint,
+        )
+    assert config.sqlite is not None
+    return SqliteStore.open(config.sqlite)
+
+
+async def load_trust(store: StateStore, own: TrustBundle) -> TrustStore:
+    """This host's trust: its own domain's bundle and the bundles imported into ``store``."""
+    keys = await store.list(TRUST_PREFIX)
+    items = await store.get_many(keys)
+    return TrustStore.of([own, *(decode_bundle(items[k].value) for k in keys if k in items)])
 
 
 class Host:
@@ -163,31 +182,19 @@ class Host:
                 f"but host.id is in {config.host.trust_domain}",
                 hint="point 'keys' at this trust domain's keys directory",
             )
+        store = await open_store(config)
         dapr_client = None
-        if config.dapr_store is not None:
-            dapr_store = await DaprStore.connect(
-                config.dapr_store.state_store,
-                grpc_endpoint=config.dapr_store.grpc_endpoint,
-                http_endpoint=config.dapr_store.http_endpoint,
-            )
-            store: StateStore = dapr_store
-            dapr_client = dapr_store.client
-        else:
-            assert config.sqlite is not None
-            store = SqliteStore.open(config.sqlite)
-            if config.dapr is not None:
-                dapr_client = await connect_client()
+        if isinstance(store, DaprStore):
+            dapr_client = store.client
+        elif config.dapr is not None:
+            dapr_client = await connect_client()
         try:
-            bundles = [own]
-            for key in await store.list(TRUST_PREFIX):
-                item = await store.get(key)
-                if item is not None:
-                    bundles.append(decode_bundle(item.value))
+            trust = await load_trust(store, own)
             return cls(
                 config,
                 store=store,
                 keyring=keyring,
-                trust=TrustStore.of(bundles),
+                trust=trust,
                 clock=clock,
                 dapr_client=dapr_client,
             )
@@ -307,12 +314,9 @@ class Host:
         return obj
 
     async def get_object(self, object_id: str, *, tenant: str) -> GovernedObject:
-        loaded = await self.journal.object(self.tenant(tenant), object_id)
-        if loaded is None:
-            raise NotFoundError(
-                f"no object {object_id} in tenant {tenant} on {self.host_id}",
-                hint="list objects with `gateway object list`",
-            )
+        loaded = await self.journal.require_object(
+            self.tenant(tenant), object_id, host=self.host_id
+        )
         return loaded.value
 
     async def list_objects(self, *, tenant: str) -> list[GovernedObject]:

@@ -202,12 +202,21 @@ def spiffe_id_from_cert(cert_pem: bytes) -> HostId:
     (X.509-SVID rules); otherwise PeerMismatchError says what the certificate has.
     This reads a claim only: pair it with ``verify_issued_by`` before believing it.
     """
+    return certificate_spiffe_id(load_peer_certificate(cert_pem))
+
+
+def load_peer_certificate(cert_pem: bytes) -> x509.Certificate:
+    """Parse a peer certificate once, for ``certificate_spiffe_id`` and the issuance checks."""
     try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
+        return x509.load_pem_x509_certificate(cert_pem)
     except ValueError as exc:
         raise PeerMismatchError(
             f"the peer certificate is not a PEM X.509 certificate: {exc}"
         ) from exc
+
+
+def certificate_spiffe_id(cert: x509.Certificate) -> HostId:
+    """The SPIFFE id ``cert`` claims (see ``spiffe_id_from_cert``)."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound as exc:
@@ -258,14 +267,14 @@ def verify_issued_by(cert_pem: bytes, ca_pem: bytes) -> None:
     except ValueError as exc:
         raise TrustError(f"the CA certificate is not a PEM X.509 certificate: {exc}") from exc
     ca_domain = _ca_trust_domain(ca)
-    host_id = spiffe_id_from_cert(cert_pem)
+    cert = load_peer_certificate(cert_pem)
+    host_id = certificate_spiffe_id(cert)
     if host_id.trust_domain != ca_domain:
         # Checked before the signature so that passing the wrong CA gets a clear reason.
         raise UntrustedKeyError(
             f"the peer certificate claims {host_id}, but this CA is for trust domain {ca_domain!r}",
             hint=f"verify it against the CA trusted for {host_id.trust_domain!r}",
         )
-    cert = x509.load_pem_x509_certificate(cert_pem)
     try:
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature) as exc:
@@ -288,12 +297,20 @@ def verify_issued_for_domain(
     the same domain (so a CA constrained to another domain is refused even if a bundle
     lists it). Raises PeerMismatchError (no usable SPIFFE id) or UntrustedKeyError.
     """
-    host_id = spiffe_id_from_cert(cert_pem)
+    cert = load_peer_certificate(cert_pem)
+    return verify_certificate_for_domain(
+        cert, certificate_spiffe_id(cert), authorities, trust_domain
+    )
+
+
+def verify_certificate_for_domain(
+    cert: x509.Certificate, host_id: HostId, authorities: Sequence[bytes], trust_domain: str
+) -> HostId:
+    """``verify_issued_for_domain`` for a certificate already parsed, claiming ``host_id``."""
     if host_id.trust_domain != trust_domain:
         raise UntrustedKeyError(
             f"the peer certificate claims {host_id}, not a host of {trust_domain}"
         )
-    cert = x509.load_pem_x509_certificate(cert_pem)
     for ca_pem in authorities:
         try:
             ca = x509.load_pem_x509_certificate(ca_pem)
@@ -319,11 +336,7 @@ def check_domain_authority(ca_pem: bytes, trust_domain: str) -> None:
         ca = x509.load_pem_x509_certificate(ca_pem)
     except ValueError as exc:
         raise TrustError(f"a CA of {trust_domain} is not a PEM X.509 certificate: {exc}") from exc
-    try:
-        basic = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        basic = None
-    if basic is None or not basic.ca:
+    if not _is_ca(ca):
         raise TrustError(
             f"{ca.subject.rfc4514_string()!r} in the bundle of {trust_domain} is not a CA"
         )
@@ -333,6 +346,15 @@ def check_domain_authority(ca_pem: bytes, trust_domain: str) -> None:
             f"the bundle of {trust_domain} carries a CA constrained to {constrained!r}",
             hint="a domain's bundle may only carry CAs for that domain",
         )
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    """Whether ``cert`` has BasicConstraints with ``cA`` set."""
+    try:
+        basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return False
+    return basic.ca
 
 
 def _ca_constraint_domain(ca: x509.Certificate) -> str | None:
@@ -370,11 +392,7 @@ def _ca_trust_domain(ca: x509.Certificate) -> str:
     Raises TrustError when the certificate is not a CA or does not name exactly one
     trust domain this way.
     """
-    try:
-        basic = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        basic = None
-    if basic is None or not basic.ca:
+    if not _is_ca(ca):
         raise TrustError(
             f"the certificate {ca.subject.rfc4514_string()!r} is not a CA certificate",
             hint="trust the CA that issues host certificates, not a host certificate",

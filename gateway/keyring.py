@@ -37,15 +37,9 @@ class Keyring:
 
     def signer_for(self, purpose: Purpose, *, host: str, at: datetime) -> Signer:
         """The newest usable key for ``purpose`` by ``host`` whose private half is here."""
-        usable = [
-            record
-            for record in self.bundle.keys
-            if purpose in record.purposes
-            and not record.revoked
-            and record.valid_at(at)
-            and (not record.hosts or host in record.hosts)
-            and record.key_id in self.signers
-        ]
+        # The purpose, revocation, host and validity rules peers verify with, in bundle order.
+        keys = self.bundle.resolver(purpose=purpose, host=host, at=at).all()
+        usable = [record for record in keys if record.key_id in self.signers]
         if not usable:
             raise ConfigError(
                 f"{self.directory}: no usable {purpose.value} key for {host}",
@@ -57,11 +51,8 @@ class Keyring:
     def bundle_signers(self, at: datetime) -> list[Signer]:
         return [
             self.signers[r.key_id]
-            for r in self.bundle.keys
-            if Purpose.BUNDLE in r.purposes
-            and not r.revoked
-            and r.valid_at(at)
-            and r.key_id in self.signers
+            for r in self.bundle.resolver(purpose=Purpose.BUNDLE, host=None, at=at).all()
+            if r.key_id in self.signers
         ]
 
     def export(self, at: datetime) -> bytes:

@@ -35,7 +35,7 @@ from gateway._time import format_time, parse_time
 from gateway.errors import ConfigError, ExpiredError, LineageError, VerificationError
 from gateway.identity import HostId, ObjectId
 from gateway.keys import Purpose, Signer
-from gateway.trust import TrustStore
+from gateway.trust import TrustStore, canonical_json
 
 MAX_DETAIL = 1024
 _ENTRY_FIELDS = frozenset(
@@ -67,12 +67,6 @@ class EntryKind(enum.Enum):
     REHOSTED = "rehosted"
 
 
-def _canonical(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
-        "utf-8"
-    )
-
-
 def _strict_json(raw: bytes, fields: frozenset[str], what: str) -> dict[str, Any]:
     try:
         document = json.loads(raw)
@@ -80,7 +74,7 @@ def _strict_json(raw: bytes, fields: frozenset[str], what: str) -> dict[str, Any
         raise LineageError(f"{what} is not JSON: {exc}") from exc
     if not isinstance(document, dict) or set(document) != fields:
         raise LineageError(f"{what} must be an object with exactly the fields {sorted(fields)}")
-    if _canonical(document) != raw:
+    if canonical_json(document) != raw:
         raise LineageError(f"{what} is not in canonical form (sorted keys, no spaces)")
     return document
 
@@ -107,8 +101,15 @@ def _hex(document: dict[str, Any], name: str, what: str, *, empty_ok: bool = Fal
     return value
 
 
+class _EncodedOnce:
+    """Holds an entry's canonical bytes once computed (or as received); not a field."""
+
+    __slots__ = ("_raw",)
+    _raw: bytes
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class LineageEntry:
+class LineageEntry(_EncodedOnce):
     seq: int
     prev: bytes  #: leaf hash of the previous entry; empty for the first
     time: datetime
@@ -121,7 +122,17 @@ class LineageEntry:
     detail: str = ""
 
     def encode(self) -> bytes:
-        return _canonical(
+        # Entries are immutable, so their bytes are computed once: appends and wire
+        # encoding would otherwise re-encode the whole history every time.
+        try:
+            return self._raw
+        except AttributeError:
+            raw = self._encode()
+            object.__setattr__(self, "_raw", raw)
+            return raw
+
+    def _encode(self) -> bytes:
+        return canonical_json(
             {
                 "seq": self.seq,
                 "prev": self.prev.hex(),
@@ -142,10 +153,11 @@ class LineageEntry:
         document = _strict_json(raw, _ENTRY_FIELDS, what)
         try:
             kind = EntryKind(_field(document, "kind", str, what))
-            moment = parse_time(_field(document, "time", str, what))
+            time_text = _field(document, "time", str, what)
+            moment = parse_time(time_text)
         except ValueError as exc:
             raise LineageError(f"{what}: {exc}") from exc
-        return cls(
+        entry = cls(
             seq=_field(document, "seq", int, what),
             prev=_hex(document, "prev", what, empty_ok=True),
             time=moment,
@@ -157,6 +169,12 @@ class LineageEntry:
             credentials_digest=_hex(document, "credentials_digest", what),
             detail=_field(document, "detail", str, what),
         )
+        # _strict_json checked that ``raw`` is the canonical dump of ``document``; every
+        # other field converts back to the same JSON value, so ``raw`` is exactly what
+        # encode() would produce once the time text also round-trips.
+        if format_time(moment) == time_text:
+            object.__setattr__(entry, "_raw", bytes(raw))
+        return entry
 
     def leaf_hash(self) -> bytes:
         return merkle.leaf_hash(self.encode())
@@ -174,7 +192,7 @@ class Checkpoint:
     issued_at: datetime
 
     def encode(self) -> bytes:
-        return _canonical(
+        return canonical_json(
             {
                 "object_id": self.object_id,
                 "host": self.host,
@@ -415,7 +433,7 @@ def verify_extends(lineage: Lineage, *, seen_size: int, seen_root: bytes) -> Non
             f"lineage has {len(lineage.entries)} entries, fewer than the {seen_size} seen here before",
             hint="history was truncated; refuse the object",
         )
-    if merkle.root(lineage.leaf_hashes()[:seen_size]) != seen_root:
+    if merkle.root([e.leaf_hash() for e in lineage.entries[:seen_size]]) != seen_root:
         raise LineageError(
             "lineage does not extend the history seen here before (a fork or a rewrite)",
             hint="refuse the object and compare both histories with `gateway lineage`",

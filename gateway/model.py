@@ -18,6 +18,7 @@ copy from ever coming back (DESIGN.md §6). No I/O.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -125,7 +126,7 @@ class GovernedObject:
         return self.blob.size if self.blob is not None else len(self.data)
 
     def credentials_digest(self) -> bytes:
-        return credentials_digest(self.grants)
+        return _credentials_digest(self.grants)
 
     def record(
         self, kind: EntryKind, *, host: str, at: datetime, detail: str = ""
@@ -208,6 +209,11 @@ class GovernedObject:
             at=at,
             detail=f"from {source}, migration {self.migration_id}, epoch {self.epoch}",
         )
+
+
+# Every lineage entry records the credentials digest, and the grants rarely change:
+# memoise it on the (immutable, hashable) grants tuple.
+_credentials_digest = functools.lru_cache(maxsize=1024)(credentials_digest)
 
 
 _STATE_HINTS = {

@@ -30,7 +30,6 @@ Parsed once, at the edge, into a frozen :class:`ObjectSpec`; errors name the fil
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -41,7 +40,7 @@ import yaml
 from gateway.authority import CapabilitySet, Constraints
 from gateway.errors import AuthorityError, ConfigError
 from gateway.model import CycleState, Rule
-from gateway.rules import rule_from_mapping
+from gateway.rules import dump_data, rule_from_mapping
 
 _TOP = frozenset({"data", "content_type", "grant", "cycle", "rules"})
 _GRANT = frozenset({"audience", "valid_for_days", "capabilities", "constraints"})
@@ -97,7 +96,7 @@ def parse_spec(document: Any, *, source: str) -> ObjectSpec:
         )
     raw = top.get("data", {})
     if content_type == "application/json":
-        data = json.dumps(raw, separators=(",", ":"), sort_keys=True).encode("utf-8")
+        data = dump_data(raw)
     elif isinstance(raw, str):
         data = raw.encode("utf-8")
     else:

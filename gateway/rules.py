@@ -156,16 +156,10 @@ class RuleSet:
         errors: list[str] = []
         for compiled in self.rules:
             name = compiled.rule.name
-            try:
-                fired = compiled.when.expression.eval(activation=activation)
-            except RuntimeError as exc:
-                # The runtime raises (instead of returning an error value) on input it
-                # cannot convert, e.g. a string holding a lone surrogate, which JSON allows
-                # as an escape. One rule failing must not stop the others or the cycle.
-                errors.append(f"rule {name}: condition failed: {_first_line(exc)}")
-                continue
-            if fired.type() == cel.Type.ERROR:
-                errors.append(f"rule {name}: condition failed: {_error_text(fired)}")
+            # One rule failing must not stop the others or the cycle.
+            fired, failure = _evaluate(compiled.when.expression, activation)
+            if fired is None:
+                errors.append(f"rule {name}: condition failed: {failure}")
                 continue
             if fired.value() is not True:
                 if fired.type() != cel.Type.BOOL:
@@ -173,13 +167,9 @@ class RuleSet:
                 continue
             value: Any = None
             if compiled.effect is not None:
-                try:
-                    result = compiled.effect.expression.eval(activation=activation)
-                except RuntimeError as exc:
-                    errors.append(f"rule {name}: action failed: {_first_line(exc)}")
-                    continue
-                if result.type() == cel.Type.ERROR:
-                    errors.append(f"rule {name}: action failed: {_error_text(result)}")
+                result, failure = _evaluate(compiled.effect.expression, activation)
+                if result is None:
+                    errors.append(f"rule {name}: action failed: {failure}")
                     continue
                 raw = result.plain_value()
                 if compiled.verb == "write" and (
@@ -196,6 +186,21 @@ class RuleSet:
                 Proposal(rule=name, resource=compiled.resource, verb=compiled.verb, value=value)
             )
         return Outcome(proposals=tuple(proposals), errors=tuple(errors))
+
+
+def _evaluate(
+    expression: cel.Expression, activation: cel.Activation
+) -> tuple[cel.Value, None] | tuple[None, str]:
+    """The expression's value, or None and why its evaluation failed."""
+    try:
+        value = expression.eval(activation=activation)
+    except RuntimeError as exc:
+        # The runtime raises (instead of returning an error value) on input it cannot
+        # convert, e.g. a string holding a lone surrogate, which JSON allows as an escape.
+        return None, _first_line(exc)
+    if value.type() == cel.Type.ERROR:
+        return None, _error_text(value)
+    return value, None
 
 
 def _error_text(value: cel.Value) -> str:

@@ -140,7 +140,6 @@ def init_host(
     ca_directory: Path | None = None,
     region: str = "",
     tenants: Sequence[str] = ("default",),
-    peers: Sequence[PeerEntry] = (),
     algorithm: Algorithm = Algorithm.ED25519,
     dns_names: Sequence[str] = ("localhost",),
 ) -> Path:
@@ -167,6 +166,6 @@ def init_host(
     )
     write_config(
         config_path,
-        config_document(host=str(host), listen=listen, region=region, tenants=tenants, peers=peers),
+        config_document(host=str(host), listen=listen, region=region, tenants=tenants),
     )
     return config_path

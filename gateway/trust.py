@@ -218,7 +218,8 @@ class TrustStore:
 # --- canonical JSON form -------------------------------------------------------------
 
 
-def _canonical(document: Mapping[str, Any]) -> bytes:
+def canonical_json(document: Mapping[str, Any]) -> bytes:
+    """Sorted keys, no spaces, UTF-8; also how lineage entries and checkpoints are hashed."""
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -237,7 +238,7 @@ def _key_to_json(record: KeyRecord) -> dict[str, Any]:
 
 def encode_bundle(bundle: TrustBundle) -> bytes:
     """Canonical JSON (sorted keys, no spaces): equal bundles have equal bytes."""
-    return _canonical(
+    return canonical_json(
         {
             "format": BUNDLE_FORMAT,
             "trust_domain": bundle.trust_domain,

@@ -433,6 +433,8 @@ _DESTINATION_STEPS = {
     DestinationStep.ACTIVATED: journal_pb2.DESTINATION_STEP_ACTIVATED,
     DestinationStep.ABORTED: journal_pb2.DESTINATION_STEP_ABORTED,
 }
+_SOURCE_STEPS_FROM_PB = {v: k for k, v in _SOURCE_STEPS.items()}
+_DESTINATION_STEPS_FROM_PB = {v: k for k, v in _DESTINATION_STEPS.items()}
 
 
 def encode_source_record(record: SourceRecord) -> bytes:
@@ -453,13 +455,12 @@ def encode_source_record(record: SourceRecord) -> bytes:
 
 def decode_source_record(raw: bytes) -> SourceRecord:
     message = _parse(journal_pb2.SourceRecord(), raw, "source journal record", canonical=False)
-    steps = {v: k for k, v in _SOURCE_STEPS.items()}
     return SourceRecord(
         migration_id=message.migration_id,
         object_id=message.object_id,
         tenant=message.tenant,
         destination_host=message.destination_host,
-        step=_step(steps, message.step, what="journal record"),
+        step=_step(_SOURCE_STEPS_FROM_PB, message.step, what="journal record"),
         transfer=message.transfer,
         staged_receipt=message.staged_receipt,
         activation_receipt=message.activation_receipt,
@@ -492,13 +493,12 @@ def decode_destination_record(raw: bytes) -> DestinationRecord:
     message = _parse(
         journal_pb2.DestinationRecord(), raw, "destination journal record", canonical=False
     )
-    steps = {v: k for k, v in _DESTINATION_STEPS.items()}
     return DestinationRecord(
         migration_id=message.migration_id,
         object_id=message.object_id,
         tenant=message.tenant,
         source_host=message.source_host,
-        step=_step(steps, message.step, what="journal record"),
+        step=_step(_DESTINATION_STEPS_FROM_PB, message.step, what="journal record"),
         transfer_digest=message.transfer_digest,
         staged_receipt=message.staged_receipt,
         activation_receipt=message.activation_receipt,

@@ -21,16 +21,6 @@ HOST_B = "spiffe://org-b.example/cluster/west/gateway"
 FAST_HANDOFF = {"retry_attempts": 2, "rpc_timeout_seconds": 2, "stage_timeout_seconds": 0.2}
 
 
-@pytest.fixture(scope="session")
-def vectors_dir() -> Path:
-    """../shared/vectors; its absence is a failure, never a skip."""
-    if not VECTORS.is_dir() or not any(VECTORS.iterdir()):
-        pytest.fail(
-            f"public test vectors not found at {VECTORS}: check out shared/ beside the project"
-        )
-    return VECTORS
-
-
 def three_hosts(tmp_path: Path, stores: dict[str, dict[str, Any]] | None = None) -> World:
     """Host A (org-a, east), host A2 (org-a, west) and host B (org-b); all trust each other."""
     stores = stores or {}
@@ -79,14 +69,7 @@ def any_store_world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     }
     stores = {}
     for host, sidecar in sidecars.items():
-        addresses = sidecar.start()
-        stores[host] = {
-            "dapr": {
-                "state_store": "statestore",
-                "grpc_endpoint": addresses.grpc_endpoint,
-                "http_endpoint": addresses.http_endpoint,
-            }
-        }
+        stores[host] = sidecar.start().store_section("statestore")
     try:
         yield three_hosts(tmp_path, stores)
     finally:

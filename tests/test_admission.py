@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,7 +18,7 @@ from gateway.host import Host
 from gateway.lineage import EntryKind, verify_lineage
 from gateway.model import LifecycleState
 from gateway.objectspec import GrantSpec
-from gateway.testing import HostSpec, World, build_world, serving
+from gateway.testing import HostSpec, World, build_world, run_cli, serving
 from tests.conftest import FAST_HANDOFF, HOST_A, HOST_B
 
 OBJECT = "obj://org-a.example/billing/invoice-42"
@@ -126,30 +123,20 @@ def test_the_offline_dry_run_gives_the_same_answer(policy_world: World, tmp_path
 
     asyncio.run(_serve(policy_world, setup, [HOST_A]))
     proposal = tmp_path / "proposal.json"
-    cli = [sys.executable, "-m", "gateway"]
-    exported = subprocess.run(
-        [
-            *cli,
-            "export",
-            OBJECT,
-            "--to",
-            HOST_B,
-            "--out",
-            str(proposal),
-            "--config",
-            str(policy_world.config(HOST_A)),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    exported = run_cli(
+        "export",
+        OBJECT,
+        "--to",
+        HOST_B,
+        "--out",
+        str(proposal),
+        config=policy_world.config(HOST_A),
+        columns=None,
+        timeout=None,
     )
     assert exported.returncode == 0, exported.stderr
-    admitted = subprocess.run(
-        [*cli, "admit", "--dry-run", str(proposal), "--config", str(policy_world.config(HOST_B))],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "COLUMNS": "200"},
+    admitted = run_cli(
+        "admit", "--dry-run", str(proposal), config=policy_world.config(HOST_B), timeout=None
     )
     assert admitted.returncode == 0, admitted.stderr
     assert "would admit" in admitted.stdout

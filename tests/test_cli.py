@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +21,9 @@ from gateway.handoff.journal import SOURCE_PREFIX
 from gateway.host import Host
 from gateway.lineage import EntryKind, verify_lineage
 from gateway.model import GovernedObject, LifecycleState
-from gateway.testing import HostSpec, World, build_world
+from gateway.testing import HostSpec, World, build_world, run_cli
+from tests.conftest import HOST_A, HOST_B
 
-HOST_A = "spiffe://org-a.example/cluster/east/gateway"
-HOST_B = "spiffe://org-b.example/cluster/west/gateway"
 #: Give up on an unreachable peer fast: two attempts of at most one second each.
 FAST = {"retry_attempts": 2, "rpc_timeout_seconds": 1}
 DATA = {"invoice": 42, "amount": 1250, "currency": "EUR"}
@@ -41,12 +37,14 @@ class Run:
 
 
 def gateway(*args: str | Path, cwd: Path, config: Path | None = None) -> Run:
-    argv = [sys.executable, "-m", "gateway", *map(str, args)]
-    if config is not None:
-        argv += ["--config", str(config)]
-    env = {k: v for k, v in os.environ.items() if k != "GATEWAY_CONFIG"}
-    env["COLUMNS"] = "250"  # wide tables, so output assertions see whole values
-    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    done = run_cli(
+        *args,
+        config=config,
+        cwd=cwd,
+        env={"GATEWAY_CONFIG": None},  # no config from the environment running the tests
+        columns=250,  # wide tables, so output assertions see whole values
+        timeout=60,
+    )
     return Run(done.returncode, done.stdout, done.stderr)
 
 

@@ -16,7 +16,6 @@ timing). :data:`CASES` says, per point, what is armed and which path reaches it.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import json
 import os
@@ -25,18 +24,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 
 import gateway
 from gateway._crash import CRASH_POINTS
-from gateway.config import load_config
 from gateway.credentials import verify_chain
 from gateway.handoff.journal import (
     DESTINATION_PREFIX,
@@ -51,17 +47,24 @@ from gateway.handoff.records import (
     SourceRecord,
     SourceStep,
 )
-from gateway.keyring import load_keyring
 from gateway.lineage import EntryKind, verify_lineage
 from gateway.model import GovernedObject, LifecycleState
-from gateway.stores.sqlite import SqliteStore
-from gateway.testing import HostSpec, ServerProcess, World, build_world
-from gateway.trust import TrustStore, decode_bundle
+from gateway.stores import StateStore
+from gateway.testing import (
+    HostSpec,
+    ServerProcess,
+    World,
+    build_world,
+    read_store,
+    run_cli,
+    start_all,
+    trust_of,
+)
+from gateway.trust import TrustStore
+from tests.conftest import HOST_A, HOST_B
 
 pytestmark = pytest.mark.slow
 
-HOST_A = "spiffe://org-a.example/cluster/east/gateway"
-HOST_B = "spiffe://org-b.example/cluster/west/gateway"
 OBJECT = "obj://org-a.example/billing/invoice-7"
 
 #: Fast enough that every recovery path settles within seconds: A aborts a FROZEN
@@ -249,19 +252,6 @@ def test_every_crash_point_is_in_the_code_and_every_call_is_listed() -> None:
 
 # --- reading the stores ------------------------------------------------------------------
 
-T = TypeVar("T")
-
-
-def _read(config: Path, read: Callable[[SqliteStore], Coroutine[Any, Any, T]]) -> T:
-    async def main() -> T:
-        store = SqliteStore.open(load_config(config).sqlite)
-        try:
-            return await read(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HostState:
@@ -275,7 +265,7 @@ def host_state(config: Path, tenant: str) -> HostState:
     """The object and every journal record of one host, straight from its SQLite file
     (opened beside the running server, and closed again)."""
 
-    async def read(store: SqliteStore) -> HostState:
+    async def read(store: StateStore) -> HostState:
         journal = Journal(store)
         loaded = await journal.object(tenant, OBJECT)
         sources: dict[str, SourceRecord] = {}
@@ -296,21 +286,7 @@ def host_state(config: Path, tenant: str) -> HostState:
             + await store.list(OPEN_DESTINATION_PREFIX),
         )
 
-    return _read(config, read)
-
-
-def trust_of(config: Path) -> TrustStore:
-    """What a host trusts: its own domain's bundle and the ones it imported."""
-
-    async def read(store: SqliteStore) -> TrustStore:
-        bundles = [load_keyring(load_config(config).keys).bundle]
-        for key in await store.list("trust/"):
-            item = await store.get(key)
-            assert item is not None
-            bundles.append(decode_bundle(item.value))
-        return TrustStore.of(bundles)
-
-    return _read(config, read)
+    return read_store(config, read)
 
 
 def live(obj: GovernedObject | None) -> bool:
@@ -341,15 +317,6 @@ def environment(crash_at: tuple[str, ...] = ()) -> dict[str, str]:
     """The environment of a gateway process, armed to SIGKILL itself at ``crash_at``."""
     armed = {"GATEWAY_TEST_CRASH_AT": ",".join(crash_at)} if crash_at else {}
     return {**os.environ, "COLUMNS": "200", **armed}
-
-
-def start_all(stack: ExitStack, *servers: ServerProcess) -> None:
-    """Start servers side by side (each start waits for a Python interpreter to boot)."""
-    for server in servers:
-        stack.callback(server.stop)
-    with ThreadPoolExecutor(len(servers)) as pool:
-        for started in pool.map(ServerProcess.start, servers):
-            assert started.address
 
 
 def wait_for(what: str, condition: Callable[[], bool], timeout: float = WAIT_S) -> None:
@@ -386,21 +353,16 @@ def test_a_crash_at_every_point_recovers_to_exactly_one_live_copy(
     config_a, config_b = world.config(HOST_A), world.config(HOST_B)
     spec_file = tmp_path / "invoice.yaml"
     spec_file.write_text(json.dumps(SPEC))
-    created = subprocess.run(
-        command(
-            "object",
-            "create",
-            OBJECT,
-            "--spec",
-            str(spec_file),
-            config=config_a,
-            tenant=case.tenant,
-        ),
-        capture_output=True,
-        text=True,
+    created = run_cli(
+        "object",
+        "create",
+        OBJECT,
+        "--spec",
+        str(spec_file),
+        "--tenant",
+        case.tenant,
+        config=config_a,
         timeout=60,
-        check=False,
-        env=environment(),
     )
     assert created.returncode == 0, created.stderr
 

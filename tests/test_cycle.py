@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,8 +25,18 @@ from gateway.objectspec import parse_spec
 from gateway.runtime.cycle import CycleResult
 from gateway.runtime.outbox import list_events
 from gateway.scaffold import free_port
-from gateway.stores.sqlite import SqliteStore
-from gateway.testing import HostSpec, ServerProcess, World, build_world, serving
+from gateway.stores import StateStore
+from gateway.testing import (
+    HostSpec,
+    ServerProcess,
+    World,
+    build_world,
+    create_from_spec,
+    read_store,
+    run_cli,
+    serving,
+    start_all,
+)
 from tests.conftest import FAST_HANDOFF, HOST_A, HOST_B
 
 OFFERS = {
@@ -60,18 +67,6 @@ def spec(
             "rules": rules,
         },
         source="test",
-    )
-
-
-async def create(host: Host, object_id: str, object_spec: Any) -> GovernedObject:
-    return await host.create_object(
-        object_id,
-        tenant="default",
-        data=object_spec.data,
-        content_type=object_spec.content_type,
-        grant=object_spec.grant,
-        rules=object_spec.rules,
-        cycle=object_spec.cycle,
     )
 
 
@@ -139,7 +134,7 @@ def test_each_action_kind_is_admitted_or_denied_and_recorded(
 
     async def scenario(host: Host) -> None:
         object_id = "obj://org-a.example/live/one"
-        before = await create(host, object_id, spec([rule], capabilities=capabilities))
+        before = await create_from_spec(host, object_id, spec([rule], capabilities=capabilities))
         report = await host.cycles.run("default", object_id)
         assert report.result is CycleResult.EVALUATED
         after = await host.get_object(object_id, tenant="default")
@@ -171,20 +166,15 @@ def test_gateway_events_lists_the_outbox(one_host: World) -> None:
     loud, quiet = "obj://org-a.example/live/loud", "obj://org-a.example/live/quiet"
 
     async def scenario(host: Host) -> None:
-        await create(host, loud, spec([rule], capabilities=capabilities))
-        await create(host, quiet, spec([rule], capabilities=capabilities, data={"amount": 5}))
+        await create_from_spec(host, loud, spec([rule], capabilities=capabilities))
+        await create_from_spec(
+            host, quiet, spec([rule], capabilities=capabilities, data={"amount": 5})
+        )
         for object_id in (loud, quiet):
             assert (await host.cycles.run("default", object_id)).result is CycleResult.EVALUATED
 
     def events(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "gateway", "events", *args],
-            env={**os.environ, "COLUMNS": "250"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = run_cli("events", *args, columns=250, timeout=60)
         assert done.returncode == 0 and done.stderr == "", done
         return done.stdout
 
@@ -205,7 +195,7 @@ def test_a_repeated_trigger_for_one_generation_runs_once(one_host: World) -> Non
     async def scenario(host: Host) -> None:
         object_id = "obj://org-a.example/live/idempotent"
         rule = {"name": "p", "when": "true", "publish": {"topic": "alerts/overdue"}}
-        await create(
+        await create_from_spec(
             host,
             object_id,
             spec([rule], capabilities=[{"resource": "pubsub:alerts/*", "actions": ["publish"]}]),
@@ -229,7 +219,7 @@ def test_not_due_is_not_evaluated(one_host: World) -> None:
     async def scenario(host: Host) -> None:
         object_id = "obj://org-a.example/live/later"
         rule = {"name": "w", "when": "true", "write": '{"n": generation}'}
-        await create(
+        await create_from_spec(
             host,
             object_id,
             spec(
@@ -252,7 +242,7 @@ def test_runtime_errors_are_recorded_and_do_not_stop_other_rules(one_host: World
             {"name": "broken", "when": "data.status > 3", "write": '{"x": 1}'},
             {"name": "fine", "when": "true", "write": '{"ok": generation}'},
         ]
-        await create(
+        await create_from_spec(
             host,
             object_id,
             spec(rules, capabilities=[{"resource": "state:self", "actions": ["write"]}]),
@@ -315,7 +305,7 @@ def test_slow_and_failing_objects_do_not_hold_up_the_others(tmp_path: Path) -> N
                 host = hosts[HOST_A]
                 healthy = [f"obj://org-a.example/live/healthy-{i}" for i in range(5)]
                 for object_id in healthy:
-                    await create(
+                    await create_from_spec(
                         host,
                         object_id,
                         spec(
@@ -323,7 +313,7 @@ def test_slow_and_failing_objects_do_not_hold_up_the_others(tmp_path: Path) -> N
                             capabilities=invoke_all,
                         ),
                     )
-                await create(
+                await create_from_spec(
                     host,
                     "obj://org-a.example/live/slow",
                     spec(
@@ -331,7 +321,7 @@ def test_slow_and_failing_objects_do_not_hold_up_the_others(tmp_path: Path) -> N
                         capabilities=invoke_all,
                     ),
                 )
-                await create(
+                await create_from_spec(
                     host,
                     "obj://org-a.example/live/fast",
                     spec(
@@ -339,7 +329,7 @@ def test_slow_and_failing_objects_do_not_hold_up_the_others(tmp_path: Path) -> N
                         capabilities=invoke_all,
                     ),
                 )
-                await create(
+                await create_from_spec(
                     host,
                     "obj://org-a.example/live/failing",
                     spec(
@@ -402,20 +392,13 @@ def test_generations_continue_across_a_two_process_migration(tmp_path: Path) -> 
             }
         )
     )
-    cli = [sys.executable, "-m", "gateway"]
-    env = {**os.environ, "COLUMNS": "200"}
 
     def gateway(*args: str, config: Path) -> None:
-        done = subprocess.run(
-            [*cli, *args, "--config", str(config)],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
-        )
+        done = run_cli(*args, config=config, timeout=None)
         assert done.returncode == 0, done.stderr
 
-    with ServerProcess(world.config(HOST_A)), ServerProcess(world.config(HOST_B)):
+    with ExitStack() as stack:
+        start_all(stack, ServerProcess(world.config(HOST_A)), ServerProcess(world.config(HOST_B)))
         gateway(
             "object", "create", object_id, "--spec", str(spec_file), config=world.config(HOST_A)
         )
@@ -423,17 +406,13 @@ def test_generations_continue_across_a_two_process_migration(tmp_path: Path) -> 
         gateway("migrate", object_id, "--to", HOST_B, config=world.config(HOST_A))
         time.sleep(1.5)
 
-    async def read(config: Path) -> tuple[GovernedObject | None, list[int]]:
-        store = SqliteStore.open(load_config(config).sqlite)
-        try:
-            loaded = await Journal(store).object("default", object_id)
-            events = [e.generation for e in await list_events(store) if e.verb == "publish"]
-            return (loaded.value if loaded else None), events
-        finally:
-            await store.close()
+    async def read(store: StateStore) -> tuple[GovernedObject | None, list[int]]:
+        loaded = await Journal(store).object("default", object_id)
+        events = [e.generation for e in await list_events(store) if e.verb == "publish"]
+        return (loaded.value if loaded else None), events
 
-    moved, events_a = asyncio.run(read(world.config(HOST_A)))
-    live, events_b = asyncio.run(read(world.config(HOST_B)))
+    moved, events_a = read_store(world.config(HOST_A), read)
+    live, events_b = read_store(world.config(HOST_B), read)
     assert live is not None and moved is not None
     generations = evaluated(live.lineage.entries)
     hosts = [e.host for e in live.lineage.entries if e.kind is EntryKind.EVALUATED]
@@ -464,7 +443,7 @@ def test_an_object_whose_grants_expired_may_do_nothing(one_host: World) -> None:
     async def scenario(host: Host) -> None:
         object_id = "obj://org-a.example/live/expiring"
         rule = {"name": "p", "when": "true", "publish": {"topic": "alerts/overdue"}}
-        created = await create(
+        created = await create_from_spec(
             host,
             object_id,
             spec([rule], capabilities=[{"resource": "pubsub:alerts/*", "actions": ["publish"]}]),

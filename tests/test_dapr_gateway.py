@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +27,21 @@ from gateway.lineage import EntryKind
 from gateway.model import GovernedObject, LifecycleState
 from gateway.objectspec import parse_spec
 from gateway.scaffold import free_port
-from gateway.stores.dapr import DaprStore
-from gateway.testing import HostSpec, ServerProcess, World, build_world, serving
+from gateway.stores import StateStore
+from gateway.testing import (
+    HostSpec,
+    ServerProcess,
+    World,
+    build_world,
+    create_from_spec,
+    read_store,
+    run_cli,
+    serving,
+    start_all,
+)
 from tests.conftest import HOST_A, HOST_B
 from tests.daprd.components import pubsub, state_store
-from tests.daprd.runner import DaprdAddresses, DaprdProcess, DaprdThread
+from tests.daprd.runner import DaprdProcess, DaprdThread
 
 pytestmark = pytest.mark.slow
 
@@ -66,16 +74,6 @@ SPEC = {
 }
 
 
-def dapr_store_section(addresses: DaprdAddresses) -> dict[str, Any]:
-    return {
-        "dapr": {
-            "state_store": "statestore",
-            "grpc_endpoint": addresses.grpc_endpoint,
-            "http_endpoint": addresses.http_endpoint,
-        }
-    }
-
-
 def test_cycles_run_as_dapr_jobs_and_events_go_to_dapr_pubsub(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -98,7 +96,7 @@ def test_cycles_run_as_dapr_jobs_and_events_go_to_dapr_pubsub(
                 HostSpec(
                     host_id=HOST_A,
                     policy=POLICY,
-                    store=dapr_store_section(addresses),
+                    store=addresses.store_section(),
                     dapr={"pubsub": "pubsub", "app_port": app_port, "jobs": True},
                 )
             ],
@@ -113,15 +111,7 @@ def test_cycles_run_as_dapr_jobs_and_events_go_to_dapr_pubsub(
                 assert host.jobs is not None  # cycles are the sidecar's jobs here
                 async with DaprClient(address=addresses.grpc_endpoint) as client:
                     subscription = await client.subscribe("pubsub", "alerts.overdue")
-                    await host.create_object(
-                        OBJECT,
-                        tenant="default",
-                        data=spec.data,
-                        content_type=spec.content_type,
-                        grant=spec.grant,
-                        rules=spec.rules,
-                        cycle=spec.cycle,
-                    )
+                    await create_from_spec(host, OBJECT, spec)
                     received = []
                     deadline = time.monotonic() + 15
                     while len(received) < 3 and time.monotonic() < deadline:
@@ -173,30 +163,20 @@ def sidecars(tmp_path: Path) -> Iterator[dict[str, DaprdProcess]]:
 
 
 def read(config: Path) -> tuple[GovernedObject | None, list[Any], list[Any]]:
-    async def main() -> tuple[GovernedObject | None, list[Any], list[Any]]:
-        section = load_config(config).dapr_store
-        assert section is not None
-        store = await DaprStore.connect(
-            section.state_store,
-            grpc_endpoint=section.grpc_endpoint,
-            http_endpoint=section.http_endpoint,
-        )
-        try:
-            journal = Journal(store)
-            loaded = await journal.object("default", OBJECT)
-            sources = [
-                await journal.source(k.rsplit("/", 1)[-1])
-                for k in await store.list("journal/source/")
-            ]
-            destinations = [
-                await journal.destination(k.rsplit("/", 1)[-1])
-                for k in await store.list("journal/destination/")
-            ]
-            return loaded.value if loaded else None, sources, destinations
-        finally:
-            await store.close()
+    async def main(store: StateStore) -> tuple[GovernedObject | None, list[Any], list[Any]]:
+        journal = Journal(store)
+        loaded = await journal.object("default", OBJECT)
+        sources = [
+            await journal.source(k.rsplit("/", 1)[-1]) for k in await store.list("journal/source/")
+        ]
+        destinations = [
+            await journal.destination(k.rsplit("/", 1)[-1])
+            for k in await store.list("journal/destination/")
+        ]
+        return loaded.value if loaded else None, sources, destinations
 
-    return asyncio.run(main())
+    assert load_config(config).dapr_store is not None  # the sidecar's store
+    return read_store(config, main)
 
 
 def test_migration_between_two_dapr_gateways_survives_a_sidecar_restart(
@@ -220,39 +200,33 @@ def test_migration_between_two_dapr_gateways_survives_a_sidecar_restart(
                 host_id=host,
                 policy=POLICY,
                 handoff=fast,
-                store=dapr_store_section(sidecars[host].addresses),
-            )  # type: ignore[arg-type]
+                store=sidecars[host].addresses.store_section(),  # type: ignore[union-attr]
+            )
             for host in (HOST_A, HOST_B)
         ],
     )
     spec_file = tmp_path / "object.json"
     spec_file.write_text(json.dumps({**SPEC, "cycle": {"interval_seconds": 60}}))
-    env = {**os.environ, "COLUMNS": "200"}
-    cli = [sys.executable, "-m", "gateway"]
-    with ServerProcess(world.config(HOST_A)), ServerProcess(world.config(HOST_B)):
-        created = subprocess.run(
-            [
-                *cli,
-                "object",
-                "create",
-                OBJECT,
-                "--spec",
-                str(spec_file),
-                "--config",
-                str(world.config(HOST_A)),
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
+    with ExitStack() as stack:
+        start_all(stack, ServerProcess(world.config(HOST_A)), ServerProcess(world.config(HOST_B)))
+        created = run_cli(
+            "object",
+            "create",
+            OBJECT,
+            "--spec",
+            str(spec_file),
+            config=world.config(HOST_A),
+            timeout=None,
         )
         assert created.returncode == 0, created.stderr
-        migrate = subprocess.run(
-            [*cli, "migrate", OBJECT, "--to", HOST_B, "--config", str(world.config(HOST_A))],
-            capture_output=True,
-            text=True,
-            check=False,
-            env={**env, "GATEWAY_TEST_CRASH_AT": "source.after-commit-journal"},
+        migrate = run_cli(
+            "migrate",
+            OBJECT,
+            "--to",
+            HOST_B,
+            config=world.config(HOST_A),
+            env={"GATEWAY_TEST_CRASH_AT": "source.after-commit-journal"},
+            timeout=None,
         )
         assert migrate.returncode == -9, migrate.stderr  # died between Prepare and Commit
         staged, _, destinations = read(world.config(HOST_B))

@@ -11,7 +11,6 @@ import base64
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,8 +29,9 @@ from gateway.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from tests.conftest import VECTORS as SHARED_VECTORS
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "merkle"
+VECTORS = SHARED_VECTORS / "merkle"
 
 # The vendored testdata (commit 417fb0c3) has 98 files of each kind. Pinning the count
 # makes a truncated or half-copied vectors folder fail instead of quietly testing less.

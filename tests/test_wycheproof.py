@@ -18,15 +18,15 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.errors import BadSignatureError, TrustError
 from gateway.keys import Algorithm, KeyRecord, Purpose, SignatureEncoding
+from tests.conftest import VECTORS as SHARED_VECTORS
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "wycheproof"
+VECTORS = SHARED_VECTORS / "wycheproof"
 VALID_FROM = datetime(2020, 1, 1, tzinfo=UTC)
 
 

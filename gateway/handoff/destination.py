@@ -28,7 +28,7 @@ from gateway import wire
 from gateway._crash import crash_point
 from gateway._time import format_time, to_millis
 from gateway.authority import Admission
-from gateway.blobs import delete_blob, write_blob
+from gateway.blobs import delete_blob, delete_keys, write_blob
 from gateway.credentials import attenuate, audience_admits
 from gateway.errors import (
     AdmissionDeniedError,
@@ -49,12 +49,12 @@ from gateway.handoff.context import HostContext
 from gateway.handoff.journal import (
     Versioned,
     decode_counter,
-    destination_key,
     encode_counter,
     fence_key,
     nonce_key,
-    object_key,
     open_destination_key,
+    put_destination,
+    put_object,
 )
 from gateway.handoff.messages import Receipt, ReceiptKind, Transfer
 from gateway.handoff.records import DestinationRecord, DestinationStep
@@ -232,23 +232,15 @@ class Destination:
         upload: str | None = None,
     ) -> bytes:
         ctx = self.ctx
-
-        receipt = ctx.seal(
-            wire.encode_receipt(
-                Receipt(
-                    kind=ReceiptKind.STAGED,
-                    migration_id=transfer.migration_id,
-                    object_id=transfer.object_id,
-                    epoch=transfer.epoch,
-                    host=ctx.host,
-                    source_host=peer,
-                    transfer_digest=transfer_digest,
-                    issued_at=now,
-                )
-            ),
-            ReceiptKind.STAGED.payload_type,
+        receipt_raw = self._receipt(
+            ReceiptKind.STAGED,
+            migration_id=transfer.migration_id,
+            object_id=transfer.object_id,
+            epoch=transfer.epoch,
+            peer=peer,
+            transfer_digest=transfer_digest,
+            now=now,
         )
-        receipt_raw = wire.encode_envelope(receipt)
         record = DestinationRecord(
             migration_id=transfer.migration_id,
             object_id=transfer.object_id,
@@ -266,11 +258,7 @@ class Destination:
         try:
             await ctx.journal.store.transact(
                 [
-                    Put(
-                        key=destination_key(record.migration_id),
-                        value=wire.encode_destination_record(record),
-                        etag=Expect.ABSENT,
-                    ),
+                    put_destination(record, Expect.ABSENT),
                     Put(
                         key=nonce_key(transfer.nonce),
                         value=encode_counter(expires),
@@ -306,9 +294,31 @@ class Destination:
         crash_point("destination.after-stage")
         return receipt_raw
 
-    def _check_time(
-        self, transfer: Transfer, now: datetime, *, max_lifetime: int = MAX_TRANSFER_LIFETIME_S
-    ) -> None:
+    def _receipt(
+        self,
+        kind: ReceiptKind,
+        *,
+        migration_id: str,
+        object_id: str,
+        epoch: int,
+        peer: str,
+        transfer_digest: bytes,
+        now: datetime,
+    ) -> bytes:
+        """A serialized receipt of ``kind`` for ``peer``, signed by this host."""
+        receipt = Receipt(
+            kind=kind,
+            migration_id=migration_id,
+            object_id=object_id,
+            epoch=epoch,
+            host=self.ctx.host,
+            source_host=peer,
+            transfer_digest=transfer_digest,
+            issued_at=now,
+        )
+        return wire.encode_envelope(self.ctx.seal(wire.encode_receipt(receipt), kind.payload_type))
+
+    def _check_time(self, transfer: Transfer, now: datetime, *, max_lifetime: int) -> None:
         skew = self.ctx.timing.clock_skew
         if transfer.issued_at > now + skew:
             raise ExpiredError(
@@ -407,22 +417,14 @@ class Destination:
             )
         crash_point("destination.before-activate")
         live = self._attenuated(record.staged, at=now).rehost(host=ctx.host, source=peer, at=now)
-        receipt = wire.encode_envelope(
-            ctx.seal(
-                wire.encode_receipt(
-                    Receipt(
-                        kind=ReceiptKind.ACTIVATED,
-                        migration_id=record.migration_id,
-                        object_id=record.object_id,
-                        epoch=live.epoch,
-                        host=ctx.host,
-                        source_host=peer,
-                        transfer_digest=record.transfer_digest,
-                        issued_at=now,
-                    )
-                ),
-                ReceiptKind.ACTIVATED.payload_type,
-            )
+        receipt = self._receipt(
+            ReceiptKind.ACTIVATED,
+            migration_id=record.migration_id,
+            object_id=record.object_id,
+            epoch=live.epoch,
+            peer=peer,
+            transfer_digest=record.transfer_digest,
+            now=now,
         )
         done = replace(
             record,
@@ -433,16 +435,8 @@ class Destination:
         )
         await ctx.journal.store.transact(
             [
-                Put(
-                    key=object_key(record.tenant, record.object_id),
-                    value=wire.encode_object(live),
-                    etag=current.etag if current else Expect.ABSENT,
-                ),
-                Put(
-                    key=destination_key(record.migration_id),
-                    value=wire.encode_destination_record(done),
-                    etag=etag,
-                ),
+                put_object(record.tenant, live, current.etag if current else Expect.ABSENT),
+                put_destination(done, etag),
                 Delete(key=open_destination_key(record.migration_id), etag=Expect.ANY),
                 *outbox_puts(
                     lifecycle_event(
@@ -539,11 +533,7 @@ class Destination:
             try:
                 await ctx.journal.store.transact(
                     [
-                        Put(
-                            key=destination_key(migration_id),
-                            value=wire.encode_destination_record(record),
-                            etag=etag,
-                        ),
+                        put_destination(record, etag),
                         Delete(key=open_destination_key(migration_id), etag=Expect.ANY),
                     ]
                 )
@@ -580,10 +570,7 @@ class Destination:
             if decode_counter(item.value) >= now:
                 continue
             chunks = await store.list(f"upload/{key.removeprefix(UPLOAD_MARKERS)}/")
-            for start in range(0, len(chunks), 64):
-                await store.transact(
-                    [Delete(key=k, etag=Expect.ANY) for k in chunks[start : start + 64]]
-                )
+            await delete_keys(store, chunks)
             await store.delete(key, etag=item.etag)
             removed += 1
         return removed

@@ -12,7 +12,8 @@ Key layout (one store per host; tenants are prefixes so a Dapr store can be shar
 ===============================  ==================================================
 
 Writes are not made here: each protocol step builds its own transaction so that all of
-a step's keys change together or not at all.
+a step's keys change together or not at all. The ``put_*`` helpers below only build
+operations for those transactions.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from gateway import wire
+from gateway.errors import NotFoundError
 from gateway.handoff.records import DestinationRecord, SourceRecord
 from gateway.model import GovernedObject
-from gateway.stores import StateStore
+from gateway.stores import Expect, Put, StateStore
 
 T = TypeVar("T")
 
@@ -81,6 +83,29 @@ def nonce_key(nonce: bytes) -> str:
     return f"{NONCE_PREFIX}{nonce.hex()}"
 
 
+def put_object(tenant: str, obj: GovernedObject, etag: str | Expect) -> Put:
+    """The op writing ``obj``'s record in ``tenant`` if ``etag`` holds."""
+    return Put(key=object_key(tenant, obj.object_id), value=wire.encode_object(obj), etag=etag)
+
+
+def put_source(record: SourceRecord, etag: str | Expect) -> Put:
+    """The op writing the source side's ``record`` if ``etag`` holds."""
+    return Put(
+        key=source_key(record.migration_id),
+        value=wire.encode_source_record(record),
+        etag=etag,
+    )
+
+
+def put_destination(record: DestinationRecord, etag: str | Expect) -> Put:
+    """The op writing the destination side's ``record`` if ``etag`` holds."""
+    return Put(
+        key=destination_key(record.migration_id),
+        value=wire.encode_destination_record(record),
+        etag=etag,
+    )
+
+
 def encode_counter(value: int) -> bytes:
     return struct.pack(">Q", value)
 
@@ -102,6 +127,18 @@ class Journal:
 
     async def object(self, tenant: str, object_id: str) -> Versioned[GovernedObject] | None:
         return await self._load(object_key(tenant, object_id), wire.decode_object)
+
+    async def require_object(
+        self, tenant: str, object_id: str, *, host: str
+    ) -> Versioned[GovernedObject]:
+        """Like :meth:`object`, but a missing object is a :class:`NotFoundError`."""
+        loaded = await self.object(tenant, object_id)
+        if loaded is None:
+            raise NotFoundError(
+                f"no object {object_id} in tenant {tenant} on {host}",
+                hint="list objects with `gateway object list`",
+            )
+        return loaded
 
     async def source(self, migration_id: str) -> Versioned[SourceRecord] | None:
         return await self._load(source_key(migration_id), wire.decode_source_record)

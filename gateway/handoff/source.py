@@ -43,12 +43,11 @@ from gateway.errors import (
     VerificationError,
 )
 from gateway.handoff.context import HostContext
-from gateway.handoff.journal import object_key, open_source_key, source_key
+from gateway.handoff.journal import open_source_key, put_object, put_source, source_key
 from gateway.handoff.messages import (
     NONCE_BYTES,
     DecisionAnswer,
     Outcome,
-    Receipt,
     ReceiptKind,
     Transfer,
 )
@@ -80,6 +79,16 @@ def new_migration_id() -> str:
     return f"mig-{uuid.uuid4().hex}"
 
 
+def _transfer_payload(record: SourceRecord) -> bytes:
+    """The signed payload of the transfer envelope the record journals."""
+    return wire.decode_envelope(record.transfer).payload
+
+
+def _transfer_digest(record: SourceRecord) -> bytes:
+    """The digest by which receipts (and the tombstone) name the record's transfer."""
+    return digest(_transfer_payload(record))
+
+
 class Source:
     def __init__(self, context: HostContext, peers: Peers) -> None:
         self.ctx = context
@@ -102,12 +111,7 @@ class Source:
         # is simply tried again on the fresh object. Another migration is not retried:
         # the object is then FROZEN or MOVED, and freeze() refuses it.
         for attempt in range(FREEZE_ATTEMPTS):
-            loaded = await ctx.journal.object(tenant, object_id)
-            if loaded is None:
-                raise NotFoundError(
-                    f"no object {object_id} in tenant {tenant} on {ctx.host}",
-                    hint="list objects with `gateway object list`",
-                )
+            loaded = await ctx.journal.require_object(tenant, object_id, host=ctx.host)
             now = ctx.clock.now()
             frozen, raw = self._seal(
                 loaded.value, destination, migration_id, dsse.PayloadType.TRANSFER, now
@@ -125,16 +129,8 @@ class Source:
             try:
                 await ctx.journal.store.transact(
                     [
-                        Put(
-                            key=object_key(tenant, object_id),
-                            value=wire.encode_object(frozen),
-                            etag=loaded.etag,
-                        ),
-                        Put(
-                            key=source_key(migration_id),
-                            value=wire.encode_source_record(record),
-                            etag=Expect.ABSENT,
-                        ),
+                        put_object(tenant, frozen, loaded.etag),
+                        put_source(record, Expect.ABSENT),
                         Put(key=open_source_key(migration_id), value=b"", etag=Expect.ABSENT),
                     ]
                 )
@@ -217,13 +213,12 @@ class Source:
                 f"migration {migration_id} of {record.object_id} aborted: {record.reason}",
                 hint=f"{record.object_id} is active on {self.ctx.host} again",
             )
-        transfer = wire.decode_envelope(record.transfer)
         return MigrationResult(
             migration_id=migration_id,
             object_id=record.object_id,
             destination=record.destination_host,
             step=record.step,
-            epoch=wire.decode_transfer(transfer.payload).epoch,
+            epoch=wire.decode_transfer(_transfer_payload(record)).epoch,
         )
 
     async def _prepare_and_commit(self, record: SourceRecord) -> SourceRecord:
@@ -246,9 +241,13 @@ class Source:
             await self.abort(record.migration_id, reason=f"destination refused: {exc}")
             raise
         crash_point("source.after-prepare")
-        return await self._commit(record.migration_id, receipt_raw)
+        return await self._commit(
+            record.migration_id, receipt_raw, transfer_digest=_transfer_digest(record)
+        )
 
-    async def _commit(self, migration_id: str, receipt_raw: bytes) -> SourceRecord:
+    async def _commit(
+        self, migration_id: str, receipt_raw: bytes, *, transfer_digest: bytes
+    ) -> SourceRecord:
         """Point of no return: journal COMMITTED and tombstone the object, atomically.
 
         A lost write race is retried as long as the record is still FROZEN: only an
@@ -256,6 +255,7 @@ class Source:
         (contention in the store, a busy store) is not a decision against committing.
         """
         ctx = self.ctx
+        receipt = wire.decode_envelope(receipt_raw)  # once: the same on every try
         for attempt in range(COMMIT_ATTEMPTS):
             journal = await ctx.journal.source(migration_id)
             assert journal is not None
@@ -270,8 +270,8 @@ class Source:
             moved = current.value.tombstone(
                 migration_id,
                 moved_to=record.destination_host,
-                receipt=wire.decode_envelope(receipt_raw),
-                transfer_digest=digest(wire.decode_envelope(record.transfer).payload),
+                receipt=receipt,
+                transfer_digest=transfer_digest,
             )
             committed = replace(
                 record,
@@ -282,16 +282,8 @@ class Source:
             try:
                 await ctx.journal.store.transact(
                     [
-                        Put(
-                            key=object_key(record.tenant, record.object_id),
-                            value=wire.encode_object(moved),
-                            etag=current.etag,
-                        ),
-                        Put(
-                            key=source_key(migration_id),
-                            value=wire.encode_source_record(committed),
-                            etag=journal.etag,
-                        ),
+                        put_object(record.tenant, moved, current.etag),
+                        put_source(committed, journal.etag),
                         *outbox_puts(
                             lifecycle_event(
                                 "migration.committed",
@@ -353,11 +345,7 @@ class Source:
         try:
             await ctx.journal.store.transact(
                 [
-                    Put(
-                        key=source_key(record.migration_id),
-                        value=wire.encode_source_record(done),
-                        etag=loaded.etag,
-                    ),
+                    put_source(done, loaded.etag),
                     Delete(key=open_source_key(record.migration_id), etag=Expect.ANY),
                 ]
             )
@@ -367,27 +355,25 @@ class Source:
             return again.value
         return done
 
-    def _check_receipt(self, record: SourceRecord, raw: bytes, kind: ReceiptKind) -> Receipt:
+    def _check_receipt(self, record: SourceRecord, raw: bytes, kind: ReceiptKind) -> None:
         """A receipt must be signed by the destination and about exactly this transfer."""
         now = self.ctx.clock.now()
         payload = self.ctx.open_from(
             record.destination_host, wire.decode_envelope(raw), kind.payload_type, at=now
         )
         receipt = wire.decode_receipt(payload, kind)
-        expected_digest = digest(wire.decode_envelope(record.transfer).payload)
         if (
             receipt.migration_id != record.migration_id
             or receipt.object_id != record.object_id
             or receipt.host != record.destination_host
             or receipt.source_host != self.ctx.host
-            or receipt.transfer_digest != expected_digest
+            or receipt.transfer_digest != _transfer_digest(record)
         ):
             raise BadSignatureError(
                 f"{kind.name.lower()} receipt for migration {record.migration_id} is signed "
                 "but describes another transfer",
                 hint="the destination answered about something else; the migration aborts",
             )
-        return receipt
 
     async def abort(self, migration_id: str, *, reason: str) -> SourceRecord:
         """Abort before commit: journal ABORTED and resume the object, then tell the
@@ -415,16 +401,8 @@ class Source:
             try:
                 await ctx.journal.store.transact(
                     [
-                        Put(
-                            key=object_key(record.tenant, record.object_id),
-                            value=wire.encode_object(resumed),
-                            etag=current.etag,
-                        ),
-                        Put(
-                            key=source_key(migration_id),
-                            value=wire.encode_source_record(aborted),
-                            etag=journal.etag,
-                        ),
+                        put_object(record.tenant, resumed, current.etag),
+                        put_source(aborted, journal.etag),
                         Delete(key=open_source_key(migration_id), etag=Expect.ANY),
                     ]
                 )

@@ -19,22 +19,20 @@ Invariants this module keeps:
 from __future__ import annotations
 
 import enum
-import hashlib
+import functools
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from gateway import wire
 from gateway._time import format_time
 from gateway.errors import AdmissionDeniedError, ConcurrencyError, RuleError
 from gateway.handoff.context import HostContext
-from gateway.handoff.journal import object_key
+from gateway.handoff.journal import put_object
 from gateway.lineage import EntryKind
 from gateway.model import MAX_DATA_BYTES, CycleState, GovernedObject, LifecycleState
 from gateway.rules import RuleSet, check_data, compile_rules, dump_data, load_data
 from gateway.runtime.outbox import Event, event_key, outbox_puts
-from gateway.stores import Operation, Put
+from gateway.stores import Operation
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +56,13 @@ class CycleReport:
 class CycleRunner:
     def __init__(self, context: HostContext, *, cache_size: int = 1024) -> None:
         self.ctx = context
-        self._rulesets: OrderedDict[bytes, RuleSet] = OrderedDict()
-        self._cache_size = cache_size
+        # Rules are frozen dataclasses in a tuple: hashable and equal by value. A rule set
+        # that fails to compile raises, and lru_cache does not cache exceptions.
+        self._compile = functools.lru_cache(maxsize=cache_size)(compile_rules)
 
     def ruleset(self, obj: GovernedObject) -> RuleSet:
         """Compiled rules, cached by their content (objects share rule sets often)."""
-        fingerprint = hashlib.sha256(repr(obj.rules).encode()).digest()
-        found = self._rulesets.get(fingerprint)
-        if found is None:
-            found = compile_rules(obj.rules)
-            self._rulesets[fingerprint] = found
-            if len(self._rulesets) > self._cache_size:
-                self._rulesets.popitem(last=False)
-        else:
-            self._rulesets.move_to_end(fingerprint)
-        return found
+        return self._compile(obj.rules)
 
     async def run(
         self, tenant: str, object_id: str, *, generation: int | None = None
@@ -91,13 +81,7 @@ class CycleRunner:
         if obj.cycle.next_due is not None and obj.cycle.next_due > now:
             return CycleReport(result=CycleResult.NOT_DUE, cycle=obj.cycle)
         evaluated, events, admitted, denied = self.evaluate(obj, now=now)
-        operations: list[Operation] = [
-            Put(
-                key=object_key(tenant, object_id),
-                value=wire.encode_object(evaluated),
-                etag=loaded.etag,
-            )
-        ]
+        operations: list[Operation] = [put_object(tenant, evaluated, loaded.etag)]
         for event in events:
             operations.extend(outbox_puts(event))
         try:

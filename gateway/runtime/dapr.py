@@ -131,7 +131,7 @@ class DaprJobs:
         except Exception as exc:
             log.info("deleting the job of %s: %s", object_id, exc)
 
-    async def trigger(self, name: str, data: bytes) -> None:
+    async def trigger(self, data: bytes) -> None:
         """One job trigger: run the object's cycle if it is due; forget it if it left."""
         target = json.loads(data)
         tenant, object_id = target["tenant"], target["object_id"]
@@ -149,7 +149,7 @@ class DaprJobs:
                 self, request: appcallback_pb2.JobEventRequest, context: grpc.aio.ServicerContext
             ) -> appcallback_pb2.JobEventResponse:
                 try:
-                    await jobs.trigger(request.name, request.data.value)
+                    await jobs.trigger(request.data.value)
                 except Exception:
                     log.exception("job %s failed", request.name)
                     await context.abort(

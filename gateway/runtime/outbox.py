@@ -243,8 +243,8 @@ class Dispatcher:
 
     async def _deliver(self, key: str) -> None:
         async with self._slots:
-            item = await self.store.get(EVENTS + key)
-            marker = await self.store.get(PENDING + key)
+            found = await self.store.get_many([EVENTS + key, PENDING + key])
+            item, marker = found.get(EVENTS + key), found.get(PENDING + key)
             if item is None or marker is None:
                 return
             event = Event.decode(key, item.value)
@@ -282,5 +282,5 @@ class Dispatcher:
                 await self.store.transact(operations)
             except ConcurrencyError:
                 return  # another dispatcher (another replica) handled it
-            if not operations or operations[-1].key.startswith(PENDING):
+            if operations[-1].key.startswith(PENDING):  # delivered or given up
                 self._not_before.pop(key, None)

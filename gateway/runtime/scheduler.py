@@ -17,7 +17,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from gateway._time import Clock
@@ -42,7 +42,6 @@ class SchedulerStats:
     conflicts: int = 0
     failures: int = 0
     timeouts: int = 0
-    by_object: dict[str, int] = field(default_factory=dict)
 
 
 class Scheduler:
@@ -152,7 +151,6 @@ class Scheduler:
     def _learn(self, key: tuple[str, str], report: CycleReport) -> None:
         if report.result is CycleResult.EVALUATED:
             self.stats.evaluated += 1
-            self.stats.by_object[key[1]] = self.stats.by_object.get(key[1], 0) + 1
         elif report.result is CycleResult.CONFLICT:
             self.stats.conflicts += 1
         cycle = report.cycle

@@ -68,7 +68,7 @@ def _shards_of(family: str) -> builtins.list[str]:
 
 def _shard_key(key: str) -> str:
     shard = hashlib.sha256(key.encode("utf-8")).digest()[0] % SHARDS
-    return _shards_of(_family(key))[shard]
+    return f"{INDEX}{_family(key).encode().hex()}/{shard:02d}"
 
 
 FAMILIES = f"{INDEX}families"
@@ -369,8 +369,9 @@ class DaprStore:
         if not changes:
             return []
         wanted = [*changes, FAMILIES] if created else list(changes)
-        await self._ensure_documents(wanted)
-        documents = await self._bulk(wanted)
+        # Read after the op keys were read (by the caller): that order is what lets a
+        # shard that disagrees with them reveal a concurrent change.
+        documents = await self._ensure_documents(wanted)
         updates = []
         for shard, (added, removed) in changes.items():
             raw, etag = documents[shard]
@@ -389,15 +390,17 @@ class DaprStore:
                 updates.append(_index_write(FAMILIES, sorted(families | new), etag))
         return updates
 
-    async def _ensure_documents(self, keys: Iterable[str]) -> None:
-        """Create missing index documents, insert-only (first-write with no ETag)."""
+    async def _ensure_documents(self, keys: Iterable[str]) -> dict[str, tuple[bytes, str]]:
+        """Create missing index documents, insert-only (first-write with no ETag); return
+        all of them as :meth:`_bulk` does (re-read only if some had to be created)."""
         from dapr.clients.grpc._state import Concurrency, StateOptions
 
         wanted = list(keys)
         existing = await self._bulk(wanted)
-        for key in wanted:
-            if key in existing:
-                continue
+        missing = [key for key in wanted if key not in existing]
+        if not missing:
+            return existing
+        for key in missing:
             try:
                 await self._client.save_state(
                     store_name=self.store_name,
@@ -408,6 +411,7 @@ class DaprStore:
             except Exception as exc:
                 if not _conflict(exc):  # a conflict: another writer created it first
                     raise self._mapped(exc, "index creation") from exc
+        return await self._bulk(wanted)
 
 
 def _index_write(key: str, keys: builtins.list[str], etag: str) -> Any:

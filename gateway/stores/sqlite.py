@@ -196,7 +196,7 @@ class SqliteStore:
         await self._run(_describe(ops), functools.partial(self._transact, ops))
 
     async def put(self, key: str, value: bytes, *, etag: str | Expect) -> None:
-        """A transaction of one :class:`~gateway.stores.Put`; returns the new ETag."""
+        """A transaction of one :class:`~gateway.stores.Put`."""
         await self.transact([Put(key=key, value=value, etag=etag)])
 
     async def delete(self, key: str, *, etag: str | Expect) -> None:
@@ -287,7 +287,7 @@ class SqliteStore:
             params.append(limit)
         return [key for (key,) in self._connection.execute(sql, params)]
 
-    def _transact(self, ops: tuple[Operation, ...]) -> dict[str, str]:
+    def _transact(self, ops: tuple[Operation, ...]) -> None:
         connection = self._connection
         connection.execute("BEGIN IMMEDIATE")
         try:
@@ -301,7 +301,6 @@ class SqliteStore:
             # nothing to undo, and the rollback below is only a formality.
             for op in ops:
                 _check_precondition(op, current.get(op.key))
-            new_etags: dict[str, str] = {}
             for op in ops:
                 if isinstance(op, Put):
                     etag = _new_etag()
@@ -311,14 +310,12 @@ class SqliteStore:
                         " SET value = excluded.value, etag = excluded.etag",
                         (op.key, op.value, etag),
                     )
-                    new_etags[op.key] = etag
                 elif op.key in current:
                     connection.execute("DELETE FROM items WHERE key = ?", (op.key,))
             connection.execute("COMMIT")
         except BaseException:
             _rollback(connection)
             raise
-        return new_etags
 
     def _select_chunked(self, sql: str, keys: Sequence[str]) -> Iterator[Any]:
         for start in range(0, len(keys), _CHUNK):

@@ -21,19 +21,22 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from gateway._time import SystemClock
 from gateway.config import load_config
 from gateway.errors import GatewayError
-from gateway.host import Host
+from gateway.host import Host, load_trust, open_store
 from gateway.identity import HostId
 from gateway.keyring import add_key, init_keys, load_keyring
 from gateway.keys import Algorithm
+from gateway.model import GovernedObject
+from gateway.objectspec import ObjectSpec
 from gateway.scaffold import (
     PeerEntry,
     config_document,
@@ -43,6 +46,10 @@ from gateway.scaffold import (
     load_ca,
     write_config,
 )
+from gateway.stores import StateStore
+from gateway.trust import TrustStore
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -167,6 +174,86 @@ async def serving(
             await host.close()
 
 
+async def create_from_spec(
+    host: Host, object_id: str, spec: ObjectSpec, *, tenant: str = "default"
+) -> GovernedObject:
+    """Create ``object_id`` on ``host`` from a parsed object spec (see :func:`parse_spec`)."""
+    return await host.create_object(
+        object_id,
+        tenant=tenant,
+        data=spec.data,
+        content_type=spec.content_type,
+        grant=spec.grant,
+        rules=spec.rules,
+        cycle=spec.cycle,
+    )
+
+
+def read_store(config_path: Path, read: Callable[[StateStore], Awaitable[T]]) -> T:
+    """Run ``read(store)`` on the store a host's config names (SQLite file or Dapr
+    sidecar, opened as :meth:`Host.open` opens it), outside any running host; closes it.
+
+    Runs its own event loop: call it outside one.
+    """
+    config = load_config(config_path)
+
+    async def main() -> T:
+        store = await open_store(config)
+        try:
+            return await read(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def trust_of(config_path: Path) -> TrustStore:
+    """What a host trusts: its own domain's bundle and the ones it imported (read from
+    its store)."""
+    own = load_keyring(load_config(config_path).keys).bundle
+
+    async def read(store: StateStore) -> TrustStore:
+        return await load_trust(store, own)
+
+    return read_store(config_path, read)
+
+
+def run_cli(
+    *args: str | os.PathLike[str],
+    config: Path | None = None,
+    cwd: Path | None = None,
+    env: Mapping[str, str | None] | None = None,
+    columns: int | None = 200,
+    timeout: float | None = 120,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m gateway ARGS [--config CONFIG]`` as a subprocess, output captured as text;
+    a non-zero exit is returned, not raised.
+
+    Its environment is this process's with ``COLUMNS=columns`` (left as it is if
+    ``None``), then ``env`` applied on top: a ``None`` value removes that variable.
+    """
+    argv = [sys.executable, "-m", "gateway", *(os.fspath(arg) for arg in args)]
+    if config is not None:
+        argv += ["--config", str(config)]
+    environment = dict(os.environ)
+    if columns is not None:
+        environment["COLUMNS"] = str(columns)
+    for name, value in (env or {}).items():
+        if value is None:
+            environment.pop(name, None)
+        else:
+            environment[name] = value
+    return subprocess.run(
+        argv,
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 class ServerProcess:
     """``gateway serve`` as a separate OS process, for crash and end-to-end tests."""
 
@@ -232,3 +319,13 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_all(stack: contextlib.ExitStack, *servers: ServerProcess) -> None:
+    """Start servers side by side (each start waits for a Python interpreter to boot);
+    returns once all are serving. ``stack`` stops them on exit, even if a start failed."""
+    for server in servers:
+        stack.callback(server.stop)
+    with ThreadPoolExecutor(len(servers)) as pool:
+        for started in pool.map(ServerProcess.start, servers):
+            assert started.address

@@ -24,7 +24,7 @@ from gateway.config import HandoffConfig, PeerConfig
 from gateway.errors import HandoffError, PeerUnavailableError
 from gateway.handoff.messages import Evaluation
 from gateway.transport.status import ERROR_TYPE_KEY, RETRYABLE, error_from_status
-from gateway.transport.tls import CHANNEL_OPTIONS
+from gateway.transport.tls import CHANNEL_OPTIONS, channel_credentials
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.wire import decode_evaluation
 
@@ -183,10 +183,10 @@ class GrpcPeers:
         peer = self._peers.get(host_id)
         if peer is None:
             raise self._unknown(host_id)
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=self._roots_for(peer.id.trust_domain),
+        credentials = channel_credentials(
+            roots=self._roots_for(peer.id.trust_domain),
+            certificate=self._certificate,
             private_key=self._private_key,
-            certificate_chain=self._certificate,
         )
         client = GrpcPeerClient(peer, credentials=credentials, timing=self._timing)
         self._clients[host_id] = client

@@ -14,7 +14,11 @@ from collections.abc import Mapping
 import grpc
 
 from gateway.errors import PeerMismatchError, UntrustedKeyError
-from gateway.identity import spiffe_id_from_cert, verify_issued_for_domain
+from gateway.identity import (
+    certificate_spiffe_id,
+    load_peer_certificate,
+    verify_certificate_for_domain,
+)
 
 MAX_MESSAGE_BYTES = 32 << 20
 
@@ -52,12 +56,12 @@ def authenticated_peer(
         raise PeerMismatchError(
             "the peer presented no client certificate", hint="connect with mTLS"
         )
-    pem = certificates[0]
-    host = spiffe_id_from_cert(pem)
+    cert = load_peer_certificate(certificates[0])  # parsed once for both checks
+    host = certificate_spiffe_id(cert)
     domain_authorities = authorities.get(host.trust_domain)
     if not domain_authorities:
         raise UntrustedKeyError(
             f"peer {host} belongs to {host.trust_domain}, whose CA this host does not trust",
             hint=f"import {host.trust_domain}'s trust bundle with `gateway trust import`",
         )
-    return str(verify_issued_for_domain(pem, domain_authorities, host.trust_domain))
+    return str(verify_certificate_for_domain(cert, host, domain_authorities, host.trust_domain))

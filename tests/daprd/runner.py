@@ -61,6 +61,16 @@ class DaprdAddresses:
             "DAPR_HTTP_PORT": str(self.http_port),
         }
 
+    def store_section(self, name: str = "statestore") -> dict[str, Any]:
+        """A gateway config's ``store:`` section keeping state in component ``name`` here."""
+        return {
+            "dapr": {
+                "state_store": name,
+                "grpc_endpoint": self.grpc_endpoint,
+                "http_endpoint": self.http_endpoint,
+            }
+        }
+
 
 class DaprdThread:
     """A stand-in served by its own event loop on a daemon thread (a context manager)."""

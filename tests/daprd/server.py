@@ -61,6 +61,7 @@ __all__ = ["DaprApi", "DaprError", "Daprd"]
 log = logging.getLogger("tests.daprd")
 
 _T = TypeVar("_T")
+_Listed = TypeVar("_Listed", jobs_pb2.ListJobsResponse, jobs_pb2.ListJobsResponseAlpha1)
 
 RUNTIME_VERSION = "stand-in (dapr 1.17 semantics)"
 NAMESPACE = "default"
@@ -509,19 +510,8 @@ class DaprApi(dapr_pb2_grpc.DaprServicer):
             )
 
     @_api
-    async def ScheduleJobAlpha1(
-        self, request: jobs_pb2.ScheduleJobRequest, context: grpc.aio.ServicerContext
-    ) -> jobs_pb2.ScheduleJobResponse:
-        return await self._schedule_job(request)
-
-    @_api
     async def ScheduleJob(
         self, request: jobs_pb2.ScheduleJobRequest, context: grpc.aio.ServicerContext
-    ) -> jobs_pb2.ScheduleJobResponse:
-        return await self._schedule_job(request)
-
-    async def _schedule_job(
-        self, request: jobs_pb2.ScheduleJobRequest
     ) -> jobs_pb2.ScheduleJobResponse:
         meta = self._job_meta()
         if not request.HasField("job"):
@@ -590,18 +580,9 @@ class DaprApi(dapr_pb2_grpc.DaprServicer):
         return jobs_pb2.ScheduleJobResponse()
 
     @_api
-    async def GetJobAlpha1(
-        self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
-    ) -> jobs_pb2.GetJobResponse:
-        return await self._get_job(request)
-
-    @_api
     async def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.GetJobResponse:
-        return await self._get_job(request)
-
-    async def _get_job(self, request: jobs_pb2.GetJobRequest) -> jobs_pb2.GetJobResponse:
         self._job_name(request.name)
         stored = await self._d.db(Storage.get_job, self._d.app_id, request.name)
         if stored is None:
@@ -614,37 +595,35 @@ class DaprApi(dapr_pb2_grpc.DaprServicer):
         return jobs_pb2.GetJobResponse(job=jobs_pb2.Job.FromString(stored))
 
     @_api
-    async def DeleteJobAlpha1(
-        self, request: jobs_pb2.DeleteJobRequest, context: grpc.aio.ServicerContext
-    ) -> jobs_pb2.DeleteJobResponse:
-        return await self._delete_job(request)
-
-    @_api
     async def DeleteJob(
         self, request: jobs_pb2.DeleteJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.DeleteJobResponse:
-        return await self._delete_job(request)
-
-    async def _delete_job(self, request: jobs_pb2.DeleteJobRequest) -> jobs_pb2.DeleteJobResponse:
         self._job_name(request.name)
         # Deleting a job that does not exist succeeds, as in the Scheduler.
         await self._d.db(Storage.delete_job, self._d.app_id, request.name)
         self._d.jobs_changed()
         return jobs_pb2.DeleteJobResponse()
 
+    # The Alpha1 methods take and return the same messages as the stable ones.
+    ScheduleJobAlpha1 = ScheduleJob
+    GetJobAlpha1 = GetJob
+    DeleteJobAlpha1 = DeleteJob
+
     @_api
     async def ListJobsAlpha1(
         self, request: jobs_pb2.ListJobsRequestAlpha1, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListJobsResponseAlpha1:
-        jobs = await self._d.db(Storage.list_jobs, self._d.app_id)
-        return jobs_pb2.ListJobsResponseAlpha1(jobs=[jobs_pb2.Job.FromString(j) for j in jobs])
+        return await self._list_jobs(jobs_pb2.ListJobsResponseAlpha1)
 
     @_api
     async def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:
+        return await self._list_jobs(jobs_pb2.ListJobsResponse)
+
+    async def _list_jobs(self, response: type[_Listed]) -> _Listed:
         jobs = await self._d.db(Storage.list_jobs, self._d.app_id)
-        return jobs_pb2.ListJobsResponse(jobs=[jobs_pb2.Job.FromString(j) for j in jobs])
+        return response(jobs=[jobs_pb2.Job.FromString(j) for j in jobs])
 
     # --- metadata ----------------------------------------------------------------
 

@@ -395,14 +395,6 @@ class Storage:
         row = self._db.execute("SELECT body, raw FROM messages WHERE seq = ?", (seq,)).fetchone()
         return bytes(row[0]), bool(row[1])
 
-    def pending_count(self, pubsub: str, topic: str, group: str) -> int:
-        row = self._db.execute(
-            "SELECT count(*) FROM deliveries WHERE pubsub = ? AND topic = ? AND grp = ?"
-            " AND status IN ('pending', 'leased')",
-            (pubsub, topic, group),
-        ).fetchone()
-        return int(row[0])
-
     # --- jobs --------------------------------------------------------------------
 
     def put_job(
