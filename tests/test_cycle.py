@@ -432,6 +432,33 @@ def test_generations_continue_across_a_two_process_migration(tmp_path: Path) -> 
     )
 
 
+def test_a_write_too_large_is_denied_for_its_size_while_the_grants_are_valid(
+    one_host: World,
+) -> None:
+    """A denial names its own cause: a granted write refused for the data's size is not
+    blamed on the grants (which are valid, though they do expire one day)."""
+    rule = {"name": "double", "when": "true", "write": "{'copy': data.blob}"}
+    object_spec = spec(
+        [rule],
+        capabilities=[{"resource": "state:self", "actions": ["write"]}],
+        data={"blob": "x" * (3 << 20)},  # 3 MiB; a copy makes 6 MiB, over the 4 MiB limit
+    )
+
+    async def scenario(host: Host) -> None:
+        object_id = "obj://org-a.example/live/too-large"
+        created = await create_from_spec(host, object_id, object_spec)
+        assert created.authority_expires is not None  # grants that end, but not yet
+        assert (await host.cycles.run("default", object_id)).result is CycleResult.EVALUATED
+        obj = await host.get_object(object_id, tenant="default")
+        denied = obj.lineage.entries[-2]
+        assert denied.kind is EntryKind.ACTION_DENIED
+        assert "the write would make the data" in denied.detail, denied.detail
+        assert "expired" not in denied.detail
+        assert obj.data == created.data
+
+    in_host(one_host, scenario)
+
+
 def test_an_object_whose_grants_expired_may_do_nothing(one_host: World) -> None:
     """The authority computed on arrival ends with the grant chain: after that every
     proposal is denied, with the reason, though the object still cycles."""

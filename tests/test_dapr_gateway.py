@@ -241,6 +241,13 @@ def test_migration_between_two_dapr_gateways_survives_a_sidecar_restart(
             if live is not None and live.state is LifecycleState.ACTIVE:
                 break
             time.sleep(0.3)
+        # A's recovery journals DONE once B's activation receipt is in: wait for it while
+        # A still runs.
+        while time.monotonic() < deadline:
+            _, sources, _ = read(world.config(HOST_A))
+            if [s.value.step for s in sources] == [SourceStep.DONE]:  # type: ignore[union-attr]
+                break
+            time.sleep(0.3)
     moved, sources, _ = read(world.config(HOST_A))
     live, _, destinations = read(world.config(HOST_B))
     assert live is not None and live.state is LifecycleState.ACTIVE
@@ -248,7 +255,4 @@ def test_migration_between_two_dapr_gateways_survives_a_sidecar_restart(
     assert json.loads(live.data)["invoice"] == 9
     assert [e.kind for e in live.lineage.entries][-2:] == [EntryKind.FROZEN, EntryKind.REHOSTED]
     assert [d.value.step for d in destinations] == [DestinationStep.ACTIVATED]  # type: ignore[union-attr]
-    deadline = time.monotonic() + 15
-    while [s.value.step for s in sources] != [SourceStep.DONE] and time.monotonic() < deadline:  # type: ignore[union-attr]
-        time.sleep(0.3)
-        _, sources, _ = read(world.config(HOST_A))
+    assert [s.value.step for s in sources] == [SourceStep.DONE]  # type: ignore[union-attr]

@@ -149,7 +149,7 @@ class CycleRunner:
                     )
             except (AdmissionDeniedError, RuleError) as exc:
                 denied += 1
-                why = _why_denied(obj, proposal.resource, proposal.verb, exc)
+                why = _why_denied(obj, proposal.resource, proposal.verb, exc, now)
                 result = result.record(
                     EntryKind.ACTION_DENIED,
                     host=ctx.host,
@@ -182,17 +182,14 @@ class CycleRunner:
         )
 
 
-def _why_denied(obj: GovernedObject, resource: str, verb: str, error: Exception) -> str:
-    if isinstance(error, RuleError) or (
-        obj.authority.permits(resource, verb) and obj.authority_expires is None
-    ):
-        return getattr(error, "reason", str(error))
+def _why_denied(
+    obj: GovernedObject, resource: str, verb: str, error: Exception, now: datetime
+) -> str:
+    expires = obj.authority_expires
     if obj.authority.permits(resource, verb):
-        return (
-            f"its grants expired at {format_time(obj.authority_expires)}"
-            if obj.authority_expires
-            else "refused"
-        )
+        if expires is not None and now >= expires:
+            return f"its grants expired at {format_time(expires)}"
+        return getattr(error, "reason", str(error))  # granted, and refused for its own cause
     if obj.authority.allow.permits(resource, verb):
         return "this host's configuration denies it"
     return "not in the object's effective authority here (its grants or this host's policy)"
