@@ -42,7 +42,7 @@ import enum
 import functools
 import string
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
@@ -1160,6 +1160,17 @@ class Admission:
 
     def permits(self, resource: Resource | str, action: str) -> bool:
         return self.authority.permits(resource, action)
+
+    def withheld(self, reason: str) -> Admission:
+        """This admission with every capability denied for ``reason``."""
+        return replace(
+            self,
+            authority=EffectiveAuthority(allow=CapabilitySet()),
+            explanations=tuple(
+                replace(e, outcome=Outcome.DENIED, reason=reason, granted=(), holes=())
+                for e in self.explanations
+            ),
+        )
 
     def require(self, resource: Resource | str, action: str) -> None:
         """Raise AdmissionDeniedError, saying why, unless ``action`` on ``resource`` is permitted."""

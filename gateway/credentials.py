@@ -6,12 +6,17 @@ ES256 by a key whose trusted record lists the ``grant`` purpose. Claims:
 =========  =================================================================
 ``iss``    the issuing host (``spiffe://…``)
 ``sub``    the object id
-``aud``    who may extend the grant: a host id, or a trust domain ``spiffe://org-b.example``
+``aud``    who may *hold* the authority and extend the grant: a host id, a trust domain
+           ``spiffe://org-b.example``, or a non-empty array of them (RFC 7519 §4.1.3)
 ``iat`` ``nbf`` ``exp``   issue time and validity window (seconds since the epoch)
 ``jti``    unique grant id
 ``cap``    capabilities (:class:`gateway.authority.CapabilitySet`)
 ``cons``   constraints (:class:`gateway.authority.Constraints`)
 ``prf``    base64url SHA-256 of the parent grant's exact compact bytes; absent for the root
+``rpl``    root only, optional: the chain this root renews (hex SHA-256 of the replaced
+           chain's credentials digest, :func:`gateway.lineage.credentials_digest`)
+``home``   root only, optional: the custody home, a host of the owner's domain that
+           serialises every change of holder (DESIGN.md §6)
 =========  =================================================================
 
 Checks, in this order, and why:
@@ -67,7 +72,7 @@ from gateway.errors import (
     UntrustedKeyError,
     WideningError,
 )
-from gateway.identity import HostId, ObjectId
+from gateway.identity import HostId, ObjectId, trust_domain_problem
 from gateway.keys import Purpose, Signer
 from gateway.trust import TrustStore
 
@@ -75,7 +80,12 @@ GRANT_TYPE = "gateway-grant+jwt"
 MAX_GRANT_BYTES = 16 << 10
 MAX_CHAIN = 16
 _HEADER_FIELDS = frozenset({"alg", "typ", "kid"})
-_CLAIMS = frozenset({"iss", "sub", "aud", "iat", "nbf", "exp", "jti", "cap", "cons", "prf"})
+_CLAIMS = frozenset(
+    {"iss", "sub", "aud", "iat", "nbf", "exp", "jti", "cap", "cons", "prf", "rpl", "home"}
+)
+#: An audience array longer than this is refused (a peer must not make us loop).
+MAX_AUDIENCES = 8
+_DIGEST_HEX = re.compile(r"[0-9a-f]{64}")
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
@@ -105,17 +115,59 @@ def grant_digest(compact: str) -> str:
     return _b64url_encode(hashlib.sha256(compact.encode("ascii")).digest())
 
 
-def audience_admits(audience: str, issuer: str) -> bool:
-    """May ``issuer`` extend a grant addressed to ``audience`` (a host or a whole domain)?"""
-    if audience == issuer:
+def parse_audience(audience: str) -> str:
+    """``audience`` if it is a host id or a bare trust domain id; raises GrantFormatError.
+
+    As strict as ``iss``: an empty, relative or malformed audience would either match
+    nothing (an object stranded) or be matched loosely somewhere else.
+    """
+    if not isinstance(audience, str):
+        raise GrantFormatError(f"grant audience {audience!r} is not a string")
+    rest = audience.removeprefix("spiffe://")
+    if audience.startswith("spiffe://") and rest and "/" not in rest:
+        problem = trust_domain_problem(rest)
+        if problem is None:
+            return audience
+        raise GrantFormatError(f"grant audience {audience!r} is not a trust domain: {problem}")
+    try:
+        HostId.parse(audience)
+    except ConfigError as exc:
+        raise GrantFormatError(
+            f"grant audience {audience!r} is neither a host id nor a trust domain id: {exc.reason}",
+            hint="write a host (spiffe://org-b.example/cluster/west/gateway) or a domain (spiffe://org-b.example)",
+        ) from exc
+    return audience
+
+
+def _audiences_claim(value: object) -> tuple[str, ...]:
+    """The ``aud`` claim as a tuple: a string, or a non-empty array of unique strings."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise GrantFormatError("grant claim 'aud' must be a string or a non-empty array")
+    if len(items) > MAX_AUDIENCES:
+        raise GrantFormatError(f"grant claim 'aud' lists {len(items)} audiences; at most {MAX_AUDIENCES}")
+    if len(set(map(str, items))) != len(items):
+        raise GrantFormatError("grant claim 'aud' repeats an audience")
+    return tuple(parse_audience(item) for item in items)
+
+
+def audience_admits(audience: str | Sequence[str], host: str) -> bool:
+    """Is ``host`` one of ``audience`` (a host, a whole domain, or several of them)?
+
+    The audience of a grant is who may hold its authority and who may extend it.
+    """
+    if not isinstance(audience, str):
+        return any(audience_admits(one, host) for one in audience)
+    if audience == host:
         return True
     prefix = "spiffe://"
     domain = audience.removeprefix(prefix)
-    return (
-        audience.startswith(prefix)
-        and "/" not in domain
-        and HostId.parse(issuer).trust_domain == domain
-    )
+    if not audience.startswith(prefix) or "/" in domain:
+        return False
+    try:
+        return HostId.parse(host).trust_domain == domain
+    except ConfigError:
+        return False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,7 +176,7 @@ class Grant:
     key_id: str
     issuer: str
     subject: str
-    audience: str
+    audiences: tuple[str, ...]  #: who may hold the authority and extend it
     issued_at: datetime
     not_before: datetime
     expires_at: datetime
@@ -132,6 +184,13 @@ class Grant:
     capabilities: CapabilitySet
     constraints: Constraints
     parent_digest: str | None
+    replaces: str = ""  #: root only: hex credentials digest of the chain it renews
+    home: str = ""  #: root only: the custody home host
+
+    @property
+    def audience(self) -> str:
+        """The audiences as one readable string."""
+        return ", ".join(self.audiences)
 
     @property
     def digest(self) -> str:
@@ -181,19 +240,31 @@ def issue_grant(
     signer: Signer,
     issuer: str,
     subject: str,
-    audience: str,
+    audience: str | Sequence[str],
     capabilities: CapabilitySet,
     constraints: Constraints,
     not_before: datetime,
     expires_at: datetime,
     at: datetime,
     parent: Grant | None = None,
+    replaces: bytes = b"",
+    home: str = "",
 ) -> Grant:
-    """Sign a grant. With ``parent`` it is a child and must be within it (see :func:`attenuate`)."""
+    """Sign a grant. With ``parent`` it is a child and must be within it (see :func:`attenuate`).
+
+    A root may name the chain it ``replaces`` (a renewal: the credentials digest of the
+    replaced chain) and a custody ``home``; a child carries neither.
+    """
+    audiences = (audience,) if isinstance(audience, str) else tuple(dict.fromkeys(audience))
+    try:
+        HostId.parse(issuer)
+    except ConfigError as exc:
+        raise GrantFormatError(f"grant issuer {issuer!r} is not a host id: {exc.reason}") from exc
+    _audiences_claim(list(audiences))  # refuses an empty or malformed audience before signing
     claims: dict[str, Any] = {
         "iss": issuer,
         "sub": subject,
-        "aud": audience,
+        "aud": audiences[0] if len(audiences) == 1 else list(audiences),
         "iat": _seconds(at),
         "nbf": _seconds(not_before),
         "exp": _seconds(expires_at),
@@ -202,7 +273,13 @@ def issue_grant(
         "cons": constraints.to_claim(),
     }
     if parent is not None:
+        if replaces or home:
+            raise GrantFormatError("only a root grant names a renewed chain or a custody home")
         claims["prf"] = parent.digest
+    if replaces:
+        claims["rpl"] = replaces.hex()
+    if home:
+        claims["home"] = home
     compact = jwt.encode(
         claims,
         signer.private_key_object(),
@@ -280,6 +357,19 @@ def _parse(compact: str, *, key_id: str, claims: dict[str, Any]) -> Grant:
     parent = claims.get("prf")
     if parent is not None and not isinstance(parent, str):
         raise GrantFormatError("grant claim 'prf' must be a string")
+    replaces = claims.get("rpl", "")
+    home = claims.get("home", "")
+    if parent is not None and ("rpl" in claims or "home" in claims):
+        raise GrantFormatError("only a root grant may carry 'rpl' or 'home'")
+    if not isinstance(replaces, str) or ("rpl" in claims and not _DIGEST_HEX.fullmatch(replaces)):
+        raise GrantFormatError("grant claim 'rpl' must be 64 lowercase hex digits")
+    if not isinstance(home, str) or ("home" in claims and not home):
+        raise GrantFormatError("grant claim 'home' must be a host id")
+    if home:
+        try:
+            HostId.parse(home)
+        except ConfigError as exc:
+            raise GrantFormatError(f"grant claim 'home' is not a host id: {exc.reason}") from exc
     try:
         capabilities = CapabilitySet.from_claim(_require(claims, "cap", list))
         constraints = Constraints.from_claim(_require(claims, "cons", dict))
@@ -290,7 +380,7 @@ def _parse(compact: str, *, key_id: str, claims: dict[str, Any]) -> Grant:
         key_id=key_id,
         issuer=_require(claims, "iss", str),
         subject=_require(claims, "sub", str),
-        audience=_require(claims, "aud", str),
+        audiences=_audiences_claim(claims.get("aud")),
         issued_at=_time(_require(claims, "iat", int), "iat"),
         not_before=_time(_require(claims, "nbf", int), "nbf"),
         expires_at=_time(_require(claims, "exp", int), "exp"),
@@ -298,6 +388,8 @@ def _parse(compact: str, *, key_id: str, claims: dict[str, Any]) -> Grant:
         capabilities=capabilities,
         constraints=constraints,
         parent_digest=parent,
+        replaces=replaces,
+        home=home,
     )
 
 
@@ -396,7 +488,7 @@ def _check_link(child: Grant, parent: Grant, index: int) -> None:
         raise SubjectMismatchError(
             f"{where} is for {child.subject}, its parent for {parent.subject}"
         )
-    if not audience_admits(parent.audience, child.issuer):
+    if not audience_admits(parent.audiences, child.issuer):
         raise IssuerMismatchError(
             f"{where} is issued by {child.issuer}, but only {parent.audience} may extend grant {index - 1}"
         )
@@ -469,7 +561,7 @@ def attenuate(
     *,
     signer: Signer,
     issuer: str,
-    audience: str,
+    audience: str | Sequence[str],
     at: datetime,
     capabilities: CapabilitySet | None = None,
     constraints: Constraints | None = None,
@@ -480,7 +572,7 @@ def attenuate(
     Everything not given is kept as the parent has it.
     """
     parent = chain.leaf
-    if not audience_admits(parent.audience, issuer):
+    if not audience_admits(parent.audiences, issuer):
         raise IssuerMismatchError(
             f"{issuer} cannot extend a grant addressed to {parent.audience}",
             hint="only the audience of a grant may issue a narrower child",
@@ -525,6 +617,7 @@ __all__ = [
     "audience_admits",
     "grant_digest",
     "issue_grant",
+    "parse_audience",
     "verify_chain",
     "verify_grant",
 ]

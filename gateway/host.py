@@ -268,7 +268,10 @@ class Host:
                 signer=self.context.grant_signer,
                 issuer=self.host_id,
                 subject=object_id,
-                audience=grant.audience or self.host_id,
+                # The creating host holds the object first, so it is always an audience
+                # of the root it issues (aud limits who may hold the authority).
+                audience=(self.host_id, *(a for a in grant.audiences if a != self.host_id)),
+                home=grant.home,
                 capabilities=grant.capabilities,
                 constraints=grant.constraints,
                 not_before=now,

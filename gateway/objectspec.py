@@ -7,7 +7,8 @@ root grant, issued by the creating host), and its evaluation schedule::
       invoice: 42
       amount: 1250
     grant:
-      audience: spiffe://org-b.example      # who may extend it; default: this host
+      audience: spiffe://org-b.example      # who may hold and extend it besides this host
+      home: spiffe://org-a.example/cluster/east/gateway   # optional custody home
       valid_for_days: 30
       capabilities:
         - resource: pubsub:alerts/overdue
@@ -38,21 +39,32 @@ from typing import Any
 import yaml
 
 from gateway.authority import CapabilitySet, Constraints
-from gateway.errors import AuthorityError, ConfigError
+from gateway.credentials import parse_audience
+from gateway.errors import AuthorityError, ConfigError, GrantFormatError
+from gateway.identity import HostId
 from gateway.model import CycleState, Rule
 from gateway.rules import dump_data, rule_from_mapping
 
 _TOP = frozenset({"data", "content_type", "grant", "cycle", "rules"})
-_GRANT = frozenset({"audience", "valid_for_days", "capabilities", "constraints"})
+_GRANT = frozenset({"audience", "valid_for_days", "capabilities", "constraints", "home"})
 _CYCLE = frozenset({"interval_seconds"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GrantSpec:
-    audience: str | None  #: None: the creating host itself
+    #: Who may hold and extend the object besides the creating host (which always
+    #: holds its own root): host or trust-domain ids. None or empty: the creator only.
+    audience: str | tuple[str, ...] | None
     valid_for: timedelta
     capabilities: CapabilitySet
     constraints: Constraints
+    home: str = ""  #: the custody home (a host of this domain); empty: none
+
+    @property
+    def audiences(self) -> tuple[str, ...]:
+        if self.audience is None:
+            return ()
+        return (self.audience,) if isinstance(self.audience, str) else self.audience
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,21 +125,35 @@ def parse_spec(document: Any, *, source: str) -> ObjectSpec:
                 source, "grant.valid_for_days", f"expected 0 < days ≤ 3650, got {days!r}", "e.g. 30"
             )
         audience = spec.get("audience")
-        if audience is not None and (
-            not isinstance(audience, str) or not audience.startswith("spiffe://")
-        ):
-            raise _fail(
-                source,
-                "grant.audience",
-                f"expected a host or trust-domain id, got {audience!r}",
-                "e.g. spiffe://org-b.example (any host of org-b) or a full host id",
-            )
+        listed = [audience] if isinstance(audience, str) else audience
+        if audience is not None:
+            if not isinstance(listed, list) or not listed:
+                listed = [audience]
+            for one in listed:
+                try:
+                    parse_audience(one)
+                except GrantFormatError as exc:
+                    raise _fail(
+                        source,
+                        "grant.audience",
+                        f"expected a host or trust-domain id (or a list of them), got {one!r}",
+                        "e.g. spiffe://org-b.example (any host of org-b) or a full host id",
+                    ) from exc
+        home = spec.get("home", "")
+        if not isinstance(home, str):
+            raise _fail(source, "grant.home", f"expected a host id, got {home!r}", "a host of this domain")
+        if home:
+            try:
+                HostId.parse(home)
+            except ConfigError as exc:
+                raise _fail(source, "grant.home", exc.reason, "a host of this domain") from exc
         try:
             constraints = Constraints.from_claim(spec.get("constraints", {}))
         except AuthorityError as exc:
             raise _fail(source, "grant.constraints", exc.reason, exc.hint or "") from exc
         grant = GrantSpec(
-            audience=audience,
+            audience=None if audience is None else tuple(listed),
+            home=home,
             valid_for=timedelta(days=days),
             capabilities=CapabilitySet.from_config(
                 spec.get("capabilities", []), f"{source}: grant.capabilities"

@@ -10,7 +10,7 @@ from gateway import envelope as dsse
 from gateway._time import Clock
 from gateway.authority import Admission, CapabilitySet, HostPolicy, effective_authority
 from gateway.config import HandoffConfig
-from gateway.credentials import VerifiedChain, verify_chain
+from gateway.credentials import VerifiedChain, audience_admits, verify_chain
 from gateway.errors import RuleError
 from gateway.handoff.journal import Journal
 from gateway.identity import HostId
@@ -87,9 +87,17 @@ class HostContext:
         if chain is not None:
             chain.constraints.admit(self.host, self.region, hops)
             capabilities = chain.capabilities
-        return effective_authority(
+        admission = effective_authority(
             capabilities, self.policy, tenant=obj.tenant, peer=HostId.parse(peer).trust_domain
         )
+        if chain is not None and not audience_admits(chain.leaf.audiences, self.host):
+            # ``aud`` says who may *hold* the authority: a host outside it may keep the
+            # object (its constraints allowed that) but gets no capability from it.
+            return admission.withheld(
+                f"denied — {self.host} is not an audience of the last grant "
+                f"(aud {chain.leaf.audience})"
+            )
+        return admission
 
     def seal(self, payload: bytes, payload_type: str) -> dsse.Envelope:
         return dsse.seal(payload, payload_type, [self.signer])

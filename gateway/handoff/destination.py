@@ -468,13 +468,15 @@ class Destination:
         # the object as it arrived; it must never block activation.
         try:
             chain = ctx.chain_of(staged, at=at)
-            if chain is None or not audience_admits(chain.leaf.audience, ctx.host):
+            if chain is None or not audience_admits(chain.leaf.audiences, ctx.host):
                 return staged
             child = attenuate(
                 chain,
                 signer=ctx.grant_signer,
                 issuer=ctx.host,
-                audience=ctx.host,
+                # The same holders as the parent: narrowing what the object may do must
+                # not also decide, for the parent's audience, where it may go next.
+                audience=chain.leaf.audiences,
                 at=at,
                 capabilities=staged.authority.allow,
             )
