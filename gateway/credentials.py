@@ -145,7 +145,9 @@ def _audiences_claim(value: object) -> tuple[str, ...]:
     if not isinstance(items, list) or not items:
         raise GrantFormatError("grant claim 'aud' must be a string or a non-empty array")
     if len(items) > MAX_AUDIENCES:
-        raise GrantFormatError(f"grant claim 'aud' lists {len(items)} audiences; at most {MAX_AUDIENCES}")
+        raise GrantFormatError(
+            f"grant claim 'aud' lists {len(items)} audiences; at most {MAX_AUDIENCES}"
+        )
     if len(set(map(str, items))) != len(items):
         raise GrantFormatError("grant claim 'aud' repeats an audience")
     return tuple(parse_audience(item) for item in items)

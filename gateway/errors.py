@@ -141,6 +141,16 @@ class LineageError(GatewayError):
     """The lineage is broken: a link, a checkpoint, or its history does not hold."""
 
 
+class CustodyError(LineageError):
+    """The object's chain of custody has a gap: a handoff whose departure or arrival is
+    missing or does not match, or grants that drop a narrowing recorded on the way."""
+
+
+class ForkError(LineageError):
+    """Two diverging copies of one object exist: a stale copy was sent on, or two
+    claims were made for one epoch. The later one is refused; the evidence is kept."""
+
+
 class MerkleProofError(LineageError):
     """An RFC 9162 inclusion or consistency proof does not verify."""
 

@@ -52,7 +52,9 @@ _ENTRY_FIELDS = frozenset(
         "detail",
     }
 )
-_CHECKPOINT_FIELDS = frozenset({"object_id", "host", "epoch", "size", "root", "issued_at"})
+_CHECKPOINT_FIELDS = frozenset(
+    {"object_id", "host", "epoch", "size", "root", "issued_at", "to", "migration"}
+)
 
 
 class EntryKind(enum.Enum):
@@ -182,7 +184,9 @@ class LineageEntry(_EncodedOnce):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Checkpoint:
-    """What a host vouches for when an object leaves it: the first ``size`` entries."""
+    """What a host vouches for when an object leaves it: the first ``size`` entries, and
+    that it hands the object to ``to`` in ``migration`` (the signed record of a departure,
+    which the next receiver counts hops from: the sender cannot unsay it later)."""
 
     object_id: str
     host: str
@@ -190,6 +194,8 @@ class Checkpoint:
     size: int
     root: bytes
     issued_at: datetime
+    to: str
+    migration: str
 
     def encode(self) -> bytes:
         return canonical_json(
@@ -200,6 +206,8 @@ class Checkpoint:
                 "size": self.size,
                 "root": self.root.hex(),
                 "issued_at": format_time(self.issued_at),
+                "to": self.to,
+                "migration": self.migration,
             }
         )
 
@@ -218,13 +226,19 @@ class Checkpoint:
             size=_field(document, "size", int, what),
             root=_hex(document, "root", what),
             issued_at=issued_at,
+            to=_field(document, "to", str, what),
+            migration=_field(document, "migration", str, what),
         )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Lineage:
     entries: tuple[LineageEntry, ...] = ()
+    #: One per departure, oldest first, each signed by the host the object left.
     checkpoints: tuple[dsse.Envelope, ...] = ()
+    #: One per completed arrival, oldest first: the receiver's signed activation receipt
+    #: for the departure of the same index (see gateway.custody).
+    arrivals: tuple[dsse.Envelope, ...] = ()
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -262,12 +276,23 @@ class Lineage:
             credentials_digest=credentials_digest,
             detail=detail,
         )
-        return Lineage(entries=(*self.entries, entry), checkpoints=self.checkpoints)
+        return Lineage(
+            entries=(*self.entries, entry), checkpoints=self.checkpoints, arrivals=self.arrivals
+        )
 
     def sealed(
-        self, *, object_id: str, host: str, epoch: int, at: datetime, signer: Signer
+        self,
+        *,
+        object_id: str,
+        host: str,
+        epoch: int,
+        at: datetime,
+        signer: Signer,
+        to: str,
+        migration: str,
     ) -> Lineage:
-        """This lineage with a checkpoint by ``host`` over every entry so far."""
+        """This lineage with a checkpoint by ``host`` over every entry so far, recording
+        its departure to ``to`` in ``migration``."""
         checkpoint = Checkpoint(
             object_id=object_id,
             host=host,
@@ -275,9 +300,21 @@ class Lineage:
             size=len(self.entries),
             root=self.root(),
             issued_at=at,
+            to=to,
+            migration=migration,
         )
         signed = dsse.seal(checkpoint.encode(), dsse.PayloadType.CHECKPOINT, [signer])
-        return Lineage(entries=self.entries, checkpoints=(*self.checkpoints, signed))
+        return Lineage(
+            entries=self.entries, checkpoints=(*self.checkpoints, signed), arrivals=self.arrivals
+        )
+
+    def arrived(self, receipt: dsse.Envelope) -> Lineage:
+        """This lineage with the receiver's signed activation receipt for its last departure."""
+        return Lineage(
+            entries=self.entries,
+            checkpoints=self.checkpoints,
+            arrivals=(*self.arrivals, receipt),
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

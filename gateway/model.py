@@ -197,11 +197,20 @@ class GovernedObject:
             last_transfer_digest=transfer_digest,
         )
 
-    def rehost(self, *, host: str, source: str, at: datetime) -> GovernedObject:
-        """The staged copy goes live on this host."""
+    def rehost(
+        self, *, host: str, source: str, at: datetime, arrival: dsse.Envelope
+    ) -> GovernedObject:
+        """The staged copy goes live on this host; ``arrival`` is this host's signed
+        activation receipt, kept in the lineage as the acknowledgement of the departure
+        that brought the object here (gateway.custody)."""
         self._require(LifecycleState.STAGED, "activate")
         live = replace(
-            self, state=LifecycleState.ACTIVE, moved_to="", receipt=None, migration_id=""
+            self,
+            state=LifecycleState.ACTIVE,
+            moved_to="",
+            receipt=None,
+            migration_id="",
+            lineage=self.lineage.arrived(arrival),
         )
         return live.record(
             EntryKind.REHOSTED,

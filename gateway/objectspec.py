@@ -141,7 +141,9 @@ def parse_spec(document: Any, *, source: str) -> ObjectSpec:
                     ) from exc
         home = spec.get("home", "")
         if not isinstance(home, str):
-            raise _fail(source, "grant.home", f"expected a host id, got {home!r}", "a host of this domain")
+            raise _fail(
+                source, "grant.home", f"expected a host id, got {home!r}", "a host of this domain"
+            )
         if home:
             try:
                 HostId.parse(home)

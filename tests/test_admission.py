@@ -109,7 +109,7 @@ def test_wide_offer_narrow_grant_gives_exactly_the_grant(policy_world: World) ->
         assert chain.leaf.issuer == HOST_B
         assert chain.capabilities == expected.allow
         kinds = [e.kind for e in moved.lineage.entries]
-        assert kinds[-2:] == [EntryKind.ATTENUATED, EntryKind.REHOSTED]
+        assert kinds[-2:] == [EntryKind.REHOSTED, EntryKind.ATTENUATED]
         verify_lineage(moved.lineage, object_id=OBJECT, trust=b.trust, sealed=False)
 
     asyncio.run(_serve(policy_world, scenario))

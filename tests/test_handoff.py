@@ -123,6 +123,8 @@ def forge_transfer(
         epoch=frozen.epoch,
         at=now,
         signer=host.context.signer,
+        to=destination,
+        migration=migration_id,
     )
     transfer = Transfer(
         migration_id=migration_id,

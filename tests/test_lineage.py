@@ -119,6 +119,8 @@ def seal(lineage: Lineage, host: str, *, signer: Signer | None = None, epoch: in
         epoch=epoch,
         at=T0 + timedelta(minutes=1),
         signer=signer or SIGNERS[host],
+        to=host,
+        migration="mig-test",
     )
 
 
@@ -150,6 +152,8 @@ def signed_checkpoint(
         size=size,
         root=root,
         issued_at=T0 + timedelta(minutes=1),
+        to=host,
+        migration="mig-test",
     )
     return dsse.seal(checkpoint.encode(), dsse.PayloadType.CHECKPOINT, [signer or SIGNERS[host]])
 
@@ -180,7 +184,13 @@ def test_a_lineage_built_through_the_object_model_verifies() -> None:
     )
     frozen = obj.freeze("mig-1", destination=HOST_B, host=HOST_A, at=T0 + timedelta(seconds=1))
     sealed = frozen.lineage.sealed(
-        object_id=OBJECT, host=HOST_A, epoch=frozen.epoch, at=T0, signer=SIGNERS[HOST_A]
+        object_id=OBJECT,
+        host=HOST_A,
+        epoch=frozen.epoch,
+        at=T0,
+        signer=SIGNERS[HOST_A],
+        to=HOST_B,
+        migration="mig-1",
     )
     verified = verify_lineage(sealed, object_id=OBJECT, trust=TRUST, sealed=True)
     assert [e.kind for e in sealed.entries] == [EntryKind.CREATED, EntryKind.FROZEN]

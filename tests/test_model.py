@@ -25,6 +25,13 @@ from gateway.keys import Signer
 from gateway.lineage import EntryKind, credentials_digest, digest, verify_chain
 from gateway.model import MAX_DATA_BYTES, GovernedObject, LifecycleState, new_object
 
+#: Stands in for the destination's signed activation receipt (the model does not verify it).
+ARRIVAL = dsse.Envelope(
+    payload=b"receipt",
+    payload_type=dsse.PayloadType.ACTIVATION_RECEIPT,
+    signatures=(dsse.Signature(keyid="00" * 32, sig=b"s" * 64),),
+)
+
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 HOST_A = "spiffe://org-a.example/cluster/east/gateway"
 HOST_B = "spiffe://org-b.example/cluster/west/gateway"
@@ -115,7 +122,7 @@ def test_tombstone_points_at_the_destination_and_keeps_the_lineage_a_prefix() ->
 
 def test_rehost_makes_a_staged_copy_live_and_records_rehosted() -> None:
     before = staged()
-    after = before.rehost(host=HOST_B, source=HOST_A, at=T0 + timedelta(seconds=2))
+    after = before.rehost(host=HOST_B, source=HOST_A, at=T0 + timedelta(seconds=2), arrival=ARRIVAL)
     assert after.state is LifecycleState.ACTIVE and after.live
     assert after.epoch == before.epoch == 1
     assert after.moved_to == "" and after.receipt is None
@@ -146,7 +153,10 @@ def test_every_recorded_transition_adds_exactly_one_linked_entry() -> None:
         (lambda o: o.thaw("m1", host=HOST_A, at=T0, reason="x"), EntryKind.ABORTED),
         (lambda o: o.freeze("m2", destination=HOST_B, host=HOST_A, at=T0), EntryKind.FROZEN),
         (lambda o: replace(o, state=LifecycleState.STAGED), EntryKind.FROZEN),  # no entry
-        (lambda o: o.rehost(host=HOST_B, source=HOST_A, at=T0), EntryKind.REHOSTED),
+        (
+            lambda o: o.rehost(host=HOST_B, source=HOST_A, at=T0, arrival=ARRIVAL),
+            EntryKind.REHOSTED,
+        ),
     ]
     for step, kind in steps:
         after = step(obj)
@@ -195,7 +205,7 @@ def _tombstone(o: GovernedObject) -> GovernedObject:
 
 
 def _rehost(o: GovernedObject) -> GovernedObject:
-    return o.rehost(host=HOST_B, source=HOST_A, at=T0)
+    return o.rehost(host=HOST_B, source=HOST_A, at=T0, arrival=ARRIVAL)
 
 
 ILLEGAL = [

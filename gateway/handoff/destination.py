@@ -30,10 +30,12 @@ from gateway._time import format_time, to_millis
 from gateway.authority import Admission
 from gateway.blobs import delete_blob, delete_keys, write_blob
 from gateway.credentials import attenuate, audience_admits
+from gateway.custody import require_extends_departures, verify_custody
 from gateway.errors import (
     AdmissionDeniedError,
     AudienceError,
     ConcurrencyError,
+    CustodyError,
     ExpiredError,
     GatewayError,
     LineageError,
@@ -58,7 +60,7 @@ from gateway.handoff.journal import (
 )
 from gateway.handoff.messages import Receipt, ReceiptKind, Transfer
 from gateway.handoff.records import DestinationRecord, DestinationStep
-from gateway.lineage import EntryKind, digest, verify_extends, verify_lineage
+from gateway.lineage import Checkpoint, EntryKind, digest, verify_extends, verify_lineage
 from gateway.model import GovernedObject, LifecycleState
 from gateway.runtime.outbox import lifecycle_event, outbox_puts
 from gateway.stores import Delete, Expect, Put
@@ -132,12 +134,27 @@ class Destination:
                     f"not {transfer.object.tenant!r}",
                     hint="an object keeps its tenant; the source must send it under the tenant it had here",
                 )
-        self._check_lineage(transfer, previous=current.value if current else None)
+        checkpoints = self._check_lineage(transfer, previous=current.value if current else None)
         ctx.check_rules(transfer.object)
-        # Hops are the handoffs the object completed (plus this one), not its epoch:
-        # attempts that aborted raised the epoch but moved nothing.
-        hops = 1 + sum(1 for e in transfer.object.lineage.entries if e.kind is EntryKind.REHOSTED)
-        admission, expires = ctx.authorize(transfer.object, peer=peer, hops=hops, at=now)
+        # Hops are the departures other hosts signed (plus this one), each matched by its
+        # receiver's arrival receipt: never the sender's own entries, which it could drop.
+        # Aborted attempts raised the epoch but recorded no departure.
+        custody = verify_custody(
+            transfer.object.lineage,
+            checkpoints,
+            object_id=transfer.object_id,
+            trust=ctx.trust,
+            in_transit=True,
+        )
+        chain = ctx.chain_of(transfer.object, at=now)
+        require_extends_departures(
+            transfer.object.lineage,
+            checkpoints,
+            transfer.object.grants,
+            chain,
+            object_id=transfer.object_id,
+        )
+        admission, expires = ctx.authorize(transfer.object, peer=peer, hops=custody.hops, at=now)
         return admission, fence, expires
 
     async def evaluate(self, raw: bytes, *, peer: str) -> Admission:
@@ -336,9 +353,27 @@ class Destination:
                 hint="lower handoff.transfer_ttl_seconds on the source",
             )
 
-    def _check_lineage(self, transfer: Transfer, *, previous: GovernedObject | None) -> None:
+    def _check_lineage(
+        self, transfer: Transfer, *, previous: GovernedObject | None
+    ) -> tuple[Checkpoint, ...]:
+        """The lineage verifies, ends with the sender's freeze and its signed departure to
+        this host in this migration, and extends what this host saw; returns the verified
+        checkpoints (the departures)."""
         obj = transfer.object
-        verify_lineage(obj.lineage, object_id=obj.object_id, trust=self.ctx.trust, sealed=True)
+        verified = verify_lineage(
+            obj.lineage, object_id=obj.object_id, trust=self.ctx.trust, sealed=True
+        )
+        departure = verified.checkpoints[-1] if verified.checkpoints else None
+        if departure is None or (departure.host, departure.to, departure.migration) != (
+            transfer.source_host,
+            self.ctx.host,
+            transfer.migration_id,
+        ):
+            raise CustodyError(
+                "the lineage does not end with the source's signed departure to this host "
+                f"in migration {transfer.migration_id}",
+                hint="the source must checkpoint the lineage for this handoff before sending it",
+            )
         last = obj.lineage.entries[-1] if obj.lineage.entries else None
         if (
             last is None
@@ -364,6 +399,7 @@ class Destination:
             verify_extends(
                 obj.lineage, seen_size=len(previous.lineage), seen_root=previous.lineage.root()
             )
+        return verified.checkpoints
 
     @staticmethod
     def _replay(record: DestinationRecord, transfer_digest: bytes) -> bytes:
@@ -416,15 +452,22 @@ class Destination:
                 f"{record.object_id} is {current.value.state.value} here already; refusing a second live copy"
             )
         crash_point("destination.before-activate")
-        live = self._attenuated(record.staged, at=now).rehost(host=ctx.host, source=peer, at=now)
         receipt = self._receipt(
             ReceiptKind.ACTIVATED,
             migration_id=record.migration_id,
             object_id=record.object_id,
-            epoch=live.epoch,
+            epoch=record.staged.epoch,
             peer=peer,
             transfer_digest=record.transfer_digest,
             now=now,
+        )
+        # Rehosted first: the entry right after a departure is always the receiver's
+        # REHOSTED (gateway.custody checks it); an attenuation follows it.
+        live = self._attenuated(
+            record.staged.rehost(
+                host=ctx.host, source=peer, at=now, arrival=wire.decode_envelope(receipt)
+            ),
+            at=now,
         )
         done = replace(
             record,

@@ -161,7 +161,13 @@ class Source:
         ctx = self.ctx
         frozen = obj.freeze(migration_id, destination=destination, host=ctx.host, at=now)
         sealed = frozen.lineage.sealed(
-            object_id=obj.object_id, host=ctx.host, epoch=frozen.epoch, at=now, signer=ctx.signer
+            object_id=obj.object_id,
+            host=ctx.host,
+            epoch=frozen.epoch,
+            at=now,
+            signer=ctx.signer,
+            to=destination,
+            migration=migration_id,
         )
         transfer = Transfer(
             migration_id=migration_id,

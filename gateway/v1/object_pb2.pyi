@@ -274,6 +274,7 @@ class Lineage(_message.Message):
 
     ENTRIES_FIELD_NUMBER: _builtins.int
     CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    ARRIVALS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def entries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """Canonical JSON entries; leaf hash = SHA-256(0x00 || entry) as in RFC 9162."""
@@ -284,15 +285,22 @@ class Lineage(_message.Message):
         object left, oldest first.
         """
 
+    @_builtins.property
+    def arrivals(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Serialized activation receipt Envelopes, one per completed arrival: receipt i is
+        the receiver's acknowledgement of the departure that checkpoint i records.
+        """
+
     def __init__(
         self,
         *,
         entries: _abc.Iterable[_builtins.bytes] | None = ...,
         checkpoints: _abc.Iterable[_builtins.bytes] | None = ...,
+        arrivals: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoints", b"checkpoints", "entries", b"entries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrivals", b"arrivals", "checkpoints", b"checkpoints", "entries", b"entries"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

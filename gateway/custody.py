@@ -1,0 +1,185 @@
+"""Chain of custody: what limits an object's authority, counted from what others signed.
+
+A dishonest host holds valid keys and may rewrite, drop or reorder every lineage entry it
+recorded itself. So nothing that limits an object (its hop count, the grants it must keep)
+is read from the presenting sender's own words. It is read from:
+
+* **departures** — the checkpoint each host signs when the object leaves it, naming the
+  receiver and the migration (``Checkpoint.to`` / ``.migration``), covering the lineage
+  (and so the credentials digest of its FROZEN entry) by Merkle root;
+* **arrivals** — the receiver's signed activation receipt for that same migration,
+  carried in ``Lineage.arrivals``.
+
+Rules (:func:`verify_custody`):
+
+1. Departures form one unbroken chain: departure *k+1* is signed by the host departure
+   *k* named as receiver; the first is by the creator (``verify_lineage`` already ties
+   each checkpoint to the host that recorded the entries it covers).
+2. Every departure but the one in transit has exactly one arrival, signed by its
+   receiver, for the same migration, epoch and sender; and the first entry after the
+   departure is that receiver's REHOSTED entry. A departure without its arrival, or an
+   arrival without its departure, is a gap and is refused.
+3. Hops = departures. To lower it a sender would have to remove a departure signed by
+   another host, which breaks rule 1 or 2.
+4. The credentials presented extend the credentials recorded at every departure (each
+   recorded chain is a prefix of the next and of the one presented). A narrowing made
+   anywhere on the way is therefore kept; the only way to shed one is a *renewal*: a root
+   by the object's owner whose ``rpl`` names the digest of the chain recorded at the last
+   departure before it.
+
+What this cannot see (DESIGN.md §6): a former holder that kept a stale copy and sends it,
+with a history that ends at its own earlier stay, to a host that never saw the object.
+That is a fork; a custody home (gateway.handoff.home) closes it, and without one a host
+that later sees both copies refuses the second and keeps the evidence.
+
+No I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway import envelope as dsse
+from gateway import wire
+from gateway.credentials import VerifiedChain
+from gateway.errors import ConfigError, CustodyError, VerificationError
+from gateway.handoff.messages import ReceiptKind
+from gateway.keys import Purpose
+from gateway.lineage import Checkpoint, EntryKind, Lineage, credentials_digest
+from gateway.trust import TrustStore
+
+#: Most departures an object may have recorded; a peer cannot make a host verify more.
+MAX_DEPARTURES = 4096
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Custody:
+    """What the receiver established from signatures that are not the presenter's."""
+
+    hops: int  #: departures, including the one in transit
+    holders: tuple[str, ...]  #: every host that held the object, in order, creator first
+
+
+def verify_custody(
+    lineage: Lineage,
+    checkpoints: Sequence[Checkpoint],
+    *,
+    object_id: str,
+    trust: TrustStore,
+    in_transit: bool,
+) -> Custody:
+    """Check departures against arrivals (rules 1–3 above) and return the hop count.
+
+    ``checkpoints`` are the decoded checkpoints that :func:`gateway.lineage.verify_lineage`
+    verified for ``lineage``. With ``in_transit`` the last departure is the one being
+    received now and has no arrival yet.
+    """
+    if len(checkpoints) > MAX_DEPARTURES:
+        raise CustodyError(
+            f"{object_id} records {len(checkpoints)} departures; at most {MAX_DEPARTURES}"
+        )
+    for index in range(1, len(checkpoints)):
+        before, after = checkpoints[index - 1], checkpoints[index]
+        if after.host != before.to:
+            raise CustodyError(
+                f"departure {index} is by {after.host}, but departure {index - 1} handed "
+                f"{object_id} to {before.to}: a handoff is missing from its history",
+                hint="refuse the object; its sender dropped or rewrote part of its custody",
+            )
+    completed = len(checkpoints) - (1 if in_transit and checkpoints else 0)
+    if len(lineage.arrivals) != completed:
+        raise CustodyError(
+            f"{object_id} records {len(checkpoints)} departures and {len(lineage.arrivals)} "
+            f"arrivals; expected {completed} arrivals",
+            hint="every completed handoff needs its receiver's signed activation receipt",
+        )
+    for index in range(completed):
+        _check_arrival(
+            lineage, checkpoints[index], lineage.arrivals[index], index, object_id, trust
+        )
+    holders = [lineage.entries[0].host] if lineage.entries else []
+    holders.extend(c.to for c in checkpoints[:completed])
+    return Custody(hops=len(checkpoints), holders=tuple(holders))
+
+
+def _check_arrival(
+    lineage: Lineage,
+    departure: Checkpoint,
+    raw: dsse.Envelope,
+    index: int,
+    object_id: str,
+    trust: TrustStore,
+) -> None:
+    receiver = departure.to
+    try:
+        keys = trust.keys_for_host(receiver, purpose=Purpose.ENVELOPE, at=None)
+    except ConfigError as exc:
+        raise CustodyError(f"departure {index} names {receiver!r}, which is not a host id") from exc
+    try:
+        opened = dsse.open_envelope(
+            raw,
+            payload_type=ReceiptKind.ACTIVATED.payload_type,
+            keys=keys,
+            threshold=keys.bundle.envelope_threshold,
+        )
+    except VerificationError as exc:
+        raise type(exc)(f"arrival {index} at {receiver}: {exc.reason}", hint=exc.hint) from exc
+    receipt = wire.decode_receipt(opened.payload, ReceiptKind.ACTIVATED)
+    if (
+        receipt.object_id != object_id
+        or receipt.migration_id != departure.migration
+        or receipt.epoch != departure.epoch
+        or receipt.host != receiver
+        or receipt.source_host != departure.host
+    ):
+        raise CustodyError(
+            f"arrival {index} (signed by {receiver}) acknowledges migration "
+            f"{receipt.migration_id} from {receipt.source_host} at epoch {receipt.epoch}, "
+            f"not departure {index} ({departure.migration} from {departure.host} at epoch "
+            f"{departure.epoch})",
+            hint="refuse the object; its custody records do not match",
+        )
+    following = lineage.entries[departure.size] if departure.size < len(lineage.entries) else None
+    if (
+        following is None
+        or following.kind is not EntryKind.REHOSTED
+        or following.host != receiver
+        or following.epoch != departure.epoch
+    ):
+        raise CustodyError(
+            f"the lineage does not record {receiver} taking {object_id} in right after "
+            f"departure {index}",
+            hint="refuse the object; an entry of its history was dropped or moved",
+        )
+
+
+def require_extends_departures(
+    lineage: Lineage,
+    checkpoints: Sequence[Checkpoint],
+    grants: Sequence[str],
+    chain: VerifiedChain | None,
+    *,
+    object_id: str,
+) -> None:
+    """Rule 4: the credentials ``grants`` extend what every departure recorded, unless a
+    renewal root names the chain recorded at the last departure it does not extend."""
+    prefixes = {credentials_digest(grants[:n]): n for n in range(len(grants) + 1)}
+    longest = len(grants)
+    for index in range(len(checkpoints) - 1, -1, -1):
+        departure = checkpoints[index]
+        recorded = lineage.entries[departure.size - 1].credentials_digest
+        length = prefixes.get(recorded)
+        if length is not None and length <= longest:
+            longest = length
+            continue
+        renewal = chain.grants[0].replaces if chain is not None else ""
+        if renewal and renewal == recorded.hex():
+            return  # the owner renewed the chain recorded here; older records are superseded
+        where = f"when {object_id} left {departure.host} (departure {index})"
+        raise CustodyError(
+            f"the grants presented do not extend the grants recorded {where}: "
+            "a narrowing made on the way was dropped",
+            hint="refuse the object; only a renewal by the owner that names the replaced "
+            "chain (rpl) may replace its grants",
+        )
