@@ -125,13 +125,12 @@ def parse_spec(document: Any, *, source: str) -> ObjectSpec:
                 source, "grant.valid_for_days", f"expected 0 < days ≤ 3650, got {days!r}", "e.g. 30"
             )
         audience = spec.get("audience")
-        listed = [audience] if isinstance(audience, str) else audience
+        listed: list[str] = []
         if audience is not None:
-            if not isinstance(listed, list) or not listed:
-                listed = [audience]
-            for one in listed:
+            candidates = audience if isinstance(audience, list) and audience else [audience]
+            for one in candidates:
                 try:
-                    parse_audience(one)
+                    listed.append(parse_audience(one))
                 except GrantFormatError as exc:
                     raise _fail(
                         source,
