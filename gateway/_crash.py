@@ -25,6 +25,8 @@ CRASH_POINTS: tuple[str, ...] = (
     "destination.before-activate",  # Commit received, nothing written
     "destination.after-activate",  # ACTIVE written, activation receipt not sent
     "destination.after-discard",  # ABORTED written, Abort not answered
+    "home.before-claim",  # custody claim verified, nothing written
+    "home.after-claim",  # custody record written, receipt not sent
 )
 
 _ARMED = frozenset(p for p in os.environ.get("GATEWAY_TEST_CRASH_AT", "").split(",") if p)

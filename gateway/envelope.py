@@ -54,6 +54,8 @@ class PayloadType:
     #: A transfer offered for a dry run (Evaluate); by its own type it can never be staged.
     PROPOSAL = "application/vnd.gateway.proposal.v1+protobuf"
     TRUST_BUNDLE = "application/vnd.gateway.trust-bundle.v1+json"
+    #: A custody home's record that one host holds an object from one epoch on.
+    CUSTODY_RECEIPT = "application/vnd.gateway.custody-receipt.v1+json"
 
 
 MAX_PAYLOAD_TYPE = 256

@@ -136,7 +136,7 @@ class Host:
             unknown=self._unknown_peer,
         )
         self.source = Source(self.context, self.peers)
-        self.destination = Destination(self.context)
+        self.destination = Destination(self.context, self.peers)
         self.recovery = Recovery(self.context, self.source, self.destination, self.peers)
         self.cycles = CycleRunner(self.context)
         self.scheduler = Scheduler(self.cycles, self.journal, config.tenants, clock=clock)

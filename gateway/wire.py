@@ -194,6 +194,11 @@ def _lineage_to_pb(lineage: Lineage) -> object_pb2.Lineage:
     )
 
 
+def encode_lineage(lineage: Lineage) -> bytes:
+    """A lineage on its own (entries, checkpoints, arrivals), e.g. kept as evidence."""
+    return bytes(_lineage_to_pb(lineage).SerializeToString())
+
+
 def _lineage_from_pb(message: object_pb2.Lineage) -> Lineage:
     try:
         return Lineage(

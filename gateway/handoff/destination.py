@@ -29,7 +29,7 @@ from gateway._crash import crash_point
 from gateway._time import format_time, to_millis
 from gateway.authority import Admission
 from gateway.blobs import delete_blob, delete_keys, write_blob
-from gateway.credentials import attenuate, audience_admits
+from gateway.credentials import attenuate, audience_admits, root_home
 from gateway.custody import require_extends_departures, verify_custody
 from gateway.errors import (
     AdmissionDeniedError,
@@ -37,6 +37,7 @@ from gateway.errors import (
     ConcurrencyError,
     CustodyError,
     ExpiredError,
+    ForkError,
     GatewayError,
     LineageError,
     MigrationAbortedError,
@@ -48,6 +49,8 @@ from gateway.errors import (
     TransferStreamError,
 )
 from gateway.handoff.context import HostContext
+from gateway.handoff.evidence import record_fork
+from gateway.handoff.home import CustodyHome, open_custody_receipt
 from gateway.handoff.journal import (
     Versioned,
     decode_counter,
@@ -59,6 +62,7 @@ from gateway.handoff.journal import (
     put_object,
 )
 from gateway.handoff.messages import Receipt, ReceiptKind, Transfer
+from gateway.handoff.peers import Peers
 from gateway.handoff.records import DestinationRecord, DestinationStep
 from gateway.lineage import Checkpoint, EntryKind, digest, verify_extends, verify_lineage
 from gateway.model import GovernedObject, LifecycleState
@@ -77,8 +81,17 @@ MAX_PROPOSAL_LIFETIME_S = 2 * 86400
 
 
 class Destination:
-    def __init__(self, context: HostContext) -> None:
+    def __init__(
+        self,
+        context: HostContext,
+        peers: Peers | None = None,
+        home: CustodyHome | None = None,
+    ) -> None:
         self.ctx = context
+        #: Reaches the source (its signed decision) and custody homes; without it this
+        #: host cannot activate objects that name a custody home.
+        self.peers = peers
+        self.home = home or CustodyHome(context)
 
     # --- Prepare ----------------------------------------------------------------------
 
@@ -213,7 +226,11 @@ class Destination:
             raise ReplayError(
                 f"transfer nonce of migration {transfer.migration_id} was already used here"
             )
-        admission, fence, expires = await self._assess(transfer, peer=peer, now=now)
+        try:
+            admission, fence, expires = await self._assess(transfer, peer=peer, now=now)
+        except ForkError as exc:
+            await record_fork(ctx, transfer, peer=peer, reason=exc.reason, at=now)
+            raise
         staged = replace(transfer.object, authority=admission.authority, authority_expires=expires)
         upload: str | None = None
         if data is not None and staged.blob is not None:
@@ -391,14 +408,25 @@ class Destination:
         ):
             raise LineageError("the data or credentials sent differ from what the lineage records")
         if previous is not None:
+            try:
+                verify_extends(
+                    obj.lineage,
+                    seen_size=len(previous.lineage),
+                    seen_root=previous.lineage.root(),
+                )
+            except LineageError as exc:
+                # Two histories of one object that do not extend each other: one of them
+                # comes from a copy that should not exist (a stale copy sent on).
+                raise ForkError(
+                    f"{obj.object_id} arrives with a history that diverges from the copy held "
+                    f"here ({previous.state.value}): {exc.reason}",
+                    hint="the arriving copy is refused and kept as evidence; see `gateway forks`",
+                ) from exc
             if previous.state is not LifecycleState.MOVED:
                 raise ObjectStateError(
                     f"{obj.object_id} is {previous.state.value} here already; refusing a second live copy",
                     hint="find out how two hosts came to hold it before moving it again",
                 )
-            verify_extends(
-                obj.lineage, seen_size=len(previous.lineage), seen_root=previous.lineage.root()
-            )
         return verified.checkpoints
 
     @staticmethod
@@ -451,6 +479,7 @@ class Destination:
             raise ObjectStateError(
                 f"{record.object_id} is {current.value.state.value} here already; refusing a second live copy"
             )
+        await self._claim_custody(record, peer)
         crash_point("destination.before-activate")
         receipt = self._receipt(
             ReceiptKind.ACTIVATED,
@@ -497,6 +526,43 @@ class Destination:
         crash_point("destination.after-activate")
         ctx.on_active(live)
         return receipt
+
+    async def _claim_custody(self, record: DestinationRecord, peer: str) -> None:
+        """For an object whose root names a custody home: claim custody there with the
+        source's signed departure and its signed COMMITTED decision, and go on only with
+        the home's signed receipt for exactly this epoch (gateway.handoff.home)."""
+        ctx = self.ctx
+        staged = record.staged
+        assert staged is not None
+        home = root_home(staged.grants)
+        if not home:
+            return
+        departure = wire.encode_envelope(staged.lineage.checkpoints[-1])
+        if self.peers is None:
+            raise CustodyError(
+                f"{ctx.host} cannot reach the custody home {home} of {record.object_id}"
+            )
+        decision = await self.peers.client(peer).decision(record.migration_id)
+        try:
+            if home == ctx.host:
+                receipt = await self.home.claim(departure, decision, peer=ctx.host)
+            else:
+                receipt = await self.peers.client(home).claim(departure, decision)
+        except ForkError as exc:
+            raise ForkError(
+                f"custody home {home} refused {record.object_id} at epoch {staged.epoch}: "
+                f"{exc.reason}",
+                hint="the staged copy stays staged and never goes live; see `gateway forks` "
+                "on the home",
+            ) from exc
+        open_custody_receipt(
+            ctx,
+            receipt,
+            home=home,
+            object_id=record.object_id,
+            epoch=staged.epoch,
+            migration=record.migration_id,
+        )
 
     def _attenuated(self, staged: GovernedObject, *, at: datetime) -> GovernedObject:
         """With ``handoff.attenuate_on_rehost``, a host that is the audience of the object's

@@ -35,6 +35,10 @@ class PeerClient(Protocol):
         """The source's signed answer (see gateway.handoff.source.open_decision)."""
         ...
 
+    async def claim(self, departure: bytes, decision: bytes) -> bytes:
+        """Claim custody at a custody home; returns its signed custody receipt."""
+        ...
+
     async def evaluate(self, proposal: bytes) -> Evaluation:
         """The peer's dry-run answer for a serialized proposal envelope."""
         ...

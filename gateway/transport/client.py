@@ -145,6 +145,16 @@ class GrpcPeerClient:
             raise HandoffError(f"{self.peer.id} gave no signed decision for {migration_id}")
         return response.decision
 
+    async def claim(self, departure: bytes, decision: bytes) -> bytes:
+        response: gateway_pb2.ClaimResponse = await self._call(
+            "Claim",
+            self.stub.Claim,
+            gateway_pb2.ClaimRequest(departure=departure, decision=decision),
+        )
+        if not response.receipt:
+            raise HandoffError(f"{self.peer.id} gave no custody receipt")
+        return response.receipt
+
     async def evaluate(self, proposal: bytes) -> Evaluation:
         response: gateway_pb2.EvaluateResponse = await self._call(
             "Evaluate", self.stub.Evaluate, gateway_pb2.EvaluateRequest(proposal=proposal)

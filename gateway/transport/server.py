@@ -119,6 +119,17 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
 
         return await self._answer(context, "Decision", handle)
 
+    async def Claim(
+        self, request: gateway_pb2.ClaimRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.ClaimResponse:
+        async def handle(peer: str) -> gateway_pb2.ClaimResponse:
+            receipt = await self.destination.home.claim(
+                request.departure, request.decision, peer=peer
+            )
+            return gateway_pb2.ClaimResponse(receipt=receipt)
+
+        return await self._answer(context, "Claim", handle)
+
     async def Evaluate(
         self, request: gateway_pb2.EvaluateRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.EvaluateResponse:

@@ -64,6 +64,11 @@ class GatewayStub:
                 request_serializer=gateway_dot_v1_dot_gateway__pb2.EvaluateRequest.SerializeToString,
                 response_deserializer=gateway_dot_v1_dot_gateway__pb2.EvaluateResponse.FromString,
                 _registered_method=True)
+        self.Claim = channel.unary_unary(
+                '/gateway.v1.Gateway/Claim',
+                request_serializer=gateway_dot_v1_dot_gateway__pb2.ClaimRequest.SerializeToString,
+                response_deserializer=gateway_dot_v1_dot_gateway__pb2.ClaimResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -111,6 +116,15 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Claim(self, request, context):
+        """Custody home: a receiver claims custody of an object for the epoch it received, with
+        the sender's signed departure and signed COMMITTED decision; the home answers with
+        its signed custody receipt, or refuses a second claim for the object (a fork).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +157,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.Evaluate,
                     request_deserializer=gateway_dot_v1_dot_gateway__pb2.EvaluateRequest.FromString,
                     response_serializer=gateway_dot_v1_dot_gateway__pb2.EvaluateResponse.SerializeToString,
+            ),
+            'Claim': grpc.unary_unary_rpc_method_handler(
+                    servicer.Claim,
+                    request_deserializer=gateway_dot_v1_dot_gateway__pb2.ClaimRequest.FromString,
+                    response_serializer=gateway_dot_v1_dot_gateway__pb2.ClaimResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +326,33 @@ class Gateway:
             '/gateway.v1.Gateway/Evaluate',
             gateway_dot_v1_dot_gateway__pb2.EvaluateRequest.SerializeToString,
             gateway_dot_v1_dot_gateway__pb2.EvaluateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Claim(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gateway.v1.Gateway/Claim',
+            gateway_dot_v1_dot_gateway__pb2.ClaimRequest.SerializeToString,
+            gateway_dot_v1_dot_gateway__pb2.ClaimResponse.FromString,
             options,
             channel_credentials,
             insecure,

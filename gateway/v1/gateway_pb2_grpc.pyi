@@ -46,6 +46,11 @@ class GatewayStub:
     """Destination -> source: what became of this migration? Unknown means aborted."""
     Evaluate: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.EvaluateRequest, _gateway_pb2.EvaluateResponse]
     """Source -> destination: what would you grant this object? Nothing is staged."""
+    Claim: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ClaimRequest, _gateway_pb2.ClaimResponse]
+    """Custody home: a receiver claims custody of an object for the epoch it received, with
+    the sender's signed departure and signed COMMITTED decision; the home answers with
+    its signed custody receipt, or refuses a second claim for the object (a fork).
+    """
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -62,6 +67,11 @@ class GatewayAsyncStub(GatewayStub):
     """Destination -> source: what became of this migration? Unknown means aborted."""
     Evaluate: _aio.UnaryUnaryMultiCallable[_gateway_pb2.EvaluateRequest, _gateway_pb2.EvaluateResponse]  # type: ignore[assignment]
     """Source -> destination: what would you grant this object? Nothing is staged."""
+    Claim: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ClaimRequest, _gateway_pb2.ClaimResponse]  # type: ignore[assignment]
+    """Custody home: a receiver claims custody of an object for the epoch it received, with
+    the sender's signed departure and signed COMMITTED decision; the home answers with
+    its signed custody receipt, or refuses a second claim for the object (a fork).
+    """
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -111,5 +121,16 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.EvaluateResponse, _abc.Awaitable[_gateway_pb2.EvaluateResponse]]:
         """Source -> destination: what would you grant this object? Nothing is staged."""
+
+    @_abc_1.abstractmethod
+    def Claim(
+        self,
+        request: _gateway_pb2.ClaimRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ClaimResponse, _abc.Awaitable[_gateway_pb2.ClaimResponse]]:
+        """Custody home: a receiver claims custody of an object for the epoch it received, with
+        the sender's signed departure and signed COMMITTED decision; the home answers with
+        its signed custody receipt, or refuses a second claim for the object (a fork).
+        """
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
