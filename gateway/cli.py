@@ -654,6 +654,46 @@ def cmd_events(args: argparse.Namespace) -> int:
     return asyncio.run(_with_host(args, run))
 
 
+def cmd_forks(args: argparse.Namespace) -> int:
+    """Diverging copies this host refused, with the evidence it kept."""
+    from gateway.handoff.evidence import list_forks
+
+    async def run(host: Host) -> int:
+        forks = await list_forks(host.store)
+        if args.output == "json":
+            print(
+                json.dumps(
+                    [
+                        {
+                            "object_id": f.object_id,
+                            "tenant": f.tenant,
+                            "sender": f.sender,
+                            "migration": f.migration,
+                            "epoch": f.epoch,
+                            "seen_at": f.seen_at,
+                            "reason": f.reason,
+                            "lineage_bytes": len(f.lineage),
+                        }
+                        for f in forks
+                    ],
+                    indent=2,
+                )
+            )
+            return 0
+        if not forks:
+            out.print("no forks seen on this host")
+            return 0
+        table = Table(title="diverging copies refused (evidence kept)")
+        for column in ("object", "from", "epoch", "seen", "reason"):
+            table.add_column(column, overflow="fold")
+        for f in forks:
+            table.add_row(f.object_id, f.sender, str(f.epoch), f.seen_at, f.reason)
+        out.print(table)
+        return 0
+
+    return asyncio.run(_with_host(args, run))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -811,6 +851,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     events.add_argument("--object", help="only this object's events")
     events.set_defaults(handler=cmd_events)
+
+    forks = commands.add_parser(
+        "forks",
+        parents=[common],
+        help="diverging copies of objects this host refused, and the evidence it kept",
+    )
+    forks.add_argument(
+        "-o", "--output", choices=["table", "json"], default="table", help="output format"
+    )
+    forks.set_defaults(handler=cmd_forks)
 
     export = commands.add_parser(
         "export",
