@@ -320,9 +320,10 @@ def verify_grant(
         ) from exc
     # A retired key's grants stand if it signed them before its retirement: judged at
     # the grant's iat, which the signature checked below covers (a malformed iat is
-    # refused with the other claims).
+    # refused with the other claims). iat is whole seconds, rounded down: take the last
+    # moment of that second, so a grant signed just after the retirement is not let in.
     iat = claims.get("iat")
-    signed_at = _time(iat, "iat") if type(iat) is int else None
+    signed_at = _time(iat + 1, "iat") - timedelta(microseconds=1) if type(iat) is int else None
     keys = trust.keys_for_host(issuer, purpose=Purpose.GRANT, at=at, signed_at=signed_at)
     if keys.bundle.key(kid) is None:
         others = [
