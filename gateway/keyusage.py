@@ -26,7 +26,7 @@ from gateway.errors import BadSignatureError, GatewayError
 from gateway.handoff.journal import Journal
 from gateway.keys import KeyRecord
 from gateway.lineage import Checkpoint
-from gateway.model import GovernedObject
+from gateway.model import GovernedObject, LifecycleState
 from gateway.stores import StateStore
 
 
@@ -92,7 +92,11 @@ async def objects_signed_by(
                     KeyUse(
                         object_id=obj.object_id,
                         tenant=tenant,
-                        state=obj.state.value,
+                        state=(
+                            f"moved to {obj.moved_to}"
+                            if obj.state is LifecycleState.MOVED
+                            else obj.state.value
+                        ),
                         signed=signed,
                     )
                 )
