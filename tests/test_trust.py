@@ -49,7 +49,9 @@ from gateway.keyring import (
     revoke_key,
 )
 from gateway.keys import Algorithm, KeyRecord, Purpose, Signer
+from gateway.keyusage import signed_by
 from gateway.lineage import EntryKind, Lineage, verify_lineage
+from gateway.model import new_object
 from gateway.trust import (
     TrustBundle,
     TrustStore,
@@ -828,3 +830,34 @@ def test_retirement_reaches_peers_through_export_and_import(fresh_keyring: Keyri
         verify_lineage(
             _checkpointed(old_signer, at=RETIRED_AT), object_id=OBJECT_A, trust=trust, sealed=True
         )
+
+
+def test_key_use_finds_checkpoints_and_grants_a_key_signed(org_a: Domain) -> None:
+    """What `gateway keys revoke` lists: each checkpoint and grant of an object that the
+    key signed, by key id or (no key id) by signature; nothing another key signed."""
+    granter, _ = _grant_bundle(org_a)
+    other = Signer.generate()
+    obj = new_object(
+        OBJECT_A,
+        tenant="default",
+        data=b"{}",
+        content_type="application/json",
+        host=HOST_A,
+        at=NOW,
+        grants=(_grant(granter, at=NOW),),
+    )
+    sealed = obj.lineage.sealed(
+        object_id=OBJECT_A, host=HOST_A, epoch=0, at=NOW, signer=org_a.envelope_key
+    )
+    anonymous = replace(
+        sealed.checkpoints[0],
+        signatures=tuple(replace(s, keyid="") for s in sealed.checkpoints[0].signatures),
+    )
+    carried = replace(obj, lineage=replace(sealed, checkpoints=(*sealed.checkpoints, anonymous)))
+    by_envelope_key = signed_by(carried, _record(org_a.envelope_key, Purpose.ENVELOPE))
+    assert by_envelope_key == (
+        f"lineage checkpoint 0 by {HOST_A}",
+        f"lineage checkpoint 1 by {HOST_A}",
+    )
+    assert signed_by(carried, _record(granter, Purpose.GRANT))[0].startswith("grant 0 (")
+    assert signed_by(carried, _record(other, Purpose.ENVELOPE)) == ()
