@@ -25,7 +25,7 @@ from rich.table import Table
 
 from gateway._time import SystemClock, format_time
 from gateway.blobs import CHUNK_BYTES
-from gateway.config import load_config
+from gateway.config import Config, load_config
 from gateway.errors import (
     ConcurrencyError,
     ConfigError,
@@ -34,8 +34,16 @@ from gateway.errors import (
     UnknownPeerError,
 )
 from gateway.identity import HostId, ObjectId
-from gateway.keyring import add_key, init_keys, load_keyring, revoke_key
-from gateway.keys import Algorithm
+from gateway.keyring import (
+    Keyring,
+    add_key,
+    find_key,
+    init_keys,
+    load_keyring,
+    retire_key,
+    revoke_key,
+)
+from gateway.keys import Algorithm, KeyRecord, Purpose
 from gateway.lineage import EntryKind, verify_lineage
 from gateway.model import CycleState, GovernedObject, LifecycleState
 from gateway.objectspec import load_spec
@@ -44,6 +52,7 @@ from gateway.runtime.outbox import Event, list_events
 if TYPE_CHECKING:
     # Imported where used: it costs ~200 ms, which commands without a host need not pay.
     from gateway.host import Host
+    from gateway.keyusage import KeyUse
 
 T = TypeVar("T")
 
@@ -338,11 +347,99 @@ def cmd_keys_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _signing_now(keyring: Keyring, record: KeyRecord, fallback: str) -> None:
+    """Say which key each host the retired/revoked key served signs with from now on."""
+    now = SystemClock().now()
+    for host in sorted(record.hosts) or [fallback]:
+        try:
+            signer = keyring.signer_for(Purpose.ENVELOPE, host=host, at=now)
+        except ConfigError as exc:
+            # Not an error of this command: the key is out, and the host must get a new one.
+            out.print(f"warning: {exc.reason}", markup=False)
+            out.print(f"  what to do: {exc.hint}", markup=False)
+            continue
+        out.print(f"{host} signs with key {signer.key_id[:16]} from now on")
+
+
+def cmd_keys_retire(args: argparse.Namespace) -> int:
+    config = load_config(_config_path(args))
+    before = find_key(load_keyring(config.keys), args.key_id)
+    if before.revoked:
+        out.print(f"key {before.key_id[:16]} is revoked already; nothing to retire")
+        return 0
+    if before.retired_at is not None:
+        out.print(
+            f"key {before.key_id[:16]} is retired already, since {format_time(before.retired_at)}"
+        )
+        return 0
+    keyring, record = retire_key(config.keys, before.key_id, at=SystemClock().now())
+    assert record.retired_at is not None
+    out.print(
+        f"retired key {record.key_id[:16]} at {format_time(record.retired_at)}; bundle sequence "
+        f"{keyring.bundle.sequence}. It signs nothing from now on; what it signed before "
+        "stays valid."
+    )
+    _signing_now(keyring, record, str(config.host))
+    out.print(
+        "next: export the bundle to every peer (`gateway trust export`), and restart "
+        "`gateway serve` on this domain's hosts (a running server keeps the key it loaded)"
+    )
+    out.print(
+        f"then delete {config.keys / (record.key_id + '.key')}: whoever holds a retired key "
+        "can still backdate signatures with it. If it may have leaked, revoke it instead.",
+        markup=False,
+    )
+    return 0
+
+
+async def _key_uses(config: Config, record: KeyRecord) -> list[KeyUse]:
+    # The store directly, not Host.open: a host whose only key is being revoked cannot
+    # open (it has nothing to sign with), but its objects must still be listed.
+    from gateway.host import open_store
+    from gateway.keyusage import objects_signed_by
+
+    store = await open_store(config)
+    try:
+        return await objects_signed_by(store, config.tenants, record)
+    finally:
+        await store.close()
+
+
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     config = load_config(_config_path(args))
-    keyring = revoke_key(config.keys, args.key_id, at=SystemClock().now())
+    record = find_key(load_keyring(config.keys), args.key_id)
+    uses = asyncio.run(_key_uses(config, record))
+    name = f"key {record.key_id[:16]}"
+    if args.dry_run:
+        out.print(f"dry run: nothing changed. Revoking {name} would affect:")
+    elif record.revoked:
+        out.print(f"{name} is revoked already; the objects here that it signed:")
+    else:
+        keyring = revoke_key(config.keys, record.key_id, at=SystemClock().now())
+        out.print(
+            f"revoked {name}; bundle sequence {keyring.bundle.sequence}. Export it "
+            "(`gateway trust export`) and send it to every peer now, and restart "
+            "`gateway serve` on this domain's hosts."
+        )
+        _signing_now(keyring, record, str(config.host))
+        out.print("affected objects on this host:")
+    for use in uses:
+        out.print(f"  {use.render()}", markup=False)
+    if not uses:
+        out.print("  none: no object stored here carries a signature by this key")
+        return 0
     out.print(
-        f"revoked; bundle sequence {keyring.bundle.sequence}. Export and send it to every peer now."
+        f"{len(uses)} object(s) carry signatures by {name}. Every host that imports the "
+        "revoking bundle (this one too) refuses them: they cannot move, and their grants "
+        "give no authority.",
+        markup=False,
+    )
+    out.print(
+        "what to do: a revoked signature cannot be renewed in place; have the grant's issuer "
+        "issue a new one, or recreate the object from its data (`gateway object create`). "
+        "If the key was replaced but never leaked, retire it (`gateway keys retire`) instead: "
+        "what it signed before stays valid.",
+        markup=False,
     )
     return 0
 
@@ -360,7 +457,12 @@ def _print_keys(records: Sequence[Any], private: set[str] | None = None) -> None
     for column in ("key id", "algorithm", "purposes", "hosts", "valid until", "status"):
         table.add_column(column, overflow="fold")
     for record in records:
-        status = "revoked" if record.revoked else "ok"
+        if record.revoked:
+            status = "revoked"
+        elif record.retired_at is not None:
+            status = f"retired {format_time(record.retired_at)}"
+        else:
+            status = "ok"
         if private is not None and record.key_id in private:
             status += ", private key here"
         table.add_row(
@@ -789,8 +891,24 @@ def build_parser() -> argparse.ArgumentParser:
     keys_add.add_argument("--host", help="host id the key signs for (default: this host)")
     keys_add.add_argument("--algorithm", default="ed25519", choices=algorithms)
     keys_add.set_defaults(handler=cmd_keys_add)
-    keys_revoke = keys.add_parser("revoke", parents=[common], help="revoke a key")
+    keys_retire = keys.add_parser(
+        "retire",
+        parents=[common],
+        help="stop signing with a key; what it signed before stays valid",
+    )
+    keys_retire.add_argument("key_id", help="key id or a unique prefix of it")
+    keys_retire.set_defaults(handler=cmd_keys_retire)
+    keys_revoke = keys.add_parser(
+        "revoke",
+        parents=[common],
+        help="distrust a key and everything it ever signed (for a leaked key)",
+    )
     keys_revoke.add_argument("key_id", help="key id or a unique prefix of it")
+    keys_revoke.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only list the objects here that a revocation would strand",
+    )
     keys_revoke.set_defaults(handler=cmd_keys_revoke)
     keys_list = keys.add_parser("list", parents=[common], help="list the domain's keys")
     keys_list.set_defaults(handler=cmd_keys_list)

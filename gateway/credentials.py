@@ -70,6 +70,7 @@ from gateway.errors import (
     RootIssuerError,
     SubjectMismatchError,
     UntrustedKeyError,
+    VerificationError,
     WideningError,
 )
 from gateway.identity import HostId, ObjectId, trust_domain_problem
@@ -420,7 +421,13 @@ def verify_grant(
         raise GrantFormatError(
             f"grant claim 'iss' is not a host id: {exc.reason}", hint=exc.hint
         ) from exc
-    keys = trust.keys_for_host(issuer, purpose=Purpose.GRANT, at=at)
+    # A retired key's grants stand if it signed them before its retirement: judged at
+    # the grant's iat, which the signature checked below covers (a malformed iat is
+    # refused with the other claims). iat is whole seconds, rounded down: take the last
+    # moment of that second, so a grant signed just after the retirement is not let in.
+    iat = claims.get("iat")
+    signed_at = _time(iat + 1, "iat") - timedelta(microseconds=1) if type(iat) is int else None
+    keys = trust.keys_for_host(issuer, purpose=Purpose.GRANT, at=at, signed_at=signed_at)
     if keys.bundle.key(kid) is None:
         others = [
             d for d, b in trust.bundles.items() if d != host.trust_domain and b.key(kid) is not None
@@ -430,7 +437,15 @@ def verify_grant(
             f"grant kid {kid[:16]} is not a key of the issuer's domain {host.trust_domain}{where}",
             hint="a grant must be signed by a key of the domain that issues it",
         )
-    record = keys.resolve(kid)
+    try:
+        record = keys.resolve(kid)
+    except VerificationError as exc:
+        # Name what the key signed: the grant and the object it is for (unverified text
+        # from the grant, so only short strings are echoed).
+        jti, sub = (claims.get(name) for name in ("jti", "sub"))
+        label = jti[:64] if isinstance(jti, str) else "?"
+        subject = sub[:256] if isinstance(sub, str) else "?"
+        raise type(exc)(f"grant {label} for {subject}: {exc.reason}", hint=exc.hint) from exc
     if alg != record.algorithm.jose:
         raise GrantAlgorithmError(
             f"grant says alg {alg!r}, but key {kid[:16]} is {record.algorithm.value} ({record.algorithm.jose})",

@@ -84,6 +84,10 @@ class ExpiredError(VerificationError):
     """Outside its validity window: expired, not yet valid, or too far in the future."""
 
 
+class RetiredKeyError(ExpiredError):
+    """Signed by a key at or after its retirement (what it signed before still stands)."""
+
+
 class ReplayError(VerificationError):
     """A message that was already accepted once is presented again."""
 

@@ -7,9 +7,13 @@ Layout of a keys directory (one per trust domain; it may hold keys of several ho
 ``<key id>.key``        one private key (PKCS#8 PEM, mode 0600), named by its key id
 =====================  ===================================================================
 
-Every change (a new key, a revocation) writes a bundle with the next sequence number,
-which peers must import to see it. Private keys never leave this directory: bundles,
-exports and logs carry only public key records.
+Every change (a new key, a retirement, a revocation) writes a bundle with the next
+sequence number, which peers must import to see it. Private keys never leave this
+directory: bundles, exports and logs carry only public key records.
+
+Retiring and revoking are one-way here as in :func:`gateway.trust.accept_bundle`: a
+retired key is never chosen to sign again (whatever its ``retired_at``), and a key is
+never un-revoked. Neither may leave the domain unable to sign its next bundle.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from gateway._time import format_time
 from gateway.errors import ConfigError, TrustError
-from gateway.keys import Algorithm, Purpose, Signer
+from gateway.keys import Algorithm, KeyRecord, Purpose, Signer
 from gateway.trust import TrustBundle, decode_bundle, encode_bundle, new_bundle, sign_bundle
 
 BUNDLE_FILE = "bundle.json"
@@ -37,13 +42,22 @@ class Keyring:
 
     def signer_for(self, purpose: Purpose, *, host: str, at: datetime) -> Signer:
         """The newest usable key for ``purpose`` by ``host`` whose private half is here."""
-        # The purpose, revocation, host and validity rules peers verify with, in bundle order.
+        # The purpose, revocation, host and validity rules peers verify with, in bundle order;
+        # a retired key never signs again, even if its retirement time is still ahead.
         keys = self.bundle.resolver(purpose=purpose, host=host, at=at).all()
-        usable = [record for record in keys if record.key_id in self.signers]
+        usable = [r for r in keys if r.key_id in self.signers and r.retired_at is None]
         if not usable:
+            # Say why each of the host's keys is out, so "retired my only key" reads as that.
+            reasons = [
+                f"{r.key_id[:16]} {_state(r, at)}"
+                for r in self.bundle.keys
+                if purpose in r.purposes and (not r.hosts or host in r.hosts)
+            ]
+            listed = f" (its keys: {', '.join(reasons)})" if reasons else ""
             raise ConfigError(
-                f"{self.directory}: no usable {purpose.value} key for {host}",
-                hint=f"create one with `gateway keys add --host {host}`",
+                f"{self.directory}: no usable {purpose.value} key for {host}{listed}",
+                hint=f"add a new key with `gateway keys add --host {host}`, then export the "
+                "bundle to every peer (`gateway trust export`)",
             )
         newest = max(usable, key=lambda r: r.valid_from)
         return self.signers[newest.key_id]
@@ -52,7 +66,7 @@ class Keyring:
         return [
             self.signers[r.key_id]
             for r in self.bundle.resolver(purpose=Purpose.BUNDLE, host=None, at=at).all()
-            if r.key_id in self.signers
+            if r.key_id in self.signers and r.retired_at is None
         ]
 
     def export(self, at: datetime) -> bytes:
@@ -143,20 +157,74 @@ def add_key(
     return load_keyring(directory), signer
 
 
+def _state(record: KeyRecord, at: datetime) -> str:
+    if record.revoked:
+        return "revoked"
+    if record.retired_at is not None:
+        return f"retired at {format_time(record.retired_at)}"
+    if not record.valid_at(at):
+        return "outside its validity"
+    return "private key not here"
+
+
+def find_key(keyring: Keyring, key_id: str) -> KeyRecord:
+    """The one key record whose id starts with ``key_id`` (as `gateway keys list` shows it)."""
+    prefix = key_id.strip().rstrip("…").lower()
+    matches = [r for r in keyring.bundle.keys if prefix and r.key_id.startswith(prefix)]
+    if len(matches) != 1:
+        raise ConfigError(
+            f"key id {key_id!r} matches {len(matches)} keys in {keyring.directory}",
+            hint="give more of the key id (see `gateway keys list`)",
+        )
+    return matches[0]
+
+
+def _replace_record(keyring: Keyring, record: KeyRecord, *, at: datetime, action: str) -> Keyring:
+    """Write the next bundle with ``record`` changed, if the domain can still sign bundles."""
+    try:
+        bundle = keyring.bundle.with_key(record, issued_at=at)
+    except TrustError as exc:  # a threshold that the remaining keys cannot meet
+        raise ConfigError(
+            f"cannot {action} key {record.key_id[:16]}: {exc.reason}", hint=exc.hint
+        ) from exc
+    # Peers accept the next bundle only if it is signed by bundle keys; leaving fewer
+    # usable ones here than the threshold would make this the domain's last bundle.
+    remaining = Keyring(directory=keyring.directory, bundle=bundle, signers=keyring.signers)
+    if Purpose.BUNDLE in record.purposes and (
+        len(remaining.bundle_signers(at)) < bundle.bundle_threshold
+    ):
+        raise ConfigError(
+            f"cannot {action} key {record.key_id[:16]}: it is the last bundle key here, and "
+            "without one the domain can never publish another bundle (not even this change)",
+            hint="keep it; a bundle key signs only bundles, so retire or revoke the host's "
+            "signing keys instead",
+        )
+    _write_bundle(keyring.directory, bundle)
+    return load_keyring(keyring.directory)
+
+
+def retire_key(directory: Path, key_id: str, *, at: datetime) -> tuple[Keyring, KeyRecord]:
+    """Retire a key in the next bundle: it signs nothing from ``at`` on, and peers that
+    import the bundle refuse its newer signatures, but what it signed before stays valid.
+
+    Returns the keyring and the key's record as it now stands (an already retired or
+    revoked key is left as it is: retiring never moves a retirement later).
+    """
+    keyring = load_keyring(directory)
+    record = find_key(keyring, key_id)
+    if record.revoked or record.retired_at is not None:
+        return keyring, record
+    retired = replace(record, retired_at=at)
+    return _replace_record(keyring, retired, at=at, action="retire"), retired
+
+
 def revoke_key(directory: Path, key_id: str, *, at: datetime) -> Keyring:
     """Mark a key revoked in the next bundle; peers refuse its signatures once they import it."""
     keyring = load_keyring(directory)
-    matches = [r for r in keyring.bundle.keys if r.key_id.startswith(key_id)]
-    if len(matches) != 1:
-        raise ConfigError(
-            f"key id {key_id!r} matches {len(matches)} keys in {directory}",
-            hint="give more of the key id (see `gateway keys list`)",
-        )
-    record = matches[0]
+    record = find_key(keyring, key_id)
     if record.revoked:
         return keyring
-    _write_bundle(directory, keyring.bundle.with_key(replace(record, revoked=True), issued_at=at))
-    return load_keyring(directory)
+    return _replace_record(keyring, replace(record, revoked=True), at=at, action="revoke")
 
 
 def load_keyring(directory: Path) -> Keyring:

@@ -162,6 +162,15 @@ class KeyRecord:
 
     ``hosts`` limits the key to the listed host ids of its trust domain; empty means
     any host of the domain. ``valid_until`` of ``None`` means no planned expiry.
+
+    Two ways to stop using a key, with different meanings for what it already signed:
+
+    * ``retired_at``: the key signs nothing from that moment on, but signatures made
+      before it still verify (a checkpoint by its signed ``issued_at``, a grant by its
+      ``iat``). For a key that is merely replaced: objects it vouched for stay movable.
+      Whoever still holds the private key can backdate a signature, so a key that may
+      have leaked must be revoked instead.
+    * ``revoked``: everything the key ever signed is distrusted.
     """
 
     key_id: str
@@ -171,6 +180,7 @@ class KeyRecord:
     hosts: frozenset[str] = frozenset()
     valid_from: datetime
     valid_until: datetime | None = None
+    retired_at: datetime | None = None  #: signs nothing from then on; older signatures stand
     revoked: bool = False
     _key: PublicKey = field(init=False, repr=False, compare=False)
 
@@ -201,8 +211,9 @@ class KeyRecord:
             raise TrustError(
                 f"key {self.key_id[:16]} has no purposes", hint="list what it may sign"
             )
-        if self.valid_from.tzinfo is None or (
-            self.valid_until is not None and self.valid_until.tzinfo is None
+        if any(
+            moment is not None and moment.tzinfo is None
+            for moment in (self.valid_from, self.valid_until, self.retired_at)
         ):
             raise TrustError(f"key {self.key_id[:16]} has a validity time without a time zone")
         object.__setattr__(self, "_key", key)
@@ -231,6 +242,10 @@ class KeyRecord:
 
     def valid_at(self, moment: datetime) -> bool:
         return self.valid_from <= moment and (self.valid_until is None or moment < self.valid_until)
+
+    def retired_by(self, moment: datetime) -> bool:
+        """Whether a signature made at ``moment`` comes after the key's retirement."""
+        return self.retired_at is not None and moment >= self.retired_at
 
     def verify(
         self,

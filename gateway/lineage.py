@@ -414,8 +414,10 @@ def verify_lineage(
         except VerificationError as exc:
             raise type(exc)(f"checkpoint {index} by {host}: {exc.reason}", hint=exc.hint) from exc
         checkpoint = Checkpoint.decode(verified.payload)
-        # Keys rotate: a checkpoint is good if its key was valid when it was signed
-        # (and is not revoked, which resolving above already refused).
+        # Keys rotate: a checkpoint is good if its key was valid, and not yet retired, when
+        # it was signed (its signed issued_at), so retiring a key strands nothing it
+        # vouched for. Revoked keys were refused when resolving above: revocation
+        # distrusts the past too.
         for key_id in verified.key_ids:
             record = keys.resolve(key_id)
             if not record.valid_at(checkpoint.issued_at):
@@ -423,6 +425,9 @@ def verify_lineage(
                     f"checkpoint {index} by {host} was signed at {format_time(checkpoint.issued_at)}, "
                     f"outside the validity of key {key_id[:16]}"
                 )
+            keys.check_not_retired(
+                record, checkpoint.issued_at, what=f"checkpoint {index} by {host} of {object_id}"
+            )
         if checkpoint.object_id != object_id:
             raise LineageError(f"checkpoint {index} is for {checkpoint.object_id}, not {object_id}")
         if checkpoint.host != host:

@@ -13,6 +13,12 @@ Invariants this module keeps:
 * **A key is usable only** for the purposes, hosts and validity window its record
   lists, and never once revoked. An empty set of usable keys is an error naming the
   domain, not a silent "nothing to check".
+* **Retired is not revoked.** A retired key verifies only what it signed before its
+  ``retired_at`` (judged at the signed time: a checkpoint's ``issued_at``, a grant's
+  ``iat``; for anything else, at the moment of verification); a revoked key verifies
+  nothing. Retiring and revoking are one-way: a newer bundle keeps a retired or
+  revoked key listed, never retired later than before, never un-revoked
+  (:class:`RollbackError`), so peers that imported it can never be talked out of it.
 
 No I/O: bundles come in and go out as bytes; the host decides where they live.
 """
@@ -33,6 +39,7 @@ from gateway._time import format_time, parse_time
 from gateway.errors import (
     EnvelopeError,
     ExpiredError,
+    RetiredKeyError,
     RevokedKeyError,
     RollbackError,
     TrustError,
@@ -53,6 +60,7 @@ _KEY_FIELDS = frozenset(
         "hosts",
         "valid_from",
         "valid_until",
+        "retired_at",
         "revoked",
     }
 )
@@ -96,11 +104,17 @@ class TrustBundle:
             ("envelope_threshold", self.envelope_threshold, Purpose.ENVELOPE),
             ("bundle_threshold", self.bundle_threshold, Purpose.BUNDLE),
         ):
-            usable = [k for k in self.keys if purpose in k.purposes and not k.revoked]
+            # A retired key signs nothing new, so it cannot help meet a threshold either.
+            usable = [
+                k
+                for k in self.keys
+                if purpose in k.purposes and not k.revoked and k.retired_at is None
+            ]
             if threshold < 1 or threshold > max(1, len(usable)):
                 raise TrustError(
                     f"bundle for {self.trust_domain}: {name} {threshold} cannot be met by "
-                    f"{len(usable)} unrevoked {purpose.value} key(s)"
+                    f"{len(usable)} unretired, unrevoked {purpose.value} key(s)",
+                    hint="add a key (`gateway keys add`) before retiring or revoking one",
                 )
 
     def key(self, key_id: str) -> KeyRecord | None:
@@ -128,6 +142,9 @@ class DomainKeys:
     purpose: Purpose
     host: str | None
     at: datetime | None  #: None: the caller checks validity itself, at the signing time
+    #: When the signature was made, if the signed message says so (a grant's ``iat``):
+    #: retirement is judged then. None: judged at ``at``, or by the caller if that is None.
+    signed_at: datetime | None = None
 
     def resolve(self, key_id: str) -> KeyRecord:
         domain = self.bundle.trust_domain
@@ -151,12 +168,36 @@ class DomainKeys:
             usable.append(record)
         return usable
 
+    def check_not_retired(self, record: KeyRecord, signed_at: datetime, *, what: str) -> None:
+        """Refuse ``what``, signed by ``record`` at ``signed_at``, if the key was retired
+        by then. For callers that resolved with ``at=None`` and read the signing time
+        from the verified payload (lineage checkpoints)."""
+        if record.retired_by(signed_at):
+            raise self._retired(record, signed_at, what=what)
+
+    def _retired(self, record: KeyRecord, signed_at: datetime, *, what: str) -> RetiredKeyError:
+        assert record.retired_at is not None
+        return RetiredKeyError(
+            f"{what} is signed at {format_time(signed_at)} by key {record.key_id[:16]} of "
+            f"{self.bundle.trust_domain}, which was retired at {format_time(record.retired_at)} "
+            "and signs nothing after that",
+            hint=f"{self.bundle.trust_domain} must sign with its current key: restart its "
+            "`gateway serve` after `gateway keys add`/`retire`, and import its newest bundle here",
+        )
+
     def _check(self, record: KeyRecord) -> None:
         domain = self.bundle.trust_domain
         name = f"key {record.key_id[:16]} of {domain}"
         if record.revoked:
+            # Revocation distrusts the past too: every checkpoint, grant and envelope the
+            # key ever signed. Say so, and what the people involved can do about it.
             raise RevokedKeyError(
-                f"{name} is revoked", hint="anything it signs is refused; ask the peer to re-sign"
+                f"{name} is revoked: everything it signed (lineage checkpoints, grants, "
+                "transfers) is refused",
+                hint=f"what it signed must be signed again with a current key of {domain}: "
+                "ask its owner to re-issue the grant or recreate the object; if the key was "
+                "replaced but never leaked, it should have been retired "
+                "(`gateway keys retire`), which keeps its old signatures valid",
             )
         if self.purpose not in record.purposes:
             raise UntrustedKeyError(
@@ -172,6 +213,9 @@ class DomainKeys:
                 f"not at {format_time(self.at)}",
                 hint="check both hosts' clocks, or import the peer's current bundle",
             )
+        signed_at = self.signed_at if self.signed_at is not None else self.at
+        if signed_at is not None and record.retired_by(signed_at):
+            raise self._retired(record, signed_at, what=f"this {self.purpose.value} signature")
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,11 +246,18 @@ class TrustStore:
             )
         return found
 
-    def keys_for_host(self, host_id: str, *, purpose: Purpose, at: datetime | None) -> DomainKeys:
-        """Keys that may sign ``purpose`` for ``host_id`` (a ``spiffe://`` host id)."""
-        return self.bundle(HostId.parse(host_id).trust_domain).resolver(
-            purpose=purpose, host=host_id, at=at
-        )
+    def keys_for_host(
+        self,
+        host_id: str,
+        *,
+        purpose: Purpose,
+        at: datetime | None,
+        signed_at: datetime | None = None,
+    ) -> DomainKeys:
+        """Keys that may sign ``purpose`` for ``host_id`` (a ``spiffe://`` host id);
+        retirement is judged at ``signed_at`` if given, else at ``at``."""
+        bundle = self.bundle(HostId.parse(host_id).trust_domain)
+        return DomainKeys(bundle=bundle, purpose=purpose, host=host_id, at=at, signed_at=signed_at)
 
     def with_bundle(self, bundle: TrustBundle) -> TrustStore:
         return TrustStore({**self.bundles, bundle.trust_domain: bundle})
@@ -224,7 +275,7 @@ def canonical_json(document: Mapping[str, Any]) -> bytes:
 
 
 def _key_to_json(record: KeyRecord) -> dict[str, Any]:
-    return {
+    document: dict[str, Any] = {
         "key_id": record.key_id,
         "algorithm": record.algorithm.value,
         "public_key": base64.b64encode(record.public_key).decode("ascii"),
@@ -234,6 +285,12 @@ def _key_to_json(record: KeyRecord) -> dict[str, Any]:
         "valid_until": format_time(record.valid_until) if record.valid_until else None,
         "revoked": record.revoked,
     }
+    # Present only once retired: a bundle without retirements keeps the bytes (and the
+    # fingerprint) it always had, and a gateway too old to know the field refuses a
+    # bundle that retires a key instead of silently trusting it for new signatures.
+    if record.retired_at is not None:
+        document["retired_at"] = format_time(record.retired_at)
+    return document
 
 
 def encode_bundle(bundle: TrustBundle) -> bytes:
@@ -272,6 +329,10 @@ def _key_from_json(document: Any, where: str) -> KeyRecord:
         valid_until = document.get("valid_until")
         if valid_until is not None and not isinstance(valid_until, str):
             raise TrustError(f"{where}: 'valid_until' is not a str or null")
+        # Absent when not retired (null would be a second spelling of the same record).
+        retired_at = document.get("retired_at")
+        if "retired_at" in document and not isinstance(retired_at, str):
+            raise TrustError(f"{where}: 'retired_at' is not a str (omit it if not retired)")
         return KeyRecord(
             key_id=_require(document, "key_id", str, where),
             algorithm=Algorithm.parse(_require(document, "algorithm", str, where)),
@@ -282,6 +343,7 @@ def _key_from_json(document: Any, where: str) -> KeyRecord:
             hosts=frozenset(str(h) for h in _require(document, "hosts", list, where)),
             valid_from=parse_time(_require(document, "valid_from", str, where)),
             valid_until=parse_time(valid_until) if valid_until is not None else None,
+            retired_at=parse_time(retired_at) if isinstance(retired_at, str) else None,
             revoked=bool(_require(document, "revoked", bool, where)),
         )
     except ValueError as exc:
@@ -393,7 +455,41 @@ def accept_bundle(
                     hint="the peer must publish changes under a new sequence number",
                 )
             return current
+        _check_no_reinstatement(current, claimed)
     return claimed
+
+
+def _check_no_reinstatement(current: TrustBundle, claimed: TrustBundle) -> None:
+    """A newer bundle may retire or revoke keys, never take either back.
+
+    Checked against the bundle it replaces, so a key stays revoked along every chain
+    of updates: a revoked key must stay listed (dropping it would let a later bundle
+    list it afresh), and a retired key must stay listed, retired no later, or revoked.
+    """
+    domain = claimed.trust_domain
+    for old in current.keys:
+        if not (old.revoked or old.retired_at is not None):
+            continue
+        new = claimed.key(old.key_id)
+        name = f"bundle for {domain} sequence {claimed.sequence}: key {old.key_id[:16]}"
+        hint = "retiring and revoking are one-way; add a new key instead"
+        if new is None:
+            state = "revoked" if old.revoked else "retired"
+            raise RollbackError(f"{name} was {state} and is no longer listed", hint=hint)
+        if old.revoked and not new.revoked:
+            raise RollbackError(f"{name} is no longer revoked", hint=hint)
+        if new.revoked or old.retired_at is None:
+            continue
+        if new.retired_at is None or new.retired_at > old.retired_at:
+            raise RollbackError(
+                f"{name} was retired at {format_time(old.retired_at)}; the update "
+                + (
+                    "un-retires it"
+                    if new.retired_at is None
+                    else f"moves that to {format_time(new.retired_at)}"
+                ),
+                hint=hint,
+            )
 
 
 def new_bundle(

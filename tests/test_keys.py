@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -170,6 +171,20 @@ def test_validity_window_is_half_open(signer: Signer) -> None:
     assert record.valid_at(NOW + timedelta(minutes=59))
     assert not record.valid_at(NOW + timedelta(hours=1))
     assert _record(signer).valid_at(NOW + timedelta(days=10_000))
+
+
+def test_retirement_is_judged_at_the_signing_time(signer: Signer) -> None:
+    """retired_by is half-open like validity: a signature made before the retirement time
+    stands, one made at or after it does not; an unretired key is never retired, and a
+    retirement time without a time zone is refused like any other key time."""
+    record = replace(_record(signer), retired_at=NOW + timedelta(hours=1))
+    assert not record.retired_by(NOW + timedelta(minutes=59, seconds=59))
+    assert record.retired_by(NOW + timedelta(hours=1))
+    assert record.retired_by(NOW + timedelta(days=1))
+    assert record.valid_at(NOW + timedelta(days=1))  # retiring is not expiring
+    assert not _record(signer).retired_by(NOW + timedelta(days=10_000))
+    with pytest.raises(TrustError, match="time zone"):
+        replace(record, retired_at=NOW.replace(tzinfo=None))
 
 
 def test_parse_refuses_unknown_names() -> None:

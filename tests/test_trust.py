@@ -24,6 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway import envelope as dsse
+from gateway.authority import CapabilitySet, Constraints
+from gateway.credentials import issue_grant, verify_grant
 from gateway.devcerts import make_ca
 from gateway.errors import (
     BadSignatureError,
@@ -31,14 +33,25 @@ from gateway.errors import (
     ExpiredError,
     GatewayError,
     PayloadTypeError,
+    RetiredKeyError,
     RevokedKeyError,
     RollbackError,
     TrustError,
     UntrustedKeyError,
     VerificationError,
 )
-from gateway.keyring import Keyring, init_keys
+from gateway.keyring import (
+    Keyring,
+    add_key,
+    init_keys,
+    load_keyring,
+    retire_key,
+    revoke_key,
+)
 from gateway.keys import Algorithm, KeyRecord, Purpose, Signer
+from gateway.keyusage import signed_by
+from gateway.lineage import EntryKind, Lineage, verify_lineage
+from gateway.model import new_object
 from gateway.trust import (
     TrustBundle,
     TrustStore,
@@ -525,3 +538,326 @@ def test_no_single_byte_change_of_an_export_is_another_bundle(
         result = _import(current, flipped)
         if isinstance(result, TrustBundle):
             assert encode_bundle(result) == original
+
+
+# --- retired and revoked keys ----------------------------------------------------------------
+
+RETIRED_AT = NOW + timedelta(minutes=30)
+
+
+def _retired(bundle: TrustBundle, signer: Signer, *, at: datetime = RETIRED_AT) -> TrustBundle:
+    record = bundle.key(signer.key_id)
+    assert record is not None
+    return bundle.with_key(replace(record, retired_at=at), issued_at=at)
+
+
+def _checkpointed(signer: Signer, *, at: datetime) -> Lineage:
+    """A one-entry lineage of an org-a object, checkpointed by HOST_A at ``at``."""
+    lineage = Lineage().append(
+        EntryKind.CREATED,
+        host=HOST_A,
+        at=at,
+        epoch=0,
+        generation=0,
+        data_digest=bytes(32),
+        credentials_digest=bytes(32),
+    )
+    return lineage.sealed(object_id=OBJECT_A, host=HOST_A, epoch=0, at=at, signer=signer)
+
+
+OBJECT_A = "obj://org-a.example/billing/invoice-1"
+
+
+def test_retired_key_checkpoints_verify_by_their_signed_time(org_a: Domain) -> None:
+    """A checkpoint signed before the key's retirement still verifies after it; one signed
+    at or after the retirement is refused, naming the checkpoint, object and key."""
+    trust = TrustStore.of([_retired(org_a.bundle, org_a.envelope_key)])
+    before = _checkpointed(org_a.envelope_key, at=RETIRED_AT - timedelta(seconds=1))
+    verified = verify_lineage(before, object_id=OBJECT_A, trust=trust, sealed=True)
+    assert verified.hosts == (HOST_A,)
+    after = _checkpointed(org_a.envelope_key, at=RETIRED_AT)
+    with pytest.raises(RetiredKeyError) as refused:
+        verify_lineage(after, object_id=OBJECT_A, trust=trust, sealed=True)
+    message = str(refused.value)
+    assert "checkpoint 0" in message and OBJECT_A in message
+    assert org_a.envelope_key.key_id[:16] in message and "retired at" in message
+
+
+def test_revoked_key_checkpoints_never_verify(org_a: Domain) -> None:
+    """Revocation distrusts the past: even a checkpoint signed long before is refused, and
+    the error names the key, what it signed and what to do (retire instead)."""
+    lineage = _checkpointed(org_a.envelope_key, at=NOW)
+    revoked = _revoked(_retired(org_a.bundle, org_a.envelope_key), org_a.envelope_key)
+    with pytest.raises(RevokedKeyError) as refused:
+        verify_lineage(lineage, object_id=OBJECT_A, trust=TrustStore.of([revoked]), sealed=True)
+    error = refused.value
+    assert org_a.envelope_key.key_id[:16] in error.reason and "checkpoint 0" in error.reason
+    assert error.hint is not None and "gateway keys retire" in error.hint
+
+
+def test_retired_key_envelopes_are_judged_when_verified(org_a: Domain) -> None:
+    """Without a signed time (a transfer, a receipt) retirement is judged at the time of
+    verification: before it the key opens envelopes, from it on it does not."""
+    envelope = dsse.seal(b"transfer", dsse.PayloadType.TRANSFER, [org_a.envelope_key])
+    trust = TrustStore.of([_retired(org_a.bundle, org_a.envelope_key)])
+
+    def open_at(at: datetime) -> dsse.Verified:
+        keys = trust.keys_for_host(HOST_A, purpose=Purpose.ENVELOPE, at=at)
+        return dsse.open_envelope(envelope, payload_type=dsse.PayloadType.TRANSFER, keys=keys)
+
+    assert open_at(RETIRED_AT - timedelta(seconds=1)).key_ids == {org_a.envelope_key.key_id}
+    with pytest.raises(RetiredKeyError):
+        open_at(RETIRED_AT)
+    # Nor is it offered for signatures without a key id.
+    keys = trust.keys_for_host(HOST_A, purpose=Purpose.ENVELOPE, at=RETIRED_AT)
+    assert keys.all() == []
+
+
+def _grant_bundle(org_a: Domain) -> tuple[Signer, TrustBundle]:
+    granter = Signer.generate()
+    record = granter.record(
+        purposes=[Purpose.GRANT], hosts=[HOST_A], valid_from=NOW, valid_until=NOW + timedelta(30)
+    )
+    return granter, org_a.bundle.with_key(record, issued_at=NOW)
+
+
+def _grant(signer: Signer, *, at: datetime) -> str:
+    return issue_grant(
+        signer=signer,
+        issuer=HOST_A,
+        subject=OBJECT_A,
+        audience=HOST_A,
+        capabilities=CapabilitySet(),
+        constraints=Constraints(),
+        not_before=at,
+        expires_at=at + timedelta(days=1),
+        at=at,
+    ).compact
+
+
+def test_retired_key_grants_verify_by_their_iat(org_a: Domain) -> None:
+    """A grant issued (iat) before its key's retirement verifies after it; one issued at or
+    after it is refused. A revoked key's grants never verify; the error names the grant
+    and the object it is for."""
+    granter, bundle = _grant_bundle(org_a)
+    retired = TrustStore.of([_retired(bundle, granter)])
+    verify_at = RETIRED_AT + timedelta(hours=2)
+    old = _grant(granter, at=RETIRED_AT - timedelta(seconds=1))
+    assert verify_grant(old, trust=retired, at=verify_at).key_id == granter.key_id
+    new = _grant(granter, at=RETIRED_AT)
+    with pytest.raises(RetiredKeyError, match=re.escape(OBJECT_A)):
+        verify_grant(new, trust=retired, at=verify_at)
+    revoked = TrustStore.of([_revoked(bundle, granter)])
+    with pytest.raises(RevokedKeyError, match=re.escape(OBJECT_A)):
+        verify_grant(old, trust=revoked, at=verify_at)
+
+
+def test_retired_keys_do_not_count_towards_thresholds(org_a: Domain) -> None:
+    """A retired key signs nothing new, so a threshold it would be needed for is unmeetable."""
+    second = Signer.generate()
+    bundle = replace(
+        org_a.bundle.with_key(_record(second, Purpose.ENVELOPE), issued_at=NOW),
+        envelope_threshold=2,
+    )
+    with pytest.raises(TrustError, match="unretired, unrevoked envelope"):
+        _retired(bundle, second)
+
+
+def test_retirement_travels_in_the_bundle_bytes(org_a: Domain) -> None:
+    """The retirement time is part of the signed, canonical bundle; a bundle without
+    retirements has the same bytes (and fingerprint) as before the field existed."""
+    assert b"retired_at" not in encode_bundle(org_a.bundle)
+    retired = _retired(org_a.bundle, org_a.envelope_key)
+    raw = encode_bundle(retired)
+    assert b'"retired_at":"' in raw
+    decoded = decode_bundle(raw)
+    record = decoded.key(org_a.envelope_key.key_id)
+    assert record is not None and record.retired_at == RETIRED_AT
+    assert decoded == retired
+    accepted = accept_bundle(org_a.bundle, org_a.signed(retired), at=RETIRED_AT)
+    assert accepted.key(org_a.envelope_key.key_id) == record
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, "null is a second spelling of 'not retired'"),
+        (5, "not a time string"),
+        ("2030-01-02T03:34:05Z", "not the canonical time form"),
+        ("yesterday", "not a time"),
+    ],
+)
+def test_malformed_retirement_is_refused(org_a: Domain, value: object, reason: str) -> None:
+    document = _document(_retired(org_a.bundle, org_a.envelope_key))
+    index = next(
+        i for i, k in enumerate(document["keys"]) if k["key_id"] == org_a.envelope_key.key_id
+    )
+    document["keys"][index]["retired_at"] = value
+    raw = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    with pytest.raises(TrustError):
+        decode_bundle(raw)
+
+
+def _update(org_a: Domain, current: TrustBundle, record: KeyRecord | None) -> bytes:
+    """The next bundle after ``current`` with the envelope key's record replaced (or dropped)."""
+    keys = [k for k in current.keys if k.key_id != org_a.envelope_key.key_id]
+    if record is not None:
+        keys.append(record)
+    following = replace(current, keys=tuple(keys), sequence=current.sequence + 1, issued_at=LATER)
+    return org_a.signed(following)
+
+
+def test_a_newer_bundle_cannot_take_back_a_revocation(org_a: Domain) -> None:
+    """Once revoked, a key stays revoked in every later bundle: un-revoking it, or dropping
+    it (which would let a later bundle list it afresh), is a rollback."""
+    current = _revoked(org_a.bundle, org_a.envelope_key)
+    record = current.key(org_a.envelope_key.key_id)
+    assert record is not None
+    with pytest.raises(RollbackError, match="no longer revoked"):
+        accept_bundle(current, _update(org_a, current, replace(record, revoked=False)), at=LATER)
+    with pytest.raises(RollbackError, match="no longer listed"):
+        accept_bundle(current, _update(org_a, current, None), at=LATER)
+    # Still revoked: accepted.
+    assert accept_bundle(current, _update(org_a, current, record), at=LATER).sequence == 3
+
+
+def test_a_newer_bundle_cannot_take_back_a_retirement(org_a: Domain) -> None:
+    """A retired key stays retired, no later than before; retiring it earlier or revoking
+    it is a tightening and accepted."""
+    current = _retired(org_a.bundle, org_a.envelope_key)
+    record = current.key(org_a.envelope_key.key_id)
+    assert record is not None
+
+    def offer(changed: KeyRecord | None) -> TrustBundle:
+        return accept_bundle(current, _update(org_a, current, changed), at=LATER)
+
+    with pytest.raises(RollbackError, match="un-retires"):
+        offer(replace(record, retired_at=None))
+    with pytest.raises(RollbackError, match="moves that to"):
+        offer(replace(record, retired_at=RETIRED_AT + timedelta(seconds=1)))
+    with pytest.raises(RollbackError, match="no longer listed"):
+        offer(None)
+    earlier = offer(replace(record, retired_at=RETIRED_AT - timedelta(minutes=1)))
+    assert earlier.key(record.key_id) == replace(
+        record, retired_at=RETIRED_AT - timedelta(minutes=1)
+    )
+    revoked = offer(replace(record, revoked=True))
+    assert revoked.key(record.key_id) == replace(record, revoked=True)
+
+
+# --- retiring and revoking in a keyring -------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_keyring(tmp_path: Path) -> Keyring:
+    return init_keys(
+        tmp_path / "org-a", trust_domain="org-a.example", host=HOST_A, ca_certificate=CA_A, at=NOW
+    )
+
+
+def _signing_key(keyring: Keyring) -> str:
+    return keyring.signer_for(Purpose.ENVELOPE, host=HOST_A, at=NOW).key_id
+
+
+def test_keyring_never_signs_with_a_retired_key(fresh_keyring: Keyring) -> None:
+    """After retire + add, the new key signs; the retired one is never chosen again, not
+    even before its retirement time or when it is the newest key."""
+    directory = fresh_keyring.directory
+    old = _signing_key(fresh_keyring)
+    _, new = add_key(directory, host=HOST_A, at=NOW)
+    keyring, record = retire_key(directory, old[:12], at=LATER)
+    assert record.retired_at == LATER and keyring.bundle.sequence == 3
+    assert _signing_key(keyring) == new.key_id
+    for moment in (NOW, LATER, LATER + timedelta(days=1)):
+        assert keyring.signer_for(Purpose.GRANT, host=HOST_A, at=moment).key_id == new.key_id
+    # A retirement time still ahead counts the same: with the new key revoked, the old
+    # key (retired only next year) is still not chosen; the host is told to add one.
+    ahead = keyring.bundle.with_key(
+        replace(record, retired_at=LATER + timedelta(days=365)), issued_at=LATER
+    )
+    new_record = ahead.key(new.key_id)
+    assert new_record is not None
+    ahead = ahead.with_key(replace(new_record, revoked=True), issued_at=LATER)
+    pending = Keyring(directory=directory, bundle=ahead, signers=keyring.signers)
+    with pytest.raises(ConfigError, match="gateway keys add"):
+        pending.signer_for(Purpose.ENVELOPE, host=HOST_A, at=LATER)
+    # Retiring again keeps the first retirement; revoking afterwards escalates.
+    again, same = retire_key(directory, old, at=LATER + timedelta(hours=1))
+    assert same.retired_at == LATER and again.bundle.sequence == 3
+    escalated = revoke_key(directory, old, at=LATER + timedelta(hours=1)).bundle.key(old)
+    assert escalated is not None and escalated.revoked and escalated.retired_at == LATER
+    assert retire_key(directory, old, at=LATER)[0].bundle.sequence == 4
+
+
+def test_host_whose_only_key_is_retired_is_told_to_add_one(fresh_keyring: Keyring) -> None:
+    """No crash and no silent fallback: the error says which key is out and what to run."""
+    old = _signing_key(fresh_keyring)
+    keyring, _ = retire_key(fresh_keyring.directory, old, at=LATER)
+    with pytest.raises(ConfigError) as refused:
+        keyring.signer_for(Purpose.ENVELOPE, host=HOST_A, at=LATER)
+    assert f"{old[:16]} retired at" in refused.value.reason
+    assert refused.value.hint is not None and "gateway keys add --host" in refused.value.hint
+    revoked = revoke_key(fresh_keyring.directory, old, at=LATER)
+    with pytest.raises(ConfigError, match=f"{old[:16]} revoked"):
+        revoked.signer_for(Purpose.ENVELOPE, host=HOST_A, at=LATER)
+
+
+def test_the_last_bundle_key_cannot_be_retired_or_revoked(fresh_keyring: Keyring) -> None:
+    """Without a bundle key the domain could never sign another bundle, not even the one
+    announcing the change: refused, and the bundle file is left as it was."""
+    bundle_key = next(k for k in fresh_keyring.bundle.keys if Purpose.BUNDLE in k.purposes)
+    for change in (retire_key, revoke_key):
+        with pytest.raises(ConfigError, match="last bundle key"):
+            change(fresh_keyring.directory, bundle_key.key_id, at=LATER)
+    assert load_keyring(fresh_keyring.directory).bundle == fresh_keyring.bundle
+
+
+def test_retirement_reaches_peers_through_export_and_import(fresh_keyring: Keyring) -> None:
+    """`gateway trust export` after `gateway keys retire` carries the retirement; a peer
+    importing it refuses new signatures by the key and keeps its old ones."""
+    directory = fresh_keyring.directory
+    old_signer = fresh_keyring.signer_for(Purpose.ENVELOPE, host=HOST_A, at=NOW)
+    first = accept_bundle(None, fresh_keyring.export(NOW), at=NOW)
+    add_key(directory, host=HOST_A, at=NOW)
+    keyring, _ = retire_key(directory, old_signer.key_id, at=RETIRED_AT)
+    imported = accept_bundle(first, keyring.export(RETIRED_AT), at=RETIRED_AT)
+    record = imported.key(old_signer.key_id)
+    assert record is not None and record.retired_at == RETIRED_AT
+    trust = TrustStore.of([imported])
+    before = _checkpointed(old_signer, at=NOW)
+    assert verify_lineage(before, object_id=OBJECT_A, trust=trust, sealed=True).hosts == (HOST_A,)
+    with pytest.raises(RetiredKeyError):
+        verify_lineage(
+            _checkpointed(old_signer, at=RETIRED_AT), object_id=OBJECT_A, trust=trust, sealed=True
+        )
+
+
+def test_key_use_finds_checkpoints_and_grants_a_key_signed(org_a: Domain) -> None:
+    """What `gateway keys revoke` lists: each checkpoint and grant of an object that the
+    key signed, by key id or (no key id) by signature; nothing another key signed."""
+    granter, _ = _grant_bundle(org_a)
+    other = Signer.generate()
+    obj = new_object(
+        OBJECT_A,
+        tenant="default",
+        data=b"{}",
+        content_type="application/json",
+        host=HOST_A,
+        at=NOW,
+        grants=(_grant(granter, at=NOW),),
+    )
+    sealed = obj.lineage.sealed(
+        object_id=OBJECT_A, host=HOST_A, epoch=0, at=NOW, signer=org_a.envelope_key
+    )
+    anonymous = replace(
+        sealed.checkpoints[0],
+        signatures=tuple(replace(s, keyid="") for s in sealed.checkpoints[0].signatures),
+    )
+    carried = replace(obj, lineage=replace(sealed, checkpoints=(*sealed.checkpoints, anonymous)))
+    by_envelope_key = signed_by(carried, _record(org_a.envelope_key, Purpose.ENVELOPE))
+    assert by_envelope_key == (
+        f"lineage checkpoint 0 by {HOST_A}",
+        f"lineage checkpoint 1 by {HOST_A}",
+    )
+    assert signed_by(carried, _record(granter, Purpose.GRANT))[0].startswith("grant 0 (")
+    assert signed_by(carried, _record(other, Purpose.ENVELOPE)) == ()
