@@ -562,7 +562,15 @@ def _checkpointed(signer: Signer, *, at: datetime) -> Lineage:
         data_digest=bytes(32),
         credentials_digest=bytes(32),
     )
-    return lineage.sealed(object_id=OBJECT_A, host=HOST_A, epoch=0, at=at, signer=signer)
+    return lineage.sealed(
+        object_id=OBJECT_A,
+        host=HOST_A,
+        epoch=0,
+        at=at,
+        signer=signer,
+        to="spiffe://org-b.example/cluster/west/gateway",
+        migration="mig-1",
+    )
 
 
 OBJECT_A = "obj://org-a.example/billing/invoice-1"
@@ -847,7 +855,13 @@ def test_key_use_finds_checkpoints_and_grants_a_key_signed(org_a: Domain) -> Non
         grants=(_grant(granter, at=NOW),),
     )
     sealed = obj.lineage.sealed(
-        object_id=OBJECT_A, host=HOST_A, epoch=0, at=NOW, signer=org_a.envelope_key
+        object_id=OBJECT_A,
+        host=HOST_A,
+        epoch=0,
+        at=NOW,
+        signer=org_a.envelope_key,
+        to="spiffe://org-b.example/cluster/west/gateway",
+        migration="mig-1",
     )
     anonymous = replace(
         sealed.checkpoints[0],
