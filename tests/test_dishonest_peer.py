@@ -452,6 +452,12 @@ def test_with_a_home_a_stale_copy_never_goes_live(tmp_path: Path) -> None:
         forked = run_cli("migrate", OBJECT, "--to", HOST_D, config=world.config(HOST_B))
         assert forked.returncode != 0, forked.stdout
         assert "held by" in forked.stderr and HOST_C in forked.stderr, forked.stderr
+        forks = run_cli("forks", "-o", "json", config=world.config(HOST_D))
+        assert forks.returncode == 0, forks.stderr
+    # D discarded the staged copy (so recovery does not ask the home forever) and kept its
+    # history as evidence.
+    assert [(f["object_id"], f["sender"]) for f in json.loads(forks.stdout)] == [(OBJECT, HOST_B)]
+    assert read_store(world.config(HOST_D), lambda s: s.list("open/")) == []
     on_d = stored(world, HOST_D)
     assert on_d is None or on_d.state is not LifecycleState.ACTIVE
     on_c = stored(world, HOST_C)

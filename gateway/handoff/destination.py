@@ -229,7 +229,14 @@ class Destination:
         try:
             admission, fence, expires = await self._assess(transfer, peer=peer, now=now)
         except ForkError as exc:
-            await record_fork(ctx, transfer, peer=peer, reason=exc.reason, at=now)
+            await record_fork(
+                ctx,
+                transfer.object,
+                migration_id=transfer.migration_id,
+                peer=peer,
+                reason=exc.reason,
+                at=now,
+            )
             raise
         staged = replace(transfer.object, authority=admission.authority, authority_expires=expires)
         upload: str | None = None
@@ -468,6 +475,21 @@ class Destination:
                 return await self._activate(record, loaded.etag, peer)
             except ConcurrencyError:
                 continue  # raced with an abort or a duplicate commit: look again
+            except ForkError as exc:
+                # The custody home says another host holds the object: this copy must never
+                # go live. Keep its history as evidence and discard it, so that recovery
+                # does not ask the home again forever.
+                assert record.staged is not None
+                await record_fork(
+                    self.ctx,
+                    record.staged,
+                    migration_id=migration_id,
+                    peer=peer,
+                    reason=exc.reason,
+                    at=self.ctx.clock.now(),
+                )
+                await self.abort(migration_id, peer=peer, reason=f"custody refused: {exc.reason}")
+                raise
         raise ObjectStateError(f"migration {migration_id} keeps changing under commit; retry")
 
     async def _activate(self, record: DestinationRecord, etag: str, peer: str) -> bytes:

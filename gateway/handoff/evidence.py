@@ -26,7 +26,7 @@ from gateway import wire
 from gateway._time import format_time
 from gateway.errors import ConcurrencyError, GatewayError, PayloadDecodeError
 from gateway.handoff.context import HostContext
-from gateway.handoff.messages import Transfer
+from gateway.model import GovernedObject
 from gateway.runtime.outbox import lifecycle_event, outbox_puts
 from gateway.stores import Expect, Put, StateStore
 
@@ -86,15 +86,20 @@ def _object_prefix(tenant: str, object_id: str) -> str:
 
 
 async def record_fork(
-    ctx: HostContext, transfer: Transfer, *, peer: str, reason: str, at: datetime
+    ctx: HostContext,
+    obj: GovernedObject,
+    *,
+    migration_id: str,
+    peer: str,
+    reason: str,
+    at: datetime,
 ) -> bool:
     """Keep the refused copy's history and report it; False when the bounds say no more
     evidence is kept (it is still logged). Never raises: evidence must not turn a clear
     refusal into another error."""
     store = ctx.journal.store
-    obj = transfer.object
     try:
-        mine = await store.list(_object_prefix(obj.tenant, transfer.object_id))
+        mine = await store.list(_object_prefix(obj.tenant, obj.object_id))
         if len(mine) >= MAX_PER_OBJECT or len(await store.list(EVIDENCE_PREFIX)) >= MAX_RECORDS:
             log.warning(
                 "fork of %s from %s not kept (evidence full): %s", obj.object_id, peer, reason
@@ -102,15 +107,15 @@ async def record_fork(
             return False
         lineage = wire.encode_lineage(obj.lineage)
         key = (
-            _object_prefix(obj.tenant, transfer.object_id)
+            _object_prefix(obj.tenant, obj.object_id)
             + hashlib.sha256(lineage).hexdigest()[:32]
         )
         evidence = ForkEvidence(
-            object_id=transfer.object_id,
+            object_id=obj.object_id,
             tenant=obj.tenant,
             sender=peer,
-            migration=transfer.migration_id,
-            epoch=transfer.epoch,
+            migration=migration_id,
+            epoch=obj.epoch,
             reason=reason,
             seen_at=format_time(at),
             lineage=lineage,
@@ -118,10 +123,10 @@ async def record_fork(
         event = lifecycle_event(
             "object.forked",
             tenant=obj.tenant,
-            object_id=transfer.object_id,
-            epoch=transfer.epoch,
+            object_id=obj.object_id,
+            epoch=obj.epoch,
             generation=obj.generation,
-            payload={"from": peer, "migration": transfer.migration_id, "reason": reason},
+            payload={"from": peer, "migration": migration_id, "reason": reason},
             at=at,
         )
         await store.transact(
