@@ -321,6 +321,13 @@ def forged_root(r: Realm, *, header: Mapping[str, Any] | None = None, **claims: 
     return jws(header_of(r.a, **(header or {})), root_claims(**claims), by(r.a))
 
 
+def forged_child(r: Realm, parent: Grant, **claims: Any) -> str:
+    """An honest child of ``parent`` by HOST_B's real key, with ``claims`` added."""
+    honest = claims_of(extend(r, parent))
+    signer = r.signer_of[HOST_B]
+    return jws(header_of(signer), {**honest, **claims}, by(signer))
+
+
 def replace_signature(compact: str, signature: str) -> str:
     head, body, _ = compact.split(".")
     return f"{head}.{body}.{signature}"
@@ -963,6 +970,90 @@ CASES = [
         "'exp'",
     ),
     Case(
+        "aud-empty",
+        only(lambda r: forged_root(r, aud="")),
+        GrantFormatError,
+        "an empty audience names nobody: refused as strictly as a bad iss",
+        "audience ''",
+    ),
+    Case(
+        "aud-not-spiffe",
+        only(lambda r: forged_root(r, aud="org-b.example")),
+        GrantFormatError,
+        "a bare name is neither a host id nor a trust domain id",
+        "neither a host id nor a trust domain id",
+    ),
+    Case(
+        "aud-domain-with-slash",
+        only(lambda r: forged_root(r, aud="spiffe://org-b.example/")),
+        GrantFormatError,
+        "a trailing slash is not a host path: one spelling per audience",
+        "spiffe://org-b.example/",
+    ),
+    Case(
+        "aud-bad-domain",
+        only(lambda r: forged_root(r, aud="spiffe://Org B")),
+        GrantFormatError,
+        "a trust domain is lower-case DNS-like text",
+        "not a trust domain",
+    ),
+    Case(
+        "aud-empty-array",
+        only(lambda r: forged_root(r, aud=[])),
+        GrantFormatError,
+        "an empty array names nobody",
+        "non-empty array",
+    ),
+    Case(
+        "aud-array-repeats",
+        only(lambda r: forged_root(r, aud=[HOST_B, HOST_B])),
+        GrantFormatError,
+        "a repeated audience is a second spelling of the same claim",
+        "repeats",
+    ),
+    Case(
+        "aud-array-too-long",
+        only(lambda r: forged_root(r, aud=[f"spiffe://org-{n}.example" for n in range(9)])),
+        GrantFormatError,
+        "a peer cannot make a verifier walk an unbounded audience list",
+        "at most 8",
+    ),
+    Case(
+        "aud-wrong-type",
+        only(lambda r: forged_root(r, aud=7)),
+        GrantFormatError,
+        "aud is a string or an array of strings",
+        "string or a non-empty array",
+    ),
+    Case(
+        "rpl-not-digest",
+        only(lambda r: forged_root(r, rpl="abc")),
+        GrantFormatError,
+        "a renewal names the replaced chain by its full SHA-256",
+        "'rpl'",
+    ),
+    Case(
+        "home-not-host",
+        only(lambda r: forged_root(r, home="spiffe://org-a.example")),
+        GrantFormatError,
+        "a custody home is one gateway, not a whole domain",
+        "'home'",
+    ),
+    Case(
+        "rpl-on-child",
+        under_root(lambda r, parent: forged_child(r, parent, rpl="00" * 32)),
+        GrantFormatError,
+        "only the owner's root may renew a chain",
+        "only a root grant",
+    ),
+    Case(
+        "home-on-child",
+        under_root(lambda r, parent: forged_child(r, parent, home=HOST_A)),
+        GrantFormatError,
+        "a child cannot move the custody home",
+        "only a root grant",
+    ),
+    Case(
         "grant-too-large",
         only(lambda r: forged_root(r, jti="x" * 20_000)),
         GrantFormatError,
@@ -1535,3 +1626,39 @@ def test_no_changed_character_is_accepted(position: int, replacement: str) -> No
     with pytest.raises((GrantError, VerificationError)) as caught:
         verify_grant(changed, trust=_REALM.trust, at=T0)
     event(f"refused: {type(caught.value).__name__}")
+
+
+def test_an_empty_or_malformed_audience_is_never_issued(realm: Realm) -> None:
+    for audience in ("", "org-b.example", "spiffe://org-b.example/", (), ("spiffe://x", "")):
+        with pytest.raises(GrantFormatError):
+            issue_grant(
+                signer=realm.a,
+                issuer=HOST_A,
+                subject=OBJECT,
+                audience=audience,
+                capabilities=ROOT_CAPS,
+                constraints=ROOT_CONS,
+                not_before=NBF,
+                expires_at=EXP,
+                at=ISSUED,
+            )
+
+
+def test_an_audience_array_verifies_and_admits_each_of_its_holders(realm: Realm) -> None:
+    grant = issue_grant(
+        signer=realm.a,
+        issuer=HOST_A,
+        subject=OBJECT,
+        audience=(HOST_A, "spiffe://org-b.example"),
+        capabilities=ROOT_CAPS,
+        constraints=ROOT_CONS,
+        not_before=NBF,
+        expires_at=EXP,
+        at=ISSUED,
+    )
+    chain = verify_chain([grant.compact], object_id=OBJECT, trust=realm.trust, at=T0)
+    assert chain.leaf.audiences == (HOST_A, "spiffe://org-b.example")
+    assert audience_admits(chain.leaf.audiences, HOST_A)
+    assert audience_admits(chain.leaf.audiences, HOST_B)
+    assert not audience_admits(chain.leaf.audiences, "spiffe://org-c.example/x/gateway")
+    assert not audience_admits(chain.leaf.audiences, "not a host")
