@@ -33,6 +33,7 @@ from gateway.errors import (
 )
 from gateway.handoff.journal import Journal, encode_counter, put_object
 from gateway.host import Host
+from gateway.lineage import EntryKind, Lineage
 from gateway.model import CycleState, GovernedObject, new_object
 from gateway.runtime.outbox import list_events
 from gateway.runtime.scheduler import load_quarantine
@@ -84,6 +85,13 @@ def base_object(host: Host, **cycle: object) -> GovernedObject:
     )
 
 
+def at_epoch(host: Host, epoch: int) -> GovernedObject:
+    """An object whose whole history is at ``epoch`` (so its lineage is consistent and
+    freezing it sends ``epoch + 1``)."""
+    fresh = dataclasses.replace(base_object(host), epoch=epoch, lineage=Lineage())
+    return fresh.record(EntryKind.CREATED, host=host.host_id, at=host.clock.now())
+
+
 def sealed(
     host: Host,
     obj: GovernedObject,
@@ -116,7 +124,7 @@ def _huge_interval(message: object_pb2.Transfer) -> None:
 AT_LIMIT: list[tuple[str, Callable[[Host], bytes], str]] = [
     (
         "epoch-at-2^64-1",
-        lambda h: sealed(h, dataclasses.replace(base_object(h), epoch=MAX - 1)),
+        lambda h: sealed(h, at_epoch(h, MAX - 1)),
         "epoch",
     ),
     (
@@ -165,7 +173,7 @@ def test_objects_at_their_counter_and_time_limits_are_refused_on_arrival(tmp_pat
         # The dry run refuses the same objects, as data, with the same reason.
         proposal = sealed(
             host,
-            dataclasses.replace(base_object(host), epoch=MAX - 1),
+            at_epoch(host, MAX - 1),
             payload_type=dsse.PayloadType.PROPOSAL,
         )
         evaluation = await client.evaluate(proposal)
