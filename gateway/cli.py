@@ -604,6 +604,22 @@ def cmd_object_show(args: argparse.Namespace) -> int:
     async def run(host: Host) -> int:
         obj = await host.get_object(_object_id(args.object_id), tenant=args.tenant)
         out.print(describe_object(obj))
+        quarantine = await host.quarantine_of(obj.object_id, tenant=args.tenant)
+        if quarantine is not None:
+            out.print(f"QUARANTINED: {quarantine.describe()}", markup=False)
+        return 0
+
+    return asyncio.run(_with_host(args, run))
+
+
+def cmd_object_release(args: argparse.Namespace) -> int:
+    async def run(host: Host) -> int:
+        object_id = _object_id(args.object_id)
+        await host.get_object(object_id, tenant=args.tenant)
+        if await host.release_object(object_id, tenant=args.tenant):
+            out.print(f"{object_id} released from quarantine; it is scheduled again")
+        else:
+            out.print(f"{object_id} is not quarantined")
         return 0
 
     return asyncio.run(_with_host(args, run))
@@ -943,6 +959,11 @@ def build_parser() -> argparse.ArgumentParser:
     show = objects.add_parser("show", parents=[common, tenant], help="show an object")
     show.add_argument("object_id")
     show.set_defaults(handler=cmd_object_show)
+    release = objects.add_parser(
+        "release", parents=[common, tenant], help="schedule a quarantined object again"
+    )
+    release.add_argument("object_id")
+    release.set_defaults(handler=cmd_object_release)
     listing = objects.add_parser("list", parents=[common, tenant], help="list objects")
     listing.set_defaults(handler=cmd_object_list)
 

@@ -53,6 +53,11 @@ class EnvelopeTooLargeError(EnvelopeError):
     """An envelope or one of its parts is larger than the receiver accepts."""
 
 
+class LimitExceededError(EnvelopeError):
+    """A counter, time or interval is beyond a limit of :mod:`gateway.limits` (one that
+    could not advance, or whose arithmetic would overflow); refused before any work."""
+
+
 class PayloadTypeError(EnvelopeError):
     """A correctly signed envelope carries a different kind of message than expected."""
 

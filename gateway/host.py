@@ -37,7 +37,12 @@ from gateway.objectspec import GrantSpec
 from gateway.runtime.cycle import CycleRunner
 from gateway.runtime.dapr import DaprEventSink, DaprJobs
 from gateway.runtime.outbox import Dispatcher, HttpInvoker
-from gateway.runtime.scheduler import Scheduler
+from gateway.runtime.scheduler import (
+    Quarantine,
+    Scheduler,
+    load_quarantine,
+    release_quarantine,
+)
 from gateway.stores import Expect, StateStore
 from gateway.stores.dapr import DaprStore, connect_client
 from gateway.stores.sqlite import SqliteStore
@@ -321,6 +326,14 @@ class Host:
             self.tenant(tenant), object_id, host=self.host_id
         )
         return loaded.value
+
+    async def quarantine_of(self, object_id: str, *, tenant: str) -> Quarantine | None:
+        """Why the object is no longer scheduled here, if it was quarantined."""
+        return await load_quarantine(self.store, self.tenant(tenant), object_id)
+
+    async def release_object(self, object_id: str, *, tenant: str) -> bool:
+        """Schedule a quarantined object again; False if it was not quarantined."""
+        return await release_quarantine(self.store, self.tenant(tenant), object_id)
 
     async def list_objects(self, *, tenant: str) -> list[GovernedObject]:
         return await self.journal.objects(self.tenant(tenant))

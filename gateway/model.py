@@ -27,9 +27,17 @@ from gateway.authority import CapabilitySet, EffectiveAuthority
 from gateway.blobs import BlobRef
 from gateway.errors import ConfigError, ObjectStateError
 from gateway.identity import HostId, ObjectId, validate_tenant
+from gateway.limits import (
+    MAX_CONTENT_TYPE_CHARS,
+    check_counter,
+    check_interval,
+    check_text,
+    check_time,
+    next_counter,
+)
+from gateway.limits import MAX_DATA_BYTES as MAX_DATA_BYTES
 from gateway.lineage import EntryKind, Lineage, credentials_digest, digest
 
-MAX_DATA_BYTES = 4 << 20
 NO_AUTHORITY = EffectiveAuthority(allow=CapabilitySet())
 
 
@@ -159,9 +167,9 @@ class GovernedObject:
     ) -> GovernedObject:
         """Stop the object for a handoff: epoch + 1, FROZEN, recorded."""
         self._require(LifecycleState.ACTIVE, "migrate")
-        frozen = replace(
-            self, state=LifecycleState.FROZEN, epoch=self.epoch + 1, migration_id=migration_id
-        )
+        # Refused here, at the limit, rather than as an encoding error deeper down.
+        epoch = next_counter(self.epoch, what=f"the epoch of {self.object_id}")
+        frozen = replace(self, state=LifecycleState.FROZEN, epoch=epoch, migration_id=migration_id)
         return frozen.record(
             EntryKind.FROZEN, host=host, at=at, detail=f"migration {migration_id} to {destination}"
         )
@@ -263,6 +271,11 @@ def new_object(
         )
     if blob is not None and data:
         raise ConfigError("an object's data is inline or a blob, not both")
+    check_text(content_type, limit=MAX_CONTENT_TYPE_CHARS, what="content type")
+    if cycle is not None:
+        # The limits a peer's copy is checked against on arrival (gateway.limits): never
+        # create here what a peer, or this host later, would have to refuse.
+        check_cycle(cycle, what=object_id)
     created = GovernedObject(
         object_id=str(parsed),
         tenant=validate_tenant(tenant),
@@ -274,3 +287,14 @@ def new_object(
         blob=blob,
     )
     return created.record(EntryKind.CREATED, host=host, at=at, detail=f"tenant {tenant}")
+
+
+def check_cycle(cycle: CycleState, *, what: str) -> CycleState:
+    """A cycle state within :mod:`gateway.limits`: its generation can advance, its interval
+    is in range, and adding the interval to its next due time cannot overflow."""
+    check_counter(cycle.generation, what=f"the generation of {what}")
+    if cycle.interval is not None:
+        check_interval(cycle.interval, what=f"the cycle interval of {what}")
+    if cycle.next_due is not None:
+        check_time(cycle.next_due, what=f"the next due time of {what}")
+    return cycle

@@ -25,13 +25,15 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway import envelope as dsse
+from gateway import limits
 from gateway._time import truncate
 from gateway.authority import CapabilitySet, EffectiveAuthority
-from gateway.blobs import BlobRef
+from gateway.blobs import MAX_BLOB_BYTES, BlobRef
 from gateway.errors import (
     AuthorityError,
     EnvelopeError,
     EnvelopeTooLargeError,
+    LimitExceededError,
     LineageError,
     PayloadDecodeError,
 )
@@ -165,11 +167,21 @@ def _cycle_to_pb(cycle: CycleState) -> object_pb2.CycleState:
 
 
 def _cycle_from_pb(message: object_pb2.CycleState) -> CycleState:
+    interval = None
+    if message.interval_ms:
+        if message.interval_ms > _MAX_TIMEDELTA_MS:
+            # timedelta() would raise OverflowError; transfers are held to the tighter
+            # limits.MAX_CYCLE_INTERVAL in _check_transfer_bounds.
+            raise LimitExceededError(f"cycle interval of {message.interval_ms} ms is too large")
+        interval = timedelta(milliseconds=message.interval_ms)
     return CycleState(
         generation=message.generation,
-        interval=timedelta(milliseconds=message.interval_ms) if message.interval_ms else None,
+        interval=interval,
         next_due=_dt(message.next_due) if message.HasField("next_due") else None,
     )
+
+
+_MAX_TIMEDELTA_MS = timedelta.max // timedelta(milliseconds=1)
 
 
 def _snapshot_to_pb(obj: GovernedObject) -> object_pb2.ObjectSnapshot:
@@ -362,9 +374,56 @@ def encode_transfer(transfer: Transfer) -> bytes:
     return message.SerializeToString(deterministic=True)
 
 
+_EARLIEST_S = int(limits.EARLIEST_TIME.timestamp())
+_LATEST_S = int(limits.LATEST_TIME.timestamp())
+
+
+def _check_stamp(stamp: Timestamp, what: str) -> None:
+    """Seconds within the limits, checked before any datetime is made from them."""
+    if not _EARLIEST_S <= stamp.seconds <= _LATEST_S:
+        raise LimitExceededError(
+            f"{what} is {stamp.seconds} s from 1970; times must lie between "
+            f"{limits.EARLIEST_TIME.year} and {limits.LATEST_TIME.year}",
+            hint="check the sender's clock; no honest gateway writes such a time",
+        )
+
+
+def _check_transfer_bounds(message: object_pb2.Transfer) -> None:
+    """Every size, counter and time a peer chose, against gateway.limits, before any of it
+    is used: a transfer the destination could stage but never advance (an epoch or
+    generation at 2^64-1), or whose times overflow when a TTL or interval is added, is
+    refused here with what was wrong."""
+    snapshot = message.object
+    limits.check_migration_id(message.migration_id)
+    limits.check_id(message.object_id, what="object id")
+    limits.check_id(message.source_host, what="source host id")
+    limits.check_id(message.destination_host, what="destination host id")
+    limits.check_text(snapshot.tenant, limit=limits.MAX_TENANT_CHARS, what="tenant")
+    limits.check_text(
+        snapshot.content_type, limit=limits.MAX_CONTENT_TYPE_CHARS, what="content type"
+    )
+    limits.check_inline_data(len(snapshot.data), what=f"transfer {message.migration_id}")
+    if snapshot.data_size > MAX_BLOB_BYTES:
+        raise EnvelopeTooLargeError(
+            f"object data of {snapshot.data_size} bytes announced; at most {MAX_BLOB_BYTES}",
+            hint="the object is too large for any gateway to take",
+        )
+    limits.check_counter(message.epoch, what=f"epoch of {message.object_id}")
+    limits.check_counter(snapshot.cycle.generation, what=f"generation of {message.object_id}")
+    if snapshot.cycle.interval_ms:
+        limits.interval_from_millis(
+            snapshot.cycle.interval_ms, what=f"cycle interval of {message.object_id}"
+        )
+    _check_stamp(message.issued_at, "issued-at time")
+    _check_stamp(message.expires_at, "expiry time")
+    if snapshot.cycle.HasField("next_due"):
+        _check_stamp(snapshot.cycle.next_due, f"next due time of {message.object_id}")
+
+
 def decode_transfer(payload: bytes) -> Transfer:
     """Parse a *verified* transfer payload into a STAGED object candidate."""
     message = _parse(object_pb2.Transfer(), payload, "transfer", canonical=True)
+    _check_transfer_bounds(message)
     if message.object.object_id != message.object_id:
         raise PayloadDecodeError(
             f"transfer names object {message.object_id} but carries {message.object.object_id}"
@@ -372,6 +431,15 @@ def decode_transfer(payload: bytes) -> Transfer:
     if len(message.nonce) != NONCE_BYTES:
         raise PayloadDecodeError(f"transfer nonce is {len(message.nonce)} bytes, not {NONCE_BYTES}")
     snapshot = _object_from_snapshot(message.object, list(message.credentials), message.lineage)
+    for entry in snapshot.lineage.entries:
+        # Lineage counters are copied into the entries this host appends; keep them
+        # encodable as well.
+        if entry.epoch > limits.MAX_COUNTER or entry.generation > limits.MAX_COUNTER:
+            raise LimitExceededError(
+                f"lineage entry {entry.seq} of {message.object_id} has a counter above "
+                f"{limits.MAX_COUNTER}"
+            )
+        limits.check_time(entry.time, what=f"time of lineage entry {entry.seq}")
     obj = replace(
         snapshot,
         epoch=message.epoch,
@@ -406,6 +474,10 @@ def encode_receipt(receipt: Receipt) -> bytes:
 
 def decode_receipt(payload: bytes, kind: ReceiptKind) -> Receipt:
     message = _parse(object_pb2.Receipt(), payload, f"{kind.name.lower()} receipt", canonical=True)
+    limits.check_migration_id(message.migration_id)
+    limits.check_id(message.object_id, what="object id")
+    limits.check_id(message.host, what="host id")
+    limits.check_id(message.source_host, what="source host id")
     return Receipt(
         kind=kind,
         migration_id=message.migration_id,

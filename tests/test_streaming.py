@@ -18,13 +18,16 @@ from typing import Any
 import pytest
 
 from gateway import envelope as dsse
+from gateway._time import to_millis
 from gateway.blobs import CHUNK_BYTES, read_blob
 from gateway.errors import TransferStreamError
 from gateway.handoff.destination import Destination
+from gateway.handoff.journal import encode_counter
 from gateway.handoff.source import Source, new_migration_id
 from gateway.host import Host
 from gateway.lineage import verify_lineage
 from gateway.model import GovernedObject, LifecycleState
+from gateway.stores import Expect
 from gateway.testing import World, serving
 from tests.conftest import HOST_A, HOST_B
 from tests.test_handoff import LossyPeers
@@ -202,7 +205,7 @@ def test_a_stage_cancelled_mid_commit_keeps_its_data(
     run(world, scenario)
 
 
-def test_unfinished_uploads_are_collected_after_their_transfer_expired(world: World) -> None:
+def test_an_upload_whose_peer_vanishes_leaves_nothing_behind(world: World) -> None:
     async def scenario(hosts: dict[str, Host]) -> None:
         a, b = hosts[HOST_A], hosts[HOST_B]
         await create_large(a)
@@ -214,7 +217,24 @@ def test_unfinished_uploads_are_collected_after_their_transfer_expired(world: Wo
 
         with pytest.raises(ConnectionError):
             await b.destination.prepare_stream(raw, dies_midway(), peer=HOST_A)
-        assert await b.store.list("upload-open/")  # the attempt is on record
+        # Nothing was staged, so nothing can reference the chunks: all gone at once.
+        assert await b.store.list("upload-open/") == []
+        assert await b.store.list("upload/") == []
+
+    run(world, scenario)
+
+
+def test_unfinished_uploads_are_collected_after_their_transfer_expired(world: World) -> None:
+    """What a crash mid-upload leaves (a marker and some chunks) is collected only after
+    the transfer could no longer be staged."""
+
+    async def scenario(hosts: dict[str, Host]) -> None:
+        b = hosts[HOST_B]
+        expiry = to_millis(b.clock.now() + timedelta(minutes=5))
+        await b.store.put(
+            "upload-open/peer/mig-x/attempt", encode_counter(expiry), etag=Expect.ABSENT
+        )
+        await b.store.put("upload/peer/mig-x/attempt/00000000", b"chunk", etag=Expect.ABSENT)
         assert await b.destination.collect_uploads() == 0  # not expired yet: maybe in flight
         later = replace(b.context, clock=Later(b.context.clock, timedelta(hours=1)))
         assert await Destination(later).collect_uploads() == 1

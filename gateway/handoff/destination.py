@@ -28,7 +28,7 @@ from gateway import wire
 from gateway._crash import crash_point
 from gateway._time import format_time, to_millis
 from gateway.authority import Admission
-from gateway.blobs import delete_blob, delete_keys, write_blob
+from gateway.blobs import BlobRef, delete_blob, delete_keys, write_blob
 from gateway.credentials import attenuate, audience_admits, root_home
 from gateway.custody import require_extends_departures, verify_custody
 from gateway.errors import (
@@ -64,6 +64,7 @@ from gateway.handoff.journal import (
 from gateway.handoff.messages import Receipt, ReceiptKind, Transfer
 from gateway.handoff.peers import Peers
 from gateway.handoff.records import DestinationRecord, DestinationStep
+from gateway.limits import MAX_OPEN_UPLOADS_PER_PEER
 from gateway.lineage import Checkpoint, EntryKind, digest, verify_extends, verify_lineage
 from gateway.model import GovernedObject, LifecycleState
 from gateway.runtime.outbox import lifecycle_event, outbox_puts
@@ -71,7 +72,9 @@ from gateway.stores import Delete, Expect, Put
 
 log = logging.getLogger(__name__)
 
-#: Markers of uploads in progress: upload-open/<migration>/<attempt> -> expiry (ms).
+#: Markers of uploads in progress: upload-open/<peer tag>/<migration>/<attempt> -> expiry
+#: (ms); the chunks are under upload/<the same suffix>/. The peer tag groups a peer's
+#: markers so that their number can be bounded (limits.MAX_OPEN_UPLOADS_PER_PEER).
 UPLOAD_MARKERS = "upload-open/"
 
 #: Longest lifetime a transfer may claim, whatever the sender's configuration says.
@@ -92,6 +95,9 @@ class Destination:
         #: host cannot activate objects that name a custody home.
         self.peers = peers
         self.home = home or CustodyHome(context)
+        #: Streamed uploads in flight in this process, per peer (exact, unlike the store's
+        #: markers, which two concurrent uploads could both count before either writes).
+        self._uploads: dict[str, int] = {}
 
     # --- Prepare ----------------------------------------------------------------------
 
@@ -246,20 +252,67 @@ class Destination:
             # means chunks nobody references (recovery deletes them). Chunks are never
             # deleted when the stage's outcome is unknown (a cancelled or timed-out write
             # may have committed): that would leave a staged object without its data.
-            upload = f"{UPLOAD_MARKERS}{transfer.migration_id}/{uuid.uuid4().hex[:16]}"
-            collectable = to_millis(transfer.expires_at + 2 * ctx.timing.clock_skew)
-            await ctx.journal.store.put(upload, encode_counter(collectable), etag=Expect.ABSENT)
-            blob = await write_blob(
-                ctx.journal.store,
-                f"upload/{upload.removeprefix(UPLOAD_MARKERS)}/",
-                data,
-                expected_digest=staged.blob.digest,
-                expected_size=staged.blob.size,
-            )
+            upload, blob = await self._upload(transfer, staged.blob, data, peer=peer)
             staged = replace(staged, blob=blob)
         return await self._stage(
             transfer, transfer_digest, staged, fence, peer=peer, now=now, upload=upload
         )
+
+    async def _upload(
+        self, transfer: Transfer, expected: BlobRef, data: AsyncIterator[bytes], *, peer: str
+    ) -> tuple[str, BlobRef]:
+        """Store a streamed upload under its own prefix; returns its marker and the blob.
+
+        Bounded per peer: at most :data:`~gateway.limits.MAX_OPEN_UPLOADS_PER_PEER` in
+        flight here, and as many markers in the store (a crash leaves markers behind until
+        :meth:`collect_uploads`). An upload refused mid-stream (too long, truncated,
+        digest mismatch, the peer gone) leaves neither marker nor chunks: nothing was
+        staged, so nothing can reference them.
+        """
+        store = self.ctx.journal.store
+        tag = _peer_tag(peer)
+        if (
+            self._uploads.get(peer, 0) >= MAX_OPEN_UPLOADS_PER_PEER
+            or len(await store.list(f"{UPLOAD_MARKERS}{tag}/", limit=MAX_OPEN_UPLOADS_PER_PEER))
+            >= MAX_OPEN_UPLOADS_PER_PEER
+        ):
+            raise TransferStreamError(
+                f"{peer} already has {MAX_OPEN_UPLOADS_PER_PEER} uploads open here",
+                hint="wait for them to finish; unfinished ones are collected after they expire",
+            )
+        self._uploads[peer] = self._uploads.get(peer, 0) + 1
+        try:
+            # Each attempt uploads under its own prefix, announced by a marker that the
+            # stage transaction removes: a marker still there after the transfer expired
+            # means chunks nobody references (recovery deletes them). Chunks are never
+            # deleted when the stage's outcome is unknown (a cancelled or timed-out write
+            # may have committed): that would leave a staged object without its data.
+            suffix = f"{tag}/{transfer.migration_id}/{uuid.uuid4().hex[:16]}"
+            upload = UPLOAD_MARKERS + suffix
+            collectable = to_millis(transfer.expires_at + 2 * self.ctx.timing.clock_skew)
+            await store.put(upload, encode_counter(collectable), etag=Expect.ABSENT)
+            try:
+                blob = await write_blob(
+                    store,
+                    f"upload/{suffix}/",
+                    data,
+                    expected_digest=expected.digest,
+                    expected_size=expected.size,
+                )
+            except BaseException:
+                # The stream failed before any stage was attempted: its chunks are ours
+                # alone. Listing (not counting what write_blob knows it wrote) also finds
+                # a batch whose write was cancelled but still ran on the store's worker.
+                # If this cleanup fails too, the marker stays and collect_uploads
+                # finishes the job after the transfer expired.
+                await delete_keys(store, await store.list(f"upload/{suffix}/"))
+                await store.delete(upload, etag=Expect.ANY)
+                raise
+            return upload, blob
+        finally:
+            self._uploads[peer] -= 1
+            if not self._uploads[peer]:
+                del self._uploads[peer]
 
     async def _stage(
         self,
@@ -445,7 +498,8 @@ class Destination:
         it committed or aborted — so it is refused and changes nothing.
         """
         if record.step is DestinationStep.ABORTED:
-            # Also when an Abort arrived before this (delayed) Prepare: aborted is final.
+            # Aborted is final. (An Abort that arrived *before* its Prepare wrote nothing,
+            # see abort(); that Prepare stages, and Decision then discards the copy.)
             raise MigrationAbortedError(f"migration {record.migration_id} was aborted here")
         if record.transfer_digest != transfer_digest:
             raise ReplayError(
@@ -623,50 +677,47 @@ class Destination:
         )
 
     async def abort(self, migration_id: str, *, peer: str, reason: str) -> None:
-        """Discard a staged copy. Aborting an unknown migration records it as aborted, so
-        a Prepare delayed in the network can never stage it afterwards."""
+        """Discard a staged copy. Aborting a migration this host never staged writes
+        nothing: a peer could otherwise fill the store by aborting random ids.
+
+        Why that is still safe under presumed abort: a Prepare delayed in the network
+        past this Abort may stage the copy afterwards, but a staged copy never goes live
+        without the source's Commit (or a signed COMMITTED answer to Decision), and the
+        source journaled ABORTED *before* it sent this Abort, so it can never commit that
+        migration: recovery here asks Decision once the stage times out, gets ABORTED and
+        discards the copy. The transfer also expires within its short lifetime, after
+        which no delayed Prepare is accepted at all.
+        """
         ctx = self.ctx
         for _attempt in range(3):
             now = ctx.clock.now()
             loaded = await ctx.journal.destination(migration_id)
             if loaded is None:
-                record = DestinationRecord(
-                    migration_id=migration_id,
-                    object_id="",
-                    tenant="",
-                    source_host=peer,
-                    step=DestinationStep.ABORTED,
-                    transfer_digest=b"",
-                    created_at=now,
-                    updated_at=now,
-                    reason=reason,
+                log.info("abort of unknown migration %s from %s: nothing to do", migration_id, peer)
+                return
+            if loaded.value.source_host != peer:
+                raise PeerMismatchError(
+                    f"migration {migration_id} belongs to {loaded.value.source_host}, not {peer}"
                 )
-                etag: str | Expect = Expect.ABSENT
-            else:
-                if loaded.value.source_host != peer:
-                    raise PeerMismatchError(
-                        f"migration {migration_id} belongs to {loaded.value.source_host}, not {peer}"
-                    )
-                if loaded.value.step is DestinationStep.ABORTED:
-                    return
-                if loaded.value.step is DestinationStep.ACTIVATED:
-                    raise ObjectStateError(
-                        f"migration {migration_id} already committed and the object is live here; "
-                        "it cannot abort"
-                    )
-                record = replace(
-                    loaded.value,
-                    step=DestinationStep.ABORTED,
-                    staged=None,
-                    reason=reason,
-                    updated_at=now,
+            if loaded.value.step is DestinationStep.ABORTED:
+                return
+            if loaded.value.step is DestinationStep.ACTIVATED:
+                raise ObjectStateError(
+                    f"migration {migration_id} already committed and the object is live here; "
+                    "it cannot abort"
                 )
-                etag = loaded.etag
-            discarded = loaded.value.staged.blob if loaded and loaded.value.staged else None
+            record = replace(
+                loaded.value,
+                step=DestinationStep.ABORTED,
+                staged=None,
+                reason=reason,
+                updated_at=now,
+            )
+            discarded = loaded.value.staged.blob if loaded.value.staged else None
             try:
                 await ctx.journal.store.transact(
                     [
-                        put_destination(record, etag),
+                        put_destination(record, loaded.etag),
                         Delete(key=open_destination_key(migration_id), etag=Expect.ANY),
                     ]
                 )
@@ -725,3 +776,9 @@ class Destination:
             except ConcurrencyError:
                 continue
         return len(expired)
+
+
+def _peer_tag(peer: str) -> str:
+    """A store-key segment naming ``peer``: a digest, because host ids contain ``/`` and
+    one id's prefix must never list another's uploads."""
+    return digest(peer.encode()).hex()[:16]

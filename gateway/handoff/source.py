@@ -43,7 +43,7 @@ from gateway.errors import (
     VerificationError,
 )
 from gateway.handoff.context import HostContext
-from gateway.handoff.journal import open_source_key, put_object, put_source, source_key
+from gateway.handoff.journal import open_source_key, put_object, put_source
 from gateway.handoff.messages import (
     NONCE_BYTES,
     DecisionAnswer,
@@ -440,24 +440,14 @@ class Source:
         ctx = self.ctx
         journal = await ctx.journal.source(migration_id)
         if journal is None:
-            now = ctx.clock.now()
-            unknown = SourceRecord(
-                migration_id=migration_id,
-                object_id="",
-                tenant="",
-                destination_host=peer,
-                step=SourceStep.ABORTED,
-                transfer=b"",
-                created_at=now,
-                updated_at=now,
-                reason="unknown migration (presumed abort)",
-            )
-            try:
-                await ctx.journal.store.put(
-                    source_key(migration_id), wire.encode_source_record(unknown), etag=Expect.ABSENT
-                )
-            except ConcurrencyError:
-                return await self._decide(migration_id, peer=peer)
+            # Presumed abort, without writing anything: a peer could otherwise fill the
+            # store by asking about random ids. Answering ABORTED for an id with no record
+            # can never contradict a later commit, because this host chooses migration
+            # ids itself (random, 128 bits) and journals FROZEN in the same transaction
+            # that freezes the object, *before* any transfer carrying the id exists: no
+            # honest destination can ask about an id before its FROZEN record is here,
+            # and nobody can guess an id this host will use.
+            log.info("decision asked by %s for unknown migration %s: aborted", peer, migration_id)
             return Outcome.ABORTED
         record = journal.value
         if record.destination_host != peer:

@@ -25,9 +25,15 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from gateway._time import format_time
-from gateway.errors import AdmissionDeniedError, ConcurrencyError, RuleError
+from gateway.errors import (
+    AdmissionDeniedError,
+    ConcurrencyError,
+    LimitExceededError,
+    RuleError,
+)
 from gateway.handoff.context import HostContext
 from gateway.handoff.journal import put_object
+from gateway.limits import next_counter
 from gateway.lineage import EntryKind
 from gateway.model import MAX_DATA_BYTES, CycleState, GovernedObject, LifecycleState
 from gateway.rules import RuleSet, check_data, compile_rules, dump_data, load_data
@@ -172,13 +178,21 @@ class CycleRunner:
         """Next generation; the next due time keeps the rhythm but never bursts to catch up."""
         interval = obj.cycle.interval
         assert interval is not None
-        scheduled = (obj.cycle.next_due or now) + interval
-        next_due = scheduled if scheduled > now else now + interval
+        # Arrival and creation keep counters and times within gateway.limits; an object
+        # stored before those checks existed fails here with a GatewayError (and is
+        # backed off, then quarantined by the scheduler) instead of an OverflowError.
+        generation = next_counter(obj.cycle.generation, what=f"the generation of {obj.object_id}")
+        try:
+            scheduled = (obj.cycle.next_due or now) + interval
+            next_due = scheduled if scheduled > now else now + interval
+        except OverflowError as exc:
+            raise LimitExceededError(
+                f"the next due time of {obj.object_id} is beyond the last representable time",
+                hint="recreate the object with a sane cycle interval",
+            ) from exc
         return replace(
             obj,
-            cycle=CycleState(
-                generation=obj.cycle.generation + 1, interval=interval, next_due=next_due
-            ),
+            cycle=CycleState(generation=generation, interval=interval, next_due=next_due),
         )
 
 

@@ -1,7 +1,8 @@
 """The gateway's gRPC service: thin adapters from RPCs to the handoff's two sides.
 
-Every call first establishes who the peer is from its mTLS certificate; the handoff
-code then checks that this peer is the one the migration names. Errors leave through
+Every call first establishes who the peer is from its mTLS certificate, then checks
+the sizes of what the peer sent (migration ids, reasons: :mod:`gateway.limits`) before
+any work; the handoff code then checks that this peer is the one the migration names. Errors leave through
 one table (:mod:`gateway.transport.status`); anything unexpected is logged here and
 answered as INTERNAL without internals.
 """
@@ -19,6 +20,7 @@ from gateway.errors import GatewayError, TransferStreamError
 from gateway.handoff.destination import Destination
 from gateway.handoff.messages import Evaluation
 from gateway.handoff.source import Source
+from gateway.limits import MAX_REASON_CHARS, check_migration_id, check_text
 from gateway.transport.status import ERROR_TYPE_KEY, status_of
 from gateway.transport.tls import CHANNEL_OPTIONS, authenticated_peer
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -94,6 +96,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self, request: gateway_pb2.CommitRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.CommitResponse:
         async def handle(peer: str) -> gateway_pb2.CommitResponse:
+            check_migration_id(request.migration_id)
             return gateway_pb2.CommitResponse(
                 receipt=await self.destination.commit(request.migration_id, peer=peer)
             )
@@ -104,6 +107,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self, request: gateway_pb2.AbortRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.AbortResponse:
         async def handle(peer: str) -> gateway_pb2.AbortResponse:
+            check_migration_id(request.migration_id)
+            check_text(request.reason, limit=MAX_REASON_CHARS, what="abort reason")
             await self.destination.abort(request.migration_id, peer=peer, reason=request.reason)
             return gateway_pb2.AbortResponse()
 
@@ -113,6 +118,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self, request: gateway_pb2.DecisionRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.DecisionResponse:
         async def handle(peer: str) -> gateway_pb2.DecisionResponse:
+            check_migration_id(request.migration_id)
             return gateway_pb2.DecisionResponse(
                 decision=await self.source.decide(request.migration_id, peer=peer)
             )
