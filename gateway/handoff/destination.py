@@ -631,7 +631,7 @@ class Destination:
                 hint="the staged copy stays staged and never goes live; see `gateway forks` "
                 "on the home",
             ) from exc
-        open_custody_receipt(
+        granted = open_custody_receipt(
             ctx,
             receipt,
             home=home,
@@ -639,6 +639,16 @@ class Destination:
             epoch=staged.epoch,
             migration=record.migration_id,
         )
+        departures = len(staged.lineage.checkpoints)
+        if granted.handoffs > departures:
+            # The home granted more handoffs than the history shows: the sender left out
+            # a stay (a round trip through itself, which no other host's signature in the
+            # history would reveal), and with it whatever that stay recorded.
+            raise ForkError(
+                f"custody home {home} granted {granted.handoffs} handoffs of "
+                f"{record.object_id}, but its history shows {departures}",
+                hint="the sender hid part of the object's history; the copy is refused",
+            )
 
     def _attenuated(self, staged: GovernedObject, *, at: datetime) -> GovernedObject:
         """With ``handoff.attenuate_on_rehost``, a host that is the audience of the object's

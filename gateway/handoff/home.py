@@ -55,7 +55,9 @@ from gateway.stores import Expect
 from gateway.trust import canonical_json
 
 CUSTODY_PREFIX = "custody/"
-_FIELDS = frozenset({"object_id", "epoch", "holder", "sender", "migration", "issued_at"})
+_FIELDS = frozenset(
+    {"object_id", "epoch", "holder", "sender", "migration", "issued_at", "handoffs"}
+)
 
 
 def custody_key(object_id: str) -> str:
@@ -73,6 +75,10 @@ class CustodyRecord:
     sender: str
     migration: str
     issued_at: datetime
+    #: Handoffs granted for the object so far, this one included: a receiver compares it
+    #: with the departures the history shows, so a sender that hid a round trip through
+    #: itself (which no other signature reveals) is caught here.
+    handoffs: int
 
     def encode(self) -> bytes:
         return canonical_json(
@@ -83,6 +89,7 @@ class CustodyRecord:
                 "sender": self.sender,
                 "migration": self.migration,
                 "issued_at": format_time(self.issued_at),
+                "handoffs": self.handoffs,
             }
         )
 
@@ -92,9 +99,12 @@ class CustodyRecord:
             document = json.loads(raw)
             if not isinstance(document, dict) or set(document) != _FIELDS:
                 raise ValueError(f"fields must be {sorted(_FIELDS)}")
-            epoch = document["epoch"]
-            if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch < 1 << 64:
-                raise ValueError("epoch must be an unsigned 64-bit integer")
+            epoch, handoffs = document["epoch"], document["handoffs"]
+            for number in (epoch, handoffs):
+                if not isinstance(number, int) or isinstance(number, bool):
+                    raise ValueError("epoch and handoffs must be integers")
+                if not 0 <= number < 1 << 64:
+                    raise ValueError("epoch and handoffs must fit in 64 bits")
             texts = [document[k] for k in ("object_id", "holder", "sender", "migration")]
             if not all(isinstance(t, str) for t in texts):
                 raise ValueError("ids must be strings")
@@ -105,6 +115,7 @@ class CustodyRecord:
                 sender=document["sender"],
                 migration=document["migration"],
                 issued_at=parse_time(document["issued_at"]),
+                handoffs=handoffs,
             )
         except (ValueError, TypeError, RecursionError, UnicodeError) as exc:
             raise PayloadDecodeError(f"custody record does not parse: {exc}") from exc
@@ -142,6 +153,7 @@ class CustodyHome:
                 sender=departure.host,
                 migration=departure.migration,
                 issued_at=now,
+                handoffs=(current.handoffs if current is not None else 0) + 1,
             )
             crash_point("home.before-claim")
             try:
