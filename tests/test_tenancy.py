@@ -26,7 +26,6 @@ from gateway import wire
 from gateway.config import load_config
 from gateway.errors import (
     AdmissionDeniedError,
-    ConfigError,
     QuotaExceededError,
     TenantBindingError,
 )
