@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -128,8 +129,8 @@ class Config:
     def tenancy(self) -> Tenancy:
         """Tenant limits and peer bindings, as the handoff checks them."""
         return Tenancy(
-            limits=self.tenant_limits,
-            bindings={str(peer.id): peer.tenants for peer in self.peers},
+            limits=MappingProxyType(dict(self.tenant_limits)),
+            bindings=MappingProxyType({str(peer.id): peer.tenants for peer in self.peers}),
             source=str(self.source),
         )
 
