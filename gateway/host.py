@@ -34,7 +34,7 @@ from gateway.errors import (
 )
 from gateway.handoff.context import HostContext
 from gateway.handoff.destination import Destination
-from gateway.handoff.journal import Journal, object_key
+from gateway.handoff.journal import MAX_FOLDED_RELEASES, Journal, object_key
 from gateway.handoff.messages import Evaluation
 from gateway.handoff.recovery import Recovery
 from gateway.handoff.source import MigrationResult, Source
@@ -68,6 +68,8 @@ TRUST_PREFIX = "trust/"
 JOB_RECONCILE_PASSES = 30
 #: Create transactions tried when only the tenant's usage counter moved under them.
 CREATE_ATTEMPTS = 8
+#: Transactions of releases folded into a tenant's quota counter per recovery pass.
+FOLD_ROUNDS = 16
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -506,5 +508,7 @@ class Host:
         the releases of each tenant's quota folded into its counter."""
         progressed = await self.recovery.run_once()
         for tenant in self.config.tenants:
-            await self.journal.fold_releases(tenant)
+            for _round in range(FOLD_ROUNDS):
+                if await self.journal.fold_releases(tenant) < MAX_FOLDED_RELEASES:
+                    break
         return progressed

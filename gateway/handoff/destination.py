@@ -6,10 +6,13 @@ Invariants this side keeps:
   COMMITTED answer to Decision), never on a timeout.
 * Verification order (DESIGN.md §4): size → decode → signatures by a key of the
   *authenticated peer* → payload type → parse → the payload names that peer as source
-  → audience is this host → time window → idempotent retry or nonce unseen → epoch
-  above the fence → lineage (and what this host saw of it before). Nothing is
-  written before every check passed; then one transaction writes the journal record,
-  the nonce and the raised fence together.
+  → audience is this host → time window → idempotent retry or nonce unseen → the
+  object's tenant is hosted, the peer is bound to it and it has quota room → epoch
+  above the fence *of that tenant* → lineage (and what this host saw of it before).
+  Nothing is written before every check passed; then one transaction writes the
+  journal record, the nonce, the raised fence and the tenant's quota charge together.
+* An object is named by (tenant, id): another tenant's object with the same id
+  neither blocks an arrival nor is touched by it (gateway.tenancy).
 * Every call is idempotent by migration id: a retried Prepare gets the same receipt, a
   retried Commit the same activation receipt.
 * Only the source that the migration names may commit, abort or ask about it.
