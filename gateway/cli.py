@@ -278,7 +278,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         "next: exchange trust bundles with peers (`gateway trust export` / `gateway trust import`),"
     )
     out.print(
-        "      add them under 'peers:' in the config, then `gateway serve --config "
+        "      add them under 'peers:' in the config, each with the tenants it may deliver into"
+        " (`tenants: [default]`; none if left out), then `gateway serve --config "
         + str(config)
         + "`"
     )

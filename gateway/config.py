@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -25,6 +26,7 @@ import yaml
 from gateway.authority import HostPolicy
 from gateway.errors import AuthorityError, ConfigError
 from gateway.identity import HostId, validate_tenant
+from gateway.tenancy import MAX_QUOTA, Tenancy, TenantLimits
 
 _ADDRESS = re.compile(r"(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})")
 #: Longer than any sensible timeout, short enough for every timer the gateway feeds it to.
@@ -43,11 +45,17 @@ tls:
 keys: keys
 store:
   sqlite: state.db
-tenants: [default]
+tenants:
+  - default
+  - name: billing
+    max_objects: 1000
+    max_bytes: 1073741824
+    require_authority: true
 peers:
   - id: spiffe://org-b.example/cluster/west/gateway
     address: 127.0.0.1:7002
     server_name: localhost
+    tenants: [default]
 """
 
 
@@ -63,6 +71,8 @@ class PeerConfig:
     id: HostId
     address: str  #: HOST:PORT
     server_name: str  #: the DNS name its TLS certificate carries
+    #: the tenants this peer may deliver objects into (none unless listed)
+    tenants: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,11 +117,22 @@ class Config:
     dapr_store: DaprStoreConfig | None = None
     dapr: DaprConfig | None = None
     tenants: tuple[str, ...] = ("default",)
+    #: per-tenant limits (quotas, require_authority); tenants not named have none
+    tenant_limits: Mapping[str, TenantLimits] = field(default_factory=dict)
     peers: tuple[PeerConfig, ...] = ()
     handoff: HandoffConfig = field(default_factory=HandoffConfig)
     policy: HostPolicy = field(default_factory=HostPolicy.empty)
     #: app id -> base URL for ``invoke:<app>/<method>`` actions (HTTP POST <url>/<method>)
     invoke: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def tenancy(self) -> Tenancy:
+        """Tenant limits and peer bindings, as the handoff checks them."""
+        return Tenancy(
+            limits=MappingProxyType(dict(self.tenant_limits)),
+            bindings=MappingProxyType({str(peer.id): peer.tenants for peer in self.peers}),
+            source=str(self.source),
+        )
 
     def peer(self, host_id: str) -> PeerConfig:
         from gateway.errors import UnknownPeerError
@@ -224,6 +245,67 @@ class _Reader:
                 where, f"expected true or false, got {_kind(value)}", "write true or false"
             )
         return value
+
+
+def _tenant(r: _Reader, item: Any, where: str) -> tuple[str, TenantLimits]:
+    """One entry of ``tenants:``: a name, or ``{name, max_objects, max_bytes, require_authority}``."""
+    if not isinstance(item, dict):
+        return _tenant_name(r, item, where), TenantLimits()
+    section = r.mapping(
+        item, where, {"name", "max_objects", "max_bytes", "require_authority"}, {"name"}
+    )
+    return _tenant_name(r, section["name"], f"{where}.name"), TenantLimits(
+        max_objects=_quota(r, section["max_objects"], f"{where}.max_objects")
+        if "max_objects" in section
+        else None,
+        max_bytes=_quota(r, section["max_bytes"], f"{where}.max_bytes")
+        if "max_bytes" in section
+        else None,
+        require_authority=r.flag(section["require_authority"], f"{where}.require_authority")
+        if "require_authority" in section
+        else False,
+    )
+
+
+def _tenant_name(r: _Reader, value: Any, where: str) -> str:
+    try:
+        return validate_tenant(r.string(value, where))
+    except ConfigError as exc:
+        if exc.reason.startswith(str(r.source)):
+            raise
+        raise r.fail(where, exc.reason, exc.hint or "") from exc
+
+
+def _quota(r: _Reader, value: Any, where: str) -> int:
+    # 0 is a valid quota: the tenant takes nothing more (e.g. while it is drained).
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_QUOTA:
+        raise r.fail(
+            where,
+            f"expected a whole number from 0 to {MAX_QUOTA}, got {_kind(value)}",
+            "e.g. 1000; leave the key out for no limit",
+        )
+    return value
+
+
+def _bound_tenants(r: _Reader, value: Any, where: str, hosted: list[str]) -> frozenset[str]:
+    """``peers[i].tenants``: hosted tenants only, so a typo cannot silently bind nothing."""
+    if not isinstance(value, list):
+        raise r.fail(
+            where,
+            f"expected a list of tenant names, got {_kind(value)}",
+            "e.g. [default]; leave the key out to let the peer deliver into no tenant",
+        )
+    bound: set[str] = set()
+    for index, item in enumerate(value):
+        name = _tenant_name(r, item, f"{where}[{index}]")
+        if name not in hosted:
+            raise r.fail(
+                f"{where}[{index}]",
+                f"tenant {name!r} is not hosted here (tenants: {', '.join(hosted)})",
+                "bind the peer only to tenants listed under 'tenants:', or add it there",
+            )
+        bound.add(name)
+    return frozenset(bound)
 
 
 def _join(where: str, key: str) -> str:
@@ -398,13 +480,18 @@ def parse_config(document: Any, *, source: Path) -> Config:
             "tenants", f"expected a non-empty list, got {_kind(tenants_value)}", "e.g. [default]"
         )
     tenants: list[str] = []
-    for index, tenant in enumerate(tenants_value):
-        try:
-            tenants.append(validate_tenant(r.string(tenant, f"tenants[{index}]")))
-        except ConfigError as exc:
-            if exc.reason.startswith(str(source)):
-                raise
-            raise r.fail(f"tenants[{index}]", exc.reason, exc.hint or "") from exc
+    tenant_limits: dict[str, TenantLimits] = {}
+    for index, item in enumerate(tenants_value):
+        name, limits = _tenant(r, item, f"tenants[{index}]")
+        if name in tenants:
+            raise r.fail(
+                f"tenants[{index}]",
+                f"tenant {name!r} is already listed as tenants[{tenants.index(name)}]",
+                "list each tenant once",
+            )
+        tenants.append(name)
+        if limits != TenantLimits():
+            tenant_limits[name] = limits
 
     peers: list[PeerConfig] = []
     peers_value = top.get("peers", [])
@@ -414,7 +501,9 @@ def parse_config(document: Any, *, source: Path) -> Config:
         )
     for index, item in enumerate(peers_value):
         where = f"peers[{index}]"
-        peer = r.mapping(item, where, {"id", "address", "server_name"}, {"id", "address"})
+        peer = r.mapping(
+            item, where, {"id", "address", "server_name", "tenants"}, {"id", "address"}
+        )
         peer_id = r.host_id(peer["id"], f"{where}.id")
         if peer_id == host_id:
             raise r.fail(
@@ -437,6 +526,7 @@ def parse_config(document: Any, *, source: Path) -> Config:
                 server_name=r.string(
                     peer.get("server_name", address.rsplit(":", 1)[0]), f"{where}.server_name"
                 ),
+                tenants=_bound_tenants(r, peer.get("tenants", []), f"{where}.tenants", tenants),
             )
         )
 
@@ -473,6 +563,15 @@ def parse_config(document: Any, *, source: Path) -> Config:
         policy = HostPolicy.from_config(top.get("policy"), str(source))
     except AuthorityError as exc:
         raise ConfigError(exc.reason, hint=exc.hint) from exc
+    for index, ceiling in enumerate(policy.ceilings):
+        # A ceiling for a tenant not hosted here would bound nothing: most likely a typo
+        # that leaves the tenant it meant without its ceiling.
+        if ceiling.tenant is not None and ceiling.tenant not in tenants:
+            raise r.fail(
+                f"policy.ceilings[{index}].tenant",
+                f"tenant {ceiling.tenant!r} is not hosted here (tenants: {', '.join(tenants)})",
+                "name a tenant listed under 'tenants:', or add it there",
+            )
 
     return Config(
         source=source,
@@ -489,6 +588,7 @@ def parse_config(document: Any, *, source: Path) -> Config:
         dapr_store=dapr_store,
         dapr=dapr,
         tenants=tuple(tenants),
+        tenant_limits=tenant_limits,
         peers=tuple(peers),
         handoff=HandoffConfig(**handoff_values),
         policy=policy,

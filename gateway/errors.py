@@ -131,6 +131,14 @@ class AdmissionDeniedError(AuthorityError):
     """The receiving host's ceiling or the object's constraints refuse this host."""
 
 
+class TenantBindingError(AdmissionDeniedError):
+    """A peer delivers into a tenant its configuration does not bind it to."""
+
+
+class QuotaExceededError(AdmissionDeniedError):
+    """A tenant already holds as many objects or bytes as its quota allows."""
+
+
 class AuthorityFormatError(AuthorityError):
     """A capability, constraint, resource pattern or host pattern is malformed."""
 

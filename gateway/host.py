@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -23,10 +24,17 @@ from gateway._time import Clock, SystemClock
 from gateway.blobs import delete_blob, write_blob
 from gateway.config import Config
 from gateway.credentials import issue_grant
-from gateway.errors import ConfigError, GatewayError, TrustError, UnknownPeerError
+from gateway.errors import (
+    ConcurrencyError,
+    ConfigError,
+    GatewayError,
+    ObjectStateError,
+    TrustError,
+    UnknownPeerError,
+)
 from gateway.handoff.context import HostContext
 from gateway.handoff.destination import Destination
-from gateway.handoff.journal import Journal, object_key
+from gateway.handoff.journal import MAX_FOLDED_RELEASES, Journal, object_key
 from gateway.handoff.messages import Evaluation
 from gateway.handoff.recovery import Recovery
 from gateway.handoff.source import MigrationResult, Source
@@ -43,7 +51,7 @@ from gateway.runtime.scheduler import (
     load_quarantine,
     release_quarantine,
 )
-from gateway.stores import Expect, StateStore
+from gateway.stores import Expect, Put, StateStore
 from gateway.stores.dapr import DaprStore, connect_client
 from gateway.stores.sqlite import SqliteStore
 from gateway.transport.client import GrpcPeers
@@ -63,6 +71,10 @@ log = logging.getLogger(__name__)
 TRUST_PREFIX = "trust/"
 #: Recovery passes between two reconciliations of Dapr cycle jobs.
 JOB_RECONCILE_PASSES = 30
+#: Create transactions tried when only the tenant's usage counter moved under them.
+CREATE_ATTEMPTS = 8
+#: Transactions of releases folded into a tenant's quota counter per recovery pass.
+FOLD_ROUNDS = 16
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -130,6 +142,7 @@ class Host:
             timing=config.handoff,
             policy=config.policy,
             attenuate_on_rehost=config.handoff.attenuate_on_rehost,
+            tenancy=config.tenancy,
             on_active=self._object_became_active,
         )
         self.peers = GrpcPeers(
@@ -303,9 +316,7 @@ class Host:
             self.context.check_rules(obj)
             admission, expires = self.context.authorize(obj, peer=self.host_id, hops=0, at=now)
             obj = replace(obj, authority=admission.authority, authority_expires=expires)
-            await self.store.put(
-                object_key(tenant, obj.object_id), encode_object(obj), etag=Expect.ABSENT
-            )
+            await self._store_new(obj)
         except BaseException:
             # A write cancelled or timed out may still have committed: delete the chunks
             # only if no object record points at them.
@@ -320,6 +331,49 @@ class Host:
             raise
         self._object_became_active(obj)
         return obj
+
+    async def _store_new(self, obj: GovernedObject) -> None:
+        """Write a new object and count it against its tenant's quota, in one transaction."""
+        tenant, object_id = obj.tenant, obj.object_id
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                async with self.journal.charging(tenant):
+                    charge = await self.journal.charge(
+                        tenant,
+                        object_id,
+                        obj.size,
+                        check=lambda usage: self.context.tenancy.require_room(
+                            tenant, usage, size=obj.size, object_id=object_id
+                        ),
+                    )
+                    await self.store.transact(
+                        [
+                            Put(
+                                key=object_key(tenant, object_id),
+                                value=encode_object(obj),
+                                etag=Expect.ABSENT,
+                            ),
+                            *charge,
+                        ]
+                    )
+                return
+            except ConcurrencyError:
+                if await self.journal.object(tenant, object_id) is not None:
+                    raise  # the object exists: as before quotas, creating it again fails
+                if await self.journal.held(tenant, object_id):
+                    # Staged here by a migration not settled yet: creating it now would
+                    # leave that migration a second live copy to refuse after its commit.
+                    raise ObjectStateError(
+                        f"{object_id} is arriving in tenant {tenant} on {self.host_id} (staged)",
+                        hint="wait until that migration settles; `gateway object show` then shows it",
+                    ) from None
+                # Only the tenant's usage counter moved (another object was counted):
+                # again, after a short random pause so that racing writers spread out.
+                await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))  # noqa: S311
+        raise ObjectStateError(
+            f"tenant {tenant} kept changing while {object_id} was being created",
+            hint="retry; many objects are being created or are arriving in this tenant",
+        )
 
     async def get_object(self, object_id: str, *, tenant: str) -> GovernedObject:
         loaded = await self.journal.require_object(
@@ -466,5 +520,11 @@ class Host:
                 await asyncio.wait_for(stop.wait(), timeout=interval)
 
     async def recover(self) -> int:
-        """One recovery pass over open migrations (see gateway.handoff.recovery)."""
-        return await self.recovery.run_once()
+        """One recovery pass over open migrations (see gateway.handoff.recovery), then
+        the releases of each tenant's quota folded into its counter."""
+        progressed = await self.recovery.run_once()
+        for tenant in self.config.tenants:
+            for _round in range(FOLD_ROUNDS):
+                if await self.journal.fold_releases(tenant) < MAX_FOLDED_RELEASES:
+                    break
+        return progressed

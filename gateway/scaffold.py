@@ -38,6 +38,8 @@ class PeerEntry:
     id: str
     address: str
     server_name: str = "localhost"
+    #: the tenants of this host the peer may deliver into (none if empty)
+    tenants: tuple[str, ...] = ()
 
 
 def free_port() -> int:
@@ -121,7 +123,13 @@ def config_document(
     }
     if peers:
         document["peers"] = [
-            {"id": p.id, "address": p.address, "server_name": p.server_name} for p in peers
+            {
+                "id": p.id,
+                "address": p.address,
+                "server_name": p.server_name,
+                **({"tenants": list(p.tenants)} if p.tenants else {}),
+            }
+            for p in peers
         ]
     return document
 

@@ -14,9 +14,10 @@ import pytest
 import yaml
 
 from gateway.config import EXAMPLE, Config, HandoffConfig, load_config, parse_config
-from gateway.errors import ConfigError, UnknownPeerError
+from gateway.errors import ConfigError, TenantBindingError, UnknownPeerError
 from gateway.identity import HostId
 from gateway.scaffold import PeerEntry, config_document, write_config
+from gateway.tenancy import TenantLimits
 
 HOST_A = "spiffe://org-a.example/cluster/east/gateway"
 HOST_B = "spiffe://org-b.example/cluster/west/gateway"
@@ -133,6 +134,33 @@ BAD = [
         "[default]", "non-empty list, got an empty list"),
     Bad("tenants-string", "a list, not one name", edited(("tenants", "default")), "tenants",
         "[default]", "got 'default'"),
+    # --- tenants: limits and peer bindings ---
+    Bad("tenant-listed-twice", "one entry per tenant", edited(("tenants[1]", "default")), "tenants[1]",
+        "list each tenant once", "already listed as tenants[0]"),
+    Bad("tenant-without-name", "a tenant with limits still has a name",
+        edited(("tenants[1]", {"max_objects": 5})), "tenants[1].name", "add it", "missing"),
+    Bad("tenant-unknown-setting", "a typo in a limit is named",
+        edited(("tenants[1]", {"name": "billing", "max_object": 5})), "tenants[1].max_object",
+        "did you mean 'max_objects'?", "unknown key"),
+    Bad("quota-negative", "a quota is a count", edited(("tenants[1]", {"name": "billing", "max_objects": -1})),
+        "tenants[1].max_objects", "leave the key out for no limit", "whole number from 0"),
+    Bad("quota-huge", "a quota fits the counter", edited(("tenants[1]", {"name": "billing", "max_bytes": 2**70})),
+        "tenants[1].max_bytes", "e.g. 1000", "whole number from 0"),
+    Bad("quota-string", "units are not parsed", edited(("tenants[1]", {"name": "billing", "max_bytes": "1GiB"})),
+        "tenants[1].max_bytes", "e.g. 1000", "got '1GiB'"),
+    Bad("require-authority-string", "a flag is true or false",
+        edited(("tenants[1]", {"name": "billing", "require_authority": "yes please"})),
+        "tenants[1].require_authority", "write true or false"),
+    Bad("peer-bound-to-unknown-tenant", "a binding names a hosted tenant (a typo would bind nothing)",
+        edited(("peers[0].tenants", ["default", "biling"])), "peers[0].tenants[1]",
+        "listed under 'tenants:'", "tenant 'biling' is not hosted here (tenants: default, billing)"),
+    Bad("peer-tenants-string", "a list of tenants, not one name", edited(("peers[0].tenants", "default")),
+        "peers[0].tenants", "deliver into no tenant", "expected a list"),
+    Bad("peer-tenant-bad-name", "tenant names are DNS labels", edited(("peers[0].tenants", ["Default"])),
+        "peers[0].tenants[0]", "lowercase letters", "not a valid name"),
+    Bad("ceiling-for-unknown-tenant", "a ceiling for a tenant not hosted here bounds nothing",
+        edited(("policy", {"ceilings": [{"tenant": "biling", "allow": []}]})), "policy.ceilings[0].tenant",
+        "listed under 'tenants:'", "tenant 'biling' is not hosted here"),
     Bad("handoff-negative", "timeouts are positive",
         edited(("handoff", {"rpc_timeout_seconds": -1})), "handoff.rpc_timeout_seconds", "e.g. 30",
         "positive number of seconds"),
@@ -260,6 +288,52 @@ def test_defaults_apply_when_optional_keys_are_absent(tmp_path: Path) -> None:
     assert config.listen == "0.0.0.0:0", "port 0 lets the OS choose where to listen"
 
 
+def test_tenants_with_limits_and_peer_bindings(tmp_path: Path) -> None:
+    document = good_document()
+    document["tenants"] = [
+        "default",
+        {"name": "billing", "max_objects": 0, "max_bytes": 1024, "require_authority": True},
+    ]
+    document["peers"][0]["tenants"] = ["billing", "default"]
+    document["peers"][1]["tenants"] = []
+    path = tmp_path / "gateway.yaml"
+    write_config(path, document)
+    config = load_config(path)
+    assert config.tenants == ("default", "billing")
+    assert config.tenant_limits == {
+        "billing": TenantLimits(max_objects=0, max_bytes=1024, require_authority=True)
+    }
+    tenancy = config.tenancy
+    assert tenancy.limits_of("default") == TenantLimits()
+    assert tenancy.bindings == {HOST_B: frozenset({"default", "billing"}), HOST_C: frozenset()}
+    tenancy.require_bound(HOST_B, "billing", host=HOST_A)
+    with pytest.raises(TenantBindingError, match="may deliver into no tenant"):
+        tenancy.require_bound(HOST_C, "default", host=HOST_A)
+
+
+def test_a_peer_without_tenants_delivers_into_none_even_on_a_single_tenant_host(
+    tmp_path: Path,
+) -> None:
+    """Secure by default: no binding, no delivery. Not even the only tenant is implied,
+    so adding a second tenant later never changes what existing peers may do."""
+    document = config_document(
+        host=HOST_A, listen="127.0.0.1:7001", peers=[PeerEntry(id=HOST_B, address="127.0.0.1:2")]
+    )
+    path = tmp_path / "gateway.yaml"
+    write_config(path, document)
+    config = load_config(path)
+    assert config.tenants == ("default",) and config.peer(HOST_B).tenants == frozenset()
+    with pytest.raises(TenantBindingError) as caught:
+        config.tenancy.require_bound(HOST_B, "default", host=HOST_A)
+    assert caught.value.reason == (
+        f"refusing delivery into tenant 'default': {HOST_B} may deliver into no tenant on "
+        f"{HOST_A} (peers[].tenants is empty)"
+    )
+    assert caught.value.hint and str(path.resolve()) in caught.value.hint
+    with pytest.raises(TenantBindingError, match=f"{HOST_C} is bound to no tenant"):
+        config.tenancy.require_bound(HOST_C, "default", host=HOST_A)  # not a peer at all
+
+
 def test_a_peer_without_server_name_uses_its_address_host(tmp_path: Path) -> None:
     path = tmp_path / "gateway.yaml"
     path.write_text(
@@ -296,6 +370,8 @@ def test_the_documented_example_is_a_valid_config(tmp_path: Path) -> None:
     config = parse_config(yaml.safe_load(EXAMPLE), source=tmp_path / "gateway.yaml")
     assert str(config.host) == "spiffe://org-a.example/cluster/east/gateway"
     assert len(config.peers) == 1
+    assert config.peers[0].tenants == frozenset({"default"})
+    assert config.tenant_limits["billing"].require_authority
 
 
 def test_an_unknown_peer_is_named_with_the_peers_there_are_and_where_to_add_it(

@@ -48,6 +48,7 @@ from gateway.host import Host
 from gateway.lineage import verify_lineage
 from gateway.model import GovernedObject, LifecycleState, new_object
 from gateway.stores.sqlite import SqliteStore
+from gateway.tenancy import Tenancy
 from gateway.testing import HostSpec, build_world
 from gateway.trust import TrustStore
 from gateway.wire import encode_object
@@ -196,6 +197,10 @@ class Side:
             clock=self.clock,
             timing=TIMING,
             policy=HostPolicy.empty(),
+            # Each side may deliver into the other's one tenant (none is bound by default).
+            tenancy=Tenancy(
+                bindings={HOST_A: frozenset({"default"}), HOST_B: frozenset({"default"})}
+            ),
         )
         peers = SimPeers(self.network, self.identity.host)
         self.source = Source(self.context, peers)

@@ -17,6 +17,7 @@ from gateway.identity import HostId
 from gateway.keys import Purpose, Signer
 from gateway.model import GovernedObject
 from gateway.rules import check_data, compile_rules, load_data
+from gateway.tenancy import Tenancy
 from gateway.trust import TrustStore
 
 
@@ -33,6 +34,8 @@ class HostContext:
     timing: HandoffConfig
     policy: HostPolicy
     attenuate_on_rehost: bool = False
+    #: per-tenant limits and which peer may deliver into which tenant (none by default)
+    tenancy: Tenancy = field(default_factory=Tenancy)
     #: called when an object becomes ACTIVE here, so its cycle starts without delay
     on_active: Callable[[GovernedObject], None] = field(default=lambda _obj: None)
 
@@ -68,8 +71,10 @@ class HostContext:
     def authorize(
         self, obj: GovernedObject, *, peer: str, hops: int, at: datetime
     ) -> tuple[Admission, datetime | None]:
-        """:meth:`admit`, and when the authority it grants ends (the chain's expiry)."""
+        """:meth:`admit`, and when the authority it grants ends (the chain's expiry); raises
+        if the object's tenant refuses objects admitted so (``require_authority``)."""
         admission = self.admit(obj, peer=peer, hops=hops, at=at)
+        self.tenancy.require_placement(obj.tenant, admission, object_id=obj.object_id)
         chain = self.chain_of(obj, at=at)
         expires = (
             min((g.expires_at for g in chain.grants), default=None) if chain is not None else None

@@ -6,10 +6,13 @@ Invariants this side keeps:
   COMMITTED answer to Decision), never on a timeout.
 * Verification order (DESIGN.md §4): size → decode → signatures by a key of the
   *authenticated peer* → payload type → parse → the payload names that peer as source
-  → audience is this host → time window → idempotent retry or nonce unseen → epoch
-  above the fence → lineage (and what this host saw of it before). Nothing is
-  written before every check passed; then one transaction writes the journal record,
-  the nonce and the raised fence together.
+  → audience is this host → time window → idempotent retry or nonce unseen → the
+  object's tenant is hosted, the peer is bound to it and it has quota room → epoch
+  above the fence *of that tenant* → lineage (and what this host saw of it before).
+  Nothing is written before every check passed; then one transaction writes the
+  journal record, the nonce, the raised fence and the tenant's quota charge together.
+* An object is named by (tenant, id): another tenant's object with the same id
+  neither blocks an arrival nor is touched by it (gateway.tenancy).
 * Every call is idempotent by migration id: a retried Prepare gets the same receipt, a
   retried Commit the same activation receipt.
 * Only the source that the migration names may commit, abort or ask about it.
@@ -17,7 +20,9 @@ Invariants this side keeps:
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -44,6 +49,7 @@ from gateway.errors import (
     MigrationNotFoundError,
     ObjectStateError,
     PeerMismatchError,
+    QuotaExceededError,
     ReplayError,
     RollbackError,
     TransferStreamError,
@@ -81,6 +87,8 @@ UPLOAD_MARKERS = "upload-open/"
 MAX_TRANSFER_LIFETIME_S = 600
 #: Proposals are evaluated by people, possibly a day later (gateway admit --dry-run).
 MAX_PROPOSAL_LIFETIME_S = 2 * 86400
+#: Stage transactions tried when only the tenant's usage counter moved under them.
+STAGE_ATTEMPTS = 8
 
 
 class Destination:
@@ -132,27 +140,15 @@ class Destination:
         """Everything that decides whether this host takes the object, without writing:
         epoch fence, tenant, lineage, credential chain, constraints, host policy."""
         ctx = self.ctx
-        fence = await ctx.journal.fence(transfer.object_id)
+        await self._check_tenant(transfer, peer=peer)
+        fence = await ctx.journal.fence(transfer.object.tenant, transfer.object_id)
         if fence is not None and transfer.epoch <= fence.value:
             raise RollbackError(
                 f"{transfer.object_id} arrives with epoch {transfer.epoch}, but epoch {fence.value} "
                 "was already seen here: this is a stale copy",
                 hint="only the copy with the newest epoch may move; find where the object lives now",
             )
-        if transfer.object.tenant not in ctx.tenants:
-            raise AdmissionDeniedError(
-                f"tenant {transfer.object.tenant!r} is not hosted on {ctx.host}",
-                hint="add the tenant to this host's configuration, or migrate to another host",
-            )
         current = await ctx.journal.object(transfer.object.tenant, transfer.object_id)
-        for tenant in sorted(ctx.tenants - {transfer.object.tenant}):
-            # An object id is global: relabelling the tenant must not hide an earlier copy.
-            if await ctx.journal.object(tenant, transfer.object_id) is not None:
-                raise ObjectStateError(
-                    f"{transfer.object_id} is known here in tenant {tenant!r}, "
-                    f"not {transfer.object.tenant!r}",
-                    hint="an object keeps its tenant; the source must send it under the tenant it had here",
-                )
         checkpoints = self._check_lineage(transfer, previous=current.value if current else None)
         ctx.check_rules(transfer.object)
         # Hops are the departures other hosts signed (plus this one), each matched by its
@@ -175,6 +171,30 @@ class Destination:
         )
         admission, expires = ctx.authorize(transfer.object, peer=peer, hops=custody.hops, at=now)
         return admission, fence, expires
+
+    async def _check_tenant(self, transfer: Transfer, *, peer: str) -> None:
+        """The object's tenant is hosted here, ``peer`` is bound to it, and it has room.
+
+        First of all checks, before the fence is even read: a peer learns nothing about
+        a tenant it may not deliver into. Objects are named by (tenant, id) here, so an
+        object with the same id in another tenant neither blocks nor is touched by this
+        one (see gateway.tenancy). The quota is checked again when the stage is written.
+        """
+        ctx = self.ctx
+        tenant = transfer.object.tenant
+        if tenant not in ctx.tenants:
+            raise AdmissionDeniedError(
+                f"tenant {tenant!r} is not hosted on {ctx.host}",
+                hint="add the tenant to this host's configuration, or migrate to another host",
+            )
+        ctx.tenancy.require_bound(peer, tenant, host=ctx.host)
+        usage = await ctx.journal.usage(tenant)
+        ctx.tenancy.require_room(
+            tenant,
+            usage.value,
+            size=transfer.object.size,
+            object_id=transfer.object_id,
+        )
 
     async def evaluate(self, raw: bytes, *, peer: str) -> Admission:
         """The dry run: what this host would grant the proposed object, and why. Writes nothing."""
@@ -349,7 +369,58 @@ class Destination:
         )
         crash_point("destination.before-stage")
         expires = to_millis(transfer.expires_at + ctx.timing.clock_skew)
-        try:
+        for attempt in range(STAGE_ATTEMPTS):
+            try:
+                await self._write_stage(record, transfer, fence, expires=expires, upload=upload)
+                break
+            except QuotaExceededError:
+                # Other arrivals filled the tenant since _assess; nothing was staged.
+                await self._discard_upload(staged, upload)
+                raise
+            except ConcurrencyError as exc:
+                if attempt + 1 < STAGE_ATTEMPTS and await self._only_usage_moved(transfer, fence):
+                    # Another object of the tenant was counted meanwhile (by another
+                    # process): count again, after a short random pause.
+                    await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))  # noqa: S311
+                    continue
+                # Someone else wrote first: the same Prepare retried concurrently (answer
+                # it like any retry) or another migration of this object (refuse this one).
+                # Our transaction certainly failed, so our own upload is unreferenced.
+                await self._discard_upload(staged, upload)
+                again = await ctx.journal.destination(transfer.migration_id)
+                if again is not None:
+                    return self._replay(again.value, transfer_digest)
+                raise ObjectStateError(
+                    f"another migration of {transfer.object_id} was staged here at the same time",
+                    hint="only one migration of an object can proceed; retry after it settles",
+                ) from exc
+        crash_point("destination.after-stage")
+        return receipt_raw
+
+    async def _write_stage(
+        self,
+        record: DestinationRecord,
+        transfer: Transfer,
+        fence: Versioned[int] | None,
+        *,
+        expires: int,
+        upload: str | None,
+    ) -> None:
+        """One transaction: the journal record, the nonce, the raised fence, the tenant's
+        quota charge for the staged copy (checked again: other arrivals may have filled
+        the tenant since _assess), and the upload marker gone."""
+        ctx = self.ctx
+        tenant, staged = record.tenant, record.staged
+        assert staged is not None
+        async with ctx.journal.charging(tenant):
+            charge = await ctx.journal.charge(
+                tenant,
+                transfer.object_id,
+                staged.size,
+                check=lambda usage: ctx.tenancy.require_room(
+                    tenant, usage, size=staged.size, object_id=transfer.object_id
+                ),
+            )
             await ctx.journal.store.transact(
                 [
                     put_destination(record, Expect.ABSENT),
@@ -359,34 +430,37 @@ class Destination:
                         etag=Expect.ABSENT,
                     ),
                     Put(
-                        key=fence_key(transfer.object_id),
+                        key=fence_key(tenant, transfer.object_id),
                         value=encode_counter(transfer.epoch),
                         etag=fence.etag if fence else Expect.ABSENT,
                     ),
+                    *charge,
                     Put(
-                        key=open_destination_key(record.migration_id),
-                        value=b"",
-                        etag=Expect.ABSENT,
+                        key=open_destination_key(record.migration_id), value=b"", etag=Expect.ABSENT
                     ),
                     *([Delete(key=upload, etag=Expect.ANY)] if upload else []),
                 ]
             )
-        except ConcurrencyError as exc:
-            # Someone else wrote first: the same Prepare retried concurrently (answer it
-            # like any retry) or another migration of this object (refuse this one).
-            # Our transaction certainly failed, so our own upload is unreferenced.
-            if upload is not None and staged.blob is not None:
-                await delete_blob(ctx.journal.store, staged.blob)
-                await ctx.journal.store.delete(upload, etag=Expect.ANY)
-            again = await ctx.journal.destination(transfer.migration_id)
-            if again is not None:
-                return self._replay(again.value, transfer_digest)
-            raise ObjectStateError(
-                f"another migration of {transfer.object_id} was staged here at the same time",
-                hint="only one migration of an object can proceed; retry after it settles",
-            ) from exc
-        crash_point("destination.after-stage")
-        return receipt_raw
+
+    async def _discard_upload(self, staged: GovernedObject, upload: str | None) -> None:
+        """Delete this attempt's chunks, known not to be referenced by any stage."""
+        if upload is not None and staged.blob is not None:
+            await delete_blob(self.ctx.journal.store, staged.blob)
+            await self.ctx.journal.store.delete(upload, etag=Expect.ANY)
+
+    async def _only_usage_moved(self, transfer: Transfer, fence: Versioned[int] | None) -> bool:
+        """After a stage lost a write race: whether only the tenant's usage counter
+        changed (another object of the tenant was counted), so staging again is safe."""
+        journal = self.ctx.journal
+        tenant = transfer.object.tenant
+        if await journal.destination(transfer.migration_id) is not None:
+            return False
+        if await journal.store.get(nonce_key(transfer.nonce)) is not None:
+            return False
+        if await journal.held(tenant, transfer.object_id):
+            return False
+        now = await journal.fence(tenant, transfer.object_id)
+        return (now.etag if now else None) == (fence.etag if fence else None)
 
     def _receipt(
         self,
@@ -724,11 +798,14 @@ class Destination:
                 updated_at=now,
             )
             discarded = loaded.value.staged.blob if loaded.value.staged else None
+            # The discarded copy no longer counts against its tenant's quota.
+            released = await ctx.journal.release(loaded.value.tenant, loaded.value.object_id)
             try:
                 await ctx.journal.store.transact(
                     [
                         put_destination(record, loaded.etag),
                         Delete(key=open_destination_key(migration_id), etag=Expect.ANY),
+                        *released,
                     ]
                 )
             except ConcurrencyError:

@@ -106,10 +106,7 @@ async def record_fork(
             )
             return False
         lineage = wire.encode_lineage(obj.lineage)
-        key = (
-            _object_prefix(obj.tenant, obj.object_id)
-            + hashlib.sha256(lineage).hexdigest()[:32]
-        )
+        key = _object_prefix(obj.tenant, obj.object_id) + hashlib.sha256(lineage).hexdigest()[:32]
         evidence = ForkEvidence(
             object_id=obj.object_id,
             tenant=obj.tenant,

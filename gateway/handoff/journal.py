@@ -4,12 +4,26 @@ Key layout (one store per host; tenants are prefixes so a Dapr store can be shar
 
 ===============================  ==================================================
 ``t/<tenant>/objects/<id>``       the object's record (ACTIVE, FROZEN or MOVED)
+``t/<tenant>/fence/<id>``         highest epoch of the object ever staged here in this
+                                  tenant (the fencing token)
+``t/<tenant>/held/<id>``          bytes charged to the tenant's quota for the object,
+                                  while it is ACTIVE, FROZEN or STAGED here
+``t/<tenant>/usage``              what the tenant holds: objects and bytes, less the
+                                  ``released/`` entries not yet folded into it
+``t/<tenant>/released/<random>``  bytes of one object the tenant stopped holding (a
+                                  commit or an abort), folded in by the next charge
 ``journal/source/<migration>``    the source side's record of one migration
 ``journal/destination/<mig.>``    the destination side's record, with the staged copy
-``fence/<object id>``             highest epoch ever staged here (the fencing token)
+``fence/<object id>``             (before tenancy: a fence for every tenant; no longer
+                                  read or written — see docs/tenancy.md)
 ``nonce/<hex>``                   nonces of transfers accepted here, until they expire
 ``open/source|destination/<mig>`` migrations not settled yet (what recovery looks at)
 ===============================  ==================================================
+
+Everything keyed by an object id is under its tenant's prefix: an object is named by
+(tenant, object id) on a host, so one tenant's object can never fence, count against
+or overwrite another tenant's object with the same id. (Migration ids and nonces are
+chosen at random by the source; events and Dapr job names carry the tenant.)
 
 Writes are not made here: each protocol step builds its own transaction so that all of
 a step's keys change together or not at all. The ``put_*`` helpers below only build
@@ -18,16 +32,19 @@ operations for those transactions.
 
 from __future__ import annotations
 
+import asyncio
 import struct
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from gateway import wire
-from gateway.errors import NotFoundError
+from gateway.errors import ConcurrencyError, NotFoundError
 from gateway.handoff.records import DestinationRecord, SourceRecord
 from gateway.model import GovernedObject
-from gateway.stores import Expect, Put, StateStore
+from gateway.stores import Delete, Expect, Operation, Put, StateStore
+from gateway.tenancy import Usage
 
 T = TypeVar("T")
 
@@ -75,8 +92,58 @@ def open_destination_key(migration_id: str) -> str:
 NONCE_PREFIX = "nonce/"
 
 
-def fence_key(object_id: str) -> str:
-    return f"fence/{object_id}"
+def fence_key(tenant: str, object_id: str) -> str:
+    return f"t/{tenant}/fence/{object_id}"
+
+
+def held_key(tenant: str, object_id: str) -> str:
+    return f"t/{tenant}/held/{object_id}"
+
+
+def usage_key(tenant: str) -> str:
+    return f"t/{tenant}/usage"
+
+
+def released_prefix(tenant: str) -> str:
+    return f"t/{tenant}/released/"
+
+
+#: Releases folded into a tenant's counter by one charge (bounds its transaction).
+MAX_FOLDED_RELEASES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class TenantUsage:
+    """A tenant's usage counter as read (with its ETag), and the releases since."""
+
+    counter: Versioned[Usage] | None
+    released: tuple[tuple[str, str, int], ...]  #: (key, etag, bytes) of each release
+
+    @property
+    def value(self) -> Usage:
+        usage = self.counter.value if self.counter else Usage()
+        for _key, _etag, size in self.released:
+            usage = usage.minus(size)
+        return usage
+
+    def fold(self, tenant: str, *, adding: int | None = None) -> list[Operation]:
+        """Operations writing the counter with (up to :data:`MAX_FOLDED_RELEASES`)
+        releases folded in, and one object of ``adding`` bytes added; they fail if the
+        counter or a folded release changed since this was read."""
+        folded = self.released[:MAX_FOLDED_RELEASES]
+        counter = self.counter.value if self.counter else Usage()
+        for _key, _etag, size in folded:
+            counter = counter.minus(size)
+        if adding is not None:
+            counter = counter.plus(adding)
+        return [
+            Put(
+                key=usage_key(tenant),
+                value=counter.encode(),
+                etag=self.counter.etag if self.counter else Expect.ABSENT,
+            ),
+            *(Delete(key=key, etag=etag) for key, etag, _size in folded),
+        ]
 
 
 def nonce_key(nonce: bytes) -> str:
@@ -120,6 +187,13 @@ class Journal:
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
+        self._charging: dict[str, asyncio.Lock] = {}
+
+    def charging(self, tenant: str) -> asyncio.Lock:
+        """Held around reading a tenant's usage and writing a charge: charges in one
+        process then never race each other on the counter (only charges from other
+        processes sharing the store can, and those are retried)."""
+        return self._charging.setdefault(tenant, asyncio.Lock())
 
     async def _load(self, key: str, decode: Callable[[bytes], T]) -> Versioned[T] | None:
         item = await self.store.get(key)
@@ -146,8 +220,73 @@ class Journal:
     async def destination(self, migration_id: str) -> Versioned[DestinationRecord] | None:
         return await self._load(destination_key(migration_id), wire.decode_destination_record)
 
-    async def fence(self, object_id: str) -> Versioned[int] | None:
-        return await self._load(fence_key(object_id), decode_counter)
+    async def fence(self, tenant: str, object_id: str) -> Versioned[int] | None:
+        return await self._load(fence_key(tenant, object_id), decode_counter)
+
+    async def held(self, tenant: str, object_id: str) -> bool:
+        """Whether ``object_id`` is counted against ``tenant`` (ACTIVE, FROZEN or STAGED)."""
+        return await self.store.get(held_key(tenant, object_id)) is not None
+
+    async def usage(self, tenant: str) -> TenantUsage:
+        """What ``tenant`` holds now: its counter, less the releases not yet folded in."""
+        counter = await self._load(usage_key(tenant), Usage.decode)
+        keys = await self.store.list(released_prefix(tenant))
+        items = await self.store.get_many(keys)
+        released = tuple(
+            (k, items[k].etag, decode_counter(items[k].value)) for k in keys if k in items
+        )
+        return TenantUsage(counter=counter, released=released)
+
+    async def charge(
+        self, tenant: str, object_id: str, size: int, *, check: Callable[[Usage], None]
+    ) -> list[Operation]:
+        """Operations counting ``object_id`` (``size`` bytes) as held by ``tenant``.
+
+        ``check`` sees the usage before and raises to refuse. The operations fail (the
+        whole transaction does) if the object is already held in the tenant or if the
+        counter changed since it was read here: a quota is never overshot by a race.
+        Releases recorded since are folded into the counter on the way (a bounded number
+        per transaction; the rest still count as released).
+        """
+        usage = await self.usage(tenant)
+        check(usage.value)
+        return [
+            Put(key=held_key(tenant, object_id), value=encode_counter(size), etag=Expect.ABSENT),
+            *usage.fold(tenant, adding=size),
+        ]
+
+    async def fold_releases(self, tenant: str) -> int:
+        """Fold up to :data:`MAX_FOLDED_RELEASES` releases into ``tenant``'s counter, so
+        they do not pile up in a tenant that objects leave and few arrive in. Returns how
+        many were folded; a lost race folds nothing (the next pass, or charge, will)."""
+        usage = await self.usage(tenant)
+        if not usage.released:
+            return 0
+        try:
+            await self.store.transact(usage.fold(tenant))
+        except ConcurrencyError:
+            return 0
+        return min(len(usage.released), MAX_FOLDED_RELEASES)
+
+    async def release(self, tenant: str, object_id: str) -> list[Operation]:
+        """Operations that stop counting ``object_id`` against ``tenant`` (none if it was
+        not counted, e.g. created by a version without quotas).
+
+        A release does not touch the tenant's counter: it leaves a marker that the next
+        charge folds in. So a commit or an abort never waits behind arrivals and creations
+        in the same tenant, and never fails because of them.
+        """
+        held = await self._load(held_key(tenant, object_id), decode_counter)
+        if held is None:
+            return []
+        return [
+            Delete(key=held_key(tenant, object_id), etag=held.etag),
+            Put(
+                key=f"{released_prefix(tenant)}{uuid.uuid4().hex}",
+                value=encode_counter(held.value),
+                etag=Expect.ABSENT,
+            ),
+        ]
 
     async def objects(self, tenant: str) -> list[GovernedObject]:
         keys = await self.store.list(objects_prefix(tenant))

@@ -290,6 +290,8 @@ class Source:
                     [
                         put_object(record.tenant, moved, current.etag),
                         put_source(committed, journal.etag),
+                        # A tombstone is not held: the tenant's quota gets the room back.
+                        *await ctx.journal.release(record.tenant, record.object_id),
                         *outbox_puts(
                             lifecycle_event(
                                 "migration.committed",

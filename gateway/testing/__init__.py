@@ -62,6 +62,10 @@ class HostSpec:
     policy: dict[str, Any] | None = None  #: the ``policy:`` section (offers, ceilings, deny)
     store: dict[str, Any] | None = None  #: the ``store:`` section (default: its own SQLite file)
     dapr: dict[str, Any] | None = None  #: the ``dapr:`` section (pub/sub, jobs)
+    #: ``tenants:`` entries with limits (``{name, max_objects, ...}``) replacing plain names
+    tenant_settings: tuple[dict[str, Any], ...] = ()
+    #: peer host id -> the tenants of this host it may deliver into (default: all of them)
+    peer_tenants: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +85,9 @@ def _host_name(host: HostId) -> str:
 
 
 def build_world(directory: Path, specs: Sequence[HostSpec], *, at: datetime | None = None) -> World:
-    """Create every host, let every host trust every other domain, and list all as peers.
+    """Create every host, let every host trust every other domain, and list all as peers,
+    each bound to every tenant of the host listing it unless ``HostSpec.peer_tenants``
+    says otherwise (a test world is one where every host may deliver everywhere).
 
     Runs its own event loop: call it outside one (e.g. before ``asyncio.run``).
     """
@@ -111,7 +117,11 @@ def build_world(directory: Path, specs: Sequence[HostSpec], *, at: datetime | No
         configs[spec.host_id] = host_dir / "gateway.yaml"
     for spec, _host in hosts:
         peers = [
-            PeerEntry(id=other.host_id, address=f"127.0.0.1:{ports[other.host_id]}")
+            PeerEntry(
+                id=other.host_id,
+                address=f"127.0.0.1:{ports[other.host_id]}",
+                tenants=spec.peer_tenants.get(other.host_id, spec.tenants),
+            )
             for other in specs
             if other.host_id != spec.host_id
         ]
@@ -123,6 +133,9 @@ def build_world(directory: Path, specs: Sequence[HostSpec], *, at: datetime | No
             peers=peers,
         )
         document["keys"] = "../keys"
+        if spec.tenant_settings:
+            by_name = {entry["name"]: entry for entry in spec.tenant_settings}
+            document["tenants"] = [by_name.get(name, name) for name in spec.tenants]
         if spec.handoff:
             document["handoff"] = dict(spec.handoff)
         if spec.policy is not None:
