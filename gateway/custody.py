@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from gateway import envelope as dsse
 from gateway import wire
 from gateway.credentials import VerifiedChain
-from gateway.errors import ConfigError, CustodyError, VerificationError
+from gateway.errors import ConfigError, CustodyError, ExpiredError, VerificationError
 from gateway.handoff.messages import ReceiptKind
 from gateway.keys import Purpose
 from gateway.lineage import Checkpoint, EntryKind, Lineage, credentials_digest
@@ -126,6 +126,15 @@ def _check_arrival(
     except VerificationError as exc:
         raise type(exc)(f"arrival {index} at {receiver}: {exc.reason}", hint=exc.hint) from exc
     receipt = wire.decode_receipt(opened.payload, ReceiptKind.ACTIVATED)
+    # As for checkpoints: an arrival is good if its key was valid, and not yet retired,
+    # when the receipt says it was signed (retiring a key strands nothing it signed).
+    for key_id in opened.key_ids:
+        record = keys.resolve(key_id)
+        if not record.valid_at(receipt.issued_at):
+            raise ExpiredError(
+                f"arrival {index} at {receiver} was signed outside the validity of key {key_id[:16]}"
+            )
+        keys.check_not_retired(record, receipt.issued_at, what=f"arrival {index} at {receiver}")
     if (
         receipt.object_id != object_id
         or receipt.migration_id != departure.migration

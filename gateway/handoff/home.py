@@ -174,7 +174,10 @@ class CustodyHome:
         # The payload names its signer; it is parsed strictly (canonical JSON, exact
         # fields) only to choose whose keys must have signed it, and then verified.
         unverified = Checkpoint.decode(envelope.payload)
-        owner = ObjectId.parse(unverified.object_id).trust_domain
+        try:
+            owner = ObjectId.parse(unverified.object_id).trust_domain
+        except ConfigError as exc:
+            raise CustodyError(f"the departure names no object id: {exc.reason}") from exc
         if owner != self.ctx.trust_domain:
             raise CustodyError(
                 f"{self.ctx.host} is not the custody home of {unverified.object_id} "
@@ -185,12 +188,14 @@ class CustodyHome:
             keys = self.ctx.trust.keys_for_host(unverified.host, purpose=Purpose.ENVELOPE, at=None)
         except ConfigError as exc:
             raise CustodyError(f"the departure names {unverified.host!r}, not a host id") from exc
-        dsse.open_envelope(
+        opened = dsse.open_envelope(
             envelope,
             payload_type=dsse.PayloadType.CHECKPOINT,
             keys=keys,
             threshold=keys.bundle.envelope_threshold,
         )
+        for key_id in opened.key_ids:  # judged at its signed time, as in verify_lineage
+            keys.check_not_retired(keys.resolve(key_id), unverified.issued_at, what="the departure")
         if unverified.to != peer:
             raise CustodyError(
                 f"the departure hands {unverified.object_id} to {unverified.to}, not to {peer}",
