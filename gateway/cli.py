@@ -26,6 +26,7 @@ from rich.table import Table
 from gateway._time import SystemClock, format_time
 from gateway.blobs import CHUNK_BYTES
 from gateway.config import Config, load_config
+from gateway.custody import verify_custody
 from gateway.errors import (
     ConcurrencyError,
     ConfigError,
@@ -250,9 +251,19 @@ def lineage_summary(obj: GovernedObject) -> Table:
 def verify_and_describe_lineage(host: Host, obj: GovernedObject) -> str:
     verified = verify_lineage(obj.lineage, object_id=obj.object_id, trust=host.trust, sealed=False)
     hops = ", ".join(h.removeprefix("spiffe://") for h in verified.hosts) or "none yet"
+    custody = verify_custody(
+        obj.lineage,
+        verified.checkpoints,
+        object_id=obj.object_id,
+        trust=host.trust,
+        in_transit=False,
+    )
+    path = " → ".join(h.removeprefix("spiffe://") for h in custody.holders)
     return (
         f"lineage verified: {verified.size} entries, hash chain intact, Merkle root "
-        f"{_short(verified.root)}, {len(verified.hosts)} signed checkpoint(s) ({hops})"
+        f"{_short(verified.root)}, {len(verified.hosts)} signed checkpoint(s) ({hops})\n"
+        f"custody verified: {custody.hops} handoff(s), each departure signed by its sender "
+        f"and acknowledged by its receiver ({path})"
     )
 
 

@@ -60,6 +60,10 @@ def test_cli_migration_between_two_server_processes(tmp_path: Path) -> None:
         lineage = run_cli("lineage", OBJECT, config=config_b)
         assert lineage.returncode == 0, lineage.stderr
         assert "lineage verified: 3 entries" in lineage.stdout
+        assert "custody verified: 1 handoff(s)" in lineage.stdout
+        assert "org-a.example/cluster/east/gateway → org-b.example/cluster/west/gateway" in (
+            lineage.stdout
+        )
 
     # Servers are stopped; read each host's own SQLite file.
     source, source_journal, _ = object_and_journals(config_a, OBJECT)
