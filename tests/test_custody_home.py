@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,53 @@ def test_a_custody_receipt_is_valid_for_its_one_handoff(world: World) -> None:
         )
 
     assert isinstance(refusal(world, body), BadSignatureError)
+
+
+def test_a_round_trip_through_its_own_home_claims_at_each_arrival(tmp_path: Path) -> None:
+    """The home may be one of the holders: A (the home) -> B -> A, all real hosts over
+    mTLS in this process. Each arrival is claimed (B at A's home service, A at itself)."""
+    from gateway.authority import CapabilitySet, Constraints
+    from gateway.handoff.home import custody_key
+    from gateway.model import LifecycleState
+    from gateway.objectspec import GrantSpec
+    from gateway.testing import serving
+
+    world = build_world(tmp_path, [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_B)])
+
+    async def main() -> None:
+        async with serving(world) as hosts:
+            a, b = hosts[HOST_A], hosts[HOST_B]
+            await a.create_object(
+                OBJECT,
+                tenant="default",
+                data=b"{}",
+                content_type="application/json",
+                grant=GrantSpec(
+                    audience="spiffe://org-b.example",
+                    valid_for=timedelta(days=1),
+                    capabilities=CapabilitySet(),
+                    constraints=Constraints.from_claim({}),
+                    home=HOST_A,
+                ),
+            )
+            await a.migrate(OBJECT, tenant="default", destination=HOST_B)
+            first = await a.store.get(custody_key(OBJECT))
+            assert first is not None
+            assert (
+                CustodyRecord.decode(first.value).holder,
+                CustodyRecord.decode(first.value).handoffs,
+            ) == (HOST_B, 1)
+            await b.migrate(OBJECT, tenant="default", destination=HOST_A)
+            back = await a.get_object(OBJECT, tenant="default")
+            assert back.state is LifecycleState.ACTIVE and back.epoch == 2
+            second = await a.store.get(custody_key(OBJECT))
+            assert second is not None
+            record = CustodyRecord.decode(second.value)
+            assert (record.holder, record.sender, record.epoch, record.handoffs) == (
+                HOST_A,
+                HOST_B,
+                2,
+                2,
+            )
+
+    asyncio.run(main())
