@@ -26,6 +26,7 @@ from rich.table import Table
 from gateway._time import SystemClock, format_time
 from gateway.blobs import CHUNK_BYTES
 from gateway.config import Config, load_config
+from gateway.credentials import root_home
 from gateway.custody import verify_custody
 from gateway.errors import (
     ConcurrencyError,
@@ -165,6 +166,9 @@ def describe_object(obj: GovernedObject) -> Table:
     table.add_row("data", _preview(obj))
     table.add_row("data digest", obj.data_digest().hex())
     table.add_row("grants", f"{len(obj.grants)} (root first)" if obj.grants else "none")
+    home = root_home(obj.grants)
+    table.add_row("custody home", home or "none (a stale copy is caught only where both meet)")
+    table.add_row("handoffs", f"{len(obj.lineage.arrivals)} completed")
     if obj.state is not LifecycleState.MOVED:
         authority = str(obj.authority.allow)
         if obj.authority.deny.capabilities:
