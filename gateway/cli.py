@@ -26,8 +26,6 @@ from rich.table import Table
 from gateway._time import SystemClock, format_time
 from gateway.blobs import CHUNK_BYTES
 from gateway.config import Config, load_config
-from gateway.credentials import root_home
-from gateway.custody import verify_custody
 from gateway.errors import (
     ConcurrencyError,
     ConfigError,
@@ -166,6 +164,8 @@ def describe_object(obj: GovernedObject) -> Table:
     table.add_row("data", _preview(obj))
     table.add_row("data digest", obj.data_digest().hex())
     table.add_row("grants", f"{len(obj.grants)} (root first)" if obj.grants else "none")
+    from gateway.credentials import root_home  # not at import: keeps `gateway --help` fast
+
     home = root_home(obj.grants)
     table.add_row("custody home", home or "none (a stale copy is caught only where both meet)")
     table.add_row("handoffs", f"{len(obj.lineage.arrivals)} completed")
@@ -254,6 +254,8 @@ def lineage_summary(obj: GovernedObject) -> Table:
 
 def verify_and_describe_lineage(host: Host, obj: GovernedObject) -> str:
     verified = verify_lineage(obj.lineage, object_id=obj.object_id, trust=host.trust, sealed=False)
+    from gateway.custody import verify_custody  # not at import: keeps `gateway --help` fast
+
     hops = ", ".join(h.removeprefix("spiffe://") for h in verified.hosts) or "none yet"
     custody = verify_custody(
         obj.lineage,
