@@ -46,6 +46,7 @@ from gateway.credentials import VerifiedChain
 from gateway.errors import ConfigError, CustodyError, ExpiredError, VerificationError
 from gateway.handoff.messages import ReceiptKind
 from gateway.keys import Purpose
+from gateway.limits import MAX_HANDOFFS
 from gateway.lineage import Checkpoint, EntryKind, Lineage, credentials_digest
 from gateway.trust import TrustStore
 

@@ -75,6 +75,9 @@ MAX_CONTENT_TYPE_CHARS: Final = 255
 #: Streamed uploads one peer may have open here at once (each holds a marker and
 #: chunks in the store until it is staged or refused).
 MAX_OPEN_UPLOADS_PER_PEER: Final = 4
+#: Most handoffs an object may record (departures, and as many arrivals). Each costs the
+#: receiver signature checks, so the count is refused before any is verified.
+MAX_HANDOFFS: Final = 1024
 
 # --- the evaluation cycle -----------------------------------------------------------
 

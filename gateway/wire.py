@@ -212,6 +212,13 @@ def encode_lineage(lineage: Lineage) -> bytes:
 
 
 def _lineage_from_pb(message: object_pb2.Lineage) -> Lineage:
+    for name, items in (("checkpoints", message.checkpoints), ("arrivals", message.arrivals)):
+        # Each is a signature to check: bounded before any is decoded or verified.
+        if len(items) > limits.MAX_HANDOFFS:
+            raise LimitExceededError(
+                f"the lineage carries {len(items)} {name}; at most {limits.MAX_HANDOFFS} handoffs",
+                hint="an object this well travelled cannot move again; keep it where it is",
+            )
     try:
         return Lineage(
             entries=tuple(LineageEntry.decode(raw) for raw in message.entries),

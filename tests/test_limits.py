@@ -70,3 +70,17 @@ def test_cycle_backoff_doubles_up_to_its_cap() -> None:
     delays = [limits.cycle_backoff(n) for n in range(1, 12)]
     assert delays[0] == limits.CYCLE_BACKOFF_FIRST and delays[1] == 2 * delays[0]
     assert max(delays) == limits.CYCLE_BACKOFF_MAX == delays[-1]
+
+
+def test_a_lineage_with_more_handoffs_than_allowed_is_refused_before_any_is_verified() -> None:
+    """Each departure and arrival is a signature to verify: their number is bounded when
+    the lineage is decoded, before one of them is checked."""
+    from gateway import wire
+    from gateway.errors import LimitExceededError
+    from gateway.limits import MAX_HANDOFFS
+    from gateway.v1 import object_pb2
+
+    for field in ("checkpoints", "arrivals"):
+        message = object_pb2.Lineage(**{field: [b"x"] * (MAX_HANDOFFS + 1)})
+        with pytest.raises(LimitExceededError, match=f"{MAX_HANDOFFS + 1} {field}"):
+            wire._lineage_from_pb(message)
