@@ -50,8 +50,8 @@ from gateway.limits import MAX_HANDOFFS
 from gateway.lineage import Checkpoint, EntryKind, Lineage, credentials_digest
 from gateway.trust import TrustStore
 
-#: Most departures an object may have recorded; a peer cannot make a host verify more.
-MAX_DEPARTURES = 4096
+#: Most departures an object may record (the wire decoder refuses more before verifying).
+MAX_DEPARTURES = MAX_HANDOFFS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
