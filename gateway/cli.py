@@ -37,7 +37,7 @@ from gateway.identity import HostId, ObjectId
 from gateway.keyring import add_key, init_keys, load_keyring, revoke_key
 from gateway.keys import Algorithm
 from gateway.lineage import EntryKind, verify_lineage
-from gateway.model import CycleState, GovernedObject, LifecycleState
+from gateway.model import MAX_CYCLE_INTERVAL, CycleState, GovernedObject, LifecycleState
 from gateway.objectspec import load_spec
 from gateway.runtime.outbox import Event, list_events
 
@@ -471,8 +471,9 @@ def cmd_object_create(args: argparse.Namespace) -> int:
     content_type = spec.content_type if spec is not None else args.content_type
     cycle = spec.cycle if spec is not None else CycleState()
     if args.interval is not None:
-        if args.interval <= 0:
-            raise ConfigError("--interval must be a positive number of seconds")
+        most = MAX_CYCLE_INTERVAL.total_seconds()
+        if not 0 < args.interval <= most:  # also refuses nan and inf
+            raise ConfigError(f"--interval must be a number of seconds > 0, at most {most:.0f}")
         cycle = CycleState(interval=timedelta(seconds=args.interval))
 
     async def run(host: Host) -> int:

@@ -239,6 +239,8 @@ def _kind(value: Any) -> str:
         return f"a boolean ({str(value).lower()})"
     if isinstance(value, list) and not value:
         return "an empty list"
+    if isinstance(value, int) and value.bit_length() > 64:
+        return "a very large integer"  # repr() of one with thousands of digits raises
     if isinstance(value, int | float):
         return f"{type(value).__name__} {value!r}"
     return type(value).__name__
@@ -311,7 +313,22 @@ def load_config(path: str | Path) -> Config:
             f"{source}: {_location(exc, text)}: not valid YAML ({problem})",
             hint="check indentation and quoting there",
         ) from exc
+    except RecursionError as exc:  # [[[[… nests deeper than the YAML composer can go
+        raise ConfigError(
+            f"{source}: nested too deeply to be a configuration", hint=_SEE_EXAMPLE
+        ) from exc
+    except (ValueError, OverflowError) as exc:
+        # PyYAML's constructors convert scalars with int() and date(): an integer of
+        # thousands of digits or a date like 2026-02-30 fail there, outside YAMLError.
+        raise ConfigError(
+            f"{source}: a value cannot be read: {_one_line(str(exc))}",
+            hint="check the numbers and dates in the file",
+        ) from exc
     return parse_config(document, source=source.resolve())
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:200]
 
 
 def parse_config(document: Any, *, source: Path) -> Config:

@@ -73,6 +73,11 @@ class Rule:
     action: Action
 
 
+#: The longest evaluation interval an object may have (a year): longer is no schedule,
+#: and a bounded interval keeps ``next_due + interval`` far from the end of ``datetime``.
+MAX_CYCLE_INTERVAL = timedelta(days=366)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CycleState:
     generation: int = 0  #: evaluations completed

@@ -39,7 +39,7 @@ import yaml
 
 from gateway.authority import CapabilitySet, Constraints
 from gateway.errors import AuthorityError, ConfigError
-from gateway.model import CycleState, Rule
+from gateway.model import MAX_CYCLE_INTERVAL, CycleState, Rule
 from gateway.rules import dump_data, rule_from_mapping
 
 _TOP = frozenset({"data", "content_type", "grant", "cycle", "rules"})
@@ -68,6 +68,16 @@ def _fail(source: str, where: str, problem: str, fix: str) -> ConfigError:
     return ConfigError(f"{source}: {where}: {problem}", hint=fix)
 
 
+def _short(value: Any) -> str:
+    """A value for an error message: bounded, and never an int too long to print
+    (repr of an int of thousands of digits raises ValueError)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return "a very large integer"
+    if isinstance(value, BaseException):
+        return " ".join(str(value).split())[:120]
+    return repr(value)[:80]
+
+
 def _mapping(value: Any, source: str, where: str, allowed: frozenset[str]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _fail(
@@ -76,11 +86,11 @@ def _mapping(value: Any, source: str, where: str, allowed: frozenset[str]) -> di
             f"expected a mapping, got {type(value).__name__}",
             "see gateway/objectspec.py",
         )
-    unknown = sorted(set(value) - allowed)
+    unknown = sorted(set(value) - allowed, key=str)  # YAML keys need not be strings
     if unknown:
         raise _fail(
             source,
-            f"{where}.{unknown[0]}",
+            f"{where}.{unknown[0]!s:.64}",
             "unknown key",
             f"allowed keys: {', '.join(sorted(allowed))}",
         )
@@ -92,11 +102,20 @@ def parse_spec(document: Any, *, source: str) -> ObjectSpec:
     content_type = top.get("content_type", "application/json")
     if not isinstance(content_type, str) or "/" not in content_type:
         raise _fail(
-            source, "content_type", f"{content_type!r} is not a media type", "e.g. application/json"
+            source,
+            "content_type",
+            f"{_short(content_type)} is not a media type",
+            "e.g. application/json",
         )
     raw = top.get("data", {})
     if content_type == "application/json":
-        data = dump_data(raw)
+        try:
+            data = dump_data(raw)
+        except (TypeError, ValueError, RecursionError) as exc:
+            # YAML has dates, non-string keys and integers too long to print as JSON.
+            raise _fail(
+                source, "data", f"cannot be written as JSON: {_short(exc)}", "use JSON values"
+            ) from exc
     elif isinstance(raw, str):
         data = raw.encode("utf-8")
     else:
@@ -110,7 +129,10 @@ def parse_spec(document: Any, *, source: str) -> ObjectSpec:
         days = spec.get("valid_for_days", 30)
         if isinstance(days, bool) or not isinstance(days, int | float) or not 0 < days <= 3650:
             raise _fail(
-                source, "grant.valid_for_days", f"expected 0 < days ≤ 3650, got {days!r}", "e.g. 30"
+                source,
+                "grant.valid_for_days",
+                f"expected 0 < days ≤ 3650, got {_short(days)}",
+                "e.g. 30",
             )
         audience = spec.get("audience")
         if audience is not None and (
@@ -119,7 +141,7 @@ def parse_spec(document: Any, *, source: str) -> ObjectSpec:
             raise _fail(
                 source,
                 "grant.audience",
-                f"expected a host or trust-domain id, got {audience!r}",
+                f"expected a host or trust-domain id, got {_short(audience)}",
                 "e.g. spiffe://org-b.example (any host of org-b) or a full host id",
             )
         try:
@@ -139,11 +161,17 @@ def parse_spec(document: Any, *, source: str) -> ObjectSpec:
     if "cycle" in top:
         spec = _mapping(top["cycle"], source, "cycle", _CYCLE)
         interval = spec.get("interval_seconds")
-        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+        most = MAX_CYCLE_INTERVAL.total_seconds()
+        # "not 0 < x <= most" also refuses .nan and .inf, which YAML reads as floats.
+        if (
+            isinstance(interval, bool)
+            or not isinstance(interval, int | float)
+            or not 0 < interval <= most
+        ):
             raise _fail(
                 source,
                 "cycle.interval_seconds",
-                f"expected seconds > 0, got {interval!r}",
+                f"expected seconds > 0, at most {most:.0f}, got {_short(interval)}",
                 "e.g. 5",
             )
         cycle = CycleState(interval=timedelta(seconds=interval))
@@ -161,6 +189,8 @@ def load_spec(path: str | Path) -> ObjectSpec:
     source = Path(path)
     try:
         text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise _fail(str(source), f"byte {exc.start}", "not UTF-8 text", "save it as UTF-8") from exc
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from exc
     try:
@@ -170,5 +200,15 @@ def load_spec(path: str | Path) -> ObjectSpec:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(top level)"
         raise _fail(
             str(source), where, "not valid YAML", "check indentation and quoting there"
+        ) from exc
+    except (ValueError, OverflowError) as exc:
+        # PyYAML's constructors convert scalars with int() and date(): an integer of
+        # thousands of digits or a date like 2026-02-30 fail there, outside YAMLError.
+        raise _fail(
+            str(source), "(a value)", f"cannot be read: {_short(exc)}", "check numbers and dates"
+        ) from exc
+    except RecursionError as exc:  # [[[[… nests deeper than the YAML composer can go
+        raise _fail(
+            str(source), "(top level)", "nested too deeply", "a spec is a few levels deep"
         ) from exc
     return parse_spec(document, source=str(source))

@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway import envelope as dsse
+from gateway._decode import load_json
 from gateway._time import truncate
 from gateway.authority import CapabilitySet, EffectiveAuthority
 from gateway.blobs import BlobRef
@@ -51,6 +52,7 @@ from gateway.handoff.records import (
 )
 from gateway.lineage import Lineage, LineageEntry, digest
 from gateway.model import (
+    MAX_CYCLE_INTERVAL,
     NO_AUTHORITY,
     Action,
     CycleState,
@@ -92,8 +94,40 @@ def _ts(moment: datetime) -> Timestamp:
     return stamp
 
 
-def _dt(stamp: Timestamp) -> datetime:
+#: What a ``Timestamp`` may hold (RFC 3339 years 0001-9999); beyond it ``ToDatetime`` raises.
+_MIN_SECONDS = -62_135_596_800
+_MAX_SECONDS = 253_402_300_799
+#: Times a peer sends (transfer times, receipt times, a cycle's next due time) lie in
+#: this window: every host's clock is past 1970, and a time before year 9000 leaves room
+#: for the skew, lifetime and interval arithmetic done on it, which would otherwise
+#: overflow ``datetime`` near year 9999 and crash the handler instead of refusing.
+_PEER_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_PEER_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _dt(stamp: Timestamp, what: str = "a time") -> datetime:
+    if not _MIN_SECONDS <= stamp.seconds <= _MAX_SECONDS or not 0 <= stamp.nanos < 1_000_000_000:
+        raise PayloadDecodeError(
+            f"{what} ({stamp.seconds}s, {stamp.nanos}ns) is not a time in the years 0001-9999"
+        )
     return truncate(stamp.ToDatetime(tzinfo=UTC))
+
+
+def _peer_dt(stamp: Timestamp, what: str, *, exact: bool = False) -> datetime:
+    """A time a peer signed; with ``exact`` it must be in whole milliseconds, the only
+    precision the gateway writes, so that one decoded value has one byte form."""
+    moment = _dt(stamp, what)
+    if not _PEER_EARLIEST <= moment < _PEER_LATEST:
+        raise PayloadDecodeError(
+            f"{what} {moment.isoformat()} is outside {_PEER_EARLIEST.year}-{_PEER_LATEST.year}",
+            hint="check the sending host's clock",
+        )
+    if exact and stamp.nanos % 1_000_000:
+        raise PayloadDecodeError(
+            f"{what} has sub-millisecond precision ({stamp.nanos}ns); not in canonical form",
+            hint="the sender runs an incompatible gateway version",
+        )
+    return moment
 
 
 # --- envelopes ----------------------------------------------------------------------
@@ -165,10 +199,20 @@ def _cycle_to_pb(cycle: CycleState) -> object_pb2.CycleState:
 
 
 def _cycle_from_pb(message: object_pb2.CycleState) -> CycleState:
+    interval = None
+    if message.interval_ms:
+        if message.interval_ms > MAX_CYCLE_INTERVAL // timedelta(milliseconds=1):
+            raise PayloadDecodeError(
+                f"evaluation interval of {message.interval_ms} ms is longer than "
+                f"{MAX_CYCLE_INTERVAL.days} days"
+            )
+        interval = timedelta(milliseconds=message.interval_ms)
     return CycleState(
         generation=message.generation,
-        interval=timedelta(milliseconds=message.interval_ms) if message.interval_ms else None,
-        next_due=_dt(message.next_due) if message.HasField("next_due") else None,
+        interval=interval,
+        next_due=_peer_dt(message.next_due, "next evaluation time")
+        if message.HasField("next_due")
+        else None,
     )
 
 
@@ -274,8 +318,8 @@ def encode_authority(authority: EffectiveAuthority) -> bytes:
 def decode_authority(raw: bytes) -> EffectiveAuthority:
     if not raw:
         return NO_AUTHORITY
+    document = load_json(raw, error=PayloadDecodeError, what="stored effective authority")
     try:
-        document = json.loads(raw)
         return EffectiveAuthority(
             allow=CapabilitySet.from_claim(document["allow"]),
             deny=CapabilitySet.from_claim(document["deny"]),
@@ -299,7 +343,7 @@ def _stored_from_pb(message: object_pb2.StoredObject) -> GovernedObject:
         authority=decode_authority(message.authority),
         # At rest the blob's host-local location replaces the digest-only transit form.
         blob=_blob_from_pb(message.blob) if message.HasField("blob") else obj.blob,
-        authority_expires=_dt(message.authority_expires)
+        authority_expires=_dt(message.authority_expires, "authority expiry")
         if message.HasField("authority_expires")
         else None,
     )
@@ -321,7 +365,9 @@ def decode_cycle(raw: bytes) -> tuple[int, datetime | None] | None:
     cycle = message.snapshot.cycle
     if message.state != object_pb2.LIFECYCLE_STATE_ACTIVE or not cycle.interval_ms:
         return None
-    return cycle.generation, _dt(cycle.next_due) if cycle.HasField("next_due") else None
+    return cycle.generation, _dt(cycle.next_due, "next evaluation time") if cycle.HasField(
+        "next_due"
+    ) else None
 
 
 def encode_object(obj: GovernedObject) -> bytes:
@@ -377,8 +423,8 @@ def decode_transfer(payload: bytes) -> Transfer:
         epoch=message.epoch,
         source_host=message.source_host,
         destination_host=message.destination_host,
-        issued_at=_dt(message.issued_at),
-        expires_at=_dt(message.expires_at),
+        issued_at=_peer_dt(message.issued_at, "transfer issue time", exact=True),
+        expires_at=_peer_dt(message.expires_at, "transfer expiry"),
         nonce=message.nonce,
         object=obj,
         previous_transfer_digest=message.previous_transfer_digest,
@@ -407,7 +453,7 @@ def decode_receipt(payload: bytes, kind: ReceiptKind) -> Receipt:
         host=message.host,
         source_host=message.source_host,
         transfer_digest=message.transfer_digest,
-        issued_at=_dt(message.issued_at),
+        issued_at=_peer_dt(message.issued_at, "receipt issue time", exact=True),
     )
 
 
@@ -464,8 +510,8 @@ def decode_source_record(raw: bytes) -> SourceRecord:
         transfer=message.transfer,
         staged_receipt=message.staged_receipt,
         activation_receipt=message.activation_receipt,
-        created_at=_dt(message.created_at),
-        updated_at=_dt(message.updated_at),
+        created_at=_dt(message.created_at, "journal record creation time"),
+        updated_at=_dt(message.updated_at, "journal record update time"),
         reason=message.reason,
     )
 
@@ -503,8 +549,8 @@ def decode_destination_record(raw: bytes) -> DestinationRecord:
         staged_receipt=message.staged_receipt,
         activation_receipt=message.activation_receipt,
         staged=_stored_from_pb(message.staged) if message.HasField("staged") else None,
-        created_at=_dt(message.created_at),
-        updated_at=_dt(message.updated_at),
+        created_at=_dt(message.created_at, "journal record creation time"),
+        updated_at=_dt(message.updated_at, "journal record update time"),
         reason=message.reason,
     )
 
