@@ -27,9 +27,11 @@ from typing import Any
 
 from gateway.errors import GatewayError
 
-#: Every integer the gateway signs or stores fits in 64 bits (20 digits); a few more
-#: digits leave room for a sign without admitting the costly thousand-digit kind.
-MAX_JSON_INT_DIGITS = 24
+#: Every integer the gateway signs or stores fits in 64 bits (20 digits). Longer ones
+#: up to this many digits are read (cheaply) so that the field's own check can name
+#: what is wrong ("exp 10**30 is not a usable time"); beyond it they are refused here,
+#: far below the 4300 digits at which Python's int() raises after quadratic work.
+MAX_JSON_INT_DIGITS = 64
 #: Deeper than any document the gateway writes (grant constraints are the deepest, at 4).
 MAX_JSON_DEPTH = 32
 
@@ -80,6 +82,34 @@ def _check_tree(document: Any) -> None:
                 pending.extend((item, depth + 1) for item in value.values())
             else:
                 pending.extend((item, depth + 1) for item in value)
+
+
+def check_document(document: Any, *, error: type[GatewayError], what: str) -> None:
+    """Refuse what a YAML (or other already parsed) document may hold that JSON text
+    could not: lone surrogates (from ``"\\ud800"`` escapes) and integers beyond
+    :data:`MAX_JSON_INT_DIGITS` digits (hex literals have no length limit in PyYAML,
+    and printing one in an error message would itself raise). Anchors may make the
+    document cyclic (``&a [*a]``), so each container is visited once."""
+    seen: set[int] = set()
+    pending = [document]
+    limit = 10**MAX_JSON_INT_DIGITS
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            try:
+                _check_text(value)
+            except _Refused as exc:
+                raise error(f"{what}: {exc}") from exc
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if not -limit < value < limit:
+                raise error(f"{what}: an integer longer than {MAX_JSON_INT_DIGITS} digits")
+        elif isinstance(value, dict | list) and id(value) not in seen:
+            seen.add(id(value))
+            if isinstance(value, dict):
+                pending.extend(value.keys())
+                pending.extend(value.values())
+            else:
+                pending.extend(value)
 
 
 def _check_text(text: str) -> None:

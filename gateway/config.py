@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from gateway._decode import check_document
 from gateway.authority import HostPolicy
 from gateway.errors import AuthorityError, ConfigError
 from gateway.identity import HostId, validate_tenant
@@ -324,6 +325,7 @@ def load_config(path: str | Path) -> Config:
             f"{source}: a value cannot be read: {_one_line(str(exc))}",
             hint="check the numbers and dates in the file",
         ) from exc
+    check_document(document, error=ConfigError, what=str(source))
     return parse_config(document, source=source.resolve())
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from gateway._decode import check_document
 from gateway.authority import CapabilitySet, Constraints
 from gateway.errors import AuthorityError, ConfigError
 from gateway.model import MAX_CYCLE_INTERVAL, CycleState, Rule
@@ -211,4 +212,5 @@ def load_spec(path: str | Path) -> ObjectSpec:
         raise _fail(
             str(source), "(top level)", "nested too deeply", "a spec is a few levels deep"
         ) from exc
+    check_document(document, error=ConfigError, what=str(source))
     return parse_spec(document, source=str(source))
