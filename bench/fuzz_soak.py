@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.errors import GatewayError  # noqa: E402
-from tests.fuzz_targets import TARGETS, TARGETS_BY_NAME, mutant  # noqa: E402
+from gateway.errors import GatewayError
+from tests.fuzz_targets import TARGETS, TARGETS_BY_NAME, mutant
 
 
 def _kind(exc: BaseException) -> str:
@@ -71,7 +71,7 @@ def main() -> int:
             except GatewayError:
                 counts["refused"] += 1
                 continue
-            except Exception as exc:  # noqa: BLE001 - the very thing being looked for
+            except Exception as exc:  # the very thing being looked for
                 counts["crashes"] += 1
                 kind = _kind(exc)
                 if kinds[kind] == 0:
