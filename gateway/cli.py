@@ -57,6 +57,18 @@ def _one_line(text: str) -> str:
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
+#: What ``main`` returns; every non-zero status comes with one ``gateway: error:`` line
+#: on stderr (``gateway: internal error:`` for 70), never a traceback unless --debug.
+EXIT_STATUS = """\
+exit status:
+  0    done
+  1    refused: a peer, a signature, a grant, a trust bundle, a lineage or the store
+  2    bad configuration, input file or command-line argument (the line names it)
+  70   internal error: a bug in the gateway; rerun with --debug and report it
+  130  interrupted
+"""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one ``gateway: error:`` line like every other error
     (argparse's default prints the whole usage block first)."""
@@ -677,6 +689,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gateway",
         description="Move live, governed objects between Dapr clusters and organizations.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
