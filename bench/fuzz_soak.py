@@ -67,7 +67,7 @@ def main() -> int:
             raw = mutant(target, rng)
             counts["iterations"] += 1
             try:
-                target.decode(raw)
+                target.check(raw)
             except GatewayError:
                 counts["refused"] += 1
                 continue

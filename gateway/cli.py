@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -37,8 +36,8 @@ from gateway.identity import HostId, ObjectId
 from gateway.keyring import add_key, init_keys, load_keyring, revoke_key
 from gateway.keys import Algorithm
 from gateway.lineage import EntryKind, verify_lineage
-from gateway.model import MAX_CYCLE_INTERVAL, CycleState, GovernedObject, LifecycleState
-from gateway.objectspec import load_spec
+from gateway.model import CycleState, GovernedObject, LifecycleState
+from gateway.objectspec import interval_of, load_spec
 from gateway.runtime.outbox import Event, list_events
 
 if TYPE_CHECKING:
@@ -483,10 +482,10 @@ def cmd_object_create(args: argparse.Namespace) -> int:
     content_type = spec.content_type if spec is not None else args.content_type
     cycle = spec.cycle if spec is not None else CycleState()
     if args.interval is not None:
-        most = MAX_CYCLE_INTERVAL.total_seconds()
-        if not 0 < args.interval <= most:  # also refuses nan and inf
-            raise ConfigError(f"--interval must be a number of seconds > 0, at most {most:.0f}")
-        cycle = CycleState(interval=timedelta(seconds=args.interval))
+        try:
+            cycle = CycleState(interval=interval_of(args.interval))  # refuses nan and inf
+        except ConfigError as exc:
+            raise ConfigError(f"--interval: {exc.reason}", hint=exc.hint) from exc
 
     async def run(host: Host) -> int:
         try:

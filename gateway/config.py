@@ -30,6 +30,7 @@ from gateway.identity import HostId, validate_tenant
 _ADDRESS = re.compile(r"(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})")
 #: Longer than any sensible timeout, short enough for every timer the gateway feeds it to.
 _MAX_SECONDS = 365 * 24 * 3600
+_MIN_SECONDS = 0.001
 _SEE_EXAMPLE = "see README.md; `gateway init DIR --host-id ID` writes a complete file"
 
 EXAMPLE = """\
@@ -205,14 +206,18 @@ class _Reader:
             isinstance(value, bool)
             or not isinstance(value, int | float)
             or not math.isfinite(value)
-            or not 0 < value <= _MAX_SECONDS
+            or not _MIN_SECONDS <= value <= _MAX_SECONDS
         ):
             raise self.fail(
                 where,
-                f"expected a positive number of seconds up to {_MAX_SECONDS}, got {_kind(value)}",
+                f"expected a positive number of seconds from {_MIN_SECONDS} up to {_MAX_SECONDS}, "
+                f"got {_kind(value)}",
                 "e.g. 30",
             )
-        return timedelta(seconds=value)
+        # Kept to the millisecond, the precision of every time the gateway signs: a
+        # transfer expires at issued_at + transfer_ttl, and a receiver refuses a time
+        # with sub-millisecond digits (it would have two byte forms).
+        return timedelta(milliseconds=round(value * 1000))
 
     def count(self, value: Any, where: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

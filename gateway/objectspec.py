@@ -30,6 +30,7 @@ Parsed once, at the edge, into a frozen :class:`ObjectSpec`; errors name the fil
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -67,6 +68,21 @@ class ObjectSpec:
 
 def _fail(source: str, where: str, problem: str, fix: str) -> ConfigError:
     return ConfigError(f"{source}: {where}: {problem}", hint=fix)
+
+
+_MIN_INTERVAL = 0.001
+_MAX_INTERVAL = MAX_CYCLE_INTERVAL.total_seconds()
+
+
+def interval_of(seconds: float) -> timedelta:
+    """An evaluation interval, kept to the millisecond: the precision of every time the
+    gateway signs (a transfer carries the next due time, and receivers refuse finer)."""
+    if not _MIN_INTERVAL <= seconds <= _MAX_INTERVAL:
+        raise ConfigError(
+            f"an evaluation interval is {_MIN_INTERVAL} to {_MAX_INTERVAL:.0f} seconds",
+            hint="e.g. 5",
+        )
+    return timedelta(milliseconds=round(seconds * 1000))
 
 
 def _short(value: Any) -> str:
@@ -162,20 +178,17 @@ def parse_spec(document: Any, *, source: str) -> ObjectSpec:
     if "cycle" in top:
         spec = _mapping(top["cycle"], source, "cycle", _CYCLE)
         interval = spec.get("interval_seconds")
-        most = MAX_CYCLE_INTERVAL.total_seconds()
-        # "not 0 < x <= most" also refuses .nan and .inf, which YAML reads as floats.
-        if (
-            isinstance(interval, bool)
-            or not isinstance(interval, int | float)
-            or not 0 < interval <= most
-        ):
+        if isinstance(interval, bool) or not isinstance(interval, int | float):
+            interval = math.nan  # refused below, as any other unusable number
+        if not _MIN_INTERVAL <= interval <= _MAX_INTERVAL:  # nan and inf fail this too
             raise _fail(
                 source,
                 "cycle.interval_seconds",
-                f"expected seconds > 0, at most {most:.0f}, got {_short(interval)}",
+                f"expected seconds from {_MIN_INTERVAL} to {_MAX_INTERVAL:.0f}, "
+                f"got {_short(spec.get('interval_seconds'))}",
                 "e.g. 5",
             )
-        cycle = CycleState(interval=timedelta(seconds=interval))
+        cycle = CycleState(interval=interval_of(interval))
 
     raw_rules = top.get("rules", [])
     if not isinstance(raw_rules, list):

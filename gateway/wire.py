@@ -88,6 +88,12 @@ def _parse(message: M, raw: bytes, what: str, *, canonical: bool) -> M:
     return message
 
 
+def _require_present(message: Message, fields: tuple[str, ...], what: str) -> None:
+    missing = [name for name in fields if not message.HasField(name)]
+    if missing:
+        raise PayloadDecodeError(f"{what} has no {', '.join(missing)}")
+
+
 def _ts(moment: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(moment.astimezone(UTC))
@@ -113,9 +119,10 @@ def _dt(stamp: Timestamp, what: str = "a time") -> datetime:
     return truncate(stamp.ToDatetime(tzinfo=UTC))
 
 
-def _peer_dt(stamp: Timestamp, what: str, *, exact: bool = False) -> datetime:
-    """A time a peer signed; with ``exact`` it must be in whole milliseconds, the only
-    precision the gateway writes, so that one decoded value has one byte form."""
+def _peer_dt(stamp: Timestamp, what: str, *, exact: bool = True) -> datetime:
+    """A time a peer signed; ``exact``: in whole milliseconds, the only precision the
+    gateway writes, so that a decoded value re-encodes to the bytes that were signed
+    (stored records are read leniently: they may predate this rule)."""
     moment = _dt(stamp, what)
     if not _PEER_EARLIEST <= moment < _PEER_LATEST:
         raise PayloadDecodeError(
@@ -198,7 +205,7 @@ def _cycle_to_pb(cycle: CycleState) -> object_pb2.CycleState:
     return message
 
 
-def _cycle_from_pb(message: object_pb2.CycleState) -> CycleState:
+def _cycle_from_pb(message: object_pb2.CycleState, *, exact: bool) -> CycleState:
     interval = None
     if message.interval_ms:
         if message.interval_ms > MAX_CYCLE_INTERVAL // timedelta(milliseconds=1):
@@ -210,7 +217,7 @@ def _cycle_from_pb(message: object_pb2.CycleState) -> CycleState:
     return CycleState(
         generation=message.generation,
         interval=interval,
-        next_due=_peer_dt(message.next_due, "next evaluation time")
+        next_due=_peer_dt(message.next_due, "next evaluation time", exact=exact)
         if message.HasField("next_due")
         else None,
     )
@@ -248,7 +255,11 @@ def _lineage_from_pb(message: object_pb2.Lineage) -> Lineage:
 
 
 def _object_from_snapshot(
-    snapshot: object_pb2.ObjectSnapshot, credentials: list[str], lineage: object_pb2.Lineage
+    snapshot: object_pb2.ObjectSnapshot,
+    credentials: list[str],
+    lineage: object_pb2.Lineage,
+    *,
+    exact: bool = False,
 ) -> GovernedObject:
     blob = None
     if snapshot.data_streamed:
@@ -270,7 +281,7 @@ def _object_from_snapshot(
         grants=tuple(credentials),
         rules=tuple(_rule_from_pb(r) for r in snapshot.rules),
         lineage=_lineage_from_pb(lineage),
-        cycle=_cycle_from_pb(snapshot.cycle),
+        cycle=_cycle_from_pb(snapshot.cycle, exact=exact),
         blob=blob,
     )
 
@@ -404,13 +415,19 @@ def encode_transfer(transfer: Transfer) -> bytes:
 def decode_transfer(payload: bytes) -> Transfer:
     """Parse a *verified* transfer payload into a STAGED object candidate."""
     message = _parse(object_pb2.Transfer(), payload, "transfer", canonical=True)
+    # Absent submessages would decode as defaults (the epoch for a time) and re-encode
+    # as present ones: a second byte form of the same transfer.
+    _require_present(message, ("issued_at", "expires_at", "object", "lineage"), "transfer")
+    _require_present(message.object, ("cycle",), "transfer object")
     if message.object.object_id != message.object_id:
         raise PayloadDecodeError(
             f"transfer names object {message.object_id} but carries {message.object.object_id}"
         )
     if len(message.nonce) != NONCE_BYTES:
         raise PayloadDecodeError(f"transfer nonce is {len(message.nonce)} bytes, not {NONCE_BYTES}")
-    snapshot = _object_from_snapshot(message.object, list(message.credentials), message.lineage)
+    snapshot = _object_from_snapshot(
+        message.object, list(message.credentials), message.lineage, exact=True
+    )
     obj = replace(
         snapshot,
         epoch=message.epoch,
@@ -423,7 +440,7 @@ def decode_transfer(payload: bytes) -> Transfer:
         epoch=message.epoch,
         source_host=message.source_host,
         destination_host=message.destination_host,
-        issued_at=_peer_dt(message.issued_at, "transfer issue time", exact=True),
+        issued_at=_peer_dt(message.issued_at, "transfer issue time"),
         expires_at=_peer_dt(message.expires_at, "transfer expiry"),
         nonce=message.nonce,
         object=obj,
@@ -445,6 +462,7 @@ def encode_receipt(receipt: Receipt) -> bytes:
 
 def decode_receipt(payload: bytes, kind: ReceiptKind) -> Receipt:
     message = _parse(object_pb2.Receipt(), payload, f"{kind.name.lower()} receipt", canonical=True)
+    _require_present(message, ("issued_at",), f"{kind.name.lower()} receipt")
     return Receipt(
         kind=kind,
         migration_id=message.migration_id,
@@ -453,7 +471,7 @@ def decode_receipt(payload: bytes, kind: ReceiptKind) -> Receipt:
         host=message.host,
         source_host=message.source_host,
         transfer_digest=message.transfer_digest,
-        issued_at=_peer_dt(message.issued_at, "receipt issue time", exact=True),
+        issued_at=_peer_dt(message.issued_at, "receipt issue time"),
     )
 
 

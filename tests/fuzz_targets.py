@@ -28,7 +28,7 @@ import json
 import random
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -581,9 +581,21 @@ def mutate_yaml(raw: bytes, rng: random.Random) -> bytes:
 @dataclass(frozen=True)
 class Target:
     name: str
-    decode: Callable[[bytes], object]
+    decode: Callable[[bytes], Any]
     samples: tuple[bytes, ...]
     mutate: Callable[[bytes, random.Random], bytes]
+    #: For decoders that accept only one byte form: the encoder that must give back
+    #: exactly the bytes of anything the decoder accepted.
+    encode: Callable[[Any], bytes] | None = None
+
+    def check(self, raw: bytes) -> bool:
+        """Decode ``raw``; True if accepted. Raises AssertionError if an accepted input
+        does not re-encode to itself (anything but a GatewayError from decode propagates)."""
+        value = self.decode(raw)
+        if self.encode is not None:
+            again = self.encode(value)
+            assert again == raw, f"{self.name}: accepted bytes that re-encode differently"
+        return True
 
 
 def _proto(factory: Callable[[], Message]) -> Callable[[bytes, random.Random], bytes]:
@@ -628,19 +640,32 @@ def _mutate_signed_bundle(raw: bytes, rng: random.Random) -> bytes:
 
 
 TARGETS: tuple[Target, ...] = (
-    Target("envelope", wire.decode_envelope, (WORLD.envelope,), _proto(envelope_pb2.Envelope)),
+    Target(
+        "envelope",
+        wire.decode_envelope,
+        (WORLD.envelope,),
+        _proto(envelope_pb2.Envelope),
+        wire.encode_envelope,
+    ),
     Target(
         "envelope-json",
         lambda raw: dsse.from_json(raw, max_size=1 << 20),
         (dsse.to_json(wire.decode_envelope(WORLD.envelope)),),
         mutate_json,
     ),
-    Target("transfer", wire.decode_transfer, (WORLD.transfer,), _proto(object_pb2.Transfer)),
+    Target(
+        "transfer",
+        wire.decode_transfer,
+        (WORLD.transfer,),
+        _proto(object_pb2.Transfer),
+        wire.encode_transfer,
+    ),
     Target(
         "receipt",
         lambda raw: wire.decode_receipt(raw, ReceiptKind.STAGED),
         (WORLD.receipt,),
         _proto(object_pb2.Receipt),
+        wire.encode_receipt,
     ),
     Target("stored-object", wire.decode_object, (WORLD.stored,), _proto(object_pb2.StoredObject)),
     Target("object-cycle", wire.decode_cycle, (WORLD.stored,), _proto(object_pb2.StoredObject)),
@@ -657,12 +682,25 @@ TARGETS: tuple[Target, ...] = (
         _proto(journal_pb2.DestinationRecord),
     ),
     Target("authority", wire.decode_authority, (WORLD.authority,), mutate_json),
-    Target("lineage-entry", LineageEntry.decode, WORLD.entries, mutate_json),
-    Target("checkpoint", Checkpoint.decode, (WORLD.checkpoint,), mutate_json),
+    # replace(): a copy without the bytes decode() kept, so encode() really re-encodes.
+    Target(
+        "lineage-entry",
+        LineageEntry.decode,
+        WORLD.entries,
+        mutate_json,
+        lambda entry: replace(entry).encode(),
+    ),
+    Target("checkpoint", Checkpoint.decode, (WORLD.checkpoint,), mutate_json, Checkpoint.encode),
     Target("grant", _grant, (WORLD.grant.encode(),), _mutate_grant),
-    Target("trust-bundle", decode_bundle, (WORLD.bundle,), mutate_json),
+    Target("trust-bundle", decode_bundle, (WORLD.bundle,), mutate_json, encode_bundle),
     Target("signed-bundle", _signed_bundle, (WORLD.signed_bundle,), _mutate_signed_bundle),
-    Target("decision-answer", DecisionAnswer.decode, (WORLD.decision,), mutate_json),
+    Target(
+        "decision-answer",
+        DecisionAnswer.decode,
+        (WORLD.decision,),
+        mutate_json,
+        DecisionAnswer.encode,
+    ),
     Target("config", _from_file(load_config, "host.yaml"), (CONFIG_EXAMPLE.encode(),), mutate_yaml),
     Target("object-spec", _from_file(load_spec, "spec.yaml"), (SPEC_EXAMPLE,), mutate_yaml),
 )
