@@ -23,9 +23,11 @@ keys would: otherwise every mutant would stop at the signature.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import json
 import random
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -602,7 +604,8 @@ def _proto(factory: Callable[[], Message]) -> Callable[[bytes, random.Random], b
     return lambda raw, rng: mutate_proto(raw, factory, rng)
 
 
-_TMP = Path(tempfile.mkdtemp(prefix="gateway-fuzz-"))
+_TMP = Path(tempfile.mkdtemp(prefix="gateway-fuzz-"))  # config and spec decoders read files
+atexit.register(shutil.rmtree, _TMP, True)
 
 
 def _from_file(load: Callable[[Path], object], name: str) -> Callable[[bytes], object]:
