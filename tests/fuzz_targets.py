@@ -55,6 +55,7 @@ from gateway.keys import Purpose, SignatureEncoding, Signer
 from gateway.lineage import Checkpoint, EntryKind, Lineage, LineageEntry, digest
 from gateway.model import CycleState, GovernedObject, LifecycleState
 from gateway.objectspec import load_spec
+from gateway.runtime.outbox import Event
 from gateway.trust import (
     TrustStore,
     accept_bundle,
@@ -508,6 +509,17 @@ def _fields_of(obj: GovernedObject) -> dict[str, Any]:
 
 
 WORLD = _build_world()
+OUTBOX_EVENT = Event(
+    key="default/obj/000000000001/000",
+    tenant="default",
+    object_id=OBJECT,
+    generation=1,
+    rule="overdue",
+    verb="publish",
+    resource="pubsub:alerts/overdue",
+    payload={"invoice": 42},
+    created_at=T0,
+).encode()
 
 SPEC_EXAMPLE = b"""\
 data:
@@ -703,6 +715,12 @@ TARGETS: tuple[Target, ...] = (
         (WORLD.decision,),
         mutate_json,
         DecisionAnswer.encode,
+    ),
+    Target(
+        "outbox-event",
+        lambda raw: Event.decode("default/obj/000000000001/000", raw),
+        (OUTBOX_EVENT,),
+        mutate_json,
     ),
     Target("config", _from_file(load_config, "host.yaml"), (CONFIG_EXAMPLE.encode(),), mutate_yaml),
     Target("object-spec", _from_file(load_spec, "spec.yaml"), (SPEC_EXAMPLE,), mutate_yaml),
