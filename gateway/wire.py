@@ -10,7 +10,13 @@ Rules kept here:
   verified is exactly what is used, and a new field forces a new payload type.
 * **Size limits come first**, before any parsing.
 * Every protobuf decode failure becomes an :class:`~gateway.errors.EnvelopeError`
-  subclass naming what could not be read.
+  subclass naming what could not be read; so does every value the standard library
+  would choke on later (a ``Timestamp`` outside the years 0001-9999, an interval beyond
+  ``timedelta``): nothing but a :class:`~gateway.errors.GatewayError` leaves a decoder.
+* **Peer times are plausible and exact**: transfer and receipt times lie between 1970
+  and 9000 (so skew and lifetime arithmetic on them cannot overflow), in whole
+  milliseconds, and are present when the encoder always writes them; a decoded value
+  re-encodes to the signed bytes.
 """
 
 from __future__ import annotations
