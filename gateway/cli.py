@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -46,7 +45,7 @@ from gateway.keyring import (
 from gateway.keys import Algorithm, KeyRecord, Purpose
 from gateway.lineage import EntryKind, verify_lineage
 from gateway.model import CycleState, GovernedObject, LifecycleState
-from gateway.objectspec import load_spec
+from gateway.objectspec import interval_of, load_spec
 from gateway.runtime.outbox import Event, list_events
 
 if TYPE_CHECKING:
@@ -64,6 +63,18 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 def _one_line(text: str) -> str:
     """Errors are one line on stderr, whatever the message they wrap."""
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+#: What ``main`` returns; every non-zero status comes with one ``gateway: error:`` line
+#: on stderr (``gateway: internal error:`` for 70), never a traceback unless --debug.
+EXIT_STATUS = """\
+exit status:
+  0    done
+  1    refused: a peer, a signature, a grant, a trust bundle, a lineage or the store
+  2    bad configuration, input file or command-line argument (the line names it)
+  70   internal error: a bug in the gateway; rerun with --debug and report it
+  130  interrupted
+"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -591,9 +602,10 @@ def cmd_object_create(args: argparse.Namespace) -> int:
     content_type = spec.content_type if spec is not None else args.content_type
     cycle = spec.cycle if spec is not None else CycleState()
     if args.interval is not None:
-        if args.interval <= 0:
-            raise ConfigError("--interval must be a positive number of seconds")
-        cycle = CycleState(interval=timedelta(seconds=args.interval))
+        try:
+            cycle = CycleState(interval=interval_of(args.interval))  # refuses nan and inf
+        except ConfigError as exc:
+            raise ConfigError(f"--interval: {exc.reason}", hint=exc.hint) from exc
 
     async def run(host: Host) -> int:
         try:
@@ -852,6 +864,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gateway",
         description="Move live, governed objects between Dapr clusters and organizations.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

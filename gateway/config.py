@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from gateway._decode import check_document
 from gateway.authority import HostPolicy
 from gateway.errors import AuthorityError, ConfigError
 from gateway.identity import HostId, validate_tenant
@@ -31,6 +32,7 @@ from gateway.tenancy import MAX_QUOTA, Tenancy, TenantLimits
 _ADDRESS = re.compile(r"(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})")
 #: Longer than any sensible timeout, short enough for every timer the gateway feeds it to.
 _MAX_SECONDS = 365 * 24 * 3600
+_MIN_SECONDS = 0.001
 _SEE_EXAMPLE = "see README.md; `gateway init DIR --host-id ID` writes a complete file"
 
 EXAMPLE = """\
@@ -225,14 +227,18 @@ class _Reader:
             isinstance(value, bool)
             or not isinstance(value, int | float)
             or not math.isfinite(value)
-            or not 0 < value <= _MAX_SECONDS
+            or not _MIN_SECONDS <= value <= _MAX_SECONDS
         ):
             raise self.fail(
                 where,
-                f"expected a positive number of seconds up to {_MAX_SECONDS}, got {_kind(value)}",
+                f"expected a positive number of seconds from {_MIN_SECONDS} up to {_MAX_SECONDS}, "
+                f"got {_kind(value)}",
                 "e.g. 30",
             )
-        return timedelta(seconds=value)
+        # Kept to the millisecond, the precision of every time the gateway signs: a
+        # transfer expires at issued_at + transfer_ttl, and a receiver refuses a time
+        # with sub-millisecond digits (it would have two byte forms).
+        return timedelta(milliseconds=round(value * 1000))
 
     def count(self, value: Any, where: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -321,6 +327,8 @@ def _kind(value: Any) -> str:
         return f"a boolean ({str(value).lower()})"
     if isinstance(value, list) and not value:
         return "an empty list"
+    if isinstance(value, int) and value.bit_length() > 64:
+        return "a very large integer"  # repr() of one with thousands of digits raises
     if isinstance(value, int | float):
         return f"{type(value).__name__} {value!r}"
     return type(value).__name__
@@ -393,7 +401,23 @@ def load_config(path: str | Path) -> Config:
             f"{source}: {_location(exc, text)}: not valid YAML ({problem})",
             hint="check indentation and quoting there",
         ) from exc
+    except RecursionError as exc:  # [[[[… nests deeper than the YAML composer can go
+        raise ConfigError(
+            f"{source}: nested too deeply to be a configuration", hint=_SEE_EXAMPLE
+        ) from exc
+    except (ValueError, OverflowError) as exc:
+        # PyYAML's constructors convert scalars with int() and date(): an integer of
+        # thousands of digits or a date like 2026-02-30 fail there, outside YAMLError.
+        raise ConfigError(
+            f"{source}: a value cannot be read: {_one_line(str(exc))}",
+            hint="check the numbers and dates in the file",
+        ) from exc
+    check_document(document, error=ConfigError, what=str(source))
     return parse_config(document, source=source.resolve())
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:200]
 
 
 def parse_config(document: Any, *, source: Path) -> Config:

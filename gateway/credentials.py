@@ -41,7 +41,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import re
 import uuid
 from collections.abc import Iterable, Sequence
@@ -51,6 +50,7 @@ from typing import Any
 
 import jwt
 
+from gateway._decode import load_json
 from gateway._time import format_time
 from gateway.authority import CapabilitySet, Constraints
 from gateway.errors import (
@@ -305,19 +305,10 @@ def _split(compact: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return header, claims
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Two "alg" (or "iss") members would let two parsers see two different grants.
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise GrantFormatError("grant JSON repeats a member name")
-    return dict(pairs)
-
-
 def _json(raw: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(raw, object_pairs_hook=_unique_keys)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise GrantFormatError(f"grant {what} is not JSON") from exc
+    # load_json refuses repeated member names (two "alg" or "iss" would let two parsers
+    # see two different grants), huge integers, NaN and lone surrogates.
+    value = load_json(raw, error=GrantFormatError, what=f"grant {what}")
     if not isinstance(value, dict):
         raise GrantFormatError(f"grant {what} is not a JSON object")
     return value
@@ -478,6 +469,10 @@ def verify_grant(
         raise GrantAlgorithmError(f"grant algorithm refused: {exc}") from exc
     except jwt.PyJWTError as exc:
         raise GrantFormatError(f"grant refused: {exc}") from exc
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # The claims passed _split's strict reading, so this is PyJWT choking on a value
+        # it checks itself; still the peer's bytes, still only a refused grant.
+        raise GrantFormatError(f"grant refused: {type(exc).__name__}: {exc}") from exc
     grant = _parse(compact, key_id=kid, claims=verified)
     _check_window(grant, at=at, leeway=leeway)
     return grant

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway._decode import load_json
 from gateway.errors import (
     BadSignatureError,
     EnvelopeError,
@@ -261,12 +262,7 @@ def from_json(raw: bytes, *, max_size: int) -> Envelope:
     """Parse a DSSE JSON envelope, refusing anything larger than ``max_size`` bytes."""
     if len(raw) > max_size:
         raise EnvelopeTooLargeError(f"envelope is {len(raw)} bytes; at most {max_size} accepted")
-    try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EnvelopeError(f"envelope is not JSON: {exc}") from exc
-    except RecursionError as exc:  # "[[[[…" within max_size exhausts the parser's stack
-        raise EnvelopeError("envelope JSON is nested too deeply") from exc
+    document = load_json(raw, error=EnvelopeError, what="envelope")
     if not isinstance(document, dict) or set(document) - {"payload", "payloadType", "signatures"}:
         raise EnvelopeError(
             "envelope JSON must be an object with payload, payloadType and signatures only"

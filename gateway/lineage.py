@@ -31,6 +31,7 @@ from typing import Any
 
 from gateway import envelope as dsse
 from gateway import merkle
+from gateway._decode import load_json
 from gateway._time import format_time, parse_time
 from gateway.errors import ConfigError, ExpiredError, LineageError, VerificationError
 from gateway.identity import HostId, ObjectId
@@ -70,10 +71,7 @@ class EntryKind(enum.Enum):
 
 
 def _strict_json(raw: bytes, fields: frozenset[str], what: str) -> dict[str, Any]:
-    try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise LineageError(f"{what} is not JSON: {exc}") from exc
+    document = load_json(raw, error=LineageError, what=what)
     if not isinstance(document, dict) or set(document) != fields:
         raise LineageError(f"{what} must be an object with exactly the fields {sorted(fields)}")
     if canonical_json(document) != raw:
@@ -171,11 +169,10 @@ class LineageEntry(_EncodedOnce):
             credentials_digest=_hex(document, "credentials_digest", what),
             detail=_field(document, "detail", str, what),
         )
-        # _strict_json checked that ``raw`` is the canonical dump of ``document``; every
-        # other field converts back to the same JSON value, so ``raw`` is exactly what
-        # encode() would produce once the time text also round-trips.
-        if format_time(moment) == time_text:
-            object.__setattr__(entry, "_raw", bytes(raw))
+        # _strict_json checked that ``raw`` is the canonical dump of ``document``, and
+        # parse_time accepts only the text format_time writes; every other field converts
+        # back to the same JSON value, so ``raw`` is exactly what encode() produces.
+        object.__setattr__(entry, "_raw", bytes(raw))
         return entry
 
     def leaf_hash(self) -> bytes:

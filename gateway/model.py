@@ -35,6 +35,7 @@ from gateway.limits import (
     check_time,
     next_counter,
 )
+from gateway.limits import MAX_CYCLE_INTERVAL as _MAX_CYCLE_INTERVAL
 from gateway.limits import MAX_DATA_BYTES as MAX_DATA_BYTES
 from gateway.lineage import EntryKind, Lineage, credentials_digest, digest
 
@@ -79,6 +80,11 @@ class Rule:
     name: str
     when: str  #: CEL condition
     action: Action
+
+
+#: The longest evaluation interval an object may have (a year): longer is no schedule,
+#: and a bounded interval keeps ``next_due + interval`` far from the end of ``datetime``.
+MAX_CYCLE_INTERVAL = _MAX_CYCLE_INTERVAL
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -31,6 +31,7 @@ Parsed once, at the edge, into a frozen :class:`ObjectSpec`; errors name the fil
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -38,11 +39,12 @@ from typing import Any
 
 import yaml
 
+from gateway._decode import check_document
 from gateway.authority import CapabilitySet, Constraints
 from gateway.credentials import parse_audience
 from gateway.errors import AuthorityError, ConfigError, GrantFormatError
 from gateway.identity import HostId
-from gateway.model import CycleState, Rule
+from gateway.model import MAX_CYCLE_INTERVAL, CycleState, Rule
 from gateway.rules import dump_data, rule_from_mapping
 
 _TOP = frozenset({"data", "content_type", "grant", "cycle", "rules"})
@@ -80,6 +82,31 @@ def _fail(source: str, where: str, problem: str, fix: str) -> ConfigError:
     return ConfigError(f"{source}: {where}: {problem}", hint=fix)
 
 
+_MIN_INTERVAL = 0.001
+_MAX_INTERVAL = MAX_CYCLE_INTERVAL.total_seconds()
+
+
+def interval_of(seconds: float) -> timedelta:
+    """An evaluation interval, kept to the millisecond: the precision of every time the
+    gateway signs (a transfer carries the next due time, and receivers refuse finer)."""
+    if not _MIN_INTERVAL <= seconds <= _MAX_INTERVAL:
+        raise ConfigError(
+            f"an evaluation interval is {_MIN_INTERVAL} to {_MAX_INTERVAL:.0f} seconds",
+            hint="e.g. 5",
+        )
+    return timedelta(milliseconds=round(seconds * 1000))
+
+
+def _short(value: Any) -> str:
+    """A value for an error message: bounded, and never an int too long to print
+    (repr of an int of thousands of digits raises ValueError)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return "a very large integer"
+    if isinstance(value, BaseException):
+        return " ".join(str(value).split())[:120]
+    return repr(value)[:80]
+
+
 def _mapping(value: Any, source: str, where: str, allowed: frozenset[str]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _fail(
@@ -88,11 +115,11 @@ def _mapping(value: Any, source: str, where: str, allowed: frozenset[str]) -> di
             f"expected a mapping, got {type(value).__name__}",
             "see gateway/objectspec.py",
         )
-    unknown = sorted(set(value) - allowed)
+    unknown = sorted(set(value) - allowed, key=str)  # YAML keys need not be strings
     if unknown:
         raise _fail(
             source,
-            f"{where}.{unknown[0]}",
+            f"{where}.{unknown[0]!s:.64}",
             "unknown key",
             f"allowed keys: {', '.join(sorted(allowed))}",
         )
@@ -104,11 +131,20 @@ def parse_spec(document: Any, *, source: str) -> ObjectSpec:
     content_type = top.get("content_type", "application/json")
     if not isinstance(content_type, str) or "/" not in content_type:
         raise _fail(
-            source, "content_type", f"{content_type!r} is not a media type", "e.g. application/json"
+            source,
+            "content_type",
+            f"{_short(content_type)} is not a media type",
+            "e.g. application/json",
         )
     raw = top.get("data", {})
     if content_type == "application/json":
-        data = dump_data(raw)
+        try:
+            data = dump_data(raw)
+        except (TypeError, ValueError, RecursionError) as exc:
+            # YAML has dates, non-string keys and integers too long to print as JSON.
+            raise _fail(
+                source, "data", f"cannot be written as JSON: {_short(exc)}", "use JSON values"
+            ) from exc
     elif isinstance(raw, str):
         data = raw.encode("utf-8")
     else:
@@ -122,7 +158,10 @@ def parse_spec(document: Any, *, source: str) -> ObjectSpec:
         days = spec.get("valid_for_days", 30)
         if isinstance(days, bool) or not isinstance(days, int | float) or not 0 < days <= 3650:
             raise _fail(
-                source, "grant.valid_for_days", f"expected 0 < days ≤ 3650, got {days!r}", "e.g. 30"
+                source,
+                "grant.valid_for_days",
+                f"expected 0 < days ≤ 3650, got {_short(days)}",
+                "e.g. 30",
             )
         audience = spec.get("audience")
         listed: list[str] = []
@@ -135,13 +174,16 @@ def parse_spec(document: Any, *, source: str) -> ObjectSpec:
                     raise _fail(
                         source,
                         "grant.audience",
-                        f"expected a host or trust-domain id (or a list of them), got {one!r}",
+                        f"expected a host or trust-domain id (or a list of them), got {_short(one)}",
                         "e.g. spiffe://org-b.example (any host of org-b) or a full host id",
                     ) from exc
         home = spec.get("home", "")
         if not isinstance(home, str):
             raise _fail(
-                source, "grant.home", f"expected a host id, got {home!r}", "a host of this domain"
+                source,
+                "grant.home",
+                f"expected a host id, got {_short(home)}",
+                "a host of this domain",
             )
         if home:
             try:
@@ -166,14 +208,17 @@ def parse_spec(document: Any, *, source: str) -> ObjectSpec:
     if "cycle" in top:
         spec = _mapping(top["cycle"], source, "cycle", _CYCLE)
         interval = spec.get("interval_seconds")
-        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+        if isinstance(interval, bool) or not isinstance(interval, int | float):
+            interval = math.nan  # refused below, as any other unusable number
+        if not _MIN_INTERVAL <= interval <= _MAX_INTERVAL:  # nan and inf fail this too
             raise _fail(
                 source,
                 "cycle.interval_seconds",
-                f"expected seconds > 0, got {interval!r}",
+                f"expected seconds from {_MIN_INTERVAL} to {_MAX_INTERVAL:.0f}, "
+                f"got {_short(spec.get('interval_seconds'))}",
                 "e.g. 5",
             )
-        cycle = CycleState(interval=timedelta(seconds=interval))
+        cycle = CycleState(interval=interval_of(interval))
 
     raw_rules = top.get("rules", [])
     if not isinstance(raw_rules, list):
@@ -188,6 +233,8 @@ def load_spec(path: str | Path) -> ObjectSpec:
     source = Path(path)
     try:
         text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise _fail(str(source), f"byte {exc.start}", "not UTF-8 text", "save it as UTF-8") from exc
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from exc
     try:
@@ -198,4 +245,15 @@ def load_spec(path: str | Path) -> ObjectSpec:
         raise _fail(
             str(source), where, "not valid YAML", "check indentation and quoting there"
         ) from exc
+    except (ValueError, OverflowError) as exc:
+        # PyYAML's constructors convert scalars with int() and date(): an integer of
+        # thousands of digits or a date like 2026-02-30 fail there, outside YAMLError.
+        raise _fail(
+            str(source), "(a value)", f"cannot be read: {_short(exc)}", "check numbers and dates"
+        ) from exc
+    except RecursionError as exc:  # [[[[… nests deeper than the YAML composer can go
+        raise _fail(
+            str(source), "(top level)", "nested too deeply", "a spec is a few levels deep"
+        ) from exc
+    check_document(document, error=ConfigError, what=str(source))
     return parse_spec(document, source=str(source))

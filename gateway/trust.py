@@ -35,6 +35,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gateway import envelope as dsse
+from gateway._decode import load_json
 from gateway._time import format_time, parse_time
 from gateway.errors import (
     EnvelopeError,
@@ -352,12 +353,11 @@ def _key_from_json(document: Any, where: str) -> KeyRecord:
 
 def decode_bundle(raw: bytes) -> TrustBundle:
     """Parse a bundle; it must be exactly the canonical form, and nothing unknown."""
-    try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TrustError(f"trust bundle is not JSON: {exc}") from exc
-    except RecursionError as exc:  # "[[[[…" exhausts the parser's stack
-        raise TrustError("trust bundle JSON is nested too deeply") from exc
+    if len(raw) > MAX_BUNDLE_BYTES:
+        raise TrustError(f"trust bundle is {len(raw)} bytes; at most {MAX_BUNDLE_BYTES}")
+    # Huge integers, NaN, "[[[[…", lone surrogates (which encode_bundle below could not
+    # re-encode) and repeated members are refused here, as TrustError.
+    document = load_json(raw, error=TrustError, what="trust bundle")
     if not isinstance(document, dict):
         raise TrustError("trust bundle must be a JSON object")
     unknown = set(document) - _BUNDLE_FIELDS
@@ -439,7 +439,12 @@ def accept_bundle(
     if claimed.trust_domain != expected:
         raise TrustError(f"bundle is for {claimed.trust_domain}, expected {expected}")
     for ca in claimed.x509_authorities:
-        check_domain_authority(ca, claimed.trust_domain)
+        try:
+            check_domain_authority(ca, claimed.trust_domain)
+        except ValueError as exc:  # cryptography parses extensions lazily, and may refuse them
+            raise TrustError(
+                f"a CA of {claimed.trust_domain} has an unreadable extension: {exc}"
+            ) from exc
     if current is not None:
         if claimed.sequence < current.sequence:
             raise RollbackError(

@@ -10,7 +10,13 @@ Rules kept here:
   verified is exactly what is used, and a new field forces a new payload type.
 * **Size limits come first**, before any parsing.
 * Every protobuf decode failure becomes an :class:`~gateway.errors.EnvelopeError`
-  subclass naming what could not be read.
+  subclass naming what could not be read; so does every value the standard library
+  would choke on later (a ``Timestamp`` outside the years 0001-9999, an interval beyond
+  ``timedelta``): nothing but a :class:`~gateway.errors.GatewayError` leaves a decoder.
+* **Peer times are plausible and exact**: transfer and receipt times lie between 1970
+  and 9000 (so skew and lifetime arithmetic on them cannot overflow), in whole
+  milliseconds, and are present when the encoder always writes them; a decoded value
+  re-encodes to the signed bytes.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway import envelope as dsse
 from gateway import limits
+from gateway._decode import load_json
 from gateway._time import truncate
 from gateway.authority import CapabilitySet, EffectiveAuthority
 from gateway.blobs import MAX_BLOB_BYTES, BlobRef
@@ -53,6 +60,7 @@ from gateway.handoff.records import (
 )
 from gateway.lineage import Lineage, LineageEntry, digest
 from gateway.model import (
+    MAX_CYCLE_INTERVAL,
     NO_AUTHORITY,
     Action,
     CycleState,
@@ -88,14 +96,53 @@ def _parse(message: M, raw: bytes, what: str, *, canonical: bool) -> M:
     return message
 
 
+def _require_present(message: Message, fields: tuple[str, ...], what: str) -> None:
+    missing = [name for name in fields if not message.HasField(name)]
+    if missing:
+        raise PayloadDecodeError(f"{what} has no {', '.join(missing)}")
+
+
 def _ts(moment: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(moment.astimezone(UTC))
     return stamp
 
 
-def _dt(stamp: Timestamp) -> datetime:
+#: What a ``Timestamp`` may hold (RFC 3339 years 0001-9999); beyond it ``ToDatetime`` raises.
+_MIN_SECONDS = -62_135_596_800
+_MAX_SECONDS = 253_402_300_799
+#: Times a peer sends (transfer times, receipt times, a cycle's next due time) lie in
+#: this window: every host's clock is past 1970, and a time before year 9000 leaves room
+#: for the skew, lifetime and interval arithmetic done on it, which would otherwise
+#: overflow ``datetime`` near year 9999 and crash the handler instead of refusing.
+_PEER_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_PEER_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _dt(stamp: Timestamp, what: str = "a time") -> datetime:
+    if not _MIN_SECONDS <= stamp.seconds <= _MAX_SECONDS or not 0 <= stamp.nanos < 1_000_000_000:
+        raise PayloadDecodeError(
+            f"{what} ({stamp.seconds}s, {stamp.nanos}ns) is not a time in the years 0001-9999"
+        )
     return truncate(stamp.ToDatetime(tzinfo=UTC))
+
+
+def _peer_dt(stamp: Timestamp, what: str, *, exact: bool = True) -> datetime:
+    """A time a peer signed; ``exact``: in whole milliseconds, the only precision the
+    gateway writes, so that a decoded value re-encodes to the bytes that were signed
+    (stored records are read leniently: they may predate this rule)."""
+    moment = _dt(stamp, what)
+    if not _PEER_EARLIEST <= moment < _PEER_LATEST:
+        raise PayloadDecodeError(
+            f"{what} {moment.isoformat()} is outside {_PEER_EARLIEST.year}-{_PEER_LATEST.year}",
+            hint="check the sending host's clock",
+        )
+    if exact and stamp.nanos % 1_000_000:
+        raise PayloadDecodeError(
+            f"{what} has sub-millisecond precision ({stamp.nanos}ns); not in canonical form",
+            hint="the sender runs an incompatible gateway version",
+        )
+    return moment
 
 
 # --- envelopes ----------------------------------------------------------------------
@@ -166,18 +213,21 @@ def _cycle_to_pb(cycle: CycleState) -> object_pb2.CycleState:
     return message
 
 
-def _cycle_from_pb(message: object_pb2.CycleState) -> CycleState:
+def _cycle_from_pb(message: object_pb2.CycleState, *, exact: bool) -> CycleState:
     interval = None
     if message.interval_ms:
-        if message.interval_ms > _MAX_TIMEDELTA_MS:
-            # timedelta() would raise OverflowError; transfers are held to the tighter
-            # limits.MAX_CYCLE_INTERVAL in _check_transfer_bounds.
-            raise LimitExceededError(f"cycle interval of {message.interval_ms} ms is too large")
+        if message.interval_ms > MAX_CYCLE_INTERVAL // timedelta(milliseconds=1):
+            raise PayloadDecodeError(
+                f"evaluation interval of {message.interval_ms} ms is longer than "
+                f"{MAX_CYCLE_INTERVAL.days} days"
+            )
         interval = timedelta(milliseconds=message.interval_ms)
     return CycleState(
         generation=message.generation,
         interval=interval,
-        next_due=_dt(message.next_due) if message.HasField("next_due") else None,
+        next_due=_peer_dt(message.next_due, "next evaluation time", exact=exact)
+        if message.HasField("next_due")
+        else None,
     )
 
 
@@ -230,7 +280,11 @@ def _lineage_from_pb(message: object_pb2.Lineage) -> Lineage:
 
 
 def _object_from_snapshot(
-    snapshot: object_pb2.ObjectSnapshot, credentials: list[str], lineage: object_pb2.Lineage
+    snapshot: object_pb2.ObjectSnapshot,
+    credentials: list[str],
+    lineage: object_pb2.Lineage,
+    *,
+    exact: bool = False,
 ) -> GovernedObject:
     blob = None
     if snapshot.data_streamed:
@@ -252,7 +306,7 @@ def _object_from_snapshot(
         grants=tuple(credentials),
         rules=tuple(_rule_from_pb(r) for r in snapshot.rules),
         lineage=_lineage_from_pb(lineage),
-        cycle=_cycle_from_pb(snapshot.cycle),
+        cycle=_cycle_from_pb(snapshot.cycle, exact=exact),
         blob=blob,
     )
 
@@ -300,8 +354,8 @@ def encode_authority(authority: EffectiveAuthority) -> bytes:
 def decode_authority(raw: bytes) -> EffectiveAuthority:
     if not raw:
         return NO_AUTHORITY
+    document = load_json(raw, error=PayloadDecodeError, what="stored effective authority")
     try:
-        document = json.loads(raw)
         return EffectiveAuthority(
             allow=CapabilitySet.from_claim(document["allow"]),
             deny=CapabilitySet.from_claim(document["deny"]),
@@ -325,7 +379,7 @@ def _stored_from_pb(message: object_pb2.StoredObject) -> GovernedObject:
         authority=decode_authority(message.authority),
         # At rest the blob's host-local location replaces the digest-only transit form.
         blob=_blob_from_pb(message.blob) if message.HasField("blob") else obj.blob,
-        authority_expires=_dt(message.authority_expires)
+        authority_expires=_dt(message.authority_expires, "authority expiry")
         if message.HasField("authority_expires")
         else None,
     )
@@ -347,7 +401,9 @@ def decode_cycle(raw: bytes) -> tuple[int, datetime | None] | None:
     cycle = message.snapshot.cycle
     if message.state != object_pb2.LIFECYCLE_STATE_ACTIVE or not cycle.interval_ms:
         return None
-    return cycle.generation, _dt(cycle.next_due) if cycle.HasField("next_due") else None
+    return cycle.generation, _dt(cycle.next_due, "next evaluation time") if cycle.HasField(
+        "next_due"
+    ) else None
 
 
 def encode_object(obj: GovernedObject) -> bytes:
@@ -430,6 +486,10 @@ def _check_transfer_bounds(message: object_pb2.Transfer) -> None:
 def decode_transfer(payload: bytes) -> Transfer:
     """Parse a *verified* transfer payload into a STAGED object candidate."""
     message = _parse(object_pb2.Transfer(), payload, "transfer", canonical=True)
+    # Absent submessages would decode as defaults (the epoch for a time) and re-encode
+    # as present ones: a second byte form of the same transfer.
+    _require_present(message, ("issued_at", "expires_at", "object", "lineage"), "transfer")
+    _require_present(message.object, ("cycle",), "transfer object")
     _check_transfer_bounds(message)
     if message.object.object_id != message.object_id:
         raise PayloadDecodeError(
@@ -437,7 +497,9 @@ def decode_transfer(payload: bytes) -> Transfer:
         )
     if len(message.nonce) != NONCE_BYTES:
         raise PayloadDecodeError(f"transfer nonce is {len(message.nonce)} bytes, not {NONCE_BYTES}")
-    snapshot = _object_from_snapshot(message.object, list(message.credentials), message.lineage)
+    snapshot = _object_from_snapshot(
+        message.object, list(message.credentials), message.lineage, exact=True
+    )
     for entry in snapshot.lineage.entries:
         # Lineage counters are copied into the entries this host appends; keep them
         # encodable as well.
@@ -459,8 +521,8 @@ def decode_transfer(payload: bytes) -> Transfer:
         epoch=message.epoch,
         source_host=message.source_host,
         destination_host=message.destination_host,
-        issued_at=_dt(message.issued_at),
-        expires_at=_dt(message.expires_at),
+        issued_at=_peer_dt(message.issued_at, "transfer issue time"),
+        expires_at=_peer_dt(message.expires_at, "transfer expiry"),
         nonce=message.nonce,
         object=obj,
         previous_transfer_digest=message.previous_transfer_digest,
@@ -485,6 +547,7 @@ def decode_receipt(payload: bytes, kind: ReceiptKind) -> Receipt:
     limits.check_id(message.object_id, what="object id")
     limits.check_id(message.host, what="host id")
     limits.check_id(message.source_host, what="source host id")
+    _require_present(message, ("issued_at",), f"{kind.name.lower()} receipt")
     return Receipt(
         kind=kind,
         migration_id=message.migration_id,
@@ -493,7 +556,7 @@ def decode_receipt(payload: bytes, kind: ReceiptKind) -> Receipt:
         host=message.host,
         source_host=message.source_host,
         transfer_digest=message.transfer_digest,
-        issued_at=_dt(message.issued_at),
+        issued_at=_peer_dt(message.issued_at, "receipt issue time"),
     )
 
 
@@ -550,8 +613,8 @@ def decode_source_record(raw: bytes) -> SourceRecord:
         transfer=message.transfer,
         staged_receipt=message.staged_receipt,
         activation_receipt=message.activation_receipt,
-        created_at=_dt(message.created_at),
-        updated_at=_dt(message.updated_at),
+        created_at=_dt(message.created_at, "journal record creation time"),
+        updated_at=_dt(message.updated_at, "journal record update time"),
         reason=message.reason,
     )
 
@@ -589,8 +652,8 @@ def decode_destination_record(raw: bytes) -> DestinationRecord:
         staged_receipt=message.staged_receipt,
         activation_receipt=message.activation_receipt,
         staged=_stored_from_pb(message.staged) if message.HasField("staged") else None,
-        created_at=_dt(message.created_at),
-        updated_at=_dt(message.updated_at),
+        created_at=_dt(message.created_at, "journal record creation time"),
+        updated_at=_dt(message.updated_at, "journal record update time"),
         reason=message.reason,
     )
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from gateway import envelope as dsse
+from gateway._decode import load_json
 from gateway._time import format_time, parse_time
 from gateway.authority import Admission, EffectiveAuthority
 from gateway.errors import PayloadDecodeError
@@ -143,18 +144,25 @@ class DecisionAnswer:
 
     @classmethod
     def decode(cls, raw: bytes) -> DecisionAnswer:
-        try:
-            document = json.loads(raw)
-            if not isinstance(document, dict) or set(document) != _DECISION_FIELDS:
-                raise ValueError(f"fields must be {sorted(_DECISION_FIELDS)}")
-            answer = cls(
-                migration_id=str(document["migration_id"]),
-                outcome=Outcome(document["outcome"]),
-                source=str(document["source"]),
-                destination=str(document["destination"]),
-                issued_at=parse_time(document["issued_at"]),
+        document = load_json(raw, error=PayloadDecodeError, what="decision answer")
+        if not isinstance(document, dict) or set(document) != _DECISION_FIELDS:
+            raise PayloadDecodeError(
+                f"decision answer must be an object with the fields {sorted(_DECISION_FIELDS)}"
             )
-        except (ValueError, TypeError, RecursionError) as exc:
+        texts = {name: document[name] for name in sorted(_DECISION_FIELDS)}
+        wrong = [name for name, value in texts.items() if not isinstance(value, str)]
+        if wrong:
+            raise PayloadDecodeError(f"decision answer: {', '.join(wrong)} must be strings")
+        try:
+            answer = cls(
+                migration_id=texts["migration_id"],
+                outcome=Outcome(texts["outcome"]),
+                source=texts["source"],
+                destination=texts["destination"],
+                # parse_time refuses any time text format_time would not write back.
+                issued_at=parse_time(texts["issued_at"]),
+            )
+        except ValueError as exc:
             raise PayloadDecodeError(f"decision answer does not parse: {exc}") from exc
         if answer.encode() != raw:
             raise PayloadDecodeError("decision answer is not in canonical form")

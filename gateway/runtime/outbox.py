@@ -23,8 +23,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from gateway._decode import load_json
 from gateway._time import Clock, format_time, parse_time
-from gateway.errors import ConcurrencyError, GatewayError
+from gateway.errors import ConcurrencyError, GatewayError, StoreError
 from gateway.stores import Delete, Expect, Put, StateStore
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,14 @@ class Event:
 
     @classmethod
     def decode(cls, key: str, raw: bytes) -> Event:
-        document = json.loads(raw)
+        document = load_json(raw, error=StoreError, what=f"outbox event {key}")
+        try:
+            return cls._from_document(key, document)
+        except (KeyError, TypeError, ValueError) as exc:  # a damaged record, not a crash
+            raise StoreError(f"outbox event {key} is damaged: {exc!r:.200}") from exc
+
+    @classmethod
+    def _from_document(cls, key: str, document: Any) -> Event:
         return cls(
             key=key,
             tenant=document["tenant"],

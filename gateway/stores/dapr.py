@@ -45,6 +45,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from gateway._decode import load_json
 from gateway.errors import ConcurrencyError, StoreContentionError, StoreError, StoreUnavailableError
 from gateway.stores import Delete, Expect, Item, Operation, Put
 
@@ -432,7 +433,7 @@ def _decode(key: str, data: bytes) -> bytes:
 
 
 def _index_keys(raw: bytes) -> builtins.list[str]:
-    keys = json.loads(_decode("index", raw))
+    keys = load_json(_decode("index", raw), error=StoreError, what="a key index shard")
     if not isinstance(keys, list):
         raise StoreError("a key index shard is damaged")
     return [str(k) for k in keys]

@@ -1,0 +1,145 @@
+"""Reading JSON that came from outside: one parser every decoder of peer or file bytes uses.
+
+The standard library's :func:`json.loads` raises more than ``JSONDecodeError`` on hostile
+input, and accepts values the gateway cannot use:
+
+* an integer of thousands of digits raises a bare ``ValueError`` (Python's limit on
+  int-from-str conversion), after quadratic work;
+* ``[[[[…`` raises ``RecursionError``;
+* ``NaN``, ``Infinity`` and ``1e999`` become floats that equal nothing, not even
+  themselves, so no canonical re-encoding can hold;
+* ``"\\ud800"`` becomes a lone surrogate, which is not Unicode: re-encoding it as UTF-8
+  (as canonical forms do) raises ``UnicodeEncodeError`` far from the decoder;
+* a repeated member name is silently resolved to its last value, so two parsers can
+  read two different documents from the same signed bytes.
+
+:func:`load_json` refuses all of these before any caller sees the document, and raises
+the caller's own :class:`~gateway.errors.GatewayError` subclass, so that nothing but a
+``GatewayError`` ever leaves a decoder. Limits are named constants, checked while
+parsing (integers) or right after (depth, text), never after work proportional to them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from gateway.errors import GatewayError
+
+#: Every integer the gateway signs or stores fits in 64 bits (20 digits). Longer ones
+#: up to this many digits are read (cheaply) so that the field's own check can name
+#: what is wrong ("exp 10**30 is not a usable time"); beyond it they are refused here,
+#: far below the 4300 digits at which Python's int() raises after quadratic work.
+MAX_JSON_INT_DIGITS = 64
+#: Deeper than any document the gateway writes (grant constraints are the deepest, at 4).
+MAX_JSON_DEPTH = 32
+
+
+class _Refused(Exception):
+    """Raised from inside the parser's hooks; turned into the caller's error below."""
+
+
+def _parse_int(text: str) -> int:
+    # Called with the literal's text before int() runs: a long literal is refused
+    # without the conversion (and the ValueError) the standard library would do.
+    if len(text.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        raise _Refused(f"an integer of {len(text)} digits; at most {MAX_JSON_INT_DIGITS}")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Refused(f"number {text[:32]!r} is out of range")
+    return value
+
+
+def _parse_constant(text: str) -> Any:
+    raise _Refused(f"{text} is not JSON")
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        raise _Refused("an object repeats a member name")
+    return document
+
+
+def _check_tree(document: Any) -> None:
+    """Depth and text of a parsed document, walked without recursion."""
+    pending: list[tuple[Any, int]] = [(document, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, str):
+            _check_text(value)
+        elif isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise _Refused(f"nested deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(value, dict):
+                for key in value:
+                    _check_text(key)
+                pending.extend((item, depth + 1) for item in value.values())
+            else:
+                pending.extend((item, depth + 1) for item in value)
+
+
+def check_document(document: Any, *, error: type[GatewayError], what: str) -> None:
+    """Refuse what a YAML (or other already parsed) document may hold that JSON text
+    could not: lone surrogates (from ``"\\ud800"`` escapes) and integers beyond
+    :data:`MAX_JSON_INT_DIGITS` digits (hex literals have no length limit in PyYAML,
+    and printing one in an error message would itself raise). Anchors may make the
+    document cyclic (``&a [*a]``), so each container is visited once."""
+    seen: set[int] = set()
+    pending = [document]
+    limit = 10**MAX_JSON_INT_DIGITS
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            try:
+                _check_text(value)
+            except _Refused as exc:
+                raise error(f"{what}: {exc}") from exc
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if not -limit < value < limit:
+                raise error(f"{what}: an integer longer than {MAX_JSON_INT_DIGITS} digits")
+        elif isinstance(value, dict | list) and id(value) not in seen:
+            seen.add(id(value))
+            if isinstance(value, dict):
+                pending.extend(value.keys())
+                pending.extend(value.values())
+            else:
+                pending.extend(value)
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _Refused(
+            f"a string holds a lone surrogate at {exc.start}, which is not Unicode"
+        ) from exc
+
+
+def load_json(raw: bytes | str, *, error: type[GatewayError], what: str) -> Any:
+    """The JSON value in ``raw``, or ``error`` naming ``what`` could not be read and why."""
+    try:
+        # One encoding: json.loads would also guess UTF-16 and UTF-32 from bytes.
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        document = json.loads(
+            text,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            parse_constant=_parse_constant,
+            object_pairs_hook=_unique,
+        )
+        _check_tree(document)
+    except _Refused as exc:
+        raise error(f"{what} is not usable JSON: {exc}") from exc
+    except RecursionError as exc:  # "[[[[…" exhausts the parser's stack before any hook runs
+        raise error(f"{what} is not usable JSON: nested too deeply") from exc
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} is not UTF-8 (byte {exc.start})") from exc
+    except ValueError as exc:  # JSONDecodeError, and whatever else json raises on bad text
+        raise error(f"{what} is not JSON: {exc}") from exc
+    return document
