@@ -28,7 +28,7 @@ from gateway.keys import Signer
 from gateway.lineage import Checkpoint, credentials_digest, verify_lineage
 from gateway.model import GovernedObject
 from gateway.objectspec import GrantSpec
-from gateway.testing import HostSpec, build_world, serving
+from gateway.testing import HostSpec, build_world, rewrite_own_entries, serving
 from gateway.trust import TrustStore
 from tests.conftest import FAST_HANDOFF, HOST_A, HOST_B
 
@@ -157,20 +157,7 @@ def relinked(obj: GovernedObject, own: list[int]) -> GovernedObject:
     """The presenter's own entries (by index), in the given order, re-recorded with fresh
     links: the best forgery of its own history it can make."""
     cut = own_cut(obj)
-    lineage = replace(obj.lineage, entries=obj.lineage.entries[:cut])
-    for index in own:
-        e = obj.lineage.entries[index]
-        lineage = lineage.append(
-            e.kind,
-            host=e.host,
-            at=e.time,
-            epoch=e.epoch,
-            generation=e.generation,
-            data_digest=e.data_digest,
-            credentials_digest=e.credentials_digest,
-            detail=e.detail,
-        )
-    return replace(obj, lineage=lineage)
+    return rewrite_own_entries(obj, lambda entries: [entries[i - cut] for i in own])
 
 
 def test_the_genuine_history_has_two_hops_and_keeps_b_narrowing(history: History) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
@@ -26,7 +25,6 @@ from pathlib import Path
 
 import pytest
 
-from gateway import envelope as dsse
 from gateway import wire
 from gateway.config import load_config
 from gateway.errors import (
@@ -36,14 +34,20 @@ from gateway.errors import (
     LineageError,
 )
 from gateway.handoff.journal import Journal
-from gateway.handoff.messages import NONCE_BYTES, Transfer
-from gateway.handoff.source import new_migration_id
 from gateway.host import Host
 from gateway.keys import SignatureEncoding, Signer
 from gateway.model import GovernedObject, LifecycleState
 from gateway.objectspec import parse_spec
 from gateway.stores import StateStore
-from gateway.testing import HostSpec, ServerProcess, build_world, read_store, run_cli
+from gateway.testing import (
+    HostSpec,
+    ServerProcess,
+    build_world,
+    read_store,
+    run_cli,
+    sealed_transfer,
+    sign_transfer,
+)
 from gateway.v1 import object_pb2
 from tests.conftest import HOST_A, HOST_B
 from tests.fuzz_targets import Raw, dump
@@ -94,34 +98,14 @@ async def _send(
 ) -> tuple[str, GatewayError]:
     """A transfer sealed as A's source would, then changed by ``mutate`` in its protobuf
     form and signed by A's real envelope key; returns B's refusal."""
-    now = host.clock.now()
-    migration_id = new_migration_id()
     obj = rewrite(obj) if rewrite is not None else obj
-    frozen = obj.freeze(migration_id, destination=HOST_B, host=host.host_id, at=now)
-    sealed = frozen.lineage.sealed(
-        object_id=obj.object_id,
-        host=host.host_id,
-        epoch=frozen.epoch,
-        at=now,
-        signer=host.context.signer,
-        to=HOST_B,
-        migration=migration_id,
-    )
-    transfer = Transfer(
-        migration_id=migration_id,
-        epoch=frozen.epoch,
-        source_host=host.host_id,
-        destination_host=HOST_B,
-        issued_at=now,
-        expires_at=now + host.config.handoff.transfer_ttl,
-        nonce=os.urandom(NONCE_BYTES),
-        object=replace(frozen, lineage=sealed),
-    )
+    transfer = sealed_transfer(host, obj, HOST_B, ttl=host.config.handoff.transfer_ttl)
+    migration_id = transfer.migration_id
     message = object_pb2.Transfer()
     message.ParseFromString(wire.encode_transfer(transfer))
     mutate(message)
     payload = message.SerializeToString(deterministic=True)
-    raw = wire.encode_envelope(host.context.seal(payload, dsse.PayloadType.TRANSFER))
+    raw = sign_transfer(host, payload)
     try:
         await host.peers.client(HOST_B).prepare(raw)
     except GatewayError as exc:

@@ -24,18 +24,26 @@ from pathlib import Path
 
 import pytest
 
-from gateway import envelope as dsse
 from gateway.config import load_config
 from gateway.credentials import issue_grant, verify_chain
 from gateway.errors import GatewayError
 from gateway.handoff.home import custody_key
 from gateway.handoff.journal import Journal, object_key
-from gateway.handoff.source import new_migration_id
 from gateway.host import Host
 from gateway.lineage import Checkpoint, Lineage, LineageEntry, credentials_digest
 from gateway.model import GovernedObject, LifecycleState
 from gateway.stores import Expect, StateStore
-from gateway.testing import HostSpec, ServerProcess, World, build_world, read_store, run_cli
+from gateway.testing import (
+    HostSpec,
+    ServerProcess,
+    World,
+    build_world,
+    read_store,
+    rewrite_own_entries,
+    run_cli,
+    sealed_transfer,
+    sign_transfer,
+)
 from gateway.wire import encode_object
 from tests.conftest import FAST_HANDOFF, HOST_A, HOST_A2, HOST_B
 
@@ -110,24 +118,8 @@ def keys_of(world: World, host: str) -> list[str]:
 
 
 def rewrite_own(obj: GovernedObject, keep: Callable[[LineageEntry], bool]) -> GovernedObject:
-    """The dishonest holder re-records its own entries (after the last departure another
-    host signed), keeping only those ``keep`` likes; links are recomputed so the chain of
-    hashes is intact and its own checkpoint will cover them."""
-    cut = Checkpoint.decode(obj.lineage.checkpoints[-1].payload).size
-    lineage = replace(obj.lineage, entries=obj.lineage.entries[:cut])
-    for e in obj.lineage.entries[cut:]:
-        if keep(e):
-            lineage = lineage.append(
-                e.kind,
-                host=e.host,
-                at=e.time,
-                epoch=e.epoch,
-                generation=e.generation,
-                data_digest=e.data_digest,
-                credentials_digest=e.credentials_digest,
-                detail=e.detail,
-            )
-    return replace(obj, lineage=lineage)
+    """The holder re-records only the own entries ``keep`` likes (see rewrite_own_entries)."""
+    return rewrite_own_entries(obj, lambda entries: [e for e in entries if keep(e)])
 
 
 def send_as(
@@ -141,9 +133,7 @@ def send_as(
         host = await Host.open(load_config(world.config(sender)))
         try:
             obj = tamper(await host.get_object(OBJECT, tenant="default"))
-            _frozen, raw = host.source._seal(
-                obj, receiver, new_migration_id(), dsse.PayloadType.TRANSFER, host.clock.now()
-            )
+            raw = sign_transfer(host, sealed_transfer(host, obj, receiver))
             with pytest.raises(GatewayError) as refused:
                 await host.peers.client(receiver).prepare(raw)
             return refused.value
@@ -325,9 +315,7 @@ def accept_as(
         host = await Host.open(load_config(world.config(sender)))
         try:
             obj = fixed(await host.get_object(OBJECT, tenant="default"))
-            _frozen, raw = host.source._seal(
-                obj, receiver, new_migration_id(), dsse.PayloadType.TRANSFER, host.clock.now()
-            )
+            raw = sign_transfer(host, sealed_transfer(host, obj, receiver))
             return bool(await host.peers.client(receiver).prepare(raw))
         finally:
             await host.close()

@@ -40,12 +40,12 @@ from gateway.errors import (
 from gateway.handoff.messages import NONCE_BYTES, Outcome, Transfer
 from gateway.handoff.peers import PeerClient, Peers
 from gateway.handoff.records import DestinationStep, SourceStep
-from gateway.handoff.source import Source, new_migration_id, open_decision
+from gateway.handoff.source import Source, open_decision
 from gateway.host import Host
 from gateway.keys import Signer
 from gateway.lineage import EntryKind, verify_lineage
 from gateway.model import GovernedObject, LifecycleState
-from gateway.testing import World, serving
+from gateway.testing import World, sealed_transfer, serving, sign_transfer
 from tests.conftest import HOST_A, HOST_A2, HOST_B
 
 OBJECT = "obj://org-a.example/billing/invoice-42"
@@ -113,33 +113,10 @@ def forge_transfer(
     signer: Signer | None = None,
 ) -> bytes:
     """A transfer sealed exactly like the source does, without touching the source's store."""
-    now = issued_at or host.clock.now()
-    migration_id = new_migration_id()
-    base = replace(obj, epoch=epoch - 1) if epoch is not None else obj
-    frozen = base.freeze(migration_id, destination=destination, host=host.host_id, at=now)
-    sealed = frozen.lineage.sealed(
-        object_id=obj.object_id,
-        host=host.host_id,
-        epoch=frozen.epoch,
-        at=now,
-        signer=host.context.signer,
-        to=destination,
-        migration=migration_id,
+    transfer = sealed_transfer(
+        host, obj, destination, epoch=epoch, issued_at=issued_at, ttl=ttl, source_host=source_host
     )
-    transfer = Transfer(
-        migration_id=migration_id,
-        epoch=frozen.epoch,
-        source_host=source_host or host.host_id,
-        destination_host=destination,
-        issued_at=now,
-        expires_at=now + ttl,
-        nonce=os.urandom(NONCE_BYTES),
-        object=replace(frozen, lineage=sealed),
-    )
-    envelope = dsse.seal(
-        wire.encode_transfer(transfer), dsse.PayloadType.TRANSFER, [signer or host.context.signer]
-    )
-    return wire.encode_envelope(envelope)
+    return sign_transfer(host, transfer, signer=signer)
 
 
 class LossyPeers:

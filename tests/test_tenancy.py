@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from contextlib import ExitStack
 from dataclasses import replace
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +28,21 @@ from gateway.errors import (
     TenantBindingError,
 )
 from gateway.handoff.journal import Journal
-from gateway.handoff.messages import Transfer
 from gateway.handoff.records import DestinationRecord
-from gateway.handoff.source import new_migration_id
 from gateway.host import Host
 from gateway.model import GovernedObject, LifecycleState, new_object
 from gateway.stores import StateStore
 from gateway.tenancy import Usage
-from gateway.testing import HostSpec, ServerProcess, build_world, read_store, run_cli, start_all
+from gateway.testing import (
+    HostSpec,
+    ServerProcess,
+    build_world,
+    read_store,
+    run_cli,
+    sealed_transfer,
+    sign_transfer,
+    start_all,
+)
 from tests.conftest import HOST_A, HOST_B
 
 pytestmark = pytest.mark.slow
@@ -51,31 +56,8 @@ HOST_C = "spiffe://org-c.example/dc/gateway"
 def forge(host: Host, obj: GovernedObject, destination: str, *, proposal: bool = False) -> bytes:
     """``obj`` frozen and sealed by ``host``'s real keys, as its source would; nothing of
     ``host``'s store is read or written."""
-    now = host.clock.now()
-    migration_id = new_migration_id()
-    frozen = obj.freeze(migration_id, destination=destination, host=host.host_id, at=now)
-    sealed = frozen.lineage.sealed(
-        object_id=obj.object_id,
-        host=host.host_id,
-        epoch=frozen.epoch,
-        at=now,
-        signer=host.context.signer,
-        to=destination,
-        migration=migration_id,
-    )
-    transfer = Transfer(
-        migration_id=migration_id,
-        epoch=frozen.epoch,
-        source_host=host.host_id,
-        destination_host=destination,
-        issued_at=now,
-        expires_at=now + timedelta(seconds=60),
-        nonce=os.urandom(16),
-        object=replace(frozen, lineage=sealed),
-        previous_transfer_digest=b"",
-    )
     kind = dsse.PayloadType.PROPOSAL if proposal else dsse.PayloadType.TRANSFER
-    return wire.encode_envelope(host.context.seal(wire.encode_transfer(transfer), kind))
+    return sign_transfer(host, sealed_transfer(host, obj, destination), payload_type=kind)
 
 
 def crafted(

@@ -23,18 +23,23 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from gateway import envelope as dsse
+from gateway import wire
 from gateway._time import SystemClock
 from gateway.config import load_config
 from gateway.errors import GatewayError
 from gateway.host import Host, load_trust, open_store
 from gateway.identity import HostId
 from gateway.keyring import add_key, init_keys, load_keyring
-from gateway.keys import Algorithm
+from gateway.handoff.messages import NONCE_BYTES, Transfer
+from gateway.handoff.source import new_migration_id
+from gateway.keys import Algorithm, Signer
+from gateway.lineage import Checkpoint, LineageEntry
 from gateway.model import GovernedObject
 from gateway.objectspec import ObjectSpec
 from gateway.scaffold import (
@@ -342,3 +347,83 @@ def start_all(stack: contextlib.ExitStack, *servers: ServerProcess) -> None:
     with ThreadPoolExecutor(len(servers)) as pool:
         for started in pool.map(ServerProcess.start, servers):
             assert started.address
+
+
+# --- a dishonest peer's tools ----------------------------------------------------------
+#
+# A dishonest peer holds real keys and runs modified software: these build what it can
+# build (anything it signs itself) with the host's real keys, without touching its store.
+
+
+def sealed_transfer(
+    host: Host,
+    obj: GovernedObject,
+    destination: str,
+    *,
+    epoch: int | None = None,
+    issued_at: datetime | None = None,
+    ttl: timedelta = timedelta(seconds=60),
+    source_host: str | None = None,
+) -> Transfer:
+    """``obj`` frozen and checkpointed by ``host`` for ``destination``, as its source would
+    (``epoch`` overrides the epoch it is frozen at); nothing is read from or written to
+    ``host``'s store."""
+    now = issued_at or host.clock.now()
+    migration_id = new_migration_id()
+    base = replace(obj, epoch=epoch - 1) if epoch is not None else obj
+    frozen = base.freeze(migration_id, destination=destination, host=host.host_id, at=now)
+    sealed = frozen.lineage.sealed(
+        object_id=obj.object_id,
+        host=host.host_id,
+        epoch=frozen.epoch,
+        at=now,
+        signer=host.context.signer,
+        to=destination,
+        migration=migration_id,
+    )
+    return Transfer(
+        migration_id=migration_id,
+        epoch=frozen.epoch,
+        source_host=source_host or host.host_id,
+        destination_host=destination,
+        issued_at=now,
+        expires_at=now + ttl,
+        nonce=os.urandom(NONCE_BYTES),
+        object=replace(frozen, lineage=sealed),
+    )
+
+
+def sign_transfer(
+    host: Host,
+    transfer: Transfer | bytes,
+    *,
+    signer: Signer | None = None,
+    payload_type: str = dsse.PayloadType.TRANSFER,
+) -> bytes:
+    """The serialized envelope of ``transfer`` (or of an already encoded payload), signed
+    by ``host``'s envelope key or ``signer``."""
+    payload = wire.encode_transfer(transfer) if isinstance(transfer, Transfer) else transfer
+    envelope = dsse.seal(payload, payload_type, [signer or host.context.signer])
+    return wire.encode_envelope(envelope)
+
+
+def rewrite_own_entries(
+    obj: GovernedObject, order: Callable[[list[LineageEntry]], Sequence[LineageEntry]]
+) -> GovernedObject:
+    """The holder's best forgery of its own history: the entries after the last departure
+    another host signed, chosen and ordered by ``order``, re-recorded with fresh links so
+    the hash chain is intact (its own next checkpoint would cover them)."""
+    cut = Checkpoint.decode(obj.lineage.checkpoints[-1].payload).size
+    lineage = replace(obj.lineage, entries=obj.lineage.entries[:cut])
+    for e in order(list(obj.lineage.entries[cut:])):
+        lineage = lineage.append(
+            e.kind,
+            host=e.host,
+            at=e.time,
+            epoch=e.epoch,
+            generation=e.generation,
+            data_digest=e.data_digest,
+            credentials_digest=e.credentials_digest,
+            detail=e.detail,
+        )
+    return replace(obj, lineage=lineage)
