@@ -33,11 +33,11 @@ from gateway import wire
 from gateway._time import SystemClock
 from gateway.config import load_config
 from gateway.errors import GatewayError
+from gateway.handoff.messages import NONCE_BYTES, Transfer
+from gateway.handoff.source import new_migration_id
 from gateway.host import Host, load_trust, open_store
 from gateway.identity import HostId
 from gateway.keyring import add_key, init_keys, load_keyring
-from gateway.handoff.messages import NONCE_BYTES, Transfer
-from gateway.handoff.source import new_migration_id
 from gateway.keys import Algorithm, Signer
 from gateway.lineage import Checkpoint, LineageEntry
 from gateway.model import GovernedObject
