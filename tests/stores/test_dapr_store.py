@@ -72,3 +72,65 @@ def test_the_index_is_not_user_data(tmp_path: Path) -> None:
                 await store.transact([Delete(key="__index__/families", etag=Expect.ANY)])
 
     asyncio.run(main())
+
+
+def test_a_state_redis_component_is_refused_at_connect(tmp_path: Path) -> None:
+    """state.redis accepts ETag writes to missing keys and does not roll back failed
+    transactions (docs/dapr.md, the contract run against it): the store refuses it by the
+    type the sidecar's metadata API reports, before anything is written."""
+    import asyncio
+
+    from gateway.errors import StoreError
+    from tests.daprd.components import Component
+
+    redis = Component(name="statestore", type="state.redis", metadata={})
+    with DaprdThread(app_id="refused", db=tmp_path / "daprd.db", components=[redis]) as sidecar:
+
+        async def main() -> None:
+            with pytest.raises(StoreError) as refused:
+                await DaprStore.connect(
+                    "statestore",
+                    grpc_endpoint=sidecar.grpc_endpoint,
+                    http_endpoint=sidecar.http_endpoint,
+                )
+            assert "state.redis" in str(refused.value)
+            assert "first-write-wins" in str(refused.value)
+            with pytest.raises(StoreError) as missing:
+                await DaprStore.connect(
+                    "nosuchstore",
+                    grpc_endpoint=sidecar.grpc_endpoint,
+                    http_endpoint=sidecar.http_endpoint,
+                )
+            assert "no state component named 'nosuchstore'" in str(missing.value)
+            assert "statestore" in str(missing.value)  # what it has instead
+
+        asyncio.run(main())
+
+
+def test_without_a_sidecar_connect_fails_fast_in_one_line(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Nothing listens: one error naming the endpoint within a few seconds, not a minute
+    of the SDK's per-attempt health-check lines."""
+    import asyncio
+    import time
+
+    from gateway.errors import StoreUnavailableError
+    from gateway.scaffold import free_port
+    from gateway.stores.dapr import NO_SIDECAR_SECONDS
+
+    port = free_port()
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailableError) as failed:
+        asyncio.run(
+            DaprStore.connect(
+                "statestore",
+                grpc_endpoint=f"127.0.0.1:{free_port()}",
+                http_endpoint=f"http://127.0.0.1:{port}",
+            )
+        )
+    took = time.monotonic() - started
+    assert NO_SIDECAR_SECONDS <= took < NO_SIDECAR_SECONDS + 3
+    assert f"no Dapr sidecar at http://127.0.0.1:{port}/v1.0/healthz/outbound" in str(failed.value)
+    printed = capfd.readouterr()
+    assert "Health check" not in printed.out + printed.err
