@@ -134,3 +134,43 @@ def test_without_a_sidecar_connect_fails_fast_in_one_line(
     assert f"no Dapr sidecar at http://127.0.0.1:{port}/v1.0/healthz/outbound" in str(failed.value)
     printed = capfd.readouterr()
     assert "Health check" not in printed.out + printed.err
+
+
+def test_a_lost_first_write_is_a_conflict_on_this_component(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each component words a first write to a key that exists its own way, under
+    daprd's INTERNAL: state.postgresql v2 "no item was updated", state.redis "failed to
+    set key", state.sqlite an ETag mismatch (ABORTED). Through the SDK directly, so that
+    it also runs against a component the store refuses (state.redis)."""
+    import asyncio
+
+    from dapr.aio.clients import DaprClient
+    from dapr.clients.exceptions import DaprGrpcError, DaprInternalError
+    from dapr.clients.grpc._state import Concurrency, StateOptions
+
+    from gateway.stores.dapr import is_conflict, status_code
+
+    async def main(endpoint: str) -> None:
+        key = f"first-write/{os.getpid()}-{id(main)}"
+        first = StateOptions(concurrency=Concurrency.first_write)
+        async with DaprClient(address=endpoint) as client:
+            await client.delete_state(STORE, key)
+            try:
+                await client.save_state(STORE, key, b"\x00one", options=first)
+                with pytest.raises((DaprGrpcError, DaprInternalError)) as lost:
+                    await client.save_state(STORE, key, b"\x00two", options=first)
+                assert is_conflict(lost.value), (status_code(lost.value), str(lost.value))
+                assert (await client.get_state(STORE, key)).data == b"\x00one"
+            finally:
+                await client.delete_state(STORE, key)
+
+    if REAL_SIDECAR:
+        asyncio.run(main(REAL_SIDECAR))
+        return
+    with DaprdThread(
+        app_id="first-write", db=tmp_path / "daprd.db", components=[state_store(STORE)]
+    ) as sidecar:
+        for name, value in sidecar.env().items():
+            monkeypatch.setenv(name, value)
+        asyncio.run(main(sidecar.grpc_endpoint))
