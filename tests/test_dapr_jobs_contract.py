@@ -1,7 +1,7 @@
 """The jobs contract: the gateway's cycle jobs (gateway.runtime.dapr.DaprJobs) as Dapr's
 scheduler runs them.
 
-By default the sidecar is the stand-in (tests/daprd), a fresh one per test, calling back
+By default the sidecar is the stand-in (tests/daprd), one for the module, calling back
 an app port the test picks. With ``DAPR_GRPC_ENDPOINT`` and ``DAPR_HTTP_ENDPOINT`` set,
 the same tests run against that real sidecar, which must have been started with
 ``--app-protocol grpc --app-port $DAPR_APP_PORT`` (the port the tests serve the
@@ -19,13 +19,15 @@ no longer cycling here deletes the job; and a scheduler that does not answer cos
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import os
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,15 +45,16 @@ if REAL_SIDECAR and not os.environ.get("DAPR_APP_PORT"):
 
 
 class Runner:
-    """Stands in for the CycleRunner: records triggers, answers as told."""
+    """Stands in for the CycleRunner: records triggers; objects in ``leaving`` answer as
+    objects that are no longer cycling here."""
 
-    def __init__(self, cycling: bool = True) -> None:
+    def __init__(self) -> None:
         self.calls: list[tuple[str, str, float]] = []
-        self.cycling = cycling
+        self.leaving: set[str] = set()
 
     async def run(self, tenant: str, object_id: str) -> CycleReport:
         self.calls.append((tenant, object_id, time.monotonic()))
-        if not self.cycling:
+        if object_id in self.leaving:
             return CycleReport(result=CycleResult.SKIPPED)
         return CycleReport(result=CycleResult.NOT_DUE)
 
@@ -59,39 +62,92 @@ class Runner:
         return [at for _tenant, oid, at in self.calls if oid == object_id]
 
 
-@pytest.fixture
-def sidecar(tmp_path: Path) -> Iterator[tuple[str, int]]:
-    """(gRPC endpoint, app port) of the sidecar; the environment points the SDK at it."""
-    if REAL_SIDECAR:
-        yield REAL_SIDECAR, int(os.environ["DAPR_APP_PORT"])
-        return
-    app_port = free_port()
-    with (
-        DaprdThread(
-            app_id="jobs-contract",
-            db=tmp_path / "daprd.db",
-            components=[state_store("statestore")],
-            app_port=app_port,
-        ) as addresses,
-        pytest.MonkeyPatch.context() as patch,
-    ):
-        for name, value in addresses.env().items():
-            patch.setenv(name, value)
-        yield addresses.grpc_endpoint, app_port
+class App:
+    """The app side: a DaprJobs callback server on the app port, on a thread of its own
+    for the whole module, as a gateway's is for its whole life. daprd keeps one
+    connection to its app: an app that came and went per test would leave it failing
+    triggers with UNAVAILABLE while its gRPC reconnect backs off."""
+
+    def __init__(self, endpoint: str, app_port: int) -> None:
+        self.endpoint, self.app_port = endpoint, app_port
+        self.runner = Runner()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._stop: asyncio.Event | None = None
+        self._done: concurrent.futures.Future[None] | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+        started: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        async def serve() -> None:
+            self._stop = asyncio.Event()
+            async with DaprClient(address=self.endpoint) as client:
+                jobs = DaprJobs(client, self.runner, app_port=self.app_port)  # type: ignore[arg-type]
+                await jobs.start()
+                started.set_result(None)
+                try:
+                    await self._stop.wait()
+                finally:
+                    await jobs.stop()
+
+        self._done = asyncio.run_coroutine_threadsafe(serve(), self._loop)
+        started.result(timeout=30)
+
+    def stop(self) -> None:
+        if self._stop is not None and self._done is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._done.result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+    """The app, serving, once the sidecar has shown it triggers it (a fresh daprd starts
+    its job streams only after it found the app listening)."""
+    with contextlib.ExitStack() as stack:
+        if REAL_SIDECAR:
+            endpoint, app_port = REAL_SIDECAR, int(os.environ["DAPR_APP_PORT"])
+        else:
+            app_port = free_port()
+            addresses = stack.enter_context(
+                DaprdThread(
+                    app_id="jobs-contract",
+                    db=tmp_path_factory.mktemp("jobs") / "daprd.db",
+                    components=[state_store("statestore")],
+                    app_port=app_port,
+                )
+            )
+            patch = stack.enter_context(pytest.MonkeyPatch.context())
+            for name, value in addresses.env().items():
+                patch.setenv(name, value)
+            endpoint = addresses.grpc_endpoint
+        served = App(endpoint, app_port)
+        served.start()
+        stack.callback(served.stop)
+        probe = new_object()
+
+        async def warm_up() -> None:
+            async with jobs_client(served) as jobs:
+                await jobs.schedule("default", probe, timedelta(seconds=1))
+                try:
+                    await wait_until(lambda: bool(served.runner.of(probe)), within=60)
+                finally:
+                    await jobs.unschedule("default", probe)
+
+        run(warm_up)
+        yield served
 
 
 @asynccontextmanager
-async def serving_jobs(endpoint: str, app_port: int, runner: Runner) -> AsyncIterator[DaprJobs]:
-    async with DaprClient(address=endpoint) as client:
-        jobs = DaprJobs(client, runner, app_port=app_port)  # type: ignore[arg-type]
-        await jobs.start()
-        try:
-            yield jobs
-        finally:
-            await jobs.stop()
+async def jobs_client(app: App) -> AsyncIterator[DaprJobs]:
+    """A DaprJobs for calls to the Jobs API (its own server is not started)."""
+    async with DaprClient(address=app.endpoint) as client:
+        yield DaprJobs(client, app.runner, app_port=app.app_port)  # type: ignore[arg-type]
 
 
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
+def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(scenario())
 
 
@@ -106,12 +162,11 @@ async def wait_until(condition: Callable[[], bool], within: float) -> None:
         await asyncio.sleep(0.05)
 
 
-def test_a_job_triggers_the_stable_callback_with_the_object(sidecar: tuple[str, int]) -> None:
-    endpoint, app_port = sidecar
-    runner, object_id = Runner(), new_object()
+def test_a_job_triggers_the_stable_callback_with_the_object(app: App) -> None:
+    runner, object_id = app.runner, new_object()
 
     async def scenario() -> None:
-        async with serving_jobs(endpoint, app_port, runner) as jobs:
+        async with jobs_client(app) as jobs:
             try:
                 await jobs.schedule("default", object_id, timedelta(seconds=1))
                 await wait_until(lambda: len(runner.of(object_id)) >= 2, within=10)
@@ -122,16 +177,15 @@ def test_a_job_triggers_the_stable_callback_with_the_object(sidecar: tuple[str, 
     run(scenario)
 
 
-def test_making_sure_of_a_job_does_not_reset_it(sidecar: tuple[str, int]) -> None:
+def test_making_sure_of_a_job_does_not_reset_it(app: App) -> None:
     """The gateway reconciles its jobs periodically. Were that an overwrite, an ``@every``
     schedule would restart each time and an interval longer than the reconciliation
     period would never fire. Here the job is made sure of every 0.5 s and still fires
     every 3 s."""
-    endpoint, app_port = sidecar
-    runner, object_id = Runner(), new_object()
+    runner, object_id = app.runner, new_object()
 
     async def scenario() -> None:
-        async with serving_jobs(endpoint, app_port, runner) as jobs:
+        async with jobs_client(app) as jobs:
             try:
                 started = time.monotonic()
                 await jobs.schedule("default", object_id, timedelta(seconds=3))
@@ -149,12 +203,11 @@ def test_making_sure_of_a_job_does_not_reset_it(sidecar: tuple[str, int]) -> Non
     run(scenario)
 
 
-def test_a_changed_interval_replaces_the_job(sidecar: tuple[str, int]) -> None:
-    endpoint, app_port = sidecar
-    runner, object_id = Runner(), new_object()
+def test_a_changed_interval_replaces_the_job(app: App) -> None:
+    runner, object_id = app.runner, new_object()
 
     async def scenario() -> None:
-        async with serving_jobs(endpoint, app_port, runner) as jobs:
+        async with jobs_client(app) as jobs:
             try:
                 await jobs.schedule("default", object_id, timedelta(hours=1))
                 assert (await jobs.client.get_job(job_name("default", object_id))).schedule == (
@@ -172,13 +225,13 @@ def test_a_changed_interval_replaces_the_job(sidecar: tuple[str, int]) -> None:
 
 
 def test_a_trigger_for_an_object_no_longer_cycling_here_deletes_its_job(
-    sidecar: tuple[str, int],
+    app: App,
 ) -> None:
-    endpoint, app_port = sidecar
-    runner, object_id = Runner(cycling=False), new_object()
+    runner, object_id = app.runner, new_object()
+    runner.leaving.add(object_id)
 
     async def scenario() -> None:
-        async with serving_jobs(endpoint, app_port, runner) as jobs:
+        async with jobs_client(app) as jobs:
             await jobs.schedule("default", object_id, timedelta(seconds=1))
             await wait_until(lambda: len(runner.of(object_id)) >= 1, within=10)
             name = job_name("default", object_id)
