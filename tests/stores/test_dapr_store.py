@@ -174,3 +174,43 @@ def test_a_lost_first_write_is_a_conflict_on_this_component(
         for name, value in sidecar.env().items():
             monkeypatch.setenv(name, value)
         asyncio.run(main(sidecar.grpc_endpoint))
+
+
+def test_conflicts_do_not_take_the_store_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ETag conflicts are the protocol working, not a failing component. Dapr's circuit
+    breakers count them as failures, so the shipped Resiliency has none on the state
+    store: run against a real daprd loaded with deploy/'s Resiliency, a run of conflicts
+    longer than any breaker's trip count leaves the store serving."""
+    import asyncio
+
+    from dapr.aio.clients import DaprClient
+    from dapr.clients.exceptions import DaprGrpcError, DaprInternalError
+
+    from gateway.stores.dapr import is_conflict
+
+    async def main(endpoint: str) -> None:
+        key = f"conflicts/{os.getpid()}-{id(main)}"
+        async with DaprClient(address=endpoint) as client:
+            await client.save_state(STORE, key, b"\x00v")
+            etag = (await client.get_state(STORE, key)).etag
+            await client.save_state(STORE, key, b"\x00w", etag=etag)  # etag is stale now
+            for _ in range(12):
+                with pytest.raises((DaprGrpcError, DaprInternalError)) as lost:
+                    await client.save_state(STORE, key, b"\x00x", etag=etag)
+                assert is_conflict(lost.value), str(lost.value)
+            fresh = await client.get_state(STORE, key)  # an open breaker would refuse this
+            assert fresh.data == b"\x00w"
+            await client.save_state(STORE, key, b"\x00y", etag=fresh.etag)
+            await client.delete_state(STORE, key)
+
+    if REAL_SIDECAR:
+        asyncio.run(main(REAL_SIDECAR))
+        return
+    with DaprdThread(
+        app_id="conflicts", db=tmp_path / "daprd.db", components=[state_store(STORE)]
+    ) as sidecar:
+        for name, value in sidecar.env().items():
+            monkeypatch.setenv(name, value)
+        asyncio.run(main(sidecar.grpc_endpoint))
