@@ -179,7 +179,8 @@ class _Transient(Exception):
 
 
 class _Stale(Exception):
-    """Existence changed between reading a key and reading its index shard."""
+    """Existence changed between reading a key and reading its index shard, or the
+    component rolled back an index creation (busy, deadlock): decide again."""
 
 
 @contextlib.contextmanager
@@ -560,6 +561,8 @@ class DaprStore:
                     options=StateOptions(concurrency=Concurrency.first_write),
                 )
             except Exception as exc:
+                if _rolled_back(exc):
+                    raise _Stale() from exc  # busy or deadlocked: nothing written, try again
                 if not _conflict(exc):  # a conflict: another writer created it first
                     raise self._mapped(exc, "index creation") from exc
         return await self._bulk(wanted)

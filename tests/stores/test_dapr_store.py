@@ -214,3 +214,66 @@ def test_conflicts_do_not_take_the_store_away(
         for name, value in sidecar.env().items():
             monkeypatch.setenv(name, value)
         asyncio.run(main(sidecar.grpc_endpoint))
+
+
+class _Flaky:
+    """The SDK client, with the next call of each named method failing first the way
+    daprd reports a component that timed out or was busy (INTERNAL, the component's
+    words), as seen on a real daprd (docs/dapr.md)."""
+
+    def __init__(self, client: object, failures: dict[str, str]) -> None:
+        self._client = client
+        self.failures = dict(failures)
+
+    def __getattr__(self, name: str) -> object:
+        method = getattr(self._client, name)
+        words = self.failures.pop(name, None)
+        if words is None:
+            return method
+
+        async def failing(*args: object, **kwargs: object) -> object:
+            import grpc
+
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), grpc.aio.Metadata(), details=words
+            )
+
+        return failing
+
+
+@pytest.mark.parametrize(
+    ("method", "words"),
+    [
+        ("get_state", "fail to get k from state store statestore: context deadline exceeded"),
+        (
+            "execute_state_transaction",
+            "error while executing state transaction: database is locked (5) (SQLITE_BUSY)",
+        ),
+        ("execute_state_transaction", "error while executing state transaction: deadlock detected"),
+        ("save_state", "failed saving state in state store statestore: database is locked (5)"),
+    ],
+)
+def test_a_component_that_timed_out_or_rolled_back_is_tried_again(
+    tmp_path: Path, method: str, words: str
+) -> None:
+    """Reads are retried on a component timeout; a write is tried again only when the
+    component certainly did nothing (SQLite busy, PostgreSQL deadlock)."""
+    import asyncio
+
+    from gateway.stores import Put
+
+    async def main() -> None:
+        async with dapr_store(tmp_path / "daprd.db") as store:
+            await store.transact([Put(key="a/1", value=b"x", etag=Expect.ABSENT)])
+            flaky = _Flaky(store.client, {method: words})
+            store._client = flaky
+            if method == "get_state":
+                item = await store.get("a/1")
+                assert item is not None and item.value == b"x"
+            else:
+                # a new key: the index shard is created (save_state) and rewritten
+                await store.transact([Put(key="b/1", value=b"y", etag=Expect.ABSENT)])
+                assert await store.list("b/") == ["b/1"]
+            assert method not in flaky.failures  # the failure did happen
+
+    asyncio.run(main())
