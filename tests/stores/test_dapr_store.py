@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -271,9 +272,11 @@ def test_a_component_that_timed_out_or_rolled_back_is_tried_again(
                 item = await store.get("a/1")
                 assert item is not None and item.value == b"x"
             else:
-                # a new key: the index shard is created (save_state) and rewritten
-                await store.transact([Put(key="b/1", value=b"y", etag=Expect.ABSENT)])
-                assert await store.list("b/") == ["b/1"]
+                # A key of a family never seen in this store, so that its index shard is
+                # created (save_state) and then rewritten (a real store keeps old shards).
+                family = f"fresh{uuid.uuid4().hex[:12]}"
+                await store.transact([Put(key=f"{family}/1", value=b"y", etag=Expect.ABSENT)])
+                assert await store.list(f"{family}/") == [f"{family}/1"]
             assert method not in flaky.failures  # the failure did happen
 
     asyncio.run(main())
