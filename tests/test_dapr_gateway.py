@@ -16,8 +16,10 @@ import asyncio
 import json
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from gateway.handoff.records import DestinationStep, SourceStep
 from gateway.lineage import EntryKind
 from gateway.model import GovernedObject, LifecycleState
 from gateway.objectspec import parse_spec
+from gateway.runtime.dapr import job_name
 from gateway.scaffold import free_port
 from gateway.stores import Expect, StateStore
 from gateway.stores.dapr import DaprStore
@@ -78,21 +81,72 @@ SPEC = {
 }
 
 
+REAL_A = os.environ.get("DAPR_GRPC_ENDPOINT")
+REAL_B = os.environ.get("DAPR_PEER_GRPC_ENDPOINT")
+
+
+def _clear(section: dict[str, Any]) -> None:
+    """Empty a real sidecar's store: the test's world must be the only one there."""
+
+    async def main() -> None:
+        dapr = section["dapr"]
+        store = await DaprStore.connect(
+            dapr["state_store"],
+            grpc_endpoint=dapr["grpc_endpoint"],
+            http_endpoint=dapr["http_endpoint"],
+        )
+        try:
+            for key in await store.list(""):
+                await store.delete(key, etag=Expect.ANY)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+@dataclass(frozen=True)
+class _RealSidecar:
+    grpc_endpoint: str
+    http_endpoint: str
+
+    def store_section(self, name: str = "statestore") -> dict[str, Any]:
+        return {
+            "dapr": {
+                "state_store": name,
+                "grpc_endpoint": self.grpc_endpoint,
+                "http_endpoint": self.http_endpoint,
+            }
+        }
+
+
 def test_cycles_run_as_dapr_jobs_and_events_go_to_dapr_pubsub(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One gateway on Dapr: its object's cycle is triggered by the sidecar's job scheduler
-    (not the in-process scheduler), and what it publishes arrives as our CloudEvents."""
-    app_port = free_port()
-    sidecar = DaprdThread(
-        app_id="east",
-        db=tmp_path / "daprd.db",
-        components=[state_store("statestore"), pubsub("pubsub")],
-        app_port=app_port,
-    )
-    addresses = sidecar.start()
-    for name, value in addresses.env().items():  # for the test's own subscriber client
-        monkeypatch.setenv(name, value)
+    (not the in-process scheduler), and what it publishes arrives as our CloudEvents.
+
+    With ``DAPR_GRPC_ENDPOINT``, ``DAPR_HTTP_ENDPOINT`` and ``DAPR_APP_PORT`` set, the
+    gateway runs on that real sidecar (its ``statestore``, emptied first, its ``pubsub``
+    and its scheduler), serving the job callback on the sidecar's app port."""
+    sidecar = None
+    # On a real broker the topic outlives the test: an object of its own keeps other
+    # runs' events apart.
+    object_id = f"{OBJECT}-{uuid.uuid4().hex[:8]}" if REAL_A else OBJECT
+    if REAL_A:
+        app_port = int(os.environ["DAPR_APP_PORT"])
+        addresses = _RealSidecar(REAL_A, os.environ["DAPR_HTTP_ENDPOINT"])
+        _clear(addresses.store_section())
+    else:
+        app_port = free_port()
+        sidecar = DaprdThread(
+            app_id="east",
+            db=tmp_path / "daprd.db",
+            components=[state_store("statestore"), pubsub("pubsub")],
+            app_port=app_port,
+        )
+        addresses = sidecar.start()  # type: ignore[assignment]
+        for name, value in addresses.env().items():  # for the test's own subscriber client
+            monkeypatch.setenv(name, value)
     try:
         world = build_world(
             tmp_path / "world",
@@ -115,29 +169,33 @@ def test_cycles_run_as_dapr_jobs_and_events_go_to_dapr_pubsub(
                 assert host.jobs is not None  # cycles are the sidecar's jobs here
                 async with DaprClient(address=addresses.grpc_endpoint) as client:
                     subscription = await client.subscribe("pubsub", "alerts.overdue")
-                    await create_from_spec(host, OBJECT, spec)
+                    await create_from_spec(host, object_id, spec)
                     received = []
                     deadline = time.monotonic() + 15
                     while len(received) < 3 and time.monotonic() < deadline:
                         message = await asyncio.wait_for(subscription.next_message(), 10)
-                        received.append(message)
                         await subscription.respond_success(message)
+                        if message.extensions().get("subject") == object_id:
+                            received.append(message)
                     await subscription.close()
+                    if REAL_A:  # the scheduler would keep calling an app that is gone
+                        await client.delete_job(job_name("default", object_id))
                 assert len(received) >= 3
                 for message in received:
                     assert message.type() == "gateway.action.published"
                     assert message.source() == HOST_A
-                    assert message.id().startswith(f"default/{OBJECT}/")  # the outbox key
-                    assert message.extensions().get("subject") == OBJECT
+                    assert message.id().startswith(f"default/{object_id}/")  # the outbox key
+                    assert message.extensions().get("subject") == object_id
                 generations = [m.data()["payload"] for m in received]  # our CloudEvent's data
                 assert generations == sorted(generations)
-                obj = await host.get_object(OBJECT, tenant="default")
+                obj = await host.get_object(object_id, tenant="default")
                 assert obj.generation >= 3
                 assert host.scheduler.stats.evaluated == 0, "the in-process scheduler must be idle"
 
         asyncio.run(main())
     finally:
-        sidecar.stop()
+        if sidecar is not None:
+            sidecar.stop()
 
 
 @pytest.fixture
@@ -260,29 +318,6 @@ def test_migration_between_two_dapr_gateways_survives_a_sidecar_restart(
     assert [e.kind for e in live.lineage.entries][-2:] == [EntryKind.FROZEN, EntryKind.REHOSTED]
     assert [d.value.step for d in destinations] == [DestinationStep.ACTIVATED]  # type: ignore[union-attr]
     assert [s.value.step for s in sources] == [SourceStep.DONE]  # type: ignore[union-attr]
-
-
-REAL_A = os.environ.get("DAPR_GRPC_ENDPOINT")
-REAL_B = os.environ.get("DAPR_PEER_GRPC_ENDPOINT")
-
-
-def _clear(section: dict[str, Any]) -> None:
-    """Empty a real sidecar's store: the test's world must be the only one there."""
-
-    async def main() -> None:
-        dapr = section["dapr"]
-        store = await DaprStore.connect(
-            dapr["state_store"],
-            grpc_endpoint=dapr["grpc_endpoint"],
-            http_endpoint=dapr["http_endpoint"],
-        )
-        try:
-            for key in await store.list(""):
-                await store.delete(key, etag=Expect.ANY)
-        finally:
-            await store.close()
-
-    asyncio.run(main())
 
 
 @pytest.mark.skipif(
