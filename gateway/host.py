@@ -176,7 +176,7 @@ class Host:
         self.dispatcher = Dispatcher(
             store, invoker=HttpInvoker(config.invoke), sink=sink, clock=clock
         )
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[object]] = set()
 
     def _object_became_active(self, obj: GovernedObject) -> None:
         """A new or arrived object starts cycling here: at once, not at the next scan."""
@@ -184,7 +184,7 @@ class Host:
             self.scheduler.notice()
         elif obj.cycle.interval is not None:
             task = asyncio.create_task(
-                self.jobs.schedule(obj.tenant, obj.object_id, obj.cycle.interval)
+                self.jobs.schedule_or_log(obj.tenant, obj.object_id, obj.cycle.interval)
             )
             self._background.add(task)
             task.add_done_callback(self._background.discard)
@@ -496,12 +496,16 @@ class Host:
             await server.stop(grace=2.0)
 
     async def _schedule_all_jobs(self) -> None:
-        """(Re)schedule the cycle job of every ACTIVE cycling object here (idempotent)."""
+        """Make sure every ACTIVE cycling object here has its cycle job (idempotent: a job
+        that exists keeps its next due time). With the scheduler unreachable, one line
+        says so and the pass ends; the next one tries again."""
         assert self.jobs is not None
         for tenant in self.config.tenants:
             for obj in await self.journal.objects(tenant):
-                if obj.state is LifecycleState.ACTIVE and obj.cycle.interval is not None:
-                    await self.jobs.schedule(tenant, obj.object_id, obj.cycle.interval)
+                if obj.state is not LifecycleState.ACTIVE or obj.cycle.interval is None:
+                    continue
+                if not await self.jobs.schedule_or_log(tenant, obj.object_id, obj.cycle.interval):
+                    return
 
     async def _recover_forever(self, stop: asyncio.Event) -> None:
         interval = max(1.0, self.config.handoff.stage_timeout.total_seconds() / 3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,22 @@ HOST_B = "spiffe://org-b.example/cluster/west/gateway"
 
 #: Fast failure detection for tests: a peer that does not answer is given up quickly.
 FAST_HANDOFF = {"retry_attempts": 2, "rpc_timeout_seconds": 2, "stage_timeout_seconds": 0.2}
+
+
+def pytest_report_header() -> str:
+    """Say which sidecar the Dapr suites ran against: a real daprd is used only when the
+    variables name one, and a run without them must not look like a real-daprd run."""
+    if os.environ.get("DAPR_GRPC_ENDPOINT"):
+        peer = os.environ.get("DAPR_PEER_GRPC_ENDPOINT")
+        return (
+            f"dapr: contract suites against the real sidecar at {os.environ['DAPR_GRPC_ENDPOINT']}"
+            + (f"; two-cluster handoff with the peer sidecar at {peer}" if peer else "")
+        )
+    return (
+        "dapr: contract suites against the stand-in (tests/daprd) only; real daprd NOT run "
+        "(set DAPR_GRPC_ENDPOINT, DAPR_HTTP_ENDPOINT, DAPR_APP_PORT and DAPR_PEER_GRPC_ENDPOINT, "
+        "DAPR_PEER_HTTP_ENDPOINT: docs/dapr.md)"
+    )
 
 
 def three_hosts(tmp_path: Path, stores: dict[str, dict[str, Any]] | None = None) -> World:

@@ -55,6 +55,9 @@ COMPONENTS: tuple[Component, ...] = (
     state_store("plain", keyPrefix="none"),
     state_store("named", keyPrefix="name"),
     state_store("shared", keyPrefix="tenant-x"),
+    Component(name="pg2", type="state.postgresql", version="v2"),
+    Component(name="pg1", type="state.postgresql", version="v1"),
+    Component(name="redis", type="state.redis"),
     pubsub("bus", redeliverInterval="50ms"),
 )
 
@@ -143,18 +146,65 @@ def test_etags_are_server_generated_checked_and_never_reused(sidecar: DaprdAddre
 
 
 @pytest.mark.parametrize("etag", ["not-an-etag", "-1", "1.5", "99999999999999999999999"])
-def test_an_etag_the_store_cannot_have_issued_is_invalid_argument(
-    sidecar: DaprdAddresses, etag: str
+@pytest.mark.parametrize(
+    ("store", "code"),
+    [
+        # UUID ETags, compared as text: anything else is a mismatch (seen on daprd d0fd828)
+        ("store", grpc.StatusCode.ABORTED),  # state.sqlite
+        ("pg2", grpc.StatusCode.ABORTED),  # state.postgresql v2
+        # integer ETags (xmin, version): one that does not parse is invalid
+        ("pg1", grpc.StatusCode.INVALID_ARGUMENT),
+        ("redis", grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+)
+def test_an_etag_the_store_cannot_have_issued_is_refused_as_the_component_does(
+    sidecar: DaprdAddresses, etag: str, store: str, code: grpc.StatusCode
 ) -> None:
     async def scenario() -> None:
         async with DaprClient() as client:
-            await client.save_state("store", "k", b"v")
-            saved = await fails_with(client.save_state("store", "k", b"w", etag=etag))
-            assert grpc_code(saved) == grpc.StatusCode.INVALID_ARGUMENT
-            assert "invalid etag value" in str(saved)
-            deleted = await fails_with(client.delete_state("store", "k", etag=etag))
-            assert grpc_code(deleted) == grpc.StatusCode.INVALID_ARGUMENT
-            assert (await client.get_state("store", "k")).data == b"v"
+            await client.save_state(store, "k", b"v")
+            saved = await fails_with(client.save_state(store, "k", b"w", etag=etag))
+            assert grpc_code(saved) == code
+            expected = (
+                "invalid etag value"
+                if code is grpc.StatusCode.INVALID_ARGUMENT
+                else ("possible etag mismatch")
+            )
+            assert expected in str(saved)
+            deleted = await fails_with(client.delete_state(store, "k", etag=etag))
+            assert grpc_code(deleted) == code
+            in_transaction = await fails_with(
+                client.execute_state_transaction(
+                    store, [TransactionalStateOperation(key="k", data=b"t", etag=etag)]
+                )
+            )
+            assert grpc_code(in_transaction) == grpc.StatusCode.INTERNAL
+            assert expected in str(in_transaction)
+            assert (await client.get_state(store, "k")).data == b"v"
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("store", "code", "words"),
+    [
+        ("store", grpc.StatusCode.ABORTED, "possible etag mismatch"),  # state.sqlite
+        ("pg1", grpc.StatusCode.ABORTED, "possible etag mismatch"),
+        # state.postgresql v2: its upsert touched no row (seen on daprd d0fd828)
+        ("pg2", grpc.StatusCode.INTERNAL, "no item was updated"),
+        ("redis", grpc.StatusCode.INTERNAL, "failed to set key"),  # its Lua script's error
+    ],
+)
+def test_a_lost_first_write_is_reported_as_the_component_does(
+    sidecar: DaprdAddresses, store: str, code: grpc.StatusCode, words: str
+) -> None:
+    async def scenario() -> None:
+        async with DaprClient() as client:
+            await client.save_state(store, "k", b"first", options=FIRST_WRITE)
+            lost = await fails_with(client.save_state(store, "k", b"second", options=FIRST_WRITE))
+            assert grpc_code(lost) == code
+            assert f"failed saving state in state store {store}: {words}" in str(lost)
+            assert (await client.get_state(store, "k")).data == b"first"
 
     run(scenario())
 
@@ -258,7 +308,7 @@ def test_a_transaction_with_a_malformed_etag_fails_whole(sidecar: DaprdAddresses
                 )
             )
             assert grpc_code(failed) == grpc.StatusCode.INTERNAL
-            assert "invalid etag value" in str(failed)
+            assert "possible etag mismatch" in str(failed)  # state.sqlite: any ETag compares
             assert (await client.get_state("store", "a")).data == b""
 
     run(scenario())

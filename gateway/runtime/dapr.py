@@ -12,9 +12,15 @@ Jobs (why jobs and not actor reminders): a cycle is a stateless, idempotent trig
 object an actor with its own placement and turn-based locking, which the ETag-guarded
 cycle does not need. Each ACTIVE cycling object has one job, ``cycle-<digest>``,
 ``@every <interval>``, carrying its tenant and id. Dapr's scheduler triggers it on one
-replica of the app (``OnJobEventAlpha1`` on the app port), so cycles spread across
-replicas and survive restarts of any of them; a trigger for an object that is no longer
-ACTIVE here deletes its job.
+replica of the app (the stable ``AppCallback.OnJobEvent`` on the app port), so cycles
+spread across replicas and survive restarts of any of them; a trigger for an object that
+is no longer ACTIVE here deletes its job.
+
+A job is created once and never overwritten while its schedule is right: overwriting
+restarts an ``@every`` schedule from now, so re-creating jobs periodically (the gateway
+reconciles them to bring back lost ones) would keep a cycle longer than the
+reconciliation period from ever firing. Each Jobs API call is bounded by
+:data:`JOB_CALL_TIMEOUT`: daprd itself waits up to 30 s for a scheduler it cannot reach.
 
 The app-callback server listens on 127.0.0.1 only and without TLS, like every Dapr app
 channel: only the local sidecar can reach it.
@@ -22,11 +28,13 @@ channel: only the local sidecar can reach it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
+from collections.abc import Awaitable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyMessage
@@ -37,6 +45,8 @@ from gateway.runtime.cycle import CycleResult, CycleRunner
 from gateway.runtime.outbox import DeliveryError, Event
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 CLOUDEVENT = "application/cloudevents+json"
 
@@ -100,34 +110,88 @@ def go_duration(interval: timedelta) -> str:
     return f"{max(1, round(interval.total_seconds() * 1000))}ms"
 
 
+#: Seconds one Jobs API call may take before the scheduler counts as unreachable. daprd
+#: waits up to 30 s for its scheduler connection (pkg/api/universal/jobs.go); a job is not
+#: worth holding an activation or a reconciliation pass that long, and a missed one is
+#: made again at the next reconciliation.
+JOB_CALL_TIMEOUT = 5.0
+
+
+class SchedulerUnavailableError(StoreUnavailableError):
+    """The sidecar did not get a Jobs API call through to Dapr's scheduler in time."""
+
+
 class DaprJobs:
     """Schedules and serves the cycle jobs of this app."""
 
-    def __init__(self, client: Any, runner: CycleRunner, *, app_port: int) -> None:
+    def __init__(
+        self,
+        client: Any,
+        runner: CycleRunner,
+        *,
+        app_port: int,
+        call_timeout: float = JOB_CALL_TIMEOUT,
+    ) -> None:
         self.client = client
         self.runner = runner
         self.app_port = app_port
+        self.call_timeout = call_timeout
         self._server: grpc.aio.Server | None = None
 
+    async def _call(self, what: str, call: Awaitable[_T]) -> _T:
+        try:
+            return await asyncio.wait_for(call, self.call_timeout)
+        except TimeoutError as exc:
+            raise SchedulerUnavailableError(
+                f"Dapr's scheduler did not answer {what} within {self.call_timeout:g} s",
+                hint="check that the scheduler runs and daprd's --scheduler-host-address "
+                "points at it; cycles resume once it answers",
+            ) from exc
+
     async def schedule(self, tenant: str, object_id: str, interval: timedelta) -> None:
+        """Make sure the object's job exists with this interval, without resetting a job
+        that already has it (which would push its next trigger a full interval away)."""
         from dapr.clients.grpc._jobs import Job
 
+        # Imported here: gateway.stores.dapr imports the SDK lazily too.
+        from gateway.stores.dapr import status_code
+
+        name = job_name(tenant, object_id)
         payload = AnyMessage(value=json.dumps({"tenant": tenant, "object_id": object_id}).encode())
-        job = Job(
-            name=job_name(tenant, object_id),
-            schedule=f"@every {go_duration(interval)}",
-            data=payload,
-        )
+        job = Job(name=name, schedule=f"@every {go_duration(interval)}", data=payload)
         try:
-            await self.client.schedule_job(job, overwrite=True)
+            try:
+                await self._call(f"scheduling {name}", self.client.schedule_job(job))
+                return
+            except SchedulerUnavailableError:
+                raise
+            except Exception as exc:
+                if status_code(exc) is not grpc.StatusCode.ALREADY_EXISTS:
+                    raise
+            existing = await self._call(f"reading {name}", self.client.get_job(name))
+            if existing.schedule == job.schedule:
+                return  # the job is right: leave its next due time alone
+            await self._call(f"rescheduling {name}", self.client.schedule_job(job, overwrite=True))
+        except StoreUnavailableError:
+            raise
         except Exception as exc:
             raise StoreUnavailableError(
                 f"could not schedule the cycle of {object_id} with Dapr: {exc}"
             ) from exc
 
+    async def schedule_or_log(self, tenant: str, object_id: str, interval: timedelta) -> bool:
+        """:meth:`schedule`, reporting a failure in the log instead of raising (for
+        background scheduling; the next reconciliation makes the job)."""
+        try:
+            await self.schedule(tenant, object_id, interval)
+        except StoreUnavailableError as exc:
+            log.warning("the cycle of %s is not scheduled yet: %s", object_id, exc)
+            return False
+        return True
+
     async def unschedule(self, tenant: str, object_id: str) -> None:
         try:
-            await self.client.delete_job(job_name(tenant, object_id))
+            await self._call("deleting a job", self.client.delete_job(job_name(tenant, object_id)))
         except Exception as exc:
             log.info("deleting the job of %s: %s", object_id, exc)
 
@@ -144,8 +208,12 @@ class DaprJobs:
 
         jobs = self
 
-        class Callback(appcallback_pb2_grpc.AppCallbackAlphaServicer):
-            async def OnJobEventAlpha1(
+        # The stable callback (Dapr >= 1.18 calls it first and falls back to
+        # AppCallbackAlpha.OnJobEventAlpha1 only when it is unimplemented). The other
+        # AppCallback methods answer UNIMPLEMENTED, which daprd reads as "no
+        # subscriptions, no bindings".
+        class Callback(appcallback_pb2_grpc.AppCallbackServicer):
+            async def OnJobEvent(
                 self, request: appcallback_pb2.JobEventRequest, context: grpc.aio.ServicerContext
             ) -> appcallback_pb2.JobEventResponse:
                 try:
@@ -158,7 +226,7 @@ class DaprJobs:
                 return appcallback_pb2.JobEventResponse()
 
         server = grpc.aio.server()
-        appcallback_pb2_grpc.add_AppCallbackAlphaServicer_to_server(Callback(), server)  # type: ignore[no-untyped-call]
+        appcallback_pb2_grpc.add_AppCallbackServicer_to_server(Callback(), server)  # type: ignore[no-untyped-call]
         port = server.add_insecure_port(f"127.0.0.1:{self.app_port}")
         await server.start()
         self._server = server

@@ -22,9 +22,26 @@ How the protocol's guarantees map onto Dapr's state API:
 
 Errors from the sidecar map to store errors: ``Aborted`` → ConcurrencyError (after the
 index retries described above), ``Unavailable``/``DeadlineExceeded`` →
-StoreUnavailableError. Reads are retried with tenacity (they are idempotent); writes are
-not retried blindly — a conditional write whose outcome is unknown is re-decided by
-re-reading, here for index contention and by the caller otherwise.
+StoreUnavailableError. Components do not report conflicts alike: inside a transaction
+daprd wraps every error as ``Internal``, and a first write that lost its race reads "no
+item was updated" (state.postgresql v2) or "failed to set key" (state.redis); all of
+these are conflicts (:func:`is_conflict`). Reads are retried with tenacity (they are
+idempotent), also when a component timed out or was busy (daprd reports both as
+``Internal``); writes are not retried blindly — a conditional write whose outcome is
+unknown is re-decided by re-reading, here for index contention and by the caller
+otherwise — except for errors after which the component certainly rolled back (SQLite
+busy, PostgreSQL deadlock or serialization failure). Transaction operations are sent in
+key order, so two transactions on PostgreSQL lock rows in one order and cannot deadlock
+each other.
+
+Components. At connect time the store asks the sidecar's metadata API which component
+serves it and refuses the types in :data:`REFUSED_COMPONENTS`: ``state.redis`` accepts
+an ETag write to a missing key and does not roll back a failed transaction, so it
+cannot keep first-write-wins (docs/dapr.md has the contract runs that show it).
+
+No sidecar. :func:`connect_client` fails after :data:`NO_SIDECAR_SECONDS` of refused
+connections with one line naming the endpoint; a sidecar that listens but is not ready
+yet gets :data:`SIDECAR_START_SECONDS`.
 """
 
 from __future__ import annotations
@@ -34,6 +51,9 @@ import builtins
 import contextlib
 import hashlib
 import json
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -46,7 +66,12 @@ from tenacity import (
 )
 
 from gateway._decode import load_json
-from gateway.errors import ConcurrencyError, StoreContentionError, StoreError, StoreUnavailableError
+from gateway.errors import (
+    ConcurrencyError,
+    StoreContentionError,
+    StoreError,
+    StoreUnavailableError,
+)
 from gateway.stores import Delete, Expect, Item, Operation, Put
 
 SHARDS = 32
@@ -75,6 +100,29 @@ def _shard_key(key: str) -> str:
 FAMILIES = f"{INDEX}families"
 
 
+#: Component types refused as the gateway's state store (see the module docstring).
+REFUSED_COMPONENTS = frozenset({"state.redis"})
+#: Seconds of refused connections after which there is no sidecar to wait for.
+NO_SIDECAR_SECONDS = 3.0
+#: Seconds a sidecar that listens may take to become ready (daprd loads components).
+SIDECAR_START_SECONDS = 60.0
+
+#: How components word, under daprd's INTERNAL, a write that lost to another: the
+#: transaction wrapper's "possible etag mismatch", state.postgresql v2's first write to a
+#: key that exists ("no item was updated"), state.redis's ("failed to set key").
+_CONFLICT_WORDS = ("etag", "no item was updated", "failed to set key")
+#: INTERNAL errors after which the component certainly did nothing: SQLite busy,
+#: PostgreSQL deadlock (40P01) and serialization failure (40001). Safe to try again.
+_ROLLED_BACK_WORDS = (
+    "database is locked",
+    "sqlite_busy",
+    "deadlock detected",
+    "could not serialize",
+)
+#: INTERNAL errors of a component that did not answer in time: a read may be retried.
+_TIMEOUT_WORDS = ("deadline exceeded", "timeout", "timed out", *_ROLLED_BACK_WORDS)
+
+
 def _code(error: BaseException | None) -> grpc.StatusCode | None:
     """The gRPC status behind an SDK error. ``DaprGrpcError`` has ``code()``; the SDK's
     ``DaprInternalError`` (what ``save_state`` raises) keeps it on ``__cause__``."""
@@ -91,14 +139,40 @@ def _code(error: BaseException | None) -> grpc.StatusCode | None:
     return None
 
 
-def _conflict(error: BaseException) -> bool:
-    """An ETag conflict. Outside transactions daprd answers ABORTED; inside one it wraps
-    every store error as INTERNAL ("error while executing state transaction: possible
-    etag mismatch ..."), so the text is the only sign there (dapr/dapr pkg/api/grpc)."""
-    code = _code(error)
-    if code is grpc.StatusCode.ABORTED:
+def status_code(error: BaseException | None) -> grpc.StatusCode | None:
+    """The gRPC status code behind an SDK error (None if there is none)."""
+    return _code(error)
+
+
+def _internal_saying(error: BaseException, words: tuple[str, ...]) -> bool:
+    if _code(error) is not grpc.StatusCode.INTERNAL:
+        return False
+    text = str(error).lower()
+    return any(word in text for word in words)
+
+
+def is_conflict(error: BaseException) -> bool:
+    """An ETag or first-write conflict. Outside transactions daprd answers ABORTED; inside
+    one it wraps every store error as INTERNAL ("error while executing state transaction:
+    possible etag mismatch ..."), and some components word a lost first write their own
+    way, so the text is the only sign there (dapr/dapr pkg/api/grpc)."""
+    if _code(error) is grpc.StatusCode.ABORTED:
         return True
-    return code is grpc.StatusCode.INTERNAL and "etag" in str(error).lower()
+    return _internal_saying(error, _CONFLICT_WORDS)
+
+
+_conflict = is_conflict
+
+
+def _rolled_back(error: BaseException) -> bool:
+    return _internal_saying(error, _ROLLED_BACK_WORDS)
+
+
+def _transient_read(error: BaseException) -> bool:
+    code = _code(error)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return True
+    return _internal_saying(error, _TIMEOUT_WORDS)
 
 
 class _Transient(Exception):
@@ -106,7 +180,8 @@ class _Transient(Exception):
 
 
 class _Stale(Exception):
-    """Existence changed between reading a key and reading its index shard."""
+    """Existence changed between reading a key and reading its index shard, or the
+    component rolled back an index creation (busy, deadlock): decide again."""
 
 
 @contextlib.contextmanager
@@ -133,6 +208,57 @@ def _sidecar_http(endpoint: str | None) -> Iterator[None]:
             delattr(settings, "DAPR_HTTP_ENDPOINT")
 
 
+def _health_url(http_endpoint: str | None) -> str:
+    from dapr.clients.http.helpers import get_api_url
+
+    with _sidecar_http(http_endpoint):
+        return f"{get_api_url()}/healthz/outbound"
+
+
+def _probe(url: str) -> bool | None:
+    """True: healthy; False: listening, not ready; None: nothing listens there."""
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 - http(s) only
+            return bool(200 <= response.status < 300)
+    except urllib.error.HTTPError:
+        return False  # it answered: a sidecar still starting
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def wait_for_sidecar(
+    url: str,
+    *,
+    absent_for: float = NO_SIDECAR_SECONDS,
+    starting_for: float = SIDECAR_START_SECONDS,
+) -> None:
+    """Wait until ``url`` (daprd's outbound health endpoint) answers 2xx, quietly.
+
+    The SDK's own wait prints a line per attempt for a minute; a gateway without a
+    sidecar should say so at once, in one line that names where it looked.
+    """
+    start = time.monotonic()
+    heard = False
+    while True:
+        state = _probe(url)
+        if state:
+            return
+        heard = heard or state is False
+        waited = time.monotonic() - start
+        if not heard and waited >= absent_for:
+            raise StoreUnavailableError(
+                f"no Dapr sidecar at {url}: nothing accepted a connection for {waited:.0f} s",
+                hint="start daprd, or point DAPR_HTTP_ENDPOINT/DAPR_HTTP_PORT "
+                "(and DAPR_GRPC_ENDPOINT/DAPR_GRPC_PORT) at it",
+            )
+        if waited >= starting_for:
+            raise StoreUnavailableError(
+                f"the Dapr sidecar at {url} did not become ready within {waited:.0f} s",
+                hint="read daprd's log: a component that cannot reach its backend keeps it unready",
+            )
+        time.sleep(0.2)
+
+
 async def connect_client(
     *, grpc_endpoint: str | None = None, http_endpoint: str | None = None
 ) -> Any:
@@ -142,20 +268,41 @@ async def connect_client(
     ``DAPR_GRPC_PORT`` and ``DAPR_HTTP_ENDPOINT`` / ``DAPR_HTTP_PORT``.
     """
     from dapr.aio.clients import DaprClient
-    from dapr.clients.health import DaprHealth
 
+    url = _health_url(http_endpoint)
+    # Blocking probes (urllib + sleep): keep them off the event loop.
+    await asyncio.to_thread(wait_for_sidecar, url)
     with _sidecar_http(http_endpoint):
-        try:
-            # The SDK's wait is blocking (urllib + sleep): keep it off the event loop.
-            await asyncio.to_thread(DaprHealth.wait_for_sidecar)
-        except TimeoutError as exc:
-            raise StoreUnavailableError(
-                f"the Dapr sidecar did not become healthy ({exc})",
-                hint="check that daprd runs and DAPR_HTTP_ENDPOINT/DAPR_HTTP_PORT point at it",
-            ) from exc
         # The constructor checks health again, synchronously: the sidecar is up, so it
         # answers at once.
         return DaprClient(address=grpc_endpoint, max_grpc_message_length=_MAX_MESSAGE)
+
+
+async def check_component(client: Any, store_name: str) -> str:
+    """The type of the state component ``store_name``; refuse a missing or unsafe one."""
+    try:
+        metadata = await client.get_metadata()
+    except Exception as exc:
+        raise StoreUnavailableError(
+            f"the Dapr sidecar did not answer its metadata API: {str(exc)[:200]}"
+        ) from exc
+    registered = {c.name: c.type for c in metadata.registered_components}
+    kind = registered.get(store_name)
+    if kind is None or not kind.startswith("state."):
+        states = sorted(name for name, t in registered.items() if t.startswith("state."))
+        raise StoreError(
+            f"the Dapr sidecar has no state component named {store_name!r} "
+            f"(its state components: {', '.join(states) or 'none'})",
+            hint="check dapr.state_store in the configuration and daprd's --resources-path",
+        )
+    if kind in REFUSED_COMPONENTS:
+        raise StoreError(
+            f"Dapr state component {store_name!r} is {kind}, which cannot keep the "
+            "gateway's first-write-wins guarantee (it accepts ETag writes to missing keys "
+            "and does not roll back failed transactions)",
+            hint="use state.postgresql (v2) or state.sqlite; docs/dapr.md lists the components tested",
+        )
+    return str(kind)
 
 
 class DaprStore:
@@ -169,10 +316,13 @@ class DaprStore:
     async def connect(
         cls, store_name: str, *, grpc_endpoint: str | None = None, http_endpoint: str | None = None
     ) -> DaprStore:
-        return cls(
-            await connect_client(grpc_endpoint=grpc_endpoint, http_endpoint=http_endpoint),
-            store_name,
-        )
+        client = await connect_client(grpc_endpoint=grpc_endpoint, http_endpoint=http_endpoint)
+        try:
+            await check_component(client, store_name)
+        except BaseException:
+            await client.close()
+            raise
+        return cls(client, store_name)
 
     @property
     def client(self) -> Any:
@@ -201,10 +351,7 @@ class DaprStore:
                     try:
                         return await call()
                     except Exception as exc:
-                        if _code(exc) in (
-                            grpc.StatusCode.UNAVAILABLE,
-                            grpc.StatusCode.DEADLINE_EXCEEDED,
-                        ):
+                        if _transient_read(exc):
                             raise _Transient() from exc
                         raise self._mapped(exc, "read") from exc
         except _Transient as exc:
@@ -216,7 +363,7 @@ class DaprStore:
 
     def _mapped(self, error: Exception, doing: str) -> Exception:
         code = _code(error)
-        if code is grpc.StatusCode.ABORTED:
+        if is_conflict(error):
             return ConcurrencyError(
                 f"Dapr state store {self.store_name!r}: {doing} conflicted (ETag)"
             )
@@ -345,13 +492,18 @@ class DaprStore:
             return False
         if not requests:
             return True
+        # One lock order for every transaction: PostgreSQL locks rows as it writes them,
+        # and two transactions taking shared keys in different orders can deadlock.
+        requests.sort(key=lambda request: str(request.key))
         try:
             await self._client.execute_state_transaction(
                 store_name=self.store_name, operations=requests
             )
         except Exception as exc:
-            if _conflict(exc):
-                return False  # someone wrote first; the next attempt re-decides from fresh reads
+            if _conflict(exc) or _rolled_back(exc):
+                # Someone wrote first, or the component rolled back (busy, deadlock): the
+                # next attempt re-decides from fresh reads.
+                return False
             raise self._mapped(exc, "transaction") from exc
         return True
 
@@ -410,6 +562,8 @@ class DaprStore:
                     options=StateOptions(concurrency=Concurrency.first_write),
                 )
             except Exception as exc:
+                if _rolled_back(exc):
+                    raise _Stale() from exc  # busy or deadlocked: nothing written, try again
                 if not _conflict(exc):  # a conflict: another writer created it first
                     raise self._mapped(exc, "index creation") from exc
         return await self._bulk(wanted)

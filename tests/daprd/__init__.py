@@ -68,15 +68,20 @@ State
 6. A write or delete whose ETag is not the current one — or names an absent key — is
    Aborted ``failed saving state in state store S: possible etag mismatch. error from
    state store`` (``failed deleting state with key K: ...`` for deletes). An ETag the
-   store could not have issued is InvalidArgument ``... invalid etag value: strconv.
-   ParseUint: parsing "x": invalid syntax``, as postgresql v1 and redis (integer ETags)
-   report it. An empty ETag means no ETag. ``pkg/api/grpc/grpc.go`` getStateErrorCode,
-   ``contrib:state/errors.go``, ``contrib:state/requests.go`` HasETag,
-   ``contrib:common/component/postgresql/v1/postgresql.go``.
-7. ``first-write`` concurrency without an ETag inserts only if the key is absent (else
-   the ETag-mismatch error); with an ETag it is the ordinary check; without options a
-   write with no ETag is last-write-wins. components-contrib PR #995 (issue #994),
-   ``contrib:state/sqlite/sqlite_dbaccess.go`` doSet.
+   store could not have issued depends on the component type: ``state.sqlite`` and
+   ``state.postgresql`` v2 (UUID ETags) take it for a mismatch, as above (seen on a real
+   daprd, docs/dapr.md); components with integer ETags (``state.postgresql`` v1, redis)
+   answer InvalidArgument ``... invalid etag value: strconv.ParseUint: parsing "x":
+   invalid syntax``. An empty ETag means no ETag. ``pkg/api/grpc/grpc.go``
+   getStateErrorCode, ``contrib:state/errors.go``, ``contrib:state/requests.go`` HasETag,
+   ``contrib:common/component/postgresql/v1/postgresql.go``,
+   ``contrib:state/postgresql/v2/postgresql.go``.
+7. ``first-write`` concurrency without an ETag inserts only if the key is absent; with
+   an ETag it is the ordinary check; without options a write with no ETag is
+   last-write-wins. A lost first write is the ETag-mismatch error, except on
+   ``state.postgresql`` v2 (INTERNAL ``... no item was updated``) and ``state.redis``
+   (INTERNAL ``... failed to set key``), as a real daprd reports them. components-contrib
+   PR #995 (issue #994), ``contrib:state/sqlite/sqlite_dbaccess.go`` doSet.
 8. A delete without ETag succeeds whether or not the key exists. ``doDelete``.
 9. SaveState with several items and DeleteBulkState apply each item on its own (not
    atomic; errors joined with newlines). ``contrib:state/bulk.go`` DoBulkSetDelete.

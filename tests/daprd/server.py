@@ -51,6 +51,7 @@ from tests.daprd.storage import (
     AlreadyExistsError,
     ETagInvalidError,
     ETagMismatchError,
+    FirstWriteLostError,
     StateOp,
     Storage,
     StoredJob,
@@ -134,6 +135,37 @@ def _api(
             raise AssertionError("unreachable") from exc  # abort always raises
 
     return wrapper
+
+
+#: Components whose ETags are UUIDs and which take an ETag they could not have issued for
+#: a mismatch (ABORTED), not for an invalid ETag: ``contrib:state/sqlite`` (a plain
+#: comparison) and ``contrib:state/postgresql/v2`` (``uuid.Parse`` failing is
+#: ``ETagMismatch``). Seen on daprd d0fd828 (docs/dapr.md).
+_ANY_ETAG_MISMATCHES = {("state.sqlite", "v1"), ("state.postgresql", "v2")}
+
+
+class _StoreFailure(Exception):
+    """A component error that is no ETag error: daprd answers it INTERNAL."""
+
+
+def _component_error(store: Component, error: Exception) -> Exception:
+    """What the component behind ``store`` reports for a storage outcome.
+
+    The file keeps one behaviour; real components differ in two places the adapter sees:
+    an ETag they could not have issued (see :data:`_ANY_ETAG_MISMATCHES`), and a lost
+    first write, which ``contrib:state/postgresql/v2`` reports as the plain error "no
+    item was updated" (its upsert touched no row) and ``contrib:state/redis`` as "failed
+    to set key <key>" (its Lua script's error): both INTERNAL in daprd.
+    """
+    kind = (store.type, store.version)
+    if isinstance(error, ETagInvalidError) and kind in _ANY_ETAG_MISMATCHES:
+        return ETagMismatchError()
+    if isinstance(error, FirstWriteLostError):
+        if kind == ("state.postgresql", "v2"):
+            return _StoreFailure("no item was updated")
+        if store.type == "state.redis":
+            return _StoreFailure("failed to set key")
+    return error
 
 
 def _etag_code(error: Exception) -> grpc.StatusCode:
@@ -276,7 +308,7 @@ class DaprApi(dapr_pb2_grpc.DaprServicer):
         self, store: Component, ops: Sequence[StateOp], message: Callable[[str], str], reason: str
     ) -> None:
         results = await self._d.db(Storage.apply_each, store.name, ops, time.time())
-        errors = [error for error in results if error is not None]
+        errors = [_component_error(store, error) for error in results if error is not None]
         if errors:
             # errors.As finds the first ETagError; errors.Join separates with newlines.
             raise DaprError(_etag_code(errors[0]), message("\n".join(map(str, errors))), reason)
@@ -390,7 +422,7 @@ class DaprApi(dapr_pb2_grpc.DaprServicer):
             # Every store error of a transaction is Internal in daprd, ETag ones included.
             raise DaprError(
                 grpc.StatusCode.INTERNAL,
-                f"error while executing state transaction: {exc}",
+                f"error while executing state transaction: {_component_error(store, exc)}",
                 "ERR_STATE_TRANSACTION",
             ) from exc
         return empty_pb2.Empty()

@@ -32,6 +32,7 @@ __all__ = [
     "Claimed",
     "ETagInvalidError",
     "ETagMismatchError",
+    "FirstWriteLostError",
     "StateOp",
     "Storage",
     "StoredJob",
@@ -108,6 +109,11 @@ class ETagMismatchError(Exception):
 
     def __str__(self) -> str:
         return "possible etag mismatch. error from state store"
+
+
+class FirstWriteLostError(ETagMismatchError):
+    """``first-write`` without an ETag found the key present. Most components report it
+    as an ETag mismatch; the server words it per component type (``_component_error``)."""
 
 
 class ETagInvalidError(Exception):
@@ -242,7 +248,7 @@ class Storage:
                 (store, op.key, now),
             ).fetchone()
             if present is not None:
-                raise ETagMismatchError
+                raise FirstWriteLostError
         self._db.execute(
             "INSERT OR REPLACE INTO state (store, key, value, etag, expires_at)"
             " VALUES (?, ?, ?, ?, ?)",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -70,5 +71,212 @@ def test_the_index_is_not_user_data(tmp_path: Path) -> None:
                 await store.transact([Put(key="__index__/families", value=b"[]", etag=Expect.ANY)])
             with pytest.raises(StoreError):
                 await store.transact([Delete(key="__index__/families", etag=Expect.ANY)])
+
+    asyncio.run(main())
+
+
+def test_a_state_redis_component_is_refused_at_connect(tmp_path: Path) -> None:
+    """state.redis accepts ETag writes to missing keys and does not roll back failed
+    transactions (docs/dapr.md, the contract run against it): the store refuses it by the
+    type the sidecar's metadata API reports, before anything is written."""
+    import asyncio
+
+    from gateway.errors import StoreError
+    from tests.daprd.components import Component
+
+    redis = Component(name="statestore", type="state.redis", metadata={})
+    with DaprdThread(app_id="refused", db=tmp_path / "daprd.db", components=[redis]) as sidecar:
+
+        async def main() -> None:
+            with pytest.raises(StoreError) as refused:
+                await DaprStore.connect(
+                    "statestore",
+                    grpc_endpoint=sidecar.grpc_endpoint,
+                    http_endpoint=sidecar.http_endpoint,
+                )
+            assert "state.redis" in str(refused.value)
+            assert "first-write-wins" in str(refused.value)
+            with pytest.raises(StoreError) as missing:
+                await DaprStore.connect(
+                    "nosuchstore",
+                    grpc_endpoint=sidecar.grpc_endpoint,
+                    http_endpoint=sidecar.http_endpoint,
+                )
+            assert "no state component named 'nosuchstore'" in str(missing.value)
+            assert "statestore" in str(missing.value)  # what it has instead
+
+        asyncio.run(main())
+
+
+def test_without_a_sidecar_connect_fails_fast_in_one_line(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Nothing listens: one error naming the endpoint within a few seconds, not a minute
+    of the SDK's per-attempt health-check lines."""
+    import asyncio
+    import time
+
+    from gateway.errors import StoreUnavailableError
+    from gateway.scaffold import free_port
+    from gateway.stores.dapr import NO_SIDECAR_SECONDS
+
+    port = free_port()
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailableError) as failed:
+        asyncio.run(
+            DaprStore.connect(
+                "statestore",
+                grpc_endpoint=f"127.0.0.1:{free_port()}",
+                http_endpoint=f"http://127.0.0.1:{port}",
+            )
+        )
+    took = time.monotonic() - started
+    assert NO_SIDECAR_SECONDS <= took < NO_SIDECAR_SECONDS + 3
+    assert f"no Dapr sidecar at http://127.0.0.1:{port}/v1.0/healthz/outbound" in str(failed.value)
+    printed = capfd.readouterr()
+    assert "Health check" not in printed.out + printed.err
+
+
+def test_a_lost_first_write_is_a_conflict_on_this_component(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each component words a first write to a key that exists its own way, under
+    daprd's INTERNAL: state.postgresql v2 "no item was updated", state.redis "failed to
+    set key", state.sqlite an ETag mismatch (ABORTED). Through the SDK directly, so that
+    it also runs against a component the store refuses (state.redis)."""
+    import asyncio
+
+    from dapr.aio.clients import DaprClient
+    from dapr.clients.exceptions import DaprGrpcError, DaprInternalError
+    from dapr.clients.grpc._state import Concurrency, StateOptions
+
+    from gateway.stores.dapr import is_conflict, status_code
+
+    async def main(endpoint: str) -> None:
+        key = f"first-write/{os.getpid()}-{id(main)}"
+        first = StateOptions(concurrency=Concurrency.first_write)
+        async with DaprClient(address=endpoint) as client:
+            await client.delete_state(STORE, key)
+            try:
+                await client.save_state(STORE, key, b"\x00one", options=first)
+                with pytest.raises((DaprGrpcError, DaprInternalError)) as lost:
+                    await client.save_state(STORE, key, b"\x00two", options=first)
+                assert is_conflict(lost.value), (status_code(lost.value), str(lost.value))
+                assert (await client.get_state(STORE, key)).data == b"\x00one"
+            finally:
+                await client.delete_state(STORE, key)
+
+    if REAL_SIDECAR:
+        asyncio.run(main(REAL_SIDECAR))
+        return
+    with DaprdThread(
+        app_id="first-write", db=tmp_path / "daprd.db", components=[state_store(STORE)]
+    ) as sidecar:
+        for name, value in sidecar.env().items():
+            monkeypatch.setenv(name, value)
+        asyncio.run(main(sidecar.grpc_endpoint))
+
+
+def test_conflicts_do_not_take_the_store_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ETag conflicts are the protocol working, not a failing component. Dapr's circuit
+    breakers count them as failures, so the shipped Resiliency has none on the state
+    store: run against a real daprd loaded with deploy/'s Resiliency, a run of conflicts
+    longer than any breaker's trip count leaves the store serving."""
+    import asyncio
+
+    from dapr.aio.clients import DaprClient
+    from dapr.clients.exceptions import DaprGrpcError, DaprInternalError
+
+    from gateway.stores.dapr import is_conflict
+
+    async def main(endpoint: str) -> None:
+        key = f"conflicts/{os.getpid()}-{id(main)}"
+        async with DaprClient(address=endpoint) as client:
+            await client.save_state(STORE, key, b"\x00v")
+            etag = (await client.get_state(STORE, key)).etag
+            await client.save_state(STORE, key, b"\x00w", etag=etag)  # etag is stale now
+            for _ in range(12):
+                with pytest.raises((DaprGrpcError, DaprInternalError)) as lost:
+                    await client.save_state(STORE, key, b"\x00x", etag=etag)
+                assert is_conflict(lost.value), str(lost.value)
+            fresh = await client.get_state(STORE, key)  # an open breaker would refuse this
+            assert fresh.data == b"\x00w"
+            await client.save_state(STORE, key, b"\x00y", etag=fresh.etag)
+            await client.delete_state(STORE, key)
+
+    if REAL_SIDECAR:
+        asyncio.run(main(REAL_SIDECAR))
+        return
+    with DaprdThread(
+        app_id="conflicts", db=tmp_path / "daprd.db", components=[state_store(STORE)]
+    ) as sidecar:
+        for name, value in sidecar.env().items():
+            monkeypatch.setenv(name, value)
+        asyncio.run(main(sidecar.grpc_endpoint))
+
+
+class _Flaky:
+    """The SDK client, with the next call of each named method failing first the way
+    daprd reports a component that timed out or was busy (INTERNAL, the component's
+    words), as seen on a real daprd (docs/dapr.md)."""
+
+    def __init__(self, client: object, failures: dict[str, str]) -> None:
+        self._client = client
+        self.failures = dict(failures)
+
+    def __getattr__(self, name: str) -> object:
+        method = getattr(self._client, name)
+        words = self.failures.pop(name, None)
+        if words is None:
+            return method
+
+        async def failing(*args: object, **kwargs: object) -> object:
+            import grpc
+
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), grpc.aio.Metadata(), details=words
+            )
+
+        return failing
+
+
+@pytest.mark.parametrize(
+    ("method", "words"),
+    [
+        ("get_state", "fail to get k from state store statestore: context deadline exceeded"),
+        (
+            "execute_state_transaction",
+            "error while executing state transaction: database is locked (5) (SQLITE_BUSY)",
+        ),
+        ("execute_state_transaction", "error while executing state transaction: deadlock detected"),
+        ("save_state", "failed saving state in state store statestore: database is locked (5)"),
+    ],
+)
+def test_a_component_that_timed_out_or_rolled_back_is_tried_again(
+    tmp_path: Path, method: str, words: str
+) -> None:
+    """Reads are retried on a component timeout; a write is tried again only when the
+    component certainly did nothing (SQLite busy, PostgreSQL deadlock)."""
+    import asyncio
+
+    from gateway.stores import Put
+
+    async def main() -> None:
+        async with dapr_store(tmp_path / "daprd.db") as store:
+            await store.transact([Put(key="a/1", value=b"x", etag=Expect.ABSENT)])
+            flaky = _Flaky(store.client, {method: words})
+            store._client = flaky
+            if method == "get_state":
+                item = await store.get("a/1")
+                assert item is not None and item.value == b"x"
+            else:
+                # A key of a family never seen in this store, so that its index shard is
+                # created (save_state) and then rewritten (a real store keeps old shards).
+                family = f"fresh{uuid.uuid4().hex[:12]}"
+                await store.transact([Put(key=f"{family}/1", value=b"y", etag=Expect.ABSENT)])
+                assert await store.list(f"{family}/") == [f"{family}/1"]
+            assert method not in flaky.failures  # the failure did happen
 
     asyncio.run(main())
