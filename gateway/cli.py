@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -736,17 +737,116 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    async def run(host: Host) -> bytes:
-        return await host.export_proposal(
-            _object_id(args.object_id), tenant=args.tenant, destination=args.to
+    """Offline handoff, sender's side (gateway.handoff.offline), or a dry-run proposal."""
+    from gateway.handoff import offline
+
+    modes = [m for m in ("complete", "abort", "resume") if getattr(args, m)]
+    if len(modes) > 1 or (modes and (args.object_id or args.dry_run)):
+        raise ConfigError(
+            "give one of: OBJECT --to HOST, --complete RECEIPT, --abort MIGRATION, --resume MIGRATION"
+        )
+    if not modes and not (args.object_id and args.to):
+        raise ConfigError("gateway export OBJECT needs --to HOST", hint="see gateway export --help")
+    if (
+        (args.dry_run or not modes or args.abort or args.complete)
+        and not args.out
+        and not (args.complete and _is_activation(args.complete))
+    ):
+        raise ConfigError("say where to write the file with -o FILE")
+    out_path = Path(args.out) if args.out else None
+
+    if args.dry_run:
+
+        async def propose(host: Host) -> bytes:
+            return await host.export_proposal(
+                _object_id(args.object_id), tenant=args.tenant, destination=args.to
+            )
+
+        assert out_path is not None
+        out_path.write_bytes(asyncio.run(_with_host(args, propose)))
+        out.print(
+            f"wrote {out_path}: a signed proposal of {args.object_id} for {args.to} "
+            "(nothing was frozen; it can only be dry-run, never staged)"
+        )
+        return 0
+
+    async def run(host: Host) -> offline.Step:
+        if args.complete:
+            return await offline.complete(host.source, offline.read_signed(Path(args.complete)))
+        if args.abort:
+            return await offline.abort(
+                host.source, args.abort, reason="aborted by the operator (offline handoff)"
+            )
+        assert out_path is not None
+        if args.resume:
+            return await offline.write_transfer_file(host.source, args.resume, out_path)
+        return await offline.export(
+            host.source,
+            _object_id(args.object_id),
+            tenant=host.tenant(args.tenant),
+            destination=args.to,
+            path=out_path,
+            ttl=_hours(args.ttl_hours),
         )
 
-    Path(args.out).write_bytes(asyncio.run(_with_host(args, run)))
-    out.print(
-        f"wrote {args.out}: a signed proposal of {args.object_id} for {args.to} "
-        "(nothing was frozen; it can only be dry-run, never staged)"
-    )
+    step = asyncio.run(_with_host(args, run))
+    return _finish_step(step, out_path)
+
+
+def _is_activation(path: str) -> bool:
+    """Whether a receipt file is an activation receipt (which needs no output file)."""
+    from gateway.handoff import offline
+    from gateway.handoff.messages import ReceiptKind
+
+    return offline.read_signed(Path(path)).payload_type == ReceiptKind.ACTIVATED.payload_type
+
+
+def _hours(value: float) -> timedelta:
+    if not 0 < value <= 7 * 24:
+        raise ConfigError(f"--ttl-hours must be within (0, 168], got {value}")
+    return timedelta(hours=value)
+
+
+def _finish_step(step: object, out_path: Path | None) -> int:
+    from gateway.handoff.offline import Step
+
+    assert isinstance(step, Step)
+    if step.wrote:
+        assert out_path is not None
+        partial = out_path.with_name(out_path.name + ".partial")
+        partial.write_bytes(step.wrote)
+        os.replace(partial, out_path)
+        out.print(f"wrote {out_path}", markup=False)
+    out.print(step.what, markup=False)
     return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Offline handoff, receiver's side: a transfer file or a decision file."""
+    from gateway.handoff import offline
+
+    source = Path(args.file)
+    try:
+        with source.open("rb") as handle:
+            head = handle.read(len(offline.MAGIC))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {source}: {exc.strerror}") from exc
+
+    async def run(host: Host) -> object:
+        if head == offline.MAGIC:
+            return await offline.import_transfer(host.destination, source)
+        return await offline.import_decision(host.destination, offline.read_signed(source))
+
+    step = asyncio.run(_with_host(args, run))
+    from gateway.handoff.offline import Step
+
+    assert isinstance(step, Step)
+    if step.wrote and not args.out:
+        raise ConfigError(
+            f"{step.what}; but no -o FILE was given for the receipt",
+            hint="run the same import again with -o FILE: it answers the same receipt",
+        )
+    return _finish_step(step, Path(args.out) if args.out else None)
 
 
 def cmd_admit(args: argparse.Namespace) -> int:
@@ -1036,12 +1136,47 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export",
         parents=[common, tenant],
-        help="write a signed proposal of an object for a peer's dry run",
+        help="offline handoff, sender's side: transfer file, completion, abort (or a dry-run proposal)",
+        description="Move an object through files when the hosts cannot reach each other: "
+        "`export OBJ --to HOST -o T` freezes it and writes T; the receiver answers "
+        "`gateway import T -o R`; `export --complete R -o C` commits and writes C; the "
+        "receiver activates with `gateway import C -o D`; `export --complete D` finishes.",
     )
-    export.add_argument("object_id")
-    export.add_argument("--to", required=True, help="the host that will evaluate it")
-    export.add_argument("--out", required=True, help="file to write (DSSE JSON)")
+    export.add_argument("object_id", nargs="?", help="the object to move (with --to)")
+    export.add_argument("--to", help="the host that will receive it")
+    export.add_argument("-o", "--out", help="file to write (transfer, commit or abort file)")
+    export.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="write a signed proposal for `gateway admit --dry-run` instead; freezes nothing",
+    )
+    export.add_argument(
+        "--ttl-hours",
+        type=float,
+        default=48.0,
+        help="how long the transfer file stays valid (default 48, at most 168)",
+    )
+    export.add_argument(
+        "--complete", metavar="RECEIPT", help="a receipt file from the receiver: commit or finish"
+    )
+    export.add_argument(
+        "--abort", metavar="MIGRATION", help="abort a frozen offline migration (object live again)"
+    )
+    export.add_argument(
+        "--resume", metavar="MIGRATION", help="write the transfer file of a frozen migration again"
+    )
     export.set_defaults(handler=cmd_export)
+
+    imports = commands.add_parser(
+        "import",
+        parents=[common],
+        help="offline handoff, receiver's side: stage a transfer file, or apply a commit/abort file",
+    )
+    imports.add_argument("file", help="a transfer file, or a commit or abort file from the sender")
+    imports.add_argument(
+        "-o", "--out", help="where to write the receipt to hand back (staged or activation)"
+    )
+    imports.set_defaults(handler=cmd_import)
 
     admit = commands.add_parser(
         "admit",

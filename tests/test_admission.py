@@ -128,6 +128,7 @@ def test_the_offline_dry_run_gives_the_same_answer(policy_world: World, tmp_path
         OBJECT,
         "--to",
         HOST_B,
+        "--dry-run",
         "--out",
         str(proposal),
         config=policy_world.config(HOST_A),

@@ -110,7 +110,13 @@ class Destination:
     # --- Prepare ----------------------------------------------------------------------
 
     def _open_transfer(
-        self, raw: bytes, *, peer: str, payload_type: str, now: datetime
+        self,
+        raw: bytes,
+        *,
+        peer: str,
+        payload_type: str,
+        now: datetime,
+        max_lifetime: int = MAX_TRANSFER_LIFETIME_S,
     ) -> tuple[Transfer, bytes]:
         """Size, decode, signatures by ``peer``'s keys, payload type, parse, source, audience, time."""
         ctx = self.ctx
@@ -128,9 +134,7 @@ class Destination:
             )
         proposal = payload_type == dsse.PayloadType.PROPOSAL
         self._check_time(
-            transfer,
-            now,
-            max_lifetime=MAX_PROPOSAL_LIFETIME_S if proposal else MAX_TRANSFER_LIFETIME_S,
+            transfer, now, max_lifetime=MAX_PROPOSAL_LIFETIME_S if proposal else max_lifetime
         )
         return transfer, digest(payload)
 
@@ -205,12 +209,21 @@ class Destination:
         admission, _fence, _expires = await self._assess(transfer, peer=peer, now=now)
         return admission
 
-    async def prepare(self, raw: bytes, *, peer: str) -> bytes:
-        """Verify, admit and stage a transfer from ``peer``; returns the signed receipt."""
+    async def prepare(
+        self, raw: bytes, *, peer: str, max_lifetime: int = MAX_TRANSFER_LIFETIME_S
+    ) -> bytes:
+        """Verify, admit and stage a transfer from ``peer``; returns the signed receipt.
+
+        ``max_lifetime`` is the longest lifetime the transfer may claim: a few minutes
+        over the network, longer for a file carried by hand (gateway.handoff.offline)."""
         ctx = self.ctx
         now = ctx.clock.now()
         transfer, transfer_digest = self._open_transfer(
-            raw, peer=peer, payload_type=dsse.PayloadType.TRANSFER, now=now
+            raw,
+            peer=peer,
+            payload_type=dsse.PayloadType.TRANSFER,
+            now=now,
+            max_lifetime=max_lifetime,
         )
         if transfer.object.blob is not None:
             raise TransferStreamError(
@@ -219,14 +232,25 @@ class Destination:
             )
         return await self._prepare(transfer, transfer_digest, peer=peer, now=now)
 
-    async def prepare_stream(self, raw: bytes, data: AsyncIterator[bytes], *, peer: str) -> bytes:
+    async def prepare_stream(
+        self,
+        raw: bytes,
+        data: AsyncIterator[bytes],
+        *,
+        peer: str,
+        max_lifetime: int = MAX_TRANSFER_LIFETIME_S,
+    ) -> bytes:
         """Prepare for a large object: the transfer is verified and admitted *before* any
         data is read; the data is then stored as it streams in, hashed incrementally, and
         must match the size and digest the transfer signs, or nothing is kept."""
         ctx = self.ctx
         now = ctx.clock.now()
         transfer, transfer_digest = self._open_transfer(
-            raw, peer=peer, payload_type=dsse.PayloadType.TRANSFER, now=now
+            raw,
+            peer=peer,
+            payload_type=dsse.PayloadType.TRANSFER,
+            now=now,
+            max_lifetime=max_lifetime,
         )
         expected = transfer.object.blob
         if expected is None:
@@ -588,8 +612,12 @@ class Destination:
 
     # --- Commit / Abort ---------------------------------------------------------------
 
-    async def commit(self, migration_id: str, *, peer: str) -> bytes:
-        """Make the staged object live; returns the signed activation receipt."""
+    async def commit(self, migration_id: str, *, peer: str, decision: bytes = b"") -> bytes:
+        """Make the staged object live; returns the signed activation receipt.
+
+        ``decision``: the source's signed COMMITTED answer when the caller already holds
+        it (an offline commit file); otherwise it is asked for when a custody home needs it.
+        """
         for _attempt in range(3):
             loaded = await self._record_for(migration_id, peer)
             record = loaded.value
@@ -600,7 +628,7 @@ class Destination:
                     f"migration {migration_id} was aborted here ({record.reason}); it cannot commit"
                 )
             try:
-                return await self._activate(record, loaded.etag, peer)
+                return await self._activate(record, loaded.etag, peer, decision)
             except ConcurrencyError:
                 continue  # raced with an abort or a duplicate commit: look again
             except ForkError as exc:
@@ -620,7 +648,9 @@ class Destination:
                 raise
         raise ObjectStateError(f"migration {migration_id} keeps changing under commit; retry")
 
-    async def _activate(self, record: DestinationRecord, etag: str, peer: str) -> bytes:
+    async def _activate(
+        self, record: DestinationRecord, etag: str, peer: str, decision: bytes = b""
+    ) -> bytes:
         ctx = self.ctx
         now = ctx.clock.now()
         assert record.staged is not None
@@ -629,7 +659,7 @@ class Destination:
             raise ObjectStateError(
                 f"{record.object_id} is {current.value.state.value} here already; refusing a second live copy"
             )
-        await self._claim_custody(record, peer)
+        await self._claim_custody(record, peer, decision)
         crash_point("destination.before-activate")
         receipt = self._receipt(
             ReceiptKind.ACTIVATED,
@@ -677,7 +707,7 @@ class Destination:
         ctx.on_active(live)
         return receipt
 
-    async def _claim_custody(self, record: DestinationRecord, peer: str) -> None:
+    async def _claim_custody(self, record: DestinationRecord, peer: str, decision: bytes) -> None:
         """For an object whose root names a custody home: claim custody there with the
         source's signed departure and its signed COMMITTED decision, and go on only with
         the home's signed receipt for exactly this epoch (gateway.handoff.home)."""
@@ -692,7 +722,8 @@ class Destination:
             raise CustodyError(
                 f"{ctx.host} cannot reach the custody home {home} of {record.object_id}"
             )
-        decision = await self.peers.client(peer).decision(record.migration_id)
+        if not decision:
+            decision = await self.peers.client(peer).decision(record.migration_id)
         try:
             if home == ctx.host:
                 receipt = await self.home.claim(departure, decision, peer=ctx.host)

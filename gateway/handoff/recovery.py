@@ -5,8 +5,8 @@ times, concurrently with the protocol itself, because every step it takes is one
 protocol's own idempotent, ETag-conditional steps:
 
 * source COMMITTED → re-send Commit until the destination confirms (DONE);
-* source FROZEN whose transfer can no longer be accepted anywhere (older than its
-  lifetime plus twice the clock skew) → abort: presumed abort, journal first;
+* source FROZEN whose transfer can no longer be accepted anywhere (past its signed
+  expiry plus twice the clock skew) → abort: presumed abort, journal first;
 * destination STAGED for longer than ``stage_timeout`` → ask the source for its
   decision (Decision) and follow it. A source that never committed answers ABORTED,
   and can never commit afterwards.
@@ -18,14 +18,16 @@ transactions as the journal), so a pass costs what is open, not all history.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
+from gateway import wire
 from gateway.errors import GatewayError
 from gateway.handoff.context import HostContext
 from gateway.handoff.destination import Destination
 from gateway.handoff.journal import OPEN_DESTINATION_PREFIX, OPEN_SOURCE_PREFIX
 from gateway.handoff.messages import Outcome
 from gateway.handoff.peers import Peers
-from gateway.handoff.records import DestinationStep, SourceStep
+from gateway.handoff.records import DestinationStep, SourceRecord, SourceStep
 from gateway.handoff.source import Source, open_decision
 
 log = logging.getLogger(__name__)
@@ -60,9 +62,10 @@ class Recovery:
                     progressed += 1
                 elif (
                     record.step is SourceStep.FROZEN
-                    and ctx.clock.now() - record.updated_at
-                    > timing.transfer_ttl + 2 * timing.clock_skew
+                    and ctx.clock.now() > _expiry(record) + 2 * timing.clock_skew
                 ):
+                    # By the transfer's own signed expiry, not the configured TTL: an
+                    # offline transfer file may be valid for days (gateway.handoff.offline).
                     await self.source.abort(migration_id, reason="transfer expired before commit")
                     progressed += 1
             except GatewayError as exc:
@@ -97,3 +100,8 @@ class Recovery:
         await self.destination.prune_nonces()
         await self.destination.collect_uploads()
         return progressed
+
+
+def _expiry(record: SourceRecord) -> datetime:
+    """When the transfer a FROZEN record journaled stops being accepted anywhere."""
+    return wire.decode_transfer(wire.decode_envelope(record.transfer).payload).expires_at

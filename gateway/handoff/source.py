@@ -101,8 +101,23 @@ class Source:
         the object ACTIVE here again) if the destination refused or could not be reached
         before commit.
         """
-        ctx = self.ctx
         self.peers.client(destination)  # an unknown peer fails before anything is frozen
+        migration_id = await self.freeze(object_id, tenant=tenant, destination=destination)
+        crash_point("source.after-freeze")
+        return await self.resume(migration_id)
+
+    async def freeze(
+        self,
+        object_id: str,
+        *,
+        tenant: str,
+        destination: str,
+        ttl: timedelta | None = None,
+    ) -> str:
+        """Freeze an ACTIVE object for ``destination`` and journal the sealed transfer
+        (FROZEN), sending nothing; returns the migration id. :meth:`resume` sends it
+        over the network; an offline transfer carries the journaled bytes in a file."""
+        ctx = self.ctx
         if destination == ctx.host:
             raise ObjectStateError(f"{object_id} already lives on {ctx.host}")
         migration_id = new_migration_id()
@@ -114,7 +129,7 @@ class Source:
             loaded = await ctx.journal.require_object(tenant, object_id, host=ctx.host)
             now = ctx.clock.now()
             frozen, raw = self._seal(
-                loaded.value, destination, migration_id, dsse.PayloadType.TRANSFER, now
+                loaded.value, destination, migration_id, dsse.PayloadType.TRANSFER, now, ttl=ttl
             )
             record = SourceRecord(
                 migration_id=migration_id,
@@ -143,8 +158,7 @@ class Source:
                     ) from exc
                 await asyncio.sleep(0.01 * (attempt + 1))
         log.info("froze %s for migration %s to %s", object_id, migration_id, destination)
-        crash_point("source.after-freeze")
-        return await self.resume(migration_id)
+        return migration_id
 
     def _seal(
         self,
@@ -327,7 +341,6 @@ class Source:
 
     async def _activate(self, record: SourceRecord) -> SourceRecord:
         """Send Commit until the destination confirms; then journal DONE."""
-        ctx = self.ctx
         client = self.peers.client(record.destination_host)
         try:
             receipt_raw = await client.commit(record.migration_id)
@@ -340,6 +353,11 @@ class Source:
             )
             return record
         crash_point("source.after-activation")
+        return await self.done(record, receipt_raw)
+
+    async def done(self, record: SourceRecord, receipt_raw: bytes) -> SourceRecord:
+        """Journal DONE with the destination's activation receipt (already checked)."""
+        ctx = self.ctx
         loaded = await ctx.journal.source(record.migration_id)
         assert loaded is not None
         if loaded.value.step is SourceStep.DONE:
@@ -383,7 +401,7 @@ class Source:
                 hint="the destination answered about something else; the migration aborts",
             )
 
-    async def abort(self, migration_id: str, *, reason: str) -> SourceRecord:
+    async def abort(self, migration_id: str, *, reason: str, tell: bool = True) -> SourceRecord:
         """Abort before commit: journal ABORTED and resume the object, then tell the
         destination (best effort; it asks for the decision if it missed this)."""
         ctx = self.ctx
@@ -419,6 +437,8 @@ class Source:
             log.info("aborted migration %s of %s: %s", migration_id, record.object_id, reason)
             crash_point("source.after-abort-journal")
             ctx.on_active(resumed)  # it cycles here again
+            if not tell:
+                return aborted  # offline: the operator carries the signed answer
             try:
                 await self.peers.client(record.destination_host).abort(migration_id, reason)
             except GatewayError as exc:
