@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,3 +32,26 @@ def test_example_config_parses(config: Path) -> None:
 
 def test_there_are_examples() -> None:
     assert list(EXAMPLES.glob("*.py")) and list(EXAMPLES.glob("*.yaml"))
+
+
+@pytest.mark.slow
+def test_the_partner_exchange_walkthrough_shows_each_promise(tmp_path: Path) -> None:
+    """examples/partner_exchange.py: narrowed on arrival at org-b, still narrowed after the
+    return trip to org-a, then an offline leg, and a custody path of three handoffs."""
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "partner_exchange.py"), "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        env={**os.environ, "COLUMNS": "300"},
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    narrowed = out.split("== on org-b: narrowed on arrival", 1)[1].split("==", 1)[0]
+    assert "pubsub:alerts/overdue publish" in narrowed and "grants          2" in narrowed
+    stuck = out.split("== on org-a: the narrowing stuck", 1)[1].split("==", 1)[0]
+    assert "authority here  pubsub:alerts/overdue publish" in stuck
+    assert "offline: org-b activates" in out and "done: " in out
+    assert "custody verified: 3 handoff(s)" in out
+    assert (tmp_path / "invoice.gwx").exists() and (tmp_path / "commit.json").exists()
