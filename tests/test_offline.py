@@ -168,8 +168,10 @@ def test_an_expired_transfer_file_is_refused(tmp_path: Path) -> None:
     ("step", "point"),
     [
         ("export", "source.after-freeze"),
+        ("import", "destination.before-stage"),
         ("import", "destination.after-stage"),
         ("complete", "source.after-commit-journal"),
+        ("commit", "destination.before-activate"),
         ("commit", "destination.after-activate"),
     ],
 )
