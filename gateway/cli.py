@@ -979,12 +979,7 @@ def render_report(report: Any) -> list[Any]:
         for column in ("#", "issuer", "audiences", "capabilities", "constraints", "valid (UTC)"):
             grants.add_column(column, overflow="fold")
         for g in report.grants:
-            capabilities = "; ".join(
-                f"{c['resource']}: {','.join(c['actions'])}"
-                if isinstance(c.get("actions"), list)
-                else str(c)
-                for c in g.capabilities
-            )
+            capabilities = "; ".join(f"{c['res']}: {','.join(c['act'])}" for c in g.capabilities)
             constraints = ", ".join(f"{k}={v}" for k, v in sorted(g.constraints.items())) or "none"
             extra = (f"\nrenews {g.replaces[:16]}…" if g.replaces else "") + (
                 f"\nhome {_host(g.home)}" if g.home else ""
