@@ -88,6 +88,8 @@ _ARCHIVE_FIELDS = frozenset(
         "lineage",
     }
 )
+#: Lifecycle states in which the exporting host holds the object (gateway.model).
+_HELD_STATES = frozenset({"active", "frozen"})
 #: The largest file verified: a transfer's own limit (an archive carries no data).
 MAX_FILE_BYTES = wire.MAX_ENVELOPE_BYTES
 #: Bundles given on one command line; more is a mistake, not an audit.
@@ -220,7 +222,9 @@ class Stay:
     #: Index of the grant it held its authority from (the leaf of that chain, if the
     #: holder is one of its audiences); None: no authority from the chain.
     authority_from: int | None = None
-    authority: str = ""  #: why it has (or has not) that authority, in words
+    #: Why it has (or has not) that authority, in words. The chain is an upper bound:
+    #: each host's own policy may narrow it further, which no file shows.
+    authority: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -382,6 +386,7 @@ class _Subject:
     grants: tuple[str, ...]
     lineage: Lineage
     destination: str = ""  #: transfers and proposals
+    state: str = ""  #: archives: the lifecycle state the exporter says it has
     migration: str = ""
     epoch: int = 0
 
@@ -509,6 +514,7 @@ def _subject(kind: Kind, payload: bytes) -> _Subject:
             grants=archive.grants,
             lineage=archive.lineage,
             epoch=archive.epoch,
+            state=archive.state,
         )
     transfer = wire.decode_transfer(payload)
     return _Subject(
@@ -647,6 +653,8 @@ def _verify(
     else:
         checks.skip("custody", "the lineage did not verify")
     grants, chain = _check_grants(subject, trust, judged, checks)
+    if not in_flight and lineage.entries:
+        checks.run("archive grants", lambda: _grants_recorded(subject))
     if lineage_ok and subject.grants:
         checks.run(
             "narrowings kept",
@@ -692,6 +700,12 @@ def _holder(subject: _Subject, custody: Custody, in_transit: bool) -> str:
     """An archive is exported by the host that holds the object, or by the one it left."""
     if in_transit:
         return f"{subject.presenter} exported it after it left (its last departure has no arrival here)"
+    if subject.state not in _HELD_STATES:
+        raise CustodyError(
+            f"the archive says {subject.object_id} is {subject.state} on {subject.presenter}, "
+            "so it does not hold it",
+            hint="export the archive on the host that holds the object",
+        )
     if not custody.holders or custody.holders[-1] != subject.presenter:
         held = custody.holders[-1] if custody.holders else "nobody"
         raise CustodyError(
@@ -700,6 +714,22 @@ def _holder(subject: _Subject, custody: Custody, in_transit: bool) -> str:
             "departure breaks this",
         )
     return f"{subject.presenter} holds the object, as the last signed arrival shows"
+
+
+def _grants_recorded(subject: _Subject) -> str:
+    """The grants an archive presents are the ones its exporter's last entry recorded.
+
+    The exporter signs both; a holder that drops a narrowing it made itself since its last
+    departure (which no one else signed) must also rewrite its own entries to pass, and
+    what it cannot rewrite, the departures of others, is checked by "narrowings kept"."""
+    recorded = subject.lineage.entries[-1].credentials_digest
+    if credentials_digest(subject.grants) != recorded:
+        raise CustodyError(
+            f"the archive presents {len(subject.grants)} grant(s), but its last lineage "
+            f"entry (#{subject.lineage.entries[-1].seq}) recorded other grants",
+            hint="the exporter changed the grants it presents without recording it",
+        )
+    return "the grants presented are the ones the last lineage entry recorded"
 
 
 def _check_grants(
@@ -870,10 +900,7 @@ def _stay(
     elif audience_admits(grants[length - 1].audiences, holder):
         authority_from = length - 1
         leaf = grants[length - 1]
-        authority = (
-            f"from grant {leaf.index} ({leaf.grant_id}) by {leaf.issuer}: an audience of it "
-            "(the host's own policy may narrow this further)"
-        )
+        authority = f"grant {leaf.index} by {leaf.issuer}, of which it is an audience"
     else:
         authority = (
             f"none: not an audience of grant {length - 1} "

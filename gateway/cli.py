@@ -651,7 +651,15 @@ def _export_archive(host: Host, obj: GovernedObject, path: Path) -> None:
     """An object archive for ``gateway verify``: grants and lineage, signed by this host."""
     from gateway import envelope as dsse
     from gateway.audit import ARCHIVE_PAYLOAD_TYPE, archive_of
+    from gateway.errors import ObjectStateError
 
+    if not obj.live:
+        # A copy that left (or was only staged) is not this host's to vouch for: its
+        # history goes on elsewhere, and an archive of it would show this host holding it.
+        raise ObjectStateError(
+            f"{obj.object_id} is {obj.state.value.upper()} here, not held by {host.host_id}",
+            hint=f"export it on the host that holds it now{f' ({obj.moved_to})' if obj.moved_to else ''}",
+        )
     payload = archive_of(
         object_id=obj.object_id,
         tenant=obj.tenant,
@@ -971,9 +979,15 @@ def render_report(report: Any) -> list[Any]:
                 _host(s.departed_to) if s.departed_to else "(holds it)",
                 left,
                 f"{s.first_entry}–{s.last_entry}",
-                s.authority,
+                f"grant {s.authority_from}" if s.authority_from is not None else s.authority,
             )
         parts.append(stays)
+        parts.append(
+            Text(
+                "authority: what the grant chain in force gives a holder that is one of its "
+                "audiences (each host's own policy may narrow it; no file shows that)"
+            )
+        )
     if report.grants:
         grants = Table(title="authority: the grant chain, root first", title_justify="left")
         for column in ("#", "issuer", "audiences", "capabilities", "constraints", "valid (UTC)"):
