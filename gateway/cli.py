@@ -16,12 +16,13 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from gateway._time import SystemClock, format_time
 from gateway.blobs import CHUNK_BYTES
@@ -634,6 +635,9 @@ def cmd_object_create(args: argparse.Namespace) -> int:
 def cmd_object_show(args: argparse.Namespace) -> int:
     async def run(host: Host) -> int:
         obj = await host.get_object(_object_id(args.object_id), tenant=args.tenant)
+        if args.export:
+            _export_archive(host, obj, Path(args.export))
+            return 0
         out.print(describe_object(obj))
         quarantine = await host.quarantine_of(obj.object_id, tenant=args.tenant)
         if quarantine is not None:
@@ -641,6 +645,41 @@ def cmd_object_show(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(_with_host(args, run))
+
+
+def _export_archive(host: Host, obj: GovernedObject, path: Path) -> None:
+    """An object archive for ``gateway verify``: grants and lineage, signed by this host."""
+    from gateway import envelope as dsse
+    from gateway.audit import ARCHIVE_PAYLOAD_TYPE, archive_of
+    from gateway.errors import ObjectStateError
+
+    if not obj.live:
+        # A copy that left (or was only staged) is not this host's to vouch for: its
+        # history goes on elsewhere, and an archive of it would show this host holding it.
+        raise ObjectStateError(
+            f"{obj.object_id} is {obj.state.value.upper()} here, not held by {host.host_id}",
+            hint=f"export it on the host that holds it now{f' ({obj.moved_to})' if obj.moved_to else ''}",
+        )
+    payload = archive_of(
+        object_id=obj.object_id,
+        tenant=obj.tenant,
+        holder=host.host_id,
+        state=obj.state.value,
+        epoch=obj.epoch,
+        exported_at=host.clock.now(),
+        grants=obj.grants,
+        lineage=obj.lineage,
+    )
+    try:
+        path.write_bytes(dsse.to_json(host.context.seal(payload, ARCHIVE_PAYLOAD_TYPE)))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write: {exc.strerror}") from exc
+    out.print(
+        f"wrote {path}: {obj.object_id} ({len(obj.lineage)} lineage entries, "
+        f"{len(obj.grants)} grants) signed by {host.host_id}; check it anywhere with "
+        "`gateway verify FILE --trust BUNDLE ...`",
+        markup=False,
+    )
 
 
 def cmd_object_release(args: argparse.Namespace) -> int:
@@ -942,6 +981,160 @@ def cmd_forks(args: argparse.Namespace) -> int:
     return asyncio.run(_with_host(args, run))
 
 
+def _parse_at(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ConfigError(
+            f"--at {text!r} is not a time", hint="e.g. --at 2026-11-21T20:52:45Z"
+        ) from exc
+    if moment.tzinfo is None:
+        raise ConfigError(f"--at {text!r} has no time zone", hint="end it with Z for UTC")
+    return moment
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify a transfer, proposal or object archive with nothing but trust bundles."""
+    from gateway.audit import audit
+    from gateway.handoff import offline
+
+    try:
+        with open(args.file, "rb") as handle:
+            is_transfer_file = handle.read(len(offline.MAGIC)) == offline.MAGIC
+    except OSError as exc:
+        raise ConfigError(f"cannot read {args.file}: {exc.strerror}") from exc
+    # A transfer file from `gateway export`: its signed transfer is what is verified (the
+    # data frames after it are checked against the signed digest on import).
+    subject = (
+        offline.transfer_envelope(Path(args.file)) if is_transfer_file else _read_file(args.file)
+    )
+    report = audit(
+        subject,
+        [(name, _read_file(name)) for name in args.trust],
+        at=_parse_at(args.at),
+        now=SystemClock().now(),
+    )
+    if args.output == "json":
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        for renderable in render_report(report):
+            out.print(renderable)
+    failures = report.failures
+    if failures:
+        first = failures[0]
+        more = f" (and {len(failures) - 1} more failed check(s))" if len(failures) > 1 else ""
+        err.print(
+            f"gateway: error: {args.file} does not verify: {first.name}: "
+            f"{_one_line(first.detail)}{more}",
+            markup=False,
+        )
+        return 1
+    return 0
+
+
+def render_report(report: Any) -> list[Any]:
+    """What `gateway verify` prints for people: custody, authority, checks."""
+    from gateway.audit import Status
+
+    def when(moment: datetime | None) -> str:
+        return format_time(moment)[:-1].replace("T", " ") if moment else "-"
+
+    parts: list[Any] = []
+    what = f"{report.kind.value} of {report.object_id or '(unreadable)'}"
+    if report.presenter:
+        what += f", signed by {report.presenter} at {when(report.signed_at)} UTC"
+    if report.destination:
+        what += f", for {report.destination}"
+    parts.append(Text(what))
+    parts.append(Text(f"judged at {when(report.judged_at)} UTC"))
+    if report.bundles:
+        bundles = Table(
+            title="trust bundles (compare fingerprints out of band)", title_justify="left"
+        )
+        for column in ("trust domain", "sequence", "fingerprint", "trusted by"):
+            bundles.add_column(column, overflow="fold")
+        for b in report.bundles:
+            how = "first use (self-signed)" if b.first_use else "signed update"
+            bundles.add_row(b.trust_domain, str(b.sequence), b.fingerprint, how)
+        parts.append(bundles)
+    if report.stays:
+        stays = Table(title="custody: who held it, where and when", title_justify="left")
+        for column in (
+            "#",
+            "holder",
+            "from",
+            "arrived (UTC)",
+            "left to",
+            "left (UTC)",
+            "entries",
+            "authority",
+        ):
+            stays.add_column(column, overflow="fold")
+        for index, s in enumerate(report.stays):
+            arrived = when(s.arrived_at)
+            if s.arrival_migration:
+                arrived += f"\n{s.arrival_migration} (epoch {s.arrival_epoch})"
+            left = when(s.departed_at)
+            if s.departure_migration:
+                left += f"\n{s.departure_migration} (epoch {s.departure_epoch})"
+            if s.in_transit:
+                left += "\nin transit: no arrival"
+            stays.add_row(
+                str(index),
+                _host(s.holder),
+                _host(s.received_from) if s.received_from else "(created it)",
+                arrived,
+                _host(s.departed_to) if s.departed_to else "(holds it)",
+                left,
+                f"{s.first_entry}–{s.last_entry}",
+                f"grant {s.authority_from}" if s.authority_from is not None else s.authority,
+            )
+        parts.append(stays)
+        parts.append(
+            Text(
+                "authority: what the grant chain in force gives a holder that is one of its "
+                "audiences (each host's own policy may narrow it; no file shows that)"
+            )
+        )
+    if report.grants:
+        grants = Table(title="authority: the grant chain, root first", title_justify="left")
+        for column in ("#", "issuer", "audiences", "capabilities", "constraints", "valid (UTC)"):
+            grants.add_column(column, overflow="fold")
+        for g in report.grants:
+            capabilities = "; ".join(f"{c['res']}: {','.join(c['act'])}" for c in g.capabilities)
+            constraints = ", ".join(f"{k}={v}" for k, v in sorted(g.constraints.items())) or "none"
+            extra = (f"\nrenews {g.replaces[:16]}…" if g.replaces else "") + (
+                f"\nhome {_host(g.home)}" if g.home else ""
+            )
+            grants.add_row(
+                str(g.index),
+                _host(g.issuer) + extra,
+                ", ".join(_host(a) for a in g.audiences),
+                capabilities or "none",
+                constraints,
+                f"{when(g.not_before)} to {when(g.expires_at)}",
+            )
+        parts.append(grants)
+    checks = Table(title="checks", title_justify="left")
+    for column in ("result", "check", "detail"):
+        checks.add_column(column, overflow="fold")
+    marks = {Status.OK: "[green]ok[/]", Status.FAILED: "[red]FAILED[/]", Status.SKIPPED: "skipped"}
+    for c in report.checks:
+        checks.add_row(marks[c.status], Text(c.name), Text(c.detail))
+    parts.append(checks)
+    if report.ok:
+        parts.append(
+            Text(f"verified: all {len(report.checks)} checks pass ({report.hops} handoff(s))")
+        )
+    else:
+        parts.append(
+            Text(f"NOT verified: {len(report.failures)} of {len(report.checks)} checks failed")
+        )
+    return parts
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -1090,6 +1283,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(handler=cmd_object_create)
     show = objects.add_parser("show", parents=[common, tenant], help="show an object")
     show.add_argument("object_id")
+    show.add_argument(
+        "--export",
+        metavar="FILE",
+        help="write a signed archive of its grants and lineage for `gateway verify` instead",
+    )
     show.set_defaults(handler=cmd_object_show)
     release = objects.add_parser(
         "release", parents=[common, tenant], help="schedule a quarantined object again"
@@ -1188,6 +1386,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="required: admission itself happens by migration"
     )
     admit.set_defaults(handler=cmd_admit)
+
+    verify = commands.add_parser(
+        "verify",
+        help="check an object's custody and authority from a file and trust bundles alone",
+        description="Verify a transfer or proposal envelope (`gateway export`) or an object "
+        "archive (`gateway object show --export`) with no store, configuration or running "
+        "gateway: who held the object where and when, what authority each holder had and "
+        "from which grant, and whether every signature, chain link, checkpoint, departure "
+        "and arrival verifies. Exit 0 only if every check passes, 1 if one fails, 2 if the "
+        "input is not such a file.",
+    )
+    verify.add_argument("file", help="transfer, proposal or object archive file")
+    verify.add_argument(
+        "--trust",
+        action="append",
+        required=True,
+        metavar="BUNDLE",
+        help="a signed trust bundle (`gateway trust export`); repeat for every domain involved",
+    )
+    verify.add_argument(
+        "--at",
+        help="judge grant validity at this time (default: when the file was signed)",
+    )
+    verify.add_argument(
+        "-o", "--output", choices=["text", "json"], default="text", help="output format"
+    )
+    verify.add_argument("--debug", action="store_true", help="print tracebacks")
+    verify.set_defaults(handler=cmd_verify)
     return parser
 
 

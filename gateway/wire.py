@@ -261,6 +261,22 @@ def encode_lineage(lineage: Lineage) -> bytes:
     return bytes(_lineage_to_pb(lineage).SerializeToString())
 
 
+def decode_lineage(raw: bytes, *, max_size: int = MAX_ENVELOPE_BYTES) -> Lineage:
+    """A lineage on its own, as :func:`encode_lineage` wrote it (an archive for auditors,
+    fork evidence): size first, one byte form, the counters and times a transfer's lineage
+    may hold. Nothing is verified here (see :func:`gateway.lineage.verify_lineage`)."""
+    if len(raw) > max_size:
+        raise EnvelopeTooLargeError(f"lineage is {len(raw)} bytes; at most {max_size} accepted")
+    lineage = _lineage_from_pb(_parse(object_pb2.Lineage(), raw, "lineage", canonical=True))
+    for entry in lineage.entries:
+        if entry.epoch > limits.MAX_COUNTER or entry.generation > limits.MAX_COUNTER:
+            raise LimitExceededError(
+                f"lineage entry {entry.seq} has a counter above {limits.MAX_COUNTER}"
+            )
+        limits.check_time(entry.time, what=f"time of lineage entry {entry.seq}")
+    return lineage
+
+
 def _lineage_from_pb(message: object_pb2.Lineage) -> Lineage:
     for name, items in (("checkpoints", message.checkpoints), ("arrivals", message.arrivals)):
         # Each is a signature to check: bounded before any is decoded or verified.

@@ -40,6 +40,7 @@ from google.protobuf.message import Message
 
 from gateway import envelope as dsse
 from gateway import wire
+from gateway.audit import ARCHIVE_PAYLOAD_TYPE, Archive, archive_of, audit
 from gateway.authority import CapabilitySet, Constraints, EffectiveAuthority
 from gateway.config import EXAMPLE as CONFIG_EXAMPLE
 from gateway.config import load_config
@@ -669,6 +670,36 @@ def _mutate_signed_bundle(raw: bytes, rng: random.Random) -> bytes:
     return dsse.to_json(dsse.seal(changed, dsse.PayloadType.TRUST_BUNDLE, [WORLD.signer]))
 
 
+_LINEAGE = wire.decode_object(WORLD.stored).lineage
+_ARCHIVE = archive_of(
+    object_id=OBJECT,
+    tenant="default",
+    holder=HOST_A,
+    state="active",
+    epoch=0,
+    exported_at=T0,
+    grants=(WORLD.grant,),
+    lineage=_LINEAGE,
+)
+
+
+def _audit(raw: bytes) -> object:
+    """`gateway verify` on a file: a report, or ConfigError for input it does not read."""
+    return audit(raw, [("a.json", WORLD.signed_bundle)], now=T0)
+
+
+def _mutate_signed_archive(raw: bytes, rng: random.Random) -> bytes:
+    """An archive with a hostile change, signed by the exporter's real key."""
+    try:
+        payload = dsse.from_json(raw, max_size=1 << 24).payload
+    except Exception:  # not even a DSSE envelope any more: mutate its bytes
+        return mutate_bytes(raw, rng)
+    if rng.random() < 0.2:
+        return mutate_json(raw, rng)
+    changed = mutate_json(payload, rng)
+    return dsse.to_json(dsse.seal(changed, ARCHIVE_PAYLOAD_TYPE, [WORLD.signer]))
+
+
 TARGETS: tuple[Target, ...] = (
     Target(
         "envelope",
@@ -736,6 +767,20 @@ TARGETS: tuple[Target, ...] = (
         lambda raw: Event.decode("default/obj/000000000001/000", raw),
         (OUTBOX_EVENT,),
         mutate_json,
+    ),
+    Target(
+        "lineage",
+        wire.decode_lineage,
+        (wire.encode_lineage(_LINEAGE),),
+        _proto(object_pb2.Lineage),
+        wire.encode_lineage,
+    ),
+    Target("object-archive", Archive.decode, (_ARCHIVE,), mutate_json, Archive.encode),
+    Target(
+        "verify-file",
+        _audit,
+        (dsse.to_json(dsse.seal(_ARCHIVE, ARCHIVE_PAYLOAD_TYPE, [WORLD.signer])),),
+        _mutate_signed_archive,
     ),
     Target("config", _from_file(load_config, "host.yaml"), (CONFIG_EXAMPLE.encode(),), mutate_yaml),
     Target("object-spec", _from_file(load_spec, "spec.yaml"), (SPEC_EXAMPLE,), mutate_yaml),

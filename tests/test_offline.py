@@ -71,6 +71,13 @@ def test_a_round_of_files_moves_the_only_live_copy(world: World, tmp_path: Path)
     assert "frozen for" in exported.stdout and t.read_bytes().startswith(MAGIC)
     assert live(world) == [HOST_A] and state(world, HOST_A).state is LifecycleState.FROZEN  # type: ignore[union-attr]
 
+    # A third party verifies the transfer file with org-a's bundle alone, offline.
+    bundle = tmp_path / "org-a.bundle.json"
+    cli(world, HOST_A, "trust", "export", "--out", bundle)
+    verified = run_cli("verify", t, "--trust", bundle, "-o", "json", cwd=tmp_path)
+    assert verified.returncode == 0, verified.stderr
+    assert json.loads(verified.stdout)["object_id"] == OBJECT
+
     cli(world, HOST_B, "import", t, "-o", r)
     assert live(world) == [HOST_A], "staged is not live"
     assert json.loads(r.read_text())["payloadType"] == dsse.PayloadType.STAGED_RECEIPT

@@ -113,6 +113,19 @@ def _frames(src: BinaryIO, *, first_limit: int) -> Iterator[bytes]:
         limit = MAX_CHUNK_FRAME
 
 
+def transfer_envelope(path: Path) -> bytes:
+    """The signed transfer at the head of a transfer file (its data frames are not read),
+    for ``gateway verify``."""
+    try:
+        with open(path, "rb") as src:
+            raw = next(_frames(src, first_limit=wire.MAX_ENVELOPE_BYTES), None)
+    except OSError as exc:
+        raise HandoffError(f"cannot read {path}: {exc.strerror}") from exc
+    if raw is None:
+        raise EnvelopeError("transfer file holds no transfer")
+    return raw
+
+
 async def write_transfer_file(source: Source, migration_id: str, path: Path) -> Step:
     """Write the journaled transfer of a FROZEN migration (and its data) to ``path``;
     atomically (a temporary file renamed), so a crash leaves no half file."""
@@ -324,5 +337,6 @@ __all__ = [
     "import_decision",
     "import_transfer",
     "read_signed",
+    "transfer_envelope",
     "write_transfer_file",
 ]
