@@ -219,6 +219,8 @@ class RunningWorld:
         return obj
 
     def close(self) -> None:
+        """Stop every host; the fixture does it when the test ends, a test may before
+        reading the stores of stopped hosts."""
         raise NotImplementedError
 
 
@@ -306,6 +308,9 @@ class InProcessWorld(RunningWorld):
         return self.start(host_id)
 
     def close(self) -> None:
+        """Stop every host and the event loop (again: nothing more happens)."""
+        if self._loop.is_closed():
+            return
         try:
             for host_id in list(self.hosts):
                 with contextlib.suppress(Exception):
@@ -437,6 +442,7 @@ class ProcessWorld(RunningWorld):
             raise AssertionError(f"{host_id} still runs after {timeout} s") from None
 
     def close(self) -> None:
+        """Stop every server (again: nothing more happens)."""
         self._stack.close()
 
     # --- acting --------------------------------------------------------------------------
