@@ -12,15 +12,35 @@ import pytest
 from gateway.config import load_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+#: Example test files a user's CI can copy (they use the gateway's pytest plugin).
+TEST_FILES = sorted(EXAMPLES.glob("test_*.py"))
+SCRIPTS = sorted(set(EXAMPLES.glob("*.py")) - set(TEST_FILES))
 
 
-@pytest.mark.parametrize("script", sorted(EXAMPLES.glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_example_script_runs(script: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip(), "an example should show what it did"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("test_file", TEST_FILES, ids=lambda p: p.name)
+def test_example_test_file_passes_under_pytest(test_file: Path, tmp_path: Path) -> None:
+    """As a user's CI runs it: pytest in a fresh process, the plugin loaded through its
+    entry point (nothing from tests/conftest.py), every test passing."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout
 
 
 @pytest.mark.parametrize("config", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
@@ -31,7 +51,7 @@ def test_example_config_parses(config: Path) -> None:
 
 
 def test_there_are_examples() -> None:
-    assert list(EXAMPLES.glob("*.py")) and list(EXAMPLES.glob("*.yaml"))
+    assert SCRIPTS and TEST_FILES and list(EXAMPLES.glob("*.yaml"))
 
 
 @pytest.mark.slow

@@ -15,7 +15,6 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
 
 import pytest
 
@@ -38,7 +37,6 @@ from gateway.errors import (
     UntrustedKeyError,
 )
 from gateway.handoff.messages import NONCE_BYTES, Outcome, Transfer
-from gateway.handoff.peers import PeerClient, Peers
 from gateway.handoff.records import DestinationStep, SourceStep
 from gateway.handoff.source import Source, open_decision
 from gateway.host import Host
@@ -46,6 +44,8 @@ from gateway.keys import Signer
 from gateway.lineage import EntryKind, verify_lineage
 from gateway.model import GovernedObject, LifecycleState
 from gateway.testing import World, sealed_transfer, serving, sign_transfer
+from gateway.testing.faults import FaultyPeers
+from gateway.testing.plugin import WorldFactory
 from tests.conftest import HOST_A, HOST_A2, HOST_B
 
 OBJECT = "obj://org-a.example/billing/invoice-42"
@@ -119,47 +119,6 @@ def forge_transfer(
     return sign_transfer(host, transfer, signer=signer)
 
 
-class LossyPeers:
-    """Real gRPC peers, except that chosen calls are lost: before reaching the peer
-    (``drop``) or after the peer acted, on the way back (``lose_reply``)."""
-
-    def __init__(
-        self, real: Peers, *, drop: set[str] = frozenset(), lose_reply: set[str] = frozenset()
-    ) -> None:
-        self.real, self.drop, self.lose_reply = real, drop, lose_reply
-
-    def client(self, host_id: str) -> PeerClient:
-        real, drop, lose_reply = self.real.client(host_id), self.drop, self.lose_reply
-
-        class Lossy:
-            async def _call(self, name: str, call: Awaitable[object]) -> object:
-                if name in drop:
-                    call.close()  # type: ignore[attr-defined]
-                    raise PeerUnavailableError(f"{name} lost before reaching {host_id}")
-                result = await call
-                if name in lose_reply:
-                    raise PeerUnavailableError(f"reply to {name} lost on the way back")
-                return result
-
-            async def prepare(self, transfer: bytes) -> bytes:
-                return await self._call("prepare", real.prepare(transfer))  # type: ignore[return-value]
-
-            async def prepare_stream(self, transfer: bytes, data: Any, *, size: int) -> bytes:
-                call = real.prepare_stream(transfer, data, size=size)
-                return await self._call("prepare", call)  # type: ignore[return-value]
-
-            async def commit(self, migration_id: str) -> bytes:
-                return await self._call("commit", real.commit(migration_id))  # type: ignore[return-value]
-
-            async def abort(self, migration_id: str, reason: str) -> None:
-                await self._call("abort", real.abort(migration_id, reason))
-
-            async def decision(self, migration_id: str) -> bytes:
-                return await self._call("decision", real.decision(migration_id))  # type: ignore[return-value]
-
-        return Lossy()
-
-
 # --- the happy path ---------------------------------------------------------------------
 
 
@@ -209,15 +168,19 @@ def test_round_trip_extends_the_same_history(world: World) -> None:
     run(world, scenario)
 
 
-def test_every_call_is_idempotent_and_a_settled_transfer_cannot_be_replayed(world: World) -> None:
+def test_every_call_is_idempotent_and_a_settled_transfer_cannot_be_replayed(
+    gateway_world: WorldFactory, world: World
+) -> None:
     """While a migration is open, re-sending Prepare gets the same receipt; Commit is
     idempotent; once settled, the captured transfer is refused and changes nothing."""
+    running = gateway_world(world)
+    running.network(HOST_A).drop("commit", to=HOST_B)
 
     async def scenario(hosts: dict[str, Host]) -> None:
         a = hosts[HOST_A]
         await create(a)
-        lossy = Source(a.context, LossyPeers(a.peers, drop={"commit"}))
-        result = await lossy.migrate(OBJECT, tenant="default", destination=HOST_B)
+        result = await a.migrate(OBJECT, tenant="default", destination=HOST_B)
+        assert result.step is SourceStep.COMMITTED
         record = (await a.journal.source(result.migration_id)).value  # type: ignore[union-attr]
         client = a.peers.client(HOST_B)
         assert await client.prepare(record.transfer) == record.staged_receipt  # still STAGED
@@ -229,7 +192,7 @@ def test_every_call_is_idempotent_and_a_settled_transfer_cannot_be_replayed(worl
             await client.prepare(record.transfer)
         assert await placement(hosts) == before
 
-    run(world, scenario)
+    running.run(scenario(running.hosts))
 
 
 def test_two_migrations_of_one_object_race_and_one_wins(world: World) -> None:
@@ -473,33 +436,39 @@ def test_unreachable_destination_aborts_and_the_object_resumes(world: World) -> 
     run(world, scenario, hosts=[HOST_A])  # B is configured but not running
 
 
-def test_lost_prepare_reply_aborts_on_both_sides(world: World) -> None:
+def test_lost_prepare_reply_aborts_on_both_sides(gateway_world: WorldFactory, world: World) -> None:
     """B stages, its receipt is lost: A aborts and tells B, which discards its copy."""
+    running = gateway_world(world)
+    running.network(HOST_A).lose_reply("prepare", to=HOST_B)
 
     async def scenario(hosts: dict[str, Host]) -> None:
         a, b = hosts[HOST_A], hosts[HOST_B]
         await create(a)
-        lossy = Source(a.context, LossyPeers(a.peers, lose_reply={"prepare"}))
         with pytest.raises(PeerUnavailableError):
-            await lossy.migrate(OBJECT, tenant="default", destination=HOST_B)
+            await a.migrate(OBJECT, tenant="default", destination=HOST_B)
         await assert_settled_on(hosts, HOST_A)
         (key,) = await b.store.list("journal/destination/")
         record = await b.journal.destination(key.removeprefix("journal/destination/"))
         assert record is not None and record.value.step is DestinationStep.ABORTED
         assert record.value.staged is None
 
-    run(world, scenario)
+    running.run(scenario(running.hosts))
+    running.assert_invariants(OBJECT)
 
 
-def test_staged_copy_left_behind_asks_and_is_discarded(world: World) -> None:
+def test_staged_copy_left_behind_asks_and_is_discarded(
+    gateway_world: WorldFactory, world: World
+) -> None:
     """Reply and Abort both lost: B holds a staged copy until it asks A, which says aborted."""
+    running = gateway_world(world)
+    running.network(HOST_A).lose_reply("prepare", to=HOST_B)
+    running.network(HOST_A).drop("abort", to=HOST_B)
 
     async def scenario(hosts: dict[str, Host]) -> None:
         a, b = hosts[HOST_A], hosts[HOST_B]
         await create(a)
-        lossy = Source(a.context, LossyPeers(a.peers, lose_reply={"prepare"}, drop={"abort"}))
         with pytest.raises(PeerUnavailableError):
-            await lossy.migrate(OBJECT, tenant="default", destination=HOST_B)
+            await a.migrate(OBJECT, tenant="default", destination=HOST_B)
         (key,) = await b.store.list("journal/destination/")
         migration_id = key.removeprefix("journal/destination/")
         assert (await b.journal.destination(migration_id)).value.step is DestinationStep.STAGED  # type: ignore[union-attr]
@@ -509,18 +478,22 @@ def test_staged_copy_left_behind_asks_and_is_discarded(world: World) -> None:
         assert (await b.journal.destination(migration_id)).value.step is DestinationStep.ABORTED  # type: ignore[union-attr]
         await assert_settled_on(hosts, HOST_A)
 
-    run(world, scenario)
+    running.run(scenario(running.hosts))
+    running.assert_invariants(OBJECT)
 
 
-def test_lost_commit_is_finished_by_recovery_on_either_side(world: World) -> None:
+def test_lost_commit_is_finished_by_recovery_on_either_side(
+    gateway_world: WorldFactory, world: World
+) -> None:
     """Commit never arrives: A has committed (MOVED), B only staged. B's recovery asks and
     activates; A's recovery then re-sends Commit and gets the activation receipt."""
+    running = gateway_world(world)
+    running.network(HOST_A).drop("commit", to=HOST_B)
 
     async def scenario(hosts: dict[str, Host]) -> None:
         a, b = hosts[HOST_A], hosts[HOST_B]
         await create(a)
-        lossy = Source(a.context, LossyPeers(a.peers, drop={"commit"}))
-        result = await lossy.migrate(OBJECT, tenant="default", destination=HOST_B)
+        result = await a.migrate(OBJECT, tenant="default", destination=HOST_B)
         assert result.step is SourceStep.COMMITTED
         records = await placement(hosts)
         assert records[HOST_A].state is LifecycleState.MOVED
@@ -534,7 +507,8 @@ def test_lost_commit_is_finished_by_recovery_on_either_side(world: World) -> Non
         record = await a.journal.source(result.migration_id)
         assert record is not None and record.value.step is SourceStep.DONE
 
-    run(world, scenario)
+    running.run(scenario(running.hosts))
+    running.assert_invariants(OBJECT)
 
 
 def test_decision_aborts_what_was_not_committed(world: World) -> None:
@@ -544,7 +518,9 @@ def test_decision_aborts_what_was_not_committed(world: World) -> None:
     async def scenario(hosts: dict[str, Host]) -> None:
         a, b = hosts[HOST_A], hosts[HOST_B]
         await create(a)
-        stalled = Source(a.context, LossyPeers(a.peers, drop={"prepare"}))
+        network = FaultyPeers(a.peers)
+        network.drop("prepare", to=HOST_B)
+        stalled = Source(a.context, network)
         frozen_at_prepare: list[str] = []
 
         async def freeze_only() -> None:

@@ -4,7 +4,6 @@ operator, real mTLS sockets on loopback, and the stores read back afterwards."""
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,8 @@ from gateway.handoff.records import DestinationStep, SourceStep
 from gateway.lineage import EntryKind, verify_lineage
 from gateway.model import GovernedObject, LifecycleState
 from gateway.stores import StateStore
-from gateway.testing import (
-    HostSpec,
-    ServerProcess,
-    build_world,
-    read_store,
-    run_cli,
-    start_all,
-    trust_of,
-)
+from gateway.testing import HostSpec, read_store, run_cli, trust_of
+from gateway.testing.plugin import WorldFactory
 from tests.conftest import HOST_A, HOST_B
 
 pytestmark = pytest.mark.slow
@@ -46,24 +38,26 @@ def object_and_journals(
     return read_store(config, read)
 
 
-def test_cli_migration_between_two_server_processes(tmp_path: Path) -> None:
-    world = build_world(tmp_path, [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_B)])
+def test_cli_migration_between_two_server_processes(gateway_world: WorldFactory) -> None:
+    world = gateway_world([HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_B)], mode="process")
     config_a, config_b = world.config(HOST_A), world.config(HOST_B)
     data = json.dumps({"invoice": 7, "amount": 99})
-    with ExitStack() as stack:
-        start_all(stack, ServerProcess(config_a), ServerProcess(config_b))
-        created = run_cli("object", "create", OBJECT, "--data", data, config=config_a)
-        assert created.returncode == 0, created.stderr
-        moved = run_cli("migrate", OBJECT, "--to", HOST_B, config=config_a)
-        assert moved.returncode == 0, moved.stderr
-        assert "moved to" in moved.stdout
-        lineage = run_cli("lineage", OBJECT, config=config_b)
-        assert lineage.returncode == 0, lineage.stderr
-        assert "lineage verified: 3 entries" in lineage.stdout
-        assert "custody verified: 1 handoff(s)" in lineage.stdout
-        assert "org-a.example/cluster/east/gateway → org-b.example/cluster/west/gateway" in (
-            lineage.stdout
-        )
+    created = world.cli(HOST_A, "object", "create", OBJECT, "--data", data)
+    assert created.returncode == 0, created.stderr
+    moved = world.migrate(OBJECT, source=HOST_A, to=HOST_B)
+    assert moved.returncode == 0, moved.stderr
+    assert "moved to" in moved.stdout
+    lineage = world.cli(HOST_B, "lineage", OBJECT)
+    assert lineage.returncode == 0, lineage.stderr
+    assert "lineage verified: 3 entries" in lineage.stdout
+    assert "custody verified: 1 handoff(s)" in lineage.stdout
+    assert "org-a.example/cluster/east/gateway → org-b.example/cluster/west/gateway" in (
+        lineage.stdout
+    )
+    # One live copy, no widening, lineage and custody verify, read from both stores.
+    assert world.wait_settled(OBJECT) == HOST_B
+    world.assert_invariants(OBJECT)
+    world.close()
 
     # Servers are stopped; read each host's own SQLite file.
     source, source_journal, _ = object_and_journals(config_a, OBJECT)
