@@ -8,7 +8,8 @@ offers only pubsub:alerts/overdue and narrows every arriving object to what it o
 with a child grant recorded in the lineage. The invoice goes to org-b over mTLS (both
 `gateway serve` processes), comes back to org-a (still narrowed: a narrowing sticks),
 and then goes to org-b again with no network at all: the operators carry files. At the
-end org-b shows the verified lineage and chain of custody.
+end org-b shows the verified lineage and chain of custody, and an auditor holding only the
+two trust bundles verifies the object's archive with `gateway verify`.
 """
 
 from __future__ import annotations
@@ -98,6 +99,17 @@ def exchange(directory: Path) -> None:
     say("offline: org-b activates", gateway(world, ORG_B, "import", commit, "-o", activated))
     say("offline: org-a finishes", gateway(world, ORG_A, "export", "--complete", activated))
     say("org-b: lineage and custody", gateway(world, ORG_B, "lineage", INVOICE))
+
+    # An auditor with nothing but the two organizations' trust bundles checks the history.
+    bundles = [directory / "org-a.bundle.json", directory / "org-b.bundle.json"]
+    gateway(world, ORG_A, "trust", "export", "--out", bundles[0])
+    gateway(world, ORG_B, "trust", "export", "--out", bundles[1])
+    archive = directory / "invoice-archive.json"
+    gateway(world, ORG_B, "object", "show", INVOICE, "--export", archive)
+    verified = run_cli("verify", archive, "--trust", bundles[0], "--trust", bundles[1])
+    if verified.returncode != 0:
+        raise SystemExit(f"gateway verify failed: {verified.stderr.strip()}")
+    say("an auditor: gateway verify invoice-archive.json --trust ...", verified.stdout.strip())
 
 
 def main() -> None:

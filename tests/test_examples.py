@@ -75,3 +75,4 @@ def test_the_partner_exchange_walkthrough_shows_each_promise(tmp_path: Path) -> 
     assert "offline: org-b activates" in out and "done: " in out
     assert "custody verified: 3 handoff(s)" in out
     assert (tmp_path / "invoice.gwx").exists() and (tmp_path / "commit.json").exists()
+    assert "== an auditor: gateway verify" in out
