@@ -29,8 +29,8 @@ from gateway.lineage import verify_lineage
 from gateway.model import GovernedObject, LifecycleState
 from gateway.stores import Expect
 from gateway.testing import World, serving
+from gateway.testing.faults import FaultyPeers
 from tests.conftest import HOST_A, HOST_B
-from tests.test_handoff import LossyPeers
 
 OBJECT = "obj://org-a.example/archive/scan-7"
 SIZE = 5 * CHUNK_BYTES + 12_345  # several chunks and a partial one
@@ -151,7 +151,9 @@ def test_an_aborted_stream_migration_discards_the_staged_chunks(world: World) ->
     async def scenario(hosts: dict[str, Host]) -> None:
         a, b = hosts[HOST_A], hosts[HOST_B]
         await create_large(a)
-        lossy = Source(a.context, LossyPeers(a.peers, lose_reply={"prepare"}))
+        network = FaultyPeers(a.peers, sender=a.host_id)
+        network.lose_reply("prepare")
+        lossy = Source(a.context, network)
         with pytest.raises(Exception):  # noqa: B017, PT011 - the reply was lost: PeerUnavailableError
             await lossy.migrate(OBJECT, tenant="default", destination=HOST_B)
         assert await b.store.list("upload/") == []  # B staged, then discarded on Abort
