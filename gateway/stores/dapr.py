@@ -3,25 +3,34 @@
 
 How the protocol's guarantees map onto Dapr's state API:
 
-* **ETags** are the sidecar's. A write with an ETag is sent with that ETag (Dapr refuses it
-  with ``Aborted`` on mismatch); Dapr's writes return no ETag, so none is returned here.
-* **"Must be absent" and prefix listing** have no Dapr primitive, so the store keeps an
-  *existence index*: for every first key segment (``t``, ``journal``, ``open`` …; keys
-  without a ``/`` form one more family), :data:`SHARDS` index documents
-  ``__index__/<segment, hex>/<shard>`` list the keys that exist, and
-  ``__index__/families`` lists the segments seen.
-  Every transaction that creates or deletes a key also rewrites the key's index shard,
-  conditional on the shard's ETag, in the same ``ExecuteStateTransaction``. So the shards
-  change exactly when existence changes, and two creators of one key cannot both
-  succeed: the second fails on the shard's ETag, re-reads, and finds the key present.
-  Writes to keys that exist carry the ETag read just before, so even an unconditional
-  write can never resurrect a key deleted meanwhile behind the index's back.
+* **ETags** are the sidecar's. A write to a key that exists is sent with the ETag read
+  just before (Dapr refuses it on mismatch); Dapr's writes return no ETag, so none is
+  returned here.
+* **"Must be absent"** is the component's own: a key that does not exist is written by an
+  upsert *without* ETag under first-write concurrency, inside the transaction. On daprd
+  (state.sqlite, state.postgresql v2) that inserts a missing key and fails the whole
+  transaction if the key exists; an upsert with an ETag never issued fails for a missing
+  key as for an existing one, so an ETag cannot express it (docs/dapr.md has the runs).
+  The SDK's transaction operation has no ``StateOptions``, so transactions go through
+  the raw runtime stub.
+* **Prefix listing** has no Dapr primitive, so the store keeps an index: for every first
+  key segment (``t``, ``journal``, ``open`` …; keys without a ``/`` form one more
+  family) a binary trie on the SHA-256 of the keys, of documents
+  ``__index__/<segment, hex>/n<bits>``, starting :data:`ROOT_BITS` bits deep (32 roots,
+  created on first use, so fresh families do not funnel every creator into one leaf). A leaf lists at most :data:`LEAF_KEYS` keys; a
+  transaction that would make it list more turns it into a split marker and creates its
+  two children (insert-only) at once. Every transaction that creates or deletes a key
+  rewrites the key's leaf, conditional on the leaf's ETag (or insert-only for a new
+  root), so the index changes exactly when existence changes, and what a create or
+  delete costs is bounded whatever the number of keys. Splits are never undone, so the
+  store remembers split nodes and goes straight to the leaf. ``__index__/families`` lists
+  the segments seen (only rewritten when a new one appears).
 * **Atomicity** is ``ExecuteStateTransaction``'s: the component must be transactional.
 * **Values** are stored with a one-byte header, because Dapr answers a missing key with
   empty data: without it an empty value and no value would look the same.
 
-Errors from the sidecar map to store errors: ``Aborted`` → ConcurrencyError (after the
-index retries described above), ``Unavailable``/``DeadlineExceeded`` →
+Errors from the sidecar map to store errors: ``Aborted`` → ConcurrencyError (after
+re-reading: a transaction that lost a race is decided again from fresh reads), ``Unavailable``/``DeadlineExceeded`` →
 StoreUnavailableError. Components do not report conflicts alike: inside a transaction
 daprd wraps every error as ``Internal``, and a first write that lost its race reads "no
 item was updated" (state.postgresql v2) or "failed to set key" (state.redis); all of
@@ -51,6 +60,7 @@ import builtins
 import contextlib
 import hashlib
 import json
+import random
 import time
 import urllib.error
 import urllib.request
@@ -76,11 +86,14 @@ from gateway.stores import Delete, Expect, Item, Operation, Put
 
 #: Most keys one index leaf lists; a leaf that would list more splits in two. Bounds
 #: what each create or delete rewrites, whatever the number of keys.
-LEAF_KEYS = 256
+LEAF_KEYS = 64
 INDEX = "__index__/"
 _SPLIT = b'{"split":true}'
 #: Bits of SHA-256: no trie path is longer.
 _MAX_DEPTH = 256
+#: Each family's trie starts 2**ROOT_BITS roots wide, so that concurrent creators in a
+#: fresh family do not all queue on one leaf until it splits.
+ROOT_BITS = 5
 _HEADER = b"\x00"
 _BULK = 100
 _ATTEMPTS = 12
@@ -94,8 +107,16 @@ def _family(key: str) -> str:
 
 
 def _node(family: str, path: str) -> str:
-    """The index node of ``family`` at trie ``path`` (a string of bits, "" for the root)."""
+    """The index node of ``family`` at trie ``path`` (a string of bits; the roots have
+    ROOT_BITS of them)."""
     return f"{INDEX}{family.encode().hex()}/n{path}"
+
+
+def _roots() -> tuple[str, ...]:
+    return tuple(format(n, f"0{ROOT_BITS}b") for n in range(2**ROOT_BITS))
+
+
+_ROOTS = _roots()
 
 
 def _bit(key: str, position: int) -> str:
@@ -186,8 +207,8 @@ class _Transient(Exception):
 
 
 class _Stale(Exception):
-    """Existence changed between reading a key and reading its index shard, or the
-    component rolled back an index creation (busy, deadlock): decide again."""
+    """Existence changed between reading a key and reading its index leaf, or a trie node
+    was not where its split parent says: decide again from fresh reads."""
 
 
 @contextlib.contextmanager
@@ -434,7 +455,7 @@ class DaprStore:
             names = _index_keys(known[FAMILIES][0]) if FAMILIES in known else []
             families = ["", *(name for name in names if name.startswith(prefix))]
         # Walk each family's trie level by level: split nodes name their two children.
-        level = [_node(family, "") for family in families]
+        level = [_node(family, path) for family in families for path in _ROOTS]
         keys: builtins.list[str] = []
         for _depth in range(_MAX_DEPTH + 1):
             if not level:
@@ -468,7 +489,8 @@ class DaprStore:
         for _attempt in range(_ATTEMPTS):
             if await self._try_transact(ops):
                 return
-            await asyncio.sleep(0.005 * (1 + _attempt))
+            # Jittered: writers that lost to each other should not collide again.
+            await asyncio.sleep(random.uniform(0.001, 0.005 * (1 + _attempt)))  # noqa: S311 - backoff jitter, not a secret
         # Not a ConcurrencyError: no precondition of the caller failed, and callers read
         # ConcurrencyError as "somebody else decided first".
         raise StoreContentionError(
@@ -533,11 +555,11 @@ class DaprStore:
         self, keys: Iterable[str]
     ) -> dict[str, tuple[str, builtins.list[str], str | None]]:
         """For each key, the index leaf that lists it or would: (node, keys, ETag), with
-        ETag None for a root not written yet. Splits are permanent, so nodes known to be
+        ETag None for a root not written yet (roots are created on first use). Splits are permanent, so nodes known to be
         split are skipped without reading them."""
         paths: dict[str, str] = {}
         for key in keys:
-            path = ""
+            path = "".join(_bit(key, n) for n in range(ROOT_BITS))
             while _node(_family(key), path) in self._split and len(path) < _MAX_DEPTH:
                 path += _bit(key, len(path))
             paths[key] = path
@@ -550,7 +572,7 @@ class DaprStore:
             found = await self._bulk(list(nodes.values()))
             for key, node in nodes.items():
                 if node not in found:
-                    if paths[key]:
+                    if len(paths[key]) > ROOT_BITS:
                         raise _Stale()  # children are created with their parent's split
                     leaves[key] = (node, [], None)
                     continue
@@ -675,9 +697,9 @@ def _leaf_keys(raw: bytes) -> builtins.list[str] | None:
 
 
 def _index_keys(raw: bytes) -> builtins.list[str]:
-    keys = load_json(_decode("index", raw), error=StoreError, what="a key index shard")
+    keys = load_json(_decode("index", raw), error=StoreError, what="a key index node")
     if not isinstance(keys, list):
-        raise StoreError("a key index shard is damaged")
+        raise StoreError("a key index node is damaged")
     return [str(k) for k in keys]
 
 

@@ -303,10 +303,12 @@ def test_index_leaves_stay_bounded_as_keys_come_and_go(
     async def main() -> None:
         async with dapr_store(tmp_path / "daprd.db") as store:
             family = f"split{uuid.uuid4().hex[:8]}"
-            keys = [f"{family}/{n:03d}" for n in range(60)]
-            await store.transact([Put(key=k, value=b"", etag=Expect.ABSENT) for k in keys[:20]])
+            keys = [f"{family}/{n:03d}" for n in range(240)]
+            # One transaction that overfills roots (splits several levels at once), then
+            # concurrent creators.
+            await store.transact([Put(key=k, value=b"", etag=Expect.ABSENT) for k in keys[:160]])
             await asyncio.gather(
-                *(store.put(k, b"", etag=Expect.ABSENT) for k in keys[20:]),
+                *(store.put(k, b"", etag=Expect.ABSENT) for k in keys[160:]),
             )
             for key in keys[::3]:
                 await store.delete(key, etag=Expect.ANY)
@@ -315,13 +317,18 @@ def test_index_leaves_stay_bounded_as_keys_come_and_go(
             assert await store.list(f"{family}/0", limit=5) == alive[:5]
             # A second client (no cached splits) sees the same.
             assert await DaprStore(store.client, STORE).list(f"{family}/") == alive
-            response = await store.client.get_bulk_state(
-                store_name=STORE, keys=[*store._split, *(s + b for s in store._split for b in "01")]
-            )
-            leaves = [
-                json.loads(item.data[1:]) for item in response.items if item.data[1:2] == b"["
-            ]
-            assert leaves, "the family's index should have split"
+            roots = [dapr_module._node(family, path) for path in dapr_module._ROOTS]
+            children = [node + bit for node in store._split for bit in "01"]
+            nodes = [*roots, *children]
+            leaves = []
+            for start in range(0, len(nodes), 50):
+                response = await store.client.get_bulk_state(
+                    store_name=STORE, keys=nodes[start : start + 50]
+                )
+                leaves += [
+                    json.loads(item.data[1:]) for item in response.items if item.data[1:2] == b"["
+                ]
+            assert store._split, "the family's index should have split"
             assert max(len(leaf) for leaf in leaves) <= 4
             assert sorted(k for leaf in leaves for k in leaf) == alive
 
