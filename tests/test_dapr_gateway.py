@@ -622,7 +622,9 @@ def test_two_replicas_of_one_host_share_cycles_and_arrivals_on_real_daprd(
 
         # 1. Replica 2 dies in the middle of its first cycle.
         # daprd reaches an app port whose app went away (an earlier run's) only after gRPC's
-        # reconnect backoff, up to 120 s: until then replica 2 gets no triggers.
+        # reconnect backoff, up to 120 s: until then that replica gets no triggers (and
+        # the ones its sidecar is given fail). Both must be taking triggers first.
+        _wait_for(lambda: _evaluations(logs[0]), 180, "replica 1's first cycle")
         _wait_for(lambda: replicas[1].process.poll() is not None, 180, "replica 2's cycle")  # type: ignore[union-attr]
         assert replicas[1].process.returncode == -9  # type: ignore[union-attr]
         killed_mid_cycle = time.time()
