@@ -27,6 +27,8 @@ CRASH_POINTS: tuple[str, ...] = (
     "destination.after-discard",  # ABORTED written, Abort not answered
     "home.before-claim",  # custody claim verified, nothing written
     "home.after-claim",  # custody record written, receipt not sent
+    "cycle.before-commit",  # object evaluated, nothing written
+    "cycle.after-commit",  # evaluation written, the trigger not answered
 )
 
 _ARMED = frozenset(p for p in os.environ.get("GATEWAY_TEST_CRASH_AT", "").split(",") if p)

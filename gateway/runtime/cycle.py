@@ -24,6 +24,7 @@ import logging
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from gateway._crash import crash_point
 from gateway._time import format_time
 from gateway.errors import (
     AdmissionDeniedError,
@@ -90,10 +91,12 @@ class CycleRunner:
         operations: list[Operation] = [put_object(tenant, evaluated, loaded.etag)]
         for event in events:
             operations.extend(outbox_puts(event))
+        crash_point("cycle.before-commit")
         try:
             await ctx.journal.store.transact(operations)
         except ConcurrencyError:
             return CycleReport(result=CycleResult.CONFLICT)
+        crash_point("cycle.after-commit")
         return CycleReport(
             result=CycleResult.EVALUATED, cycle=evaluated.cycle, admitted=admitted, denied=denied
         )

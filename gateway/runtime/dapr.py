@@ -200,6 +200,17 @@ class DaprJobs:
         target = json.loads(data)
         tenant, object_id = target["tenant"], target["object_id"]
         report = await self.runner.run(tenant, object_id)
+        if report.result is CycleResult.EVALUATED and report.cycle is not None:
+            # One line per cycle this replica ran: with several replicas of one host, the
+            # logs say which replica evaluated which generation.
+            due = report.cycle.next_due
+            log.info(
+                "cycle evaluated: %s %s generation %d next due %s",
+                tenant,
+                object_id,
+                report.cycle.generation,
+                format_time(due) if due is not None else "-",
+            )
         if report.result is CycleResult.SKIPPED and report.cycle is None:
             await self.unschedule(tenant, object_id)
 

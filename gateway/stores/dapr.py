@@ -3,25 +3,34 @@
 
 How the protocol's guarantees map onto Dapr's state API:
 
-* **ETags** are the sidecar's. A write with an ETag is sent with that ETag (Dapr refuses it
-  with ``Aborted`` on mismatch); Dapr's writes return no ETag, so none is returned here.
-* **"Must be absent" and prefix listing** have no Dapr primitive, so the store keeps an
-  *existence index*: for every first key segment (``t``, ``journal``, ``open`` …; keys
-  without a ``/`` form one more family), :data:`SHARDS` index documents
-  ``__index__/<segment, hex>/<shard>`` list the keys that exist, and
-  ``__index__/families`` lists the segments seen.
-  Every transaction that creates or deletes a key also rewrites the key's index shard,
-  conditional on the shard's ETag, in the same ``ExecuteStateTransaction``. So the shards
-  change exactly when existence changes, and two creators of one key cannot both
-  succeed: the second fails on the shard's ETag, re-reads, and finds the key present.
-  Writes to keys that exist carry the ETag read just before, so even an unconditional
-  write can never resurrect a key deleted meanwhile behind the index's back.
+* **ETags** are the sidecar's. A write to a key that exists is sent with the ETag read
+  just before (Dapr refuses it on mismatch); Dapr's writes return no ETag, so none is
+  returned here.
+* **"Must be absent"** is the component's own: a key that does not exist is written by an
+  upsert *without* ETag under first-write concurrency, inside the transaction. On daprd
+  (state.sqlite, state.postgresql v2) that inserts a missing key and fails the whole
+  transaction if the key exists; an upsert with an ETag never issued fails for a missing
+  key as for an existing one, so an ETag cannot express it (docs/dapr.md has the runs).
+  The SDK's transaction operation has no ``StateOptions``, so transactions go through
+  the raw runtime stub.
+* **Prefix listing** has no Dapr primitive, so the store keeps an index: for every first
+  key segment (``t``, ``journal``, ``open`` …; keys without a ``/`` form one more
+  family) a binary trie on the SHA-256 of the keys, of documents
+  ``__index__/<segment, hex>/n<bits>``, starting :data:`ROOT_BITS` bits deep (32 roots,
+  created on first use, so fresh families do not funnel every creator into one leaf). A leaf lists at most :data:`LEAF_KEYS` keys; a
+  transaction that would make it list more turns it into a split marker and creates its
+  two children (insert-only) at once. Every transaction that creates or deletes a key
+  rewrites the key's leaf, conditional on the leaf's ETag (or insert-only for a new
+  root), so the index changes exactly when existence changes, and what a create or
+  delete costs is bounded whatever the number of keys. Splits are never undone, so the
+  store remembers split nodes and goes straight to the leaf. ``__index__/families`` lists
+  the segments seen (only rewritten when a new one appears).
 * **Atomicity** is ``ExecuteStateTransaction``'s: the component must be transactional.
 * **Values** are stored with a one-byte header, because Dapr answers a missing key with
   empty data: without it an empty value and no value would look the same.
 
-Errors from the sidecar map to store errors: ``Aborted`` → ConcurrencyError (after the
-index retries described above), ``Unavailable``/``DeadlineExceeded`` →
+Errors from the sidecar map to store errors: ``Aborted`` → ConcurrencyError (after
+re-reading: a transaction that lost a race is decided again from fresh reads), ``Unavailable``/``DeadlineExceeded`` →
 StoreUnavailableError. Components do not report conflicts alike: inside a transaction
 daprd wraps every error as ``Internal``, and a first write that lost its race reads "no
 item was updated" (state.postgresql v2) or "failed to set key" (state.redis); all of
@@ -51,6 +60,7 @@ import builtins
 import contextlib
 import hashlib
 import json
+import random
 import time
 import urllib.error
 import urllib.request
@@ -74,8 +84,16 @@ from gateway.errors import (
 )
 from gateway.stores import Delete, Expect, Item, Operation, Put
 
-SHARDS = 32
+#: Most keys one index leaf lists; a leaf that would list more splits in two. Bounds
+#: what each create or delete rewrites, whatever the number of keys.
+LEAF_KEYS = 64
 INDEX = "__index__/"
+_SPLIT = b'{"split":true}'
+#: Bits of SHA-256: no trie path is longer.
+_MAX_DEPTH = 256
+#: Each family's trie starts 2**ROOT_BITS roots wide, so that concurrent creators in a
+#: fresh family do not all queue on one leaf until it splits.
+ROOT_BITS = 5
 _HEADER = b"\x00"
 _BULK = 100
 _ATTEMPTS = 12
@@ -88,13 +106,22 @@ def _family(key: str) -> str:
     return family if slash else ""
 
 
-def _shards_of(family: str) -> builtins.list[str]:
-    return [f"{INDEX}{family.encode().hex()}/{n:02d}" for n in range(SHARDS)]
+def _node(family: str, path: str) -> str:
+    """The index node of ``family`` at trie ``path`` (a string of bits; the roots have
+    ROOT_BITS of them)."""
+    return f"{INDEX}{family.encode().hex()}/n{path}"
 
 
-def _shard_key(key: str) -> str:
-    shard = hashlib.sha256(key.encode("utf-8")).digest()[0] % SHARDS
-    return f"{INDEX}{_family(key).encode().hex()}/{shard:02d}"
+def _roots() -> tuple[str, ...]:
+    return tuple(format(n, f"0{ROOT_BITS}b") for n in range(2**ROOT_BITS))
+
+
+_ROOTS = _roots()
+
+
+def _bit(key: str, position: int) -> str:
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return str((digest[position // 8] >> (7 - position % 8)) & 1)
 
 
 FAMILIES = f"{INDEX}families"
@@ -180,8 +207,8 @@ class _Transient(Exception):
 
 
 class _Stale(Exception):
-    """Existence changed between reading a key and reading its index shard, or the
-    component rolled back an index creation (busy, deadlock): decide again."""
+    """Existence changed between reading a key and reading its index leaf, or a trie node
+    was not where its split parent says: decide again from fresh reads."""
 
 
 @contextlib.contextmanager
@@ -311,6 +338,10 @@ class DaprStore:
     def __init__(self, client: Any, store_name: str) -> None:
         self._client = client
         self.store_name = store_name
+        #: Index nodes known to be split. A split is never undone, so this never goes stale.
+        self._split: set[str] = set()
+        #: Families known to be on the families document (never taken off it either).
+        self._families: set[str] = set()
 
     @classmethod
     async def connect(
@@ -423,11 +454,25 @@ class DaprStore:
             known = await self._bulk([FAMILIES])
             names = _index_keys(known[FAMILIES][0]) if FAMILIES in known else []
             families = ["", *(name for name in names if name.startswith(prefix))]
-        shards = [shard for family in families for shard in _shards_of(family)]
-        found = await self._bulk(shards)
-        keys = sorted(
-            k for raw, _etag in found.values() for k in _index_keys(raw) if k.startswith(prefix)
-        )
+        # Walk each family's trie level by level: split nodes name their two children.
+        level = [_node(family, path) for family in families for path in _ROOTS]
+        keys: builtins.list[str] = []
+        for _depth in range(_MAX_DEPTH + 1):
+            if not level:
+                break
+            found = await self._bulk(level)
+            deeper = []
+            for node in level:
+                if node not in found:
+                    continue  # a family whose root was never written
+                listed = _leaf_keys(found[node][0])
+                if listed is None:
+                    self._split.add(node)
+                    deeper += [node + "0", node + "1"]
+                else:
+                    keys += (k for k in listed if k.startswith(prefix))
+            level = deeper
+        keys.sort()
         return keys[:limit] if limit is not None else keys
 
     async def put(self, key: str, value: bytes, *, etag: str | Expect) -> None:
@@ -444,7 +489,8 @@ class DaprStore:
         for _attempt in range(_ATTEMPTS):
             if await self._try_transact(ops):
                 return
-            await asyncio.sleep(0.005 * (1 + _attempt))
+            # Jittered: writers that lost to each other should not collide again.
+            await asyncio.sleep(random.uniform(0.001, 0.005 * (1 + _attempt)))  # noqa: S311 - backoff jitter, not a secret
         # Not a ConcurrencyError: no precondition of the caller failed, and callers read
         # ConcurrencyError as "somebody else decided first".
         raise StoreContentionError(
@@ -453,9 +499,7 @@ class DaprStore:
         )
 
     async def _try_transact(self, ops: tuple[Operation, ...]) -> bool:
-        """One attempt; False if it lost a race on the index (re-read and try again)."""
-        from dapr.clients.grpc._request import TransactionalStateOperation, TransactionOperationType
-
+        """One attempt; False if it lost a race (re-read and try again)."""
         current = await self._bulk([op.key for op in ops])
         creations: builtins.list[str] = []
         deletions: builtins.list[str] = []
@@ -470,22 +514,16 @@ class DaprStore:
                 raise ConcurrencyError(f"{op.key!r}: expected it to be absent, but it exists")
             if isinstance(op, Put):
                 if existing is None:
+                    # Insert-only: the component itself refuses it if the key exists by
+                    # then, and fails the whole transaction. First-write-wins does not
+                    # depend on the index.
                     creations.append(op.key)
-                requests.append(
-                    TransactionalStateOperation(
-                        key=op.key,
-                        data=_HEADER + op.value,
-                        etag=existing[1] if existing is not None else None,
-                        operation_type=TransactionOperationType.upsert,
-                    )
-                )
+                    requests.append(_create(op.key, _HEADER + op.value))
+                else:
+                    requests.append(_upsert(op.key, _HEADER + op.value, existing[1]))
             elif existing is not None:
                 deletions.append(op.key)
-                requests.append(
-                    TransactionalStateOperation(
-                        key=op.key, etag=existing[1], operation_type=TransactionOperationType.delete
-                    )
-                )
+                requests.append(_delete(op.key, existing[1]))
         try:
             requests.extend(await self._index_updates(creations, deletions))
         except _Stale:
@@ -494,10 +532,16 @@ class DaprStore:
             return True
         # One lock order for every transaction: PostgreSQL locks rows as it writes them,
         # and two transactions taking shared keys in different orders can deadlock.
-        requests.sort(key=lambda request: str(request.key))
+        requests.sort(key=lambda request: str(request.request.key))
+        from dapr.proto import api_v1
+
         try:
-            await self._client.execute_state_transaction(
-                store_name=self.store_name, operations=requests
+            # The raw stub: the SDK's TransactionalStateOperation has no StateOptions,
+            # and insert-only needs first-write concurrency on the operation.
+            await self._client._stub.ExecuteStateTransaction(
+                api_v1.ExecuteStateTransactionRequest(
+                    storeName=self.store_name, operations=requests
+                )
             )
         except Exception as exc:
             if _conflict(exc) or _rolled_back(exc):
@@ -507,77 +551,136 @@ class DaprStore:
             raise self._mapped(exc, "transaction") from exc
         return True
 
+    async def _leaves(
+        self, keys: Iterable[str]
+    ) -> dict[str, tuple[str, builtins.list[str], str | None]]:
+        """For each key, the index leaf that lists it or would: (node, keys, ETag), with
+        ETag None for a root not written yet (roots are created on first use). Splits are permanent, so nodes known to be
+        split are skipped without reading them."""
+        paths: dict[str, str] = {}
+        for key in keys:
+            path = "".join(_bit(key, n) for n in range(ROOT_BITS))
+            while _node(_family(key), path) in self._split and len(path) < _MAX_DEPTH:
+                path += _bit(key, len(path))
+            paths[key] = path
+        leaves: dict[str, tuple[str, builtins.list[str], str | None]] = {}
+        for _depth in range(_MAX_DEPTH + 1):
+            pending = [key for key in paths if key not in leaves]
+            if not pending:
+                return leaves
+            nodes = {key: _node(_family(key), paths[key]) for key in pending}
+            found = await self._bulk(list(nodes.values()))
+            for key, node in nodes.items():
+                if node not in found:
+                    if len(paths[key]) > ROOT_BITS:
+                        raise _Stale()  # children are created with their parent's split
+                    leaves[key] = (node, [], None)
+                    continue
+                raw, etag = found[node]
+                listed = _leaf_keys(raw)
+                if listed is None:
+                    self._split.add(node)
+                    paths[key] += _bit(key, len(paths[key]))
+                else:
+                    leaves[key] = (node, listed, etag)
+        raise StoreError("the key index is deeper than a SHA-256 digest is long")
+
     async def _index_updates(
         self, creations: Iterable[str], deletions: Iterable[str]
     ) -> builtins.list[Any]:
-        """Index rewrites for keys coming into or going out of existence, each conditional
-        on the ETag just read (a concurrent change makes the whole transaction fail)."""
-
+        """Index writes for keys coming into or going out of existence, each conditional
+        on the ETag just read (or insert-only), so a concurrent change of the same leaf
+        makes the whole transaction fail. A leaf never lists more than LEAF_KEYS keys:
+        a fuller one becomes a split marker and its keys move into two new children."""
         created = list(creations)
+        removed_keys = list(deletions)
+        if not created and not removed_keys:
+            return []
+        # Read after the op keys were read (by the caller): that order is what lets a
+        # leaf that disagrees with them reveal a concurrent change.
+        leaves = await self._leaves([*created, *removed_keys])
         changes: dict[str, tuple[set[str], set[str]]] = {}
         for key in created:
-            changes.setdefault(_shard_key(key), (set(), set()))[0].add(key)
-        for key in deletions:
-            changes.setdefault(_shard_key(key), (set(), set()))[1].add(key)
-        if not changes:
-            return []
-        wanted = [*changes, FAMILIES] if created else list(changes)
-        # Read after the op keys were read (by the caller): that order is what lets a
-        # shard that disagrees with them reveal a concurrent change.
-        documents = await self._ensure_documents(wanted)
-        updates = []
-        for shard, (added, removed) in changes.items():
-            raw, etag = documents[shard]
-            listed = set(_index_keys(raw))
+            changes.setdefault(leaves[key][0], (set(), set()))[0].add(key)
+        for key in removed_keys:
+            changes.setdefault(leaves[key][0], (set(), set()))[1].add(key)
+        by_node = {node: (listed, etag) for node, listed, etag in leaves.values()}
+        updates: builtins.list[Any] = []
+        for node, (added, removed) in changes.items():
+            listed_now, etag = by_node[node]
+            listed = set(listed_now)
             if added & listed or removed - listed:
-                # The keys were read before this shard: someone created or deleted one in
-                # between. The shard is the authority on existence; decide again.
+                # The keys were read before this leaf: someone created or deleted one in
+                # between. The leaf is the authority on listing; decide again.
                 raise _Stale()
-            keys = (listed | added) - removed
-            updates.append(_index_write(shard, sorted(keys), etag))
-        if created:
-            raw, etag = documents[FAMILIES]
+            updates += _leaf_writes(node, (listed | added) - removed, etag)
+        if {_family(key) for key in created} - self._families - {""}:
+            # Families are never taken off the list, so one known is known for good.
+            known = await self._bulk([FAMILIES])
+            raw, etag = known[FAMILIES] if FAMILIES in known else (_HEADER + b"[]", None)
             families = set(_index_keys(raw))
+            self._families |= families
             new = {_family(key) for key in created} - families - {""}
             if new:
-                updates.append(_index_write(FAMILIES, sorted(families | new), etag))
+                value = _HEADER + _dumps(sorted(families | new))
+                updates.append(
+                    _create(FAMILIES, value) if etag is None else _upsert(FAMILIES, value, etag)
+                )
         return updates
 
-    async def _ensure_documents(self, keys: Iterable[str]) -> dict[str, tuple[bytes, str]]:
-        """Create missing index documents, insert-only (first-write with no ETag); return
-        all of them as :meth:`_bulk` does (re-read only if some had to be created)."""
-        from dapr.clients.grpc._state import Concurrency, StateOptions
 
-        wanted = list(keys)
-        existing = await self._bulk(wanted)
-        missing = [key for key in wanted if key not in existing]
-        if not missing:
-            return existing
-        for key in missing:
-            try:
-                await self._client.save_state(
-                    store_name=self.store_name,
-                    key=key,
-                    value=_HEADER + b"[]",
-                    options=StateOptions(concurrency=Concurrency.first_write),
-                )
-            except Exception as exc:
-                if _rolled_back(exc):
-                    raise _Stale() from exc  # busy or deadlocked: nothing written, try again
-                if not _conflict(exc):  # a conflict: another writer created it first
-                    raise self._mapped(exc, "index creation") from exc
-        return await self._bulk(wanted)
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _index_write(key: str, keys: builtins.list[str], etag: str) -> Any:
-    from dapr.clients.grpc._request import TransactionalStateOperation, TransactionOperationType
+def _leaf_writes(node: str, keys: set[str], etag: str | None) -> builtins.list[Any]:
+    """Write ``keys`` as the leaf ``node`` (conditional on ``etag``, or insert-only), or,
+    beyond LEAF_KEYS, mark ``node`` split and create its children, insert-only."""
+    depth = len(node) - node.rindex("/") - 2
+    if len(keys) <= LEAF_KEYS or depth >= _MAX_DEPTH:
+        value = _HEADER + _dumps(sorted(keys))
+    else:
+        value = _HEADER + _SPLIT
+    write = _create(node, value) if etag is None else _upsert(node, value, etag)
+    if value.endswith(_SPLIT):
+        halves: tuple[set[str], set[str]] = (set(), set())
+        for key in keys:
+            halves[int(_bit(key, depth))].add(key)
+        return [
+            write,
+            *_leaf_writes(node + "0", halves[0], None),
+            *_leaf_writes(node + "1", halves[1], None),
+        ]
+    return [write]
 
-    return TransactionalStateOperation(
-        key=key,
-        data=_HEADER + json.dumps(keys, separators=(",", ":"), ensure_ascii=False).encode(),
-        etag=etag,
-        operation_type=TransactionOperationType.upsert,
-    )
+
+def _operation(kind: str, key: str, value: bytes, etag: str | None, *, first_write: bool) -> Any:
+    from dapr.proto import api_v1, common_v1
+
+    item = common_v1.StateItem(key=key, value=value)
+    if etag is not None:
+        item.etag.CopyFrom(common_v1.Etag(value=etag))
+    if first_write:
+        item.options.CopyFrom(
+            common_v1.StateOptions(concurrency=common_v1.StateOptions.CONCURRENCY_FIRST_WRITE)
+        )
+    return api_v1.TransactionalStateOperation(operationType=kind, request=item)
+
+
+def _create(key: str, value: bytes) -> Any:
+    """Insert-only: an upsert without ETag under first-write concurrency. On daprd with
+    state.sqlite and state.postgresql v2 it creates a missing key and fails the whole
+    transaction if the key exists (docs/dapr.md). An ETag never issued cannot do this:
+    both components refuse it for a missing key as for an existing one."""
+    return _operation("upsert", key, value, None, first_write=True)
+
+
+def _upsert(key: str, value: bytes, etag: str) -> Any:
+    return _operation("upsert", key, value, etag, first_write=True)
+
+
+def _delete(key: str, etag: str) -> Any:
+    return _operation("delete", key, b"", etag, first_write=False)
 
 
 def _decode(key: str, data: bytes) -> bytes:
@@ -586,10 +689,17 @@ def _decode(key: str, data: bytes) -> bytes:
     return data[len(_HEADER) :]
 
 
+def _leaf_keys(raw: bytes) -> builtins.list[str] | None:
+    """The keys a leaf lists, or None for a split node."""
+    if _decode("index", raw) == _SPLIT:
+        return None
+    return _index_keys(raw)
+
+
 def _index_keys(raw: bytes) -> builtins.list[str]:
-    keys = load_json(_decode("index", raw), error=StoreError, what="a key index shard")
+    keys = load_json(_decode("index", raw), error=StoreError, what="a key index node")
     if not isinstance(keys, list):
-        raise StoreError("a key index shard is damaged")
+        raise StoreError("a key index node is damaged")
     return [str(k) for k in keys]
 
 

@@ -9,6 +9,7 @@ throwaway store, because every test starts by deleting what the store holds.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -224,9 +225,11 @@ class _Flaky:
 
     def __init__(self, client: object, failures: dict[str, str]) -> None:
         self._client = client
-        self.failures = dict(failures)
+        self.failures = failures
 
     def __getattr__(self, name: str) -> object:
+        if name == "_stub":  # the raw runtime stub, which transactions go through
+            return _Flaky(getattr(self._client, name), self.failures)
         method = getattr(self._client, name)
         words = self.failures.pop(name, None)
         if words is None:
@@ -247,11 +250,14 @@ class _Flaky:
     [
         ("get_state", "fail to get k from state store statestore: context deadline exceeded"),
         (
-            "execute_state_transaction",
+            "ExecuteStateTransaction",
             "error while executing state transaction: database is locked (5) (SQLITE_BUSY)",
         ),
-        ("execute_state_transaction", "error while executing state transaction: deadlock detected"),
-        ("save_state", "failed saving state in state store statestore: database is locked (5)"),
+        ("ExecuteStateTransaction", "error while executing state transaction: deadlock detected"),
+        (
+            "ExecuteStateTransaction",
+            "error while executing state transaction: ERROR: could not serialize access (40001)",
+        ),
     ],
 )
 def test_a_component_that_timed_out_or_rolled_back_is_tried_again(
@@ -266,17 +272,64 @@ def test_a_component_that_timed_out_or_rolled_back_is_tried_again(
     async def main() -> None:
         async with dapr_store(tmp_path / "daprd.db") as store:
             await store.transact([Put(key="a/1", value=b"x", etag=Expect.ABSENT)])
-            flaky = _Flaky(store.client, {method: words})
+            flaky = _Flaky(store.client, dict({method: words}))
             store._client = flaky
             if method == "get_state":
                 item = await store.get("a/1")
                 assert item is not None and item.value == b"x"
             else:
-                # A key of a family never seen in this store, so that its index shard is
-                # created (save_state) and then rewritten (a real store keeps old shards).
+                # A key of a family never seen in this store: its index root is created
+                # in the same transaction (a real store keeps old index nodes).
                 family = f"fresh{uuid.uuid4().hex[:12]}"
                 await store.transact([Put(key=f"{family}/1", value=b"y", etag=Expect.ABSENT)])
                 assert await store.list(f"{family}/") == [f"{family}/1"]
             assert method not in flaky.failures  # the failure did happen
+
+    asyncio.run(main())
+
+
+def test_index_leaves_stay_bounded_as_keys_come_and_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No index leaf lists more than LEAF_KEYS keys: a fuller one splits, concurrent
+    creators included, and listing still finds exactly the keys that exist."""
+    import asyncio
+
+    from gateway.stores import Put
+    from gateway.stores import dapr as dapr_module
+
+    monkeypatch.setattr(dapr_module, "LEAF_KEYS", 4)
+
+    async def main() -> None:
+        async with dapr_store(tmp_path / "daprd.db") as store:
+            family = f"split{uuid.uuid4().hex[:8]}"
+            keys = [f"{family}/{n:03d}" for n in range(240)]
+            # One transaction that overfills roots (splits several levels at once), then
+            # concurrent creators.
+            await store.transact([Put(key=k, value=b"", etag=Expect.ABSENT) for k in keys[:160]])
+            await asyncio.gather(
+                *(store.put(k, b"", etag=Expect.ABSENT) for k in keys[160:]),
+            )
+            for key in keys[::3]:
+                await store.delete(key, etag=Expect.ANY)
+            alive = [k for n, k in enumerate(keys) if n % 3]
+            assert await store.list(f"{family}/") == alive
+            assert await store.list(f"{family}/0", limit=5) == alive[:5]
+            # A second client (no cached splits) sees the same.
+            assert await DaprStore(store.client, STORE).list(f"{family}/") == alive
+            roots = [dapr_module._node(family, path) for path in dapr_module._ROOTS]
+            children = [node + bit for node in store._split for bit in "01"]
+            nodes = [*roots, *children]
+            leaves = []
+            for start in range(0, len(nodes), 50):
+                response = await store.client.get_bulk_state(
+                    store_name=STORE, keys=nodes[start : start + 50]
+                )
+                leaves += [
+                    json.loads(item.data[1:]) for item in response.items if item.data[1:2] == b"["
+                ]
+            assert store._split, "the family's index should have split"
+            assert max(len(leaf) for leaf in leaves) <= 4
+            assert sorted(k for leaf in leaves for k in leaf) == alive
 
     asyncio.run(main())
