@@ -213,6 +213,7 @@ def test_two_migrations_of_one_object_race_and_one_wins(world: World) -> None:
     run(world, scenario)
 
 
+@pytest.mark.patient
 def test_many_objects_migrate_concurrently(world: World) -> None:
     async def scenario(hosts: dict[str, Host]) -> None:
         a = hosts[HOST_A]
