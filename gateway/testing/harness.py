@@ -360,13 +360,9 @@ class InProcessWorld(RunningWorld):
                         host.store, host=host_id, tenant=tenant, object_id=object_id
                     )
                     continue
-                store = await open_store(load_config(self.world.config(host_id)))
-                try:
-                    found[host_id] = await snapshot(
-                        store, host=host_id, tenant=tenant, object_id=object_id
-                    )
-                finally:
-                    await store.close()
+                found[host_id] = await _snapshot_at(
+                    self.world.config(host_id), host=host_id, tenant=tenant, object_id=object_id
+                )
             return found
 
         return self.run(read_all())
@@ -504,13 +500,9 @@ class ProcessWorld(RunningWorld):
         async def read_all() -> dict[str, Snapshot]:
             found = {}
             for host_id in self.world.configs:
-                store = await open_store(load_config(self.config(host_id)))
-                try:
-                    found[host_id] = await snapshot(
-                        store, host=host_id, tenant=tenant, object_id=object_id
-                    )
-                finally:
-                    await store.close()
+                found[host_id] = await _snapshot_at(
+                    self.config(host_id), host=host_id, tenant=tenant, object_id=object_id
+                )
             return found
 
         return asyncio.run(read_all())
@@ -534,3 +526,12 @@ def open_world(
     if mode == "process":
         return ProcessWorld(world, running=running)
     raise ConfigError(f"mode {mode!r}", hint='use mode="inprocess" or mode="process"')
+
+
+async def _snapshot_at(config: Path, *, host: str, tenant: str, object_id: str) -> Snapshot:
+    """A snapshot read straight from the store ``config`` names (the host is not open here)."""
+    store = await open_store(load_config(config))
+    try:
+        return await snapshot(store, host=host, tenant=tenant, object_id=object_id)
+    finally:
+        await store.close()
