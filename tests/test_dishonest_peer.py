@@ -16,7 +16,9 @@ whatever the audience; and a stale copy sent to a new host went live beside the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
@@ -111,10 +113,12 @@ def stored(world: World, host: str) -> GovernedObject | None:
 
 
 def keys_of(world: World, host: str) -> list[str]:
-    async def read(store: StateStore) -> list[str]:
-        return await store.list("")
-
-    return read_store(world.config(host), read)
+    """Every key in the host's SQLite file, the unlisted ones (fences, holds, custody)
+    included: an attack must not have written any of them either."""
+    path = load_config(world.config(host)).sqlite
+    assert path is not None
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return [key for (key,) in db.execute("SELECT key FROM items ORDER BY key")]
 
 
 def rewrite_own(obj: GovernedObject, keep: Callable[[LineageEntry], bool]) -> GovernedObject:

@@ -12,14 +12,45 @@ Semantics every implementation keeps (the contract tests in ``tests/stores`` che
   operation or none; one failed precondition fails the whole transaction.
 * **A write that returned is durable**: it survives a crash of the process right after.
 * **Keys are plain strings**; :meth:`StateStore.list` returns them in ascending order.
+* **Only listable keys are listed.** Keys matching :data:`UNLISTED` are read and written
+  by exact key only: the gateway never enumerates them, so a store may keep no listing
+  index for them (the Dapr store keeps none), and every store leaves them out of
+  :meth:`StateStore.list` and refuses a prefix that lies inside them
+  (:func:`check_listable`). The embedded store refuses too, so code that starts listing
+  such keys fails its tests there, not only on Dapr.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+
+#: Keys never listed: custody records (``custody/<object>``, read by object id) and a
+#: tenant's fence, hold and usage records (``t/<tenant>/fence/…``, ``held/…``, ``usage``),
+#: each read by exact key. On Dapr every listable create or delete also rewrites an index
+#: leaf; these are written on every handoff and never enumerated. Blob chunks stay
+#: listable: chunks orphaned by a crash can only be found by listing them.
+UNLISTED = re.compile(r"custody/|t/[^/]+/(?:fence/|held/|usage$)")
+
+
+def listable(key: str) -> bool:
+    """Whether ``key`` is one that :meth:`StateStore.list` returns."""
+    return UNLISTED.match(key) is None
+
+
+def check_listable(prefix: str) -> None:
+    """Refuse a listing of a prefix inside :data:`UNLISTED` (nothing there is listed, so
+    the answer would be wrong, not empty)."""
+    if UNLISTED.match(prefix):
+        from gateway.errors import StoreError
+
+        raise StoreError(
+            f"keys under {prefix!r} are never listed",
+            hint="read them by exact key; gateway.stores.UNLISTED names the unlisted keys",
+        )
 
 
 class Expect(enum.Enum):
@@ -90,7 +121,7 @@ class StateStore(Protocol):
         ...
 
     async def list(self, prefix: str, *, limit: int | None = None) -> list[str]:
-        """Keys starting with ``prefix``, ascending."""
+        """Listable keys starting with ``prefix``, ascending (see :data:`UNLISTED`)."""
         ...
 
     async def close(self) -> None:
@@ -98,4 +129,14 @@ class StateStore(Protocol):
         ...
 
 
-__all__ = ["Delete", "Expect", "Item", "Operation", "Put", "StateStore"]
+__all__ = [
+    "UNLISTED",
+    "Delete",
+    "Expect",
+    "Item",
+    "Operation",
+    "Put",
+    "StateStore",
+    "check_listable",
+    "listable",
+]

@@ -13,7 +13,9 @@ How the protocol's guarantees map onto Dapr's state API:
   key as for an existing one, so an ETag cannot express it (docs/dapr.md has the runs).
   The SDK's transaction operation has no ``StateOptions``, so transactions go through
   the raw runtime stub.
-* **Prefix listing** has no Dapr primitive, so the store keeps an index: for every first
+* **Prefix listing** has no Dapr primitive, so the store keeps an index of the listable
+  keys (not of :data:`gateway.stores.UNLISTED`: custody records, fences, holds and
+  usage, which are only read by exact key): for every first
   key segment (``t``, ``journal``, ``open`` …; keys without a ``/`` form one more
   family) a binary trie on the SHA-256 of the keys, of documents
   ``__index__/<segment, hex>/n<bits>``, starting :data:`ROOT_BITS` bits deep (32 roots,
@@ -82,7 +84,7 @@ from gateway.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from gateway.stores import Delete, Expect, Item, Operation, Put
+from gateway.stores import Delete, Expect, Item, Operation, Put, check_listable, listable
 
 #: Most keys one index leaf lists; a leaf that would list more splits in two. Bounds
 #: what each create or delete rewrites, whatever the number of keys.
@@ -448,6 +450,7 @@ class DaprStore:
     async def list(self, prefix: str, *, limit: int | None = None) -> builtins.list[str]:
         if limit is not None and limit < 0:
             raise ValueError("limit must not be negative")
+        check_listable(prefix)
         if "/" in prefix:
             families = [_family(prefix)]
         else:
@@ -512,17 +515,21 @@ class DaprStore:
                     raise ConcurrencyError(f"{op.key!r}: expected ETag {op.etag!r}, but {state}")
             elif op.etag is Expect.ABSENT and existing is not None:
                 raise ConcurrencyError(f"{op.key!r}: expected it to be absent, but it exists")
+            # Unlisted keys are never enumerated, so their existence changes no index leaf.
+            indexed = listable(op.key)
             if isinstance(op, Put):
                 if existing is None:
                     # Insert-only: the component itself refuses it if the key exists by
                     # then, and fails the whole transaction. First-write-wins does not
                     # depend on the index.
-                    creations.append(op.key)
+                    if indexed:
+                        creations.append(op.key)
                     requests.append(_create(op.key, _HEADER + op.value))
                 else:
                     requests.append(_upsert(op.key, _HEADER + op.value, existing[1]))
             elif existing is not None:
-                deletions.append(op.key)
+                if indexed:
+                    deletions.append(op.key)
                 requests.append(_delete(op.key, existing[1]))
         try:
             requests.extend(await self._index_updates(creations, deletions))

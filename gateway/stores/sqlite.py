@@ -29,6 +29,7 @@ import asyncio
 import builtins
 import contextlib
 import functools
+import itertools
 import os
 import secrets
 import sqlite3
@@ -40,7 +41,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from gateway.errors import ConcurrencyError, StoreError, StoreUnavailableError
-from gateway.stores import Delete, Expect, Item, Operation, Put
+from gateway.stores import Delete, Expect, Item, Operation, Put, check_listable, listable
 
 __all__ = ["SqliteStore"]
 
@@ -210,6 +211,7 @@ class SqliteStore:
         _check_encodable(prefix, "prefix")
         if limit is not None and limit < 0:
             raise ValueError(f"limit must not be negative, got {limit}")
+        check_listable(prefix)
         if limit == 0:
             return []
         return await self._run(
@@ -282,10 +284,9 @@ class SqliteStore:
             sql += " AND key < ?"
             params.append(upper)
         sql += " ORDER BY key"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        return [key for (key,) in self._connection.execute(sql, params)]
+        # Filtered here, not in SQL; the cursor is lazy, so islice stops reading at limit.
+        rows = (key for (key,) in self._connection.execute(sql, params) if listable(key))
+        return builtins.list(itertools.islice(rows, limit))
 
     def _transact(self, ops: tuple[Operation, ...]) -> None:
         connection = self._connection

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeAlias
@@ -396,6 +397,46 @@ class StoreContract:
         await store.put("p/2", b"", etag=Expect.ABSENT)
         await store.delete("p/1", etag=Expect.ANY)
         assert await store.list("p/") == ["p/2"]
+
+    @store_test
+    async def test_unlisted_keys_are_kept_but_never_listed(self, store: StateStore) -> None:
+        """Keys in gateway.stores.UNLISTED (custody records, fences, holds, usage) are
+        written, read, refused and deleted by key like any other, but no
+        listing returns them, and a listing inside them is refused rather than answered
+        wrong (a store may keep no index of them)."""
+        run = uuid.uuid4().hex[:8]  # leftovers of a failed run on a real sidecar do not collide
+        unlisted = [
+            f"custody/{run}",
+            f"custody/{run}/x",
+            f"t/{run}/fence/o1",
+            f"t/{run}/held/o1",
+            f"t/{run}/usage",
+        ]
+        listed = f"t/{run}/objects/o1"
+        await store.transact(
+            [Put(key=key, value=key.encode(), etag=Expect.ABSENT) for key in [*unlisted, listed]]
+        )
+        found = await store.get_many([*unlisted, listed])
+        assert {key: item.value for key, item in found.items()} == {
+            key: key.encode() for key in [*unlisted, listed]
+        }
+        with pytest.raises(ConcurrencyError):
+            await store.put(f"custody/{run}", b"second", etag=Expect.ABSENT)
+        assert await store.list(f"t/{run}/") == [listed]
+        assert listed in await store.list("")
+        assert not set(unlisted) & set(await store.list(""))
+        for prefix in (
+            "custody/",
+            f"custody/{run}",
+            f"t/{run}/fence/",
+            f"t/{run}/held/",
+            f"t/{run}/usage",
+        ):
+            with pytest.raises(StoreError, match="never listed"):
+                await store.list(prefix)
+        await store.transact([Delete(key=key, etag=Expect.ANY) for key in [*unlisted, listed]])
+        assert await store.get_many([*unlisted, listed]) == {}
+        assert await store.list(f"t/{run}/") == []
 
     # --- values ------------------------------------------------------------------------
 

@@ -76,6 +76,30 @@ def test_the_index_is_not_user_data(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_unlisted_keys_cost_no_index_write(tmp_path: Path) -> None:
+    """Creating and deleting keys the gateway never lists (custody records, fences)
+    writes no index leaf and names no family for them: on Dapr every listable create
+    rewrites a leaf, which each handoff's custody and fence records would otherwise pay."""
+    import asyncio
+
+    from gateway.stores import Put
+    from gateway.stores.dapr import _ROOTS, FAMILIES, _index_keys, _node
+
+    async def main() -> None:
+        async with dapr_store(tmp_path / "daprd.db") as store:
+            run = uuid.uuid4().hex[:8]
+            keys = [f"custody/{run}-{n}" for n in range(50)] + [f"t/{run}/fence/o1"]
+            await store.transact([Put(key=key, value=b"x", etag=Expect.ABSENT) for key in keys])
+            nodes = [_node("custody", path) for path in _ROOTS]
+            assert await store.get_many(nodes) == {}
+            families = await store.get(FAMILIES)
+            assert families is None or "custody" not in set(_index_keys(b"\x00" + families.value))
+            await store.transact([Delete(key=key, etag=Expect.ANY) for key in keys])
+            assert await store.get_many(keys) == {}
+
+    asyncio.run(main())
+
+
 def test_a_state_redis_component_is_refused_at_connect(tmp_path: Path) -> None:
     """state.redis accepts ETag writes to missing keys and does not roll back failed
     transactions (docs/dapr.md, the contract run against it): the store refuses it by the
