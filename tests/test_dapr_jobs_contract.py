@@ -30,11 +30,18 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
+import grpc
 import pytest
 from dapr.aio.clients import DaprClient
 
 from gateway.runtime.cycle import CycleReport, CycleResult
-from gateway.runtime.dapr import DaprJobs, SchedulerUnavailableError, job_name
+from gateway.runtime.dapr import (
+    TRIGGER_RETRIES,
+    TRIGGER_RETRY_SECONDS,
+    DaprJobs,
+    SchedulerUnavailableError,
+    job_name,
+)
 from gateway.scaffold import free_port
 from tests.daprd.components import state_store
 from tests.daprd.runner import DaprdThread
@@ -272,5 +279,58 @@ def test_a_scheduler_that_does_not_answer_costs_the_call_timeout_at_most() -> No
         assert "scheduler did not answer" in str(refused.value)
         assert "--scheduler-host-address" in str(refused.value)
         assert not await jobs.schedule_or_log("default", new_object(), timedelta(seconds=5))
+
+    run(scenario)
+
+
+def test_a_job_carries_the_gateways_failure_policy(app: App) -> None:
+    """A failed trigger is retried TRIGGER_RETRIES times, TRIGGER_RETRY_SECONDS apart,
+    whatever the scheduler's default: the job as stored says so."""
+    object_id = new_object()
+
+    async def scenario() -> None:
+        async with jobs_client(app) as jobs:
+            try:
+                await jobs.schedule("default", object_id, timedelta(seconds=30))
+                stored = await jobs.client.get_job(job_name("default", object_id))
+            finally:
+                await jobs.unschedule("default", object_id)
+        policy = stored.failure_policy
+        assert policy is not None
+        assert (policy.max_retries, policy.interval_seconds) == (
+            TRIGGER_RETRIES,
+            TRIGGER_RETRY_SECONDS,
+        )
+
+    run(scenario)
+
+
+def test_the_app_answers_daprs_health_probe_until_it_drains(app: App) -> None:
+    """daprd (with --enable-app-health-check) calls AppCallbackHealthCheck.HealthCheck on
+    the app port and, while it fails, takes no job triggers for this replica: the serving
+    app answers; one that stopped accepting answers UNAVAILABLE."""
+    from dapr.proto.runtime.v1 import appcallback_pb2_grpc
+    from google.protobuf.empty_pb2 import Empty
+
+    async def probe(port: int) -> grpc.StatusCode:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = appcallback_pb2_grpc.AppCallbackHealthCheckStub(channel)  # type: ignore[no-untyped-call]
+            try:
+                await stub.HealthCheck(Empty(), timeout=5)
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+            return grpc.StatusCode.OK
+
+    async def scenario() -> None:
+        assert await probe(app.app_port) is grpc.StatusCode.OK
+        # A second replica's callback server (not the module's, which the sidecar uses).
+        draining = DaprJobs(None, app.runner, app_port=free_port())
+        port = await draining.start()
+        try:
+            assert await probe(port) is grpc.StatusCode.OK
+            draining.stop_accepting()
+            assert await probe(port) is grpc.StatusCode.UNAVAILABLE
+        finally:
+            await draining.stop()
 
     run(scenario)

@@ -117,6 +117,15 @@ def go_duration(interval: timedelta) -> str:
 JOB_CALL_TIMEOUT = 5.0
 
 
+#: A failed trigger (the app unreachable, or the cycle failed) is tried again this many
+#: times, this many seconds apart. The scheduler's default is 3 times 1 s; a replica
+#: whose gateway died is detached by daprd's app health probe only after 2 failed probes
+#: a second apart (deploy/), so 5 retries outlast that and the last ones reach a live
+#: replica. A cycle that already ran finds its object not due and does nothing.
+TRIGGER_RETRIES = 5
+TRIGGER_RETRY_SECONDS = 1
+
+
 class SchedulerUnavailableError(StoreUnavailableError):
     """The sidecar did not get a Jobs API call through to Dapr's scheduler in time."""
 
@@ -136,7 +145,14 @@ class DaprJobs:
         self.runner = runner
         self.app_port = app_port
         self.call_timeout = call_timeout
+        #: What the app health probe answers; :meth:`stop_accepting` turns it off.
+        self.accepting = True
         self._server: grpc.aio.Server | None = None
+
+    def stop_accepting(self) -> None:
+        """Fail daprd's app health probe from now on: the sidecar stops taking job
+        triggers for this replica (a draining replica hands its cycles to the others)."""
+        self.accepting = False
 
     async def _call(self, what: str, call: Awaitable[_T]) -> _T:
         try:
@@ -151,14 +167,21 @@ class DaprJobs:
     async def schedule(self, tenant: str, object_id: str, interval: timedelta) -> None:
         """Make sure the object's job exists with this interval, without resetting a job
         that already has it (which would push its next trigger a full interval away)."""
-        from dapr.clients.grpc._jobs import Job
+        from dapr.clients.grpc._jobs import ConstantFailurePolicy, Job
 
         # Imported here: gateway.stores.dapr imports the SDK lazily too.
         from gateway.stores.dapr import status_code
 
         name = job_name(tenant, object_id)
         payload = AnyMessage(value=json.dumps({"tenant": tenant, "object_id": object_id}).encode())
-        job = Job(name=name, schedule=f"@every {go_duration(interval)}", data=payload)
+        job = Job(
+            name=name,
+            schedule=f"@every {go_duration(interval)}",
+            data=payload,
+            failure_policy=ConstantFailurePolicy(
+                max_retries=TRIGGER_RETRIES, interval_seconds=TRIGGER_RETRY_SECONDS
+            ),
+        )
         try:
             try:
                 await self._call(f"scheduling {name}", self.client.schedule_job(job))
@@ -236,8 +259,21 @@ class DaprJobs:
                     )
                 return appcallback_pb2.JobEventResponse()
 
+        # daprd's app health probe (with --enable-app-health-check, which deploy/ sets):
+        # while it fails, the sidecar detaches from the scheduler's job stream, so the
+        # scheduler gives this app id's triggers to the replicas whose app answers instead
+        # of failing them here (runs in docs/dapr.md).
+        class Health(appcallback_pb2_grpc.AppCallbackHealthCheckServicer):
+            async def HealthCheck(
+                self, request: Any, context: grpc.aio.ServicerContext
+            ) -> appcallback_pb2.HealthCheckResponse:
+                if not jobs.accepting:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway is draining")
+                return appcallback_pb2.HealthCheckResponse()
+
         server = grpc.aio.server()
         appcallback_pb2_grpc.add_AppCallbackServicer_to_server(Callback(), server)  # type: ignore[no-untyped-call]
+        appcallback_pb2_grpc.add_AppCallbackHealthCheckServicer_to_server(Health(), server)  # type: ignore[no-untyped-call]
         port = server.add_insecure_port(f"127.0.0.1:{self.app_port}")
         await server.start()
         self._server = server
