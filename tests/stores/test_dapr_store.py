@@ -357,3 +357,47 @@ def test_index_leaves_stay_bounded_as_keys_come_and_go(
             assert sorted(k for leaf in leaves for k in leaf) == alive
 
     asyncio.run(main())
+
+
+def test_transactions_on_shared_keys_in_opposite_orders_do_not_deadlock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Concurrent transactions naming the same keys in opposite orders all commit, and
+    none of them is rolled back by the component: the store sends operations in key
+    order, so PostgreSQL locks rows in one order. On daprd + state.postgresql v2 the same
+    transactions sent in the caller's order deadlocked 98 times in 400 (docs/dapr.md);
+    on the stand-in (which serializes transactions) this cannot fail."""
+    import asyncio
+
+    import gateway.stores.dapr as dapr_module
+    from gateway.stores import Put
+
+    rolled_back: list[BaseException] = []
+    original = dapr_module._rolled_back
+
+    def counting(error: BaseException) -> bool:
+        if original(error):
+            rolled_back.append(error)
+            return True
+        return False
+
+    monkeypatch.setattr(dapr_module, "_rolled_back", counting)
+
+    async def main() -> None:
+        async with dapr_store(tmp_path / "daprd.db") as store:
+            for _round in range(20):
+                keys = [f"order/{uuid.uuid4().hex[:8]}/{n}" for n in range(8)]
+                await store.transact([Put(key=k, value=b"0", etag=Expect.ABSENT) for k in keys])
+
+                async def update(order: list[str], value: bytes) -> None:
+                    await store.transact([Put(key=k, value=value, etag=Expect.ANY) for k in order])
+
+                await asyncio.gather(
+                    *(update(keys if n % 2 else keys[::-1], str(n).encode()) for n in range(4))
+                )
+                values = {item.value for item in (await store.get_many(keys)).values()}
+                assert len(values) == 1  # one transaction's values, all or nothing
+                await store.transact([Delete(key=k, etag=Expect.ANY) for k in keys])
+
+    asyncio.run(main())
+    assert rolled_back == []
