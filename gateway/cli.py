@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
@@ -572,30 +571,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from gateway import serving
+
+    if not 0 < args.grace <= serving.MAX_GRACE:
+        raise ConfigError(f"--grace must be within (0, {serving.MAX_GRACE:g}] seconds")
+    if not 0 <= args.reload_interval <= 3600:
+        raise ConfigError("--reload-interval must be from 0 (SIGHUP only) to 3600 seconds")
     config = load_config(_config_path(args))
-
-    async def run() -> int:
-        from gateway.host import Host
-
-        host = await Host.open(config)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        ready: asyncio.Future[int] = loop.create_future()
-        server = asyncio.create_task(host.serve(ready=ready, stop=stop))
-        try:
-            port = await asyncio.wait_for(asyncio.shield(ready), timeout=30)
-            bind = config.listen.rsplit(":", 1)[0]
-            print(f"gateway: serving {config.host} on {bind}:{port}", flush=True)
-            await server
-        finally:
-            stop.set()
-            await asyncio.gather(server, return_exceptions=True)
-            await host.close()
-        return 0
-
-    return asyncio.run(run())
+    return serving.serve(config, grace=args.grace, reload_interval=args.reload_interval)
 
 
 def cmd_object_create(args: argparse.Namespace) -> int:
@@ -1206,7 +1189,26 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(handler=cmd_init)
 
     serve = commands.add_parser(
-        "serve", parents=[common], help="serve peers (Prepare/Commit/Abort/Decision)"
+        "serve",
+        parents=[common],
+        help="serve peers (Prepare/Commit/Abort/Decision)",
+        description="Serve peers until SIGTERM. SIGHUP, or a change of the configuration "
+        "file, keys, TLS files or imported trust bundles, reloads them without a restart "
+        "(a reload that fails keeps the running configuration and logs why). SIGTERM "
+        "stops admitting new handoffs, finishes or aborts those in flight within --grace "
+        "seconds, and exits 0. See docs/operations.md.",
+    )
+    serve.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        help="seconds SIGTERM leaves handoffs in flight to finish (default 10)",
+    )
+    serve.add_argument(
+        "--reload-interval",
+        type=float,
+        default=2.0,
+        help="seconds between looks for changed files and bundles (default 2; 0: SIGHUP only)",
     )
     serve.set_defaults(handler=cmd_serve)
 

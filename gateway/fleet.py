@@ -350,9 +350,7 @@ class Progress:
         else:
             self.ok += 1
         if self._bar is not None:
-            self._bar.update(
-                self._task, advance=1, counts=f"ok {self.ok} failed {self.failed}"
-            )
+            self._bar.update(self._task, advance=1, counts=f"ok {self.ok} failed {self.failed}")
 
     def close(self) -> None:
         if self._bar is not None:
@@ -392,7 +390,9 @@ async def run_batch(
 
 
 def report(results: Sequence[Moved], destination: str) -> dict[str, Any]:
-    counts = {k: sum(1 for m in results if m.outcome == k) for k in ("moved", "committed", "failed")}
+    counts = {
+        k: sum(1 for m in results if m.outcome == k) for k in ("moved", "committed", "failed")
+    }
     return {
         "destination": destination,
         "total": len(results),
@@ -487,7 +487,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                 lambda: cli.migrate_one(host, target.object_id, target.tenant, args.to), left_open
             )
         if not targets:
-            raise ConfigError("no object here matches the selection", hint="see `gateway object list`")
+            raise ConfigError(
+                "no object here matches the selection", hint="see `gateway object list`"
+            )
         results = await interruptible(
             lambda: run_batch(
                 host, targets, args.to, parallel=parallel, title=f"migrating to {args.to}"

@@ -97,7 +97,6 @@ class Recovery:
         await self.destination.collect_uploads()
         return progressed
 
-
     async def settle_destination(self, staged: DestinationRecord) -> Outcome:
         """Ask the source of a STAGED copy what it decided, and follow it (now, whatever
         ``stage_timeout`` says: ``gateway migration resume`` and a draining serve)."""
