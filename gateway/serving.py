@@ -5,10 +5,11 @@
 * **SIGTERM** (or the first Ctrl-C) drains: the server stops admitting new handoffs
   (Prepare and Evaluate are answered UNAVAILABLE, so a source aborts and keeps its
   object), keeps answering Commit, Abort, Decision and Claim so handoffs in flight can
-  finish, and waits for them for up to half the grace period. It then settles what is
-  still open on this host with the protocol's own steps (a staged copy asks its source's
-  decision and follows it: finished if committed, discarded if not; a committed
-  departure re-sends Commit), for the rest of the grace period, and exits 0. Whatever
+  finish, and waits for them for up to half the grace period. It then settles the copies
+  still staged here with the protocol's own step (each asks its source's decision and
+  follows it: live here if committed, discarded if not), for the rest of the grace
+  period, and exits 0. (A departure already committed is decided; confirming it is
+  left to whichever side runs next, as recovery always does.) Whatever
   could not settle in time (a peer unreachable) stays in the journal, safe under
   presumed abort, and the next start finishes it; one line names each.
 * A second Ctrl-C or SIGTERM stops at once (still exit 0 after closing the store).
@@ -25,13 +26,17 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gateway.config import Config
 from gateway.errors import GatewayError
-from gateway.handoff.journal import OPEN_DESTINATION_PREFIX, OPEN_SOURCE_PREFIX
-from gateway.handoff.records import DestinationStep, SourceStep
+from gateway.handoff.journal import OPEN_DESTINATION_PREFIX
+from gateway.handoff.records import DestinationStep
 from gateway.reload import DEFAULT_RELOAD_INTERVAL, Reloader
 from gateway.transport.server import Gate
+
+if TYPE_CHECKING:
+    from gateway.host import Host
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +52,11 @@ class Serving:
 
     def __init__(
         self,
-        host: object,
+        host: Host,
         *,
         grace: float = DEFAULT_GRACE,
         reload_interval: float = DEFAULT_RELOAD_INTERVAL,
     ) -> None:
-        from gateway.host import Host
-
-        assert isinstance(host, Host)
         self.host = host
         self.grace = grace
         self.gate = Gate()
@@ -147,9 +149,10 @@ class Serving:
             await asyncio.wait_for(self._terminate.wait(), timeout=seconds)
 
     async def _open(self) -> list[tuple[str, str]]:
-        """Handoffs this server is in the middle of: staged copies here, and departures
-        committed but not confirmed. (A FROZEN departure is driven by the `gateway
-        migrate` that froze it, not by this server.)"""
+        """Handoffs this server is in the middle of: copies staged here, waiting for
+        their source's Commit or Abort. (A FROZEN departure is driven by the `gateway
+        migrate` that froze it; a COMMITTED one is decided, its object the destination's,
+        and whichever side comes back first confirms it: neither holds up a stop.)"""
         journal = self.host.journal
         found: list[tuple[str, str]] = []
         for key in await journal.store.list(OPEN_DESTINATION_PREFIX):
@@ -162,21 +165,10 @@ class Serving:
                         f"{record.value.object_id} staged from {record.value.source_host}",
                     )
                 )
-        for key in await journal.store.list(OPEN_SOURCE_PREFIX):
-            migration_id = key.removeprefix(OPEN_SOURCE_PREFIX)
-            source = await journal.source(migration_id)
-            if source is not None and source.value.step is SourceStep.COMMITTED:
-                found.append(
-                    (
-                        migration_id,
-                        f"{source.value.object_id} committed to {source.value.destination_host}",
-                    )
-                )
         return found
 
     async def _settle(self) -> None:
-        """Settle each open handoff now: staged copies follow their source's decision,
-        committed departures re-send Commit."""
+        """Settle each copy staged here now: it follows its source's decision."""
         host = self.host
         for key in await host.store.list(OPEN_DESTINATION_PREFIX):
             migration_id = key.removeprefix(OPEN_DESTINATION_PREFIX)
@@ -188,15 +180,6 @@ class Serving:
                 log.info("draining: %s %s", migration_id, outcome.value)
             except GatewayError as exc:
                 log.info("draining: %s not settled: %s", migration_id, exc)
-        for key in await host.store.list(OPEN_SOURCE_PREFIX):
-            migration_id = key.removeprefix(OPEN_SOURCE_PREFIX)
-            source = await host.journal.source(migration_id)
-            if source is None or source.value.step is not SourceStep.COMMITTED:
-                continue
-            try:
-                await host.source.resume(migration_id)
-            except GatewayError as exc:
-                log.info("draining: %s not confirmed: %s", migration_id, exc)
 
 
 def serve(config: Config, *, grace: float, reload_interval: float) -> int:

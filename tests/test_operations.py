@@ -187,8 +187,14 @@ def test_sighup_reload_lets_a_refused_peer_in_and_a_narrowed_policy_denies(
         ]
         assert len(failure) == 1 and str(config_b) in failure[0], failure
 
-        # Narrow B's policy: the resident object is admitted again at once, recorded.
+        # A setting a running server cannot change: refused whole, saying to restart.
         document = yaml.safe_load(good)
+        config_b.write_text(yaml.safe_dump({**document, "listen": "127.0.0.1:1"}))
+        os.kill(server_b.pid, signal.SIGHUP)
+        wait_for("the restart-only refusal", lambda: "listen changed" in log_of(server_b))
+        assert "restart `gateway serve`" in log_of(server_b)
+
+        # Narrow B's policy: the resident object is admitted again at once, recorded.
         document["policy"] = {"offers": [{"resource": "state:self", "actions": ["read"]}]}
         config_b.write_text(yaml.safe_dump(document))
         os.kill(server_b.pid, signal.SIGHUP)
@@ -461,3 +467,29 @@ def test_migrate_several_by_label_with_a_failure_listed(tmp_path: Path) -> None:
     placed = objects(config_b)
     assert all(placed[i].state is LifecycleState.ACTIVE for i in ids)
     assert missing not in objects(config_a)
+
+
+@pytest.mark.parametrize(
+    ("text", "removal", "expected", "reason"),
+    [
+        ("team=billing", False, ("team", "billing"), "a label"),
+        ("team=", False, ("team", ""), "an empty value is a value"),
+        ("team-", True, ("team", None), "removal"),
+        ("team-", False, None, "removal only where removing is allowed"),
+        ("Team=x", False, None, "keys are lowercase"),
+        ("team=" + "x" * 64, False, None, "values are at most 63 characters"),
+        ("team=a b", False, None, "no spaces"),
+        ("noequals", False, None, "KEY=VALUE"),
+    ],
+)
+def test_label_syntax(
+    text: str, removal: bool, expected: tuple[str, str | None] | None, reason: str
+) -> None:
+    from gateway.errors import ConfigError
+    from gateway.fleet import parse_label
+
+    if expected is None:
+        with pytest.raises(ConfigError):
+            parse_label(text, removal=removal)
+    else:
+        assert parse_label(text, removal=removal) == expected, reason
