@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
@@ -75,7 +74,8 @@ exit status:
   1    refused: a peer, a signature, a grant, a trust bundle, a lineage or the store
   2    bad configuration, input file or command-line argument (the line names it)
   70   internal error: a bug in the gateway; rerun with --debug and report it
-  130  interrupted
+  3    a batch (`migrate` of several objects, `drain`) ran, but some objects failed
+  130  interrupted (SIGINT); 143: terminated (SIGTERM)
 """
 
 
@@ -412,8 +412,8 @@ def cmd_keys_retire(args: argparse.Namespace) -> int:
     )
     _signing_now(keyring, record, str(config.host))
     out.print(
-        "next: export the bundle to every peer (`gateway trust export`), and restart "
-        "`gateway serve` on this domain's hosts (a running server keeps the key it loaded)"
+        "next: export the bundle to every peer (`gateway trust export`); a running "
+        "`gateway serve` of this domain reloads its keys within seconds (at once on SIGHUP)"
     )
     out.print(
         f"then delete {config.keys / (record.key_id + '.key')}: whoever holds a retired key "
@@ -449,8 +449,8 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
         keyring = revoke_key(config.keys, record.key_id, at=SystemClock().now())
         out.print(
             f"revoked {name}; bundle sequence {keyring.bundle.sequence}. Export it "
-            "(`gateway trust export`) and send it to every peer now, and restart "
-            "`gateway serve` on this domain's hosts."
+            "(`gateway trust export`) and send it to every peer now; a running "
+            "`gateway serve` of this domain reloads its keys within seconds (at once on SIGHUP)."
         )
         _signing_now(keyring, record, str(config.host))
         out.print("affected objects on this host:")
@@ -540,7 +540,9 @@ def cmd_trust_import(args: argparse.Namespace) -> int:
             out.print("compare it with the fingerprint the peer gave you over another channel")
         else:
             out.print(f"updated {bundle.trust_domain} to sequence {bundle.sequence}")
-        out.print("restart `gateway serve` for a running server to use it")
+        out.print(
+            "a running `gateway serve` of this host uses it within seconds (at once on SIGHUP)"
+        )
         return 0
 
     return asyncio.run(_with_host(args, run))
@@ -569,30 +571,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from gateway import serving
+
+    if not 0 < args.grace <= serving.MAX_GRACE:
+        raise ConfigError(f"--grace must be within (0, {serving.MAX_GRACE:g}] seconds")
+    if not 0 <= args.reload_interval <= 3600:
+        raise ConfigError("--reload-interval must be from 0 (SIGHUP only) to 3600 seconds")
     config = load_config(_config_path(args))
-
-    async def run() -> int:
-        from gateway.host import Host
-
-        host = await Host.open(config)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        ready: asyncio.Future[int] = loop.create_future()
-        server = asyncio.create_task(host.serve(ready=ready, stop=stop))
-        try:
-            port = await asyncio.wait_for(asyncio.shield(ready), timeout=30)
-            bind = config.listen.rsplit(":", 1)[0]
-            print(f"gateway: serving {config.host} on {bind}:{port}", flush=True)
-            await server
-        finally:
-            stop.set()
-            await asyncio.gather(server, return_exceptions=True)
-            await host.close()
-        return 0
-
-    return asyncio.run(run())
+    return serving.serve(config, grace=args.grace, reload_interval=args.reload_interval)
 
 
 def cmd_object_create(args: argparse.Namespace) -> int:
@@ -731,7 +717,10 @@ async def _where_it_is(host: Host, object_id: str, tenant: str) -> str:
     if obj.state is LifecycleState.ACTIVE:
         return f"{object_id} is ACTIVE here again (epoch {obj.epoch}); nothing was lost"
     if obj.state is LifecycleState.FROZEN:
-        return f"{object_id} is still FROZEN here; `gateway serve` finishes or aborts the migration"
+        return (
+            f"{object_id} is still FROZEN here by {obj.migration_id}; `gateway migration resume "
+            f"{obj.migration_id}` finishes it, `gateway migration abort {obj.migration_id}` undoes it"
+        )
     return f"{object_id} is {obj.state.value.upper()} here"
 
 
@@ -749,30 +738,35 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
         return asyncio.run(_with_host(args, evaluate))
 
-    async def run(host: Host) -> int:
-        try:
-            result = await host.migrate(object_id, tenant=args.tenant, destination=args.to)
-        except (ConfigError, UnknownPeerError, NotFoundError):
-            raise  # refused before anything was frozen
-        except GatewayError as exc:
-            # The object may have been frozen and resumed meanwhile: say where it is, so
-            # nobody has to wonder whether a failed migration lost it.
-            where = await _where_it_is(host, object_id, args.tenant)
-            if not where:
-                raise
-            raise type(exc)(f"{exc.reason}; {where}", hint=exc.hint) from exc
-        if result.step.value == "done":
-            out.print(
-                f"{result.object_id} moved to {result.destination} (epoch {result.epoch}, {result.migration_id})"
-            )
-        else:
-            out.print(
-                f"{result.object_id} committed to {result.destination} ({result.migration_id}); "
-                "activation not yet confirmed — `gateway serve` finishes it"
-            )
-        return 0
+    return asyncio.run(
+        _with_host(args, lambda host: migrate_one(host, object_id, args.tenant, args.to))
+    )
 
-    return asyncio.run(_with_host(args, run))
+
+async def migrate_one(host: Host, object_id: str, tenant: str, destination: str) -> int:
+    """Move one object and say where it went (or, on failure, where it is now)."""
+    try:
+        result = await host.migrate(object_id, tenant=tenant, destination=destination)
+    except (ConfigError, UnknownPeerError, NotFoundError):
+        raise  # refused before anything was frozen
+    except GatewayError as exc:
+        # The object may have been frozen and resumed meanwhile: say where it is, so
+        # nobody has to wonder whether a failed migration lost it.
+        where = await _where_it_is(host, object_id, tenant)
+        if not where:
+            raise
+        raise type(exc)(f"{exc.reason}; {where}", hint=exc.hint) from exc
+    if result.step.value == "done":
+        out.print(
+            f"{result.object_id} moved to {result.destination} (epoch {result.epoch}, {result.migration_id})"
+        )
+    else:
+        out.print(
+            f"{result.object_id} committed to {result.destination} ({result.migration_id}); "
+            f"activation not yet confirmed — `gateway migration resume {result.migration_id}` "
+            "(or a running `gateway serve`) finishes it"
+        )
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -1195,7 +1189,26 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(handler=cmd_init)
 
     serve = commands.add_parser(
-        "serve", parents=[common], help="serve peers (Prepare/Commit/Abort/Decision)"
+        "serve",
+        parents=[common],
+        help="serve peers (Prepare/Commit/Abort/Decision)",
+        description="Serve peers until SIGTERM. SIGHUP, or a change of the configuration "
+        "file, keys, TLS files or imported trust bundles, reloads them without a restart "
+        "(a reload that fails keeps the running configuration and logs why). SIGTERM "
+        "stops admitting new handoffs, finishes or aborts those in flight within --grace "
+        "seconds, and exits 0. See docs/operations.md.",
+    )
+    serve.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        help="seconds SIGTERM leaves handoffs in flight to finish (default 10)",
+    )
+    serve.add_argument(
+        "--reload-interval",
+        type=float,
+        default=2.0,
+        help="seconds between looks for changed files and bundles (default 2; 0: SIGHUP only)",
     )
     serve.set_defaults(handler=cmd_serve)
 
@@ -1303,17 +1316,10 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("object_id")
     lineage.set_defaults(handler=cmd_lineage)
 
-    migrate = commands.add_parser(
-        "migrate", parents=[common, tenant], help="move an object to a peer host"
-    )
-    migrate.add_argument("object_id")
-    migrate.add_argument("--to", required=True, help="destination host id (a configured peer)")
-    migrate.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="ask the destination what it would grant; move nothing",
-    )
-    migrate.set_defaults(handler=cmd_migrate)
+    from gateway import fleet, migrations
+
+    fleet.register(commands, objects, common, tenant)
+    migrations.register(commands, common)
 
     events = commands.add_parser(
         "events", parents=[common, tenant], help="the outbox: events published and invocations made"

@@ -55,8 +55,8 @@ from gateway.stores import Expect, Put, StateStore
 from gateway.stores.dapr import DaprStore, connect_client
 from gateway.stores.sqlite import SqliteStore
 from gateway.transport.client import GrpcPeers
-from gateway.transport.server import GatewayService, start_server
-from gateway.transport.tls import server_credentials
+from gateway.transport.server import Gate, GatewayService, start_server
+from gateway.transport.tls import reloadable_server_credentials
 from gateway.trust import TrustBundle, TrustStore, accept_bundle, decode_bundle, encode_bundle
 from gateway.wire import (
     MAX_ENVELOPE_BYTES,
@@ -177,6 +177,8 @@ class Host:
             store, invoker=HttpInvoker(config.invoke), sink=sink, clock=clock
         )
         self._background: set[asyncio.Task[object]] = set()
+        #: The RPC service while serving; gateway.reload swaps its snapshot objects.
+        self.service: GatewayService | None = None
 
     def _object_became_active(self, obj: GovernedObject) -> None:
         """A new or arrived object starts cycling here: at once, not at the next scan."""
@@ -455,20 +457,26 @@ class Host:
     # --- serving ------------------------------------------------------------------------
 
     async def serve(
-        self, *, ready: asyncio.Future[int] | None = None, stop: asyncio.Event | None = None
+        self,
+        *,
+        ready: asyncio.Future[int] | None = None,
+        stop: asyncio.Event | None = None,
+        gate: Gate | None = None,
     ) -> None:
-        """Serve peers until ``stop`` is set (or forever); recover open migrations meanwhile."""
+        """Serve peers until ``stop`` is set (or forever); recover open migrations meanwhile.
+
+        TLS follows the host's current certificate and trust (gateway.reload swaps them);
+        ``gate`` counts RPCs in flight and refuses new handoffs while draining."""
         authorities = {
             domain: bundle.x509_authorities for domain, bundle in self.trust.bundles.items()
         }
-        credentials = server_credentials(
-            certificate=self.certificate,
-            private_key=self.private_key,
-            client_roots=b"".join(self.trust.x509_authorities()),
+        credentials = reloadable_server_credentials(
+            lambda: (self.certificate, self.private_key, b"".join(self.trust.x509_authorities()))
         )
         service = GatewayService(
-            source=self.source, destination=self.destination, authorities=authorities
+            source=self.source, destination=self.destination, authorities=authorities, gate=gate
         )
+        self.service = service
         server, port = await start_server(
             service, listen=self.config.listen, credentials=credentials
         )

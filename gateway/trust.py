@@ -154,7 +154,8 @@ class DomainKeys:
             raise UntrustedKeyError(
                 f"key {key_id[:16]} is not in the trust bundle of {domain} "
                 f"(sequence {self.bundle.sequence})",
-                hint=f"if {domain} rotated keys, import its newer bundle with `gateway trust import`",
+                hint=f"if {domain} rotated keys, import its newer bundle with `gateway trust import`; "
+                "a running `gateway serve` uses it within seconds (at once on SIGHUP), no restart",
             )
         self._check(record)
         return record

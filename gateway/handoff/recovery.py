@@ -27,7 +27,12 @@ from gateway.handoff.destination import Destination
 from gateway.handoff.journal import OPEN_DESTINATION_PREFIX, OPEN_SOURCE_PREFIX
 from gateway.handoff.messages import Outcome
 from gateway.handoff.peers import Peers
-from gateway.handoff.records import DestinationStep, SourceRecord, SourceStep
+from gateway.handoff.records import (
+    DestinationRecord,
+    DestinationStep,
+    SourceRecord,
+    SourceStep,
+)
 from gateway.handoff.source import Source, open_decision
 
 log = logging.getLogger(__name__)
@@ -84,22 +89,29 @@ class Recovery:
             if ctx.clock.now() - staged.updated_at < ctx.timing.stage_timeout:
                 continue
             try:
-                answer = await self.peers.client(staged.source_host).decision(migration_id)
-                outcome = open_decision(
-                    ctx, answer, source=staged.source_host, migration_id=migration_id
-                )
-                if outcome is Outcome.COMMITTED:
-                    await self.destination.commit(migration_id, peer=staged.source_host)
-                else:
-                    await self.destination.abort(
-                        migration_id, peer=staged.source_host, reason="the source decided to abort"
-                    )
+                await self.settle_destination(staged)
                 progressed += 1
             except GatewayError as exc:
                 log.info("destination recovery of %s: %s", migration_id, exc)
         await self.destination.prune_nonces()
         await self.destination.collect_uploads()
         return progressed
+
+    async def settle_destination(self, staged: DestinationRecord) -> Outcome:
+        """Ask the source of a STAGED copy what it decided, and follow it (now, whatever
+        ``stage_timeout`` says: ``gateway migration resume`` and a draining serve)."""
+        migration_id = staged.migration_id
+        answer = await self.peers.client(staged.source_host).decision(migration_id)
+        outcome = open_decision(
+            self.ctx, answer, source=staged.source_host, migration_id=migration_id
+        )
+        if outcome is Outcome.COMMITTED:
+            await self.destination.commit(migration_id, peer=staged.source_host)
+        else:
+            await self.destination.abort(
+                migration_id, peer=staged.source_host, reason="the source decided to abort"
+            )
+        return outcome
 
 
 def _expiry(record: SourceRecord) -> datetime:

@@ -276,9 +276,15 @@ class ServerProcess:
     """``gateway serve`` as a separate OS process, for crash and end-to-end tests."""
 
     def __init__(
-        self, config: Path, *, log: Path | None = None, env: dict[str, str] | None = None
+        self,
+        config: Path,
+        *,
+        log: Path | None = None,
+        env: dict[str, str] | None = None,
+        args: Sequence[str] = (),
     ) -> None:
         self.config = config
+        self.args = tuple(args)  #: more ``gateway serve`` arguments (--grace, ...)
         self.log_path = log or config.parent / "serve.log"
         self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
@@ -288,7 +294,7 @@ class ServerProcess:
     def start(self, timeout: float = 30.0) -> ServerProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(self.config)],
+            [sys.executable, "-m", "gateway", "serve", "--config", str(self.config), *self.args],
             stdout=subprocess.PIPE,
             stderr=self._log,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},

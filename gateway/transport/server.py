@@ -16,7 +16,7 @@ from typing import TypeVar
 import grpc
 
 from gateway import wire
-from gateway.errors import GatewayError, TransferStreamError
+from gateway.errors import GatewayError, PeerUnavailableError, TransferStreamError
 from gateway.handoff.destination import Destination
 from gateway.handoff.messages import Evaluation
 from gateway.handoff.source import Source
@@ -30,23 +30,60 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 
+#: RPCs that start a handoff (or a dry run of one): refused while the server drains.
+ADMITTING_RPCS = frozenset({"Prepare", "PrepareStream", "Evaluate"})
+
+
+class Gate:
+    """Counts the RPCs in flight and, once :meth:`close` is called (SIGTERM), refuses
+    those that would start a new handoff; Commit, Abort, Decision and Claim are still
+    answered, so that handoffs in flight can finish (gateway.serving)."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def enter(self, rpc: str, host: str) -> None:
+        if self.closed and rpc in ADMITTING_RPCS:
+            raise PeerUnavailableError(
+                f"{host} is shutting down and takes no new handoffs",
+                hint="migrate to it once it is back, or to another host",
+            )
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
+    """The RPC adapters. ``source``, ``destination`` and ``authorities`` are replaced
+    whole when the host reloads (gateway.reload); each call reads them once, as it
+    starts, so one call runs on one snapshot."""
+
     def __init__(
         self,
         *,
         source: Source,
         destination: Destination,
         authorities: Mapping[str, tuple[bytes, ...]],
+        gate: Gate | None = None,
     ) -> None:
         self.source = source
         self.destination = destination
         self.authorities = authorities
+        self.gate = gate or Gate()
 
     async def _answer(
         self, context: grpc.aio.ServicerContext, rpc: str, handler: Callable[[str], Awaitable[R]]
     ) -> R:
+        entered = False
         try:
             peer = authenticated_peer(context.auth_context(), self.authorities)
+            self.gate.enter(rpc, self.destination.ctx.host)
+            entered = True
             return await handler(peer)
         except GatewayError as exc:
             log.info("%s refused: %s", rpc, exc)
@@ -57,6 +94,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             await context.abort(
                 grpc.StatusCode.INTERNAL, f"{rpc} failed inside the gateway; see its log"
             )
+        finally:
+            if entered:
+                self.gate.leave()
         raise AssertionError("context.abort returns only by raising")
 
     async def Prepare(

@@ -9,7 +9,7 @@ SPIFFE id names (which domain a CA speaks for is the bundle's word, not the CA's
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import grpc
 
@@ -38,6 +38,34 @@ def server_credentials(
     )
 
 
+def reloadable_server_credentials(
+    current: Callable[[], tuple[bytes, bytes, bytes]],
+) -> grpc.ServerCredentials:
+    """Server mTLS whose certificate, key and client roots follow ``current()`` (the
+    certificate, its key, the concatenated client roots): gRPC asks before every new
+    handshake, so a reloaded trust bundle or host certificate applies to the next
+    connection, while connections already up keep what they were made with."""
+    served = current()
+
+    def configuration(values: tuple[bytes, bytes, bytes]) -> grpc.ServerCertificateConfiguration:
+        certificate, private_key, roots = values
+        return grpc.ssl_server_certificate_configuration(
+            [(private_key, certificate)], root_certificates=roots
+        )
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        nonlocal served
+        values = current()
+        if values == served:
+            return None  # unchanged: gRPC keeps the configuration it has
+        served = values
+        return configuration(values)
+
+    return grpc.dynamic_ssl_server_credentials(
+        configuration(served), fetch, require_client_authentication=True
+    )
+
+
 def channel_credentials(
     *, roots: bytes, certificate: bytes, private_key: bytes
 ) -> grpc.ChannelCredentials:
@@ -62,6 +90,7 @@ def authenticated_peer(
     if not domain_authorities:
         raise UntrustedKeyError(
             f"peer {host} belongs to {host.trust_domain}, whose CA this host does not trust",
-            hint=f"import {host.trust_domain}'s trust bundle with `gateway trust import`",
+            hint=f"import {host.trust_domain}'s trust bundle with `gateway trust import`; a "
+            "running `gateway serve` uses it within seconds (at once on SIGHUP), no restart",
         )
     return str(verify_certificate_for_domain(cert, host, domain_authorities, host.trust_domain))
