@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import gateway.handoff.context as context_module
+from gateway import credentials
 from gateway.model import Publish, Rule
 from gateway.rules import compiled
 from gateway.testing import HostSpec, build_world
@@ -42,7 +43,7 @@ def test_an_arrival_verifies_the_grant_chain_once(
         host_a, host_b = world.hosts[HOST_A], world.hosts[HOST_B]
         proposal = world.run(host_a.export_proposal(OBJECT, tenant="default", destination=HOST_B))
         calls: list[Any] = []
-        real = context_module.verify_chain
+        real = credentials.verify_chain
 
         def counting(*args: Any, **kwargs: Any) -> Any:
             calls.append(kwargs.get("object_id"))
