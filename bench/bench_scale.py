@@ -44,7 +44,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -495,7 +495,9 @@ async def migration_figures(
         await shut(running)
 
 
-async def cycle_figure(world: World, arguments: argparse.Namespace, results: dict[str, Any]) -> None:
+async def cycle_figure(
+    world: World, arguments: argparse.Namespace, results: dict[str, Any]
+) -> None:
     """P5: committed cycles/s through the Scheduler over bare CEL of the same rules."""
     from gateway.runtime.cycle import CycleRunner
 
