@@ -11,16 +11,25 @@ Invariants:
   stream can never damage data already stored; if the stream is short, long or does not
   hash to the expected digest, every chunk written is deleted and nothing else changed.
 * A blob is immutable once written; a reference names its digest, size and location.
+* **A stream is a pipeline with a bounded window.** Receiving, hashing and writing
+  overlap: hashing runs on its own thread (in arrival order: one thread, FIFO), at most
+  :data:`HASH_WINDOW` parts behind the network; batches are committed while the next
+  ones arrive, at most :data:`WRITE_WINDOW` batches in flight. Reading a blob keeps
+  :data:`READ_AHEAD` chunks in flight. Memory stays bounded by these windows (about
+  ``WRITE_WINDOW * BATCH + HASH_WINDOW + READ_AHEAD`` chunks), never the object's size.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import hashlib
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from gateway.errors import TransferStreamError
-from gateway.stores import Delete, Expect, Put, StateStore
+from gateway.stores import Delete, Expect, Item, Put, StateStore
 
 CHUNK_BYTES = 1 << 20
 #: Chunks written per store transaction (one fsync per batch, not per chunk).
@@ -28,6 +37,17 @@ BATCH = 8
 MAX_BLOB_BYTES = 64 << 30
 #: Keys deleted per store transaction.
 DELETE_BATCH = 64
+#: Batches being committed while the stream goes on.
+WRITE_WINDOW = 2
+#: Received parts waiting to be hashed.
+HASH_WINDOW = 4
+#: Chunks read ahead of the one being sent.
+READ_AHEAD = 4
+
+#: Hashing off the event loop (hashlib releases the GIL on large buffers), so the loop
+#: keeps receiving while a part is hashed. ONE thread: its queue is first in, first
+#: out, which is what keeps each stream's parts hashed in order; streams take turns.
+_HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-hash")
 
 
 def _chunk_key(location: str, index: int) -> str:
@@ -60,30 +80,41 @@ async def write_blob(
     match them exactly; otherwise whatever was written is removed and
     :class:`TransferStreamError` says what was wrong.
     """
+    loop = asyncio.get_running_loop()
     hasher = hashlib.sha256()
     size = 0
-    written = 0
+    submitted = 0  #: chunks handed to the store (some perhaps still being committed)
     buffer = bytearray()
     batch: list[Put] = []
+    writes: collections.deque[asyncio.Future[None]] = collections.deque()
+    hashes: collections.deque[asyncio.Future[None]] = collections.deque()
     # The announced size is signed, but it is the sender's word: cap it too.
     limit = min(expected_size, max_size) if expected_size is not None else max_size
 
-    async def flush(final: bool) -> None:
-        nonlocal written
+    async def commit(final: bool) -> None:
+        nonlocal submitted
         while len(buffer) >= CHUNK_BYTES or (final and buffer):
             piece = bytes(buffer[:CHUNK_BYTES])
             del buffer[:CHUNK_BYTES]
             batch.append(
-                Put(key=_chunk_key(location, written + len(batch)), value=piece, etag=Expect.ABSENT)
+                Put(
+                    key=_chunk_key(location, submitted + len(batch)),
+                    value=piece,
+                    etag=Expect.ABSENT,
+                )
             )
             if len(batch) >= BATCH:
-                await store.transact(batch)
-                written += len(batch)
-                batch.clear()
+                await submit()
         if final and batch:
-            await store.transact(batch)
-            written += len(batch)
-            batch.clear()
+            await submit()
+
+    async def submit() -> None:
+        nonlocal submitted
+        while len(writes) >= WRITE_WINDOW:
+            await writes.popleft()
+        writes.append(asyncio.ensure_future(store.transact(tuple(batch))))
+        submitted += len(batch)
+        batch.clear()
 
     try:
         async for part in source:
@@ -93,10 +124,17 @@ async def write_blob(
                     f"object data stream is longer than the {limit} bytes announced",
                     hint="the sender and its signed transfer disagree; nothing was stored",
                 )
-            hasher.update(part)
+            while len(hashes) >= HASH_WINDOW:
+                await hashes.popleft()
+            # In arrival order: the hashing executor has one thread, first in first out.
+            hashes.append(loop.run_in_executor(_HASHER, hasher.update, part))
             buffer.extend(part)
-            await flush(final=False)
-        await flush(final=True)
+            await commit(final=False)
+        await commit(final=True)
+        while writes:
+            await writes.popleft()
+        while hashes:
+            await hashes.popleft()
         if expected_size is not None and size != expected_size:
             raise TransferStreamError(
                 f"object data stream ended after {size} of {expected_size} bytes (truncated)",
@@ -109,20 +147,32 @@ async def write_blob(
                 hint="the data was altered on the way; nothing was stored",
             )
     except BaseException:
-        await delete_chunks(store, location, written)
+        # Let what is in flight finish first, so that no batch lands after the cleanup.
+        await asyncio.gather(*writes, *hashes, return_exceptions=True)
+        await delete_chunks(store, location, submitted)
         raise
-    return BlobRef(digest=digest, size=size, location=location, chunks=written)
+    return BlobRef(digest=digest, size=size, location=location, chunks=submitted)
 
 
 async def read_blob(store: StateStore, ref: BlobRef) -> AsyncIterator[bytes]:
-    """The chunks of a blob in order; one chunk in memory at a time."""
-    for index in range(ref.chunks):
-        item = await store.get(ref.chunk_key(index))
-        if item is None:
-            raise TransferStreamError(
-                f"blob chunk {index} of {ref.location} is missing from the store"
-            )
-        yield item.value
+    """The chunks of a blob in order, :data:`READ_AHEAD` chunks read ahead."""
+    ahead: collections.deque[asyncio.Task[Item | None]] = collections.deque()
+    following = 0
+    try:
+        for index in range(ref.chunks):
+            while following < ref.chunks and len(ahead) < READ_AHEAD:
+                ahead.append(asyncio.ensure_future(store.get(ref.chunk_key(following))))
+                following += 1
+            item = await ahead.popleft()
+            if item is None:
+                raise TransferStreamError(
+                    f"blob chunk {index} of {ref.location} is missing from the store"
+                )
+            yield item.value
+    finally:
+        for task in ahead:
+            task.cancel()
+        await asyncio.gather(*ahead, return_exceptions=True)
 
 
 async def delete_keys(store: StateStore, keys: Sequence[str]) -> None:

@@ -87,6 +87,9 @@ class HandoffConfig:
     stage_timeout: timedelta = timedelta(seconds=30)
     #: issue a narrowed child grant when an object arrives (if its leaf grant allows)
     attenuate_on_rehost: bool = False
+    #: how long settled migrations' records are kept (None: the minimum, see
+    #: gateway.handoff.pruning; a shorter value is raised to that minimum)
+    settled_retention: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,6 +163,7 @@ _HANDOFF_KEYS = {
     "retry_attempts": "retry_attempts",
     "stage_timeout_seconds": "stage_timeout",
     "attenuate_on_rehost": "attenuate_on_rehost",
+    "settled_retention_seconds": "settled_retention",
 }
 
 

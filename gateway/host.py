@@ -50,6 +50,7 @@ from gateway.runtime.scheduler import (
     Scheduler,
     load_quarantine,
     release_quarantine,
+    request_wake,
 )
 from gateway.stores import Expect, Put, StateStore
 from gateway.stores.dapr import DaprStore, connect_client
@@ -179,11 +180,20 @@ class Host:
         self._background: set[asyncio.Task[object]] = set()
         #: The RPC service while serving; gateway.reload swaps its snapshot objects.
         self.service: GatewayService | None = None
+        #: Whether this process runs the scheduler (``serve``), so it can be told directly.
+        self._scheduling = False
 
     def _object_became_active(self, obj: GovernedObject) -> None:
-        """A new or arrived object starts cycling here: at once, not at the next scan."""
-        if self.jobs is None:
-            self.scheduler.notice()
+        """A new or arrived object starts cycling here: at once, not at the next scan
+        (through the store when the scheduler runs in another process)."""
+        if self.jobs is None and self._scheduling:
+            self.scheduler.notice(obj)
+        elif self.jobs is None:
+            wake: asyncio.Task[None] = asyncio.create_task(
+                request_wake(self.store, obj.tenant, obj.object_id)
+            )
+            self._background.add(wake)
+            wake.add_done_callback(self._background.discard)
         elif obj.cycle.interval is not None:
             task = asyncio.create_task(
                 self.jobs.schedule_or_log(obj.tenant, obj.object_id, obj.cycle.interval)
@@ -488,6 +498,7 @@ class Host:
                 await self.jobs.start()
                 await self._schedule_all_jobs()
             else:
+                self._scheduling = True
                 workers.append(asyncio.create_task(self.scheduler.run(stop)))
             workers.append(asyncio.create_task(self._recover_forever(stop)))
             workers.append(asyncio.create_task(self.dispatcher.run(stop)))

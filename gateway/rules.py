@@ -28,6 +28,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -386,6 +387,20 @@ def compile_rules(rules: Sequence[Rule]) -> RuleSet:
     if duplicate is not None:
         raise RuleError(f"two rules are named {duplicate!r}", hint="rule names must be unique")
     return RuleSet(tuple(compile_rule(rule) for rule in rules))
+
+
+#: Compiled rule sets kept (each a few KB): far more distinct rule sets than objects
+#: usually share, so arrivals and cycles of objects with common rules compile once.
+COMPILED_CACHE_SIZE = 1024
+
+
+@functools.lru_cache(maxsize=COMPILED_CACHE_SIZE)
+def compiled(rules: tuple[Rule, ...]) -> RuleSet:
+    """:func:`compile_rules`, cached by the rules' value (rules are frozen dataclasses:
+    hashed and compared by content, so two objects with equal rules share one entry and
+    a hash collision cannot return another object's rules). A rule set that fails to
+    compile raises every time: exceptions are not cached."""
+    return compile_rules(rules)
 
 
 # --- data ---------------------------------------------------------------------------

@@ -177,7 +177,7 @@ def test_a_stage_cancelled_mid_commit_keeps_its_data(
         a, b = hosts[HOST_A], hosts[HOST_B]
         await create_large(a)
         raw = await sealed_transfer(a)
-        original = SqliteStore._transact
+        original = SqliteStore._apply
         slow_once = {"armed": True}
 
         def slow_stage(self: SqliteStore, ops: tuple[Any, ...]) -> Any:
@@ -186,7 +186,7 @@ def test_a_stage_cancelled_mid_commit_keeps_its_data(
                 time.sleep(0.3)  # a slow fsync; the caller gives up meanwhile
             return original(self, ops)
 
-        monkeypatch.setattr(SqliteStore, "_transact", slow_stage)
+        monkeypatch.setattr(SqliteStore, "_apply", slow_stage)
         first = asyncio.create_task(b.destination.prepare_stream(raw, pieces(PAYLOAD), peer=HOST_A))
         for _ in range(200):  # until the stage transaction has reached the worker
             if not slow_once["armed"]:

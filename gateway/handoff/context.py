@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,9 +17,15 @@ from gateway.handoff.journal import Journal
 from gateway.identity import HostId
 from gateway.keys import Purpose, Signer
 from gateway.model import GovernedObject
-from gateway.rules import check_data, compile_rules, load_data
+from gateway.rules import check_data, compiled, load_data
 from gateway.tenancy import Tenancy
 from gateway.trust import TrustStore
+
+
+class _Verify(enum.Enum):
+    """Marks "verify the chain here" where a caller may pass one it verified already."""
+
+    NOW = "now"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,29 +72,49 @@ class HostContext:
                 f"{obj.object_id} has {obj.size} bytes of streamed data, which rules cannot read",
                 hint="keep rules for objects with small JSON data",
             )
-        compile_rules(obj.rules)
+        compiled(obj.rules)
         check_data(load_data(obj.data, obj.content_type))
 
     def authorize(
-        self, obj: GovernedObject, *, peer: str, hops: int, at: datetime
+        self,
+        obj: GovernedObject,
+        *,
+        peer: str,
+        hops: int,
+        at: datetime,
+        chain: VerifiedChain | _Verify | None = _Verify.NOW,
     ) -> tuple[Admission, datetime | None]:
         """:meth:`admit`, and when the authority it grants ends (the chain's expiry); raises
-        if the object's tenant refuses objects admitted so (``require_authority``)."""
-        admission = self.admit(obj, peer=peer, hops=hops, at=at)
+        if the object's tenant refuses objects admitted so (``require_authority``).
+
+        ``chain``: the object's chain as :meth:`chain_of` verified it a moment ago at
+        ``at`` (an arrival verifies it once and passes it on); verified here otherwise."""
+        if isinstance(chain, _Verify):
+            chain = self.chain_of(obj, at=at)
+        admission = self.admit(obj, peer=peer, hops=hops, at=at, chain=chain)
         self.tenancy.require_placement(obj.tenant, admission, object_id=obj.object_id)
-        chain = self.chain_of(obj, at=at)
         expires = (
             min((g.expires_at for g in chain.grants), default=None) if chain is not None else None
         )
         return admission, expires
 
-    def admit(self, obj: GovernedObject, *, peer: str, hops: int, at: datetime) -> Admission:
+    def admit(
+        self,
+        obj: GovernedObject,
+        *,
+        peer: str,
+        hops: int,
+        at: datetime,
+        chain: VerifiedChain | _Verify | None = _Verify.NOW,
+    ) -> Admission:
         """Effective authority of ``obj`` here: chain ∩ ceilings for ``peer``'s domain ∩ offers,
         minus denials; raises if its credentials are bad or its constraints exclude this host.
 
-        An object without grants may live anywhere and do nothing.
+        An object without grants may live anywhere and do nothing. ``chain`` as for
+        :meth:`authorize`.
         """
-        chain = self.chain_of(obj, at=at)
+        if isinstance(chain, _Verify):
+            chain = self.chain_of(obj, at=at)
         capabilities = CapabilitySet()
         if chain is not None:
             chain.constraints.admit(self.host, self.region, hops)

@@ -173,7 +173,10 @@ class Destination:
             chain,
             object_id=transfer.object_id,
         )
-        admission, expires = ctx.authorize(transfer.object, peer=peer, hops=custody.hops, at=now)
+        # The chain verified just above, not verified again (it was verified twice).
+        admission, expires = ctx.authorize(
+            transfer.object, peer=peer, hops=custody.hops, at=now, chain=chain
+        )
         return admission, fence, expires
 
     async def _check_tenant(self, transfer: Transfer, *, peer: str) -> None:

@@ -9,7 +9,8 @@ protocol's own idempotent, ETag-conditional steps:
   expiry plus twice the clock skew) → abort: presumed abort, journal first;
 * destination STAGED for longer than ``stage_timeout`` → ask the source for its
   decision (Decision) and follow it. A source that never committed answers ABORTED,
-  and can never commit afterwards.
+  and can never commit afterwards;
+* settled history past its retention is pruned (gateway.handoff.pruning).
 
 Only migrations marked open are looked at (``open/…`` markers, kept in the same
 transactions as the journal), so a pass costs what is open, not all history.
@@ -27,6 +28,7 @@ from gateway.handoff.destination import Destination
 from gateway.handoff.journal import OPEN_DESTINATION_PREFIX, OPEN_SOURCE_PREFIX
 from gateway.handoff.messages import Outcome
 from gateway.handoff.peers import Peers
+from gateway.handoff.pruning import Pruner
 from gateway.handoff.records import (
     DestinationRecord,
     DestinationStep,
@@ -46,6 +48,8 @@ class Recovery:
         self.source = source
         self.destination = destination
         self.peers = peers
+        #: Settled history past its retention (gateway.handoff.pruning).
+        self.pruner = Pruner(context, retention=context.timing.settled_retention)
 
     async def run_once(self) -> int:
         """One pass; returns how many migrations were moved forward."""
@@ -95,6 +99,7 @@ class Recovery:
                 log.info("destination recovery of %s: %s", migration_id, exc)
         await self.destination.prune_nonces()
         await self.destination.collect_uploads()
+        await self.pruner.maybe_run()
         return progressed
 
     async def settle_destination(self, staged: DestinationRecord) -> Outcome:

@@ -19,7 +19,6 @@ Invariants this module keeps:
 from __future__ import annotations
 
 import enum
-import functools
 import logging
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -37,7 +36,7 @@ from gateway.handoff.journal import put_object
 from gateway.limits import next_counter
 from gateway.lineage import EntryKind
 from gateway.model import MAX_DATA_BYTES, CycleState, GovernedObject, LifecycleState
-from gateway.rules import RuleSet, check_data, compile_rules, dump_data, load_data
+from gateway.rules import RuleSet, check_data, compiled, dump_data, load_data
 from gateway.runtime.outbox import Event, event_key, outbox_puts
 from gateway.stores import Operation
 
@@ -63,13 +62,13 @@ class CycleReport:
 class CycleRunner:
     def __init__(self, context: HostContext, *, cache_size: int = 1024) -> None:
         self.ctx = context
-        # Rules are frozen dataclasses in a tuple: hashable and equal by value. A rule set
-        # that fails to compile raises, and lru_cache does not cache exceptions.
-        self._compile = functools.lru_cache(maxsize=cache_size)(compile_rules)
+        # The module-wide cache (gateway.rules.compiled) is shared with arrivals, which
+        # compile an object's rules to check them; cache_size is kept for callers.
+        del cache_size
 
     def ruleset(self, obj: GovernedObject) -> RuleSet:
         """Compiled rules, cached by their content (objects share rule sets often)."""
-        return self._compile(obj.rules)
+        return compiled(obj.rules)
 
     async def run(
         self, tenant: str, object_id: str, *, generation: int | None = None

@@ -2,9 +2,26 @@
 
 Triggers are at-least-once and cheap: a trigger names the generation it is for, and the
 cycle itself decides (under the object's ETag) whether that generation still needs to
-run. So the scheduler can be simple and forgiving: it rescans the store periodically
-(objects created by another process, objects that arrived by migration), keeps the due
-times it learned, and starts each due object's cycle as its own task.
+run. So the scheduler can be simple and forgiving about what it learns.
+
+**Work per wake is proportional to the objects due, not to the objects held.** Due times
+live in a heap (earliest first); a wake pops only the entries that are due. The store
+is read in full once, at start; afterwards the scheduler learns due times from what it
+is told (:meth:`Scheduler.notice` with the object that became ACTIVE here: created or
+arrived) and from each cycle's own report (its next due time), never by rereading every
+object. A slow *reconciliation* (``reconcile_interval``, a minute by default) lists
+object keys and the quarantine records, and reads only objects it has never seen:
+objects created by another process sharing the store (a CLI next to a server) and
+objects released from quarantine start cycling within that interval. A superseded heap
+entry (the object's due time changed, or it stopped cycling) is dropped when popped.
+
+**Other processes wake it through the store.** A process that makes an object ACTIVE
+without running this scheduler (``gateway object create`` or ``gateway migrate`` next
+to a running server, ``gateway object release``) writes a marker
+``sched/wake/<tenant>/<object id>`` after its own commit; the scheduler lists that prefix
+(only markers, so the cost follows what changed) at most once per ``wake_poll``, deletes
+the markers, then reads those objects. The marker is deleted before the object is read,
+so a marker written meanwhile is either seen next time or was written before the read.
 
 One slow or failing object never holds up the others: cycles run concurrently (bounded),
 each under a timeout, and an object whose cycle fails backs off on its own.
@@ -26,6 +43,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
+import itertools
 import json
 import logging
 from collections.abc import Sequence
@@ -36,6 +55,7 @@ from gateway._time import Clock, format_time, parse_time, to_millis
 from gateway.errors import GatewayError, PayloadDecodeError, StoreUnavailableError
 from gateway.handoff.journal import Journal, objects_prefix
 from gateway.limits import CYCLE_FAILURES_BEFORE_QUARANTINE, cycle_backoff
+from gateway.model import GovernedObject, LifecycleState
 from gateway.runtime.cycle import CycleReport, CycleResult, CycleRunner
 from gateway.runtime.outbox import lifecycle_event, outbox_puts
 from gateway.stores import Delete, Expect, Put, StateStore
@@ -49,6 +69,8 @@ class _Due:
     at: datetime
     generation: int
     failures: int = 0
+    #: The heap entry that stands for this due time (older entries are stale).
+    token: int = 0
 
 
 @dataclass(slots=True)
@@ -58,6 +80,18 @@ class SchedulerStats:
     failures: int = 0
     timeouts: int = 0
     quarantined: int = 0
+
+
+WAKE_PREFIX = "sched/wake/"
+
+
+def wake_key(tenant: str, object_id: str) -> str:
+    return f"{WAKE_PREFIX}{tenant}/{object_id}"
+
+
+async def request_wake(store: StateStore, tenant: str, object_id: str) -> None:
+    """Tell a scheduler running in another process that ``object_id`` may cycle now."""
+    await store.put(wake_key(tenant, object_id), b"", etag=Expect.ANY)
 
 
 def quarantine_prefix(tenant: str) -> str:
@@ -125,7 +159,12 @@ async def release_quarantine(store: StateStore, tenant: str, object_id: str) -> 
     item = await store.get(quarantine_key(tenant, object_id))
     if item is None:
         return False
-    await store.transact([Delete(key=quarantine_key(tenant, object_id), etag=item.etag)])
+    await store.transact(
+        [
+            Delete(key=quarantine_key(tenant, object_id), etag=item.etag),
+            Put(key=wake_key(tenant, object_id), value=b"", etag=Expect.ANY),
+        ]
+    )
     return True
 
 
@@ -137,7 +176,8 @@ class Scheduler:
         tenants: Sequence[str],
         *,
         clock: Clock,
-        scan_interval: timedelta = timedelta(seconds=1),
+        reconcile_interval: timedelta = timedelta(seconds=60),
+        wake_poll: timedelta = timedelta(seconds=1),
         concurrency: int = 32,
         cycle_timeout: timedelta = timedelta(seconds=10),
     ) -> None:
@@ -145,25 +185,50 @@ class Scheduler:
         self.journal = journal
         self.tenants = tuple(tenants)
         self.clock = clock
-        self.scan_interval = scan_interval
+        self.reconcile_interval = reconcile_interval
+        self.wake_poll = wake_poll
         self.cycle_timeout = cycle_timeout
         self.stats = SchedulerStats()
         self._slots = asyncio.Semaphore(concurrency)
         self._due: dict[tuple[str, str], _Due] = {}
+        #: (due time, token, key), earliest first; an entry whose token is not its key's
+        #: current one is stale and skipped.
+        self._heap: list[tuple[datetime, int, tuple[str, str]]] = []
+        self._tokens = itertools.count(1)
+        #: Objects read here at least once (cycling or not): reconciliation skips them.
+        self._seen: set[tuple[str, str]] = set()
         self._inflight: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
-        self._rescan = False
-        #: Quarantined objects, as of the last scan plus the ones quarantined since.
+        self._reconcile = False
+        #: Objects to read again at the next wake (their cycle lost a write race).
+        self._recheck: set[tuple[str, str]] = set()
+        #: Quarantined objects, as of the last reconciliation plus the ones quarantined since.
         self._quarantined: set[tuple[str, str]] = set()
 
-    def notice(self) -> None:
-        """Something became ACTIVE here (created, or arrived): rescan now, not at the next tick."""
-        self._rescan = True
+    def notice(self, obj: GovernedObject | None = None) -> None:
+        """``obj`` became ACTIVE here (created, arrived or resumed): schedule it now, from
+        the object itself. Without an object: reconcile with the store at the next wake."""
+        if obj is None:
+            self._reconcile = True
+        else:
+            key = (obj.tenant, obj.object_id)
+            self._seen.add(key)
+            if key not in self._quarantined:
+                cycle = obj.cycle
+                if obj.state is LifecycleState.ACTIVE and cycle.interval is not None:
+                    self._set_due(key, cycle.generation, cycle.next_due or self.clock.now())
+                else:
+                    self._due.pop(key, None)
         self._wake.set()
 
-    async def scan(self) -> int:
-        """Learn every ACTIVE cycling object's due time from the store."""
-        found = 0
+    def _set_due(
+        self, key: tuple[str, str], generation: int, at: datetime, *, failures: int = 0
+    ) -> None:
+        token = next(self._tokens)
+        self._due[key] = _Due(at=at, generation=generation, failures=failures, token=token)
+        heapq.heappush(self._heap, (at, token, key))
+
+    async def _quarantine_records(self) -> set[tuple[str, str]]:
         quarantined: set[tuple[str, str]] = set()
         for tenant in self.tenants:
             prefix = quarantine_prefix(tenant)
@@ -172,14 +237,44 @@ class Scheduler:
             )
         for released in self._quarantined - quarantined:
             log.info("%s was released from quarantine; scheduling it again", released[1])
+            # Read it again at this reconciliation: it may cycle again.
+            self._seen.discard(released)
         self._quarantined = quarantined
+        return quarantined
+
+    async def scan(self) -> int:
+        """Reconcile with the store: learn the due time of every ACTIVE cycling object not
+        seen here yet (all of them, the first time). Returns how many it scheduled."""
+        found = 0
+        quarantined = await self._quarantine_records()
+        for key in quarantined:
+            self._due.pop(key, None)
         for tenant in self.tenants:
-            keys = await self.journal.store.list(objects_prefix(tenant))
+            prefix = objects_prefix(tenant)
+            unseen = [
+                object_id
+                for object_id in (
+                    k.removeprefix(prefix) for k in await self.journal.store.list(prefix)
+                )
+                if (tenant, object_id) not in self._seen
+            ]
+            found += await self._read(tenant, unseen)
+        return found
+
+    async def _read(self, tenant: str, object_ids: Sequence[str]) -> int:
+        """Read these objects' due times from the store (in bounded batches); returns how
+        many are ACTIVE and cycling."""
+        found = 0
+        prefix = objects_prefix(tenant)
+        for start in range(0, len(object_ids), 500):
+            keys = [prefix + object_id for object_id in object_ids[start : start + 500]]
             items = await self.journal.store.get_many(keys)
             for key, item in items.items():
-                object_id = key.removeprefix(objects_prefix(tenant))
-                if (tenant, object_id) in quarantined:
-                    self._due.pop((tenant, object_id), None)
+                object_id = key.removeprefix(prefix)
+                if (tenant, object_id) in self._seen:
+                    continue  # told about meanwhile: what it was told is newer
+                self._seen.add((tenant, object_id))
+                if (tenant, object_id) in self._quarantined:
                     continue
                 try:
                     cycle = decode_cycle(item.value)
@@ -187,39 +282,72 @@ class Scheduler:
                     log.warning("%s cannot be scheduled: %s", object_id, exc)
                     continue
                 if cycle is None:
-                    self._due.pop((tenant, object_id), None)
                     continue
                 generation, due = cycle
-                known = self._due.get((tenant, object_id))
-                if known is None or known.generation != generation:
-                    self._due[(tenant, object_id)] = _Due(
-                        at=due or self.clock.now(), generation=generation
-                    )
+                self._set_due((tenant, object_id), generation, due or self.clock.now())
                 found += 1
         return found
 
+    async def _take_wakes(self) -> None:
+        """Markers left by other processes: forget what was seen of those objects and
+        read them again (markers first deleted, see the module docstring)."""
+        keys = await self.journal.store.list(WAKE_PREFIX, limit=1000)
+        if not keys:
+            return
+        await self.journal.store.transact([Delete(key=k, etag=Expect.ANY) for k in keys])
+        for key in keys:
+            tenant, _, object_id = key.removeprefix(WAKE_PREFIX).partition("/")
+            if tenant in self.tenants:
+                self._seen.discard((tenant, object_id))
+                self._recheck.add((tenant, object_id))
+        # A release from quarantine is among them: learn the quarantine records again.
+        await self._quarantine_records()
+
     async def run(self, stop: asyncio.Event) -> None:
-        next_scan = self.clock.now()
+        next_reconcile = self.clock.now()
+        next_poll = next_reconcile
         try:
             while not stop.is_set():
                 now = self.clock.now()
-                if now >= next_scan or self._rescan:
-                    self._rescan = False
+                if now >= next_poll:
+                    try:
+                        await self._take_wakes()
+                    except GatewayError as exc:
+                        log.warning("scheduler could not read wake markers: %s", exc)
+                    next_poll = now + self.wake_poll
+                if now >= next_reconcile or self._reconcile:
+                    self._reconcile = False
                     try:
                         await self.scan()
                     except GatewayError as exc:
-                        log.warning("scheduler scan failed: %s", exc)
-                    next_scan = now + self.scan_interval
-                wake_at = next_scan
-                for key, due in self._due.items():
+                        log.warning("scheduler reconciliation failed: %s", exc)
+                    next_reconcile = now + self.reconcile_interval
+                    now = self.clock.now()
+                if self._recheck:
+                    recheck, self._recheck = self._recheck, set()
+                    try:
+                        for tenant in {t for t, _ in recheck}:
+                            await self._read(tenant, [o for t, o in recheck if t == tenant])
+                    except GatewayError as exc:
+                        log.warning("scheduler could not reread objects: %s", exc)
+                        self._reconcile = True
+                    now = self.clock.now()
+                heap = self._heap
+                while heap and heap[0][0] <= now:
+                    _at, token, key = heapq.heappop(heap)
+                    due = self._due.get(key)
+                    if due is None or due.token != token:
+                        continue  # superseded
                     if key in self._inflight:
+                        # Its cycle is running; what it reports decides its next due time
+                        # (or the backoff does, if it fails).
                         continue
-                    if due.at <= now:
-                        task = asyncio.create_task(self._cycle(key, due.generation))
-                        self._inflight[key] = task
-                        task.add_done_callback(functools.partial(self._done, key))
-                    else:
-                        wake_at = min(wake_at, due.at)
+                    task = asyncio.create_task(self._cycle(key, due.generation))
+                    self._inflight[key] = task
+                    task.add_done_callback(functools.partial(self._done, key))
+                wake_at = min(next_reconcile, next_poll)
+                if heap:
+                    wake_at = min(wake_at, heap[0][0])
                 delay = max(0.0, (wake_at - self.clock.now()).total_seconds())
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -270,11 +398,15 @@ class Scheduler:
             self.stats.conflicts += 1
         cycle = report.cycle
         if cycle is None or cycle.interval is None:
-            # Not cycling here (anymore), or state unknown after a conflict: the next
-            # scan puts it back if it is ACTIVE and cycling.
+            # Not cycling here (anymore), or state unknown after a conflict: it comes
+            # back when it becomes ACTIVE here again (notice), or, for a conflict with a
+            # writer in another process, at the next reconciliation.
             self._due.pop(key, None)
+            if report.result is CycleResult.CONFLICT:
+                self._seen.discard(key)
+                self._recheck.add(key)
             return
-        self._due[key] = _Due(at=cycle.next_due or self.clock.now(), generation=cycle.generation)
+        self._set_due(key, cycle.generation, cycle.next_due or self.clock.now())
 
     async def _failed(self, key: tuple[str, str], reason: str, *, own: bool) -> None:
         """Back off; quarantine after too many consecutive failures of the object's own."""
@@ -287,7 +419,7 @@ class Scheduler:
             if await self._quarantine(key, due, reason):
                 return
         delay = cycle_backoff(due.failures)
-        due.at = self.clock.now() + delay
+        self._set_due(key, due.generation, self.clock.now() + delay, failures=due.failures)
         log.warning(
             "cycle of %s failed (%s); attempt %d, retrying in %.1f s",
             key[1],

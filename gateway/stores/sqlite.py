@@ -2,11 +2,23 @@
 
 Invariants this module keeps, beyond the protocol's:
 
-* **One thread owns the connection.** Each store has a single-thread executor; the
-  connection is created on that thread and every statement runs there, reached from
-  async code through ``loop.run_in_executor``. The event loop never waits on an fsync
-  or a lock, and the connection is never touched by two threads (``sqlite3`` would
-  refuse anyway: ``check_same_thread`` stays on).
+* **One thread owns the write connection.** Each store has a single-thread writer
+  executor; the write connection is created on that thread and every write runs there,
+  reached from async code through ``loop.run_in_executor``. The event loop never waits
+  on an fsync or a lock, and the connection is never touched by two threads (``sqlite3``
+  would refuse anyway: ``check_same_thread`` stays on).
+* **Reads never queue behind writes.** Reads run on a small pool of reader threads,
+  each with its own connection. In WAL mode a reader sees the last committed snapshot
+  and is not blocked by a writer (nor blocks one), so a read waits neither for an fsync
+  nor for the write queue. A read that starts after a write returned sees that write:
+  the write's future resolves only after its COMMIT.
+* **Concurrent writes share commits (group commit).** Writes that arrive while a commit
+  is in flight wait for it and then go together into the next transaction, each inside
+  its own SAVEPOINT: one caller's failed precondition rolls back its savepoint only, and
+  the group's single COMMIT (one fsync) makes all the others durable at once. A caller
+  is answered only after the COMMIT that holds its write returned, so durability per
+  caller is exactly that of one transaction per call; the group is as atomic as each
+  of its members (all of a caller's operations or none).
 * **A write that returned is on disk.** ``journal_mode=WAL`` with ``synchronous=FULL``
   fsyncs the WAL at every commit, so a returned :meth:`SqliteStore.transact` survives a
   SIGKILL of the process and a power loss. (``NORMAL`` would only survive the former.)
@@ -33,6 +45,7 @@ import itertools
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +68,14 @@ _SCHEMA_VERSION = 1
 _CHUNK = 500
 
 _DEFAULT_BUSY_TIMEOUT = 10.0
+
+#: Reader threads (each with its own connection). Two cover a host's concurrent reads on
+#: the small machines this runs on; more would only contend for the GIL.
+_READERS = 2
+
+#: Callers whose writes may share one commit; a bound on one transaction's size and on
+#: how long the first caller of a group waits for the last one's work.
+_MAX_GROUP = 64
 
 # SQLite result codes (primary code = extended code & 0xFF) that mean "the file cannot be
 # used right now" rather than "the file is wrong": a caller may retry these later.
@@ -96,16 +117,43 @@ class SqliteStore:
     once are not.
     """
 
-    __slots__ = ("_closed", "_connection", "_executor", "_path")
+    __slots__ = (
+        "_busy_timeout",
+        "_closed",
+        "_connection",
+        "_executor",
+        "_flusher",
+        "_local",
+        "_path",
+        "_pending",
+        "_reader_connections",
+        "_reader_lock",
+        "_readers",
+    )
 
     def __init__(
-        self, *, path: Path, executor: ThreadPoolExecutor, connection: sqlite3.Connection
+        self,
+        *,
+        path: Path,
+        executor: ThreadPoolExecutor,
+        connection: sqlite3.Connection,
+        busy_timeout: float = _DEFAULT_BUSY_TIMEOUT,
     ) -> None:
         # Use open(): the connection must have been made on the executor's only thread.
         self._path = path
         self._executor = executor
         self._connection = connection
+        self._busy_timeout = busy_timeout
         self._closed = False
+        self._readers = ThreadPoolExecutor(
+            max_workers=_READERS, thread_name_prefix=f"sqlite-reader:{path}"
+        )
+        self._local = threading.local()
+        self._reader_connections: builtins.list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
+        #: Writes waiting for the next group commit, with the futures their callers await.
+        self._pending: builtins.list[tuple[tuple[Operation, ...], asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     def open(
@@ -135,7 +183,7 @@ class SqliteStore:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(path=file, executor=executor, connection=connection)
+        return cls(path=file, executor=executor, connection=connection, busy_timeout=busy_timeout)
 
     @property
     def path(self) -> Path:
@@ -162,7 +210,7 @@ class SqliteStore:
     async def get(self, key: str) -> Item | None:
         """The current value and ETag, or ``None`` if the key does not exist."""
         _check_key(key)
-        return await self._run(f"read {key!r}", functools.partial(self._get, key))
+        return await self._read(f"read {key!r}", functools.partial(self._get, key))
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, Item]:
         """The items that exist among ``keys``, in the order asked (missing keys left out)."""
@@ -173,7 +221,7 @@ class SqliteStore:
             _check_key(key)
         if not wanted:
             return {}
-        found = await self._run(
+        found = await self._read(
             f"read {len(wanted)} keys", functools.partial(self._get_many, wanted)
         )
         return {key: found[key] for key in wanted if key in found}
@@ -189,12 +237,24 @@ class SqliteStore:
 
         The transaction runs on the worker thread to its end even if the awaiting task
         is cancelled, so a cancelled call may still have committed: re-read to find out.
+        Concurrent calls share one commit (see the module docstring); each returns only
+        once its own writes are durable.
         """
         ops = tuple(operations)
         _check_operations(ops)
         if not ops:
             return
-        await self._run(_describe(ops), functools.partial(self._transact, ops))
+        if self._closed:
+            raise StoreUnavailableError(
+                f"cannot {_describe(ops)}: the SQLite store {self._path} is closed",
+                hint="the gateway is shutting down; retry against a running instance",
+            )
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._pending.append((ops, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush())
+        await done
 
     async def put(self, key: str, value: bytes, *, etag: str | Expect) -> None:
         """A transaction of one :class:`~gateway.stores.Put`."""
@@ -214,7 +274,7 @@ class SqliteStore:
         check_listable(prefix)
         if limit == 0:
             return []
-        return await self._run(
+        return await self._read(
             f"list keys under {prefix!r}", functools.partial(self._list, prefix, limit)
         )
 
@@ -228,22 +288,20 @@ class SqliteStore:
             return
         self._closed = True
         try:
+            if self._flusher is not None:
+                # Writes already accepted are committed (or fail) before the close.
+                await asyncio.gather(self._flusher, return_exceptions=True)
             await self._on_worker("close the store", self._connection.close)
         finally:
             # The close above was the last job queued, so the thread is idle and exits.
             self._executor.shutdown(wait=True)
+            self._readers.shutdown(wait=True)
+            with self._reader_lock:
+                for connection in self._reader_connections:
+                    connection.close()
+                self._reader_connections.clear()
 
     # --- plumbing ----------------------------------------------------------------------
-
-    async def _run(self, action: str, job: Callable[[], _T]) -> _T:
-        if self._closed:
-            # Unavailable rather than a programming error: during shutdown a request
-            # still in flight may get here, and the caller should see a retryable error.
-            raise StoreUnavailableError(
-                f"cannot {action}: the SQLite store {self._path} is closed",
-                hint="the gateway is shutting down; retry against a running instance",
-            )
-        return await self._on_worker(action, job)
 
     async def _on_worker(self, action: str, job: Callable[[], _T]) -> _T:
         loop = asyncio.get_running_loop()
@@ -252,29 +310,99 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise _store_error(exc, self._path, action) from exc
 
+    async def _read(self, action: str, job: Callable[[sqlite3.Connection], _T]) -> _T:
+        if self._closed:
+            raise StoreUnavailableError(
+                f"cannot {action}: the SQLite store {self._path} is closed",
+                hint="the gateway is shutting down; retry against a running instance",
+            )
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._readers, self._on_reader, job)
+        except sqlite3.Error as exc:
+            raise _store_error(exc, self._path, action) from exc
+
+    def _on_reader(self, job: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Runs ``job`` with this reader thread's own connection (opened on first use)."""
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(
+                self._path,
+                timeout=self._busy_timeout,
+                isolation_level=None,
+                # Closed from close() after the reader pool has stopped; never used by
+                # two threads at once.
+                check_same_thread=False,
+            )
+            connection.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            connection.execute("PRAGMA query_only = ON")
+            self._local.connection = connection
+            with self._reader_lock:
+                self._reader_connections.append(connection)
+        return job(connection)
+
+    async def _flush(self) -> None:
+        """Commit pending writes in groups until none is left (one group in flight)."""
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            group = [(ops, done) for ops, done in self._pending[:_MAX_GROUP] if not done.done()]
+            del self._pending[:_MAX_GROUP]
+            if not group:
+                continue
+            try:
+                outcomes = await loop.run_in_executor(
+                    self._executor, self._commit_group, [ops for ops, _done in group]
+                )
+            except sqlite3.Error as exc:
+                # BEGIN or COMMIT failed: nothing of the group was written.
+                for ops, done in group:
+                    if not done.done():
+                        done.set_exception(
+                            _caused(_store_error(exc, self._path, _describe(ops)), exc)
+                        )
+                continue
+            except BaseException:
+                # This task was cancelled (the loop is closing): the group may still
+                # commit on the worker thread, as a cancelled call always could.
+                for _ops, done in group:
+                    done.cancel()
+                raise
+            for (ops, done), outcome in zip(group, outcomes, strict=True):
+                if done.done():
+                    continue
+                if outcome is None:
+                    done.set_result(None)
+                elif isinstance(outcome, sqlite3.Error):
+                    error = _store_error(outcome, self._path, _describe(ops))
+                    done.set_exception(_caused(error, outcome))
+                else:
+                    done.set_exception(outcome)
+
     # Everything below runs on the worker thread only.
 
-    def _get(self, key: str) -> Item | None:
-        row = self._connection.execute(
-            "SELECT value, etag FROM items WHERE key = ?", (key,)
-        ).fetchone()
+    # Reads run on a reader thread, with that thread's connection.
+
+    def _get(self, key: str, connection: sqlite3.Connection) -> Item | None:
+        row = connection.execute("SELECT value, etag FROM items WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
         value, etag = row
         return Item(key=key, value=value, etag=etag)
 
-    def _get_many(self, keys: Sequence[str]) -> dict[str, Item]:
+    def _get_many(self, keys: Sequence[str], connection: sqlite3.Connection) -> dict[str, Item]:
         # More than one chunk means more than one statement: read them in one
         # transaction so that the answer is a single snapshot, as one query would be.
-        with self._read_transaction() if len(keys) > _CHUNK else contextlib.nullcontext():
+        with _read_transaction(connection) if len(keys) > _CHUNK else contextlib.nullcontext():
             return {
                 key: Item(key=key, value=value, etag=etag)
-                for key, value, etag in self._select_chunked(
-                    "SELECT key, value, etag FROM items WHERE key IN ({})", keys
+                for key, value, etag in _select_chunked(
+                    connection, "SELECT key, value, etag FROM items WHERE key IN ({})", keys
                 )
             }
 
-    def _list(self, prefix: str, limit: int | None) -> builtins.list[str]:
+    def _list(
+        self, prefix: str, limit: int | None, connection: sqlite3.Connection
+    ) -> builtins.list[str]:
         # A range on the primary key, not LIKE/GLOB: '%', '_', '*' and '?' in a prefix
         # are ordinary characters here, and the index serves the scan.
         upper = _prefix_successor(prefix)
@@ -285,52 +413,87 @@ class SqliteStore:
             params.append(upper)
         sql += " ORDER BY key"
         # Filtered here, not in SQL; the cursor is lazy, so islice stops reading at limit.
-        rows = (key for (key,) in self._connection.execute(sql, params) if listable(key))
+        rows = (key for (key,) in connection.execute(sql, params) if listable(key))
         return builtins.list(itertools.islice(rows, limit))
 
-    def _transact(self, ops: tuple[Operation, ...]) -> None:
+    # Writes run on the writer thread, with the write connection.
+
+    def _commit_group(
+        self, group: builtins.list[tuple[Operation, ...]]
+    ) -> builtins.list[BaseException | None]:
+        """Apply each caller's operations in its own savepoint, then COMMIT once.
+
+        Returns one outcome per caller: ``None`` (written, durable once this returns) or
+        the error that rolled back that caller's savepoint. Raises (writing nothing) if
+        the transaction itself cannot begin or commit.
+        """
         connection = self._connection
+        outcomes: builtins.list[BaseException | None] = []
         connection.execute("BEGIN IMMEDIATE")
         try:
-            current = {
-                key: etag
-                for key, etag in self._select_chunked(
-                    "SELECT key, etag FROM items WHERE key IN ({})", [op.key for op in ops]
-                )
-            }
-            # Check every precondition before the first write: a failure then leaves
-            # nothing to undo, and the rollback below is only a formality.
-            for op in ops:
-                _check_precondition(op, current.get(op.key))
-            for op in ops:
-                if isinstance(op, Put):
-                    etag = _new_etag()
-                    connection.execute(
-                        "INSERT INTO items (key, value, etag) VALUES (?, ?, ?)"
-                        " ON CONFLICT (key) DO UPDATE"
-                        " SET value = excluded.value, etag = excluded.etag",
-                        (op.key, op.value, etag),
-                    )
-                elif op.key in current:
-                    connection.execute("DELETE FROM items WHERE key = ?", (op.key,))
+            for ops in group:
+                connection.execute("SAVEPOINT caller")
+                try:
+                    self._apply(ops)
+                except (ConcurrencyError, sqlite3.Error) as exc:
+                    connection.execute("ROLLBACK TO caller")
+                    connection.execute("RELEASE caller")
+                    outcomes.append(exc)
+                    continue
+                connection.execute("RELEASE caller")
+                outcomes.append(None)
             connection.execute("COMMIT")
         except BaseException:
             _rollback(connection)
             raise
+        return outcomes
 
-    def _select_chunked(self, sql: str, keys: Sequence[str]) -> Iterator[Any]:
-        for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start : start + _CHUNK]
-            placeholders = ", ".join("?" * len(chunk))
-            yield from self._connection.execute(sql.format(placeholders), chunk)
+    def _apply(self, ops: tuple[Operation, ...]) -> None:
+        connection = self._connection
+        current = {
+            key: etag
+            for key, etag in _select_chunked(
+                connection, "SELECT key, etag FROM items WHERE key IN ({})", [op.key for op in ops]
+            )
+        }
+        # Check every precondition before the first write: a failure then leaves nothing
+        # to undo in this caller's savepoint.
+        for op in ops:
+            _check_precondition(op, current.get(op.key))
+        for op in ops:
+            if isinstance(op, Put):
+                etag = _new_etag()
+                connection.execute(
+                    "INSERT INTO items (key, value, etag) VALUES (?, ?, ?)"
+                    " ON CONFLICT (key) DO UPDATE"
+                    " SET value = excluded.value, etag = excluded.etag",
+                    (op.key, op.value, etag),
+                )
+            elif op.key in current:
+                connection.execute("DELETE FROM items WHERE key = ?", (op.key,))
 
-    @contextlib.contextmanager
-    def _read_transaction(self) -> Iterator[None]:
-        self._connection.execute("BEGIN DEFERRED")
-        try:
-            yield
-        finally:
-            _rollback(self._connection)
+
+def _caused(error: StoreError, cause: BaseException) -> StoreError:
+    """``error`` chained to ``cause``, as ``raise error from cause`` would (it is handed
+    to a future, not raised here)."""
+    error.__cause__ = cause
+    return error
+
+
+def _select_chunked(connection: sqlite3.Connection, sql: str, keys: Sequence[str]) -> Iterator[Any]:
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        placeholders = ", ".join("?" * len(chunk))
+        yield from connection.execute(sql.format(placeholders), chunk)
+
+
+@contextlib.contextmanager
+def _read_transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    connection.execute("BEGIN DEFERRED")
+    try:
+        yield
+    finally:
+        _rollback(connection)
 
 
 # --- helpers (pure, or run on the worker thread) ------------------------------------

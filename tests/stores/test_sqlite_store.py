@@ -427,3 +427,64 @@ def test_sigkill_mid_write_leaves_every_transaction_whole(db_path: Path) -> None
                     assert pair[f"pair/{n:06d}/a"].value.startswith(b"%d:" % n)
 
         asyncio.run(check(acknowledged))
+
+
+def test_reads_do_not_queue_behind_a_waiting_write(db_path: Path) -> None:
+    """While a write waits for another connection's lock, reads still answer (they run on
+    their own connections, reading the last committed snapshot)."""
+
+    async def main() -> None:
+        async with SqliteStore.open(db_path, busy_timeout=5) as store:
+            await store.put("a", b"1", etag=Expect.ABSENT)
+            other = sqlite3.connect(db_path, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                put = asyncio.create_task(store.put("b", b"2", etag=Expect.ABSENT))
+                await asyncio.sleep(0.05)
+                # Before: this read queued behind the put on the one worker thread and
+                # could not finish until the other connection let go.
+                item = await asyncio.wait_for(store.get("a"), timeout=4)
+                assert item is not None and item.value == b"1"
+                assert await store.list("") == ["a"]
+                assert not put.done()
+                other.execute("ROLLBACK")
+                await asyncio.wait_for(put, timeout=5)
+            finally:
+                other.close()
+            # A read after a write returned sees it.
+            assert await store.list("") == ["a", "b"]
+
+    asyncio.run(main())
+
+
+def test_concurrent_writes_share_commits_and_keep_first_write_wins(db_path: Path) -> None:
+    """Many concurrent transactions, some racing on one key: each caller gets its own
+    outcome (exactly one create of the raced key wins, the others see ConcurrencyError),
+    a failed caller writes nothing, and every returned write is there after reopening."""
+    from gateway.errors import ConcurrencyError
+
+    async def main() -> list[BaseException | None]:
+        async with SqliteStore.open(db_path) as store:
+            jobs = []
+            for index in range(40):
+                ops = [Put(key=f"own/{index}", value=b"x", etag=Expect.ABSENT)]
+                if index % 4 == 0:
+                    ops.append(Put(key="raced", value=str(index).encode(), etag=Expect.ABSENT))
+                jobs.append(store.transact(ops))
+            return list(await asyncio.gather(*jobs, return_exceptions=True))
+
+    outcomes = asyncio.run(main())
+    failed = [i for i, o in enumerate(outcomes) if o is not None]
+    assert all(isinstance(outcomes[i], ConcurrencyError) for i in failed)
+    assert len(failed) == 9  # ten callers raced for "raced"; one won
+
+    async def check() -> None:
+        async with SqliteStore.open(db_path) as store:
+            keys = await store.list("own/")
+            assert sorted(keys) == sorted(f"own/{i}" for i in range(40) if i not in failed)
+            raced = await store.get("raced")
+            assert raced is not None
+            winner = int(raced.value)
+            assert winner % 4 == 0 and winner not in failed
+
+    asyncio.run(check())

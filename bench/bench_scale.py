@@ -1,0 +1,615 @@
+"""Migrations and cycles at scale, each beside a floor measured in the same run.
+
+Run from the project directory::
+
+    python bench/bench_scale.py --quick            # about 2-3 minutes on a busy 2-core VM
+    python bench/bench_scale.py                    # the issue's sizes (10k residents, 1,000 moves)
+    python bench/bench_scale.py --only P1 P1b --json out.json
+
+Figures (issue 13), ratios are *ours / floor* for times and *ours / floor* for rates:
+
+P1   p50 of one small migration A -> B (sequential), against the floor: the same work
+     done the simplest correct way in the same process layout -- two mTLS unary round
+     trips carrying the same bytes (the transfer envelope out, a receipt back; a commit
+     out, a receipt back) + as many Ed25519 signs and verifies as the protocol made
+     (counted with cProfile during one migration) + as many durable SQLite commits
+     (WAL, synchronous=FULL) as the protocol made (counted on both stores), each of the
+     object's size. Lower is better; 1.0 is the floor.
+P1b  p50 of a migration into a host (C) holding ``--residents`` cycling objects, over
+     the p50 into the same host C before it held them, same run. 1.0 is flat.
+P2   throughput of ``--moves`` migrations with 8 in flight, over the floor operation run
+     with 8 in flight (its commits on one writer thread per side, as one connection per
+     file would). Higher is better.
+P5   committed cycles/s of ``--cycle-objects`` objects x 3 rules driven by the host's
+     Scheduler (the real path: due times, concurrency, one commit per cycle), over bare
+     CEL evaluation of the same rules on the same objects (cel-expr-python, compiled
+     once, activation per object). Higher is better.
+
+Every host is real (gateway.testing.build_world: CAs, keys, mTLS on 127.0.0.1, SQLite
+files), served by ``Host.serve`` in this process on one event loop; the floor's gRPC
+server uses the same certificates. P3 (a large object, streamed) is bench_stream.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import pstats
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.config import load_config
+from gateway.host import Host
+from gateway.objectspec import parse_spec
+from gateway.rules import RuleSet, load_data
+from gateway.testing import HostSpec, World, build_world, create_from_spec
+
+HOST_A = "spiffe://org-a.example/cluster/east/gateway"
+HOST_B = "spiffe://org-b.example/cluster/west/gateway"
+HOST_C = "spiffe://org-c.example/cluster/north/gateway"
+TENANT = "default"
+POLICY = {
+    "offers": [
+        {"resource": "pubsub:*", "actions": ["publish"]},
+        {"resource": "state:self", "actions": ["read", "write"]},
+        {"resource": "invoke:*", "actions": ["invoke"]},
+    ],
+    "ceilings": [
+        {
+            "allow": [
+                {"resource": "pubsub:*", "actions": ["publish"]},
+                {"resource": "state:self", "actions": ["read", "write"]},
+                {"resource": "invoke:*", "actions": ["invoke"]},
+            ],
+        }
+    ],
+}
+GRANTED = [
+    {"resource": "pubsub:alerts/*", "actions": ["publish"]},
+    {"resource": "state:self", "actions": ["read", "write"]},
+]
+RULES = [
+    {
+        "name": "overdue",
+        "when": 'data.amount > 1000 && data.status == "open"',
+        "publish": {"topic": "alerts/overdue", "payload": '{"invoice": data.invoice}'},
+    },
+    {
+        "name": "checked",
+        "when": "generation % 2 == 0",
+        "write": '{"checked": generation}',
+    },
+    {"name": "small", "when": "data.amount < 100", "publish": {"topic": "alerts/small"}},
+]
+
+
+def spec(index: int, *, interval: float, audiences: tuple[str, ...] = ()) -> Any:
+    return parse_spec(
+        {
+            "data": {
+                "invoice": f"INV-{index:06d}",
+                "amount": (index * 37) % 2000,
+                "status": "open" if index % 3 else "paid",
+            },
+            "grant": {
+                "capabilities": GRANTED,
+                "audience": list(audiences),
+                "constraints": {"max_hops": 1000},
+            },
+            "cycle": {"interval_seconds": interval},
+            "rules": RULES,
+        },
+        source="bench",
+    )
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+# --- the floor ------------------------------------------------------------------------
+
+
+def _identity(raw: bytes) -> bytes:
+    return raw
+
+
+class Floor:
+    """The simplest correct way to do a migration's work: 2 mTLS unary round trips of the
+    same bytes, the protocol's signs and verifies, its durable commits."""
+
+    def __init__(
+        self,
+        directory: Path,
+        world: World,
+        *,
+        transfer_bytes: int,
+        reply_bytes: int,
+        signs: int,
+        verifies: int,
+        commits: tuple[int, int],
+        object_bytes: int,
+    ) -> None:
+        self.directory = directory
+        self.world = world
+        self.transfer = os.urandom(transfer_bytes)
+        self.commit_message = os.urandom(120)
+        self.reply = os.urandom(reply_bytes)
+        self.signs = signs
+        self.verifies = verifies
+        self.commits = commits
+        self.value = os.urandom(object_bytes)
+        self.key = Ed25519PrivateKey.generate()
+        self.public = self.key.public_key()
+        self.message = os.urandom(200)
+        self.signature = self.key.sign(self.message)
+        self._server: grpc.aio.Server | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._call: Any = None
+        # One writer thread and connection per side, like one connection per file.
+        self._writers = [ThreadPoolExecutor(max_workers=1) for _ in range(2)]
+        self._connections: list[sqlite3.Connection] = []
+        self._counter = 0
+
+    async def start(self) -> None:
+        tls_b = self.world.host_directory(HOST_B) / "tls"
+        tls_a = self.world.host_directory(HOST_A) / "tls"
+
+        async def unary(request: bytes, context: Any) -> bytes:
+            return self.reply
+
+        handler = grpc.method_handlers_generic_handler(
+            "floor.Raw", {"Call": grpc.unary_unary_rpc_method_handler(unary, _identity, _identity)}
+        )
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 32 << 20)])
+        server.add_generic_rpc_handlers((handler,))
+        creds = grpc.ssl_server_credentials(
+            [((tls_b / "host.key").read_bytes(), (tls_b / "host.crt").read_bytes())],
+            root_certificates=(tls_a / "ca.crt").read_bytes(),
+            require_client_auth=True,
+        )
+        port = server.add_secure_port("127.0.0.1:0", creds)
+        await server.start()
+        self._server = server
+        channel_creds = grpc.ssl_channel_credentials(
+            (tls_b / "ca.crt").read_bytes(),
+            (tls_a / "host.key").read_bytes(),
+            (tls_a / "host.crt").read_bytes(),
+        )
+        self._channel = grpc.aio.secure_channel(
+            f"127.0.0.1:{port}",
+            channel_creds,
+            options=[("grpc.ssl_target_name_override", "localhost")],
+        )
+        self._call = self._channel.unary_unary(
+            "/floor.Raw/Call", request_serializer=_identity, response_deserializer=_identity
+        )
+        loop = asyncio.get_running_loop()
+        for side, writer in enumerate(self._writers):
+            path = self.directory / f"floor-{side}.db"
+            self._connections.append(
+                await loop.run_in_executor(writer, functools_partial(_floor_db, path))
+            )
+
+    async def stop(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+        if self._server is not None:
+            await self._server.stop(None)
+        loop = asyncio.get_running_loop()
+        for writer, connection in zip(self._writers, self._connections, strict=True):
+            await loop.run_in_executor(writer, connection.close)
+            writer.shutdown()
+
+    def _commit(self, side: int, key: str) -> None:
+        connection = self._connections[side]
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, self.value))
+        connection.execute("COMMIT")
+
+    async def _commits(self, side: int, count: int, tag: str) -> None:
+        loop = asyncio.get_running_loop()
+        for index in range(count):
+            await loop.run_in_executor(
+                self._writers[side], self._commit, side, f"{tag}/{index % 4}"
+            )
+
+    def _crypto(self, signs: int, verifies: int) -> None:
+        for _ in range(signs):
+            self.key.sign(self.message)
+        for _ in range(verifies):
+            self.public.verify(self.signature, self.message)
+
+    async def once(self) -> float:
+        """One migration's worth of floor work; returns its latency."""
+        self._counter += 1
+        tag = f"m{self._counter}"
+        source_commits, destination_commits = self.commits
+        half_signs, half_verifies = self.signs // 2, self.verifies // 2
+        began = time.perf_counter()
+        # Source: freeze (commit), seal (signs); destination: verify, stage (commit),
+        # sign the receipt; source: verify it, commit; then the same for Commit.
+        await self._commits(0, (source_commits + 1) // 2, tag)
+        self._crypto(half_signs, 0)
+        await self._call(self.transfer)
+        self._crypto(0, half_verifies)
+        await self._commits(1, (destination_commits + 1) // 2, tag)
+        await self._call(self.commit_message)
+        self._crypto(self.signs - half_signs, self.verifies - half_verifies)
+        await self._commits(1, destination_commits // 2, tag)
+        await self._commits(0, source_commits // 2, tag)
+        return time.perf_counter() - began
+
+
+def functools_partial(function: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+    return lambda: function(*args)
+
+
+def _floor_db(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute("PRAGMA synchronous = FULL")
+    connection.execute("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v BLOB)")
+    return connection
+
+
+# --- measuring the protocol --------------------------------------------------------------
+
+
+def count_work(profile: cProfile.Profile) -> tuple[int, int, int]:
+    """Ed25519/ECDSA signs and verifies, and store transactions, made during ``profile``
+    (a transaction is counted by the one check every SqliteStore.transact call makes)."""
+    stats = pstats.Stats(profile)
+    signs = verifies = commits = 0
+    for (file, _line, name), row in stats.stats.items():  # type: ignore[attr-defined]
+        calls = row[1]
+        if file.endswith("stores/sqlite.py") and name == "_check_operations":
+            commits += calls
+        if "Ed25519" not in name and "EllipticCurve" not in name:
+            continue
+        if "'sign'" in name:
+            signs += calls
+        elif "'verify'" in name:
+            verifies += calls
+    return signs, verifies, commits
+
+
+async def serve(world: World, host_ids: list[str]) -> tuple[dict[str, Host], list[Any]]:
+    hosts: dict[str, Host] = {}
+    running: list[Any] = []
+    for host_id in host_ids:
+        host = await Host.open(load_config(world.config(host_id)))
+        stop = asyncio.Event()
+        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(host.serve(ready=ready, stop=stop))
+        await asyncio.wait_for(ready, timeout=60)
+        hosts[host_id] = host
+        running.append((host, stop, task))
+    return hosts, running
+
+
+async def shut(running: list[Any]) -> None:
+    for host, stop, task in running:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+        await host.close()
+
+
+async def create_many(
+    host: Host, prefix: str, count: int, *, interval: float, in_flight: int = 16
+) -> list[str]:
+    ids = [f"obj://{prefix}-{index}" for index in range(count)]
+    slots = asyncio.Semaphore(in_flight)
+    audiences = (HOST_B, HOST_C)
+
+    async def one(index: int, object_id: str) -> None:
+        async with slots:
+            await create_from_spec(
+                host, object_id, spec(index, interval=interval, audiences=audiences), tenant=TENANT
+            )
+
+    await asyncio.gather(*(one(i, oid) for i, oid in enumerate(ids)))
+    return ids
+
+
+async def migrate_sequential(source: Host, ids: list[str], to: str) -> list[float]:
+    latencies = []
+    for object_id in ids:
+        began = time.perf_counter()
+        await source.migrate(object_id, tenant=TENANT, destination=to)
+        latencies.append(time.perf_counter() - began)
+    return latencies
+
+
+async def migrate_concurrent(source: Host, ids: list[str], to: str, in_flight: int) -> float:
+    slots = asyncio.Semaphore(in_flight)
+
+    async def one(object_id: str) -> None:
+        async with slots:
+            await source.migrate(object_id, tenant=TENANT, destination=to)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(one(oid) for oid in ids))
+    return time.perf_counter() - began
+
+
+async def floor_concurrent(floor: Floor, count: int, in_flight: int) -> float:
+    slots = asyncio.Semaphore(in_flight)
+
+    async def one() -> None:
+        async with slots:
+            await floor.once()
+
+    began = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(count)))
+    return time.perf_counter() - began
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# --- the figures ---------------------------------------------------------------------------
+
+
+async def migration_figures(
+    world: World, directory: Path, arguments: argparse.Namespace, results: dict[str, Any]
+) -> None:
+    wanted = set(arguments.only)
+    hosts, running = await serve(world, [HOST_A, HOST_B, HOST_C])
+    host_a, host_b, host_c = hosts[HOST_A], hosts[HOST_B], hosts[HOST_C]
+    floor: Floor | None = None
+    try:
+        samples = arguments.samples
+        say(f"creating {2 * samples + 1 + arguments.moves} objects on A")
+        warm = await create_many(host_a, "org-a.example/bench/warm", 3, interval=3600)
+        p1_ids = await create_many(host_a, "org-a.example/bench/p1", samples, interval=3600)
+        p1b_ids = await create_many(host_a, "org-a.example/bench/p1b", samples, interval=3600)
+        p2_ids = (
+            await create_many(host_a, "org-a.example/bench/p2", arguments.moves, interval=3600)
+            if "P2" in wanted
+            else []
+        )
+        # Warm both paths (connections, caches), and count what one migration costs.
+        await host_a.migrate(warm[0], tenant=TENANT, destination=HOST_B)
+        await host_a.migrate(warm[2], tenant=TENANT, destination=HOST_C)
+        profile = cProfile.Profile()
+        profile.enable()
+        await host_a.migrate(warm[1], tenant=TENANT, destination=HOST_B)
+        profile.disable()
+        signs, verifies, total_commits = count_work(profile)
+        # Both hosts run in this process: the split between them is not counted, so the
+        # floor puts half on each side's writer.
+        commits = ((total_commits + 1) // 2, total_commits // 2)
+        record = (await host_a.journal.store.list("journal/source/"))[-1]
+        item = await host_a.journal.store.get(record)
+        assert item is not None
+        from gateway import wire
+
+        source_record = wire.decode_source_record(item.value)
+        transfer_bytes = len(source_record.transfer)
+        obj = await host_b.get_object(warm[1], tenant=TENANT)
+        object_bytes = len(wire.encode_object(obj))
+        say(
+            f"one migration: {signs} signs, {verifies} verifies, commits source {commits[0]} "
+            f"destination {commits[1]}, transfer {transfer_bytes} B, object {object_bytes} B"
+        )
+        floor = Floor(
+            directory,
+            world,
+            transfer_bytes=transfer_bytes,
+            reply_bytes=400,
+            signs=signs,
+            verifies=verifies,
+            commits=commits,
+            object_bytes=object_bytes,
+        )
+        await floor.start()
+        for _ in range(3):
+            await floor.once()
+        results["floor_counts"] = {
+            "signs": signs,
+            "verifies": verifies,
+            "commits_source": commits[0],
+            "commits_destination": commits[1],
+            "transfer_bytes": transfer_bytes,
+        }
+        if "P1" in wanted or "P1b" in wanted:
+            # Interleave ours and the floor so that load on the machine hits both alike.
+            ours: list[float] = []
+            floors: list[float] = []
+            for object_id in p1_ids:
+                ours.extend(await migrate_sequential(host_a, [object_id], HOST_B))
+                floors.append(await floor.once())
+            p50, floor_p50 = statistics.median(ours), statistics.median(floors)
+            results["P1"] = {
+                "ratio": p50 / floor_p50,
+                "p50_ms": p50 * 1e3,
+                "p99_ms": percentile(ours, 0.99) * 1e3,
+                "floor_p50_ms": floor_p50 * 1e3,
+            }
+            say(
+                f"P1  p50 {p50 * 1e3:.1f} ms, floor {floor_p50 * 1e3:.1f} ms: "
+                f"{results['P1']['ratio']:.2f}x"
+            )
+        if "P1b" in wanted:
+            # The same host before and after it holds the residents: every host runs in
+            # this process, so a host's background work (its scheduler) costs all of them
+            # alike, and only the same host in two phases compares like with like.
+            half = len(p1b_ids) // 2
+            empty = statistics.median(await migrate_sequential(host_a, p1b_ids[:half], HOST_C))
+            say(f"filling C with {arguments.residents} cycling objects")
+            began = time.perf_counter()
+            await create_many(
+                host_c, "org-c.example/bench/resident", arguments.residents, interval=3600
+            )
+            say(f"  filled in {time.perf_counter() - began:.0f} s")
+            await asyncio.sleep(1.5)  # let C's scheduler settle after the creations
+            full = statistics.median(await migrate_sequential(host_a, p1b_ids[half:], HOST_C))
+            results["P1b"] = {
+                "ratio": full / empty,
+                "p50_full_ms": full * 1e3,
+                "p50_empty_ms": empty * 1e3,
+                "residents": arguments.residents,
+            }
+            say(
+                f"P1b into C holding {arguments.residents} residents p50 {full * 1e3:.1f} ms, "
+                f"into C empty {empty * 1e3:.1f} ms: {results['P1b']['ratio']:.2f}x"
+            )
+        if "P2" in wanted:
+            ours_seconds = await migrate_concurrent(host_a, p2_ids, HOST_B, arguments.in_flight)
+            floor_seconds = await floor_concurrent(floor, len(p2_ids), arguments.in_flight)
+            rate, floor_rate = len(p2_ids) / ours_seconds, len(p2_ids) / floor_seconds
+            results["P2"] = {
+                "ratio": rate / floor_rate,
+                "per_second": rate,
+                "floor_per_second": floor_rate,
+                "moves": len(p2_ids),
+            }
+            say(
+                f"P2  {len(p2_ids)} moves, {arguments.in_flight} in flight: {rate:.1f}/s, "
+                f"floor {floor_rate:.1f}/s: {results['P2']['ratio']:.2f}x"
+            )
+    finally:
+        if floor is not None:
+            await floor.stop()
+        await shut(running)
+
+
+async def cycle_figure(
+    world: World, arguments: argparse.Namespace, results: dict[str, Any]
+) -> None:
+    """P5: committed cycles/s through the Scheduler over bare CEL of the same rules."""
+    from gateway.runtime.cycle import CycleRunner
+
+    host = await Host.open(load_config(world.config(HOST_A)))
+    try:
+        count = arguments.cycle_objects
+        say(f"creating {count} cycling objects on A")
+        # Due far in the future while they are created; made due all at once below.
+        ids = await create_many(host, "org-a.example/bench/cycle", count, interval=0.001)
+        objects = await host.list_objects(tenant=TENANT)
+        objects = [o for o in objects if o.object_id in set(ids)]
+        runner = CycleRunner(host.context)
+        ruleset: RuleSet = runner.ruleset(objects[0])
+        datas = [(obj.generation, load_data(obj.data, obj.content_type)) for obj in objects]
+        bare = bare_rate(ruleset, objects, datas, seconds=arguments.seconds)
+        scheduler = host.scheduler
+        stop = asyncio.Event()
+        await scheduler.scan()
+        before = scheduler.stats.evaluated
+        task = asyncio.create_task(scheduler.run(stop))
+        began = time.perf_counter()
+        await asyncio.sleep(arguments.seconds)
+        evaluated = scheduler.stats.evaluated - before
+        elapsed = time.perf_counter() - began
+        stop.set()
+        await task
+        rate = evaluated / elapsed
+        results["P5"] = {
+            "ratio": rate / bare,
+            "cycles_per_second": rate,
+            "bare_per_second": bare,
+            "objects": count,
+        }
+        say(
+            f"P5  {count} objects x {len(RULES)} rules: {rate:.0f} committed cycles/s, bare CEL "
+            f"{bare:.0f}/s: {results['P5']['ratio']:.3f}x"
+        )
+    finally:
+        await host.close()
+
+
+def bare_rate(ruleset: RuleSet, objects: list[Any], datas: list[Any], *, seconds: float) -> float:
+    """Bare cel-expr-python over the same objects (as bench_cycle.py's bare CEL row)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_cycle import bare_cel_batch
+
+    batch = bare_cel_batch(ruleset, objects)
+    done = 0
+    began = time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        done += batch()
+    return done / (time.perf_counter() - began)
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes)")
+    parser.add_argument("--samples", type=int, help="sequential migrations for P1 and P1b")
+    parser.add_argument("--residents", type=int, help="objects held by C for P1b (10,000)")
+    parser.add_argument("--moves", type=int, help="migrations for P2 (1,000)")
+    parser.add_argument("--in-flight", type=int, default=8, help="P2 concurrency (8)")
+    parser.add_argument("--cycle-objects", type=int, help="objects for P5 (10,000)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds for P5")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=["P1", "P1b", "P2", "P5"],
+        choices=["P1", "P1b", "P2", "P5"],
+        help="figures to run (default all)",
+    )
+    parser.add_argument("--json", type=Path, help="write the figures as JSON to this file")
+    arguments = parser.parse_args(argv)
+    quick = arguments.quick
+    arguments.samples = arguments.samples or (30 if quick else 100)
+    arguments.residents = arguments.residents or (2000 if quick else 10_000)
+    arguments.moves = arguments.moves or (200 if quick else 1000)
+    arguments.cycle_objects = arguments.cycle_objects or (1000 if quick else 10_000)
+    if quick:
+        arguments.seconds = min(arguments.seconds, 5.0)
+    return arguments
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    results: dict[str, Any] = {"quick": arguments.quick}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as name:
+        directory = Path(name)
+        peers = {HOST_A: ("default",), HOST_B: ("default",), HOST_C: ("default",)}
+        world = build_world(
+            directory,
+            [
+                HostSpec(host_id=h, policy=POLICY, peer_tenants=peers)
+                for h in (HOST_A, HOST_B, HOST_C)
+            ],
+        )
+        if {"P1", "P1b", "P2"} & set(arguments.only):
+            asyncio.run(migration_figures(world, directory, arguments, results))
+        if "P5" in arguments.only:
+            asyncio.run(cycle_figure(world, arguments, results))
+    results["seconds"] = time.perf_counter() - started
+    results["rss_mib"] = rss_mib()
+    say(json.dumps({k: v for k, v in results.items() if k.startswith("P")}, indent=1))
+    if arguments.json is not None:
+        arguments.json.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    threading.stack_size(0)
+    raise SystemExit(main())

@@ -1,0 +1,238 @@
+"""Pruning: a host's store holds what lives here, plus a bounded window of history.
+
+What a migration leaves behind, and when it stops mattering (the rule, also in
+docs/storage.md):
+
+* **Settled journal records** (``journal/source/<m>`` DONE or ABORTED,
+  ``journal/destination/<m>`` ACTIVATED or ABORTED) answer *retries* of their migration:
+  a source whose Commit reply was lost re-sends it until it gets the activation receipt
+  that the destination's record keeps; a destination still holding a copy asks the
+  source's record for its decision. They are deleted once settled for longer than
+  ``handoff.settled_retention_seconds`` (never less than :func:`minimum_retention`,
+  about eight days, which is also the default). *Replays* do not need them: a replayed Prepare is refused
+  by its nonce (``nonce/…``, kept until the transfer expires) and by the epoch fence,
+  whatever the journal still holds; a source asked about a migration it no longer
+  remembers answers ABORTED, journaling it first (presumed abort), which is right for
+  every migration that was not committed, and a committed one is only ever asked about
+  while its destination holds it STAGED, which the source's record outlives (it settles
+  DONE only once the destination activated).
+* **Fences** (``t/<tenant>/fence/<id>``, the highest epoch staged here) refuse a stale
+  Prepare. A fence is kept as long as the host keeps any record of the object (live,
+  frozen, staged, or its MOVED tombstone): a dishonest former holder can sign a *new*
+  transfer of an old epoch at any time, so no expiry of messages bounds what such a fence
+  must refuse. A fence of an object this host holds no record of (every arrival of it
+  was aborted) is deleted together with the last settled record of such an arrival:
+  after the retention every transfer that raised it has long expired (retention exceeds
+  the longest transfer lifetime plus twice the clock skew), so no *replayed* message can
+  meet it any more, and against a freshly signed stale copy it protects no more than
+  any host that never held the object (DESIGN.md §6: that is what a custody home is for).
+  Fences under the pre-tenancy ``fence/<id>`` keys are no longer read and are deleted.
+* **Staged chunks** of an aborted stage are deleted by the abort; of an upload that
+  never staged, by ``Destination.collect_uploads`` once its transfer expired; a source's
+  chunks once the destination activated. Nothing to do here.
+* **Outbox events** (``events/…``) that were delivered, published or given up on (no
+  ``pending/`` marker left) are deleted once older than the same retention.
+
+Every delete is conditional on the ETag read, so a record that changed meanwhile (a
+retry settled it again, a new arrival raised the fence) is left for the next pass. A
+pass costs what the retention window holds, not the host's whole history.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from gateway import wire
+from gateway.errors import ConcurrencyError, GatewayError
+from gateway.handoff.context import HostContext
+from gateway.handoff.journal import (
+    DESTINATION_PREFIX,
+    OPEN_DESTINATION_PREFIX,
+    OPEN_SOURCE_PREFIX,
+    SOURCE_PREFIX,
+    fence_key,
+    held_key,
+    object_key,
+)
+from gateway.handoff.offline import MAX_OFFLINE_LIFETIME
+from gateway.handoff.records import DestinationStep, SourceStep
+from gateway.runtime.outbox import Event
+from gateway.stores import Delete, Operation
+
+log = logging.getLogger(__name__)
+
+#: Keys read per store call while pruning (bounds one call's memory and a transaction).
+PRUNE_BATCH = 200
+#: Pre-tenancy fences, no longer read or written by anything (gateway.handoff.journal).
+LEGACY_FENCE_PREFIX = "fence/"
+EVENTS_PREFIX = "events/"
+PENDING_PREFIX = "pending/"
+
+
+def minimum_retention(clock_skew: timedelta) -> timedelta:
+    """The shortest retention that keeps the fence rule exact: longer than any transfer
+    can live (an offline transfer file, the longest-lived kind), plus twice the clock
+    skew, plus a day of margin for a host that was down."""
+    return MAX_OFFLINE_LIFETIME + 2 * clock_skew + timedelta(days=1)
+
+
+@dataclass(slots=True)
+class PruneReport:
+    source_records: int = 0
+    destination_records: int = 0
+    fences: int = 0
+    events: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.source_records + self.destination_records + self.fences + self.events
+
+
+class Pruner:
+    """Deletes settled history older than ``retention`` (see the module docstring)."""
+
+    def __init__(self, context: HostContext, *, retention: timedelta | None = None) -> None:
+        self.ctx = context
+        floor = minimum_retention(context.timing.clock_skew)
+        self.retention = floor if retention is None else max(retention, floor)
+        self._next: datetime | None = None
+
+    async def maybe_run(self) -> PruneReport | None:
+        """One pass if the last was long enough ago (a tenth of the retention, at most a
+        minute): pruning never needs to be prompt, only to keep up."""
+        now = self.ctx.clock.now()
+        if self._next is not None and now < self._next:
+            return None
+        self._next = now + min(self.retention / 10, timedelta(minutes=1))
+        return await self.run_once()
+
+    async def run_once(self) -> PruneReport:
+        report = PruneReport()
+        cutoff = self.ctx.clock.now() - self.retention
+        store = self.ctx.journal.store
+        open_sources = {
+            k.removeprefix(OPEN_SOURCE_PREFIX) for k in await store.list(OPEN_SOURCE_PREFIX)
+        }
+        open_destinations = {
+            k.removeprefix(OPEN_DESTINATION_PREFIX)
+            for k in await store.list(OPEN_DESTINATION_PREFIX)
+        }
+        report.source_records = await self._prune_sources(cutoff, open_sources)
+        records, fences = await self._prune_destinations(cutoff, open_destinations)
+        report.destination_records, report.fences = records, fences
+        report.fences += await self._delete_all(await store.list(LEGACY_FENCE_PREFIX))
+        report.events = await self._prune_events(cutoff)
+        if report.total:
+            log.info(
+                "pruned %d source and %d destination records, %d fences, %d events",
+                report.source_records,
+                report.destination_records,
+                report.fences,
+                report.events,
+            )
+        return report
+
+    async def _batches(self, prefix: str, skip: set[str]) -> list[list[str]]:
+        keys = [
+            k for k in await self.ctx.journal.store.list(prefix) if k[len(prefix) :] not in skip
+        ]
+        return [keys[i : i + PRUNE_BATCH] for i in range(0, len(keys), PRUNE_BATCH)]
+
+    async def _prune_sources(self, cutoff: datetime, open_ids: set[str]) -> int:
+        store = self.ctx.journal.store
+        pruned = 0
+        for batch in await self._batches(SOURCE_PREFIX, open_ids):
+            deletes: list[Operation] = []
+            for key, item in (await store.get_many(batch)).items():
+                try:
+                    record = wire.decode_source_record(item.value)
+                except GatewayError as exc:
+                    log.warning("not pruning unreadable %s: %s", key, exc)
+                    continue
+                if record.step in (SourceStep.DONE, SourceStep.ABORTED) and (
+                    record.updated_at < cutoff
+                ):
+                    deletes.append(Delete(key=key, etag=item.etag))
+            pruned += await self._apply(deletes)
+        return pruned
+
+    async def _prune_destinations(self, cutoff: datetime, open_ids: set[str]) -> tuple[int, int]:
+        store = self.ctx.journal.store
+        records = fences = 0
+        for batch in await self._batches(DESTINATION_PREFIX, open_ids):
+            for key, item in (await store.get_many(batch)).items():
+                try:
+                    record = wire.decode_destination_record(item.value)
+                except GatewayError as exc:
+                    log.warning("not pruning unreadable %s: %s", key, exc)
+                    continue
+                if record.step is DestinationStep.STAGED or record.updated_at >= cutoff:
+                    continue
+                operations: list[Operation] = [Delete(key=key, etag=item.etag)]
+                if record.step is DestinationStep.ABORTED:
+                    operations += await self._orphan_fence(record.tenant, record.object_id)
+                applied = await self._apply_one(operations)
+                records += applied
+                fences += applied * (len(operations) - 1)
+        return records, fences
+
+    async def _orphan_fence(self, tenant: str, object_id: str) -> list[Operation]:
+        """The fence of an object this host holds no record of, as a conditional delete."""
+        store = self.ctx.journal.store
+        found = await store.get_many(
+            [
+                object_key(tenant, object_id),
+                held_key(tenant, object_id),
+                fence_key(tenant, object_id),
+            ]
+        )
+        fence = found.get(fence_key(tenant, object_id))
+        if fence is None or object_key(tenant, object_id) in found:
+            return []
+        if held_key(tenant, object_id) in found:
+            return []  # staged here by another migration right now
+        return [Delete(key=fence.key, etag=fence.etag)]
+
+    async def _prune_events(self, cutoff: datetime) -> int:
+        store = self.ctx.journal.store
+        pruned = 0
+        pending = {k.removeprefix(PENDING_PREFIX) for k in await store.list(PENDING_PREFIX)}
+        for batch in await self._batches(EVENTS_PREFIX, pending):
+            deletes: list[Operation] = []
+            for key, item in (await store.get_many(batch)).items():
+                try:
+                    event = Event.decode(key.removeprefix(EVENTS_PREFIX), item.value)
+                except GatewayError:
+                    continue
+                if event.status != "pending" and event.created_at < cutoff:
+                    deletes.append(Delete(key=key, etag=item.etag))
+            pruned += await self._apply(deletes)
+        return pruned
+
+    async def _delete_all(self, keys: Sequence[str]) -> int:
+        store = self.ctx.journal.store
+        deleted = 0
+        for start in range(0, len(keys), PRUNE_BATCH):
+            found = await store.get_many(keys[start : start + PRUNE_BATCH])
+            deleted += await self._apply([Delete(key=k, etag=i.etag) for k, i in found.items()])
+        return deleted
+
+    async def _apply(self, deletes: list[Operation]) -> int:
+        """Deletes in one transaction; on a lost race, one by one (each may have moved)."""
+        if not deletes:
+            return 0
+        try:
+            await self.ctx.journal.store.transact(deletes)
+            return len(deletes)
+        except ConcurrencyError:
+            return sum([await self._apply_one([op]) for op in deletes])
+
+    async def _apply_one(self, operations: list[Operation]) -> int:
+        try:
+            await self.ctx.journal.store.transact(operations)
+        except ConcurrencyError:
+            return 0
+        return 1
