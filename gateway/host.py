@@ -38,10 +38,12 @@ from gateway.handoff.journal import MAX_FOLDED_RELEASES, Journal, object_key
 from gateway.handoff.messages import Evaluation
 from gateway.handoff.recovery import Recovery
 from gateway.handoff.source import MigrationResult, Source
+from gateway.identity import HostId
 from gateway.keyring import Keyring, load_keyring
 from gateway.keys import Purpose
-from gateway.model import CycleState, GovernedObject, LifecycleState, Rule, new_object
+from gateway.model import Answer, CycleState, GovernedObject, LifecycleState, Rule, new_object
 from gateway.objectspec import GrantSpec
+from gateway.runtime.calls import Calls
 from gateway.runtime.cycle import CycleRunner
 from gateway.runtime.dapr import DaprEventSink, DaprJobs
 from gateway.runtime.outbox import Dispatcher, HttpInvoker
@@ -54,9 +56,9 @@ from gateway.runtime.scheduler import (
 from gateway.stores import Expect, Put, StateStore
 from gateway.stores.dapr import DaprStore, connect_client
 from gateway.stores.sqlite import SqliteStore
-from gateway.transport.client import GrpcPeers
+from gateway.transport.client import CallAnswer, GrpcPeers, call_object
 from gateway.transport.server import GatewayService, start_server
-from gateway.transport.tls import server_credentials
+from gateway.transport.tls import channel_credentials, server_credentials
 from gateway.trust import TrustBundle, TrustStore, accept_bundle, decode_bundle, encode_bundle
 from gateway.wire import (
     MAX_ENVELOPE_BYTES,
@@ -157,6 +159,7 @@ class Host:
         self.destination = Destination(self.context, self.peers)
         self.recovery = Recovery(self.context, self.source, self.destination, self.peers)
         self.cycles = CycleRunner(self.context)
+        self.calls = Calls(self.context)
         self.scheduler = Scheduler(self.cycles, self.journal, config.tenants, clock=clock)
         self.dapr_client = dapr_client
         dapr = config.dapr
@@ -269,6 +272,8 @@ class Host:
         rules: tuple[Rule, ...] = (),
         cycle: CycleState | None = None,
         data_stream: AsyncIterator[bytes] | None = None,
+        subscriptions: tuple[str, ...] = (),
+        answers: tuple[Answer, ...] = (),
     ) -> GovernedObject:
         """Create an ACTIVE object; with ``grant``, this host issues its root grant.
 
@@ -312,6 +317,8 @@ class Host:
                 grants=grants,
                 rules=rules,
                 cycle=cycle or CycleState(),
+                subscriptions=subscriptions,
+                answers=answers,
             )
             self.context.check_rules(obj)
             admission, expires = self.context.authorize(obj, peer=self.host_id, hops=0, at=now)
@@ -424,6 +431,50 @@ class Host:
             return Evaluation.refused(self.host_id, exc)
         return Evaluation.of(self.host_id, admission)
 
+    # --- calls --------------------------------------------------------------------------
+
+    async def call(
+        self,
+        object_id: str,
+        method: str,
+        *,
+        tenant: str,
+        data: bytes = b"",
+        at: str | None = None,
+        wait: float = 10.0,
+    ) -> CallAnswer:
+        """Ask ``object_id`` on host ``at`` (a configured peer; default: this host's own
+        ``gateway serve``) through the ``Call`` RPC, as this host (its certificate)."""
+        target = at or self.host_id
+        if target == self.host_id:
+            address = self.config.listen
+            name = address.rsplit(":", 1)[0]
+            server_name = "localhost" if name in ("0.0.0.0", "::", "[::]") else name  # noqa: S104
+            if address.endswith(":0"):
+                raise ConfigError(
+                    f"{self.config.source}: listen: port 0 gives no address to call",
+                    hint="give --at HOST, or listen on a fixed port",
+                )
+        else:
+            peer = self.config.peer(target)
+            address, server_name = peer.address, peer.server_name
+        credentials = channel_credentials(
+            roots=self._roots_for(HostId.parse(target).trust_domain),
+            certificate=self.certificate,
+            private_key=self.private_key,
+        )
+        return await call_object(
+            address=address,
+            server_name=server_name,
+            host_id=target,
+            credentials=credentials,
+            tenant=tenant,
+            object_id=object_id,
+            method=method,
+            data=data,
+            wait=wait,
+        )
+
     # --- trust --------------------------------------------------------------------------
 
     async def import_bundle(self, signed: bytes, *, at: datetime | None = None) -> ImportedBundle:
@@ -467,7 +518,10 @@ class Host:
             client_roots=b"".join(self.trust.x509_authorities()),
         )
         service = GatewayService(
-            source=self.source, destination=self.destination, authorities=authorities
+            source=self.source,
+            destination=self.destination,
+            authorities=authorities,
+            calls=self.calls,
         )
         server, port = await start_server(
             service, listen=self.config.listen, credentials=credentials
