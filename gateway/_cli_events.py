@@ -1,4 +1,4 @@
-"""``gateway call``: ask an object something.
+"""``gateway call`` and ``gateway publish``: ask an object something, send it a message.
 
 Kept apart from gateway/cli.py, which only registers these commands (see
 :func:`add_commands`). Both print one line (or one JSON document with ``-o json``) and
@@ -93,10 +93,31 @@ def cmd_call(args: argparse.Namespace) -> int:
     return asyncio.run(_with_host(args, run))
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    data = _json_argument(args.data, "--data")
+
+    async def run(host: Host) -> int:
+        message = await host.publish(
+            args.topic,
+            data=json.loads(data) if data else None,
+            message_id=args.id,
+            source=args.source,
+            kind=args.type,
+        )
+        _print(
+            {"topic": message.topic, "id": message.id, "source": message.source},
+            f"published {message.id} on {message.topic}",
+            args.output,
+        )
+        return 0
+
+    return asyncio.run(_with_host(args, run))
+
+
 def add_commands(
     commands: Any, common: argparse.ArgumentParser, tenant: argparse.ArgumentParser
 ) -> None:
-    """Register ``call`` under ``gateway``."""
+    """Register ``call`` and ``publish`` under ``gateway``."""
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument(
         "-o", "--output", choices=("text", "json"), default="text", help="output format"
@@ -124,3 +145,19 @@ def add_commands(
         help=f"if the object moved, call the host it moved to (up to {MAX_FOLLOW} hops)",
     )
     call.set_defaults(handler=cmd_call)
+
+    publish = commands.add_parser(
+        "publish",
+        parents=[common, output],
+        help="send a message on a topic (this host's bus, or its Dapr pub/sub)",
+    )
+    publish.add_argument("topic", help="<name>/<name>, e.g. orders/cancelled")
+    publish.add_argument("--data", help="the message data as JSON (default: null)")
+    publish.add_argument(
+        "--id", help="the message id (CloudEvents id; default: a new one); reuse it to redeliver"
+    )
+    publish.add_argument("--source", help="the CloudEvents source (default: this host's id)")
+    publish.add_argument(
+        "--type", default="gateway.message", help="the CloudEvents type (default: gateway.message)"
+    )
+    publish.set_defaults(handler=cmd_publish)

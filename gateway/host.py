@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ from gateway.errors import (
     ConfigError,
     GatewayError,
     ObjectStateError,
+    StoreUnavailableError,
     TrustError,
     UnknownPeerError,
 )
@@ -43,9 +45,11 @@ from gateway.keyring import Keyring, load_keyring
 from gateway.keys import Purpose
 from gateway.model import Answer, CycleState, GovernedObject, LifecycleState, Rule, new_object
 from gateway.objectspec import GrantSpec
+from gateway.runtime.appcallback import AppCallbackServer, dapr_topic, servicer_base
 from gateway.runtime.calls import Calls
 from gateway.runtime.cycle import CycleRunner
-from gateway.runtime.dapr import DaprEventSink, DaprJobs
+from gateway.runtime.dapr import CLOUDEVENT, DaprEventSink, DaprJobs
+from gateway.runtime.events import Events, Message, new_message
 from gateway.runtime.outbox import Dispatcher, HttpInvoker
 from gateway.runtime.scheduler import (
     Quarantine,
@@ -160,6 +164,7 @@ class Host:
         self.recovery = Recovery(self.context, self.source, self.destination, self.peers)
         self.cycles = CycleRunner(self.context)
         self.calls = Calls(self.context)
+        self.events = Events(self.context, self.cycles, clock=clock)
         self.scheduler = Scheduler(self.cycles, self.journal, config.tenants, clock=clock)
         self.dapr_client = dapr_client
         dapr = config.dapr
@@ -180,9 +185,25 @@ class Host:
             store, invoker=HttpInvoker(config.invoke), sink=sink, clock=clock
         )
         self._background: set[asyncio.Task[object]] = set()
+        # Messages and calls through the sidecar's app callback (gateway/runtime/appcallback.py).
+        self.app_callback: AppCallbackServer | None = None
+        if dapr is not None and dapr.app_port is not None and dapr_client is not None:
+            servicer = servicer_base(
+                dapr=dapr,
+                events=self.events,
+                calls=self.calls,
+                trust_domain=config.host.trust_domain,
+            )
+            if self.jobs is not None:
+                self.jobs.servicer_base = servicer
+            else:
+                self.app_callback = AppCallbackServer(servicer, app_port=dapr.app_port)
 
     def _object_became_active(self, obj: GovernedObject) -> None:
-        """A new or arrived object starts cycling here: at once, not at the next scan."""
+        """A new or arrived object starts cycling here: at once, not at the next scan; its
+        subscriptions are taken up here (gateway/runtime/events.py)."""
+        if obj.subscriptions:
+            self._in_background(self.events.take_up(obj.tenant, obj.object_id))
         if self.jobs is None:
             self.scheduler.notice()
         elif obj.cycle.interval is not None:
@@ -191,6 +212,11 @@ class Host:
             )
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+    def _in_background(self, work: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     @classmethod
     async def open(cls, config: Config, *, clock: Clock | None = None) -> Host:
@@ -475,6 +501,48 @@ class Host:
             wait=wait,
         )
 
+    # --- messages -----------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        *,
+        data: Any,
+        message_id: str | None = None,
+        source: str | None = None,
+        kind: str = "gateway.message",
+    ) -> Message:
+        """Send a message on ``topic``: through this host's Dapr pub/sub when it has one
+        (every subscribing host's sidecar delivers it), else onto this host's own bus."""
+        dapr = self.config.dapr
+        if dapr is None or dapr.pubsub is None or self.dapr_client is None:
+            return await self.events.publish(
+                topic, data=data, message_id=message_id, source=source, kind=kind
+            )
+        message = new_message(
+            topic,
+            data=data,
+            message_id=message_id,
+            source=source or self.host_id,
+            kind=kind,
+            received=self.clock.now(),
+        )
+        # Our own CloudEvent: daprd keeps its id, so a subscriber de-duplicates by it.
+        body = json.dumps(message.cloudevent(), separators=(",", ":"))
+        try:
+            await self.dapr_client.publish_event(
+                pubsub_name=dapr.pubsub,
+                topic_name=dapr_topic(topic),
+                data=body,
+                data_content_type=CLOUDEVENT,
+            )
+        except Exception as exc:
+            raise StoreUnavailableError(
+                f"Dapr pub/sub {dapr.pubsub!r} refused the message: {str(exc)[:200]}",
+                hint="check the sidecar and its pub/sub component",
+            ) from exc
+        return message
+
     # --- trust --------------------------------------------------------------------------
 
     async def import_bundle(self, signed: bytes, *, at: datetime | None = None) -> ImportedBundle:
@@ -530,11 +598,16 @@ class Host:
         stop = stop or asyncio.Event()
         workers: list[asyncio.Task[None]] = []
         try:
+            if self.app_callback is not None:
+                await self.app_callback.start()
             if self.jobs is not None:
                 await self.jobs.start()
                 await self._schedule_all_jobs()
             else:
                 workers.append(asyncio.create_task(self.scheduler.run(stop)))
+            workers.append(
+                asyncio.create_task(self.events.run(stop, tenants=tuple(self.config.tenants)))
+            )
             workers.append(asyncio.create_task(self._recover_forever(stop)))
             workers.append(asyncio.create_task(self.dispatcher.run(stop)))
             if ready is not None:
@@ -547,6 +620,8 @@ class Host:
             await asyncio.gather(*workers, *self._background, return_exceptions=True)
             if self.jobs is not None:
                 await self.jobs.stop()
+            if self.app_callback is not None:
+                await self.app_callback.stop()
             await server.stop(grace=2.0)
 
     async def _schedule_all_jobs(self) -> None:

@@ -80,6 +80,7 @@ from gateway.rules import (
     give_answer,
     load_data,
 )
+from gateway.runtime.events import why_withheld
 from gateway.stores import Expect, Put
 
 log = logging.getLogger(__name__)
@@ -248,7 +249,8 @@ class Calls:
         authority = obj.authority_at(now)
         if not authority.permits(resource, "call"):
             raise CallDeniedError(
-                f"{caller} may not call {method} on {obj.object_id}: {_why_not(obj, resource, now)}",
+                f"{caller} may not call {method} on {obj.object_id}: "
+                f"{why_withheld(ctx, obj, resource, 'call', now)}",
                 hint=f"its grants (and this host's policy) must hold {resource} [call]",
             )
         try:
@@ -366,15 +368,6 @@ class Calls:
 
 def _compile_answers(answers: tuple[Answer, ...]) -> dict[str, CompiledAnswer]:
     return compile_answers(answers)
-
-
-def _why_not(obj: GovernedObject, resource: str, now: datetime) -> str:
-    expires = obj.authority_expires
-    if obj.authority.permits(resource, "call") and expires is not None and now >= expires:
-        return f"its grants expired at {format_time(expires)}"
-    if obj.authority.allow.permits(resource, "call"):
-        return "this host's configuration denies it"
-    return "no capability in its grant chain (within this host's policy) allows this caller"
 
 
 def _denial_key(tenant: str, object_id: str, caller: str, method: str, reason: str) -> str:

@@ -137,6 +137,9 @@ class DaprJobs:
         self.app_port = app_port
         self.call_timeout = call_timeout
         self._server: grpc.aio.Server | None = None
+        #: The servicer the job callback is added to: gateway/runtime/appcallback.py sets
+        #: one that also answers subscriptions, topic events and invocations.
+        self.servicer_base: type[Any] | None = None
 
     async def _call(self, what: str, call: Awaitable[_T]) -> _T:
         try:
@@ -223,7 +226,9 @@ class DaprJobs:
         # AppCallbackAlpha.OnJobEventAlpha1 only when it is unimplemented). The other
         # AppCallback methods answer UNIMPLEMENTED, which daprd reads as "no
         # subscriptions, no bindings".
-        class Callback(appcallback_pb2_grpc.AppCallbackServicer):
+        base = self.servicer_base or appcallback_pb2_grpc.AppCallbackServicer
+
+        class Callback(base):  # type: ignore[valid-type,misc]
             async def OnJobEvent(
                 self, request: appcallback_pb2.JobEventRequest, context: grpc.aio.ServicerContext
             ) -> appcallback_pb2.JobEventResponse:
