@@ -79,6 +79,9 @@ ACTIONS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
         "pubsub": frozenset({"publish", "subscribe"}),
         "state": frozenset({"read", "write"}),
         "invoke": frozenset({"invoke"}),
+        # call:<method>/<caller>: who may ask the object what (gateway/runtime/calls.py);
+        # the caller is <trust domain>/<host path> or <trust domain>/dapr/<app id>.
+        "call": frozenset({"call"}),
     }
 )
 KINDS: Final[frozenset[str]] = frozenset(ACTIONS)

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from gateway._cli_events import add_commands as add_event_commands
 from gateway._time import SystemClock, format_time
 from gateway.blobs import CHUNK_BYTES
 from gateway.config import Config, load_config
@@ -604,6 +605,8 @@ def cmd_object_create(args: argparse.Namespace) -> int:
                 content_type=content_type,
                 grant=spec.grant if spec is not None else None,
                 rules=spec.rules if spec is not None else (),
+                subscriptions=spec.subscriptions if spec is not None else (),
+                answers=spec.answers if spec is not None else (),
                 cycle=cycle,
                 data_stream=_file_chunks(large) if large is not None else None,
             )
@@ -1326,6 +1329,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     events.add_argument("--object", help="only this object's events")
     events.set_defaults(handler=cmd_events)
+    add_event_commands(commands, common, tenant)
 
     forks = commands.add_parser(
         "forks",

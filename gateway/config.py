@@ -108,6 +108,9 @@ class DaprConfig:
     pubsub: str | None = None  #: component for gateway events, as CloudEvents
     app_port: int | None = None  #: loopback gRPC port the sidecar calls for job triggers
     jobs: bool = False  #: drive evaluation cycles with the Dapr Jobs API
+    #: Topics the app subscribes to on ``pubsub`` (served by ListTopicSubscriptions), whose
+    #: messages wake the objects here subscribed to them (gateway/runtime/events.py).
+    subscribe: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -483,7 +486,7 @@ def parse_config(document: Any, *, source: Path) -> Config:
         )
     dapr = None
     if "dapr" in top:
-        section = r.mapping(top["dapr"], "dapr", {"pubsub", "app_port", "jobs"}, set())
+        section = r.mapping(top["dapr"], "dapr", {"pubsub", "app_port", "jobs", "subscribe"}, set())
         app_port = section.get("app_port")
         if app_port is not None and (
             isinstance(app_port, bool) or not isinstance(app_port, int) or not 0 < app_port < 65536
@@ -496,10 +499,27 @@ def parse_config(document: Any, *, source: Path) -> Config:
             raise r.fail(
                 "dapr.app_port", "missing", "jobs call the gateway back on this port; e.g. 50061"
             )
+        topics = section.get("subscribe", [])
+        if not isinstance(topics, list) or not all(
+            isinstance(t, str) and re.fullmatch(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)+", t)
+            for t in topics
+        ):
+            raise r.fail(
+                "dapr.subscribe",
+                "expected a list of <name>/<name> topics",
+                "e.g. [orders/cancelled]",
+            )
+        if topics and (app_port is None or "pubsub" not in section):
+            raise r.fail(
+                "dapr.subscribe",
+                "needs dapr.pubsub and dapr.app_port",
+                "the sidecar delivers the topics' messages to the app port",
+            )
         dapr = DaprConfig(
             pubsub=r.string(section["pubsub"], "dapr.pubsub") if "pubsub" in section else None,
             app_port=app_port,
             jobs=jobs,
+            subscribe=tuple(dict.fromkeys(topics)),
         )
 
     tenants_value = top.get("tenants", ["default"])

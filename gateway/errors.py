@@ -131,6 +131,11 @@ class AdmissionDeniedError(AuthorityError):
     """The receiving host's ceiling or the object's constraints refuse this host."""
 
 
+class CallDeniedError(AdmissionDeniedError):
+    """A call to an object was refused: caller not allowed, no such method, or the
+    object's answer declined it (its condition was false or its reply failed)."""
+
+
 class TenantBindingError(AdmissionDeniedError):
     """A peer delivers into a tenant its configuration does not bind it to."""
 
@@ -181,6 +186,18 @@ class HandoffError(GatewayError):
 
 class ObjectStateError(HandoffError):
     """The object is not in a state that allows this (e.g. not ACTIVE, already moving)."""
+
+
+class ObjectMovedError(ObjectStateError):
+    """The object was migrated away; ``moved_to`` is the host that holds it now."""
+
+    def __init__(self, reason: str, *, moved_to: str, hint: str | None = None) -> None:
+        super().__init__(reason, hint=hint)
+        self.moved_to = moved_to
+
+
+class ObjectBusyError(ObjectStateError):
+    """The object stayed frozen by a migration for longer than the caller would wait."""
 
 
 class UnknownPeerError(HandoffError):

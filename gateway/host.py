@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ from gateway.errors import (
     ConfigError,
     GatewayError,
     ObjectStateError,
+    StoreUnavailableError,
     TrustError,
     UnknownPeerError,
 )
@@ -38,12 +40,16 @@ from gateway.handoff.journal import MAX_FOLDED_RELEASES, Journal, object_key
 from gateway.handoff.messages import Evaluation
 from gateway.handoff.recovery import Recovery
 from gateway.handoff.source import MigrationResult, Source
+from gateway.identity import HostId
 from gateway.keyring import Keyring, load_keyring
 from gateway.keys import Purpose
-from gateway.model import CycleState, GovernedObject, LifecycleState, Rule, new_object
+from gateway.model import Answer, CycleState, GovernedObject, LifecycleState, Rule, new_object
 from gateway.objectspec import GrantSpec
+from gateway.runtime.appcallback import AppCallbackServer, dapr_topic, servicer_base
+from gateway.runtime.calls import Calls
 from gateway.runtime.cycle import CycleRunner
-from gateway.runtime.dapr import DaprEventSink, DaprJobs
+from gateway.runtime.dapr import CLOUDEVENT, DaprEventSink, DaprJobs
+from gateway.runtime.events import Events, Message, new_message
 from gateway.runtime.outbox import Dispatcher, HttpInvoker
 from gateway.runtime.scheduler import (
     Quarantine,
@@ -55,9 +61,9 @@ from gateway.runtime.scheduler import (
 from gateway.stores import Expect, Put, StateStore
 from gateway.stores.dapr import DaprStore, connect_client
 from gateway.stores.sqlite import SqliteStore
-from gateway.transport.client import GrpcPeers
+from gateway.transport.client import CallAnswer, GrpcPeers, call_object
 from gateway.transport.server import Gate, GatewayService, start_server
-from gateway.transport.tls import reloadable_server_credentials
+from gateway.transport.tls import channel_credentials, reloadable_server_credentials
 from gateway.trust import TrustBundle, TrustStore, accept_bundle, decode_bundle, encode_bundle
 from gateway.wire import (
     MAX_ENVELOPE_BYTES,
@@ -158,6 +164,8 @@ class Host:
         self.destination = Destination(self.context, self.peers)
         self.recovery = Recovery(self.context, self.source, self.destination, self.peers)
         self.cycles = CycleRunner(self.context)
+        self.calls = Calls(self.context)
+        self.events = Events(self.context, self.cycles, clock=clock)
         self.scheduler = Scheduler(self.cycles, self.journal, config.tenants, clock=clock)
         self.dapr_client = dapr_client
         dapr = config.dapr
@@ -182,24 +190,42 @@ class Host:
         self.service: GatewayService | None = None
         #: Whether this process runs the scheduler (``serve``), so it can be told directly.
         self._scheduling = False
+        # Messages and calls through the sidecar's app callback (gateway/runtime/appcallback.py).
+        self.app_callback: AppCallbackServer | None = None
+        if dapr is not None and dapr.app_port is not None and dapr_client is not None:
+            servicer = servicer_base(
+                dapr=dapr,
+                events=self.events,
+                calls=self.calls,
+                trust_domain=config.host.trust_domain,
+            )
+            if self.jobs is not None:
+                self.jobs.servicer_base = servicer
+            else:
+                self.app_callback = AppCallbackServer(servicer, app_port=dapr.app_port)
 
     def _object_became_active(self, obj: GovernedObject) -> None:
         """A new or arrived object starts cycling here: at once, not at the next scan
-        (through the store when the scheduler runs in another process)."""
+        (through the store when the scheduler runs in another process); its
+        subscriptions are taken up here (gateway/runtime/events.py)."""
+        if obj.subscriptions:
+            self._in_background(self.events.take_up(obj.tenant, obj.object_id))
+            self.events.activated(obj.tenant, obj.object_id)
         if self.jobs is None and self._scheduling:
             self.scheduler.notice(obj)
         elif self.jobs is None:
-            wake: asyncio.Task[None] = asyncio.create_task(
-                request_wake(self.store, obj.tenant, obj.object_id)
-            )
-            self._background.add(wake)
-            wake.add_done_callback(self._background.discard)
+            self._in_background(request_wake(self.store, obj.tenant, obj.object_id))
         elif obj.cycle.interval is not None:
             task = asyncio.create_task(
                 self.jobs.schedule_or_log(obj.tenant, obj.object_id, obj.cycle.interval)
             )
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+    def _in_background(self, work: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     @classmethod
     async def open(cls, config: Config, *, clock: Clock | None = None) -> Host:
@@ -281,6 +307,8 @@ class Host:
         rules: tuple[Rule, ...] = (),
         cycle: CycleState | None = None,
         data_stream: AsyncIterator[bytes] | None = None,
+        subscriptions: tuple[str, ...] = (),
+        answers: tuple[Answer, ...] = (),
     ) -> GovernedObject:
         """Create an ACTIVE object; with ``grant``, this host issues its root grant.
 
@@ -324,6 +352,8 @@ class Host:
                 grants=grants,
                 rules=rules,
                 cycle=cycle or CycleState(),
+                subscriptions=subscriptions,
+                answers=answers,
             )
             self.context.check_rules(obj)
             admission, expires = self.context.authorize(obj, peer=self.host_id, hops=0, at=now)
@@ -436,6 +466,92 @@ class Host:
             return Evaluation.refused(self.host_id, exc)
         return Evaluation.of(self.host_id, admission)
 
+    # --- calls --------------------------------------------------------------------------
+
+    async def call(
+        self,
+        object_id: str,
+        method: str,
+        *,
+        tenant: str,
+        data: bytes = b"",
+        at: str | None = None,
+        wait: float = 10.0,
+    ) -> CallAnswer:
+        """Ask ``object_id`` on host ``at`` (a configured peer; default: this host's own
+        ``gateway serve``) through the ``Call`` RPC, as this host (its certificate)."""
+        target = at or self.host_id
+        if target == self.host_id:
+            address = self.config.listen
+            name = address.rsplit(":", 1)[0]
+            server_name = "localhost" if name in ("0.0.0.0", "::", "[::]") else name  # noqa: S104
+            if address.endswith(":0"):
+                raise ConfigError(
+                    f"{self.config.source}: listen: port 0 gives no address to call",
+                    hint="give --at HOST, or listen on a fixed port",
+                )
+        else:
+            peer = self.config.peer(target)
+            address, server_name = peer.address, peer.server_name
+        credentials = channel_credentials(
+            roots=self._roots_for(HostId.parse(target).trust_domain),
+            certificate=self.certificate,
+            private_key=self.private_key,
+        )
+        return await call_object(
+            address=address,
+            server_name=server_name,
+            host_id=target,
+            credentials=credentials,
+            tenant=tenant,
+            object_id=object_id,
+            method=method,
+            data=data,
+            wait=wait,
+        )
+
+    # --- messages -----------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        *,
+        data: Any,
+        message_id: str | None = None,
+        source: str | None = None,
+        kind: str = "gateway.message",
+    ) -> Message:
+        """Send a message on ``topic``: through this host's Dapr pub/sub when it has one
+        (every subscribing host's sidecar delivers it), else onto this host's own bus."""
+        dapr = self.config.dapr
+        if dapr is None or dapr.pubsub is None or self.dapr_client is None:
+            return await self.events.publish(
+                topic, data=data, message_id=message_id, source=source, kind=kind
+            )
+        message = new_message(
+            topic,
+            data=data,
+            message_id=message_id,
+            source=source or self.host_id,
+            kind=kind,
+            received=self.clock.now(),
+        )
+        # Our own CloudEvent: daprd keeps its id, so a subscriber de-duplicates by it.
+        body = json.dumps(message.cloudevent(), separators=(",", ":"))
+        try:
+            await self.dapr_client.publish_event(
+                pubsub_name=dapr.pubsub,
+                topic_name=dapr_topic(topic),
+                data=body,
+                data_content_type=CLOUDEVENT,
+            )
+        except Exception as exc:
+            raise StoreUnavailableError(
+                f"Dapr pub/sub {dapr.pubsub!r} refused the message: {str(exc)[:200]}",
+                hint="check the sidecar and its pub/sub component",
+            ) from exc
+        return message
+
     # --- trust --------------------------------------------------------------------------
 
     async def import_bundle(self, signed: bytes, *, at: datetime | None = None) -> ImportedBundle:
@@ -484,7 +600,11 @@ class Host:
             lambda: (self.certificate, self.private_key, b"".join(self.trust.x509_authorities()))
         )
         service = GatewayService(
-            source=self.source, destination=self.destination, authorities=authorities, gate=gate
+            source=self.source,
+            destination=self.destination,
+            authorities=authorities,
+            gate=gate,
+            calls=self.calls,
         )
         self.service = service
         server, port = await start_server(
@@ -494,12 +614,17 @@ class Host:
         stop = stop or asyncio.Event()
         workers: list[asyncio.Task[None]] = []
         try:
+            if self.app_callback is not None:
+                await self.app_callback.start()
             if self.jobs is not None:
                 await self.jobs.start()
                 await self._schedule_all_jobs()
             else:
                 self._scheduling = True
                 workers.append(asyncio.create_task(self.scheduler.run(stop)))
+            workers.append(
+                asyncio.create_task(self.events.run(stop, tenants=tuple(self.config.tenants)))
+            )
             workers.append(asyncio.create_task(self._recover_forever(stop)))
             workers.append(asyncio.create_task(self.dispatcher.run(stop)))
             if ready is not None:
@@ -512,6 +637,8 @@ class Host:
             await asyncio.gather(*workers, *self._background, return_exceptions=True)
             if self.jobs is not None:
                 await self.jobs.stop()
+            if self.app_callback is not None:
+                await self.app_callback.stop()
             await server.stop(grace=2.0)
 
     async def _schedule_all_jobs(self) -> None:

@@ -89,6 +89,22 @@ CYCLE_BACKOFF_FIRST: Final = timedelta(milliseconds=500)
 #: ... up to this.
 CYCLE_BACKOFF_MAX: Final = timedelta(seconds=30)
 
+# --- events and calls (gateway/runtime/events.py, gateway/runtime/calls.py) ----------
+
+#: Topics one object may subscribe to (each is an index entry and a log replay here).
+MAX_SUBSCRIPTIONS: Final = 16
+#: Methods one object may answer.
+MAX_ANSWERS: Final = 32
+#: A message's data as JSON, on the in-process bus or from Dapr pub/sub.
+MAX_MESSAGE_BYTES: Final = 64 << 10
+#: A message id or source (CloudEvents ``id``/``source``), a type, a topic.
+MAX_MESSAGE_FIELD_CHARS: Final = 256
+#: A call's request data and its reply, as JSON.
+MAX_CALL_REQUEST_BYTES: Final = 64 << 10
+MAX_CALL_REPLY_BYTES: Final = 64 << 10
+#: The longest a call waits for an object frozen by a migration.
+MAX_CALL_WAIT: Final = timedelta(seconds=30)
+
 _MIGRATION_ID = re.compile(r"[A-Za-z0-9._-]+")
 
 

@@ -68,6 +68,9 @@ class EntryKind(enum.Enum):
     FROZEN = "frozen"
     ABORTED = "aborted"
     REHOSTED = "rehosted"
+    WOKEN = "woken"  #: a message on a subscribed topic woke the object (runtime/events.py)
+    CALLED = "called"  #: a call was answered (runtime/calls.py)
+    CALL_DENIED = "call-denied"  #: a call was refused; repeats are counted (runtime/calls.py)
 
 
 def _strict_json(raw: bytes, fields: frozenset[str], what: str) -> dict[str, Any]:

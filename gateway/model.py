@@ -74,12 +74,28 @@ class Invoke:
 
 Action = WriteState | Publish | Invoke
 
+#: What wakes a rule: its cycle (the default) or a message on a subscribed topic.
+TRIGGERS = ("cycle", "message")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Rule:
     name: str
     when: str  #: CEL condition
     action: Action
+    on: str = "cycle"  #: one of :data:`TRIGGERS`
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Answer:
+    """How the object answers a request for ``method`` (gateway/runtime/calls.py):
+    ``reply`` is a CEL expression over its data and the request, given when ``when``
+    holds; ``write`` (optional) a CEL map merged into its data, as a rule's write."""
+
+    method: str
+    reply: str
+    when: str = "true"
+    write: str = ""
 
 
 #: The longest evaluation interval an object may have (a year): longer is no schedule,
@@ -116,6 +132,10 @@ class GovernedObject:
     blob: BlobRef | None = None
     #: When ``authority`` ends (its grant chain expires); None: no grants, nothing to end.
     authority_expires: datetime | None = None
+    #: Topics whose messages wake the object (each needs ``pubsub:<topic>`` subscribe).
+    subscriptions: tuple[str, ...] = ()
+    #: The requests it answers (gateway/runtime/calls.py), one per method.
+    answers: tuple[Answer, ...] = ()
 
     def authority_at(self, moment: datetime) -> EffectiveAuthority:
         """What the object may do here at ``moment``: nothing once its grants expired."""
@@ -258,6 +278,8 @@ def new_object(
     rules: tuple[Rule, ...] = (),
     cycle: CycleState | None = None,
     blob: BlobRef | None = None,
+    subscriptions: tuple[str, ...] = (),
+    answers: tuple[Answer, ...] = (),
 ) -> GovernedObject:
     """A new ACTIVE object with its CREATED entry. The id must be owned by ``host``'s domain.
 
@@ -291,6 +313,8 @@ def new_object(
         rules=rules,
         cycle=cycle or CycleState(),
         blob=blob,
+        subscriptions=subscriptions,
+        answers=answers,
     )
     return created.record(EntryKind.CREATED, host=host, at=at, detail=f"tenant {tenant}")
 

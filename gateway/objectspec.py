@@ -25,6 +25,17 @@ root grant, issued by the creating host), and its evaluation schedule::
       - name: count
         when: "true"
         write: '{"checks": generation + 1}'
+      - name: cancel                          # woken by a message, not by the cycle
+        on: message
+        when: event.type == "order.cancelled"
+        write: '{"status": "cancelled"}'
+    subscribe: [orders/cancelled]             # needs pubsub:orders/cancelled subscribe
+    answers:                                  # requests it answers (gateway call)
+      status:
+        when: 'request.caller.startsWith("org-b.example/")'
+        reply: '{"status": data.status}'
+
+(docs/events-and-calls.md describes subscriptions, answers and the authority they need.)
 
 Parsed once, at the edge, into a frozen :class:`ObjectSpec`; errors name the file and key.
 """
@@ -44,10 +55,10 @@ from gateway.authority import CapabilitySet, Constraints
 from gateway.credentials import parse_audience
 from gateway.errors import AuthorityError, ConfigError, GrantFormatError
 from gateway.identity import HostId
-from gateway.model import MAX_CYCLE_INTERVAL, CycleState, Rule
-from gateway.rules import dump_data, rule_from_mapping
+from gateway.model import MAX_CYCLE_INTERVAL, Answer, CycleState, Rule
+from gateway.rules import answer_from_mapping, dump_data, rule_from_mapping
 
-_TOP = frozenset({"data", "content_type", "grant", "cycle", "rules"})
+_TOP = frozenset({"data", "content_type", "grant", "cycle", "rules", "subscribe", "answers"})
 _GRANT = frozenset({"audience", "valid_for_days", "capabilities", "constraints", "home"})
 _CYCLE = frozenset({"interval_seconds"})
 
@@ -76,6 +87,8 @@ class ObjectSpec:
     grant: GrantSpec | None
     cycle: CycleState
     rules: tuple[Rule, ...] = ()
+    subscriptions: tuple[str, ...] = ()
+    answers: tuple[Answer, ...] = ()
 
 
 def _fail(source: str, where: str, problem: str, fix: str) -> ConfigError:
@@ -226,7 +239,25 @@ def parse_spec(document: Any, *, source: str) -> ObjectSpec:
     rules = tuple(
         rule_from_mapping(item, f"{source}: rules[{index}]") for index, item in enumerate(raw_rules)
     )
-    return ObjectSpec(data=data, content_type=content_type, grant=grant, cycle=cycle, rules=rules)
+    topics = top.get("subscribe", [])
+    if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+        raise _fail(source, "subscribe", "expected a list of topics", "e.g. [orders/cancelled]")
+    raw_answers = top.get("answers", {})
+    if not isinstance(raw_answers, dict):
+        raise _fail(source, "answers", "expected a mapping of method to answer", "see the docs")
+    answers = tuple(
+        answer_from_mapping(method, item, f"{source}: answers")
+        for method, item in raw_answers.items()
+    )
+    return ObjectSpec(
+        data=data,
+        content_type=content_type,
+        grant=grant,
+        cycle=cycle,
+        rules=rules,
+        subscriptions=tuple(topics),
+        answers=answers,
+    )
 
 
 def load_spec(path: str | Path) -> ObjectSpec:

@@ -42,7 +42,8 @@ from google.protobuf import empty_pb2
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from gateway.errors import RuleCostError, RuleError
-from gateway.model import Invoke, Publish, Rule, WriteState
+from gateway.limits import MAX_ANSWERS, MAX_SUBSCRIPTIONS
+from gateway.model import TRIGGERS, Answer, Invoke, Publish, Rule, WriteState
 
 MAX_RULES = 32
 MAX_EXPRESSION_CHARS = 2048
@@ -61,6 +62,10 @@ VARIABLES: Mapping[str, cel.Type] = {
     "epoch": cel.Type.INT,
     "now": cel.Type.TIMESTAMP,
     "host": cel.Type.STRING,
+    # The CloudEvent that woke the object (rules with ``on: message``); {} on a cycle.
+    "event": cel.Type.Map(cel.Type.STRING, cel.Type.DYN),
+    # A call being answered: {"method", "caller", "data"} (answers); {} elsewhere.
+    "request": cel.Type.Map(cel.Type.STRING, cel.Type.DYN),
 }
 
 _ENV = cel.NewEnv(variables=dict(VARIABLES))
@@ -147,15 +152,30 @@ class RuleSet:
     def __len__(self) -> int:
         return len(self.rules)
 
+    def woken_by(self, trigger: str) -> int:
+        """How many rules ``trigger`` (cycle or message) evaluates."""
+        return sum(1 for compiled in self.rules if compiled.rule.on == trigger)
+
     def evaluate(
-        self, *, data: Mapping[str, Any], generation: int, epoch: int, now: datetime, host: str
+        self,
+        *,
+        data: Mapping[str, Any],
+        generation: int,
+        epoch: int,
+        now: datetime,
+        host: str,
+        trigger: str = "cycle",
+        event: Mapping[str, Any] | None = None,
     ) -> Outcome:
-        activation = _ENV.Activation(
-            {"data": dict(data), "generation": generation, "epoch": epoch, "now": now, "host": host}
+        """Evaluate the rules ``trigger`` wakes; ``event`` is the message that woke them."""
+        activation = activation_of(
+            data=data, generation=generation, epoch=epoch, now=now, host=host, event=event
         )
         proposals: list[Proposal] = []
         errors: list[str] = []
         for compiled in self.rules:
+            if compiled.rule.on != trigger:
+                continue
             name = compiled.rule.name
             # One rule failing must not stop the others or the cycle.
             fired, failure = _evaluate(compiled.when.expression, activation)
@@ -187,6 +207,122 @@ class RuleSet:
                 Proposal(rule=name, resource=compiled.resource, verb=compiled.verb, value=value)
             )
         return Outcome(proposals=tuple(proposals), errors=tuple(errors))
+
+
+def activation_of(
+    *,
+    data: Mapping[str, Any],
+    generation: int,
+    epoch: int,
+    now: datetime,
+    host: str,
+    event: Mapping[str, Any] | None = None,
+    request: Mapping[str, Any] | None = None,
+) -> cel.Activation:
+    return _ENV.Activation(
+        {
+            "data": dict(data),
+            "generation": generation,
+            "epoch": epoch,
+            "now": now,
+            "host": host,
+            "event": dict(event or {}),
+            "request": dict(request or {}),
+        }
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompiledAnswer:
+    answer: Answer
+    when: _Compiled
+    reply: _Compiled
+    write: _Compiled | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reply:
+    """What an answer gives: the reply, and the patch it writes (None: no write). Or
+    ``refusal``, a readable reason it does not answer."""
+
+    value: Any = None
+    patch: dict[str, Any] | None = None
+    refusal: str = ""
+
+
+def compile_answer(answer: Answer) -> CompiledAnswer:
+    if not _NAME.fullmatch(answer.method):
+        raise RuleError(
+            f"answer method {answer.method!r:.80} is not a name",
+            hint="use letters, digits, '_', '.', '-' (at most 64)",
+        )
+    where = f"answer {answer.method}"
+    return CompiledAnswer(
+        answer=answer,
+        when=_compile(where, "when", answer.when, _BOOL),
+        reply=_compile(where, "reply", answer.reply, None),
+        write=_compile(where, "write", answer.write, _STRING_MAP) if answer.write else None,
+    )
+
+
+def compile_answers(answers: Sequence[Answer]) -> dict[str, CompiledAnswer]:
+    """Compile and check every answer; methods must be unique. Raises RuleError."""
+    if len(answers) > MAX_ANSWERS:
+        raise RuleCostError(f"{len(answers)} answers; an object may have at most {MAX_ANSWERS}")
+    compiled: dict[str, CompiledAnswer] = {}
+    for answer in answers:
+        if answer.method in compiled:
+            raise RuleError(f"two answers for method {answer.method!r}", hint="one per method")
+        compiled[answer.method] = compile_answer(answer)
+    return compiled
+
+
+def give_answer(compiled: CompiledAnswer, activation: cel.Activation) -> Reply:
+    """Evaluate one answer: its condition, then its reply and write."""
+    fired, failure = _evaluate(compiled.when.expression, activation)
+    if fired is None:
+        return Reply(refusal=f"its condition failed: {failure}")
+    if fired.value() is not True:
+        return Reply(refusal=f"its condition ({compiled.when.source[:120]}) is false")
+    result, failure = _evaluate(compiled.reply.expression, activation)
+    if result is None:
+        return Reply(refusal=f"its reply failed: {failure}")
+    try:
+        value = _plain(result.plain_value())
+    except _NotJSONError as exc:
+        return Reply(refusal=f"its reply failed: {exc}")
+    patch = None
+    if compiled.write is not None:
+        written, failure = _evaluate(compiled.write.expression, activation)
+        if written is None:
+            return Reply(refusal=f"its write failed: {failure}")
+        raw = written.plain_value()
+        if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
+            return Reply(refusal="its write is not a map with string keys")
+        try:
+            patch = _plain(raw)
+        except _NotJSONError as exc:
+            return Reply(refusal=f"its write failed: {exc}")
+    return Reply(value=value, patch=patch)
+
+
+_TOPIC = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)+")
+
+
+def check_subscriptions(topics: Sequence[str]) -> None:
+    """Subscriptions are ``<name>/<name>`` topics (resource ``pubsub:<topic>``), unique."""
+    if len(topics) > MAX_SUBSCRIPTIONS:
+        raise RuleCostError(
+            f"{len(topics)} subscriptions; an object may have at most {MAX_SUBSCRIPTIONS}"
+        )
+    for topic in topics:
+        if len(topic) > 200 or not _TOPIC.fullmatch(topic):
+            raise RuleError(
+                f"subscription {topic!r:.80} is not of the form <name>/<name>",
+                hint="e.g. orders/cancelled",
+            )
+    if len(set(topics)) != len(topics):
+        raise RuleError("a topic is subscribed twice", hint="list each topic once")
 
 
 def _evaluate(
@@ -316,7 +452,8 @@ _STRING_MAP = ("MAP<STRING,", "MAP<DYN,")
 def _compile(rule: str, part: str, source: str, expected: tuple[str, ...] | None) -> _Compiled:
     """Parse, type-check and bound one expression. ``expected`` holds accepted type-name
     prefixes; None accepts any type. ``dyn`` is accepted and checked at run time."""
-    where = f"rule {rule!r}, {part}"
+    # Answers pass "answer <method>" as their name; rules their plain name.
+    where = f"{rule}, {part}" if rule.startswith("answer ") else f"rule {rule!r}, {part}"
     if not source.strip():
         raise RuleError(f"{where}: the expression is empty")
     if len(source) > MAX_EXPRESSION_CHARS:
@@ -465,7 +602,7 @@ def rule_from_mapping(item: Any, where: str) -> Rule:
     """
     if not isinstance(item, dict):
         raise RuleError(f"{where}: expected a mapping with name, when and one action")
-    allowed = {"name", "when", "write", "publish", "invoke"}
+    allowed = {"name", "when", "on", "write", "publish", "invoke"}
     unknown = sorted(set(item) - allowed, key=str)  # YAML keys need not be strings
     if unknown:
         raise RuleError(
@@ -477,13 +614,18 @@ def rule_from_mapping(item: Any, where: str) -> Rule:
     name, when = item.get("name"), item.get("when", "true")
     if not isinstance(name, str) or not isinstance(when, str):
         raise RuleError(f"{where}: name and when must be strings")
+    on = item.get("on", "cycle")
+    if on not in TRIGGERS:
+        raise RuleError(
+            f"{where}.on: {on!r:.40} is not a trigger", hint=f"one of: {', '.join(TRIGGERS)}"
+        )
     body = item[actions[0]]
     if actions[0] == "write":
         if not isinstance(body, str):
             raise RuleError(
                 f"{where}.write: expected a CEL map expression, e.g. '{{\"checked\": true}}'"
             )
-        return Rule(name=name, when=when, action=WriteState(patch=body))
+        return Rule(name=name, when=when, action=WriteState(patch=body), on=on)
     if not isinstance(body, dict):
         raise RuleError(f"{where}.{actions[0]}: expected a mapping")
     target_key = "topic" if actions[0] == "publish" else "target"
@@ -497,5 +639,27 @@ def rule_from_mapping(item: Any, where: str) -> Rule:
             f"{where}.{actions[0]}: needs {target_key} (and optionally payload) as strings"
         )
     if actions[0] == "publish":
-        return Rule(name=name, when=when, action=Publish(topic=target, payload=payload))
-    return Rule(name=name, when=when, action=Invoke(target=target, payload=payload))
+        return Rule(name=name, when=when, action=Publish(topic=target, payload=payload), on=on)
+    return Rule(name=name, when=when, action=Invoke(target=target, payload=payload), on=on)
+
+
+def answer_from_mapping(method: Any, item: Any, where: str) -> Answer:
+    """One entry of a spec's ``answers:`` mapping::
+
+    answers:
+      status:
+        when: 'request.caller.startsWith("org-b.example/")'   # optional
+        reply: '{"status": data.status}'
+        write: '{"asked": true}'                               # optional
+    """
+    if not isinstance(method, str):
+        raise RuleError(f"{where}: a method name must be a string")
+    if not isinstance(item, dict):
+        raise RuleError(f"{where}.{method}: expected a mapping with reply (and when, write)")
+    unknown = sorted(set(item) - {"when", "reply", "write"}, key=str)
+    if unknown:
+        raise RuleError(f"{where}.{method}.{unknown[0]}: unknown key", hint="when, reply, write")
+    reply, when, write = item.get("reply"), item.get("when", "true"), item.get("write", "")
+    if not isinstance(reply, str) or not isinstance(when, str) or not isinstance(write, str):
+        raise RuleError(f"{where}.{method}: reply (required), when and write are CEL strings")
+    return Answer(method=method, when=when, reply=reply, write=write)

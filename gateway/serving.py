@@ -64,10 +64,12 @@ class Serving:
         #: Called (no arguments) when a drain begins; the health service's
         #: ``set_draining`` belongs here.
         self.on_draining: list[Callable[[], object]] = []
+        # Fail daprd's app health probe: the sidecar stops taking this replica's job
+        # triggers and messages, and the scheduler gives them to the replicas that stay.
         if host.jobs is not None:
-            # Fail daprd's app health probe: the sidecar stops taking this replica's job
-            # triggers, and the scheduler gives them to the replicas that stay.
             self.on_draining.append(host.jobs.stop_accepting)
+        if host.app_callback is not None:
+            self.on_draining.append(host.app_callback.stop_accepting)
         self._terminate = asyncio.Event()
         self._signals = 0
 

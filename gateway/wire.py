@@ -58,11 +58,14 @@ from gateway.handoff.records import (
     SourceRecord,
     SourceStep,
 )
+from gateway.limits import MAX_ANSWERS, MAX_SUBSCRIPTIONS
 from gateway.lineage import Lineage, LineageEntry, digest
 from gateway.model import (
     MAX_CYCLE_INTERVAL,
     NO_AUTHORITY,
+    TRIGGERS,
     Action,
+    Answer,
     CycleState,
     GovernedObject,
     Invoke,
@@ -177,7 +180,10 @@ def decode_envelope(raw: bytes, *, max_size: int = MAX_ENVELOPE_BYTES) -> dsse.E
 
 
 def _rule_to_pb(rule: Rule) -> object_pb2.Rule:
-    message = object_pb2.Rule(name=rule.name, when=rule.when)
+    # "cycle" travels as "" so that an object without message rules encodes as before.
+    message = object_pb2.Rule(
+        name=rule.name, when=rule.when, trigger="" if rule.on == "cycle" else rule.on
+    )
     action = rule.action
     if isinstance(action, WriteState):
         message.write.patch = action.patch
@@ -201,7 +207,25 @@ def _rule_from_pb(message: object_pb2.Rule) -> Rule:
         action = Invoke(target=message.invoke.target, payload=message.invoke.payload)
     else:
         raise PayloadDecodeError(f"rule {message.name!r} has no action")
-    return Rule(name=message.name, when=message.when, action=action)
+    trigger = message.trigger or "cycle"
+    if trigger not in TRIGGERS:
+        raise PayloadDecodeError(
+            f"rule {message.name!r:.80} is woken by {trigger!r:.40}, which this gateway does not know",
+            hint=f"rules are woken by one of: {', '.join(TRIGGERS)}",
+        )
+    return Rule(name=message.name, when=message.when, action=action, on=trigger)
+
+
+def _answer_to_pb(answer: Answer) -> object_pb2.Answer:
+    return object_pb2.Answer(
+        method=answer.method, when=answer.when, reply=answer.reply, write=answer.write
+    )
+
+
+def _answer_from_pb(message: object_pb2.Answer) -> Answer:
+    return Answer(
+        method=message.method, when=message.when or "true", reply=message.reply, write=message.write
+    )
 
 
 def _cycle_to_pb(cycle: CycleState) -> object_pb2.CycleState:
@@ -245,6 +269,8 @@ def _snapshot_to_pb(obj: GovernedObject) -> object_pb2.ObjectSnapshot:
         cycle=_cycle_to_pb(obj.cycle),
         data_size=obj.size,
         data_streamed=obj.blob is not None,
+        subscriptions=list(obj.subscriptions),
+        answers=[_answer_to_pb(a) for a in obj.answers],
     )
 
 
@@ -314,6 +340,13 @@ def _object_from_snapshot(
             f"data of {snapshot.object_id} does not match its digest",
             hint="the object was damaged on the way; migrate it again",
         )
+    # Counted before anything is built from them; their content is checked with the
+    # rules (gateway.handoff.context.check_rules).
+    if len(snapshot.subscriptions) > MAX_SUBSCRIPTIONS or len(snapshot.answers) > MAX_ANSWERS:
+        raise LimitExceededError(
+            f"{snapshot.object_id:.200} has {len(snapshot.subscriptions)} subscriptions and "
+            f"{len(snapshot.answers)} answers; at most {MAX_SUBSCRIPTIONS} and {MAX_ANSWERS}"
+        )
     return GovernedObject(
         object_id=snapshot.object_id,
         tenant=snapshot.tenant,
@@ -321,6 +354,8 @@ def _object_from_snapshot(
         content_type=snapshot.content_type,
         grants=tuple(credentials),
         rules=tuple(_rule_from_pb(r) for r in snapshot.rules),
+        subscriptions=tuple(snapshot.subscriptions),
+        answers=tuple(_answer_from_pb(a) for a in snapshot.answers),
         lineage=_lineage_from_pb(lineage),
         cycle=_cycle_from_pb(snapshot.cycle, exact=exact),
         blob=blob,

@@ -17,7 +17,13 @@ from gateway.handoff.journal import Journal
 from gateway.identity import HostId
 from gateway.keys import Purpose, Signer
 from gateway.model import GovernedObject
-from gateway.rules import check_data, compiled, load_data
+from gateway.rules import (
+    check_data,
+    check_subscriptions,
+    compile_answers,
+    compiled,
+    load_data,
+)
 from gateway.tenancy import Tenancy
 from gateway.trust import TrustStore
 
@@ -64,8 +70,10 @@ class HostContext:
 
     def check_rules(self, obj: GovernedObject) -> None:
         """An object's rules must compile, type-check and stay within budget, and its data
-        must be what they can read; checked on creation and on arrival, never mid-cycle."""
-        if not obj.rules:
+        must be what they can read; checked on creation and on arrival, never mid-cycle.
+        Answers and subscriptions are checked with them."""
+        check_subscriptions(obj.subscriptions)
+        if not obj.rules and not obj.answers:
             return
         if obj.blob is not None:
             raise RuleError(
@@ -73,6 +81,7 @@ class HostContext:
                 hint="keep rules for objects with small JSON data",
             )
         compiled(obj.rules)
+        compile_answers(obj.answers)
         check_data(load_data(obj.data, obj.content_type))
 
     def authorize(

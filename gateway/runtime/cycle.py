@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from gateway._crash import crash_point
 from gateway._time import format_time
@@ -41,6 +43,15 @@ from gateway.runtime.outbox import Event, event_key, outbox_puts
 from gateway.stores import Operation
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Wake:
+    """A message waking an object (gateway/runtime/events.py)."""
+
+    event: Mapping[str, Any]  #: the CloudEvent the rules see as ``event``
+    label: str  #: how the lineage names it: "message <digest> on <topic> ..."
+    key_prefix: str  #: outbox keys of what its rules publish: ``<prefix>/<n>``
 
 
 class CycleResult(enum.Enum):
@@ -101,9 +112,19 @@ class CycleRunner:
         )
 
     def evaluate(
-        self, obj: GovernedObject, *, now: datetime
+        self,
+        obj: GovernedObject,
+        *,
+        now: datetime,
+        wake: Wake | None = None,
     ) -> tuple[GovernedObject, list[Event], int, int]:
-        """The object after one evaluation at ``now``, its new events, and the admission counts."""
+        """The object after one evaluation at ``now``, its new events, and the admission counts.
+
+        Without ``wake`` this is a cycle: the ``on: cycle`` rules run and the generation
+        advances. With ``wake`` (a message, gateway/runtime/events.py) the ``on: message``
+        rules run with the message as ``event``; the generation stays, the wake is recorded
+        as ``woken``, and its events are keyed by the wake, never by the generation (which
+        a cycle's events use)."""
         ctx = self.ctx
         generation = obj.cycle.generation
         result = obj
@@ -113,11 +134,25 @@ class CycleRunner:
             ruleset = self.ruleset(obj)
             data = load_data(obj.data, obj.content_type)
             outcome = ruleset.evaluate(
-                data=data, generation=generation, epoch=obj.epoch, now=now, host=ctx.host
+                data=data,
+                generation=generation,
+                epoch=obj.epoch,
+                now=now,
+                host=ctx.host,
+                trigger="cycle" if wake is None else "message",
+                event=None if wake is None else wake.event,
             )
         except RuleError as exc:
             # Rules were checked when the object arrived; this only happens if data was
             # changed to something rules cannot read. Record it and move on.
+            if wake is not None:
+                detail = f"{wake.label}: not evaluated: {exc.reason}"
+                return (
+                    result.record(EntryKind.WOKEN, host=ctx.host, at=now, detail=detail),
+                    [],
+                    0,
+                    0,
+                )
             detail = f"generation {generation}: not evaluated: {exc.reason}"
             return (
                 self._advance(
@@ -143,7 +178,9 @@ class CycleRunner:
                 else:
                     events.append(
                         Event(
-                            key=event_key(obj.tenant, obj.object_id, generation, len(events)),
+                            key=event_key(obj.tenant, obj.object_id, generation, len(events))
+                            if wake is None
+                            else f"{wake.key_prefix}/{len(events):03d}",
                             tenant=obj.tenant,
                             object_id=obj.object_id,
                             generation=generation,
@@ -169,7 +206,16 @@ class CycleRunner:
             result = result.record(
                 EntryKind.ACTION_ADMITTED, host=ctx.host, at=now, detail=proposal.describe()
             )
-        summary = f"generation {generation}: {len(outcome.proposals)} of {len(ruleset)} rules fired"
+        if wake is not None:
+            summary = (
+                f"{wake.label}: {len(outcome.proposals)} of {ruleset.woken_by('message')} "
+                "message rules fired"
+            )
+            if outcome.errors:
+                summary += "; " + "; ".join(outcome.errors)
+            result = result.record(EntryKind.WOKEN, host=ctx.host, at=now, detail=summary)
+            return result, events, admitted, denied
+        summary = f"generation {generation}: {len(outcome.proposals)} of {ruleset.woken_by('cycle')} rules fired"
         if outcome.errors:
             summary += "; " + "; ".join(outcome.errors)
         result = result.record(EntryKind.EVALUATED, host=ctx.host, at=now, detail=summary)

@@ -32,7 +32,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -126,6 +126,28 @@ TRIGGER_RETRIES = 5
 TRIGGER_RETRY_SECONDS = 1
 
 
+def serve_app_health(server: grpc.aio.Server, accepting: Callable[[], bool]) -> None:
+    """Answer daprd's app health probe on the app-callback server.
+
+    With ``--enable-app-health-check`` (which deploy/ sets), daprd calls
+    ``AppCallbackHealthCheck.HealthCheck``; while it fails, the sidecar detaches from the
+    scheduler's job stream and stops its subscriptions, so the scheduler gives this app
+    id's triggers to the replicas whose app answers instead of failing them here (runs in
+    docs/dapr.md). An app that did not serve it would count as unhealthy for good.
+    """
+    from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
+
+    class Health(appcallback_pb2_grpc.AppCallbackHealthCheckServicer):
+        async def HealthCheck(
+            self, request: Any, context: grpc.aio.ServicerContext
+        ) -> appcallback_pb2.HealthCheckResponse:
+            if not accepting():
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway is draining")
+            return appcallback_pb2.HealthCheckResponse()
+
+    appcallback_pb2_grpc.add_AppCallbackHealthCheckServicer_to_server(Health(), server)  # type: ignore[no-untyped-call]
+
+
 class SchedulerUnavailableError(StoreUnavailableError):
     """The sidecar did not get a Jobs API call through to Dapr's scheduler in time."""
 
@@ -148,6 +170,9 @@ class DaprJobs:
         #: What the app health probe answers; :meth:`stop_accepting` turns it off.
         self.accepting = True
         self._server: grpc.aio.Server | None = None
+        #: The servicer the job callback is added to: gateway/runtime/appcallback.py sets
+        #: one that also answers subscriptions, topic events and invocations.
+        self.servicer_base: type[Any] | None = None
 
     def stop_accepting(self) -> None:
         """Fail daprd's app health probe from now on: the sidecar stops taking job
@@ -246,7 +271,9 @@ class DaprJobs:
         # AppCallbackAlpha.OnJobEventAlpha1 only when it is unimplemented). The other
         # AppCallback methods answer UNIMPLEMENTED, which daprd reads as "no
         # subscriptions, no bindings".
-        class Callback(appcallback_pb2_grpc.AppCallbackServicer):
+        base = self.servicer_base or appcallback_pb2_grpc.AppCallbackServicer
+
+        class Callback(base):  # type: ignore[valid-type,misc]
             async def OnJobEvent(
                 self, request: appcallback_pb2.JobEventRequest, context: grpc.aio.ServicerContext
             ) -> appcallback_pb2.JobEventResponse:
@@ -259,21 +286,9 @@ class DaprJobs:
                     )
                 return appcallback_pb2.JobEventResponse()
 
-        # daprd's app health probe (with --enable-app-health-check, which deploy/ sets):
-        # while it fails, the sidecar detaches from the scheduler's job stream, so the
-        # scheduler gives this app id's triggers to the replicas whose app answers instead
-        # of failing them here (runs in docs/dapr.md).
-        class Health(appcallback_pb2_grpc.AppCallbackHealthCheckServicer):
-            async def HealthCheck(
-                self, request: Any, context: grpc.aio.ServicerContext
-            ) -> appcallback_pb2.HealthCheckResponse:
-                if not jobs.accepting:
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway is draining")
-                return appcallback_pb2.HealthCheckResponse()
-
         server = grpc.aio.server()
         appcallback_pb2_grpc.add_AppCallbackServicer_to_server(Callback(), server)  # type: ignore[no-untyped-call]
-        appcallback_pb2_grpc.add_AppCallbackHealthCheckServicer_to_server(Health(), server)  # type: ignore[no-untyped-call]
+        serve_app_health(server, lambda: jobs.accepting)
         port = server.add_insecure_port(f"127.0.0.1:{self.app_port}")
         await server.start()
         self._server = server

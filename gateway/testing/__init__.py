@@ -204,6 +204,8 @@ async def create_from_spec(
         grant=spec.grant,
         rules=spec.rules,
         cycle=spec.cycle,
+        subscriptions=spec.subscriptions,
+        answers=spec.answers,
     )
 
 

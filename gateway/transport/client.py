@@ -9,6 +9,7 @@ comes back as the peer's own error type.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -21,9 +22,9 @@ from tenacity import (
 )
 
 from gateway.config import HandoffConfig, PeerConfig
-from gateway.errors import HandoffError, PeerUnavailableError
+from gateway.errors import HandoffError, ObjectMovedError, PeerUnavailableError
 from gateway.handoff.messages import Evaluation
-from gateway.transport.status import ERROR_TYPE_KEY, RETRYABLE, error_from_status
+from gateway.transport.status import ERROR_TYPE_KEY, MOVED_TO_KEY, RETRYABLE, error_from_status
 from gateway.transport.tls import CHANNEL_OPTIONS, channel_credentials
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.wire import decode_evaluation
@@ -206,3 +207,70 @@ class GrpcPeers:
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
+
+
+#: Seconds a Call may take beyond the wait for a frozen object (evaluation, network).
+CALL_MARGIN_SECONDS = 20.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallAnswer:
+    reply: bytes  #: the reply as JSON
+    host: str  #: the host that answered
+
+
+async def call_object(
+    *,
+    address: str,
+    server_name: str,
+    host_id: str,
+    credentials: grpc.ChannelCredentials,
+    tenant: str,
+    object_id: str,
+    method: str,
+    data: bytes,
+    wait: float,
+) -> CallAnswer:
+    """One ``Call`` RPC to the gateway at ``address`` (``host_id``), not retried: a call
+    may change the object, and only its caller knows whether asking again is safe.
+
+    A refusal comes back as the gateway's own error type; an object that moved as
+    :class:`~gateway.errors.ObjectMovedError` naming the host that holds it now."""
+    async with grpc.aio.secure_channel(
+        address,
+        credentials,
+        options=(*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", server_name)),
+    ) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        try:
+            response: gateway_pb2.CallResponse = await stub.Call(
+                gateway_pb2.CallRequest(
+                    tenant=tenant,
+                    object_id=object_id,
+                    method=method,
+                    data=data,
+                    wait_ms=max(0, min(int(wait * 1000), 2**32 - 1)),
+                ),
+                # The host waits up to ``wait`` for a frozen object, then answers.
+                timeout=wait + CALL_MARGIN_SECONDS,
+            )
+        except grpc.aio.AioRpcError as exc:
+            trailing: Mapping[str, str | bytes] = dict(exc.trailing_metadata() or ())
+            moved_to = trailing.get(MOVED_TO_KEY)
+            type_name = trailing.get(ERROR_TYPE_KEY)
+            error = error_from_status(
+                exc.code(),
+                exc.details() or "",
+                type_name if isinstance(type_name, str) else None,
+                peer=host_id,
+            )
+            if isinstance(moved_to, str) and moved_to:
+                raise ObjectMovedError(error.reason, moved_to=moved_to, hint=error.hint) from exc
+            if exc.code() in RETRYABLE and type_name is None:
+                raise PeerUnavailableError(
+                    f"{host_id} at {address} did not answer the call "
+                    f"({exc.code().name}: {exc.details()})",
+                    hint="check that its gateway runs (gateway serve) and the address is right",
+                ) from exc
+            raise error from exc
+    return CallAnswer(reply=response.reply, host=response.host)

@@ -11,17 +11,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import timedelta
 from typing import TypeVar
 
 import grpc
 
 from gateway import wire
-from gateway.errors import GatewayError, PeerUnavailableError, TransferStreamError
+from gateway.errors import (
+    GatewayError,
+    ObjectMovedError,
+    ObjectStateError,
+    PeerUnavailableError,
+    TransferStreamError,
+)
 from gateway.handoff.destination import Destination
 from gateway.handoff.messages import Evaluation
 from gateway.handoff.source import Source
 from gateway.limits import MAX_REASON_CHARS, check_migration_id, check_text
-from gateway.transport.status import ERROR_TYPE_KEY, status_of
+from gateway.runtime.calls import Calls, caller_of_host
+from gateway.transport.status import ERROR_TYPE_KEY, MOVED_TO_KEY, status_of
 from gateway.transport.tls import CHANNEL_OPTIONS, authenticated_peer
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -70,11 +78,13 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         destination: Destination,
         authorities: Mapping[str, tuple[bytes, ...]],
         gate: Gate | None = None,
+        calls: Calls | None = None,
     ) -> None:
         self.source = source
         self.destination = destination
         self.authorities = authorities
         self.gate = gate or Gate()
+        self.calls = calls
 
     async def _answer(
         self, context: grpc.aio.ServicerContext, rpc: str, handler: Callable[[str], Awaitable[R]]
@@ -87,7 +97,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             return await handler(peer)
         except GatewayError as exc:
             log.info("%s refused: %s", rpc, exc)
-            context.set_trailing_metadata(((ERROR_TYPE_KEY, type(exc).__name__),))
+            trailers = [(ERROR_TYPE_KEY, type(exc).__name__)]
+            if isinstance(exc, ObjectMovedError):  # where it went, for the caller to follow
+                trailers.append((MOVED_TO_KEY, exc.moved_to))
+            context.set_trailing_metadata(tuple(trailers))
             await context.abort(status_of(exc), str(exc))
         except Exception:
             log.exception("%s failed", rpc)
@@ -189,6 +202,25 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             return wire.encode_evaluation(Evaluation.of(self.destination.ctx.host, admission))
 
         return await self._answer(context, "Evaluate", handle)
+
+    async def Call(
+        self, request: gateway_pb2.CallRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.CallResponse:
+        async def handle(peer: str) -> gateway_pb2.CallResponse:
+            if self.calls is None:
+                raise ObjectStateError("this gateway answers no calls")
+            result = await self.calls.call(
+                tenant=request.tenant or "default",
+                object_id=request.object_id,
+                method=request.method,
+                data=request.data,
+                # Who calls is the authenticated certificate's word, never the request's.
+                caller=caller_of_host(peer),
+                wait=timedelta(milliseconds=request.wait_ms) if request.wait_ms else None,
+            )
+            return gateway_pb2.CallResponse(reply=result.encoded, host=result.host)
+
+        return await self._answer(context, "Call", handle)
 
 
 async def start_server(

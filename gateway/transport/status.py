@@ -12,6 +12,8 @@ import grpc
 from gateway import errors
 
 ERROR_TYPE_KEY = "gateway-error"
+#: Trailing metadata of a refusal because the object moved: the host holding it now.
+MOVED_TO_KEY = "gateway-moved-to"
 
 #: Most specific first; the first entry the error is an instance of wins.
 STATUS: tuple[tuple[type[errors.GatewayError], grpc.StatusCode], ...] = (
@@ -31,6 +33,8 @@ STATUS: tuple[tuple[type[errors.GatewayError], grpc.StatusCode], ...] = (
     (errors.LineageError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.MigrationNotFoundError, grpc.StatusCode.NOT_FOUND),
     (errors.MigrationAbortedError, grpc.StatusCode.ABORTED),
+    # Retryable: the migration that froze the object settles within its own deadlines.
+    (errors.ObjectBusyError, grpc.StatusCode.UNAVAILABLE),
     (errors.ObjectStateError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.UnknownPeerError, grpc.StatusCode.PERMISSION_DENIED),
     (errors.PeerUnavailableError, grpc.StatusCode.UNAVAILABLE),
@@ -76,6 +80,8 @@ def error_from_status(
     """The error a peer raised, rebuilt from its status; unknown types become HandoffError."""
     kind = _error_types().get(type_name or "", errors.HandoffError)
     reason, _, hint = details.partition(" — ")
+    if kind is errors.ObjectMovedError:  # needs where it went; its caller reads the trailer
+        kind = errors.ObjectStateError
     return kind(
         f"{peer} refused: {reason}" if reason else f"{peer} answered {code.name}", hint=hint or None
     )

@@ -69,6 +69,11 @@ class GatewayStub:
                 request_serializer=gateway_dot_v1_dot_gateway__pb2.ClaimRequest.SerializeToString,
                 response_deserializer=gateway_dot_v1_dot_gateway__pb2.ClaimResponse.FromString,
                 _registered_method=True)
+        self.Call = channel.unary_unary(
+                '/gateway.v1.Gateway/Call',
+                request_serializer=gateway_dot_v1_dot_gateway__pb2.CallRequest.SerializeToString,
+                response_deserializer=gateway_dot_v1_dot_gateway__pb2.CallResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -125,6 +130,16 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Call(self, request, context):
+        """Any authenticated caller -> the host holding an object: ask the object something.
+        Its answers compute the reply; the caller (its mTLS host id) must be allowed by a
+        call:<method>/<caller> capability. A moved object answers FAILED_PRECONDITION with
+        where it went; one frozen by a migration is waited for up to the deadline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +177,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.Claim,
                     request_deserializer=gateway_dot_v1_dot_gateway__pb2.ClaimRequest.FromString,
                     response_serializer=gateway_dot_v1_dot_gateway__pb2.ClaimResponse.SerializeToString,
+            ),
+            'Call': grpc.unary_unary_rpc_method_handler(
+                    servicer.Call,
+                    request_deserializer=gateway_dot_v1_dot_gateway__pb2.CallRequest.FromString,
+                    response_serializer=gateway_dot_v1_dot_gateway__pb2.CallResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -353,6 +373,33 @@ class Gateway:
             '/gateway.v1.Gateway/Claim',
             gateway_dot_v1_dot_gateway__pb2.ClaimRequest.SerializeToString,
             gateway_dot_v1_dot_gateway__pb2.ClaimResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Call(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gateway.v1.Gateway/Call',
+            gateway_dot_v1_dot_gateway__pb2.CallRequest.SerializeToString,
+            gateway_dot_v1_dot_gateway__pb2.CallResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,12 @@ class GatewayStub:
     the sender's signed departure and signed COMMITTED decision; the home answers with
     its signed custody receipt, or refuses a second claim for the object (a fork).
     """
+    Call: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CallRequest, _gateway_pb2.CallResponse]
+    """Any authenticated caller -> the host holding an object: ask the object something.
+    Its answers compute the reply; the caller (its mTLS host id) must be allowed by a
+    call:<method>/<caller> capability. A moved object answers FAILED_PRECONDITION with
+    where it went; one frozen by a migration is waited for up to the deadline.
+    """
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -71,6 +77,12 @@ class GatewayAsyncStub(GatewayStub):
     """Custody home: a receiver claims custody of an object for the epoch it received, with
     the sender's signed departure and signed COMMITTED decision; the home answers with
     its signed custody receipt, or refuses a second claim for the object (a fork).
+    """
+    Call: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CallRequest, _gateway_pb2.CallResponse]  # type: ignore[assignment]
+    """Any authenticated caller -> the host holding an object: ask the object something.
+    Its answers compute the reply; the caller (its mTLS host id) must be allowed by a
+    call:<method>/<caller> capability. A moved object answers FAILED_PRECONDITION with
+    where it went; one frozen by a migration is waited for up to the deadline.
     """
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
@@ -131,6 +143,18 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         """Custody home: a receiver claims custody of an object for the epoch it received, with
         the sender's signed departure and signed COMMITTED decision; the home answers with
         its signed custody receipt, or refuses a second claim for the object (a fork).
+        """
+
+    @_abc_1.abstractmethod
+    def Call(
+        self,
+        request: _gateway_pb2.CallRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.CallResponse, _abc.Awaitable[_gateway_pb2.CallResponse]]:
+        """Any authenticated caller -> the host holding an object: ask the object something.
+        Its answers compute the reply; the caller (its mTLS host id) must be allowed by a
+        call:<method>/<caller> capability. A moved object answers FAILED_PRECONDITION with
+        where it went; one frozen by a migration is waited for up to the deadline.
         """
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -129,9 +129,14 @@ class Rule(_message.Message):
     WRITE_FIELD_NUMBER: _builtins.int
     PUBLISH_FIELD_NUMBER: _builtins.int
     INVOKE_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     when: _builtins.str
     """CEL condition over the object's data and cycle."""
+    trigger: _builtins.str
+    """What wakes the rule: "" or "cycle" (its evaluation cycle), "message" (a message on
+    one of the object's subscriptions, seen as `event` in CEL).
+    """
     @_builtins.property
     def write(self) -> Global___WriteState: ...
     @_builtins.property
@@ -146,16 +151,50 @@ class Rule(_message.Message):
         write: Global___WriteState | None = ...,
         publish: Global___Publish | None = ...,
         invoke: Global___Invoke | None = ...,
+        trigger: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "invoke", b"invoke", "publish", b"publish", "write", b"write"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "invoke", b"invoke", "name", b"name", "publish", b"publish", "when", b"when", "write", b"write"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "invoke", b"invoke", "name", b"name", "publish", b"publish", "trigger", b"trigger", "when", b"when", "write", b"write"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["write", "publish", "invoke"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 
 Global___Rule: _TypeAlias = Rule  # noqa: Y015
+
+@_typing.final
+class Answer(_message.Message):
+    """How the object answers a request (the Call RPC) for one method."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    WHEN_FIELD_NUMBER: _builtins.int
+    REPLY_FIELD_NUMBER: _builtins.int
+    WRITE_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    when: _builtins.str
+    """CEL condition over data and `request`; the call is denied when it is false."""
+    reply: _builtins.str
+    """CEL expression for the reply."""
+    write: _builtins.str
+    """Optional CEL map merged into the object's data when the call is answered."""
+    def __init__(
+        self,
+        *,
+        method: _builtins.str = ...,
+        when: _builtins.str = ...,
+        reply: _builtins.str = ...,
+        write: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["method", b"method", "reply", b"reply", "when", b"when", "write", b"write"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Answer: _TypeAlias = Answer  # noqa: Y015
 
 @_typing.final
 class CycleState(_message.Message):
@@ -202,6 +241,8 @@ class ObjectSnapshot(_message.Message):
     CYCLE_FIELD_NUMBER: _builtins.int
     DATA_SIZE_FIELD_NUMBER: _builtins.int
     DATA_STREAMED_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTIONS_FIELD_NUMBER: _builtins.int
+    ANSWERS_FIELD_NUMBER: _builtins.int
     object_id: _builtins.str
     tenant: _builtins.str
     data: _builtins.bytes
@@ -217,6 +258,14 @@ class ObjectSnapshot(_message.Message):
     def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rule]: ...
     @_builtins.property
     def cycle(self) -> Global___CycleState: ...
+    @_builtins.property
+    def subscriptions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Topics whose messages wake the object ("<name>/<name>"; resource pubsub:<topic>)."""
+
+    @_builtins.property
+    def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Answer]:
+        """The requests it answers, one per method."""
+
     def __init__(
         self,
         *,
@@ -229,10 +278,12 @@ class ObjectSnapshot(_message.Message):
         cycle: Global___CycleState | None = ...,
         data_size: _builtins.int = ...,
         data_streamed: _builtins.bool = ...,
+        subscriptions: _abc.Iterable[_builtins.str] | None = ...,
+        answers: _abc.Iterable[Global___Answer] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cycle", b"cycle"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "cycle", b"cycle", "data", b"data", "data_digest", b"data_digest", "data_size", b"data_size", "data_streamed", b"data_streamed", "object_id", b"object_id", "rules", b"rules", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers", "content_type", b"content_type", "cycle", b"cycle", "data", b"data", "data_digest", b"data_digest", "data_size", b"data_size", "data_streamed", b"data_streamed", "object_id", b"object_id", "rules", b"rules", "subscriptions", b"subscriptions", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

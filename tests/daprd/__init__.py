@@ -142,6 +142,16 @@ Pub/sub
     message is redelivered after it, 15s) and ``redeliverInterval`` (delay before a
     RETRY is redelivered; 200ms here, where redis waits for its reclaim loop) use the
     ``pubsub.redis`` names (``contrib:pubsub/redis/metadata.yaml``).
+18a. Programmatic subscriptions through the app callback: once the app answers (daprd
+    waits for the app port), ``AppCallback.ListTopicSubscriptions`` is asked once per
+    start (UNIMPLEMENTED: none); each topic is delivered to ``AppCallback.OnTopicEvent``
+    under the app id's consumer group, one at a time. SUCCESS acks, DROP drops (dead
+    letter if named), RETRY — or a failed call (app down, error status) — makes the
+    message pending again after ``redeliverInterval``: at-least-once, so an app that
+    kept a message and died before answering gets it again.
+    ``pkg/runtime/subscription/postman/grpc/grpc.go`` (status handling),
+    ``pkg/runtime/processor/pubsub`` (subscriptions loaded at start),
+    https://docs.dapr.io/developing-applications/building-blocks/pubsub/subscription-methods/#programmatic-subscriptions.
 
 Jobs
 

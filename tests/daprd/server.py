@@ -847,6 +847,7 @@ class Daprd:
         if self.app_port is not None:
             self._app_channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.app_port}")
             self._spawn(self._job_loop())
+            self._spawn(self._app_subscriptions())
 
     async def stop(self, grace: float = 0.5) -> None:
         for task in list(self._tasks):
@@ -1005,6 +1006,103 @@ class Daprd:
             return
         body, raw = await self.db(Storage.message, seq)
         await self.publish(stream.pubsub, stream.dead_letter_topic, body, raw=raw)
+
+    # --- programmatic subscriptions: delivery to the app -----------------------------
+
+    async def _app_subscriptions(self) -> None:
+        """pkg/runtime/subscription + pkg/runtime/pubsub: once the app answers, ask it
+        for its subscriptions (``AppCallback.ListTopicSubscriptions``; UNIMPLEMENTED
+        means none), then deliver each topic to ``AppCallback.OnTopicEvent`` under the
+        app id's consumer group. daprd asks once per start, as here."""
+        assert self._app_channel is not None
+        stub = appcallback_pb2_grpc.AppCallbackStub(self._app_channel)
+        while True:
+            try:
+                listed = await stub.ListTopicSubscriptions(empty_pb2.Empty(), timeout=5)
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    return
+                await asyncio.sleep(_POLL)  # the app is not up yet: daprd waits for it
+        pubsubs = self.components_of("pubsub")
+        for subscription in listed.subscriptions:
+            component = pubsubs.get(subscription.pubsub_name)
+            if component is None:
+                log.warning(
+                    "app subscribes to %s/%s: no such pubsub",
+                    subscription.pubsub_name,
+                    subscription.topic,
+                )
+                continue
+            await self.db(
+                Storage.ensure_group, component.name, subscription.topic, self.app_id, time.time()
+            )
+            self._spawn(self._app_topic(component, subscription))
+
+    async def _app_topic(
+        self, component: Component, subscription: appcallback_pb2.TopicSubscription
+    ) -> None:
+        """Deliver one topic to the app, one message at a time (a concurrency of 1 keeps
+        the order the tests read): SUCCESS settles it, DROP drops it (to the dead-letter
+        topic if any), RETRY or a failed call (the app down, an error status) makes it
+        pending again after ``redeliverInterval`` — at-least-once delivery."""
+        assert self._app_channel is not None
+        stub = appcallback_pb2_grpc.AppCallbackStub(self._app_channel)
+        pubsub, topic = component.name, subscription.topic
+        stream = _Stream(
+            owner=f"{self._instance}/app/{pubsub}/{topic}",
+            pubsub=pubsub,
+            topic=topic,
+            dead_letter_topic=subscription.dead_letter_topic,
+        )
+        processing = schedule.parse_go_duration(component.meta("processingTimeout", "15s"))
+        redeliver = schedule.parse_go_duration(component.meta("redeliverInterval", "200ms"))
+        statuses = appcallback_pb2.TopicEventResponse.TopicEventResponseStatus
+        wake = self._topic_event(pubsub, topic)
+        while True:
+            wake.clear()
+            status = statuses.SUCCESS
+            claimed = await self.db(
+                Storage.claim,
+                pubsub,
+                topic,
+                self.app_id,
+                owner=stream.owner,
+                limit=1,
+                now=time.time(),
+                lease=processing,
+            )
+            for message in claimed:
+                try:
+                    event = cloudevents.topic_event_request(
+                        message.body, raw=message.raw, topic=topic, pubsub_name=pubsub
+                    )
+                except ValueError as exc:
+                    log.warning("cannot deliver message %s: %s; retrying", message.seq, exc)
+                    await self._settle(stream, message.seq, "pending", time.time() + redeliver)
+                    continue
+                if not message.raw and cloudevents.has_expired(json.loads(message.body)):
+                    await self._settle(stream, message.seq, "dropped")
+                    await self._dead_letter(stream, message.seq)
+                    continue
+                try:
+                    answer = await stub.OnTopicEvent(event, timeout=processing)
+                    status = answer.status
+                except grpc.aio.AioRpcError as exc:
+                    log.info("topic %s: app call failed: %s; retrying", topic, exc.code())
+                    status = statuses.RETRY
+                if status == statuses.SUCCESS:
+                    await self._settle(stream, message.seq, "done")
+                elif status == statuses.DROP:
+                    await self._settle(stream, message.seq, "dropped")
+                    await self._dead_letter(stream, message.seq)
+                else:
+                    await self._settle(stream, message.seq, "pending", time.time() + redeliver)
+            if not claimed:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(wake.wait(), _POLL * 2)
+            elif status != statuses.SUCCESS:
+                await asyncio.sleep(redeliver)
 
     # --- jobs ----------------------------------------------------------------------
 

@@ -1,0 +1,192 @@
+"""The Dapr app callback for messages and calls: what the sidecar asks the gateway app.
+
+* ``ListTopicSubscriptions``: the topics of ``dapr.subscribe`` on ``dapr.pubsub`` (Dapr
+  topic names use ``.`` for ``/``, as the gateway's own events do). daprd asks once, when
+  the app is up.
+* ``OnTopicEvent``: a message on one of them. It is put on the host's durable bus
+  (:meth:`gateway.runtime.events.Events.ingest`), then answered ``SUCCESS``; a message
+  that breaks a bound is answered ``DROP`` (redelivering it cannot help); a store that
+  cannot take it now is answered ``RETRY``, and daprd redelivers it. A redelivered message
+  the bus holds already is answered ``SUCCESS`` without a second wake.
+* ``OnInvoke``: Dapr service invocation of the gateway app. Method ``call`` with the JSON
+  body ``{"object": ID, "method": M, "tenant": T, "data": ...}`` reaches the same path
+  as the ``Call`` RPC; the caller is the invoking app id daprd passes in the
+  ``dapr-caller-app-id`` metadata (``<this trust domain>/dapr/<app id>`` in a
+  ``call:`` capability). The reply is the answer as JSON.
+
+The app channel listens on 127.0.0.1 only (gateway/runtime/dapr.py): only the local
+sidecar reaches it, which is what makes its caller metadata worth believing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+import grpc
+from dapr.proto.common.v1 import common_pb2
+from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
+from google.protobuf import empty_pb2
+from google.protobuf.any_pb2 import Any as AnyMessage
+from google.protobuf.json_format import MessageToDict
+
+from gateway._time import parse_time
+from gateway.config import DaprConfig
+from gateway.errors import ConfigError, GatewayError, LimitExceededError, StoreError
+from gateway.limits import MAX_CALL_REQUEST_BYTES
+from gateway.runtime.calls import Calls, caller_of_dapr_app
+from gateway.runtime.dapr import serve_app_health
+from gateway.runtime.events import Events, crash_after_ingest, new_message, parse_event_data
+from gateway.transport.status import ERROR_TYPE_KEY, status_of
+
+log = logging.getLogger(__name__)
+
+CALLER_APP_ID = "dapr-caller-app-id"
+_STATUS = appcallback_pb2.TopicEventResponse.TopicEventResponseStatus
+
+
+def dapr_topic(topic: str) -> str:
+    return topic.replace("/", ".")
+
+
+def servicer_base(
+    *, dapr: DaprConfig, events: Events, calls: Calls, trust_domain: str
+) -> type[appcallback_pb2_grpc.AppCallbackServicer]:
+    """An AppCallback servicer class answering subscriptions, topic events and
+    invocations; gateway/runtime/dapr.py adds the job callback to it."""
+    topics = {dapr_topic(t): t for t in dapr.subscribe}
+
+    class AppCallback(appcallback_pb2_grpc.AppCallbackServicer):
+        async def ListTopicSubscriptions(
+            self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext
+        ) -> appcallback_pb2.ListTopicSubscriptionsResponse:
+            return appcallback_pb2.ListTopicSubscriptionsResponse(
+                subscriptions=[
+                    appcallback_pb2.TopicSubscription(pubsub_name=dapr.pubsub or "", topic=name)
+                    for name in topics
+                ]
+            )
+
+        async def OnTopicEvent(
+            self, request: appcallback_pb2.TopicEventRequest, context: grpc.aio.ServicerContext
+        ) -> appcallback_pb2.TopicEventResponse:
+            topic = topics.get(request.topic)
+            if topic is None or request.pubsub_name != dapr.pubsub:
+                log.warning(
+                    "a message on %s/%s, not subscribed", request.pubsub_name, request.topic
+                )
+                return appcallback_pb2.TopicEventResponse(status=_STATUS.DROP)
+            try:
+                extensions = MessageToDict(request.extensions) if request.extensions else {}
+                sent = extensions.get("time")
+                message = new_message(
+                    topic,
+                    data=parse_event_data(request.data, request.data_content_type),
+                    message_id=request.id,
+                    source=request.source or "dapr",
+                    kind=request.type or "com.dapr.event.sent",
+                    received=events.clock.now(),
+                    sent=parse_time(sent) if isinstance(sent, str) else None,
+                    subject=str(extensions.get("subject", ""))[:256],
+                )
+            except GatewayError as exc:
+                log.warning("dropping message %s on %s: %s", request.id[:64], topic, exc)
+                return appcallback_pb2.TopicEventResponse(status=_STATUS.DROP)
+            try:
+                await events.ingest(message)
+            except StoreError as exc:
+                log.warning("message %s on %s: retry, %s", request.id[:64], topic, exc)
+                return appcallback_pb2.TopicEventResponse(status=_STATUS.RETRY)
+            crash_after_ingest()  # kept, not yet acknowledged: daprd redelivers it
+            return appcallback_pb2.TopicEventResponse(status=_STATUS.SUCCESS)
+
+        async def OnInvoke(
+            self, request: common_pb2.InvokeRequest, context: grpc.aio.ServicerContext
+        ) -> common_pb2.InvokeResponse:
+            try:
+                metadata = dict(context.invocation_metadata() or ())
+                app_id = metadata.get(CALLER_APP_ID)
+                if not isinstance(app_id, str) or not app_id:
+                    raise ConfigError(
+                        "the invocation names no calling app",
+                        hint="invoke the gateway app through a Dapr sidecar",
+                    )
+                if request.method != "call":
+                    raise ConfigError(
+                        f"the gateway app has no method {request.method[:64]!r}",
+                        hint='invoke method "call" with {"object", "method", "tenant", "data"}',
+                    )
+                body = _invoke_body(request.data.value)
+                result = await calls.call(
+                    tenant=body.get("tenant") or "default",
+                    object_id=body["object"],
+                    method=body["method"],
+                    data=json.dumps(body.get("data"), separators=(",", ":")).encode(),
+                    caller=caller_of_dapr_app(trust_domain, app_id),
+                    wait=timedelta(seconds=10),
+                )
+            except GatewayError as exc:
+                log.info("OnInvoke refused: %s", exc)
+                context.set_trailing_metadata(((ERROR_TYPE_KEY, type(exc).__name__),))
+                await context.abort(status_of(exc), str(exc))
+                raise AssertionError("abort raises") from exc
+            return common_pb2.InvokeResponse(
+                data=AnyMessage(value=result.encoded), content_type="application/json"
+            )
+
+    return AppCallback
+
+
+def _invoke_body(raw: bytes) -> dict[str, Any]:
+    if len(raw) > MAX_CALL_REQUEST_BYTES + 4096:
+        raise LimitExceededError(
+            f"the invocation is {len(raw)} bytes; at most {MAX_CALL_REQUEST_BYTES}"
+        )
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ConfigError(f"the invocation body is not JSON: {exc}") from exc
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get("object"), str)
+        or not isinstance(body.get("method"), str)
+        or not isinstance(body.get("tenant", ""), str)
+    ):
+        raise ConfigError(
+            'the invocation body must be {"object": ID, "method": M, "tenant": T, "data": ...}'
+        )
+    return body
+
+
+class AppCallbackServer:
+    """The app-callback server when the gateway does not run Dapr jobs (which serve the
+    same servicer class, gateway/runtime/dapr.py)."""
+
+    def __init__(
+        self, servicer: type[appcallback_pb2_grpc.AppCallbackServicer], *, app_port: int
+    ) -> None:
+        self.servicer = servicer
+        self.app_port = app_port
+        #: What daprd's app health probe answers; :meth:`stop_accepting` turns it off.
+        self.accepting = True
+        self._server: grpc.aio.Server | None = None
+
+    def stop_accepting(self) -> None:
+        """Fail daprd's app health probe: the sidecar stops delivering messages here."""
+        self.accepting = False
+
+    async def start(self) -> int:
+        server = grpc.aio.server()
+        appcallback_pb2_grpc.add_AppCallbackServicer_to_server(self.servicer(), server)  # type: ignore[no-untyped-call]
+        serve_app_health(server, lambda: self.accepting)
+        port = server.add_insecure_port(f"127.0.0.1:{self.app_port}")
+        await server.start()
+        self._server = server
+        return int(port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(grace=1.0)
+            self._server = None

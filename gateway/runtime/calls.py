@@ -1,0 +1,403 @@
+"""Request-driven calls: a caller asks an object something and its answers reply.
+
+An object's spec lists the methods it answers (``answers: {method: {when, reply,
+write}}``, see docs/events-and-calls.md). A call names the object, the method and a JSON
+request; the host holding the object evaluates that answer's CEL over the object's data
+and ``request`` (``{"method", "caller", "data"}``) and replies with the value of
+``reply``. The same path serves the gateway's ``Call`` RPC (caller: the mTLS peer's host
+id) and Dapr service invocation of the gateway app (caller: the invoking app id).
+
+Invariants this module keeps:
+
+* **The caller is authority.** A call is answered only if the object's effective
+  authority here holds ``call:<method>/<caller>`` with action ``call``, where the caller
+  is ``<trust domain>/<host path>`` for a gateway host (from its certificate, never from
+  the request) or ``<trust domain of this host>/dapr/<app id>`` for a Dapr app. The grant
+  chain and this host's policy both bound it, as for any action.
+* **Every call is recorded.** An answered call appends a ``called`` lineage entry in the
+  same conditional write as any data it changes; a refused call appends a
+  ``call-denied`` entry with the reason. Repeated identical refusals (same caller,
+  method and reason) are *counted* in a host-local record and written to the lineage at
+  most once per :data:`DENIAL_RECORD_INTERVAL`, with the count since the last entry, so
+  a caller hammering a refusal cannot grow the lineage without limit.
+* **Bounded.** Request and reply are at most :data:`~gateway.limits.MAX_CALL_REQUEST_BYTES`
+  / :data:`~gateway.limits.MAX_CALL_REPLY_BYTES` of JSON, checked before any evaluation;
+  the request's data obeys the same collection and depth bounds as object data.
+* **A moved object says where it went** (:class:`~gateway.errors.ObjectMovedError` with
+  the new host); **a frozen one is waited for** up to the caller's wait (at most
+  :data:`~gateway.limits.MAX_CALL_WAIT`), then :class:`~gateway.errors.ObjectBusyError`.
+* **Answers never run actions.** A reply is computed, a write (admitted against
+  ``state:self`` write) may change the data; nothing is published or invoked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from gateway._decode import load_json
+from gateway._time import format_time, parse_time
+from gateway.errors import (
+    CallDeniedError,
+    ConcurrencyError,
+    ConfigError,
+    GatewayError,
+    LimitExceededError,
+    NotFoundError,
+    ObjectBusyError,
+    ObjectMovedError,
+    RuleError,
+    StoreError,
+)
+from gateway.handoff.context import HostContext
+from gateway.handoff.journal import put_object
+from gateway.identity import HostId
+from gateway.limits import (
+    MAX_CALL_REPLY_BYTES,
+    MAX_CALL_REQUEST_BYTES,
+    MAX_CALL_WAIT,
+    MAX_DATA_BYTES,
+    MAX_TENANT_CHARS,
+    check_id,
+    check_text,
+)
+from gateway.lineage import EntryKind
+from gateway.model import Answer, GovernedObject, LifecycleState
+from gateway.rules import (
+    CompiledAnswer,
+    activation_of,
+    check_data,
+    compile_answers,
+    dump_data,
+    give_answer,
+    load_data,
+)
+from gateway.runtime.events import why_withheld
+from gateway.stores import Expect, Put
+
+log = logging.getLogger(__name__)
+
+#: Host-local counters of repeated refusals (``<tenant>/<object id>/<digest>``).
+DENIALS = "calls/denied/"
+#: A repeated identical refusal reaches the lineage at most once per this interval.
+DENIAL_RECORD_INTERVAL = timedelta(seconds=60)
+#: Refusal counters untouched for this long are pruned.
+DENIAL_RETENTION = timedelta(days=1)
+#: How long a call waits for a frozen object when the caller gives no wait.
+DEFAULT_CALL_WAIT = timedelta(seconds=10)
+#: Conditional writes tried when a cycle or another call changed the object meanwhile.
+COMMIT_ATTEMPTS = 8
+#: Seconds between two looks at an object frozen by a migration.
+FROZEN_POLL = 0.1
+
+_METHOD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_APP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def caller_of_host(host_id: str) -> str:
+    """The caller text of a gateway host: ``spiffe://org-b.example/cluster/east/gateway``
+    is ``org-b.example/cluster/east/gateway``."""
+    host = HostId.parse(host_id)
+    return f"{host.trust_domain}/{host.path.strip('/')}"
+
+
+def caller_of_dapr_app(trust_domain: str, app_id: str) -> str:
+    """The caller text of a Dapr app invoking the gateway app through its own sidecar:
+    ``<this host's trust domain>/dapr/<app id>`` (an app id is only meaningful inside the
+    Dapr deployment of the host it calls)."""
+    if not _APP_ID.fullmatch(app_id):
+        raise CallDeniedError(
+            f"the calling Dapr app id {app_id[:80]!r} is not a plain name",
+            hint="Dapr app ids are letters, digits, '.', '_' and '-'",
+        )
+    return f"{trust_domain}/dapr/{app_id}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallResult:
+    reply: Any  #: the reply as a JSON value
+    encoded: bytes  #: the reply as compact JSON
+    host: str  #: the host that answered
+
+
+def _request_data(raw: bytes) -> Any:
+    if len(raw) > MAX_CALL_REQUEST_BYTES:
+        raise LimitExceededError(
+            f"the request is {len(raw)} bytes; at most {MAX_CALL_REQUEST_BYTES}",
+            hint="send less; a call carries a small JSON request",
+        )
+    if not raw.strip():
+        return None
+    value = load_json(raw, error=ConfigError, what="the request data")
+    try:
+        check_data(value)
+    except RuleError as exc:
+        raise LimitExceededError(f"the request data: {exc.reason}", hint=exc.hint) from exc
+    return value
+
+
+def check_method(method: str) -> str:
+    if not _METHOD.fullmatch(method):
+        raise ConfigError(
+            f"method {method[:80]!r} is not a name",
+            hint="letters, digits, '_', '.', '-'; at most 64 characters",
+        )
+    return method
+
+
+class Calls:
+    """Answers calls to the objects of one host."""
+
+    def __init__(self, context: HostContext, *, cache_size: int = 256) -> None:
+        self.ctx = context
+        self._compile = functools.lru_cache(maxsize=cache_size)(_compile_answers)
+
+    async def call(
+        self,
+        *,
+        tenant: str,
+        object_id: str,
+        method: str,
+        data: bytes,
+        caller: str,
+        wait: timedelta | None = None,
+    ) -> CallResult:
+        """Answer one call, or raise why not (a refusal is recorded first)."""
+        ctx = self.ctx
+        check_text(tenant, limit=MAX_TENANT_CHARS, what="tenant")
+        check_id(object_id, what="object id")
+        check_method(method)
+        request_data = _request_data(data)
+        if tenant not in ctx.tenants:
+            raise NotFoundError(
+                f"{ctx.host} hosts no tenant {tenant!r}", hint="name the object's tenant"
+            )
+        wait = min(
+            wait if wait is not None and wait > timedelta(0) else DEFAULT_CALL_WAIT, MAX_CALL_WAIT
+        )
+        deadline = asyncio.get_running_loop().time() + wait.total_seconds()
+        request = {"method": method, "caller": caller, "data": request_data}
+        for _attempt in range(COMMIT_ATTEMPTS):
+            loaded = await self._live(tenant, object_id, deadline=deadline, wait=wait)
+            obj = loaded.value
+            now = ctx.clock.now()
+            try:
+                answered, result = self._answer(obj, method, request, caller, now)
+            except CallDeniedError as exc:
+                await self._record_denial(tenant, object_id, method, caller, exc.reason, now)
+                raise
+            try:
+                await ctx.journal.store.transact([put_object(tenant, answered, loaded.etag)])
+            except ConcurrencyError:
+                continue  # a cycle or another call wrote first: answer from the new state
+            return result
+        raise ObjectBusyError(
+            f"{object_id} changed {COMMIT_ATTEMPTS} times while the call was answered",
+            hint="retry; the object is being written very often",
+        )
+
+    async def _live(self, tenant: str, object_id: str, *, deadline: float, wait: timedelta) -> Any:
+        """The ACTIVE object, waiting while a migration has it frozen (or staged here)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            loaded = await self.ctx.journal.object(tenant, object_id)
+            obj = loaded.value if loaded is not None else None
+            if obj is not None and obj.state is LifecycleState.ACTIVE:
+                return loaded
+            if obj is not None and obj.state is LifecycleState.MOVED:
+                raise ObjectMovedError(
+                    f"{object_id} moved to {obj.moved_to} (migration {obj.migration_id})",
+                    moved_to=obj.moved_to,
+                    hint=f"call it there: gateway call {object_id} ... --at {obj.moved_to}",
+                )
+            waiting = obj is not None or await self.ctx.journal.held(tenant, object_id)
+            if not waiting:
+                raise NotFoundError(
+                    f"{object_id} is not on {self.ctx.host} (tenant {tenant})",
+                    hint="check the object id and tenant, or ask the host that holds it",
+                )
+            if loop.time() >= deadline:
+                doing = (
+                    f"frozen by migration {obj.migration_id}"
+                    if obj is not None
+                    else "arriving (staged by a migration not settled yet)"
+                )
+                raise ObjectBusyError(
+                    f"{object_id} is still {doing} after {wait.total_seconds():g} s",
+                    hint="retry once the migration settles; it then answers here or says where it went",
+                )
+            await asyncio.sleep(min(FROZEN_POLL, max(0.0, deadline - loop.time())))
+
+    def _answer(
+        self,
+        obj: GovernedObject,
+        method: str,
+        request: Mapping[str, Any],
+        caller: str,
+        now: datetime,
+    ) -> tuple[GovernedObject, CallResult]:
+        ctx = self.ctx
+        resource = f"call:{method}/{caller}"
+        authority = obj.authority_at(now)
+        if not authority.permits(resource, "call"):
+            raise CallDeniedError(
+                f"{caller} may not call {method} on {obj.object_id}: "
+                f"{why_withheld(ctx, obj, resource, 'call', now)}",
+                hint=f"its grants (and this host's policy) must hold {resource} [call]",
+            )
+        try:
+            answers = self._compile(obj.answers)
+            data = load_data(obj.data, obj.content_type)
+        except RuleError as exc:
+            raise CallDeniedError(f"{obj.object_id} cannot answer: {exc.reason}") from exc
+        compiled = answers.get(method)
+        if compiled is None:
+            known = ", ".join(sorted(answers)) or "none"
+            raise CallDeniedError(
+                f"{obj.object_id} answers no method {method} (it answers: {known})",
+                hint="see the object's spec, answers:",
+            )
+        activation = activation_of(
+            data=data,
+            generation=obj.cycle.generation,
+            epoch=obj.epoch,
+            now=now,
+            host=ctx.host,
+            request=request,
+        )
+        reply = give_answer(compiled, activation)
+        if reply.refusal:
+            raise CallDeniedError(f"{obj.object_id} did not answer {method}: {reply.refusal}")
+        encoded = json.dumps(reply.value, sort_keys=True, separators=(",", ":")).encode()
+        if len(encoded) > MAX_CALL_REPLY_BYTES:
+            raise CallDeniedError(
+                f"the reply to {method} would be {len(encoded)} bytes; at most {MAX_CALL_REPLY_BYTES}",
+                hint="make the answer's reply smaller",
+            )
+        answered = obj
+        detail = f"call {method} from {caller}: answered"
+        if reply.patch is not None:
+            if not authority.permits("state:self", "write"):
+                raise CallDeniedError(
+                    f"answer {method} of {obj.object_id} writes its data, but it may not "
+                    "write state:self here"
+                )
+            merged = {**data, **reply.patch}
+            try:
+                check_data(merged)
+            except RuleError as exc:
+                raise CallDeniedError(f"answer {method}: the write {exc.reason}") from exc
+            written = dump_data(merged)
+            if len(written) > MAX_DATA_BYTES:
+                raise CallDeniedError(f"answer {method}: the write makes the data too large")
+            answered = replace(obj, data=written)
+            detail += ", data written"
+        answered = answered.record(EntryKind.CALLED, host=ctx.host, at=now, detail=detail)
+        return answered, CallResult(reply=reply.value, encoded=encoded, host=ctx.host)
+
+    async def _record_denial(
+        self, tenant: str, object_id: str, method: str, caller: str, reason: str, now: datetime
+    ) -> None:
+        """Write the refusal to the lineage, or count it if an identical one was written
+        less than :data:`DENIAL_RECORD_INTERVAL` ago. Best effort: the caller gets its
+        refusal even if the object cannot be written just now."""
+        store = self.ctx.journal.store
+        key = DENIALS + _denial_key(tenant, object_id, caller, method, reason)
+        for _attempt in range(COMMIT_ATTEMPTS):
+            try:
+                counter = await store.get(key)
+                count, recorded = _decode_counter(counter.value if counter else None)
+                etag = counter.etag if counter is not None else Expect.ABSENT
+                if recorded is not None and now - recorded < DENIAL_RECORD_INTERVAL:
+                    await store.put(key, _encode_counter(count + 1, recorded, now), etag=etag)
+                    return
+                loaded = await self.ctx.journal.object(tenant, object_id)
+                if loaded is None or loaded.value.state is not LifecycleState.ACTIVE:
+                    # Not found or moved; or frozen, whose lineage left with its transfer
+                    # and must stay a prefix of what comes back: nothing is appended.
+                    return
+                detail = f"call {method} from {caller}: denied, {reason}"
+                if count:
+                    detail += (
+                        f" (and {count} more times since {format_time(recorded)})"
+                        if recorded
+                        else ""
+                    )
+                obj = loaded.value.record(
+                    EntryKind.CALL_DENIED, host=self.ctx.host, at=now, detail=detail[:1000]
+                )
+                await store.transact(
+                    [
+                        put_object(tenant, obj, loaded.etag),
+                        Put(key=key, value=_encode_counter(0, now, now), etag=etag),
+                    ]
+                )
+                return
+            except ConcurrencyError:
+                continue
+            except StoreError as exc:
+                log.warning("could not record a refused call to %s: %s", object_id, exc)
+                return
+
+    async def prune_denials(self, *, limit: int = 1000) -> int:
+        """Delete refusal counters untouched for :data:`DENIAL_RETENTION`; returns how many."""
+        store = self.ctx.journal.store
+        now = self.ctx.clock.now()
+        keys = await store.list(DENIALS, limit=limit)
+        items = await store.get_many(keys)
+        pruned = 0
+        for key, item in items.items():
+            try:
+                touched = _decode_touched(item.value)
+            except GatewayError:
+                touched = None
+            if touched is None or now - touched >= DENIAL_RETENTION:
+                try:
+                    await store.delete(key, etag=item.etag)
+                    pruned += 1
+                except ConcurrencyError:
+                    continue
+        return pruned
+
+
+def _compile_answers(answers: tuple[Answer, ...]) -> dict[str, CompiledAnswer]:
+    return compile_answers(answers)
+
+
+def _denial_key(tenant: str, object_id: str, caller: str, method: str, reason: str) -> str:
+    digest = hashlib.sha256("\0".join((caller, method, reason)).encode()).hexdigest()[:32]
+    return f"{tenant}/{object_id}/{digest}"
+
+
+def _encode_counter(count: int, recorded: datetime, touched: datetime) -> bytes:
+    return json.dumps(
+        {"count": count, "recorded": format_time(recorded), "touched": format_time(touched)},
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+
+
+def _decode_counter(raw: bytes | None) -> tuple[int, datetime | None]:
+    if raw is None:
+        return 0, None
+    document = load_json(raw, error=StoreError, what="a refused-call counter")
+    try:
+        return int(document["count"]), parse_time(document["recorded"])
+    except (KeyError, TypeError, ValueError, GatewayError):
+        return 0, None  # a damaged counter only costs one more lineage entry
+
+
+def _decode_touched(raw: bytes) -> datetime | None:
+    document = load_json(raw, error=StoreError, what="a refused-call counter")
+    try:
+        return parse_time(document["touched"])
+    except (KeyError, TypeError, ValueError, GatewayError):
+        return None

@@ -1,0 +1,679 @@
+"""Event-triggered wake: messages on the topics an object subscribes to wake its
+``on: message`` rules, which see the message as a CloudEvent (``event`` in CEL).
+
+The host's bus is durable and lives in the host's own store; messages come in from the
+in-process publish path (``gateway publish``, :meth:`Events.publish`) on the embedded
+default, or from Dapr pub/sub through the app callback (gateway/runtime/appcallback.py),
+and both go through :meth:`Events.ingest`. Store layout (host-local, never transferred)::
+
+    bus/<topic digest>/<message digest>              the message, kept BUS_RETENTION
+    subs/<topic digest>/<tenant>/<object digest>     who here subscribes (value: object id)
+    inbox/<tenant>/<object digest>/<ms>-<msg digest> a wake to deliver (value: the message)
+    seen/<tenant>/<object digest>/<message digest>   a message this object evaluated
+
+Invariants this module keeps:
+
+* **At most once per message id.** A message is identified by its CloudEvents
+  ``(source, id)``. Its wake commits the object, the ``seen`` record (written only if
+  absent) and the removal of the inbox entry in one conditional transaction, so a
+  redelivered message (the same id again, at-least-once) finds the record and is dropped:
+  its rules are evaluated at most once on this host. An arrival also skips the messages
+  its lineage already records as woken (on the host it came from). ``seen`` records are
+  kept :data:`SEEN_RETENTION`, longer than the bus keeps messages (:data:`BUS_RETENTION`),
+  and pruned after that, so the record is bounded by time and message rate.
+* **Admission first.** A subscription is the authority ``pubsub:<topic>`` ``subscribe``,
+  checked against the object's effective authority here (its grant chain within this
+  host's policy) when the object becomes active, and recorded in the lineage as admitted
+  or denied; a denied subscription is not indexed, so its messages never wake the object.
+  Each wake is checked again (grants expire).
+* **Subscriptions follow the object.** When an object becomes ACTIVE here (created,
+  arrived, resumed after an aborted migration) its subscriptions are taken up: indexed,
+  and, after an arrival, every message this host's bus received since the object froze
+  at its previous host (less the clock skew) is queued for it. From its freeze on, the
+  object no longer wakes at the source: wakes arriving there wait (in case the migration
+  aborts and it resumes), and are dropped, with its subscription, once it has moved. So a
+  message published during the blackout is delivered after activation at the
+  destination, provided it reached the destination's bus (on Dapr every host subscribing
+  to the topic gets it; on the embedded bus, publish at the destination).
+* **Bounded.** Message data is at most :data:`~gateway.limits.MAX_MESSAGE_BYTES` of
+  JSON, ids, sources, types and topics at most
+  :data:`~gateway.limits.MAX_MESSAGE_FIELD_CHARS`; every listing has a limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import re
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from gateway._crash import crash_point
+from gateway._decode import load_json
+from gateway._time import Clock, format_time, parse_time
+from gateway.errors import (
+    ConcurrencyError,
+    ConfigError,
+    GatewayError,
+    LimitExceededError,
+    RuleError,
+    StoreError,
+)
+from gateway.handoff.context import HostContext
+from gateway.handoff.journal import put_object
+from gateway.limits import MAX_MESSAGE_BYTES, MAX_MESSAGE_FIELD_CHARS
+from gateway.lineage import EntryKind
+from gateway.model import GovernedObject, LifecycleState
+from gateway.rules import check_data
+from gateway.runtime.cycle import CycleRunner, Wake
+from gateway.runtime.outbox import outbox_puts
+from gateway.stores import Delete, Expect, Operation, Put, StateStore
+
+log = logging.getLogger(__name__)
+
+BUS = "bus/"
+SUBS = "subs/"
+INBOX = "inbox/"
+SEEN = "seen/"
+
+#: How long the bus keeps a message for objects that arrive later (the longest
+#: migration blackout whose messages are still delivered after it).
+BUS_RETENTION = timedelta(hours=1)
+#: How long a message id is remembered per object; longer than BUS_RETENTION, so a
+#: message replayed from the bus is always recognised.
+SEEN_RETENTION = timedelta(hours=24)
+#: Most subscribers one message is queued for on this host.
+MAX_SUBSCRIBERS_PER_TOPIC = 1000
+#: Wakes delivered per pass, and records looked at per prune pass.
+DELIVERY_BATCH = 256
+PRUNE_BATCH = 1000
+#: Attempts at one wake's conditional write while cycles or calls write the object.
+WAKE_ATTEMPTS = 8
+#: Seconds before a wake held for a frozen or staged object is looked at again.
+HELD_RETRY = 0.5
+#: Seconds between prune passes.
+RECONCILE_SECONDS = 60.0
+#: Seconds after an activation before its subscriptions are taken up once more.
+RECHECK_SECONDS = 5.0
+
+_TOPIC = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)+")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _object_digest(object_id: str) -> str:
+    # Object ids contain '/': a digest keeps one object's keys from prefixing another's.
+    return _digest(object_id)
+
+
+def check_topic(topic: str) -> str:
+    if len(topic) > MAX_MESSAGE_FIELD_CHARS or not _TOPIC.fullmatch(topic):
+        raise ConfigError(
+            f"topic {topic[:80]!r} is not of the form <name>/<name>",
+            hint="e.g. orders/cancelled",
+        )
+    return topic
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """One message on a topic, as the CloudEvent rules see."""
+
+    topic: str
+    id: str
+    source: str
+    type: str
+    data: Any  #: JSON value
+    time: datetime  #: when it was sent (CloudEvents ``time``; else when received)
+    received: datetime  #: when this host's bus took it
+    subject: str = ""
+
+    @property
+    def digest(self) -> str:
+        """Identity for de-duplication: CloudEvents says (source, id) is unique."""
+        return _digest(f"{self.source}\0{self.id}")
+
+    def cloudevent(self) -> dict[str, Any]:
+        event = {
+            "specversion": "1.0",
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "topic": self.topic,
+            "time": format_time(self.time),
+            "datacontenttype": "application/json",
+            "data": self.data,
+        }
+        if self.subject:
+            event["subject"] = self.subject
+        return event
+
+    def encode(self) -> bytes:
+        document = {**self.cloudevent(), "received": format_time(self.received)}
+        return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes, *, what: str) -> Message:
+        document = load_json(raw, error=StoreError, what=what)
+        try:
+            return cls(
+                topic=document["topic"],
+                id=document["id"],
+                source=document["source"],
+                type=document["type"],
+                data=document["data"],
+                time=parse_time(document["time"]),
+                received=parse_time(document["received"]),
+                subject=document.get("subject", ""),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"{what} is damaged: {exc!r:.200}") from exc
+
+
+def new_message(
+    topic: str,
+    *,
+    data: Any,
+    message_id: str | None,
+    source: str,
+    kind: str,
+    received: datetime,
+    sent: datetime | None = None,
+    subject: str = "",
+) -> Message:
+    """A message checked against the bounds, from outside (a CLI, Dapr)."""
+    check_topic(topic)
+    message_id = message_id or uuid.uuid4().hex
+    for value, what in (
+        (message_id, "id"),
+        (source, "source"),
+        (kind, "type"),
+        (subject, "subject"),
+    ):
+        if len(value) > MAX_MESSAGE_FIELD_CHARS or (what != "subject" and not value):
+            raise LimitExceededError(
+                f"the message {what} is {len(value)} characters; 1 to {MAX_MESSAGE_FIELD_CHARS}",
+                hint="CloudEvents ids, sources and types are short strings",
+            )
+    size = len(json.dumps(data, separators=(",", ":")))
+    if size > MAX_MESSAGE_BYTES:
+        raise LimitExceededError(
+            f"the message data is {size} bytes of JSON; at most {MAX_MESSAGE_BYTES}",
+            hint="send a reference to large content, not the content",
+        )
+    try:
+        check_data(data)
+    except RuleError as exc:
+        raise LimitExceededError(f"the message data: {exc.reason}", hint=exc.hint) from exc
+    return Message(
+        topic=topic,
+        id=message_id,
+        source=source,
+        type=kind,
+        data=data,
+        time=sent or received,
+        received=received,
+        subject=subject,
+    )
+
+
+def _subs_prefix(topic: str) -> str:
+    return f"{SUBS}{_digest(topic)}/"
+
+
+def _subs_key(topic: str, tenant: str, object_id: str) -> str:
+    return f"{_subs_prefix(topic)}{tenant}/{_object_digest(object_id)}"
+
+
+def _inbox_prefix(tenant: str, object_id: str) -> str:
+    return f"{INBOX}{tenant}/{_object_digest(object_id)}/"
+
+
+def _inbox_key(tenant: str, object_id: str, message: Message) -> str:
+    millis = int(message.received.timestamp() * 1000)
+    return f"{_inbox_prefix(tenant, object_id)}{millis:013d}-{message.digest}"
+
+
+def _seen_key(tenant: str, object_id: str, message: Message) -> str:
+    return f"{SEEN}{tenant}/{_object_digest(object_id)}/{message.digest}"
+
+
+def _bus_key(message: Message) -> str:
+    return f"{BUS}{_digest(message.topic)}/{message.digest}"
+
+
+def _wrap(tenant: str, object_id: str, message: Message) -> bytes:
+    return json.dumps(
+        {"tenant": tenant, "object_id": object_id, "message": message.encode().decode()},
+        separators=(",", ":"),
+    ).encode()
+
+
+def _unwrap(raw: bytes, key: str) -> tuple[str, str, Message]:
+    document = load_json(raw, error=StoreError, what=f"inbox entry {key}")
+    try:
+        message = Message.decode(document["message"].encode(), what=f"inbox entry {key}")
+        return document["tenant"], document["object_id"], message
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise StoreError(f"inbox entry {key} is damaged: {exc!r:.200}") from exc
+
+
+class WakeResult:
+    EVALUATED = "evaluated"
+    DUPLICATE = "duplicate"  #: this message id was evaluated already
+    HELD = "held"  #: the object is frozen or staged here: delivered once it is active
+    DROPPED = "dropped"  #: the object moved away, left, or no longer subscribes
+
+
+class Events:
+    """The bus of one host and the wakes it delivers."""
+
+    def __init__(self, context: HostContext, runner: CycleRunner, *, clock: Clock) -> None:
+        self.ctx = context
+        self.runner = runner
+        self.clock = clock
+        self._held_until: dict[str, float] = {}
+        self._recheck: dict[tuple[str, str], float] = {}
+        self._wakeup = asyncio.Event()
+
+    @property
+    def store(self) -> StateStore:
+        return self.ctx.journal.store
+
+    # --- in ----------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        *,
+        data: Any,
+        message_id: str | None = None,
+        source: str | None = None,
+        kind: str = "gateway.message",
+    ) -> Message:
+        """The in-process publish path: put a message on this host's bus."""
+        now = self.clock.now()
+        message = new_message(
+            topic,
+            data=data,
+            message_id=message_id,
+            source=source or self.ctx.host,
+            kind=kind,
+            received=now,
+        )
+        await self.ingest(message)
+        return message
+
+    async def ingest(self, message: Message) -> bool:
+        """Keep ``message`` on the bus and queue a wake for every subscriber here, in one
+        transaction. False if the bus holds it already (a redelivery)."""
+        keys = await self.store.list(_subs_prefix(message.topic), limit=MAX_SUBSCRIBERS_PER_TOPIC)
+        subscribers = await self.store.get_many(keys)
+        operations: list[Operation] = [
+            Put(key=_bus_key(message), value=message.encode(), etag=Expect.ABSENT)
+        ]
+        for key in keys:
+            item = subscribers.get(key)
+            if item is None:
+                continue
+            tenant = key.removeprefix(_subs_prefix(message.topic)).split("/", 1)[0]
+            object_id = item.value.decode("utf-8", "replace")
+            operations.append(
+                Put(
+                    key=_inbox_key(tenant, object_id, message),
+                    value=_wrap(tenant, object_id, message),
+                    etag=Expect.ANY,
+                )
+            )
+        try:
+            await self.store.transact(operations)
+        except ConcurrencyError:
+            log.info("message %s on %s: already on the bus", message.id, message.topic)
+            return False
+        self._wakeup.set()
+        return True
+
+    # --- subscriptions follow the object -----------------------------------------------
+
+    async def take_up(self, tenant: str, object_id: str) -> None:
+        """An object became ACTIVE here: admit and index its subscriptions, record that,
+        and queue what the bus received since it froze at its previous host."""
+        loaded = await self.ctx.journal.object(tenant, object_id)
+        if loaded is None or loaded.value.state is not LifecycleState.ACTIVE:
+            return
+        obj = loaded.value
+        now = self.clock.now()
+        authority = obj.authority_at(now)
+        recorded = _subscription_entries_since_activation(obj)
+        changed = obj
+        operations: list[Operation] = []
+        admitted: list[str] = []
+        for topic in obj.subscriptions:
+            resource = f"pubsub:{topic}"
+            key = _subs_key(topic, tenant, object_id)
+            if authority.permits(resource, "subscribe"):
+                admitted.append(topic)
+                operations.append(Put(key=key, value=object_id.encode(), etag=Expect.ANY))
+                detail = f"subscribe {resource}"
+                if detail not in recorded:
+                    changed = changed.record(
+                        EntryKind.ACTION_ADMITTED, host=self.ctx.host, at=now, detail=detail
+                    )
+            else:
+                operations.append(Delete(key=key, etag=Expect.ANY))
+                detail = f"subscribe {resource}: denied, {why_withheld(self.ctx, obj, resource, 'subscribe', now)}"
+                if not any(r.startswith(f"subscribe {resource}:") for r in recorded):
+                    changed = changed.record(
+                        EntryKind.ACTION_DENIED, host=self.ctx.host, at=now, detail=detail
+                    )
+        operations.extend(await self._replay(obj, admitted))
+        if changed is not obj:
+            operations.append(put_object(tenant, changed, loaded.etag))
+        if not operations:
+            return
+        try:
+            await self.store.transact(operations)
+        except ConcurrencyError:
+            # The object changed meanwhile (a cycle): the next reconciliation does this again.
+            log.info("subscriptions of %s: the object changed; taken up later", object_id)
+            return
+        self._wakeup.set()
+
+    async def _replay(self, obj: GovernedObject, topics: list[str]) -> list[Operation]:
+        """Wakes for the messages an arrived object missed during its blackout."""
+        since = _last_departure(obj)
+        if since is None or not topics:
+            return []
+        since -= self.ctx.timing.clock_skew
+        already = _woken_digests(obj)
+        operations: list[Operation] = []
+        for topic in topics:
+            keys = await self.store.list(f"{BUS}{_digest(topic)}/", limit=PRUNE_BATCH)
+            items = await self.store.get_many(keys)
+            for key, item in items.items():
+                try:
+                    message = Message.decode(item.value, what=f"bus entry {key}")
+                except StoreError as exc:
+                    log.warning("%s", exc)
+                    continue
+                if message.received < since or message.digest in already:
+                    continue
+                seen = await self.store.get(_seen_key(obj.tenant, obj.object_id, message))
+                if seen is not None:
+                    continue
+                operations.append(
+                    Put(
+                        key=_inbox_key(obj.tenant, obj.object_id, message),
+                        value=_wrap(obj.tenant, obj.object_id, message),
+                        etag=Expect.ANY,
+                    )
+                )
+        return operations
+
+    async def reconcile(self, tenants: tuple[str, ...]) -> None:
+        """Take up the subscriptions of every ACTIVE subscribing object (idempotent): the
+        process that activated one may have died before it did. Reads every object: run
+        at start only."""
+        for tenant in tenants:
+            for obj in await self.ctx.journal.objects(tenant):
+                if obj.state is LifecycleState.ACTIVE and obj.subscriptions:
+                    await self.take_up(tenant, obj.object_id)
+
+    # --- out: wakes --------------------------------------------------------------------
+
+    async def deliver_once(self) -> int:
+        """Deliver queued wakes, oldest first per object; returns how many were settled."""
+        keys = await self.store.list(INBOX, limit=DELIVERY_BATCH)
+        loop = asyncio.get_running_loop()
+        settled = 0
+        for key in sorted(keys):
+            if self._held_until.get(key, 0.0) > loop.time():
+                continue
+            item = await self.store.get(key)
+            if item is None:
+                continue
+            try:
+                tenant, object_id, message = _unwrap(item.value, key)
+            except StoreError as exc:
+                log.warning("dropping %s", exc)
+                await self.store.delete(key, etag=Expect.ANY)
+                continue
+            result = await self.wake(tenant, object_id, message, inbox=(key, item.etag))
+            if result == WakeResult.HELD:
+                self._held_until[key] = loop.time() + HELD_RETRY
+            else:
+                self._held_until.pop(key, None)
+                settled += 1
+        return settled
+
+    async def wake(
+        self, tenant: str, object_id: str, message: Message, *, inbox: tuple[str, str]
+    ) -> str:
+        """Wake the object with ``message`` at most once; settles its inbox entry."""
+        inbox_key, inbox_etag = inbox
+        seen_key = _seen_key(tenant, object_id, message)
+        for _attempt in range(WAKE_ATTEMPTS):
+            loaded = await self.ctx.journal.object(tenant, object_id)
+            obj = loaded.value if loaded is not None else None
+            if obj is None:
+                if await self.ctx.journal.held(tenant, object_id):
+                    return WakeResult.HELD  # staged here by a migration not settled yet
+                await self._drop(inbox_key, inbox_etag, message.topic, tenant, object_id)
+                return WakeResult.DROPPED
+            if obj.state in (LifecycleState.FROZEN, LifecycleState.STAGED):
+                return WakeResult.HELD
+            assert loaded is not None
+            if obj.state is LifecycleState.MOVED or message.topic not in obj.subscriptions:
+                # The subscription left with the object (its new host takes it up).
+                await self._drop(inbox_key, inbox_etag, message.topic, tenant, object_id)
+                return WakeResult.DROPPED
+            if await self.store.get(seen_key) is not None:
+                await self.store.transact([Delete(key=inbox_key, etag=inbox_etag)])
+                return WakeResult.DUPLICATE
+            now = self.clock.now()
+            resource = f"pubsub:{message.topic}"
+            label = (
+                f"message {message.digest} on {message.topic} "
+                f"(id {message.id[:64]}, from {message.source[:64]})"
+            )
+            if obj.authority_at(now).permits(resource, "subscribe"):
+                wake = Wake(
+                    event=message.cloudevent(),
+                    label=label,
+                    key_prefix=f"{tenant}/{object_id}/wake-{message.digest}",
+                )
+                woken, events, _admitted, _denied = self.runner.evaluate(obj, now=now, wake=wake)
+            else:
+                woken, events = (
+                    obj.record(
+                        EntryKind.ACTION_DENIED,
+                        host=self.ctx.host,
+                        at=now,
+                        detail=f"{label}: not delivered, subscribe {resource} denied, "
+                        f"{why_withheld(self.ctx, obj, resource, 'subscribe', now)}",
+                    ),
+                    [],
+                )
+            operations: list[Operation] = [
+                put_object(tenant, woken, loaded.etag),
+                Put(
+                    key=seen_key,
+                    value=json.dumps({"at": format_time(now)}).encode(),
+                    etag=Expect.ABSENT,
+                ),
+                Delete(key=inbox_key, etag=inbox_etag),
+            ]
+            for event in events:
+                operations.extend(outbox_puts(event))
+            try:
+                await self.store.transact(operations)
+            except ConcurrencyError:
+                current = await self.store.get(inbox_key)
+                if current is None:
+                    return WakeResult.DUPLICATE  # another process delivered it
+                inbox_etag = current.etag
+                continue  # the object changed (a cycle, a call): evaluate again
+            return WakeResult.EVALUATED
+        return WakeResult.HELD  # kept writing under us: try again at the next pass
+
+    async def _drop(
+        self, inbox_key: str, inbox_etag: str, topic: str, tenant: str, object_id: str
+    ) -> None:
+        with contextlib.suppress(ConcurrencyError):
+            await self.store.transact(
+                [
+                    Delete(key=inbox_key, etag=inbox_etag),
+                    Delete(key=_subs_key(topic, tenant, object_id), etag=Expect.ANY),
+                ]
+            )
+
+    # --- pruning -----------------------------------------------------------------------
+
+    async def prune(self) -> int:
+        """Forget bus messages older than BUS_RETENTION and message ids older than
+        SEEN_RETENTION (one bounded batch of each); returns how many were deleted."""
+        now = self.clock.now()
+        pruned = 0
+        for prefix, retention, field in (
+            (BUS, BUS_RETENTION, "received"),
+            (SEEN, SEEN_RETENTION, "at"),
+        ):
+            keys = await self.store.list(prefix, limit=PRUNE_BATCH)
+            items = await self.store.get_many(keys)
+            for key, item in items.items():
+                try:
+                    document = load_json(item.value, error=StoreError, what=key)
+                    at = parse_time(document[field])
+                except (GatewayError, KeyError, TypeError, ValueError):
+                    at = None  # damaged: nothing to keep it for
+                if at is None or now - at >= retention:
+                    with contextlib.suppress(ConcurrencyError):
+                        await self.store.delete(key, etag=item.etag)
+                        pruned += 1
+        return pruned
+
+    # --- running -----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, *, tenants: tuple[str, ...]) -> None:
+        """Deliver wakes until ``stop``; take up every subscription once at start (the
+        process that activated an object may have died first), again shortly after each
+        activation seen here (a message may have reached the bus between the replay's
+        listing and the index), and prune once a minute."""
+        loop = asyncio.get_running_loop()
+        await self._guarded(self.reconcile(tenants))
+        next_prune = 0.0
+        while not stop.is_set():
+            if loop.time() >= next_prune:
+                await self._guarded(self.prune())
+                next_prune = loop.time() + RECONCILE_SECONDS
+            due = [target for target, at in self._recheck.items() if at <= loop.time()]
+            for target in due:
+                del self._recheck[target]
+                await self._guarded(self.take_up(*target))
+            self._wakeup.clear()
+            await self._guarded(self.deliver_once())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=0.2)
+
+    async def _guarded(self, work: Awaitable[object]) -> None:
+        try:
+            await work
+        except GatewayError as exc:
+            log.warning("event delivery pass failed: %s", exc)
+        except Exception:
+            log.exception("event delivery pass failed")
+
+    def activated(self, tenant: str, object_id: str) -> None:
+        """An object became active in this process: take its subscriptions up again in a
+        moment, to catch a message that raced the first take-up."""
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to recheck
+            self._recheck[(tenant, object_id)] = asyncio.get_running_loop().time() + RECHECK_SECONDS
+
+    def notice(self) -> None:
+        self._wakeup.set()
+
+
+def why_withheld(
+    ctx: HostContext, obj: GovernedObject, resource: str, verb: str, now: datetime
+) -> str:
+    """Why the object may not ``verb`` ``resource`` here, for a person to read."""
+    expires = obj.authority_expires
+    if expires is not None and now >= expires:
+        return f"its grants expired at {format_time(expires)}"
+    try:
+        chain = ctx.chain_of(obj, at=now)
+    except GatewayError as exc:
+        return f"its grants do not verify here: {exc.reason}"
+    if chain is None or not chain.capabilities.permits(resource, verb):
+        return f"its grants do not hold {resource} [{verb}]"
+    return f"this host's policy (offers, ceilings, deny) withholds {resource} [{verb}]"
+
+
+_ACTIVATIONS = (EntryKind.CREATED, EntryKind.REHOSTED, EntryKind.ABORTED)
+
+
+def _subscription_entries_since_activation(obj: GovernedObject) -> set[str]:
+    """Details of the subscription entries recorded since the object last became active
+    here, so that taking them up again (reconciliation) records nothing twice."""
+    found: set[str] = set()
+    for entry in reversed(obj.lineage.entries):
+        if entry.kind in _ACTIVATIONS:
+            break
+        if entry.kind in (EntryKind.ACTION_ADMITTED, EntryKind.ACTION_DENIED) and (
+            entry.detail.startswith("subscribe pubsub:")
+        ):
+            found.add(entry.detail)
+    return found
+
+
+def _last_departure(obj: GovernedObject) -> datetime | None:
+    """When the object froze at its previous host, if it arrived here (its last
+    activation is a REHOSTED entry); None for one created or resumed here."""
+    for entry in reversed(obj.lineage.entries):
+        if entry.kind in (EntryKind.CREATED, EntryKind.ABORTED):
+            return None
+        if entry.kind is EntryKind.FROZEN:
+            return entry.time
+    return None
+
+
+_WOKEN_DIGEST = re.compile(r"message ([0-9a-f]{32}) on ")
+
+
+def _woken_digests(obj: GovernedObject) -> set[str]:
+    """Messages the lineage records as woken (on any host): not to be evaluated again."""
+    found: set[str] = set()
+    for entry in obj.lineage.entries:
+        if entry.kind in (EntryKind.WOKEN, EntryKind.ACTION_DENIED):
+            match = _WOKEN_DIGEST.match(entry.detail)
+            if match:
+                found.add(match.group(1))
+    return found
+
+
+def parse_event_data(raw: bytes, content_type: str) -> Any:
+    """Message data from Dapr: JSON when it is JSON, else the text."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise LimitExceededError(
+            f"the message data is {len(raw)} bytes; at most {MAX_MESSAGE_BYTES}"
+        )
+    if not raw:
+        return None
+    if "json" in content_type or not content_type:
+        try:
+            return load_json(raw, error=ConfigError, what="the message data")
+        except ConfigError:
+            pass
+    return raw.decode("utf-8", "replace")
+
+
+def crash_after_ingest() -> None:
+    crash_point("events.after-ingest")

@@ -1,0 +1,136 @@
+"""The bounds of messages and calls, in one process with a settable clock: the records
+that make evaluation at-most-once and that count refused calls are pruned after their
+retention; repeated identical refusals reach the lineage once per interval, with a
+count; oversized and malformed input is refused before any work."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config
+from gateway.errors import CallDeniedError, ConfigError, LimitExceededError
+from gateway.host import Host
+from gateway.limits import MAX_CALL_REQUEST_BYTES, MAX_MESSAGE_BYTES
+from gateway.lineage import EntryKind
+from gateway.objectspec import parse_spec
+from gateway.runtime import calls, events
+from gateway.testing import HostSpec, build_world, create_from_spec
+from gateway.testing.faults import SettableClock
+from tests.conftest import HOST_A
+from tests.test_events import OBJECT, POLICY, SPEC, TOPIC
+
+
+async def _open(tmp_path: Path) -> tuple[Host, SettableClock]:
+    world = await asyncio.to_thread(
+        build_world, tmp_path / "world", [HostSpec(host_id=HOST_A, policy=POLICY)]
+    )
+    clock = SettableClock()
+    host = await Host.open(load_config(world.config(HOST_A)), clock=clock)
+    spec = parse_spec({**SPEC, "answers": {"status": {"reply": "data.status"}}}, source="test")
+    await create_from_spec(host, OBJECT, spec)
+    await host.events.take_up("default", OBJECT)
+    return host, clock
+
+
+def test_seen_records_and_the_bus_are_pruned_after_their_retention(tmp_path: Path) -> None:
+    async def main() -> None:
+        host, clock = await _open(tmp_path)
+        try:
+            store = host.store
+            await host.events.publish(TOPIC, data={"order": 7}, message_id="m-1")
+            assert await host.events.deliver_once() == 1
+            assert len(await store.list(events.SEEN)) == 1
+            assert len(await store.list(events.BUS)) == 1
+
+            # The same id again: the bus holds it, nothing is queued or evaluated.
+            await host.events.publish(TOPIC, data={"order": 7}, message_id="m-1")
+            assert await store.list(events.INBOX) == []
+
+            clock.offset = events.BUS_RETENTION + timedelta(minutes=1)
+            assert await host.events.prune() == 1  # the bus entry, not the seen record
+            assert await store.list(events.BUS) == []
+            # Redelivered after the bus forgot it: the seen record still stops it.
+            await host.events.publish(TOPIC, data={"order": 7}, message_id="m-1")
+            assert await host.events.deliver_once() == 1
+            obj = await host.get_object(OBJECT, tenant="default")
+            assert json.loads(obj.data)["cancels"] == 1
+            assert [e.kind for e in obj.lineage.entries].count(EntryKind.WOKEN) == 1
+
+            clock.offset = events.SEEN_RETENTION + timedelta(hours=2)
+            assert await host.events.prune() == 2  # the bus entry again, and the seen record
+            assert await store.list(events.SEEN) == []
+        finally:
+            await host.close()
+
+    asyncio.run(main())
+
+
+def test_repeated_refusals_are_counted_not_copied(tmp_path: Path) -> None:
+    async def main() -> None:
+        host, clock = await _open(tmp_path)
+        try:
+            for _ in range(5):
+                with pytest.raises(CallDeniedError, match="may not call status"):
+                    await host.calls.call(
+                        tenant="default",
+                        object_id=OBJECT,
+                        method="status",
+                        data=b"",
+                        caller="org-b.example/cluster/west/gateway",
+                    )
+            obj = await host.get_object(OBJECT, tenant="default")
+            denied = [e.detail for e in obj.lineage.entries if e.kind is EntryKind.CALL_DENIED]
+            assert len(denied) == 1 and "denied" in denied[0]
+
+            clock.offset = calls.DENIAL_RECORD_INTERVAL + timedelta(seconds=1)
+            with pytest.raises(CallDeniedError):
+                await host.calls.call(
+                    tenant="default",
+                    object_id=OBJECT,
+                    method="status",
+                    data=b"",
+                    caller="org-b.example/cluster/west/gateway",
+                )
+            obj = await host.get_object(OBJECT, tenant="default")
+            denied = [e.detail for e in obj.lineage.entries if e.kind is EntryKind.CALL_DENIED]
+            assert len(denied) == 2 and "(and 4 more times since" in denied[1], denied
+
+            assert await host.calls.prune_denials() == 0  # touched just now
+            clock.offset += calls.DENIAL_RETENTION
+            assert await host.calls.prune_denials() == 1
+        finally:
+            await host.close()
+
+    asyncio.run(main())
+
+
+def test_oversized_or_malformed_input_is_refused_before_work(tmp_path: Path) -> None:
+    async def main() -> None:
+        host, _clock = await _open(tmp_path)
+        try:
+            with pytest.raises(LimitExceededError, match="at most"):
+                await host.events.publish(TOPIC, data="x" * MAX_MESSAGE_BYTES)
+            with pytest.raises(ConfigError, match="not of the form"):
+                await host.events.publish("no-slash", data=None)
+            with pytest.raises(LimitExceededError, match="the request is"):
+                await host.calls.call(
+                    tenant="default",
+                    object_id=OBJECT,
+                    method="status",
+                    data=b"1" * (MAX_CALL_REQUEST_BYTES + 1),
+                    caller=host.host_id,
+                )
+            with pytest.raises(ConfigError, match="is not a name"):
+                await host.calls.call(
+                    tenant="default", object_id=OBJECT, method="../x", data=b"", caller="x/y"
+                )
+            assert await host.store.list(events.BUS) == []
+        finally:
+            await host.close()
+
+    asyncio.run(main())
