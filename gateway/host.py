@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import envelope as dsse
+from gateway import observability
 from gateway._time import Clock, SystemClock
 from gateway.blobs import delete_blob, write_blob
 from gateway.config import Config
@@ -42,6 +43,7 @@ from gateway.keyring import Keyring, load_keyring
 from gateway.keys import Purpose
 from gateway.model import CycleState, GovernedObject, LifecycleState, Rule, new_object
 from gateway.objectspec import GrantSpec
+from gateway.observability.health import Readiness
 from gateway.runtime.cycle import CycleRunner
 from gateway.runtime.dapr import DaprEventSink, DaprJobs
 from gateway.runtime.outbox import Dispatcher, HttpInvoker
@@ -177,6 +179,7 @@ class Host:
             store, invoker=HttpInvoker(config.invoke), sink=sink, clock=clock
         )
         self._background: set[asyncio.Task[object]] = set()
+        self.readiness = Readiness()  #: grpc.health.v1 status; set_draining() on SIGTERM
 
     def _object_became_active(self, obj: GovernedObject) -> None:
         """A new or arrived object starts cycling here: at once, not at the next scan."""
@@ -470,7 +473,11 @@ class Host:
             source=self.source, destination=self.destination, authorities=authorities
         )
         server, port = await start_server(
-            service, listen=self.config.listen, credentials=credentials
+            service,
+            listen=self.config.listen,
+            credentials=credentials,
+            readiness=self.readiness,
+            reflection=self.config.observability.reflection,
         )
         log.info("%s listening on port %d", self.host_id, port)
         stop = stop or asyncio.Event()
@@ -483,11 +490,16 @@ class Host:
                 workers.append(asyncio.create_task(self.scheduler.run(stop)))
             workers.append(asyncio.create_task(self._recover_forever(stop)))
             workers.append(asyncio.create_task(self.dispatcher.run(stop)))
+            if (observed := observability.current_metrics()) is not None:
+                workers.append(
+                    asyncio.create_task(observed.count_objects(self.count_objects, stop))
+                )
             if ready is not None:
                 ready.set_result(port)
             await stop.wait()
         finally:
             stop.set()
+            await self.readiness.drain()  # NOT_SERVING while the server stops
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, *self._background, return_exceptions=True)
@@ -513,6 +525,7 @@ class Host:
         while not stop.is_set():
             try:
                 await self.recover()
+                await self.readiness.recovered()  # the first finished pass makes it ready
                 if self.jobs is not None and passes % JOB_RECONCILE_PASSES == 0:
                     await self._schedule_all_jobs()  # a job lost or deleted is re-created
             except Exception:
@@ -522,6 +535,15 @@ class Host:
             passes += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
+
+    async def count_objects(self) -> list[tuple[str, str, int]]:
+        """(tenant, state, how many) of the object records here, for the metrics."""
+        counts: dict[tuple[str, str], int] = {}
+        for tenant in self.config.tenants:
+            for obj in await self.journal.objects(tenant):
+                key = (tenant, obj.state.value)
+                counts[key] = counts.get(key, 0) + 1
+        return [(tenant, state, n) for (tenant, state), n in sorted(counts.items())]
 
     async def recover(self) -> int:
         """One recovery pass over open migrations (see gateway.handoff.recovery), then

@@ -39,6 +39,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from gateway import observability
 from gateway.errors import ConcurrencyError, StoreError, StoreUnavailableError
 from gateway.stores import Delete, Expect, Item, Operation, Put
 
@@ -86,6 +87,7 @@ _HINTS = {
 }
 
 
+@observability.metered_store
 class SqliteStore:
     """A :class:`~gateway.stores.StateStore` kept in one SQLite file.
 

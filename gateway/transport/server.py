@@ -15,12 +15,13 @@ from typing import TypeVar
 
 import grpc
 
-from gateway import wire
+from gateway import observability, wire
 from gateway.errors import GatewayError, TransferStreamError
 from gateway.handoff.destination import Destination
 from gateway.handoff.messages import Evaluation
 from gateway.handoff.source import Source
 from gateway.limits import MAX_REASON_CHARS, check_migration_id, check_text
+from gateway.observability.health import Readiness
 from gateway.transport.status import ERROR_TYPE_KEY, status_of
 from gateway.transport.tls import CHANNEL_OPTIONS, authenticated_peer
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -45,11 +46,16 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
     async def _answer(
         self, context: grpc.aio.ServicerContext, rpc: str, handler: Callable[[str], Awaitable[R]]
     ) -> R:
+        peer = ""
         try:
             peer = authenticated_peer(context.auth_context(), self.authorities)
             return await handler(peer)
         except GatewayError as exc:
             log.info("%s refused: %s", rpc, exc)
+            observability.peer_error(
+                peer or "unauthenticated", rpc, type(exc).__name__, direction="in"
+            )
+            observability.migration_refused(rpc)
             context.set_trailing_metadata(((ERROR_TYPE_KEY, type(exc).__name__),))
             await context.abort(status_of(exc), str(exc))
         except Exception:
@@ -152,11 +158,21 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
 
 
 async def start_server(
-    service: GatewayService, *, listen: str, credentials: grpc.ServerCredentials
+    service: GatewayService,
+    *,
+    listen: str,
+    credentials: grpc.ServerCredentials,
+    readiness: Readiness | None = None,
+    reflection: bool = True,
 ) -> tuple[grpc.aio.Server, int]:
-    """Start serving on ``listen`` (port 0 picks a free port); returns the server and port."""
+    """Start serving on ``listen`` (port 0 picks a free port); returns the server and port.
+
+    With ``readiness``, the same port also serves grpc.health.v1 (and, unless
+    ``reflection`` is False, server reflection): see gateway.observability.health."""
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
     gateway_pb2_grpc.add_GatewayServicer_to_server(service, server)
+    if readiness is not None:
+        await readiness.attach(server, reflection=reflection)
     port = server.add_secure_port(listen, credentials)
     await server.start()
     return server, port
