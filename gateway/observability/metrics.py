@@ -50,7 +50,7 @@ class Metrics:
         self.tenants = frozenset(tenants)
         self.peers = frozenset(peers)
         # No *_created series: they double the lines scraped and few dashboards use them.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry = CollectorRegistry()
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)

@@ -1,0 +1,437 @@
+"""Operations through real processes (issue 14 points 1-4): grpc.health.v1 readiness and
+reflection on the mTLS port, Prometheus metrics after a real migration, one trace across
+both gateways, JSON log lines carrying the handoff's ids, and no gRPC C-core lines on
+standard error unless the user asks for them."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.config import load_config
+from gateway.testing import HostSpec, ServerProcess, build_world, free_port, run_cli, start_all
+from gateway.transport.tls import channel_credentials
+from tests.conftest import HOST_A, HOST_B
+
+OBJECT = "obj://org-a.example/billing/invoice-14"
+#: A line gRPC's C-core writes (absl format): severity letter, MMDD, time, thread, file:line.
+C_CORE_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\]", re.MULTILINE)
+#: Upper bound for anything we poll for; polling ends as soon as the condition holds.
+WAIT_S = 60.0
+
+SPEC = """\
+data: {invoice: 14, amount: 1250}
+cycle: {interval_seconds: 1}
+rules:
+  - name: count
+    when: "true"
+    write: '{"invoice": 14, "amount": 1250, "checks": generation + 1}'
+"""
+
+
+def observe(config: Path, **settings: Any) -> None:
+    """Add an ``observability:`` section to a host's configuration file."""
+    lines = "".join(f"  {key}: {json.dumps(value)}\n" for key, value in settings.items())
+    config.write_text(config.read_text() + "observability:\n" + lines)
+
+
+def until(what: str, check: Callable[[], Any], timeout: float = WAIT_S) -> Any:
+    """Poll ``check`` until it returns something truthy (no timing is asserted)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.2)
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a /metrics page, keyed by (name, labels)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:  # noqa: S310
+        text = answer.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def sample(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def json_objects(text: str) -> list[dict[str, Any]]:
+    """The JSON objects in ``text`` (span dumps spread over lines, or one per line),
+    skipping anything else (the CLI's own output)."""
+    decoder = json.JSONDecoder()
+    found: list[dict[str, Any]] = []
+    index = 0
+    while (start := text.find("{", index)) != -1:
+        try:
+            value, end = decoder.raw_decode(text, start)
+        except ValueError:
+            index = start + 1
+            continue
+        if isinstance(value, dict):
+            found.append(value)
+        index = end
+    return found
+
+
+def stop_and_read(server: ServerProcess) -> str:
+    """Stop a server (SIGTERM, as an orchestrator does) and return what it wrote to stdout."""
+    assert server.process is not None and server.process.stdout is not None
+    server.process.send_signal(signal.SIGTERM)
+    out = server.process.stdout.read().decode()
+    server.process.wait(timeout=30)
+    server.stop()
+    return out
+
+
+@pytest.mark.slow
+def test_one_migration_in_metrics_traces_and_json_logs(tmp_path: Path) -> None:
+    world = build_world(tmp_path, [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_B)])
+    config_a, config_b = world.config(HOST_A), world.config(HOST_B)
+    metrics_a, metrics_b = free_port(), free_port()
+    observe(config_a, metrics_listen=f"127.0.0.1:{metrics_a}", log_format="json")
+    observe(config_b, metrics_listen=f"127.0.0.1:{metrics_b}", log_format="json")
+    traced = {"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+
+    with contextlib.ExitStack() as stack:
+        server_a = ServerProcess(config_a, env=traced)
+        server_b = ServerProcess(config_b, env=traced)
+        start_all(stack, server_a, server_b)
+        created = run_cli("object", "create", OBJECT, "--spec", spec, config=config_a)
+        assert created.returncode == 0, created.stderr
+        # A's server runs the object's cycles: each proposes a write that no grant allows.
+        until("a denied action on A", lambda: sample(scrape(metrics_a), "gateway_rule_actions_total", tenant="default", decision="denied"))  # fmt: skip
+        before = scrape(metrics_a)
+        assert sample(before, "gateway_cycles_total", tenant="default") >= 1
+        assert sample(before, "gateway_rule_evaluations_total", tenant="default") >= 1
+        assert sample(before, "gateway_cycle_lag_seconds_count", tenant="default") >= 1
+
+        moved = run_cli(
+            "migrate", OBJECT, "--to", HOST_B, "--log-format", "json", config=config_a, env=traced
+        )
+        assert moved.returncode == 0, moved.stderr
+
+        # Metrics: B counted the arrival, its blackout and its duration; both count objects.
+        after_b = until(
+            "B to count the object active",
+            lambda: (s := scrape(metrics_b))
+            and sample(s, "gateway_objects", tenant="default", state="active") == 1
+            and s,
+        )
+        assert (
+            sample(after_b, "gateway_migrations_total", role="destination", outcome="activated", tenant="default")  # fmt: skip
+            == 1
+        )
+        assert sample(after_b, "gateway_migration_blackout_seconds_count") == 1
+        assert sample(after_b, "gateway_migration_duration_seconds_count", role="destination") == 1
+        assert sample(after_b, "gateway_store_operation_seconds_count", operation="transact") >= 1
+        until(
+            "A to count the object moved",
+            lambda: sample(scrape(metrics_a), "gateway_objects", tenant="default", state="moved")
+            == 1,
+        )
+        trace_b = stop_and_read(server_b)
+        stop_and_read(server_a)
+    log_b = server_b.log_path.read_text()
+
+    # Traces: the migration is one trace, rooted in `gateway migrate` on A, continued by
+    # B's server spans for Prepare and Commit (their parent is A's client span).
+    spans_a = [s for s in json_objects(moved.stdout) if "context" in s]
+    (root,) = [s for s in spans_a if s["name"] == "gateway.migrate"]
+    migration_id = root["attributes"]["gateway.migration_id"]
+    assert root["attributes"]["gateway.object_id"] == OBJECT
+    assert root["attributes"]["gateway.peer"] == HOST_B
+    trace_id = root["context"]["trace_id"]
+    client_spans = {
+        s["context"]["span_id"]: s["name"]
+        for s in spans_a
+        if s["kind"] == "SpanKind.CLIENT" and s["context"]["trace_id"] == trace_id
+    }
+    assert set(client_spans.values()) >= {
+        "/gateway.v1.Gateway/Prepare",
+        "/gateway.v1.Gateway/Commit",
+    }
+    server_spans = [
+        s
+        for s in json_objects(trace_b)
+        if "context" in s and s["kind"] == "SpanKind.SERVER"
+    ]
+    in_trace = [s for s in server_spans if s["context"]["trace_id"] == trace_id]
+    assert {s["name"] for s in in_trace} >= {
+        "/gateway.v1.Gateway/Prepare",
+        "/gateway.v1.Gateway/Commit",
+    }
+    for span in in_trace:
+        assert client_spans[span["parent_id"]] == span["name"]
+        assert span["resource"]["attributes"]["service.instance.id"] == HOST_B
+        if span["name"].endswith("/Prepare"):
+            assert span["attributes"]["gateway.migration_id"] == migration_id
+
+    # Logs: JSON lines only; every handoff line on both hosts carries the four ids.
+    migrate_lines = [json.loads(line) for line in moved.stderr.splitlines()]
+    assert migrate_lines, "gateway migrate --log-format json logged nothing"
+    for line in migrate_lines:
+        assert line["migration_id"] == migration_id, line
+        assert line["object_id"] == OBJECT
+        assert line["peer"] == HOST_B
+        assert line["tenant"] == "default"
+        assert line["trace_id"] == trace_id.removeprefix("0x")
+    served = [json.loads(line) for line in log_b.splitlines()]
+    handoff_lines = [
+        line for line in served if line["logger"].startswith("gateway.handoff.destination")
+    ]
+    assert {line["message"].split()[0] for line in handoff_lines} >= {"staged", "activated"}
+    for line in handoff_lines:
+        assert line["migration_id"] == migration_id, line
+        assert line["object_id"] == OBJECT
+        assert line["peer"] == HOST_A
+        assert line["tenant"] == "default"
+    # No gRPC C-core lines anywhere (every line above parsed as JSON, and none here).
+    assert not C_CORE_LINE.search(moved.stderr + log_b + server_a.log_path.read_text())
+
+
+class Watcher:
+    """A grpc.health.v1 Watch stream on a host's mTLS port, with the host's own certificate,
+    recording every status it is sent."""
+
+    def __init__(self, config: Path, address: str) -> None:
+        loaded = load_config(config)
+        credentials = channel_credentials(
+            roots=loaded.tls.authority.read_bytes(),
+            certificate=loaded.tls.certificate.read_bytes(),
+            private_key=loaded.tls.private_key.read_bytes(),
+        )
+        self.channel = grpc.secure_channel(
+            address, credentials, options=[("grpc.ssl_target_name_override", "localhost")]
+        )
+        self.statuses: list[str] = []
+        self.ended = threading.Event()
+        self.stream = health_pb2_grpc.HealthStub(self.channel).Watch(
+            health_pb2.HealthCheckRequest(service="gateway.v1.Gateway")
+        )
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for answer in self.stream:
+                self.statuses.append(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+        except grpc.RpcError:
+            pass  # the server went away: the stream ends
+        finally:
+            self.ended.set()
+
+    def close(self) -> None:
+        self.stream.cancel()
+        self.channel.close()
+
+
+@contextlib.contextmanager
+def blackhole(port: int) -> Iterator[None]:
+    """A listener on ``port`` that completes TCP handshakes and then never answers: a peer
+    that hangs (the kernel accepts into the backlog; nobody reads)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(16)
+        yield
+
+
+def health(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("health", *args, config=config)
+
+
+@pytest.mark.slow
+def test_health_follows_readiness_and_draining(tmp_path: Path) -> None:
+    # A's Commit to B hangs for up to a minute per attempt while B is a black hole.
+    world = build_world(
+        tmp_path,
+        [HostSpec(host_id=HOST_A, handoff={"rpc_timeout_seconds": 60}), HostSpec(host_id=HOST_B)],
+    )
+    config_a, config_b = world.config(HOST_A), world.config(HOST_B)
+    port_b = int(load_config(config_b).listen.rsplit(":", 1)[1])
+    with contextlib.ExitStack() as stack:
+        # A migration committed at A whose Commit never reached B (A crashed after
+        # journaling COMMITTED): A's first recovery pass must deliver it.
+        server_b = ServerProcess(config_b)
+        start_all(stack, server_b)
+        assert run_cli("object", "create", OBJECT, config=config_a).returncode == 0
+        crashed = run_cli(
+            "migrate",
+            OBJECT,
+            "--to",
+            HOST_B,
+            config=config_a,
+            env={"GATEWAY_TEST_CRASH_AT": "source.after-commit-journal"},
+        )
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+        server_b.stop()
+
+        with blackhole(port_b):
+            server_a = ServerProcess(config_a)
+            start_all(stack, server_a)
+            # Recovery is stuck on B: A serves its port but is not ready.
+            checked = health(config_a)
+            assert checked.returncode == 1, checked.stderr
+            assert checked.stdout.strip().endswith("NOT_SERVING")
+            watcher = Watcher(config_a, server_a.address)
+            stack.callback(watcher.close)
+            until("the first status", lambda: watcher.statuses)
+            assert watcher.statuses == ["NOT_SERVING"]
+        # B is back: A's recovery pass delivers the Commit and finishes; A is ready.
+        server_b = ServerProcess(config_b)
+        start_all(stack, server_b)
+        until("SERVING", lambda: "SERVING" in watcher.statuses)
+        checked = health(config_a, "-o", "json")
+        assert checked.returncode == 0, checked.stderr
+        assert json.loads(checked.stdout)["status"] == "SERVING"
+        assert json.loads(health(config_a, "--service", "gateway.v1.Gateway", "-o", "json").stdout)["status"] == "SERVING"  # fmt: skip
+        unknown = health(config_a, "--service", "no.such.Service")
+        assert unknown.returncode == 1 and "SERVICE_UNKNOWN" in unknown.stdout
+
+        # SIGTERM: A reports NOT_SERVING to its watchers before it stops.
+        assert server_a.process is not None
+        server_a.process.send_signal(signal.SIGTERM)
+        assert server_a.process.wait(timeout=30) == 0
+        until("the stream to end", watcher.ended.is_set)
+        assert watcher.statuses == ["NOT_SERVING", "SERVING", "NOT_SERVING"]
+        down = health(config_a)
+        assert down.returncode == 1
+        assert down.stderr.startswith("gateway: error:") and "did not answer" in down.stderr
+
+
+def reflected_services(config: Path, address: str) -> list[str]:
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    loaded = load_config(config)
+    credentials = channel_credentials(
+        roots=loaded.tls.authority.read_bytes(),
+        certificate=loaded.tls.certificate.read_bytes(),
+        private_key=loaded.tls.private_key.read_bytes(),
+    )
+    with grpc.secure_channel(
+        address, credentials, options=[("grpc.ssl_target_name_override", "localhost")]
+    ) as channel:
+        return sorted(ProtoReflectionDescriptorDatabase(channel).get_services())
+
+
+@pytest.mark.slow
+def test_reflection_on_by_default_and_off_by_config(tmp_path: Path) -> None:
+    world = build_world(tmp_path, [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_B)])
+    observe(world.config(HOST_B), reflection=False)
+    with contextlib.ExitStack() as stack:
+        server_a = ServerProcess(world.config(HOST_A))
+        server_b = ServerProcess(world.config(HOST_B))
+        start_all(stack, server_a, server_b)
+        assert reflected_services(world.config(HOST_A), server_a.address) == [
+            "gateway.v1.Gateway",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ]
+        with pytest.raises(grpc.RpcError) as refused:
+            reflected_services(world.config(HOST_B), server_b.address)
+        assert refused.value.code() is grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_no_grpc_core_lines_on_stderr_unless_asked(tmp_path: Path) -> None:
+    """A port held by another program makes gRPC's C-core log an error line when it binds.
+    By default none reaches standard error; a user who sets GRPC_VERBOSITY still sees it
+    (which also shows the pattern matches real C-core lines)."""
+    world = build_world(tmp_path, [HostSpec(host_id=HOST_A)])
+    config = world.config(HOST_A)
+    port = int(load_config(config).listen.rsplit(":", 1)[1])
+
+    def serve_stderr(env: dict[str, str | None]) -> str:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_")}
+        environment.update({k: v for k, v in env.items() if v is not None})
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=environment,
+            text=True,
+        )
+        assert process.stderr is not None
+        lines: list[str] = []
+        # Until the bind was attempted: the server logs its port (or, refusing the held
+        # port, fails), either way after the C-core wrote its line if it writes one.
+        for line in process.stderr:
+            lines.append(line)
+            if "listening on port" in line or line.startswith("gateway: "):
+                break
+        process.kill()
+        process.wait()
+        process.stderr.close()
+        return "".join(lines)
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", port))
+        held.listen(1)
+        assert not C_CORE_LINE.search(serve_stderr({}))
+        assert C_CORE_LINE.search(serve_stderr({"GRPC_VERBOSITY": "ERROR"}))
+
+
+def test_tracing_and_metrics_cost_no_import_when_off(tmp_path: Path) -> None:
+    """Without OTEL_TRACES_EXPORTER and --metrics-listen, a command that moves objects
+    never imports opentelemetry or prometheus_client."""
+    world = build_world(tmp_path, [HostSpec(host_id=HOST_A)])
+    probe = (
+        "import sys\n"
+        "from gateway.cli import main\n"
+        f"code = main(['object', 'list', '--config', {str(world.config(HOST_A))!r}])\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'opentelemetry', 'prometheus_client'}))\n"
+        "sys.exit(code)\n"
+    )
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=environment, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    traced = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env={**environment, "OTEL_TRACES_EXPORTER": "console"},
+        check=False,
+    )
+    assert traced.returncode == 0, traced.stderr
+    assert traced.stdout.strip().splitlines()[-1] == "['opentelemetry']"
+
+
+def test_unknown_trace_exporter_is_one_clear_error(tmp_path: Path) -> None:
+    world = build_world(tmp_path, [HostSpec(host_id=HOST_A)])
+    done = run_cli(
+        "object", "list", config=world.config(HOST_A), env={"OTEL_TRACES_EXPORTER": "zipkinx"}
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("gateway: error: OTEL_TRACES_EXPORTER names 'zipkinx'")
+    assert len(done.stderr.strip().splitlines()) == 1
