@@ -472,13 +472,18 @@ class Host:
         service = GatewayService(
             source=self.source, destination=self.destination, authorities=authorities
         )
-        server, port = await start_server(
-            service,
-            listen=self.config.listen,
-            credentials=credentials,
-            readiness=self.readiness,
-            reflection=self.config.observability.reflection,
-        )
+        try:
+            server, port = await start_server(
+                service,
+                listen=self.config.listen,
+                credentials=credentials,
+                readiness=self.readiness,
+                reflection=self.config.observability.reflection,
+            )
+        except Exception as exc:
+            if ready is not None:
+                ready.set_exception(exc)  # whoever waits for the port hears why, at once
+            raise
         log.info("%s listening on port %d", self.host_id, port)
         stop = stop or asyncio.Event()
         workers: list[asyncio.Task[None]] = []

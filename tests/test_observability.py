@@ -66,7 +66,7 @@ def until(what: str, check: Callable[[], Any], timeout: float = WAIT_S) -> Any:
 
 def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Every sample of a /metrics page, keyed by (name, labels)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
         text = answer.read().decode()
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
@@ -125,7 +125,12 @@ def test_one_migration_in_metrics_traces_and_json_logs(tmp_path: Path) -> None:
         created = run_cli("object", "create", OBJECT, "--spec", spec, config=config_a)
         assert created.returncode == 0, created.stderr
         # A's server runs the object's cycles: each proposes a write that no grant allows.
-        until("a denied action on A", lambda: sample(scrape(metrics_a), "gateway_rule_actions_total", tenant="default", decision="denied"))  # fmt: skip
+        until(
+            "a denied action on A",
+            lambda: sample(
+                scrape(metrics_a), "gateway_rule_actions_total", tenant="default", decision="denied"
+            ),
+        )
         before = scrape(metrics_a)
         assert sample(before, "gateway_cycles_total", tenant="default") >= 1
         assert sample(before, "gateway_rule_evaluations_total", tenant="default") >= 1
@@ -139,12 +144,20 @@ def test_one_migration_in_metrics_traces_and_json_logs(tmp_path: Path) -> None:
         # Metrics: B counted the arrival, its blackout and its duration; both count objects.
         after_b = until(
             "B to count the object active",
-            lambda: (s := scrape(metrics_b))
-            and sample(s, "gateway_objects", tenant="default", state="active") == 1
-            and s,
+            lambda: (
+                (s := scrape(metrics_b))
+                and sample(s, "gateway_objects", tenant="default", state="active") == 1
+                and s
+            ),
         )
         assert (
-            sample(after_b, "gateway_migrations_total", role="destination", outcome="activated", tenant="default")  # fmt: skip
+            sample(
+                after_b,
+                "gateway_migrations_total",
+                role="destination",
+                outcome="activated",
+                tenant="default",
+            )
             == 1
         )
         assert sample(after_b, "gateway_migration_blackout_seconds_count") == 1
@@ -152,8 +165,9 @@ def test_one_migration_in_metrics_traces_and_json_logs(tmp_path: Path) -> None:
         assert sample(after_b, "gateway_store_operation_seconds_count", operation="transact") >= 1
         until(
             "A to count the object moved",
-            lambda: sample(scrape(metrics_a), "gateway_objects", tenant="default", state="moved")
-            == 1,
+            lambda: (
+                sample(scrape(metrics_a), "gateway_objects", tenant="default", state="moved") == 1
+            ),
         )
         trace_b = stop_and_read(server_b)
         stop_and_read(server_a)
@@ -177,9 +191,7 @@ def test_one_migration_in_metrics_traces_and_json_logs(tmp_path: Path) -> None:
         "/gateway.v1.Gateway/Commit",
     }
     server_spans = [
-        s
-        for s in json_objects(trace_b)
-        if "context" in s and s["kind"] == "SpanKind.SERVER"
+        s for s in json_objects(trace_b) if "context" in s and s["kind"] == "SpanKind.SERVER"
     ]
     in_trace = [s for s in server_spans if s["context"]["trace_id"] == trace_id]
     assert {s["name"] for s in in_trace} >= {
@@ -240,7 +252,9 @@ class Watcher:
     def _read(self) -> None:
         try:
             for answer in self.stream:
-                self.statuses.append(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+                self.statuses.append(
+                    health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+                )
         except grpc.RpcError:
             pass  # the server went away: the stream ends
         finally:
@@ -310,7 +324,12 @@ def test_health_follows_readiness_and_draining(tmp_path: Path) -> None:
         checked = health(config_a, "-o", "json")
         assert checked.returncode == 0, checked.stderr
         assert json.loads(checked.stdout)["status"] == "SERVING"
-        assert json.loads(health(config_a, "--service", "gateway.v1.Gateway", "-o", "json").stdout)["status"] == "SERVING"  # fmt: skip
+        assert (
+            json.loads(health(config_a, "--service", "gateway.v1.Gateway", "-o", "json").stdout)[
+                "status"
+            ]
+            == "SERVING"
+        )
         unknown = health(config_a, "--service", "no.such.Service")
         assert unknown.returncode == 1 and "SERVICE_UNKNOWN" in unknown.stdout
 
