@@ -454,3 +454,211 @@ def test_unknown_trace_exporter_is_one_clear_error(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("gateway: error: OTEL_TRACES_EXPORTER names 'zipkinx'")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+# --- the parts, in process --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [
+        ("{metrics_listen: 9464}", "observability.metrics_listen"),
+        ("{metrics_listen: 'localhost'}", "expected HOST:PORT"),
+        ("{reflection: 'no'}", "observability.reflection"),
+        ("{log_format: xml}", "observability.log_format"),
+        ("{metrics: 1}", "metrics"),
+    ],
+)
+def test_a_bad_observability_section_names_the_key(
+    tmp_path: Path, section: str, problem: str
+) -> None:
+    from gateway.errors import ConfigError
+
+    world = build_world(tmp_path, [HostSpec(host_id=HOST_A)])
+    config = world.config(HOST_A)
+    config.write_text(config.read_text() + f"observability: {section}\n")
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        load_config(config)
+
+
+def test_an_observability_section_loads(tmp_path: Path) -> None:
+    world = build_world(tmp_path, [HostSpec(host_id=HOST_A)])
+    config = world.config(HOST_A)
+    assert load_config(config).observability.metrics_listen is None  # off by default
+    assert load_config(config).observability.reflection is True
+    observe(config, metrics_listen="127.0.0.1:0", reflection=False, log_format="json")
+    loaded = load_config(config).observability
+    assert (loaded.metrics_listen, loaded.reflection, loaded.log_format) == (
+        "127.0.0.1:0",
+        False,
+        "json",
+    )
+
+
+def test_log_format_precedence_and_a_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.errors import ConfigError
+    from gateway.observability.logs import LOG_FORMAT_ENV, log_format
+
+    monkeypatch.delenv(LOG_FORMAT_ENV, raising=False)
+    assert log_format(None) == "text"
+    assert log_format(None, "json") == "json"
+    monkeypatch.setenv(LOG_FORMAT_ENV, "text")
+    assert log_format(None, "json") == "text"  # the environment over the config
+    assert log_format("json", None) == "json"  # the flag over both
+    monkeypatch.setenv(LOG_FORMAT_ENV, "yaml")
+    with pytest.raises(ConfigError, match=r"'yaml' is not one of text, json.*GATEWAY_LOG_FORMAT"):
+        log_format(None)
+
+
+def test_each_task_logs_its_own_handoff_ids() -> None:
+    """Two handoffs in one process (two gRPC calls, two tasks) never swap ids in their lines."""
+    import asyncio
+    import io
+    import logging
+
+    from gateway import observability
+    from gateway.observability.logs import HandoffFields, _json_formatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(HandoffFields())
+    handler.setFormatter(_json_formatter())
+    logger = logging.getLogger("tests.observability.tasks")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+    async def handoff(number: int, gate: asyncio.Event) -> None:
+        observability.bind(migration_id=f"mig-{number}", object_id=f"obj://x/{number}")
+        logger.info("first %d", number)
+        await gate.wait()  # the other task binds and logs meanwhile
+        observability.bind(peer=f"spiffe://p/{number}", tenant="default")
+        logger.info("second %d", number)
+
+    async def main() -> None:
+        gate = asyncio.Event()
+        tasks = [asyncio.create_task(handoff(n, gate)) for n in (1, 2)]
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(*tasks)
+
+    try:
+        asyncio.run(main())
+        logger.info("outside")
+    finally:
+        logger.removeHandler(handler)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    for line in lines[:-1]:
+        number = line["message"].split()[-1]
+        assert line["migration_id"] == f"mig-{number}"
+        assert line["object_id"] == f"obj://x/{number}"
+        if line["message"].startswith("second"):
+            assert (line["peer"], line["tenant"]) == (f"spiffe://p/{number}", "default")
+    assert len(lines) == 5
+    assert "migration_id" not in lines[-1]  # the caller's context never saw the bindings
+
+
+def test_metric_labels_are_bounded_by_the_configuration() -> None:
+    from gateway.observability.metrics import Metrics
+
+    metrics = Metrics(tenants=("default",), peers=(HOST_B,))
+    metrics.peer_error(HOST_B, "Prepare", "AudienceError", direction="in")
+    for n in range(50):  # a partner CA may issue many identities
+        metrics.peer_error(
+            f"spiffe://org-b.example/h{n}", "Prepare", "AudienceError", direction="in"
+        )
+    metrics.migration_settled("destination", "activated", tenant="t-from-a-peer", started=None)
+    families = {f.name: f for f in metrics.registry.collect()}
+    peers = {
+        s.labels["peer"]: s.value
+        for s in families["gateway_peer_errors"].samples
+        if s.name.endswith("_total")
+    }
+    assert peers == {HOST_B: 1.0, "other": 50.0}
+    tenants = {s.labels["tenant"] for s in families["gateway_migrations"].samples}
+    assert tenants == {"other"}
+
+
+def test_readiness_moves_from_not_serving_to_serving_to_draining_for_good() -> None:
+    import asyncio
+
+    from gateway.observability.health import Readiness
+
+    async def main() -> list[str]:
+        server = grpc.aio.server()
+        readiness = Readiness()
+        await readiness.attach(server, reflection=False)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        seen: list[str] = []
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+
+            async def check() -> None:
+                for service in ("", "gateway.v1.Gateway"):
+                    answer = await stub.Check(health_pb2.HealthCheckRequest(service=service))
+                    seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+
+            await check()
+            await readiness.recovered()
+            await check()
+            await readiness.drain()
+            await check()
+            await readiness.recovered()  # a later recovery pass does not undo draining
+            await check()
+        await server.stop(None)
+        return seen
+
+    assert asyncio.run(main()) == [
+        "NOT_SERVING",
+        "NOT_SERVING",
+        "SERVING",
+        "SERVING",
+        *["NOT_SERVING"] * 4,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("environ", "debug", "verbosity"),
+    [
+        ({}, False, "NONE"),
+        ({}, True, "ERROR"),
+        ({"GRPC_VERBOSITY": "INFO"}, False, "INFO"),  # the user's choice stays
+        ({"GRPC_TRACE": "http"}, False, "DEBUG"),  # traces asked for are shown
+    ],
+)
+def test_grpc_core_verbosity_defaults(
+    monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], debug: bool, verbosity: str
+) -> None:
+    from gateway.observability.setup import quiet_grpc_core
+
+    for name in ("GRPC_VERBOSITY", "GRPC_TRACE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    quiet_grpc_core(debug=debug)
+    assert os.environ["GRPC_VERBOSITY"] == verbosity
+
+
+@pytest.mark.parametrize(
+    ("listen", "address"),
+    [
+        ("0.0.0.0:7001", "127.0.0.1:7001"),
+        ("[::]:7001", "[::1]:7001"),
+        ("127.0.0.1:7001", "127.0.0.1:7001"),
+        ("gateway.east.example:7001", "gateway.east.example:7001"),
+    ],
+)
+def test_the_health_probe_calls_loopback_for_a_wildcard_bind(listen: str, address: str) -> None:
+    from gateway.observability.probe import probe_address
+
+    assert probe_address(listen) == address
+
+
+def test_tracing_is_off_unless_an_exporter_is_named() -> None:
+    from gateway.observability.tracing import requested
+
+    assert requested({}) == []
+    assert requested({"OTEL_TRACES_EXPORTER": "none"}) == []
+    assert requested({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"}) == []
+    assert requested({"OTEL_TRACES_EXPORTER": "console, otlp"}) == ["console", "otlp"]
