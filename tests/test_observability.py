@@ -662,3 +662,19 @@ def test_tracing_is_off_unless_an_exporter_is_named() -> None:
     assert requested({"OTEL_TRACES_EXPORTER": "none"}) == []
     assert requested({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"}) == []
     assert requested({"OTEL_TRACES_EXPORTER": "console, otlp"}) == ["console", "otlp"]
+
+
+def test_otlp_means_the_installed_grpc_exporter_unless_http_is_asked() -> None:
+    from importlib.metadata import entry_points
+
+    from gateway.observability.tracing import entry_point_name
+
+    installed = {e.name for e in entry_points(group="opentelemetry_traces_exporter")}
+    assert entry_point_name("otlp", {}) in installed
+    assert entry_point_name("console", {}) in installed
+    assert entry_point_name("otlp", {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}) == (
+        "otlp_proto_http"
+    )
+    assert entry_point_name("otlp", {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"}) == (
+        "otlp_proto_grpc"
+    )

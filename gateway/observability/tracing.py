@@ -48,6 +48,20 @@ def requested(environ: Mapping[str, str] | None = None) -> list[str]:
     return [n for n in names if n and n != "none"]
 
 
+def entry_point_name(name: str, environ: Mapping[str, str] | None = None) -> str:
+    """The entry point an exporter name means: ``otlp`` is OTLP over gRPC (the package
+    we depend on registers it as ``otlp_proto_grpc``), or over HTTP when
+    ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`` says ``http/protobuf`` (needs
+    opentelemetry-exporter-otlp-proto-http), as the OpenTelemetry specification reads it."""
+    environ = os.environ if environ is None else environ
+    if name != "otlp":
+        return name
+    protocol = environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    )
+    return "otlp_proto_http" if protocol.strip().startswith("http") else "otlp_proto_grpc"
+
+
 _configured = False
 
 
@@ -79,13 +93,15 @@ def configure_tracing(*, service_instance: str | None = None) -> bool:
     provider = TracerProvider(resource=Resource.create(attributes))
     available = {e.name: e for e in entry_points(group="opentelemetry_traces_exporter")}
     for name in names:
-        if name not in available:
+        entry = entry_point_name(name)
+        if entry not in available:
             raise ConfigError(
                 f"OTEL_TRACES_EXPORTER names {name!r}, which is not installed "
-                f"(available: {', '.join(sorted(available)) or 'none'})",
-                hint="use console or otlp, or unset OTEL_TRACES_EXPORTER to turn traces off",
+                f"(installed exporters: {', '.join(sorted(available)) or 'none'})",
+                hint="use console or otlp (OTLP over gRPC), or unset OTEL_TRACES_EXPORTER "
+                "to turn traces off",
             )
-        exporter = available[name].load()()
+        exporter = available[entry].load()()
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     GrpcAioInstrumentorClient().instrument()  # type: ignore[no-untyped-call]
