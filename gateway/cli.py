@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -48,6 +48,7 @@ from gateway.keys import Algorithm, KeyRecord, Purpose
 from gateway.lineage import EntryKind, verify_lineage
 from gateway.model import CycleState, GovernedObject, LifecycleState
 from gateway.objectspec import interval_of, load_spec
+from gateway.observability import setup as observe
 from gateway.runtime.outbox import Event, list_events
 
 if TYPE_CHECKING:
@@ -102,7 +103,9 @@ def _config_path(args: argparse.Namespace) -> Path:
 async def _with_host(args: argparse.Namespace, action: Callable[[Host], Awaitable[T]]) -> T:
     from gateway.host import Host
 
-    host = await Host.open(load_config(_config_path(args)))
+    config = load_config(_config_path(args))
+    observe.setup_tracing(config)  # off unless OTEL_TRACES_EXPORTER is set
+    host = await Host.open(config)
     try:
         return await action(host)
     finally:
@@ -569,9 +572,6 @@ def cmd_trust_list(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     from gateway import serving
 
     if not 0 < args.grace <= serving.MAX_GRACE:
@@ -579,7 +579,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.reload_interval <= 3600:
         raise ConfigError("--reload-interval must be from 0 (SIGHUP only) to 3600 seconds")
     config = load_config(_config_path(args))
+    observe.setup_logging(args.log_format, config, serve=True, debug=args.debug)
+    if args.no_reflection:
+        config = replace(config, observability=replace(config.observability, reflection=False))
+    observe.setup_tracing(config)
+    metrics_url = observe.setup_metrics(config, args.metrics_listen)
+    if metrics_url:
+        print(f"gateway: metrics on {metrics_url}", flush=True)
     return serving.serve(config, grace=args.grace, reload_interval=args.reload_interval)
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from gateway.observability.probe import check_health
+
+    config = load_config(_config_path(args))
+    answer = asyncio.run(
+        check_health(config, service=args.service, address=args.address, deadline=args.timeout)
+    )
+    if args.output == "json":
+        print(
+            json.dumps(
+                {"address": answer.address, "service": answer.service, "status": answer.status}
+            )
+        )
+    else:
+        print(f"{answer.address}: {answer.status}")
+    return 0 if answer.serving else 1
 
 
 def cmd_object_create(args: argparse.Namespace) -> int:
@@ -1147,6 +1172,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", help="host configuration file (default: $GATEWAY_CONFIG or ./gateway.yaml)"
     )
     common.add_argument("--debug", action="store_true", help="print tracebacks and debug logs")
+    common.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log as text or as JSON lines carrying migration, object, peer and tenant ids "
+        "(JSON also logs each handoff step; default: $GATEWAY_LOG_FORMAT, else "
+        "observability.log_format for serve, else text)",
+    )
     tenant = _Parser(add_help=False)
     tenant.add_argument("--tenant", default="default", help="tenant (default: default)")
     algorithms = [a.value for a in Algorithm]
@@ -1213,7 +1245,45 @@ def build_parser() -> argparse.ArgumentParser:
         default=2.0,
         help="seconds between looks for changed files and bundles (default 2; 0: SIGHUP only)",
     )
+    serve.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: "
+        "observability.metrics_listen, else no metrics endpoint)",
+    )
+    serve.add_argument(
+        "--no-reflection",
+        action="store_true",
+        help="do not offer gRPC server reflection on the peer port (default: offered)",
+    )
     serve.set_defaults(handler=cmd_serve)
+
+    health = commands.add_parser(
+        "health",
+        parents=[common],
+        help="ask this host's gRPC port for its grpc.health.v1 status (exit 0 if SERVING)",
+        description="Check the health of the `gateway serve` of this configuration over its "
+        "own mTLS port, with the host's own certificate (for exec probes). Exit 0 if "
+        "SERVING, 1 if NOT_SERVING, unknown or unreachable, 2 if the configuration is bad.",
+    )
+    health.add_argument(
+        "--service",
+        default="",
+        help="service to ask about (default: the whole server; or gateway.v1.Gateway)",
+    )
+    health.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="where to call (default: the configured listen address; a wildcard bind "
+        "means loopback)",
+    )
+    health.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for the answer (default: 5)"
+    )
+    health.add_argument(
+        "-o", "--output", choices=["text", "json"], default="text", help="output format"
+    )
+    health.set_defaults(handler=cmd_health)
 
     certs = commands.add_parser("certs", help="development certificates").add_subparsers(
         dest="certs_command", required=True, metavar="COMMAND"
@@ -1431,9 +1501,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
-    if debug:
-        logging.basicConfig(level=logging.DEBUG)
+    observe.quiet_grpc_core(debug=debug)  # before anything imports grpc
     try:
+        if args.handler is not cmd_serve:  # serve sets up logging once its config is read
+            observe.setup_logging(getattr(args, "log_format", None), debug=debug)
         return int(args.handler(args))
     except GatewayError as exc:
         if debug:

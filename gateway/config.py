@@ -114,6 +114,16 @@ class DaprConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ObservabilityConfig:
+    """Metrics, reflection and log format (``observability: ...``; docs/observability.md)."""
+
+    #: HOST:PORT of the Prometheus endpoint; None: no endpoint (the default)
+    metrics_listen: str | None = None
+    reflection: bool = True  #: gRPC server reflection on the mTLS port
+    log_format: str | None = None  #: text or json (flag and $GATEWAY_LOG_FORMAT win)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     source: Path  #: the file this came from
     host: HostId
@@ -132,6 +142,7 @@ class Config:
     policy: HostPolicy = field(default_factory=HostPolicy.empty)
     #: app id -> base URL for ``invoke:<app>/<method>`` actions (HTTP POST <url>/<method>)
     invoke: Mapping[str, str] = field(default_factory=dict)
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
 
     @property
     def tenancy(self) -> Tenancy:
@@ -445,6 +456,7 @@ def parse_config(document: Any, *, source: Path) -> Config:
                 "policy",
                 "invoke",
                 "dapr",
+                "observability",
             },
             {"host", "listen", "tls", "keys", "store"},
         )
@@ -621,6 +633,31 @@ def parse_config(document: Any, *, source: Path) -> Config:
                 "name a tenant listed under 'tenants:', or add it there",
             )
 
+    observed = r.mapping(
+        top.get("observability", {}),
+        "observability",
+        {"metrics_listen", "reflection", "log_format"},
+        set(),
+    )
+    log_format = (
+        r.string(observed["log_format"], "observability.log_format")
+        if "log_format" in observed
+        else None
+    )
+    if log_format not in (None, "text", "json"):
+        raise r.fail("observability.log_format", f"got {log_format!r}", "write text or json")
+    observability = ObservabilityConfig(
+        metrics_listen=r.address(
+            observed["metrics_listen"], "observability.metrics_listen", any_port=True
+        )
+        if "metrics_listen" in observed
+        else None,
+        reflection=r.flag(observed["reflection"], "observability.reflection")
+        if "reflection" in observed
+        else True,
+        log_format=log_format,
+    )
+
     return Config(
         source=source,
         host=host_id,
@@ -641,4 +678,5 @@ def parse_config(document: Any, *, source: Path) -> Config:
         handoff=HandoffConfig(**handoff_values),
         policy=policy,
         invoke=invoke,
+        observability=observability,
     )

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import envelope as dsse
+from gateway import observability
 from gateway._time import Clock, SystemClock
 from gateway.blobs import delete_blob, write_blob
 from gateway.config import Config
@@ -45,6 +46,7 @@ from gateway.keyring import Keyring, load_keyring
 from gateway.keys import Purpose
 from gateway.model import Answer, CycleState, GovernedObject, LifecycleState, Rule, new_object
 from gateway.objectspec import GrantSpec
+from gateway.observability.health import Readiness
 from gateway.runtime.appcallback import AppCallbackServer, dapr_topic, servicer_base
 from gateway.runtime.calls import Calls
 from gateway.runtime.cycle import CycleRunner
@@ -186,6 +188,7 @@ class Host:
             store, invoker=HttpInvoker(config.invoke), sink=sink, clock=clock
         )
         self._background: set[asyncio.Task[object]] = set()
+        self.readiness = Readiness()  #: grpc.health.v1 status; set_draining() on SIGTERM
         #: The RPC service while serving; gateway.reload swaps its snapshot objects.
         self.service: GatewayService | None = None
         #: Whether this process runs the scheduler (``serve``), so it can be told directly.
@@ -607,9 +610,18 @@ class Host:
             calls=self.calls,
         )
         self.service = service
-        server, port = await start_server(
-            service, listen=self.config.listen, credentials=credentials
-        )
+        try:
+            server, port = await start_server(
+                service,
+                listen=self.config.listen,
+                credentials=credentials,
+                readiness=self.readiness,
+                reflection=self.config.observability.reflection,
+            )
+        except Exception as exc:
+            if ready is not None:
+                ready.set_exception(exc)  # whoever waits for the port hears why, at once
+            raise
         log.info("%s listening on port %d", self.host_id, port)
         stop = stop or asyncio.Event()
         workers: list[asyncio.Task[None]] = []
@@ -627,11 +639,16 @@ class Host:
             )
             workers.append(asyncio.create_task(self._recover_forever(stop)))
             workers.append(asyncio.create_task(self.dispatcher.run(stop)))
+            if (observed := observability.current_metrics()) is not None:
+                workers.append(
+                    asyncio.create_task(observed.count_objects(self.count_objects, stop))
+                )
             if ready is not None:
                 ready.set_result(port)
             await stop.wait()
         finally:
             stop.set()
+            await self.readiness.drain()  # NOT_SERVING while the server stops
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, *self._background, return_exceptions=True)
@@ -659,6 +676,7 @@ class Host:
         while not stop.is_set():
             try:
                 await self.recover()
+                await self.readiness.recovered()  # the first finished pass makes it ready
                 if self.jobs is not None and passes % JOB_RECONCILE_PASSES == 0:
                     await self._schedule_all_jobs()  # a job lost or deleted is re-created
             except Exception:
@@ -668,6 +686,15 @@ class Host:
             passes += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
+
+    async def count_objects(self) -> list[tuple[str, str, int]]:
+        """(tenant, state, how many) of the object records here, for the metrics."""
+        counts: dict[tuple[str, str], int] = {}
+        for tenant in self.config.tenants:
+            for obj in await self.journal.objects(tenant):
+                key = (tenant, obj.state.value)
+                counts[key] = counts.get(key, 0) + 1
+        return [(tenant, state, n) for (tenant, state), n in sorted(counts.items())]
 
     async def recover(self) -> int:
         """One recovery pass over open migrations (see gateway.handoff.recovery), then

@@ -63,7 +63,7 @@ class Serving:
         self.reloader = Reloader(host, interval=reload_interval)
         #: Called (no arguments) when a drain begins; the health service's
         #: ``set_draining`` belongs here.
-        self.on_draining: list[Callable[[], object]] = []
+        self.on_draining: list[Callable[[], object]] = [host.readiness.set_draining]
         # Fail daprd's app health probe: the sidecar stops taking this replica's job
         # triggers and messages, and the scheduler gives them to the replicas that stay.
         if host.jobs is not None:

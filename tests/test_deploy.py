@@ -42,6 +42,7 @@ import pytest
 import yaml
 
 from gateway._time import SystemClock
+from gateway.cli import build_parser, cmd_health
 from gateway.cli import main as gateway_main
 from gateway.config import load_config
 from gateway.keyring import load_keyring
@@ -688,8 +689,18 @@ def test_ports_and_dapr_names_line_up_across_config_deployment_service_and_polic
     assert [p for rule in policy["ingress"] for p in rule["ports"]] == [
         {"protocol": "TCP", "port": peer_port}
     ]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         assert container[probe]["tcpSocket"] == {"port": "peer"}, probe
+    # Readiness is grpc.health.v1 over mTLS, by `gateway health` with the pod's config
+    # ($GATEWAY_CONFIG, which must name the mounted file), within the probe's timeout.
+    readiness = container["readinessProbe"]
+    command = readiness["exec"]["command"]
+    assert command[:2] == ["gateway", "health"]
+    assert {"name": "GATEWAY_CONFIG", "value": "/etc/gateway/gateway.yaml"} in container["env"]
+    assert container["command"][-2:] == ["--config", "/etc/gateway/gateway.yaml"]
+    probe_args = build_parser().parse_args(command[1:])
+    assert probe_args.handler is cmd_health
+    assert probe_args.timeout < readiness["timeoutSeconds"]
 
     components = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Component"}
     app_id = annotations["dapr.io/app-id"]

@@ -29,7 +29,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from gateway import envelope as dsse
-from gateway import wire
+from gateway import observability, wire
 from gateway._crash import crash_point
 from gateway._time import format_time, to_millis
 from gateway.authority import Admission
@@ -123,6 +123,12 @@ class Destination:
         envelope = wire.decode_envelope(raw)
         payload = ctx.open_from(peer, envelope, payload_type, at=now)
         transfer = wire.decode_transfer(payload)
+        observability.bind(
+            migration_id=transfer.migration_id,
+            object_id=transfer.object_id,
+            peer=peer,
+            tenant=transfer.object.tenant,
+        )
         if transfer.source_host != peer:
             raise PeerMismatchError(
                 f"transfer claims to come from {transfer.source_host}, but the connection is from {peer}"
@@ -246,6 +252,7 @@ class Destination:
         """Prepare for a large object: the transfer is verified and admitted *before* any
         data is read; the data is then stored as it streams in, hashed incrementally, and
         must match the size and digest the transfer signs, or nothing is kept."""
+        data = observability.streamed(data, "received")
         ctx = self.ctx
         now = ctx.clock.now()
         transfer, transfer_digest = self._open_transfer(
@@ -422,6 +429,7 @@ class Destination:
                     hint="only one migration of an object can proceed; retry after it settles",
                 ) from exc
         crash_point("destination.after-stage")
+        log.info("staged %s (epoch %d) from %s", transfer.object_id, transfer.epoch, peer)
         return receipt_raw
 
     async def _write_stage(
@@ -624,6 +632,12 @@ class Destination:
         for _attempt in range(3):
             loaded = await self._record_for(migration_id, peer)
             record = loaded.value
+            observability.bind(
+                migration_id=migration_id,
+                object_id=record.object_id,
+                peer=peer,
+                tenant=record.tenant,
+            )
             if record.step is DestinationStep.ACTIVATED:
                 return record.activation_receipt
             if record.step is DestinationStep.ABORTED:
@@ -707,6 +721,10 @@ class Destination:
             ]
         )
         crash_point("destination.after-activate")
+        log.info("activated %s from %s", record.object_id, peer)
+        observability.arrived(
+            record.staged, tenant=record.tenant, started=record.created_at, at=now
+        )
         ctx.on_active(live)
         return receipt
 
@@ -807,6 +825,7 @@ class Destination:
         which no delayed Prepare is accepted at all.
         """
         ctx = self.ctx
+        observability.bind(migration_id=migration_id, peer=peer)
         for _attempt in range(3):
             now = ctx.clock.now()
             loaded = await ctx.journal.destination(migration_id)
@@ -844,6 +863,9 @@ class Destination:
                 )
             except ConcurrencyError:
                 continue  # raced with a Prepare or a Commit: look again
+            observability.migration_settled(
+                "destination", "aborted", tenant=record.tenant, started=record.created_at, at=now
+            )
             crash_point("destination.after-discard")
             if discarded is not None:
                 # The journal no longer points at the chunks; a crash here leaves only

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from gateway import envelope as dsse
-from gateway import wire
+from gateway import observability, wire
 from gateway._crash import crash_point
 from gateway.blobs import delete_blob, read_blob
 from gateway.errors import (
@@ -94,6 +94,7 @@ class Source:
         self.ctx = context
         self.peers = peers
 
+    @observability.traced("gateway.migrate")
     async def migrate(self, object_id: str, *, tenant: str, destination: str) -> MigrationResult:
         """Move an ACTIVE object to ``destination``; returns once it is committed.
 
@@ -121,6 +122,9 @@ class Source:
         if destination == ctx.host:
             raise ObjectStateError(f"{object_id} already lives on {ctx.host}")
         migration_id = new_migration_id()
+        observability.bind(
+            migration_id=migration_id, object_id=object_id, peer=destination, tenant=tenant
+        )
         # A live object changes between our read and our freeze (its cycle commits every
         # interval); freezing is local and conditional on the ETag read, so a lost race
         # is simply tried again on the fresh object. Another migration is not retried:
@@ -220,6 +224,12 @@ class Source:
                 f"no migration {migration_id} was started on {self.ctx.host}"
             )
         record = loaded.value
+        observability.bind(
+            migration_id=migration_id,
+            object_id=record.object_id,
+            peer=record.destination_host,
+            tenant=record.tenant,
+        )
         if record.step is SourceStep.FROZEN:
             record = await self._prepare_and_commit(record)
             if record.step is SourceStep.FROZEN:  # never reported as anything it is not
@@ -251,7 +261,9 @@ class Source:
             else:
                 store = self.ctx.journal.store
                 receipt_raw = await client.prepare_stream(
-                    record.transfer, lambda: read_blob(store, blob), size=blob.size
+                    record.transfer,
+                    lambda: observability.streamed(read_blob(store, blob), "sent"),
+                    size=blob.size,
                 )
             self._check_receipt(record, receipt_raw, ReceiptKind.STAGED)
         except PeerUnavailableError as exc:
@@ -379,6 +391,9 @@ class Source:
             again = await ctx.journal.source(record.migration_id)
             assert again is not None
             return again.value
+        observability.migration_settled(
+            "source", "done", tenant=done.tenant, started=done.created_at, at=done.updated_at
+        )
         return done
 
     def _check_receipt(self, record: SourceRecord, raw: bytes, kind: ReceiptKind) -> None:
@@ -435,6 +450,9 @@ class Source:
             except ConcurrencyError:
                 continue
             log.info("aborted migration %s of %s: %s", migration_id, record.object_id, reason)
+            observability.migration_settled(
+                "source", "aborted", tenant=record.tenant, started=record.created_at, at=now
+            )
             crash_point("source.after-abort-journal")
             ctx.on_active(resumed)  # it cycles here again
             if not tell:

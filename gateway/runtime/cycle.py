@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from gateway import observability
 from gateway._crash import crash_point
 from gateway._time import format_time
 from gateway.errors import (
@@ -98,6 +99,13 @@ class CycleRunner:
         if obj.cycle.next_due is not None and obj.cycle.next_due > now:
             return CycleReport(result=CycleResult.NOT_DUE, cycle=obj.cycle)
         evaluated, events, admitted, denied = self.evaluate(obj, now=now)
+        observability.cycle_evaluated(
+            tenant,
+            lag=observability.since(obj.cycle.next_due or now, now),
+            rules=len(obj.rules),
+            admitted=admitted,
+            denied=denied,
+        )
         operations: list[Operation] = [put_object(tenant, evaluated, loaded.etag)]
         for event in events:
             operations.extend(outbox_puts(event))

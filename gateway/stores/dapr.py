@@ -77,6 +77,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from gateway import observability
 from gateway._decode import load_json
 from gateway.errors import (
     ConcurrencyError,
@@ -334,6 +335,7 @@ async def check_component(client: Any, store_name: str) -> str:
     return str(kind)
 
 
+@observability.metered_store
 class DaprStore:
     """State through a Dapr sidecar. Open with :meth:`connect`."""
 

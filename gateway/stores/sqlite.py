@@ -53,6 +53,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from gateway import observability
 from gateway.errors import ConcurrencyError, StoreError, StoreUnavailableError
 from gateway.stores import Delete, Expect, Item, Operation, Put, check_listable, listable
 
@@ -108,6 +109,7 @@ _HINTS = {
 }
 
 
+@observability.metered_store
 class SqliteStore:
     """A :class:`~gateway.stores.StateStore` kept in one SQLite file.
 

@@ -21,6 +21,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from gateway import observability
 from gateway.config import HandoffConfig, PeerConfig
 from gateway.errors import HandoffError, ObjectMovedError, PeerUnavailableError
 from gateway.handoff.messages import Evaluation
@@ -81,8 +82,13 @@ class GrpcPeerClient:
                     except grpc.aio.AioRpcError as exc:
                         if exc.code() in RETRYABLE:
                             raise _Unavailable(exc) from exc
-                        raise self._refusal(exc) from exc
+                        refusal = self._refusal(exc)
+                        observability.peer_error(
+                            str(self.peer.id), rpc, type(refusal).__name__, direction="out"
+                        )
+                        raise refusal from exc
         except _Unavailable as exc:
+            observability.peer_error(str(self.peer.id), rpc, exc.error.code().name, direction="out")
             raise PeerUnavailableError(
                 f"{self.peer.id} at {self.peer.address} did not answer {rpc} after "
                 f"{self.timing.retry_attempts} attempts ({exc.error.code().name}: {exc.error.details()})",

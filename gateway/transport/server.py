@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import grpc
 
-from gateway import wire
+from gateway import observability, wire
 from gateway.errors import (
     GatewayError,
     ObjectMovedError,
@@ -28,6 +28,7 @@ from gateway.handoff.destination import Destination
 from gateway.handoff.messages import Evaluation
 from gateway.handoff.source import Source
 from gateway.limits import MAX_REASON_CHARS, check_migration_id, check_text
+from gateway.observability.health import Readiness
 from gateway.runtime.calls import Calls, caller_of_host
 from gateway.transport.status import ERROR_TYPE_KEY, MOVED_TO_KEY, status_of
 from gateway.transport.tls import CHANNEL_OPTIONS, authenticated_peer
@@ -90,6 +91,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self, context: grpc.aio.ServicerContext, rpc: str, handler: Callable[[str], Awaitable[R]]
     ) -> R:
         entered = False
+        peer = ""
         try:
             peer = authenticated_peer(context.auth_context(), self.authorities)
             self.gate.enter(rpc, self.destination.ctx.host)
@@ -97,6 +99,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             return await handler(peer)
         except GatewayError as exc:
             log.info("%s refused: %s", rpc, exc)
+            observability.peer_error(
+                peer or "unauthenticated", rpc, type(exc).__name__, direction="in"
+            )
+            observability.migration_refused(rpc)
             trailers = [(ERROR_TYPE_KEY, type(exc).__name__)]
             if isinstance(exc, ObjectMovedError):  # where it went, for the caller to follow
                 trailers.append((MOVED_TO_KEY, exc.moved_to))
@@ -224,11 +230,21 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
 
 
 async def start_server(
-    service: GatewayService, *, listen: str, credentials: grpc.ServerCredentials
+    service: GatewayService,
+    *,
+    listen: str,
+    credentials: grpc.ServerCredentials,
+    readiness: Readiness | None = None,
+    reflection: bool = True,
 ) -> tuple[grpc.aio.Server, int]:
-    """Start serving on ``listen`` (port 0 picks a free port); returns the server and port."""
+    """Start serving on ``listen`` (port 0 picks a free port); returns the server and port.
+
+    With ``readiness``, the same port also serves grpc.health.v1 (and, unless
+    ``reflection`` is False, server reflection): see gateway.observability.health."""
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
     gateway_pb2_grpc.add_GatewayServicer_to_server(service, server)
+    if readiness is not None:
+        await readiness.attach(server, reflection=reflection)
     port = server.add_secure_port(listen, credentials)
     await server.start()
     return server, port
