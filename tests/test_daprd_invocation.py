@@ -307,9 +307,7 @@ def test_the_sdk_reaches_bindings_and_invocation_and_metadata_lists_them(
                 answer = await client.invoke_method("payments", "charge", data=b"{}")
             results["invoke"] = answer.status_code
             metadata = await client.get_metadata()
-            results["components"] = {
-                (c.name, c.type) for c in metadata.registered_components
-            }
+            results["components"] = {(c.name, c.type) for c in metadata.registered_components}
 
     seen = run_with_receiver(receiver_port, scenario).seen
     assert results["binding"] == "200" and results["invoke"] == 200
