@@ -285,7 +285,7 @@ def test_invoke_and_binding_through_dapr_take_effect_once_across_a_crash(
         "rule audit: invoke binding:audit/create: denied, not in the object's effective "
         "authority here (its grants or this host's policy)"
     )
-    first = [e for e in obj.lineage.entries if e.kind is EntryKind.EVALUATED][0]
+    first = next(e for e in obj.lineage.entries if e.kind is EntryKind.EVALUATED)
     assert first.detail.startswith("generation 0: 4 of 4 rules fired")
 
 

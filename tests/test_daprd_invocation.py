@@ -330,5 +330,5 @@ def test_binding_and_endpoint_resources_load_from_files(tmp_path: Path) -> None:
         "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: q}\n"
         "spec: {type: bindings.kafka, version: v1}\n"
     )
-    with pytest.raises(ComponentError, match="emulates only bindings.http"):
+    with pytest.raises(ComponentError, match=r"emulates only bindings\.http"):
         load_components([tmp_path], APP)
