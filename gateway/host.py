@@ -218,6 +218,7 @@ class Host:
         subscriptions are taken up here (gateway/runtime/events.py)."""
         if obj.subscriptions:
             self._in_background(self.events.take_up(obj.tenant, obj.object_id))
+            self.events.activated(obj.tenant, obj.object_id)
         if self.jobs is None:
             self.scheduler.notice()
         elif obj.cycle.interval is not None:

@@ -454,7 +454,8 @@ _STRING_MAP = ("MAP<STRING,", "MAP<DYN,")
 def _compile(rule: str, part: str, source: str, expected: tuple[str, ...] | None) -> _Compiled:
     """Parse, type-check and bound one expression. ``expected`` holds accepted type-name
     prefixes; None accepts any type. ``dyn`` is accepted and checked at run time."""
-    where = f"rule {rule!r}, {part}"
+    # Answers pass "answer <method>" as their name; rules their plain name.
+    where = f"{rule}, {part}" if rule.startswith("answer ") else f"rule {rule!r}, {part}"
     if not source.strip():
         raise RuleError(f"{where}: the expression is empty")
     if len(source) > MAX_EXPRESSION_CHARS:

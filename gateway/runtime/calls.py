@@ -320,8 +320,10 @@ class Calls:
                     await store.put(key, _encode_counter(count + 1, recorded, now), etag=etag)
                     return
                 loaded = await self.ctx.journal.object(tenant, object_id)
-                if loaded is None or not loaded.value.live:
-                    return  # nothing here to record it in (not found, moved)
+                if loaded is None or loaded.value.state is not LifecycleState.ACTIVE:
+                    # Not found or moved; or frozen, whose lineage left with its transfer
+                    # and must stay a prefix of what comes back: nothing is appended.
+                    return
                 detail = f"call {method} from {caller}: denied, {reason}"
                 if count:
                     detail += (

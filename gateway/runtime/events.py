@@ -49,6 +49,7 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -96,9 +97,10 @@ PRUNE_BATCH = 1000
 WAKE_ATTEMPTS = 8
 #: Seconds before a wake held for a frozen or staged object is looked at again.
 HELD_RETRY = 0.5
-#: Seconds between reconciliations (subscriptions of every ACTIVE object indexed) and
-#: prune passes.
+#: Seconds between prune passes.
 RECONCILE_SECONDS = 60.0
+#: Seconds after an activation before its subscriptions are taken up once more.
+RECHECK_SECONDS = 5.0
 
 _TOPIC = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)+")
 
@@ -279,6 +281,7 @@ class Events:
         self.runner = runner
         self.clock = clock
         self._held_until: dict[str, float] = {}
+        self._recheck: dict[tuple[str, str], float] = {}
         self._wakeup = asyncio.Event()
 
     @property
@@ -417,7 +420,8 @@ class Events:
 
     async def reconcile(self, tenants: tuple[str, ...]) -> None:
         """Take up the subscriptions of every ACTIVE subscribing object (idempotent): the
-        process that activated one may have died before it did."""
+        process that activated one may have died before it did. Reads every object: run
+        at start only."""
         for tenant in tenants:
             for obj in await self.ctx.journal.objects(tenant):
                 if obj.state is LifecycleState.ACTIVE and obj.subscriptions:
@@ -559,22 +563,39 @@ class Events:
     # --- running -----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event, *, tenants: tuple[str, ...]) -> None:
+        """Deliver wakes until ``stop``; take up every subscription once at start (the
+        process that activated an object may have died first), again shortly after each
+        activation seen here (a message may have reached the bus between the replay's
+        listing and the index), and prune once a minute."""
         loop = asyncio.get_running_loop()
-        next_reconcile = 0.0
+        await self._guarded(self.reconcile(tenants))
+        next_prune = 0.0
         while not stop.is_set():
-            try:
-                if loop.time() >= next_reconcile:
-                    await self.reconcile(tenants)
-                    await self.prune()
-                    next_reconcile = loop.time() + RECONCILE_SECONDS
-                self._wakeup.clear()
-                await self.deliver_once()
-            except GatewayError as exc:
-                log.warning("event delivery pass failed: %s", exc)
-            except Exception:
-                log.exception("event delivery pass failed")
+            if loop.time() >= next_prune:
+                await self._guarded(self.prune())
+                next_prune = loop.time() + RECONCILE_SECONDS
+            due = [target for target, at in self._recheck.items() if at <= loop.time()]
+            for target in due:
+                del self._recheck[target]
+                await self._guarded(self.take_up(*target))
+            self._wakeup.clear()
+            await self._guarded(self.deliver_once())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=0.2)
+
+    async def _guarded(self, work: Awaitable[object]) -> None:
+        try:
+            await work
+        except GatewayError as exc:
+            log.warning("event delivery pass failed: %s", exc)
+        except Exception:
+            log.exception("event delivery pass failed")
+
+    def activated(self, tenant: str, object_id: str) -> None:
+        """An object became active in this process: take its subscriptions up again in a
+        moment, to catch a message that raced the first take-up."""
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to recheck
+            self._recheck[(tenant, object_id)] = asyncio.get_running_loop().time() + RECHECK_SECONDS
 
     def notice(self) -> None:
         self._wakeup.set()
