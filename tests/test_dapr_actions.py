@@ -344,3 +344,77 @@ def test_binding_rules_parse_compile_and_travel() -> None:
     spec = parse_spec({**SPEC, "rules": RULES[1:2]}, source="test")
     world_rule = spec.rules[0]
     assert wire._rule_from_pb(wire._rule_to_pb(world_rule)) == world_rule
+
+
+def test_refusals_by_the_sidecar_or_the_callee_are_readable_delivery_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `gateway events` shows as an action's last error when Dapr or the receiver
+    refuses it: the callee's status and (cut) body, daprd's error code and message."""
+    from datetime import UTC, datetime
+
+    from dapr.aio.clients import DaprClient
+
+    from gateway.runtime.dapr_actions import DaprBindings, DaprInvoker, sidecar_api_url
+    from gateway.runtime.outbox import DeliveryError
+    from tests.daprd import DaprdThread
+    from tests.daprd.components import http_binding, http_endpoint
+
+    port = free_port()
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=409, text="already paid " + "x" * 100_000)
+
+    def event(resource: str) -> Event:
+        return Event(
+            key="default/obj/000000000001/000",
+            tenant="default",
+            object_id=OBJECT,
+            generation=1,
+            rule="r",
+            verb="invoke",
+            resource=resource,
+            payload={"order": 7},
+            created_at=datetime.now(UTC),
+        )
+
+    components = (
+        http_endpoint("payments", f"http://127.0.0.1:{port}"),
+        http_binding("notify", f"http://127.0.0.1:{port}"),
+    )
+    reasons: list[str] = []
+    with DaprdThread(app_id="orders", db=tmp_path / "d.db", components=components) as sidecar:
+        for key, value in sidecar.env().items():
+            monkeypatch.setenv(key, value)
+
+        async def main() -> None:
+            app = web.Application()
+            app.router.add_post("/{tail:.*}", refuse)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            invoker = DaprInvoker(sidecar_api_url(sidecar.http_endpoint))
+            async with DaprClient() as client:
+                bindings = DaprBindings(client)
+                for deliver, resource in (
+                    (invoker.invoke, "invoke:payments/charge"),
+                    (invoker.invoke, "invoke:ghost/charge"),
+                    (bindings.invoke, "binding:notify/create"),
+                    (bindings.invoke, "binding:ghost/create"),
+                ):
+                    with pytest.raises(DeliveryError) as refused:
+                        await deliver(event(resource))
+                    reasons.append(refused.value.reason)
+            await runner.cleanup()
+
+        asyncio.run(main())
+    callee, unknown_app, binding, unknown_binding = reasons
+    assert callee.startswith("Dapr service invocation of payments/charge answered HTTP 409: ")
+    assert "already paid" in callee and len(callee) < 500  # the body is cut, not copied
+    assert unknown_app == (
+        "Dapr service invocation of ghost/charge answered HTTP 500 ERR_DIRECT_INVOKE: "
+        "failed to invoke, id: ghost, err: couldn't find service: ghost"
+    )
+    assert binding.startswith("Dapr output binding 'notify' refused 'create': ")
+    assert "received status code 409" in binding
+    assert "couldn't find output binding ghost" in unknown_binding

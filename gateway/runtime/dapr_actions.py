@@ -38,6 +38,8 @@ IDEMPOTENCY_KEY = "Idempotency-Key"
 OBJECT_KEY = "Gateway-Object"
 #: Characters of a sidecar's error shown in a delivery error (the rest is cut).
 _SHOWN = 300
+#: Bytes of an error answer read at most: the callee chooses its size, we only show a line.
+MAX_ERROR_BODY = 4096
 
 
 def sidecar_api_url(http_endpoint: str | None) -> str:
@@ -98,7 +100,8 @@ class DaprInvoker:
                 session.post(url, data=_body(event), headers=headers) as response,
             ):
                 if response.status >= 300:
-                    text = await response.text(errors="replace")
+                    raw = await response.content.read(MAX_ERROR_BODY)
+                    text = raw.decode("utf-8", "replace")
                     raise DeliveryError(
                         f"Dapr service invocation of {event.target} answered "
                         f"{_dapr_reason(response.status, text)}",
