@@ -30,6 +30,7 @@ CRASH_POINTS: tuple[str, ...] = (
     "cycle.before-commit",  # object evaluated, nothing written
     "cycle.after-commit",  # evaluation written, the trigger not answered
     "events.after-ingest",  # a Dapr message kept on the bus, not yet acknowledged
+    "outbox.after-deliver",  # an action carried out, its outbox record not marked delivered
 )
 
 _ARMED = frozenset(p for p in os.environ.get("GATEWAY_TEST_CRASH_AT", "").split(",") if p)

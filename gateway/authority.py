@@ -79,6 +79,8 @@ ACTIONS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
         "pubsub": frozenset({"publish", "subscribe"}),
         "state": frozenset({"read", "write"}),
         "invoke": frozenset({"invoke"}),
+        # binding:<name>/<operation>: a Dapr output binding (InvokeBinding) and operation.
+        "binding": frozenset({"invoke"}),
         # call:<method>/<caller>: who may ask the object what (gateway/runtime/calls.py);
         # the caller is <trust domain>/<host path> or <trust domain>/dapr/<app id>.
         "call": frozenset({"call"}),

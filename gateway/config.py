@@ -140,7 +140,8 @@ class Config:
     peers: tuple[PeerConfig, ...] = ()
     handoff: HandoffConfig = field(default_factory=HandoffConfig)
     policy: HostPolicy = field(default_factory=HostPolicy.empty)
-    #: app id -> base URL for ``invoke:<app>/<method>`` actions (HTTP POST <url>/<method>)
+    #: app id -> base URL for ``invoke:<app>/<method>`` actions (HTTP POST <url>/<method>),
+    #: on the embedded default only: a Dapr host invokes through Dapr service invocation
     invoke: Mapping[str, str] = field(default_factory=dict)
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
 
@@ -618,6 +619,14 @@ def parse_config(document: Any, *, source: Path) -> Config:
                 where, f"expected an http(s) URL, got {text!r}", "e.g. http://127.0.0.1:9000"
             )
         invoke[str(app)] = text
+    if invoke and (dapr_store is not None or dapr is not None):
+        # Two ways to reach an app would leave the operator guessing which one acted.
+        raise r.fail(
+            "invoke",
+            "on a Dapr host, invoke actions go through Dapr service invocation, not these URLs",
+            "remove 'invoke:' and declare each app to daprd instead: a Dapr app id, or an "
+            "HTTPEndpoint resource (metadata.name: <app>, spec.baseUrl: <url>)",
+        )
 
     try:
         policy = HostPolicy.from_config(top.get("policy"), str(source))

@@ -131,6 +131,11 @@ class AdmissionDeniedError(AuthorityError):
     """The receiving host's ceiling or the object's constraints refuse this host."""
 
 
+class ActionUnavailableError(AdmissionDeniedError):
+    """The object may take the action, but this host cannot carry it out (an output
+    binding on a host without a Dapr sidecar)."""
+
+
 class CallDeniedError(AdmissionDeniedError):
     """A call to an object was refused: caller not allowed, no such method, or the
     object's answer declined it (its condition was false or its reply failed)."""

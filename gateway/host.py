@@ -51,8 +51,9 @@ from gateway.runtime.appcallback import AppCallbackServer, dapr_topic, servicer_
 from gateway.runtime.calls import Calls
 from gateway.runtime.cycle import CycleRunner
 from gateway.runtime.dapr import CLOUDEVENT, DaprEventSink, DaprJobs
+from gateway.runtime.dapr_actions import DaprBindings, DaprInvoker, sidecar_api_url
 from gateway.runtime.events import Events, Message, new_message
-from gateway.runtime.outbox import Dispatcher, HttpInvoker
+from gateway.runtime.outbox import Dispatcher, HttpInvoker, Invoker
 from gateway.runtime.scheduler import (
     Quarantine,
     Scheduler,
@@ -112,6 +113,15 @@ async def open_store(config: Config) -> StateStore:
     return SqliteStore.open(config.sqlite)
 
 
+def invoker_for(config: Config, dapr_client: Any) -> Invoker:
+    """How ``invoke:`` actions are carried out: through Dapr service invocation on a host
+    with a sidecar, else by HTTP POST to the URLs under ``invoke:`` (the embedded default)."""
+    if dapr_client is None:
+        return HttpInvoker(config.invoke)
+    http = config.dapr_store.http_endpoint if config.dapr_store is not None else None
+    return DaprInvoker(sidecar_api_url(http))
+
+
 async def load_trust(store: StateStore, own: TrustBundle) -> TrustStore:
     """This host's trust: its own domain's bundle and the bundles imported into ``store``."""
     keys = await store.list(TRUST_PREFIX)
@@ -153,6 +163,7 @@ class Host:
             attenuate_on_rehost=config.handoff.attenuate_on_rehost,
             tenancy=config.tenancy,
             on_active=self._object_became_active,
+            output_bindings=dapr_client is not None,
         )
         self.peers = GrpcPeers(
             config.peers,
@@ -185,8 +196,11 @@ class Host:
             else None
         )
         self.dispatcher = Dispatcher(
-            store, invoker=HttpInvoker(config.invoke), sink=sink, clock=clock
+            store, invoker=invoker_for(config, dapr_client), sink=sink, clock=clock
         )
+        if dapr_client is not None:
+            # Output bindings exist only through a sidecar (gateway/runtime/dapr_actions.py).
+            self.dispatcher.bindings = DaprBindings(dapr_client)
         self._background: set[asyncio.Task[object]] = set()
         self.readiness = Readiness()  #: grpc.health.v1 status; set_draining() on SIGTERM
         #: The RPC service while serving; gateway.reload swaps its snapshot objects.

@@ -72,7 +72,17 @@ class Invoke:
     payload: str = ""
 
 
-Action = WriteState | Publish | Invoke
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Binding:
+    """Invoke a Dapr output binding; ``target`` is ``<binding>/<operation>`` (resource
+    ``binding:<target>``). Only a host with a Dapr sidecar carries it out: on the
+    embedded default it is refused at admission (gateway/runtime/cycle.py)."""
+
+    target: str
+    payload: str = ""
+
+
+Action = WriteState | Publish | Invoke | Binding
 
 #: What wakes a rule: its cycle (the default) or a message on a subscribed topic.
 TRIGGERS = ("cycle", "message")

@@ -43,7 +43,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from gateway.errors import RuleCostError, RuleError
 from gateway.limits import MAX_ANSWERS, MAX_SUBSCRIPTIONS
-from gateway.model import TRIGGERS, Answer, Invoke, Publish, Rule, WriteState
+from gateway.model import TRIGGERS, Answer, Binding, Invoke, Publish, Rule, WriteState
 
 MAX_RULES = 32
 MAX_EXPRESSION_CHARS = 2048
@@ -107,7 +107,7 @@ class _Compiled:
 class CompiledRule:
     rule: Rule
     when: _Compiled
-    effect: _Compiled | None  #: the patch (write) or payload (publish, invoke) expression
+    effect: _Compiled | None  #: the patch (write) or payload (publish, invoke, binding)
 
     @property
     def resource(self) -> str:
@@ -116,6 +116,8 @@ class CompiledRule:
             return "state:self"
         if isinstance(action, Publish):
             return f"pubsub:{action.topic}"
+        if isinstance(action, Binding):
+            return f"binding:{action.target}"
         return f"invoke:{action.target}"
 
     @property
@@ -131,8 +133,9 @@ class Proposal:
     """An action a rule wants to take this cycle; admitted or denied by the cycle."""
 
     rule: str
-    resource: str  #: state:self, pubsub:<topic> or invoke:<app>/<method>
-    verb: str  #: write, publish or invoke
+    #: state:self, pubsub:<topic>, invoke:<app>/<method> or binding:<name>/<operation>
+    resource: str
+    verb: str  #: write, publish or invoke (an invoke of a service or of a binding)
     value: Any  #: the patch (a dict) or the payload, as plain JSON-able values
 
     def describe(self) -> str:
@@ -503,6 +506,15 @@ def compile_rule(rule: Rule) -> CompiledRule:
     effect: _Compiled | None = None
     if isinstance(action, WriteState):
         effect = _compile(rule.name, "patch", action.patch, _STRING_MAP)
+    elif isinstance(action, Binding):
+        # Exactly <binding>/<operation>: the operation is one name (create, get, post…).
+        if not re.fullmatch(r"[A-Za-z0-9._-]+/[A-Za-z0-9._-]+", action.target):
+            raise RuleError(
+                f"rule {rule.name!r}: {action.target!r} is not of the form <binding>/<operation>",
+                hint="e.g. notify/create",
+            )
+        if action.payload:
+            effect = _compile(rule.name, "payload", action.payload, None)
     elif isinstance(action, Publish | Invoke):
         destination = action.topic if isinstance(action, Publish) else action.target
         if not re.fullmatch(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)+", destination):
@@ -602,15 +614,15 @@ def rule_from_mapping(item: Any, where: str) -> Rule:
     """
     if not isinstance(item, dict):
         raise RuleError(f"{where}: expected a mapping with name, when and one action")
-    allowed = {"name", "when", "on", "write", "publish", "invoke"}
+    allowed = {"name", "when", "on", "write", "publish", "invoke", "binding"}
     unknown = sorted(set(item) - allowed, key=str)  # YAML keys need not be strings
     if unknown:
         raise RuleError(
             f"{where}.{unknown[0]}: unknown key", hint=f"allowed: {', '.join(sorted(allowed))}"
         )
-    actions = [k for k in ("write", "publish", "invoke") if k in item]
+    actions = [k for k in ("write", "publish", "invoke", "binding") if k in item]
     if len(actions) != 1:
-        raise RuleError(f"{where}: give exactly one of write, publish, invoke")
+        raise RuleError(f"{where}: give exactly one of write, publish, invoke, binding")
     name, when = item.get("name"), item.get("when", "true")
     if not isinstance(name, str) or not isinstance(when, str):
         raise RuleError(f"{where}: name and when must be strings")
@@ -640,6 +652,8 @@ def rule_from_mapping(item: Any, where: str) -> Rule:
         )
     if actions[0] == "publish":
         return Rule(name=name, when=when, action=Publish(topic=target, payload=payload), on=on)
+    if actions[0] == "binding":
+        return Rule(name=name, when=when, action=Binding(target=target, payload=payload), on=on)
     return Rule(name=name, when=when, action=Invoke(target=target, payload=payload), on=on)
 
 

@@ -66,6 +66,7 @@ from gateway.model import (
     TRIGGERS,
     Action,
     Answer,
+    Binding,
     CycleState,
     GovernedObject,
     Invoke,
@@ -190,6 +191,9 @@ def _rule_to_pb(rule: Rule) -> object_pb2.Rule:
     elif isinstance(action, Publish):
         message.publish.topic = action.topic
         message.publish.payload = action.payload
+    elif isinstance(action, Binding):
+        message.binding.target = action.target
+        message.binding.payload = action.payload
     else:
         message.invoke.target = action.target
         message.invoke.payload = action.payload
@@ -205,6 +209,8 @@ def _rule_from_pb(message: object_pb2.Rule) -> Rule:
         action = Publish(topic=message.publish.topic, payload=message.publish.payload)
     elif kind == "invoke":
         action = Invoke(target=message.invoke.target, payload=message.invoke.payload)
+    elif kind == "binding":
+        action = Binding(target=message.binding.target, payload=message.binding.payload)
     else:
         raise PayloadDecodeError(f"rule {message.name!r} has no action")
     trigger = message.trigger or "cycle"

@@ -76,3 +76,39 @@ def test_the_partner_exchange_walkthrough_shows_each_promise(tmp_path: Path) -> 
     assert "custody verified: 3 handoff(s)" in out
     assert (tmp_path / "invoice.gwx").exists() and (tmp_path / "commit.json").exists()
     assert "== an auditor: gateway verify" in out
+
+
+@pytest.mark.slow
+def test_the_settlement_flow_runs_as_a_workflow_across_two_organizations(tmp_path: Path) -> None:
+    """examples/settlement_flow.py: approvals by request, a migration mid-flight with the
+    authority narrowed at org-b, a cancellation by event, and a settlement by timer there."""
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "settlement_flow.py"), "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        env={**os.environ, "COLUMNS": "300"},
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+
+    def section(title: str) -> str:
+        return out.split(f"== {title}", 1)[1].split("\n== ", 1)[0]
+
+    on_a = section("authority on org-a")
+    assert "call:approve/org-a.example/* call" in on_a and "pubsub:audit/trail publish" in on_a
+    on_b = section("mid-flight to org-b: narrowed on arrival")
+    authority_b = next(line for line in on_b.splitlines() if line.startswith("authority here"))
+    assert "org-a.example" not in authority_b and "audit" not in authority_b
+    assert "grants          2" in on_b  # the narrowing is a child grant
+    refused = section("org-a may no longer approve on org-b")
+    assert "may not call approve" in refused
+    assert '"approvals": 2, "of": 2' in section("org-b approves 1001 (2 of 2)")
+    settled = section("1001: what happened, from its lineage")
+    assert "rule settle: publish pubsub:settlements/settled" in settled
+    assert "rule audit: publish pubsub:audit/trail: denied" in settled
+    assert "attenuated" in settled and "call-denied" in settled
+    assert "rule cancel: write state:self" in section("1002: what happened, from its lineage")
+    assert "publish settlements/settled" in section("org-b's outbox")
+    assert "done: 1001 settled on org-b, 1002 cancelled on org-b" in out

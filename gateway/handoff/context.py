@@ -49,6 +49,9 @@ class HostContext:
     attenuate_on_rehost: bool = False
     #: per-tenant limits and which peer may deliver into which tenant (none by default)
     tenancy: Tenancy = field(default_factory=Tenancy)
+    #: whether this host carries out ``binding:`` actions (it has a Dapr sidecar); where it
+    #: does not, they are refused at admission, not left to fail in the outbox
+    output_bindings: bool = False
     #: called when an object becomes ACTIVE here, so its cycle starts without delay
     on_active: Callable[[GovernedObject], None] = field(default=lambda _obj: None)
 

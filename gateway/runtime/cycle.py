@@ -29,6 +29,7 @@ from gateway import observability
 from gateway._crash import crash_point
 from gateway._time import format_time
 from gateway.errors import (
+    ActionUnavailableError,
     AdmissionDeniedError,
     ConcurrencyError,
     LimitExceededError,
@@ -53,6 +54,13 @@ class Wake:
     event: Mapping[str, Any]  #: the CloudEvent the rules see as ``event``
     label: str  #: how the lineage names it: "message <digest> on <topic> ..."
     key_prefix: str  #: outbox keys of what its rules publish: ``<prefix>/<n>``
+
+
+#: Why a binding action is refused on a host without a sidecar (the embedded default).
+NO_BINDINGS = (
+    "this host has no Dapr sidecar, and output bindings are carried out only through one "
+    "(run the object on a Dapr host, or use an invoke action)"
+)
 
 
 class CycleResult(enum.Enum):
@@ -172,6 +180,8 @@ class CycleRunner:
             )
         for proposal in outcome.proposals:
             try:
+                if proposal.resource.startswith("binding:") and not ctx.output_bindings:
+                    raise ActionUnavailableError(NO_BINDINGS)
                 obj.authority_at(now).require(proposal.resource, proposal.verb)
                 if proposal.verb == "write":
                     merged = {**data, **proposal.value}
@@ -255,6 +265,8 @@ class CycleRunner:
 def _why_denied(
     obj: GovernedObject, resource: str, verb: str, error: Exception, now: datetime
 ) -> str:
+    if isinstance(error, ActionUnavailableError):
+        return error.reason  # whatever its grants say, this host cannot do it
     expires = obj.authority_expires
     if obj.authority.permits(resource, verb):
         if expires is not None and now >= expires:

@@ -1,5 +1,5 @@
-"""The durable outbox: every admitted publish and invoke is written in the same store
-transaction that commits the evaluation, then carried out by a dispatcher.
+"""The durable outbox: every admitted publish, invoke and binding is written in the same
+store transaction that commits the evaluation, then carried out by a dispatcher.
 
 Why an outbox: an evaluation and its effects must happen together or not at all, and a
 store transaction cannot include a network call. Writing the effect as a record in the
@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from gateway._crash import crash_point
 from gateway._decode import load_json
 from gateway._time import Clock, format_time, parse_time
 from gateway.errors import ConcurrencyError, GatewayError, StoreError
@@ -47,7 +48,7 @@ class Event:
     generation: int
     rule: str
     verb: str  #: publish or invoke
-    resource: str  #: pubsub:<topic> or invoke:<app>/<method>
+    resource: str  #: pubsub:<topic>, invoke:<app>/<method> or binding:<name>/<operation>
     payload: Any
     created_at: datetime
     status: str = "pending"  #: pending, published, delivered or failed
@@ -161,6 +162,12 @@ class Invoker(Protocol):
     async def invoke(self, event: Event) -> None: ...
 
 
+class BindingInvoker(Protocol):
+    """Carries out ``binding:<name>/<operation>`` actions (Dapr output bindings)."""
+
+    async def invoke(self, event: Event) -> None: ...
+
+
 class HttpInvoker:
     """POSTs the payload as JSON to ``<base url of app>/<method>`` with the event key as
     ``Idempotency-Key``. Apps without a configured URL cannot be invoked."""
@@ -206,12 +213,14 @@ class Dispatcher:
         invoker: Invoker,
         sink: EventSink | None,
         clock: Clock,
+        bindings: BindingInvoker | None = None,
         interval: float = 0.2,
         concurrency: int = 16,
     ) -> None:
         self.store = store
         self.invoker = invoker
         self.sink = sink
+        self.bindings = bindings
         self.clock = clock
         self.interval = interval
         self._slots = asyncio.Semaphore(concurrency)
@@ -256,8 +265,19 @@ class Dispatcher:
             if item is None or marker is None:
                 return
             event = Event.decode(key, item.value)
+            kind = event.resource.partition(":")[0]
             try:
-                if event.verb == "invoke":
+                if kind == "binding":
+                    if self.bindings is None:
+                        # Admission refuses bindings here; this is an event written while
+                        # the host had a sidecar, left over after it lost it.
+                        raise DeliveryError(
+                            "this host has no Dapr sidecar to carry out output bindings",
+                            hint="configure 'dapr:' or 'store: {dapr: ...}' again",
+                        )
+                    await self.bindings.invoke(event)
+                    status = "delivered"
+                elif kind == "invoke":
                     await self.invoker.invoke(event)
                     status = "delivered"
                 elif self.sink is not None:
@@ -265,6 +285,8 @@ class Dispatcher:
                     status = "delivered"
                 else:
                     status = "published"
+                # Delivered, not yet marked: a crash here delivers again, with the same key.
+                crash_point("outbox.after-deliver")
                 done = replace(event, status=status, attempts=event.attempts + 1, last_error="")
                 operations: list[Put | Delete] = [
                     Put(key=EVENTS + key, value=done.encode(), etag=item.etag),

@@ -121,6 +121,33 @@ class Invoke(_message.Message):
 Global___Invoke: _TypeAlias = Invoke  # noqa: Y015
 
 @_typing.final
+class Binding(_message.Message):
+    """Invokes a Dapr output binding; target is "<binding>/<operation>", the resource
+    binding:<target>. Only a host with a Dapr sidecar can carry it out.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    payload: _builtins.str
+    """CEL expression for the binding's data."""
+    def __init__(
+        self,
+        *,
+        target: _builtins.str = ...,
+        payload: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Binding: _TypeAlias = Binding  # noqa: Y015
+
+@_typing.final
 class Rule(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -129,6 +156,7 @@ class Rule(_message.Message):
     WRITE_FIELD_NUMBER: _builtins.int
     PUBLISH_FIELD_NUMBER: _builtins.int
     INVOKE_FIELD_NUMBER: _builtins.int
+    BINDING_FIELD_NUMBER: _builtins.int
     TRIGGER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     when: _builtins.str
@@ -143,6 +171,8 @@ class Rule(_message.Message):
     def publish(self) -> Global___Publish: ...
     @_builtins.property
     def invoke(self) -> Global___Invoke: ...
+    @_builtins.property
+    def binding(self) -> Global___Binding: ...
     def __init__(
         self,
         *,
@@ -151,13 +181,14 @@ class Rule(_message.Message):
         write: Global___WriteState | None = ...,
         publish: Global___Publish | None = ...,
         invoke: Global___Invoke | None = ...,
+        binding: Global___Binding | None = ...,
         trigger: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "invoke", b"invoke", "publish", b"publish", "write", b"write"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "binding", b"binding", "invoke", b"invoke", "publish", b"publish", "write", b"write"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "invoke", b"invoke", "name", b"name", "publish", b"publish", "trigger", b"trigger", "when", b"when", "write", b"write"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "binding", b"binding", "invoke", b"invoke", "name", b"name", "publish", b"publish", "trigger", b"trigger", "when", b"when", "write", b"write"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["write", "publish", "invoke"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["write", "publish", "invoke", "binding"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 

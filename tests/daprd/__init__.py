@@ -11,6 +11,7 @@ Layout::
     tests/daprd/storage.py      the SQLite file: state, messages + deliveries, jobs
     tests/daprd/cloudevents.py  envelopes in (publish) and out (TopicEventRequest)
     tests/daprd/schedule.py     job schedules, due times, ttl, counters, failure policy
+    tests/daprd/invocation.py   service invocation (HTTPEndpoint, URL) and bindings.http
     tests/daprd/server.py       Daprd (gRPC servicer, health HTTP server, job trigger loop)
     tests/daprd/runner.py       DaprdThread / running_daprd (in-process), DaprdProcess
     tests/daprd/__main__.py     python -m tests.daprd --app-id ... --db ... --components ...
@@ -153,6 +154,16 @@ Pub/sub
     ``pkg/runtime/processor/pubsub`` (subscriptions loaded at start),
     https://docs.dapr.io/developing-applications/building-blocks/pubsub/subscription-methods/#programmatic-subscriptions.
 
+Service invocation and output bindings
+
+18b. ``InvokeService`` (gRPC) and ``/v1.0/invoke/<id>/method/<m>`` (HTTP) reach an
+    ``HTTPEndpoint`` resource or an ``http(s)://`` app id; an unknown id is
+    ERR_DIRECT_INVOKE ``failed to invoke, id: X, err: couldn't find service: X``; the
+    caller's headers (metadata) go on, the callee's status comes back (over gRPC mapped
+    by ``CodeFromHTTPStatus``). ``InvokeBinding`` on ``bindings.http``: capitalised
+    metadata keys are headers, ``path`` extends the url, unknown binding / operation are
+    ERR_INVOKE_OUTPUT_BINDING. Details and sources: ``invocation.py``.
+
 Jobs
 
 19. ScheduleJob / GetJob / DeleteJob / ListJobs, stable and Alpha1 (the SDK 1.19
@@ -194,7 +205,8 @@ Health
 Not implemented (UNIMPLEMENTED, or absent)
 ------------------------------------------
 
-Actors, workflows, service invocation, bindings, secrets, configuration, locks,
+Actors, workflows, invocation of other Dapr apps (no name resolution between stand-ins),
+binding types other than ``bindings.http``, input bindings, the HTTP bindings API, secrets, configuration, locks,
 crypto, conversation, the state query API, BulkPublishEvent, DeleteJobsByPrefix,
 SetMetadata, Shutdown; declarative and programmatic subscriptions, routing rules, bulk
 subscribe and subscriber-side ``rawPayload``; API-token checks, mTLS, tracing export

@@ -16,8 +16,10 @@ The format is daprd's own (https://docs.dapr.io/reference/resource-specs/compone
 
 Invariants:
 
-* Components of other categories (bindings, secret stores, ...) are skipped; the
-  stand-in emulates only state and pub/sub.
+* Components of other categories (secret stores, ...) are skipped; the stand-in
+  emulates state, pub/sub and ``bindings.http`` (another binding type is refused at
+  load), and loads ``HTTPEndpoint`` resources for service invocation
+  (tests/daprd/invocation.py).
 * A component whose ``scopes`` do not name the app id is not loaded, as in daprd, so
   that app gets "state store X is not found".
 * ``keyPrefix`` follows dapr/dapr ``pkg/components/state/state_config.go``: the
@@ -38,6 +40,8 @@ __all__ = [
     "Component",
     "ComponentError",
     "IllegalKeyError",
+    "http_binding",
+    "http_endpoint",
     "load_components",
     "original_key",
     "pubsub",
@@ -62,7 +66,8 @@ class IllegalKeyError(ValueError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Component:
-    """One loaded component: ``category`` is ``state`` or ``pubsub``."""
+    """One loaded component: ``category`` is ``state``, ``pubsub``, ``bindings`` or
+    ``httpendpoint`` (an HTTPEndpoint resource)."""
 
     name: str
     type: str
@@ -120,13 +125,56 @@ def state_store(name: str, **metadata: str) -> Component:
     return Component(name=name, type="state.sqlite", metadata=dict(metadata))
 
 
+def http_binding(name: str, url: str, **metadata: str) -> Component:
+    """A ``bindings.http`` output binding given in code rather than in a file."""
+    return Component(name=name, type="bindings.http", metadata={"url": url, **metadata})
+
+
+def http_endpoint(name: str, base_url: str, **headers: str) -> Component:
+    """An ``HTTPEndpoint`` resource given in code rather than in a file."""
+    return Component(
+        name=name,
+        type="httpendpoint",
+        metadata={"baseUrl": base_url, **{f"header.{k}": v for k, v in headers.items()}},
+    )
+
+
 def pubsub(name: str, **metadata: str) -> Component:
     """A pub/sub component given in code rather than in a file."""
     return Component(name=name, type="pubsub.redis", metadata=dict(metadata))
 
 
+def _http_endpoint(document: Mapping[str, Any], source: Path) -> Component:
+    """An ``HTTPEndpoint`` resource (a non-Dapr endpoint for service invocation), kept as a
+    component of category ``httpendpoint``: ``baseUrl`` and ``header.<name>`` metadata.
+    https://docs.dapr.io/reference/resource-specs/httpendpoints-schema/"""
+    name = (document.get("metadata") or {}).get("name")
+    where = f"{source}: HTTPEndpoint {name!r}"
+    if document.get("apiVersion") != "dapr.io/v1alpha1":
+        raise ComponentError(f"{where}: apiVersion must be dapr.io/v1alpha1")
+    if not isinstance(name, str) or not name:
+        raise ComponentError(f"{source}: metadata.name is required")
+    spec = document.get("spec") or {}
+    base = spec.get("baseUrl")
+    if not isinstance(base, str) or not base.startswith(("http://", "https://")):
+        raise ComponentError(f"{where}: spec.baseUrl must start with http:// or https://")
+    values = {"baseUrl": base}
+    for item in spec.get("headers") or []:
+        if "secretKeyRef" in item:
+            raise ComponentError(f"{where}: secretKeyRef is not supported by the stand-in")
+        values[f"header.{item['name']}"] = str(item.get("value", ""))
+    return Component(
+        name=name,
+        type="httpendpoint",
+        metadata=values,
+        scopes=tuple(str(s) for s in document.get("scopes") or ()),
+    )
+
+
 def _parse(document: Mapping[str, Any], source: Path) -> Component | None:
     where = f"{source}: component {document.get('metadata', {}).get('name', '?')!r}"
+    if document.get("kind") == "HTTPEndpoint":
+        return _http_endpoint(document, source)
     if document.get("kind") != "Component":
         return None
     if document.get("apiVersion") != "dapr.io/v1alpha1":
@@ -150,6 +198,10 @@ def _parse(document: Mapping[str, Any], source: Path) -> Component | None:
         metadata=values,
         scopes=tuple(str(s) for s in document.get("scopes") or ()),
     )
+    if component.category == "bindings" and component.type != "bindings.http":
+        raise ComponentError(f"{where}: the stand-in emulates only bindings.http")
+    if component.category == "bindings" and not component.meta("url"):
+        raise ComponentError(f"{where}: bindings.http needs metadata url")
     if component.category == "state":
         try:
             component.key_prefix_strategy  # noqa: B018 - validates at load, as daprd does
@@ -161,8 +213,9 @@ def _parse(document: Mapping[str, Any], source: Path) -> Component | None:
 def load_components(
     paths: Iterable[Path], app_id: str, extra: Iterable[Component] = ()
 ) -> tuple[Component, ...]:
-    """Every state/pub-sub component in the YAML files of ``paths`` (files or directories)
-    that is in scope for ``app_id``, plus ``extra``; names must be unique per category."""
+    """Every state, pub/sub and (http) binding component and HTTPEndpoint resource in the
+    YAML files of ``paths`` (files or directories) that is in scope for ``app_id``, plus
+    ``extra``; names must be unique per category."""
     found: list[Component] = list(extra)
     for path in paths:
         files = (
@@ -179,7 +232,7 @@ def load_components(
                             found.append(component)
     loaded: dict[tuple[str, str], Component] = {}
     for component in found:
-        if component.category not in ("state", "pubsub"):
+        if component.category not in ("state", "pubsub", "bindings", "httpendpoint"):
             continue
         if component.scopes and app_id not in component.scopes:
             continue

@@ -36,7 +36,9 @@ from dapr.proto.common.v1 import common_pb2
 from dapr.proto.runtime.v1 import (
     appcallback_pb2,
     appcallback_pb2_grpc,
+    binding_pb2,
     dapr_pb2_grpc,
+    invoke_pb2,
     jobs_pb2,
     metadata_pb2,
     pubsub_pb2,
@@ -45,7 +47,7 @@ from dapr.proto.runtime.v1 import (
 from google.protobuf import any_pb2, duration_pb2, empty_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from tests.daprd import cloudevents, schedule
+from tests.daprd import cloudevents, invocation, schedule
 from tests.daprd.components import Component, IllegalKeyError, original_key
 from tests.daprd.storage import (
     AlreadyExistsError,
@@ -91,6 +93,8 @@ class DaprError(Exception):
         self.field_violation = field_violation
 
     def trailers(self) -> tuple[tuple[str, bytes], ...]:
+        if not self.reason and self.resource is None and self.field_violation is None:
+            return ()  # an APIError (pkg/messages/api_error.go): code and message only
         details = [
             error_details_pb2.ErrorInfo(
                 domain="dapr.io", reason=self.reason, metadata=self.metadata
@@ -659,11 +663,71 @@ class DaprApi(dapr_pb2_grpc.DaprServicer):
 
     # --- metadata ----------------------------------------------------------------
 
+    # --- service invocation and output bindings (tests/daprd/invocation.py) ---------
+
+    @_api
+    async def InvokeService(
+        self, request: invoke_pb2.InvokeServiceRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.InvokeResponse:
+        message = request.message
+        extension = message.http_extension
+        verb = common_pb2.HTTPExtension.Verb.Name(extension.verb)
+        answer = await self._d.invoke(
+            app_id=request.id,
+            method=message.method,
+            verb=verb,
+            query=extension.querystring,
+            body=message.data.value,
+            content_type=message.content_type,
+            headers=invocation.grpc_metadata_as_headers(context.invocation_metadata() or ()),
+        )
+        await context.send_initial_metadata((("dapr-http-status", str(answer.status)),))
+        code = invocation.grpc_code_of(answer.status)
+        if code is not grpc.StatusCode.OK:
+            text = invocation.status_text(answer.status)
+            raise DaprError(
+                code,
+                text,
+                text,
+                metadata={
+                    "http.code": str(answer.status),
+                    "http.error_message": invocation.error_detail(answer.body),
+                },
+            )
+        return common_pb2.InvokeResponse(
+            data=any_pb2.Any(value=answer.body), content_type=answer.content_type
+        )
+
+    @_api
+    async def InvokeBinding(
+        self, request: binding_pb2.InvokeBindingRequest, context: grpc.aio.ServicerContext
+    ) -> binding_pb2.InvokeBindingResponse:
+        metadata = dict(request.metadata)
+        incoming = dict(context.invocation_metadata() or ())
+        # daprd passes the caller's trace context on to the binding (pkg/api/grpc/grpc.go)
+        if incoming.get("traceparent"):
+            metadata.setdefault("traceparent", str(incoming["traceparent"]))
+        try:
+            data, answer = await invocation.invoke_binding(
+                name=request.name,
+                operation=request.operation,
+                data=request.data,
+                metadata=metadata,
+                bindings=self._d.components_of("bindings"),
+            )
+        except invocation.InvocationError as exc:
+            raise DaprError(grpc.StatusCode.INTERNAL, exc.message, exc.reason) from exc
+        return binding_pb2.InvokeBindingResponse(data=data, metadata=answer)
+
     @_api
     async def GetMetadata(
         self, request: metadata_pb2.GetMetadataRequest, context: grpc.aio.ServicerContext
     ) -> metadata_pb2.GetMetadataResponse:
-        capabilities = {"state": ["ETAG", "TRANSACTIONAL", "TTL"], "pubsub": []}
+        capabilities = {
+            "state": ["ETAG", "TRANSACTIONAL", "TTL"],
+            "pubsub": [],
+            "bindings": ["OUTPUT_BINDING"],
+        }
         response = metadata_pb2.GetMetadataResponse(
             id=self._d.app_id,
             runtime_version=RUNTIME_VERSION,
@@ -675,6 +739,11 @@ class DaprApi(dapr_pb2_grpc.DaprServicer):
                     capabilities=capabilities[c.category],
                 )
                 for c in self._d.components
+                if c.category in capabilities
+            ],
+            http_endpoints=[
+                metadata_pb2.MetadataHTTPEndpoint(name=name)
+                for name in self._d.components_of("httpendpoint")
             ],
             subscriptions=[
                 metadata_pb2.PubsubSubscription(
@@ -796,6 +865,50 @@ class Daprd:
 
     # --- plumbing ----------------------------------------------------------------
 
+    async def invoke(self, **call: Any) -> invocation.Answer:
+        """Service invocation of what the app id resolves to (tests/daprd/invocation.py);
+        daprd's own failures as the gRPC error it sends (INTERNAL, no details)."""
+        try:
+            return await invocation.invoke_service(
+                endpoints=self.components_of("httpendpoint"), **call
+            )
+        except invocation.InvocationError as exc:
+            code = (
+                grpc.StatusCode.INVALID_ARGUMENT
+                if exc.http_status == 400
+                else grpc.StatusCode.INTERNAL
+            )
+            raise DaprError(code, exc.message, exc.reason) from exc
+
+    async def _http_invoke(self, request: web.Request) -> web.Response:
+        """``/v1.0/invoke/<app id>/method/<method>`` (any verb): the callee's answer as it
+        is, or daprd's ``{"errorCode": "ERR_DIRECT_INVOKE", "message": ...}``."""
+        tail = request.path.removeprefix("/v1.0/invoke/")
+        app_id, found, method = tail.partition("/method/")
+        if not found:
+            app_id, method = "", ""
+        try:
+            answer = await invocation.invoke_service(
+                app_id=app_id,
+                method=method,
+                verb=request.method,
+                query=request.query_string,
+                body=await request.read(),
+                content_type=request.headers.get("Content-Type", ""),
+                headers=dict(request.headers),
+                endpoints=self.components_of("httpendpoint"),
+            )
+        except invocation.InvocationError as exc:
+            return web.json_response(
+                {"errorCode": exc.reason or "ERR_DIRECT_INVOKE", "message": exc.message},
+                status=exc.http_status,
+            )
+        headers = {k: v for k, v in answer.headers.items() if k.lower() != "content-type"}
+        response = web.Response(status=answer.status, body=answer.body, headers=headers)
+        if answer.content_type:
+            response.headers["Content-Type"] = answer.content_type
+        return response
+
     def components_of(self, category: str) -> dict[str, Component]:
         return {c.name: c for c in self.components if c.category == category}
 
@@ -838,6 +951,7 @@ class Daprd:
 
         app.router.add_get("/v1.0/healthz", healthy)
         app.router.add_get("/v1.0/healthz/outbound", healthy)
+        app.router.add_route("*", "/v1.0/invoke/{tail:.+}", self._http_invoke)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self._requested_ports[1])
