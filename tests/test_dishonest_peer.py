@@ -16,9 +16,7 @@ whatever the audience; and a stale copy sent to a new host went live beside the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import sqlite3
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
@@ -45,6 +43,7 @@ from gateway.testing import (
     run_cli,
     sealed_transfer,
     sign_transfer,
+    stored_keys,
 )
 from gateway.wire import encode_object
 from tests.conftest import FAST_HANDOFF, HOST_A, HOST_A2, HOST_B
@@ -115,10 +114,7 @@ def stored(world: World, host: str) -> GovernedObject | None:
 def keys_of(world: World, host: str) -> list[str]:
     """Every key in the host's SQLite file, the unlisted ones (fences, holds, custody)
     included: an attack must not have written any of them either."""
-    path = load_config(world.config(host)).sqlite
-    assert path is not None
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        return [key for (key,) in db.execute("SELECT key FROM items ORDER BY key")]
+    return stored_keys(world.config(host))
 
 
 def rewrite_own(obj: GovernedObject, keep: Callable[[LineageEntry], bool]) -> GovernedObject:

@@ -42,6 +42,7 @@ from gateway.testing import (
     sealed_transfer,
     sign_transfer,
     start_all,
+    stored_keys,
 )
 from tests.conftest import HOST_A, HOST_B
 
@@ -117,10 +118,8 @@ def destination_records(config: Path) -> list[DestinationRecord]:
 
 
 def keys(config: Path, prefix: str) -> list[str]:
-    async def read(store: StateStore) -> list[str]:
-        return await store.list(prefix)
-
-    return read_store(config, read)
+    """Every key under ``prefix`` in the host's file, fences and holds included."""
+    return stored_keys(config, prefix)
 
 
 # --- same id, two tenants --------------------------------------------------------------

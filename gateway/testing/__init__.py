@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -207,6 +208,26 @@ async def create_from_spec(
         subscriptions=spec.subscriptions,
         answers=spec.answers,
     )
+
+
+def sqlite_keys(path: Path, prefix: str = "") -> list[str]:
+    """Every key under ``prefix`` in a SQLite store file, ascending, the unlisted ones
+    (gateway.stores.UNLISTED: custody, fences, holds, usage) included: what a test checks
+    was or was not written, read beside the store rather than through its listing."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        rows = db.execute(
+            "SELECT key FROM items WHERE substr(key, 1, ?) = ? ORDER BY key",
+            (len(prefix), prefix),
+        )
+        return [key for (key,) in rows]
+
+
+def stored_keys(config_path: Path, prefix: str = "") -> list[str]:
+    """:func:`sqlite_keys` of the SQLite store a host's config names."""
+    path = load_config(config_path).sqlite
+    if path is None:
+        raise ValueError(f"{config_path} names no SQLite store")
+    return sqlite_keys(path, prefix)
 
 
 def read_store(config_path: Path, read: Callable[[StateStore], Awaitable[T]]) -> T:
