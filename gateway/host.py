@@ -44,7 +44,7 @@ from gateway.model import CycleState, GovernedObject, LifecycleState, Rule, new_
 from gateway.objectspec import GrantSpec
 from gateway.runtime.cycle import CycleRunner
 from gateway.runtime.dapr import DaprEventSink, DaprJobs
-from gateway.runtime.outbox import Dispatcher, HttpInvoker
+from gateway.runtime.outbox import Dispatcher, HttpInvoker, OutboxLifecycle
 from gateway.runtime.scheduler import (
     Quarantine,
     Scheduler,
@@ -141,6 +141,7 @@ class Host:
             clock=clock,
             timing=config.handoff,
             policy=config.policy,
+            lifecycle=OutboxLifecycle(),
             attenuate_on_rehost=config.handoff.attenuate_on_rehost,
             tenancy=config.tenancy,
             on_active=self._object_became_active,

@@ -67,13 +67,13 @@ from gateway.handoff.journal import (
     put_destination,
     put_object,
 )
+from gateway.handoff.lifecycle import LifecycleEvent
 from gateway.handoff.messages import Receipt, ReceiptKind, Transfer
 from gateway.handoff.peers import Peers
 from gateway.handoff.records import DestinationRecord, DestinationStep
 from gateway.limits import MAX_OPEN_UPLOADS_PER_PEER
 from gateway.lineage import Checkpoint, EntryKind, digest, verify_extends, verify_lineage
 from gateway.model import GovernedObject, LifecycleState
-from gateway.runtime.outbox import lifecycle_event, outbox_puts
 from gateway.stores import Delete, Expect, Put
 
 log = logging.getLogger(__name__)
@@ -690,9 +690,9 @@ class Destination:
                 put_object(record.tenant, live, current.etag if current else Expect.ABSENT),
                 put_destination(done, etag),
                 Delete(key=open_destination_key(record.migration_id), etag=Expect.ANY),
-                *outbox_puts(
-                    lifecycle_event(
-                        "object.rehosted",
+                *ctx.lifecycle.writes(
+                    LifecycleEvent(
+                        verb="object.rehosted",
                         tenant=record.tenant,
                         object_id=record.object_id,
                         epoch=live.epoch,

@@ -44,6 +44,7 @@ from gateway.errors import (
 )
 from gateway.handoff.context import HostContext
 from gateway.handoff.journal import open_source_key, put_object, put_source
+from gateway.handoff.lifecycle import LifecycleEvent
 from gateway.handoff.messages import (
     NONCE_BYTES,
     DecisionAnswer,
@@ -55,7 +56,6 @@ from gateway.handoff.peers import Peers
 from gateway.handoff.records import SourceRecord, SourceStep
 from gateway.lineage import digest
 from gateway.model import GovernedObject
-from gateway.runtime.outbox import lifecycle_event, outbox_puts
 from gateway.stores import Delete, Expect, Put
 
 log = logging.getLogger(__name__)
@@ -306,9 +306,9 @@ class Source:
                         put_source(committed, journal.etag),
                         # A tombstone is not held: the tenant's quota gets the room back.
                         *await ctx.journal.release(record.tenant, record.object_id),
-                        *outbox_puts(
-                            lifecycle_event(
-                                "migration.committed",
+                        *ctx.lifecycle.writes(
+                            LifecycleEvent(
+                                verb="migration.committed",
                                 tenant=record.tenant,
                                 object_id=record.object_id,
                                 epoch=moved.epoch,
