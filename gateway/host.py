@@ -40,6 +40,11 @@ from gateway.handoff.recovery import Recovery
 from gateway.handoff.source import MigrationResult, Source
 from gateway.keyring import Keyring, load_keyring
 from gateway.keys import Purpose
+
+# Re-exported: callers that read a host's store without serving it import them from here.
+from gateway.local import TRUST_PREFIX as TRUST_PREFIX
+from gateway.local import load_trust as load_trust
+from gateway.local import open_store as open_store
 from gateway.model import CycleState, GovernedObject, LifecycleState, Rule, new_object
 from gateway.objectspec import GrantSpec
 from gateway.runtime.cycle import CycleRunner
@@ -53,7 +58,6 @@ from gateway.runtime.scheduler import (
 )
 from gateway.stores import Expect, Put, StateStore
 from gateway.stores.dapr import DaprStore, connect_client
-from gateway.stores.sqlite import SqliteStore
 from gateway.transport.client import GrpcPeers
 from gateway.transport.server import GatewayService, start_server
 from gateway.transport.tls import server_credentials
@@ -68,7 +72,6 @@ from gateway.wire import (
 
 log = logging.getLogger(__name__)
 
-TRUST_PREFIX = "trust/"
 #: Recovery passes between two reconciliations of Dapr cycle jobs.
 JOB_RECONCILE_PASSES = 30
 #: Create transactions tried when only the tenant's usage counter moved under them.
@@ -89,25 +92,6 @@ class ImportedBundle:
     bundle: TrustBundle
     first_use: bool  #: no earlier bundle of this domain was trusted here
     changed: bool
-
-
-async def open_store(config: Config) -> StateStore:
-    """The store ``config`` names: its Dapr sidecar's state store, else its SQLite file."""
-    if config.dapr_store is not None:
-        return await DaprStore.connect(
-            config.dapr_store.state_store,
-            grpc_endpoint=config.dapr_store.grpc_endpoint,
-            http_endpoint=config.dapr_store.http_endpoint,
-        )
-    assert config.sqlite is not None
-    return SqliteStore.open(config.sqlite)
-
-
-async def load_trust(store: StateStore, own: TrustBundle) -> TrustStore:
-    """This host's trust: its own domain's bundle and the bundles imported into ``store``."""
-    keys = await store.list(TRUST_PREFIX)
-    items = await store.get_many(keys)
-    return TrustStore.of([own, *(decode_bundle(items[k].value) for k in keys if k in items)])
 
 
 class Host:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.table import Table
 
@@ -20,8 +20,21 @@ from gateway.lineage import EntryKind, verify_lineage
 from gateway.model import GovernedObject, LifecycleState
 
 if TYPE_CHECKING:
-    from gateway.host import Host
+    from gateway.handoff.messages import Evaluation
+    from gateway.keys import KeyRecord
     from gateway.runtime.outbox import Event
+    from gateway.trust import TrustBundle, TrustStore
+
+
+class Trusting(Protocol):
+    """Whatever holds a host's trust: a serving Host or a LocalHost opened to read."""
+
+    @property
+    def trust(self) -> TrustStore: ...
+
+
+#: Shown in a terminal in place of the rest of a long value (never when piped).
+ELLIPSIS = "…"
 
 
 def _short(digest: bytes) -> str:
@@ -131,7 +144,7 @@ def lineage_summary(obj: GovernedObject) -> Table:
     return table
 
 
-def verify_and_describe_lineage(host: Host, obj: GovernedObject) -> str:
+def verify_and_describe_lineage(host: Trusting, obj: GovernedObject) -> str:
     verified = verify_lineage(obj.lineage, object_id=obj.object_id, trust=host.trust, sealed=False)
     from gateway.custody import verify_custody  # not at import: keeps `gateway --help` fast
 
@@ -153,18 +166,24 @@ def verify_and_describe_lineage(host: Host, obj: GovernedObject) -> str:
 
 
 def events_table(
-    events: Sequence[Event], *, title: str | None = None, show_object: bool = True
+    events: Sequence[Event],
+    *,
+    title: str | None = None,
+    show_object: bool = True,
+    whole: bool = False,
 ) -> Table:
-    """One row per event; the payload is cut to the width left (full text: the store)."""
+    """One row per event; the payload is cut to the width left (full text: ``-o json``),
+    unless ``whole`` (output that is piped is never cut)."""
     table = Table(title=title, title_justify="left")
     table.add_column("time (UTC)", no_wrap=True)
     if show_object:
         table.add_column("object", overflow="fold")
     for column in ("gen", "rule", "action", "status"):
         table.add_column(column, overflow="fold")
-    table.add_column("payload", overflow="ellipsis", min_width=12)
+    table.add_column("payload", overflow="fold" if whole else "ellipsis", min_width=12)
     for event in events:
         status = event.status + (f" ({event.last_error})" if event.last_error else "")
+        payload = json.dumps(event.payload, separators=(",", ":"))
         row = [
             format_time(event.created_at)[11:-1],
             *([event.object_id] if show_object else []),
@@ -172,7 +191,120 @@ def events_table(
             event.rule,
             f"{event.verb} {event.target}",
             status,
-            json.dumps(event.payload, separators=(",", ":"))[:200],
+            payload if whole else payload[:200],
         ]
         table.add_row(*row)
     return table
+
+
+# --- JSON (``-o json``): the same facts as the tables, whole, in stable field names --------
+
+
+def _time(moment: Any) -> str | None:
+    return format_time(moment) if moment is not None else None
+
+
+def object_json(obj: GovernedObject) -> dict[str, Any]:
+    from gateway.credentials import root_home
+
+    return {
+        "object_id": obj.object_id,
+        "tenant": obj.tenant,
+        "state": obj.state.value,
+        "moved_to": obj.moved_to or None,
+        "epoch": obj.epoch,
+        "generation": obj.generation,
+        "content_type": obj.content_type,
+        "size": obj.size,
+        "data_digest": obj.data_digest().hex(),
+        "grants": len(obj.grants),
+        "custody_home": root_home(obj.grants) or None,
+        "handoffs": len(obj.lineage.arrivals),
+        "authority": None if obj.state is LifecycleState.MOVED else str(obj.authority.allow),
+        "rules": [r.name for r in obj.rules],
+        "lineage_entries": len(obj.lineage),
+        "lineage_root": obj.lineage.root().hex(),
+        "migration_id": obj.migration_id or None,
+    }
+
+
+def lineage_json(obj: GovernedObject) -> list[dict[str, Any]]:
+    return [
+        {
+            "seq": e.seq,
+            "time": format_time(e.time),
+            "host": e.host,
+            "kind": e.kind.value,
+            "epoch": e.epoch,
+            "generation": e.generation,
+            "data_digest": e.data_digest.hex(),
+            "detail": e.detail,
+        }
+        for e in obj.lineage.entries
+    ]
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    return {
+        "key": event.key,
+        "tenant": event.tenant,
+        "object_id": event.object_id,
+        "generation": event.generation,
+        "rule": event.rule,
+        "verb": event.verb,
+        "resource": event.resource,
+        "payload": event.payload,
+        "created_at": format_time(event.created_at),
+        "status": event.status,
+        "attempts": event.attempts,
+        "last_error": event.last_error,
+    }
+
+
+def key_json(record: KeyRecord, *, private: bool | None = None) -> dict[str, Any]:
+    return {
+        "key_id": record.key_id,
+        "algorithm": record.algorithm.value,
+        "purposes": sorted(p.value for p in record.purposes),
+        "hosts": sorted(record.hosts),
+        "valid_from": _time(record.valid_from),
+        "valid_until": _time(record.valid_until),
+        "retired_at": _time(record.retired_at),
+        "revoked": record.revoked,
+        **({"private_key_here": private} if private is not None else {}),
+    }
+
+
+def bundle_json(bundle: TrustBundle, *, own: bool) -> dict[str, Any]:
+    return {
+        "trust_domain": bundle.trust_domain,
+        "own": own,
+        "sequence": bundle.sequence,
+        "issued_at": format_time(bundle.issued_at),
+        "keys": len(bundle.keys),
+        "fingerprint": bundle.fingerprint(),
+    }
+
+
+def evaluation_json(evaluation: Evaluation) -> dict[str, Any]:
+    authority = evaluation.authority
+    return {
+        "host": evaluation.host,
+        "admitted": evaluation.admitted,
+        "refusal": evaluation.refusal or None,
+        "decisions": [
+            {"capability": d.capability, "outcome": d.outcome, "reason": d.reason}
+            for d in evaluation.decisions
+        ],
+        "effective": str(authority.allow) if authority is not None else None,
+        "except": str(authority.deny)
+        if authority is not None and authority.deny.capabilities
+        else None,
+    }
+
+
+def print_json(document: Any) -> None:
+    """``-o json`` output: one JSON document on standard output, nothing else there."""
+    import sys
+
+    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")

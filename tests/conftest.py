@@ -32,6 +32,7 @@ def vectors_missing(what: str) -> NoReturn:
         pytest.fail(f"{reason}; {REQUIRE_VECTORS_VARIABLE}=1 makes this a failure")
     pytest.skip(reason)
 
+
 HOST_A = "spiffe://org-a.example/cluster/east/gateway"
 HOST_A2 = "spiffe://org-a.example/cluster/west/gateway"
 HOST_B = "spiffe://org-b.example/cluster/west/gateway"

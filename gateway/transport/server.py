@@ -16,7 +16,7 @@ from typing import TypeVar
 import grpc
 
 from gateway import wire
-from gateway.errors import GatewayError, TransferStreamError
+from gateway.errors import ConfigError, GatewayError, TransferStreamError
 from gateway.handoff.destination import Destination
 from gateway.handoff.messages import Evaluation
 from gateway.handoff.source import Source
@@ -155,8 +155,16 @@ async def start_server(
     service: GatewayService, *, listen: str, credentials: grpc.ServerCredentials
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving on ``listen`` (port 0 picks a free port); returns the server and port."""
-    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    # SO_REUSEPORT off: with it (gRPC's default on Linux) a second `gateway serve` on the
+    # same port starts "successfully" and the kernel splits connections between the two.
+    server = grpc.aio.server(options=(*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)))
     gateway_pb2_grpc.add_GatewayServicer_to_server(service, server)
-    port = server.add_secure_port(listen, credentials)
+    try:
+        port = server.add_secure_port(listen, credentials)
+    except RuntimeError as exc:  # gRPC's only signal that it could not bind
+        raise ConfigError(
+            f"cannot listen on {listen}: the address is in use or not this machine's",
+            hint="stop the other process on that port, or set another 'listen' in the config",
+        ) from exc
     await server.start()
     return server, port
