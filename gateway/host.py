@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import envelope as dsse
+from gateway._retry import lost_race
 from gateway._time import Clock, SystemClock
 from gateway.blobs import delete_blob, write_blob
 from gateway.config import Config
@@ -92,6 +92,14 @@ class ImportedBundle:
     bundle: TrustBundle
     first_use: bool  #: no earlier bundle of this domain was trusted here
     changed: bool
+
+
+class _Exists(Exception):
+    """Creating an object lost to an object of that id: not a race to retry."""
+
+    def __init__(self, conflict: ConcurrencyError) -> None:
+        super().__init__(str(conflict))
+        self.conflict = conflict
 
 
 class Host:
@@ -320,45 +328,51 @@ class Host:
     async def _store_new(self, obj: GovernedObject) -> None:
         """Write a new object and count it against its tenant's quota, in one transaction."""
         tenant, object_id = obj.tenant, obj.object_id
-        for attempt in range(CREATE_ATTEMPTS):
-            try:
-                async with self.journal.charging(tenant):
-                    charge = await self.journal.charge(
-                        tenant,
-                        object_id,
-                        obj.size,
-                        check=lambda usage: self.context.tenancy.require_room(
-                            tenant, usage, size=obj.size, object_id=object_id
-                        ),
-                    )
-                    await self.store.transact(
-                        [
-                            Put(
-                                key=object_key(tenant, object_id),
-                                value=encode_object(obj),
-                                etag=Expect.ABSENT,
-                            ),
-                            *charge,
-                        ]
-                    )
-                return
-            except ConcurrencyError:
-                if await self.journal.object(tenant, object_id) is not None:
-                    raise  # the object exists: as before quotas, creating it again fails
-                if await self.journal.held(tenant, object_id):
-                    # Staged here by a migration not settled yet: creating it now would
-                    # leave that migration a second live copy to refuse after its commit.
-                    raise ObjectStateError(
-                        f"{object_id} is arriving in tenant {tenant} on {self.host_id} (staged)",
-                        hint="wait until that migration settles; `gateway object show` then shows it",
-                    ) from None
-                # Only the tenant's usage counter moved (another object was counted):
-                # again, after a short random pause so that racing writers spread out.
-                await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))  # noqa: S311
-        raise ObjectStateError(
-            f"tenant {tenant} kept changing while {object_id} was being created",
-            hint="retry; many objects are being created or are arriving in this tenant",
-        )
+        try:
+            async for attempt in lost_race(CREATE_ATTEMPTS):
+                with attempt:
+                    try:
+                        async with self.journal.charging(tenant):
+                            charge = await self.journal.charge(
+                                tenant,
+                                object_id,
+                                obj.size,
+                                check=lambda usage: self.context.tenancy.require_room(
+                                    tenant, usage, size=obj.size, object_id=object_id
+                                ),
+                            )
+                            await self.store.transact(
+                                [
+                                    Put(
+                                        key=object_key(tenant, object_id),
+                                        value=encode_object(obj),
+                                        etag=Expect.ABSENT,
+                                    ),
+                                    *charge,
+                                ]
+                            )
+                    except ConcurrencyError as conflict:
+                        if await self.journal.object(tenant, object_id) is not None:
+                            # As before quotas: creating it again fails (not retried).
+                            raise _Exists(conflict) from conflict
+                        if await self.journal.held(tenant, object_id):
+                            # Staged here by a migration not settled yet: creating it now would
+                            # leave that migration a second live copy to refuse after its commit.
+                            raise ObjectStateError(
+                                f"{object_id} is arriving in tenant {tenant} on {self.host_id} (staged)",
+                                hint="wait until that migration settles; `gateway object show` then shows it",
+                            ) from None
+                        # Only the tenant's usage counter moved (another object was counted):
+                        # again, after the policy's short random pause.
+                        raise
+            return
+        except _Exists as exists:
+            raise exists.conflict from None
+        except ConcurrencyError as exc:
+            raise ObjectStateError(
+                f"tenant {tenant} kept changing while {object_id} was being created",
+                hint="retry; many objects are being created or are arriving in this tenant",
+            ) from exc
 
     async def get_object(self, object_id: str, *, tenant: str) -> GovernedObject:
         loaded = await self.journal.require_object(

@@ -20,9 +20,7 @@ Invariants this side keeps:
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -31,6 +29,7 @@ from datetime import datetime
 from gateway import envelope as dsse
 from gateway import wire
 from gateway._crash import crash_point
+from gateway._retry import lost_race
 from gateway._time import format_time, to_millis
 from gateway.authority import Admission
 from gateway.blobs import BlobRef, delete_blob, delete_keys, write_blob
@@ -89,6 +88,10 @@ MAX_TRANSFER_LIFETIME_S = 600
 MAX_PROPOSAL_LIFETIME_S = 2 * 86400
 #: Stage transactions tried when only the tenant's usage counter moved under them.
 STAGE_ATTEMPTS = 8
+
+
+class _WrittenFirst(Exception):
+    """Staging lost to a write other than a usage count: not a race to retry."""
 
 
 class Destination:
@@ -393,31 +396,35 @@ class Destination:
         )
         crash_point("destination.before-stage")
         expires = to_millis(transfer.expires_at + ctx.timing.clock_skew)
-        for attempt in range(STAGE_ATTEMPTS):
-            try:
-                await self._write_stage(record, transfer, fence, expires=expires, upload=upload)
-                break
-            except QuotaExceededError:
-                # Other arrivals filled the tenant since _assess; nothing was staged.
-                await self._discard_upload(staged, upload)
-                raise
-            except ConcurrencyError as exc:
-                if attempt + 1 < STAGE_ATTEMPTS and await self._only_usage_moved(transfer, fence):
-                    # Another object of the tenant was counted meanwhile (by another
-                    # process): count again, after a short random pause.
-                    await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))  # noqa: S311
-                    continue
-                # Someone else wrote first: the same Prepare retried concurrently (answer
-                # it like any retry) or another migration of this object (refuse this one).
-                # Our transaction certainly failed, so our own upload is unreferenced.
-                await self._discard_upload(staged, upload)
-                again = await ctx.journal.destination(transfer.migration_id)
-                if again is not None:
-                    return self._replay(again.value, transfer_digest)
-                raise ObjectStateError(
-                    f"another migration of {transfer.object_id} was staged here at the same time",
-                    hint="only one migration of an object can proceed; retry after it settles",
-                ) from exc
+        try:
+            async for attempt in lost_race(STAGE_ATTEMPTS):
+                with attempt:
+                    try:
+                        await self._write_stage(
+                            record, transfer, fence, expires=expires, upload=upload
+                        )
+                    except ConcurrencyError as exc:
+                        if not await self._only_usage_moved(transfer, fence):
+                            raise _WrittenFirst from exc  # not retried: answered below
+                        # Another object of the tenant was counted meanwhile (by another
+                        # process): count again, after the policy's short random pause.
+                        raise
+        except QuotaExceededError:
+            # Other arrivals filled the tenant since _assess; nothing was staged.
+            await self._discard_upload(staged, upload)
+            raise
+        except (ConcurrencyError, _WrittenFirst) as exc:
+            # Someone else wrote first: the same Prepare retried concurrently (answer
+            # it like any retry) or another migration of this object (refuse this one).
+            # Our transaction certainly failed, so our own upload is unreferenced.
+            await self._discard_upload(staged, upload)
+            again = await ctx.journal.destination(transfer.migration_id)
+            if again is not None:
+                return self._replay(again.value, transfer_digest)
+            raise ObjectStateError(
+                f"another migration of {transfer.object_id} was staged here at the same time",
+                hint="only one migration of an object can proceed; retry after it settles",
+            ) from exc
         crash_point("destination.after-stage")
         return receipt_raw
 

@@ -32,13 +32,13 @@ import functools
 import os
 import secrets
 import sqlite3
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from gateway._retry import locked_file
 from gateway.errors import ConcurrencyError, ConfigError, StoreError, StoreUnavailableError
 from gateway.stores import Delete, Expect, Item, Operation, Put
 
@@ -368,15 +368,11 @@ def _enable_wal(connection: sqlite3.Connection, busy_timeout: float) -> str:
     """Switch the file to WAL. Switching takes an exclusive lock and SQLite does not run
     the busy handler for it, so two processes opening a new file at once can get
     "database is locked" immediately: wait and retry within the busy timeout."""
-    deadline = time.monotonic() + busy_timeout
-    while True:
-        try:
+    for attempt in locked_file(busy_timeout, locked=lambda exc: "locked" in str(exc)):
+        with attempt:
             (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
             return str(mode)
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
+    raise AssertionError("tenacity returns or raises")
 
 
 def _configure(connection: sqlite3.Connection, file: Path, busy_timeout: float) -> None:
