@@ -190,13 +190,21 @@ def test_piped_output_is_neither_wrapped_nor_cut(world: World, tmp_path: Path) -
     )
     assert created.returncode == 0, created.stderr
     listing = run_cli(
-        "object", "list", config=world.config(HOST_A), cwd=tmp_path, columns=None,
+        "object",
+        "list",
+        config=world.config(HOST_A),
+        cwd=tmp_path,
+        columns=None,
         env={"COLUMNS": None},
     )
     assert listing.returncode == 0, listing.stderr
     assert any(LONG_ID in line for line in listing.stdout.splitlines()), listing.stdout
     trust = run_cli(
-        "trust", "list", config=world.config(HOST_A), cwd=tmp_path, columns=None,
+        "trust",
+        "list",
+        config=world.config(HOST_A),
+        cwd=tmp_path,
+        columns=None,
         env={"COLUMNS": None},
     )
     assert trust.returncode == 0, trust.stderr
@@ -204,7 +212,11 @@ def test_piped_output_is_neither_wrapped_nor_cut(world: World, tmp_path: Path) -
     assert len(fingerprints) == 2, trust.stdout  # own domain and the peer's, whole
     assert "…" not in trust.stdout
     keys = run_cli(
-        "keys", "list", config=world.config(HOST_A), cwd=tmp_path, columns=None,
+        "keys",
+        "list",
+        config=world.config(HOST_A),
+        cwd=tmp_path,
+        columns=None,
         env={"COLUMNS": None},
     )
     assert keys.returncode == 0, keys.stderr
@@ -217,7 +229,9 @@ def _json(*args: str | Path, world: World, host: str, cwd: Path) -> Any:
     try:
         return json.loads(done.stdout)
     except json.JSONDecodeError as exc:
-        pytest.fail(f"gateway {' '.join(map(str, args))} -o json printed no JSON: {exc}\n{done.stdout}")
+        pytest.fail(
+            f"gateway {' '.join(map(str, args))} -o json printed no JSON: {exc}\n{done.stdout}"
+        )
 
 
 @pytest.mark.slow
@@ -248,8 +262,15 @@ def test_every_data_command_prints_json(world: World, tmp_path: Path) -> None:
         assert evaluation["host"] == HOST_B and evaluation["admitted"] is True
         proposal = tmp_path / "proposal.json"
         exported = run_cli(
-            "export", obj, "--to", HOST_B, "--dry-run", "-o", proposal,
-            config=world.config(HOST_A), cwd=tmp_path,
+            "export",
+            obj,
+            "--to",
+            HOST_B,
+            "--dry-run",
+            "-o",
+            proposal,
+            config=world.config(HOST_A),
+            cwd=tmp_path,
         )
         assert exported.returncode == 0, exported.stderr
         assert run("admit", proposal, "--dry-run", host=HOST_B)["admitted"] is True
