@@ -1154,7 +1154,15 @@ def _version() -> str:
         release = version("object-migration-gateway")
     except PackageNotFoundError:  # run from a source tree that was never installed
         release = "unknown (not installed)"
-    return f"gateway {release}"
+    from gateway.versions import FEATURES, FORMAT_VERSIONS, PROTOCOL_VERSIONS
+
+    def listed(numbers: tuple[int, ...]) -> str:
+        return ",".join(map(str, numbers))
+
+    return (
+        f"gateway {release} (protocol {listed(PROTOCOL_VERSIONS)}; "
+        f"formats {listed(FORMAT_VERSIONS)}; features {','.join(sorted(FEATURES))})"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -117,7 +117,10 @@ def test_the_exit_status_table_is_documented() -> None:
 def test_version(tmp_path: Path) -> None:
     done = run_cli("--version", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert re.fullmatch(r"gateway \d+\.\d+\.\d+\S*\n", done.stdout), done.stdout
+    assert re.fullmatch(
+        r"gateway \d+\.\d+\.\d+\S* \(protocol [\d,]+; formats [\d,]+; features \S+\)\n",
+        done.stdout,
+    ), done.stdout
 
 
 # --- behaviour, through processes -----------------------------------------------------

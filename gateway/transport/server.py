@@ -24,6 +24,7 @@ from gateway.limits import MAX_REASON_CHARS, check_migration_id, check_text
 from gateway.transport.status import ERROR_TYPE_KEY, status_of
 from gateway.transport.tls import CHANNEL_OPTIONS, authenticated_peer
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from gateway.versions import AGREED_KEY, Capabilities, negotiate
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,14 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
     ) -> R:
         try:
             peer = authenticated_peer(context.auth_context(), self.authorities)
+            # The caller's capabilities ride on every call: agree on a protocol version
+            # (said back in the trailing metadata) or refuse, naming both sides' versions.
+            version = negotiate(
+                Capabilities.from_metadata(context.invocation_metadata() or ()),
+                host=self.destination.ctx.host,
+                peer_name=peer,
+            )
+            context.set_trailing_metadata(((AGREED_KEY, str(version)),))
             return await handler(peer)
         except GatewayError as exc:
             log.info("%s refused: %s", rpc, exc)
