@@ -1165,8 +1165,23 @@ def _version() -> str:
     )
 
 
+class _VersionAction(argparse.Action):
+    """``--version``, worked out only when asked (package metadata is slow to import)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kwargs: Any) -> None:
+        sys.stdout.write(_version() + "\n")
+        parser.exit(0)
+
+
+#: The values of gateway.keys.Algorithm, spelled here so that building the parser does not
+#: import cryptography (tests/test_cli_conventions.py checks they are the same).
+ALGORITHMS = ("ed25519", "ecdsa-p256-sha256")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from gateway.keys import Algorithm
 
     common = _Parser(add_help=False)
     common.add_argument(
@@ -1185,7 +1200,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="table",
         help="table for people (default), json for programs",
     )
-    algorithms = [a.value for a in Algorithm]
+    algorithms = list(ALGORITHMS)
 
     parser = _Parser(
         prog="gateway",
@@ -1196,8 +1211,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="print tracebacks and debug logs")
     parser.add_argument(
         "--version",
-        action="version",
-        version=_version(),
+        action=_VersionAction,
         help="print the gateway's version and the protocol versions it speaks, then exit",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from gateway.config import Config
 from gateway.errors import ConfigError
-from gateway.handoff.journal import Journal
 from gateway.keyring import Keyring, load_keyring
 from gateway.model import GovernedObject
 from gateway.stores import StateStore
 from gateway.trust import TrustBundle, TrustStore, decode_bundle
+
+if TYPE_CHECKING:
+    from gateway.handoff.journal import Journal
 
 #: Store keys of the trust bundles imported into a host.
 TRUST_PREFIX = "trust/"
@@ -90,6 +93,8 @@ class LocalHost:
 
     @property
     def journal(self) -> Journal:
+        from gateway.handoff.journal import Journal  # the wire codecs only for objects
+
         return Journal(self.store)
 
     def tenant(self, tenant: str) -> str:

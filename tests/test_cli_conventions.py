@@ -114,6 +114,14 @@ def test_the_exit_status_table_is_documented() -> None:
     assert helped == documented == {"0", "1", "2", "70", "130"}
 
 
+def test_algorithm_choices_are_the_algorithms() -> None:
+    """The parser spells them out (no cryptography import for --help): the same names."""
+    from gateway.cli import ALGORITHMS
+    from gateway.keys import Algorithm
+
+    assert tuple(a.value for a in Algorithm) == ALGORITHMS
+
+
 def test_version(tmp_path: Path) -> None:
     done = run_cli("--version", cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -38,7 +38,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from gateway._retry import locked_file
 from gateway.errors import ConcurrencyError, ConfigError, StoreError, StoreUnavailableError
 from gateway.stores import Delete, Expect, Item, Operation, Put
 
@@ -368,6 +367,8 @@ def _enable_wal(connection: sqlite3.Connection, busy_timeout: float) -> str:
     """Switch the file to WAL. Switching takes an exclusive lock and SQLite does not run
     the busy handler for it, so two processes opening a new file at once can get
     "database is locked" immediately: wait and retry within the busy timeout."""
+    from gateway._retry import locked_file  # tenacity only where a store is opened
+
     for attempt in locked_file(busy_timeout, locked=lambda exc: "locked" in str(exc)):
         with attempt:
             (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()

@@ -77,8 +77,17 @@ def generate(out: Path) -> None:
         _cli("object", "create", OBJECT, "--spec", spec, config=a, cwd=work)
         _cli("trust", "export", "--out", out / "bundle-org-a.json", config=a, cwd=work)
         _cli("trust", "export", "--out", out / "bundle-org-b.json", config=b, cwd=work)
-        _cli("export", OBJECT, "--to", HOST_B, "--dry-run", "-o", out / "proposal.json",
-             config=a, cwd=work)
+        _cli(
+            "export",
+            OBJECT,
+            "--to",
+            HOST_B,
+            "--dry-run",
+            "-o",
+            out / "proposal.json",
+            config=a,
+            cwd=work,
+        )
         _cli("object", "show", OBJECT, "--export", out / "archive.json", config=a, cwd=work)
 
         async def lineage() -> bytes:
@@ -113,6 +122,10 @@ def generate(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / f"v{max(FORMAT_VERSIONS)}"
+    target = (
+        Path(sys.argv[1])
+        if len(sys.argv) > 1
+        else Path(__file__).parent / f"v{max(FORMAT_VERSIONS)}"
+    )
     generate(target)
     print(f"wrote {target}")
