@@ -25,8 +25,6 @@ from rich.text import Text
 
 from gateway._cli_events import add_commands as add_event_commands
 from gateway._time import SystemClock, format_time
-from gateway.blobs import CHUNK_BYTES
-from gateway.config import Config, load_config
 from gateway.errors import (
     ConcurrencyError,
     ConfigError,
@@ -34,31 +32,27 @@ from gateway.errors import (
     NotFoundError,
     UnknownPeerError,
 )
-from gateway.identity import HostId, ObjectId
-from gateway.keyring import (
-    Keyring,
-    add_key,
-    find_key,
-    init_keys,
-    load_keyring,
-    retire_key,
-    revoke_key,
-)
-from gateway.keys import Algorithm, KeyRecord, Purpose
-from gateway.lineage import EntryKind, verify_lineage
-from gateway.model import CycleState, GovernedObject, LifecycleState
-from gateway.objectspec import interval_of, load_spec
-from gateway.observability import setup as observe
-from gateway.runtime.outbox import Event, list_events
 
+# Everything else of the gateway is imported where used: `gateway --help` and the local
+# read commands must answer in well under a second, and cryptography, CEL, YAML and gRPC
+# are what a command pays for only if it needs them (docs/cli.md).
 if TYPE_CHECKING:
-    # Imported where used: it costs ~200 ms, which commands without a host need not pay.
+    from gateway.config import Config
+    from gateway.handoff.messages import Evaluation
     from gateway.host import Host
+    from gateway.keyring import Keyring
+    from gateway.keys import KeyRecord
     from gateway.keyusage import KeyUse
+    from gateway.local import LocalHost
+    from gateway.model import GovernedObject
 
 T = TypeVar("T")
 
-out = Console(highlight=False)
+#: Piped output is read by programs: rich would wrap it at 80 columns, so when standard
+#: output is not a terminal the width is this (no line of ours comes near it), and
+#: nothing is cut short either (see :func:`_cut`).
+PIPE_WIDTH = 1 << 16
+out = Console(highlight=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
 # emoji=False: an error message is printed as is; ":name:" in a path or id stays text.
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
@@ -91,8 +85,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"gateway: error: {where}{message} — see `{self.prog} --help`\n")
 
 
+def _cut(text: str, keep: int) -> str:
+    """``text`` shortened to ``keep`` characters and "…" at a terminal; whole when piped."""
+    return text[:keep] + "…" if out.is_terminal and len(text) > keep else text
+
+
+def _listen_address(text: str) -> str:
+    """``--listen``: refused at once, with the expected form, when it is not HOST:PORT."""
+    from gateway.config import listen_address
+
+    try:
+        return listen_address(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(f"{exc.reason} — {exc.hint}") from exc
+
+
 def _object_id(text: str) -> str:
     """Check an object id given on the command line, so a typo is named as one."""
+    from gateway.identity import ObjectId
+
     return str(ObjectId.parse(text))
 
 
@@ -101,7 +112,9 @@ def _config_path(args: argparse.Namespace) -> Path:
 
 
 async def _with_host(args: argparse.Namespace, action: Callable[[Host], Awaitable[T]]) -> T:
+    from gateway.config import load_config
     from gateway.host import Host
+    from gateway.observability import setup as observe
 
     config = load_config(_config_path(args))
     observe.setup_tracing(config)  # off unless OTEL_TRACES_EXPORTER is set
@@ -112,11 +125,22 @@ async def _with_host(args: argparse.Namespace, action: Callable[[Host], Awaitabl
         await host.close()
 
 
+async def _with_local(args: argparse.Namespace, action: Callable[[LocalHost], Awaitable[T]]) -> T:
+    """Run ``action`` on the host's store and trust only: for commands that read."""
+    from gateway.config import load_config
+    from gateway.local import LocalHost
+
+    async with await LocalHost.open(load_config(_config_path(args))) as host:
+        return await action(host)
+
+
 #: Data files larger than this are streamed into a blob instead of stored inline.
 INLINE_LIMIT = 1 << 20
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    from gateway.blobs import CHUNK_BYTES
+
     with path.open("rb") as handle:
         while chunk := await asyncio.to_thread(handle.read, CHUNK_BYTES):
             yield chunk
@@ -159,141 +183,11 @@ def _read_data(args: argparse.Namespace) -> bytes:
     return data
 
 
-# --- rendering -----------------------------------------------------------------------
-
-
-def _short(digest: bytes) -> str:
-    return digest.hex()[:12]
-
-
-def describe_object(obj: GovernedObject) -> Table:
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("object", obj.object_id)
-    table.add_row("tenant", obj.tenant)
-    state = obj.state.value.upper()
-    if obj.state is LifecycleState.MOVED:
-        state += f" → {obj.moved_to}"
-    table.add_row("state", state)
-    table.add_row("epoch", str(obj.epoch))
-    table.add_row("generation", str(obj.generation))
-    table.add_row("data", _preview(obj))
-    table.add_row("data digest", obj.data_digest().hex())
-    table.add_row("grants", f"{len(obj.grants)} (root first)" if obj.grants else "none")
-    from gateway.credentials import root_home  # not at import: keeps `gateway --help` fast
-
-    home = root_home(obj.grants)
-    table.add_row("custody home", home or "none (a stale copy is caught only where both meet)")
-    table.add_row("handoffs", f"{len(obj.lineage.arrivals)} completed")
-    if obj.state is not LifecycleState.MOVED:
-        authority = str(obj.authority.allow)
-        if obj.authority.deny.capabilities:
-            authority += f" except {obj.authority.deny}"
-        table.add_row("authority here", authority)
-    table.add_row("rules", ", ".join(r.name for r in obj.rules) or "none")
-    table.add_row("lineage", f"{len(obj.lineage)} entries, root {_short(obj.lineage.root())}")
-    if obj.migration_id:
-        table.add_row("migration", obj.migration_id)
-    return table
-
-
-def _preview(obj: GovernedObject, limit: int = 200) -> str:
-    if obj.blob is not None:
-        return f"{obj.size:,} bytes of {obj.content_type} (stored as {obj.blob.chunks} chunks)"
-    if obj.content_type.startswith("application/json") or obj.content_type.startswith("text/"):
-        text = obj.data.decode("utf-8", errors="replace")
-    else:
-        text = f"{len(obj.data)} bytes of {obj.content_type}"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _host(host_id: str) -> str:
-    return host_id.removeprefix("spiffe://")
-
-
-def lineage_table(obj: GovernedObject) -> Table:
-    table = Table(title=f"lineage of {obj.object_id}", title_justify="left")
-    for column in ("#", "time (UTC)", "host", "kind", "epoch", "gen", "data", "detail"):
-        table.add_column(column, overflow="fold")
-    for entry in obj.lineage.entries:
-        table.add_row(
-            str(entry.seq),
-            format_time(entry.time)[:-1].replace("T", " "),
-            _host(entry.host),
-            entry.kind.value,
-            str(entry.epoch),
-            str(entry.generation),
-            _short(entry.data_digest),
-            entry.detail,
-        )
-    return table
-
-
-_CYCLE_KINDS = (EntryKind.ACTION_ADMITTED, EntryKind.ACTION_DENIED, EntryKind.EVALUATED)
-
-
-def lineage_summary(obj: GovernedObject) -> Table:
-    """The lineage with each evaluation's entries folded into one row (for long histories)."""
-    table = Table(
-        title=f"lineage of {obj.object_id} (one row per evaluation)", title_justify="left"
-    )
-    for column in ("#", "host", "epoch", "gen", "what happened"):
-        table.add_column(column, overflow="fold")
-    entries = list(obj.lineage.entries)
-    index = 0
-    while index < len(entries):
-        entry = entries[index]
-        if entry.kind not in _CYCLE_KINDS:
-            row = f"{entry.kind.value}: {entry.detail}"
-            table.add_row(
-                str(entry.seq), _host(entry.host), str(entry.epoch), str(entry.generation), row
-            )
-            index += 1
-            continue
-        group = [entry]
-        while group[-1].kind is not EntryKind.EVALUATED and index + len(group) < len(entries):
-            group.append(entries[index + len(group)])
-        admitted = [
-            e.detail.removeprefix("rule ") for e in group if e.kind is EntryKind.ACTION_ADMITTED
-        ]
-        denied = [
-            e.detail.removeprefix("rule ") for e in group if e.kind is EntryKind.ACTION_DENIED
-        ]
-        parts = [f"admitted {', '.join(admitted)}"] if admitted else []
-        parts += [f"[red]{d}[/]" for d in denied]
-        seqs = f"{group[0].seq}–{group[-1].seq}" if len(group) > 1 else str(group[0].seq)
-        what = "; ".join(parts) or group[-1].detail
-        table.add_row(seqs, _host(entry.host), str(entry.epoch), str(entry.generation), what)
-        index += len(group)
-    return table
-
-
-def verify_and_describe_lineage(host: Host, obj: GovernedObject) -> str:
-    verified = verify_lineage(obj.lineage, object_id=obj.object_id, trust=host.trust, sealed=False)
-    from gateway.custody import verify_custody  # not at import: keeps `gateway --help` fast
-
-    hops = ", ".join(h.removeprefix("spiffe://") for h in verified.hosts) or "none yet"
-    custody = verify_custody(
-        obj.lineage,
-        verified.checkpoints,
-        object_id=obj.object_id,
-        trust=host.trust,
-        in_transit=False,
-    )
-    path = " → ".join(h.removeprefix("spiffe://") for h in custody.holders)
-    return (
-        f"lineage verified: {verified.size} entries, hash chain intact, Merkle root "
-        f"{_short(verified.root)}, {len(verified.hosts)} signed checkpoint(s) ({hops})\n"
-        f"custody verified: {custody.hops} handoff(s), each departure signed by its sender "
-        f"and acknowledged by its receiver ({path})"
-    )
-
-
 # --- commands --------------------------------------------------------------------------
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from gateway.keys import Algorithm
     from gateway.scaffold import init_host
 
     config = init_host(
@@ -307,15 +201,17 @@ def cmd_init(args: argparse.Namespace) -> int:
         algorithm=Algorithm.parse(args.algorithm),
         dns_names=args.dns or ["localhost"],
     )
-    out.print(f"wrote {config}")
+    out.print(f"wrote {config}", markup=False)
     out.print(
         "next: exchange trust bundles with peers (`gateway trust export` / `gateway trust import`),"
     )
+    # markup=False: "[default]" is text here, not a rich style.
     out.print(
         "      add them under 'peers:' in the config, each with the tenants it may deliver into"
         " (`tenants: [default]`; none if left out), then `gateway serve --config "
         + str(config)
-        + "`"
+        + "`",
+        markup=False,
     )
     return 0
 
@@ -334,6 +230,7 @@ def cmd_certs_ca(args: argparse.Namespace) -> int:
 
 
 def cmd_certs_host(args: argparse.Namespace) -> int:
+    from gateway.identity import HostId
     from gateway.scaffold import issue_host_certificate, load_ca
 
     issue_host_certificate(
@@ -348,6 +245,10 @@ def cmd_certs_host(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+    from gateway.keyring import init_keys
+    from gateway.keys import Algorithm
+
     config = load_config(_config_path(args))
     try:
         ca = config.tls.authority.read_bytes()
@@ -368,6 +269,10 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_add(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+    from gateway.keyring import add_key
+    from gateway.keys import Algorithm
+
     config = load_config(_config_path(args))
     keyring, signer = add_key(
         config.keys,
@@ -384,6 +289,8 @@ def cmd_keys_add(args: argparse.Namespace) -> int:
 
 def _signing_now(keyring: Keyring, record: KeyRecord, fallback: str) -> None:
     """Say which key each host the retired/revoked key served signs with from now on."""
+    from gateway.keys import Purpose
+
     now = SystemClock().now()
     for host in sorted(record.hosts) or [fallback]:
         try:
@@ -397,6 +304,9 @@ def _signing_now(keyring: Keyring, record: KeyRecord, fallback: str) -> None:
 
 
 def cmd_keys_retire(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+    from gateway.keyring import find_key, load_keyring, retire_key
+
     config = load_config(_config_path(args))
     before = find_key(load_keyring(config.keys), args.key_id)
     if before.revoked:
@@ -441,6 +351,9 @@ async def _key_uses(config: Config, record: KeyRecord) -> list[KeyUse]:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+    from gateway.keyring import find_key, load_keyring, revoke_key
+
     config = load_config(_config_path(args))
     record = find_key(load_keyring(config.keys), args.key_id)
     uses = asyncio.run(_key_uses(config, record))
@@ -480,8 +393,24 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+    from gateway.keyring import load_keyring
+
     config = load_config(_config_path(args))
     keyring = load_keyring(config.keys)
+    if args.output == "json":
+        from gateway.present import key_json, print_json
+
+        print_json(
+            {
+                "trust_domain": keyring.bundle.trust_domain,
+                "sequence": keyring.bundle.sequence,
+                "keys": [
+                    key_json(k, private=k.key_id in keyring.signers) for k in keyring.bundle.keys
+                ],
+            }
+        )
+        return 0
     out.print(f"{keyring.bundle.trust_domain}, bundle sequence {keyring.bundle.sequence}")
     _print_keys(keyring.bundle.keys, private=set(keyring.signers))
     return 0
@@ -501,7 +430,7 @@ def _print_keys(records: Sequence[Any], private: set[str] | None = None) -> None
         if private is not None and record.key_id in private:
             status += ", private key here"
         table.add_row(
-            record.key_id[:16] + "…",
+            _cut(record.key_id, 16),
             record.algorithm.value,
             ",".join(sorted(p.value for p in record.purposes)),
             ",".join(sorted(h.removeprefix("spiffe://") for h in record.hosts)) or "any",
@@ -512,6 +441,9 @@ def _print_keys(records: Sequence[Any], private: set[str] | None = None) -> None
 
 
 def cmd_trust_export(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+    from gateway.keyring import load_keyring
+
     config = load_config(_config_path(args))
     keyring = load_keyring(config.keys)
     signed = keyring.export(SystemClock().now())
@@ -553,26 +485,39 @@ def cmd_trust_import(args: argparse.Namespace) -> int:
 
 
 def cmd_trust_list(args: argparse.Namespace) -> int:
-    async def run(host: Host) -> int:
+    async def run(host: LocalHost) -> int:
+        own_domain = host.config.host.trust_domain
+        if args.output == "json":
+            from gateway.present import bundle_json, print_json
+
+            print_json(
+                [
+                    bundle_json(bundle, own=domain == own_domain)
+                    for domain, bundle in sorted(host.trust.bundles.items())
+                ]
+            )
+            return 0
         table = Table()
         for column in ("trust domain", "sequence", "keys", "fingerprint"):
             table.add_column(column, overflow="fold")
         for domain, bundle in sorted(host.trust.bundles.items()):
-            own = " (own)" if domain == host.config.host.trust_domain else ""
+            own = " (own)" if domain == own_domain else ""
             table.add_row(
                 domain + own,
                 str(bundle.sequence),
                 str(len(bundle.keys)),
-                bundle.fingerprint()[:32] + "…",
+                _cut(bundle.fingerprint(), 32),
             )
         out.print(table)
         return 0
 
-    return asyncio.run(_with_host(args, run))
+    return asyncio.run(_with_local(args, run))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway import serving
+    from gateway.config import load_config
+    from gateway.observability import setup as observe
 
     if not 0 < args.grace <= serving.MAX_GRACE:
         raise ConfigError(f"--grace must be within (0, {serving.MAX_GRACE:g}] seconds")
@@ -590,6 +535,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
     from gateway.observability.probe import check_health
 
     config = load_config(_config_path(args))
@@ -608,6 +554,10 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_object_create(args: argparse.Namespace) -> int:
+    from gateway.model import CycleState
+    from gateway.objectspec import interval_of, load_spec
+    from gateway.present import describe_object
+
     spec = load_spec(args.spec) if args.spec else None
     if spec is not None and (args.data is not None or args.data_file is not None):
         raise ConfigError("give the data in --spec or with --data/--data-file, not both")
@@ -640,6 +590,11 @@ def cmd_object_create(args: argparse.Namespace) -> int:
                 f"{args.object_id} already exists in tenant {args.tenant} on {host.host_id}",
                 hint="choose another id; `gateway object show` shows the existing one",
             ) from exc
+        if args.output == "json":
+            from gateway.present import object_json, print_json
+
+            print_json(object_json(obj))
+            return 0
         out.print(describe_object(obj))
         return 0
 
@@ -647,13 +602,25 @@ def cmd_object_create(args: argparse.Namespace) -> int:
 
 
 def cmd_object_show(args: argparse.Namespace) -> int:
+    from gateway.present import describe_object
+
     async def run(host: Host) -> int:
         obj = await host.get_object(_object_id(args.object_id), tenant=args.tenant)
         if args.export:
             _export_archive(host, obj, Path(args.export))
             return 0
-        out.print(describe_object(obj))
         quarantine = await host.quarantine_of(obj.object_id, tenant=args.tenant)
+        if args.output == "json":
+            from gateway.present import object_json, print_json
+
+            print_json(
+                {
+                    **object_json(obj),
+                    "quarantine": quarantine.describe() if quarantine is not None else None,
+                }
+            )
+            return 0
+        out.print(describe_object(obj))
         if quarantine is not None:
             out.print(f"QUARANTINED: {quarantine.describe()}", markup=False)
         return 0
@@ -710,8 +677,13 @@ def cmd_object_release(args: argparse.Namespace) -> int:
 
 
 def cmd_object_list(args: argparse.Namespace) -> int:
-    async def run(host: Host) -> int:
+    async def run(host: LocalHost) -> int:
         objects = await host.list_objects(tenant=args.tenant)
+        if args.output == "json":
+            from gateway.present import object_json, print_json
+
+            print_json([object_json(obj) for obj in objects])
+            return 0
         table = Table()
         for column in ("object", "state", "epoch", "generation", "lineage"):
             table.add_column(column, overflow="fold")
@@ -723,21 +695,34 @@ def cmd_object_list(args: argparse.Namespace) -> int:
         out.print(table if objects else f"no objects in tenant {args.tenant}")
         return 0
 
-    return asyncio.run(_with_host(args, run))
+    return asyncio.run(_with_local(args, run))
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    async def run(host: Host) -> int:
+    from gateway.present import lineage_table, verify_and_describe_lineage
+
+    async def run(host: LocalHost) -> int:
         obj = await host.get_object(_object_id(args.object_id), tenant=args.tenant)
+        if args.output == "json":
+            from gateway.present import lineage_json, print_json
+
+            # Verified first, as for the table: a lineage that does not verify is an error.
+            summary = verify_and_describe_lineage(host, obj)
+            print_json(
+                {"object_id": obj.object_id, "entries": lineage_json(obj), "verified": summary}
+            )
+            return 0
         out.print(lineage_table(obj))
         out.print(verify_and_describe_lineage(host, obj))
         return 0
 
-    return asyncio.run(_with_host(args, run))
+    return asyncio.run(_with_local(args, run))
 
 
 async def _where_it_is(host: Host, object_id: str, tenant: str) -> str:
     """After a failed migration: where the object stands now, for the error line."""
+    from gateway.model import LifecycleState
+
     try:
         obj = await host.get_object(object_id, tenant=tenant)
     except GatewayError:
@@ -752,6 +737,24 @@ async def _where_it_is(host: Host, object_id: str, tenant: str) -> str:
     return f"{object_id} is {obj.state.value.upper()} here"
 
 
+def _print_evaluation(evaluation: Evaluation, output: str) -> int:
+    """A dry run's answer; a refusal exits 1 with its one error line."""
+    if output == "json":
+        from gateway.present import evaluation_json, print_json
+
+        print_json(evaluation_json(evaluation))
+    else:
+        out.print(evaluation.render(), markup=False)
+    if evaluation.admitted:
+        return 0
+    err.print(
+        f"gateway: error: {evaluation.host} would refuse the object: "
+        f"{_one_line(evaluation.refusal)}",
+        markup=False,
+    )
+    return 1
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     object_id = _object_id(args.object_id)
 
@@ -761,8 +764,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             evaluation = await host.evaluate_remote(
                 object_id, tenant=args.tenant, destination=args.to
             )
-            out.print(evaluation.render(), markup=False)
-            return 0 if evaluation.admitted else 1
+            return _print_evaluation(evaluation, args.output)
 
         return asyncio.run(_with_host(args, evaluate))
 
@@ -920,47 +922,29 @@ def cmd_admit(args: argparse.Namespace) -> int:
 
     async def run(host: Host) -> int:
         evaluation = await host.evaluate_proposal(signed)
-        out.print(evaluation.render(), markup=False)
-        return 0 if evaluation.admitted else 1
+        return _print_evaluation(evaluation, args.output)
 
     return asyncio.run(_with_host(args, run))
-
-
-def events_table(
-    events: Sequence[Event], *, title: str | None = None, show_object: bool = True
-) -> Table:
-    """One row per event; the payload is cut to the width left (full text: the store)."""
-    table = Table(title=title, title_justify="left")
-    table.add_column("time (UTC)", no_wrap=True)
-    if show_object:
-        table.add_column("object", overflow="fold")
-    for column in ("gen", "rule", "action", "status"):
-        table.add_column(column, overflow="fold")
-    table.add_column("payload", overflow="ellipsis", min_width=12)
-    for event in events:
-        status = event.status + (f" ({event.last_error})" if event.last_error else "")
-        row = [
-            format_time(event.created_at)[11:-1],
-            *([event.object_id] if show_object else []),
-            str(event.generation),
-            event.rule,
-            f"{event.verb} {event.target}",
-            status,
-            json.dumps(event.payload, separators=(",", ":"))[:200],
-        ]
-        table.add_row(*row)
-    return table
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    async def run(host: Host) -> int:
+    from gateway.present import events_table
+    from gateway.runtime.outbox import list_events
+
+    async def run(host: LocalHost) -> int:
         events = await list_events(host.store, tenant=host.tenant(args.tenant))
         if args.object:
             events = [e for e in events if e.object_id == args.object]
-        out.print(events_table(events) if events else f"no events in tenant {args.tenant}")
+        if args.output == "json":
+            from gateway.present import event_json, print_json
+
+            print_json([event_json(e) for e in events])
+            return 0
+        table = events_table(events, whole=not out.is_terminal)
+        out.print(table if events else f"no events in tenant {args.tenant}")
         return 0
 
-    return asyncio.run(_with_host(args, run))
+    return asyncio.run(_with_local(args, run))
 
 
 def cmd_forks(args: argparse.Namespace) -> int:
@@ -1059,6 +1043,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def render_report(report: Any) -> list[Any]:
     """What `gateway verify` prints for people: custody, authority, checks."""
     from gateway.audit import Status
+    from gateway.present import _host
 
     def when(moment: datetime | None) -> str:
         return format_time(moment)[:-1].replace("T", " ") if moment else "-"
@@ -1166,7 +1151,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser ----------------------------------------------------------------------------
 
 
+def _version() -> str:
+    """``gateway --version``: the release, and what it speaks on the wire."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version("object-migration-gateway")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        release = "unknown (not installed)"
+    from gateway.versions import FEATURES, FORMAT_VERSIONS, PROTOCOL_VERSIONS
+
+    def listed(numbers: tuple[int, ...]) -> str:
+        return ",".join(map(str, numbers))
+
+    return (
+        f"gateway {release} (protocol {listed(PROTOCOL_VERSIONS)}; "
+        f"formats {listed(FORMAT_VERSIONS)}; features {','.join(sorted(FEATURES))})"
+    )
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, worked out only when asked (package metadata is slow to import)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kwargs: Any) -> None:
+        sys.stdout.write(_version() + "\n")
+        parser.exit(0)
+
+
+#: The values of gateway.keys.Algorithm, spelled here so that building the parser does not
+#: import cryptography (tests/test_cli_conventions.py checks they are the same).
+ALGORITHMS = ("ed25519", "ecdsa-p256-sha256")
+
+
 def build_parser() -> argparse.ArgumentParser:
+
     common = _Parser(add_help=False)
     common.add_argument(
         "--config", help="host configuration file (default: $GATEWAY_CONFIG or ./gateway.yaml)"
@@ -1181,7 +1202,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tenant = _Parser(add_help=False)
     tenant.add_argument("--tenant", default="default", help="tenant (default: default)")
-    algorithms = [a.value for a in Algorithm]
+    # Every command that prints data takes -o json (docs/cli.md); tests/test_cli_conventions.py
+    # fails on a command that prints data without it.
+    output = _Parser(add_help=False)
+    output.add_argument(
+        "-o",
+        "--output",
+        choices=["table", "json"],
+        default="table",
+        help="table for people (default), json for programs",
+    )
+    algorithms = list(ALGORITHMS)
 
     parser = _Parser(
         prog="gateway",
@@ -1189,7 +1220,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--debug", action="store_true", help="print tracebacks and debug logs")
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="print the gateway's version and the protocol versions it speaks, then exit",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
@@ -1203,19 +1239,26 @@ def build_parser() -> argparse.ArgumentParser:
     init = commands.add_parser(
         "init", parents=[common], help="create a host directory: dev certs, keys, config"
     )
-    init.add_argument("directory")
+    init.add_argument("directory", help="new host directory (must not hold a gateway.yaml)")
     init.add_argument(
         "--host-id", required=True, help="e.g. spiffe://org-a.example/cluster/east/gateway"
     )
-    init.add_argument("--listen", default="127.0.0.1:7001", help="HOST:PORT to serve on")
+    init.add_argument(
+        "--listen",
+        default="127.0.0.1:7001",
+        type=_listen_address,
+        help="HOST:PORT to serve on (default: 127.0.0.1:7001; port 0: the OS chooses)",
+    )
     init.add_argument(
         "--ca", help="directory with an existing dev CA (ca.crt, ca.key) of the same trust domain"
     )
-    init.add_argument("--region")
+    init.add_argument("--region", help="region of this host, for grant constraints (optional)")
     init.add_argument(
         "--tenant", action="append", help="tenant to host (repeatable; default: default)"
     )
-    init.add_argument("--algorithm", default="ed25519", choices=algorithms)
+    init.add_argument(
+        "--algorithm", default="ed25519", choices=algorithms, help="signing key algorithm"
+    )
     init.add_argument(
         "--dns",
         action="append",
@@ -1289,8 +1332,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="certs_command", required=True, metavar="COMMAND"
     )
     certs_ca = certs.add_parser("ca", parents=[common], help="create a dev CA for a trust domain")
-    certs_ca.add_argument("--trust-domain", required=True)
-    certs_ca.add_argument("--out", required=True)
+    certs_ca.add_argument("--trust-domain", required=True, help="e.g. org-a.example")
+    certs_ca.add_argument("--out", required=True, help="directory to write ca.crt and ca.key")
     certs_ca.add_argument(
         "--dns",
         action="append",
@@ -1301,8 +1344,12 @@ def build_parser() -> argparse.ArgumentParser:
         "host", parents=[common], help="issue a host certificate from a dev CA"
     )
     certs_host.add_argument("--ca", required=True, help="directory holding ca.crt and ca.key")
-    certs_host.add_argument("--host-id", required=True)
-    certs_host.add_argument("--out", required=True)
+    certs_host.add_argument(
+        "--host-id", required=True, help="e.g. spiffe://org-a.example/cluster/east/gateway"
+    )
+    certs_host.add_argument(
+        "--out", required=True, help="directory to write host.crt, host.key and ca.crt"
+    )
     certs_host.add_argument(
         "--dns", action="append", help="DNS name for the certificate (repeatable)"
     )
@@ -1312,11 +1359,15 @@ def build_parser() -> argparse.ArgumentParser:
         dest="keys_command", required=True, metavar="COMMAND"
     )
     keys_init = keys.add_parser("init", parents=[common], help="create the domain's first keys")
-    keys_init.add_argument("--algorithm", default="ed25519", choices=algorithms)
+    keys_init.add_argument(
+        "--algorithm", default="ed25519", choices=algorithms, help="signing key algorithm"
+    )
     keys_init.set_defaults(handler=cmd_keys_init)
     keys_add = keys.add_parser("add", parents=[common], help="add a signing key (rotation)")
     keys_add.add_argument("--host", help="host id the key signs for (default: this host)")
-    keys_add.add_argument("--algorithm", default="ed25519", choices=algorithms)
+    keys_add.add_argument(
+        "--algorithm", default="ed25519", choices=algorithms, help="signing key algorithm"
+    )
     keys_add.set_defaults(handler=cmd_keys_add)
     keys_retire = keys.add_parser(
         "retire",
@@ -1337,7 +1388,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="only list the objects here that a revocation would strand",
     )
     keys_revoke.set_defaults(handler=cmd_keys_revoke)
-    keys_list = keys.add_parser("list", parents=[common], help="list the domain's keys")
+    keys_list = keys.add_parser("list", parents=[common, output], help="list the domain's keys")
     keys_list.set_defaults(handler=cmd_keys_list)
 
     trust = commands.add_parser("trust", help="trust bundles of peer domains").add_subparsers(
@@ -1351,24 +1402,24 @@ def build_parser() -> argparse.ArgumentParser:
     trust_import = trust.add_parser(
         "import", parents=[common], help="trust a peer domain's signed bundle"
     )
-    trust_import.add_argument("file")
+    trust_import.add_argument("file", help="the peer's bundle (`gateway trust export` there)")
     trust_import.set_defaults(handler=cmd_trust_import)
-    trust_list = trust.add_parser("list", parents=[common], help="list trusted domains")
+    trust_list = trust.add_parser("list", parents=[common, output], help="list trusted domains")
     trust_list.set_defaults(handler=cmd_trust_list)
 
     objects = commands.add_parser("object", help="governed objects on this host").add_subparsers(
         dest="object_command", required=True, metavar="COMMAND"
     )
-    create = objects.add_parser("create", parents=[common, tenant], help="create an object")
+    create = objects.add_parser("create", parents=[common, tenant, output], help="create an object")
     create.add_argument("object_id", help="e.g. obj://org-a.example/billing/invoice-42")
     create.add_argument("--data", help="the object's data (default: {})")
     create.add_argument("--data-file", help="read the data from a file")
-    create.add_argument("--content-type", default="application/json")
+    create.add_argument("--content-type", default="application/json", help="media type of the data")
     create.add_argument("--interval", type=float, help="seconds between evaluation cycles")
     create.add_argument("--spec", help="YAML object spec: data, root grant, cycle (see README)")
     create.set_defaults(handler=cmd_object_create)
-    show = objects.add_parser("show", parents=[common, tenant], help="show an object")
-    show.add_argument("object_id")
+    show = objects.add_parser("show", parents=[common, tenant, output], help="show an object")
+    show.add_argument("object_id", help="e.g. obj://org-a.example/billing/invoice-42")
     show.add_argument(
         "--export",
         metavar="FILE",
@@ -1378,15 +1429,15 @@ def build_parser() -> argparse.ArgumentParser:
     release = objects.add_parser(
         "release", parents=[common, tenant], help="schedule a quarantined object again"
     )
-    release.add_argument("object_id")
+    release.add_argument("object_id", help="the quarantined object")
     release.set_defaults(handler=cmd_object_release)
-    listing = objects.add_parser("list", parents=[common, tenant], help="list objects")
+    listing = objects.add_parser("list", parents=[common, tenant, output], help="list objects")
     listing.set_defaults(handler=cmd_object_list)
 
     lineage = commands.add_parser(
-        "lineage", parents=[common, tenant], help="show and verify an object's lineage"
+        "lineage", parents=[common, tenant, output], help="show and verify an object's lineage"
     )
-    lineage.add_argument("object_id")
+    lineage.add_argument("object_id", help="e.g. obj://org-a.example/billing/invoice-42")
     lineage.set_defaults(handler=cmd_lineage)
 
     from gateway import fleet, migrations
@@ -1395,7 +1446,9 @@ def build_parser() -> argparse.ArgumentParser:
     migrations.register(commands, common)
 
     events = commands.add_parser(
-        "events", parents=[common, tenant], help="the outbox: events published and invocations made"
+        "events",
+        parents=[common, tenant, output],
+        help="the outbox: events published and invocations made",
     )
     events.add_argument("--object", help="only this object's events")
     events.set_defaults(handler=cmd_events)
@@ -1458,7 +1511,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     admit = commands.add_parser(
         "admit",
-        parents=[common],
+        parents=[common, output],
         help="show what this host would grant an object (from a proposal file)",
     )
     admit.add_argument("envelope", help="proposal file written by `gateway export` on the source")
@@ -1501,6 +1554,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
+    from gateway.observability import setup as observe
+
     observe.quiet_grpc_core(debug=debug)  # before anything imports grpc
     try:
         if args.handler is not cmd_serve:  # serve sets up logging once its config is read

@@ -61,6 +61,18 @@ peers:
 """
 
 
+def listen_address(text: str) -> str:
+    """A listen address as ``--listen`` takes it: HOST:PORT, port 0 to let the OS choose;
+    a ConfigError giving the expected form otherwise (before anything is written)."""
+    match = _ADDRESS.fullmatch(text)
+    if not match or not 0 <= int(match["port"]) <= 65535:
+        raise ConfigError(
+            f"expected HOST:PORT for the listen address, got {text!r}",
+            hint="write it as 127.0.0.1:7001 (port 0 lets the OS choose)",
+        )
+    return text
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TlsConfig:
     certificate: Path

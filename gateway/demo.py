@@ -19,10 +19,15 @@ from pathlib import Path
 
 from rich.console import Console
 
-from gateway.cli import describe_object, events_table, lineage_summary, verify_and_describe_lineage
 from gateway.config import load_config
 from gateway.host import Host
 from gateway.objectspec import ObjectSpec, parse_spec
+from gateway.present import (
+    describe_object,
+    events_table,
+    lineage_summary,
+    verify_and_describe_lineage,
+)
 from gateway.runtime.outbox import list_events
 from gateway.testing import HostSpec, ServerProcess, build_world, create_from_spec
 

@@ -186,6 +186,9 @@ def open_envelope(
     if len(verified) < threshold:
         raise _threshold_error(failures, len(verified), threshold)
     if envelope.payload_type != payload_type:
+        from gateway.versions import check_payload_type
+
+        check_payload_type(envelope.payload_type, payload_type)  # a newer version: say so
         raise PayloadTypeError(
             f"envelope carries {envelope.payload_type!r}, expected {payload_type!r}",
             hint="this message is a different kind than the operation needs",

@@ -62,6 +62,11 @@ class PayloadTypeError(EnvelopeError):
     """A correctly signed envelope carries a different kind of message than expected."""
 
 
+class VersionError(PayloadTypeError):
+    """A peer or a file speaks a protocol or format version this gateway does not (the
+    message names both sides' versions)."""
+
+
 class PayloadDecodeError(EnvelopeError):
     """The signed payload verified but does not parse as the message it claims to be."""
 

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import uuid
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, replace
@@ -22,6 +21,7 @@ from typing import Any
 
 from gateway import envelope as dsse
 from gateway import observability
+from gateway._retry import lost_race
 from gateway._time import Clock, SystemClock
 from gateway.blobs import delete_blob, write_blob
 from gateway.config import Config
@@ -44,6 +44,11 @@ from gateway.handoff.source import MigrationResult, Source
 from gateway.identity import HostId
 from gateway.keyring import Keyring, load_keyring
 from gateway.keys import Purpose
+
+# Re-exported: callers that read a host's store without serving it import them from here.
+from gateway.local import TRUST_PREFIX as TRUST_PREFIX
+from gateway.local import load_trust as load_trust
+from gateway.local import open_store as open_store
 from gateway.model import Answer, CycleState, GovernedObject, LifecycleState, Rule, new_object
 from gateway.objectspec import GrantSpec
 from gateway.observability.health import Readiness
@@ -53,7 +58,7 @@ from gateway.runtime.cycle import CycleRunner
 from gateway.runtime.dapr import CLOUDEVENT, DaprEventSink, DaprJobs
 from gateway.runtime.dapr_actions import DaprBindings, DaprInvoker, sidecar_api_url
 from gateway.runtime.events import Events, Message, new_message
-from gateway.runtime.outbox import Dispatcher, HttpInvoker, Invoker
+from gateway.runtime.outbox import Dispatcher, HttpInvoker, Invoker, OutboxLifecycle
 from gateway.runtime.scheduler import (
     Quarantine,
     Scheduler,
@@ -63,7 +68,6 @@ from gateway.runtime.scheduler import (
 )
 from gateway.stores import Expect, Put, StateStore
 from gateway.stores.dapr import DaprStore, connect_client
-from gateway.stores.sqlite import SqliteStore
 from gateway.transport.client import CallAnswer, GrpcPeers, call_object
 from gateway.transport.server import Gate, GatewayService, start_server
 from gateway.transport.tls import channel_credentials, reloadable_server_credentials
@@ -78,7 +82,6 @@ from gateway.wire import (
 
 log = logging.getLogger(__name__)
 
-TRUST_PREFIX = "trust/"
 #: Recovery passes between two reconciliations of Dapr cycle jobs.
 JOB_RECONCILE_PASSES = 30
 #: Create transactions tried when only the tenant's usage counter moved under them.
@@ -101,16 +104,12 @@ class ImportedBundle:
     changed: bool
 
 
-async def open_store(config: Config) -> StateStore:
-    """The store ``config`` names: its Dapr sidecar's state store, else its SQLite file."""
-    if config.dapr_store is not None:
-        return await DaprStore.connect(
-            config.dapr_store.state_store,
-            grpc_endpoint=config.dapr_store.grpc_endpoint,
-            http_endpoint=config.dapr_store.http_endpoint,
-        )
-    assert config.sqlite is not None
-    return SqliteStore.open(config.sqlite)
+class _Exists(Exception):
+    """Creating an object lost to an object of that id: not a race to retry."""
+
+    def __init__(self, conflict: ConcurrencyError) -> None:
+        super().__init__(str(conflict))
+        self.conflict = conflict
 
 
 def invoker_for(config: Config, dapr_client: Any) -> Invoker:
@@ -120,13 +119,6 @@ def invoker_for(config: Config, dapr_client: Any) -> Invoker:
         return HttpInvoker(config.invoke)
     http = config.dapr_store.http_endpoint if config.dapr_store is not None else None
     return DaprInvoker(sidecar_api_url(http))
-
-
-async def load_trust(store: StateStore, own: TrustBundle) -> TrustStore:
-    """This host's trust: its own domain's bundle and the bundles imported into ``store``."""
-    keys = await store.list(TRUST_PREFIX)
-    items = await store.get_many(keys)
-    return TrustStore.of([own, *(decode_bundle(items[k].value) for k in keys if k in items)])
 
 
 class Host:
@@ -160,6 +152,7 @@ class Host:
             clock=clock,
             timing=config.handoff,
             policy=config.policy,
+            lifecycle=OutboxLifecycle(),
             attenuate_on_rehost=config.handoff.attenuate_on_rehost,
             tenancy=config.tenancy,
             on_active=self._object_became_active,
@@ -394,45 +387,51 @@ class Host:
     async def _store_new(self, obj: GovernedObject) -> None:
         """Write a new object and count it against its tenant's quota, in one transaction."""
         tenant, object_id = obj.tenant, obj.object_id
-        for attempt in range(CREATE_ATTEMPTS):
-            try:
-                async with self.journal.charging(tenant):
-                    charge = await self.journal.charge(
-                        tenant,
-                        object_id,
-                        obj.size,
-                        check=lambda usage: self.context.tenancy.require_room(
-                            tenant, usage, size=obj.size, object_id=object_id
-                        ),
-                    )
-                    await self.store.transact(
-                        [
-                            Put(
-                                key=object_key(tenant, object_id),
-                                value=encode_object(obj),
-                                etag=Expect.ABSENT,
-                            ),
-                            *charge,
-                        ]
-                    )
-                return
-            except ConcurrencyError:
-                if await self.journal.object(tenant, object_id) is not None:
-                    raise  # the object exists: as before quotas, creating it again fails
-                if await self.journal.held(tenant, object_id):
-                    # Staged here by a migration not settled yet: creating it now would
-                    # leave that migration a second live copy to refuse after its commit.
-                    raise ObjectStateError(
-                        f"{object_id} is arriving in tenant {tenant} on {self.host_id} (staged)",
-                        hint="wait until that migration settles; `gateway object show` then shows it",
-                    ) from None
-                # Only the tenant's usage counter moved (another object was counted):
-                # again, after a short random pause so that racing writers spread out.
-                await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))  # noqa: S311
-        raise ObjectStateError(
-            f"tenant {tenant} kept changing while {object_id} was being created",
-            hint="retry; many objects are being created or are arriving in this tenant",
-        )
+        try:
+            async for attempt in lost_race(CREATE_ATTEMPTS):
+                with attempt:
+                    try:
+                        async with self.journal.charging(tenant):
+                            charge = await self.journal.charge(
+                                tenant,
+                                object_id,
+                                obj.size,
+                                check=lambda usage: self.context.tenancy.require_room(
+                                    tenant, usage, size=obj.size, object_id=object_id
+                                ),
+                            )
+                            await self.store.transact(
+                                [
+                                    Put(
+                                        key=object_key(tenant, object_id),
+                                        value=encode_object(obj),
+                                        etag=Expect.ABSENT,
+                                    ),
+                                    *charge,
+                                ]
+                            )
+                    except ConcurrencyError as conflict:
+                        if await self.journal.object(tenant, object_id) is not None:
+                            # As before quotas: creating it again fails (not retried).
+                            raise _Exists(conflict) from conflict
+                        if await self.journal.held(tenant, object_id):
+                            # Staged here by a migration not settled yet: creating it now would
+                            # leave that migration a second live copy to refuse after its commit.
+                            raise ObjectStateError(
+                                f"{object_id} is arriving in tenant {tenant} on {self.host_id} (staged)",
+                                hint="wait until that migration settles; `gateway object show` then shows it",
+                            ) from None
+                        # Only the tenant's usage counter moved (another object was counted):
+                        # again, after the policy's short random pause.
+                        raise
+            return
+        except _Exists as exists:
+            raise exists.conflict from None
+        except ConcurrencyError as exc:
+            raise ObjectStateError(
+                f"tenant {tenant} kept changing while {object_id} was being created",
+                hint="retry; many objects are being created or are arriving in this tenant",
+            ) from exc
 
     async def get_object(self, object_id: str, *, tenant: str) -> GovernedObject:
         loaded = await self.journal.require_object(

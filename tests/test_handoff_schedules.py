@@ -47,6 +47,7 @@ from gateway.handoff.source import Source
 from gateway.host import Host
 from gateway.lineage import verify_lineage
 from gateway.model import GovernedObject, LifecycleState, new_object
+from gateway.runtime.outbox import OutboxLifecycle
 from gateway.stores.sqlite import SqliteStore
 from gateway.tenancy import Tenancy
 from gateway.testing import HostSpec, build_world
@@ -197,6 +198,7 @@ class Side:
             clock=self.clock,
             timing=TIMING,
             policy=HostPolicy.empty(),
+            lifecycle=OutboxLifecycle(),
             # Each side may deliver into the other's one tenant (none is bound by default).
             tenancy=Tenancy(
                 bindings={HOST_A: frozenset({"default"}), HOST_B: frozenset({"default"})}
@@ -245,7 +247,7 @@ class Simulation:
         self.sides = {
             host_id: Side(
                 identity,
-                SqliteStore.open(directory / f"{host_id[-12:-8]}.db"),
+                SqliteStore.open(directory / f"{host_id[-12:-8]}.db", create=True),
                 self.network,
                 self.clock,
             )

@@ -30,6 +30,7 @@ from gateway.merkle import (
     verify_inclusion,
 )
 from tests.conftest import VECTORS as SHARED_VECTORS
+from tests.conftest import vectors_missing
 
 VECTORS = SHARED_VECTORS / "merkle"
 
@@ -123,8 +124,8 @@ CONSISTENCY_VECTORS = _load_vectors("consistency")
 
 
 def _params(vectors: list[VectorFile]) -> list[Any]:
-    # An empty parameter list would make pytest skip the test; a missing folder must
-    # fail instead, so it becomes one case that fails with a message saying what's wrong.
+    # An empty parameter list would make pytest skip the test silently; a missing folder
+    # becomes one case that skips naming the variable (or fails, in CI: conftest).
     if not vectors:
         return [pytest.param(None, id="vectors-missing")]
     return [pytest.param(v, id=v.name) for v in vectors]
@@ -132,7 +133,7 @@ def _params(vectors: list[VectorFile]) -> list[Any]:
 
 def _require(vector: VectorFile | None) -> VectorFile:
     if vector is None:
-        pytest.fail(f"no Merkle test vectors under {VECTORS}; see ../shared/vectors/README.md")
+        vectors_missing("RFC 9162 Merkle test vectors (merkle/inclusion, merkle/consistency)")
     return vector
 
 
@@ -177,6 +178,8 @@ def _check_vector(vector: VectorFile, run: Callable[[dict[str, Any]], None]) -> 
 
 def test_vector_folders_are_complete() -> None:
     found = {"inclusion": len(INCLUSION_VECTORS), "consistency": len(CONSISTENCY_VECTORS)}
+    if not any(found.values()):
+        vectors_missing("RFC 9162 Merkle test vectors (merkle/inclusion, merkle/consistency)")
     assert found == EXPECTED_VECTOR_FILES, f"Merkle vectors under {VECTORS} are incomplete"
 
 
@@ -192,6 +195,8 @@ def test_consistency_vector(vector: VectorFile | None) -> None:
 
 def test_stricter_cases_fail_only_on_hash_length() -> None:
     """Each deliberate difference from the reference is about hash length, nothing else."""
+    if not CONSISTENCY_VECTORS:
+        vectors_missing("RFC 9162 Merkle test vectors (merkle/consistency)")
     by_name = {v.name: v for v in CONSISTENCY_VECTORS}
     for name in STRICTER_THAN_REFERENCE:
         data = dict(by_name[name].data)
@@ -203,6 +208,8 @@ def test_stricter_cases_fail_only_on_hash_length() -> None:
 
 
 def _happy_paths(vectors: list[VectorFile]) -> list[dict[str, Any]]:
+    if not vectors:
+        vectors_missing("RFC 9162 Merkle test vectors (merkle/inclusion, merkle/consistency)")
     happy = [v.data for v in vectors if v.name.endswith("/happy-path.json")]
     assert happy, "the vectors have happy-path cases"
     return happy
@@ -689,3 +696,16 @@ def test_every_proof_of_a_tree_verifies(tree: tuple[list[bytes], int]) -> None:
             new_root=tree_root,
             proof=consistency_proof(leaves, old_size),
         )
+
+
+def test_missing_vectors_skip_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the Merkle vectors a test skips with a reason that names the variable to
+    set; with GATEWAY_REQUIRE_VECTORS=1 (``.ci/run``) it fails instead."""
+    from tests.conftest import REQUIRE_VECTORS_VARIABLE, VECTORS_VARIABLE
+
+    monkeypatch.delenv(REQUIRE_VECTORS_VARIABLE, raising=False)
+    with pytest.raises(pytest.skip.Exception, match=VECTORS_VARIABLE):
+        vectors_missing("RFC 9162 Merkle test vectors")
+    monkeypatch.setenv(REQUIRE_VECTORS_VARIABLE, "1")
+    with pytest.raises(pytest.fail.Exception, match=VECTORS_VARIABLE):
+        vectors_missing("RFC 9162 Merkle test vectors")

@@ -29,7 +29,7 @@ OBJECT = "obj://org-a.example/q/1"
 
 def run(tmp_path: Path, scenario: Callable[[Journal], Awaitable[None]]) -> None:
     async def main() -> None:
-        store = SqliteStore.open(tmp_path / "state.db")
+        store = SqliteStore.open(tmp_path / "state.db", create=True)
         try:
             await scenario(Journal(store))
         finally:

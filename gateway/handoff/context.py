@@ -14,6 +14,7 @@ from gateway.config import HandoffConfig
 from gateway.credentials import VerifiedChain, audience_admits, verify_chain
 from gateway.errors import RuleError
 from gateway.handoff.journal import Journal
+from gateway.handoff.lifecycle import LifecycleRecorder
 from gateway.identity import HostId
 from gateway.keys import Purpose, Signer
 from gateway.model import GovernedObject
@@ -46,6 +47,8 @@ class HostContext:
     clock: Clock
     timing: HandoffConfig
     policy: HostPolicy
+    #: records lifecycle events in a step's own transaction (the host plugs its outbox in)
+    lifecycle: LifecycleRecorder
     attenuate_on_rehost: bool = False
     #: per-tenant limits and which peer may deliver into which tenant (none by default)
     tenancy: Tenancy = field(default_factory=Tenancy)

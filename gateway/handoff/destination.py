@@ -20,9 +20,7 @@ Invariants this side keeps:
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -31,6 +29,7 @@ from datetime import datetime
 from gateway import envelope as dsse
 from gateway import observability, wire
 from gateway._crash import crash_point
+from gateway._retry import lost_race
 from gateway._time import format_time, to_millis
 from gateway.authority import Admission
 from gateway.blobs import BlobRef, delete_blob, delete_keys, write_blob
@@ -67,13 +66,13 @@ from gateway.handoff.journal import (
     put_destination,
     put_object,
 )
+from gateway.handoff.lifecycle import LifecycleEvent
 from gateway.handoff.messages import Receipt, ReceiptKind, Transfer
 from gateway.handoff.peers import Peers
 from gateway.handoff.records import DestinationRecord, DestinationStep
 from gateway.limits import MAX_OPEN_UPLOADS_PER_PEER
 from gateway.lineage import Checkpoint, EntryKind, digest, verify_extends, verify_lineage
 from gateway.model import GovernedObject, LifecycleState
-from gateway.runtime.outbox import lifecycle_event, outbox_puts
 from gateway.stores import Delete, Expect, Put
 
 log = logging.getLogger(__name__)
@@ -89,6 +88,10 @@ MAX_TRANSFER_LIFETIME_S = 600
 MAX_PROPOSAL_LIFETIME_S = 2 * 86400
 #: Stage transactions tried when only the tenant's usage counter moved under them.
 STAGE_ATTEMPTS = 8
+
+
+class _WrittenFirst(Exception):
+    """Staging lost to a write other than a usage count: not a race to retry."""
 
 
 class Destination:
@@ -403,31 +406,35 @@ class Destination:
         )
         crash_point("destination.before-stage")
         expires = to_millis(transfer.expires_at + ctx.timing.clock_skew)
-        for attempt in range(STAGE_ATTEMPTS):
-            try:
-                await self._write_stage(record, transfer, fence, expires=expires, upload=upload)
-                break
-            except QuotaExceededError:
-                # Other arrivals filled the tenant since _assess; nothing was staged.
-                await self._discard_upload(staged, upload)
-                raise
-            except ConcurrencyError as exc:
-                if attempt + 1 < STAGE_ATTEMPTS and await self._only_usage_moved(transfer, fence):
-                    # Another object of the tenant was counted meanwhile (by another
-                    # process): count again, after a short random pause.
-                    await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))  # noqa: S311
-                    continue
-                # Someone else wrote first: the same Prepare retried concurrently (answer
-                # it like any retry) or another migration of this object (refuse this one).
-                # Our transaction certainly failed, so our own upload is unreferenced.
-                await self._discard_upload(staged, upload)
-                again = await ctx.journal.destination(transfer.migration_id)
-                if again is not None:
-                    return self._replay(again.value, transfer_digest)
-                raise ObjectStateError(
-                    f"another migration of {transfer.object_id} was staged here at the same time",
-                    hint="only one migration of an object can proceed; retry after it settles",
-                ) from exc
+        try:
+            async for attempt in lost_race(STAGE_ATTEMPTS):
+                with attempt:
+                    try:
+                        await self._write_stage(
+                            record, transfer, fence, expires=expires, upload=upload
+                        )
+                    except ConcurrencyError as exc:
+                        if not await self._only_usage_moved(transfer, fence):
+                            raise _WrittenFirst from exc  # not retried: answered below
+                        # Another object of the tenant was counted meanwhile (by another
+                        # process): count again, after the policy's short random pause.
+                        raise
+        except QuotaExceededError:
+            # Other arrivals filled the tenant since _assess; nothing was staged.
+            await self._discard_upload(staged, upload)
+            raise
+        except (ConcurrencyError, _WrittenFirst) as exc:
+            # Someone else wrote first: the same Prepare retried concurrently (answer
+            # it like any retry) or another migration of this object (refuse this one).
+            # Our transaction certainly failed, so our own upload is unreferenced.
+            await self._discard_upload(staged, upload)
+            again = await ctx.journal.destination(transfer.migration_id)
+            if again is not None:
+                return self._replay(again.value, transfer_digest)
+            raise ObjectStateError(
+                f"another migration of {transfer.object_id} was staged here at the same time",
+                hint="only one migration of an object can proceed; retry after it settles",
+            ) from exc
         crash_point("destination.after-stage")
         log.info("staged %s (epoch %d) from %s", transfer.object_id, transfer.epoch, peer)
         return receipt_raw
@@ -707,9 +714,9 @@ class Destination:
                 put_object(record.tenant, live, current.etag if current else Expect.ABSENT),
                 put_destination(done, etag),
                 Delete(key=open_destination_key(record.migration_id), etag=Expect.ANY),
-                *outbox_puts(
-                    lifecycle_event(
-                        "object.rehosted",
+                *ctx.lifecycle.writes(
+                    LifecycleEvent(
+                        verb="object.rehosted",
                         tenant=record.tenant,
                         object_id=record.object_id,
                         epoch=live.epoch,

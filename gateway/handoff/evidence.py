@@ -26,8 +26,8 @@ from gateway import wire
 from gateway._time import format_time
 from gateway.errors import ConcurrencyError, GatewayError, PayloadDecodeError
 from gateway.handoff.context import HostContext
+from gateway.handoff.lifecycle import LifecycleEvent
 from gateway.model import GovernedObject
-from gateway.runtime.outbox import lifecycle_event, outbox_puts
 from gateway.stores import Expect, Put, StateStore
 
 log = logging.getLogger(__name__)
@@ -117,8 +117,8 @@ async def record_fork(
             seen_at=format_time(at),
             lineage=lineage,
         )
-        event = lifecycle_event(
-            "object.forked",
+        event = LifecycleEvent(
+            verb="object.forked",
             tenant=obj.tenant,
             object_id=obj.object_id,
             epoch=obj.epoch,
@@ -127,7 +127,10 @@ async def record_fork(
             at=at,
         )
         await store.transact(
-            [Put(key=key, value=evidence.encode(), etag=Expect.ABSENT), *outbox_puts(event)]
+            [
+                Put(key=key, value=evidence.encode(), etag=Expect.ABSENT),
+                *ctx.lifecycle.writes(event),
+            ]
         )
     except ConcurrencyError:
         return False  # the same copy was recorded already

@@ -59,6 +59,7 @@ from gateway.handoff.messages import DecisionAnswer, Outcome, ReceiptKind
 from gateway.handoff.records import SourceRecord, SourceStep
 from gateway.handoff.source import Source, _transfer_digest, open_decision
 from gateway.keys import Purpose
+from gateway.versions import check_transfer_file_header
 
 MAGIC = b"gateway-transfer-file/v1\n"
 #: A file carried by hand may take days; the transfer still expires, and so its nonce.
@@ -96,7 +97,9 @@ def _read_exact(src: BinaryIO, size: int, what: str) -> bytes:
 
 def _frames(src: BinaryIO, *, first_limit: int) -> Iterator[bytes]:
     """The frames of an open transfer file, each length checked before it is read."""
-    if _read_exact(src, len(MAGIC), "its header") != MAGIC:
+    header = _read_exact(src, len(MAGIC), "its header")
+    if header != MAGIC:
+        check_transfer_file_header(header, MAGIC)  # another version: say which
         raise EnvelopeError(
             "not a gateway transfer file", hint="import the file `gateway export` wrote"
         )

@@ -17,7 +17,6 @@ Invariants this side keeps (DESIGN.md §6):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import uuid
@@ -27,6 +26,7 @@ from datetime import datetime, timedelta
 from gateway import envelope as dsse
 from gateway import observability, wire
 from gateway._crash import crash_point
+from gateway._retry import lost_race
 from gateway.blobs import delete_blob, read_blob
 from gateway.errors import (
     BadSignatureError,
@@ -44,6 +44,7 @@ from gateway.errors import (
 )
 from gateway.handoff.context import HostContext
 from gateway.handoff.journal import open_source_key, put_object, put_source
+from gateway.handoff.lifecycle import LifecycleEvent
 from gateway.handoff.messages import (
     NONCE_BYTES,
     DecisionAnswer,
@@ -55,7 +56,6 @@ from gateway.handoff.peers import Peers
 from gateway.handoff.records import SourceRecord, SourceStep
 from gateway.lineage import digest
 from gateway.model import GovernedObject
-from gateway.runtime.outbox import lifecycle_event, outbox_puts
 from gateway.stores import Delete, Expect, Put
 
 log = logging.getLogger(__name__)
@@ -129,38 +129,41 @@ class Source:
         # interval); freezing is local and conditional on the ETag read, so a lost race
         # is simply tried again on the fresh object. Another migration is not retried:
         # the object is then FROZEN or MOVED, and freeze() refuses it.
-        for attempt in range(FREEZE_ATTEMPTS):
-            loaded = await ctx.journal.require_object(tenant, object_id, host=ctx.host)
-            now = ctx.clock.now()
-            frozen, raw = self._seal(
-                loaded.value, destination, migration_id, dsse.PayloadType.TRANSFER, now, ttl=ttl
-            )
-            record = SourceRecord(
-                migration_id=migration_id,
-                object_id=object_id,
-                tenant=tenant,
-                destination_host=destination,
-                step=SourceStep.FROZEN,
-                transfer=raw,
-                created_at=now,
-                updated_at=now,
-            )
-            try:
-                await ctx.journal.store.transact(
-                    [
-                        put_object(tenant, frozen, loaded.etag),
-                        put_source(record, Expect.ABSENT),
-                        Put(key=open_source_key(migration_id), value=b"", etag=Expect.ABSENT),
-                    ]
-                )
-                break
-            except ConcurrencyError as exc:
-                if attempt + 1 == FREEZE_ATTEMPTS:
-                    raise ObjectStateError(
-                        f"{object_id} kept changing while the migration was being prepared",
-                        hint="check `gateway object show` and retry",
-                    ) from exc
-                await asyncio.sleep(0.01 * (attempt + 1))
+        try:
+            async for attempt in lost_race(FREEZE_ATTEMPTS):
+                with attempt:
+                    loaded = await ctx.journal.require_object(tenant, object_id, host=ctx.host)
+                    now = ctx.clock.now()
+                    frozen, raw = self._seal(
+                        loaded.value,
+                        destination,
+                        migration_id,
+                        dsse.PayloadType.TRANSFER,
+                        now,
+                        ttl=ttl,
+                    )
+                    record = SourceRecord(
+                        migration_id=migration_id,
+                        object_id=object_id,
+                        tenant=tenant,
+                        destination_host=destination,
+                        step=SourceStep.FROZEN,
+                        transfer=raw,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    await ctx.journal.store.transact(
+                        [
+                            put_object(tenant, frozen, loaded.etag),
+                            put_source(record, Expect.ABSENT),
+                            Put(key=open_source_key(migration_id), value=b"", etag=Expect.ABSENT),
+                        ]
+                    )
+        except ConcurrencyError as exc:
+            raise ObjectStateError(
+                f"{object_id} kept changing while the migration was being prepared",
+                hint="check `gateway object show` and retry",
+            ) from exc
         log.info("froze %s for migration %s to %s", object_id, migration_id, destination)
         return migration_id
 
@@ -288,61 +291,60 @@ class Source:
         """
         ctx = self.ctx
         receipt = wire.decode_envelope(receipt_raw)  # once: the same on every try
-        for attempt in range(COMMIT_ATTEMPTS):
-            journal = await ctx.journal.source(migration_id)
-            assert journal is not None
-            record = journal.value
-            if record.step is not SourceStep.FROZEN:
-                return record  # a Decision or another driver got here first; follow it
-            current = await ctx.journal.object(record.tenant, record.object_id)
-            if current is None:
-                raise ObjectStateError(
-                    f"{record.object_id} vanished from {ctx.host} during migration"
-                )
-            moved = current.value.tombstone(
-                migration_id,
-                moved_to=record.destination_host,
-                receipt=receipt,
-                transfer_digest=transfer_digest,
-            )
-            committed = replace(
-                record,
-                step=SourceStep.COMMITTED,
-                staged_receipt=receipt_raw,
-                updated_at=ctx.clock.now(),
-            )
-            try:
-                await ctx.journal.store.transact(
-                    [
-                        put_object(record.tenant, moved, current.etag),
-                        put_source(committed, journal.etag),
-                        # A tombstone is not held: the tenant's quota gets the room back.
-                        *await ctx.journal.release(record.tenant, record.object_id),
-                        *outbox_puts(
-                            lifecycle_event(
-                                "migration.committed",
-                                tenant=record.tenant,
-                                object_id=record.object_id,
-                                epoch=moved.epoch,
-                                generation=moved.generation,
-                                payload={
-                                    "from": ctx.host,
-                                    "to": record.destination_host,
-                                    "migration": migration_id,
-                                },
-                                at=committed.updated_at,
-                            )
-                        ),
-                    ]
-                )
-                break
-            except (ConcurrencyError, StoreUnavailableError) as exc:
-                if attempt + 1 == COMMIT_ATTEMPTS:
-                    raise HandoffError(
-                        f"could not record the commit of migration {migration_id}: {exc.reason}",
-                        hint="the migration stays open; recovery aborts it if it cannot be committed",
-                    ) from exc
-                await asyncio.sleep(0.02 * (attempt + 1))
+        current = None
+        try:
+            async for attempt in lost_race(COMMIT_ATTEMPTS, also=(StoreUnavailableError,)):
+                with attempt:
+                    journal = await ctx.journal.source(migration_id)
+                    assert journal is not None
+                    record = journal.value
+                    if record.step is not SourceStep.FROZEN:
+                        return record  # a Decision or another driver got here first; follow it
+                    current = await ctx.journal.object(record.tenant, record.object_id)
+                    if current is None:
+                        raise ObjectStateError(
+                            f"{record.object_id} vanished from {ctx.host} during migration"
+                        )
+                    moved = current.value.tombstone(
+                        migration_id,
+                        moved_to=record.destination_host,
+                        receipt=receipt,
+                        transfer_digest=transfer_digest,
+                    )
+                    committed = replace(
+                        record,
+                        step=SourceStep.COMMITTED,
+                        staged_receipt=receipt_raw,
+                        updated_at=ctx.clock.now(),
+                    )
+                    await ctx.journal.store.transact(
+                        [
+                            put_object(record.tenant, moved, current.etag),
+                            put_source(committed, journal.etag),
+                            # A tombstone is not held: the tenant's quota gets the room back.
+                            *await ctx.journal.release(record.tenant, record.object_id),
+                            *ctx.lifecycle.writes(
+                                LifecycleEvent(
+                                    verb="migration.committed",
+                                    tenant=record.tenant,
+                                    object_id=record.object_id,
+                                    epoch=moved.epoch,
+                                    generation=moved.generation,
+                                    payload={
+                                        "from": ctx.host,
+                                        "to": record.destination_host,
+                                        "migration": migration_id,
+                                    },
+                                    at=committed.updated_at,
+                                )
+                            ),
+                        ]
+                    )
+        except (ConcurrencyError, StoreUnavailableError) as exc:
+            raise HandoffError(
+                f"could not record the commit of migration {migration_id}: {exc.reason}",
+                hint="the migration stays open; recovery aborts it if it cannot be committed",
+            ) from exc
         assert current is not None  # the loop either committed with it or raised
         log.info("committed migration %s of %s", migration_id, record.object_id)
         crash_point("source.after-commit-journal")

@@ -32,8 +32,6 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from gateway.lineage import EntryKind
-
 if TYPE_CHECKING:
     from gateway.model import GovernedObject
     from gateway.observability.metrics import Metrics
@@ -159,6 +157,8 @@ def arrived(staged: GovernedObject, *, tenant: str, started: datetime, at: datet
     observed = _state.metrics
     if observed is None:
         return
+    from gateway.lineage import EntryKind  # here: the CLI imports this package for every command
+
     observed.migration_settled("destination", "activated", tenant=tenant, started=started, at=at)
     for entry in reversed(staged.lineage.entries):
         if entry.kind is EntryKind.FROZEN:

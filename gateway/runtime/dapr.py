@@ -1,8 +1,8 @@
 """The gateway's live side on Dapr: events through pub/sub, cycles through the Jobs API.
 
 Events. Outbox events (actions published, objects rehosted, migrations committed) are
-delivered to a Dapr pub/sub component as CloudEvents 1.0 that the gateway builds itself
-(``application/cloudevents+json``, which daprd passes through): the CloudEvent ``id`` is
+delivered to a Dapr pub/sub component as CloudEvents 1.0 built by the CloudEvents SDK
+(structured ``application/cloudevents+json``, which daprd passes through): the CloudEvent ``id`` is
 the outbox key, so a subscriber can drop the duplicates at-least-once delivery brings.
 Topic: the resource path with ``/`` as ``.`` (``pubsub:alerts/overdue`` → ``alerts.overdue``),
 since not every broker accepts ``/`` in a topic name.
@@ -34,7 +34,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyMessage
@@ -43,6 +43,9 @@ from gateway._time import format_time
 from gateway.errors import StoreUnavailableError
 from gateway.runtime.cycle import CycleResult, CycleRunner
 from gateway.runtime.outbox import DeliveryError, Event
+
+if TYPE_CHECKING:
+    from cloudevents.core.v1.event import CloudEvent
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +58,25 @@ def topic_of(event: Event) -> str:
     return event.target.replace("/", ".")
 
 
-def cloudevent(event: Event, *, source: str) -> dict[str, Any]:
+def cloudevent(event: Event, *, source: str) -> CloudEvent:
+    """The CloudEvent 1.0 of an outbox event, built and validated by the CloudEvents SDK
+    (``cloudevents``): its ``id`` is the outbox key, the idempotency key."""
+    from cloudevents.core.v1.event import CloudEvent
+
     kind = {"publish": "gateway.action.published", "invoke": "gateway.action.invoked"}.get(
         event.verb, f"gateway.{event.verb}"
     )
-    return {
-        "specversion": "1.0",
-        "id": event.key,
-        "source": source,
-        "type": kind,
-        "subject": event.object_id,
-        "time": format_time(event.created_at),
-        "datacontenttype": "application/json",
-        "data": {
+    return CloudEvent(
+        attributes={
+            "specversion": "1.0",
+            "id": event.key,
+            "source": source,
+            "type": kind,
+            "subject": event.object_id,
+            "time": event.created_at,
+            "datacontenttype": "application/json",
+        },
+        data={
             "tenant": event.tenant,
             "object_id": event.object_id,
             "generation": event.generation,
@@ -75,7 +84,14 @@ def cloudevent(event: Event, *, source: str) -> dict[str, Any]:
             "resource": event.resource,
             "payload": event.payload,
         },
-    }
+    )
+
+
+def structured(event: CloudEvent) -> bytes:
+    """The event in the structured JSON format (``application/cloudevents+json``)."""
+    from cloudevents.core.formats.json import JSONFormat
+
+    return JSONFormat().write(event)
 
 
 class DaprEventSink:
@@ -87,7 +103,7 @@ class DaprEventSink:
         self.source = source
 
     async def publish(self, event: Event) -> None:
-        body = json.dumps(cloudevent(event, source=self.source), separators=(",", ":"))
+        body = structured(cloudevent(event, source=self.source))
         try:
             await self.client.publish_event(
                 pubsub_name=self.pubsub,

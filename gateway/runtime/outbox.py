@@ -27,6 +27,7 @@ from gateway._crash import crash_point
 from gateway._decode import load_json
 from gateway._time import Clock, format_time, parse_time
 from gateway.errors import ConcurrencyError, GatewayError, StoreError
+from gateway.handoff.lifecycle import LifecycleEvent
 from gateway.stores import Delete, Expect, Put, StateStore
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,24 @@ def outbox_puts(event: Event) -> list[Put]:
     if event.status == "pending":
         puts.append(Put(key=PENDING + event.key, value=b"", etag=Expect.ABSENT))
     return puts
+
+
+class OutboxLifecycle:
+    """The handoff layer's :class:`~gateway.handoff.lifecycle.LifecycleRecorder`: a
+    lifecycle event becomes an outbox record, delivered like any published event."""
+
+    def writes(self, event: LifecycleEvent) -> list[Put]:
+        return outbox_puts(
+            lifecycle_event(
+                event.verb,
+                tenant=event.tenant,
+                object_id=event.object_id,
+                epoch=event.epoch,
+                generation=event.generation,
+                payload=event.payload,
+                at=event.at,
+            )
+        )
 
 
 async def list_events(

@@ -46,7 +46,6 @@ import os
 import secrets
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,7 +53,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from gateway import observability
-from gateway.errors import ConcurrencyError, StoreError, StoreUnavailableError
+from gateway.errors import ConcurrencyError, ConfigError, StoreError, StoreUnavailableError
 from gateway.stores import Delete, Expect, Item, Operation, Put, check_listable, listable
 
 __all__ = ["SqliteStore"]
@@ -159,19 +158,32 @@ class SqliteStore:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], *, busy_timeout: float = _DEFAULT_BUSY_TIMEOUT
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = False,
+        busy_timeout: float = _DEFAULT_BUSY_TIMEOUT,
     ) -> SqliteStore:
-        """Open (creating if needed) the store at ``path``.
+        """Open the store at ``path``; with ``create``, make it first if it is missing.
 
-        Creates missing parent directories, the file and its schema. ``busy_timeout`` is
-        how many seconds a write waits for another process to release the file's write
-        lock before failing with :class:`~gateway.errors.StoreUnavailableError`.
+        Without ``create`` a missing file is a :class:`~gateway.errors.ConfigError`: a
+        mistyped path must not quietly become a new, empty store (only ``gateway init``
+        and test worlds create). With it, missing parent directories, the file and its
+        schema are created. ``busy_timeout`` is how many seconds a write waits for another
+        process to release the file's write lock before failing with
+        :class:`~gateway.errors.StoreUnavailableError`.
 
         Blocks the calling thread while the file is opened; call it at start-up.
         """
         if busy_timeout < 0:
             raise ValueError(f"busy_timeout must not be negative, got {busy_timeout}")
         file = Path(path)
+        if not create and not file.exists():
+            raise ConfigError(
+                f"the SQLite store {file} does not exist",
+                hint="check store.sqlite in the host configuration; `gateway init` creates "
+                "a new host with its store",
+            )
         try:
             file.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -521,15 +533,13 @@ def _enable_wal(connection: sqlite3.Connection, busy_timeout: float) -> str:
     """Switch the file to WAL. Switching takes an exclusive lock and SQLite does not run
     the busy handler for it, so two processes opening a new file at once can get
     "database is locked" immediately: wait and retry within the busy timeout."""
-    deadline = time.monotonic() + busy_timeout
-    while True:
-        try:
+    from gateway._retry import locked_file  # tenacity only where a store is opened
+
+    for attempt in locked_file(busy_timeout, locked=lambda exc: "locked" in str(exc)):
+        with attempt:
             (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
             return str(mode)
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
+    raise AssertionError("tenacity returns or raises")
 
 
 def _configure(connection: sqlite3.Connection, file: Path, busy_timeout: float) -> None:

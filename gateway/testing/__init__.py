@@ -47,6 +47,7 @@ from gateway.scaffold import (
     PeerEntry,
     config_document,
     create_ca,
+    create_store,
     free_port,
     issue_host_certificate,
     load_ca,
@@ -151,6 +152,7 @@ def build_world(directory: Path, specs: Sequence[HostSpec], *, at: datetime | No
         if spec.dapr is not None:
             document["dapr"] = spec.dapr
         write_config(configs[spec.host_id], document)
+        create_store(configs[spec.host_id])  # as `gateway init` does: hosts never create it
     bundles = {domain: load_keyring(path / "keys").export(at) for domain, path in domains.items()}
 
     async def exchange() -> None:

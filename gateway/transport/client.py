@@ -21,7 +21,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from gateway import observability
+from gateway import observability, versions
 from gateway.config import HandoffConfig, PeerConfig
 from gateway.errors import HandoffError, ObjectMovedError, PeerUnavailableError
 from gateway.handoff.messages import Evaluation
@@ -31,6 +31,11 @@ from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.wire import decode_evaluation
 
 R = TypeVar("R", bound=Message)
+
+
+#: What this host speaks, sent with every call (gateway/versions.py): the server agrees
+#: on a protocol version or refuses naming both sides' versions.
+CAPABILITIES = versions.ours().metadata()
 
 
 class _Unavailable(Exception):
@@ -61,7 +66,11 @@ class GrpcPeerClient:
         making a fresh request iterator for every attempt."""
         return await self._attempts(
             rpc,
-            lambda timeout: method(request() if callable(request) else request, timeout=timeout),
+            lambda timeout: method(
+                request() if callable(request) else request,
+                timeout=timeout,
+                metadata=CAPABILITIES,
+            ),
             deadline=self.timing.rpc_timeout.total_seconds(),
         )
 
@@ -126,7 +135,7 @@ class GrpcPeerClient:
         timeout = self.timing.rpc_timeout.total_seconds() + size / (8 << 20)
         response: gateway_pb2.PrepareResponse = await self._attempts(
             "PrepareStream",
-            lambda t: self.stub.PrepareStream(requests(), timeout=t),
+            lambda t: self.stub.PrepareStream(requests(), timeout=t, metadata=CAPABILITIES),
             deadline=timeout,
         )
         return response.receipt

@@ -18,6 +18,7 @@ import grpc
 
 from gateway import observability, wire
 from gateway.errors import (
+    ConfigError,
     GatewayError,
     ObjectMovedError,
     ObjectStateError,
@@ -33,6 +34,7 @@ from gateway.runtime.calls import Calls, caller_of_host
 from gateway.transport.status import ERROR_TYPE_KEY, MOVED_TO_KEY, status_of
 from gateway.transport.tls import CHANNEL_OPTIONS, authenticated_peer
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from gateway.versions import AGREED_KEY, Capabilities, negotiate
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,14 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         peer = ""
         try:
             peer = authenticated_peer(context.auth_context(), self.authorities)
+            # The caller's capabilities ride on every call: agree on a protocol version
+            # (said back in the trailing metadata) or refuse, naming both sides' versions.
+            version = negotiate(
+                Capabilities.from_metadata(context.invocation_metadata() or ()),
+                host=self.destination.ctx.host,
+                peer_name=peer,
+            )
+            context.set_trailing_metadata(((AGREED_KEY, str(version)),))
             self.gate.enter(rpc, self.destination.ctx.host)
             entered = True
             return await handler(peer)
@@ -241,10 +251,18 @@ async def start_server(
 
     With ``readiness``, the same port also serves grpc.health.v1 (and, unless
     ``reflection`` is False, server reflection): see gateway.observability.health."""
-    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    # SO_REUSEPORT off: with it (gRPC's default on Linux) a second `gateway serve` on the
+    # same port starts "successfully" and the kernel splits connections between the two.
+    server = grpc.aio.server(options=(*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)))
     gateway_pb2_grpc.add_GatewayServicer_to_server(service, server)
     if readiness is not None:
         await readiness.attach(server, reflection=reflection)
-    port = server.add_secure_port(listen, credentials)
+    try:
+        port = server.add_secure_port(listen, credentials)
+    except RuntimeError as exc:  # gRPC's only signal that it could not bind
+        raise ConfigError(
+            f"cannot listen on {listen}: the address is in use or not this machine's",
+            hint="stop the other process on that port, or set another 'listen' in the config",
+        ) from exc
     await server.start()
     return server, port

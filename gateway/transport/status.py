@@ -26,6 +26,7 @@ STATUS: tuple[tuple[type[errors.GatewayError], grpc.StatusCode], ...] = (
     (errors.RollbackError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.VerificationError, grpc.StatusCode.UNAUTHENTICATED),
     # Not RESOURCE_EXHAUSTED: clients retry that, and a too-large message stays too large.
+    (errors.VersionError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.EnvelopeTooLargeError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.EnvelopeError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.TrustError, grpc.StatusCode.FAILED_PRECONDITION),

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import grpc
+from cryptography import x509
 
 from gateway.errors import PeerMismatchError, UntrustedKeyError
 from gateway.identity import (
@@ -93,4 +94,23 @@ def authenticated_peer(
             hint=f"import {host.trust_domain}'s trust bundle with `gateway trust import`; a "
             "running `gateway serve` uses it within seconds (at once on SIGHUP), no restart",
         )
-    return str(verify_certificate_for_domain(cert, host, domain_authorities, host.trust_domain))
+    # The whole chain the peer presented: a host certificate may be issued by an
+    # intermediate CA of its domain, which the path check needs to see.
+    presented = b"".join(auth_context.get("x509_pem_cert_chain") or [])
+    intermediates = [c for c in _certificates(presented) if c != cert]
+    return str(
+        verify_certificate_for_domain(
+            cert, host, domain_authorities, host.trust_domain, intermediates=intermediates
+        )
+    )
+
+
+def _certificates(pem: bytes) -> list[x509.Certificate]:
+    """The certificates of a PEM chain; none if it does not parse (then the path check
+    finds no intermediate, and a leaf that needs one is refused)."""
+    if not pem:
+        return []
+    try:
+        return x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        return []

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import StoreError, StoreUnavailableError
+from gateway.errors import ConfigError, StoreError, StoreUnavailableError
 from gateway.stores import Expect, Put, StateStore
 from gateway.stores.sqlite import SqliteStore
 from tests.stores.contract import OpenStore, StoreContract
@@ -39,7 +39,7 @@ class TestSqliteStoreContract(StoreContract):
     def open_store(self, db_path: Path) -> OpenStore:
         @contextlib.asynccontextmanager
         async def opened() -> AsyncIterator[StateStore]:
-            async with SqliteStore.open(db_path) as store:
+            async with SqliteStore.open(db_path, create=True) as store:
                 yield store
 
         return opened
@@ -64,7 +64,7 @@ def test_satisfies_the_protocol(db_path: Path) -> None:
     """SqliteStore is a StateStore (runtime-checkable protocol)."""
 
     async def main() -> None:
-        async with SqliteStore.open(db_path) as store:
+        async with SqliteStore.open(db_path, create=True) as store:
             assert isinstance(store, StateStore)
 
     asyncio.run(main())
@@ -74,7 +74,7 @@ def test_writes_survive_close_and_reopen(db_path: Path) -> None:
     """What a closed store wrote is there, with the same ETags, when the file is reopened."""
 
     async def write() -> dict[str, str]:
-        async with SqliteStore.open(db_path) as store:
+        async with SqliteStore.open(db_path, create=True) as store:
             await store.transact(
                 [Put(key=f"k/{n}", value=b"v%d" % n, etag=Expect.ABSENT) for n in range(5)]
             )
@@ -84,7 +84,7 @@ def test_writes_survive_close_and_reopen(db_path: Path) -> None:
             return etags
 
     async def read(etags: dict[str, str]) -> None:
-        async with SqliteStore.open(db_path) as store:
+        async with SqliteStore.open(db_path, create=True) as store:
             found = await store.get_many([f"k/{n}" for n in range(5)])
             assert {key: item.etag for key, item in found.items()} == etags
             assert found["k/3"].value == b"v3"
@@ -98,7 +98,7 @@ def test_file_settings(db_path: Path) -> None:
     """The file is in WAL mode, the connection syncs FULL, the schema version is set."""
 
     async def main() -> None:
-        async with SqliteStore.open(db_path) as store:
+        async with SqliteStore.open(db_path, create=True) as store:
             # The connection may only be used on the store's worker thread.
             synchronous = store._executor.submit(
                 lambda: store._connection.execute("PRAGMA synchronous").fetchone()
@@ -120,7 +120,7 @@ def test_get_many_beyond_one_chunk(db_path: Path) -> None:
     """get_many() of more keys than one query takes returns every existing one."""
 
     async def main() -> None:
-        async with SqliteStore.open(db_path) as store:
+        async with SqliteStore.open(db_path, create=True) as store:
             keys = [f"bulk/{n:05d}" for n in range(1300)]
             await store.transact(
                 [Put(key=key, value=key.encode(), etag=Expect.ABSENT) for key in keys[::2]]
@@ -146,7 +146,7 @@ def test_list_prefix_at_code_point_edges(db_path: Path) -> None:
     ]
 
     async def main() -> None:
-        async with SqliteStore.open(db_path) as store:
+        async with SqliteStore.open(db_path, create=True) as store:
             await store.transact([Put(key=key, value=b"", etag=Expect.ABSENT) for key in keys])
             assert await store.list("") == sorted(keys)
             assert await store.list("a\ud7ff") == ["a\ud7ff", "a\ud7ffz"]
@@ -160,7 +160,7 @@ def test_misuse_is_a_type_or_value_error(db_path: Path) -> None:
     """Wrong argument types and unusable keys raise TypeError/ValueError, writing nothing."""
 
     async def main() -> None:
-        async with SqliteStore.open(db_path) as store:
+        async with SqliteStore.open(db_path, create=True) as store:
             with pytest.raises(TypeError):
                 await store.put("k", "text", etag=Expect.ANY)  # type: ignore[arg-type]
             with pytest.raises(ValueError, match="empty"):
@@ -180,7 +180,7 @@ def test_closed_store_is_unavailable(db_path: Path) -> None:
     """After close() every call fails with StoreUnavailableError; closing twice is fine."""
 
     async def main() -> None:
-        store = SqliteStore.open(db_path)
+        store = SqliteStore.open(db_path, create=True)
         await store.close()
         await store.close()
         with pytest.raises(StoreUnavailableError, match="closed"):
@@ -195,7 +195,7 @@ def test_waits_for_another_writer_without_blocking_the_loop(db_path: Path) -> No
     """A write waits (busy_timeout) for another connection's lock; the loop keeps running."""
 
     async def main() -> None:
-        async with SqliteStore.open(db_path, busy_timeout=5) as store:
+        async with SqliteStore.open(db_path, busy_timeout=5, create=True) as store:
             other = sqlite3.connect(db_path, isolation_level=None)
             try:
                 other.execute("BEGIN IMMEDIATE")
@@ -220,7 +220,7 @@ def test_lock_held_past_busy_timeout_is_unavailable(db_path: Path) -> None:
     """A lock held longer than busy_timeout gives StoreUnavailableError naming the file."""
 
     async def main() -> None:
-        async with SqliteStore.open(db_path, busy_timeout=0.2) as store:
+        async with SqliteStore.open(db_path, busy_timeout=0.2, create=True) as store:
             other = sqlite3.connect(db_path, isolation_level=None)
             try:
                 other.execute("BEGIN IMMEDIATE")
@@ -240,9 +240,27 @@ def test_lock_held_past_busy_timeout_is_unavailable(db_path: Path) -> None:
 def test_unopenable_path_is_unavailable(tmp_path: Path) -> None:
     """A path that is a directory cannot be opened: StoreUnavailableError naming it."""
     with pytest.raises(StoreUnavailableError) as caught:
-        SqliteStore.open(tmp_path)
+        SqliteStore.open(tmp_path, create=True)
     assert str(tmp_path) in str(caught.value)
     assert caught.value.__cause__ is not None
+
+
+def test_a_missing_store_is_an_error_unless_creation_is_asked(tmp_path: Path) -> None:
+    """A mistyped path must not become a new, empty store: without ``create`` a missing
+    file is a ConfigError naming it, and neither it nor its directory appears."""
+    path = tmp_path / "typo" / "state.db"
+    with pytest.raises(ConfigError, match="does not exist") as caught:
+        SqliteStore.open(path)
+    assert str(path) in str(caught.value)
+    assert not path.parent.exists()
+
+    async def create_then_reopen() -> None:
+        async with SqliteStore.open(path, create=True) as store:
+            await store.put("k", b"v", etag=Expect.ABSENT)
+        async with SqliteStore.open(path) as store:
+            assert (await store.get("k")) is not None
+
+    asyncio.run(create_then_reopen())
 
 
 def test_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:
@@ -251,7 +269,7 @@ def test_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     garbage = b"this is not an SQLite database, just some text\n" * 100
     path.write_bytes(garbage)
     with pytest.raises(StoreError) as caught:
-        SqliteStore.open(path)
+        SqliteStore.open(path, create=True)
     assert str(path) in str(caught.value)
     assert path.read_bytes() == garbage
 
@@ -264,14 +282,14 @@ def test_refuses_a_foreign_sqlite_database(tmp_path: Path) -> None:
     raw.commit()
     raw.close()
     with pytest.raises(StoreError, match="did not create"):
-        SqliteStore.open(path)
+        SqliteStore.open(path, create=True)
 
 
 def test_refuses_a_newer_schema(db_path: Path) -> None:
     """A file written by a newer schema version is refused instead of misread."""
 
     async def create() -> None:
-        async with SqliteStore.open(db_path):
+        async with SqliteStore.open(db_path, create=True):
             pass
 
     asyncio.run(create())
@@ -279,7 +297,7 @@ def test_refuses_a_newer_schema(db_path: Path) -> None:
     raw.execute("PRAGMA user_version = 99")
     raw.close()
     with pytest.raises(StoreError, match="schema version 99"):
-        SqliteStore.open(db_path)
+        SqliteStore.open(db_path, create=True)
 
 
 # --- several processes --------------------------------------------------------------
@@ -292,7 +310,7 @@ _RACER = """
 
     async def main(path: str, name: str, count: int) -> None:
         won = []
-        async with SqliteStore.open(path) as store:
+        async with SqliteStore.open(path, create=True) as store:
             print("ready", flush=True)
             sys.stdin.readline()  # start together
             for n in range(count):
@@ -344,7 +362,7 @@ def test_two_processes_racing_to_create(db_path: Path) -> None:
     assert won["left"] | won["right"] == set(range(count))
 
     async def check() -> None:
-        async with SqliteStore.open(db_path) as store:
+        async with SqliteStore.open(db_path, create=True) as store:
             found = await store.get_many([f"race/{n:03d}" for n in range(count)])
             for name, numbers in won.items():
                 for n in numbers:
@@ -359,7 +377,7 @@ _WRITER = """
     from gateway.stores.sqlite import SqliteStore
 
     async def main(path: str) -> None:
-        async with SqliteStore.open(path) as store:
+        async with SqliteStore.open(path, create=True) as store:
             # Continue where the previous (killed) writer stopped.
             heads = await store.get_many(["head/a", "head/b"])
             n = int(heads["head/a"].value) if heads else 0
@@ -413,7 +431,7 @@ def test_sigkill_mid_write_leaves_every_transaction_whole(db_path: Path) -> None
             raw.close()
 
         async def check(acknowledged: int) -> None:
-            async with SqliteStore.open(db_path) as store:
+            async with SqliteStore.open(db_path, create=True) as store:
                 heads = await store.get_many(["head/a", "head/b"])
                 head = int(heads["head/a"].value)
                 assert heads["head/b"].value == heads["head/a"].value

@@ -1,0 +1,310 @@
+"""Presentation shared by commands: tables and summaries of objects, lineages and events.
+
+Both ``gateway`` commands (gateway/cli.py) and ``gateway demo`` (gateway/demo.py) print
+these, so they live here, below both, instead of one command importing the other.
+Everything here renders values into rich renderables or text; nothing prints, reads a
+store or talks to a peer (``verify_and_describe_lineage`` verifies with the host's trust,
+in memory).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from rich.table import Table
+
+from gateway._time import format_time
+from gateway.lineage import EntryKind, verify_lineage
+from gateway.model import GovernedObject, LifecycleState
+
+if TYPE_CHECKING:
+    from gateway.handoff.messages import Evaluation
+    from gateway.keys import KeyRecord
+    from gateway.runtime.outbox import Event
+    from gateway.trust import TrustBundle, TrustStore
+
+
+class Trusting(Protocol):
+    """Whatever holds a host's trust: a serving Host or a LocalHost opened to read."""
+
+    @property
+    def trust(self) -> TrustStore: ...
+
+
+#: Shown in a terminal in place of the rest of a long value (never when piped).
+ELLIPSIS = "…"
+
+
+def _short(digest: bytes) -> str:
+    return digest.hex()[:12]
+
+
+def describe_object(obj: GovernedObject) -> Table:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("object", obj.object_id)
+    table.add_row("tenant", obj.tenant)
+    state = obj.state.value.upper()
+    if obj.state is LifecycleState.MOVED:
+        state += f" → {obj.moved_to}"
+    table.add_row("state", state)
+    table.add_row("epoch", str(obj.epoch))
+    table.add_row("generation", str(obj.generation))
+    table.add_row("data", _preview(obj))
+    table.add_row("data digest", obj.data_digest().hex())
+    table.add_row("grants", f"{len(obj.grants)} (root first)" if obj.grants else "none")
+    from gateway.credentials import root_home  # not at import: keeps `gateway --help` fast
+
+    home = root_home(obj.grants)
+    table.add_row("custody home", home or "none (a stale copy is caught only where both meet)")
+    table.add_row("handoffs", f"{len(obj.lineage.arrivals)} completed")
+    if obj.state is not LifecycleState.MOVED:
+        authority = str(obj.authority.allow)
+        if obj.authority.deny.capabilities:
+            authority += f" except {obj.authority.deny}"
+        table.add_row("authority here", authority)
+    table.add_row("rules", ", ".join(r.name for r in obj.rules) or "none")
+    table.add_row("lineage", f"{len(obj.lineage)} entries, root {_short(obj.lineage.root())}")
+    if obj.migration_id:
+        table.add_row("migration", obj.migration_id)
+    return table
+
+
+def _preview(obj: GovernedObject, limit: int = 200) -> str:
+    if obj.blob is not None:
+        return f"{obj.size:,} bytes of {obj.content_type} (stored as {obj.blob.chunks} chunks)"
+    if obj.content_type.startswith("application/json") or obj.content_type.startswith("text/"):
+        text = obj.data.decode("utf-8", errors="replace")
+    else:
+        text = f"{len(obj.data)} bytes of {obj.content_type}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _host(host_id: str) -> str:
+    return host_id.removeprefix("spiffe://")
+
+
+def lineage_table(obj: GovernedObject) -> Table:
+    table = Table(title=f"lineage of {obj.object_id}", title_justify="left")
+    for column in ("#", "time (UTC)", "host", "kind", "epoch", "gen", "data", "detail"):
+        table.add_column(column, overflow="fold")
+    for entry in obj.lineage.entries:
+        table.add_row(
+            str(entry.seq),
+            format_time(entry.time)[:-1].replace("T", " "),
+            _host(entry.host),
+            entry.kind.value,
+            str(entry.epoch),
+            str(entry.generation),
+            _short(entry.data_digest),
+            entry.detail,
+        )
+    return table
+
+
+_CYCLE_KINDS = (EntryKind.ACTION_ADMITTED, EntryKind.ACTION_DENIED, EntryKind.EVALUATED)
+
+
+def lineage_summary(obj: GovernedObject) -> Table:
+    """The lineage with each evaluation's entries folded into one row (for long histories)."""
+    table = Table(
+        title=f"lineage of {obj.object_id} (one row per evaluation)", title_justify="left"
+    )
+    for column in ("#", "host", "epoch", "gen", "what happened"):
+        table.add_column(column, overflow="fold")
+    entries = list(obj.lineage.entries)
+    index = 0
+    while index < len(entries):
+        entry = entries[index]
+        if entry.kind not in _CYCLE_KINDS:
+            row = f"{entry.kind.value}: {entry.detail}"
+            table.add_row(
+                str(entry.seq), _host(entry.host), str(entry.epoch), str(entry.generation), row
+            )
+            index += 1
+            continue
+        group = [entry]
+        while group[-1].kind is not EntryKind.EVALUATED and index + len(group) < len(entries):
+            group.append(entries[index + len(group)])
+        admitted = [
+            e.detail.removeprefix("rule ") for e in group if e.kind is EntryKind.ACTION_ADMITTED
+        ]
+        denied = [
+            e.detail.removeprefix("rule ") for e in group if e.kind is EntryKind.ACTION_DENIED
+        ]
+        parts = [f"admitted {', '.join(admitted)}"] if admitted else []
+        parts += [f"[red]{d}[/]" for d in denied]
+        seqs = f"{group[0].seq}–{group[-1].seq}" if len(group) > 1 else str(group[0].seq)
+        what = "; ".join(parts) or group[-1].detail
+        table.add_row(seqs, _host(entry.host), str(entry.epoch), str(entry.generation), what)
+        index += len(group)
+    return table
+
+
+def verify_and_describe_lineage(host: Trusting, obj: GovernedObject) -> str:
+    verified = verify_lineage(obj.lineage, object_id=obj.object_id, trust=host.trust, sealed=False)
+    from gateway.custody import verify_custody  # not at import: keeps `gateway --help` fast
+
+    hops = ", ".join(h.removeprefix("spiffe://") for h in verified.hosts) or "none yet"
+    custody = verify_custody(
+        obj.lineage,
+        verified.checkpoints,
+        object_id=obj.object_id,
+        trust=host.trust,
+        in_transit=False,
+    )
+    path = " → ".join(h.removeprefix("spiffe://") for h in custody.holders)
+    return (
+        f"lineage verified: {verified.size} entries, hash chain intact, Merkle root "
+        f"{_short(verified.root)}, {len(verified.hosts)} signed checkpoint(s) ({hops})\n"
+        f"custody verified: {custody.hops} handoff(s), each departure signed by its sender "
+        f"and acknowledged by its receiver ({path})"
+    )
+
+
+def events_table(
+    events: Sequence[Event],
+    *,
+    title: str | None = None,
+    show_object: bool = True,
+    whole: bool = False,
+) -> Table:
+    """One row per event; the payload is cut to the width left (full text: ``-o json``),
+    unless ``whole`` (output that is piped is never cut)."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("time (UTC)", no_wrap=True)
+    if show_object:
+        table.add_column("object", overflow="fold")
+    for column in ("gen", "rule", "action", "status"):
+        table.add_column(column, overflow="fold")
+    table.add_column("payload", overflow="fold" if whole else "ellipsis", min_width=12)
+    for event in events:
+        status = event.status + (f" ({event.last_error})" if event.last_error else "")
+        payload = json.dumps(event.payload, separators=(",", ":"))
+        row = [
+            format_time(event.created_at)[11:-1],
+            *([event.object_id] if show_object else []),
+            str(event.generation),
+            event.rule,
+            f"{event.verb} {event.target}",
+            status,
+            payload if whole else payload[:200],
+        ]
+        table.add_row(*row)
+    return table
+
+
+# --- JSON (``-o json``): the same facts as the tables, whole, in stable field names --------
+
+
+def _time(moment: Any) -> str | None:
+    return format_time(moment) if moment is not None else None
+
+
+def object_json(obj: GovernedObject) -> dict[str, Any]:
+    from gateway.credentials import root_home
+
+    return {
+        "object_id": obj.object_id,
+        "tenant": obj.tenant,
+        "state": obj.state.value,
+        "moved_to": obj.moved_to or None,
+        "epoch": obj.epoch,
+        "generation": obj.generation,
+        "content_type": obj.content_type,
+        "size": obj.size,
+        "data_digest": obj.data_digest().hex(),
+        "grants": len(obj.grants),
+        "custody_home": root_home(obj.grants) or None,
+        "handoffs": len(obj.lineage.arrivals),
+        "authority": None if obj.state is LifecycleState.MOVED else str(obj.authority.allow),
+        "rules": [r.name for r in obj.rules],
+        "lineage_entries": len(obj.lineage),
+        "lineage_root": obj.lineage.root().hex(),
+        "migration_id": obj.migration_id or None,
+    }
+
+
+def lineage_json(obj: GovernedObject) -> list[dict[str, Any]]:
+    return [
+        {
+            "seq": e.seq,
+            "time": format_time(e.time),
+            "host": e.host,
+            "kind": e.kind.value,
+            "epoch": e.epoch,
+            "generation": e.generation,
+            "data_digest": e.data_digest.hex(),
+            "detail": e.detail,
+        }
+        for e in obj.lineage.entries
+    ]
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    return {
+        "key": event.key,
+        "tenant": event.tenant,
+        "object_id": event.object_id,
+        "generation": event.generation,
+        "rule": event.rule,
+        "verb": event.verb,
+        "resource": event.resource,
+        "payload": event.payload,
+        "created_at": format_time(event.created_at),
+        "status": event.status,
+        "attempts": event.attempts,
+        "last_error": event.last_error,
+    }
+
+
+def key_json(record: KeyRecord, *, private: bool | None = None) -> dict[str, Any]:
+    return {
+        "key_id": record.key_id,
+        "algorithm": record.algorithm.value,
+        "purposes": sorted(p.value for p in record.purposes),
+        "hosts": sorted(record.hosts),
+        "valid_from": _time(record.valid_from),
+        "valid_until": _time(record.valid_until),
+        "retired_at": _time(record.retired_at),
+        "revoked": record.revoked,
+        **({"private_key_here": private} if private is not None else {}),
+    }
+
+
+def bundle_json(bundle: TrustBundle, *, own: bool) -> dict[str, Any]:
+    return {
+        "trust_domain": bundle.trust_domain,
+        "own": own,
+        "sequence": bundle.sequence,
+        "issued_at": format_time(bundle.issued_at),
+        "keys": len(bundle.keys),
+        "fingerprint": bundle.fingerprint(),
+    }
+
+
+def evaluation_json(evaluation: Evaluation) -> dict[str, Any]:
+    authority = evaluation.authority
+    return {
+        "host": evaluation.host,
+        "admitted": evaluation.admitted,
+        "refusal": evaluation.refusal or None,
+        "decisions": [
+            {"capability": d.capability, "outcome": d.outcome, "reason": d.reason}
+            for d in evaluation.decisions
+        ],
+        "effective": str(authority.allow) if authority is not None else None,
+        "except": str(authority.deny)
+        if authority is not None and authority.deny.capabilities
+        else None,
+    }
+
+
+def print_json(document: Any) -> None:
+    """``-o json`` output: one JSON document on standard output, nothing else there."""
+    import sys
+
+    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
