@@ -38,7 +38,7 @@ def _json_argument(text: str | None, what: str) -> bytes:
 
 
 async def _with_host(args: argparse.Namespace, action: Callable[[Host], Awaitable[T]]) -> T:
-    from gateway.cli import _config_path
+    from gateway._cli_base import _config_path
     from gateway.host import Host
 
     host = await Host.open(load_config(_config_path(args)))

@@ -318,7 +318,7 @@ class Progress:
     """A progress bar on a terminal (stderr), nothing otherwise."""
 
     def __init__(self, total: int, title: str) -> None:
-        from gateway.cli import err
+        from gateway._cli_base import err
 
         self._bar: Any = None
         self._task: Any = None
@@ -404,7 +404,7 @@ def report(results: Sequence[Moved], destination: str) -> dict[str, Any]:
 def print_summary(results: Sequence[Moved], destination: str, output: str) -> int:
     from rich.table import Table
 
-    from gateway.cli import out
+    from gateway._cli_base import out
 
     document = report(results, destination)
     if output == "json":
@@ -433,7 +433,7 @@ def print_summary(results: Sequence[Moved], destination: str, output: str) -> in
 
 
 def _config_text(args: argparse.Namespace) -> str:
-    from gateway.cli import _config_path
+    from gateway._cli_base import _config_path
 
     return str(_config_path(args))
 
@@ -445,7 +445,7 @@ def _parallel(args: argparse.Namespace) -> int:
 
 
 def _finish(args: argparse.Namespace, run: Callable[[Host], Awaitable[int]]) -> int:
-    from gateway.cli import _with_host, err
+    from gateway._cli_base import _with_host, err
 
     try:
         return asyncio.run(_with_host(args, run))
@@ -456,7 +456,7 @@ def _finish(args: argparse.Namespace, run: Callable[[Host], Awaitable[int]]) -> 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """``gateway migrate``: one object (as before), several, or a selection."""
-    from gateway import cli
+    from gateway import _cli_base
 
     ids: list[str] = args.object_id
     labels = [parse_label(text) for text in args.label or []]
@@ -471,7 +471,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             raise ConfigError("--dry-run takes exactly one object id")
         args.object_id = ids[0]
         args.tenant = args.tenant or "default"
-        return cli.cmd_migrate(args)
+        return _cli_base.cmd_migrate(args)
     parallel = _parallel(args)
     single = len(ids) == 1 and not selector and args.output != "json"
 
@@ -484,7 +484,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         if single:
             target = targets[0]
             return await interruptible(
-                lambda: cli.migrate_one(host, target.object_id, target.tenant, args.to), left_open
+                lambda: _cli_base.migrate_one(host, target.object_id, target.tenant, args.to),
+                left_open,
             )
         if not targets:
             raise ConfigError(
@@ -547,7 +548,7 @@ def cmd_drain(args: argparse.Namespace) -> int:
 
 def cmd_label(args: argparse.Namespace) -> int:
     """``gateway object label OBJ [k=v | k-]...``: set, remove or show an object's labels."""
-    from gateway.cli import out
+    from gateway._cli_base import out
 
     changes = [parse_label(text, removal=True) for text in args.labels]
     object_id = str(ObjectId.parse(args.object_id))
@@ -576,7 +577,7 @@ def register(
     tenant: argparse.ArgumentParser,
 ) -> None:
     """Add ``gateway migrate`` (many), ``gateway drain`` and ``gateway object label``."""
-    from gateway.cli import _Parser
+    from gateway._cli_base import _Parser
 
     batch = _Parser(add_help=False)
     batch.add_argument(

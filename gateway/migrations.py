@@ -292,7 +292,7 @@ def _table(views: list[MigrationView], *, wide: bool) -> Any:
 
 
 def _run(args: argparse.Namespace, action: Callable[[Host], Awaitable[int]]) -> int:
-    from gateway.cli import _with_host
+    from gateway._cli_base import _with_host
 
     return asyncio.run(_with_host(args, action))
 
@@ -310,7 +310,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         if args.output == "json":
             _print_json([v.to_json() for v in views])
             return 0
-        from gateway.cli import out
+        from gateway._cli_base import out
 
         if not views:
             what = "no migrations" if args.all else "no open migrations"
@@ -341,7 +341,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             return 0
         from rich.table import Table
 
-        from gateway.cli import out
+        from gateway._cli_base import out
 
         for v in views:
             table = Table(show_header=False, box=None, pad_edge=False)
@@ -372,7 +372,7 @@ def _one(args: argparse.Namespace, act: Callable[[Host, str], Awaitable[Migratio
         if args.output == "json":
             _print_json(view.to_json())
             return 0
-        from gateway.cli import out
+        from gateway._cli_base import out
 
         out.print(
             f"{view.migration_id}: {view.object_id} — {view.step.upper()} "
@@ -394,7 +394,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
     """Add ``gateway migration ...`` to the CLI's subcommands."""
-    from gateway.cli import _Parser
+    from gateway._cli_base import _Parser
 
     output = _Parser(add_help=False)
     output.add_argument(

@@ -50,7 +50,7 @@ async def parts(data: bytes, size: int = 256 * 1024) -> AsyncIterator[bytes]:
 
 def test_writes_overlap_the_stream_within_the_window(tmp_path: Path) -> None:
     async def main() -> None:
-        async with SqliteStore.open(tmp_path / "s.db") as real:
+        async with SqliteStore.open(tmp_path / "s.db", create=True) as real:
             store = SlowStore(real)
             blob = await write_blob(
                 store,  # type: ignore[arg-type]
@@ -69,7 +69,7 @@ def test_writes_overlap_the_stream_within_the_window(tmp_path: Path) -> None:
 
 def test_a_bad_digest_leaves_no_chunk_even_with_writes_in_flight(tmp_path: Path) -> None:
     async def main() -> None:
-        async with SqliteStore.open(tmp_path / "s.db") as real:
+        async with SqliteStore.open(tmp_path / "s.db", create=True) as real:
             store = SlowStore(real)
             with pytest.raises(TransferStreamError, match="digest"):
                 await write_blob(

@@ -425,7 +425,7 @@ def test_tracing_and_metrics_cost_no_import_when_off(tmp_path: Path) -> None:
     probe = (
         "import sys\n"
         "from gateway.cli import main\n"
-        f"code = main(['object', 'list', '--config', {str(world.config(HOST_A))!r}])\n"
+        f"code = main(['migration', 'list', '--config', {str(world.config(HOST_A))!r}])\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'opentelemetry', 'prometheus_client'}))\n"
         "sys.exit(code)\n"
     )
@@ -449,7 +449,7 @@ def test_tracing_and_metrics_cost_no_import_when_off(tmp_path: Path) -> None:
 def test_unknown_trace_exporter_is_one_clear_error(tmp_path: Path) -> None:
     world = build_world(tmp_path, [HostSpec(host_id=HOST_A)])
     done = run_cli(
-        "object", "list", config=world.config(HOST_A), env={"OTEL_TRACES_EXPORTER": "zipkinx"}
+        "migration", "list", config=world.config(HOST_A), env={"OTEL_TRACES_EXPORTER": "zipkinx"}
     )
     assert done.returncode == 2
     assert done.stderr.startswith("gateway: error: OTEL_TRACES_EXPORTER names 'zipkinx'")

@@ -46,7 +46,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from gateway import wire
-from gateway.errors import ConcurrencyError, GatewayError
+from gateway._decode import load_json
+from gateway._time import parse_time
+from gateway.errors import ConcurrencyError, GatewayError, StoreError
 from gateway.handoff.context import HostContext
 from gateway.handoff.journal import (
     DESTINATION_PREFIX,
@@ -59,7 +61,6 @@ from gateway.handoff.journal import (
 )
 from gateway.handoff.offline import MAX_OFFLINE_LIFETIME
 from gateway.handoff.records import DestinationStep, SourceStep
-from gateway.runtime.outbox import Event
 from gateway.stores import Delete, Operation
 
 log = logging.getLogger(__name__)
@@ -203,11 +204,8 @@ class Pruner:
         for batch in await self._batches(EVENTS_PREFIX, pending):
             deletes: list[Operation] = []
             for key, item in (await store.get_many(batch)).items():
-                try:
-                    event = Event.decode(key.removeprefix(EVENTS_PREFIX), item.value)
-                except GatewayError:
-                    continue
-                if event.status != "pending" and event.created_at < cutoff:
+                settled = _settled_before(item.value)
+                if settled is not None and settled < cutoff:
                     deletes.append(Delete(key=key, etag=item.etag))
             pruned += await self._apply(deletes)
         return pruned
@@ -236,3 +234,17 @@ class Pruner:
         except ConcurrencyError:
             return 0
         return 1
+
+
+def _settled_before(raw: bytes) -> datetime | None:
+    """When an outbox event that is no longer pending was made; None for a pending or
+    unreadable one (left alone). Read from the two fields of the runtime's event record
+    (gateway.runtime.outbox.Event: ``status``, ``created_at``) without importing the
+    runtime, which sits above this layer."""
+    try:
+        document = load_json(raw, error=StoreError, what="an outbox event")
+        if not isinstance(document, dict) or document.get("status", "pending") == "pending":
+            return None
+        return parse_time(str(document["created_at"]))
+    except (GatewayError, KeyError, ValueError):
+        return None

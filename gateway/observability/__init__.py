@@ -188,9 +188,6 @@ def streamed(chunks: AsyncIterator[bytes], direction: str) -> AsyncIterator[byte
     return _state.metrics.counted(chunks, direction)
 
 
-#: Store methods timed into the store-latency histogram when metrics are on.
-STORE_OPERATIONS = ("get", "get_many", "transact", "put", "delete", "list")
-
 _metered: list[type] = []
 
 C = TypeVar("C", bound=type)

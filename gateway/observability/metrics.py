@@ -45,6 +45,10 @@ OBJECTS_REFRESH_S = 15.0
 OTHER = "other"
 
 
+
+#: The StateStore methods whose latency is measured (gateway.stores.StateStore).
+STORE_OPERATIONS = ("get", "get_many", "transact", "put", "delete", "list")
+
 class Metrics:
     def __init__(self, *, tenants: tuple[str, ...], peers: tuple[str, ...]) -> None:
         self.tenants = frozenset(tenants)
@@ -175,8 +179,6 @@ class Metrics:
 
     def time_store_methods(self, cls: type) -> None:
         """Wrap ``cls``'s store methods with a timer (once per class)."""
-        from gateway.observability import STORE_OPERATIONS
-
         if cls in self._timed:
             return
         self._timed.add(cls)

@@ -53,7 +53,13 @@ def setup_tracing(config: Config) -> bool:
 
     if not requested():
         return False
-    return configure_tracing(service_instance=str(config.host))
+    if not configure_tracing(service_instance=str(config.host)):
+        return False
+    # Here, not in tracing: the package imports tracing, so tracing does not import it.
+    from gateway.observability import _tracing_enabled
+
+    _tracing_enabled(True)
+    return True
 
 
 def setup_metrics(config: Config, flag: str | None) -> str | None:

@@ -24,7 +24,6 @@ from collections.abc import Iterator, Mapping
 from importlib.metadata import entry_points
 
 from gateway.errors import ConfigError
-from gateway.observability import _tracing_enabled
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +106,7 @@ def configure_tracing(*, service_instance: str | None = None) -> bool:
     GrpcAioInstrumentorClient().instrument()  # type: ignore[no-untyped-call]
     GrpcAioInstrumentorServer().instrument()  # type: ignore[no-untyped-call]
     _configured = True
-    _tracing_enabled(True)
-    return True
+    return True  # the caller (setup.setup_tracing) turns the hooks on
 
 
 @contextlib.contextmanager

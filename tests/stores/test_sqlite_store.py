@@ -452,7 +452,7 @@ def test_reads_do_not_queue_behind_a_waiting_write(db_path: Path) -> None:
     their own connections, reading the last committed snapshot)."""
 
     async def main() -> None:
-        async with SqliteStore.open(db_path, busy_timeout=5) as store:
+        async with SqliteStore.open(db_path, busy_timeout=5, create=True) as store:
             await store.put("a", b"1", etag=Expect.ABSENT)
             other = sqlite3.connect(db_path, isolation_level=None)
             try:
@@ -482,7 +482,7 @@ def test_concurrent_writes_share_commits_and_keep_first_write_wins(db_path: Path
     from gateway.errors import ConcurrencyError
 
     async def main() -> list[BaseException | None]:
-        async with SqliteStore.open(db_path) as store:
+        async with SqliteStore.open(db_path, create=True) as store:
             jobs = []
             for index in range(40):
                 ops = [Put(key=f"own/{index}", value=b"x", etag=Expect.ABSENT)]
