@@ -45,9 +45,9 @@ OBJECTS_REFRESH_S = 15.0
 OTHER = "other"
 
 
-
 #: The StateStore methods whose latency is measured (gateway.stores.StateStore).
 STORE_OPERATIONS = ("get", "get_many", "transact", "put", "delete", "list")
+
 
 class Metrics:
     def __init__(self, *, tenants: tuple[str, ...], peers: tuple[str, ...]) -> None:
