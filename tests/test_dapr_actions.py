@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from collections import Counter
@@ -50,6 +51,8 @@ from gateway.testing import (
 )
 from tests.conftest import HOST_A
 from tests.daprd.runner import DaprdProcess
+from tests.real_dapr import RUN, clear, missing
+from tests.real_dapr import sidecar as sidecar_named
 
 OBJECT = "obj://org-a.example/orders/order-7"
 POLICY: dict[str, Any] = {
@@ -96,8 +99,8 @@ class Receiver:
     """The receiving side: performs each request's effect once per ``Idempotency-Key``
     (what the key is for), and remembers every delivery, duplicates included."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.deliveries: list[tuple[str, str, dict[str, Any]]] = []  #: (path, key, body)
         self.effects: Counter[str] = Counter()  #: path -> effects performed
         self._done: set[str] = set()
@@ -205,9 +208,9 @@ def sidecar(tmp_path: Path, receiver: Receiver) -> Iterator[DaprdProcess]:
         process.kill()
 
 
-def read(config: Path) -> tuple[GovernedObject | None, list[Event]]:
+def read(config: Path, object_id: str = OBJECT) -> tuple[GovernedObject | None, list[Event]]:
     async def go(store: StateStore) -> tuple[GovernedObject | None, list[Event]]:
-        loaded = await Journal(store).object("default", OBJECT)
+        loaded = await Journal(store).object("default", object_id)
         return (loaded.value if loaded else None), await list_events(store)
 
     return read_store(config, go)
@@ -217,15 +220,57 @@ def actions(obj: GovernedObject, kind: EntryKind) -> list[str]:
     return [e.detail for e in obj.lineage.entries if e.kind is kind]
 
 
+CRASH_POINTS = ["cycle.after-commit", "outbox.after-deliver"]
+#: The variables naming gateway A's real sidecar and the receiver its resources name
+#: (tests/real_dapr.py); without them the real variant is skipped.
+REAL = ("DAPR_GRPC_ENDPOINT", "DAPR_HTTP_ENDPOINT", "DAPR_APP_PORT", "DAPR_RECEIVER_PORT")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("crash_at", ["cycle.after-commit", "outbox.after-deliver"])
+@pytest.mark.parametrize("crash_at", CRASH_POINTS)
 def test_invoke_and_binding_through_dapr_take_effect_once_across_a_crash(
     tmp_path: Path, receiver: Receiver, sidecar: DaprdProcess, crash_at: str
 ) -> None:
     assert sidecar.addresses is not None
+    take_effect_once(tmp_path, receiver, sidecar.addresses.store_section(), None, OBJECT, crash_at)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    bool(missing(*REAL)),
+    reason=f"needs a real daprd sidecar: set {', '.join(REAL)} (tests/real_dapr.py, "
+    "docs/dapr.md 'Messages, calls and actions on real daprd')",
+)
+@pytest.mark.parametrize("crash_at", CRASH_POINTS)
+def test_invoke_and_binding_take_effect_once_on_real_daprd(tmp_path: Path, crash_at: str) -> None:
+    """The same through a real sidecar, whose resources declare the HTTPEndpoint
+    ``payments`` and the ``bindings.http`` components ``notify`` and ``audit`` at
+    ``http://127.0.0.1:$DAPR_RECEIVER_PORT``. The gateway serves the sidecar's app port
+    (as deployed), so that the sidecar's app health probe passes."""
+    real = sidecar_named("DAPR")
+    assert real is not None
+    clear(real.store_section())
+    with Receiver(int(os.environ["DAPR_RECEIVER_PORT"])) as receiver:
+        take_effect_once(
+            tmp_path,
+            receiver,
+            real.store_section(),
+            {"app_port": int(os.environ["DAPR_APP_PORT"])},
+            f"{OBJECT}-{RUN}-{crash_at.split('.')[0]}",
+            crash_at,
+        )
+
+
+def take_effect_once(
+    tmp_path: Path,
+    receiver: Receiver,
+    store: dict[str, Any],
+    dapr: dict[str, Any] | None,
+    object_id: str,
+    crash_at: str,
+) -> None:
     world = build_world(
-        tmp_path / "world",
-        [HostSpec(host_id=HOST_A, policy=POLICY, store=sidecar.addresses.store_section())],
+        tmp_path / "world", [HostSpec(host_id=HOST_A, policy=POLICY, store=store, dapr=dapr)]
     )
     config = world.config(HOST_A)
     spec_file = tmp_path / "order.yaml"
@@ -236,7 +281,7 @@ def test_invoke_and_binding_through_dapr_take_effect_once_across_a_crash(
         stack.callback(crashing.stop)
         stack.callback(server.stop)
         crashing.start()
-        created = run_cli("object", "create", OBJECT, "--spec", spec_file, config=config)
+        created = run_cli("object", "create", object_id, "--spec", spec_file, config=config)
         assert created.returncode == 0, created.stderr
         assert crashing.process is not None
         assert crashing.process.wait(timeout=60) == -9, f"not killed at {crash_at}"
@@ -249,7 +294,7 @@ def test_invoke_and_binding_through_dapr_take_effect_once_across_a_crash(
         server.start()
         deadline = time.monotonic() + 60
         while True:
-            obj, events = read(config)
+            obj, events = read(config, object_id)
             if events and all(e.status == "delivered" for e in events):
                 break
             assert time.monotonic() < deadline, [(e.resource, e.status) for e in events]

@@ -22,7 +22,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +30,14 @@ import yaml
 
 from gateway._time import parse_time
 from gateway.config import load_config
-from gateway.handoff.home import custody_key
-from gateway.handoff.journal import Journal, fence_key, held_key, usage_key
+from gateway.handoff.journal import Journal
 from gateway.handoff.records import DestinationStep, SourceStep
 from gateway.lineage import EntryKind
 from gateway.model import GovernedObject, LifecycleState
 from gateway.objectspec import parse_spec
 from gateway.runtime.dapr import job_name
 from gateway.scaffold import free_port, write_config
-from gateway.stores import Expect, StateStore
-from gateway.stores.dapr import DaprStore
+from gateway.stores import StateStore
 from gateway.testing import (
     HostSpec,
     ServerProcess,
@@ -55,12 +52,13 @@ from gateway.testing import (
 from tests.conftest import HOST_A, HOST_B
 from tests.daprd.components import pubsub, state_store
 from tests.daprd.runner import DaprdProcess, DaprdThread
+from tests.real_dapr import RUN
+from tests.real_dapr import RealSidecar as _RealSidecar
+from tests.real_dapr import clear as _clear
 
 pytestmark = pytest.mark.slow
 
 OBJECT = "obj://org-a.example/billing/invoice-9"
-#: Names this run's objects on a real sidecar's store, which outlives the run.
-RUN = uuid.uuid4().hex[:8]
 POLICY = {
     "offers": [
         {"resource": "pubsub:*", "actions": ["publish"]},
@@ -91,57 +89,6 @@ SPEC = {
 
 REAL_A = os.environ.get("DAPR_GRPC_ENDPOINT")
 REAL_B = os.environ.get("DAPR_PEER_GRPC_ENDPOINT")
-
-
-def _clear(section: dict[str, Any]) -> None:
-    """Empty a real sidecar's store: the test's world must be the only one there.
-
-    Only listable keys can be found; the unlisted records of the objects listed (custody,
-    fence, hold) and of their tenants (usage) are deleted by name. Records of objects a
-    crashed run left only staged cannot be found, so the tests that reuse a store name
-    their objects afresh on every run (:data:`RUN`)."""
-
-    async def main() -> None:
-        dapr = section["dapr"]
-        store = await DaprStore.connect(
-            dapr["state_store"],
-            grpc_endpoint=dapr["grpc_endpoint"],
-            http_endpoint=dapr["http_endpoint"],
-        )
-        try:
-            keys = await store.list("")
-            unlisted: set[str] = set()
-            for key in keys:
-                parts = key.split("/", 3)
-                if parts[0] == "t" and len(parts) == 4 and parts[2] == "objects":
-                    tenant, object_id = parts[1], parts[3]
-                    unlisted |= {
-                        custody_key(object_id),
-                        fence_key(tenant, object_id),
-                        held_key(tenant, object_id),
-                        usage_key(tenant),
-                    }
-            for key in [*keys, *sorted(unlisted)]:
-                await store.delete(key, etag=Expect.ANY)
-        finally:
-            await store.close()
-
-    asyncio.run(main())
-
-
-@dataclass(frozen=True)
-class _RealSidecar:
-    grpc_endpoint: str
-    http_endpoint: str
-
-    def store_section(self, name: str = "statestore") -> dict[str, Any]:
-        return {
-            "dapr": {
-                "state_store": name,
-                "grpc_endpoint": self.grpc_endpoint,
-                "http_endpoint": self.http_endpoint,
-            }
-        }
 
 
 def test_cycles_run_as_dapr_jobs_and_events_go_to_dapr_pubsub(

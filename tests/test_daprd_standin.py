@@ -834,3 +834,77 @@ def test_component_files_load_like_daprd(tmp_path: Path) -> None:
     )
     with pytest.raises(ComponentError, match=r"b\.yaml.*keyPrefix"):
         load_components([tmp_path], APP)
+
+
+class _Subscriber(appcallback_pb2_grpc.AppCallbackServicer):
+    """An app subscribed to ``bus``/``orders`` that answers RETRY ``refusals`` times, then
+    SUCCESS, and records the data of every delivery."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.delivered: list[bytes] = []
+
+    async def ListTopicSubscriptions(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> appcallback_pb2.ListTopicSubscriptionsResponse:
+        return appcallback_pb2.ListTopicSubscriptionsResponse(
+            subscriptions=[appcallback_pb2.TopicSubscription(pubsub_name="bus", topic="orders")]
+        )
+
+    async def OnTopicEvent(
+        self, request: appcallback_pb2.TopicEventRequest, context: grpc.aio.ServicerContext
+    ) -> appcallback_pb2.TopicEventResponse:
+        self.delivered.append(request.data)
+        statuses = appcallback_pb2.TopicEventResponse.TopicEventResponseStatus
+        if self.refusals > 0:
+            self.refusals -= 1
+            return appcallback_pb2.TopicEventResponse(status=statuses.RETRY)
+        return appcallback_pb2.TopicEventResponse(status=statuses.SUCCESS)
+
+
+@pytest.mark.parametrize(
+    ("retries", "delivered"),
+    [
+        (0, [b"first", b"second"]),  # no inbound retry: acknowledged after one RETRY
+        (3, [b"first", b"first", b"first", b"second"]),  # retried until it succeeded
+    ],
+)
+def test_a_failed_delivery_to_the_app_is_acknowledged_unless_the_sidecar_retries_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, retries: int, delivered: list[bytes]
+) -> None:
+    """pubsub.redis acknowledges a message whose delivery to the app failed (RETRY, or
+    the app gone) while its processingTimeout had not run out: without an inbound retry
+    policy in a Resiliency resource it is lost for the app; with one, the sidecar tries
+    again. Measured on a real daprd (docs/dapr.md, "Messages, calls and actions on real
+    daprd"). The app refuses "first" twice; "second" is published after it, so "first"
+    would come again before "second" if it were still pending."""
+    components: list[Component] = [pubsub("bus", processingTimeout="10s", redeliverInterval="50ms")]
+    if retries:
+        policy = {"policy": "constant", "duration": "50ms", "maxRetries": str(retries)}
+        components.append(Component(name="bus", type="resiliency.inbound", metadata=policy))
+    app = _Subscriber(refusals=2)
+
+    async def scenario() -> None:
+        server = grpc.aio.server()
+        appcallback_pb2_grpc.add_AppCallbackServicer_to_server(app, server)  # type: ignore[no-untyped-call]
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        sidecar = DaprdThread(
+            app_id=APP, db=tmp_path / "dapr.db", components=components, app_port=port
+        )
+        addresses = await asyncio.to_thread(sidecar.start)
+        for name, value in addresses.env().items():
+            monkeypatch.setenv(name, value)
+        try:
+            async with DaprClient() as client:
+                for data in ("first", "second"):
+                    await client.publish_event(
+                        "bus", "orders", data, data_content_type="text/plain"
+                    )
+                await wait_until(lambda: b"second" in app.delivered, within=10)
+        finally:
+            await asyncio.to_thread(sidecar.stop)
+            await server.stop(0)
+
+    run(scenario())
+    assert app.delivered == delivered

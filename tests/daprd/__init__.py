@@ -147,9 +147,14 @@ Pub/sub
     waits for the app port), ``AppCallback.ListTopicSubscriptions`` is asked once per
     start (UNIMPLEMENTED: none); each topic is delivered to ``AppCallback.OnTopicEvent``
     under the app id's consumer group, one at a time. SUCCESS acks, DROP drops (dead
-    letter if named), RETRY — or a failed call (app down, error status) — makes the
-    message pending again after ``redeliverInterval``: at-least-once, so an app that
-    kept a message and died before answering gets it again.
+    letter if named). RETRY — or a failed call (app down, error status) — is retried
+    under the pub/sub component's inbound retry policy of a ``Resiliency`` resource;
+    if there is none, or it runs out, ``pubsub.redis`` **acknowledges** the message (lost
+    for the app: ``contrib:pubsub/redis/redis.go`` processMessage acks after a handler
+    error unless its processingTimeout ran out; measured on a real daprd) and other
+    types make it pending again after ``redeliverInterval``. So an app that kept a
+    message and died before answering gets it again only with an inbound retry (or a
+    delivery longer than processingTimeout).
     ``pkg/runtime/subscription/postman/grpc/grpc.go`` (status handling),
     ``pkg/runtime/processor/pubsub`` (subscriptions loaded at start),
     https://docs.dapr.io/developing-applications/building-blocks/pubsub/subscription-methods/#programmatic-subscriptions.

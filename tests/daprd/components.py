@@ -19,7 +19,8 @@ Invariants:
 * Components of other categories (secret stores, ...) are skipped; the stand-in
   emulates state, pub/sub and ``bindings.http`` (another binding type is refused at
   load), and loads ``HTTPEndpoint`` resources for service invocation
-  (tests/daprd/invocation.py).
+  (tests/daprd/invocation.py) and the inbound retry policies of ``Resiliency``
+  resources (for deliveries to the app, tests/daprd/server.py).
 * A component whose ``scopes`` do not name the app id is not loaded, as in daprd, so
   that app gets "state store X is not found".
 * ``keyPrefix`` follows dapr/dapr ``pkg/components/state/state_config.go``: the
@@ -210,6 +211,34 @@ def _parse(document: Mapping[str, Any], source: Path) -> Component | None:
     return component
 
 
+def _inbound_retries(document: Mapping[str, Any], source: Path) -> list[Component]:
+    """A ``Resiliency`` resource's inbound retry policies, one per component it targets,
+    kept as components of category ``resiliency`` named after that component: metadata
+    ``policy`` (constant or exponential), ``duration``, ``maxInterval``, ``maxRetries``
+    (-1: unbounded). Timeouts and breakers are not emulated.
+    https://docs.dapr.io/reference/resource-specs/resiliency/"""
+    spec = document.get("spec") or {}
+    retries = (spec.get("policies") or {}).get("retries") or {}
+    targets = (spec.get("targets") or {}).get("components") or {}
+    found: list[Component] = []
+    for name, directions in targets.items():
+        policy_name = ((directions or {}).get("inbound") or {}).get("retry")
+        if policy_name is None:
+            continue
+        policy = retries.get(policy_name)
+        if not isinstance(policy, Mapping):
+            raise ComponentError(f"{source}: retry policy {policy_name!r} is not defined")
+        found.append(
+            Component(
+                name=str(name),
+                type="resiliency.inbound",
+                metadata={k: str(v) for k, v in policy.items()},
+                scopes=tuple(str(s) for s in document.get("scopes") or ()),
+            )
+        )
+    return found
+
+
 def load_components(
     paths: Iterable[Path], app_id: str, extra: Iterable[Component] = ()
 ) -> tuple[Component, ...]:
@@ -226,13 +255,15 @@ def load_components(
         for file in files:
             with file.open(encoding="utf-8") as stream:
                 for document in yaml.safe_load_all(stream):
-                    if isinstance(document, Mapping):
+                    if isinstance(document, Mapping) and document.get("kind") == "Resiliency":
+                        found.extend(_inbound_retries(document, file))
+                    elif isinstance(document, Mapping):
                         component = _parse(document, file)
                         if component is not None:
                             found.append(component)
     loaded: dict[tuple[str, str], Component] = {}
     for component in found:
-        if component.category not in ("state", "pubsub", "bindings", "httpendpoint"):
+        if component.category not in ("state", "pubsub", "bindings", "httpendpoint", "resiliency"):
             continue
         if component.scopes and app_id not in component.scopes:
             continue

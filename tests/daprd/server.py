@@ -825,6 +825,21 @@ def _failure_policy(job: jobs_pb2.Job) -> schedule.FailurePolicy:
     return schedule.FailurePolicy(drop=True)
 
 
+def _retry_delay(policy: Component | None, attempt: int) -> float | None:
+    """The wait before retry ``attempt`` + 1 of a delivery under an inbound resiliency
+    retry policy (dapr/kit retry: constant ``duration``, or exponential from 500 ms by
+    1.5 up to ``maxInterval``, without its jitter); None when no retry is left."""
+    if policy is None:
+        return None
+    limit = int(policy.meta("maxRetries", "-1"))
+    if 0 <= limit <= attempt:
+        return None
+    if policy.meta("policy", "constant") == "constant":
+        return schedule.parse_go_duration(policy.meta("duration", "5s"))
+    cap = schedule.parse_go_duration(policy.meta("maxInterval", "60s"))
+    return float(min(0.5 * 1.5**attempt, cap))
+
+
 class Daprd:
     """One stand-in sidecar for ``app_id``: start with :meth:`start`, stop with :meth:`stop`."""
 
@@ -1158,8 +1173,15 @@ class Daprd:
     ) -> None:
         """Deliver one topic to the app, one message at a time (a concurrency of 1 keeps
         the order the tests read): SUCCESS settles it, DROP drops it (to the dead-letter
-        topic if any), RETRY or a failed call (the app down, an error status) makes it
-        pending again after ``redeliverInterval`` — at-least-once delivery."""
+        topic if any). RETRY or a failed call (the app down, an error status) is tried
+        again under the pub/sub's inbound retry policy (a Resiliency resource), if any;
+        when that fails too, ``pubsub.redis`` acknowledges the message (it is lost for
+        the app) unless the delivery outlasted ``processingTimeout``, and other types
+        make it pending again after ``redeliverInterval``. As daprd d0fd828 with
+        components-contrib v1.17.3 does (``pkg/runtime/subscription/subscription.go``,
+        ``contrib:pubsub/redis/redis.go`` processMessage; docs/dapr.md). Not emulated:
+        daprd's app health probe, whose failure closes the subscription so that a
+        failed message is left unacknowledged."""
         assert self._app_channel is not None
         stub = appcallback_pb2_grpc.AppCallbackStub(self._app_channel)
         pubsub, topic = component.name, subscription.topic
@@ -1199,17 +1221,34 @@ class Daprd:
                     await self._settle(stream, message.seq, "dropped")
                     await self._dead_letter(stream, message.seq)
                     continue
-                try:
-                    answer = await stub.OnTopicEvent(event, timeout=processing)
-                    status = answer.status
-                except grpc.aio.AioRpcError as exc:
-                    log.info("topic %s: app call failed: %s; retrying", topic, exc.code())
-                    status = statuses.RETRY
+                started = time.monotonic()
+                retry = self.components_of("resiliency").get(pubsub)
+                attempt = 0
+                while True:
+                    try:
+                        answer = await stub.OnTopicEvent(event, timeout=processing)
+                        status = answer.status
+                    except grpc.aio.AioRpcError as exc:
+                        log.info("topic %s: app call failed: %s", topic, exc.code())
+                        status = statuses.RETRY
+                    if status in (statuses.SUCCESS, statuses.DROP):
+                        break
+                    delay = _retry_delay(retry, attempt)
+                    if delay is None:
+                        break
+                    attempt += 1
+                    await asyncio.sleep(delay)
                 if status == statuses.SUCCESS:
                     await self._settle(stream, message.seq, "done")
                 elif status == statuses.DROP:
                     await self._settle(stream, message.seq, "dropped")
                     await self._dead_letter(stream, message.seq)
+                elif component.type == "pubsub.redis" and time.monotonic() - started < processing:
+                    # pubsub.redis acknowledges a message whose handler failed while
+                    # the handler's processingTimeout had not run out (contrib
+                    # pubsub/redis processMessage): gone for this app, no dead letter.
+                    log.info("topic %s: message %s failed; acknowledged", topic, message.seq)
+                    await self._settle(stream, message.seq, "dropped")
                 else:
                     await self._settle(stream, message.seq, "pending", time.time() + redeliver)
             if not claimed:
