@@ -62,7 +62,6 @@ import builtins
 import contextlib
 import hashlib
 import json
-import random
 import time
 import urllib.error
 import urllib.request
@@ -72,9 +71,13 @@ from typing import Any
 import grpc
 from tenacity import (
     AsyncRetrying,
+    Retrying,
     retry_if_exception_type,
+    retry_if_result,
     stop_after_attempt,
     wait_exponential_jitter,
+    wait_fixed,
+    wait_random_exponential,
 )
 
 from gateway import observability
@@ -269,10 +272,12 @@ def wait_for_sidecar(
     """
     start = time.monotonic()
     heard = False
-    while True:
+
+    def probe_once() -> bool:
+        nonlocal heard
         state = _probe(url)
         if state:
-            return
+            return True
         heard = heard or state is False
         waited = time.monotonic() - start
         if not heard and waited >= absent_for:
@@ -286,7 +291,10 @@ def wait_for_sidecar(
                 f"the Dapr sidecar at {url} did not become ready within {waited:.0f} s",
                 hint="read daprd's log: a component that cannot reach its backend keeps it unready",
             )
-        time.sleep(0.2)
+        return False
+
+    # Polled every 0.2 s until ready; the two deadlines above end it with one line.
+    Retrying(retry=retry_if_result(lambda ready: not ready), wait=wait_fixed(0.2))(probe_once)
 
 
 async def connect_client(
@@ -491,11 +499,16 @@ class DaprStore:
         _check(ops)
         if not ops:
             return
-        for _attempt in range(_ATTEMPTS):
-            if await self._try_transact(ops):
-                return
-            # Jittered: writers that lost to each other should not collide again.
-            await asyncio.sleep(random.uniform(0.001, 0.005 * (1 + _attempt)))  # noqa: S311 - backoff jitter, not a secret
+        # Jittered and growing: writers that lost to each other should not collide again.
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(_ATTEMPTS),
+            wait=wait_random_exponential(multiplier=0.002, max=0.06),
+            retry=retry_if_result(lambda done: not done),
+            retry_error_callback=lambda _state: False,
+        )
+        committed = bool(await retrying(self._try_transact, ops))
+        if committed:
+            return
         # Not a ConcurrencyError: no precondition of the caller failed, and callers read
         # ConcurrencyError as "somebody else decided first".
         raise StoreContentionError(

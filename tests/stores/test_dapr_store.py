@@ -401,3 +401,31 @@ def test_transactions_on_shared_keys_in_opposite_orders_do_not_deadlock(
 
     asyncio.run(main())
     assert rolled_back == []
+
+
+def test_a_transaction_that_keeps_losing_gives_up_with_a_contention_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Index contention is retried (tenacity, jittered) a bounded number of times, then
+    named as contention, not as a conflict of the caller's own preconditions."""
+    import asyncio
+
+    import gateway.stores.dapr as dapr_module
+    from gateway.errors import ConcurrencyError, StoreContentionError
+    from gateway.stores import Put
+
+    attempts: list[int] = []
+
+    async def losing(self: DaprStore, ops: object) -> bool:
+        attempts.append(1)
+        return False
+
+    async def main() -> None:
+        async with dapr_store(tmp_path / "daprd.db") as store:
+            monkeypatch.setattr(DaprStore, "_try_transact", losing)
+            with pytest.raises(StoreContentionError) as raised:
+                await store.transact([Put(key="c/1", value=b"x", etag=Expect.ABSENT)])
+            assert not isinstance(raised.value, ConcurrencyError)
+
+    asyncio.run(main())
+    assert len(attempts) == dapr_module._ATTEMPTS
