@@ -778,7 +778,7 @@ def _extends(
 
 def _recorded_length(lineage: Lineage, checkpoint: Checkpoint, grants: Sequence[str]) -> int | None:
     """How many of ``grants`` (root first) the departure recorded; None: another chain."""
-    recorded = lineage.entries[checkpoint.size - 1].credentials_digest
+    recorded = checkpoint.credentials_digest
     for length in range(len(grants) + 1):
         if credentials_digest(grants[:length]) == recorded:
             return length
@@ -834,8 +834,9 @@ def _stays(
         return ()
     by_index = {g.index: g for g in grants}
     stays: list[Stay] = []
-    holder, received_from = lineage.entries[0].host, ""
-    arrived_at: datetime | None = lineage.entries[0].time
+    first_entry = lineage.entry(0)
+    holder, received_from = lineage.creator(), ""
+    arrived_at: datetime | None = first_entry.time if first_entry else None
     arrival: Receipt | None = None
     first = 0
     for index, checkpoint in enumerate(checkpoints):
@@ -870,7 +871,7 @@ def _stays(
                 None,
                 False,
                 first,
-                len(lineage.entries) - 1,
+                lineage.size - 1,
                 len(subject.grants),
                 by_index,
             )
