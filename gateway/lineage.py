@@ -232,7 +232,11 @@ def _explain_refusal(raw: bytes) -> None:
     of every other decoder: hostile JSON, wrong types, non-canonical forms)."""
     what = "lineage entry"
     document = load_json(raw, error=LineageError, what=what)
-    fields = _REPEATED_ENTRY_FIELDS if isinstance(document, dict) and "repeats" in document else _ENTRY_FIELDS
+    fields = (
+        _REPEATED_ENTRY_FIELDS
+        if isinstance(document, dict) and "repeats" in document
+        else _ENTRY_FIELDS
+    )
     document = _strict_json(raw, fields, what)
     for name in sorted(document):
         _field(document, name, int if name in _INT_FIELDS else str, what)
@@ -486,7 +490,9 @@ class Base:
         for part in spine:
             if not isinstance(part, list) or len(part) > 128:
                 raise LineageError(f"{what}: each spine range is a list of at most 128 hashes")
-            parts.append(tuple(_from_hex(h if isinstance(h, str) else "", "spine", what) for h in part))
+            parts.append(
+                tuple(_from_hex(h if isinstance(h, str) else "", "spine", what) for h in part)
+            )
         if size < 1:
             raise LineageError(f"{what} covers no entries")
         base = cls(
@@ -972,7 +978,9 @@ def verify_lineage(
         try:
             created_in = HostId.parse(creator).trust_domain
         except ConfigError as exc:
-            raise LineageError(f"the first entry names {creator!r}, which is not a host id") from exc
+            raise LineageError(
+                f"the first entry names {creator!r}, which is not a host id"
+            ) from exc
         if created_in != owner:
             raise LineageError(
                 f"{object_id} was created by {creator}, outside {owner}, the domain that owns it"

@@ -397,7 +397,9 @@ class CompactRange:
 
     __slots__ = ("_nodes", "begin", "end")
 
-    def __init__(self, begin: int = 0, end: int | None = None, hashes: Sequence[bytes] = ()) -> None:
+    def __init__(
+        self, begin: int = 0, end: int | None = None, hashes: Sequence[bytes] = ()
+    ) -> None:
         end = begin if end is None else end
         if not 0 <= begin <= end <= _MAX_TREE_SIZE:
             raise MerkleProofError(f"[{begin}, {end}) is not a range of leaves")
