@@ -132,7 +132,12 @@ def cycling(generations: int, every: int) -> dict[str, object]:
         obj = fold_repeats(obj, after)
         if policy.due(obj.lineage, now=at):
             lineage, segment = compact(
-                obj.lineage, object_id=OBJECT, host=A, at=at, signer=SIGNERS[A], keep=policy.keep_entries
+                obj.lineage,
+                object_id=OBJECT,
+                host=A,
+                at=at,
+                signer=SIGNERS[A],
+                keep=policy.keep_entries,
             )
             archived += len(segment.entries)
             obj = replace(obj, lineage=lineage)

@@ -207,4 +207,3 @@ def test_a_compacted_lineage_round_trips_the_wire() -> None:
     decoded = wire.decode_lineage(wire.encode_lineage(obj.lineage))
     assert decoded == obj.lineage
     assert decoded.root() == obj.lineage.root() and decoded.start == obj.lineage.start
-
