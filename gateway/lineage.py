@@ -29,6 +29,7 @@ No I/O.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import itertools
@@ -91,6 +92,9 @@ _CHECKPOINT_FIELDS = frozenset(
         "credentials_digest",
     }
 )
+#: Checkpoints written before the grants record (format 1 as released): still read, and
+#: their grants are those of the last entry they cover, which must then be carried.
+_CHECKPOINT_FIELDS_V1 = _CHECKPOINT_FIELDS - {"credentials_digest"}
 _BASE_FIELDS = frozenset(
     {
         "object_id",
@@ -381,24 +385,27 @@ class Checkpoint:
     credentials_digest: bytes = b""
 
     def encode(self) -> bytes:
-        return canonical_json(
-            {
-                "object_id": self.object_id,
-                "host": self.host,
-                "epoch": self.epoch,
-                "size": self.size,
-                "root": self.root.hex(),
-                "issued_at": format_time(self.issued_at),
-                "to": self.to,
-                "migration": self.migration,
-                "credentials_digest": self.credentials_digest.hex(),
-            }
-        )
+        document = {
+            "object_id": self.object_id,
+            "host": self.host,
+            "epoch": self.epoch,
+            "size": self.size,
+            "root": self.root.hex(),
+            "issued_at": format_time(self.issued_at),
+            "to": self.to,
+            "migration": self.migration,
+            "credentials_digest": self.credentials_digest.hex(),
+        }
+        if not self.credentials_digest:
+            del document["credentials_digest"]  # a checkpoint of the first format, as signed
+        return canonical_json(document)
 
     @classmethod
     def decode(cls, raw: bytes) -> Checkpoint:
         what = "checkpoint"
-        document = _strict_json(raw, _CHECKPOINT_FIELDS, what)
+        probe = load_json(raw, error=LineageError, what=what)
+        legacy = isinstance(probe, dict) and set(probe) == _CHECKPOINT_FIELDS_V1
+        document = _strict_json(raw, _CHECKPOINT_FIELDS_V1 if legacy else _CHECKPOINT_FIELDS, what)
         try:
             issued_at = parse_time(_field(document, "issued_at", str, what))
         except ValueError as exc:
@@ -412,7 +419,9 @@ class Checkpoint:
             issued_at=issued_at,
             to=_field(document, "to", str, what),
             migration=_field(document, "migration", str, what),
-            credentials_digest=_hex(document, "credentials_digest", what, empty_ok=True),
+            credentials_digest=b""
+            if legacy
+            else _hex(document, "credentials_digest", what, empty_ok=True),
         )
 
 
@@ -1028,6 +1037,16 @@ def verify_lineage(
                     hint="each host signs only what it recorded",
                 )
         last = lineage.entry(checkpoint.size - 1)
+        if not checkpoint.credentials_digest:
+            # First-format checkpoint: its grants are its last entry's, which must be here.
+            if last is None:
+                raise LineageError(
+                    f"checkpoint {index} by {host} records no grants and the entry it ends "
+                    "on was archived",
+                    hint="a lineage may be compacted only past checkpoints that record "
+                    "their grants (written by this release or later)",
+                )
+            checkpoint = dataclasses.replace(checkpoint, credentials_digest=last.credentials_digest)
         if last is not None:
             if checkpoint.epoch != last.epoch:
                 raise LineageError(
