@@ -49,6 +49,7 @@ from gateway import envelope as dsse
 from gateway import wire
 from gateway._decode import load_json
 from gateway._time import format_time, parse_time
+from gateway.archive import Segment, verify_archived
 from gateway.credentials import Grant, VerifiedChain, audience_admits, verify_chain, verify_grant
 from gateway.custody import Custody, require_extends_departures, verify_custody
 from gateway.errors import (
@@ -454,6 +455,7 @@ def audit(
     *,
     at: datetime | None = None,
     now: datetime,
+    archive: Sequence[Segment] | None = None,
 ) -> Report:
     """Verify ``file`` against the trust ``bundles`` (name, signed bytes); see the module.
     ``now`` is only used when the file names no time of its own (its payload is unreadable).
@@ -500,7 +502,7 @@ def audit(
         f"file signature by {subject.presenter}",
         lambda: _check_file_signature(envelope, subject, trust),
     )
-    return _verify(subject, trust, judged, infos, checks)
+    return _verify(subject, trust, judged, infos, checks, archive)
 
 
 def _subject(kind: Kind, payload: bytes) -> _Subject:
@@ -597,6 +599,7 @@ def _verify(
     judged: datetime,
     bundles: tuple[BundleInfo, ...],
     checks: _Checks,
+    archive: Sequence[Segment] | None = None,
 ) -> Report:
     lineage, object_id = subject.lineage, subject.object_id
     in_flight = subject.kind is not Kind.ARCHIVE
@@ -618,6 +621,22 @@ def _verify(
         )
 
     lineage_ok = checks.run("lineage", check_lineage)
+    if archive is not None:
+
+        def check_archive() -> str:
+            whole = verify_archived(
+                archive, lineage, object_id=object_id, trust=trust, sealed=in_flight
+            )
+            return (
+                f"{whole.size} entries from {len(archive)} archive segment(s) and the object: "
+                f"the archived ones match the base's root ({lineage.start} entries), and the "
+                "whole history verifies as if it had never been compacted"
+            )
+
+        if lineage_ok:
+            checks.run("archived history", check_archive)
+        else:
+            checks.skip("archived history", "the lineage did not verify")
     for index, checkpoint in enumerate(verified):
         checks.ok(
             f"departure {index} by {checkpoint.host}",
@@ -778,7 +797,7 @@ def _extends(
 
 def _recorded_length(lineage: Lineage, checkpoint: Checkpoint, grants: Sequence[str]) -> int | None:
     """How many of ``grants`` (root first) the departure recorded; None: another chain."""
-    recorded = lineage.entries[checkpoint.size - 1].credentials_digest
+    recorded = checkpoint.credentials_digest
     for length in range(len(grants) + 1):
         if credentials_digest(grants[:length]) == recorded:
             return length
@@ -834,8 +853,9 @@ def _stays(
         return ()
     by_index = {g.index: g for g in grants}
     stays: list[Stay] = []
-    holder, received_from = lineage.entries[0].host, ""
-    arrived_at: datetime | None = lineage.entries[0].time
+    first_entry = lineage.entry(0)
+    holder, received_from = lineage.creator(), ""
+    arrived_at: datetime | None = first_entry.time if first_entry else None
     arrival: Receipt | None = None
     first = 0
     for index, checkpoint in enumerate(checkpoints):
@@ -870,7 +890,7 @@ def _stays(
                 None,
                 False,
                 first,
-                len(lineage.entries) - 1,
+                lineage.size - 1,
                 len(subject.grants),
                 by_index,
             )

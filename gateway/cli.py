@@ -889,6 +889,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         [(name, _read_file(name)) for name in args.trust],
         at=_parse_at(args.at),
         now=SystemClock().now(),
+        archive=_read_archive(args.archive) if args.archive else None,
     )
     if args.output == "json":
         print(json.dumps(report.to_json(), indent=2))
@@ -906,6 +907,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _read_archive(path: str) -> list[Any]:
+    from gateway.archive import read_segments
+    from gateway.errors import LineageError
+
+    try:
+        return read_segments(Path(path))
+    except LineageError as exc:
+        raise ConfigError(f"{path} is not a lineage archive: {exc.reason}") from exc
 
 
 def render_report(report: Any) -> list[Any]:
@@ -1409,6 +1420,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--at",
         help="judge grant validity at this time (default: when the file was signed)",
+    )
+    verify.add_argument(
+        "--archive",
+        metavar="DIR",
+        help="the object's lineage archive (a directory of segments, or one segment file): "
+        "also verify the whole history, archived entries included (docs/lineage.md)",
     )
     verify.add_argument(
         "-o", "--output", choices=["text", "json"], default="text", help="output format"

@@ -99,7 +99,8 @@ def verify_custody(
         _check_arrival(
             lineage, checkpoints[index], lineage.arrivals[index], index, object_id, trust
         )
-    holders = [lineage.entries[0].host] if lineage.entries else []
+    creator = lineage.creator()
+    holders = [creator] if creator else []
     holders.extend(c.to for c in checkpoints[:completed])
     return Custody(hops=len(checkpoints), holders=tuple(holders))
 
@@ -150,7 +151,12 @@ def _check_arrival(
             f"{departure.epoch})",
             hint="refuse the object; its custody records do not match",
         )
-    following = lineage.entries[departure.size] if departure.size < len(lineage.entries) else None
+    if departure.size < lineage.start:
+        # Archived by compaction (ADR 0005): the receiver's own first entry lies in its own
+        # stay, which the receiver's next departure signed; what another host signed, the
+        # arrival receipt just checked, stays in the object.
+        return
+    following = lineage.entry(departure.size)
     if (
         following is None
         or following.kind is not EntryKind.REHOSTED
@@ -178,7 +184,9 @@ def require_extends_departures(
     longest = len(grants)
     for index in range(len(checkpoints) - 1, -1, -1):
         departure = checkpoints[index]
-        recorded = lineage.entries[departure.size - 1].credentials_digest
+        # The departure's signed record of the grants it left with (verify_lineage checks it
+        # equals its last entry's wherever that entry is carried, not archived).
+        recorded = departure.credentials_digest
         length = prefixes.get(recorded)
         if length is not None and length <= longest:
             longest = length

@@ -12,6 +12,14 @@ Invariants this module keeps:
   previous checkpoint must all be recorded by the host that signs the next one, and
   the checkpoint must be signed by a key trusted for that host. Verification costs one
   hash per entry and one signature per hop, not one signature per entry.
+* **Compactable without losing a signature.** A host may move a prefix of the history
+  to an archive and carry a signed base instead (:class:`Base`, ADR 0005): every
+  departure and arrival stays in the object, and the base's spine rebuilds the root each
+  archived departure's sender signed, so compaction cannot alter what another host
+  signed. Sizes, sequence numbers and tree heads are always those of the whole history.
+* **Linear.** Appending is amortised O(1) (values share one append-only log); an entry
+  decodes in time linear in its bytes (bounded by :data:`MAX_ENTRY_BYTES`); verification
+  costs one leaf and about one node hash per entry plus one signature per checkpoint.
 * **Only extended.** A host that saw an object before checks that the lineage it
   receives now starts with exactly the entries it saw (:func:`verify_extends`), so a
   fork, a truncation or a rewrite of history is detected.
@@ -21,24 +29,39 @@ No I/O.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
+import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, overload
 
 from gateway import envelope as dsse
 from gateway import merkle
 from gateway._decode import load_json
 from gateway._time import format_time, parse_time
-from gateway.errors import ConfigError, ExpiredError, LineageError, VerificationError
+from gateway.errors import (
+    ConfigError,
+    ExpiredError,
+    LineageError,
+    MerkleProofError,
+    VerificationError,
+)
 from gateway.identity import HostId, ObjectId
 from gateway.keys import Purpose, Signer
+from gateway.limits import MAX_HANDOFFS
 from gateway.trust import TrustStore, canonical_json
 
 MAX_DETAIL = 1024
+#: The most bytes one encoded entry may have: a detail of MAX_DETAIL characters, each
+#: escaped at worst as \\uXXXX, two host ids at their limit, and the fixed fields. Checked
+#: before an entry is parsed, so no entry costs more than this to decode.
+MAX_ENTRY_BYTES = 16 << 10
+#: Base payload type: the signed checkpoint a host writes when it compacts a lineage.
+BASE_PAYLOAD_TYPE = "application/vnd.gateway.lineage-base.v1+json"
 _ENTRY_FIELDS = frozenset(
     {
         "seq",
@@ -53,9 +76,42 @@ _ENTRY_FIELDS = frozenset(
         "detail",
     }
 )
+#: An entry that stands for the same event recorded several times in a row carries
+#: ``repeats`` (>= 1); entries recorded once leave it out, so their bytes are unchanged.
+_REPEATED_ENTRY_FIELDS = _ENTRY_FIELDS | {"repeats"}
 _CHECKPOINT_FIELDS = frozenset(
-    {"object_id", "host", "epoch", "size", "root", "issued_at", "to", "migration"}
+    {
+        "object_id",
+        "host",
+        "epoch",
+        "size",
+        "root",
+        "issued_at",
+        "to",
+        "migration",
+        "credentials_digest",
+    }
 )
+#: Checkpoints written before the grants record (format 1 as released): still read, and
+#: their grants are those of the last entry they cover, which must then be carried.
+_CHECKPOINT_FIELDS_V1 = _CHECKPOINT_FIELDS - {"credentials_digest"}
+_BASE_FIELDS = frozenset(
+    {
+        "object_id",
+        "host",
+        "epoch",
+        "size",
+        "root",
+        "head",
+        "issued_at",
+        "creator",
+        "cuts",
+        "spine",
+        "archived",
+    }
+)
+_INT_FIELDS = frozenset({"seq", "epoch", "generation", "repeats"})
+_encode_string = json.encoder.encode_basestring  # json.dumps(ensure_ascii=False) for a str
 
 
 class EntryKind(enum.Enum):
@@ -71,6 +127,9 @@ class EntryKind(enum.Enum):
     WOKEN = "woken"  #: a message on a subscribed topic woke the object (runtime/events.py)
     CALLED = "called"  #: a call was answered (runtime/calls.py)
     CALL_DENIED = "call-denied"  #: a call was refused; repeats are counted (runtime/calls.py)
+
+
+_KINDS = {kind.value: kind for kind in EntryKind}
 
 
 def _strict_json(raw: bytes, fields: frozenset[str], what: str) -> dict[str, Any]:
@@ -93,6 +152,10 @@ def _field(document: dict[str, Any], name: str, kind: type, what: str) -> Any:
 
 def _hex(document: dict[str, Any], name: str, what: str, *, empty_ok: bool = False) -> bytes:
     text = _field(document, name, str, what)
+    return _from_hex(text, name, what, empty_ok=empty_ok)
+
+
+def _from_hex(text: str, name: str, what: str, *, empty_ok: bool = False) -> bytes:
     if empty_ok and text == "":
         return b""
     try:
@@ -104,11 +167,104 @@ def _hex(document: dict[str, Any], name: str, what: str, *, empty_ok: bool = Fal
     return value
 
 
-class _EncodedOnce:
-    """Holds an entry's canonical bytes once computed (or as received); not a field."""
+def _format_utc(moment: datetime) -> str:
+    """format_time, without the conversion when the time is already in UTC (decoded and
+    recorded times are)."""
+    if moment.tzinfo is not UTC:
+        return format_time(moment)
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}."
+        f"{moment.microsecond // 1000:03d}Z"
+    )
 
-    __slots__ = ("_raw",)
+
+def _decode_fast(cls: type[LineageEntry], raw: bytes) -> LineageEntry | None:
+    """The entry, or None if ``raw`` is not exactly a canonical entry."""
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):  # also UnicodeDecodeError, overlong integers
+        return None
+    if type(document) is not dict or (
+        document.keys() != _ENTRY_FIELDS and document.keys() != _REPEATED_ENTRY_FIELDS
+    ):
+        return None
+    repeats = document.get("repeats", 0)
+    numbers = (document["seq"], document["epoch"], document["generation"], repeats)
+    texts = (
+        document["prev"],
+        document["time"],
+        document["host"],
+        document["kind"],
+        document["detail"],
+        document["data_digest"],
+        document["credentials_digest"],
+    )
+    if any(type(v) is not int or v < 0 for v in numbers) or any(type(v) is not str for v in texts):
+        return None
+    kind = _KINDS.get(document["kind"])
+    if kind is None or ("repeats" in document and repeats < 1):
+        return None
+    try:
+        moment = datetime.fromisoformat(document["time"])
+        prev = bytes.fromhex(document["prev"])
+        data_digest = bytes.fromhex(document["data_digest"])
+        credentials = bytes.fromhex(document["credentials_digest"])
+    except ValueError:
+        return None
+    if len(prev) not in (0, 32) or len(data_digest) != 32 or len(credentials) != 32:
+        return None
+    entry = cls(
+        seq=document["seq"],
+        prev=prev,
+        time=moment,
+        host=document["host"],
+        kind=kind,
+        epoch=document["epoch"],
+        generation=document["generation"],
+        data_digest=data_digest,
+        credentials_digest=credentials,
+        detail=document["detail"],
+        repeats=repeats,
+    )
+    try:
+        again = entry._encode()
+    except (ValueError, UnicodeEncodeError):  # a naive or far time, a lone surrogate
+        return None
+    return entry if again == raw else None
+
+
+def _explain_refusal(raw: bytes) -> None:
+    """Raise the precise LineageError for bytes the fast path refused (the strict parser
+    of every other decoder: hostile JSON, wrong types, non-canonical forms)."""
+    what = "lineage entry"
+    document = load_json(raw, error=LineageError, what=what)
+    fields = (
+        _REPEATED_ENTRY_FIELDS
+        if isinstance(document, dict) and "repeats" in document
+        else _ENTRY_FIELDS
+    )
+    document = _strict_json(raw, fields, what)
+    for name in sorted(document):
+        _field(document, name, int if name in _INT_FIELDS else str, what)
+    try:
+        EntryKind(document["kind"])
+        parse_time(document["time"])
+    except ValueError as exc:
+        raise LineageError(f"{what}: {exc}") from exc
+    for name in ("data_digest", "credentials_digest"):
+        _hex(document, name, what)
+    _hex(document, "prev", what, empty_ok=True)
+    if "repeats" in document and document["repeats"] < 1:
+        raise LineageError(f"{what}: repeats must be at least 1 when present")
+
+
+class _EncodedOnce:
+    """Holds an entry's canonical bytes and leaf hash once computed; not fields."""
+
+    __slots__ = ("_leaf", "_raw")
     _raw: bytes
+    _leaf: bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,6 +279,9 @@ class LineageEntry(_EncodedOnce):
     data_digest: bytes
     credentials_digest: bytes
     detail: str = ""
+    #: How many more times this same event happened in consecutive cycles before ``time``
+    #: and ``generation`` (the last occurrence): repeats are counted, not copied.
+    repeats: int = 0
 
     def encode(self) -> bytes:
         # Entries are immutable, so their bytes are computed once: appends and wire
@@ -135,58 +294,85 @@ class LineageEntry(_EncodedOnce):
             return raw
 
     def _encode(self) -> bytes:
-        return canonical_json(
-            {
-                "seq": self.seq,
-                "prev": self.prev.hex(),
-                "time": format_time(self.time),
-                "host": self.host,
-                "kind": self.kind.value,
-                "epoch": self.epoch,
-                "generation": self.generation,
-                "data_digest": self.data_digest.hex(),
-                "credentials_digest": self.credentials_digest.hex(),
-                "detail": self.detail,
-            }
-        )
+        # The canonical JSON of the entry (sorted keys, no spaces, UTF-8), written out
+        # field by field: the same bytes as canonical_json(document) (a test holds the two
+        # together), at a fraction of the cost, since every decode re-encodes to check.
+        repeats = f'"repeats":{self.repeats},' if self.repeats else ""
+        return (
+            f'{{"credentials_digest":"{self.credentials_digest.hex()}",'
+            f'"data_digest":"{self.data_digest.hex()}",'
+            f'"detail":{_encode_string(self.detail)},"epoch":{self.epoch},'
+            f'"generation":{self.generation},"host":{_encode_string(self.host)},'
+            f'"kind":"{self.kind.value}","prev":"{self.prev.hex()}",{repeats}'
+            f'"seq":{self.seq},"time":"{_format_utc(self.time)}"}}'
+        ).encode()
+
+    def document(self) -> dict[str, Any]:
+        """The entry as a JSON document (for people and tests; :meth:`encode` is the form)."""
+        document: dict[str, Any] = {
+            "seq": self.seq,
+            "prev": self.prev.hex(),
+            "time": format_time(self.time),
+            "host": self.host,
+            "kind": self.kind.value,
+            "epoch": self.epoch,
+            "generation": self.generation,
+            "data_digest": self.data_digest.hex(),
+            "credentials_digest": self.credentials_digest.hex(),
+            "detail": self.detail,
+        }
+        if self.repeats:
+            document["repeats"] = self.repeats
+        return document
 
     @classmethod
     def decode(cls, raw: bytes) -> LineageEntry:
+        """The entry in ``raw``, which must be exactly its canonical form.
+
+        Linear in ``len(raw)``, which is bounded first: one C-level JSON parse, type checks
+        per field, and one re-encode compared with ``raw`` (which refuses repeated or
+        unknown members, escapes written another way, non-canonical numbers and times,
+        lone surrogates: everything that would give one entry two hashes). Bytes the fast
+        path refuses go through the strict parser, only to say precisely what is wrong."""
         what = "lineage entry"
-        document = _strict_json(raw, _ENTRY_FIELDS, what)
-        try:
-            kind = EntryKind(_field(document, "kind", str, what))
-            time_text = _field(document, "time", str, what)
-            moment = parse_time(time_text)
-        except ValueError as exc:
-            raise LineageError(f"{what}: {exc}") from exc
-        entry = cls(
-            seq=_field(document, "seq", int, what),
-            prev=_hex(document, "prev", what, empty_ok=True),
-            time=moment,
-            host=_field(document, "host", str, what),
-            kind=kind,
-            epoch=_field(document, "epoch", int, what),
-            generation=_field(document, "generation", int, what),
-            data_digest=_hex(document, "data_digest", what),
-            credentials_digest=_hex(document, "credentials_digest", what),
-            detail=_field(document, "detail", str, what),
-        )
-        # _strict_json checked that ``raw`` is the canonical dump of ``document``, and
-        # parse_time accepts only the text format_time writes; every other field converts
-        # back to the same JSON value, so ``raw`` is exactly what encode() produces.
+        if len(raw) > MAX_ENTRY_BYTES:
+            raise LineageError(f"{what} is {len(raw)} bytes; at most {MAX_ENTRY_BYTES}")
+        entry = _decode_fast(cls, raw)
+        if entry is None:
+            _explain_refusal(raw)
+            raise LineageError(f"{what} is not in canonical form (sorted keys, no spaces)")
         object.__setattr__(entry, "_raw", bytes(raw))
         return entry
 
     def leaf_hash(self) -> bytes:
-        return merkle.leaf_hash(self.encode())
+        try:
+            return self._leaf
+        except AttributeError:
+            leaf = merkle.leaf_hash(self.encode())
+            object.__setattr__(self, "_leaf", leaf)
+            return leaf
+
+    def same_event(self, other: LineageEntry) -> bool:
+        """The same thing recorded again: everything but time, generation and position."""
+        return (
+            self.kind is other.kind
+            and self.host == other.host
+            and self.epoch == other.epoch
+            and self.data_digest == other.data_digest
+            and self.credentials_digest == other.credentials_digest
+            and self.detail == other.detail
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Checkpoint:
     """What a host vouches for when an object leaves it: the first ``size`` entries, and
     that it hands the object to ``to`` in ``migration`` (the signed record of a departure,
-    which the next receiver counts hops from: the sender cannot unsay it later)."""
+    which the next receiver counts hops from: the sender cannot unsay it later).
+
+    ``credentials_digest`` repeats what the last entry covered records (the grants the
+    object left with), so that the narrowing rule (gateway.custody) can still be checked
+    once compaction has moved that entry to an archive."""
 
     object_id: str
     host: str
@@ -196,25 +382,30 @@ class Checkpoint:
     issued_at: datetime
     to: str
     migration: str
+    credentials_digest: bytes = b""
 
     def encode(self) -> bytes:
-        return canonical_json(
-            {
-                "object_id": self.object_id,
-                "host": self.host,
-                "epoch": self.epoch,
-                "size": self.size,
-                "root": self.root.hex(),
-                "issued_at": format_time(self.issued_at),
-                "to": self.to,
-                "migration": self.migration,
-            }
-        )
+        document = {
+            "object_id": self.object_id,
+            "host": self.host,
+            "epoch": self.epoch,
+            "size": self.size,
+            "root": self.root.hex(),
+            "issued_at": format_time(self.issued_at),
+            "to": self.to,
+            "migration": self.migration,
+            "credentials_digest": self.credentials_digest.hex(),
+        }
+        if not self.credentials_digest:
+            del document["credentials_digest"]  # a checkpoint of the first format, as signed
+        return canonical_json(document)
 
     @classmethod
     def decode(cls, raw: bytes) -> Checkpoint:
         what = "checkpoint"
-        document = _strict_json(raw, _CHECKPOINT_FIELDS, what)
+        probe = load_json(raw, error=LineageError, what=what)
+        legacy = isinstance(probe, dict) and set(probe) == _CHECKPOINT_FIELDS_V1
+        document = _strict_json(raw, _CHECKPOINT_FIELDS_V1 if legacy else _CHECKPOINT_FIELDS, what)
         try:
             issued_at = parse_time(_field(document, "issued_at", str, what))
         except ValueError as exc:
@@ -228,26 +419,311 @@ class Checkpoint:
             issued_at=issued_at,
             to=_field(document, "to", str, what),
             migration=_field(document, "migration", str, what),
+            credentials_digest=b""
+            if legacy
+            else _hex(document, "credentials_digest", what, empty_ok=True),
         )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Base:
+    """The signed checkpoint a host writes when it compacts: the first ``size`` entries
+    moved to an archive, and what the object keeps instead (ADR 0005).
+
+    * ``root``/``size``: the tree head of the archived prefix; the archive is checked
+      against it, and every later checkpoint's root is computed from ``spine`` and the
+      entries the object still carries.
+    * ``spine``: compact ranges (gateway.merkle) cutting the prefix at every archived
+      departure: range *k* covers the leaves from departure *k-1* (or 0) to departure
+      *k*, the last one from the last archived departure to ``size``. Folding them
+      rebuilds each departure's tree head, which must equal the root that departure's
+      sender signed: the compacting host cannot alter anything another host signed.
+    * ``head``/``epoch``: the leaf hash and epoch of entry ``size - 1``, which the first
+      carried entry links to.
+    * ``creator``: the host that created the object (entry 0's host), which must have
+      signed the first departure, or be the compacting host if there is none yet.
+    * ``cuts``: the sizes of the archived departures (where the spine is cut).
+    * ``archived``: SHA-256 of the archived entries, as the archive stores them.
+    """
+
+    object_id: str
+    host: str
+    epoch: int
+    size: int
+    root: bytes
+    head: bytes
+    issued_at: datetime
+    creator: str
+    cuts: tuple[int, ...]
+    spine: tuple[tuple[bytes, ...], ...]
+    archived: bytes
+
+    def encode(self) -> bytes:
+        return canonical_json(
+            {
+                "object_id": self.object_id,
+                "host": self.host,
+                "epoch": self.epoch,
+                "size": self.size,
+                "root": self.root.hex(),
+                "head": self.head.hex(),
+                "issued_at": format_time(self.issued_at),
+                "creator": self.creator,
+                "cuts": list(self.cuts),
+                "spine": [[h.hex() for h in part] for part in self.spine],
+                "archived": self.archived.hex(),
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Base:
+        what = "lineage base"
+        document = _strict_json(raw, _BASE_FIELDS, what)
+        try:
+            issued_at = parse_time(_field(document, "issued_at", str, what))
+        except ValueError as exc:
+            raise LineageError(f"{what}: {exc}") from exc
+        spine = _field(document, "spine", list, what)
+        cuts = _field(document, "cuts", list, what)
+        size = _field(document, "size", int, what)
+        # One range per archived departure plus the last; each at most two hashes per
+        # level of a 2**64 tree. Bounded before anything is converted.
+        if len(cuts) > MAX_HANDOFFS or len(spine) != len(cuts) + 1:
+            raise LineageError(
+                f"{what} cuts its prefix {len(cuts)} times into {len(spine)} ranges; "
+                f"expected one range more than cuts, at most {MAX_HANDOFFS} cuts"
+            )
+        previous = 0
+        for cut in cuts:
+            if type(cut) is not int or not previous < cut <= size:
+                raise LineageError(f"{what}: cuts must increase, between 1 and its size")
+            previous = cut
+        parts: list[tuple[bytes, ...]] = []
+        for part in spine:
+            if not isinstance(part, list) or len(part) > 128:
+                raise LineageError(f"{what}: each spine range is a list of at most 128 hashes")
+            parts.append(
+                tuple(_from_hex(h if isinstance(h, str) else "", "spine", what) for h in part)
+            )
+        if size < 1:
+            raise LineageError(f"{what} covers no entries")
+        base = cls(
+            object_id=_field(document, "object_id", str, what),
+            host=_field(document, "host", str, what),
+            epoch=_field(document, "epoch", int, what),
+            size=size,
+            root=_hex(document, "root", what),
+            head=_hex(document, "head", what),
+            issued_at=issued_at,
+            creator=_field(document, "creator", str, what),
+            cuts=tuple(cuts),
+            spine=tuple(parts),
+            archived=_hex(document, "archived", what),
+        )
+        base.frontiers()  # the shape of every range, checked once here
+        return base
+
+    def frontiers(self) -> list[merkle.CompactRange]:
+        """The compact range of leaves [0, cut) at every cut, then [0, size): the tree
+        heads they give are compared with signed ones by verify_lineage (only the shape
+        of each range is checked here)."""
+        folded = merkle.CompactRange()
+        out: list[merkle.CompactRange] = []
+        for end, part in zip((*self.cuts, self.size), self.spine, strict=True):
+            try:
+                folded.extend(merkle.CompactRange(folded.end, end, part))
+            except MerkleProofError as exc:
+                raise LineageError(f"lineage base: {exc.reason}") from exc
+            out.append(folded.copy())
+        return out
+
+    def frontier(self) -> merkle.CompactRange:
+        return self.frontiers()[-1]
+
+
+class _Log:
+    """The entries of a lineage, shared by the successive values that appending makes.
+
+    A :class:`Lineage` sees the first ``count`` entries of its log. Appending to the
+    newest value appends in place (the older values still see only their prefix), so an
+    object recording one entry per cycle costs O(1) per entry, not a copy of its history.
+    ``frontier`` is the compact range of leaves [0, start + len(entries)), kept up to date
+    with the appends, so the tree head of the newest value is O(log n), not O(n).
+    """
+
+    __slots__ = ("base", "base_payload", "entries", "frontier", "start", "start_frontier")
+
+    def __init__(self, base: Base | None, base_payload: bytes) -> None:
+        self.base = base
+        self.base_payload = base_payload
+        self.start = base.size if base is not None else 0
+        self.start_frontier = base.frontier() if base is not None else merkle.CompactRange()
+        self.entries: list[LineageEntry] = []
+        self.frontier: merkle.CompactRange | None = self.start_frontier.copy()
+
+    def add(self, entry: LineageEntry) -> None:
+        # Hashing waits until a tree head is asked for (frontier_at): decoding a lineage
+        # only to read or re-encode it costs no hashes.
+        self.entries.append(entry)
+
+    def frontier_at(self, count: int) -> merkle.CompactRange:
+        """The compact range of leaves [0, start + count)."""
+        frontier = self.frontier
+        if count == len(self.entries) and frontier is not None:
+            for entry in self.entries[frontier.end - self.start :]:
+                frontier.append(entry.leaf_hash())
+            return frontier
+        built = self.start_frontier.copy()
+        for entry in self.entries[:count]:
+            built.append(entry.leaf_hash())
+        return built
+
+
+class Entries(Sequence[LineageEntry]):
+    """The entries a lineage carries, oldest first (a read-only view on its log)."""
+
+    __slots__ = ("_count", "_log")
+
+    def __init__(self, log: _Log, count: int) -> None:
+        self._log = log
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> LineageEntry: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[LineageEntry, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> LineageEntry | tuple[LineageEntry, ...]:
+        if isinstance(index, slice):
+            return tuple(self._log.entries[: self._count][index])
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError("lineage entry index out of range")
+        return self._log.entries[index]
+
+    def __iter__(self) -> Iterator[LineageEntry]:
+        entries = self._log.entries
+        if self._count == len(entries):
+            return iter(entries)
+        return itertools.islice(entries, self._count)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"Entries({self._count} from seq {self._log.start})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Lineage:
-    entries: tuple[LineageEntry, ...] = ()
+    """An object's history. Without a ``base`` it carries every entry from the creation
+    on; with one (after compaction) it carries the entries from ``base.size`` on, and the
+    signed base stands for the archived prefix (ADR 0005). Sequence numbers, sizes and
+    tree heads are always those of the whole history."""
+
+    entries: Sequence[LineageEntry] = ()
     #: One per departure, oldest first, each signed by the host the object left.
     checkpoints: tuple[dsse.Envelope, ...] = ()
     #: One per completed arrival, oldest first: the receiver's signed activation receipt
     #: for the departure of the same index (see gateway.custody).
     arrivals: tuple[dsse.Envelope, ...] = ()
+    #: The signed base after compaction (payload :data:`BASE_PAYLOAD_TYPE`), or None.
+    base: dsse.Envelope | None = None
+
+    def __post_init__(self) -> None:
+        payload = self.base.payload if self.base is not None else b""
+        entries = self.entries
+        if isinstance(entries, Entries) and entries._log.base_payload == payload:
+            return  # the same base: share the log (appends stay O(1))
+        log = _Log(Base.decode(payload) if self.base is not None else None, payload)
+        for entry in entries:
+            log.add(entry)
+        object.__setattr__(self, "entries", Entries(log, len(log.entries)))
+
+    def base_claim(self) -> Base | None:
+        """The base as the lineage states it, before its signature is checked (for the
+        shape of the lineage only; verify_lineage checks it)."""
+        return self._log.base
+
+    @property
+    def _log(self) -> _Log:
+        entries = self.entries
+        assert isinstance(entries, Entries)
+        return entries._log
+
+    @property
+    def start(self) -> int:
+        """Sequence number of the first entry carried (0 unless compacted)."""
+        return self._log.start
+
+    @property
+    def size(self) -> int:
+        """Entries in the whole history, archived ones included."""
+        return self._log.start + len(self.entries)
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return self.size
+
+    def entry(self, seq: int) -> LineageEntry | None:
+        """Entry ``seq`` if this lineage carries it; None if it is archived."""
+        index = seq - self._log.start
+        if 0 <= index < len(self.entries):
+            return self.entries[index]
+        return None
 
     def leaf_hashes(self) -> list[bytes]:
+        """Leaf hashes of the entries carried."""
         return [e.leaf_hash() for e in self.entries]
 
     def root(self) -> bytes:
-        return merkle.root(self.leaf_hashes())
+        """The tree head over the whole history (archived entries included)."""
+        return self._log.frontier_at(len(self.entries)).root()
+
+    def head(self) -> bytes:
+        """Leaf hash of the last entry: what the next entry links to."""
+        if self.entries:
+            return self.entries[-1].leaf_hash()
+        base = self.base_claim()
+        return base.head if base is not None else b""
+
+    def creator(self) -> str:
+        """The host that created the object (as the lineage states it)."""
+        if self.start == 0:
+            return self.entries[0].host if self.entries else ""
+        base = self.base_claim()
+        return base.creator if base is not None else ""
+
+    def _epoch(self) -> int:
+        if self.entries:
+            return self.entries[-1].epoch
+        base = self.base_claim()
+        return base.epoch if base is not None else 0
+
+    def _with_entries(self, entries: Entries) -> Lineage:
+        return Lineage(
+            entries=entries, checkpoints=self.checkpoints, arrivals=self.arrivals, base=self.base
+        )
+
+    def _appendable(self) -> _Log:
+        """The log to append to: this one if this value sees all of it, else a copy."""
+        log = self._log
+        count = len(self.entries)
+        if count == len(log.entries):
+            return log
+        copy = _Log(log.base, log.base_payload)
+        for entry in log.entries[:count]:
+            copy.add(entry)
+        return copy
 
     def append(
         self,
@@ -263,10 +739,9 @@ class Lineage:
     ) -> Lineage:
         if len(detail) > MAX_DETAIL:
             detail = detail[: MAX_DETAIL - 1] + "…"
-        previous = self.entries[-1].leaf_hash() if self.entries else b""
         entry = LineageEntry(
-            seq=len(self.entries),
-            prev=previous,
+            seq=self.size,
+            prev=self.head(),
             time=at,
             host=host,
             kind=kind,
@@ -276,9 +751,58 @@ class Lineage:
             credentials_digest=credentials_digest,
             detail=detail,
         )
-        return Lineage(
-            entries=(*self.entries, entry), checkpoints=self.checkpoints, arrivals=self.arrivals
-        )
+        log = self._appendable()
+        log.add(entry)
+        return self._with_entries(Entries(log, len(log.entries)))
+
+    def signed_size(self) -> int:
+        """Entries covered by a signature (the last checkpoint or the base): entries after
+        it are the holder's own and not yet vouched for to anyone."""
+        last = Checkpoint.decode(self.checkpoints[-1].payload).size if self.checkpoints else 0
+        return max(last, self.start)
+
+    def repeated(self, group: Sequence[LineageEntry]) -> Lineage | None:
+        """This lineage with ``group`` (the entries one cycle would append) folded into the
+        same group recorded just before, or None if it cannot be.
+
+        Folding rewrites only entries no signature covers yet (the holder's own tail),
+        never more than the last group, and only when every entry is the same event
+        (:meth:`LineageEntry.same_event`): the last occurrence's time and generation
+        replace the previous ones and ``repeats`` goes up by one. The entry before the
+        folded group must end an earlier group (or be any non-cycle entry), so a fold
+        never joins events from two different kinds of cycle."""
+        width = len(group)
+        carried = len(self.entries)
+        if not width or carried - width < 1:
+            return None
+        if self.size - width < self.signed_size() + 1:
+            return None
+        previous = self.entries[carried - width :]
+        if not all(old.same_event(new) for old, new in zip(previous, group, strict=True)):
+            return None
+        before = self.entries[carried - width - 1]
+        if before.kind in (EntryKind.ACTION_ADMITTED, EntryKind.ACTION_DENIED):
+            return None
+        log = _Log(self._log.base, self._log.base_payload)
+        for entry in self.entries[: carried - width]:
+            log.add(entry)
+        for old, new in zip(previous, group, strict=True):
+            log.add(
+                LineageEntry(
+                    seq=log.start + len(log.entries),
+                    prev=log.entries[-1].leaf_hash() if log.entries else b"",
+                    time=new.time,
+                    host=new.host,
+                    kind=new.kind,
+                    epoch=new.epoch,
+                    generation=new.generation,
+                    data_digest=new.data_digest,
+                    credentials_digest=new.credentials_digest,
+                    detail=new.detail,
+                    repeats=old.repeats + 1,
+                )
+            )
+        return self._with_entries(Entries(log, len(log.entries)))
 
     def sealed(
         self,
@@ -297,15 +821,19 @@ class Lineage:
             object_id=object_id,
             host=host,
             epoch=epoch,
-            size=len(self.entries),
+            size=self.size,
             root=self.root(),
             issued_at=at,
             to=to,
             migration=migration,
+            credentials_digest=self.entries[-1].credentials_digest if self.entries else b"",
         )
         signed = dsse.seal(checkpoint.encode(), dsse.PayloadType.CHECKPOINT, [signer])
         return Lineage(
-            entries=self.entries, checkpoints=(*self.checkpoints, signed), arrivals=self.arrivals
+            entries=self.entries,
+            checkpoints=(*self.checkpoints, signed),
+            arrivals=self.arrivals,
+            base=self.base,
         )
 
     def arrived(self, receipt: dsse.Envelope) -> Lineage:
@@ -314,6 +842,7 @@ class Lineage:
             entries=self.entries,
             checkpoints=self.checkpoints,
             arrivals=(*self.arrivals, receipt),
+            base=self.base,
         )
 
 
@@ -323,37 +852,91 @@ class VerifiedLineage:
     root: bytes
     hosts: tuple[str, ...]  #: hosts that signed checkpoints, oldest first
     checkpoints: tuple[Checkpoint, ...]
+    base: Base | None = None  #: the verified base, when the lineage is compacted
+    creator: str = ""  #: the host that created the object
 
 
-def verify_chain(entries: Sequence[LineageEntry]) -> list[bytes]:
-    """Check sequence numbers and hash links; return the leaf hashes."""
+def verify_chain(
+    entries: Sequence[LineageEntry], *, start: int = 0, head: bytes = b"", epoch: int = 0
+) -> list[bytes]:
+    """Check sequence numbers, hash links and epochs; return the leaf hashes.
+
+    ``start``/``head``/``epoch``: where the entries continue a compacted history (the
+    base's size, last leaf hash and epoch); the defaults are a history from its creation.
+    """
     hashes: list[bytes] = []
-    previous_epoch = 0
-    for index, entry in enumerate(entries):
-        if entry.seq != index:
-            raise LineageError(f"entry {index} has sequence number {entry.seq}")
-        expected = hashes[-1] if hashes else b""
-        if entry.prev != expected:
+    previous_hash = head
+    previous_epoch = epoch
+    seq = start
+    for entry in entries:
+        if entry.seq != seq:
+            raise LineageError(f"entry {seq} has sequence number {entry.seq}")
+        if entry.prev != previous_hash:
             raise LineageError(
-                f"entry {index} does not link to entry {index - 1}: the lineage was edited, "
+                f"entry {seq} does not link to entry {seq - 1}: the lineage was edited, "
                 "reordered or has an entry missing",
                 hint="refuse the object; ask its previous host for the original",
             )
         # The epoch is the fencing token: it starts at 0 and only a freeze raises it, by
         # exactly one. A history that jumps (to poison a receiver's fence) or stalls
         # (to reuse an epoch) is not one the protocol can produce.
-        if index == 0 and (entry.kind is not EntryKind.CREATED or entry.epoch != 0):
-            raise LineageError("the lineage does not start with the object's creation at epoch 0")
-        if index > 0:
-            step = 1 if entry.kind is EntryKind.FROZEN else 0
-            if entry.epoch != previous_epoch + step:
+        if seq == 0:
+            if entry.kind is not EntryKind.CREATED or entry.epoch != 0:
                 raise LineageError(
-                    f"entry {index} ({entry.kind.value}) is at epoch {entry.epoch} after epoch "
-                    f"{previous_epoch}; only a freeze raises the epoch, by one"
+                    "the lineage does not start with the object's creation at epoch 0"
                 )
+        elif entry.epoch != previous_epoch + (entry.kind is EntryKind.FROZEN):
+            raise LineageError(
+                f"entry {seq} ({entry.kind.value}) is at epoch {entry.epoch} after epoch "
+                f"{previous_epoch}; only a freeze raises the epoch, by one"
+            )
         previous_epoch = entry.epoch
-        hashes.append(entry.leaf_hash())
+        previous_hash = entry.leaf_hash()
+        hashes.append(previous_hash)
+        seq += 1
     return hashes
+
+
+def _open_signed(
+    envelope: dsse.Envelope,
+    *,
+    host: str,
+    payload_type: str,
+    trust: TrustStore,
+    what: str,
+    signed_at: Callable[[bytes], datetime],
+) -> bytes:
+    """The payload of ``envelope`` signed by keys trusted for ``host``, each valid (and not
+    retired) at the time the payload says it was signed."""
+    try:
+        keys = trust.keys_for_host(host, purpose=Purpose.ENVELOPE, at=None)
+    except ConfigError as exc:
+        # The host is data from the wire, not configuration: a malformed one is a
+        # broken lineage.
+        raise LineageError(f"{what} names {host!r}, which is not a host id: {exc.reason}") from exc
+    except VerificationError as exc:
+        raise type(exc)(f"{what}: {exc.reason}", hint=exc.hint) from exc
+    try:
+        # The domain's envelope threshold holds for checkpoints as for every envelope.
+        verified = dsse.open_envelope(
+            envelope, payload_type=payload_type, keys=keys, threshold=keys.bundle.envelope_threshold
+        )
+    except VerificationError as exc:
+        raise type(exc)(f"{what}: {exc.reason}", hint=exc.hint) from exc
+    moment = signed_at(verified.payload)
+    # Keys rotate: a checkpoint is good if its key was valid, and not yet retired, when
+    # it was signed (its signed issued_at), so retiring a key strands nothing it
+    # vouched for. Revoked keys were refused when resolving above: revocation
+    # distrusts the past too.
+    for key_id in verified.key_ids:
+        record = keys.resolve(key_id)
+        if not record.valid_at(moment):
+            raise ExpiredError(
+                f"{what} was signed at {format_time(moment)}, outside the validity of key "
+                f"{key_id[:16]}"
+            )
+        keys.check_not_retired(record, moment, what=what)
+    return verified.payload
 
 
 def verify_lineage(
@@ -366,14 +949,44 @@ def verify_lineage(
     """Verify links and every checkpoint; with ``sealed``, the last checkpoint must
     cover every entry (an object in transit carries nothing its host did not sign).
 
-    Raises :class:`LineageError`, or the verification error of a checkpoint signature.
+    A compacted lineage is verified as far as the object alone allows (ADR 0005): the
+    base's signature by the host that held the object when it compacted; every archived
+    departure's signed root against the base's spine; the carried entries against the
+    base's head. Cost: one leaf hash and about one node hash per carried entry, and one
+    signature per checkpoint, never a tree per checkpoint.
+
+    Raises :class:`LineageError`, or the verification error of a signature.
     """
-    hashes = verify_chain(lineage.entries)
-    if lineage.entries:
+    entries = lineage.entries
+    start = lineage.start
+    total = lineage.size
+    base: Base | None = None
+    if lineage.base is not None:
+        claimed = Base.decode(lineage.base.payload)
+        # Checked before its signature: the host it names picks the keys.
+        payload = _open_signed(
+            lineage.base,
+            host=claimed.host,
+            payload_type=BASE_PAYLOAD_TYPE,
+            trust=trust,
+            what=f"lineage base by {claimed.host}",
+            signed_at=lambda raw: Base.decode(raw).issued_at,
+        )
+        base = Base.decode(payload)
+        if base.object_id != object_id:
+            raise LineageError(f"the lineage base is for {base.object_id}, not {object_id}")
+    # Links and epochs first: an edited entry is refused as such, before any signature.
+    hashes = verify_chain(
+        entries,
+        start=start,
+        head=base.head if base is not None else b"",
+        epoch=base.epoch if base is not None else 0,
+    )
+    creator = base.creator if base is not None else (entries[0].host if entries else "")
+    if creator:
         # Only the domain that owns an object id creates objects under it (the object's
         # first host signs the first checkpoint, so this cannot be forged by a peer).
         owner = ObjectId.parse(object_id).trust_domain
-        creator = lineage.entries[0].host
         try:
             created_in = HostId.parse(creator).trust_domain
         except ConfigError as exc:
@@ -385,97 +998,161 @@ def verify_lineage(
                 f"{object_id} was created by {creator}, outside {owner}, the domain that owns it"
             )
     covered = 0
+    holder = creator
     hosts: list[str] = []
     checkpoints: list[Checkpoint] = []
     for index, envelope in enumerate(lineage.checkpoints):
-        if covered >= len(lineage.entries):
+        if covered >= total:
             raise LineageError(f"checkpoint {index} covers no new entries")
-        # The host that must have signed is the one that recorded the next entries; keys
-        # are looked up for it before the checkpoint payload is parsed.
-        host = lineage.entries[covered].host
-        try:
-            keys = trust.keys_for_host(host, purpose=Purpose.ENVELOPE, at=None)
-        except ConfigError as exc:
-            # The entry's host is data from the wire, not configuration: a malformed one
-            # is a broken lineage.
-            raise LineageError(
-                f"entry {covered} names {host!r}, which is not a host id: {exc.reason}"
-            ) from exc
-        except VerificationError as exc:
-            raise type(exc)(f"checkpoint {index} by {host}: {exc.reason}", hint=exc.hint) from exc
-        try:
-            # The domain's envelope threshold holds for checkpoints as for every envelope.
-            verified = dsse.open_envelope(
+        # The host that must have signed is the one that recorded the next entries (or,
+        # where those are archived, the one the previous departure named); keys are
+        # looked up for it before the checkpoint payload is parsed.
+        first = lineage.entry(covered)
+        host = first.host if first is not None else holder
+        checkpoint = Checkpoint.decode(
+            _open_signed(
                 envelope,
+                host=host,
                 payload_type=dsse.PayloadType.CHECKPOINT,
-                keys=keys,
-                threshold=keys.bundle.envelope_threshold,
+                trust=trust,
+                what=f"checkpoint {index} by {host}",
+                signed_at=lambda raw: Checkpoint.decode(raw).issued_at,
             )
-        except VerificationError as exc:
-            raise type(exc)(f"checkpoint {index} by {host}: {exc.reason}", hint=exc.hint) from exc
-        checkpoint = Checkpoint.decode(verified.payload)
-        # Keys rotate: a checkpoint is good if its key was valid, and not yet retired, when
-        # it was signed (its signed issued_at), so retiring a key strands nothing it
-        # vouched for. Revoked keys were refused when resolving above: revocation
-        # distrusts the past too.
-        for key_id in verified.key_ids:
-            record = keys.resolve(key_id)
-            if not record.valid_at(checkpoint.issued_at):
-                raise ExpiredError(
-                    f"checkpoint {index} by {host} was signed at {format_time(checkpoint.issued_at)}, "
-                    f"outside the validity of key {key_id[:16]}"
-                )
-            keys.check_not_retired(
-                record, checkpoint.issued_at, what=f"checkpoint {index} by {host} of {object_id}"
-            )
+        )
         if checkpoint.object_id != object_id:
             raise LineageError(f"checkpoint {index} is for {checkpoint.object_id}, not {object_id}")
         if checkpoint.host != host:
             raise LineageError(
                 f"checkpoint {index} names {checkpoint.host}, but {host} recorded its entries"
             )
-        if not covered < checkpoint.size <= len(lineage.entries):
+        if not covered < checkpoint.size <= total:
             raise LineageError(
                 f"checkpoint {index} covers {checkpoint.size} entries; expected more than "
-                f"{covered} and at most {len(lineage.entries)}"
+                f"{covered} and at most {total}"
             )
-        for entry in lineage.entries[covered : checkpoint.size]:
+        for entry in entries[max(covered - start, 0) : max(checkpoint.size - start, 0)]:
             if entry.host != host:
                 raise LineageError(
                     f"entry {entry.seq} is recorded by {entry.host} but vouched for by {host}",
                     hint="each host signs only what it recorded",
                 )
-        if checkpoint.epoch != lineage.entries[checkpoint.size - 1].epoch:
-            raise LineageError(
-                f"checkpoint {index} by {host} is for epoch {checkpoint.epoch}, but the last "
-                f"entry it covers is at epoch {lineage.entries[checkpoint.size - 1].epoch}"
-            )
-        if merkle.root(hashes[: checkpoint.size]) != checkpoint.root:
-            raise LineageError(f"checkpoint {index} by {host} does not match the entries it covers")
+        last = lineage.entry(checkpoint.size - 1)
+        if not checkpoint.credentials_digest:
+            # First-format checkpoint: its grants are its last entry's, which must be here.
+            if last is None:
+                raise LineageError(
+                    f"checkpoint {index} by {host} records no grants and the entry it ends "
+                    "on was archived",
+                    hint="a lineage may be compacted only past checkpoints that record "
+                    "their grants (written by this release or later)",
+                )
+            checkpoint = dataclasses.replace(checkpoint, credentials_digest=last.credentials_digest)
+        if last is not None:
+            if checkpoint.epoch != last.epoch:
+                raise LineageError(
+                    f"checkpoint {index} by {host} is for epoch {checkpoint.epoch}, but the "
+                    f"last entry it covers is at epoch {last.epoch}"
+                )
+            if checkpoint.credentials_digest != last.credentials_digest:
+                raise LineageError(
+                    f"checkpoint {index} by {host} records other grants than the last entry "
+                    "it covers"
+                )
         covered = checkpoint.size
+        holder = checkpoint.to
         hosts.append(host)
         checkpoints.append(checkpoint)
-    if sealed and covered != len(lineage.entries):
+    if base is not None:
+        _check_base(base, checkpoints, creator)
+    # The tree heads of the checkpoints that end among the carried entries, from one
+    # compact range grown leaf by leaf (never a tree per checkpoint).
+    targets = {c.size: (i, c) for i, c in enumerate(checkpoints) if c.size > start}
+    frontier = lineage._log.start_frontier.copy()
+    append = frontier.append
+    seq = start
+    for leaf in hashes:
+        append(leaf)
+        seq += 1
+        if seq in targets:
+            index, checkpoint = targets[seq]
+            if frontier.root() != checkpoint.root:
+                raise LineageError(
+                    f"checkpoint {index} by {checkpoint.host} does not match the entries it covers"
+                )
+    if sealed and covered != total:
         raise LineageError(
-            f"{len(lineage.entries) - covered} lineage entries are not covered by a signed checkpoint",
+            f"{total - covered} lineage entries are not covered by a signed checkpoint",
             hint="the sending host must checkpoint the lineage before the object leaves",
         )
     return VerifiedLineage(
-        size=len(lineage.entries),
-        root=merkle.root(hashes),
+        size=total,
+        root=frontier.root(),
         hosts=tuple(hosts),
         checkpoints=tuple(checkpoints),
+        base=base,
+        creator=creator,
     )
 
 
-def verify_extends(lineage: Lineage, *, seen_size: int, seen_root: bytes) -> None:
-    """The lineage must start with exactly the ``seen_size`` entries seen before."""
-    if len(lineage.entries) < seen_size:
+def _check_base(base: Base, checkpoints: Sequence[Checkpoint], creator: str) -> None:
+    """The base against the departures: its cuts are exactly the archived departures,
+    each range of its spine rebuilds the root that departure's sender signed, and it is
+    signed by the host that held the object at its size."""
+    archived = [c for c in checkpoints if c.size <= base.size]
+    if tuple(c.size for c in archived) != base.cuts:
         raise LineageError(
-            f"lineage has {len(lineage.entries)} entries, fewer than the {seen_size} seen here before",
+            f"the lineage base by {base.host} is cut at {list(base.cuts)}, but the departures "
+            f"it covers end at {[c.size for c in archived]}",
+            hint="refuse the object; its compaction dropped or invented a departure",
+        )
+    frontiers = base.frontiers()
+    for index, (checkpoint, frontier) in enumerate(zip(archived, frontiers, strict=False)):
+        if frontier.root() != checkpoint.root:
+            raise LineageError(
+                f"the archived entries up to departure {index} (by {checkpoint.host}) do not "
+                "match the root that departure signed",
+                hint="refuse the object; its compaction rewrote history another host signed",
+            )
+    if frontiers[-1].root() != base.root:
+        raise LineageError(f"the lineage base by {base.host} does not match its own tree head")
+    holder = archived[-1].to if archived else creator
+    if base.host != holder:
+        raise LineageError(
+            f"the lineage base is signed by {base.host}, but {holder} held the object after "
+            f"entry {base.size - 1}",
+            hint="only the holder compacts its object's lineage",
+        )
+    if not archived and base.creator != base.host:
+        raise LineageError("a lineage compacted before its first departure names another creator")
+
+
+def verify_extends(lineage: Lineage, *, seen_size: int, seen_root: bytes) -> None:
+    """The lineage must start with exactly the ``seen_size`` entries seen before.
+
+    Where those entries are archived in this copy, the history seen must end at one of
+    the archived departures (a host sees an object's history when it lets it go), whose
+    tree head the base's spine rebuilds (verify_lineage checked it against the
+    departure's signature)."""
+    if lineage.size < seen_size:
+        raise LineageError(
+            f"lineage has {lineage.size} entries, fewer than the {seen_size} seen here before",
             hint="history was truncated; refuse the object",
         )
-    if merkle.root([e.leaf_hash() for e in lineage.entries[:seen_size]]) != seen_root:
+    if seen_size == 0:
+        root = merkle.EMPTY_ROOT
+    elif seen_size >= lineage.start:
+        root = lineage._log.frontier_at(seen_size - lineage.start).root()
+    else:
+        base = lineage.base_claim()
+        assert base is not None
+        if seen_size not in base.cuts:
+            raise LineageError(
+                f"the {seen_size} entries seen here are archived in this copy, and it records "
+                "no departure there to compare",
+                hint="refuse the object and compare both histories with `gateway lineage`",
+            )
+        root = base.frontiers()[base.cuts.index(seen_size)].root()
+    if root != seen_root:
         raise LineageError(
             "lineage does not extend the history seen here before (a fork or a rewrite)",
             hint="refuse the object and compare both histories with `gateway lineage`",

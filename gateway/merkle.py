@@ -24,6 +24,15 @@ Invariants this module keeps:
   ``(index, n)`` can also check out for ``(index, n + 1)`` against the *same* root when
   both sizes give the same path shape (RFC 9162 and the Go reference behave alike).
   Callers must take the root and the size together from one signed checkpoint.
+* A :class:`CompactRange` holds the roots of the maximal aligned perfect subtrees that
+  cover leaves ``[begin, end)`` (at most two per level): from ``[0, n)`` alone the root
+  of the first ``n`` leaves, and the root of any longer tree once the later leaves are
+  appended, can be computed without the first ``n`` leaves. That is what lets a lineage
+  drop a prefix (compaction) and still be checked against checkpoints over the whole.
+  Appending is amortised O(1) node hashes per leaf; merging two adjacent ranges costs
+  O(log n). A range built from untrusted hashes is checked for its shape (the number of
+  hashes ``[begin, end)`` has), never for its content: only a root compared with a
+  signed one authenticates it.
 * Tree sizes are 0 to 2**64 - 1, the RFC's ``uint64``; anything else is refused.
 * The builders (``root``, ``inclusion_proof``, ``consistency_proof``) work on our own
   data, so bad arguments there are programming errors and raise :class:`ValueError`.
@@ -41,6 +50,7 @@ from gateway.errors import MerkleProofError
 
 __all__ = [
     "EMPTY_ROOT",
+    "CompactRange",
     "consistency_proof",
     "inclusion_proof",
     "leaf_hash",
@@ -355,3 +365,102 @@ def _require_hash(name: str, value: bytes) -> None:
 def _require_proof_hashes(proof: Sequence[bytes]) -> None:
     for position, value in enumerate(proof):
         _require_hash(f"proof[{position}]", value)
+
+
+# --- compact ranges ----------------------------------------------------------------------
+
+
+def _decomposition(begin: int, end: int) -> list[int]:
+    """Heights of the maximal aligned perfect subtrees covering ``[begin, end)``, in order."""
+    heights: list[int] = []
+    tail: list[int] = []
+    lo, hi = begin, end
+    while lo < hi:
+        # Largest aligned block that starts at lo and fits; blocks at the right end grow
+        # from hi downwards, so take whichever side the binary structure dictates.
+        low_bit = (lo & -lo).bit_length() - 1 if lo else 64
+        fit = (hi - lo).bit_length() - 1
+        if low_bit <= fit:
+            heights.append(low_bit)
+            lo += 1 << low_bit
+        else:
+            high = (hi & -hi).bit_length() - 1 if hi else 64
+            height = min(high, fit)
+            tail.append(height)
+            hi -= 1 << height
+    return heights + tail[::-1]
+
+
+class CompactRange:
+    """The subtree roots covering leaves ``[begin, end)`` of an RFC 9162 tree (see the
+    module docstring). Mutable while it is being built; :meth:`copy` before sharing."""
+
+    __slots__ = ("_nodes", "begin", "end")
+
+    def __init__(
+        self, begin: int = 0, end: int | None = None, hashes: Sequence[bytes] = ()
+    ) -> None:
+        end = begin if end is None else end
+        if not 0 <= begin <= end <= _MAX_TREE_SIZE:
+            raise MerkleProofError(f"[{begin}, {end}) is not a range of leaves")
+        heights = _decomposition(begin, end)
+        if len(hashes) != len(heights):
+            raise MerkleProofError(
+                f"a compact range of leaves [{begin}, {end}) has {len(heights)} hashes, "
+                f"not {len(hashes)}",
+                hint="the range was cut or padded; refuse it",
+            )
+        _require_proof_hashes(hashes)
+        self.begin = begin
+        self.end = end
+        self._nodes: list[tuple[int, bytes]] = list(zip(heights, hashes, strict=True))
+
+    def copy(self) -> CompactRange:
+        other = CompactRange.__new__(CompactRange)
+        other.begin, other.end, other._nodes = self.begin, self.end, list(self._nodes)
+        return other
+
+    @property
+    def hashes(self) -> list[bytes]:
+        return [node for _height, node in self._nodes]
+
+    def append(self, leaf: bytes) -> None:
+        """Add the leaf hash of leaf ``end``."""
+        self._push(0, leaf)
+        self.end += 1
+
+    def extend(self, other: CompactRange) -> None:
+        """Add ``other``, which must start where this range ends."""
+        if other.begin != self.end:
+            raise MerkleProofError(
+                f"range [{other.begin}, {other.end}) does not start where [{self.begin}, "
+                f"{self.end}) ends"
+            )
+        for height, node in other._nodes:
+            self._push(height, node)
+        self.end = other.end
+
+    def _push(self, height: int, node: bytes) -> None:
+        nodes = self._nodes
+        # The new node covers [position, position + 2**height); it merges with the node
+        # before it whenever the two are the halves of one aligned parent.
+        position = self.end if height == 0 else self._end_of_nodes()
+        while nodes and nodes[-1][0] == height and (position >> height) & 1:
+            node = node_hash(nodes.pop()[1], node)
+            height += 1
+            position -= 1 << (height - 1)
+        nodes.append((height, node))
+
+    def _end_of_nodes(self) -> int:
+        return self.begin + sum(1 << h for h, _ in self._nodes)
+
+    def root(self) -> bytes:
+        """The tree head of leaves ``[0, end)``; only a range that starts at 0 has one."""
+        if self.begin != 0:
+            raise ValueError("only a range starting at leaf 0 has a tree root")
+        if not self._nodes:
+            return EMPTY_ROOT
+        node = self._nodes[-1][1]
+        for _height, left in reversed(self._nodes[:-1]):
+            node = node_hash(left, node)
+        return node

@@ -285,6 +285,7 @@ def _lineage_to_pb(lineage: Lineage) -> object_pb2.Lineage:
         entries=[e.encode() for e in lineage.entries],
         checkpoints=[encode_envelope(c) for c in lineage.checkpoints],
         arrivals=[encode_envelope(a) for a in lineage.arrivals],
+        base=encode_envelope(lineage.base) if lineage.base is not None else b"",
     )
 
 
@@ -322,6 +323,7 @@ def _lineage_from_pb(message: object_pb2.Lineage) -> Lineage:
             entries=tuple(LineageEntry.decode(raw) for raw in message.entries),
             checkpoints=tuple(decode_envelope(raw) for raw in message.checkpoints),
             arrivals=tuple(decode_envelope(raw) for raw in message.arrivals),
+            base=decode_envelope(message.base) if message.base else None,
         )
     except EnvelopeError as exc:
         raise LineageError(f"a lineage checkpoint is malformed: {exc.reason}") from exc

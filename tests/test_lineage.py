@@ -238,6 +238,7 @@ FIELD_EDITS: dict[str, Callable[[LineageEntry], Any]] = {
     "data_digest": lambda e: _flip(e.data_digest),
     "credentials_digest": lambda e: _flip(e.credentials_digest),
     "detail": lambda e: e.detail + ".",
+    "repeats": lambda e: e.repeats + 1,
 }
 
 

@@ -357,6 +357,11 @@ class Lineage(_message.Message):
     ENTRIES_FIELD_NUMBER: _builtins.int
     CHECKPOINTS_FIELD_NUMBER: _builtins.int
     ARRIVALS_FIELD_NUMBER: _builtins.int
+    BASE_FIELD_NUMBER: _builtins.int
+    base: _builtins.bytes
+    """After compaction: the serialized Envelope of the signed base that stands for the
+    archived prefix (ADR 0005); entries then start at the base's size. Empty otherwise.
+    """
     @_builtins.property
     def entries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """Canonical JSON entries; leaf hash = SHA-256(0x00 || entry) as in RFC 9162."""
@@ -379,10 +384,11 @@ class Lineage(_message.Message):
         entries: _abc.Iterable[_builtins.bytes] | None = ...,
         checkpoints: _abc.Iterable[_builtins.bytes] | None = ...,
         arrivals: _abc.Iterable[_builtins.bytes] | None = ...,
+        base: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrivals", b"arrivals", "checkpoints", b"checkpoints", "entries", b"entries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrivals", b"arrivals", "base", b"base", "checkpoints", b"checkpoints", "entries", b"entries"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

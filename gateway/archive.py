@@ -1,0 +1,321 @@
+"""Lineage compaction: a signed base stands for a prefix that moves to an archive.
+
+A long-lived object records a few entries per cycle; without compaction its lineage
+grows until the envelope cap stops it from ever moving. Here a holder moves the oldest
+entries to an *archive segment* and keeps a signed :class:`~gateway.lineage.Base` in
+their place (ADR 0005). What the receiver checks today it still checks from the object
+alone, because compaction removes only entries: every departure and every arrival (the
+signatures of *other* hosts) stays in the object, and the base's spine rebuilds the
+tree head each archived departure's sender signed.
+
+Invariants:
+
+* **Only the holder compacts**, only an object it holds (the caller's duty: ACTIVE
+  here), and only entries: checkpoints and arrivals are never archived.
+* **Archive first.** :func:`compact` returns the segment and the compacted lineage; the
+  caller writes the segment durably *before* it stores the compacted object, so a crash
+  leaves at worst a segment for entries the object still carries (the next compaction
+  of the same start replaces it: segments are named by their first sequence number).
+* **Repeats are counted, not copied**: :func:`fold_repeats` folds a cycle that records
+  exactly the events of the cycle before it into that cycle's entries
+  (:meth:`~gateway.lineage.Lineage.repeated`), only in the holder's unsigned tail.
+* **Offline verification** (:func:`verify_archived`) rebuilds the whole history from
+  the segments and the object and runs the receiver's own verifiers over it, plus the
+  base's root over the archived entries. Segments carry no signature of their own:
+  they are authenticated by the signed roots in the object.
+
+No I/O except :class:`ArchiveDir`, which reads and writes segment files.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from gateway import envelope as dsse
+from gateway import merkle
+from gateway._decode import load_json
+from gateway.errors import ConfigError, LineageError
+from gateway.keys import Signer
+from gateway.lineage import (
+    BASE_PAYLOAD_TYPE,
+    MAX_ENTRY_BYTES,
+    Base,
+    Checkpoint,
+    Lineage,
+    LineageEntry,
+    VerifiedLineage,
+    verify_lineage,
+)
+from gateway.model import GovernedObject
+from gateway.trust import TrustStore, canonical_json
+
+#: Entries one archive segment may hold (a compaction archives at most this many).
+MAX_SEGMENT_ENTRIES = 1 << 16
+#: Segments one verification reads (a whole history of up to 2**26 entries).
+MAX_SEGMENTS = 1 << 10
+#: Largest segment file read.
+MAX_SEGMENT_BYTES = MAX_SEGMENT_ENTRIES * (MAX_ENTRY_BYTES // 8)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompactionPolicy:
+    """When a holder compacts its objects' lineages (host config ``lineage:``).
+
+    The object is compacted when it carries more than ``max_entries`` entries, or when
+    its oldest carried entry is older than ``max_age``; it then keeps its newest
+    ``keep_entries`` (at least one: the entry the next one links to)."""
+
+    enabled: bool = True
+    max_entries: int = 2048
+    keep_entries: int = 256
+    max_age: timedelta | None = timedelta(days=1)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.keep_entries < self.max_entries <= MAX_SEGMENT_ENTRIES:
+            raise ConfigError(
+                f"lineage compaction keeps {self.keep_entries} of at most {self.max_entries} "
+                "entries; need 1 <= keep_entries < max_entries <= "
+                f"{MAX_SEGMENT_ENTRIES}",
+                hint="set lineage.keep_entries below lineage.max_entries",
+            )
+
+    def due(self, lineage: Lineage, *, now: datetime) -> bool:
+        carried = len(lineage.entries)
+        if not self.enabled or carried <= self.keep_entries:
+            return False
+        if carried > self.max_entries:
+            return True
+        return self.max_age is not None and now - lineage.entries[0].time > self.max_age
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Segment:
+    """Entries ``[start, start + len(entries))`` of one object's history, as archived."""
+
+    object_id: str
+    start: int
+    entries: tuple[bytes, ...]
+
+    def digest(self) -> bytes:
+        return archived_digest(self.entries)
+
+    def encode(self) -> bytes:
+        return canonical_json(
+            {
+                "format": 1,
+                "object_id": self.object_id,
+                "start": self.start,
+                "entries": [base64.b64encode(e).decode("ascii") for e in self.entries],
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Segment:
+        what = "archive segment"
+        if len(raw) > MAX_SEGMENT_BYTES:
+            raise LineageError(f"{what} is {len(raw)} bytes; at most {MAX_SEGMENT_BYTES}")
+        document = load_json(raw, error=LineageError, what=what)
+        if not isinstance(document, dict) or set(document) != {
+            "format",
+            "object_id",
+            "start",
+            "entries",
+        }:
+            raise LineageError(f"{what} must have exactly format, object_id, start, entries")
+        entries, start = document["entries"], document["start"]
+        if (
+            document["format"] != 1
+            or not isinstance(document["object_id"], str)
+            or type(start) is not int
+            or start < 0
+            or not isinstance(entries, list)
+            or len(entries) > MAX_SEGMENT_ENTRIES
+            or not all(isinstance(e, str) for e in entries)
+        ):
+            raise LineageError(f"{what} has a field of the wrong type or size")
+        try:
+            decoded = tuple(base64.b64decode(e, validate=True) for e in entries)
+        except (ValueError, binascii.Error) as exc:
+            raise LineageError(f"{what}: an entry is not base64") from exc
+        return cls(object_id=document["object_id"], start=start, entries=decoded)
+
+
+def archived_digest(entries: Sequence[bytes]) -> bytes:
+    """SHA-256 over the archived entries, each length-prefixed (what a base names)."""
+    hasher = hashlib.sha256()
+    for raw in entries:
+        hasher.update(len(raw).to_bytes(4, "big"))
+        hasher.update(raw)
+    return hasher.digest()
+
+
+def compact(
+    lineage: Lineage,
+    *,
+    object_id: str,
+    host: str,
+    at: datetime,
+    signer: Signer,
+    keep: int,
+) -> tuple[Lineage, Segment]:
+    """Move all but the newest ``keep`` carried entries to a segment; sign a base by
+    ``host`` (which must hold the object) for them. Pure: nothing is written."""
+    carried = len(lineage.entries)
+    if not 1 <= keep < carried:
+        raise ValueError(f"cannot keep {keep} of {carried} entries")
+    start, size = lineage.start, lineage.size - keep
+    old = lineage.base_claim()
+    departures = [Checkpoint.decode(c.payload) for c in lineage.checkpoints]
+    cuts = [d.size for d in departures if d.size <= size]
+    # The spine: the old base's ranges up to its last cut stay as they are; the range
+    # after it grows through the newly archived entries, cut at each departure in them.
+    spine: list[tuple[bytes, ...]] = list(old.spine[:-1]) if old is not None else []
+    old_cuts = len(old.cuts) if old is not None else 0
+    last_cut = old.cuts[-1] if old is not None and old.cuts else 0
+    current = (
+        merkle.CompactRange(last_cut, start, old.spine[-1])
+        if old is not None
+        else merkle.CompactRange()
+    )
+    pending = iter(cuts[old_cuts:])
+    next_cut = next(pending, None)
+    archived = lineage.entries[: size - start]
+    for entry in archived:
+        current.append(entry.leaf_hash())
+        if current.end == next_cut:
+            spine.append(tuple(current.hashes))
+            current = merkle.CompactRange(current.end)
+            next_cut = next(pending, None)
+    spine.append(tuple(current.hashes))
+    frontier = lineage._log.frontier_at(size - start)
+    last = archived[-1]
+    raws = tuple(e.encode() for e in archived)
+    base = Base(
+        object_id=object_id,
+        host=host,
+        epoch=last.epoch,
+        size=size,
+        root=frontier.root(),
+        head=last.leaf_hash(),
+        issued_at=at,
+        creator=lineage.creator(),
+        cuts=tuple(cuts),
+        spine=tuple(spine),
+        archived=archived_digest(raws),
+    )
+    envelope = dsse.seal(base.encode(), BASE_PAYLOAD_TYPE, [signer])
+    compacted = Lineage(
+        entries=lineage.entries[size - start :],
+        checkpoints=lineage.checkpoints,
+        arrivals=lineage.arrivals,
+        base=envelope,
+    )
+    return compacted, Segment(object_id=object_id, start=start, entries=raws)
+
+
+def fold_repeats(before: GovernedObject, after: GovernedObject) -> GovernedObject:
+    """``after`` (``before`` plus one cycle's entries) with that cycle folded into the
+    identical cycle before it, when it is one (see Lineage.repeated)."""
+    if after.lineage.start != before.lineage.start:
+        return after
+    group = after.lineage.entries[len(before.lineage.entries) :]
+    folded = before.lineage.repeated(group)
+    return after if folded is None else replace(after, lineage=folded)
+
+
+# --- archive files ---------------------------------------------------------------------
+
+
+class ArchiveDir:
+    """One directory per object under ``root``: a file per segment, named by its first
+    sequence number, written atomically (temp file, fsync, rename)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def directory(self, tenant: str, object_id: str) -> Path:
+        name = hashlib.sha256(object_id.encode()).hexdigest()[:32]
+        return self.root / tenant / name
+
+    def write(self, tenant: str, segment: Segment) -> Path:
+        folder = self.directory(tenant, segment.object_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{segment.start:020d}.seg"
+        temporary = path.with_suffix(".tmp")
+        with open(temporary, "wb") as handle:
+            handle.write(segment.encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        return path
+
+
+def read_segments(path: Path) -> list[Segment]:
+    """The segments in an archive directory (or one segment file), oldest first."""
+    files = sorted(path.glob("*.seg")) if path.is_dir() else [path]
+    if len(files) > MAX_SEGMENTS:
+        raise ConfigError(f"{path} holds {len(files)} segments; at most {MAX_SEGMENTS}")
+    segments = []
+    for file in files:
+        try:
+            raw = file.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {file}: {exc.strerror}") from exc
+        segments.append(Segment.decode(raw))
+    return sorted(segments, key=lambda s: s.start)
+
+
+def verify_archived(
+    segments: Sequence[Segment],
+    lineage: Lineage,
+    *,
+    object_id: str,
+    trust: TrustStore,
+    sealed: bool,
+) -> VerifiedLineage:
+    """The whole history from ``segments`` and a compacted ``lineage``: the archived
+    entries rebuild the base's root and link to the carried ones, and the reassembled
+    history passes the receiver's verify_lineage as if it had never been compacted.
+
+    Raises :class:`LineageError` (or a signature's verification error)."""
+    verify_lineage(lineage, object_id=object_id, trust=trust, sealed=sealed)
+    base = lineage.base_claim()
+    if base is None:
+        return verify_lineage(lineage, object_id=object_id, trust=trust, sealed=sealed)
+    entries: list[LineageEntry] = []
+    for segment in segments:
+        if segment.object_id != object_id:
+            raise LineageError(f"an archive segment is of {segment.object_id}, not {object_id}")
+        if segment.start >= base.size:
+            continue  # written by a compaction that did not commit; the object carries it
+        if segment.start != len(entries):
+            raise LineageError(
+                f"the archive has entries up to {len(entries)}, then a segment from "
+                f"{segment.start}",
+                hint="an archive segment is missing; copy the whole archive directory",
+            )
+        entries.extend(LineageEntry.decode(raw) for raw in segment.entries)
+    if len(entries) < base.size:
+        raise LineageError(
+            f"the archive holds {len(entries)} entries; the object's base covers {base.size}",
+            hint="an archive segment is missing; copy the whole archive directory",
+        )
+    archived = entries[: base.size]
+    if merkle.root([e.leaf_hash() for e in archived]) != base.root:
+        raise LineageError(
+            "the archived entries do not match the root the object's base signed",
+            hint="the archive is not this object's, or was altered",
+        )
+    whole = Lineage(
+        entries=(*archived, *lineage.entries),
+        checkpoints=lineage.checkpoints,
+        arrivals=lineage.arrivals,
+    )
+    return verify_lineage(whole, object_id=object_id, trust=trust, sealed=sealed)
