@@ -21,6 +21,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import replace
@@ -370,6 +371,23 @@ def encode_authority(authority: EffectiveAuthority) -> bytes:
 def decode_authority(raw: bytes) -> EffectiveAuthority:
     if not raw:
         return NO_AUTHORITY
+    if len(raw) > MAX_CACHED_AUTHORITY_BYTES:
+        return _decode_authority(raw)
+    return _decode_authority_cached(raw)
+
+
+#: Stored authorities are few distinct documents (one per grant shape and peer domain)
+#: read with every object; parsing one into patterns cost more than the rest of a small
+#: object's decode. Decoding is pure and its value immutable, so a memo is exact.
+MAX_CACHED_AUTHORITY_BYTES = 16 << 10
+
+
+@functools.lru_cache(maxsize=256)
+def _decode_authority_cached(raw: bytes) -> EffectiveAuthority:
+    return _decode_authority(raw)
+
+
+def _decode_authority(raw: bytes) -> EffectiveAuthority:
     document = load_json(raw, error=PayloadDecodeError, what="stored effective authority")
     try:
         return EffectiveAuthority(

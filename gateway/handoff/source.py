@@ -43,7 +43,7 @@ from gateway.errors import (
     VerificationError,
 )
 from gateway.handoff.context import HostContext
-from gateway.handoff.journal import open_source_key, put_object, put_source
+from gateway.handoff.journal import open_source_key
 from gateway.handoff.messages import (
     NONCE_BYTES,
     DecisionAnswer,
@@ -144,8 +144,8 @@ class Source:
             try:
                 await ctx.journal.store.transact(
                     [
-                        put_object(tenant, frozen, loaded.etag),
-                        put_source(record, Expect.ABSENT),
+                        ctx.journal.put_object(tenant, frozen, loaded.etag),
+                        ctx.journal.put_source(record, Expect.ABSENT),
                         Put(key=open_source_key(migration_id), value=b"", etag=Expect.ABSENT),
                     ]
                 )
@@ -302,8 +302,8 @@ class Source:
             try:
                 await ctx.journal.store.transact(
                     [
-                        put_object(record.tenant, moved, current.etag),
-                        put_source(committed, journal.etag),
+                        ctx.journal.put_object(record.tenant, moved, current.etag),
+                        ctx.journal.put_source(committed, journal.etag),
                         # A tombstone is not held: the tenant's quota gets the room back.
                         *await ctx.journal.release(record.tenant, record.object_id),
                         *outbox_puts(
@@ -371,7 +371,7 @@ class Source:
         try:
             await ctx.journal.store.transact(
                 [
-                    put_source(done, loaded.etag),
+                    ctx.journal.put_source(done, loaded.etag),
                     Delete(key=open_source_key(record.migration_id), etag=Expect.ANY),
                 ]
             )
@@ -427,8 +427,8 @@ class Source:
             try:
                 await ctx.journal.store.transact(
                     [
-                        put_object(record.tenant, resumed, current.etag),
-                        put_source(aborted, journal.etag),
+                        ctx.journal.put_object(record.tenant, resumed, current.etag),
+                        ctx.journal.put_source(aborted, journal.etag),
                         Delete(key=open_source_key(migration_id), etag=Expect.ANY),
                     ]
                 )

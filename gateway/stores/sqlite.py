@@ -12,6 +12,12 @@ Invariants this module keeps, beyond the protocol's:
   and is not blocked by a writer (nor blocks one), so a read waits neither for an fsync
   nor for the write queue. A read that starts after a write returned sees that write:
   the write's future resolves only after its COMMIT.
+* **Small point reads run on the event loop's own thread.** A ``get`` first tries a
+  connection of the calling thread whose busy timeout is zero: it never waits for a lock
+  (a busy file sends the read to the reader threads, which may wait), and a value larger
+  than :data:`INLINE_READ_MAX_BYTES` is left to them too (a blob's chunks, read ahead
+  concurrently). Handing a 5 KB read to a thread and back cost about ten times the read
+  itself (about 140 µs against 15 µs), and a migration makes some thirty of them.
 * **Concurrent writes share commits (group commit).** Writes that arrive while a commit
   is in flight wait for it and then go together into the next transaction, each inside
   its own SAVEPOINT: one caller's failed precondition rolls back its savepoint only, and
@@ -72,6 +78,13 @@ _DEFAULT_BUSY_TIMEOUT = 10.0
 #: Reader threads (each with its own connection). Two cover a host's concurrent reads on
 #: the small machines this runs on; more would only contend for the GIL.
 _READERS = 2
+
+#: Largest value a ``get`` returns from the event loop's thread; larger ones are read
+#: on a reader thread (copying a MiB on the loop would stall every other task).
+INLINE_READ_MAX_BYTES = 64 << 10
+
+#: What an inline read answers when the value must be read on a reader thread.
+_ELSEWHERE = object()
 
 #: Callers whose writes may share one commit; a bound on one transaction's size and on
 #: how long the first caller of a group waits for the last one's work.
@@ -210,7 +223,33 @@ class SqliteStore:
     async def get(self, key: str) -> Item | None:
         """The current value and ETag, or ``None`` if the key does not exist."""
         _check_key(key)
+        if not self._closed:
+            found = self._get_inline(key)
+            if found is not _ELSEWHERE:
+                return found  # type: ignore[return-value]
         return await self._read(f"read {key!r}", functools.partial(self._get, key))
+
+    def _get_inline(self, key: str) -> Item | object | None:
+        """``get`` on this thread's non-waiting connection; :data:`_ELSEWHERE` when the
+        value is large, the file is busy or anything went wrong (the reader threads then
+        read it, waiting for locks and reporting errors as every read does)."""
+        connection: sqlite3.Connection | None = getattr(self._local, "inline", None)
+        try:
+            if connection is None:
+                connection = self._connect_reader(busy_timeout=0.0)
+                self._local.inline = connection
+            row = connection.execute(
+                "SELECT CASE WHEN length(value) <= ? THEN value END, etag FROM items WHERE key = ?",
+                (INLINE_READ_MAX_BYTES, key),
+            ).fetchone()
+        except sqlite3.Error:
+            return _ELSEWHERE
+        if row is None:
+            return None
+        value, etag = row
+        if value is None:
+            return _ELSEWHERE  # larger than INLINE_READ_MAX_BYTES (a value is never NULL)
+        return Item(key=key, value=value, etag=etag)
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, Item]:
         """The items that exist among ``keys``, in the order asked (missing keys left out)."""
@@ -326,20 +365,29 @@ class SqliteStore:
         """Runs ``job`` with this reader thread's own connection (opened on first use)."""
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
-            connection = sqlite3.connect(
-                self._path,
-                timeout=self._busy_timeout,
-                isolation_level=None,
-                # Closed from close() after the reader pool has stopped; never used by
-                # two threads at once.
-                check_same_thread=False,
-            )
-            connection.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            connection.execute("PRAGMA query_only = ON")
+            connection = self._connect_reader(busy_timeout=self._busy_timeout)
             self._local.connection = connection
-            with self._reader_lock:
-                self._reader_connections.append(connection)
         return job(connection)
+
+    def _connect_reader(self, *, busy_timeout: float) -> sqlite3.Connection:
+        """A read-only connection for the calling thread, closed by :meth:`close`."""
+        connection = sqlite3.connect(
+            self._path,
+            timeout=busy_timeout,
+            isolation_level=None,
+            # Closed from close() after the reader pool has stopped; never used by
+            # two threads at once.
+            check_same_thread=False,
+        )
+        try:
+            connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            connection.execute("PRAGMA query_only = ON")
+        except BaseException:
+            connection.close()
+            raise
+        with self._reader_lock:
+            self._reader_connections.append(connection)
+        return connection
 
     async def _flush(self) -> None:
         """Commit pending writes in groups until none is left (one group in flight)."""

@@ -1,0 +1,158 @@
+"""What the migration and cycle paths stopped repeating (issue 13, profiling round):
+decoded records remembered per journal, peer certificates remembered per CA set, small
+point reads on the event loop's thread. Each memo must give exactly what the work it
+saves would have given."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import wire
+from gateway.errors import UntrustedKeyError
+from gateway.handoff import journal as journal_module
+from gateway.stores import Expect
+from gateway.stores.sqlite import INLINE_READ_MAX_BYTES, SqliteStore
+from gateway.testing import HostSpec, build_world
+from gateway.testing.harness import InProcessWorld
+from gateway.transport import tls
+from tests.conftest import HOST_A, HOST_B
+
+OBJECT = "obj://org-a.example/billing/invoice-9"
+
+
+def test_remembered_records_are_what_their_bytes_decode_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every record a step writes through the journal (created, cycled, frozen, moved,
+    staged, activated, settled) decodes from its bytes to exactly the value remembered
+    for them, so a read served from the memo equals a read that decodes."""
+    remembered: list[str] = []
+    real = journal_module._Decoded.remember
+
+    def checking(self: Any, decode: Any, raw: bytes, value: Any) -> None:
+        assert decode(raw) == value, f"{decode.__name__} does not give back what was encoded"
+        remembered.append(decode.__name__)
+        real(self, decode, raw, value)
+
+    monkeypatch.setattr(journal_module._Decoded, "remember", checking)
+    world = InProcessWorld(
+        build_world(tmp_path, [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_B)])
+    )
+    with contextlib.closing(world):
+        world.create(
+            HOST_A,
+            OBJECT,
+            data={"amount": 1500, "status": "open"},
+            spec={
+                "grant": {
+                    "audience": "spiffe://org-b.example",
+                    "capabilities": [{"resource": "state:self", "actions": ["read", "write"]}],
+                },
+                "cycle": {"interval_seconds": 60},
+                "rules": [
+                    {"name": "mark", "when": "data.amount > 1000", "write": '{"seen": true}'},
+                ],
+            },
+        )
+        host_a = world.hosts[HOST_A]
+        world.run(host_a.cycles.run("default", OBJECT))
+        world.migrate(OBJECT, source=HOST_A, to=HOST_B)
+        world.assert_invariants(OBJECT)
+    assert {"decode_object", "decode_source_record", "decode_destination_record"} <= set(remembered)
+
+
+def test_a_journal_decodes_bytes_it_saw_once() -> None:
+    """The memo is keyed by the bytes and the decoder: the same bytes decode once,
+    other bytes decode afresh, and it holds a bounded number of entries."""
+    calls: list[bytes] = []
+
+    def decode(raw: bytes) -> tuple[bytes]:
+        calls.append(raw)
+        return (raw,)
+
+    memo = journal_module._Decoded(entries=2)
+    assert memo.get(decode, b"one") == (b"one",)
+    assert memo.get(decode, b"one") == (b"one",)
+    assert calls == [b"one"]
+    memo.get(decode, b"two")
+    memo.get(decode, b"three")  # evicts b"one", the least recently used
+    memo.get(decode, b"one")
+    assert calls == [b"one", b"two", b"three", b"one"]
+    big = b"x" * (journal_module.DECODED_CACHE_MAX_BYTES + 1)
+    memo.get(decode, big)
+    memo.get(decode, big)
+    assert calls[-2:] == [big, big]  # too large to keep: decoded every time
+
+
+def test_a_remembered_peer_is_checked_again_when_its_domain_cas_change(tmp_path: Path) -> None:
+    """A certificate accepted once is accepted again while its domain's CAs are the same
+    bytes; with other CAs (a reloaded bundle) it is checked afresh and refused."""
+    world = build_world(tmp_path, [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_B)])
+    tls_a = world.host_directory(HOST_A) / "tls"
+    tls_b = world.host_directory(HOST_B) / "tls"
+    auth = {"x509_pem_cert": [(tls_a / "host.crt").read_bytes()]}
+    good = {"org-a.example": ((tls_a / "ca.crt").read_bytes(),)}
+    tls._ACCEPTED_PEERS.clear()
+    assert tls.authenticated_peer(auth, good) == HOST_A
+    assert tls.authenticated_peer(auth, good) == HOST_A
+    assert len(tls._ACCEPTED_PEERS) == 1
+    wrong = {"org-a.example": ((tls_b / "ca.crt").read_bytes(),)}
+    with pytest.raises(UntrustedKeyError):
+        tls.authenticated_peer(auth, wrong)
+    with pytest.raises(UntrustedKeyError):
+        tls.authenticated_peer(auth, {})
+
+
+def test_point_reads_large_values_and_a_closed_store(tmp_path: Path) -> None:
+    """``get`` answers the same whether the value is read on the loop's thread (small)
+    or on a reader thread (larger than INLINE_READ_MAX_BYTES, or the file busy)."""
+
+    async def main() -> None:
+        store = SqliteStore.open(tmp_path / "s.db")
+        small, large = b"s" * 100, b"L" * (INLINE_READ_MAX_BYTES + 1)
+        await store.put("k/small", small, etag=Expect.ABSENT)
+        await store.put("k/large", large, etag=Expect.ABSENT)
+        await store.put("k/empty", b"", etag=Expect.ABSENT)
+        got = await store.get("k/small")
+        assert got is not None and got.value == small
+        got = await store.get("k/large")
+        assert got is not None and got.value == large
+        got = await store.get("k/empty")
+        assert got is not None and got.value == b""
+        assert await store.get("k/missing") is None
+        # Another connection holds the write lock mid-transaction: reads still answer
+        # the last committed value (WAL), without waiting.
+        other = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("UPDATE items SET value = x'00' WHERE key = 'k/small'")
+        got = await store.get("k/small")
+        assert got is not None and got.value == small
+        other.execute("ROLLBACK")
+        other.close()
+        await store.close()
+        from gateway.errors import StoreUnavailableError
+
+        with pytest.raises(StoreUnavailableError):
+            await store.get("k/small")
+
+    asyncio.run(main())
+
+
+def test_stored_authority_decodes_the_same_from_the_memo() -> None:
+    """The authority memo returns values equal to a fresh decode, and refuses bad bytes
+    every time (errors are not remembered)."""
+    raw = b'{"allow":[{"act":["read"],"res":"state:self"}],"deny":[]}'
+    first = wire.decode_authority(raw)
+    assert wire.decode_authority(raw) is first
+    assert wire._decode_authority(raw) == first
+    from gateway.errors import PayloadDecodeError
+
+    for _ in range(2):
+        with pytest.raises(PayloadDecodeError):
+            wire.decode_authority(b'{"allow": 1}')
