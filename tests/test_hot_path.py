@@ -156,3 +156,34 @@ def test_stored_authority_decodes_the_same_from_the_memo() -> None:
     for _ in range(2):
         with pytest.raises(PayloadDecodeError):
             wire.decode_authority(b'{"allow": 1}')
+
+
+def test_short_and_long_listings_and_many_keys_answer_alike(tmp_path: Path) -> None:
+    """``list`` and ``get_many`` give the same answer whether it came from the loop's
+    thread (short) or from a reader thread (a listing over INLINE_LIST_MAX_KEYS keys,
+    more than INLINE_READ_MAX_KEYS keys, or a large value among them)."""
+    from gateway.stores import sqlite as sqlite_module
+
+    async def main() -> None:
+        store = SqliteStore.open(tmp_path / "s.db")
+        many = sqlite_module.INLINE_LIST_MAX_KEYS + 5
+        for index in range(many):
+            await store.put(f"long/{index:05d}", b"v", etag=Expect.ABSENT)
+        for index in range(3):
+            await store.put(f"short/{index}", b"v%d" % index, etag=Expect.ABSENT)
+        await store.put("short/large", b"L" * (INLINE_READ_MAX_BYTES + 1), etag=Expect.ABSENT)
+        listed = await store.list("long/")
+        assert listed == [f"long/{index:05d}" for index in range(many)]
+        assert await store.list("long/", limit=3) == listed[:3]
+        assert await store.list("short/", limit=2) == ["short/0", "short/1"]
+        assert await store.list("absent/") == []
+        found = await store.get_many(["short/1", "short/0", "missing"])
+        assert list(found) == ["short/1", "short/0"]
+        assert found["short/1"].value == b"v1"
+        found = await store.get_many(["short/0", "short/large"])
+        assert found["short/large"].value == b"L" * (INLINE_READ_MAX_BYTES + 1)
+        found = await store.get_many(listed)  # more keys than read inline
+        assert list(found) == listed
+        await store.close()
+
+    asyncio.run(main())

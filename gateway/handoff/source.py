@@ -238,7 +238,7 @@ class Source:
             object_id=record.object_id,
             destination=record.destination_host,
             step=record.step,
-            epoch=wire.decode_transfer(_transfer_payload(record)).epoch,
+            epoch=wire.transfer_epoch(_transfer_payload(record)),
         )
 
     async def _prepare_and_commit(self, record: SourceRecord) -> SourceRecord:

@@ -12,12 +12,14 @@ Invariants this module keeps, beyond the protocol's:
   and is not blocked by a writer (nor blocks one), so a read waits neither for an fsync
   nor for the write queue. A read that starts after a write returned sees that write:
   the write's future resolves only after its COMMIT.
-* **Small point reads run on the event loop's own thread.** A ``get`` first tries a
-  connection of the calling thread whose busy timeout is zero: it never waits for a lock
-  (a busy file sends the read to the reader threads, which may wait), and a value larger
-  than :data:`INLINE_READ_MAX_BYTES` is left to them too (a blob's chunks, read ahead
-  concurrently). Handing a 5 KB read to a thread and back cost about ten times the read
-  itself (about 140 µs against 15 µs), and a migration makes some thirty of them.
+* **Small reads run on the event loop's own thread.** ``get``, ``get_many`` of up to
+  :data:`INLINE_READ_MAX_KEYS` keys and ``list`` of up to :data:`INLINE_LIST_MAX_KEYS`
+  keys first try a connection of the calling thread whose busy timeout is zero: it never
+  waits for a lock (a busy file sends the read to the reader threads, which may wait),
+  and values larger than :data:`INLINE_READ_MAX_BYTES` (a blob's chunks, read ahead
+  concurrently) or longer listings are left to the reader threads too. Handing a 5 KB
+  read to a thread and back cost about ten times the read itself (about 140 µs against
+  15 µs), and a migration makes some thirty reads.
 * **Concurrent writes share commits (group commit).** Writes that arrive while a commit
   is in flight wait for it and then go together into the next transaction, each inside
   its own SAVEPOINT: one caller's failed precondition rolls back its savepoint only, and
@@ -82,6 +84,16 @@ _READERS = 2
 #: Largest value a ``get`` returns from the event loop's thread; larger ones are read
 #: on a reader thread (copying a MiB on the loop would stall every other task).
 INLINE_READ_MAX_BYTES = 64 << 10
+
+#: Most keys a ``get_many`` reads on the event loop's thread.
+INLINE_READ_MAX_KEYS = 32
+#: Most keys a ``list`` returns from the event loop's thread; a longer listing (a scan
+#: of every object) is read again on a reader thread.
+INLINE_LIST_MAX_KEYS = 256
+
+_INLINE_GET = (
+    "SELECT key, CASE WHEN length(value) <= ? THEN value END, etag FROM items WHERE key IN ({})"
+)
 
 #: What an inline read answers when the value must be read on a reader thread.
 _ELSEWHERE = object()
@@ -233,23 +245,44 @@ class SqliteStore:
         """``get`` on this thread's non-waiting connection; :data:`_ELSEWHERE` when the
         value is large, the file is busy or anything went wrong (the reader threads then
         read it, waiting for locks and reporting errors as every read does)."""
+        found = self._inline(functools.partial(self._get_many_inline, [key]))
+        if not isinstance(found, dict):
+            return _ELSEWHERE
+        item: Item | None = found.get(key)
+        return item
+
+    def _inline(self, job: Callable[[sqlite3.Connection], _T]) -> _T | object:
+        """``job`` on this thread's connection that never waits for a lock; :data:`_ELSEWHERE`
+        if it answered so, or the file was busy, or anything else went wrong."""
         connection: sqlite3.Connection | None = getattr(self._local, "inline", None)
         try:
             if connection is None:
                 connection = self._connect_reader(busy_timeout=0.0)
                 self._local.inline = connection
-            row = connection.execute(
-                "SELECT CASE WHEN length(value) <= ? THEN value END, etag FROM items WHERE key = ?",
-                (INLINE_READ_MAX_BYTES, key),
-            ).fetchone()
+            return job(connection)
         except sqlite3.Error:
             return _ELSEWHERE
-        if row is None:
-            return None
-        value, etag = row
-        if value is None:
-            return _ELSEWHERE  # larger than INLINE_READ_MAX_BYTES (a value is never NULL)
-        return Item(key=key, value=value, etag=etag)
+
+    @staticmethod
+    def _get_many_inline(
+        keys: Sequence[str], connection: sqlite3.Connection
+    ) -> dict[str, Item] | object:
+        found: dict[str, Item] = {}
+        placeholders = ", ".join("?" * len(keys))  # only "?": the keys are parameters
+        sql = _INLINE_GET.format(placeholders)
+        for key, value, etag in connection.execute(sql, (INLINE_READ_MAX_BYTES, *keys)):
+            if value is None:
+                return _ELSEWHERE  # larger than INLINE_READ_MAX_BYTES (never NULL)
+            found[key] = Item(key=key, value=value, etag=etag)
+        return found
+
+    def _list_inline(
+        self, prefix: str, limit: int | None, connection: sqlite3.Connection
+    ) -> builtins.list[str] | object:
+        keys = self._list(prefix, None, connection, bound=INLINE_LIST_MAX_KEYS + 1)
+        if len(keys) > INLINE_LIST_MAX_KEYS:
+            return _ELSEWHERE  # a long listing: on a reader thread
+        return keys if limit is None else keys[:limit]
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, Item]:
         """The items that exist among ``keys``, in the order asked (missing keys left out)."""
@@ -260,6 +293,10 @@ class SqliteStore:
             _check_key(key)
         if not wanted:
             return {}
+        if len(wanted) <= INLINE_READ_MAX_KEYS and not self._closed:
+            inline = self._inline(functools.partial(self._get_many_inline, wanted))
+            if isinstance(inline, dict):
+                return {key: inline[key] for key in wanted if key in inline}
         found = await self._read(
             f"read {len(wanted)} keys", functools.partial(self._get_many, wanted)
         )
@@ -313,6 +350,10 @@ class SqliteStore:
         check_listable(prefix)
         if limit == 0:
             return []
+        if not self._closed:
+            inline = self._inline(functools.partial(self._list_inline, prefix, limit))
+            if isinstance(inline, builtins.list):
+                return inline
         return await self._read(
             f"list keys under {prefix!r}", functools.partial(self._list, prefix, limit)
         )
@@ -449,8 +490,15 @@ class SqliteStore:
             }
 
     def _list(
-        self, prefix: str, limit: int | None, connection: sqlite3.Connection
+        self,
+        prefix: str,
+        limit: int | None,
+        connection: sqlite3.Connection,
+        *,
+        bound: int | None = None,
     ) -> builtins.list[str]:
+        """Keys under ``prefix``; ``bound`` caps the rows scanned (listable or not), so
+        that a caller can tell a short listing from a long one by its length."""
         # A range on the primary key, not LIKE/GLOB: '%', '_', '*' and '?' in a prefix
         # are ordinary characters here, and the index serves the scan.
         upper = _prefix_successor(prefix)
@@ -460,6 +508,8 @@ class SqliteStore:
             sql += " AND key < ?"
             params.append(upper)
         sql += " ORDER BY key"
+        if bound is not None:
+            sql += f" LIMIT {int(bound)}"
         # Filtered here, not in SQL; the cursor is lazy, so islice stops reading at limit.
         rows = (key for (key,) in connection.execute(sql, params) if listable(key))
         return builtins.list(itertools.islice(rows, limit))
