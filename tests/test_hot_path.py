@@ -187,3 +187,34 @@ def test_short_and_long_listings_and_many_keys_answer_alike(tmp_path: Path) -> N
         await store.close()
 
     asyncio.run(main())
+
+
+def test_new_files_get_the_larger_page_and_old_files_keep_theirs(tmp_path: Path) -> None:
+    """A new store file uses PAGE_SIZE; a file made before (4 KiB pages) opens, reads and
+    writes as before, keeping its own page size."""
+    from gateway.stores import sqlite as sqlite_module
+
+    old = tmp_path / "old.db"
+    connection = sqlite3.connect(old, isolation_level=None)
+    connection.execute("PRAGMA page_size = 4096")
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute(
+        "CREATE TABLE items (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL,"
+        " etag TEXT NOT NULL)"
+    )
+    connection.execute("INSERT INTO items VALUES ('k', x'01', 'e1')")
+    connection.execute("PRAGMA user_version = 1")
+    connection.close()
+
+    async def main() -> None:
+        for path, pages in ((tmp_path / "new.db", sqlite_module.PAGE_SIZE), (old, 4096)):
+            store = SqliteStore.open(path)
+            await store.put("k2", b"v" * (3 << 20), etag=Expect.ABSENT)
+            got = await store.get("k2")
+            assert got is not None and len(got.value) == 3 << 20
+            await store.close()
+            check = sqlite3.connect(path)
+            assert check.execute("PRAGMA page_size").fetchone() == (pages,)
+            check.close()
+
+    asyncio.run(main())
