@@ -362,8 +362,12 @@ def _blob_to_pb(blob: BlobRef | None) -> object_pb2.BlobRef | None:
     )
 
 
+@functools.lru_cache(maxsize=256)
 def encode_authority(authority: EffectiveAuthority) -> bytes:
-    """Canonical JSON ``{"allow": [...], "deny": [...]}`` (the grant claim format)."""
+    """Canonical JSON ``{"allow": [...], "deny": [...]}`` (the grant claim format).
+
+    Memoised: an object's authority is written with every cycle and every step of a
+    migration, and a host holds few distinct ones (values are immutable and hashable)."""
     document = {"allow": authority.allow.to_claim(), "deny": authority.deny.to_claim()}
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode("utf-8")
 

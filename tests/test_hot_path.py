@@ -218,3 +218,20 @@ def test_new_files_get_the_larger_page_and_old_files_keep_theirs(tmp_path: Path)
             check.close()
 
     asyncio.run(main())
+
+
+def test_the_decoded_memo_is_bounded_by_bytes_too() -> None:
+    """Entries go, oldest first, once their encoded bytes exceed the memo's total."""
+    memo = journal_module._Decoded(entries=100, total_bytes=10)
+    calls: list[bytes] = []
+
+    def decode(raw: bytes) -> bytes:
+        calls.append(raw)
+        return raw
+
+    for raw in (b"aaaa", b"bbbb", b"cccc"):  # 12 bytes: b"aaaa" must go
+        memo.get(decode, raw)
+    memo.get(decode, b"cccc")
+    memo.get(decode, b"bbbb")
+    memo.get(decode, b"aaaa")
+    assert calls == [b"aaaa", b"bbbb", b"cccc", b"aaaa"]

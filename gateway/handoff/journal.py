@@ -183,11 +183,16 @@ def decode_counter(raw: bytes) -> int:
     return int(value)
 
 
-#: Decoded records a journal remembers (objects, journal records), and the largest
-#: encoded size it remembers one of: a migration or a cycle reads back, within a few
-#: milliseconds, the record it just wrote or read, and decoding one (protobuf, then a
-#: JSON document per lineage entry) cost more than anything else on those paths.
-DECODED_CACHE_ENTRIES = 512
+#: Decoded records a journal remembers (objects, journal records), the encoded bytes
+#: they may add up to, and the largest encoded size it remembers one of. A migration
+#: reads back, within milliseconds, the record it just wrote or read; a cycle reads the
+#: object its previous cycle wrote. Decoding one (protobuf, then a JSON document per
+#: lineage entry) cost more than anything else on both paths. A decoded object takes
+#: about 2.3 times its encoded size in memory, so the cache stays under about 56 MiB; a
+#: host cycling more objects than it holds (LRU, visited in turn) gains nothing on
+#: cycles, but migrations still hit.
+DECODED_CACHE_ENTRIES = 4096
+DECODED_CACHE_BYTES = 16 << 20
 DECODED_CACHE_MAX_BYTES = 256 << 10
 
 
@@ -200,8 +205,12 @@ class _Decoded:
     Per journal, i.e. per host: hosts sharing a process (tests, bench) share nothing.
     """
 
-    def __init__(self, entries: int = DECODED_CACHE_ENTRIES) -> None:
+    def __init__(
+        self, entries: int = DECODED_CACHE_ENTRIES, total_bytes: int = DECODED_CACHE_BYTES
+    ) -> None:
         self._entries = entries
+        self._total_bytes = total_bytes
+        self._bytes = 0
         self._values: OrderedDict[tuple[object, bytes], object] = OrderedDict()
 
     def get(self, decode: Callable[[bytes], T], raw: bytes) -> T:
@@ -221,10 +230,14 @@ class _Decoded:
         """Record that ``decode(raw)`` is ``value`` (an encoder's input and output)."""
         if len(raw) > DECODED_CACHE_MAX_BYTES:
             return
-        self._values[(decode, raw)] = value
-        self._values.move_to_end((decode, raw))
-        while len(self._values) > self._entries:
-            self._values.popitem(last=False)
+        key = (decode, raw)
+        if key not in self._values:
+            self._bytes += len(raw)
+        self._values[key] = value
+        self._values.move_to_end(key)
+        while len(self._values) > self._entries or self._bytes > self._total_bytes:
+            (_decoder, evicted), _value = self._values.popitem(last=False)
+            self._bytes -= len(evicted)
 
 
 class Journal:
