@@ -21,6 +21,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import replace
@@ -404,8 +405,12 @@ def _blob_to_pb(blob: BlobRef | None) -> object_pb2.BlobRef | None:
     )
 
 
+@functools.lru_cache(maxsize=256)
 def encode_authority(authority: EffectiveAuthority) -> bytes:
-    """Canonical JSON ``{"allow": [...], "deny": [...]}`` (the grant claim format)."""
+    """Canonical JSON ``{"allow": [...], "deny": [...]}`` (the grant claim format).
+
+    Memoised: an object's authority is written with every cycle and every step of a
+    migration, and a host holds few distinct ones (values are immutable and hashable)."""
     document = {"allow": authority.allow.to_claim(), "deny": authority.deny.to_claim()}
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
@@ -413,6 +418,23 @@ def encode_authority(authority: EffectiveAuthority) -> bytes:
 def decode_authority(raw: bytes) -> EffectiveAuthority:
     if not raw:
         return NO_AUTHORITY
+    if len(raw) > MAX_CACHED_AUTHORITY_BYTES:
+        return _decode_authority(raw)
+    return _decode_authority_cached(raw)
+
+
+#: Stored authorities are few distinct documents (one per grant shape and peer domain)
+#: read with every object; parsing one into patterns cost more than the rest of a small
+#: object's decode. Decoding is pure and its value immutable, so a memo is exact.
+MAX_CACHED_AUTHORITY_BYTES = 16 << 10
+
+
+@functools.lru_cache(maxsize=256)
+def _decode_authority_cached(raw: bytes) -> EffectiveAuthority:
+    return _decode_authority(raw)
+
+
+def _decode_authority(raw: bytes) -> EffectiveAuthority:
     document = load_json(raw, error=PayloadDecodeError, what="stored effective authority")
     try:
         return EffectiveAuthority(
@@ -540,6 +562,13 @@ def _check_transfer_bounds(message: object_pb2.Transfer) -> None:
     _check_stamp(message.expires_at, "expiry time")
     if snapshot.cycle.HasField("next_due"):
         _check_stamp(snapshot.cycle.next_due, f"next due time of {message.object_id}")
+
+
+def transfer_epoch(payload: bytes) -> int:
+    """The epoch of a transfer payload this host sealed itself (its own journal), read
+    without decoding the object and its lineage (which :func:`decode_transfer` does,
+    at a cost that grows with the lineage)."""
+    return int(_parse(object_pb2.Transfer(), payload, "transfer", canonical=False).epoch)
 
 
 def decode_transfer(payload: bytes) -> Transfer:

@@ -63,8 +63,6 @@ from gateway.handoff.journal import (
     fence_key,
     nonce_key,
     open_destination_key,
-    put_destination,
-    put_object,
 )
 from gateway.handoff.lifecycle import LifecycleEvent
 from gateway.handoff.messages import Receipt, ReceiptKind, Transfer
@@ -465,7 +463,7 @@ class Destination:
             )
             await ctx.journal.store.transact(
                 [
-                    put_destination(record, Expect.ABSENT),
+                    ctx.journal.put_destination(record, Expect.ABSENT),
                     Put(
                         key=nonce_key(transfer.nonce),
                         value=encode_counter(expires),
@@ -711,8 +709,10 @@ class Destination:
         )
         await ctx.journal.store.transact(
             [
-                put_object(record.tenant, live, current.etag if current else Expect.ABSENT),
-                put_destination(done, etag),
+                ctx.journal.put_object(
+                    record.tenant, live, current.etag if current else Expect.ABSENT
+                ),
+                ctx.journal.put_destination(done, etag),
                 Delete(key=open_destination_key(record.migration_id), etag=Expect.ANY),
                 *ctx.lifecycle.writes(
                     LifecycleEvent(
@@ -863,7 +863,7 @@ class Destination:
             try:
                 await ctx.journal.store.transact(
                     [
-                        put_destination(record, loaded.etag),
+                        ctx.journal.put_destination(record, loaded.etag),
                         Delete(key=open_destination_key(migration_id), etag=Expect.ANY),
                         *released,
                     ]

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -182,12 +183,70 @@ def decode_counter(raw: bytes) -> int:
     return int(value)
 
 
+#: Decoded records a journal remembers (objects, journal records), the encoded bytes
+#: they may add up to, and the largest encoded size it remembers one of. A migration
+#: reads back, within milliseconds, the record it just wrote or read; a cycle reads the
+#: object its previous cycle wrote. Decoding one (protobuf, then a JSON document per
+#: lineage entry) cost more than anything else on both paths. A decoded object takes
+#: about 2.3 times its encoded size in memory, so the cache stays under about 56 MiB; a
+#: host cycling more objects than it holds (LRU, visited in turn) gains nothing on
+#: cycles, but migrations still hit.
+DECODED_CACHE_ENTRIES = 4096
+DECODED_CACHE_BYTES = 16 << 20
+DECODED_CACHE_MAX_BYTES = 256 << 10
+
+
+class _Decoded:
+    """A bounded memo of ``decode(raw)``, keyed by the exact bytes (and the decoder).
+
+    Keyed by content, not by store key or ETag: a hit returns what decoding those very
+    bytes returned before (every decoder here is a pure function of its input and
+    returns immutable values), so no write, reload or other process can make it stale.
+    Per journal, i.e. per host: hosts sharing a process (tests, bench) share nothing.
+    """
+
+    def __init__(
+        self, entries: int = DECODED_CACHE_ENTRIES, total_bytes: int = DECODED_CACHE_BYTES
+    ) -> None:
+        self._entries = entries
+        self._total_bytes = total_bytes
+        self._bytes = 0
+        self._values: OrderedDict[tuple[object, bytes], object] = OrderedDict()
+
+    def get(self, decode: Callable[[bytes], T], raw: bytes) -> T:
+        if len(raw) > DECODED_CACHE_MAX_BYTES:
+            return decode(raw)
+        key = (decode, raw)
+        try:
+            value = self._values[key]
+        except KeyError:
+            value = decode(raw)
+            self.remember(decode, raw, value)
+            return value
+        self._values.move_to_end(key)
+        return value  # type: ignore[return-value]
+
+    def remember(self, decode: Callable[[bytes], T], raw: bytes, value: T) -> None:
+        """Record that ``decode(raw)`` is ``value`` (an encoder's input and output)."""
+        if len(raw) > DECODED_CACHE_MAX_BYTES:
+            return
+        key = (decode, raw)
+        if key not in self._values:
+            self._bytes += len(raw)
+        self._values[key] = value
+        self._values.move_to_end(key)
+        while len(self._values) > self._entries or self._bytes > self._total_bytes:
+            (_decoder, evicted), _value = self._values.popitem(last=False)
+            self._bytes -= len(evicted)
+
+
 class Journal:
     """Typed reads over the store; each returns the value with its ETag, or ``None``."""
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
         self._charging: dict[str, asyncio.Lock] = {}
+        self._decoded = _Decoded()
 
     def charging(self, tenant: str) -> asyncio.Lock:
         """Held around reading a tenant's usage and writing a charge: charges in one
@@ -197,7 +256,27 @@ class Journal:
 
     async def _load(self, key: str, decode: Callable[[bytes], T]) -> Versioned[T] | None:
         item = await self.store.get(key)
-        return None if item is None else Versioned(decode(item.value), item.etag)
+        return None if item is None else Versioned(self._decoded.get(decode, item.value), item.etag)
+
+    # The operations a step writes, built here rather than by the module functions below
+    # when the journal is at hand: the journal then knows what the written bytes decode to
+    # and the step's next read of them (the same migration or cycle, moments later) costs
+    # no decode. Encoding is exact (wire round-trips every field), see _Decoded.
+
+    def put_object(self, tenant: str, obj: GovernedObject, etag: str | Expect) -> Put:
+        put = put_object(tenant, obj, etag)
+        self._decoded.remember(wire.decode_object, put.value, obj)
+        return put
+
+    def put_source(self, record: SourceRecord, etag: str | Expect) -> Put:
+        put = put_source(record, etag)
+        self._decoded.remember(wire.decode_source_record, put.value, record)
+        return put
+
+    def put_destination(self, record: DestinationRecord, etag: str | Expect) -> Put:
+        put = put_destination(record, etag)
+        self._decoded.remember(wire.decode_destination_record, put.value, record)
+        return put
 
     async def object(self, tenant: str, object_id: str) -> Versioned[GovernedObject] | None:
         return await self._load(object_key(tenant, object_id), wire.decode_object)
@@ -291,4 +370,4 @@ class Journal:
     async def objects(self, tenant: str) -> list[GovernedObject]:
         keys = await self.store.list(objects_prefix(tenant))
         items = await self.store.get_many(keys)
-        return [wire.decode_object(items[k].value) for k in keys if k in items]
+        return [self._decoded.get(wire.decode_object, items[k].value) for k in keys if k in items]

@@ -43,7 +43,7 @@ from gateway.errors import (
     VerificationError,
 )
 from gateway.handoff.context import HostContext
-from gateway.handoff.journal import open_source_key, put_object, put_source
+from gateway.handoff.journal import open_source_key
 from gateway.handoff.lifecycle import LifecycleEvent
 from gateway.handoff.messages import (
     NONCE_BYTES,
@@ -154,8 +154,8 @@ class Source:
                     )
                     await ctx.journal.store.transact(
                         [
-                            put_object(tenant, frozen, loaded.etag),
-                            put_source(record, Expect.ABSENT),
+                            ctx.journal.put_object(tenant, frozen, loaded.etag),
+                            ctx.journal.put_source(record, Expect.ABSENT),
                             Put(key=open_source_key(migration_id), value=b"", etag=Expect.ABSENT),
                         ]
                     )
@@ -251,7 +251,7 @@ class Source:
             object_id=record.object_id,
             destination=record.destination_host,
             step=record.step,
-            epoch=wire.decode_transfer(_transfer_payload(record)).epoch,
+            epoch=wire.transfer_epoch(_transfer_payload(record)),
         )
 
     async def _prepare_and_commit(self, record: SourceRecord) -> SourceRecord:
@@ -319,8 +319,8 @@ class Source:
                     )
                     await ctx.journal.store.transact(
                         [
-                            put_object(record.tenant, moved, current.etag),
-                            put_source(committed, journal.etag),
+                            ctx.journal.put_object(record.tenant, moved, current.etag),
+                            ctx.journal.put_source(committed, journal.etag),
                             # A tombstone is not held: the tenant's quota gets the room back.
                             *await ctx.journal.release(record.tenant, record.object_id),
                             *ctx.lifecycle.writes(
@@ -385,7 +385,7 @@ class Source:
         try:
             await ctx.journal.store.transact(
                 [
-                    put_source(done, loaded.etag),
+                    ctx.journal.put_source(done, loaded.etag),
                     Delete(key=open_source_key(record.migration_id), etag=Expect.ANY),
                 ]
             )
@@ -444,8 +444,8 @@ class Source:
             try:
                 await ctx.journal.store.transact(
                     [
-                        put_object(record.tenant, resumed, current.etag),
-                        put_source(aborted, journal.etag),
+                        ctx.journal.put_object(record.tenant, resumed, current.etag),
+                        ctx.journal.put_source(aborted, journal.etag),
                         Delete(key=open_source_key(migration_id), etag=Expect.ANY),
                     ]
                 )

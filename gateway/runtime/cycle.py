@@ -36,7 +36,6 @@ from gateway.errors import (
     RuleError,
 )
 from gateway.handoff.context import HostContext
-from gateway.handoff.journal import put_object
 from gateway.limits import next_counter
 from gateway.lineage import EntryKind
 from gateway.model import MAX_DATA_BYTES, CycleState, GovernedObject, LifecycleState
@@ -114,7 +113,7 @@ class CycleRunner:
             admitted=admitted,
             denied=denied,
         )
-        operations: list[Operation] = [put_object(tenant, evaluated, loaded.etag)]
+        operations: list[Operation] = [ctx.journal.put_object(tenant, evaluated, loaded.etag)]
         for event in events:
             operations.extend(outbox_puts(event))
         crash_point("cycle.before-commit")

@@ -12,6 +12,14 @@ Invariants this module keeps, beyond the protocol's:
   and is not blocked by a writer (nor blocks one), so a read waits neither for an fsync
   nor for the write queue. A read that starts after a write returned sees that write:
   the write's future resolves only after its COMMIT.
+* **Small reads run on the event loop's own thread.** ``get``, ``get_many`` of up to
+  :data:`INLINE_READ_MAX_KEYS` keys and ``list`` of up to :data:`INLINE_LIST_MAX_KEYS`
+  keys first try a connection of the calling thread whose busy timeout is zero: it never
+  waits for a lock (a busy file sends the read to the reader threads, which may wait),
+  and values larger than :data:`INLINE_READ_MAX_BYTES` (a blob's chunks, read ahead
+  concurrently) or longer listings are left to the reader threads too. Handing a 5 KB
+  read to a thread and back cost about ten times the read itself (about 140 µs against
+  15 µs), and a migration makes some thirty reads.
 * **Concurrent writes share commits (group commit).** Writes that arrive while a commit
   is in flight wait for it and then go together into the next transaction, each inside
   its own SAVEPOINT: one caller's failed precondition rolls back its savepoint only, and
@@ -72,6 +80,30 @@ _DEFAULT_BUSY_TIMEOUT = 10.0
 #: Reader threads (each with its own connection). Two cover a host's concurrent reads on
 #: the small machines this runs on; more would only contend for the GIL.
 _READERS = 2
+
+#: Largest value a ``get`` returns from the event loop's thread; larger ones are read
+#: on a reader thread (copying a MiB on the loop would stall every other task).
+INLINE_READ_MAX_BYTES = 64 << 10
+
+#: Page size of a new file (an existing file keeps its own). Blob chunks are 1 MiB
+#: values stored across overflow pages: with 4 KiB pages SQLite wrote them at about
+#: 110 MiB/s on the development VM, with 16 KiB pages at about 170 MiB/s, while a small
+#: 5-key commit took 0.61 ms and 0.69 ms (larger pages cost small commits more: 1.1 ms
+#: at 32 KiB, 1.5 ms at 64 KiB).
+PAGE_SIZE = 16 << 10
+
+#: Most keys a ``get_many`` reads on the event loop's thread.
+INLINE_READ_MAX_KEYS = 32
+#: Most keys a ``list`` returns from the event loop's thread; a longer listing (a scan
+#: of every object) is read again on a reader thread.
+INLINE_LIST_MAX_KEYS = 256
+
+_INLINE_GET = (
+    "SELECT key, CASE WHEN length(value) <= ? THEN value END, etag FROM items WHERE key IN ({})"
+)
+
+#: What an inline read answers when the value must be read on a reader thread.
+_ELSEWHERE = object()
 
 #: Callers whose writes may share one commit; a bound on one transaction's size and on
 #: how long the first caller of a group waits for the last one's work.
@@ -224,7 +256,54 @@ class SqliteStore:
     async def get(self, key: str) -> Item | None:
         """The current value and ETag, or ``None`` if the key does not exist."""
         _check_key(key)
+        if not self._closed:
+            found = self._get_inline(key)
+            if found is not _ELSEWHERE:
+                return found  # type: ignore[return-value]
         return await self._read(f"read {key!r}", functools.partial(self._get, key))
+
+    def _get_inline(self, key: str) -> Item | object | None:
+        """``get`` on this thread's non-waiting connection; :data:`_ELSEWHERE` when the
+        value is large, the file is busy or anything went wrong (the reader threads then
+        read it, waiting for locks and reporting errors as every read does)."""
+        found = self._inline(functools.partial(self._get_many_inline, [key]))
+        if not isinstance(found, dict):
+            return _ELSEWHERE
+        item: Item | None = found.get(key)
+        return item
+
+    def _inline(self, job: Callable[[sqlite3.Connection], _T]) -> _T | object:
+        """``job`` on this thread's connection that never waits for a lock; :data:`_ELSEWHERE`
+        if it answered so, or the file was busy, or anything else went wrong."""
+        connection: sqlite3.Connection | None = getattr(self._local, "inline", None)
+        try:
+            if connection is None:
+                connection = self._connect_reader(busy_timeout=0.0)
+                self._local.inline = connection
+            return job(connection)
+        except sqlite3.Error:
+            return _ELSEWHERE
+
+    @staticmethod
+    def _get_many_inline(
+        keys: Sequence[str], connection: sqlite3.Connection
+    ) -> dict[str, Item] | object:
+        found: dict[str, Item] = {}
+        placeholders = ", ".join("?" * len(keys))  # only "?": the keys are parameters
+        sql = _INLINE_GET.format(placeholders)
+        for key, value, etag in connection.execute(sql, (INLINE_READ_MAX_BYTES, *keys)):
+            if value is None:
+                return _ELSEWHERE  # larger than INLINE_READ_MAX_BYTES (never NULL)
+            found[key] = Item(key=key, value=value, etag=etag)
+        return found
+
+    def _list_inline(
+        self, prefix: str, limit: int | None, connection: sqlite3.Connection
+    ) -> builtins.list[str] | object:
+        keys = self._list(prefix, None, connection, bound=INLINE_LIST_MAX_KEYS + 1)
+        if len(keys) > INLINE_LIST_MAX_KEYS:
+            return _ELSEWHERE  # a long listing: on a reader thread
+        return keys if limit is None else keys[:limit]
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, Item]:
         """The items that exist among ``keys``, in the order asked (missing keys left out)."""
@@ -235,6 +314,10 @@ class SqliteStore:
             _check_key(key)
         if not wanted:
             return {}
+        if len(wanted) <= INLINE_READ_MAX_KEYS and not self._closed:
+            inline = self._inline(functools.partial(self._get_many_inline, wanted))
+            if isinstance(inline, dict):
+                return {key: inline[key] for key in wanted if key in inline}
         found = await self._read(
             f"read {len(wanted)} keys", functools.partial(self._get_many, wanted)
         )
@@ -288,6 +371,10 @@ class SqliteStore:
         check_listable(prefix)
         if limit == 0:
             return []
+        if not self._closed:
+            inline = self._inline(functools.partial(self._list_inline, prefix, limit))
+            if isinstance(inline, builtins.list):
+                return inline
         return await self._read(
             f"list keys under {prefix!r}", functools.partial(self._list, prefix, limit)
         )
@@ -340,20 +427,29 @@ class SqliteStore:
         """Runs ``job`` with this reader thread's own connection (opened on first use)."""
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
-            connection = sqlite3.connect(
-                self._path,
-                timeout=self._busy_timeout,
-                isolation_level=None,
-                # Closed from close() after the reader pool has stopped; never used by
-                # two threads at once.
-                check_same_thread=False,
-            )
-            connection.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            connection.execute("PRAGMA query_only = ON")
+            connection = self._connect_reader(busy_timeout=self._busy_timeout)
             self._local.connection = connection
-            with self._reader_lock:
-                self._reader_connections.append(connection)
         return job(connection)
+
+    def _connect_reader(self, *, busy_timeout: float) -> sqlite3.Connection:
+        """A read-only connection for the calling thread, closed by :meth:`close`."""
+        connection = sqlite3.connect(
+            self._path,
+            timeout=busy_timeout,
+            isolation_level=None,
+            # Closed from close() after the reader pool has stopped; never used by
+            # two threads at once.
+            check_same_thread=False,
+        )
+        try:
+            connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            connection.execute("PRAGMA query_only = ON")
+        except BaseException:
+            connection.close()
+            raise
+        with self._reader_lock:
+            self._reader_connections.append(connection)
+        return connection
 
     async def _flush(self) -> None:
         """Commit pending writes in groups until none is left (one group in flight)."""
@@ -415,8 +511,15 @@ class SqliteStore:
             }
 
     def _list(
-        self, prefix: str, limit: int | None, connection: sqlite3.Connection
+        self,
+        prefix: str,
+        limit: int | None,
+        connection: sqlite3.Connection,
+        *,
+        bound: int | None = None,
     ) -> builtins.list[str]:
+        """Keys under ``prefix``; ``bound`` caps the rows scanned (listable or not), so
+        that a caller can tell a short listing from a long one by its length."""
         # A range on the primary key, not LIKE/GLOB: '%', '_', '*' and '?' in a prefix
         # are ordinary characters here, and the index serves the scan.
         upper = _prefix_successor(prefix)
@@ -426,6 +529,8 @@ class SqliteStore:
             sql += " AND key < ?"
             params.append(upper)
         sql += " ORDER BY key"
+        if bound is not None:
+            sql += f" LIMIT {int(bound)}"
         # Filtered here, not in SQL; the cursor is lazy, so islice stops reading at limit.
         rows = (key for (key,) in connection.execute(sql, params) if listable(key))
         return builtins.list(itertools.islice(rows, limit))
@@ -545,6 +650,8 @@ def _enable_wal(connection: sqlite3.Connection, busy_timeout: float) -> str:
 def _configure(connection: sqlite3.Connection, file: Path, busy_timeout: float) -> None:
     try:
         connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        # Before anything is written (a no-op on an existing file): see PAGE_SIZE.
+        connection.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         mode = _enable_wal(connection, busy_timeout)
         if str(mode).lower() != "wal":
             raise StoreError(

@@ -9,6 +9,7 @@ SPIFFE id names (which domain a CA speaks for is the bundle's word, not the CA's
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
 import grpc
@@ -75,17 +76,36 @@ def channel_credentials(
     )
 
 
+#: Peers whose certificate was found issued for their domain, remembered per
+#: (certificate, that domain's CAs). Every RPC asks again (a connection's certificate
+#: does not change, but each call is checked on its own), and parsing the certificate
+#: and verifying its issuer's signature was the largest single cost of a small Prepare.
+_ACCEPTED_PEERS: OrderedDict[bytes, tuple[str, tuple[bytes, ...], str]] = OrderedDict()
+ACCEPTED_PEERS_CACHED = 256
+
+
 def authenticated_peer(
     auth_context: Mapping[str, list[bytes]], authorities: Mapping[str, tuple[bytes, ...]]
 ) -> str:
     """The SPIFFE id of the peer, after checking its certificate was issued by a CA of the
-    trust bundle of the domain it claims (``authorities``: trust domain -> its CAs)."""
+    trust bundle of the domain it claims (``authorities``: trust domain -> its CAs).
+
+    A certificate accepted before is accepted again without parsing it while its domain's
+    CAs are the same bytes (a reload that changes them checks it afresh). Time plays no
+    part in this check (the TLS handshake checked validity), so the answer cannot go
+    stale; refusals are never remembered."""
     certificates = auth_context.get("x509_pem_cert") or []
     if not certificates:
         raise PeerMismatchError(
             "the peer presented no client certificate", hint="connect with mTLS"
         )
-    cert = load_peer_certificate(certificates[0])  # parsed once for both checks
+    pem = bytes(certificates[0])
+    # Keyed by the whole presented chain: an intermediate may decide the path check.
+    key = pem + b"".join(auth_context.get("x509_pem_cert_chain") or [])
+    known = _ACCEPTED_PEERS.get(key)
+    if known is not None and authorities.get(known[0]) == known[1]:
+        return known[2]
+    cert = load_peer_certificate(pem)  # parsed once for both checks
     host = certificate_spiffe_id(cert)
     domain_authorities = authorities.get(host.trust_domain)
     if not domain_authorities:
@@ -98,11 +118,15 @@ def authenticated_peer(
     # intermediate CA of its domain, which the path check needs to see.
     presented = b"".join(auth_context.get("x509_pem_cert_chain") or [])
     intermediates = [c for c in _certificates(presented) if c != cert]
-    return str(
+    accepted = str(
         verify_certificate_for_domain(
             cert, host, domain_authorities, host.trust_domain, intermediates=intermediates
         )
     )
+    _ACCEPTED_PEERS[key] = (host.trust_domain, tuple(domain_authorities), accepted)
+    while len(_ACCEPTED_PEERS) > ACCEPTED_PEERS_CACHED:
+        _ACCEPTED_PEERS.popitem(last=False)
+    return accepted
 
 
 def _certificates(pem: bytes) -> list[x509.Certificate]:
