@@ -114,7 +114,7 @@ def test_point_reads_large_values_and_a_closed_store(tmp_path: Path) -> None:
     or on a reader thread (larger than INLINE_READ_MAX_BYTES, or the file busy)."""
 
     async def main() -> None:
-        store = SqliteStore.open(tmp_path / "s.db")
+        store = SqliteStore.open(tmp_path / "s.db", create=True)
         small, large = b"s" * 100, b"L" * (INLINE_READ_MAX_BYTES + 1)
         await store.put("k/small", small, etag=Expect.ABSENT)
         await store.put("k/large", large, etag=Expect.ABSENT)
@@ -165,7 +165,7 @@ def test_short_and_long_listings_and_many_keys_answer_alike(tmp_path: Path) -> N
     from gateway.stores import sqlite as sqlite_module
 
     async def main() -> None:
-        store = SqliteStore.open(tmp_path / "s.db")
+        store = SqliteStore.open(tmp_path / "s.db", create=True)
         many = sqlite_module.INLINE_LIST_MAX_KEYS + 5
         for index in range(many):
             await store.put(f"long/{index:05d}", b"v", etag=Expect.ABSENT)
@@ -208,7 +208,7 @@ def test_new_files_get_the_larger_page_and_old_files_keep_theirs(tmp_path: Path)
 
     async def main() -> None:
         for path, pages in ((tmp_path / "new.db", sqlite_module.PAGE_SIZE), (old, 4096)):
-            store = SqliteStore.open(path)
+            store = SqliteStore.open(path, create=True)
             await store.put("k2", b"v" * (3 << 20), etag=Expect.ABSENT)
             got = await store.get("k2")
             assert got is not None and len(got.value) == 3 << 20
