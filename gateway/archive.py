@@ -3,7 +3,7 @@
 A long-lived object records a few entries per cycle; without compaction its lineage
 grows until the envelope cap stops it from ever moving. Here a holder moves the oldest
 entries to an *archive segment* and keeps a signed :class:`~gateway.lineage.Base` in
-their place (ADR 0005). What the receiver checks today it still checks from the object
+their place (ADR 0007). What the receiver checks today it still checks from the object
 alone, because compaction removes only entries: every departure and every arrival (the
 signatures of *other* hosts) stays in the object, and the base's spine rebuilds the
 tree head each archived departure's sender signed.

@@ -152,7 +152,7 @@ def _check_arrival(
             hint="refuse the object; its custody records do not match",
         )
     if departure.size < lineage.start:
-        # Archived by compaction (ADR 0005): the receiver's own first entry lies in its own
+        # Archived by compaction (ADR 0007): the receiver's own first entry lies in its own
         # stay, which the receiver's next departure signed; what another host signed, the
         # arrival receipt just checked, stays in the object.
         return

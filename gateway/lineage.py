@@ -13,7 +13,7 @@ Invariants this module keeps:
   the checkpoint must be signed by a key trusted for that host. Verification costs one
   hash per entry and one signature per hop, not one signature per entry.
 * **Compactable without losing a signature.** A host may move a prefix of the history
-  to an archive and carry a signed base instead (:class:`Base`, ADR 0005): every
+  to an archive and carry a signed base instead (:class:`Base`, ADR 0007): every
   departure and arrival stays in the object, and the base's spine rebuilds the root each
   archived departure's sender signed, so compaction cannot alter what another host
   signed. Sizes, sequence numbers and tree heads are always those of the whole history.
@@ -428,7 +428,7 @@ class Checkpoint:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Base:
     """The signed checkpoint a host writes when it compacts: the first ``size`` entries
-    moved to an archive, and what the object keeps instead (ADR 0005).
+    moved to an archive, and what the object keeps instead (ADR 0007).
 
     * ``root``/``size``: the tree head of the archived prefix; the archive is checked
       against it, and every later checkpoint's root is computed from ``spine`` and the
@@ -628,7 +628,7 @@ class Entries(Sequence[LineageEntry]):
 class Lineage:
     """An object's history. Without a ``base`` it carries every entry from the creation
     on; with one (after compaction) it carries the entries from ``base.size`` on, and the
-    signed base stands for the archived prefix (ADR 0005). Sequence numbers, sizes and
+    signed base stands for the archived prefix (ADR 0007). Sequence numbers, sizes and
     tree heads are always those of the whole history."""
 
     entries: Sequence[LineageEntry] = ()
@@ -949,7 +949,7 @@ def verify_lineage(
     """Verify links and every checkpoint; with ``sealed``, the last checkpoint must
     cover every entry (an object in transit carries nothing its host did not sign).
 
-    A compacted lineage is verified as far as the object alone allows (ADR 0005): the
+    A compacted lineage is verified as far as the object alone allows (ADR 0007): the
     base's signature by the host that held the object when it compacted; every archived
     departure's signed root against the base's spine; the carried entries against the
     base's head. Cost: one leaf hash and about one node hash per carried entry, and one

@@ -1,4 +1,4 @@
-"""Lineage compaction (ADR 0005): an object that cycles for ever stays under a fixed size,
+"""Lineage compaction (ADR 0007): an object that cycles for ever stays under a fixed size,
 still leaves its host with a history the receiver verifies from the object alone, and its
 whole history verifies from archive + object. A compaction that would hide or alter what
 another host signed is refused.

@@ -360,7 +360,7 @@ class Lineage(_message.Message):
     BASE_FIELD_NUMBER: _builtins.int
     base: _builtins.bytes
     """After compaction: the serialized Envelope of the signed base that stands for the
-    archived prefix (ADR 0005); entries then start at the base's size. Empty otherwise.
+    archived prefix (ADR 0007); entries then start at the base's size. Empty otherwise.
     """
     @_builtins.property
     def entries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
