@@ -22,14 +22,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway import envelope as dsse  # noqa: E402
-from gateway import wire  # noqa: E402
-from gateway.archive import CompactionPolicy, compact, fold_repeats  # noqa: E402
-from gateway.identity import HostId  # noqa: E402
-from gateway.keys import Algorithm, Purpose, Signer  # noqa: E402
-from gateway.lineage import EntryKind, Lineage, digest, verify_lineage  # noqa: E402
-from gateway.model import new_object  # noqa: E402
-from gateway.trust import TrustStore, new_bundle  # noqa: E402
+from gateway import envelope as dsse
+from gateway import wire
+from gateway.archive import CompactionPolicy, compact, fold_repeats
+from gateway.identity import HostId
+from gateway.keys import Algorithm, Purpose, Signer
+from gateway.lineage import EntryKind, Lineage, digest, verify_lineage
+from gateway.model import new_object
+from gateway.trust import TrustStore, new_bundle
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 A = "spiffe://org-a.example/cluster/east/gateway"

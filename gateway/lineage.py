@@ -1015,7 +1015,7 @@ def verify_lineage(
                 host=host,
                 payload_type=dsse.PayloadType.CHECKPOINT,
                 trust=trust,
-                what=f"checkpoint {index} by {host}",
+                what=f"checkpoint {index} by {host} of {object_id}",
                 signed_at=lambda raw: Checkpoint.decode(raw).issued_at,
             )
         )
