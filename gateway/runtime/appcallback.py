@@ -36,8 +36,8 @@ from gateway._time import parse_time
 from gateway.config import DaprConfig
 from gateway.errors import ConfigError, GatewayError, LimitExceededError, StoreError
 from gateway.limits import MAX_CALL_REQUEST_BYTES
+from gateway.runtime.app_server import AppServer
 from gateway.runtime.calls import Calls, caller_of_dapr_app
-from gateway.runtime.dapr import serve_app_health
 from gateway.runtime.events import Events, crash_after_ingest, new_message, parse_event_data
 from gateway.transport.status import ERROR_TYPE_KEY, status_of
 
@@ -160,33 +160,15 @@ def _invoke_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-class AppCallbackServer:
+class AppCallbackServer(AppServer):
     """The app-callback server when the gateway does not run Dapr jobs (which serve the
     same servicer class, gateway/runtime/dapr.py)."""
 
     def __init__(
         self, servicer: type[appcallback_pb2_grpc.AppCallbackServicer], *, app_port: int
     ) -> None:
+        super().__init__(app_port=app_port)
         self.servicer = servicer
-        self.app_port = app_port
-        #: What daprd's app health probe answers; :meth:`stop_accepting` turns it off.
-        self.accepting = True
-        self._server: grpc.aio.Server | None = None
 
-    def stop_accepting(self) -> None:
-        """Fail daprd's app health probe: the sidecar stops delivering messages here."""
-        self.accepting = False
-
-    async def start(self) -> int:
-        server = grpc.aio.server()
-        appcallback_pb2_grpc.add_AppCallbackServicer_to_server(self.servicer(), server)  # type: ignore[no-untyped-call]
-        serve_app_health(server, lambda: self.accepting)
-        port = server.add_insecure_port(f"127.0.0.1:{self.app_port}")
-        await server.start()
-        self._server = server
-        return int(port)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            await self._server.stop(grace=1.0)
-            self._server = None
+    async def start(self, servicer: Any = None) -> int:
+        return await super().start(servicer if servicer is not None else self.servicer())

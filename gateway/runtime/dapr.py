@@ -32,7 +32,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -41,6 +41,7 @@ from google.protobuf.any_pb2 import Any as AnyMessage
 
 from gateway._time import format_time
 from gateway.errors import StoreUnavailableError
+from gateway.runtime.app_server import AppServer
 from gateway.runtime.cycle import CycleResult, CycleRunner
 from gateway.runtime.outbox import DeliveryError, Event
 
@@ -142,28 +143,6 @@ TRIGGER_RETRIES = 5
 TRIGGER_RETRY_SECONDS = 1
 
 
-def serve_app_health(server: grpc.aio.Server, accepting: Callable[[], bool]) -> None:
-    """Answer daprd's app health probe on the app-callback server.
-
-    With ``--enable-app-health-check`` (which deploy/ sets), daprd calls
-    ``AppCallbackHealthCheck.HealthCheck``; while it fails, the sidecar detaches from the
-    scheduler's job stream and stops its subscriptions, so the scheduler gives this app
-    id's triggers to the replicas whose app answers instead of failing them here (runs in
-    docs/dapr.md). An app that did not serve it would count as unhealthy for good.
-    """
-    from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
-
-    class Health(appcallback_pb2_grpc.AppCallbackHealthCheckServicer):
-        async def HealthCheck(
-            self, request: Any, context: grpc.aio.ServicerContext
-        ) -> appcallback_pb2.HealthCheckResponse:
-            if not accepting():
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway is draining")
-            return appcallback_pb2.HealthCheckResponse()
-
-    appcallback_pb2_grpc.add_AppCallbackHealthCheckServicer_to_server(Health(), server)  # type: ignore[no-untyped-call]
-
-
 class SchedulerUnavailableError(StoreUnavailableError):
     """The sidecar did not get a Jobs API call through to Dapr's scheduler in time."""
 
@@ -183,17 +162,20 @@ class DaprJobs:
         self.runner = runner
         self.app_port = app_port
         self.call_timeout = call_timeout
-        #: What the app health probe answers; :meth:`stop_accepting` turns it off.
-        self.accepting = True
-        self._server: grpc.aio.Server | None = None
+        self._app = AppServer(app_port=app_port)
         #: The servicer the job callback is added to: gateway/runtime/appcallback.py sets
         #: one that also answers subscriptions, topic events and invocations.
         self.servicer_base: type[Any] | None = None
 
+    @property
+    def accepting(self) -> bool:
+        """What daprd's app health probe answers (gateway.runtime.app_server)."""
+        return self._app.accepting
+
     def stop_accepting(self) -> None:
-        """Fail daprd's app health probe from now on: the sidecar stops taking job
-        triggers for this replica (a draining replica hands its cycles to the others)."""
-        self.accepting = False
+        """Fail daprd's app health probe: the sidecar stops taking job triggers for this
+        replica (a draining replica hands its cycles to the others)."""
+        self._app.stop_accepting()
 
     async def _call(self, what: str, call: Awaitable[_T]) -> _T:
         try:
@@ -302,15 +284,7 @@ class DaprJobs:
                     )
                 return appcallback_pb2.JobEventResponse()
 
-        server = grpc.aio.server()
-        appcallback_pb2_grpc.add_AppCallbackServicer_to_server(Callback(), server)  # type: ignore[no-untyped-call]
-        serve_app_health(server, lambda: jobs.accepting)
-        port = server.add_insecure_port(f"127.0.0.1:{self.app_port}")
-        await server.start()
-        self._server = server
-        return int(port)
+        return await self._app.start(Callback())
 
     async def stop(self) -> None:
-        if self._server is not None:
-            await self._server.stop(grace=1.0)
-            self._server = None
+        await self._app.stop()
