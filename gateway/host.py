@@ -16,7 +16,6 @@ import uuid
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, replace
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from gateway import envelope as dsse
@@ -42,13 +41,14 @@ from gateway.handoff.messages import Evaluation
 from gateway.handoff.recovery import Recovery
 from gateway.handoff.source import MigrationResult, Source
 from gateway.identity import HostId
-from gateway.keyring import Keyring, load_keyring
+from gateway.keyring import Keyring
 from gateway.keys import Purpose
 
 # Re-exported: callers that read a host's store without serving it import them from here.
 from gateway.local import TRUST_PREFIX as TRUST_PREFIX
 from gateway.local import load_trust as load_trust
 from gateway.local import open_store as open_store
+from gateway.local import own_keyring, read_file
 from gateway.model import Answer, CycleState, GovernedObject, LifecycleState, Rule, new_object
 from gateway.objectspec import GrantSpec
 from gateway.observability.health import Readiness
@@ -88,13 +88,6 @@ JOB_RECONCILE_PASSES = 30
 CREATE_ATTEMPTS = 8
 #: Transactions of releases folded into a tenant's quota counter per recovery pass.
 FOLD_ROUNDS = 16
-
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the {what}: {exc.strerror}") from exc
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,8 +132,8 @@ class Host:
         self.clock = clock
         self.journal = Journal(store)
         host = str(config.host)
-        self.certificate = _read(config.tls.certificate, "TLS certificate")
-        self.private_key = _read(config.tls.private_key, "TLS private key")
+        self.certificate = read_file(config.tls.certificate, "TLS certificate")
+        self.private_key = read_file(config.tls.private_key, "TLS private key")
         self.context = HostContext(
             host=host,
             region=config.region,
@@ -240,14 +233,8 @@ class Host:
     @classmethod
     async def open(cls, config: Config, *, clock: Clock | None = None) -> Host:
         clock = clock or SystemClock()
-        keyring = load_keyring(config.keys)
+        keyring = own_keyring(config)
         own = keyring.bundle
-        if own.trust_domain != config.host.trust_domain:
-            raise ConfigError(
-                f"{config.source}: keys: the bundle in {config.keys} is for {own.trust_domain}, "
-                f"but host.id is in {config.host.trust_domain}",
-                hint="point 'keys' at this trust domain's keys directory",
-            )
         store = await open_store(config)
         dapr_client = None
         if isinstance(store, DaprStore):

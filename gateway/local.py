@@ -14,6 +14,7 @@ functions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -53,6 +54,14 @@ async def load_trust(store: StateStore, own: TrustBundle) -> TrustStore:
     keys = await store.list(TRUST_PREFIX)
     items = await store.get_many(keys)
     return TrustStore.of([own, *(decode_bundle(items[k].value) for k in keys if k in items)])
+
+
+def read_file(path: Path, what: str) -> bytes:
+    """A file the configuration names, or a ConfigError naming it and why."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what}: {exc.strerror}") from exc
 
 
 def own_keyring(config: Config) -> Keyring:

@@ -54,9 +54,10 @@ from gateway.handoff.destination import Destination
 from gateway.handoff.journal import put_object
 from gateway.handoff.recovery import Recovery
 from gateway.handoff.source import Source
-from gateway.keyring import Keyring, load_keyring
+from gateway.keyring import Keyring
 from gateway.keys import Purpose
 from gateway.lineage import Checkpoint, EntryKind
+from gateway.local import own_keyring, read_file
 from gateway.model import NO_AUTHORITY, GovernedObject, LifecycleState
 from gateway.runtime.cycle import CycleRunner
 from gateway.transport.client import GrpcPeers
@@ -102,13 +103,6 @@ class Reloaded:
     readmitted: int = 0  #: objects whose effective authority changed
 
 
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the {what}: {exc.strerror}") from exc
-
-
 async def load(host: Host) -> Loaded:
     """Read and check what a reload of ``host`` would apply; raises, changing nothing."""
     from gateway.host import load_trust
@@ -120,13 +114,7 @@ async def load(host: Host) -> Loaded:
                 f"{config.source}: {name} changed; a running server cannot change it",
                 hint="restart `gateway serve` for that change (everything else reloads)",
             )
-    keyring = load_keyring(config.keys)
-    if keyring.bundle.trust_domain != config.host.trust_domain:
-        raise ConfigError(
-            f"{config.source}: keys: the bundle in {config.keys} is for "
-            f"{keyring.bundle.trust_domain}, not {config.host.trust_domain}",
-            hint="point 'keys' at this trust domain's keys directory",
-        )
+    keyring = own_keyring(config)
     now = host.clock.now()
     # A keyring with no key usable now would leave the host unable to sign anything.
     keyring.signer_for(Purpose.ENVELOPE, host=str(config.host), at=now)
@@ -136,8 +124,8 @@ async def load(host: Host) -> Loaded:
         config=config,
         keyring=keyring,
         trust=trust,
-        certificate=_read(config.tls.certificate, "TLS certificate"),
-        private_key=_read(config.tls.private_key, "TLS private key"),
+        certificate=read_file(config.tls.certificate, "TLS certificate"),
+        private_key=read_file(config.tls.private_key, "TLS private key"),
     )
 
 
