@@ -328,6 +328,12 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
             if isinstance(v, int | float) and not isinstance(v, bool)
         )
         table.append(["compaction (no ratio)", "-", shown or "-", "-", "-", "-", "-"])
+    curves = results.get("curves")
+    if isinstance(curves, dict):
+        drawn = [k for k in ("latency_vs_residents", "verify_vs_entries") if k in curves]
+        table.append(
+            ["curves (bench/plots/*.png)", "-", ", ".join(drawn) or "-", "-", "-", "-", "-"]
+        )
     return table
 
 
