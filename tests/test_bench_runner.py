@@ -18,8 +18,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench import run as runner  # noqa: E402
 
+NAN = float("nan")
 FAKE = """\
 import json, sys
+nan = float("nan")
 from pathlib import Path
 argv = sys.argv[1:]
 calls = Path(__file__).with_suffix(".calls")
@@ -50,7 +52,16 @@ SCALE = [
 ]
 STREAM = [{"P3": {"ratio": 0.9, "rss_rise_mib": rise}} for rise in (30.0, 70.0, 40.0)]
 LINEAGE = [{"P4": {"ratio": 1.5, "ratio_min": 1.1, "ratio_max": 1.7, "verify_s": 0.1}}]
-SOAK = [{"soak": {"throughput_drift": 0.9, "p99_drift": 1.3, "rss_slope_mib_per_min": 0.4}}]
+SOAK = [
+    {
+        "soak": {
+            "throughput_drift": 0.9,
+            "p99_drift": 1.3,
+            "rss_slope_mib_per_min": 0.4,
+            "p99_ms_by_third": [100.0, 120.0, 130.0],
+        }
+    }
+]
 COMPACTION = [{"compaction": {"generations": 1000, "peak_bytes": 5000}}]
 
 
@@ -137,6 +148,7 @@ def test_runs_round_robin_and_merges_median_min_max(tmp_path: Path) -> None:
     assert table["P3 large object stream"].rstrip().endswith("no")
     assert table["P5 committed cycles x 3 rules"].rstrip().endswith("no")
     assert table["soak p99, last/first third"].rstrip().endswith("no")
+    assert "100 -> 130 ms" in table["soak p99, last/first third"]
     assert table["soak throughput, last/first third"].rstrip().endswith("must")
     assert "bench: [" in result.stderr  # progress on stderr
     assert "bench_scale.py P1 P1b P2 P5 (run 3/3): done in" in result.stderr
@@ -189,6 +201,27 @@ def test_missing_script_and_missing_key_are_named_without_traceback(tmp_path: Pa
     assert any('bench_stream.py wrote no "P3" figure in its JSON (keys: other)' in x for x in lines)
     assert any('bench_lineage.py: "P4" has no number "ratio"' in x for x in lines)
     assert any("bench_soak.py not found (needed for soak)" in x for x in lines)
+
+
+def test_nan_becomes_null_judged_no_and_rss_per_side_is_its_larger(tmp_path: Path) -> None:
+    scripts = fakes(
+        tmp_path,
+        soak=[{"soak": {"throughput_drift": NAN, "p99_drift": 1.0, "rss_slope_mib_per_min": 0.1}}],
+        stream=[{"P3": {"ratio": 0.9, "rss_rise_mib": {"source": 20.0, "destination": 50.0}}}],
+    )
+    result = bench(scripts, "--quick", "--only", "P3", "soak", "-o", "json", "--check")
+    assert result.returncode == 3, result.stderr  # the NaN drift missed its must
+    assert "NaN" not in result.stdout
+    merged = json.loads(result.stdout)
+    assert merged["soak"]["throughput_drift"] is None
+    assert merged["soak"]["met"] == {
+        "throughput_drift": "no",
+        "p99_drift": "must",
+        "rss_slope_mib_per_min": "must",
+    }
+    assert merged["P3"]["rss_rise_mib"] == 50.0
+    assert merged["P3"]["rss_rise_mib_per_side"] == {"source": 20.0, "destination": 50.0}
+    assert merged["P3"]["met"] == {"ratio": "aim"}
 
 
 def test_check_exits_3_only_when_a_must_is_missed(tmp_path: Path) -> None:
