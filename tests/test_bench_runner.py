@@ -134,7 +134,7 @@ def test_runs_round_robin_and_merges_median_min_max(tmp_path: Path) -> None:
     scale = calls(scripts, "scale")[0]
     assert "--quick" in scale
     assert scale[scale.index("--only") + 1 :][:4] == ["P1", "P1b", "P2", "P5"]
-    assert calls(scripts, "stream")[0][:2] == ["--size-mib", "64"]
+    assert calls(scripts, "stream")[0][:2] == ["--size-mib", "256"]
     assert merged["meta"]["quick"] is True
     assert merged["meta"]["failed"] == []
     # The table on stdout, one row per target; stdout holds nothing else.
