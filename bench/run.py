@@ -484,7 +484,9 @@ class Run:
             "--json",
             str(output),
         ]
-        self.commands.append(" ".join(["python", _shown(path), *command[2:-1], "FILE"]))
+        shown = " ".join(["python", _shown(path), *command[2:-1], "FILE"])
+        if shown not in self.commands:
+            self.commands.append(shown)
         self.progress(f"{label}: started")
         began = time.perf_counter()
         environment = dict(os.environ)
