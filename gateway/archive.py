@@ -64,17 +64,27 @@ MAX_SEGMENTS = 1 << 10
 MAX_SEGMENT_BYTES = MAX_SEGMENT_ENTRIES * (MAX_ENTRY_BYTES // 8)
 
 
+#: Default carried-lineage bytes above which an object is compacted: one sixteenth of
+#: the 16 MiB envelope cap, so the entries of a compacted object never crowd out its data,
+#: grants and handoff evidence (bounded separately by MAX_HANDOFFS).
+DEFAULT_MAX_BYTES = 1 << 20
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CompactionPolicy:
-    """When a holder compacts its objects' lineages (host config ``lineage:``).
+    """When a holder compacts its objects' lineages (host config ``lineage.compaction``).
 
-    The object is compacted when it carries more than ``max_entries`` entries, or when
-    its oldest carried entry is older than ``max_age``; it then keeps its newest
-    ``keep_entries`` (at least one: the entry the next one links to)."""
+    The object is compacted when it carries more than ``keep_entries`` entries and any
+    limit is passed: more than ``max_entries`` entries, more than ``max_bytes`` bytes of
+    entries, or an oldest carried entry older than ``max_age``; it then keeps its newest
+    ``keep_entries`` (at least one: the entry the next one links to). ``None`` switches
+    a limit off; ``enabled=False`` switches compaction off (the object then grows until
+    the envelope cap stops it from moving)."""
 
     enabled: bool = True
     max_entries: int = 2048
     keep_entries: int = 256
+    max_bytes: int | None = DEFAULT_MAX_BYTES
     max_age: timedelta | None = timedelta(days=1)
 
     def __post_init__(self) -> None:
@@ -83,16 +93,48 @@ class CompactionPolicy:
                 f"lineage compaction keeps {self.keep_entries} of at most {self.max_entries} "
                 "entries; need 1 <= keep_entries < max_entries <= "
                 f"{MAX_SEGMENT_ENTRIES}",
-                hint="set lineage.keep_entries below lineage.max_entries",
+                hint="set lineage.compaction.keep_entries below max_entries",
+            )
+        if self.max_bytes is not None and self.max_bytes < MIN_MAX_BYTES:
+            raise ConfigError(
+                f"lineage compaction at {self.max_bytes} bytes would compact on every cycle; "
+                f"max_bytes must be at least {MIN_MAX_BYTES}",
+                hint=f"set lineage.compaction.max_bytes to {DEFAULT_MAX_BYTES} (the default) "
+                "or leave it out",
             )
 
-    def due(self, lineage: Lineage, *, now: datetime) -> bool:
+    def due(self, lineage: Lineage, *, now: datetime, stored_bytes: int | None = None) -> bool:
+        """Whether to compact ``lineage`` now. O(1) unless the bytes limit may be passed:
+        ``stored_bytes`` is the size of the object's stored record (an upper bound of its
+        entries' bytes); only when it exceeds ``max_bytes`` are the entries measured.
+        Without it the bytes limit is not checked (entries and age still are)."""
         carried = len(lineage.entries)
         if not self.enabled or carried <= self.keep_entries:
             return False
         if carried > self.max_entries:
             return True
-        return self.max_age is not None and now - lineage.entries[0].time > self.max_age
+        if self.max_age is not None and now - lineage.entries[0].time > self.max_age:
+            return True
+        return (
+            self.max_bytes is not None
+            and stored_bytes is not None
+            and stored_bytes > self.max_bytes
+            and carried_bytes(lineage) > self.max_bytes
+        )
+
+    def keep(self, lineage: Lineage) -> int:
+        """How many entries a compaction of ``lineage`` keeps: ``keep_entries``, or more
+        when the rest would not fit one segment."""
+        return max(self.keep_entries, len(lineage.entries) - MAX_SEGMENT_ENTRIES)
+
+
+#: The smallest bytes limit accepted: a few entries' worth, so compaction cannot thrash.
+MIN_MAX_BYTES = 16 * 1024
+
+
+def carried_bytes(lineage: Lineage) -> int:
+    """Bytes of the entries ``lineage`` carries, as encoded (each entry caches its bytes)."""
+    return sum(len(entry.encode()) for entry in lineage.entries)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -259,9 +301,24 @@ class ArchiveDir:
 
 def read_segments(path: Path) -> list[Segment]:
     """The segments in an archive directory (or one segment file), oldest first."""
-    files = sorted(path.glob("*.seg")) if path.is_dir() else [path]
-    if len(files) > MAX_SEGMENTS:
-        raise ConfigError(f"{path} holds {len(files)} segments; at most {MAX_SEGMENTS}")
+    return read_archives([path])
+
+
+def read_archives(paths: Sequence[Path]) -> list[Segment]:
+    """The segments in several archive directories (or segment files), oldest first.
+
+    After migrations an object's archive is spread over the hosts that compacted it (each
+    keeps its own segments); the directories exported from each are read together here.
+    Two segments with the same start (a spare left by a compaction that did not commit,
+    and the one that did) are both kept: :func:`verify_archived` picks the chain."""
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(path.glob("*.seg")) if path.is_dir() else [path])
+        if len(files) > MAX_SEGMENTS:
+            raise ConfigError(
+                f"{path} brings the archive to {len(files)} segments; at most {MAX_SEGMENTS}",
+                hint="verify an object's own archive directories only",
+            )
     segments = []
     for file in files:
         try:
@@ -269,7 +326,32 @@ def read_segments(path: Path) -> list[Segment]:
         except OSError as exc:
             raise ConfigError(f"cannot read {file}: {exc.strerror}") from exc
         segments.append(Segment.decode(raw))
-    return sorted(segments, key=lambda s: s.start)
+    return sorted(segments, key=lambda s: (s.start, -len(s.entries)))
+
+
+def _chain(segments: Sequence[Segment], size: int) -> tuple[list[Segment], int]:
+    """Segments that are contiguous from entry 0 up to at least ``size`` (longest first
+    where several start at the same entry), and how far the archive reaches: the chain is
+    empty and the reach short of ``size`` when there is none."""
+    by_start: dict[int, list[Segment]] = {}
+    for segment in segments:
+        if segment.start < size and segment.entries:
+            by_start.setdefault(segment.start, []).append(segment)
+    # Depth first; each start is expanded once, so this is linear in the segments.
+    stack: list[tuple[int, list[Segment]]] = [(0, [])]
+    expanded: set[int] = set()
+    reach = 0
+    while stack:
+        position, path = stack.pop()
+        reach = max(reach, position)
+        if position >= size:
+            return path, position
+        if position in expanded:
+            continue
+        expanded.add(position)
+        for segment in sorted(by_start.get(position, ()), key=lambda s: len(s.entries)):
+            stack.append((position + len(segment.entries), [*path, segment]))
+    return [], reach
 
 
 def verify_archived(
@@ -284,29 +366,32 @@ def verify_archived(
     entries rebuild the base's root and link to the carried ones, and the reassembled
     history passes the receiver's verify_lineage as if it had never been compacted.
 
+    ``segments`` may come from several hosts' archives and include spares (segments of a
+    compaction that never committed): the chain used is contiguous from entry 0 to the
+    base, and must rebuild the root the base signed.
+
     Raises :class:`LineageError` (or a signature's verification error)."""
-    verify_lineage(lineage, object_id=object_id, trust=trust, sealed=sealed)
+    verified = verify_lineage(lineage, object_id=object_id, trust=trust, sealed=sealed)
     base = lineage.base_claim()
     if base is None:
-        return verify_lineage(lineage, object_id=object_id, trust=trust, sealed=sealed)
-    entries: list[LineageEntry] = []
+        return verified
     for segment in segments:
         if segment.object_id != object_id:
-            raise LineageError(f"an archive segment is of {segment.object_id}, not {object_id}")
-        if segment.start >= base.size:
-            continue  # written by a compaction that did not commit; the object carries it
-        if segment.start != len(entries):
             raise LineageError(
-                f"the archive has entries up to {len(entries)}, then a segment from "
-                f"{segment.start}",
-                hint="an archive segment is missing; copy the whole archive directory",
+                f"an archive segment is of {segment.object_id}, not {object_id}",
+                hint="give only the archive directories of the object verified",
             )
-        entries.extend(LineageEntry.decode(raw) for raw in segment.entries)
-    if len(entries) < base.size:
+    chain, reach = _chain(segments, base.size)
+    if not chain:
         raise LineageError(
-            f"the archive holds {len(entries)} entries; the object's base covers {base.size}",
-            hint="an archive segment is missing; copy the whole archive directory",
+            f"the archive holds entries 0 to {reach} contiguously; the object's base covers "
+            f"{base.size}",
+            hint="an archive segment is missing; export the archive of every host that held "
+            "the object and pass each with --archive",
         )
+    entries: list[LineageEntry] = []
+    for segment in chain:
+        entries.extend(LineageEntry.decode(raw) for raw in segment.entries)
     archived = entries[: base.size]
     if merkle.root([e.leaf_hash() for e in archived]) != base.root:
         raise LineageError(
