@@ -58,16 +58,19 @@ from gateway.trust import TrustStore, canonical_json
 
 #: Entries one archive segment may hold (a compaction archives at most this many).
 MAX_SEGMENT_ENTRIES = 1 << 16
-#: Segments one verification reads (a whole history of up to 2**26 entries).
-MAX_SEGMENTS = 1 << 10
+#: Segments one verification reads, and one host keeps per object (at the default policy,
+#: about 400 entries each: a history of millions of entries).
+MAX_SEGMENTS = 1 << 14
 #: Largest segment file read.
 MAX_SEGMENT_BYTES = MAX_SEGMENT_ENTRIES * (MAX_ENTRY_BYTES // 8)
 
 
-#: Default carried-lineage bytes above which an object is compacted: one sixteenth of
-#: the 16 MiB envelope cap, so the entries of a compacted object never crowd out its data,
-#: grants and handoff evidence (bounded separately by MAX_HANDOFFS).
-DEFAULT_MAX_BYTES = 1 << 20
+#: Default carried-lineage bytes above which an object is compacted. The carried lineage
+#: is paid for on every cycle (the record is decoded and re-encoded) and every migration,
+#: the archive once: kept small, the record stays within the journal's decode cache
+#: (gateway.handoff.journal.DECODED_CACHE_MAX_BYTES, 256 KiB) with room for data and
+#: grants, and far below the 16 MiB envelope cap. About 400 entries of a typical cycle.
+DEFAULT_MAX_BYTES = 192 << 10
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,8 +85,8 @@ class CompactionPolicy:
     the envelope cap stops it from moving)."""
 
     enabled: bool = True
-    max_entries: int = 2048
-    keep_entries: int = 256
+    max_entries: int = 512
+    keep_entries: int = 128
     max_bytes: int | None = DEFAULT_MAX_BYTES
     max_age: timedelta | None = timedelta(days=1)
 
