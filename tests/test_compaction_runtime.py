@@ -456,3 +456,40 @@ def test_a_host_killed_between_archive_and_store_loses_nothing(tmp_path: Path) -
     verify_archived(
         segments, obj.lineage, object_id=OBJECT, trust=trust_of(world.config(HOST_A)), sealed=False
     )
+
+
+def test_segments_round_trip_through_a_dapr_store_with_no_listing(tmp_path: Path) -> None:
+    """A Dapr host keeps its archive in its state store (no shared filesystem there): the
+    segments and the index are written and read by exact key, a later compaction from the
+    same start replaces a spare, and nothing of it is listable."""
+    from tests.stores.test_dapr_store import dapr_store
+    from tests.test_compaction import SIGNERS, created
+
+    obj = created()
+    t0 = obj.lineage.entries[0].time
+    for n in range(40):
+        obj = obj.record(EntryKind.EVALUATED, host=HOST_A, at=t0, detail=f"cycle {n}")
+    _lost, spare = compact(
+        obj.lineage, object_id=OBJECT, host=HOST_A, at=t0, signer=SIGNERS[HOST_A], keep=30
+    )
+    lineage, first = compact(
+        obj.lineage, object_id=OBJECT, host=HOST_A, at=t0, signer=SIGNERS[HOST_A], keep=5
+    )
+    obj = replace(obj, lineage=lineage)
+    for n in range(40):
+        obj = obj.record(EntryKind.EVALUATED, host=HOST_A, at=t0, detail=f"again {n}")
+    _lineage, second = compact(
+        obj.lineage, object_id=OBJECT, host=HOST_A, at=t0, signer=SIGNERS[HOST_A], keep=5
+    )
+
+    async def main() -> None:
+        async with dapr_store(tmp_path / "daprd.db") as store:
+            archive = StoreArchive(store)
+            for segment in (spare, first, second):
+                await archive.write("default", segment)
+            held = await archive.segments("default", OBJECT)
+            assert [(s.start, len(s.entries)) for s in held] == [(0, 36), (36, 40)]
+            assert held == [first, second]
+            assert not [k for k in await store.list("t/") if "/archive/" in k]
+
+    asyncio.run(main())
