@@ -493,3 +493,60 @@ def test_segments_round_trip_through_a_dapr_store_with_no_listing(tmp_path: Path
             assert not [k for k in await store.list("t/") if "/archive/" in k]
 
     asyncio.run(main())
+
+
+def test_an_object_woken_only_by_messages_is_compacted_too(tmp_path: Path) -> None:
+    world = build_world(
+        tmp_path,
+        [
+            HostSpec(
+                host_id=HOST_A,
+                policy={
+                    "offers": [
+                        {"resource": "state:self", "actions": ["read", "write"]},
+                        {"resource": "pubsub:*", "actions": ["subscribe"]},
+                    ]
+                },
+            )
+        ],
+    )
+    path = world.config(HOST_A)
+    document = yaml.safe_load(path.read_text())
+    document["lineage"] = {"compaction": SMALL}
+    path.write_text(yaml.safe_dump(document))
+    topic = "orders/changed"
+    woken_spec = parse_spec(
+        {
+            "data": {"n": 0},
+            "grant": {
+                "audience": "spiffe://org-b.example",
+                "capabilities": [
+                    {"resource": "state:self", "actions": ["read", "write"]},
+                    {"resource": f"pubsub:{topic}", "actions": ["subscribe"]},
+                ],
+                "constraints": {"hosts": ["spiffe://org-a.example/*"]},
+            },
+            "subscribe": [topic],
+            "rules": [
+                {"name": "m", "on": "message", "when": "true", "write": "{'n': event.data.n}"}
+            ],
+        },
+        source="test",
+    )
+
+    async def scenario(host: Host) -> None:
+        await create_from_spec(host, OBJECT, woken_spec)
+        await host.events.take_up("default", OBJECT)  # what serving does on activation
+        for n in range(40):
+            await host.events.publish(topic, data={"n": n + 1})
+            assert await host.events.deliver_once() == 1
+        obj = await host.get_object(OBJECT, tenant="default")
+        assert obj.cycle.interval is None and obj.lineage.start > 0
+        assert len(obj.lineage.entries) <= SMALL["max_entries"] + 2
+        segments = await StoreArchive(host.store).segments("default", OBJECT)
+        whole = verify_archived(
+            segments, obj.lineage, object_id=OBJECT, trust=host.trust, sealed=False
+        )
+        assert whole.size == obj.lineage.size > 80
+
+    in_host(world, HOST_A, scenario)
