@@ -26,12 +26,10 @@ if TYPE_CHECKING:
     from gateway.host import Host
 
 
-def segment_file_name(segment: Segment) -> str:
-    return f"{segment.start:020d}+{len(segment.entries)}.seg"
-
-
 def write_segments(segments: Sequence[Segment], directory: Path) -> list[Path]:
     """Write each segment as a file in ``directory`` (created if missing)."""
+    from gateway.archive import segment_file_name
+
     written = []
     try:
         directory.mkdir(parents=True, exist_ok=True)

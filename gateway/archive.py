@@ -14,8 +14,9 @@ Invariants:
   here), and only entries: checkpoints and arrivals are never archived.
 * **Archive first.** :func:`compact` returns the segment and the compacted lineage; the
   caller writes the segment durably *before* it stores the compacted object, so a crash
-  leaves at worst a segment for entries the object still carries (the next compaction
-  of the same start replaces it: segments are named by their first sequence number).
+  leaves at worst a spare segment for entries the object still carries. Segments are
+  named by their first sequence number and length, so a spare never overwrites the
+  segment of a compaction that committed; :func:`verify_archived` chooses among them.
 * **Repeats are counted, not copied**: :func:`fold_repeats` folds a cycle that records
   exactly the events of the cycle before it into that cycle's entries
   (:meth:`~gateway.lineage.Lineage.repeated`), only in the holder's unsigned tail.
@@ -33,10 +34,11 @@ import base64
 import binascii
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from gateway import envelope as dsse
 from gateway import merkle
@@ -192,6 +194,11 @@ class Segment:
         return cls(object_id=document["object_id"], start=start, entries=decoded)
 
 
+def segment_file_name(segment: Segment) -> str:
+    """``<first entry, 20 digits>+<entries>.seg``: unique per segment, sorted by start."""
+    return f"{segment.start:020d}+{len(segment.entries)}.seg"
+
+
 def archived_digest(entries: Sequence[bytes]) -> bytes:
     """SHA-256 over the archived entries, each length-prefixed (what a base names)."""
     hasher = hashlib.sha256()
@@ -280,7 +287,7 @@ def fold_repeats(before: GovernedObject, after: GovernedObject) -> GovernedObjec
 
 class ArchiveDir:
     """One directory per object under ``root``: a file per segment, named by its first
-    sequence number, written atomically (temp file, fsync, rename)."""
+    sequence number and length, written atomically (temp file, fsync, rename)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -292,7 +299,7 @@ class ArchiveDir:
     def write(self, tenant: str, segment: Segment) -> Path:
         folder = self.directory(tenant, segment.object_id)
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{segment.start:020d}.seg"
+        path = folder / segment_file_name(segment)
         temporary = path.with_suffix(".tmp")
         with open(temporary, "wb") as handle:
             handle.write(segment.encode())
@@ -332,29 +339,55 @@ def read_archives(paths: Sequence[Path]) -> list[Segment]:
     return sorted(segments, key=lambda s: (s.start, -len(s.entries)))
 
 
-def _chain(segments: Sequence[Segment], size: int) -> tuple[list[Segment], int]:
-    """Segments that are contiguous from entry 0 up to at least ``size`` (longest first
-    where several start at the same entry), and how far the archive reaches: the chain is
-    empty and the reach short of ``size`` when there is none."""
+#: Chains of segments tried against the base's root before giving up (they differ only
+#: where spares of compactions that never committed start where committed ones do).
+MAX_CHAINS_TRIED = 64
+
+
+def _chains(segments: Sequence[Segment], size: int, reach: list[int]) -> Iterator[list[Segment]]:
+    """Chains of segments contiguous from entry 0 up to at least ``size``, longest
+    segments first where several start at the same entry; ``reach[0]`` is set to how far
+    contiguous segments reach (for the error when there is no chain)."""
     by_start: dict[int, list[Segment]] = {}
     for segment in segments:
         if segment.start < size and segment.entries:
             by_start.setdefault(segment.start, []).append(segment)
-    # Depth first; each start is expanded once, so this is linear in the segments.
-    stack: list[tuple[int, list[Segment]]] = [(0, [])]
-    expanded: set[int] = set()
-    reach = 0
-    while stack:
-        position, path = stack.pop()
-        reach = max(reach, position)
+    for group in by_start.values():
+        group.sort(key=lambda s: -len(s.entries))
+    dead: set[int] = set()  # positions from which no chain reaches ``size``
+    # Depth first, without recursion (a chain may be thousands of segments long). A frame
+    # is [position, next candidate, whether a chain was found below it]; ``path`` holds
+    # the segments leading to the top frame.
+    frames: list[list[Any]] = [[0, 0, False]]
+    path: list[Segment] = []
+
+    def leave(found: bool) -> None:
+        frames.pop()
+        if frames:
+            path.pop()
+            if found:
+                frames[-1][2] = True
+
+    while frames:
+        frame = frames[-1]
+        position, index, found = frame
+        reach[0] = max(reach[0], position)
         if position >= size:
-            return path, position
-        if position in expanded:
+            yield list(path)
+            leave(True)
             continue
-        expanded.add(position)
-        for segment in sorted(by_start.get(position, ()), key=lambda s: len(s.entries)):
-            stack.append((position + len(segment.entries), [*path, segment]))
-    return [], reach
+        candidates = by_start.get(position, [])
+        while index < len(candidates) and position + len(candidates[index].entries) in dead:
+            index += 1
+        if index == len(candidates):
+            if not found:
+                dead.add(position)
+            leave(found)
+            continue
+        frame[1] = index + 1
+        segment = candidates[index]
+        path.append(segment)
+        frames.append([position + len(segment.entries), 0, False])
 
 
 def verify_archived(
@@ -384,19 +417,26 @@ def verify_archived(
                 f"an archive segment is of {segment.object_id}, not {object_id}",
                 hint="give only the archive directories of the object verified",
             )
-    chain, reach = _chain(segments, base.size)
-    if not chain:
+    reach = [0]
+    archived: list[LineageEntry] | None = None
+    for tried, chain in enumerate(_chains(segments, base.size, reach)):
+        if tried == MAX_CHAINS_TRIED:
+            break
+        entries: list[LineageEntry] = []
+        for segment in chain:
+            entries.extend(LineageEntry.decode(raw) for raw in segment.entries)
+        if merkle.root([e.leaf_hash() for e in entries[: base.size]]) == base.root:
+            archived = entries[: base.size]
+            break
+        archived = []  # a chain was found, and did not match
+    if archived is None:
         raise LineageError(
-            f"the archive holds entries 0 to {reach} contiguously; the object's base covers "
+            f"the archive holds entries 0 to {reach[0]} contiguously; the object's base covers "
             f"{base.size}",
             hint="an archive segment is missing; export the archive of every host that held "
             "the object and pass each with --archive",
         )
-    entries: list[LineageEntry] = []
-    for segment in chain:
-        entries.extend(LineageEntry.decode(raw) for raw in segment.entries)
-    archived = entries[: base.size]
-    if merkle.root([e.leaf_hash() for e in archived]) != base.root:
+    if not archived:
         raise LineageError(
             "the archived entries do not match the root the object's base signed",
             hint="the archive is not this object's, or was altered",

@@ -183,7 +183,7 @@ def test_the_policy_counts_entries_age_and_bytes() -> None:
 
 def test_archive_keys_are_unlisted() -> None:
     """Segments cost no listing index on Dapr; they are found through the object's index."""
-    assert not listable(segment_key("default", OBJECT, 0))
+    assert not listable(segment_key("default", OBJECT, 0, 100))
     assert not listable(index_key("default", OBJECT))
 
 
@@ -273,14 +273,16 @@ def test_a_compaction_that_loses_the_race_leaves_a_spare_segment_and_nothing_els
         assert after.lineage.start == 0 and after.lineage.size == before.lineage.size + 2
         (spare,) = await archive.segments("default", OBJECT)
         assert spare.start == 0 and len(spare.entries) == before.lineage.size - 6
-        # The next compaction starts at the same entry and replaces the spare.
+        # The next compaction starts at the same entry; its segment is kept beside the
+        # spare (its key names its length too), and verification takes the right one.
         assert await compaction.compact("default", OBJECT) is True
         compacted = await host.get_object(OBJECT, tenant="default")
-        (segment,) = await archive.segments("default", OBJECT)
-        assert segment.start == 0 and len(segment.entries) == compacted.lineage.start
-        verify_archived(
-            [segment], compacted.lineage, object_id=OBJECT, trust=host.trust, sealed=False
-        )
+        held = await archive.segments("default", OBJECT)
+        assert [(s.start, len(s.entries)) for s in held] == [
+            (0, len(spare.entries)),
+            (0, compacted.lineage.start),
+        ]
+        verify_archived(held, compacted.lineage, object_id=OBJECT, trust=host.trust, sealed=False)
 
     in_host(world, HOST_A, scenario)
 
@@ -322,6 +324,36 @@ def test_verify_picks_the_chain_among_several_hosts_archives_and_spares(tmp_path
         verify_archived(
             read_archives([second]), obj.lineage, object_id=OBJECT, trust=TRUST, sealed=False
         )
+    # A segment of the same start and length but other entries (another object's history
+    # of the same shape) is tried and passed over: the chain that rebuilds the root wins.
+    other = replace(created(), object_id=OBJECT)
+    for n in range(90):
+        other = other.record(EntryKind.EVALUATED, host=HOST_A, at=t0, detail=f"forged {n}")
+        if len(other.lineage.entries) > 30:
+            lineage, forged = compact(
+                other.lineage, object_id=OBJECT, host=HOST_A, at=t0, signer=SIGNERS[HOST_A], keep=5
+            )
+            other = replace(other, lineage=lineage)
+            if forged.start == segments[1].start:
+                break
+    assert (forged.start, len(forged.entries)) == (segments[1].start, len(segments[1].entries))
+    for order in ([forged, segments[1]], [segments[1], forged]):
+        chosen = verify_archived(
+            [segments[0], *order, segments[2]],
+            obj.lineage,
+            object_id=OBJECT,
+            trust=TRUST,
+            sealed=False,
+        )
+        assert chosen.root == obj.lineage.root()
+    with pytest.raises(LineageError, match="do not match the root"):
+        verify_archived(
+            [segments[0], forged, segments[2]],
+            obj.lineage,
+            object_id=OBJECT,
+            trust=TRUST,
+            sealed=False,
+        )
     # A spare alone where the committed segment belongs does not reach the base.
     with pytest.raises(LineageError, match="missing"):
         verify_archived(
@@ -347,7 +379,7 @@ def wait_for(what: str, check: Callable[[], bool], *, timeout: float = 30.0) -> 
 def archived_starts(world: World, host: str) -> list[int]:
     async def read(store: StateStore) -> list[int]:
         item = await store.get(index_key("default", OBJECT))
-        return [] if item is None else list(json.loads(item.value))
+        return [] if item is None else [start for start, _count in json.loads(item.value)]
 
     return read_store(world.config(host), read)
 
@@ -460,8 +492,8 @@ def test_a_host_killed_between_archive_and_store_loses_nothing(tmp_path: Path) -
 
 def test_segments_round_trip_through_a_dapr_store_with_no_listing(tmp_path: Path) -> None:
     """A Dapr host keeps its archive in its state store (no shared filesystem there): the
-    segments and the index are written and read by exact key, a later compaction from the
-    same start replaces a spare, and nothing of it is listable."""
+    segments and the index are written and read by exact key, a spare and the committed
+    segment from the same start are both kept, and nothing of it is listable."""
     from tests.stores.test_dapr_store import dapr_store
     from tests.test_compaction import SIGNERS, created
 
@@ -488,8 +520,8 @@ def test_segments_round_trip_through_a_dapr_store_with_no_listing(tmp_path: Path
             for segment in (spare, first, second):
                 await archive.write("default", segment)
             held = await archive.segments("default", OBJECT)
-            assert [(s.start, len(s.entries)) for s in held] == [(0, 36), (36, 40)]
-            assert held == [first, second]
+            assert [(s.start, len(s.entries)) for s in held] == [(0, 11), (0, 36), (36, 40)]
+            assert held == [spare, first, second]
             assert not [k for k in await store.list("t/") if "/archive/" in k]
 
     asyncio.run(main())

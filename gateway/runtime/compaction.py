@@ -8,10 +8,13 @@ Invariants:
   the ETag read, so a cycle, an arrival or a departure that wrote first wins and the
   compaction is simply dropped.
 * **Archive first.** The segment is durable (and listed in the object's archive index)
-  before the compacted object is stored. A crash in between leaves at worst a spare
-  segment for entries the object still carries; the next compaction starts at the same
-  entry and overwrites it (the same key), and :func:`gateway.archive.verify_archived`
-  ignores a spare another host's archive may still hold.
+  before the compacted object is stored. A crash in between, or a writer that came first,
+  leaves at worst a spare segment for entries the object still carries. A segment's key
+  names its first entry *and its length*, so two compactions racing on the same object
+  (a cycle and a message wake, or two Dapr replicas) never overwrite each other's segment:
+  the one whose object commits has its segment intact, and
+  :func:`gateway.archive.verify_archived` picks the chain that rebuilds the signed root,
+  past any spare.
 * **Compaction never fails a cycle.** It runs after the cycle committed; an error is
   logged and the object stays as the cycle left it (it is tried again after the next
   cycle).
@@ -53,6 +56,8 @@ log = logging.getLogger(__name__)
 
 #: Attempts at updating an object's archive index that another writer keeps changing.
 _INDEX_ATTEMPTS = 5
+#: Segments read per store round trip (each may be hundreds of KB).
+_READ_BATCH = 16
 
 
 def archive_prefix(tenant: str, object_id: str) -> str:
@@ -60,8 +65,8 @@ def archive_prefix(tenant: str, object_id: str) -> str:
     return f"t/{tenant}/archive/{hashlib.sha256(object_id.encode()).hexdigest()[:32]}/"
 
 
-def segment_key(tenant: str, object_id: str, start: int) -> str:
-    return f"{archive_prefix(tenant, object_id)}{start:020d}"
+def segment_key(tenant: str, object_id: str, start: int, count: int) -> str:
+    return f"{archive_prefix(tenant, object_id)}{start:020d}+{count}"
 
 
 def index_key(tenant: str, object_id: str) -> str:
@@ -72,7 +77,7 @@ class Archive(Protocol):
     """Where a host keeps the segments it archived."""
 
     async def write(self, tenant: str, segment: Segment) -> None:
-        """Store ``segment`` durably (replacing one with the same start)."""
+        """Store ``segment`` durably, beside any other segment of the object."""
 
     async def segments(self, tenant: str, object_id: str) -> list[Segment]:
         """The segments of ``object_id`` held here, oldest first."""
@@ -84,30 +89,37 @@ class StoreArchive:
     def __init__(self, store: StateStore) -> None:
         self.store = store
 
-    async def _starts(self, tenant: str, object_id: str) -> tuple[list[int], str | Expect]:
+    async def held(self, tenant: str, object_id: str) -> tuple[list[tuple[int, int]], str | Expect]:
+        """(start, count) of each segment held here, and the index's ETag."""
         item = await self.store.get(index_key(tenant, object_id))
         if item is None:
             return [], Expect.ABSENT
         try:
-            starts = json.loads(item.value)
+            listed = json.loads(item.value)
         except ValueError as exc:
             raise StoreError(f"the archive index of {object_id} is damaged") from exc
         if (
-            not isinstance(starts, list)
-            or len(starts) > MAX_SEGMENTS
-            or not all(type(s) is int and s >= 0 for s in starts)
+            not isinstance(listed, list)
+            or len(listed) > MAX_SEGMENTS
+            or not all(
+                isinstance(pair, list)
+                and len(pair) == 2
+                and all(type(n) is int and n >= 0 for n in pair)
+                for pair in listed
+            )
         ):
             raise StoreError(
                 f"the archive index of {object_id} is damaged or names more than "
                 f"{MAX_SEGMENTS} segments"
             )
-        return starts, item.etag
+        return [(start, count) for start, count in listed], item.etag
 
     async def write(self, tenant: str, segment: Segment) -> None:
         object_id = segment.object_id
+        count = len(segment.entries)
         for _attempt in range(_INDEX_ATTEMPTS):
-            starts, etag = await self._starts(tenant, object_id)
-            listed = sorted({*starts, segment.start})
+            pairs, etag = await self.held(tenant, object_id)
+            listed = sorted({*pairs, (segment.start, count)})
             if len(listed) > MAX_SEGMENTS:
                 raise LineageError(
                     f"{object_id} has {MAX_SEGMENTS} archive segments on this host already",
@@ -116,10 +128,9 @@ class StoreArchive:
             try:
                 await self.store.transact(
                     [
-                        # A segment of the same start is a spare of a compaction that did
-                        # not commit: this one replaces it.
+                        # The same (start, count) again is the same entries again (a retry).
                         Put(
-                            key=segment_key(tenant, object_id, segment.start),
+                            key=segment_key(tenant, object_id, segment.start, count),
                             value=segment.encode(),
                             etag=Expect.ANY,
                         ),
@@ -136,10 +147,13 @@ class StoreArchive:
         raise StoreError(f"the archive index of {object_id} kept changing under this write")
 
     async def segments(self, tenant: str, object_id: str) -> list[Segment]:
-        starts, _etag = await self._starts(tenant, object_id)
-        found = await self.store.get_many([segment_key(tenant, object_id, s) for s in starts])
-        segments = [Segment.decode(item.value) for item in found.values()]
-        return sorted(segments, key=lambda s: s.start)
+        pairs, _etag = await self.held(tenant, object_id)
+        keys = [segment_key(tenant, object_id, start, count) for start, count in pairs]
+        segments: list[Segment] = []
+        for batch in range(0, len(keys), _READ_BATCH):
+            found = await self.store.get_many(keys[batch : batch + _READ_BATCH])
+            segments.extend(Segment.decode(item.value) for item in found.values())
+        return sorted(segments, key=lambda s: (s.start, len(s.entries)))
 
 
 class DirArchive:
