@@ -582,3 +582,37 @@ def test_an_object_woken_only_by_messages_is_compacted_too(tmp_path: Path) -> No
         assert whole.size == obj.lineage.size > 80
 
     in_host(world, HOST_A, scenario)
+
+
+def test_an_archive_directory_is_used_when_configured_and_a_failing_one_never_fails_a_cycle(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gateway.runtime.compaction import DirArchive
+
+    world = world_with(
+        tmp_path / "world",
+        {"compaction": {**SMALL, "archive_dir": str(tmp_path / "arch")}},
+        (HOST_A,),
+    )
+
+    async def scenario(host: Host) -> None:
+        await create_from_spec(host, OBJECT, spec(TICK))
+        await cycles(host, 30)
+        obj = await host.get_object(OBJECT, tenant="default")
+        assert obj.lineage.start > 0
+        assert await StoreArchive(host.store).segments("default", OBJECT) == []  # not the store
+        folders = list((tmp_path / "arch" / "default").iterdir())
+        assert len(folders) == 1
+        segments = read_archives([folders[0]])
+        verify_archived(segments, obj.lineage, object_id=OBJECT, trust=host.trust, sealed=False)
+        # An archive that cannot be written: the cycles still commit, nothing is compacted.
+        blocked = tmp_path / "not-a-directory"
+        blocked.write_text("")
+        host.compaction.archive = DirArchive(blocked)
+        start = obj.lineage.start
+        await cycles(host, 30)  # each asserts the cycle was EVALUATED
+        after = await host.get_object(OBJECT, tenant="default")
+        assert after.lineage.start == start and after.cycle.generation == obj.cycle.generation + 30
+        assert "lineage compaction of" in caplog.text and "cannot write" in caplog.text
+
+    in_host(world, HOST_A, scenario)
