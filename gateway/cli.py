@@ -1319,8 +1319,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument(
         "--archive-out",
         metavar="DIR",
-        help="also write the lineage archive segments held here into DIR, for "
-        "`gateway verify FILE --archive DIR` (see `gateway object archive`)",
+        help="write the lineage archive segments held here into DIR instead (with --export, "
+        "both), for `gateway verify FILE --archive DIR` (see `gateway object archive`)",
     )
     show.set_defaults(handler=cmd_object_show)
     release = objects.add_parser(
