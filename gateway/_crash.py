@@ -29,6 +29,7 @@ CRASH_POINTS: tuple[str, ...] = (
     "home.after-claim",  # custody record written, receipt not sent
     "cycle.before-commit",  # object evaluated, nothing written
     "cycle.after-commit",  # evaluation written, the trigger not answered
+    "compaction.after-archive",  # archive segment written, compacted object not stored
     "events.after-ingest",  # a Dapr message kept on the bus, not yet acknowledged
     "outbox.after-deliver",  # an action carried out, its outbox record not marked delivered
 )

@@ -14,8 +14,9 @@ Invariants:
   here), and only entries: checkpoints and arrivals are never archived.
 * **Archive first.** :func:`compact` returns the segment and the compacted lineage; the
   caller writes the segment durably *before* it stores the compacted object, so a crash
-  leaves at worst a segment for entries the object still carries (the next compaction
-  of the same start replaces it: segments are named by their first sequence number).
+  leaves at worst a spare segment for entries the object still carries. Segments are
+  named by their first sequence number and length, so a spare never overwrites the
+  segment of a compaction that committed; :func:`verify_archived` chooses among them.
 * **Repeats are counted, not copied**: :func:`fold_repeats` folds a cycle that records
   exactly the events of the cycle before it into that cycle's entries
   (:meth:`~gateway.lineage.Lineage.repeated`), only in the holder's unsigned tail.
@@ -33,10 +34,11 @@ import base64
 import binascii
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from gateway import envelope as dsse
 from gateway import merkle
@@ -58,23 +60,36 @@ from gateway.trust import TrustStore, canonical_json
 
 #: Entries one archive segment may hold (a compaction archives at most this many).
 MAX_SEGMENT_ENTRIES = 1 << 16
-#: Segments one verification reads (a whole history of up to 2**26 entries).
-MAX_SEGMENTS = 1 << 10
+#: Segments one verification reads, and one host keeps per object (at the default policy,
+#: about 400 entries each: a history of millions of entries).
+MAX_SEGMENTS = 1 << 14
 #: Largest segment file read.
 MAX_SEGMENT_BYTES = MAX_SEGMENT_ENTRIES * (MAX_ENTRY_BYTES // 8)
 
 
+#: Default carried-lineage bytes above which an object is compacted. The carried lineage
+#: is paid for on every cycle (the record is decoded and re-encoded) and every migration,
+#: the archive once: kept small, the record stays within the journal's decode cache
+#: (gateway.handoff.journal.DECODED_CACHE_MAX_BYTES, 256 KiB) with room for data and
+#: grants, and far below the 16 MiB envelope cap. About 400 entries of a typical cycle.
+DEFAULT_MAX_BYTES = 192 << 10
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CompactionPolicy:
-    """When a holder compacts its objects' lineages (host config ``lineage:``).
+    """When a holder compacts its objects' lineages (host config ``lineage.compaction``).
 
-    The object is compacted when it carries more than ``max_entries`` entries, or when
-    its oldest carried entry is older than ``max_age``; it then keeps its newest
-    ``keep_entries`` (at least one: the entry the next one links to)."""
+    The object is compacted when it carries more than ``keep_entries`` entries and any
+    limit is passed: more than ``max_entries`` entries, more than ``max_bytes`` bytes of
+    entries, or an oldest carried entry older than ``max_age``; it then keeps its newest
+    ``keep_entries`` (at least one: the entry the next one links to). ``None`` switches
+    a limit off; ``enabled=False`` switches compaction off (the object then grows until
+    the envelope cap stops it from moving)."""
 
     enabled: bool = True
-    max_entries: int = 2048
-    keep_entries: int = 256
+    max_entries: int = 512
+    keep_entries: int = 128
+    max_bytes: int | None = DEFAULT_MAX_BYTES
     max_age: timedelta | None = timedelta(days=1)
 
     def __post_init__(self) -> None:
@@ -83,16 +98,48 @@ class CompactionPolicy:
                 f"lineage compaction keeps {self.keep_entries} of at most {self.max_entries} "
                 "entries; need 1 <= keep_entries < max_entries <= "
                 f"{MAX_SEGMENT_ENTRIES}",
-                hint="set lineage.keep_entries below lineage.max_entries",
+                hint="set lineage.compaction.keep_entries below max_entries",
+            )
+        if self.max_bytes is not None and self.max_bytes < MIN_MAX_BYTES:
+            raise ConfigError(
+                f"lineage compaction at {self.max_bytes} bytes would compact on every cycle; "
+                f"max_bytes must be at least {MIN_MAX_BYTES}",
+                hint=f"set lineage.compaction.max_bytes to {DEFAULT_MAX_BYTES} (the default) "
+                "or leave it out",
             )
 
-    def due(self, lineage: Lineage, *, now: datetime) -> bool:
+    def due(self, lineage: Lineage, *, now: datetime, stored_bytes: int | None = None) -> bool:
+        """Whether to compact ``lineage`` now. O(1) unless the bytes limit may be passed:
+        ``stored_bytes`` is the size of the object's stored record (an upper bound of its
+        entries' bytes); only when it exceeds ``max_bytes`` are the entries measured.
+        Without it the bytes limit is not checked (entries and age still are)."""
         carried = len(lineage.entries)
         if not self.enabled or carried <= self.keep_entries:
             return False
         if carried > self.max_entries:
             return True
-        return self.max_age is not None and now - lineage.entries[0].time > self.max_age
+        if self.max_age is not None and now - lineage.entries[0].time > self.max_age:
+            return True
+        return (
+            self.max_bytes is not None
+            and stored_bytes is not None
+            and stored_bytes > self.max_bytes
+            and carried_bytes(lineage) > self.max_bytes
+        )
+
+    def keep(self, lineage: Lineage) -> int:
+        """How many entries a compaction of ``lineage`` keeps: ``keep_entries``, or more
+        when the rest would not fit one segment."""
+        return max(self.keep_entries, len(lineage.entries) - MAX_SEGMENT_ENTRIES)
+
+
+#: The smallest bytes limit accepted: a few entries' worth, so compaction cannot thrash.
+MIN_MAX_BYTES = 16 * 1024
+
+
+def carried_bytes(lineage: Lineage) -> int:
+    """Bytes of the entries ``lineage`` carries, as encoded (each entry caches its bytes)."""
+    return sum(len(entry.encode()) for entry in lineage.entries)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,6 +192,11 @@ class Segment:
         except (ValueError, binascii.Error) as exc:
             raise LineageError(f"{what}: an entry is not base64") from exc
         return cls(object_id=document["object_id"], start=start, entries=decoded)
+
+
+def segment_file_name(segment: Segment) -> str:
+    """``<first entry, 20 digits>+<entries>.seg``: unique per segment, sorted by start."""
+    return f"{segment.start:020d}+{len(segment.entries)}.seg"
 
 
 def archived_digest(entries: Sequence[bytes]) -> bytes:
@@ -235,7 +287,7 @@ def fold_repeats(before: GovernedObject, after: GovernedObject) -> GovernedObjec
 
 class ArchiveDir:
     """One directory per object under ``root``: a file per segment, named by its first
-    sequence number, written atomically (temp file, fsync, rename)."""
+    sequence number and length, written atomically (temp file, fsync, rename)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -247,7 +299,7 @@ class ArchiveDir:
     def write(self, tenant: str, segment: Segment) -> Path:
         folder = self.directory(tenant, segment.object_id)
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{segment.start:020d}.seg"
+        path = folder / segment_file_name(segment)
         temporary = path.with_suffix(".tmp")
         with open(temporary, "wb") as handle:
             handle.write(segment.encode())
@@ -259,9 +311,24 @@ class ArchiveDir:
 
 def read_segments(path: Path) -> list[Segment]:
     """The segments in an archive directory (or one segment file), oldest first."""
-    files = sorted(path.glob("*.seg")) if path.is_dir() else [path]
-    if len(files) > MAX_SEGMENTS:
-        raise ConfigError(f"{path} holds {len(files)} segments; at most {MAX_SEGMENTS}")
+    return read_archives([path])
+
+
+def read_archives(paths: Sequence[Path]) -> list[Segment]:
+    """The segments in several archive directories (or segment files), oldest first.
+
+    After migrations an object's archive is spread over the hosts that compacted it (each
+    keeps its own segments); the directories exported from each are read together here.
+    Two segments with the same start (a spare left by a compaction that did not commit,
+    and the one that did) are both kept: :func:`verify_archived` picks the chain."""
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(path.glob("*.seg")) if path.is_dir() else [path])
+        if len(files) > MAX_SEGMENTS:
+            raise ConfigError(
+                f"{path} brings the archive to {len(files)} segments; at most {MAX_SEGMENTS}",
+                hint="verify an object's own archive directories only",
+            )
     segments = []
     for file in files:
         try:
@@ -269,7 +336,58 @@ def read_segments(path: Path) -> list[Segment]:
         except OSError as exc:
             raise ConfigError(f"cannot read {file}: {exc.strerror}") from exc
         segments.append(Segment.decode(raw))
-    return sorted(segments, key=lambda s: s.start)
+    return sorted(segments, key=lambda s: (s.start, -len(s.entries)))
+
+
+#: Chains of segments tried against the base's root before giving up (they differ only
+#: where spares of compactions that never committed start where committed ones do).
+MAX_CHAINS_TRIED = 64
+
+
+def _chains(segments: Sequence[Segment], size: int, reach: list[int]) -> Iterator[list[Segment]]:
+    """Chains of segments contiguous from entry 0 up to at least ``size``, longest
+    segments first where several start at the same entry; ``reach[0]`` is set to how far
+    contiguous segments reach (for the error when there is no chain)."""
+    by_start: dict[int, list[Segment]] = {}
+    for segment in segments:
+        if segment.start < size and segment.entries:
+            by_start.setdefault(segment.start, []).append(segment)
+    for group in by_start.values():
+        group.sort(key=lambda s: -len(s.entries))
+    dead: set[int] = set()  # positions from which no chain reaches ``size``
+    # Depth first, without recursion (a chain may be thousands of segments long). A frame
+    # is [position, next candidate, whether a chain was found below it]; ``path`` holds
+    # the segments leading to the top frame.
+    frames: list[list[Any]] = [[0, 0, False]]
+    path: list[Segment] = []
+
+    def leave(found: bool) -> None:
+        frames.pop()
+        if frames:
+            path.pop()
+            if found:
+                frames[-1][2] = True
+
+    while frames:
+        frame = frames[-1]
+        position, index, found = frame
+        reach[0] = max(reach[0], position)
+        if position >= size:
+            yield list(path)
+            leave(True)
+            continue
+        candidates = by_start.get(position, [])
+        while index < len(candidates) and position + len(candidates[index].entries) in dead:
+            index += 1
+        if index == len(candidates):
+            if not found:
+                dead.add(position)
+            leave(found)
+            continue
+        frame[1] = index + 1
+        segment = candidates[index]
+        path.append(segment)
+        frames.append([position + len(segment.entries), 0, False])
 
 
 def verify_archived(
@@ -284,31 +402,41 @@ def verify_archived(
     entries rebuild the base's root and link to the carried ones, and the reassembled
     history passes the receiver's verify_lineage as if it had never been compacted.
 
+    ``segments`` may come from several hosts' archives and include spares (segments of a
+    compaction that never committed): the chain used is contiguous from entry 0 to the
+    base, and must rebuild the root the base signed.
+
     Raises :class:`LineageError` (or a signature's verification error)."""
-    verify_lineage(lineage, object_id=object_id, trust=trust, sealed=sealed)
+    verified = verify_lineage(lineage, object_id=object_id, trust=trust, sealed=sealed)
     base = lineage.base_claim()
     if base is None:
-        return verify_lineage(lineage, object_id=object_id, trust=trust, sealed=sealed)
-    entries: list[LineageEntry] = []
+        return verified
     for segment in segments:
         if segment.object_id != object_id:
-            raise LineageError(f"an archive segment is of {segment.object_id}, not {object_id}")
-        if segment.start >= base.size:
-            continue  # written by a compaction that did not commit; the object carries it
-        if segment.start != len(entries):
             raise LineageError(
-                f"the archive has entries up to {len(entries)}, then a segment from "
-                f"{segment.start}",
-                hint="an archive segment is missing; copy the whole archive directory",
+                f"an archive segment is of {segment.object_id}, not {object_id}",
+                hint="give only the archive directories of the object verified",
             )
-        entries.extend(LineageEntry.decode(raw) for raw in segment.entries)
-    if len(entries) < base.size:
+    reach = [0]
+    archived: list[LineageEntry] | None = None
+    for tried, chain in enumerate(_chains(segments, base.size, reach)):
+        if tried == MAX_CHAINS_TRIED:
+            break
+        entries: list[LineageEntry] = []
+        for segment in chain:
+            entries.extend(LineageEntry.decode(raw) for raw in segment.entries)
+        if merkle.root([e.leaf_hash() for e in entries[: base.size]]) == base.root:
+            archived = entries[: base.size]
+            break
+        archived = []  # a chain was found, and did not match
+    if archived is None:
         raise LineageError(
-            f"the archive holds {len(entries)} entries; the object's base covers {base.size}",
-            hint="an archive segment is missing; copy the whole archive directory",
+            f"the archive holds entries 0 to {reach[0]} contiguously; the object's base covers "
+            f"{base.size}",
+            hint="an archive segment is missing; export the archive of every host that held "
+            "the object and pass each with --archive",
         )
-    archived = entries[: base.size]
-    if merkle.root([e.leaf_hash() for e in archived]) != base.root:
+    if not archived:
         raise LineageError(
             "the archived entries do not match the root the object's base signed",
             hint="the archive is not this object's, or was altered",

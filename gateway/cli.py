@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 from rich.text import Text
 
+from gateway._cli_archive import add_commands as add_archive_commands
 from gateway._cli_base import (
     _config_path,
     _object_id,
@@ -554,8 +555,16 @@ def cmd_object_show(args: argparse.Namespace) -> int:
 
     async def run(host: Host) -> int:
         obj = await host.get_object(_object_id(args.object_id), tenant=args.tenant)
+        if args.archive_out:
+            from gateway._cli_archive import describe, export_archive
+
+            exported = await export_archive(
+                host, obj.object_id, args.tenant, Path(args.archive_out)
+            )
+            out.print(describe(exported), markup=False)
         if args.export:
             _export_archive(host, obj, Path(args.export))
+        if args.export or args.archive_out:
             return 0
         quarantine = await host.quarantine_of(obj.object_id, tenant=args.tenant)
         if args.output == "json":
@@ -909,14 +918,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_archive(path: str) -> list[Any]:
-    from gateway.archive import read_segments
+def _read_archive(paths: Sequence[str]) -> list[Any]:
+    from gateway.archive import read_archives
     from gateway.errors import LineageError
 
     try:
-        return read_segments(Path(path))
+        return read_archives([Path(p) for p in paths])
     except LineageError as exc:
-        raise ConfigError(f"{path} is not a lineage archive: {exc.reason}") from exc
+        raise ConfigError(
+            f"{', '.join(paths)} is not a lineage archive: {exc.reason}",
+            hint="pass directories written by `gateway object archive`",
+        ) from exc
 
 
 def render_report(report: Any) -> list[Any]:
@@ -1304,12 +1316,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write a signed archive of its grants and lineage for `gateway verify` instead",
     )
+    show.add_argument(
+        "--archive-out",
+        metavar="DIR",
+        help="write the lineage archive segments held here into DIR instead (with --export, "
+        "both), for `gateway verify FILE --archive DIR` (see `gateway object archive`)",
+    )
     show.set_defaults(handler=cmd_object_show)
     release = objects.add_parser(
         "release", parents=[common, tenant], help="schedule a quarantined object again"
     )
     release.add_argument("object_id", help="the quarantined object")
     release.set_defaults(handler=cmd_object_release)
+    add_archive_commands(objects, common, tenant, output)
     listing = objects.add_parser("list", parents=[common, tenant, output], help="list objects")
     listing.set_defaults(handler=cmd_object_list)
 
@@ -1423,9 +1442,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument(
         "--archive",
+        action="append",
         metavar="DIR",
         help="the object's lineage archive (a directory of segments, or one segment file): "
-        "also verify the whole history, archived entries included (docs/lineage.md)",
+        "also verify the whole history, archived entries included (docs/lineage.md); repeat "
+        "for the archive of every host that compacted it",
     )
     verify.add_argument(
         "-o", "--output", choices=["text", "json"], default="text", help="output format"

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from gateway._decode import check_document
+from gateway.archive import CompactionPolicy
 from gateway.authority import HostPolicy
 from gateway.errors import AuthorityError, ConfigError
 from gateway.identity import HostId, validate_tenant
@@ -136,6 +137,19 @@ class ObservabilityConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LineageConfig:
+    """Lineage compaction and repeat folding (``lineage: ...``; docs/lineage.md)."""
+
+    #: when objects held here are compacted; on by default (``compaction: false`` is off)
+    compaction: CompactionPolicy = field(default_factory=CompactionPolicy)
+    #: a cycle recording exactly the events of the cycle before it is counted, not copied
+    fold_repeats: bool = True
+    #: where archive segments go: a directory, or None for the host's own store (the
+    #: default, and the only choice on a Dapr host without a shared filesystem)
+    archive_dir: Path | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     source: Path  #: the file this came from
     host: HostId
@@ -156,6 +170,7 @@ class Config:
     #: on the embedded default only: a Dapr host invokes through Dapr service invocation
     invoke: Mapping[str, str] = field(default_factory=dict)
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    lineage: LineageConfig = field(default_factory=LineageConfig)
 
     @property
     def tenancy(self) -> Tenancy:
@@ -470,6 +485,7 @@ def parse_config(document: Any, *, source: Path) -> Config:
                 "invoke",
                 "dapr",
                 "observability",
+                "lineage",
             },
             {"host", "listen", "tls", "keys", "store"},
         )
@@ -700,4 +716,45 @@ def parse_config(document: Any, *, source: Path) -> Config:
         policy=policy,
         invoke=invoke,
         observability=observability,
+        lineage=_lineage(r, top.get("lineage", {})),
     )
+
+
+_COMPACTION_KEYS = {"max_entries", "keep_entries", "max_bytes", "max_age_seconds", "archive_dir"}
+
+
+def _lineage(r: _Reader, value: Any) -> LineageConfig:
+    """``lineage: {compaction: {...} | true | false, fold_repeats: bool}``; every limit
+    has a default, ``null`` switches one off, ``compaction: false`` switches it off."""
+    section = r.mapping(value, "lineage", {"compaction", "fold_repeats"}, set())
+    fold = (
+        r.flag(section["fold_repeats"], "lineage.fold_repeats")
+        if "fold_repeats" in section
+        else True
+    )
+    compaction = section.get("compaction", True)
+    if isinstance(compaction, bool):
+        return LineageConfig(compaction=CompactionPolicy(enabled=compaction), fold_repeats=fold)
+    where = "lineage.compaction"
+    given = r.mapping(compaction, where, _COMPACTION_KEYS, set())
+    values: dict[str, Any] = {}
+    for key in ("max_entries", "keep_entries"):
+        if key in given:
+            values[key] = r.count(given[key], f"{where}.{key}")
+    if "max_bytes" in given:
+        values["max_bytes"] = (
+            None
+            if given["max_bytes"] is None
+            else r.count(given["max_bytes"], f"{where}.max_bytes")
+        )
+    if "max_age_seconds" in given:
+        age = given["max_age_seconds"]
+        values["max_age"] = None if age is None else r.seconds(age, f"{where}.max_age_seconds")
+    try:
+        policy = CompactionPolicy(**values)
+    except ConfigError as exc:
+        raise r.fail(where, exc.reason, exc.hint or "see docs/lineage.md") from exc
+    archive_dir = (
+        r.path(given["archive_dir"], f"{where}.archive_dir") if "archive_dir" in given else None
+    )
+    return LineageConfig(compaction=policy, fold_repeats=fold, archive_dir=archive_dir)

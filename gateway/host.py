@@ -54,6 +54,7 @@ from gateway.objectspec import GrantSpec
 from gateway.observability.health import Readiness
 from gateway.runtime.appcallback import AppCallbackServer, dapr_topic, servicer_base
 from gateway.runtime.calls import Calls
+from gateway.runtime.compaction import compaction_for
 from gateway.runtime.cycle import CycleRunner
 from gateway.runtime.dapr import CLOUDEVENT, DaprEventSink, DaprJobs
 from gateway.runtime.dapr_actions import DaprBindings, DaprInvoker, sidecar_api_url
@@ -162,7 +163,8 @@ class Host:
         self.source = Source(self.context, self.peers)
         self.destination = Destination(self.context, self.peers)
         self.recovery = Recovery(self.context, self.source, self.destination, self.peers)
-        self.cycles = CycleRunner(self.context)
+        self.compaction = compaction_for(config, self.context)
+        self.cycles = CycleRunner(self.context, compaction=self.compaction)
         self.calls = Calls(self.context)
         self.events = Events(self.context, self.cycles, clock=clock)
         self.scheduler = Scheduler(self.cycles, self.journal, config.tenants, clock=clock)

@@ -49,6 +49,10 @@ NO_DATA = {
 #: Data commands whose ``-o json`` another process test runs and parses (file, test): they
 #: need a scene of their own (a running peer, an interrupted migration, a moved object).
 ELSEWHERE = {
+    "object archive": (
+        "tests/test_compaction_runtime.py",
+        "test_an_object_compacted_on_two_hosts_verifies_offline_from_both_archives",
+    ),
     "call": (
         "tests/test_calls.py",
         "test_calls_admitted_denied_counted_and_moved_through_processes",

@@ -40,6 +40,7 @@ from gateway.limits import next_counter
 from gateway.lineage import EntryKind
 from gateway.model import MAX_DATA_BYTES, CycleState, GovernedObject, LifecycleState
 from gateway.rules import RuleSet, check_data, compiled, dump_data, load_data
+from gateway.runtime.compaction import Compaction
 from gateway.runtime.outbox import Event, event_key, outbox_puts
 from gateway.stores import Operation
 
@@ -79,8 +80,12 @@ class CycleReport:
 
 
 class CycleRunner:
-    def __init__(self, context: HostContext, *, cache_size: int = 1024) -> None:
+    def __init__(
+        self, context: HostContext, *, cache_size: int = 1024, compaction: Compaction | None = None
+    ) -> None:
         self.ctx = context
+        #: folds repeats into the cycle and compacts after it (on by default, ADR 0007)
+        self.compaction = compaction if compaction is not None else Compaction(context)
         # The module-wide cache (gateway.rules.compiled) is shared with arrivals, which
         # compile an object's rules to check them; cache_size is kept for callers.
         del cache_size
@@ -106,6 +111,7 @@ class CycleRunner:
         if obj.cycle.next_due is not None and obj.cycle.next_due > now:
             return CycleReport(result=CycleResult.NOT_DUE, cycle=obj.cycle)
         evaluated, events, admitted, denied = self.evaluate(obj, now=now)
+        evaluated = self.compaction.folded(obj, evaluated)
         observability.cycle_evaluated(
             tenant,
             lag=observability.since(obj.cycle.next_due or now, now),
@@ -113,7 +119,8 @@ class CycleRunner:
             admitted=admitted,
             denied=denied,
         )
-        operations: list[Operation] = [ctx.journal.put_object(tenant, evaluated, loaded.etag)]
+        stored = ctx.journal.put_object(tenant, evaluated, loaded.etag)
+        operations: list[Operation] = [stored]
         for event in events:
             operations.extend(outbox_puts(event))
         crash_point("cycle.before-commit")
@@ -122,6 +129,9 @@ class CycleRunner:
         except ConcurrencyError:
             return CycleReport(result=CycleResult.CONFLICT)
         crash_point("cycle.after-commit")
+        await self.compaction.after_cycle(
+            tenant, evaluated, stored_bytes=len(stored.value), now=now
+        )
         return CycleReport(
             result=CycleResult.EVALUATED, cycle=evaluated.cycle, admitted=admitted, denied=denied
         )
@@ -168,7 +178,7 @@ class CycleRunner:
                     0,
                     0,
                 )
-            detail = f"generation {generation}: not evaluated: {exc.reason}"
+            detail = f"not evaluated: {exc.reason}"
             return (
                 self._advance(
                     result.record(EntryKind.EVALUATED, host=ctx.host, at=now, detail=detail), now
@@ -232,7 +242,9 @@ class CycleRunner:
                 summary += "; " + "; ".join(outcome.errors)
             result = result.record(EntryKind.WOKEN, host=ctx.host, at=now, detail=summary)
             return result, events, admitted, denied
-        summary = f"generation {generation}: {len(outcome.proposals)} of {ruleset.woken_by('cycle')} rules fired"
+        # The entry carries the generation; leaving it out of the text lets identical
+        # cycles fold into one entry (repeats, ADR 0007).
+        summary = f"{len(outcome.proposals)} of {ruleset.woken_by('cycle')} rules fired"
         if outcome.errors:
             summary += "; " + "; ".join(outcome.errors)
         result = result.record(EntryKind.EVALUATED, host=ctx.host, at=now, detail=summary)

@@ -502,8 +502,9 @@ class Events:
                     ),
                     [],
                 )
+            stored = put_object(tenant, woken, loaded.etag)
             operations: list[Operation] = [
-                put_object(tenant, woken, loaded.etag),
+                stored,
                 Put(
                     key=seen_key,
                     value=json.dumps({"at": format_time(now)}).encode(),
@@ -521,6 +522,10 @@ class Events:
                     return WakeResult.DUPLICATE  # another process delivered it
                 inbox_etag = current.etag
                 continue  # the object changed (a cycle, a call): evaluate again
+            # An object woken only by messages grows too: compact it as a cycle would.
+            await self.runner.compaction.after_cycle(
+                tenant, woken, stored_bytes=len(stored.value), now=now
+            )
             return WakeResult.EVALUATED
         return WakeResult.HELD  # kept writing under us: try again at the next pass
 

@@ -30,10 +30,11 @@ from typing import Protocol, runtime_checkable
 
 #: Keys never listed: custody records (``custody/<object>``, read by object id) and a
 #: tenant's fence, hold and usage records (``t/<tenant>/fence/…``, ``held/…``, ``usage``),
-#: each read by exact key. On Dapr every listable create or delete also rewrites an index
+#: each read by exact key, and lineage archive segments (``t/<tenant>/archive/…``, found
+#: through their object's archive index, gateway/runtime/compaction.py). On Dapr every listable create or delete also rewrites an index
 #: leaf; these are written on every handoff and never enumerated. Blob chunks stay
 #: listable: chunks orphaned by a crash can only be found by listing them.
-UNLISTED = re.compile(r"custody/|t/[^/]+/(?:fence/|held/|usage$)")
+UNLISTED = re.compile(r"custody/|t/[^/]+/(?:fence/|held/|usage$|archive/)")
 
 
 def listable(key: str) -> bool:
