@@ -237,8 +237,8 @@ async def _write_file(
     name = _file_name(location)
     partial, final = directory / f"{name}.part", directory / f"{name}.blob"
     limit = min(expected_size, max_size) if expected_size is not None else max_size
-    await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
     try:
+        await asyncio.to_thread(_ensure_directory, directory)
         # O_EXCL: a location is used once; never write into someone else's file.
         fd = await asyncio.to_thread(
             os.open, partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
@@ -248,6 +248,7 @@ async def _write_file(
             f"cannot create the blob file {partial}: {exc.strerror}",
             hint="check the free space and permissions of the store's directory",
         ) from exc
+    ours = [partial]  #: what the cleanup of a failed write may delete
     hasher = hashlib.sha256()
     size = 0
     unsynced = 0
@@ -297,12 +298,12 @@ async def _write_file(
             syncing = None
         # Durable before anyone can name it: the data, then its name, then the directory.
         await loop.run_in_executor(
-            _SYNCER, _on_disk, partial, _publish, fd, partial, final, directory
+            _SYNCER, _on_disk, partial, _publish, fd, partial, final, directory, ours
         )
     except BaseException:
         # Let what is in flight finish first, so that nothing writes after the cleanup.
         await asyncio.gather(*pending, *([syncing] if syncing else []), return_exceptions=True)
-        await asyncio.to_thread(_discard_files, partial, final)
+        await asyncio.to_thread(_discard_files, *ours)
         raise
     finally:
         # Only now: no thread uses the descriptor any more (a number closed early could
@@ -328,10 +329,20 @@ def _on_disk(path: Path, call: Callable[..., None], *args: object) -> None:
         ) from exc
 
 
-def _publish(fd: int, partial: Path, final: Path, directory: Path) -> None:
+def _publish(fd: int, partial: Path, final: Path, directory: Path, ours: list[Path]) -> None:
     os.fsync(fd)
-    os.rename(partial, final)
+    # link + unlink, not rename: never replaces a blob already at that name (nor
+    # deletes it in the cleanup: only names in ``ours`` are this write's).
+    os.link(partial, final)
+    ours.append(final)
+    os.unlink(partial)
     _fsync_directory(directory)
+
+
+def _ensure_directory(directory: Path) -> None:
+    if not directory.is_dir():
+        directory.mkdir(parents=True, exist_ok=True)
+        _fsync_directory(directory.parent)  # the directory's own name is durable too
 
 
 def _fsync_directory(directory: Path) -> None:
