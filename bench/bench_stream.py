@@ -10,8 +10,9 @@ What it does, all on loopback with real processes and mTLS:
 2. starts B as ``gateway serve``; runs the migration in a separate source process that
    reports its own resident memory before and its peak during the migration (Linux
    VmHWM, reset just before); B's peak is reset and read the same way from outside;
-3. streams the same file over a bare gRPC stream (same mTLS certificates, same 1 MiB
-   messages, the receiver only hashes) between two fresh processes: the baseline;
+3. streams the same file over a bare gRPC stream (same mTLS certificates, same message
+   size as the gateway's stream, ``blobs.STREAM_PIECE_BYTES``; the receiver only
+   hashes) between two fresh processes: the floor;
 4. repeats 1-3 ``--runs`` times in fresh worlds (ours, floor, ours, floor, …: load on
    the shared machine hits both), then prints the median [min-max] of the rates and of
    the per-run ratios gateway/raw, and each side's largest peak RSS rise over the runs
@@ -27,6 +28,7 @@ import asyncio
 import hashlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -39,6 +41,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from gateway.blobs import STREAM_PIECE_BYTES
 from gateway.testing import HostSpec, ServerProcess, World, build_world
 
 HOST_A = "spiffe://org-a.example/cluster/east/gateway"
@@ -55,6 +58,12 @@ def vm(pid: int | str, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     raise KeyError(field)
+
+
+def cpu_seconds(pid: int | str) -> float:
+    """User + system CPU time of a process and its threads (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def reset_peak(pid: int | str) -> None:
@@ -76,7 +85,7 @@ def write_random_file(path: Path, size: int) -> str:
 
 SOURCE_SCRIPT = textwrap.dedent(
     """
-    import asyncio, json, sys, time
+    import asyncio, json, os, sys, time
     from pathlib import Path
     from gateway.config import load_config
     from gateway.host import Host
@@ -91,10 +100,12 @@ SOURCE_SCRIPT = textwrap.dedent(
         try:
             baseline = vm("VmRSS")
             Path("/proc/self/clear_refs").write_text("5")
+            cpu0 = sum(os.times()[:2])
             started = time.perf_counter()
             result = await host.migrate(sys.argv[2], tenant="default", destination=sys.argv[3])
             elapsed = time.perf_counter() - started
-            print(json.dumps({"baseline": baseline, "peak": vm("VmHWM"), "seconds": elapsed, "step": result.step.value}))
+            cpu = sum(os.times()[:2])
+            print(json.dumps({"baseline": baseline, "peak": vm("VmHWM"), "seconds": elapsed, "step": result.step.value, "cpu": cpu - cpu0}))
         finally:
             await host.close()
 
@@ -133,7 +144,8 @@ RAW_SCRIPT = textwrap.dedent(
         await done.wait()
         await server.stop(1)
 
-    async def send(cert, key, ca, port, path):
+    async def send(cert, key, ca, port, path, piece):
+        piece = int(piece)
         creds = grpc.ssl_channel_credentials(open(ca, "rb").read(), open(key, "rb").read(), open(cert, "rb").read())
         async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds,
                                            options=[("grpc.ssl_target_name_override", "localhost")]) as channel:
@@ -141,7 +153,7 @@ RAW_SCRIPT = textwrap.dedent(
 
             async def chunks():
                 with open(path, "rb") as handle:
-                    while block := handle.read(1 << 20):
+                    while block := handle.read(piece):
                         yield block
 
             started = time.perf_counter()
@@ -151,7 +163,7 @@ RAW_SCRIPT = textwrap.dedent(
     if sys.argv[1] == "serve":
         asyncio.run(serve(*sys.argv[2:6]))
     else:
-        asyncio.run(send(*sys.argv[2:7]))
+        asyncio.run(send(*sys.argv[2:8]))
     """
 )
 
@@ -188,6 +200,7 @@ def run_raw(
                 str(server_tls / "ca.crt"),
                 port_file.read_text(),
                 str(data),
+                str(STREAM_PIECE_BYTES),  # the same message size as the gateway's stream
             ],
             capture_output=True,
             text=True,
@@ -222,6 +235,7 @@ def migrate_once(world: World, data: Path, expected: str) -> dict[str, float]:
     with ServerProcess(world.config(HOST_B)) as server_b:
         baseline_b = vm(server_b.pid, "VmRSS")
         reset_peak(server_b.pid)
+        cpu_b = cpu_seconds(server_b.pid)
         source = subprocess.run(
             [sys.executable, "-c", SOURCE_SCRIPT, str(world.config(HOST_A)), OBJECT, HOST_B],
             capture_output=True,
@@ -229,6 +243,7 @@ def migrate_once(world: World, data: Path, expected: str) -> dict[str, float]:
             check=True,
         )
         peak_b = vm(server_b.pid, "VmHWM")
+        cpu_b = cpu_seconds(server_b.pid) - cpu_b
     measured = json.loads(source.stdout.strip().splitlines()[-1])
     if measured["step"] != "done":
         raise SystemExit(f"the migration ended {measured['step']}, not done")
@@ -255,6 +270,8 @@ def migrate_once(world: World, data: Path, expected: str) -> dict[str, float]:
         "seconds": measured["seconds"],
         "rise_a": (measured["peak"] - measured["baseline"]) / MIB,
         "rise_b": (peak_b - baseline_b) / MIB,
+        "cpu_a": measured["cpu"],
+        "cpu_b": cpu_b,
     }
 
 
@@ -300,6 +317,7 @@ def main() -> None:
             world = build_world(run_dir, [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_B)])
             with console.status(f"run {run + 1}/{args.runs}: migrating A → B…"):
                 ours.append(migrate_once(world, data, expected))
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
             with console.status(f"run {run + 1}/{args.runs}: raw gRPC stream…"):
                 raw = run_raw(
                     run_dir,
@@ -310,12 +328,17 @@ def main() -> None:
             if raw["digest"] != expected:
                 raise SystemExit("the raw stream's receiver hashed other bytes")
             floors.append(float(raw["seconds"]))
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            # Both floor processes, start-up included (an upper bound of its stream's CPU).
+            floor_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
             # Each run's world holds a copy on each side: keep the disk use bounded.
             if not args.keep:
                 shutil.rmtree(run_dir, ignore_errors=True)
             console.print(
                 f"run {run + 1}: gateway {ours[-1]['seconds']:.2f} s, raw {floors[-1]:.2f} s, "
-                f"RSS rise A {ours[-1]['rise_a']:.1f} MiB, B {ours[-1]['rise_b']:.1f} MiB"
+                f"RSS rise A {ours[-1]['rise_a']:.1f} MiB, B {ours[-1]['rise_b']:.1f} MiB, "
+                f"CPU A {ours[-1]['cpu_a']:.2f} s, B {ours[-1]['cpu_b']:.2f} s, "
+                f"floor's two processes {floor_cpu:.2f} s"
             )
 
         rates = [args.size_mib / o["seconds"] for o in ours]

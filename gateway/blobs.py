@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import hashlib
 import os
 import time
@@ -68,9 +69,15 @@ _HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-hash")
 
 #: Location prefix of a blob kept as one file in the store's blob directory.
 FILE_LOCATION = "file:"
-#: Parts being written to a blob file while the stream goes on (each at most the peer's
-#: message size, 1 MiB from ours; the transport caps a message at 4 MiB).
-FILE_WINDOW = 8
+#: Bytes received but not yet hashed and written to a blob file: the destination's
+#: memory for a stream, whatever the sender's message size (at most the transport's
+#: 32 MiB message cap: one part is always let through).
+FILE_WINDOW_BYTES = 8 << 20
+#: Message size of a blob streamed from a file. Measured with 4 MiB (bench_stream.py,
+#: 256 MiB x 3): the gateway's rate did not move (92 MiB/s either way), the floor's fell,
+#: and the destination's RSS rise went from 34 to 77-175 MiB (gRPC's buffers hold
+#: whole messages): 1 MiB, like the chunks.
+STREAM_PIECE_BYTES = CHUNK_BYTES
 #: Bytes written between two background ``fdatasync`` calls: the disk works while the
 #: stream goes on instead of all at the final fsync (the kernel's own writeback starts
 #: only at 10 % of RAM dirty), and dirty pages stay bounded.
@@ -78,8 +85,8 @@ SYNC_EVERY = 32 << 20
 #: A ``.part`` file untouched for this long belongs to no write in progress.
 PARTIAL_FILE_AGE_S = 3600
 
-#: File writes and reads, off the event loop (the calls release the GIL). Writes use
-#: explicit offsets (``pwrite``), so their order between threads does not matter.
+#: Reads of blob files, off the event loop (``pread`` releases the GIL and names its
+#: offset, so reads may finish in any order).
 _FILE_IO = ThreadPoolExecutor(max_workers=2, thread_name_prefix="blob-file")
 #: Background ``fdatasync``: never behind the writes it lets go on.
 _SYNCER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-sync")
@@ -231,8 +238,8 @@ async def _write_file(
     expected_size: int | None,
     max_size: int,
 ) -> BlobRef:
-    """:func:`write_blob` into one file: hashing (one thread, in order), writing (at
-    offsets) and syncing overlap the stream, at most :data:`FILE_WINDOW` parts held."""
+    """:func:`write_blob` into one file: hashing and writing (one thread, in order) and
+    syncing overlap the stream, at most :data:`FILE_WINDOW_BYTES` held."""
     loop = asyncio.get_running_loop()
     name = _file_name(location)
     partial, final = directory / f"{name}.part", directory / f"{name}.blob"
@@ -252,10 +259,14 @@ async def _write_file(
     hasher = hashlib.sha256()
     size = 0
     unsynced = 0
-    pending: collections.deque[asyncio.Future[object]] = collections.deque()
-    syncing: asyncio.Future[None] | None = None
+    pending: collections.deque[asyncio.Future[int]] = collections.deque()
+    held = 0  #: bytes of the parts in ``pending``
+    syncing: asyncio.Future[int] | None = None
 
-    def write(part: bytes, offset: int) -> None:
+    def absorb(part: bytes, offset: int) -> None:
+        # Hashing needs arrival order: the executor has one thread, first in first out.
+        # Writing on the same thread costs one hand-off per part instead of two.
+        hasher.update(part)
         view = memoryview(part)
         while view:  # pwrite may write less than asked (a signal, a full disk)
             written = os.pwrite(fd, view, offset)
@@ -268,11 +279,15 @@ async def _write_file(
                     f"object data stream is longer than the {limit} bytes announced",
                     hint="the sender and its signed transfer disagree; nothing was stored",
                 )
-            while len(pending) >= 2 * FILE_WINDOW:
-                await pending.popleft()
-            # In arrival order: the hashing executor has one thread, first in first out.
-            pending.append(loop.run_in_executor(_HASHER, hasher.update, part))
-            pending.append(loop.run_in_executor(_FILE_IO, _on_disk, partial, write, part, size))
+            while pending and held + len(part) > FILE_WINDOW_BYTES:
+                held -= await pending.popleft()
+            pending.append(
+                loop.run_in_executor(
+                    _HASHER,
+                    functools.partial(_on_disk, partial, absorb, part, size, answer=len(part)),
+                )
+            )
+            held += len(part)
             size += len(part)
             unsynced += len(part)
             if unsynced >= SYNC_EVERY and (syncing is None or syncing.done()):
@@ -317,11 +332,12 @@ async def _write_file(
     )
 
 
-def _on_disk(path: Path, call: Callable[..., None], *args: object) -> None:
-    """``call(*args)``, a failure of the disk said as what it means for the stream (an
-    ``OSError`` of the *peer's* connection is not one, and stays what it is)."""
+def _on_disk(path: Path, call: Callable[..., None], *args: object, answer: int = 0) -> int:
+    """``call(*args)``, then ``answer``; a failure of the disk said as what it means for
+    the stream (an ``OSError`` of the *peer's* connection is not one, stays what it is)."""
     try:
         call(*args)
+        return answer
     except OSError as exc:
         raise TransferStreamError(
             f"cannot write the blob file {path}: {exc.strerror or exc}",
@@ -358,10 +374,14 @@ def _discard_files(*paths: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-async def read_blob(store: StateStore, ref: BlobRef) -> AsyncIterator[bytes]:
-    """The chunks of a blob in order, :data:`READ_AHEAD` chunks read ahead."""
+async def read_blob(
+    store: StateStore, ref: BlobRef, *, piece_bytes: int = CHUNK_BYTES
+) -> AsyncIterator[bytes]:
+    """The chunks of a blob in order, :data:`READ_AHEAD` chunks read ahead. A blob file
+    is read in pieces of ``piece_bytes`` (a stream to a peer asks for
+    :data:`STREAM_PIECE_BYTES`); chunks in a store come as they were stored."""
     if ref.in_file:
-        async for chunk in _read_file(store, ref):
+        async for chunk in _read_file(store, ref, piece_bytes):
             yield chunk
         return
     ahead: collections.deque[asyncio.Task[Item | None]] = collections.deque()
@@ -393,10 +413,11 @@ def _path_of(store: StateStore, ref: BlobRef) -> Path:
     return directory / f"{_file_name(ref.location)}.blob"
 
 
-async def _read_file(store: StateStore, ref: BlobRef) -> AsyncIterator[bytes]:
-    """A blob file in :data:`CHUNK_BYTES` chunks, :data:`READ_AHEAD` of them read ahead
-    (``pread`` at offsets, so the reads may run on any thread)."""
+async def _read_file(store: StateStore, ref: BlobRef, piece: int) -> AsyncIterator[bytes]:
+    """A blob file in pieces of ``piece`` bytes, :data:`READ_AHEAD` chunks' worth (at
+    least two pieces) read ahead (``pread`` at offsets: any thread may read)."""
     path = _path_of(store, ref)
+    window = max(2, READ_AHEAD * CHUNK_BYTES // piece)
     loop = asyncio.get_running_loop()
     try:
         fd = await asyncio.to_thread(os.open, path, os.O_RDONLY | os.O_CLOEXEC)
@@ -410,13 +431,13 @@ async def _read_file(store: StateStore, ref: BlobRef) -> AsyncIterator[bytes]:
         with contextlib.suppress(AttributeError, OSError):  # advice only
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         following = 0
-        for offset in range(0, ref.size, CHUNK_BYTES):
-            while following < ref.size and len(ahead) < READ_AHEAD:
-                length = min(CHUNK_BYTES, ref.size - following)
+        for offset in range(0, ref.size, piece):
+            while following < ref.size and len(ahead) < window:
+                length = min(piece, ref.size - following)
                 ahead.append(loop.run_in_executor(_FILE_IO, os.pread, fd, length, following))
                 following += length
             chunk = await ahead.popleft()
-            if len(chunk) != min(CHUNK_BYTES, ref.size - offset):
+            if len(chunk) != min(piece, ref.size - offset):
                 raise TransferStreamError(
                     f"blob file of {ref.location} is shorter than its {ref.size} bytes",
                     hint=f"{path} was truncated outside the gateway; restore it from a backup",
