@@ -240,3 +240,22 @@ def _popen(argv: list[str]):  # type: ignore[no-untyped-def]
     import subprocess
 
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize(
+    "length",
+    [0, 1, 127, 128, 255, 16_383, 16_384, 300_000, CHUNK_BYTES, 2_097_151, 2_097_152],
+)
+def test_a_framed_data_chunk_is_the_message_protobuf_would_send(length: int) -> None:
+    """transport/framing.py writes PrepareChunk(data=...) without the message object; the
+    bytes must be exactly the library's, at every varint length boundary."""
+    from gateway.transport.framing import encode_part
+    from gateway.v1 import gateway_pb2
+
+    data = os.urandom(length)
+    expected = gateway_pb2.PrepareChunk(data=data).SerializeToString()
+    assert encode_part(data) == expected
+    assert encode_part(memoryview(data)) == expected
+    assert gateway_pb2.PrepareChunk.FromString(encode_part(data)).data == data
+    transfer = gateway_pb2.PrepareChunk(transfer=data[:50])
+    assert encode_part(transfer) == transfer.SerializeToString()
