@@ -1,7 +1,9 @@
-"""Large object data, kept as chunks in the state store and moved as a stream.
+"""Large object data, kept as one file beside a SQLite store (or as chunks in a Dapr
+state store), and moved as a stream.
 
 An object's data is either inline (small: it travels inside the transfer envelope) or a
-blob: chunks under a host-local key prefix, with the SHA-256 and size of the whole. The
+blob: a file, or chunks under a host-local key prefix, with the SHA-256 and size of the
+whole. The
 transfer envelope signs that digest and size; the bytes follow as a stream and are hashed
 as they arrive, so memory stays bounded by a few chunks whatever the object's size.
 
@@ -15,12 +17,16 @@ Invariants:
   0009). Its location is ``file:`` + the usual prefix; the file is named by a digest of
   that prefix, so it has exactly one owner (the record naming it) and is deleted without
   reference counts. It is written as ``<name>.part``, hashed as it arrives, checked
-  against the expected size and digest, fsynced, renamed to ``<name>.blob`` and the
-  directory fsynced, all *before* the ``BlobRef`` is returned: a transaction can only
+  against the expected size (before each part is written) and digest, fsynced, linked
+  to ``<name>.blob`` (never replacing one) and the directory fsynced, all *before* the
+  ``BlobRef`` is returned: a transaction can only
   name a blob that is complete, verified and durable. A crash leaves at most a file no
   record names, found by the same markers and rules as orphaned chunks
-  (:func:`delete_location`, :func:`sweep_partial_files`). Stores without a directory
-  (Dapr) keep chunks as below.
+  (:func:`delete_location`, :func:`sweep_partial_files`). A failed write removes only
+  the names it created. Its pipeline: one thread hashes and writes each part in
+  arrival order, at most :data:`FILE_WINDOW_BYTES` held; an ``fdatasync`` every
+  :data:`SYNC_EVERY` bytes runs beside the stream; reads keep :data:`READ_AHEAD`
+  chunks in flight. Stores without a directory (Dapr) keep chunks as below.
 * **A stream is a pipeline with a bounded window.** Receiving, hashing and writing
   overlap: hashing runs on its own thread (in arrival order: one thread, FIFO), at most
   :data:`HASH_WINDOW` parts behind the network; batches are committed while the next
