@@ -19,7 +19,7 @@ import pytest
 
 from gateway import envelope as dsse
 from gateway._time import to_millis
-from gateway.blobs import CHUNK_BYTES, read_blob
+from gateway.blobs import CHUNK_BYTES, read_blob, stored_files
 from gateway.errors import TransferStreamError
 from gateway.handoff.destination import Destination
 from gateway.handoff.journal import encode_counter
@@ -82,11 +82,13 @@ def test_large_object_streams_to_the_destination_and_leaves_the_source(world: Wo
         assert left.state is LifecycleState.MOVED
         assert left.blob is not None and left.blob.location == "" and left.size == SIZE
         assert await a.store.list("blob/") == []  # the source's chunks went with the object
+        assert stored_files(a.store) == [] and len(stored_files(b.store)) == 1  # its file too
         # And back again: the data survives a round trip byte for byte.
         await b.migrate(OBJECT, tenant="default", destination=HOST_A)
         home = await a.get_object(OBJECT, tenant="default")
         assert await content(a, home) == PAYLOAD
         assert await b.store.list("upload/") == []
+        assert stored_files(b.store) == [] and len(stored_files(a.store)) == 1
 
     run(world, scenario)
 
@@ -122,7 +124,7 @@ def test_a_bad_stream_is_refused_and_nothing_changes(world: World, stream, reaso
         with pytest.raises(TransferStreamError, match=reason):
             await a.peers.client(HOST_B).prepare_stream(raw, stream, size=SIZE)
         assert await b.store.list("journal/") == []
-        assert await b.store.list("upload/") == []
+        assert await b.store.list("upload/") == [] and stored_files(b.store) == []
         assert await b.store.list("fence/") == [] and await b.store.list("nonce/") == []
         obj = await a.get_object(OBJECT, tenant="default")
         assert obj.state is LifecycleState.ACTIVE and obj.epoch == 0
@@ -157,6 +159,7 @@ def test_an_aborted_stream_migration_discards_the_staged_chunks(world: World) ->
         with pytest.raises(Exception):  # noqa: B017, PT011 - the reply was lost: PeerUnavailableError
             await lossy.migrate(OBJECT, tenant="default", destination=HOST_B)
         assert await b.store.list("upload/") == []  # B staged, then discarded on Abort
+        assert stored_files(b.store) == []
         obj = await a.get_object(OBJECT, tenant="default")
         assert obj.state is LifecycleState.ACTIVE
         assert await content(a, obj) == PAYLOAD
@@ -221,7 +224,7 @@ def test_an_upload_whose_peer_vanishes_leaves_nothing_behind(world: World) -> No
             await b.destination.prepare_stream(raw, dies_midway(), peer=HOST_A)
         # Nothing was staged, so nothing can reference the chunks: all gone at once.
         assert await b.store.list("upload-open/") == []
-        assert await b.store.list("upload/") == []
+        assert await b.store.list("upload/") == [] and stored_files(b.store) == []
 
     run(world, scenario)
 

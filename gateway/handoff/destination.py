@@ -20,6 +20,7 @@ Invariants this side keeps:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -32,7 +33,7 @@ from gateway._crash import crash_point
 from gateway._retry import lost_race
 from gateway._time import format_time, to_millis
 from gateway.authority import Admission
-from gateway.blobs import BlobRef, delete_blob, delete_keys, write_blob
+from gateway.blobs import BlobRef, delete_blob, delete_location, sweep_partial_files, write_blob
 from gateway.credentials import attenuate, audience_admits, root_home
 from gateway.custody import require_extends_departures, verify_custody
 from gateway.errors import (
@@ -360,7 +361,7 @@ class Destination:
                 # a batch whose write was cancelled but still ran on the store's worker.
                 # If this cleanup fails too, the marker stays and collect_uploads
                 # finishes the job after the transfer expired.
-                await delete_keys(store, await store.list(f"upload/{suffix}/"))
+                await delete_location(store, f"upload/{suffix}/")
                 await store.delete(upload, etag=Expect.ANY)
                 raise
             return upload, blob
@@ -903,10 +904,11 @@ class Destination:
         for key, item in markers.items():
             if decode_counter(item.value) >= now:
                 continue
-            chunks = await store.list(f"upload/{key.removeprefix(UPLOAD_MARKERS)}/")
-            await delete_keys(store, chunks)
+            await delete_location(store, f"upload/{key.removeprefix(UPLOAD_MARKERS)}/")
             await store.delete(key, etag=item.etag)
             removed += 1
+        # Blob files a crash left half-written (by an upload or by an object create).
+        await asyncio.to_thread(sweep_partial_files, store)
         return removed
 
     async def prune_nonces(self) -> int:

@@ -27,9 +27,11 @@ docs/storage.md):
   meet it any more, and against a freshly signed stale copy it protects no more than
   any host that never held the object (DESIGN.md §6: that is what a custody home is for).
   Fences under the pre-tenancy ``fence/<id>`` keys are no longer read and are deleted.
-* **Staged chunks** of an aborted stage are deleted by the abort; of an upload that
-  never staged, by ``Destination.collect_uploads`` once its transfer expired; a source's
-  chunks once the destination activated. Nothing to do here.
+* **Staged chunks** (on SQLite: the blob file, ADR 0009) of an aborted stage are
+  deleted by the abort; of an upload that never staged, by
+  ``Destination.collect_uploads`` once its transfer expired (which also sweeps ``.part``
+  files left by a crash mid-write); a source's once the destination activated.
+  Nothing to do here.
 * **Outbox events** (``events/…``) that were delivered, published or given up on (no
   ``pending/`` marker left) are deleted once older than the same retention.
 

@@ -236,6 +236,12 @@ class SqliteStore:
         """The SQLite file this store keeps its state in."""
         return self._path
 
+    @property
+    def blob_directory(self) -> Path:
+        """Where large object data is kept, as one file per blob beside this file (ADR 0009,
+        gateway/blobs.py): 1 MiB values written through the WAL were the stream's limit."""
+        return self._path.with_name(self._path.name + ".blobs")
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<SqliteStore {str(self._path)!r} {state}>"

@@ -25,6 +25,7 @@ from gateway import observability, versions
 from gateway.config import HandoffConfig, PeerConfig
 from gateway.errors import HandoffError, ObjectMovedError, PeerUnavailableError
 from gateway.handoff.messages import Evaluation
+from gateway.transport.framing import encode_part
 from gateway.transport.status import ERROR_TYPE_KEY, MOVED_TO_KEY, RETRYABLE, error_from_status
 from gateway.transport.tls import CHANNEL_OPTIONS, channel_credentials
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -58,6 +59,12 @@ class GrpcPeerClient:
             options=(*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", peer.server_name)),
         )
         self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
+        # PrepareStream with data chunks framed as they are (transport/framing.py).
+        self._prepare_stream = self.channel.stream_unary(
+            "/gateway.v1.Gateway/PrepareStream",
+            request_serializer=encode_part,
+            response_deserializer=gateway_pb2.PrepareResponse.FromString,
+        )
 
     async def _call(
         self, rpc: str, method: Callable[..., Awaitable[R]], request: Message | Callable[[], Any]
@@ -127,15 +134,15 @@ class GrpcPeerClient:
         """Prepare for a large object: the transfer, then its data, as one client stream.
         The deadline grows with the size (at least 8 MiB/s must get through)."""
 
-        async def requests() -> AsyncIterator[gateway_pb2.PrepareChunk]:
+        async def requests() -> AsyncIterator[gateway_pb2.PrepareChunk | bytes]:
             yield gateway_pb2.PrepareChunk(transfer=transfer)
             async for chunk in data():
-                yield gateway_pb2.PrepareChunk(data=chunk)
+                yield chunk  # a PrepareChunk's data, framed by encode_part
 
         timeout = self.timing.rpc_timeout.total_seconds() + size / (8 << 20)
         response: gateway_pb2.PrepareResponse = await self._attempts(
             "PrepareStream",
-            lambda t: self.stub.PrepareStream(requests(), timeout=t, metadata=CAPABILITIES),
+            lambda t: self._prepare_stream(requests(), timeout=t, metadata=CAPABILITIES),
             deadline=timeout,
         )
         return response.receipt
