@@ -16,7 +16,7 @@ import pytest
 
 from gateway import envelope as dsse
 from gateway import wire
-from gateway.errors import ForkError
+from gateway.errors import ForkError, GatewayError
 from gateway.handoff.journal import DESTINATION_PREFIX, SOURCE_PREFIX, fence_key, object_key
 from gateway.handoff.messages import DecisionAnswer, Outcome
 from gateway.handoff.pruning import minimum_retention
@@ -84,9 +84,18 @@ def test_a_homed_tombstone_goes_after_the_retention_and_a_stale_copy_still_canno
         )
     )
     homed, plain = "obj://org-a.example/pruned/homed", "obj://org-a.example/pruned/plain"
+    tried = "obj://org-a.example/pruned/tried-to-come-back"
     with contextlib.closing(world):
         world.create(HOST_A, homed, spec={"data": {"n": 1}, "grant": {"home": HOST_A2}})
         world.create(HOST_A, plain, spec={"data": {"n": 2}, "grant": {}})
+        world.create(HOST_A, tried, spec={"data": {"n": 3}, "grant": {"home": HOST_A2}})
+        # It leaves A; a later arrival at A is staged, then aborted (B never heard the
+        # receipt): that raised A's fence above the tombstone's epoch.
+        world.migrate(tried, source=HOST_A, to=HOST_B)
+        world.network(HOST_B).lose_reply("prepare", to=HOST_A)
+        with pytest.raises(GatewayError):
+            world.migrate(tried, source=HOST_B, to=HOST_A)
+        assert world.wait_settled(tried) == HOST_B
         for object_id in (homed, plain):
             world.migrate(object_id, source=HOST_A, to=HOST_B)
         _owner, stale = world.live_copy(homed)  # B keeps this copy (epoch 1)
@@ -114,6 +123,7 @@ def test_a_homed_tombstone_goes_after_the_retention_and_a_stale_copy_still_canno
         world.recover(HOST_A)
         assert kept(homed) == (False, False)
         assert kept(plain) == (True, True), "without a home the tombstone is all there is"
+        assert kept(tried) == (True, True), "its fence was raised since the departure"
 
         # B, dishonest, sends A its stale copy again, frozen at the epoch it would have.
         host_b = world.hosts[HOST_B]

@@ -36,8 +36,8 @@ docs/storage.md):
   custody home, which grants each epoch once (DESIGN.md §6). So a tombstone is deleted,
   with its fence, in the pass that deletes the settled (DONE) record of the departure
   that made it, only if the object's root grant names a custody home, the tombstone still
-  names that departure (the object has not been back since) and nothing of it is staged
-  here. Without a home the tombstone is kept: it is then this host's only way to refuse
+  names that departure (the object has not been back since), nothing of it is staged
+  here and its fence was not raised since by a (later, aborted) arrival. Without a home the tombstone is kept: it is then this host's only way to refuse
   a stale copy, and tombstones are bounded by the objects that passed through, not by
   migrations.
 * **Staged chunks** of an aborted stage are deleted by the abort; of an upload that
@@ -69,6 +69,7 @@ from gateway.handoff.journal import (
     OPEN_DESTINATION_PREFIX,
     OPEN_SOURCE_PREFIX,
     SOURCE_PREFIX,
+    decode_counter,
     fence_key,
     held_key,
     object_key,
@@ -217,6 +218,14 @@ class Pruner:
         operations: list[Operation] = [Delete(key=item.key, etag=item.etag)]
         fence = found.get(fence_key(tenant, object_id))
         if fence is not None:
+            try:
+                raised_since = decode_counter(fence.value) > tombstone.epoch
+            except GatewayError:
+                raised_since = True
+            if raised_since:
+                # A later arrival of it (aborted) raised the fence: its transfer may not
+                # have expired yet. Keep both; nothing to gain from being clever here.
+                return []
             operations.append(Delete(key=fence.key, etag=fence.etag))
         return operations
 
