@@ -167,6 +167,11 @@ def store_bytes(path: Path) -> int:
     )
 
 
+def wal_bytes(path: Path) -> int:
+    wal = path.with_name(path.name + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
 def live_bytes(path: Path) -> dict[str, tuple[int, int]]:
     """(keys, bytes of key + value) per key family, read-only beside the running host."""
     families: dict[str, list[int]] = {}
@@ -301,6 +306,7 @@ async def drive(
                 "p99_ms": percentile(recent, 0.99) * 1e3,
                 "rss_mib": {h: rss_mib(servers[h].pid) for h in hosts},
                 "store_bytes": {h: store_bytes(files[h]) for h in hosts},
+                "wal_bytes": {h: wal_bytes(files[h]) for h in hosts},
                 "lineage_entries": await soak.lineage_entries(picked),
                 "migrations": len(soak.done),
                 "refusals": sum(soak.refusals.values()),
@@ -578,6 +584,7 @@ def run_store_flat(args: argparse.Namespace) -> dict[str, Any]:
                 point = {
                     "migrations": made,
                     "store_bytes": {h: store_bytes(files[h]) for h in files},
+                    "wal_bytes": {h: wal_bytes(files[h]) for h in files},
                     "live_bytes": {h: sum(b for _n, b in held[h].values()) for h in files},
                     # Everything but the object records: what migrations leave behind.
                     "history_bytes": {
