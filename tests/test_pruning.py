@@ -12,12 +12,18 @@ import contextlib
 from datetime import timedelta
 from pathlib import Path
 
-from gateway.handoff.journal import DESTINATION_PREFIX, SOURCE_PREFIX, fence_key
+import pytest
+
+from gateway import envelope as dsse
+from gateway import wire
+from gateway.errors import ForkError, GatewayError
+from gateway.handoff.journal import DESTINATION_PREFIX, SOURCE_PREFIX, fence_key, object_key
+from gateway.handoff.messages import DecisionAnswer, Outcome
 from gateway.handoff.pruning import minimum_retention
 from gateway.stores import StateStore
-from gateway.testing import HostSpec, build_world
+from gateway.testing import HostSpec, build_world, sealed_transfer, sign_transfer
 from gateway.testing.harness import InProcessWorld
-from tests.conftest import HOST_A, HOST_B
+from tests.conftest import HOST_A, HOST_A2, HOST_B
 
 OBJECTS = [f"obj://org-a.example/pruned/{n}" for n in range(3)]
 
@@ -61,4 +67,83 @@ def test_store_keys_stay_flat_over_rounds_of_migrations(tmp_path: Path) -> None:
                 fence = world.run(world.hosts[host_id].store.get(fence_key("default", object_id)))
                 assert fence is not None, (host_id, object_id)
         for object_id in OBJECTS:
+            world.assert_invariants(object_id)
+
+
+def test_a_homed_tombstone_goes_after_the_retention_and_a_stale_copy_still_cannot_go_live(
+    tmp_path: Path,
+) -> None:
+    """MOVED tombstones: kept without a custody home; with one, deleted (with the fence)
+    once the departure settled past the retention. A stale copy a dishonest former
+    holder then sends the host that forgot is staged there (as on any host that never
+    saw the object) but never goes live: the home refuses its epoch."""
+    world = InProcessWorld(
+        build_world(
+            tmp_path,
+            [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_A2), HostSpec(host_id=HOST_B)],
+        )
+    )
+    homed, plain = "obj://org-a.example/pruned/homed", "obj://org-a.example/pruned/plain"
+    tried = "obj://org-a.example/pruned/tried-to-come-back"
+    with contextlib.closing(world):
+        world.create(HOST_A, homed, spec={"data": {"n": 1}, "grant": {"home": HOST_A2}})
+        world.create(HOST_A, plain, spec={"data": {"n": 2}, "grant": {}})
+        world.create(HOST_A, tried, spec={"data": {"n": 3}, "grant": {"home": HOST_A2}})
+        # It leaves A; a later arrival at A is staged, then aborted (B never heard the
+        # receipt): that raised A's fence above the tombstone's epoch.
+        world.migrate(tried, source=HOST_A, to=HOST_B)
+        world.network(HOST_B).lose_reply("prepare", to=HOST_A)
+        with pytest.raises(GatewayError):
+            world.migrate(tried, source=HOST_B, to=HOST_A)
+        assert world.wait_settled(tried) == HOST_B
+        for object_id in (homed, plain):
+            world.migrate(object_id, source=HOST_A, to=HOST_B)
+        _owner, stale = world.live_copy(homed)  # B keeps this copy (epoch 1)
+        for object_id in (homed, plain):
+            world.migrate(object_id, source=HOST_B, to=HOST_A)
+            world.migrate(object_id, source=HOST_A, to=HOST_B)
+        store_a = world.hosts[HOST_A].store
+
+        def kept(object_id: str) -> tuple[bool, bool]:
+            found = world.run(
+                store_a.get_many(
+                    [object_key("default", object_id), fence_key("default", object_id)]
+                )
+            )
+            return object_key("default", object_id) in found, fence_key(
+                "default", object_id
+            ) in found
+
+        assert kept(homed) == kept(plain) == (True, True)
+        jump = minimum_retention(timedelta(seconds=60)) + timedelta(days=1)
+        world.recover(HOST_A)
+        assert kept(homed) == (True, True), "nothing goes before the retention"
+        for host_id in (HOST_A, HOST_A2, HOST_B):
+            world.clock(host_id).skew(jump)
+        world.recover(HOST_A)
+        assert kept(homed) == (False, False)
+        assert kept(plain) == (True, True), "without a home the tombstone is all there is"
+        assert kept(tried) == (True, True), "its fence was raised since the departure"
+
+        # B, dishonest, sends A its stale copy again, frozen at the epoch it would have.
+        host_b = world.hosts[HOST_B]
+        transfer = sealed_transfer(host_b, stale, HOST_A)
+        answer = DecisionAnswer(
+            migration_id=transfer.migration_id,
+            outcome=Outcome.COMMITTED,
+            source=HOST_B,
+            destination=HOST_A,
+            issued_at=world.now(HOST_B),
+        )
+        signed = wire.encode_envelope(
+            host_b.context.seal(answer.encode(), dsse.PayloadType.DECISION)
+        )
+        destination = world.hosts[HOST_A].destination
+        world.run(destination.prepare(sign_transfer(host_b, transfer), peer=HOST_B))
+        with pytest.raises(ForkError, match="custody home"):
+            world.run(destination.commit(transfer.migration_id, peer=HOST_B, decision=signed))
+        assert world.assert_one_live_copy(homed) == HOST_B
+        on_a = world.placement(homed).get(HOST_A)
+        assert on_a is None or not on_a.live
+        for object_id in (homed, plain):
             world.assert_invariants(object_id)

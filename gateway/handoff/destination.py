@@ -679,6 +679,12 @@ class Destination:
         assert record.staged is not None
         current = await ctx.journal.object(record.tenant, record.object_id)
         if current is not None and current.value.state is not LifecycleState.MOVED:
+            again = await ctx.journal.destination(record.migration_id)
+            if again is None or again.etag != etag:
+                # Another Commit of this migration (the source's recovery re-sends it
+                # while its coordinator sends it too) activated it between our two
+                # reads: a lost race, which commit() answers as a retry, not a second copy.
+                raise ConcurrencyError(f"migration {record.migration_id} changed under commit")
             raise ObjectStateError(
                 f"{record.object_id} is {current.value.state.value} here already; refusing a second live copy"
             )

@@ -27,6 +27,20 @@ docs/storage.md):
   meet it any more, and against a freshly signed stale copy it protects no more than
   any host that never held the object (DESIGN.md §6: that is what a custody home is for).
   Fences under the pre-tenancy ``fence/<id>`` keys are no longer read and are deleted.
+* **MOVED tombstones** (``t/<tenant>/objects/<id>`` of an object that left) keep what
+  this host saw of the object: the fence above, and the history an arriving copy must
+  extend (a diverging one is refused as a fork). A tombstone matters while a stale copy
+  elsewhere could come back. A *replayed* transfer cannot once the retention passed
+  (every transfer of an epoch up to this departure has expired). A *freshly signed*
+  stale copy from a dishonest former holder can, at any time; what stops it then is a
+  custody home, which grants each epoch once (DESIGN.md §6). So a tombstone is deleted,
+  with its fence, in the pass that deletes the settled (DONE) record of the departure
+  that made it, only if the object's root grant names a custody home, the tombstone still
+  names that departure (the object has not been back since), nothing of it is staged
+  here and its fence was not raised since by a (later, aborted) arrival.
+  Without a home the tombstone is kept: it is then this host's only way to refuse
+  a stale copy, and tombstones are bounded by the objects that passed through, not by
+  migrations.
 * **Staged chunks** (on SQLite: the blob file, ADR 0009) of an aborted stage are
   deleted by the abort; of an upload that never staged, by
   ``Destination.collect_uploads`` once its transfer expired (which also sweeps ``.part``
@@ -50,6 +64,7 @@ from datetime import datetime, timedelta
 from gateway import wire
 from gateway._decode import load_json
 from gateway._time import parse_time
+from gateway.credentials import root_home
 from gateway.errors import ConcurrencyError, GatewayError, StoreError
 from gateway.handoff.context import HostContext
 from gateway.handoff.journal import (
@@ -57,12 +72,14 @@ from gateway.handoff.journal import (
     OPEN_DESTINATION_PREFIX,
     OPEN_SOURCE_PREFIX,
     SOURCE_PREFIX,
+    decode_counter,
     fence_key,
     held_key,
     object_key,
 )
 from gateway.handoff.offline import MAX_OFFLINE_LIFETIME
-from gateway.handoff.records import DestinationStep, SourceStep
+from gateway.handoff.records import DestinationStep, SourceRecord, SourceStep
+from gateway.model import LifecycleState
 from gateway.stores import Delete, Operation
 
 log = logging.getLogger(__name__)
@@ -88,10 +105,17 @@ class PruneReport:
     destination_records: int = 0
     fences: int = 0
     events: int = 0
+    tombstones: int = 0  #: MOVED tombstones deleted, each with its fence (not in ``fences``)
 
     @property
     def total(self) -> int:
-        return self.source_records + self.destination_records + self.fences + self.events
+        return (
+            self.source_records
+            + self.destination_records
+            + self.fences
+            + self.events
+            + self.tombstones
+        )
 
 
 class Pruner:
@@ -102,6 +126,7 @@ class Pruner:
         floor = minimum_retention(context.timing.clock_skew)
         self.retention = floor if retention is None else max(retention, floor)
         self._next: datetime | None = None
+        self.tombstones = 0  #: deleted by the pass under way
 
     async def maybe_run(self) -> PruneReport | None:
         """One pass if the last was long enough ago (a tenth of the retention, at most a
@@ -123,18 +148,21 @@ class Pruner:
             k.removeprefix(OPEN_DESTINATION_PREFIX)
             for k in await store.list(OPEN_DESTINATION_PREFIX)
         }
+        self.tombstones = 0
         report.source_records = await self._prune_sources(cutoff, open_sources)
+        report.tombstones = self.tombstones
         records, fences = await self._prune_destinations(cutoff, open_destinations)
         report.destination_records, report.fences = records, fences
         report.fences += await self._delete_all(await store.list(LEGACY_FENCE_PREFIX))
         report.events = await self._prune_events(cutoff)
         if report.total:
             log.info(
-                "pruned %d source and %d destination records, %d fences, %d events",
+                "pruned %d source and %d destination records, %d fences, %d events, %d tombstones",
                 report.source_records,
                 report.destination_records,
                 report.fences,
                 report.events,
+                report.tombstones,
             )
         return report
 
@@ -147,6 +175,7 @@ class Pruner:
     async def _prune_sources(self, cutoff: datetime, open_ids: set[str]) -> int:
         store = self.ctx.journal.store
         pruned = 0
+        tombstones: list[SourceRecord] = []
         for batch in await self._batches(SOURCE_PREFIX, open_ids):
             deletes: list[Operation] = []
             for key, item in (await store.get_many(batch)).items():
@@ -159,8 +188,49 @@ class Pruner:
                     record.updated_at < cutoff
                 ):
                     deletes.append(Delete(key=key, etag=item.etag))
+                    if record.step is SourceStep.DONE:
+                        tombstones.append(record)
             pruned += await self._apply(deletes)
+        for record in tombstones:
+            self.tombstones += await self._apply_one(await self._homed_tombstone(record))
         return pruned
+
+    async def _homed_tombstone(self, record: SourceRecord) -> list[Operation]:
+        """The MOVED tombstone a settled departure left, with its fence, as conditional
+        deletes, if they can no longer matter (the rule in the module docstring): the
+        object has not been back since (the tombstone names this migration), nothing of
+        it is staged here, and its root grant names a custody home."""
+        store = self.ctx.journal.store
+        tenant, object_id = record.tenant, record.object_id
+        keys = [object_key(tenant, object_id), held_key(tenant, object_id)]
+        found = await store.get_many([*keys, fence_key(tenant, object_id)])
+        item = found.get(keys[0])
+        if item is None or keys[1] in found:
+            return []
+        try:
+            tombstone = wire.decode_object(item.value)
+        except GatewayError as exc:
+            log.warning("not pruning the unreadable record of %s: %s", object_id, exc)
+            return []
+        if (
+            tombstone.state is not LifecycleState.MOVED
+            or tombstone.migration_id != record.migration_id
+            or not root_home(tombstone.grants)
+        ):
+            return []
+        operations: list[Operation] = [Delete(key=item.key, etag=item.etag)]
+        fence = found.get(fence_key(tenant, object_id))
+        if fence is not None:
+            try:
+                raised_since = decode_counter(fence.value) > tombstone.epoch
+            except GatewayError:
+                raised_since = True
+            if raised_since:
+                # A later arrival of it (aborted) raised the fence: its transfer may not
+                # have expired yet. Keep both; nothing to gain from being clever here.
+                return []
+            operations.append(Delete(key=fence.key, etag=fence.etag))
+        return operations
 
     async def _prune_destinations(self, cutoff: datetime, open_ids: set[str]) -> tuple[int, int]:
         store = self.ctx.journal.store
