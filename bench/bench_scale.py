@@ -393,7 +393,8 @@ async def floor_concurrent(floor: Floor, count: int, in_flight: int) -> float:
 
 async def settle(host: Host, residents: int, *, limit: float = 600.0) -> int:
     """Waits (at most ``limit`` s) until ``host``'s scheduler has evaluated ``residents``
-    cycles and evaluates no more for a second; returns how many it evaluated."""
+    cycles and evaluates no more for a second, then until its outbox has nothing pending;
+    returns how many cycles it evaluated."""
     stats = host.scheduler.stats
     deadline = time.perf_counter() + limit
     last, still = -1, 0
@@ -403,6 +404,12 @@ async def settle(host: Host, residents: int, *, limit: float = 600.0) -> int:
         if count >= residents and still >= 4:
             break
         last = count
+        await asyncio.sleep(0.25)
+    # Their outbox events (publishes, lifecycle) are delivered in the background too:
+    # also part of the fill, not of holding. Wait for the pending markers to go.
+    while time.perf_counter() < deadline:
+        if not await host.journal.store.list("pending/", limit=1):
+            break
         await asyncio.sleep(0.25)
     return stats.evaluated
 
@@ -519,7 +526,11 @@ async def migration_figures(
             # work that grows with residents. Wait until each resident has cycled once
             # and the cycle count has stopped moving (their interval is an hour).
             cycled = await settle(host_c, arguments.residents)
-            say(f"  {cycled} first cycles done after {time.perf_counter() - began:.0f} s")
+            pending = len(await host_c.journal.store.list("pending/", limit=100_000))
+            say(
+                f"  {cycled} first cycles done, {pending} outbox events pending, "
+                f"after {time.perf_counter() - began:.0f} s"
+            )
             await asyncio.sleep(1.5)
             full = statistics.median(await migrate_sequential(host_a, p1b_ids[half:], HOST_C))
             results["P1b"] = {
