@@ -33,7 +33,7 @@ class Script:
         self.failures = list(failures)
         self.calls = 0
 
-    async def __call__(self, timeout: float) -> Any:
+    async def __call__(self, deadline: float) -> Any:
         self.calls += 1
         if self.failures:
             raise self.failures.pop(0)
