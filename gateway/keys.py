@@ -12,6 +12,13 @@ Invariants this module keeps:
 * ECDSA signatures are accepted in exactly one encoding per call (DER for envelopes,
   IEEE P1363 ``r||s`` for JOSE), and DER must be the unique canonical encoding, so a
   signature has one accepted byte form (no malleable re-encodings).
+* A signature that verified once is remembered (:class:`_VerifiedSignatures`) by a
+  SHA-256 over the key's SPKI, algorithm, encoding, message and signature, so an object
+  that comes back carrying hundreds of checkpoints costs a hash per old signature, not
+  a public-key operation. Only successes are remembered, the memory is bounded, and the
+  record's purpose, host, validity and revocation are still judged on every call (by
+  the caller, :mod:`gateway.trust`): the cache answers nothing but "these exact bytes
+  verify under this exact key", which never changes.
 
 All primitives are from ``cryptography``; nothing here implements cryptography.
 """
@@ -20,6 +27,8 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -156,6 +165,60 @@ def _verify(
     public_key.verify(der, message, ec.ECDSA(hashes.SHA256()))
 
 
+class _VerifiedSignatures:
+    """The digests of (key, algorithm, encoding, message, signature) that verified.
+
+    Bounded LRU: ``capacity`` digests of 32 bytes (about 3 MiB at the default), so a
+    peer sending fresh signatures only ever evicts, and a miss costs what it always did.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def digest(
+        spki: bytes, algorithm: Algorithm, encoding: SignatureEncoding, message: bytes, sig: bytes
+    ) -> bytes:
+        hasher = hashlib.sha256()
+        # Length-prefixed, so no two different tuples hash the same input bytes.
+        for part in (spki, algorithm.value.encode(), encoding.value.encode(), message, sig):
+            hasher.update(len(part).to_bytes(8, "big"))
+            hasher.update(part)
+        return hasher.digest()
+
+    def __contains__(self, digest: bytes) -> bool:
+        with self._lock:
+            if digest not in self._seen:
+                return False
+            self._seen.move_to_end(digest)
+            return True
+
+    def add(self, digest: bytes) -> None:
+        with self._lock:
+            self._seen[digest] = None
+            self._seen.move_to_end(digest)
+            while len(self._seen) > self._capacity:
+                self._seen.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._seen.clear()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+#: Signatures this process has verified (see the module docstring).
+VERIFIED_SIGNATURES = _VerifiedSignatures(capacity=1 << 16)
+
+
+def forget_verified_signatures() -> None:
+    """Empty the verified-signature memory (benchmarks timing a cold verify; tests)."""
+    VERIFIED_SIGNATURES.clear()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KeyRecord:
     """A trusted public key: what it is, what it may sign, for whom, and when.
@@ -260,12 +323,18 @@ class KeyRecord:
         host, validity, revocation) is the caller's question, answered by
         :mod:`gateway.trust`.
         """
+        seen = VERIFIED_SIGNATURES.digest(
+            self.public_key, self.algorithm, encoding, message, signature
+        )
+        if seen in VERIFIED_SIGNATURES:
+            return
         try:
             _verify(self._key, self.algorithm, message, signature, encoding)
         except InvalidSignature as exc:
             raise BadSignatureError(
                 f"signature does not verify under key {self.key_id[:16]} ({self.algorithm.value})"
             ) from exc
+        VERIFIED_SIGNATURES.add(seen)
 
     def public_key_object(self) -> PublicKey:
         """The parsed public key, for libraries that take one (PyJWT)."""
