@@ -200,7 +200,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=10_000, help="lineage entries for P4")
     parser.add_argument("--checkpoints", type=int, default=100, help="checkpoints for P4")
-    parser.add_argument("--runs", type=int, default=None, help="runs per figure (default 9, 5 quick)")
+    parser.add_argument(
+        "--runs", type=int, default=None, help="runs per figure (default 9, 5 quick)"
+    )
     parser.add_argument(
         "--generations",
         type=int,
@@ -214,11 +216,16 @@ def main() -> None:
         help="fewer runs and no compaction figure; P4 keeps its 10k entries / 100 checkpoints",
     )
     parser.add_argument(
-        "--json", type=Path, metavar="FILE", help='write {"P4": {...}} (ratio, runs, ours_s, floor_s)'
+        "--json",
+        type=Path,
+        metavar="FILE",
+        help='write {"P4": {...}} (ratio, runs, ours_s, floor_s)',
     )
     args = parser.parse_args()
     runs = args.runs if args.runs is not None else (5 if args.quick else 9)
-    generations = args.generations if args.generations is not None else (0 if args.quick else 1_000_000)
+    generations = (
+        args.generations if args.generations is not None else (0 if args.quick else 1_000_000)
+    )
     result = p4(args.entries, args.checkpoints, runs)
     print(
         f"P4 verify {args.entries} entries / {args.checkpoints} checkpoints: "

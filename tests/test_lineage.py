@@ -870,3 +870,30 @@ def test_no_single_changed_byte_in_any_entry_verifies(
     entries[index] = entry
     with pytest.raises((LineageError, VerificationError)):
         verify(with_entries(lineage, entries))
+
+
+@pytest.mark.parametrize(
+    ("position", "edit", "message"),
+    [
+        (0, {"kind": EntryKind.UPDATED}, "does not start with the object's creation"),
+        (0, {"epoch": 1}, "does not start with the object's creation"),
+        (37, {"seq": 99}, "entry 37 has sequence number 99"),
+        (37, {"prev": b"\x01" * 32}, "entry 37 does not link to entry 36"),
+        (38, {"epoch": 1}, "entry 38 .* only a freeze raises the epoch"),
+        (59, {"kind": EntryKind.FROZEN}, "entry 59 .* only a freeze raises the epoch"),
+    ],
+)
+def test_a_long_chain_names_the_first_entry_that_fails(
+    position: int, edit: dict[str, Any], message: str
+) -> None:
+    """verify_chain checks whole lists first and falls back to the entry-by-entry loop on
+    any mismatch: each check still refuses, naming the entry, deep in a long chain."""
+    good = grow(Lineage(), HOST_A, 60).entries
+    assert verify_chain(good) == [entry.leaf_hash() for entry in good]
+    entries = list(good)
+    entries[position] = replace(entries[position], **edit)
+    # Re-link the entries after the edit, as a forger would, so only the edit is wrong.
+    for index in range(position + 1, len(entries)):
+        entries[index] = replace(entries[index], prev=entries[index - 1].leaf_hash())
+    with pytest.raises(LineageError, match=message):
+        verify_chain(entries)
