@@ -41,7 +41,7 @@ from typing import Any, overload
 
 from gateway import envelope as dsse
 from gateway import merkle
-from gateway._decode import load_json
+from gateway._decode import MAX_JSON_INT_DIGITS, load_json
 from gateway._time import format_time, parse_time
 from gateway.errors import (
     ConfigError,
@@ -114,7 +114,7 @@ _INT_FIELDS = frozenset({"seq", "epoch", "generation", "repeats"})
 _encode_string = json.encoder.encode_basestring  # json.dumps(ensure_ascii=False) for a str
 #: The C scanner behind json.loads (the same parser and settings), without its per-call
 #: wrapper; NaN and Infinity parse as with json.loads and fail the field type checks.
-_scan_json = json.JSONDecoder().scan_once
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # set in __init__, untyped in typeshed
 
 
 class EntryKind(enum.Enum):
@@ -136,11 +136,46 @@ _KINDS = {kind.value: kind for kind in EntryKind}
 
 
 def _strict_json(raw: bytes, fields: frozenset[str], what: str) -> dict[str, Any]:
-    document = load_json(raw, error=LineageError, what=what)
+    return _strict_document(load_json(raw, error=LineageError, what=what), raw, fields, what)
+
+
+def _strict_document(
+    document: Any, raw: bytes, fields: frozenset[str], what: str
+) -> dict[str, Any]:
+    """``document`` (parsed from ``raw`` by load_json) if it has exactly ``fields`` and
+    ``raw`` is its canonical form."""
     if not isinstance(document, dict) or set(document) != fields:
         raise LineageError(f"{what} must be an object with exactly the fields {sorted(fields)}")
     if canonical_json(document) != raw:
         raise LineageError(f"{what} is not in canonical form (sorted keys, no spaces)")
+    return document
+
+
+def _plain_canonical(
+    raw: bytes, shapes: tuple[frozenset[str], ...], numbers: tuple[str, ...]
+) -> dict[str, Any] | None:
+    """The document in ``raw`` if it has one of the field sets ``shapes``, ``raw`` is its
+    canonical form and each of ``numbers`` is within load_json's digit limit; else None.
+
+    The fast path for documents received once per hop: the C scanner without load_json's
+    Python hooks. What those hooks refuse cannot pass here either (a repeated member or
+    any other spelling does not re-encode to ``raw``; a lone surrogate does not encode;
+    long integers are checked below), and the caller's field type checks, which admit no
+    nesting, still run. On None the caller runs the strict parser, for its message."""
+    try:
+        text = raw.decode("utf-8")
+        document, end = _scan_json(text, 0)
+        if end != len(text) or type(document) is not dict or document.keys() not in shapes:
+            return None
+        if canonical_json(document) != raw:
+            return None
+    except (ValueError, RecursionError, StopIteration, TypeError):  # Unicode errors too
+        return None
+    limit = 10**MAX_JSON_INT_DIGITS
+    for name in numbers:
+        value = document[name]
+        if type(value) is int and not -limit < value < limit:
+            return None
     return document
 
 
@@ -417,9 +452,21 @@ class Checkpoint:
     @classmethod
     def decode(cls, raw: bytes) -> Checkpoint:
         what = "checkpoint"
+        fast = _plain_canonical(raw, (_CHECKPOINT_FIELDS, _CHECKPOINT_FIELDS_V1), ("epoch", "size"))
+        if fast is not None:
+            try:
+                return cls._from_document(fast, what, legacy=fast.keys() == _CHECKPOINT_FIELDS_V1)
+            except LineageError:
+                pass  # the strict parse below says it again, the same way as always
         probe = load_json(raw, error=LineageError, what=what)
         legacy = isinstance(probe, dict) and set(probe) == _CHECKPOINT_FIELDS_V1
-        document = _strict_json(raw, _CHECKPOINT_FIELDS_V1 if legacy else _CHECKPOINT_FIELDS, what)
+        # Parsed once (a receiver decodes one checkpoint per hop of every object).
+        fields = _CHECKPOINT_FIELDS_V1 if legacy else _CHECKPOINT_FIELDS
+        document = _strict_document(probe, raw, fields, what)
+        return cls._from_document(document, what, legacy=legacy)
+
+    @classmethod
+    def _from_document(cls, document: dict[str, Any], what: str, *, legacy: bool) -> Checkpoint:
         try:
             issued_at = parse_time(_field(document, "issued_at", str, what))
         except ValueError as exc:
@@ -900,8 +947,9 @@ def verify_chain(
             or (listed[0].kind is EntryKind.CREATED and listed[0].epoch == 0)
         )
     ):
+        store = object.__setattr__
         for entry, leaf in zip(listed, leaves, strict=True):
-            object.__setattr__(entry, "_leaf", leaf)  # what leaf_hash() would remember
+            store(entry, "_leaf", leaf)  # what leaf_hash() would remember
         return leaves
     hashes: list[bytes] = []
     previous_hash = head

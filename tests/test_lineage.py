@@ -742,6 +742,27 @@ def test_checkpoint_decode_round_trips_and_refuses_non_canonical_bytes() -> None
             Checkpoint.decode(bad)
 
 
+@pytest.mark.parametrize(
+    ("name", "spelling", "message"),
+    [
+        # Canonical bytes, but past load_json's digit limit (Python itself allows 4,300).
+        ("epoch", "1" * 65, "65 digits"),
+        ("size", "-" + "9" * 65, "digits"),
+        # A repeated member: the plain C parse keeps the last, so it must not re-encode.
+        ("size", '3,"size":3', "repeats a member"),
+    ],
+)
+def test_checkpoint_fast_path_refuses_what_the_strict_parser_refuses(
+    name: str, spelling: str, message: str
+) -> None:
+    raw = THREE_HOPS.checkpoints[0].payload
+    value = json.dumps(json.loads(raw)[name])
+    bad = raw.replace(f'"{name}":{value}'.encode(), f'"{name}":{spelling}'.encode(), 1)
+    assert bad != raw
+    with pytest.raises(LineageError, match=message):
+        Checkpoint.decode(bad)
+
+
 # --- verify_extends: the history a host saw before can only be extended ------------------
 
 
