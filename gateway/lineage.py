@@ -933,7 +933,11 @@ def verify_chain(
     sha256 = hashlib.sha256
     listed = list(entries)
     count = len(listed)
-    leaves = [sha256(b"\x00" + entry.encode()).digest() for entry in listed]
+    try:  # decoded entries hold their bytes; skip encode()'s call where all of them do
+        raws = [entry._raw for entry in listed]
+    except AttributeError:
+        raws = [entry.encode() for entry in listed]
+    leaves = [sha256(b"\x00" + raw).digest() for raw in raws]
     frozen = EntryKind.FROZEN
     epochs = [entry.epoch for entry in listed]
     if (
