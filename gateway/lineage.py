@@ -41,7 +41,7 @@ from typing import Any, overload
 
 from gateway import envelope as dsse
 from gateway import merkle
-from gateway._decode import load_json
+from gateway._decode import MAX_JSON_INT_DIGITS, load_json
 from gateway._time import format_time, parse_time
 from gateway.errors import (
     ConfigError,
@@ -112,6 +112,9 @@ _BASE_FIELDS = frozenset(
 )
 _INT_FIELDS = frozenset({"seq", "epoch", "generation", "repeats"})
 _encode_string = json.encoder.encode_basestring  # json.dumps(ensure_ascii=False) for a str
+#: The C scanner behind json.loads (the same parser and settings), without its per-call
+#: wrapper; NaN and Infinity parse as with json.loads and fail the field type checks.
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # set in __init__, untyped in typeshed
 
 
 class EntryKind(enum.Enum):
@@ -133,11 +136,46 @@ _KINDS = {kind.value: kind for kind in EntryKind}
 
 
 def _strict_json(raw: bytes, fields: frozenset[str], what: str) -> dict[str, Any]:
-    document = load_json(raw, error=LineageError, what=what)
+    return _strict_document(load_json(raw, error=LineageError, what=what), raw, fields, what)
+
+
+def _strict_document(
+    document: Any, raw: bytes, fields: frozenset[str], what: str
+) -> dict[str, Any]:
+    """``document`` (parsed from ``raw`` by load_json) if it has exactly ``fields`` and
+    ``raw`` is its canonical form."""
     if not isinstance(document, dict) or set(document) != fields:
         raise LineageError(f"{what} must be an object with exactly the fields {sorted(fields)}")
     if canonical_json(document) != raw:
         raise LineageError(f"{what} is not in canonical form (sorted keys, no spaces)")
+    return document
+
+
+def _plain_canonical(
+    raw: bytes, shapes: tuple[frozenset[str], ...], numbers: tuple[str, ...]
+) -> dict[str, Any] | None:
+    """The document in ``raw`` if it has one of the field sets ``shapes``, ``raw`` is its
+    canonical form and each of ``numbers`` is within load_json's digit limit; else None.
+
+    The fast path for documents received once per hop: the C scanner without load_json's
+    Python hooks. What those hooks refuse cannot pass here either (a repeated member or
+    any other spelling does not re-encode to ``raw``; a lone surrogate does not encode;
+    long integers are checked below), and the caller's field type checks, which admit no
+    nesting, still run. On None the caller runs the strict parser, for its message."""
+    try:
+        text = raw.decode("utf-8")
+        document, end = _scan_json(text, 0)
+        if end != len(text) or type(document) is not dict or document.keys() not in shapes:
+            return None
+        if canonical_json(document) != raw:
+            return None
+    except (ValueError, RecursionError, StopIteration, TypeError):  # Unicode errors too
+        return None
+    limit = 10**MAX_JSON_INT_DIGITS
+    for name in numbers:
+        value = document[name]
+        if type(value) is int and not -limit < value < limit:
+            return None
     return document
 
 
@@ -172,35 +210,46 @@ def _format_utc(moment: datetime) -> str:
     recorded times are)."""
     if moment.tzinfo is not UTC:
         return format_time(moment)
-    return (
-        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
-        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}."
-        f"{moment.microsecond // 1000:03d}Z"
-    )
+    # datetime's C isoformat (4-digit year, milliseconds truncated like format_time) ends
+    # in "+00:00" for UTC; format_time writes "Z". One C call instead of seven fields
+    # formatted in Python: every entry decoded is re-encoded once.
+    return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def _decode_fast(cls: type[LineageEntry], raw: bytes) -> LineageEntry | None:
     """The entry, or None if ``raw`` is not exactly a canonical entry."""
     try:
-        document = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError):  # also UnicodeDecodeError, overlong integers
+        # The C scanner json.loads ends in, called directly: the whole text must be one
+        # value (no whitespace around it either, which the re-encode below refuses anyway).
+        text = raw.decode("utf-8")
+        document, end = _scan_json(text, 0)
+    except (ValueError, RecursionError, StopIteration):  # also UnicodeDecodeError
         return None
-    if type(document) is not dict or (
-        document.keys() != _ENTRY_FIELDS and document.keys() != _REPEATED_ENTRY_FIELDS
-    ):
+    if end != len(text) or type(document) is not dict:
+        return None
+    keys = document.keys()
+    if keys != _ENTRY_FIELDS and keys != _REPEATED_ENTRY_FIELDS:
         return None
     repeats = document.get("repeats", 0)
-    numbers = (document["seq"], document["epoch"], document["generation"], repeats)
-    texts = (
-        document["prev"],
-        document["time"],
-        document["host"],
-        document["kind"],
-        document["detail"],
-        document["data_digest"],
-        document["credentials_digest"],
-    )
-    if any(type(v) is not int or v < 0 for v in numbers) or any(type(v) is not str for v in texts):
+    seq, epoch, generation = document["seq"], document["epoch"], document["generation"]
+    # Spelled out rather than any() over generators: this runs once per entry received.
+    if not (
+        type(seq) is int
+        and type(epoch) is int
+        and type(generation) is int
+        and type(repeats) is int
+        and seq >= 0
+        and epoch >= 0
+        and generation >= 0
+        and repeats >= 0
+        and type(document["prev"]) is str
+        and type(document["time"]) is str
+        and type(document["host"]) is str
+        and type(document["kind"]) is str
+        and type(document["detail"]) is str
+        and type(document["data_digest"]) is str
+        and type(document["credentials_digest"]) is str
+    ):
         return None
     kind = _KINDS.get(document["kind"])
     if kind is None or ("repeats" in document and repeats < 1):
@@ -403,9 +452,21 @@ class Checkpoint:
     @classmethod
     def decode(cls, raw: bytes) -> Checkpoint:
         what = "checkpoint"
+        fast = _plain_canonical(raw, (_CHECKPOINT_FIELDS, _CHECKPOINT_FIELDS_V1), ("epoch", "size"))
+        if fast is not None:
+            try:
+                return cls._from_document(fast, what, legacy=fast.keys() == _CHECKPOINT_FIELDS_V1)
+            except LineageError:
+                pass  # the strict parse below says it again, the same way as always
         probe = load_json(raw, error=LineageError, what=what)
         legacy = isinstance(probe, dict) and set(probe) == _CHECKPOINT_FIELDS_V1
-        document = _strict_json(raw, _CHECKPOINT_FIELDS_V1 if legacy else _CHECKPOINT_FIELDS, what)
+        # Parsed once (a receiver decodes one checkpoint per hop of every object).
+        fields = _CHECKPOINT_FIELDS_V1 if legacy else _CHECKPOINT_FIELDS
+        document = _strict_document(probe, raw, fields, what)
+        return cls._from_document(document, what, legacy=legacy)
+
+    @classmethod
+    def _from_document(cls, document: dict[str, Any], what: str, *, legacy: bool) -> Checkpoint:
         try:
             issued_at = parse_time(_field(document, "issued_at", str, what))
         except ValueError as exc:
@@ -599,7 +660,9 @@ class Entries(Sequence[LineageEntry]):
 
     def __getitem__(self, index: int | slice) -> LineageEntry | tuple[LineageEntry, ...]:
         if isinstance(index, slice):
-            return tuple(self._log.entries[: self._count][index])
+            # Slice the log directly: copying the visible prefix first made every slice
+            # O(history) (verify_lineage takes one per checkpoint).
+            return tuple(self._log.entries[slice(*index.indices(self._count))])
         if index < 0:
             index += self._count
         if not 0 <= index < self._count:
@@ -646,8 +709,7 @@ class Lineage:
         if isinstance(entries, Entries) and entries._log.base_payload == payload:
             return  # the same base: share the log (appends stay O(1))
         log = _Log(Base.decode(payload) if self.base is not None else None, payload)
-        for entry in entries:
-            log.add(entry)
+        log.entries.extend(entries)  # what log.add does per entry, in one call
         object.__setattr__(self, "entries", Entries(log, len(log.entries)))
 
     def base_claim(self) -> Base | None:
@@ -864,6 +926,35 @@ def verify_chain(
     ``start``/``head``/``epoch``: where the entries continue a compacted history (the
     base's size, last leaf hash and epoch); the defaults are a history from its creation.
     """
+    # Every entry of every lineage received passes here, so the checks run first as
+    # whole-list comparisons (C loops, no per-entry interpreter work beyond building the
+    # lists; bench_lineage.py, P4); any mismatch falls through to the entry-by-entry loop
+    # below, which checks the same things and names the first entry that fails.
+    sha256 = hashlib.sha256
+    listed = list(entries)
+    count = len(listed)
+    try:  # decoded entries hold their bytes; skip encode()'s call where all of them do
+        raws = [entry._raw for entry in listed]
+    except AttributeError:
+        raws = [entry.encode() for entry in listed]
+    leaves = [sha256(b"\x00" + raw).digest() for raw in raws]
+    frozen = EntryKind.FROZEN
+    epochs = [entry.epoch for entry in listed]
+    if (
+        [entry.seq for entry in listed] == list(range(start, start + count))
+        and [entry.prev for entry in listed] == [head, *leaves[:-1]]
+        and [b - a for a, b in zip([epoch, *epochs], epochs, strict=False)]
+        == [entry.kind is frozen for entry in listed]
+        and (
+            start != 0
+            or not listed
+            or (listed[0].kind is EntryKind.CREATED and listed[0].epoch == 0)
+        )
+    ):
+        store = object.__setattr__
+        for entry, leaf in zip(listed, leaves, strict=True):
+            store(entry, "_leaf", leaf)  # what leaf_hash() would remember
+        return leaves
     hashes: list[bytes] = []
     previous_hash = head
     previous_epoch = epoch
@@ -999,6 +1090,7 @@ def verify_lineage(
             )
     covered = 0
     holder = creator
+    recorders = [entry.host for entry in entries]  # sliced per checkpoint below
     hosts: list[str] = []
     checkpoints: list[Checkpoint] = []
     for index, envelope in enumerate(lineage.checkpoints):
@@ -1009,16 +1101,21 @@ def verify_lineage(
         # looked up for it before the checkpoint payload is parsed.
         first = lineage.entry(covered)
         host = first.host if first is not None else holder
-        checkpoint = Checkpoint.decode(
-            _open_signed(
-                envelope,
-                host=host,
-                payload_type=dsse.PayloadType.CHECKPOINT,
-                trust=trust,
-                what=f"checkpoint {index} by {host} of {object_id}",
-                signed_at=lambda raw: Checkpoint.decode(raw).issued_at,
-            )
+        opened: list[Checkpoint] = []  # the payload decoded once, for its time and here
+
+        def signed_at(raw: bytes, opened: list[Checkpoint] = opened) -> datetime:
+            opened.append(Checkpoint.decode(raw))
+            return opened[-1].issued_at
+
+        payload = _open_signed(
+            envelope,
+            host=host,
+            payload_type=dsse.PayloadType.CHECKPOINT,
+            trust=trust,
+            what=f"checkpoint {index} by {host} of {object_id}",
+            signed_at=signed_at,
         )
+        checkpoint = opened[-1]
         if checkpoint.object_id != object_id:
             raise LineageError(f"checkpoint {index} is for {checkpoint.object_id}, not {object_id}")
         if checkpoint.host != host:
@@ -1030,12 +1127,13 @@ def verify_lineage(
                 f"checkpoint {index} covers {checkpoint.size} entries; expected more than "
                 f"{covered} and at most {total}"
             )
-        for entry in entries[max(covered - start, 0) : max(checkpoint.size - start, 0)]:
-            if entry.host != host:
-                raise LineageError(
-                    f"entry {entry.seq} is recorded by {entry.host} but vouched for by {host}",
-                    hint="each host signs only what it recorded",
-                )
+        low, high = max(covered - start, 0), max(checkpoint.size - start, 0)
+        if recorders[low:high].count(host) != len(recorders[low:high]):
+            entry = next(e for e in entries[low:high] if e.host != host)
+            raise LineageError(
+                f"entry {entry.seq} is recorded by {entry.host} but vouched for by {host}",
+                hint="each host signs only what it recorded",
+            )
         last = lineage.entry(checkpoint.size - 1)
         if not checkpoint.credentials_digest:
             # First-format checkpoint: its grants are its last entry's, which must be here.
@@ -1068,17 +1166,12 @@ def verify_lineage(
     # compact range grown leaf by leaf (never a tree per checkpoint).
     targets = {c.size: (i, c) for i, c in enumerate(checkpoints) if c.size > start}
     frontier = lineage._log.start_frontier.copy()
-    append = frontier.append
-    seq = start
-    for leaf in hashes:
-        append(leaf)
-        seq += 1
-        if seq in targets:
-            index, checkpoint = targets[seq]
-            if frontier.root() != checkpoint.root:
-                raise LineageError(
-                    f"checkpoint {index} by {checkpoint.host} does not match the entries it covers"
-                )
+    heads = frontier.append_leaves(hashes, targets)
+    for size, (index, checkpoint) in sorted(targets.items()):
+        if heads[size] != checkpoint.root:
+            raise LineageError(
+                f"checkpoint {index} by {checkpoint.host} does not match the entries it covers"
+            )
     if sealed and covered != total:
         raise LineageError(
             f"{total - covered} lineage entries are not covered by a signed checkpoint",

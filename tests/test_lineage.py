@@ -742,6 +742,27 @@ def test_checkpoint_decode_round_trips_and_refuses_non_canonical_bytes() -> None
             Checkpoint.decode(bad)
 
 
+@pytest.mark.parametrize(
+    ("name", "spelling", "message"),
+    [
+        # Canonical bytes, but past load_json's digit limit (Python itself allows 4,300).
+        ("epoch", "1" * 65, "65 digits"),
+        ("size", "-" + "9" * 65, "digits"),
+        # A repeated member: the plain C parse keeps the last, so it must not re-encode.
+        ("size", '3,"size":3', "repeats a member"),
+    ],
+)
+def test_checkpoint_fast_path_refuses_what_the_strict_parser_refuses(
+    name: str, spelling: str, message: str
+) -> None:
+    raw = THREE_HOPS.checkpoints[0].payload
+    value = json.dumps(json.loads(raw)[name])
+    bad = raw.replace(f'"{name}":{value}'.encode(), f'"{name}":{spelling}'.encode(), 1)
+    assert bad != raw
+    with pytest.raises(LineageError, match=message):
+        Checkpoint.decode(bad)
+
+
 # --- verify_extends: the history a host saw before can only be extended ------------------
 
 
@@ -870,3 +891,30 @@ def test_no_single_changed_byte_in_any_entry_verifies(
     entries[index] = entry
     with pytest.raises((LineageError, VerificationError)):
         verify(with_entries(lineage, entries))
+
+
+@pytest.mark.parametrize(
+    ("position", "edit", "message"),
+    [
+        (0, {"kind": EntryKind.UPDATED}, "does not start with the object's creation"),
+        (0, {"epoch": 1}, "does not start with the object's creation"),
+        (37, {"seq": 99}, "entry 37 has sequence number 99"),
+        (37, {"prev": b"\x01" * 32}, "entry 37 does not link to entry 36"),
+        (38, {"epoch": 1}, "entry 38 .* only a freeze raises the epoch"),
+        (59, {"kind": EntryKind.FROZEN}, "entry 59 .* only a freeze raises the epoch"),
+    ],
+)
+def test_a_long_chain_names_the_first_entry_that_fails(
+    position: int, edit: dict[str, Any], message: str
+) -> None:
+    """verify_chain checks whole lists first and falls back to the entry-by-entry loop on
+    any mismatch: each check still refuses, naming the entry, deep in a long chain."""
+    good = grow(Lineage(), HOST_A, 60).entries
+    assert verify_chain(good) == [entry.leaf_hash() for entry in good]
+    entries = list(good)
+    entries[position] = replace(entries[position], **edit)
+    # Re-link the entries after the edit, as a forger would, so only the edit is wrong.
+    for index in range(position + 1, len(entries)):
+        entries[index] = replace(entries[index], prev=entries[index - 1].leaf_hash())
+    with pytest.raises(LineageError, match=message):
+        verify_chain(entries)

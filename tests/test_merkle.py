@@ -709,3 +709,29 @@ def test_missing_vectors_skip_naming_the_variable(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv(REQUIRE_VECTORS_VARIABLE, "1")
     with pytest.raises(pytest.fail.Exception, match=VECTORS_VARIABLE):
         vectors_missing("RFC 9162 Merkle test vectors")
+
+
+@pytest.mark.parametrize("already", [0, 1, 5, 8])
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 7, 8, 9, 64, 100])
+def test_append_leaves_matches_append_and_root_at_every_stop(already: int, count: int) -> None:
+    """The batch path (level by level from empty, leaf by leaf after a prefix) gives the
+    same range and the same tree heads as appending one leaf at a time."""
+    leaves = [merkle.leaf_hash(str(i).encode()) for i in range(already + count)]
+    batch = merkle.CompactRange()
+    for leaf in leaves[:already]:
+        batch.append(leaf)
+    stops = set(range(already + 1, already + count + 1, 3)) | {already + count}
+    heads = batch.append_leaves(leaves[already:], stops)
+    one_by_one = merkle.CompactRange()
+    for size, leaf in enumerate(leaves, start=1):
+        one_by_one.append(leaf)
+        if size in stops and size > already:
+            assert heads[size] == one_by_one.root() == merkle.root(leaves[:size])
+    assert set(heads) == {s for s in stops if s > already}
+    assert (batch.end, batch.hashes) == (one_by_one.end, one_by_one.hashes)
+    assert batch.root() == merkle.root(leaves)
+
+
+def test_append_leaves_refuses_leaf_data_for_leaf_hashes() -> None:
+    with pytest.raises(ValueError, match="not 32"):
+        merkle.CompactRange().append_leaves([b"entry bytes, not a hash"])
