@@ -586,7 +586,8 @@ async def cycle_figure(
     try:
         count = arguments.cycle_objects
         say(f"creating {count} cycling objects on A")
-        # Due far in the future while they are created; made due all at once below.
+        # A 1 ms interval: every object is due again as soon as its cycle committed, so the
+        # rate is bounded by the cycle path, not by the schedule.
         ids = await create_many(host, "org-a.example/bench/cycle", count, interval=0.001)
         objects = await host.list_objects(tenant=TENANT)
         objects = [o for o in objects if o.object_id in set(ids)]

@@ -107,10 +107,18 @@ def _require_present(message: Message, fields: tuple[str, ...], what: str) -> No
         raise PayloadDecodeError(f"{what} has no {', '.join(missing)}")
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _ts(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment.astimezone(UTC))
-    return stamp
+    if moment.tzinfo is None:  # read as local time, as astimezone does
+        stamp = Timestamp()
+        stamp.FromDatetime(moment.astimezone(UTC))
+        return stamp
+    # What FromDatetime computes (timegm + microseconds), without its time tuple: every
+    # cycle writes two or three of these.
+    delta = moment - _EPOCH
+    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
 #: What a ``Timestamp`` may hold (RFC 3339 years 0001-9999); beyond it ``ToDatetime`` raises.
@@ -179,6 +187,14 @@ def decode_envelope(raw: bytes, *, max_size: int = MAX_ENVELOPE_BYTES) -> dsse.E
 
 
 # --- objects ------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def _rules_to_pb(rules: tuple[Rule, ...]) -> tuple[object_pb2.Rule, ...]:
+    """Memoised (rules are immutable and hashable, and a host holds few distinct rule
+    sets): every cycle writes its object's rules again. The messages are only ever
+    copied into a new message, never changed."""
+    return tuple(_rule_to_pb(r) for r in rules)
 
 
 def _rule_to_pb(rule: Rule) -> object_pb2.Rule:
@@ -272,7 +288,7 @@ def _snapshot_to_pb(obj: GovernedObject) -> object_pb2.ObjectSnapshot:
         data=obj.data,
         content_type=obj.content_type,
         data_digest=obj.data_digest(),
-        rules=[_rule_to_pb(r) for r in obj.rules],
+        rules=_rules_to_pb(tuple(obj.rules)),
         cycle=_cycle_to_pb(obj.cycle),
         data_size=obj.size,
         data_streamed=obj.blob is not None,

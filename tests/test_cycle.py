@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -488,5 +489,50 @@ def test_an_object_whose_grants_expired_may_do_nothing(one_host: World) -> None:
         assert obj.lineage.entries[-2].kind is EntryKind.ACTION_DENIED
         assert "grants expired" in obj.lineage.entries[-2].detail
         assert await list_events(host.store) == []
+
+    in_host(one_host, scenario)
+
+
+def test_an_evaluation_records_what_record_would_after_each_write(one_host: World) -> None:
+    """The cycle appends its entries to the lineage and rebuilds the object once; the
+    entries must be exactly those GovernedObject.record makes step by step: the data
+    digest after each write, the generation the cycle ran for, one evaluated entry."""
+    rules = [
+        {"name": "w1", "when": "true", "write": '{"checked": true}'},
+        {"name": "p", "when": "true", "publish": {"topic": "alerts/x", "payload": "data"}},
+        {"name": "w2", "when": "true", "write": '{"amount": data.amount + 1}'},
+        {"name": "n", "when": "true", "invoke": {"target": "nope/x", "payload": "1"}},
+    ]
+    capabilities = [
+        {"resource": "state:self", "actions": ["write"]},
+        {"resource": "pubsub:alerts/x", "actions": ["publish"]},
+    ]
+
+    async def scenario(host: Host) -> None:
+        object_id = "obj://org-a.example/live/ref"
+        before = await create_from_spec(host, object_id, spec(rules, capabilities=capabilities))
+        now = host.context.clock.now()
+        after, events, admitted, denied = host.cycles.evaluate(before, now=now)
+        assert (admitted, denied, len(events)) == (3, 1, 1)
+        # The reference: one record (and one replace) per step, as before the batching.
+        ref = replace(before, data=b'{"amount":1250,"checked":true,"invoice":42,"status":"open"}')
+        ref = ref.record(EntryKind.ACTION_ADMITTED, host=HOST_A, at=now, detail="")
+        ref = ref.record(EntryKind.ACTION_ADMITTED, host=HOST_A, at=now, detail="")
+        ref = replace(ref, data=b'{"amount":1251,"checked":true,"invoice":42,"status":"open"}')
+        ref = ref.record(EntryKind.ACTION_ADMITTED, host=HOST_A, at=now, detail="")
+        ref = ref.record(EntryKind.ACTION_DENIED, host=HOST_A, at=now, detail="")
+        ref = ref.record(EntryKind.EVALUATED, host=HOST_A, at=now, detail="")
+        assert after.data == ref.data
+        new = after.lineage.entries[len(before.lineage.entries) :]
+        want = ref.lineage.entries[len(before.lineage.entries) :]
+        assert [(e.kind, e.data_digest, e.credentials_digest, e.generation) for e in new] == [
+            (e.kind, e.data_digest, e.credentials_digest, e.generation) for e in want
+        ]
+        assert new[0].data_digest != before.data_digest()  # the write came first
+        assert after.cycle.generation == before.cycle.generation + 1
+        # And the chain holds: each entry links to the one before it.
+        assert [e.prev for e in new[1:]] == [
+            after.lineage.entries[e.seq].leaf_hash() for e in new[:-1]
+        ]
 
     in_host(one_host, scenario)

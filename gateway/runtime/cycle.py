@@ -37,7 +37,7 @@ from gateway.errors import (
 )
 from gateway.handoff.context import HostContext
 from gateway.limits import next_counter
-from gateway.lineage import EntryKind
+from gateway.lineage import EntryKind, digest
 from gateway.model import MAX_DATA_BYTES, CycleState, GovernedObject, LifecycleState
 from gateway.rules import RuleSet, check_data, compiled, dump_data, load_data
 from gateway.runtime.compaction import Compaction
@@ -152,7 +152,7 @@ class CycleRunner:
         a cycle's events use)."""
         ctx = self.ctx
         generation = obj.cycle.generation
-        result = obj
+        entries = _Entries(obj, host=ctx.host, at=now)
         events: list[Event] = []
         admitted = denied = 0
         try:
@@ -173,7 +173,7 @@ class CycleRunner:
             if wake is not None:
                 detail = f"{wake.label}: not evaluated: {exc.reason}"
                 return (
-                    result.record(EntryKind.WOKEN, host=ctx.host, at=now, detail=detail),
+                    obj.record(EntryKind.WOKEN, host=ctx.host, at=now, detail=detail),
                     [],
                     0,
                     0,
@@ -181,7 +181,7 @@ class CycleRunner:
             detail = f"not evaluated: {exc.reason}"
             return (
                 self._advance(
-                    result.record(EntryKind.EVALUATED, host=ctx.host, at=now, detail=detail), now
+                    obj.record(EntryKind.EVALUATED, host=ctx.host, at=now, detail=detail), now
                 ),
                 [],
                 0,
@@ -201,7 +201,7 @@ class CycleRunner:
                             f"the write would make the data {len(encoded)} bytes"
                         )
                     data = merged
-                    result = replace(result, data=encoded)
+                    entries.write(encoded)
                 else:
                     events.append(
                         Event(
@@ -222,17 +222,10 @@ class CycleRunner:
             except (AdmissionDeniedError, RuleError) as exc:
                 denied += 1
                 why = _why_denied(obj, proposal.resource, proposal.verb, exc, now)
-                result = result.record(
-                    EntryKind.ACTION_DENIED,
-                    host=ctx.host,
-                    at=now,
-                    detail=f"{proposal.describe()}: denied, {why}",
-                )
+                entries.record(EntryKind.ACTION_DENIED, f"{proposal.describe()}: denied, {why}")
                 continue
             admitted += 1
-            result = result.record(
-                EntryKind.ACTION_ADMITTED, host=ctx.host, at=now, detail=proposal.describe()
-            )
+            entries.record(EntryKind.ACTION_ADMITTED, proposal.describe())
         if wake is not None:
             summary = (
                 f"{wake.label}: {len(outcome.proposals)} of {ruleset.woken_by('message')} "
@@ -240,18 +233,22 @@ class CycleRunner:
             )
             if outcome.errors:
                 summary += "; " + "; ".join(outcome.errors)
-            result = result.record(EntryKind.WOKEN, host=ctx.host, at=now, detail=summary)
-            return result, events, admitted, denied
+            entries.record(EntryKind.WOKEN, summary)
+            return entries.result(), events, admitted, denied
         # The entry carries the generation; leaving it out of the text lets identical
         # cycles fold into one entry (repeats, ADR 0007).
         summary = f"{len(outcome.proposals)} of {ruleset.woken_by('cycle')} rules fired"
         if outcome.errors:
             summary += "; " + "; ".join(outcome.errors)
-        result = result.record(EntryKind.EVALUATED, host=ctx.host, at=now, detail=summary)
-        return self._advance(result, now), events, admitted, denied
+        entries.record(EntryKind.EVALUATED, summary)
+        return entries.result(cycle=self._next_cycle(obj, now)), events, admitted, denied
 
     @staticmethod
     def _advance(obj: GovernedObject, now: datetime) -> GovernedObject:
+        return replace(obj, cycle=CycleRunner._next_cycle(obj, now))
+
+    @staticmethod
+    def _next_cycle(obj: GovernedObject, now: datetime) -> CycleState:
         """Next generation; the next due time keeps the rhythm but never bursts to catch up."""
         interval = obj.cycle.interval
         assert interval is not None
@@ -267,9 +264,53 @@ class CycleRunner:
                 f"the next due time of {obj.object_id} is beyond the last representable time",
                 hint="recreate the object with a sane cycle interval",
             ) from exc
+        return CycleState(generation=generation, interval=interval, next_due=next_due)
+
+
+class _Entries:
+    """The lineage entries of one evaluation, appended as they happen; the object is
+    rebuilt once, at the end (one ``dataclasses.replace`` of the whole object per
+    evaluation instead of one per entry and per write, and the digests computed once
+    per state). Each entry records what :meth:`GovernedObject.record` would: the
+    object's epoch and generation, and the digests of its data and credentials as they
+    are when the entry is made (after a write that preceded it)."""
+
+    __slots__ = ("_at", "_credentials", "_data_digest", "_host", "_obj", "data", "lineage")
+
+    def __init__(self, obj: GovernedObject, *, host: str, at: datetime) -> None:
+        self._obj = obj
+        self._host = host
+        self._at = at
+        self._credentials = obj.credentials_digest()
+        self._data_digest: bytes | None = None
+        self.data = obj.data
+        self.lineage = obj.lineage
+
+    def write(self, data: bytes) -> None:
+        self.data = data
+        self._data_digest = None
+
+    def record(self, kind: EntryKind, detail: str) -> None:
+        obj = self._obj
+        if self._data_digest is None:
+            self._data_digest = obj.blob.digest if obj.blob is not None else digest(self.data)
+        self.lineage = self.lineage.append(
+            kind,
+            host=self._host,
+            at=self._at,
+            epoch=obj.epoch,
+            generation=obj.cycle.generation,
+            data_digest=self._data_digest,
+            credentials_digest=self._credentials,
+            detail=detail,
+        )
+
+    def result(self, *, cycle: CycleState | None = None) -> GovernedObject:
         return replace(
-            obj,
-            cycle=CycleState(generation=generation, interval=interval, next_due=next_due),
+            self._obj,
+            data=self.data,
+            lineage=self.lineage,
+            cycle=self._obj.cycle if cycle is None else cycle,
         )
 
 

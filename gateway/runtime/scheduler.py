@@ -365,10 +365,10 @@ class Scheduler:
         tenant, object_id = key
         async with self._slots:
             try:
-                report = await asyncio.wait_for(
-                    self.runner.run(tenant, object_id, generation=generation),
-                    timeout=self.cycle_timeout.total_seconds(),
-                )
+                # asyncio.timeout, not wait_for: the same deadline without a second task
+                # per cycle (wait_for wraps the coroutine in one on 3.11).
+                async with asyncio.timeout(self.cycle_timeout.total_seconds()):
+                    report = await self.runner.run(tenant, object_id, generation=generation)
             except TimeoutError:
                 self.stats.timeouts += 1
                 await self._failed(key, f"timed out after {self.cycle_timeout}", own=True)
