@@ -544,8 +544,9 @@ def encode_object(obj: GovernedObject) -> bytes:
     stored_lineage.arrivals.extend([_envelope_bytes(a) for a in lineage.arrivals])
     if lineage.base is not None:
         stored_lineage.base = _envelope_bytes(lineage.base)
-    if obj.blob is not None:
-        message.blob.CopyFrom(_blob_to_pb(obj.blob))
+    blob = _blob_to_pb(obj.blob)
+    if blob is not None:
+        message.blob.CopyFrom(blob)
     if obj.authority_expires:
         message.authority_expires.CopyFrom(_ts(obj.authority_expires))
     return message.SerializeToString(deterministic=True)

@@ -18,9 +18,10 @@ Invariants this module keeps:
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -36,6 +37,7 @@ from gateway.errors import (
     RuleError,
 )
 from gateway.handoff.context import HostContext
+from gateway.handoff.journal import object_key
 from gateway.limits import next_counter
 from gateway.lineage import EntryKind, digest
 from gateway.model import MAX_DATA_BYTES, CycleState, GovernedObject, LifecycleState
@@ -43,6 +45,7 @@ from gateway.rules import RuleSet, check_data, compiled, dump_data, load_data
 from gateway.runtime.compaction import Compaction
 from gateway.runtime.outbox import Event, event_key, outbox_puts
 from gateway.stores import Operation
+from gateway.wire import decode_object
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,18 @@ class CycleReport:
     denied: int = 0
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Prepared:
+    """One object's evaluated cycle, not committed yet."""
+
+    evaluated: GovernedObject
+    operations: list[Operation]
+    stored_bytes: int
+    now: datetime
+    admitted: int
+    denied: int
+
+
 class CycleRunner:
     def __init__(
         self, context: HostContext, *, cache_size: int = 1024, compaction: Compaction | None = None
@@ -102,12 +117,96 @@ class CycleRunner:
         loaded = await ctx.journal.object(tenant, object_id)
         if loaded is None:
             return CycleReport(result=CycleResult.SKIPPED)
-        obj = loaded.value
+        prepared = self._prepare(tenant, loaded.value, loaded.etag, generation, ctx.clock.now())
+        if isinstance(prepared, CycleReport):
+            return prepared
+        crash_point("cycle.before-commit")
+        try:
+            await ctx.journal.store.transact(prepared.operations)
+        except ConcurrencyError:
+            return CycleReport(result=CycleResult.CONFLICT)
+        return await self._committed(tenant, prepared)
+
+    async def run_many(
+        self, tenant: str, due: Sequence[tuple[str, int]]
+    ) -> dict[str, CycleReport | Exception]:
+        """:meth:`run` for several objects of one tenant (each at the generation given),
+        read in one store call and committed in one transaction.
+
+        Each object keeps its own ETag condition, and what one object raises is its own
+        answer (the others go on). If any condition fails the transaction wrote nothing;
+        each object's cycle is then committed on its own (the store groups those commits),
+        so a lost race costs only the object that lost it. A failure of the store itself
+        is raised: it is the host's, not any object's."""
+        ctx = self.ctx
+        keys = {object_id: object_key(tenant, object_id) for object_id, _ in due}
+        items = await ctx.journal.store.get_many(list(keys.values()))
+        now = ctx.clock.now()
+        answers: dict[str, CycleReport | Exception] = {}
+        ready: list[tuple[str, _Prepared]] = []
+        for object_id, generation in due:
+            item = items.get(keys[object_id])
+            if item is None:
+                answers[object_id] = CycleReport(result=CycleResult.SKIPPED)
+                continue
+            try:
+                # The journal's memo of decoded bytes (what a cycle wrote, decoded for free).
+                obj = ctx.journal._decoded.get(decode_object, item.value)
+                prepared = self._prepare(tenant, obj, item.etag, generation, now)
+            except Exception as exc:  # the object's own failure, reported as its answer
+                answers[object_id] = exc
+                continue
+            if isinstance(prepared, CycleReport):
+                answers[object_id] = prepared
+            else:
+                ready.append((object_id, prepared))
+        if not ready:
+            return answers
+        for _ in ready:
+            crash_point("cycle.before-commit")
+        committed = ready
+        try:
+            await ctx.journal.store.transact(
+                [operation for _, prepared in ready for operation in prepared.operations]
+            )
+        except ConcurrencyError:
+            if len(ready) == 1:
+                answers[ready[0][0]] = CycleReport(result=CycleResult.CONFLICT)
+                return answers
+            outcomes = await asyncio.gather(
+                *(ctx.journal.store.transact(p.operations) for _, p in ready),
+                return_exceptions=True,
+            )
+            committed = []
+            for (object_id, prepared), outcome in zip(ready, outcomes, strict=True):
+                if outcome is None:
+                    committed.append((object_id, prepared))
+                elif isinstance(outcome, ConcurrencyError):
+                    answers[object_id] = CycleReport(result=CycleResult.CONFLICT)
+                elif isinstance(outcome, Exception):
+                    answers[object_id] = outcome
+                else:
+                    raise outcome
+        for object_id, prepared in committed:
+            try:
+                answers[object_id] = await self._committed(tenant, prepared)
+            except Exception as exc:
+                answers[object_id] = exc
+        return answers
+
+    def _prepare(
+        self,
+        tenant: str,
+        obj: GovernedObject,
+        etag: str,
+        generation: int | None,
+        now: datetime,
+    ) -> CycleReport | _Prepared:
+        """The object's cycle as operations to commit, or why it does not run now."""
         if obj.state is not LifecycleState.ACTIVE or obj.cycle.interval is None:
             return CycleReport(result=CycleResult.SKIPPED)
         if generation is not None and obj.cycle.generation != generation:
             return CycleReport(result=CycleResult.SKIPPED, cycle=obj.cycle)
-        now = ctx.clock.now()
         if obj.cycle.next_due is not None and obj.cycle.next_due > now:
             return CycleReport(result=CycleResult.NOT_DUE, cycle=obj.cycle)
         evaluated, events, admitted, denied = self.evaluate(obj, now=now)
@@ -119,21 +218,30 @@ class CycleRunner:
             admitted=admitted,
             denied=denied,
         )
-        stored = ctx.journal.put_object(tenant, evaluated, loaded.etag)
+        stored = self.ctx.journal.put_object(tenant, evaluated, etag)
         operations: list[Operation] = [stored]
         for event in events:
             operations.extend(outbox_puts(event))
-        crash_point("cycle.before-commit")
-        try:
-            await ctx.journal.store.transact(operations)
-        except ConcurrencyError:
-            return CycleReport(result=CycleResult.CONFLICT)
+        return _Prepared(
+            evaluated=evaluated,
+            operations=operations,
+            stored_bytes=len(stored.value),
+            now=now,
+            admitted=admitted,
+            denied=denied,
+        )
+
+    async def _committed(self, tenant: str, prepared: _Prepared) -> CycleReport:
         crash_point("cycle.after-commit")
+        evaluated = prepared.evaluated
         await self.compaction.after_cycle(
-            tenant, evaluated, stored_bytes=len(stored.value), now=now
+            tenant, evaluated, stored_bytes=prepared.stored_bytes, now=prepared.now
         )
         return CycleReport(
-            result=CycleResult.EVALUATED, cycle=evaluated.cycle, admitted=admitted, denied=denied
+            result=CycleResult.EVALUATED,
+            cycle=evaluated.cycle,
+            admitted=prepared.admitted,
+            denied=prepared.denied,
         )
 
     def evaluate(
