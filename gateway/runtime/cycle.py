@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -82,13 +83,22 @@ class CycleReport:
     denied: int = 0
 
 
+#: Encoded bytes of the objects a runner remembers having committed (what it wrote, the
+#: object it wrote): the next cycle of each reads those very bytes back and, compared
+#: with a memcmp instead of hashed, they cost no decode. The journal's memo (keyed by
+#: content, 16 MiB) is shared with migrations and is too small for a host cycling a
+#: few thousand objects with some history each.
+WRITTEN_MEMO_BYTES = 32 << 20
+WRITTEN_MEMO_MAX_OBJECT_BYTES = 256 << 10
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Prepared:
     """One object's evaluated cycle, not committed yet."""
 
     evaluated: GovernedObject
     operations: list[Operation]
-    stored_bytes: int
+    stored: bytes  #: the object's encoded bytes (written by ``operations``)
     now: datetime
     admitted: int
     denied: int
@@ -101,6 +111,10 @@ class CycleRunner:
         self.ctx = context
         #: folds repeats into the cycle and compacts after it (on by default, ADR 0007)
         self.compaction = compaction if compaction is not None else Compaction(context)
+        #: (tenant, object id) -> the bytes this runner last committed for the object
+        #: and the object they encode, oldest first; bounded by WRITTEN_MEMO_BYTES.
+        self._written: OrderedDict[tuple[str, str], tuple[bytes, GovernedObject]] = OrderedDict()
+        self._written_bytes = 0
         # The module-wide cache (gateway.rules.compiled) is shared with arrivals, which
         # compile an object's rules to check them; cache_size is kept for callers.
         del cache_size
@@ -150,8 +164,7 @@ class CycleRunner:
                 answers[object_id] = CycleReport(result=CycleResult.SKIPPED)
                 continue
             try:
-                # The journal's memo of decoded bytes (what a cycle wrote, decoded for free).
-                obj = ctx.journal._decoded.get(decode_object, item.value)
+                obj = self._decode(tenant, object_id, item.value)
                 prepared = self._prepare(tenant, obj, item.etag, generation, now)
             except Exception as exc:  # the object's own failure, reported as its answer
                 answers[object_id] = exc
@@ -170,14 +183,14 @@ class CycleRunner:
                 [operation for _, prepared in ready for operation in prepared.operations]
             )
         except ConcurrencyError:
-            if len(ready) == 1:
-                answers[ready[0][0]] = CycleReport(result=CycleResult.CONFLICT)
-                return answers
+            committed = []  # the transaction wrote nothing
+        if not committed and len(ready) == 1:
+            answers[ready[0][0]] = CycleReport(result=CycleResult.CONFLICT)
+        elif not committed:
             outcomes = await asyncio.gather(
                 *(ctx.journal.store.transact(p.operations) for _, p in ready),
                 return_exceptions=True,
             )
-            committed = []
             for (object_id, prepared), outcome in zip(ready, outcomes, strict=True):
                 if outcome is None:
                     committed.append((object_id, prepared))
@@ -186,13 +199,41 @@ class CycleRunner:
                 elif isinstance(outcome, Exception):
                     answers[object_id] = outcome
                 else:
-                    raise outcome
+                    raise outcome  # cancelled: the whole batch is
         for object_id, prepared in committed:
             try:
                 answers[object_id] = await self._committed(tenant, prepared)
             except Exception as exc:
                 answers[object_id] = exc
         return answers
+
+    def _decode(self, tenant: str, object_id: str, raw: bytes) -> GovernedObject:
+        """The stored object: what this runner's last commit of it wrote, when the store
+        still holds exactly those bytes (encoding is exact, so they decode to it), else
+        decoded (through the journal's memo, keyed by content)."""
+        key = (tenant, object_id)
+        written = self._written.get(key)
+        if written is not None and written[0] == raw:
+            return written[1]
+        return self.ctx.journal._decoded.get(decode_object, raw)
+
+    def _remember(self, tenant: str, prepared: _Prepared) -> None:
+        key = (tenant, prepared.evaluated.object_id)
+        raw = prepared.stored
+        if len(raw) > WRITTEN_MEMO_MAX_OBJECT_BYTES:
+            self._forget(key)
+            return
+        self._forget(key)
+        self._written[key] = (raw, prepared.evaluated)
+        self._written_bytes += len(raw)
+        while self._written_bytes > WRITTEN_MEMO_BYTES:
+            _key, (evicted, _obj) = self._written.popitem(last=False)
+            self._written_bytes -= len(evicted)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        written = self._written.pop(key, None)
+        if written is not None:
+            self._written_bytes -= len(written[0])
 
     def _prepare(
         self,
@@ -225,7 +266,7 @@ class CycleRunner:
         return _Prepared(
             evaluated=evaluated,
             operations=operations,
-            stored_bytes=len(stored.value),
+            stored=stored.value,
             now=now,
             admitted=admitted,
             denied=denied,
@@ -233,9 +274,10 @@ class CycleRunner:
 
     async def _committed(self, tenant: str, prepared: _Prepared) -> CycleReport:
         crash_point("cycle.after-commit")
+        self._remember(tenant, prepared)
         evaluated = prepared.evaluated
         await self.compaction.after_cycle(
-            tenant, evaluated, stored_bytes=prepared.stored_bytes, now=prepared.now
+            tenant, evaluated, stored_bytes=len(prepared.stored), now=prepared.now
         )
         return CycleReport(
             result=CycleResult.EVALUATED,
