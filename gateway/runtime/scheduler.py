@@ -374,12 +374,14 @@ class Scheduler:
             task = asyncio.create_task(self._cycle((tenant, object_id), generation))
         else:
             task = asyncio.create_task(self._cycles(tenant, batch))
-        for object_id, _ in batch:
-            self._inflight[(tenant, object_id)] = task
-            task.add_done_callback(functools.partial(self._done, (tenant, object_id)))
+        keys = [(tenant, object_id) for object_id, _ in batch]
+        for key in keys:
+            self._inflight[key] = task
+        task.add_done_callback(functools.partial(self._done, keys))
 
-    def _done(self, key: tuple[str, str], _task: asyncio.Task[None]) -> None:
-        self._inflight.pop(key, None)
+    def _done(self, keys: list[tuple[str, str]], _task: asyncio.Task[None]) -> None:
+        for key in keys:
+            self._inflight.pop(key, None)
         self._wake.set()
 
     async def _cycles(self, tenant: str, batch: list[tuple[str, int]]) -> None:
