@@ -14,6 +14,15 @@ Invariants this module keeps:
   the generation it ran for; generations in the lineage are consecutive across hosts,
   because the generation travels with the object and a frozen object never commits a
   cycle.
+* **A batch is as safe as its members.** :meth:`CycleRunner.run_many` reads several
+  objects in one call and commits them in one transaction, each put under its own ETag;
+  if any condition fails the transaction wrote nothing and each object is committed on
+  its own, so a lost race costs only the object that lost it, and each object's failure
+  is its own answer. The crash points ``cycle.before-commit`` / ``cycle.after-commit``
+  stay on either side of the commit.
+* **A remembered object is exactly the stored one.** The runner keeps the bytes its last
+  commit of an object wrote and that object (bounded by :data:`WRITTEN_MEMO_BYTES`), and
+  uses it only when the store holds exactly those bytes (encoding is exact).
 """
 
 from __future__ import annotations
