@@ -18,12 +18,12 @@ import pytest
 from aiohttp import web
 
 from gateway.config import load_config
-from gateway.handoff.journal import Journal
+from gateway.handoff.journal import Journal, object_key
 from gateway.host import Host
 from gateway.lineage import EntryKind, LineageEntry
 from gateway.model import CycleState, GovernedObject
 from gateway.objectspec import parse_spec
-from gateway.runtime.cycle import CycleResult
+from gateway.runtime.cycle import CycleResult, CycleRunner
 from gateway.runtime.outbox import list_events
 from gateway.scaffold import free_port
 from gateway.stores import StateStore
@@ -534,5 +534,93 @@ def test_an_evaluation_records_what_record_would_after_each_write(one_host: Worl
         assert [e.prev for e in new[1:]] == [
             after.lineage.entries[e.seq].leaf_hash() for e in new[:-1]
         ]
+
+    in_host(one_host, scenario)
+
+
+class _StaleReads:
+    """A store whose reads of some keys return what they held earlier: a cycle that read
+    them then raced a writer that committed first."""
+
+    def __init__(self, store: StateStore, stale: dict[str, Any]) -> None:
+        self._store = store
+        self._stale = stale
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def get_many(self, keys: Any) -> dict[str, Any]:
+        items = await self._store.get_many(keys)
+        return {**items, **{k: v for k, v in self._stale.items() if k in items}}
+
+
+def test_a_batch_where_one_object_lost_a_race_commits_the_others_once(one_host: World) -> None:
+    async def scenario(host: Host) -> None:
+        ids = [f"obj://org-a.example/live/batch-{n}" for n in range(3)]
+        rule = {"name": "p", "when": "true", "publish": {"topic": "alerts/overdue"}}
+        for object_id in ids:
+            await create_from_spec(
+                host,
+                object_id,
+                spec(
+                    [rule], capabilities=[{"resource": "pubsub:alerts/*", "actions": ["publish"]}]
+                ),
+            )
+        loser = ids[1]
+        key = object_key("default", loser)
+        stale = await host.store.get(key)
+        # Another trigger of the same generation commits first ...
+        assert (await host.cycles.run("default", loser, generation=0)).result is (
+            CycleResult.EVALUATED
+        )
+        # ... while a batch that read the object before that commit goes on.
+        racing = replace(host.context, journal=Journal(_StaleReads(host.store, {key: stale})))
+        answers = await CycleRunner(racing).run_many("default", [(i, 0) for i in ids])
+        results = {i: getattr(a, "result", a) for i, a in answers.items()}
+        assert results == {
+            ids[0]: CycleResult.EVALUATED,
+            loser: CycleResult.CONFLICT,
+            ids[2]: CycleResult.EVALUATED,
+        }
+        for object_id in ids:
+            obj = await host.get_object(object_id, tenant="default")
+            assert obj.generation == 1, object_id
+            assert evaluated(obj.lineage.entries) == [0], object_id  # no gap, no repeat
+        # One publish per generation and object: the loser's batch event was never written.
+        assert len(await list_events(host.store)) == 3
+
+    in_host(one_host, scenario)
+
+
+def test_a_batch_reports_each_objects_own_answer(one_host: World) -> None:
+    async def scenario(host: Host) -> None:
+        rule = {"name": "w", "when": "true", "write": '{"n": generation}'}
+        due, later = "obj://org-a.example/live/due", "obj://org-a.example/live/later"
+        for object_id in (due, later):
+            await create_from_spec(
+                host,
+                object_id,
+                spec(
+                    [rule],
+                    capabilities=[{"resource": "state:self", "actions": ["write"]}],
+                    interval=60,
+                ),
+            )
+        assert (await host.cycles.run("default", later)).result is CycleResult.EVALUATED
+        answers = await host.cycles.run_many(
+            "default", [(due, 0), (later, 1), ("obj://org-a.example/live/absent", 0)]
+        )
+        results = {i: getattr(a, "result", a) for i, a in answers.items()}
+        assert results == {
+            due: CycleResult.EVALUATED,
+            later: CycleResult.NOT_DUE,
+            "obj://org-a.example/live/absent": CycleResult.SKIPPED,
+        }
+        # A second batch for the generation already run skips it (idempotent per generation).
+        again = await host.cycles.run_many("default", [(due, 0)])
+        assert getattr(again[due], "result", None) is CycleResult.SKIPPED
+        obj = await host.get_object(due, tenant="default")
+        assert json.loads(obj.data)["n"] == 0
+        assert evaluated(obj.lineage.entries) == [0]
 
     in_host(one_host, scenario)

@@ -14,13 +14,24 @@ Invariants this module keeps:
   the generation it ran for; generations in the lineage are consecutive across hosts,
   because the generation travels with the object and a frozen object never commits a
   cycle.
+* **A batch is as safe as its members.** :meth:`CycleRunner.run_many` reads several
+  objects in one call and commits them in one transaction, each put under its own ETag;
+  if any condition fails the transaction wrote nothing and each object is committed on
+  its own, so a lost race costs only the object that lost it, and each object's failure
+  is its own answer. The crash points ``cycle.before-commit`` / ``cycle.after-commit``
+  stay on either side of the commit.
+* **A remembered object is exactly the stored one.** The runner keeps the bytes its last
+  commit of an object wrote and that object (bounded by :data:`WRITTEN_MEMO_BYTES`), and
+  uses it only when the store holds exactly those bytes (encoding is exact).
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -36,6 +47,7 @@ from gateway.errors import (
     RuleError,
 )
 from gateway.handoff.context import HostContext
+from gateway.handoff.journal import object_key
 from gateway.limits import next_counter
 from gateway.lineage import EntryKind, digest
 from gateway.model import MAX_DATA_BYTES, CycleState, GovernedObject, LifecycleState
@@ -43,6 +55,7 @@ from gateway.rules import RuleSet, check_data, compiled, dump_data, load_data
 from gateway.runtime.compaction import Compaction
 from gateway.runtime.outbox import Event, event_key, outbox_puts
 from gateway.stores import Operation
+from gateway.wire import decode_object
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +92,27 @@ class CycleReport:
     denied: int = 0
 
 
+#: Encoded bytes of the objects a runner remembers having committed (what it wrote, the
+#: object it wrote): the next cycle of each reads those very bytes back and, compared
+#: with a memcmp instead of hashed, they cost no decode. The journal's memo (keyed by
+#: content, 16 MiB) is shared with migrations and is too small for a host cycling a
+#: few thousand objects with some history each.
+WRITTEN_MEMO_BYTES = 32 << 20
+WRITTEN_MEMO_MAX_OBJECT_BYTES = 256 << 10
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Prepared:
+    """One object's evaluated cycle, not committed yet."""
+
+    evaluated: GovernedObject
+    operations: list[Operation]
+    stored: bytes  #: the object's encoded bytes (written by ``operations``)
+    now: datetime
+    admitted: int
+    denied: int
+
+
 class CycleRunner:
     def __init__(
         self, context: HostContext, *, cache_size: int = 1024, compaction: Compaction | None = None
@@ -86,6 +120,10 @@ class CycleRunner:
         self.ctx = context
         #: folds repeats into the cycle and compacts after it (on by default, ADR 0007)
         self.compaction = compaction if compaction is not None else Compaction(context)
+        #: (tenant, object id) -> the bytes this runner last committed for the object
+        #: and the object they encode, oldest first; bounded by WRITTEN_MEMO_BYTES.
+        self._written: OrderedDict[tuple[str, str], tuple[bytes, GovernedObject]] = OrderedDict()
+        self._written_bytes = 0
         # The module-wide cache (gateway.rules.compiled) is shared with arrivals, which
         # compile an object's rules to check them; cache_size is kept for callers.
         del cache_size
@@ -102,12 +140,123 @@ class CycleRunner:
         loaded = await ctx.journal.object(tenant, object_id)
         if loaded is None:
             return CycleReport(result=CycleResult.SKIPPED)
-        obj = loaded.value
+        prepared = self._prepare(tenant, loaded.value, loaded.etag, generation, ctx.clock.now())
+        if isinstance(prepared, CycleReport):
+            return prepared
+        crash_point("cycle.before-commit")
+        try:
+            await ctx.journal.store.transact(prepared.operations)
+        except ConcurrencyError:
+            return CycleReport(result=CycleResult.CONFLICT)
+        return await self._committed(tenant, prepared)
+
+    async def run_many(
+        self, tenant: str, due: Sequence[tuple[str, int]]
+    ) -> dict[str, CycleReport | Exception]:
+        """:meth:`run` for several objects of one tenant (each at the generation given),
+        read in one store call and committed in one transaction.
+
+        Each object keeps its own ETag condition, and what one object raises is its own
+        answer (the others go on). If any condition fails the transaction wrote nothing;
+        each object's cycle is then committed on its own (the store groups those commits),
+        so a lost race costs only the object that lost it. A failure of the store itself
+        is raised: it is the host's, not any object's."""
+        ctx = self.ctx
+        keys = {object_id: object_key(tenant, object_id) for object_id, _ in due}
+        items = await ctx.journal.store.get_many(list(keys.values()))
+        now = ctx.clock.now()
+        answers: dict[str, CycleReport | Exception] = {}
+        ready: list[tuple[str, _Prepared]] = []
+        for object_id, generation in due:
+            item = items.get(keys[object_id])
+            if item is None:
+                answers[object_id] = CycleReport(result=CycleResult.SKIPPED)
+                continue
+            try:
+                obj = self._decode(tenant, object_id, item.value)
+                prepared = self._prepare(tenant, obj, item.etag, generation, now)
+            except Exception as exc:  # the object's own failure, reported as its answer
+                answers[object_id] = exc
+                continue
+            if isinstance(prepared, CycleReport):
+                answers[object_id] = prepared
+            else:
+                ready.append((object_id, prepared))
+        if not ready:
+            return answers
+        for _ in ready:
+            crash_point("cycle.before-commit")
+        committed = ready
+        try:
+            await ctx.journal.store.transact(
+                [operation for _, prepared in ready for operation in prepared.operations]
+            )
+        except ConcurrencyError:
+            committed = []  # the transaction wrote nothing
+        if not committed and len(ready) == 1:
+            answers[ready[0][0]] = CycleReport(result=CycleResult.CONFLICT)
+        elif not committed:
+            outcomes = await asyncio.gather(
+                *(ctx.journal.store.transact(p.operations) for _, p in ready),
+                return_exceptions=True,
+            )
+            for (object_id, prepared), outcome in zip(ready, outcomes, strict=True):
+                if outcome is None:
+                    committed.append((object_id, prepared))
+                elif isinstance(outcome, ConcurrencyError):
+                    answers[object_id] = CycleReport(result=CycleResult.CONFLICT)
+                elif isinstance(outcome, Exception):
+                    answers[object_id] = outcome
+                else:
+                    raise outcome  # cancelled: the whole batch is
+        for object_id, prepared in committed:
+            try:
+                answers[object_id] = await self._committed(tenant, prepared)
+            except Exception as exc:
+                answers[object_id] = exc
+        return answers
+
+    def _decode(self, tenant: str, object_id: str, raw: bytes) -> GovernedObject:
+        """The stored object: what this runner's last commit of it wrote, when the store
+        still holds exactly those bytes (encoding is exact, so they decode to it), else
+        decoded (through the journal's memo, keyed by content)."""
+        key = (tenant, object_id)
+        written = self._written.get(key)
+        if written is not None and written[0] == raw:
+            return written[1]
+        return self.ctx.journal._decoded.get(decode_object, raw)
+
+    def _remember(self, tenant: str, prepared: _Prepared) -> None:
+        key = (tenant, prepared.evaluated.object_id)
+        raw = prepared.stored
+        if len(raw) > WRITTEN_MEMO_MAX_OBJECT_BYTES:
+            self._forget(key)
+            return
+        self._forget(key)
+        self._written[key] = (raw, prepared.evaluated)
+        self._written_bytes += len(raw)
+        while self._written_bytes > WRITTEN_MEMO_BYTES:
+            _key, (evicted, _obj) = self._written.popitem(last=False)
+            self._written_bytes -= len(evicted)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        written = self._written.pop(key, None)
+        if written is not None:
+            self._written_bytes -= len(written[0])
+
+    def _prepare(
+        self,
+        tenant: str,
+        obj: GovernedObject,
+        etag: str,
+        generation: int | None,
+        now: datetime,
+    ) -> CycleReport | _Prepared:
+        """The object's cycle as operations to commit, or why it does not run now."""
         if obj.state is not LifecycleState.ACTIVE or obj.cycle.interval is None:
             return CycleReport(result=CycleResult.SKIPPED)
         if generation is not None and obj.cycle.generation != generation:
             return CycleReport(result=CycleResult.SKIPPED, cycle=obj.cycle)
-        now = ctx.clock.now()
         if obj.cycle.next_due is not None and obj.cycle.next_due > now:
             return CycleReport(result=CycleResult.NOT_DUE, cycle=obj.cycle)
         evaluated, events, admitted, denied = self.evaluate(obj, now=now)
@@ -119,21 +268,31 @@ class CycleRunner:
             admitted=admitted,
             denied=denied,
         )
-        stored = ctx.journal.put_object(tenant, evaluated, loaded.etag)
+        stored = self.ctx.journal.put_object(tenant, evaluated, etag)
         operations: list[Operation] = [stored]
         for event in events:
             operations.extend(outbox_puts(event))
-        crash_point("cycle.before-commit")
-        try:
-            await ctx.journal.store.transact(operations)
-        except ConcurrencyError:
-            return CycleReport(result=CycleResult.CONFLICT)
+        return _Prepared(
+            evaluated=evaluated,
+            operations=operations,
+            stored=stored.value,
+            now=now,
+            admitted=admitted,
+            denied=denied,
+        )
+
+    async def _committed(self, tenant: str, prepared: _Prepared) -> CycleReport:
         crash_point("cycle.after-commit")
+        self._remember(tenant, prepared)
+        evaluated = prepared.evaluated
         await self.compaction.after_cycle(
-            tenant, evaluated, stored_bytes=len(stored.value), now=now
+            tenant, evaluated, stored_bytes=len(prepared.stored), now=prepared.now
         )
         return CycleReport(
-            result=CycleResult.EVALUATED, cycle=evaluated.cycle, admitted=admitted, denied=denied
+            result=CycleResult.EVALUATED,
+            cycle=evaluated.cycle,
+            admitted=prepared.admitted,
+            denied=prepared.denied,
         )
 
     def evaluate(

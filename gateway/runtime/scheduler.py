@@ -84,6 +84,12 @@ class SchedulerStats:
 
 WAKE_PREFIX = "sched/wake/"
 
+#: Due objects of one tenant cycled by one task, in one store read and one commit
+#: (:meth:`CycleRunner.run_many`): the per-cycle costs of a task, a deadline, a read and
+#: a transaction are shared by the batch. Bounded so that one transaction stays small
+#: and a batch that must be rerun object by object (it timed out) stays cheap.
+CYCLE_BATCH = 32
+
 
 def wake_key(tenant: str, object_id: str) -> str:
     return f"{WAKE_PREFIX}{tenant}/{object_id}"
@@ -333,6 +339,7 @@ class Scheduler:
                         self._reconcile = True
                     now = self.clock.now()
                 heap = self._heap
+                batches: dict[str, list[tuple[str, int]]] = {}
                 while heap and heap[0][0] <= now:
                     _at, token, key = heapq.heappop(heap)
                     due = self._due.get(key)
@@ -342,9 +349,12 @@ class Scheduler:
                         # Its cycle is running; what it reports decides its next due time
                         # (or the backoff does, if it fails).
                         continue
-                    task = asyncio.create_task(self._cycle(key, due.generation))
-                    self._inflight[key] = task
-                    task.add_done_callback(functools.partial(self._done, key))
+                    batch = batches.setdefault(key[0], [])
+                    batch.append((key[1], due.generation))
+                    if len(batch) == CYCLE_BATCH:
+                        self._start(key[0], batches.pop(key[0]))
+                for tenant, batch in batches.items():
+                    self._start(tenant, batch)
                 wake_at = min(next_reconcile, next_poll)
                 if heap:
                     wake_at = min(wake_at, heap[0][0])
@@ -357,9 +367,51 @@ class Scheduler:
                 task.cancel()
             await asyncio.gather(*self._inflight.values(), return_exceptions=True)
 
-    def _done(self, key: tuple[str, str], _task: asyncio.Task[None]) -> None:
-        self._inflight.pop(key, None)
+    def _start(self, tenant: str, batch: list[tuple[str, int]]) -> None:
+        """One task for a batch of due objects of one tenant (see :data:`CYCLE_BATCH`)."""
+        if len(batch) == 1:
+            object_id, generation = batch[0]
+            task = asyncio.create_task(self._cycle((tenant, object_id), generation))
+        else:
+            task = asyncio.create_task(self._cycles(tenant, batch))
+        keys = [(tenant, object_id) for object_id, _ in batch]
+        for key in keys:
+            self._inflight[key] = task
+        task.add_done_callback(functools.partial(self._done, keys))
+
+    def _done(self, keys: list[tuple[str, str]], _task: asyncio.Task[None]) -> None:
+        for key in keys:
+            self._inflight.pop(key, None)
         self._wake.set()
+
+    async def _cycles(self, tenant: str, batch: list[tuple[str, int]]) -> None:
+        """Cycle a batch in one read and one commit (:meth:`CycleRunner.run_many`); each
+        object's answer or failure is its own. When the batch as a whole times out or
+        fails unexpectedly, which object caused it is unknown: each is then run again on
+        its own, under its own deadline (idempotent per generation), so only the culprit
+        backs off or is quarantined."""
+        async with self._slots:
+            try:
+                async with asyncio.timeout(self.cycle_timeout.total_seconds()):
+                    answers = await self.runner.run_many(tenant, batch)
+            except (StoreUnavailableError, OSError) as exc:
+                for object_id, _ in batch:
+                    self.stats.failures += 1
+                    await self._failed((tenant, object_id), str(exc), own=False)
+                return
+            except Exception:
+                log.warning("a batch of %d cycles failed; running each on its own", len(batch))
+                answers = None
+        if answers is None:
+            await asyncio.gather(
+                *(self._cycle((tenant, object_id), generation) for object_id, generation in batch)
+            )
+            return
+        for object_id, answer in answers.items():
+            if isinstance(answer, Exception):
+                await self._failure((tenant, object_id), answer)
+            else:
+                self._learn((tenant, object_id), answer)
 
     async def _cycle(self, key: tuple[str, str], generation: int) -> None:
         tenant, object_id = key
@@ -373,23 +425,24 @@ class Scheduler:
                 self.stats.timeouts += 1
                 await self._failed(key, f"timed out after {self.cycle_timeout}", own=True)
                 return
-            except (StoreUnavailableError, OSError) as exc:
-                # The host's trouble, not the object's: back off, never quarantine for it.
-                self.stats.failures += 1
-                await self._failed(key, str(exc), own=False)
-                return
-            except GatewayError as exc:
-                self.stats.failures += 1
-                await self._failed(key, str(exc), own=True)
-                return
             except Exception as exc:
-                # A bug or an unforeseen value must not make the task die and be
-                # restarted at once, forever: it is one more failure of this object.
-                log.exception("cycle of %s raised", object_id)
-                self.stats.failures += 1
-                await self._failed(key, f"{type(exc).__name__}: {exc}", own=True)
+                await self._failure(key, exc)
                 return
         self._learn(key, report)
+
+    async def _failure(self, key: tuple[str, str], exc: Exception) -> None:
+        """Back off (and perhaps quarantine) after a cycle of ``key`` raised ``exc``."""
+        self.stats.failures += 1
+        if isinstance(exc, StoreUnavailableError | OSError):
+            # The host's trouble, not the object's: back off, never quarantine for it.
+            await self._failed(key, str(exc), own=False)
+        elif isinstance(exc, GatewayError):
+            await self._failed(key, str(exc), own=True)
+        else:
+            # A bug or an unforeseen value must not make the task die and be
+            # restarted at once, forever: it is one more failure of this object.
+            log.error("cycle of %s raised", key[1], exc_info=exc)
+            await self._failed(key, f"{type(exc).__name__}: {exc}", own=True)
 
     def _learn(self, key: tuple[str, str], report: CycleReport) -> None:
         if report.result is CycleResult.EVALUATED:
