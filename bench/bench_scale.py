@@ -11,10 +11,9 @@ Figures (issue 13), ratios are *ours / floor* for times and *ours / floor* for r
 P1   p50 of one small migration A -> B (sequential), against the floor: the same work
      done the simplest correct way in the same process layout -- two mTLS unary round
      trips carrying the same bytes (the transfer envelope out, a receipt back; a commit
-     out, a receipt back) + as many Ed25519 signs and verifies as the protocol made
-     (counted with cProfile during one migration) + as many durable SQLite commits
-     (WAL, synchronous=FULL) as the protocol made (counted on both stores), each of the
-     object's size. Lower is better; 1.0 is the floor.
+     out, a receipt back) + as many Ed25519 signs and verifies as the protocol made +
+     as many durable SQLite commits (WAL, synchronous=FULL) as the protocol made, each
+     of the object's size. Lower is better; 1.0 is the floor.
 P1b  p50 of a migration into a host (C) holding ``--residents`` cycling objects, over
      the p50 into the same host C before it held them, same run. 1.0 is flat.
 P2   throughput of ``--moves`` migrations with 8 in flight, over the floor operation run
@@ -26,8 +25,42 @@ P5   committed cycles/s of ``--cycle-objects`` objects x 3 rules driven by the h
      once, activation per object). Higher is better.
 
 Every host is real (gateway.testing.build_world: CAs, keys, mTLS on 127.0.0.1, SQLite
-files), served by ``Host.serve`` in this process on one event loop; the floor's gRPC
-server uses the same certificates. P3 (a large object, streamed) is bench_stream.py.
+files). P3 (a large object, streamed) is bench_stream.py.
+
+Process layout (``--layout``, P1/P1b/P2; issue 13 point 8: each figure beside its floor
+in the same process layout):
+
+``processes`` (default, as deployed) -- B and C each run ``gateway serve`` as their own
+     OS process (gateway.testing.ServerProcess); A drives the migrations from this
+     process as ``gateway migrate`` does (its store opened with Host.open, not served).
+     The floor is split the same way: its gRPC server (B's certificate, A's CA, mTLS) is
+     this script re-run with ``--floor-server`` as its own process, doing the
+     destination's share of the signs, verifies and durable commits (its own SQLite
+     file, one writer thread) in its Transfer and Commit handlers; this process does
+     the source's share around the two calls, on its own file and writer thread.
+``one-process`` (the old layout, for comparison) -- A, B and C served with Host.serve
+     on this process's one event loop, and the floor's server and both its sides here
+     too. Then P2 puts both sides' Python CPU on one core, which a deployment never does.
+
+Counting the floor's work. Only a process that sees both sides can count both, so the
+counts are always taken with A and B served in this process (both layouts begin so):
+one warm-up migration, then one counted migration during which a profile hook counts
+Ed25519/ECDSA ``sign``/``verify`` calls and a wrapper counts the handoff's own store
+transactions (callers in gateway/handoff/), each put on the destination's side when a
+frame of gateway/handoff/destination.py or gateway/transport/server.py is on its stack,
+else on the source's. In the process layout B then stops and restarts as a process on
+the same store; the counts are in the JSON under ``floor_counts`` (today: 2+2 signs,
+2+3 verifies, 3+2 commits, source+destination).
+
+P1b in the process layout: C serves as a process for the "empty" half; then it stops,
+is filled with the residents through its own Host in this process (served, so their
+first cycles and outbox events run and settle, as before), closed, and serves again as
+a process holding them (their interval is an hour: held, not due); one untimed
+migration re-warms A's connection to it before the "full" half.
+
+Runs: ``bench/run.py`` runs ``--quick --only P1 P1b P2 P5 --json F``. To compare
+layouts, alternate invocations (processes, one-process, processes, ...) and take the
+median [min-max] of each layout's ratios.
 """
 
 from __future__ import annotations
