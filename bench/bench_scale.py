@@ -534,7 +534,7 @@ class ProtocolWork:
                 counter.commits[_side(caller)] += 1
             await real(store, operations)
 
-        SqliteStore.transact = transact  # type: ignore[method-assign]
+        SqliteStore.transact = transact  # type: ignore[method-assign,assignment]
         self._profile = sys.getprofile()
         sys.setprofile(self._hook)
         return self
@@ -694,8 +694,8 @@ async def migration_figures(
     opened: Host | None = None
     try:
         samples = arguments.samples
-        say(f"creating {2 * samples + 6 + arguments.moves} objects on A")
-        warm = await create_many(host_a, "org-a.example/bench/warm", 5, interval=3600)
+        say(f"creating {2 * samples + 9 + arguments.moves} objects on A")
+        warm = await create_many(host_a, "org-a.example/bench/warm", 8, interval=3600)
         p1_ids = await create_many(host_a, "org-a.example/bench/p1", samples, interval=3600)
         p1b_ids = await create_many(host_a, "org-a.example/bench/p1b", samples + 1, interval=3600)
         p1b_rewarm, p1b_ids = p1b_ids[-1], p1b_ids[:-1]
@@ -742,10 +742,12 @@ async def migration_figures(
                 object_bytes=counts["object_bytes"],
             )
         await floor.start()
-        # Warm both paths (connections, caches) in this layout.
-        await host_a.migrate(warm[2], tenant=TENANT, destination=HOST_B)
+        # Warm both paths (connections, a fresh server process's caches) in this layout.
+        for object_id in warm[2:5]:
+            await host_a.migrate(object_id, tenant=TENANT, destination=HOST_B)
         if "P1b" in wanted:
-            await host_a.migrate(warm[3], tenant=TENANT, destination=HOST_C)
+            for object_id in warm[5:8]:
+                await host_a.migrate(object_id, tenant=TENANT, destination=HOST_C)
         for _ in range(3):
             await floor.once()
         if "P1" in wanted or "P1b" in wanted:
@@ -947,7 +949,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as name:
         directory = Path(name)
-        peers = {HOST_A: ("default",), HOST_B: ("default",), HOST_C: ("default",)}
+        peers: dict[str, tuple[str, ...]] = {
+            HOST_A: ("default",),
+            HOST_B: ("default",),
+            HOST_C: ("default",),
+        }
         world = build_world(
             directory,
             [
