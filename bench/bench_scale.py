@@ -11,10 +11,9 @@ Figures (issue 13), ratios are *ours / floor* for times and *ours / floor* for r
 P1   p50 of one small migration A -> B (sequential), against the floor: the same work
      done the simplest correct way in the same process layout -- two mTLS unary round
      trips carrying the same bytes (the transfer envelope out, a receipt back; a commit
-     out, a receipt back) + as many Ed25519 signs and verifies as the protocol made
-     (counted with cProfile during one migration) + as many durable SQLite commits
-     (WAL, synchronous=FULL) as the protocol made (counted on both stores), each of the
-     object's size. Lower is better; 1.0 is the floor.
+     out, a receipt back) + as many Ed25519 signs and verifies as the protocol made +
+     as many durable SQLite commits (WAL, synchronous=FULL) as the protocol made, each
+     of the object's size. Lower is better; 1.0 is the floor.
 P1b  p50 of a migration into a host (C) holding ``--residents`` cycling objects, over
      the p50 into the same host C before it held them, same run. 1.0 is flat.
 P2   throughput of ``--moves`` migrations with 8 in flight, over the floor operation run
@@ -26,20 +25,53 @@ P5   committed cycles/s of ``--cycle-objects`` objects x 3 rules driven by the h
      once, activation per object). Higher is better.
 
 Every host is real (gateway.testing.build_world: CAs, keys, mTLS on 127.0.0.1, SQLite
-files), served by ``Host.serve`` in this process on one event loop; the floor's gRPC
-server uses the same certificates. P3 (a large object, streamed) is bench_stream.py.
+files). P3 (a large object, streamed) is bench_stream.py.
+
+Process layout (``--layout``, P1/P1b/P2; issue 13 point 8: each figure beside its floor
+in the same process layout):
+
+``processes`` (default, as deployed) -- B and C each run ``gateway serve`` as their own
+     OS process (gateway.testing.ServerProcess); A drives the migrations from this
+     process as ``gateway migrate`` does (its store opened with Host.open, not served).
+     The floor is split the same way: its gRPC server (B's certificate, A's CA, mTLS) is
+     this script re-run with ``--floor-server`` as its own process, doing the
+     destination's share of the signs, verifies and durable commits (its own SQLite
+     file, one writer thread) in its Transfer and Commit handlers; this process does
+     the source's share around the two calls, on its own file and writer thread.
+``one-process`` (the old layout, for comparison) -- A, B and C served with Host.serve
+     on this process's one event loop, and the floor's server and both its sides here
+     too. Then P2 puts both sides' Python CPU on one core, which a deployment never does.
+
+Counting the floor's work. Only a process that sees both sides can count both, so the
+counts are always taken with A and B served in this process (both layouts begin so):
+one warm-up migration, then one counted migration during which a profile hook counts
+Ed25519/ECDSA ``sign``/``verify`` calls and a wrapper counts the handoff's own store
+transactions (callers in gateway/handoff/), each put on the destination's side when a
+frame of gateway/handoff/destination.py or gateway/transport/server.py is on its stack,
+else on the source's. In the process layout B then stops and restarts as a process on
+the same store; the counts are in the JSON under ``floor_counts`` (today: 2+2 signs,
+2+3 verifies, 3+2 commits, source+destination).
+
+P1b in the process layout: C serves as a process for the "empty" half; then it stops,
+is filled with the residents through its own Host in this process (served, so their
+first cycles and outbox events run and settle, as before), closed, and serves again as
+a process holding them (their interval is an hour: held, not due); one untimed
+migration re-warms A's connection to it before the "full" half.
+
+Runs: ``bench/run.py`` runs ``--quick --only P1 P1b P2 P5 --json F``. To compare
+layouts, alternate invocations (processes, one-process, processes, ...) and take the
+median [min-max] of each layout's ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
 import json
 import os
-import pstats
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -56,7 +88,7 @@ from gateway.config import load_config
 from gateway.host import Host
 from gateway.objectspec import parse_spec
 from gateway.rules import RuleSet, load_data
-from gateway.testing import HostSpec, World, build_world, create_from_spec
+from gateway.testing import HostSpec, ServerProcess, World, build_world, create_from_spec
 
 HOST_A = "spiffe://org-a.example/cluster/east/gateway"
 HOST_B = "spiffe://org-b.example/cluster/west/gateway"
@@ -261,6 +293,171 @@ class Floor:
         return time.perf_counter() - began
 
 
+class ProcessFloor(Floor):
+    """The floor in the process layout: its gRPC server is its own OS process (this
+    script with ``--floor-server``) doing the destination's share of the signs, verifies
+    and durable commits on each call; this process does the source's share around its
+    two calls, as our source host does around Transfer and Commit."""
+
+    def __init__(self, *args: Any, destination: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.destination = destination
+        self._process: subprocess.Popen[bytes] | None = None
+        self._transfer: Any = None
+
+    async def start(self) -> None:
+        tls_b = self.world.host_directory(HOST_B) / "tls"
+        tls_a = self.world.host_directory(HOST_A) / "tls"
+        settings = {
+            "key": str(tls_b / "host.key"),
+            "crt": str(tls_b / "host.crt"),
+            "client_ca": str(tls_a / "ca.crt"),
+            "db": str(self.directory / "floor-server.db"),
+            "object_bytes": len(self.value),
+            "reply_bytes": len(self.reply),
+            **self.destination,
+        }
+        self._process = spawn_floor_server(settings, self.directory / "floor-server.log")
+        assert self._process.stdout is not None
+        line = await asyncio.get_running_loop().run_in_executor(None, self._process.stdout.readline)
+        if not line.startswith(b"floor: serving "):
+            raise RuntimeError(f"floor server did not start: {line!r}")
+        port = int(line.split()[-1])
+        channel_creds = grpc.ssl_channel_credentials(
+            (tls_b / "ca.crt").read_bytes(),
+            (tls_a / "host.key").read_bytes(),
+            (tls_a / "host.crt").read_bytes(),
+        )
+        self._channel = grpc.aio.secure_channel(
+            f"127.0.0.1:{port}",
+            channel_creds,
+            options=[("grpc.ssl_target_name_override", "localhost")],
+        )
+        self._transfer = self._channel.unary_unary(
+            "/floor.Raw/Transfer", request_serializer=_identity, response_deserializer=_identity
+        )
+        self._call = self._channel.unary_unary(
+            "/floor.Raw/Commit", request_serializer=_identity, response_deserializer=_identity
+        )
+        loop = asyncio.get_running_loop()
+        path = self.directory / "floor-0.db"
+        self._connections.append(
+            await loop.run_in_executor(self._writers[0], functools_partial(_floor_db, path))
+        )
+
+    async def stop(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+        loop = asyncio.get_running_loop()
+        for connection in self._connections:
+            await loop.run_in_executor(self._writers[0], connection.close)
+        for writer in self._writers:
+            writer.shutdown()
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=30)
+
+    async def once(self) -> float:
+        """The source's share of one migration here, the destination's in the server."""
+        self._counter += 1
+        tag = f"m{self._counter}"
+        source_commits = self.commits[0]
+        signs, verifies = self.signs, self.verifies
+        began = time.perf_counter()
+        await self._commits(0, (source_commits + 1) // 2, tag)
+        self._crypto((signs + 1) // 2, 0)
+        await self._transfer(self.transfer)
+        self._crypto(0, (verifies + 1) // 2)
+        await self._call(self.commit_message)
+        self._crypto(signs // 2, verifies // 2)
+        await self._commits(0, source_commits // 2, tag)
+        return time.perf_counter() - began
+
+
+def spawn_floor_server(settings: dict[str, Any], log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--floor-server", json.dumps(settings)],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
+def floor_server(settings: dict[str, Any]) -> None:
+    """The floor's destination as its own process: on Transfer, the first half of the
+    destination's verifies, signs and commits; on Commit, the rest; one writer thread
+    with one connection for the commits, as one connection per file would."""
+
+    identity = [(Path(settings["key"]).read_bytes(), Path(settings["crt"]).read_bytes())]
+    client_ca = Path(settings["client_ca"]).read_bytes()
+
+    async def run() -> None:
+        key = Ed25519PrivateKey.generate()
+        public = key.public_key()
+        message = os.urandom(200)
+        signature = key.sign(message)
+        value = os.urandom(settings["object_bytes"])
+        reply = os.urandom(settings["reply_bytes"])
+        writer = ThreadPoolExecutor(max_workers=1)
+        loop = asyncio.get_running_loop()
+        connection = await loop.run_in_executor(
+            writer, functools_partial(_floor_db, Path(settings["db"]))
+        )
+        counter = [0]
+
+        def commit(name: str) -> None:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (name, value))
+            connection.execute("COMMIT")
+
+        async def work(signs: int, verifies: int, commits: int) -> bytes:
+            counter[0] += 1
+            for _ in range(verifies):
+                public.verify(signature, message)
+            for index in range(commits):
+                await loop.run_in_executor(writer, commit, f"m{counter[0]}/{index % 4}")
+            for _ in range(signs):
+                key.sign(message)
+            return reply
+
+        signs, verifies, commits = settings["signs"], settings["verifies"], settings["commits"]
+
+        async def transfer(request: bytes, context: Any) -> bytes:
+            return await work((signs + 1) // 2, (verifies + 1) // 2, (commits + 1) // 2)
+
+        async def finish(request: bytes, context: Any) -> bytes:
+            return await work(signs // 2, verifies // 2, commits // 2)
+
+        handler = grpc.method_handlers_generic_handler(
+            "floor.Raw",
+            {
+                "Transfer": grpc.unary_unary_rpc_method_handler(transfer, _identity, _identity),
+                "Commit": grpc.unary_unary_rpc_method_handler(finish, _identity, _identity),
+            },
+        )
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 32 << 20)])
+        server.add_generic_rpc_handlers((handler,))
+        creds = grpc.ssl_server_credentials(
+            identity,
+            root_certificates=client_ca,
+            require_client_auth=True,
+        )
+        port = server.add_secure_port("127.0.0.1:0", creds)
+        await server.start()
+        print(f"floor: serving {port}", flush=True)
+        stop = asyncio.Event()
+        import signal
+
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await server.stop(None)
+        await loop.run_in_executor(writer, connection.close)
+        writer.shutdown()
+
+    asyncio.run(run())
+
+
 def functools_partial(function: Callable[..., Any], *args: Any) -> Callable[[], Any]:
     return lambda: function(*args)
 
@@ -276,52 +473,76 @@ def _floor_db(path: Path) -> sqlite3.Connection:
 # --- measuring the protocol --------------------------------------------------------------
 
 
-def count_work(profile: cProfile.Profile) -> tuple[int, int]:
-    """Ed25519/ECDSA signs and verifies made during ``profile``."""
-    stats = pstats.Stats(profile)
-    signs = verifies = 0
-    for (_file, _line, name), row in stats.stats.items():  # type: ignore[attr-defined]
-        calls = row[1]
-        if "Ed25519" not in name and "EllipticCurve" not in name:
-            continue
-        if "'sign'" in name:
-            signs += calls
-        elif "'verify'" in name:
-            verifies += calls
-    return signs, verifies
+#: Frames from these files belong to the destination's side of a migration (B's server
+#: handling Transfer/Commit); every other frame of a migration belongs to the source.
+DESTINATION_MARKERS = (
+    f"{os.sep}handoff{os.sep}destination.py",
+    f"{os.sep}transport{os.sep}server.py",
+)
 
 
-class ProtocolCommits:
-    """Counts the store transactions the handoff protocol itself makes (callers in
-    gateway/handoff/) while installed. Every host shares this process, so counting every
-    transaction (as this script first did) also counted whatever else committed in the
-    window: first cycles of freshly created objects, outbox deliveries of earlier
-    migrations' events. With faster reads those began to overlap the counted migration
-    and inflated the floor (20 commits instead of 5); the protocol's own are what the
-    floor must match."""
+def _side(frame: Any) -> int:
+    """0 for the source, 1 for the destination: whether a destination frame is on the
+    stack. Awaiting coroutines chain their frames, so a handler's frame is an ancestor of
+    whatever it calls while it runs."""
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if any(marker in name for marker in DESTINATION_MARKERS):
+            return 1
+        frame = frame.f_back
+    return 0
+
+
+class ProtocolWork:
+    """Counts, per side, the store transactions the handoff protocol itself makes
+    (callers in gateway/handoff/) and the Ed25519/ECDSA signs and verifies, while
+    installed, with both hosts served in this process (the one-process layout): each is
+    put on the destination's side when a destination frame is on its stack, else on the
+    source's. Counting only the handoff's own transactions matters: every host shares
+    this process, and counting every transaction also counted whatever else committed in
+    the window (first cycles of fresh objects, outbox deliveries of earlier migrations),
+    which once inflated the floor from 5 commits to 20. The split lets the process
+    layout's floor do each side's share in that side's process."""
 
     def __init__(self) -> None:
-        self.count = 0
+        self.commits = [0, 0]
+        self.signs = [0, 0]
+        self.verifies = [0, 0]
         self._real: Any = None
+        self._profile: Any = None
 
-    def __enter__(self) -> ProtocolCommits:
+    def _hook(self, frame: Any, event: str, arg: Any) -> None:
+        if event != "c_call":
+            return
+        name = getattr(arg, "__name__", "")
+        if name not in ("sign", "verify"):
+            return
+        owner = type(getattr(arg, "__self__", None)).__name__
+        if "Ed25519" not in owner and "EllipticCurve" not in owner:
+            return
+        (self.signs if name == "sign" else self.verifies)[_side(frame)] += 1
+
+    def __enter__(self) -> ProtocolWork:
         from gateway.stores.sqlite import SqliteStore
 
         real = self._real = SqliteStore.transact
         counter = self
 
         async def transact(store: Any, operations: Any) -> None:
-            caller = sys._getframe(1).f_code.co_filename
-            if f"{os.sep}gateway{os.sep}handoff{os.sep}" in caller:
-                counter.count += 1
+            caller = sys._getframe(1)
+            if f"{os.sep}gateway{os.sep}handoff{os.sep}" in caller.f_code.co_filename:
+                counter.commits[_side(caller)] += 1
             await real(store, operations)
 
-        SqliteStore.transact = transact  # type: ignore[method-assign]
+        SqliteStore.transact = transact  # type: ignore[method-assign,assignment]
+        self._profile = sys.getprofile()
+        sys.setprofile(self._hook)
         return self
 
     def __exit__(self, *_exc: object) -> None:
         from gateway.stores.sqlite import SqliteStore
 
+        sys.setprofile(self._profile)
         SqliteStore.transact = self._real  # type: ignore[method-assign]
 
 
@@ -430,70 +651,105 @@ def rss_mib() -> float:
 # --- the figures ---------------------------------------------------------------------------
 
 
+async def count_protocol(host_a: Host, host_b: Host, warm: list[str]) -> dict[str, Any]:
+    """What one migration A -> B costs, counted with both hosts served in this process
+    (the only layout where one process sees both sides): per side, the handoff's
+    commits and the signs and verifies; and the transfer envelope's and object's bytes."""
+    await host_a.migrate(warm[0], tenant=TENANT, destination=HOST_B)
+    with ProtocolWork() as work:
+        await host_a.migrate(warm[1], tenant=TENANT, destination=HOST_B)
+    record = (await host_a.journal.store.list("journal/source/"))[-1]
+    item = await host_a.journal.store.get(record)
+    assert item is not None
+    from gateway import wire
+
+    source_record = wire.decode_source_record(item.value)
+    obj = await host_b.get_object(warm[1], tenant=TENANT)
+    counts = {
+        "signs": sum(work.signs),
+        "verifies": sum(work.verifies),
+        "commits_source": work.commits[0],
+        "commits_destination": work.commits[1],
+        "signs_source": work.signs[0],
+        "signs_destination": work.signs[1],
+        "verifies_source": work.verifies[0],
+        "verifies_destination": work.verifies[1],
+        "transfer_bytes": len(source_record.transfer),
+        "object_bytes": len(wire.encode_object(obj)),
+    }
+    say(f"one migration: {counts}")
+    return counts
+
+
 async def migration_figures(
     world: World, directory: Path, arguments: argparse.Namespace, results: dict[str, Any]
 ) -> None:
     wanted = set(arguments.only)
-    hosts, running = await serve(world, [HOST_A, HOST_B, HOST_C])
-    host_a, host_b, host_c = hosts[HOST_A], hosts[HOST_B], hosts[HOST_C]
+    processes = arguments.layout == "processes"
+    results["layout"] = arguments.layout
+    hosts, running = await serve(world, [HOST_A, HOST_B] if processes else [HOST_A, HOST_B, HOST_C])
+    host_a, host_b = hosts[HOST_A], hosts[HOST_B]
     floor: Floor | None = None
+    servers: dict[str, ServerProcess] = {}
+    opened: Host | None = None
     try:
         samples = arguments.samples
-        say(f"creating {2 * samples + 1 + arguments.moves} objects on A")
-        warm = await create_many(host_a, "org-a.example/bench/warm", 3, interval=3600)
+        say(f"creating {2 * samples + 9 + arguments.moves} objects on A")
+        warm = await create_many(host_a, "org-a.example/bench/warm", 8, interval=3600)
         p1_ids = await create_many(host_a, "org-a.example/bench/p1", samples, interval=3600)
-        p1b_ids = await create_many(host_a, "org-a.example/bench/p1b", samples, interval=3600)
+        p1b_ids = await create_many(host_a, "org-a.example/bench/p1b", samples + 1, interval=3600)
+        p1b_rewarm, p1b_ids = p1b_ids[-1], p1b_ids[:-1]
         p2_ids = (
             await create_many(host_a, "org-a.example/bench/p2", arguments.moves, interval=3600)
             if "P2" in wanted
             else []
         )
-        # Warm both paths (connections, caches), and count what one migration costs.
-        await host_a.migrate(warm[0], tenant=TENANT, destination=HOST_B)
-        await host_a.migrate(warm[2], tenant=TENANT, destination=HOST_C)
-        profile = cProfile.Profile()
-        with ProtocolCommits() as counted:
-            profile.enable()
-            await host_a.migrate(warm[1], tenant=TENANT, destination=HOST_B)
-            profile.disable()
-        signs, verifies = count_work(profile)
-        total_commits = counted.count
-        # Both hosts run in this process: the split between them is not counted, so the
-        # floor puts half on each side's writer.
-        commits = ((total_commits + 1) // 2, total_commits // 2)
-        record = (await host_a.journal.store.list("journal/source/"))[-1]
-        item = await host_a.journal.store.get(record)
-        assert item is not None
-        from gateway import wire
-
-        source_record = wire.decode_source_record(item.value)
-        transfer_bytes = len(source_record.transfer)
-        obj = await host_b.get_object(warm[1], tenant=TENANT)
-        object_bytes = len(wire.encode_object(obj))
-        say(
-            f"one migration: {signs} signs, {verifies} verifies, commits source {commits[0]} "
-            f"destination {commits[1]}, transfer {transfer_bytes} B, object {object_bytes} B"
-        )
-        floor = Floor(
-            directory,
-            world,
-            transfer_bytes=transfer_bytes,
-            reply_bytes=400,
-            signs=signs,
-            verifies=verifies,
-            commits=commits,
-            object_bytes=object_bytes,
-        )
+        counts = await count_protocol(host_a, host_b, warm)
+        results["floor_counts"] = counts
+        if processes:
+            # B (and C) become `gateway serve` processes; A drives migrations from this
+            # process as `gateway migrate` does: its store opened, not served.
+            await shut(running)
+            running = []
+            servers[HOST_B] = ServerProcess(world.config(HOST_B)).start(timeout=60)
+            if "P1b" in wanted:
+                servers[HOST_C] = ServerProcess(world.config(HOST_C)).start(timeout=60)
+            opened = host_a = await Host.open(load_config(world.config(HOST_A)))
+            floor = ProcessFloor(
+                directory,
+                world,
+                transfer_bytes=counts["transfer_bytes"],
+                reply_bytes=400,
+                signs=counts["signs_source"],
+                verifies=counts["verifies_source"],
+                commits=(counts["commits_source"], counts["commits_destination"]),
+                object_bytes=counts["object_bytes"],
+                destination={
+                    "signs": counts["signs_destination"],
+                    "verifies": counts["verifies_destination"],
+                    "commits": counts["commits_destination"],
+                },
+            )
+        else:
+            floor = Floor(
+                directory,
+                world,
+                transfer_bytes=counts["transfer_bytes"],
+                reply_bytes=400,
+                signs=counts["signs"],
+                verifies=counts["verifies"],
+                commits=(counts["commits_source"], counts["commits_destination"]),
+                object_bytes=counts["object_bytes"],
+            )
         await floor.start()
+        # Warm both paths (connections, a fresh server process's caches) in this layout.
+        for object_id in warm[2:5]:
+            await host_a.migrate(object_id, tenant=TENANT, destination=HOST_B)
+        if "P1b" in wanted:
+            for object_id in warm[5:8]:
+                await host_a.migrate(object_id, tenant=TENANT, destination=HOST_C)
         for _ in range(3):
             await floor.once()
-        results["floor_counts"] = {
-            "signs": signs,
-            "verifies": verifies,
-            "commits_source": commits[0],
-            "commits_destination": commits[1],
-            "transfer_bytes": transfer_bytes,
-        }
         if "P1" in wanted or "P1b" in wanted:
             # Interleave ours and the floor so that load on the machine hits both alike.
             ours: list[float] = []
@@ -513,29 +769,24 @@ async def migration_figures(
                 f"{results['P1']['ratio']:.2f}x"
             )
         if "P1b" in wanted:
-            # The same host before and after it holds the residents: every host runs in
-            # this process, so a host's background work (its scheduler) costs all of them
-            # alike, and only the same host in two phases compares like with like.
+            # The same host before and after it holds the residents: only the same host
+            # in two phases compares like with like.
             half = len(p1b_ids) // 2
             empty = statistics.median(await migrate_sequential(host_a, p1b_ids[:half], HOST_C))
-            say(f"filling C with {arguments.residents} cycling objects")
             began = time.perf_counter()
-            await create_many(
-                host_c, "org-c.example/bench/resident", arguments.residents, interval=3600
-            )
-            say(f"  filled in {time.perf_counter() - began:.0f} s")
-            # "Holding" objects is the steady state, not the burst right after creating
-            # them: every new object is due at once, and with 10,000 residents their
-            # first cycles (and their outbox events) were still running when the second
-            # half began, which measured a just-filled host's backlog, not per-arrival
-            # work that grows with residents. Wait until each resident has cycled once
-            # and the cycle count has stopped moving (their interval is an hour).
-            cycled = await settle(host_c, arguments.residents)
-            pending = len(await host_c.journal.store.list("pending/", limit=100_000))
-            say(
-                f"  {cycled} first cycles done, {pending} outbox events pending, "
-                f"after {time.perf_counter() - began:.0f} s"
-            )
+            if processes:
+                # C's residents are created through C's own Host (its store is not shared
+                # across processes while served): C stops, is filled and settled here,
+                # then serves again as a process holding them. Their interval is an hour,
+                # so after the restart they are held, not due.
+                servers.pop(HOST_C).stop()
+                filled, filling = await serve(world, [HOST_C])
+                await fill(filled[HOST_C], arguments.residents, began)
+                await shut(filling)
+                servers[HOST_C] = ServerProcess(world.config(HOST_C)).start(timeout=120)
+            else:
+                await fill(hosts[HOST_C], arguments.residents, began)
+            await host_a.migrate(p1b_rewarm, tenant=TENANT, destination=HOST_C)
             await asyncio.sleep(1.5)
             full = statistics.median(await migrate_sequential(host_a, p1b_ids[half:], HOST_C))
             results["P1b"] = {
@@ -549,10 +800,7 @@ async def migration_figures(
                 f"into C empty {empty * 1e3:.1f} ms: {results['P1b']['ratio']:.2f}x"
             )
         if "P2" in wanted:
-            # Interleaved in rounds (ours, floor, ours, floor...) as P1 is: run one after
-            # the other, whatever the hosts still had to do after the earlier figures
-            # (C's deliveries after P1b) and the machine's load in that minute fell on
-            # ours alone.
+            # Interleaved in rounds (ours, floor, ours, floor...) as P1 is.
             ours_seconds = floor_seconds = 0.0
             rounds = P2_ROUNDS
             for index in range(rounds):
@@ -574,6 +822,24 @@ async def migration_figures(
         if floor is not None:
             await floor.stop()
         await shut(running)
+        if opened is not None:
+            await opened.close()
+        for server in servers.values():
+            server.stop()
+
+
+async def fill(host_c: Host, residents: int, began: float) -> None:
+    say(f"filling C with {residents} cycling objects")
+    await create_many(host_c, "org-c.example/bench/resident", residents, interval=3600)
+    say(f"  filled in {time.perf_counter() - began:.0f} s")
+    # "Holding" objects is the steady state, not the burst right after creating them:
+    # wait until each resident has cycled once and the cycle count has stopped moving.
+    cycled = await settle(host_c, residents)
+    pending = len(await host_c.journal.store.list("pending/", limit=100_000))
+    say(
+        f"  {cycled} first cycles done, {pending} outbox events pending, "
+        f"after {time.perf_counter() - began:.0f} s"
+    )
 
 
 async def cycle_figure(
@@ -655,6 +921,14 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help="figures to run (default all)",
     )
     parser.add_argument("--json", type=Path, help="write the figures as JSON to this file")
+    parser.add_argument(
+        "--layout",
+        choices=["processes", "one-process"],
+        default="processes",
+        help="P1/P1b/P2: B and C as `gateway serve` processes and the floor's server in "
+        "its own process (default), or every host and the floor in this process",
+    )
+    parser.add_argument("--floor-server", help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
     quick = arguments.quick
     arguments.samples = arguments.samples or (30 if quick else 100)
@@ -668,11 +942,18 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
+    if arguments.floor_server:
+        floor_server(json.loads(arguments.floor_server))
+        return 0
     results: dict[str, Any] = {"quick": arguments.quick}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as name:
         directory = Path(name)
-        peers = {HOST_A: ("default",), HOST_B: ("default",), HOST_C: ("default",)}
+        peers: dict[str, tuple[str, ...]] = {
+            HOST_A: ("default",),
+            HOST_B: ("default",),
+            HOST_C: ("default",),
+        }
         world = build_world(
             directory,
             [
