@@ -210,19 +210,19 @@ def main() -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="100000 generations within a 150 s budget (whichever comes first)",
+        help="100000 generations within a 60 s budget (whichever comes first)",
     )
     parser.add_argument(
         "--budget",
         type=float,
         help="stop cycling after this many seconds and report how many generations ran "
-        "(default 600, 150 with --quick)",
+        "(default 600, 60 with --quick)",
     )
     parser.add_argument("--samples", type=int, default=20, help="lines printed during the run")
     parser.add_argument("--json", metavar="FILE", help='write {"compaction": {...}} to FILE')
     args = parser.parse_args()
     generations = 100_000 if args.quick else args.generations
-    budget = args.budget if args.budget is not None else 150.0 if args.quick else 600.0
+    budget = args.budget if args.budget is not None else 60.0 if args.quick else 600.0
     with tempfile.TemporaryDirectory(prefix="bench-compaction-") as directory:
         world = world_for(generations, Path(directory))
         figures = asyncio.run(run(generations, args.samples, world, budget))

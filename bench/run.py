@@ -340,10 +340,19 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
         )
     compaction = results.get("compaction")
     if isinstance(compaction, dict):
+        # The few figures point 1 judges (the JSON keeps them all): a table cell, not a dump.
+        wanted = {
+            "generations": "generations",
+            "peak_record_bytes": "peak record B",
+            "peak_carried_entries": "peak carried entries",
+            "archive_segments": "segments",
+            "verified_entries": "verified entries",
+        }
         shown = ", ".join(
-            f"{k} {_number(v)}"
-            for k, v in compaction.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
+            f"{label} {_number(compaction[key])}"
+            for key, label in wanted.items()
+            if isinstance(compaction.get(key), int | float)
+            and not isinstance(compaction.get(key), bool)
         )
         table.append(["compaction (no ratio)", "-", shown or "-", "-", "-", "-", "-"])
     curves = results.get("curves")
