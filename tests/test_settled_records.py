@@ -71,7 +71,7 @@ def test_records_written_with_their_transfer_still_read_and_slim_on_rewrite(
 
     async def main() -> None:
         async with serving(world) as hosts:
-            a, b = hosts[HOST_A], hosts[HOST_B]
+            a = hosts[HOST_A]
             obj = await a.create_object(
                 OBJECT, tenant="default", data=b"{}", content_type="application/json"
             )
