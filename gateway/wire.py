@@ -754,6 +754,8 @@ def encode_source_record(record: SourceRecord) -> bytes:
         created_at=_ts(record.created_at),
         updated_at=_ts(record.updated_at),
         reason=record.reason,
+        transfer_digest=record.transfer_digest,
+        epoch=record.epoch,
     ).SerializeToString(deterministic=True)
 
 
@@ -771,6 +773,8 @@ def decode_source_record(raw: bytes) -> SourceRecord:
         created_at=_dt(message.created_at, "journal record creation time"),
         updated_at=_dt(message.updated_at, "journal record update time"),
         reason=message.reason,
+        transfer_digest=message.transfer_digest,
+        epoch=message.epoch,
     )
 
 

@@ -37,12 +37,13 @@ import struct
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
 from gateway import wire
 from gateway.errors import ConcurrencyError, NotFoundError
-from gateway.handoff.records import DestinationRecord, SourceRecord
+from gateway.handoff.records import SETTLED_SOURCE_STEPS, DestinationRecord, SourceRecord
+from gateway.lineage import digest
 from gateway.model import GovernedObject
 from gateway.stores import Delete, Expect, Operation, Put, StateStore
 from gateway.tenancy import Usage
@@ -156,8 +157,27 @@ def put_object(tenant: str, obj: GovernedObject, etag: str | Expect) -> Put:
     return Put(key=object_key(tenant, obj.object_id), value=wire.encode_object(obj), etag=etag)
 
 
+def settled_form(record: SourceRecord) -> SourceRecord:
+    """``record`` as stored: once DONE or ABORTED it never sends its transfer again, so
+    the envelope (which carries the object's whole lineage) is dropped and only what
+    settled records are read for is kept: the transfer's digest (receipts, status
+    answers) and epoch (results). Done inside the op that settles the record, so the
+    slimming commits with the step change or not at all."""
+    if record.step not in SETTLED_SOURCE_STEPS or not record.transfer:
+        return record
+    payload = wire.decode_envelope(record.transfer).payload
+    return replace(
+        record,
+        transfer=b"",
+        transfer_digest=record.transfer_digest or digest(payload),
+        epoch=record.epoch or wire.transfer_epoch(payload),
+    )
+
+
 def put_source(record: SourceRecord, etag: str | Expect) -> Put:
-    """The op writing the source side's ``record`` if ``etag`` holds."""
+    """The op writing the source side's ``record`` if ``etag`` holds (slimmed once
+    settled, see :func:`settled_form`)."""
+    record = settled_form(record)
     return Put(
         key=source_key(record.migration_id),
         value=wire.encode_source_record(record),
@@ -269,6 +289,7 @@ class Journal:
         return put
 
     def put_source(self, record: SourceRecord, etag: str | Expect) -> Put:
+        record = settled_form(record)
         put = put_source(record, etag)
         self._decoded.remember(wire.decode_source_record, put.value, record)
         return put

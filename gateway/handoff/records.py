@@ -29,12 +29,22 @@ class SourceRecord:
     tenant: str
     destination_host: str
     step: SourceStep
-    transfer: bytes  #: exact serialized transfer envelope, re-sent unchanged on retries
+    #: exact serialized transfer envelope, re-sent unchanged on retries; empty once the
+    #: record is settled (DONE/ABORTED), when only its digest and epoch are still read
+    transfer: bytes
     staged_receipt: bytes = b""
     activation_receipt: bytes = b""
     created_at: datetime
     updated_at: datetime
     reason: str = ""
+    #: digest of the transfer payload; set when the record settles (b"" in older records)
+    transfer_digest: bytes = b""
+    #: epoch the transfer carried; set when the record settles (0 in older records)
+    epoch: int = 0
+
+
+#: Steps after which a source record never sends its transfer again.
+SETTLED_SOURCE_STEPS = frozenset({SourceStep.DONE, SourceStep.ABORTED})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

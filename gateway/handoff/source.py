@@ -85,8 +85,14 @@ def _transfer_payload(record: SourceRecord) -> bytes:
 
 
 def _transfer_digest(record: SourceRecord) -> bytes:
-    """The digest by which receipts (and the tombstone) name the record's transfer."""
-    return digest(_transfer_payload(record))
+    """The digest by which receipts (and the tombstone) name the record's transfer.
+    Settled records keep only this digest; older ones still hold the transfer."""
+    return record.transfer_digest or digest(_transfer_payload(record))
+
+
+def _transfer_epoch(record: SourceRecord) -> int:
+    """The epoch the record's transfer carries (kept alone once the record settled)."""
+    return record.epoch or wire.transfer_epoch(_transfer_payload(record))
 
 
 class Source:
@@ -251,7 +257,7 @@ class Source:
             object_id=record.object_id,
             destination=record.destination_host,
             step=record.step,
-            epoch=wire.transfer_epoch(_transfer_payload(record)),
+            epoch=_transfer_epoch(record),
         )
 
     async def _prepare_and_commit(self, record: SourceRecord) -> SourceRecord:

@@ -26,19 +26,19 @@ from gateway.v1 import object_pb2 as gateway_dot_v1_dot_object__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gateway/v1/journal.proto\x12\ngateway.v1\x1a\x17gateway/v1/object.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x02\n\x0cSourceRecord\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x18\n\x10\x64\x65stination_host\x18\x04 \x01(\t\x12$\n\x04step\x18\x05 \x01(\x0e\x32\x16.gateway.v1.SourceStep\x12\x10\n\x08transfer\x18\x06 \x01(\x0c\x12\x16\n\x0estaged_receipt\x18\x07 \x01(\x0c\x12\x1a\n\x12\x61\x63tivation_receipt\x18\x08 \x01(\x0c\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x0b \x01(\t\"\xf3\x02\n\x11\x44\x65stinationRecord\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x13\n\x0bsource_host\x18\x04 \x01(\t\x12)\n\x04step\x18\x05 \x01(\x0e\x32\x1b.gateway.v1.DestinationStep\x12\x17\n\x0ftransfer_digest\x18\x06 \x01(\x0c\x12\x16\n\x0estaged_receipt\x18\x07 \x01(\x0c\x12\x1a\n\x12\x61\x63tivation_receipt\x18\x08 \x01(\x0c\x12(\n\x06staged\x18\t \x01(\x0b\x32\x18.gateway.v1.StoredObject\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x0c \x01(\t*\x8b\x01\n\nSourceStep\x12\x1b\n\x17SOURCE_STEP_UNSPECIFIED\x10\x00\x12\x16\n\x12SOURCE_STEP_FROZEN\x10\x01\x12\x19\n\x15SOURCE_STEP_COMMITTED\x10\x02\x12\x14\n\x10SOURCE_STEP_DONE\x10\x03\x12\x17\n\x13SOURCE_STEP_ABORTED\x10\x04*\x8e\x01\n\x0f\x44\x65stinationStep\x12 \n\x1c\x44\x45STINATION_STEP_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44\x45STINATION_STEP_STAGED\x10\x01\x12\x1e\n\x1a\x44\x45STINATION_STEP_ACTIVATED\x10\x02\x12\x1c\n\x18\x44\x45STINATION_STEP_ABORTED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gateway/v1/journal.proto\x12\ngateway.v1\x1a\x17gateway/v1/object.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x02\n\x0cSourceRecord\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x18\n\x10\x64\x65stination_host\x18\x04 \x01(\t\x12$\n\x04step\x18\x05 \x01(\x0e\x32\x16.gateway.v1.SourceStep\x12\x10\n\x08transfer\x18\x06 \x01(\x0c\x12\x16\n\x0estaged_receipt\x18\x07 \x01(\x0c\x12\x1a\n\x12\x61\x63tivation_receipt\x18\x08 \x01(\x0c\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x17\n\x0ftransfer_digest\x18\x0c \x01(\x0c\x12\r\n\x05\x65poch\x18\r \x01(\x04\"\xf3\x02\n\x11\x44\x65stinationRecord\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x13\n\x0bsource_host\x18\x04 \x01(\t\x12)\n\x04step\x18\x05 \x01(\x0e\x32\x1b.gateway.v1.DestinationStep\x12\x17\n\x0ftransfer_digest\x18\x06 \x01(\x0c\x12\x16\n\x0estaged_receipt\x18\x07 \x01(\x0c\x12\x1a\n\x12\x61\x63tivation_receipt\x18\x08 \x01(\x0c\x12(\n\x06staged\x18\t \x01(\x0b\x32\x18.gateway.v1.StoredObject\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x0c \x01(\t*\x8b\x01\n\nSourceStep\x12\x1b\n\x17SOURCE_STEP_UNSPECIFIED\x10\x00\x12\x16\n\x12SOURCE_STEP_FROZEN\x10\x01\x12\x19\n\x15SOURCE_STEP_COMMITTED\x10\x02\x12\x14\n\x10SOURCE_STEP_DONE\x10\x03\x12\x17\n\x13SOURCE_STEP_ABORTED\x10\x04*\x8e\x01\n\x0f\x44\x65stinationStep\x12 \n\x1c\x44\x45STINATION_STEP_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44\x45STINATION_STEP_STAGED\x10\x01\x12\x1e\n\x1a\x44\x45STINATION_STEP_ACTIVATED\x10\x02\x12\x1c\n\x18\x44\x45STINATION_STEP_ABORTED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gateway.v1.journal_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SOURCESTEP']._serialized_start=793
-  _globals['_SOURCESTEP']._serialized_end=932
-  _globals['_DESTINATIONSTEP']._serialized_start=935
-  _globals['_DESTINATIONSTEP']._serialized_end=1077
+  _globals['_SOURCESTEP']._serialized_start=833
+  _globals['_SOURCESTEP']._serialized_end=972
+  _globals['_DESTINATIONSTEP']._serialized_start=975
+  _globals['_DESTINATIONSTEP']._serialized_end=1117
   _globals['_SOURCERECORD']._serialized_start=99
-  _globals['_SOURCERECORD']._serialized_end=416
-  _globals['_DESTINATIONRECORD']._serialized_start=419
-  _globals['_DESTINATIONRECORD']._serialized_end=790
+  _globals['_SOURCERECORD']._serialized_end=456
+  _globals['_DESTINATIONRECORD']._serialized_start=459
+  _globals['_DESTINATIONRECORD']._serialized_end=830
 # @@protoc_insertion_point(module_scope)

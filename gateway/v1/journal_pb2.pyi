@@ -76,6 +76,8 @@ class SourceRecord(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    TRANSFER_DIGEST_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     migration_id: _builtins.str
     object_id: _builtins.str
     tenant: _builtins.str
@@ -86,6 +88,12 @@ class SourceRecord(_message.Message):
     staged_receipt: _builtins.bytes
     activation_receipt: _builtins.bytes
     reason: _builtins.str
+    transfer_digest: _builtins.bytes
+    """Kept once the record settles (DONE/ABORTED), when `transfer` is dropped: receipts
+    and status answers name the transfer by this digest; results report this epoch.
+    Empty/0 in records written before settled records were slimmed (they keep `transfer`).
+    """
+    epoch: _builtins.int
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -104,10 +112,12 @@ class SourceRecord(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         reason: _builtins.str = ...,
+        transfer_digest: _builtins.bytes = ...,
+        epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation_receipt", b"activation_receipt", "created_at", b"created_at", "destination_host", b"destination_host", "migration_id", b"migration_id", "object_id", b"object_id", "reason", b"reason", "staged_receipt", b"staged_receipt", "step", b"step", "tenant", b"tenant", "transfer", b"transfer", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation_receipt", b"activation_receipt", "created_at", b"created_at", "destination_host", b"destination_host", "epoch", b"epoch", "migration_id", b"migration_id", "object_id", b"object_id", "reason", b"reason", "staged_receipt", b"staged_receipt", "step", b"step", "tenant", b"tenant", "transfer", b"transfer", "transfer_digest", b"transfer_digest", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
