@@ -208,6 +208,35 @@ def archived_digest(entries: Sequence[bytes]) -> bytes:
     return hasher.digest()
 
 
+def compaction_cut(
+    lineage: Lineage,
+    *,
+    host: str,
+    keep: int,
+    departures: Sequence[Checkpoint] | None = None,
+) -> int | None:
+    """Where ``host`` may cut: the size of the prefix it archives, or ``None``.
+
+    ``lineage.size - keep`` when ``host`` held the object at that point; a base is
+    signed by the holder at its size (verify_lineage), so a cut falling in another
+    host's stay (an object that came back) moves forward to where ``host``'s current
+    stay began, keeping fewer than ``keep`` entries. ``None`` when nothing is left to
+    archive that way (at least one entry must stay carried)."""
+    if departures is None:
+        departures = [Checkpoint.decode(c.payload) for c in lineage.checkpoints]
+    size = lineage.size - keep
+
+    def holder(at: int) -> str:
+        covered = [d for d in departures if d.size <= at]
+        return covered[-1].to if covered else lineage.creator()
+
+    if holder(size) != host and departures:
+        size = departures[-1].size
+    if holder(size) != host or not lineage.start < size < lineage.size:
+        return None
+    return size
+
+
 def compact(
     lineage: Lineage,
     *,
@@ -222,9 +251,12 @@ def compact(
     carried = len(lineage.entries)
     if not 1 <= keep < carried:
         raise ValueError(f"cannot keep {keep} of {carried} entries")
-    start, size = lineage.start, lineage.size - keep
-    old = lineage.base_claim()
     departures = [Checkpoint.decode(c.payload) for c in lineage.checkpoints]
+    cut = compaction_cut(lineage, host=host, keep=keep, departures=departures)
+    if cut is None:
+        raise ValueError(f"{host} holds no stretch of the lineage it could archive")
+    start, size = lineage.start, cut
+    old = lineage.base_claim()
     cuts = [d.size for d in departures if d.size <= size]
     # The spine: the old base's ranges up to its last cut stay as they are; the range
     # after it grows through the newly archived entries, cut at each departure in them.

@@ -16,7 +16,14 @@ import pytest
 
 from gateway import envelope as dsse
 from gateway import wire
-from gateway.archive import CompactionPolicy, Segment, compact, fold_repeats, verify_archived
+from gateway.archive import (
+    CompactionPolicy,
+    Segment,
+    compact,
+    compaction_cut,
+    fold_repeats,
+    verify_archived,
+)
 from gateway.custody import require_extends_departures, verify_custody
 from gateway.errors import LineageError
 from gateway.lineage import (
@@ -207,3 +214,45 @@ def test_a_compacted_lineage_round_trips_the_wire() -> None:
     decoded = wire.decode_lineage(wire.encode_lineage(obj.lineage))
     assert decoded == obj.lineage
     assert decoded.root() == obj.lineage.root() and decoded.start == obj.lineage.start
+
+
+def test_a_holder_whose_cut_would_fall_in_another_hosts_stay_archives_only_its_own() -> None:
+    """Found by the 10-minute soak: an object came back to A soon after leaving it, A's
+    policy cut at ``size - keep``, inside B's stay, and A signed a base that every
+    receiver refused ("only the holder compacts"). The cut now moves to where A's
+    current stay began, and the compacted object moves again."""
+    segments: list[Segment] = []
+    obj = run(created(), range(10), host=HOST_A, segments=segments, vary=1)
+    at_b = depart(obj, host=HOST_A, to=HOST_B, migration="mig-1")
+    at_b = replace(at_b, state=LifecycleState.ACTIVE, migration_id="").record(
+        EntryKind.REHOSTED, host=HOST_B, at=T0 + timedelta(days=2), detail=""
+    )
+    at_b = run(at_b, range(100, 130), host=HOST_B, segments=segments, vary=1)
+    back = depart(at_b, host=HOST_B, to=HOST_A, migration="mig-2")
+    back_size = back.lineage.size
+    at_a = replace(back, state=LifecycleState.ACTIVE, migration_id="").record(
+        EntryKind.REHOSTED, host=HOST_A, at=T0 + timedelta(days=3), detail=""
+    )
+    at_a = run(at_a, range(200, 203), host=HOST_A, segments=[], vary=1)
+    keep = 20  # size - keep lies in B's stay
+    assert at_a.lineage.size - keep < back_size
+    assert compaction_cut(at_a.lineage, host=HOST_A, keep=keep) == back_size
+    # Without the move the base would be refused, as in the soak.
+    unmoved_size = at_a.lineage.size - keep
+    assert unmoved_size > at_a.lineage.start
+
+    lineage, segment = compact(
+        at_a.lineage,
+        object_id=OBJECT,
+        host=HOST_A,
+        at=T0 + timedelta(days=4),
+        signer=SIGNERS[HOST_A],
+        keep=keep,
+    )
+    segments.append(segment)
+    compacted = replace(at_a, lineage=lineage)
+    assert compacted.lineage.start == back_size
+    moving = depart(compacted, host=HOST_A, to=HOST_B, migration="mig-3")
+    # What refused the object in the soak (arrival receipts are test_custody's subject).
+    verify_lineage(moving.lineage, object_id=OBJECT, trust=TRUST, sealed=True)
+    verify_archived(segments, compacted.lineage, object_id=OBJECT, trust=TRUST, sealed=False)

@@ -43,6 +43,7 @@ from gateway.archive import (
     CompactionPolicy,
     Segment,
     compact,
+    compaction_cut,
     fold_repeats,
     read_segments,
 )
@@ -239,13 +240,16 @@ class Compaction:
         now = ctx.clock.now()
         if not self.policy.due(obj.lineage, now=now, stored_bytes=stored_bytes):
             return False
+        keep = self.policy.keep(obj.lineage)
+        if compaction_cut(obj.lineage, host=ctx.host, keep=keep) is None:
+            return False  # only another host's stay is old enough to archive
         lineage, segment = compact(
             obj.lineage,
             object_id=object_id,
             host=ctx.host,
             at=now,
             signer=ctx.signer,
-            keep=self.policy.keep(obj.lineage),
+            keep=keep,
         )
         await self.archive.write(tenant, segment)
         crash_point("compaction.after-archive")

@@ -96,8 +96,11 @@ class CycleReport:
 #: object it wrote): the next cycle of each reads those very bytes back and, compared
 #: with a memcmp instead of hashed, they cost no decode. The journal's memo (keyed by
 #: content, 16 MiB) is shared with migrations and is too small for a host cycling a
-#: few thousand objects with some history each.
-WRITTEN_MEMO_BYTES = 32 << 20
+#: few thousand objects with some history each. 8 MiB, not more: the decoded objects
+#: take about 2.3 times their bytes, and the soak (bench/bench_soak.py) counts every
+#: cache's fill in a server's memory growth (at 32 MiB this memo alone could hold
+#: about 100 MiB).
+WRITTEN_MEMO_BYTES = 8 << 20
 WRITTEN_MEMO_MAX_OBJECT_BYTES = 256 << 10
 
 
