@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
 import json
 import platform
 import statistics
@@ -41,9 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench_lineage
 import bench_scale
-from bench_scale import HOST_A, HOST_B, HOST_C, POLICY, TENANT
+from bench_scale import HOST_A, HOST_B, HOST_C, POLICY
 
-from gateway import wire
 from gateway.host import Host
 from gateway.testing import HostSpec, World, build_world
 
@@ -70,20 +68,10 @@ async def make_floor(
 ) -> Any:
     """bench_scale's P1 floor, sized by counting one migration A -> C of ``ids[0]``
     (after ``ids[1]`` warmed the path): its signs, verifies, commits and bytes."""
-    await source.migrate(ids[1], tenant=TENANT, destination=HOST_C)
-    profile = cProfile.Profile()
-    with bench_scale.ProtocolCommits() as counted:
-        profile.enable()
-        await source.migrate(ids[0], tenant=TENANT, destination=HOST_C)
-        profile.disable()
-    signs, verifies = bench_scale.count_work(profile)
-    record = (await source.journal.store.list("journal/source/"))[-1]
-    item = await source.journal.store.get(record)
-    if item is None:
-        raise RuntimeError(f"the source journal lost {record} while the floor was sized")
-    transfer_bytes = len(wire.decode_source_record(item.value).transfer)
-    object_bytes = len(wire.encode_object(await destination.get_object(ids[0], tenant=TENANT)))
-    commits = ((counted.count + 1) // 2, counted.count // 2)
+    counts = await bench_scale.count_protocol(source, destination, [ids[1], ids[0]], to=HOST_C)
+    signs, verifies = counts["signs"], counts["verifies"]
+    transfer_bytes, object_bytes = counts["transfer_bytes"], counts["object_bytes"]
+    commits = (counts["commits_source"], counts["commits_destination"])
     say(f"floor: {signs} signs, {verifies} verifies, commits {commits}, {transfer_bytes} B")
     floor = bench_scale.Floor(
         directory,

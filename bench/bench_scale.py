@@ -508,6 +508,10 @@ class ProtocolWork:
         self.commits = [0, 0]
         self.signs = [0, 0]
         self.verifies = [0, 0]
+        #: the largest transfer envelope a source journal record held while counting
+        #: (the FROZEN record: a settled record keeps only its digest, so reading the
+        #: journal afterwards would size the floor's transfer at 0 bytes)
+        self.transfer_bytes = 0
         self._real: Any = None
         self._profile: Any = None
 
@@ -532,12 +536,22 @@ class ProtocolWork:
             caller = sys._getframe(1)
             if f"{os.sep}gateway{os.sep}handoff{os.sep}" in caller.f_code.co_filename:
                 counter.commits[_side(caller)] += 1
+            counter.note_transfers(operations)
             await real(store, operations)
 
         SqliteStore.transact = transact  # type: ignore[method-assign,assignment]
         self._profile = sys.getprofile()
         sys.setprofile(self._hook)
         return self
+
+    def note_transfers(self, operations: Any) -> None:
+        from gateway import wire
+        from gateway.stores import Put
+
+        for operation in operations:
+            if isinstance(operation, Put) and operation.key.startswith("journal/source/"):
+                record = wire.decode_source_record(operation.value)
+                self.transfer_bytes = max(self.transfer_bytes, len(record.transfer))
 
     def __exit__(self, *_exc: object) -> None:
         from gateway.stores.sqlite import SqliteStore
@@ -651,19 +665,19 @@ def rss_mib() -> float:
 # --- the figures ---------------------------------------------------------------------------
 
 
-async def count_protocol(host_a: Host, host_b: Host, warm: list[str]) -> dict[str, Any]:
-    """What one migration A -> B costs, counted with both hosts served in this process
-    (the only layout where one process sees both sides): per side, the handoff's
+async def count_protocol(
+    host_a: Host, host_b: Host, warm: list[str], *, to: str = HOST_B
+) -> dict[str, Any]:
+    """What one migration A -> ``to`` costs, counted with both hosts served in this
+    process (the only layout where one process sees both sides): per side, the handoff's
     commits and the signs and verifies; and the transfer envelope's and object's bytes."""
-    await host_a.migrate(warm[0], tenant=TENANT, destination=HOST_B)
+    await host_a.migrate(warm[0], tenant=TENANT, destination=to)
     with ProtocolWork() as work:
-        await host_a.migrate(warm[1], tenant=TENANT, destination=HOST_B)
-    record = (await host_a.journal.store.list("journal/source/"))[-1]
-    item = await host_a.journal.store.get(record)
-    assert item is not None
+        await host_a.migrate(warm[1], tenant=TENANT, destination=to)
+    if not work.transfer_bytes:
+        raise RuntimeError("no source journal record held a transfer while counting")
     from gateway import wire
 
-    source_record = wire.decode_source_record(item.value)
     obj = await host_b.get_object(warm[1], tenant=TENANT)
     counts = {
         "signs": sum(work.signs),
@@ -674,7 +688,7 @@ async def count_protocol(host_a: Host, host_b: Host, warm: list[str]) -> dict[st
         "signs_destination": work.signs[1],
         "verifies_source": work.verifies[0],
         "verifies_destination": work.verifies[1],
-        "transfer_bytes": len(source_record.transfer),
+        "transfer_bytes": work.transfer_bytes,
         "object_bytes": len(wire.encode_object(obj)),
     }
     say(f"one migration: {counts}")
