@@ -216,23 +216,31 @@ async def write_blob(
             await writes.popleft()
         while hashes:
             await hashes.popleft()
-        if expected_size is not None and size != expected_size:
-            raise TransferStreamError(
-                f"object data stream ended after {size} of {expected_size} bytes (truncated)",
-                hint="migrate again; nothing was stored",
-            )
-        digest = hasher.digest()
-        if expected_digest is not None and digest != expected_digest:
-            raise TransferStreamError(
-                "object data does not hash to the digest its signed transfer names",
-                hint="the data was altered on the way; nothing was stored",
-            )
+        digest = _finished(hasher, size, expected_size, expected_digest)
     except BaseException:
         # Let what is in flight finish first, so that no batch lands after the cleanup.
         await asyncio.gather(*writes, *hashes, return_exceptions=True)
         await delete_chunks(store, location, submitted)
         raise
     return BlobRef(digest=digest, size=size, location=location, chunks=submitted)
+
+
+def _finished(
+    hasher: hashlib._Hash, size: int, expected_size: int | None, expected_digest: bytes | None
+) -> bytes:
+    """The stream's digest, once its size and digest are what the signed transfer said."""
+    if expected_size is not None and size != expected_size:
+        raise TransferStreamError(
+            f"object data stream ended after {size} of {expected_size} bytes (truncated)",
+            hint="migrate again; nothing was stored",
+        )
+    digest: bytes = hasher.digest()
+    if expected_digest is not None and digest != expected_digest:
+        raise TransferStreamError(
+            "object data does not hash to the digest its signed transfer names",
+            hint="the data was altered on the way; nothing was stored",
+        )
+    return digest
 
 
 async def _write_file(
@@ -303,17 +311,7 @@ async def _write_file(
                 unsynced = 0
         while pending:
             await pending.popleft()
-        if expected_size is not None and size != expected_size:
-            raise TransferStreamError(
-                f"object data stream ended after {size} of {expected_size} bytes (truncated)",
-                hint="migrate again; nothing was stored",
-            )
-        digest = hasher.digest()
-        if expected_digest is not None and digest != expected_digest:
-            raise TransferStreamError(
-                "object data does not hash to the digest its signed transfer names",
-                hint="the data was altered on the way; nothing was stored",
-            )
+        digest = _finished(hasher, size, expected_size, expected_digest)
         if syncing is not None:
             await syncing
             syncing = None
