@@ -162,6 +162,19 @@ def percentile(values: list[float], fraction: float) -> float:
 # --- the floor ------------------------------------------------------------------------
 
 
+def _floor_channel(tls_a: Path, tls_b: Path, port: int) -> grpc.aio.Channel:
+    """A's mTLS channel to the floor's server, which presents B's certificate."""
+    return grpc.aio.secure_channel(
+        f"127.0.0.1:{port}",
+        grpc.ssl_channel_credentials(
+            (tls_b / "ca.crt").read_bytes(),
+            (tls_a / "host.key").read_bytes(),
+            (tls_a / "host.crt").read_bytes(),
+        ),
+        options=[("grpc.ssl_target_name_override", "localhost")],
+    )
+
+
 def _identity(raw: bytes) -> bytes:
     return raw
 
@@ -223,16 +236,7 @@ class Floor:
         port = server.add_secure_port("127.0.0.1:0", creds)
         await server.start()
         self._server = server
-        channel_creds = grpc.ssl_channel_credentials(
-            (tls_b / "ca.crt").read_bytes(),
-            (tls_a / "host.key").read_bytes(),
-            (tls_a / "host.crt").read_bytes(),
-        )
-        self._channel = grpc.aio.secure_channel(
-            f"127.0.0.1:{port}",
-            channel_creds,
-            options=[("grpc.ssl_target_name_override", "localhost")],
-        )
+        self._channel = _floor_channel(tls_a, tls_b, port)
         self._call = self._channel.unary_unary(
             "/floor.Raw/Call", request_serializer=_identity, response_deserializer=_identity
         )
@@ -323,16 +327,7 @@ class ProcessFloor(Floor):
         if not line.startswith(b"floor: serving "):
             raise RuntimeError(f"floor server did not start: {line!r}")
         port = int(line.split()[-1])
-        channel_creds = grpc.ssl_channel_credentials(
-            (tls_b / "ca.crt").read_bytes(),
-            (tls_a / "host.key").read_bytes(),
-            (tls_a / "host.crt").read_bytes(),
-        )
-        self._channel = grpc.aio.secure_channel(
-            f"127.0.0.1:{port}",
-            channel_creds,
-            options=[("grpc.ssl_target_name_override", "localhost")],
-        )
+        self._channel = _floor_channel(tls_a, tls_b, port)
         self._transfer = self._channel.unary_unary(
             "/floor.Raw/Transfer", request_serializer=_identity, response_deserializer=_identity
         )

@@ -66,6 +66,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.run import finite
 from gateway.config import load_config
 from gateway.errors import GatewayError
 from gateway.handoff.pruning import minimum_retention
@@ -671,17 +672,6 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _finite(value: Any) -> Any:
-    """NaN (a third without migrations, a sample without objects) as null: strict JSON."""
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     results: dict[str, Any] = {"quick": args.quick}
@@ -691,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
         results["soak"] = run_soak(args)
         print_soak(results["soak"])
     if args.json is not None:
-        args.json.write_text(json.dumps(_finite(results), indent=1, allow_nan=False) + "\n")
+        args.json.write_text(json.dumps(finite(results), indent=1, allow_nan=False) + "\n")
     return 0
 
 

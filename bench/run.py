@@ -582,7 +582,7 @@ class Run:
             figure = results.get(target.figure)
             if isinstance(figure, dict):
                 figure.setdefault("met", {})[target.key] = verdict(target, figure)
-        results = _finite(results)
+        results = finite(results)
         results["meta"] = {
             "quick": self.quick,
             "runs": self.runs,
@@ -598,15 +598,15 @@ class Run:
         return results
 
 
-def _finite(value: Any) -> Any:
+def finite(value: Any) -> Any:
     """NaN and infinities (a drift over an empty third) as null: the output is strict
     JSON that any tool reads, and a figure that could not be computed says so."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 
