@@ -55,7 +55,6 @@ from gateway.rules import RuleSet, check_data, compiled, dump_data, load_data
 from gateway.runtime.compaction import Compaction
 from gateway.runtime.outbox import Event, event_key, outbox_puts
 from gateway.stores import Operation
-from gateway.wire import decode_object
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +226,7 @@ class CycleRunner:
         written = self._written.get(key)
         if written is not None and written[0] == raw:
             return written[1]
-        return self.ctx.journal._decoded.get(decode_object, raw)
+        return self.ctx.journal.decode_object(raw)
 
     def _remember(self, tenant: str, prepared: _Prepared) -> None:
         key = (tenant, prepared.evaluated.object_id)
