@@ -346,8 +346,11 @@ class Destination:
             suffix = f"{tag}/{transfer.migration_id}/{uuid.uuid4().hex[:16]}"
             upload = UPLOAD_MARKERS + suffix
             collectable = to_millis(transfer.expires_at + 2 * self.ctx.timing.clock_skew)
-            await store.put(upload, encode_counter(collectable), etag=Expect.ABSENT)
             try:
+                # Inside the try: a call cancelled while the marker's write is queued
+                # can still see that write commit on the store's worker (which runs
+                # calls in order, so the cleanup's delete comes after it).
+                await store.put(upload, encode_counter(collectable), etag=Expect.ABSENT)
                 blob = await write_blob(
                     store,
                     f"upload/{suffix}/",
