@@ -147,6 +147,9 @@ class LineageConfig:
     #: where archive segments go: a directory, or None for the host's own store (the
     #: default, and the only choice on a Dapr host without a shared filesystem)
     archive_dir: Path | None = None
+    #: segments in the host's store of an object that left are deleted this long after
+    #: it left; None (the default) keeps them forever (gateway.runtime.sweep)
+    archive_retention: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -720,7 +723,14 @@ def parse_config(document: Any, *, source: Path) -> Config:
     )
 
 
-_COMPACTION_KEYS = {"max_entries", "keep_entries", "max_bytes", "max_age_seconds", "archive_dir"}
+_COMPACTION_KEYS = {
+    "max_entries",
+    "keep_entries",
+    "max_bytes",
+    "max_age_seconds",
+    "archive_dir",
+    "archive_retention_seconds",
+}
 
 
 def _lineage(r: _Reader, value: Any) -> LineageConfig:
@@ -757,4 +767,12 @@ def _lineage(r: _Reader, value: Any) -> LineageConfig:
     archive_dir = (
         r.path(given["archive_dir"], f"{where}.archive_dir") if "archive_dir" in given else None
     )
-    return LineageConfig(compaction=policy, fold_repeats=fold, archive_dir=archive_dir)
+    retention = given.get("archive_retention_seconds")
+    return LineageConfig(
+        compaction=policy,
+        fold_repeats=fold,
+        archive_dir=archive_dir,
+        archive_retention=None
+        if retention is None
+        else r.seconds(retention, f"{where}.archive_retention_seconds"),
+    )
