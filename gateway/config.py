@@ -150,6 +150,8 @@ class LineageConfig:
     #: segments in the host's store of an object that left are deleted this long after
     #: it left; None (the default) keeps them forever (gateway.runtime.sweep)
     archive_retention: timedelta | None = None
+    #: with ``archive_retention``: pruned segments are first written here as files
+    archive_export_dir: Path | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -730,6 +732,7 @@ _COMPACTION_KEYS = {
     "max_age_seconds",
     "archive_dir",
     "archive_retention_seconds",
+    "archive_export_dir",
 }
 
 
@@ -768,6 +771,14 @@ def _lineage(r: _Reader, value: Any) -> LineageConfig:
         r.path(given["archive_dir"], f"{where}.archive_dir") if "archive_dir" in given else None
     )
     retention = given.get("archive_retention_seconds")
+    export_dir = given.get("archive_export_dir")
+    if export_dir is not None and retention is None:
+        raise r.fail(
+            f"{where}.archive_export_dir",
+            "names where pruned segments go, but archive_retention_seconds is not set "
+            "(nothing is pruned)",
+            "set lineage.compaction.archive_retention_seconds, or leave archive_export_dir out",
+        )
     return LineageConfig(
         compaction=policy,
         fold_repeats=fold,
@@ -775,4 +786,7 @@ def _lineage(r: _Reader, value: Any) -> LineageConfig:
         archive_retention=None
         if retention is None
         else r.seconds(retention, f"{where}.archive_retention_seconds"),
+        archive_export_dir=None
+        if export_dir is None
+        else r.path(export_dir, f"{where}.archive_export_dir"),
     )

@@ -166,7 +166,14 @@ class Host:
         self.recovery = Recovery(self.context, self.source, self.destination, self.peers)
         self.compaction = compaction_for(config, self.context)
         #: orphan blob files and departed objects' segments (first pass at start)
-        self.sweep = StorageSweep(self.context, archive_retention=config.lineage.archive_retention)
+        self.sweep = StorageSweep(
+            self.context,
+            archive_retention=config.lineage.archive_retention,
+            archive_export_dir=config.lineage.archive_export_dir,
+        )
+        if self.sweep.archives is not None:
+            # A tombstone is the only way to find its segments: it goes after them.
+            self.recovery.pruner.tombstone_guard = self.sweep.archives.tombstone_may_go
         self.cycles = CycleRunner(self.context, compaction=self.compaction)
         self.calls = Calls(self.context)
         self.events = Events(self.context, self.cycles, clock=clock)

@@ -57,7 +57,7 @@ pass costs what the retention window holds, not the host's whole history.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -79,7 +79,7 @@ from gateway.handoff.journal import (
 )
 from gateway.handoff.offline import MAX_OFFLINE_LIFETIME
 from gateway.handoff.records import DestinationStep, SourceRecord, SourceStep
-from gateway.model import LifecycleState
+from gateway.model import GovernedObject, LifecycleState
 from gateway.stores import Delete, Operation
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,10 @@ class Pruner:
         self.retention = floor if retention is None else max(retention, floor)
         self._next: datetime | None = None
         self.tombstones = 0  #: deleted by the pass under way
+        #: Asked before a tombstone is deleted (the host plugs in the archive pruning:
+        #: a tombstone is the only way to find its object's archive segments, so with
+        #: an archive retention it goes only after them); None lets every one go.
+        self.tombstone_guard: Callable[[str, GovernedObject], Awaitable[bool]] | None = None
 
     async def maybe_run(self) -> PruneReport | None:
         """One pass if the last was long enough ago (a tenth of the retention, at most a
@@ -230,6 +234,8 @@ class Pruner:
                 # have expired yet. Keep both; nothing to gain from being clever here.
                 return []
             operations.append(Delete(key=fence.key, etag=fence.etag))
+        if self.tombstone_guard is not None and not await self.tombstone_guard(tenant, tombstone):
+            return []
         return operations
 
     async def _prune_destinations(self, cutoff: datetime, open_ids: set[str]) -> tuple[int, int]:

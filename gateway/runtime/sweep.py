@@ -53,11 +53,12 @@ from pathlib import Path
 from google.protobuf.message import DecodeError
 
 from gateway import wire
+from gateway.archive import ArchiveDir, Segment
 from gateway.blobs import FILE_LOCATION, blob_directory, blob_file_name
 from gateway.errors import ConcurrencyError, GatewayError, StoreError
 from gateway.handoff.context import HostContext
 from gateway.handoff.destination import UPLOAD_MARKERS
-from gateway.handoff.journal import DESTINATION_PREFIX
+from gateway.handoff.journal import DESTINATION_PREFIX, object_key
 from gateway.model import GovernedObject, LifecycleState
 from gateway.runtime.compaction import StoreArchive, index_key, segment_key
 from gateway.stores import Delete, Expect, Operation, Put, StateStore
@@ -180,10 +181,28 @@ def departed_at(obj: GovernedObject) -> datetime | None:
 
 @dataclass(slots=True)
 class ArchivePruner:
-    """Prunes the store-held segments of departed objects past ``retention``."""
+    """Prunes the store-held segments of departed objects past ``retention``; with
+    ``export_dir``, each segment is first written there as a file (the layout
+    ``gateway verify --archive`` reads: ``<dir>/<tenant>/<sha256(id)[:32]>/``), and a
+    segment that cannot be written is not deleted."""
 
     ctx: HostContext
     retention: timedelta
+    export_dir: Path | None = None
+
+    async def tombstone_may_go(self, tenant: str, tombstone: GovernedObject) -> bool:
+        """For the handoff pruner, before it deletes a tombstone: the tombstone is the
+        only way to find the object's segments (archive keys are unlisted), so it may go
+        only once they are pruned. Prunes them now if the retention has passed."""
+        key = object_key(tenant, tombstone.object_id)
+        await self.prune_object(tenant, key, self.ctx.clock.now() - self.retention)
+        try:
+            pairs, _etag = await StoreArchive(self.ctx.journal.store).held(
+                tenant, tombstone.object_id
+            )
+        except StoreError:
+            return False
+        return not pairs
 
     async def run_once(self) -> int:
         """One pass over the tombstones here; returns how many segments were deleted."""
@@ -229,6 +248,8 @@ class ArchivePruner:
             if not pairs:
                 return deleted
             batch, rest = pairs[:SEGMENT_DELETE_BATCH], pairs[SEGMENT_DELETE_BATCH:]
+            if self.export_dir is not None and not await self._export(tenant, tombstone, batch):
+                return deleted
             operations: list[Operation] = [
                 # The guard: the same tombstone, unchanged since it was read. An object
                 # that came back meanwhile owns these segments again.
@@ -257,6 +278,30 @@ class ArchivePruner:
                 )
                 return deleted
 
+    async def _export(
+        self, tenant: str, tombstone: GovernedObject, pairs: list[tuple[int, int]]
+    ) -> bool:
+        """Write the segments ``pairs`` under :attr:`export_dir`; False if any could not
+        be read or written (then nothing is deleted)."""
+        assert self.export_dir is not None
+        store = self.ctx.journal.store
+        keys = [segment_key(tenant, tombstone.object_id, s, n) for s, n in pairs]
+        found = await store.get_many(keys)
+        files = ArchiveDir(self.export_dir)
+        try:
+            segments = [Segment.decode(found[k].value) for k in keys if k in found]
+            for segment in segments:
+                await asyncio.to_thread(files.write, tenant, segment)
+        except (GatewayError, OSError) as exc:
+            log.warning(
+                "not pruning the archive of %s: exporting it to %s failed: %s",
+                tombstone.object_id,
+                self.export_dir,
+                exc,
+            )
+            return False
+        return True
+
 
 class StorageSweep:
     """The sweep a serving host runs at start and every :data:`SWEEP_INTERVAL_S`: orphan
@@ -268,11 +313,14 @@ class StorageSweep:
         context: HostContext,
         *,
         archive_retention: timedelta | None = None,
+        archive_export_dir: Path | None = None,
         interval_s: float = SWEEP_INTERVAL_S,
     ) -> None:
         self.ctx = context
         self.archives = (
-            ArchivePruner(context, archive_retention) if archive_retention is not None else None
+            ArchivePruner(context, archive_retention, archive_export_dir)
+            if archive_retention is not None
+            else None
         )
         self.interval_s = interval_s
         self._next: float | None = None
