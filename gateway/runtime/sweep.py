@@ -190,16 +190,15 @@ class ArchivePruner:
     retention: timedelta
     export_dir: Path | None = None
 
-    async def tombstone_may_go(self, tenant: str, tombstone: GovernedObject) -> bool:
+    async def tombstone_may_go(self, tenant: str, object_id: str) -> bool:
         """For the handoff pruner, before it deletes a tombstone: the tombstone is the
         only way to find the object's segments (archive keys are unlisted), so it may go
-        only once they are pruned. Prunes them now if the retention has passed."""
-        key = object_key(tenant, tombstone.object_id)
+        only once they are pruned. Prunes them now if the retention has passed (only a
+        MOVED tombstone's: :meth:`prune_object` checks)."""
+        key = object_key(tenant, object_id)
         await self.prune_object(tenant, key, self.ctx.clock.now() - self.retention)
         try:
-            pairs, _etag = await StoreArchive(self.ctx.journal.store).held(
-                tenant, tombstone.object_id
-            )
+            pairs, _etag = await StoreArchive(self.ctx.journal.store).held(tenant, object_id)
         except StoreError:
             return False
         return not pairs
