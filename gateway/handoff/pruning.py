@@ -41,6 +41,12 @@ docs/storage.md):
   Without a home the tombstone is kept: it is then this host's only way to refuse
   a stale copy, and tombstones are bounded by the objects that passed through, not by
   migrations.
+  A tombstone whose departure has no journal record any more (pruned before this rule,
+  or kept then because a condition did not hold) is found by a scan of the object
+  records, at most once per :data:`TOMBSTONE_SCAN_INTERVAL`, and deleted by the same
+  rule once its departure (its last entry, the freeze) is older than the retention.
+  With ``tombstone_guard`` set (the host's archive retention), a tombstone goes only
+  once its object's archive segments are gone: they can be found only through it.
 * **Staged chunks** (on SQLite: the blob file, ADR 0009) of an aborted stage are
   deleted by the abort; of an upload that never staged, by
   ``Destination.collect_uploads`` once its transfer expired (which also sweeps ``.part``
@@ -51,7 +57,8 @@ docs/storage.md):
 
 Every delete is conditional on the ETag read, so a record that changed meanwhile (a
 retry settled it again, a new arrival raised the fence) is left for the next pass. A
-pass costs what the retention window holds, not the host's whole history.
+pass costs what the retention window holds, not the host's whole history, plus (hourly)
+one read of the object records for the tombstone scan.
 """
 
 from __future__ import annotations
