@@ -1,6 +1,6 @@
 """Storage sweep: what no protocol step collects, found by what the store still names.
 
-Two leftovers of long-lived hosts (docs/storage.md, "What a crash or history leaves"):
+Two leftovers of long-lived hosts (docs/storage.md, the pruning rule and "Blob data"):
 
 * **Orphan blob files** (ADR 0009). A record's delete and its file's unlink are two
   steps; a crash between them (crash points ``source.after-commit-journal``,
@@ -31,8 +31,13 @@ Two leftovers of long-lived hosts (docs/storage.md, "What a crash or history lea
   ever pruned**, as before. Segments of an object that lives here (ACTIVE, FROZEN,
   STAGED) are its history and never pruned. Each delete is one transaction guarded by the
   tombstone's ETag (rewritten unchanged), so an object that comes back while its
-  segments are being pruned keeps the rest. Segments written to
-  ``lineage.compaction.archive_dir`` are files the operator owns and are not touched.
+  segments are being pruned keeps the rest (its arrival, had it raced the guard, is
+  retried by the destination's commit loop as after any lost race). With
+  ``archive_export_dir`` a segment is written there (fsynced) before it is deleted, and
+  not deleted if that fails. Segments written to ``lineage.compaction.archive_dir`` are
+  files the operator owns and are not touched. The handoff pruner asks
+  :meth:`ArchivePruner.tombstone_may_go` before deleting a tombstone: it goes only once
+  its object's segments are gone.
 
 Runs at host start and then every :data:`SWEEP_INTERVAL_S` (``Host.recover``), before
 the handoff pruner, so a departed object's segments are pruned before the tombstone that
