@@ -159,6 +159,66 @@ def test_an_orphan_left_by_a_crash_before_the_unlink_is_swept_at_start(tmp_path:
     assert read_store(config_b, lambda s: _content(s, on_b)) == data[MOVING]
 
 
+@pytest.mark.slow
+def test_a_server_killed_after_discarding_a_stage_leaves_an_orphan_the_sweep_removes(
+    tmp_path: Path,
+) -> None:
+    """B's ``gateway serve`` is SIGKILLed right after journaling the abort of a staged
+    copy, before unlinking its file (``destination.after-discard``). Restarted, B's sweep
+    removes the file; A still holds the object and its data."""
+    world = make_world(tmp_path)
+    config_a, config_b = world.config(HOST_A), world.config(HOST_B)
+    content = os.urandom(2 * CHUNK_BYTES + 3)
+    data_file = tmp_path / "big.bin"
+    data_file.write_bytes(content)
+    created = run_cli(
+        "object",
+        "create",
+        MOVING,
+        "--data-file",
+        str(data_file),
+        "--content-type",
+        "application/octet-stream",
+        "--tenant",
+        "default",
+        config=config_a,
+        timeout=60,
+    )
+    assert created.returncode == 0, created.stderr
+    with ExitStack() as stack:
+        server_a = ServerProcess(config_a)
+        server_b = ServerProcess(config_b, env=environment(("destination.after-discard",)))
+        start_all(stack, server_a, server_b)
+        # The CLI dies once B staged the copy; A's server aborts, B discards and dies.
+        migrate = subprocess.run(
+            command("migrate", MOVING, "--to", HOST_B, config=config_a, tenant="default"),
+            env=environment(("source.after-prepare",)),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert migrate.returncode == SIGKILLED, migrate.stderr
+        armed = server_b.process
+        assert armed is not None
+        wait_for("B to die at destination.after-discard", lambda: armed.poll() is not None)
+        assert armed.returncode == SIGKILLED
+        orphans = read_store(config_b, _files)
+        assert len(orphans) == 1, "the discarded copy's file, named by no record"
+        server_a.stop()
+        _backdate(_directory(config_b), *orphans)
+        a_files = read_store(config_a, _files)
+        _backdate(_directory(config_a), *a_files)
+        server_a, server_b = ServerProcess(config_a), ServerProcess(config_b)
+        start_all(stack, server_a, server_b)
+        wait_for("B's sweep at start", lambda: read_store(config_b, _files) == [])
+        wait_for("A to hold the object ACTIVE", lambda: _active_on(config_a, MOVING))
+        assert read_store(config_a, _files) == a_files
+
+    state, ref = read_store(config_a, lambda s: _object_blob(s, MOVING))
+    assert state is LifecycleState.ACTIVE and ref is not None
+    assert read_store(config_a, lambda s: _content(s, ref)) == content
+
+
 def _active_on(config: Path, object_id: str) -> bool:
     async def read(store: StateStore) -> bool:
         loaded = await Journal(store).object("default", object_id)
