@@ -118,3 +118,19 @@ def test_the_retention_settings_parse_and_a_bad_one_names_its_key() -> None:
             parsed({"compaction": bad})
         assert str(raised.value).startswith(f"/etc/gateway/host.yaml: {key}: "), raised.value
         assert "\n" not in str(raised.value)
+
+
+def test_a_segment_that_cannot_be_exported_is_not_pruned(tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the export directory should be")
+    world = _compacted_world(
+        tmp_path / "w",
+        {**SMALL, "archive_retention_seconds": DAY, "archive_export_dir": str(blocked)},
+    )
+    with contextlib.closing(world):
+        host_a = world.hosts[HOST_A]
+        held = world.run(_held(host_a, LEAVING))
+        world.clock(HOST_A).skew(DAY + 60)
+        assert world.run(host_a.sweep.run_once()) == (0, 0)
+        assert world.run(_held(host_a, LEAVING)) == held
+        assert len(world.run(StoreArchive(host_a.store).segments("default", LEAVING))) == held

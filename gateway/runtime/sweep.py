@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -296,6 +297,11 @@ class ArchivePruner:
             segments = [Segment.decode(found[k].value) for k in keys if k in found]
             for segment in segments:
                 await asyncio.to_thread(files.write, tenant, segment)
+            if segments:
+                # The files' names too are durable before the store forgets the data.
+                await asyncio.to_thread(
+                    _fsync_directory, files.directory(tenant, tombstone.object_id)
+                )
         except (GatewayError, OSError) as exc:
             log.warning(
                 "not pruning the archive of %s: exporting it to %s failed: %s",
@@ -305,6 +311,14 @@ class ArchivePruner:
             )
             return False
         return True
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class StorageSweep:
