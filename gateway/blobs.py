@@ -511,3 +511,10 @@ async def delete_blob(store: StateStore, ref: BlobRef) -> None:
         await asyncio.to_thread(path.unlink, missing_ok=True)
         return
     await delete_chunks(store, ref.location, ref.chunks)
+
+
+def blob_file_name(location: str) -> str:
+    """The name of the ``.blob`` file of ``location`` (with or without ``file:``) in a
+    blob directory: what a record naming that location refers to (for the sweep of
+    files no record names, gateway.runtime.sweep)."""
+    return f"{_file_name(location)}.blob"

@@ -147,6 +147,11 @@ class LineageConfig:
     #: where archive segments go: a directory, or None for the host's own store (the
     #: default, and the only choice on a Dapr host without a shared filesystem)
     archive_dir: Path | None = None
+    #: segments in the host's store of an object that left are deleted this long after
+    #: it left; None (the default) keeps them forever (gateway.runtime.sweep)
+    archive_retention: timedelta | None = None
+    #: with ``archive_retention``: pruned segments are first written here as files
+    archive_export_dir: Path | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -720,7 +725,15 @@ def parse_config(document: Any, *, source: Path) -> Config:
     )
 
 
-_COMPACTION_KEYS = {"max_entries", "keep_entries", "max_bytes", "max_age_seconds", "archive_dir"}
+_COMPACTION_KEYS = {
+    "max_entries",
+    "keep_entries",
+    "max_bytes",
+    "max_age_seconds",
+    "archive_dir",
+    "archive_retention_seconds",
+    "archive_export_dir",
+}
 
 
 def _lineage(r: _Reader, value: Any) -> LineageConfig:
@@ -757,4 +770,23 @@ def _lineage(r: _Reader, value: Any) -> LineageConfig:
     archive_dir = (
         r.path(given["archive_dir"], f"{where}.archive_dir") if "archive_dir" in given else None
     )
-    return LineageConfig(compaction=policy, fold_repeats=fold, archive_dir=archive_dir)
+    retention = given.get("archive_retention_seconds")
+    export_dir = given.get("archive_export_dir")
+    if export_dir is not None and retention is None:
+        raise r.fail(
+            f"{where}.archive_export_dir",
+            "names where pruned segments go, but archive_retention_seconds is not set "
+            "(nothing is pruned)",
+            "set lineage.compaction.archive_retention_seconds, or leave archive_export_dir out",
+        )
+    return LineageConfig(
+        compaction=policy,
+        fold_repeats=fold,
+        archive_dir=archive_dir,
+        archive_retention=None
+        if retention is None
+        else r.seconds(retention, f"{where}.archive_retention_seconds"),
+        archive_export_dir=None
+        if export_dir is None
+        else r.path(export_dir, f"{where}.archive_export_dir"),
+    )

@@ -67,6 +67,7 @@ from gateway.runtime.scheduler import (
     release_quarantine,
     request_wake,
 )
+from gateway.runtime.sweep import StorageSweep
 from gateway.stores import Expect, Put, StateStore
 from gateway.stores.dapr import DaprStore, connect_client
 from gateway.transport.client import CallAnswer, GrpcPeers, call_object
@@ -164,6 +165,15 @@ class Host:
         self.destination = Destination(self.context, self.peers)
         self.recovery = Recovery(self.context, self.source, self.destination, self.peers)
         self.compaction = compaction_for(config, self.context)
+        #: orphan blob files and departed objects' segments (first pass at start)
+        self.sweep = StorageSweep(
+            self.context,
+            archive_retention=config.lineage.archive_retention,
+            archive_export_dir=config.lineage.archive_export_dir,
+        )
+        if self.sweep.archives is not None:
+            # A tombstone is the only way to find its segments: it goes after them.
+            self.recovery.pruner.tombstone_guard = self.sweep.archives.tombstone_may_go
         self.cycles = CycleRunner(self.context, compaction=self.compaction)
         self.calls = Calls(self.context)
         self.events = Events(self.context, self.cycles, clock=clock)
@@ -700,7 +710,10 @@ class Host:
 
     async def recover(self) -> int:
         """One recovery pass over open migrations (see gateway.handoff.recovery), then
-        the releases of each tenant's quota folded into its counter."""
+        the releases of each tenant's quota folded into its counter. The storage sweep
+        goes first: it prunes a departed object's segments before the pruner may delete
+        the tombstone that is the only way to find them (gateway.runtime.sweep)."""
+        await self.sweep.maybe_run()
         progressed = await self.recovery.run_once()
         for tenant in self.config.tenants:
             for _round in range(FOLD_ROUNDS):

@@ -41,6 +41,12 @@ docs/storage.md):
   Without a home the tombstone is kept: it is then this host's only way to refuse
   a stale copy, and tombstones are bounded by the objects that passed through, not by
   migrations.
+  A tombstone whose departure has no journal record any more (pruned before this rule,
+  or kept then because a condition did not hold) is found by a scan of the object
+  records, at most once per :data:`TOMBSTONE_SCAN_INTERVAL`, and deleted by the same
+  rule once its departure (its last entry, the freeze) is older than the retention.
+  With ``tombstone_guard`` set (the host's archive retention), a tombstone goes only
+  once its object's archive segments are gone: they can be found only through it.
 * **Staged chunks** (on SQLite: the blob file, ADR 0009) of an aborted stage are
   deleted by the abort; of an upload that never staged, by
   ``Destination.collect_uploads`` once its transfer expired (which also sweeps ``.part``
@@ -51,15 +57,19 @@ docs/storage.md):
 
 Every delete is conditional on the ETag read, so a record that changed meanwhile (a
 retry settled it again, a new arrival raised the fence) is left for the next pass. A
-pass costs what the retention window holds, not the host's whole history.
+pass costs what the retention window holds, not the host's whole history, plus (hourly)
+one read of the object records for the tombstone scan.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+from google.protobuf.message import DecodeError
 
 from gateway import wire
 from gateway._decode import load_json
@@ -76,11 +86,14 @@ from gateway.handoff.journal import (
     fence_key,
     held_key,
     object_key,
+    open_source_key,
+    source_key,
 )
 from gateway.handoff.offline import MAX_OFFLINE_LIFETIME
 from gateway.handoff.records import DestinationStep, SourceRecord, SourceStep
 from gateway.model import LifecycleState
 from gateway.stores import Delete, Operation
+from gateway.v1 import object_pb2
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +103,12 @@ PRUNE_BATCH = 200
 LEGACY_FENCE_PREFIX = "fence/"
 EVENTS_PREFIX = "events/"
 PENDING_PREFIX = "pending/"
+
+
+#: Between two scans of the object records for tombstones left without a journal record.
+TOMBSTONE_SCAN_INTERVAL = timedelta(hours=1)
+_OBJECT_KEY = re.compile(r"t/[^/]+/objects/")
+_MOVED = object_pb2.LIFECYCLE_STATE_MOVED
 
 
 def minimum_retention(clock_skew: timedelta) -> timedelta:
@@ -127,6 +146,11 @@ class Pruner:
         self.retention = floor if retention is None else max(retention, floor)
         self._next: datetime | None = None
         self.tombstones = 0  #: deleted by the pass under way
+        self._next_scan: datetime | None = None  #: of tombstones without a journal record
+        #: Asked before a tombstone is deleted (the host plugs in the archive pruning:
+        #: a tombstone is the only way to find its object's archive segments, so with
+        #: an archive retention it goes only after them); None lets every one go.
+        self.tombstone_guard: Callable[[str, str], Awaitable[bool]] | None = None
 
     async def maybe_run(self) -> PruneReport | None:
         """One pass if the last was long enough ago (a tenth of the retention, at most a
@@ -150,7 +174,7 @@ class Pruner:
         }
         self.tombstones = 0
         report.source_records = await self._prune_sources(cutoff, open_sources)
-        report.tombstones = self.tombstones
+        report.tombstones = self.tombstones + await self._revisit_tombstones(cutoff)
         records, fences = await self._prune_destinations(cutoff, open_destinations)
         report.destination_records, report.fences = records, fences
         report.fences += await self._delete_all(await store.list(LEGACY_FENCE_PREFIX))
@@ -192,16 +216,64 @@ class Pruner:
                         tombstones.append(record)
             pruned += await self._apply(deletes)
         for record in tombstones:
-            self.tombstones += await self._apply_one(await self._homed_tombstone(record))
+            self.tombstones += await self._apply_one(
+                await self._homed_tombstone(record.tenant, record.object_id, record.migration_id)
+            )
         return pruned
 
-    async def _homed_tombstone(self, record: SourceRecord) -> list[Operation]:
+    async def _revisit_tombstones(self, cutoff: datetime) -> int:
+        """MOVED tombstones whose departure left no journal record (pruned before
+        tombstones were pruned with it, or kept then because a condition did not hold),
+        departed before ``cutoff``: the same rule, from the tombstone alone. A scan of
+        the object records, so at most once per :data:`TOMBSTONE_SCAN_INTERVAL`."""
+        now = self.ctx.clock.now()
+        if self._next_scan is not None and now < self._next_scan:
+            return 0
+        self._next_scan = now + TOMBSTONE_SCAN_INTERVAL
+        store = self.ctx.journal.store
+        keys = [k for k in await store.list("t/") if _OBJECT_KEY.match(k)]
+        deleted = 0
+        for start in range(0, len(keys), PRUNE_BATCH):
+            batch = await store.get_many(keys[start : start + PRUNE_BATCH])
+            departed: list[tuple[str, str, str]] = []
+            for key, item in batch.items():
+                try:
+                    # The state first (cheap): most records live here.
+                    if object_pb2.StoredObject.FromString(item.value).state != _MOVED:
+                        continue
+                    tombstone = wire.decode_object(item.value)
+                except (DecodeError, GatewayError):
+                    continue
+                entries = tombstone.lineage.entries
+                if not tombstone.migration_id or not entries or entries[-1].time >= cutoff:
+                    continue
+                departed.append((key.split("/", 2)[1], tombstone.object_id, tombstone.migration_id))
+            journaled = await store.get_many(
+                [k for _t, _o, m in departed for k in (source_key(m), open_source_key(m))]
+            )
+            for tenant, object_id, migration_id in departed:
+                if (
+                    source_key(migration_id) in journaled
+                    or open_source_key(migration_id) in journaled
+                ):
+                    continue  # its settled record is still there: that pass decides
+                deleted += await self._apply_one(
+                    await self._homed_tombstone(tenant, object_id, migration_id)
+                )
+        return deleted
+
+    async def _homed_tombstone(
+        self, tenant: str, object_id: str, migration_id: str
+    ) -> list[Operation]:
         """The MOVED tombstone a settled departure left, with its fence, as conditional
         deletes, if they can no longer matter (the rule in the module docstring): the
         object has not been back since (the tombstone names this migration), nothing of
         it is staged here, and its root grant names a custody home."""
         store = self.ctx.journal.store
-        tenant, object_id = record.tenant, record.object_id
+        # Asked first: what it does (prune the segments) may rewrite the tombstone, whose
+        # ETag the deletes below are conditional on.
+        if self.tombstone_guard is not None and not await self.tombstone_guard(tenant, object_id):
+            return []
         keys = [object_key(tenant, object_id), held_key(tenant, object_id)]
         found = await store.get_many([*keys, fence_key(tenant, object_id)])
         item = found.get(keys[0])
@@ -214,7 +286,7 @@ class Pruner:
             return []
         if (
             tombstone.state is not LifecycleState.MOVED
-            or tombstone.migration_id != record.migration_id
+            or tombstone.migration_id != migration_id
             or not root_home(tombstone.grants)
         ):
             return []
