@@ -508,29 +508,38 @@ def encode_object(obj: GovernedObject) -> bytes:
     :func:`_stored_to_pb`, serialized deterministically, assembled in three parts.
 
     Every cycle writes its object again, and the lineage is most of an object's bytes.
-    A message's encoding is its fields' encodings in field-number order, so the fields
-    before the lineage (1-2), the lineage (3) and the fields after it (4-12) are
-    serialized apart and joined; the lineage's entries come from the encoding its log
-    keeps (:func:`_entries_wire`), which grows by the new entries only. Same bytes as
-    serializing the whole message (a test holds the two together)."""
-    head = object_pb2.StoredObject(credentials=obj.grants)
-    snapshot = head.snapshot
-    snapshot.object_id = obj.object_id
-    snapshot.tenant = obj.tenant
-    snapshot.data = obj.data
-    snapshot.content_type = obj.content_type
-    snapshot.data_digest = obj.data_digest()
-    snapshot.rules.extend(_rules_to_pb(tuple(obj.rules)))
+    A message's encoding is its fields' encodings in field-number order, so the parts
+    are serialized apart and joined: the snapshot (1; its rules memoised per rule set),
+    the grants (2, memoised), the lineage (3) and the fields after it (4-12). The
+    lineage's entries come from the encoding its log keeps (:func:`_entries_wire`),
+    which grows by the new entries only. Same bytes as serializing the whole message
+    (tests/test_object_encoding.py holds the two together)."""
+    before = object_pb2.ObjectSnapshot(
+        object_id=obj.object_id,
+        tenant=obj.tenant,
+        data=obj.data,
+        content_type=obj.content_type,
+        data_digest=obj.data_digest(),
+    )
+    after = object_pb2.ObjectSnapshot(
+        data_size=obj.size,
+        data_streamed=obj.blob is not None,
+        subscriptions=obj.subscriptions,
+        answers=[_answer_to_pb(a) for a in obj.answers],
+    )
     cycle = obj.cycle
-    snapshot.cycle.generation = cycle.generation
+    after.cycle.generation = cycle.generation
     if cycle.interval is not None:
-        snapshot.cycle.interval_ms = cycle.interval // timedelta(milliseconds=1)
+        after.cycle.interval_ms = cycle.interval // timedelta(milliseconds=1)
     if cycle.next_due is not None:
-        snapshot.cycle.next_due.CopyFrom(_ts(cycle.next_due))
-    snapshot.data_size = obj.size
-    snapshot.data_streamed = obj.blob is not None
-    snapshot.subscriptions.extend(obj.subscriptions)
-    snapshot.answers.extend(_answer_to_pb(a) for a in obj.answers)
+        after.cycle.next_due.CopyFrom(_ts(cycle.next_due))
+    snapshot = b"".join(
+        (
+            before.SerializeToString(deterministic=True),
+            _rules_wire(tuple(obj.rules)),
+            after.SerializeToString(deterministic=True),
+        )
+    )
     tail = object_pb2.StoredObject(
         epoch=obj.epoch,
         state=_STATE_TO_PB[obj.state],
@@ -554,7 +563,10 @@ def encode_object(obj: GovernedObject) -> bytes:
     entries = _entries_wire(lineage)
     return b"".join(
         (
-            head.SerializeToString(deterministic=True),
+            _SNAPSHOT_TAG,
+            _varint(len(snapshot)),
+            snapshot,
+            _credentials_wire(tuple(obj.grants)),
             _LINEAGE_TAG,
             _varint(len(entries) + len(rest)),
             entries,
@@ -564,9 +576,26 @@ def encode_object(obj: GovernedObject) -> bytes:
     )
 
 
-#: Field 3 (StoredObject.lineage) and field 1 (Lineage.entries), length-delimited.
+#: Fields 1 (StoredObject.snapshot), 3 (StoredObject.lineage) and 1 (Lineage.entries),
+#: length-delimited.
+_SNAPSHOT_TAG = b"\x0a"
 _LINEAGE_TAG = b"\x1a"
 _ENTRY_TAG = b"\x0a"
+
+
+@functools.lru_cache(maxsize=256)
+def _rules_wire(rules: tuple[Rule, ...]) -> bytes:
+    """Field 6 of an ObjectSnapshot (its rules), memoised like :func:`_rules_to_pb`."""
+    return bytes(
+        object_pb2.ObjectSnapshot(rules=_rules_to_pb(rules)).SerializeToString(deterministic=True)
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _credentials_wire(grants: tuple[str, ...]) -> bytes:
+    """Field 2 of a StoredObject (its grants), memoised: an object's grants change only
+    when it moves, and every cycle writes them again (values are immutable)."""
+    return bytes(object_pb2.StoredObject(credentials=grants).SerializeToString(deterministic=True))
 
 
 def _varint(value: int) -> bytes:

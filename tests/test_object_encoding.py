@@ -11,8 +11,17 @@ from datetime import timedelta
 
 from gateway import wire
 from gateway.archive import compact
+from gateway.blobs import BlobRef
 from gateway.lineage import EntryKind, Lineage
-from gateway.model import GovernedObject
+from gateway.model import (
+    Answer,
+    CycleState,
+    GovernedObject,
+    LifecycleState,
+    Publish,
+    Rule,
+    WriteState,
+)
 from tests.test_compaction import POLICY, created, cycle, depart
 from tests.test_lineage import HOST_A, HOST_B, OBJECT, SIGNERS, T0
 
@@ -79,3 +88,31 @@ def test_folded_repeats_and_compaction_encode_as_the_whole_message() -> None:
 
 def test_an_empty_lineage_encodes_as_the_whole_message() -> None:
     check(replace(created(), lineage=Lineage()))
+
+
+def test_every_field_of_an_object_encodes_as_the_whole_message() -> None:
+    """Rules, grants, subscriptions, answers, a streamed blob, a receipt, an expiry and a
+    placement: each part assembled apart still gives the whole message's bytes."""
+    obj = created()
+    gone = depart(obj, host=HOST_A, to=HOST_B, migration="mig-1")
+    full = replace(
+        obj,
+        grants=("header.claims.signature", "second.grant.token"),
+        rules=(
+            Rule(name="w", when="true", action=WriteState(patch='{"a": 1}')),
+            Rule(name="p", when="false", action=Publish(topic="t", payload="{}"), on="message"),
+        ),
+        subscriptions=("orders/new", "orders/old"),
+        answers=(Answer(method="status", reply="data", when="true", write='{"b": 2}'),),
+        blob=BlobRef(digest=bytes(range(32)), size=1 << 30, location="blobs/x", chunks=3),
+        data=b"",
+        cycle=CycleState(generation=7, interval=timedelta(seconds=5), next_due=T0),
+        epoch=3,
+        state=LifecycleState.MOVED,
+        migration_id="mig-1",
+        moved_to=HOST_B,
+        receipt=gone.lineage.checkpoints[0],
+        last_transfer_digest=bytes(32),
+        authority_expires=T0 + timedelta(days=30),
+    )
+    check(full)
