@@ -36,7 +36,7 @@ from gateway.errors import (
 )
 from gateway.handoff.context import HostContext
 from gateway.handoff.destination import Destination
-from gateway.handoff.journal import MAX_FOLDED_RELEASES, Journal, object_key
+from gateway.handoff.journal import MAX_FOLDED_RELEASES, Journal
 from gateway.handoff.messages import Evaluation
 from gateway.handoff.recovery import Recovery
 from gateway.handoff.source import MigrationResult, Source
@@ -68,7 +68,7 @@ from gateway.runtime.scheduler import (
     request_wake,
 )
 from gateway.runtime.sweep import StorageSweep
-from gateway.stores import Expect, Put, StateStore
+from gateway.stores import Expect, StateStore
 from gateway.stores.dapr import DaprStore, connect_client
 from gateway.transport.client import CallAnswer, GrpcPeers, call_object
 from gateway.transport.server import Gate, GatewayService, start_server
@@ -79,7 +79,6 @@ from gateway.wire import (
     decode_envelope,
     decode_transfer,
     encode_envelope,
-    encode_object,
 )
 
 log = logging.getLogger(__name__)
@@ -399,15 +398,10 @@ class Host:
                                     tenant, usage, size=obj.size, object_id=object_id
                                 ),
                             )
+                            # Through the journal: its memo then holds the new object,
+                            # and the first cycle reads it back without decoding it.
                             await self.store.transact(
-                                [
-                                    Put(
-                                        key=object_key(tenant, object_id),
-                                        value=encode_object(obj),
-                                        etag=Expect.ABSENT,
-                                    ),
-                                    *charge,
-                                ]
+                                [self.journal.put_object(tenant, obj, Expect.ABSENT), *charge]
                             )
                     except ConcurrencyError as conflict:
                         if await self.journal.object(tenant, object_id) is not None:

@@ -640,7 +640,16 @@ class _Log:
     with the appends, so the tree head of the newest value is O(log n), not O(n).
     """
 
-    __slots__ = ("base", "base_payload", "entries", "frontier", "start", "start_frontier")
+    __slots__ = (
+        "base",
+        "base_payload",
+        "entries",
+        "frontier",
+        "start",
+        "start_frontier",
+        "wire",
+        "wire_ends",
+    )
 
     def __init__(self, base: Base | None, base_payload: bytes) -> None:
         self.base = base
@@ -649,6 +658,12 @@ class _Log:
         self.start_frontier = base.frontier() if base is not None else merkle.CompactRange()
         self.entries: list[LineageEntry] = []
         self.frontier: merkle.CompactRange | None = self.start_frontier.copy()
+        #: The entries' at-rest encoding, grown as they are encoded (gateway.wire fills
+        #: it): ``wire[: wire_ends[i]]`` encodes entries [0, i]. Entries are only ever
+        #: appended to a log, so a prefix once encoded never changes and an object
+        #: written every cycle encodes only its new entries.
+        self.wire = bytearray()
+        self.wire_ends: list[int] = []
 
     def add(self, entry: LineageEntry) -> None:
         # Hashing waits until a tree head is asked for (frontier_at): decoding a lineage
@@ -666,6 +681,16 @@ class _Log:
         for entry in self.entries[:count]:
             built.append(entry.leaf_hash())
         return built
+
+
+def _share_wire(source: _Log, target: _Log, count: int) -> None:
+    """Give ``target`` (a new log holding the first ``count`` entries of ``source``) the
+    encoding of those entries that ``source`` already has: a fold rewrites only the last
+    group, so the rest of the history is not encoded again."""
+    ends = source.wire_ends[:count]
+    if ends:
+        target.wire = bytearray(memoryview(source.wire)[: ends[-1]])
+        target.wire_ends = ends
 
 
 class Entries(Sequence[LineageEntry]):
@@ -813,6 +838,7 @@ class Lineage:
         copy = _Log(log.base, log.base_payload)
         for entry in log.entries[:count]:
             copy.add(entry)
+        _share_wire(log, copy, count)
         return copy
 
     def append(
@@ -876,6 +902,7 @@ class Lineage:
         log = _Log(self._log.base, self._log.base_payload)
         for entry in self.entries[: carried - width]:
             log.add(entry)
+        _share_wire(self._log, log, carried - width)
         for old, new in zip(previous, group, strict=True):
             log.add(
                 LineageEntry(

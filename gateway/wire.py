@@ -504,14 +504,43 @@ def decode_cycle(raw: bytes) -> tuple[int, datetime | None] | None:
 
 
 def encode_object(obj: GovernedObject) -> bytes:
-    """The at-rest form of an object (state, placement and all).
+    """The at-rest form of an object (state, placement and all): the bytes of
+    :func:`_stored_to_pb`, serialized deterministically, assembled in three parts.
 
-    The same message as :func:`_stored_to_pb`, built in place: every cycle writes its
-    object again, and building the snapshot and lineage as messages of their own, then
-    copying them into the stored one, cost about as much again as filling it directly
-    (the lineage is most of an object's bytes). Same fields, same deterministic bytes."""
-    message = object_pb2.StoredObject(
-        credentials=obj.grants,
+    Every cycle writes its object again, and the lineage is most of an object's bytes.
+    A message's encoding is its fields' encodings in field-number order, so the parts
+    are serialized apart and joined: the snapshot (1; its rules memoised per rule set),
+    the grants (2, memoised), the lineage (3) and the fields after it (4-12). The
+    lineage's entries come from the encoding its log keeps (:func:`_entries_wire`),
+    which grows by the new entries only. Same bytes as serializing the whole message
+    (tests/test_object_encoding.py holds the two together)."""
+    before = object_pb2.ObjectSnapshot(
+        object_id=obj.object_id,
+        tenant=obj.tenant,
+        data=obj.data,
+        content_type=obj.content_type,
+        data_digest=obj.data_digest(),
+    )
+    after = object_pb2.ObjectSnapshot(
+        data_size=obj.size,
+        data_streamed=obj.blob is not None,
+        subscriptions=obj.subscriptions,
+        answers=[_answer_to_pb(a) for a in obj.answers],
+    )
+    cycle = obj.cycle
+    after.cycle.generation = cycle.generation
+    if cycle.interval is not None:
+        after.cycle.interval_ms = cycle.interval // timedelta(milliseconds=1)
+    if cycle.next_due is not None:
+        after.cycle.next_due.CopyFrom(_ts(cycle.next_due))
+    snapshot = b"".join(
+        (
+            before.SerializeToString(deterministic=True),
+            _rules_wire(tuple(obj.rules)),
+            after.SerializeToString(deterministic=True),
+        )
+    )
+    tail = object_pb2.StoredObject(
         epoch=obj.epoch,
         state=_STATE_TO_PB[obj.state],
         migration_id=obj.migration_id,
@@ -520,36 +549,86 @@ def encode_object(obj: GovernedObject) -> bytes:
         last_transfer_digest=obj.last_transfer_digest,
         authority=encode_authority(obj.authority),
     )
-    snapshot = message.snapshot
-    snapshot.object_id = obj.object_id
-    snapshot.tenant = obj.tenant
-    snapshot.data = obj.data
-    snapshot.content_type = obj.content_type
-    snapshot.data_digest = obj.data_digest()
-    snapshot.rules.extend(_rules_to_pb(tuple(obj.rules)))
-    cycle = obj.cycle
-    snapshot.cycle.generation = cycle.generation
-    if cycle.interval is not None:
-        snapshot.cycle.interval_ms = cycle.interval // timedelta(milliseconds=1)
-    if cycle.next_due is not None:
-        snapshot.cycle.next_due.CopyFrom(_ts(cycle.next_due))
-    snapshot.data_size = obj.size
-    snapshot.data_streamed = obj.blob is not None
-    snapshot.subscriptions.extend(obj.subscriptions)
-    snapshot.answers.extend(_answer_to_pb(a) for a in obj.answers)
-    lineage = obj.lineage
-    stored_lineage = message.lineage
-    stored_lineage.entries.extend([e.encode() for e in lineage.entries])
-    stored_lineage.checkpoints.extend([_envelope_bytes(c) for c in lineage.checkpoints])
-    stored_lineage.arrivals.extend([_envelope_bytes(a) for a in lineage.arrivals])
-    if lineage.base is not None:
-        stored_lineage.base = _envelope_bytes(lineage.base)
     blob = _blob_to_pb(obj.blob)
     if blob is not None:
-        message.blob.CopyFrom(blob)
+        tail.blob.CopyFrom(blob)
     if obj.authority_expires:
-        message.authority_expires.CopyFrom(_ts(obj.authority_expires))
-    return message.SerializeToString(deterministic=True)
+        tail.authority_expires.CopyFrom(_ts(obj.authority_expires))
+    lineage = obj.lineage
+    rest = object_pb2.Lineage(
+        checkpoints=[_envelope_bytes(c) for c in lineage.checkpoints],
+        arrivals=[_envelope_bytes(a) for a in lineage.arrivals],
+        base=_envelope_bytes(lineage.base) if lineage.base is not None else b"",
+    ).SerializeToString(deterministic=True)
+    entries = _entries_wire(lineage)
+    return b"".join(
+        (
+            _SNAPSHOT_TAG,
+            _varint(len(snapshot)),
+            snapshot,
+            _credentials_wire(tuple(obj.grants)),
+            _LINEAGE_TAG,
+            _varint(len(entries) + len(rest)),
+            entries,
+            rest,
+            tail.SerializeToString(deterministic=True),
+        )
+    )
+
+
+#: Fields 1 (StoredObject.snapshot), 3 (StoredObject.lineage) and 1 (Lineage.entries),
+#: length-delimited.
+_SNAPSHOT_TAG = b"\x0a"
+_LINEAGE_TAG = b"\x1a"
+_ENTRY_TAG = b"\x0a"
+
+
+@functools.lru_cache(maxsize=256)
+def _rules_wire(rules: tuple[Rule, ...]) -> bytes:
+    """Field 6 of an ObjectSnapshot (its rules), memoised like :func:`_rules_to_pb`."""
+    return bytes(
+        object_pb2.ObjectSnapshot(rules=_rules_to_pb(rules)).SerializeToString(deterministic=True)
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _credentials_wire(grants: tuple[str, ...]) -> bytes:
+    """Field 2 of a StoredObject (its grants), memoised: an object's grants change only
+    when it moves, and every cycle writes them again (values are immutable)."""
+    return bytes(object_pb2.StoredObject(credentials=grants).SerializeToString(deterministic=True))
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf's base-128 varint of a non-negative ``value`` (a field's length)."""
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _entries_wire(lineage: Lineage) -> bytes:
+    """The encoding of field 1 of ``lineage``'s Lineage message (its entries), from the
+    encoding its log keeps, extended by the entries not encoded yet. The log holds the
+    entries of every value appended from it; this value sees the first ``count``."""
+    log = lineage._log
+    count = len(lineage.entries)
+    ends = log.wire_ends
+    done = len(ends)
+    if done < count:
+        buffer = log.wire
+        for entry in log.entries[done:count]:
+            raw = entry.encode()
+            buffer += _ENTRY_TAG
+            buffer += _varint(len(raw))
+            buffer += raw
+            ends.append(len(buffer))
+    if not count:
+        return b""
+    return bytes(memoryview(log.wire)[: ends[count - 1]])
 
 
 @functools.lru_cache(maxsize=4096)

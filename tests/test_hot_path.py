@@ -41,6 +41,14 @@ def test_remembered_records_are_what_their_bytes_decode_to(
         real(self, decode, raw, value)
 
     monkeypatch.setattr(journal_module._Decoded, "remember", checking)
+    real_object = journal_module._Objects.remember
+
+    def checking_object(self: Any, key: str, raw: bytes, obj: Any) -> None:
+        assert wire.decode_object(raw) == obj, "decode_object does not give back what was encoded"
+        remembered.append("decode_object")
+        real_object(self, key, raw, obj)
+
+    monkeypatch.setattr(journal_module._Objects, "remember", checking_object)
     world = InProcessWorld(
         build_world(tmp_path, [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_B)])
     )
@@ -235,3 +243,57 @@ def test_the_decoded_memo_is_bounded_by_bytes_too() -> None:
     memo.get(decode, b"bbbb")
     memo.get(decode, b"aaaa")
     assert calls == [b"aaaa", b"bbbb", b"cccc", b"aaaa"]
+
+
+def test_the_object_memo_serves_only_the_exact_bytes_and_keeps_objects_in_use() -> None:
+    """A read is served from the memo only for the bytes remembered under that key; a
+    full memo evicts an object only once it went unused for the idle time, and refuses
+    a newcomer rather than evict one in use (objects cycled in turn keep hitting)."""
+    decoded: list[bytes] = []
+    real_decode = wire.decode_object
+    objects = {}
+    for name in ("a", "b", "c"):
+        objects[name] = wire.decode_object(stored_object(name))
+    now = [0.0]
+    memo = journal_module._Objects(
+        total_bytes=2 * len(stored_object("a")) + 10, idle_seconds=5.0, clock=lambda: now[0]
+    )
+
+    def counting(raw: bytes) -> Any:
+        decoded.append(raw)
+        return real_decode(raw)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(wire, "decode_object", counting)
+        assert memo.get("k/a", stored_object("a")) == objects["a"]
+        assert memo.get("k/a", stored_object("a")) == objects["a"]
+        assert len(decoded) == 1  # the same bytes under the same key: a hit
+        assert memo.get("k/a", stored_object("b")) == objects["b"]
+        assert len(decoded) == 2  # other bytes under that key: decoded, never the old value
+        memo.get("k/b", stored_object("b"))
+        memo.get("k/c", stored_object("c"))  # full, both in use: c is not kept
+        memo.get("k/c", stored_object("c"))
+        assert len(decoded) == 5
+        memo.get("k/a", stored_object("b"))
+        memo.get("k/b", stored_object("b"))
+        assert len(decoded) == 5  # the objects held still hit
+        now[0] = 10.0
+        memo.get("k/c", stored_object("c"))  # a and b idle: the oldest gives way
+        memo.get("k/c", stored_object("c"))
+        assert len(decoded) == 6
+
+
+def stored_object(name: str) -> bytes:
+    from datetime import UTC, datetime
+
+    from gateway.model import new_object
+
+    obj = new_object(
+        f"obj://org-a.example/billing/{name}",
+        tenant="default",
+        data=b'{"n":1}',
+        content_type="application/json",
+        host=HOST_A,
+        at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    return wire.encode_object(obj)

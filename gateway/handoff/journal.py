@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -260,6 +261,72 @@ class _Decoded:
             self._bytes -= len(evicted)
 
 
+#: The objects a journal remembers by store key (see :class:`_Objects`): the encoded
+#: bytes they may add up to, the largest one remembered, and how long a remembered
+#: object must have gone unused before a new one may take its place in a full memo.
+#: A decoded object takes about 2.3 times its bytes, so 24 MiB stays under about
+#: 80 MiB; this is the one memo of objects (cycles and migrations share it).
+OBJECT_MEMO_BYTES = 24 << 20
+OBJECT_MEMO_MAX_BYTES = DECODED_CACHE_MAX_BYTES
+OBJECT_MEMO_IDLE_SECONDS = 60.0
+
+
+class _Objects:
+    """Decoded objects by store key, each with the exact bytes it was decoded from (or
+    encoded to): a read of that key is served from here only when the store returned
+    exactly those bytes (a memcmp; decoding is a pure function of the bytes and encoding
+    is exact, so a hit is what decoding would give, whoever wrote the bytes and whether
+    or not a write of them committed).
+
+    Bounded by bytes. Least recently used first, but a full memo evicts an entry only if
+    it has not been used for :data:`OBJECT_MEMO_IDLE_SECONDS`; otherwise the newcomer is
+    not kept. A host cycling more objects than the memo holds visits them in turn, and
+    plain LRU would then evict each object just before its next use (no hit at all);
+    this way the objects held keep hitting and only the rest are decoded."""
+
+    def __init__(
+        self,
+        total_bytes: int = OBJECT_MEMO_BYTES,
+        *,
+        idle_seconds: float = OBJECT_MEMO_IDLE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._total_bytes = total_bytes
+        self._idle = idle_seconds
+        self._clock = clock
+        self._bytes = 0
+        #: key -> (bytes, object, last used), least recently used first
+        self._values: OrderedDict[str, tuple[bytes, GovernedObject, float]] = OrderedDict()
+
+    def get(self, key: str, raw: bytes) -> GovernedObject:
+        held = self._values.get(key)
+        if held is not None and held[0] == raw:
+            self._values[key] = (raw, held[1], self._clock())
+            self._values.move_to_end(key)
+            return held[1]
+        obj = wire.decode_object(raw)
+        self.remember(key, raw, obj)
+        return obj
+
+    def remember(self, key: str, raw: bytes, obj: GovernedObject) -> None:
+        """``raw`` (stored, or about to be, under ``key``) decodes to ``obj``."""
+        held = self._values.pop(key, None)
+        if held is not None:
+            self._bytes -= len(held[0])
+        if len(raw) > OBJECT_MEMO_MAX_BYTES:
+            return
+        now = self._clock()
+        values = self._values
+        while self._bytes + len(raw) > self._total_bytes:
+            oldest = next(iter(values.values()), None)
+            if oldest is None or now - oldest[2] < self._idle:
+                return  # full of objects in use: this one is not kept
+            _key, (evicted, _obj, _used) = values.popitem(last=False)
+            self._bytes -= len(evicted)
+        values[key] = (raw, obj, now)
+        self._bytes += len(raw)
+
+
 class Journal:
     """Typed reads over the store; each returns the value with its ETag, or ``None``."""
 
@@ -267,6 +334,7 @@ class Journal:
         self.store = store
         self._charging: dict[str, asyncio.Lock] = {}
         self._decoded = _Decoded()
+        self._objects = _Objects()
 
     def charging(self, tenant: str) -> asyncio.Lock:
         """Held around reading a tenant's usage and writing a charge: charges in one
@@ -285,7 +353,7 @@ class Journal:
 
     def put_object(self, tenant: str, obj: GovernedObject, etag: str | Expect) -> Put:
         put = put_object(tenant, obj, etag)
-        self._decoded.remember(wire.decode_object, put.value, obj)
+        self._objects.remember(put.key, put.value, obj)
         return put
 
     def put_source(self, record: SourceRecord, etag: str | Expect) -> Put:
@@ -300,12 +368,14 @@ class Journal:
         return put
 
     async def object(self, tenant: str, object_id: str) -> Versioned[GovernedObject] | None:
-        return await self._load(object_key(tenant, object_id), wire.decode_object)
+        key = object_key(tenant, object_id)
+        item = await self.store.get(key)
+        return None if item is None else Versioned(self._objects.get(key, item.value), item.etag)
 
-    def decode_object(self, raw: bytes) -> GovernedObject:
-        """A stored object's bytes, read by the caller itself (a batch read), decoded
-        through this journal's memo."""
-        return self._decoded.get(wire.decode_object, raw)
+    def decode_object(self, key: str, raw: bytes) -> GovernedObject:
+        """The object stored under ``key`` as ``raw``, read by the caller itself (a batch
+        read), decoded through this journal's memo of objects."""
+        return self._objects.get(key, raw)
 
     async def require_object(
         self, tenant: str, object_id: str, *, host: str
@@ -396,4 +466,4 @@ class Journal:
     async def objects(self, tenant: str) -> list[GovernedObject]:
         keys = await self.store.list(objects_prefix(tenant))
         items = await self.store.get_many(keys)
-        return [self._decoded.get(wire.decode_object, items[k].value) for k in keys if k in items]
+        return [self._objects.get(k, items[k].value) for k in keys if k in items]

@@ -20,9 +20,10 @@ Invariants this module keeps:
   its own, so a lost race costs only the object that lost it, and each object's failure
   is its own answer. The crash points ``cycle.before-commit`` / ``cycle.after-commit``
   stay on either side of the commit.
-* **A remembered object is exactly the stored one.** The runner keeps the bytes its last
-  commit of an object wrote and that object (bounded by :data:`WRITTEN_MEMO_BYTES`), and
-  uses it only when the store holds exactly those bytes (encoding is exact).
+* **A remembered object is exactly the stored one.** The journal remembers the bytes a
+  cycle wrote for an object and that object (one memo of objects per host, shared with
+  migrations, see :class:`gateway.handoff.journal._Objects`), and serves a read from it
+  only when the store holds exactly those bytes (encoding is exact).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -91,18 +91,6 @@ class CycleReport:
     denied: int = 0
 
 
-#: Encoded bytes of the objects a runner remembers having committed (what it wrote, the
-#: object it wrote): the next cycle of each reads those very bytes back and, compared
-#: with a memcmp instead of hashed, they cost no decode. The journal's memo (keyed by
-#: content, 16 MiB) is shared with migrations and is too small for a host cycling a
-#: few thousand objects with some history each. 8 MiB, not more: the decoded objects
-#: take about 2.3 times their bytes, and the soak (bench/bench_soak.py) counts every
-#: cache's fill in a server's memory growth (at 32 MiB this memo alone could hold
-#: about 100 MiB).
-WRITTEN_MEMO_BYTES = 8 << 20
-WRITTEN_MEMO_MAX_OBJECT_BYTES = 256 << 10
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Prepared:
     """One object's evaluated cycle, not committed yet."""
@@ -122,10 +110,6 @@ class CycleRunner:
         self.ctx = context
         #: folds repeats into the cycle and compacts after it (on by default, ADR 0007)
         self.compaction = compaction if compaction is not None else Compaction(context)
-        #: (tenant, object id) -> the bytes this runner last committed for the object
-        #: and the object they encode, oldest first; bounded by WRITTEN_MEMO_BYTES.
-        self._written: OrderedDict[tuple[str, str], tuple[bytes, GovernedObject]] = OrderedDict()
-        self._written_bytes = 0
         # The module-wide cache (gateway.rules.compiled) is shared with arrivals, which
         # compile an object's rules to check them; cache_size is kept for callers.
         del cache_size
@@ -175,7 +159,7 @@ class CycleRunner:
                 answers[object_id] = CycleReport(result=CycleResult.SKIPPED)
                 continue
             try:
-                obj = self._decode(tenant, object_id, item.value)
+                obj = ctx.journal.decode_object(keys[object_id], item.value)
                 prepared = self._prepare(tenant, obj, item.etag, generation, now)
             except Exception as exc:  # the object's own failure, reported as its answer
                 answers[object_id] = exc
@@ -218,34 +202,6 @@ class CycleRunner:
                 answers[object_id] = exc
         return answers
 
-    def _decode(self, tenant: str, object_id: str, raw: bytes) -> GovernedObject:
-        """The stored object: what this runner's last commit of it wrote, when the store
-        still holds exactly those bytes (encoding is exact, so they decode to it), else
-        decoded (through the journal's memo, keyed by content)."""
-        key = (tenant, object_id)
-        written = self._written.get(key)
-        if written is not None and written[0] == raw:
-            return written[1]
-        return self.ctx.journal.decode_object(raw)
-
-    def _remember(self, tenant: str, prepared: _Prepared) -> None:
-        key = (tenant, prepared.evaluated.object_id)
-        raw = prepared.stored
-        if len(raw) > WRITTEN_MEMO_MAX_OBJECT_BYTES:
-            self._forget(key)
-            return
-        self._forget(key)
-        self._written[key] = (raw, prepared.evaluated)
-        self._written_bytes += len(raw)
-        while self._written_bytes > WRITTEN_MEMO_BYTES:
-            _key, (evicted, _obj) = self._written.popitem(last=False)
-            self._written_bytes -= len(evicted)
-
-    def _forget(self, key: tuple[str, str]) -> None:
-        written = self._written.pop(key, None)
-        if written is not None:
-            self._written_bytes -= len(written[0])
-
     def _prepare(
         self,
         tenant: str,
@@ -285,7 +241,6 @@ class CycleRunner:
 
     async def _committed(self, tenant: str, prepared: _Prepared) -> CycleReport:
         crash_point("cycle.after-commit")
-        self._remember(tenant, prepared)
         evaluated = prepared.evaluated
         await self.compaction.after_cycle(
             tenant, evaluated, stored_bytes=len(prepared.stored), now=prepared.now
