@@ -25,7 +25,7 @@ import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from gateway import envelope as dsse
@@ -53,6 +53,7 @@ from gateway.errors import (
     QuotaExceededError,
     ReplayError,
     RollbackError,
+    StoreUnavailableError,
     TransferStreamError,
 )
 from gateway.handoff.context import HostContext
@@ -63,6 +64,7 @@ from gateway.handoff.journal import (
     decode_counter,
     encode_counter,
     fence_key,
+    held_key,
     nonce_key,
     open_destination_key,
 )
@@ -73,7 +75,7 @@ from gateway.handoff.records import DestinationRecord, DestinationStep
 from gateway.limits import MAX_OPEN_UPLOADS_PER_PEER
 from gateway.lineage import Checkpoint, EntryKind, digest, verify_extends, verify_lineage
 from gateway.model import GovernedObject, LifecycleState
-from gateway.stores import Delete, Expect, Put
+from gateway.stores import Delete, Expect, Operation, Put
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,31 @@ MAX_PROPOSAL_LIFETIME_S = 2 * 86400
 ROOT_HOMES_REMEMBERED = 1024
 #: Stage transactions tried when only the tenant's usage counter moved under them.
 STAGE_ATTEMPTS = 8
+
+
+#: Stages of one tenant written in one transaction at most (bounds a commit's size).
+MAX_STAGES_PER_COMMIT = 32
+
+
+@dataclass(eq=False, slots=True, kw_only=True)
+class _PendingStage:
+    """A stage waiting for its tenant's writer: its own writes, without its charge."""
+
+    object_id: str
+    size: int
+    ops: tuple[Operation, ...]
+    done: asyncio.Future[None]
+
+
+def _answer(pending: _PendingStage, outcome: BaseException | None) -> None:
+    if pending.done.done():
+        return
+    if outcome is None:
+        pending.done.set_result(None)
+    elif isinstance(outcome, asyncio.CancelledError):
+        pending.done.cancel()  # the writer was cancelled (the loop is closing)
+    else:
+        pending.done.set_exception(outcome)
 
 
 class _WrittenFirst(Exception):
@@ -113,6 +140,10 @@ class Destination:
         #: when an arrival verified its chain, so that its Commit does not parse the
         #: grant again (a pure function of those bytes: it cannot go stale).
         self._root_homes: OrderedDict[str, str] = OrderedDict()
+        #: Stages waiting for their tenant's writer, and the writers running (see
+        #: _write_stage).
+        self._stages: dict[str, list[_PendingStage]] = {}
+        self._stage_writers: dict[str, asyncio.Task[None]] = {}
         #: Streamed uploads in flight in this process, per peer (exact, unlike the store's
         #: markers, which two concurrent uploads could both count before either writes).
         self._uploads: dict[str, int] = {}
@@ -461,39 +492,144 @@ class Destination:
     ) -> None:
         """One transaction: the journal record, the nonce, the raised fence, the tenant's
         quota charge for the staged copy (checked again: other arrivals may have filled
-        the tenant since _assess), and the upload marker gone."""
+        the tenant since _assess), and the upload marker gone.
+
+        Stages of one tenant are charged one writer at a time (the tenant's usage counter
+        is a read-modify-write under its ETag), but not one commit each: the tenant's
+        writer takes every stage waiting for it (with no key in common) into one
+        transaction with one counter update, checking each against the quota in turn.
+        Each stage's writes still commit all together or not at all, and a stage is
+        answered only once its commit is durable. Holding the tenant's lock across one
+        commit per stage made stages the queue of a busy host (8 arrivals in flight
+        each waited for every earlier one's fsync and the loop turn after it)."""
         ctx = self.ctx
         tenant, staged = record.tenant, record.staged
         assert staged is not None
-        async with ctx.journal.charging(tenant):
-            charge = await ctx.journal.charge(
-                tenant,
-                transfer.object_id,
-                staged.size,
-                check=lambda usage: ctx.tenancy.require_room(
-                    tenant, usage, size=staged.size, object_id=transfer.object_id
+        pending = _PendingStage(
+            object_id=transfer.object_id,
+            size=staged.size,
+            ops=(
+                ctx.journal.put_destination(record, Expect.ABSENT),
+                Put(
+                    key=nonce_key(transfer.nonce),
+                    value=encode_counter(expires),
+                    etag=Expect.ABSENT,
+                ),
+                Put(
+                    key=fence_key(tenant, transfer.object_id),
+                    value=encode_counter(transfer.epoch),
+                    etag=fence.etag if fence else Expect.ABSENT,
+                ),
+                Put(key=open_destination_key(record.migration_id), value=b"", etag=Expect.ABSENT),
+                *([Delete(key=upload, etag=Expect.ANY)] if upload else []),
+            ),
+            done=asyncio.get_running_loop().create_future(),
+        )
+        self._stages.setdefault(tenant, []).append(pending)
+        if tenant not in self._stage_writers:
+            self._stage_writers[tenant] = asyncio.create_task(self._write_stages(tenant))
+        # Shielded: a cancelled caller leaves its stage to be written or not (as a
+        # cancelled transaction may still commit); the other stages are not disturbed.
+        await asyncio.shield(pending.done)
+
+    async def _write_stages(self, tenant: str) -> None:
+        """The tenant's stage writer: batches of waiting stages until none waits."""
+        waiting = self._stages[tenant]
+        try:
+            async with self.ctx.journal.charging(tenant):
+                while waiting:
+                    batch: list[_PendingStage] = []
+                    keys: set[str] = set()
+                    for pending in list(waiting):
+                        mine = {op.key for op in pending.ops} | {
+                            held_key(tenant, pending.object_id)
+                        }
+                        if len(batch) < MAX_STAGES_PER_COMMIT and not keys & mine:
+                            batch.append(pending)
+                            keys |= mine
+                            waiting.remove(pending)
+                    await self._write_batch(tenant, batch)
+        finally:
+            del self._stage_writers[tenant]
+            for pending in waiting:  # only if this writer itself failed or was cancelled
+                _answer(pending, StoreUnavailableError(f"the stage writer of {tenant} stopped"))
+            waiting.clear()
+
+    async def _write_batch(self, tenant: str, batch: list[_PendingStage]) -> None:
+        journal = self.ctx.journal
+        try:
+            usage = await journal.usage(tenant)
+        except BaseException as exc:
+            for pending in batch:
+                _answer(pending, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        held = usage.value
+        accepted: list[_PendingStage] = []
+        for pending in batch:
+            try:
+                self.ctx.tenancy.require_room(
+                    tenant, held, size=pending.size, object_id=pending.object_id
+                )
+            except QuotaExceededError as exc:
+                _answer(pending, exc)
+                continue
+            held = held.plus(pending.size)
+            accepted.append(pending)
+        if not accepted:
+            return
+        ops: list[Operation] = [
+            op
+            for pending in accepted
+            for op in (
+                *pending.ops,
+                Put(
+                    key=held_key(tenant, pending.object_id),
+                    value=encode_counter(pending.size),
+                    etag=Expect.ABSENT,
                 ),
             )
-            await ctx.journal.store.transact(
-                [
-                    ctx.journal.put_destination(record, Expect.ABSENT),
-                    Put(
-                        key=nonce_key(transfer.nonce),
-                        value=encode_counter(expires),
-                        etag=Expect.ABSENT,
-                    ),
-                    Put(
-                        key=fence_key(tenant, transfer.object_id),
-                        value=encode_counter(transfer.epoch),
-                        etag=fence.etag if fence else Expect.ABSENT,
-                    ),
-                    *charge,
-                    Put(
-                        key=open_destination_key(record.migration_id), value=b"", etag=Expect.ABSENT
-                    ),
-                    *([Delete(key=upload, etag=Expect.ANY)] if upload else []),
-                ]
+        ]
+        ops.extend(usage.fold(tenant, adding_all=[pending.size for pending in accepted]))
+        try:
+            await journal.store.transact(ops)
+        except ConcurrencyError as exc:
+            if len(accepted) == 1:
+                _answer(accepted[0], exc)
+                return
+            # One of them lost a race (or the counter moved under us, another process
+            # charging): each alone then, as if there had been no batch.
+            for pending in accepted:
+                await self._write_alone(tenant, pending)
+            return
+        except BaseException as exc:
+            for pending in accepted:
+                _answer(pending, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for pending in accepted:
+            _answer(pending, None)
+
+    async def _write_alone(self, tenant: str, pending: _PendingStage) -> None:
+        ctx = self.ctx
+        try:
+            charge = await ctx.journal.charge(
+                tenant,
+                pending.object_id,
+                pending.size,
+                check=lambda usage: ctx.tenancy.require_room(
+                    tenant, usage, size=pending.size, object_id=pending.object_id
+                ),
             )
+            await ctx.journal.store.transact([*pending.ops, *charge])
+        except BaseException as exc:
+            _answer(pending, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        _answer(pending, None)
 
     async def _discard_upload(self, staged: GovernedObject, upload: str | None) -> None:
         """Delete this attempt's chunks, known not to be referenced by any stage."""

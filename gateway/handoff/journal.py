@@ -36,7 +36,7 @@ import asyncio
 import struct
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
@@ -128,9 +128,12 @@ class TenantUsage:
             usage = usage.minus(size)
         return usage
 
-    def fold(self, tenant: str, *, adding: int | None = None) -> list[Operation]:
+    def fold(
+        self, tenant: str, *, adding: int | None = None, adding_all: Sequence[int] = ()
+    ) -> list[Operation]:
         """Operations writing the counter with (up to :data:`MAX_FOLDED_RELEASES`)
-        releases folded in, and one object of ``adding`` bytes added; they fail if the
+        releases folded in, and one object of ``adding`` bytes added (and one more for
+        each size in ``adding_all``: several stages sharing one write); they fail if the
         counter or a folded release changed since this was read."""
         folded = self.released[:MAX_FOLDED_RELEASES]
         counter = self.counter.value if self.counter else Usage()
@@ -138,6 +141,8 @@ class TenantUsage:
             counter = counter.minus(size)
         if adding is not None:
             counter = counter.plus(adding)
+        for size in adding_all:
+            counter = counter.plus(size)
         return [
             Put(
                 key=usage_key(tenant),
