@@ -62,10 +62,12 @@ from gateway.handoff.home import CustodyHome, open_custody_receipt
 from gateway.handoff.journal import (
     Versioned,
     decode_counter,
+    destination_key,
     encode_counter,
     fence_key,
     held_key,
     nonce_key,
+    object_key,
     open_destination_key,
 )
 from gateway.handoff.lifecycle import LifecycleEvent
@@ -192,14 +194,17 @@ class Destination:
         epoch fence, tenant, lineage, credential chain, constraints, host policy."""
         ctx = self.ctx
         await self._check_tenant(transfer, peer=peer)
-        fence = await ctx.journal.fence(transfer.object.tenant, transfer.object_id)
+        tenant = transfer.object.tenant
+        keys = fence_key(tenant, transfer.object_id), object_key(tenant, transfer.object_id)
+        found = await ctx.journal.store.get_many(keys)  # one read for both, one snapshot
+        fence = ctx.journal.decoded(decode_counter, found.get(keys[0]))
         if fence is not None and transfer.epoch <= fence.value:
             raise RollbackError(
                 f"{transfer.object_id} arrives with epoch {transfer.epoch}, but epoch {fence.value} "
                 "was already seen here: this is a stale copy",
                 hint="only the copy with the newest epoch may move; find where the object lives now",
             )
-        current = await ctx.journal.object(transfer.object.tenant, transfer.object_id)
+        current = ctx.journal.decoded(wire.decode_object, found.get(keys[1]))
         checkpoints = self._check_lineage(transfer, previous=current.value if current else None)
         ctx.check_rules(transfer.object)
         # Hops are the departures other hosts signed (plus this one), each matched by its
@@ -322,10 +327,14 @@ class Destination:
         data: AsyncIterator[bytes] | None = None,
     ) -> bytes:
         ctx = self.ctx
-        existing = await ctx.journal.destination(transfer.migration_id)
+        # One read for both (each read is a query of its own, the larger part of a
+        # small arrival's store time): the idempotency record, then the nonce.
+        record_key, used_key = destination_key(transfer.migration_id), nonce_key(transfer.nonce)
+        found = await ctx.journal.store.get_many([record_key, used_key])
+        existing = ctx.journal.decoded(wire.decode_destination_record, found.get(record_key))
         if existing is not None:
             return self._replay(existing.value, transfer_digest)
-        if await ctx.journal.store.get(nonce_key(transfer.nonce)) is not None:
+        if used_key in found:
             raise ReplayError(
                 f"transfer nonce of migration {transfer.migration_id} was already used here"
             )

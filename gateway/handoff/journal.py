@@ -45,7 +45,7 @@ from gateway.errors import ConcurrencyError, NotFoundError
 from gateway.handoff.records import SETTLED_SOURCE_STEPS, DestinationRecord, SourceRecord
 from gateway.lineage import digest
 from gateway.model import GovernedObject
-from gateway.stores import Delete, Expect, Operation, Put, StateStore
+from gateway.stores import Delete, Expect, Item, Operation, Put, StateStore
 from gateway.tenancy import Usage
 
 T = TypeVar("T")
@@ -281,6 +281,11 @@ class Journal:
 
     async def _load(self, key: str, decode: Callable[[bytes], T]) -> Versioned[T] | None:
         item = await self.store.get(key)
+        return self.decoded(decode, item)
+
+    def decoded(self, decode: Callable[[bytes], T], item: Item | None) -> Versioned[T] | None:
+        """An item the caller read itself (several keys in one read), decoded through
+        this journal's memo, as the typed reads here return it."""
         return None if item is None else Versioned(self._decoded.get(decode, item.value), item.etag)
 
     # The operations a step writes, built here rather than by the module functions below
