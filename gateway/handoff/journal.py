@@ -392,6 +392,12 @@ class Journal:
         in the same tenant, and never fails because of them.
         """
         held = await self._load(held_key(tenant, object_id), decode_counter)
+        return self.release_held(tenant, object_id, held)
+
+    def release_held(
+        self, tenant: str, object_id: str, held: Versioned[int] | None
+    ) -> list[Operation]:
+        """:meth:`release` with the object's ``held/`` entry as the caller read it."""
         if held is None:
             return []
         return [

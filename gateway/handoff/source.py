@@ -44,7 +44,7 @@ from gateway.errors import (
     VerificationError,
 )
 from gateway.handoff.context import HostContext
-from gateway.handoff.journal import open_source_key
+from gateway.handoff.journal import decode_counter, held_key, object_key, open_source_key
 from gateway.handoff.lifecycle import LifecycleEvent
 from gateway.handoff.messages import (
     NONCE_BYTES,
@@ -377,7 +377,14 @@ class Source:
                     record = journal.value
                     if record.step is not SourceStep.FROZEN:
                         return record  # a Decision or another driver got here first; follow it
-                    current = await ctx.journal.object(record.tenant, record.object_id)
+                    # The object and its quota charge in one read (one snapshot).
+                    keys = (
+                        object_key(record.tenant, record.object_id),
+                        held_key(record.tenant, record.object_id),
+                    )
+                    found = await ctx.journal.store.get_many(keys)
+                    current = ctx.journal.decoded(wire.decode_object, found.get(keys[0]))
+                    held = ctx.journal.decoded(decode_counter, found.get(keys[1]))
                     if current is None:
                         raise ObjectStateError(
                             f"{record.object_id} vanished from {ctx.host} during migration"
@@ -399,7 +406,7 @@ class Source:
                             ctx.journal.put_object(record.tenant, moved, current.etag),
                             ctx.journal.put_source(committed, journal.etag),
                             # A tombstone is not held: the tenant's quota gets the room back.
-                            *await ctx.journal.release(record.tenant, record.object_id),
+                            *ctx.journal.release_held(record.tenant, record.object_id, held),
                             *ctx.lifecycle.writes(
                                 LifecycleEvent(
                                     verb="migration.committed",
