@@ -609,8 +609,13 @@ class Destination:
                 return
             # One of them lost a race (or the counter moved under us, another process
             # charging): each alone then, as if there had been no batch.
-            for pending in accepted:
-                await self._write_alone(tenant, pending)
+            for index, pending in enumerate(accepted):
+                try:
+                    await self._write_alone(tenant, pending)
+                except BaseException as stopped:  # cancelled: nobody is left unanswered
+                    for rest in accepted[index + 1 :]:
+                        _answer(rest, stopped)
+                    raise
             return
         except BaseException as exc:
             for pending in accepted:
