@@ -24,6 +24,7 @@ is pure: PEM bytes in, values or errors out, no I/O.
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections.abc import Sequence
@@ -151,6 +152,12 @@ class HostId:
     @classmethod
     def parse(cls, uri: str) -> HostId:
         """Parse a SPIFFE ID, raising ConfigError that says what is wrong with it."""
+        if cls is HostId and type(uri) is str:
+            return _parsed_host(uri)
+        return cls._parse(uri)
+
+    @classmethod
+    def _parse(cls, uri: str) -> HostId:
         parts = _split(uri, "spiffe")
         if isinstance(parts, str):
             raise _invalid("SPIFFE id", uri, parts, _HOST_EXAMPLE)
@@ -179,6 +186,12 @@ class ObjectId:
     @classmethod
     def parse(cls, uri: str) -> ObjectId:
         """Parse an object id, raising ConfigError that says what is wrong with it."""
+        if cls is ObjectId and type(uri) is str:
+            return _parsed_object(uri)
+        return cls._parse(uri)
+
+    @classmethod
+    def _parse(cls, uri: str) -> ObjectId:
         parts = _split(uri, "obj")
         if isinstance(parts, str):
             raise _invalid("object id", uri, parts, _OBJECT_EXAMPLE)
@@ -528,3 +541,20 @@ def validate_tenant(tenant: str) -> str:
             hint="use 1-63 lowercase letters, digits and '-', e.g. 'billing'",
         )
     return tenant
+
+
+#: Ids parsed, remembered by their exact text: the same few host ids are parsed several
+#: times per arrival (trust lookups, grants, admission), and an id is an immutable value,
+#: a pure function of its text. Refusals raise and are not remembered; the bound keeps a
+#: peer sending many distinct ids from growing this.
+PARSED_IDS_REMEMBERED = 1024
+
+
+@functools.lru_cache(maxsize=PARSED_IDS_REMEMBERED)
+def _parsed_host(uri: str) -> HostId:
+    return HostId._parse(uri)
+
+
+@functools.lru_cache(maxsize=PARSED_IDS_REMEMBERED)
+def _parsed_object(uri: str) -> ObjectId:
+    return ObjectId._parse(uri)

@@ -37,7 +37,7 @@ from gateway.errors import (
     UntrustedKeyError,
 )
 from gateway.handoff.messages import NONCE_BYTES, Outcome, Transfer
-from gateway.handoff.records import DestinationStep, SourceStep
+from gateway.handoff.records import DestinationStep, SourceRecord, SourceStep
 from gateway.handoff.source import Source, open_decision
 from gateway.host import Host
 from gateway.keys import Signer
@@ -526,19 +526,20 @@ def test_decision_aborts_what_was_not_committed(world: World) -> None:
 
         async def freeze_only() -> None:
             # Freeze and journal exactly like migrate(), then stop before Prepare goes out.
-            original = stalled.resume
+            # (migrate() drives on from the record it froze, as resume() does once read.)
+            original = stalled._drive
 
-            async def stop_here(migration_id: str) -> object:
-                frozen_at_prepare.append(migration_id)
+            async def stop_here(record: SourceRecord, **_kwargs: object) -> object:
+                frozen_at_prepare.append(record.migration_id)
                 raise asyncio.CancelledError
 
-            stalled.resume = stop_here  # type: ignore[method-assign]
+            stalled._drive = stop_here  # type: ignore[method-assign]
             try:
                 await stalled.migrate(OBJECT, tenant="default", destination=HOST_B)
             except asyncio.CancelledError:
                 pass
             finally:
-                stalled.resume = original  # type: ignore[method-assign]
+                stalled._drive = original  # type: ignore[method-assign]
 
         await freeze_only()
         (migration_id,) = frozen_at_prepare

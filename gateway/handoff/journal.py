@@ -37,7 +37,7 @@ import struct
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
@@ -46,7 +46,7 @@ from gateway.errors import ConcurrencyError, NotFoundError
 from gateway.handoff.records import SETTLED_SOURCE_STEPS, DestinationRecord, SourceRecord
 from gateway.lineage import digest
 from gateway.model import GovernedObject
-from gateway.stores import Delete, Expect, Operation, Put, StateStore
+from gateway.stores import Delete, Expect, Item, Operation, Put, StateStore
 from gateway.tenancy import Usage
 
 T = TypeVar("T")
@@ -129,9 +129,12 @@ class TenantUsage:
             usage = usage.minus(size)
         return usage
 
-    def fold(self, tenant: str, *, adding: int | None = None) -> list[Operation]:
+    def fold(
+        self, tenant: str, *, adding: int | None = None, adding_all: Sequence[int] = ()
+    ) -> list[Operation]:
         """Operations writing the counter with (up to :data:`MAX_FOLDED_RELEASES`)
-        releases folded in, and one object of ``adding`` bytes added; they fail if the
+        releases folded in, and one object of ``adding`` bytes added (and one more for
+        each size in ``adding_all``: several stages sharing one write); they fail if the
         counter or a folded release changed since this was read."""
         folded = self.released[:MAX_FOLDED_RELEASES]
         counter = self.counter.value if self.counter else Usage()
@@ -139,6 +142,8 @@ class TenantUsage:
             counter = counter.minus(size)
         if adding is not None:
             counter = counter.plus(adding)
+        for size in adding_all:
+            counter = counter.plus(size)
         return [
             Put(
                 key=usage_key(tenant),
@@ -344,6 +349,11 @@ class Journal:
 
     async def _load(self, key: str, decode: Callable[[bytes], T]) -> Versioned[T] | None:
         item = await self.store.get(key)
+        return self.decoded(decode, item)
+
+    def decoded(self, decode: Callable[[bytes], T], item: Item | None) -> Versioned[T] | None:
+        """An item the caller read itself (several keys in one read), decoded through
+        this journal's memo, as the typed reads here return it."""
         return None if item is None else Versioned(self._decoded.get(decode, item.value), item.etag)
 
     # The operations a step writes, built here rather than by the module functions below
@@ -452,6 +462,12 @@ class Journal:
         in the same tenant, and never fails because of them.
         """
         held = await self._load(held_key(tenant, object_id), decode_counter)
+        return self.release_held(tenant, object_id, held)
+
+    def release_held(
+        self, tenant: str, object_id: str, held: Versioned[int] | None
+    ) -> list[Operation]:
+        """:meth:`release` with the object's ``held/`` entry as the caller read it."""
         if held is None:
             return []
         return [

@@ -17,6 +17,7 @@ Invariants this side keeps (DESIGN.md §6):
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import uuid
@@ -27,7 +28,7 @@ from gateway import envelope as dsse
 from gateway import observability, wire
 from gateway._crash import crash_point
 from gateway._retry import lost_race
-from gateway.blobs import STREAM_PIECE_BYTES, delete_blob, read_blob
+from gateway.blobs import STREAM_PIECE_BYTES, BlobRef, delete_blob, read_blob
 from gateway.errors import (
     BadSignatureError,
     ConcurrencyError,
@@ -43,7 +44,7 @@ from gateway.errors import (
     VerificationError,
 )
 from gateway.handoff.context import HostContext
-from gateway.handoff.journal import open_source_key
+from gateway.handoff.journal import decode_counter, held_key, object_key, open_source_key
 from gateway.handoff.lifecycle import LifecycleEvent
 from gateway.handoff.messages import (
     NONCE_BYTES,
@@ -73,6 +74,15 @@ class MigrationResult:
     destination: str
     step: SourceStep  #: DONE, or COMMITTED when activation is still to be confirmed
     epoch: int
+
+
+class _Unknown(enum.Enum):
+    """Marks "not known here, read it" where ``None`` is a meaningful value."""
+
+    UNKNOWN = "unknown"
+
+
+_UNKNOWN = _Unknown.UNKNOWN
 
 
 def new_migration_id() -> str:
@@ -109,9 +119,11 @@ class Source:
         before commit.
         """
         self.peers.client(destination)  # an unknown peer fails before anything is frozen
-        migration_id = await self.freeze(object_id, tenant=tenant, destination=destination)
+        record, frozen = await self._freeze(object_id, tenant=tenant, destination=destination)
         crash_point("source.after-freeze")
-        return await self.resume(migration_id)
+        # Driven on from what the freeze just wrote: the same record and object a
+        # resume() would read back (their ETags are read again where a write needs them).
+        return await self._drive(record, blob=frozen.blob)
 
     async def freeze(
         self,
@@ -124,6 +136,20 @@ class Source:
         """Freeze an ACTIVE object for ``destination`` and journal the sealed transfer
         (FROZEN), sending nothing; returns the migration id. :meth:`resume` sends it
         over the network; an offline transfer carries the journaled bytes in a file."""
+        record, _frozen = await self._freeze(
+            object_id, tenant=tenant, destination=destination, ttl=ttl
+        )
+        return record.migration_id
+
+    async def _freeze(
+        self,
+        object_id: str,
+        *,
+        tenant: str,
+        destination: str,
+        ttl: timedelta | None = None,
+    ) -> tuple[SourceRecord, GovernedObject]:
+        """:meth:`freeze`; returns the FROZEN record and the frozen object it wrote."""
         ctx = self.ctx
         if destination == ctx.host:
             raise ObjectStateError(f"{object_id} already lives on {ctx.host}")
@@ -140,7 +166,7 @@ class Source:
                 with attempt:
                     loaded = await ctx.journal.require_object(tenant, object_id, host=ctx.host)
                     now = ctx.clock.now()
-                    frozen, raw = self._seal(
+                    frozen, raw, transfer_digest, epoch = self._seal_parts(
                         loaded.value,
                         destination,
                         migration_id,
@@ -155,6 +181,10 @@ class Source:
                         destination_host=destination,
                         step=SourceStep.FROZEN,
                         transfer=raw,
+                        # Kept beside the transfer from the start: receipts and the
+                        # settled record name the transfer by them, without decoding it.
+                        transfer_digest=transfer_digest,
+                        epoch=epoch,
                         created_at=now,
                         updated_at=now,
                     )
@@ -170,8 +200,9 @@ class Source:
                 f"{object_id} kept changing while the migration was being prepared",
                 hint="check `gateway object show` and retry",
             ) from exc
-        log.info("froze %s for migration %s to %s", object_id, migration_id, destination)
-        return migration_id
+        # DEBUG: a migration's INFO line here is its commit (one line per migration).
+        log.debug("froze %s for migration %s to %s", object_id, migration_id, destination)
+        return record, frozen
 
     def _seal(
         self,
@@ -185,6 +216,22 @@ class Source:
     ) -> tuple[GovernedObject, bytes]:
         """Freeze ``obj`` (in memory) and seal it for ``destination``: the frozen object and
         the serialized envelope, whose lineage ends with a checkpoint by this host."""
+        frozen, raw, _digest, _epoch = self._seal_parts(
+            obj, destination, migration_id, payload_type, now, ttl=ttl
+        )
+        return frozen, raw
+
+    def _seal_parts(
+        self,
+        obj: GovernedObject,
+        destination: str,
+        migration_id: str,
+        payload_type: str,
+        now: datetime,
+        *,
+        ttl: timedelta | None = None,
+    ) -> tuple[GovernedObject, bytes, bytes, int]:
+        """:meth:`_seal`, and the digest of the signed payload and the epoch it carries."""
         ctx = self.ctx
         frozen = obj.freeze(migration_id, destination=destination, host=ctx.host, at=now)
         sealed = frozen.lineage.sealed(
@@ -207,7 +254,9 @@ class Source:
             object=replace(frozen, lineage=sealed),
             previous_transfer_digest=obj.last_transfer_digest,
         )
-        return frozen, wire.encode_envelope(ctx.seal(wire.encode_transfer(transfer), payload_type))
+        payload = wire.encode_transfer(transfer)
+        raw = wire.encode_envelope(ctx.seal(payload, payload_type))
+        return frozen, raw, digest(payload), frozen.epoch
 
     async def propose(self, object_id: str, *, tenant: str, destination: str) -> bytes:
         """A proposal envelope for a dry run: the object as it would travel, under a payload
@@ -239,8 +288,16 @@ class Source:
             peer=record.destination_host,
             tenant=record.tenant,
         )
+        return await self._drive(record)
+
+    async def _drive(
+        self, record: SourceRecord, *, blob: BlobRef | _Unknown | None = _UNKNOWN
+    ) -> MigrationResult:
+        """:meth:`resume` from ``record`` as read (or just written). ``blob``: the frozen
+        object's data reference when the caller holds the object, else it is read."""
+        migration_id = record.migration_id
         if record.step is SourceStep.FROZEN:
-            record = await self._prepare_and_commit(record)
+            record = await self._prepare_and_commit(record, blob=blob)
             if record.step is SourceStep.FROZEN:  # never reported as anything it is not
                 raise HandoffError(
                     f"migration {migration_id} is still open; its commit was not recorded"
@@ -260,10 +317,13 @@ class Source:
             epoch=_transfer_epoch(record),
         )
 
-    async def _prepare_and_commit(self, record: SourceRecord) -> SourceRecord:
+    async def _prepare_and_commit(
+        self, record: SourceRecord, *, blob: BlobRef | _Unknown | None = _UNKNOWN
+    ) -> SourceRecord:
         client = self.peers.client(record.destination_host)
-        current = await self.ctx.journal.object(record.tenant, record.object_id)
-        blob = current.value.blob if current is not None else None
+        if isinstance(blob, _Unknown):
+            current = await self.ctx.journal.object(record.tenant, record.object_id)
+            blob = current.value.blob if current is not None else None
         try:
             if blob is None:
                 receipt_raw = await client.prepare(record.transfer)
@@ -276,7 +336,7 @@ class Source:
                     ),
                     size=blob.size,
                 )
-            self._check_receipt(record, receipt_raw, ReceiptKind.STAGED)
+            receipt = self._check_receipt(record, receipt_raw, ReceiptKind.STAGED)
         except PeerUnavailableError as exc:
             await self.abort(record.migration_id, reason=f"destination unreachable: {exc.reason}")
             raise
@@ -285,11 +345,19 @@ class Source:
             raise
         crash_point("source.after-prepare")
         return await self._commit(
-            record.migration_id, receipt_raw, transfer_digest=_transfer_digest(record)
+            record.migration_id,
+            receipt_raw,
+            transfer_digest=_transfer_digest(record),
+            receipt=receipt,
         )
 
     async def _commit(
-        self, migration_id: str, receipt_raw: bytes, *, transfer_digest: bytes
+        self,
+        migration_id: str,
+        receipt_raw: bytes,
+        *,
+        transfer_digest: bytes,
+        receipt: dsse.Envelope | None = None,
     ) -> SourceRecord:
         """Point of no return: journal COMMITTED and tombstone the object, atomically.
 
@@ -298,7 +366,8 @@ class Source:
         (contention in the store, a busy store) is not a decision against committing.
         """
         ctx = self.ctx
-        receipt = wire.decode_envelope(receipt_raw)  # once: the same on every try
+        if receipt is None:  # decoded once: the same on every try
+            receipt = wire.decode_envelope(receipt_raw)
         current = None
         try:
             async for attempt in lost_race(COMMIT_ATTEMPTS, also=(StoreUnavailableError,)):
@@ -308,7 +377,14 @@ class Source:
                     record = journal.value
                     if record.step is not SourceStep.FROZEN:
                         return record  # a Decision or another driver got here first; follow it
-                    current = await ctx.journal.object(record.tenant, record.object_id)
+                    # The object and its quota charge in one read (one snapshot).
+                    keys = (
+                        object_key(record.tenant, record.object_id),
+                        held_key(record.tenant, record.object_id),
+                    )
+                    found = await ctx.journal.store.get_many(keys)
+                    current = ctx.journal.decoded(wire.decode_object, found.get(keys[0]))
+                    held = ctx.journal.decoded(decode_counter, found.get(keys[1]))
                     if current is None:
                         raise ObjectStateError(
                             f"{record.object_id} vanished from {ctx.host} during migration"
@@ -330,7 +406,7 @@ class Source:
                             ctx.journal.put_object(record.tenant, moved, current.etag),
                             ctx.journal.put_source(committed, journal.etag),
                             # A tombstone is not held: the tenant's quota gets the room back.
-                            *await ctx.journal.release(record.tenant, record.object_id),
+                            *ctx.journal.release_held(record.tenant, record.object_id, held),
                             *ctx.lifecycle.writes(
                                 LifecycleEvent(
                                     verb="migration.committed",
@@ -406,12 +482,12 @@ class Source:
         )
         return done
 
-    def _check_receipt(self, record: SourceRecord, raw: bytes, kind: ReceiptKind) -> None:
-        """A receipt must be signed by the destination and about exactly this transfer."""
+    def _check_receipt(self, record: SourceRecord, raw: bytes, kind: ReceiptKind) -> dsse.Envelope:
+        """A receipt must be signed by the destination and about exactly this transfer;
+        returns its envelope (decoded once, for whoever stores it next)."""
         now = self.ctx.clock.now()
-        payload = self.ctx.open_from(
-            record.destination_host, wire.decode_envelope(raw), kind.payload_type, at=now
-        )
+        envelope = wire.decode_envelope(raw)
+        payload = self.ctx.open_from(record.destination_host, envelope, kind.payload_type, at=now)
         receipt = wire.decode_receipt(payload, kind)
         if (
             receipt.migration_id != record.migration_id
@@ -425,6 +501,7 @@ class Source:
                 "but describes another transfer",
                 hint="the destination answered about something else; the migration aborts",
             )
+        return envelope
 
     async def abort(self, migration_id: str, *, reason: str, tell: bool = True) -> SourceRecord:
         """Abort before commit: journal ABORTED and resume the object, then tell the
