@@ -149,6 +149,8 @@ class Destination:
         #: Streamed uploads in flight in this process, per peer (exact, unlike the store's
         #: markers, which two concurrent uploads could both count before either writes).
         self._uploads: dict[str, int] = {}
+        #: clean-ups of failed uploads, held until done (shielded from the call's cancel)
+        self._cleanups: set[asyncio.Future[None]] = set()
 
     # --- Prepare ----------------------------------------------------------------------
 
@@ -204,7 +206,7 @@ class Destination:
                 "was already seen here: this is a stale copy",
                 hint="only the copy with the newest epoch may move; find where the object lives now",
             )
-        current = ctx.journal.decoded(wire.decode_object, found.get(keys[1]))
+        current = ctx.journal.decoded_object(keys[1], found.get(keys[1]))
         checkpoints = self._check_lineage(transfer, previous=current.value if current else None)
         ctx.check_rules(transfer.object)
         # Hops are the departures other hosts signed (plus this one), each matched by its
@@ -416,15 +418,25 @@ class Destination:
                 # alone. Listing (not counting what write_blob knows it wrote) also finds
                 # a batch whose write was cancelled but still ran on the store's worker.
                 # If this cleanup fails too, the marker stays and collect_uploads
-                # finishes the job after the transfer expired.
-                await delete_location(store, f"upload/{suffix}/")
-                await store.delete(upload, etag=Expect.ANY)
+                # finishes the job after the transfer expired. Shielded: a peer that
+                # vanishes cancels this call, and that cancellation can land after the
+                # stream's own error, while the cleanup awaits; it must not stop it.
+                cleanup = asyncio.ensure_future(self._drop_failed_upload(suffix, upload))
+                self._cleanups.add(cleanup)
+                cleanup.add_done_callback(self._cleanups.discard)
+                await asyncio.shield(cleanup)
                 raise
             return upload, blob
         finally:
             self._uploads[peer] -= 1
             if not self._uploads[peer]:
                 del self._uploads[peer]
+
+    async def _drop_failed_upload(self, suffix: str, upload: str) -> None:
+        """Delete a failed upload's chunks (or file), then its marker."""
+        store = self.ctx.journal.store
+        await delete_location(store, f"upload/{suffix}/")
+        await store.delete(upload, etag=Expect.ANY)
 
     async def _stage(
         self,

@@ -382,6 +382,12 @@ class Journal:
         item = await self.store.get(key)
         return None if item is None else Versioned(self._objects.get(key, item.value), item.etag)
 
+    def decoded_object(self, key: str, item: Item | None) -> Versioned[GovernedObject] | None:
+        """The object item under ``key`` the caller read itself (several keys in one
+        read), decoded through this journal's memo of objects (not the content memo of
+        records, which would hold a second copy of it)."""
+        return None if item is None else Versioned(self._objects.get(key, item.value), item.etag)
+
     def decode_object(self, key: str, raw: bytes) -> GovernedObject:
         """The object stored under ``key`` as ``raw``, read by the caller itself (a batch
         read), decoded through this journal's memo of objects."""

@@ -383,7 +383,7 @@ class Source:
                         held_key(record.tenant, record.object_id),
                     )
                     found = await ctx.journal.store.get_many(keys)
-                    current = ctx.journal.decoded(wire.decode_object, found.get(keys[0]))
+                    current = ctx.journal.decoded_object(keys[0], found.get(keys[0]))
                     held = ctx.journal.decoded(decode_counter, found.get(keys[1]))
                     if current is None:
                         raise ObjectStateError(
