@@ -271,7 +271,7 @@ def _decode_fast(cls: type[LineageEntry], raw: bytes) -> LineageEntry | None:
         seq=document["seq"],
         prev=prev,
         time=moment,
-        host=document["host"],
+        host=sys.intern(document["host"]),  # a few hosts record every entry
         kind=kind,
         epoch=document["epoch"],
         generation=document["generation"],
