@@ -42,7 +42,7 @@ from gateway.archive import verify_archived
 from gateway.config import load_config
 from gateway.host import Host
 from gateway.keys import forget_verified_signatures
-from gateway.lineage import forget_decoded_entries
+from gateway.lineage import forget_decoded_entries, forget_verified_prefixes
 from gateway.model import GovernedObject
 from gateway.objectspec import parse_spec
 from gateway.runtime.compaction import StoreArchive
@@ -170,6 +170,7 @@ async def run(generations: int, samples: int, world: World, budget: float) -> di
         # Cold, as a third party verifying offline: B's arrival verified the carried
         # checkpoints in this process a moment ago.
         forget_verified_signatures()
+        forget_verified_prefixes()
         forget_decoded_entries()
         started = time.perf_counter()
         whole = verify_archived(

@@ -52,6 +52,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import re
 import sqlite3
 import statistics
@@ -313,6 +314,9 @@ async def drive(
                 "lineage_entries": await soak.lineage_entries(picked),
                 "migrations": len(soak.done),
                 "refusals": sum(soak.refusals.values()),
+                # The machine is shared: a drift measured while others' load rose is not
+                # the gateway's alone.
+                "load_average_1min": os.getloadavg()[0],
             }
             samples.append(sample)
             turn += 1
@@ -430,6 +434,10 @@ def summarize(
         "objects_unresolved": soak.unresolved,
         "live_copies_at_end": {str(k): v for k, v in sorted(live.items())},
         "migrations": migrations,
+        "load_average_by_third": [
+            statistics.fmean(s["load_average_1min"] for s in part) if part else float("nan")
+            for part in cut
+        ],
         "seconds": span,
         "objects": len(soak.ids),
         "in_flight": args.in_flight,
@@ -501,6 +509,10 @@ def print_soak(result: dict[str, Any]) -> None:
     )
     entries = result["lineage_entries_first_last"]
     say(f"  lineage entries per object {entries[0]:.0f} -> {entries[1]:.0f}")
+    say(
+        "  machine load average (1 min) by third: "
+        + " ".join(f"{v:.1f}" for v in result["load_average_by_third"])
+    )
     say(f"  refusals {result['refusals'] or 'none'}")
     say(
         f"  live copies at the end {result['live_copies_at_end']}, "

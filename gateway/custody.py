@@ -37,6 +37,9 @@ No I/O.
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -95,14 +98,125 @@ def verify_custody(
             f"arrivals; expected {completed} arrivals",
             hint="every completed handoff needs its receiver's signed activation receipt",
         )
-    for index in range(completed):
+    # Arrivals this process checked before, against the same departures and entries, are
+    # not opened again (VerifiedArrivals): an object that comes back carries them all.
+    done, chain = VERIFIED_ARRIVALS.find(lineage, checkpoints, object_id, trust, completed)
+    for index in range(done, completed):
         _check_arrival(
             lineage, checkpoints[index], lineage.arrivals[index], index, object_id, trust
         )
+        chain = _link(chain, lineage, checkpoints[index].size, index)
+    if completed > done:
+        VERIFIED_ARRIVALS.remember(object_id, trust, completed, chain)
     creator = lineage.creator()
     holders = [creator] if creator else []
     holders.extend(c.to for c in checkpoints[:completed])
     return Custody(hops=len(checkpoints), holders=tuple(holders))
+
+
+def _link(chain: bytes, lineage: Lineage, size: int, index: int) -> bytes:
+    """``chain`` extended by everything arrival ``index``'s check reads: the departure's
+    signed payload, the arrival envelope's bytes, and the entry after the departure (its
+    leaf hash) or that it is archived."""
+    arrival = lineage.arrivals[index]
+    following = lineage.entry(size)
+    if size < lineage.start:
+        after = b"archived"
+    elif following is None:
+        after = b"missing"
+    else:
+        after = following.leaf_hash()
+    parts = [
+        chain,
+        lineage.checkpoints[index].payload,
+        arrival.payload,
+        arrival.payload_type.encode(),
+        after,
+    ]
+    for signature in arrival.signatures:
+        parts += (signature.keyid.encode(), signature.sig)
+    hasher = hashlib.sha256(len(parts).to_bytes(4, "big"))
+    for part in parts:
+        hasher.update(len(part).to_bytes(8, "big"))
+        hasher.update(part)
+    return hasher.digest()
+
+
+class VerifiedArrivals:
+    """How many of each object's arrival receipts this process checked, and a digest of
+    everything those checks read (:func:`_link`, chained from the first).
+
+    Why: arrivals stay in the object (ADR 0007), one per past hop; checking each again on
+    every arrival made a migration's cost grow with the object's hops (the soak, issue 13
+    point 7). Exact: the remembered count is used only when the trust store is the very
+    one the checks ran under (a reload or revocation makes a new one) and the arriving
+    lineage's departures, arrivals and following entries for those indices digest to the
+    same value (SHA-256; a different byte anywhere is a miss), so every input of those
+    checks is the same. What remains per arrival is hashing its bytes, not opening its
+    signature, decoding its receipt and judging its key. A first visit checks all.
+
+    Bounded: ``capacity`` (object, trust store) pairs, least recently used first out,
+    each a count and 32 bytes (about 200 bytes with the key).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        #: (object id, id of the trust store) -> (trust store, arrivals checked, digest).
+        #: The store is held so that its id is not reused while the entry lives.
+        self._seen: OrderedDict[tuple[str, int], tuple[TrustStore, int, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+
+    def find(
+        self,
+        lineage: Lineage,
+        checkpoints: Sequence[Checkpoint],
+        object_id: str,
+        trust: TrustStore,
+        completed: int,
+    ) -> tuple[int, bytes]:
+        """(arrivals already checked, their chained digest); (0, b"") on a miss.
+        ``checkpoints``: the departures verify_lineage decoded from ``lineage``."""
+        key = (object_id, id(trust))
+        with self._lock:
+            found = self._seen.get(key)
+            if found is not None:
+                self._seen.move_to_end(key)
+        if found is None or found[0] is not trust or found[1] > completed:
+            return 0, b""
+        count, remembered = found[1], found[2]
+        chain = b""
+        for index in range(count):
+            chain = _link(chain, lineage, checkpoints[index].size, index)
+        if chain != remembered:
+            return 0, b""
+        self.hits += 1
+        return count, chain
+
+    def remember(self, object_id: str, trust: TrustStore, count: int, chain: bytes) -> None:
+        key = (object_id, id(trust))
+        with self._lock:
+            self._seen[key] = (trust, count, chain)
+            self._seen.move_to_end(key)
+            while len(self._seen) > self._capacity:
+                self._seen.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._seen.clear()
+            self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+#: Arrivals checked by this process (see :class:`VerifiedArrivals`).
+VERIFIED_ARRIVALS = VerifiedArrivals(capacity=4096)
+
+
+def forget_verified_arrivals() -> None:
+    """Empty the verified-arrival memory (benchmarks timing a cold check; tests)."""
+    VERIFIED_ARRIVALS.clear()
 
 
 def _check_arrival(

@@ -35,6 +35,9 @@ import functools
 import hashlib
 import itertools
 import json
+import sys
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -268,7 +271,7 @@ def _decode_fast(cls: type[LineageEntry], raw: bytes) -> LineageEntry | None:
         seq=document["seq"],
         prev=prev,
         time=moment,
-        host=document["host"],
+        host=sys.intern(document["host"]),  # a few hosts record every entry
         kind=kind,
         epoch=document["epoch"],
         generation=document["generation"],
@@ -499,14 +502,16 @@ class Checkpoint:
             issued_at = parse_time(_field(document, "issued_at", str, what))
         except ValueError as exc:
             raise LineageError(f"{what}: {exc}") from exc
+        # Interned: an object's checkpoints name the same few hosts and one object id,
+        # and verified checkpoints are kept (VerifiedPrefixes).
         return cls(
-            object_id=_field(document, "object_id", str, what),
-            host=_field(document, "host", str, what),
+            object_id=sys.intern(_field(document, "object_id", str, what)),
+            host=sys.intern(_field(document, "host", str, what)),
             epoch=_field(document, "epoch", int, what),
             size=_field(document, "size", int, what),
             root=_hex(document, "root", what),
             issued_at=issued_at,
-            to=_field(document, "to", str, what),
+            to=sys.intern(_field(document, "to", str, what)),
             migration=_field(document, "migration", str, what),
             credentials_digest=b""
             if legacy
@@ -645,6 +650,7 @@ class _Log:
         "base_payload",
         "entries",
         "frontier",
+        "heads",
         "start",
         "start_frontier",
         "wire",
@@ -664,6 +670,10 @@ class _Log:
         #: written every cycle encodes only its new entries.
         self.wire = bytearray()
         self.wire_ends: list[int] = []
+        #: Tree heads over the first n entries of the whole history (archived ones
+        #: included) by n, as verify_lineage computed them from the entries: the entries
+        #: of a log never change, so neither do these.
+        self.heads: dict[int, bytes] = {}
 
     def add(self, entry: LineageEntry) -> None:
         # Hashing waits until a tree head is asked for (frontier_at): decoding a lineage
@@ -673,13 +683,15 @@ class _Log:
     def frontier_at(self, count: int) -> merkle.CompactRange:
         """The compact range of leaves [0, start + count)."""
         frontier = self.frontier
+        # append_leaves, not append per leaf: a freshly decoded lineage (every source
+        # sealing a departure) builds its whole tree here, level by level.
         if count == len(self.entries) and frontier is not None:
-            for entry in self.entries[frontier.end - self.start :]:
-                frontier.append(entry.leaf_hash())
+            frontier.append_leaves(
+                [entry.leaf_hash() for entry in self.entries[frontier.end - self.start :]]
+            )
             return frontier
         built = self.start_frontier.copy()
-        for entry in self.entries[:count]:
-            built.append(entry.leaf_hash())
+        built.append_leaves([entry.leaf_hash() for entry in self.entries[:count]])
         return built
 
 
@@ -1085,6 +1097,146 @@ def _open_signed(
     return verified.payload
 
 
+def _envelopes_digest(envelopes: Sequence[dsse.Envelope]) -> bytes:
+    """SHA-256 over every byte of ``envelopes`` that verification reads (payload, payload
+    type, key ids and signatures), each part length-prefixed: equal digests, equal
+    envelopes."""
+    hasher = hashlib.sha256()
+    update = hasher.update
+    for envelope in envelopes:
+        parts = [envelope.payload, envelope.payload_type.encode()]
+        for signature in envelope.signatures:
+            parts += (signature.keyid.encode(), signature.sig)
+        update(len(parts).to_bytes(4, "big"))
+        for part in parts:
+            update(len(part).to_bytes(8, "big"))
+            update(part)
+    return hasher.digest()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Prefix:
+    """A lineage prefix that verify_lineage verified: its first ``len(checkpoints)``
+    checkpoints (whose envelopes digest to ``envelopes``) over its first ``size`` entries
+    (entry ``size - 1`` has leaf hash ``head``), behind the base whose payload digests to
+    ``base``, under ``trust``."""
+
+    trust: TrustStore
+    base: bytes
+    checkpoints: tuple[Checkpoint, ...]
+    envelopes: bytes
+    size: int
+    head: bytes
+    frontier: merkle.CompactRange  #: leaves [0, size): the tree the checkpoints sign
+
+
+class VerifiedPrefixes:
+    """What this process verified of each object's lineage, the last time it saw it.
+
+    Why: departures and arrivals stay in the object (ADR 0007), so an object that moves
+    back and forth carries one more checkpoint per hop, and opening every one again on
+    every arrival made a migration's cost grow with the object's past hops (the soak,
+    issue 13 point 7). A host that verified a prefix before checks only that the
+    arriving lineage starts with exactly it, then verifies what follows as always.
+
+    Why it is exact (no trust is extended): a prefix is used only when (1) the trust store
+    is the very object it was verified under (a reload, a revocation, a retirement makes
+    a new one: a miss); (2) the base's payload is the same bytes; (3) the first
+    checkpoints are the same bytes, signatures included (SHA-256 over them); (4) the
+    arriving entry at the prefix's size has the same leaf hash, and verify_chain has
+    checked every carried entry's link, so every entry before it is the same bytes too
+    (a different one would be a SHA-256 collision). Everything verify_lineage checked of
+    those checkpoints depends only on these: their signatures and signing times, the
+    entries they cover and the tree heads of those entries. A miss costs what
+    verification always cost. A first visit pays for the whole history.
+
+    Bounded: at most ``objects`` states and ``checkpoints`` decoded checkpoints in all
+    (one state per object and trust store, the newest; successive states share their
+    checkpoints), least recently used first out.
+    """
+
+    def __init__(self, *, objects: int, checkpoints: int) -> None:
+        self._objects = objects
+        self._checkpoints = checkpoints
+        self._held = 0
+        #: by (object id, id of the trust store): the state holds the store, so its id
+        #: is not reused while the state lives.
+        self._states: OrderedDict[tuple[str, int], _Prefix] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def find(
+        self,
+        object_id: str,
+        trust: TrustStore,
+        base: bytes,
+        envelopes: Sequence[dsse.Envelope],
+        *,
+        start: int,
+        total: int,
+        hashes: Sequence[bytes],
+    ) -> _Prefix | None:
+        """The remembered prefix that ``envelopes`` and the carried entries (first at
+        ``start``, of ``total``, with leaf hashes ``hashes`` whose links are checked)
+        start with exactly, or None."""
+        key = (object_id, id(trust))
+        with self._lock:
+            state = self._states.get(key)
+            if state is not None:
+                self._states.move_to_end(key)
+        count = len(state.checkpoints) if state is not None else 0
+        if (
+            state is None
+            or state.trust is not trust
+            or state.base != base
+            or len(envelopes) < count
+            or not start < state.size <= total
+            or hashes[state.size - start - 1] != state.head
+            or _envelopes_digest(envelopes[:count]) != state.envelopes
+        ):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return state
+
+    def remember(self, object_id: str, state: _Prefix) -> None:
+        if len(state.checkpoints) > self._checkpoints:
+            return
+        key = (object_id, id(state.trust))
+        with self._lock:
+            old = self._states.pop(key, None)
+            if old is not None:
+                self._held -= len(old.checkpoints)
+            self._states[key] = state
+            self._held += len(state.checkpoints)
+            while len(self._states) > self._objects or self._held > self._checkpoints:
+                _oldest, evicted = self._states.popitem(last=False)
+                self._held -= len(evicted.checkpoints)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._states.clear()
+            self._held = 0
+            self.hits = self.misses = 0
+
+    def sizes(self) -> tuple[int, int]:
+        """(objects, checkpoints) held now."""
+        return len(self._states), self._held
+
+
+#: Verified lineage prefixes of this process (see :class:`VerifiedPrefixes`): 4096
+#: states, 65536 decoded checkpoints in all (measured about 340 bytes each with the
+#: hosts and object ids shared: at most about 22 MiB). An LRU smaller than what cycles
+#: through it hits nothing, so it is sized for the soak's 200 objects at 300 hops.
+VERIFIED_PREFIXES = VerifiedPrefixes(objects=4096, checkpoints=65536)
+
+
+def forget_verified_prefixes() -> None:
+    """Empty the verified-prefix memory (benchmarks timing a cold verify; tests)."""
+    VERIFIED_PREFIXES.clear()
+
+
 def verify_lineage(
     lineage: Lineage,
     *,
@@ -1148,7 +1300,20 @@ def verify_lineage(
     recorders = [entry.host for entry in entries]  # sliced per checkpoint below
     hosts: list[str] = []
     checkpoints: list[Checkpoint] = []
-    for index, envelope in enumerate(lineage.checkpoints):
+    base_digest = digest(lineage.base.payload) if lineage.base is not None else b""
+    # An object that comes back carries, verbatim, the history this process verified when
+    # it last saw it: those checkpoints are not opened again (see VerifiedPrefixes).
+    prefix = VERIFIED_PREFIXES.find(
+        object_id, trust, base_digest, lineage.checkpoints, start=start, total=total, hashes=hashes
+    )
+    skip = 0
+    if prefix is not None:
+        skip = len(prefix.checkpoints)
+        checkpoints.extend(prefix.checkpoints)
+        hosts.extend(c.host for c in prefix.checkpoints)
+        covered = prefix.size
+        holder = prefix.checkpoints[-1].to
+    for index, envelope in enumerate(lineage.checkpoints[skip:], start=skip):
         if covered >= total:
             raise LineageError(f"checkpoint {index} covers no new entries")
         # The host that must have signed is the one that recorded the next entries (or,
@@ -1215,22 +1380,52 @@ def verify_lineage(
         holder = checkpoint.to
         hosts.append(host)
         checkpoints.append(checkpoint)
-    if base is not None:
+    if base is not None and prefix is None:
+        # With a remembered prefix the base and every archived departure are as checked
+        # then (same base bytes; archived departures end at or before its size).
         _check_base(base, checkpoints, creator)
     # The tree heads of the checkpoints that end among the carried entries, from one
-    # compact range grown leaf by leaf (never a tree per checkpoint).
-    targets = {c.size: (i, c) for i, c in enumerate(checkpoints) if c.size > start}
-    frontier = lineage._log.start_frontier.copy()
-    heads = frontier.append_leaves(hashes, targets)
+    # compact range grown leaf by leaf (never a tree per checkpoint); from a remembered
+    # prefix, only over the entries after it.
+    if prefix is not None:
+        frontier = prefix.frontier.copy()
+        floor = prefix.size
+    else:
+        frontier = lineage._log.start_frontier.copy()
+        floor = start
+    targets = {c.size: (i, c) for i, c in enumerate(checkpoints) if c.size > floor}
+    split = max(covered, floor) - start
+    heads = frontier.append_leaves(hashes[floor - start : split], targets)
+    at_covered = frontier.copy() if covered > max(floor, start) else None
+    heads.update(frontier.append_leaves(hashes[split:], targets))
     for size, (index, checkpoint) in sorted(targets.items()):
         if heads[size] != checkpoint.root:
             raise LineageError(
                 f"checkpoint {index} by {checkpoint.host} does not match the entries it covers"
             )
+    # The true tree heads of these entries, for verify_extends (a remembered prefix's
+    # checkpoints matched them when it was verified, and its entries are these).
+    known = lineage._log.heads
+    known.update(heads)
+    if prefix is not None:
+        known.update((c.size, c.root) for c in prefix.checkpoints if c.size > start)
     if sealed and covered != total:
         raise LineageError(
             f"{total - covered} lineage entries are not covered by a signed checkpoint",
             hint="the sending host must checkpoint the lineage before the object leaves",
+        )
+    if at_covered is not None:
+        VERIFIED_PREFIXES.remember(
+            object_id,
+            _Prefix(
+                trust=trust,
+                base=base_digest,
+                checkpoints=tuple(checkpoints),
+                envelopes=_envelopes_digest(lineage.checkpoints),
+                size=covered,
+                head=hashes[covered - start - 1],
+                frontier=at_covered,
+            ),
         )
     return VerifiedLineage(
         size=total,
@@ -1289,7 +1484,12 @@ def verify_extends(lineage: Lineage, *, seen_size: int, seen_root: bytes) -> Non
     if seen_size == 0:
         root = merkle.EMPTY_ROOT
     elif seen_size >= lineage.start:
-        root = lineage._log.frontier_at(seen_size - lineage.start).root()
+        known = lineage._log.heads.get(seen_size)  # verify_lineage computed it already
+        root = (
+            known
+            if known is not None
+            else lineage._log.frontier_at(seen_size - lineage.start).root()
+        )
     else:
         base = lineage.base_claim()
         assert base is not None

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway import custody
 from gateway.authority import CapabilitySet, Constraints
 from gateway.credentials import issue_grant, verify_chain
 from gateway.custody import require_extends_departures, verify_custody
@@ -283,3 +284,33 @@ def test_no_rewrite_of_the_presenters_own_records_lowers_the_hop_count(
     except GatewayError:
         return
     assert hops >= 3
+
+
+def test_arrivals_checked_before_are_not_checked_again_unless_a_byte_differs(
+    history: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The verified-arrival memory (custody.VerifiedArrivals): a second look at the same
+    history checks no arrival again; a history whose arrivals differ is checked in full
+    and refused as without the memory."""
+    checked: list[int] = []
+    real = custody._check_arrival
+
+    def counting(lineage, departure, raw, index, object_id, trust):  # type: ignore[no-untyped-def]
+        checked.append(index)
+        real(lineage, departure, raw, index, object_id, trust)
+
+    monkeypatch.setattr(custody, "_check_arrival", counting)
+    custody.forget_verified_arrivals()
+    assert judge(history.at_c, history) == 3
+    assert checked == [0, 1]
+    checked.clear()
+
+    assert judge(history.at_c, history) == 3
+    assert checked == []
+    assert custody.VERIFIED_ARRIVALS.hits == 1
+
+    swapped = _with(history.at_c, arrivals=history.at_c.lineage.arrivals[::-1])
+    with pytest.raises(GatewayError, match="arrival 0"):
+        judge(swapped, history)
+    assert checked == [0]
+    custody.forget_verified_arrivals()

@@ -1,0 +1,149 @@
+"""Do the process-wide memories hit under the soak's load, and what grows in memory?
+
+Run from the project directory::
+
+    python bench/soak_memory.py --seconds 180
+    python bench/soak_memory.py --seconds 240 --trace 60 200   # tracemalloc diff
+
+The soak of bench/bench_soak.py (200 small objects cycling every 5 s, moved back and
+forth between two hosts, 8 in flight), but with both hosts served in this process
+(gateway.testing.harness.InProcessWorld), so their memories can be read: every
+``--sample`` seconds it prints the hit rate since the last sample and the size of the
+entry memo (gateway.lineage), the verified-signature memory (gateway.keys), the
+verified-prefix memory (gateway.lineage) and the verified-arrival memory
+(gateway.custody), with this process's RSS. Both hosts share one process, so the entry
+memo and signature memory serve both (the same entries and signatures, as two servers'
+would each hold), and the prefix and arrival memories hold one state per host.
+
+``--trace A B`` starts tracemalloc (which slows everything) and prints the 20 source
+lines whose allocations grew most between second A and second B.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.bench_soak import HOST_A, HOST_B, POLICY, TENANT, Soak, object_spec, rss_mib
+from gateway import custody, keys
+from gateway import lineage as lineage_module
+from gateway.testing import HostSpec, build_world, create_from_spec
+from gateway.testing.harness import InProcessWorld
+
+
+def counters() -> dict[str, tuple[int, int, int]]:
+    """(hits, misses, size) per memory."""
+    entries = lineage_module._remembered_entry.cache_info()
+    prefixes = lineage_module.VERIFIED_PREFIXES
+    return {
+        "entry memo": (entries.hits, entries.misses, entries.currsize),
+        "signatures": (
+            keys.VERIFIED_SIGNATURES.hits,
+            keys.VERIFIED_SIGNATURES.misses,
+            len(keys.VERIFIED_SIGNATURES),
+        ),
+        "prefixes": (prefixes.hits, prefixes.misses, prefixes.sizes()[1]),
+        "arrivals": (custody.VERIFIED_ARRIVALS.hits, 0, len(custody.VERIFIED_ARRIVALS)),
+    }
+
+
+async def drive(world: InProcessWorld, ids: list[str], args: argparse.Namespace) -> None:
+    soak = Soak(hosts=world.hosts, ids=ids, where=dict.fromkeys(ids, HOST_A), in_flight=8)
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for object_id in ids:
+        queue.put_nowait(object_id)
+    stop = asyncio.Event()
+    workers = [asyncio.create_task(soak.worker(queue, stop)) for _ in range(args.in_flight)]
+    began = time.perf_counter()
+    before = counters()
+    done_before = 0
+    snapshots: dict[float, tracemalloc.Snapshot] = {}
+    print(
+        "  t s  mig/s  rss MiB  | memory: hit rate since last sample, size (prefixes: "
+        "checkpoints held; arrivals: hits only)",
+        flush=True,
+    )
+    try:
+        while time.perf_counter() - began < args.seconds:
+            await asyncio.sleep(args.sample)
+            now = time.perf_counter() - began
+            after = counters()
+            parts = []
+            for name, (hits, misses, size) in after.items():
+                h, m = hits - before[name][0], misses - before[name][1]
+                rate = f"{h / (h + m):.0%}" if h + m else "-"
+                parts.append(
+                    f"{name} {rate} {size}" if name != "arrivals" else f"{name} {h} {size}"
+                )
+            rate = (len(soak.done) - done_before) / args.sample
+            print(
+                f"{now:5.0f} {rate:6.1f} {rss_mib_self():8.1f}  | " + ", ".join(parts), flush=True
+            )
+            before, done_before = after, len(soak.done)
+            for moment in args.trace or ():
+                if moment not in snapshots and now >= moment:
+                    snapshots[moment] = tracemalloc.take_snapshot()
+    finally:
+        stop.set()
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+    if args.trace and len(snapshots) == 2:
+        first, last = (snapshots[m] for m in sorted(snapshots))
+        print(f"\nallocations grown from {min(snapshots):.0f} s to {max(snapshots):.0f} s:")
+        for stat in last.compare_to(first, "lineno")[:20]:
+            print(f"  {stat}")
+    print(f"\nrefusals: {dict(soak.refusals) or 'none'}; migrations {len(soak.done)}")
+
+
+def rss_mib_self() -> float:
+    import os
+
+    return rss_mib(os.getpid())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=180.0, help="how long (180)")
+    parser.add_argument("--objects", type=int, default=200, help="objects (200)")
+    parser.add_argument("--in-flight", type=int, default=8, help="migrations in flight (8)")
+    parser.add_argument("--sample", type=float, default=15.0, help="seconds between samples")
+    parser.add_argument(
+        "--trace", type=float, nargs=2, metavar=("A", "B"), help="tracemalloc diff from A to B s"
+    )
+    args = parser.parse_args(argv)
+    if args.trace:
+        tracemalloc.start()
+    with tempfile.TemporaryDirectory(prefix="soak-memory-") as name:
+        built = build_world(
+            Path(name), [HostSpec(host_id=h, policy=POLICY) for h in (HOST_A, HOST_B)]
+        )
+        world = InProcessWorld(built)
+        try:
+            ids = [f"obj://org-a.example/soak/{n}" for n in range(args.objects)]
+
+            async def create() -> None:
+                for index, object_id in enumerate(ids):
+                    await create_from_spec(
+                        world.hosts[HOST_A],
+                        object_id,
+                        object_spec(index, interval=5.0),
+                        tenant=TENANT,
+                    )
+
+            world.run(create(), timeout=600)
+            world.run(drive(world, ids, args), timeout=args.seconds + 600)
+        finally:
+            world.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
