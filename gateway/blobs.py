@@ -94,6 +94,9 @@ PARTIAL_FILE_AGE_S = 3600
 #: Reads of blob files, off the event loop (``pread`` releases the GIL and names its
 #: offset, so reads may finish in any order).
 _FILE_IO = ThreadPoolExecutor(max_workers=2, thread_name_prefix="blob-file")
+#: Writes of received parts to blob files (``pwrite`` at the part's offset, beside the
+#: hashing, which keeps its own thread for arrival order).
+_WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-write")
 #: Background ``fdatasync``: never behind the writes it lets go on.
 _SYNCER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-sync")
 
@@ -133,7 +136,7 @@ class BlobRef:
 async def write_blob(
     store: StateStore,
     location: str,
-    source: AsyncIterator[bytes],
+    source: AsyncIterator[bytes | memoryview],
     *,
     expected_digest: bytes | None = None,
     expected_size: int | None = None,
@@ -246,7 +249,7 @@ def _finished(
 async def _write_file(
     directory: Path,
     location: str,
-    source: AsyncIterator[bytes],
+    source: AsyncIterator[bytes | memoryview],
     *,
     expected_digest: bytes | None,
     expected_size: int | None,
@@ -273,44 +276,59 @@ async def _write_file(
     hasher = hashlib.sha256()
     size = 0
     unsynced = 0
-    pending: collections.deque[asyncio.Future[int]] = collections.deque()
+    #: Per part in the window: its hashing, its write, its length.
+    pending: collections.deque[tuple[asyncio.Future[None], asyncio.Future[int], int]] = (
+        collections.deque()
+    )
     held = 0  #: bytes of the parts in ``pending``
     syncing: asyncio.Future[int] | None = None
 
-    def absorb(part: bytes, offset: int) -> None:
-        # Hashing needs arrival order: the executor has one thread, first in first out.
-        # Writing on the same thread costs one hand-off per part instead of two.
-        hasher.update(part)
-        view = memoryview(part)
+    def store(view: memoryview, offset: int) -> None:
         while view:  # pwrite may write less than asked (a signal, a full disk)
             written = os.pwrite(fd, view, offset)
             view, offset = view[written:], offset + written
 
+    async def release() -> int:
+        hashed, written, length = pending.popleft()
+        await hashed
+        await written
+        return length
+
     try:
         async for part in source:
-            if size + len(part) > limit:
+            length = len(part)
+            if size + length > limit:
                 raise TransferStreamError(
                     f"object data stream is longer than the {limit} bytes announced",
                     hint="the sender and its signed transfer disagree; nothing was stored",
                 )
-            while pending and held + len(part) > FILE_WINDOW_BYTES:
-                held -= await pending.popleft()
+            while pending and held + length > FILE_WINDOW_BYTES:
+                held -= await release()
+            # Hashing needs arrival order (one thread, first in first out); a write names
+            # its offset, so it runs beside the hashing on its own thread (both release
+            # the GIL: the two overlap each other and the receiving).
             pending.append(
-                loop.run_in_executor(
-                    _HASHER,
-                    functools.partial(_on_disk, partial, absorb, part, size, answer=len(part)),
+                (
+                    loop.run_in_executor(_HASHER, hasher.update, part),
+                    loop.run_in_executor(
+                        _WRITER,
+                        functools.partial(
+                            _on_disk, partial, store, memoryview(part), size, answer=length
+                        ),
+                    ),
+                    length,
                 )
             )
-            held += len(part)
-            size += len(part)
-            unsynced += len(part)
+            held += length
+            size += length
+            unsynced += length
             if unsynced >= SYNC_EVERY and (syncing is None or syncing.done()):
                 if syncing is not None:
                     await syncing  # done: surfaces its error, if any
                 syncing = loop.run_in_executor(_SYNCER, _on_disk, partial, os.fdatasync, fd)
                 unsynced = 0
         while pending:
-            await pending.popleft()
+            await release()
         digest = _finished(hasher, size, expected_size, expected_digest)
         if syncing is not None:
             await syncing
@@ -321,7 +339,11 @@ async def _write_file(
         )
     except BaseException:
         # Let what is in flight finish first, so that nothing writes after the cleanup.
-        await asyncio.gather(*pending, *([syncing] if syncing else []), return_exceptions=True)
+        await asyncio.gather(
+            *(future for hashed, written, _ in pending for future in (hashed, written)),
+            *([syncing] if syncing else []),
+            return_exceptions=True,
+        )
         await asyncio.to_thread(_discard_files, *ours)
         raise
     finally:

@@ -259,3 +259,49 @@ def test_a_framed_data_chunk_is_the_message_protobuf_would_send(length: int) -> 
     assert gateway_pb2.PrepareChunk.FromString(encode_part(data)).data == data
     transfer = gateway_pb2.PrepareChunk(transfer=data[:50])
     assert encode_part(transfer) == transfer.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "length", [0, 1, 127, 128, 16_383, 16_384, 300_000, CHUNK_BYTES, 2_097_152]
+)
+def test_a_received_data_chunk_decodes_as_protobuf_would(length: int) -> None:
+    """framing.decode_part reads the one-field form as a view of the received bytes (no
+    message, no copy); its data must be what the library's parser gives, and anything
+    else goes to that parser."""
+    from gateway.transport.framing import data_of, decode_part, encode_part
+    from gateway.v1 import gateway_pb2
+
+    data = os.urandom(length)
+    raw = encode_part(data)
+    part = decode_part(raw)
+    assert isinstance(part, memoryview)
+    assert bytes(data_of(part)) == gateway_pb2.PrepareChunk.FromString(raw).data == data
+    # A transfer, and data followed by another field (the last one set wins the oneof):
+    # both go through the parser and mean what protobuf says.
+    transfer = gateway_pb2.PrepareChunk(transfer=data[:50]).SerializeToString()
+    for odd in (transfer, raw + transfer):
+        decoded = decode_part(odd)
+        assert isinstance(decoded, gateway_pb2.PrepareChunk)
+        assert decoded == gateway_pb2.PrepareChunk.FromString(odd)
+        with pytest.raises(TransferStreamError, match="only data"):
+            data_of(decoded)
+    # Two data fields: protobuf keeps the last; so must the decoding.
+    twice = encode_part(b"first") + raw
+    assert bytes(data_of(decode_part(twice))) == data
+
+
+def test_a_data_chunk_with_a_padded_length_decodes_as_protobuf_would() -> None:
+    """A varint may be padded with 0x80 bytes (protobuf accepts up to 10); a peer's odd
+    but valid encoding means the same data, and a varint too long is the parser's to refuse."""
+    from google.protobuf.message import DecodeError
+
+    from gateway.transport.framing import data_of, decode_part
+    from gateway.v1 import gateway_pb2
+
+    padded = b"\x12\x83\x80\x00abc"  # length 3 written in three bytes
+    assert bytes(data_of(decode_part(padded))) == gateway_pb2.PrepareChunk.FromString(padded).data
+    too_long = b"\x12" + b"\x80" * 10 + b"\x00abc"
+    with pytest.raises(DecodeError):
+        gateway_pb2.PrepareChunk.FromString(too_long)
+    with pytest.raises(DecodeError):
+        decode_part(too_long)

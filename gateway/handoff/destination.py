@@ -246,7 +246,7 @@ class Destination:
     async def prepare_stream(
         self,
         raw: bytes,
-        data: AsyncIterator[bytes],
+        data: AsyncIterator[bytes | memoryview],
         *,
         peer: str,
         max_lifetime: int = MAX_TRANSFER_LIFETIME_S,
@@ -278,7 +278,7 @@ class Destination:
         *,
         peer: str,
         now: datetime,
-        data: AsyncIterator[bytes] | None = None,
+        data: AsyncIterator[bytes | memoryview] | None = None,
     ) -> bytes:
         ctx = self.ctx
         existing = await ctx.journal.destination(transfer.migration_id)
@@ -315,7 +315,12 @@ class Destination:
         )
 
     async def _upload(
-        self, transfer: Transfer, expected: BlobRef, data: AsyncIterator[bytes], *, peer: str
+        self,
+        transfer: Transfer,
+        expected: BlobRef,
+        data: AsyncIterator[bytes | memoryview],
+        *,
+        peer: str,
     ) -> tuple[str, BlobRef]:
         """Store a streamed upload under its own prefix; returns its marker and the blob.
 
