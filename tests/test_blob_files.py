@@ -21,6 +21,7 @@ from gateway.blobs import (
     delete_blob,
     delete_location,
     read_blob,
+    read_blob_views,
     stored_files,
     sweep_partial_files,
     write_blob,
@@ -76,6 +77,29 @@ def test_a_blob_is_one_file_that_reads_back_and_is_deleted_with_its_ref(tmp_path
         assert b"".join(chunks) == DATA
         await delete_blob(store, ref)
         assert stored_files(store) == []
+
+    run(tmp_path, scenario)
+
+
+def test_a_blob_file_read_as_views_gives_its_bytes_from_a_few_reused_buffers(
+    tmp_path: Path,
+) -> None:
+    """read_blob_views (the source's stream) reads into a few buffers used over and over:
+    each piece, copied before the next is asked for, is the file's bytes in order, and
+    the pieces share a bounded set of buffers instead of a fresh one each."""
+
+    async def scenario(store: SqliteStore) -> None:
+        data = os.urandom(10 * CHUNK_BYTES + 123)
+        ref = await write_blob(store, "blob/v/", parts(data), expected_size=len(data))
+        copies: list[bytes] = []
+        buffers: set[int] = set()
+        async for piece in read_blob_views(store, ref, piece_bytes=CHUNK_BYTES):
+            assert isinstance(piece, memoryview)
+            buffers.add(id(piece.obj))
+            copies.append(bytes(piece))  # what gRPC's serializer does before the next
+        assert b"".join(copies) == data
+        assert [len(c) for c in copies] == [CHUNK_BYTES] * 10 + [123]
+        assert len(buffers) <= 5 < len(copies)  # the read-ahead window + 1, reused
 
     run(tmp_path, scenario)
 
