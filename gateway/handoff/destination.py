@@ -351,8 +351,11 @@ class Destination:
             suffix = f"{tag}/{transfer.migration_id}/{uuid.uuid4().hex[:16]}"
             upload = UPLOAD_MARKERS + suffix
             collectable = to_millis(transfer.expires_at + 2 * self.ctx.timing.clock_skew)
-            await store.put(upload, encode_counter(collectable), etag=Expect.ABSENT)
             try:
+                # Inside the try: a call cancelled while the marker's put is on the
+                # store's worker may still see it committed (the delete below, queued
+                # after it on the one writer, removes it either way).
+                await store.put(upload, encode_counter(collectable), etag=Expect.ABSENT)
                 blob = await write_blob(
                     store,
                     f"upload/{suffix}/",
@@ -366,8 +369,13 @@ class Destination:
                 # a batch whose write was cancelled but still ran on the store's worker.
                 # If this cleanup fails too, the marker stays and collect_uploads
                 # finishes the job after the transfer expired.
-                await delete_location(store, f"upload/{suffix}/")
-                await store.delete(upload, etag=Expect.ANY)
+                async def clean() -> None:
+                    await delete_location(store, f"upload/{suffix}/")
+                    await store.delete(upload, etag=Expect.ANY)
+
+                # Shielded: a second cancellation (the call torn down again while this
+                # runs) must not stop it half-way and leave the marker behind.
+                await asyncio.shield(clean())
                 raise
             return upload, blob
         finally:
