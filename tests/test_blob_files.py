@@ -21,6 +21,7 @@ from gateway.blobs import (
     delete_blob,
     delete_location,
     read_blob,
+    read_blob_views,
     stored_files,
     sweep_partial_files,
     write_blob,
@@ -76,6 +77,29 @@ def test_a_blob_is_one_file_that_reads_back_and_is_deleted_with_its_ref(tmp_path
         assert b"".join(chunks) == DATA
         await delete_blob(store, ref)
         assert stored_files(store) == []
+
+    run(tmp_path, scenario)
+
+
+def test_a_blob_file_read_as_views_gives_its_bytes_from_a_few_reused_buffers(
+    tmp_path: Path,
+) -> None:
+    """read_blob_views (the source's stream) reads into a few buffers used over and over:
+    each piece, copied before the next is asked for, is the file's bytes in order, and
+    the pieces share a bounded set of buffers instead of a fresh one each."""
+
+    async def scenario(store: SqliteStore) -> None:
+        data = os.urandom(10 * CHUNK_BYTES + 123)
+        ref = await write_blob(store, "blob/v/", parts(data), expected_size=len(data))
+        copies: list[bytes] = []
+        buffers: set[int] = set()
+        async for piece in read_blob_views(store, ref, piece_bytes=CHUNK_BYTES):
+            assert isinstance(piece, memoryview)
+            buffers.add(id(piece.obj))
+            copies.append(bytes(piece))  # what gRPC's serializer does before the next
+        assert b"".join(copies) == data
+        assert [len(c) for c in copies] == [CHUNK_BYTES] * 10 + [123]
+        assert len(buffers) <= 5 < len(copies)  # the read-ahead window + 1, reused
 
     run(tmp_path, scenario)
 
@@ -259,3 +283,49 @@ def test_a_framed_data_chunk_is_the_message_protobuf_would_send(length: int) -> 
     assert gateway_pb2.PrepareChunk.FromString(encode_part(data)).data == data
     transfer = gateway_pb2.PrepareChunk(transfer=data[:50])
     assert encode_part(transfer) == transfer.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "length", [0, 1, 127, 128, 16_383, 16_384, 300_000, CHUNK_BYTES, 2_097_152]
+)
+def test_a_received_data_chunk_decodes_as_protobuf_would(length: int) -> None:
+    """framing.decode_part reads the one-field form as a view of the received bytes (no
+    message, no copy); its data must be what the library's parser gives, and anything
+    else goes to that parser."""
+    from gateway.transport.framing import data_of, decode_part, encode_part
+    from gateway.v1 import gateway_pb2
+
+    data = os.urandom(length)
+    raw = encode_part(data)
+    part = decode_part(raw)
+    assert isinstance(part, memoryview)
+    assert bytes(data_of(part)) == gateway_pb2.PrepareChunk.FromString(raw).data == data
+    # A transfer, and data followed by another field (the last one set wins the oneof):
+    # both go through the parser and mean what protobuf says.
+    transfer = gateway_pb2.PrepareChunk(transfer=data[:50]).SerializeToString()
+    for odd in (transfer, raw + transfer):
+        decoded = decode_part(odd)
+        assert isinstance(decoded, gateway_pb2.PrepareChunk)
+        assert decoded == gateway_pb2.PrepareChunk.FromString(odd)
+        with pytest.raises(TransferStreamError, match="only data"):
+            data_of(decoded)
+    # Two data fields: protobuf keeps the last; so must the decoding.
+    twice = encode_part(b"first") + raw
+    assert bytes(data_of(decode_part(twice))) == data
+
+
+def test_a_data_chunk_with_a_padded_length_decodes_as_protobuf_would() -> None:
+    """A varint may be padded with 0x80 bytes (protobuf accepts up to 10); a peer's odd
+    but valid encoding means the same data, and a varint too long is the parser's to refuse."""
+    from google.protobuf.message import DecodeError
+
+    from gateway.transport.framing import data_of, decode_part
+    from gateway.v1 import gateway_pb2
+
+    padded = b"\x12\x83\x80\x00abc"  # length 3 written in three bytes
+    assert bytes(data_of(decode_part(padded))) == gateway_pb2.PrepareChunk.FromString(padded).data
+    too_long = b"\x12" + b"\x80" * 10 + b"\x00abc"
+    with pytest.raises(DecodeError):
+        gateway_pb2.PrepareChunk.FromString(too_long)
+    with pytest.raises(DecodeError):
+        decode_part(too_long)

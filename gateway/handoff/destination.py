@@ -297,7 +297,7 @@ class Destination:
     async def prepare_stream(
         self,
         raw: bytes,
-        data: AsyncIterator[bytes],
+        data: AsyncIterator[bytes | memoryview],
         *,
         peer: str,
         max_lifetime: int = MAX_TRANSFER_LIFETIME_S,
@@ -329,7 +329,7 @@ class Destination:
         *,
         peer: str,
         now: datetime,
-        data: AsyncIterator[bytes] | None = None,
+        data: AsyncIterator[bytes | memoryview] | None = None,
     ) -> bytes:
         ctx = self.ctx
         # One read for both (each read is a query of its own, the larger part of a
@@ -370,7 +370,12 @@ class Destination:
         )
 
     async def _upload(
-        self, transfer: Transfer, expected: BlobRef, data: AsyncIterator[bytes], *, peer: str
+        self,
+        transfer: Transfer,
+        expected: BlobRef,
+        data: AsyncIterator[bytes | memoryview],
+        *,
+        peer: str,
     ) -> tuple[str, BlobRef]:
         """Store a streamed upload under its own prefix; returns its marker and the blob.
 

@@ -19,10 +19,11 @@ class PeerClient(Protocol):
         ...
 
     async def prepare_stream(
-        self, transfer: bytes, data: Callable[[], AsyncIterator[bytes]], *, size: int
+        self, transfer: bytes, data: Callable[[], AsyncIterator[bytes | memoryview]], *, size: int
     ) -> bytes:
         """Prepare for a large object; ``data`` makes a fresh iterator of its bytes (one
-        per attempt); ``size`` sets the deadline."""
+        per attempt; a piece may be a view valid only until the next is asked for, so
+        copy what is kept); ``size`` sets the deadline."""
         ...
 
     async def commit(self, migration_id: str) -> bytes:

@@ -28,7 +28,7 @@ from gateway import envelope as dsse
 from gateway import observability, wire
 from gateway._crash import crash_point
 from gateway._retry import lost_race
-from gateway.blobs import STREAM_PIECE_BYTES, BlobRef, delete_blob, read_blob
+from gateway.blobs import STREAM_PIECE_BYTES, BlobRef, delete_blob, read_blob_views
 from gateway.errors import (
     BadSignatureError,
     ConcurrencyError,
@@ -332,7 +332,9 @@ class Source:
                 receipt_raw = await client.prepare_stream(
                     record.transfer,
                     lambda: observability.streamed(
-                        read_blob(store, blob, piece_bytes=STREAM_PIECE_BYTES), "sent"
+                        # Views: the client copies each piece before asking for the next.
+                        read_blob_views(store, blob, piece_bytes=STREAM_PIECE_BYTES),
+                        "sent",
                     ),
                     size=blob.size,
                 )

@@ -181,7 +181,11 @@ def cycle_evaluated(tenant: str, *, lag: float, rules: int, admitted: int, denie
         )
 
 
-def streamed(chunks: AsyncIterator[bytes], direction: str) -> AsyncIterator[bytes]:
+#: What a stream carries: bytes, or views of received messages (transport/framing.py).
+B = TypeVar("B", bound=bytes | memoryview)
+
+
+def streamed(chunks: AsyncIterator[B], direction: str) -> AsyncIterator[B]:
     """``chunks`` as they are, counted into the bytes-streamed counter when metrics are on."""
     if _state.metrics is None:
         return chunks

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -29,6 +29,8 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
+
+B = TypeVar("B", bound=bytes | memoryview)
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +173,7 @@ class Metrics:
         if denied:
             self.actions.labels(tenant, "denied").inc(denied)
 
-    async def counted(self, chunks: AsyncIterator[bytes], direction: str) -> AsyncIterator[bytes]:
+    async def counted(self, chunks: AsyncIterator[B], direction: str) -> AsyncIterator[B]:
         counter = self.bytes.labels(direction)
         async for chunk in chunks:
             counter.inc(len(chunk))

@@ -197,7 +197,7 @@ class _FaultyClient:
         return await self.network._call("prepare", self.to, lambda: self.real.prepare(transfer))
 
     async def prepare_stream(
-        self, transfer: bytes, data: Callable[[], AsyncIterator[bytes]], *, size: int
+        self, transfer: bytes, data: Callable[[], AsyncIterator[bytes | memoryview]], *, size: int
     ) -> bytes:
         return await self.network._call(
             "prepare", self.to, lambda: self.real.prepare_stream(transfer, data, size=size)

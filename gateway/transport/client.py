@@ -161,15 +161,17 @@ class GrpcPeerClient:
         return response.receipt
 
     async def prepare_stream(
-        self, transfer: bytes, data: Callable[[], AsyncIterator[bytes]], *, size: int
+        self, transfer: bytes, data: Callable[[], AsyncIterator[bytes | memoryview]], *, size: int
     ) -> bytes:
         """Prepare for a large object: the transfer, then its data, as one client stream.
         The deadline grows with the size (at least 8 MiB/s must get through)."""
 
-        async def requests() -> AsyncIterator[gateway_pb2.PrepareChunk | bytes]:
+        async def requests() -> AsyncIterator[gateway_pb2.PrepareChunk | bytes | memoryview]:
             yield gateway_pb2.PrepareChunk(transfer=transfer)
             async for chunk in data():
-                yield chunk  # a PrepareChunk's data, framed by encode_part
+                # A PrepareChunk's data, framed (copied) by encode_part as gRPC sends it,
+                # before it asks for the next: a chunk may be a view of a reused buffer.
+                yield chunk
 
         timeout = self.timing.rpc_timeout.total_seconds() + size / (8 << 20)
         response: gateway_pb2.PrepareResponse = await self._attempts(

@@ -1,18 +1,24 @@
-"""PrepareStream's data messages, encoded without building a protobuf message per chunk.
+"""PrepareStream's data messages, encoded and decoded without a protobuf message per chunk.
 
 A ``PrepareChunk`` holding ``data`` (field 2, bytes) is, in protobuf's wire format, the
 tag byte ``0x12``, the length as a varint, then the bytes. Building the message and
 serializing it copied each 1 MiB chunk twice (into the message, then out of it); this
 writes the same bytes with one copy. The receiver parses them with the generated code
-as before: nothing about the wire changes.
+as before: nothing about the wire changes. The receiver reads a message that is exactly
+one ``data`` field (what :func:`encode_part` writes) as a view of the received bytes:
+parsing it into a message and reading ``.data`` back out copied each chunk twice more,
+on the event loop, for the same bytes.
 
-Invariant: :func:`encode_part` returns exactly ``PrepareChunk(data=x).SerializeToString()``
-for bytes ``x`` and ``message.SerializeToString()`` for a message
-(tests/test_blob_files.py checks it against the library over many lengths).
+Invariants: :func:`encode_part` returns exactly ``PrepareChunk(data=x).SerializeToString()``
+for bytes ``x`` and ``message.SerializeToString()`` for a message; :func:`decode_part`
+gives the same ``data`` (or the same message) as ``PrepareChunk.FromString``, and hands
+anything but the one-field form to that parser, so a peer's odd encodings mean what
+protobuf says they mean (tests/test_blob_files.py checks both against the library).
 """
 
 from __future__ import annotations
 
+from gateway.errors import TransferStreamError
 from gateway.v1 import gateway_pb2
 
 #: Field 2 (``data``), wire type 2 (length-delimited): (2 << 3) | 2.
@@ -33,3 +39,34 @@ def encode_part(part: gateway_pb2.PrepareChunk | bytes | bytearray | memoryview)
     if isinstance(part, gateway_pb2.PrepareChunk):
         return part.SerializeToString()
     return b"".join((_DATA_TAG, _varint(memoryview(part).nbytes), part))
+
+
+#: A varint is at most 10 bytes long (protobuf's own limit).
+_MAX_VARINT_BYTES = 10
+
+
+def decode_part(raw: bytes) -> gateway_pb2.PrepareChunk | memoryview:
+    """A received ``PrepareChunk``: its ``data`` as a view of ``raw`` when ``raw`` is
+    exactly one ``data`` field (no copy, no message), otherwise the parsed message."""
+    if raw[:1] == _DATA_TAG:
+        length = shift = 0
+        for index in range(1, min(len(raw), 1 + _MAX_VARINT_BYTES)):
+            byte = raw[index]
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                start = index + 1
+                if start + length == len(raw):
+                    return memoryview(raw)[start:]
+                break
+    return gateway_pb2.PrepareChunk.FromString(raw)
+
+
+def data_of(part: gateway_pb2.PrepareChunk | memoryview) -> memoryview | bytes:
+    """The data a decoded part carries; any other part is refused (after the transfer,
+    a PrepareStream carries only data)."""
+    if isinstance(part, memoryview):
+        return part
+    if part.WhichOneof("part") != "data":
+        raise TransferStreamError("a PrepareStream carries one transfer, then only data")
+    return part.data

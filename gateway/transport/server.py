@@ -31,6 +31,7 @@ from gateway.handoff.source import Source
 from gateway.limits import MAX_REASON_CHARS, check_migration_id, check_text
 from gateway.observability.health import Readiness
 from gateway.runtime.calls import Calls, caller_of_host
+from gateway.transport.framing import data_of, decode_part
 from gateway.transport.status import ERROR_TYPE_KEY, MOVED_TO_KEY, status_of
 from gateway.transport.tls import CHANNEL_OPTIONS, authenticated_peer
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -140,21 +141,20 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
 
     async def PrepareStream(
         self,
-        request_iterator: AsyncIterator[gateway_pb2.PrepareChunk],
+        request_iterator: AsyncIterator[gateway_pb2.PrepareChunk | memoryview],
         context: grpc.aio.ServicerContext,
     ) -> gateway_pb2.PrepareResponse:
         async def handle(peer: str) -> gateway_pb2.PrepareResponse:
             first = await anext(aiter(request_iterator), None)
-            if first is None or first.WhichOneof("part") != "transfer":
+            if (
+                not isinstance(first, gateway_pb2.PrepareChunk)
+                or first.WhichOneof("part") != "transfer"
+            ):
                 raise TransferStreamError("a PrepareStream must start with the transfer")
 
-            async def data() -> AsyncIterator[bytes]:
+            async def data() -> AsyncIterator[bytes | memoryview]:
                 async for chunk in request_iterator:
-                    if chunk.WhichOneof("part") != "data":
-                        raise TransferStreamError(
-                            "a PrepareStream carries one transfer, then only data"
-                        )
-                    yield chunk.data
+                    yield data_of(chunk)  # decoded by framing.decode_part: no copy
 
             receipt = await self.destination.prepare_stream(first.transfer, data(), peer=peer)
             return gateway_pb2.PrepareResponse(receipt=receipt)
@@ -239,6 +239,46 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         return await self._answer(context, "Call", handle)
 
 
+_PREPARE_STREAM = "/gateway.v1.Gateway/PrepareStream"
+
+
+class _StreamDecoding:
+    """The server as the generated ``add_GatewayServicer_to_server`` sees it, with
+    PrepareStream's messages decoded by :func:`~gateway.transport.framing.decode_part`
+    (a data chunk as a view of the received bytes, not parsed into a message and copied
+    out again). Every other method is registered exactly as generated."""
+
+    def __init__(self, server: grpc.aio.Server, service: GatewayService) -> None:
+        self._server = server
+        self._handler = grpc.stream_unary_rpc_method_handler(
+            service.PrepareStream,
+            request_deserializer=decode_part,
+            response_serializer=gateway_pb2.PrepareResponse.SerializeToString,
+        )
+
+    def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(_Replacing(handler, self._handler) for handler in handlers)
+        )
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self._server.add_registered_method_handlers(
+            service, {**handlers, "PrepareStream": self._handler}
+        )
+
+
+class _Replacing(grpc.GenericRpcHandler):  # type: ignore[misc]
+    def __init__(self, inner: grpc.GenericRpcHandler, handler: grpc.RpcMethodHandler) -> None:
+        self._inner, self._handler = inner, handler
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        if details.method == _PREPARE_STREAM:
+            return self._handler
+        return self._inner.service(details)
+
+
 async def start_server(
     service: GatewayService,
     *,
@@ -254,7 +294,7 @@ async def start_server(
     # SO_REUSEPORT off: with it (gRPC's default on Linux) a second `gateway serve` on the
     # same port starts "successfully" and the kernel splits connections between the two.
     server = grpc.aio.server(options=(*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)))
-    gateway_pb2_grpc.add_GatewayServicer_to_server(service, server)
+    gateway_pb2_grpc.add_GatewayServicer_to_server(service, _StreamDecoding(server, service))
     if readiness is not None:
         await readiness.attach(server, reflection=reflection)
     try:
