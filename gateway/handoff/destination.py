@@ -455,7 +455,7 @@ class Destination:
         upload: str | None = None,
     ) -> bytes:
         ctx = self.ctx
-        receipt_raw = self._receipt(
+        receipt_raw, _envelope = self._receipt(
             ReceiptKind.STAGED,
             migration_id=transfer.migration_id,
             object_id=transfer.object_id,
@@ -698,31 +698,9 @@ class Destination:
         peer: str,
         transfer_digest: bytes,
         now: datetime,
-    ) -> bytes:
-        """A serialized receipt of ``kind`` for ``peer``, signed by this host."""
-        raw, _envelope = self._sealed_receipt(
-            kind,
-            migration_id=migration_id,
-            object_id=object_id,
-            epoch=epoch,
-            peer=peer,
-            transfer_digest=transfer_digest,
-            now=now,
-        )
-        return raw
-
-    def _sealed_receipt(
-        self,
-        kind: ReceiptKind,
-        *,
-        migration_id: str,
-        object_id: str,
-        epoch: int,
-        peer: str,
-        transfer_digest: bytes,
-        now: datetime,
     ) -> tuple[bytes, dsse.Envelope]:
-        """:meth:`_receipt`, and its envelope (not decoded back from the bytes)."""
+        """A serialized receipt of ``kind`` for ``peer``, signed by this host, and its
+        envelope (not decoded back from the bytes)."""
         receipt = Receipt(
             kind=kind,
             migration_id=migration_id,
@@ -899,7 +877,7 @@ class Destination:
             )
         await self._claim_custody(record, peer, decision)
         crash_point("destination.before-activate")
-        receipt, arrival = self._sealed_receipt(
+        receipt, arrival = self._receipt(
             ReceiptKind.ACTIVATED,
             migration_id=record.migration_id,
             object_id=record.object_id,

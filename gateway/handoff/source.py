@@ -166,7 +166,7 @@ class Source:
                 with attempt:
                     loaded = await ctx.journal.require_object(tenant, object_id, host=ctx.host)
                     now = ctx.clock.now()
-                    frozen, raw, transfer_digest, epoch = self._seal_parts(
+                    frozen, raw, transfer_digest, epoch = self._seal(
                         loaded.value,
                         destination,
                         migration_id,
@@ -213,25 +213,10 @@ class Source:
         now: datetime,
         *,
         ttl: timedelta | None = None,
-    ) -> tuple[GovernedObject, bytes]:
-        """Freeze ``obj`` (in memory) and seal it for ``destination``: the frozen object and
-        the serialized envelope, whose lineage ends with a checkpoint by this host."""
-        frozen, raw, _digest, _epoch = self._seal_parts(
-            obj, destination, migration_id, payload_type, now, ttl=ttl
-        )
-        return frozen, raw
-
-    def _seal_parts(
-        self,
-        obj: GovernedObject,
-        destination: str,
-        migration_id: str,
-        payload_type: str,
-        now: datetime,
-        *,
-        ttl: timedelta | None = None,
     ) -> tuple[GovernedObject, bytes, bytes, int]:
-        """:meth:`_seal`, and the digest of the signed payload and the epoch it carries."""
+        """Freeze ``obj`` (in memory) and seal it for ``destination``: the frozen object,
+        the serialized envelope (whose lineage ends with a checkpoint by this host), the
+        digest of the signed payload and the epoch it carries."""
         ctx = self.ctx
         frozen = obj.freeze(migration_id, destination=destination, host=ctx.host, at=now)
         sealed = frozen.lineage.sealed(
@@ -264,7 +249,7 @@ class Source:
         loaded = await self.ctx.journal.object(tenant, object_id)
         if loaded is None:
             raise NotFoundError(f"no object {object_id} in tenant {tenant} on {self.ctx.host}")
-        _frozen, raw = self._seal(
+        _frozen, raw, _digest, _epoch = self._seal(
             loaded.value,
             destination,
             f"dry-{new_migration_id()}",
