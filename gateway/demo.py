@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from rich.console import Console
 
+from gateway._cli_base import PIPE_WIDTH
 from gateway.config import load_config
 from gateway.host import Host
 from gateway.objectspec import ObjectSpec, parse_spec
@@ -85,7 +87,8 @@ SPEC = {
     ],
 }
 
-console = Console(highlight=False)
+# Piped, the demo's lines are not wrapped at 80 columns (as every command's, PIPE_WIDTH).
+console = Console(highlight=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
 
 
 async def _watch(host: Host, seconds: float, label: str) -> None:
