@@ -112,7 +112,9 @@ def sealed(
     """A's real transfer of ``obj`` to B (frozen and sealed in memory, nothing written),
     optionally rewritten at the protobuf level and re-signed with A's key."""
     mid = f"mig-{uuid.uuid4().hex}"
-    _frozen, raw = host.source._seal(obj, HOST_B, mid, payload_type, host.clock.now())
+    _frozen, raw, _digest, _epoch = host.source._seal(
+        obj, HOST_B, mid, payload_type, host.clock.now()
+    )
     if mutate is None:
         return raw
     message = object_pb2.Transfer()

@@ -97,7 +97,7 @@ async def sealed_transfer(a: Host) -> bytes:
     """A's real transfer of the large object, sealed but not journaled (A is untouched)."""
     loaded = await a.journal.object("default", OBJECT)
     assert loaded is not None
-    _frozen, raw = a.source._seal(
+    _frozen, raw, _digest, _epoch = a.source._seal(
         loaded.value, HOST_B, new_migration_id(), dsse.PayloadType.TRANSFER, a.clock.now()
     )
     return raw
