@@ -363,16 +363,17 @@ def _publish(fd: int, partial: Path, final: Path, directory: Path, ours: list[Pa
     os.link(partial, final)
     ours.append(final)
     os.unlink(partial)
-    _fsync_directory(directory)
+    fsync_directory(directory)
 
 
 def _ensure_directory(directory: Path) -> None:
     if not directory.is_dir():
         directory.mkdir(parents=True, exist_ok=True)
-        _fsync_directory(directory.parent)  # the directory's own name is durable too
+        fsync_directory(directory.parent)  # the directory's own name is durable too
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make the names in ``directory`` durable (after a create, rename or unlink)."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)

@@ -89,6 +89,24 @@ def _directory(config: Path) -> Path:
 
 
 @pytest.mark.slow
+def create_with_data(config: Path, object_id: str, data_file: Path) -> None:
+    """``gateway object create`` of an octet-stream object from ``data_file``."""
+    created = run_cli(
+        "object",
+        "create",
+        object_id,
+        "--data-file",
+        str(data_file),
+        "--content-type",
+        "application/octet-stream",
+        "--tenant",
+        "default",
+        config=config,
+        timeout=60,
+    )
+    assert created.returncode == 0, created.stderr
+
+
 def test_an_orphan_left_by_a_crash_before_the_unlink_is_swept_at_start(tmp_path: Path) -> None:
     world = make_world(tmp_path)
     config_a, config_b = world.config(HOST_A), world.config(HOST_B)
@@ -96,20 +114,7 @@ def test_an_orphan_left_by_a_crash_before_the_unlink_is_swept_at_start(tmp_path:
     for object_id, content in data.items():
         data_file = tmp_path / f"{hashlib.sha256(object_id.encode()).hexdigest()}.bin"
         data_file.write_bytes(content)
-        created = run_cli(
-            "object",
-            "create",
-            object_id,
-            "--data-file",
-            str(data_file),
-            "--content-type",
-            "application/octet-stream",
-            "--tenant",
-            "default",
-            config=config_a,
-            timeout=60,
-        )
-        assert created.returncode == 0, created.stderr
+        create_with_data(config_a, object_id, data_file)
     _state, moving_ref = read_store(config_a, lambda s: _object_blob(s, MOVING))
     _state, staying_ref = read_store(config_a, lambda s: _object_blob(s, STAYING))
     assert moving_ref is not None and staying_ref is not None
@@ -171,20 +176,7 @@ def test_a_server_killed_after_discarding_a_stage_leaves_an_orphan_the_sweep_rem
     content = os.urandom(2 * CHUNK_BYTES + 3)
     data_file = tmp_path / "big.bin"
     data_file.write_bytes(content)
-    created = run_cli(
-        "object",
-        "create",
-        MOVING,
-        "--data-file",
-        str(data_file),
-        "--content-type",
-        "application/octet-stream",
-        "--tenant",
-        "default",
-        config=config_a,
-        timeout=60,
-    )
-    assert created.returncode == 0, created.stderr
+    create_with_data(config_a, MOVING, data_file)
     with ExitStack() as stack:
         server_a = ServerProcess(config_a)
         server_b = ServerProcess(config_b, env=environment(("destination.after-discard",)))

@@ -122,6 +122,15 @@ def _answer(pending: _PendingStage, outcome: BaseException | None) -> None:
         pending.done.set_exception(outcome)
 
 
+def _fail_all(pendings: list[_PendingStage], exc: BaseException) -> None:
+    """Answer every stage of a batch whose read or commit failed with ``exc``; a
+    cancellation (not an ``Exception``) is raised on after they are answered."""
+    for pending in pendings:
+        _answer(pending, exc)
+    if not isinstance(exc, Exception):
+        raise exc
+
+
 class _WrittenFirst(Exception):
     """Staging lost to a write other than a usage count: not a race to retry."""
 
@@ -592,10 +601,7 @@ class Destination:
         try:
             usage = await journal.usage(tenant)
         except BaseException as exc:
-            for pending in batch:
-                _answer(pending, exc)
-            if not isinstance(exc, Exception):
-                raise
+            _fail_all(batch, exc)
             return
         held = usage.value
         accepted: list[_PendingStage] = []
@@ -641,10 +647,7 @@ class Destination:
                     raise
             return
         except BaseException as exc:
-            for pending in accepted:
-                _answer(pending, exc)
-            if not isinstance(exc, Exception):
-                raise
+            _fail_all(accepted, exc)
             return
         for pending in accepted:
             _answer(pending, None)

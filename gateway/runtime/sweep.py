@@ -49,7 +49,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -60,7 +59,7 @@ from google.protobuf.message import DecodeError
 
 from gateway import wire
 from gateway.archive import ArchiveDir, Segment
-from gateway.blobs import FILE_LOCATION, blob_directory, blob_file_name
+from gateway.blobs import FILE_LOCATION, blob_directory, blob_file_name, fsync_directory
 from gateway.errors import ConcurrencyError, GatewayError, StoreError
 from gateway.handoff.context import HostContext
 from gateway.handoff.destination import UPLOAD_MARKERS
@@ -300,7 +299,7 @@ class ArchivePruner:
             if segments:
                 # The files' names too are durable before the store forgets the data.
                 await asyncio.to_thread(
-                    _fsync_directory, files.directory(tenant, tombstone.object_id)
+                    fsync_directory, files.directory(tenant, tombstone.object_id)
                 )
         except (GatewayError, OSError) as exc:
             log.warning(
@@ -311,14 +310,6 @@ class ArchivePruner:
             )
             return False
         return True
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class StorageSweep:
