@@ -35,6 +35,7 @@ from gateway._cli_base import (
     out,
 )
 from gateway._cli_events import add_commands as add_event_commands
+from gateway._cli_sweep import add_commands as add_sweep_commands
 from gateway._time import SystemClock, format_time
 from gateway.errors import (
     ConcurrencyError,
@@ -1341,6 +1342,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway import fleet, migrations
 
     fleet.register(commands, objects, common, tenant)
+    add_sweep_commands(commands, common, output)
     migrations.register(commands, common)
 
     events = commands.add_parser(

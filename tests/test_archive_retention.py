@@ -134,3 +134,37 @@ def test_a_segment_that_cannot_be_exported_is_not_pruned(tmp_path: Path) -> None
         assert world.run(host_a.sweep.run_once()) == (0, 0)
         assert world.run(_held(host_a, LEAVING)) == held
         assert len(world.run(StoreArchive(host_a.store).segments("default", LEAVING))) == held
+
+
+def test_gateway_sweep_names_the_segments_it_would_prune_then_prunes_them(
+    tmp_path: Path,
+) -> None:
+    """What ``gateway sweep`` runs: a dry run names the departed object and its segment
+    count and deletes nothing; the sweep then prunes exactly those; the object that
+    lives here keeps its segments."""
+    from gateway._cli_sweep import describe, sweep
+
+    world = _compacted_world(tmp_path, {**SMALL, "archive_retention_seconds": DAY})
+    with contextlib.closing(world):
+        host_a = world.hosts[HOST_A]
+        held = world.run(_held(host_a, LEAVING))
+        staying = world.run(_held(host_a, STAYING))
+        early = world.run(sweep(host_a, dry_run=True))
+        assert early["archive"] == {"retention_s": DAY, "objects": []}
+        world.clock(HOST_A).skew(DAY + 60)
+        listed = world.run(sweep(host_a, dry_run=True))
+        assert [(o["object_id"], o["segments"]) for o in listed["archive"]["objects"]] == [
+            (LEAVING, held)
+        ]
+        assert f"would prune {held} archive segment(s) of 1 object(s)" in "\n".join(
+            describe(listed)
+        )
+        assert world.run(_held(host_a, LEAVING)) == held, "a dry run deletes nothing"
+        pruned = world.run(sweep(host_a, dry_run=False))
+        assert [(o["object_id"], o["segments"]) for o in pruned["archive"]["objects"]] == [
+            (LEAVING, held)
+        ]
+        assert world.run(_held(host_a, LEAVING)) == 0
+        assert world.run(_held(host_a, STAYING)) == staying
+        again = world.run(sweep(host_a, dry_run=True))
+        assert again["archive"]["objects"] == []

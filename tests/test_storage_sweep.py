@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import subprocess
 import time
@@ -317,3 +318,61 @@ def test_an_unreadable_record_stops_the_sweep(tmp_path: Path) -> None:
             return kept, len(await sweep_orphan_blobs(store))
 
     assert asyncio.run(main()) == (0, 1)
+
+
+def test_gateway_sweep_lists_then_deletes_only_the_orphan_and_names_an_unreadable_record(
+    tmp_path: Path,
+) -> None:
+    """``gateway sweep``: ``--dry-run`` names the file no record names and deletes
+    nothing; the sweep deletes exactly it (the object's own file, as old, stays and reads
+    back); a record it cannot read is one error line, exit 1, and nothing deleted."""
+    world = make_world(tmp_path)
+    config = world.config(HOST_A)
+    content = os.urandom(CHUNK_BYTES + 3)
+    data_file = tmp_path / "data.bin"
+    data_file.write_bytes(content)
+    create_with_data(config, STAYING, data_file)
+
+    async def orphan(store: StateStore) -> str:
+        await write_blob(store, "blob/long-orphaned/", _parts(b"old" * 100))
+        directory = blob_directory(store)
+        assert directory is not None
+        _backdate(directory, *await _files(store))
+        return blob_file_name("blob/long-orphaned/")
+
+    orphaned = read_store(config, orphan)
+    _state, ref = read_store(config, lambda s: _object_blob(s, STAYING))
+    assert ref is not None
+    named = blob_file_name(ref.location)
+
+    listed = run_cli("sweep", "--dry-run", "-o", "json", config=config)
+    assert listed.returncode == 0, listed.stderr
+    report = json.loads(listed.stdout)
+    assert report["dry_run"] is True
+    assert [Path(f["path"]).name for f in report["blob_files"]["files"]] == [orphaned]
+    assert report["blob_files"]["files"][0]["bytes"] == 300
+    assert report["archive"] == {"retention_s": None, "objects": []}
+    assert read_store(config, _files) == sorted([orphaned, named]), "a dry run deletes nothing"
+
+    swept = run_cli("sweep", config=config)
+    assert swept.returncode == 0, swept.stderr
+    assert "deleted 1 blob file(s) no record names, 300 bytes" in swept.stdout
+    assert orphaned in swept.stdout
+    assert "archive segments: all kept" in swept.stdout
+    assert read_store(config, _files) == [named]
+    assert read_store(config, lambda s: _content(s, ref)) == content
+
+    async def break_a_record(store: StateStore) -> None:
+        await write_blob(store, "blob/another/", _parts(b"x" * 10))
+        directory = blob_directory(store)
+        assert directory is not None
+        _backdate(directory, blob_file_name("blob/another/"))
+        await store.put("t/default/objects/broken", b"\xff\xff not protobuf", etag=Expect.ABSENT)
+
+    read_store(config, break_a_record)
+    refused = run_cli("sweep", config=config)
+    assert refused.returncode == 1, refused.stdout
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "t/default/objects/broken" in lines[0], refused.stderr
+    assert "unreadable" in lines[0]
+    assert blob_file_name("blob/another/") in read_store(config, _files)

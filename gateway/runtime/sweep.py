@@ -138,12 +138,13 @@ def _blob_files(directory: Path) -> list[tuple[Path, float]]:
     return found
 
 
-async def sweep_orphan_blobs(
+async def find_orphan_blobs(
     store: StateStore, *, older_than_s: float = ORPHAN_BLOB_AGE_S
 ) -> list[Path]:
-    """Delete the ``.blob`` files of ``store`` that no record names and that are older
-    than ``older_than_s``; returns the paths deleted (none on a store without a blob
-    directory, or when a record could not be read)."""
+    """The ``.blob`` files of ``store`` that no record names and that are older than
+    ``older_than_s`` (none on a store without a blob directory). Deletes nothing.
+
+    Raises :class:`StoreError` if a record that might name a file cannot be read."""
     directory = blob_directory(store)
     if directory is None or not await asyncio.to_thread(directory.is_dir):
         return []
@@ -157,21 +158,39 @@ async def sweep_orphan_blobs(
     try:
         named = await referenced_blob_files(store)
     except _Unreadable as exc:
-        log.warning("blob sweep skipped: the record %s is unreadable and might name a file", exc)
+        raise StoreError(
+            f"the record {exc} is unreadable and might name a blob file, so no file is deleted",
+            hint="look at that record (`gateway object show`, `gateway migration list`); "
+            "the sweep deletes nothing while any record is unreadable",
+        ) from exc
+    return [p for p in candidates if p.name not in named]
+
+
+def unlink_files(paths: list[Path]) -> list[Path]:
+    """Unlink each of ``paths``; the ones this call removed (a file gone meanwhile is
+    skipped)."""
+    removed = []
+    for path in paths:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+    return removed
+
+
+async def sweep_orphan_blobs(
+    store: StateStore, *, older_than_s: float = ORPHAN_BLOB_AGE_S
+) -> list[Path]:
+    """Delete the ``.blob`` files of ``store`` that no record names and that are older
+    than ``older_than_s``; returns the paths deleted (none on a store without a blob
+    directory, or when a record could not be read: then it logs why)."""
+    try:
+        orphans = await find_orphan_blobs(store, older_than_s=older_than_s)
+    except StoreError as exc:
+        log.warning("blob sweep skipped: %s", exc)
         return []
-    orphans = [p for p in candidates if p.name not in named]
-
-    def unlink() -> list[Path]:
-        removed = []
-        for path in orphans:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                continue
-            removed.append(path)
-        return removed
-
-    removed = await asyncio.to_thread(unlink)
+    removed = await asyncio.to_thread(unlink_files, orphans)
     if removed:
         log.info("removed %d blob files no record names", len(removed))
     return removed
@@ -182,6 +201,16 @@ def departed_at(obj: GovernedObject) -> datetime | None:
     the departure, recorded by this host)."""
     entries = obj.lineage.entries
     return entries[-1].time if entries else None
+
+
+@dataclass(frozen=True, slots=True)
+class DueArchive:
+    """A departed object whose archive segments here are past the retention."""
+
+    tenant: str
+    object_id: str
+    departed_at: datetime
+    segments: int
 
 
 @dataclass(slots=True)
@@ -225,6 +254,34 @@ class ArchivePruner:
                     continue  # lives here (or is arriving): its segments are its history
                 deleted += await self.prune_object(tenant, key, cutoff)
         return deleted
+
+    async def due(self) -> list[DueArchive]:
+        """What :meth:`run_once` would prune now, deleting nothing: each MOVED tombstone
+        here that left before the retention and still names segments."""
+        store = self.ctx.journal.store
+        cutoff = self.ctx.clock.now() - self.retention
+        archive = StoreArchive(store)
+        found = []
+        keys = [k for k in await store.list("t/") if _OBJECT_KEY.match(k)]
+        for start in range(0, len(keys), READ_BATCH):
+            for key, item in (await store.get_many(keys[start : start + READ_BATCH])).items():
+                tenant = key.split("/", 2)[1]
+                try:
+                    if (
+                        object_pb2.StoredObject.FromString(item.value).state
+                        != object_pb2.LIFECYCLE_STATE_MOVED
+                    ):
+                        continue  # lives here: its segments are its history
+                    tombstone = wire.decode_object(item.value)
+                except (DecodeError, GatewayError):
+                    continue  # as run_once: a record it cannot read is not pruned
+                when = departed_at(tombstone)
+                if tombstone.state is not LifecycleState.MOVED or when is None or when >= cutoff:
+                    continue
+                pairs, _etag = await archive.held(tenant, tombstone.object_id)
+                if pairs:
+                    found.append(DueArchive(tenant, tombstone.object_id, when, len(pairs)))
+        return found
 
     async def prune_object(self, tenant: str, key: str, cutoff: datetime) -> int:
         """Delete the segments of the tombstone at ``key`` if it left before ``cutoff``,
