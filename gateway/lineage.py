@@ -679,13 +679,17 @@ class _BytesMemo:
         self._items: OrderedDict[bytes, Any] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
 
     def get(self, raw: bytes, decode: Callable[[bytes], Any]) -> Any:
         with self._lock:
             value = self._items.get(raw)
             if value is not None:
                 self._items.move_to_end(raw)
+                self.hits += 1
                 return value
+            self.misses += 1
         value = decode(raw)  # raises for refused bytes: nothing is remembered
         if len(raw) > self.max_item_bytes:
             return value
