@@ -428,12 +428,13 @@ class LineageEntry(_EncodedOnce):
 #: entries decoded here before: each costs a dict lookup instead of a JSON parse and
 #: re-encode (about 13 us), which the soak showed growing with every hop. Entries are
 #: immutable and decoding is a pure function of the bytes, so a hit is exactly what
-#: decoding would return; refusals are never remembered. Worst case about 32 MiB of
-#: bytes plus their decoded values; typical entries are 250-470 bytes. Sized to hold
-#: what 200 objects carry at the default compaction policy (32-128 entries each, about
-#: 16k) twice over: a memo smaller than the working set misses on nearly every entry (LRU over a
-#: cyclic access), which the 10-minute soak showed as a hit rate falling to 62-69%.
-ENTRY_MEMO_SIZE = 32768
+#: decoding would return; refusals are never remembered. Worst case about 16 MiB of
+#: bytes plus their decoded values; typical entries are 250-470 bytes. At the default
+#: compaction policy (32-128 carried entries) the soak's 200 objects carry 6-26k entries
+#: (measured: 42 per object on average after 10 minutes), which this holds; at the old
+#: 128-512 they carried about 64k and the hit rate fell to 62-69% (an LRU cycled through
+#: by a larger working set hits nothing).
+ENTRY_MEMO_SIZE = 16384
 ENTRY_MEMO_MAX_BYTES = 1024
 
 

@@ -45,4 +45,4 @@ def test_large_entries_are_decoded_afresh_and_the_memo_is_bounded() -> None:
     assert LineageEntry.decode(raw) is not LineageEntry.decode(raw)
     assert lineage_module._remembered_entry.cache_info().maxsize == ENTRY_MEMO_SIZE
     # Worst case a peer can make the memo hold: its size times the largest entry kept.
-    assert ENTRY_MEMO_SIZE * ENTRY_MEMO_MAX_BYTES <= 32 << 20
+    assert ENTRY_MEMO_SIZE * ENTRY_MEMO_MAX_BYTES <= 16 << 20
