@@ -10,10 +10,11 @@ forth between two hosts, 8 in flight), but with both hosts served in this proces
 (gateway.testing.harness.InProcessWorld), so their memories can be read: every
 ``--sample`` seconds it prints the hit rate since the last sample and the size of the
 entry memo (gateway.lineage), the verified-signature memory (gateway.keys), the
-verified-prefix memory (gateway.lineage) and the verified-arrival memory
-(gateway.custody), with this process's RSS. Both hosts share one process, so the entry
-memo and signature memory serve both (the same entries and signatures, as two servers'
-would each hold), and the prefix and arrival memories hold one state per host.
+verified-prefix memory (gateway.lineage), the verified-arrival memory
+(gateway.custody) and the decoded-base memory (gateway.lineage), with this process's
+RSS. Both hosts share one process, so the entry memo and signature memory serve both
+(the same entries and signatures, as two servers' would each hold), and the prefix and
+arrival memories hold one state per host.
 
 ``--trace A B`` starts tracemalloc (which slows everything) and prints the 20 source
 lines whose allocations grew most between second A and second B.
@@ -51,6 +52,11 @@ def counters() -> dict[str, tuple[int, int, int]]:
         ),
         "prefixes": (prefixes.hits, prefixes.misses, prefixes.sizes()[1]),
         "arrivals": (custody.VERIFIED_ARRIVALS.hits, 0, len(custody.VERIFIED_ARRIVALS)),
+        "bases": (
+            lineage_module._BASE_MEMO.hits,
+            lineage_module._BASE_MEMO.misses,
+            lineage_module._BASE_MEMO.size()[1],
+        ),
     }
 
 
@@ -67,7 +73,7 @@ async def drive(world: InProcessWorld, ids: list[str], args: argparse.Namespace)
     snapshots: dict[float, tracemalloc.Snapshot] = {}
     print(
         "  t s  mig/s  rss MiB  | memory: hit rate since last sample, size (prefixes: "
-        "checkpoints held; arrivals: hits only)",
+        "checkpoints held; arrivals: hits only; bases: payload bytes held)",
         flush=True,
     )
     try:

@@ -61,7 +61,7 @@ from gateway.trust import TrustStore, canonical_json
 #: Entries one archive segment may hold (a compaction archives at most this many).
 MAX_SEGMENT_ENTRIES = 1 << 16
 #: Segments one verification reads, and one host keeps per object (at the default policy,
-#: about 400 entries each: a history of millions of entries).
+#: about 100 entries each: a history of more than a million entries).
 MAX_SEGMENTS = 1 << 14
 #: Largest segment file read.
 MAX_SEGMENT_BYTES = MAX_SEGMENT_ENTRIES * (MAX_ENTRY_BYTES // 8)
@@ -71,8 +71,13 @@ MAX_SEGMENT_BYTES = MAX_SEGMENT_ENTRIES * (MAX_ENTRY_BYTES // 8)
 #: is paid for on every cycle (the record is decoded and re-encoded) and every migration,
 #: the archive once: kept small, the record stays within the journal's decode cache
 #: (gateway.handoff.journal.DECODED_CACHE_MAX_BYTES, 256 KiB) with room for data and
-#: grants, and far below the 16 MiB envelope cap. About 400 entries of a typical cycle.
-DEFAULT_MAX_BYTES = 192 << 10
+#: grants, and far below the 16 MiB envelope cap. About 100 entries of a typical cycle.
+#: Lowered from 192 KiB / 512 entries after the 10-minute soak (issue 13, point 7): 200
+#: objects carrying 128-512 entries each (about 64k) overflowed the entry memo
+#: (gateway.lineage.ENTRY_MEMO_SIZE) and the records neared the 256 KiB cache limit with
+#: the custody evidence beside them, so every hop and cycle decoded more, and slower, as
+#: the soak went on; at 32-128 the same objects carry about 16k.
+DEFAULT_MAX_BYTES = 48 << 10
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,8 +92,8 @@ class CompactionPolicy:
     the envelope cap stops it from moving)."""
 
     enabled: bool = True
-    max_entries: int = 512
-    keep_entries: int = 128
+    max_entries: int = 128
+    keep_entries: int = 32
     max_bytes: int | None = DEFAULT_MAX_BYTES
     max_age: timedelta | None = timedelta(days=1)
 

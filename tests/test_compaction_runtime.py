@@ -122,7 +122,7 @@ def test_compaction_is_on_by_default_and_can_be_turned_off_or_tuned() -> None:
     default = parsed(None)
     assert default.compaction == CompactionPolicy() and default.compaction.enabled
     assert default.fold_repeats and default.archive_dir is None
-    assert default.compaction.max_bytes == 192 << 10 and default.compaction.max_entries == 512
+    assert default.compaction.max_bytes == 48 << 10 and default.compaction.max_entries == 128
     off = parsed({"compaction": False, "fold_repeats": False})
     assert not off.compaction.enabled and not off.fold_repeats
     tuned = parsed(
