@@ -281,7 +281,7 @@ async def _write_file(
     pending: collections.deque[asyncio.Future[int]] = collections.deque()
     held = 0  #: bytes of the parts in ``pending``
     syncing: asyncio.Future[int] | None = None
-    dropped = 0  #: bytes before this offset were synced and let go of by the page cache
+    marks = _Marks()
 
     def absorb(part: bytes | memoryview, offset: int) -> None:
         # Hashing needs arrival order: the executor has one thread, first in first out.
@@ -293,6 +293,7 @@ async def _write_file(
         while view:  # pwrite may write less than asked (a signal, a full disk)
             written = os.pwrite(fd, view, offset)
             view, offset = view[written:], offset + written
+        marks.landed = offset  # parts are written in order: all before it are written
 
     async def release() -> int:
         return await pending.popleft()
@@ -320,9 +321,9 @@ async def _write_file(
                 if syncing is not None:
                     await syncing  # done: surfaces its error, if any
                 syncing = loop.run_in_executor(
-                    _SYNCER, _on_disk, partial, _sync_and_drop, fd, dropped, size
+                    _SYNCER, _on_disk, partial, _sync_and_drop, fd, marks
                 )
-                dropped, unsynced = size, 0
+                unsynced = 0
         while pending:
             await release()
         digest = _finished(hasher, size, expected_size, expected_digest)
@@ -363,10 +364,24 @@ def _on_disk(path: Path, call: Callable[..., None], *args: object, answer: int =
         ) from exc
 
 
-def _sync_and_drop(fd: int, start: int, end: int) -> None:
-    """``fdatasync``, then let the page cache drop ``[start, end)``, now clean."""
+@dataclass(slots=True)
+class _Marks:
+    """Offsets of a blob file being written: ``landed``, every byte before it written
+    (set by the one hashing thread, in order); ``dropped``, every byte before it synced
+    and let go of (set by the one syncing thread)."""
+
+    landed: int = 0
+    dropped: int = 0
+
+
+def _sync_and_drop(fd: int, marks: _Marks) -> None:
+    """``fdatasync``, then let the page cache drop what was written *before* it began:
+    durable now, so clean (a byte written during the sync waits for the next one)."""
+    end = marks.landed
     os.fdatasync(fd)
-    _drop_cached(fd, start, end - start)
+    if end > marks.dropped:
+        _drop_cached(fd, marks.dropped, end - marks.dropped)
+        marks.dropped = end
 
 
 def _drop_cached(fd: int, offset: int, length: int) -> None:
