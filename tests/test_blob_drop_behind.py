@@ -62,6 +62,18 @@ class Calls:
         monkeypatch.setattr(os, "fsync", logged_sync(fsync))
         monkeypatch.setattr(os, "posix_fadvise", logged_fadvise)
 
+    async def paced(self, source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """``source``, each part only once the one before it is on the file: so the
+        first background sync always finds written bytes to drop (deterministic)."""
+        sent = 0
+        async for part in source:
+            for _ in range(10_000):  # at most ~10 s on a loaded machine
+                if sum(n for kind, _, n in self.events if kind == "write") >= sent:
+                    break
+                await asyncio.sleep(0.001)
+            yield part
+            sent += len(part)
+
     def _log(self, kind: str, offset: int, length: int) -> None:
         with self._lock:
             self.events.append((kind, offset, length))
@@ -78,7 +90,7 @@ def test_a_written_range_is_dropped_only_after_a_sync_made_it_durable(
             ref = await write_blob(
                 store,
                 "blob/a/",
-                parts(DATA),
+                calls.paced(parts(DATA)),
                 expected_digest=hashlib.sha256(DATA).digest(),
                 expected_size=len(DATA),
             )
