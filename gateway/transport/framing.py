@@ -9,8 +9,12 @@ one ``data`` field (what :func:`encode_part` writes) as a view of the received b
 parsing it into a message and reading ``.data`` back out copied each chunk twice more,
 on the event loop, for the same bytes.
 
+The client frames data in its request generator (so that one frame is alive while the
+next is built: see gateway/transport/client.py) and sends with :func:`as_sent`.
+
 Invariants: :func:`encode_part` returns exactly ``PrepareChunk(data=x).SerializeToString()``
-for bytes ``x`` and ``message.SerializeToString()`` for a message; :func:`decode_part`
+for bytes ``x`` and ``message.SerializeToString()`` for a message; :func:`as_sent` of
+either is the same bytes; :func:`decode_part`
 gives the same ``data`` (or the same message) as ``PrepareChunk.FromString``, and hands
 anything but the one-field form to that parser, so a peer's odd encodings mean what
 protobuf says they mean (tests/test_blob_files.py checks both against the library).
@@ -39,6 +43,14 @@ def encode_part(part: gateway_pb2.PrepareChunk | bytes | bytearray | memoryview)
     if isinstance(part, gateway_pb2.PrepareChunk):
         return part.SerializeToString()
     return b"".join((_DATA_TAG, _varint(memoryview(part).nbytes), part))
+
+
+def as_sent(part: gateway_pb2.PrepareChunk | bytes) -> bytes:
+    """PrepareStream's request serializer: a message serialized, bytes as they are
+    (already framed by :func:`encode_part` in the request generator)."""
+    if isinstance(part, bytes):
+        return part
+    return part.SerializeToString()
 
 
 #: A varint is at most 10 bytes long (protobuf's own limit).
