@@ -27,7 +27,10 @@ Invariants:
   arrival order, at most :data:`FILE_WINDOW_BYTES` held;
   an ``fdatasync`` every :data:`SYNC_EVERY` bytes runs beside the stream; reads keep
   :data:`READ_AHEAD` chunks in flight (a stream to a peer reads into reused buffers:
-  :func:`read_blob_views`). Stores without a directory (Dapr) keep chunks as below.
+  :func:`read_blob_views`). A blob file does not stay in the page cache
+  (drop-behind, :func:`_drop_cached`): the writer lets go of a range only once an
+  ``fdatasync`` that began after its writes returned, the reader only what its consumer
+  was given. Stores without a directory (Dapr) keep chunks as below.
 * **A stream is a pipeline with a bounded window.** Receiving, hashing and writing
   overlap: hashing runs on its own thread (in arrival order: one thread, FIFO), at most
   :data:`HASH_WINDOW` parts behind the network; batches are committed while the next
