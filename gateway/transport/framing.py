@@ -25,6 +25,21 @@ from __future__ import annotations
 from gateway.errors import TransferStreamError
 from gateway.v1 import gateway_pb2
 
+#: What a peer may have in flight towards this server on one stream (HTTP/2 flow-control
+#: window), fixed: gRPC's default sizes it from a bandwidth-delay estimate (at least
+#: 4 MiB, 2 x BDP), which on a loaded host (pings answered late) grew until a
+#: destination held 209 MiB of a 1 GiB upload that its disk pipeline had not taken yet
+#: (bench_stream.py, RSS rise budget 64 MiB). Fixed at 8 MiB (the same as
+#: blobs.FILE_WINDOW_BYTES): 1 GiB uploads rose 44-48 MiB, at the same rate (4 MiB: 35-42
+#: MiB); a stream over a 50 ms round trip is then capped at about 160 MiB/s. Only what
+#: this server *receives* is concerned (large data arrives only on PrepareStream).
+RECEIVE_WINDOW_BYTES = 8 << 20
+#: Server options that fix the receive window (see :data:`RECEIVE_WINDOW_BYTES`).
+RECEIVE_WINDOW_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", RECEIVE_WINDOW_BYTES),
+)
+
 #: Field 2 (``data``), wire type 2 (length-delimited): (2 << 3) | 2.
 _DATA_TAG = b"\x12"
 
