@@ -12,11 +12,15 @@ What it does, all on loopback with real processes and mTLS:
    VmHWM, reset just before); B's peak is reset and read the same way from outside;
 3. streams the same file over a bare gRPC stream (same mTLS certificates, same message
    size as the gateway's stream, ``blobs.STREAM_PIECE_BYTES``; the receiver only
-   hashes) between two fresh processes: the floor;
+   hashes) between two fresh processes: the floor. Its server keeps gRPC's default
+   flow control; the gateway's server fixes its receive window at 8 MiB
+   (``transport.framing.RECEIVE_WINDOW_BYTES``, to bound the destination's memory;
+   measured at 1 GiB, the gateway's rate is the same either way);
 4. repeats 1-3 ``--runs`` times in fresh worlds (ours, floor, ours, floor, …: load on
    the shared machine hits both), then prints the median [min-max] of the rates and of
    the per-run ratios gateway/raw, and each side's largest peak RSS rise over the runs
-   against issue 13's 64 MiB budget; ``--json FILE`` writes the same as
+   against issue 13's 64 MiB budget (each run's line also gives each side's CPU, kernel
+   time and minor page faults); ``--json FILE`` writes the same as
    ``{"P3": {"ratio", "rss_rise_mib", "rss_rise_a_mib", "rss_rise_b_mib", "mib_per_s",
    "floor_mib_per_s", ...}}`` (ratio and rates are medians; RSS the largest rise).
 """

@@ -32,7 +32,8 @@ from gateway.v1 import gateway_pb2
 #: (bench_stream.py, RSS rise budget 64 MiB). Fixed at 8 MiB (the same as
 #: blobs.FILE_WINDOW_BYTES): 1 GiB uploads rose 44-48 MiB, at the same rate (4 MiB: 35-42
 #: MiB); a stream over a 50 ms round trip is then capped at about 160 MiB/s. Only what
-#: this server *receives* is concerned (large data arrives only on PrepareStream).
+#: this server *receives* is concerned (large data arrives only on PrepareStream). The
+#: floor of bench/bench_stream.py keeps gRPC's defaults.
 RECEIVE_WINDOW_BYTES = 8 << 20
 #: Server options that fix the receive window (see :data:`RECEIVE_WINDOW_BYTES`).
 RECEIVE_WINDOW_OPTIONS: tuple[tuple[str, int], ...] = (
