@@ -12,11 +12,15 @@ What it does, all on loopback with real processes and mTLS:
    VmHWM, reset just before); B's peak is reset and read the same way from outside;
 3. streams the same file over a bare gRPC stream (same mTLS certificates, same message
    size as the gateway's stream, ``blobs.STREAM_PIECE_BYTES``; the receiver only
-   hashes) between two fresh processes: the floor;
+   hashes) between two fresh processes: the floor. Its server keeps gRPC's default
+   flow control; the gateway's server fixes its receive window at 8 MiB
+   (``transport.framing.RECEIVE_WINDOW_BYTES``, to bound the destination's memory;
+   measured at 1 GiB, the gateway's rate is the same either way);
 4. repeats 1-3 ``--runs`` times in fresh worlds (ours, floor, ours, floor, …: load on
    the shared machine hits both), then prints the median [min-max] of the rates and of
    the per-run ratios gateway/raw, and each side's largest peak RSS rise over the runs
-   against issue 13's 64 MiB budget; ``--json FILE`` writes the same as
+   against issue 13's 64 MiB budget (each run's line also gives each side's CPU, kernel
+   time and minor page faults); ``--json FILE`` writes the same as
    ``{"P3": {"ratio", "rss_rise_mib", "rss_rise_a_mib", "rss_rise_b_mib", "mib_per_s",
    "floor_mib_per_s", ...}}`` (ratio and rates are medians; RSS the largest rise).
 """
@@ -67,6 +71,11 @@ def cpu_seconds(pid: int | str, *, system_only: bool = False) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def minor_faults(pid: int | str) -> int:
+    """Minor page faults of a process so far (/proc/<pid>/stat, field 10)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
 def reset_peak(pid: int | str) -> None:
     """Reset VmHWM to the current RSS (Linux ≥ 4.0: write 5 to clear_refs)."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
@@ -86,7 +95,7 @@ def write_random_file(path: Path, size: int) -> str:
 
 SOURCE_SCRIPT = textwrap.dedent(
     """
-    import asyncio, json, os, sys, time
+    import asyncio, json, os, resource, sys, time
     from pathlib import Path
     from gateway.config import load_config
     from gateway.host import Host
@@ -101,12 +110,15 @@ SOURCE_SCRIPT = textwrap.dedent(
         try:
             baseline = vm("VmRSS")
             Path("/proc/self/clear_refs").write_text("5")
-            cpu0 = sum(os.times()[:2])
+            cpu0, sys0 = sum(os.times()[:2]), os.times()[1]
+            faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             started = time.perf_counter()
             result = await host.migrate(sys.argv[2], tenant="default", destination=sys.argv[3])
             elapsed = time.perf_counter() - started
-            cpu = sum(os.times()[:2])
-            print(json.dumps({"baseline": baseline, "peak": vm("VmHWM"), "seconds": elapsed, "step": result.step.value, "cpu": cpu - cpu0}))
+            cpu, kernel = sum(os.times()[:2]), os.times()[1]
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
+            print(json.dumps({"baseline": baseline, "peak": vm("VmHWM"), "seconds": elapsed, "step": result.step.value,
+                              "cpu": cpu - cpu0, "sys": kernel - sys0, "faults": faults}))
         finally:
             await host.close()
 
@@ -238,6 +250,7 @@ def migrate_once(world: World, data: Path, expected: str) -> dict[str, float]:
         reset_peak(server_b.pid)
         cpu_b = cpu_seconds(server_b.pid)
         sys_b = cpu_seconds(server_b.pid, system_only=True)
+        faults_b = minor_faults(server_b.pid)
         source = subprocess.run(
             [sys.executable, "-c", SOURCE_SCRIPT, str(world.config(HOST_A)), OBJECT, HOST_B],
             capture_output=True,
@@ -247,6 +260,7 @@ def migrate_once(world: World, data: Path, expected: str) -> dict[str, float]:
         peak_b = vm(server_b.pid, "VmHWM")
         cpu_b = cpu_seconds(server_b.pid) - cpu_b
         sys_b = cpu_seconds(server_b.pid, system_only=True) - sys_b
+        faults_b = minor_faults(server_b.pid) - faults_b
     measured = json.loads(source.stdout.strip().splitlines()[-1])
     if measured["step"] != "done":
         raise SystemExit(f"the migration ended {measured['step']}, not done")
@@ -274,8 +288,11 @@ def migrate_once(world: World, data: Path, expected: str) -> dict[str, float]:
         "rise_a": (measured["peak"] - measured["baseline"]) / MIB,
         "rise_b": (peak_b - baseline_b) / MIB,
         "cpu_a": measured["cpu"],
+        "sys_a": measured["sys"],
+        "faults_a": measured["faults"],
         "cpu_b": cpu_b,
         "sys_b": sys_b,
+        "faults_b": faults_b,
     }
 
 
@@ -335,15 +352,18 @@ def main() -> None:
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             # Both floor processes, start-up included (an upper bound of its stream's CPU).
             floor_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+            floor_faults = after.ru_minflt - children.ru_minflt
             # Each run's world holds a copy on each side: keep the disk use bounded.
             if not args.keep:
                 shutil.rmtree(run_dir, ignore_errors=True)
             console.print(
                 f"run {run + 1}: gateway {ours[-1]['seconds']:.2f} s, raw {floors[-1]:.2f} s, "
                 f"RSS rise A {ours[-1]['rise_a']:.1f} MiB, B {ours[-1]['rise_b']:.1f} MiB, "
-                f"CPU A {ours[-1]['cpu_a']:.2f} s, B {ours[-1]['cpu_b']:.2f} s "
-                f"({ours[-1]['sys_b']:.2f} in the kernel), "
-                f"floor's two processes {floor_cpu:.2f} s"
+                f"CPU A {ours[-1]['cpu_a']:.2f} s ({ours[-1]['sys_a']:.2f} in the kernel, "
+                f"{ours[-1]['faults_a']:.0f} page faults), B {ours[-1]['cpu_b']:.2f} s "
+                f"({ours[-1]['sys_b']:.2f} in the kernel, {ours[-1]['faults_b']:.0f} page faults), "
+                f"floor's two processes {floor_cpu:.2f} s ({floor_faults} page faults; "
+                "both figures with their start-up)"
             )
 
         rates = [args.size_mib / o["seconds"] for o in ours]

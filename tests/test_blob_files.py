@@ -283,6 +283,12 @@ def test_a_framed_data_chunk_is_the_message_protobuf_would_send(length: int) -> 
     assert gateway_pb2.PrepareChunk.FromString(encode_part(data)).data == data
     transfer = gateway_pb2.PrepareChunk(transfer=data[:50])
     assert encode_part(transfer) == transfer.SerializeToString()
+    # What the client's serializer sends: frames (built by its request generator) as
+    # they are, messages serialized.
+    from gateway.transport.framing import as_sent
+
+    assert as_sent(encode_part(data)) == expected
+    assert as_sent(transfer) == transfer.SerializeToString()
 
 
 @pytest.mark.parametrize(

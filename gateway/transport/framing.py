@@ -9,8 +9,12 @@ one ``data`` field (what :func:`encode_part` writes) as a view of the received b
 parsing it into a message and reading ``.data`` back out copied each chunk twice more,
 on the event loop, for the same bytes.
 
+The client frames data in its request generator (so that one frame is alive while the
+next is built: see gateway/transport/client.py) and sends with :func:`as_sent`.
+
 Invariants: :func:`encode_part` returns exactly ``PrepareChunk(data=x).SerializeToString()``
-for bytes ``x`` and ``message.SerializeToString()`` for a message; :func:`decode_part`
+for bytes ``x`` and ``message.SerializeToString()`` for a message; :func:`as_sent` of
+either is the same bytes; :func:`decode_part`
 gives the same ``data`` (or the same message) as ``PrepareChunk.FromString``, and hands
 anything but the one-field form to that parser, so a peer's odd encodings mean what
 protobuf says they mean (tests/test_blob_files.py checks both against the library).
@@ -20,6 +24,22 @@ from __future__ import annotations
 
 from gateway.errors import TransferStreamError
 from gateway.v1 import gateway_pb2
+
+#: What a peer may have in flight towards this server on one stream (HTTP/2 flow-control
+#: window), fixed: gRPC's default sizes it from a bandwidth-delay estimate (at least
+#: 4 MiB, 2 x BDP), which on a loaded host (pings answered late) grew until a
+#: destination held 209 MiB of a 1 GiB upload that its disk pipeline had not taken yet
+#: (bench_stream.py, RSS rise budget 64 MiB). Fixed at 8 MiB (the same as
+#: blobs.FILE_WINDOW_BYTES): 1 GiB uploads rose 44-48 MiB, at the same rate (4 MiB: 35-42
+#: MiB); a stream over a 50 ms round trip is then capped at about 160 MiB/s. Only what
+#: this server *receives* is concerned (large data arrives only on PrepareStream). The
+#: floor of bench/bench_stream.py keeps gRPC's defaults.
+RECEIVE_WINDOW_BYTES = 8 << 20
+#: Server options that fix the receive window (see :data:`RECEIVE_WINDOW_BYTES`).
+RECEIVE_WINDOW_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", RECEIVE_WINDOW_BYTES),
+)
 
 #: Field 2 (``data``), wire type 2 (length-delimited): (2 << 3) | 2.
 _DATA_TAG = b"\x12"
@@ -39,6 +59,14 @@ def encode_part(part: gateway_pb2.PrepareChunk | bytes | bytearray | memoryview)
     if isinstance(part, gateway_pb2.PrepareChunk):
         return part.SerializeToString()
     return b"".join((_DATA_TAG, _varint(memoryview(part).nbytes), part))
+
+
+def as_sent(part: gateway_pb2.PrepareChunk | bytes) -> bytes:
+    """PrepareStream's request serializer: a message serialized, bytes as they are
+    (already framed by :func:`encode_part` in the request generator)."""
+    if isinstance(part, bytes):
+        return part
+    return part.SerializeToString()
 
 
 #: A varint is at most 10 bytes long (protobuf's own limit).

@@ -31,7 +31,7 @@ from gateway.handoff.source import Source
 from gateway.limits import MAX_REASON_CHARS, check_migration_id, check_text
 from gateway.observability.health import Readiness
 from gateway.runtime.calls import Calls, caller_of_host
-from gateway.transport.framing import data_of, decode_part
+from gateway.transport.framing import RECEIVE_WINDOW_OPTIONS, data_of, decode_part
 from gateway.transport.status import ERROR_TYPE_KEY, MOVED_TO_KEY, status_of
 from gateway.transport.tls import CHANNEL_OPTIONS, authenticated_peer
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -293,7 +293,9 @@ async def start_server(
     ``reflection`` is False, server reflection): see gateway.observability.health."""
     # SO_REUSEPORT off: with it (gRPC's default on Linux) a second `gateway serve` on the
     # same port starts "successfully" and the kernel splits connections between the two.
-    server = grpc.aio.server(options=(*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)))
+    server = grpc.aio.server(
+        options=(*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0), *RECEIVE_WINDOW_OPTIONS)
+    )
     gateway_pb2_grpc.add_GatewayServicer_to_server(service, _StreamDecoding(server, service))
     if readiness is not None:
         await readiness.attach(server, reflection=reflection)
