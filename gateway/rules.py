@@ -544,12 +544,33 @@ COMPILED_CACHE_SIZE = 1024
 
 
 @functools.lru_cache(maxsize=COMPILED_CACHE_SIZE)
+def _compiled(rules: tuple[Rule, ...]) -> RuleSet:
+    return compile_rules(rules)
+
+
+#: Rule tuples seen lately, by identity: ``id(rules) -> (rules, their RuleSet)``. A
+#: cycling object keeps the same tuple from cycle to cycle (its value is rebuilt around
+#: it), and hashing a tuple of rules by content (every field of every rule) cost more
+#: than the cache lookup saved. The entry holds the tuple itself, so its id cannot be
+#: reused while the entry lives, and a hit is checked with ``is``. Emptied when full.
+_BY_IDENTITY: dict[int, tuple[tuple[Rule, ...], RuleSet]] = {}
+IDENTITY_CACHE_SIZE = 4096
+
+
 def compiled(rules: tuple[Rule, ...]) -> RuleSet:
     """:func:`compile_rules`, cached by the rules' value (rules are frozen dataclasses:
     hashed and compared by content, so two objects with equal rules share one entry and
-    a hash collision cannot return another object's rules). A rule set that fails to
-    compile raises every time: exceptions are not cached."""
-    return compile_rules(rules)
+    a hash collision cannot return another object's rules), with the very same tuple
+    answered by identity first. A rule set that fails to compile raises every time:
+    exceptions are not cached."""
+    held = _BY_IDENTITY.get(id(rules))
+    if held is not None and held[0] is rules:
+        return held[1]
+    ruleset = _compiled(rules)
+    if len(_BY_IDENTITY) >= IDENTITY_CACHE_SIZE:
+        _BY_IDENTITY.clear()
+    _BY_IDENTITY[id(rules)] = (rules, ruleset)
+    return ruleset
 
 
 # --- data ---------------------------------------------------------------------------

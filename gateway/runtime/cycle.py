@@ -32,7 +32,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -49,7 +49,7 @@ from gateway.errors import (
 from gateway.handoff.context import HostContext
 from gateway.handoff.journal import object_key
 from gateway.limits import next_counter
-from gateway.lineage import EntryKind, digest
+from gateway.lineage import EntryKind, Lineage, digest
 from gateway.model import MAX_DATA_BYTES, CycleState, GovernedObject, LifecycleState
 from gateway.rules import RuleSet, check_data, compiled, dump_data, load_data
 from gateway.runtime.compaction import Compaction
@@ -422,12 +422,32 @@ class _Entries:
         )
 
     def result(self, *, cycle: CycleState | None = None) -> GovernedObject:
-        return replace(
-            self._obj,
-            data=self.data,
-            lineage=self.lineage,
-            cycle=self._obj.cycle if cycle is None else cycle,
-        )
+        obj = self._obj
+        return _rebuilt(obj, self.data, self.lineage, obj.cycle if cycle is None else cycle)
+
+
+_OBJECT_FIELDS = tuple(f.name for f in fields(GovernedObject))
+_set = object.__setattr__
+
+
+def _rebuilt(
+    obj: GovernedObject, data: bytes, lineage: Lineage, cycle: CycleState
+) -> GovernedObject:
+    """``replace(obj, data=data, lineage=lineage, cycle=cycle)`` at about half the cost
+    (one per cycle): the same fields copied slot by slot. GovernedObject has no
+    ``__post_init__`` (nothing to re-run); if it ever has one, this is ``replace``."""
+    if _HAS_POST_INIT:
+        return replace(obj, data=data, lineage=lineage, cycle=cycle)
+    new = object.__new__(GovernedObject)
+    for name in _OBJECT_FIELDS:
+        _set(new, name, getattr(obj, name))
+    _set(new, "data", data)
+    _set(new, "lineage", lineage)
+    _set(new, "cycle", cycle)
+    return new
+
+
+_HAS_POST_INIT = hasattr(GovernedObject, "__post_init__")
 
 
 def _why_denied(
