@@ -28,6 +28,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -108,24 +109,22 @@ class CompiledRule:
     rule: Rule
     when: _Compiled
     effect: _Compiled | None  #: the patch (write) or payload (publish, invoke, binding)
+    #: What the action touches and how (derived from ``rule``, once: every cycle asks).
+    resource: str = dataclasses.field(init=False)
+    verb: str = dataclasses.field(init=False)
 
-    @property
-    def resource(self) -> str:
+    def __post_init__(self) -> None:
         action = self.rule.action
         if isinstance(action, WriteState):
-            return "state:self"
-        if isinstance(action, Publish):
-            return f"pubsub:{action.topic}"
-        if isinstance(action, Binding):
-            return f"binding:{action.target}"
-        return f"invoke:{action.target}"
-
-    @property
-    def verb(self) -> str:
-        action = self.rule.action
-        if isinstance(action, WriteState):
-            return "write"
-        return "publish" if isinstance(action, Publish) else "invoke"
+            resource, verb = "state:self", "write"
+        elif isinstance(action, Publish):
+            resource, verb = f"pubsub:{action.topic}", "publish"
+        elif isinstance(action, Binding):
+            resource, verb = f"binding:{action.target}", "invoke"
+        else:
+            resource, verb = f"invoke:{action.target}", "invoke"
+        object.__setattr__(self, "resource", resource)
+        object.__setattr__(self, "verb", verb)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,9 +154,18 @@ class RuleSet:
     def __len__(self) -> int:
         return len(self.rules)
 
+    #: How many rules each trigger wakes (counted once: every cycle's summary says it).
+    _woken: dict[str, int] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        woken: dict[str, int] = {}
+        for compiled in self.rules:
+            woken[compiled.rule.on] = woken.get(compiled.rule.on, 0) + 1
+        object.__setattr__(self, "_woken", woken)
+
     def woken_by(self, trigger: str) -> int:
         """How many rules ``trigger`` (cycle or message) evaluates."""
-        return sum(1 for compiled in self.rules if compiled.rule.on == trigger)
+        return self._woken.get(trigger, 0)
 
     def evaluate(
         self,
@@ -362,8 +370,11 @@ def _plain(value: Any) -> Any:
     ``json.dumps`` would write them as ``NaN``/``Infinity``, which is not JSON, into the
     object's data or an event that every other reader would then have to refuse.
     """
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value  # the common leaves first, by exact type (what the runtime gives)
     if isinstance(value, dict):
-        return {_plain_key(k): _plain(v) for k, v in value.items()}
+        return {k if type(k) is str else _plain_key(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     if isinstance(value, datetime):
