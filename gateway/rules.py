@@ -634,7 +634,12 @@ def _check_text(text: str) -> None:
 
 
 def dump_data(value: Mapping[str, Any]) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return _CANONICAL.encode(value).encode("utf-8")
+
+
+#: ``json.dumps(..., sort_keys=True, separators=(",", ":"))`` without building an
+#: encoder per call (it keeps no state between calls); every write of a cycle dumps.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
 def rule_from_mapping(item: Any, where: str) -> Rule:
