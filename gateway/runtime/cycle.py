@@ -24,6 +24,11 @@ Invariants this module keeps:
   cycle wrote for an object and that object (one memo of objects per host, shared with
   migrations, see :class:`gateway.handoff.journal._Objects`), and serves a read from it
   only when the store holds exactly those bytes (encoding is exact).
+* **Shortcuts are exact.** What a cycle remembers between cycles (compiled rules, decoded
+  data, permitted admissions) is keyed by the identity of the immutable value it was
+  computed from, held by the memo so the identity cannot be reused; a hit is what
+  computing it again would give, and a refusal (data rules cannot read, an admission
+  denied) is never remembered.
 """
 
 from __future__ import annotations
