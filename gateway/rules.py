@@ -28,6 +28,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -108,24 +109,22 @@ class CompiledRule:
     rule: Rule
     when: _Compiled
     effect: _Compiled | None  #: the patch (write) or payload (publish, invoke, binding)
+    #: What the action touches and how (derived from ``rule``, once: every cycle asks).
+    resource: str = dataclasses.field(init=False)
+    verb: str = dataclasses.field(init=False)
 
-    @property
-    def resource(self) -> str:
+    def __post_init__(self) -> None:
         action = self.rule.action
         if isinstance(action, WriteState):
-            return "state:self"
-        if isinstance(action, Publish):
-            return f"pubsub:{action.topic}"
-        if isinstance(action, Binding):
-            return f"binding:{action.target}"
-        return f"invoke:{action.target}"
-
-    @property
-    def verb(self) -> str:
-        action = self.rule.action
-        if isinstance(action, WriteState):
-            return "write"
-        return "publish" if isinstance(action, Publish) else "invoke"
+            resource, verb = "state:self", "write"
+        elif isinstance(action, Publish):
+            resource, verb = f"pubsub:{action.topic}", "publish"
+        elif isinstance(action, Binding):
+            resource, verb = f"binding:{action.target}", "invoke"
+        else:
+            resource, verb = f"invoke:{action.target}", "invoke"
+        object.__setattr__(self, "resource", resource)
+        object.__setattr__(self, "verb", verb)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,9 +154,18 @@ class RuleSet:
     def __len__(self) -> int:
         return len(self.rules)
 
+    #: How many rules each trigger wakes (counted once: every cycle's summary says it).
+    _woken: dict[str, int] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        woken: dict[str, int] = {}
+        for compiled in self.rules:
+            woken[compiled.rule.on] = woken.get(compiled.rule.on, 0) + 1
+        object.__setattr__(self, "_woken", woken)
+
     def woken_by(self, trigger: str) -> int:
         """How many rules ``trigger`` (cycle or message) evaluates."""
-        return sum(1 for compiled in self.rules if compiled.rule.on == trigger)
+        return self._woken.get(trigger, 0)
 
     def evaluate(
         self,
@@ -362,8 +370,11 @@ def _plain(value: Any) -> Any:
     ``json.dumps`` would write them as ``NaN``/``Infinity``, which is not JSON, into the
     object's data or an event that every other reader would then have to refuse.
     """
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value  # the common leaves first, by exact type (what the runtime gives)
     if isinstance(value, dict):
-        return {_plain_key(k): _plain(v) for k, v in value.items()}
+        return {k if type(k) is str else _plain_key(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     if isinstance(value, datetime):
@@ -544,12 +555,33 @@ COMPILED_CACHE_SIZE = 1024
 
 
 @functools.lru_cache(maxsize=COMPILED_CACHE_SIZE)
+def _compiled(rules: tuple[Rule, ...]) -> RuleSet:
+    return compile_rules(rules)
+
+
+#: Rule tuples seen lately, by identity: ``id(rules) -> (rules, their RuleSet)``. A
+#: cycling object keeps the same tuple from cycle to cycle (its value is rebuilt around
+#: it), and hashing a tuple of rules by content (every field of every rule) cost more
+#: than the cache lookup saved. The entry holds the tuple itself, so its id cannot be
+#: reused while the entry lives, and a hit is checked with ``is``. Emptied when full.
+_BY_IDENTITY: dict[int, tuple[tuple[Rule, ...], RuleSet]] = {}
+IDENTITY_CACHE_SIZE = 4096
+
+
 def compiled(rules: tuple[Rule, ...]) -> RuleSet:
     """:func:`compile_rules`, cached by the rules' value (rules are frozen dataclasses:
     hashed and compared by content, so two objects with equal rules share one entry and
-    a hash collision cannot return another object's rules). A rule set that fails to
-    compile raises every time: exceptions are not cached."""
-    return compile_rules(rules)
+    a hash collision cannot return another object's rules), with the very same tuple
+    answered by identity first. A rule set that fails to compile raises every time:
+    exceptions are not cached."""
+    held = _BY_IDENTITY.get(id(rules))
+    if held is not None and held[0] is rules:
+        return held[1]
+    ruleset = _compiled(rules)
+    if len(_BY_IDENTITY) >= IDENTITY_CACHE_SIZE:
+        _BY_IDENTITY.clear()
+    _BY_IDENTITY[id(rules)] = (rules, ruleset)
+    return ruleset
 
 
 # --- data ---------------------------------------------------------------------------
@@ -602,7 +634,12 @@ def _check_text(text: str) -> None:
 
 
 def dump_data(value: Mapping[str, Any]) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return _CANONICAL.encode(value).encode("utf-8")
+
+
+#: ``json.dumps(..., sort_keys=True, separators=(",", ":"))`` without building an
+#: encoder per call (it keeps no state between calls); every write of a cycle dumps.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
 def rule_from_mapping(item: Any, where: str) -> Rule:

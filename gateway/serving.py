@@ -192,10 +192,12 @@ def serve(config: Config, *, grace: float, reload_interval: float) -> int:
     """Run ``gateway serve`` for ``config`` until SIGTERM; the exit status."""
 
     async def run() -> int:
+        from gateway import _gc
         from gateway.host import Host
 
         host = await Host.open(config)
         serving = Serving(host, grace=grace, reload_interval=reload_interval)
+        _gc.tune()  # start-up state is built: freeze it, collect less often (gateway/_gc.py)
 
         def announce(port: int) -> None:
             bind = config.listen.rsplit(":", 1)[0]

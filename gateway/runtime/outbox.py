@@ -41,6 +41,12 @@ class DeliveryError(GatewayError):
     """An executor could not carry out an action (it will be retried)."""
 
 
+#: What ``json.dumps(..., sort_keys=True, separators=(",", ":"))`` builds on every call,
+#: built once (an encoder keeps no state between calls): every cycle that publishes
+#: encodes an event.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
     key: str  #: suffix shared by events/ and pending/; also the idempotency key
@@ -61,7 +67,7 @@ class Event:
         return self.resource.split(":", 1)[1]
 
     def encode(self) -> bytes:
-        return json.dumps(
+        return _CANONICAL.encode(
             {
                 "tenant": self.tenant,
                 "object_id": self.object_id,
@@ -74,9 +80,7 @@ class Event:
                 "status": self.status,
                 "attempts": self.attempts,
                 "last_error": self.last_error,
-            },
-            sort_keys=True,
-            separators=(",", ":"),
+            }
         ).encode("utf-8")
 
     @classmethod
