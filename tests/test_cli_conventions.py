@@ -49,6 +49,10 @@ NO_DATA = {
 #: Data commands whose ``-o json`` another process test runs and parses (file, test): they
 #: need a scene of their own (a running peer, an interrupted migration, a moved object).
 ELSEWHERE = {
+    "sweep": (
+        "tests/test_storage_sweep.py",
+        "test_gateway_sweep_lists_then_deletes_only_the_orphan_and_names_an_unreadable_record",
+    ),
     "object archive": (
         "tests/test_compaction_runtime.py",
         "test_an_object_compacted_on_two_hosts_verifies_offline_from_both_archives",
