@@ -657,6 +657,15 @@ def rss_mib() -> float:
     return 0.0
 
 
+def process_cpu(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` (this one if None), all its threads."""
+    if pid is None:
+        return time.process_time()  # nanoseconds, where /proc counts clock ticks
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # --- the figures ---------------------------------------------------------------------------
 
 
@@ -763,8 +772,16 @@ async def migration_figures(
             # Interleave ours and the floor so that load on the machine hits both alike.
             ours: list[float] = []
             floors: list[float] = []
+            # CPU of our migrations per side (process layout): this process (the source)
+            # around each of ours only, B's server process over the loop (only ours reach
+            # it). Steadier than wall clock on a shared machine.
+            source_cpu = 0.0
+            destination = servers[HOST_B].pid if HOST_B in servers else None
+            destination_before = process_cpu(destination) if destination else 0.0
             for object_id in p1_ids:
+                began_cpu = process_cpu(None)
                 ours.extend(await migrate_sequential(host_a, [object_id], HOST_B))
+                source_cpu += process_cpu(None) - began_cpu
                 floors.append(await floor.once())
             p50, floor_p50 = statistics.median(ours), statistics.median(floors)
             results["P1"] = {
@@ -772,10 +789,17 @@ async def migration_figures(
                 "p50_ms": p50 * 1e3,
                 "p99_ms": percentile(ours, 0.99) * 1e3,
                 "floor_p50_ms": floor_p50 * 1e3,
+                "source_cpu_ms": source_cpu / len(p1_ids) * 1e3,
             }
+            if destination:
+                results["P1"]["destination_cpu_ms"] = (
+                    (process_cpu(destination) - destination_before) / len(p1_ids) * 1e3
+                )
             say(
                 f"P1  p50 {p50 * 1e3:.1f} ms, floor {floor_p50 * 1e3:.1f} ms: "
-                f"{results['P1']['ratio']:.2f}x"
+                f"{results['P1']['ratio']:.2f}x; CPU per migration: source "
+                f"{results['P1']['source_cpu_ms']:.2f} ms, destination "
+                f"{results['P1'].get('destination_cpu_ms', float('nan')):.2f} ms"
             )
         if "P1b" in wanted:
             # The same host before and after it holds the residents: only the same host
