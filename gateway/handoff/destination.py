@@ -25,7 +25,7 @@ import enum
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -78,7 +78,7 @@ from gateway.handoff.records import DestinationRecord, DestinationStep
 from gateway.limits import MAX_OPEN_UPLOADS_PER_PEER
 from gateway.lineage import Checkpoint, EntryKind, digest, verify_extends, verify_lineage
 from gateway.model import GovernedObject, LifecycleState
-from gateway.stores import Delete, Expect, Operation, Put
+from gateway.stores import Delete, Expect, Item, Operation, Put
 
 log = logging.getLogger(__name__)
 
@@ -216,15 +216,24 @@ class Destination:
         return transfer, digest(payload)
 
     async def _assess(
-        self, transfer: Transfer, *, peer: str, now: datetime
+        self,
+        transfer: Transfer,
+        *,
+        peer: str,
+        now: datetime,
+        read: Mapping[str, Item] | None = None,
     ) -> tuple[Admission, Versioned[int] | None, datetime | None]:
         """Everything that decides whether this host takes the object, without writing:
-        epoch fence, tenant, lineage, credential chain, constraints, host policy."""
+        epoch fence, tenant, lineage, credential chain, constraints, host policy.
+
+        ``read``: what the caller read of the object's fence and record keys (with its
+        own keys, in one query: a key missing from it is absent); read here if None."""
         ctx = self.ctx
         await self._check_tenant(transfer, peer=peer)
         tenant = transfer.object.tenant
         keys = fence_key(tenant, transfer.object_id), object_key(tenant, transfer.object_id)
-        found = await ctx.journal.store.get_many(keys)  # one read for both, one snapshot
+        # One read for both, one snapshot (or the caller's, which held them too).
+        found = read if read is not None else await ctx.journal.store.get_many(keys)
         fence = ctx.journal.decoded(decode_counter, found.get(keys[0]))
         if fence is not None and transfer.epoch <= fence.value:
             raise RollbackError(
@@ -264,8 +273,8 @@ class Destination:
     async def _check_tenant(self, transfer: Transfer, *, peer: str) -> None:
         """The object's tenant is hosted here, ``peer`` is bound to it, and it has room.
 
-        First of all checks, before the fence is even read: a peer learns nothing about
-        a tenant it may not deliver into. Objects are named by (tenant, id) here, so an
+        First of all checks, before the fence is even looked at: a peer learns nothing
+        about a tenant it may not deliver into. Objects are named by (tenant, id) here, so an
         object with the same id in another tenant neither blocks nor is touched by this
         one (see gateway.tenancy). The quota is checked again when the stage is written.
         """
@@ -359,9 +368,17 @@ class Destination:
     ) -> bytes:
         ctx = self.ctx
         # One read for both (each read is a query of its own, the larger part of a
-        # small arrival's store time): the idempotency record, then the nonce.
+        # small arrival's store time): the idempotency record, then the nonce; for an
+        # object of a tenant hosted here, its fence and record too (_assess looks at them
+        # only after its tenant checks: reading them first tells the peer nothing).
         record_key, used_key = destination_key(transfer.migration_id), nonce_key(transfer.nonce)
-        found = await ctx.journal.store.get_many([record_key, used_key])
+        tenant = transfer.object.tenant
+        object_keys = (
+            [fence_key(tenant, transfer.object_id), object_key(tenant, transfer.object_id)]
+            if tenant in ctx.tenants
+            else []
+        )
+        found = await ctx.journal.store.get_many([record_key, used_key, *object_keys])
         existing = ctx.journal.decoded(wire.decode_destination_record, found.get(record_key))
         if existing is not None:
             return self._replay(existing.value, transfer_digest)
@@ -370,7 +387,9 @@ class Destination:
                 f"transfer nonce of migration {transfer.migration_id} was already used here"
             )
         try:
-            admission, fence, expires = await self._assess(transfer, peer=peer, now=now)
+            admission, fence, expires = await self._assess(
+                transfer, peer=peer, now=now, read=found if object_keys else None
+            )
         except ForkError as exc:
             await record_fork(
                 ctx,
