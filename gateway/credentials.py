@@ -28,8 +28,9 @@ Checks, in this order, and why:
 2. **The key is found in the issuer's own domain.** The issuer (``iss``) is read from
    the payload only to choose the trust bundle; ``kid`` must name a ``grant`` key of
    that domain, allowed for that host. A ``kid`` from another domain is refused.
-3. **The algorithm is the record's.** PyJWT is called with ``algorithms=[record's]``;
-   ``none``, HMAC and any mismatch fail before a signature is computed.
+3. **The algorithm is the record's.** The header's ``alg`` must equal the record's, and
+   the signature is verified by PyJWT's algorithm for the record's ``alg`` (EdDSA or
+   ES256 only): ``none``, HMAC and any mismatch fail before a signature is computed.
 4. **Then the claims**, strictly; the validity window is checked against the caller's
    ``at`` (PyJWT would use the wall clock), and then each link against its parent (§5).
    The claims used are the ones the strict reader of step 1 parsed from the very
@@ -103,7 +104,8 @@ _CLAIMS = frozenset(
 MAX_AUDIENCES = 8
 _DIGEST_HEX = re.compile(r"[0-9a-f]{64}")
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
-#: PyJWT's JWS layer: verifies a compact JWS's signature (see verify_grant).
+#: PyJWT's algorithms, by JOSE name: one verifies each grant's signature (see
+#: verify_grant).
 _JWS = jwt.PyJWS()
 
 
@@ -311,6 +313,13 @@ def issue_grant(
 
 def _split(compact: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Header and claims of a grant whose bytes are well formed (signature not checked)."""
+    header, claims, _signed, _signature = _segments(compact)
+    return header, claims
+
+
+def _segments(compact: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
+    """Header, claims, signing input (the exact first two segments) and signature of a
+    grant whose bytes are well formed (signature not checked)."""
     if len(compact) > MAX_GRANT_BYTES:
         raise GrantFormatError(f"grant is {len(compact)} bytes; at most {MAX_GRANT_BYTES}")
     parts = compact.split(".")
@@ -318,8 +327,9 @@ def _split(compact: str) -> tuple[dict[str, Any], dict[str, Any]]:
         raise GrantFormatError("a grant is three non-empty base64url segments separated by '.'")
     header = _json(_b64url_decode(parts[0], "header"), "header")
     claims = _json(_b64url_decode(parts[1], "payload"), "payload")
-    _b64url_decode(parts[2], "signature")
-    return header, claims
+    signature = _b64url_decode(parts[2], "signature")
+    # ASCII: each segment matched the base64url alphabet above.
+    return header, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), signature
 
 
 def _json(raw: bytes, what: str) -> dict[str, Any]:
@@ -499,7 +509,7 @@ def verify_grant(
     remembered = _remembered_grant(compact, trust=trust, at=at, leeway=leeway)
     if remembered is not None:
         return remembered
-    header, claims = _split(compact)
+    header, claims, signing_input, signature = _segments(compact)
     alg, kid = _check_header(header)
     issuer = claims.get("iss")
     if not isinstance(issuer, str):
@@ -542,15 +552,20 @@ def verify_grant(
             hint="the algorithm is pinned by the key record; the grant was forged or mis-signed",
         )
     try:
-        # PyJWT's JWS layer verifies the signature over the exact segments with the
-        # record's algorithm only. Its JWT layer (a second, laxer JSON reading of the
-        # claims, and time checks against the wall clock) is not used: the claims are
-        # the ones _split read strictly from the same segment, all required by _parse,
-        # and the window is checked below against ``at``, the moment the caller
-        # verifies for.
-        _JWS.decode_complete(
-            compact, key=record.public_key_object(), algorithms=[record.algorithm.jose]
-        )
+        # PyJWT's algorithm for the record's ``alg`` (never the header's, which was
+        # checked equal to it above) verifies the signature over the exact segments.
+        # What PyJWT's JWS and JWT layers would add is done above, more strictly, or
+        # below: canonical base64url, a header of exactly alg/typ/kid (so no ``crit``,
+        # ``b64`` or key in the message), one strict reading of the claims (theirs was a
+        # second, laxer one), every claim required by _parse, and the window checked
+        # against ``at`` (they use the wall clock). Their re-reading of the same bytes
+        # was most of a grant's verification time.
+        algorithm = _JWS.get_algorithm_by_name(record.algorithm.jose)
+        key = algorithm.prepare_key(record.public_key_object())
+        if not algorithm.verify(signing_input, key, signature):
+            raise jwt.InvalidSignatureError("Signature verification failed")
+    except NotImplementedError as exc:
+        raise GrantAlgorithmError(f"grant algorithm refused: {exc}") from exc
     except jwt.InvalidSignatureError as exc:
         raise BadSignatureError(
             f"grant {claims.get('jti', '?')} signature does not verify under {kid[:16]}"
