@@ -28,10 +28,23 @@ Checks, in this order, and why:
 2. **The key is found in the issuer's own domain.** The issuer (``iss``) is read from
    the payload only to choose the trust bundle; ``kid`` must name a ``grant`` key of
    that domain, allowed for that host. A ``kid`` from another domain is refused.
-3. **The algorithm is the record's.** PyJWT is called with ``algorithms=[record's]``;
-   ``none``, HMAC and any mismatch fail before a signature is computed.
+3. **The algorithm is the record's.** The header's ``alg`` must equal the record's, and
+   the signature is verified by PyJWT's algorithm for the record's ``alg`` (EdDSA or
+   ES256 only): ``none``, HMAC and any mismatch fail before a signature is computed.
 4. **Then the claims**, strictly; the validity window is checked against the caller's
    ``at`` (PyJWT would use the wall clock), and then each link against its parent (§5).
+   The claims used are the ones the strict reader of step 1 parsed from the very
+   segment PyJWT's JWS layer verified: one parser decides what a grant says.
+
+Verified grants are remembered (:data:`VERIFIED_GRANTS`, a bounded LRU) by their exact
+text, with the key record whose public key verified them: what a grant says and whether
+a signature verifies under a given key are pure functions of those bytes. A grant seen
+again is not parsed or verified again, but everything that depends on the moment or on
+the trust store still runs every time: its key is looked up again in the caller's
+trust store at the caller's ``at`` (retirement judged at the grant's ``iat``) and must be
+the very key that verified it, and its validity window is checked at ``at``. Refusals
+are never remembered: anything that does not pass on the short path goes the whole way
+again, which raises exactly what it always raised.
 
 No I/O.
 """
@@ -42,7 +55,9 @@ import base64
 import binascii
 import hashlib
 import re
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -61,6 +76,7 @@ from gateway.errors import (
     ConstraintWideningError,
     DepthExceededError,
     ExpiredError,
+    GatewayError,
     GrantAlgorithmError,
     GrantFormatError,
     GrantHeaderError,
@@ -74,7 +90,7 @@ from gateway.errors import (
     WideningError,
 )
 from gateway.identity import HostId, ObjectId, trust_domain_problem
-from gateway.keys import Purpose, Signer
+from gateway.keys import KeyRecord, Purpose, Signer
 from gateway.trust import TrustStore
 
 GRANT_TYPE = "gateway-grant+jwt"
@@ -88,6 +104,9 @@ _CLAIMS = frozenset(
 MAX_AUDIENCES = 8
 _DIGEST_HEX = re.compile(r"[0-9a-f]{64}")
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
+#: PyJWT's algorithms, by JOSE name: one verifies each grant's signature (see
+#: verify_grant).
+_JWS = jwt.PyJWS()
 
 
 def _b64url_encode(data: bytes) -> str:
@@ -294,6 +313,13 @@ def issue_grant(
 
 def _split(compact: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Header and claims of a grant whose bytes are well formed (signature not checked)."""
+    header, claims, _signed, _signature = _segments(compact)
+    return header, claims
+
+
+def _segments(compact: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
+    """Header, claims, signing input (the exact first two segments) and signature of a
+    grant whose bytes are well formed (signature not checked)."""
     if len(compact) > MAX_GRANT_BYTES:
         raise GrantFormatError(f"grant is {len(compact)} bytes; at most {MAX_GRANT_BYTES}")
     parts = compact.split(".")
@@ -301,8 +327,9 @@ def _split(compact: str) -> tuple[dict[str, Any], dict[str, Any]]:
         raise GrantFormatError("a grant is three non-empty base64url segments separated by '.'")
     header = _json(_b64url_decode(parts[0], "header"), "header")
     claims = _json(_b64url_decode(parts[1], "payload"), "payload")
-    _b64url_decode(parts[2], "signature")
-    return header, claims
+    signature = _b64url_decode(parts[2], "signature")
+    # ASCII: each segment matched the base64url alphabet above.
+    return header, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), signature
 
 
 def _json(raw: bytes, what: str) -> dict[str, Any]:
@@ -396,11 +423,93 @@ def root_home(grants: Sequence[str]) -> str:
     return home if isinstance(home, str) else ""
 
 
+class _VerifiedGrants:
+    """Grants whose signature verified, by their exact text: the grant as parsed and the
+    key record that verified it. Bounded LRU, so a peer sending fresh grants only ever
+    evicts, and a miss costs what it always did."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._seen: OrderedDict[str, tuple[Grant, KeyRecord]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0  #: lookups answered (for benchmarks)
+        self.misses = 0
+
+    def get(self, compact: str) -> tuple[Grant, KeyRecord] | None:
+        with self._lock:
+            found = self._seen.get(compact)
+            if found is None:
+                self.misses += 1
+                return None
+            self._seen.move_to_end(compact)
+            self.hits += 1
+            return found
+
+    def add(self, compact: str, grant: Grant, record: KeyRecord) -> None:
+        with self._lock:
+            self._seen[compact] = (grant, record)
+            self._seen.move_to_end(compact)
+            while len(self._seen) > self._capacity:
+                self._seen.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._seen.clear()
+            self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+#: Grants this process verified (see the module docstring): at most 4096, each its text
+#: (at most MAX_GRANT_BYTES, about 1 KiB as issued) and its parsed form, a few MiB at most.
+VERIFIED_GRANTS = _VerifiedGrants(capacity=1 << 12)
+
+
+def forget_verified_grants() -> None:
+    """Empty the verified-grant memory (benchmarks timing a cold verify; tests)."""
+    VERIFIED_GRANTS.clear()
+
+
+def _signed_at(grant: Grant) -> datetime:
+    """When a verified grant may at the latest have been signed, as verify_grant judges
+    it: the last moment of its ``iat`` second (in range: verify_grant computed it)."""
+    return grant.issued_at + timedelta(seconds=1) - timedelta(microseconds=1)
+
+
+def _remembered_grant(
+    compact: str, *, trust: TrustStore, at: datetime, leeway: timedelta
+) -> Grant | None:
+    """The grant if these exact bytes verified before under the key that ``trust`` still
+    trusts for their issuer at ``at``, and it is valid at ``at``; ``None`` otherwise (the
+    caller then verifies it the whole way, which raises whatever is wrong)."""
+    found = VERIFIED_GRANTS.get(compact)
+    if found is None:
+        return None
+    grant, verified_by = found
+    try:
+        keys = trust.keys_for_host(
+            grant.issuer, purpose=Purpose.GRANT, at=at, signed_at=_signed_at(grant)
+        )
+        record = keys.resolve(grant.key_id)
+        _check_window(grant, at=at, leeway=leeway)
+    except GatewayError:
+        return None
+    # The signature verified under ``verified_by``: it stands only if the key trusted
+    # now for this issuer is that same key, with that same algorithm.
+    if record.public_key != verified_by.public_key or record.algorithm != verified_by.algorithm:
+        return None
+    return grant
+
+
 def verify_grant(
     compact: str, *, trust: TrustStore, at: datetime, leeway: timedelta = timedelta(seconds=60)
 ) -> Grant:
     """One grant on its own: bytes, header, key of the issuer's domain, signature, claims."""
-    header, claims = _split(compact)
+    remembered = _remembered_grant(compact, trust=trust, at=at, leeway=leeway)
+    if remembered is not None:
+        return remembered
+    header, claims, signing_input, signature = _segments(compact)
     alg, kid = _check_header(header)
     issuer = claims.get("iss")
     if not isinstance(issuer, str):
@@ -443,24 +552,20 @@ def verify_grant(
             hint="the algorithm is pinned by the key record; the grant was forged or mis-signed",
         )
     try:
-        verified = jwt.decode(
-            compact,
-            key=record.public_key_object(),
-            algorithms=[record.algorithm.jose],
-            options={
-                "require": ["iss", "sub", "aud", "iat", "nbf", "exp", "jti"],
-                # PyJWT compares times with the wall clock; the window is checked below
-                # against ``at``, the moment the caller verifies for.
-                "verify_exp": False,
-                "verify_nbf": False,
-                "verify_iat": False,
-                "verify_aud": False,
-                "verify_iss": False,
-                "verify_sub": False,
-                "verify_jti": False,
-            },
-            leeway=leeway,
-        )
+        # PyJWT's algorithm for the record's ``alg`` (never the header's, which was
+        # checked equal to it above) verifies the signature over the exact segments.
+        # What PyJWT's JWS and JWT layers would add is done above, more strictly, or
+        # below: canonical base64url, a header of exactly alg/typ/kid (so no ``crit``,
+        # ``b64`` or key in the message), one strict reading of the claims (theirs was a
+        # second, laxer one), every claim required by _parse, and the window checked
+        # against ``at`` (they use the wall clock). Their re-reading of the same bytes
+        # was most of a grant's verification time.
+        algorithm = _JWS.get_algorithm_by_name(record.algorithm.jose)
+        key = algorithm.prepare_key(record.public_key_object())
+        if not algorithm.verify(signing_input, key, signature):
+            raise jwt.InvalidSignatureError("Signature verification failed")
+    except NotImplementedError as exc:
+        raise GrantAlgorithmError(f"grant algorithm refused: {exc}") from exc
     except jwt.InvalidSignatureError as exc:
         raise BadSignatureError(
             f"grant {claims.get('jti', '?')} signature does not verify under {kid[:16]}"
@@ -473,8 +578,9 @@ def verify_grant(
         # The claims passed _split's strict reading, so this is PyJWT choking on a value
         # it checks itself; still the peer's bytes, still only a refused grant.
         raise GrantFormatError(f"grant refused: {type(exc).__name__}: {exc}") from exc
-    grant = _parse(compact, key_id=kid, claims=verified)
+    grant = _parse(compact, key_id=kid, claims=claims)
     _check_window(grant, at=at, leeway=leeway)
+    VERIFIED_GRANTS.add(compact, grant, record)
     return grant
 
 

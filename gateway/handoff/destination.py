@@ -21,10 +21,11 @@ Invariants this side keeps:
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -77,7 +78,7 @@ from gateway.handoff.records import DestinationRecord, DestinationStep
 from gateway.limits import MAX_OPEN_UPLOADS_PER_PEER
 from gateway.lineage import Checkpoint, EntryKind, digest, verify_extends, verify_lineage
 from gateway.model import GovernedObject, LifecycleState
-from gateway.stores import Delete, Expect, Operation, Put
+from gateway.stores import Delete, Expect, Item, Operation, Put
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,9 @@ MAX_PROPOSAL_LIFETIME_S = 2 * 86400
 #: Root grants whose custody home is remembered (a staged object's Commit follows its
 #: Prepare within seconds; a few hundred bytes each).
 ROOT_HOMES_REMEMBERED = 1024
+#: Staged migrations whose (tenant, object id) is remembered for their Commit (a Commit
+#: follows its Prepare within seconds; a few hundred bytes each).
+STAGES_REMEMBERED = 1024
 #: Stage transactions tried when only the tenant's usage counter moved under them.
 STAGE_ATTEMPTS = 8
 
@@ -131,6 +135,15 @@ def _fail_all(pendings: list[_PendingStage], exc: BaseException) -> None:
         raise exc
 
 
+class _Unread(enum.Enum):
+    """Marks "not read yet, read it" where ``None`` (no such object) is an answer."""
+
+    UNREAD = "unread"
+
+
+_UNREAD = _Unread.UNREAD
+
+
 class _WrittenFirst(Exception):
     """Staging lost to a write other than a usage count: not a race to retry."""
 
@@ -151,6 +164,10 @@ class Destination:
         #: when an arrival verified its chain, so that its Commit does not parse the
         #: grant again (a pure function of those bytes: it cannot go stale).
         self._root_homes: OrderedDict[str, str] = OrderedDict()
+        #: (tenant, object id) of the migrations this process staged, by migration id, so
+        #: that Commit reads the record and the object in one query. Only a hint: what
+        #: is read is checked against the record as read.
+        self._staged_names: OrderedDict[str, tuple[str, str]] = OrderedDict()
         #: Stages waiting for their tenant's writer, and the writers running (see
         #: _write_stage).
         self._stages: dict[str, list[_PendingStage]] = {}
@@ -199,15 +216,24 @@ class Destination:
         return transfer, digest(payload)
 
     async def _assess(
-        self, transfer: Transfer, *, peer: str, now: datetime
+        self,
+        transfer: Transfer,
+        *,
+        peer: str,
+        now: datetime,
+        read: Mapping[str, Item] | None = None,
     ) -> tuple[Admission, Versioned[int] | None, datetime | None]:
         """Everything that decides whether this host takes the object, without writing:
-        epoch fence, tenant, lineage, credential chain, constraints, host policy."""
+        epoch fence, tenant, lineage, credential chain, constraints, host policy.
+
+        ``read``: what the caller read of the object's fence and record keys (with its
+        own keys, in one query: a key missing from it is absent); read here if None."""
         ctx = self.ctx
         await self._check_tenant(transfer, peer=peer)
         tenant = transfer.object.tenant
         keys = fence_key(tenant, transfer.object_id), object_key(tenant, transfer.object_id)
-        found = await ctx.journal.store.get_many(keys)  # one read for both, one snapshot
+        # One read for both, one snapshot (or the caller's, which held them too).
+        found = read if read is not None else await ctx.journal.store.get_many(keys)
         fence = ctx.journal.decoded(decode_counter, found.get(keys[0]))
         if fence is not None and transfer.epoch <= fence.value:
             raise RollbackError(
@@ -247,8 +273,8 @@ class Destination:
     async def _check_tenant(self, transfer: Transfer, *, peer: str) -> None:
         """The object's tenant is hosted here, ``peer`` is bound to it, and it has room.
 
-        First of all checks, before the fence is even read: a peer learns nothing about
-        a tenant it may not deliver into. Objects are named by (tenant, id) here, so an
+        First of all checks, before the fence is even looked at: a peer learns nothing
+        about a tenant it may not deliver into. Objects are named by (tenant, id) here, so an
         object with the same id in another tenant neither blocks nor is touched by this
         one (see gateway.tenancy). The quota is checked again when the stage is written.
         """
@@ -342,9 +368,17 @@ class Destination:
     ) -> bytes:
         ctx = self.ctx
         # One read for both (each read is a query of its own, the larger part of a
-        # small arrival's store time): the idempotency record, then the nonce.
+        # small arrival's store time): the idempotency record, then the nonce; for an
+        # object of a tenant hosted here, its fence and record too (_assess looks at them
+        # only after its tenant checks: reading them first tells the peer nothing).
         record_key, used_key = destination_key(transfer.migration_id), nonce_key(transfer.nonce)
-        found = await ctx.journal.store.get_many([record_key, used_key])
+        tenant = transfer.object.tenant
+        object_keys = (
+            [fence_key(tenant, transfer.object_id), object_key(tenant, transfer.object_id)]
+            if tenant in ctx.tenants
+            else []
+        )
+        found = await ctx.journal.store.get_many([record_key, used_key, *object_keys])
         existing = ctx.journal.decoded(wire.decode_destination_record, found.get(record_key))
         if existing is not None:
             return self._replay(existing.value, transfer_digest)
@@ -353,7 +387,9 @@ class Destination:
                 f"transfer nonce of migration {transfer.migration_id} was already used here"
             )
         try:
-            admission, fence, expires = await self._assess(transfer, peer=peer, now=now)
+            admission, fence, expires = await self._assess(
+                transfer, peer=peer, now=now, read=found if object_keys else None
+            )
         except ForkError as exc:
             await record_fork(
                 ctx,
@@ -517,6 +553,7 @@ class Destination:
                 hint="only one migration of an object can proceed; retry after it settles",
             ) from exc
         crash_point("destination.after-stage")
+        self._remember_staged(transfer.migration_id, record.tenant, transfer.object_id)
         # DEBUG: a migration's INFO line here is its activation (each line written cost
         # about 150 µs of the loop's time per migration on a busy host).
         log.debug("staged %s (epoch %d) from %s", transfer.object_id, transfer.epoch, peer)
@@ -826,7 +863,7 @@ class Destination:
         it (an offline commit file); otherwise it is asked for when a custody home needs it.
         """
         for _attempt in range(3):
-            loaded = await self._record_for(migration_id, peer)
+            loaded, current = await self._record_and_object(migration_id, peer)
             record = loaded.value
             observability.bind(
                 migration_id=migration_id,
@@ -841,7 +878,7 @@ class Destination:
                     f"migration {migration_id} was aborted here ({record.reason}); it cannot commit"
                 )
             try:
-                return await self._activate(record, loaded.etag, peer, decision)
+                return await self._activate(record, loaded.etag, peer, decision, current=current)
             except ConcurrencyError:
                 continue  # raced with an abort or a duplicate commit: look again
             except ForkError as exc:
@@ -862,12 +899,21 @@ class Destination:
         raise ObjectStateError(f"migration {migration_id} keeps changing under commit; retry")
 
     async def _activate(
-        self, record: DestinationRecord, etag: str, peer: str, decision: bytes = b""
+        self,
+        record: DestinationRecord,
+        etag: str,
+        peer: str,
+        decision: bytes = b"",
+        *,
+        current: Versioned[GovernedObject] | _Unread | None = _UNREAD,
     ) -> bytes:
+        """``current``: the object's item as read with ``record`` (one snapshot), or
+        :data:`_UNREAD` to read it here."""
         ctx = self.ctx
         now = ctx.clock.now()
         assert record.staged is not None
-        current = await ctx.journal.object(record.tenant, record.object_id)
+        if isinstance(current, _Unread):
+            current = await ctx.journal.object(record.tenant, record.object_id)
         if current is not None and current.value.state is not LifecycleState.MOVED:
             again = await ctx.journal.destination(record.migration_id)
             if again is None or again.etag != etag:
@@ -923,6 +969,7 @@ class Destination:
             ]
         )
         crash_point("destination.after-activate")
+        self._staged_names.pop(record.migration_id, None)
         log.info("activated %s from %s", record.object_id, peer)
         observability.arrived(
             record.staged, tenant=record.tenant, started=record.created_at, at=now
@@ -1089,8 +1136,39 @@ class Destination:
             return
         raise ObjectStateError(f"migration {migration_id} keeps changing under abort; retry")
 
+    async def _record_and_object(
+        self, migration_id: str, peer: str
+    ) -> tuple[Versioned[DestinationRecord], Versioned[GovernedObject] | _Unread | None]:
+        """:meth:`_record_for`, and the object it stages when this process staged it (its
+        name is remembered): both in one query, one snapshot. Otherwise the object is
+        :data:`_UNREAD` (read once the record named it)."""
+        names = self._staged_names.get(migration_id)
+        if names is None:
+            return await self._record_for(migration_id, peer), _UNREAD
+        keys = destination_key(migration_id), object_key(*names)
+        found = await self.ctx.journal.store.get_many(keys)
+        loaded = self._checked_record(
+            self.ctx.journal.decoded(wire.decode_destination_record, found.get(keys[0])),
+            migration_id,
+            peer,
+        )
+        if (loaded.value.tenant, loaded.value.object_id) != names:
+            return loaded, _UNREAD  # never expected: the record names another object
+        return loaded, self.ctx.journal.decoded_object(keys[1], found.get(keys[1]))
+
+    def _remember_staged(self, migration_id: str, tenant: str, object_id: str) -> None:
+        self._staged_names[migration_id] = (tenant, object_id)
+        while len(self._staged_names) > STAGES_REMEMBERED:
+            self._staged_names.popitem(last=False)
+
     async def _record_for(self, migration_id: str, peer: str) -> Versioned[DestinationRecord]:
         loaded = await self.ctx.journal.destination(migration_id)
+        return self._checked_record(loaded, migration_id, peer)
+
+    @staticmethod
+    def _checked_record(
+        loaded: Versioned[DestinationRecord] | None, migration_id: str, peer: str
+    ) -> Versioned[DestinationRecord]:
         if loaded is None:
             raise MigrationNotFoundError(f"no migration {migration_id} was staged here")
         if loaded.value.source_host != peer:

@@ -44,7 +44,13 @@ from gateway.errors import (
     VerificationError,
 )
 from gateway.handoff.context import HostContext
-from gateway.handoff.journal import decode_counter, held_key, object_key, open_source_key
+from gateway.handoff.journal import (
+    decode_counter,
+    held_key,
+    object_key,
+    open_source_key,
+    source_key,
+)
 from gateway.handoff.lifecycle import LifecycleEvent
 from gateway.handoff.messages import (
     NONCE_BYTES,
@@ -336,6 +342,7 @@ class Source:
             receipt_raw,
             transfer_digest=_transfer_digest(record),
             receipt=receipt,
+            names=(record.tenant, record.object_id),
         )
 
     async def _commit(
@@ -345,12 +352,17 @@ class Source:
         *,
         transfer_digest: bytes,
         receipt: dsse.Envelope | None = None,
+        names: tuple[str, str] | None = None,
     ) -> SourceRecord:
         """Point of no return: journal COMMITTED and tombstone the object, atomically.
 
         A lost write race is retried as long as the record is still FROZEN: only an
         abort may change a FROZEN record, so anything else that makes the write fail
         (contention in the store, a busy store) is not a decision against committing.
+
+        ``names``: the (tenant, object id) of the migration when the caller holds its
+        record; the record, the object and its quota charge are then read in one query
+        (one snapshot), which is checked against the record as read.
         """
         ctx = self.ctx
         if receipt is None:  # decoded once: the same on every try
@@ -359,7 +371,17 @@ class Source:
         try:
             async for attempt in lost_race(COMMIT_ATTEMPTS, also=(StoreUnavailableError,)):
                 with attempt:
-                    journal = await ctx.journal.source(migration_id)
+                    wanted = (
+                        (object_key(*names), held_key(*names), source_key(migration_id))
+                        if names is not None
+                        else ()
+                    )
+                    found = await ctx.journal.store.get_many(wanted) if wanted else {}
+                    journal = (
+                        ctx.journal.decoded(wire.decode_source_record, found.get(wanted[2]))
+                        if wanted
+                        else await ctx.journal.source(migration_id)
+                    )
                     assert journal is not None
                     record = journal.value
                     if record.step is not SourceStep.FROZEN:
@@ -369,7 +391,8 @@ class Source:
                         object_key(record.tenant, record.object_id),
                         held_key(record.tenant, record.object_id),
                     )
-                    found = await ctx.journal.store.get_many(keys)
+                    if keys != wanted[:2]:  # not read with the record: read them now
+                        found = await ctx.journal.store.get_many(keys)
                     current = ctx.journal.decoded_object(keys[0], found.get(keys[0]))
                     held = ctx.journal.decoded(decode_counter, found.get(keys[1]))
                     if current is None:

@@ -46,6 +46,29 @@ R = TypeVar("R")
 ADMITTING_RPCS = frozenset({"Prepare", "PrepareStream", "Evaluate"})
 
 
+#: Protocol versions agreed, by the exact metadata a call carried (a client sends the
+#: same on every call of a channel). A pure function of those bytes and of this build's
+#: versions; refusals are never kept. Bounded: a peer varying its metadata only evicts.
+_AGREED: dict[tuple[tuple[str, str | bytes], ...], int] = {}
+AGREED_REMEMBERED = 256
+
+
+def _negotiated(metadata: tuple[tuple[str, str | bytes], ...], *, host: str, peer: str) -> int:
+    """:func:`~gateway.versions.negotiate` for a call's metadata, remembered."""
+    try:
+        known, kept = _AGREED.get(metadata), True
+    except TypeError:  # an unhashable value: never expected from gRPC, just not kept
+        known, kept = None, False
+    if known is not None:
+        return known
+    version = negotiate(Capabilities.from_metadata(metadata), host=host, peer_name=peer)
+    if kept:
+        if len(_AGREED) >= AGREED_REMEMBERED:
+            _AGREED.pop(next(iter(_AGREED)))
+        _AGREED[metadata] = version
+    return version
+
+
 class Gate:
     """Counts the RPCs in flight and, once :meth:`close` is called (SIGTERM), refuses
     those that would start a new handoff; Commit, Abort, Decision and Claim are still
@@ -99,10 +122,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             peer = authenticated_peer(context.auth_context(), self.authorities)
             # The caller's capabilities ride on every call: agree on a protocol version
             # (said back in the trailing metadata) or refuse, naming both sides' versions.
-            version = negotiate(
-                Capabilities.from_metadata(context.invocation_metadata() or ()),
+            version = _negotiated(
+                tuple(context.invocation_metadata() or ()),
                 host=self.destination.ctx.host,
-                peer_name=peer,
+                peer=peer,
             )
             context.set_trailing_metadata(((AGREED_KEY, str(version)),))
             self.gate.enter(rpc, self.destination.ctx.host)
