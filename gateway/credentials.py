@@ -55,9 +55,7 @@ import base64
 import binascii
 import hashlib
 import re
-import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -66,6 +64,7 @@ from typing import Any
 import jwt
 
 from gateway._decode import load_json
+from gateway._lru import BoundedLru
 from gateway._time import format_time
 from gateway.authority import CapabilitySet, Constraints
 from gateway.errors import (
@@ -423,42 +422,13 @@ def root_home(grants: Sequence[str]) -> str:
     return home if isinstance(home, str) else ""
 
 
-class _VerifiedGrants:
+class _VerifiedGrants(BoundedLru[str, tuple[Grant, KeyRecord]]):
     """Grants whose signature verified, by their exact text: the grant as parsed and the
     key record that verified it. Bounded LRU, so a peer sending fresh grants only ever
     evicts, and a miss costs what it always did."""
 
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._seen: OrderedDict[str, tuple[Grant, KeyRecord]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0  #: lookups answered (for benchmarks)
-        self.misses = 0
-
-    def get(self, compact: str) -> tuple[Grant, KeyRecord] | None:
-        with self._lock:
-            found = self._seen.get(compact)
-            if found is None:
-                self.misses += 1
-                return None
-            self._seen.move_to_end(compact)
-            self.hits += 1
-            return found
-
     def add(self, compact: str, grant: Grant, record: KeyRecord) -> None:
-        with self._lock:
-            self._seen[compact] = (grant, record)
-            self._seen.move_to_end(compact)
-            while len(self._seen) > self._capacity:
-                self._seen.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._seen.clear()
-            self.hits = self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._seen)
+        self.put(compact, (grant, record))
 
 
 #: Grants this process verified (see the module docstring): at most 4096, each its text

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
+from gateway._lru import BoundedLru
 from gateway.errors import BadSignatureError, ConfigError, TrustError
 
 _P256_ORDER_BYTES = 32
@@ -165,20 +164,13 @@ def _verify(
     public_key.verify(der, message, ec.ECDSA(hashes.SHA256()))
 
 
-class _VerifiedSignatures:
+class _VerifiedSignatures(BoundedLru[bytes, None]):
     """The digests of (key, algorithm, encoding, message, signature) that verified.
 
     Bounded LRU: ``capacity`` digests of 32 bytes (about 140 bytes each with the LRU's
     node), so a peer sending fresh signatures only ever evicts, and a miss costs what it
     always did.
     """
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0  #: lookups answered (for benchmarks: bench/soak_memory.py)
-        self.misses = 0
 
     @staticmethod
     def digest(
@@ -191,29 +183,8 @@ class _VerifiedSignatures:
             hasher.update(part)
         return hasher.digest()
 
-    def __contains__(self, digest: bytes) -> bool:
-        with self._lock:
-            if digest not in self._seen:
-                self.misses += 1
-                return False
-            self._seen.move_to_end(digest)
-            self.hits += 1
-            return True
-
     def add(self, digest: bytes) -> None:
-        with self._lock:
-            self._seen[digest] = None
-            self._seen.move_to_end(digest)
-            while len(self._seen) > self._capacity:
-                self._seen.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._seen.clear()
-            self.hits = self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._seen)
+        self.put(digest, None)
 
 
 #: Signatures this process has verified (see the module docstring). 8192 digests,
