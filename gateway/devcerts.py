@@ -42,6 +42,11 @@ __all__ = ["CertifiedKey", "make_ca", "make_host_cert"]
 
 _CA_VALIDITY: Final = timedelta(days=365)
 _HOST_VALIDITY: Final = timedelta(days=90)
+#: A certificate issued for the clock's "now" starts this much earlier (as public CAs
+#: do): a peer whose clock is a little behind, or a clock the VM steps back, must not
+#: see a certificate made a moment ago as not yet valid (seen once in a test run:
+#: CERTIFICATE_VERIFY_FAILED "certificate is not yet valid" right after issuing).
+ISSUE_BACKDATE: Final = timedelta(minutes=1)
 _MAX_COMMON_NAME: Final = 64  # ub-common-name, RFC 5280
 
 
@@ -71,7 +76,7 @@ def make_ca(
             f"cannot make a CA for {trust_domain!r}: {problem}",
             hint="name the trust domain like org-a.example",
         )
-    not_before, not_after = _window(now, valid_for)
+    _issued, not_before, not_after = _window(now, valid_for)
     dns = _dns_names(dns_names)
 
     permitted: list[x509.GeneralName] = [x509.UniformResourceIdentifier(trust_domain)]
@@ -155,14 +160,15 @@ def make_host_cert(
             "a CA only issues for its own trust domain",
             hint=f"use the CA of {host_id.trust_domain!r}, or a host id in {ca_domain!r}",
         )
-    not_before, not_after = _window(now, valid_for)
-    if not ca_cert.not_valid_before_utc <= not_before < ca_cert.not_valid_after_utc:
+    issued, not_before, not_after = _window(now, valid_for)
+    if not ca_cert.not_valid_before_utc <= issued < ca_cert.not_valid_after_utc:
         raise ConfigError(
-            f"the CA of {ca_domain!r} is not valid at {not_before.isoformat()} (valid "
+            f"the CA of {ca_domain!r} is not valid at {issued.isoformat()} (valid "
             f"{ca_cert.not_valid_before_utc.isoformat()} to "
             f"{ca_cert.not_valid_after_utc.isoformat()})",
             hint="make a new development CA",
         )
+    not_before = max(not_before, ca_cert.not_valid_before_utc)  # never before its CA
     not_after = min(not_after, ca_cert.not_valid_after_utc)
 
     dns = _dns_names(dns_names)
@@ -217,16 +223,19 @@ def make_host_cert(
 # --- helpers -----------------------------------------------------------------------
 
 
-def _window(now: datetime | None, valid_for: timedelta) -> tuple[datetime, datetime]:
+def _window(now: datetime | None, valid_for: timedelta) -> tuple[datetime, datetime, datetime]:
+    """(the moment issued for, not before, not after): a certificate issued for the
+    clock's now starts :data:`ISSUE_BACKDATE` earlier; one for a given ``now`` at it."""
     if valid_for <= timedelta(0):
         raise ConfigError(f"valid_for must be positive, not {valid_for}")
+    backdate = timedelta(0)
     if now is None:
-        now = datetime.now(UTC)
+        now, backdate = datetime.now(UTC), ISSUE_BACKDATE
     elif now.tzinfo is None:
         # cryptography would read a naive time as UTC; a local time would shift the window.
         raise ConfigError("now must be timezone-aware", hint="pass datetime.now(UTC)")
     now = now.astimezone(UTC).replace(microsecond=0)  # X.509 times have whole seconds
-    return now, now + valid_for
+    return now, now - backdate, now + valid_for
 
 
 def _dns_names(names: Sequence[str]) -> list[str]:

@@ -17,6 +17,7 @@ organization's PKI and only need ``gateway keys init`` and a configuration file.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,8 +43,40 @@ class PeerEntry:
     tenants: tuple[str, ...] = ()
 
 
+#: Where :func:`free_port` looks: below the kernel's ephemeral range (Linux: 32768 on).
+FREE_PORTS_FROM = 20000
+#: Ports this process handed out: never twice, as a world is built before it serves.
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_start() -> int:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; elsewhere the kernel's choice below is the fallback
+
+
 def free_port() -> int:
-    """A port the OS says is free on loopback now (it may be taken again before use)."""
+    """A loopback port free now, for a configuration written before its server starts.
+
+    Chosen below the kernel's ephemeral range: a port from that range can be given to
+    any outgoing connection between now and the server's bind (a test server once failed
+    with "address in use" that way); one below it is taken only by a process that names
+    it. Falls back to the kernel's choice if no such port can be bound."""
+    start = _ephemeral_start()
+    span = start - FREE_PORTS_FROM
+    for _ in range(64 if span > 0 else 0):
+        port = FREE_PORTS_FROM + secrets.randbelow(span)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])

@@ -306,3 +306,35 @@ def test_a_domain_cannot_vouch_for_another_domains_hosts() -> None:
 
     with pytest.raises(TrustError, match=r"constrained to 'org-c\.example'"):
         check_domain_authority(rogue.cert_pem, "org-b.example")
+
+
+def test_a_certificate_issued_for_the_clocks_now_starts_a_minute_earlier() -> None:
+    """A peer whose clock is a little behind (or a clock the VM steps back) must not see
+    a certificate made a moment ago as not yet valid; a host certificate still never
+    starts before its CA, and one issued for a given ``now`` starts exactly then."""
+    from gateway.devcerts import ISSUE_BACKDATE
+
+    before = datetime.now(UTC).replace(microsecond=0)
+    ca = make_ca("org-a.example")
+    after = datetime.now(UTC)
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
+    assert before - ISSUE_BACKDATE <= ca_cert.not_valid_before_utc <= after - ISSUE_BACKDATE
+
+    host = HostId.parse("spiffe://org-a.example/gw")
+    leaf = x509.load_pem_x509_certificate(make_host_cert(ca, host).cert_pem)
+    assert ca_cert.not_valid_before_utc <= leaf.not_valid_before_utc <= after - ISSUE_BACKDATE / 2
+
+    fresh_ca = make_ca("org-a.example", now=datetime.now(UTC))  # starts exactly now
+    fresh_cert = x509.load_pem_x509_certificate(fresh_ca.cert_pem)
+    leaf = x509.load_pem_x509_certificate(make_host_cert(fresh_ca, host).cert_pem)
+    assert leaf.not_valid_before_utc == fresh_cert.not_valid_before_utc, "not before its CA"
+
+
+def test_free_ports_are_outside_the_ephemeral_range_and_never_handed_out_twice() -> None:
+    """A configuration's port is chosen before its server binds it: a port from the
+    kernel's ephemeral range could meanwhile go to any outgoing connection."""
+    from gateway.scaffold import FREE_PORTS_FROM, _ephemeral_start, free_port
+
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == 200
+    assert all(FREE_PORTS_FROM <= port < _ephemeral_start() for port in ports)
