@@ -27,23 +27,23 @@ class BoundedLru(Generic[K, V]):
         self.hits = 0  #: lookups answered
         self.misses = 0
 
+    def _hit(self, key: K) -> bool:
+        """Whether ``key`` is held (counted; a hit becomes the most recently used).
+        Called with the lock held."""
+        if key not in self._entries:
+            self.misses += 1
+            return False
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return True
+
     def get(self, key: K) -> V | None:
         with self._lock:
-            if key not in self._entries:
-                self.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return self._entries[key]
+            return self._entries[key] if self._hit(key) else None
 
     def __contains__(self, key: K) -> bool:
         with self._lock:
-            if key not in self._entries:
-                self.misses += 1
-                return False
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return True
+            return self._hit(key)
 
     def put(self, key: K, value: V) -> None:
         with self._lock:

@@ -31,7 +31,7 @@ from gateway.handoff.destination import UPLOAD_MARKERS
 from gateway.lineage import digest
 from gateway.model import LifecycleState
 from gateway.stores.sqlite import SqliteStore
-from gateway.testing import ServerProcess, read_store, run_cli, start_all
+from gateway.testing import ServerProcess, read_store, start_all
 from tests.conftest import HOST_A, HOST_B
 from tests.test_crash_recovery import (
     SIGKILLED,
@@ -41,6 +41,7 @@ from tests.test_crash_recovery import (
     make_world,
     wait_for,
 )
+from tests.test_storage_sweep import create_with_data
 
 DATA = os.urandom(3 * CHUNK_BYTES + 777)
 
@@ -204,20 +205,7 @@ def test_a_destination_killed_after_writing_the_file_keeps_no_orphan(tmp_path: P
     object_id = "obj://org-a.example/billing/invoice-7"  # the crash tests' object name
     data_file = tmp_path / "big.bin"
     data_file.write_bytes(DATA)
-    created = run_cli(
-        "object",
-        "create",
-        object_id,
-        "--data-file",
-        str(data_file),
-        "--content-type",
-        "application/octet-stream",
-        "--tenant",
-        "default",
-        config=config_a,
-        timeout=60,
-    )
-    assert created.returncode == 0, created.stderr
+    create_with_data(config_a, object_id, data_file)
 
     def files(config: Path) -> list[str]:
         return read_store(config, lambda store: _names(store))

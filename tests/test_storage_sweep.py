@@ -89,7 +89,6 @@ def _directory(config: Path) -> Path:
     return read_store(config, find)
 
 
-@pytest.mark.slow
 def create_with_data(config: Path, object_id: str, data_file: Path) -> None:
     """``gateway object create`` of an octet-stream object from ``data_file``."""
     created = run_cli(
@@ -108,6 +107,7 @@ def create_with_data(config: Path, object_id: str, data_file: Path) -> None:
     assert created.returncode == 0, created.stderr
 
 
+@pytest.mark.slow
 def test_an_orphan_left_by_a_crash_before_the_unlink_is_swept_at_start(tmp_path: Path) -> None:
     world = make_world(tmp_path)
     config_a, config_b = world.config(HOST_A), world.config(HOST_B)
