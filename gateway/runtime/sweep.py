@@ -51,6 +51,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -237,50 +238,46 @@ class ArchivePruner:
             return False
         return not pairs
 
-    async def run_once(self) -> int:
-        """One pass over the tombstones here; returns how many segments were deleted."""
+    async def _tombstones(self) -> AsyncIterator[tuple[str, str, bytes]]:
+        """(tenant, key, stored bytes) of each MOVED record here, :data:`READ_BATCH` per
+        read. A record that does not parse is skipped: it is not pruned."""
         store = self.ctx.journal.store
-        cutoff = self.ctx.clock.now() - self.retention
-        deleted = 0
         keys = [k for k in await store.list("t/") if _OBJECT_KEY.match(k)]
         for start in range(0, len(keys), READ_BATCH):
             for key, item in (await store.get_many(keys[start : start + READ_BATCH])).items():
-                tenant = key.split("/", 2)[1]
                 try:
                     stored = object_pb2.StoredObject.FromString(item.value)
                 except DecodeError:
                     continue
                 if stored.state != object_pb2.LIFECYCLE_STATE_MOVED:
                     continue  # lives here (or is arriving): its segments are its history
-                deleted += await self.prune_object(tenant, key, cutoff)
+                yield key.split("/", 2)[1], key, item.value
+
+    async def run_once(self) -> int:
+        """One pass over the tombstones here; returns how many segments were deleted."""
+        cutoff = self.ctx.clock.now() - self.retention
+        deleted = 0
+        async for tenant, key, _value in self._tombstones():
+            deleted += await self.prune_object(tenant, key, cutoff)
         return deleted
 
     async def due(self) -> list[DueArchive]:
         """What :meth:`run_once` would prune now, deleting nothing: each MOVED tombstone
         here that left before the retention and still names segments."""
-        store = self.ctx.journal.store
         cutoff = self.ctx.clock.now() - self.retention
-        archive = StoreArchive(store)
+        archive = StoreArchive(self.ctx.journal.store)
         found = []
-        keys = [k for k in await store.list("t/") if _OBJECT_KEY.match(k)]
-        for start in range(0, len(keys), READ_BATCH):
-            for key, item in (await store.get_many(keys[start : start + READ_BATCH])).items():
-                tenant = key.split("/", 2)[1]
-                try:
-                    if (
-                        object_pb2.StoredObject.FromString(item.value).state
-                        != object_pb2.LIFECYCLE_STATE_MOVED
-                    ):
-                        continue  # lives here: its segments are its history
-                    tombstone = wire.decode_object(item.value)
-                except (DecodeError, GatewayError):
-                    continue  # as run_once: a record it cannot read is not pruned
-                when = departed_at(tombstone)
-                if tombstone.state is not LifecycleState.MOVED or when is None or when >= cutoff:
-                    continue
-                pairs, _etag = await archive.held(tenant, tombstone.object_id)
-                if pairs:
-                    found.append(DueArchive(tenant, tombstone.object_id, when, len(pairs)))
+        async for tenant, _key, value in self._tombstones():
+            try:
+                tombstone = wire.decode_object(value)
+            except GatewayError:
+                continue  # as prune_object: a record it cannot read is not pruned
+            when = departed_at(tombstone)
+            if tombstone.state is not LifecycleState.MOVED or when is None or when >= cutoff:
+                continue
+            pairs, _etag = await archive.held(tenant, tombstone.object_id)
+            if pairs:
+                found.append(DueArchive(tenant, tombstone.object_id, when, len(pairs)))
         return found
 
     async def prune_object(self, tenant: str, key: str, cutoff: datetime) -> int:
