@@ -26,6 +26,11 @@ Rules (:func:`verify_custody`):
    anywhere on the way is therefore kept; the only way to shed one is a *renewal*: a root
    by the object's owner whose ``rpl`` names the digest of the chain recorded at the last
    departure before it.
+5. (ADR 0010) A departure that commits to the custody before it (``Checkpoint.custody``,
+   ``.hops``) commits to exactly the carried departures and arrivals before it, in order
+   (gateway._custody_chain), and to its own index + 1; once one departure commits, every
+   later one must (no downgrade). Checkpoints of earlier formats commit to nothing and are
+   checked by rules 1-4 alone, as before.
 
 What this cannot see (DESIGN.md §6): a former holder that kept a stale copy and sends it,
 with a history that ends at its own earlier stay, to a host that never saw the object.
@@ -43,6 +48,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gateway import _custody_chain as custody_chain
 from gateway import envelope as dsse
 from gateway import wire
 from gateway.credentials import VerifiedChain
@@ -100,18 +106,56 @@ def verify_custody(
         )
     # Arrivals this process checked before, against the same departures and entries, are
     # not opened again (VerifiedArrivals): an object that comes back carries them all.
-    done, chain = VERIFIED_ARRIVALS.find(lineage, checkpoints, object_id, trust, completed)
-    for index in range(done, completed):
+    # The same bytes fix the custody commitments of those departures (rule 5), which were
+    # checked then; the memory gives the commitment after them to continue from.
+    done, chain, running = VERIFIED_ARRIVALS.find(lineage, checkpoints, object_id, trust, completed)
+    for index in range(done, len(checkpoints)):
+        _check_commitment(checkpoints, index, running, object_id)
+        if index >= completed:
+            break  # the departure in transit: no arrival yet, nothing after it
         _check_arrival(
             lineage, checkpoints[index], lineage.arrivals[index], index, object_id, trust
         )
         chain = _link(chain, lineage, checkpoints[index].size, index)
+        running = custody_chain.step(
+            running, lineage.checkpoints[index].payload, lineage.arrivals[index].payload
+        )
     if completed > done:
-        VERIFIED_ARRIVALS.remember(object_id, trust, completed, chain)
+        VERIFIED_ARRIVALS.remember(object_id, trust, completed, chain, running)
     creator = lineage.creator()
     holders = [creator] if creator else []
     holders.extend(c.to for c in checkpoints[:completed])
     return Custody(hops=len(checkpoints), holders=tuple(holders))
+
+
+def _check_commitment(
+    checkpoints: Sequence[Checkpoint], index: int, expected: bytes, object_id: str
+) -> None:
+    """Rule 5 for departure ``index``; ``expected`` is C_index recomputed from what the
+    object carries (gateway._custody_chain)."""
+    departure = checkpoints[index]
+    if not departure.custody:
+        if index and checkpoints[index - 1].custody:
+            raise CustodyError(
+                f"departure {index} of {object_id} (by {departure.host}) commits to no "
+                f"custody, but departure {index - 1} does: a downgraded checkpoint",
+                hint="refuse the object; its sender wrote a departure of an earlier format",
+            )
+        return
+    if departure.hops != index + 1:
+        raise CustodyError(
+            f"departure {index} of {object_id} (by {departure.host}) counts "
+            f"{departure.hops} hops; it is hop {index + 1}",
+            hint="refuse the object; its sender hid, invented or miscounted a handoff",
+        )
+    if departure.custody != expected:
+        raise CustodyError(
+            f"departure {index} of {object_id} (by {departure.host}) commits to custody "
+            f"{departure.custody.hex()[:16]}, but the departures and arrivals before it "
+            f"digest to {expected.hex()[:16]}",
+            hint="refuse the object; a handoff before it was hidden, reordered, altered "
+            "or invented",
+        )
 
 
 def _link(chain: bytes, lineage: Lineage, size: int, index: int) -> bytes:
@@ -161,9 +205,12 @@ class VerifiedArrivals:
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        #: (object id, id of the trust store) -> (trust store, arrivals checked, digest).
-        #: The store is held so that its id is not reused while the entry lives.
-        self._seen: OrderedDict[tuple[str, int], tuple[TrustStore, int, bytes]] = OrderedDict()
+        #: (object id, id of the trust store) -> (trust store, arrivals checked, digest,
+        #: custody commitment after them). The store is held so that its id is not reused
+        #: while the entry lives.
+        self._seen: OrderedDict[tuple[str, int], tuple[TrustStore, int, bytes, bytes]] = (
+            OrderedDict()
+        )
         self._lock = threading.Lock()
         self.hits = 0
 
@@ -174,29 +221,34 @@ class VerifiedArrivals:
         object_id: str,
         trust: TrustStore,
         completed: int,
-    ) -> tuple[int, bytes]:
-        """(arrivals already checked, their chained digest); (0, b"") on a miss.
-        ``checkpoints``: the departures verify_lineage decoded from ``lineage``."""
+    ) -> tuple[int, bytes, bytes]:
+        """(arrivals already checked, their chained digest, the custody commitment after
+        them); (0, b"", C_0) on a miss. ``checkpoints``: the departures verify_lineage
+        decoded from ``lineage``. The commitment is a function of the object id and the
+        departure and arrival payloads the digest covers, so it is exact on a hit."""
         key = (object_id, id(trust))
         with self._lock:
             found = self._seen.get(key)
             if found is not None:
                 self._seen.move_to_end(key)
+        miss = (0, b"", custody_chain.genesis(object_id))
         if found is None or found[0] is not trust or found[1] > completed:
-            return 0, b""
-        count, remembered = found[1], found[2]
+            return miss
+        count, remembered, commitment = found[1], found[2], found[3]
         chain = b""
         for index in range(count):
             chain = _link(chain, lineage, checkpoints[index].size, index)
         if chain != remembered:
-            return 0, b""
+            return miss
         self.hits += 1
-        return count, chain
+        return count, chain, commitment
 
-    def remember(self, object_id: str, trust: TrustStore, count: int, chain: bytes) -> None:
+    def remember(
+        self, object_id: str, trust: TrustStore, count: int, chain: bytes, commitment: bytes
+    ) -> None:
         key = (object_id, id(trust))
         with self._lock:
-            self._seen[key] = (trust, count, chain)
+            self._seen[key] = (trust, count, chain, commitment)
             self._seen.move_to_end(key)
             while len(self._seen) > self._capacity:
                 self._seen.popitem(last=False)

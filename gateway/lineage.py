@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, overload
 
+from gateway import _custody_chain as custody_chain
 from gateway import envelope as dsse
 from gateway import merkle
 from gateway._decode import MAX_JSON_INT_DIGITS, load_json
@@ -99,6 +100,8 @@ _CHECKPOINT_FIELDS = frozenset(
 #: Checkpoints written before the grants record (format 1 as released): still read, and
 #: their grants are those of the last entry they cover, which must then be carried.
 _CHECKPOINT_FIELDS_V1 = _CHECKPOINT_FIELDS - {"credentials_digest"}
+#: Checkpoints that commit to the custody before them (ADR 0010, gateway._custody_chain).
+_CHECKPOINT_FIELDS_V3 = _CHECKPOINT_FIELDS | {"custody", "hops"}
 _BASE_FIELDS = frozenset(
     {
         "object_id",
@@ -177,7 +180,7 @@ def _plain_canonical(
         return None
     limit = 10**MAX_JSON_INT_DIGITS
     for name in numbers:
-        value = document[name]
+        value = document.get(name)  # a shape may leave a number out (checkpoint formats)
         if type(value) is int and not -limit < value < limit:
             return None
     return document
@@ -468,6 +471,10 @@ class Checkpoint:
     to: str
     migration: str
     credentials_digest: bytes = b""
+    #: ADR 0010: the custody commitment C_k of the handoffs before this departure, and
+    #: this departure's hop number (k + 1); empty / 0 in checkpoints of earlier formats.
+    custody: bytes = b""
+    hops: int = 0
 
     def encode(self) -> bytes:
         document = {
@@ -483,12 +490,16 @@ class Checkpoint:
         }
         if not self.credentials_digest:
             del document["credentials_digest"]  # a checkpoint of the first format, as signed
+        if self.custody:
+            document["custody"] = self.custody.hex()
+            document["hops"] = self.hops
         return canonical_json(document)
 
     @classmethod
     def decode(cls, raw: bytes) -> Checkpoint:
         what = "checkpoint"
-        fast = _plain_canonical(raw, (_CHECKPOINT_FIELDS, _CHECKPOINT_FIELDS_V1), ("epoch", "size"))
+        shapes = (_CHECKPOINT_FIELDS_V3, _CHECKPOINT_FIELDS, _CHECKPOINT_FIELDS_V1)
+        fast = _plain_canonical(raw, shapes, ("epoch", "size", "hops"))
         if fast is not None:
             try:
                 return cls._from_document(fast, what, legacy=fast.keys() == _CHECKPOINT_FIELDS_V1)
@@ -496,8 +507,15 @@ class Checkpoint:
                 pass  # the strict parse below says it again, the same way as always
         probe = load_json(raw, error=LineageError, what=what)
         legacy = isinstance(probe, dict) and set(probe) == _CHECKPOINT_FIELDS_V1
+        committed = isinstance(probe, dict) and set(probe) == _CHECKPOINT_FIELDS_V3
         # Parsed once (a receiver decodes one checkpoint per hop of every object).
-        fields = _CHECKPOINT_FIELDS_V1 if legacy else _CHECKPOINT_FIELDS
+        fields = (
+            _CHECKPOINT_FIELDS_V1
+            if legacy
+            else _CHECKPOINT_FIELDS_V3
+            if committed
+            else _CHECKPOINT_FIELDS
+        )
         document = _strict_document(probe, raw, fields, what)
         return cls._from_document(document, what, legacy=legacy)
 
@@ -507,6 +525,9 @@ class Checkpoint:
             issued_at = parse_time(_field(document, "issued_at", str, what))
         except ValueError as exc:
             raise LineageError(f"{what}: {exc}") from exc
+        if "hops" in document and not 1 <= _field(document, "hops", int, what) <= MAX_HANDOFFS:
+            # A hop number is a departure's index + 1 (ADR 0010), so bounded like departures.
+            raise LineageError(f"{what}: hops must be between 1 and {MAX_HANDOFFS}")
         # Interned: an object's checkpoints name the same few hosts and one object id,
         # and verified checkpoints are kept (VerifiedPrefixes).
         return cls(
@@ -521,6 +542,8 @@ class Checkpoint:
             credentials_digest=b""
             if legacy
             else _hex(document, "credentials_digest", what, empty_ok=True),
+            custody=_hex(document, "custody", what) if "custody" in document else b"",
+            hops=_field(document, "hops", int, what) if "hops" in document else 0,
         )
 
 
@@ -1033,7 +1056,9 @@ class Lineage:
         migration: str,
     ) -> Lineage:
         """This lineage with a checkpoint by ``host`` over every entry so far, recording
-        its departure to ``to`` in ``migration``."""
+        its departure to ``to`` in ``migration``, committing to the custody before it
+        (ADR 0010)."""
+        custody, hops = self._custody_commitment(object_id)
         checkpoint = Checkpoint(
             object_id=object_id,
             host=host,
@@ -1044,6 +1069,8 @@ class Lineage:
             to=to,
             migration=migration,
             credentials_digest=self.entries[-1].credentials_digest if self.entries else b"",
+            custody=custody,
+            hops=hops,
         )
         signed = dsse.seal(checkpoint.encode(), dsse.PayloadType.CHECKPOINT, [signer])
         return Lineage(
@@ -1052,6 +1079,27 @@ class Lineage:
             arrivals=self.arrivals,
             base=self.base,
         )
+
+    def _custody_commitment(self, object_id: str) -> tuple[bytes, int]:
+        """(C_k, k + 1) for the next departure k (gateway._custody_chain). From the last
+        departure's own commitment when it has one (the holder verified it on arrival:
+        O(1) per hop); else recomputed from the first departure."""
+        count = len(self.checkpoints)
+        if count and len(self.arrivals) >= count:
+            previous = Checkpoint.decode(self.checkpoints[-1].payload)
+            if previous.custody and previous.hops == count:
+                value = custody_chain.step(
+                    previous.custody,
+                    self.checkpoints[-1].payload,
+                    self.arrivals[count - 1].payload,
+                )
+                return value, count + 1
+        value = custody_chain.commitment(
+            object_id,
+            [c.payload for c in self.checkpoints],
+            [a.payload for a in self.arrivals],
+        )
+        return value, count + 1
 
     def arrived(self, receipt: dsse.Envelope) -> Lineage:
         """This lineage with the receiver's signed activation receipt for its last departure."""
