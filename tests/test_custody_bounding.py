@@ -24,8 +24,11 @@ import pytest
 from gateway import _custody_chain as custody_chain
 from gateway import custody
 from gateway import envelope as dsse
+from gateway._time import SystemClock
+from gateway.audit import ARCHIVE_PAYLOAD_TYPE, Status, archive_of, audit
 from gateway.custody import verify_custody
 from gateway.errors import CustodyError, LineageError
+from gateway.keyring import load_keyring
 from gateway.keys import Signer
 from gateway.lineage import Checkpoint, Lineage, verify_lineage
 from gateway.model import GovernedObject
@@ -44,6 +47,7 @@ class History:
     trust: TrustStore
     signer: Signer  #: C's envelope key
     b_signer: Signer  #: B's envelope key (a dishonest B colluding with C)
+    world: World
     at: datetime
 
 
@@ -70,6 +74,7 @@ async def _three_hosts(world: World) -> History:
             trust=hosts[HOST_C].trust,
             signer=hosts[HOST_C].context.signer,
             b_signer=hosts[HOST_B].context.signer,
+            world=world,
             at=at_c.lineage.entries[-1].time + timedelta(seconds=1),
         )
 
@@ -257,6 +262,48 @@ def test_an_earlier_departure_re_signed_by_its_own_sender_is_refused(history: Hi
         with pytest.raises(CustodyError) as refused:
             receive(tampered, history)
         assert mentions in str(refused.value), str(refused.value)
+
+
+def _exported_by_c(history: History, lineage: Lineage) -> bytes:
+    """C's signed archive of its copy with ``lineage`` (what `object show --export` writes)."""
+    obj = history.at_c
+    payload = archive_of(
+        object_id=obj.object_id,
+        tenant=obj.tenant,
+        holder=HOST_C,
+        state=obj.state.value,
+        epoch=obj.epoch,
+        exported_at=history.at,
+        grants=obj.grants,
+        lineage=lineage,
+    )
+    return dsse.to_json(dsse.seal(payload, ARCHIVE_PAYLOAD_TYPE, [history.signer]))
+
+
+def test_the_offline_verifier_checks_the_commitments(history: History) -> None:
+    """`gateway verify`'s library (gateway.audit) with only the three bundles: the genuine
+    export verifies; one whose B departure was re-signed by B with a false commitment
+    fails the custody check, naming the commitment."""
+    now = SystemClock().now()
+    bundles = [
+        (f"{d}.json", load_keyring(history.world.directory / d / "keys").export(now))
+        for d in ("org-a.example", "org-b.example", "org-c.example")
+    ]
+    genuine = audit(_exported_by_c(history, history.at_c.lineage), bundles, now=now)
+    assert genuine.ok, genuine.checks
+    lineage = history.at_c.lineage
+    b_departure = Checkpoint.decode(lineage.checkpoints[1].payload)
+    forged = dsse.seal(
+        replace(b_departure, custody=bytes(32)).encode(),
+        dsse.PayloadType.CHECKPOINT,
+        [history.b_signer],
+    )
+    custody.forget_verified_arrivals()
+    tampered = replace(lineage, checkpoints=(lineage.checkpoints[0], forged))
+    report = audit(_exported_by_c(history, tampered), bundles, now=now)
+    problems = {c.name: c.detail for c in report.checks if c.status is Status.FAILED}
+    assert list(problems) == ["custody"], report.checks
+    assert "departure 1 of" in problems["custody"] and "commits to custody" in problems["custody"]
 
 
 @pytest.mark.parametrize("hops", [0, 1025, 10**30])
