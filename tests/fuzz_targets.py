@@ -366,6 +366,7 @@ class _World:
     grant: str
     entries: tuple[bytes, ...]
     checkpoint: bytes
+    committed_checkpoint: bytes  #: as sealed today: with custody and hops (ADR 0010)
     bundle: bytes
     signed_bundle: bytes
     transfer: bytes
@@ -478,6 +479,7 @@ def _build_world() -> _World:
         grant=grant.compact,
         entries=tuple(e.encode() for e in lineage.entries),
         checkpoint=checkpoint.encode(),
+        committed_checkpoint=lineage.checkpoints[-1].payload,
         bundle=encode_bundle(bundle),
         signed_bundle=sign_bundle(bundle, [signer]),
         transfer=transfer_raw,
@@ -751,7 +753,13 @@ TARGETS: tuple[Target, ...] = (
         mutate_json,
         lambda entry: replace(entry).encode(),
     ),
-    Target("checkpoint", Checkpoint.decode, (WORLD.checkpoint,), mutate_json, Checkpoint.encode),
+    Target(
+        "checkpoint",
+        Checkpoint.decode,
+        (WORLD.checkpoint, WORLD.committed_checkpoint),
+        mutate_json,
+        Checkpoint.encode,
+    ),
     Target("grant", _grant, (WORLD.grant.encode(),), _mutate_grant),
     Target("trust-bundle", decode_bundle, (WORLD.bundle,), mutate_json, encode_bundle),
     Target("signed-bundle", _signed_bundle, (WORLD.signed_bundle,), _mutate_signed_bundle),
