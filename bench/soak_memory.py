@@ -16,6 +16,18 @@ RSS. Both hosts share one process, so the entry memo and signature memory serve 
 (the same entries and signatures, as two servers' would each hold), and the prefix and
 arrival memories hold one state per host.
 
+Each sample also gives, per host, the journal's object memo and decoded-record memo
+(entries and encoded bytes held: gateway.handoff.journal) and the mean encoded size of
+the objects it holds, so growth can be split into "a bounded memo filling up" and
+"what it holds getting larger" (objects carrying more history). ``--trim-probe`` calls
+glibc's ``malloc_trim(0)`` after each sample and prints the RSS it gave back: memory
+the allocator held free, i.e. fragmentation rather than live data. The garbage
+collector is set as ``gateway serve`` sets it (gateway/_gc.py) once the objects exist.
+
+``--caps-scale F`` multiplies the cap of every process-wide and per-journal memo by F
+(0.125: an eighth) before the soak: with small caps every memo is full within the
+first minute, so RSS growth that continues after that is not a memo filling up.
+
 ``--trace A B`` starts tracemalloc (which slows everything) and prints the 20 source
 lines whose allocations grew most between second A and second B.
 """
@@ -24,8 +36,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -33,7 +47,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_soak import HOST_A, HOST_B, POLICY, TENANT, Soak, object_spec, rss_mib
-from gateway import custody, keys
+from gateway import _gc, _malloc, credentials, custody, keys
 from gateway import lineage as lineage_module
 from gateway.testing import HostSpec, build_world, create_from_spec
 from gateway.testing.harness import InProcessWorld
@@ -58,6 +72,48 @@ def counters() -> dict[str, tuple[int, int, int]]:
             lineage_module._BASE_MEMO.size()[1],
         ),
     }
+
+
+def scale_caps(world: InProcessWorld, factor: float) -> None:
+    """Every memo's cap times ``factor`` (see the module docstring, --caps-scale)."""
+
+    def scaled(value: int) -> int:
+        return max(1, int(value * factor))
+
+    entry = lineage_module._remembered_entry
+    lineage_module._remembered_entry = functools.lru_cache(
+        maxsize=scaled(lineage_module.ENTRY_MEMO_SIZE)
+    )(entry.__wrapped__)
+    prefixes = lineage_module.VERIFIED_PREFIXES
+    prefixes._objects, prefixes._checkpoints = (
+        scaled(prefixes._objects),
+        scaled(prefixes._checkpoints),
+    )
+    lineage_module._BASE_MEMO.max_bytes = scaled(lineage_module._BASE_MEMO.max_bytes)
+    for memory in (keys.VERIFIED_SIGNATURES, credentials.VERIFIED_GRANTS):
+        memory._capacity = scaled(memory._capacity)
+    custody.VERIFIED_ARRIVALS._capacity = scaled(custody.VERIFIED_ARRIVALS._capacity)
+    for host in world.hosts.values():
+        objects, decoded = host.journal._objects, host.journal._decoded
+        objects._total_bytes = scaled(objects._total_bytes)
+        decoded._entries, decoded._total_bytes = (
+            scaled(decoded._entries),
+            scaled(decoded._total_bytes),
+        )
+
+
+def journal_memos(world: InProcessWorld) -> str:
+    """Per host: object memo entries/MiB, mean object KB, decoded memo entries/MiB."""
+    parts = []
+    for name, host in world.hosts.items():
+        objects, decoded = host.journal._objects, host.journal._decoded
+        count = len(objects._values)
+        mean = objects._bytes / count / 1024 if count else 0.0
+        parts.append(
+            f"{name.split('//')[1][:5]} obj {count} {objects._bytes / 2**20:.1f}M "
+            f"({mean:.0f} KB) dec {len(decoded._values)} {decoded._bytes / 2**20:.1f}M"
+        )
+    return "; ".join(parts)
 
 
 async def drive(world: InProcessWorld, ids: list[str], args: argparse.Namespace) -> None:
@@ -89,8 +145,16 @@ async def drive(world: InProcessWorld, ids: list[str], args: argparse.Namespace)
                     f"{name} {rate} {size}" if name != "arrivals" else f"{name} {h} {size}"
                 )
             rate = (len(soak.done) - done_before) / args.sample
+            rss = rss_mib_self()
+            trimmed = ""
+            if args.trim_probe:
+                _malloc.trim()
+                trimmed = f" trim -{rss - rss_mib_self():.1f}"
+            print(f"{now:5.0f} {rate:6.1f} {rss:8.1f}{trimmed}  | " + ", ".join(parts), flush=True)
             print(
-                f"{now:5.0f} {rate:6.1f} {rss_mib_self():8.1f}  | " + ", ".join(parts), flush=True
+                f"{'':21}{journal_memos(world)}; tasks {len(asyncio.all_tasks())} "
+                f"threads {threading.active_count()}",
+                flush=True,
             )
             before, done_before = after, len(soak.done)
             for moment in args.trace or ():
@@ -124,6 +188,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--trace", type=float, nargs=2, metavar=("A", "B"), help="tracemalloc diff from A to B s"
     )
+    parser.add_argument(
+        "--trim-probe",
+        action="store_true",
+        help="call malloc_trim(0) after each sample and print the RSS it returned",
+    )
+    parser.add_argument(
+        "--caps-scale",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="multiply every memo's cap by F (1: as shipped)",
+    )
     args = parser.parse_args(argv)
     if args.trace:
         tracemalloc.start()
@@ -132,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(name), [HostSpec(host_id=h, policy=POLICY) for h in (HOST_A, HOST_B)]
         )
         world = InProcessWorld(built)
+        if args.caps_scale != 1.0:
+            scale_caps(world, args.caps_scale)
         try:
             ids = [f"obj://org-a.example/soak/{n}" for n in range(args.objects)]
 
@@ -145,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
 
             world.run(create(), timeout=600)
+            _gc.tune()  # as `gateway serve` does once its host is open
             world.run(drive(world, ids, args), timeout=args.seconds + 600)
         finally:
             world.close()
