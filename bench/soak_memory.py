@@ -19,9 +19,11 @@ arrival memories hold one state per host.
 Each sample also gives, per host, the journal's object memo and decoded-record memo
 (entries and encoded bytes held: gateway.handoff.journal) and the mean encoded size of
 the objects it holds, so growth can be split into "a bounded memo filling up" and
-"what it holds getting larger" (objects carrying more history). ``--trim-probe`` calls
-glibc's ``malloc_trim(0)`` after each sample and prints the RSS it gave back: memory
-the allocator held free, i.e. fragmentation rather than live data. The garbage
+"what it holds getting larger" (objects carrying more history). ``--gc-probe`` runs a
+full collection after each sample and prints the unreachable objects it found (reference
+cycles the tuned collector had not reached yet) and the RSS that freed;
+``--trim-probe`` then calls glibc's ``malloc_trim(0)`` and prints the RSS it gave back:
+memory the allocator held free, i.e. fragmentation rather than live data. The garbage
 collector is set as ``gateway serve`` sets it (gateway/_gc.py) once the objects exist.
 
 ``--caps-scale F`` multiplies the cap of every process-wide and per-journal memo by F
@@ -37,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import gc
 import sys
 import tempfile
 import threading
@@ -147,9 +150,12 @@ async def drive(world: InProcessWorld, ids: list[str], args: argparse.Namespace)
             rate = (len(soak.done) - done_before) / args.sample
             rss = rss_mib_self()
             trimmed = ""
+            if args.gc_probe:
+                unreachable = gc.collect()
+                trimmed += f" gc {unreachable} -{rss - rss_mib_self():.1f}"
             if args.trim_probe:
                 _malloc.trim()
-                trimmed = f" trim -{rss - rss_mib_self():.1f}"
+                trimmed += f" trim -{rss - rss_mib_self():.1f}"
             print(f"{now:5.0f} {rate:6.1f} {rss:8.1f}{trimmed}  | " + ", ".join(parts), flush=True)
             print(
                 f"{'':21}{journal_memos(world)}; tasks {len(asyncio.all_tasks())} "
@@ -192,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         "--trim-probe",
         action="store_true",
         help="call malloc_trim(0) after each sample and print the RSS it returned",
+    )
+    parser.add_argument(
+        "--gc-probe",
+        action="store_true",
+        help="run a full collection after each sample; print what it found and freed",
     )
     parser.add_argument(
         "--caps-scale",

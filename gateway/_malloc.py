@@ -12,8 +12,9 @@ every memo had reached its cap (docs/benchmarks.md, "RSS under the soak").
 
 Invariants: :func:`trim` never fails and never frees memory in use (the C library only
 returns pages it holds free); off glibc (musl, macOS) it does nothing and says so.
-:class:`Trimmer` calls it at most once per :data:`TRIM_INTERVAL_SECONDS`, from the
-event loop (a trim of a few hundred MiB of heap takes a few milliseconds).
+:class:`Trimmer` calls it once per :data:`TRIM_INTERVAL_SECONDS`, on a worker thread
+(glibc takes each arena's own lock, so this is safe beside allocating threads, and the
+event loop is never held up by the walk).
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-#: Seconds between two trims by a served host's :class:`Trimmer`. The heap regrows by
-#: a few MiB between trims under the soak's load; a minute keeps RSS within that of
-#: what is live while the trim itself costs well under 0.1 % of a core.
-TRIM_INTERVAL_SECONDS = 60.0
+#: Seconds between two trims by a served host's :class:`Trimmer`. Under the soak's load
+#: each trim every 20 s gave back 1-9 MiB (bench/soak_memory.py --trim-probe); every
+#: 30 s keeps RSS within about that of what is live, and a trim (a walk of the arenas,
+#: on a worker thread: ctypes releases the GIL) costs far under 0.1 % of a core.
+TRIM_INTERVAL_SECONDS = 30.0
 
 
 @functools.cache
@@ -46,7 +48,7 @@ def _libc_trim() -> Callable[[int], int] | None:
         return None
     function.argtypes = [ctypes.c_size_t]
     function.restype = ctypes.c_int
-    return function  # type: ignore[no-any-return]
+    return function
 
 
 def available() -> bool:
@@ -65,17 +67,19 @@ class Trimmer:
     """Calls :func:`trim` every ``interval`` seconds while running (a served host's
     housekeeping; started by gateway.serving)."""
 
-    def __init__(self, interval: float = TRIM_INTERVAL_SECONDS) -> None:
+    def __init__(self, interval: float = TRIM_INTERVAL_SECONDS, *, rounds: int = 0) -> None:
         self.interval = interval
+        self.rounds = rounds  #: stop after this many trims (0: never; tests)
         self.trims = 0  #: trims made (tests, diagnostics)
 
     async def run(self) -> None:
         if not available():
             log.info("malloc_trim is not available (not glibc): freed heap is not trimmed")
             return
-        while True:
+        loop = asyncio.get_running_loop()
+        while not self.rounds or self.trims < self.rounds:
             await asyncio.sleep(self.interval)
-            trim()
+            await loop.run_in_executor(None, trim)
             self.trims += 1
 
     def start(self) -> asyncio.Task[None]:
