@@ -148,18 +148,19 @@ async def drive(world: InProcessWorld, ids: list[str], args: argparse.Namespace)
                     f"{name} {rate} {size}" if name != "arrivals" else f"{name} {h} {size}"
                 )
             rate = (len(soak.done) - done_before) / args.sample
-            rss = rss_mib_self()
+            rss = held = rss_mib_self()
             trimmed = ""
             if args.gc_probe:
                 unreachable = gc.collect()
-                trimmed += f" gc {unreachable} -{rss - rss_mib_self():.1f}"
+                trimmed += f" gc {unreachable} freed {held - rss_mib_self():.1f}"
+                held = rss_mib_self()
             if args.trim_probe:
                 _malloc.trim()
-                trimmed += f" trim -{rss - rss_mib_self():.1f}"
+                trimmed += f" trim freed {held - rss_mib_self():.1f}"
             print(f"{now:5.0f} {rate:6.1f} {rss:8.1f}{trimmed}  | " + ", ".join(parts), flush=True)
             print(
                 f"{'':21}{journal_memos(world)}; tasks {len(asyncio.all_tasks())} "
-                f"threads {threading.active_count()}",
+                f"threads {threading.active_count()} gc objects {len(gc.get_objects())}",
                 flush=True,
             )
             before, done_before = after, len(soak.done)
