@@ -50,7 +50,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_soak import HOST_A, HOST_B, POLICY, TENANT, Soak, object_spec, rss_mib
-from gateway import _gc, _malloc, credentials, custody, keys
+from gateway import _gc, _malloc, credentials, custody, keys, wire
 from gateway import lineage as lineage_module
 from gateway.testing import HostSpec, build_world, create_from_spec
 from gateway.testing.harness import InProcessWorld
@@ -69,6 +69,11 @@ def counters() -> dict[str, tuple[int, int, int]]:
         ),
         "prefixes": (prefixes.hits, prefixes.misses, prefixes.sizes()[1]),
         "arrivals": (custody.VERIFIED_ARRIVALS.hits, 0, len(custody.VERIFIED_ARRIVALS)),
+        "envelope bytes": (
+            wire._envelope_bytes.cache_info().hits,
+            wire._envelope_bytes.cache_info().misses,
+            wire._envelope_bytes.cache_info().currsize,
+        ),
         "bases": (
             lineage_module._BASE_MEMO.hits,
             lineage_module._BASE_MEMO.misses,
