@@ -30,6 +30,9 @@ collector is set as ``gateway serve`` sets it (gateway/_gc.py) once the objects 
 (0.125: an eighth) before the soak: with small caps every memo is full within the
 first minute, so RSS growth that continues after that is not a memo filling up.
 
+``--account`` empties each memory in turn at the end (then collects and trims) and
+prints the RSS each gave back: what each held after the soak, measured.
+
 ``--trace A B`` starts tracemalloc (which slows everything) and prints the 20 source
 lines whose allocations grew most between second A and second B.
 """
@@ -45,6 +48,7 @@ import tempfile
 import threading
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -183,6 +187,37 @@ async def drive(world: InProcessWorld, ids: list[str], args: argparse.Namespace)
         for stat in last.compare_to(first, "lineno")[:20]:
             print(f"  {stat}")
     print(f"\nrefusals: {dict(soak.refusals) or 'none'}; migrations {len(soak.done)}")
+    if args.account:
+        account(world)
+
+
+def account(world: InProcessWorld) -> None:
+    """Empty each memory in turn (then a full collection and a trim) and print the RSS
+    each gave back: what it held at the end, in this order (a value two memories share
+    counts for the last of them to let go)."""
+    hosts = list(world.hosts.values())
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("journal object memos", lambda: [h.journal._objects._values.clear() for h in hosts]),
+        ("journal record memos", lambda: [h.journal._decoded._values.clear() for h in hosts]),
+        ("verified prefixes", lineage_module.VERIFIED_PREFIXES.clear),
+        ("entry memo", lineage_module._remembered_entry.cache_clear),
+        ("decoded bases", lineage_module._BASE_MEMO.clear),
+        ("encoded envelopes", wire._envelope_bytes.cache_clear),
+        ("encoded bases", wire._BASE_BYTES.clear),
+        ("verified signatures", keys.VERIFIED_SIGNATURES.clear),
+        ("verified grants", credentials.VERIFIED_GRANTS.clear),
+        ("verified arrivals", custody.VERIFIED_ARRIVALS.clear),
+    ]
+    gc.collect()
+    _malloc.trim()
+    print(f"\nRSS given back by emptying each memory (from {rss_mib_self():.1f} MiB):")
+    for name, empty in steps:
+        held = rss_mib_self()
+        empty()
+        gc.collect()
+        _malloc.trim()
+        print(f"  {name:22} {held - rss_mib_self():6.1f} MiB", flush=True)
+    print(f"  {'left':22} {rss_mib_self():6.1f} MiB")
 
 
 def rss_mib_self() -> float:
@@ -209,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         "--gc-probe",
         action="store_true",
         help="run a full collection after each sample; print what it found and freed",
+    )
+    parser.add_argument(
+        "--account",
+        action="store_true",
+        help="at the end, empty each memory in turn and print the RSS it gave back",
     )
     parser.add_argument(
         "--caps-scale",
