@@ -5,10 +5,11 @@ messages, envelopes) a moment later, from the event loop and from several worker
 threads (gRPC, the SQLite writer and readers). glibc serves each thread from its own
 arena and returns an arena's free pages to the kernel only from the top of its heap,
 so pages freed below a live allocation stay in the process's RSS although nothing uses
-them. Under the soak (bench/bench_soak.py) that held memory rose for minutes after
-every memo had reached its cap (docs/benchmarks.md, "RSS under the soak").
+them. Under the soak (bench/bench_soak.py) each trim gave back 1-10 MiB of such free
+heap (bench/soak_memory.py --trim-probe); it lowers RSS by that much, it does not change
+how fast RSS grows with the objects held (docs/benchmarks.md, "RSS under the soak").
 ``malloc_trim(0)`` walks every arena and releases the whole free pages in it
-(``madvise(MADV_DONTNEED)``), which is what bench/soak_memory.py --trim-probe measures.
+(``madvise(MADV_DONTNEED)``).
 
 Invariants: :func:`trim` never fails and never frees memory in use (the C library only
 returns pages it holds free); off glibc (musl, macOS) it does nothing and says so.

@@ -203,8 +203,8 @@ def serve(config: Config, *, grace: float, reload_interval: float) -> int:
             bind = config.listen.rsplit(":", 1)[0]
             print(f"gateway: serving {config.host} on {bind}:{port}", flush=True)
 
-        # Freed heap back to the kernel now and then (gateway/_malloc.py: what glibc keeps
-        # grew RSS for as long as the soak ran, docs/benchmarks.md "RSS under the soak").
+        # Freed heap back to the kernel now and then (gateway/_malloc.py: glibc held 1-10
+        # MiB free between trims under the soak, docs/benchmarks.md "RSS under the soak").
         trimmer = _malloc.Trimmer().start()
         try:
             return await serving.run(announce)
