@@ -50,6 +50,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -78,6 +79,7 @@ def counters() -> dict[str, tuple[int, int, int]]:
             wire._envelope_bytes.cache_info().misses,
             wire._envelope_bytes.cache_info().currsize,
         ),
+        "records": (RECORD_MEMO_COUNTS[0], RECORD_MEMO_COUNTS[1], 0),
         "bases": (
             lineage_module._BASE_MEMO.hits,
             lineage_module._BASE_MEMO.misses,
@@ -112,6 +114,22 @@ def scale_caps(world: InProcessWorld, factor: float) -> None:
             scaled(decoded._entries),
             scaled(decoded._total_bytes),
         )
+
+
+RECORD_MEMO_COUNTS = [0, 0]  #: hits, misses of the journals' record memos
+
+
+def count_record_memo(world: InProcessWorld) -> None:
+    """Count hits and misses of each journal's record memo (it keeps no counters)."""
+    for host in world.hosts.values():
+        memo = host.journal._decoded
+        plain = memo.get
+
+        def get(decode: Any, raw: bytes, memo: Any = memo, plain: Any = plain) -> Any:
+            RECORD_MEMO_COUNTS[0 if (decode, raw) in memo._values else 1] += 1
+            return plain(decode, raw)
+
+        memo.get = get  # type: ignore[method-assign]
 
 
 def journal_memos(world: InProcessWorld) -> str:
@@ -251,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         help="at the end, empty each memory in turn and print the RSS it gave back",
     )
     parser.add_argument(
+        "--record-memo-mib",
+        type=float,
+        help="the journals' record memo cap in MiB of encoded records (16 as shipped)",
+    )
+    parser.add_argument(
         "--caps-scale",
         type=float,
         default=1.0,
@@ -267,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         world = InProcessWorld(built)
         if args.caps_scale != 1.0:
             scale_caps(world, args.caps_scale)
+        if args.record_memo_mib is not None:
+            for host in world.hosts.values():
+                host.journal._decoded._total_bytes = int(args.record_memo_mib * 2**20)
+        count_record_memo(world)
         try:
             ids = [f"obj://org-a.example/soak/{n}" for n in range(args.objects)]
 
