@@ -16,6 +16,23 @@ RSS. Both hosts share one process, so the entry memo and signature memory serve 
 (the same entries and signatures, as two servers' would each hold), and the prefix and
 arrival memories hold one state per host.
 
+Each sample also gives, per host, the journal's object memo and decoded-record memo
+(entries and encoded bytes held: gateway.handoff.journal) and the mean encoded size of
+the objects it holds, so growth can be split into "a bounded memo filling up" and
+"what it holds getting larger" (objects carrying more history). ``--gc-probe`` runs a
+full collection after each sample and prints the unreachable objects it found (reference
+cycles the tuned collector had not reached yet) and the RSS that freed;
+``--trim-probe`` then calls glibc's ``malloc_trim(0)`` and prints the RSS it gave back:
+memory the allocator held free, i.e. fragmentation rather than live data. The garbage
+collector is set as ``gateway serve`` sets it (gateway/_gc.py) once the objects exist.
+
+``--caps-scale F`` multiplies the cap of every process-wide and per-journal memo by F
+(0.125: an eighth) before the soak: with small caps every memo is full within the
+first minute, so RSS growth that continues after that is not a memo filling up.
+
+``--account`` empties each memory in turn at the end (then collects and trims) and
+prints the RSS each gave back: what each held after the soak, measured.
+
 ``--trace A B`` starts tracemalloc (which slows everything) and prints the 20 source
 lines whose allocations grew most between second A and second B.
 """
@@ -24,16 +41,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import gc
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_soak import HOST_A, HOST_B, POLICY, TENANT, Soak, object_spec, rss_mib
-from gateway import custody, keys
+from gateway import _gc, _malloc, credentials, custody, keys, wire
 from gateway import lineage as lineage_module
 from gateway.testing import HostSpec, build_world, create_from_spec
 from gateway.testing.harness import InProcessWorld
@@ -52,12 +74,76 @@ def counters() -> dict[str, tuple[int, int, int]]:
         ),
         "prefixes": (prefixes.hits, prefixes.misses, prefixes.sizes()[1]),
         "arrivals": (custody.VERIFIED_ARRIVALS.hits, 0, len(custody.VERIFIED_ARRIVALS)),
+        "envelope bytes": (
+            wire._envelope_bytes.cache_info().hits,
+            wire._envelope_bytes.cache_info().misses,
+            wire._envelope_bytes.cache_info().currsize,
+        ),
+        "records": (RECORD_MEMO_COUNTS[0], RECORD_MEMO_COUNTS[1], 0),
         "bases": (
             lineage_module._BASE_MEMO.hits,
             lineage_module._BASE_MEMO.misses,
             lineage_module._BASE_MEMO.size()[1],
         ),
     }
+
+
+def scale_caps(world: InProcessWorld, factor: float) -> None:
+    """Every memo's cap times ``factor`` (see the module docstring, --caps-scale)."""
+
+    def scaled(value: int) -> int:
+        return max(1, int(value * factor))
+
+    entry = lineage_module._remembered_entry
+    lineage_module._remembered_entry = functools.lru_cache(
+        maxsize=scaled(lineage_module.ENTRY_MEMO_SIZE)
+    )(entry.__wrapped__)
+    prefixes = lineage_module.VERIFIED_PREFIXES
+    prefixes._objects, prefixes._checkpoints = (
+        scaled(prefixes._objects),
+        scaled(prefixes._checkpoints),
+    )
+    lineage_module._BASE_MEMO.max_bytes = scaled(lineage_module._BASE_MEMO.max_bytes)
+    for memory in (keys.VERIFIED_SIGNATURES, credentials.VERIFIED_GRANTS):
+        memory._capacity = scaled(memory._capacity)
+    custody.VERIFIED_ARRIVALS._capacity = scaled(custody.VERIFIED_ARRIVALS._capacity)
+    for host in world.hosts.values():
+        objects, decoded = host.journal._objects, host.journal._decoded
+        objects._total_bytes = scaled(objects._total_bytes)
+        decoded._entries, decoded._total_bytes = (
+            scaled(decoded._entries),
+            scaled(decoded._total_bytes),
+        )
+
+
+RECORD_MEMO_COUNTS = [0, 0]  #: hits, misses of the journals' record memos
+
+
+def count_record_memo(world: InProcessWorld) -> None:
+    """Count hits and misses of each journal's record memo (it keeps no counters)."""
+    for host in world.hosts.values():
+        memo = host.journal._decoded
+        plain = memo.get
+
+        def get(decode: Any, raw: bytes, memo: Any = memo, plain: Any = plain) -> Any:
+            RECORD_MEMO_COUNTS[0 if (decode, raw) in memo._values else 1] += 1
+            return plain(decode, raw)
+
+        memo.get = get  # type: ignore[method-assign]
+
+
+def journal_memos(world: InProcessWorld) -> str:
+    """Per host: object memo entries/MiB, mean object KB, decoded memo entries/MiB."""
+    parts = []
+    for name, host in world.hosts.items():
+        objects, decoded = host.journal._objects, host.journal._decoded
+        count = len(objects._values)
+        mean = objects._bytes / count / 1024 if count else 0.0
+        parts.append(
+            f"{name.split('//')[1][:5]} obj {count} {objects._bytes / 2**20:.1f}M "
+            f"({mean:.0f} KB) dec {len(decoded._values)} {decoded._bytes / 2**20:.1f}M"
+        )
+    return "; ".join(parts)
 
 
 async def drive(world: InProcessWorld, ids: list[str], args: argparse.Namespace) -> None:
@@ -89,8 +175,20 @@ async def drive(world: InProcessWorld, ids: list[str], args: argparse.Namespace)
                     f"{name} {rate} {size}" if name != "arrivals" else f"{name} {h} {size}"
                 )
             rate = (len(soak.done) - done_before) / args.sample
+            rss = held = rss_mib_self()
+            trimmed = ""
+            if args.gc_probe:
+                unreachable = gc.collect()
+                trimmed += f" gc {unreachable} freed {held - rss_mib_self():.1f}"
+                held = rss_mib_self()
+            if args.trim_probe:
+                _malloc.trim()
+                trimmed += f" trim freed {held - rss_mib_self():.1f}"
+            print(f"{now:5.0f} {rate:6.1f} {rss:8.1f}{trimmed}  | " + ", ".join(parts), flush=True)
             print(
-                f"{now:5.0f} {rate:6.1f} {rss_mib_self():8.1f}  | " + ", ".join(parts), flush=True
+                f"{'':21}{journal_memos(world)}; tasks {len(asyncio.all_tasks())} "
+                f"threads {threading.active_count()} gc objects {len(gc.get_objects())}",
+                flush=True,
             )
             before, done_before = after, len(soak.done)
             for moment in args.trace or ():
@@ -107,6 +205,37 @@ async def drive(world: InProcessWorld, ids: list[str], args: argparse.Namespace)
         for stat in last.compare_to(first, "lineno")[:20]:
             print(f"  {stat}")
     print(f"\nrefusals: {dict(soak.refusals) or 'none'}; migrations {len(soak.done)}")
+    if args.account:
+        account(world)
+
+
+def account(world: InProcessWorld) -> None:
+    """Empty each memory in turn (then a full collection and a trim) and print the RSS
+    each gave back: what it held at the end, in this order (a value two memories share
+    counts for the last of them to let go)."""
+    hosts = list(world.hosts.values())
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("journal object memos", lambda: [h.journal._objects._values.clear() for h in hosts]),
+        ("journal record memos", lambda: [h.journal._decoded._values.clear() for h in hosts]),
+        ("verified prefixes", lineage_module.VERIFIED_PREFIXES.clear),
+        ("entry memo", lineage_module._remembered_entry.cache_clear),
+        ("decoded bases", lineage_module._BASE_MEMO.clear),
+        ("encoded envelopes", wire._envelope_bytes.cache_clear),
+        ("encoded bases", wire._BASE_BYTES.clear),
+        ("verified signatures", keys.VERIFIED_SIGNATURES.clear),
+        ("verified grants", credentials.VERIFIED_GRANTS.clear),
+        ("verified arrivals", custody.VERIFIED_ARRIVALS.clear),
+    ]
+    gc.collect()
+    _malloc.trim()
+    print(f"\nRSS given back by emptying each memory (from {rss_mib_self():.1f} MiB):")
+    for name, empty in steps:
+        held = rss_mib_self()
+        empty()
+        gc.collect()
+        _malloc.trim()
+        print(f"  {name:22} {held - rss_mib_self():6.1f} MiB", flush=True)
+    print(f"  {'left':22} {rss_mib_self():6.1f} MiB")
 
 
 def rss_mib_self() -> float:
@@ -124,6 +253,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--trace", type=float, nargs=2, metavar=("A", "B"), help="tracemalloc diff from A to B s"
     )
+    parser.add_argument(
+        "--trim-probe",
+        action="store_true",
+        help="call malloc_trim(0) after each sample and print the RSS it returned",
+    )
+    parser.add_argument(
+        "--gc-probe",
+        action="store_true",
+        help="run a full collection after each sample; print what it found and freed",
+    )
+    parser.add_argument(
+        "--account",
+        action="store_true",
+        help="at the end, empty each memory in turn and print the RSS it gave back",
+    )
+    parser.add_argument(
+        "--record-memo-mib",
+        type=float,
+        help="the journals' record memo cap in MiB of encoded records (16 as shipped)",
+    )
+    parser.add_argument(
+        "--caps-scale",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="multiply every memo's cap by F (1: as shipped)",
+    )
     args = parser.parse_args(argv)
     if args.trace:
         tracemalloc.start()
@@ -132,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
             Path(name), [HostSpec(host_id=h, policy=POLICY) for h in (HOST_A, HOST_B)]
         )
         world = InProcessWorld(built)
+        if args.caps_scale != 1.0:
+            scale_caps(world, args.caps_scale)
+        if args.record_memo_mib is not None:
+            for host in world.hosts.values():
+                host.journal._decoded._total_bytes = int(args.record_memo_mib * 2**20)
+        count_record_memo(world)
         try:
             ids = [f"obj://org-a.example/soak/{n}" for n in range(args.objects)]
 
@@ -145,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
 
             world.run(create(), timeout=600)
+            _gc.tune()  # as `gateway serve` does once its host is open
             world.run(drive(world, ids, args), timeout=args.seconds + 600)
         finally:
             world.close()

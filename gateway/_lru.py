@@ -1,15 +1,17 @@
 """A bounded, thread-safe least-recently-used memory, for the process-wide memories of
 verified things (gateway.keys' signatures, gateway.credentials' grants).
 
-Invariant: at most ``capacity`` entries, the least recently used going first, so bytes
-a peer sends can only evict, never grow it; a miss costs what the caller's work costs
-anyway. Thread-safe (one lock), because verification also runs on worker threads.
+Invariant: at most ``capacity`` entries, and, given ``max_weight``, at most that total
+weight (``weigh(value)``: its bytes, say), the least recently used going first, so bytes
+a peer sends can only evict, never grow it; a value heavier than ``max_weight`` on its
+own is not kept. A miss costs what the caller's work costs anyway. Thread-safe (one lock), because verification also runs on worker threads.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -20,8 +22,19 @@ class BoundedLru(Generic[K, V]):
     """``capacity`` entries at most; :meth:`get` and :meth:`__contains__` count hits and
     misses (for benchmarks: bench/soak_memory.py)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        max_weight: int | None = None,
+        weigh: Callable[[V], int] | None = None,
+    ) -> None:
+        if (max_weight is None) != (weigh is None):
+            raise ValueError("max_weight and weigh go together")
         self._capacity = capacity
+        self._max_weight = max_weight
+        self._weigh = weigh
+        self._weight = 0  #: total weight held (0 without ``weigh``)
         self._entries: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0  #: lookups answered
@@ -46,16 +59,34 @@ class BoundedLru(Generic[K, V]):
             return self._hit(key)
 
     def put(self, key: K, value: V) -> None:
+        weigh, entries = self._weigh, self._entries
+        weight = weigh(value) if weigh is not None else 0
         with self._lock:
-            self._entries[key] = value
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._capacity:
-                self._entries.popitem(last=False)
+            if weigh is not None:
+                old = entries.pop(key, None)
+                if old is not None:
+                    self._weight -= weigh(old)
+                if self._max_weight is not None and weight > self._max_weight:
+                    return
+                self._weight += weight
+            entries[key] = value
+            entries.move_to_end(key)
+            while len(entries) > self._capacity or (
+                self._max_weight is not None and self._weight > self._max_weight
+            ):
+                _key, evicted = entries.popitem(last=False)
+                if weigh is not None:
+                    self._weight -= weigh(evicted)
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._weight = 0
             self.hits = self.misses = 0
+
+    def weight(self) -> int:
+        """The total weight held (0 without ``weigh``)."""
+        return self._weight
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -192,7 +192,7 @@ def serve(config: Config, *, grace: float, reload_interval: float) -> int:
     """Run ``gateway serve`` for ``config`` until SIGTERM; the exit status."""
 
     async def run() -> int:
-        from gateway import _gc
+        from gateway import _gc, _malloc
         from gateway.host import Host
 
         host = await Host.open(config)
@@ -203,6 +203,12 @@ def serve(config: Config, *, grace: float, reload_interval: float) -> int:
             bind = config.listen.rsplit(":", 1)[0]
             print(f"gateway: serving {config.host} on {bind}:{port}", flush=True)
 
-        return await serving.run(announce)
+        # Freed heap back to the kernel now and then (gateway/_malloc.py: glibc held 1-10
+        # MiB free between trims under the soak, docs/benchmarks.md "RSS under the soak").
+        trimmer = _malloc.Trimmer().start()
+        try:
+            return await serving.run(announce)
+        finally:
+            await _malloc.Trimmer.stop(trimmer)
 
     return asyncio.run(run())

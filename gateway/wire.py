@@ -34,6 +34,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from gateway import envelope as dsse
 from gateway import limits
 from gateway._decode import load_json
+from gateway._lru import BoundedLru
 from gateway._time import truncate
 from gateway.authority import CapabilitySet, EffectiveAuthority
 from gateway.blobs import MAX_BLOB_BYTES, BlobRef
@@ -558,7 +559,7 @@ def encode_object(obj: GovernedObject) -> bytes:
     rest = object_pb2.Lineage(
         checkpoints=[_envelope_bytes(c) for c in lineage.checkpoints],
         arrivals=[_envelope_bytes(a) for a in lineage.arrivals],
-        base=_envelope_bytes(lineage.base) if lineage.base is not None else b"",
+        base=_base_bytes(lineage.base) if lineage.base is not None else b"",
     ).SerializeToString(deterministic=True)
     entries = _entries_wire(lineage)
     return b"".join(
@@ -634,8 +635,30 @@ def _entries_wire(lineage: Lineage) -> bytes:
 @functools.lru_cache(maxsize=4096)
 def _envelope_bytes(envelope: dsse.Envelope) -> bytes:
     """Memoised :func:`encode_envelope` for a lineage's checkpoints and arrivals, which
-    every cycle writes again unchanged (envelopes are immutable and hashable)."""
+    every cycle writes again unchanged (envelopes are immutable and hashable). Each is a
+    few hundred bytes (fixed fields), so the count bounds the bytes; bases, which are
+    not, go through :func:`_base_bytes`."""
     return encode_envelope(envelope)
+
+
+#: Encoded bases remembered, by envelope: at most this many encoded bytes, counted
+#: twice (the envelope held as the key is as large; usually the object holding it keeps
+#: it alive anyway). A base grows with the departures it cuts at (tens to hundreds of
+#: KB after a few hundred hops), so in the count-bounded memo above the bases held grew
+#: with every hop (docs/benchmarks.md, "RSS under the soak").
+BASE_BYTES_MEMO_BYTES = 8 << 20
+_BASE_BYTES: BoundedLru[dsse.Envelope, bytes] = BoundedLru(
+    4096, max_weight=BASE_BYTES_MEMO_BYTES, weigh=lambda raw: 2 * len(raw)
+)
+
+
+def _base_bytes(base: dsse.Envelope) -> bytes:
+    """Memoised :func:`encode_envelope` for a lineage's base (every cycle writes it)."""
+    raw = _BASE_BYTES.get(base)
+    if raw is None:
+        raw = encode_envelope(base)
+        _BASE_BYTES.put(base, raw)
+    return raw
 
 
 def decode_object(raw: bytes) -> GovernedObject:

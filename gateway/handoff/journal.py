@@ -214,11 +214,15 @@ def decode_counter(raw: bytes) -> int:
 #: reads back, within milliseconds, the record it just wrote or read; a cycle reads the
 #: object its previous cycle wrote. Decoding one (protobuf, then a JSON document per
 #: lineage entry) cost more than anything else on both paths. A decoded object takes
-#: about 2.3 times its encoded size in memory, so the cache stays under about 56 MiB; a
+#: about 2.3 times its encoded size in memory, so the cache stays under about 14 MiB; a
 #: host cycling more objects than it holds (LRU, visited in turn) gains nothing on
 #: cycles, but migrations still hit.
 DECODED_CACHE_ENTRIES = 4096
-DECODED_CACHE_BYTES = 16 << 20
+#: Journal records are reread only while their migration runs (objects have their own
+#: memo, _Objects): 4 MiB holds the source and destination records of 8 migrations in
+#: flight at the largest size remembered. Measured under the soak: 85 % hits at 2 MiB
+#: as at 16 MiB, and 20-27 MiB less RSS per host (docs/benchmarks.md, "RSS under the soak").
+DECODED_CACHE_BYTES = 4 << 20
 DECODED_CACHE_MAX_BYTES = 256 << 10
 
 

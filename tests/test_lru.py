@@ -1,0 +1,70 @@
+"""gateway._lru.BoundedLru: bounded by a count and, given a weight, by the weight held."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway import envelope as dsse
+from gateway import wire
+from gateway._lru import BoundedLru
+from gateway.lineage import BASE_PAYLOAD_TYPE
+
+
+def test_the_count_bound_evicts_the_least_recently_used() -> None:
+    memo: BoundedLru[int, str] = BoundedLru(3)
+    for n in range(3):
+        memo.put(n, str(n))
+    assert memo.get(0) == "0"  # 0 is now the most recently used
+    memo.put(3, "3")
+    assert len(memo) == 3
+    assert 1 not in memo and memo.get(0) == "0" and memo.get(3) == "3"
+
+
+def test_the_weight_bound_holds_whatever_is_put() -> None:
+    memo: BoundedLru[int, bytes] = BoundedLru(1000, max_weight=100, weigh=len)
+    for n, size in enumerate([30, 50, 10, 40, 90, 5, 60, 1, 99, 20] * 20):
+        memo.put(n, bytes(size))
+        assert memo.weight() <= 100
+        assert memo.weight() == sum(len(memo.get(k) or b"") for k in list(memo._entries))
+    assert len(memo) < 1000  # the weight, not the count, is what bound it
+
+
+def test_a_value_heavier_than_the_bound_is_not_kept_and_replaces_nothing() -> None:
+    memo: BoundedLru[str, bytes] = BoundedLru(10, max_weight=100, weigh=len)
+    memo.put("small", bytes(40))
+    memo.put("huge", bytes(101))
+    assert "huge" not in memo and memo.get("small") == bytes(40)
+    assert memo.weight() == 40
+    memo.put("small", bytes(200))  # a heavier value under the same key: the old one goes
+    assert "small" not in memo and memo.weight() == 0
+
+
+def test_replacing_a_value_counts_its_weight_once() -> None:
+    memo: BoundedLru[str, bytes] = BoundedLru(10, max_weight=100, weigh=len)
+    for _ in range(5):
+        memo.put("k", bytes(60))
+    assert memo.weight() == 60 and len(memo) == 1
+    memo.clear()
+    assert memo.weight() == 0 and len(memo) == 0
+
+
+def test_a_weight_bound_needs_its_weigher() -> None:
+    with pytest.raises(ValueError, match="go together"):
+        BoundedLru(10, max_weight=100)
+
+
+def test_encoded_bases_stay_within_their_byte_bound() -> None:
+    # Bases grow with the departures they cut at; the memo of their encodings is bounded
+    # by bytes, so 64 bases of 512 KiB (32 MiB) leave at most BASE_BYTES_MEMO_BYTES.
+    wire._BASE_BYTES.clear()
+    for n in range(64):
+        base = dsse.Envelope(
+            payload=n.to_bytes(4, "big") * (128 << 10),
+            payload_type=BASE_PAYLOAD_TYPE,
+            signatures=(dsse.Signature(keyid="k", sig=b"s"),),
+        )
+        assert wire._base_bytes(base) == wire.encode_envelope(base)
+        assert wire._BASE_BYTES.weight() <= wire.BASE_BYTES_MEMO_BYTES
+    assert 0 < len(wire._BASE_BYTES) < 64
+    assert wire._base_bytes(base) is wire._base_bytes(base)  # the newest is remembered
+    wire._BASE_BYTES.clear()
