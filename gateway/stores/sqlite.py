@@ -555,6 +555,23 @@ class SqliteStore:
         connection = self._connection
         outcomes: builtins.list[BaseException | None] = []
         connection.execute("BEGIN IMMEDIATE")
+        if len(group) == 1:
+            # One caller (every commit of a quiet host): the transaction is its savepoint;
+            # a failure rolls it all back, which is all the caller's writes.
+            try:
+                self._apply(group[0])
+            except (ConcurrencyError, sqlite3.Error) as exc:
+                _rollback(connection)
+                return [exc]
+            except BaseException:
+                _rollback(connection)
+                raise
+            try:
+                connection.execute("COMMIT")
+            except BaseException:
+                _rollback(connection)
+                raise
+            return [None]
         try:
             for ops in group:
                 connection.execute("SAVEPOINT caller")
@@ -585,16 +602,16 @@ class SqliteStore:
         # to undo in this caller's savepoint.
         for op in ops:
             _check_precondition(op, current.get(op.key))
+        # One statement for all the puts (no key appears twice in a transaction, so the
+        # order of puts and deletes does not matter).
+        connection.executemany(
+            "INSERT INTO items (key, value, etag) VALUES (?, ?, ?)"
+            " ON CONFLICT (key) DO UPDATE"
+            " SET value = excluded.value, etag = excluded.etag",
+            [(op.key, op.value, _new_etag()) for op in ops if isinstance(op, Put)],
+        )
         for op in ops:
-            if isinstance(op, Put):
-                etag = _new_etag()
-                connection.execute(
-                    "INSERT INTO items (key, value, etag) VALUES (?, ?, ?)"
-                    " ON CONFLICT (key) DO UPDATE"
-                    " SET value = excluded.value, etag = excluded.etag",
-                    (op.key, op.value, etag),
-                )
-            elif op.key in current:
+            if not isinstance(op, Put) and op.key in current:
                 connection.execute("DELETE FROM items WHERE key = ?", (op.key,))
 
 
