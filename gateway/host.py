@@ -135,6 +135,13 @@ class Host:
         host = str(config.host)
         self.certificate = read_file(config.tls.certificate, "TLS certificate")
         self.private_key = read_file(config.tls.private_key, "TLS private key")
+        sink = (
+            DaprEventSink(dapr_client, config.dapr.pubsub, source=host)
+            if config.dapr is not None
+            and config.dapr.pubsub is not None
+            and dapr_client is not None
+            else None
+        )
         self.context = HostContext(
             host=host,
             region=config.region,
@@ -146,7 +153,7 @@ class Host:
             clock=clock,
             timing=config.handoff,
             policy=config.policy,
-            lifecycle=OutboxLifecycle(),
+            lifecycle=OutboxLifecycle(sink=sink is not None),
             attenuate_on_rehost=config.handoff.attenuate_on_rehost,
             tenancy=config.tenancy,
             on_active=self._object_became_active,
@@ -179,11 +186,6 @@ class Host:
         self.scheduler = Scheduler(self.cycles, self.journal, config.tenants, clock=clock)
         self.dapr_client = dapr_client
         dapr = config.dapr
-        sink = (
-            DaprEventSink(dapr_client, dapr.pubsub, source=host)
-            if dapr is not None and dapr.pubsub is not None and dapr_client is not None
-            else None
-        )
         self.jobs = (
             DaprJobs(dapr_client, self.cycles, app_port=dapr.app_port)
             if dapr is not None

@@ -168,6 +168,13 @@ class Destination:
         #: that Commit reads the record and the object in one query. Only a hint: what
         #: is read is checked against the record as read.
         self._staged_names: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        #: Activations running in this process, by migration id: a second Commit of the
+        #: same migration (the source's recovery re-sending it while its coordinator's
+        #: call is still here, or this host's own recovery) waits for the first and then
+        #: looks again, so that one migration has at most one custody claim in flight.
+        #: Bounded by the stages that exist: an entry is made only for a staged record
+        #: of the calling peer, and removed when its activation ends.
+        self._activating: dict[str, asyncio.Event] = {}
         #: Stages waiting for their tenant's writer, and the writers running (see
         #: _write_stage).
         self._stages: dict[str, list[_PendingStage]] = {}
@@ -862,7 +869,8 @@ class Destination:
         ``decision``: the source's signed COMMITTED answer when the caller already holds
         it (an offline commit file); otherwise it is asked for when a custody home needs it.
         """
-        for _attempt in range(3):
+        attempts = 0
+        while attempts < 3:
             loaded, current = await self._record_and_object(migration_id, peer)
             record = loaded.value
             observability.bind(
@@ -877,6 +885,13 @@ class Destination:
                 raise MigrationAbortedError(
                     f"migration {migration_id} was aborted here ({record.reason}); it cannot commit"
                 )
+            running = self._activating.get(migration_id)
+            if running is not None:
+                # Not an attempt of ours: wait for that one's end, then read again.
+                await running.wait()
+                continue
+            attempts += 1
+            activating = self._activating[migration_id] = asyncio.Event()
             try:
                 return await self._activate(record, loaded.etag, peer, decision, current=current)
             except ConcurrencyError:
@@ -896,6 +911,10 @@ class Destination:
                 )
                 await self.abort(migration_id, peer=peer, reason=f"custody refused: {exc.reason}")
                 raise
+            finally:
+                if self._activating.get(migration_id) is activating:
+                    del self._activating[migration_id]
+                activating.set()
         raise ObjectStateError(f"migration {migration_id} keeps changing under commit; retry")
 
     async def _activate(

@@ -149,20 +149,31 @@ def outbox_puts(event: Event) -> list[Put]:
 
 class OutboxLifecycle:
     """The handoff layer's :class:`~gateway.handoff.lifecycle.LifecycleRecorder`: a
-    lifecycle event becomes an outbox record, delivered like any published event."""
+    lifecycle event becomes an outbox record, delivered like any published event.
+
+    ``sink``: whether the host has an event sink. Without one, the dispatcher's whole
+    delivery of a lifecycle event (a ``gateway:`` resource, never an invoke or binding)
+    is to mark it ``published``; the event is then recorded ``published`` in its step's
+    own transaction instead, which spares every migration a read, a decode and a
+    durable commit of its own on each side. What is recorded is the same (a host's sink
+    is fixed for its lifetime: a reload never adds one)."""
+
+    def __init__(self, *, sink: bool = True) -> None:
+        self.sink = sink
 
     def writes(self, event: LifecycleEvent) -> list[Put]:
-        return outbox_puts(
-            lifecycle_event(
-                event.verb,
-                tenant=event.tenant,
-                object_id=event.object_id,
-                epoch=event.epoch,
-                generation=event.generation,
-                payload=event.payload,
-                at=event.at,
-            )
+        recorded = lifecycle_event(
+            event.verb,
+            tenant=event.tenant,
+            object_id=event.object_id,
+            epoch=event.epoch,
+            generation=event.generation,
+            payload=event.payload,
+            at=event.at,
         )
+        if not self.sink:
+            recorded = replace(recorded, status="published")
+        return outbox_puts(recorded)
 
 
 async def list_events(

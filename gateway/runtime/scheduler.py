@@ -205,6 +205,10 @@ class Scheduler:
         self._seen: set[tuple[str, str]] = set()
         self._inflight: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        #: When the sleeping loop wakes by itself (None: not sleeping). An object noticed
+        #: as due no earlier than that needs no wake: each wake costs the loop a pass and
+        #: a new wait (several tasks), once per arrival on a busy destination.
+        self._sleeping_until: datetime | None = None
         self._reconcile = False
         #: Objects to read again at the next wake (their cycle lost a write race).
         self._recheck: set[tuple[str, str]] = set()
@@ -222,9 +226,19 @@ class Scheduler:
             if key not in self._quarantined:
                 cycle = obj.cycle
                 if obj.state is LifecycleState.ACTIVE and cycle.interval is not None:
-                    self._set_due(key, cycle.generation, cycle.next_due or self.clock.now())
+                    at = cycle.next_due or self.clock.now()
+                    self._set_due(key, cycle.generation, at)
+                    sleeping_until = self._sleeping_until
+                    if (
+                        sleeping_until is not None
+                        and at >= sleeping_until
+                        and self.clock.now() < sleeping_until
+                    ):
+                        return  # the loop looks at the heap by then anyway
                 else:
                     self._due.pop(key, None)
+                    if self._sleeping_until is not None:
+                        return  # its heap entry is superseded; nothing to do sooner
         self._wake.set()
 
     def _set_due(
@@ -360,8 +374,12 @@ class Scheduler:
                     wake_at = min(wake_at, heap[0][0])
                 delay = max(0.0, (wake_at - self.clock.now()).total_seconds())
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(_first(stop, self._wake), timeout=delay)
+                self._sleeping_until = wake_at
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(_first(stop, self._wake), timeout=delay)
+                finally:
+                    self._sleeping_until = None
         finally:
             for task in self._inflight.values():
                 task.cancel()

@@ -186,7 +186,8 @@ class SqliteStore:
         self._reader_lock = threading.Lock()
         #: Writes waiting for the next group commit, with the futures their callers await.
         self._pending: builtins.list[tuple[tuple[Operation, ...], asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        #: Resolved when the pending writes are all committed (None: nothing committed yet).
+        self._flusher: asyncio.Future[None] | None = None
 
     @classmethod
     def open(
@@ -356,7 +357,8 @@ class SqliteStore:
         done: asyncio.Future[None] = loop.create_future()
         self._pending.append((ops, done))
         if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush())
+            self._flusher = loop.create_future()
+            self._next_group(loop)
         await done
 
     async def put(self, key: str, value: bytes, *, etag: str | Expect) -> None:
@@ -457,33 +459,56 @@ class SqliteStore:
             self._reader_connections.append(connection)
         return connection
 
-    async def _flush(self) -> None:
-        """Commit pending writes in groups until none is left (one group in flight)."""
-        loop = asyncio.get_running_loop()
+    def _next_group(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start committing the next group of pending writes (one group in flight), or
+        resolve :attr:`_flusher` when none is left. Driven by the group's own completion
+        callback rather than by a task: a task cost each commit a task start and a wakeup
+        more on the event loop."""
         while self._pending:
             group = [(ops, done) for ops, done in self._pending[:_MAX_GROUP] if not done.done()]
             del self._pending[:_MAX_GROUP]
             if not group:
                 continue
             try:
-                outcomes = await loop.run_in_executor(
+                committing = loop.run_in_executor(
                     self._executor, self._commit_group, [ops for ops, _done in group]
                 )
-            except sqlite3.Error as exc:
-                # BEGIN or COMMIT failed: nothing of the group was written.
+            except RuntimeError as exc:  # the worker was shut down: nothing was written
                 for ops, done in group:
-                    if not done.done():
-                        done.set_exception(
-                            _caused(_store_error(exc, self._path, _describe(ops)), exc)
-                        )
+                    closed = StoreUnavailableError(
+                        f"cannot {_describe(ops)}: the SQLite store {self._path} is closed"
+                    )
+                    done.set_exception(_caused(closed, exc))
                 continue
-            except BaseException:
-                # This task was cancelled (the loop is closing): the group may still
-                # commit on the worker thread, as a cancelled call always could.
-                for _ops, done in group:
-                    done.cancel()
-                raise
-            for (ops, done), outcome in zip(group, outcomes, strict=True):
+            committing.add_done_callback(functools.partial(self._group_done, loop, group))
+            return
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.set_result(None)
+
+    def _group_done(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        group: builtins.list[tuple[tuple[Operation, ...], asyncio.Future[None]]],
+        committing: asyncio.Future[builtins.list[BaseException | None]],
+    ) -> None:
+        """Answer each caller of a committed (or failed) group, then start the next."""
+        if committing.cancelled():
+            for _ops, done in group:
+                done.cancel()
+        elif (failure := committing.exception()) is not None:
+            # BEGIN or COMMIT failed (or the worker itself did): nothing of the group
+            # was written.
+            for ops, done in group:
+                if done.done():
+                    continue
+                if isinstance(failure, sqlite3.Error):
+                    done.set_exception(
+                        _caused(_store_error(failure, self._path, _describe(ops)), failure)
+                    )
+                else:
+                    done.set_exception(failure)
+        else:
+            for (ops, done), outcome in zip(group, committing.result(), strict=True):
                 if done.done():
                     continue
                 if outcome is None:
@@ -493,6 +518,7 @@ class SqliteStore:
                     done.set_exception(_caused(error, outcome))
                 else:
                     done.set_exception(outcome)
+        self._next_group(loop)
 
     # Everything below runs on the worker thread only.
 
@@ -555,6 +581,23 @@ class SqliteStore:
         connection = self._connection
         outcomes: builtins.list[BaseException | None] = []
         connection.execute("BEGIN IMMEDIATE")
+        if len(group) == 1:
+            # One caller (every commit of a quiet host): the transaction is its savepoint;
+            # a failure rolls it all back, which is all the caller's writes.
+            try:
+                self._apply(group[0])
+            except (ConcurrencyError, sqlite3.Error) as exc:
+                _rollback(connection)
+                return [exc]
+            except BaseException:
+                _rollback(connection)
+                raise
+            try:
+                connection.execute("COMMIT")
+            except BaseException:
+                _rollback(connection)
+                raise
+            return [None]
         try:
             for ops in group:
                 connection.execute("SAVEPOINT caller")
@@ -585,16 +628,16 @@ class SqliteStore:
         # to undo in this caller's savepoint.
         for op in ops:
             _check_precondition(op, current.get(op.key))
+        # One statement for all the puts (no key appears twice in a transaction, so the
+        # order of puts and deletes does not matter).
+        connection.executemany(
+            "INSERT INTO items (key, value, etag) VALUES (?, ?, ?)"
+            " ON CONFLICT (key) DO UPDATE"
+            " SET value = excluded.value, etag = excluded.etag",
+            [(op.key, op.value, _new_etag()) for op in ops if isinstance(op, Put)],
+        )
         for op in ops:
-            if isinstance(op, Put):
-                etag = _new_etag()
-                connection.execute(
-                    "INSERT INTO items (key, value, etag) VALUES (?, ?, ?)"
-                    " ON CONFLICT (key) DO UPDATE"
-                    " SET value = excluded.value, etag = excluded.etag",
-                    (op.key, op.value, etag),
-                )
-            elif op.key in current:
+            if not isinstance(op, Put) and op.key in current:
                 connection.execute("DELETE FROM items WHERE key = ?", (op.key,))
 
 
