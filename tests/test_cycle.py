@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aiohttp import web
 
 from gateway.config import load_config
@@ -365,6 +366,14 @@ def test_generations_continue_across_a_two_process_migration(tmp_path: Path) -> 
     world = build_world(
         tmp_path, [HostSpec(host_id=HOST_A, policy=policy), HostSpec(host_id=HOST_B, policy=policy)]
     )
+    # This test reads the whole history from generation 0, so compaction (on by default,
+    # 128 entries) is off: under load the 0.1 s cycles outlast the 128 entries before the
+    # migration is done, and the archived prefix would start the entries at a later
+    # generation. Compaction's own continuity is tests/test_compaction_runtime.py's.
+    for host in (HOST_A, HOST_B):
+        document = yaml.safe_load(world.config(host).read_text(encoding="utf-8"))
+        document["lineage"] = {"compaction": False}
+        world.config(host).write_text(yaml.safe_dump(document), encoding="utf-8")
     object_id = "obj://org-a.example/billing/invoice-42"
     spec_file = tmp_path / "invoice.yaml"
     spec_file.write_text(
