@@ -28,6 +28,7 @@ from gateway._time import SystemClock
 from gateway.audit import ARCHIVE_PAYLOAD_TYPE, Status, archive_of, audit
 from gateway.custody import verify_custody
 from gateway.errors import CustodyError, LineageError
+from gateway.host import Host
 from gateway.keyring import load_keyring
 from gateway.keys import Signer
 from gateway.lineage import Checkpoint, Lineage, verify_lineage
@@ -58,16 +59,21 @@ def _world(directory: Path) -> list[HostSpec]:
     ]
 
 
+async def _create_and_move_to_c(hosts: dict[str, Host]) -> None:
+    """OBJECT created on A, then moved A -> B -> C."""
+    await hosts[HOST_A].create_object(
+        OBJECT,
+        tenant="default",
+        data=json.dumps({"n": 1}).encode(),
+        content_type="application/json",
+    )
+    await hosts[HOST_A].migrate(OBJECT, tenant="default", destination=HOST_B)
+    await hosts[HOST_B].migrate(OBJECT, tenant="default", destination=HOST_C)
+
+
 async def _three_hosts(world: World) -> History:
     async with serving(world) as hosts:
-        await hosts[HOST_A].create_object(
-            OBJECT,
-            tenant="default",
-            data=json.dumps({"n": 1}).encode(),
-            content_type="application/json",
-        )
-        await hosts[HOST_A].migrate(OBJECT, tenant="default", destination=HOST_B)
-        await hosts[HOST_B].migrate(OBJECT, tenant="default", destination=HOST_C)
+        await _create_and_move_to_c(hosts)
         at_c = await hosts[HOST_C].get_object(OBJECT, tenant="default")
         return History(
             at_c=at_c,
@@ -337,14 +343,7 @@ def test_an_object_with_checkpoints_of_the_earlier_format_still_migrates(
         async with serving(world) as hosts:
             with monkeypatch.context() as old_code:
                 old_code.setattr(Lineage, "_custody_commitment", lambda self, object_id: (b"", 0))
-                await hosts[HOST_A].create_object(
-                    OBJECT,
-                    tenant="default",
-                    data=json.dumps({"n": 1}).encode(),
-                    content_type="application/json",
-                )
-                await hosts[HOST_A].migrate(OBJECT, tenant="default", destination=HOST_B)
-                await hosts[HOST_B].migrate(OBJECT, tenant="default", destination=HOST_C)
+                await _create_and_move_to_c(hosts)
             at_c = await hosts[HOST_C].get_object(OBJECT, tenant="default")
             assert all(not Checkpoint.decode(c.payload).custody for c in at_c.lineage.checkpoints)
             custody.forget_verified_arrivals()
