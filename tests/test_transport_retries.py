@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from gateway.config import HandoffConfig, PeerConfig
-from gateway.errors import PeerUnavailableError, RollbackError
+from gateway.errors import GatewayError, PeerUnavailableError, RollbackError
 from gateway.identity import HostId
 from gateway.transport import client as client_module
 from gateway.transport.client import GrpcPeerClient
@@ -101,3 +101,51 @@ def test_a_refusal_is_final_and_keeps_its_type(sleeps: list[float], first: bool)
     with pytest.raises(RollbackError):
         asyncio.run(attempts(script, retry_attempts=5))
     assert script.calls == len(failures)
+
+
+def lost_status() -> grpc.aio.AioRpcError:
+    """What grpc.aio reports when a peer ended a client stream early and a write of ours
+    raced its status (grpc/grpc#36066)."""
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.INTERNAL,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details="Internal error from Core",
+    )
+
+
+async def attempts_of(rpc: str, script: Script, *, retry_attempts: int) -> Any:
+    peer = PeerConfig(id=HostId.parse(PEER), address="127.0.0.1:9", server_name="localhost")
+    client = GrpcPeerClient(
+        peer,
+        credentials=grpc.ssl_channel_credentials(),
+        timing=HandoffConfig(retry_attempts=retry_attempts),
+    )
+    try:
+        return await client._attempts(rpc, script, deadline=1.0)
+    finally:
+        await client.close()
+
+
+def test_a_stream_status_lost_by_grpc_is_asked_again(sleeps: list[float]) -> None:
+    """The peer's real answer comes with the repeat (here: the call then succeeds)."""
+    script = Script([lost_status()])
+    assert asyncio.run(attempts_of("PrepareStream", script, retry_attempts=3)) == "ok"
+    assert script.calls == 2
+
+
+def test_a_stream_status_lost_every_time_says_so(sleeps: list[float]) -> None:
+    script = Script([lost_status()] * 3)
+    with pytest.raises(PeerUnavailableError, match="grpc/grpc#36066") as raised:
+        asyncio.run(attempts_of("PrepareStream", script, retry_attempts=3))
+    assert script.calls == 3
+    assert "peer's log" in (raised.value.hint or "")
+
+
+def test_the_same_status_on_a_unary_call_is_a_refusal(sleeps: list[float]) -> None:
+    """Only client-streaming calls have the race; elsewhere INTERNAL is the peer's."""
+    script = Script([lost_status()])
+    with pytest.raises(GatewayError) as raised:
+        asyncio.run(attempts_of("Prepare", script, retry_attempts=3))
+    assert not isinstance(raised.value, PeerUnavailableError)
+    assert script.calls == 1
