@@ -2,8 +2,10 @@
 
 Every handoff RPC is idempotent by migration id, so a call whose outcome is unknown
 (UNAVAILABLE, DEADLINE_EXCEEDED) is simply sent again, with exponential backoff and
-jitter, up to ``handoff.retry_attempts`` times. A refusal (any other status) is final and
-comes back as the peer's own error type.
+jitter, up to ``handoff.retry_attempts`` times. So is a PrepareStream whose status
+grpc.aio replaced by its own INTERNAL "Internal error from Core" (grpc/grpc#36066: the
+peer refused the upload early and one of our writes raced its answer). A refusal (any
+other status) is final and comes back as the peer's own error type.
 """
 
 from __future__ import annotations
