@@ -4,7 +4,8 @@ verified things (gateway.keys' signatures, gateway.credentials' grants).
 Invariant: at most ``capacity`` entries, and, given ``max_weight``, at most that total
 weight (``weigh(value)``: its bytes, say), the least recently used going first, so bytes
 a peer sends can only evict, never grow it; a value heavier than ``max_weight`` on its
-own is not kept. A miss costs what the caller's work costs anyway. Thread-safe (one lock), because verification also runs on worker threads.
+own is not kept. A miss costs what the caller's work costs anyway. Thread-safe (one
+lock), because verification also runs on worker threads.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return waited
 
 
-async def attempts(script: Script, *, retry_attempts: int) -> Any:
+async def attempts(script: Script, *, retry_attempts: int, rpc: str = "Prepare") -> Any:
     peer = PeerConfig(id=HostId.parse(PEER), address="127.0.0.1:9", server_name="localhost")
     client = GrpcPeerClient(
         peer,
@@ -60,7 +60,7 @@ async def attempts(script: Script, *, retry_attempts: int) -> Any:
         timing=HandoffConfig(retry_attempts=retry_attempts),
     )
     try:
-        return await client._attempts("Prepare", script, deadline=1.0)
+        return await client._attempts(rpc, script, deadline=1.0)
     finally:
         await client.close()
 
@@ -114,30 +114,17 @@ def lost_status() -> grpc.aio.AioRpcError:
     )
 
 
-async def attempts_of(rpc: str, script: Script, *, retry_attempts: int) -> Any:
-    peer = PeerConfig(id=HostId.parse(PEER), address="127.0.0.1:9", server_name="localhost")
-    client = GrpcPeerClient(
-        peer,
-        credentials=grpc.ssl_channel_credentials(),
-        timing=HandoffConfig(retry_attempts=retry_attempts),
-    )
-    try:
-        return await client._attempts(rpc, script, deadline=1.0)
-    finally:
-        await client.close()
-
-
 def test_a_stream_status_lost_by_grpc_is_asked_again(sleeps: list[float]) -> None:
     """The peer's real answer comes with the repeat (here: the call then succeeds)."""
     script = Script([lost_status()])
-    assert asyncio.run(attempts_of("PrepareStream", script, retry_attempts=3)) == "ok"
+    assert asyncio.run(attempts(script, retry_attempts=3, rpc="PrepareStream")) == "ok"
     assert script.calls == 2
 
 
 def test_a_stream_status_lost_every_time_says_so(sleeps: list[float]) -> None:
     script = Script([lost_status()] * 3)
     with pytest.raises(PeerUnavailableError, match="grpc/grpc#36066") as raised:
-        asyncio.run(attempts_of("PrepareStream", script, retry_attempts=3))
+        asyncio.run(attempts(script, retry_attempts=3, rpc="PrepareStream"))
     assert script.calls == 3
     assert "peer's log" in (raised.value.hint or "")
 
@@ -146,6 +133,6 @@ def test_the_same_status_on_a_unary_call_is_a_refusal(sleeps: list[float]) -> No
     """Only client-streaming calls have the race; elsewhere INTERNAL is the peer's."""
     script = Script([lost_status()])
     with pytest.raises(GatewayError) as raised:
-        asyncio.run(attempts_of("Prepare", script, retry_attempts=3))
+        asyncio.run(attempts(script, retry_attempts=3))
     assert not isinstance(raised.value, PeerUnavailableError)
     assert script.calls == 1
