@@ -1593,6 +1593,16 @@ def archived_handoffs(first: Checkpoint) -> int:
     return first.hops - 1 if first.custody and first.hops > 1 else 0
 
 
+def handoffs_archived(lineage: Lineage) -> int:
+    """Handoffs archived before the oldest departure ``lineage`` carries (ADR 0010 step
+    2); 0 with full evidence. Read from that departure's signed ``hops``: a count for
+    display and for comparing with a custody home, meaningful on a lineage that passed
+    gateway.custody.verify_custody (which pins it)."""
+    if not lineage.checkpoints:
+        return 0
+    return archived_handoffs(Checkpoint.decode(lineage.checkpoints[0].payload))
+
+
 def _check_base(
     base: Base, checkpoints: Sequence[Checkpoint], creator: str, *, handoffs_archived: int = 0
 ) -> None:
