@@ -92,7 +92,8 @@ class CompactionPolicy:
     entries, or an oldest carried entry older than ``max_age``; it then keeps its newest
     ``keep_entries`` (at least one: the entry the next one links to). ``None`` switches
     a limit off; ``enabled=False`` switches compaction off (the object then grows until
-    the envelope cap stops it from moving)."""
+    the envelope cap stops it from moving). It is also due when it carries more than
+    ``custody_keep`` + MIN_CARRIED_HANDOFFS handoffs (ADR 0010 step 2)."""
 
     enabled: bool = True
     max_entries: int = 128
@@ -133,7 +134,14 @@ class CompactionPolicy:
         entries' bytes); only when it exceeds ``max_bytes`` are the entries measured.
         Without it the bytes limit is not checked (entries and age still are)."""
         carried = len(lineage.entries)
-        if not self.enabled or carried <= self.keep_entries:
+        if not self.enabled:
+            return False
+        if carried > 1 and len(lineage.checkpoints) > self.custody_keep + MIN_CARRIED_HANDOFFS:
+            # ADR 0010 step 2: handoffs are archived only by a compaction, so one is due
+            # when they pass K + the receivers' floor (an object moving every few cycles
+            # may never pass the entry limits); compact_custody then keeps K.
+            return True
+        if carried <= self.keep_entries:
             return False
         if carried > self.max_entries:
             return True
@@ -149,7 +157,9 @@ class CompactionPolicy:
     def keep(self, lineage: Lineage) -> int:
         """How many entries a compaction of ``lineage`` keeps: ``keep_entries``, or more
         when the rest would not fit one segment."""
-        return max(self.keep_entries, len(lineage.entries) - MAX_SEGMENT_ENTRIES)
+        carried = len(lineage.entries)
+        # Below keep_entries only when due for its handoffs (ADR 0010): keep all but one.
+        return min(max(self.keep_entries, carried - MAX_SEGMENT_ENTRIES), max(carried - 1, 1))
 
 
 #: The smallest bytes limit accepted: a few entries' worth, so compaction cannot thrash.

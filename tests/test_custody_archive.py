@@ -358,3 +358,13 @@ def test_offline_verify_refuses_an_archive_that_does_not_digest(history: History
     forged = [archive[0], _forged_archive(custody, how)]
     with pytest.raises(LineageError, match="do not digest to the custody"):
         verify_archived(forged, lineage, object_id=OBJECT, trust=history.trust, sealed=False)
+
+
+def test_compaction_is_due_for_handoffs_alone(history: History) -> None:
+    """An object moving every few cycles may never pass the entry limits; its handoffs
+    make a compaction due once they pass K + MIN_CARRIED_HANDOFFS."""
+    lineage = history.at_a.lineage
+    assert len(lineage.entries) < 128 and len(lineage.checkpoints) == HOPS
+    quiet = {"max_bytes": None, "max_age": None}
+    assert CompactionPolicy(custody_keep=KEEP, **quiet).due(lineage, now=history.at)  # type: ignore[arg-type]
+    assert not CompactionPolicy(custody_keep=16, **quiet).due(lineage, now=history.at)  # type: ignore[arg-type]
