@@ -70,6 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.run import finite
 from gateway.config import load_config
 from gateway.errors import GatewayError
+from gateway.handoff.journal import object_key
 from gateway.handoff.pruning import minimum_retention
 from gateway.host import Host
 from gateway.model import LifecycleState
@@ -267,14 +268,24 @@ class Soak:
                 self.double_live.append(object_id)
 
     async def lineage_entries(self, object_ids: list[str]) -> float:
-        counts = []
+        return (await self.carried(object_ids))[0]
+
+    async def carried(self, object_ids: list[str]) -> tuple[float, float, float]:
+        """Means over the live copies of ``object_ids``: lineage entries carried, handoffs
+        (departures) carried (ADR 0010 step 2 bounds them), and stored record bytes."""
+        counts, handoffs, sizes = [], [], []
         for object_id in object_ids:
             for host in self.hosts.values():
+                item = await host.journal.store.get(object_key(TENANT, object_id))
                 loaded = await host.journal.object(TENANT, object_id)
                 if loaded is not None and loaded.value.state is LifecycleState.ACTIVE:
                     counts.append(len(loaded.value.lineage.entries))
+                    handoffs.append(len(loaded.value.lineage.checkpoints))
+                    sizes.append(len(item.value) if item is not None else 0)
                     break
-        return statistics.fmean(counts) if counts else float("nan")
+        if not counts:
+            return float("nan"), float("nan"), float("nan")
+        return statistics.fmean(counts), statistics.fmean(handoffs), statistics.fmean(sizes)
 
 
 async def drive(
@@ -311,7 +322,13 @@ async def drive(
                 "rss_mib": {h: rss_mib(servers[h].pid) for h in hosts},
                 "store_bytes": {h: store_bytes(files[h]) for h in hosts},
                 "wal_bytes": {h: wal_bytes(files[h]) for h in hosts},
-                "lineage_entries": await soak.lineage_entries(picked),
+                **dict(
+                    zip(
+                        ("lineage_entries", "handoffs_carried", "record_bytes"),
+                        await soak.carried(picked),
+                        strict=True,
+                    )
+                ),
                 "migrations": len(soak.done),
                 "refusals": sum(soak.refusals.values()),
                 # The machine is shared: a drift measured while others' load rose is not
@@ -429,6 +446,18 @@ def summarize(
         ]
         if samples
         else [],
+        "handoffs_carried_first_last": [
+            samples[0].get("handoffs_carried"),
+            samples[-1].get("handoffs_carried"),
+        ]
+        if samples
+        else [],
+        "record_bytes_first_last": [
+            samples[0].get("record_bytes"),
+            samples[-1].get("record_bytes"),
+        ]
+        if samples
+        else [],
         "refusals": dict(soak.refusals),
         "objects_live_twice": sorted(set(soak.double_live)),
         "objects_unresolved": soak.unresolved,
@@ -509,6 +538,12 @@ def print_soak(result: dict[str, Any]) -> None:
     )
     entries = result["lineage_entries_first_last"]
     say(f"  lineage entries per object {entries[0]:.0f} -> {entries[1]:.0f}")
+    handoffs, record = result["handoffs_carried_first_last"], result["record_bytes_first_last"]
+    if handoffs:
+        say(
+            f"  handoffs carried per object {handoffs[0]:.0f} -> {handoffs[1]:.0f}, "
+            f"record bytes {record[0]:.0f} -> {record[1]:.0f}"
+        )
     say(
         "  machine load average (1 min) by third: "
         + " ".join(f"{v:.1f}" for v in result["load_average_by_third"])

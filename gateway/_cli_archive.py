@@ -51,8 +51,22 @@ async def export_archive(
     host: Host, object_id: str, tenant: str, directory: Path
 ) -> dict[str, Any]:
     """Copy the object's segments held on ``host`` into ``directory``; what was written."""
+    from gateway.archive import custody_file_name
+
     segments = await host.compaction.archive.segments(host.tenant(tenant), object_id)
     paths = write_segments(segments, directory)
+    # Archived handoffs (ADR 0010 step 2) beside them, for `gateway verify --archive`.
+    handoffs = await host.compaction.archive.custody_segments(host.tenant(tenant), object_id)
+    for handoff in handoffs:
+        path = directory / custody_file_name(handoff)
+        try:
+            path.with_suffix(".tmp").write_bytes(handoff.encode())
+            os.replace(path.with_suffix(".tmp"), path)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the archive to {directory}: {exc.strerror}",
+                hint="name a directory you can write to",
+            ) from exc
     return {
         "object_id": object_id,
         "host": host.host_id,

@@ -40,11 +40,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from gateway import _custody_chain as custody_chain
 from gateway import envelope as dsse
 from gateway import merkle
 from gateway._decode import load_json
-from gateway.errors import ConfigError, LineageError
+from gateway.errors import ConfigError, GatewayError, LineageError
 from gateway.keys import Signer
+from gateway.limits import DEFAULT_CUSTODY_KEEP, MAX_HANDOFFS, MAX_HOPS, MIN_CARRIED_HANDOFFS
 from gateway.lineage import (
     BASE_PAYLOAD_TYPE,
     MAX_ENTRY_BYTES,
@@ -53,6 +55,7 @@ from gateway.lineage import (
     Lineage,
     LineageEntry,
     VerifiedLineage,
+    archived_handoffs,
     verify_lineage,
 )
 from gateway.model import GovernedObject
@@ -89,15 +92,27 @@ class CompactionPolicy:
     entries, or an oldest carried entry older than ``max_age``; it then keeps its newest
     ``keep_entries`` (at least one: the entry the next one links to). ``None`` switches
     a limit off; ``enabled=False`` switches compaction off (the object then grows until
-    the envelope cap stops it from moving)."""
+    the envelope cap stops it from moving). It is also due when it carries more than
+    ``custody_keep`` + MIN_CARRIED_HANDOFFS handoffs (ADR 0010 step 2)."""
 
     enabled: bool = True
     max_entries: int = 128
     keep_entries: int = 32
     max_bytes: int | None = DEFAULT_MAX_BYTES
     max_age: timedelta | None = timedelta(days=1)
+    #: handoffs (departure + arrival) kept carried when compacting; older ones go to a
+    #: custody segment (ADR 0010 step 2, ``lineage.custody_keep``)
+    custody_keep: int = DEFAULT_CUSTODY_KEEP
 
     def __post_init__(self) -> None:
+        if not MIN_CARRIED_HANDOFFS <= self.custody_keep <= MAX_HANDOFFS:
+            # Below the receivers' floor every compacted object would be refused.
+            raise ConfigError(
+                f"lineage.custody_keep is {self.custody_keep}; it must be between "
+                f"{MIN_CARRIED_HANDOFFS} (what receivers require) and {MAX_HANDOFFS}",
+                hint=f"set lineage.custody_keep to {DEFAULT_CUSTODY_KEEP} (the default) or "
+                "leave it out",
+            )
         if not 1 <= self.keep_entries < self.max_entries <= MAX_SEGMENT_ENTRIES:
             raise ConfigError(
                 f"lineage compaction keeps {self.keep_entries} of at most {self.max_entries} "
@@ -119,7 +134,14 @@ class CompactionPolicy:
         entries' bytes); only when it exceeds ``max_bytes`` are the entries measured.
         Without it the bytes limit is not checked (entries and age still are)."""
         carried = len(lineage.entries)
-        if not self.enabled or carried <= self.keep_entries:
+        if not self.enabled:
+            return False
+        if carried > 1 and len(lineage.checkpoints) > self.custody_keep + MIN_CARRIED_HANDOFFS:
+            # ADR 0010 step 2: handoffs are archived only by a compaction, so one is due
+            # when they pass K + the receivers' floor (an object moving every few cycles
+            # may never pass the entry limits); compact_custody then keeps K.
+            return True
+        if carried <= self.keep_entries:
             return False
         if carried > self.max_entries:
             return True
@@ -135,7 +157,9 @@ class CompactionPolicy:
     def keep(self, lineage: Lineage) -> int:
         """How many entries a compaction of ``lineage`` keeps: ``keep_entries``, or more
         when the rest would not fit one segment."""
-        return max(self.keep_entries, len(lineage.entries) - MAX_SEGMENT_ENTRIES)
+        carried = len(lineage.entries)
+        # Below keep_entries only when due for its handoffs (ADR 0010): keep all but one.
+        return min(max(self.keep_entries, carried - MAX_SEGMENT_ENTRIES), max(carried - 1, 1))
 
 
 #: The smallest bytes limit accepted: a few entries' worth, so compaction cannot thrash.
@@ -204,6 +228,11 @@ def segment_file_name(segment: Segment) -> str:
     return f"{segment.start:020d}+{len(segment.entries)}.seg"
 
 
+def custody_file_name(segment: CustodySegment) -> str:
+    """``custody-<first hop, 20 digits>+<handoffs>.cus``, beside the entry segments."""
+    return f"custody-{segment.first:020d}+{len(segment.departures)}.cus"
+
+
 def archived_digest(entries: Sequence[bytes]) -> bytes:
     """SHA-256 over the archived entries, each length-prefixed (what a base names)."""
     hasher = hashlib.sha256()
@@ -242,6 +271,66 @@ def compaction_cut(
     return size
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CustodySegment:
+    """Handoffs ``[first, first + len(departures))`` of one object, as archived (ADR 0010
+    step 2): each departure checkpoint and its arrival receipt, the exact signed
+    envelopes (DSSE JSON), so that `gateway verify --archive` can check every original
+    signature and that they digest to the oldest carried departure's ``custody``."""
+
+    object_id: str
+    first: int
+    departures: tuple[bytes, ...]
+    arrivals: tuple[bytes, ...]
+
+    def encode(self) -> bytes:
+        return canonical_json(
+            {
+                "format": 1,
+                "object_id": self.object_id,
+                "first": self.first,
+                "departures": [base64.b64encode(e).decode("ascii") for e in self.departures],
+                "arrivals": [base64.b64encode(e).decode("ascii") for e in self.arrivals],
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> CustodySegment:
+        what = "custody segment"
+        if len(raw) > MAX_SEGMENT_BYTES:
+            raise LineageError(f"{what} is {len(raw)} bytes; at most {MAX_SEGMENT_BYTES}")
+        document = load_json(raw, error=LineageError, what=what)
+        fields = {"format", "object_id", "first", "departures", "arrivals"}
+        if not isinstance(document, dict) or set(document) != fields:
+            raise LineageError(f"{what} must have exactly {', '.join(sorted(fields))}")
+        first, departures, arrivals = (
+            document["first"],
+            document["departures"],
+            document["arrivals"],
+        )
+        if (
+            document["format"] != 1
+            or not isinstance(document["object_id"], str)
+            or type(first) is not int
+            or not 0 <= first <= MAX_HOPS
+            or not isinstance(departures, list)
+            or not isinstance(arrivals, list)
+            or len(departures) != len(arrivals)
+            or len(departures) > MAX_HANDOFFS
+            or not all(isinstance(e, str) for e in (*departures, *arrivals))
+        ):
+            raise LineageError(f"{what} has a field of the wrong type or size")
+        try:
+            return cls(
+                object_id=document["object_id"],
+                first=first,
+                departures=tuple(base64.b64decode(e, validate=True) for e in departures),
+                arrivals=tuple(base64.b64decode(e, validate=True) for e in arrivals),
+            )
+        except (ValueError, binascii.Error) as exc:
+            raise LineageError(f"{what}: a handoff is not base64") from exc
+
+
 def compact(
     lineage: Lineage,
     *,
@@ -252,7 +341,43 @@ def compact(
     keep: int,
 ) -> tuple[Lineage, Segment]:
     """Move all but the newest ``keep`` carried entries to a segment; sign a base by
-    ``host`` (which must hold the object) for them. Pure: nothing is written."""
+    ``host`` (which must hold the object) for them. Pure: nothing is written. Carries
+    every handoff (see :func:`compact_custody` for archiving the older ones)."""
+    lineage, segment, _custody = compact_custody(
+        lineage, object_id=object_id, host=host, at=at, signer=signer, keep=keep, custody_keep=0
+    )
+    return lineage, segment
+
+
+def _archivable_handoffs(
+    departures: Sequence[Checkpoint], arrivals: int, size: int, custody_keep: int
+) -> int:
+    """How many of the oldest carried handoffs a compaction to ``size`` entries may archive
+    keeping ``custody_keep`` (0: none): only completed ones whose departure lies in the
+    archived entries (the base's spine then runs through them), and only if the oldest
+    departure left carried commits to the custody before it (ADR 0010: otherwise a
+    receiver could not continue the chain from it)."""
+    if not custody_keep:
+        return 0
+    drop = min(len(departures) - custody_keep, arrivals)
+    while drop > 0 and (departures[drop - 1].size > size or not departures[drop].custody):
+        drop -= 1
+    return max(drop, 0)
+
+
+def compact_custody(
+    lineage: Lineage,
+    *,
+    object_id: str,
+    host: str,
+    at: datetime,
+    signer: Signer,
+    keep: int,
+    custody_keep: int,
+) -> tuple[Lineage, Segment, CustodySegment | None]:
+    """:func:`compact`, also moving handoffs older than the newest ``custody_keep`` to a
+    custody segment where that is allowed (:func:`_archivable_handoffs`); the base is
+    then cut only at the carried departures, its first range running from entry 0."""
     carried = len(lineage.entries)
     if not 1 <= keep < carried:
         raise ValueError(f"cannot keep {keep} of {carried} entries")
@@ -299,14 +424,31 @@ def compact(
         spine=tuple(spine),
         archived=archived_digest(raws),
     )
+    drop = _archivable_handoffs(departures, len(lineage.arrivals), size, custody_keep)
+    custody: CustodySegment | None = None
+    if drop:
+        # The first range becomes [0, first carried cut): folded from the ranges before.
+        folded = base.frontiers()[drop]
+        base = replace(
+            base,
+            cuts=base.cuts[drop:],
+            spine=(tuple(folded.hashes), *base.spine[drop + 1 :]),
+        )
+        first = archived_handoffs(departures[0])
+        custody = CustodySegment(
+            object_id=object_id,
+            first=first,
+            departures=tuple(dsse.to_json(e) for e in lineage.checkpoints[:drop]),
+            arrivals=tuple(dsse.to_json(e) for e in lineage.arrivals[:drop]),
+        )
     envelope = dsse.seal(base.encode(), BASE_PAYLOAD_TYPE, [signer])
     compacted = Lineage(
         entries=lineage.entries[size - start :],
-        checkpoints=lineage.checkpoints,
-        arrivals=lineage.arrivals,
+        checkpoints=lineage.checkpoints[drop:],
+        arrivals=lineage.arrivals[drop:],
         base=envelope,
     )
-    return compacted, Segment(object_id=object_id, start=start, entries=raws)
+    return compacted, Segment(object_id=object_id, start=start, entries=raws), custody
 
 
 def fold_repeats(before: GovernedObject, after: GovernedObject) -> GovernedObject:
@@ -334,12 +476,20 @@ class ArchiveDir:
         return self.root / tenant / name
 
     def write(self, tenant: str, segment: Segment) -> Path:
-        folder = self.directory(tenant, segment.object_id)
+        return self._write(tenant, segment.object_id, segment_file_name(segment), segment.encode())
+
+    def write_custody(self, tenant: str, segment: CustodySegment) -> Path:
+        """Archived handoffs as ``custody-<first hop>+<count>.cus`` beside the entry
+        segments (read_segments reads only ``.seg``)."""
+        return self._write(tenant, segment.object_id, custody_file_name(segment), segment.encode())
+
+    def _write(self, tenant: str, object_id: str, name: str, data: bytes) -> Path:
+        folder = self.directory(tenant, object_id)
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / segment_file_name(segment)
+        path = folder / name
         temporary = path.with_suffix(".tmp")
         with open(temporary, "wb") as handle:
-            handle.write(segment.encode())
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -347,11 +497,16 @@ class ArchiveDir:
 
 
 def read_segments(path: Path) -> list[Segment]:
-    """The segments in an archive directory (or one segment file), oldest first."""
-    return read_archives([path])
+    """The entry segments in an archive directory (or one segment file), oldest first."""
+    return [s for s in read_archives([path]) if isinstance(s, Segment)]
 
 
-def read_archives(paths: Sequence[Path]) -> list[Segment]:
+def read_custody(path: Path) -> list[CustodySegment]:
+    """The custody segments (archived handoffs, ADR 0010 step 2) in an archive directory."""
+    return [s for s in read_archives([path]) if isinstance(s, CustodySegment)]
+
+
+def read_archives(paths: Sequence[Path]) -> list[Segment | CustodySegment]:
     """The segments in several archive directories (or segment files), oldest first.
 
     After migrations an object's archive is spread over the hosts that compacted it (each
@@ -360,20 +515,26 @@ def read_archives(paths: Sequence[Path]) -> list[Segment]:
     and the one that did) are both kept: :func:`verify_archived` picks the chain."""
     files: list[Path] = []
     for path in paths:
-        files.extend(sorted(path.glob("*.seg")) if path.is_dir() else [path])
+        files.extend(
+            sorted([*path.glob("*.seg"), *path.glob("*.cus")]) if path.is_dir() else [path]
+        )
         if len(files) > MAX_SEGMENTS:
             raise ConfigError(
                 f"{path} brings the archive to {len(files)} segments; at most {MAX_SEGMENTS}",
                 hint="verify an object's own archive directories only",
             )
-    segments = []
+    segments: list[Segment] = []
+    handoffs: list[CustodySegment] = []
     for file in files:
         try:
             raw = file.read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read {file}: {exc.strerror}") from exc
-        segments.append(Segment.decode(raw))
-    return sorted(segments, key=lambda s: (s.start, -len(s.entries)))
+        if file.suffix == ".cus":
+            handoffs.append(CustodySegment.decode(raw))
+        else:
+            segments.append(Segment.decode(raw))
+    return [*sorted(segments, key=lambda s: (s.start, -len(s.entries))), *handoffs]
 
 
 #: Chains of segments tried against the base's root before giving up (they differ only
@@ -427,8 +588,79 @@ def _chains(segments: Sequence[Segment], size: int, reach: list[int]) -> Iterato
         frames.append([position + len(segment.entries), 0, False])
 
 
+def archived_custody(
+    segments: Sequence[CustodySegment], lineage: Lineage, *, object_id: str
+) -> tuple[tuple[dsse.Envelope, ...], tuple[dsse.Envelope, ...]]:
+    """The handoffs archived before the oldest carried departure of ``lineage`` (ADR 0010
+    step 2), from ``segments`` (several hosts' archives, spares included): a contiguous
+    run from hop 0 that digests to that departure's ``custody``. Only the digest is
+    checked here; the signatures and ADR 0004's rules are checked over the reassembled
+    history by :func:`verify_archived`. ((), ()) when nothing is archived."""
+    if not lineage.checkpoints:
+        return (), ()
+    oldest = Checkpoint.decode(lineage.checkpoints[0].payload)
+    count = archived_handoffs(oldest)
+    if not count:
+        return (), ()
+    by_first: dict[int, list[CustodySegment]] = {}
+    for segment in segments:
+        if segment.object_id != object_id:
+            raise LineageError(
+                f"a custody segment is of {segment.object_id}, not {object_id}",
+                hint="give only the archive directories of the object verified",
+            )
+        by_first.setdefault(segment.first, []).append(segment)
+    # Depth-first over segments that continue where the run ends (spares of compactions
+    # that did not commit may overlap); bounded by MAX_CHAINS_TRIED runs.
+    tried = 0
+    reached = 0
+
+    def runs(
+        at: int, departures: list[bytes], arrivals: list[bytes]
+    ) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        nonlocal tried, reached
+        reached = max(reached, at)
+        if at == count:
+            tried += 1
+            yield departures, arrivals
+            return
+        for segment in by_first.get(at, ()):
+            end = at + len(segment.departures)
+            if end <= count and segment.departures and tried < MAX_CHAINS_TRIED:
+                yield from runs(
+                    end, [*departures, *segment.departures], [*arrivals, *segment.arrivals]
+                )
+
+    found_any = False
+    for departures, arrivals in runs(0, [], []):
+        found_any = True
+        try:
+            opened = [dsse.from_json(raw, max_size=MAX_SEGMENT_BYTES) for raw in departures]
+            acks = [dsse.from_json(raw, max_size=MAX_SEGMENT_BYTES) for raw in arrivals]
+        except GatewayError:
+            continue
+        value = custody_chain.commitment(
+            object_id, [e.payload for e in opened], [e.payload for e in acks]
+        )
+        if value == oldest.custody:
+            return tuple(opened), tuple(acks)
+    if not found_any:
+        raise LineageError(
+            f"the archive holds handoffs 0 to {reached - 1} contiguously; the object's oldest "
+            f"carried departure follows {count} archived handoffs",
+            hint="a custody segment is missing; export the archive of every host that held "
+            "the object and pass each with --archive",
+        )
+    raise LineageError(
+        f"the {count} archived handoffs do not digest to the custody the oldest carried "
+        f"departure (by {oldest.host}) commits to",
+        hint="the archive is not this object's, or a handoff in it was hidden, reordered, "
+        "altered or invented",
+    )
+
+
 def verify_archived(
-    segments: Sequence[Segment],
+    segments: Sequence[Segment | CustodySegment],
     lineage: Lineage,
     *,
     object_id: str,
@@ -443,12 +675,21 @@ def verify_archived(
     compaction that never committed): the chain used is contiguous from entry 0 to the
     base, and must rebuild the root the base signed.
 
-    Raises :class:`LineageError` (or a signature's verification error)."""
+    Handoffs archived too (ADR 0010 step 2, :class:`CustodySegment`) are put back in
+    front of the carried ones once they digest to the oldest carried departure's
+    commitment (:func:`archived_custody`); the whole history then passes verify_lineage
+    (every original departure signature) and the custody rules of ADR 0004/0010 from the
+    first handoff (every arrival signature, the chain of holders, every commitment).
+
+    Raises :class:`LineageError` (or a signature's verification / custody error)."""
     verified = verify_lineage(lineage, object_id=object_id, trust=trust, sealed=sealed)
     base = lineage.base_claim()
     if base is None:
         return verified
-    for segment in segments:
+    handoffs = [s for s in segments if isinstance(s, CustodySegment)]
+    entries_archived = [s for s in segments if isinstance(s, Segment)]
+    departures, arrivals = archived_custody(handoffs, lineage, object_id=object_id)
+    for segment in entries_archived:
         if segment.object_id != object_id:
             raise LineageError(
                 f"an archive segment is of {segment.object_id}, not {object_id}",
@@ -456,7 +697,7 @@ def verify_archived(
             )
     reach = [0]
     archived: list[LineageEntry] | None = None
-    for tried, chain in enumerate(_chains(segments, base.size, reach)):
+    for tried, chain in enumerate(_chains(entries_archived, base.size, reach)):
         if tried == MAX_CHAINS_TRIED:
             break
         entries: list[LineageEntry] = []
@@ -480,7 +721,18 @@ def verify_archived(
         )
     whole = Lineage(
         entries=(*archived, *lineage.entries),
-        checkpoints=lineage.checkpoints,
-        arrivals=lineage.arrivals,
+        checkpoints=(*departures, *lineage.checkpoints),
+        arrivals=(*arrivals, *lineage.arrivals),
     )
-    return verify_lineage(whole, object_id=object_id, trust=trust, sealed=sealed)
+    result = verify_lineage(whole, object_id=object_id, trust=trust, sealed=sealed)
+    if departures:
+        from gateway.custody import verify_custody  # custody imports the lineage module
+
+        verify_custody(
+            whole,
+            result.checkpoints,
+            object_id=object_id,
+            trust=trust,
+            in_transit=len(whole.checkpoints) > len(whole.arrivals),
+        )
+    return result

@@ -49,7 +49,7 @@ from gateway import envelope as dsse
 from gateway import wire
 from gateway._decode import load_json
 from gateway._time import format_time, parse_time
-from gateway.archive import Segment, verify_archived
+from gateway.archive import CustodySegment, Segment, verify_archived
 from gateway.credentials import Grant, VerifiedChain, audience_admits, verify_chain, verify_grant
 from gateway.custody import Custody, require_extends_departures, verify_custody
 from gateway.errors import (
@@ -455,7 +455,7 @@ def audit(
     *,
     at: datetime | None = None,
     now: datetime,
-    archive: Sequence[Segment] | None = None,
+    archive: Sequence[Segment | CustodySegment] | None = None,
 ) -> Report:
     """Verify ``file`` against the trust ``bundles`` (name, signed bytes); see the module.
     ``now`` is only used when the file names no time of its own (its payload is unreadable).
@@ -599,7 +599,7 @@ def _verify(
     judged: datetime,
     bundles: tuple[BundleInfo, ...],
     checks: _Checks,
-    archive: Sequence[Segment] | None = None,
+    archive: Sequence[Segment | CustodySegment] | None = None,
 ) -> Report:
     lineage, object_id = subject.lineage, subject.object_id
     in_flight = subject.kind is not Kind.ARCHIVE

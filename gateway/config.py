@@ -739,15 +739,28 @@ _COMPACTION_KEYS = {
 def _lineage(r: _Reader, value: Any) -> LineageConfig:
     """``lineage: {compaction: {...} | true | false, fold_repeats: bool}``; every limit
     has a default, ``null`` switches one off, ``compaction: false`` switches it off."""
-    section = r.mapping(value, "lineage", {"compaction", "fold_repeats"}, set())
+    section = r.mapping(value, "lineage", {"compaction", "fold_repeats", "custody_keep"}, set())
     fold = (
         r.flag(section["fold_repeats"], "lineage.fold_repeats")
         if "fold_repeats" in section
         else True
     )
+    # ADR 0010 step 2: handoffs kept carried when compacting (checked by CompactionPolicy
+    # against the receivers' MIN_CARRIED_HANDOFFS and MAX_HANDOFFS).
+    custody: dict[str, Any] = (
+        {"custody_keep": r.count(section["custody_keep"], "lineage.custody_keep")}
+        if "custody_keep" in section
+        else {}
+    )
     compaction = section.get("compaction", True)
     if isinstance(compaction, bool):
-        return LineageConfig(compaction=CompactionPolicy(enabled=compaction), fold_repeats=fold)
+        try:
+            plain = CompactionPolicy(enabled=compaction, **custody)
+        except ConfigError as exc:
+            raise r.fail(
+                "lineage.custody_keep", exc.reason, exc.hint or "see docs/lineage.md"
+            ) from exc
+        return LineageConfig(compaction=plain, fold_repeats=fold)
     where = "lineage.compaction"
     given = r.mapping(compaction, where, _COMPACTION_KEYS, set())
     values: dict[str, Any] = {}
@@ -764,7 +777,7 @@ def _lineage(r: _Reader, value: Any) -> LineageConfig:
         age = given["max_age_seconds"]
         values["max_age"] = None if age is None else r.seconds(age, f"{where}.max_age_seconds")
     try:
-        policy = CompactionPolicy(**values)
+        policy = CompactionPolicy(**values, **custody)
     except ConfigError as exc:
         raise r.fail(where, exc.reason, exc.hint or "see docs/lineage.md") from exc
     archive_dir = (

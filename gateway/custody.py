@@ -31,6 +31,14 @@ Rules (:func:`verify_custody`):
    (gateway._custody_chain), and to its own index + 1; once one departure commits, every
    later one must (no downgrade). Checkpoints of earlier formats commit to nothing and are
    checked by rules 1-4 alone, as before.
+6. (ADR 0010 step 2) Handoffs older than the last K may be archived: the object then
+   carries departures from the oldest carried one, whose ``hops - 1`` is how many were
+   archived and whose ``custody`` is where the commitment chain continues from. Rules
+   1-5 hold over the carried ones (hop numbers offset by the archived count); the
+   receiver refuses fewer than ``MIN_CARRIED_HANDOFFS`` carried departures (its own
+   constant, never the sender's setting), so the archived custody is pinned by the
+   signatures of several later senders, not the presenter's alone. An oldest carried
+   departure without a commitment archives nothing: full evidence, checked as before.
 
 What this cannot see (DESIGN.md §6): a former holder that kept a stale copy and sends it,
 with a history that ends at its own earlier stay, to a host that never saw the object.
@@ -55,8 +63,14 @@ from gateway.credentials import VerifiedChain
 from gateway.errors import ConfigError, CustodyError, ExpiredError, VerificationError
 from gateway.handoff.messages import ReceiptKind
 from gateway.keys import Purpose
-from gateway.limits import MAX_HANDOFFS
-from gateway.lineage import Checkpoint, EntryKind, Lineage, credentials_digest
+from gateway.limits import MAX_HANDOFFS, MIN_CARRIED_HANDOFFS
+from gateway.lineage import (
+    Checkpoint,
+    EntryKind,
+    Lineage,
+    archived_handoffs,
+    credentials_digest,
+)
 from gateway.trust import TrustStore
 
 #: Most departures an object may record (the wire decoder refuses more before verifying).
@@ -67,8 +81,11 @@ MAX_DEPARTURES = MAX_HANDOFFS
 class Custody:
     """What the receiver established from signatures that are not the presenter's."""
 
-    hops: int  #: departures, including the one in transit
-    holders: tuple[str, ...]  #: every host that held the object, in order, creator first
+    hops: int  #: departures, including the one in transit (archived ones too)
+    #: every host that held the object, in order: creator first, or with handoffs
+    #: archived, the sender of the oldest carried departure first
+    holders: tuple[str, ...]
+    archived: int = 0  #: handoffs archived before the oldest carried departure (rule 6)
 
 
 def verify_custody(
@@ -89,6 +106,14 @@ def verify_custody(
         raise CustodyError(
             f"{object_id} records {len(checkpoints)} departures; at most {MAX_DEPARTURES}"
         )
+    archived = archived_handoffs(checkpoints[0]) if checkpoints else 0
+    if archived and len(checkpoints) < MIN_CARRIED_HANDOFFS:
+        raise CustodyError(
+            f"{object_id} carries {len(checkpoints)} departures and archived the {archived} "
+            f"before them; a receiver accepts archiving only with at least "
+            f"{MIN_CARRIED_HANDOFFS} carried",
+            hint="refuse the object; its sender must carry more handoffs (lineage.custody_keep)",
+        )
     for index in range(1, len(checkpoints)):
         before, after = checkpoints[index - 1], checkpoints[index]
         if after.host != before.to:
@@ -108,9 +133,18 @@ def verify_custody(
     # not opened again (VerifiedArrivals): an object that comes back carries them all.
     # The same bytes fix the custody commitments of those departures (rule 5), which were
     # checked then; the memory gives the commitment after them to continue from.
-    done, chain, running = VERIFIED_ARRIVALS.find(lineage, checkpoints, object_id, trust, completed)
+    done, chain, running = VERIFIED_ARRIVALS.find(
+        lineage,
+        checkpoints,
+        object_id,
+        trust,
+        completed,
+        # Rule 6: with handoffs archived the chain continues from the oldest carried
+        # departure's own commitment (pinned by every later carried one).
+        start=checkpoints[0].custody if archived else custody_chain.genesis(object_id),
+    )
     for index in range(done, len(checkpoints)):
-        _check_commitment(checkpoints, index, running, object_id)
+        _check_commitment(checkpoints, index, running, object_id, archived)
         if index >= completed:
             break  # the departure in transit: no arrival yet, nothing after it
         _check_arrival(
@@ -122,17 +156,21 @@ def verify_custody(
         )
     if completed > done:
         VERIFIED_ARRIVALS.remember(object_id, trust, completed, chain, running)
-    creator = lineage.creator()
+    creator = checkpoints[0].host if archived else lineage.creator()
     holders = [creator] if creator else []
     holders.extend(c.to for c in checkpoints[:completed])
-    return Custody(hops=len(checkpoints), holders=tuple(holders))
+    return Custody(hops=archived + len(checkpoints), holders=tuple(holders), archived=archived)
 
 
 def _check_commitment(
-    checkpoints: Sequence[Checkpoint], index: int, expected: bytes, object_id: str
+    checkpoints: Sequence[Checkpoint],
+    index: int,
+    expected: bytes,
+    object_id: str,
+    archived: int = 0,
 ) -> None:
-    """Rule 5 for departure ``index``; ``expected`` is C_index recomputed from what the
-    object carries (gateway._custody_chain)."""
+    """Rule 5 for carried departure ``index`` (hop ``archived + index + 1``); ``expected``
+    is its commitment recomputed from what the object carries (gateway._custody_chain)."""
     departure = checkpoints[index]
     if not departure.custody:
         if index and checkpoints[index - 1].custody:
@@ -142,10 +180,10 @@ def _check_commitment(
                 hint="refuse the object; its sender wrote a departure of an earlier format",
             )
         return
-    if departure.hops != index + 1:
+    if departure.hops != archived + index + 1:
         raise CustodyError(
             f"departure {index} of {object_id} (by {departure.host}) counts "
-            f"{departure.hops} hops; it is hop {index + 1}",
+            f"{departure.hops} hops; it is hop {archived + index + 1}",
             hint="refuse the object; its sender hid, invented or miscounted a handoff",
         )
     if departure.custody != expected:
@@ -221,9 +259,12 @@ class VerifiedArrivals:
         object_id: str,
         trust: TrustStore,
         completed: int,
+        *,
+        start: bytes,
     ) -> tuple[int, bytes, bytes]:
         """(arrivals already checked, their chained digest, the custody commitment after
-        them); (0, b"", C_0) on a miss. ``checkpoints``: the departures verify_lineage
+        them); (0, b"", ``start``) on a miss (C_0, or the oldest carried departure's
+        commitment when older handoffs are archived). ``checkpoints``: the departures verify_lineage
         decoded from ``lineage``. The commitment is a function of the object id and the
         departure and arrival payloads the digest covers, so it is exact on a hit."""
         key = (object_id, id(trust))
@@ -231,7 +272,7 @@ class VerifiedArrivals:
             found = self._seen.get(key)
             if found is not None:
                 self._seen.move_to_end(key)
-        miss = (0, b"", custody_chain.genesis(object_id))
+        miss = (0, b"", start)
         if found is None or found[0] is not trust or found[1] > completed:
             return miss
         count, remembered, commitment = found[1], found[2], found[3]

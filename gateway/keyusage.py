@@ -25,7 +25,7 @@ from gateway import envelope as dsse
 from gateway.errors import BadSignatureError, GatewayError
 from gateway.handoff.journal import Journal
 from gateway.keys import KeyRecord
-from gateway.lineage import Checkpoint
+from gateway.lineage import Checkpoint, handoffs_archived
 from gateway.model import GovernedObject, LifecycleState
 from gateway.stores import StateStore
 
@@ -59,6 +59,10 @@ def _signs(envelope: dsse.Envelope, record: KeyRecord) -> bool:
 def signed_by(obj: GovernedObject, record: KeyRecord) -> tuple[str, ...]:
     """The lineage checkpoints and grants of ``obj`` that ``record``'s key signed."""
     found: list[str] = []
+    try:  # numbered as in the whole history, archived handoffs (ADR 0010) included
+        offset = handoffs_archived(obj.lineage)
+    except GatewayError:
+        offset = 0
     for index, envelope in enumerate(obj.lineage.checkpoints):
         if not _signs(envelope, record):
             continue
@@ -66,7 +70,7 @@ def signed_by(obj: GovernedObject, record: KeyRecord) -> tuple[str, ...]:
             by = f" by {Checkpoint.decode(envelope.payload).host}"
         except GatewayError:
             by = ""  # stored, so verified once; say what we can rather than fail the scan
-        found.append(f"lineage checkpoint {index}{by}")
+        found.append(f"lineage checkpoint {offset + index}{by}")
     for index, compact in enumerate(obj.grants):
         try:
             kid = jwt.get_unverified_header(compact).get("kid")

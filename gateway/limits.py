@@ -78,6 +78,18 @@ MAX_OPEN_UPLOADS_PER_PEER: Final = 4
 #: Most handoffs an object may record (departures, and as many arrivals). Each costs the
 #: receiver signature checks, so the count is refused before any is verified.
 MAX_HANDOFFS: Final = 1024
+#: Most hops a departure may count (ADR 0010 step 2): once older handoffs are archived
+#: the object carries at most MAX_HANDOFFS of them, but its hop number keeps growing
+#: (2**40 hops of 5 s is far beyond any deployment). Bounds a decoded integer only.
+MAX_HOPS: Final = 2**40
+#: Fewest handoffs (departures) a receiver accepts an object carrying once any older one
+#: is archived (ADR 0010 step 2). A receiver rule, never the sender's configuration: with
+#: at least two carried departures at least one is by another host, so the archived
+#: custody is pinned by more than the presenter's own signature.
+MIN_CARRIED_HANDOFFS: Final = 8
+#: Default and bounds of ``lineage.custody_keep`` (handoffs a holder keeps carrying when
+#: it compacts): twice the receivers' floor, so normal compaction never trips it.
+DEFAULT_CUSTODY_KEEP: Final = 16
 
 # --- the evaluation cycle -----------------------------------------------------------
 

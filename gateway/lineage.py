@@ -57,7 +57,7 @@ from gateway.errors import (
 )
 from gateway.identity import HostId, ObjectId
 from gateway.keys import Purpose, Signer
-from gateway.limits import MAX_HANDOFFS
+from gateway.limits import MAX_HANDOFFS, MAX_HOPS
 from gateway.trust import TrustStore, canonical_json
 
 MAX_DETAIL = 1024
@@ -525,9 +525,10 @@ class Checkpoint:
             issued_at = parse_time(_field(document, "issued_at", str, what))
         except ValueError as exc:
             raise LineageError(f"{what}: {exc}") from exc
-        if "hops" in document and not 1 <= _field(document, "hops", int, what) <= MAX_HANDOFFS:
-            # A hop number is a departure's index + 1 (ADR 0010), so bounded like departures.
-            raise LineageError(f"{what}: hops must be between 1 and {MAX_HANDOFFS}")
+        if "hops" in document and not 1 <= _field(document, "hops", int, what) <= MAX_HOPS:
+            # A hop number is a departure's index + 1 (ADR 0010); archived handoffs (step 2)
+            # no longer count against MAX_HANDOFFS, so it has a bound of its own.
+            raise LineageError(f"{what}: hops must be between 1 and {MAX_HOPS}")
         # Interned: an object's checkpoints name the same few hosts and one object id,
         # and verified checkpoints are kept (VerifiedPrefixes).
         return cls(
@@ -1087,13 +1088,14 @@ class Lineage:
         count = len(self.checkpoints)
         if count and len(self.arrivals) >= count:
             previous = Checkpoint.decode(self.checkpoints[-1].payload)
-            if previous.custody and previous.hops == count:
+            # hops, not the carried count: older handoffs may be archived (ADR 0010 step 2)
+            if previous.custody and previous.hops >= count:
                 value = custody_chain.step(
                     previous.custody,
                     self.checkpoints[-1].payload,
                     self.arrivals[count - 1].payload,
                 )
-                return value, count + 1
+                return value, previous.hops + 1
         value = custody_chain.commitment(
             object_id,
             [c.payload for c in self.checkpoints],
@@ -1457,6 +1459,13 @@ def verify_lineage(
         # looked up for it before the checkpoint payload is parsed.
         first = lineage.entry(covered)
         host = first.host if first is not None else holder
+        if index == 0 and first is None:
+            # Handoffs before this departure may be archived (ADR 0010 step 2): then its
+            # sender is whoever signed it, pinned by the commitments of every later
+            # departure (gateway.custody checks them and the receiver's floor).
+            oldest = Checkpoint.decode(envelope.payload)
+            if archived_handoffs(oldest):
+                host = oldest.host
         opened: list[Checkpoint] = []  # the payload decoded once, for its time and here
 
         def signed_at(raw: bytes, opened: list[Checkpoint] = opened) -> datetime:
@@ -1519,7 +1528,12 @@ def verify_lineage(
     if base is not None and prefix is None:
         # With a remembered prefix the base and every archived departure are as checked
         # then (same base bytes; archived departures end at or before its size).
-        _check_base(base, checkpoints, creator)
+        _check_base(
+            base,
+            checkpoints,
+            creator,
+            handoffs_archived=archived_handoffs(checkpoints[0]) if checkpoints else 0,
+        )
     # The tree heads of the checkpoints that end among the carried entries, from one
     # compact range grown leaf by leaf (never a tree per checkpoint); from a remembered
     # prefix, only over the entries after it.
@@ -1573,10 +1587,30 @@ def verify_lineage(
     )
 
 
-def _check_base(base: Base, checkpoints: Sequence[Checkpoint], creator: str) -> None:
-    """The base against the departures: its cuts are exactly the archived departures,
-    each range of its spine rebuilds the root that departure's sender signed, and it is
-    signed by the host that held the object at its size."""
+def archived_handoffs(first: Checkpoint) -> int:
+    """Handoffs archived before ``first``, the oldest carried departure (ADR 0010 step 2):
+    its ``hops - 1`` when it commits to the custody before it, else 0 (full evidence)."""
+    return first.hops - 1 if first.custody and first.hops > 1 else 0
+
+
+def handoffs_archived(lineage: Lineage) -> int:
+    """Handoffs archived before the oldest departure ``lineage`` carries (ADR 0010 step
+    2); 0 with full evidence. Read from that departure's signed ``hops``: a count for
+    display and for comparing with a custody home, meaningful on a lineage that passed
+    gateway.custody.verify_custody (which pins it)."""
+    if not lineage.checkpoints:
+        return 0
+    return archived_handoffs(Checkpoint.decode(lineage.checkpoints[0].payload))
+
+
+def _check_base(
+    base: Base, checkpoints: Sequence[Checkpoint], creator: str, *, handoffs_archived: int = 0
+) -> None:
+    """The base against the carried departures: its cuts are exactly the carried
+    departures it covers, each range of its spine rebuilds the root that departure's
+    sender signed (the first range runs from entry 0, through any departures whose
+    handoffs were archived: ``handoffs_archived`` of them), and it is signed by the host that
+    held the object at its size."""
     archived = [c for c in checkpoints if c.size <= base.size]
     if tuple(c.size for c in archived) != base.cuts:
         raise LineageError(
@@ -1594,14 +1628,16 @@ def _check_base(base: Base, checkpoints: Sequence[Checkpoint], creator: str) -> 
             )
     if frontiers[-1].root() != base.root:
         raise LineageError(f"the lineage base by {base.host} does not match its own tree head")
-    holder = archived[-1].to if archived else creator
+    # With handoffs archived and no carried departure in the base, the oldest carried
+    # departure's sender held the object there.
+    holder = archived[-1].to if archived else checkpoints[0].host if handoffs_archived else creator
     if base.host != holder:
         raise LineageError(
             f"the lineage base is signed by {base.host}, but {holder} held the object after "
             f"entry {base.size - 1}",
             hint="only the holder compacts its object's lineage",
         )
-    if not archived and base.creator != base.host:
+    if not archived and not handoffs_archived and base.creator != base.host:
         raise LineageError("a lineage compacted before its first departure names another creator")
 
 

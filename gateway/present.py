@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from rich.table import Table
 
 from gateway._time import format_time
-from gateway.lineage import EntryKind, verify_lineage
+from gateway.lineage import EntryKind, handoffs_archived, verify_lineage
 from gateway.model import GovernedObject, LifecycleState
 
 if TYPE_CHECKING:
@@ -60,7 +60,12 @@ def describe_object(obj: GovernedObject) -> Table:
 
     home = root_home(obj.grants)
     table.add_row("custody home", home or "none (a stale copy is caught only where both meet)")
-    table.add_row("handoffs", f"{len(obj.lineage.arrivals)} completed")
+    archived = handoffs_archived(obj.lineage)  # ADR 0010 step 2
+    table.add_row(
+        "handoffs",
+        f"{archived + len(obj.lineage.arrivals)} completed"
+        + (f" ({archived} archived, {len(obj.lineage.arrivals)} carried)" if archived else ""),
+    )
     if obj.state is not LifecycleState.MOVED:
         authority = str(obj.authority.allow)
         if obj.authority.deny.capabilities:
@@ -219,7 +224,7 @@ def object_json(obj: GovernedObject) -> dict[str, Any]:
         "data_digest": obj.data_digest().hex(),
         "grants": len(obj.grants),
         "custody_home": root_home(obj.grants) or None,
-        "handoffs": len(obj.lineage.arrivals),
+        "handoffs": handoffs_archived(obj.lineage) + len(obj.lineage.arrivals),
         "authority": None if obj.state is LifecycleState.MOVED else str(obj.authority.allow),
         "rules": [r.name for r in obj.rules],
         "lineage_entries": len(obj.lineage),

@@ -76,7 +76,14 @@ from gateway.handoff.messages import Receipt, ReceiptKind, Transfer
 from gateway.handoff.peers import Peers
 from gateway.handoff.records import DestinationRecord, DestinationStep
 from gateway.limits import MAX_OPEN_UPLOADS_PER_PEER
-from gateway.lineage import Checkpoint, EntryKind, digest, verify_extends, verify_lineage
+from gateway.lineage import (
+    Checkpoint,
+    EntryKind,
+    digest,
+    handoffs_archived,
+    verify_extends,
+    verify_lineage,
+)
 from gateway.model import GovernedObject, LifecycleState
 from gateway.stores import Delete, Expect, Item, Operation, Put
 
@@ -1033,7 +1040,8 @@ class Destination:
             epoch=staged.epoch,
             migration=record.migration_id,
         )
-        departures = len(staged.lineage.checkpoints)
+        # ADR 0010 step 2: departures archived before the carried ones count too.
+        departures = handoffs_archived(staged.lineage) + len(staged.lineage.checkpoints)
         if granted.handoffs > departures:
             # The home granted more handoffs than the history shows: the sender left out
             # a stay (a round trip through itself, which no other host's signature in the

@@ -41,10 +41,12 @@ from gateway.archive import (
     MAX_SEGMENTS,
     ArchiveDir,
     CompactionPolicy,
+    CustodySegment,
     Segment,
-    compact,
+    compact_custody,
     compaction_cut,
     fold_repeats,
+    read_custody,
     read_segments,
 )
 from gateway.config import Config
@@ -70,6 +72,15 @@ def segment_key(tenant: str, object_id: str, start: int, count: int) -> str:
     return f"{archive_prefix(tenant, object_id)}{start:020d}+{count}"
 
 
+def custody_key(tenant: str, object_id: str, first: int, count: int) -> str:
+    """Where archived handoffs ``[first, first + count)`` are kept (ADR 0010 step 2)."""
+    return f"{archive_prefix(tenant, object_id)}custody-{first:020d}+{count}"
+
+
+def custody_index_key(tenant: str, object_id: str) -> str:
+    return f"{archive_prefix(tenant, object_id)}custody-index"
+
+
 def index_key(tenant: str, object_id: str) -> str:
     return f"{archive_prefix(tenant, object_id)}index"
 
@@ -83,6 +94,12 @@ class Archive(Protocol):
     async def segments(self, tenant: str, object_id: str) -> list[Segment]:
         """The segments of ``object_id`` held here, oldest first."""
 
+    async def write_custody(self, tenant: str, segment: CustodySegment) -> None:
+        """Store archived handoffs durably (ADR 0010 step 2), beside the entry segments."""
+
+    async def custody_segments(self, tenant: str, object_id: str) -> list[CustodySegment]:
+        """The custody segments of ``object_id`` held here, oldest first."""
+
 
 class StoreArchive:
     """Segments in the host's own state store, with an index record per object."""
@@ -92,7 +109,10 @@ class StoreArchive:
 
     async def held(self, tenant: str, object_id: str) -> tuple[list[tuple[int, int]], str | Expect]:
         """(start, count) of each segment held here, and the index's ETag."""
-        item = await self.store.get(index_key(tenant, object_id))
+        return await self._listed(index_key(tenant, object_id), object_id)
+
+    async def _listed(self, key: str, object_id: str) -> tuple[list[tuple[int, int]], str | Expect]:
+        item = await self.store.get(key)
         if item is None:
             return [], Expect.ABSENT
         try:
@@ -147,6 +167,49 @@ class StoreArchive:
                 continue  # another compaction of the same object updated the index first
         raise StoreError(f"the archive index of {object_id} kept changing under this write")
 
+    async def write_custody(self, tenant: str, segment: CustodySegment) -> None:
+        # Keyed by first hop and count, like entry segments: a racing compaction's
+        # spare never overwrites the one whose object committed. Listed in an index of
+        # its own (store keys are unlisted), updated in the same transaction.
+        object_id = segment.object_id
+        pair = (segment.first, len(segment.departures))
+        for _attempt in range(_INDEX_ATTEMPTS):
+            pairs, etag = await self._listed(custody_index_key(tenant, object_id), object_id)
+            listed = sorted({*pairs, pair})
+            if len(listed) > MAX_SEGMENTS:
+                raise LineageError(
+                    f"{object_id} has {MAX_SEGMENTS} custody segments on this host already",
+                    hint="raise lineage.custody_keep so each compaction archives more",
+                )
+            try:
+                await self.store.transact(
+                    [
+                        Put(
+                            key=custody_key(tenant, object_id, *pair),
+                            value=segment.encode(),
+                            etag=Expect.ANY,
+                        ),
+                        Put(
+                            key=custody_index_key(tenant, object_id),
+                            value=json.dumps(listed).encode(),
+                            etag=etag,
+                        ),
+                    ]
+                )
+                return
+            except ConcurrencyError:
+                continue
+        raise StoreError(f"the custody index of {object_id} kept changing under this write")
+
+    async def custody_segments(self, tenant: str, object_id: str) -> list[CustodySegment]:
+        pairs, _etag = await self._listed(custody_index_key(tenant, object_id), object_id)
+        keys = [custody_key(tenant, object_id, first, count) for first, count in pairs]
+        found = await self.store.get_many(keys) if keys else {}
+        return sorted(
+            (CustodySegment.decode(item.value) for item in found.values()),
+            key=lambda s: (s.first, len(s.departures)),
+        )
+
     async def segments(self, tenant: str, object_id: str) -> list[Segment]:
         pairs, _etag = await self.held(tenant, object_id)
         keys = [segment_key(tenant, object_id, start, count) for start, count in pairs]
@@ -172,11 +235,26 @@ class DirArchive:
                 hint="check lineage.compaction.archive_dir exists and is writable",
             ) from exc
 
+    async def write_custody(self, tenant: str, segment: CustodySegment) -> None:
+        try:
+            await asyncio.to_thread(self.files.write_custody, tenant, segment)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write a custody segment under {self.files.root}: {exc.strerror}",
+                hint="check lineage.compaction.archive_dir exists and is writable",
+            ) from exc
+
     async def segments(self, tenant: str, object_id: str) -> list[Segment]:
         folder = self.files.directory(tenant, object_id)
         if not folder.is_dir():
             return []
         return await asyncio.to_thread(read_segments, folder)
+
+    async def custody_segments(self, tenant: str, object_id: str) -> list[CustodySegment]:
+        folder = self.files.directory(tenant, object_id)
+        if not folder.is_dir():
+            return []
+        return await asyncio.to_thread(read_custody, folder)
 
 
 def compaction_for(config: Config, context: HostContext) -> Compaction:
@@ -243,15 +321,19 @@ class Compaction:
         keep = self.policy.keep(obj.lineage)
         if compaction_cut(obj.lineage, host=ctx.host, keep=keep) is None:
             return False  # only another host's stay is old enough to archive
-        lineage, segment = compact(
+        lineage, segment, custody = compact_custody(
             obj.lineage,
             object_id=object_id,
             host=ctx.host,
             at=now,
             signer=ctx.signer,
             keep=keep,
+            custody_keep=self.policy.custody_keep,
         )
         await self.archive.write(tenant, segment)
+        if custody is not None:
+            # Archive first here too: the handoffs are durable before the object drops them.
+            await self.archive.write_custody(tenant, custody)
         crash_point("compaction.after-archive")
         try:
             await ctx.journal.store.transact(
