@@ -212,9 +212,26 @@ def _from_hex(text: str, name: str, what: str, *, empty_ok: bool = False) -> byt
     return value
 
 
+#: The last time formatted and its text (one slot, replaced whole, so a thread never
+#: sees a time with another's text): a cycle's entries, and a batch of cycles, share
+#: one ``now``, so most entries encode the same time object as the entry before.
+_LAST_FORMATTED: tuple[datetime | None, str] = (None, "")
+
+
 def _format_utc(moment: datetime) -> str:
     """format_time, without the conversion when the time is already in UTC (decoded and
-    recorded times are)."""
+    recorded times are); the same time object as last time is not formatted again
+    (datetimes are immutable, and the slot holds it, so its id is not reused)."""
+    global _LAST_FORMATTED
+    last = _LAST_FORMATTED
+    if last[0] is moment:
+        return last[1]
+    text = _format_utc_now(moment)
+    _LAST_FORMATTED = (moment, text)
+    return text
+
+
+def _format_utc_now(moment: datetime) -> str:
     if moment.tzinfo is not UTC:
         return format_time(moment)
     # datetime's C isoformat (4-digit year, milliseconds truncated like format_time) ends

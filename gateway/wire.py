@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -506,15 +507,107 @@ def decode_cycle(raw: bytes) -> tuple[int, datetime | None] | None:
 
 def encode_object(obj: GovernedObject) -> bytes:
     """The at-rest form of an object (state, placement and all): the bytes of
-    :func:`_stored_to_pb`, serialized deterministically, assembled in three parts.
+    :func:`_stored_to_pb`, serialized deterministically, assembled from parts.
 
     Every cycle writes its object again, and the lineage is most of an object's bytes.
     A message's encoding is its fields' encodings in field-number order, so the parts
-    are serialized apart and joined: the snapshot (1; its rules memoised per rule set),
-    the grants (2, memoised), the lineage (3) and the fields after it (4-12). The
+    are serialized apart and joined: the snapshot's fields 1-6 (its rules memoised per
+    rule set), its cycle (7), its fields 8-11, the grants (2), the lineage's entries
+    (3.1), the lineage's other fields (3.2-3.4) and the fields after it (4-12). A cycle
+    changes only the cycle and the entries, so every other part is remembered
+    (:func:`_unchanged_parts`) by the identity of the values it was built from. The
     lineage's entries come from the encoding its log keeps (:func:`_entries_wire`),
     which grows by the new entries only. Same bytes as serializing the whole message
     (tests/test_object_encoding.py holds the two together)."""
+    head, after, credentials, rest, tail = _unchanged_parts(obj)
+    cycle = obj.cycle
+    state = object_pb2.ObjectSnapshot()
+    state.cycle.generation = cycle.generation
+    if cycle.interval is not None:
+        state.cycle.interval_ms = cycle.interval // timedelta(milliseconds=1)
+    if cycle.next_due is not None:
+        state.cycle.next_due.CopyFrom(_ts(cycle.next_due))
+    timing = state.SerializeToString(deterministic=True)
+    buffer, end = _entries_wire(obj.lineage)
+    # A view, released at once: a bytearray with a view alive cannot grow, and the log's
+    # buffer grows with the next append.
+    with memoryview(buffer) as view, view[:end] as entries:
+        return b"".join(
+            (
+                _SNAPSHOT_TAG,
+                _varint(len(head) + len(timing) + len(after)),
+                head,
+                timing,
+                after,
+                credentials,
+                _LINEAGE_TAG,
+                _varint(end + len(rest)),
+                entries,
+                rest,
+                tail,
+            )
+        )
+
+
+#: Encoded parts remembered (:func:`_unchanged_parts`): at most this many bytes, each
+#: part counted twice (the values held as its key are about as large).
+OBJECT_PARTS_MEMO_BYTES = 16 << 20
+OBJECT_PARTS_MEMO_ENTRIES = 16384
+
+_Parts = tuple[bytes, bytes, bytes, bytes, bytes]
+_OBJECT_PARTS: BoundedLru[tuple[int, ...], tuple[tuple[object, ...], bytes, _Parts]] = BoundedLru(
+    OBJECT_PARTS_MEMO_ENTRIES,
+    max_weight=OBJECT_PARTS_MEMO_BYTES,
+    weigh=lambda held: 2 * sum(map(len, held[2])),
+)
+
+
+def _unchanged_parts(obj: GovernedObject) -> _Parts:
+    """The parts of ``obj``'s encoding that are neither its cycle state nor its
+    lineage's entries, remembered by the identity of every value they are built from.
+    Each entry holds those values, so no id can be reused while it lives, and a hit is
+    checked value by value with ``is``: a hit is what encoding them again would give
+    (all are immutable). The data is held apart: a cycle whose rules write changes it
+    (and only the snapshot's fields 1-6 and 8-11 then: data and its size), so the rest
+    still comes from the memo.
+    A cycle rebuilds its object from the same values, so from its second cycle on an
+    object's encoding builds only its cycle state (and its data's fields, if written)."""
+    lineage = obj.lineage
+    held = (
+        obj.object_id,
+        obj.tenant,
+        obj.content_type,
+        obj.blob,
+        obj.rules,
+        obj.subscriptions,
+        obj.answers,
+        obj.grants,
+        obj.epoch,
+        obj.state,
+        obj.migration_id,
+        obj.moved_to,
+        obj.receipt,
+        obj.last_transfer_digest,
+        obj.authority,
+        obj.authority_expires,
+        lineage.checkpoints,
+        lineage.arrivals,
+        lineage.base,
+    )
+    key = tuple(map(id, held))
+    hit = _OBJECT_PARTS.get(key)
+    if hit is not None and all(map(operator.is_, hit[0], held)):
+        if hit[1] is obj.data:
+            return hit[2]
+        parts = (_head(obj), _after(obj), *hit[2][2:])
+    else:
+        parts = _encode_parts(obj)
+    _OBJECT_PARTS.put(key, (held, obj.data, parts))
+    return parts
+
+
+def _head(obj: GovernedObject) -> bytes:
+    """Fields 1-6 of the object's ObjectSnapshot (identity, data, rules)."""
     before = object_pb2.ObjectSnapshot(
         object_id=obj.object_id,
         tenant=obj.tenant,
@@ -522,25 +615,21 @@ def encode_object(obj: GovernedObject) -> bytes:
         content_type=obj.content_type,
         data_digest=obj.data_digest(),
     )
-    after = object_pb2.ObjectSnapshot(
+    return before.SerializeToString(deterministic=True) + _rules_wire(tuple(obj.rules))
+
+
+def _after(obj: GovernedObject) -> bytes:
+    """Fields 8-11 of the object's ObjectSnapshot (the data's size, subscriptions,
+    answers)."""
+    return object_pb2.ObjectSnapshot(
         data_size=obj.size,
         data_streamed=obj.blob is not None,
         subscriptions=obj.subscriptions,
         answers=[_answer_to_pb(a) for a in obj.answers],
-    )
-    cycle = obj.cycle
-    after.cycle.generation = cycle.generation
-    if cycle.interval is not None:
-        after.cycle.interval_ms = cycle.interval // timedelta(milliseconds=1)
-    if cycle.next_due is not None:
-        after.cycle.next_due.CopyFrom(_ts(cycle.next_due))
-    snapshot = b"".join(
-        (
-            before.SerializeToString(deterministic=True),
-            _rules_wire(tuple(obj.rules)),
-            after.SerializeToString(deterministic=True),
-        )
-    )
+    ).SerializeToString(deterministic=True)
+
+
+def _encode_parts(obj: GovernedObject) -> _Parts:
     tail = object_pb2.StoredObject(
         epoch=obj.epoch,
         state=_STATE_TO_PB[obj.state],
@@ -561,19 +650,12 @@ def encode_object(obj: GovernedObject) -> bytes:
         arrivals=[_envelope_bytes(a) for a in lineage.arrivals],
         base=_base_bytes(lineage.base) if lineage.base is not None else b"",
     ).SerializeToString(deterministic=True)
-    entries = _entries_wire(lineage)
-    return b"".join(
-        (
-            _SNAPSHOT_TAG,
-            _varint(len(snapshot)),
-            snapshot,
-            _credentials_wire(tuple(obj.grants)),
-            _LINEAGE_TAG,
-            _varint(len(entries) + len(rest)),
-            entries,
-            rest,
-            tail.SerializeToString(deterministic=True),
-        )
+    return (
+        _head(obj),
+        _after(obj),
+        _credentials_wire(tuple(obj.grants)),
+        rest,
+        tail.SerializeToString(deterministic=True),
     )
 
 
@@ -611,10 +693,12 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _entries_wire(lineage: Lineage) -> bytes:
+def _entries_wire(lineage: Lineage) -> tuple[bytearray, int]:
     """The encoding of field 1 of ``lineage``'s Lineage message (its entries), from the
     encoding its log keeps, extended by the entries not encoded yet. The log holds the
-    entries of every value appended from it; this value sees the first ``count``."""
+    entries of every value appended from it; this value sees the first ``count``: the
+    log's buffer and how many of its bytes are this value's (the caller takes a view,
+    not a copy, and releases it before the log can grow again)."""
     log = lineage._log
     count = len(lineage.entries)
     ends = log.wire_ends
@@ -627,9 +711,7 @@ def _entries_wire(lineage: Lineage) -> bytes:
             buffer += _varint(len(raw))
             buffer += raw
             ends.append(len(buffer))
-    if not count:
-        return b""
-    return bytes(memoryview(log.wire)[: ends[count - 1]])
+    return log.wire, ends[count - 1] if count else 0
 
 
 @functools.lru_cache(maxsize=4096)

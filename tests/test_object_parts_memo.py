@@ -1,0 +1,78 @@
+"""The object encoding's memo of unchanged parts (gateway.wire._unchanged_parts): an
+object rebuilt from the same values (as a cycle does) is encoded from remembered parts
+plus its new cycle state and entries, and must give exactly the bytes of serializing
+the whole message; any field changed to a new value must not be served from the memo;
+the memo stays within its byte bound."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+from gateway import wire
+from gateway.authority import Capability, CapabilitySet, EffectiveAuthority
+from gateway.lineage import EntryKind
+from gateway.model import CycleState, LifecycleState
+from tests.test_compaction import created, cycle, depart
+from tests.test_lineage import HOST_A, HOST_B, T0
+from tests.test_object_encoding import whole
+
+
+def test_cycles_encoded_from_remembered_parts_are_the_whole_message() -> None:
+    obj = replace(created(), cycle=CycleState(generation=0, interval=timedelta(seconds=5)))
+    wire.encode_object(obj)
+    hits = wire._OBJECT_PARTS.hits
+    for generation in range(20):
+        after = cycle(obj, generation, host=HOST_A, denial="publish: denied")
+        # A rule's write every other cycle: new data (and size), the rest unchanged.
+        data = obj.data if generation % 2 else b'{"checked":%d}' % generation
+        obj = replace(
+            after,
+            data=data,
+            cycle=CycleState(
+                generation=generation + 1,
+                interval=timedelta(seconds=5),
+                next_due=T0 + timedelta(seconds=5 * generation),
+            ),
+        )
+        assert wire.encode_object(obj) == whole(obj)
+    assert wire._OBJECT_PARTS.hits - hits >= 20  # the parts did come from the memo
+
+
+def test_a_changed_field_is_never_served_from_the_memo() -> None:
+    obj = created()
+    first = wire.encode_object(obj)
+    assert wire.encode_object(obj) == first
+    gone = depart(obj, host=HOST_A, to=HOST_B, migration="mig-1")
+    changes = [
+        replace(obj, state=LifecycleState.FROZEN, migration_id="mig-1"),
+        replace(obj, state=LifecycleState.MOVED, moved_to=HOST_B, migration_id="mig-1"),
+        replace(obj, epoch=obj.epoch + 1),
+        replace(
+            obj,
+            authority=EffectiveAuthority(
+                allow=CapabilitySet(capabilities=(Capability.of("pubsub:alerts/*", "publish"),))
+            ),
+        ),
+        replace(obj, grants=("a.b.c",)),
+        replace(obj, subscriptions=("orders/new",)),
+        replace(obj, data=b'{"x":1}'),
+        replace(obj, authority_expires=T0 + timedelta(days=1)),
+        replace(obj, last_transfer_digest=bytes(32)),
+        gone,
+        obj.record(EntryKind.EVALUATED, host=HOST_A, at=T0 + timedelta(seconds=1)),
+    ]
+    for changed in changes:
+        encoded = wire.encode_object(changed)
+        assert encoded == whole(changed)
+        assert encoded != first
+    assert wire.encode_object(obj) == first  # and the original is still its own bytes
+
+
+def test_the_memo_stays_within_its_bytes() -> None:
+    big = b'{"pad":"' + b"x" * 60_000 + b'"}'
+    for index in range(2 * wire.OBJECT_PARTS_MEMO_BYTES // (2 * len(big)) + 8):
+        obj = replace(created(), object_id=f"obj-{index}", data=big)
+        wire.encode_object(obj)
+        assert wire._OBJECT_PARTS._weight <= wire.OBJECT_PARTS_MEMO_BYTES
+    assert len(wire._OBJECT_PARTS._entries) < 2 * wire.OBJECT_PARTS_MEMO_BYTES // (2 * len(big))
