@@ -579,42 +579,39 @@ class SqliteStore:
         the transaction itself cannot begin or commit.
         """
         connection = self._connection
-        outcomes: builtins.list[BaseException | None] = []
         connection.execute("BEGIN IMMEDIATE")
-        if len(group) == 1:
-            # One caller (every commit of a quiet host): the transaction is its savepoint;
-            # a failure rolls it all back, which is all the caller's writes.
-            try:
-                self._apply(group[0])
-            except (ConcurrencyError, sqlite3.Error) as exc:
-                _rollback(connection)
-                return [exc]
-            except BaseException:
-                _rollback(connection)
-                raise
-            try:
-                connection.execute("COMMIT")
-            except BaseException:
-                _rollback(connection)
-                raise
-            return [None]
         try:
-            for ops in group:
-                connection.execute("SAVEPOINT caller")
-                try:
-                    self._apply(ops)
-                except (ConcurrencyError, sqlite3.Error) as exc:
-                    connection.execute("ROLLBACK TO caller")
-                    connection.execute("RELEASE caller")
-                    outcomes.append(exc)
-                    continue
-                connection.execute("RELEASE caller")
-                outcomes.append(None)
+            if len(group) == 1:
+                # One caller (every commit of a quiet host): the transaction is its
+                # savepoint; a failure rolls it all back, which is all its writes.
+                outcomes = [self._apply_caller(group[0], savepoint=False)]
+                if outcomes[0] is not None:
+                    _rollback(connection)
+                    return outcomes
+            else:
+                outcomes = [self._apply_caller(ops, savepoint=True) for ops in group]
             connection.execute("COMMIT")
         except BaseException:
             _rollback(connection)
             raise
         return outcomes
+
+    def _apply_caller(self, ops: tuple[Operation, ...], *, savepoint: bool) -> BaseException | None:
+        """One caller's writes, or the error that refused them (rolled back to its
+        savepoint when it has one; without one the caller rolls back the transaction)."""
+        connection = self._connection
+        if savepoint:
+            connection.execute("SAVEPOINT caller")
+        try:
+            self._apply(ops)
+        except (ConcurrencyError, sqlite3.Error) as exc:
+            if savepoint:
+                connection.execute("ROLLBACK TO caller")
+                connection.execute("RELEASE caller")
+            return exc
+        if savepoint:
+            connection.execute("RELEASE caller")
+        return None
 
     def _apply(self, ops: tuple[Operation, ...]) -> None:
         connection = self._connection
