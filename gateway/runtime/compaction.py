@@ -136,70 +136,64 @@ class StoreArchive:
         return [(start, count) for start, count in listed], item.etag
 
     async def write(self, tenant: str, segment: Segment) -> None:
-        object_id = segment.object_id
-        count = len(segment.entries)
-        for _attempt in range(_INDEX_ATTEMPTS):
-            pairs, etag = await self.held(tenant, object_id)
-            listed = sorted({*pairs, (segment.start, count)})
-            if len(listed) > MAX_SEGMENTS:
-                raise LineageError(
-                    f"{object_id} has {MAX_SEGMENTS} archive segments on this host already",
-                    hint="raise lineage.compaction.max_entries so each compaction archives more",
-                )
-            try:
-                await self.store.transact(
-                    [
-                        # The same (start, count) again is the same entries again (a retry).
-                        Put(
-                            key=segment_key(tenant, object_id, segment.start, count),
-                            value=segment.encode(),
-                            etag=Expect.ANY,
-                        ),
-                        Put(
-                            key=index_key(tenant, object_id),
-                            value=json.dumps(listed).encode(),
-                            etag=etag,
-                        ),
-                    ]
-                )
-                return
-            except ConcurrencyError:
-                continue  # another compaction of the same object updated the index first
-        raise StoreError(f"the archive index of {object_id} kept changing under this write")
+        pair = (segment.start, len(segment.entries))
+        await self._write_listed(
+            segment.object_id,
+            kind="archive",
+            key=segment_key(tenant, segment.object_id, *pair),
+            index=index_key(tenant, segment.object_id),
+            pair=pair,
+            value=segment.encode(),
+            hint="raise lineage.compaction.max_entries so each compaction archives more",
+        )
 
     async def write_custody(self, tenant: str, segment: CustodySegment) -> None:
         # Keyed by first hop and count, like entry segments: a racing compaction's
         # spare never overwrites the one whose object committed. Listed in an index of
         # its own (store keys are unlisted), updated in the same transaction.
-        object_id = segment.object_id
         pair = (segment.first, len(segment.departures))
+        await self._write_listed(
+            segment.object_id,
+            kind="custody",
+            key=custody_key(tenant, segment.object_id, *pair),
+            index=custody_index_key(tenant, segment.object_id),
+            pair=pair,
+            value=segment.encode(),
+            hint="raise lineage.custody_keep so each compaction archives more",
+        )
+
+    async def _write_listed(
+        self,
+        object_id: str,
+        *,
+        kind: str,
+        key: str,
+        index: str,
+        pair: tuple[int, int],
+        value: bytes,
+        hint: str,
+    ) -> None:
+        """Put one segment and list it in its index, in one transaction."""
         for _attempt in range(_INDEX_ATTEMPTS):
-            pairs, etag = await self._listed(custody_index_key(tenant, object_id), object_id)
+            pairs, etag = await self._listed(index, object_id)
             listed = sorted({*pairs, pair})
             if len(listed) > MAX_SEGMENTS:
                 raise LineageError(
-                    f"{object_id} has {MAX_SEGMENTS} custody segments on this host already",
-                    hint="raise lineage.custody_keep so each compaction archives more",
+                    f"{object_id} has {MAX_SEGMENTS} {kind} segments on this host already",
+                    hint=hint,
                 )
             try:
                 await self.store.transact(
                     [
-                        Put(
-                            key=custody_key(tenant, object_id, *pair),
-                            value=segment.encode(),
-                            etag=Expect.ANY,
-                        ),
-                        Put(
-                            key=custody_index_key(tenant, object_id),
-                            value=json.dumps(listed).encode(),
-                            etag=etag,
-                        ),
+                        # The same (start, count) again is the same entries again (a retry).
+                        Put(key=key, value=value, etag=Expect.ANY),
+                        Put(key=index, value=json.dumps(listed).encode(), etag=etag),
                     ]
                 )
                 return
             except ConcurrencyError:
-                continue
-        raise StoreError(f"the custody index of {object_id} kept changing under this write")
+                continue  # another compaction of the same object updated the index first
+        raise StoreError(f"the {kind} index of {object_id} kept changing under this write")
 
     async def custody_segments(self, tenant: str, object_id: str) -> list[CustodySegment]:
         pairs, _etag = await self._listed(custody_index_key(tenant, object_id), object_id)
