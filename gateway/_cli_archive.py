@@ -22,19 +22,25 @@ from gateway._cli_base import _object_id, _with_host
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
-    from gateway.archive import Segment
+    from gateway.archive import CustodySegment, Segment
     from gateway.host import Host
 
 
-def write_segments(segments: Sequence[Segment], directory: Path) -> list[Path]:
-    """Write each segment as a file in ``directory`` (created if missing)."""
-    from gateway.archive import segment_file_name
+def write_segments(segments: Sequence[Segment | CustodySegment], directory: Path) -> list[Path]:
+    """Write each segment (entries as ``.seg``, archived handoffs as ``.cus``) as a file in
+    ``directory`` (created if missing)."""
+    from gateway.archive import CustodySegment, custody_file_name, segment_file_name
 
     written = []
     try:
         directory.mkdir(parents=True, exist_ok=True)
         for segment in segments:
-            path = directory / segment_file_name(segment)
+            name = (
+                custody_file_name(segment)
+                if isinstance(segment, CustodySegment)
+                else segment_file_name(segment)
+            )
+            path = directory / name
             temporary = path.with_suffix(".tmp")
             temporary.write_bytes(segment.encode())
             os.replace(temporary, path)
@@ -51,22 +57,11 @@ async def export_archive(
     host: Host, object_id: str, tenant: str, directory: Path
 ) -> dict[str, Any]:
     """Copy the object's segments held on ``host`` into ``directory``; what was written."""
-    from gateway.archive import custody_file_name
-
     segments = await host.compaction.archive.segments(host.tenant(tenant), object_id)
     paths = write_segments(segments, directory)
     # Archived handoffs (ADR 0010 step 2) beside them, for `gateway verify --archive`.
     handoffs = await host.compaction.archive.custody_segments(host.tenant(tenant), object_id)
-    for handoff in handoffs:
-        path = directory / custody_file_name(handoff)
-        try:
-            path.with_suffix(".tmp").write_bytes(handoff.encode())
-            os.replace(path.with_suffix(".tmp"), path)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot write the archive to {directory}: {exc.strerror}",
-                hint="name a directory you can write to",
-            ) from exc
+    handoff_paths = write_segments(handoffs, directory)
     return {
         "object_id": object_id,
         "host": host.host_id,
@@ -75,21 +70,30 @@ async def export_archive(
             {"start": s.start, "entries": len(s.entries), "file": str(p)}
             for s, p in zip(segments, paths, strict=True)
         ],
+        "custody": [
+            {"first_hop": h.first, "handoffs": len(h.departures), "file": str(p)}
+            for h, p in zip(handoffs, handoff_paths, strict=True)
+        ],
     }
 
 
 def describe(exported: dict[str, Any]) -> str:
-    segments = exported["segments"]
-    if not segments:
+    segments, custody = exported["segments"], exported["custody"]
+    if not segments and not custody:
         return (
             f"no archive segments of {exported['object_id']} on {exported['host']} "
             "(it was not compacted here)"
         )
     entries = sum(s["entries"] for s in segments)
     ranges = ", ".join(f"{s['start']}-{s['start'] + s['entries'] - 1}" for s in segments)
+    wrote = f"{entries} entries ({ranges or 'none'})"
+    if custody:
+        handoffs = sum(c["handoffs"] for c in custody)
+        hops = ", ".join(f"{c['first_hop']}-{c['first_hop'] + c['handoffs'] - 1}" for c in custody)
+        wrote += f" and {handoffs} archived handoffs (hops {hops})"
     return (
-        f"wrote {len(segments)} segment(s) of {exported['object_id']} to {exported['directory']}: "
-        f"{entries} entries ({ranges}); verify with `gateway verify FILE --archive "
+        f"wrote {len(segments) + len(custody)} segment(s) of {exported['object_id']} to "
+        f"{exported['directory']}: {wrote}; verify with `gateway verify FILE --archive "
         f"{exported['directory']} --trust BUNDLE ...` (one --archive per host that held it)"
     )
 

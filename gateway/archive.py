@@ -55,7 +55,7 @@ from gateway.lineage import (
     Lineage,
     LineageEntry,
     VerifiedLineage,
-    archived_handoffs,
+    archived_before,
     verify_lineage,
 )
 from gateway.model import GovernedObject
@@ -434,7 +434,7 @@ def compact_custody(
             cuts=base.cuts[drop:],
             spine=(tuple(folded.hashes), *base.spine[drop + 1 :]),
         )
-        first = archived_handoffs(departures[0])
+        first = archived_before(departures[0])
         custody = CustodySegment(
             object_id=object_id,
             first=first,
@@ -599,7 +599,7 @@ def archived_custody(
     if not lineage.checkpoints:
         return (), ()
     oldest = Checkpoint.decode(lineage.checkpoints[0].payload)
-    count = archived_handoffs(oldest)
+    count = archived_before(oldest)
     if not count:
         return (), ()
     by_first: dict[int, list[CustodySegment]] = {}

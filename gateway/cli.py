@@ -1446,8 +1446,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--archive",
         action="append",
         metavar="DIR",
-        help="the object's lineage archive (a directory of segments, or one segment file): "
-        "also verify the whole history, archived entries included (docs/lineage.md); repeat "
+        help="the object's lineage archive (a directory of .seg entry segments and .cus "
+        "custody segments, or one such file): also verify the whole history, archived entries "
+        "and archived handoffs included, every original signature (docs/lineage.md); repeat "
         "for the archive of every host that compacted it",
     )
     verify.add_argument(

@@ -68,7 +68,7 @@ from gateway.lineage import (
     Checkpoint,
     EntryKind,
     Lineage,
-    archived_handoffs,
+    archived_before,
     credentials_digest,
 )
 from gateway.trust import TrustStore
@@ -106,7 +106,7 @@ def verify_custody(
         raise CustodyError(
             f"{object_id} records {len(checkpoints)} departures; at most {MAX_DEPARTURES}"
         )
-    archived = archived_handoffs(checkpoints[0]) if checkpoints else 0
+    archived = archived_before(checkpoints[0]) if checkpoints else 0
     if archived and len(checkpoints) < MIN_CARRIED_HANDOFFS:
         raise CustodyError(
             f"{object_id} carries {len(checkpoints)} departures and archived the {archived} "

@@ -1481,7 +1481,7 @@ def verify_lineage(
             # sender is whoever signed it, pinned by the commitments of every later
             # departure (gateway.custody checks them and the receiver's floor).
             oldest = Checkpoint.decode(envelope.payload)
-            if archived_handoffs(oldest):
+            if archived_before(oldest):
                 host = oldest.host
         opened: list[Checkpoint] = []  # the payload decoded once, for its time and here
 
@@ -1549,7 +1549,7 @@ def verify_lineage(
             base,
             checkpoints,
             creator,
-            handoffs_archived=archived_handoffs(checkpoints[0]) if checkpoints else 0,
+            handoffs_archived=archived_before(checkpoints[0]) if checkpoints else 0,
         )
     # The tree heads of the checkpoints that end among the carried entries, from one
     # compact range grown leaf by leaf (never a tree per checkpoint); from a remembered
@@ -1604,7 +1604,7 @@ def verify_lineage(
     )
 
 
-def archived_handoffs(first: Checkpoint) -> int:
+def archived_before(first: Checkpoint) -> int:
     """Handoffs archived before ``first``, the oldest carried departure (ADR 0010 step 2):
     its ``hops - 1`` when it commits to the custody before it, else 0 (full evidence)."""
     return first.hops - 1 if first.custody and first.hops > 1 else 0
@@ -1617,7 +1617,7 @@ def handoffs_archived(lineage: Lineage) -> int:
     gateway.custody.verify_custody (which pins it)."""
     if not lineage.checkpoints:
         return 0
-    return archived_handoffs(Checkpoint.decode(lineage.checkpoints[0].payload))
+    return archived_before(Checkpoint.decode(lineage.checkpoints[0].payload))
 
 
 def _check_base(

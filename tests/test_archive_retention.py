@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from gateway.archive import ArchiveDir, read_segments, verify_archived
+from gateway.archive import ArchiveDir, CustodySegment, read_custody, read_segments, verify_archived
 from gateway.config import ConfigError
 from gateway.host import Host
-from gateway.runtime.compaction import StoreArchive
+from gateway.runtime.compaction import StoreArchive, index_key, segment_key
+from gateway.stores import Delete, Expect
 from gateway.testing import create_from_spec
 from gateway.testing.faults import SettableClock
 from gateway.testing.harness import InProcessWorld
@@ -168,3 +169,84 @@ def test_gateway_sweep_names_the_segments_it_would_prune_then_prunes_them(
         assert world.run(_held(host_a, STAYING)) == staying
         again = world.run(sweep(host_a, dry_run=True))
         assert again["archive"]["objects"] == []
+
+
+def _custody(object_id: str, first: int, count: int) -> CustodySegment:
+    """A custody segment as compaction archives one (ADR 0010 step 2). The pruner treats
+    its handoffs as opaque bytes: it moves and deletes them, it does not verify them."""
+    return CustodySegment(
+        object_id=object_id,
+        first=first,
+        departures=tuple(f"departure {first + i}".encode() for i in range(count)),
+        arrivals=tuple(f"arrival {first + i}".encode() for i in range(count)),
+    )
+
+
+async def _custody_held(host: Host, object_id: str) -> int:
+    pairs, _etag = await StoreArchive(host.store).held_custody("default", object_id)
+    return len(pairs)
+
+
+def test_custody_segments_of_an_object_that_left_are_exported_then_pruned_too(
+    tmp_path: Path,
+) -> None:
+    """Archived handoffs (ADR 0010 step 2) follow the same retention as entry segments:
+    kept while the object lives here, kept before the retention, exported as ``.cus``
+    files then pruned after it; the tombstone may go only once both kinds are gone."""
+    export = tmp_path / "exported"
+    world = _compacted_world(
+        tmp_path / "w",
+        {**SMALL, "archive_retention_seconds": DAY, "archive_export_dir": str(export)},
+    )
+    with contextlib.closing(world):
+        host_a = world.hosts[HOST_A]
+        archive = StoreArchive(host_a.store)
+        for object_id in (LEAVING, STAYING):
+            for first in (0, 3):
+                world.run(archive.write_custody("default", _custody(object_id, first, 3)))
+        held = world.run(_held(host_a, LEAVING))
+        pruner = host_a.sweep.archives
+        assert pruner is not None
+        due = world.run(pruner.due())
+        assert due == [], "nothing before the retention"
+        world.clock(HOST_A).skew(DAY + 60)
+        assert [(d.object_id, d.segments) for d in world.run(pruner.due())] == [(LEAVING, held + 2)]
+        _files, pruned = world.run(host_a.sweep.run_once())
+        assert pruned == held + 2
+        assert world.run(_custody_held(host_a, LEAVING)) == 0
+        assert world.run(archive.custody_segments("default", LEAVING)) == []
+        assert world.run(_custody_held(host_a, STAYING)) == 2, "it lives here: its history"
+        assert world.run(pruner.tombstone_may_go("default", LEAVING))
+        exported = read_custody(ArchiveDir(export).directory("default", LEAVING))
+        assert exported == [_custody(LEAVING, 0, 3), _custody(LEAVING, 3, 3)]
+
+
+def test_a_tombstone_whose_custody_segments_remain_may_not_go(tmp_path: Path) -> None:
+    """The tombstone is the only way to find an object's archive keys: while custody
+    segments are held (here the only kind left, before the retention), the handoff
+    pruner must keep it; once the retention passed, asking prunes them and it may go."""
+    world = _compacted_world(tmp_path, {**SMALL, "archive_retention_seconds": DAY})
+    with contextlib.closing(world):
+        host_a = world.hosts[HOST_A]
+        archive = StoreArchive(host_a.store)
+        pairs, etag = world.run(archive.held("default", LEAVING))
+        world.run(
+            host_a.store.transact(
+                [
+                    *(
+                        Delete(key=segment_key("default", LEAVING, s, n), etag=Expect.ANY)
+                        for s, n in pairs
+                    ),
+                    Delete(key=index_key("default", LEAVING), etag=etag),
+                ]
+            )
+        )
+        world.run(archive.write_custody("default", _custody(LEAVING, 0, 4)))
+        pruner = host_a.sweep.archives
+        assert pruner is not None
+        assert world.run(_held(host_a, LEAVING)) == 0
+        assert not world.run(pruner.tombstone_may_go("default", LEAVING))
+        assert world.run(_custody_held(host_a, LEAVING)) == 1
+        world.clock(HOST_A).skew(DAY + 60)
+        assert world.run(pruner.tombstone_may_go("default", LEAVING))
+        assert world.run(_custody_held(host_a, LEAVING)) == 0

@@ -73,7 +73,11 @@ def test_an_object_moving_back_and_forth_carries_k_handoffs_and_verifies_offline
             cli(world, HOST_A, "object", "archive", OBJECT, tmp_path / "arch-a", "-o", "json")
         )
         assert exported["segments"]
-        assert list((tmp_path / "arch-a").glob("custody-*.cus"))
+        written = sorted((tmp_path / "arch-a").glob("custody-*.cus"))
+        assert written
+        # The JSON names each archived-handoff file it wrote, with its hop range.
+        assert sorted(Path(c["file"]) for c in exported["custody"]) == written
+        assert all(c["handoffs"] >= 1 for c in exported["custody"])
         object_file = tmp_path / "object.json"
         cli(
             world,

@@ -111,6 +111,12 @@ class StoreArchive:
         """(start, count) of each segment held here, and the index's ETag."""
         return await self._listed(index_key(tenant, object_id), object_id)
 
+    async def held_custody(
+        self, tenant: str, object_id: str
+    ) -> tuple[list[tuple[int, int]], str | Expect]:
+        """(first hop, count) of each custody segment held here, and its index's ETag."""
+        return await self._listed(custody_index_key(tenant, object_id), object_id)
+
     async def _listed(self, key: str, object_id: str) -> tuple[list[tuple[int, int]], str | Expect]:
         item = await self.store.get(key)
         if item is None:
@@ -196,7 +202,7 @@ class StoreArchive:
         raise StoreError(f"the {kind} index of {object_id} kept changing under this write")
 
     async def custody_segments(self, tenant: str, object_id: str) -> list[CustodySegment]:
-        pairs, _etag = await self._listed(custody_index_key(tenant, object_id), object_id)
+        pairs, _etag = await self.held_custody(tenant, object_id)
         keys = [custody_key(tenant, object_id, first, count) for first, count in pairs]
         found = await self.store.get_many(keys) if keys else {}
         return sorted(

@@ -25,7 +25,8 @@ Two leftovers of long-lived hosts (docs/storage.md, the pruning rule and "Blob d
     nothing is deleted rather than something in use.
 
 * **Archive segments of objects that left** (docs/lineage.md, "Retention"). Segments in
-  the host's store (``t/<tenant>/archive/…``) of an object whose record here is a MOVED
+  the host's store (``t/<tenant>/archive/…``: entry segments, and custody segments, the
+  handoffs compaction archived under ADR 0010 step 2, each kind with its own index) of an object whose record here is a MOVED
   tombstone are deleted once the departure is older than
   ``lineage.compaction.archive_retention_seconds``; **unset (the default), nothing is
   ever pruned**, as before. Segments of an object that lives here (ACTIVE, FROZEN,
@@ -51,7 +52,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -59,14 +60,20 @@ from pathlib import Path
 from google.protobuf.message import DecodeError
 
 from gateway import wire
-from gateway.archive import ArchiveDir, Segment
+from gateway.archive import ArchiveDir, CustodySegment, Segment
 from gateway.blobs import FILE_LOCATION, blob_directory, blob_file_name, fsync_directory
 from gateway.errors import ConcurrencyError, GatewayError, StoreError
 from gateway.handoff.context import HostContext
 from gateway.handoff.destination import UPLOAD_MARKERS
 from gateway.handoff.journal import DESTINATION_PREFIX, object_key
 from gateway.model import GovernedObject, LifecycleState
-from gateway.runtime.compaction import StoreArchive, index_key, segment_key
+from gateway.runtime.compaction import (
+    StoreArchive,
+    custody_index_key,
+    custody_key,
+    index_key,
+    segment_key,
+)
 from gateway.stores import Delete, Expect, Operation, Put, StateStore
 from gateway.v1 import journal_pb2, object_pb2
 
@@ -197,6 +204,37 @@ async def sweep_orphan_blobs(
     return removed
 
 
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """One kind of record a departed object's archive holds here, listed in its own index:
+    entry segments, or custody segments (ADR 0010 step 2). The pruner treats both alike."""
+
+    name: str
+    index: Callable[[str, str], str]
+    key: Callable[[str, str, int, int], str]
+    held: Callable[[StoreArchive, str, str], Awaitable[tuple[list[tuple[int, int]], str | Expect]]]
+    #: writes one stored segment as a file under an export directory
+    export: Callable[[ArchiveDir, str, bytes], Path]
+
+
+_KINDS = (
+    _Kind(
+        "entry",
+        index_key,
+        segment_key,
+        StoreArchive.held,
+        lambda files, tenant, raw: files.write(tenant, Segment.decode(raw)),
+    ),
+    _Kind(
+        "custody",
+        custody_index_key,
+        custody_key,
+        StoreArchive.held_custody,
+        lambda files, tenant, raw: files.write_custody(tenant, CustodySegment.decode(raw)),
+    ),
+)
+
+
 def departed_at(obj: GovernedObject) -> datetime | None:
     """When a MOVED tombstone's object left: the time of its last entry (the freeze of
     the departure, recorded by this host)."""
@@ -232,11 +270,15 @@ class ArchivePruner:
         MOVED tombstone's: :meth:`prune_object` checks)."""
         key = object_key(tenant, object_id)
         await self.prune_object(tenant, key, self.ctx.clock.now() - self.retention)
+        archive = StoreArchive(self.ctx.journal.store)
         try:
-            pairs, _etag = await StoreArchive(self.ctx.journal.store).held(tenant, object_id)
+            for kind in _KINDS:
+                pairs, _etag = await kind.held(archive, tenant, object_id)
+                if pairs:
+                    return False
         except StoreError:
             return False
-        return not pairs
+        return True
 
     async def _tombstones(self) -> AsyncIterator[tuple[str, str, bytes]]:
         """(tenant, key, stored bytes) of each MOVED record here, :data:`READ_BATCH` per
@@ -275,15 +317,18 @@ class ArchivePruner:
             when = departed_at(tombstone)
             if tombstone.state is not LifecycleState.MOVED or when is None or when >= cutoff:
                 continue
-            pairs, _etag = await archive.held(tenant, tombstone.object_id)
-            if pairs:
-                found.append(DueArchive(tenant, tombstone.object_id, when, len(pairs)))
+            held = 0
+            for kind in _KINDS:
+                pairs, _etag = await kind.held(archive, tenant, tombstone.object_id)
+                held += len(pairs)
+            if held:
+                found.append(DueArchive(tenant, tombstone.object_id, when, held))
         return found
 
     async def prune_object(self, tenant: str, key: str, cutoff: datetime) -> int:
         """Delete the segments of the tombstone at ``key`` if it left before ``cutoff``,
         :data:`SEGMENT_DELETE_BATCH` per transaction, each guarded by the tombstone's
-        ETag; returns how many were deleted."""
+        ETag, entry segments first, then custody segments; returns how many were deleted."""
         store = self.ctx.journal.store
         archive = StoreArchive(store)
         deleted = 0
@@ -299,25 +344,37 @@ class ArchivePruner:
             if tombstone.state is not LifecycleState.MOVED or when is None or when >= cutoff:
                 return deleted
             try:
-                pairs, index_etag = await archive.held(tenant, tombstone.object_id)
+                for kind in _KINDS:
+                    pairs, index_etag = await kind.held(archive, tenant, tombstone.object_id)
+                    if pairs:
+                        break
             except StoreError as exc:
                 log.warning("not pruning the archive of %s: %s", tombstone.object_id, exc)
                 return deleted
             if not pairs:
+                if deleted:
+                    log.info(
+                        "pruned the %d archive segments of %s (left %s)",
+                        deleted,
+                        tombstone.object_id,
+                        when.isoformat(),
+                    )
                 return deleted
             batch, rest = pairs[:SEGMENT_DELETE_BATCH], pairs[SEGMENT_DELETE_BATCH:]
-            if self.export_dir is not None and not await self._export(tenant, tombstone, batch):
+            if self.export_dir is not None and not await self._export(
+                tenant, tombstone, kind, batch
+            ):
                 return deleted
             operations: list[Operation] = [
                 # The guard: the same tombstone, unchanged since it was read. An object
                 # that came back meanwhile owns these segments again.
                 Put(key=key, value=item.value, etag=item.etag),
                 *(
-                    Delete(key=segment_key(tenant, tombstone.object_id, s, n), etag=_ANY)
+                    Delete(key=kind.key(tenant, tombstone.object_id, s, n), etag=_ANY)
                     for s, n in batch
                 ),
             ]
-            index = index_key(tenant, tombstone.object_id)
+            index = kind.index(tenant, tombstone.object_id)
             if rest:
                 operations.append(Put(key=index, value=_index_value(rest), etag=index_etag))
             else:
@@ -327,30 +384,22 @@ class ArchivePruner:
             except ConcurrencyError:
                 return deleted  # a compaction, an arrival or a pruner came first: next pass
             deleted += len(batch)
-            if not rest:
-                log.info(
-                    "pruned the %d archive segments of %s (left %s)",
-                    deleted,
-                    tombstone.object_id,
-                    when.isoformat(),
-                )
-                return deleted
 
     async def _export(
-        self, tenant: str, tombstone: GovernedObject, pairs: list[tuple[int, int]]
+        self, tenant: str, tombstone: GovernedObject, kind: _Kind, pairs: list[tuple[int, int]]
     ) -> bool:
-        """Write the segments ``pairs`` under :attr:`export_dir`; False if any could not
-        be read or written (then nothing is deleted)."""
+        """Write the segments ``pairs`` of ``kind`` under :attr:`export_dir`; False if any
+        could not be read or written (then nothing is deleted)."""
         assert self.export_dir is not None
         store = self.ctx.journal.store
-        keys = [segment_key(tenant, tombstone.object_id, s, n) for s, n in pairs]
+        keys = [kind.key(tenant, tombstone.object_id, s, n) for s, n in pairs]
         found = await store.get_many(keys)
         files = ArchiveDir(self.export_dir)
         try:
-            segments = [Segment.decode(found[k].value) for k in keys if k in found]
-            for segment in segments:
-                await asyncio.to_thread(files.write, tenant, segment)
-            if segments:
+            written = [found[k].value for k in keys if k in found]
+            for raw in written:
+                await asyncio.to_thread(kind.export, files, tenant, raw)
+            if written:
                 # The files' names too are durable before the store forgets the data.
                 await asyncio.to_thread(
                     fsync_directory, files.directory(tenant, tombstone.object_id)
