@@ -1658,13 +1658,25 @@ def _check_base(
         raise LineageError("a lineage compacted before its first departure names another creator")
 
 
-def verify_extends(lineage: Lineage, *, seen_size: int, seen_root: bytes) -> None:
-    """The lineage must start with exactly the ``seen_size`` entries seen before.
+def verify_extends(
+    lineage: Lineage, *, seen_size: int, seen_root: bytes, seen_departures: int = 0
+) -> bool:
+    """The lineage must start with exactly the ``seen_size`` entries seen before; True
+    once that is compared, False when it cannot be (below).
 
     Where those entries are archived in this copy, the history seen must end at one of
     the archived departures (a host sees an object's history when it lets it go), whose
     tree head the base's spine rebuilds (verify_lineage checked it against the
-    departure's signature)."""
+    departure's signature).
+
+    ``seen_departures`` is how many departures the history seen counts (its last one the
+    seeing host's own). When that departure is older than every departure this copy
+    carries (ADR 0010 step 2 archived it with the custody of its hop), the base has no
+    cut there to compare: an honest object that comes back after more than K hops looks
+    exactly so. Then only what is left is checked (this copy's archived handoffs count
+    that departure, and its oldest carried departure lies after the entries seen), and
+    False says the comparison itself rests on the signers of the carried departures
+    (ADR 0010's residual risk) and on the archive, as for the older custody."""
     if lineage.size < seen_size:
         raise LineageError(
             f"lineage has {lineage.size} entries, fewer than the {seen_size} seen here before",
@@ -1683,6 +1695,15 @@ def verify_extends(lineage: Lineage, *, seen_size: int, seen_root: bytes) -> Non
         base = lineage.base_claim()
         assert base is not None
         if seen_size not in base.cuts:
+            if 0 < seen_departures <= handoffs_archived(lineage):
+                oldest = Checkpoint.decode(lineage.checkpoints[0].payload)
+                if oldest.size <= seen_size:
+                    raise LineageError(
+                        f"the oldest departure this copy carries ends at entry {oldest.size}, "
+                        f"not after the {seen_size} entries seen here at an older departure",
+                        hint="refuse the object and compare both histories with `gateway lineage`",
+                    )
+                return False
             raise LineageError(
                 f"the {seen_size} entries seen here are archived in this copy, and it records "
                 "no departure there to compare",
@@ -1694,6 +1715,7 @@ def verify_extends(lineage: Lineage, *, seen_size: int, seen_root: bytes) -> Non
             "lineage does not extend the history seen here before (a fork or a rewrite)",
             hint="refuse the object and compare both histories with `gateway lineage`",
         )
+    return True
 
 
 def digest(data: bytes) -> bytes:

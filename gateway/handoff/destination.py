@@ -825,10 +825,17 @@ class Destination:
             raise LineageError("the data or credentials sent differ from what the lineage records")
         if previous is not None:
             try:
-                verify_extends(
+                compared = verify_extends(
                     obj.lineage,
                     seen_size=len(previous.lineage),
                     seen_root=previous.lineage.root(),
+                    # A tombstone is the history up to its freeze: the departure this
+                    # host then signed is the one after those it carries.
+                    seen_departures=handoffs_archived(previous.lineage)
+                    + len(previous.lineage.checkpoints)
+                    + 1
+                    if previous.state is LifecycleState.MOVED
+                    else 0,
                 )
             except LineageError as exc:
                 # Two histories of one object that do not extend each other: one of them
@@ -838,6 +845,13 @@ class Destination:
                     f"here ({previous.state.value}): {exc.reason}",
                     hint="the arriving copy is refused and kept as evidence; see `gateway forks`",
                 ) from exc
+            if not compared:
+                log.info(
+                    "%s comes back after more hops than it carries: the history seen here is "
+                    "archived in the arriving copy, so its extension rests on the carried "
+                    "departures' signers and the archive (ADR 0010)",
+                    obj.object_id,
+                )
             if previous.state is not LifecycleState.MOVED:
                 raise ObjectStateError(
                     f"{obj.object_id} is {previous.state.value} here already; refusing a second live copy",
