@@ -61,6 +61,64 @@ from gateway.testing import HostSpec, build_world, create_from_spec
 from gateway.testing.harness import InProcessWorld
 
 
+def native_memory() -> str:
+    """Where the RSS is, beyond the memos: anonymous vs file-backed pages (/proc), Python's
+    own object allocator (pymalloc arenas, mmapped outside malloc), and glibc's heap
+    (mallinfo2: in use, free inside the heap, mmapped blocks). Growth in "malloc in use"
+    that tracemalloc does not show is C code's (SQLite, gRPC, OpenSSL)."""
+    fields = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            if name in ("RssAnon", "RssFile", "RssShmem"):
+                fields[name] = int(value.split()[0]) / 1024
+    blocks = sys.getallocatedblocks()
+    text = " ".join(f"{k} {v:.1f}" for k, v in fields.items())
+    info = _mallinfo2()
+    if info is not None:
+        arena, hblkhd, uordblks, fordblks = info
+        text += (
+            f" | malloc heap {arena / 2**20:.1f} in use {uordblks / 2**20:.1f} "
+            f"free {fordblks / 2**20:.1f} mmapped {hblkhd / 2**20:.1f}"
+        )
+    traced = (
+        f" traced {tracemalloc.get_traced_memory()[0] / 2**20:.1f}"
+        if tracemalloc.is_tracing()
+        else ""
+    )
+    return f"{text} | python blocks {blocks}{traced}"
+
+
+def _mallinfo2() -> tuple[int, int, int, int] | None:
+    import ctypes
+    import ctypes.util
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
+
+    try:
+        function = ctypes.CDLL(ctypes.util.find_library("c")).mallinfo2
+    except (OSError, AttributeError, TypeError):
+        return None
+    function.restype = MallInfo2
+    info = function()
+    return info.arena, info.hblkhd, info.uordblks, info.fordblks
+
+
 def counters() -> dict[str, tuple[int, int, int]]:
     """(hits, misses, size) per memory."""
     entries = lineage_module._remembered_entry.cache_info()
@@ -190,6 +248,7 @@ async def drive(world: InProcessWorld, ids: list[str], args: argparse.Namespace)
                 f"threads {threading.active_count()} gc objects {len(gc.get_objects())}",
                 flush=True,
             )
+            print(f"{'':21}{native_memory()}", flush=True)
             before, done_before = after, len(soak.done)
             for moment in args.trace or ():
                 if moment not in snapshots and now >= moment:
