@@ -712,13 +712,28 @@ class Base(_FoldedOnce):
 class _BytesMemo:
     """Values decoded from bytes, remembered by those exact bytes, least recently used
     first out, bounded by the bytes remembered (not a count: a base's size grows with the
-    departures it cuts at, up to :data:`MAX_HANDOFFS` of them). Thread-safe (decoding
-    runs on the event loop and in store worker threads)."""
+    departures it cuts at, up to :data:`MAX_HANDOFFS` of them) and, with ``owner``, by
+    ``per_owner`` values per owner (the object a base belongs to): each compaction makes
+    a new base and the old one is dead once the object moved on, so without this bound
+    the memo filled with superseded bases, paced by history, not by the objects held
+    (the soak, docs/benchmarks.md "RSS under the soak"). Thread-safe (decoding runs on
+    the event loop and in store worker threads)."""
 
-    def __init__(self, *, max_bytes: int, max_item_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        max_bytes: int,
+        max_item_bytes: int,
+        owner: Callable[[Any], str] | None = None,
+        per_owner: int = 2,
+    ) -> None:
         self.max_bytes = max_bytes
         self.max_item_bytes = max_item_bytes
+        self._owner = owner
+        self._per_owner = per_owner
         self._items: OrderedDict[bytes, Any] = OrderedDict()
+        #: owner -> its remembered bytes, oldest first (a few per owner)
+        self._owned: dict[str, list[bytes]] = {}
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
@@ -739,14 +754,29 @@ class _BytesMemo:
             if raw not in self._items:
                 self._items[raw] = value
                 self._bytes += len(raw)
+                if self._owner is not None:
+                    owned = self._owned.setdefault(self._owner(value), [])
+                    owned.append(raw)
+                    while len(owned) > self._per_owner:
+                        self._forget(owned[0])
                 while self._bytes > self.max_bytes:
-                    old, _ = self._items.popitem(last=False)
-                    self._bytes -= len(old)
+                    self._forget(next(iter(self._items)))
         return value
+
+    def _forget(self, raw: bytes) -> None:
+        value = self._items.pop(raw)
+        self._bytes -= len(raw)
+        if self._owner is not None:
+            owner = self._owner(value)
+            owned = self._owned[owner]
+            owned.remove(raw)
+            if not owned:
+                del self._owned[owner]
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._owned.clear()
             self._bytes = 0
 
     def size(self) -> tuple[int, int]:
@@ -761,7 +791,16 @@ class _BytesMemo:
 #: hundred well-travelled objects (a base cut at 100 departures is about 30 KB).
 BASE_MEMO_BYTES = 8 << 20
 BASE_MEMO_MAX_ITEM_BYTES = 1 << 20
-_BASE_MEMO = _BytesMemo(max_bytes=BASE_MEMO_BYTES, max_item_bytes=BASE_MEMO_MAX_ITEM_BYTES)
+#: Bases remembered per object: its newest (what its lineage carries now) and the one
+#: before (a copy still being sent or verified while the holder compacts). Older ones
+#: are superseded: a compaction replaces the base, and no live copy carries them.
+BASE_MEMO_PER_OBJECT = 2
+_BASE_MEMO = _BytesMemo(
+    max_bytes=BASE_MEMO_BYTES,
+    max_item_bytes=BASE_MEMO_MAX_ITEM_BYTES,
+    owner=lambda base: base.object_id,
+    per_owner=BASE_MEMO_PER_OBJECT,
+)
 
 
 class _Log:

@@ -92,3 +92,56 @@ def test_the_memo_is_bounded_by_bytes_least_recently_used_first_out() -> None:
     assert decoded[-2:] == [b"toolong", b"toolong"]
     assert memo.size()[1] <= 10
     assert BASE_MEMO_MAX_ITEM_BYTES <= BASE_MEMO_BYTES
+
+
+def test_the_memo_keeps_a_few_values_per_owner_so_superseded_bases_go() -> None:
+    """Each compaction makes a new base for its object and the old one is dead once the
+    object moved on: bounded by the bytes alone, the memo filled with them for as long
+    as the soak ran (memory paced by history). With an owner it holds at most
+    ``per_owner`` per owner, newest kept, other owners untouched."""
+    memo = lineage_module._BytesMemo(
+        max_bytes=1 << 20, max_item_bytes=1 << 10, owner=lambda v: v.split(b":")[0].decode()
+    )
+    for version in range(100):
+        memo.get(f"obj-1:{version}".encode(), bytes)
+        memo.get(f"obj-2:{version}".encode(), bytes)
+    assert memo.size()[0] == 4
+    decoded: list[bytes] = []
+
+    def decode(raw: bytes) -> bytes:
+        decoded.append(raw)
+        return raw
+
+    for kept in (b"obj-1:98", b"obj-1:99", b"obj-2:98", b"obj-2:99"):
+        assert memo.get(kept, decode) == kept
+    assert decoded == [], "the newest two of each owner are hits"
+    memo.get(b"obj-1:3", decode)
+    assert decoded == [b"obj-1:3"], "a superseded one was let go"
+    # The byte bound still holds with owners; evicting by bytes updates the owners.
+    small = lineage_module._BytesMemo(max_bytes=8, max_item_bytes=8, owner=lambda v: v[:1].decode())
+    for raw in (b"a111", b"b222", b"c333", b"a444"):
+        small.get(raw, bytes)
+    assert small.size() == (2, 8)
+    small.clear()
+    assert small.size() == (0, 0)
+
+
+def test_the_base_memo_is_bounded_per_object() -> None:
+    """Real bases: five compactions of one object (bases differing in their time) leave
+    its newest two remembered; another object's base stays."""
+    from datetime import timedelta
+
+    forget_decoded_entries()
+    base = Base.decode(compacted_payload())
+    other = replace(base, object_id=base.object_id + "-other").encode()
+    Base.decode(other)
+    versions = [
+        replace(base, issued_at=base.issued_at + timedelta(seconds=n)).encode() for n in range(5)
+    ]
+    newest = [Base.decode(raw) for raw in versions][-2:]
+    assert lineage_module._BASE_MEMO.size()[0] == 3
+    assert [Base.decode(raw) for raw in versions[-2:]] == newest
+    assert all(Base.decode(raw) is n for raw, n in zip(versions[-2:], newest, strict=True))
+    assert lineage_module._BASE_MEMO.hits >= 2
+    assert Base.decode(other).object_id.endswith("-other")
+    assert lineage_module._BASE_MEMO.size()[0] == 3
