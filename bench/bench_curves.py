@@ -70,8 +70,11 @@ async def make_floor(
     world: World, directory: Path, source: Host, destination: Host, ids: list[str]
 ) -> Any:
     """bench_scale's P1 floor, sized by counting one migration A -> C of ``ids[0]``
-    (after ``ids[1]`` warmed the path): its signs, verifies, commits and bytes."""
-    counts = await bench_scale.count_protocol(source, destination, [ids[1], ids[0]], to=HOST_C)
+    (after ``ids[1]`` warmed the path; ``ids[2]`` counts C's verifies with its own
+    memos, as bench_scale.count_protocol says): its signs, verifies, commits and bytes."""
+    counts = await bench_scale.count_protocol(
+        source, destination, [ids[1], ids[0], ids[2]], to=HOST_C
+    )
     signs, verifies = counts["signs"], counts["verifies"]
     transfer_bytes, object_bytes = counts["transfer_bytes"], counts["object_bytes"]
     commits = (counts["commits_source"], counts["commits_destination"])
@@ -101,11 +104,11 @@ async def latency_curve(
         ids = await bench_scale.create_many(
             source,
             "org-a.example/curve/move",
-            2 + WARM_UP + samples * len(steps),
+            3 + WARM_UP + samples * len(steps),
             interval=3600,
         )
-        floor = await make_floor(world, directory, source, destination, ids[:2])
-        moving = iter(ids[2:])
+        floor = await make_floor(world, directory, source, destination, ids[:3])
+        moving = iter(ids[3:])
         # Warm both paths (connections, caches, allocator) before the first step, so the
         # first point is not slower for being first.
         for _ in range(WARM_UP):
