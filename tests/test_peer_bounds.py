@@ -320,8 +320,20 @@ def test_an_upload_refused_mid_stream_leaves_no_marker_and_no_chunks(tmp_path: P
 
 def test_open_uploads_per_peer_are_bounded(tmp_path: Path) -> None:
     """Markers left behind (by crashes) count against their peer: beyond the bound, a new
-    upload is refused before anything is written."""
-    world = two_hosts(tmp_path)
+    upload is refused before anything is written.
+
+    B refuses at the stream's first message while A is still writing, the race in which
+    grpc.aio can replace B's status with its own INTERNAL (grpc/grpc#36066, fixed in no
+    release yet): seen once in a CI-like run with one attempt. A sending client repeats a
+    PrepareStream whose status was lost (gateway/transport/client.py), so A gets the
+    attempts a configured host has: each is refused alike and writes nothing."""
+    world = build_world(
+        tmp_path,
+        [
+            HostSpec(host_id=HOST_A, handoff={**FAST, "retry_attempts": 4}),
+            HostSpec(host_id=HOST_B, handoff=FAST),
+        ],
+    )
     config_b = world.config(HOST_B)
     from gateway.handoff.destination import _peer_tag
 
