@@ -89,7 +89,9 @@ def native_memory() -> str:
     return f"{text} | python blocks {blocks}{traced}"
 
 
-def _mallinfo2() -> tuple[int, int, int, int] | None:
+@functools.cache
+def _mallinfo2_function() -> Callable[[], Any] | None:
+    """glibc's ``mallinfo2`` with its result type, loaded once (None off glibc >= 2.33)."""
     import ctypes
     import ctypes.util
 
@@ -115,6 +117,13 @@ def _mallinfo2() -> tuple[int, int, int, int] | None:
     except (OSError, AttributeError, TypeError):
         return None
     function.restype = MallInfo2
+    return function  # type: ignore[no-any-return]
+
+
+def _mallinfo2() -> tuple[int, int, int, int] | None:
+    function = _mallinfo2_function()
+    if function is None:
+        return None
     info = function()
     return info.arena, info.hblkhd, info.uordblks, info.fordblks
 

@@ -1659,6 +1659,12 @@ def handoffs_archived(lineage: Lineage) -> int:
     return archived_before(Checkpoint.decode(lineage.checkpoints[0].payload))
 
 
+def departures_counted(lineage: Lineage) -> int:
+    """Departures ``lineage`` counts: those archived before its oldest carried one (ADR
+    0010 step 2) and those it carries."""
+    return handoffs_archived(lineage) + len(lineage.checkpoints)
+
+
 def _check_base(
     base: Base, checkpoints: Sequence[Checkpoint], creator: str, *, handoffs_archived: int = 0
 ) -> None:
@@ -1734,8 +1740,12 @@ def verify_extends(
         base = lineage.base_claim()
         assert base is not None
         if seen_size not in base.cuts:
-            if 0 < seen_departures <= handoffs_archived(lineage):
-                oldest = Checkpoint.decode(lineage.checkpoints[0].payload)
+            oldest = (
+                Checkpoint.decode(lineage.checkpoints[0].payload)
+                if seen_departures and lineage.checkpoints
+                else None
+            )
+            if oldest is not None and seen_departures <= archived_before(oldest):
                 if oldest.size <= seen_size:
                     raise LineageError(
                         f"the oldest departure this copy carries ends at entry {oldest.size}, "

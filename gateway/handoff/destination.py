@@ -79,8 +79,8 @@ from gateway.limits import MAX_OPEN_UPLOADS_PER_PEER
 from gateway.lineage import (
     Checkpoint,
     EntryKind,
+    departures_counted,
     digest,
-    handoffs_archived,
     verify_extends,
     verify_lineage,
 )
@@ -831,9 +831,7 @@ class Destination:
                     seen_root=previous.lineage.root(),
                     # A tombstone is the history up to its freeze: the departure this
                     # host then signed is the one after those it carries.
-                    seen_departures=handoffs_archived(previous.lineage)
-                    + len(previous.lineage.checkpoints)
-                    + 1
+                    seen_departures=departures_counted(previous.lineage) + 1
                     if previous.state is LifecycleState.MOVED
                     else 0,
                 )
@@ -1055,7 +1053,7 @@ class Destination:
             migration=record.migration_id,
         )
         # ADR 0010 step 2: departures archived before the carried ones count too.
-        departures = handoffs_archived(staged.lineage) + len(staged.lineage.checkpoints)
+        departures = departures_counted(staged.lineage)
         if granted.handoffs > departures:
             # The home granted more handoffs than the history shows: the sender left out
             # a stay (a round trip through itself, which no other host's signature in the

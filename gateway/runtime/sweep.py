@@ -26,9 +26,9 @@ Two leftovers of long-lived hosts (docs/storage.md, the pruning rule and "Blob d
 
 * **Archive segments of objects that left** (docs/lineage.md, "Retention"). Segments in
   the host's store (``t/<tenant>/archive/…``: entry segments, and custody segments, the
-  handoffs compaction archived under ADR 0010 step 2, each kind with its own index) of an object whose record here is a MOVED
-  tombstone are deleted once the departure is older than
-  ``lineage.compaction.archive_retention_seconds``; **unset (the default), nothing is
+  handoffs compaction archived under ADR 0010 step 2, each kind with its own index) of
+  an object whose record here is a MOVED tombstone are deleted once the departure is
+  older than ``lineage.compaction.archive_retention_seconds``; **unset (the default), nothing is
   ever pruned**, as before. Segments of an object that lives here (ACTIVE, FROZEN,
   STAGED) are its history and never pruned. Each delete is one transaction guarded by the
   tombstone's ETag (rewritten unchanged), so an object that comes back while its
@@ -209,7 +209,6 @@ class _Kind:
     """One kind of record a departed object's archive holds here, listed in its own index:
     entry segments, or custody segments (ADR 0010 step 2). The pruner treats both alike."""
 
-    name: str
     index: Callable[[str, str], str]
     key: Callable[[str, str, int, int], str]
     held: Callable[[StoreArchive, str, str], Awaitable[tuple[list[tuple[int, int]], str | Expect]]]
@@ -218,15 +217,13 @@ class _Kind:
 
 
 _KINDS = (
-    _Kind(
-        "entry",
+    _Kind(  # entry segments
         index_key,
         segment_key,
         StoreArchive.held,
         lambda files, tenant, raw: files.write(tenant, Segment.decode(raw)),
     ),
-    _Kind(
-        "custody",
+    _Kind(  # custody segments
         custody_index_key,
         custody_key,
         StoreArchive.held_custody,
