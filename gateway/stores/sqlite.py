@@ -27,6 +27,11 @@ Invariants this module keeps, beyond the protocol's:
   is answered only after the COMMIT that holds its write returned, so durability per
   caller is exactly that of one transaction per call; the group is as atomic as each
   of its members (all of a caller's operations or none).
+* **The writer thread drives the groups.** It takes the next group itself as soon as a
+  COMMIT returns and hands the callers' answers to their event loop
+  (``call_soon_threadsafe``, one callback per group); the loop is not a step between
+  two groups. A busy loop (a migration's CPU) used to delay the next group's start by
+  its own turn, after the fsync had already returned.
 * **A write that returned is on disk.** ``journal_mode=WAL`` with ``synchronous=FULL``
   fsyncs the WAL at every commit, so a returned :meth:`SqliteStore.transact` survives a
   SIGKILL of the process and a power loss. (``NORMAL`` would only survive the former.)
@@ -47,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import collections
 import contextlib
 import functools
 import itertools
@@ -67,6 +73,12 @@ from gateway.stores import Delete, Expect, Item, Operation, Put, check_listable,
 __all__ = ["SqliteStore"]
 
 _T = TypeVar("_T")
+
+#: A caller's write waiting for its group: its operations, the future it awaits and the
+#: loop that future belongs to.
+_Write = tuple[tuple[Operation, ...], "asyncio.Future[None]", asyncio.AbstractEventLoop]
+#: A caller's future and its outcome: ``None`` (durable) or the error to raise.
+_Answer = tuple["asyncio.Future[None]", BaseException | None]
 
 #: Bumped when the table layout changes; a file from a newer gateway is refused.
 _SCHEMA_VERSION = 1
@@ -154,11 +166,12 @@ class SqliteStore:
         "_busy_timeout",
         "_closed",
         "_connection",
+        "_draining",
         "_executor",
-        "_flusher",
         "_local",
         "_path",
         "_pending",
+        "_pending_lock",
         "_reader_connections",
         "_reader_lock",
         "_readers",
@@ -184,10 +197,13 @@ class SqliteStore:
         self._local = threading.local()
         self._reader_connections: builtins.list[sqlite3.Connection] = []
         self._reader_lock = threading.Lock()
-        #: Writes waiting for the next group commit, with the futures their callers await.
-        self._pending: builtins.list[tuple[tuple[Operation, ...], asyncio.Future[None]]] = []
-        #: Resolved when the pending writes are all committed (None: nothing committed yet).
-        self._flusher: asyncio.Future[None] | None = None
+        #: Writes waiting for the next group commit, each with the future its caller
+        #: awaits and that caller's loop; shared with the writer thread (under the lock).
+        self._pending: collections.deque[_Write] = collections.deque()
+        self._pending_lock = threading.Lock()
+        #: Whether a drain of the pending writes is queued or running on the writer
+        #: thread (under the lock): one at a time, so groups commit in arrival order.
+        self._draining = False
 
     @classmethod
     def open(
@@ -355,10 +371,21 @@ class SqliteStore:
             )
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        self._pending.append((ops, done))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_future()
-            self._next_group(loop)
+        with self._pending_lock:
+            self._pending.append((ops, done, loop))
+            start = not self._draining
+            self._draining = True
+        if start:
+            try:
+                self._executor.submit(self._drain)
+            except RuntimeError as exc:  # the worker was shut down: nothing was written
+                with self._pending_lock:
+                    self._draining = False
+                    self._pending.clear()
+                closed = StoreUnavailableError(
+                    f"cannot {_describe(ops)}: the SQLite store {self._path} is closed"
+                )
+                raise _caused(closed, exc) from exc
         await done
 
     async def put(self, key: str, value: bytes, *, etag: str | Expect) -> None:
@@ -397,9 +424,9 @@ class SqliteStore:
             return
         self._closed = True
         try:
-            if self._flusher is not None:
-                # Writes already accepted are committed (or fail) before the close.
-                await asyncio.gather(self._flusher, return_exceptions=True)
+            # Writes already accepted are committed (or fail) before the close: the
+            # worker runs jobs in order, and a drain queued or running ends only once
+            # nothing is pending (nothing more can be, the store being closed).
             await self._on_worker("close the store", self._connection.close)
         finally:
             # The close above was the last job queued, so the thread is idle and exits.
@@ -459,66 +486,53 @@ class SqliteStore:
             self._reader_connections.append(connection)
         return connection
 
-    def _next_group(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start committing the next group of pending writes (one group in flight), or
-        resolve :attr:`_flusher` when none is left. Driven by the group's own completion
-        callback rather than by a task: a task cost each commit a task start and a wakeup
-        more on the event loop."""
-        while self._pending:
-            group = [(ops, done) for ops, done in self._pending[:_MAX_GROUP] if not done.done()]
-            del self._pending[:_MAX_GROUP]
+    def _drain(self) -> None:
+        """On the writer thread: commit groups of pending writes until none is left.
+
+        Each group's callers are answered (on their loop) as soon as its COMMIT returned,
+        and the next group starts right away, on this thread. A caller whose future is
+        already cancelled when its group forms is left out (nothing of it is written);
+        one cancelled later may still be committed, as :meth:`transact` says."""
+        try:
+            self._drain_groups()
+        except BaseException:
+            # Never expected (every outcome is caught above): let a later write start a
+            # new drain rather than wait for this one forever.
+            with self._pending_lock:
+                self._draining = False
+            raise
+
+    def _drain_groups(self) -> None:
+        while True:
+            with self._pending_lock:
+                if not self._pending:
+                    self._draining = False
+                    return
+                group = [
+                    self._pending.popleft() for _ in range(min(_MAX_GROUP, len(self._pending)))
+                ]
+            group = [write for write in group if not write[1].cancelled()]
             if not group:
                 continue
+            outcomes: builtins.list[BaseException | None]
             try:
-                committing = loop.run_in_executor(
-                    self._executor, self._commit_group, [ops for ops, _done in group]
-                )
-            except RuntimeError as exc:  # the worker was shut down: nothing was written
-                for ops, done in group:
-                    closed = StoreUnavailableError(
-                        f"cannot {_describe(ops)}: the SQLite store {self._path} is closed"
-                    )
-                    done.set_exception(_caused(closed, exc))
-                continue
-            committing.add_done_callback(functools.partial(self._group_done, loop, group))
-            return
-        if self._flusher is not None and not self._flusher.done():
-            self._flusher.set_result(None)
-
-    def _group_done(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        group: builtins.list[tuple[tuple[Operation, ...], asyncio.Future[None]]],
-        committing: asyncio.Future[builtins.list[BaseException | None]],
-    ) -> None:
-        """Answer each caller of a committed (or failed) group, then start the next."""
-        if committing.cancelled():
-            for _ops, done in group:
-                done.cancel()
-        elif (failure := committing.exception()) is not None:
-            # BEGIN or COMMIT failed (or the worker itself did): nothing of the group
-            # was written.
-            for ops, done in group:
-                if done.done():
-                    continue
-                if isinstance(failure, sqlite3.Error):
-                    done.set_exception(
-                        _caused(_store_error(failure, self._path, _describe(ops)), failure)
-                    )
-                else:
-                    done.set_exception(failure)
-        else:
-            for (ops, done), outcome in zip(group, committing.result(), strict=True):
-                if done.done():
-                    continue
-                if outcome is None:
-                    done.set_result(None)
-                elif isinstance(outcome, sqlite3.Error):
-                    error = _store_error(outcome, self._path, _describe(ops))
-                    done.set_exception(_caused(error, outcome))
-                else:
-                    done.set_exception(outcome)
-        self._next_group(loop)
+                outcomes = self._commit_group([ops for ops, _done, _loop in group])
+            except BaseException as failure:  # every caller of the group gets it
+                # BEGIN or COMMIT failed: nothing of the group was written.
+                outcomes = [failure] * len(group)
+            outcomes = [
+                _caused(_store_error(outcome, self._path, _describe(ops)), outcome)
+                if isinstance(outcome, sqlite3.Error)
+                else outcome
+                for (ops, _done, _loop), outcome in zip(group, outcomes, strict=True)
+            ]
+            answers: dict[asyncio.AbstractEventLoop, builtins.list[_Answer]] = {}
+            for (_ops, done, loop), outcome in zip(group, outcomes, strict=True):
+                answers.setdefault(loop, []).append((done, outcome))
+            for loop, answered in answers.items():
+                # A closed loop has no caller left to answer.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_answer, answered)
 
     # Everything below runs on the worker thread only.
 
@@ -636,6 +650,17 @@ class SqliteStore:
         for op in ops:
             if not isinstance(op, Put) and op.key in current:
                 connection.execute("DELETE FROM items WHERE key = ?", (op.key,))
+
+
+def _answer(answered: Sequence[_Answer]) -> None:
+    """On a caller's loop: settle each future of a committed (or failed) group."""
+    for done, outcome in answered:
+        if done.done():  # cancelled meanwhile
+            continue
+        if outcome is None:
+            done.set_result(None)
+        else:
+            done.set_exception(outcome)
 
 
 def _caused(error: StoreError, cause: BaseException) -> StoreError:

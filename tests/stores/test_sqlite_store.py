@@ -506,3 +506,64 @@ def test_concurrent_writes_share_commits_and_keep_first_write_wins(db_path: Path
             assert winner % 4 == 0 and winner not in failed
 
     asyncio.run(check())
+
+
+def test_the_writer_starts_the_next_group_without_the_event_loop(db_path: Path) -> None:
+    """Writes queued behind a commit in flight are committed by the writer thread as soon
+    as that commit returns, even while the event loop is busy (before, the loop's own
+    turn started each group); their callers are answered once the loop runs again, and
+    only after their commit."""
+
+    async def main() -> None:
+        async with SqliteStore.open(db_path, busy_timeout=5, create=True) as store:
+            other = sqlite3.connect(db_path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")  # the first group waits for this lock
+            first = asyncio.create_task(store.put("first", b"1", etag=Expect.ABSENT))
+            await asyncio.sleep(0.05)
+            later = [
+                asyncio.create_task(store.put(f"later/{n}", b"2", etag=Expect.ABSENT))
+                for n in range(3)
+            ]
+            await asyncio.sleep(0.05)  # queued behind the first group
+            assert not first.done() and not any(task.done() for task in later)
+            other.execute("ROLLBACK")
+            other.close()
+            # The loop is blocked from here on: nothing of it may run the next group.
+            reader = sqlite3.connect(db_path, isolation_level=None)
+            deadline = time.monotonic() + 5
+            while True:
+                (count,) = reader.execute("SELECT count(*) FROM items").fetchone()
+                if count == 4 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)  # noqa: ASYNC251 - blocking the loop is the point
+            reader.close()
+            assert count == 4, "the queued group waited for the event loop"
+            await asyncio.wait_for(asyncio.gather(first, *later), timeout=5)
+            assert await store.list("") == ["first", "later/0", "later/1", "later/2"]
+
+    asyncio.run(main())
+
+
+def test_a_write_cancelled_before_its_group_forms_is_not_written(db_path: Path) -> None:
+    """A caller cancelled while its write still waits for a group is left out of it (and
+    the writes around it are not disturbed)."""
+
+    async def main() -> None:
+        async with SqliteStore.open(db_path, busy_timeout=5, create=True) as store:
+            other = sqlite3.connect(db_path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            first = asyncio.create_task(store.put("first", b"1", etag=Expect.ABSENT))
+            await asyncio.sleep(0.05)
+            dropped = asyncio.create_task(store.put("dropped", b"2", etag=Expect.ABSENT))
+            kept = asyncio.create_task(store.put("kept", b"3", etag=Expect.ABSENT))
+            await asyncio.sleep(0.05)
+            dropped.cancel()
+            await asyncio.sleep(0)
+            other.execute("ROLLBACK")
+            other.close()
+            await asyncio.wait_for(asyncio.gather(first, kept), timeout=5)
+            with pytest.raises(asyncio.CancelledError):
+                await dropped
+            assert await store.list("") == ["first", "kept"]
+
+    asyncio.run(main())
