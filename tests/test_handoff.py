@@ -179,17 +179,21 @@ def test_every_call_is_idempotent_and_a_settled_transfer_cannot_be_replayed(
     async def scenario(hosts: dict[str, Host]) -> None:
         a = hosts[HOST_A]
         await create(a)
-        result = await a.migrate(OBJECT, tenant="default", destination=HOST_B)
+        # The transfer as journaled while FROZEN: the COMMITTED record no longer holds it.
+        migration_id = await a.source.freeze(OBJECT, tenant="default", destination=HOST_B)
+        transfer = (await a.journal.source(migration_id)).value.transfer  # type: ignore[union-attr]
+        result = await a.source.resume(migration_id)
         assert result.step is SourceStep.COMMITTED
         record = (await a.journal.source(result.migration_id)).value  # type: ignore[union-attr]
+        assert record.transfer == b""
         client = a.peers.client(HOST_B)
-        assert await client.prepare(record.transfer) == record.staged_receipt  # still STAGED
+        assert await client.prepare(transfer) == record.staged_receipt  # still STAGED
         activation = await client.commit(result.migration_id)
         assert await client.commit(result.migration_id) == activation
         assert (await a.source.resume(result.migration_id)).step is SourceStep.DONE
         before = await placement(hosts)
         with pytest.raises(ReplayError):
-            await client.prepare(record.transfer)
+            await client.prepare(transfer)
         assert await placement(hosts) == before
 
     running.run(scenario(running.hosts))

@@ -9,6 +9,7 @@ import pytest
 
 from gateway import wire
 from gateway.handoff.journal import settled_form, source_key
+from gateway.handoff.messages import Outcome
 from gateway.handoff.records import SourceRecord, SourceStep
 from gateway.host import Host
 from gateway.lineage import digest
@@ -98,5 +99,40 @@ def test_records_written_with_their_transfer_still_read_and_slim_on_rewrite(
             # A record still open keeps its transfer: it may have to be re-sent.
             frozen = replace(decoded, step=SourceStep.FROZEN)
             assert settled_form(frozen) == frozen
+
+    asyncio.run(main())
+
+
+def test_committed_records_drop_the_transfer_and_still_finish(world: World) -> None:
+    """A COMMITTED record (Commit not confirmed yet) no longer carries its transfer: it
+    is never sent again after the commit. It keeps the digest and epoch, answers status
+    and Decision as before, and resume() still drives it to DONE."""
+
+    async def main() -> None:
+        async with serving(world) as hosts:
+            a, b = hosts[HOST_A], hosts[HOST_B]
+            await a.create_object(
+                OBJECT, tenant="default", data=b"{}", content_type="application/json"
+            )
+            migration_id = await a.source.freeze(OBJECT, tenant="default", destination=HOST_B)
+            frozen = wire.decode_source_record(await _raw_source(a, migration_id))
+            assert frozen.step is SourceStep.FROZEN and frozen.transfer
+            # Commit as the coordinator does, without sending Commit: staged on B, then
+            # the point of no return journaled here.
+            receipt = await a.peers.client(HOST_B).prepare(frozen.transfer)
+            committed = await a.source._commit(
+                migration_id, receipt, transfer_digest=frozen.transfer_digest
+            )
+            committed_raw = await _raw_source(a, migration_id)
+            stored = wire.decode_source_record(committed_raw)
+            assert committed.step is stored.step is SourceStep.COMMITTED
+            assert stored.transfer == b"" and stored.staged_receipt == receipt
+            assert (stored.transfer_digest, stored.epoch) == (frozen.transfer_digest, 1)
+            assert len(committed_raw) < SETTLED_RECORD_BOUND < len(frozen.transfer)
+            assert await a.source._decide(migration_id, peer=HOST_B) is Outcome.COMMITTED
+            result = await a.source.resume(migration_id)
+            assert (result.step, result.epoch) == (SourceStep.DONE, 1)
+            live = await b.journal.object("default", OBJECT)
+            assert live is not None and live.value.epoch == 1
 
     asyncio.run(main())

@@ -43,7 +43,7 @@ from typing import Generic, TypeVar
 
 from gateway import wire
 from gateway.errors import ConcurrencyError, NotFoundError
-from gateway.handoff.records import SETTLED_SOURCE_STEPS, DestinationRecord, SourceRecord
+from gateway.handoff.records import TRANSFER_DROPPED_STEPS, DestinationRecord, SourceRecord
 from gateway.lineage import digest
 from gateway.model import GovernedObject
 from gateway.stores import Delete, Expect, Item, Operation, Put, StateStore
@@ -164,13 +164,17 @@ def put_object(tenant: str, obj: GovernedObject, etag: str | Expect) -> Put:
 
 
 def settled_form(record: SourceRecord) -> SourceRecord:
-    """``record`` as stored: once DONE or ABORTED it never sends its transfer again, so
-    the envelope (which carries the object's whole lineage) is dropped and only what
-    settled records are read for is kept: the transfer's digest (receipts, status
-    answers) and epoch (results). Done inside the op that settles the record, so the
-    slimming commits with the step change or not at all."""
-    if record.step not in SETTLED_SOURCE_STEPS or not record.transfer:
+    """``record`` as stored: once COMMITTED (or DONE, or ABORTED) it never sends its
+    transfer again, so the envelope (which carries the object's whole lineage) is dropped
+    and only what later steps read is kept: the transfer's digest (receipts, status
+    answers) and epoch (results). Done inside the op that writes the step, so the
+    slimming commits with the step change or not at all. (COMMITTED records kept the
+    envelope until DONE before: a second copy of the lineage written at the commit and
+    decoded again to settle.)"""
+    if record.step not in TRANSFER_DROPPED_STEPS or not record.transfer:
         return record
+    if record.transfer_digest and record.epoch:  # kept beside it since the freeze
+        return replace(record, transfer=b"")
     payload = wire.decode_envelope(record.transfer).payload
     return replace(
         record,

@@ -30,7 +30,8 @@ class SourceRecord:
     destination_host: str
     step: SourceStep
     #: exact serialized transfer envelope, re-sent unchanged on retries; empty once the
-    #: record is settled (DONE/ABORTED), when only its digest and epoch are still read
+    #: record is past FROZEN (COMMITTED, DONE, ABORTED): the destination then holds it
+    #: or never will, and only its digest and epoch are still read
     transfer: bytes
     staged_receipt: bytes = b""
     activation_receipt: bytes = b""
@@ -45,6 +46,10 @@ class SourceRecord:
 
 #: Steps after which a source record never sends its transfer again.
 SETTLED_SOURCE_STEPS = frozenset({SourceStep.DONE, SourceStep.ABORTED})
+#: Steps whose record no longer carries its transfer (see journal.settled_form): after
+#: COMMITTED the source sends only Commit (by migration id) and answers Decision, and
+#: the staged receipt it journaled with COMMITTED shows the destination holds the transfer.
+TRANSFER_DROPPED_STEPS = frozenset({SourceStep.COMMITTED, *SETTLED_SOURCE_STEPS})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
