@@ -197,14 +197,15 @@ def test_short_and_long_listings_and_many_keys_answer_alike(tmp_path: Path) -> N
     asyncio.run(main())
 
 
-def test_new_files_get_the_larger_page_and_old_files_keep_theirs(tmp_path: Path) -> None:
-    """A new store file uses PAGE_SIZE; a file made before (4 KiB pages) opens, reads and
-    writes as before, keeping its own page size."""
+def test_new_files_get_page_size_and_old_files_keep_theirs(tmp_path: Path) -> None:
+    """A new store file uses PAGE_SIZE; a file made before with other pages (16 KiB, as
+    sessions before 24 made them) opens, reads and writes as before, keeping its own
+    page size."""
     from gateway.stores import sqlite as sqlite_module
 
     old = tmp_path / "old.db"
     connection = sqlite3.connect(old, isolation_level=None)
-    connection.execute("PRAGMA page_size = 4096")
+    connection.execute("PRAGMA page_size = 16384")
     connection.execute("PRAGMA journal_mode = WAL")
     connection.execute(
         "CREATE TABLE items (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL,"
@@ -215,7 +216,8 @@ def test_new_files_get_the_larger_page_and_old_files_keep_theirs(tmp_path: Path)
     connection.close()
 
     async def main() -> None:
-        for path, pages in ((tmp_path / "new.db", sqlite_module.PAGE_SIZE), (old, 4096)):
+        assert sqlite_module.PAGE_SIZE != 16384
+        for path, pages in ((tmp_path / "new.db", sqlite_module.PAGE_SIZE), (old, 16384)):
             store = SqliteStore.open(path, create=True)
             await store.put("k2", b"v" * (3 << 20), etag=Expect.ABSENT)
             got = await store.get("k2")

@@ -97,12 +97,13 @@ _READERS = 2
 #: on a reader thread (copying a MiB on the loop would stall every other task).
 INLINE_READ_MAX_BYTES = 64 << 10
 
-#: Page size of a new file (an existing file keeps its own). Blob chunks are 1 MiB
-#: values stored across overflow pages: with 4 KiB pages SQLite wrote them at about
-#: 110 MiB/s on the development VM, with 16 KiB pages at about 170 MiB/s, while a small
-#: 5-key commit took 0.61 ms and 0.69 ms (larger pages cost small commits more: 1.1 ms
-#: at 32 KiB, 1.5 ms at 64 KiB).
-PAGE_SIZE = 16 << 10
+#: Page size of a new file (an existing file keeps its own: changing it needs a VACUUM
+#: outside WAL mode). SQLite's default, 4 KiB: a small migration's commits write a few
+#: KB each, and larger pages cost them more (5-key commits of about 16 KB took 0.23-0.24
+#: ms at 4 KiB and 0.24-0.29 ms at 16 KiB on the development VM; 1.1 ms at 32 KiB).
+#: 16 KiB (sessions before 24) helped only 1 MiB blob chunks written through the WAL,
+#: and blobs are files beside the store now (ADR 0009).
+PAGE_SIZE = 4 << 10
 
 #: Most keys a ``get_many`` reads on the event loop's thread.
 INLINE_READ_MAX_KEYS = 32
