@@ -617,6 +617,17 @@ class Destination:
             ),
             done=asyncio.get_running_loop().create_future(),
         )
+        charging = ctx.journal.charging(tenant)
+        if tenant not in self._stage_writers and not charging.locked():
+            # A lone stage (no writer running, none waiting: every arrival of a quiet
+            # host) is written by its own call, under the same lock and in the same
+            # transaction a writer would make: starting a writer task and waking it and
+            # the caller again cost three turns of the event loop per arrival. Stages
+            # arriving meanwhile queue for a writer, which waits for this lock.
+            async with charging:
+                await self._write_batch(tenant, [pending])
+            await pending.done
+            return
         self._stages.setdefault(tenant, []).append(pending)
         if tenant not in self._stage_writers:
             self._stage_writers[tenant] = asyncio.create_task(self._write_stages(tenant))
@@ -1008,12 +1019,24 @@ class Destination:
         )
         crash_point("destination.after-activate")
         self._staged_names.pop(record.migration_id, None)
+        # After the reply: what the receipt promises (the object live and durable here)
+        # is true already; the log line, the metrics and scheduling the object's cycles
+        # are this host's own bookkeeping, which the source need not wait for. A Commit
+        # answered over gRPC has its response on its way before the loop's next turn runs
+        # this (the reply is handed to gRPC in the same step as this call returns).
+        asyncio.get_running_loop().call_soon(self._activated, record, live, peer, now)
+        return receipt
+
+    def _activated(
+        self, record: DestinationRecord, live: GovernedObject, peer: str, now: datetime
+    ) -> None:
+        """Bookkeeping of an activation, once its receipt was handed back."""
+        assert record.staged is not None
         log.info("activated %s from %s", record.object_id, peer)
         observability.arrived(
             record.staged, tenant=record.tenant, started=record.created_at, at=now
         )
-        ctx.on_active(live)
-        return receipt
+        self.ctx.on_active(live)
 
     async def _claim_custody(self, record: DestinationRecord, peer: str, decision: bytes) -> None:
         """For an object whose root names a custody home: claim custody there with the

@@ -1,0 +1,136 @@
+"""The small migration's path (issue 13, P1/P2): what the destination does before it
+answers, and how its stage writes are made, without changing what an answer promises."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gateway.handoff.journal import OPEN_DESTINATION_PREFIX
+from gateway.handoff.records import DestinationStep, SourceStep
+from gateway.model import LifecycleState
+from gateway.stores import Operation, Put
+from gateway.testing import World, serving
+from tests.conftest import HOST_A, HOST_B
+
+TENANT = "default"
+
+
+def _object(index: int) -> str:
+    return f"obj://org-a.example/billing/path-{index}"
+
+
+class _CountedStages:
+    """Stands in for a journal's store (everything else delegated): counts the
+    transactions holding stage records, and holds the first of them until ``release``
+    is set (so that others arrive meanwhile)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.original = store.transact
+        self.stages: list[int] = []
+        self.release = asyncio.Event()
+        self.held = asyncio.Event()
+        self.hold_first = False
+
+    async def transact(self, operations: list[Operation]) -> None:
+        # A stage opens its migration (the activation closes it).
+        staged = sum(
+            1
+            for op in operations
+            if isinstance(op, Put) and op.key.startswith(OPEN_DESTINATION_PREFIX)
+        )
+        if staged:
+            self.stages.append(staged)
+            if self.hold_first and len(self.stages) == 1:
+                self.held.set()
+                await self.release.wait()
+        await self.original(operations)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def test_a_lone_stage_is_written_by_its_call_and_concurrent_ones_still_share_commits(
+    world: World,
+) -> None:
+    """A Prepare arriving alone is staged in one transaction without a writer task; while
+    it is being written, the arrivals of the same tenant queue and then share one commit,
+    each answered only after its own stage is durable."""
+
+    async def main() -> None:
+        async with serving(world, [HOST_A, HOST_B]) as hosts:
+            a, b = hosts[HOST_A], hosts[HOST_B]
+            for index in range(7):
+                await a.create_object(
+                    _object(index), tenant=TENANT, data=b"{}", content_type="application/json"
+                )
+            counted = _CountedStages(b.journal.store)
+            b.journal.store = counted  # type: ignore[assignment]
+
+            result = await a.migrate(_object(0), tenant=TENANT, destination=HOST_B)
+            assert result.step is SourceStep.DONE
+            assert counted.stages == [1]
+            assert not b.destination._stage_writers  # no writer was started for it
+
+            counted.stages.clear()
+            counted.hold_first = True
+            first = asyncio.create_task(a.migrate(_object(1), tenant=TENANT, destination=HOST_B))
+            await asyncio.wait_for(counted.held.wait(), timeout=10)
+            assert TENANT not in b.destination._stage_writers  # written by its own call
+            rest = [
+                asyncio.create_task(a.migrate(_object(i), tenant=TENANT, destination=HOST_B))
+                for i in range(2, 7)
+            ]
+            # Every later Prepare waits for its stage while the first one's is held.
+            for _ in range(500):
+                if len(b.destination._stages.get(TENANT, [])) == 5:
+                    break
+                await asyncio.sleep(0.01)
+            assert len(b.destination._stages[TENANT]) == 5
+            assert not first.done() and not any(task.done() for task in rest)
+            counted.release.set()
+            results = await asyncio.wait_for(asyncio.gather(first, *rest), timeout=30)
+            assert all(r.step is SourceStep.DONE for r in results)
+            assert counted.stages == [1, 5], counted.stages  # the five shared one commit
+            for index in range(7):
+                live = await b.journal.object(TENANT, _object(index))
+                assert live is not None and live.value.state is LifecycleState.ACTIVE
+
+    asyncio.run(main())
+
+
+def test_activation_bookkeeping_runs_after_the_receipt_is_returned(world: World) -> None:
+    """Commit returns the activation receipt with the object live and durable; the log
+    line, metrics and scheduling of its cycles run at the loop's next turn, after it."""
+
+    async def main() -> None:
+        async with serving(world, [HOST_A, HOST_B]) as hosts:
+            a, b = hosts[HOST_A], hosts[HOST_B]
+            await a.create_object(
+                _object(0), tenant=TENANT, data=b"{}", content_type="application/json"
+            )
+            migration_id = await a.source.freeze(_object(0), tenant=TENANT, destination=HOST_B)
+            frozen = await a.journal.source(migration_id)
+            assert frozen is not None
+            await a.peers.client(HOST_B).prepare(frozen.value.transfer)
+
+            order: list[str] = []
+            activated = b.destination._activated
+
+            def bookkeeping(*args: Any) -> None:
+                order.append("bookkeeping")
+                activated(*args)
+
+            b.destination._activated = bookkeeping  # type: ignore[method-assign]
+            receipt = await b.destination.commit(migration_id, peer=HOST_A)
+            order.append("answered")
+            assert receipt
+            record = await b.journal.destination(migration_id)
+            assert record is not None and record.value.step is DestinationStep.ACTIVATED
+            live = await b.journal.object(TENANT, _object(0))
+            assert live is not None and live.value.state is LifecycleState.ACTIVE
+            await asyncio.sleep(0)
+            assert order == ["answered", "bookkeeping"]
+
+    asyncio.run(main())
