@@ -13,6 +13,8 @@ Envelopes here are opened the way a host opens them: keys resolved through a
 
 from __future__ import annotations
 
+import base64
+import gc
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -664,3 +666,74 @@ def test_json_size_limit_comes_first() -> None:
     """An oversize document is refused before it is parsed."""
     with pytest.raises(EnvelopeTooLargeError):
         dsse.from_json(JSON, max_size=len(JSON) - 1)
+
+
+# --- the DSSE JSON form's bytes ---------------------------------------------------------
+
+
+def _indented(envelope: dsse.Envelope) -> bytes:
+    """What to_json wrote before session 24, the layout stored envelopes have."""
+    document = {
+        "payload": base64.b64encode(envelope.payload).decode("ascii"),
+        "payloadType": envelope.payload_type,
+        "signatures": [
+            {"keyid": s.keyid, "sig": base64.b64encode(s.sig).decode("ascii")}
+            for s in envelope.signatures
+        ],
+    }
+    return json.dumps(document, indent=2).encode("utf-8") + b"\n"
+
+
+_utf8_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    payload=st.binary(max_size=200),
+    payload_type=_utf8_text.filter(bool),
+    keyids=st.lists(_utf8_text, min_size=1, max_size=4, unique=True),
+    sigs=st.lists(st.binary(max_size=80), min_size=4, max_size=4),
+)
+def test_to_json_writes_the_indented_layout_byte_for_byte(
+    payload: bytes, payload_type: str, keyids: list[str], sigs: list[bytes]
+) -> None:
+    """Envelopes are stored and carried as to_json's bytes (checkpoints, custody
+    segments, archives), so writing them without json's indent encoder must not move a
+    byte: escapes, non-ASCII key ids and several signatures included."""
+    envelope = dsse.Envelope(
+        payload=payload,
+        payload_type=payload_type,
+        signatures=tuple(
+            dsse.Signature(keyid=k, sig=s) for k, s in zip(keyids, sigs, strict=False)
+        ),
+    )
+    assert dsse.to_json(envelope) == _indented(envelope)
+    assert dsse.from_json(dsse.to_json(envelope), max_size=1 << 20) == envelope
+
+
+def test_to_json_leaves_no_reference_cycles() -> None:
+    """json.dumps with indent builds closures that refer to each other on every call:
+    garbage only the cyclic collector frees, which a served host runs rarely
+    (gateway/_gc.py). to_json must leave none."""
+    envelope = dsse.Envelope(
+        payload=b'{"a": 1}',
+        payload_type="application/vnd.test+json",
+        signatures=(dsse.Signature(keyid="k1", sig=b"\x01" * 64),),
+    )
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(50):
+            dsse.to_json(envelope)
+        found = gc.collect()
+    finally:
+        gc.enable()
+    assert found == 0, f"{found} objects in reference cycles after 50 calls"
+    # The check can fail: the indented encoder it replaced leaves cycles.
+    gc.disable()
+    try:
+        for _ in range(50):
+            _indented(envelope)
+        assert gc.collect() > 0
+    finally:
+        gc.enable()
