@@ -9,7 +9,7 @@ from typing import Any
 from gateway.handoff.journal import OPEN_DESTINATION_PREFIX
 from gateway.handoff.records import DestinationStep, SourceStep
 from gateway.model import LifecycleState
-from gateway.stores import Operation, Put
+from gateway.stores import Delete, Operation, Put
 from gateway.testing import World, serving
 from tests.conftest import HOST_A, HOST_B
 
@@ -132,5 +132,58 @@ def test_activation_bookkeeping_runs_after_the_receipt_is_returned(world: World)
             assert live is not None and live.value.state is LifecycleState.ACTIVE
             await asyncio.sleep(0)
             assert order == ["answered", "bookkeeping"]
+
+    asyncio.run(main())
+
+
+def test_a_stage_on_a_busy_host_goes_to_the_tenants_writer(world: World) -> None:
+    """While another migration's activation is being handled here, a stage is left to
+    the tenant's writer (whose first turn lets stages arriving meanwhile join its batch)
+    rather than written by its own call."""
+
+    async def main() -> None:
+        async with serving(world, [HOST_A, HOST_B]) as hosts:
+            a, b = hosts[HOST_A], hosts[HOST_B]
+            for index in range(2):
+                await a.create_object(
+                    _object(index), tenant=TENANT, data=b"{}", content_type="application/json"
+                )
+            store = b.journal.store
+            release = asyncio.Event()
+            held = asyncio.Event()
+            writers: list[bool] = []
+
+            class _HeldActivation:
+                async def transact(self, operations: list[Operation]) -> None:
+                    if any(
+                        isinstance(op, Delete) and op.key.startswith(OPEN_DESTINATION_PREFIX)
+                        for op in operations
+                    ):
+                        held.set()  # an activation closes its migration
+                        await release.wait()
+                    elif any(
+                        isinstance(op, Put) and op.key.startswith(OPEN_DESTINATION_PREFIX)
+                        for op in operations
+                    ):
+                        writers.append(TENANT in b.destination._stage_writers)
+                    await store.transact(operations)
+
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(store, name)
+
+            b.journal.store = _HeldActivation()  # type: ignore[assignment]
+            first = asyncio.create_task(a.migrate(_object(0), tenant=TENANT, destination=HOST_B))
+            await asyncio.wait_for(held.wait(), timeout=10)
+            second = asyncio.create_task(a.migrate(_object(1), tenant=TENANT, destination=HOST_B))
+            for _ in range(500):
+                if len(writers) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert len(writers) == 2  # staged while the activation is held
+            release.set()
+            results = await asyncio.wait_for(asyncio.gather(first, second), timeout=30)
+            assert all(r.step is SourceStep.DONE for r in results)
+            # The first stage (a quiet host) by its own call; the second by the writer.
+            assert writers == [False, True]
 
     asyncio.run(main())

@@ -191,6 +191,9 @@ class Destination:
         self._uploads: dict[str, int] = {}
         #: clean-ups of failed uploads, held until done (shielded from the call's cancel)
         self._cleanups: set[asyncio.Future[None]] = set()
+        #: Stages waiting for a writer and Commits being handled in this process: none
+        #: means a quiet host, where a stage is written by its own call (_write_stage).
+        self._handling = 0
 
     # --- Prepare ----------------------------------------------------------------------
 
@@ -618,12 +621,13 @@ class Destination:
             done=asyncio.get_running_loop().create_future(),
         )
         charging = ctx.journal.charging(tenant)
-        if tenant not in self._stage_writers and not charging.locked():
-            # A lone stage (no writer running, none waiting: every arrival of a quiet
-            # host) is written by its own call, under the same lock and in the same
-            # transaction a writer would make: starting a writer task and waking it and
-            # the caller again cost three turns of the event loop per arrival. Stages
-            # arriving meanwhile queue for a writer, which waits for this lock.
+        if not self._handling and tenant not in self._stage_writers and not charging.locked():
+            # A lone stage (no other stage or activation in progress here, no writer
+            # running: every arrival of a quiet host) is written by its own call, under
+            # the same lock and in the same transaction a writer would make: starting a
+            # writer task and waking it and the caller again cost three turns of the
+            # event loop per arrival. On a busy host the writer's first turn lets the
+            # stages arriving meanwhile join its first batch, so it is kept there.
             async with charging:
                 await self._write_batch(tenant, [pending])
             await pending.done
@@ -633,7 +637,11 @@ class Destination:
             self._stage_writers[tenant] = asyncio.create_task(self._write_stages(tenant))
         # Shielded: a cancelled caller leaves its stage to be written or not (as a
         # cancelled transaction may still commit); the other stages are not disturbed.
-        await asyncio.shield(pending.done)
+        self._handling += 1
+        try:
+            await asyncio.shield(pending.done)
+        finally:
+            self._handling -= 1
 
     async def _write_stages(self, tenant: str) -> None:
         """The tenant's stage writer: batches of waiting stages until none waits."""
@@ -899,6 +907,13 @@ class Destination:
         ``decision``: the source's signed COMMITTED answer when the caller already holds
         it (an offline commit file); otherwise it is asked for when a custody home needs it.
         """
+        self._handling += 1
+        try:
+            return await self._commit(migration_id, peer=peer, decision=decision)
+        finally:
+            self._handling -= 1
+
+    async def _commit(self, migration_id: str, *, peer: str, decision: bytes) -> bytes:
         attempts = 0
         while attempts < 3:
             loaded, current = await self._record_and_object(migration_id, peer)
