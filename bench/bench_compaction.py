@@ -156,8 +156,6 @@ async def run(generations: int, samples: int, world: World, budget: float) -> di
                     flush=True,
                 )
         cycle_seconds = time.perf_counter() - started
-        segments = await StoreArchive(host.store).segments(TENANT, OBJECT)
-        archive_bytes = sum(len(s.encode()) for s in segments)
     finally:
         await host.close()
 
@@ -167,6 +165,16 @@ async def run(generations: int, samples: int, world: World, budget: float) -> di
         result = await hosts[A].migrate(OBJECT, tenant=TENANT, destination=B)
         moved = (await hosts[B].journal.require_object(TENANT, OBJECT, host=B)).value
         migrate_seconds = time.perf_counter() - started
+        # The archive as it is now, on both hosts: served with the real clock, the
+        # object is overdue (its clock ran ahead), so A may cycle and compact it once
+        # more before the freeze, and B after the arrival (then `moved` may already
+        # carry B's base); a third party is given the archive of every host that held
+        # the object. Read after `moved`: a segment beyond its base is a spare.
+        segments = [
+            *await StoreArchive(hosts[A].store).segments(TENANT, OBJECT),
+            *await StoreArchive(hosts[B].store).segments(TENANT, OBJECT),
+        ]
+        archive_bytes = sum(len(s.encode()) for s in segments)
         # Cold, as a third party verifying offline: B's arrival verified the carried
         # checkpoints in this process a moment ago.
         forget_verified_signatures()
