@@ -20,6 +20,14 @@ def _object(index: int) -> str:
     return f"obj://org-a.example/billing/path-{index}"
 
 
+async def _create(host: Any, count: int) -> None:
+    """Objects 0 .. count-1 (see :func:`_object`) on ``host``, with empty JSON data."""
+    for index in range(count):
+        await host.create_object(
+            _object(index), tenant=TENANT, data=b"{}", content_type="application/json"
+        )
+
+
 class _CountedStages:
     """Stands in for a journal's store (everything else delegated): counts the
     transactions holding stage records, and holds the first of them until ``release``
@@ -61,10 +69,7 @@ def test_a_lone_stage_is_written_by_its_call_and_concurrent_ones_still_share_com
     async def main() -> None:
         async with serving(world, [HOST_A, HOST_B]) as hosts:
             a, b = hosts[HOST_A], hosts[HOST_B]
-            for index in range(7):
-                await a.create_object(
-                    _object(index), tenant=TENANT, data=b"{}", content_type="application/json"
-                )
+            await _create(a, 7)
             counted = _CountedStages(b.journal.store)
             b.journal.store = counted  # type: ignore[assignment]
 
@@ -107,9 +112,7 @@ def test_activation_bookkeeping_runs_after_the_receipt_is_returned(world: World)
     async def main() -> None:
         async with serving(world, [HOST_A, HOST_B]) as hosts:
             a, b = hosts[HOST_A], hosts[HOST_B]
-            await a.create_object(
-                _object(0), tenant=TENANT, data=b"{}", content_type="application/json"
-            )
+            await _create(a, 1)
             migration_id = await a.source.freeze(_object(0), tenant=TENANT, destination=HOST_B)
             frozen = await a.journal.source(migration_id)
             assert frozen is not None
@@ -144,10 +147,7 @@ def test_a_stage_on_a_busy_host_goes_to_the_tenants_writer(world: World) -> None
     async def main() -> None:
         async with serving(world, [HOST_A, HOST_B]) as hosts:
             a, b = hosts[HOST_A], hosts[HOST_B]
-            for index in range(2):
-                await a.create_object(
-                    _object(index), tenant=TENANT, data=b"{}", content_type="application/json"
-                )
+            await _create(a, 2)
             store = b.journal.store
             release = asyncio.Event()
             held = asyncio.Event()

@@ -521,14 +521,10 @@ class SqliteStore:
             except BaseException as failure:  # every caller of the group gets it
                 # BEGIN or COMMIT failed: nothing of the group was written.
                 outcomes = [failure] * len(group)
-            outcomes = [
-                _caused(_store_error(outcome, self._path, _describe(ops)), outcome)
-                if isinstance(outcome, sqlite3.Error)
-                else outcome
-                for (ops, _done, _loop), outcome in zip(group, outcomes, strict=True)
-            ]
             answers: dict[asyncio.AbstractEventLoop, builtins.list[_Answer]] = {}
-            for (_ops, done, loop), outcome in zip(group, outcomes, strict=True):
+            for (ops, done, loop), outcome in zip(group, outcomes, strict=True):
+                if isinstance(outcome, sqlite3.Error):
+                    outcome = _caused(_store_error(outcome, self._path, _describe(ops)), outcome)
                 answers.setdefault(loop, []).append((done, outcome))
             for loop, answered in answers.items():
                 # A closed loop has no caller left to answer.
