@@ -113,3 +113,24 @@ def test_transactions_larger_than_one_statement_stay_all_or_nothing(tmp_path: Pa
             assert etags == {key: item.etag for key, item in found.items()}
 
     asyncio.run(main())
+
+
+def test_pooled_etags_are_fresh_and_a_forked_child_draws_its_own() -> None:
+    import os
+
+    from gateway.stores.sqlite import _pooled_etag
+
+    drawn = {_pooled_etag() for _ in range(3000)}  # several pools' worth
+    assert len(drawn) == 3000
+    assert all(len(etag) == 32 and int(etag, 16) >= 0 for etag in drawn)
+    _pooled_etag()  # a pool partly used, then a fork
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        os.write(write, _pooled_etag().encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    from_child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert from_child != _pooled_etag()
