@@ -14,7 +14,7 @@ import pytest
 
 from gateway.errors import ConcurrencyError
 from gateway.stores import Delete, Expect, Put
-from gateway.stores.sqlite import _CHUNK, _GET_ETAGS, _UPSERT_ROWS, SqliteStore
+from gateway.stores.sqlite import _CHUNK, _ETAGS_AS_JSON, _UPSERT_ROWS, SqliteStore
 
 
 def test_etags_are_read_from_a_covering_index_made_on_older_files_too(tmp_path: Path) -> None:
@@ -39,7 +39,9 @@ def test_etags_are_read_from_a_covering_index_made_on_older_files_too(tmp_path: 
 
     asyncio.run(read())
     with sqlite3.connect(path) as connection:
-        plan = connection.execute("EXPLAIN QUERY PLAN " + _GET_ETAGS.format("?"), ("a",)).fetchall()
+        plan = connection.execute(
+            "EXPLAIN QUERY PLAN " + _ETAGS_AS_JSON.format("?"), ("a",)
+        ).fetchall()
     # No value is read: the index alone answers (the row holds the value before the ETag).
     assert any("COVERING INDEX items_etag" in row[-1] for row in plan), plan
 

@@ -113,9 +113,8 @@ INLINE_READ_MAX_KEYS = 32
 INLINE_LIST_MAX_KEYS = 256
 
 #: The covering index of keys and their ETags (:meth:`SqliteStore.get_etags`, and the
-#: precondition checks of every write).
+#: precondition checks of every write, see :func:`_etags_in`).
 _ETAG_INDEX = "items_etag"
-_GET_ETAGS = "SELECT key, etag FROM items INDEXED BY items_etag WHERE key IN ({})"
 
 _INLINE_GET = (
     "SELECT key, CASE WHEN length(value) <= ? THEN value END, etag FROM items WHERE key IN ({})"
@@ -687,9 +686,11 @@ class SqliteStore:
 
     @staticmethod
     def _get_etags(keys: Sequence[str], connection: sqlite3.Connection) -> dict[str, str]:
-        # More than one chunk: one snapshot, as in _get_many.
+        # One row per statement, not one per key (see _apply: on the event loop's thread
+        # too, every step lets another thread take the GIL). More than one chunk: one
+        # snapshot, as in _get_many.
         with _read_transaction(connection) if len(keys) > _CHUNK else contextlib.nullcontext():
-            return dict(_select_chunked(connection, _GET_ETAGS, keys))
+            return _etags_in(connection, keys)
 
 
 def _answer(answered: Sequence[_Answer]) -> None:
