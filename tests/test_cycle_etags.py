@@ -299,3 +299,44 @@ def test_remembered_admissions_are_permissions_of_that_very_authority() -> None:
     for _ in range(2):  # a refusal is never remembered
         with pytest.raises(AdmissionDeniedError):
             derived.require(publish, "pubsub:audit/x", "publish")
+
+
+def test_a_large_batch_lets_the_event_loop_run_between_slices_of_its_evaluations(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch evaluates PREPARE_SLICE objects at a time and lets other tasks run in
+    between (its reads answered on the loop's thread, it would otherwise hold the loop
+    for the whole batch), and still commits the batch in one transaction."""
+    from gateway.runtime import cycle as cycle_module
+
+    monkeypatch.setattr(cycle_module, "PREPARE_SLICE", 2)
+
+    async def scenario(host: Host) -> None:
+        ids = [f"obj://org-a.example/memo/slice-{n}" for n in range(5)]
+        for object_id in ids:
+            await create_from_spec(host, object_id, spec())
+        ticks: list[int] = []
+        seen_at_commit: list[int] = []
+
+        class Recording(Watched):
+            async def transact(self, operations: Sequence[Operation]) -> dict[str, str] | None:
+                seen_at_commit.append(len(ticks))
+                return await super().transact(operations)
+
+        async def ticker() -> None:
+            while True:
+                ticks.append(1)
+                await asyncio.sleep(0)
+
+        cycles = runner(host, Recording(host.store))
+        await asyncio.sleep(0.002)
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        started = len(ticks)
+        answers = await cycles.run_many(TENANT, [(object_id, 0) for object_id in ids])
+        task.cancel()
+        assert {getattr(a, "result", a) for a in answers.values()} == {CycleResult.EVALUATED}
+        assert len(seen_at_commit) == 1  # one transaction for the batch
+        assert seen_at_commit[0] - started >= 2  # the ticker ran between the slices
+
+    in_host(world, scenario)
