@@ -169,7 +169,7 @@ async def write_blob(
     submitted = 0  #: chunks handed to the store (some perhaps still being committed)
     buffer = bytearray()
     batch: list[Put] = []
-    writes: collections.deque[asyncio.Future[None]] = collections.deque()
+    writes: collections.deque[asyncio.Future[object]] = collections.deque()
     hashes: collections.deque[asyncio.Future[None]] = collections.deque()
     # The announced size is signed, but it is the sender's word: cap it too.
     limit = min(expected_size, max_size) if expected_size is not None else max_size

@@ -332,6 +332,9 @@ def _explain_refusal(raw: bytes) -> None:
         raise LineageError(f"{what}: repeats must be at least 1 when present")
 
 
+_set = object.__setattr__
+
+
 class _EncodedOnce:
     """Holds an entry's canonical bytes and leaf hash once computed; not fields."""
 
@@ -376,7 +379,7 @@ class LineageEntry(_EncodedOnce):
             f'"data_digest":"{self.data_digest.hex()}",'
             f'"detail":{_encode_string(self.detail)},"epoch":{self.epoch},'
             f'"generation":{self.generation},"host":{_encode_string(self.host)},'
-            f'"kind":"{self.kind.value}","prev":"{self.prev.hex()}",{repeats}'
+            f'"kind":"{self.kind._value_}","prev":"{self.prev.hex()}",{repeats}'
             f'"seq":{self.seq},"time":"{_format_utc(self.time)}"}}'
         ).encode()
 
@@ -1035,21 +1038,41 @@ class Lineage:
     ) -> Lineage:
         if len(detail) > MAX_DETAIL:
             detail = detail[: MAX_DETAIL - 1] + "…"
-        entry = LineageEntry(
-            seq=self.size,
-            prev=self.head(),
-            time=at,
-            host=host,
-            kind=kind,
-            epoch=epoch,
-            generation=generation,
-            data_digest=data_digest,
-            credentials_digest=credentials_digest,
-            detail=detail,
-        )
-        log = self._appendable()
-        log.add(entry)
-        return self._with_entries(Entries(log, len(log.entries)))
+        # What LineageEntry(...), self.size, self.head(), log.add and _with_entries do,
+        # written out: every cycle appends one entry or more, and this was a tenth of it.
+        entries = self.entries
+        assert isinstance(entries, Entries)
+        log = entries._log
+        count = entries._count
+        if count:
+            prev = log.entries[count - 1].leaf_hash()
+        else:
+            prev = log.base.head if log.base is not None else b""
+        entry = object.__new__(LineageEntry)
+        for name, value in (
+            ("seq", log.start + count),
+            ("prev", prev),
+            ("time", at),
+            ("host", host),
+            ("kind", kind),
+            ("epoch", epoch),
+            ("generation", generation),
+            ("data_digest", data_digest),
+            ("credentials_digest", credentials_digest),
+            ("detail", detail),
+            ("repeats", 0),
+        ):
+            _set(entry, name, value)
+        if count != len(log.entries):
+            log = self._appendable()
+        log.entries.append(entry)  # log.add
+        # The same base as this value's, whose log it is: __post_init__ has nothing to do.
+        appended = object.__new__(Lineage)
+        _set(appended, "entries", Entries(log, len(log.entries)))
+        _set(appended, "checkpoints", self.checkpoints)
+        _set(appended, "arrivals", self.arrivals)
+        _set(appended, "base", self.base)
+        return appended
 
     def signed_size(self) -> int:
         """Entries covered by a signature (the last checkpoint or the base): entries after
@@ -1071,10 +1094,12 @@ class Lineage:
         carried = len(self.entries)
         if not width or carried - width < 1:
             return None
-        if self.size - width < self.signed_size() + 1:
-            return None
+        # The cheap refusal first (most cycles differ from the one before: a write, a
+        # different rule firing): the signed size decodes the last checkpoint.
         previous = self.entries[carried - width :]
         if not all(old.same_event(new) for old, new in zip(previous, group, strict=True)):
+            return None
+        if self.size - width < self.signed_size() + 1:
             return None
         before = self.entries[carried - width - 1]
         if before.kind in (EntryKind.ACTION_ADMITTED, EntryKind.ACTION_DENIED):

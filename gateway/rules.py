@@ -147,6 +147,11 @@ class Outcome:
     errors: tuple[str, ...]  #: rules whose evaluation failed at run time (they did not fire)
 
 
+#: A rule as :meth:`RuleSet.evaluate` reads it: name, condition, effect (or None),
+#: resource and verb.
+_Evaluable = tuple[str, cel.Expression, "cel.Expression | None", str, str]
+
+
 @dataclass(frozen=True, slots=True)
 class RuleSet:
     rules: tuple[CompiledRule, ...]
@@ -156,12 +161,30 @@ class RuleSet:
 
     #: How many rules each trigger wakes (counted once: every cycle's summary says it).
     _woken: dict[str, int] = dataclasses.field(init=False, repr=False, compare=False)
+    #: The rules each trigger wakes, in order, as what evaluating one reads (taken apart
+    #: once: every cycle evaluates them).
+    _by_trigger: dict[str, tuple[_Evaluable, ...]] = dataclasses.field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         woken: dict[str, int] = {}
+        by_trigger: dict[str, list[_Evaluable]] = {}
         for compiled in self.rules:
             woken[compiled.rule.on] = woken.get(compiled.rule.on, 0) + 1
+            by_trigger.setdefault(compiled.rule.on, []).append(
+                (
+                    compiled.rule.name,
+                    compiled.when.expression,
+                    None if compiled.effect is None else compiled.effect.expression,
+                    compiled.resource,
+                    compiled.verb,
+                )
+            )
         object.__setattr__(self, "_woken", woken)
+        object.__setattr__(
+            self, "_by_trigger", {on: tuple(rules) for on, rules in by_trigger.items()}
+        )
 
     def woken_by(self, trigger: str) -> int:
         """How many rules ``trigger`` (cycle or message) evaluates."""
@@ -184,27 +207,30 @@ class RuleSet:
         )
         proposals: list[Proposal] = []
         errors: list[str] = []
-        for compiled in self.rules:
-            if compiled.rule.on != trigger:
-                continue
-            name = compiled.rule.name
+        for name, when, effect, resource, verb in self._by_trigger.get(trigger, ()):
             # One rule failing must not stop the others or the cycle.
-            fired, failure = _evaluate(compiled.when.expression, activation)
-            if fired is None:
-                errors.append(f"rule {name}: condition failed: {failure}")
+            try:
+                fired = when.eval(activation=activation)
+            except RuntimeError as exc:  # see _evaluate
+                errors.append(f"rule {name}: condition failed: {_first_line(exc)}")
                 continue
+            # The common answer first: a value that is True is a BOOL (an error value's
+            # is its message), so only a rule that did not fire pays for the type checks.
             if fired.value() is not True:
-                if fired.type() != cel.Type.BOOL:
-                    errors.append(f"rule {name}: condition gave {fired.type().name()}, not a bool")
+                kind = fired.type()
+                if kind == cel.Type.ERROR:
+                    errors.append(f"rule {name}: condition failed: {_error_text(fired)}")
+                elif kind != cel.Type.BOOL:
+                    errors.append(f"rule {name}: condition gave {kind.name()}, not a bool")
                 continue
             value: Any = None
-            if compiled.effect is not None:
-                result, failure = _evaluate(compiled.effect.expression, activation)
+            if effect is not None:
+                result, failure = _evaluate(effect, activation)
                 if result is None:
                     errors.append(f"rule {name}: action failed: {failure}")
                     continue
                 raw = result.plain_value()
-                if compiled.verb == "write" and (
+                if verb == "write" and (
                     not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw)
                 ):
                     errors.append(f"rule {name}: patch is not a map with string keys")
@@ -214,9 +240,7 @@ class RuleSet:
                 except _NotJSONError as exc:
                     errors.append(f"rule {name}: action failed: {exc}")
                     continue
-            proposals.append(
-                Proposal(rule=name, resource=compiled.resource, verb=compiled.verb, value=value)
-            )
+            proposals.append(Proposal(rule=name, resource=resource, verb=verb, value=value))
         return Outcome(proposals=tuple(proposals), errors=tuple(errors))
 
 

@@ -20,7 +20,7 @@ from gateway.errors import AdmissionDeniedError, RuleError
 from gateway.lineage import EntryKind
 from gateway.model import NO_AUTHORITY, CycleState, GovernedObject, LifecycleState, Rule
 from gateway.rules import compiled, load_data, rule_from_mapping
-from gateway.runtime.cycle import CycleRunner, _Admitted, _ByIdentity, _rebuilt
+from gateway.runtime.cycle import CycleRunner, _ByIdentity, _Derived, _rebuilt
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -93,7 +93,7 @@ def _authority(*claims: dict[str, object]) -> EffectiveAuthority:
 
 
 def test_a_remembered_admission_is_only_ever_a_permission_of_that_authority() -> None:
-    admitted = _Admitted()
+    admitted = _Derived()
     publish = _authority({"res": "pubsub:alerts/*", "act": ["publish"]})
     for _ in range(2):  # asked twice: the second answer comes from the memo
         admitted.require(publish, "pubsub:alerts/x", "publish")

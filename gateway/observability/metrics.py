@@ -48,7 +48,7 @@ OTHER = "other"
 
 
 #: The StateStore methods whose latency is measured (gateway.stores.StateStore).
-STORE_OPERATIONS = ("get", "get_many", "transact", "put", "delete", "list")
+STORE_OPERATIONS = ("get", "get_many", "get_etags", "transact", "put", "delete", "list")
 
 
 class Metrics:

@@ -36,7 +36,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -101,9 +103,22 @@ class CycleReport:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class _Current:
+    """An object as stored now: the object, the ETag it is stored under, its store key
+    and what this runner derived from it before (if it did)."""
+
+    key: str
+    obj: GovernedObject
+    etag: str
+    derived: _Derived | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class _Prepared:
     """One object's evaluated cycle, not committed yet."""
 
+    key: str  #: the object's store key
+    derived: _Derived  #: what the cycle derived from the object (kept for its next cycle)
     evaluated: GovernedObject
     operations: list[Operation]
     stored: bytes  #: the object's encoded bytes (written by ``operations``)
@@ -123,7 +138,7 @@ class CycleRunner:
         # compile an object's rules to check them; cache_size is kept for callers.
         del cache_size
         self._data = _ByIdentity[bytes, dict[str, Any]]()
-        self._admitted = _Admitted()
+        self._held = _Held()
 
     def ruleset(self, obj: GovernedObject) -> RuleSet:
         """Compiled rules, cached by their content (objects share rule sets often)."""
@@ -134,17 +149,21 @@ class CycleRunner:
     ) -> CycleReport:
         """Evaluate the object once if it is due (and still at ``generation``, if given)."""
         ctx = self.ctx
-        loaded = await ctx.journal.object(tenant, object_id)
+        loaded = (await self._load(tenant, [object_id])).get(object_id)
         if loaded is None:
             return CycleReport(result=CycleResult.SKIPPED)
-        prepared = self._prepare(tenant, loaded.value, loaded.etag, generation, ctx.clock.now())
+        if isinstance(loaded, Exception):
+            raise loaded
+        prepared = self._prepare(tenant, loaded, generation, ctx.clock.now())
         if isinstance(prepared, CycleReport):
             return prepared
         crash_point("cycle.before-commit")
         try:
-            await ctx.journal.store.transact(prepared.operations)
+            etags = await ctx.journal.store.transact(prepared.operations)
         except ConcurrencyError:
+            self._held.forget(prepared.key)
             return CycleReport(result=CycleResult.CONFLICT)
+        self._hold(prepared, etags)
         return await self._committed(tenant, prepared)
 
     async def run_many(
@@ -159,19 +178,22 @@ class CycleRunner:
         so a lost race costs only the object that lost it. A failure of the store itself
         is raised: it is the host's, not any object's."""
         ctx = self.ctx
-        keys = {object_id: object_key(tenant, object_id) for object_id, _ in due}
-        items = await ctx.journal.store.get_many(list(keys.values()))
+        loaded = await self._load(tenant, [object_id for object_id, _ in due])
         now = ctx.clock.now()
         answers: dict[str, CycleReport | Exception] = {}
         ready: list[tuple[str, _Prepared]] = []
-        for object_id, generation in due:
-            item = items.get(keys[object_id])
-            if item is None:
+        for index, (object_id, generation) in enumerate(due):
+            if index and not index % PREPARE_SLICE:
+                await asyncio.sleep(0)  # let the loop serve others between slices
+            current = loaded.get(object_id)
+            if current is None:
                 answers[object_id] = CycleReport(result=CycleResult.SKIPPED)
                 continue
+            if isinstance(current, Exception):
+                answers[object_id] = current
+                continue
             try:
-                obj = ctx.journal.decode_object(keys[object_id], item.value)
-                prepared = self._prepare(tenant, obj, item.etag, generation, now)
+                prepared = self._prepare(tenant, current, generation, now)
             except Exception as exc:  # the object's own failure, reported as its answer
                 answers[object_id] = exc
                 continue
@@ -185,12 +207,16 @@ class CycleRunner:
             crash_point("cycle.before-commit")
         committed = ready
         try:
-            await ctx.journal.store.transact(
+            etags = await ctx.journal.store.transact(
                 [operation for _, prepared in ready for operation in prepared.operations]
             )
         except ConcurrencyError:
             committed = []  # the transaction wrote nothing
+        else:
+            for _, prepared in ready:
+                self._hold(prepared, etags)
         if not committed and len(ready) == 1:
+            self._held.forget(ready[0][1].key)
             answers[ready[0][0]] = CycleReport(result=CycleResult.CONFLICT)
         elif not committed:
             outcomes = await asyncio.gather(
@@ -198,14 +224,16 @@ class CycleRunner:
                 return_exceptions=True,
             )
             for (object_id, prepared), outcome in zip(ready, outcomes, strict=True):
-                if outcome is None:
-                    committed.append((object_id, prepared))
-                elif isinstance(outcome, ConcurrencyError):
+                if isinstance(outcome, ConcurrencyError):
+                    self._held.forget(prepared.key)
                     answers[object_id] = CycleReport(result=CycleResult.CONFLICT)
                 elif isinstance(outcome, Exception):
                     answers[object_id] = outcome
-                else:
+                elif isinstance(outcome, BaseException):
                     raise outcome  # cancelled: the whole batch is
+                else:
+                    self._hold(prepared, outcome)
+                    committed.append((object_id, prepared))
         for object_id, prepared in committed:
             try:
                 answers[object_id] = await self._committed(tenant, prepared)
@@ -213,22 +241,76 @@ class CycleRunner:
                 answers[object_id] = exc
         return answers
 
+    async def _load(
+        self, tenant: str, object_ids: Sequence[str]
+    ) -> dict[str, _Current | Exception]:
+        """The current version of each of these objects that exists, or why it cannot be
+        read. An object this runner committed last, and nobody has written since, is
+        taken from its memo after a read of the ETags alone (an ETag is never reused for
+        a key: the same ETag is the same bytes); the others are read, in one call, and
+        decoded (through the journal's memo of objects)."""
+        store = self.ctx.journal.store
+        keys = {object_id: object_key(tenant, object_id) for object_id in object_ids}
+        held = self._held
+        found: dict[str, _Current | Exception] = {}
+        unknown = list(keys)
+        # Only when something may be in the memo: a store that returns no ETags from its
+        # writes (Dapr) never fills it, and its ETag read reads the values anyway.
+        remembered = [keys[object_id] for object_id in object_ids if keys[object_id] in held]
+        if remembered:
+            etags = await store.get_etags(remembered)
+            unknown = []
+            for object_id, key in keys.items():
+                hit = held.get(key, etags.get(key))
+                if hit is not None:
+                    found[object_id] = hit
+                else:
+                    unknown.append(object_id)  # not remembered, written since, or gone
+        if not unknown:
+            return found
+        items = await store.get_many([keys[object_id] for object_id in unknown])
+        journal = self.ctx.journal
+        for object_id in unknown:
+            key = keys[object_id]
+            item = items.get(key)
+            if item is None:
+                continue
+            try:
+                obj = journal.decode_object(key, item.value)
+            except Exception as exc:  # the object's own failure, reported as its answer
+                found[object_id] = exc
+                continue
+            found[object_id] = _Current(key=key, obj=obj, etag=item.etag, derived=held.derived(key))
+        return found
+
+    def _hold(self, prepared: _Prepared, etags: Mapping[str, str] | None) -> None:
+        """Remember the object a committed cycle wrote, under the ETag the store gave
+        its write (a store that tells none leaves it to be read again)."""
+        etag = None if etags is None else etags.get(prepared.key)
+        if etag is None:
+            self._held.forget(prepared.key)
+        else:
+            self._held.put(
+                prepared.key, etag, prepared.evaluated, len(prepared.stored), prepared.derived
+            )
+
     def _prepare(
         self,
         tenant: str,
-        obj: GovernedObject,
-        etag: str,
+        current: _Current,
         generation: int | None,
         now: datetime,
     ) -> CycleReport | _Prepared:
         """The object's cycle as operations to commit, or why it does not run now."""
+        obj = current.obj
         if obj.state is not LifecycleState.ACTIVE or obj.cycle.interval is None:
             return CycleReport(result=CycleResult.SKIPPED)
         if generation is not None and obj.cycle.generation != generation:
             return CycleReport(result=CycleResult.SKIPPED, cycle=obj.cycle)
         if obj.cycle.next_due is not None and obj.cycle.next_due > now:
             return CycleReport(result=CycleResult.NOT_DUE, cycle=obj.cycle)
-        evaluated, events, admitted, denied = self.evaluate(obj, now=now)
+        derived = current.derived if current.derived is not None else _Derived()
+        evaluated, events, admitted, denied = self._evaluate(obj, now, None, derived)
         evaluated = self.compaction.folded(obj, evaluated)
         observability.cycle_evaluated(
             tenant,
@@ -237,11 +319,13 @@ class CycleRunner:
             admitted=admitted,
             denied=denied,
         )
-        stored = self.ctx.journal.put_object(tenant, evaluated, etag)
+        stored = self.ctx.journal.put_object(tenant, evaluated, current.etag)
         operations: list[Operation] = [stored]
         for event in events:
             operations.extend(outbox_puts(event))
         return _Prepared(
+            key=current.key,
+            derived=derived,
             evaluated=evaluated,
             operations=operations,
             stored=stored.value,
@@ -277,14 +361,20 @@ class CycleRunner:
         rules run with the message as ``event``; the generation stays, the wake is recorded
         as ``woken``, and its events are keyed by the wake, never by the generation (which
         a cycle's events use)."""
+        derived = self._held.derived(object_key(obj.tenant, obj.object_id)) or _Derived()
+        return self._evaluate(obj, now, wake, derived)
+
+    def _evaluate(
+        self, obj: GovernedObject, now: datetime, wake: Wake | None, derived: _Derived
+    ) -> tuple[GovernedObject, list[Event], int, int]:
         ctx = self.ctx
         generation = obj.cycle.generation
-        entries = _Entries(obj, host=ctx.host, at=now)
+        entries = _Entries(obj, host=ctx.host, at=now, credentials=derived.credentials_of(obj))
         events: list[Event] = []
         admitted = denied = 0
         try:
-            ruleset = self.ruleset(obj)
-            data = self._loaded(obj)
+            ruleset = derived.ruleset_of(obj)
+            data = derived.data_of(obj, self._loaded)
             outcome = ruleset.evaluate(
                 data=data,
                 generation=generation,
@@ -318,7 +408,7 @@ class CycleRunner:
             try:
                 if proposal.resource.startswith("binding:") and not ctx.output_bindings:
                     raise ActionUnavailableError(NO_BINDINGS)
-                self._admitted.require(obj.authority_at(now), proposal.resource, proposal.verb)
+                derived.require(obj.authority_at(now), proposal.resource, proposal.verb)
                 if proposal.verb == "write":
                     merged = {**data, **proposal.value}
                     check_data(merged)
@@ -410,12 +500,24 @@ class CycleRunner:
         return CycleState(generation=generation, interval=interval, next_due=next_due)
 
 
+#: Objects a batch (:meth:`CycleRunner.run_many`) evaluates before it lets the event loop
+#: run other tasks: about 5 ms of evaluations at a time, whatever the batch's size.
+PREPARE_SLICE = 32
+
 #: Decoded data remembered per runner, and the largest data remembered: bounded so
 #: that the memo holds at most a few MiB of bytes beside the objects that own them.
 DATA_MEMO_ENTRIES = 4096
 DATA_MEMO_MAX_BYTES = 1024
-#: Admissions remembered per runner (see :class:`_Admitted`).
-ADMISSION_MEMO_ENTRIES = 4096
+#: Admissions remembered per object (see :class:`_Derived`): an object's rules propose
+#: a handful of distinct actions; the bound only keeps a dishonest rule set's many
+#: resources from growing the memo.
+ADMISSIONS_PER_OBJECT = 64
+#: Committed objects a runner remembers (see :class:`_Held`): their encoded bytes in
+#: all, and how long one must have gone unused before a newcomer may take its place.
+#: The same budget as the journal's memo of objects, which mostly holds the same ones
+#: (each cycle's write is remembered there too), so the two share the decoded objects.
+HELD_BYTES = 24 << 20
+HELD_IDLE_SECONDS = 60.0
 
 
 class _ByIdentity(Generic[K, V]):
@@ -441,27 +543,146 @@ class _ByIdentity(Generic[K, V]):
         self._values[id(key)] = (key, value)
 
 
-class _Admitted:
-    """``authority.require(resource, verb)``, with the permitted answers remembered by the
-    authority's identity (authorities are immutable values; an object keeps the same one
-    from cycle to cycle until it moves or its grants change). Only permissions are
-    remembered: a refusal is asked again, so it raises with its own reason every time.
-    Expiry is not this memo's business: the caller passes ``authority_at(now)``, which
-    is NO_AUTHORITY once the grants expired."""
+class _Derived:
+    """What a cycle computes from an object's immutable parts, kept per object for its
+    next cycle: its compiled rules, its decoded data, the digest of its grants, and the
+    admissions its authority permitted. Each is held with the value it was computed
+    from and reused only while the object still carries that very value (``is``: the
+    memo holds it, so its identity cannot be reused); a cycle rebuilds its object from
+    the same values, so an object that cycles on here computes each of them once. Only
+    permissions are remembered: a refusal is asked again, so it raises with its own
+    reason every time. Expiry is not this memo's business: the caller passes
+    ``authority_at(now)``, which is NO_AUTHORITY once the grants expired."""
 
-    __slots__ = ("_permitted",)
+    __slots__ = (
+        "authority",
+        "credentials",
+        "data",
+        "grants",
+        "permitted",
+        "raw",
+        "rules",
+        "ruleset",
+    )
 
     def __init__(self) -> None:
-        self._permitted: dict[tuple[int, str, str], EffectiveAuthority] = {}
+        self.rules: object = None
+        self.ruleset: RuleSet | None = None
+        self.raw: bytes | None = None
+        self.data: dict[str, Any] | None = None
+        self.grants: object = None
+        self.credentials = b""
+        self.authority: EffectiveAuthority | None = None
+        self.permitted: set[tuple[str, str]] = set()
+
+    def ruleset_of(self, obj: GovernedObject) -> RuleSet:
+        """``compiled(obj.rules)``."""
+        if self.rules is not obj.rules or self.ruleset is None:
+            self.ruleset = compiled(obj.rules)
+            self.rules = obj.rules
+        return self.ruleset
+
+    def data_of(
+        self, obj: GovernedObject, load: Callable[[GovernedObject], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """``load(obj)``, the object's decoded data (nobody mutates it: rules see a copy,
+        a write merges into a new dict)."""
+        if self.raw is not obj.data or self.data is None:
+            self.data = load(obj)
+            self.raw = obj.data
+        return self.data
+
+    def credentials_of(self, obj: GovernedObject) -> bytes:
+        """``obj.credentials_digest()``."""
+        if self.grants is not obj.grants:
+            self.credentials = obj.credentials_digest()
+            self.grants = obj.grants
+        return self.credentials
 
     def require(self, authority: EffectiveAuthority, resource: str, verb: str) -> None:
-        key = (id(authority), resource, verb)
-        if self._permitted.get(key) is authority:
+        """``authority.require(resource, verb)``, permissions remembered."""
+        if self.authority is not authority:
+            self.permitted = set()
+            self.authority = authority
+        elif (resource, verb) in self.permitted:
             return
         authority.require(resource, verb)  # raises AdmissionDeniedError if refused
-        if len(self._permitted) >= ADMISSION_MEMO_ENTRIES:
-            self._permitted.clear()
-        self._permitted[key] = authority
+        if len(self.permitted) < ADMISSIONS_PER_OBJECT:
+            self.permitted.add((resource, verb))
+
+
+@dataclass(slots=True)
+class _HeldObject:
+    etag: str
+    obj: GovernedObject
+    size: int  #: its encoded bytes
+    derived: _Derived
+    used: float
+
+
+class _Held:
+    """The objects this runner's cycles committed, by store key, each with the ETag the
+    store gave that write: while the key still has that ETag (nobody wrote it since), a
+    cycle takes the object from here after reading the ETag alone, and neither reads
+    nor compares nor decodes its bytes. An ETag is never reused for a key, so a hit is
+    exactly the stored object. Also keeps each object's :class:`_Derived`, which stays
+    usable after somebody else wrote the object (it checks what it was computed from).
+
+    Bounded by the objects' encoded bytes, as the journal's memo of objects is
+    (gateway.handoff.journal._Objects), and for the same reason evicts only an entry
+    unused for :data:`HELD_IDLE_SECONDS`: a host cycling more objects than it holds
+    visits them in turn, and plain LRU would evict each just before its next cycle."""
+
+    __slots__ = ("_bytes", "_clock", "_entries", "_idle", "_total_bytes")
+
+    def __init__(
+        self,
+        total_bytes: int = HELD_BYTES,
+        *,
+        idle_seconds: float = HELD_IDLE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._total_bytes = total_bytes
+        self._idle = idle_seconds
+        self._clock = clock
+        self._bytes = 0
+        #: key -> what was committed there, least recently used first
+        self._entries: OrderedDict[str, _HeldObject] = OrderedDict()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries
+
+    def get(self, key: str, etag: str | None) -> _Current | None:
+        """The object stored under ``key`` if it is the one remembered (same ETag)."""
+        held = self._entries.get(key)
+        if held is None or etag is None or held.etag != etag:
+            return None
+        held.used = self._clock()
+        self._entries.move_to_end(key)
+        return _Current(key=key, obj=held.obj, etag=etag, derived=held.derived)
+
+    def derived(self, key: str) -> _Derived | None:
+        held = self._entries.get(key)
+        return None if held is None else held.derived
+
+    def put(self, key: str, etag: str, obj: GovernedObject, size: int, derived: _Derived) -> None:
+        """``obj`` (``size`` bytes encoded) is stored under ``key`` with ``etag``."""
+        self.forget(key)
+        entries = self._entries
+        now = self._clock()
+        while self._bytes + size > self._total_bytes:
+            oldest = next(iter(entries.values()), None)
+            if oldest is None or now - oldest.used < self._idle:
+                return  # full of objects in use: this one is not kept
+            _key, evicted = entries.popitem(last=False)
+            self._bytes -= evicted.size
+        entries[key] = _HeldObject(etag=etag, obj=obj, size=size, derived=derived, used=now)
+        self._bytes += size
+
+    def forget(self, key: str) -> None:
+        held = self._entries.pop(key, None)
+        if held is not None:
+            self._bytes -= held.size
 
 
 class _Entries:
@@ -474,11 +695,11 @@ class _Entries:
 
     __slots__ = ("_at", "_credentials", "_data_digest", "_host", "_obj", "data", "lineage")
 
-    def __init__(self, obj: GovernedObject, *, host: str, at: datetime) -> None:
+    def __init__(self, obj: GovernedObject, *, host: str, at: datetime, credentials: bytes) -> None:
         self._obj = obj
         self._host = host
         self._at = at
-        self._credentials = obj.credentials_digest()
+        self._credentials = credentials  #: obj.credentials_digest()
         self._data_digest: bytes | None = None
         self.data = obj.data
         self.lineage = obj.lineage

@@ -102,11 +102,20 @@ class StateStore(Protocol):
         """The items that exist among ``keys`` (missing keys are left out)."""
         ...
 
-    async def transact(self, operations: Sequence[Operation]) -> None:
+    async def get_etags(self, keys: Sequence[str]) -> dict[str, str]:
+        """The current ETag of each key that exists among ``keys`` (missing keys are left
+        out): :meth:`get_many` without the values, for a caller that holds a value it
+        read or wrote under some ETag and only needs to know whether it is still the
+        current one (ETags are never reused for a key, so an equal ETag means the same
+        value). A store that cannot read ETags alone reads the values and drops them."""
+        ...
+
+    async def transact(self, operations: Sequence[Operation]) -> dict[str, str] | None:
         """Apply all operations atomically.
 
-        Writes return no ETags (Dapr's state API has none to return): read the key to
-        learn its new ETag.
+        Returns the new ETag of every key a :class:`Put` wrote, when the store knows
+        them (the embedded store does), or ``None`` when it does not (Dapr's state API
+        returns no ETags): then read the key to learn its new ETag.
 
         Raises :class:`~gateway.errors.ConcurrencyError` (naming the first key whose
         precondition failed) and changes nothing if any precondition fails.

@@ -457,6 +457,14 @@ class DaprStore:
             if k in found
         }
 
+    async def get_etags(self, keys: Sequence[str]) -> dict[str, str]:
+        """Dapr's state API reads no ETag without its value: the values are read (in
+        bulk, as :meth:`get_many` does) and dropped."""
+        if isinstance(keys, str):
+            raise TypeError("get_etags takes a sequence of keys, not one string")
+        found = await self._bulk(keys)
+        return {k: found[k][1] for k in keys if k in found}
+
     async def list(self, prefix: str, *, limit: int | None = None) -> builtins.list[str]:
         if limit is not None and limit < 0:
             raise ValueError("limit must not be negative")
@@ -495,6 +503,7 @@ class DaprStore:
         await self.transact([Delete(key=key, etag=etag)])
 
     async def transact(self, operations: Sequence[Operation]) -> None:
+        """Returns None: Dapr's state API answers a transaction without the new ETags."""
         ops = tuple(operations)
         _check(ops)
         if not ops:

@@ -243,19 +243,23 @@ class StoreContract:
 
     @store_test
     async def test_empty_transaction_is_a_no_op(self, store: StateStore) -> None:
-        """transact([]) succeeds, returns {} and writes nothing."""
-        assert await store.transact([]) is None
+        """transact([]) succeeds, returns no ETag (an empty mapping, or None from a store
+        that never returns ETags) and writes nothing."""
+        assert not await store.transact([])
         assert await store.list("") == []
 
     @store_test
     async def test_transaction_gives_every_key_put_its_own_etag(self, store: StateStore) -> None:
-        """Every key a transaction puts exists afterwards with its value and a fresh ETag
-        (stores do not return ETags from writes: Dapr's state API has none to return)."""
-        assert (
-            await store.transact(
-                [Put(key=f"t/{n}", value=b"%d" % n, etag=Expect.ABSENT) for n in range(3)]
-            )
-            is None
+        """Every key a transaction puts exists afterwards with its value and a fresh ETag.
+        A store that returns ETags from a write (the embedded one) returns exactly those,
+        one per key put and none for a key deleted; Dapr's state API has none to return
+        (None)."""
+        await store.put("t/gone", b"x", etag=Expect.ABSENT)
+        returned = await store.transact(
+            [
+                *(Put(key=f"t/{n}", value=b"%d" % n, etag=Expect.ABSENT) for n in range(3)),
+                Delete(key="t/gone", etag=Expect.ANY),
+            ]
         )
         found = await store.get_many(["t/0", "t/1", "t/2"])
         assert {key: item.value for key, item in found.items()} == {
@@ -264,6 +268,44 @@ class StoreContract:
             "t/2": b"2",
         }
         assert len({item.etag for item in found.values()}) == 3
+        if returned is not None:
+            assert returned == {key: item.etag for key, item in found.items()}
+
+    @store_test
+    async def test_get_etags_answers_what_get_many_does_without_values(
+        self, store: StateStore
+    ) -> None:
+        """get_etags() gives the current ETag of each existing key (missing keys left out,
+        repeats answered once), the same one get_many() reads, and a new one after a write."""
+        await store.transact(
+            [
+                Put(key="e/a", value=b"1" * 70_000, etag=Expect.ABSENT),  # a large value
+                Put(key="e/c", value=b"3", etag=Expect.ABSENT),
+            ]
+        )
+        found = await store.get_many(["e/a", "e/c"])
+        etags = await store.get_etags(["e/a", "e/b", "e/c", "e/a"])
+        assert etags == {key: item.etag for key, item in found.items()}
+        assert list(etags) == ["e/a", "e/c"]  # in the order asked
+        await store.put("e/c", b"33", etag=etags["e/c"])
+        after = await store.get_etags(["e/c"])
+        assert after["e/c"] not in ("", etags["e/c"])
+        assert after["e/c"] == await etag_of(store, "e/c")
+        await store.delete("e/a", etag=etags["e/a"])
+        assert await store.get_etags(["e/a"]) == {}
+        assert await store.get_etags([]) == {}
+        with pytest.raises(TypeError):
+            await store.get_etags("e/c")  # a str is not a list of keys
+
+    @store_test
+    async def test_get_etags_of_many_keys(self, store: StateStore) -> None:
+        """More keys than one statement or one bulk request holds."""
+        keys = [f"many/{n:04d}" for n in range(1200)]
+        await store.transact([Put(key=key, value=b"", etag=Expect.ABSENT) for key in keys[::2]])
+        etags = await store.get_etags(keys)
+        assert list(etags) == keys[::2]
+        found = await store.get_many(keys[::2])
+        assert etags == {key: item.etag for key, item in found.items()}
 
     @store_test
     async def test_transaction_is_all_or_nothing(self, store: StateStore) -> None:

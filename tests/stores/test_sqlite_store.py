@@ -481,7 +481,7 @@ def test_concurrent_writes_share_commits_and_keep_first_write_wins(db_path: Path
     a failed caller writes nothing, and every returned write is there after reopening."""
     from gateway.errors import ConcurrencyError
 
-    async def main() -> list[BaseException | None]:
+    async def main() -> list[BaseException | dict[str, str]]:
         async with SqliteStore.open(db_path, create=True) as store:
             jobs = []
             for index in range(40):
@@ -492,7 +492,7 @@ def test_concurrent_writes_share_commits_and_keep_first_write_wins(db_path: Path
             return list(await asyncio.gather(*jobs, return_exceptions=True))
 
     outcomes = asyncio.run(main())
-    failed = [i for i, o in enumerate(outcomes) if o is not None]
+    failed = [i for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
     assert all(isinstance(outcomes[i], ConcurrencyError) for i in failed)
     assert len(failed) == 9  # ten callers raced for "raced"; one won
 
