@@ -212,7 +212,7 @@ async def run(generations: int, samples: int, world: World, budget: float) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument(
         "--generations", type=int, default=1_000_000, help="cycles to run (default 1000000)"
     )

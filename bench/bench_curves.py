@@ -285,7 +285,7 @@ def _ratio_axis(axes: Any, x: list[int], ratios: list[float]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument(
         "--quick", action="store_true", help="residents 0..2,000 and entries 1k..20k"
     )

@@ -562,7 +562,7 @@ def report_single(
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--objects", type=int, default=200, help="objects (default 200)")
     parser.add_argument(
         "--rules",

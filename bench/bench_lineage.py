@@ -221,7 +221,7 @@ def cycling(generations: int, every: int) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--entries", type=int, default=10_000, help="lineage entries for P4")
     parser.add_argument("--checkpoints", type=int, default=100, help="checkpoints for P4")
     parser.add_argument(

@@ -988,7 +988,7 @@ def say(text: str) -> None:
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes)")
     parser.add_argument("--samples", type=int, help="sequential migrations for P1 and P1b")
     parser.add_argument("--residents", type=int, help="objects held by C for P1b (10,000)")

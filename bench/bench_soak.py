@@ -687,7 +687,7 @@ def run_store_flat(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="1 minute soak / 1,000 migrations")
     parser.add_argument("--seconds", type=float, help="soak duration (600; 60 with --quick)")
     parser.add_argument(

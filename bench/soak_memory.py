@@ -313,7 +313,7 @@ def rss_mib_self() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=180.0, help="how long (180)")
     parser.add_argument("--objects", type=int, default=200, help="objects (200)")
     parser.add_argument("--in-flight", type=int, default=8, help="migrations in flight (8)")
