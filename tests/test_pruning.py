@@ -8,7 +8,9 @@ then the same after every round: it follows the objects, not the migrations made
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from gateway import wire
 from gateway.errors import ForkError, GatewayError
 from gateway.handoff.journal import DESTINATION_PREFIX, SOURCE_PREFIX, fence_key, object_key
 from gateway.handoff.messages import DecisionAnswer, Outcome
-from gateway.handoff.pruning import minimum_retention
+from gateway.handoff.pruning import PACE, _paced, minimum_retention
 from gateway.stores import StateStore
 from gateway.testing import HostSpec, build_world, sealed_transfer, sign_transfer
 from gateway.testing.harness import InProcessWorld
@@ -147,3 +149,64 @@ def test_a_homed_tombstone_goes_after_the_retention_and_a_stale_copy_still_canno
         assert on_a is None or not on_a.live
         for object_id in (homed, plain):
             world.assert_invariants(object_id)
+
+
+def test_a_host_reads_its_settled_records_once_per_tenth_of_the_retention(
+    tmp_path: Path,
+) -> None:
+    """A pass reads the whole retention window; one a minute (as before) read each
+    settled record 11,520 times over an eight-day retention, so pruning's CPU grew with
+    how long a host had been up (the soak's last minutes). Passes are now a tenth of the
+    retention apart: about eleven reads per record, each deleted by 1.1 retentions."""
+    world = InProcessWorld(
+        build_world(tmp_path, [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_B)])
+    )
+    with contextlib.closing(world):
+        world.create(HOST_A, OBJECTS[0], data={"n": 1})
+        world.migrate(OBJECTS[0], source=HOST_A, to=HOST_B)
+        pruner = world.hosts[HOST_A].recovery.pruner
+        assert pruner.interval == pruner.retention / 10
+        assert pruner.interval > timedelta(hours=19)  # the retention is at least 8 days
+        passes = []
+        for step in (pruner.interval, timedelta(minutes=2), timedelta(hours=12)):
+            world.clock(HOST_A).skew(step)
+            passes.append(world.run(pruner.maybe_run()) is not None)
+        assert passes == [True, False, False]
+        world.clock(HOST_A).skew(pruner.interval)
+        assert world.run(pruner.maybe_run()) is not None
+        # Nothing was due yet: the records are still there for retries.
+        assert world.run(world.hosts[HOST_A].store.list(SOURCE_PREFIX))
+
+
+def test_a_pass_leaves_the_event_loop_to_others_between_batches() -> None:
+    """Each batch's work holds the loop; after it the pass waits PACE times as long, so
+    a pass over a large window cannot hold migrations up for its whole length."""
+
+    async def main() -> None:
+        ticks = 0
+        running = True
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while running:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        seen = []
+        began = time.monotonic()
+        async for _batch in _paced(range(3)):
+            before = ticks
+            end = time.monotonic() + 0.01
+            while time.monotonic() < end:  # the batch's own work, holding the loop
+                pass
+            assert ticks == before
+            seen.append(ticks)
+        elapsed = time.monotonic() - began
+        running = False
+        await task
+        assert seen[0] < seen[1] < seen[2], "nothing else ran between two batches"
+        assert elapsed >= 3 * 0.01 * (1 + PACE) * 0.9
+
+    asyncio.run(main())

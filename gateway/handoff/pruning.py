@@ -57,17 +57,24 @@ docs/storage.md):
 
 Every delete is conditional on the ETag read, so a record that changed meanwhile (a
 retry settled it again, a new arrival raised the fence) is left for the next pass. A
-pass costs what the retention window holds, not the host's whole history, plus (hourly)
-one read of the object records for the tombstone scan.
+pass costs what the retention window holds, not the host's whole history, plus (hourly
+at most) one read of the object records for the tombstone scan. A served host runs a
+pass every tenth of the retention (:attr:`Pruner.interval`), so a settled record is
+read about eleven times over its life and deleted between one and 1.1 retentions after
+it settled; a pass yields the event loop between batches for a multiple of the time
+each batch took (:data:`PACE`), so it never holds migrations up for long.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from google.protobuf.message import DecodeError
 
@@ -96,9 +103,14 @@ from gateway.stores import Delete, Operation
 from gateway.v1 import object_pb2
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: Keys read per store call while pruning (bounds one call's memory and a transaction).
 PRUNE_BATCH = 200
+#: After each batch a pass waits this many times as long as the batch took (so it takes
+#: at most a quarter of the event loop while it runs), and at most MAX_PAUSE_SECONDS.
+PACE = 3.0
+MAX_PAUSE_SECONDS = 0.5
 #: Pre-tenancy fences, no longer read or written by anything (gateway.handoff.journal).
 LEGACY_FENCE_PREFIX = "fence/"
 EVENTS_PREFIX = "events/"
@@ -153,13 +165,24 @@ class Pruner:
         self.tombstone_guard: Callable[[str, str], Awaitable[bool]] | None = None
 
     async def maybe_run(self) -> PruneReport | None:
-        """One pass if the last was long enough ago (a tenth of the retention, at most a
-        minute): pruning never needs to be prompt, only to keep up."""
+        """One pass if the last was a tenth of the retention ago (:attr:`interval`):
+        pruning never needs to be prompt, only to keep up. A pass reads every settled
+        record of the retention window, so its cost per settled record is the number of
+        passes over its life: about 11 at one pass per tenth of the retention, 11,520 at
+        the old one per minute (eight days), which made a served host's pruning CPU grow
+        with how long it had been running (4-5 % of its samples in the last minutes of
+        the 10-minute soak, bench/README.md session 25)."""
         now = self.ctx.clock.now()
         if self._next is not None and now < self._next:
             return None
-        self._next = now + min(self.retention / 10, timedelta(minutes=1))
+        self._next = now + self.interval
         return await self.run_once()
+
+    @property
+    def interval(self) -> timedelta:
+        """Between two passes of :meth:`maybe_run`: a record goes between one and 1.1
+        retentions after it settled."""
+        return self.retention / 10
 
     async def run_once(self) -> PruneReport:
         report = PruneReport()
@@ -200,7 +223,7 @@ class Pruner:
         store = self.ctx.journal.store
         pruned = 0
         tombstones: list[SourceRecord] = []
-        for batch in await self._batches(SOURCE_PREFIX, open_ids):
+        async for batch in _paced(await self._batches(SOURCE_PREFIX, open_ids)):
             deletes: list[Operation] = []
             for key, item in (await store.get_many(batch)).items():
                 try:
@@ -233,7 +256,7 @@ class Pruner:
         store = self.ctx.journal.store
         keys = [k for k in await store.list("t/") if _OBJECT_KEY.match(k)]
         deleted = 0
-        for start in range(0, len(keys), PRUNE_BATCH):
+        async for start in _paced(range(0, len(keys), PRUNE_BATCH)):
             batch = await store.get_many(keys[start : start + PRUNE_BATCH])
             departed: list[tuple[str, str, str]] = []
             for key, item in batch.items():
@@ -307,7 +330,7 @@ class Pruner:
     async def _prune_destinations(self, cutoff: datetime, open_ids: set[str]) -> tuple[int, int]:
         store = self.ctx.journal.store
         records = fences = 0
-        for batch in await self._batches(DESTINATION_PREFIX, open_ids):
+        async for batch in _paced(await self._batches(DESTINATION_PREFIX, open_ids)):
             for key, item in (await store.get_many(batch)).items():
                 try:
                     record = wire.decode_destination_record(item.value)
@@ -345,7 +368,7 @@ class Pruner:
         store = self.ctx.journal.store
         pruned = 0
         pending = {k.removeprefix(PENDING_PREFIX) for k in await store.list(PENDING_PREFIX)}
-        for batch in await self._batches(EVENTS_PREFIX, pending):
+        async for batch in _paced(await self._batches(EVENTS_PREFIX, pending)):
             deletes: list[Operation] = []
             for key, item in (await store.get_many(batch)).items():
                 settled = _settled_before(item.value)
@@ -378,6 +401,16 @@ class Pruner:
         except ConcurrencyError:
             return 0
         return 1
+
+
+async def _paced(batches: Iterable[_T]) -> AsyncIterator[_T]:
+    """``batches``, with the event loop left to others after each one for :data:`PACE`
+    times as long as the batch's work took (at most :data:`MAX_PAUSE_SECONDS`): a pass
+    over a large retention window is spread out instead of holding migrations up."""
+    for batch in batches:
+        began = time.monotonic()
+        yield batch
+        await asyncio.sleep(min((time.monotonic() - began) * PACE, MAX_PAUSE_SECONDS))
 
 
 def _settled_before(raw: bytes) -> datetime | None:
