@@ -793,6 +793,7 @@ def _configure(connection: sqlite3.Connection, file: Path, busy_timeout: float) 
             )
         # Per connection, not stored in the file: every connection must set it.
         connection.execute("PRAGMA synchronous = FULL")
+        _require_features(connection)
         created = _ensure_schema(connection, file)
     except sqlite3.Error as exc:
         raise _store_error(exc, file, "open the store") from exc
@@ -800,6 +801,30 @@ def _configure(connection: sqlite3.Connection, file: Path, busy_timeout: float) 
         # SQLite fsyncs the file's contents but not the directory entry that makes a
         # new file findable after a power loss; do that once, when the file is new.
         _fsync_directory(file.parent)
+
+
+#: What the store's statements need of the SQLite library Python was built with: an
+#: upsert (3.24) and the JSON functions (``_ETAGS_AS_JSON``; built in since 3.38, an
+#: option before). Tried once per connection, so a library without them is named at
+#: open time rather than failing the first commit.
+_FEATURE_PROBE = "SELECT json_group_object('key', 'etag')"
+
+
+def _require_features(connection: sqlite3.Connection) -> None:
+    try:
+        connection.execute(_FEATURE_PROBE).fetchone()
+    except sqlite3.OperationalError as exc:
+        raise StoreError(
+            f"this Python's SQLite library ({sqlite3.sqlite_version}) lacks what the "
+            f"store needs: {exc}",
+            hint="use a Python built with SQLite 3.38 or later (or with the JSON1 "
+            "extension), or the Dapr state store",
+        ) from exc
+    if sqlite3.sqlite_version_info < (3, 24):
+        raise StoreError(
+            f"this Python's SQLite library ({sqlite3.sqlite_version}) has no upsert",
+            hint="use a Python built with SQLite 3.38 or later, or the Dapr state store",
+        )
 
 
 def _ensure_schema(connection: sqlite3.Connection, file: Path) -> bool:

@@ -263,6 +263,21 @@ def test_a_missing_store_is_an_error_unless_creation_is_asked(tmp_path: Path) ->
     asyncio.run(create_then_reopen())
 
 
+def test_an_sqlite_library_without_the_json_functions_is_named_at_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's ETag reads use json_group_object (built in since SQLite 3.38); a
+    Python whose SQLite lacks it is refused when the store opens, with a StoreError
+    naming the library's version and what to use, not on the first commit."""
+    import gateway.stores.sqlite as module
+
+    monkeypatch.setattr(module, "_FEATURE_PROBE", "SELECT no_such_json_function('k', 'v')")
+    with pytest.raises(StoreError, match=r"lacks what the store needs") as caught:
+        SqliteStore.open(tmp_path / "state.db", create=True)
+    assert sqlite3.sqlite_version in str(caught.value)
+    assert caught.value.hint is not None and "3.38" in caught.value.hint
+
+
 def test_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     """A non-SQLite file is refused with a StoreError naming it, and left untouched."""
     path = tmp_path / "notes.db"
