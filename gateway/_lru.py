@@ -1,5 +1,7 @@
-"""A bounded, thread-safe least-recently-used memory, for the process-wide memories of
-verified things (gateway.keys' signatures, gateway.credentials' grants).
+"""Bounded least-recently-used memories: :class:`BoundedLru`, thread-safe, for the
+process-wide memories of verified things (gateway.keys' signatures, gateway.credentials'
+grants); :class:`IdleLru`, for one event loop, for the decoded objects a journal and a
+cycle runner keep (it spares the values in use).
 
 Invariant: at most ``capacity`` entries, and, given ``max_weight``, at most that total
 weight (``weigh(value)``: its bytes, say), the least recently used going first, so bytes
@@ -13,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -91,3 +94,63 @@ class BoundedLru(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+@dataclass(slots=True)
+class _Slot(Generic[V]):
+    value: V
+    size: int
+    used: float
+
+
+class IdleLru(Generic[K, V]):
+    """A memo bounded by the total size of its values, least recently used first, that
+    evicts a value only once it went unused for ``idle_seconds``: when everything held
+    was used more recently, a newcomer is not kept instead. A host that visits more
+    values in turn than the memo holds (objects cycled one after another) would, under
+    plain LRU, evict each just before its next use and never hit; this way the values
+    held keep hitting and only the rest miss. For one event loop: no lock.
+
+    Invariant: the sizes of the values held add up to at most ``total_size``."""
+
+    __slots__ = ("_clock", "_entries", "_idle", "_size", "_total_size")
+
+    def __init__(self, total_size: int, *, idle_seconds: float, clock: Callable[[], float]) -> None:
+        self._total_size = total_size
+        self._idle = idle_seconds
+        self._clock = clock
+        self._size = 0
+        #: least recently used first
+        self._entries: OrderedDict[K, _Slot[V]] = OrderedDict()
+
+    def __contains__(self, key: K) -> bool:
+        return key in self._entries
+
+    def peek(self, key: K) -> V | None:
+        """The value held under ``key``, not counted as a use."""
+        slot = self._entries.get(key)
+        return None if slot is None else slot.value
+
+    def touch(self, key: K) -> None:
+        """Count a use of the value held under ``key`` (the caller peeked it)."""
+        self._entries[key].used = self._clock()
+        self._entries.move_to_end(key)
+
+    def put(self, key: K, value: V, size: int) -> None:
+        """Hold ``value`` under ``key`` if room can be made (see the class)."""
+        self.forget(key)
+        entries = self._entries
+        now = self._clock()
+        while self._size + size > self._total_size:
+            oldest = next(iter(entries.values()), None)
+            if oldest is None or now - oldest.used < self._idle:
+                return  # full of values in use: this one is not kept
+            _key, evicted = entries.popitem(last=False)
+            self._size -= evicted.size
+        entries[key] = _Slot(value, size, now)
+        self._size += size
+
+    def forget(self, key: K) -> None:
+        slot = self._entries.pop(key, None)
+        if slot is not None:
+            self._size -= slot.size

@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
 from gateway import wire
+from gateway._lru import IdleLru
 from gateway.errors import ConcurrencyError, NotFoundError
 from gateway.handoff.records import TRANSFER_DROPPED_STEPS, DestinationRecord, SourceRecord
 from gateway.lineage import digest
@@ -304,18 +305,15 @@ class _Objects:
         idle_seconds: float = OBJECT_MEMO_IDLE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._total_bytes = total_bytes
-        self._idle = idle_seconds
-        self._clock = clock
-        self._bytes = 0
-        #: key -> (bytes, object, last used), least recently used first
-        self._values: OrderedDict[str, tuple[bytes, GovernedObject, float]] = OrderedDict()
+        #: key -> (bytes, object), weighed by the bytes
+        self._held: IdleLru[str, tuple[bytes, GovernedObject]] = IdleLru(
+            total_bytes, idle_seconds=idle_seconds, clock=clock
+        )
 
     def get(self, key: str, raw: bytes) -> GovernedObject:
-        held = self._values.get(key)
+        held = self._held.peek(key)
         if held is not None and held[0] == raw:
-            self._values[key] = (raw, held[1], self._clock())
-            self._values.move_to_end(key)
+            self._held.touch(key)
             return held[1]
         obj = wire.decode_object(raw)
         self.remember(key, raw, obj)
@@ -323,21 +321,10 @@ class _Objects:
 
     def remember(self, key: str, raw: bytes, obj: GovernedObject) -> None:
         """``raw`` (stored, or about to be, under ``key``) decodes to ``obj``."""
-        held = self._values.pop(key, None)
-        if held is not None:
-            self._bytes -= len(held[0])
         if len(raw) > OBJECT_MEMO_MAX_BYTES:
+            self._held.forget(key)
             return
-        now = self._clock()
-        values = self._values
-        while self._bytes + len(raw) > self._total_bytes:
-            oldest = next(iter(values.values()), None)
-            if oldest is None or now - oldest[2] < self._idle:
-                return  # full of objects in use: this one is not kept
-            _key, (evicted, _obj, _used) = values.popitem(last=False)
-            self._bytes -= len(evicted)
-        values[key] = (raw, obj, now)
-        self._bytes += len(raw)
+        self._held.put(key, (raw, obj), len(raw))
 
 
 class Journal:

@@ -37,7 +37,6 @@ import asyncio
 import enum
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
@@ -45,6 +44,7 @@ from typing import Any, Generic, TypeVar
 
 from gateway import observability
 from gateway._crash import crash_point
+from gateway._lru import IdleLru
 from gateway._time import format_time
 from gateway.authority import EffectiveAuthority
 from gateway.errors import (
@@ -611,13 +611,11 @@ class _Derived:
             self.permitted.add((resource, verb))
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _HeldObject:
     etag: str
     obj: GovernedObject
-    size: int  #: its encoded bytes
     derived: _Derived
-    used: float
 
 
 class _Held:
@@ -633,7 +631,7 @@ class _Held:
     unused for :data:`HELD_IDLE_SECONDS`: a host cycling more objects than it holds
     visits them in turn, and plain LRU would evict each just before its next cycle."""
 
-    __slots__ = ("_bytes", "_clock", "_entries", "_idle", "_total_bytes")
+    __slots__ = ("_held",)
 
     def __init__(
         self,
@@ -642,47 +640,31 @@ class _Held:
         idle_seconds: float = HELD_IDLE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._total_bytes = total_bytes
-        self._idle = idle_seconds
-        self._clock = clock
-        self._bytes = 0
-        #: key -> what was committed there, least recently used first
-        self._entries: OrderedDict[str, _HeldObject] = OrderedDict()
+        self._held: IdleLru[str, _HeldObject] = IdleLru(
+            total_bytes, idle_seconds=idle_seconds, clock=clock
+        )
 
     def __contains__(self, key: str) -> bool:
-        return key in self._entries
+        return key in self._held
 
     def get(self, key: str, etag: str | None) -> _Current | None:
         """The object stored under ``key`` if it is the one remembered (same ETag)."""
-        held = self._entries.get(key)
+        held = self._held.peek(key)
         if held is None or etag is None or held.etag != etag:
             return None
-        held.used = self._clock()
-        self._entries.move_to_end(key)
+        self._held.touch(key)
         return _Current(key=key, obj=held.obj, etag=etag, derived=held.derived)
 
     def derived(self, key: str) -> _Derived | None:
-        held = self._entries.get(key)
+        held = self._held.peek(key)
         return None if held is None else held.derived
 
     def put(self, key: str, etag: str, obj: GovernedObject, size: int, derived: _Derived) -> None:
         """``obj`` (``size`` bytes encoded) is stored under ``key`` with ``etag``."""
-        self.forget(key)
-        entries = self._entries
-        now = self._clock()
-        while self._bytes + size > self._total_bytes:
-            oldest = next(iter(entries.values()), None)
-            if oldest is None or now - oldest.used < self._idle:
-                return  # full of objects in use: this one is not kept
-            _key, evicted = entries.popitem(last=False)
-            self._bytes -= evicted.size
-        entries[key] = _HeldObject(etag=etag, obj=obj, size=size, derived=derived, used=now)
-        self._bytes += size
+        self._held.put(key, _HeldObject(etag=etag, obj=obj, derived=derived), size)
 
     def forget(self, key: str) -> None:
-        held = self._entries.pop(key, None)
-        if held is not None:
-            self._bytes -= held.size
+        self._held.forget(key)
 
 
 class _Entries:
