@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from gateway.authority import CapabilitySet, EffectiveAuthority
-from gateway.config import load_config
 from gateway.errors import AdmissionDeniedError, RuleError
 from gateway.handoff.journal import Journal, object_key
 from gateway.host import Host
@@ -31,6 +30,7 @@ from gateway.runtime.cycle import CycleResult, CycleRunner, _Derived, _Held
 from gateway.stores import Item, Operation, StateStore
 from gateway.testing import HostSpec, World, build_world, create_from_spec
 from tests.conftest import HOST_A
+from tests.test_cycle import in_host
 
 OFFERS = {"offers": [{"resource": "state:self", "actions": ["read", "write"]}]}
 TENANT = "default"
@@ -87,17 +87,6 @@ def spec() -> Any:
 @pytest.fixture
 def world(tmp_path: Path) -> World:
     return build_world(tmp_path, [HostSpec(host_id=HOST_A, policy=OFFERS)])
-
-
-def in_host(world: World, scenario: Any) -> None:
-    async def main() -> None:
-        host = await Host.open(load_config(world.config(HOST_A)))
-        try:
-            await scenario(host)
-        finally:
-            await host.close()
-
-    asyncio.run(main())
 
 
 def runner(host: Host, store: Watched) -> CycleRunner:
