@@ -1,5 +1,6 @@
-"""``gateway sweep``: run the storage sweep a serving host runs hourly, now, and say what
-it deleted (or, with ``--dry-run``, what it would delete).
+"""``gateway sweep``: run the storage sweep a serving host runs hourly, and the pruning
+of settled history it runs once every tenth of the retention, now, and say what it
+deleted (or, with ``--dry-run``, what it would delete).
 
 Invariants: the same rules as the hourly sweep (gateway.runtime.sweep): a ``.blob`` file
 goes only if no record names it and it is older than an hour; archive segments go only
@@ -41,6 +42,23 @@ async def sweep(host: Host, *, dry_run: bool) -> dict[str, Any]:
             "files": [{"path": str(p), "bytes": sizes[p]} for p in files],
         },
         "archive": await _prune_archives(host, dry_run=dry_run),
+        "settled": await _prune_settled(host, dry_run=dry_run),
+    }
+
+
+async def _prune_settled(host: Host, *, dry_run: bool) -> dict[str, Any]:
+    """The handoff pruner's pass (a serving host runs one every tenth of the retention),
+    now and unpaced: settled journal records, fences, delivered events and MOVED
+    tombstones past ``handoff.settled_retention_seconds``."""
+    pruner = host.recovery.pruner
+    report = await pruner.run_once(dry_run=dry_run, paced=False)
+    return {
+        "retention_s": pruner.retention.total_seconds(),
+        "source_records": report.source_records,
+        "destination_records": report.destination_records,
+        "fences": report.fences,
+        "events": report.events,
+        "tombstones": report.tombstones,
     }
 
 
@@ -90,6 +108,18 @@ def describe(report: dict[str, Any]) -> list[str]:
         f"{report['blob_files']['older_than_s']} s)"
     ]
     lines += [f"  {f['path']} ({f['bytes']} bytes)" for f in files]
+    settled = report["settled"]
+    lines.append(
+        f"{verb} {settled['source_records']} source and {settled['destination_records']} "
+        f"destination record(s), {settled['fences']} fence(s), {settled['events']} event(s) "
+        f"and {settled['tombstones']} tombstone(s) settled more than "
+        f"{settled['retention_s']:.0f} s ago"
+        + (
+            " (a dry run counts no tombstone that waits for its archive)"
+            if report["dry_run"]
+            else ""
+        )
+    )
     archive = report["archive"]
     if archive["retention_s"] is None:
         lines.append(
@@ -130,13 +160,16 @@ def add_commands(
     parser = commands.add_parser(
         "sweep",
         parents=[common, output],
-        help="delete stored data no record needs: orphan blob files, expired archives",
+        help="delete stored data no record needs: orphan blob files, settled history, "
+        "expired archives",
         description="Run the storage sweep a serving host runs at start and hourly, now: "
         "delete the blob files no record names (older than an hour: a crash between a "
-        "record's delete and its file's unlink leaves them), and, if "
-        "lineage.compaction.archive_retention_seconds is set, the archive segments of "
-        "objects that left this host longer ago than that (written first to "
-        "archive_export_dir when set). Safe beside a serving host.",
+        "record's delete and its file's unlink leaves them); the settled journal records, "
+        "fences, delivered events and MOVED tombstones older than "
+        "handoff.settled_retention_seconds (a serving host prunes those once every tenth "
+        "of that retention); and, if lineage.compaction.archive_retention_seconds is set, "
+        "the archive segments of objects that left this host longer ago than that "
+        "(written first to archive_export_dir when set). Safe beside a serving host.",
     )
     parser.add_argument(
         "--dry-run",

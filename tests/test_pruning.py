@@ -210,3 +210,36 @@ def test_a_pass_leaves_the_event_loop_to_others_between_batches() -> None:
         assert elapsed >= 3 * 0.01 * (1 + PACE) * 0.9
 
     asyncio.run(main())
+
+
+def test_gateway_sweep_prunes_settled_history_now_and_a_dry_run_only_counts(
+    tmp_path: Path,
+) -> None:
+    """A serving host prunes settled history once per tenth of the retention, so an
+    operator who wants the space now runs ``gateway sweep``: its dry run counts what is
+    due and deletes nothing, the sweep deletes it. A tombstone kept by the rule (no
+    custody home here) is not counted as deleted."""
+    from gateway._cli_sweep import describe, sweep
+
+    world = InProcessWorld(
+        build_world(tmp_path, [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_B)])
+    )
+    with contextlib.closing(world):
+        world.create(HOST_A, OBJECTS[0], data={"n": 1})
+        world.migrate(OBJECTS[0], source=HOST_A, to=HOST_B)
+        host = world.hosts[HOST_A]
+        store = host.store
+        world.clock(HOST_A).skew(host.recovery.pruner.retention + timedelta(days=1))
+
+        dry = world.run(sweep(host, dry_run=True))
+        assert dry["settled"]["source_records"] == 1
+        assert dry["settled"]["tombstones"] == 0
+        assert world.run(store.list(SOURCE_PREFIX)), "a dry run deletes nothing"
+        lines = describe(dry)
+        assert any(line.startswith("would delete 1 source and 0 destination") for line in lines)
+
+        done = world.run(sweep(host, dry_run=False))
+        assert done["settled"]["source_records"] == 1
+        assert done["settled"]["tombstones"] == 0
+        assert world.run(store.list(SOURCE_PREFIX)) == []
+        assert world.run(store.list(object_key("default", OBJECTS[0]).rsplit("/", 1)[0]))

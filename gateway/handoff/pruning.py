@@ -157,6 +157,8 @@ class Pruner:
         floor = minimum_retention(context.timing.clock_skew)
         self.retention = floor if retention is None else max(retention, floor)
         self._next: datetime | None = None
+        self._dry_run = False  #: of the pass under way: count, delete nothing
+        self._paced = True  #: of the pass under way: see _paced
         self.tombstones = 0  #: deleted by the pass under way
         self._next_scan: datetime | None = None  #: of tombstones without a journal record
         #: Asked before a tombstone is deleted (the host plugs in the archive pruning:
@@ -184,7 +186,11 @@ class Pruner:
         retentions after it settled."""
         return self.retention / 10
 
-    async def run_once(self) -> PruneReport:
+    async def run_once(self, *, dry_run: bool = False, paced: bool = True) -> PruneReport:
+        """One pass now. ``dry_run``: count what would be deleted and delete nothing;
+        ``paced``: leave the event loop to others between batches (see :func:`_paced`;
+        ``gateway sweep``, which serves nothing, does not)."""
+        self._dry_run, self._paced = dry_run, paced
         report = PruneReport()
         cutoff = self.ctx.clock.now() - self.retention
         store = self.ctx.journal.store
@@ -223,7 +229,7 @@ class Pruner:
         store = self.ctx.journal.store
         pruned = 0
         tombstones: list[SourceRecord] = []
-        async for batch in _paced(await self._batches(SOURCE_PREFIX, open_ids)):
+        async for batch in self._pace(await self._batches(SOURCE_PREFIX, open_ids)):
             deletes: list[Operation] = []
             for key, item in (await store.get_many(batch)).items():
                 try:
@@ -256,7 +262,7 @@ class Pruner:
         store = self.ctx.journal.store
         keys = [k for k in await store.list("t/") if _OBJECT_KEY.match(k)]
         deleted = 0
-        async for start in _paced(range(0, len(keys), PRUNE_BATCH)):
+        async for start in self._pace(range(0, len(keys), PRUNE_BATCH)):
             batch = await store.get_many(keys[start : start + PRUNE_BATCH])
             departed: list[tuple[str, str, str]] = []
             for key, item in batch.items():
@@ -295,8 +301,13 @@ class Pruner:
         store = self.ctx.journal.store
         # Asked first: what it does (prune the segments) may rewrite the tombstone, whose
         # ETag the deletes below are conditional on.
-        if self.tombstone_guard is not None and not await self.tombstone_guard(tenant, object_id):
-            return []
+        if self.tombstone_guard is not None:
+            if self._dry_run:
+                # The guard prunes the object's archive first: a dry run asks nothing of
+                # it, and counts no tombstone behind it.
+                return []
+            if not await self.tombstone_guard(tenant, object_id):
+                return []
         keys = [object_key(tenant, object_id), held_key(tenant, object_id)]
         found = await store.get_many([*keys, fence_key(tenant, object_id)])
         item = found.get(keys[0])
@@ -330,7 +341,7 @@ class Pruner:
     async def _prune_destinations(self, cutoff: datetime, open_ids: set[str]) -> tuple[int, int]:
         store = self.ctx.journal.store
         records = fences = 0
-        async for batch in _paced(await self._batches(DESTINATION_PREFIX, open_ids)):
+        async for batch in self._pace(await self._batches(DESTINATION_PREFIX, open_ids)):
             for key, item in (await store.get_many(batch)).items():
                 try:
                     record = wire.decode_destination_record(item.value)
@@ -368,7 +379,7 @@ class Pruner:
         store = self.ctx.journal.store
         pruned = 0
         pending = {k.removeprefix(PENDING_PREFIX) for k in await store.list(PENDING_PREFIX)}
-        async for batch in _paced(await self._batches(EVENTS_PREFIX, pending)):
+        async for batch in self._pace(await self._batches(EVENTS_PREFIX, pending)):
             deletes: list[Operation] = []
             for key, item in (await store.get_many(batch)).items():
                 settled = _settled_before(item.value)
@@ -385,10 +396,15 @@ class Pruner:
             deleted += await self._apply([Delete(key=k, etag=i.etag) for k, i in found.items()])
         return deleted
 
+    def _pace(self, batches: Iterable[_T]) -> AsyncIterator[_T]:
+        return _paced(batches, PACE if self._paced else 0.0)
+
     async def _apply(self, deletes: list[Operation]) -> int:
         """Deletes in one transaction; on a lost race, one by one (each may have moved)."""
         if not deletes:
             return 0
+        if self._dry_run:
+            return len(deletes)
         try:
             await self.ctx.journal.store.transact(deletes)
             return len(deletes)
@@ -396,6 +412,12 @@ class Pruner:
             return sum([await self._apply_one([op]) for op in deletes])
 
     async def _apply_one(self, operations: list[Operation]) -> int:
+        """1 if ``operations`` were applied (or, in a dry run, would be tried), 0 if there
+        were none or they lost a race."""
+        if not operations:
+            return 0
+        if self._dry_run:
+            return 1
         try:
             await self.ctx.journal.store.transact(operations)
         except ConcurrencyError:
@@ -403,14 +425,15 @@ class Pruner:
         return 1
 
 
-async def _paced(batches: Iterable[_T]) -> AsyncIterator[_T]:
-    """``batches``, with the event loop left to others after each one for :data:`PACE`
+async def _paced(batches: Iterable[_T], pace: float = PACE) -> AsyncIterator[_T]:
+    """``batches``, with the event loop left to others after each one for ``pace``
     times as long as the batch's work took (at most :data:`MAX_PAUSE_SECONDS`): a pass
     over a large retention window is spread out instead of holding migrations up."""
     for batch in batches:
         began = time.monotonic()
         yield batch
-        await asyncio.sleep(min((time.monotonic() - began) * PACE, MAX_PAUSE_SECONDS))
+        if pace:
+            await asyncio.sleep(min((time.monotonic() - began) * pace, MAX_PAUSE_SECONDS))
 
 
 def _settled_before(raw: bytes) -> datetime | None:
