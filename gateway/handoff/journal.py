@@ -413,6 +413,21 @@ class Journal:
             )
         return loaded
 
+    async def object_and_held(
+        self, tenant: str, object_id: str, *, host: str
+    ) -> tuple[Versioned[GovernedObject], Versioned[int] | None]:
+        """:meth:`require_object` and the object's quota charge (its ``held/`` entry, as
+        :meth:`release` reads it), in one read: one snapshot."""
+        keys = object_key(tenant, object_id), held_key(tenant, object_id)
+        found = await self.store.get_many(keys)
+        loaded = self.decoded_object(keys[0], found.get(keys[0]))
+        if loaded is None:
+            raise NotFoundError(
+                f"no object {object_id} in tenant {tenant} on {host}",
+                hint="list objects with `gateway object list`",
+            )
+        return loaded, self.decoded(decode_counter, found.get(keys[1]))
+
     async def source(self, migration_id: str) -> Versioned[SourceRecord] | None:
         return await self._load(source_key(migration_id), wire.decode_source_record)
 
