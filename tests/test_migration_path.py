@@ -12,10 +12,12 @@ from gateway.handoff.journal import (
     destination_key,
     object_key,
     source_key,
+    usage_key,
 )
 from gateway.handoff.records import DestinationStep, SourceStep
 from gateway.model import LifecycleState
 from gateway.stores import Delete, Operation, Put
+from gateway.tenancy import Usage
 from gateway.testing import World, serving
 from tests.conftest import HOST_A, HOST_B
 
@@ -322,5 +324,38 @@ def test_records_written_by_another_writer_meanwhile_are_read_again(world: World
             assert tomb is not None and tomb.value.state is LifecycleState.MOVED
             live = await b.journal.object(TENANT, _object(0))
             assert live is not None and live.value.state is LifecycleState.ACTIVE
+
+    asyncio.run(main())
+
+
+def test_a_tenants_charges_read_its_usage_counter_only_after_someone_else_wrote_it(
+    world: World,
+) -> None:
+    """Each stage batch charges the tenant's usage counter; the next batch takes the
+    counter its predecessor wrote instead of reading it (it was one read per batch).
+    A counter written meanwhile by another process (here: straight into the store) makes
+    the next charge's conditional write fail; it is then read, and the count is right."""
+
+    async def main() -> None:
+        async with serving(world, [HOST_A, HOST_B]) as hosts:
+            a, b = hosts[HOST_A], hosts[HOST_B]
+            await _create(a, 3)
+            destination = _CountedReads(b.journal.store)
+            b.journal.store = destination  # type: ignore[assignment]
+            counter = usage_key(TENANT)
+            for index in range(2):
+                result = await a.migrate(_object(index), tenant=TENANT, destination=HOST_B)
+                assert result.step is SourceStep.DONE
+            assert destination.reading(counter) == 1, destination.reads  # the first charge
+            before = await destination.store.get(counter)
+            assert before is not None and Usage.decode(before.value).objects == 2
+            # Another process charges five objects of the tenant.
+            others = Usage(objects=7, size=Usage.decode(before.value).size)
+            await destination.store.put(counter, others.encode(), etag=before.etag)
+            result = await a.migrate(_object(2), tenant=TENANT, destination=HOST_B)
+            assert result.step is SourceStep.DONE
+            assert destination.reading(counter) == 2  # read again after the lost race
+            after = await destination.store.get(counter)
+            assert after is not None and Usage.decode(after.value).objects == 8
 
     asyncio.run(main())

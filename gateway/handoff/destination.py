@@ -749,6 +749,7 @@ class Destination:
         ops.extend(usage.fold(tenant, adding_all=[pending.size for pending in accepted]))
         try:
             written = await journal.store.transact(ops)
+            journal.wrote_usage(tenant, ops, written)  # under the tenant's lock
         except ConcurrencyError as exc:
             if len(accepted) == 1:
                 _answer(accepted[0], exc)
@@ -781,7 +782,9 @@ class Destination:
                     tenant, usage, size=pending.size, object_id=pending.object_id
                 ),
             )
-            pending.written = await ctx.journal.store.transact([*pending.ops, *charge])
+            ops = [*pending.ops, *charge]
+            pending.written = await ctx.journal.store.transact(ops)
+            ctx.journal.wrote_usage(tenant, ops, pending.written)  # under the tenant's lock
         except BaseException as exc:
             _answer(pending, exc)
             if not isinstance(exc, Exception):
