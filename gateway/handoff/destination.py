@@ -749,7 +749,6 @@ class Destination:
         ops.extend(usage.fold(tenant, adding_all=[pending.size for pending in accepted]))
         try:
             written = await journal.store.transact(ops)
-            journal.wrote_usage(tenant, ops, written)  # under the tenant's lock
         except ConcurrencyError as exc:
             if len(accepted) == 1:
                 _answer(accepted[0], exc)
@@ -767,6 +766,7 @@ class Destination:
         except BaseException as exc:
             _fail_all(accepted, exc)
             return
+        journal.wrote_usage(tenant, ops, written)  # under the tenant's lock
         for pending in accepted:
             pending.written = written
             _answer(pending, None)
@@ -784,12 +784,12 @@ class Destination:
             )
             ops = [*pending.ops, *charge]
             pending.written = await ctx.journal.store.transact(ops)
-            ctx.journal.wrote_usage(tenant, ops, pending.written)  # under the tenant's lock
         except BaseException as exc:
             _answer(pending, exc)
             if not isinstance(exc, Exception):
                 raise
             return
+        ctx.journal.wrote_usage(tenant, ops, pending.written)  # under the tenant's lock
         _answer(pending, None)
 
     async def _discard_upload(self, staged: GovernedObject, upload: str | None) -> None:

@@ -141,13 +141,13 @@ class Source:
         before commit.
         """
         self.peers.client(destination)  # an unknown peer fails before anything is frozen
-        record, frozen, written = await self._freeze(
+        record, frozen, known = await self._freeze(
             object_id, tenant=tenant, destination=destination
         )
         crash_point("source.after-freeze")
         # Driven on from what the freeze just wrote: the same record and object a
         # resume() would read back, with their ETags when the store said them.
-        return await self._drive(record, blob=frozen.blob, frozen=written)
+        return await self._drive(record, blob=frozen.blob, frozen=known)
 
     async def freeze(
         self,
@@ -160,7 +160,7 @@ class Source:
         """Freeze an ACTIVE object for ``destination`` and journal the sealed transfer
         (FROZEN), sending nothing; returns the migration id. :meth:`resume` sends it
         over the network; an offline transfer carries the journaled bytes in a file."""
-        record, _frozen, _written = await self._freeze(
+        record, _frozen, _known = await self._freeze(
             object_id, tenant=tenant, destination=destination, ttl=ttl
         )
         return record.migration_id
