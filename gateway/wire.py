@@ -555,10 +555,13 @@ OBJECT_PARTS_MEMO_BYTES = 16 << 20
 OBJECT_PARTS_MEMO_ENTRIES = 16384
 
 _Parts = tuple[bytes, bytes, bytes, bytes, bytes]
-_OBJECT_PARTS: BoundedLru[tuple[int, ...], tuple[tuple[object, ...], bytes, _Parts]] = BoundedLru(
+#: key: ids of the body's values -> (the body's values, the tail's values, data, parts)
+_OBJECT_PARTS: BoundedLru[
+    tuple[int, ...], tuple[tuple[object, ...], tuple[object, ...], bytes, _Parts]
+] = BoundedLru(
     OBJECT_PARTS_MEMO_ENTRIES,
     max_weight=OBJECT_PARTS_MEMO_BYTES,
-    weigh=lambda held: 2 * sum(map(len, held[2])),
+    weigh=lambda held: 2 * sum(map(len, held[3])),
 )
 
 
@@ -571,9 +574,15 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
     (and only the snapshot's fields 1-6 and 8-11 then: data and its size), so the rest
     still comes from the memo.
     A cycle rebuilds its object from the same values, so from its second cycle on an
-    object's encoding builds only its cycle state (and its data's fields, if written)."""
+    object's encoding builds only its cycle state (and its data's fields, if written).
+
+    The entry is found by the body's values alone (the data, rules, grants, the
+    lineage's envelopes: most of the bytes); the tail's (epoch, state, placement,
+    authority: StoredObject's fields 4-12, :func:`_tail`) are held beside them and, if
+    any differs, only the tail is encoded again. A freeze, a tombstone or an abort
+    changes just those (and adds entries), so it no longer encodes its whole body."""
     lineage = obj.lineage
-    held = (
+    body = (
         obj.object_id,
         obj.tenant,
         obj.content_type,
@@ -582,6 +591,11 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
         obj.subscriptions,
         obj.answers,
         obj.grants,
+        lineage.checkpoints,
+        lineage.arrivals,
+        lineage.base,
+    )
+    tail = (
         obj.epoch,
         obj.state,
         obj.migration_id,
@@ -590,19 +604,24 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
         obj.last_transfer_digest,
         obj.authority,
         obj.authority_expires,
-        lineage.checkpoints,
-        lineage.arrivals,
-        lineage.base,
     )
-    key = tuple(map(id, held))
+    key = tuple(map(id, body))
     hit = _OBJECT_PARTS.get(key)
-    if hit is not None and all(map(operator.is_, hit[0], held)):
-        if hit[1] is obj.data:
-            return hit[2]
-        parts = (_head(obj), _after(obj), *hit[2][2:])
+    if hit is not None and all(map(operator.is_, hit[0], body)):
+        parts = hit[3]
+        same_data, same_tail = hit[2] is obj.data, all(map(operator.is_, hit[1], tail))
+        if same_data and same_tail:
+            return parts
+        parts = (
+            parts[0] if same_data else _head(obj),
+            parts[1] if same_data else _after(obj),
+            parts[2],
+            parts[3],
+            parts[4] if same_tail else _tail(obj),
+        )
     else:
-        parts = _encode_parts(obj)
-    _OBJECT_PARTS.put(key, (held, obj.data, parts))
+        parts = (*_encode_body(obj), _tail(obj))
+    _OBJECT_PARTS.put(key, (body, tail, obj.data, parts))
     return parts
 
 
@@ -629,7 +648,8 @@ def _after(obj: GovernedObject) -> bytes:
     ).SerializeToString(deterministic=True)
 
 
-def _encode_parts(obj: GovernedObject) -> _Parts:
+def _tail(obj: GovernedObject) -> bytes:
+    """Fields 4-12 of the object's StoredObject (epoch, state, placement, authority)."""
     tail = object_pb2.StoredObject(
         epoch=obj.epoch,
         state=_STATE_TO_PB[obj.state],
@@ -644,19 +664,18 @@ def _encode_parts(obj: GovernedObject) -> _Parts:
         tail.blob.CopyFrom(blob)
     if obj.authority_expires:
         tail.authority_expires.CopyFrom(_ts(obj.authority_expires))
+    return tail.SerializeToString(deterministic=True)
+
+
+def _encode_body(obj: GovernedObject) -> tuple[bytes, bytes, bytes, bytes]:
+    """The snapshot's fields 1-6 and 8-11, the grants and the lineage's fields 3.2-3.4."""
     lineage = obj.lineage
     rest = object_pb2.Lineage(
         checkpoints=[_envelope_bytes(c) for c in lineage.checkpoints],
         arrivals=[_envelope_bytes(a) for a in lineage.arrivals],
         base=_base_bytes(lineage.base) if lineage.base is not None else b"",
     ).SerializeToString(deterministic=True)
-    return (
-        _head(obj),
-        _after(obj),
-        _credentials_wire(tuple(obj.grants)),
-        rest,
-        tail.SerializeToString(deterministic=True),
-    )
+    return (_head(obj), _after(obj), _credentials_wire(tuple(obj.grants)), rest)
 
 
 #: Fields 1 (StoredObject.snapshot), 3 (StoredObject.lineage) and 1 (Lineage.entries),

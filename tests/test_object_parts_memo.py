@@ -76,3 +76,26 @@ def test_the_memo_stays_within_its_bytes() -> None:
         wire.encode_object(obj)
         assert wire._OBJECT_PARTS._weight <= wire.OBJECT_PARTS_MEMO_BYTES
     assert len(wire._OBJECT_PARTS._entries) < 2 * wire.OBJECT_PARTS_MEMO_BYTES // (2 * len(big))
+
+
+def test_a_handoffs_objects_take_their_body_from_the_memo() -> None:
+    """A freeze, a tombstone and an abort change only the object's state, epoch and
+    placement (and add entries): the rest of their encoding (data, rules, grants, the
+    lineage's envelopes) comes from the memo, only their tail is encoded again (on main
+    each missed it whole), and every encoding is still exactly the whole message's."""
+    obj = created()
+    wire.encode_object(obj)
+    hits = wire._OBJECT_PARTS.hits
+    frozen = obj.freeze("mig-1", destination=HOST_B, host=HOST_A, at=T0 + timedelta(days=1))
+    receipt = depart(obj, host=HOST_A, to=HOST_B, migration="mig-1").lineage.checkpoints[-1]
+    handoffs = [
+        frozen,
+        frozen.tombstone("mig-1", moved_to=HOST_B, receipt=receipt, transfer_digest=bytes(32)),
+        frozen.thaw("mig-1", host=HOST_A, at=T0 + timedelta(days=1), reason="refused"),
+    ]
+    for changed in handoffs:
+        assert wire.encode_object(changed) == whole(changed)
+    assert wire._OBJECT_PARTS.hits - hits == len(handoffs)
+    # A changed body is never served from it.
+    for changed in (replace(frozen, data=b'{"x":2}'), replace(frozen, grants=("a.b.c",))):
+        assert wire.encode_object(changed) == whole(changed)

@@ -104,6 +104,10 @@ ROOT_HOMES_REMEMBERED = 1024
 #: Staged migrations whose (tenant, object id) is remembered for their Commit (a Commit
 #: follows its Prepare within seconds; a few hundred bytes each).
 STAGES_REMEMBERED = 1024
+#: Stages whose record and object are held for their Commit, which then reads neither
+#: (see :class:`_Staged`): the Commits of the migrations in flight follow within
+#: milliseconds; one that comes later, or after a restart, reads them.
+STAGES_HELD = 64
 #: Stage transactions tried when only the tenant's usage counter moved under them.
 STAGE_ATTEMPTS = 8
 
@@ -120,6 +124,20 @@ class _PendingStage:
     size: int
     ops: tuple[Operation, ...]
     done: asyncio.Future[None]
+    #: The ETags its transaction wrote, once committed, when the store said them.
+    written: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Staged:
+    """A stage as this process wrote it, for its Commit: the STAGED record under the
+    ETag its write gave it, and the object's item as the Prepare read it (``None``: no
+    object here yet). The activation writes on both ETags without reading them again,
+    so anything written to either since (an abort, another Commit, another process)
+    fails it and the Commit then reads them, as without this."""
+
+    record: Versioned[DestinationRecord]
+    current: Versioned[GovernedObject] | None
 
 
 def _answer(pending: _PendingStage, outcome: BaseException | None) -> None:
@@ -131,6 +149,11 @@ def _answer(pending: _PendingStage, outcome: BaseException | None) -> None:
         pending.done.cancel()  # the writer was cancelled (the loop is closing)
     else:
         pending.done.set_exception(outcome)
+
+
+def _record_etag(pending: _PendingStage, record: DestinationRecord) -> str | None:
+    """The ETag a committed stage wrote its record with, if the store said it."""
+    return (pending.written or {}).get(destination_key(record.migration_id))
 
 
 def _fail_all(pendings: list[_PendingStage], exc: BaseException) -> None:
@@ -175,6 +198,8 @@ class Destination:
         #: that Commit reads the record and the object in one query. Only a hint: what
         #: is read is checked against the record as read.
         self._staged_names: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        #: The stages this process wrote most recently, by migration id (_Staged).
+        self._staged: OrderedDict[str, _Staged] = OrderedDict()
         #: Activations running in this process, by migration id: a second Commit of the
         #: same migration (the source's recovery re-sending it while its coordinator's
         #: call is still here, or this host's own recovery) waits for the first and then
@@ -427,8 +452,21 @@ class Destination:
             # may have committed): that would leave a staged object without its data.
             upload, blob = await self._upload(transfer, staged.blob, data, peer=peer)
             staged = replace(staged, blob=blob)
+        # The object's item as read above (decoded by _assess already: a memo hit).
+        current = (
+            ctx.journal.decoded_object(object_keys[1], found.get(object_keys[1]))
+            if object_keys
+            else None
+        )
         return await self._stage(
-            transfer, transfer_digest, staged, fence, peer=peer, now=now, upload=upload
+            transfer,
+            transfer_digest,
+            staged,
+            fence,
+            peer=peer,
+            now=now,
+            upload=upload,
+            current=current,
         )
 
     async def _upload(
@@ -515,7 +553,9 @@ class Destination:
         peer: str,
         now: datetime,
         upload: str | None = None,
+        current: Versioned[GovernedObject] | None = None,
     ) -> bytes:
+        """``current``: the object's item as the Prepare read it (held for the Commit)."""
         ctx = self.ctx
         receipt_raw, _envelope = self._receipt(
             ReceiptKind.STAGED,
@@ -544,7 +584,7 @@ class Destination:
             async for attempt in lost_race(STAGE_ATTEMPTS):
                 with attempt:
                     try:
-                        await self._write_stage(
+                        etag = await self._write_stage(
                             record, transfer, fence, expires=expires, upload=upload
                         )
                     except ConcurrencyError as exc:
@@ -571,6 +611,10 @@ class Destination:
             ) from exc
         crash_point("destination.after-stage")
         self._remember_staged(transfer.migration_id, record.tenant, transfer.object_id)
+        if etag is not None:
+            self._hold_staged(
+                transfer.migration_id, _Staged(record=Versioned(record, etag), current=current)
+            )
         # DEBUG: a migration's INFO line here is its activation (each line written cost
         # about 150 µs of the loop's time per migration on a busy host).
         log.debug("staged %s (epoch %d) from %s", transfer.object_id, transfer.epoch, peer)
@@ -584,7 +628,7 @@ class Destination:
         *,
         expires: int,
         upload: str | None,
-    ) -> None:
+    ) -> str | None:
         """One transaction: the journal record, the nonce, the raised fence, the tenant's
         quota charge for the staged copy (checked again: other arrivals may have filled
         the tenant since _assess), and the upload marker gone.
@@ -596,7 +640,9 @@ class Destination:
         Each stage's writes still commit all together or not at all, and a stage is
         answered only once its commit is durable. Holding the tenant's lock across one
         commit per stage made stages the queue of a busy host (8 arrivals in flight
-        each waited for every earlier one's fsync and the loop turn after it)."""
+        each waited for every earlier one's fsync and the loop turn after it).
+
+        Returns the ETag the record was written with, when the store said it."""
         ctx = self.ctx
         tenant, staged = record.tenant, record.staged
         assert staged is not None
@@ -631,7 +677,7 @@ class Destination:
             async with charging:
                 await self._write_batch(tenant, [pending])
             await pending.done
-            return
+            return _record_etag(pending, record)
         self._stages.setdefault(tenant, []).append(pending)
         if tenant not in self._stage_writers:
             self._stage_writers[tenant] = asyncio.create_task(self._write_stages(tenant))
@@ -642,6 +688,7 @@ class Destination:
             await asyncio.shield(pending.done)
         finally:
             self._handling -= 1
+        return _record_etag(pending, record)
 
     async def _write_stages(self, tenant: str) -> None:
         """The tenant's stage writer: batches of waiting stages until none waits."""
@@ -701,7 +748,7 @@ class Destination:
         ]
         ops.extend(usage.fold(tenant, adding_all=[pending.size for pending in accepted]))
         try:
-            await journal.store.transact(ops)
+            written = await journal.store.transact(ops)
         except ConcurrencyError as exc:
             if len(accepted) == 1:
                 _answer(accepted[0], exc)
@@ -719,7 +766,9 @@ class Destination:
         except BaseException as exc:
             _fail_all(accepted, exc)
             return
+        journal.wrote_usage(tenant, ops, written)  # under the tenant's lock
         for pending in accepted:
+            pending.written = written
             _answer(pending, None)
 
     async def _write_alone(self, tenant: str, pending: _PendingStage) -> None:
@@ -733,12 +782,14 @@ class Destination:
                     tenant, usage, size=pending.size, object_id=pending.object_id
                 ),
             )
-            await ctx.journal.store.transact([*pending.ops, *charge])
+            ops = [*pending.ops, *charge]
+            pending.written = await ctx.journal.store.transact(ops)
         except BaseException as exc:
             _answer(pending, exc)
             if not isinstance(exc, Exception):
                 raise
             return
+        ctx.journal.wrote_usage(tenant, ops, pending.written)  # under the tenant's lock
         _answer(pending, None)
 
     async def _discard_upload(self, staged: GovernedObject, upload: str | None) -> None:
@@ -1034,6 +1085,7 @@ class Destination:
         )
         crash_point("destination.after-activate")
         self._staged_names.pop(record.migration_id, None)
+        self._staged.pop(record.migration_id, None)
         # After the reply: what the receipt promises (the object live and durable here)
         # is true already; the log line, the metrics and scheduling the object's cycles
         # are this host's own bookkeeping, which the source need not wait for. A Commit
@@ -1165,6 +1217,7 @@ class Destination:
         """
         ctx = self.ctx
         observability.bind(migration_id=migration_id, peer=peer)
+        self._staged.pop(migration_id, None)  # what its Commit would have written on
         for _attempt in range(3):
             now = ctx.clock.now()
             loaded = await ctx.journal.destination(migration_id)
@@ -1218,7 +1271,16 @@ class Destination:
     ) -> tuple[Versioned[DestinationRecord], Versioned[GovernedObject] | _Unread | None]:
         """:meth:`_record_for`, and the object it stages when this process staged it (its
         name is remembered): both in one query, one snapshot. Otherwise the object is
-        :data:`_UNREAD` (read once the record named it)."""
+        :data:`_UNREAD` (read once the record named it).
+
+        Neither is read when this process wrote the stage moments ago (:class:`_Staged`),
+        unless the object's root names a custody home: its activation claims custody
+        before it writes, which must not be done for a record that changed meanwhile."""
+        held = self._staged.pop(migration_id, None)
+        if held is not None:
+            staged = held.record.value.staged
+            if staged is not None and not self._root_home(staged.grants):
+                return self._checked_record(held.record, migration_id, peer), held.current
         names = self._staged_names.get(migration_id)
         if names is None:
             return await self._record_for(migration_id, peer), _UNREAD
@@ -1232,6 +1294,11 @@ class Destination:
         if (loaded.value.tenant, loaded.value.object_id) != names:
             return loaded, _UNREAD  # never expected: the record names another object
         return loaded, self.ctx.journal.decoded_object(keys[1], found.get(keys[1]))
+
+    def _hold_staged(self, migration_id: str, staged: _Staged) -> None:
+        self._staged[migration_id] = staged
+        while len(self._staged) > STAGES_HELD:
+            self._staged.popitem(last=False)
 
     def _remember_staged(self, migration_id: str, tenant: str, object_id: str) -> None:
         self._staged_names[migration_id] = (tenant, object_id)

@@ -335,6 +335,9 @@ class Journal:
         self._charging: dict[str, asyncio.Lock] = {}
         self._decoded = _Decoded()
         self._objects = _Objects()
+        #: Each tenant's usage counter as this journal last wrote it, under the ETag
+        #: the store returned (see :meth:`wrote_usage`); taken by the next :meth:`usage`.
+        self._counters: dict[str, Versioned[Usage]] = {}
 
     def charging(self, tenant: str) -> asyncio.Lock:
         """Held around reading a tenant's usage and writing a charge: charges in one
@@ -400,6 +403,21 @@ class Journal:
             )
         return loaded
 
+    async def object_and_held(
+        self, tenant: str, object_id: str, *, host: str
+    ) -> tuple[Versioned[GovernedObject], Versioned[int] | None]:
+        """:meth:`require_object` and the object's quota charge (its ``held/`` entry, as
+        :meth:`release` reads it), in one read: one snapshot."""
+        keys = object_key(tenant, object_id), held_key(tenant, object_id)
+        found = await self.store.get_many(keys)
+        loaded = self.decoded_object(keys[0], found.get(keys[0]))
+        if loaded is None:
+            raise NotFoundError(
+                f"no object {object_id} in tenant {tenant} on {host}",
+                hint="list objects with `gateway object list`",
+            )
+        return loaded, self.decoded(decode_counter, found.get(keys[1]))
+
     async def source(self, migration_id: str) -> Versioned[SourceRecord] | None:
         return await self._load(source_key(migration_id), wire.decode_source_record)
 
@@ -414,14 +432,39 @@ class Journal:
         return await self.store.get(held_key(tenant, object_id)) is not None
 
     async def usage(self, tenant: str) -> TenantUsage:
-        """What ``tenant`` holds now: its counter, less the releases not yet folded in."""
-        counter = await self._load(usage_key(tenant), Usage.decode)
+        """What ``tenant`` holds now: its counter, less the releases not yet folded in.
+
+        The counter is not read when this journal wrote it last (:meth:`wrote_usage`):
+        that counter is taken instead, once, so any other write of it in this process
+        (which goes through here for its ETag) reads first. Another process may still
+        have written it since: the counter's write is conditional on the ETag, so it then
+        fails as any lost race does, and the caller's retry reads it."""
+        counter = self._counters.pop(tenant, None)
+        if counter is None:
+            counter = await self._load(usage_key(tenant), Usage.decode)
         keys = await self.store.list(released_prefix(tenant))
         items = await self.store.get_many(keys)
         released = tuple(
             (k, items[k].etag, decode_counter(items[k].value)) for k in keys if k in items
         )
         return TenantUsage(counter=counter, released=released)
+
+    def wrote_usage(
+        self, tenant: str, operations: Sequence[Operation], written: dict[str, str] | None
+    ) -> None:
+        """After ``operations`` (holding a :meth:`TenantUsage.fold` of ``tenant``)
+        committed with the ETags ``written`` (``None``: the store did not say them), under
+        :meth:`charging`: remember the counter they wrote, for the next :meth:`usage`. A
+        tenant's stages are charged one batch at a time, and each batch read the counter
+        its predecessor had just written (a read on the event loop per batch)."""
+        key = usage_key(tenant)
+        etag = (written or {}).get(key)
+        if etag is None:
+            return
+        for op in operations:
+            if isinstance(op, Put) and op.key == key:
+                self._counters[tenant] = Versioned(Usage.decode(op.value), etag)
+                return
 
     async def charge(
         self, tenant: str, object_id: str, size: int, *, check: Callable[[Usage], None]
@@ -445,13 +488,21 @@ class Journal:
         """Fold up to :data:`MAX_FOLDED_RELEASES` releases into ``tenant``'s counter, so
         they do not pile up in a tenant that objects leave and few arrive in. Returns how
         many were folded; a lost race folds nothing (the next pass, or charge, will)."""
-        usage = await self.usage(tenant)
-        if not usage.released:
-            return 0
-        try:
-            await self.store.transact(usage.fold(tenant))
-        except ConcurrencyError:
-            return 0
+        # Under the tenant's lock, as every charge in this process: the counter this
+        # journal remembers (wrote_usage) is then the one in the store, unless another
+        # process wrote it.
+        async with self.charging(tenant):
+            usage = await self.usage(tenant)
+            if not usage.released:
+                if usage.counter is not None:
+                    self._counters[tenant] = usage.counter  # still the current one
+                return 0
+            operations = usage.fold(tenant)
+            try:
+                written = await self.store.transact(operations)
+            except ConcurrencyError:
+                return 0
+            self.wrote_usage(tenant, operations, written)
         return min(len(usage.released), MAX_FOLDED_RELEASES)
 
     async def release(self, tenant: str, object_id: str) -> list[Operation]:

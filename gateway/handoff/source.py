@@ -45,10 +45,12 @@ from gateway.errors import (
 )
 from gateway.handoff.context import HostContext
 from gateway.handoff.journal import (
+    Versioned,
     decode_counter,
     held_key,
     object_key,
     open_source_key,
+    settled_form,
     source_key,
 )
 from gateway.handoff.lifecycle import LifecycleEvent
@@ -91,6 +93,20 @@ class _Unknown(enum.Enum):
 _UNKNOWN = _Unknown.UNKNOWN
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Frozen:
+    """What a freeze wrote, and read with the object, for the commit of the same call:
+    the FROZEN record and the frozen object under the ETags their write gave them, and
+    the object's quota charge as read. The commit writes on these ETags without reading
+    the three again (a read on the event loop each, the larger part of a small
+    migration's store time). Its write is conditional on them, so anything written
+    meanwhile (an abort, by a Decision or an operator) fails it, and it then reads."""
+
+    record: Versioned[SourceRecord]
+    current: Versioned[GovernedObject]
+    held: Versioned[int] | None
+
+
 def new_migration_id() -> str:
     return f"mig-{uuid.uuid4().hex}"
 
@@ -125,11 +141,13 @@ class Source:
         before commit.
         """
         self.peers.client(destination)  # an unknown peer fails before anything is frozen
-        record, frozen = await self._freeze(object_id, tenant=tenant, destination=destination)
+        record, frozen, known = await self._freeze(
+            object_id, tenant=tenant, destination=destination
+        )
         crash_point("source.after-freeze")
         # Driven on from what the freeze just wrote: the same record and object a
-        # resume() would read back (their ETags are read again where a write needs them).
-        return await self._drive(record, blob=frozen.blob)
+        # resume() would read back, with their ETags when the store said them.
+        return await self._drive(record, blob=frozen.blob, frozen=known)
 
     async def freeze(
         self,
@@ -142,7 +160,7 @@ class Source:
         """Freeze an ACTIVE object for ``destination`` and journal the sealed transfer
         (FROZEN), sending nothing; returns the migration id. :meth:`resume` sends it
         over the network; an offline transfer carries the journaled bytes in a file."""
-        record, _frozen = await self._freeze(
+        record, _frozen, _known = await self._freeze(
             object_id, tenant=tenant, destination=destination, ttl=ttl
         )
         return record.migration_id
@@ -154,8 +172,10 @@ class Source:
         tenant: str,
         destination: str,
         ttl: timedelta | None = None,
-    ) -> tuple[SourceRecord, GovernedObject]:
-        """:meth:`freeze`; returns the FROZEN record and the frozen object it wrote."""
+    ) -> tuple[SourceRecord, GovernedObject, _Frozen | None]:
+        """:meth:`freeze`; returns the FROZEN record and the frozen object it wrote, and
+        them with their ETags for the commit when the store said what it wrote (else
+        ``None``: the commit reads them)."""
         ctx = self.ctx
         if destination == ctx.host:
             raise ObjectStateError(f"{object_id} already lives on {ctx.host}")
@@ -170,7 +190,10 @@ class Source:
         try:
             async for attempt in lost_race(FREEZE_ATTEMPTS):
                 with attempt:
-                    loaded = await ctx.journal.require_object(tenant, object_id, host=ctx.host)
+                    # With its quota charge, which the commit releases (one read, one snapshot).
+                    loaded, held = await ctx.journal.object_and_held(
+                        tenant, object_id, host=ctx.host
+                    )
                     now = ctx.clock.now()
                     frozen, raw, transfer_digest, epoch = self._seal(
                         loaded.value,
@@ -194,7 +217,7 @@ class Source:
                         created_at=now,
                         updated_at=now,
                     )
-                    await ctx.journal.store.transact(
+                    written = await ctx.journal.store.transact(
                         [
                             ctx.journal.put_object(tenant, frozen, loaded.etag),
                             ctx.journal.put_source(record, Expect.ABSENT),
@@ -208,7 +231,20 @@ class Source:
             ) from exc
         # DEBUG: a migration's INFO line here is its commit (one line per migration).
         log.debug("froze %s for migration %s to %s", object_id, migration_id, destination)
-        return record, frozen
+        written = written or {}  # None: a store that does not say the ETags it wrote
+        record_etag = written.get(source_key(migration_id))
+        frozen_etag = written.get(object_key(tenant, object_id))
+        if record_etag is None or frozen_etag is None:
+            return record, frozen, None
+        return (
+            record,
+            frozen,
+            _Frozen(
+                record=Versioned(record, record_etag),
+                current=Versioned(frozen, frozen_etag),
+                held=held,
+            ),
+        )
 
     def _seal(
         self,
@@ -282,19 +318,25 @@ class Source:
         return await self._drive(record)
 
     async def _drive(
-        self, record: SourceRecord, *, blob: BlobRef | _Unknown | None = _UNKNOWN
+        self,
+        record: SourceRecord,
+        *,
+        blob: BlobRef | _Unknown | None = _UNKNOWN,
+        frozen: _Frozen | None = None,
     ) -> MigrationResult:
         """:meth:`resume` from ``record`` as read (or just written). ``blob``: the frozen
-        object's data reference when the caller holds the object, else it is read."""
+        object's data reference when the caller holds the object, else it is read;
+        ``frozen``: what the caller's freeze wrote, see :class:`_Frozen`."""
         migration_id = record.migration_id
+        etag: str | None = None  # the record's, when this call wrote it and knows it
         if record.step is SourceStep.FROZEN:
-            record = await self._prepare_and_commit(record, blob=blob)
+            record, etag = await self._prepare_and_commit(record, blob=blob, frozen=frozen)
             if record.step is SourceStep.FROZEN:  # never reported as anything it is not
                 raise HandoffError(
                     f"migration {migration_id} is still open; its commit was not recorded"
                 )
         if record.step is SourceStep.COMMITTED:
-            record = await self._activate(record)
+            record = await self._activate(record, etag=etag)
         if record.step is SourceStep.ABORTED:
             raise MigrationAbortedError(
                 f"migration {migration_id} of {record.object_id} aborted: {record.reason}",
@@ -309,8 +351,13 @@ class Source:
         )
 
     async def _prepare_and_commit(
-        self, record: SourceRecord, *, blob: BlobRef | _Unknown | None = _UNKNOWN
-    ) -> SourceRecord:
+        self,
+        record: SourceRecord,
+        *,
+        blob: BlobRef | _Unknown | None = _UNKNOWN,
+        frozen: _Frozen | None = None,
+    ) -> tuple[SourceRecord, str | None]:
+        """Prepare, then :meth:`_commit`; returns the record and its ETag when known."""
         client = self.peers.client(record.destination_host)
         if isinstance(blob, _Unknown):
             current = await self.ctx.journal.object(record.tenant, record.object_id)
@@ -337,12 +384,13 @@ class Source:
             await self.abort(record.migration_id, reason=f"destination refused: {exc}")
             raise
         crash_point("source.after-prepare")
-        return await self._commit(
+        return await self._record_commit(
             record.migration_id,
             receipt_raw,
             transfer_digest=_transfer_digest(record),
             receipt=receipt,
             names=(record.tenant, record.object_id),
+            frozen=frozen,
         )
 
     async def _commit(
@@ -354,7 +402,25 @@ class Source:
         receipt: dsse.Envelope | None = None,
         names: tuple[str, str] | None = None,
     ) -> SourceRecord:
+        """:meth:`_record_commit`, the record alone."""
+        record, _etag = await self._record_commit(
+            migration_id, receipt_raw, transfer_digest=transfer_digest, receipt=receipt, names=names
+        )
+        return record
+
+    async def _record_commit(
+        self,
+        migration_id: str,
+        receipt_raw: bytes,
+        *,
+        transfer_digest: bytes,
+        receipt: dsse.Envelope | None = None,
+        names: tuple[str, str] | None = None,
+        frozen: _Frozen | None = None,
+    ) -> tuple[SourceRecord, str | None]:
         """Point of no return: journal COMMITTED and tombstone the object, atomically.
+        Returns the record, and its ETag when known (the store said what it wrote, or
+        the record was read).
 
         A lost write race is retried as long as the record is still FROZEN: only an
         abort may change a FROZEN record, so anything else that makes the write fail
@@ -363,6 +429,9 @@ class Source:
         ``names``: the (tenant, object id) of the migration when the caller holds its
         record; the record, the object and its quota charge are then read in one query
         (one snapshot), which is checked against the record as read.
+
+        ``frozen``: what the freeze of this call wrote; the first try writes on its ETags
+        without reading, and a lost race (something was written since) reads as above.
         """
         ctx = self.ctx
         if receipt is None:  # decoded once: the same on every try
@@ -371,34 +440,16 @@ class Source:
         try:
             async for attempt in lost_race(COMMIT_ATTEMPTS, also=(StoreUnavailableError,)):
                 with attempt:
-                    wanted = (
-                        (object_key(*names), held_key(*names), source_key(migration_id))
-                        if names is not None
-                        else ()
-                    )
-                    found = await ctx.journal.store.get_many(wanted) if wanted else {}
-                    journal = (
-                        ctx.journal.decoded(wire.decode_source_record, found.get(wanted[2]))
-                        if wanted
-                        else await ctx.journal.source(migration_id)
-                    )
-                    assert journal is not None
+                    if frozen is not None:
+                        journal, current, held = frozen.record, frozen.current, frozen.held
+                        frozen = None  # a lost race reads them
+                    else:
+                        journal, current, held = await self._commit_reads(migration_id, names)
+                        if journal.value.step is not SourceStep.FROZEN:
+                            # A Decision or another driver got here first; follow it.
+                            return journal.value, journal.etag
+                    assert current is not None  # a FROZEN record's object was found
                     record = journal.value
-                    if record.step is not SourceStep.FROZEN:
-                        return record  # a Decision or another driver got here first; follow it
-                    # The object and its quota charge in one read (one snapshot).
-                    keys = (
-                        object_key(record.tenant, record.object_id),
-                        held_key(record.tenant, record.object_id),
-                    )
-                    if keys != wanted[:2]:  # not read with the record: read them now
-                        found = await ctx.journal.store.get_many(keys)
-                    current = ctx.journal.decoded_object(keys[0], found.get(keys[0]))
-                    held = ctx.journal.decoded(decode_counter, found.get(keys[1]))
-                    if current is None:
-                        raise ObjectStateError(
-                            f"{record.object_id} vanished from {ctx.host} during migration"
-                        )
                     moved = current.value.tombstone(
                         migration_id,
                         moved_to=record.destination_host,
@@ -411,7 +462,7 @@ class Source:
                         staged_receipt=receipt_raw,
                         updated_at=ctx.clock.now(),
                     )
-                    await ctx.journal.store.transact(
+                    written = await ctx.journal.store.transact(
                         [
                             ctx.journal.put_object(record.tenant, moved, current.etag),
                             ctx.journal.put_source(committed, journal.etag),
@@ -445,10 +496,44 @@ class Source:
         if current.value.blob is not None:
             # The destination holds the data (its staged receipt says so): ours can go.
             await delete_blob(ctx.journal.store, current.value.blob)
-        return committed
+        return committed, (written or {}).get(source_key(migration_id))
 
-    async def _activate(self, record: SourceRecord) -> SourceRecord:
-        """Send Commit until the destination confirms; then journal DONE."""
+    async def _commit_reads(
+        self, migration_id: str, names: tuple[str, str] | None
+    ) -> tuple[Versioned[SourceRecord], Versioned[GovernedObject] | None, Versioned[int] | None]:
+        """The record, and (if it is FROZEN) the object and its quota charge, as
+        :meth:`_record_commit` reads them."""
+        ctx = self.ctx
+        wanted = (
+            (object_key(*names), held_key(*names), source_key(migration_id))
+            if names is not None
+            else ()
+        )
+        found = await ctx.journal.store.get_many(wanted) if wanted else {}
+        journal = (
+            ctx.journal.decoded(wire.decode_source_record, found.get(wanted[2]))
+            if wanted
+            else await ctx.journal.source(migration_id)
+        )
+        assert journal is not None
+        record = journal.value
+        if record.step is not SourceStep.FROZEN:
+            return journal, None, None
+        # The object and its quota charge in one read (one snapshot).
+        keys = (
+            object_key(record.tenant, record.object_id),
+            held_key(record.tenant, record.object_id),
+        )
+        if keys != wanted[:2]:  # not read with the record: read them now
+            found = await ctx.journal.store.get_many(keys)
+        current = ctx.journal.decoded_object(keys[0], found.get(keys[0]))
+        if current is None:
+            raise ObjectStateError(f"{record.object_id} vanished from {ctx.host} during migration")
+        return journal, current, ctx.journal.decoded(decode_counter, found.get(keys[1]))
+
+    async def _activate(self, record: SourceRecord, *, etag: str | None = None) -> SourceRecord:
+        """Send Commit until the destination confirms; then journal DONE. ``etag``: the
+        record's, when the caller wrote it (see :meth:`done`)."""
         client = self.peers.client(record.destination_host)
         try:
             receipt_raw = await client.commit(record.migration_id)
@@ -461,12 +546,23 @@ class Source:
             )
             return record
         crash_point("source.after-activation")
-        return await self.done(record, receipt_raw)
+        return await self.done(record, receipt_raw, etag=etag)
 
-    async def done(self, record: SourceRecord, receipt_raw: bytes) -> SourceRecord:
-        """Journal DONE with the destination's activation receipt (already checked)."""
+    async def done(
+        self, record: SourceRecord, receipt_raw: bytes, *, etag: str | None = None
+    ) -> SourceRecord:
+        """Journal DONE with the destination's activation receipt (already checked).
+
+        ``etag``: the ETag under which the caller itself wrote ``record`` (its commit, a
+        moment ago), when the store said it: the record is then not read again just to
+        learn it. The write is conditional on it, so a record written by anyone since
+        fails it, and the record is then read as without it."""
         ctx = self.ctx
-        loaded = await ctx.journal.source(record.migration_id)
+        loaded: Versioned[SourceRecord] | None
+        if etag is not None:
+            loaded = Versioned(settled_form(record), etag)
+        else:
+            loaded = await ctx.journal.source(record.migration_id)
         assert loaded is not None
         if loaded.value.step is SourceStep.DONE:
             return loaded.value
