@@ -89,6 +89,9 @@ JOB_RECONCILE_PASSES = 30
 CREATE_ATTEMPTS = 8
 #: Transactions of releases folded into a tenant's quota counter per recovery pass.
 FOLD_ROUNDS = 16
+#: How often a serving host asks whether a pruning pass is due (one runs once per tenth
+#: of the retention: gateway.handoff.pruning.Pruner.maybe_run).
+PRUNE_CHECK_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -646,6 +649,7 @@ class Host:
                 asyncio.create_task(self.events.run(stop, tenants=tuple(self.config.tenants)))
             )
             workers.append(asyncio.create_task(self._recover_forever(stop)))
+            workers.append(asyncio.create_task(self._prune_forever(stop)))
             workers.append(asyncio.create_task(self.dispatcher.run(stop)))
             if (observed := observability.current_metrics()) is not None:
                 workers.append(
@@ -683,7 +687,9 @@ class Host:
         passes = 0
         while not stop.is_set():
             try:
-                await self.recover()
+                # Pruning runs on its own task (_prune_forever): a pass over a large
+                # retention window is paced, and must not hold recovery up meanwhile.
+                await self.recover(prune=False)
                 await self.readiness.recovered()  # the first finished pass makes it ready
                 if self.jobs is not None and passes % JOB_RECONCILE_PASSES == 0:
                     await self._schedule_all_jobs()  # a job lost or deleted is re-created
@@ -704,15 +710,30 @@ class Host:
                 counts[key] = counts.get(key, 0) + 1
         return [(tenant, state, n) for (tenant, state), n in sorted(counts.items())]
 
-    async def recover(self) -> int:
+    async def recover(self, *, prune: bool = True) -> int:
         """One recovery pass over open migrations (see gateway.handoff.recovery), then
-        the releases of each tenant's quota folded into its counter. The storage sweep
-        goes first: it prunes a departed object's segments before the pruner may delete
-        the tombstone that is the only way to find them (gateway.runtime.sweep)."""
+        the releases of each tenant's quota folded into its counter, then (``prune``)
+        the pruning of settled history if it is due (gateway.handoff.pruning; a serving
+        host runs that on its own task). The storage sweep goes first: it prunes a
+        departed object's segments before the pruner may delete the tombstone that is
+        the only way to find them (gateway.runtime.sweep)."""
         await self.sweep.maybe_run()
         progressed = await self.recovery.run_once()
         for tenant in self.config.tenants:
             for _round in range(FOLD_ROUNDS):
                 if await self.journal.fold_releases(tenant) < MAX_FOLDED_RELEASES:
                     break
+        if prune:
+            await self.recovery.pruner.maybe_run()
         return progressed
+
+    async def _prune_forever(self, stop: asyncio.Event) -> None:
+        """The pruning of settled history, asked every :data:`PRUNE_CHECK_SECONDS` (a
+        pass runs once per tenth of the retention, see Pruner.maybe_run)."""
+        while not stop.is_set():
+            try:
+                await self.recovery.pruner.maybe_run()
+            except Exception:
+                log.exception("pruning pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=PRUNE_CHECK_SECONDS)

@@ -243,3 +243,43 @@ def test_gateway_sweep_prunes_settled_history_now_and_a_dry_run_only_counts(
         assert done["settled"]["tombstones"] == 0
         assert world.run(store.list(SOURCE_PREFIX)) == []
         assert world.run(store.list(object_key("default", OBJECTS[0]).rsplit("/", 1)[0]))
+
+
+def test_a_serving_host_prunes_on_its_own_task_not_in_its_recovery_pass(tmp_path: Path) -> None:
+    """A pruning pass over a large window is paced and can take a while: a serving host
+    runs it on its own task, so its recovery loop (``recover(prune=False)``) never waits
+    for it; a direct ``recover()`` (tests, operator commands) still prunes when due."""
+    world = InProcessWorld(
+        build_world(tmp_path, [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_B)])
+    )
+    with contextlib.closing(world):
+        host = world.hosts[HOST_A]
+        asked: list[str] = []
+        started = asyncio.Event()
+
+        async def held_up() -> None:
+            asked.append("prune")
+            started.set()
+            await asyncio.sleep(3600)  # a pass that takes an hour
+
+        host.recovery.pruner.maybe_run = held_up  # type: ignore[method-assign]
+
+        async def recovery_pass() -> int:
+            return await asyncio.wait_for(host.recover(prune=False), timeout=30)
+
+        world.run(recovery_pass())
+        assert asked == []
+
+        async def served_pruning() -> None:
+            stop = asyncio.Event()
+            task = asyncio.create_task(host._prune_forever(stop))
+            await asyncio.wait_for(started.wait(), timeout=30)
+            # the recovery loop's pass goes on meanwhile
+            await asyncio.wait_for(host.recover(prune=False), timeout=30)
+            stop.set()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        world.run(served_pruning())
+        assert asked == ["prune"]

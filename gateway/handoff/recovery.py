@@ -48,7 +48,8 @@ class Recovery:
         self.source = source
         self.destination = destination
         self.peers = peers
-        #: Settled history past its retention (gateway.handoff.pruning).
+        #: Settled history past its retention (gateway.handoff.pruning); run by
+        #: gateway.host.Host.recover, and by a serving host on its own task.
         self.pruner = Pruner(context, retention=context.timing.settled_retention)
 
     async def run_once(self) -> int:
@@ -99,7 +100,6 @@ class Recovery:
                 log.info("destination recovery of %s: %s", migration_id, exc)
         await self.destination.prune_nonces()
         await self.destination.collect_uploads()
-        await self.pruner.maybe_run()
         return progressed
 
     async def settle_destination(self, staged: DestinationRecord) -> Outcome:
