@@ -120,7 +120,7 @@ def test_committed_records_drop_the_transfer_and_still_finish(world: World) -> N
             # Commit as the coordinator does, without sending Commit: staged on B, then
             # the point of no return journaled here.
             receipt = await a.peers.client(HOST_B).prepare(frozen.transfer)
-            committed = await a.source._commit(
+            committed, _etag = await a.source._commit(
                 migration_id, receipt, transfer_digest=frozen.transfer_digest
             )
             committed_raw = await _raw_source(a, migration_id)

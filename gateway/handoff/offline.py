@@ -271,7 +271,7 @@ async def complete(source: Source, envelope: dsse.Envelope) -> Step:
                 f"migration {record.migration_id} was aborted here; it cannot commit",
                 hint="hand the receiver the abort file (`gateway export --abort`)",
             )
-        record = await source._commit(
+        record, _etag = await source._commit(
             record.migration_id, raw, transfer_digest=_transfer_digest(record)
         )
         decision = await source.decide(record.migration_id, peer=record.destination_host)

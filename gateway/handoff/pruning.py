@@ -158,7 +158,7 @@ class Pruner:
         self.retention = floor if retention is None else max(retention, floor)
         self._next: datetime | None = None
         self._dry_run = False  #: of the pass under way: count, delete nothing
-        self._paced = True  #: of the pass under way: see _paced
+        self._pacing = True  #: of the pass under way: see _paced
         self.tombstones = 0  #: deleted by the pass under way
         self._next_scan: datetime | None = None  #: of tombstones without a journal record
         #: Asked before a tombstone is deleted (the host plugs in the archive pruning:
@@ -190,7 +190,7 @@ class Pruner:
         """One pass now. ``dry_run``: count what would be deleted and delete nothing;
         ``paced``: leave the event loop to others between batches (see :func:`_paced`;
         ``gateway sweep``, which serves nothing, does not)."""
-        self._dry_run, self._paced = dry_run, paced
+        self._dry_run, self._pacing = dry_run, paced
         report = PruneReport()
         cutoff = self.ctx.clock.now() - self.retention
         store = self.ctx.journal.store
@@ -397,7 +397,7 @@ class Pruner:
         return deleted
 
     def _pace(self, batches: Iterable[_T]) -> AsyncIterator[_T]:
-        return _paced(batches, PACE if self._paced else 0.0)
+        return _paced(batches, PACE if self._pacing else 0.0)
 
     async def _apply(self, deletes: list[Operation]) -> int:
         """Deletes in one transaction; on a lost race, one by one (each may have moved)."""

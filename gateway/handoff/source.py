@@ -384,7 +384,7 @@ class Source:
             await self.abort(record.migration_id, reason=f"destination refused: {exc}")
             raise
         crash_point("source.after-prepare")
-        return await self._record_commit(
+        return await self._commit(
             record.migration_id,
             receipt_raw,
             transfer_digest=_transfer_digest(record),
@@ -394,21 +394,6 @@ class Source:
         )
 
     async def _commit(
-        self,
-        migration_id: str,
-        receipt_raw: bytes,
-        *,
-        transfer_digest: bytes,
-        receipt: dsse.Envelope | None = None,
-        names: tuple[str, str] | None = None,
-    ) -> SourceRecord:
-        """:meth:`_record_commit`, the record alone."""
-        record, _etag = await self._record_commit(
-            migration_id, receipt_raw, transfer_digest=transfer_digest, receipt=receipt, names=names
-        )
-        return record
-
-    async def _record_commit(
         self,
         migration_id: str,
         receipt_raw: bytes,
@@ -502,7 +487,7 @@ class Source:
         self, migration_id: str, names: tuple[str, str] | None
     ) -> tuple[Versioned[SourceRecord], Versioned[GovernedObject] | None, Versioned[int] | None]:
         """The record, and (if it is FROZEN) the object and its quota charge, as
-        :meth:`_record_commit` reads them."""
+        :meth:`_commit` reads them."""
         ctx = self.ctx
         wanted = (
             (object_key(*names), held_key(*names), source_key(migration_id))
