@@ -22,12 +22,20 @@ lineage entries per object (a rotating sample of objects) and refusals by reason
 it checks that no object is live on both hosts (an object seen ACTIVE on A, then on B,
 then on A again with the same ETag was live twice at once).
 
+The load runs ``--warmup`` seconds (120; 20 with ``--quick``) before the measured
+``--seconds``: a served host's memos fill and its heap reaches its working size in about
+its first two minutes (135 -> 250 MiB here), a one-off rise that a straight line through
+ten minutes would read as a slope of several MiB/min although nothing grows afterwards.
+Every figure covers the measured window; ``cold_start`` gives the drifts and the RSS
+slopes over the whole run, warm-up included (and ``cold_start_rss_slope_mib_per_min``,
+a row of its own in bench/run.py's table).
+
 Drift is computed from the migrations themselves: throughput and p99 of those that
-finished in the last third of the run over those of the first third. The RSS slope is a
+finished in the last third of the window over those of the first third. The RSS slope is a
 least-squares line through each server's samples (MiB per minute); the figure is the
 larger server's (``rss_slope_last_two_thirds``: the same fit without the first third;
-in ``--quick`` the one minute is mostly warm-up, servers filling caches from about 80 to
-135 MiB, so its slope says little about a leak). ``store_bytes_per_migration`` is the growth of both stores over the run
+``rss_anon_slope_*``: the same fits of RssAnon, the heaps, without the file pages
+mapped). ``store_bytes_per_migration`` is the growth of both stores over the window
 divided by the migrations made; it is also given per third, to show whether it grows
 with history. Every refusal counts: in this setup (honest hosts, no faults) nothing
 should be refused.
@@ -147,14 +155,27 @@ def slope(xs: list[float], ys: list[float]) -> float:
 
 
 def rss_mib(pid: int) -> float:
+    return rss_parts_mib(pid).get("VmRSS", float("nan"))
+
+
+#: What a process's RSS is made of (Linux, /proc/PID/status): anonymous memory (the
+#: heaps: Python's and the C library's), file pages mapped (the interpreter, libraries,
+#: SQLite's files) and shared memory (SQLite's WAL index). A leak of the program shows in
+#: RssAnon; RssFile and RssShmem follow the files it maps.
+RSS_PARTS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
+
+
+def rss_parts_mib(pid: int) -> dict[str, float]:
+    parts: dict[str, float] = {}
     try:
         with open(f"/proc/{pid}/status") as handle:
             for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
+                name, _, rest = line.partition(":")
+                if name in RSS_PARTS:
+                    parts[name] = int(rest.split()[0]) / 1024
+    except (OSError, ValueError, IndexError):
         pass
-    return float("nan")
+    return parts
 
 
 def store_file(world: World, host_id: str) -> Path:
@@ -320,6 +341,7 @@ async def drive(
                 "p50_ms": percentile(recent, 0.5) * 1e3,
                 "p99_ms": percentile(recent, 0.99) * 1e3,
                 "rss_mib": {h: rss_mib(servers[h].pid) for h in hosts},
+                "rss_parts_mib": {h: rss_parts_mib(servers[h].pid) for h in hosts},
                 "store_bytes": {h: store_bytes(files[h]) for h in hosts},
                 "wal_bytes": {h: wal_bytes(files[h]) for h in hosts},
                 **dict(
@@ -346,7 +368,7 @@ async def drive(
                 f"{sample['store_bytes'][HOST_B] / 2**20:11.1f} "
                 f"{sample['lineage_entries']:7.0f} {sample['refusals']}"
             )
-            if now - began >= args.seconds:
+            if now - began >= args.warmup + args.seconds:
                 break
     finally:
         stop.set()
@@ -372,7 +394,30 @@ async def drive(
     families = {h: live_bytes(files[h]) for h in hosts}
     for host in hosts.values():
         await host.close()
-    return summarize(soak, samples, began, ended, live, families, args)
+    # The figures cover the measured window, after the warm-up; the same figures over the
+    # whole run, from the servers' cold start, stay beside them.
+    measured = [{**s, "t": s["t"] - args.warmup} for s in samples if s["t"] >= args.warmup]
+    result = summarize(soak, measured, began + args.warmup, ended, live, families, args)
+    cold = summarize(soak, samples, began, ended, live, families, args)
+    result["warmup_s"] = args.warmup
+    result["cold_start"] = {
+        key: cold[key]
+        for key in (
+            "throughput_drift",
+            "p99_drift",
+            "rss_slope_mib_per_min",
+            "rss_slope_by_host",
+            "rss_slope_last_two_thirds",
+            "throughput_by_third",
+            "p99_ms_by_third",
+            "migrations",
+            "seconds",
+        )
+    }
+    # A row of its own in bench/run.py's table, judged by the same bound.
+    result["cold_start_rss_slope_mib_per_min"] = cold["rss_slope_mib_per_min"]
+    result["warmup_samples"] = [s for s in samples if s["t"] < args.warmup]
+    return result
 
 
 def summarize(
@@ -388,7 +433,7 @@ def summarize(
     third = span / 3
     thirds: list[list[float]] = [[], [], []]
     for at, latency in soak.done:
-        if at - began < span:
+        if 0 <= at - began < span:
             thirds[min(2, int((at - began) / third))].append(latency)
     rates = [len(t) / third for t in thirds]
     p99s = [percentile(t, 0.99) for t in thirds]
@@ -400,8 +445,25 @@ def summarize(
         h: slope([s["t"] / 60 for s in late], [s["rss_mib"][h] for s in late])
         for h in (HOST_A, HOST_B)
     }
+    # The same two fits of the anonymous part alone (the heaps): file pages mapped are
+    # not the program's growth.
+    anon = {
+        h: [(s["t"] / 60, s.get("rss_parts_mib", {}).get(h, {}).get("RssAnon")) for s in samples]
+        for h in (HOST_A, HOST_B)
+    }
+    anon_slopes = {
+        h: slope([t for t, v in points if v is not None], [v for t, v in points if v is not None])
+        for h, points in anon.items()
+    }
+    anon_late_slopes = {
+        h: slope(
+            [t for t, v in points if v is not None and t * 60 >= third],
+            [v for t, v in points if v is not None and t * 60 >= third],
+        )
+        for h, points in anon.items()
+    }
     totals = [sum(s["store_bytes"].values()) for s in samples]
-    migrations = len(soak.done)
+    migrations = sum(1 for at, _latency in soak.done if at >= began)
 
     def growth_per_migration(part: list[dict[str, Any]], before: dict[str, Any] | None) -> float:
         if not part:
@@ -423,8 +485,10 @@ def summarize(
         "rss_slope_mib_per_min": max(slopes.values()),
         "rss_slope_by_host": slopes,
         "rss_slope_last_two_thirds": max(late_slopes.values()),
-        "store_bytes_per_migration": (totals[-1] - totals[0]) / migrations
-        if migrations and totals
+        "rss_anon_slope_by_host": anon_slopes,
+        "rss_anon_slope_last_two_thirds_by_host": anon_late_slopes,
+        "store_bytes_per_migration": (totals[-1] - totals[0]) / sampled
+        if (sampled := samples[-1]["migrations"] - samples[0]["migrations"] if samples else 0)
         else float("nan"),
         "store_bytes_per_migration_by_third": per_third,
         "store_bytes_first_last": [totals[0], totals[-1]] if totals else [],
@@ -502,7 +566,8 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
             start_all(stack, *servers.values())
             say(
                 f"serving A (pid {servers[HOST_A].pid}) and B (pid {servers[HOST_B].pid}); "
-                f"{args.in_flight} in flight for {args.seconds:.0f} s"
+                f"{args.in_flight} in flight for {args.warmup:.0f} s of warm-up, then "
+                f"{args.seconds:.0f} s measured"
             )
             result = asyncio.run(drive(world, servers, ids, args))
             if args.keep_logs is not None:
@@ -516,7 +581,10 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_soak(result: dict[str, Any]) -> None:
     say("")
-    say(f"soak: {result['migrations']} migrations in {result['seconds']:.0f} s")
+    say(
+        f"soak: {result['migrations']} migrations in {result['seconds']:.0f} s, "
+        f"after {result['warmup_s']:.0f} s of warm-up"
+    )
     t = result["throughput_by_third"]
     say(f"  throughput by third (mig/s): {t[0]:.1f} {t[1]:.1f} {t[2]:.1f}")
     say("  p50 by third (ms): " + " ".join(f"{v:.0f}" for v in result["p50_ms_by_third"]))
@@ -528,6 +596,21 @@ def print_soak(result: dict[str, Any]) -> None:
     say(
         f"  RSS slope (MiB/min, larger server) {result['rss_slope_mib_per_min']:.2f} "
         f"(last two thirds {result['rss_slope_last_two_thirds']:.2f})"
+    )
+    say(
+        "  RssAnon slope (MiB/min) "
+        + ", ".join(
+            f"{'A' if h == HOST_A else 'B'} {result['rss_anon_slope_by_host'][h]:.2f} "
+            f"(last two thirds {result['rss_anon_slope_last_two_thirds_by_host'][h]:.2f})"
+            for h in (HOST_A, HOST_B)
+        )
+    )
+    cold = result["cold_start"]
+    say(
+        f"  from the cold start ({cold['seconds']:.0f} s, warm-up included): throughput "
+        f"drift {cold['throughput_drift']:.2f}, p99 drift {cold['p99_drift']:.2f}, RSS slope "
+        f"{cold['rss_slope_mib_per_min']:.2f} (last two thirds "
+        f"{cold['rss_slope_last_two_thirds']:.2f})"
     )
     first, last = result["store_bytes_first_last"]
     say(
@@ -695,6 +778,13 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--interval", type=float, default=5.0, help="cycle interval s (5)")
     parser.add_argument("--in-flight", type=int, default=8, help="migrations in flight (8)")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        help="seconds of the same load before the measured --seconds (120; 20 with --quick): "
+        "the servers' memos and heaps reach their working size; the figures cover what "
+        "follows, and cold_start in the JSON gives them over the whole run (0: none)",
+    )
     parser.add_argument("--sample", type=float, help="seconds between samples (10; 3 quick)")
     parser.add_argument(
         "--store-flat",
@@ -710,6 +800,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     quick = args.quick
     args.seconds = args.seconds or (60.0 if quick else 600.0)
+    if args.warmup is None:
+        args.warmup = 20.0 if quick else 120.0
     args.sample = args.sample or (3.0 if quick else 10.0)
     args.migrations = args.migrations or (1000 if quick else 10_000)
     # Store-flat: each object moves about 50 times (an object's own lineage grows with

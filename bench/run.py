@@ -135,7 +135,7 @@ class Target:
     #: present wins: the scripts name them differently and some may rename them.
     ours: tuple[tuple[str, str, float], ...] = ()
     floor_value: tuple[tuple[str, str, float], ...] = ()
-    #: The key holding the ratio; ``ratio`` except for the soak's three rows.
+    #: The key holding the ratio; ``ratio`` except for the soak's four rows.
     key: str = "ratio"
     #: The soak's drifts: (key of the per-third list, unit), shown as first -> last third.
     thirds: tuple[str, str] | None = None
@@ -226,12 +226,23 @@ TARGETS = (
     ),
     Target(
         "soak",
-        "soak RSS slope (larger server)",
+        "soak RSS slope after warm-up (larger server)",
         "-",
         True,
         SOAK_RSS_SLOPE_LIMIT,
         None,
         key="rss_slope_mib_per_min",
+    ),
+    # The same fit over the whole run, the servers' first minutes included: their memos
+    # and heaps filling show here as a slope (bench_soak.py's docstring).
+    Target(
+        "soak",
+        "soak RSS slope from a cold start",
+        "-",
+        True,
+        SOAK_RSS_SLOPE_LIMIT,
+        None,
+        key="cold_start_rss_slope_mib_per_min",
     ),
 )
 
@@ -243,7 +254,7 @@ def verdict(target: Target, figure: dict[str, Any]) -> str:
         return "-"
 
     def meets(limit: float) -> bool:
-        if target.key == "rss_slope_mib_per_min":  # "under 1 MiB/min": strictly
+        if target.key.endswith("rss_slope_mib_per_min"):  # "under 1 MiB/min": strictly
             return value < limit
         return value <= limit if target.lower_is_better else value >= limit
 

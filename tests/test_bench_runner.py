@@ -218,6 +218,7 @@ def test_nan_becomes_null_judged_no_and_rss_per_side_is_its_larger(tmp_path: Pat
         "throughput_drift": "no",
         "p99_drift": "must",
         "rss_slope_mib_per_min": "must",
+        "cold_start_rss_slope_mib_per_min": "-",  # an older soak: not given, not judged
     }
     assert merged["P3"]["rss_rise_mib"] == 50.0
     assert merged["P3"]["rss_rise_mib_per_side"] == {"source": 20.0, "destination": 50.0}
@@ -275,6 +276,9 @@ def test_bad_arguments_exit_2() -> None:
         ("soak", "p99_drift", 1.2, {}, "must"),
         ("soak", "rss_slope_mib_per_min", 1.0, {}, "no"),  # "under 1 MiB/min"
         ("soak", "rss_slope_mib_per_min", 0.5, {}, "must"),
+        ("soak", "cold_start_rss_slope_mib_per_min", 1.0, {}, "no"),  # strictly, too
+        ("soak", "cold_start_rss_slope_mib_per_min", 5.1, {}, "no"),
+        ("soak", "cold_start_rss_slope_mib_per_min", 0.9, {}, "must"),
         ("P1", "ratio", "n/a", {}, "-"),
     ],
 )
