@@ -176,7 +176,7 @@ def scale_caps(world: InProcessWorld, factor: float) -> None:
     custody.VERIFIED_ARRIVALS._capacity = scaled(custody.VERIFIED_ARRIVALS._capacity)
     for host in world.hosts.values():
         objects, decoded = host.journal._objects, host.journal._decoded
-        objects._total_bytes = scaled(objects._total_bytes)
+        objects._held._total_size = scaled(objects._held._total_size)
         decoded._entries, decoded._total_bytes = (
             scaled(decoded._entries),
             scaled(decoded._total_bytes),
@@ -199,15 +199,21 @@ def count_record_memo(world: InProcessWorld) -> None:
         memo.get = get  # type: ignore[method-assign]
 
 
+def forget_all(memo: Any) -> None:
+    """Empty an IdleLru (gateway._lru), which has no clear of its own."""
+    for key in list(memo._entries):
+        memo.forget(key)
+
+
 def journal_memos(world: InProcessWorld) -> str:
     """Per host: object memo entries/MiB, mean object KB, decoded memo entries/MiB."""
     parts = []
     for name, host in world.hosts.items():
         objects, decoded = host.journal._objects, host.journal._decoded
-        count = len(objects._values)
-        mean = objects._bytes / count / 1024 if count else 0.0
+        count, held = len(objects._held._entries), objects._held._size
+        mean = held / count / 1024 if count else 0.0
         parts.append(
-            f"{name.split('//')[1][:5]} obj {count} {objects._bytes / 2**20:.1f}M "
+            f"{name.split('//')[1][:5]} obj {count} {held / 2**20:.1f}M "
             f"({mean:.0f} KB) dec {len(decoded._values)} {decoded._bytes / 2**20:.1f}M"
         )
     return "; ".join(parts)
@@ -283,7 +289,7 @@ def account(world: InProcessWorld) -> None:
     counts for the last of them to let go)."""
     hosts = list(world.hosts.values())
     steps: list[tuple[str, Callable[[], object]]] = [
-        ("journal object memos", lambda: [h.journal._objects._values.clear() for h in hosts]),
+        ("journal object memos", lambda: [forget_all(h.journal._objects._held) for h in hosts]),
         ("journal record memos", lambda: [h.journal._decoded._values.clear() for h in hosts]),
         ("verified prefixes", lineage_module.VERIFIED_PREFIXES.clear),
         ("entry memo", lineage_module._remembered_entry.cache_clear),
