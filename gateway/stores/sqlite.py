@@ -85,8 +85,8 @@ _Answer = tuple["asyncio.Future[None]", BaseException | None]
 _SCHEMA_VERSION = 1
 
 #: Keys per ``IN (...)`` query; far below SQLite's bound-parameter limit (32766 since 3.32,
-#: 999 before), so statements stay small whatever the build.
-_CHUNK = 500
+#: 999 before), so statements stay small whatever the build. One of :data:`_SIZES`.
+_CHUNK = 512
 
 _DEFAULT_BUSY_TIMEOUT = 10.0
 
@@ -315,9 +315,9 @@ class SqliteStore:
         keys: Sequence[str], connection: sqlite3.Connection
     ) -> dict[str, Item] | object:
         found: dict[str, Item] = {}
-        placeholders = ", ".join("?" * len(keys))  # only "?": the keys are parameters
-        sql = _INLINE_GET.format(placeholders)
-        for key, value, etag in connection.execute(sql, (INLINE_READ_MAX_BYTES, *keys)):
+        padded = _padded(keys)
+        sql = _statement(_INLINE_GET, len(padded))
+        for key, value, etag in connection.execute(sql, (INLINE_READ_MAX_BYTES, *padded)):
             if value is None:
                 return _ELSEWHERE  # larger than INLINE_READ_MAX_BYTES (never NULL)
             found[key] = Item(key=key, value=value, etag=etag)
@@ -646,14 +646,18 @@ class SqliteStore:
         puts = [op for op in ops if isinstance(op, Put)]
         for start in range(0, len(puts), _UPSERT_ROWS):
             chunk = puts[start : start + _UPSERT_ROWS]
+            # Padded to one of _SIZES with the chunk's smallest put again: the same row
+            # written twice in one statement is written once (its second upsert sets
+            # the same value and ETag), and statements of a few sizes stay prepared.
+            chunk += [min(chunk, key=_value_size)] * (_size_for(len(chunk)) - len(chunk))
             parameters: builtins.list[object] = []
             for op in chunk:
                 parameters += (op.key, op.value, _etag_of(ops, op.key))
-            connection.execute(_UPSERT.format(", ".join(["(?, ?, ?)"] * len(chunk))), parameters)
+            connection.execute(_statement(_UPSERT, len(chunk), "(?, ?, ?)"), parameters)
         gone = [op.key for op in ops if not isinstance(op, Put) and op.key in current]
         for start in range(0, len(gone), _CHUNK):
-            doomed = gone[start : start + _CHUNK]
-            connection.execute(_DELETE.format(", ".join("?" * len(doomed))), doomed)
+            doomed = _padded(gone[start : start + _CHUNK])
+            connection.execute(_statement(_DELETE, len(doomed)), doomed)
 
     # ETags alone (added in session 24; public, but kept here at the end of the class).
 
@@ -724,18 +728,53 @@ def _etags_in(connection: sqlite3.Connection, keys: Sequence[str]) -> dict[str, 
     """The ETags of the existing keys among ``keys``, as one row per statement (a JSON object) rather than a row per key: see ``_apply``."""
     found: dict[str, str] = {}
     for start in range(0, len(keys), _CHUNK):
-        chunk = keys[start : start + _CHUNK]
-        placeholders = ", ".join("?" * len(chunk))
-        (document,) = connection.execute(_ETAGS_AS_JSON.format(placeholders), chunk).fetchone()
+        chunk = _padded(keys[start : start + _CHUNK])
+        (document,) = connection.execute(_statement(_ETAGS_AS_JSON, len(chunk)), chunk).fetchone()
         found.update(json.loads(document))
     return found
 
 
 def _select_chunked(connection: sqlite3.Connection, sql: str, keys: Sequence[str]) -> Iterator[Any]:
     for start in range(0, len(keys), _CHUNK):
-        chunk = keys[start : start + _CHUNK]
-        placeholders = ", ".join("?" * len(chunk))
-        yield from connection.execute(sql.format(placeholders), chunk)
+        chunk = _padded(keys[start : start + _CHUNK])
+        yield from connection.execute(_statement(sql, len(chunk)), chunk)
+
+
+#: The sizes a statement's list of keys or rows comes in (powers of two and one and a
+#: half times them, up to :data:`_CHUNK`). Why: sqlite3 keeps the last 128 statements
+#: prepared per connection, and a statement per size seen (1 to 512 keys, 1 to 256 rows)
+#: filled that cache slowly with statements of up to about 100 KB each, about 13 MiB
+#: per connection and four connections per store: a served host's RSS crept for its
+#: first twenty minutes of the soak (docs/benchmarks.md), and every size evicted from
+#: the cache was prepared again (a 128-row upsert: about 310 us; a 128-key select:
+#: about 95 us). With these sizes a list is padded by at most half, and a connection
+#: holds at most 18 statements per kind, all prepared once.
+_SIZES = tuple(sorted({1 << n for n in range(10)} | {3 << n for n in range(8)}))
+
+
+@functools.lru_cache(maxsize=1024)
+def _size_for(count: int) -> int:
+    """The smallest of :data:`_SIZES` that holds ``count`` (at most :data:`_CHUNK`)."""
+    return next(size for size in _SIZES if size >= count)
+
+
+def _padded(keys: Sequence[str]) -> Sequence[str]:
+    """``keys`` (at most :data:`_CHUNK`, at least one) with its last key repeated up to a
+    size of :data:`_SIZES`: a key listed twice in ``IN (...)`` matches its row once."""
+    if not keys:
+        return keys
+    missing = _size_for(len(keys)) - len(keys)
+    return keys if not missing else [*keys, *([keys[-1]] * missing)]
+
+
+@functools.lru_cache(maxsize=256)
+def _statement(template: str, size: int, item: str = "?") -> str:
+    """``template`` with ``size`` items (``?`` or a row of them) in its list."""
+    return template.format(", ".join([item] * size))
+
+
+def _value_size(op: Put) -> int:
+    return len(op.value)
 
 
 @contextlib.contextmanager
