@@ -520,14 +520,7 @@ def encode_object(obj: GovernedObject) -> bytes:
     which grows by the new entries only. Same bytes as serializing the whole message
     (tests/test_object_encoding.py holds the two together)."""
     head, after, credentials, rest, tail = _unchanged_parts(obj)
-    cycle = obj.cycle
-    state = object_pb2.ObjectSnapshot()
-    state.cycle.generation = cycle.generation
-    if cycle.interval is not None:
-        state.cycle.interval_ms = cycle.interval // timedelta(milliseconds=1)
-    if cycle.next_due is not None:
-        state.cycle.next_due.CopyFrom(_ts(cycle.next_due))
-    timing = state.SerializeToString(deterministic=True)
+    timing = _cycle_wire(obj.cycle)
     buffer, end = _entries_wire(obj.lineage)
     # A view, released at once: a bytearray with a view alive cannot grow, and the log's
     # buffer grows with the next append.
@@ -683,6 +676,10 @@ def _encode_body(obj: GovernedObject) -> tuple[bytes, bytes, bytes, bytes]:
 _SNAPSHOT_TAG = b"\x0a"
 _LINEAGE_TAG = b"\x1a"
 _ENTRY_TAG = b"\x0a"
+#: ObjectSnapshot.cycle (field 7, length-delimited).
+_CYCLE_TAG = b"\x3a"
+_MILLISECOND = timedelta(milliseconds=1)
+_UINT64 = 1 << 64
 
 
 @functools.lru_cache(maxsize=256)
@@ -700,10 +697,52 @@ def _credentials_wire(grants: tuple[str, ...]) -> bytes:
     return bytes(object_pb2.StoredObject(credentials=grants).SerializeToString(deterministic=True))
 
 
+def _cycle_pb_wire(cycle: CycleState) -> bytes:
+    """Field 7 of an ObjectSnapshot (its cycle state), serialized by protobuf."""
+    state = object_pb2.ObjectSnapshot()
+    state.cycle.generation = cycle.generation  # present even when all its fields are 0
+    if cycle.interval is not None:
+        state.cycle.interval_ms = cycle.interval // _MILLISECOND
+    if cycle.next_due is not None:
+        state.cycle.next_due.CopyFrom(_ts(cycle.next_due))
+    return state.SerializeToString(deterministic=True)
+
+
+def _cycle_wire(cycle: CycleState) -> bytes:
+    """:func:`_cycle_pb_wire`, written out field by field: the only part of an object's
+    encoding that every cycle builds anew (tests/test_object_encoding.py holds the two
+    together). Values protobuf would refuse (out of a uint64's range) or convert first
+    (a time without a zone, read as local time) take its path, and so raise or convert
+    as they always did."""
+    generation = cycle.generation
+    interval_ms = 0 if cycle.interval is None else cycle.interval // _MILLISECOND
+    due = cycle.next_due
+    if not (0 <= generation < _UINT64 and 0 <= interval_ms < _UINT64) or (
+        due is not None and due.tzinfo is None
+    ):
+        return _cycle_pb_wire(cycle)
+    # Fields in number order, a zero left out (proto3); the time as _ts computes it.
+    body = b"\x08" + _varint(generation) if generation else b""
+    if interval_ms:
+        body += b"\x10" + _varint(interval_ms)
+    if due is not None:
+        delta = due - _EPOCH
+        seconds = delta.days * 86_400 + delta.seconds
+        nanos = delta.microseconds * 1000
+        # An int64 field: a negative value is its 64-bit two's complement (10 bytes).
+        stamp = b"\x08" + _varint(seconds % _UINT64) if seconds else b""
+        if nanos:
+            stamp += b"\x10" + _varint(nanos)
+        body += b"\x1a" + _varint(len(stamp)) + stamp
+    return _CYCLE_TAG + _varint(len(body)) + body
+
+
 def _varint(value: int) -> bytes:
     """Protobuf's base-128 varint of a non-negative ``value`` (a field's length)."""
     if value < 0x80:
         return bytes((value,))
+    if value < 0x4000:  # most lengths, generations and intervals: two bytes
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
