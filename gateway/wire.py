@@ -511,15 +511,16 @@ def encode_object(obj: GovernedObject) -> bytes:
 
     Every cycle writes its object again, and the lineage is most of an object's bytes.
     A message's encoding is its fields' encodings in field-number order, so the parts
-    are serialized apart and joined: the snapshot's fields 1-6 (its rules memoised per
-    rule set), its cycle (7), its fields 8-11, the grants (2), the lineage's entries
-    (3.1), the lineage's other fields (3.2-3.4) and the fields after it (4-12). A cycle
-    changes only the cycle and the entries, so every other part is remembered
+    are serialized apart and joined: the snapshot's fields 1-5, its rules (6, memoised
+    per rule set), its cycle (7), the data's size (8), its fields 9-11, the grants (2),
+    the lineage's entries (3.1), the lineage's other fields (3.2-3.4) and the fields
+    after it (4-12). A cycle changes only the cycle and the entries (and, when its rules
+    write, the data: fields 3, 5 and 8), so every other part is remembered
     (:func:`_unchanged_parts`) by the identity of the values it was built from. The
     lineage's entries come from the encoding its log keeps (:func:`_entries_wire`),
     which grows by the new entries only. Same bytes as serializing the whole message
     (tests/test_object_encoding.py holds the two together)."""
-    head, after, credentials, rest, tail = _unchanged_parts(obj)
+    head, rules, size, after, credentials, rest, tail = _unchanged_parts(obj)
     timing = _cycle_wire(obj.cycle)
     buffer, end = _entries_wire(obj.lineage)
     # A view, released at once: a bytearray with a view alive cannot grow, and the log's
@@ -528,9 +529,11 @@ def encode_object(obj: GovernedObject) -> bytes:
         return b"".join(
             (
                 _SNAPSHOT_TAG,
-                _varint(len(head) + len(timing) + len(after)),
+                _varint(len(head) + len(rules) + len(timing) + len(size) + len(after)),
                 head,
+                rules,
                 timing,
+                size,
                 after,
                 credentials,
                 _LINEAGE_TAG,
@@ -547,7 +550,7 @@ def encode_object(obj: GovernedObject) -> bytes:
 OBJECT_PARTS_MEMO_BYTES = 16 << 20
 OBJECT_PARTS_MEMO_ENTRIES = 16384
 
-_Parts = tuple[bytes, bytes, bytes, bytes, bytes]
+_Parts = tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes]
 #: key: ids of the body's values -> (the body's values, the tail's values, data, parts)
 _OBJECT_PARTS: BoundedLru[
     tuple[int, ...], tuple[tuple[object, ...], tuple[object, ...], bytes, _Parts]
@@ -567,7 +570,8 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
     (and only the snapshot's fields 1-6 and 8-11 then: data and its size), so the rest
     still comes from the memo.
     A cycle rebuilds its object from the same values, so from its second cycle on an
-    object's encoding builds only its cycle state (and its data's fields, if written).
+    object's encoding builds only its cycle state (and its data's fields 1-5 and its
+    size, if written).
 
     The entry is found by the body's values alone (the data, rules, grants, the
     lineage's envelopes: most of the bytes); the tail's (epoch, state, placement,
@@ -607,10 +611,12 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
             return parts
         parts = (
             parts[0] if same_data else _head(obj),
-            parts[1] if same_data else _after(obj),
-            parts[2],
+            parts[1],
+            parts[2] if same_data else _size_wire(obj),
             parts[3],
-            parts[4] if same_tail else _tail(obj),
+            parts[4],
+            parts[5],
+            parts[6] if same_tail else _tail(obj),
         )
     else:
         parts = (*_encode_body(obj), _tail(obj))
@@ -619,22 +625,30 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
 
 
 def _head(obj: GovernedObject) -> bytes:
-    """Fields 1-6 of the object's ObjectSnapshot (identity, data, rules)."""
-    before = object_pb2.ObjectSnapshot(
+    """Fields 1-5 of the object's ObjectSnapshot (identity, data and its digest)."""
+    return object_pb2.ObjectSnapshot(
         object_id=obj.object_id,
         tenant=obj.tenant,
         data=obj.data,
         content_type=obj.content_type,
         data_digest=obj.data_digest(),
-    )
-    return before.SerializeToString(deterministic=True) + _rules_wire(tuple(obj.rules))
+    ).SerializeToString(deterministic=True)
+
+
+def _size_wire(obj: GovernedObject) -> bytes:
+    """Field 8 of the object's ObjectSnapshot (the data's size), written out: a write
+    changes it, and building a message for one number cost more than the rest of the
+    write's encoding (protobuf's path for a size no uint64 holds, which it refuses)."""
+    size = obj.size
+    if not 0 <= size < _UINT64:
+        return object_pb2.ObjectSnapshot(data_size=size).SerializeToString(deterministic=True)
+    return _SIZE_TAG + _varint(size) if size else b""
 
 
 def _after(obj: GovernedObject) -> bytes:
-    """Fields 8-11 of the object's ObjectSnapshot (the data's size, subscriptions,
+    """Fields 9-11 of the object's ObjectSnapshot (streamed or not, subscriptions,
     answers)."""
     return object_pb2.ObjectSnapshot(
-        data_size=obj.size,
         data_streamed=obj.blob is not None,
         subscriptions=obj.subscriptions,
         answers=[_answer_to_pb(a) for a in obj.answers],
@@ -660,7 +674,7 @@ def _tail(obj: GovernedObject) -> bytes:
     return tail.SerializeToString(deterministic=True)
 
 
-def _encode_body(obj: GovernedObject) -> tuple[bytes, bytes, bytes, bytes]:
+def _encode_body(obj: GovernedObject) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes]:
     """The snapshot's fields 1-6 and 8-11, the grants and the lineage's fields 3.2-3.4."""
     lineage = obj.lineage
     rest = object_pb2.Lineage(
@@ -668,7 +682,14 @@ def _encode_body(obj: GovernedObject) -> tuple[bytes, bytes, bytes, bytes]:
         arrivals=[_envelope_bytes(a) for a in lineage.arrivals],
         base=_base_bytes(lineage.base) if lineage.base is not None else b"",
     ).SerializeToString(deterministic=True)
-    return (_head(obj), _after(obj), _credentials_wire(tuple(obj.grants)), rest)
+    return (
+        _head(obj),
+        _rules_wire(tuple(obj.rules)),
+        _size_wire(obj),
+        _after(obj),
+        _credentials_wire(tuple(obj.grants)),
+        rest,
+    )
 
 
 #: Fields 1 (StoredObject.snapshot), 3 (StoredObject.lineage) and 1 (Lineage.entries),
@@ -676,8 +697,9 @@ def _encode_body(obj: GovernedObject) -> tuple[bytes, bytes, bytes, bytes]:
 _SNAPSHOT_TAG = b"\x0a"
 _LINEAGE_TAG = b"\x1a"
 _ENTRY_TAG = b"\x0a"
-#: ObjectSnapshot.cycle (field 7, length-delimited).
+#: ObjectSnapshot.cycle (field 7, length-delimited) and data_size (field 8, a varint).
 _CYCLE_TAG = b"\x3a"
+_SIZE_TAG = b"\x40"
 _MILLISECOND = timedelta(milliseconds=1)
 _UINT64 = 1 << 64
 

@@ -179,3 +179,19 @@ def test_a_varint_is_protobufs() -> None:
         # CycleState.generation is field 1, a uint64: one tag byte, then the varint.
         message = object_pb2.CycleState(generation=value).SerializeToString()
         assert wire._varint(value) == (message[1:] if value else b"\x00"), value
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16383, 16384, 1 << 21])
+def test_a_data_size_written_out_is_what_protobuf_serializes(size: int) -> None:
+    """A write changes the data's size (field 8), written out rather than serialized;
+    a streamed blob's size too (its data is empty)."""
+    inline = replace(created(), data=b"x" * size)
+    streamed = replace(
+        created(),
+        data=b"",
+        blob=BlobRef(digest=bytes(range(32)), size=size << 10, location="blobs/x", chunks=1),
+    )
+    for obj in (inline, streamed):
+        reference = object_pb2.ObjectSnapshot(data_size=obj.size)
+        assert wire._size_wire(obj) == reference.SerializeToString(deterministic=True)
+        assert wire.encode_object(obj) == whole(obj)
