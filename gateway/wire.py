@@ -737,26 +737,44 @@ def _cycle_wire(cycle: CycleState) -> bytes:
     (a time without a zone, read as local time) take its path, and so raise or convert
     as they always did."""
     generation = cycle.generation
-    interval_ms = 0 if cycle.interval is None else cycle.interval // _MILLISECOND
-    due = cycle.next_due
-    if not (0 <= generation < _UINT64 and 0 <= interval_ms < _UINT64) or (
-        due is not None and due.tzinfo is None
-    ):
+    timing = _timing_wire(cycle.interval, cycle.next_due)
+    if timing is None or not 0 <= generation < _UINT64:
         return _cycle_pb_wire(cycle)
-    # Fields in number order, a zero left out (proto3); the time as _ts computes it.
-    body = b"\x08" + _varint(generation) if generation else b""
-    if interval_ms:
-        body += b"\x10" + _varint(interval_ms)
+    # Fields in number order, a zero left out (proto3).
+    body = b"\x08" + _varint(generation) + timing if generation else timing
+    return _CYCLE_TAG + _varint(len(body)) + body
+
+
+#: The last interval and due time written out in UTC, and their fields (one slot,
+#: replaced whole, so a thread never sees one's fields with another's values): a batch
+#: of cycles shares one ``now``, and so mostly one next due time. Equal UTC times are
+#: the same instant (equality ignores the zone only when both have the same one).
+_LAST_TIMING: tuple[timedelta | None, datetime | None, bytes] = (None, None, b"")
+
+
+def _timing_wire(interval: timedelta | None, due: datetime | None) -> bytes | None:
+    """Fields 2 and 3 of a CycleState (interval, next due time), or None for values
+    only protobuf's path may take."""
+    global _LAST_TIMING
+    last = _LAST_TIMING
+    if last[0] == interval and last[1] == due and (due is None or due.tzinfo is UTC):
+        return last[2]
+    interval_ms = 0 if interval is None else interval // _MILLISECOND
+    if not 0 <= interval_ms < _UINT64 or (due is not None and due.tzinfo is None):
+        return None
+    timing = b"\x10" + _varint(interval_ms) if interval_ms else b""
     if due is not None:
-        delta = due - _EPOCH
+        delta = due - _EPOCH  # the time as _ts computes it
         seconds = delta.days * 86_400 + delta.seconds
         nanos = delta.microseconds * 1000
         # An int64 field: a negative value is its 64-bit two's complement (10 bytes).
         stamp = b"\x08" + _varint(seconds % _UINT64) if seconds else b""
         if nanos:
             stamp += b"\x10" + _varint(nanos)
-        body += b"\x1a" + _varint(len(stamp)) + stamp
-    return _CYCLE_TAG + _varint(len(body)) + body
+        timing += b"\x1a" + _varint(len(stamp)) + stamp
+        if due.tzinfo is UTC:
+            _LAST_TIMING = (interval, due, timing)
+    return timing
 
 
 def _varint(value: int) -> bytes:

@@ -195,3 +195,27 @@ def test_a_data_size_written_out_is_what_protobuf_serializes(size: int) -> None:
         reference = object_pb2.ObjectSnapshot(data_size=obj.size)
         assert wire._size_wire(obj) == reference.SerializeToString(deterministic=True)
         assert wire.encode_object(obj) == whole(obj)
+
+
+def test_a_remembered_timing_is_only_served_for_the_same_interval_and_utc_time() -> None:
+    """The last interval and due time written out are remembered (a batch shares them);
+    every change of either, the same instant in another zone, a time without a zone and
+    a zone-less object in between are each written as protobuf writes them."""
+    later = T0 + timedelta(microseconds=1)
+    states = [
+        (1, timedelta(seconds=5), T0),
+        (2, timedelta(seconds=5), T0),  # the same timing, another generation
+        (0, timedelta(seconds=5), T0),
+        (2, timedelta(seconds=6), T0),  # another interval
+        (2, timedelta(seconds=6), later),  # a microsecond later
+        (2, None, later),
+        (2, timedelta(seconds=6), None),
+        (2, None, None),
+        (2, timedelta(seconds=6), later.astimezone(_UTC_PLUS_2)),  # the same instant
+        (2, timedelta(seconds=6), later.replace(tzinfo=None)),  # read as local time
+        (2, timedelta(seconds=6), later),
+        (2, timedelta(seconds=6), later),
+    ]
+    for generation, interval, due in states + states[::-1]:
+        state = CycleState(generation=generation, interval=interval, next_due=due)
+        assert wire._cycle_wire(state) == wire._cycle_pb_wire(state), state
