@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import operator
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -710,7 +711,13 @@ class _Entries:
         return _rebuilt(obj, self.data, self.lineage, obj.cycle if cycle is None else cycle)
 
 
-_OBJECT_FIELDS = tuple(f.name for f in fields(GovernedObject))
+#: The fields a cycle keeps as they are, read in one call, and their slots' setters
+#: (a slot's own setter, as object.__setattr__ finds it, without the frozen check).
+_KEPT_FIELDS = tuple(
+    f.name for f in fields(GovernedObject) if f.name not in ("data", "lineage", "cycle")
+)
+_kept = operator.attrgetter(*_KEPT_FIELDS)
+_KEPT_SETTERS = tuple(getattr(GovernedObject, name).__set__ for name in _KEPT_FIELDS)
 _set = object.__setattr__
 
 
@@ -723,8 +730,8 @@ def _rebuilt(
     if _HAS_POST_INIT:
         return replace(obj, data=data, lineage=lineage, cycle=cycle)
     new = object.__new__(GovernedObject)
-    for name in _OBJECT_FIELDS:
-        _set(new, name, getattr(obj, name))
+    for setter, value in zip(_KEPT_SETTERS, _kept(obj), strict=True):
+        setter(new, value)
     _set(new, "data", data)
     _set(new, "lineage", lineage)
     _set(new, "cycle", cycle)
