@@ -874,6 +874,41 @@ class _Log:
         return built
 
 
+def _add_entry(
+    log: _Log,
+    kind: EntryKind,
+    host: str,
+    at: datetime,
+    epoch: int,
+    generation: int,
+    data_digest: bytes,
+    credentials_digest: bytes,
+    detail: str,
+) -> None:
+    """Append the next entry to ``log``: what LineageEntry(...), the lineage's size and
+    head and log.add do, written out (every cycle appends one entry or more, and this
+    was a tenth of it)."""
+    if len(detail) > MAX_DETAIL:
+        detail = detail[: MAX_DETAIL - 1] + "…"
+    added, base = log.entries, log.base
+    prev = added[-1].leaf_hash() if added else (base.head if base is not None else b"")
+    entry = object.__new__(LineageEntry)
+    _set(entry, "seq", log.start + len(added))
+    _set(entry, "prev", prev)
+    _set(entry, "time", at)
+    _set(entry, "host", host)
+    _set(entry, "kind", kind)
+    _set(entry, "epoch", epoch)
+    _set(entry, "generation", generation)
+    _set(entry, "data_digest", data_digest)
+    _set(entry, "credentials_digest", credentials_digest)
+    _set(entry, "detail", detail)
+    _set(entry, "repeats", 0)
+    _set(entry, "_raw", None)  # computed when first asked for (encode, leaf_hash)
+    _set(entry, "_leaf", None)
+    added.append(entry)  # log.add
+
+
 def _share_wire(source: _Log, target: _Log, count: int) -> None:
     """Give ``target`` (a new log holding the first ``count`` entries of ``source``) the
     encoding of those entries that ``source`` already has: a fold rewrites only the last
@@ -1044,36 +1079,33 @@ class Lineage:
         credentials_digest: bytes,
         detail: str = "",
     ) -> Lineage:
-        if len(detail) > MAX_DETAIL:
-            detail = detail[: MAX_DETAIL - 1] + "…"
-        # What LineageEntry(...), self.size, self.head(), log.add and _with_entries do,
-        # written out: every cycle appends one entry or more, and this was a tenth of it.
-        entries = self.entries
-        assert isinstance(entries, Entries)
-        log = entries._log
-        count = entries._count
-        if count:
-            prev = log.entries[count - 1].leaf_hash()
-        else:
-            prev = log.base.head if log.base is not None else b""
-        entry = object.__new__(LineageEntry)
-        _set(entry, "seq", log.start + count)
-        _set(entry, "prev", prev)
-        _set(entry, "time", at)
-        _set(entry, "host", host)
-        _set(entry, "kind", kind)
-        _set(entry, "epoch", epoch)
-        _set(entry, "generation", generation)
-        _set(entry, "data_digest", data_digest)
-        _set(entry, "credentials_digest", credentials_digest)
-        _set(entry, "detail", detail)
-        _set(entry, "repeats", 0)
-        _set(entry, "_raw", None)  # computed when first asked for (encode, leaf_hash)
-        _set(entry, "_leaf", None)
-        if count != len(log.entries):
-            log = self._appendable()
-        log.entries.append(entry)  # log.add
-        # The same base as this value's, whose log it is: __post_init__ has nothing to do.
+        log = self._appendable()
+        _add_entry(log, kind, host, at, epoch, generation, data_digest, credentials_digest, detail)
+        return self._on(log)
+
+    def append_all(
+        self,
+        records: Sequence[tuple[EntryKind, bytes, str]],
+        *,
+        host: str,
+        at: datetime,
+        epoch: int,
+        generation: int,
+        credentials_digest: bytes,
+    ) -> Lineage:
+        """This lineage with one entry per ``(kind, data digest, detail)`` record, in
+        order: what appending each in turn gives, as one new value (a cycle records two
+        or more entries at once)."""
+        log = self._appendable()
+        for kind, data_digest, detail in records:
+            _add_entry(
+                log, kind, host, at, epoch, generation, data_digest, credentials_digest, detail
+            )
+        return self._on(log)
+
+    def _on(self, log: _Log) -> Lineage:
+        """This lineage's value seeing all of ``log`` (appended to from this value): the
+        same base, whose log it is, so __post_init__ has nothing to do."""
         appended = object.__new__(Lineage)
         _set(appended, "entries", Entries(log, len(log.entries)))
         _set(appended, "checkpoints", self.checkpoints)

@@ -974,3 +974,35 @@ def test_a_cycle_differing_only_in_its_last_entry_is_not_folded() -> None:
     assert folded is not None
     assert folded.entries[-1].repeats == 1
     assert folded.entries[-1].generation == 9
+
+
+def test_appending_records_at_once_is_appending_each_in_turn() -> None:
+    """append_all (a cycle's entries) gives the entries, bytes and root of appending one
+    record after the other: on the newest value, on an older value appended from again,
+    on an empty lineage, and with a detail cut to the limit."""
+    records = [
+        (EntryKind.ACTION_ADMITTED, digest(b"1"), "rule w: write state:self"),
+        (EntryKind.ACTION_DENIED, digest(b"1"), "x" * (MAX_DETAIL + 5)),
+        (EntryKind.EVALUATED, digest(b"2"), "2 of 3 rules fired"),
+    ]
+    common = {
+        "host": HOST_A,
+        "at": T0 + timedelta(hours=1),
+        "epoch": 0,
+        "generation": 7,
+        "credentials_digest": digest(b"grants"),
+    }
+    newest = _appended(4)
+    older = Lineage(entries=newest.entries[:2])  # its own log, then appended from again
+    shared = _appended(4)
+    shared.append(EntryKind.WOKEN, data_digest=digest(b"w"), **common)  # grows the log
+    for lineage in (newest, older, shared, Lineage()):
+        at_once = lineage.append_all(records, **common)  # first: in place where it can
+        one_by_one = lineage
+        for kind, data_digest, detail in records:
+            one_by_one = one_by_one.append(kind, data_digest=data_digest, detail=detail, **common)
+        assert list(at_once.entries) == list(one_by_one.entries)
+        assert [e.encode() for e in at_once.entries] == [e.encode() for e in one_by_one.entries]
+        assert at_once.root() == one_by_one.root()
+        assert len(at_once.entries[-2].detail) == MAX_DETAIL
+    assert len(newest.entries) == 4  # the values appended from see what they saw

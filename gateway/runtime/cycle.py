@@ -669,14 +669,14 @@ class _Held:
 
 
 class _Entries:
-    """The lineage entries of one evaluation, appended as they happen; the object is
-    rebuilt once, at the end (one ``dataclasses.replace`` of the whole object per
-    evaluation instead of one per entry and per write, and the digests computed once
-    per state). Each entry records what :meth:`GovernedObject.record` would: the
-    object's epoch and generation, and the digests of its data and credentials as they
-    are when the entry is made (after a write that preceded it)."""
+    """The lineage entries of one evaluation, recorded as they happen and appended at
+    the end, with the object rebuilt once (one new lineage and object per evaluation
+    instead of one per entry and per write, and the digests computed once per state).
+    Each entry records what :meth:`GovernedObject.record` would: the object's epoch and
+    generation, and the digests of its data and credentials as they are when the entry
+    is made (after a write that preceded it)."""
 
-    __slots__ = ("_at", "_credentials", "_data_digest", "_host", "_obj", "data", "lineage")
+    __slots__ = ("_at", "_credentials", "_data_digest", "_host", "_obj", "_records", "data")
 
     def __init__(self, obj: GovernedObject, *, host: str, at: datetime, credentials: bytes) -> None:
         self._obj = obj
@@ -684,8 +684,8 @@ class _Entries:
         self._at = at
         self._credentials = credentials  #: obj.credentials_digest()
         self._data_digest: bytes | None = None
+        self._records: list[tuple[EntryKind, bytes, str]] = []
         self.data = obj.data
-        self.lineage = obj.lineage
 
     def write(self, data: bytes) -> None:
         self.data = data
@@ -695,20 +695,19 @@ class _Entries:
         obj = self._obj
         if self._data_digest is None:
             self._data_digest = obj.blob.digest if obj.blob is not None else digest(self.data)
-        self.lineage = self.lineage.append(
-            kind,
+        self._records.append((kind, self._data_digest, detail))
+
+    def result(self, *, cycle: CycleState | None = None) -> GovernedObject:
+        obj = self._obj
+        lineage = obj.lineage.append_all(
+            self._records,
             host=self._host,
             at=self._at,
             epoch=obj.epoch,
             generation=obj.cycle.generation,
-            data_digest=self._data_digest,
             credentials_digest=self._credentials,
-            detail=detail,
         )
-
-    def result(self, *, cycle: CycleState | None = None) -> GovernedObject:
-        obj = self._obj
-        return _rebuilt(obj, self.data, self.lineage, obj.cycle if cycle is None else cycle)
+        return _rebuilt(obj, self.data, lineage, obj.cycle if cycle is None else cycle)
 
 
 #: The fields a cycle keeps as they are, read in one call, and their slots' setters
