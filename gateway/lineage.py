@@ -41,7 +41,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, overload
+from typing import Any, cast, overload
 
 from gateway import _custody_chain as custody_chain
 from gateway import envelope as dsse
@@ -336,11 +336,14 @@ _set = object.__setattr__
 
 
 class _EncodedOnce:
-    """Holds an entry's canonical bytes and leaf hash once computed; not fields."""
+    """Holds an entry's canonical bytes and leaf hash once computed; not fields. None
+    (set by appending and decoding) or unset (an entry built by its constructor) until
+    computed: reading an unset slot raises, and an exception per entry was a tenth of
+    an append."""
 
     __slots__ = ("_leaf", "_raw")
-    _raw: bytes
-    _leaf: bytes
+    _raw: bytes | None
+    _leaf: bytes | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -363,11 +366,13 @@ class LineageEntry(_EncodedOnce):
         # Entries are immutable, so their bytes are computed once: appends and wire
         # encoding would otherwise re-encode the whole history every time.
         try:
-            return self._raw
+            raw = self._raw
         except AttributeError:
+            raw = None
+        if raw is None:
             raw = self._encode()
             object.__setattr__(self, "_raw", raw)
-            return raw
+        return raw
 
     def _encode(self) -> bytes:
         # The canonical JSON of the entry (sorted keys, no spaces, UTF-8), written out
@@ -424,15 +429,18 @@ class LineageEntry(_EncodedOnce):
             _explain_refusal(raw)
             raise LineageError(f"{what} is not in canonical form (sorted keys, no spaces)")
         object.__setattr__(entry, "_raw", bytes(raw))
+        object.__setattr__(entry, "_leaf", None)
         return entry
 
     def leaf_hash(self) -> bytes:
         try:
-            return self._leaf
+            leaf = self._leaf
         except AttributeError:
+            leaf = None
+        if leaf is None:
             leaf = merkle.leaf_hash(self.encode())
             object.__setattr__(self, "_leaf", leaf)
-            return leaf
+        return leaf
 
     def same_event(self, other: LineageEntry) -> bool:
         """The same thing recorded again: everything but time, generation and position."""
@@ -866,6 +874,41 @@ class _Log:
         return built
 
 
+def _add_entry(
+    log: _Log,
+    kind: EntryKind,
+    host: str,
+    at: datetime,
+    epoch: int,
+    generation: int,
+    data_digest: bytes,
+    credentials_digest: bytes,
+    detail: str,
+) -> None:
+    """Append the next entry to ``log``: what LineageEntry(...), the lineage's size and
+    head and log.add do, written out (every cycle appends one entry or more, and this
+    was a tenth of it)."""
+    if len(detail) > MAX_DETAIL:
+        detail = detail[: MAX_DETAIL - 1] + "…"
+    added, base = log.entries, log.base
+    prev = added[-1].leaf_hash() if added else (base.head if base is not None else b"")
+    entry = object.__new__(LineageEntry)
+    _set(entry, "seq", log.start + len(added))
+    _set(entry, "prev", prev)
+    _set(entry, "time", at)
+    _set(entry, "host", host)
+    _set(entry, "kind", kind)
+    _set(entry, "epoch", epoch)
+    _set(entry, "generation", generation)
+    _set(entry, "data_digest", data_digest)
+    _set(entry, "credentials_digest", credentials_digest)
+    _set(entry, "detail", detail)
+    _set(entry, "repeats", 0)
+    _set(entry, "_raw", None)  # computed when first asked for (encode, leaf_hash)
+    _set(entry, "_leaf", None)
+    added.append(entry)  # log.add
+
+
 def _share_wire(source: _Log, target: _Log, count: int) -> None:
     """Give ``target`` (a new log holding the first ``count`` entries of ``source``) the
     encoding of those entries that ``source`` already has: a fold rewrites only the last
@@ -1036,37 +1079,33 @@ class Lineage:
         credentials_digest: bytes,
         detail: str = "",
     ) -> Lineage:
-        if len(detail) > MAX_DETAIL:
-            detail = detail[: MAX_DETAIL - 1] + "…"
-        # What LineageEntry(...), self.size, self.head(), log.add and _with_entries do,
-        # written out: every cycle appends one entry or more, and this was a tenth of it.
-        entries = self.entries
-        assert isinstance(entries, Entries)
-        log = entries._log
-        count = entries._count
-        if count:
-            prev = log.entries[count - 1].leaf_hash()
-        else:
-            prev = log.base.head if log.base is not None else b""
-        entry = object.__new__(LineageEntry)
-        for name, value in (
-            ("seq", log.start + count),
-            ("prev", prev),
-            ("time", at),
-            ("host", host),
-            ("kind", kind),
-            ("epoch", epoch),
-            ("generation", generation),
-            ("data_digest", data_digest),
-            ("credentials_digest", credentials_digest),
-            ("detail", detail),
-            ("repeats", 0),
-        ):
-            _set(entry, name, value)
-        if count != len(log.entries):
-            log = self._appendable()
-        log.entries.append(entry)  # log.add
-        # The same base as this value's, whose log it is: __post_init__ has nothing to do.
+        log = self._appendable()
+        _add_entry(log, kind, host, at, epoch, generation, data_digest, credentials_digest, detail)
+        return self._on(log)
+
+    def append_all(
+        self,
+        records: Sequence[tuple[EntryKind, bytes, str]],
+        *,
+        host: str,
+        at: datetime,
+        epoch: int,
+        generation: int,
+        credentials_digest: bytes,
+    ) -> Lineage:
+        """This lineage with one entry per ``(kind, data digest, detail)`` record, in
+        order: what appending each in turn gives, as one new value (a cycle records two
+        or more entries at once)."""
+        log = self._appendable()
+        for kind, data_digest, detail in records:
+            _add_entry(
+                log, kind, host, at, epoch, generation, data_digest, credentials_digest, detail
+            )
+        return self._on(log)
+
+    def _on(self, log: _Log) -> Lineage:
+        """This lineage's value seeing all of ``log`` (appended to from this value): the
+        same base, whose log it is, so __post_init__ has nothing to do."""
         appended = object.__new__(Lineage)
         _set(appended, "entries", Entries(log, len(log.entries)))
         _set(appended, "checkpoints", self.checkpoints)
@@ -1095,7 +1134,10 @@ class Lineage:
         if not width or carried - width < 1:
             return None
         # The cheap refusal first (most cycles differ from the one before: a write, a
-        # different rule firing): the signed size decodes the last checkpoint.
+        # different rule firing): the signed size decodes the last checkpoint. And first
+        # of all the last entries (a cycle's summary), without slicing the group.
+        if not self.entries[carried - 1].same_event(group[-1]):
+            return None
         previous = self.entries[carried - width :]
         if not all(old.same_event(new) for old, new in zip(previous, group, strict=True)):
             return None
@@ -1220,9 +1262,11 @@ def verify_chain(
     listed = list(entries)
     count = len(listed)
     try:  # decoded entries hold their bytes; skip encode()'s call where all of them do
-        raws = [entry._raw for entry in listed]
-    except AttributeError:
-        raws = [entry.encode() for entry in listed]
+        held: list[bytes | None] = [entry._raw for entry in listed]
+    except AttributeError:  # built by the constructor and never encoded
+        held = [None]
+    # None: appended here and not encoded yet
+    raws = [entry.encode() for entry in listed] if None in held else cast("list[bytes]", held)
     leaves = [sha256(b"\x00" + raw).digest() for raw in raws]
     frozen = EntryKind.FROZEN
     epochs = [entry.epoch for entry in listed]

@@ -214,9 +214,13 @@ class RuleSet:
             except RuntimeError as exc:  # see _evaluate
                 errors.append(f"rule {name}: condition failed: {_first_line(exc)}")
                 continue
-            # The common answer first: a value that is True is a BOOL (an error value's
-            # is its message), so only a rule that did not fire pays for the type checks.
-            if fired.value() is not True:
+            # The common answers first: a value that is True or False is a BOOL (an error
+            # value's is its message, an int's is an int), so only a value that is neither
+            # pays for the type checks.
+            answer = fired.value()
+            if answer is not True:
+                if answer is False:
+                    continue
                 kind = fired.type()
                 if kind == cel.Type.ERROR:
                     errors.append(f"rule {name}: condition failed: {_error_text(fired)}")
@@ -261,8 +265,8 @@ def activation_of(
             "epoch": epoch,
             "now": now,
             "host": host,
-            "event": dict(event or {}),
-            "request": dict(request or {}),
+            "event": dict(event) if event else {},
+            "request": dict(request) if request else {},
         }
     )
 

@@ -511,23 +511,17 @@ def encode_object(obj: GovernedObject) -> bytes:
 
     Every cycle writes its object again, and the lineage is most of an object's bytes.
     A message's encoding is its fields' encodings in field-number order, so the parts
-    are serialized apart and joined: the snapshot's fields 1-6 (its rules memoised per
-    rule set), its cycle (7), its fields 8-11, the grants (2), the lineage's entries
-    (3.1), the lineage's other fields (3.2-3.4) and the fields after it (4-12). A cycle
-    changes only the cycle and the entries, so every other part is remembered
+    are serialized apart and joined: the snapshot's fields 1-5, its rules (6, memoised
+    per rule set), its cycle (7), the data's size (8), its fields 9-11, the grants (2),
+    the lineage's entries (3.1), the lineage's other fields (3.2-3.4) and the fields
+    after it (4-12). A cycle changes only the cycle and the entries (and, when its rules
+    write, the data: fields 3, 5 and 8), so every other part is remembered
     (:func:`_unchanged_parts`) by the identity of the values it was built from. The
     lineage's entries come from the encoding its log keeps (:func:`_entries_wire`),
     which grows by the new entries only. Same bytes as serializing the whole message
     (tests/test_object_encoding.py holds the two together)."""
-    head, after, credentials, rest, tail = _unchanged_parts(obj)
-    cycle = obj.cycle
-    state = object_pb2.ObjectSnapshot()
-    state.cycle.generation = cycle.generation
-    if cycle.interval is not None:
-        state.cycle.interval_ms = cycle.interval // timedelta(milliseconds=1)
-    if cycle.next_due is not None:
-        state.cycle.next_due.CopyFrom(_ts(cycle.next_due))
-    timing = state.SerializeToString(deterministic=True)
+    head, rules, size, after, credentials, rest, tail = _unchanged_parts(obj)
+    timing = _cycle_wire(obj.cycle)
     buffer, end = _entries_wire(obj.lineage)
     # A view, released at once: a bytearray with a view alive cannot grow, and the log's
     # buffer grows with the next append.
@@ -535,9 +529,11 @@ def encode_object(obj: GovernedObject) -> bytes:
         return b"".join(
             (
                 _SNAPSHOT_TAG,
-                _varint(len(head) + len(timing) + len(after)),
+                _varint(len(head) + len(rules) + len(timing) + len(size) + len(after)),
                 head,
+                rules,
                 timing,
+                size,
                 after,
                 credentials,
                 _LINEAGE_TAG,
@@ -554,7 +550,7 @@ def encode_object(obj: GovernedObject) -> bytes:
 OBJECT_PARTS_MEMO_BYTES = 16 << 20
 OBJECT_PARTS_MEMO_ENTRIES = 16384
 
-_Parts = tuple[bytes, bytes, bytes, bytes, bytes]
+_Parts = tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes]
 #: key: ids of the body's values -> (the body's values, the tail's values, data, parts)
 _OBJECT_PARTS: BoundedLru[
     tuple[int, ...], tuple[tuple[object, ...], tuple[object, ...], bytes, _Parts]
@@ -574,7 +570,8 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
     (and only the snapshot's fields 1-6 and 8-11 then: data and its size), so the rest
     still comes from the memo.
     A cycle rebuilds its object from the same values, so from its second cycle on an
-    object's encoding builds only its cycle state (and its data's fields, if written).
+    object's encoding builds only its cycle state (and its data's fields 1-5 and its
+    size, if written).
 
     The entry is found by the body's values alone (the data, rules, grants, the
     lineage's envelopes: most of the bytes); the tail's (epoch, state, placement,
@@ -614,10 +611,12 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
             return parts
         parts = (
             parts[0] if same_data else _head(obj),
-            parts[1] if same_data else _after(obj),
-            parts[2],
+            parts[1],
+            parts[2] if same_data else _size_wire(obj),
             parts[3],
-            parts[4] if same_tail else _tail(obj),
+            parts[4],
+            parts[5],
+            parts[6] if same_tail else _tail(obj),
         )
     else:
         parts = (*_encode_body(obj), _tail(obj))
@@ -626,22 +625,30 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
 
 
 def _head(obj: GovernedObject) -> bytes:
-    """Fields 1-6 of the object's ObjectSnapshot (identity, data, rules)."""
-    before = object_pb2.ObjectSnapshot(
+    """Fields 1-5 of the object's ObjectSnapshot (identity, data and its digest)."""
+    return object_pb2.ObjectSnapshot(
         object_id=obj.object_id,
         tenant=obj.tenant,
         data=obj.data,
         content_type=obj.content_type,
         data_digest=obj.data_digest(),
-    )
-    return before.SerializeToString(deterministic=True) + _rules_wire(tuple(obj.rules))
+    ).SerializeToString(deterministic=True)
+
+
+def _size_wire(obj: GovernedObject) -> bytes:
+    """Field 8 of the object's ObjectSnapshot (the data's size), written out: a write
+    changes it, and building a message for one number cost more than the rest of the
+    write's encoding (protobuf's path for a size no uint64 holds, which it refuses)."""
+    size = obj.size
+    if not 0 <= size < _UINT64:
+        return object_pb2.ObjectSnapshot(data_size=size).SerializeToString(deterministic=True)
+    return _SIZE_TAG + _varint(size) if size else b""
 
 
 def _after(obj: GovernedObject) -> bytes:
-    """Fields 8-11 of the object's ObjectSnapshot (the data's size, subscriptions,
+    """Fields 9-11 of the object's ObjectSnapshot (streamed or not, subscriptions,
     answers)."""
     return object_pb2.ObjectSnapshot(
-        data_size=obj.size,
         data_streamed=obj.blob is not None,
         subscriptions=obj.subscriptions,
         answers=[_answer_to_pb(a) for a in obj.answers],
@@ -667,7 +674,7 @@ def _tail(obj: GovernedObject) -> bytes:
     return tail.SerializeToString(deterministic=True)
 
 
-def _encode_body(obj: GovernedObject) -> tuple[bytes, bytes, bytes, bytes]:
+def _encode_body(obj: GovernedObject) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes]:
     """The snapshot's fields 1-6 and 8-11, the grants and the lineage's fields 3.2-3.4."""
     lineage = obj.lineage
     rest = object_pb2.Lineage(
@@ -675,7 +682,14 @@ def _encode_body(obj: GovernedObject) -> tuple[bytes, bytes, bytes, bytes]:
         arrivals=[_envelope_bytes(a) for a in lineage.arrivals],
         base=_base_bytes(lineage.base) if lineage.base is not None else b"",
     ).SerializeToString(deterministic=True)
-    return (_head(obj), _after(obj), _credentials_wire(tuple(obj.grants)), rest)
+    return (
+        _head(obj),
+        _rules_wire(tuple(obj.rules)),
+        _size_wire(obj),
+        _after(obj),
+        _credentials_wire(tuple(obj.grants)),
+        rest,
+    )
 
 
 #: Fields 1 (StoredObject.snapshot), 3 (StoredObject.lineage) and 1 (Lineage.entries),
@@ -683,6 +697,11 @@ def _encode_body(obj: GovernedObject) -> tuple[bytes, bytes, bytes, bytes]:
 _SNAPSHOT_TAG = b"\x0a"
 _LINEAGE_TAG = b"\x1a"
 _ENTRY_TAG = b"\x0a"
+#: ObjectSnapshot.cycle (field 7, length-delimited) and data_size (field 8, a varint).
+_CYCLE_TAG = b"\x3a"
+_SIZE_TAG = b"\x40"
+_MILLISECOND = timedelta(milliseconds=1)
+_UINT64 = 1 << 64
 
 
 @functools.lru_cache(maxsize=256)
@@ -700,10 +719,70 @@ def _credentials_wire(grants: tuple[str, ...]) -> bytes:
     return bytes(object_pb2.StoredObject(credentials=grants).SerializeToString(deterministic=True))
 
 
+def _cycle_pb_wire(cycle: CycleState) -> bytes:
+    """Field 7 of an ObjectSnapshot (its cycle state), serialized by protobuf."""
+    state = object_pb2.ObjectSnapshot()
+    state.cycle.generation = cycle.generation  # present even when all its fields are 0
+    if cycle.interval is not None:
+        state.cycle.interval_ms = cycle.interval // _MILLISECOND
+    if cycle.next_due is not None:
+        state.cycle.next_due.CopyFrom(_ts(cycle.next_due))
+    return state.SerializeToString(deterministic=True)
+
+
+def _cycle_wire(cycle: CycleState) -> bytes:
+    """:func:`_cycle_pb_wire`, written out field by field: the only part of an object's
+    encoding that every cycle builds anew (tests/test_object_encoding.py holds the two
+    together). Values protobuf would refuse (out of a uint64's range) or convert first
+    (a time without a zone, read as local time) take its path, and so raise or convert
+    as they always did."""
+    generation = cycle.generation
+    timing = _timing_wire(cycle.interval, cycle.next_due)
+    if timing is None or not 0 <= generation < _UINT64:
+        return _cycle_pb_wire(cycle)
+    # Fields in number order, a zero left out (proto3).
+    body = b"\x08" + _varint(generation) + timing if generation else timing
+    return _CYCLE_TAG + _varint(len(body)) + body
+
+
+#: The last interval and due time written out in UTC, and their fields (one slot,
+#: replaced whole, so a thread never sees one's fields with another's values): a batch
+#: of cycles shares one ``now``, and so mostly one next due time. Equal UTC times are
+#: the same instant (equality ignores the zone only when both have the same one).
+_LAST_TIMING: tuple[timedelta | None, datetime | None, bytes] = (None, None, b"")
+
+
+def _timing_wire(interval: timedelta | None, due: datetime | None) -> bytes | None:
+    """Fields 2 and 3 of a CycleState (interval, next due time), or None for values
+    only protobuf's path may take."""
+    global _LAST_TIMING
+    last = _LAST_TIMING
+    if last[0] == interval and last[1] == due and (due is None or due.tzinfo is UTC):
+        return last[2]
+    interval_ms = 0 if interval is None else interval // _MILLISECOND
+    if not 0 <= interval_ms < _UINT64 or (due is not None and due.tzinfo is None):
+        return None
+    timing = b"\x10" + _varint(interval_ms) if interval_ms else b""
+    if due is not None:
+        delta = due - _EPOCH  # the time as _ts computes it
+        seconds = delta.days * 86_400 + delta.seconds
+        nanos = delta.microseconds * 1000
+        # An int64 field: a negative value is its 64-bit two's complement (10 bytes).
+        stamp = b"\x08" + _varint(seconds % _UINT64) if seconds else b""
+        if nanos:
+            stamp += b"\x10" + _varint(nanos)
+        timing += b"\x1a" + _varint(len(stamp)) + stamp
+        if due.tzinfo is UTC:
+            _LAST_TIMING = (interval, due, timing)
+    return timing
+
+
 def _varint(value: int) -> bytes:
     """Protobuf's base-128 varint of a non-negative ``value`` (a field's length)."""
     if value < 0x80:
         return bytes((value,))
+    if value < 0x4000:  # most lengths, generations and intervals: two bytes
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from gateway import envelope as dsse
+from gateway import merkle
 from gateway.errors import (
     BadSignatureError,
     ExpiredError,
@@ -918,3 +919,90 @@ def test_a_long_chain_names_the_first_entry_that_fails(
         entries[index] = replace(entries[index], prev=entries[index - 1].leaf_hash())
     with pytest.raises(LineageError, match=message):
         verify_chain(entries)
+
+
+_FIELD_NAMES = [field.name for field in fields(LineageEntry)]
+
+
+def _appended(count: int) -> Lineage:
+    lineage = Lineage()
+    for index in range(count):
+        lineage = lineage.append(
+            EntryKind.CREATED if index == 0 else EntryKind.EVALUATED,
+            host=HOST_A,
+            at=T0 + timedelta(seconds=index),
+            epoch=0,
+            generation=index,
+            data_digest=digest(b"%d" % index),
+            credentials_digest=digest(b"grants"),
+            detail="" if index == 0 else f"{index % 3} of 3 rules fired",
+        )
+    return lineage
+
+
+def test_an_appended_entry_encodes_and_hashes_as_one_built_by_its_constructor() -> None:
+    """Appending leaves an entry's remembered bytes and leaf hash empty (None) instead of
+    unset; asked for, they are what an entry built field by field computes."""
+    for entry in _appended(5).entries:
+        built = LineageEntry(**{name: getattr(entry, name) for name in _FIELD_NAMES})
+        assert built == entry
+        assert entry.leaf_hash() == built.leaf_hash()  # the hash first: it encodes too
+        assert entry.encode() == built.encode() == built._encode()
+        assert LineageEntry.decode(entry.encode()) == entry
+
+
+def test_a_chain_of_entries_appended_and_never_encoded_verifies() -> None:
+    """verify_chain reads decoded entries' bytes directly; entries appended here and not
+    encoded yet (their bytes None), alone or among encoded ones, are encoded instead."""
+    fresh = _appended(6)
+    expected = [merkle.leaf_hash(e._encode()) for e in fresh.entries]
+    assert verify_chain(fresh.entries) == expected
+    mixed = _appended(6)
+    mixed.entries[2].encode()
+    assert verify_chain(mixed.entries) == expected
+    decoded = [LineageEntry.decode(e.encode()) for e in _appended(6).entries]
+    assert verify_chain(decoded) == expected
+
+
+def test_a_cycle_differing_only_in_its_last_entry_is_not_folded() -> None:
+    """The fold's first refusal looks at the last entries alone; every other entry the
+    same is still refused, and the same group again still folds."""
+    lineage = _appended(3)  # created, then "1 of 3", "2 of 3": not the same summary
+    group = [lineage.entries[-1]]
+    assert lineage.repeated([replace(group[0], detail="0 of 3 rules fired")]) is None
+    folded = lineage.repeated([replace(group[0], generation=9)])
+    assert folded is not None
+    assert folded.entries[-1].repeats == 1
+    assert folded.entries[-1].generation == 9
+
+
+def test_appending_records_at_once_is_appending_each_in_turn() -> None:
+    """append_all (a cycle's entries) gives the entries, bytes and root of appending one
+    record after the other: on the newest value, on an older value appended from again,
+    on an empty lineage, and with a detail cut to the limit."""
+    records = [
+        (EntryKind.ACTION_ADMITTED, digest(b"1"), "rule w: write state:self"),
+        (EntryKind.ACTION_DENIED, digest(b"1"), "x" * (MAX_DETAIL + 5)),
+        (EntryKind.EVALUATED, digest(b"2"), "2 of 3 rules fired"),
+    ]
+    common = {
+        "host": HOST_A,
+        "at": T0 + timedelta(hours=1),
+        "epoch": 0,
+        "generation": 7,
+        "credentials_digest": digest(b"grants"),
+    }
+    newest = _appended(4)
+    older = Lineage(entries=newest.entries[:2])  # its own log, then appended from again
+    shared = _appended(4)
+    shared.append(EntryKind.WOKEN, data_digest=digest(b"w"), **common)  # grows the log
+    for lineage in (newest, older, shared, Lineage()):
+        at_once = lineage.append_all(records, **common)  # first: in place where it can
+        one_by_one = lineage
+        for kind, data_digest, detail in records:
+            one_by_one = one_by_one.append(kind, data_digest=data_digest, detail=detail, **common)
+        assert list(at_once.entries) == list(one_by_one.entries)
+        assert [e.encode() for e in at_once.entries] == [e.encode() for e in one_by_one.entries]
+        assert at_once.root() == one_by_one.root()
+        assert len(at_once.entries[-2].detail) == MAX_DETAIL
+    assert len(newest.entries) == 4  # the values appended from see what they saw

@@ -7,7 +7,9 @@ departures, and objects with an empty lineage."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
 
 from gateway import wire
 from gateway.archive import compact
@@ -22,6 +24,7 @@ from gateway.model import (
     Rule,
     WriteState,
 )
+from gateway.v1 import object_pb2
 from tests.test_compaction import POLICY, created, cycle, depart
 from tests.test_lineage import HOST_A, HOST_B, OBJECT, SIGNERS, T0
 
@@ -116,3 +119,103 @@ def test_every_field_of_an_object_encodes_as_the_whole_message() -> None:
         authority_expires=T0 + timedelta(days=30),
     )
     check(full)
+
+
+_UTC_PLUS_2 = timezone(timedelta(hours=2))
+#: (generation, interval, next due, reason)
+_CYCLES = [
+    (0, None, None, "nothing set: the field is still present, empty"),
+    (1, timedelta(seconds=5), T0, "a cycling object"),
+    (127, timedelta(milliseconds=1), T0, "the last one-byte varint"),
+    (128, timedelta(milliseconds=1), T0, "the first two-byte varint"),
+    ((1 << 64) - 1, timedelta(days=3650), T0, "the largest uint64"),
+    (5, timedelta(0), T0, "an interval of 0 ms is left out"),
+    (5, timedelta(microseconds=999), T0, "under a millisecond: 0 ms, left out"),
+    (5, None, datetime(1970, 1, 1, tzinfo=UTC), "the epoch: an empty timestamp"),
+    (5, None, datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC), "nanos only"),
+    (5, None, datetime(1969, 12, 31, 23, 59, 58, 500, tzinfo=UTC), "negative seconds"),
+    (5, None, datetime(1, 1, 1, tzinfo=UTC), "the earliest time"),
+    (5, None, datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), "the latest time"),
+    (5, None, datetime(2026, 6, 1, 12, 0, 0, 123456, tzinfo=_UTC_PLUS_2), "another zone"),
+    (5, None, datetime(2026, 6, 1, 12, 0, 0), "no zone: read as local time"),
+]
+
+
+@pytest.mark.parametrize(
+    ("generation", "interval", "due"),
+    [case[:3] for case in _CYCLES],
+    ids=[case[3] for case in _CYCLES],
+)
+def test_a_cycle_state_written_out_is_what_protobuf_serializes(
+    generation: int, interval: timedelta | None, due: datetime | None
+) -> None:
+    state = CycleState(generation=generation, interval=interval, next_due=due)
+    assert wire._cycle_wire(state) == wire._cycle_pb_wire(state)
+    # Not decoded back: decoding holds times to milliseconds and a peer's range.
+    obj = replace(created(), cycle=state)
+    assert wire.encode_object(obj) == whole(obj)
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        CycleState(generation=1 << 64),
+        CycleState(generation=-1),
+        CycleState(generation=1, interval=timedelta(milliseconds=-1)),
+    ],
+)
+def test_a_cycle_state_protobuf_refuses_is_refused_the_same_way(state: CycleState) -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        wire._cycle_pb_wire(state)
+    with pytest.raises(ValueError, match="out of range"):
+        wire._cycle_wire(state)
+
+
+def test_a_varint_is_protobufs() -> None:
+    values = {0, 1, (1 << 64) - 1}
+    for bits in range(1, 64):
+        values |= {(1 << (7 * (bits // 7 + 1))) - 1, 1 << bits, (1 << bits) - 1, (1 << bits) + 1}
+    for value in sorted(v for v in values if v < 1 << 64):
+        # CycleState.generation is field 1, a uint64: one tag byte, then the varint.
+        message = object_pb2.CycleState(generation=value).SerializeToString()
+        assert wire._varint(value) == (message[1:] if value else b"\x00"), value
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16383, 16384, 1 << 21])
+def test_a_data_size_written_out_is_what_protobuf_serializes(size: int) -> None:
+    """A write changes the data's size (field 8), written out rather than serialized;
+    a streamed blob's size too (its data is empty)."""
+    inline = replace(created(), data=b"x" * size)
+    streamed = replace(
+        created(),
+        data=b"",
+        blob=BlobRef(digest=bytes(range(32)), size=size << 10, location="blobs/x", chunks=1),
+    )
+    for obj in (inline, streamed):
+        reference = object_pb2.ObjectSnapshot(data_size=obj.size)
+        assert wire._size_wire(obj) == reference.SerializeToString(deterministic=True)
+        assert wire.encode_object(obj) == whole(obj)
+
+
+def test_a_remembered_timing_is_only_served_for_the_same_interval_and_utc_time() -> None:
+    """The last interval and due time written out are remembered (a batch shares them);
+    every change of either, the same instant in another zone, a time without a zone and
+    a zone-less object in between are each written as protobuf writes them."""
+    later = T0 + timedelta(microseconds=1)
+    states = [
+        (1, timedelta(seconds=5), T0),
+        (2, timedelta(seconds=5), T0),  # the same timing, another generation
+        (0, timedelta(seconds=5), T0),
+        (2, timedelta(seconds=6), T0),  # another interval
+        (2, timedelta(seconds=6), later),  # a microsecond later
+        (2, None, later),
+        (2, timedelta(seconds=6), None),
+        (2, None, None),
+        (2, timedelta(seconds=6), later.astimezone(_UTC_PLUS_2)),  # the same instant
+        (2, timedelta(seconds=6), later.replace(tzinfo=None)),  # read as local time
+        (2, timedelta(seconds=6), later),
+        (2, timedelta(seconds=6), later),
+    ]
+    for generation, interval, due in states + states[::-1]:
+        state = CycleState(generation=generation, interval=interval, next_due=due)
+        assert wire._cycle_wire(state) == wire._cycle_pb_wire(state), state

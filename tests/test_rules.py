@@ -557,6 +557,9 @@ def test_runtime_errors_do_not_fire_and_do_not_stop_others() -> None:
     ("value", "type_name", "reason"),
     [
         (3, "INT", "an int"),
+        (0, "INT", "zero, equal to False but not False (a false condition costs no type check)"),
+        ("", "STRING", "the empty string, falsy but not False"),
+        ([], "LIST", "an empty list, falsy but not False"),
         ("true", "STRING", "a string that reads like a bool"),
         (None, "NULL", "null"),
         ([True], "LIST", "a list"),

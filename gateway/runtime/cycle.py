@@ -36,11 +36,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import operator
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from gateway import observability
 from gateway._crash import crash_point
@@ -102,10 +103,11 @@ class CycleReport:
     denied: int = 0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Current:
+class _Current(NamedTuple):
     """An object as stored now: the object, the ETag it is stored under, its store key
-    and what this runner derived from it before (if it did)."""
+    and what this runner derived from it before (if it did). (This and :class:`_Prepared`
+    are made once per cycle and never leave this module: an immutable tuple costs half
+    of a frozen dataclass's field-by-field construction.)"""
 
     key: str
     obj: GovernedObject
@@ -113,8 +115,7 @@ class _Current:
     derived: _Derived | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Prepared:
+class _Prepared(NamedTuple):
     """One object's evaluated cycle, not committed yet."""
 
     key: str  #: the object's store key
@@ -668,14 +669,14 @@ class _Held:
 
 
 class _Entries:
-    """The lineage entries of one evaluation, appended as they happen; the object is
-    rebuilt once, at the end (one ``dataclasses.replace`` of the whole object per
-    evaluation instead of one per entry and per write, and the digests computed once
-    per state). Each entry records what :meth:`GovernedObject.record` would: the
-    object's epoch and generation, and the digests of its data and credentials as they
-    are when the entry is made (after a write that preceded it)."""
+    """The lineage entries of one evaluation, recorded as they happen and appended at
+    the end, with the object rebuilt once (one new lineage and object per evaluation
+    instead of one per entry and per write, and the digests computed once per state).
+    Each entry records what :meth:`GovernedObject.record` would: the object's epoch and
+    generation, and the digests of its data and credentials as they are when the entry
+    is made (after a write that preceded it)."""
 
-    __slots__ = ("_at", "_credentials", "_data_digest", "_host", "_obj", "data", "lineage")
+    __slots__ = ("_at", "_credentials", "_data_digest", "_host", "_obj", "_records", "data")
 
     def __init__(self, obj: GovernedObject, *, host: str, at: datetime, credentials: bytes) -> None:
         self._obj = obj
@@ -683,8 +684,8 @@ class _Entries:
         self._at = at
         self._credentials = credentials  #: obj.credentials_digest()
         self._data_digest: bytes | None = None
+        self._records: list[tuple[EntryKind, bytes, str]] = []
         self.data = obj.data
-        self.lineage = obj.lineage
 
     def write(self, data: bytes) -> None:
         self.data = data
@@ -694,23 +695,28 @@ class _Entries:
         obj = self._obj
         if self._data_digest is None:
             self._data_digest = obj.blob.digest if obj.blob is not None else digest(self.data)
-        self.lineage = self.lineage.append(
-            kind,
+        self._records.append((kind, self._data_digest, detail))
+
+    def result(self, *, cycle: CycleState | None = None) -> GovernedObject:
+        obj = self._obj
+        lineage = obj.lineage.append_all(
+            self._records,
             host=self._host,
             at=self._at,
             epoch=obj.epoch,
             generation=obj.cycle.generation,
-            data_digest=self._data_digest,
             credentials_digest=self._credentials,
-            detail=detail,
         )
-
-    def result(self, *, cycle: CycleState | None = None) -> GovernedObject:
-        obj = self._obj
-        return _rebuilt(obj, self.data, self.lineage, obj.cycle if cycle is None else cycle)
+        return _rebuilt(obj, self.data, lineage, obj.cycle if cycle is None else cycle)
 
 
-_OBJECT_FIELDS = tuple(f.name for f in fields(GovernedObject))
+#: The fields a cycle keeps as they are, read in one call, and their slots' setters
+#: (a slot's own setter, as object.__setattr__ finds it, without the frozen check).
+_KEPT_FIELDS = tuple(
+    f.name for f in fields(GovernedObject) if f.name not in ("data", "lineage", "cycle")
+)
+_kept = operator.attrgetter(*_KEPT_FIELDS)
+_KEPT_SETTERS = tuple(getattr(GovernedObject, name).__set__ for name in _KEPT_FIELDS)
 _set = object.__setattr__
 
 
@@ -723,8 +729,8 @@ def _rebuilt(
     if _HAS_POST_INIT:
         return replace(obj, data=data, lineage=lineage, cycle=cycle)
     new = object.__new__(GovernedObject)
-    for name in _OBJECT_FIELDS:
-        _set(new, name, getattr(obj, name))
+    for setter, value in zip(_KEPT_SETTERS, _kept(obj), strict=True):
+        setter(new, value)
     _set(new, "data", data)
     _set(new, "lineage", lineage)
     _set(new, "cycle", cycle)
