@@ -295,7 +295,7 @@ def _limit(target: Target, limit: float | None) -> str:
         return "-"
     if target.key == "throughput_drift":
         return f">= {limit:.2f} (fall <= {SOAK_DRIFT_LIMIT}x)"
-    if target.key == "rss_slope_mib_per_min":
+    if target.key.endswith("rss_slope_mib_per_min"):
         return f"< {limit:g} MiB/min"
     text = f"{'<=' if target.lower_is_better else '>='} {limit:g}x"
     if target.figure == "P3" and limit == target.must:
@@ -320,7 +320,7 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
         else:
             low = figure.get(f"{target.key}_min", value)
             high = figure.get(f"{target.key}_max", value)
-            unit = "" if target.key == "rss_slope_mib_per_min" else "x"
+            unit = "" if target.key.endswith("rss_slope_mib_per_min") else "x"
             ratio = f"{_number(value)}{unit} [{_number(low)}-{_number(high)}]"
         ours = _value(figure, target.ours)
         if target.thirds is not None:
@@ -399,7 +399,13 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         values = [run[key] for run in runs if key in run]
         if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
             merged[key] = statistics.median(values)
-    for key in ("ratio", "throughput_drift", "p99_drift", "rss_slope_mib_per_min"):
+    for key in (
+        "ratio",
+        "throughput_drift",
+        "p99_drift",
+        "rss_slope_mib_per_min",
+        "cold_start_rss_slope_mib_per_min",
+    ):
         values = [run[key] for run in runs if isinstance(run.get(key), int | float)]
         if not values:
             continue

@@ -287,3 +287,23 @@ def test_verdict_against_the_issue_targets(
 ) -> None:
     target = next(t for t in runner.TARGETS if t.figure == figure and t.key == key)
     assert runner.verdict(target, {key: value, **extra}) == expected
+
+
+def test_both_rss_slope_rows_read_in_mib_per_minute() -> None:
+    """The slope after the warm-up and the one from a cold start are MiB/min, not ratios."""
+    table = runner.rows(
+        {
+            "soak": {
+                "throughput_drift": 0.95,
+                "p99_drift": 1.02,
+                "rss_slope_mib_per_min": 1.68,
+                "cold_start_rss_slope_mib_per_min": 3.3,
+            }
+        }
+    )
+    by_label = {row[0]: row for row in table[1:]}
+    after = by_label["soak RSS slope after warm-up (larger server)"]
+    cold = by_label["soak RSS slope from a cold start"]
+    assert after[3] == "1.68 [1.68-1.68]" and cold[3] == "3.30 [3.30-3.30]", (after, cold)
+    assert after[4] == cold[4] == "< 1 MiB/min"
+    assert after[6] == cold[6] == "no"
