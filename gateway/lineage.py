@@ -874,41 +874,6 @@ class _Log:
         return built
 
 
-def _add_entry(
-    log: _Log,
-    kind: EntryKind,
-    host: str,
-    at: datetime,
-    epoch: int,
-    generation: int,
-    data_digest: bytes,
-    credentials_digest: bytes,
-    detail: str,
-) -> None:
-    """Append the next entry to ``log``: what LineageEntry(...), the lineage's size and
-    head and log.add do, written out (every cycle appends one entry or more, and this
-    was a tenth of it)."""
-    if len(detail) > MAX_DETAIL:
-        detail = detail[: MAX_DETAIL - 1] + "…"
-    added, base = log.entries, log.base
-    prev = added[-1].leaf_hash() if added else (base.head if base is not None else b"")
-    entry = object.__new__(LineageEntry)
-    _set(entry, "seq", log.start + len(added))
-    _set(entry, "prev", prev)
-    _set(entry, "time", at)
-    _set(entry, "host", host)
-    _set(entry, "kind", kind)
-    _set(entry, "epoch", epoch)
-    _set(entry, "generation", generation)
-    _set(entry, "data_digest", data_digest)
-    _set(entry, "credentials_digest", credentials_digest)
-    _set(entry, "detail", detail)
-    _set(entry, "repeats", 0)
-    _set(entry, "_raw", None)  # computed when first asked for (encode, leaf_hash)
-    _set(entry, "_leaf", None)
-    added.append(entry)  # log.add
-
-
 def _share_wire(source: _Log, target: _Log, count: int) -> None:
     """Give ``target`` (a new log holding the first ``count`` entries of ``source``) the
     encoding of those entries that ``source`` already has: a fold rewrites only the last
@@ -1079,9 +1044,14 @@ class Lineage:
         credentials_digest: bytes,
         detail: str = "",
     ) -> Lineage:
-        log = self._appendable()
-        _add_entry(log, kind, host, at, epoch, generation, data_digest, credentials_digest, detail)
-        return self._on(log)
+        return self.append_all(
+            ((kind, data_digest, detail),),
+            host=host,
+            at=at,
+            epoch=epoch,
+            generation=generation,
+            credentials_digest=credentials_digest,
+        )
 
     def append_all(
         self,
@@ -1097,10 +1067,28 @@ class Lineage:
         order: what appending each in turn gives, as one new value (a cycle records two
         or more entries at once)."""
         log = self._appendable()
+        # What LineageEntry(...), the lineage's size and head and log.add do, written
+        # out: every cycle appends one entry or more, and this was a tenth of it.
+        added, base = log.entries, log.base
         for kind, data_digest, detail in records:
-            _add_entry(
-                log, kind, host, at, epoch, generation, data_digest, credentials_digest, detail
-            )
+            if len(detail) > MAX_DETAIL:
+                detail = detail[: MAX_DETAIL - 1] + "…"
+            prev = added[-1].leaf_hash() if added else (base.head if base is not None else b"")
+            entry = object.__new__(LineageEntry)
+            _set(entry, "seq", log.start + len(added))
+            _set(entry, "prev", prev)
+            _set(entry, "time", at)
+            _set(entry, "host", host)
+            _set(entry, "kind", kind)
+            _set(entry, "epoch", epoch)
+            _set(entry, "generation", generation)
+            _set(entry, "data_digest", data_digest)
+            _set(entry, "credentials_digest", credentials_digest)
+            _set(entry, "detail", detail)
+            _set(entry, "repeats", 0)
+            _set(entry, "_raw", None)  # computed when first asked for (encode, leaf_hash)
+            _set(entry, "_leaf", None)
+            added.append(entry)  # log.add
         return self._on(log)
 
     def _on(self, log: _Log) -> Lineage:

@@ -315,8 +315,7 @@ class SqliteStore:
         keys: Sequence[str], connection: sqlite3.Connection
     ) -> dict[str, Item] | object:
         found: dict[str, Item] = {}
-        padded = _padded(keys)
-        sql = _statement(_INLINE_GET, len(padded))
+        sql, padded = _listed(_INLINE_GET, keys)
         for key, value, etag in connection.execute(sql, (INLINE_READ_MAX_BYTES, *padded)):
             if value is None:
                 return _ELSEWHERE  # larger than INLINE_READ_MAX_BYTES (never NULL)
@@ -649,15 +648,16 @@ class SqliteStore:
             # Padded to one of _SIZES with the chunk's smallest put again: the same row
             # written twice in one statement is written once (its second upsert sets
             # the same value and ETag), and statements of a few sizes stay prepared.
-            chunk += [min(chunk, key=_value_size)] * (_size_for(len(chunk)) - len(chunk))
+            missing = _size_for(len(chunk)) - len(chunk)
+            if missing:
+                chunk += [min(chunk, key=lambda op: len(op.value))] * missing
             parameters: builtins.list[object] = []
             for op in chunk:
                 parameters += (op.key, op.value, _etag_of(ops, op.key))
             connection.execute(_statement(_UPSERT, len(chunk), "(?, ?, ?)"), parameters)
         gone = [op.key for op in ops if not isinstance(op, Put) and op.key in current]
         for start in range(0, len(gone), _CHUNK):
-            doomed = _padded(gone[start : start + _CHUNK])
-            connection.execute(_statement(_DELETE, len(doomed)), doomed)
+            connection.execute(*_listed(_DELETE, gone[start : start + _CHUNK]))
 
     # ETags alone (added in session 24; public, but kept here at the end of the class).
 
@@ -728,16 +728,16 @@ def _etags_in(connection: sqlite3.Connection, keys: Sequence[str]) -> dict[str, 
     """The ETags of the existing keys among ``keys``, as one row per statement (a JSON object) rather than a row per key: see ``_apply``."""
     found: dict[str, str] = {}
     for start in range(0, len(keys), _CHUNK):
-        chunk = _padded(keys[start : start + _CHUNK])
-        (document,) = connection.execute(_statement(_ETAGS_AS_JSON, len(chunk)), chunk).fetchone()
+        (document,) = connection.execute(
+            *_listed(_ETAGS_AS_JSON, keys[start : start + _CHUNK])
+        ).fetchone()
         found.update(json.loads(document))
     return found
 
 
 def _select_chunked(connection: sqlite3.Connection, sql: str, keys: Sequence[str]) -> Iterator[Any]:
     for start in range(0, len(keys), _CHUNK):
-        chunk = _padded(keys[start : start + _CHUNK])
-        yield from connection.execute(_statement(sql, len(chunk)), chunk)
+        yield from connection.execute(*_listed(sql, keys[start : start + _CHUNK]))
 
 
 #: The sizes a statement's list of keys or rows comes in (powers of two and one and a
@@ -758,23 +758,19 @@ def _size_for(count: int) -> int:
     return next(size for size in _SIZES if size >= count)
 
 
-def _padded(keys: Sequence[str]) -> Sequence[str]:
-    """``keys`` (at most :data:`_CHUNK`, at least one) with its last key repeated up to a
-    size of :data:`_SIZES`: a key listed twice in ``IN (...)`` matches its row once."""
-    if not keys:
-        return keys
+def _listed(template: str, keys: Sequence[str]) -> tuple[str, Sequence[str]]:
+    """``template``'s statement for ``keys`` (at least one, at most :data:`_CHUNK`) and
+    its parameters: the keys, the last one repeated up to a size of :data:`_SIZES` (a
+    key listed twice in ``IN (...)`` matches its row once)."""
     missing = _size_for(len(keys)) - len(keys)
-    return keys if not missing else [*keys, *([keys[-1]] * missing)]
+    padded = [*keys, *([keys[-1]] * missing)] if missing else keys
+    return _statement(template, len(padded)), padded
 
 
 @functools.lru_cache(maxsize=256)
 def _statement(template: str, size: int, item: str = "?") -> str:
     """``template`` with ``size`` items (``?`` or a row of them) in its list."""
     return template.format(", ".join([item] * size))
-
-
-def _value_size(op: Put) -> int:
-    return len(op.value)
 
 
 @contextlib.contextmanager
