@@ -332,6 +332,9 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
                 and all(isinstance(v, int | float) for v in (series[0], series[-1]))
             ):
                 ours = f"{_number(series[0])} -> {_number(series[-1])} {unit}"
+        interval = figure.get("rss_slope_ci95_mib_per_min")
+        if target.key == "rss_slope_mib_per_min" and isinstance(interval, int | float):
+            ours = f"+- {_number(interval)} MiB/min (95 %)"
         if target.figure == "P3" and isinstance(figure.get("rss_rise_mib"), int | float):
             rise = figure.get("rss_rise_mib_max", figure["rss_rise_mib"])
             ours = f"{ours}; rss +{_number(rise)} MiB"

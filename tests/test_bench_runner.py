@@ -307,3 +307,18 @@ def test_both_rss_slope_rows_read_in_mib_per_minute() -> None:
     assert after[3] == "1.68 [1.68-1.68]" and cold[3] == "3.30 [3.30-3.30]", (after, cold)
     assert after[4] == cold[4] == "< 1 MiB/min"
     assert after[6] == cold[6] == "no"
+
+
+def test_the_rss_slope_row_shows_its_interval() -> None:
+    """The soak's ten-minute slope is noisy (bench_soak.slope_standard_error): the row
+    shows the 95 % half-width beside it, and the verdict still reads the slope alone."""
+    soak = {"throughput_drift": 0.95, "p99_drift": 1.02, "rss_slope_mib_per_min": 0.8}
+    plain = {row[0]: row for row in runner.rows({"soak": soak})[1:]}
+    shown = {
+        row[0]: row
+        for row in runner.rows({"soak": {**soak, "rss_slope_ci95_mib_per_min": 0.66}})[1:]
+    }
+    label = "soak RSS slope after warm-up (larger server)"
+    assert plain[label][2] == "-"
+    assert shown[label][2] == "+- 0.66 MiB/min (95 %)"
+    assert shown[label][6] == plain[label][6] == "must"
