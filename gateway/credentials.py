@@ -46,6 +46,14 @@ the very key that verified it, and its validity window is checked at ``at``. Ref
 are never remembered: anything that does not pass on the short path goes the whole way
 again, which raises exactly what it always raised.
 
+A grant not seen before still has parts that many grants share: the header (one per
+issuer key) and the ``cap`` and ``cons`` claims (one per policy). What the checks make of
+each is a pure function of its exact text (the header segment as sent; the two claims as
+re-serialized from what the strict reader parsed), so the last ones that passed are
+remembered by that text (:data:`CHECKED_HEADERS`, :data:`PARSED_AUTHORITY`, bounded by
+count and bytes). Only the checks of those parts are skipped: the grant's own payload is
+decoded and read, and its signature verified, every time; a refusal is never remembered.
+
 No I/O.
 """
 
@@ -54,6 +62,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import re
 import uuid
 from collections.abc import Iterable, Sequence
@@ -106,6 +115,21 @@ _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 #: PyJWT's algorithms, by JOSE name: one verifies each grant's signature (see
 #: verify_grant).
 _JWS = jwt.PyJWS()
+
+#: Header segments that passed every header check, with the ``alg`` and ``kid`` they
+#: name: a pure function of the segment's exact text (see the module docstring).
+#: Typically one per issuer key; bounded, so a peer sending fresh headers only evicts.
+#: Weighed at about twice a segment's length (the segment held as the key, and the
+#: ``alg`` and ``kid`` it names).
+CHECKED_HEADERS: BoundedLru[str, tuple[str, str]] = BoundedLru(
+    256, max_weight=1 << 20, weigh=lambda checked: 128 + 4 * (len(checked[0]) + len(checked[1]))
+)
+#: ``cap`` and ``cons`` claims that parsed, by their JSON text as re-serialized from the
+#: strict reading (:func:`_authority_key`), with what they parsed to (immutable values)
+#: and that text's length (their weight, counted twice: the key and the parsed value).
+PARSED_AUTHORITY: BoundedLru[str, tuple[CapabilitySet, Constraints, int]] = BoundedLru(
+    1024, max_weight=4 << 20, weigh=lambda parsed: 2 * parsed[2]
+)
 
 
 def _b64url_encode(data: bytes) -> str:
@@ -319,16 +343,40 @@ def _split(compact: str) -> tuple[dict[str, Any], dict[str, Any]]:
 def _segments(compact: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
     """Header, claims, signing input (the exact first two segments) and signature of a
     grant whose bytes are well formed (signature not checked)."""
-    if len(compact) > MAX_GRANT_BYTES:
-        raise GrantFormatError(f"grant is {len(compact)} bytes; at most {MAX_GRANT_BYTES}")
-    parts = compact.split(".")
-    if len(parts) != 3 or not all(parts):
-        raise GrantFormatError("a grant is three non-empty base64url segments separated by '.'")
+    parts = _three_segments(compact)
     header = _json(_b64url_decode(parts[0], "header"), "header")
     claims = _json(_b64url_decode(parts[1], "payload"), "payload")
     signature = _b64url_decode(parts[2], "signature")
     # ASCII: each segment matched the base64url alphabet above.
     return header, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), signature
+
+
+def _three_segments(compact: str) -> list[str]:
+    if len(compact) > MAX_GRANT_BYTES:
+        raise GrantFormatError(f"grant is {len(compact)} bytes; at most {MAX_GRANT_BYTES}")
+    parts = compact.split(".")
+    if len(parts) != 3 or not all(parts):
+        raise GrantFormatError("a grant is three non-empty base64url segments separated by '.'")
+    return parts
+
+
+def _checked_segments(compact: str) -> tuple[tuple[str, str], dict[str, Any], bytes, bytes]:
+    """:func:`_segments` with the header checked (:func:`_check_header`): its ``alg`` and
+    ``kid``, the claims, the signing input and the signature. A header segment that
+    passed before is not decoded and checked again (:data:`CHECKED_HEADERS`); the
+    checks run in the same order either way, so a grant is refused for what it always
+    was: the header's bytes, then the payload's, the signature's, the header's fields."""
+    parts = _three_segments(compact)
+    checked = CHECKED_HEADERS.get(parts[0])
+    header = _json(_b64url_decode(parts[0], "header"), "header") if checked is None else None
+    claims = _json(_b64url_decode(parts[1], "payload"), "payload")
+    signature = _b64url_decode(parts[2], "signature")
+    if checked is None:
+        assert header is not None
+        checked = _check_header(header)
+        CHECKED_HEADERS.put(parts[0], checked)
+    # ASCII: each segment matched the base64url alphabet.
+    return checked, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), signature
 
 
 def _json(raw: bytes, what: str) -> dict[str, Any]:
@@ -390,11 +438,7 @@ def _parse(compact: str, *, key_id: str, claims: dict[str, Any]) -> Grant:
             HostId.parse(home)
         except ConfigError as exc:
             raise GrantFormatError(f"grant claim 'home' is not a host id: {exc.reason}") from exc
-    try:
-        capabilities = CapabilitySet.from_claim(_require(claims, "cap", list))
-        constraints = Constraints.from_claim(_require(claims, "cons", dict))
-    except AuthorityFormatError as exc:
-        raise GrantFormatError(f"grant claims: {exc.reason}", hint=exc.hint) from exc
+    capabilities, constraints = _authority_claims(claims)
     return Grant(
         compact=compact,
         key_id=key_id,
@@ -411,6 +455,38 @@ def _parse(compact: str, *, key_id: str, claims: dict[str, Any]) -> Grant:
         replaces=replaces,
         home=home,
     )
+
+
+def _authority_claims(claims: dict[str, Any]) -> tuple[CapabilitySet, Constraints]:
+    """The ``cap`` and ``cons`` claims parsed, or the same parse remembered for the same
+    text (:data:`PARSED_AUTHORITY`); checked in the same order either way."""
+    cap = _require(claims, "cap", list)
+    key = _authority_key(cap, claims.get("cons"))
+    known = PARSED_AUTHORITY.get(key) if key is not None else None
+    if known is not None:
+        return known[0], known[1]
+    try:
+        capabilities = CapabilitySet.from_claim(cap)
+        constraints = Constraints.from_claim(_require(claims, "cons", dict))
+    except AuthorityFormatError as exc:
+        raise GrantFormatError(f"grant claims: {exc.reason}", hint=exc.hint) from exc
+    if key is not None:
+        PARSED_AUTHORITY.put(key, (capabilities, constraints, len(key)))
+    return capabilities, constraints
+
+
+def _authority_key(cap: list[Any], cons: object) -> str | None:
+    """The text by which a ``cap`` and ``cons`` claim are remembered: their JSON as read,
+    written again. It tells apart every two values the parse could tell apart (``true``
+    from ``1``, ``1`` from ``"1"``, member order), so equal text means the same parse.
+    ``None`` when ``cons`` is not an object (that is refused, never remembered) or the
+    values cannot be written (nothing the strict reader returns, but then: no memo)."""
+    if not isinstance(cons, dict):
+        return None
+    try:
+        return json.dumps([cap, cons], ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return None
 
 
 def root_home(grants: Sequence[str]) -> str:
@@ -437,8 +513,11 @@ VERIFIED_GRANTS = _VerifiedGrants(capacity=1 << 12)
 
 
 def forget_verified_grants() -> None:
-    """Empty the verified-grant memory (benchmarks timing a cold verify; tests)."""
+    """Empty the verified-grant memory and the memories of checked grant parts
+    (benchmarks timing a cold verify; tests)."""
     VERIFIED_GRANTS.clear()
+    CHECKED_HEADERS.clear()
+    PARSED_AUTHORITY.clear()
 
 
 def _signed_at(grant: Grant) -> datetime:
@@ -479,8 +558,7 @@ def verify_grant(
     remembered = _remembered_grant(compact, trust=trust, at=at, leeway=leeway)
     if remembered is not None:
         return remembered
-    header, claims, signing_input, signature = _segments(compact)
-    alg, kid = _check_header(header)
+    (alg, kid), claims, signing_input, signature = _checked_segments(compact)
     issuer = claims.get("iss")
     if not isinstance(issuer, str):
         raise GrantFormatError("grant claim 'iss' is missing")
