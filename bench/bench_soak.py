@@ -173,7 +173,7 @@ def slope_standard_error(xs: list[float], ys: list[float]) -> float:
         return float("nan")
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     den = sum((x - mx) ** 2 for x in xs)
-    b = slope(xs, ys)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
     residuals = [y - my - b * (x - mx) for x, y in zip(xs, ys, strict=True)]
     squares = sum(r * r for r in residuals)
     if not den or not squares:

@@ -335,20 +335,13 @@ def issue_grant(
 
 
 def _split(compact: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Header and claims of a grant whose bytes are well formed (signature not checked)."""
-    header, claims, _signed, _signature = _segments(compact)
-    return header, claims
-
-
-def _segments(compact: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
-    """Header, claims, signing input (the exact first two segments) and signature of a
-    grant whose bytes are well formed (signature not checked)."""
+    """Header and claims of a grant whose bytes are well formed (signature not checked,
+    but its segment must decode)."""
     parts = _three_segments(compact)
     header = _json(_b64url_decode(parts[0], "header"), "header")
     claims = _json(_b64url_decode(parts[1], "payload"), "payload")
-    signature = _b64url_decode(parts[2], "signature")
-    # ASCII: each segment matched the base64url alphabet above.
-    return header, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), signature
+    _b64url_decode(parts[2], "signature")
+    return header, claims
 
 
 def _three_segments(compact: str) -> list[str]:
@@ -361,8 +354,9 @@ def _three_segments(compact: str) -> list[str]:
 
 
 def _checked_segments(compact: str) -> tuple[tuple[str, str], dict[str, Any], bytes, bytes]:
-    """:func:`_segments` with the header checked (:func:`_check_header`): its ``alg`` and
-    ``kid``, the claims, the signing input and the signature. A header segment that
+    """Of a grant whose bytes are well formed: its header checked (:func:`_check_header`)
+    as its ``alg`` and ``kid``, its claims, its signing input (the exact first two
+    segments) and its signature. A header segment that
     passed before is not decoded and checked again (:data:`CHECKED_HEADERS`); the
     checks run in the same order either way, so a grant is refused for what it always
     was: the header's bytes, then the payload's, the signature's, the header's fields."""
