@@ -45,6 +45,78 @@ class TestSqliteStoreContract(StoreContract):
         return opened
 
 
+def _make_value_first_file(path: Path) -> None:
+    """A store file as the gateway made them before session 28: the value column before
+    the ETag (same schema version; every statement names its columns)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = sqlite3.connect(path, isolation_level=None)
+    try:
+        raw.execute("PRAGMA journal_mode = WAL")
+        raw.execute(
+            "CREATE TABLE items (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL,"
+            " etag TEXT NOT NULL)"
+        )
+        raw.execute("PRAGMA user_version = 1")
+    finally:
+        raw.close()
+
+
+class TestSqliteStoreContractOnAValueFirstFile(StoreContract):
+    """The whole contract again on a file made with the old column order: such files,
+    written by earlier versions, keep working unchanged."""
+
+    @pytest.fixture
+    def open_store(self, db_path: Path) -> OpenStore:
+        _make_value_first_file(db_path)
+
+        @contextlib.asynccontextmanager
+        async def opened() -> AsyncIterator[StateStore]:
+            async with SqliteStore.open(db_path, create=True) as store:
+                yield store
+
+        return opened
+
+
+def test_a_new_file_stores_the_etag_before_the_value(db_path: Path) -> None:
+    """A row keeps its columns in the table's order; a value of several pages spills into
+    overflow pages, so the ETag comes first to be read from the row's first page."""
+
+    async def main() -> None:
+        async with SqliteStore.open(db_path, create=True) as store:
+            await store.put("k", b"v" * 100_000, etag=Expect.ABSENT)
+            written = await store.get("k")
+            assert written is not None
+            assert await store.get_etags(["k"]) == {"k": written.etag}
+
+    asyncio.run(main())
+    raw = sqlite3.connect(db_path)
+    try:
+        columns = [name for _cid, name, *_rest in raw.execute("PRAGMA table_info(items)")]
+        assert columns == ["key", "etag", "value"]
+    finally:
+        raw.close()
+
+
+def test_an_old_value_first_file_keeps_its_order(db_path: Path) -> None:
+    """Opening a file made with the value first neither rewrites nor refuses it."""
+    _make_value_first_file(db_path)
+
+    async def main() -> None:
+        async with SqliteStore.open(db_path, create=True) as store:
+            await store.put("k", b"v" * 100_000, etag=Expect.ABSENT)
+            written = await store.get("k")
+            assert written is not None and written.value == b"v" * 100_000
+            assert await store.get_etags(["k", "absent"]) == {"k": written.etag}
+
+    asyncio.run(main())
+    raw = sqlite3.connect(db_path)
+    try:
+        columns = [name for _cid, name, *_rest in raw.execute("PRAGMA table_info(items)")]
+        assert columns == ["key", "value", "etag"]
+    finally:
+        raw.close()
+
+
 def _run_child(script: str, *args: str, **popen: object) -> subprocess.Popen[str]:
     """Start ``python -c script args...`` with this checkout importable."""
     env = dict(os.environ)
