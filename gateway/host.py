@@ -54,7 +54,7 @@ from gateway.objectspec import GrantSpec
 from gateway.observability.health import Readiness
 from gateway.runtime.appcallback import AppCallbackServer, dapr_topic, servicer_base
 from gateway.runtime.calls import Calls
-from gateway.runtime.compaction import compaction_for
+from gateway.runtime.compaction import Compaction, compaction_for
 from gateway.runtime.cycle import CycleRunner
 from gateway.runtime.dapr import CLOUDEVENT, DaprEventSink, DaprJobs
 from gateway.runtime.dapr_actions import DaprBindings, DaprInvoker, sidecar_api_url
@@ -118,6 +118,19 @@ def invoker_for(config: Config, dapr_client: Any) -> Invoker:
     return DaprInvoker(sidecar_api_url(http))
 
 
+def snapshot_parts(
+    config: Config, context: HostContext, peers: GrpcPeers
+) -> tuple[Source, Destination, Recovery, Compaction, CycleRunner]:
+    """The handoff and cycle objects built on one :class:`HostContext`: what a host
+    builds at start and gateway.reload builds again on each new snapshot (one place, so
+    the two cannot drift apart). Compaction follows ``config.lineage``."""
+    source = Source(context, peers)
+    destination = Destination(context, peers)
+    recovery = Recovery(context, source, destination, peers)
+    compaction = compaction_for(config, context)
+    return source, destination, recovery, compaction, CycleRunner(context, compaction=compaction)
+
+
 class Host:
     def __init__(
         self,
@@ -170,20 +183,15 @@ class Host:
             timing=config.handoff,
             unknown=self._unknown_peer,
         )
-        self.source = Source(self.context, self.peers)
-        self.destination = Destination(self.context, self.peers)
-        self.recovery = Recovery(self.context, self.source, self.destination, self.peers)
-        self.compaction = compaction_for(config, self.context)
+        self.source, self.destination, self.recovery, self.compaction, self.cycles = snapshot_parts(
+            config, self.context, self.peers
+        )
         #: orphan blob files and departed objects' segments (first pass at start)
         self.sweep = StorageSweep(
             self.context,
             archive_retention=config.lineage.archive_retention,
             archive_export_dir=config.lineage.archive_export_dir,
         )
-        if self.sweep.archives is not None:
-            # A tombstone is the only way to find its segments: it goes after them.
-            self.recovery.pruner.tombstone_guard = self.sweep.archives.tombstone_may_go
-        self.cycles = CycleRunner(self.context, compaction=self.compaction)
         self.calls = Calls(self.context)
         self.events = Events(self.context, self.cycles, clock=clock)
         self.scheduler = Scheduler(self.cycles, self.journal, config.tenants, clock=clock)
@@ -222,6 +230,34 @@ class Host:
                 self.jobs.servicer_base = servicer
             else:
                 self.app_callback = AppCallbackServer(servicer, app_port=dapr.app_port)
+        self.rebind()
+
+    def rebind(self) -> None:
+        """Point every long-lived part of the host at the current snapshot (``context``,
+        ``cycles``, ``source``, ``destination``, ``recovery``, ``trust``). Called once
+        built, and by gateway.reload right after it swapped those (no await between, so
+        no step sees a mix): a part left on an old snapshot would go on signing with a
+        retired key, under an old policy and trust, or compacting by defaults instead of
+        ``lineage:``. Invariant (tests/test_reload_snapshot.py): after it, no part
+        reachable from the host holds another :class:`HostContext`."""
+        context, cycles = self.context, self.cycles
+        self.scheduler.runner = cycles
+        if self.jobs is not None:
+            self.jobs.runner = cycles
+        self.events.ctx = context
+        self.events.runner = cycles
+        self.calls.ctx = context
+        self.sweep.ctx = context
+        if self.sweep.archives is not None:
+            self.sweep.archives.ctx = context
+            # A tombstone is the only way to find its segments: it goes after them.
+            self.recovery.pruner.tombstone_guard = self.sweep.archives.tombstone_may_go
+        if self.service is not None:
+            self.service.source = self.source
+            self.service.destination = self.destination
+            self.service.authorities = {
+                d: b.x509_authorities for d, b in self.trust.bundles.items()
+            }
 
     def _object_became_active(self, obj: GovernedObject) -> None:
         """A new or arrived object starts cycling here: at once, not at the next scan

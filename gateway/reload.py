@@ -13,10 +13,13 @@ Invariants:
   keyring, trust, TLS files, a signing key usable now); any failure keeps the running
   snapshot and logs one line naming the file and the fix. Settings that cannot change
   under a running server (host id, listen address, store, Dapr, the tenant list, invoke
-  targets) are refused the same way: the line says to restart.
+  targets, ``lineage``, ``observability``) are refused the same way: the line says to
+  restart.
 * **Immutable snapshots, swapped at once.** A snapshot is a new frozen
   :class:`~gateway.handoff.context.HostContext` and new handoff objects built on it
-  (Source, Destination, Recovery, CycleRunner, peer clients); the swap is a handful of
+  (Source, Destination, Recovery, Compaction, CycleRunner, peer clients:
+  ``gateway.host.snapshot_parts``), and every long-lived part (scheduler, jobs, events,
+  calls, sweep, the RPC service) is pointed at them (``Host.rebind``); the swap is a handful of
   attribute assignments between two awaits of the event loop, so no step sees half of
   it. Nothing in an old snapshot is mutated.
 * **The unit of consistency is one protocol step.** Each RPC and each recovery or
@@ -50,16 +53,12 @@ from typing import TYPE_CHECKING
 
 from gateway.config import Config, load_config
 from gateway.errors import ConcurrencyError, ConfigError, GatewayError
-from gateway.handoff.destination import Destination
 from gateway.handoff.journal import put_object
-from gateway.handoff.recovery import Recovery
-from gateway.handoff.source import Source
 from gateway.keyring import Keyring
 from gateway.keys import Purpose
 from gateway.lineage import Checkpoint, EntryKind
 from gateway.local import own_keyring, read_file
 from gateway.model import NO_AUTHORITY, GovernedObject, LifecycleState
-from gateway.runtime.cycle import CycleRunner
 from gateway.transport.client import GrpcPeers
 from gateway.trust import TrustStore
 
@@ -83,6 +82,10 @@ RESTART_ONLY: tuple[tuple[str, Callable[[Config], object]], ...] = (
     ("dapr", lambda c: c.dapr),
     ("tenants (the list)", lambda c: c.tenants),
     ("invoke", lambda c: dict(c.invoke)),
+    # Compaction, archives and their retention, and logs, metrics and tracing are set up
+    # once at start; a reload refuses a change to them rather than ignore it.
+    ("lineage", lambda c: c.lineage),
+    ("observability", lambda c: c.observability),
 )
 
 
@@ -196,12 +199,12 @@ def apply(host: Host, new: Loaded, *, retire: Callable[[GrpcPeers], None]) -> No
         timing=config.handoff,
         unknown=host._unknown_peer,
     )
-    source = Source(context, peers)
-    destination = Destination(context, peers)
+    from gateway.host import snapshot_parts
+
+    # ``lineage:`` is restart-only (RESTART_ONLY), so compaction keeps the running one's.
+    source, destination, recovery, compaction, cycles = snapshot_parts(config, context, peers)
     # Uploads in flight are bounded per peer across snapshots, not per snapshot.
     destination._uploads = old_destination._uploads
-    recovery = Recovery(context, source, destination, peers)
-    cycles = CycleRunner(context)
     old_peers = host.peers
     # --- the swap: no await from here to the end ---
     host.config = config
@@ -214,15 +217,10 @@ def apply(host: Host, new: Loaded, *, retire: Callable[[GrpcPeers], None]) -> No
     host.source = source
     host.destination = destination
     host.recovery = recovery
+    host.compaction = compaction
     host.cycles = cycles
-    host.scheduler.runner = cycles
-    if host.jobs is not None:
-        host.jobs.runner = cycles
-    service = getattr(host, "service", None)
-    if service is not None:
-        service.source = source
-        service.destination = destination
-        service.authorities = {d: b.x509_authorities for d, b in new.trust.bundles.items()}
+    # The scheduler, jobs, events, calls, sweep and the RPC service onto the new snapshot.
+    host.rebind()
     retire(old_peers)
 
 
