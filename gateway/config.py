@@ -752,15 +752,17 @@ def _lineage(r: _Reader, value: Any) -> LineageConfig:
         if "custody_keep" in section
         else {}
     )
+    try:
+        # On its own first, so that its fault is named by its own key, also when
+        # ``compaction`` is a mapping (whose faults are named by ``lineage.compaction``).
+        CompactionPolicy(**custody)
+    except ConfigError as exc:
+        raise r.fail("lineage.custody_keep", exc.reason, exc.hint or "see docs/lineage.md") from exc
     compaction = section.get("compaction", True)
     if isinstance(compaction, bool):
-        try:
-            plain = CompactionPolicy(enabled=compaction, **custody)
-        except ConfigError as exc:
-            raise r.fail(
-                "lineage.custody_keep", exc.reason, exc.hint or "see docs/lineage.md"
-            ) from exc
-        return LineageConfig(compaction=plain, fold_repeats=fold)
+        return LineageConfig(
+            compaction=CompactionPolicy(enabled=compaction, **custody), fold_repeats=fold
+        )
     where = "lineage.compaction"
     given = r.mapping(compaction, where, _COMPACTION_KEYS, set())
     values: dict[str, Any] = {}

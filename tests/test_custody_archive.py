@@ -305,6 +305,15 @@ def test_config_key_reaches_the_policy(tmp_path: Path) -> None:
     path.write_text(text + "\nlineage:\n  custody_keep: 3\n")
     with pytest.raises(ConfigError, match="custody_keep"):
         load_config(path)
+    # Its own key is named as the place of the fault, also beside a compaction mapping
+    # (whose own faults are named lineage.compaction).
+    for compaction in ("", "  compaction: true\n", "  compaction:\n    keep_entries: 16\n"):
+        path.write_text(text + "\nlineage:\n  custody_keep: 3\n" + compaction)
+        with pytest.raises(ConfigError, match=r"gateway\.yaml: lineage\.custody_keep: "):
+            load_config(path)
+    path.write_text(text + "\nlineage:\n  compaction:\n    keep_entries: 200\n")
+    with pytest.raises(ConfigError, match=r"gateway\.yaml: lineage\.compaction: "):
+        load_config(path)
 
 
 def _offline(history: History) -> tuple[Lineage, list[Segment | CustodySegment]]:

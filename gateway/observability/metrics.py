@@ -76,8 +76,8 @@ class Metrics:
         )
         self.blackout = Histogram(
             "gateway_migration_blackout_seconds",
-            "How long an arriving object was live nowhere: frozen at its source (the "
-            "transfer's signed issue time) until active here",
+            "How long an arriving object was live nowhere: from its FROZEN lineage entry "
+            "(the source's clock) until active here",
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
