@@ -91,7 +91,9 @@ def _items(value: str | bytes, key: str) -> list[str]:
 
 def _versions(value: str | bytes, key: str) -> tuple[int, ...]:
     items = _items(value, key)
-    if not items or not all(item.isdigit() and len(item) <= 6 for item in items):
+    # ASCII digits only: str.isdigit() also holds for "²" or "٣", which int() then
+    # refuses with a ValueError (or reads as another spelling of a number).
+    if not items or not all(item.isascii() and item.isdigit() and len(item) <= 6 for item in items):
         raise VersionError(f"the peer's {key} {value!r} is not a list of version numbers")
     return tuple(sorted({int(item) for item in items}))
 
