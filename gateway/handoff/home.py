@@ -50,6 +50,7 @@ from gateway.handoff.context import HostContext
 from gateway.handoff.messages import DecisionAnswer, Outcome
 from gateway.identity import HostId, ObjectId
 from gateway.keys import Purpose
+from gateway.limits import check_counter, check_migration_id
 from gateway.lineage import Checkpoint
 from gateway.stores import Expect
 from gateway.trust import canonical_json
@@ -184,6 +185,11 @@ class CustodyHome:
                 f"(it belongs to {owner})",
                 hint="claim custody at the home its root grant names",
             )
+        # The epoch and migration id are written into the custody record: bounded as
+        # CustodyRecord.decode reads them back (an epoch of 2**64 was granted, and then
+        # every later claim of the object failed to read the record).
+        check_counter(unverified.epoch, what=f"epoch of the departure of {unverified.object_id}")
+        check_migration_id(unverified.migration)
         try:
             keys = self.ctx.trust.keys_for_host(unverified.host, purpose=Purpose.ENVELOPE, at=None)
         except ConfigError as exc:
