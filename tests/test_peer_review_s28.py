@@ -7,15 +7,26 @@ wrong, before anything is written, and stay able to serve the honest peers after
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from gateway import versions
-from gateway.errors import GatewayError, LimitExceededError, VersionError
+from gateway import blobs, versions
+from gateway.blobs import read_blob
+from gateway.config import load_config
+from gateway.errors import (
+    GatewayError,
+    LimitExceededError,
+    TransferStreamError,
+    VersionError,
+)
+from gateway.handoff.destination import Destination
 from gateway.handoff.home import CustodyRecord, custody_key
 from gateway.host import Host
-from gateway.testing import HostSpec, build_world
+from gateway.testing import HostSpec, World, build_world, sealed_transfer, sign_transfer
 from tests.conftest import HOST_A, HOST_A2, HOST_B
 from tests.test_custody_home import HOST_C, HOST_D, OBJECT, claim, record, with_hosts
 
@@ -73,3 +84,91 @@ def test_a_claim_with_an_epoch_beyond_64_bits_is_refused_and_custody_can_still_m
         assert record(await claim(hosts, HOST_B, HOST_C, 2, "mig-3")).holder == HOST_C
 
     with_hosts(world, body)
+
+
+# --- a streamed upload that outlives its transfer (gateway/handoff/destination.py) ------
+
+
+class _Shifted:
+    """A clock ``offset`` ahead of the real one (moved by the test)."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+async def _pieces(data: bytes, size: int = 256 << 10) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+@pytest.mark.parametrize("collector", ["this process", "another process"])
+def test_an_upload_still_streaming_when_its_marker_expires_is_never_staged_broken(
+    any_store_world: World, monkeypatch: pytest.MonkeyPatch, collector: str
+) -> None:
+    """A peer streams slowly: its upload is still running when the transfer's marker
+    expires (expiry + 2 x clock skew) and recovery's collect_uploads, in this process or
+    in another one on the same store, deletes what the upload had stored so far. The
+    upload went on and staged an object whose first chunks were gone (on Commit: a live
+    object without its data, the source's copy MOVED). Now this process never collects
+    an upload it is still streaming, and an upload whose marker another process
+    collected is refused, nothing staged. (On blob files the collection unlinked the
+    ``.part`` file and the upload failed, safely but saying "check the free space".)"""
+    world = any_store_world
+    # Chunks in a store go in transactions of two: the stand-in sidecar takes messages
+    # of at most 4 MiB, and a transaction of four 1 MiB chunks (or a delete of them,
+    # which reads what it deletes) is more.
+    monkeypatch.setattr(blobs, "BATCH", 2)
+    monkeypatch.setattr(blobs, "DELETE_BATCH", 2)
+    payload = bytes(range(256)) * (40 << 10)  # 10 MiB: two batches of chunks, then more
+
+    async def main() -> None:
+        a = await Host.open(load_config(world.config(HOST_A)))
+        b = await Host.open(load_config(world.config(HOST_B)))
+        try:
+            obj = await a.create_object(
+                "obj://org-a.example/bounds/slow",
+                tenant="default",
+                data=b"",
+                content_type="application/octet-stream",
+                data_stream=_pieces(payload),
+            )
+            transfer = sealed_transfer(a, obj, HOST_B)
+            clock = _Shifted()
+            object.__setattr__(b.context, "clock", clock)
+            collecting = b.destination if collector == "this process" else Destination(b.context)
+
+            async def slow() -> AsyncIterator[bytes]:
+                yield payload[: 8 << 20]
+                await asyncio.sleep(0.2)  # the first chunks reach B's store
+                # Time passes (the peer trickles): the marker is past its expiry, and
+                # recovery runs while the upload still streams.
+                skew = b.context.timing.clock_skew
+                clock.offset = (transfer.expires_at - clock.now()) + 3 * skew
+                await collecting.collect_uploads()
+                yield payload[8 << 20 :]
+
+            sending = b.destination.prepare_stream(sign_transfer(a, transfer), slow(), peer=HOST_A)
+            if collector == "another process":
+                with pytest.raises(TransferStreamError):
+                    await sending
+                assert await b.journal.destination(transfer.migration_id) is None
+                assert await b.store.list("upload") == []  # no marker, no chunks left
+                return
+            await sending
+            staged = await b.journal.destination(transfer.migration_id)
+            assert staged is not None and staged.value.staged is not None
+            blob = staged.value.staged.blob
+            assert blob is not None
+            try:
+                stored = b"".join([bytes(c) async for c in read_blob(b.store, blob)])
+            except GatewayError as exc:
+                raise AssertionError(f"the staged object's data is gone: {exc}") from exc
+            assert stored == payload, "the staged object's data is damaged"
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(main())

@@ -214,6 +214,10 @@ class Destination:
         #: Streamed uploads in flight in this process, per peer (exact, unlike the store's
         #: markers, which two concurrent uploads could both count before either writes).
         self._uploads: dict[str, int] = {}
+        #: Markers of the uploads this process is streaming or staging: never collected
+        #: (collect_uploads), however long the peer takes, while their stage can still
+        #: be written. Bounded like _uploads.
+        self._uploading: set[str] = set()
         #: clean-ups of failed uploads, held until done (shielded from the call's cancel)
         self._cleanups: set[asyncio.Future[None]] = set()
         #: Stages waiting for a writer and Commits being handled in this process: none
@@ -452,22 +456,26 @@ class Destination:
             # may have committed): that would leave a staged object without its data.
             upload, blob = await self._upload(transfer, staged.blob, data, peer=peer)
             staged = replace(staged, blob=blob)
-        # The object's item as read above (decoded by _assess already: a memo hit).
-        current = (
-            ctx.journal.decoded_object(object_keys[1], found.get(object_keys[1]))
-            if object_keys
-            else None
-        )
-        return await self._stage(
-            transfer,
-            transfer_digest,
-            staged,
-            fence,
-            peer=peer,
-            now=now,
-            upload=upload,
-            current=current,
-        )
+        try:
+            # The object's item as read above (decoded by _assess already: a memo hit).
+            current = (
+                ctx.journal.decoded_object(object_keys[1], found.get(object_keys[1]))
+                if object_keys
+                else None
+            )
+            return await self._stage(
+                transfer,
+                transfer_digest,
+                staged,
+                fence,
+                peer=peer,
+                now=now,
+                upload=upload,
+                current=current,
+            )
+        finally:
+            if upload is not None:  # its stage is written or refused: the marker says
+                self._uploading.discard(upload)
 
     async def _upload(
         self,
@@ -506,6 +514,7 @@ class Destination:
             suffix = f"{tag}/{transfer.migration_id}/{uuid.uuid4().hex[:16]}"
             upload = UPLOAD_MARKERS + suffix
             collectable = to_millis(transfer.expires_at + 2 * self.ctx.timing.clock_skew)
+            self._uploading.add(upload)
             try:
                 # Inside the try: a call cancelled while the marker's write is queued
                 # can still see that write commit on the store's worker (which runs
@@ -518,6 +527,16 @@ class Destination:
                     expected_digest=expected.digest,
                     expected_size=expected.size,
                 )
+                # A stream that outlived its marker (a slow peer; collected by another
+                # process sharing the store) may have lost its first chunks to the
+                # collection while the rest were still written: never stage it.
+                if await store.get(upload) is None:
+                    raise TransferStreamError(
+                        f"the upload of migration {transfer.migration_id} outlived its "
+                        "transfer: what it stored was collected as abandoned",
+                        hint="send it again, faster or with a longer "
+                        "handoff.transfer_ttl_seconds on the source",
+                    )
             except BaseException:
                 # The stream failed before any stage was attempted: its chunks are ours
                 # alone. Listing (not counting what write_blob knows it wrote) also finds
@@ -529,7 +548,10 @@ class Destination:
                 cleanup = asyncio.ensure_future(self._drop_failed_upload(suffix, upload))
                 self._cleanups.add(cleanup)
                 cleanup.add_done_callback(self._cleanups.discard)
-                await asyncio.shield(cleanup)
+                try:
+                    await asyncio.shield(cleanup)
+                finally:
+                    self._uploading.discard(upload)
                 raise
             return upload, blob
         finally:
@@ -1331,8 +1353,8 @@ class Destination:
         markers = await store.get_many(await store.list(UPLOAD_MARKERS))
         removed = 0
         for key, item in markers.items():
-            if decode_counter(item.value) >= now:
-                continue
+            if decode_counter(item.value) >= now or key in self._uploading:
+                continue  # not expired, or still streaming or being staged here
             await delete_location(store, f"upload/{key.removeprefix(UPLOAD_MARKERS)}/")
             await store.delete(key, etag=item.etag)
             removed += 1
