@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 import pytest
 
 from gateway import blobs, versions
@@ -26,7 +27,17 @@ from gateway.errors import (
 from gateway.handoff.destination import Destination
 from gateway.handoff.home import CustodyRecord, custody_key
 from gateway.host import Host
-from gateway.testing import HostSpec, World, build_world, sealed_transfer, sign_transfer
+from gateway.testing import (
+    HostSpec,
+    World,
+    build_world,
+    sealed_transfer,
+    serving,
+    sign_transfer,
+)
+from gateway.transport.framing import encode_part
+from gateway.transport.status import ERROR_TYPE_KEY
+from gateway.v1 import gateway_pb2
 from tests.conftest import HOST_A, HOST_A2, HOST_B
 from tests.test_custody_home import HOST_C, HOST_D, OBJECT, claim, record, with_hosts
 
@@ -170,5 +181,70 @@ def test_an_upload_still_streaming_when_its_marker_expires_is_never_staged_broke
         finally:
             await a.close()
             await b.close()
+
+    asyncio.run(main())
+
+
+# --- PrepareStream's messages (gateway/transport/framing.py) ----------------------------
+
+
+def test_a_prepare_stream_message_that_does_not_decode_is_the_peers_error(
+    world: World,
+) -> None:
+    """framing.decode_part (PrepareStream's request deserializer) let protobuf's
+    DecodeError out into the handler: the peer was answered INTERNAL ("failed inside the
+    gateway; see its log") and this host logged a traceback per message. Now it is a
+    TransferStreamError, answered as such, and an upload it breaks off leaves nothing."""
+    payload = bytes(range(256)) * (8 << 10)  # 2 MiB
+
+    async def main() -> None:
+        async with serving(world, [HOST_A, HOST_B]) as hosts:
+            a, b = hosts[HOST_A], hosts[HOST_B]
+            obj = await a.create_object(
+                "obj://org-a.example/bounds/corrupt",
+                tenant="default",
+                data=b"",
+                content_type="application/octet-stream",
+                data_stream=_pieces(payload),
+            )
+            transfer = sign_transfer(a, sealed_transfer(a, obj, HOST_B))
+            call = a.peers.client(HOST_B).channel.stream_unary(
+                "/gateway.v1.Gateway/PrepareStream",
+                request_serializer=lambda raw: raw,
+                response_deserializer=gateway_pb2.PrepareResponse.FromString,
+            )
+            corrupt = b"\x12" + b"\x80" * 10 + b"\x00abc"  # a varint longer than 10 bytes
+            streams = {
+                "corrupt first message": [corrupt],
+                "corrupt data after the transfer": [
+                    encode_part(gateway_pb2.PrepareChunk(transfer=transfer)),
+                    encode_part(payload[: 1 << 20]),
+                    corrupt,
+                ],
+            }
+            for name, messages in streams.items():
+
+                async def send(messages: list[bytes] = messages) -> AsyncIterator[bytes]:
+                    # The request stream ends with the corrupt message: a refusal while
+                    # the client still writes can lose its status to grpc.aio's own
+                    # INTERNAL (grpc/grpc#36066, see tests/test_peer_bounds.py).
+                    for index, message in enumerate(messages):
+                        if index:
+                            await asyncio.sleep(0.05)
+                        yield message
+
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call(send(), metadata=tuple(versions.ours().metadata()), timeout=30)
+                error = refused.value
+                assert error.code() is not grpc.StatusCode.INTERNAL, (name, error.details())
+                assert (ERROR_TYPE_KEY, "TransferStreamError") in tuple(
+                    error.trailing_metadata() or ()
+                ), name
+                assert "does not decode" in (error.details() or ""), name
+            for _ in range(50):  # B removes a broken-off upload as the call ends
+                if not await b.store.list("upload"):
+                    break
+                await asyncio.sleep(0.1)
+            assert await b.store.list("upload") == []
 
     asyncio.run(main())

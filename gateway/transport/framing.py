@@ -17,10 +17,13 @@ for bytes ``x`` and ``message.SerializeToString()`` for a message; :func:`as_sen
 either is the same bytes; :func:`decode_part`
 gives the same ``data`` (or the same message) as ``PrepareChunk.FromString``, and hands
 anything but the one-field form to that parser, so a peer's odd encodings mean what
-protobuf says they mean (tests/test_blob_files.py checks both against the library).
+protobuf says they mean (tests/test_blob_files.py checks both against the library);
+what that parser refuses is a :class:`~gateway.errors.TransferStreamError`.
 """
 
 from __future__ import annotations
+
+from google.protobuf.message import DecodeError
 
 from gateway.errors import TransferStreamError
 from gateway.v1 import gateway_pb2
@@ -87,7 +90,15 @@ def decode_part(raw: bytes) -> gateway_pb2.PrepareChunk | memoryview:
                 if start + length == len(raw):
                     return memoryview(raw)[start:]
                 break
-    return gateway_pb2.PrepareChunk.FromString(raw)
+    try:
+        return gateway_pb2.PrepareChunk.FromString(raw)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        # Raised into PrepareStream's handler as it reads the stream: a peer's bytes that
+        # do not parse are its error to be told, not this server's (INTERNAL, logged).
+        raise TransferStreamError(
+            f"a PrepareStream message of {len(raw)} bytes does not decode: {exc}",
+            hint="the sender runs an incompatible or misbehaving gateway",
+        ) from exc
 
 
 def data_of(part: gateway_pb2.PrepareChunk | memoryview) -> memoryview | bytes:
