@@ -8,6 +8,7 @@ wrong, before anything is written, and stay able to serve the honest peers after
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from gateway.config import load_config
 from gateway.errors import (
     GatewayError,
     LimitExceededError,
+    MigrationNotFoundError,
     TransferStreamError,
     VersionError,
 )
@@ -248,3 +250,44 @@ def test_a_prepare_stream_message_that_does_not_decode_is_the_peers_error(
             assert await b.store.list("upload") == []
 
     asyncio.run(main())
+
+
+# --- unary requests (gateway/transport/server.py) ---------------------------------------
+
+UNARY_RPCS = ("Prepare", "Commit", "Abort", "Decision", "Evaluate", "Claim", "Call")
+
+
+def test_a_unary_request_that_does_not_decode_is_the_peers_error(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The generated deserializers ran inside gRPC: protobuf's DecodeError was answered
+    UNKNOWN with protobuf's own text and logged at ERROR with a traceback, per request
+    and before the peer was known. Now every RPC refuses it as PayloadDecodeError
+    (INVALID_ARGUMENT, named in the gateway-error trailer) and logs one INFO line."""
+    corrupt = b"\x12" + b"\x80" * 10  # a varint longer than protobuf's 10 bytes
+
+    async def main() -> None:
+        async with serving(world, [HOST_A, HOST_B]) as hosts:
+            channel = hosts[HOST_A].peers.client(HOST_B).channel
+            for rpc in UNARY_RPCS:
+                call = channel.unary_unary(
+                    f"/gateway.v1.Gateway/{rpc}",
+                    request_serializer=lambda raw: raw,
+                    response_deserializer=lambda raw: raw,
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call(corrupt, metadata=tuple(versions.ours().metadata()), timeout=30)
+                error = refused.value
+                assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, (rpc, error.details())
+                assert (ERROR_TYPE_KEY, "PayloadDecodeError") in tuple(
+                    error.trailing_metadata() or ()
+                ), rpc
+                assert f"the {rpc} request does not decode" in (error.details() or ""), rpc
+            # And the service still answers a well-formed request as before.
+            with pytest.raises(MigrationNotFoundError):
+                await hosts[HOST_A].peers.client(HOST_B).commit("mig-unknown")
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(main())
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from gateway import observability, wire
 from gateway.errors import (
@@ -22,6 +23,7 @@ from gateway.errors import (
     GatewayError,
     ObjectMovedError,
     ObjectStateError,
+    PayloadDecodeError,
     PeerUnavailableError,
     TransferStreamError,
 )
@@ -261,6 +263,62 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
 
         return await self._answer(context, "Call", handle)
 
+    async def refuse_undecodable(
+        self, rpc: str, request: _Undecodable, context: grpc.aio.ServicerContext
+    ) -> None:
+        """A request whose bytes do not parse, refused as the peer's error, after the
+        peer is established like any other call's (see :func:`_decoding`)."""
+
+        async def handle(peer: str) -> None:
+            raise PayloadDecodeError(
+                f"the {rpc} request does not decode: {request.error}",
+                hint="the peer runs an incompatible or misbehaving gateway",
+            )
+
+        await self._answer(context, rpc, handle)
+
+
+class _Undecodable:
+    """A request whose bytes did not parse: handed to its RPC to be refused there."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except (DecodeError, RuntimeError, ValueError) as exc:
+            return _Undecodable(exc)
+
+    return deserialize
+
+
+def _decoding(
+    service: GatewayService, rpc: str, handler: grpc.RpcMethodHandler
+) -> grpc.RpcMethodHandler:
+    """A unary RPC's handler whose request deserializer cannot raise: a request that does
+    not parse reaches the RPC as :class:`_Undecodable` and is refused there. Raised
+    inside gRPC, protobuf's DecodeError was answered UNKNOWN with protobuf's text, and
+    logged as an error with a traceback per request, before the peer was even known."""
+    if handler.request_streaming or handler.response_streaming:
+        return handler
+    behaviour = handler.unary_unary
+
+    async def answer(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, _Undecodable):
+            return await service.refuse_undecodable(rpc, request, context)
+        return await behaviour(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        answer,
+        request_deserializer=_lenient(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )
+
 
 _PREPARE_STREAM = "/gateway.v1.Gateway/PrepareStream"
 
@@ -269,10 +327,12 @@ class _StreamDecoding:
     """The server as the generated ``add_GatewayServicer_to_server`` sees it, with
     PrepareStream's messages decoded by :func:`~gateway.transport.framing.decode_part`
     (a data chunk as a view of the received bytes, not parsed into a message and copied
-    out again). Every other method is registered exactly as generated."""
+    out again), and every unary method's request decoded by :func:`_decoding` (a request
+    that does not parse is refused by its RPC, as the peer's error)."""
 
     def __init__(self, server: grpc.aio.Server, service: GatewayService) -> None:
         self._server = server
+        self._service = service
         self._handler = grpc.stream_unary_rpc_method_handler(
             service.PrepareStream,
             request_deserializer=decode_part,
@@ -281,25 +341,38 @@ class _StreamDecoding:
 
     def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
         self._server.add_generic_rpc_handlers(
-            tuple(_Replacing(handler, self._handler) for handler in handlers)
+            tuple(_Replacing(handler, self._handler, self._service) for handler in handlers)
         )
 
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
     ) -> None:
+        decoding = {name: _decoding(self._service, name, h) for name, h in handlers.items()}
         self._server.add_registered_method_handlers(
-            service, {**handlers, "PrepareStream": self._handler}
+            service, {**decoding, "PrepareStream": self._handler}
         )
 
 
 class _Replacing(grpc.GenericRpcHandler):  # type: ignore[misc]
-    def __init__(self, inner: grpc.GenericRpcHandler, handler: grpc.RpcMethodHandler) -> None:
-        self._inner, self._handler = inner, handler
+    def __init__(
+        self, inner: grpc.GenericRpcHandler, handler: grpc.RpcMethodHandler, service: GatewayService
+    ) -> None:
+        self._inner, self._handler, self._service = inner, handler, service
+        #: the inner handlers as _decoding wraps them, by method (wrapped once each)
+        self._decoding: dict[str, grpc.RpcMethodHandler] = {}
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         if details.method == _PREPARE_STREAM:
             return self._handler
-        return self._inner.service(details)
+        known = self._decoding.get(details.method)
+        if known is not None:
+            return known
+        inner = self._inner.service(details)
+        if inner is None:  # not one of the service's methods: nothing kept for it
+            return None
+        wrapped = _decoding(self._service, details.method.rsplit("/", 1)[-1], inner)
+        self._decoding[details.method] = wrapped
+        return wrapped
 
 
 async def start_server(
