@@ -203,8 +203,10 @@ def apply(host: Host, new: Loaded, *, retire: Callable[[GrpcPeers], None]) -> No
 
     # ``lineage:`` is restart-only (RESTART_ONLY), so compaction keeps the running one's.
     source, destination, recovery, compaction, cycles = snapshot_parts(config, context, peers)
-    # Uploads in flight are bounded per peer across snapshots, not per snapshot.
+    # Uploads in flight are bounded per peer across snapshots, not per snapshot, and the
+    # new snapshot's recovery never collects one the old snapshot is still streaming.
     destination._uploads = old_destination._uploads
+    destination._uploading = old_destination._uploading
     old_peers = host.peers
     # --- the swap: no await from here to the end ---
     host.config = config

@@ -26,9 +26,10 @@ from gateway.errors import (
     TransferStreamError,
     VersionError,
 )
-from gateway.handoff.destination import Destination
+from gateway.handoff.destination import UPLOAD_MARKERS, Destination
 from gateway.handoff.home import CustodyRecord, custody_key
 from gateway.host import Host
+from gateway.reload import Reloader
 from gateway.testing import (
     HostSpec,
     World,
@@ -291,3 +292,31 @@ def test_a_unary_request_that_does_not_decode_is_the_peers_error(
         asyncio.run(main())
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
+
+
+def test_a_reload_never_lets_the_new_snapshot_collect_an_upload_the_old_one_streams(
+    tmp_path: Path,
+) -> None:
+    """A config reload replaces the Destination (gateway.reload); a PrepareStream that
+    started before it goes on under the old one. The new snapshot's recovery must know
+    that upload's marker is in flight, as the old one did (and as the per-peer count of
+    uploads in flight is carried over)."""
+    world = build_world(tmp_path, [HostSpec(host_id=HOST_B)])
+
+    async def main() -> None:
+        b = await Host.open(load_config(world.config(HOST_B)))
+        try:
+            old = b.destination
+            marker = f"{UPLOAD_MARKERS}peer/mig-1/attempt"
+            old._uploading.add(marker)  # what _upload does as a stream starts
+            path = world.config(HOST_B)
+            path.write_text(
+                path.read_text().replace(f"  id: {HOST_B}\n", f"  id: {HOST_B}\n  region: x\n")
+            )
+            assert await Reloader(b).reload(why="test") is not None
+            assert b.destination is not old
+            assert marker in b.destination._uploading
+        finally:
+            await b.close()
+
+    asyncio.run(main())
