@@ -675,11 +675,19 @@ class Source:
                 record = await self.abort(
                     migration_id, reason="the destination asked before the source committed"
                 )
-            except ObjectStateError:
+            except ObjectStateError as exc:
                 # The coordinator committed between our read and our abort: follow it.
                 again = await ctx.journal.source(migration_id)
                 assert again is not None
                 record = again.value
+                if record.step is SourceStep.FROZEN:
+                    # The abort was not journaled (it kept losing its write): the
+                    # coordinator may still commit, so ABORTED would be a promise this
+                    # host cannot keep. No answer now; the destination asks again.
+                    raise HandoffError(
+                        f"migration {migration_id} could not be decided now: {exc.reason}",
+                        hint="ask again; the migration is still open here",
+                    ) from exc
         if record.step in (SourceStep.COMMITTED, SourceStep.DONE):
             return Outcome.COMMITTED
         return Outcome.ABORTED

@@ -1,0 +1,104 @@
+"""Crash- and retry-safety review of the migration path (session 28): one test per finding.
+
+Each test drives real hosts (in-process, over real mTLS) into the window it names and
+checks the one-live-copy invariant, or the protocol rule whose breach leads there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import ConcurrencyError, GatewayError
+from gateway.handoff.messages import Outcome
+from gateway.handoff.records import DestinationStep, SourceStep
+from gateway.handoff.source import open_decision
+from gateway.stores import Operation
+from gateway.testing import HostSpec, build_world
+from gateway.testing.harness import InProcessWorld
+from tests.conftest import HOST_A, HOST_B
+
+OBJECT = "obj://org-a.example/review/s28"
+
+
+def test_a_decision_is_never_aborted_while_the_source_can_still_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """source.py ``_decide``: a destination asks for the decision of a migration its source
+    holds FROZEN, with the staged receipt in hand and about to commit. The source aborts
+    first (presumed abort); but if that abort cannot be journaled (it lost its
+    conditional write three times: store contention, the ``keeps changing under abort``
+    ObjectStateError), ``_decide`` used to answer ABORTED anyway, with the record still
+    FROZEN. The coordinator then commits (tombstone) and the destination discards its
+    copy on the signed ABORTED: no live copy anywhere. An answer of ABORTED must only
+    ever follow an ABORTED journal; otherwise the source must not answer at all."""
+    world = InProcessWorld(
+        build_world(tmp_path, [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_B)])
+    )
+    with contextlib.closing(world):
+        world.create(HOST_A, OBJECT, data={"n": 1})
+        a, b = world.hosts[HOST_A], world.hosts[HOST_B]
+        migration_id = world.run(a.source.freeze(OBJECT, tenant="default", destination=HOST_B))
+        loaded = world.run(a.journal.source(migration_id))
+        assert loaded is not None
+        record = loaded.value
+        # The coordinator's Prepare: B stages, A holds the staged receipt.
+        async def prepare() -> bytes:
+            return await a.peers.client(HOST_B).prepare(record.transfer)
+
+        receipt = world.run(prepare())
+
+        # A's store refuses the next three conditional writes (contention): exactly the
+        # three attempts of the abort that the Decision below starts.
+        store = a.journal.store
+        assert a.context.journal is a.journal
+
+        class Contended:
+            """The store, but its next three transactions lose their ETag race."""
+
+            refused = 0
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(store, name)
+
+            async def transact(self, operations: Sequence[Operation]) -> dict[str, str] | None:
+                if self.refused < 3:
+                    self.refused += 1
+                    raise ConcurrencyError("contended")
+                return await store.transact(operations)
+
+        contended = Contended()
+        monkeypatch.setattr(a.journal, "store", contended)
+        try:
+
+            async def ask() -> bytes:
+                return await b.peers.client(HOST_A).decision(migration_id)
+
+            answer = world.run(ask())
+            outcome: Outcome | None = open_decision(
+                b.context, answer, source=HOST_A, migration_id=migration_id
+            )
+        except GatewayError:
+            outcome = None  # no answer now: B asks again on its next pass
+        assert contended.refused == 3, "the abort's writes were the ones refused"
+        monkeypatch.setattr(a.journal, "store", store)
+
+        journaled = world.run(a.journal.source(migration_id))
+        assert journaled is not None
+        if outcome is Outcome.ABORTED:
+            assert journaled.value.step is SourceStep.ABORTED, (
+                "A signed ABORTED while its record is still "
+                f"{journaled.value.step.value}: it can still commit"
+            )
+            world.run(b.destination.abort(migration_id, peer=HOST_A, reason="source said so"))
+
+        # The coordinator, receipt in hand, commits (if it still can), then B settles.
+        world.run(a.source._commit(migration_id, receipt, transfer_digest=record.transfer_digest))
+        staged = world.run(b.destination._record_for(migration_id, HOST_A))
+        if staged.value.step is DestinationStep.STAGED:
+            world.run(b.recovery.settle_destination(staged.value))
+        world.assert_one_live_copy(OBJECT)
+        world.assert_invariants(OBJECT)
