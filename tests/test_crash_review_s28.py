@@ -45,6 +45,7 @@ def test_a_decision_is_never_aborted_while_the_source_can_still_commit(
         loaded = world.run(a.journal.source(migration_id))
         assert loaded is not None
         record = loaded.value
+
         # The coordinator's Prepare: B stages, A holds the staged receipt.
         async def prepare() -> bytes:
             return await a.peers.client(HOST_B).prepare(record.transfer)
