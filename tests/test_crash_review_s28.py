@@ -19,7 +19,7 @@ from gateway.handoff.source import open_decision
 from gateway.stores import Operation
 from gateway.testing import HostSpec, build_world
 from gateway.testing.harness import InProcessWorld
-from tests.conftest import HOST_A, HOST_B
+from tests.conftest import HOST_A, HOST_A2, HOST_B
 
 OBJECT = "obj://org-a.example/review/s28"
 
@@ -103,3 +103,54 @@ def test_a_decision_is_never_aborted_while_the_source_can_still_commit(
             world.run(b.recovery.settle_destination(staged.value))
         world.assert_one_live_copy(OBJECT)
         world.assert_invariants(OBJECT)
+
+
+HOMED = "obj://org-a.example/review/s28-homed"
+
+
+def test_contention_at_the_custody_home_is_not_a_fork(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """home.py ``claim``: three lost compare-and-sets on the custody record (contention,
+    no other claim standing in the way) ended in ForkError. A ForkError tells the
+    destination that another host holds the object: it records a fork and discards its
+    staged copy, although the source committed (a claim carries the source's signed
+    COMMITTED decision, and its object is a tombstone already): no live copy anywhere.
+    Contention must leave the copy staged, for the Commit to be re-sent."""
+    world = InProcessWorld(
+        build_world(
+            tmp_path,
+            [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_A2), HostSpec(host_id=HOST_B)],
+        )
+    )
+    with contextlib.closing(world):
+        world.create(HOST_A, HOMED, spec={"data": {"n": 1}, "grant": {"home": HOST_A2}})
+        home = world.hosts[HOST_A2]
+        store = home.journal.store
+
+        class Contended:
+            """The home's store, but its next three writes lose their ETag race."""
+
+            refused = 0
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(store, name)
+
+            async def put(self, key: str, value: bytes, *, etag: object) -> str | None:
+                if self.refused < 3:
+                    self.refused += 1
+                    raise ConcurrencyError("contended")
+                return await store.put(key, value, etag=etag)  # type: ignore[arg-type]
+
+        contended = Contended()
+        monkeypatch.setattr(home.journal, "store", contended)
+        # The activation fails for now (the migration is committed at A).
+        with contextlib.suppress(GatewayError):
+            world.migrate(HOMED, source=HOST_A, to=HOST_B)
+        assert contended.refused == 3, "the claim's writes were the ones refused"
+        monkeypatch.setattr(home.journal, "store", store)
+        # The contention is over: A's recovery re-sends Commit, B claims again.
+        world.recover(HOST_A)
+        assert world.assert_one_live_copy(HOMED) == HOST_B
+        world.wait_settled(HOMED)
+        world.assert_invariants(HOMED)
