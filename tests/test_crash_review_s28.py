@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from gateway import wire
 from gateway.errors import ConcurrencyError, GatewayError
-from gateway.handoff.messages import Outcome
-from gateway.handoff.records import DestinationStep, SourceStep
+from gateway.handoff import offline
+from gateway.handoff.messages import Outcome, ReceiptKind
+from gateway.handoff.records import DestinationRecord, DestinationStep, SourceStep
 from gateway.handoff.source import open_decision
 from gateway.stores import Operation
 from gateway.testing import HostSpec, build_world
@@ -154,3 +156,61 @@ def test_contention_at_the_custody_home_is_not_a_fork(
         assert world.assert_one_live_copy(HOMED) == HOST_B
         world.wait_settled(HOMED)
         world.assert_invariants(HOMED)
+
+
+@pytest.mark.parametrize("abort_first", [True, False], ids=["aborted", "frozen"])
+def test_an_activation_receipt_never_settles_a_migration_the_source_did_not_commit(
+    tmp_path: Path, abort_first: bool
+) -> None:
+    """source.py ``done`` (reached by ``gateway export --complete`` with an activation
+    receipt, gateway.handoff.offline.complete): it journaled DONE over whatever the
+    record was. A destination that signs an activation receipt for a migration its
+    source aborted (or never committed) turned the source's ABORTED into DONE, and the
+    source then signed COMMITTED for it (``decide``): with the object ACTIVE at the
+    source again, that COMMITTED lets a staged copy go live (and claim custody) too.
+    A decision, once ABORTED, never changes; DONE only ever follows COMMITTED."""
+    world = InProcessWorld(
+        build_world(tmp_path, [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_B)])
+    )
+    with contextlib.closing(world):
+        world.create(HOST_A, OBJECT, data={"n": 1})
+        a, b = world.hosts[HOST_A], world.hosts[HOST_B]
+        migration_id = world.run(a.source.freeze(OBJECT, tenant="default", destination=HOST_B))
+        loaded = world.run(a.journal.source(migration_id))
+        assert loaded is not None
+        record = loaded.value
+        world.run(b.destination.prepare(record.transfer, peer=HOST_A))
+        if abort_first:
+            world.run(a.source.abort(migration_id, reason="operator", tell=False))
+        # B signs an activation receipt it has no COMMITTED decision for.
+        forged, _envelope = b.destination._receipt(
+            ReceiptKind.ACTIVATED,
+            migration_id=migration_id,
+            object_id=OBJECT,
+            epoch=record.epoch,
+            peer=HOST_A,
+            transfer_digest=record.transfer_digest,
+            now=world.now(HOST_B),
+        )
+        with pytest.raises(GatewayError):
+            world.run(offline.complete(a.source, wire.decode_envelope(forged)))
+        after = world.run(a.journal.source(migration_id))
+        assert after is not None
+        assert after.value.step is (SourceStep.ABORTED if abort_first else SourceStep.FROZEN)
+
+        async def ask() -> bytes:
+            return await b.peers.client(HOST_A).decision(migration_id)
+
+        answer = world.run(ask())
+        assert open_decision(b.context, answer, source=HOST_A, migration_id=migration_id) is (
+            Outcome.ABORTED
+        )
+        world.run(b.recovery.settle_destination(record_at(world, migration_id)))
+        assert world.assert_one_live_copy(OBJECT) == HOST_A
+        world.assert_invariants(OBJECT)
+
+
+def record_at(world: InProcessWorld, migration_id: str) -> DestinationRecord:
+    loaded = world.run(world.hosts[HOST_B].journal.destination(migration_id))
+    assert loaded is not None
+    return loaded.value

@@ -551,6 +551,15 @@ class Source:
         assert loaded is not None
         if loaded.value.step is SourceStep.DONE:
             return loaded.value
+        if loaded.value.step is not SourceStep.COMMITTED:
+            # A valid activation receipt for a migration this host never committed (or
+            # aborted) means the destination activated without a COMMITTED decision.
+            # DONE over it would make decide() sign COMMITTED for an aborted migration.
+            raise HandoffError(
+                f"migration {record.migration_id} is {loaded.value.step.value} here; an "
+                "activation receipt can only settle a committed migration",
+                hint="hand back the staged receipt first; an aborted migration stays aborted",
+            )
         done = replace(
             loaded.value,
             step=SourceStep.DONE,
