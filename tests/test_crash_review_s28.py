@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -214,3 +215,36 @@ def record_at(world: InProcessWorld, migration_id: str) -> DestinationRecord:
     loaded = world.run(world.hosts[HOST_B].journal.destination(migration_id))
     assert loaded is not None
     return loaded.value
+
+
+def test_an_offline_completion_that_lost_to_an_abort_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """offline.py ``complete``: the staged receipt comes back while A's recovery aborts the
+    expired transfer. ``complete`` checked ABORTED before committing, but its commit then
+    found the record aborted (a lost race, answered by returning the record) and it
+    reported "committed: ... hand it the commit file" with an ABORTED decision in hand,
+    the object ACTIVE on A again. The operator must be told it aborted."""
+    world = InProcessWorld(
+        build_world(tmp_path, [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_B)])
+    )
+    with contextlib.closing(world):
+        world.create(HOST_A, OBJECT, data={"n": 1})
+        a, b = world.hosts[HOST_A], world.hosts[HOST_B]
+        migration_id = world.run(a.source.freeze(OBJECT, tenant="default", destination=HOST_B))
+        loaded = world.run(a.journal.source(migration_id))
+        assert loaded is not None
+        receipt = world.run(b.destination.prepare(loaded.value.transfer, peer=HOST_A))
+        commit = a.source._commit
+
+        async def aborted_first(*args: Any, **kwargs: Any) -> Any:
+            # Recovery's abort of the expired transfer lands just before the commit.
+            await a.source.abort(migration_id, reason="transfer expired before commit")
+            return await commit(*args, **kwargs)
+
+        monkeypatch.setattr(a.source, "_commit", aborted_first)
+        with pytest.raises(GatewayError, match="aborted"):
+            world.run(offline.complete(a.source, wire.decode_envelope(receipt)))
+        monkeypatch.setattr(a.source, "_commit", commit)
+        world.run(b.recovery.settle_destination(record_at(world, migration_id)))
+        assert world.assert_one_live_copy(OBJECT) == HOST_A
