@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +249,39 @@ def test_an_offline_completion_that_lost_to_an_abort_says_so(
         monkeypatch.setattr(a.source, "_commit", commit)
         world.run(b.recovery.settle_destination(record_at(world, migration_id)))
         assert world.assert_one_live_copy(OBJECT) == HOST_A
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="pruning.py deletes an ACTIVATED destination record after the retention even if "
+    "its source never confirmed (it cannot know); the source then keeps its COMMITTED record "
+    "open and re-sends Commit on every recovery pass for ever. Safe (the object is live at B "
+    "only), a liveness leak; the fix is a protocol choice (treat 'not found' for a record "
+    "whose staged receipt the source holds as settled, or keep ACTIVATED records until the "
+    "source confirms), left to the lead.",
+)
+def test_a_source_whose_activation_receipt_was_lost_past_the_retention_still_settles(
+    tmp_path: Path,
+) -> None:
+    """The Commit's reply is lost; A stays COMMITTED (B ACTIVATED) and is then away for
+    longer than the retention; B prunes its settled record meanwhile."""
+    world = InProcessWorld(
+        build_world(tmp_path, [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_B)])
+    )
+    with contextlib.closing(world):
+        world.create(HOST_A, OBJECT, data={"n": 1})
+        world.network(HOST_A).lose_reply("commit", to=HOST_B, times=1000)
+        result = world.migrate(OBJECT, source=HOST_A, to=HOST_B)
+        assert result.step is SourceStep.COMMITTED
+        b = world.hosts[HOST_B]
+        activated = world.run(b.journal.destination(result.migration_id))
+        assert activated is not None and activated.value.step is DestinationStep.ACTIVATED
+        pruner = b.recovery.pruner
+        world.clock(HOST_B).skew(pruner.retention + timedelta(days=1))
+        world.run(pruner.run_once(paced=False))
+        assert world.run(b.journal.destination(result.migration_id)) is None, "pruned"
+        world.network(HOST_A).clear()
+        world.recover(HOST_A)
+        settled = world.run(world.hosts[HOST_A].journal.source(result.migration_id))
+        assert settled is not None
+        assert settled.value.step is SourceStep.DONE, "A's migration never settles"
