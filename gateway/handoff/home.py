@@ -167,7 +167,13 @@ class CustodyHome:
                 continue  # another claim won the race: judge this one against it
             crash_point("home.after-claim")
             return self._receipt(granted)
-        raise ForkError(f"custody of {departure.object_id} keeps changing under this claim")
+        # Not a ForkError: every claim that won was judged above and let this one go on
+        # (a fork would have been refused there). A receiver discards a copy refused as a
+        # fork, whose source has committed; contention must leave it staged, to claim again.
+        raise CustodyError(
+            f"custody of {departure.object_id} keeps changing under this claim",
+            hint="claim again; the staged copy stays staged until custody is granted",
+        )
 
     def _departure(self, raw: bytes, *, peer: str, now: datetime) -> Checkpoint:
         """The sender's signed departure to ``peer``, for an object of this domain."""

@@ -274,6 +274,12 @@ async def complete(source: Source, envelope: dsse.Envelope) -> Step:
         record, _etag = await source._commit(
             record.migration_id, raw, transfer_digest=_transfer_digest(record)
         )
+        if record.step is SourceStep.ABORTED:
+            # Aborted meanwhile (recovery, past the transfer's expiry): the commit lost.
+            raise HandoffError(
+                f"migration {record.migration_id} was aborted here before it could commit",
+                hint="hand the receiver the abort file (`gateway export --abort`)",
+            )
         decision = await source.decide(record.migration_id, peer=record.destination_host)
         return Step(
             migration_id=record.migration_id,

@@ -12,7 +12,7 @@ docs/storage.md):
   about eight days, which is also the default). *Replays* do not need them: a replayed Prepare is refused
   by its nonce (``nonce/…``, kept until the transfer expires) and by the epoch fence,
   whatever the journal still holds; a source asked about a migration it no longer
-  remembers answers ABORTED, journaling it first (presumed abort), which is right for
+  remembers answers ABORTED without writing anything (presumed abort), which is right for
   every migration that was not committed, and a committed one is only ever asked about
   while its destination holds it STAGED, which the source's record outlives (it settles
   DONE only once the destination activated).

@@ -551,6 +551,15 @@ class Source:
         assert loaded is not None
         if loaded.value.step is SourceStep.DONE:
             return loaded.value
+        if loaded.value.step is not SourceStep.COMMITTED:
+            # A valid activation receipt for a migration this host never committed (or
+            # aborted) means the destination activated without a COMMITTED decision.
+            # DONE over it would make decide() sign COMMITTED for an aborted migration.
+            raise HandoffError(
+                f"migration {record.migration_id} is {loaded.value.step.value} here; an "
+                "activation receipt can only settle a committed migration",
+                hint="hand back the staged receipt first; an aborted migration stays aborted",
+            )
         done = replace(
             loaded.value,
             step=SourceStep.DONE,
@@ -675,11 +684,19 @@ class Source:
                 record = await self.abort(
                     migration_id, reason="the destination asked before the source committed"
                 )
-            except ObjectStateError:
+            except ObjectStateError as exc:
                 # The coordinator committed between our read and our abort: follow it.
                 again = await ctx.journal.source(migration_id)
                 assert again is not None
                 record = again.value
+                if record.step is SourceStep.FROZEN:
+                    # The abort was not journaled (it kept losing its write): the
+                    # coordinator may still commit, so ABORTED would be a promise this
+                    # host cannot keep. No answer now; the destination asks again.
+                    raise HandoffError(
+                        f"migration {migration_id} could not be decided now: {exc.reason}",
+                        hint="ask again; the migration is still open here",
+                    ) from exc
         if record.step in (SourceStep.COMMITTED, SourceStep.DONE):
             return Outcome.COMMITTED
         return Outcome.ABORTED
