@@ -1,0 +1,181 @@
+"""What reaches a host from outside besides peers (session 28 review): the Dapr app
+callback (messages and invocations), with the servicer called directly in one process.
+
+Each test here failed on main for the reason its docstring gives."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from dapr.proto.common.v1 import common_pb2
+from dapr.proto.runtime.v1 import appcallback_pb2
+from google.protobuf import struct_pb2
+from google.protobuf.any_pb2 import Any as AnyMessage
+
+from gateway.config import DaprConfig
+from gateway.host import Host
+from gateway.runtime import events
+from gateway.runtime.appcallback import servicer_base
+from gateway.runtime.events import Message
+from gateway.transport.status import ERROR_TYPE_KEY
+from tests.test_events import OBJECT, TOPIC
+from tests.test_events_bounds import _open
+
+_STATUS = appcallback_pb2.TopicEventResponse.TopicEventResponseStatus
+
+
+class Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code}: {details}")
+        self.code = code
+        self.details = details
+
+
+class FakeContext:
+    """What OnTopicEvent and OnInvoke use of a grpc.aio.ServicerContext."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        self.metadata = metadata
+        self.trailing: Any = None
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        self.trailing = metadata
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise Aborted(code, details)
+
+
+def _servicer(host: Host) -> Any:
+    cls = servicer_base(
+        dapr=DaprConfig(pubsub="bus", subscribe=(TOPIC,)),
+        events=host.events,
+        calls=host.calls,
+        trust_domain="org-a.example",
+    )
+    return cls()
+
+
+def _event(message_id: str, time: str) -> appcallback_pb2.TopicEventRequest:
+    extensions = struct_pb2.Struct()
+    extensions.update({"time": time, "topic": TOPIC.replace("/", "."), "pubsubname": "bus"})
+    return appcallback_pb2.TopicEventRequest(
+        id=message_id,
+        source="billing",
+        type="com.dapr.event.sent",
+        spec_version="1.0",
+        data_content_type="application/json",
+        data=b'{"order":7}',
+        topic=TOPIC.replace("/", "."),
+        pubsub_name="bus",
+        extensions=extensions,
+    )
+
+
+async def _bus(host: Host) -> dict[str, Message]:
+    keys = await host.store.list(events.BUS)
+    items = await host.store.get_many(keys)
+    found = [Message.decode(item.value, what=key) for key, item in items.items()]
+    return {message.id: message for message in found}
+
+
+def test_a_message_with_daprds_own_time_is_taken_not_crashed_on(tmp_path: Path) -> None:
+    """daprd stamps every CloudEvent with ``time`` in Go's time.RFC3339 (seconds, ``Z``
+    or ``+hh:mm``; the CloudEvents SDKs write microseconds). On main OnTopicEvent read it
+    with parse_time, which takes only the gateway's own millisecond form: a ValueError
+    escaped the servicer (gRPC UNKNOWN, a traceback per delivery, daprd redelivering), so
+    no message from a real sidecar reached the bus. A time that is not RFC 3339 is a bad
+    CloudEvent: answered DROP, nothing kept."""
+
+    async def main() -> None:
+        host, _clock = await _open(tmp_path)
+        try:
+            servicer = _servicer(host)
+            sent = {
+                "m-seconds": ("2026-12-06T02:52:11Z", datetime(2026, 12, 6, 2, 52, 11, tzinfo=UTC)),
+                "m-offset": (
+                    "2026-12-06T04:52:11+02:00",
+                    datetime(2026, 12, 6, 2, 52, 11, tzinfo=UTC),
+                ),
+                "m-micros": (
+                    "2026-12-06T02:52:11.123456Z",
+                    datetime(2026, 12, 6, 2, 52, 11, 123000, tzinfo=UTC),
+                ),
+                "m-nanos": (
+                    "2026-12-06T02:52:11.987654321Z",
+                    datetime(2026, 12, 6, 2, 52, 11, 987000, tzinfo=UTC),
+                ),
+            }
+            for message_id, (text, _) in sent.items():
+                response = await servicer.OnTopicEvent(_event(message_id, text), FakeContext())
+                assert response.status == _STATUS.SUCCESS, message_id
+            kept = await _bus(host)
+            assert {key: kept[key].time for key in sent} == {
+                key: moment for key, (_, moment) in sent.items()
+            }
+
+            for message_id, text in (
+                ("m-garbage", "yesterday"),
+                ("m-year-zero", "0000-01-01T00:00:00Z"),
+                ("m-overflow", "9999-12-31T23:00:00-02:00"),
+                ("m-too-late", "9500-01-01T00:00:00Z"),
+                ("m-long", "2026-12-06T02:52:11." + "1" * 5000 + "Z"),
+            ):
+                response = await servicer.OnTopicEvent(_event(message_id, text), FakeContext())
+                assert response.status == _STATUS.DROP, message_id
+            assert set(await _bus(host)) == set(sent)
+        finally:
+            await host.close()
+
+    asyncio.run(main())
+
+
+def _invoke(body: bytes) -> common_pb2.InvokeRequest:
+    return common_pb2.InvokeRequest(method="call", data=AnyMessage(value=body))
+
+
+def test_an_invocation_body_is_read_by_the_one_json_parser(tmp_path: Path) -> None:
+    """OnInvoke read its body with json.loads: an integer of 5000 digits raised the bare
+    ValueError of Python's int-from-str limit, and ``"\\ud800"`` as the object id reached
+    the store as a key and raised ValueError there; both escaped the servicer as
+    non-GatewayErrors (gRPC UNKNOWN). Each is now INVALID_ARGUMENT naming the body, and
+    a well-formed call still reaches the object's grants (which do not let this app in)."""
+
+    async def main() -> None:
+        host, _clock = await _open(tmp_path)
+        try:
+            servicer = _servicer(host)
+            context = FakeContext((("dapr-caller-app-id", "billing"),))
+            target = json.dumps(OBJECT).encode()
+            for body, reason in (
+                (
+                    b'{"object":' + target + b',"method":"status","data":' + b"1" * 5000 + b"}",
+                    "an integer of 5000 digits",
+                ),
+                (b'{"object":"\\ud800","method":"status"}', "lone surrogate"),
+                (b'{"object":' + target + b',"method":"status","tenant":"\\udfff"}', "surrogate"),
+                (b'{"object":' + target + b',"object":"x","method":"status"}', "repeats"),
+            ):
+                with pytest.raises(Aborted) as caught:
+                    await servicer.OnInvoke(_invoke(body), context)
+                assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT, caught.value
+                assert "the invocation body" in caught.value.details
+                assert reason in caught.value.details
+                assert context.trailing == ((ERROR_TYPE_KEY, "ConfigError"),)
+            body = b'{"object":' + target + b',"method":"status","data":{"n":' + b"9" * 20 + b"}}"
+            with pytest.raises(Aborted) as caught:
+                await servicer.OnInvoke(_invoke(body), context)
+            assert caught.value.code == grpc.StatusCode.PERMISSION_DENIED, caught.value
+            assert "may not call status" in caught.value.details
+        finally:
+            await host.close()
+
+    asyncio.run(main())
