@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,10 @@ from google.protobuf import struct_pb2
 from google.protobuf.any_pb2 import Any as AnyMessage
 
 from gateway.config import DaprConfig
+from gateway.errors import CallDeniedError
 from gateway.host import Host
-from gateway.runtime import events
+from gateway.lineage import EntryKind
+from gateway.runtime import calls, events
 from gateway.runtime.appcallback import servicer_base
 from gateway.runtime.events import Message
 from gateway.transport.status import ERROR_TYPE_KEY
@@ -175,6 +177,66 @@ def test_an_invocation_body_is_read_by_the_one_json_parser(tmp_path: Path) -> No
                 await servicer.OnInvoke(_invoke(body), context)
             assert caught.value.code == grpc.StatusCode.PERMISSION_DENIED, caught.value
             assert "may not call status" in caught.value.details
+        finally:
+            await host.close()
+
+    asyncio.run(main())
+
+
+def test_a_caller_varying_the_method_cannot_grow_the_lineage_per_call(tmp_path: Path) -> None:
+    """Refusals were folded only when identical (same caller, method and reason). A caller
+    holding no grant at all, calling a different method name each time (64 characters of
+    a 65-letter alphabet), got one ``call-denied`` lineage entry and one host-local counter
+    per call on main: 50 calls, 50 entries. Now at most MAX_DENIALS_RECORDED_PER_CALLER per
+    interval reach the lineage; the others are counted and reported with the next."""
+
+    async def main() -> None:
+        host, clock = await _open(tmp_path)
+        intruder = "org-z.example/intruder"
+        try:
+
+            async def refused(method: str) -> None:
+                with pytest.raises(CallDeniedError, match=f"may not call {method} "):
+                    await host.calls.call(
+                        tenant="default", object_id=OBJECT, method=method, data=b"", caller=intruder
+                    )
+
+            async def denials() -> list[str]:
+                obj = await host.get_object(OBJECT, tenant="default")
+                return [e.detail for e in obj.lineage.entries if e.kind is EntryKind.CALL_DENIED]
+
+            for i in range(50):
+                await refused(f"m{i}")
+            assert len(await denials()) == calls.MAX_DENIALS_RECORDED_PER_CALLER
+            assert (
+                len(await host.store.list(calls.DENIALS))
+                <= calls.MAX_DENIALS_RECORDED_PER_CALLER + 1
+            )
+
+            # Another caller still has its own refusals recorded.
+            with pytest.raises(CallDeniedError):
+                await host.calls.call(
+                    tenant="default",
+                    object_id=OBJECT,
+                    method="m0",
+                    data=b"",
+                    caller="org-b.example/cluster/west/gateway",
+                )
+            assert len(await denials()) == calls.MAX_DENIALS_RECORDED_PER_CALLER + 1
+
+            clock.offset = calls.DENIAL_RECORD_INTERVAL + timedelta(seconds=1)
+            await refused("m-later")
+            latest = (await denials())[-1]
+            assert latest.startswith("(42 other refusals of this caller not recorded) "), latest
+            assert "call m-later from org-z.example/intruder: denied" in latest
+
+            clock.offset += calls.DENIAL_RETENTION
+            kept = len(await host.store.list(calls.DENIALS))
+            # The intruder: a counter per recorded refusal (and m-later), its caller record;
+            # the other caller: one counter, one caller record.
+            assert kept == calls.MAX_DENIALS_RECORDED_PER_CALLER + 1 + 1 + 2
+            assert await host.calls.prune_denials() == kept
+            assert await host.store.list(calls.DENIALS) == []
         finally:
             await host.close()
 
