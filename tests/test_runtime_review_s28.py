@@ -296,3 +296,33 @@ def test_pruning_reaches_expired_records_behind_a_full_window_of_young_ones(
             await host.close()
 
     asyncio.run(main())
+
+
+def test_a_serving_host_prunes_refused_call_counters(tmp_path: Path) -> None:
+    """Calls.prune_denials existed, and docs/events-and-calls.md says counters untouched
+    for a day are pruned, but nothing in gateway/ called it: every distinct refused call
+    (caller, method, reason) left a ``calls/denied/`` record for good on main. The host's
+    pruning loop now runs it."""
+
+    async def main() -> None:
+        host, clock = await _open(tmp_path)
+        try:
+            with pytest.raises(CallDeniedError):
+                await host.calls.call(
+                    tenant="default", object_id=OBJECT, method="status", data=b"", caller="a/b"
+                )
+            assert await host.store.list(calls.DENIALS) != []
+            clock.offset = calls.DENIAL_RETENTION + timedelta(minutes=1)
+            stop = asyncio.Event()
+            pruning = asyncio.create_task(host._prune_forever(stop))
+            for _ in range(100):
+                if not await host.store.list(calls.DENIALS):
+                    break
+                await asyncio.sleep(0.02)
+            stop.set()
+            await pruning
+            assert await host.store.list(calls.DENIALS) == []
+        finally:
+            await host.close()
+
+    asyncio.run(main())
