@@ -19,15 +19,17 @@ from google.protobuf import struct_pb2
 from google.protobuf.any_pb2 import Any as AnyMessage
 
 from gateway.config import DaprConfig
-from gateway.errors import CallDeniedError
+from gateway.errors import CallDeniedError, RuleError
 from gateway.host import Host
 from gateway.lineage import EntryKind
+from gateway.objectspec import parse_spec
+from gateway.rules import load_data
 from gateway.runtime import calls, events
 from gateway.runtime.appcallback import servicer_base
 from gateway.runtime.events import Message
 from gateway.stores import Expect, Put
 from gateway.transport.status import ERROR_TYPE_KEY
-from tests.test_events import OBJECT, TOPIC
+from tests.test_events import OBJECT, SPEC, TOPIC
 from tests.test_events_bounds import _open
 
 _STATUS = appcallback_pb2.TopicEventResponse.TopicEventResponseStatus
@@ -322,6 +324,40 @@ def test_a_serving_host_prunes_refused_call_counters(tmp_path: Path) -> None:
             stop.set()
             await pruning
             assert await host.store.list(calls.DENIALS) == []
+        finally:
+            await host.close()
+
+    asyncio.run(main())
+
+
+def test_object_data_with_a_huge_integer_is_a_rule_error_not_a_value_error(
+    tmp_path: Path,
+) -> None:
+    """rules.load_data caught JSONDecodeError, UnicodeDecodeError and RecursionError, but
+    an integer of more than 4300 digits makes json.loads raise a bare ValueError: it
+    escaped check_rules on create (here) and on an arriving object's data (destination),
+    and Calls._answer. Now a RuleError naming the data; nothing is written."""
+    huge = b'{"order": ' + b"7" * 5000 + b"}"
+    with pytest.raises(RuleError, match="object data is not JSON: Exceeds the limit"):
+        load_data(huge, "application/json")
+
+    async def main() -> None:
+        host, _clock = await _open(tmp_path)
+        try:
+            spec = parse_spec({**SPEC, "answers": {"status": {"reply": "data.status"}}}, source="t")
+            other = OBJECT + "-huge"
+            with pytest.raises(RuleError, match="object data is not JSON"):
+                await host.create_object(
+                    other,
+                    tenant="default",
+                    data=huge,
+                    content_type="application/json",
+                    grant=spec.grant,
+                    rules=spec.rules,
+                    subscriptions=spec.subscriptions,
+                    answers=spec.answers,
+                )
+            assert await host.journal.object("default", other) is None
         finally:
             await host.close()
 
