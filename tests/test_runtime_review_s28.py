@@ -19,10 +19,10 @@ from google.protobuf import struct_pb2
 from google.protobuf.any_pb2 import Any as AnyMessage
 
 from gateway.config import DaprConfig
-from gateway.errors import CallDeniedError, RuleError
+from gateway.errors import CallDeniedError, ConfigError, RuleError
 from gateway.host import Host
 from gateway.lineage import EntryKind
-from gateway.objectspec import parse_spec
+from gateway.objectspec import load_spec, parse_spec
 from gateway.rules import load_data
 from gateway.runtime import calls, events
 from gateway.runtime.appcallback import servicer_base
@@ -417,3 +417,33 @@ def test_a_rule_within_budget_cannot_allocate_without_bound(tmp_path: Path) -> N
         cwd=Path(__file__).resolve().parent.parent,
     )
     assert done.returncode == 0, done.stderr[-400:] + done.stdout[-400:]
+
+
+def _laughs(levels: int) -> str:
+    lines = ["data:", '  l0: &l0 ["lol-lol-lol", "lol-lol-lol", "lol-lol-lol", "lol-lol-lol"]']
+    for level in range(1, levels + 1):
+        lines.append(f"  l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * 10)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_spec_file_of_yaml_aliases_is_refused_before_it_is_expanded(tmp_path: Path) -> None:
+    """load_spec checked the YAML document (once per distinct container) and then dumped
+    its data with json.dumps, which expands every alias: this 382-byte file became 6.5 MB
+    of data on main (refused only later, by create), and each further line multiplies it
+    by ten (four more: 65 GB, in memory, before any check). Now refused by its size,
+    before anything is dumped."""
+    spec = tmp_path / "laughs.yaml"
+    spec.write_text(_laughs(5))
+    assert spec.stat().st_size < 400
+    with pytest.raises(ConfigError, match="bytes of JSON; at most") as caught:
+        load_spec(spec)
+    assert "aliases" in caught.value.reason
+
+    # Within the bound, aliases still work (they are YAML), and cycles are still refused.
+    small = tmp_path / "small.yaml"
+    small.write_text(_laughs(2))
+    assert len(json.loads(load_spec(small).data)["l2"]) == 10
+    cyclic = tmp_path / "cyclic.yaml"
+    cyclic.write_text("data: &a {x: *a}\n")
+    with pytest.raises(ConfigError, match="cannot be written as JSON"):
+        load_spec(cyclic)
