@@ -19,9 +19,11 @@ from google.protobuf import struct_pb2
 from google.protobuf.any_pb2 import Any as AnyMessage
 
 from gateway.config import DaprConfig
-from gateway.errors import CallDeniedError, ConfigError, RuleError
+from gateway.errors import CallDeniedError, ConfigError, RuleError, TrustError
 from gateway.host import Host
+from gateway.keys import Purpose, Signer
 from gateway.lineage import EntryKind
+from gateway.local import TRUST_PREFIX
 from gateway.objectspec import load_spec, parse_spec
 from gateway.rules import load_data
 from gateway.runtime import calls, events
@@ -29,8 +31,10 @@ from gateway.runtime.appcallback import servicer_base
 from gateway.runtime.events import Message
 from gateway.stores import Expect, Put
 from gateway.transport.status import ERROR_TYPE_KEY
+from gateway.trust import new_bundle, sign_bundle
 from tests.test_events import OBJECT, SPEC, TOPIC
 from tests.test_events_bounds import _open
+from tests.test_trust import NOW, _record
 
 _STATUS = appcallback_pb2.TopicEventResponse.TopicEventResponseStatus
 
@@ -447,3 +451,29 @@ def test_a_spec_file_of_yaml_aliases_is_refused_before_it_is_expanded(tmp_path: 
     cyclic.write_text("data: &a {x: *a}\n")
     with pytest.raises(ConfigError, match="cannot be written as JSON"):
         load_spec(cyclic)
+
+
+@pytest.mark.parametrize(
+    "domain",
+    ["", "a/b", "org-a.example/../org-b.example", "ORG.example", "é.example", "a\nb", "x" * 5000],
+)
+def test_a_bundle_for_what_is_not_a_trust_domain_is_refused_and_not_stored(
+    tmp_path: Path, domain: str
+) -> None:
+    """A signed bundle (from a file, `gateway trust import`) names its trust domain, and
+    nothing checked that it is one: on main each of these was trusted on first use and
+    stored under ``trust/<name>`` (an empty name as ``trust/``, a path as nested keys).
+    Now a TrustError naming the problem, and nothing written."""
+
+    async def main() -> None:
+        host, _clock = await _open(tmp_path)
+        try:
+            key = Signer.generate()
+            bundle = new_bundle(domain, [_record(key, Purpose.BUNDLE)], issued_at=NOW)
+            with pytest.raises(TrustError, match="not for a trust domain"):
+                await host.import_bundle(sign_bundle(bundle, [key]), at=NOW + timedelta(days=1))
+            assert await host.store.list(TRUST_PREFIX) == []
+        finally:
+            await host.close()
+
+    asyncio.run(main())
