@@ -21,6 +21,7 @@ from google.protobuf.any_pb2 import Any as AnyMessage
 from gateway.config import DaprConfig
 from gateway.errors import CallDeniedError, ConfigError, RuleError, TrustError
 from gateway.host import Host
+from gateway.keyring import init_keys, load_keyring
 from gateway.keys import Purpose, Signer
 from gateway.lineage import EntryKind
 from gateway.local import TRUST_PREFIX
@@ -32,9 +33,10 @@ from gateway.runtime.events import Message
 from gateway.stores import Expect, Put
 from gateway.transport.status import ERROR_TYPE_KEY
 from gateway.trust import new_bundle, sign_bundle
+from tests.conftest import HOST_A
 from tests.test_events import OBJECT, SPEC, TOPIC
 from tests.test_events_bounds import _open
-from tests.test_trust import NOW, _record
+from tests.test_trust import CA_A, NOW, _record
 
 _STATUS = appcallback_pb2.TopicEventResponse.TopicEventResponseStatus
 
@@ -477,3 +479,28 @@ def test_a_bundle_for_what_is_not_a_trust_domain_is_refused_and_not_stored(
             await host.close()
 
     asyncio.run(main())
+
+
+def test_an_unreadable_keys_directory_entry_is_a_config_error(tmp_path: Path) -> None:
+    """load_keyring caught only FileNotFoundError: a bundle.json or a ``*.key`` that is a
+    directory (or unreadable, or an I/O error) raised IsADirectoryError/PermissionError
+    out of Host.open and every `gateway keys` command (the CLI's "internal error", exit
+    70). Now a ConfigError naming the file."""
+    keys = tmp_path / "keys"
+    init_keys(
+        keys,
+        trust_domain="org-a.example",
+        host=HOST_A,
+        ca_certificate=CA_A,
+        at=NOW,
+    )
+    (keys / "0000.key").mkdir()
+    with pytest.raises(ConfigError, match=r"0000\.key: cannot read"):
+        load_keyring(keys)
+    (keys / "0000.key").rmdir()
+    load_keyring(keys)
+
+    (keys / "bundle.json").unlink()
+    (keys / "bundle.json").mkdir()
+    with pytest.raises(ConfigError, match=r"bundle\.json: cannot read"):
+        load_keyring(keys)
