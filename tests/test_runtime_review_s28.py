@@ -18,9 +18,17 @@ from dapr.proto.runtime.v1 import appcallback_pb2
 from google.protobuf import struct_pb2
 from google.protobuf.any_pb2 import Any as AnyMessage
 
+from gateway import fleet, migrations
 from gateway.config import DaprConfig
-from gateway.errors import CallDeniedError, ConfigError, RuleError, TrustError
+from gateway.errors import (
+    CallDeniedError,
+    ConfigError,
+    MigrationNotFoundError,
+    RuleError,
+    TrustError,
+)
 from gateway.host import Host
+from gateway.identity import ObjectId
 from gateway.keyring import init_keys, load_keyring
 from gateway.keys import Purpose, Signer
 from gateway.lineage import EntryKind
@@ -504,3 +512,31 @@ def test_an_unreadable_keys_directory_entry_is_a_config_error(tmp_path: Path) ->
     (keys / "bundle.json").mkdir()
     with pytest.raises(ConfigError, match=r"bundle\.json: cannot read"):
         load_keyring(keys)
+
+
+def test_ids_from_argv_with_undecodable_bytes_are_refused_clearly(tmp_path: Path) -> None:
+    """Python decodes argv bytes that are not UTF-8 with surrogateescape, so `gateway
+    migration show/abort/resume ID`, `gateway migrate OBJ`, `gateway object label OBJ`
+    can pass a lone surrogate. On main: ObjectId.parse raised UnicodeEncodeError (its
+    length check encoded the id strictly), and the migration commands built a store key
+    from the unchecked id and the store raised ValueError. Now both are ConfigErrors."""
+    with pytest.raises(ConfigError, match="is not a valid object id"):
+        ObjectId.parse("obj://org-a.example/orders/\udcff")
+
+    async def main() -> None:
+        host, _clock = await _open(tmp_path)
+        try:
+            for act in (migrations.find, migrations.abort, migrations.resume):
+                for bad in ("mig-\udcff", "a/b", "", "m" * 129):
+                    with pytest.raises(ConfigError, match="is not a migration id"):
+                        await act(host, bad)
+                with pytest.raises(MigrationNotFoundError):
+                    await act(host, "mig-0123456789abcdef")
+            with pytest.raises(ConfigError, match="is not a valid object id"):
+                await fleet.select(
+                    host, ids=[OBJECT + "\udcff"], tenant=None, labels=[], state=None
+                )
+        finally:
+            await host.close()
+
+    asyncio.run(main())
