@@ -14,6 +14,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from gateway._decode import load_json
 from gateway.config import load_config
 from gateway.errors import ConfigError, ObjectMovedError
 from gateway.identity import ObjectId
@@ -30,10 +31,9 @@ MAX_FOLLOW = 3
 def _json_argument(text: str | None, what: str) -> bytes:
     if text is None:
         return b""
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ConfigError(f"{what}: not JSON: {exc}", hint="e.g. --data '{\"order\": 7}'") from exc
+    # The one parser for outside text: json.loads alone raised a bare ValueError on an
+    # integer of 5000 digits, and accepted NaN and lone surrogates.
+    value = load_json(text, error=ConfigError, what=what)
     return json.dumps(value, separators=(",", ":")).encode()
 
 

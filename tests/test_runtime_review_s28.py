@@ -540,3 +540,54 @@ def test_ids_from_argv_with_undecodable_bytes_are_refused_clearly(tmp_path: Path
             await host.close()
 
     asyncio.run(main())
+
+
+def test_a_message_that_could_not_be_read_back_is_refused_not_lost(tmp_path: Path) -> None:
+    """publish (`gateway publish --id/--source/--type` from argv, Host.publish) took a
+    lone surrogate in the id, source or type and NaN in the data: the bus and inbox
+    records were written (json.dumps escapes both), the caller was told "published", and
+    delivery then found the inbox entry undecodable and dropped it: the message was lost
+    unseen. Now refused before anything is written, as is data that is not JSON at all
+    (a TypeError escaped)."""
+
+    async def main() -> None:
+        host, _clock = await _open(tmp_path)
+        try:
+            for extra in (
+                {"message_id": "m-\udcff"},
+                {"source": "billing-\udcff"},
+                {"kind": "order.\udcff"},
+                {"data": {"order": 7, "ratio": float("nan")}},
+                {"data": {"order": 7, "ratio": float("inf")}},
+                {"data": {"order": 7, "when": object()}},
+            ):
+                arguments: dict[str, Any] = {"data": {"order": 7}, **extra}
+                with pytest.raises(ConfigError, match=r"not Unicode text|not JSON"):
+                    await host.events.publish(TOPIC, **arguments)
+            assert await host.store.list(events.BUS) == []
+            assert await host.store.list(events.INBOX) == []
+
+            await host.events.publish(TOPIC, data={"order": 7}, message_id="m-fine")
+            assert await host.events.deliver_once() == 1
+            obj = await host.get_object(OBJECT, tenant="default")
+            assert json.loads(obj.data)["last"] == "m-fine"
+        finally:
+            await host.close()
+
+    asyncio.run(main())
+
+
+def test_cli_json_arguments_are_read_by_the_one_json_parser() -> None:
+    """`gateway call/publish --data` used json.loads: 5000 digits raised a bare ValueError
+    (the CLI's "internal error", exit 70), and NaN went on to be published (above)."""
+    from gateway._cli_events import _json_argument
+
+    for text, reason in (
+        ("1" * 5000, "an integer of 5000 digits"),
+        ('{"x": NaN}', "NaN is not JSON"),
+        ('"\\ud800"', "lone surrogate"),
+        ("[" * 100 + "]" * 100, "nested"),
+    ):
+        with pytest.raises(ConfigError, match=reason):
+            _json_argument(text, "--data")
+    assert _json_argument('{"order": 7}', "--data") == b'{"order":7}'
