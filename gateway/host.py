@@ -247,6 +247,7 @@ class Host:
         self.events.ctx = context
         self.events.runner = cycles
         self.calls.ctx = context
+        self.calls.compaction = cycles.compaction
         self.sweep.ctx = context
         if self.sweep.archives is not None:
             self.sweep.archives.ctx = context

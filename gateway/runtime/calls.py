@@ -83,6 +83,7 @@ from gateway.rules import (
     give_answer,
     load_data,
 )
+from gateway.runtime.compaction import Compaction
 from gateway.runtime.events import why_withheld
 from gateway.stores import Expect, Put
 
@@ -167,6 +168,10 @@ class Calls:
     def __init__(self, context: HostContext, *, cache_size: int = 256) -> None:
         self.ctx = context
         self._compile = functools.lru_cache(maxsize=cache_size)(_compile_answers)
+        #: The host's lineage compaction (set by Host.rebind): every answered call and
+        #: recorded refusal appends an entry, and an object that is only called (no
+        #: cycle, no message) would otherwise grow, and cost more to write, per call.
+        self.compaction: Compaction | None = None
 
     async def call(
         self,
@@ -202,10 +207,12 @@ class Calls:
             except CallDeniedError as exc:
                 await self._record_denial(tenant, object_id, method, caller, exc.reason, now)
                 raise
+            stored = put_object(tenant, answered, loaded.etag)
             try:
-                await ctx.journal.store.transact([put_object(tenant, answered, loaded.etag)])
+                await ctx.journal.store.transact([stored])
             except ConcurrencyError:
                 continue  # a cycle or another call wrote first: answer from the new state
+            await self._compact(tenant, answered, len(stored.value), now)
             return result
         raise ObjectBusyError(
             f"{object_id} changed {COMMIT_ATTEMPTS} times while the call was answered",
@@ -354,9 +361,10 @@ class Calls:
                 obj = loaded.value.record(
                     EntryKind.CALL_DENIED, host=self.ctx.host, at=now, detail=detail[:1000]
                 )
+                stored = put_object(tenant, obj, loaded.etag)
                 await store.transact(
                     [
-                        put_object(tenant, obj, loaded.etag),
+                        stored,
                         Put(key=key, value=_encode_counter(0, now, now), etag=etag),
                         Put(
                             key=budget_key,
@@ -365,12 +373,20 @@ class Calls:
                         ),
                     ]
                 )
+                await self._compact(tenant, obj, len(stored.value), now)
                 return
             except ConcurrencyError:
                 continue
             except StoreError as exc:
                 log.warning("could not record a refused call to %s: %s", object_id, exc)
                 return
+
+    async def _compact(
+        self, tenant: str, obj: GovernedObject, stored_bytes: int, now: datetime
+    ) -> None:
+        """Compact the object's lineage if the policy says it is due (never raises)."""
+        if self.compaction is not None:
+            await self.compaction.after_cycle(tenant, obj, stored_bytes=stored_bytes, now=now)
 
     async def prune_denials(self, *, limit: int = 1000) -> int:
         """Delete refusal counters untouched for :data:`DENIAL_RETENTION`; returns how many."""
