@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway._decode import load_json
 from gateway.config import load_config
-from gateway.errors import ConfigError, ObjectMovedError
+from gateway.errors import ConfigError, ObjectMovedError, PayloadDecodeError
 from gateway.identity import ObjectId
 
 if TYPE_CHECKING:
@@ -77,7 +77,15 @@ def cmd_call(args: argparse.Namespace) -> int:
                     raise
                 at = exc.moved_to
                 continue
-            reply = json.loads(answer.reply) if answer.reply else None
+            # The answering host's bytes: read as any outside JSON (a long integer made
+            # json.loads raise a bare ValueError here).
+            reply = (
+                load_json(
+                    answer.reply, error=PayloadDecodeError, what=f"the reply of {answer.host}"
+                )
+                if answer.reply
+                else None
+            )
             _print(
                 {"object": object_id, "method": args.method, "host": answer.host, "reply": reply},
                 json.dumps(reply, sort_keys=True),

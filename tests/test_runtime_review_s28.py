@@ -626,3 +626,37 @@ def test_an_object_that_is_only_called_has_its_lineage_compacted(tmp_path: Path)
             await host.close()
 
     asyncio.run(main())
+
+
+def test_gateway_call_reads_the_answering_hosts_reply_as_outside_json(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`gateway call` printed the reply after json.loads: a reply (from whichever host
+    answered, a peer with --at) holding an integer of 5000 digits raised a bare
+    ValueError out of the command. Now a PayloadDecodeError naming the host."""
+    import argparse
+
+    from gateway import _cli_events
+    from gateway.errors import PayloadDecodeError
+    from gateway.transport.client import CallAnswer
+
+    class FakeHost:
+        async def call(self, *args: Any, **kwargs: Any) -> CallAnswer:
+            return CallAnswer(reply=b"1" * 5000, host="spiffe://org-b.example/gw")
+
+    async def with_host(_args: Any, action: Any) -> Any:
+        return await action(FakeHost())
+
+    monkeypatch.setattr(_cli_events, "_with_host", with_host)
+    args = argparse.Namespace(
+        object_id=OBJECT,
+        method="status",
+        data=None,
+        tenant="default",
+        at="spiffe://org-b.example/gw",
+        wait=1.0,
+        follow=False,
+        output="text",
+    )
+    with pytest.raises(PayloadDecodeError, match=r"the reply of spiffe://org-b\.example/gw"):
+        _cli_events.cmd_call(args)
