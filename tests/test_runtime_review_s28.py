@@ -660,3 +660,37 @@ def test_gateway_call_reads_the_answering_hosts_reply_as_outside_json(
     )
     with pytest.raises(PayloadDecodeError, match=r"the reply of spiffe://org-b\.example/gw"):
         _cli_events.cmd_call(args)
+
+
+def test_hold_and_backoff_marks_of_entries_settled_elsewhere_are_forgotten(
+    tmp_path: Path,
+) -> None:
+    """Events keeps "held until" per inbox key and the outbox dispatcher "not before" per
+    event key, removed only when this process itself settles that key. An entry settled
+    by another replica on the same store (Dapr: several replicas per app id), or deleted
+    otherwise, was never listed again, so its mark stayed in memory for good: one per
+    held message / failed delivery, for the life of the process. Now a mark is forgotten
+    once its time has passed (it then means nothing)."""
+
+    async def main() -> None:
+        host, clock = await _open(tmp_path)
+        try:
+            loop = asyncio.get_running_loop()
+            host.events._held_until["inbox/default/gone/0000000000000-x"] = loop.time() - 1
+            host.events._held_until["inbox/default/later/0000000000000-y"] = loop.time() + 60
+            await host.events.deliver_once()
+            assert list(host.events._held_until) == ["inbox/default/later/0000000000000-y"]
+
+            dispatcher = host.dispatcher
+            dispatcher._not_before["default/gone/000000000001/000"] = clock.now() - timedelta(
+                seconds=1
+            )
+            dispatcher._not_before["default/later/000000000001/000"] = clock.now() + timedelta(
+                seconds=60
+            )
+            await dispatcher.dispatch_once()
+            assert list(dispatcher._not_before) == ["default/later/000000000001/000"]
+        finally:
+            await host.close()
+
+    asyncio.run(main())

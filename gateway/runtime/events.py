@@ -450,6 +450,9 @@ class Events:
         """Deliver queued wakes, oldest first per object; returns how many were settled."""
         keys = await self.store.list(INBOX, limit=DELIVERY_BATCH)
         loop = asyncio.get_running_loop()
+        # A hold past its time only says "look again", which this pass does anyway; so
+        # forget it, or a key settled elsewhere (another replica) would stay for good.
+        self._held_until = {k: t for k, t in self._held_until.items() if t > loop.time()}
         settled = 0
         for key in sorted(keys):
             if self._held_until.get(key, 0.0) > loop.time():
