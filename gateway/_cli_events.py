@@ -14,8 +14,9 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from gateway._decode import load_json
 from gateway.config import load_config
-from gateway.errors import ConfigError, ObjectMovedError
+from gateway.errors import ConfigError, ObjectMovedError, PayloadDecodeError
 from gateway.identity import ObjectId
 
 if TYPE_CHECKING:
@@ -30,10 +31,9 @@ MAX_FOLLOW = 3
 def _json_argument(text: str | None, what: str) -> bytes:
     if text is None:
         return b""
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ConfigError(f"{what}: not JSON: {exc}", hint="e.g. --data '{\"order\": 7}'") from exc
+    # The one parser for outside text: json.loads alone raised a bare ValueError on an
+    # integer of 5000 digits, and accepted NaN and lone surrogates.
+    value = load_json(text, error=ConfigError, what=what)
     return json.dumps(value, separators=(",", ":")).encode()
 
 
@@ -77,7 +77,15 @@ def cmd_call(args: argparse.Namespace) -> int:
                     raise
                 at = exc.moved_to
                 continue
-            reply = json.loads(answer.reply) if answer.reply else None
+            # The answering host's bytes: read as any outside JSON (a long integer made
+            # json.loads raise a bare ValueError here).
+            reply = (
+                load_json(
+                    answer.reply, error=PayloadDecodeError, what=f"the reply of {answer.host}"
+                )
+                if answer.reply
+                else None
+            )
             _print(
                 {"object": object_id, "method": args.method, "host": answer.host, "reply": reply},
                 json.dumps(reply, sort_keys=True),

@@ -247,6 +247,7 @@ class Host:
         self.events.ctx = context
         self.events.runner = cycles
         self.calls.ctx = context
+        self.calls.compaction = cycles.compaction
         self.sweep.ctx = context
         if self.sweep.archives is not None:
             self.sweep.archives.ctx = context
@@ -765,11 +766,16 @@ class Host:
 
     async def _prune_forever(self, stop: asyncio.Event) -> None:
         """The pruning of settled history, asked every :data:`PRUNE_CHECK_SECONDS` (a
-        pass runs once per tenth of the retention, see Pruner.maybe_run)."""
+        pass runs once per tenth of the retention, see Pruner.maybe_run), and of the
+        refused-call counters (calls.DENIAL_RETENTION), one bounded batch each time."""
         while not stop.is_set():
             try:
                 await self.recovery.pruner.maybe_run()
             except Exception:
                 log.exception("pruning pass failed")
+            try:
+                await self.calls.prune_denials()
+            except Exception:
+                log.exception("pruning refused-call counters failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=PRUNE_CHECK_SECONDS)

@@ -100,7 +100,9 @@ def _path_problem(path: str) -> str | None:
 
 
 def _id_problem(uri: str, trust_domain: str, path: str) -> str | None:
-    if len(uri.encode()) > _MAX_ID_BYTES:
+    # surrogatepass: an id from argv may hold a lone surrogate (bytes that were not
+    # UTF-8); the character checks below name it instead of encode() raising.
+    if len(uri.encode("utf-8", "surrogatepass")) > _MAX_ID_BYTES:
         return f"it is longer than {_MAX_ID_BYTES} bytes"
     return trust_domain_problem(trust_domain) or _path_problem(path)
 

@@ -234,13 +234,25 @@ def load_keyring(directory: Path) -> Keyring:
         raise ConfigError(
             f"{directory}: no {BUNDLE_FILE}", hint="create keys with `gateway keys init`"
         ) from None
+    except OSError as exc:  # a directory, no permission, an I/O error: not a crash
+        raise ConfigError(
+            f"{directory / BUNDLE_FILE}: cannot read: {exc.strerror or exc}",
+            hint="the keys directory must hold the domain's bundle.json, readable by the gateway",
+        ) from exc
     try:
         bundle = decode_bundle(raw)
     except TrustError as exc:
         raise ConfigError(f"{directory / BUNDLE_FILE}: {exc.reason}", hint=exc.hint) from exc
     signers: dict[str, Signer] = {}
     for path in sorted(directory.glob("*.key")):
-        signer = Signer.from_pem(path.read_bytes(), source=str(path))
+        try:
+            pem = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"{path}: cannot read: {exc.strerror or exc}",
+                hint="each <key id>.key is a private key file readable by the gateway",
+            ) from exc
+        signer = Signer.from_pem(pem, source=str(path))
         if signer.key_id != path.stem:
             raise ConfigError(f"{path}: holds key {signer.key_id[:16]}…, not the key its name says")
         signers[signer.key_id] = signer

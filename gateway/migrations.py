@@ -45,6 +45,7 @@ from gateway.handoff.journal import (
     SOURCE_PREFIX,
 )
 from gateway.handoff.records import DestinationRecord, DestinationStep, SourceRecord, SourceStep
+from gateway.limits import _MIGRATION_ID, MAX_MIGRATION_ID_CHARS
 
 if TYPE_CHECKING:
     from gateway.host import Host
@@ -189,8 +190,22 @@ async def list_migrations(host: Host, *, everything: bool, limit: int) -> list[M
     return views[:limit]
 
 
+def _check_id(migration_id: str) -> str:
+    """An operator's migration id, checked before it becomes part of a store key (argv
+    may hold a lone surrogate, which no store key can)."""
+    if len(migration_id) > MAX_MIGRATION_ID_CHARS or not _MIGRATION_ID.fullmatch(migration_id):
+        shown = migration_id[:64].encode("utf-8", "backslashreplace").decode()
+        raise ConfigError(
+            f"{shown!r} is not a migration id",
+            hint="migration ids are letters, digits and ._- (like mig-…); "
+            "`gateway migration list --all` lists them",
+        )
+    return migration_id
+
+
 async def find(host: Host, migration_id: str) -> list[MigrationView]:
     """Both sides' records of ``migration_id`` kept here (a host can be both, in a loop)."""
+    _check_id(migration_id)
     views: list[MigrationView] = []
     source = await host.journal.source(migration_id)
     if source is not None:
@@ -208,6 +223,7 @@ async def find(host: Host, migration_id: str) -> list[MigrationView]:
 
 async def abort(host: Host, migration_id: str) -> MigrationView:
     """Abort a FROZEN migration on its source (this host); see the module docstring."""
+    _check_id(migration_id)
     source = await host.journal.source(migration_id)
     if source is None:
         destination = await host.journal.destination(migration_id)
@@ -235,6 +251,7 @@ async def abort(host: Host, migration_id: str) -> MigrationView:
 
 async def resume(host: Host, migration_id: str) -> MigrationView:
     """Drive ``migration_id`` forward from its journal; see the module docstring."""
+    _check_id(migration_id)
     source = await host.journal.source(migration_id)
     if source is not None:
         record = source.value

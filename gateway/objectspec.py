@@ -55,6 +55,7 @@ from gateway.authority import CapabilitySet, Constraints
 from gateway.credentials import parse_audience
 from gateway.errors import AuthorityError, ConfigError, GrantFormatError
 from gateway.identity import HostId
+from gateway.limits import MAX_DATA_BYTES
 from gateway.model import MAX_CYCLE_INTERVAL, Answer, CycleState, Rule
 from gateway.rules import answer_from_mapping, dump_data, rule_from_mapping
 
@@ -120,6 +121,41 @@ def _short(value: Any) -> str:
     return repr(value)[:80]
 
 
+def _check_expansion(raw: Any, source: str) -> None:
+    """Refuse data whose JSON would be larger than an object may hold inline, before
+    writing it: YAML aliases repeat what they name, so ten lines of ``&a``/``*a`` make a
+    document of a billion values, which json.dumps would expand in full. The size is a
+    lower bound of the JSON's length, computed once per distinct container."""
+    sizes: dict[int, int] = {}
+
+    def size(value: Any) -> int:
+        if isinstance(value, str):
+            return len(value) + 2
+        if not isinstance(value, dict | list):
+            return 1
+        known = sizes.get(id(value))
+        if known is not None:
+            return known
+        sizes[id(value)] = 0  # a cycle (``&a [*a]``) counts nothing; dump_data refuses it
+        items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        total = 2 + sum(size(item) + 1 for item in items)
+        sizes[id(value)] = total
+        return total
+
+    try:
+        total = size(raw)
+    except RecursionError as exc:
+        raise _fail(source, "data", "nested too deeply", "use a few levels") from exc
+    if total > MAX_DATA_BYTES:
+        raise _fail(
+            source,
+            "data",
+            f"would be more than {total:,} bytes of JSON; at most {MAX_DATA_BYTES:,} inline "
+            "(YAML aliases repeat what they name)",
+            "keep the data small; give large content with --data-file instead",
+        )
+
+
 def _mapping(value: Any, source: str, where: str, allowed: frozenset[str]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _fail(
@@ -151,6 +187,7 @@ def parse_spec(document: Any, *, source: str) -> ObjectSpec:
         )
     raw = top.get("data", {})
     if content_type == "application/json":
+        _check_expansion(raw, source)
         try:
             data = dump_data(raw)
         except (TypeError, ValueError, RecursionError) as exc:

@@ -621,8 +621,10 @@ def load_data(data: bytes, content_type: str) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise RuleError(f"object data is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        # ValueError: JSONDecodeError, UnicodeDecodeError, and the bare one an integer
+        # of more than 4300 digits raises (data from an arriving object, or a create).
+        raise RuleError(f"object data is not JSON: {exc!s:.200}") from exc
     if not isinstance(value, dict):
         raise RuleError("object data must be a JSON object for rules to read it")
     return value

@@ -46,7 +46,7 @@ from gateway.errors import (
     TrustError,
     UntrustedKeyError,
 )
-from gateway.identity import HostId, check_domain_authority
+from gateway.identity import HostId, check_domain_authority, trust_domain_problem
 from gateway.keys import Algorithm, KeyRecord, Purpose, Signer
 
 BUNDLE_FORMAT = 1
@@ -436,6 +436,14 @@ def accept_bundle(
         threshold=authority.bundle_threshold,
     )
     claimed = decode_bundle(verified.payload)
+    # Checked here, where bundles come in, not in decode_bundle: a bundle stored before
+    # this check must not keep its host from opening.
+    problem = trust_domain_problem(claimed.trust_domain)
+    if problem:
+        raise TrustError(
+            f"the bundle is not for a trust domain: {problem}",
+            hint="a bundle names the SPIFFE trust domain of its keys, e.g. org-b.example",
+        )
     expected = trust_domain or authority.trust_domain
     if claimed.trust_domain != expected:
         raise TrustError(f"bundle is for {claimed.trust_domain}, expected {expected}")

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import timedelta
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -32,10 +33,11 @@ from google.protobuf import empty_pb2
 from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.json_format import MessageToDict
 
-from gateway._time import parse_time
+from gateway._decode import load_json
+from gateway._time import truncate
 from gateway.config import DaprConfig
 from gateway.errors import ConfigError, GatewayError, LimitExceededError, StoreError
-from gateway.limits import MAX_CALL_REQUEST_BYTES
+from gateway.limits import EARLIEST_TIME, LATEST_TIME, MAX_CALL_REQUEST_BYTES
 from gateway.runtime.app_server import AppServer
 from gateway.runtime.calls import Calls, caller_of_dapr_app
 from gateway.runtime.events import Events, crash_after_ingest, new_message, parse_event_data
@@ -88,7 +90,7 @@ def servicer_base(
                     source=request.source or "dapr",
                     kind=request.type or "com.dapr.event.sent",
                     received=events.clock.now(),
-                    sent=parse_time(sent) if isinstance(sent, str) else None,
+                    sent=sent_time(sent) if isinstance(sent, str) else None,
                     subject=str(extensions.get("subject", ""))[:256],
                 )
             except GatewayError as exc:
@@ -139,15 +141,47 @@ def servicer_base(
     return AppCallback
 
 
+#: RFC 3339 as CloudEvents ``time`` carries it: daprd writes Go's ``time.RFC3339``
+#: (seconds, ``Z`` or ``+hh:mm``), the CloudEvents SDKs microseconds, Go's RFC3339Nano nine
+#: digits. Bounded by its form (at most 41 characters).
+_RFC3339 = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})",
+    re.ASCII,
+)
+
+
+def sent_time(text: str) -> datetime:
+    """A message's CloudEvents ``time`` (RFC 3339, any offset) in UTC, to the millisecond;
+    :class:`ConfigError` if it is not one between EARLIEST_TIME and LATEST_TIME."""
+    match = _RFC3339.fullmatch(text)
+    try:
+        if match is None:
+            raise ValueError("not of the form 2026-12-06T02:52:11Z")
+        date, clock, fraction, offset = match.groups()
+        zone = "+00:00" if offset in ("Z", "z") else offset
+        micros = (fraction or "").ljust(6, "0")[:6]
+        moment = datetime.fromisoformat(f"{date}T{clock}.{micros}{zone}").astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        raise ConfigError(
+            f"the message time {text[:64]!r} is not an RFC 3339 time: {exc}",
+            hint="CloudEvents time is RFC 3339, e.g. 2026-12-06T02:52:11Z",
+        ) from exc
+    if not EARLIEST_TIME <= moment <= LATEST_TIME:
+        raise ConfigError(
+            f"the message time {text[:64]!r} is outside {EARLIEST_TIME.year}-{LATEST_TIME.year}",
+            hint="send the time the message was sent",
+        )
+    return truncate(moment)
+
+
 def _invoke_body(raw: bytes) -> dict[str, Any]:
     if len(raw) > MAX_CALL_REQUEST_BYTES + 4096:
         raise LimitExceededError(
             f"the invocation is {len(raw)} bytes; at most {MAX_CALL_REQUEST_BYTES}"
         )
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise ConfigError(f"the invocation body is not JSON: {exc}") from exc
+    # The one parser for outside bytes: json.loads alone lets a long integer's ValueError
+    # and a lone surrogate (which then fails as a store key) escape as non-GatewayErrors.
+    body = load_json(raw, error=ConfigError, what="the invocation body")
     if (
         not isinstance(body, dict)
         or not isinstance(body.get("object"), str)

@@ -19,7 +19,10 @@ Invariants this module keeps:
   ``call-denied`` entry with the reason. Repeated identical refusals (same caller,
   method and reason) are *counted* in a host-local record and written to the lineage at
   most once per :data:`DENIAL_RECORD_INTERVAL`, with the count since the last entry, so
-  a caller hammering a refusal cannot grow the lineage without limit.
+  a caller hammering a refusal cannot grow the lineage without limit. Nor can one varying
+  the method name (each a different refusal): at most
+  :data:`MAX_DENIALS_RECORDED_PER_CALLER` refusals of one caller reach an object's lineage
+  per interval; the others are counted and reported with the next one recorded.
 * **Bounded.** Request and reply are at most :data:`~gateway.limits.MAX_CALL_REQUEST_BYTES`
   / :data:`~gateway.limits.MAX_CALL_REPLY_BYTES` of JSON, checked before any evaluation;
   the request's data obeys the same collection and depth bounds as object data.
@@ -80,6 +83,7 @@ from gateway.rules import (
     give_answer,
     load_data,
 )
+from gateway.runtime.compaction import Compaction
 from gateway.runtime.events import why_withheld
 from gateway.stores import Expect, Put
 
@@ -89,6 +93,11 @@ log = logging.getLogger(__name__)
 DENIALS = "calls/denied/"
 #: A repeated identical refusal reaches the lineage at most once per this interval.
 DENIAL_RECORD_INTERVAL = timedelta(seconds=60)
+#: Refusals of one caller written to an object's lineage per DENIAL_RECORD_INTERVAL, over
+#: all methods and reasons; more are only counted. A caller needs no grant to be refused,
+#: and each method name is a different refusal: without this, one call per name would be
+#: one lineage entry each.
+MAX_DENIALS_RECORDED_PER_CALLER = 8
 #: Refusal counters untouched for this long are pruned.
 DENIAL_RETENTION = timedelta(days=1)
 #: How long a call waits for a frozen object when the caller gives no wait.
@@ -159,6 +168,10 @@ class Calls:
     def __init__(self, context: HostContext, *, cache_size: int = 256) -> None:
         self.ctx = context
         self._compile = functools.lru_cache(maxsize=cache_size)(_compile_answers)
+        #: The host's lineage compaction (set by Host.rebind): every answered call and
+        #: recorded refusal appends an entry, and an object that is only called (no
+        #: cycle, no message) would otherwise grow, and cost more to write, per call.
+        self.compaction: Compaction | None = None
 
     async def call(
         self,
@@ -194,10 +207,12 @@ class Calls:
             except CallDeniedError as exc:
                 await self._record_denial(tenant, object_id, method, caller, exc.reason, now)
                 raise
+            stored = put_object(tenant, answered, loaded.etag)
             try:
-                await ctx.journal.store.transact([put_object(tenant, answered, loaded.etag)])
+                await ctx.journal.store.transact([stored])
             except ConcurrencyError:
                 continue  # a cycle or another call wrote first: answer from the new state
+            await self._compact(tenant, answered, len(stored.value), now)
             return result
         raise ObjectBusyError(
             f"{object_id} changed {COMMIT_ATTEMPTS} times while the call was answered",
@@ -324,6 +339,16 @@ class Calls:
                     # Not found or moved; or frozen, whose lineage left with its transfer
                     # and must stay a prefix of what comes back: nothing is appended.
                     return
+                budget_key = DENIALS + _caller_key(tenant, object_id, caller)
+                budget = await store.get(budget_key)
+                budget_etag = budget.etag if budget is not None else Expect.ABSENT
+                window, written, unrecorded = _decode_budget(budget.value if budget else None)
+                if window is None or now - window >= DENIAL_RECORD_INTERVAL:
+                    window, written = now, 0
+                if written >= MAX_DENIALS_RECORDED_PER_CALLER:
+                    value = _encode_budget(window, written, unrecorded + 1, now)
+                    await store.put(budget_key, value, etag=budget_etag)
+                    return
                 detail = f"call {method} from {caller}: denied, {reason}"
                 if count:
                     detail += (
@@ -331,21 +356,37 @@ class Calls:
                         if recorded
                         else ""
                     )
+                if unrecorded:
+                    detail = f"({unrecorded} other refusals of this caller not recorded) {detail}"
                 obj = loaded.value.record(
                     EntryKind.CALL_DENIED, host=self.ctx.host, at=now, detail=detail[:1000]
                 )
+                stored = put_object(tenant, obj, loaded.etag)
                 await store.transact(
                     [
-                        put_object(tenant, obj, loaded.etag),
+                        stored,
                         Put(key=key, value=_encode_counter(0, now, now), etag=etag),
+                        Put(
+                            key=budget_key,
+                            value=_encode_budget(window, written + 1, 0, now),
+                            etag=budget_etag,
+                        ),
                     ]
                 )
+                await self._compact(tenant, obj, len(stored.value), now)
                 return
             except ConcurrencyError:
                 continue
             except StoreError as exc:
                 log.warning("could not record a refused call to %s: %s", object_id, exc)
                 return
+
+    async def _compact(
+        self, tenant: str, obj: GovernedObject, stored_bytes: int, now: datetime
+    ) -> None:
+        """Compact the object's lineage if the policy says it is due (never raises)."""
+        if self.compaction is not None:
+            await self.compaction.after_cycle(tenant, obj, stored_bytes=stored_bytes, now=now)
 
     async def prune_denials(self, *, limit: int = 1000) -> int:
         """Delete refusal counters untouched for :data:`DENIAL_RETENTION`; returns how many."""
@@ -375,6 +416,35 @@ def _compile_answers(answers: tuple[Answer, ...]) -> dict[str, CompiledAnswer]:
 def _denial_key(tenant: str, object_id: str, caller: str, method: str, reason: str) -> str:
     digest = hashlib.sha256("\0".join((caller, method, reason)).encode()).hexdigest()[:32]
     return f"{tenant}/{object_id}/{digest}"
+
+
+def _caller_key(tenant: str, object_id: str, caller: str) -> str:
+    digest = hashlib.sha256(caller.encode()).hexdigest()[:32]
+    return f"{tenant}/{object_id}/caller-{digest}"
+
+
+def _encode_budget(window: datetime, written: int, unrecorded: int, touched: datetime) -> bytes:
+    return json.dumps(
+        {
+            "window": format_time(window),
+            "written": written,
+            "unrecorded": unrecorded,
+            "touched": format_time(touched),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+
+
+def _decode_budget(raw: bytes | None) -> tuple[datetime | None, int, int]:
+    """(window start, refusals written in it, refusals not written since the last one)."""
+    if raw is None:
+        return None, 0, 0
+    try:
+        document = load_json(raw, error=StoreError, what="a caller's refusal record")
+        return parse_time(document["window"]), int(document["written"]), int(document["unrecorded"])
+    except (KeyError, TypeError, ValueError, GatewayError):
+        return None, 0, 0  # damaged: the window starts again
 
 
 def _encode_counter(count: int, recorded: datetime, touched: datetime) -> bytes:

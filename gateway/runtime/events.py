@@ -203,7 +203,24 @@ def new_message(
                 f"the message {what} is {len(value)} characters; 1 to {MAX_MESSAGE_FIELD_CHARS}",
                 hint="CloudEvents ids, sources and types are short strings",
             )
-    size = len(json.dumps(data, separators=(",", ":")))
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # A lone surrogate (argv bytes that were not UTF-8): the bus record written
+            # with it would not decode again, so the message would be dropped unseen.
+            raise ConfigError(
+                f"the message {what} is not Unicode text (a lone surrogate at {exc.start})",
+                hint="CloudEvents ids, sources and types are UTF-8 text",
+            ) from exc
+    try:
+        # allow_nan=False: NaN and Infinity are not JSON; the bus record holding them
+        # would not decode again (gateway._decode), and the message would be dropped.
+        size = len(json.dumps(data, separators=(",", ":"), allow_nan=False))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ConfigError(
+            f"the message data is not JSON: {exc!s:.200}",
+            hint="send JSON values (no NaN or Infinity)",
+        ) from exc
     if size > MAX_MESSAGE_BYTES:
         raise LimitExceededError(
             f"the message data is {size} bytes of JSON; at most {MAX_MESSAGE_BYTES}",
@@ -433,6 +450,9 @@ class Events:
         """Deliver queued wakes, oldest first per object; returns how many were settled."""
         keys = await self.store.list(INBOX, limit=DELIVERY_BATCH)
         loop = asyncio.get_running_loop()
+        # A hold past its time only says "look again", which this pass does anyway; so
+        # forget it, or a key settled elsewhere (another replica) would stay for good.
+        self._held_until = {k: t for k, t in self._held_until.items() if t > loop.time()}
         settled = 0
         for key in sorted(keys):
             if self._held_until.get(key, 0.0) > loop.time():

@@ -279,6 +279,9 @@ class Dispatcher:
         """Start delivery of every pending event not already under way; returns how many."""
         now = self.clock.now()
         started = 0
+        # A backoff that has passed only allows what a missing one does: forget it, or
+        # an event another replica settled would keep its entry here for good.
+        self._not_before = {k: t for k, t in self._not_before.items() if t > now}
         for pending in await self.store.list(PENDING, limit=1000):
             key = pending.removeprefix(PENDING)
             if key in self._inflight or self._not_before.get(key, now) > now:
