@@ -33,8 +33,19 @@ first minute, so RSS growth that continues after that is not a memo filling up.
 ``--account`` empties each memory in turn at the end (then collects and trims) and
 prints the RSS each gave back: what each held after the soak, measured.
 
-``--trace A B`` starts tracemalloc (which slows everything) and prints the 20 source
-lines whose allocations grew most between second A and second B.
+``--trace A B [C ...]`` starts tracemalloc (which slows everything) and, from each
+moment to the next and from the first to the last, prints the allocation sites whose
+memory grew most (``--trace-frames N``: grouped by the N innermost frames of their
+traceback; 1, the default, groups by source line). ``--census A [B ...]`` counts, at
+each moment and after a full collection, the objects the collector tracks by type, and
+the untracked ones they refer to (str, bytes, int, ...), and prints what grew since the
+previous census.
+
+Every sample also prints CPython's object allocator (``sys._debugmallocstats``): the
+arenas it holds (each 1 MiB of RSS once touched), the bytes in live blocks, the bytes
+free inside used pools and in unused pools. Live bytes that grow are live objects;
+arenas that grow while live bytes stay are fragmentation (arenas kept by a few
+long-lived blocks).
 """
 
 from __future__ import annotations
@@ -87,6 +98,49 @@ def native_memory() -> str:
         else ""
     )
     return f"{text} | python blocks {blocks}{traced}"
+
+
+def pymalloc_stats() -> dict[str, int]:
+    """CPython's object allocator, parsed from ``sys._debugmallocstats()`` (which
+    writes to the C stderr): arenas held, live block bytes, free bytes in used pools,
+    unused pools' bytes."""
+    import os
+
+    wanted = {
+        "# arenas allocated current": "arenas",
+        "# arenas highwater mark": "arenas_highwater",
+        "# bytes in allocated blocks": "allocated",
+        "# bytes in available blocks": "available",
+    }
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        found: dict[str, int] = {}
+        for line in capture:
+            name, _, value = line.partition("=")
+            name = name.strip()
+            if name in wanted:
+                found[wanted[name]] = int(value.strip().replace(",", ""))
+            elif "unused pools" in name:
+                found["unused_pools"] = int(value.strip().replace(",", ""))
+    return found
+
+
+def pymalloc_text() -> str:
+    stats = pymalloc_stats()
+    mib = 2**20
+    return (
+        f"obmalloc arenas {stats.get('arenas', 0)} (high {stats.get('arenas_highwater', 0)}) "
+        f"live {stats.get('allocated', 0) / mib:.1f} free-in-pools "
+        f"{stats.get('available', 0) / mib:.1f} unused-pools {stats.get('unused_pools', 0) / mib:.1f}"
+    )
 
 
 @functools.cache
@@ -230,6 +284,7 @@ async def drive(world: InProcessWorld, ids: list[str], args: argparse.Namespace)
     before = counters()
     done_before = 0
     snapshots: dict[float, tracemalloc.Snapshot] = {}
+    censuses: dict[float, dict[str, int]] = {}
     print(
         "  t s  mig/s  rss MiB  | memory: hit rate since last sample, size (prefixes: "
         "checkpoints held; arrivals: hits only; bases: payload bytes held)",
@@ -264,23 +319,116 @@ async def drive(world: InProcessWorld, ids: list[str], args: argparse.Namespace)
                 flush=True,
             )
             print(f"{'':21}{native_memory()}", flush=True)
+            print(f"{'':21}{pymalloc_text()}; {memo_weights()}", flush=True)
             before, done_before = after, len(soak.done)
             for moment in args.trace or ():
                 if moment not in snapshots and now >= moment:
-                    snapshots[moment] = tracemalloc.take_snapshot()
+                    snapshots[moment] = tracemalloc.take_snapshot().filter_traces(
+                        [tracemalloc.Filter(False, tracemalloc.__file__)]
+                    )
+                    print(
+                        f"{'':21}tracemalloc snapshot at {now:.0f} s, {len(soak.done)} migrations",
+                        flush=True,
+                    )
+                    if len(snapshots) >= 2:
+                        first, last = (snapshots[m] for m in sorted(snapshots)[-2:])
+                        print_growth(first, last, args.trace_frames, 15)
+            for moment in args.census or ():
+                if moment not in censuses and now >= moment:
+                    censuses[moment] = census()
+                    print(
+                        f"{'':21}census at {now:.0f} s, {len(soak.done)} migrations, "
+                        f"{sum(censuses[moment].values())} objects",
+                        flush=True,
+                    )
+                    if len(censuses) >= 2:
+                        earlier = censuses[sorted(censuses)[-2]]
+                        print_census_growth(earlier, censuses[moment])
     finally:
         stop.set()
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
-    if args.trace and len(snapshots) == 2:
-        first, last = (snapshots[m] for m in sorted(snapshots))
+    if args.trace and len(snapshots) >= 2:
+        first, last = (snapshots[m] for m in (min(snapshots), max(snapshots)))
         print(f"\nallocations grown from {min(snapshots):.0f} s to {max(snapshots):.0f} s:")
-        for stat in last.compare_to(first, "lineno")[:20]:
-            print(f"  {stat}")
+        print_growth(first, last, args.trace_frames, 25)
     print(f"\nrefusals: {dict(soak.refusals) or 'none'}; migrations {len(soak.done)}")
     if args.account:
         account(world)
+
+
+def print_growth(
+    first: tracemalloc.Snapshot, last: tracemalloc.Snapshot, frames: int, top: int
+) -> None:
+    """The allocation sites that grew most from ``first`` to ``last``."""
+    key = "lineno" if frames <= 1 else "traceback"
+    stats = last.compare_to(first, key)
+    total = sum(stat.size_diff for stat in stats)
+    print(f"{'':21}traced growth {total / 2**20:+.2f} MiB; largest:", flush=True)
+    for stat in stats[:top]:
+        print(
+            f"{'':23}{stat.size_diff / 2**20:+7.2f} MiB {stat.count_diff:+8d} blocks "
+            f"(now {stat.size / 2**20:.2f} MiB)"
+        )
+        lines = stat.traceback.format(limit=frames, most_recent_first=True)
+        for line in lines:
+            if line.startswith("  File"):
+                print(f"{'':27}{line.strip()}")
+    sys.stdout.flush()
+
+
+def census() -> dict[str, int]:
+    """Objects by type after a full collection: those the collector tracks, and the
+    untracked ones they refer to directly (str, bytes, int, float, atomic tuples...),
+    counted once each."""
+    gc.collect()
+    counts: dict[str, int] = {}
+    seen: set[int] = set()
+    tracked = gc.get_objects()
+    for thing in tracked:
+        name = type(thing).__qualname__
+        counts[name] = counts.get(name, 0) + 1
+    for thing in tracked:
+        for referent in gc.get_referents(thing):
+            if gc.is_tracked(referent) or id(referent) in seen:
+                continue
+            seen.add(id(referent))
+            name = "untracked " + type(referent).__qualname__
+            counts[name] = counts.get(name, 0) + 1
+    del tracked
+    return counts
+
+
+def print_census_growth(earlier: dict[str, int], later: dict[str, int]) -> None:
+    grown = sorted(
+        ((later.get(n, 0) - earlier.get(n, 0), n) for n in set(earlier) | set(later)),
+        reverse=True,
+    )
+    print(f"{'':21}grown by type: " + ", ".join(f"{n} {d:+d}" for d, n in grown[:15]))
+    print(f"{'':21}shrunk by type: " + ", ".join(f"{n} {d:+d}" for d, n in grown[-5:]))
+    sys.stdout.flush()
+
+
+def memo_weights() -> str:
+    """Entries (and the weight each memo accounts, where it keeps one) of the
+    process-wide memos not in the hit-rate line."""
+    parts = [
+        f"grants {len(credentials.VERIFIED_GRANTS)}",
+        f"basebytes {len(wire._BASE_BYTES)}/{wire._BASE_BYTES.weight() / 2**20:.1f}M",
+        f"bases {lineage_module._BASE_MEMO.size()[0]}",
+        f"prefix objs {lineage_module.VERIFIED_PREFIXES.sizes()[0]}",
+    ]
+    for name in ("CHECKED_HEADERS", "PARSED_AUTHORITY"):
+        memo = getattr(credentials, name, None)
+        if memo is not None:
+            try:
+                parts.append(f"{name.lower()} {len(memo)}")
+            except TypeError:
+                info = getattr(memo, "cache_info", None)
+                if info is not None:
+                    parts.append(f"{name.lower()} {info().currsize}")
+    return ", ".join(parts)
 
 
 def account(world: InProcessWorld) -> None:
@@ -325,7 +473,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-flight", type=int, default=8, help="migrations in flight (8)")
     parser.add_argument("--sample", type=float, default=15.0, help="seconds between samples")
     parser.add_argument(
-        "--trace", type=float, nargs=2, metavar=("A", "B"), help="tracemalloc diff from A to B s"
+        "--trace",
+        type=float,
+        nargs="+",
+        metavar="T",
+        help="tracemalloc snapshots at these seconds; growth between them",
+    )
+    parser.add_argument(
+        "--trace-frames",
+        type=int,
+        default=1,
+        metavar="N",
+        help="group tracemalloc growth by the N innermost frames (1: by line)",
+    )
+    parser.add_argument(
+        "--census",
+        type=float,
+        nargs="+",
+        metavar="T",
+        help="count objects by type at these seconds (after a full collection)",
     )
     parser.add_argument(
         "--trim-probe",
@@ -356,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.trace:
-        tracemalloc.start()
+        tracemalloc.start(max(1, args.trace_frames))
     with tempfile.TemporaryDirectory(prefix="soak-memory-") as name:
         built = build_world(
             Path(name), [HostSpec(host_id=h, policy=POLICY) for h in (HOST_A, HOST_B)]
