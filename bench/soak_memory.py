@@ -66,7 +66,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_soak import HOST_A, HOST_B, POLICY, TENANT, Soak, object_spec, rss_mib
-from gateway import _gc, _malloc, credentials, custody, keys, wire
+from gateway import _gc, _malloc, credentials, custody, keys, rules, wire
 from gateway import lineage as lineage_module
 from gateway.testing import HostSpec, build_world, create_from_spec
 from gateway.testing.harness import InProcessWorld
@@ -275,6 +275,11 @@ def journal_memos(world: InProcessWorld) -> str:
 
 async def drive(world: InProcessWorld, ids: list[str], args: argparse.Namespace) -> None:
     soak = Soak(hosts=world.hosts, ids=ids, where=dict.fromkeys(ids, HOST_A), in_flight=8)
+    # Soak keeps every migration's (time, latency), about 100 bytes of small objects
+    # each, which grew this process's object arenas by about 0.5 MiB/min: a count is
+    # enough here, so that what grows is the hosts'.
+    soak.done = _Count()  # type: ignore[assignment]
+    series: list[tuple[float, float, float, float, float]] = []
     queue: asyncio.Queue[str] = asyncio.Queue()
     for object_id in ids:
         queue.put_nowait(object_id)
@@ -285,6 +290,7 @@ async def drive(world: InProcessWorld, ids: list[str], args: argparse.Namespace)
     done_before = 0
     snapshots: dict[float, tracemalloc.Snapshot] = {}
     censuses: dict[float, dict[str, int]] = {}
+    holder_maps: dict[float, dict[int, Any]] = {}
     print(
         "  t s  mig/s  rss MiB  | memory: hit rate since last sample, size (prefixes: "
         "checkpoints held; arrivals: hits only; bases: payload bytes held)",
@@ -320,6 +326,16 @@ async def drive(world: InProcessWorld, ids: list[str], args: argparse.Namespace)
             )
             print(f"{'':21}{native_memory()}", flush=True)
             print(f"{'':21}{pymalloc_text()}; {memo_weights()}", flush=True)
+            stats = pymalloc_stats()
+            series.append(
+                (
+                    now,
+                    float(len(soak.done)),
+                    rss,
+                    stats.get("arenas", 0) * 1.0,
+                    stats.get("allocated", 0) / 2**20,
+                )
+            )
             before, done_before = after, len(soak.done)
             for moment in args.trace or ():
                 if moment not in snapshots and now >= moment:
@@ -333,6 +349,14 @@ async def drive(world: InProcessWorld, ids: list[str], args: argparse.Namespace)
                     if len(snapshots) >= 2:
                         first, last = (snapshots[m] for m in sorted(snapshots)[-2:])
                         print_growth(first, last, args.trace_frames, 15)
+            for moment in args.holders or ():
+                if moment not in holder_maps and now >= moment:
+                    holder_maps[moment] = holders()
+                    print(f"{'':21}holders at {now:.0f} s, {len(soak.done)} migrations", flush=True)
+                    if len(holder_maps) >= 2:
+                        print_holder_growth(
+                            holder_maps[sorted(holder_maps)[-2]], holder_maps[moment]
+                        )
             for moment in args.census or ():
                 if moment not in censuses and now >= moment:
                     censuses[moment] = census()
@@ -354,8 +378,46 @@ async def drive(world: InProcessWorld, ids: list[str], args: argparse.Namespace)
         print(f"\nallocations grown from {min(snapshots):.0f} s to {max(snapshots):.0f} s:")
         print_growth(first, last, args.trace_frames, 25)
     print(f"\nrefusals: {dict(soak.refusals) or 'none'}; migrations {len(soak.done)}")
+    summarize(series, args.fit_from)
     if args.account:
         account(world)
+
+
+class _Count:
+    """Stands for Soak.done: counts what is appended, keeps nothing."""
+
+    def __init__(self) -> None:
+        self._count = 0
+
+    def append(self, _item: object) -> None:
+        self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+
+def summarize(series: list[tuple[float, float, float, float, float]], start: float) -> None:
+    """Least-squares slopes from ``start`` s on: RSS and object arenas (MiB/min and MiB
+    per 10,000 migrations), and the range of live object bytes (a running maximum of
+    live bytes is what keeps arenas: an arena is returned only when all of it is free)."""
+    kept = [row for row in series if row[0] >= start]
+    if len(kept) < 3:
+        return
+
+    def slope(xs: list[float], ys: list[float]) -> float:
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        den = sum((x - mx) ** 2 for x in xs)
+        return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
+
+    times = [row[0] / 60 for row in kept]
+    done = [row[1] / 10_000 for row in kept]
+    print(f"\nfrom {start:.0f} s ({len(kept)} samples, {kept[-1][1] - kept[0][1]:.0f} migrations):")
+    for name, index in (("RSS", 2), ("object arenas", 3), ("live object bytes", 4)):
+        values = [row[index] for row in kept]
+        print(
+            f"  {name:18} {slope(times, values):+6.2f} MiB/min {slope(done, values):+6.2f} "
+            f"MiB/10k migrations, {min(values):.1f}-{max(values):.1f} MiB"
+        )
 
 
 def print_growth(
@@ -398,6 +460,58 @@ def census() -> dict[str, int]:
             counts[name] = counts.get(name, 0) + 1
     del tracked
     return counts
+
+
+def holders(kinds: tuple[type, ...] = (tuple, int)) -> dict[int, tuple[str, int, str, Any]]:
+    """After a full collection: the tracked containers that refer directly to untracked
+    objects of ``kinds`` (the atomic tuples, ints... the collector does not count), by
+    id: (their type, how many they hold, a sample, the container itself)."""
+    gc.collect()
+    found: dict[int, tuple[str, int, str, Any]] = {}
+    for container in gc.get_objects():
+        count, sample = 0, None
+        for referent in gc.get_referents(container):
+            if type(referent) in kinds and not gc.is_tracked(referent):
+                count += 1
+                sample = referent
+        if count >= 50:
+            found[id(container)] = (
+                type(container).__qualname__,
+                count,
+                repr(sample)[:80],
+                container,
+            )
+    return found
+
+
+def describe(container: Any) -> str:
+    """Who holds ``container``: its referrers' types, and the attribute or key naming it."""
+    names = []
+    for referrer in gc.get_referrers(container):
+        if isinstance(referrer, dict):
+            for key, value in referrer.items():
+                if value is container:
+                    names.append(f"dict[{key!r}]")
+                    break
+        else:
+            names.append(type(referrer).__qualname__)
+    return ", ".join(names[:4])
+
+
+def print_holder_growth(
+    earlier: dict[int, tuple[str, int, str, Any]], later: dict[int, Any]
+) -> None:
+    grown = []
+    for key, (name, count, sample, container) in later.items():
+        before = earlier.get(key, (name, 0, "", None))[1]
+        grown.append((count - before, count, name, sample, container))
+    grown.sort(key=lambda row: row[0], reverse=True)
+    print(f"{'':21}containers of untracked tuples/ints that grew most:")
+    for diff, count, name, sample, container in grown[:8]:
+        print(
+            f"{'':23}{diff:+7d} (now {count}) {name} held by {describe(container)}; e.g. {sample}"
+        )
+    sys.stdout.flush()
 
 
 def print_census_growth(earlier: dict[str, int], later: dict[str, int]) -> None:
@@ -487,6 +601,27 @@ def main(argv: list[str] | None = None) -> int:
         help="group tracemalloc growth by the N innermost frames (1: by line)",
     )
     parser.add_argument(
+        "--fit-from",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="fit the slopes printed at the end from this second on (120)",
+    )
+    parser.add_argument(
+        "--identity-memos",
+        type=int,
+        metavar="N",
+        help="entries of the memos emptied when full (rules' compiled-by-identity, the "
+        "cycle runners' decoded data): 4096 as shipped",
+    )
+    parser.add_argument(
+        "--holders",
+        type=float,
+        nargs="+",
+        metavar="T",
+        help="at these seconds, the containers holding most untracked tuples/ints; growth",
+    )
+    parser.add_argument(
         "--census",
         type=float,
         nargs="+",
@@ -534,6 +669,10 @@ def main(argv: list[str] | None = None) -> int:
             for host in world.hosts.values():
                 host.journal._decoded._total_bytes = int(args.record_memo_mib * 2**20)
         count_record_memo(world)
+        if args.identity_memos is not None:
+            rules.IDENTITY_CACHE_SIZE = args.identity_memos
+            for host in world.hosts.values():
+                host.cycles._data._entries = args.identity_memos
         try:
             ids = [f"obj://org-a.example/soak/{n}" for n in range(args.objects)]
 
