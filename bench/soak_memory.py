@@ -474,32 +474,44 @@ def holders(kinds: tuple[type, ...] = (tuple, int)) -> dict[int, tuple[str, int,
             if type(referent) in kinds and not gc.is_tracked(referent):
                 count += 1
                 sample = referent
-        if count >= 50:
+        if count >= 20:
             found[id(container)] = (
                 type(container).__qualname__,
                 count,
-                repr(sample)[:80],
+                repr(sample)[:60],
                 container,
             )
     return found
 
 
-def describe(container: Any) -> str:
-    """Who holds ``container``: its referrers' types, and the attribute or key naming it."""
+def describe(container: Any, depth: int = 2) -> str:
+    """Who holds ``container``, ``depth`` levels up: each referrer's type and the
+    attribute or key under which it holds it."""
+    if depth == 0:
+        return ""
     names = []
     for referrer in gc.get_referrers(container):
+        if isinstance(referrer, list) and len(referrer) > 100_000:
+            continue  # the list gc.get_objects() made
         if isinstance(referrer, dict):
-            for key, value in referrer.items():
-                if value is container:
-                    names.append(f"dict[{key!r}]")
-                    break
+            key = next((k for k, v in referrer.items() if v is container), None)
+            if key is None:
+                continue
+            owner = describe(referrer, depth - 1)
+            names.append(f"dict[{key!r}]" + (f" <- {owner}" if owner else ""))
+        elif isinstance(referrer, tuple) and len(referrer) == 4 and referrer[3] is container:
+            continue  # holders()' own record
         else:
-            names.append(type(referrer).__qualname__)
-    return ", ".join(names[:4])
+            slot = ""
+            for name in getattr(type(referrer), "__slots__", ()):
+                if getattr(referrer, name, None) is container:
+                    slot = f".{name}"
+            names.append(type(referrer).__qualname__ + slot)
+    return ", ".join(names[:3])
 
 
 def print_holder_growth(
-    earlier: dict[int, tuple[str, int, str, Any]], later: dict[int, Any]
+    earlier: dict[int, tuple[str, int, str, Any]], later: dict[int, tuple[str, int, str, Any]]
 ) -> None:
     grown = []
     for key, (name, count, sample, container) in later.items():
@@ -507,9 +519,10 @@ def print_holder_growth(
         grown.append((count - before, count, name, sample, container))
     grown.sort(key=lambda row: row[0], reverse=True)
     print(f"{'':21}containers of untracked tuples/ints that grew most:")
-    for diff, count, name, sample, container in grown[:8]:
+    for diff, count, name, sample, container in grown[:10]:
         print(
-            f"{'':23}{diff:+7d} (now {count}) {name} held by {describe(container)}; e.g. {sample}"
+            f"{'':23}{diff:+7d} (now {count}) {name} len {len(container)} held by "
+            f"{describe(container)}; e.g. {sample}"
         )
     sys.stdout.flush()
 
@@ -561,16 +574,26 @@ def account(world: InProcessWorld) -> None:
         ("verified signatures", keys.VERIFIED_SIGNATURES.clear),
         ("verified grants", credentials.VERIFIED_GRANTS.clear),
         ("verified arrivals", custody.VERIFIED_ARRIVALS.clear),
+        ("rules by identity", rules._BY_IDENTITY.clear),
+        ("cycle data memos", lambda: [h.cycles._data._values.clear() for h in hosts]),
     ]
+    print(
+        f"\nrules by identity: {len(rules._BY_IDENTITY)} entries; cycle data memos: "
+        + ", ".join(str(len(h.cycles._data._values)) for h in hosts)
+    )
     gc.collect()
     _malloc.trim()
-    print(f"\nRSS given back by emptying each memory (from {rss_mib_self():.1f} MiB):")
+    print(
+        f"\nRSS, and live object bytes (obmalloc), given back by emptying each memory "
+        f"(from {rss_mib_self():.1f} MiB):"
+    )
     for name, empty in steps:
-        held = rss_mib_self()
+        held, live = rss_mib_self(), pymalloc_stats().get("allocated", 0)
         empty()
         gc.collect()
         _malloc.trim()
-        print(f"  {name:22} {held - rss_mib_self():6.1f} MiB", flush=True)
+        freed = (live - pymalloc_stats().get("allocated", 0)) / 2**20
+        print(f"  {name:22} {held - rss_mib_self():6.1f} MiB, live {freed:6.1f} MiB", flush=True)
     print(f"  {'left':22} {rss_mib_self():6.1f} MiB")
 
 
