@@ -33,8 +33,19 @@ first minute, so RSS growth that continues after that is not a memo filling up.
 ``--account`` empties each memory in turn at the end (then collects and trims) and
 prints the RSS each gave back: what each held after the soak, measured.
 
-``--trace A B`` starts tracemalloc (which slows everything) and prints the 20 source
-lines whose allocations grew most between second A and second B.
+``--trace A B [C ...]`` starts tracemalloc (which slows everything) and, from each
+moment to the next and from the first to the last, prints the allocation sites whose
+memory grew most (``--trace-frames N``: grouped by the N innermost frames of their
+traceback; 1, the default, groups by source line). ``--census A [B ...]`` counts, at
+each moment and after a full collection, the objects the collector tracks by type, and
+the untracked ones they refer to (str, bytes, int, ...), and prints what grew since the
+previous census.
+
+Every sample also prints CPython's object allocator (``sys._debugmallocstats``): the
+arenas it holds (each 1 MiB of RSS once touched), the bytes in live blocks, the bytes
+free inside used pools and in unused pools. Live bytes that grow are live objects;
+arenas that grow while live bytes stay are fragmentation (arenas kept by a few
+long-lived blocks).
 """
 
 from __future__ import annotations
@@ -55,7 +66,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_soak import HOST_A, HOST_B, POLICY, TENANT, Soak, object_spec, rss_mib
-from gateway import _gc, _malloc, credentials, custody, keys, wire
+from gateway import _gc, _malloc, credentials, custody, keys, rules, wire
 from gateway import lineage as lineage_module
 from gateway.testing import HostSpec, build_world, create_from_spec
 from gateway.testing.harness import InProcessWorld
@@ -87,6 +98,49 @@ def native_memory() -> str:
         else ""
     )
     return f"{text} | python blocks {blocks}{traced}"
+
+
+def pymalloc_stats() -> dict[str, int]:
+    """CPython's object allocator, parsed from ``sys._debugmallocstats()`` (which
+    writes to the C stderr): arenas held, live block bytes, free bytes in used pools,
+    unused pools' bytes."""
+    import os
+
+    wanted = {
+        "# arenas allocated current": "arenas",
+        "# arenas highwater mark": "arenas_highwater",
+        "# bytes in allocated blocks": "allocated",
+        "# bytes in available blocks": "available",
+    }
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        found: dict[str, int] = {}
+        for line in capture:
+            name, _, value = line.partition("=")
+            name = name.strip()
+            if name in wanted:
+                found[wanted[name]] = int(value.strip().replace(",", ""))
+            elif "unused pools" in name:
+                found["unused_pools"] = int(value.strip().replace(",", ""))
+    return found
+
+
+def pymalloc_text() -> str:
+    stats = pymalloc_stats()
+    mib = 2**20
+    return (
+        f"obmalloc arenas {stats.get('arenas', 0)} (high {stats.get('arenas_highwater', 0)}) "
+        f"live {stats.get('allocated', 0) / mib:.1f} free-in-pools "
+        f"{stats.get('available', 0) / mib:.1f} unused-pools {stats.get('unused_pools', 0) / mib:.1f}"
+    )
 
 
 @functools.cache
@@ -221,6 +275,11 @@ def journal_memos(world: InProcessWorld) -> str:
 
 async def drive(world: InProcessWorld, ids: list[str], args: argparse.Namespace) -> None:
     soak = Soak(hosts=world.hosts, ids=ids, where=dict.fromkeys(ids, HOST_A), in_flight=8)
+    # Soak keeps every migration's (time, latency), about 100 bytes of small objects
+    # each, which grew this process's object arenas by about 0.5 MiB/min: a count is
+    # enough here, so that what grows is the hosts'.
+    soak.done = _Count()  # type: ignore[assignment]
+    series: list[tuple[float, float, float, float, float]] = []
     queue: asyncio.Queue[str] = asyncio.Queue()
     for object_id in ids:
         queue.put_nowait(object_id)
@@ -230,6 +289,8 @@ async def drive(world: InProcessWorld, ids: list[str], args: argparse.Namespace)
     before = counters()
     done_before = 0
     snapshots: dict[float, tracemalloc.Snapshot] = {}
+    censuses: dict[float, dict[str, int]] = {}
+    holder_maps: dict[float, dict[int, Any]] = {}
     print(
         "  t s  mig/s  rss MiB  | memory: hit rate since last sample, size (prefixes: "
         "checkpoints held; arrivals: hits only; bases: payload bytes held)",
@@ -264,23 +325,237 @@ async def drive(world: InProcessWorld, ids: list[str], args: argparse.Namespace)
                 flush=True,
             )
             print(f"{'':21}{native_memory()}", flush=True)
+            print(f"{'':21}{pymalloc_text()}; {memo_weights()}", flush=True)
+            stats = pymalloc_stats()
+            series.append(
+                (
+                    now,
+                    float(len(soak.done)),
+                    rss,
+                    stats.get("arenas", 0) * 1.0,
+                    stats.get("allocated", 0) / 2**20,
+                )
+            )
             before, done_before = after, len(soak.done)
             for moment in args.trace or ():
                 if moment not in snapshots and now >= moment:
-                    snapshots[moment] = tracemalloc.take_snapshot()
+                    snapshots[moment] = tracemalloc.take_snapshot().filter_traces(
+                        [tracemalloc.Filter(False, tracemalloc.__file__)]
+                    )
+                    print(
+                        f"{'':21}tracemalloc snapshot at {now:.0f} s, {len(soak.done)} migrations",
+                        flush=True,
+                    )
+                    if len(snapshots) >= 2:
+                        first, last = (snapshots[m] for m in sorted(snapshots)[-2:])
+                        print_growth(first, last, args.trace_frames, 15)
+            for moment in args.holders or ():
+                if moment not in holder_maps and now >= moment:
+                    holder_maps[moment] = holders()
+                    print(f"{'':21}holders at {now:.0f} s, {len(soak.done)} migrations", flush=True)
+                    if len(holder_maps) >= 2:
+                        print_holder_growth(
+                            holder_maps[sorted(holder_maps)[-2]], holder_maps[moment]
+                        )
+            for moment in args.census or ():
+                if moment not in censuses and now >= moment:
+                    censuses[moment] = census()
+                    print(
+                        f"{'':21}census at {now:.0f} s, {len(soak.done)} migrations, "
+                        f"{sum(censuses[moment].values())} objects",
+                        flush=True,
+                    )
+                    if len(censuses) >= 2:
+                        earlier = censuses[sorted(censuses)[-2]]
+                        print_census_growth(earlier, censuses[moment])
     finally:
         stop.set()
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
-    if args.trace and len(snapshots) == 2:
-        first, last = (snapshots[m] for m in sorted(snapshots))
+    if args.trace and len(snapshots) >= 2:
+        first, last = (snapshots[m] for m in (min(snapshots), max(snapshots)))
         print(f"\nallocations grown from {min(snapshots):.0f} s to {max(snapshots):.0f} s:")
-        for stat in last.compare_to(first, "lineno")[:20]:
-            print(f"  {stat}")
+        print_growth(first, last, args.trace_frames, 25)
     print(f"\nrefusals: {dict(soak.refusals) or 'none'}; migrations {len(soak.done)}")
+    summarize(series, args.fit_from)
     if args.account:
         account(world)
+
+
+class _Count:
+    """Stands for Soak.done: counts what is appended, keeps nothing."""
+
+    def __init__(self) -> None:
+        self._count = 0
+
+    def append(self, _item: object) -> None:
+        self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+
+def summarize(series: list[tuple[float, float, float, float, float]], start: float) -> None:
+    """Least-squares slopes from ``start`` s on: RSS and object arenas (MiB/min and MiB
+    per 10,000 migrations), and the range of live object bytes (a running maximum of
+    live bytes is what keeps arenas: an arena is returned only when all of it is free)."""
+    kept = [row for row in series if row[0] >= start]
+    if len(kept) < 3:
+        return
+
+    def slope(xs: list[float], ys: list[float]) -> float:
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        den = sum((x - mx) ** 2 for x in xs)
+        return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
+
+    times = [row[0] / 60 for row in kept]
+    done = [row[1] / 10_000 for row in kept]
+    print(f"\nfrom {start:.0f} s ({len(kept)} samples, {kept[-1][1] - kept[0][1]:.0f} migrations):")
+    for name, index in (("RSS", 2), ("object arenas", 3), ("live object bytes", 4)):
+        values = [row[index] for row in kept]
+        print(
+            f"  {name:18} {slope(times, values):+6.2f} MiB/min {slope(done, values):+6.2f} "
+            f"MiB/10k migrations, {min(values):.1f}-{max(values):.1f} MiB"
+        )
+
+
+def print_growth(
+    first: tracemalloc.Snapshot, last: tracemalloc.Snapshot, frames: int, top: int
+) -> None:
+    """The allocation sites that grew most from ``first`` to ``last``."""
+    key = "lineno" if frames <= 1 else "traceback"
+    stats = last.compare_to(first, key)
+    total = sum(stat.size_diff for stat in stats)
+    print(f"{'':21}traced growth {total / 2**20:+.2f} MiB; largest:", flush=True)
+    for stat in stats[:top]:
+        print(
+            f"{'':23}{stat.size_diff / 2**20:+7.2f} MiB {stat.count_diff:+8d} blocks "
+            f"(now {stat.size / 2**20:.2f} MiB)"
+        )
+        lines = stat.traceback.format(limit=frames, most_recent_first=True)
+        for line in lines:
+            if line.startswith("  File"):
+                print(f"{'':27}{line.strip()}")
+    sys.stdout.flush()
+
+
+def census() -> dict[str, int]:
+    """Objects by type after a full collection: those the collector tracks, and the
+    untracked ones they refer to directly (str, bytes, int, float, atomic tuples...),
+    counted once each."""
+    gc.collect()
+    counts: dict[str, int] = {}
+    seen: set[int] = set()
+    tracked = gc.get_objects()
+    for thing in tracked:
+        name = type(thing).__qualname__
+        counts[name] = counts.get(name, 0) + 1
+    for thing in tracked:
+        for referent in gc.get_referents(thing):
+            if gc.is_tracked(referent) or id(referent) in seen:
+                continue
+            seen.add(id(referent))
+            name = "untracked " + type(referent).__qualname__
+            counts[name] = counts.get(name, 0) + 1
+    del tracked
+    return counts
+
+
+def holders(kinds: tuple[type, ...] = (tuple, int)) -> dict[int, tuple[str, int, str, Any]]:
+    """After a full collection: the tracked containers that refer directly to untracked
+    objects of ``kinds`` (the atomic tuples, ints... the collector does not count), by
+    id: (their type, how many they hold, a sample, the container itself)."""
+    gc.collect()
+    found: dict[int, tuple[str, int, str, Any]] = {}
+    for container in gc.get_objects():
+        count, sample = 0, None
+        for referent in gc.get_referents(container):
+            if type(referent) in kinds and not gc.is_tracked(referent):
+                count += 1
+                sample = referent
+        if count >= 20:
+            found[id(container)] = (
+                type(container).__qualname__,
+                count,
+                repr(sample)[:60],
+                container,
+            )
+    return found
+
+
+def describe(container: Any, depth: int = 2) -> str:
+    """Who holds ``container``, ``depth`` levels up: each referrer's type and the
+    attribute or key under which it holds it."""
+    if depth == 0:
+        return ""
+    names = []
+    for referrer in gc.get_referrers(container):
+        if isinstance(referrer, list) and len(referrer) > 100_000:
+            continue  # the list gc.get_objects() made
+        if isinstance(referrer, dict):
+            key = next((k for k, v in referrer.items() if v is container), None)
+            if key is None:
+                continue
+            owner = describe(referrer, depth - 1)
+            names.append(f"dict[{key!r}]" + (f" <- {owner}" if owner else ""))
+        elif isinstance(referrer, tuple) and len(referrer) == 4 and referrer[3] is container:
+            continue  # holders()' own record
+        else:
+            slot = ""
+            for name in getattr(type(referrer), "__slots__", ()):
+                if getattr(referrer, name, None) is container:
+                    slot = f".{name}"
+            names.append(type(referrer).__qualname__ + slot)
+    return ", ".join(names[:3])
+
+
+def print_holder_growth(
+    earlier: dict[int, tuple[str, int, str, Any]], later: dict[int, tuple[str, int, str, Any]]
+) -> None:
+    grown = []
+    for key, (name, count, sample, container) in later.items():
+        before = earlier.get(key, (name, 0, "", None))[1]
+        grown.append((count - before, count, name, sample, container))
+    grown.sort(key=lambda row: row[0], reverse=True)
+    print(f"{'':21}containers of untracked tuples/ints that grew most:")
+    for diff, count, name, sample, container in grown[:10]:
+        print(
+            f"{'':23}{diff:+7d} (now {count}) {name} len {len(container)} held by "
+            f"{describe(container)}; e.g. {sample}"
+        )
+    sys.stdout.flush()
+
+
+def print_census_growth(earlier: dict[str, int], later: dict[str, int]) -> None:
+    grown = sorted(
+        ((later.get(n, 0) - earlier.get(n, 0), n) for n in set(earlier) | set(later)),
+        reverse=True,
+    )
+    print(f"{'':21}grown by type: " + ", ".join(f"{n} {d:+d}" for d, n in grown[:15]))
+    print(f"{'':21}shrunk by type: " + ", ".join(f"{n} {d:+d}" for d, n in grown[-5:]))
+    sys.stdout.flush()
+
+
+def memo_weights() -> str:
+    """Entries (and the weight each memo accounts, where it keeps one) of the
+    process-wide memos not in the hit-rate line."""
+    parts = [
+        f"grants {len(credentials.VERIFIED_GRANTS)}",
+        f"basebytes {len(wire._BASE_BYTES)}/{wire._BASE_BYTES.weight() / 2**20:.1f}M",
+        f"bases {lineage_module._BASE_MEMO.size()[0]}",
+        f"prefix objs {lineage_module.VERIFIED_PREFIXES.sizes()[0]}",
+    ]
+    for name in ("CHECKED_HEADERS", "PARSED_AUTHORITY"):
+        memo = getattr(credentials, name, None)
+        if memo is not None:
+            try:
+                parts.append(f"{name.lower()} {len(memo)}")
+            except TypeError:
+                info = getattr(memo, "cache_info", None)
+                if info is not None:
+                    parts.append(f"{name.lower()} {info().currsize}")
+    return ", ".join(parts)
 
 
 def account(world: InProcessWorld) -> None:
@@ -299,16 +574,26 @@ def account(world: InProcessWorld) -> None:
         ("verified signatures", keys.VERIFIED_SIGNATURES.clear),
         ("verified grants", credentials.VERIFIED_GRANTS.clear),
         ("verified arrivals", custody.VERIFIED_ARRIVALS.clear),
+        ("rules by identity", rules._BY_IDENTITY.clear),
+        ("cycle data memos", lambda: [h.cycles._data._values.clear() for h in hosts]),
     ]
+    print(
+        f"\nrules by identity: {len(rules._BY_IDENTITY)} entries; cycle data memos: "
+        + ", ".join(str(len(h.cycles._data._values)) for h in hosts)
+    )
     gc.collect()
     _malloc.trim()
-    print(f"\nRSS given back by emptying each memory (from {rss_mib_self():.1f} MiB):")
+    print(
+        f"\nRSS, and live object bytes (obmalloc), given back by emptying each memory "
+        f"(from {rss_mib_self():.1f} MiB):"
+    )
     for name, empty in steps:
-        held = rss_mib_self()
+        held, live = rss_mib_self(), pymalloc_stats().get("allocated", 0)
         empty()
         gc.collect()
         _malloc.trim()
-        print(f"  {name:22} {held - rss_mib_self():6.1f} MiB", flush=True)
+        freed = (live - pymalloc_stats().get("allocated", 0)) / 2**20
+        print(f"  {name:22} {held - rss_mib_self():6.1f} MiB, live {freed:6.1f} MiB", flush=True)
     print(f"  {'left':22} {rss_mib_self():6.1f} MiB")
 
 
@@ -325,7 +610,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-flight", type=int, default=8, help="migrations in flight (8)")
     parser.add_argument("--sample", type=float, default=15.0, help="seconds between samples")
     parser.add_argument(
-        "--trace", type=float, nargs=2, metavar=("A", "B"), help="tracemalloc diff from A to B s"
+        "--trace",
+        type=float,
+        nargs="+",
+        metavar="T",
+        help="tracemalloc snapshots at these seconds; growth between them",
+    )
+    parser.add_argument(
+        "--trace-frames",
+        type=int,
+        default=1,
+        metavar="N",
+        help="group tracemalloc growth by the N innermost frames (1: by line)",
+    )
+    parser.add_argument(
+        "--fit-from",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="fit the slopes printed at the end from this second on (120)",
+    )
+    parser.add_argument(
+        "--identity-memos",
+        type=int,
+        metavar="N",
+        help="entries of the memos emptied when full (rules' compiled-by-identity, the "
+        "cycle runners' decoded data): 4096 as shipped",
+    )
+    parser.add_argument(
+        "--holders",
+        type=float,
+        nargs="+",
+        metavar="T",
+        help="at these seconds, the containers holding most untracked tuples/ints; growth",
+    )
+    parser.add_argument(
+        "--census",
+        type=float,
+        nargs="+",
+        metavar="T",
+        help="count objects by type at these seconds (after a full collection)",
     )
     parser.add_argument(
         "--trim-probe",
@@ -356,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.trace:
-        tracemalloc.start()
+        tracemalloc.start(max(1, args.trace_frames))
     with tempfile.TemporaryDirectory(prefix="soak-memory-") as name:
         built = build_world(
             Path(name), [HostSpec(host_id=h, policy=POLICY) for h in (HOST_A, HOST_B)]
@@ -368,6 +692,10 @@ def main(argv: list[str] | None = None) -> int:
             for host in world.hosts.values():
                 host.journal._decoded._total_bytes = int(args.record_memo_mib * 2**20)
         count_record_memo(world)
+        if args.identity_memos is not None:
+            rules.IDENTITY_CACHE_SIZE = args.identity_memos
+            for host in world.hosts.values():
+                host.cycles._data._entries = args.identity_memos
         try:
             ids = [f"obj://org-a.example/soak/{n}" for n in range(args.objects)]
 

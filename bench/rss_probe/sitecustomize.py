@@ -1,0 +1,160 @@
+"""What a real ``gateway serve`` process's memory is made of, sampled from inside it.
+
+Not part of the gateway: a ``sitecustomize`` for measuring the soak's servers
+(bench/bench_soak.py starts them with this process's environment)::
+
+    RSS_PROBE_OUT=/tmp/probe PYTHONPATH=bench/rss_probe python bench/bench_soak.py ...
+
+In each process whose command line has ``serve``, a daemon thread appends to
+``$RSS_PROBE_OUT/<pid>.log`` every ``RSS_PROBE_EVERY`` seconds (30): RSS, RssAnon,
+CPython's object allocator (arenas held, bytes in live blocks, bytes free in used
+pools and in unused pools: ``sys._debugmallocstats``), ``sys.getallocatedblocks()`` and
+glibc's heap (in use, free). At each of ``RSS_PROBE_CENSUS`` (seconds after start,
+comma-separated) it writes ``<pid>-<t>.census.json``: objects by type after a full
+collection, the tracked ones and the untracked ones they refer to. With
+``RSS_PROBE_TRACE=N`` tracemalloc runs with N frames, each sample gives the traced
+total, and at those moments a snapshot is dumped instead of a census
+(``<pid>-<t>.trace``; compare them with ``tracemalloc.Snapshot.load``). A census or a
+snapshot allocates many small objects itself, so the arenas and RSS after the first one
+are not the server's alone.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _start() -> None:
+    import ctypes
+    import ctypes.util
+    import gc
+    import json
+    import tempfile
+    import threading
+    import time
+    import tracemalloc
+
+    out = os.environ["RSS_PROBE_OUT"]
+    every = float(os.environ.get("RSS_PROBE_EVERY", "30"))
+    moments = sorted(float(t) for t in os.environ.get("RSS_PROBE_CENSUS", "").split(",") if t)
+    frames = int(os.environ.get("RSS_PROBE_TRACE", "0"))
+    if frames:
+        tracemalloc.start(frames)
+    os.makedirs(out, exist_ok=True)
+    pid = os.getpid()
+    began = time.monotonic()
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (n, ctypes.c_size_t)
+            for n in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
+
+    try:
+        mallinfo2 = ctypes.CDLL(ctypes.util.find_library("c")).mallinfo2
+        mallinfo2.restype = MallInfo2
+    except (OSError, AttributeError):
+        mallinfo2 = None
+
+    def status() -> str:
+        fields = {}
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                name, _, value = line.partition(":")
+                if name in ("VmRSS", "RssAnon"):
+                    fields[name] = int(value.split()[0]) / 1024
+        return f"rss {fields['VmRSS']:.1f} anon {fields['RssAnon']:.1f}"
+
+    def pymalloc() -> str:
+        wanted = {
+            "# arenas allocated current": "arenas",
+            "# bytes in allocated blocks": "live",
+            "# bytes in available blocks": "free",
+        }
+        found: dict[str, float] = {}
+        saved = os.dup(2)
+        with tempfile.TemporaryFile(mode="w+") as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                sys._debugmallocstats()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            capture.seek(0)
+            for line in capture:
+                name, _, value = line.partition("=")
+                name = name.strip()
+                number = value.strip().replace(",", "")
+                if name in wanted:
+                    found[wanted[name]] = int(number)
+                elif "unused pools" in name:
+                    found["unused"] = int(number)
+        mib = 2**20
+        text = (
+            f"arenas {found.get('arenas', 0)} live {found.get('live', 0) / mib:.1f} "
+            f"free {found.get('free', 0) / mib:.1f} unused {found.get('unused', 0) / mib:.1f} "
+            f"blocks {sys.getallocatedblocks()}"
+        )
+        if mallinfo2 is not None:
+            info = mallinfo2()
+            text += f" | malloc in use {info.uordblks / mib:.1f} free {info.fordblks / mib:.1f}"
+        if frames:
+            text += f" | traced {tracemalloc.get_traced_memory()[0] / mib:.1f}"
+        return text
+
+    def census(moment: float) -> None:
+        if frames:
+            # Only the snapshot: a census's own objects (a set of ids, a list of every
+            # object) would take arenas that a run with tracing is not measuring.
+            snapshot = tracemalloc.take_snapshot()
+            snapshot.dump(os.path.join(out, f"{pid}-{moment:.0f}.trace"))
+            del snapshot
+            return
+        gc.collect()
+        counts: dict[str, int] = {}
+        seen: set[int] = set()
+        tracked = gc.get_objects()
+        for thing in tracked:
+            name = type(thing).__qualname__
+            counts[name] = counts.get(name, 0) + 1
+        for thing in tracked:
+            for referent in gc.get_referents(thing):
+                if gc.is_tracked(referent) or id(referent) in seen:
+                    continue
+                seen.add(id(referent))
+                name = "untracked " + type(referent).__qualname__
+                counts[name] = counts.get(name, 0) + 1
+        del tracked
+        with open(os.path.join(out, f"{pid}-{moment:.0f}.census.json"), "w") as handle:
+            json.dump(counts, handle)
+
+    def run() -> None:
+        pending = list(moments)
+        with open(os.path.join(out, f"{pid}.log"), "a", buffering=1) as log:
+            log.write(f"# {' '.join(sys.argv)}\n")
+            while True:
+                time.sleep(every)
+                now = time.monotonic() - began
+                log.write(f"{now:7.0f} {status()} | {pymalloc()}\n")
+                while pending and now >= pending[0]:
+                    moment = pending.pop(0)
+                    census(moment)
+                    log.write(f"{now:7.0f} census {moment:.0f} written\n")
+
+    threading.Thread(target=run, name="rss-probe", daemon=True).start()
+
+
+if os.environ.get("RSS_PROBE_OUT") and "serve" in sys.argv:
+    _start()

@@ -1,0 +1,80 @@
+"""Slopes of what a served host's RSS is made of, from rss_probe logs (see
+sitecustomize.py in this folder)::
+
+    python bench/rss_probe/summarize.py /tmp/probe/*.log [--from 120] [--window 600]
+
+Per log (one server) and per window of its samples: least-squares slopes (MiB/min) and
+means of RSS, RssAnon, CPython's object arenas, the live bytes in them, the arenas'
+slack (arenas minus live: fragmentation of the object allocator) and "C heap" (RssAnon
+minus the arenas: everything malloc holds resident, in use or free, plus thread
+stacks). A rise in live bytes is objects kept; a rise in slack or in the C heap with
+live bytes flat is fragmentation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+LINE = re.compile(
+    r"\s*(\d+) rss ([\d.]+) anon ([\d.]+) \| arenas (\d+) live ([\d.]+) free ([\d.]+) "
+    r"unused ([\d.]+) blocks (\d+)"
+)
+SERIES = ("rss", "anon", "arenas", "live", "slack", "C heap")
+
+
+def slope(xs: list[float], ys: list[float]) -> float:
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
+
+
+def rows_of(path: str) -> list[tuple[float, ...]]:
+    rows = []
+    with open(path) as handle:
+        for line in handle:
+            match = LINE.match(line)
+            if match is None:
+                continue
+            t, rss, anon, arenas, live = (float(v) for v in match.groups()[:5])
+            rows.append((t, rss, anon, arenas, live, arenas - live, anon - arenas))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("logs", nargs="+")
+    parser.add_argument("--from", dest="start", type=float, default=120.0)
+    parser.add_argument("--window", type=float, default=0.0, help="also per window of S s")
+    args = parser.parse_args(argv)
+    for path in args.logs:
+        rows = [row for row in rows_of(path) if row[0] >= args.start]
+        if len(rows) < 3:
+            print(f"{path}: too few samples")
+            continue
+        end = rows[-1][0]
+        windows = [(args.start, end)]
+        if args.window:
+            at = args.start
+            while at + args.window <= end + 1:
+                windows.append((at, at + args.window))
+                at += args.window / 2
+        print(f"{path} ({len(rows)} samples to {end:.0f} s)")
+        for low, high in windows:
+            kept = [row for row in rows if low <= row[0] <= high]
+            if len(kept) < 3:
+                continue
+            minutes = [row[0] / 60 for row in kept]
+            parts = []
+            for index, name in enumerate(SERIES, start=1):
+                values = [row[index] for row in kept]
+                parts.append(
+                    f"{name} {slope(minutes, values):+.2f} ({sum(values) / len(values):.0f})"
+                )
+            print(f"  {low:5.0f}-{high:5.0f} s: " + ", ".join(parts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
