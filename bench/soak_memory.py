@@ -66,6 +66,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_soak import HOST_A, HOST_B, POLICY, TENANT, Soak, object_spec, rss_mib
+from bench.rss_probe.memstats import census, mallinfo2, pymalloc_stats
 from gateway import _gc, _malloc, credentials, custody, keys, rules, wire
 from gateway import lineage as lineage_module
 from gateway.testing import HostSpec, build_world, create_from_spec
@@ -85,7 +86,7 @@ def native_memory() -> str:
                 fields[name] = int(value.split()[0]) / 1024
     blocks = sys.getallocatedblocks()
     text = " ".join(f"{k} {v:.1f}" for k, v in fields.items())
-    info = _mallinfo2()
+    info = mallinfo2()
     if info is not None:
         arena, hblkhd, uordblks, fordblks = info
         text += (
@@ -100,39 +101,6 @@ def native_memory() -> str:
     return f"{text} | python blocks {blocks}{traced}"
 
 
-def pymalloc_stats() -> dict[str, int]:
-    """CPython's object allocator, parsed from ``sys._debugmallocstats()`` (which
-    writes to the C stderr): arenas held, live block bytes, free bytes in used pools,
-    unused pools' bytes."""
-    import os
-
-    wanted = {
-        "# arenas allocated current": "arenas",
-        "# arenas highwater mark": "arenas_highwater",
-        "# bytes in allocated blocks": "allocated",
-        "# bytes in available blocks": "available",
-    }
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+") as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            sys._debugmallocstats()
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        capture.seek(0)
-        found: dict[str, int] = {}
-        for line in capture:
-            name, _, value = line.partition("=")
-            name = name.strip()
-            if name in wanted:
-                found[wanted[name]] = int(value.strip().replace(",", ""))
-            elif "unused pools" in name:
-                found["unused_pools"] = int(value.strip().replace(",", ""))
-    return found
-
-
 def pymalloc_text() -> str:
     stats = pymalloc_stats()
     mib = 2**20
@@ -141,45 +109,6 @@ def pymalloc_text() -> str:
         f"live {stats.get('allocated', 0) / mib:.1f} free-in-pools "
         f"{stats.get('available', 0) / mib:.1f} unused-pools {stats.get('unused_pools', 0) / mib:.1f}"
     )
-
-
-@functools.cache
-def _mallinfo2_function() -> Callable[[], Any] | None:
-    """glibc's ``mallinfo2`` with its result type, loaded once (None off glibc >= 2.33)."""
-    import ctypes
-    import ctypes.util
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [
-            (name, ctypes.c_size_t)
-            for name in (
-                "arena",
-                "ordblks",
-                "smblks",
-                "hblks",
-                "hblkhd",
-                "usmblks",
-                "fsmblks",
-                "uordblks",
-                "fordblks",
-                "keepcost",
-            )
-        ]
-
-    try:
-        function = ctypes.CDLL(ctypes.util.find_library("c")).mallinfo2
-    except (OSError, AttributeError, TypeError):
-        return None
-    function.restype = MallInfo2
-    return function  # type: ignore[no-any-return]
-
-
-def _mallinfo2() -> tuple[int, int, int, int] | None:
-    function = _mallinfo2_function()
-    if function is None:
-        return None
-    info = function()
-    return info.arena, info.hblkhd, info.uordblks, info.fordblks
 
 
 def counters() -> dict[str, tuple[int, int, int]]:
@@ -438,28 +367,6 @@ def print_growth(
             if line.startswith("  File"):
                 print(f"{'':27}{line.strip()}")
     sys.stdout.flush()
-
-
-def census() -> dict[str, int]:
-    """Objects by type after a full collection: those the collector tracks, and the
-    untracked ones they refer to directly (str, bytes, int, float, atomic tuples...),
-    counted once each."""
-    gc.collect()
-    counts: dict[str, int] = {}
-    seen: set[int] = set()
-    tracked = gc.get_objects()
-    for thing in tracked:
-        name = type(thing).__qualname__
-        counts[name] = counts.get(name, 0) + 1
-    for thing in tracked:
-        for referent in gc.get_referents(thing):
-            if gc.is_tracked(referent) or id(referent) in seen:
-                continue
-            seen.add(id(referent))
-            name = "untracked " + type(referent).__qualname__
-            counts[name] = counts.get(name, 0) + 1
-    del tracked
-    return counts
 
 
 def holders(kinds: tuple[type, ...] = (tuple, int)) -> dict[int, tuple[str, int, str, Any]]:

@@ -26,14 +26,14 @@ import sys
 
 
 def _start() -> None:
-    import ctypes
-    import ctypes.util
-    import gc
     import json
-    import tempfile
     import threading
     import time
     import tracemalloc
+
+    # Beside this file, on the same PYTHONPATH; standard library only.
+    from memstats import census as census_counts
+    from memstats import mallinfo2, pymalloc_stats
 
     out = os.environ["RSS_PROBE_OUT"]
     every = float(os.environ.get("RSS_PROBE_EVERY", "30"))
@@ -45,29 +45,6 @@ def _start() -> None:
     pid = os.getpid()
     began = time.monotonic()
 
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [
-            (n, ctypes.c_size_t)
-            for n in (
-                "arena",
-                "ordblks",
-                "smblks",
-                "hblks",
-                "hblkhd",
-                "usmblks",
-                "fsmblks",
-                "uordblks",
-                "fordblks",
-                "keepcost",
-            )
-        ]
-
-    try:
-        mallinfo2 = ctypes.CDLL(ctypes.util.find_library("c")).mallinfo2
-        mallinfo2.restype = MallInfo2
-    except (OSError, AttributeError):
-        mallinfo2 = None
-
     def status() -> str:
         fields = {}
         with open("/proc/self/status") as handle:
@@ -78,38 +55,18 @@ def _start() -> None:
         return f"rss {fields['VmRSS']:.1f} anon {fields['RssAnon']:.1f}"
 
     def pymalloc() -> str:
-        wanted = {
-            "# arenas allocated current": "arenas",
-            "# bytes in allocated blocks": "live",
-            "# bytes in available blocks": "free",
-        }
-        found: dict[str, float] = {}
-        saved = os.dup(2)
-        with tempfile.TemporaryFile(mode="w+") as capture:
-            os.dup2(capture.fileno(), 2)
-            try:
-                sys._debugmallocstats()
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-            capture.seek(0)
-            for line in capture:
-                name, _, value = line.partition("=")
-                name = name.strip()
-                number = value.strip().replace(",", "")
-                if name in wanted:
-                    found[wanted[name]] = int(number)
-                elif "unused pools" in name:
-                    found["unused"] = int(number)
+        found = pymalloc_stats()
         mib = 2**20
         text = (
-            f"arenas {found.get('arenas', 0)} live {found.get('live', 0) / mib:.1f} "
-            f"free {found.get('free', 0) / mib:.1f} unused {found.get('unused', 0) / mib:.1f} "
+            f"arenas {found.get('arenas', 0)} live {found.get('allocated', 0) / mib:.1f} "
+            f"free {found.get('available', 0) / mib:.1f} "
+            f"unused {found.get('unused_pools', 0) / mib:.1f} "
             f"blocks {sys.getallocatedblocks()}"
         )
-        if mallinfo2 is not None:
-            info = mallinfo2()
-            text += f" | malloc in use {info.uordblks / mib:.1f} free {info.fordblks / mib:.1f}"
+        info = mallinfo2()
+        if info is not None:
+            _arena, _mmapped, in_use, free = info
+            text += f" | malloc in use {in_use / mib:.1f} free {free / mib:.1f}"
         if frames:
             text += f" | traced {tracemalloc.get_traced_memory()[0] / mib:.1f}"
         return text
@@ -122,21 +79,7 @@ def _start() -> None:
             snapshot.dump(os.path.join(out, f"{pid}-{moment:.0f}.trace"))
             del snapshot
             return
-        gc.collect()
-        counts: dict[str, int] = {}
-        seen: set[int] = set()
-        tracked = gc.get_objects()
-        for thing in tracked:
-            name = type(thing).__qualname__
-            counts[name] = counts.get(name, 0) + 1
-        for thing in tracked:
-            for referent in gc.get_referents(thing):
-                if gc.is_tracked(referent) or id(referent) in seen:
-                    continue
-                seen.add(id(referent))
-                name = "untracked " + type(referent).__qualname__
-                counts[name] = counts.get(name, 0) + 1
-        del tracked
+        counts = census_counts()
         with open(os.path.join(out, f"{pid}-{moment:.0f}.census.json"), "w") as handle:
             json.dump(counts, handle)
 

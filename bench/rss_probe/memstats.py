@@ -1,0 +1,108 @@
+"""What a process's memory is made of, read from inside it: CPython's object allocator,
+glibc's heap, and a census of objects by type. Standard library only, because
+``sitecustomize.py`` beside it loads it into each ``gateway serve`` it probes; also used
+by bench/soak_memory.py (both hosts in one process)."""
+
+from __future__ import annotations
+
+import functools
+import gc
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+
+def pymalloc_stats() -> dict[str, int]:
+    """CPython's object allocator, parsed from ``sys._debugmallocstats()`` (which
+    writes to the C stderr): ``arenas`` held (and ``arenas_highwater``), ``allocated``
+    (live block bytes), ``available`` (free bytes in used pools), ``unused_pools``'
+    bytes."""
+    wanted = {
+        "# arenas allocated current": "arenas",
+        "# arenas highwater mark": "arenas_highwater",
+        "# bytes in allocated blocks": "allocated",
+        "# bytes in available blocks": "available",
+    }
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        found: dict[str, int] = {}
+        for line in capture:
+            name, _, value = line.partition("=")
+            name = name.strip()
+            if name in wanted:
+                found[wanted[name]] = int(value.strip().replace(",", ""))
+            elif "unused pools" in name:
+                found["unused_pools"] = int(value.strip().replace(",", ""))
+    return found
+
+
+@functools.cache
+def _mallinfo2_function() -> Callable[[], Any] | None:
+    """glibc's ``mallinfo2`` with its result type, loaded once (None off glibc >= 2.33)."""
+    import ctypes
+    import ctypes.util
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
+
+    try:
+        function = ctypes.CDLL(ctypes.util.find_library("c")).mallinfo2
+    except (OSError, AttributeError, TypeError):
+        return None
+    function.restype = MallInfo2
+    return function  # type: ignore[no-any-return]
+
+
+def mallinfo2() -> tuple[int, int, int, int] | None:
+    """glibc's heap: (bytes in its arena, in mmapped blocks, in use, free), or None."""
+    function = _mallinfo2_function()
+    if function is None:
+        return None
+    info = function()
+    return info.arena, info.hblkhd, info.uordblks, info.fordblks
+
+
+def census() -> dict[str, int]:
+    """Objects by type after a full collection: those the collector tracks, and the
+    untracked ones they refer to directly (str, bytes, int, float, atomic tuples...),
+    counted once each."""
+    gc.collect()
+    counts: dict[str, int] = {}
+    seen: set[int] = set()
+    tracked = gc.get_objects()
+    for thing in tracked:
+        name = type(thing).__qualname__
+        counts[name] = counts.get(name, 0) + 1
+    for thing in tracked:
+        for referent in gc.get_referents(thing):
+            if gc.is_tracked(referent) or id(referent) in seen:
+                continue
+            seen.add(id(referent))
+            name = "untracked " + type(referent).__qualname__
+            counts[name] = counts.get(name, 0) + 1
+    del tracked
+    return counts
