@@ -256,9 +256,11 @@ class Host:
         if self.service is not None:
             self.service.source = self.source
             self.service.destination = self.destination
-            self.service.authorities = {
-                d: b.x509_authorities for d, b in self.trust.bundles.items()
-            }
+            self.service.authorities = self._authorities()
+
+    def _authorities(self) -> dict[str, tuple[bytes, ...]]:
+        """The CA certificates of each trusted domain, by domain (who may call us)."""
+        return {domain: bundle.x509_authorities for domain, bundle in self.trust.bundles.items()}
 
     def _object_became_active(self, obj: GovernedObject) -> None:
         """A new or arrived object starts cycling here: at once, not at the next scan
@@ -644,16 +646,13 @@ class Host:
 
         TLS follows the host's current certificate and trust (gateway.reload swaps them);
         ``gate`` counts RPCs in flight and refuses new handoffs while draining."""
-        authorities = {
-            domain: bundle.x509_authorities for domain, bundle in self.trust.bundles.items()
-        }
         credentials = reloadable_server_credentials(
             lambda: (self.certificate, self.private_key, b"".join(self.trust.x509_authorities()))
         )
         service = GatewayService(
             source=self.source,
             destination=self.destination,
-            authorities=authorities,
+            authorities=self._authorities(),
             gate=gate,
             calls=self.calls,
         )
