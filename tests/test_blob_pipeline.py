@@ -39,8 +39,10 @@ class SlowStore:
     async def get(self, key: str) -> Item | None:
         return await self.store.get(key)
 
-    async def list(self, prefix: str, *, limit: int | None = None) -> list[str]:
-        return await self.store.list(prefix, limit=limit)
+    async def list(
+        self, prefix: str, *, limit: int | None = None, start_after: str | None = None
+    ) -> list[str]:
+        return await self.store.list(prefix, limit=limit, start_after=start_after)
 
 
 async def parts(data: bytes, size: int = 256 * 1024) -> AsyncIterator[bytes]:

@@ -42,9 +42,11 @@ class CountingStore:
         self.values_read += len(found)
         return found
 
-    async def list(self, prefix: str, *, limit: int | None = None) -> list[str]:
+    async def list(
+        self, prefix: str, *, limit: int | None = None, start_after: str | None = None
+    ) -> list[str]:
         self.listings += 1
-        return await self.store.list(prefix, limit=limit)
+        return await self.store.list(prefix, limit=limit, start_after=start_after)
 
     async def transact(self, operations: Sequence[Operation]) -> None:
         await self.store.transact(operations)

@@ -11,7 +11,10 @@ Semantics every implementation keeps (the contract tests in ``tests/stores`` che
 * **Transactions are all or nothing.** :meth:`StateStore.transact` applies every
   operation or none; one failed precondition fails the whole transaction.
 * **A write that returned is durable**: it survives a crash of the process right after.
-* **Keys are plain strings**; :meth:`StateStore.list` returns them in ascending order.
+* **Keys are plain strings**; :meth:`StateStore.list` returns them in ascending order
+  (code-point order, which is UTF-8 byte order), and ``start_after`` resumes a listing
+  after the last key a previous page returned, so a caller that looks at a bounded batch
+  at a time can walk the whole prefix instead of seeing its first keys only.
 * **Only listable keys are listed.** Keys matching :data:`UNLISTED` are read and written
   by exact key only: the gateway never enumerates them, so a store may keep no listing
   index for them (the Dapr store keeps none), and every store leaves them out of
@@ -52,6 +55,21 @@ def check_listable(prefix: str) -> None:
             f"keys under {prefix!r} are never listed",
             hint="read them by exact key; gateway.stores.UNLISTED names the unlisted keys",
         )
+
+
+def check_start_after(start_after: str | None) -> None:
+    """Refuse a listing cursor that is not text a store can order: the same rule as for a
+    key (a lone surrogate has no UTF-8 form, so it has no place in the stores' order)."""
+    if start_after is None:
+        return
+    if not isinstance(start_after, str):
+        raise TypeError(f"start_after must be str or None, got {type(start_after).__name__}")
+    try:
+        start_after.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"start_after {start_after!r} is not valid Unicode text: {exc.reason}"
+        ) from exc
 
 
 class Expect(enum.Enum):
@@ -130,8 +148,12 @@ class StateStore(Protocol):
         """A transaction of one :class:`Delete`."""
         ...
 
-    async def list(self, prefix: str, *, limit: int | None = None) -> list[str]:
-        """Listable keys starting with ``prefix``, ascending (see :data:`UNLISTED`)."""
+    async def list(
+        self, prefix: str, *, limit: int | None = None, start_after: str | None = None
+    ) -> list[str]:
+        """Listable keys starting with ``prefix``, ascending (see :data:`UNLISTED`); at
+        most ``limit``; only keys greater than ``start_after`` when it is given (it need
+        not exist, nor start with ``prefix``): the cursor of a paged listing."""
         ...
 
     async def close(self) -> None:
@@ -148,5 +170,6 @@ __all__ = [
     "Put",
     "StateStore",
     "check_listable",
+    "check_start_after",
     "listable",
 ]

@@ -88,7 +88,16 @@ from gateway.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from gateway.stores import Delete, Expect, Item, Operation, Put, check_listable, listable
+from gateway.stores import (
+    Delete,
+    Expect,
+    Item,
+    Operation,
+    Put,
+    check_listable,
+    check_start_after,
+    listable,
+)
 
 #: Most keys one index leaf lists; a leaf that would list more splits in two. Bounds
 #: what each create or delete rewrites, whatever the number of keys.
@@ -465,9 +474,16 @@ class DaprStore:
         found = await self._bulk(keys)
         return {k: found[k][1] for k in keys if k in found}
 
-    async def list(self, prefix: str, *, limit: int | None = None) -> builtins.list[str]:
+    async def list(
+        self, prefix: str, *, limit: int | None = None, start_after: str | None = None
+    ) -> builtins.list[str]:
+        """The index has no order (it is a trie on the keys' hashes): every leaf of the
+        prefix's family is read, then the keys are filtered, sorted and cut, so a page after
+        ``start_after`` costs as much to read as the whole family; it still returns (and
+        its caller reads the values of) a bounded page."""
         if limit is not None and limit < 0:
             raise ValueError("limit must not be negative")
+        check_start_after(start_after)
         check_listable(prefix)
         if "/" in prefix:
             families = [_family(prefix)]
@@ -491,7 +507,11 @@ class DaprStore:
                     self._split.add(node)
                     deeper += [node + "0", node + "1"]
                 else:
-                    keys += (k for k in listed if k.startswith(prefix))
+                    keys += (
+                        k
+                        for k in listed
+                        if k.startswith(prefix) and (start_after is None or k > start_after)
+                    )
             level = deeper
         keys.sort()
         return keys[:limit] if limit is not None else keys

@@ -69,7 +69,16 @@ from typing import Any, TypeVar
 
 from gateway import observability
 from gateway.errors import ConcurrencyError, ConfigError, StoreError, StoreUnavailableError
-from gateway.stores import Delete, Expect, Item, Operation, Put, check_listable, listable
+from gateway.stores import (
+    Delete,
+    Expect,
+    Item,
+    Operation,
+    Put,
+    check_listable,
+    check_start_after,
+    listable,
+)
 
 __all__ = ["SqliteStore"]
 
@@ -322,13 +331,24 @@ class SqliteStore:
             found[key] = Item(key=key, value=value, etag=etag)
         return found
 
+    @staticmethod
     def _list_inline(
-        self, prefix: str, limit: int | None, connection: sqlite3.Connection
+        prefix: str, start_after: str | None, limit: int | None, connection: sqlite3.Connection
     ) -> builtins.list[str] | object:
-        keys = self._list(prefix, None, connection, bound=INLINE_LIST_MAX_KEYS + 1)
-        if len(keys) > INLINE_LIST_MAX_KEYS:
+        # The bound counts rows, listable or not: counting only the listed keys would take
+        # a range with unlisted keys in it (fences under t/<tenant>/) for a short one and
+        # answer it without the keys past the bound.
+        keys: builtins.list[str] = []
+        scanned = 0
+        for key in _keys_in_range(connection, prefix, start_after, bound=INLINE_LIST_MAX_KEYS + 1):
+            scanned += 1
+            if listable(key):
+                keys.append(key)
+                if len(keys) == limit:
+                    return keys
+        if scanned > INLINE_LIST_MAX_KEYS:
             return _ELSEWHERE  # a long listing: on a reader thread
-        return keys if limit is None else keys[:limit]
+        return keys
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, Item]:
         """The items that exist among ``keys``, in the order asked (missing keys left out)."""
@@ -401,22 +421,28 @@ class SqliteStore:
         """A transaction of one :class:`~gateway.stores.Delete`."""
         await self.transact([Delete(key=key, etag=etag)])
 
-    async def list(self, prefix: str, *, limit: int | None = None) -> list[str]:
-        """Keys starting with ``prefix`` (taken literally), ascending; at most ``limit``."""
+    async def list(
+        self, prefix: str, *, limit: int | None = None, start_after: str | None = None
+    ) -> list[str]:
+        """Keys starting with ``prefix`` (taken literally), ascending; at most ``limit``;
+        only those greater than ``start_after`` when it is given (one range on the primary
+        key either way: a page costs what it returns, not what lies before it)."""
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be str, got {type(prefix).__name__}")
         _check_encodable(prefix, "prefix")
+        check_start_after(start_after)
         if limit is not None and limit < 0:
             raise ValueError(f"limit must not be negative, got {limit}")
         check_listable(prefix)
         if limit == 0:
             return []
         if not self._closed:
-            inline = self._inline(functools.partial(self._list_inline, prefix, limit))
+            inline = self._inline(functools.partial(self._list_inline, prefix, start_after, limit))
             if isinstance(inline, builtins.list):
                 return inline
         return await self._read(
-            f"list keys under {prefix!r}", functools.partial(self._list, prefix, limit)
+            f"list keys under {prefix!r}",
+            functools.partial(self._list, prefix, start_after, limit),
         )
 
     async def close(self) -> None:
@@ -557,29 +583,13 @@ class SqliteStore:
                 )
             }
 
+    @staticmethod
     def _list(
-        self,
-        prefix: str,
-        limit: int | None,
-        connection: sqlite3.Connection,
-        *,
-        bound: int | None = None,
+        prefix: str, start_after: str | None, limit: int | None, connection: sqlite3.Connection
     ) -> builtins.list[str]:
-        """Keys under ``prefix``; ``bound`` caps the rows scanned (listable or not), so
-        that a caller can tell a short listing from a long one by its length."""
-        # A range on the primary key, not LIKE/GLOB: '%', '_', '*' and '?' in a prefix
-        # are ordinary characters here, and the index serves the scan.
-        upper = _prefix_successor(prefix)
-        sql = "SELECT key FROM items WHERE key >= ?"
-        params: builtins.list[object] = [prefix]
-        if upper is not None:
-            sql += " AND key < ?"
-            params.append(upper)
-        sql += " ORDER BY key"
-        if bound is not None:
-            sql += f" LIMIT {int(bound)}"
+        """Listable keys under ``prefix`` after ``start_after``, at most ``limit``."""
         # Filtered here, not in SQL; the cursor is lazy, so islice stops reading at limit.
-        rows = (key for (key,) in connection.execute(sql, params) if listable(key))
+        rows = (k for k in _keys_in_range(connection, prefix, start_after) if listable(k))
         return builtins.list(itertools.islice(rows, limit))
 
     # Writes run on the writer thread, with the write connection.
@@ -1047,6 +1057,42 @@ def _check_encodable(text: str, what: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise ValueError(f"{what} {text!r} is not valid Unicode text: {exc.reason}") from exc
+
+
+def _keys_in_range(
+    connection: sqlite3.Connection,
+    prefix: str,
+    start_after: str | None,
+    *,
+    bound: int | None = None,
+) -> Iterator[str]:
+    """Every key under ``prefix`` (listable or not) greater than ``start_after``,
+    ascending; at most ``bound`` of them."""
+    sql, params = _range_query(prefix, start_after, bound)
+    return (key for (key,) in connection.execute(sql, params))
+
+
+def _range_query(
+    prefix: str, start_after: str | None, bound: int | None
+) -> tuple[str, builtins.list[str]]:
+    """The SELECT of :func:`_keys_in_range`: one range on the primary key, not LIKE/GLOB
+    ('%', '_', '*' and '?' in a prefix are ordinary characters here, and the index serves
+    the scan). Its lower end is the greater of the prefix (included) and the cursor
+    (excluded); Python's str order is SQLite's (see the module docstring)."""
+    if start_after is not None and start_after >= prefix:
+        sql = "SELECT key FROM items WHERE key > ?"
+        params = [start_after]
+    else:
+        sql = "SELECT key FROM items WHERE key >= ?"
+        params = [prefix]
+    upper = _prefix_successor(prefix)
+    if upper is not None:
+        sql += " AND key < ?"
+        params.append(upper)
+    sql += " ORDER BY key"
+    if bound is not None:
+        sql += f" LIMIT {int(bound)}"
+    return sql, params
 
 
 def _prefix_successor(prefix: str) -> str | None:

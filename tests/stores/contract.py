@@ -433,6 +433,63 @@ class StoreContract:
         assert await store.list("l/") == keys
 
     @store_test
+    async def test_list_after_a_cursor(self, store: StateStore) -> None:
+        """list(start_after=k) returns only the matching keys greater than k: a cursor that
+        need not exist nor start with the prefix, so that bounded pages walk a prefix."""
+        keys = [f"l/{n:02d}" for n in range(10)]
+        await store.transact(
+            [
+                Put(key=key, value=b"", etag=Expect.ABSENT)
+                for key in [*reversed(keys), "k/before", "l", "m/after"]
+            ]
+        )
+        assert await store.list("l/", start_after="l/03") == keys[4:]
+        assert await store.list("l/", start_after="l/03", limit=2) == keys[4:6]
+        assert await store.list("l/", start_after="l/035") == keys[4:]  # not a key
+        assert await store.list("l/", start_after="l/") == keys  # the prefix itself
+        assert await store.list("l/", start_after="") == keys
+        assert await store.list("l/", start_after="a") == keys  # before the prefix
+        assert await store.list("l/", start_after="l/09") == []  # the last key
+        assert await store.list("l/", start_after="m") == []  # past the prefix
+        assert await store.list("l/", start_after="l/0\U0010ffff") == []
+        assert await store.list("", start_after="l/08") == ["l/09", "m/after"]
+        assert await store.list("l", start_after="l") == keys  # "l" itself excluded
+        assert await store.list("l/", start_after=None, limit=3) == keys[:3]
+        assert await store.list("l/", start_after="l/03", limit=0) == []
+        # A cursor whose key was deleted meanwhile still resumes after it.
+        await store.delete("l/04", etag=Expect.ANY)
+        assert await store.list("l/", start_after="l/04", limit=2) == keys[5:7]
+        # Pages of three, each after the last key of the one before, cover the prefix.
+        walked: list[str] = []
+        cursor: str | None = None
+        while page := await store.list("l/", limit=3, start_after=cursor):
+            walked += page
+            cursor = page[-1]
+        assert walked == [key for key in keys if key != "l/04"]
+        with pytest.raises(TypeError, match="start_after"):
+            await store.list("l/", start_after=3)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="start_after"):
+            await store.list("l/", start_after="l/\udc80")
+
+    @store_test
+    async def test_list_counts_unlisted_keys_in_range_right(self, store: StateStore) -> None:
+        """Unlisted keys among the listed ones (a tenant's fences sort before its objects)
+        neither take the place of listed keys nor end a listing early, with or without a
+        limit or a cursor: more of them than a store may read in one small batch."""
+        run = uuid.uuid4().hex[:8]
+        fences = [f"t/{run}/fence/o{n:03d}" for n in range(40)]
+        objects = [f"t/{run}/objects/o{n:03d}" for n in range(250)]
+        await store.transact(
+            [Put(key=key, value=b"", etag=Expect.ABSENT) for key in [*fences, *objects]]
+        )
+        assert await store.list(f"t/{run}/") == objects
+        assert await store.list(f"t/{run}/", limit=240) == objects[:240]
+        assert await store.list(f"t/{run}/", start_after=f"t/{run}/") == objects
+        assert await store.list(f"t/{run}/", start_after=f"t/{run}/fence/o010") == objects
+        assert await store.list(f"t/{run}/", start_after=objects[9], limit=5) == objects[10:15]
+        await store.transact([Delete(key=key, etag=Expect.ANY) for key in [*fences, *objects]])
+
+    @store_test
     async def test_list_reflects_deletes(self, store: StateStore) -> None:
         """A deleted key is no longer listed."""
         await store.put("p/1", b"", etag=Expect.ABSENT)

@@ -23,7 +23,7 @@ import pytest
 
 from gateway.errors import ConfigError, StoreError, StoreUnavailableError
 from gateway.stores import Expect, Put, StateStore
-from gateway.stores.sqlite import SqliteStore
+from gateway.stores.sqlite import SqliteStore, _range_query
 from tests.stores.contract import OpenStore, StoreContract
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -228,6 +228,38 @@ def test_list_prefix_at_code_point_edges(db_path: Path) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("value_first", [False, True], ids=["new-file", "value-first-file"])
+def test_a_page_after_a_cursor_is_a_range_on_the_key_index(
+    db_path: Path, value_first: bool
+) -> None:
+    """A listing after a cursor starts its scan at the cursor (a SEARCH on the key's
+    index, bounded on both ends), never reading the keys before it: a pruning pass deep in
+    a large prefix costs what its page holds. On both column orders."""
+    if value_first:
+        _make_value_first_file(db_path)
+
+    async def main() -> None:
+        async with SqliteStore.open(db_path, create=True) as store:
+            await store.transact(
+                [Put(key=f"bus/{n:04d}", value=b"", etag=Expect.ABSENT) for n in range(300)]
+            )
+            assert await store.list("bus/", start_after="bus/0289") == [
+                f"bus/{n:04d}" for n in range(290, 300)
+            ]
+
+    asyncio.run(main())
+    for start_after in ("bus/0289", None, "a"):  # the cursor, the prefix, the prefix
+        sql, params = _range_query("bus/", start_after, 1001)
+        with sqlite3.connect(db_path) as connection:
+            plan = connection.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
+        details = " ".join(row[-1] for row in plan)
+        # SQLite writes a ">=" bound as "key>?" in a plan.
+        assert "INDEX sqlite_autoindex_items_1 (key>? AND key<?)" in details, details
+        assert details.startswith("SEARCH"), details
+        assert "SCAN" not in details, details
+        assert "TEMP B-TREE" not in details, details  # no sort: the index gives the order
+
+
 def test_misuse_is_a_type_or_value_error(db_path: Path) -> None:
     """Wrong argument types and unusable keys raise TypeError/ValueError, writing nothing."""
 
@@ -393,7 +425,7 @@ _RACER = """
     import asyncio, json, sys
     from gateway.errors import ConcurrencyError
     from gateway.stores import Expect
-    from gateway.stores.sqlite import SqliteStore
+    from gateway.stores.sqlite import SqliteStore, _range_query
 
     async def main(path: str, name: str, count: int) -> None:
         won = []
@@ -461,7 +493,7 @@ def test_two_processes_racing_to_create(db_path: Path) -> None:
 _WRITER = """
     import asyncio, os, sys
     from gateway.stores import Expect, Put
-    from gateway.stores.sqlite import SqliteStore
+    from gateway.stores.sqlite import SqliteStore, _range_query
 
     async def main(path: str) -> None:
         async with SqliteStore.open(path, create=True) as store:
