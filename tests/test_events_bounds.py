@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway._time import format_time
 from gateway.config import load_config
 from gateway.errors import CallDeniedError, ConfigError, LimitExceededError
 from gateway.host import Host
@@ -19,6 +20,7 @@ from gateway.limits import MAX_CALL_REQUEST_BYTES, MAX_MESSAGE_BYTES
 from gateway.lineage import EntryKind
 from gateway.objectspec import parse_spec
 from gateway.runtime import calls, events
+from gateway.stores import Expect, Put
 from gateway.testing import HostSpec, build_world, create_from_spec
 from gateway.testing.faults import SettableClock
 from tests.conftest import HOST_A
@@ -64,6 +66,63 @@ def test_seen_records_and_the_bus_are_pruned_after_their_retention(tmp_path: Pat
             clock.offset = events.SEEN_RETENTION + timedelta(hours=2)
             assert await host.events.prune() == 2  # the bus entry again, and the seen record
             assert await store.list(events.SEEN) == []
+        finally:
+            await host.close()
+
+    asyncio.run(main())
+
+
+def test_prune_passes_are_bounded_and_go_round_both_prefixes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each pass looks at PRUNE_BATCH records of each prefix at most, and successive passes
+    resume where the last one stopped: expired bus messages and seen records are all
+    reached however many young ones (more than a batch) sort among them; no young one
+    is deleted."""
+    monkeypatch.setattr(events, "PRUNE_BATCH", 10)
+
+    async def main() -> None:
+        host, clock = await _open(tmp_path)
+        try:
+            store = host.store
+
+            async def fill(name: str, count: int) -> None:
+                now = clock.now()
+                operations: list[Put] = []
+                for i in range(count):
+                    message = events.new_message(
+                        "noise/topic",
+                        data=None,
+                        message_id=f"{name}-{i}",
+                        source="t",
+                        kind="t",
+                        received=now,
+                    )
+                    operations.append(
+                        Put(key=events._bus_key(message), value=message.encode(), etag=Expect.ANY)
+                    )
+                    operations.append(
+                        Put(
+                            key=events._seen_key("default", f"{name}-object", message),
+                            value=json.dumps({"at": format_time(now)}).encode(),
+                            etag=Expect.ANY,
+                        )
+                    )
+                await store.transact(operations)
+
+            await fill("old", 15)
+            old = set(await store.list(events.BUS)) | set(await store.list(events.SEEN))
+            clock.offset = events.SEEN_RETENTION + timedelta(minutes=1)
+            await fill("young", 25)
+            records = set(await store.list(events.BUS)) | set(await store.list(events.SEEN))
+            young = records - old
+            assert len(old) == 30 and len(young) == 50
+            passes = 0
+            while old & set(await store.list("")):
+                assert await host.events.prune() <= 2 * events.PRUNE_BATCH
+                passes += 1
+                assert passes <= 8, "expired records not reached"
+            assert young <= set(await store.list(""))
         finally:
             await host.close()
 

@@ -73,7 +73,7 @@ from gateway.model import GovernedObject, LifecycleState
 from gateway.rules import check_data
 from gateway.runtime.cycle import CycleRunner, Wake
 from gateway.runtime.outbox import outbox_puts
-from gateway.stores import Delete, Expect, Operation, Put, StateStore
+from gateway.stores import Delete, Expect, Operation, PrefixWalk, Put, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +300,9 @@ class Events:
         self._held_until: dict[str, float] = {}
         self._recheck: dict[tuple[str, str], float] = {}
         self._wakeup = asyncio.Event()
+        # Each pass looks at a bounded page; the walks make successive passes reach every
+        # record, not only the first ones of each prefix (see PrefixWalk).
+        self._pruning = {prefix: PrefixWalk(prefix) for prefix in (BUS, SEEN)}
 
     @property
     def store(self) -> StateStore:
@@ -564,14 +567,19 @@ class Events:
 
     async def prune(self) -> int:
         """Forget bus messages older than BUS_RETENTION and message ids older than
-        SEEN_RETENTION (one bounded batch of each); returns how many were deleted."""
+        SEEN_RETENTION (one bounded batch of each); returns how many were deleted.
+
+        Each pass looks at the PRUNE_BATCH records after those the previous pass looked
+        at, going round each prefix: the keys are hash-ordered, not time-ordered, so a
+        pass that always started from the first key would look at the same young records
+        for good once PRUNE_BATCH of them lived, and the rest would never be pruned."""
         now = self.clock.now()
         pruned = 0
         for prefix, retention, field in (
             (BUS, BUS_RETENTION, "received"),
             (SEEN, SEEN_RETENTION, "at"),
         ):
-            keys = await self.store.list(prefix, limit=PRUNE_BATCH)
+            keys = await self._pruning[prefix].next_page(self.store, limit=PRUNE_BATCH)
             items = await self.store.get_many(keys)
             for key, item in items.items():
                 try:

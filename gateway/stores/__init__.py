@@ -161,12 +161,41 @@ class StateStore(Protocol):
         ...
 
 
+class PrefixWalk:
+    """Bounded pages of one prefix that, pass after pass, reach every key in it.
+
+    A worker that looks at ``limit`` keys per pass (pruning, delivery) and lists from the
+    start of its prefix every time sees the same first keys as long as those stay: keys
+    are hash-ordered, so the ones behind a window of young or held records are never
+    looked at. The walk resumes after the last key of the previous page instead, and
+    starts from the beginning again after a short page (the end of the prefix). Where it
+    is lives in memory only: after a restart it starts from the beginning, which is
+    correct, only slower to get round.
+    """
+
+    __slots__ = ("_after", "prefix")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self._after: str | None = None
+
+    async def next_page(self, store: StateStore, *, limit: int) -> list[str]:
+        """The next at most ``limit`` keys (``limit`` > 0) of the walk, ascending."""
+        keys = await store.list(self.prefix, limit=limit, start_after=self._after)
+        if not keys and self._after is not None:
+            # The previous page ended exactly at the end: start again now, not a pass later.
+            keys = await store.list(self.prefix, limit=limit)
+        self._after = keys[-1] if len(keys) >= limit else None
+        return keys
+
+
 __all__ = [
     "UNLISTED",
     "Delete",
     "Expect",
     "Item",
     "Operation",
+    "PrefixWalk",
     "Put",
     "StateStore",
     "check_listable",
