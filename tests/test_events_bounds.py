@@ -168,6 +168,37 @@ def test_repeated_refusals_are_counted_not_copied(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_pruning_reaches_refusal_counters_behind_a_full_batch_of_young_ones(
+    tmp_path: Path,
+) -> None:
+    """prune_denials looked at the first ``limit`` counters each time: while those were
+    touched within the retention (callers refused every day), expired counters sorting
+    after them were never looked at. Passes now go round the prefix."""
+
+    async def main() -> None:
+        host, clock = await _open(tmp_path)
+        try:
+            store = host.store
+            now = clock.now()
+            old = now - calls.DENIAL_RETENTION - timedelta(minutes=1)
+            young = [f"{calls.DENIALS}default/a-busy/{n:02d}" for n in range(12)]
+            expired = [f"{calls.DENIALS}default/z-quiet/{n:02d}" for n in range(4)]
+            await store.transact(
+                [
+                    Put(key=key, value=calls._encode_counter(1, at, at), etag=Expect.ABSENT)
+                    for keys, at in ((young, now), (expired, old))
+                    for key in keys
+                ]
+            )
+            for _pass in range(6):
+                assert await host.calls.prune_denials(limit=5) <= 5
+            assert await store.list(calls.DENIALS) == young
+        finally:
+            await host.close()
+
+    asyncio.run(main())
+
+
 def test_oversized_or_malformed_input_is_refused_before_work(tmp_path: Path) -> None:
     async def main() -> None:
         host, _clock = await _open(tmp_path)

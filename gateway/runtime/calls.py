@@ -85,7 +85,7 @@ from gateway.rules import (
 )
 from gateway.runtime.compaction import Compaction
 from gateway.runtime.events import why_withheld
-from gateway.stores import Expect, Put
+from gateway.stores import Expect, PrefixWalk, Put
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,9 @@ class Calls:
         #: recorded refusal appends an entry, and an object that is only called (no
         #: cycle, no message) would otherwise grow, and cost more to write, per call.
         self.compaction: Compaction | None = None
+        # Where pruning of the refusal counters is: each pass resumes after the last
+        # counter the previous one looked at (see PrefixWalk).
+        self._pruning = PrefixWalk(DENIALS)
 
     async def call(
         self,
@@ -389,10 +392,12 @@ class Calls:
             await self.compaction.after_cycle(tenant, obj, stored_bytes=stored_bytes, now=now)
 
     async def prune_denials(self, *, limit: int = 1000) -> int:
-        """Delete refusal counters untouched for :data:`DENIAL_RETENTION`; returns how many."""
+        """Delete refusal counters untouched for :data:`DENIAL_RETENTION` among the next
+        ``limit`` of them (passes go round the prefix: counters of callers refused every
+        day, sorting first, would otherwise hide the rest for good); returns how many."""
         store = self.ctx.journal.store
         now = self.ctx.clock.now()
-        keys = await store.list(DENIALS, limit=limit)
+        keys = await self._pruning.next_page(store, limit=limit)
         items = await store.get_many(keys)
         pruned = 0
         for key, item in items.items():

@@ -181,6 +181,8 @@ class PrefixWalk:
 
     async def next_page(self, store: StateStore, *, limit: int) -> list[str]:
         """The next at most ``limit`` keys (``limit`` > 0) of the walk, ascending."""
+        if limit <= 0:
+            raise ValueError(f"a page holds at least one key, not {limit}")
         keys = await store.list(self.prefix, limit=limit, start_after=self._after)
         if not keys and self._after is not None:
             # The previous page ended exactly at the end: start again now, not a pass later.
