@@ -15,6 +15,7 @@ import pytest
 from gateway._time import format_time
 from gateway.config import load_config
 from gateway.errors import CallDeniedError, ConfigError, LimitExceededError
+from gateway.handoff.journal import held_key
 from gateway.host import Host
 from gateway.limits import MAX_CALL_REQUEST_BYTES, MAX_MESSAGE_BYTES
 from gateway.lineage import EntryKind
@@ -123,6 +124,59 @@ def test_prune_passes_are_bounded_and_go_round_both_prefixes(
                 passes += 1
                 assert passes <= 8, "expired records not reached"
             assert young <= set(await store.list(""))
+        finally:
+            await host.close()
+
+    asyncio.run(main())
+
+
+def test_wakes_held_for_a_staged_object_do_not_starve_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """deliver_once looked at the first DELIVERY_BATCH inbox entries every pass: wakes
+    held for an object staged here by an unsettled migration (or frozen by a stuck one)
+    stay in the inbox, and once a batch of them sorted first, no wake of any object after
+    them was ever delivered. Passes now go round the inbox."""
+    monkeypatch.setattr(events, "DELIVERY_BATCH", 4)
+
+    async def main() -> None:
+        host, clock = await _open(tmp_path)
+        try:
+            store = host.store
+            staged = next(
+                oid
+                for oid in (f"obj://org-a.example/orders/staged-{n}" for n in range(64))
+                if events._object_digest(oid) < events._object_digest(OBJECT)
+            )
+            await store.put(held_key("default", staged), b"{}", etag=Expect.ABSENT)
+            waiting = [
+                events.new_message(
+                    TOPIC,
+                    data={"order": n},
+                    message_id=f"w-{n}",
+                    source="t",
+                    kind="t",
+                    received=clock.now(),
+                )
+                for n in range(6)
+            ]
+            await store.transact(
+                [
+                    Put(
+                        key=events._inbox_key("default", staged, message),
+                        value=events._wrap("default", staged, message),
+                        etag=Expect.ABSENT,
+                    )
+                    for message in waiting
+                ]
+            )
+            await host.events.publish(TOPIC, data={"order": 7}, message_id="m-1")
+            for _pass in range(4):
+                await host.events.deliver_once()
+            obj = await host.get_object(OBJECT, tenant="default")
+            assert [e.kind for e in obj.lineage.entries].count(EntryKind.WOKEN) == 1
+            # The staged object's wakes wait for it, all of them.
+            assert len(await store.list(events._inbox_prefix("default", staged))) == 6
         finally:
             await host.close()
 

@@ -303,6 +303,7 @@ class Events:
         # Each pass looks at a bounded page; the walks make successive passes reach every
         # record, not only the first ones of each prefix (see PrefixWalk).
         self._pruning = {prefix: PrefixWalk(prefix) for prefix in (BUS, SEEN)}
+        self._delivering = PrefixWalk(INBOX)
 
     @property
     def store(self) -> StateStore:
@@ -450,8 +451,11 @@ class Events:
     # --- out: wakes --------------------------------------------------------------------
 
     async def deliver_once(self) -> int:
-        """Deliver queued wakes, oldest first per object; returns how many were settled."""
-        keys = await self.store.list(INBOX, limit=DELIVERY_BATCH)
+        """Deliver the next DELIVERY_BATCH queued wakes, oldest first per object; returns
+        how many were settled. Passes go round the inbox: wakes held for a frozen or staged
+        object stay in it, and a pass that always started from the first entry would,
+        once a batch of those sorted first, never reach any other object's wakes."""
+        keys = await self._delivering.next_page(self.store, limit=DELIVERY_BATCH)
         loop = asyncio.get_running_loop()
         # A hold past its time only says "look again", which this pass does anyway; so
         # forget it, or a key settled elsewhere (another replica) would stay for good.
