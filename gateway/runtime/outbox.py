@@ -28,13 +28,15 @@ from gateway._decode import load_json
 from gateway._time import Clock, format_time, parse_time
 from gateway.errors import ConcurrencyError, GatewayError, StoreError
 from gateway.handoff.lifecycle import LifecycleEvent
-from gateway.stores import Delete, Expect, Put, StateStore
+from gateway.stores import Delete, Expect, PrefixWalk, Put, StateStore
 
 log = logging.getLogger(__name__)
 
 EVENTS = "events/"
 PENDING = "pending/"
 MAX_ATTEMPTS = 8
+#: Pending events looked at per dispatcher pass.
+DISPATCH_BATCH = 1000
 
 
 class DeliveryError(GatewayError):
@@ -260,6 +262,7 @@ class Dispatcher:
         self._slots = asyncio.Semaphore(concurrency)
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._not_before: dict[str, datetime] = {}
+        self._pending = PrefixWalk(PENDING)
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
@@ -276,13 +279,17 @@ class Dispatcher:
             await asyncio.gather(*self._inflight.values(), return_exceptions=True)
 
     async def dispatch_once(self) -> int:
-        """Start delivery of every pending event not already under way; returns how many."""
+        """Start delivery of the next DISPATCH_BATCH pending events not already under way;
+        returns how many. Passes go round pending/: events in flight to a target that does
+        not answer, or waiting out their backoff, stay pending for a while, and a pass that
+        always started from the first marker would leave every event after a batch of
+        those waiting (for good under a steady stream of them)."""
         now = self.clock.now()
         started = 0
         # A backoff that has passed only allows what a missing one does: forget it, or
         # an event another replica settled would keep its entry here for good.
         self._not_before = {k: t for k, t in self._not_before.items() if t > now}
-        for pending in await self.store.list(PENDING, limit=1000):
+        for pending in await self._pending.next_page(self.store, limit=DISPATCH_BATCH):
             key = pending.removeprefix(PENDING)
             if key in self._inflight or self._not_before.get(key, now) > now:
                 continue
