@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from gateway.handoff.journal import held_key
 from gateway.host import Host
 from gateway.limits import MAX_CALL_REQUEST_BYTES, MAX_MESSAGE_BYTES
 from gateway.lineage import EntryKind
+from gateway.model import GovernedObject
 from gateway.objectspec import parse_spec
 from gateway.runtime import calls, events
 from gateway.stores import Expect, Put
@@ -177,6 +178,81 @@ def test_wakes_held_for_a_staged_object_do_not_starve_the_others(
             assert [e.kind for e in obj.lineage.entries].count(EntryKind.WOKEN) == 1
             # The staged object's wakes wait for it, all of them.
             assert len(await store.list(events._inbox_prefix("default", staged))) == 6
+        finally:
+            await host.close()
+
+    asyncio.run(main())
+
+
+def _arrived(obj: GovernedObject, *, froze: datetime, host: str) -> GovernedObject:
+    """``obj`` as if it had frozen at another host at ``froze`` and arrived here after."""
+    frozen = obj.record(EntryKind.FROZEN, host="spiffe://elsewhere", at=froze)
+    return frozen.record(EntryKind.REHOSTED, host=host, at=froze + timedelta(seconds=5))
+
+
+async def _put_on_bus(host: Host, ids: list[str], received: datetime) -> None:
+    messages = [
+        events.new_message(
+            TOPIC, data={"order": 7}, message_id=i, source="t", kind="t", received=received
+        )
+        for i in ids
+    ]
+    await host.store.transact(
+        [Put(key=events._bus_key(m), value=m.encode(), etag=Expect.ABSENT) for m in messages]
+    )
+
+
+def test_an_arrival_replays_every_blackout_message_not_those_of_the_first_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replay after an arrival read the first PRUNE_BATCH bus messages of each topic:
+    the bus keeps a topic's messages for an hour and its keys are hash-ordered, so with
+    more than that on the topic, the blackout's messages were a random part of what was
+    looked at, and the others were never delivered. The replay now pages through the
+    topic and queues every message received since the freeze (less the clock skew)."""
+    monkeypatch.setattr(events, "PRUNE_BATCH", 5)
+
+    async def main() -> None:
+        host, clock = await _open(tmp_path)
+        try:
+            froze = clock.now()
+            await _put_on_bus(host, [f"before-{n}" for n in range(12)], froze - timedelta(hours=1))
+            blackout = [f"during-{n}" for n in range(3)]
+            await _put_on_bus(host, blackout, froze + timedelta(seconds=1))
+            obj = await host.get_object(OBJECT, tenant="default")
+            arrived = _arrived(obj, froze=froze, host=host.events.ctx.host)
+            operations = await host.events._replay(arrived, [TOPIC])
+            queued = sorted(
+                json.loads(json.loads(op.value)["message"])["id"]
+                for op in operations
+                if isinstance(op, Put)
+            )
+            assert queued == blackout
+        finally:
+            await host.close()
+
+    asyncio.run(main())
+
+
+def test_a_replay_queues_a_bounded_number_of_wakes_per_topic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The wakes of a replay go into one transaction with the arrival's subscriptions: at
+    most MAX_REPLAYED_PER_TOPIC per topic, and the rest are named in a warning."""
+    monkeypatch.setattr(events, "PRUNE_BATCH", 5)
+    monkeypatch.setattr(events, "MAX_REPLAYED_PER_TOPIC", 4)
+
+    async def main() -> None:
+        host, clock = await _open(tmp_path)
+        try:
+            froze = clock.now()
+            await _put_on_bus(host, [f"during-{n}" for n in range(11)], froze)
+            obj = await host.get_object(OBJECT, tenant="default")
+            arrived = _arrived(obj, froze=froze, host=host.events.ctx.host)
+            with caplog.at_level("WARNING", logger=events.__name__):
+                operations = await host.events._replay(arrived, [TOPIC])
+            assert len(operations) == 4
+            assert f"7 more messages on {TOPIC} since" in caplog.text
         finally:
             await host.close()
 

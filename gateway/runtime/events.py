@@ -90,9 +90,13 @@ BUS_RETENTION = timedelta(hours=1)
 SEEN_RETENTION = timedelta(hours=24)
 #: Most subscribers one message is queued for on this host.
 MAX_SUBSCRIBERS_PER_TOPIC = 1000
-#: Wakes delivered per pass, and records looked at per prune pass.
+#: Wakes delivered per pass, and records looked at per prune pass (and per page of a
+#: replay).
 DELIVERY_BATCH = 256
 PRUNE_BATCH = 1000
+#: Most wakes an arrival's replay queues per topic: they go into one transaction, with
+#: the subscriptions it takes up.
+MAX_REPLAYED_PER_TOPIC = 1000
 #: Attempts at one wake's conditional write while cycles or calls write the object.
 WAKE_ATTEMPTS = 8
 #: Seconds before a wake held for a frozen or staged object is looked at again.
@@ -409,7 +413,11 @@ class Events:
         self._wakeup.set()
 
     async def _replay(self, obj: GovernedObject, topics: list[str]) -> list[Operation]:
-        """Wakes for the messages an arrived object missed during its blackout."""
+        """Wakes for the messages an arrived object missed during its blackout.
+
+        The bus keys are hash-ordered, not time-ordered: the blackout's messages can be
+        anywhere among the hour of the topic the bus keeps, so every page of it is read
+        (each of PRUNE_BATCH messages), not only the first."""
         since = _last_departure(obj)
         if since is None or not topics:
             return []
@@ -417,25 +425,45 @@ class Events:
         already = _woken_digests(obj)
         operations: list[Operation] = []
         for topic in topics:
-            keys = await self.store.list(f"{BUS}{_digest(topic)}/", limit=PRUNE_BATCH)
-            items = await self.store.get_many(keys)
-            for key, item in items.items():
-                try:
-                    message = Message.decode(item.value, what=f"bus entry {key}")
-                except StoreError as exc:
-                    log.warning("%s", exc)
-                    continue
-                if message.received < since or message.digest in already:
-                    continue
-                seen = await self.store.get(_seen_key(obj.tenant, obj.object_id, message))
-                if seen is not None:
-                    continue
-                operations.append(
-                    Put(
-                        key=_inbox_key(obj.tenant, obj.object_id, message),
-                        value=_wrap(obj.tenant, obj.object_id, message),
-                        etag=Expect.ANY,
+            prefix = f"{BUS}{_digest(topic)}/"
+            queued = left_out = 0
+            after: str | None = None
+            while True:
+                keys = await self.store.list(prefix, limit=PRUNE_BATCH, start_after=after)
+                items = await self.store.get_many(keys)
+                for key, item in items.items():
+                    try:
+                        message = Message.decode(item.value, what=f"bus entry {key}")
+                    except StoreError as exc:
+                        log.warning("%s", exc)
+                        continue
+                    if message.received < since or message.digest in already:
+                        continue
+                    if queued >= MAX_REPLAYED_PER_TOPIC:
+                        left_out += 1
+                        continue
+                    seen = await self.store.get(_seen_key(obj.tenant, obj.object_id, message))
+                    if seen is not None:
+                        continue
+                    operations.append(
+                        Put(
+                            key=_inbox_key(obj.tenant, obj.object_id, message),
+                            value=_wrap(obj.tenant, obj.object_id, message),
+                            etag=Expect.ANY,
+                        )
                     )
+                    queued += 1
+                if len(keys) < PRUNE_BATCH:
+                    break
+                after = keys[-1]
+            if left_out:
+                log.warning(
+                    "%s arrived: %d more messages on %s since %s not replayed (at most %d)",
+                    obj.object_id,
+                    left_out,
+                    topic,
+                    format_time(since),
+                    MAX_REPLAYED_PER_TOPIC,
                 )
         return operations
 
