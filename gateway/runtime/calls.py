@@ -85,7 +85,7 @@ from gateway.rules import (
 )
 from gateway.runtime.compaction import Compaction
 from gateway.runtime.events import why_withheld
-from gateway.stores import Expect, PrefixWalk, Put
+from gateway.stores import Expect, PrefixWalk, Put, delete_unchanged
 
 log = logging.getLogger(__name__)
 
@@ -399,19 +399,15 @@ class Calls:
         now = self.ctx.clock.now()
         keys = await self._pruning.next_page(store, limit=limit)
         items = await store.get_many(keys)
-        pruned = 0
-        for key, item in items.items():
+        expired = []
+        for item in items.values():
             try:
                 touched = _decode_touched(item.value)
             except GatewayError:
                 touched = None
             if touched is None or now - touched >= DENIAL_RETENTION:
-                try:
-                    await store.delete(key, etag=item.etag)
-                    pruned += 1
-                except ConcurrencyError:
-                    continue
-        return pruned
+                expired.append(item)
+        return await delete_unchanged(store, expired)
 
 
 def _compile_answers(answers: tuple[Answer, ...]) -> dict[str, CompiledAnswer]:

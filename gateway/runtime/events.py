@@ -73,7 +73,15 @@ from gateway.model import GovernedObject, LifecycleState
 from gateway.rules import check_data
 from gateway.runtime.cycle import CycleRunner, Wake
 from gateway.runtime.outbox import outbox_puts
-from gateway.stores import Delete, Expect, Operation, PrefixWalk, Put, StateStore
+from gateway.stores import (
+    Delete,
+    Expect,
+    Operation,
+    PrefixWalk,
+    Put,
+    StateStore,
+    delete_unchanged,
+)
 
 log = logging.getLogger(__name__)
 
@@ -613,6 +621,7 @@ class Events:
         ):
             keys = await self._pruning[prefix].next_page(self.store, limit=PRUNE_BATCH)
             items = await self.store.get_many(keys)
+            expired = []
             for key, item in items.items():
                 try:
                     document = load_json(item.value, error=StoreError, what=key)
@@ -620,9 +629,8 @@ class Events:
                 except (GatewayError, KeyError, TypeError, ValueError):
                     at = None  # damaged: nothing to keep it for
                 if at is None or now - at >= retention:
-                    with contextlib.suppress(ConcurrencyError):
-                        await self.store.delete(key, etag=item.etag)
-                        pruned += 1
+                    expired.append(item)
+            pruned += await delete_unchanged(self.store, expired)
         return pruned
 
     # --- running -----------------------------------------------------------------------

@@ -191,7 +191,40 @@ class PrefixWalk:
         return keys
 
 
+#: Deletes per transaction of :func:`delete_unchanged`.
+DELETE_CHUNK = 200
+
+
+async def delete_unchanged(store: StateStore, items: Sequence[Item]) -> int:
+    """Delete each item if it is still as read (its ETag); returns how many went.
+
+    For pruning: the items go in transactions of :data:`DELETE_CHUNK`, one fsync each
+    rather than one per record (1000 single deletes took 3-4 s on SQLite, 200 a
+    transaction 30-100 ms), and a transaction in which one item changed meanwhile, which
+    therefore wrote nothing, is done again item by item so that only the changed ones
+    stay (for the next pass to judge again)."""
+    from gateway.errors import ConcurrencyError, StoreContentionError
+
+    deleted = 0
+    for start in range(0, len(items), DELETE_CHUNK):
+        chunk = items[start : start + DELETE_CHUNK]
+        try:
+            await store.transact([Delete(key=item.key, etag=item.etag) for item in chunk])
+            deleted += len(chunk)
+            continue
+        except (ConcurrencyError, StoreContentionError):
+            pass  # one of them changed (or, on Dapr, their index leaves kept changing)
+        for item in chunk:
+            try:
+                await store.delete(item.key, etag=item.etag)
+                deleted += 1
+            except ConcurrencyError:
+                continue
+    return deleted
+
+
 __all__ = [
+    "DELETE_CHUNK",
     "UNLISTED",
     "Delete",
     "Expect",
@@ -202,5 +235,6 @@ __all__ = [
     "StateStore",
     "check_listable",
     "check_start_after",
+    "delete_unchanged",
     "listable",
 ]
