@@ -259,6 +259,36 @@ def test_a_replay_queues_a_bounded_number_of_wakes_per_topic(
     asyncio.run(main())
 
 
+def test_a_serving_host_catches_up_on_a_backlog_of_expired_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prune pass a minute, of one page per prefix, was all pruning did: a prefix that
+    gained more than a page a minute grew without limit. While passes find at least half
+    a page expired, the next one comes after PRUNE_CATCH_UP_SECONDS instead."""
+    monkeypatch.setattr(events, "PRUNE_BATCH", 10)
+    monkeypatch.setattr(events, "PRUNE_CATCH_UP_SECONDS", 0.01)
+
+    async def main() -> None:
+        host, clock = await _open(tmp_path)
+        stop = asyncio.Event()
+        try:
+            await _put_on_bus(host, [f"old-{n}" for n in range(60)], clock.now())
+            clock.offset = events.BUS_RETENTION + timedelta(minutes=1)
+            running = asyncio.create_task(host.events.run(stop, tenants=("default",)))
+            for _ in range(500):  # a bound, not a timing assertion
+                if not await host.store.list(events.BUS):
+                    break
+                await asyncio.sleep(0.02)
+            assert await host.store.list(events.BUS) == []
+            stop.set()
+            await running
+        finally:
+            stop.set()
+            await host.close()
+
+    asyncio.run(main())
+
+
 def test_repeated_refusals_are_counted_not_copied(tmp_path: Path) -> None:
     async def main() -> None:
         host, clock = await _open(tmp_path)

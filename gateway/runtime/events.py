@@ -52,7 +52,7 @@ import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway._crash import crash_point
 from gateway._decode import load_json
@@ -85,6 +85,8 @@ from gateway.stores import (
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 BUS = "bus/"
 SUBS = "subs/"
 INBOX = "inbox/"
@@ -111,6 +113,9 @@ WAKE_ATTEMPTS = 8
 HELD_RETRY = 0.5
 #: Seconds between prune passes.
 RECONCILE_SECONDS = 60.0
+#: Seconds to the next prune pass after one that found at least half a page expired:
+#: a page a minute would never catch up with a prefix that gains more than that.
+PRUNE_CATCH_UP_SECONDS = 1.0
 #: Seconds after an activation before its subscriptions are taken up once more.
 RECHECK_SECONDS = 5.0
 
@@ -639,14 +644,16 @@ class Events:
         """Deliver wakes until ``stop``; take up every subscription once at start (the
         process that activated an object may have died first), again shortly after each
         activation seen here (a message may have reached the bus between the replay's
-        listing and the index), and prune once a minute."""
+        listing and the index), and prune once a minute, or once a second while passes
+        find a backlog of expired records."""
         loop = asyncio.get_running_loop()
         await self._guarded(self.reconcile(tenants))
         next_prune = 0.0
         while not stop.is_set():
             if loop.time() >= next_prune:
-                await self._guarded(self.prune())
-                next_prune = loop.time() + RECONCILE_SECONDS
+                pruned = await self._guarded(self.prune())
+                behind = pruned is not None and pruned >= PRUNE_BATCH // 2
+                next_prune = loop.time() + (PRUNE_CATCH_UP_SECONDS if behind else RECONCILE_SECONDS)
             due = [target for target, at in self._recheck.items() if at <= loop.time()]
             for target in due:
                 del self._recheck[target]
@@ -656,13 +663,15 @@ class Events:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=0.2)
 
-    async def _guarded(self, work: Awaitable[object]) -> None:
+    async def _guarded(self, work: Awaitable[_T]) -> _T | None:
+        """What ``work`` returns, or None if it failed (logged)."""
         try:
-            await work
+            return await work
         except GatewayError as exc:
             log.warning("event delivery pass failed: %s", exc)
         except Exception:
             log.exception("event delivery pass failed")
+        return None
 
     def activated(self, tenant: str, object_id: str) -> None:
         """An object became active in this process: take its subscriptions up again in a
