@@ -9,6 +9,7 @@ import asyncio
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -252,7 +253,8 @@ def test_a_replay_queues_a_bounded_number_of_wakes_per_topic(
             with caplog.at_level("WARNING", logger=events.__name__):
                 operations = await host.events._replay(arrived, [TOPIC])
             assert len(operations) == 4
-            assert f"7 more messages on {TOPIC} since" in caplog.text
+            # The wakes were full within the first page: the pages after it are not read.
+            assert f"at least 1 more messages on {TOPIC} since" in caplog.text
         finally:
             await host.close()
 
@@ -380,6 +382,43 @@ def test_oversized_or_malformed_input_is_refused_before_work(tmp_path: Path) -> 
                     tenant="default", object_id=OBJECT, method="../x", data=b"", caller="x/y"
                 )
             assert await host.store.list(events.BUS) == []
+        finally:
+            await host.close()
+
+    asyncio.run(main())
+
+
+def test_a_replay_reads_a_bounded_number_of_pages_per_topic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A take-up runs on every arrival (and at start for every arrived object): its reads
+    of a topic's bus stop after MAX_REPLAY_PAGES pages however busy the topic is, and a
+    warning says the rest was not looked at."""
+    monkeypatch.setattr(events, "PRUNE_BATCH", 5)
+    monkeypatch.setattr(events, "MAX_REPLAY_PAGES", 2)
+
+    async def main() -> None:
+        host, clock = await _open(tmp_path)
+        try:
+            froze = clock.now()
+            await _put_on_bus(host, [f"old-{n}" for n in range(30)], froze - timedelta(hours=1))
+            obj = await host.get_object(OBJECT, tenant="default")
+            arrived = _arrived(obj, froze=froze, host=host.events.ctx.host)
+            pages: list[str | None] = []
+            store_type = type(host.store)
+            listing = store_type.list
+
+            async def counted(store: Any, prefix: str, **kwargs: Any) -> list[str]:
+                if prefix.startswith(events.BUS):
+                    pages.append(kwargs.get("start_after"))
+                return await listing(store, prefix, **kwargs)
+
+            monkeypatch.setattr(store_type, "list", counted)
+            with caplog.at_level("WARNING", logger=events.__name__):
+                operations = await host.events._replay(arrived, [TOPIC])
+            assert operations == []
+            assert len(pages) == 2
+            assert f"the bus holds at least 10 messages on {TOPIC}" in caplog.text
         finally:
             await host.close()
 

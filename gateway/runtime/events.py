@@ -107,6 +107,12 @@ PRUNE_BATCH = 1000
 #: Most wakes an arrival's replay queues per topic: they go into one transaction, with
 #: the subscriptions it takes up.
 MAX_REPLAYED_PER_TOPIC = 1000
+#: Most pages of PRUNE_BATCH bus messages an arrival's replay reads per topic: the bus
+#: keeps an hour of each topic, and a take-up runs on every arrival and, at start, for
+#: every arrived object, so its reads must not grow with how busy a topic is. Ten pages
+#: cover a topic's hour up to about 2.8 messages a second; past that the replay says
+#: what it did not read.
+MAX_REPLAY_PAGES = 10
 #: Attempts at one wake's conditional write while cycles or calls write the object.
 WAKE_ATTEMPTS = 8
 #: Seconds before a wake held for a frozen or staged object is looked at again.
@@ -430,7 +436,8 @@ class Events:
 
         The bus keys are hash-ordered, not time-ordered: the blackout's messages can be
         anywhere among the hour of the topic the bus keeps, so every page of it is read
-        (each of PRUNE_BATCH messages), not only the first."""
+        (each of PRUNE_BATCH messages), not only the first, up to MAX_REPLAY_PAGES pages
+        and MAX_REPLAYED_PER_TOPIC wakes per topic; a warning names what was left out."""
         since = _last_departure(obj)
         if since is None or not topics:
             return []
@@ -441,7 +448,7 @@ class Events:
             prefix = f"{BUS}{_digest(topic)}/"
             queued = left_out = 0
             after: str | None = None
-            while True:
+            for _page in range(MAX_REPLAY_PAGES):
                 keys = await self.store.list(prefix, limit=PRUNE_BATCH, start_after=after)
                 items = await self.store.get_many(keys)
                 for key, item in items.items():
@@ -469,10 +476,22 @@ class Events:
                 if len(keys) < PRUNE_BATCH:
                     break
                 after = keys[-1]
+                if left_out:
+                    break  # the wakes are full; the pages left would only be counted
+            else:
+                log.warning(
+                    "%s arrived: the bus holds at least %d messages on %s; any after "
+                    "them were not looked at (at most %d pages a replay)",
+                    obj.object_id,
+                    MAX_REPLAY_PAGES * PRUNE_BATCH,
+                    topic,
+                    MAX_REPLAY_PAGES,
+                )
             if left_out:
                 log.warning(
-                    "%s arrived: %d more messages on %s since %s not replayed (at most %d)",
+                    "%s arrived: %s%d more messages on %s since %s not replayed (at most %d)",
                     obj.object_id,
+                    "" if len(keys) < PRUNE_BATCH else "at least ",
                     left_out,
                     topic,
                     format_time(since),
