@@ -208,7 +208,9 @@ class UnknownMigrationAnswer:
             )
         wrong = [name for name in sorted(_UNKNOWN_FIELDS) if not isinstance(document[name], str)]
         if wrong:
-            raise PayloadDecodeError(f"unknown-migration answer: {', '.join(wrong)} must be strings")
+            raise PayloadDecodeError(
+                f"unknown-migration answer: {', '.join(wrong)} must be strings"
+            )
         try:
             answer = cls(
                 migration_id=document["migration_id"],

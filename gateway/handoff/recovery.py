@@ -132,9 +132,7 @@ class Recovery:
         """The next, longer pause of ``migration_id`` (remembered, a bounded number)."""
         last = self._forgotten.pop(migration_id, None)
         length = (
-            FORGOTTEN_FIRST_PAUSE
-            if last is None
-            else min(last.length * 2, FORGOTTEN_MAX_PAUSE)
+            FORGOTTEN_FIRST_PAUSE if last is None else min(last.length * 2, FORGOTTEN_MAX_PAUSE)
         )
         pause = self._forgotten[migration_id] = _Pause(self.ctx.clock.now() + length, length)
         while len(self._forgotten) > FORGOTTEN_REMEMBERED:
