@@ -109,8 +109,8 @@ from gateway.handoff.journal import (
     open_source_key,
     source_key,
 )
-from gateway.handoff.offline import MAX_OFFLINE_LIFETIME
 from gateway.handoff.records import DestinationStep, SourceRecord, SourceStep
+from gateway.limits import MAX_OFFLINE_LIFETIME
 from gateway.model import LifecycleState
 from gateway.stores import Delete, Operation
 from gateway.v1 import object_pb2

@@ -64,6 +64,7 @@ from gateway.handoff.messages import (
     UnknownMigrationAnswer,
 )
 from gateway.handoff.peers import Peers
+from gateway.handoff.pruning import earliest_forgotten
 from gateway.handoff.records import SourceRecord, SourceStep
 from gateway.lineage import digest
 from gateway.model import GovernedObject
@@ -562,9 +563,6 @@ class Source:
         its data went with the destination's staged receipt. Answered too early, the
         record stays COMMITTED and :class:`MigrationNotFoundError` says why; recovery
         asks again with a growing pause (gateway.handoff.recovery)."""
-        # Here, not at the top: pruning imports offline, which imports this module.
-        from gateway.handoff.pruning import earliest_forgotten
-
         ctx = self.ctx
         peer = record.destination_host
         now = ctx.clock.now()
