@@ -582,20 +582,12 @@ class Source:
         committed_at = record.updated_at
         earliest = committed_at + earliest_forgotten(skew)
         if answer.issued_at < committed_at - skew or now < earliest:
-            log.warning(
-                "migration %s committed at %s; %s signed at %s that it does not know it, "
-                "before any retention could have pruned it (not before %s here): "
-                "not settled, asking again later",
-                record.migration_id,
-                format_time(committed_at),
-                peer,
-                format_time(answer.issued_at),
-                format_time(earliest),
-            )
+            # Not settled: recovery logs this as a warning and asks again later.
             raise MigrationNotFoundError(
-                f"{peer} says it does not know migration {record.migration_id}, committed "
-                f"here at {format_time(committed_at)}: too early for its retention to have "
-                "pruned it",
+                f"{peer} signed at {format_time(answer.issued_at)} that it does not know "
+                f"migration {record.migration_id}, committed here at "
+                f"{format_time(committed_at)}: too early for its retention to have pruned "
+                f"it (not before {format_time(earliest)}); not settled",
                 hint=f"{record.object_id} belongs to {peer} (committed); check that {peer} "
                 "runs on its own store. This host sends Commit again, less and less often",
             )
