@@ -57,6 +57,8 @@ class PayloadType:
     TRUST_BUNDLE = "application/vnd.gateway.trust-bundle.v1+json"
     #: A custody home's record that one host holds an object from one epoch on.
     CUSTODY_RECEIPT = "application/vnd.gateway.custody-receipt.v1+json"
+    #: A destination's signed answer to a Commit for a migration it holds no record of.
+    UNKNOWN_MIGRATION = "application/vnd.gateway.unknown-migration.v1+json"
 
 
 MAX_PAYLOAD_TYPE = 256

@@ -55,6 +55,10 @@ LATEST_TIME: Final = datetime(9000, 1, 1, tzinfo=UTC)
 #: The wire carries intervals in whole milliseconds.
 MIN_CYCLE_INTERVAL: Final = timedelta(milliseconds=1)
 MAX_CYCLE_INTERVAL: Final = timedelta(days=366)
+#: The longest a transfer may live: an offline transfer file, carried by hand, may take
+#: days (gateway.handoff.offline). The settled-history retention is built on it
+#: (gateway.handoff.pruning.minimum_retention).
+MAX_OFFLINE_LIFETIME: Final = timedelta(days=7)
 
 # --- sizes of peer-supplied strings and data ----------------------------------------
 

@@ -45,7 +45,14 @@ from gateway.authority import CapabilitySet, Constraints, EffectiveAuthority
 from gateway.config import EXAMPLE as CONFIG_EXAMPLE
 from gateway.config import load_config
 from gateway.credentials import issue_grant, verify_grant
-from gateway.handoff.messages import DecisionAnswer, Outcome, Receipt, ReceiptKind, Transfer
+from gateway.handoff.messages import (
+    DecisionAnswer,
+    Outcome,
+    Receipt,
+    ReceiptKind,
+    Transfer,
+    UnknownMigrationAnswer,
+)
 from gateway.handoff.records import (
     DestinationRecord,
     DestinationStep,
@@ -527,6 +534,9 @@ def _fields_of(obj: GovernedObject) -> dict[str, Any]:
 
 
 WORLD = _build_world()
+UNKNOWN_ANSWER = UnknownMigrationAnswer(
+    migration_id="m-1", source=HOST_A, destination=HOST_B, issued_at=T0
+).encode()
 OUTBOX_EVENT = Event(
     key="default/obj/000000000001/000",
     tenant="default",
@@ -769,6 +779,13 @@ TARGETS: tuple[Target, ...] = (
         (WORLD.decision,),
         mutate_json,
         DecisionAnswer.encode,
+    ),
+    Target(
+        "unknown-migration-answer",
+        UnknownMigrationAnswer.decode,
+        (UNKNOWN_ANSWER,),
+        mutate_json,
+        UnknownMigrationAnswer.encode,
     ),
     Target(
         "outbox-event",

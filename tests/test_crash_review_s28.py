@@ -251,20 +251,14 @@ def test_an_offline_completion_that_lost_to_an_abort_says_so(
         assert world.assert_one_live_copy(OBJECT) == HOST_A
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pruning.py deletes an ACTIVATED destination record after the retention even if "
-    "its source never confirmed (it cannot know); the source then keeps its COMMITTED record "
-    "open and re-sends Commit on every recovery pass for ever. Safe (the object is live at B "
-    "only), a liveness leak; the fix is a protocol choice (treat 'not found' for a record "
-    "whose staged receipt the source holds as settled, or keep ACTIVATED records until the "
-    "source confirms), left to the lead.",
-)
 def test_a_source_whose_activation_receipt_was_lost_past_the_retention_still_settles(
     tmp_path: Path,
 ) -> None:
     """The Commit's reply is lost; A stays COMMITTED (B ACTIVATED) and is then away for
-    longer than the retention; B prunes its settled record meanwhile."""
+    longer than the retention; B prunes its settled record meanwhile. A re-sent Commit
+    used to get "no migration ... was staged here" for ever; B now answers it with its
+    signed unknown-migration answer, on which A settles (pruning.py, "A source away past
+    the retention"): see tests/test_forgotten_commit.py for what A refuses to settle on."""
     world = InProcessWorld(
         build_world(tmp_path, [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_B)])
     )
@@ -281,6 +275,9 @@ def test_a_source_whose_activation_receipt_was_lost_past_the_retention_still_set
         world.run(pruner.run_once(paced=False))
         assert world.run(b.journal.destination(result.migration_id)) is None, "pruned"
         world.network(HOST_A).clear()
+        # A was away as long: its clock moved on too (A settles on B's word only once
+        # its own clock says B's retention can have passed).
+        world.clock(HOST_A).skew(pruner.retention + timedelta(days=1))
         world.recover(HOST_A)
         settled = world.run(world.hosts[HOST_A].journal.source(result.migration_id))
         assert settled is not None

@@ -42,7 +42,7 @@ from gateway.errors import (
     PayloadDecodeError,
     TrustError,
 )
-from gateway.handoff.messages import DecisionAnswer, ReceiptKind
+from gateway.handoff.messages import DecisionAnswer, ReceiptKind, UnknownMigrationAnswer
 from gateway.keys import SignatureEncoding
 from gateway.lineage import Checkpoint, EntryKind, Lineage, LineageEntry
 from gateway.trust import decode_bundle
@@ -51,6 +51,7 @@ from tests.fuzz_targets import (
     T0,
     TARGETS,
     TARGETS_BY_NAME,
+    UNKNOWN_ANSWER,
     WORLD,
     Raw,
     dump,
@@ -184,6 +185,10 @@ def _decision_with(name: str, value: object) -> bytes:
     return dump({**json.loads(WORLD.decision), name: value}).encode("utf-8")
 
 
+def _unknown_with(name: str, value: object) -> bytes:
+    return dump({**json.loads(UNKNOWN_ANSWER), name: value}).encode("utf-8")
+
+
 def _grant_with(name: str, value: object) -> bytes:
     """The sample grant with one claim changed, signed again by its real key."""
     header, payload, _ = WORLD.grant.split(".")
@@ -251,6 +256,9 @@ HOSTILE = [
     Hostile("decision-digits", DecisionAnswer.decode, _decision_with("outcome", DIGITS), PayloadDecodeError, "5000-digit int"),
     Hostile("decision-type", DecisionAnswer.decode, _decision_with("source", 7), PayloadDecodeError, "wrong type", "source"),
     Hostile("decision-year-10000", DecisionAnswer.decode, _decision_with("issued_at", "10000-01-01T00:00:00.000Z"), PayloadDecodeError, "year 10000"),
+    Hostile("unknown-digits", UnknownMigrationAnswer.decode, _unknown_with("migration_id", DIGITS), PayloadDecodeError, "5000-digit int"),
+    Hostile("unknown-type", UnknownMigrationAnswer.decode, _unknown_with("destination", 7), PayloadDecodeError, "wrong type", "destination"),
+    Hostile("unknown-year-10000", UnknownMigrationAnswer.decode, _unknown_with("issued_at", "10000-01-01T00:00:00.000Z"), PayloadDecodeError, "year 10000"),
     Hostile("grant-exp-1e20", _grant, _grant_with("exp", 10**20), GrantFormatError, "exp 10**20, signed", "'exp'"),
     Hostile("grant-exp-year-10000", _grant, _grant_with("exp", YEAR_10000), GrantFormatError, "exp past 9999", "'exp'"),
     Hostile("grant-iat-negative", _grant, _grant_with("iat", -(10**12)), GrantFormatError, "iat before year 1", "'iat'"),

@@ -27,7 +27,6 @@ from gateway.errors import (
     ExpiredError,
     GatewayError,
     MigrationAbortedError,
-    MigrationNotFoundError,
     ObjectStateError,
     PeerMismatchError,
     PeerUnavailableError,
@@ -36,7 +35,7 @@ from gateway.errors import (
     UnknownPeerError,
     UntrustedKeyError,
 )
-from gateway.handoff.messages import NONCE_BYTES, Outcome, Transfer
+from gateway.handoff.messages import NONCE_BYTES, Outcome, Transfer, UnknownMigrationAnswer
 from gateway.handoff.records import DestinationStep, SourceRecord, SourceStep
 from gateway.handoff.source import Source, open_decision
 from gateway.host import Host
@@ -409,8 +408,16 @@ def test_only_the_named_source_may_commit_abort_or_ask(world: World) -> None:
             await intruder.commit(migration_id)
         with pytest.raises(PeerMismatchError):
             await intruder.abort(migration_id, "not mine")
-        with pytest.raises(MigrationNotFoundError):
-            await intruder.commit("mig-never-staged")
+        # A Commit for an id B never staged gets B's signed "unknown migration", naming
+        # the peer that asked: a source settles on it only for its own migration
+        # (gateway.handoff.source, test_forgotten_commit.py); nothing is written.
+        unknown = wire.decode_envelope(await intruder.commit("mig-never-staged"))
+        answer = UnknownMigrationAnswer.decode(
+            a2.context.open_from(
+                HOST_B, unknown, dsse.PayloadType.UNKNOWN_MIGRATION, at=a2.context.clock.now()
+            )
+        )
+        assert (answer.migration_id, answer.source) == ("mig-never-staged", HOST_A2)
         staged = await hosts[HOST_B].journal.destination(migration_id)
         assert staged is not None and staged.value.step is DestinationStep.STAGED
 

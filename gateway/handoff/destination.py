@@ -72,7 +72,7 @@ from gateway.handoff.journal import (
     open_destination_key,
 )
 from gateway.handoff.lifecycle import LifecycleEvent
-from gateway.handoff.messages import Receipt, ReceiptKind, Transfer
+from gateway.handoff.messages import Receipt, ReceiptKind, Transfer, UnknownMigrationAnswer
 from gateway.handoff.peers import Peers
 from gateway.handoff.records import DestinationRecord, DestinationStep
 from gateway.limits import MAX_OPEN_UPLOADS_PER_PEER
@@ -985,6 +985,32 @@ class Destination:
             return await self._commit(migration_id, peer=peer, decision=decision)
         finally:
             self._handling -= 1
+
+    async def answer_commit(self, migration_id: str, *, peer: str) -> bytes:
+        """The Commit RPC of ``peer``: :meth:`commit`, or, for a migration this host holds
+        no record of, its signed :class:`UnknownMigrationAnswer`. A source re-sending
+        Commit after this host pruned the settled record (its reply was lost and the
+        source was away past the retention) settles on that signed answer, within the
+        limits gateway.handoff.source checks, instead of asking for ever. Nothing is
+        written: a peer asking about random ids costs a read and a signature each, as a
+        Decision about an unknown id does on a source (presumed abort)."""
+        try:
+            return await self.commit(migration_id, peer=peer)
+        except MigrationNotFoundError:
+            # Said only when the record is absent now: a record read again (staged or
+            # settled since) keeps the error, and the source asks again.
+            if await self.ctx.journal.destination(migration_id) is not None:
+                raise
+        answer = UnknownMigrationAnswer(
+            migration_id=migration_id,
+            source=peer,
+            destination=self.ctx.host,
+            issued_at=self.ctx.clock.now(),
+        )
+        log.info("commit from %s for unknown migration %s: signed as unknown", peer, migration_id)
+        return wire.encode_envelope(
+            self.ctx.seal(answer.encode(), dsse.PayloadType.UNKNOWN_MIGRATION)
+        )
 
     async def _commit(self, migration_id: str, *, peer: str, decision: bytes) -> bytes:
         attempts = 0

@@ -170,3 +170,59 @@ class DecisionAnswer:
 
 
 _DECISION_FIELDS = frozenset({"migration_id", "outcome", "source", "destination", "issued_at"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnknownMigrationAnswer:
+    """A destination's signed answer to a Commit for a migration it holds no record of
+    (its settled record was pruned after its retention, gateway.handoff.pruning). Signed
+    and naming the one migration, source and destination, so that a source settles on
+    the destination's own word, kept as evidence, never on an error status that any
+    layer in between could have made up. What the source then checks before it settles
+    is in gateway.handoff.source (``Source._settle_forgotten``)."""
+
+    migration_id: str
+    source: str  #: the source that sent Commit
+    destination: str  #: the host that signed: it does not know the migration
+    issued_at: datetime
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "migration_id": self.migration_id,
+                "source": self.source,
+                "destination": self.destination,
+                "issued_at": format_time(self.issued_at),
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> UnknownMigrationAnswer:
+        document = load_json(raw, error=PayloadDecodeError, what="unknown-migration answer")
+        if not isinstance(document, dict) or set(document) != _UNKNOWN_FIELDS:
+            raise PayloadDecodeError(
+                f"unknown-migration answer must be an object with the fields "
+                f"{sorted(_UNKNOWN_FIELDS)}"
+            )
+        wrong = [name for name in sorted(_UNKNOWN_FIELDS) if not isinstance(document[name], str)]
+        if wrong:
+            raise PayloadDecodeError(
+                f"unknown-migration answer: {', '.join(wrong)} must be strings"
+            )
+        try:
+            answer = cls(
+                migration_id=document["migration_id"],
+                source=document["source"],
+                destination=document["destination"],
+                issued_at=parse_time(document["issued_at"]),
+            )
+        except ValueError as exc:
+            raise PayloadDecodeError(f"unknown-migration answer does not parse: {exc}") from exc
+        if answer.encode() != raw:
+            raise PayloadDecodeError("unknown-migration answer is not in canonical form")
+        return answer
+
+
+_UNKNOWN_FIELDS = frozenset({"migration_id", "source", "destination", "issued_at"})

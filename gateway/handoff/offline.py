@@ -59,11 +59,10 @@ from gateway.handoff.messages import DecisionAnswer, Outcome, ReceiptKind
 from gateway.handoff.records import SourceRecord, SourceStep
 from gateway.handoff.source import Source, _transfer_digest, open_decision
 from gateway.keys import Purpose
+from gateway.limits import MAX_OFFLINE_LIFETIME
 from gateway.versions import check_transfer_file_header
 
 MAGIC = b"gateway-transfer-file/v1\n"
-#: A file carried by hand may take days; the transfer still expires, and so its nonce.
-MAX_OFFLINE_LIFETIME = timedelta(days=7)
 DEFAULT_OFFLINE_TTL = timedelta(days=2)
 #: A data frame holds one chunk; anything longer is refused before it is read.
 MAX_CHUNK_FRAME = CHUNK_BYTES

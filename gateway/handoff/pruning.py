@@ -15,7 +15,20 @@ docs/storage.md):
   remembers answers ABORTED without writing anything (presumed abort), which is right for
   every migration that was not committed, and a committed one is only ever asked about
   while its destination holds it STAGED, which the source's record outlives (it settles
-  DONE only once the destination activated).
+  DONE only once the destination activated, or once the destination signed that it no
+  longer knows the migration, see below).
+* **A source away past the retention.** If a Commit's reply was lost and its source
+  comes back only after the destination pruned the ACTIVATED record, the destination
+  answers the re-sent Commit with a signed ``UnknownMigrationAnswer`` (nothing is
+  written for it). The source settles DONE on it, keeping the signed answer in place of
+  the activation receipt, only if it is signed by the destination, names exactly this
+  migration, source and destination, was issued after the commit, and the commit is
+  at least :func:`earliest_forgotten` old on the source's own clock: no honest
+  destination prunes a record of a migration earlier, and a destination still holding
+  it STAGED never answers so (STAGED records are never pruned). Earlier, unsigned or
+  unverifiable, it is logged, the record stays COMMITTED (the object is the
+  destination's either way: the source's copy is a MOVED tombstone since the commit)
+  and recovery asks again with a growing pause (gateway.handoff.recovery).
 * **Fences** (``t/<tenant>/fence/<id>``, the highest epoch staged here) refuse a stale
   Prepare. A fence is kept as long as the host keeps any record of the object (live,
   frozen, staged, or its MOVED tombstone): a dishonest former holder can sign a *new*
@@ -96,8 +109,8 @@ from gateway.handoff.journal import (
     open_source_key,
     source_key,
 )
-from gateway.handoff.offline import MAX_OFFLINE_LIFETIME
 from gateway.handoff.records import DestinationStep, SourceRecord, SourceStep
+from gateway.limits import MAX_OFFLINE_LIFETIME
 from gateway.model import LifecycleState
 from gateway.stores import Delete, Operation
 from gateway.v1 import object_pb2
@@ -128,6 +141,16 @@ def minimum_retention(clock_skew: timedelta) -> timedelta:
     can live (an offline transfer file, the longest-lived kind), plus twice the clock
     skew, plus a day of margin for a host that was down."""
     return MAX_OFFLINE_LIFETIME + 2 * clock_skew + timedelta(days=1)
+
+
+def earliest_forgotten(clock_skew: timedelta) -> timedelta:
+    """How long after a source committed a migration its destination can, at the
+    earliest, have pruned the settled record of it: its retention is never less than
+    :func:`minimum_retention` with no skew, counted from its activation, which follows
+    the commit; less twice the clock skew, for two clocks up to that far apart. A source
+    takes a destination's signed "unknown migration" as settling the migration no
+    earlier (gateway.handoff.source)."""
+    return minimum_retention(timedelta(0)) - 2 * clock_skew
 
 
 @dataclass(slots=True)

@@ -4,7 +4,12 @@ Run at start-up and periodically by ``gateway serve``; safe to run anywhere, any
 times, concurrently with the protocol itself, because every step it takes is one of the
 protocol's own idempotent, ETag-conditional steps:
 
-* source COMMITTED → re-send Commit until the destination confirms (DONE);
+* source COMMITTED → re-send Commit until the destination confirms (DONE), or signs that
+  it no longer knows the migration once its retention can have pruned it (DONE without
+  an activation receipt, gateway.handoff.pruning). While the destination says it does
+  not know the migration and the source cannot settle on that yet (too early, or
+  unsigned), Commit is re-sent after a growing pause (:data:`FORGOTTEN_FIRST_PAUSE`,
+  doubled each time up to :data:`FORGOTTEN_MAX_PAUSE`), not on every pass;
 * source FROZEN whose transfer can no longer be accepted anywhere (past its signed
   expiry plus twice the clock skew) → abort: presumed abort, journal first;
 * destination STAGED for longer than ``stage_timeout`` → ask the source for its
@@ -19,10 +24,12 @@ transactions as the journal), so a pass costs what is open, not all history.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from gateway import wire
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, MigrationNotFoundError
 from gateway.handoff.context import HostContext
 from gateway.handoff.destination import Destination
 from gateway.handoff.journal import OPEN_DESTINATION_PREFIX, OPEN_SOURCE_PREFIX
@@ -39,6 +46,23 @@ from gateway.handoff.source import Source, open_decision
 
 log = logging.getLogger(__name__)
 
+#: After the destination first says it does not know a committed migration (and the
+#: source cannot settle on that yet), Commit is sent again this much later, then after
+#: twice as long each time, never more than FORGOTTEN_MAX_PAUSE apart: the answer will
+#: not change within seconds (it is about a retention of days), and the source must not
+#: spend a call per pass for ever on each such migration.
+FORGOTTEN_FIRST_PAUSE = timedelta(minutes=1)
+FORGOTTEN_MAX_PAUSE = timedelta(hours=1)
+#: Migrations whose pause is remembered (in memory: a restart asks each once again);
+#: past it the oldest entry goes, and that migration is asked on the next pass.
+FORGOTTEN_REMEMBERED = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _Pause:
+    until: datetime
+    length: timedelta
+
 
 class Recovery:
     def __init__(
@@ -51,6 +75,9 @@ class Recovery:
         #: Settled history past its retention (gateway.handoff.pruning); run by
         #: gateway.host.Host.recover, and by a serving host on its own task.
         self.pruner = Pruner(context, retention=context.timing.settled_retention)
+        #: Committed migrations whose destination said it does not know them: when to
+        #: send Commit next (see FORGOTTEN_FIRST_PAUSE).
+        self._forgotten: OrderedDict[str, _Pause] = OrderedDict()
 
     async def run_once(self) -> int:
         """One pass; returns how many migrations were moved forward."""
@@ -68,7 +95,11 @@ class Recovery:
             record = loaded.value
             try:
                 if record.step is SourceStep.COMMITTED:
-                    await self.source.resume(migration_id)
+                    if self._paused(migration_id):
+                        continue
+                    result = await self.source.resume(migration_id)
+                    if result.step is not SourceStep.COMMITTED:
+                        self._forgotten.pop(migration_id, None)
                     progressed += 1
                 elif (
                     record.step is SourceStep.FROZEN
@@ -78,9 +109,35 @@ class Recovery:
                     # offline transfer file may be valid for days (gateway.handoff.offline).
                     await self.source.abort(migration_id, reason="transfer expired before commit")
                     progressed += 1
+            except MigrationNotFoundError as exc:
+                # The destination does not know it (its unsigned error, or a signed answer
+                # too early to settle on): keep asking, less and less often.
+                pause = self._pause(migration_id)
+                log.warning(
+                    "source recovery of %s: %s; Commit again in %s",
+                    migration_id,
+                    exc,
+                    pause.length,
+                )
             except GatewayError as exc:
                 log.info("source recovery of %s: %s", migration_id, exc)
         return progressed
+
+    def _paused(self, migration_id: str) -> bool:
+        """Whether Commit of ``migration_id`` waits out a pause now."""
+        pause = self._forgotten.get(migration_id)
+        return pause is not None and self.ctx.clock.now() < pause.until
+
+    def _pause(self, migration_id: str) -> _Pause:
+        """The next, longer pause of ``migration_id`` (remembered, a bounded number)."""
+        last = self._forgotten.pop(migration_id, None)
+        length = (
+            FORGOTTEN_FIRST_PAUSE if last is None else min(last.length * 2, FORGOTTEN_MAX_PAUSE)
+        )
+        pause = self._forgotten[migration_id] = _Pause(self.ctx.clock.now() + length, length)
+        while len(self._forgotten) > FORGOTTEN_REMEMBERED:
+            self._forgotten.popitem(last=False)
+        return pause
 
     async def recover_destinations(self) -> int:
         ctx = self.ctx

@@ -28,6 +28,7 @@ from gateway import envelope as dsse
 from gateway import observability, wire
 from gateway._crash import crash_point
 from gateway._retry import lost_race
+from gateway._time import format_time
 from gateway.blobs import STREAM_PIECE_BYTES, BlobRef, delete_blob, read_blob_views
 from gateway.errors import (
     BadSignatureError,
@@ -60,8 +61,10 @@ from gateway.handoff.messages import (
     Outcome,
     ReceiptKind,
     Transfer,
+    UnknownMigrationAnswer,
 )
 from gateway.handoff.peers import Peers
+from gateway.handoff.pruning import earliest_forgotten
 from gateway.handoff.records import SourceRecord, SourceStep
 from gateway.lineage import digest
 from gateway.model import GovernedObject
@@ -522,6 +525,9 @@ class Source:
         client = self.peers.client(record.destination_host)
         try:
             receipt_raw = await client.commit(record.migration_id)
+            envelope = wire.decode_envelope(receipt_raw)
+            if envelope.payload_type == dsse.PayloadType.UNKNOWN_MIGRATION:
+                return await self._settle_forgotten(record, envelope, receipt_raw, etag=etag)
             self._check_receipt(record, receipt_raw, ReceiptKind.ACTIVATED)
         except (PeerUnavailableError, VerificationError) as exc:
             # Committed is committed: the object is the destination's. Recovery re-sends
@@ -533,10 +539,77 @@ class Source:
         crash_point("source.after-activation")
         return await self.done(record, receipt_raw, etag=etag)
 
-    async def done(
-        self, record: SourceRecord, receipt_raw: bytes, *, etag: str | None = None
+    async def _settle_forgotten(
+        self,
+        record: SourceRecord,
+        envelope: dsse.Envelope,
+        answer_raw: bytes,
+        *,
+        etag: str | None,
     ) -> SourceRecord:
-        """Journal DONE with the destination's activation receipt (already checked).
+        """The destination answered Commit with its signed "unknown migration": it pruned
+        its settled record after its retention, while this host was away with the reply
+        lost (gateway.handoff.pruning). Journal DONE on it, kept as evidence in place of
+        the activation receipt, once this host can tell the answer is one an honest
+        destination gives: signed by it (a verification error otherwise, and Commit is
+        sent again), about exactly this migration, issued after the commit, and the
+        commit at least :func:`~gateway.handoff.pruning.earliest_forgotten` old on this
+        host's own clock. A STAGED record is never pruned, so an honest destination that
+        answers so holds no copy that could still ask for this decision.
+
+        What DONE changes here: Commit is no longer sent and the open marker goes; the
+        record answers Decision COMMITTED as before, until it is pruned a retention
+        later. The object is not touched: it is a MOVED tombstone since the commit and
+        its data went with the destination's staged receipt. Answered too early, the
+        record stays COMMITTED and :class:`MigrationNotFoundError` says why; recovery
+        asks again with a growing pause (gateway.handoff.recovery)."""
+        ctx = self.ctx
+        peer = record.destination_host
+        now = ctx.clock.now()
+        payload = ctx.open_from(peer, envelope, dsse.PayloadType.UNKNOWN_MIGRATION, at=now)
+        answer = UnknownMigrationAnswer.decode(payload)
+        if (answer.migration_id, answer.source, answer.destination) != (
+            record.migration_id,
+            ctx.host,
+            peer,
+        ):
+            raise BadSignatureError(
+                f"the unknown-migration answer {peer} signed is about another migration, "
+                "source or destination",
+                hint="Commit is sent again; an answer is valid for its one migration only",
+            )
+        skew = ctx.timing.clock_skew
+        committed_at = record.updated_at
+        earliest = committed_at + earliest_forgotten(skew)
+        if answer.issued_at < committed_at - skew or now < earliest:
+            # Not settled: recovery logs this as a warning and asks again later.
+            raise MigrationNotFoundError(
+                f"{peer} signed at {format_time(answer.issued_at)} that it does not know "
+                f"migration {record.migration_id}, committed here at "
+                f"{format_time(committed_at)}: too early for its retention to have pruned "
+                f"it (not before {format_time(earliest)}); not settled",
+                hint=f"{record.object_id} belongs to {peer} (committed); check that {peer} "
+                "runs on its own store. This host sends Commit again, less and less often",
+            )
+        reason = (
+            f"settled without an activation receipt: {peer} signed at "
+            f"{format_time(answer.issued_at)} that it no longer knows the migration (its "
+            "record was pruned after its retention; the reply to Commit was lost)"
+        )
+        log.warning("migration %s of %s %s", record.migration_id, record.object_id, reason)
+        return await self.done(record, answer_raw, etag=etag, reason=reason)
+
+    async def done(
+        self,
+        record: SourceRecord,
+        receipt_raw: bytes,
+        *,
+        etag: str | None = None,
+        reason: str = "",
+    ) -> SourceRecord:
+        """Journal DONE with the destination's activation receipt (already checked), or
+        with its signed unknown-migration answer and the ``reason`` it settled on that
+        (see :meth:`_settle_forgotten`).
 
         ``etag``: the ETag under which the caller itself wrote ``record`` (its commit, a
         moment ago), when the store said it: the record is then not read again just to
@@ -565,6 +638,7 @@ class Source:
             step=SourceStep.DONE,
             activation_receipt=receipt_raw,
             updated_at=ctx.clock.now(),
+            reason=reason,
         )
         try:
             await ctx.journal.store.transact(
@@ -578,7 +652,11 @@ class Source:
             assert again is not None
             return again.value
         observability.migration_settled(
-            "source", "done", tenant=done.tenant, started=done.created_at, at=done.updated_at
+            "source",
+            "unconfirmed" if reason else "done",
+            tenant=done.tenant,
+            started=done.created_at,
+            at=done.updated_at,
         )
         return done
 

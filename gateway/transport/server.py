@@ -192,7 +192,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         async def handle(peer: str) -> gateway_pb2.CommitResponse:
             check_migration_id(request.migration_id)
             return gateway_pb2.CommitResponse(
-                receipt=await self.destination.commit(request.migration_id, peer=peer)
+                receipt=await self.destination.answer_commit(request.migration_id, peer=peer)
             )
 
         return await self._answer(context, "Commit", handle)
