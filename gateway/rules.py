@@ -43,7 +43,7 @@ from google.protobuf import empty_pb2
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from gateway.errors import RuleCostError, RuleError
-from gateway.limits import MAX_ANSWERS, MAX_SUBSCRIPTIONS
+from gateway.limits import MAX_ANSWERS, MAX_DATA_BYTES, MAX_ID_BYTES, MAX_SUBSCRIPTIONS
 from gateway.model import TRIGGERS, Answer, Binding, Invoke, Publish, Rule, WriteState
 
 MAX_RULES = 32
@@ -53,6 +53,12 @@ MAX_NESTING = 1
 #: Most elements any list or map in an object's data may have (checked on every write).
 COLLECTION_BOUND = 1000
 MAX_COST = 1_000_000
+#: Most bytes any value a rule builds may hold, by the bound :func:`cost_of` computes
+#: (strings and bytes by their length, lists and maps by their JSON text): four times
+#: the data limit, room for a rule that copies the data, a message and a request (each
+#: at most the data limit) with text around them, and nowhere near the ~1000 copies of
+#: the data a concatenation inside map() would make.
+MAX_VALUE_BYTES = 4 * MAX_DATA_BYTES
 MAX_DATA_DEPTH = 32
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -82,6 +88,7 @@ _EXPR_KINDS = {
     8: "struct",
     9: "comprehension",
 }
+_EXPR_ID = 2
 _SELECT_OPERAND = 1
 _CALL_TARGET, _CALL_ARGS = 1, 3
 _LIST_ELEMENTS = 1
@@ -94,7 +101,9 @@ _COMPREHENSION_LOOP = (5, 6)  #: loop_condition, loop_step: evaluated per elemen
 class Cost:
     nodes: int
     nesting: int
-    estimate: int
+    estimate: int  #: node evaluations, each comprehension's body once per element
+    largest: int  #: bytes: the bound of the largest value the expression may build
+    largest_at: int = -1  #: where that value is built (a character offset), when too large
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,62 +437,437 @@ def _plain_key(key: Any) -> str:
 # --- compiling ----------------------------------------------------------------------
 
 
-def _fields(raw: bytes) -> Iterator[tuple[int, bytes]]:
-    """Length-delimited fields of a serialized message, read without its schema."""
+def _message(raw: bytes) -> list[tuple[int, Any]]:
+    """Every field of a serialized message, read without its schema: (number, value),
+    the value bytes for length-delimited fields and an int for the others."""
     holder = empty_pb2.Empty()
     holder.ParseFromString(raw)
     fields = UnknownFieldSet(holder)
-    for index in range(len(fields)):
-        field = fields[index]
-        if isinstance(field.data, bytes):
-            yield field.field_number, field.data
+    return [(fields[i].field_number, fields[i].data) for i in range(len(fields))]
 
 
-def _walk(expr: bytes, multiplier: int, depth: int, totals: dict[str, int]) -> None:
-    totals["nodes"] += 1
-    totals["estimate"] += multiplier
-    totals["nesting"] = max(totals["nesting"], depth)
-    if totals["nodes"] > MAX_NODES * 4:
-        return  # far over the limit already; stop walking pathological input
-    for number, body in _fields(expr):
-        kind = _EXPR_KINDS.get(number)
-        if kind is None or kind in ("const", "ident"):
+def _fields(raw: bytes) -> Iterator[tuple[int, bytes]]:
+    """Length-delimited fields of a serialized message, read without its schema."""
+    for number, value in _message(raw):
+        if isinstance(value, bytes):
+            yield number, value
+
+
+#: A piece of an input: its root variable, then one segment per field or key selected.
+#: A segment that is a wildcard (:data:`_ANY`, or a comprehension's element marker) may
+#: stand for any key, so it overlaps every segment at its level.
+_Path = tuple[Any, ...]
+_ANY = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class _Bound:
+    """An upper bound of a value's size: ``fixed`` bytes, plus for each input piece in
+    ``parts`` that many copies of it (what the piece holds is unknown at compile time;
+    every input together is at most the data limit). ``length`` bounds the value's
+    elements, ``deep`` the elements of it or of any collection inside it. ``ref``: the
+    value *is* the single piece in ``parts`` (not a copy made of it), so selecting from
+    it gives a smaller piece."""
+
+    fixed: int
+    parts: Mapping[_Path, int]
+    length: int = 0
+    deep: int = 0
+    ref: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Pool:
+    """The root of a piece that is not an input: the ``size`` bytes a comprehension's
+    range holds besides its input pieces, shared among its elements."""
+
+    node: int
+    size: int
+
+
+def _piece(path: _Path, deep: int) -> _Bound:
+    return _Bound(0, {path: 1}, deep, deep, ref=True)
+
+
+def _within(bound: _Bound) -> _Bound:
+    """Some value inside ``bound`` (an element, a field): no larger than it."""
+    return _Bound(bound.fixed, bound.parts, bound.deep, bound.deep)
+
+
+def _sum(bounds: Sequence[_Bound], fixed: int = 0) -> _Bound:
+    parts: dict[_Path, int] = {}
+    length = deep = 0
+    for bound in bounds:
+        fixed += bound.fixed
+        for path, copies in bound.parts.items():
+            parts[path] = parts.get(path, 0) + copies
+        length += bound.length
+        deep = max(deep, bound.deep)
+    return _Bound(fixed, parts, length, max(deep, length))
+
+
+def _either(first: _Bound, second: _Bound) -> _Bound:
+    """A value that is one of the two."""
+    parts = dict(first.parts)
+    for path, copies in second.parts.items():
+        parts[path] = max(parts.get(path, 0), copies)
+    return _Bound(
+        max(first.fixed, second.fixed),
+        parts,
+        max(first.length, second.length),
+        max(first.deep, second.deep),
+    )
+
+
+def _overlap(one: _Path, other: _Path) -> bool:
+    """Whether two pieces may share bytes: one lies inside the other, where a wildcard
+    segment matches any key. A comprehension's current element (``("*", id)``) and what
+    it accumulated from earlier elements (``("*acc", id)``) are different elements."""
+    for mine, theirs in zip(one, other, strict=False):
+        if mine == theirs:
             continue
-        children = list(_fields(body))
-        if kind == "select":
-            nested = [b for n, b in children if n == _SELECT_OPERAND]
-        elif kind == "call":
-            nested = [b for n, b in children if n in (_CALL_TARGET, _CALL_ARGS)]
-        elif kind == "list":
-            nested = [b for n, b in children if n == _LIST_ELEMENTS]
-        elif kind == "struct":
-            nested = [
-                b
-                for n, entry in children
-                if n == _STRUCT_ENTRIES
-                for m, b in _fields(entry)
-                if m in (_ENTRY_MAP_KEY, _ENTRY_VALUE)
-            ]
+        marks = isinstance(mine, tuple), isinstance(theirs, tuple)
+        if not (marks[0] or marks[1] or mine == _ANY or theirs == _ANY):
+            return False  # two different keys
+        if marks[0] and marks[1] and mine[1] == theirs[1]:
+            return False  # ("*", id) against ("*acc", id)
+    return True
+
+
+def _bytes(bound: _Bound, limit: int) -> int:
+    """The bound in bytes when each input holds at most ``limit`` bytes: each input's mass
+    is put where the most of its copies overlap."""
+    roots: dict[Any, list[tuple[_Path, int]]] = {}
+    for path, copies in bound.parts.items():
+        roots.setdefault(path[0], []).append((path, copies))
+    total = bound.fixed
+    for root, parts in roots.items():
+        copies = max(sum(n for other, n in parts if _overlap(path, other)) for path, _ in parts)
+        total += copies * (root.size if isinstance(root, _Pool) else limit)
+    return total
+
+
+#: Values that are not strings, bytes, lists or maps (numbers, bools, null, timestamps,
+#: durations, types) take at most this many bytes, as JSON text or in memory.
+_SCALAR_BYTES = 32
+_SCALAR = _Bound(_SCALAR_BYTES, {})
+
+#: Every function the standard library declares in :data:`_ENV` (the only functions it
+#: has: no extension is loaded), by what its value may hold. Listed and checked against
+#: the runtime by tests/test_rules.py. A function in none of these sets is refused by
+#: :func:`cost_of`: a new one (a runtime upgrade, an extension such as ``strings``'
+#: ``repeat`` or ``join``) must be classified before a rule may call it.
+#:
+#: A scalar (bool, number, timestamp, duration, type), whatever the arguments' sizes:
+#: comparisons, logic, arithmetic other than ``_+_``, ``size``, ``in``, string tests,
+#: conversions to scalars, and the timestamp and duration accessors.
+_SCALAR_FUNCTIONS = frozenset(
+    {
+        "_==_", "_!=_", "_<_", "_<=_", "_>_", "_>=_", "_&&_", "_||_", "!_", "-_",
+        "_-_", "_*_", "_/_", "_%_", "@in", "@not_strictly_false", "size", "contains",
+        "startsWith", "endsWith", "matches", "int", "uint", "double", "bool", "timestamp",
+        "duration", "type", "getFullYear", "getMonth", "getDayOfYear", "getDayOfMonth",
+        "getDate", "getDayOfWeek", "getHours", "getMinutes", "getSeconds",
+        "getMilliseconds",
+    }
+)  # fmt: skip
+#: At most the argument's size plus a scalar's: ``string(x)``, ``bytes(x)``.
+_CONVERSIONS = frozenset({"string", "bytes"})
+#: The rest, each with its own rule in :meth:`_Analysis.call`: ``_+_`` (the sum of its
+#: operands: concatenation of strings, bytes and lists), ``_?_:_`` (the larger branch),
+#: ``_[_]`` (a piece of its operand), ``dyn`` (its argument).
+_STRUCTURAL = frozenset({"_+_", "_?_:_", "_[_]", "dyn"})
+
+#: What each variable a rule sees may hold: the three maps from outside are input pieces
+#: (each at most the data limit: data by MAX_DATA_BYTES, a message's data and a call's
+#: request by far less), their collections at most COLLECTION_BOUND long (check_data);
+#: the host's name is an id.
+_INPUTS: Mapping[str, _Bound] = {
+    "data": _piece(("data",), COLLECTION_BOUND),
+    "event": _piece(("event",), COLLECTION_BOUND),
+    "request": _piece(("request",), COLLECTION_BOUND),
+    "host": _Bound(MAX_ID_BYTES, {}),
+    "now": _SCALAR,
+    "generation": _SCALAR,
+    "epoch": _SCALAR,
+}
+
+
+class _Overgrown(Exception):
+    """Far more nodes than a rule may have: the walk stops (the rule is refused)."""
+
+
+class _Analysis:
+    """One walk of a checked expression: its node count, comprehension nesting, cost
+    estimate, and a size bound of every value it builds (see :func:`cost_of`)."""
+
+    def __init__(self) -> None:
+        self.nodes = 0
+        self.nesting = 0
+        self.estimate = 0
+        self.largest = 0  #: bytes, the largest bound of any value
+        self.largest_id = 0  #: the node that builds it
+        self.unsized = ""  #: why some value has no bound (the rule is refused)
+
+    def note(self, bound: _Bound, node: int) -> None:
+        size = _bytes(bound, MAX_DATA_BYTES)
+        if size > self.largest:
+            self.largest, self.largest_id = size, node
+
+    def walk(
+        self, expr: bytes, scope: Mapping[str, _Bound], weight: int, depth: int, record: bool
+    ) -> _Bound:
+        """The bound of ``expr``'s value. ``weight``: how many times it is evaluated;
+        ``record``: count it (False on the first of a loop's two walks)."""
+        if record:
+            self.nodes += 1
+            self.estimate += weight
+            self.nesting = max(self.nesting, depth)
+            if self.nodes > MAX_NODES * 4:
+                raise _Overgrown
+        node, bound = 0, _SCALAR
+        for number, body in _message(expr):
+            if number == _EXPR_ID:
+                node = body
+                continue
+            kind = _EXPR_KINDS.get(number)
+            if kind == "const":
+                bound = _constant(body)
+            elif kind == "ident":
+                name = _text(body, 1)
+                bound = scope[name] if name in scope else _piece((name,), COLLECTION_BOUND)
+            elif kind == "select":
+                bound = self.select(body, scope, weight, depth, record)
+            elif kind == "call":
+                bound = self.call(body, scope, weight, depth, record)
+            elif kind == "list":
+                items = [
+                    self.walk(b, scope, weight, depth, record) for n, b in _fields(body) if n == 1
+                ]
+                bound = _collection(items, len(items))
+            elif kind == "struct":
+                items = [
+                    self.walk(b, scope, weight, depth, record)
+                    for n, entry in _fields(body)
+                    if n == _STRUCT_ENTRIES
+                    for m, b in _fields(entry)
+                    if m in (_ENTRY_MAP_KEY, _ENTRY_VALUE)
+                ]
+                bound = _collection(items, len(items) // 2)
+            elif kind == "comprehension":
+                bound = self.comprehension(body, node, scope, weight, depth, record)
+        if record:
+            self.note(bound, node)
+        return bound
+
+    def select(
+        self, body: bytes, scope: Mapping[str, _Bound], weight: int, depth: int, record: bool
+    ) -> _Bound:
+        fields = dict(_message(body))
+        operand = self.walk(fields[1], scope, weight, depth, record) if 1 in fields else _SCALAR
+        if fields.get(3):  # has(a.b): a test
+            return _SCALAR
+        name = fields.get(2, b"").decode()
+        return _part(operand, name)
+
+    def call(
+        self, body: bytes, scope: Mapping[str, _Bound], weight: int, depth: int, record: bool
+    ) -> _Bound:
+        function, operands, exprs = "", [], []
+        for number, value in _message(body):
+            if number == 2:
+                function = value.decode()
+            elif number in (_CALL_TARGET, _CALL_ARGS):
+                exprs.append(value)
+                operands.append(self.walk(value, scope, weight, depth, record))
+        if function in _SCALAR_FUNCTIONS:
+            return _SCALAR
+        if function == "_+_":
+            return _sum(operands)
+        if function in _CONVERSIONS and len(operands) == 1:
+            return _Bound(operands[0].fixed + _SCALAR_BYTES, operands[0].parts)
+        if function == "_?_:_" and len(operands) == 3:
+            return _either(operands[1], operands[2])
+        if function == "_[_]" and len(operands) == 2:
+            return _part(operands[0], _key(exprs[1]))
+        if function == "dyn" and len(operands) == 1:
+            return operands[0]
+        self.unsized = self.unsized or f"function {function} has no size bound"
+        return _sum(operands, _SCALAR_BYTES)
+
+    def comprehension(
+        self,
+        body: bytes,
+        node: int,
+        scope: Mapping[str, _Bound],
+        weight: int,
+        depth: int,
+        record: bool,
+    ) -> _Bound:
+        """A macro (all, exists, exists_one, map, filter) expanded: the range and initial
+        value once, the condition and step per element, then the result. The step is walked
+        twice: first with the accumulator as an unknown, to learn how it grows from one
+        element to the next; then with the accumulator's bound, to bound what it builds."""
+        fields = dict(_message(body))
+        element_name = fields.get(1, b"").decode()
+        accumulator_name = fields.get(3, b"").decode()
+        span = self.walk(fields[2], scope, weight, depth, record) if 2 in fields else _SCALAR
+        initial = self.walk(fields[4], scope, weight, depth, record) if 4 in fields else _SCALAR
+        count = span.length
+        marker = ("*", node)
+        inside = dict(scope)
+        inside[element_name] = _element(span, marker)
+        if fields.get(8):  # a two-variable comprehension: the second is also an element
+            inside[fields[8].decode()] = inside[element_name]
+        inner = weight * max(count, 1)
+        if depth + 1 > MAX_NESTING:
+            # Refused by its nesting anyway: walk the loop once, for the counts only (a
+            # second walk per level would double the work at every level).
+            accumulated = initial
         else:
-            for n, b in children:
-                if n in _COMPREHENSION_ONCE:
-                    _walk(b, multiplier, depth, totals)
-                elif n in _COMPREHENSION_LOOP:
-                    _walk(b, multiplier * COLLECTION_BOUND, depth + 1, totals)
-            continue
-        for child in nested:
-            _walk(child, multiplier, depth, totals)
+            unknown = f"@{node}"
+            inside[accumulator_name] = _piece((unknown,), 0)
+            step = self.walk(fields[6], inside, inner, depth + 1, False) if 6 in fields else initial
+            accumulated = self.accumulate(initial, step, count, marker, unknown)
+        # Within the loop, what was accumulated comes from earlier elements than the
+        # current one: a different piece of the range (see _overlap).
+        inside[accumulator_name] = _renamed(accumulated, marker, ("*acc", node))
+        for loop in (5, 6):  # loop_condition, loop_step
+            if loop in fields:
+                self.walk(fields[loop], inside, inner, depth + 1, record)
+        after = _renamed(accumulated, marker, _ANY)
+        if record:
+            self.note(after, node)
+        if 7 not in fields:
+            return after
+        return self.walk(fields[7], {**scope, accumulator_name: after}, weight, depth, record)
+
+    def accumulate(
+        self, initial: _Bound, step: _Bound, count: int, marker: tuple[str, int], unknown: str
+    ) -> _Bound:
+        """The accumulator after ``count`` steps, from one step's bound in terms of the
+        accumulator before it (the input piece ``unknown``). A step that keeps it once
+        (``acc + [f]``, ``p ? acc + [x] : acc``) adds to it: each step's own share counts
+        ``count`` times, except the element's, whose shares over all steps are together
+        no more than the range. A step that does not keep it (``acc && p``) replaces it."""
+        kept = sum(n for path, n in step.parts.items() if path[0] == unknown)
+        added = {path: n for path, n in step.parts.items() if path[0] != unknown}
+        if kept == 0:
+            return _either(initial, _Bound(step.fixed, added, step.length, step.deep))
+        if kept > 1:
+            self.unsized = self.unsized or "a comprehension's value may double at every element"
+            return initial
+        parts = dict(initial.parts)
+        for path, copies in added.items():
+            parts[path] = parts.get(path, 0) + (copies if marker in path else copies * count)
+        length = initial.length + count * step.length
+        return _Bound(
+            initial.fixed + count * step.fixed,
+            parts,
+            length,
+            max(initial.deep, step.deep, length),
+        )
+
+
+def _text(raw: bytes, number: int) -> str:
+    return next((v.decode() for n, v in _message(raw) if n == number), "")
+
+
+def _constant(body: bytes) -> _Bound:
+    for number, value in _message(body):
+        if number in (6, 7):  # string_value, bytes_value: the UTF-8 bytes
+            return _Bound(len(value), {})
+    return _SCALAR
+
+
+def _key(expr: bytes) -> Any:
+    """An index's key as a path segment: a constant string or integer names one element;
+    anything else may be any (:data:`_ANY`)."""
+    for number, body in _message(expr):
+        if _EXPR_KINDS.get(number) == "const":
+            for kind, value in _message(body):
+                if kind == 6:
+                    return value.decode()
+                if kind in (3, 4):  # int64, uint64 (a negative index fails: any is fine)
+                    return value
+    return _ANY
+
+
+def _part(whole: _Bound, segment: Any) -> _Bound:
+    """A field, key or element of ``whole``: a smaller input piece if ``whole`` is one."""
+    if whole.ref:
+        (path,) = whole.parts
+        return _piece((*path, segment), whole.deep)
+    return _within(whole)
+
+
+def _element(span: _Bound, marker: tuple[str, int]) -> _Bound:
+    """An element of a comprehension's range: a piece of it, marked so that the shares
+    of all elements can be told from the rest."""
+    if span.ref:
+        (path,) = span.parts
+        return _piece((*path, marker), span.deep)
+    parts = {(*path, marker): copies for path, copies in span.parts.items()}
+    if span.fixed:
+        parts[(_Pool(marker[1], span.fixed), marker)] = 1
+    return _Bound(0, parts, span.deep, span.deep)
+
+
+def _collection(items: Sequence[_Bound], length: int) -> _Bound:
+    """A list or map literal of ``length`` elements: its items (a map's keys and values),
+    plus a separator per item and the brackets."""
+    whole = _sum(items, fixed=len(items) + 2)
+    return _Bound(whole.fixed, whole.parts, length, max([length, *(i.deep for i in items)]))
+
+
+def _renamed(bound: _Bound, marker: tuple[str, int], name: Any) -> _Bound:
+    parts: dict[_Path, int] = {}
+    for path, copies in bound.parts.items():
+        renamed = tuple(name if segment == marker else segment for segment in path)
+        parts[renamed] = parts.get(renamed, 0) + copies
+    return _Bound(bound.fixed, parts, bound.length, bound.deep)
 
 
 def cost_of(expression: cel.Expression) -> Cost:
-    """Size and a cost bound of a compiled expression, from its checked AST."""
-    checked = next((b for n, b in _fields(expression.serialize()) if n == 2), b"")
+    """Size, cost and a size bound of a compiled expression, from its checked AST.
+
+    Raises :class:`~gateway.errors.RuleCostError` when some value it builds has no
+    bound (a function the size table does not know)."""
+    serialized = _message(expression.serialize())
+    checked = next((b for n, b in serialized if n == 2 and isinstance(b, bytes)), b"")
     root = next((b for n, b in _fields(checked) if n == _CHECKED_EXPR), None)
     if root is None:
         raise RuleError("the CEL runtime returned no checked expression to analyse")
-    totals = {"nodes": 0, "nesting": 0, "estimate": 0}
-    _walk(root, 1, 0, totals)
-    return Cost(nodes=totals["nodes"], nesting=totals["nesting"], estimate=totals["estimate"])
+    analysis = _Analysis()
+    try:
+        analysis.walk(root, _INPUTS, 1, 0, True)
+    except _Overgrown:
+        pass  # refused for its node count
+    else:
+        if analysis.unsized:
+            raise RuleCostError(analysis.unsized, hint="see the rules section of docs/rules.md")
+    at = -1
+    if analysis.largest > MAX_VALUE_BYTES:
+        at = _position(checked, analysis.largest_id)
+    return Cost(
+        nodes=analysis.nodes,
+        nesting=analysis.nesting,
+        estimate=analysis.estimate,
+        largest=analysis.largest,
+        largest_at=at,
+    )
+
+
+def _position(checked: bytes, node: int) -> int:
+    """Where ``node`` starts in the source (in characters), or -1."""
+    for number, info in _fields(checked):
+        if number == 5:  # source_info
+            for field, entry in _fields(info):
+                if field == 4:  # positions: map<int64, int32>
+                    pair = dict(_message(entry))
+                    if pair.get(1) == node:
+                        return int(pair.get(2, 0))
+    return -1
 
 
 _BOOL = ("BOOL",)
@@ -516,7 +900,10 @@ def _compile(rule: str, part: str, source: str, expected: tuple[str, ...] | None
     if expected is not None and returned != "DYN" and not returned.startswith(expected):
         wanted = "a bool" if expected is _BOOL else "a map with string keys"
         raise RuleError(f"{where}: gives {returned.lower()}, but must give {wanted}")
-    cost = cost_of(expression)
+    try:
+        cost = cost_of(expression)
+    except RuleCostError as exc:
+        raise RuleCostError(f"{where}: {exc.reason}", hint=exc.hint) from exc
     if cost.nodes > MAX_NODES:
         raise RuleCostError(
             f"{where}: {cost.nodes} expression nodes; at most {MAX_NODES}", hint="simplify it"
@@ -529,8 +916,17 @@ def _compile(rule: str, part: str, source: str, expected: tuple[str, ...] | None
     if cost.estimate > MAX_COST:
         raise RuleCostError(
             f"{where}: estimated cost {cost.estimate:,} exceeds {MAX_COST:,} "
-            f"(each comprehension counts {COLLECTION_BOUND} iterations)",
+            f"(each comprehension counts an iteration per element its range may have: "
+            f"{COLLECTION_BOUND} for a collection of the data)",
             hint="move work out of all/exists/map/filter bodies",
+        )
+    if cost.largest > MAX_VALUE_BYTES:
+        at = f" at character {cost.largest_at}" if cost.largest_at >= 0 else ""
+        raise RuleCostError(
+            f"{where}: the value built{at} may hold {cost.largest:,} bytes; at most "
+            f"{MAX_VALUE_BYTES:,} ({MAX_VALUE_BYTES // MAX_DATA_BYTES} times the data limit)",
+            hint="do not concatenate or collect data inside all/exists/map/filter bodies, "
+            "or copy it many times: each copy may be as large as the data",
         )
     return _Compiled(source, expression, cost)
 

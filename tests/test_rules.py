@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from gateway import rules
 from gateway.errors import RuleCostError, RuleError
+from gateway.limits import MAX_DATA_BYTES
 from gateway.model import Invoke, Publish, Rule, WriteState
 from gateway.rules import (
     COLLECTION_BOUND,
@@ -356,6 +357,14 @@ class CostCase:
     reason: str
 
 
+D = MAX_DATA_BYTES
+SCALAR = rules._SCALAR_BYTES
+#: data.x.filter(i, ...): the elements kept are together at most data.x (D), plus the
+#: 3 bytes (brackets, separator) of the one-element list each of 1000 steps appends, the
+#: empty list's 2 and, while the last step runs, its own 3.
+FILTERED = D + 3 * COLLECTION_BOUND + 5
+
+
 # Node counts follow the checked AST (cel/expr/syntax.proto). The macros expand as in
 # cel-cpp, with __result__ the accumulator:
 #   xs.exists(i, p)  iter_range xs; accu_init false; loop_condition
@@ -369,52 +378,77 @@ class CostCase:
 # The comprehension node, iter_range, accu_init and result count once; loop_condition
 # and loop_step count COLLECTION_BOUND times.
 COSTS = [
-    CostCase("true", Cost(nodes=1, nesting=0, estimate=1), "one constant"),
-    CostCase("1 + 2", Cost(nodes=3, nesting=0, estimate=3), "call _+_ and two constants"),
-    CostCase("data.a", Cost(nodes=2, nesting=0, estimate=2), "select on an ident"),
-    CostCase("has(data.a)", Cost(nodes=2, nesting=0, estimate=2), "has() is a test-only select"),
-    CostCase('data["a"]', Cost(nodes=3, nesting=0, estimate=3), "index is a call _[_]"),
-    CostCase("size(data.x)", Cost(nodes=3, nesting=0, estimate=3), "global call"),
-    CostCase("data.x.size()", Cost(nodes=3, nesting=0, estimate=3), "receiver call: the target"),
-    CostCase("!true", Cost(nodes=2, nesting=0, estimate=2), "unary call"),
-    CostCase("[1, 2, 3]", Cost(nodes=4, nesting=0, estimate=4), "a list and its elements"),
-    CostCase("{'a': 1}", Cost(nodes=3, nesting=0, estimate=3), "a map, its key and value"),
+    CostCase("true", Cost(nodes=1, nesting=0, estimate=1, largest=32), "one constant"),
+    CostCase(
+        "1 + 2",
+        Cost(nodes=3, nesting=0, estimate=3, largest=2 * SCALAR),
+        "call _+_ and two constants",
+    ),
+    CostCase("data.a", Cost(nodes=2, nesting=0, estimate=2, largest=D), "select on an ident"),
+    CostCase(
+        "has(data.a)",
+        Cost(nodes=2, nesting=0, estimate=2, largest=D),
+        "has() is a test-only select",
+    ),
+    CostCase('data["a"]', Cost(nodes=3, nesting=0, estimate=3, largest=D), "index is a call _[_]"),
+    CostCase("size(data.x)", Cost(nodes=3, nesting=0, estimate=3, largest=D), "global call"),
+    CostCase(
+        "data.x.size()",
+        Cost(nodes=3, nesting=0, estimate=3, largest=D),
+        "receiver call: the target",
+    ),
+    CostCase("!true", Cost(nodes=2, nesting=0, estimate=2, largest=SCALAR), "unary call"),
+    CostCase(
+        "[1, 2, 3]",
+        Cost(nodes=4, nesting=0, estimate=4, largest=3 * SCALAR + 5),
+        "a list and its elements",
+    ),
+    CostCase(
+        "{'a': 1}",
+        Cost(nodes=3, nesting=0, estimate=3, largest=1 + SCALAR + 4),
+        "a map, its key and value",
+    ),
     CostCase(
         "data.x.exists(i, i > 1)",
         # once: comprehension 1 + iter_range (data.x) 2 + accu_init 1 + result 1 = 5
         # loop: @not_strictly_false(!__result__) 3 + (__result__ || i > 1) 5 = 8
-        Cost(nodes=13, nesting=1, estimate=5 + 8 * COLLECTION_BOUND),
+        Cost(nodes=13, nesting=1, estimate=5 + 8 * COLLECTION_BOUND, largest=D),
         "exists",
     ),
     CostCase(
         "data.x.all(i, i > 1)",
         # loop: @not_strictly_false(__result__) 2 + (__result__ && i > 1) 5 = 7
-        Cost(nodes=12, nesting=1, estimate=5 + 7 * COLLECTION_BOUND),
+        Cost(nodes=12, nesting=1, estimate=5 + 7 * COLLECTION_BOUND, largest=D),
         "all",
     ),
     CostCase(
         "data.x.map(i, i * 2)",
         # loop: true 1 + (__result__ + [i * 2]) 1 + 1 + 1 + 3 = 6
-        Cost(nodes=12, nesting=1, estimate=5 + 7 * COLLECTION_BOUND),
+        Cost(nodes=12, nesting=1, estimate=5 + 7 * COLLECTION_BOUND, largest=D),
         "map",
     ),
     CostCase(
         "data.x.filter(i, i > 1)",
         # loop: true 1 + (i > 1 ? __result__ + [i] : __result__) 1 + 3 + 4 + 1 = 9
-        Cost(nodes=15, nesting=1, estimate=5 + 10 * COLLECTION_BOUND),
+        Cost(nodes=15, nesting=1, estimate=5 + 10 * COLLECTION_BOUND, largest=FILTERED),
         "filter",
     ),
     CostCase(
         "data.x.filter(i, i > 1).exists(j, j > 2)",
         # the filter is the iter_range of the exists: evaluated once, not nested
-        Cost(nodes=1 + 15 + 1 + 3 + 5 + 1, nesting=1, estimate=1 + 10_005 + 1 + 1 + 8_000),
+        Cost(
+            nodes=1 + 15 + 1 + 3 + 5 + 1,
+            nesting=1,
+            estimate=1 + 10_005 + 1 + 1 + 8_000,
+            largest=FILTERED,
+        ),
         "a comprehension as iter_range",
     ),
     CostCase(
         "data.x.all(i, data.y.exists(j, true))",
         # outer once 5; outer loop 2 + (__result__ && <exists>) 2, times 1000;
         # inner once 5 times 1000; inner loop 3 + (__result__ || true) 3, times 1000²
-        Cost(nodes=20, nesting=2, estimate=5 + 4 * 1000 + 5 * 1000 + 6 * 1000**2),
+        Cost(nodes=20, nesting=2, estimate=5 + 4 * 1000 + 5 * 1000 + 6 * 1000**2, largest=D),
         "nested: the inner loop weighs COLLECTION_BOUND squared",
     ),
 ]
@@ -429,7 +463,7 @@ def test_cost_of(case: CostCase) -> None:
 @settings(max_examples=25, deadline=None)
 def test_cost_of_or_chain(count: int) -> None:
     cost = cost_of(rules._ENV.compile(chain("true", count)))
-    assert cost == Cost(nodes=2 * count - 1, nesting=0, estimate=2 * count - 1)
+    assert cost == Cost(nodes=2 * count - 1, nesting=0, estimate=2 * count - 1, largest=SCALAR)
 
 
 # --- object data ---------------------------------------------------------------------
