@@ -33,13 +33,14 @@ import functools
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cel_expr_python import cel
-from google.protobuf import empty_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, empty_pb2, message_factory
+from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from gateway.errors import RuleCostError, RuleError
@@ -76,25 +77,6 @@ VARIABLES: Mapping[str, cel.Type] = {
 }
 
 _ENV = cel.NewEnv(variables=dict(VARIABLES))
-
-# cel.expr field numbers (cel/expr/syntax.proto, checked.proto) used by the cost walk.
-_CHECKED_EXPR = 4
-_EXPR_KINDS = {
-    3: "const",
-    4: "ident",
-    5: "select",
-    6: "call",
-    7: "list",
-    8: "struct",
-    9: "comprehension",
-}
-_EXPR_ID = 2
-_SELECT_OPERAND = 1
-_CALL_TARGET, _CALL_ARGS = 1, 3
-_LIST_ELEMENTS = 1
-_STRUCT_ENTRIES, _ENTRY_MAP_KEY, _ENTRY_VALUE = 2, 3, 4
-_COMPREHENSION_ONCE = (2, 4, 7)  #: iter_range, accu_init, result: evaluated once
-_COMPREHENSION_LOOP = (5, 6)  #: loop_condition, loop_step: evaluated per element
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -446,11 +428,83 @@ def _message(raw: bytes) -> list[tuple[int, Any]]:
     return [(fields[i].field_number, fields[i].data) for i in range(len(fields))]
 
 
-def _fields(raw: bytes) -> Iterator[tuple[int, bytes]]:
-    """Length-delimited fields of a serialized message, read without its schema."""
-    for number, value in _message(raw):
-        if isinstance(value, bytes):
-            yield number, value
+def _cel_schema() -> dict[str, Any]:
+    """Message classes for the parts of ``cel.expr`` (syntax.proto, checked.proto) the
+    analysis reads, declared here (cel-expr-python ships no Python classes for them) so
+    that a checked expression is parsed once, in C, instead of field by field. Fields not
+    declared are kept as unknown and ignored."""
+    f = descriptor_pb2.FieldDescriptorProto
+    messages: dict[str, list[tuple[str, int, int, str | None, bool]]] = {
+        # name: [(field, number, type, message type, repeated)]
+        "CheckedExpr": [("expr", 4, f.TYPE_MESSAGE, "Expr", False),
+                        ("source_info", 5, f.TYPE_MESSAGE, "SourceInfo", False)],
+        "SourceInfo": [("positions", 4, f.TYPE_MESSAGE, "SourceInfo.PositionsEntry", True)],
+        "Expr": [("id", 2, f.TYPE_INT64, None, False),
+                 ("const_expr", 3, f.TYPE_MESSAGE, "Constant", False),
+                 ("ident_expr", 4, f.TYPE_MESSAGE, "Ident", False),
+                 ("select_expr", 5, f.TYPE_MESSAGE, "Select", False),
+                 ("call_expr", 6, f.TYPE_MESSAGE, "Call", False),
+                 ("list_expr", 7, f.TYPE_MESSAGE, "CreateList", False),
+                 ("struct_expr", 8, f.TYPE_MESSAGE, "CreateStruct", False),
+                 ("comprehension_expr", 9, f.TYPE_MESSAGE, "Comprehension", False)],
+        "Constant": [("int64_value", 3, f.TYPE_INT64, None, False),
+                     ("uint64_value", 4, f.TYPE_UINT64, None, False),
+                     ("string_value", 6, f.TYPE_BYTES, None, False),
+                     ("bytes_value", 7, f.TYPE_BYTES, None, False)],
+        "Ident": [("name", 1, f.TYPE_STRING, None, False)],
+        "Select": [("operand", 1, f.TYPE_MESSAGE, "Expr", False),
+                   ("field", 2, f.TYPE_STRING, None, False),
+                   ("test_only", 3, f.TYPE_BOOL, None, False)],
+        "Call": [("target", 1, f.TYPE_MESSAGE, "Expr", False),
+                 ("function", 2, f.TYPE_STRING, None, False),
+                 ("args", 3, f.TYPE_MESSAGE, "Expr", True)],
+        "CreateList": [("elements", 1, f.TYPE_MESSAGE, "Expr", True)],
+        "CreateStruct": [("entries", 2, f.TYPE_MESSAGE, "Entry", True)],
+        "Entry": [("map_key", 3, f.TYPE_MESSAGE, "Expr", False),
+                  ("value", 4, f.TYPE_MESSAGE, "Expr", False)],
+        "Comprehension": [("iter_var", 1, f.TYPE_STRING, None, False),
+                          ("iter_range", 2, f.TYPE_MESSAGE, "Expr", False),
+                          ("accu_var", 3, f.TYPE_STRING, None, False),
+                          ("accu_init", 4, f.TYPE_MESSAGE, "Expr", False),
+                          ("loop_condition", 5, f.TYPE_MESSAGE, "Expr", False),
+                          ("loop_step", 6, f.TYPE_MESSAGE, "Expr", False),
+                          ("result", 7, f.TYPE_MESSAGE, "Expr", False),
+                          ("iter_var2", 8, f.TYPE_STRING, None, False)],
+    }  # fmt: skip
+    package = "gateway_rules.cel"  # not cel.expr: must not clash if the real one is loaded
+    file = descriptor_pb2.FileDescriptorProto(
+        name="gateway_rules_cel.proto", package=package, syntax="proto3"
+    )
+    for name, fields in messages.items():
+        message = file.message_type.add(name=name)
+        kinds = message.oneof_decl
+        if name in ("Expr", "Constant"):
+            kinds.add(name="kind")
+        for field, number, kind, type_name, repeated in fields:
+            declared = message.field.add(
+                name=field,
+                number=number,
+                type=kind,
+                label=f.LABEL_REPEATED if repeated else f.LABEL_OPTIONAL,
+            )
+            if type_name is not None:
+                declared.type_name = f".{package}.{type_name}"
+            if kinds and field != "id":
+                declared.oneof_index = 0
+        if name == "SourceInfo":
+            entry = message.nested_type.add(name="PositionsEntry")
+            entry.options.map_entry = True
+            entry.field.add(name="key", number=1, type=f.TYPE_INT64, label=f.LABEL_OPTIONAL)
+            entry.field.add(name="value", number=2, type=f.TYPE_INT32, label=f.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.{name}"))
+        for name in messages
+    }
+
+
+_CEL = _cel_schema()
 
 
 #: A piece of an input: its root variable, then one segment per field or key selected.
@@ -609,77 +663,63 @@ class _Analysis:
         self.largest_id = 0  #: the node that builds it
         self.unsized = ""  #: why some value has no bound (the rule is refused)
 
-    def note(self, bound: _Bound, node: int) -> None:
-        size = _bytes(bound, MAX_DATA_BYTES)
-        if size > self.largest:
-            self.largest, self.largest_id = size, node
-
     def walk(
-        self, expr: bytes, scope: Mapping[str, _Bound], weight: int, depth: int, record: bool
+        self, expr: Any, scope: Mapping[str, _Bound], weight: int, depth: int, record: bool
     ) -> _Bound:
-        """The bound of ``expr``'s value. ``weight``: how many times it is evaluated;
-        ``record``: count it (False on the first of a loop's two walks)."""
+        """The bound of ``expr``'s value (a ``cel.expr.Expr``). ``weight``: how many times
+        it is evaluated; ``record``: count it (False on the first of a loop's two walks)."""
         if record:
             self.nodes += 1
             self.estimate += weight
             self.nesting = max(self.nesting, depth)
             if self.nodes > MAX_NODES * 4:
                 raise _Overgrown
-        node, bound = 0, _SCALAR
-        for number, body in _message(expr):
-            if number == _EXPR_ID:
-                node = body
-                continue
-            kind = _EXPR_KINDS.get(number)
-            if kind == "const":
-                bound = _constant(body)
-            elif kind == "ident":
-                name = _text(body, 1)
-                bound = scope[name] if name in scope else _piece((name,), COLLECTION_BOUND)
-            elif kind == "select":
-                bound = self.select(body, scope, weight, depth, record)
-            elif kind == "call":
-                bound = self.call(body, scope, weight, depth, record)
-            elif kind == "list":
-                items = [
-                    self.walk(b, scope, weight, depth, record) for n, b in _fields(body) if n == 1
-                ]
-                bound = _collection(items, len(items))
-            elif kind == "struct":
-                items = [
-                    self.walk(b, scope, weight, depth, record)
-                    for n, entry in _fields(body)
-                    if n == _STRUCT_ENTRIES
-                    for m, b in _fields(entry)
-                    if m in (_ENTRY_MAP_KEY, _ENTRY_VALUE)
-                ]
-                bound = _collection(items, len(items) // 2)
-            elif kind == "comprehension":
-                bound = self.comprehension(body, node, scope, weight, depth, record)
+        kind = expr.WhichOneof("kind")
+        if kind == "call_expr":
+            bound = self.call(expr.call_expr, scope, weight, depth, record)
+        elif kind == "select_expr":
+            select = expr.select_expr
+            operand = self.walk(select.operand, scope, weight, depth, record)
+            # has(a.b) is a test; a.b is a piece of a.
+            bound = _SCALAR if select.test_only else _part(operand, select.field)
+        elif kind == "ident_expr":
+            name = expr.ident_expr.name
+            bound = scope[name] if name in scope else _piece((name,), COLLECTION_BOUND)
+        elif kind == "const_expr":
+            bound = _constant(expr.const_expr)
+        elif kind == "list_expr":
+            items = [self.walk(e, scope, weight, depth, record) for e in expr.list_expr.elements]
+            bound = _collection(items, len(items))
+        elif kind == "struct_expr":
+            entries = expr.struct_expr.entries
+            items = [
+                self.walk(e, scope, weight, depth, record)
+                for entry in entries
+                for e in (entry.map_key, entry.value)
+            ]
+            bound = _collection(items, len(entries))
+        elif kind == "comprehension_expr":
+            bound = self.comprehension(
+                expr.comprehension_expr, expr.id, scope, weight, depth, record
+            )
+        else:
+            bound = _SCALAR
         if record:
-            self.note(bound, node)
+            size = _bytes(bound, MAX_DATA_BYTES) if bound.parts else bound.fixed
+            if size > self.largest:
+                self.largest, self.largest_id = size, expr.id
         return bound
 
-    def select(
-        self, body: bytes, scope: Mapping[str, _Bound], weight: int, depth: int, record: bool
-    ) -> _Bound:
-        fields = dict(_message(body))
-        operand = self.walk(fields[1], scope, weight, depth, record) if 1 in fields else _SCALAR
-        if fields.get(3):  # has(a.b): a test
-            return _SCALAR
-        name = fields.get(2, b"").decode()
-        return _part(operand, name)
-
     def call(
-        self, body: bytes, scope: Mapping[str, _Bound], weight: int, depth: int, record: bool
+        self, call: Any, scope: Mapping[str, _Bound], weight: int, depth: int, record: bool
     ) -> _Bound:
-        function, operands, exprs = "", [], []
-        for number, value in _message(body):
-            if number == 2:
-                function = value.decode()
-            elif number in (_CALL_TARGET, _CALL_ARGS):
-                exprs.append(value)
-                operands.append(self.walk(value, scope, weight, depth, record))
+        function = call.function
+        operands = (
+            [self.walk(call.target, scope, weight, depth, record)]
+            if call.HasField("target")
+            else []
+        )
+        operands += [self.walk(arg, scope, weight, depth, record) for arg in call.args]
         if function in _SCALAR_FUNCTIONS:
             return _SCALAR
         if function == "_+_":
@@ -689,7 +729,7 @@ class _Analysis:
         if function == "_?_:_" and len(operands) == 3:
             return _either(operands[1], operands[2])
         if function == "_[_]" and len(operands) == 2:
-            return _part(operands[0], _key(exprs[1]))
+            return _part(operands[0], _key(call.args[-1]))
         if function == "dyn" and len(operands) == 1:
             return operands[0]
         self.unsized = self.unsized or f"function {function} has no size bound"
@@ -697,7 +737,7 @@ class _Analysis:
 
     def comprehension(
         self,
-        body: bytes,
+        loop: Any,
         node: int,
         scope: Mapping[str, _Bound],
         weight: int,
@@ -708,17 +748,14 @@ class _Analysis:
         value once, the condition and step per element, then the result. The step is walked
         twice: first with the accumulator as an unknown, to learn how it grows from one
         element to the next; then with the accumulator's bound, to bound what it builds."""
-        fields = dict(_message(body))
-        element_name = fields.get(1, b"").decode()
-        accumulator_name = fields.get(3, b"").decode()
-        span = self.walk(fields[2], scope, weight, depth, record) if 2 in fields else _SCALAR
-        initial = self.walk(fields[4], scope, weight, depth, record) if 4 in fields else _SCALAR
+        span = self.walk(loop.iter_range, scope, weight, depth, record)
+        initial = self.walk(loop.accu_init, scope, weight, depth, record)
         count = span.length
         marker = ("*", node)
         inside = dict(scope)
-        inside[element_name] = _element(span, marker)
-        if fields.get(8):  # a two-variable comprehension: the second is also an element
-            inside[fields[8].decode()] = inside[element_name]
+        inside[loop.iter_var] = _element(span, marker)
+        if loop.iter_var2:  # a two-variable comprehension: the second is also an element
+            inside[loop.iter_var2] = inside[loop.iter_var]
         inner = weight * max(count, 1)
         if depth + 1 > MAX_NESTING:
             # Refused by its nesting anyway: walk the loop once, for the counts only (a
@@ -726,21 +763,20 @@ class _Analysis:
             accumulated = initial
         else:
             unknown = f"@{node}"
-            inside[accumulator_name] = _piece((unknown,), 0)
-            step = self.walk(fields[6], inside, inner, depth + 1, False) if 6 in fields else initial
+            inside[loop.accu_var] = _piece((unknown,), 0)
+            step = self.walk(loop.loop_step, inside, inner, depth + 1, False)
             accumulated = self.accumulate(initial, step, count, marker, unknown)
         # Within the loop, what was accumulated comes from earlier elements than the
         # current one: a different piece of the range (see _overlap).
-        inside[accumulator_name] = _renamed(accumulated, marker, ("*acc", node))
-        for loop in (5, 6):  # loop_condition, loop_step
-            if loop in fields:
-                self.walk(fields[loop], inside, inner, depth + 1, record)
+        inside[loop.accu_var] = _renamed(accumulated, marker, ("*acc", node))
+        self.walk(loop.loop_condition, inside, inner, depth + 1, record)
+        self.walk(loop.loop_step, inside, inner, depth + 1, record)
         after = _renamed(accumulated, marker, _ANY)
         if record:
-            self.note(after, node)
-        if 7 not in fields:
-            return after
-        return self.walk(fields[7], {**scope, accumulator_name: after}, weight, depth, record)
+            size = _bytes(after, MAX_DATA_BYTES)
+            if size > self.largest:
+                self.largest, self.largest_id = size, node
+        return self.walk(loop.result, {**scope, loop.accu_var: after}, weight, depth, record)
 
     def accumulate(
         self, initial: _Bound, step: _Bound, count: int, marker: tuple[str, int], unknown: str
@@ -769,27 +805,23 @@ class _Analysis:
         )
 
 
-def _text(raw: bytes, number: int) -> str:
-    return next((v.decode() for n, v in _message(raw) if n == number), "")
-
-
-def _constant(body: bytes) -> _Bound:
-    for number, value in _message(body):
-        if number in (6, 7):  # string_value, bytes_value: the UTF-8 bytes
-            return _Bound(len(value), {})
+def _constant(constant: Any) -> _Bound:
+    kind = constant.WhichOneof("kind")
+    if kind in ("string_value", "bytes_value"):  # their UTF-8 bytes
+        return _Bound(len(getattr(constant, kind)), {})
     return _SCALAR
 
 
-def _key(expr: bytes) -> Any:
+def _key(expr: Any) -> Any:
     """An index's key as a path segment: a constant string or integer names one element;
     anything else may be any (:data:`_ANY`)."""
-    for number, body in _message(expr):
-        if _EXPR_KINDS.get(number) == "const":
-            for kind, value in _message(body):
-                if kind == 6:
-                    return value.decode()
-                if kind in (3, 4):  # int64, uint64 (a negative index fails: any is fine)
-                    return value
+    if expr.WhichOneof("kind") == "const_expr":
+        constant = expr.const_expr
+        kind = constant.WhichOneof("kind")
+        if kind == "string_value":
+            return constant.string_value.decode("utf-8", "replace")
+        if kind in ("int64_value", "uint64_value"):
+            return getattr(constant, kind)
     return _ANY
 
 
@@ -834,21 +866,26 @@ def cost_of(expression: cel.Expression) -> Cost:
     Raises :class:`~gateway.errors.RuleCostError` when some value it builds has no
     bound (a function the size table does not know)."""
     serialized = _message(expression.serialize())
-    checked = next((b for n, b in serialized if n == 2 and isinstance(b, bytes)), b"")
-    root = next((b for n, b in _fields(checked) if n == _CHECKED_EXPR), None)
-    if root is None:
+    raw = next((b for n, b in serialized if n == 2 and isinstance(b, bytes)), b"")
+    try:
+        checked = _CEL["CheckedExpr"].FromString(raw)
+    except DecodeError as exc:
+        raise RuleError(
+            "the CEL runtime returned a checked expression that does not parse"
+        ) from exc
+    if not checked.HasField("expr"):
         raise RuleError("the CEL runtime returned no checked expression to analyse")
     analysis = _Analysis()
     try:
-        analysis.walk(root, _INPUTS, 1, 0, True)
+        analysis.walk(checked.expr, _INPUTS, 1, 0, True)
     except _Overgrown:
         pass  # refused for its node count
     else:
         if analysis.unsized:
-            raise RuleCostError(analysis.unsized, hint="see the rules section of docs/rules.md")
+            raise RuleCostError(analysis.unsized, hint='see docs/rules.md, "Bounds"')
     at = -1
     if analysis.largest > MAX_VALUE_BYTES:
-        at = _position(checked, analysis.largest_id)
+        at = checked.source_info.positions.get(analysis.largest_id, -1)
     return Cost(
         nodes=analysis.nodes,
         nesting=analysis.nesting,
@@ -856,18 +893,6 @@ def cost_of(expression: cel.Expression) -> Cost:
         largest=analysis.largest,
         largest_at=at,
     )
-
-
-def _position(checked: bytes, node: int) -> int:
-    """Where ``node`` starts in the source (in characters), or -1."""
-    for number, info in _fields(checked):
-        if number == 5:  # source_info
-            for field, entry in _fields(info):
-                if field == 4:  # positions: map<int64, int32>
-                    pair = dict(_message(entry))
-                    if pair.get(1) == node:
-                        return int(pair.get(2, 0))
-    return -1
 
 
 _BOOL = ("BOOL",)
