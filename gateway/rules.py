@@ -16,10 +16,18 @@ Invariants this module keeps:
   refused with :class:`~gateway.errors.RuleError` naming the rule and the problem.
 * **Bounded cost.** The checked AST is walked (from the runtime's own serialized
   ``cel.expr.CheckedExpr``): at most :data:`MAX_NODES` nodes, comprehensions nested at
-  most :data:`MAX_NESTING` deep, and an estimated cost — every node weighted by
-  :data:`COLLECTION_BOUND` per enclosing comprehension — of at most :data:`MAX_COST`.
-  Object data is held to the same bound (:func:`check_data`), so the estimate is an
-  upper bound of the work an evaluation can do.
+  most :data:`MAX_NESTING` deep, and an estimated cost — every node weighted by the
+  elements its enclosing comprehension's range may have (:data:`COLLECTION_BOUND` for a
+  collection of the data) — of at most :data:`MAX_COST`. Object data is held to the same
+  bound (:func:`check_data`), so the estimate bounds how many nodes an evaluation runs.
+* **Bounded size.** The same walk bounds the bytes of every value the expression can
+  build, given that the data, a message and a request each hold at most
+  :data:`~gateway.limits.MAX_DATA_BYTES`: no value may exceed :data:`MAX_VALUE_BYTES`
+  (four times that). Concatenating or collecting data inside map/filter counts one copy
+  per element, so a rule that would build gigabytes from megabytes is refused when the
+  object is created or arrives, not run: the runtime has no budget of its own. Each node
+  touches at most that many bytes, so the work of an evaluation is at most the cost
+  estimate times :data:`MAX_VALUE_BYTES` byte operations (coarse, but finite).
 * **Rules propose, they do not act.** Evaluation returns proposals; the cycle admits each
   against the object's effective authority before anything happens.
 
@@ -84,7 +92,9 @@ class Cost:
     nodes: int
     nesting: int
     estimate: int  #: node evaluations, each comprehension's body once per element
-    largest: int  #: bytes: the bound of the largest value the expression may build
+    #: Bytes: the bound of the largest value the expression may build (the inputs and
+    #: their pieces are not counted: they are there already).
+    largest: int
     largest_at: int = -1  #: where that value is built (a character offset), when too large
 
 
@@ -704,7 +714,7 @@ class _Analysis:
             )
         else:
             bound = _SCALAR
-        if record:
+        if record and not bound.ref:  # a piece of an input is not built: it is there
             size = _bytes(bound, MAX_DATA_BYTES) if bound.parts else bound.fixed
             if size > self.largest:
                 self.largest, self.largest_id = size, expr.id
@@ -760,15 +770,17 @@ class _Analysis:
         if depth + 1 > MAX_NESTING:
             # Refused by its nesting anyway: walk the loop once, for the counts only (a
             # second walk per level would double the work at every level).
-            accumulated = initial
+            accumulated = before = initial
         else:
             unknown = f"@{node}"
             inside[loop.accu_var] = _piece((unknown,), 0)
             step = self.walk(loop.loop_step, inside, inner, depth + 1, False)
             accumulated = self.accumulate(initial, step, count, marker, unknown)
+            # What the last step starts from: the step then builds at most ``accumulated``.
+            before = self.accumulate(initial, step, max(count - 1, 0), marker, unknown)
         # Within the loop, what was accumulated comes from earlier elements than the
         # current one: a different piece of the range (see _overlap).
-        inside[loop.accu_var] = _renamed(accumulated, marker, ("*acc", node))
+        inside[loop.accu_var] = _renamed(before, marker, ("*acc", node))
         self.walk(loop.loop_condition, inside, inner, depth + 1, record)
         self.walk(loop.loop_step, inside, inner, depth + 1, record)
         after = _renamed(accumulated, marker, _ANY)
@@ -863,8 +875,26 @@ def _renamed(bound: _Bound, marker: tuple[str, int], name: Any) -> _Bound:
 def cost_of(expression: cel.Expression) -> Cost:
     """Size, cost and a size bound of a compiled expression, from its checked AST.
 
+    ``largest`` bounds, in bytes, every value the expression may build (strings and bytes
+    by their length, lists and maps by their JSON text, other values by
+    :data:`_SCALAR_BYTES`), when the data, a message and a request each hold at most
+    :data:`~gateway.limits.MAX_DATA_BYTES` and their collections at most
+    :data:`COLLECTION_BOUND` elements. Each value's bound is fixed bytes plus some copies
+    of input pieces (``data.a``, an element of ``data.l``): ``_+_`` and list and map
+    literals add their operands, ``string()`` and ``bytes()`` their argument, ``?:``
+    takes the larger branch, a field or element is a piece of its operand, the rest of
+    the standard library gives scalars. Pieces that cannot overlap (``data.a`` and
+    ``data.b``) share one data limit; a comprehension's accumulator grows by each step's
+    share per element, except that the shares of the elements themselves add up to at
+    most the range (so ``filter`` and ``map(x, x.f)`` stay within the data, while
+    ``map(x, data.s)`` counts ``data.s`` once per element). In memory a value takes a
+    small constant factor more (value headers), as the data itself does.
+
+    The time an evaluation takes is bounded by the same figures: ``estimate`` node
+    evaluations, each touching at most ``largest`` bytes.
+
     Raises :class:`~gateway.errors.RuleCostError` when some value it builds has no
-    bound (a function the size table does not know)."""
+    bound (a function the size table does not know, an accumulator that could double)."""
     serialized = _message(expression.serialize())
     raw = next((b for n, b in serialized if n == 2 and isinstance(b, bytes)), b"")
     try:
@@ -882,7 +912,9 @@ def cost_of(expression: cel.Expression) -> Cost:
         pass  # refused for its node count
     else:
         if analysis.unsized:
-            raise RuleCostError(analysis.unsized, hint='see docs/rules.md, "Bounds"')
+            raise RuleCostError(
+                analysis.unsized, hint='see docs/limits.md, "What a rule may build"'
+            )
     at = -1
     if analysis.largest > MAX_VALUE_BYTES:
         at = checked.source_info.positions.get(analysis.largest_id, -1)
