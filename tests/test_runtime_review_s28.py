@@ -412,7 +412,7 @@ def test_a_rule_within_budget_cannot_allocate_without_bound(tmp_path: Path) -> N
     bound, over data within check_data and MAX_DATA_BYTES: evaluated in a child process
     allowed 768 MiB more than it has, it raises MemoryError (std::bad_alloc) out of
     RuleSet.evaluate on main; on a host without such a limit it takes the memory. Now
-    compile_rules refuses it: its values' size bound (about 2,000 copies of the data
+    compile_rules refuses it: its values' size bound (2,000 copies of the data
     limit) is over MAX_VALUE_BYTES."""
     import subprocess
     import sys
