@@ -25,9 +25,12 @@ Invariants this module keeps:
   :data:`~gateway.limits.MAX_DATA_BYTES`: no value may exceed :data:`MAX_VALUE_BYTES`
   (four times that). Concatenating or collecting data inside map/filter counts one copy
   per element, so a rule that would build gigabytes from megabytes is refused when the
-  object is created or arrives, not run: the runtime has no budget of its own. Each node
-  touches at most that many bytes, so the work of an evaluation is at most the cost
-  estimate times :data:`MAX_VALUE_BYTES` byte operations (coarse, but finite).
+  object is created or arrives, not run: the runtime has no budget of its own.
+* **Bounded time.** Each node's work is linear in the bytes it reads and builds, at most
+  :data:`MAX_VALUE_BYTES` each, so an evaluation takes at most the cost estimate times
+  that many byte operations (coarse, but finite). The two searches whose time is the
+  product of their operands' sizes (``contains``, ``matches``) are refused when both
+  operands come from inputs.
 * **Rules propose, they do not act.** Evaluation returns proposals; the cycle admits each
   against the object's effective authority before anything happens.
 
@@ -527,11 +530,11 @@ _ANY = "*"
 @dataclass(frozen=True, slots=True)
 class _Bound:
     """An upper bound of a value's size: ``fixed`` bytes, plus for each input piece in
-    ``parts`` that many copies of it (what the piece holds is unknown at compile time;
-    every input together is at most the data limit). ``length`` bounds the value's
-    elements, ``deep`` the elements of it or of any collection inside it. ``ref``: the
-    value *is* the single piece in ``parts`` (not a copy made of it), so selecting from
-    it gives a smaller piece."""
+    ``parts`` that many copies of it (what a piece holds is unknown at compile time; all
+    the pieces of one input together hold at most the data limit). ``length`` bounds the
+    value's elements, ``deep`` the elements of it or of any collection inside it.
+    ``ref``: the value *is* the single piece in ``parts`` (not a copy made of it), so
+    selecting from it gives a smaller piece."""
 
     fixed: int
     parts: Mapping[_Path, int]
@@ -635,6 +638,9 @@ _SCALAR_FUNCTIONS = frozenset(
         "getMilliseconds",
     }
 )  # fmt: skip
+#: Scalars whose time may be the product of their operands' sizes: refused when both
+#: operands hold input bytes (a needle or pattern written in the rule is fine).
+_SEARCHES = frozenset({"contains", "matches"})
 #: At most the argument's size plus a scalar's: ``string(x)``, ``bytes(x)``.
 _CONVERSIONS = frozenset({"string", "bytes"})
 #: The rest, each with its own rule in :meth:`_Analysis.call`: ``_+_`` (the sum of its
@@ -671,7 +677,12 @@ class _Analysis:
         self.estimate = 0
         self.largest = 0  #: bytes, the largest bound of any value
         self.largest_id = 0  #: the node that builds it
-        self.unsized = ""  #: why some value has no bound (the rule is refused)
+        self.refusal = ""  #: why the expression has no bound (it is refused)
+        self.hint = ""
+
+    def refuse(self, reason: str, *, hint: str) -> None:
+        if not self.refusal:  # the first reason found
+            self.refusal, self.hint = reason, hint
 
     def walk(
         self, expr: Any, scope: Mapping[str, _Bound], weight: int, depth: int, record: bool
@@ -730,6 +741,14 @@ class _Analysis:
             else []
         )
         operands += [self.walk(arg, scope, weight, depth, record) for arg in call.args]
+        if function in _SEARCHES and all(_from_inputs(o) for o in operands):
+            # Substring search (std::string_view::find) and an automaton built from the
+            # pattern take time up to the product of the two sizes: 4 MB in 4 MB is hours.
+            self.refuse(
+                f"{function}() searches input text for input text: its time may grow with "
+                "the square of the data limit",
+                hint="search for text written in the rule, or compare with == or startsWith",
+            )
         if function in _SCALAR_FUNCTIONS:
             return _SCALAR
         if function == "_+_":
@@ -742,7 +761,10 @@ class _Analysis:
             return _part(operands[0], _key(call.args[-1]))
         if function == "dyn" and len(operands) == 1:
             return operands[0]
-        self.unsized = self.unsized or f"function {function} has no size bound"
+        self.refuse(
+            f"function {function} has no size bound",
+            hint="only the CEL standard library is sized; see docs/limits.md",
+        )
         return _sum(operands, _SCALAR_BYTES)
 
     def comprehension(
@@ -803,7 +825,10 @@ class _Analysis:
         if kept == 0:
             return _either(initial, _Bound(step.fixed, added, step.length, step.deep))
         if kept > 1:
-            self.unsized = self.unsized or "a comprehension's value may double at every element"
+            self.refuse(
+                "a comprehension's value may double at every element",
+                hint="append to the accumulator once per step",
+            )
             return initial
         parts = dict(initial.parts)
         for path, copies in added.items():
@@ -815,6 +840,11 @@ class _Analysis:
             length,
             max(initial.deep, step.deep, length),
         )
+
+
+def _from_inputs(bound: _Bound) -> bool:
+    """Whether the value may hold bytes of an input (not only of the expression's text)."""
+    return any(not isinstance(path[0], _Pool) for path in bound.parts)
 
 
 def _constant(constant: Any) -> _Bound:
@@ -891,10 +921,12 @@ def cost_of(expression: cel.Expression) -> Cost:
     small constant factor more (value headers), as the data itself does.
 
     The time an evaluation takes is bounded by the same figures: ``estimate`` node
-    evaluations, each touching at most ``largest`` bytes.
+    evaluations, each linear in the at most ``largest`` bytes it touches (the searches
+    that are not linear are refused on two inputs, below).
 
     Raises :class:`~gateway.errors.RuleCostError` when some value it builds has no
-    bound (a function the size table does not know, an accumulator that could double)."""
+    bound (a function the size table does not know, an accumulator that could double),
+    or when ``contains``/``matches`` searches input text for input text."""
     serialized = _message(expression.serialize())
     raw = next((b for n, b in serialized if n == 2 and isinstance(b, bytes)), b"")
     try:
@@ -911,10 +943,8 @@ def cost_of(expression: cel.Expression) -> Cost:
     except _Overgrown:
         pass  # refused for its node count
     else:
-        if analysis.unsized:
-            raise RuleCostError(
-                analysis.unsized, hint='see docs/limits.md, "What a rule may build"'
-            )
+        if analysis.refusal:
+            raise RuleCostError(analysis.refusal, hint=analysis.hint)
     at = -1
     if analysis.largest > MAX_VALUE_BYTES:
         at = checked.source_info.positions.get(analysis.largest_id, -1)

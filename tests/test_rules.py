@@ -631,6 +631,39 @@ def test_every_standard_function_has_a_size_rule() -> None:
     assert seen == known, "the table lists a function no test uses, or misses one"
 
 
+@pytest.mark.parametrize(
+    "source",
+    [
+        "data.s.contains(data.t)",
+        "data.s.matches(data.pattern)",
+        "matches(request.caller, data.pattern)",
+        "data.l.exists(x, x.contains(data.q))",
+        'data.l.exists(x, (x + "!").contains(event.data))',
+    ],
+)
+def test_a_search_of_input_text_for_input_text_is_refused(source: str) -> None:
+    # 200 kB of "a" searched for 100 kB of "a" then "b" took 0.7 s; the time grows faster
+    # than the square of the size, and the runtime cannot be interrupted.
+    with pytest.raises(RuleCostError) as caught:
+        compile_rule(publish(source))
+    assert "searches input text for input text" in caught.value.reason
+    assert caught.value.hint is not None and "written in the rule" in caught.value.hint
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'data.s.contains("urgent")',
+        'data.id.matches("^[a-z]+$")',
+        '["a", "b"].exists(x, data.s.contains(x))',
+        'data.l.exists(x, "abc".contains(x))',
+        "request.caller.startsWith(data.prefix) && data.s == data.t",
+    ],
+)
+def test_a_search_with_one_side_written_in_the_rule_is_accepted(source: str) -> None:
+    compile_rule(publish(source))
+
+
 def test_a_function_without_a_size_rule_is_refused() -> None:
     # An extension (here a declared ``repeat``) would let a rule build any size.
     env = cel.NewEnv(
