@@ -28,9 +28,12 @@ Invariants this module keeps:
   object is created or arrives, not run: the runtime has no budget of its own.
 * **Bounded time.** Each node's work is linear in the bytes it reads and builds, at most
   :data:`MAX_VALUE_BYTES` each, so an evaluation takes at most the cost estimate times
-  that many byte operations (coarse, but finite). The two searches whose time is the
-  product of their operands' sizes (``contains``, ``matches``) are refused when both
-  operands come from inputs.
+  that many byte operations: coarse, so the slow ones are bounded apart. The bytes
+  concatenated and scanned (``size`` of a string) over all the times each node runs are
+  at most :data:`MAX_WORK_BYTES` (an element's share counted once over its loop), and
+  the two searches whose time is the product of their operands' sizes (``contains``,
+  ``matches``) are refused when both operands come from inputs. The cycle's timeout
+  cannot interrupt an evaluation (it runs in C++), so these are checked before.
 * **Rules propose, they do not act.** Evaluation returns proposals; the cycle admits each
   against the object's effective authority before anything happens.
 
@@ -71,6 +74,11 @@ MAX_COST = 1_000_000
 #: at most the data limit) with text around them, and nowhere near the ~1000 copies of
 #: the data a concatenation inside map() would make.
 MAX_VALUE_BYTES = 4 * MAX_DATA_BYTES
+#: Most bytes an evaluation may concatenate or scan, over all the times each node runs:
+#: the runtime concatenates at ~100 MB/s and counts a string's characters at ~300 MB/s
+#: (measured), so at most ~0.6 s of CPU, which the cycle's timeout cannot interrupt.
+#: Sixteen data limits: the settlement example's write needs about five.
+MAX_WORK_BYTES = 16 * MAX_DATA_BYTES
 MAX_DATA_DEPTH = 32
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -99,6 +107,8 @@ class Cost:
     #: their pieces are not counted: they are there already).
     largest: int
     largest_at: int = -1  #: where that value is built (a character offset), when too large
+    #: Bytes concatenated or scanned (``size`` of a string) over a whole evaluation.
+    work: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -677,8 +687,26 @@ class _Analysis:
         self.estimate = 0
         self.largest = 0  #: bytes, the largest bound of any value
         self.largest_id = 0  #: the node that builds it
+        #: Bytes the evaluation may copy (concatenations) or scan (size of a string), over
+        #: all the times each node runs: its time, at the runtime's ~100 MB/s.
+        self.work = 0
+        #: The comprehension whose loop is being walked: its element marker, how many
+        #: times the loop itself runs, and its accumulator's name.
+        self.loop: tuple[tuple[str, int], int, str] | None = None
         self.refusal = ""  #: why the expression has no bound (it is refused)
         self.hint = ""
+
+    def count_work(self, bound: _Bound, weight: int) -> None:
+        """Add a value handled ``weight`` times. In a loop, the element's share of it is
+        handled once per element, so over the loop at most once in all."""
+        if self.loop is None:
+            self.work += weight * _bytes(bound, MAX_DATA_BYTES)
+            return
+        marker, once, _ = self.loop
+        element = {p: n for p, n in bound.parts.items() if marker in p}
+        rest = {p: n for p, n in bound.parts.items() if marker not in p}
+        self.work += weight * _bytes(_Bound(bound.fixed, rest), MAX_DATA_BYTES)
+        self.work += once * _bytes(_Bound(0, element), MAX_DATA_BYTES)
 
     def refuse(self, reason: str, *, hint: str) -> None:
         if not self.refusal:  # the first reason found
@@ -749,10 +777,23 @@ class _Analysis:
                 "the square of the data limit",
                 hint="search for text written in the rule, or compare with == or startsWith",
             )
+        if function == "size" and record:
+            self.count_work(operands[0], weight)  # a string's size counts code points
         if function in _SCALAR_FUNCTIONS:
             return _SCALAR
         if function == "_+_":
-            return _sum(operands)
+            total = _sum(operands)
+            appends = (
+                self.loop is not None
+                and call.args
+                and call.args[0].WhichOneof("kind") == "ident_expr"
+                and call.args[0].ident_expr.name == self.loop[2]
+            )
+            # Concatenation copies both sides; a comprehension appending to its
+            # accumulator does not copy the accumulator (measured: map over 4 MB, 37 ms).
+            if record and not appends:
+                self.count_work(total, weight)
+            return total
         if function in _CONVERSIONS and len(operands) == 1:
             return _Bound(operands[0].fixed + _SCALAR_BYTES, operands[0].parts)
         if function == "_?_:_" and len(operands) == 3:
@@ -803,8 +844,10 @@ class _Analysis:
         # Within the loop, what was accumulated comes from earlier elements than the
         # current one: a different piece of the range (see _overlap).
         inside[loop.accu_var] = _renamed(before, marker, ("*acc", node))
+        outer, self.loop = self.loop, (marker, weight, loop.accu_var)
         self.walk(loop.loop_condition, inside, inner, depth + 1, record)
         self.walk(loop.loop_step, inside, inner, depth + 1, record)
+        self.loop = outer
         after = _renamed(accumulated, marker, _ANY)
         if record:
             size = _bytes(after, MAX_DATA_BYTES)
@@ -922,7 +965,10 @@ def cost_of(expression: cel.Expression) -> Cost:
 
     The time an evaluation takes is bounded by the same figures: ``estimate`` node
     evaluations, each linear in the at most ``largest`` bytes it touches (the searches
-    that are not linear are refused on two inputs, below).
+    that are not linear are refused on two inputs, below). ``work`` bounds the bytes the
+    slow linear nodes handle over the whole evaluation: concatenations (not a
+    comprehension's appends to its accumulator, which the runtime does in place) and
+    ``size`` (of a string, it counts characters).
 
     Raises :class:`~gateway.errors.RuleCostError` when some value it builds has no
     bound (a function the size table does not know, an accumulator that could double),
@@ -954,6 +1000,7 @@ def cost_of(expression: cel.Expression) -> Cost:
         estimate=analysis.estimate,
         largest=analysis.largest,
         largest_at=at,
+        work=analysis.work,
     )
 
 
@@ -1014,6 +1061,13 @@ def _compile(rule: str, part: str, source: str, expected: tuple[str, ...] | None
             f"{MAX_VALUE_BYTES:,} ({MAX_VALUE_BYTES // MAX_DATA_BYTES} times the data limit)",
             hint="do not concatenate or collect data inside all/exists/map/filter bodies, "
             "or copy it many times: each copy may be as large as the data",
+        )
+    if cost.work > MAX_WORK_BYTES:
+        raise RuleCostError(
+            f"{where}: may concatenate or scan {cost.work:,} bytes; at most "
+            f"{MAX_WORK_BYTES:,} ({MAX_WORK_BYTES // MAX_DATA_BYTES} times the data limit)",
+            hint="move concatenations and size() of data out of all/exists/map/filter "
+            "bodies: they run once per element",
         )
     return _Compiled(source, expression, cost)
 

@@ -382,7 +382,7 @@ COSTS = [
     CostCase("true", Cost(nodes=1, nesting=0, estimate=1, largest=32), "one constant"),
     CostCase(
         "1 + 2",
-        Cost(nodes=3, nesting=0, estimate=3, largest=2 * SCALAR),
+        Cost(nodes=3, nesting=0, estimate=3, largest=2 * SCALAR, work=2 * SCALAR),
         "call _+_ and two constants",
     ),
     CostCase("data.a", Cost(nodes=2, nesting=0, estimate=2, largest=0), "select on an ident"),
@@ -392,10 +392,12 @@ COSTS = [
         "has() is a test-only select",
     ),
     CostCase('data["a"]', Cost(nodes=3, nesting=0, estimate=3, largest=1), "index is a call _[_]"),
-    CostCase("size(data.x)", Cost(nodes=3, nesting=0, estimate=3, largest=SCALAR), "global call"),
+    CostCase(
+        "size(data.x)", Cost(nodes=3, nesting=0, estimate=3, largest=SCALAR, work=D), "global call"
+    ),
     CostCase(
         "data.x.size()",
-        Cost(nodes=3, nesting=0, estimate=3, largest=SCALAR),
+        Cost(nodes=3, nesting=0, estimate=3, largest=SCALAR, work=D),
         "receiver call: the target",
     ),
     CostCase("!true", Cost(nodes=2, nesting=0, estimate=2, largest=SCALAR), "unary call"),
@@ -504,7 +506,6 @@ SIZES_ACCEPTED = [
     SizeCase("data.items.map(x, x.price * x.qty)", 0, "map to numbers: 1000 scalars"),
     SizeCase("data.items.map(x, x + x)", 2, "each element twice, summed over the range"),
     SizeCase("data.l.map(x, x).map(y, y + y)", 2, "a map over a map's result"),
-    SizeCase("data.l.exists(x, x == data.s + data.s)", 2, "built per element, not kept"),
     SizeCase("string(data.a) + string(data.b)", 1, "string() keeps its argument's size"),
     SizeCase("bytes(data.s)", 1, "bytes() too"),
     SizeCase("data.flag ? data.a + data.a : data.a", 2, "a choice: the larger branch"),
@@ -522,6 +523,50 @@ SIZES_REFUSED = [
     SizeCase("data.l.map(x, string(data.n))", 1000, "string() of data may be a string"),
     SizeCase("(data.l + data.l).map(x, data.s)", 2000, "the range's length, not 1000"),
 ]
+
+
+#: Bytes concatenated or scanned over an evaluation, in data limits: within
+#: MAX_WORK_BYTES (16) or refused.
+WORK_ACCEPTED = [
+    SizeCase(
+        '{"approvals": data.approvals + [request.caller], "n": size(data.approvals) + 1}',
+        3,
+        "settlement.yaml's write: a concatenation of two inputs, a size",
+    ),
+    SizeCase('data.items.map(x, x.first + " " + x.last)', 2, "each element's share once"),
+    SizeCase("data.items.exists(i, size(i.tags) > 2)", 1, "size of each element"),
+    SizeCase("data.l.map(x, x)", 0, "appending to the accumulator copies no accumulator"),
+    SizeCase("data.l.exists(x, x == data.s)", 0, "comparing copies nothing"),
+]
+WORK_REFUSED = [
+    SizeCase(
+        "data.l.all(x, data.s + data.s + data.s + data.s != data.t)",
+        9000,
+        "100 elements and 1 MB took 12.5 s; at the limits, minutes",
+    ),
+    SizeCase("data.l.exists(x, x == data.s + data.s)", 2000, "built per element, not kept"),
+    SizeCase("data.l.exists(x, size(data.s) > 0)", 1000, "a string's size counts it"),
+]
+
+
+@pytest.mark.parametrize("case", WORK_ACCEPTED, ids=lambda c: c.reason)
+def test_work_bound_accepts(case: SizeCase) -> None:
+    compiled = compile_rule(publish(payload=case.source))
+    assert compiled.effect is not None
+    assert compiled.effect.cost.work // MAX_DATA_BYTES == case.copies
+
+
+@pytest.mark.parametrize("case", WORK_REFUSED, ids=lambda c: c.reason)
+def test_work_bound_refuses(case: SizeCase) -> None:
+    cost = cost_of(rules._ENV.compile(case.source))
+    assert cost.largest <= rules.MAX_VALUE_BYTES  # every value is small enough
+    assert cost.work // MAX_DATA_BYTES == case.copies
+    with pytest.raises(RuleCostError) as caught:
+        compile_rule(publish(case.source))
+    assert caught.value.reason == (
+        f"rule 'r', when: may concatenate or scan {cost.work:,} bytes; at most "
+        f"{rules.MAX_WORK_BYTES:,} (16 times the data limit)"
+    )
 
 
 @pytest.mark.parametrize("case", SIZES_ACCEPTED, ids=lambda c: c.reason)
