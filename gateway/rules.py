@@ -16,10 +16,24 @@ Invariants this module keeps:
   refused with :class:`~gateway.errors.RuleError` naming the rule and the problem.
 * **Bounded cost.** The checked AST is walked (from the runtime's own serialized
   ``cel.expr.CheckedExpr``): at most :data:`MAX_NODES` nodes, comprehensions nested at
-  most :data:`MAX_NESTING` deep, and an estimated cost — every node weighted by
-  :data:`COLLECTION_BOUND` per enclosing comprehension — of at most :data:`MAX_COST`.
-  Object data is held to the same bound (:func:`check_data`), so the estimate is an
-  upper bound of the work an evaluation can do.
+  most :data:`MAX_NESTING` deep, and an estimated cost — every node weighted by the
+  elements its enclosing comprehension's range may have (:data:`COLLECTION_BOUND` for a
+  collection of the data) — of at most :data:`MAX_COST`. Object data is held to the same
+  bound (:func:`check_data`), so the estimate bounds how many nodes an evaluation runs.
+* **Bounded size.** The same walk bounds the bytes of every value the expression can
+  build, given that the data, a message and a request each hold at most
+  :data:`~gateway.limits.MAX_DATA_BYTES`: no value may exceed :data:`MAX_VALUE_BYTES`
+  (four times that). Concatenating or collecting data inside map/filter counts one copy
+  per element, so a rule that would build gigabytes from megabytes is refused when the
+  object is created or arrives, not run: the runtime has no budget of its own.
+* **Bounded time.** Each node's work is linear in the bytes it reads and builds, at most
+  :data:`MAX_VALUE_BYTES` each, so an evaluation takes at most the cost estimate times
+  that many byte operations: coarse, so the slow ones are bounded apart. The bytes
+  concatenated and scanned (``size`` of a string) over all the times each node runs are
+  at most :data:`MAX_WORK_BYTES` (an element's share counted once over its loop), and
+  the two searches whose time is the product of their operands' sizes (``contains``,
+  ``matches``) are refused when both operands come from inputs. The cycle's timeout
+  cannot interrupt an evaluation (it runs in C++), so these are checked before.
 * **Rules propose, they do not act.** Evaluation returns proposals; the cycle admits each
   against the object's effective authority before anything happens.
 
@@ -33,17 +47,18 @@ import functools
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cel_expr_python import cel
-from google.protobuf import empty_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, empty_pb2, message_factory
+from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from gateway.errors import RuleCostError, RuleError
-from gateway.limits import MAX_ANSWERS, MAX_SUBSCRIPTIONS
+from gateway.limits import MAX_ANSWERS, MAX_DATA_BYTES, MAX_ID_BYTES, MAX_SUBSCRIPTIONS
 from gateway.model import TRIGGERS, Answer, Binding, Invoke, Publish, Rule, WriteState
 
 MAX_RULES = 32
@@ -53,6 +68,17 @@ MAX_NESTING = 1
 #: Most elements any list or map in an object's data may have (checked on every write).
 COLLECTION_BOUND = 1000
 MAX_COST = 1_000_000
+#: Most bytes any value a rule builds may hold, by the bound :func:`cost_of` computes
+#: (strings and bytes by their length, lists and maps by their JSON text): four times
+#: the data limit, room for a rule that copies the data, a message and a request (each
+#: at most the data limit) with text around them, and nowhere near the ~1000 copies of
+#: the data a concatenation inside map() would make.
+MAX_VALUE_BYTES = 4 * MAX_DATA_BYTES
+#: Most bytes an evaluation may concatenate or scan, over all the times each node runs:
+#: the runtime concatenates at ~100 MB/s and counts a string's characters at ~300 MB/s
+#: (measured), so at most ~0.6 s of CPU, which the cycle's timeout cannot interrupt.
+#: Sixteen data limits: the settlement example's write needs about five.
+MAX_WORK_BYTES = 16 * MAX_DATA_BYTES
 MAX_DATA_DEPTH = 32
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -71,30 +97,18 @@ VARIABLES: Mapping[str, cel.Type] = {
 
 _ENV = cel.NewEnv(variables=dict(VARIABLES))
 
-# cel.expr field numbers (cel/expr/syntax.proto, checked.proto) used by the cost walk.
-_CHECKED_EXPR = 4
-_EXPR_KINDS = {
-    3: "const",
-    4: "ident",
-    5: "select",
-    6: "call",
-    7: "list",
-    8: "struct",
-    9: "comprehension",
-}
-_SELECT_OPERAND = 1
-_CALL_TARGET, _CALL_ARGS = 1, 3
-_LIST_ELEMENTS = 1
-_STRUCT_ENTRIES, _ENTRY_MAP_KEY, _ENTRY_VALUE = 2, 3, 4
-_COMPREHENSION_ONCE = (2, 4, 7)  #: iter_range, accu_init, result: evaluated once
-_COMPREHENSION_LOOP = (5, 6)  #: loop_condition, loop_step: evaluated per element
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Cost:
     nodes: int
     nesting: int
-    estimate: int
+    estimate: int  #: node evaluations, each comprehension's body once per element
+    #: Bytes: the bound of the largest value the expression may build (the inputs and
+    #: their pieces are not counted: they are there already).
+    largest: int
+    largest_at: int = -1  #: where that value is built (a character offset), when too large
+    #: Bytes concatenated or scanned (``size`` of a string) over a whole evaluation.
+    work: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,62 +442,566 @@ def _plain_key(key: Any) -> str:
 # --- compiling ----------------------------------------------------------------------
 
 
-def _fields(raw: bytes) -> Iterator[tuple[int, bytes]]:
-    """Length-delimited fields of a serialized message, read without its schema."""
+def _message(raw: bytes) -> list[tuple[int, Any]]:
+    """Every field of a serialized message, read without its schema: (number, value),
+    the value bytes for length-delimited fields and an int for the others."""
     holder = empty_pb2.Empty()
     holder.ParseFromString(raw)
     fields = UnknownFieldSet(holder)
-    for index in range(len(fields)):
-        field = fields[index]
-        if isinstance(field.data, bytes):
-            yield field.field_number, field.data
+    return [(fields[i].field_number, fields[i].data) for i in range(len(fields))]
 
 
-def _walk(expr: bytes, multiplier: int, depth: int, totals: dict[str, int]) -> None:
-    totals["nodes"] += 1
-    totals["estimate"] += multiplier
-    totals["nesting"] = max(totals["nesting"], depth)
-    if totals["nodes"] > MAX_NODES * 4:
-        return  # far over the limit already; stop walking pathological input
-    for number, body in _fields(expr):
-        kind = _EXPR_KINDS.get(number)
-        if kind is None or kind in ("const", "ident"):
+def _cel_schema() -> dict[str, Any]:
+    """Message classes for the parts of ``cel.expr`` (syntax.proto, checked.proto) the
+    analysis reads, declared here (cel-expr-python ships no Python classes for them) so
+    that a checked expression is parsed once, in C, instead of field by field. Fields not
+    declared are kept as unknown and ignored."""
+    f = descriptor_pb2.FieldDescriptorProto
+    messages: dict[str, list[tuple[str, int, int, str | None, bool]]] = {
+        # name: [(field, number, type, message type, repeated)]
+        "CheckedExpr": [("expr", 4, f.TYPE_MESSAGE, "Expr", False),
+                        ("source_info", 5, f.TYPE_MESSAGE, "SourceInfo", False)],
+        "SourceInfo": [("positions", 4, f.TYPE_MESSAGE, "SourceInfo.PositionsEntry", True)],
+        "Expr": [("id", 2, f.TYPE_INT64, None, False),
+                 ("const_expr", 3, f.TYPE_MESSAGE, "Constant", False),
+                 ("ident_expr", 4, f.TYPE_MESSAGE, "Ident", False),
+                 ("select_expr", 5, f.TYPE_MESSAGE, "Select", False),
+                 ("call_expr", 6, f.TYPE_MESSAGE, "Call", False),
+                 ("list_expr", 7, f.TYPE_MESSAGE, "CreateList", False),
+                 ("struct_expr", 8, f.TYPE_MESSAGE, "CreateStruct", False),
+                 ("comprehension_expr", 9, f.TYPE_MESSAGE, "Comprehension", False)],
+        "Constant": [("int64_value", 3, f.TYPE_INT64, None, False),
+                     ("uint64_value", 4, f.TYPE_UINT64, None, False),
+                     ("string_value", 6, f.TYPE_BYTES, None, False),
+                     ("bytes_value", 7, f.TYPE_BYTES, None, False)],
+        "Ident": [("name", 1, f.TYPE_STRING, None, False)],
+        "Select": [("operand", 1, f.TYPE_MESSAGE, "Expr", False),
+                   ("field", 2, f.TYPE_STRING, None, False),
+                   ("test_only", 3, f.TYPE_BOOL, None, False)],
+        "Call": [("target", 1, f.TYPE_MESSAGE, "Expr", False),
+                 ("function", 2, f.TYPE_STRING, None, False),
+                 ("args", 3, f.TYPE_MESSAGE, "Expr", True)],
+        "CreateList": [("elements", 1, f.TYPE_MESSAGE, "Expr", True)],
+        "CreateStruct": [("entries", 2, f.TYPE_MESSAGE, "Entry", True)],
+        "Entry": [("map_key", 3, f.TYPE_MESSAGE, "Expr", False),
+                  ("value", 4, f.TYPE_MESSAGE, "Expr", False)],
+        "Comprehension": [("iter_var", 1, f.TYPE_STRING, None, False),
+                          ("iter_range", 2, f.TYPE_MESSAGE, "Expr", False),
+                          ("accu_var", 3, f.TYPE_STRING, None, False),
+                          ("accu_init", 4, f.TYPE_MESSAGE, "Expr", False),
+                          ("loop_condition", 5, f.TYPE_MESSAGE, "Expr", False),
+                          ("loop_step", 6, f.TYPE_MESSAGE, "Expr", False),
+                          ("result", 7, f.TYPE_MESSAGE, "Expr", False),
+                          ("iter_var2", 8, f.TYPE_STRING, None, False)],
+    }  # fmt: skip
+    package = "gateway_rules.cel"  # not cel.expr: must not clash if the real one is loaded
+    file = descriptor_pb2.FileDescriptorProto(
+        name="gateway_rules_cel.proto", package=package, syntax="proto3"
+    )
+    for name, fields in messages.items():
+        message = file.message_type.add(name=name)
+        kinds = message.oneof_decl
+        if name in ("Expr", "Constant"):
+            kinds.add(name="kind")
+        for field, number, kind, type_name, repeated in fields:
+            declared = message.field.add(
+                name=field,
+                number=number,
+                type=kind,
+                label=f.LABEL_REPEATED if repeated else f.LABEL_OPTIONAL,
+            )
+            if type_name is not None:
+                declared.type_name = f".{package}.{type_name}"
+            if kinds and field != "id":
+                declared.oneof_index = 0
+        if name == "SourceInfo":
+            entry = message.nested_type.add(name="PositionsEntry")
+            entry.options.map_entry = True
+            entry.field.add(name="key", number=1, type=f.TYPE_INT64, label=f.LABEL_OPTIONAL)
+            entry.field.add(name="value", number=2, type=f.TYPE_INT32, label=f.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.{name}"))
+        for name in messages
+    }
+
+
+_CEL = _cel_schema()
+
+
+#: A piece of an input: its root variable, then one segment per field or key selected.
+#: A segment that is a wildcard (:data:`_ANY`, or a comprehension's element marker) may
+#: stand for any key, so it overlaps every segment at its level.
+_Path = tuple[Any, ...]
+_ANY = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class _Bound:
+    """An upper bound of a value's size: ``fixed`` bytes, plus for each input piece in
+    ``parts`` that many copies of it (what a piece holds is unknown at compile time; all
+    the pieces of one input together hold at most the data limit). ``length`` bounds the
+    value's elements, ``deep`` the elements of it or of any collection inside it.
+    ``ref``: the value *is* the single piece in ``parts`` (not a copy made of it), so
+    selecting from it gives a smaller piece."""
+
+    fixed: int
+    parts: Mapping[_Path, int]
+    length: int = 0
+    deep: int = 0
+    ref: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Pool:
+    """The root of a piece that is not an input: the ``size`` bytes a comprehension's
+    range holds besides its input pieces, shared among its elements."""
+
+    node: int
+    size: int
+
+
+def _piece(path: _Path, deep: int) -> _Bound:
+    return _Bound(0, {path: 1}, deep, deep, ref=True)
+
+
+def _within(bound: _Bound) -> _Bound:
+    """Some value inside ``bound`` (an element, a field): no larger than it."""
+    return _Bound(bound.fixed, bound.parts, bound.deep, bound.deep)
+
+
+def _sum(bounds: Sequence[_Bound], fixed: int = 0) -> _Bound:
+    parts: dict[_Path, int] = {}
+    length = deep = 0
+    for bound in bounds:
+        fixed += bound.fixed
+        for path, copies in bound.parts.items():
+            parts[path] = parts.get(path, 0) + copies
+        length += bound.length
+        deep = max(deep, bound.deep)
+    return _Bound(fixed, parts, length, max(deep, length))
+
+
+def _either(first: _Bound, second: _Bound) -> _Bound:
+    """A value that is one of the two."""
+    parts = dict(first.parts)
+    for path, copies in second.parts.items():
+        parts[path] = max(parts.get(path, 0), copies)
+    return _Bound(
+        max(first.fixed, second.fixed),
+        parts,
+        max(first.length, second.length),
+        max(first.deep, second.deep),
+    )
+
+
+def _overlap(one: _Path, other: _Path) -> bool:
+    """Whether two pieces may share bytes: one lies inside the other, where a wildcard
+    segment matches any key. A comprehension's current element (``("*", id)``) and what
+    it accumulated from earlier elements (``("*acc", id)``) are different elements."""
+    for mine, theirs in zip(one, other, strict=False):
+        if mine == theirs:
             continue
-        children = list(_fields(body))
-        if kind == "select":
-            nested = [b for n, b in children if n == _SELECT_OPERAND]
-        elif kind == "call":
-            nested = [b for n, b in children if n in (_CALL_TARGET, _CALL_ARGS)]
-        elif kind == "list":
-            nested = [b for n, b in children if n == _LIST_ELEMENTS]
-        elif kind == "struct":
-            nested = [
-                b
-                for n, entry in children
-                if n == _STRUCT_ENTRIES
-                for m, b in _fields(entry)
-                if m in (_ENTRY_MAP_KEY, _ENTRY_VALUE)
+        marks = isinstance(mine, tuple), isinstance(theirs, tuple)
+        if not (marks[0] or marks[1] or mine == _ANY or theirs == _ANY):
+            return False  # two different keys
+        if marks[0] and marks[1] and mine[1] == theirs[1]:
+            return False  # ("*", id) against ("*acc", id)
+    return True
+
+
+def _bytes(bound: _Bound, limit: int) -> int:
+    """The bound in bytes when each input holds at most ``limit`` bytes: each input's mass
+    is put where the most of its copies overlap."""
+    roots: dict[Any, list[tuple[_Path, int]]] = {}
+    for path, copies in bound.parts.items():
+        roots.setdefault(path[0], []).append((path, copies))
+    total = bound.fixed
+    for root, parts in roots.items():
+        copies = max(sum(n for other, n in parts if _overlap(path, other)) for path, _ in parts)
+        total += copies * (root.size if isinstance(root, _Pool) else limit)
+    return total
+
+
+#: Values that are not strings, bytes, lists or maps (numbers, bools, null, timestamps,
+#: durations, types) take at most this many bytes, as JSON text or in memory.
+_SCALAR_BYTES = 32
+_SCALAR = _Bound(_SCALAR_BYTES, {})
+
+#: Every function the standard library declares in :data:`_ENV` (the only functions it
+#: has: no extension is loaded), by what its value may hold. Listed and checked against
+#: the runtime by tests/test_rules.py. A function in none of these sets is refused by
+#: :func:`cost_of`: a new one (a runtime upgrade, an extension such as ``strings``'
+#: ``repeat`` or ``join``) must be classified before a rule may call it.
+#:
+#: A scalar (bool, number, timestamp, duration, type), whatever the arguments' sizes:
+#: comparisons, logic, arithmetic other than ``_+_``, ``size``, ``in``, string tests,
+#: conversions to scalars, and the timestamp and duration accessors.
+_SCALAR_FUNCTIONS = frozenset(
+    {
+        "_==_", "_!=_", "_<_", "_<=_", "_>_", "_>=_", "_&&_", "_||_", "!_", "-_",
+        "_-_", "_*_", "_/_", "_%_", "@in", "@not_strictly_false", "size", "contains",
+        "startsWith", "endsWith", "matches", "int", "uint", "double", "bool", "timestamp",
+        "duration", "type", "getFullYear", "getMonth", "getDayOfYear", "getDayOfMonth",
+        "getDate", "getDayOfWeek", "getHours", "getMinutes", "getSeconds",
+        "getMilliseconds",
+    }
+)  # fmt: skip
+#: Scalars whose time may be the product of their operands' sizes: refused when both
+#: operands hold input bytes (a needle or pattern written in the rule is fine).
+_SEARCHES = frozenset({"contains", "matches"})
+#: At most the argument's size plus a scalar's: ``string(x)``, ``bytes(x)``.
+_CONVERSIONS = frozenset({"string", "bytes"})
+#: The rest, each with its own rule in :meth:`_Analysis.call`: ``_+_`` (the sum of its
+#: operands: concatenation of strings, bytes and lists), ``_?_:_`` (the larger branch),
+#: ``_[_]`` (a piece of its operand), ``dyn`` (its argument).
+_STRUCTURAL = frozenset({"_+_", "_?_:_", "_[_]", "dyn"})
+
+#: What each variable a rule sees may hold: the three maps from outside are input pieces
+#: (each at most the data limit: data by MAX_DATA_BYTES, a message's data and a call's
+#: request by far less), their collections at most COLLECTION_BOUND long (check_data);
+#: the host's name is an id.
+_INPUTS: Mapping[str, _Bound] = {
+    "data": _piece(("data",), COLLECTION_BOUND),
+    "event": _piece(("event",), COLLECTION_BOUND),
+    "request": _piece(("request",), COLLECTION_BOUND),
+    "host": _Bound(MAX_ID_BYTES, {}),
+    "now": _SCALAR,
+    "generation": _SCALAR,
+    "epoch": _SCALAR,
+}
+
+
+class _Overgrown(Exception):
+    """Far more nodes than a rule may have: the walk stops (the rule is refused)."""
+
+
+class _Analysis:
+    """One walk of a checked expression: its node count, comprehension nesting, cost
+    estimate, and a size bound of every value it builds (see :func:`cost_of`)."""
+
+    def __init__(self) -> None:
+        self.nodes = 0
+        self.nesting = 0
+        self.estimate = 0
+        self.largest = 0  #: bytes, the largest bound of any value
+        self.largest_id = 0  #: the node that builds it
+        #: Bytes the evaluation may copy (concatenations) or scan (size of a string), over
+        #: all the times each node runs: its time, at the runtime's ~100 MB/s.
+        self.work = 0
+        #: The comprehension whose loop is being walked: its element marker, how many
+        #: times the loop itself runs, and its accumulator's name.
+        self.loop: tuple[tuple[str, int], int, str] | None = None
+        self.refusal = ""  #: why the expression has no bound (it is refused)
+        self.hint = ""
+
+    def count_work(self, bound: _Bound, weight: int) -> None:
+        """Add a value handled ``weight`` times. In a loop, the element's share of it is
+        handled once per element, so over the loop at most once in all."""
+        if self.loop is None:
+            self.work += weight * _bytes(bound, MAX_DATA_BYTES)
+            return
+        marker, once, _ = self.loop
+        element = {p: n for p, n in bound.parts.items() if marker in p}
+        rest = {p: n for p, n in bound.parts.items() if marker not in p}
+        self.work += weight * _bytes(_Bound(bound.fixed, rest), MAX_DATA_BYTES)
+        self.work += once * _bytes(_Bound(0, element), MAX_DATA_BYTES)
+
+    def refuse(self, reason: str, *, hint: str) -> None:
+        if not self.refusal:  # the first reason found
+            self.refusal, self.hint = reason, hint
+
+    def walk(
+        self, expr: Any, scope: Mapping[str, _Bound], weight: int, depth: int, record: bool
+    ) -> _Bound:
+        """The bound of ``expr``'s value (a ``cel.expr.Expr``). ``weight``: how many times
+        it is evaluated; ``record``: count it (False on the first of a loop's two walks)."""
+        if record:
+            self.nodes += 1
+            self.estimate += weight
+            self.nesting = max(self.nesting, depth)
+            if self.nodes > MAX_NODES * 4:
+                raise _Overgrown
+        kind = expr.WhichOneof("kind")
+        if kind == "call_expr":
+            bound = self.call(expr.call_expr, scope, weight, depth, record)
+        elif kind == "select_expr":
+            select = expr.select_expr
+            operand = self.walk(select.operand, scope, weight, depth, record)
+            # has(a.b) is a test; a.b is a piece of a.
+            bound = _SCALAR if select.test_only else _part(operand, select.field)
+        elif kind == "ident_expr":
+            name = expr.ident_expr.name
+            bound = scope[name] if name in scope else _piece((name,), COLLECTION_BOUND)
+        elif kind == "const_expr":
+            bound = _constant(expr.const_expr)
+        elif kind == "list_expr":
+            items = [self.walk(e, scope, weight, depth, record) for e in expr.list_expr.elements]
+            bound = _collection(items, len(items))
+        elif kind == "struct_expr":
+            entries = expr.struct_expr.entries
+            items = [
+                self.walk(e, scope, weight, depth, record)
+                for entry in entries
+                for e in (entry.map_key, entry.value)
             ]
+            bound = _collection(items, len(entries))
+        elif kind == "comprehension_expr":
+            bound = self.comprehension(
+                expr.comprehension_expr, expr.id, scope, weight, depth, record
+            )
         else:
-            for n, b in children:
-                if n in _COMPREHENSION_ONCE:
-                    _walk(b, multiplier, depth, totals)
-                elif n in _COMPREHENSION_LOOP:
-                    _walk(b, multiplier * COLLECTION_BOUND, depth + 1, totals)
-            continue
-        for child in nested:
-            _walk(child, multiplier, depth, totals)
+            bound = _SCALAR
+        if record and not bound.ref:  # a piece of an input is not built: it is there
+            size = _bytes(bound, MAX_DATA_BYTES) if bound.parts else bound.fixed
+            if size > self.largest:
+                self.largest, self.largest_id = size, expr.id
+        return bound
+
+    def call(
+        self, call: Any, scope: Mapping[str, _Bound], weight: int, depth: int, record: bool
+    ) -> _Bound:
+        function = call.function
+        operands = (
+            [self.walk(call.target, scope, weight, depth, record)]
+            if call.HasField("target")
+            else []
+        )
+        operands += [self.walk(arg, scope, weight, depth, record) for arg in call.args]
+        if function in _SEARCHES and all(_from_inputs(o) for o in operands):
+            # Substring search (std::string_view::find) and an automaton built from the
+            # pattern take time up to the product of the two sizes: 4 MB in 4 MB is hours.
+            self.refuse(
+                f"{function}() searches input text for input text: its time may grow with "
+                "the square of the data limit",
+                hint="search for text written in the rule, or compare with == or startsWith",
+            )
+        if function == "size" and record:
+            self.count_work(operands[0], weight)  # a string's size counts code points
+        if function in _SCALAR_FUNCTIONS:
+            return _SCALAR
+        if function == "_+_":
+            total = _sum(operands)
+            appends = (
+                self.loop is not None
+                and call.args
+                and call.args[0].WhichOneof("kind") == "ident_expr"
+                and call.args[0].ident_expr.name == self.loop[2]
+            )
+            # Concatenation copies both sides; a comprehension appending to its
+            # accumulator does not copy the accumulator (measured: map over 4 MB, 37 ms).
+            if record and not appends:
+                self.count_work(total, weight)
+            return total
+        if function in _CONVERSIONS and len(operands) == 1:
+            return _Bound(operands[0].fixed + _SCALAR_BYTES, operands[0].parts)
+        if function == "_?_:_" and len(operands) == 3:
+            return _either(operands[1], operands[2])
+        if function == "_[_]" and len(operands) == 2:
+            return _part(operands[0], _key(call.args[-1]))
+        if function == "dyn" and len(operands) == 1:
+            return operands[0]
+        self.refuse(
+            f"function {function} has no size bound",
+            hint="only the CEL standard library is sized; see docs/limits.md",
+        )
+        return _sum(operands, _SCALAR_BYTES)
+
+    def comprehension(
+        self,
+        loop: Any,
+        node: int,
+        scope: Mapping[str, _Bound],
+        weight: int,
+        depth: int,
+        record: bool,
+    ) -> _Bound:
+        """A macro (all, exists, exists_one, map, filter) expanded: the range and initial
+        value once, the condition and step per element, then the result. The step is walked
+        twice: first with the accumulator as an unknown, to learn how it grows from one
+        element to the next; then with the accumulator's bound, to bound what it builds."""
+        span = self.walk(loop.iter_range, scope, weight, depth, record)
+        initial = self.walk(loop.accu_init, scope, weight, depth, record)
+        count = span.length
+        marker = ("*", node)
+        inside = dict(scope)
+        inside[loop.iter_var] = _element(span, marker)
+        if loop.iter_var2:  # a two-variable comprehension: the second is also an element
+            inside[loop.iter_var2] = inside[loop.iter_var]
+        inner = weight * max(count, 1)
+        if depth + 1 > MAX_NESTING:
+            # Refused by its nesting anyway: walk the loop once, for the counts only (a
+            # second walk per level would double the work at every level).
+            accumulated = before = initial
+        else:
+            unknown = f"@{node}"
+            inside[loop.accu_var] = _piece((unknown,), 0)
+            step = self.walk(loop.loop_step, inside, inner, depth + 1, False)
+            accumulated = self.accumulate(initial, step, count, marker, unknown)
+            # What the last step starts from: the step then builds at most ``accumulated``.
+            before = self.accumulate(initial, step, max(count - 1, 0), marker, unknown)
+        # Within the loop, what was accumulated comes from earlier elements than the
+        # current one: a different piece of the range (see _overlap).
+        inside[loop.accu_var] = _renamed(before, marker, ("*acc", node))
+        outer, self.loop = self.loop, (marker, weight, loop.accu_var)
+        self.walk(loop.loop_condition, inside, inner, depth + 1, record)
+        self.walk(loop.loop_step, inside, inner, depth + 1, record)
+        self.loop = outer
+        after = _renamed(accumulated, marker, _ANY)
+        if record:
+            size = _bytes(after, MAX_DATA_BYTES)
+            if size > self.largest:
+                self.largest, self.largest_id = size, node
+        return self.walk(loop.result, {**scope, loop.accu_var: after}, weight, depth, record)
+
+    def accumulate(
+        self, initial: _Bound, step: _Bound, count: int, marker: tuple[str, int], unknown: str
+    ) -> _Bound:
+        """The accumulator after ``count`` steps, from one step's bound in terms of the
+        accumulator before it (the input piece ``unknown``). A step that keeps it once
+        (``acc + [f]``, ``p ? acc + [x] : acc``) adds to it: each step's own share counts
+        ``count`` times, except the element's, whose shares over all steps are together
+        no more than the range. A step that does not keep it (``acc && p``) replaces it."""
+        kept = sum(n for path, n in step.parts.items() if path[0] == unknown)
+        added = {path: n for path, n in step.parts.items() if path[0] != unknown}
+        if kept == 0:
+            return _either(initial, _Bound(step.fixed, added, step.length, step.deep))
+        if kept > 1:
+            self.refuse(
+                "a comprehension's value may double at every element",
+                hint="append to the accumulator once per step",
+            )
+            return initial
+        parts = dict(initial.parts)
+        for path, copies in added.items():
+            parts[path] = parts.get(path, 0) + (copies if marker in path else copies * count)
+        length = initial.length + count * step.length
+        return _Bound(
+            initial.fixed + count * step.fixed,
+            parts,
+            length,
+            max(initial.deep, step.deep, length),
+        )
+
+
+def _from_inputs(bound: _Bound) -> bool:
+    """Whether the value may hold bytes of an input (not only of the expression's text)."""
+    return any(not isinstance(path[0], _Pool) for path in bound.parts)
+
+
+def _constant(constant: Any) -> _Bound:
+    kind = constant.WhichOneof("kind")
+    if kind in ("string_value", "bytes_value"):  # their UTF-8 bytes
+        return _Bound(len(getattr(constant, kind)), {})
+    return _SCALAR
+
+
+def _key(expr: Any) -> Any:
+    """An index's key as a path segment: a constant string or integer names one element;
+    anything else may be any (:data:`_ANY`)."""
+    if expr.WhichOneof("kind") == "const_expr":
+        constant = expr.const_expr
+        kind = constant.WhichOneof("kind")
+        if kind == "string_value":
+            return constant.string_value.decode("utf-8", "replace")
+        if kind in ("int64_value", "uint64_value"):
+            return getattr(constant, kind)
+    return _ANY
+
+
+def _part(whole: _Bound, segment: Any) -> _Bound:
+    """A field, key or element of ``whole``: a smaller input piece if ``whole`` is one."""
+    if whole.ref:
+        (path,) = whole.parts
+        return _piece((*path, segment), whole.deep)
+    return _within(whole)
+
+
+def _element(span: _Bound, marker: tuple[str, int]) -> _Bound:
+    """An element of a comprehension's range: a piece of it, marked so that the shares
+    of all elements can be told from the rest."""
+    if span.ref:
+        (path,) = span.parts
+        return _piece((*path, marker), span.deep)
+    parts = {(*path, marker): copies for path, copies in span.parts.items()}
+    if span.fixed:
+        parts[(_Pool(marker[1], span.fixed), marker)] = 1
+    return _Bound(0, parts, span.deep, span.deep)
+
+
+def _collection(items: Sequence[_Bound], length: int) -> _Bound:
+    """A list or map literal of ``length`` elements: its items (a map's keys and values),
+    plus a separator per item and the brackets."""
+    whole = _sum(items, fixed=len(items) + 2)
+    return _Bound(whole.fixed, whole.parts, length, max([length, *(i.deep for i in items)]))
+
+
+def _renamed(bound: _Bound, marker: tuple[str, int], name: Any) -> _Bound:
+    parts: dict[_Path, int] = {}
+    for path, copies in bound.parts.items():
+        renamed = tuple(name if segment == marker else segment for segment in path)
+        parts[renamed] = parts.get(renamed, 0) + copies
+    return _Bound(bound.fixed, parts, bound.length, bound.deep)
 
 
 def cost_of(expression: cel.Expression) -> Cost:
-    """Size and a cost bound of a compiled expression, from its checked AST."""
-    checked = next((b for n, b in _fields(expression.serialize()) if n == 2), b"")
-    root = next((b for n, b in _fields(checked) if n == _CHECKED_EXPR), None)
-    if root is None:
+    """Size, cost and a size bound of a compiled expression, from its checked AST.
+
+    ``largest`` bounds, in bytes, every value the expression may build (strings and bytes
+    by their length, lists and maps by their JSON text, other values by
+    :data:`_SCALAR_BYTES`), when the data, a message and a request each hold at most
+    :data:`~gateway.limits.MAX_DATA_BYTES` and their collections at most
+    :data:`COLLECTION_BOUND` elements. Each value's bound is fixed bytes plus some copies
+    of input pieces (``data.a``, an element of ``data.l``): ``_+_`` and list and map
+    literals add their operands, ``string()`` and ``bytes()`` their argument, ``?:``
+    takes the larger branch, a field or element is a piece of its operand, the rest of
+    the standard library gives scalars. Pieces that cannot overlap (``data.a`` and
+    ``data.b``) share one data limit; a comprehension's accumulator grows by each step's
+    share per element, except that the shares of the elements themselves add up to at
+    most the range (so ``filter`` and ``map(x, x.f)`` stay within the data, while
+    ``map(x, data.s)`` counts ``data.s`` once per element). In memory a value takes a
+    small constant factor more (value headers), as the data itself does.
+
+    The time an evaluation takes is bounded by the same figures: ``estimate`` node
+    evaluations, each linear in the at most ``largest`` bytes it touches (the searches
+    that are not linear are refused on two inputs, below). ``work`` bounds the bytes the
+    slow linear nodes handle over the whole evaluation: concatenations (not a
+    comprehension's appends to its accumulator, which the runtime does in place) and
+    ``size`` (of a string, it counts characters).
+
+    Raises :class:`~gateway.errors.RuleCostError` when some value it builds has no
+    bound (a function the size table does not know, an accumulator that could double),
+    or when ``contains``/``matches`` searches input text for input text."""
+    serialized = _message(expression.serialize())
+    raw = next((b for n, b in serialized if n == 2 and isinstance(b, bytes)), b"")
+    try:
+        checked = _CEL["CheckedExpr"].FromString(raw)
+    except DecodeError as exc:
+        raise RuleError(
+            "the CEL runtime returned a checked expression that does not parse"
+        ) from exc
+    if not checked.HasField("expr"):
         raise RuleError("the CEL runtime returned no checked expression to analyse")
-    totals = {"nodes": 0, "nesting": 0, "estimate": 0}
-    _walk(root, 1, 0, totals)
-    return Cost(nodes=totals["nodes"], nesting=totals["nesting"], estimate=totals["estimate"])
+    analysis = _Analysis()
+    try:
+        analysis.walk(checked.expr, _INPUTS, 1, 0, True)
+    except _Overgrown:
+        pass  # refused for its node count
+    else:
+        if analysis.refusal:
+            raise RuleCostError(analysis.refusal, hint=analysis.hint)
+    at = -1
+    if analysis.largest > MAX_VALUE_BYTES:
+        at = checked.source_info.positions.get(analysis.largest_id, -1)
+    return Cost(
+        nodes=analysis.nodes,
+        nesting=analysis.nesting,
+        estimate=analysis.estimate,
+        largest=analysis.largest,
+        largest_at=at,
+        work=analysis.work,
+    )
 
 
 _BOOL = ("BOOL",)
@@ -516,7 +1034,10 @@ def _compile(rule: str, part: str, source: str, expected: tuple[str, ...] | None
     if expected is not None and returned != "DYN" and not returned.startswith(expected):
         wanted = "a bool" if expected is _BOOL else "a map with string keys"
         raise RuleError(f"{where}: gives {returned.lower()}, but must give {wanted}")
-    cost = cost_of(expression)
+    try:
+        cost = cost_of(expression)
+    except RuleCostError as exc:
+        raise RuleCostError(f"{where}: {exc.reason}", hint=exc.hint) from exc
     if cost.nodes > MAX_NODES:
         raise RuleCostError(
             f"{where}: {cost.nodes} expression nodes; at most {MAX_NODES}", hint="simplify it"
@@ -529,8 +1050,24 @@ def _compile(rule: str, part: str, source: str, expected: tuple[str, ...] | None
     if cost.estimate > MAX_COST:
         raise RuleCostError(
             f"{where}: estimated cost {cost.estimate:,} exceeds {MAX_COST:,} "
-            f"(each comprehension counts {COLLECTION_BOUND} iterations)",
+            f"(each comprehension counts an iteration per element its range may have: "
+            f"{COLLECTION_BOUND} for a collection of the data)",
             hint="move work out of all/exists/map/filter bodies",
+        )
+    if cost.largest > MAX_VALUE_BYTES:
+        at = f" at character {cost.largest_at}" if cost.largest_at >= 0 else ""
+        raise RuleCostError(
+            f"{where}: the value built{at} may hold {cost.largest:,} bytes; at most "
+            f"{MAX_VALUE_BYTES:,} ({MAX_VALUE_BYTES // MAX_DATA_BYTES} times the data limit)",
+            hint="do not concatenate or collect data inside all/exists/map/filter bodies, "
+            "or copy it many times: each copy may be as large as the data",
+        )
+    if cost.work > MAX_WORK_BYTES:
+        raise RuleCostError(
+            f"{where}: may concatenate or scan {cost.work:,} bytes; at most "
+            f"{MAX_WORK_BYTES:,} ({MAX_WORK_BYTES // MAX_DATA_BYTES} times the data limit)",
+            hint="move concatenations and size() of data out of all/exists/map/filter "
+            "bodies: they run once per element",
         )
     return _Compiled(source, expression, cost)
 

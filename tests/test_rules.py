@@ -17,12 +17,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from cel_expr_python import cel
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway import rules
 from gateway.errors import RuleCostError, RuleError
-from gateway.model import Invoke, Publish, Rule, WriteState
+from gateway.limits import MAX_DATA_BYTES
+from gateway.model import Answer, Invoke, Publish, Rule, WriteState
 from gateway.rules import (
     COLLECTION_BOUND,
     MAX_DATA_DEPTH,
@@ -356,6 +358,14 @@ class CostCase:
     reason: str
 
 
+D = MAX_DATA_BYTES
+SCALAR = rules._SCALAR_BYTES
+#: data.x.filter(i, ...): the elements kept are together at most data.x (D), plus the
+#: 3 bytes (brackets, separator) of the one-element list each of 1000 steps appends, and
+#: the empty list's 2.
+FILTERED = D + 3 * COLLECTION_BOUND + 2
+
+
 # Node counts follow the checked AST (cel/expr/syntax.proto). The macros expand as in
 # cel-cpp, with __result__ the accumulator:
 #   xs.exists(i, p)  iter_range xs; accu_init false; loop_condition
@@ -369,52 +379,85 @@ class CostCase:
 # The comprehension node, iter_range, accu_init and result count once; loop_condition
 # and loop_step count COLLECTION_BOUND times.
 COSTS = [
-    CostCase("true", Cost(nodes=1, nesting=0, estimate=1), "one constant"),
-    CostCase("1 + 2", Cost(nodes=3, nesting=0, estimate=3), "call _+_ and two constants"),
-    CostCase("data.a", Cost(nodes=2, nesting=0, estimate=2), "select on an ident"),
-    CostCase("has(data.a)", Cost(nodes=2, nesting=0, estimate=2), "has() is a test-only select"),
-    CostCase('data["a"]', Cost(nodes=3, nesting=0, estimate=3), "index is a call _[_]"),
-    CostCase("size(data.x)", Cost(nodes=3, nesting=0, estimate=3), "global call"),
-    CostCase("data.x.size()", Cost(nodes=3, nesting=0, estimate=3), "receiver call: the target"),
-    CostCase("!true", Cost(nodes=2, nesting=0, estimate=2), "unary call"),
-    CostCase("[1, 2, 3]", Cost(nodes=4, nesting=0, estimate=4), "a list and its elements"),
-    CostCase("{'a': 1}", Cost(nodes=3, nesting=0, estimate=3), "a map, its key and value"),
+    CostCase("true", Cost(nodes=1, nesting=0, estimate=1, largest=32), "one constant"),
+    CostCase(
+        "1 + 2",
+        Cost(nodes=3, nesting=0, estimate=3, largest=2 * SCALAR, work=2 * SCALAR),
+        "call _+_ and two constants",
+    ),
+    CostCase("data.a", Cost(nodes=2, nesting=0, estimate=2, largest=0), "select on an ident"),
+    CostCase(
+        "has(data.a)",
+        Cost(nodes=2, nesting=0, estimate=2, largest=SCALAR),
+        "has() is a test-only select",
+    ),
+    CostCase('data["a"]', Cost(nodes=3, nesting=0, estimate=3, largest=1), "index is a call _[_]"),
+    CostCase(
+        "size(data.x)", Cost(nodes=3, nesting=0, estimate=3, largest=SCALAR, work=D), "global call"
+    ),
+    CostCase(
+        "data.x.size()",
+        Cost(nodes=3, nesting=0, estimate=3, largest=SCALAR, work=D),
+        "receiver call: the target",
+    ),
+    CostCase("!true", Cost(nodes=2, nesting=0, estimate=2, largest=SCALAR), "unary call"),
+    CostCase(
+        "[1, 2, 3]",
+        Cost(nodes=4, nesting=0, estimate=4, largest=3 * SCALAR + 5),
+        "a list and its elements",
+    ),
+    CostCase(
+        "{'a': 1}",
+        Cost(nodes=3, nesting=0, estimate=3, largest=1 + SCALAR + 4),
+        "a map, its key and value",
+    ),
     CostCase(
         "data.x.exists(i, i > 1)",
         # once: comprehension 1 + iter_range (data.x) 2 + accu_init 1 + result 1 = 5
         # loop: @not_strictly_false(!__result__) 3 + (__result__ || i > 1) 5 = 8
-        Cost(nodes=13, nesting=1, estimate=5 + 8 * COLLECTION_BOUND),
+        Cost(nodes=13, nesting=1, estimate=5 + 8 * COLLECTION_BOUND, largest=SCALAR),
         "exists",
     ),
     CostCase(
         "data.x.all(i, i > 1)",
         # loop: @not_strictly_false(__result__) 2 + (__result__ && i > 1) 5 = 7
-        Cost(nodes=12, nesting=1, estimate=5 + 7 * COLLECTION_BOUND),
+        Cost(nodes=12, nesting=1, estimate=5 + 7 * COLLECTION_BOUND, largest=SCALAR),
         "all",
     ),
     CostCase(
         "data.x.map(i, i * 2)",
         # loop: true 1 + (__result__ + [i * 2]) 1 + 1 + 1 + 3 = 6
-        Cost(nodes=12, nesting=1, estimate=5 + 7 * COLLECTION_BOUND),
+        # a list of 1000 scalars: each step appends [i * 2] (a scalar and 3 bytes) to []
+        Cost(
+            nodes=12,
+            nesting=1,
+            estimate=5 + 7 * COLLECTION_BOUND,
+            largest=2 + (SCALAR + 3) * COLLECTION_BOUND,
+        ),
         "map",
     ),
     CostCase(
         "data.x.filter(i, i > 1)",
         # loop: true 1 + (i > 1 ? __result__ + [i] : __result__) 1 + 3 + 4 + 1 = 9
-        Cost(nodes=15, nesting=1, estimate=5 + 10 * COLLECTION_BOUND),
+        Cost(nodes=15, nesting=1, estimate=5 + 10 * COLLECTION_BOUND, largest=FILTERED),
         "filter",
     ),
     CostCase(
         "data.x.filter(i, i > 1).exists(j, j > 2)",
         # the filter is the iter_range of the exists: evaluated once, not nested
-        Cost(nodes=1 + 15 + 1 + 3 + 5 + 1, nesting=1, estimate=1 + 10_005 + 1 + 1 + 8_000),
+        Cost(
+            nodes=1 + 15 + 1 + 3 + 5 + 1,
+            nesting=1,
+            estimate=1 + 10_005 + 1 + 1 + 8_000,
+            largest=FILTERED,
+        ),
         "a comprehension as iter_range",
     ),
     CostCase(
         "data.x.all(i, data.y.exists(j, true))",
         # outer once 5; outer loop 2 + (__result__ && <exists>) 2, times 1000;
         # inner once 5 times 1000; inner loop 3 + (__result__ || true) 3, times 1000²
-        Cost(nodes=20, nesting=2, estimate=5 + 4 * 1000 + 5 * 1000 + 6 * 1000**2),
+        Cost(nodes=20, nesting=2, estimate=5 + 4 * 1000 + 5 * 1000 + 6 * 1000**2, largest=SCALAR),
         "nested: the inner loop weighs COLLECTION_BOUND squared",
     ),
 ]
@@ -429,7 +472,342 @@ def test_cost_of(case: CostCase) -> None:
 @settings(max_examples=25, deadline=None)
 def test_cost_of_or_chain(count: int) -> None:
     cost = cost_of(rules._ENV.compile(chain("true", count)))
-    assert cost == Cost(nodes=2 * count - 1, nesting=0, estimate=2 * count - 1)
+    assert cost == Cost(nodes=2 * count - 1, nesting=0, estimate=2 * count - 1, largest=SCALAR)
+
+
+# --- sizes: what a rule may build -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SizeCase:
+    source: str
+    copies: int  #: the bound, in whole data limits (cost.largest // MAX_DATA_BYTES)
+    reason: str
+
+
+#: Within MAX_VALUE_BYTES (4 data limits): compiled, with this bound.
+SIZES_ACCEPTED = [
+    SizeCase("data.a", 0, "a piece of the data is not built: it is there"),
+    SizeCase("[data.a]", 1, "a list of a piece of the data"),
+    SizeCase("data.a + data.b", 1, "two fields cannot overlap: together within the data"),
+    SizeCase("data.a + data.a", 2, "the same field twice is two copies"),
+    SizeCase("data.l[0] + data.l[1]", 1, "two constant indexes are different elements"),
+    SizeCase("data.m[data.k] + data.m[data.j]", 2, "two computed keys may be the same"),
+    SizeCase(
+        '{"invoice": data.invoice, "amount": data.amount, "currency": data.currency}',
+        1,
+        "a payload of several fields (settlement.yaml)",
+    ),
+    SizeCase('{"approvals": data.approvals + [request.caller]}', 2, "data and the request"),
+    SizeCase("[data, event, request]", 3, "each input is at most the data limit"),
+    SizeCase("data.s + data.s + data.s + data.s", 4, "nested concatenations at the limit"),
+    SizeCase("data.items.filter(x, x.qty > 0)", 1, "filter keeps elements of its range"),
+    SizeCase("data.items.map(x, x.name)", 1, "map of a field: the elements' fields"),
+    SizeCase("data.items.map(x, x.price * x.qty)", 0, "map to numbers: 1000 scalars"),
+    SizeCase("data.items.map(x, x + x)", 2, "each element twice, summed over the range"),
+    SizeCase("data.l.map(x, x).map(y, y + y)", 2, "a map over a map's result"),
+    SizeCase("string(data.a) + string(data.b)", 1, "string() keeps its argument's size"),
+    SizeCase("bytes(data.s)", 1, "bytes() too"),
+    SizeCase("data.flag ? data.a + data.a : data.a", 2, "a choice: the larger branch"),
+    SizeCase("[1, 2, 3].map(x, data.s)", 3, "a literal range counts its own elements"),
+]
+
+#: Over MAX_VALUE_BYTES: refused when compiled, however small the data is today.
+SIZES_REFUSED = [
+    SizeCase("data.l.map(x, data.s + data.s)", 2000, "the review's blowup: 2 GB from 1 MB"),
+    SizeCase("data.s + data.s + data.s + data.s + data.s", 5, "nested concatenations"),
+    SizeCase("[data, data, data, data]", 4, "a list literal of data: 4 copies and brackets"),
+    SizeCase("data.l.map(x, data.s)", 1000, "collecting data inside map: a copy per element"),
+    SizeCase("data.l.filter(x, true).map(y, [y, data.t])", 1000, "data with each element"),
+    SizeCase("data.l.map(x, data.m[x])", 1000, "a lookup per element may hit one key"),
+    SizeCase("data.l.map(x, string(data.n))", 1000, "string() of data may be a string"),
+    SizeCase("(data.l + data.l).map(x, data.s)", 2000, "the range's length, not 1000"),
+]
+
+
+#: Bytes concatenated or scanned over an evaluation, in data limits: within
+#: MAX_WORK_BYTES (16) or refused.
+WORK_ACCEPTED = [
+    SizeCase(
+        '{"approvals": data.approvals + [request.caller], "n": size(data.approvals) + 1}',
+        3,
+        "settlement.yaml's write: a concatenation of two inputs, a size",
+    ),
+    SizeCase('data.items.map(x, x.first + " " + x.last)', 2, "each element's share once"),
+    SizeCase("data.items.exists(i, size(i.tags) > 2)", 1, "size of each element"),
+    SizeCase("data.l.map(x, x)", 0, "appending to the accumulator copies no accumulator"),
+    SizeCase("data.l.exists(x, x == data.s)", 0, "comparing copies nothing"),
+]
+WORK_REFUSED = [
+    SizeCase(
+        "data.l.all(x, data.s + data.s + data.s + data.s != data.t)",
+        9000,
+        "100 elements and 1 MB took 12.5 s; at the limits, minutes",
+    ),
+    SizeCase("data.l.exists(x, x == data.s + data.s)", 2000, "built per element, not kept"),
+    SizeCase("data.l.exists(x, size(data.s) > 0)", 1000, "a string's size counts it"),
+]
+
+
+@pytest.mark.parametrize("case", WORK_ACCEPTED, ids=lambda c: c.reason)
+def test_work_bound_accepts(case: SizeCase) -> None:
+    compiled = compile_rule(publish(payload=case.source))
+    assert compiled.effect is not None
+    assert compiled.effect.cost.work // MAX_DATA_BYTES == case.copies
+
+
+@pytest.mark.parametrize("case", WORK_REFUSED, ids=lambda c: c.reason)
+def test_work_bound_refuses(case: SizeCase) -> None:
+    cost = cost_of(rules._ENV.compile(case.source))
+    assert cost.largest <= rules.MAX_VALUE_BYTES  # every value is small enough
+    assert cost.work // MAX_DATA_BYTES == case.copies
+    with pytest.raises(RuleCostError) as caught:
+        compile_rule(publish(case.source))
+    assert caught.value.reason == (
+        f"rule 'r', when: may concatenate or scan {cost.work:,} bytes; at most "
+        f"{rules.MAX_WORK_BYTES:,} (16 times the data limit)"
+    )
+
+
+@pytest.mark.parametrize("case", SIZES_ACCEPTED, ids=lambda c: c.reason)
+def test_size_bound_accepts(case: SizeCase) -> None:
+    compiled = compile_rule(publish(payload=case.source))
+    assert compiled.effect is not None
+    assert compiled.effect.cost.largest // MAX_DATA_BYTES == case.copies
+    assert compiled.effect.cost.largest <= rules.MAX_VALUE_BYTES
+
+
+@pytest.mark.parametrize("case", SIZES_REFUSED, ids=lambda c: c.reason)
+def test_size_bound_refuses(case: SizeCase) -> None:
+    cost = cost_of(rules._ENV.compile(case.source))
+    assert cost.largest // MAX_DATA_BYTES == case.copies
+    assert 0 <= cost.largest_at < len(case.source)
+    with pytest.raises(RuleCostError) as caught:
+        compile_rule(publish(payload=case.source, name="big"))
+    assert caught.value.reason == (
+        f"rule 'big', payload: the value built at character {cost.largest_at} may hold "
+        f"{cost.largest:,} bytes; at most {rules.MAX_VALUE_BYTES:,} (4 times the data limit)"
+    )
+    assert caught.value.hint is not None and "map/filter" in caught.value.hint
+
+
+def test_size_bound_refuses_a_condition_and_an_answer_too() -> None:
+    with pytest.raises(RuleCostError, match="rule 'r', when: the value built"):
+        compile_rule(publish("size(data.l.map(x, data.s)) > 0"))
+    blowup = Answer(method="m", reply="data.l.map(x, data.s + data.s)")
+    with pytest.raises(RuleCostError, match="answer m, reply: the value built"):
+        rules.compile_answer(blowup)
+
+
+def test_iterations_follow_the_range() -> None:
+    # A computed range may be longer than a collection of the data: the cost estimate
+    # counts its own length (2000 here), a literal range its elements.
+    doubled = cost_of(rules._ENV.compile("(data.l + data.l).exists(x, x == 1)"))
+    single = cost_of(rules._ENV.compile("data.l.exists(x, x == 1)"))
+    assert doubled.estimate == 8 + 8 * 2 * COLLECTION_BOUND  # the range: _+_, 2 x data.l
+    assert single.estimate == 5 + 8 * COLLECTION_BOUND
+    # the range: a list and its 2 elements
+    assert cost_of(rules._ENV.compile("[1, 2].exists(x, x == 1)")).estimate == 6 + 8 * 2
+
+
+#: One use of every function the standard library declares in rules._ENV (the env has
+#: no extension): each must be in the size table, and these are the names it resolves to.
+STANDARD_LIBRARY = {
+    "data.l.exists(x, x > 1) && data.l.all(x, x > 1) && data.l.exists_one(x, x > 1)": (
+        "@not_strictly_false", "!_", "_||_", "_&&_", "_>_", "_?_:_", "_+_", "_==_",
+    ),
+    "data.l.map(x, x > 1, x) + data.l.filter(x, x >= 1)": ("_+_", "_?_:_", "_>_", "_>=_"),
+    '1 in data.l && "a" in data && has(data.a) && !(-data.n < 2) && 2 <= 3 && 1 != 2': (
+        "@in", "_&&_", "!_", "-_", "_<_", "_<=_", "_!=_",
+    ),
+    "1 - 2 * 3 / 4 % 5": ("_-_", "_*_", "_/_", "_%_"),
+    "now.getFullYear() + now.getMonth() + now.getDayOfYear() + now.getDayOfMonth()"
+    " + now.getDate() + now.getDayOfWeek() + now.getHours('UTC') + now.getMinutes()"
+    " + now.getSeconds() + now.getMilliseconds()": (
+        "getFullYear", "getMonth", "getDayOfYear", "getDayOfMonth", "getDate",
+        "getDayOfWeek", "getHours", "getMinutes", "getSeconds", "getMilliseconds", "_+_",
+    ),
+    'timestamp("2020-01-01T00:00:00Z") + duration("1s") < now': (
+        "timestamp", "duration", "_+_", "_<_",
+    ),
+    'type(1) == int && int("1") + int(1.0) > 0 && uint(1) + uint("1") > 0u && double(1) > 0.0'
+    ' && bool("true")': ("type", "int", "uint", "double", "bool", "_==_", "_+_", "_>_", "_&&_"),
+    'string(b"a") + string(now) + string(1) + string(bytes("a")) + dyn(data.x)': (
+        "string", "bytes", "dyn", "_+_",
+    ),
+    'data.s.contains("b") && data.s.startsWith("a") && data.s.endsWith("a")'
+    ' && data.s.matches("a+") && size(data.s) + data.s.size() > 0 && data.l[0] == 1': (
+        "contains", "startsWith", "endsWith", "matches", "size", "_[_]", "_&&_", "_+_",
+        "_>_", "_==_",
+    ),
+}  # fmt: skip
+
+
+def _functions(expr: Any) -> set[str]:
+    kind = expr.WhichOneof("kind")
+    if kind is None or kind in ("const_expr", "ident_expr"):
+        return set()
+    if kind == "select_expr":
+        return _functions(expr.select_expr.operand)
+    if kind == "call_expr":
+        call = expr.call_expr
+        found = {call.function} | _functions(call.target)
+        return found.union(*(_functions(a) for a in call.args))
+    if kind == "list_expr":
+        return set().union(*(_functions(e) for e in expr.list_expr.elements))
+    if kind == "struct_expr":
+        entries = expr.struct_expr.entries
+        return set().union(*(_functions(e.map_key) | _functions(e.value) for e in entries))
+    loop = expr.comprehension_expr
+    parts = (loop.iter_range, loop.accu_init, loop.loop_condition, loop.loop_step, loop.result)
+    return set().union(*(_functions(p) for p in parts))
+
+
+def test_every_standard_function_has_a_size_rule() -> None:
+    known = rules._SCALAR_FUNCTIONS | rules._CONVERSIONS | rules._STRUCTURAL
+    seen: set[str] = set()
+    for source, expected in STANDARD_LIBRARY.items():
+        expression = rules._ENV.compile(source)
+        raw = next(b for n, b in rules._message(expression.serialize()) if n == 2)
+        found = _functions(rules._CEL["CheckedExpr"].FromString(raw).expr)
+        assert found == set(expected), source
+        cost_of(expression)  # no RuleCostError: every one is sized
+        seen |= found
+    assert seen == known, "the table lists a function no test uses, or misses one"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "data.s.contains(data.t)",
+        "data.s.matches(data.pattern)",
+        "matches(request.caller, data.pattern)",
+        "data.l.exists(x, x.contains(data.q))",
+        'data.l.exists(x, (x + "!").contains(event.data))',
+    ],
+)
+def test_a_search_of_input_text_for_input_text_is_refused(source: str) -> None:
+    # 200 kB of "a" searched for 100 kB of "a" then "b" took 0.7 s; the time grows faster
+    # than the square of the size, and the runtime cannot be interrupted.
+    with pytest.raises(RuleCostError) as caught:
+        compile_rule(publish(source))
+    assert "searches input text for input text" in caught.value.reason
+    assert caught.value.hint is not None and "written in the rule" in caught.value.hint
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'data.s.contains("urgent")',
+        'data.id.matches("^[a-z]+$")',
+        '["a", "b"].exists(x, data.s.contains(x))',
+        'data.l.exists(x, "abc".contains(x))',
+        "request.caller.startsWith(data.prefix) && data.s == data.t",
+    ],
+)
+def test_a_search_with_one_side_written_in_the_rule_is_accepted(source: str) -> None:
+    compile_rule(publish(source))
+
+
+def test_a_function_without_a_size_rule_is_refused() -> None:
+    # An extension (here a declared ``repeat``) would let a rule build any size.
+    env = cel.NewEnv(
+        variables=dict(rules.VARIABLES),
+        functions=[
+            cel.FunctionDecl(
+                "repeat",
+                [
+                    cel.Overload(
+                        "string_repeat_int",
+                        cel.Type.STRING,
+                        [cel.Type.STRING, cel.Type.INT],
+                        is_member=True,
+                    )
+                ],
+            )
+        ],
+    )
+    with pytest.raises(RuleCostError, match="function repeat has no size bound"):
+        cost_of(env.compile("data.s.repeat(1000000)"))
+
+
+def _measure(value: Any) -> int:
+    """What the size bound counts: strings by their UTF-8 bytes, lists and maps by their
+    items and one byte per separator and bracket, other values by their JSON text."""
+    if isinstance(value, str):
+        return len(value.encode())
+    if isinstance(value, list):
+        return sum(_measure(v) for v in value) + max(len(value) - 1, 0) + 2
+    if isinstance(value, dict):
+        inside = sum(_measure(k) + _measure(v) for k, v in value.items())
+        return inside + max(2 * len(value) - 1, 0) + 2
+    return len(json.dumps(value))
+
+
+#: Shapes whose values the property test below measures against their bound.
+MEASURED = [
+    "data.a + data.b",
+    "data.a + data.a + data.b",
+    "[data.a, data.l, data.a]",
+    '{"x": data.a, "y": data.l}',
+    "data.l.map(x, x + x)",
+    "data.l.map(x, x + data.a)",
+    "data.l.filter(x, x != data.a)",
+    "data.l.map(x, [x, x]).map(y, y + [data.a])",
+    "data.l + data.l.map(x, x)",
+    "data.l[0] + data.l[1] + data.a",
+    "data.m.map(k, data.m[k] + k)",
+    'data.l.exists(x, x == "q") ? data.l : [data.a]',
+    "string(data.a) + string(size(data.l))",
+    "[data]",
+    "[data, data.a, data.l, data.l[0]]",
+    "[data.a, data.b].map(x, x + x)",
+    '(data.l + [data.a, "lit"]).filter(x, x != "")',
+    "data.l.map(x, [x]).map(y, y + y)",
+    "data.m.filter(k, true).map(k, [k, data.m[k], data.a])",
+    '{"l": data.l.map(x, x + data.b), "m": data.m}',
+]
+
+_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+_LONG = "x" * 300
+
+
+@given(
+    a=_TEXT,
+    b=_TEXT,
+    items=st.lists(_TEXT, min_size=2, max_size=8),
+    keys=st.dictionaries(_TEXT, _TEXT, max_size=6),
+)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Where the data is mostly one field: a miscount of copies shows (each was seen to fail
+# with the copies of an element's share counted once, or a piece not overlapping its
+# parent).
+@example(a=_LONG, b="", items=["", "", "", ""], keys={})
+@example(a="", b="", items=[_LONG, "y"], keys={})
+@example(a="", b="", items=["", ""], keys={_LONG: "k", "k": _LONG})
+def test_values_stay_within_their_size_bound(
+    a: str, b: str, items: list[str], keys: dict[str, str]
+) -> None:
+    """Evaluated on data of D bytes of JSON, every shape's value measures at most its
+    bound computed with the data limit set to D: the bound is an upper bound."""
+    data = {"a": a, "b": b, "l": items, "m": keys}
+    limit = len(rules.dump_data(data))
+    # The data's own limits, so that the bound is close to the values (with 1000-element
+    # collections the brackets of 1000 elements would hide any miscount of the data).
+    longest = max(len(data), len(items), len(keys))
+    inputs = {
+        **rules._INPUTS,
+        **{name: rules._piece((name,), longest) for name in ("data", "event", "request")},
+    }
+    for source in MEASURED:
+        expression = rules._ENV.compile(source)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(rules, "MAX_DATA_BYTES", limit)
+            patch.setattr(rules, "_INPUTS", inputs)
+            bound = cost_of(expression).largest
+        activation = rules.activation_of(data=data, generation=1, epoch=1, now=NOW, host=HOST)
+        value = expression.eval(activation=activation).plain_value()
+        assert _measure(value) <= bound, (source, value, bound)
 
 
 # --- object data ---------------------------------------------------------------------

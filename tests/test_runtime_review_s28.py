@@ -401,20 +401,13 @@ sys.exit(1 if any("alloc" in error or "Memory" in error for error in outcome.err
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="The cost estimate counts expression nodes (x1000 per comprehension), not the size "
-    "of the values they make: one concatenation of a 1 MB string of data inside a map over a "
-    "1000-element list is 'cost 9,006' and allocates 2 GB (a 4 MB data string and ~120 "
-    "concatenations would be ~500 GB). The CEL runtime has no evaluation budget; bounding it "
-    "needs a size-aware cost (or a per-string bound folded into the estimate), or evaluation "
-    "under a memory limit: not a local change.",
-)
 def test_a_rule_within_budget_cannot_allocate_without_bound(tmp_path: Path) -> None:
     """A rule carried by an object from another organization, within every compile-time
     bound, over data within check_data and MAX_DATA_BYTES: evaluated in a child process
     allowed 768 MiB more than it has, it raises MemoryError (std::bad_alloc) out of
-    RuleSet.evaluate on main; on a host without such a limit it takes the memory."""
+    RuleSet.evaluate on main; on a host without such a limit it takes the memory. Now
+    compile_rules refuses it: its values' size bound (2,000 copies of the data
+    limit) is over MAX_VALUE_BYTES."""
     import subprocess
     import sys
 
@@ -426,6 +419,8 @@ def test_a_rule_within_budget_cannot_allocate_without_bound(tmp_path: Path) -> N
         cwd=Path(__file__).resolve().parent.parent,
     )
     assert done.returncode == 0, done.stderr[-400:] + done.stdout[-400:]
+    assert done.stdout.startswith("refused:"), done.stdout[-400:]
+    assert "may hold" in done.stdout and "at most" in done.stdout, done.stdout[-400:]
 
 
 def _laughs(levels: int) -> str:
