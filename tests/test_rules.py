@@ -469,7 +469,7 @@ def test_cost_of(case: CostCase) -> None:
 
 
 @given(st.integers(min_value=1, max_value=300))
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, derandomize=True)
 def test_cost_of_or_chain(count: int) -> None:
     cost = cost_of(rules._ENV.compile(chain("true", count)))
     assert cost == Cost(nodes=2 * count - 1, nesting=0, estimate=2 * count - 1, largest=SCALAR)
@@ -778,7 +778,9 @@ _LONG = "x" * 300
     items=st.lists(_TEXT, min_size=2, max_size=8),
     keys=st.dictionaries(_TEXT, _TEXT, max_size=6),
 )
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 # Where the data is mostly one field: a miscount of copies shows (each was seen to fail
 # with the copies of an element's share counted once, or a piece not overlapping its
 # parent).
@@ -1207,7 +1209,9 @@ DATA_DICTS = st.dictionaries(KEYS, JSONISH, max_size=6)
 
 
 @given(data=DATA_DICTS, generation=st.integers(min_value=0, max_value=2**63 - 1))
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 def test_evaluate_never_raises_and_is_deterministic(data: dict[str, Any], generation: int) -> None:
     first = evaluate(PROPERTY_RULES, data, generation=generation)
     second = evaluate(PROPERTY_RULES, data, generation=generation)
