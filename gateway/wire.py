@@ -551,13 +551,15 @@ OBJECT_PARTS_MEMO_BYTES = 16 << 20
 OBJECT_PARTS_MEMO_ENTRIES = 16384
 
 _Parts = tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes]
-#: key: ids of the body's values -> (the body's values, the tail's values, data, parts)
+#: key: ids of the body's values -> (the body's values, the lineage's envelopes, the
+#: tail's values, data, parts)
 _OBJECT_PARTS: BoundedLru[
-    tuple[int, ...], tuple[tuple[object, ...], tuple[object, ...], bytes, _Parts]
+    tuple[int, ...],
+    tuple[tuple[object, ...], tuple[object, ...], tuple[object, ...], bytes, _Parts],
 ] = BoundedLru(
     OBJECT_PARTS_MEMO_ENTRIES,
     max_weight=OBJECT_PARTS_MEMO_BYTES,
-    weigh=lambda held: 2 * sum(map(len, held[3])),
+    weigh=lambda held: 2 * sum(map(len, held[4])),
 )
 
 
@@ -573,11 +575,14 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
     object's encoding builds only its cycle state (and its data's fields 1-5 and its
     size, if written).
 
-    The entry is found by the body's values alone (the data, rules, grants, the
-    lineage's envelopes: most of the bytes); the tail's (epoch, state, placement,
+    The entry is found by the body's values alone (the data's identity, rules, grants:
+    most of the bytes); the lineage's envelopes (checkpoints, arrivals, base: its fields
+    3.2-3.4, :func:`_envelopes_wire`) and the tail's values (epoch, state, placement,
     authority: StoredObject's fields 4-12, :func:`_tail`) are held beside them and, if
-    any differs, only the tail is encoded again. A freeze, a tombstone or an abort
-    changes just those (and adds entries), so it no longer encodes its whole body."""
+    any differs, only that part is encoded again. A freeze, a tombstone or an abort
+    changes just the tail (and adds entries); a departure's checkpoint or an arrival's
+    receipt changes just the envelopes: neither encodes its whole body again (on a
+    destination, the live object at a Commit takes its body from the staged copy's)."""
     lineage = obj.lineage
     body = (
         obj.object_id,
@@ -588,10 +593,8 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
         obj.subscriptions,
         obj.answers,
         obj.grants,
-        lineage.checkpoints,
-        lineage.arrivals,
-        lineage.base,
     )
+    envelopes = (lineage.checkpoints, lineage.arrivals, lineage.base)
     tail = (
         obj.epoch,
         obj.state,
@@ -605,9 +608,11 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
     key = tuple(map(id, body))
     hit = _OBJECT_PARTS.get(key)
     if hit is not None and all(map(operator.is_, hit[0], body)):
-        parts = hit[3]
-        same_data, same_tail = hit[2] is obj.data, all(map(operator.is_, hit[1], tail))
-        if same_data and same_tail:
+        parts = hit[4]
+        same_data = hit[3] is obj.data
+        same_envelopes = all(map(operator.is_, hit[1], envelopes))
+        same_tail = all(map(operator.is_, hit[2], tail))
+        if same_data and same_envelopes and same_tail:
             return parts
         parts = (
             parts[0] if same_data else _head(obj),
@@ -615,12 +620,12 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
             parts[2] if same_data else _size_wire(obj),
             parts[3],
             parts[4],
-            parts[5],
+            parts[5] if same_envelopes else _envelopes_wire(lineage),
             parts[6] if same_tail else _tail(obj),
         )
     else:
         parts = (*_encode_body(obj), _tail(obj))
-    _OBJECT_PARTS.put(key, (body, tail, obj.data, parts))
+    _OBJECT_PARTS.put(key, (body, envelopes, tail, obj.data, parts))
     return parts
 
 
@@ -676,20 +681,23 @@ def _tail(obj: GovernedObject) -> bytes:
 
 def _encode_body(obj: GovernedObject) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes]:
     """The snapshot's fields 1-6 and 8-11, the grants and the lineage's fields 3.2-3.4."""
-    lineage = obj.lineage
-    rest = object_pb2.Lineage(
-        checkpoints=[_envelope_bytes(c) for c in lineage.checkpoints],
-        arrivals=[_envelope_bytes(a) for a in lineage.arrivals],
-        base=_base_bytes(lineage.base) if lineage.base is not None else b"",
-    ).SerializeToString(deterministic=True)
     return (
         _head(obj),
         _rules_wire(tuple(obj.rules)),
         _size_wire(obj),
         _after(obj),
         _credentials_wire(tuple(obj.grants)),
-        rest,
+        _envelopes_wire(obj.lineage),
     )
+
+
+def _envelopes_wire(lineage: Lineage) -> bytes:
+    """Fields 2-4 of ``lineage``'s Lineage message (checkpoints, arrivals, base)."""
+    return object_pb2.Lineage(
+        checkpoints=[_envelope_bytes(c) for c in lineage.checkpoints],
+        arrivals=[_envelope_bytes(a) for a in lineage.arrivals],
+        base=_base_bytes(lineage.base) if lineage.base is not None else b"",
+    ).SerializeToString(deterministic=True)
 
 
 #: Fields 1 (StoredObject.snapshot), 3 (StoredObject.lineage) and 1 (Lineage.entries),
