@@ -1068,8 +1068,17 @@ def decode_source_record(raw: bytes) -> SourceRecord:
     )
 
 
+#: DestinationRecord.staged (field 9, length-delimited).
+_STAGED_TAG = b"\x4a"
+
+
 def encode_destination_record(record: DestinationRecord) -> bytes:
-    message = journal_pb2.DestinationRecord(
+    """The record's bytes, serialized deterministically. A staged copy is written as
+    :func:`encode_object`'s bytes between fields 1-8 and 10-12 (a message's encoding is
+    its fields' in number order): the same bytes as setting the submessage, without
+    building the object's protobuf messages, and its parts are remembered for the
+    Commit's live object (:func:`_unchanged_parts`)."""
+    head = journal_pb2.DestinationRecord(
         migration_id=record.migration_id,
         object_id=record.object_id,
         tenant=record.tenant,
@@ -1078,13 +1087,16 @@ def encode_destination_record(record: DestinationRecord) -> bytes:
         transfer_digest=record.transfer_digest,
         staged_receipt=record.staged_receipt,
         activation_receipt=record.activation_receipt,
+    ).SerializeToString(deterministic=True)
+    tail = journal_pb2.DestinationRecord(
         created_at=_ts(record.created_at),
         updated_at=_ts(record.updated_at),
         reason=record.reason,
-    )
-    if record.staged is not None:
-        message.staged.CopyFrom(_stored_to_pb(record.staged))
-    return message.SerializeToString(deterministic=True)
+    ).SerializeToString(deterministic=True)
+    if record.staged is None:
+        return head + tail
+    staged = encode_object(record.staged)
+    return b"".join((head, _STAGED_TAG, _varint(len(staged)), staged, tail))
 
 
 def decode_destination_record(raw: bytes) -> DestinationRecord:
