@@ -856,9 +856,19 @@ def decode_object(raw: bytes) -> GovernedObject:
 # --- transfers and receipts ---------------------------------------------------------
 
 
+#: Transfer.object (field 9) and Transfer.lineage (field 11), length-delimited.
+_TRANSFER_OBJECT_TAG = b"\x4a"
+_TRANSFER_LINEAGE_TAG = b"\x5a"
+
+
 def encode_transfer(transfer: Transfer) -> bytes:
+    """The transfer's payload, serialized deterministically. Its object, grants and
+    lineage (fields 9-11) are the same values as StoredObject's fields 1-3, so they are
+    assembled from the object's encoding parts (:func:`_unchanged_parts`, which the
+    freeze's write of the object then finds remembered) between fields 1-8 and 12: the
+    same bytes as serializing the whole message (tests/test_record_encoding.py)."""
     obj = transfer.object
-    message = object_pb2.Transfer(
+    head_fields = object_pb2.Transfer(
         migration_id=transfer.migration_id,
         object_id=obj.object_id,
         epoch=transfer.epoch,
@@ -867,12 +877,39 @@ def encode_transfer(transfer: Transfer) -> bytes:
         issued_at=_ts(transfer.issued_at),
         expires_at=_ts(transfer.expires_at),
         nonce=transfer.nonce,
-        object=_snapshot_to_pb(obj),
-        credentials=list(obj.grants),
-        lineage=_lineage_to_pb(obj.lineage),
-        previous_transfer_digest=transfer.previous_transfer_digest,
-    )
-    return message.SerializeToString(deterministic=True)
+    ).SerializeToString(deterministic=True)
+    last = object_pb2.Transfer(
+        previous_transfer_digest=transfer.previous_transfer_digest
+    ).SerializeToString(deterministic=True)
+    head, rules, size, after, _credentials, rest, _tail = _unchanged_parts(obj)
+    timing = _cycle_wire(obj.cycle)
+    buffer, end = _entries_wire(obj.lineage)
+    with memoryview(buffer) as view, view[:end] as entries:
+        return b"".join(
+            (
+                head_fields,
+                _TRANSFER_OBJECT_TAG,
+                _varint(len(head) + len(rules) + len(timing) + len(size) + len(after)),
+                head,
+                rules,
+                timing,
+                size,
+                after,
+                _transfer_credentials_wire(tuple(obj.grants)),
+                _TRANSFER_LINEAGE_TAG,
+                _varint(end + len(rest)),
+                entries,
+                rest,
+                last,
+            )
+        )
+
+
+@functools.lru_cache(maxsize=1024)
+def _transfer_credentials_wire(grants: tuple[str, ...]) -> bytes:
+    """Field 10 of a Transfer (the object's grants), memoised like
+    :func:`_credentials_wire`."""
+    return bytes(object_pb2.Transfer(credentials=grants).SerializeToString(deterministic=True))
 
 
 _EARLIEST_S = int(limits.EARLIEST_TIME.timestamp())
