@@ -36,7 +36,6 @@ from gateway import envelope as dsse
 from gateway import limits
 from gateway._decode import load_json
 from gateway._lru import BoundedLru
-from gateway._time import truncate
 from gateway.authority import CapabilitySet, EffectiveAuthority
 from gateway.blobs import MAX_BLOB_BYTES, BlobRef
 from gateway.errors import (
@@ -139,7 +138,10 @@ def _dt(stamp: Timestamp, what: str = "a time") -> datetime:
         raise PayloadDecodeError(
             f"{what} ({stamp.seconds}s, {stamp.nanos}ns) is not a time in the years 0001-9999"
         )
-    return truncate(stamp.ToDatetime(tzinfo=UTC))
+    # What ToDatetime(tzinfo=UTC) and truncate give (the same value and zone object),
+    # without protobuf's Python-level conversion: every record, receipt and stored object
+    # read carries two or three of these.
+    return _EPOCH + timedelta(seconds=stamp.seconds, milliseconds=stamp.nanos // 1_000_000)
 
 
 def _peer_dt(stamp: Timestamp, what: str, *, exact: bool = True) -> datetime:
