@@ -36,7 +36,6 @@ from gateway import envelope as dsse
 from gateway import limits
 from gateway._decode import load_json
 from gateway._lru import BoundedLru
-from gateway._time import truncate
 from gateway.authority import CapabilitySet, EffectiveAuthority
 from gateway.blobs import MAX_BLOB_BYTES, BlobRef
 from gateway.errors import (
@@ -139,7 +138,10 @@ def _dt(stamp: Timestamp, what: str = "a time") -> datetime:
         raise PayloadDecodeError(
             f"{what} ({stamp.seconds}s, {stamp.nanos}ns) is not a time in the years 0001-9999"
         )
-    return truncate(stamp.ToDatetime(tzinfo=UTC))
+    # What ToDatetime(tzinfo=UTC) and truncate give (the same value and zone object),
+    # without protobuf's Python-level conversion: every record, receipt and stored object
+    # read carries two or three of these.
+    return _EPOCH + timedelta(seconds=stamp.seconds, milliseconds=stamp.nanos // 1_000_000)
 
 
 def _peer_dt(stamp: Timestamp, what: str, *, exact: bool = True) -> datetime:
@@ -551,13 +553,15 @@ OBJECT_PARTS_MEMO_BYTES = 16 << 20
 OBJECT_PARTS_MEMO_ENTRIES = 16384
 
 _Parts = tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes]
-#: key: ids of the body's values -> (the body's values, the tail's values, data, parts)
+#: key: ids of the body's values -> (the body's values, the lineage's envelopes, the
+#: tail's values, data, parts)
 _OBJECT_PARTS: BoundedLru[
-    tuple[int, ...], tuple[tuple[object, ...], tuple[object, ...], bytes, _Parts]
+    tuple[int, ...],
+    tuple[tuple[object, ...], tuple[object, ...], tuple[object, ...], bytes, _Parts],
 ] = BoundedLru(
     OBJECT_PARTS_MEMO_ENTRIES,
     max_weight=OBJECT_PARTS_MEMO_BYTES,
-    weigh=lambda held: 2 * sum(map(len, held[3])),
+    weigh=lambda held: 2 * sum(map(len, held[4])),
 )
 
 
@@ -573,11 +577,14 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
     object's encoding builds only its cycle state (and its data's fields 1-5 and its
     size, if written).
 
-    The entry is found by the body's values alone (the data, rules, grants, the
-    lineage's envelopes: most of the bytes); the tail's (epoch, state, placement,
+    The entry is found by the body's values alone (the data's identity, rules, grants:
+    most of the bytes); the lineage's envelopes (checkpoints, arrivals, base: its fields
+    3.2-3.4, :func:`_envelopes_wire`) and the tail's values (epoch, state, placement,
     authority: StoredObject's fields 4-12, :func:`_tail`) are held beside them and, if
-    any differs, only the tail is encoded again. A freeze, a tombstone or an abort
-    changes just those (and adds entries), so it no longer encodes its whole body."""
+    any differs, only that part is encoded again. A freeze, a tombstone or an abort
+    changes just the tail (and adds entries); a departure's checkpoint or an arrival's
+    receipt changes just the envelopes: neither encodes its whole body again (on a
+    destination, the live object at a Commit takes its body from the staged copy's)."""
     lineage = obj.lineage
     body = (
         obj.object_id,
@@ -588,10 +595,8 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
         obj.subscriptions,
         obj.answers,
         obj.grants,
-        lineage.checkpoints,
-        lineage.arrivals,
-        lineage.base,
     )
+    envelopes = (lineage.checkpoints, lineage.arrivals, lineage.base)
     tail = (
         obj.epoch,
         obj.state,
@@ -605,9 +610,11 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
     key = tuple(map(id, body))
     hit = _OBJECT_PARTS.get(key)
     if hit is not None and all(map(operator.is_, hit[0], body)):
-        parts = hit[3]
-        same_data, same_tail = hit[2] is obj.data, all(map(operator.is_, hit[1], tail))
-        if same_data and same_tail:
+        parts = hit[4]
+        same_data = hit[3] is obj.data
+        same_envelopes = all(map(operator.is_, hit[1], envelopes))
+        same_tail = all(map(operator.is_, hit[2], tail))
+        if same_data and same_envelopes and same_tail:
             return parts
         parts = (
             parts[0] if same_data else _head(obj),
@@ -615,12 +622,12 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
             parts[2] if same_data else _size_wire(obj),
             parts[3],
             parts[4],
-            parts[5],
+            parts[5] if same_envelopes else _envelopes_wire(lineage),
             parts[6] if same_tail else _tail(obj),
         )
     else:
         parts = (*_encode_body(obj), _tail(obj))
-    _OBJECT_PARTS.put(key, (body, tail, obj.data, parts))
+    _OBJECT_PARTS.put(key, (body, envelopes, tail, obj.data, parts))
     return parts
 
 
@@ -676,20 +683,23 @@ def _tail(obj: GovernedObject) -> bytes:
 
 def _encode_body(obj: GovernedObject) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes]:
     """The snapshot's fields 1-6 and 8-11, the grants and the lineage's fields 3.2-3.4."""
-    lineage = obj.lineage
-    rest = object_pb2.Lineage(
-        checkpoints=[_envelope_bytes(c) for c in lineage.checkpoints],
-        arrivals=[_envelope_bytes(a) for a in lineage.arrivals],
-        base=_base_bytes(lineage.base) if lineage.base is not None else b"",
-    ).SerializeToString(deterministic=True)
     return (
         _head(obj),
         _rules_wire(tuple(obj.rules)),
         _size_wire(obj),
         _after(obj),
         _credentials_wire(tuple(obj.grants)),
-        rest,
+        _envelopes_wire(obj.lineage),
     )
+
+
+def _envelopes_wire(lineage: Lineage) -> bytes:
+    """Fields 2-4 of ``lineage``'s Lineage message (checkpoints, arrivals, base)."""
+    return object_pb2.Lineage(
+        checkpoints=[_envelope_bytes(c) for c in lineage.checkpoints],
+        arrivals=[_envelope_bytes(a) for a in lineage.arrivals],
+        base=_base_bytes(lineage.base) if lineage.base is not None else b"",
+    ).SerializeToString(deterministic=True)
 
 
 #: Fields 1 (StoredObject.snapshot), 3 (StoredObject.lineage) and 1 (Lineage.entries),
@@ -848,9 +858,19 @@ def decode_object(raw: bytes) -> GovernedObject:
 # --- transfers and receipts ---------------------------------------------------------
 
 
+#: Transfer.object (field 9) and Transfer.lineage (field 11), length-delimited.
+_TRANSFER_OBJECT_TAG = b"\x4a"
+_TRANSFER_LINEAGE_TAG = b"\x5a"
+
+
 def encode_transfer(transfer: Transfer) -> bytes:
+    """The transfer's payload, serialized deterministically. Its object, grants and
+    lineage (fields 9-11) are the same values as StoredObject's fields 1-3, so they are
+    assembled from the object's encoding parts (:func:`_unchanged_parts`, which the
+    freeze's write of the object then finds remembered) between fields 1-8 and 12: the
+    same bytes as serializing the whole message (tests/test_record_encoding.py)."""
     obj = transfer.object
-    message = object_pb2.Transfer(
+    head_fields = object_pb2.Transfer(
         migration_id=transfer.migration_id,
         object_id=obj.object_id,
         epoch=transfer.epoch,
@@ -859,12 +879,39 @@ def encode_transfer(transfer: Transfer) -> bytes:
         issued_at=_ts(transfer.issued_at),
         expires_at=_ts(transfer.expires_at),
         nonce=transfer.nonce,
-        object=_snapshot_to_pb(obj),
-        credentials=list(obj.grants),
-        lineage=_lineage_to_pb(obj.lineage),
-        previous_transfer_digest=transfer.previous_transfer_digest,
-    )
-    return message.SerializeToString(deterministic=True)
+    ).SerializeToString(deterministic=True)
+    last = object_pb2.Transfer(
+        previous_transfer_digest=transfer.previous_transfer_digest
+    ).SerializeToString(deterministic=True)
+    head, rules, size, after, _credentials, rest, _tail = _unchanged_parts(obj)
+    timing = _cycle_wire(obj.cycle)
+    buffer, end = _entries_wire(obj.lineage)
+    with memoryview(buffer) as view, view[:end] as entries:
+        return b"".join(
+            (
+                head_fields,
+                _TRANSFER_OBJECT_TAG,
+                _varint(len(head) + len(rules) + len(timing) + len(size) + len(after)),
+                head,
+                rules,
+                timing,
+                size,
+                after,
+                _transfer_credentials_wire(tuple(obj.grants)),
+                _TRANSFER_LINEAGE_TAG,
+                _varint(end + len(rest)),
+                entries,
+                rest,
+                last,
+            )
+        )
+
+
+@functools.lru_cache(maxsize=1024)
+def _transfer_credentials_wire(grants: tuple[str, ...]) -> bytes:
+    """Field 10 of a Transfer (the object's grants), memoised like
+    :func:`_credentials_wire`."""
+    return bytes(object_pb2.Transfer(credentials=grants).SerializeToString(deterministic=True))
 
 
 _EARLIEST_S = int(limits.EARLIEST_TIME.timestamp())
@@ -1060,8 +1107,17 @@ def decode_source_record(raw: bytes) -> SourceRecord:
     )
 
 
+#: DestinationRecord.staged (field 9, length-delimited).
+_STAGED_TAG = b"\x4a"
+
+
 def encode_destination_record(record: DestinationRecord) -> bytes:
-    message = journal_pb2.DestinationRecord(
+    """The record's bytes, serialized deterministically. A staged copy is written as
+    :func:`encode_object`'s bytes between fields 1-8 and 10-12 (a message's encoding is
+    its fields' in number order): the same bytes as setting the submessage, without
+    building the object's protobuf messages, and its parts are remembered for the
+    Commit's live object (:func:`_unchanged_parts`)."""
+    head = journal_pb2.DestinationRecord(
         migration_id=record.migration_id,
         object_id=record.object_id,
         tenant=record.tenant,
@@ -1070,13 +1126,16 @@ def encode_destination_record(record: DestinationRecord) -> bytes:
         transfer_digest=record.transfer_digest,
         staged_receipt=record.staged_receipt,
         activation_receipt=record.activation_receipt,
+    ).SerializeToString(deterministic=True)
+    tail = journal_pb2.DestinationRecord(
         created_at=_ts(record.created_at),
         updated_at=_ts(record.updated_at),
         reason=record.reason,
-    )
-    if record.staged is not None:
-        message.staged.CopyFrom(_stored_to_pb(record.staged))
-    return message.SerializeToString(deterministic=True)
+    ).SerializeToString(deterministic=True)
+    if record.staged is None:
+        return head + tail
+    staged = encode_object(record.staged)
+    return b"".join((head, _STAGED_TAG, _varint(len(staged)), staged, tail))
 
 
 def decode_destination_record(raw: bytes) -> DestinationRecord:

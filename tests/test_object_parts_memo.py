@@ -99,3 +99,27 @@ def test_a_handoffs_objects_take_their_body_from_the_memo() -> None:
     # A changed body is never served from it.
     for changed in (replace(frozen, data=b'{"x":2}'), replace(frozen, grants=("a.b.c",))):
         assert wire.encode_object(changed) == whole(changed)
+
+
+def test_an_arrival_takes_its_body_from_the_staged_copys_parts() -> None:
+    """A destination writes the staged copy at Prepare and the live one at Commit: the
+    live one differs in its tail, its entries and its lineage's envelopes (the arrival's
+    receipt) only, so its data, rules and grants come from the staged copy's entry and
+    only its envelopes and tail are encoded again. Any envelope changed to a new value is
+    still encoded anew: every encoding is exactly the whole message's."""
+    gone = depart(created(), host=HOST_A, to=HOST_B, migration="mig-1")
+    staged = replace(gone, state=LifecycleState.STAGED)
+    assert wire.encode_object(staged) == whole(staged)
+    hits = wire._OBJECT_PARTS.hits
+    receipt = gone.lineage.checkpoints[-1]
+    live = staged.rehost(host=HOST_B, source=HOST_A, at=T0 + timedelta(days=1), arrival=receipt)
+    assert live.lineage.arrivals != staged.lineage.arrivals
+    assert wire.encode_object(live) == whole(live)
+    assert wire._OBJECT_PARTS.hits - hits == 1  # the body was remembered
+    again = depart(live, host=HOST_B, to=HOST_A, migration="mig-2")
+    for changed in (
+        again,  # one checkpoint more
+        replace(live, lineage=replace(live.lineage, arrivals=())),
+        replace(staged, lineage=replace(staged.lineage, checkpoints=())),
+    ):
+        assert wire.encode_object(changed) == whole(changed)
