@@ -42,6 +42,7 @@ from cel_expr_python import cel
 from google.protobuf import empty_pb2
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from gateway._lru import BoundedLru
 from gateway.errors import RuleCostError, RuleError
 from gateway.limits import MAX_ANSWERS, MAX_SUBSCRIPTIONS
 from gateway.model import TRIGGERS, Answer, Binding, Invoke, Publish, Rule, WriteState
@@ -591,9 +592,14 @@ def _compiled(rules: tuple[Rule, ...]) -> RuleSet:
 #: cycling object keeps the same tuple from cycle to cycle (its value is rebuilt around
 #: it), and hashing a tuple of rules by content (every field of every rule) cost more
 #: than the cache lookup saved. The entry holds the tuple itself, so its id cannot be
-#: reused while the entry lives, and a hit is checked with ``is``. Emptied when full.
-_BY_IDENTITY: dict[int, tuple[tuple[Rule, ...], RuleSet]] = {}
-IDENTITY_CACHE_SIZE = 4096
+#: reused while the entry lives, and a hit is checked with ``is``. The least recently
+#: used entry goes first, one at a time: emptied whole when full, it made the live bytes
+#: swing between empty and full (4 MiB), and CPython's object arenas ratchet up to each
+#: new high (docs/benchmarks.md, session 29). A hit comes soon after the put (an
+#: arrival's check, then its first cycle; a cycling object keeps its own in the cycle
+#: runner), so a thousand entries do.
+IDENTITY_CACHE_SIZE = 1024
+_BY_IDENTITY: BoundedLru[int, tuple[tuple[Rule, ...], RuleSet]] = BoundedLru(IDENTITY_CACHE_SIZE)
 
 
 def compiled(rules: tuple[Rule, ...]) -> RuleSet:
@@ -606,9 +612,7 @@ def compiled(rules: tuple[Rule, ...]) -> RuleSet:
     if held is not None and held[0] is rules:
         return held[1]
     ruleset = _compiled(rules)
-    if len(_BY_IDENTITY) >= IDENTITY_CACHE_SIZE:
-        _BY_IDENTITY.clear()
-    _BY_IDENTITY[id(rules)] = (rules, ruleset)
+    _BY_IDENTITY.put(id(rules), (rules, ruleset))
     return ruleset
 
 
