@@ -190,14 +190,9 @@ class Serving:
 
 def serve(config: Config, *, grace: float, reload_interval: float) -> int:
     """Run ``gateway serve`` for ``config`` until SIGTERM; the exit status."""
-    from gateway import _gc, _malloc
-
-    # Before any thread starts (the store's, gRPC's, the executor's): glibc's arenas
-    # capped, so freed memory is reused across threads instead of kept per thread
-    # (gateway/_malloc.py; an operator's MALLOC_ARENA_MAX wins).
-    _malloc.limit_arenas()
 
     async def run() -> int:
+        from gateway import _gc, _malloc
         from gateway.host import Host
 
         host = await Host.open(config)

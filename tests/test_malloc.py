@@ -6,13 +6,10 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Coroutine
-from typing import Any, cast
 
 import pytest
 
 from gateway import _malloc
-from gateway.config import Config
 
 
 def rss_kib() -> int:
@@ -158,20 +155,3 @@ def test_glibc_keeps_to_the_arena_cap() -> None:
     assert heaps("cap") == f"True {_malloc.ARENA_MAX}"
     uncapped = heaps("none").split()
     assert uncapped[0] == "None" and int(uncapped[1]) > _malloc.ARENA_MAX  # the test can tell
-
-
-def test_serve_caps_the_arenas_before_anything_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway import serving
-
-    order: list[str] = []
-    monkeypatch.setattr(_malloc, "limit_arenas", lambda: order.append("limit_arenas") or True)
-
-    def run(main: Coroutine[Any, Any, int]) -> int:
-        order.append("asyncio.run")  # the host opens, and threads start, inside it
-        main.close()
-        return 0
-
-    monkeypatch.setattr(serving.asyncio, "run", run)
-    config = cast(Config, object())  # never read: nothing runs
-    assert serving.serve(config, grace=1.0, reload_interval=1.0) == 0
-    assert order == ["limit_arenas", "asyncio.run"]
