@@ -11,13 +11,6 @@ how fast RSS grows with the objects held (docs/benchmarks.md, "RSS under the soa
 ``malloc_trim(0)`` walks every arena and releases the whole free pages in it
 (``madvise(MADV_DONTNEED)``).
 
-A served host also caps glibc's arenas (:func:`limit_arenas`, called by ``gateway serve``
-before it starts any thread): glibc gives each thread that meets a locked arena a heap of
-its own, up to eight per core, and each such heap keeps its own freed pages, which
-``malloc_trim`` can hand back only when a whole page is free. Fewer arenas let freed
-memory be reused by whichever thread allocates next. An operator's own
-``MALLOC_ARENA_MAX`` (or ``glibc.malloc.arena_max`` in ``GLIBC_TUNABLES``) is kept.
-
 Invariants: :func:`trim` never fails and never frees memory in use (the C library only
 returns pages it holds free); off glibc (musl, macOS) it does nothing and says so.
 :class:`Trimmer` calls it once per :data:`TRIM_INTERVAL_SECONDS`, on a worker thread
@@ -33,8 +26,7 @@ import ctypes
 import ctypes.util
 import functools
 import logging
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -43,60 +35,6 @@ log = logging.getLogger(__name__)
 #: 30 s keeps RSS within about that of what is live, and a trim (a walk of the arenas,
 #: on a worker thread: ctypes releases the GIL) costs far under 0.1 % of a core.
 TRIM_INTERVAL_SECONDS = 30.0
-
-
-#: Malloc arenas a served host lets glibc create (:func:`limit_arenas`): the main one and
-#: one shared by the worker threads (gRPC, the SQLite writer and readers, the executor).
-ARENA_MAX = 2
-#: glibc's ``mallopt`` parameter for the arena cap (malloc.h: ``M_ARENA_MAX``).
-M_ARENA_MAX = -8
-
-
-@functools.cache
-def _libc_mallopt() -> Callable[[int, int], int] | None:
-    """glibc's ``mallopt``, or None where the C library is not glibc (musl has a
-    ``mallopt`` that ignores every parameter; glibc alone has ``malloc_trim``)."""
-    if _libc_trim() is None:
-        return None
-    name = ctypes.util.find_library("c")
-    assert name is not None  # _libc_trim found it
-    try:
-        function = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int]
-    function.restype = ctypes.c_int
-    return function
-
-
-def operator_arena_setting(environ: Mapping[str, str]) -> str | None:
-    """The arena cap the operator set for glibc in ``environ``, as written, or None."""
-    if "MALLOC_ARENA_MAX" in environ:
-        return f"MALLOC_ARENA_MAX={environ['MALLOC_ARENA_MAX']}"
-    tunables = environ.get("GLIBC_TUNABLES", "")
-    for tunable in tunables.split(":"):
-        if tunable.startswith("glibc.malloc.arena_max="):
-            return f"GLIBC_TUNABLES {tunable}"
-    return None
-
-
-def limit_arenas(count: int = ARENA_MAX, *, environ: Mapping[str, str] = os.environ) -> bool:
-    """Let glibc create at most ``count`` malloc arenas in this process; whether the cap
-    was set. Call it before threads start: glibc fixes its arena limit the first time
-    a thread needs a new arena after the eighth. Does nothing where the operator set
-    their own cap (glibc read it at start) or off glibc, and logs which."""
-    setting = operator_arena_setting(environ)
-    if setting is not None:
-        log.info("malloc arenas: the operator's %s is kept", setting)
-        return False
-    function = _libc_mallopt()
-    if function is None:
-        log.info("malloc arenas: not glibc, the C library's own arena policy is kept")
-        return False
-    if not function(M_ARENA_MAX, count):
-        log.warning("malloc arenas: glibc refused mallopt(M_ARENA_MAX, %d)", count)
-        return False
-    return True
 
 
 @functools.cache
