@@ -593,9 +593,9 @@ def _compiled(rules: tuple[Rule, ...]) -> RuleSet:
 #: it), and hashing a tuple of rules by content (every field of every rule) cost more
 #: than the cache lookup saved. The entry holds the tuple itself, so its id cannot be
 #: reused while the entry lives, and a hit is checked with ``is``. The least recently
-#: used entry goes first, one at a time: emptied whole when full, it made the live bytes
-#: swing between empty and full (4 MiB), and CPython's object arenas ratchet up to each
-#: new high (docs/benchmarks.md, session 29). A hit comes soon after the put (an
+#: used entry goes first, one at a time: emptied whole when full, it swung its live bytes
+#: between empty and full (4 MiB), and CPython's object arenas ratchet up to each high
+#: (docs/benchmarks.md, sessions 28 and 29). A hit comes soon after the put (an
 #: arrival's check, then its first cycle; a cycling object keeps its own in the cycle
 #: runner), so a thousand entries do.
 IDENTITY_CACHE_SIZE = 1024

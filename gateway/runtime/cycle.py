@@ -527,8 +527,9 @@ class _ByIdentity(Generic[K, V]):
     """A bounded memo keyed by an immutable value's identity. Each entry holds the key
     object itself, so its id cannot be reused while the entry lives, and a hit is
     checked with ``is``. The least recently used entry goes first, one at a time
-    (emptied whole when full, it made the live bytes swing and CPython's object arenas
-    ratchet up: docs/benchmarks.md, session 29)."""
+    (emptied whole when full, it swung its live bytes between empty and full, and
+    CPython's object arenas ratchet up to each high: docs/benchmarks.md, sessions 28
+    and 29)."""
 
     __slots__ = ("_values",)
 
