@@ -486,7 +486,7 @@ def account(world: InProcessWorld) -> None:
     ]
     print(
         f"\nrules by identity: {len(rules._BY_IDENTITY)} entries; cycle data memos: "
-        + ", ".join(str(len(h.cycles._data._values)) for h in hosts)
+        + ", ".join(str(len(h.cycles._data)) for h in hosts)
     )
     gc.collect()
     _malloc.trim()
@@ -541,8 +541,8 @@ def main(argv: list[str] | None = None) -> int:
         "--identity-memos",
         type=int,
         metavar="N",
-        help="entries of the memos emptied when full (rules' compiled-by-identity, the "
-        "cycle runners' decoded data): 4096 as shipped",
+        help="entries of the identity memos (rules' compiled-by-identity, the cycle "
+        "runners' decoded data; least recently used first): 1024 as shipped",
     )
     parser.add_argument(
         "--holders",
@@ -600,9 +600,9 @@ def main(argv: list[str] | None = None) -> int:
                 host.journal._decoded._total_bytes = int(args.record_memo_mib * 2**20)
         count_record_memo(world)
         if args.identity_memos is not None:
-            rules.IDENTITY_CACHE_SIZE = args.identity_memos
+            rules._BY_IDENTITY._capacity = args.identity_memos
             for host in world.hosts.values():
-                host.cycles._data._entries = args.identity_memos
+                host.cycles._data._values._capacity = args.identity_memos
         try:
             ids = [f"obj://org-a.example/soak/{n}" for n in range(args.objects)]
 

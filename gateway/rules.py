@@ -57,6 +57,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, empty_pb2, message_
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from gateway._lru import BoundedLru
 from gateway.errors import RuleCostError, RuleError
 from gateway.limits import MAX_ANSWERS, MAX_DATA_BYTES, MAX_ID_BYTES, MAX_SUBSCRIPTIONS
 from gateway.model import TRIGGERS, Answer, Binding, Invoke, Publish, Rule, WriteState
@@ -1128,9 +1129,14 @@ def _compiled(rules: tuple[Rule, ...]) -> RuleSet:
 #: cycling object keeps the same tuple from cycle to cycle (its value is rebuilt around
 #: it), and hashing a tuple of rules by content (every field of every rule) cost more
 #: than the cache lookup saved. The entry holds the tuple itself, so its id cannot be
-#: reused while the entry lives, and a hit is checked with ``is``. Emptied when full.
-_BY_IDENTITY: dict[int, tuple[tuple[Rule, ...], RuleSet]] = {}
-IDENTITY_CACHE_SIZE = 4096
+#: reused while the entry lives, and a hit is checked with ``is``. The least recently
+#: used entry goes first, one at a time: emptied whole when full, it swung its live bytes
+#: between empty and full (4 MiB), and CPython's object arenas ratchet up to each high
+#: (docs/benchmarks.md, sessions 28 and 29). A hit comes soon after the put (an
+#: arrival's check, then its first cycle; a cycling object keeps its own in the cycle
+#: runner), so a thousand entries do.
+IDENTITY_CACHE_SIZE = 1024
+_BY_IDENTITY: BoundedLru[int, tuple[tuple[Rule, ...], RuleSet]] = BoundedLru(IDENTITY_CACHE_SIZE)
 
 
 def compiled(rules: tuple[Rule, ...]) -> RuleSet:
@@ -1143,9 +1149,7 @@ def compiled(rules: tuple[Rule, ...]) -> RuleSet:
     if held is not None and held[0] is rules:
         return held[1]
     ruleset = _compiled(rules)
-    if len(_BY_IDENTITY) >= IDENTITY_CACHE_SIZE:
-        _BY_IDENTITY.clear()
-    _BY_IDENTITY[id(rules)] = (rules, ruleset)
+    _BY_IDENTITY.put(id(rules), (rules, ruleset))
     return ruleset
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gateway import _gc
+from gateway import _gc, rules
 from gateway.authority import CapabilitySet, EffectiveAuthority
 from gateway.errors import AdmissionDeniedError, RuleError
 from gateway.lineage import EntryKind
@@ -64,6 +64,27 @@ def test_compiled_rules_by_identity_are_those_by_content() -> None:
     assert compiled(first) is compiled(first)
     assert compiled(other) is not compiled(first)
     assert compiled(other).rules[0].rule.when == "data.amount > 2"
+
+
+def test_compiled_rules_by_identity_evict_the_least_recently_used_one_at_a_time() -> None:
+    # Emptied whole when full, the memo made the live bytes swing by megabytes (and
+    # CPython's object arenas ratchet up): when full, one entry goes, the stalest.
+    rule = _rule("data.amount > 1")
+    memo = rules._BY_IDENTITY
+    memo.clear()
+    held = [tuple([rule]) for _ in range(rules.IDENTITY_CACHE_SIZE)]  # distinct tuples
+    for each in held:
+        compiled(each)
+    assert len(memo) == rules.IDENTITY_CACHE_SIZE
+    compiled(held[0])  # used again: now the most recently used
+    newcomer = tuple([rule])
+    compiled(newcomer)
+    assert len(memo) == rules.IDENTITY_CACHE_SIZE  # one went, not all
+    assert memo.get(id(held[1])) is None  # the least recently used
+    for kept in (held[0], held[2], held[-1], newcomer):
+        entry = memo.get(id(kept))
+        assert entry is not None and entry[0] is kept  # the entry holds its key
+    memo.clear()
 
 
 def test_gc_tune_freezes_start_up_state_and_collects_less_often() -> None:
@@ -141,5 +162,7 @@ def test_an_identity_memo_answers_only_for_the_very_same_key_and_stays_bounded()
     memo.put(b, 2)
     assert memo.get(a) == 1 and memo.get(b) == 2
     assert memo.get(bytes(bytearray(a))) is None  # equal, not the same object
-    memo.put(c, 3)  # full: emptied first
-    assert memo.get(a) is None and memo.get(c) == 3
+    memo.get(a)  # a is now the more recently used
+    memo.put(c, 3)  # full: the least recently used (b) goes, and only it
+    assert memo.get(a) == 1 and memo.get(b) is None and memo.get(c) == 3
+    assert len(memo) == 2

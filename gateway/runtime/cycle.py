@@ -45,7 +45,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from gateway import observability
 from gateway._crash import crash_point
-from gateway._lru import IdleLru
+from gateway._lru import BoundedLru, IdleLru
 from gateway._time import format_time
 from gateway.authority import EffectiveAuthority
 from gateway.errors import (
@@ -506,8 +506,10 @@ class CycleRunner:
 PREPARE_SLICE = 32
 
 #: Decoded data remembered per runner, and the largest data remembered: bounded so
-#: that the memo holds at most a few MiB of bytes beside the objects that own them.
-DATA_MEMO_ENTRIES = 4096
+#: that the memo holds at most a few MiB of bytes beside the objects that own them. A
+#: hit comes soon after the put (an arrival decoded, then its first cycles; a cycling
+#: object keeps its own in :class:`_Derived`), so a thousand entries do.
+DATA_MEMO_ENTRIES = 1024
 DATA_MEMO_MAX_BYTES = 1024
 #: Admissions remembered per object (see :class:`_Derived`): an object's rules propose
 #: a handful of distinct actions; the bound only keeps a dishonest rule set's many
@@ -524,13 +526,15 @@ HELD_IDLE_SECONDS = 60.0
 class _ByIdentity(Generic[K, V]):
     """A bounded memo keyed by an immutable value's identity. Each entry holds the key
     object itself, so its id cannot be reused while the entry lives, and a hit is
-    checked with ``is``. Emptied when full (the objects in use come back at once)."""
+    checked with ``is``. The least recently used entry goes first, one at a time
+    (emptied whole when full, it swung its live bytes between empty and full, and
+    CPython's object arenas ratchet up to each high: docs/benchmarks.md, sessions 28
+    and 29)."""
 
-    __slots__ = ("_entries", "_values")
+    __slots__ = ("_values",)
 
     def __init__(self, entries: int = DATA_MEMO_ENTRIES) -> None:
-        self._entries = entries
-        self._values: dict[int, tuple[K, V]] = {}
+        self._values: BoundedLru[int, tuple[K, V]] = BoundedLru(entries)
 
     def get(self, key: K) -> V | None:
         held = self._values.get(id(key))
@@ -539,9 +543,10 @@ class _ByIdentity(Generic[K, V]):
         return None
 
     def put(self, key: K, value: V) -> None:
-        if len(self._values) >= self._entries:
-            self._values.clear()
-        self._values[id(key)] = (key, value)
+        self._values.put(id(key), (key, value))
+
+    def __len__(self) -> int:
+        return len(self._values)
 
 
 class _Derived:
