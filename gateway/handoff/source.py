@@ -528,7 +528,7 @@ class Source:
             envelope = wire.decode_envelope(receipt_raw)
             if envelope.payload_type == dsse.PayloadType.UNKNOWN_MIGRATION:
                 return await self._settle_forgotten(record, envelope, receipt_raw, etag=etag)
-            self._check_receipt(record, receipt_raw, ReceiptKind.ACTIVATED)
+            self._check_receipt(record, receipt_raw, ReceiptKind.ACTIVATED, envelope=envelope)
         except (PeerUnavailableError, VerificationError) as exc:
             # Committed is committed: the object is the destination's. Recovery re-sends
             # Commit, and the destination may also ask for the decision.
@@ -660,11 +660,20 @@ class Source:
         )
         return done
 
-    def _check_receipt(self, record: SourceRecord, raw: bytes, kind: ReceiptKind) -> dsse.Envelope:
+    def _check_receipt(
+        self,
+        record: SourceRecord,
+        raw: bytes,
+        kind: ReceiptKind,
+        *,
+        envelope: dsse.Envelope | None = None,
+    ) -> dsse.Envelope:
         """A receipt must be signed by the destination and about exactly this transfer;
-        returns its envelope (decoded once, for whoever stores it next)."""
+        returns its envelope (decoded once, for whoever stores it next). ``envelope``:
+        ``raw`` decoded already by the caller."""
         now = self.ctx.clock.now()
-        envelope = wire.decode_envelope(raw)
+        if envelope is None:
+            envelope = wire.decode_envelope(raw)
         payload = self.ctx.open_from(record.destination_host, envelope, kind.payload_type, at=now)
         receipt = wire.decode_receipt(payload, kind)
         if (
