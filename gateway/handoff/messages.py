@@ -130,29 +130,19 @@ class DecisionAnswer:
     issued_at: datetime
 
     def encode(self) -> bytes:
-        return json.dumps(
+        return _canonical(
             {
                 "migration_id": self.migration_id,
                 "outcome": self.outcome.value,
                 "source": self.source,
                 "destination": self.destination,
                 "issued_at": format_time(self.issued_at),
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-        ).encode()
+            }
+        )
 
     @classmethod
     def decode(cls, raw: bytes) -> DecisionAnswer:
-        document = load_json(raw, error=PayloadDecodeError, what="decision answer")
-        if not isinstance(document, dict) or set(document) != _DECISION_FIELDS:
-            raise PayloadDecodeError(
-                f"decision answer must be an object with the fields {sorted(_DECISION_FIELDS)}"
-            )
-        texts = {name: document[name] for name in sorted(_DECISION_FIELDS)}
-        wrong = [name for name, value in texts.items() if not isinstance(value, str)]
-        if wrong:
-            raise PayloadDecodeError(f"decision answer: {', '.join(wrong)} must be strings")
+        texts = _texts(raw, _DECISION_FIELDS, what="decision answer")
         try:
             answer = cls(
                 migration_id=texts["migration_id"],
@@ -187,36 +177,24 @@ class UnknownMigrationAnswer:
     issued_at: datetime
 
     def encode(self) -> bytes:
-        return json.dumps(
+        return _canonical(
             {
                 "migration_id": self.migration_id,
                 "source": self.source,
                 "destination": self.destination,
                 "issued_at": format_time(self.issued_at),
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-        ).encode()
+            }
+        )
 
     @classmethod
     def decode(cls, raw: bytes) -> UnknownMigrationAnswer:
-        document = load_json(raw, error=PayloadDecodeError, what="unknown-migration answer")
-        if not isinstance(document, dict) or set(document) != _UNKNOWN_FIELDS:
-            raise PayloadDecodeError(
-                f"unknown-migration answer must be an object with the fields "
-                f"{sorted(_UNKNOWN_FIELDS)}"
-            )
-        wrong = [name for name in sorted(_UNKNOWN_FIELDS) if not isinstance(document[name], str)]
-        if wrong:
-            raise PayloadDecodeError(
-                f"unknown-migration answer: {', '.join(wrong)} must be strings"
-            )
+        texts = _texts(raw, _UNKNOWN_FIELDS, what="unknown-migration answer")
         try:
             answer = cls(
-                migration_id=document["migration_id"],
-                source=document["source"],
-                destination=document["destination"],
-                issued_at=parse_time(document["issued_at"]),
+                migration_id=texts["migration_id"],
+                source=texts["source"],
+                destination=texts["destination"],
+                issued_at=parse_time(texts["issued_at"]),
             )
         except ValueError as exc:
             raise PayloadDecodeError(f"unknown-migration answer does not parse: {exc}") from exc
@@ -226,3 +204,19 @@ class UnknownMigrationAnswer:
 
 
 _UNKNOWN_FIELDS = frozenset({"migration_id", "source", "destination", "issued_at"})
+
+
+def _canonical(document: dict[str, str]) -> bytes:
+    """A signed answer's bytes: sorted keys, no spaces (the only form decode accepts)."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _texts(raw: bytes, fields: frozenset[str], *, what: str) -> dict[str, str]:
+    """The string fields of a signed answer: exactly ``fields``, each a string."""
+    document = load_json(raw, error=PayloadDecodeError, what=what)
+    if not isinstance(document, dict) or set(document) != fields:
+        raise PayloadDecodeError(f"{what} must be an object with the fields {sorted(fields)}")
+    wrong = [name for name in sorted(fields) if not isinstance(document[name], str)]
+    if wrong:
+        raise PayloadDecodeError(f"{what}: {', '.join(wrong)} must be strings")
+    return {name: document[name] for name in fields}
