@@ -18,7 +18,7 @@ from gateway import wire
 from gateway.errors import ConcurrencyError, GatewayError
 from gateway.handoff import offline
 from gateway.handoff.messages import Outcome, ReceiptKind
-from gateway.handoff.records import DestinationRecord, DestinationStep, SourceStep
+from gateway.handoff.records import DestinationRecord, DestinationStep, SourceRecord, SourceStep
 from gateway.handoff.source import open_decision
 from gateway.stores import Operation
 from gateway.testing import HostSpec, build_world
@@ -26,6 +26,23 @@ from gateway.testing.harness import InProcessWorld
 from tests.conftest import HOST_A, HOST_A2, HOST_B
 
 OBJECT = "obj://org-a.example/review/s28"
+
+
+def _a_and_b(tmp_path: Path) -> InProcessWorld:
+    """Hosts A and B, in one process."""
+    return InProcessWorld(
+        build_world(tmp_path, [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_B)])
+    )
+
+
+def _frozen_at_a(world: InProcessWorld) -> tuple[str, SourceRecord]:
+    """OBJECT created on A and frozen for B: its migration id and A's FROZEN record."""
+    world.create(HOST_A, OBJECT, data={"n": 1})
+    a = world.hosts[HOST_A]
+    migration_id = world.run(a.source.freeze(OBJECT, tenant="default", destination=HOST_B))
+    loaded = world.run(a.journal.source(migration_id))
+    assert loaded is not None
+    return migration_id, loaded.value
 
 
 def test_a_decision_is_never_aborted_while_the_source_can_still_commit(
@@ -39,16 +56,10 @@ def test_a_decision_is_never_aborted_while_the_source_can_still_commit(
     FROZEN. The coordinator then commits (tombstone) and the destination discards its
     copy on the signed ABORTED: no live copy anywhere. An answer of ABORTED must only
     ever follow an ABORTED journal; otherwise the source must not answer at all."""
-    world = InProcessWorld(
-        build_world(tmp_path, [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_B)])
-    )
+    world = _a_and_b(tmp_path)
     with contextlib.closing(world):
-        world.create(HOST_A, OBJECT, data={"n": 1})
         a, b = world.hosts[HOST_A], world.hosts[HOST_B]
-        migration_id = world.run(a.source.freeze(OBJECT, tenant="default", destination=HOST_B))
-        loaded = world.run(a.journal.source(migration_id))
-        assert loaded is not None
-        record = loaded.value
+        migration_id, record = _frozen_at_a(world)
 
         # The coordinator's Prepare: B stages, A holds the staged receipt.
         async def prepare() -> bytes:
@@ -171,16 +182,10 @@ def test_an_activation_receipt_never_settles_a_migration_the_source_did_not_comm
     source then signed COMMITTED for it (``decide``): with the object ACTIVE at the
     source again, that COMMITTED lets a staged copy go live (and claim custody) too.
     A decision, once ABORTED, never changes; DONE only ever follows COMMITTED."""
-    world = InProcessWorld(
-        build_world(tmp_path, [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_B)])
-    )
+    world = _a_and_b(tmp_path)
     with contextlib.closing(world):
-        world.create(HOST_A, OBJECT, data={"n": 1})
         a, b = world.hosts[HOST_A], world.hosts[HOST_B]
-        migration_id = world.run(a.source.freeze(OBJECT, tenant="default", destination=HOST_B))
-        loaded = world.run(a.journal.source(migration_id))
-        assert loaded is not None
-        record = loaded.value
+        migration_id, record = _frozen_at_a(world)
         world.run(b.destination.prepare(record.transfer, peer=HOST_A))
         if abort_first:
             world.run(a.source.abort(migration_id, reason="operator", tell=False))
@@ -226,16 +231,11 @@ def test_an_offline_completion_that_lost_to_an_abort_says_so(
     found the record aborted (a lost race, answered by returning the record) and it
     reported "committed: ... hand it the commit file" with an ABORTED decision in hand,
     the object ACTIVE on A again. The operator must be told it aborted."""
-    world = InProcessWorld(
-        build_world(tmp_path, [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_B)])
-    )
+    world = _a_and_b(tmp_path)
     with contextlib.closing(world):
-        world.create(HOST_A, OBJECT, data={"n": 1})
         a, b = world.hosts[HOST_A], world.hosts[HOST_B]
-        migration_id = world.run(a.source.freeze(OBJECT, tenant="default", destination=HOST_B))
-        loaded = world.run(a.journal.source(migration_id))
-        assert loaded is not None
-        receipt = world.run(b.destination.prepare(loaded.value.transfer, peer=HOST_A))
+        migration_id, record = _frozen_at_a(world)
+        receipt = world.run(b.destination.prepare(record.transfer, peer=HOST_A))
         commit = a.source._commit
 
         async def aborted_first(*args: Any, **kwargs: Any) -> Any:
@@ -259,9 +259,7 @@ def test_a_source_whose_activation_receipt_was_lost_past_the_retention_still_set
     used to get "no migration ... was staged here" for ever; B now answers it with its
     signed unknown-migration answer, on which A settles (pruning.py, "A source away past
     the retention"): see tests/test_forgotten_commit.py for what A refuses to settle on."""
-    world = InProcessWorld(
-        build_world(tmp_path, [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_B)])
-    )
+    world = _a_and_b(tmp_path)
     with contextlib.closing(world):
         world.create(HOST_A, OBJECT, data={"n": 1})
         world.network(HOST_A).lose_reply("commit", to=HOST_B, times=1000)
