@@ -522,7 +522,24 @@ def encode_object(obj: GovernedObject) -> bytes:
     lineage's entries come from the encoding its log keeps (:func:`_entries_wire`),
     which grows by the new entries only. Same bytes as serializing the whole message
     (tests/test_object_encoding.py holds the two together)."""
-    head, rules, size, after, credentials, rest, tail = _unchanged_parts(obj)
+    return _joined(obj, first=b"", snapshot_tag=_SNAPSHOT_TAG, lineage_tag=_LINEAGE_TAG)
+
+
+def _joined(
+    obj: GovernedObject,
+    *,
+    first: bytes,
+    snapshot_tag: bytes,
+    lineage_tag: bytes,
+    credentials: bytes | None = None,
+    last: bytes | None = None,
+) -> bytes:
+    """``first``, then the object's snapshot and its lineage under the given tags with
+    ``credentials`` between them, then ``last``: a StoredObject (:func:`encode_object`)
+    or a Transfer's fields 9-12 (:func:`encode_transfer`), from the object's remembered
+    parts. ``credentials`` and ``last`` default to StoredObject's own (field 2, and
+    fields 4-12)."""
+    head, rules, size, after, own_credentials, rest, tail = _unchanged_parts(obj)
     timing = _cycle_wire(obj.cycle)
     buffer, end = _entries_wire(obj.lineage)
     # A view, released at once: a bytearray with a view alive cannot grow, and the log's
@@ -530,19 +547,20 @@ def encode_object(obj: GovernedObject) -> bytes:
     with memoryview(buffer) as view, view[:end] as entries:
         return b"".join(
             (
-                _SNAPSHOT_TAG,
+                first,
+                snapshot_tag,
                 _varint(len(head) + len(rules) + len(timing) + len(size) + len(after)),
                 head,
                 rules,
                 timing,
                 size,
                 after,
-                credentials,
-                _LINEAGE_TAG,
+                own_credentials if credentials is None else credentials,
+                lineage_tag,
                 _varint(end + len(rest)),
                 entries,
                 rest,
-                tail,
+                tail if last is None else last,
             )
         )
 
@@ -883,28 +901,14 @@ def encode_transfer(transfer: Transfer) -> bytes:
     last = object_pb2.Transfer(
         previous_transfer_digest=transfer.previous_transfer_digest
     ).SerializeToString(deterministic=True)
-    head, rules, size, after, _credentials, rest, _tail = _unchanged_parts(obj)
-    timing = _cycle_wire(obj.cycle)
-    buffer, end = _entries_wire(obj.lineage)
-    with memoryview(buffer) as view, view[:end] as entries:
-        return b"".join(
-            (
-                head_fields,
-                _TRANSFER_OBJECT_TAG,
-                _varint(len(head) + len(rules) + len(timing) + len(size) + len(after)),
-                head,
-                rules,
-                timing,
-                size,
-                after,
-                _transfer_credentials_wire(tuple(obj.grants)),
-                _TRANSFER_LINEAGE_TAG,
-                _varint(end + len(rest)),
-                entries,
-                rest,
-                last,
-            )
-        )
+    return _joined(
+        obj,
+        first=head_fields,
+        snapshot_tag=_TRANSFER_OBJECT_TAG,
+        lineage_tag=_TRANSFER_LINEAGE_TAG,
+        credentials=_transfer_credentials_wire(tuple(obj.grants)),
+        last=last,
+    )
 
 
 @functools.lru_cache(maxsize=1024)
