@@ -451,19 +451,22 @@ class Events:
             for _page in range(MAX_REPLAY_PAGES):
                 keys = await self.store.list(prefix, limit=PRUNE_BATCH, start_after=after)
                 items = await self.store.get_many(keys)
+                missed: list[tuple[Message, str]] = []  # with its seen key
                 for key, item in items.items():
                     try:
                         message = Message.decode(item.value, what=f"bus entry {key}")
                     except StoreError as exc:
                         log.warning("%s", exc)
                         continue
-                    if message.received < since or message.digest in already:
-                        continue
+                    if message.received >= since and message.digest not in already:
+                        missed.append((message, _seen_key(obj.tenant, obj.object_id, message)))
+                # Which of them this object evaluated already: one read for the page.
+                seen = await self.store.get_many([key for _, key in missed]) if missed else {}
+                for message, seen_key in missed:
                     if queued >= MAX_REPLAYED_PER_TOPIC:
                         left_out += 1
                         continue
-                    seen = await self.store.get(_seen_key(obj.tenant, obj.object_id, message))
-                    if seen is not None:
+                    if seen_key in seen:
                         continue
                     operations.append(
                         Put(
