@@ -76,8 +76,8 @@ from gateway.transport.tls import channel_credentials, reloadable_server_credent
 from gateway.trust import TrustBundle, TrustStore, accept_bundle, decode_bundle, encode_bundle
 from gateway.wire import (
     MAX_ENVELOPE_BYTES,
+    ParsedTransfer,
     decode_envelope,
-    decode_transfer,
     encode_envelope,
 )
 
@@ -512,7 +512,7 @@ class Host:
         """``gateway admit --dry-run``: what this host would grant, from a proposal file."""
         envelope = dsse.from_json(signed_json, max_size=MAX_ENVELOPE_BYTES)
         # The payload names its source; that only picks whose keys must have signed it.
-        source = decode_transfer(envelope.payload).source_host
+        source = ParsedTransfer(envelope.payload).source_host
         try:
             admission = await self.destination.evaluate(encode_envelope(envelope), peer=source)
         except GatewayError as exc:

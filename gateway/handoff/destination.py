@@ -235,26 +235,31 @@ class Destination:
         now: datetime,
         max_lifetime: int = MAX_TRANSFER_LIFETIME_S,
     ) -> tuple[Transfer, bytes]:
-        """Size, decode, signatures by ``peer``'s keys, payload type, parse, source, audience, time."""
+        """Size, decode, signatures by ``peer``'s keys, payload type, parse, source,
+        audience, tenant (hosted here, ``peer`` bound to it), and only then the object and
+        its lineage (work that grows with the lineage, which a peer refused for its tenant
+        must not make this host do), then time."""
         ctx = self.ctx
         envelope = wire.decode_envelope(raw)
         payload = ctx.open_from(peer, envelope, payload_type, at=now)
-        transfer = wire.decode_transfer(payload)
+        parsed = wire.ParsedTransfer(payload)
         observability.bind(
-            migration_id=transfer.migration_id,
-            object_id=transfer.object_id,
+            migration_id=parsed.migration_id,
+            object_id=parsed.object_id,
             peer=peer,
-            tenant=transfer.object.tenant,
+            tenant=parsed.tenant,
         )
-        if transfer.source_host != peer:
+        if parsed.source_host != peer:
             raise PeerMismatchError(
-                f"transfer claims to come from {transfer.source_host}, but the connection is from {peer}"
+                f"transfer claims to come from {parsed.source_host}, but the connection is from {peer}"
             )
-        if transfer.destination_host != ctx.host:
+        if parsed.destination_host != ctx.host:
             raise AudienceError(
-                f"transfer {transfer.migration_id} is addressed to {transfer.destination_host}, not {ctx.host}",
+                f"transfer {parsed.migration_id} is addressed to {parsed.destination_host}, not {ctx.host}",
                 hint="a transfer is valid for its one destination only; migrate again to this host",
             )
+        self._check_binding(parsed.tenant, peer=peer)
+        transfer = parsed.decoded()
         proposal = payload_type == dsse.PayloadType.PROPOSAL
         self._check_time(
             transfer, now, max_lifetime=MAX_PROPOSAL_LIFETIME_S if proposal else max_lifetime
@@ -316,6 +321,16 @@ class Destination:
         )
         return admission, fence, expires
 
+    def _check_binding(self, tenant: str, *, peer: str) -> None:
+        """``tenant`` is hosted here and ``peer`` is bound to it (see :meth:`_check_tenant`)."""
+        ctx = self.ctx
+        if tenant not in ctx.tenants:
+            raise AdmissionDeniedError(
+                f"tenant {tenant!r} is not hosted on {ctx.host}",
+                hint="add the tenant to this host's configuration, or migrate to another host",
+            )
+        ctx.tenancy.require_bound(peer, tenant, host=ctx.host)
+
     async def _check_tenant(self, transfer: Transfer, *, peer: str) -> None:
         """The object's tenant is hosted here, ``peer`` is bound to it, and it has room.
 
@@ -326,12 +341,7 @@ class Destination:
         """
         ctx = self.ctx
         tenant = transfer.object.tenant
-        if tenant not in ctx.tenants:
-            raise AdmissionDeniedError(
-                f"tenant {tenant!r} is not hosted on {ctx.host}",
-                hint="add the tenant to this host's configuration, or migrate to another host",
-            )
-        ctx.tenancy.require_bound(peer, tenant, host=ctx.host)
+        self._check_binding(tenant, peer=peer)
         limits = ctx.tenancy.limits_of(tenant)
         if limits.max_objects is None and limits.max_bytes is None:
             return  # no quota to be out of room in: its usage is not read (two queries)

@@ -197,9 +197,11 @@ async def import_transfer(destination: Destination, path: Path) -> Step:
             raise EnvelopeError(f"transfer file holds a {envelope.payload_type}, not a transfer")
         # The payload names its source; that only picks whose keys must have signed it:
         # the destination verifies the signature under that host's keys before anything.
-        transfer = wire.decode_transfer(envelope.payload)
+        # Parsed only: the lineage is decoded once, by the destination, after the
+        # signature and the tenant checks.
+        transfer = wire.ParsedTransfer(envelope.payload)
         lifetime = int(MAX_OFFLINE_LIFETIME.total_seconds())
-        if transfer.object.blob is None:
+        if not transfer.streamed:
             if next(frames, None) is not None:
                 raise EnvelopeError("transfer file carries data for an object with inline data")
             receipt = await destination.prepare(
