@@ -766,15 +766,23 @@ class Host:
     async def _prune_forever(self, stop: asyncio.Event) -> None:
         """The pruning of settled history, asked every :data:`PRUNE_CHECK_SECONDS` (a
         pass runs once per tenth of the retention, see Pruner.maybe_run), and of the
-        refused-call counters (calls.DENIAL_RETENTION), one bounded batch each time."""
+        refused-call counters (calls.DENIAL_RETENTION), one bounded page at the same pace,
+        or sooner while a pass finds a backlog (a caller refused faster than a page a
+        minute): then the next page comes after calls.DENIAL_CATCH_UP_SECONDS."""
+        loop = asyncio.get_running_loop()
+        next_history = 0.0
         while not stop.is_set():
+            if loop.time() >= next_history:
+                try:
+                    await self.recovery.pruner.maybe_run()
+                except Exception:
+                    log.exception("pruning pass failed")
+                next_history = loop.time() + PRUNE_CHECK_SECONDS
+            catch_up: float | None = None
             try:
-                await self.recovery.pruner.maybe_run()
-            except Exception:
-                log.exception("pruning pass failed")
-            try:
-                await self.calls.prune_denials()
+                catch_up = (await self.calls.prune_denials_pass()).catch_up_in
             except Exception:
                 log.exception("pruning refused-call counters failed")
+            wait = catch_up if catch_up is not None else next_history - loop.time()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=PRUNE_CHECK_SECONDS)
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, wait))

@@ -100,6 +100,13 @@ DENIAL_RECORD_INTERVAL = timedelta(seconds=60)
 MAX_DENIALS_RECORDED_PER_CALLER = 8
 #: Refusal counters untouched for this long are pruned.
 DENIAL_RETENTION = timedelta(days=1)
+#: Refusal counters looked at per prune pass.
+DENIAL_PRUNE_BATCH = 1000
+#: Seconds to the next prune pass after one that found at least half a page expired: a
+#: page a minute would never catch up with a caller refused faster than that (each
+#: distinct method name is a counter), as for the events' records
+#: (events.PRUNE_CATCH_UP_SECONDS).
+DENIAL_CATCH_UP_SECONDS = 1.0
 #: How long a call waits for a frozen object when the caller gives no wait.
 DEFAULT_CALL_WAIT = timedelta(seconds=10)
 #: Conditional writes tried when a cycle or another call changed the object meanwhile.
@@ -391,10 +398,16 @@ class Calls:
         if self.compaction is not None:
             await self.compaction.after_cycle(tenant, obj, stored_bytes=stored_bytes, now=now)
 
-    async def prune_denials(self, *, limit: int = 1000) -> int:
+    async def prune_denials(self, *, limit: int | None = None) -> int:
+        """One pass of :meth:`prune_denials_pass`; returns how many counters went."""
+        return (await self.prune_denials_pass(limit=limit)).deleted
+
+    async def prune_denials_pass(self, *, limit: int | None = None) -> DenialPrunePass:
         """Delete refusal counters untouched for :data:`DENIAL_RETENTION` among the next
-        ``limit`` of them (passes go round the prefix: counters of callers refused every
-        day, sorting first, would otherwise hide the rest for good); returns how many."""
+        ``limit`` (default :data:`DENIAL_PRUNE_BATCH`) of them, and say whether the pass
+        found a backlog. Passes go round the prefix: counters of callers refused every
+        day, sorting first, would otherwise hide the rest for good."""
+        limit = DENIAL_PRUNE_BATCH if limit is None else limit
         store = self.ctx.journal.store
         now = self.ctx.clock.now()
         keys = await self._pruning.next_page(store, limit=limit)
@@ -407,7 +420,23 @@ class Calls:
                 touched = None
             if touched is None or now - touched >= DENIAL_RETENTION:
                 expired.append(item)
-        return await delete_unchanged(store, expired)
+        deleted = await delete_unchanged(store, expired)
+        # At least half a page expired: more are likely behind it (the walk looks at one
+        # page a pass), so the next pass should come soon, not at the usual pace.
+        behind = len(expired) >= max(1, limit // 2)
+        return DenialPrunePass(
+            deleted=deleted, catch_up_in=DENIAL_CATCH_UP_SECONDS if behind else None
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DenialPrunePass:
+    """What one pass over the refusal counters did."""
+
+    deleted: int
+    #: Seconds to the next pass when this one found a backlog (at least half a page
+    #: expired): :data:`DENIAL_CATCH_UP_SECONDS`; None when the usual pace keeps up.
+    catch_up_in: float | None
 
 
 def _compile_answers(answers: tuple[Answer, ...]) -> dict[str, CompiledAnswer]:

@@ -10,6 +10,9 @@ and both go through :meth:`Events.ingest`. Store layout (host-local, never trans
     subs/<topic digest>/<tenant>/<object digest>     who here subscribes (value: object id)
     inbox/<tenant>/<object digest>/<ms>-<msg digest> a wake to deliver (value: the message)
     seen/<tenant>/<object digest>/<message digest>   a message this object evaluated
+    fanout/<topic digest>/<message digest>           a message with more subscribers here
+                                                     than one page: the message and the
+                                                     last subscriber queued (the cursor)
 
 Invariants this module keeps:
 
@@ -35,9 +38,19 @@ Invariants this module keeps:
   message published during the blackout is delivered after activation at the
   destination, provided it reached the destination's bus (on Dapr every host subscribing
   to the topic gets it; on the embedded bus, publish at the destination).
+* **Every subscriber is woken, a page at a time.** A message's wakes are queued
+  :data:`SUBSCRIBERS_PER_PAGE` subscribers a transaction: the first page with the message
+  itself; if the page was full, a ``fanout/`` record (the message and the last subscriber
+  queued) goes in the same transaction, and each pass of the events loop queues the next
+  page and advances the record (or deletes it after a short page) in one conditional
+  transaction. A crash between pages resumes after the last committed one: no subscriber
+  is skipped, none is queued twice, and two processes advancing the same record cannot
+  both commit a page. (The subscriber index is per host across tenants, so a cap on
+  subscribers would let one tenant's objects refuse another's subscription: ADR 0005.)
 * **Bounded.** Message data is at most :data:`~gateway.limits.MAX_MESSAGE_BYTES` of
   JSON, ids, sources, types and topics at most
-  :data:`~gateway.limits.MAX_MESSAGE_FIELD_CHARS`; every listing has a limit.
+  :data:`~gateway.limits.MAX_MESSAGE_FIELD_CHARS`; every listing has a limit, and every
+  transaction queues at most one page of wakes.
 """
 
 from __future__ import annotations
@@ -91,6 +104,7 @@ BUS = "bus/"
 SUBS = "subs/"
 INBOX = "inbox/"
 SEEN = "seen/"
+FAN_OUT = "fanout/"
 
 #: How long the bus keeps a message for objects that arrive later (the longest
 #: migration blackout whose messages are still delivered after it).
@@ -98,8 +112,12 @@ BUS_RETENTION = timedelta(hours=1)
 #: How long a message id is remembered per object; longer than BUS_RETENTION, so a
 #: message replayed from the bus is always recognised.
 SEEN_RETENTION = timedelta(hours=24)
-#: Most subscribers one message is queued for on this host.
-MAX_SUBSCRIBERS_PER_TOPIC = 1000
+#: Subscribers one transaction queues a message's wakes for. A message with more
+#: subscribers here is queued a page at a time (Events.fan_out_once): it used to be
+#: queued for the first 1000 only, and the others never heard of it.
+SUBSCRIBERS_PER_PAGE = 1000
+#: Messages whose queuing a fan-out pass advances, by one page each.
+FAN_OUT_BATCH = 8
 #: Wakes delivered per pass, and records looked at per prune pass (and per page of a
 #: replay).
 DELIVERY_BATCH = 256
@@ -290,6 +308,29 @@ def _bus_key(message: Message) -> str:
     return f"{BUS}{_digest(message.topic)}/{message.digest}"
 
 
+def _fan_out_key(message: Message) -> str:
+    return f"{FAN_OUT}{_digest(message.topic)}/{message.digest}"
+
+
+def _encode_fan_out(message: Message, after: str) -> bytes:
+    return json.dumps(
+        {"message": message.encode().decode(), "after": after}, separators=(",", ":")
+    ).encode()
+
+
+def _decode_fan_out(raw: bytes, key: str) -> tuple[Message, str]:
+    """The message of a fan-out record and the last subscriber key queued for it."""
+    document = load_json(raw, error=StoreError, what=f"fan-out record {key}")
+    try:
+        message = Message.decode(document["message"].encode(), what=f"fan-out record {key}")
+        after = document["after"]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise StoreError(f"fan-out record {key} is damaged: {exc!r:.200}") from exc
+    if not isinstance(after, str) or not after.startswith(_subs_prefix(message.topic)):
+        raise StoreError(f"fan-out record {key} is damaged: its cursor is not a subscriber")
+    return message, after
+
+
 def _wrap(tenant: str, object_id: str, message: Message) -> bytes:
     return json.dumps(
         {"tenant": tenant, "object_id": object_id, "message": message.encode().decode()},
@@ -357,24 +398,21 @@ class Events:
         return message
 
     async def ingest(self, message: Message) -> bool:
-        """Keep ``message`` on the bus and queue a wake for every subscriber here, in one
-        transaction. False if the bus holds it already (a redelivery)."""
-        keys = await self.store.list(_subs_prefix(message.topic), limit=MAX_SUBSCRIBERS_PER_TOPIC)
-        subscribers = await self.store.get_many(keys)
+        """Keep ``message`` on the bus and queue a wake for the first page of subscribers
+        here, in one transaction, with a ``fanout/`` record when the page was full (the
+        events loop queues the rest, see :meth:`fan_out_once`). False if the bus holds
+        it already (a redelivery)."""
+        keys = await self.store.list(_subs_prefix(message.topic), limit=SUBSCRIBERS_PER_PAGE)
         operations: list[Operation] = [
             Put(key=_bus_key(message), value=message.encode(), etag=Expect.ABSENT)
         ]
-        for key in keys:
-            item = subscribers.get(key)
-            if item is None:
-                continue
-            tenant = key.removeprefix(_subs_prefix(message.topic)).split("/", 1)[0]
-            object_id = item.value.decode("utf-8", "replace")
+        operations.extend(await self._wakes(message, keys))
+        if len(keys) >= SUBSCRIBERS_PER_PAGE:
             operations.append(
                 Put(
-                    key=_inbox_key(tenant, object_id, message),
-                    value=_wrap(tenant, object_id, message),
-                    etag=Expect.ANY,
+                    key=_fan_out_key(message),
+                    value=_encode_fan_out(message, keys[-1]),
+                    etag=Expect.ABSENT,
                 )
             )
         try:
@@ -384,6 +422,70 @@ class Events:
             return False
         self._wakeup.set()
         return True
+
+    async def _wakes(self, message: Message, keys: list[str]) -> list[Operation]:
+        """The inbox entries that queue ``message`` for the subscribers at ``keys`` (one
+        page of the topic's subscriber index; a key gone meanwhile is skipped). Putting
+        one again is harmless: same key, same value, and ``seen`` stops a second
+        evaluation."""
+        subscribers = await self.store.get_many(keys)
+        prefix = _subs_prefix(message.topic)
+        operations: list[Operation] = []
+        for key in keys:
+            item = subscribers.get(key)
+            if item is None:
+                continue
+            tenant = key.removeprefix(prefix).split("/", 1)[0]
+            object_id = item.value.decode("utf-8", "replace")
+            operations.append(
+                Put(
+                    key=_inbox_key(tenant, object_id, message),
+                    value=_wrap(tenant, object_id, message),
+                    etag=Expect.ANY,
+                )
+            )
+        return operations
+
+    async def fan_out_once(self) -> int:
+        """Queue the next page of wakes of up to :data:`FAN_OUT_BATCH` messages that have
+        more subscribers here than one page; returns how many wakes were queued.
+
+        Each page goes in one transaction with the record's advance to its last
+        subscriber (or the record's deletion, after a short page: the last one),
+        conditional on the record's ETag: a crash leaves the cursor at the last page
+        committed, and of two processes reading the same cursor only one commits."""
+        queued = 0
+        more = False
+        for key in await self.store.list(FAN_OUT, limit=FAN_OUT_BATCH):
+            item = await self.store.get(key)
+            if item is None:
+                continue
+            try:
+                message, after = _decode_fan_out(item.value, key)
+            except StoreError as exc:
+                log.warning("dropping %s; its remaining subscribers are not woken", exc)
+                with contextlib.suppress(ConcurrencyError):
+                    await self.store.delete(key, etag=item.etag)
+                continue
+            keys = await self.store.list(
+                _subs_prefix(message.topic), limit=SUBSCRIBERS_PER_PAGE, start_after=after
+            )
+            operations = await self._wakes(message, keys)
+            wakes = len(operations)
+            if len(keys) >= SUBSCRIBERS_PER_PAGE:
+                value = _encode_fan_out(message, keys[-1])
+                operations.append(Put(key=key, value=value, etag=item.etag))
+            else:
+                operations.append(Delete(key=key, etag=item.etag))
+            try:
+                await self.store.transact(operations)
+            except ConcurrencyError:
+                continue  # another process queued this page: the next pass reads it again
+            queued += wakes
+            more = more or len(keys) >= SUBSCRIBERS_PER_PAGE
+        if queued or more:
+            self._wakeup.set()  # deliver them, and come back for the pages left at once
+        return queued
 
     # --- subscriptions follow the object -----------------------------------------------
 
@@ -663,7 +765,9 @@ class Events:
     # --- running -----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event, *, tenants: tuple[str, ...]) -> None:
-        """Deliver wakes until ``stop``; take up every subscription once at start (the
+        """Queue the pages of wakes that messages' first transactions left (a page of
+        each of a few messages a pass, the next pass at once while pages are left) and
+        deliver wakes until ``stop``; take up every subscription once at start (the
         process that activated an object may have died first), again shortly after each
         activation seen here (a message may have reached the bus between the replay's
         listing and the index), and prune once a minute, or once a second while passes
@@ -681,6 +785,7 @@ class Events:
                 del self._recheck[target]
                 await self._guarded(self.take_up(*target))
             self._wakeup.clear()
+            await self._guarded(self.fan_out_once())
             await self._guarded(self.deliver_once())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=0.2)
