@@ -19,6 +19,7 @@ CRASH_POINTS: tuple[str, ...] = (
     "source.after-prepare",  # staged receipt in hand, COMMITTED not journaled
     "source.after-commit-journal",  # COMMITTED + tombstone written, Commit not sent
     "source.after-activation",  # activation receipt in hand, DONE not journaled
+    "source.after-answer",  # migrate answered (activation confirmed), DONE not journaled
     "source.after-abort-journal",  # ABORTED journaled, destination not told
     "destination.before-stage",  # transfer verified, nothing written
     "destination.after-stage",  # STAGED written, receipt not sent

@@ -222,6 +222,9 @@ async def interruptible(
 
 async def open_migrations_of(host: Host, targets: Sequence[Target]) -> list[tuple[str, str, str]]:
     """(migration id, object id, step) of every migration of ``targets`` still open here."""
+    # A migration answered a moment ago is not open: its DONE record is landing
+    # (gateway.handoff.settles), so it is not listed as one to resume.
+    await host.settled()
     found: list[tuple[str, str, str]] = []
     for target in targets:
         loaded = await host.journal.object(target.tenant, target.object_id)

@@ -89,6 +89,9 @@ JOB_RECONCILE_PASSES = 30
 CREATE_ATTEMPTS = 8
 #: Transactions of releases folded into a tenant's quota counter per recovery pass.
 FOLD_ROUNDS = 16
+#: Seconds :meth:`Host.close` waits for DONE records still being journaled (each is
+#: one store transaction; one left over is finished by the next recovery pass).
+SETTLE_WAIT_SECONDS = 10.0
 #: How often a serving host asks whether a pruning pass is due (one runs once per tenth
 #: of the retention: gateway.handoff.pruning.Pruner.maybe_run).
 PRUNE_CHECK_SECONDS = 60.0
@@ -312,7 +315,25 @@ class Host:
                 await dapr_client.close()  # connected on its own, for pub/sub and jobs
             raise
 
+    async def settled(self) -> None:
+        """Wait until the DONE records of the migrations this host answered have been
+        journaled (``migrate`` answers DONE once activation is confirmed and journals DONE
+        right after, see gateway.handoff.settles). For callers that read the journal right
+        after a migration; nothing else needs it: a DONE never written is finished by
+        recovery. Bound it with ``asyncio.timeout`` if need be."""
+        await self.context.settles.wait()
+
     async def close(self) -> None:
+        # DONE records of migrations answered a moment ago: written before the store goes
+        # (one that is not is left COMMITTED and open, and recovery finishes it).
+        try:
+            async with asyncio.timeout(SETTLE_WAIT_SECONDS):
+                await self.settled()
+        except TimeoutError:
+            log.warning(
+                "closing with %d DONE records not journaled yet; recovery finishes them",
+                len(self.context.settles),
+            )
         if self._background:
             # e.g. scheduling the job of an object just created: finish it, briefly.
             await asyncio.wait(self._background, timeout=10)

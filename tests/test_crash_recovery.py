@@ -174,6 +174,16 @@ CASES = (
         "re-sends Commit, B answers the same receipt again, A journals DONE",
     ),
     Case(
+        point="source.after-answer",
+        cli_crash=("source.after-answer",),
+        cli_exit=SIGKILLED,
+        resolution=Resolution.MOVED,
+        staged=True,
+        reason="CLI has answered (activation confirmed) and dies closing, before its "
+        "background DONE write; the record is still COMMITTED and open, so A's server "
+        "re-sends Commit, B answers the same receipt again, A journals DONE",
+    ),
+    Case(
         point="source.after-abort-journal",
         cli_crash=("source.after-abort-journal",),
         tenant=A_ONLY_TENANT,

@@ -128,6 +128,7 @@ def test_migration_moves_the_only_live_copy(world: World) -> None:
         result = await a.migrate(OBJECT, tenant="default", destination=HOST_B)
         assert result.step is SourceStep.DONE
         assert result.epoch == 1
+        await a.settled()  # DONE is journaled right after the answer
 
         moved = await assert_settled_on(hosts, HOST_B)
         assert moved.epoch == 1

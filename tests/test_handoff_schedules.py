@@ -214,6 +214,7 @@ class Side:
         Messages already sent stay in the network: a crash does not unsend them."""
         for task in self.tasks:
             task.cancel()
+        self.context.settles.cancel()  # a DONE write after migrate's answer dies too
         self.tasks = []
         self.restart()
 
@@ -227,7 +228,8 @@ class Side:
 
     def live_tasks(self) -> int:
         self.tasks = [t for t in self.tasks if not t.done()]
-        return len(self.tasks)
+        # With the DONE writes that follow migrate's answer (gateway.handoff.settles).
+        return len(self.tasks) + len(self.context.settles)
 
     async def handle(self, message: Message) -> Any:
         rpc, args, peer = message.rpc, message.args, message.sender

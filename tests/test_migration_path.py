@@ -249,6 +249,7 @@ def test_a_migration_reads_back_nothing_it_wrote(world: World) -> None:
         b.journal.store = destination  # type: ignore[assignment]
         result = await a.migrate(_object(0), tenant=TENANT, destination=HOST_B)
         assert result.step is SourceStep.DONE
+        await a.settled()  # the DONE write follows the answer: its reads count too
         assert source.reading(source_key(result.migration_id)) == 0, source.reads
         assert source.reading(object_key(TENANT, _object(0))) == 1, source.reads
         assert destination.reading(destination_key(result.migration_id)) == 1
@@ -275,6 +276,7 @@ def test_a_store_that_does_not_say_its_etags_gets_the_records_read(world: World)
         b.journal.store = destination  # type: ignore[assignment]
         result = await a.migrate(_object(0), tenant=TENANT, destination=HOST_B)
         assert result.step is SourceStep.DONE
+        await a.settled()  # the DONE write follows the answer
         assert source.reading(source_key(result.migration_id)) == 2  # commit, DONE
         assert destination.reading(destination_key(result.migration_id)) == 2
         live = await b.journal.object(TENANT, _object(0))

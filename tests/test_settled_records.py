@@ -44,6 +44,7 @@ def test_done_records_hold_no_transfer_and_stay_small_as_history_grows(world: Wo
             for epoch, (src, dst) in enumerate(hops, start=1):
                 result = await src.migrate(OBJECT, tenant="default", destination=dst)
                 assert result.step is SourceStep.DONE and result.epoch == epoch
+                await src.settled()  # DONE is journaled right after the answer
                 raw = await _raw_source(src, result.migration_id)
                 record = wire.decode_source_record(raw)
                 assert record.step is SourceStep.DONE

@@ -15,6 +15,7 @@ from gateway.credentials import VerifiedChain, audience_admits, verify_chain
 from gateway.errors import RuleError
 from gateway.handoff.journal import Journal
 from gateway.handoff.lifecycle import LifecycleRecorder
+from gateway.handoff.settles import PendingSettles
 from gateway.identity import HostId
 from gateway.keys import Purpose, Signer
 from gateway.model import GovernedObject
@@ -60,6 +61,9 @@ class HostContext:
     output_bindings: bool = False
     #: called when an object becomes ACTIVE here, so its cycle starts without delay
     on_active: Callable[[GovernedObject], None] = field(default=lambda _obj: None)
+    #: DONE writes that follow a migration's answer (gateway.handoff.settles). One per
+    #: host: a reload's ``replace()`` keeps it, so closing waits for every snapshot's.
+    settles: PendingSettles = field(default_factory=PendingSettles, repr=False, compare=False)
     #: effective_authority's answers by (chain's capabilities, tenant, peer host): a pure
     #: function of those and of this context's fixed policy, the same for every object
     #: of a kind (computing it was about a tenth of an arrival's CPU). Refusals raise and

@@ -10,6 +10,12 @@ Invariants this side keeps (DESIGN.md §6):
   ABORTED (and resumes the object) *before* telling anyone. A destination that asks
   about a migration the source never committed gets ABORTED, and the source can then
   never commit it: the COMMITTED write is conditional on the FROZEN record's ETag.
+* **Answered once proven, settled after.** ``migrate`` answers DONE as soon as the
+  destination's activation receipt is verified: the outcome has been durable since
+  COMMITTED, and the receipt proves the object live there. The DONE record follows in
+  the background (gateway.handoff.settles); until it lands the record reads COMMITTED
+  with its open marker, which every reader treats as "committed, being confirmed", and
+  recovery finishes it if the write fails.
 * **One transfer per migration.** Retries re-send the exact sealed bytes from the
   journal, so the destination's idempotency (by migration id and transfer digest)
   holds across process restarts.
@@ -83,7 +89,13 @@ class MigrationResult:
     migration_id: str
     object_id: str
     destination: str
-    step: SourceStep  #: DONE, or COMMITTED when activation is still to be confirmed
+    #: DONE once the destination's signed activation receipt is verified (the object
+    #: is live there), COMMITTED while that is still to be confirmed. From ``migrate``,
+    #: DONE comes before the DONE record is journaled: that write follows in the
+    #: background (``await host.settled()`` waits for it; recovery finishes it if it
+    #: fails). Whoever reads the result wants to know where the object lives, and that
+    #: is proven by then; the record only keeps the proof.
+    step: SourceStep
     epoch: int
 
 
@@ -137,7 +149,9 @@ class Source:
 
     @observability.traced("gateway.migrate")
     async def migrate(self, object_id: str, *, tenant: str, destination: str) -> MigrationResult:
-        """Move an ACTIVE object to ``destination``; returns once it is committed.
+        """Move an ACTIVE object to ``destination``; returns once it is committed, DONE
+        once its activation there is confirmed (its DONE record follows, see
+        :class:`MigrationResult`).
 
         Raises :class:`MigrationAbortedError` (or the destination's own refusal, with
         the object ACTIVE here again) if the destination refused or could not be reached
@@ -150,7 +164,7 @@ class Source:
         crash_point("source.after-freeze")
         # Driven on from what the freeze just wrote: the same record and object a
         # resume() would read back, with their ETags when the store said them.
-        return await self._drive(record, blob=frozen.blob, frozen=known)
+        return await self._drive(record, blob=frozen.blob, frozen=known, settle_later=True)
 
     async def freeze(
         self,
@@ -305,7 +319,12 @@ class Source:
         return raw
 
     async def resume(self, migration_id: str) -> MigrationResult:
-        """Drive a migration forward from whatever its journal says. Safe to call again."""
+        """Drive a migration forward from whatever its journal says. Safe to call again.
+
+        Unlike :meth:`migrate`, returns DONE only once DONE is journaled (recovery and an
+        operator's resume are followed by reads of the journal); a settle still running
+        for this migration is waited for rather than Commit sent again."""
+        await self.ctx.settles.wait_for(migration_id)
         loaded = await self.ctx.journal.source(migration_id)
         if loaded is None:
             raise MigrationNotFoundError(
@@ -326,10 +345,13 @@ class Source:
         *,
         blob: BlobRef | _Unknown | None = _UNKNOWN,
         frozen: _Frozen | None = None,
+        settle_later: bool = False,
     ) -> MigrationResult:
         """:meth:`resume` from ``record`` as read (or just written). ``blob``: the frozen
         object's data reference when the caller holds the object, else it is read;
-        ``frozen``: what the caller's freeze wrote, see :class:`_Frozen`."""
+        ``frozen``: what the caller's freeze wrote, see :class:`_Frozen`;
+        ``settle_later``: answer DONE once activation is confirmed, DONE journaled in
+        the background (see :meth:`_activate`)."""
         migration_id = record.migration_id
         etag: str | None = None  # the record's, when this call wrote it and knows it
         if record.step is SourceStep.FROZEN:
@@ -338,9 +360,10 @@ class Source:
                 raise HandoffError(
                     f"migration {migration_id} is still open; its commit was not recorded"
                 )
-        if record.step is SourceStep.COMMITTED:
-            record = await self._activate(record, etag=etag)
-        if record.step is SourceStep.ABORTED:
+        step: SourceStep = record.step
+        if step is SourceStep.COMMITTED:
+            step = await self._activate(record, etag=etag, settle_later=settle_later)
+        if step is SourceStep.ABORTED:
             raise MigrationAbortedError(
                 f"migration {migration_id} of {record.object_id} aborted: {record.reason}",
                 hint=f"{record.object_id} is active on {self.ctx.host} again",
@@ -349,7 +372,7 @@ class Source:
             migration_id=migration_id,
             object_id=record.object_id,
             destination=record.destination_host,
-            step=record.step,
+            step=step,
             epoch=_transfer_epoch(record),
         )
 
@@ -519,15 +542,26 @@ class Source:
             raise ObjectStateError(f"{record.object_id} vanished from {ctx.host} during migration")
         return journal, current, ctx.journal.decoded(decode_counter, found.get(keys[1]))
 
-    async def _activate(self, record: SourceRecord, *, etag: str | None = None) -> SourceRecord:
-        """Send Commit until the destination confirms; then journal DONE. ``etag``: the
-        record's, when the caller wrote it (see :meth:`done`)."""
+    async def _activate(
+        self, record: SourceRecord, *, etag: str | None = None, settle_later: bool = False
+    ) -> SourceStep:
+        """Send Commit until the destination confirms; then journal DONE; returns the
+        step to report. ``etag``: the record's, when the caller wrote it (see
+        :meth:`done`).
+
+        ``settle_later``: DONE is journaled in the background (host.settled() waits for
+        it) and DONE is reported once the receipt is verified. Durability is the same:
+        the COMMITTED record was fsync'd before Commit was sent, and the receipt, signed
+        by the destination about exactly this transfer, is the proof DONE keeps. If the
+        write fails or the host dies first, the record stays COMMITTED and open, and
+        recovery re-sends Commit and journals DONE on the same receipt."""
         client = self.peers.client(record.destination_host)
         try:
             receipt_raw = await client.commit(record.migration_id)
             envelope = wire.decode_envelope(receipt_raw)
             if envelope.payload_type == dsse.PayloadType.UNKNOWN_MIGRATION:
-                return await self._settle_forgotten(record, envelope, receipt_raw, etag=etag)
+                settled = await self._settle_forgotten(record, envelope, receipt_raw, etag=etag)
+                return settled.step
             self._check_receipt(record, receipt_raw, ReceiptKind.ACTIVATED, envelope=envelope)
         except (PeerUnavailableError, VerificationError) as exc:
             # Committed is committed: the object is the destination's. Recovery re-sends
@@ -535,9 +569,17 @@ class Source:
             log.warning(
                 "migration %s committed; activation not confirmed yet: %s", record.migration_id, exc
             )
-            return record
+            return record.step
         crash_point("source.after-activation")
-        return await self.done(record, receipt_raw, etag=etag)
+        if settle_later:
+            self.ctx.settles.start(record.migration_id, self._settle(record, receipt_raw, etag))
+            return SourceStep.DONE
+        return (await self.done(record, receipt_raw, etag=etag)).step
+
+    async def _settle(self, record: SourceRecord, receipt_raw: bytes, etag: str | None) -> None:
+        """:meth:`done` in the background, after ``migrate`` answered."""
+        crash_point("source.after-answer")
+        await self.done(record, receipt_raw, etag=etag)
 
     async def _settle_forgotten(
         self,

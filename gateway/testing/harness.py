@@ -337,8 +337,17 @@ class InProcessWorld(RunningWorld):
     def migrate(
         self, object_id: str, *, source: str, to: str, tenant: str = "default"
     ) -> MigrationResult:
-        """``source`` migrates the object to ``to``; raises the GatewayError it failed with."""
-        return self.run(self.hosts[source].migrate(object_id, tenant=tenant, destination=to))
+        """``source`` migrates the object to ``to``; raises the GatewayError it failed with.
+        Returns once the source's journal says so too (a migration answers DONE before its
+        DONE record is written, see gateway.handoff.settles): tests read it next."""
+
+        async def migrate() -> MigrationResult:
+            host = self.hosts[source]
+            result = await host.migrate(object_id, tenant=tenant, destination=to)
+            await host.settled()
+            return result
+
+        return self.run(migrate())
 
     def _attempt(self, object_id: str, *, source: str, to: str, tenant: str) -> None:
         with contextlib.suppress(GatewayError):
