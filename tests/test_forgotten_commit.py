@@ -116,6 +116,10 @@ def test_the_source_settles_on_the_signed_answer_and_says_so(
     )
     view = view_source(done)
     assert not view.open and "without an activation receipt" in view.reason
+    # It says what A knows: B may have activated the object or aborted it (a refusal at
+    # Commit) before pruning; the reason claims neither.
+    assert "whether it activated the object there" in view.reason
+    assert f"ask {HOST_B}'s operator" in view.reason
     assert seen == [lost.migration_id]
     world.recover(HOST_A)
     world.clock(HOST_A).skew(timedelta(hours=2))

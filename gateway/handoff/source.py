@@ -633,10 +633,16 @@ class Source:
                 hint=f"{record.object_id} belongs to {peer} (committed); check that {peer} "
                 "runs on its own store. This host sends Commit again, less and less often",
             )
+        # What this host knows, not what it guesses: an honest destination answers so
+        # only once it pruned its settled record of the migration, which may have been
+        # ACTIVATED (the usual case: the reply to Commit was lost) or ABORTED there (it
+        # refused the object at Commit, e.g. for a fork its custody home reported).
         reason = (
             f"settled without an activation receipt: {peer} signed at "
-            f"{format_time(answer.issued_at)} that it no longer knows the migration (its "
-            "record was pruned after its retention; the reply to Commit was lost)"
+            f"{format_time(answer.issued_at)} that it no longer knows the migration, "
+            "which an honest destination says only after pruning its settled record of "
+            "it; whether it activated the object there (the reply to Commit lost) or "
+            f"aborted it is not known here: ask {peer}'s operator"
         )
         log.warning("migration %s of %s %s", record.migration_id, record.object_id, reason)
         return await self.done(record, answer_raw, etag=etag, reason=reason)
