@@ -405,7 +405,13 @@ def test_a_crash_at_every_point_recovers_to_exactly_one_live_copy(
 
         def watching(done: Callable[[], bool]) -> Callable[[], bool]:
             def look() -> bool:
-                a, b = host_state(config_a, case.tenant), host_state(config_b, case.tenant)
+                # B (the destination) first: the two reads are moments apart, and A's
+                # FROZEN record read just before the commit and B's activation read just
+                # after it would look like two live copies that never coexisted. B read
+                # ACTIVE means A's MOVED tombstone was durable before, so A, read after,
+                # shows it (or a real second live copy, which this must catch).
+                b = host_state(config_b, case.tenant)
+                a = host_state(config_a, case.tenant)
                 assert not (live(a.obj) and live(b.obj)), f"two live copies: {a.obj}, {b.obj}"
                 assert len(a.sources) <= 1 and not b.sources, "one migration, started by A"
                 seen.append((a, b))
