@@ -49,6 +49,15 @@ def _digits(elements: int) -> dict[str, Any]:
     return {"l": list(range(elements)), "s": "0" * (ROOM - 4) + "1.5"}
 
 
+def _two_keys(elements: int) -> dict[str, Any]:
+    half = ROOM // 2
+    return {"l": list(range(elements)), "s": "a" * half, "t": "a" * (half - 1) + "b"}
+
+
+def _digits_int(elements: int) -> dict[str, Any]:
+    return {"l": list(range(elements)), "s": "0" * (ROOM - 1) + "1"}
+
+
 def _two_maps(elements: int) -> dict[str, Any]:
     """m and n equal, each a map of ~1000 lists of small numbers: ~1M scalars each, the
     most elements the data limit holds (two JSON bytes per number)."""
@@ -112,7 +121,6 @@ SHAPES = [
     Shape("double() of digits, in a loop", "data.l.all(x, double(data.s) > 0.0)", _digits),
     Shape("bytes() of a string, in a loop", 'data.l.all(x, bytes(data.s) != b"")', _one_string),
     Shape("string in a list, in a loop", "data.l.all(x, !(data.s in data.k))", _list_of_strings),
-    Shape("string in a map, in a loop", "data.l.all(x, !(data.s in data.m))", _string_and_map),
     Shape("maps ==, in a loop", "data.l.all(x, data.m == data.n)", _two_maps),
     Shape("lists ==, in a loop", "data.l.all(x, data.a == data.b)", _two_lists),
     Shape("list literals ==, in a loop", "data.l.all(x, [data.s] == [data.t])", _two_strings),
@@ -151,7 +159,13 @@ SHAPES = [
         'data.s.matches("(a|b)*a' + "(a|b)" * 20 + 'c")',
         _ab_string,
     ),
-    Shape("a map literal's key, in a loop", "data.l.all(x, {data.s: 1} != {})", _one_string),
+    Shape(
+        "a map literal's keys, in a loop",
+        "data.l.all(x, {data.s: 1, data.t: 2} != {})",
+        _two_keys,
+    ),
+    Shape("a key looked up, in a loop", "data.l.all(x, data.m[data.s] == 1)", _string_and_map),
+    Shape("int() of digits, in a loop", "data.l.all(x, int(data.s) > 0)", _digits_int),
     Shape("a short pattern, no loop", 'data.s.matches("^a+$")', _one_string, per_element=0),
     Shape(
         "concatenation at the work bound (reference)",
