@@ -641,9 +641,24 @@ def _bytes(bound: _Bound, limit: int) -> int:
         roots.setdefault(path[0], []).append((path, copies))
     total = bound.fixed
     for root, parts in roots.items():
-        copies = max(sum(n for other, n in parts if _overlap(path, other)) for path, _ in parts)
+        if len(parts) == 1:
+            copies = parts[0][1]
+        elif all(_plain_path(path) for path, _ in parts):
+            # No wildcard: two pieces overlap when one path is a prefix of the other
+            # (what _overlap finds, a few times faster: a rule of 40 comparisons of
+            # different fields sums 40 x 40 pairs on every compile).
+            copies = max(
+                sum(n for other, n in parts if other[: len(path)] == path[: len(other)])
+                for path, _ in parts
+            )
+        else:
+            copies = max(sum(n for other, n in parts if _overlap(path, other)) for path, _ in parts)
         total += copies * (root.size if isinstance(root, _Pool) else limit)
     return total
+
+
+def _plain_path(path: _Path) -> bool:
+    return not any(isinstance(segment, tuple) or segment == _ANY for segment in path[1:])
 
 
 #: Values that are not strings, bytes, lists or maps (numbers, bools, null, timestamps,
