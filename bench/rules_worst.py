@@ -205,12 +205,12 @@ SHAPES = [
     Shape("int() of digits, in a loop", "data.l.all(x, int(data.s) > 0)", _digits_int),
     Shape("a short pattern, no loop", 'data.s.matches("^a+$")', _one_string, per_element=0),
     Shape(
-        "concatenation at the work bound (reference)",
+        "concatenation in a loop (refused since s29)",
         "data.l.all(x, data.s + data.t != data.t)",
         _two_strings,
     ),
     Shape(
-        "size() of a string, in a loop (refused today)",
+        "size() of a string, in a loop (refused since s29)",
         "data.l.all(x, size(data.s) > 0)",
         _one_string,
     ),

@@ -32,8 +32,13 @@ Invariants this module keeps:
   concatenated and scanned (``size`` of a string) over all the times each node runs are
   at most :data:`MAX_WORK_BYTES` (an element's share counted once over its loop), and
   the two searches whose time is the product of their operands' sizes (``contains``,
-  ``matches``) are refused when both operands come from inputs. The cycle's timeout
-  cannot interrupt an evaluation (it runs in C++), so these are checked before.
+  ``matches``) are refused when both operands come from inputs. The other linear reads
+  count too (session 30): searches against text written in the rule (weighted by the
+  pattern), conversions that parse or copy, keys hashed, into the same work; comparisons
+  (``==``, ordering, ``startsWith``, ``endsWith``, ``in``: the smaller operand, ``in``
+  both) into at most :data:`MAX_COMPARED_BYTES`, a deep comparison of collections
+  being ~15 times slower a byte than a concatenation. The cycle's timeout cannot
+  interrupt an evaluation (it runs in C++), so these are checked before.
 * **Rules propose, they do not act.** Evaluation returns proposals; the cycle admits each
   against the object's effective authority before anything happens.
 
@@ -1137,8 +1142,16 @@ def cost_of(expression: cel.Expression) -> Cost:
     evaluations, each linear in the at most ``largest`` bytes it touches (the searches
     that are not linear are refused on two inputs, below). ``work`` bounds the bytes the
     slow linear nodes handle over the whole evaluation: concatenations (not a
-    comprehension's appends to its accumulator, which the runtime does in place) and
-    ``size`` (of a string, it counts characters).
+    comprehension's appends to its accumulator, which the runtime does in place),
+    ``size`` (of a string, it counts characters), conversions (``int``, ``double``,
+    ``timestamp``, ``string``, ``bytes``...), keys from the inputs hashed by ``_[_]`` or
+    a map literal, and ``contains``/``matches`` of input text for text of the rule, the
+    text's bytes times :data:`_SEARCH_MIN_WEIGHT` plus a unit per 64 bytes of needle, or
+    times the pattern's program size (:func:`_pattern_size`). ``compared`` bounds the
+    bytes comparisons read: ``==``, ``!=``, ordering, ``startsWith`` and ``endsWith`` the
+    smaller operand (over a loop, each element's share once), ``in`` both; kept as
+    pieces until the end, so that comparisons of fields that cannot overlap share one
+    data limit.
 
     Raises :class:`~gateway.errors.RuleCostError` when some value it builds has no
     bound (a function the size table does not know, an accumulator that could double),

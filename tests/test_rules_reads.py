@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway import rules
 from gateway.errors import RuleCostError
@@ -259,3 +261,40 @@ def test_the_repositorys_rules_stay_within_every_bound() -> None:
             pytest.fail(f"{where}: {source!r} is refused: {exc}")
         except rules.RuleError:
             continue  # not an expression (a payload of another kind with the same key)
+
+
+# --- properties ----------------------------------------------------------------------
+
+
+@given(st.text(max_size=200))
+@settings(max_examples=300, deadline=None, derandomize=True)
+def test_pattern_size_takes_any_text(pattern: str) -> None:
+    # A pattern is chosen by whoever wrote the rule: sizing it must never fail (an
+    # unbalanced or invalid one included: RE2 refuses those at evaluation), and letters
+    # and digits alone are one instruction each.
+    assert rules._pattern_size(pattern) >= 1
+    plain = "".join(c for c in pattern if c.isalnum())
+    assert rules._pattern_size(plain) == max(len(plain), 1)
+
+
+_SEGMENTS = st.sampled_from(["a", "b", "c", 0, 1])
+
+
+@given(
+    st.dictionaries(
+        st.lists(_SEGMENTS, max_size=3).map(lambda tail: ("data", *tail)),
+        st.integers(min_value=1, max_value=5),
+        max_size=8,
+    ),
+    st.integers(min_value=0, max_value=100),
+)
+@settings(max_examples=300, deadline=None, derandomize=True)
+def test_bytes_by_prefix_is_what_overlap_gives(parts: dict[Any, int], fixed: int) -> None:
+    """The prefix sum _bytes uses for paths without wildcards is exactly _overlap's."""
+    bound = rules._Bound(fixed, parts)
+    expected = fixed
+    if parts:
+        expected += D * max(
+            sum(n for other, n in parts.items() if rules._overlap(path, other)) for path in parts
+        )
+    assert rules._bytes(bound, D) == expected
