@@ -10,6 +10,7 @@ take longer than ``--cap`` seconds (from a run over ``--probe`` elements) is rep
 from that prediction instead of run.
 
     python bench/rules_worst.py [--refused] [--cap 20] [--json FILE]
+    python bench/rules_worst.py --compile     # cost_of of the largest expressions
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -27,7 +29,15 @@ from typing import Any
 from gateway.errors import RuleCostError
 from gateway.limits import MAX_DATA_BYTES
 from gateway.model import Publish, Rule
-from gateway.rules import _ENV, COLLECTION_BOUND, activation_of, check_data, compile_rule, dump_data
+from gateway.rules import (
+    _ENV,
+    COLLECTION_BOUND,
+    activation_of,
+    check_data,
+    compile_rule,
+    cost_of,
+    dump_data,
+)
 
 N = COLLECTION_BOUND
 #: The room left for the one large field or two once the loop's range and keys are in.
@@ -217,6 +227,33 @@ SHAPES = [
 ]
 
 
+#: The expressions whose analysis takes longest: at most MAX_NODES nodes each, with the
+#: most pieces for _bytes to sum (quadratic in them) or patterns to size.
+COMPILE_SHAPES = {
+    "a map literal of 84 fields": "{" + ", ".join(f'"k{i}": data.f{i}' for i in range(84)) + "}",
+    "42 comparisons of different fields": " && ".join(
+        f"data.a{i} == event.b{i}" for i in range(42)
+    ),
+    "42 in of different fields": " && ".join(f"data.a{i} in event.b{i}" for i in range(42)),
+    "20 patterns": " && ".join(
+        f'data.s{i}.matches("^[a-z]{{2,8}}[0-9]+(x|y|z){{3}}$")' for i in range(20)
+    ),
+}
+
+
+def _compile_times() -> None:
+    """Milliseconds per cost_of: min and median of 5 runs of 10."""
+    for name, source in COMPILE_SHAPES.items():
+        expression = _ENV.compile(source)
+        runs = []
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(10):
+                cost_of(expression)
+            runs.append((time.perf_counter() - started) / 10 * 1e3)
+        print(f"{name:40} {min(runs):6.2f} ms min {statistics.median(runs):6.2f} ms median")
+
+
 def _accepted(source: str) -> tuple[bool, str]:
     try:
         compile_rule(Rule(name="r", when=source, action=Publish(topic="a/b")))
@@ -248,7 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe", type=int, default=20, help="elements of the probe run")
     parser.add_argument("--only", nargs="*", help="shapes whose name contains one of these")
     parser.add_argument("--json", help="write the table here too")
+    parser.add_argument("--compile", action="store_true", help="time cost_of instead")
     args = parser.parse_args(argv)
+    if args.compile:
+        _compile_times()
+        return 0
     rows = []
     print(f"{'shape':48} {'accepted':>8} {'data bytes':>11} {'s/eval':>9}  note")
     for shape in SHAPES:
