@@ -32,8 +32,13 @@ Invariants this module keeps:
   concatenated and scanned (``size`` of a string) over all the times each node runs are
   at most :data:`MAX_WORK_BYTES` (an element's share counted once over its loop), and
   the two searches whose time is the product of their operands' sizes (``contains``,
-  ``matches``) are refused when both operands come from inputs. The cycle's timeout
-  cannot interrupt an evaluation (it runs in C++), so these are checked before.
+  ``matches``) are refused when both operands come from inputs. The other linear reads
+  count too (session 30): searches against text written in the rule (weighted by the
+  pattern), conversions that parse or copy, keys hashed, into the same work; comparisons
+  (``==``, ordering, ``startsWith``, ``endsWith``, ``in``: the smaller operand, ``in``
+  both) into at most :data:`MAX_COMPARED_BYTES`, a deep comparison of collections
+  being ~15 times slower a byte than a concatenation. The cycle's timeout cannot
+  interrupt an evaluation (it runs in C++), so these are checked before.
 * **Rules propose, they do not act.** Evaluation returns proposals; the cycle admits each
   against the object's effective authority before anything happens.
 
@@ -78,8 +83,25 @@ MAX_VALUE_BYTES = 4 * MAX_DATA_BYTES
 #: Most bytes an evaluation may concatenate or scan, over all the times each node runs:
 #: the runtime concatenates at ~100 MB/s and counts a string's characters at ~300 MB/s
 #: (measured), so at most ~0.6 s of CPU, which the cycle's timeout cannot interrupt.
-#: Sixteen data limits: the settlement example's write needs about five.
+#: Sixteen data limits: the settlement example's write needs about five. Since session 30
+#: the linear reads that run at about that speed or slower count here too: a search
+#: (``contains``, ``matches``) weighted by its pattern, a conversion that parses or copies
+#: a string (``int``, ``double``, ``timestamp``, ``bytes``...), a key hashed to index or
+#: build a map.
 MAX_WORK_BYTES = 16 * MAX_DATA_BYTES
+#: Most bytes an evaluation may compare (``==``, ``!=``, ``<``..., ``startsWith``,
+#: ``endsWith``, ``in``), over all the times each comparison runs, each counting the
+#: smaller of its operands (an equality stops at the shorter one; ``in`` counts both).
+#: A budget of its own because the speed per byte differs a thousandfold with what is
+#: compared: two equal 2 MiB strings compare in ~0.05 ms, two maps of a million numbers
+#: (2 MiB of JSON each) in 54-107 ms (measured, bench/rules_worst.py): ~35 ns a byte, 15
+#: times slower than concatenating. Four data limits: a few passes of the slowest
+#: comparison over the data (~0.3-0.4 s at the limit), less than decoding, checking and
+#: converting such data already costs a cycle (~1-1.5 s); pieces that cannot overlap
+#: (``event.data.a == data.a && event.data.b == data.b``) share one limit. The
+#: repository's rules need at most 2 (settlement.yaml's ``request.caller in
+#: data.approvals``).
+MAX_COMPARED_BYTES = 4 * MAX_DATA_BYTES
 MAX_DATA_DEPTH = 32
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -108,8 +130,12 @@ class Cost:
     #: their pieces are not counted: they are there already).
     largest: int
     largest_at: int = -1  #: where that value is built (a character offset), when too large
-    #: Bytes concatenated or scanned (``size`` of a string) over a whole evaluation.
+    #: Bytes concatenated or scanned (``size`` of a string, searches weighted by their
+    #: pattern, conversions, keys hashed) over a whole evaluation.
     work: int = 0
+    #: Bytes compared (``==``, ordering, ``startsWith``, ``endsWith``, ``in``) over a
+    #: whole evaluation.
+    compared: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -620,9 +646,24 @@ def _bytes(bound: _Bound, limit: int) -> int:
         roots.setdefault(path[0], []).append((path, copies))
     total = bound.fixed
     for root, parts in roots.items():
-        copies = max(sum(n for other, n in parts if _overlap(path, other)) for path, _ in parts)
+        if len(parts) == 1:
+            copies = parts[0][1]
+        elif all(_plain_path(path) for path, _ in parts):
+            # No wildcard: two pieces overlap when one path is a prefix of the other
+            # (what _overlap finds, a few times faster: a rule of 40 comparisons of
+            # different fields sums 40 x 40 pairs on every compile).
+            copies = max(
+                sum(n for other, n in parts if other[: len(path)] == path[: len(other)])
+                for path, _ in parts
+            )
+        else:
+            copies = max(sum(n for other, n in parts if _overlap(path, other)) for path, _ in parts)
         total += copies * (root.size if isinstance(root, _Pool) else limit)
     return total
+
+
+def _plain_path(path: _Path) -> bool:
+    return not any(isinstance(segment, tuple) or segment == _ANY for segment in path[1:])
 
 
 #: Values that are not strings, bytes, lists or maps (numbers, bools, null, timestamps,
@@ -650,8 +691,20 @@ _SCALAR_FUNCTIONS = frozenset(
     }
 )  # fmt: skip
 #: Scalars whose time may be the product of their operands' sizes: refused when both
-#: operands hold input bytes (a needle or pattern written in the rule is fine).
+#: operands hold input bytes (a needle or pattern written in the rule is fine). With one
+#: written in the rule, their work is the text's bytes times a weight: ``contains``
+#: (a ``find``: ~7 ns a byte for a 2-byte needle, ~25 for a 1001-byte one, measured) at
+#: least :data:`_SEARCH_MIN_WEIGHT` plus a unit per 64 bytes of needle; ``matches`` the
+#: size of the pattern's program (:func:`_pattern_size`): RE2 runs a DFA at ~2.5 ns a
+#: byte, but a pattern whose states overflow its cache (``[ab]*a[ab]{1000}c``: 1.4 s
+#: over 100 kB) falls back to an NFA that costs ~10 ns a byte per instruction.
 _SEARCHES = frozenset({"contains", "matches"})
+_SEARCH_MIN_WEIGHT = 4
+#: Reads whose time is at most the smaller operand's bytes: equality stops at the first
+#: difference (and compares sizes first), ordering and the prefix tests at the shorter.
+_COMPARISONS = frozenset({"_==_", "_!=_", "_<_", "_<=_", "_>_", "_>=_", "startsWith", "endsWith"})
+#: Conversions that parse, validate or copy their argument (a string or bytes): linear.
+_PARSES = frozenset({"int", "uint", "double", "bool", "timestamp", "duration", "string", "bytes"})
 #: At most the argument's size plus a scalar's: ``string(x)``, ``bytes(x)``.
 _CONVERSIONS = frozenset({"string", "bytes"})
 #: The rest, each with its own rule in :meth:`_Analysis.call`: ``_+_`` (the sum of its
@@ -688,26 +741,50 @@ class _Analysis:
         self.estimate = 0
         self.largest = 0  #: bytes, the largest bound of any value
         self.largest_id = 0  #: the node that builds it
-        #: Bytes the evaluation may copy (concatenations) or scan (size of a string), over
-        #: all the times each node runs: its time, at the runtime's ~100 MB/s.
+        #: Bytes the evaluation may copy (concatenations) or scan (size of a string,
+        #: searches, conversions, keys hashed), over all the times each node runs: its
+        #: time, at the runtime's ~100 MB/s.
         self.work = 0
+        #: What the comparisons read, as a bound (copies of pieces), so that pieces that
+        #: cannot overlap share one limit: see :attr:`compared`.
+        self.compared_fixed = 0
+        self.compared_parts: dict[_Path, int] = {}
         #: The comprehension whose loop is being walked: its element marker, how many
         #: times the loop itself runs, and its accumulator's name.
         self.loop: tuple[tuple[str, int], int, str] | None = None
         self.refusal = ""  #: why the expression has no bound (it is refused)
         self.hint = ""
 
-    def count_work(self, bound: _Bound, weight: int) -> None:
-        """Add a value handled ``weight`` times. In a loop, the element's share of it is
-        handled once per element, so over the loop at most once in all."""
+    def handled(self, bound: _Bound, weight: int) -> int:
+        """The bytes of a value handled ``weight`` times. In a loop, the element's share
+        of it is handled once per element, so over the loop at most once in all."""
         if self.loop is None:
-            self.work += weight * _bytes(bound, MAX_DATA_BYTES)
-            return
+            return weight * _bytes(bound, MAX_DATA_BYTES)
         marker, once, _ = self.loop
         element = {p: n for p, n in bound.parts.items() if marker in p}
         rest = {p: n for p, n in bound.parts.items() if marker not in p}
-        self.work += weight * _bytes(_Bound(bound.fixed, rest), MAX_DATA_BYTES)
-        self.work += once * _bytes(_Bound(0, element), MAX_DATA_BYTES)
+        return weight * _bytes(_Bound(bound.fixed, rest), MAX_DATA_BYTES) + once * _bytes(
+            _Bound(0, element), MAX_DATA_BYTES
+        )
+
+    def count_work(self, bound: _Bound, weight: int) -> None:
+        """Add a value handled ``weight`` times to :attr:`work`."""
+        self.work += self.handled(bound, weight)
+
+    def count_compared(self, bound: _Bound, weight: int) -> None:
+        """Add a value compared ``weight`` times (the element's share of it once per
+        loop), keeping its pieces: the total is their bound (:attr:`compared`)."""
+        self.compared_fixed += weight * bound.fixed
+        parts = self.compared_parts
+        marker = self.loop[0] if self.loop is not None else None
+        for path, copies in bound.parts.items():
+            times = self.loop[1] if self.loop is not None and marker in path else weight
+            parts[path] = parts.get(path, 0) + copies * times
+
+    @property
+    def compared(self) -> int:
+        """Bytes compared over a whole evaluation: the bound of everything compared."""
+        return _bytes(_Bound(self.compared_fixed, self.compared_parts), MAX_DATA_BYTES)
 
     def refuse(self, reason: str, *, hint: str) -> None:
         if not self.refusal:  # the first reason found
@@ -747,6 +824,10 @@ class _Analysis:
                 for entry in entries
                 for e in (entry.map_key, entry.value)
             ]
+            if record:  # building a map hashes its keys
+                for key in items[::2]:
+                    if _from_inputs(key):
+                        self.count_work(key, weight)
             bound = _collection(items, len(entries))
         elif kind == "comprehension_expr":
             bound = self.comprehension(
@@ -778,8 +859,8 @@ class _Analysis:
                 "the square of the data limit",
                 hint="search for text written in the rule, or compare with == or startsWith",
             )
-        if function == "size" and record:
-            self.count_work(operands[0], weight)  # a string's size counts code points
+        if record:
+            self.count_reads(call, function, operands, weight)
         if function in _SCALAR_FUNCTIONS:
             return _SCALAR
         if function == "_+_":
@@ -808,6 +889,33 @@ class _Analysis:
             hint="only the CEL standard library is sized; see docs/limits.md",
         )
         return _sum(operands, _SCALAR_BYTES)
+
+    def count_reads(self, call: Any, function: str, operands: list[_Bound], weight: int) -> None:
+        """Count what a call reads, ``weight`` times: its work or its comparisons."""
+        if function in _COMPARISONS and len(operands) == 2:
+            # The smaller side bounds what is read: over a loop, the sum of the smaller
+            # of each pair is at most the smaller of the sums (x == data.s reads each
+            # element once, not data.s once per element).
+            smaller = min(operands, key=lambda o: self.handled(o, weight))
+            self.count_compared(smaller, weight)
+        elif function == "@in" and len(operands) == 2:
+            # A list is scanned (each element compared, at most its bytes), a map hashes
+            # the value sought: both sides.
+            for operand in operands:
+                self.count_compared(operand, weight)
+        elif function in _SEARCHES and len(operands) == 2:
+            text, pattern = operands
+            text_bytes = _bytes(text, MAX_DATA_BYTES)
+            needle = min(_bytes(pattern, MAX_DATA_BYTES), text_bytes)
+            if function == "contains":
+                factor = _SEARCH_MIN_WEIGHT + needle // 64
+            else:
+                factor = max(_SEARCH_MIN_WEIGHT, _program_size(call.args[-1], pattern))
+            self.work += self.handled(text, weight) * factor
+        elif (function == "size" or function in _PARSES) and len(operands) == 1:
+            self.count_work(operands[0], weight)  # a string's size counts code points
+        elif function == "_[_]" and len(operands) == 2 and _from_inputs(operands[1]):
+            self.count_work(operands[1], weight)  # a key from the input is hashed
 
     def comprehension(
         self,
@@ -884,6 +992,72 @@ class _Analysis:
             length,
             max(initial.deep, step.deep, length),
         )
+
+
+def _program_size(expr: Any, bound: _Bound) -> int:
+    """An upper bound of the instructions RE2 compiles a pattern to: counted for a pattern
+    written in the rule, else its bytes times RE2's largest repetition count (1000)."""
+    if expr.WhichOneof("kind") == "const_expr" and expr.const_expr.HasField("string_value"):
+        return _pattern_size(expr.const_expr.string_value.decode("utf-8", "replace"))
+    return _bytes(bound, MAX_DATA_BYTES) * _MAX_REPEAT
+
+
+#: RE2 refuses a repetition count above this (``a{1001}``), and nested counts whose
+#: product is above it.
+_MAX_REPEAT = 1000
+_REPEAT = re.compile(r"\{(\d+)(?:(,)(\d*))?\}")
+
+
+def _pattern_size(pattern: str) -> int:
+    """An upper bound of a regular expression's program size: each atom (a character, an
+    escape, a class) one instruction, a group the sum of its alternatives, a quantifier
+    one more, a counted repetition ``{n,m}`` its atom ``max(n, m)`` times (the program
+    unrolls it). Conservative where it does not understand: an unknown construct is an
+    atom, and a pattern RE2 refuses fails at evaluation (an error value)."""
+    size, _ = _sequence_size(pattern, 0)
+    return max(size, 1)
+
+
+def _sequence_size(pattern: str, at: int) -> tuple[int, int]:
+    """The size of the alternatives from ``at`` to the closing parenthesis (or the end),
+    and where it stopped."""
+    total = branch = 0
+    last = 0  # the size of the atom before a quantifier
+    while at < len(pattern):
+        char = pattern[at]
+        if char == ")":
+            return total + branch, at + 1
+        if char == "|":
+            total, branch, last = total + branch, 0, 0
+            at += 1
+            continue
+        counted = _REPEAT.match(pattern, at) if char == "{" else None
+        if char in "*+?" or counted:
+            if counted:
+                low, comma, high = counted.groups()
+                times = max(int(low), int(high) if high else 0) or (1 if comma else 0)
+                branch += last * (min(max(times, 1), _MAX_REPEAT) - 1) + 1
+                at = counted.end()
+            else:
+                branch += 1
+                at += 1
+            continue
+        if char == "(":
+            last, at = _sequence_size(pattern, at + 1)
+        elif char == "[":
+            end = at + 1 + (pattern[at + 1 : at + 2] in ("^",))
+            end += pattern[end : end + 1] == "]"  # a leading ] is a member
+            while end < len(pattern) and pattern[end] != "]":
+                end += 2 if pattern[end] == "\\" else 1
+            last, at = 1, end + 1
+        elif char == "\\":
+            braces = pattern[at + 1 : at + 3] in ("p{", "P{")  # \p{Greek}
+            at = (pattern.find("}", at) + 1 or len(pattern)) if braces else at + 2
+            last = 1
+        else:
+            last, at = 1, at + 1
+        branch += last
+    return total + branch, at
 
 
 def _from_inputs(bound: _Bound) -> bool:
@@ -968,8 +1142,16 @@ def cost_of(expression: cel.Expression) -> Cost:
     evaluations, each linear in the at most ``largest`` bytes it touches (the searches
     that are not linear are refused on two inputs, below). ``work`` bounds the bytes the
     slow linear nodes handle over the whole evaluation: concatenations (not a
-    comprehension's appends to its accumulator, which the runtime does in place) and
-    ``size`` (of a string, it counts characters).
+    comprehension's appends to its accumulator, which the runtime does in place),
+    ``size`` (of a string, it counts characters), conversions (``int``, ``double``,
+    ``timestamp``, ``string``, ``bytes``...), keys from the inputs hashed by ``_[_]`` or
+    a map literal, and ``contains``/``matches`` of input text for text of the rule, the
+    text's bytes times :data:`_SEARCH_MIN_WEIGHT` plus a unit per 64 bytes of needle, or
+    times the pattern's program size (:func:`_pattern_size`). ``compared`` bounds the
+    bytes comparisons read: ``==``, ``!=``, ordering, ``startsWith`` and ``endsWith`` the
+    smaller operand (over a loop, each element's share once), ``in`` both; kept as
+    pieces until the end, so that comparisons of fields that cannot overlap share one
+    data limit.
 
     Raises :class:`~gateway.errors.RuleCostError` when some value it builds has no
     bound (a function the size table does not know, an accumulator that could double),
@@ -1002,6 +1184,7 @@ def cost_of(expression: cel.Expression) -> Cost:
         largest=analysis.largest,
         largest_at=at,
         work=analysis.work,
+        compared=analysis.compared,
     )
 
 
@@ -1067,8 +1250,18 @@ def _compile(rule: str, part: str, source: str, expected: tuple[str, ...] | None
         raise RuleCostError(
             f"{where}: may concatenate or scan {cost.work:,} bytes; at most "
             f"{MAX_WORK_BYTES:,} ({MAX_WORK_BYTES // MAX_DATA_BYTES} times the data limit)",
-            hint="move concatenations and size() of data out of all/exists/map/filter "
-            "bodies: they run once per element",
+            hint="move concatenations, size(), searches, conversions and lookups of data "
+            "out of all/exists/map/filter bodies: they run once per element; a pattern "
+            "counts its length and repetitions",
+        )
+    if cost.compared > MAX_COMPARED_BYTES:
+        raise RuleCostError(
+            f"{where}: may compare {cost.compared:,} bytes; at most "
+            f"{MAX_COMPARED_BYTES:,} ({MAX_COMPARED_BYTES // MAX_DATA_BYTES} times the data "
+            "limit)",
+            hint="move comparisons of data with data out of all/exists/map/filter bodies: "
+            "they run once per element (comparing the element, or text written in the "
+            "rule, is cheap)",
         )
     return _Compiled(source, expression, cost)
 

@@ -415,13 +415,26 @@ COSTS = [
         "data.x.exists(i, i > 1)",
         # once: comprehension 1 + iter_range (data.x) 2 + accu_init 1 + result 1 = 5
         # loop: @not_strictly_false(!__result__) 3 + (__result__ || i > 1) 5 = 8
-        Cost(nodes=13, nesting=1, estimate=5 + 8 * COLLECTION_BOUND, largest=SCALAR),
+        # i > 1 compares a scalar per element: the smaller side, 1 (a scalar), each time
+        Cost(
+            nodes=13,
+            nesting=1,
+            estimate=5 + 8 * COLLECTION_BOUND,
+            largest=SCALAR,
+            compared=SCALAR * COLLECTION_BOUND,
+        ),
         "exists",
     ),
     CostCase(
         "data.x.all(i, i > 1)",
         # loop: @not_strictly_false(__result__) 2 + (__result__ && i > 1) 5 = 7
-        Cost(nodes=12, nesting=1, estimate=5 + 7 * COLLECTION_BOUND, largest=SCALAR),
+        Cost(
+            nodes=12,
+            nesting=1,
+            estimate=5 + 7 * COLLECTION_BOUND,
+            largest=SCALAR,
+            compared=SCALAR * COLLECTION_BOUND,
+        ),
         "all",
     ),
     CostCase(
@@ -439,7 +452,13 @@ COSTS = [
     CostCase(
         "data.x.filter(i, i > 1)",
         # loop: true 1 + (i > 1 ? __result__ + [i] : __result__) 1 + 3 + 4 + 1 = 9
-        Cost(nodes=15, nesting=1, estimate=5 + 10 * COLLECTION_BOUND, largest=FILTERED),
+        Cost(
+            nodes=15,
+            nesting=1,
+            estimate=5 + 10 * COLLECTION_BOUND,
+            largest=FILTERED,
+            compared=SCALAR * COLLECTION_BOUND,
+        ),
         "filter",
     ),
     CostCase(
@@ -450,6 +469,7 @@ COSTS = [
             nesting=1,
             estimate=1 + 10_005 + 1 + 1 + 8_000,
             largest=FILTERED,
+            compared=2 * SCALAR * COLLECTION_BOUND,
         ),
         "a comprehension as iter_range",
     ),
