@@ -1013,20 +1013,25 @@ def _pattern_size(pattern: str) -> int:
     escape, a class) one instruction, a group the sum of its alternatives, a quantifier
     one more, a counted repetition ``{n,m}`` its atom ``max(n, m)`` times (the program
     unrolls it). Conservative where it does not understand: an unknown construct is an
-    atom, and a pattern RE2 refuses fails at evaluation (an error value)."""
-    size, _ = _sequence_size(pattern, 0)
-    return max(size, 1)
+    atom, and a pattern RE2 refuses fails at evaluation (an error value). A ``)`` with no
+    group open ends the count; groups still open at the end are closed there.
 
-
-def _sequence_size(pattern: str, at: int) -> tuple[int, int]:
-    """The size of the alternatives from ``at`` to the closing parenthesis (or the end),
-    and where it stopped."""
-    total = branch = 0
+    One pass with a stack of the enclosing groups, not recursion: a rule's pattern may
+    nest about a thousand groups (tests/test_rules_reads.py)."""
+    enclosing: list[tuple[int, int]] = []  # (total, branch) of each group around
+    total = branch = 0  # alternatives closed so far, and the one being read
     last = 0  # the size of the atom before a quantifier
+    at = 0
     while at < len(pattern):
         char = pattern[at]
         if char == ")":
-            return total + branch, at + 1
+            if not enclosing:
+                break
+            last = total + branch
+            total, branch = enclosing.pop()
+            branch += last
+            at += 1
+            continue
         if char == "|":
             total, branch, last = total + branch, 0, 0
             at += 1
@@ -1043,8 +1048,11 @@ def _sequence_size(pattern: str, at: int) -> tuple[int, int]:
                 at += 1
             continue
         if char == "(":
-            last, at = _sequence_size(pattern, at + 1)
-        elif char == "[":
+            enclosing.append((total, branch))
+            total = branch = last = 0
+            at += 1
+            continue
+        if char == "[":
             end = at + 1 + (pattern[at + 1 : at + 2] in ("^",))
             end += pattern[end : end + 1] == "]"  # a leading ] is a member
             while end < len(pattern) and pattern[end] != "]":
@@ -1057,7 +1065,11 @@ def _sequence_size(pattern: str, at: int) -> tuple[int, int]:
         else:
             last, at = 1, at + 1
         branch += last
-    return total + branch, at
+    while enclosing:  # groups left open: closed at the end
+        last = total + branch
+        total, branch = enclosing.pop()
+        branch += last
+    return max(total + branch, 1)
 
 
 def _from_inputs(bound: _Bound) -> bool:

@@ -298,3 +298,18 @@ def test_bytes_by_prefix_is_what_overlap_gives(parts: dict[Any, int], fixed: int
             sum(n for other, n in parts.items() if rules._overlap(path, other)) for path in parts
         )
     assert rules._bytes(bound, D) == expected
+
+
+def test_a_deeply_nested_pattern_is_sized_without_recursion() -> None:
+    """A pattern written in a rule may nest about a thousand groups within the
+    expression's 2,048 characters: it is sized like any other, never with a
+    RecursionError (which no caller turns into a refusal: it would escape as no
+    GatewayError from a peer's rule)."""
+    nested = "(" * 1010 + "a" + ")" * 1010
+    assert rules._pattern_size(nested) == 1
+    assert rules._pattern_size("(" * 2040) >= 1  # unclosed: RE2 refuses it at evaluation
+    assert rules._pattern_size("(" * 1010 + "a{1000}" + ")" * 1010 + "b") == 1002
+    source = f'data.s.matches("{nested}")'
+    assert len(source) <= rules.MAX_EXPRESSION_CHARS
+    cost = rules.cost_of(rules._ENV.compile(source))
+    assert cost.work >= rules.MAX_DATA_BYTES  # the text is read at least once
