@@ -33,7 +33,7 @@ def _start() -> None:
 
     # Beside this file, on the same PYTHONPATH; standard library only.
     from memstats import census as census_counts
-    from memstats import mallinfo2, pymalloc_stats
+    from memstats import jemalloc_stats, mallinfo2, pymalloc_stats
 
     out = os.environ["RSS_PROBE_OUT"]
     every = float(os.environ.get("RSS_PROBE_EVERY", "30"))
@@ -63,10 +63,19 @@ def _start() -> None:
             f"unused {found.get('unused_pools', 0) / mib:.1f} "
             f"blocks {sys.getallocatedblocks()}"
         )
+        jemalloc = jemalloc_stats()
         info = mallinfo2()
-        if info is not None:
-            _arena, _mmapped, in_use, free = info
-            text += f" | malloc in use {in_use / mib:.1f} free {free / mib:.1f}"
+        if jemalloc is not None:
+            # Under LD_PRELOAD glibc's own heap is idle: jemalloc's counters instead.
+            allocated, resident = jemalloc
+            text += f" | malloc in use {allocated / mib:.1f} resident {resident / mib:.1f}"
+        elif info is not None:
+            _arena, mmapped, in_use, free = info
+            text += (
+                f" | malloc in use {in_use / mib:.1f} free {free / mib:.1f}"
+                f" mmapped {mmapped / mib:.1f}"
+            )
+        text += f" | {os.environ.get('PYTHONMALLOC', 'pymalloc')}"
         if frames:
             text += f" | traced {tracemalloc.get_traced_memory()[0] / mib:.1f}"
         return text
