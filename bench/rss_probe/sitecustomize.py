@@ -9,7 +9,8 @@ In each process whose command line has ``serve``, a daemon thread appends to
 ``$RSS_PROBE_OUT/<pid>.log`` every ``RSS_PROBE_EVERY`` seconds (30): RSS, RssAnon,
 CPython's object allocator (arenas held, bytes in live blocks, bytes free in used
 pools and in unused pools: ``sys._debugmallocstats``), ``sys.getallocatedblocks()`` and
-glibc's heap (in use, free). At each of ``RSS_PROBE_CENSUS`` (seconds after start,
+glibc's heap (in use, free, mmapped; or jemalloc's allocated and resident under
+``LD_PRELOAD``), ``PYTHONMALLOC`` and the process's CPU seconds. At each of ``RSS_PROBE_CENSUS`` (seconds after start,
 comma-separated) it writes ``<pid>-<t>.census.json``: objects by type after a full
 collection, the tracked ones and the untracked ones they refer to. With
 ``RSS_PROBE_TRACE=N`` tracemalloc runs with N frames, each sample gives the traced
@@ -54,6 +55,11 @@ def _start() -> None:
                     fields[name] = int(value.split()[0]) / 1024
         return f"rss {fields['VmRSS']:.1f} anon {fields['RssAnon']:.1f}"
 
+    def cpu() -> str:
+        # The process's CPU seconds (all threads): per migration, what an allocator
+        # costs, independent of how busy the machine is.
+        return f" | cpu {time.process_time():.1f}"
+
     def pymalloc() -> str:
         found = pymalloc_stats()
         mib = 2**20
@@ -75,7 +81,7 @@ def _start() -> None:
                 f" | malloc in use {in_use / mib:.1f} free {free / mib:.1f}"
                 f" mmapped {mmapped / mib:.1f}"
             )
-        text += f" | {os.environ.get('PYTHONMALLOC', 'pymalloc')}"
+        text += f" | {os.environ.get('PYTHONMALLOC', 'pymalloc')}" + cpu()
         if frames:
             text += f" | traced {tracemalloc.get_traced_memory()[0] / mib:.1f}"
         return text

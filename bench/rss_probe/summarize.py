@@ -29,7 +29,8 @@ LINE = re.compile(
     r"unused ([\d.]+) blocks (\d+)"
 )
 #: glibc: "in use I free F mmapped M"; jemalloc: "in use A resident R".
-MALLOC = re.compile(r"\| malloc in use ([\d.]+) (?:free [\d.]+ mmapped ([\d.]+)|resident)")
+#: (Logs from before session 30 have no "mmapped": counted as 0.)
+MALLOC = re.compile(r"\| malloc in use ([\d.]+) (?:free [\d.]+(?: mmapped ([\d.]+))?|resident)")
 SERIES = ("rss", "anon", "arenas", "live", "slack", "C heap", "all live", "held free")
 
 
