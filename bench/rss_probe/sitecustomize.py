@@ -10,8 +10,8 @@ In each process whose command line has ``serve``, a daemon thread appends to
 CPython's object allocator (arenas held, bytes in live blocks, bytes free in used
 pools and in unused pools: ``sys._debugmallocstats``), ``sys.getallocatedblocks()`` and
 glibc's heap (in use, free, mmapped; or jemalloc's allocated and resident under
-``LD_PRELOAD``), ``PYTHONMALLOC`` and the process's CPU seconds. At each of ``RSS_PROBE_CENSUS`` (seconds after start,
-comma-separated) it writes ``<pid>-<t>.census.json``: objects by type after a full
+``LD_PRELOAD``), ``PYTHONMALLOC`` and the process's CPU seconds. At each of
+``RSS_PROBE_CENSUS`` (seconds after start, comma-separated) it writes ``<pid>-<t>.census.json``: objects by type after a full
 collection, the tracked ones and the untracked ones they refer to. With
 ``RSS_PROBE_TRACE=N`` tracemalloc runs with N frames, each sample gives the traced
 total, and at those moments a snapshot is dumped instead of a census
