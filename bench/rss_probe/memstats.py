@@ -86,6 +86,41 @@ def mallinfo2() -> tuple[int, int, int, int] | None:
     return info.arena, info.hblkhd, info.uordblks, info.fordblks
 
 
+@functools.cache
+def _mallctl_function() -> Callable[..., int] | None:
+    """jemalloc's ``mallctl`` when it is the process's allocator (``LD_PRELOAD``), else
+    None."""
+    import ctypes
+
+    try:
+        function = ctypes.CDLL(None).mallctl
+    except (OSError, AttributeError):
+        return None
+    function.restype = ctypes.c_int
+    return function  # type: ignore[no-any-return]
+
+
+def jemalloc_stats() -> tuple[int, int] | None:
+    """jemalloc's (bytes allocated to the program, bytes resident), or None when it is
+    not the allocator. The counters are refreshed by writing ``epoch`` first."""
+    import ctypes
+
+    function = _mallctl_function()
+    if function is None:
+        return None
+    epoch = ctypes.c_uint64(1)
+    size = ctypes.c_size_t(ctypes.sizeof(epoch))
+    function(b"epoch", ctypes.byref(epoch), ctypes.byref(size), ctypes.byref(epoch), size)
+    found = []
+    for name in (b"stats.allocated", b"stats.resident"):
+        value = ctypes.c_size_t(0)
+        size = ctypes.c_size_t(ctypes.sizeof(value))
+        if function(name, ctypes.byref(value), ctypes.byref(size), None, 0) != 0:
+            return None
+        found.append(value.value)
+    return found[0], found[1]
+
+
 def census() -> dict[str, int]:
     """Objects by type after a full collection: those the collector tracks, and the
     untracked ones they refer to directly (str, bytes, int, float, atomic tuples...),

@@ -9,8 +9,9 @@ In each process whose command line has ``serve``, a daemon thread appends to
 ``$RSS_PROBE_OUT/<pid>.log`` every ``RSS_PROBE_EVERY`` seconds (30): RSS, RssAnon,
 CPython's object allocator (arenas held, bytes in live blocks, bytes free in used
 pools and in unused pools: ``sys._debugmallocstats``), ``sys.getallocatedblocks()`` and
-glibc's heap (in use, free). At each of ``RSS_PROBE_CENSUS`` (seconds after start,
-comma-separated) it writes ``<pid>-<t>.census.json``: objects by type after a full
+glibc's heap (in use, free, mmapped; or jemalloc's allocated and resident under
+``LD_PRELOAD``), ``PYTHONMALLOC`` and the process's CPU seconds. At each of
+``RSS_PROBE_CENSUS`` (seconds after start, comma-separated) it writes ``<pid>-<t>.census.json``: objects by type after a full
 collection, the tracked ones and the untracked ones they refer to. With
 ``RSS_PROBE_TRACE=N`` tracemalloc runs with N frames, each sample gives the traced
 total, and at those moments a snapshot is dumped instead of a census
@@ -33,7 +34,7 @@ def _start() -> None:
 
     # Beside this file, on the same PYTHONPATH; standard library only.
     from memstats import census as census_counts
-    from memstats import mallinfo2, pymalloc_stats
+    from memstats import jemalloc_stats, mallinfo2, pymalloc_stats
 
     out = os.environ["RSS_PROBE_OUT"]
     every = float(os.environ.get("RSS_PROBE_EVERY", "30"))
@@ -54,6 +55,11 @@ def _start() -> None:
                     fields[name] = int(value.split()[0]) / 1024
         return f"rss {fields['VmRSS']:.1f} anon {fields['RssAnon']:.1f}"
 
+    def cpu() -> str:
+        # The process's CPU seconds (all threads): per migration, what an allocator
+        # costs, independent of how busy the machine is.
+        return f" | cpu {time.process_time():.1f}"
+
     def pymalloc() -> str:
         found = pymalloc_stats()
         mib = 2**20
@@ -63,10 +69,19 @@ def _start() -> None:
             f"unused {found.get('unused_pools', 0) / mib:.1f} "
             f"blocks {sys.getallocatedblocks()}"
         )
+        jemalloc = jemalloc_stats()
         info = mallinfo2()
-        if info is not None:
-            _arena, _mmapped, in_use, free = info
-            text += f" | malloc in use {in_use / mib:.1f} free {free / mib:.1f}"
+        if jemalloc is not None:
+            # Under LD_PRELOAD glibc's own heap is idle: jemalloc's counters instead.
+            allocated, resident = jemalloc
+            text += f" | malloc in use {allocated / mib:.1f} resident {resident / mib:.1f}"
+        elif info is not None:
+            _arena, mmapped, in_use, free = info
+            text += (
+                f" | malloc in use {in_use / mib:.1f} free {free / mib:.1f}"
+                f" mmapped {mmapped / mib:.1f}"
+            )
+        text += f" | {os.environ.get('PYTHONMALLOC', 'pymalloc')}" + cpu()
         if frames:
             text += f" | traced {tracemalloc.get_traced_memory()[0] / mib:.1f}"
         return text

@@ -9,6 +9,13 @@ slack (arenas minus live: fragmentation of the object allocator) and "C heap" (R
 minus the arenas: everything malloc holds resident, in use or free, plus thread
 stacks). A rise in live bytes is objects kept; a rise in slack or in the C heap with
 live bytes flat is fragmentation.
+
+Where the log has malloc's own figures (glibc's ``mallinfo2``, or jemalloc's
+``stats.allocated`` under ``LD_PRELOAD``), two more: "all live" (the object arenas' live
+bytes plus what malloc has handed out and not taken back, in its heaps and mmapped) and
+"held free" (RssAnon minus all live: what both allocators keep resident for nobody).
+They compare runs with and without ``PYTHONMALLOC=malloc``, where every object comes
+from malloc and the arenas are empty.
 """
 
 from __future__ import annotations
@@ -21,7 +28,10 @@ LINE = re.compile(
     r"\s*(\d+) rss ([\d.]+) anon ([\d.]+) \| arenas (\d+) live ([\d.]+) free ([\d.]+) "
     r"unused ([\d.]+) blocks (\d+)"
 )
-SERIES = ("rss", "anon", "arenas", "live", "slack", "C heap")
+#: glibc: "in use I free F mmapped M"; jemalloc: "in use A resident R".
+#: (Logs from before session 30 have no "mmapped": counted as 0.)
+MALLOC = re.compile(r"\| malloc in use ([\d.]+) (?:free [\d.]+(?: mmapped ([\d.]+))?|resident)")
+SERIES = ("rss", "anon", "arenas", "live", "slack", "C heap", "all live", "held free")
 
 
 def slope(xs: list[float], ys: list[float]) -> float:
@@ -38,7 +48,13 @@ def rows_of(path: str) -> list[tuple[float, ...]]:
             if match is None:
                 continue
             t, rss, anon, arenas, live = (float(v) for v in match.groups()[:5])
-            rows.append((t, rss, anon, arenas, live, arenas - live, anon - arenas))
+            row = (t, rss, anon, arenas, live, arenas - live, anon - arenas)
+            found = MALLOC.search(line)
+            if found is not None:
+                in_use, mmapped = found.groups()
+                everything = live + float(in_use) + float(mmapped or 0)
+                row += (everything, anon - everything)
+            rows.append(row)
     return rows
 
 
@@ -68,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             minutes = [row[0] / 60 for row in kept]
             parts = []
             for index, name in enumerate(SERIES, start=1):
+                if any(len(row) <= index for row in kept):
+                    continue
                 values = [row[index] for row in kept]
                 parts.append(
                     f"{name} {slope(minutes, values):+.2f} ({sum(values) / len(values):.0f})"
