@@ -102,6 +102,15 @@ MAX_WORK_BYTES = 16 * MAX_DATA_BYTES
 #: repository's rules need at most 2 (settlement.yaml's ``request.caller in
 #: data.approvals``).
 MAX_COMPARED_BYTES = 4 * MAX_DATA_BYTES
+#: What the rules one trigger wakes (every cycle rule, or every message rule) may do
+#: together in one evaluation: twice one expression's bounds. Each expression keeps its
+#: own, but a cycle evaluates all its rules' conditions and actions, and an object may
+#: carry MAX_RULES rules: at one expression's bounds each (about a second of CPU at the
+#: data limit, bench/rules_worst.py), 32 rules would cost about half a minute of one core
+#: per object per cycle, which the cycle's timeout cannot interrupt. With these, about two
+#: seconds at most. The repository's settlement rules use 4 of 32 data limits of work.
+MAX_RULESET_WORK_BYTES = 2 * MAX_WORK_BYTES
+MAX_RULESET_COMPARED_BYTES = 2 * MAX_COMPARED_BYTES
 MAX_DATA_DEPTH = 32
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -1317,7 +1326,39 @@ def compile_rules(rules: Sequence[Rule]) -> RuleSet:
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate is not None:
         raise RuleError(f"two rules are named {duplicate!r}", hint="rule names must be unique")
-    return RuleSet(tuple(compile_rule(rule) for rule in rules))
+    compiled = tuple(compile_rule(rule) for rule in rules)
+    _check_together(compiled)
+    return RuleSet(compiled)
+
+
+def _check_together(compiled: Sequence[CompiledRule]) -> None:
+    """The rules each trigger wakes, within :data:`MAX_RULESET_WORK_BYTES` and
+    :data:`MAX_RULESET_COMPARED_BYTES` together (rules of different triggers never run in
+    one evaluation)."""
+    totals: dict[str, tuple[int, int, int]] = {}  # trigger -> (rules, work, compared)
+    for rule in compiled:
+        count, work, compared = totals.get(rule.rule.on, (0, 0, 0))
+        for part in (rule.when, rule.effect):
+            if part is not None:
+                work += part.cost.work
+                compared += part.cost.compared
+        totals[rule.rule.on] = (count + 1, work, compared)
+    for trigger, (count, work, compared) in totals.items():
+        if work > MAX_RULESET_WORK_BYTES:
+            raise RuleCostError(
+                f"the {count} rules woken by {trigger} may together scan or concatenate "
+                f"{work:,} bytes in one evaluation; at most {MAX_RULESET_WORK_BYTES:,} "
+                f"({MAX_RULESET_WORK_BYTES // MAX_DATA_BYTES} times the data limit)",
+                hint="fewer rules that search, convert or concatenate the data, or move "
+                "that work into one rule whose result the others read from the data",
+            )
+        if compared > MAX_RULESET_COMPARED_BYTES:
+            raise RuleCostError(
+                f"the {count} rules woken by {trigger} may together compare {compared:,} "
+                f"bytes in one evaluation; at most {MAX_RULESET_COMPARED_BYTES:,} "
+                f"({MAX_RULESET_COMPARED_BYTES // MAX_DATA_BYTES} times the data limit)",
+                hint="compare large parts of the data with each other in fewer rules",
+            )
 
 
 #: Compiled rule sets kept (each a few KB): far more distinct rule sets than objects

@@ -313,3 +313,44 @@ def test_a_deeply_nested_pattern_is_sized_without_recursion() -> None:
     assert len(source) <= rules.MAX_EXPRESSION_CHARS
     cost = rules.cost_of(rules._ENV.compile(source))
     assert cost.work >= rules.MAX_DATA_BYTES  # the text is read at least once
+
+
+# --- what one evaluation of a rule set may cost, all its rules together ------------------
+
+#: 12 data limits of work (three 4 MiB searches, each weighted 4): within one
+#: expression's MAX_WORK_BYTES (16), as is each rule below.
+SEARCHES = " && ".join(f'!data.{f}.contains("ab")' for f in ("s", "t", "u"))
+
+
+def _searching(name: str, on: str = "cycle") -> Rule:
+    return Rule(name=name, when=SEARCHES, action=Publish(topic="a/b"), on=on)
+
+
+def test_the_rules_one_trigger_wakes_share_one_budget() -> None:
+    """Each expression has its bounds, but a cycle evaluates every cycle rule: 32 rules at
+    one expression's bound each would cost 32 times it (about 32 s of CPU at the data
+    limit, per object, per cycle). The rules one trigger wakes share
+    MAX_RULESET_WORK_BYTES and MAX_RULESET_COMPARED_BYTES."""
+    assert cost_of(rules._ENV.compile(SEARCHES)).work == 12 * D
+    two = rules.compile_rules([_searching("a"), _searching("b")])  # 24 limits: fine
+    assert len(two) == 2
+    with pytest.raises(RuleCostError) as refused:
+        rules.compile_rules([_searching("a"), _searching("b"), _searching("c")])
+    message = str(refused.value)
+    assert "the 3 rules woken by cycle may together scan" in message
+    assert f"{36 * D:,} bytes" in message and f"at most {rules.MAX_RULESET_WORK_BYTES:,}" in message
+    # Rules of different triggers never run in one evaluation: each trigger its budget.
+    mixed = rules.compile_rules(
+        [_searching("a"), _searching("b"), _searching("m", "message"), _searching("n", "message")]
+    )
+    assert len(mixed) == 4
+
+
+def test_the_rules_one_trigger_wakes_share_one_comparison_budget() -> None:
+    compare = " && ".join(["data.m == data.n"] * 4)  # 4 data limits compared: at the bound
+    assert cost_of(rules._ENV.compile(compare)).compared == rules.MAX_COMPARED_BYTES
+    many = [Rule(name=f"r{i}", when=compare, action=Publish(topic="a/b")) for i in range(3)]
+    with pytest.raises(RuleCostError) as refused:
+        rules.compile_rules(many)
+    assert "may together compare" in str(refused.value)
+    assert len(rules.compile_rules(many[:2])) == 2
