@@ -1019,6 +1019,10 @@ class ParsedTransfer:
         return str(self._message.destination_host)
 
     @property
+    def expires_at(self) -> datetime:
+        return _peer_dt(self._message.expires_at, "transfer expiry")
+
+    @property
     def streamed(self) -> bool:
         """Whether the object's data follows the transfer as a stream (PrepareStream)."""
         return bool(self._message.object.data_streamed)
@@ -1051,7 +1055,7 @@ class ParsedTransfer:
             source_host=message.source_host,
             destination_host=message.destination_host,
             issued_at=_peer_dt(message.issued_at, "transfer issue time"),
-            expires_at=_peer_dt(message.expires_at, "transfer expiry"),
+            expires_at=self.expires_at,
             nonce=message.nonce,
             object=obj,
             previous_transfer_digest=message.previous_transfer_digest,

@@ -177,5 +177,6 @@ class Recovery:
 
 
 def _expiry(record: SourceRecord) -> datetime:
-    """When the transfer a FROZEN record journaled stops being accepted anywhere."""
-    return wire.decode_transfer(wire.decode_envelope(record.transfer).payload).expires_at
+    """When the transfer a FROZEN record journaled stops being accepted anywhere (read
+    from the parsed transfer: its lineage is not decoded for this)."""
+    return wire.ParsedTransfer(wire.decode_envelope(record.transfer).payload).expires_at

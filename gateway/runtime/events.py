@@ -456,8 +456,10 @@ class Events:
         committed, and of two processes reading the same cursor only one commits."""
         queued = 0
         more = False
-        for key in await self.store.list(FAN_OUT, limit=FAN_OUT_BATCH):
-            item = await self.store.get(key)
+        listed = await self.store.list(FAN_OUT, limit=FAN_OUT_BATCH)
+        records = await self.store.get_many(listed) if listed else {}
+        for key in listed:
+            item = records.get(key)
             if item is None:
                 continue
             try:
