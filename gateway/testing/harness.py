@@ -68,6 +68,8 @@ T = TypeVar("T")
 SETTLE_TIMEOUT_S = 30.0
 #: How often they look at the stores.
 POLL_S = 0.1
+#: How many double collects the waiting helpers try for a view that held at one instant.
+CONSISTENT_ATTEMPTS = 20
 #: The longest any one call into the in-process hosts' event loop may take.
 CALL_TIMEOUT_S = 120.0
 
@@ -97,6 +99,16 @@ def _check_points(points: Sequence[str]) -> str:
             hint=f"choose from gateway._crash.CRASH_POINTS: {', '.join(CRASH_POINTS)}",
         )
     return ",".join(points)
+
+
+def _versions(found: Mapping[str, Snapshot]) -> dict[str, tuple[object, ...] | None]:
+    """Each host's record version: what changes at every write of an object record."""
+    return {
+        host: None
+        if s.object is None
+        else (s.object.state, s.object.epoch, s.object.generation, s.object.migration_id)
+        for host, s in found.items()
+    }
 
 
 class RunningWorld:
@@ -162,6 +174,16 @@ class RunningWorld:
         deadline = time.monotonic() + timeout
         while True:
             found = self.snapshots(object_id, tenant=tenant)
+            if sum(s.live for s in found.values()) > 1:
+                # Hosts are read one after another, so a migration that commits between
+                # two reads can look like two live copies (the source read FROZEN just
+                # before, the destination ACTIVE just after). Only a view that held at
+                # one instant is evidence.
+                consistent = self._consistent_snapshots(object_id, tenant=tenant)
+                if consistent is None:
+                    time.sleep(POLL_S)
+                    continue
+                found = consistent
             assert_at_most_one_live(found)
             if settled(found):
                 return assert_one_live_copy(found)
@@ -171,6 +193,22 @@ class RunningWorld:
                     f"{object_id} did not settle within {timeout} s (still open on {open_on})"
                 )
             time.sleep(POLL_S)
+
+    def _consistent_snapshots(
+        self, object_id: str, *, tenant: str, attempts: int = CONSISTENT_ATTEMPTS
+    ) -> dict[str, Snapshot] | None:
+        """Every host's record as it was at one instant, by double collect: two reads of
+        all hosts in a row that found every record at the same version mean each held
+        that version from its first read to its second, so all of them at once between
+        the two passes (versions never repeat: each cycle raises the generation, each
+        freeze the epoch). ``None`` when the records kept moving for ``attempts`` passes."""
+        before = self.snapshots(object_id, tenant=tenant)
+        for _ in range(attempts):
+            after = self.snapshots(object_id, tenant=tenant)
+            if _versions(after) == _versions(before):
+                return after
+            before = after
+        return None
 
     def handoff(
         self,
