@@ -8,7 +8,7 @@ and both go through :meth:`Events.ingest`. Store layout (host-local, never trans
 
     bus/<topic digest>/<message digest>              the message, kept BUS_RETENTION
     subs/<topic digest>/<tenant>/<object digest>     who here subscribes (value: object id)
-    inbox/<tenant>/<object digest>/<ms>-<msg digest> a wake to deliver (value: the message)
+    inbox/<tenant>/<object digest>/<ms>-<msg digest> a wake to deliver (value: its bus key)
     seen/<tenant>/<object digest>/<message digest>   a message this object evaluated
     fanout/<topic digest>/<message digest>           a message with more subscribers here
                                                      than one page: the message and the
@@ -332,19 +332,38 @@ def _decode_fan_out(raw: bytes, key: str) -> tuple[Message, str]:
 
 
 def _wrap(tenant: str, object_id: str, message: Message) -> bytes:
+    """A wake: whom it wakes, and where the bus keeps its message. Not a copy of the
+    message: a page of 1,000 wakes of a 64 KiB message carrying copies was a 64 MB
+    transaction (more than a Dapr sidecar accepts in one), and an arrival's replay the
+    same. The bus entry is written with the first page, and kept BUS_RETENTION."""
     return json.dumps(
-        {"tenant": tenant, "object_id": object_id, "message": message.encode().decode()},
+        {"tenant": tenant, "object_id": object_id, "bus": _bus_key(message)},
         separators=(",", ":"),
     ).encode()
 
 
-def _unwrap(raw: bytes, key: str) -> tuple[str, str, Message]:
+def _unwrap(raw: bytes, key: str) -> tuple[str, str, Message | str]:
+    """A wake's tenant, object id, and its message's bus key (or, in a wake written by
+    an earlier version, the message itself)."""
     document = load_json(raw, error=StoreError, what=f"inbox entry {key}")
     try:
-        message = Message.decode(document["message"].encode(), what=f"inbox entry {key}")
-        return document["tenant"], document["object_id"], message
+        tenant, object_id = document["tenant"], document["object_id"]
+        if not isinstance(tenant, str) or not isinstance(object_id, str):
+            raise TypeError("its tenant and object id are not text")
+        if "bus" not in document:
+            message = Message.decode(document["message"].encode(), what=f"inbox entry {key}")
+            return tenant, object_id, message
+        bus = document["bus"]
     except (KeyError, TypeError, AttributeError) as exc:
         raise StoreError(f"inbox entry {key} is damaged: {exc!r:.200}") from exc
+    # The wake's key ends with its message's digest, and so does the message's bus key.
+    if (
+        not isinstance(bus, str)
+        or not bus.startswith(BUS)
+        or not key.endswith("-" + bus.rpartition("/")[2])
+    ):
+        raise StoreError(f"inbox entry {key} is damaged: its bus key is not its message's")
+    return tenant, object_id, bus
 
 
 class WakeResult:
@@ -628,6 +647,7 @@ class Events:
         # forget it, or a key settled elsewhere (another replica) would stay for good.
         self._held_until = {k: t for k, t in self._held_until.items() if t > loop.time()}
         settled = 0
+        on_bus: dict[str, Message | None] = {}  # this pass's reads of the bus, by key
         for key in sorted(keys):
             if self._held_until.get(key, 0.0) > loop.time():
                 continue
@@ -635,10 +655,24 @@ class Events:
             if item is None:
                 continue
             try:
-                tenant, object_id, message = _unwrap(item.value, key)
+                tenant, object_id, found = _unwrap(item.value, key)
+                message = (
+                    found if isinstance(found, Message) else await self._read_bus(found, on_bus)
+                )
             except StoreError as exc:
                 log.warning("dropping %s", exc)
                 await self.store.delete(key, etag=Expect.ANY)
+                continue
+            if message is None:
+                log.warning(
+                    "dropping the wake %s: its message left the bus before it could be "
+                    "delivered (the bus keeps messages %s, the longest blackout whose "
+                    "messages are delivered after it)",
+                    key,
+                    BUS_RETENTION,
+                )
+                with contextlib.suppress(ConcurrencyError):
+                    await self.store.delete(key, etag=item.etag)
                 continue
             result = await self.wake(tenant, object_id, message, inbox=(key, item.etag))
             if result == WakeResult.HELD:
@@ -647,6 +681,16 @@ class Events:
                 self._held_until.pop(key, None)
                 settled += 1
         return settled
+
+    async def _read_bus(self, key: str, read: dict[str, Message | None]) -> Message | None:
+        """The message the bus keeps at ``key`` (None once pruned), read once a pass: a
+        page of wakes mostly shares a few messages."""
+        if key not in read:
+            item = await self.store.get(key)
+            read[key] = (
+                None if item is None else Message.decode(item.value, what=f"bus entry {key}")
+            )
+        return read[key]
 
     async def wake(
         self, tenant: str, object_id: str, message: Message, *, inbox: tuple[str, str]
