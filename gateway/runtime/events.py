@@ -7,6 +7,9 @@ default, or from Dapr pub/sub through the app callback (gateway/runtime/appcallb
 and both go through :meth:`Events.ingest`. Store layout (host-local, never transferred)::
 
     bus/<topic digest>/<message digest>              the message, kept BUS_RETENTION
+    busat/<topic digest>/<ms>-<message digest>       the same message by time (value: its
+                                                     bus key), written with it: an
+                                                     arrival's replay lists from its freeze
     subs/<topic digest>/<tenant>/<object digest>     who here subscribes (value: object id)
     inbox/<tenant>/<object digest>/<ms>-<msg digest> a wake to deliver (value: its bus key)
     seen/<tenant>/<object digest>/<message digest>   a message this object evaluated
@@ -87,6 +90,7 @@ from gateway.rules import check_data
 from gateway.runtime.cycle import CycleRunner, Wake
 from gateway.runtime.outbox import outbox_puts
 from gateway.stores import (
+    DELETE_CHUNK,
     Delete,
     Expect,
     Operation,
@@ -105,6 +109,7 @@ SUBS = "subs/"
 INBOX = "inbox/"
 SEEN = "seen/"
 FAN_OUT = "fanout/"
+BUS_AT = "busat/"
 
 #: How long the bus keeps a message for objects that arrive later (the longest
 #: migration blackout whose messages are still delivered after it).
@@ -297,15 +302,46 @@ def _inbox_prefix(tenant: str, object_id: str) -> str:
 
 def _inbox_key(tenant: str, object_id: str, message: Message) -> str:
     millis = int(message.received.timestamp() * 1000)
-    return f"{_inbox_prefix(tenant, object_id)}{millis:013d}-{message.digest}"
+    return _inbox_key_at(tenant, object_id, millis, message.digest)
+
+
+def _inbox_key_at(tenant: str, object_id: str, millis: int, digest: str) -> str:
+    return f"{_inbox_prefix(tenant, object_id)}{millis:013d}-{digest}"
 
 
 def _seen_key(tenant: str, object_id: str, message: Message) -> str:
-    return f"{SEEN}{tenant}/{_object_digest(object_id)}/{message.digest}"
+    return _seen_key_of(tenant, object_id, message.digest)
+
+
+def _seen_key_of(tenant: str, object_id: str, digest: str) -> str:
+    return f"{SEEN}{tenant}/{_object_digest(object_id)}/{digest}"
 
 
 def _bus_key(message: Message) -> str:
     return f"{BUS}{_digest(message.topic)}/{message.digest}"
+
+
+def _bus_at_key(message: Message) -> str:
+    millis = int(message.received.timestamp() * 1000)
+    return f"{BUS_AT}{_digest(message.topic)}/{millis:013d}-{message.digest}"
+
+
+def _bus_puts(message: Message) -> list[Operation]:
+    """The message on the bus (once: a redelivery fails the transaction) and in the
+    bus's time index."""
+    bus = _bus_key(message)
+    return [
+        Put(key=bus, value=message.encode(), etag=Expect.ABSENT),
+        Put(key=_bus_at_key(message), value=bus.encode(), etag=Expect.ANY),
+    ]
+
+
+def _timed(key: str) -> tuple[int, str] | None:
+    """The milliseconds and message digest a ``busat/`` key names (None if damaged)."""
+    millis, _, digest = key.rpartition("/")[2].partition("-")
+    if len(millis) != 13 or not millis.isdigit() or len(digest) != 32:
+        return None
+    return int(millis), digest
 
 
 def _fan_out_key(message: Message) -> str:
@@ -336,9 +372,12 @@ def _wrap(tenant: str, object_id: str, message: Message) -> bytes:
     message: a page of 1,000 wakes of a 64 KiB message carrying copies was a 64 MB
     transaction (more than a Dapr sidecar accepts in one), and an arrival's replay the
     same. The bus entry is written with the first page, and kept BUS_RETENTION."""
+    return _wake_value(tenant, object_id, _bus_key(message))
+
+
+def _wake_value(tenant: str, object_id: str, bus_key: str) -> bytes:
     return json.dumps(
-        {"tenant": tenant, "object_id": object_id, "bus": _bus_key(message)},
-        separators=(",", ":"),
+        {"tenant": tenant, "object_id": object_id, "bus": bus_key}, separators=(",", ":")
     ).encode()
 
 
@@ -385,7 +424,7 @@ class Events:
         self._wakeup = asyncio.Event()
         # Each pass looks at a bounded page; the walks make successive passes reach every
         # record, not only the first ones of each prefix (see PrefixWalk).
-        self._pruning = {prefix: PrefixWalk(prefix) for prefix in (BUS, SEEN)}
+        self._pruning = {prefix: PrefixWalk(prefix) for prefix in (BUS, SEEN, BUS_AT)}
         self._delivering = PrefixWalk(INBOX)
 
     @property
@@ -422,9 +461,7 @@ class Events:
         events loop queues the rest, see :meth:`fan_out_once`). False if the bus holds
         it already (a redelivery)."""
         keys = await self.store.list(_subs_prefix(message.topic), limit=SUBSCRIBERS_PER_PAGE)
-        operations: list[Operation] = [
-            Put(key=_bus_key(message), value=message.encode(), etag=Expect.ABSENT)
-        ]
+        operations = _bus_puts(message)
         operations.extend(await self._wakes(message, keys))
         if len(keys) >= SUBSCRIBERS_PER_PAGE:
             operations.append(
@@ -557,35 +594,38 @@ class Events:
     async def _replay(self, obj: GovernedObject, topics: list[str]) -> list[Operation]:
         """Wakes for the messages an arrived object missed during its blackout.
 
-        The bus keys are hash-ordered, not time-ordered: the blackout's messages can be
-        anywhere among the hour of the topic the bus keeps, so every page of it is read
-        (each of PRUNE_BATCH messages), not only the first, up to MAX_REPLAY_PAGES pages
-        and MAX_REPLAYED_PER_TOPIC wakes per topic; a warning names what was left out."""
+        The bus's time index (``busat/``) is listed from the freeze (less the clock
+        skew), so a replay reads the blackout's keys only, and no message: the keys name
+        each message's time and digest, which is all a wake needs. (It used to read every
+        message the bus kept on the topic, up to 10,000 of up to 64 KiB, on every
+        arrival, to find the blackout's by their time.) At most MAX_REPLAY_PAGES pages of
+        PRUNE_BATCH keys and MAX_REPLAYED_PER_TOPIC wakes per topic; a warning names what
+        was left out."""
         since = _last_departure(obj)
         if since is None or not topics:
             return []
         since -= self.ctx.timing.clock_skew
+        # Older than the bus keeps: pruned, or about to be (its wake would find nothing).
+        since = max(since, self.clock.now() - BUS_RETENTION)
         already = _woken_digests(obj)
+        tenant, object_id = obj.tenant, obj.object_id
         operations: list[Operation] = []
         for topic in topics:
-            prefix = f"{BUS}{_digest(topic)}/"
+            prefix = f"{BUS_AT}{_digest(topic)}/"
             queued = left_out = 0
-            after: str | None = None
+            after = f"{prefix}{max(int(since.timestamp() * 1000), 0):013d}"
+            keys: list[str] = []
             for _page in range(MAX_REPLAY_PAGES):
                 keys = await self.store.list(prefix, limit=PRUNE_BATCH, start_after=after)
-                items = await self.store.get_many(keys)
-                missed: list[tuple[Message, str]] = []  # with its seen key
-                for key, item in items.items():
-                    try:
-                        message = Message.decode(item.value, what=f"bus entry {key}")
-                    except StoreError as exc:
-                        log.warning("%s", exc)
-                        continue
-                    if message.received >= since and message.digest not in already:
-                        missed.append((message, _seen_key(obj.tenant, obj.object_id, message)))
+                missed = [
+                    timed
+                    for timed in map(_timed, keys)
+                    if timed is not None and timed[1] not in already
+                ]
                 # Which of them this object evaluated already: one read for the page.
-                seen = await self.store.get_many([key for _, key in missed]) if missed else {}
-                for message, seen_key in missed:
+                seen_keys = [_seen_key_of(tenant, object_id, digest) for _, digest in missed]
+                seen = await self.store.get_many(seen_keys) if missed else {}
+                for (millis, digest), seen_key in zip(missed, seen_keys, strict=True):
                     if queued >= MAX_REPLAYED_PER_TOPIC:
                         left_out += 1
                         continue
@@ -593,8 +633,8 @@ class Events:
                         continue
                     operations.append(
                         Put(
-                            key=_inbox_key(obj.tenant, obj.object_id, message),
-                            value=_wrap(obj.tenant, obj.object_id, message),
+                            key=_inbox_key_at(tenant, object_id, millis, digest),
+                            value=_wake_value(tenant, object_id, f"{BUS}{_digest(topic)}/{digest}"),
                             etag=Expect.ANY,
                         )
                     )
@@ -606,11 +646,12 @@ class Events:
                     break  # the wakes are full; the pages left would only be counted
             else:
                 log.warning(
-                    "%s arrived: the bus holds at least %d messages on %s; any after "
-                    "them were not looked at (at most %d pages a replay)",
+                    "%s arrived: the bus holds at least %d messages on %s since %s; any "
+                    "after them were not looked at (at most %d pages a replay)",
                     obj.object_id,
                     MAX_REPLAY_PAGES * PRUNE_BATCH,
                     topic,
+                    format_time(since),
                     MAX_REPLAY_PAGES,
                 )
             if left_out:
@@ -806,7 +847,43 @@ class Events:
                 if at is None or now - at >= retention:
                     expired.append(item)
             pruned += await delete_unchanged(self.store, expired)
+        # The bus's time index: each key names its time, so no value is read.
+        keys = await self._pruning[BUS_AT].next_page(self.store, limit=PRUNE_BATCH)
+        cutoff = int((now - BUS_RETENTION).timestamp() * 1000)
+        gone = [key for key in keys if (timed := _timed(key)) is None or timed[0] <= cutoff]
+        for start in range(0, len(gone), DELETE_CHUNK):
+            chunk = gone[start : start + DELETE_CHUNK]
+            await self.store.transact([Delete(key=key, etag=Expect.ANY) for key in chunk])
+            pruned += len(chunk)
         return pruned
+
+    async def index_bus(self) -> int:
+        """Give the bus's messages that have no time index entry one (messages an
+        earlier version put on the bus, which indexed none): an arrival's replay reads
+        the index only. Runs at start when the bus holds messages and the index none,
+        and reads the bus once (an hour of messages at most); returns how many."""
+        if not await self.store.list(BUS, limit=1) or await self.store.list(BUS_AT, limit=1):
+            return 0
+        indexed = 0
+        after: str | None = None
+        while True:
+            keys = await self.store.list(BUS, limit=PRUNE_BATCH, start_after=after)
+            items = await self.store.get_many(keys)
+            operations: list[Operation] = []
+            for key, item in items.items():
+                try:
+                    message = Message.decode(item.value, what=f"bus entry {key}")
+                except StoreError:
+                    continue  # damaged: the prune drops it
+                operations.append(
+                    Put(key=_bus_at_key(message), value=key.encode(), etag=Expect.ANY)
+                )
+            for start in range(0, len(operations), DELETE_CHUNK):
+                await self.store.transact(operations[start : start + DELETE_CHUNK])
+            indexed += len(operations)
+            if len(keys) < PRUNE_BATCH:
+                return indexed
+            after = keys[-1]
 
     # --- running -----------------------------------------------------------------------
 
@@ -819,6 +896,7 @@ class Events:
         listing and the index), and prune once a minute, or once a second while passes
         find a backlog of expired records."""
         loop = asyncio.get_running_loop()
+        await self._guarded(self.index_bus())
         await self._guarded(self.reconcile(tenants))
         next_prune = 0.0
         while not stop.is_set():
