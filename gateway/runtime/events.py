@@ -689,10 +689,12 @@ class Events:
         self._held_until = {k: t for k, t in self._held_until.items() if t > loop.time()}
         settled = 0
         on_bus: dict[str, Message | None] = {}  # this pass's reads of the bus, by key
-        for key in sorted(keys):
-            if self._held_until.get(key, 0.0) > loop.time():
-                continue
-            item = await self.store.get(key)
+        # One read for the page (a round trip each, through a Dapr sidecar). A wake read
+        # here and delivered meanwhile by another process fails its conditional commit.
+        due = [key for key in sorted(keys) if self._held_until.get(key, 0.0) <= loop.time()]
+        items = await self.store.get_many(due) if due else {}
+        for key in due:
+            item = items.get(key)
             if item is None:
                 continue
             try:
