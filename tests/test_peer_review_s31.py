@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,12 @@ import pytest
 from dapr.proto.runtime.v1 import appcallback_pb2
 from google.protobuf import struct_pb2
 
-from tests.test_events import TOPIC
+from gateway import envelope as dsse
+from gateway.archive import CustodySegment, archived_custody
+from gateway.errors import LineageError
+from gateway.lineage import Checkpoint, Lineage
+from tests.conftest import HOST_A
+from tests.test_events import OBJECT, TOPIC
 from tests.test_events_bounds import _open
 from tests.test_runtime_review_s28 import FakeContext, _bus, _servicer
 
@@ -95,3 +102,59 @@ def test_a_message_on_an_unsubscribed_topic_is_logged_without_its_whole_name(
             await host.close()
 
     asyncio.run(main())
+
+
+def _departing(hops: int) -> Lineage:
+    """A lineage whose oldest carried departure says ``hops - 1`` handoffs were archived
+    before it (what a presenter signs itself; archived_custody reads it unverified)."""
+    checkpoint = Checkpoint(
+        object_id=OBJECT,
+        host="spiffe://org-b.example/cluster/east/gateway",
+        epoch=1,
+        size=1,
+        root=b"\0" * 32,
+        issued_at=datetime(2026, 12, 6, tzinfo=UTC),
+        to=HOST_A,
+        migration="mig-1",
+        credentials_digest=b"\2" * 32,
+        custody=b"\1" * 32,
+        hops=hops,
+    )
+    envelope = dsse.Envelope(
+        payload=checkpoint.encode(),
+        payload_type=dsse.PayloadType.CHECKPOINT,
+        signatures=(dsse.Signature(keyid="k", sig=b"x"),),
+    )
+    return Lineage(checkpoints=(envelope,))
+
+
+def _handoffs(first: int, count: int) -> CustodySegment:
+    return CustodySegment(
+        object_id=OBJECT, first=first, departures=(b"{}",) * count, arrivals=(b"{}",) * count
+    )
+
+
+def test_overlapping_archived_handoffs_cost_linear_time_and_no_recursion() -> None:
+    """Custody segments (archived handoffs) come from other hosts' archive directories and
+    are unsigned; the count they must add up to is the presenter's own departure's. On
+    main archived_custody searched their runs recursively with no memory of dead ends:
+    one segment of one handoff and one of two at each of 34 positions, with the count
+    out of reach, took ~20 s (x1.6 per position: 50 would take days), and a
+    run of 3000 one-handoff segments raised RecursionError out of `gateway verify`. Now
+    each position is explored once, without recursion: a clear LineageError, at once."""
+    positions = 34
+    overlapping = [_handoffs(p, 1) for p in range(positions)]
+    overlapping += [_handoffs(p, 2) for p in range(positions)]
+    started = time.perf_counter()
+    with pytest.raises(LineageError, match="holds handoffs 0 to 34 contiguously"):
+        archived_custody(overlapping, _departing(positions + 10), object_id=OBJECT)
+    assert time.perf_counter() - started < 2.0
+
+    long_run = [_handoffs(p, 1) for p in range(3000)]
+    with pytest.raises(LineageError, match="holds handoffs 0 to 2999 contiguously"):
+        archived_custody(long_run, _departing(3002), object_id=OBJECT)
+
+    # A run that reaches the count is still found (and then checked against the
+    # commitment, which these made-up handoffs do not match).
+    with pytest.raises(LineageError, match="do not digest to the custody"):
+        archived_custody(long_run, _departing(3001), object_id=OBJECT)
