@@ -17,8 +17,10 @@ from google.protobuf import struct_pb2
 
 from gateway import envelope as dsse
 from gateway.archive import CustodySegment, archived_custody
-from gateway.errors import LineageError
+from gateway.errors import ConfigError, LineageError
 from gateway.lineage import Checkpoint, Lineage
+from gateway.runtime.cycle import CycleReport, CycleResult
+from gateway.runtime.dapr import DaprJobs
 from tests.conftest import HOST_A
 from tests.test_events import OBJECT, TOPIC
 from tests.test_events_bounds import _open
@@ -158,3 +160,43 @@ def test_overlapping_archived_handoffs_cost_linear_time_and_no_recursion() -> No
     # commitment, which these made-up handoffs do not match).
     with pytest.raises(LineageError, match="do not digest to the custody"):
         archived_custody(long_run, _departing(3001), object_id=OBJECT)
+
+
+class _Runner:
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, str]] = []
+
+    async def run(self, tenant: str, object_id: str) -> CycleReport:
+        self.runs.append((tenant, object_id))
+        return CycleReport(result=CycleResult.NOT_DUE)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"not json", "not JSON at all: JSONDecodeError on main"),
+        (b"[" * 100_000, "nested past any limit: RecursionError on main"),
+        (b'{"tenant": "default"}', "no object id: KeyError on main"),
+        (b'{"tenant": 7, "object_id": []}', "wrong types reached the cycle runner on main"),
+        (b'{"tenant": "default", "object_id": "x", "object_id": "y"}', "a repeated member"),
+        (b'{"tenant": "' + b"t" * 100 + b'", "object_id": "x"}', "a tenant past its limit"),
+        (b'{"tenant": "default", "object_id": "' + b"o" * 5000 + b'"}', "an id past its limit"),
+        (b'{"tenant": "default", "object_id": 1' + b"0" * 5000 + b"}", "a 5000-digit integer"),
+    ],
+)
+def test_a_job_trigger_whose_data_is_not_the_gateways_is_refused_clearly(
+    data: bytes, reason: str
+) -> None:
+    """A Dapr job trigger's data is read back from Dapr's scheduler, where anything that
+    reaches this app's sidecar can schedule a job for the app. On main it went through
+    json.loads and dict indexing, so each case here raised a non-GatewayError (logged
+    with a traceback per trigger, retried by the scheduler) or handed a non-string to the
+    cycle runner. Now it is a ConfigError naming what is wrong, before any cycle runs."""
+    runner = _Runner()
+    jobs = DaprJobs(None, runner, app_port=0)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="job's"):
+        asyncio.run(jobs.trigger(data))
+    assert runner.runs == [], reason
+
+    asyncio.run(jobs.trigger(b'{"tenant":"default","object_id":"obj://org-a.example/x"}'))
+    assert runner.runs == [("default", "obj://org-a.example/x")]
