@@ -14,13 +14,18 @@ from typing import Any
 import pytest
 from dapr.proto.runtime.v1 import appcallback_pb2
 from google.protobuf import struct_pb2
+from google.protobuf.message import DecodeError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from gateway import _wire_counts, wire
 from gateway import envelope as dsse
 from gateway.archive import CustodySegment, archived_custody
-from gateway.errors import ConfigError, LineageError
+from gateway.errors import ConfigError, GatewayError, LimitExceededError, LineageError
 from gateway.lineage import Checkpoint, Lineage
 from gateway.runtime.cycle import CycleReport, CycleResult
 from gateway.runtime.dapr import DaprJobs
+from gateway.v1 import object_pb2
 from tests.conftest import HOST_A
 from tests.test_events import OBJECT, TOPIC
 from tests.test_events_bounds import _open
@@ -200,3 +205,168 @@ def test_a_job_trigger_whose_data_is_not_the_gateways_is_refused_clearly(
 
     asyncio.run(jobs.trigger(b'{"tenant":"default","object_id":"obj://org-a.example/x"}'))
     assert runner.runs == [("default", "obj://org-a.example/x")]
+
+
+def _field(number: int, body: bytes) -> bytes:
+    """A length-delimited protobuf field (number < 16, so a one-byte key)."""
+    size, length = len(body), bytearray()
+    while size >= 0x80:
+        length.append((size & 0x7F) | 0x80)
+        size >>= 7
+    length.append(size)
+    return bytes([(number << 3) | 2]) + bytes(length) + body
+
+
+def _flooded(where: str) -> bytes:
+    """A 16 MiB transfer payload of eight million empty elements of one repeated field."""
+    count = 8 << 20
+    if where == "credentials":
+        return _field(10, b"") * count
+    if where == "entries":
+        return _field(11, _field(1, b"") * count)
+    number = {"rules": 6, "subscriptions": 10, "answers": 11}[where]
+    return _field(9, _field(number, b"") * count)
+
+
+@pytest.mark.parametrize(
+    ("where", "refusal"),
+    [
+        ("rules", "more than 32 rules"),
+        ("answers", "more than 32 answers"),
+        ("subscriptions", "more than 16 subscriptions"),
+        ("credentials", "more than 16 credentials"),
+        ("entries", "entries of 0 bytes; each takes at least 128"),
+    ],
+)
+def test_a_transfer_flooding_a_repeated_field_is_refused_before_protobuf_builds_it(
+    where: str, refusal: str
+) -> None:
+    """A peer signs its own transfer, so a payload of 16 MiB (the envelope limit) can
+    hold eight million empty rules. On main protobuf parsed every one of them before the
+    count was checked: 1 s and ~740 MiB of memory per transfer for rules or answers,
+    ~290 MiB for strings or lineage entries, a few concurrent Prepares away from the
+    host running out of memory. The bytes are now counted first: refused at the first
+    element over the bound, in well under a millisecond."""
+    payload = _flooded(where)
+    started = time.perf_counter()
+    with pytest.raises(LimitExceededError, match=refusal):
+        wire.ParsedTransfer(payload)
+    assert time.perf_counter() - started < 0.2
+
+
+_HONEST_TRANSFER = object_pb2.Transfer(
+    migration_id="mig-0",
+    object_id=OBJECT,
+    epoch=1,
+    source_host=HOST_A,
+    destination_host=HOST_A,
+    nonce=b"n" * 16,
+)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(
+    rules=st.integers(0, 32),
+    subscriptions=st.integers(0, 16),
+    answers=st.integers(0, 32),
+    credentials=st.integers(0, 16),
+    entries=st.lists(st.integers(128, 400), max_size=40),
+    handoffs=st.integers(0, 3),
+    data=st.binary(max_size=300),
+    cut=st.integers(0, 1 << 16),
+    flip=st.integers(0, 255),
+)
+def test_counting_fields_never_refuses_what_protobuf_and_the_bounds_accept(
+    rules: int,
+    subscriptions: int,
+    answers: int,
+    credentials: int,
+    entries: list[int],
+    handoffs: int,
+    data: bytes,
+    cut: int,
+    flip: int,
+) -> None:
+    """The count is a shortcut, never a second opinion: on transfers within every bound
+    it refuses nothing, and on any one-byte change of them it raises only GatewayErrors,
+    refusing only bytes that protobuf's parse, the one-byte-form check or a count bound
+    refuses too. (Walked at every size here; transfers below 256 KiB are not walked.)"""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_wire_counts, "WALK_ABOVE_BYTES", 0)
+        _check_one_change(
+            rules, subscriptions, answers, credentials, entries, handoffs, data, cut, flip
+        )
+
+
+def _check_one_change(
+    rules: int,
+    subscriptions: int,
+    answers: int,
+    credentials: int,
+    entries: list[int],
+    handoffs: int,
+    data: bytes,
+    cut: int,
+    flip: int,
+) -> None:
+    message = object_pb2.Transfer()
+    message.CopyFrom(_HONEST_TRANSFER)
+    message.issued_at.seconds, message.expires_at.seconds = 1_800_000_000, 1_800_000_060
+    snapshot = message.object
+    snapshot.object_id, snapshot.tenant, snapshot.data = OBJECT, "default", data
+    snapshot.cycle.generation = 3
+    for index in range(rules):
+        snapshot.rules.add(name=f"r{index}", when="true", trigger="cycle")
+    snapshot.subscriptions.extend(f"t/{i}" for i in range(subscriptions))
+    for index in range(answers):
+        snapshot.answers.add(method=f"m{index}", reply="1")
+    message.credentials.extend("g" * 40 for _ in range(credentials))
+    message.lineage.entries.extend(b"e" * size for size in entries)
+    message.lineage.checkpoints.extend(b"c" * 90 for _ in range(handoffs))
+    honest = message.SerializeToString(deterministic=True)
+    _wire_counts.check_counts(honest, wire._TRANSFER_SHAPE, "transfer")
+
+    changed = bytearray(honest)
+    changed[cut % len(changed)] = flip
+    try:
+        _wire_counts.check_counts(bytes(changed), wire._TRANSFER_SHAPE, "transfer")
+    except GatewayError:
+        parsed = object_pb2.Transfer()
+        try:
+            parsed.ParseFromString(bytes(changed))
+        except DecodeError:
+            return
+        parsed.DiscardUnknownFields()
+        if parsed.SerializeToString(deterministic=True) != bytes(changed):
+            return
+        got = parsed.object
+        assert (
+            len(got.rules) > 32
+            or len(got.subscriptions) > 16
+            or len(got.answers) > 32
+            or len(parsed.credentials) > 16
+            or any(len(entry) < 128 for entry in parsed.lineage.entries)
+            or len(parsed.lineage.checkpoints) > 1024
+        ), "refused bytes that protobuf and every bound accept"
+
+
+def test_a_large_honest_transfer_is_walked_and_passes() -> None:
+    """Above 256 KiB the bytes are walked for real (the property above walks every
+    size): a transfer with 1 MiB of inline data, 16 grants, 32 rules and answers and
+    3000 lineage entries is within every bound and passes."""
+    message = object_pb2.Transfer()
+    message.CopyFrom(_HONEST_TRANSFER)
+    snapshot = message.object
+    snapshot.object_id, snapshot.data = OBJECT, b"d" * (1 << 20)
+    for index in range(32):
+        snapshot.rules.add(name=f"r{index}", when="true", trigger="cycle")
+        snapshot.answers.add(method=f"m{index}", reply="1")
+    snapshot.subscriptions.extend(f"t/{i}" for i in range(16))
+    message.credentials.extend("g" * 600 for _ in range(16))
+    message.lineage.entries.extend(b"e" * 250 for _ in range(3000))
+    payload = message.SerializeToString(deterministic=True)
+    assert len(payload) > _wire_counts.WALK_ABOVE_BYTES
+    _wire_counts.check_counts(payload, wire._TRANSFER_SHAPE, "transfer")
+    message.credentials.append("g")
+    with pytest.raises(LimitExceededError, match="more than 16 credentials"):
+        _wire_counts.check_counts(message.SerializeToString(), wire._TRANSFER_SHAPE, "transfer")
