@@ -182,9 +182,16 @@ def decode_envelope(raw: bytes, *, max_size: int = MAX_ENVELOPE_BYTES) -> dsse.E
     if len(raw) > max_size:
         raise EnvelopeTooLargeError(f"envelope is {len(raw)} bytes; at most {max_size} accepted")
     try:
+        # Counted before the parse: 16 MiB of empty signatures made protobuf build eight
+        # million messages, and this function as many Python objects (27 s, ~1 GB).
+        _wire_counts.check_counts(raw, _ENVELOPE_SHAPE, "envelope")
         message = _parse(envelope_pb2.Envelope(), raw, "envelope", canonical=True)
     except PayloadDecodeError as exc:
         raise EnvelopeError(exc.reason, hint=exc.hint) from exc
+    if len(message.signatures) > dsse.MAX_SIGNATURES:  # before one object is made per each
+        raise EnvelopeTooLargeError(
+            f"envelope has {len(message.signatures)} signatures; at most {dsse.MAX_SIGNATURES}"
+        )
     return dsse.Envelope(
         payload=message.payload,
         payload_type=message.payload_type,
@@ -378,6 +385,10 @@ def _object_from_snapshot(
         raise LimitExceededError(
             f"{snapshot.object_id:.200} has {len(snapshot.subscriptions)} subscriptions and "
             f"{len(snapshot.answers)} answers; at most {MAX_SUBSCRIPTIONS} and {MAX_ANSWERS}"
+        )
+    if len(snapshot.rules) > MAX_RULES:
+        raise LimitExceededError(
+            f"{snapshot.object_id:.200} has {len(snapshot.rules)} rules; at most {MAX_RULES}"
         )
     return GovernedObject(
         object_id=snapshot.object_id,
@@ -1024,6 +1035,8 @@ _TRANSFER_SHAPE = _shape(
         "lineage": _LINEAGE_SHAPE,
     },
 )
+
+_ENVELOPE_SHAPE = _shape(envelope_pb2.Envelope.DESCRIPTOR, most={"signatures": dsse.MAX_SIGNATURES})
 
 
 class ParsedTransfer:

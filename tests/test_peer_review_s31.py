@@ -21,8 +21,14 @@ from hypothesis import strategies as st
 from gateway import _wire_counts, wire
 from gateway import envelope as dsse
 from gateway.archive import CustodySegment, archived_custody
-from gateway.errors import ConfigError, GatewayError, LimitExceededError, LineageError
-from gateway.lineage import Checkpoint, Lineage
+from gateway.errors import (
+    ConfigError,
+    EnvelopeError,
+    GatewayError,
+    LimitExceededError,
+    LineageError,
+)
+from gateway.lineage import Checkpoint, Lineage, digest
 from gateway.runtime.cycle import CycleReport, CycleResult
 from gateway.runtime.dapr import DaprJobs
 from gateway.v1 import object_pb2
@@ -370,3 +376,31 @@ def test_a_large_honest_transfer_is_walked_and_passes() -> None:
     message.credentials.append("g")
     with pytest.raises(LimitExceededError, match="more than 16 credentials"):
         _wire_counts.check_counts(message.SerializeToString(), wire._TRANSFER_SHAPE, "transfer")
+
+
+@pytest.mark.parametrize("size", [200_000, 4 << 20])
+def test_an_envelope_flooded_with_signatures_is_refused_before_they_are_built(size: int) -> None:
+    """An envelope is decoded from a peer's bytes before any signature is checked (it is
+    the first thing Prepare does). On main a 16 MiB envelope of empty signatures took 27 s
+    and ~1 GB: protobuf built eight million messages, then decode_envelope one Python
+    object per each, before the 16-signature bound was checked (the 4 MiB case here
+    ~7 s). Now above 256 KiB the bytes are counted first, and below it the count is
+    checked before any object is made."""
+    payload = _field(3, b"") * (size // 2)
+    started = time.perf_counter()
+    with pytest.raises(EnvelopeError, match=r"more than 16 signatures|at most 16$"):
+        wire.decode_envelope(payload)
+    assert time.perf_counter() - started < 0.1
+
+
+def test_a_snapshot_with_too_many_rules_is_refused_before_they_are_built() -> None:
+    """Below 256 KiB the bytes are not counted (protobuf's memory is small there), but
+    each rule was still turned into a Rule before the 32-rule bound was checked, in
+    gateway.handoff.context: 20,000 rules of a few bytes each cost ~0.1 s of decoding.
+    Now the count is checked first."""
+    snapshot = object_pb2.ObjectSnapshot(object_id=OBJECT, data_digest=digest(b""))
+    for _ in range(20_000):
+        snapshot.rules.add(write=object_pb2.WriteState())
+    assert snapshot.ByteSize() < _wire_counts.WALK_ABOVE_BYTES
+    with pytest.raises(LimitExceededError, match="20000 rules; at most 32"):
+        wire._object_from_snapshot(snapshot, [], object_pb2.Lineage())
