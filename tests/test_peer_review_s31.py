@@ -27,7 +27,9 @@ from gateway.errors import (
     GatewayError,
     LimitExceededError,
     LineageError,
+    PayloadDecodeError,
 )
+from gateway.handoff.home import CustodyRecord
 from gateway.lineage import Checkpoint, Lineage, digest
 from gateway.runtime.cycle import CycleReport, CycleResult
 from gateway.runtime.dapr import DaprJobs
@@ -404,3 +406,28 @@ def test_a_snapshot_with_too_many_rules_is_refused_before_they_are_built() -> No
     assert snapshot.ByteSize() < _wire_counts.WALK_ABOVE_BYTES
     with pytest.raises(LimitExceededError, match="20000 rules; at most 32"):
         wire._object_from_snapshot(snapshot, [], object_pb2.Lineage())
+
+
+@pytest.mark.parametrize(
+    "holder",
+    [
+        pytest.param(b'"\\ud800"', id="lone-surrogate: UnicodeEncodeError on main"),
+        pytest.param(b'"h","holder":"h"', id="repeated member"),
+        pytest.param(b"[" * 5000 + b"]" * 5000, id="deep nesting"),
+    ],
+)
+def test_a_custody_record_that_is_not_json_text_is_a_decode_error(holder: bytes) -> None:
+    """A custody receipt is a home's signed CustodyRecord, decoded by the receiver (and
+    the home reads its own records back). On main it was read with json.loads, which
+    takes a lone surrogate escape: the record was built, and re-encoding it for the
+    one-byte-form check raised UnicodeEncodeError out of the decoder (a dishonest home
+    failed a receiver's Commit with an internal error). Now the one JSON parser refuses
+    it, as a PayloadDecodeError."""
+    raw = (
+        b'{"epoch":1,"handoffs":1,"holder":'
+        + holder
+        + b',"issued_at":"2026-01-01T00:00:00.000Z","migration":"m","object_id":"o",'
+        b'"sender":"s"}'
+    )
+    with pytest.raises(PayloadDecodeError, match="custody record"):
+        CustodyRecord.decode(raw)
