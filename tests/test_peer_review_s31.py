@@ -431,3 +431,49 @@ def test_a_custody_record_that_is_not_json_text_is_a_decode_error(holder: bytes)
     )
     with pytest.raises(PayloadDecodeError, match="custody record"):
         CustodyRecord.decode(raw)
+
+
+def test_a_refusal_body_nested_too_deep_is_shown_not_raised() -> None:
+    """A service invoked through Dapr answers a refusal with whatever body it likes;
+    DaprInvoker reads 4 KiB of it and shows daprd's error code when the body is daprd's
+    JSON. On main that look went through json.loads catching only ValueError: a body of
+    4 KiB of ``[`` raised RecursionError out of the invoker instead of a DeliveryError
+    naming the refusal. Now it is shown as text, cut."""
+    from aiohttp import web
+
+    from gateway.runtime.dapr_actions import DaprInvoker
+    from gateway.runtime.outbox import DeliveryError, Event
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=500, text="[" * 10_000)
+
+    async def main() -> str:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", refuse)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            invoker = DaprInvoker(f"http://127.0.0.1:{port}/v1.0")
+            event = Event(
+                key="default/obj/000000000001/000",
+                tenant="default",
+                object_id=OBJECT,
+                generation=1,
+                rule="r",
+                verb="invoke",
+                resource="invoke:payments/charge",
+                payload={"order": 7},
+                created_at=datetime(2026, 12, 6, tzinfo=UTC),
+            )
+            with pytest.raises(DeliveryError) as refused:
+                await invoker.invoke(event)
+            return refused.value.reason
+        finally:
+            await runner.cleanup()
+
+    reason = asyncio.run(main())
+    assert reason.startswith("Dapr service invocation of payments/charge answered HTTP 500: [[[")
+    assert len(reason) < 500
