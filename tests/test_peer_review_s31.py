@@ -477,3 +477,19 @@ def test_a_refusal_body_nested_too_deep_is_shown_not_raised() -> None:
     reason = asyncio.run(main())
     assert reason.startswith("Dapr service invocation of payments/charge answered HTTP 500: [[[")
     assert len(reason) < 500
+
+
+@pytest.mark.parametrize("what", ["missing", "directory"])
+def test_importing_a_transfer_file_that_cannot_be_read_is_a_handoff_error(
+    tmp_path: Path, what: str
+) -> None:
+    """offline.import_transfer opened the file with no guard (transfer_envelope, its
+    sibling, had one): a missing file or a directory raised FileNotFoundError or
+    IsADirectoryError out of the library (the CLI checks first, any other caller did
+    not), and so would a read failing mid-file. Now a HandoffError naming the file."""
+    from gateway.errors import HandoffError
+    from gateway.handoff import offline
+
+    path = tmp_path / "gone.transfer" if what == "missing" else tmp_path
+    with pytest.raises(HandoffError, match="cannot read"):
+        asyncio.run(offline.import_transfer(None, path))  # type: ignore[arg-type]
