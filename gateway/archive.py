@@ -526,10 +526,7 @@ def read_archives(paths: Sequence[Path]) -> list[Segment | CustodySegment]:
     segments: list[Segment] = []
     handoffs: list[CustodySegment] = []
     for file in files:
-        try:
-            raw = file.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read {file}: {exc.strerror}") from exc
+        raw = _read_segment_file(file)
         if file.suffix == ".cus":
             handoffs.append(CustodySegment.decode(raw))
         else:
@@ -538,6 +535,25 @@ def read_archives(paths: Sequence[Path]) -> list[Segment | CustodySegment]:
 
 
 S = TypeVar("S", Segment, CustodySegment)
+
+
+def _read_segment_file(file: Path) -> bytes:
+    """A segment file's bytes, at most one more than :data:`MAX_SEGMENT_BYTES` (decode
+    refuses that): directories come from other hosts, and reading a whole file first
+    let one huge file, or a name linked to ``/dev/zero``, take all memory. Only regular
+    files are read (a FIFO would block the verification for good)."""
+    try:
+        if not file.is_file():
+            raise ConfigError(
+                f"{file} is not a regular file",
+                hint="an archive directory holds only the segment files `gateway object "
+                "archive` wrote",
+            )
+        with open(file, "rb") as handle:
+            return handle.read(MAX_SEGMENT_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {file}: {exc.strerror}") from exc
+
 
 #: Chains of segments tried against the base's root before giving up (they differ only
 #: where spares of compactions that never committed start where committed ones do).

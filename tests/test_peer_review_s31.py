@@ -493,3 +493,28 @@ def test_importing_a_transfer_file_that_cannot_be_read_is_a_handoff_error(
     path = tmp_path / "gone.transfer" if what == "missing" else tmp_path
     with pytest.raises(HandoffError, match="cannot read"):
         asyncio.run(offline.import_transfer(None, path))  # type: ignore[arg-type]
+
+
+def test_archive_segment_files_are_read_within_their_limit(tmp_path: Path) -> None:
+    """`gateway verify --archive DIR` reads directories exported by other hosts. On main
+    each ``*.seg``/``*.cus`` file was read whole before its size was checked: a file of
+    64 GiB (sparse: it costs no disk) or a name linked to /dev/zero took all of memory
+    (MemoryError under a 2 GiB address-space limit; unbounded without one), and a FIFO
+    blocked the verification for good. Now at most one byte over MAX_SEGMENT_BYTES is
+    read, and only regular files: a LineageError or ConfigError naming the file."""
+    from gateway.archive import read_archives
+
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    with open(huge / "00000000000000000000+1.seg", "wb") as handle:
+        handle.truncate(64 << 30)
+    started = time.perf_counter()
+    with pytest.raises(LineageError, match=r"archive segment is .* bytes; at most"):
+        read_archives([huge])
+    assert time.perf_counter() - started < 5
+
+    device = tmp_path / "device"
+    device.mkdir()
+    (device / "00000000000000000000+1.seg").symlink_to("/dev/zero")
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        read_archives([device])
