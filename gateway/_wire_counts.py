@@ -41,6 +41,10 @@ class Shape:
     nested: dict[int, Shape] = field(default_factory=dict)
     min_bytes: dict[int, int] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if any(number >= 16 for number in self.min_bytes):
+            raise ValueError("min_bytes is for fields numbered below 16 (one-byte keys)")
+
 
 class _Unreadable(Exception):
     """The walk cannot read on: the protobuf parser will say what is wrong."""
@@ -100,7 +104,9 @@ def _walk(raw: bytes, at: int, end: int, shape: Shape, what: str) -> None:
                 raise _Unreadable
             least = min_bytes.get(number)
             if least is not None:
-                # A long run of one field (a lineage's entries): walked in a tight loop.
+                # A long run of one field (a lineage's entries): walked in a tight loop,
+                # which compares one byte of each key (Shape allows min_bytes only on
+                # fields numbered below 16, whose keys are one byte).
                 at, seen = _run(raw, at, end, size, key, least, seen, known, what)
                 counts[number] = seen
                 continue
