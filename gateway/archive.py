@@ -34,11 +34,11 @@ import base64
 import binascii
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway import _custody_chain as custody_chain
 from gateway import envelope as dsse
@@ -526,10 +526,7 @@ def read_archives(paths: Sequence[Path]) -> list[Segment | CustodySegment]:
     segments: list[Segment] = []
     handoffs: list[CustodySegment] = []
     for file in files:
-        try:
-            raw = file.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read {file}: {exc.strerror}") from exc
+        raw = _read_segment_file(file)
         if file.suffix == ".cus":
             handoffs.append(CustodySegment.decode(raw))
         else:
@@ -537,27 +534,58 @@ def read_archives(paths: Sequence[Path]) -> list[Segment | CustodySegment]:
     return [*sorted(segments, key=lambda s: (s.start, -len(s.entries))), *handoffs]
 
 
+S = TypeVar("S", Segment, CustodySegment)
+
+
+def _read_segment_file(file: Path) -> bytes:
+    """A segment file's bytes, at most one more than :data:`MAX_SEGMENT_BYTES` (decode
+    refuses that): directories come from other hosts, and reading a whole file first
+    let one huge file, or a name linked to ``/dev/zero``, take all memory. Only regular
+    files are read (a FIFO would block the verification for good)."""
+    try:
+        if not file.is_file():
+            raise ConfigError(
+                f"{file} is not a regular file",
+                hint="an archive directory holds only the segment files `gateway object "
+                "archive` wrote",
+            )
+        with open(file, "rb") as handle:
+            return handle.read(MAX_SEGMENT_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {file}: {exc.strerror}") from exc
+
+
 #: Chains of segments tried against the base's root before giving up (they differ only
 #: where spares of compactions that never committed start where committed ones do).
 MAX_CHAINS_TRIED = 64
 
 
-def _chains(segments: Sequence[Segment], size: int, reach: list[int]) -> Iterator[list[Segment]]:
-    """Chains of segments contiguous from entry 0 up to at least ``size``, longest
-    segments first where several start at the same entry; ``reach[0]`` is set to how far
-    contiguous segments reach (for the error when there is no chain)."""
-    by_start: dict[int, list[Segment]] = {}
+def _chains(
+    segments: Sequence[S],
+    size: int,
+    reach: list[int],
+    *,
+    start: Callable[[S], int],
+    length: Callable[[S], int],
+) -> Iterator[list[S]]:
+    """Chains of segments contiguous from 0 up to at least ``size`` (entries, or hops of
+    archived handoffs), longest segments first where several start at the same place;
+    ``reach[0]`` is set to how far contiguous segments reach (for the error when there
+    is no chain). Segments come from outside (other hosts' archives, unsigned): each
+    position from which no chain reaches ``size`` is explored once, so overlapping
+    segments cost time linear in their number, never the number of their combinations."""
+    by_start: dict[int, list[S]] = {}
     for segment in segments:
-        if segment.start < size and segment.entries:
-            by_start.setdefault(segment.start, []).append(segment)
+        if start(segment) < size and length(segment):
+            by_start.setdefault(start(segment), []).append(segment)
     for group in by_start.values():
-        group.sort(key=lambda s: -len(s.entries))
+        group.sort(key=lambda s: -length(s))
     dead: set[int] = set()  # positions from which no chain reaches ``size``
     # Depth first, without recursion (a chain may be thousands of segments long). A frame
     # is [position, next candidate, whether a chain was found below it]; ``path`` holds
     # the segments leading to the top frame.
     frames: list[list[Any]] = [[0, 0, False]]
-    path: list[Segment] = []
+    path: list[S] = []
 
     def leave(found: bool) -> None:
         frames.pop()
@@ -575,7 +603,7 @@ def _chains(segments: Sequence[Segment], size: int, reach: list[int]) -> Iterato
             leave(True)
             continue
         candidates = by_start.get(position, [])
-        while index < len(candidates) and position + len(candidates[index].entries) in dead:
+        while index < len(candidates) and position + length(candidates[index]) in dead:
             index += 1
         if index == len(candidates):
             if not found:
@@ -585,7 +613,7 @@ def _chains(segments: Sequence[Segment], size: int, reach: list[int]) -> Iterato
         frame[1] = index + 1
         segment = candidates[index]
         path.append(segment)
-        frames.append([position + len(segment.entries), 0, False])
+        frames.append([position + length(segment), 0, False])
 
 
 def archived_custody(
@@ -602,38 +630,28 @@ def archived_custody(
     count = archived_before(oldest)
     if not count:
         return (), ()
-    by_first: dict[int, list[CustodySegment]] = {}
     for segment in segments:
         if segment.object_id != object_id:
             raise LineageError(
                 f"a custody segment is of {segment.object_id}, not {object_id}",
                 hint="give only the archive directories of the object verified",
             )
-        by_first.setdefault(segment.first, []).append(segment)
-    # Depth-first over segments that continue where the run ends (spares of compactions
-    # that did not commit may overlap); bounded by MAX_CHAINS_TRIED runs.
-    tried = 0
-    reached = 0
-
-    def runs(
-        at: int, departures: list[bytes], arrivals: list[bytes]
-    ) -> Iterator[tuple[list[bytes], list[bytes]]]:
-        nonlocal tried, reached
-        reached = max(reached, at)
-        if at == count:
-            tried += 1
-            yield departures, arrivals
-            return
-        for segment in by_first.get(at, ()):
-            end = at + len(segment.departures)
-            if end <= count and segment.departures and tried < MAX_CHAINS_TRIED:
-                yield from runs(
-                    end, [*departures, *segment.departures], [*arrivals, *segment.arrivals]
-                )
-
+    # Runs of segments that continue where the run ends (spares of compactions that did
+    # not commit may overlap), none past the count; bounded by MAX_CHAINS_TRIED runs. The
+    # segments are unsigned and the count is the presenter's: a recursive search over
+    # every combination took exponential time (and overflowed the stack on a long run).
+    reach = [0]
+    fitting = [s for s in segments if s.first + len(s.departures) <= count]
+    runs = _chains(
+        fitting, count, reach, start=lambda s: s.first, length=lambda s: len(s.departures)
+    )
     found_any = False
-    for departures, arrivals in runs(0, [], []):
+    for tried, run in enumerate(runs):
+        if tried == MAX_CHAINS_TRIED:
+            break
         found_any = True
+        departures = [raw for segment in run for raw in segment.departures]
+        arrivals = [raw for segment in run for raw in segment.arrivals]
         try:
             opened = [dsse.from_json(raw, max_size=MAX_SEGMENT_BYTES) for raw in departures]
             acks = [dsse.from_json(raw, max_size=MAX_SEGMENT_BYTES) for raw in arrivals]
@@ -646,7 +664,7 @@ def archived_custody(
             return tuple(opened), tuple(acks)
     if not found_any:
         raise LineageError(
-            f"the archive holds handoffs 0 to {reached - 1} contiguously; the object's oldest "
+            f"the archive holds handoffs 0 to {reach[0] - 1} contiguously; the object's oldest "
             f"carried departure follows {count} archived handoffs",
             hint="a custody segment is missing; export the archive of every host that held "
             "the object and pass each with --archive",
@@ -697,7 +715,14 @@ def verify_archived(
             )
     reach = [0]
     archived: list[LineageEntry] | None = None
-    for tried, chain in enumerate(_chains(entries_archived, base.size, reach)):
+    chains = _chains(
+        entries_archived,
+        base.size,
+        reach,
+        start=lambda s: s.start,
+        length=lambda s: len(s.entries),
+    )
+    for tried, chain in enumerate(chains):
         if tried == MAX_CHAINS_TRIED:
             break
         entries: list[LineageEntry] = []

@@ -32,12 +32,13 @@ from typing import Any, TypeVar
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from gateway import _wire_counts, limits
 from gateway import envelope as dsse
-from gateway import limits
 from gateway._decode import load_json
 from gateway._lru import BoundedLru
 from gateway.authority import CapabilitySet, EffectiveAuthority
 from gateway.blobs import MAX_BLOB_BYTES, BlobRef
+from gateway.credentials import MAX_CHAIN
 from gateway.errors import (
     AuthorityError,
     EnvelopeError,
@@ -77,6 +78,7 @@ from gateway.model import (
     Rule,
     WriteState,
 )
+from gateway.rules import MAX_RULES
 from gateway.v1 import envelope_pb2, gateway_pb2, journal_pb2, object_pb2
 
 MAX_ENVELOPE_BYTES = 16 << 20
@@ -180,9 +182,16 @@ def decode_envelope(raw: bytes, *, max_size: int = MAX_ENVELOPE_BYTES) -> dsse.E
     if len(raw) > max_size:
         raise EnvelopeTooLargeError(f"envelope is {len(raw)} bytes; at most {max_size} accepted")
     try:
+        # Counted before the parse: 16 MiB of empty signatures made protobuf build eight
+        # million messages, and this function as many Python objects (27 s, ~1 GB).
+        _wire_counts.check_counts(raw, _ENVELOPE_SHAPE, "envelope")
         message = _parse(envelope_pb2.Envelope(), raw, "envelope", canonical=True)
     except PayloadDecodeError as exc:
         raise EnvelopeError(exc.reason, hint=exc.hint) from exc
+    if len(message.signatures) > dsse.MAX_SIGNATURES:  # before one object is made per each
+        raise EnvelopeTooLargeError(
+            f"envelope has {len(message.signatures)} signatures; at most {dsse.MAX_SIGNATURES}"
+        )
     return dsse.Envelope(
         payload=message.payload,
         payload_type=message.payload_type,
@@ -321,6 +330,7 @@ def decode_lineage(raw: bytes, *, max_size: int = MAX_ENVELOPE_BYTES) -> Lineage
     may hold. Nothing is verified here (see :func:`gateway.lineage.verify_lineage`)."""
     if len(raw) > max_size:
         raise EnvelopeTooLargeError(f"lineage is {len(raw)} bytes; at most {max_size} accepted")
+    _wire_counts.check_counts(raw, _LINEAGE_SHAPE, "lineage")
     lineage = _lineage_from_pb(_parse(object_pb2.Lineage(), raw, "lineage", canonical=True))
     for entry in lineage.entries:
         if entry.epoch > limits.MAX_COUNTER or entry.generation > limits.MAX_COUNTER:
@@ -375,6 +385,10 @@ def _object_from_snapshot(
         raise LimitExceededError(
             f"{snapshot.object_id:.200} has {len(snapshot.subscriptions)} subscriptions and "
             f"{len(snapshot.answers)} answers; at most {MAX_SUBSCRIPTIONS} and {MAX_ANSWERS}"
+        )
+    if len(snapshot.rules) > MAX_RULES:
+        raise LimitExceededError(
+            f"{snapshot.object_id:.200} has {len(snapshot.rules)} rules; at most {MAX_RULES}"
         )
     return GovernedObject(
         object_id=snapshot.object_id,
@@ -971,6 +985,60 @@ def transfer_epoch(payload: bytes) -> int:
     return int(_parse(object_pb2.Transfer(), payload, "transfer", canonical=False).epoch)
 
 
+def _shape(
+    descriptor: Any,
+    *,
+    most: Mapping[str, int] = {},
+    nested: Mapping[str, _wire_counts.Shape] = {},
+    min_bytes: Mapping[str, int] = {},
+) -> _wire_counts.Shape:
+    """The :class:`~gateway._wire_counts.Shape` of a message type, from its descriptor:
+    singular fields once, each repeated field as often as ``most`` says (a repeated
+    field without a bound is a mistake here, refused at import)."""
+    fields: dict[int, tuple[str, int]] = {}
+    for f in descriptor.fields:
+        repeated = f.is_repeated
+        if repeated and f.name not in most:
+            raise AssertionError(f"{descriptor.name}.{f.name} is repeated and has no bound")
+        fields[f.number] = (f.name, most[f.name] if repeated else 1)
+    by_name = {f.name: f.number for f in descriptor.fields}
+    return _wire_counts.Shape(
+        fields,
+        nested={by_name[name]: shape for name, shape in nested.items()},
+        min_bytes={by_name[name]: size for name, size in min_bytes.items()},
+    )
+
+
+#: Fewer bytes than any lineage entry takes: its canonical JSON names ten fields, a time
+#: and a 64-digit data digest (at least 222 bytes); an entry shorter than this would be
+#: refused when decoded, and bounds how many entries a transfer can make protobuf build.
+MIN_ENTRY_BYTES = 128
+_LINEAGE_SHAPE = _shape(
+    object_pb2.Lineage.DESCRIPTOR,
+    most={
+        "entries": MAX_ENVELOPE_BYTES // MIN_ENTRY_BYTES,
+        "checkpoints": limits.MAX_HANDOFFS,
+        "arrivals": limits.MAX_HANDOFFS,
+    },
+    min_bytes={"entries": MIN_ENTRY_BYTES},
+)
+#: What a transfer may hold, counted in its bytes before protobuf parses them (see
+#: gateway._wire_counts): the bounds the decoded values are checked against later.
+_TRANSFER_SHAPE = _shape(
+    object_pb2.Transfer.DESCRIPTOR,
+    most={"credentials": MAX_CHAIN},
+    nested={
+        "object": _shape(
+            object_pb2.ObjectSnapshot.DESCRIPTOR,
+            most={"rules": MAX_RULES, "subscriptions": MAX_SUBSCRIPTIONS, "answers": MAX_ANSWERS},
+        ),
+        "lineage": _LINEAGE_SHAPE,
+    },
+)
+
+_ENVELOPE_SHAPE = _shape(envelope_pb2.Envelope.DESCRIPTOR, most={"signatures": dsse.MAX_SIGNATURES})
+
+
 class ParsedTransfer:
     """A *verified* transfer payload parsed and bounded, its object and lineage not yet
     decoded: what a destination refuses a transfer for first (its tenant, who sends it,
@@ -981,6 +1049,7 @@ class ParsedTransfer:
     __slots__ = ("_message", "_payload")
 
     def __init__(self, payload: bytes) -> None:
+        _wire_counts.check_counts(payload, _TRANSFER_SHAPE, "transfer")
         message = _parse(object_pb2.Transfer(), payload, "transfer", canonical=True)
         # Absent submessages would decode as defaults (the epoch for a time) and re-encode
         # as present ones: a second byte form of the same transfer.

@@ -40,11 +40,13 @@ from google.protobuf.message import Message
 
 from gateway import envelope as dsse
 from gateway import wire
+from gateway.archive import CustodySegment, Segment
 from gateway.audit import ARCHIVE_PAYLOAD_TYPE, Archive, archive_of, audit
 from gateway.authority import CapabilitySet, Constraints, EffectiveAuthority
 from gateway.config import EXAMPLE as CONFIG_EXAMPLE
 from gateway.config import load_config
 from gateway.credentials import issue_grant, verify_grant
+from gateway.handoff.home import CustodyRecord
 from gateway.handoff.messages import (
     DecisionAnswer,
     Outcome,
@@ -63,6 +65,8 @@ from gateway.keys import Purpose, SignatureEncoding, Signer
 from gateway.lineage import Checkpoint, EntryKind, Lineage, LineageEntry, digest
 from gateway.model import CycleState, GovernedObject, LifecycleState
 from gateway.objectspec import load_spec
+from gateway.runtime.appcallback import _invoke_body, sent_time
+from gateway.runtime.dapr import job_target
 from gateway.runtime.outbox import Event
 from gateway.trust import (
     TrustStore,
@@ -695,6 +699,30 @@ _ARCHIVE = archive_of(
 )
 
 
+_SEGMENT = Segment(
+    object_id=OBJECT, start=0, entries=tuple(entry.encode() for entry in _LINEAGE.entries)
+).encode()
+_CUSTODY_SEGMENT = CustodySegment(
+    object_id=OBJECT,
+    first=0,
+    departures=tuple(dsse.to_json(c) for c in _LINEAGE.checkpoints) or (b"{}",),
+    arrivals=tuple(dsse.to_json(a) for a in _LINEAGE.arrivals) or (b"{}",),
+).encode()
+_CUSTODY_RECORD = CustodyRecord(
+    object_id=OBJECT,
+    epoch=3,
+    holder=HOST_A,
+    sender=HOST_A,
+    migration="mig-0123456789abcdef0123456789abcdef",
+    issued_at=T0,
+    handoffs=2,
+).encode()
+
+
+def _sent_time(raw: bytes) -> object:
+    return sent_time(raw.decode("utf-8", "surrogateescape"))
+
+
 def _audit(raw: bytes) -> object:
     """`gateway verify` on a file: a report, or ConfigError for input it does not read."""
     return audit(raw, [("a.json", WORLD.signed_bundle)], now=T0)
@@ -806,6 +834,38 @@ TARGETS: tuple[Target, ...] = (
         _audit,
         (dsse.to_json(dsse.seal(_ARCHIVE, ARCHIVE_PAYLOAD_TYPE, [WORLD.signer])),),
         _mutate_signed_archive,
+    ),
+    # Session 31: archive segments (read by `gateway verify --archive` from other hosts'
+    # directories), a home's custody record, Dapr's job data, invocation body and
+    # CloudEvent time.
+    # Segments are unsigned (the roots in the object authenticate what they hold), so
+    # they need not have one byte form: only "nothing but GatewayErrors" is checked.
+    Target("archive-segment", Segment.decode, (_SEGMENT,), mutate_json),
+    Target("custody-segment", CustodySegment.decode, (_CUSTODY_SEGMENT,), mutate_json),
+    Target(
+        "custody-record",
+        CustodyRecord.decode,
+        (_CUSTODY_RECORD,),
+        mutate_json,
+        CustodyRecord.encode,
+    ),
+    Target(
+        "job-data",
+        job_target,
+        (json.dumps({"tenant": "default", "object_id": OBJECT}).encode(),),
+        mutate_json,
+    ),
+    Target(
+        "invoke-body",
+        _invoke_body,
+        (json.dumps({"object": OBJECT, "method": "status", "data": {"a": [1]}}).encode(),),
+        mutate_json,
+    ),
+    Target(
+        "cloudevent-time",
+        _sent_time,
+        (b"2026-12-06T02:52:11Z", b"2026-12-06T04:52:11.123456789+02:00"),
+        mutate_bytes,
     ),
     Target("config", _from_file(load_config, "host.yaml"), (CONFIG_EXAMPLE.encode(),), mutate_yaml),
     Target("object-spec", _from_file(load_spec, "spec.yaml"), (SPEC_EXAMPLE,), mutate_yaml),

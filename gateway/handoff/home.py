@@ -30,13 +30,13 @@ and keeps the evidence (gateway.handoff.evidence).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 
 from gateway import envelope as dsse
 from gateway import wire
 from gateway._crash import crash_point
+from gateway._decode import load_json
 from gateway._time import format_time, parse_time
 from gateway.errors import (
     BadSignatureError,
@@ -96,8 +96,10 @@ class CustodyRecord:
 
     @classmethod
     def decode(cls, raw: bytes) -> CustodyRecord:
+        # The one parser for outside bytes (a home's signed receipt is one): json.loads let
+        # a lone surrogate through, and re-encoding it below raised UnicodeEncodeError.
+        document = load_json(raw, error=PayloadDecodeError, what="custody record")
         try:
-            document = json.loads(raw)
             if not isinstance(document, dict) or set(document) != _FIELDS:
                 raise ValueError(f"fields must be {sorted(_FIELDS)}")
             epoch, handoffs = document["epoch"], document["handoffs"]

@@ -187,6 +187,16 @@ async def export(
 async def import_transfer(destination: Destination, path: Path) -> Step:
     """Verify, admit and stage the transfer in ``path``; the step carries the signed
     staged receipt to hand back. The same file again gets the same receipt."""
+    try:
+        return await _import_transfer(destination, path)
+    except OSError as exc:  # gone, a directory, unreadable, or failing mid-read
+        raise HandoffError(
+            f"cannot read {path}: {exc.strerror or exc}",
+            hint="import the transfer file `gateway export` wrote, from a readable place",
+        ) from exc
+
+
+async def _import_transfer(destination: Destination, path: Path) -> Step:
     with open(path, "rb") as src:  # noqa: ASYNC230 - a one-shot CLI step, not a server
         frames = _frames(src, first_limit=wire.MAX_ENVELOPE_BYTES)
         raw = next(frames, None)

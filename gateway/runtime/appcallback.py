@@ -29,9 +29,8 @@ from typing import Any
 import grpc
 from dapr.proto.common.v1 import common_pb2
 from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
-from google.protobuf import empty_pb2
+from google.protobuf import empty_pb2, struct_pb2
 from google.protobuf.any_pb2 import Any as AnyMessage
-from google.protobuf.json_format import MessageToDict
 
 from gateway._decode import load_json
 from gateway._time import truncate
@@ -76,13 +75,15 @@ def servicer_base(
         ) -> appcallback_pb2.TopicEventResponse:
             topic = topics.get(request.topic)
             if topic is None or request.pubsub_name != dapr.pubsub:
+                # Both names come from outside: shown cut, so a peer cannot fill the log.
                 log.warning(
-                    "a message on %s/%s, not subscribed", request.pubsub_name, request.topic
+                    "a message on %r/%r, not subscribed",
+                    request.pubsub_name[:80],
+                    request.topic[:80],
                 )
                 return appcallback_pb2.TopicEventResponse(status=_STATUS.DROP)
             try:
-                extensions = MessageToDict(request.extensions) if request.extensions else {}
-                sent = extensions.get("time")
+                sent = _extension_text(request.extensions, "time")
                 message = new_message(
                     topic,
                     data=parse_event_data(request.data, request.data_content_type),
@@ -90,8 +91,8 @@ def servicer_base(
                     source=request.source or "dapr",
                     kind=request.type or "com.dapr.event.sent",
                     received=events.clock.now(),
-                    sent=sent_time(sent) if isinstance(sent, str) else None,
-                    subject=str(extensions.get("subject", ""))[:256],
+                    sent=sent_time(sent) if sent is not None else None,
+                    subject=(_extension_text(request.extensions, "subject") or "")[:256],
                 )
             except GatewayError as exc:
                 log.warning("dropping message %s on %s: %s", request.id[:64], topic, exc)
@@ -139,6 +140,17 @@ def servicer_base(
             )
 
     return AppCallback
+
+
+def _extension_text(extensions: struct_pb2.Struct, name: str) -> str | None:
+    """One CloudEvent extension attribute, if it is a string. The Struct holds whatever
+    the publisher wrote: converting all of it (json_format.MessageToDict) raises
+    ValueError on a NaN or an infinite number anywhere in it, and costs work for
+    attributes the gateway never reads."""
+    value = extensions.fields.get(name)
+    if value is None or value.WhichOneof("kind") != "string_value":
+        return None
+    return value.string_value
 
 
 #: RFC 3339 as CloudEvents ``time`` carries it: daprd writes Go's ``time.RFC3339``

@@ -39,8 +39,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from google.protobuf.any_pb2 import Any as AnyMessage
 
+from gateway._decode import load_json
 from gateway._time import format_time
-from gateway.errors import StoreUnavailableError
+from gateway.errors import ConfigError, EnvelopeTooLargeError, StoreUnavailableError
+from gateway.limits import MAX_ID_BYTES, MAX_TENANT_CHARS, check_id, check_text
 from gateway.runtime.app_server import AppServer
 from gateway.runtime.cycle import CycleResult, CycleRunner
 from gateway.runtime.outbox import DeliveryError, Event
@@ -125,6 +127,40 @@ def job_name(tenant: str, object_id: str) -> str:
 def go_duration(interval: timedelta) -> str:
     """A Go duration string (what ``@every`` takes), in whole milliseconds."""
     return f"{max(1, round(interval.total_seconds() * 1000))}ms"
+
+
+#: Largest job payload read: the ``{"tenant", "object_id"}`` :meth:`DaprJobs.schedule`
+#: writes, with room for the longest tenant and object id.
+MAX_JOB_DATA_BYTES = 4096 + MAX_ID_BYTES
+
+
+def job_target(data: bytes) -> tuple[str, str]:
+    """The tenant and object id a job trigger carries, or :class:`ConfigError`. Whoever
+    can reach this app's sidecar can schedule a job for it: its data is read as outside
+    bytes (the one JSON parser, bounded, exactly the two strings schedule writes)."""
+    if len(data) > MAX_JOB_DATA_BYTES:
+        raise ConfigError(
+            f"a job's data is {len(data)} bytes; at most {MAX_JOB_DATA_BYTES}",
+            hint="cycle jobs are scheduled by the gateway itself; delete jobs it did not make",
+        )
+    target = load_json(data, error=ConfigError, what="a job's data")
+    if (
+        not isinstance(target, dict)
+        or set(target) != {"tenant", "object_id"}
+        or not isinstance(target["tenant"], str)
+        or not isinstance(target["object_id"], str)
+    ):
+        raise ConfigError(
+            'a job\'s data is not {"tenant": T, "object_id": ID}',
+            hint="cycle jobs are scheduled by the gateway itself; delete jobs it did not make",
+        )
+    tenant, object_id = target["tenant"], target["object_id"]
+    try:
+        check_text(tenant, limit=MAX_TENANT_CHARS, what="a job's tenant")
+        check_id(object_id, what="a job's object id")
+    except EnvelopeTooLargeError as exc:
+        raise ConfigError(exc.reason, hint=exc.hint) from exc
+    return tenant, object_id
 
 
 #: Seconds one Jobs API call may take before the scheduler counts as unreachable. daprd
@@ -243,8 +279,7 @@ class DaprJobs:
 
     async def trigger(self, data: bytes) -> None:
         """One job trigger: run the object's cycle if it is due; forget it if it left."""
-        target = json.loads(data)
-        tenant, object_id = target["tenant"], target["object_id"]
+        tenant, object_id = job_target(data)
         report = await self.runner.run(tenant, object_id)
         if report.result is CycleResult.EVALUATED and report.cycle is not None:
             # One line per cycle this replica ran: with several replicas of one host, the
@@ -277,6 +312,9 @@ class DaprJobs:
             ) -> appcallback_pb2.JobEventResponse:
                 try:
                     await jobs.trigger(request.data.value)
+                except ConfigError as exc:  # a job whose data no retry can mend
+                    log.warning("job %r refused: %s", request.name[:80], exc)
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                 except Exception:
                     log.exception("job %s failed", request.name)
                     await context.abort(

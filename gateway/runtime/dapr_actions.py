@@ -59,7 +59,7 @@ def _dapr_reason(status: int, text: str) -> str:
     callee's answer as it came."""
     try:
         document = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # 4 KiB of "[" nest past the parser's recursion
         document = None
     if isinstance(document, dict) and "errorCode" in document:
         return f"HTTP {status} {document.get('errorCode')}: {str(document.get('message'))[:_SHOWN]}"
