@@ -9,8 +9,9 @@ answered as INTERNAL without internals.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -71,14 +72,26 @@ def _negotiated(metadata: tuple[tuple[str, str | bytes], ...], *, host: str, pee
     return version
 
 
+#: Bytes of handoff requests (a transfer or a proposal, up to 16 MiB each) one peer may
+#: have in flight here at once. Each is held whole while it is verified and staged,
+#: with its parse and copies (three to four times its size), so without a bound one
+#: authenticated peer sending many at once decides how much memory this host uses. A
+#: request is always let in when its peer has nothing else in flight (any size the
+#: limits allow can pass); small objects pass by the hundred (64 of 100 KiB are 6.4 MiB).
+PEER_IN_FLIGHT_BYTES = 64 << 20
+
+
 class Gate:
     """Counts the RPCs in flight and, once :meth:`close` is called (SIGTERM), refuses
     those that would start a new handoff; Commit, Abort, Decision and Claim are still
-    answered, so that handoffs in flight can finish (gateway.serving)."""
+    answered, so that handoffs in flight can finish (gateway.serving). Holds each peer's
+    handoff requests in flight to :data:`PEER_IN_FLIGHT_BYTES` (:meth:`holding`)."""
 
     def __init__(self) -> None:
         self.in_flight = 0
         self.closed = False
+        #: Bytes of handoff requests in flight, by peer; a peer with none has no entry.
+        self.held: dict[str, int] = {}
 
     def close(self) -> None:
         self.closed = True
@@ -93,6 +106,28 @@ class Gate:
 
     def leave(self) -> None:
         self.in_flight -= 1
+
+    @contextlib.contextmanager
+    def holding(self, peer: str, size: int, host: str) -> Iterator[None]:
+        """Count ``size`` bytes against ``peer``'s budget while the block runs; refused
+        (UNAVAILABLE: the sender's client retries with backoff) when the peer's requests
+        in flight would then hold more than :data:`PEER_IN_FLIGHT_BYTES`."""
+        held = self.held.get(peer, 0)
+        if held and held + size > PEER_IN_FLIGHT_BYTES:
+            raise PeerUnavailableError(
+                f"{host} holds {held} bytes of handoffs from {peer} in flight; a peer may "
+                f"have at most {PEER_IN_FLIGHT_BYTES} at once",
+                hint="the sender retries once those are answered",
+            )
+        self.held[peer] = held + size
+        try:
+            yield
+        finally:
+            left = self.held[peer] - size
+            if left:
+                self.held[peer] = left
+            else:
+                del self.held[peer]
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
@@ -158,9 +193,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self, request: gateway_pb2.PrepareRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.PrepareResponse:
         async def handle(peer: str) -> gateway_pb2.PrepareResponse:
-            return gateway_pb2.PrepareResponse(
-                receipt=await self.destination.prepare(request.transfer, peer=peer)
-            )
+            with self.gate.holding(peer, len(request.transfer), self.destination.ctx.host):
+                receipt = await self.destination.prepare(request.transfer, peer=peer)
+            return gateway_pb2.PrepareResponse(receipt=receipt)
 
         return await self._answer(context, "Prepare", handle)
 
@@ -181,7 +216,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 async for chunk in request_iterator:
                     yield data_of(chunk)  # decoded by framing.decode_part: no copy
 
-            receipt = await self.destination.prepare_stream(first.transfer, data(), peer=peer)
+            # The data streams through a bounded window; the transfer is held whole.
+            with self.gate.holding(peer, len(first.transfer), self.destination.ctx.host):
+                receipt = await self.destination.prepare_stream(first.transfer, data(), peer=peer)
             return gateway_pb2.PrepareResponse(receipt=receipt)
 
         return await self._answer(context, "PrepareStream", handle)
@@ -236,10 +273,14 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         async def handle(peer: str) -> gateway_pb2.EvaluateResponse:
             # A dry run answers refusals as data ("would refuse because ..."), so that an
             # operator sees the same reason Prepare would give, without anything staged.
-            try:
-                admission = await self.destination.evaluate(request.proposal, peer=peer)
-            except GatewayError as exc:
-                return wire.encode_evaluation(Evaluation.refused(self.destination.ctx.host, exc))
+            # Busy (the peer's budget) is an error the sender retries, not a verdict.
+            with self.gate.holding(peer, len(request.proposal), self.destination.ctx.host):
+                try:
+                    admission = await self.destination.evaluate(request.proposal, peer=peer)
+                except GatewayError as exc:
+                    return wire.encode_evaluation(
+                        Evaluation.refused(self.destination.ctx.host, exc)
+                    )
             return wire.encode_evaluation(Evaluation.of(self.destination.ctx.host, admission))
 
         return await self._answer(context, "Evaluate", handle)
