@@ -82,6 +82,10 @@ from gateway.rules import MAX_RULES
 from gateway.v1 import envelope_pb2, gateway_pb2, journal_pb2, object_pb2
 
 MAX_ENVELOPE_BYTES = 16 << 20
+#: The largest signed answer a peer may send: a receipt (staged, activated, unknown
+#: migration) or a decision. Each holds a few ids of at most 2 KiB and a signature or
+#: two; refused before its signatures are checked (a 16 MiB "receipt" would be hashed
+#: whole by each verify).
 MAX_RECEIPT_BYTES = 64 << 10
 
 M = TypeVar("M", bound=Message)

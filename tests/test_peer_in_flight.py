@@ -101,3 +101,42 @@ def test_one_request_is_let_in_whatever_its_size_and_small_ones_by_the_hundred(
     release, peaks = _hold_prepares(world, monkeypatch)
     answers = world.run(_send(world, [SMALL] * 64, release, peaks))
     assert all(isinstance(a, gateway_pb2.PrepareResponse) for a in answers), answers
+
+
+def test_an_oversized_answer_to_prepare_is_refused_before_its_signature_and_aborts(
+    world: InProcessWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A destination's signed answers (receipts, decisions) hold a few ids and a
+    signature: one over ``MAX_RECEIPT_BYTES`` is refused before anything hashes it, and
+    the migration aborts with the object live where it was."""
+    from gateway import envelope as dsse
+    from gateway import wire
+    from gateway.errors import EnvelopeTooLargeError
+    from gateway.model import LifecycleState
+
+    object_id = "obj://org-a.example/bounds/answer"
+    world.create(HOST_A, object_id)
+    async def real_client() -> Any:  # made on the world's loop (it opens a channel)
+        return world.hosts[HOST_A].peers.client(HOST_B).real
+
+    client = world.run(real_client())
+    real_prepare = client.prepare
+    signed: list[int] = []
+
+    async def oversized(transfer: bytes) -> bytes:
+        receipt = await real_prepare(transfer)
+        envelope = wire.decode_envelope(receipt)
+        signed.append(len(receipt))
+        padded = dsse.Envelope(
+            payload=envelope.payload + b" " * wire.MAX_RECEIPT_BYTES,
+            payload_type=envelope.payload_type,
+            signatures=envelope.signatures,
+        )
+        return wire.encode_envelope(padded)
+
+    monkeypatch.setattr(client, "prepare", oversized)
+    with pytest.raises(EnvelopeTooLargeError, match="at most 65536"):
+        world.migrate(object_id, source=HOST_A, to=HOST_B)
+    assert signed and signed[0] < 4096  # an honest receipt is small
+    assert world.wait_settled(object_id) == HOST_A
+    assert world.placement(object_id)[HOST_A].state is LifecycleState.ACTIVE

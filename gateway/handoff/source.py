@@ -446,7 +446,7 @@ class Source:
         """
         ctx = self.ctx
         if receipt is None:  # decoded once: the same on every try
-            receipt = wire.decode_envelope(receipt_raw)
+            receipt = wire.decode_envelope(receipt_raw, max_size=wire.MAX_RECEIPT_BYTES)
         current = None
         try:
             async for attempt in lost_race(COMMIT_ATTEMPTS, also=(StoreUnavailableError,)):
@@ -558,7 +558,7 @@ class Source:
         client = self.peers.client(record.destination_host)
         try:
             receipt_raw = await client.commit(record.migration_id)
-            envelope = wire.decode_envelope(receipt_raw)
+            envelope = wire.decode_envelope(receipt_raw, max_size=wire.MAX_RECEIPT_BYTES)
             if envelope.payload_type == dsse.PayloadType.UNKNOWN_MIGRATION:
                 settled = await self._settle_forgotten(record, envelope, receipt_raw, etag=etag)
                 return settled.step
@@ -721,7 +721,7 @@ class Source:
         ``raw`` decoded already by the caller."""
         now = self.ctx.clock.now()
         if envelope is None:
-            envelope = wire.decode_envelope(raw)
+            envelope = wire.decode_envelope(raw, max_size=wire.MAX_RECEIPT_BYTES)
         payload = self.ctx.open_from(record.destination_host, envelope, kind.payload_type, at=now)
         receipt = wire.decode_receipt(payload, kind)
         if (
@@ -842,7 +842,10 @@ def open_decision(context: HostContext, raw: bytes, *, source: str, migration_id
     a verification error if the answer is not exactly that (an unsigned or misdirected
     answer could make a destination activate a copy its source aborted)."""
     payload = context.open_from(
-        source, wire.decode_envelope(raw), dsse.PayloadType.DECISION, at=context.clock.now()
+        source,
+        wire.decode_envelope(raw, max_size=wire.MAX_RECEIPT_BYTES),
+        dsse.PayloadType.DECISION,
+        at=context.clock.now(),
     )
     decision = DecisionAnswer.decode(payload)
     if (decision.migration_id, decision.source, decision.destination) != (
