@@ -331,7 +331,9 @@ def decode_lineage(raw: bytes, *, max_size: int = MAX_ENVELOPE_BYTES) -> Lineage
     return lineage
 
 
-def _lineage_from_pb(message: object_pb2.Lineage) -> Lineage:
+def _lineage_from_pb(message: object_pb2.Lineage, *, stored: bool = False) -> Lineage:
+    """The lineage in ``message``; ``stored``: read from this host's store, its entries
+    decoded when first read (:meth:`LineageEntry.stored`), else each decoded now."""
     for name, items in (("checkpoints", message.checkpoints), ("arrivals", message.arrivals)):
         # Each is a signature to check: bounded before any is decoded or verified.
         if len(items) > limits.MAX_HANDOFFS:
@@ -341,7 +343,9 @@ def _lineage_from_pb(message: object_pb2.Lineage) -> Lineage:
             )
     try:
         return Lineage(
-            entries=tuple(LineageEntry.decode(raw) for raw in message.entries),
+            entries=tuple(
+                map(LineageEntry.stored if stored else LineageEntry.decode, message.entries)
+            ),
             checkpoints=tuple(decode_envelope(raw) for raw in message.checkpoints),
             arrivals=tuple(decode_envelope(raw) for raw in message.arrivals),
             base=decode_envelope(message.base) if message.base else None,
@@ -356,6 +360,7 @@ def _object_from_snapshot(
     lineage: object_pb2.Lineage,
     *,
     exact: bool = False,
+    stored: bool = False,
 ) -> GovernedObject:
     blob = None
     if snapshot.data_streamed:
@@ -385,7 +390,7 @@ def _object_from_snapshot(
         rules=tuple(_rule_from_pb(r) for r in snapshot.rules),
         subscriptions=tuple(snapshot.subscriptions),
         answers=tuple(_answer_from_pb(a) for a in snapshot.answers),
-        lineage=_lineage_from_pb(lineage),
+        lineage=_lineage_from_pb(lineage, stored=stored),
         cycle=_cycle_from_pb(snapshot.cycle, exact=exact),
         blob=blob,
     )
@@ -466,7 +471,11 @@ def _decode_authority(raw: bytes) -> EffectiveAuthority:
 
 
 def _stored_from_pb(message: object_pb2.StoredObject) -> GovernedObject:
-    obj = _object_from_snapshot(message.snapshot, list(message.credentials), message.lineage)
+    """An object (or a staged copy) this host stored: its lineage's entries are decoded
+    when first read (see :meth:`LineageEntry.stored`)."""
+    obj = _object_from_snapshot(
+        message.snapshot, list(message.credentials), message.lineage, stored=True
+    )
     if message.state not in _STATE_FROM_PB:
         raise PayloadDecodeError(f"stored object {obj.object_id} has unknown state {message.state}")
     return replace(
