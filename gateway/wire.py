@@ -22,6 +22,7 @@ Rules kept here:
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import operator
 from collections.abc import Mapping
@@ -342,7 +343,7 @@ def _lineage_from_pb(message: object_pb2.Lineage, *, stored: bool = False) -> Li
                 hint="an object this well travelled cannot move again; keep it where it is",
             )
     try:
-        return Lineage(
+        lineage = Lineage(
             entries=tuple(
                 map(LineageEntry.stored if stored else LineageEntry.decode, message.entries)
             ),
@@ -352,6 +353,26 @@ def _lineage_from_pb(message: object_pb2.Lineage, *, stored: bool = False) -> Li
         )
     except EnvelopeError as exc:
         raise LineageError(f"a lineage checkpoint is malformed: {exc.reason}") from exc
+    if stored:
+        _keep_entries_wire(lineage, message)
+    return lineage
+
+
+def _keep_entries_wire(lineage: Lineage, message: object_pb2.Lineage) -> None:
+    """Give the fresh log of ``lineage`` (decoded from ``message``) the encoding of its
+    entries that :func:`_entries_wire` would build entry by entry: the same bytes, cut
+    from ``message`` serialized again in one C call (its field 1 comes first, each entry
+    its tag, its length and its bytes: a bytes field has one encoding). Done when every
+    entry's length takes two bytes (128 bytes to 16 KiB: every entry recorded so far),
+    so that the ends are one running sum; else the log builds it when first encoded."""
+    log = lineage._log
+    sizes = list(map(len, map(LineageEntry.encode, log.entries)))
+    if not sizes or log.wire_ends or not _TWO_BYTE_MIN <= min(sizes) <= max(sizes) < _TWO_BYTE_END:
+        return
+    # Each entry's end: the running sum of its tag (1 byte), length (2) and bytes.
+    ends = list(itertools.accumulate(map(operator.add, sizes, itertools.repeat(3))))
+    log.wire = bytearray(memoryview(message.SerializeToString(deterministic=True))[: ends[-1]])
+    log.wire_ends = ends
 
 
 def _object_from_snapshot(
@@ -738,6 +759,9 @@ _ENTRY_TAG = b"\x0a"
 _CYCLE_TAG = b"\x3a"
 _SIZE_TAG = b"\x40"
 _MILLISECOND = timedelta(milliseconds=1)
+#: Lengths whose varint takes exactly two bytes: [128, 16384).
+_TWO_BYTE_MIN = 0x80
+_TWO_BYTE_END = 0x4000
 _UINT64 = 1 << 64
 
 
