@@ -873,6 +873,7 @@ class _Log:
         "entries",
         "frontier",
         "heads",
+        "parts",
         "start",
         "start_frontier",
         "wire",
@@ -896,6 +897,11 @@ class _Log:
         #: included) by n, as verify_lineage computed them from the entries: the entries
         #: of a log never change, so neither do these.
         self.heads: dict[int, bytes] = {}
+        #: The encoding parts of the object this log is the history of, as gateway.wire
+        #: last built them, with the values they were built from (it checks those by
+        #: identity before using them): an object's successive values share its log, so
+        #: the object's next write finds them here whatever else was encoded since.
+        self.parts: Any = None
 
     def add(self, entry: LineageEntry) -> None:
         # Hashing waits until a tree head is asked for (frontier_at): decoding a lineage
@@ -921,6 +927,7 @@ def _share_wire(source: _Log, target: _Log, count: int) -> None:
     """Give ``target`` (a new log holding the first ``count`` entries of ``source``) the
     encoding of those entries that ``source`` already has: a fold rewrites only the last
     group, so the rest of the history is not encoded again."""
+    target.parts = source.parts  # checked value by value by whoever uses them
     ends = source.wire_ends[:count]
     if ends:
         target.wire = bytearray(memoryview(source.wire)[: ends[-1]])

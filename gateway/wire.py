@@ -601,12 +601,10 @@ OBJECT_PARTS_MEMO_BYTES = 16 << 20
 OBJECT_PARTS_MEMO_ENTRIES = 16384
 
 _Parts = tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes]
-#: key: ids of the body's values -> (the body's values, the lineage's envelopes, the
-#: tail's values, data, parts)
-_OBJECT_PARTS: BoundedLru[
-    tuple[int, ...],
-    tuple[tuple[object, ...], tuple[object, ...], tuple[object, ...], bytes, _Parts],
-] = BoundedLru(
+#: (the body's values, the lineage's envelopes, the tail's values, data, parts)
+_HeldParts = tuple[tuple[object, ...], tuple[object, ...], tuple[object, ...], bytes, _Parts]
+#: key: ids of the body's values -> what they encode to
+_OBJECT_PARTS: BoundedLru[tuple[int, ...], _HeldParts] = BoundedLru(
     OBJECT_PARTS_MEMO_ENTRIES,
     max_weight=OBJECT_PARTS_MEMO_BYTES,
     weigh=lambda held: 2 * sum(map(len, held[4])),
@@ -655,14 +653,24 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
         obj.authority,
         obj.authority_expires,
     )
-    key = tuple(map(id, body))
-    hit = _OBJECT_PARTS.get(key)
+    # The log's own slot first: it holds the parts of this object's last encoding and
+    # lives as long as the object does, so an object held by a host's memos finds them
+    # however many other objects were encoded since (the shared memo below is LRU: a host
+    # cycling more objects than it holds finds nothing there).
+    log = lineage._log
+    key = None  # None: the parts come from the log's slot (not kept in the shared memo)
+    hit: _HeldParts | None = log.parts
+    if hit is None or not all(map(operator.is_, hit[0], body)):
+        key = tuple(map(id, body))
+        hit = _OBJECT_PARTS.get(key)
     if hit is not None and all(map(operator.is_, hit[0], body)):
         parts = hit[4]
         same_data = hit[3] is obj.data
         same_envelopes = all(map(operator.is_, hit[1], envelopes))
         same_tail = all(map(operator.is_, hit[2], tail))
         if same_data and same_envelopes and same_tail:
+            if key is not None:
+                log.parts = hit
             return parts
         parts = (
             parts[0] if same_data else _head(obj),
@@ -675,7 +683,10 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
         )
     else:
         parts = (*_encode_body(obj), _tail(obj))
-    _OBJECT_PARTS.put(key, (body, envelopes, tail, obj.data, parts))
+    held = (body, envelopes, tail, obj.data, parts)
+    log.parts = held
+    if key is not None:
+        _OBJECT_PARTS.put(key, held)
     return parts
 
 
