@@ -491,11 +491,11 @@ def _decode_authority(raw: bytes) -> EffectiveAuthority:
         raise PayloadDecodeError(f"stored effective authority is unreadable: {exc}") from exc
 
 
-def _stored_from_pb(message: object_pb2.StoredObject) -> GovernedObject:
-    """An object (or a staged copy) this host stored: its lineage's entries are decoded
-    when first read (see :meth:`LineageEntry.stored`)."""
+def _stored_from_pb(message: object_pb2.StoredObject, *, lazy: bool = True) -> GovernedObject:
+    """An object this host stored; ``lazy``: its lineage's entries decoded when first read
+    (see :meth:`LineageEntry.stored`: what a cycle reads), else each decoded now."""
     obj = _object_from_snapshot(
-        message.snapshot, list(message.credentials), message.lineage, stored=True
+        message.snapshot, list(message.credentials), message.lineage, stored=lazy
     )
     if message.state not in _STATE_FROM_PB:
         raise PayloadDecodeError(f"stored object {obj.object_id} has unknown state {message.state}")
@@ -1249,7 +1249,9 @@ def decode_destination_record(raw: bytes) -> DestinationRecord:
         transfer_digest=message.transfer_digest,
         staged_receipt=message.staged_receipt,
         activation_receipt=message.activation_receipt,
-        staged=_stored_from_pb(message.staged) if message.HasField("staged") else None,
+        # Decoded whole: a staged copy is a peer's object, read by the few steps of its
+        # handoff, which is no reason to defer refusing a damaged entry.
+        staged=_stored_from_pb(message.staged, lazy=False) if message.HasField("staged") else None,
         created_at=_dt(message.created_at, "journal record creation time"),
         updated_at=_dt(message.updated_at, "journal record update time"),
         reason=message.reason,
