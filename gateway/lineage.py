@@ -41,7 +41,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast, overload
+from typing import TYPE_CHECKING, Any, cast, overload
 
 from gateway import _custody_chain as custody_chain
 from gateway import envelope as dsse
@@ -420,6 +420,45 @@ class LineageEntry(_EncodedOnce):
         return cls._decode(raw)
 
     @classmethod
+    def stored(cls, raw: bytes) -> LineageEntry:
+        """The entry in ``raw``, read from this host's own store, decoded when one of its
+        fields is first read (:meth:`decode` then, which raises LineageError for bytes
+        that are not a canonical entry).
+
+        Only for bytes this host wrote after decoding them strictly (an object it created,
+        a transfer it verified and stored): a stored object is decoded at every read that
+        its memos miss, and its history is most of it, while a cycle needs none of the
+        old entries' fields: their bytes (the object's encoding), the last one's leaf
+        hash (what the next entry links to), their count (the next ``seq``). Encoding and
+        hashing use the bytes as they are, so a lazily decoded entry encodes and hashes
+        exactly as a decoded one; once decoded it is equal to it field by field. Bytes a
+        peer sent go through :meth:`decode` (bounded, refused at the edge)."""
+        if type(raw) is not bytes or len(raw) > MAX_ENTRY_BYTES:
+            return cls.decode(raw)
+        entry = object.__new__(cls)
+        _set(entry, "_raw", raw)
+        _set(entry, "_leaf", None)
+        return entry
+
+    if not TYPE_CHECKING:  # mypy keeps checking attribute names on entries
+
+        def __getattr__(self, name: str) -> Any:
+            # Called only for a slot that is not set: a field of an entry made by
+            # stored() (or _raw/_leaf of one made by the constructor, which stay unset).
+            if name not in _FIELD_NAMES:
+                raise AttributeError(name)
+            try:
+                raw = object.__getattribute__(self, "_raw")
+            except AttributeError:
+                raw = None
+            if raw is None:
+                raise AttributeError(name)
+            decoded = LineageEntry.decode(raw)
+            for field in _FIELD_NAMES:
+                _set(self, field, getattr(decoded, field))
+            return getattr(decoded, name)
+
+    @classmethod
     def _decode(cls, raw: bytes) -> LineageEntry:
         what = "lineage entry"
         if len(raw) > MAX_ENTRY_BYTES:
@@ -467,6 +506,10 @@ class LineageEntry(_EncodedOnce):
 #: by a larger working set hits nothing).
 ENTRY_MEMO_SIZE = 16384
 ENTRY_MEMO_MAX_BYTES = 1024
+
+
+#: An entry's fields (what :meth:`LineageEntry.stored` leaves unset until one is read).
+_FIELD_NAMES = tuple(field.name for field in dataclasses.fields(LineageEntry))
 
 
 @functools.lru_cache(maxsize=ENTRY_MEMO_SIZE)
@@ -830,6 +873,7 @@ class _Log:
         "entries",
         "frontier",
         "heads",
+        "parts",
         "start",
         "start_frontier",
         "wire",
@@ -853,6 +897,11 @@ class _Log:
         #: included) by n, as verify_lineage computed them from the entries: the entries
         #: of a log never change, so neither do these.
         self.heads: dict[int, bytes] = {}
+        #: The encoding parts of the object this log is the history of, as gateway.wire
+        #: last built them, with the values they were built from (it checks those by
+        #: identity before using them): an object's successive values share its log, so
+        #: the object's next write finds them here whatever else was encoded since.
+        self.parts: Any = None
 
     def add(self, entry: LineageEntry) -> None:
         # Hashing waits until a tree head is asked for (frontier_at): decoding a lineage
@@ -878,6 +927,7 @@ def _share_wire(source: _Log, target: _Log, count: int) -> None:
     """Give ``target`` (a new log holding the first ``count`` entries of ``source``) the
     encoding of those entries that ``source`` already has: a fold rewrites only the last
     group, so the rest of the history is not encoded again."""
+    target.parts = source.parts  # checked value by value by whoever uses them
     ends = source.wire_ends[:count]
     if ends:
         target.wire = bytearray(memoryview(source.wire)[: ends[-1]])
@@ -1830,4 +1880,16 @@ def digest(data: bytes) -> bytes:
 
 def credentials_digest(grants: Sequence[str]) -> bytes:
     """SHA-256 of the grants as a canonical JSON array (order matters: root first)."""
+    # Grants are JWTs (base64url and dots): when no grant holds a character JSON would
+    # escape, the array is the grants between quotes and commas, with no encoder built
+    # (every cycle of an object whose digest is not remembered computes this; the
+    # encoder's path was a tenth of such a cycle). Anything else takes json.dumps.
+    if grants and all(type(g) is str and _plain_json_string(g) for g in grants):
+        return digest(b'["' + '","'.join(grants).encode("ascii") + b'"]')
     return digest(json.dumps(list(grants), separators=(",", ":")).encode("ascii"))
+
+
+def _plain_json_string(text: str) -> bool:
+    """Whether json.dumps (ensure_ascii) writes ``text`` as it is between quotes:
+    printable ASCII (0x20-0x7E) without a quote or a backslash."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text

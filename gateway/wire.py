@@ -22,6 +22,7 @@ Rules kept here:
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import operator
 from collections.abc import Mapping
@@ -345,7 +346,9 @@ def decode_lineage(raw: bytes, *, max_size: int = MAX_ENVELOPE_BYTES) -> Lineage
     return lineage
 
 
-def _lineage_from_pb(message: object_pb2.Lineage) -> Lineage:
+def _lineage_from_pb(message: object_pb2.Lineage, *, stored: bool = False) -> Lineage:
+    """The lineage in ``message``; ``stored``: read from this host's store, its entries
+    decoded when first read (:meth:`LineageEntry.stored`), else each decoded now."""
     for name, items in (("checkpoints", message.checkpoints), ("arrivals", message.arrivals)):
         # Each is a signature to check: bounded before any is decoded or verified.
         if len(items) > limits.MAX_HANDOFFS:
@@ -354,14 +357,36 @@ def _lineage_from_pb(message: object_pb2.Lineage) -> Lineage:
                 hint="an object this well travelled cannot move again; keep it where it is",
             )
     try:
-        return Lineage(
-            entries=tuple(LineageEntry.decode(raw) for raw in message.entries),
+        lineage = Lineage(
+            entries=tuple(
+                map(LineageEntry.stored if stored else LineageEntry.decode, message.entries)
+            ),
             checkpoints=tuple(decode_envelope(raw) for raw in message.checkpoints),
             arrivals=tuple(decode_envelope(raw) for raw in message.arrivals),
             base=decode_envelope(message.base) if message.base else None,
         )
     except EnvelopeError as exc:
         raise LineageError(f"a lineage checkpoint is malformed: {exc.reason}") from exc
+    if stored:
+        _keep_entries_wire(lineage, message)
+    return lineage
+
+
+def _keep_entries_wire(lineage: Lineage, message: object_pb2.Lineage) -> None:
+    """Give the fresh log of ``lineage`` (decoded from ``message``) the encoding of its
+    entries that :func:`_entries_wire` would build entry by entry: the same bytes, cut
+    from ``message`` serialized again in one C call (its field 1 comes first, each entry
+    its tag, its length and its bytes: a bytes field has one encoding). Done when every
+    entry's length takes two bytes (128 bytes to 16 KiB: every entry recorded so far),
+    so that the ends are one running sum; else the log builds it when first encoded."""
+    log = lineage._log
+    sizes = list(map(len, map(LineageEntry.encode, log.entries)))
+    if not sizes or log.wire_ends or not _TWO_BYTE_MIN <= min(sizes) <= max(sizes) < _TWO_BYTE_END:
+        return
+    # Each entry's end: the running sum of its tag (1 byte), length (2) and bytes.
+    ends = list(itertools.accumulate(map(operator.add, sizes, itertools.repeat(3))))
+    log.wire = bytearray(memoryview(message.SerializeToString(deterministic=True))[: ends[-1]])
+    log.wire_ends = ends
 
 
 def _object_from_snapshot(
@@ -370,6 +395,7 @@ def _object_from_snapshot(
     lineage: object_pb2.Lineage,
     *,
     exact: bool = False,
+    stored: bool = False,
 ) -> GovernedObject:
     blob = None
     if snapshot.data_streamed:
@@ -403,7 +429,7 @@ def _object_from_snapshot(
         rules=tuple(_rule_from_pb(r) for r in snapshot.rules),
         subscriptions=tuple(snapshot.subscriptions),
         answers=tuple(_answer_from_pb(a) for a in snapshot.answers),
-        lineage=_lineage_from_pb(lineage),
+        lineage=_lineage_from_pb(lineage, stored=stored),
         cycle=_cycle_from_pb(snapshot.cycle, exact=exact),
         blob=blob,
     )
@@ -483,8 +509,12 @@ def _decode_authority(raw: bytes) -> EffectiveAuthority:
         raise PayloadDecodeError(f"stored effective authority is unreadable: {exc}") from exc
 
 
-def _stored_from_pb(message: object_pb2.StoredObject) -> GovernedObject:
-    obj = _object_from_snapshot(message.snapshot, list(message.credentials), message.lineage)
+def _stored_from_pb(message: object_pb2.StoredObject, *, lazy: bool = True) -> GovernedObject:
+    """An object this host stored; ``lazy``: its lineage's entries decoded when first read
+    (see :meth:`LineageEntry.stored`: what a cycle reads), else each decoded now."""
+    obj = _object_from_snapshot(
+        message.snapshot, list(message.credentials), message.lineage, stored=lazy
+    )
     if message.state not in _STATE_FROM_PB:
         raise PayloadDecodeError(f"stored object {obj.object_id} has unknown state {message.state}")
     return replace(
@@ -589,12 +619,10 @@ OBJECT_PARTS_MEMO_BYTES = 16 << 20
 OBJECT_PARTS_MEMO_ENTRIES = 16384
 
 _Parts = tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes]
-#: key: ids of the body's values -> (the body's values, the lineage's envelopes, the
-#: tail's values, data, parts)
-_OBJECT_PARTS: BoundedLru[
-    tuple[int, ...],
-    tuple[tuple[object, ...], tuple[object, ...], tuple[object, ...], bytes, _Parts],
-] = BoundedLru(
+#: (the body's values, the lineage's envelopes, the tail's values, data, parts)
+_HeldParts = tuple[tuple[object, ...], tuple[object, ...], tuple[object, ...], bytes, _Parts]
+#: key: ids of the body's values -> what they encode to
+_OBJECT_PARTS: BoundedLru[tuple[int, ...], _HeldParts] = BoundedLru(
     OBJECT_PARTS_MEMO_ENTRIES,
     max_weight=OBJECT_PARTS_MEMO_BYTES,
     weigh=lambda held: 2 * sum(map(len, held[4])),
@@ -643,14 +671,24 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
         obj.authority,
         obj.authority_expires,
     )
-    key = tuple(map(id, body))
-    hit = _OBJECT_PARTS.get(key)
+    # The log's own slot first: it holds the parts of this object's last encoding and
+    # lives as long as the object does, so an object held by a host's memos finds them
+    # however many other objects were encoded since (the shared memo below is LRU: a host
+    # cycling more objects than it holds finds nothing there).
+    log = lineage._log
+    key = None  # None: the parts come from the log's slot (not kept in the shared memo)
+    hit: _HeldParts | None = log.parts
+    if hit is None or not all(map(operator.is_, hit[0], body)):
+        key = tuple(map(id, body))
+        hit = _OBJECT_PARTS.get(key)
     if hit is not None and all(map(operator.is_, hit[0], body)):
         parts = hit[4]
         same_data = hit[3] is obj.data
         same_envelopes = all(map(operator.is_, hit[1], envelopes))
         same_tail = all(map(operator.is_, hit[2], tail))
         if same_data and same_envelopes and same_tail:
+            if key is not None:
+                log.parts = hit
             return parts
         parts = (
             parts[0] if same_data else _head(obj),
@@ -663,7 +701,10 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
         )
     else:
         parts = (*_encode_body(obj), _tail(obj))
-    _OBJECT_PARTS.put(key, (body, envelopes, tail, obj.data, parts))
+    held = (body, envelopes, tail, obj.data, parts)
+    log.parts = held
+    if key is not None:
+        _OBJECT_PARTS.put(key, held)
     return parts
 
 
@@ -747,6 +788,9 @@ _ENTRY_TAG = b"\x0a"
 _CYCLE_TAG = b"\x3a"
 _SIZE_TAG = b"\x40"
 _MILLISECOND = timedelta(milliseconds=1)
+#: Lengths whose varint takes exactly two bytes: [128, 16384).
+_TWO_BYTE_MIN = 0x80
+_TWO_BYTE_END = 0x4000
 _UINT64 = 1 << 64
 
 
@@ -1278,7 +1322,9 @@ def decode_destination_record(raw: bytes) -> DestinationRecord:
         transfer_digest=message.transfer_digest,
         staged_receipt=message.staged_receipt,
         activation_receipt=message.activation_receipt,
-        staged=_stored_from_pb(message.staged) if message.HasField("staged") else None,
+        # Decoded whole: a staged copy is a peer's object, read by the few steps of its
+        # handoff, which is no reason to defer refusing a damaged entry.
+        staged=_stored_from_pb(message.staged, lazy=False) if message.HasField("staged") else None,
         created_at=_dt(message.created_at, "journal record creation time"),
         updated_at=_dt(message.updated_at, "journal record update time"),
         reason=message.reason,

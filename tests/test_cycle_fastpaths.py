@@ -131,6 +131,41 @@ def test_a_remembered_admission_is_only_ever_a_permission_of_that_authority() ->
         admitted.require(NO_AUTHORITY, "pubsub:alerts/x", "publish")  # expired grants
 
 
+def test_objects_holding_the_very_same_authority_share_its_remembered_admissions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An object's first cycle on a runner asks its authority nothing another object's
+    cycle found permitted for that very authority; refusals are still asked (and raise)
+    every time, and another authority, even an equal one, is asked itself."""
+    asked: list[tuple[str, str]] = []
+    require = EffectiveAuthority.require
+
+    def counted(self: EffectiveAuthority, resource: str, verb: str) -> None:
+        asked.append((resource, verb))
+        require(self, resource, verb)
+
+    monkeypatch.setattr(EffectiveAuthority, "require", counted)
+    shared = _ByIdentity[EffectiveAuthority, set[tuple[str, str]]]()
+    publish = _authority({"res": "pubsub:alerts/*", "act": ["publish"]})
+    first, second = _Derived(shared), _Derived(shared)
+    first.require(publish, "pubsub:alerts/x", "publish")
+    second.require(publish, "pubsub:alerts/x", "publish")
+    assert asked == [("pubsub:alerts/x", "publish")]  # the second object asked nothing
+    for derived in (first, second):
+        with pytest.raises(AdmissionDeniedError, match="pubsub:audit/x"):
+            derived.require(publish, "pubsub:audit/x", "publish")
+    assert len(asked) == 3
+    equal = _authority({"res": "pubsub:alerts/*", "act": ["publish"]})
+    assert equal == publish and equal is not publish
+    _Derived(shared).require(equal, "pubsub:alerts/x", "publish")
+    assert len(asked) == 4
+    narrower = _authority({"res": "pubsub:other/*", "act": ["publish"]})
+    with pytest.raises(AdmissionDeniedError):
+        _Derived(shared).require(narrower, "pubsub:alerts/x", "publish")
+    with pytest.raises(AdmissionDeniedError):
+        second.require(NO_AUTHORITY, "pubsub:alerts/x", "publish")  # expired grants
+
+
 def _json_object(data: bytes, content_type: str = "application/json") -> GovernedObject:
     return GovernedObject(
         object_id="obj://org-a.example/x/1", tenant="default", data=data, content_type=content_type

@@ -33,10 +33,12 @@ from gateway.identity import HostId
 from gateway.keys import Algorithm, KeyRecord, Purpose, Signer
 from gateway.lineage import (
     MAX_DETAIL,
+    MAX_ENTRY_BYTES,
     Checkpoint,
     EntryKind,
     Lineage,
     LineageEntry,
+    credentials_digest,
     digest,
     verify_chain,
     verify_extends,
@@ -1006,3 +1008,82 @@ def test_appending_records_at_once_is_appending_each_in_turn() -> None:
         assert at_once.root() == one_by_one.root()
         assert len(at_once.entries[-2].detail) == MAX_DETAIL
     assert len(newest.entries) == 4  # the values appended from see what they saw
+
+
+def _unset(entry: LineageEntry) -> list[str]:
+    """The fields of ``entry`` not decoded yet (slots not set)."""
+    unset = []
+    for name in _FIELD_NAMES:
+        try:
+            object.__getattribute__(entry, name)
+        except AttributeError:
+            unset.append(name)
+    return unset
+
+
+def test_a_stored_entry_encodes_and_hashes_before_it_is_decoded() -> None:
+    """LineageEntry.stored keeps the bytes and decodes nothing until a field is read; its
+    bytes and leaf hash are the decoded entry's, and once read it equals it field by
+    field (dataclass equality: the same class)."""
+    for entry in [*THREE_HOPS.entries, *_appended(4).entries]:
+        raw = entry.encode()
+        stored = LineageEntry.stored(raw)
+        assert _unset(stored) == _FIELD_NAMES
+        assert stored.encode() is raw
+        assert stored.leaf_hash() == entry.leaf_hash()
+        assert _unset(stored) == _FIELD_NAMES  # hashing decoded nothing
+        assert stored.seq == entry.seq
+        assert _unset(stored) == []  # one read decoded every field
+        assert stored == entry and hash(stored) == hash(entry)
+        assert repr(stored) == repr(entry)
+
+
+@pytest.mark.parametrize("case", BAD_ENCODINGS, ids=lambda c: c.name)
+def test_a_stored_entry_refuses_non_canonical_bytes_when_read(case: BadEncoding) -> None:
+    """Stored bytes that are not a canonical entry (a damaged store) are refused as
+    LineageEntry.decode refuses them, when a field is first read, and every time."""
+    stored = LineageEntry.stored(case.raw)
+    assert stored.encode() == case.raw
+    for _ in range(2):
+        with pytest.raises(LineageError):
+            stored.time  # noqa: B018  (the read is the test)
+    with pytest.raises(LineageError):
+        _ = stored == ENTRY
+
+
+def test_a_stored_entry_too_large_is_refused_at_once() -> None:
+    with pytest.raises(LineageError):
+        LineageEntry.stored(b"x" * (MAX_ENTRY_BYTES + 1))
+
+
+def test_an_entry_built_by_its_constructor_still_lacks_only_its_cached_bytes() -> None:
+    """The lazy decode answers only for fields: an entry built field by field has no
+    remembered bytes until encoded (AttributeError, as before), then has them."""
+    built = LineageEntry(**{name: getattr(ENTRY, name) for name in _FIELD_NAMES})
+    with pytest.raises(AttributeError):
+        object.__getattribute__(built, "_raw")
+    with pytest.raises(AttributeError):
+        built.no_such_field  # type: ignore[attr-defined]  # noqa: B018
+    assert built.encode() == CANONICAL
+
+
+@pytest.mark.parametrize(
+    "grants",
+    [
+        (),
+        ("",),
+        ("eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJvYmoifQ.c2ln",),
+        ("a.b.c", "d.e.f", "~ !#$%&'()*+,-./:;<=>?@[]^_`{|}"),
+        ('a"b',),
+        ("a\\b",),
+        ("a\x7fb",),
+        ("a\x1fb",),
+        ("Zürich",),
+        ("\u2028",),
+        ("plain", "a\nb"),
+    ],
+)
+def test_credentials_digest_is_the_canonical_json_arrays(grants: tuple[str, ...]) -> None:
+    """Plain-ASCII grants skip json.dumps: the digest is the same either way."""
+    expected = digest(json.dumps(list(grants), separators=(",", ":")).encode("ascii"))
+    assert credentials_digest(grants) == expected

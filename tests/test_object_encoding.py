@@ -14,7 +14,8 @@ import pytest
 from gateway import wire
 from gateway.archive import compact
 from gateway.blobs import BlobRef
-from gateway.lineage import EntryKind, Lineage
+from gateway.errors import LineageError
+from gateway.lineage import Entries, EntryKind, Lineage, LineageEntry
 from gateway.model import (
     Answer,
     CycleState,
@@ -223,3 +224,85 @@ def test_a_remembered_timing_is_only_served_for_the_same_interval_and_utc_time()
     for generation, interval, due in states + states[::-1]:
         state = CycleState(generation=generation, interval=interval, next_due=due)
         assert wire._cycle_wire(state) == wire._cycle_pb_wire(state), state
+
+
+def _fields_unset(entry: LineageEntry) -> bool:
+    try:
+        object.__getattribute__(entry, "seq")
+    except AttributeError:
+        return True
+    return False
+
+
+def _cycled(count: int) -> GovernedObject:
+    obj = created()
+    for generation in range(count):
+        at = T0 + timedelta(seconds=generation + 1)
+        obj = obj.record(EntryKind.EVALUATED, host=HOST_A, at=at, detail=f"run {generation}")
+    return obj
+
+
+def test_a_stored_object_decodes_its_entries_when_read() -> None:
+    """decode_object leaves the entries' fields to their first read (LineageEntry.stored):
+    appending and encoding, what a cycle does, decode none of them; the object is equal
+    to the one encoded, and what a cycle then writes is exactly the whole message."""
+    obj = _cycled(12)
+    decoded = wire.decode_object(wire.encode_object(obj))
+    entries = decoded.lineage.entries
+    assert all(_fields_unset(entry) for entry in entries)
+    after = decoded.record(EntryKind.EVALUATED, host=HOST_A, at=T0 + timedelta(days=1))
+    assert wire.encode_object(after) == whole(after)
+    assert after.lineage.head() == after.lineage.entries[-1].leaf_hash()
+    assert (
+        after.lineage.root()
+        == obj.record(EntryKind.EVALUATED, host=HOST_A, at=T0 + timedelta(days=1)).lineage.root()
+    )
+    assert all(_fields_unset(entry) for entry in entries)
+    assert decoded == obj  # reads (decodes) every field
+    assert not any(_fields_unset(entry) for entry in entries)
+
+
+def test_a_damaged_stored_entry_is_refused_when_read() -> None:
+    """An entry whose stored bytes are not canonical (a damaged store) is refused with
+    LineageError when read (the lineage's verification, a migration, `gateway lineage`);
+    decoding the object itself does not read it."""
+    obj = _cycled(3)
+    message = object_pb2.StoredObject()
+    message.ParseFromString(wire.encode_object(obj))
+    message.lineage.entries[1] = message.lineage.entries[1].replace(b'"seq":1', b'"seq":01')
+    decoded = wire.decode_object(message.SerializeToString(deterministic=True))
+    with pytest.raises(LineageError):
+        decoded.lineage.entries[1].time  # noqa: B018  (the read is the test)
+    assert decoded.lineage.entries[2].seq == 2
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 40])
+def test_a_stored_lineages_log_keeps_the_encoding_of_its_entries(count: int) -> None:
+    """The entries' encoding a decoded log starts with (cut from the parsed message) is
+    what the log would build entry by entry, and so is every encoding after appends."""
+    obj = _cycled(count)
+    decoded = wire.decode_object(wire.encode_object(obj))
+    log = decoded.lineage._log
+    fresh = Lineage(entries=tuple(decoded.lineage.entries))
+    rebuilt = fresh._log
+    assert rebuilt is not log and not rebuilt.wire_ends
+    wire._entries_wire(fresh)
+    assert bytes(log.wire) == bytes(rebuilt.wire)
+    assert log.wire_ends == rebuilt.wire_ends
+    again = decoded.record(EntryKind.EVALUATED, host=HOST_A, at=T0 + timedelta(days=2))
+    assert wire.encode_object(again) == whole(again)
+
+
+def test_entries_of_one_byte_lengths_are_encoded_entry_by_entry() -> None:
+    """A log whose entries' lengths do not all take two bytes as varints is left to
+    build its encoding when first encoded: the same bytes."""
+    obj = _cycled(2)
+    message = object_pb2.StoredObject()
+    message.ParseFromString(wire.encode_object(obj))
+    lineage = wire._lineage_from_pb(message.lineage, stored=True)
+    assert lineage._log.wire_ends  # typical entries (hundreds of bytes): cut at once
+    short = object_pb2.Lineage(entries=[b"{}"])
+    log = wire._lineage_from_pb(short, stored=True)._log
+    assert not log.wire_ends  # a 2-byte entry: left to _entries_wire
+    buffer, end = wire._entries_wire(Lineage(entries=Entries(log, len(log.entries))))
+    assert bytes(buffer[:end]) == b"\x0a\x02{}"

@@ -218,7 +218,9 @@ def decode_counter(raw: bytes) -> int:
 #: they may add up to, and the largest encoded size it remembers one of. A migration
 #: reads back, within milliseconds, the record it just wrote or read; a cycle reads the
 #: object its previous cycle wrote. Decoding one (protobuf, then a JSON document per
-#: lineage entry) cost more than anything else on both paths. A decoded object takes
+#: lineage entry) cost more than anything else on both paths. (A stored object's entries
+#: are now decoded when first read, gateway.lineage.LineageEntry.stored: a cycle reads
+#: none, so a miss of the object memo costs the protobuf parse and the object's fields.) A decoded object takes
 #: about 2.3 times its encoded size in memory, so the cache stays under about 14 MiB; a
 #: host cycling more objects than it holds (LRU, visited in turn) gains nothing on
 #: cycles, but migrations still hit.

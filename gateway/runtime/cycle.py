@@ -140,6 +140,13 @@ class CycleRunner:
         del cache_size
         self._data = _ByIdentity[bytes, dict[str, Any]]()
         self._held = _Held()
+        #: Admissions each authority permitted, shared by the objects holding that very
+        #: authority (a host's objects mostly hold one of a few: gateway.wire decodes
+        #: equal stored authorities to one value): an object's first cycle here asks
+        #: none of what another object's cycle already found permitted.
+        self._permitted = _ByIdentity[EffectiveAuthority, set[tuple[str, str]]](
+            PERMITTED_AUTHORITIES
+        )
 
     def ruleset(self, obj: GovernedObject) -> RuleSet:
         """Compiled rules, cached by their content (objects share rule sets often)."""
@@ -310,7 +317,7 @@ class CycleRunner:
             return CycleReport(result=CycleResult.SKIPPED, cycle=obj.cycle)
         if obj.cycle.next_due is not None and obj.cycle.next_due > now:
             return CycleReport(result=CycleResult.NOT_DUE, cycle=obj.cycle)
-        derived = current.derived if current.derived is not None else _Derived()
+        derived = current.derived if current.derived is not None else _Derived(self._permitted)
         evaluated, events, admitted, denied = self._evaluate(obj, now, None, derived)
         evaluated = self.compaction.folded(obj, evaluated)
         observability.cycle_evaluated(
@@ -362,7 +369,9 @@ class CycleRunner:
         rules run with the message as ``event``; the generation stays, the wake is recorded
         as ``woken``, and its events are keyed by the wake, never by the generation (which
         a cycle's events use)."""
-        derived = self._held.derived(object_key(obj.tenant, obj.object_id)) or _Derived()
+        derived = self._held.derived(object_key(obj.tenant, obj.object_id)) or _Derived(
+            self._permitted
+        )
         return self._evaluate(obj, now, wake, derived)
 
     def _evaluate(
@@ -511,10 +520,12 @@ PREPARE_SLICE = 32
 #: object keeps its own in :class:`_Derived`), so a thousand entries do.
 DATA_MEMO_ENTRIES = 1024
 DATA_MEMO_MAX_BYTES = 1024
-#: Admissions remembered per object (see :class:`_Derived`): an object's rules propose
+#: Admissions remembered per authority (see :class:`_Derived`): an object's rules propose
 #: a handful of distinct actions; the bound only keeps a dishonest rule set's many
-#: resources from growing the memo.
+#: resources from growing the memo (past it, admissions are asked every time).
 ADMISSIONS_PER_OBJECT = 64
+#: Authorities whose admissions a runner remembers (shared by the objects holding each).
+PERMITTED_AUTHORITIES = 256
 #: Committed objects a runner remembers (see :class:`_Held`): their encoded bytes in
 #: all, and how long one must have gone unused before a newcomer may take its place.
 #: The same budget as the journal's memo of objects, which mostly holds the same ones
@@ -557,7 +568,9 @@ class _Derived:
     memo holds it, so its identity cannot be reused); a cycle rebuilds its object from
     the same values, so an object that cycles on here computes each of them once. Only
     permissions are remembered: a refusal is asked again, so it raises with its own
-    reason every time. Expiry is not this memo's business: the caller passes
+    reason every time. The admissions are those of the authority, not the object's: given
+    ``permitted`` (the runner's, by authority identity), objects holding the very same
+    authority share one set. Expiry is not this memo's business: the caller passes
     ``authority_at(now)``, which is NO_AUTHORITY once the grants expired."""
 
     __slots__ = (
@@ -569,9 +582,13 @@ class _Derived:
         "raw",
         "rules",
         "ruleset",
+        "shared",
     )
 
-    def __init__(self) -> None:
+    def __init__(
+        self, permitted: _ByIdentity[EffectiveAuthority, set[tuple[str, str]]] | None = None
+    ) -> None:
+        self.shared = permitted
         self.rules: object = None
         self.ruleset: RuleSet | None = None
         self.raw: bytes | None = None
@@ -608,9 +625,15 @@ class _Derived:
     def require(self, authority: EffectiveAuthority, resource: str, verb: str) -> None:
         """``authority.require(resource, verb)``, permissions remembered."""
         if self.authority is not authority:
-            self.permitted = set()
+            shared = self.shared
+            permitted = None if shared is None else shared.get(authority)
+            if permitted is None:
+                permitted = set()
+                if shared is not None:
+                    shared.put(authority, permitted)
+            self.permitted = permitted
             self.authority = authority
-        elif (resource, verb) in self.permitted:
+        if (resource, verb) in self.permitted:
             return
         authority.require(resource, verb)  # raises AdmissionDeniedError if refused
         if len(self.permitted) < ADMISSIONS_PER_OBJECT:
