@@ -116,6 +116,7 @@ def test_an_oversized_answer_to_prepare_is_refused_before_its_signature_and_abor
 
     object_id = "obj://org-a.example/bounds/answer"
     world.create(HOST_A, object_id)
+
     async def real_client() -> Any:  # made on the world's loop (it opens a channel)
         return world.hosts[HOST_A].peers.client(HOST_B).real
 
