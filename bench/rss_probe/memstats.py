@@ -5,6 +5,7 @@ by bench/soak_memory.py (both hosts in one process)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import os
@@ -141,3 +142,68 @@ def census() -> dict[str, int]:
             counts[name] = counts.get(name, 0) + 1
     del tracked
     return counts
+
+
+@functools.cache
+def _sqlite_library() -> Any:
+    """The SQLite library ``_sqlite3`` links (the same instance: one copy of a shared
+    library per process), with its memory counters' result types set; None if absent."""
+    import ctypes
+
+    try:
+        library = ctypes.CDLL("libsqlite3.so.0")
+    except OSError:
+        return None
+    library.sqlite3_memory_used.restype = ctypes.c_int64
+    library.sqlite3_memory_highwater.restype = ctypes.c_int64
+    library.sqlite3_memory_highwater.argtypes = [ctypes.c_int]
+    return library
+
+
+def sqlite_memory() -> tuple[int, int] | None:
+    """SQLite's own heap: (bytes it holds now, the most it has held), or None. Its page
+    caches, statement caches and schemas, all connections of the process together."""
+    library = _sqlite_library()
+    if library is None:
+        return None
+    return library.sqlite3_memory_used(), library.sqlite3_memory_highwater(0)
+
+
+def extras() -> dict[str, float]:
+    """Figures that might grow, by a name without spaces: SQLite's heap (MiB), asyncio
+    tasks alive, threads, open descriptors, and every gateway memo's entries and weight
+    (MiB; ``memo:<module:line where made>``) and every ``functools.lru_cache`` of a
+    ``gateway`` module's entries (``cache:<module.function>``)."""
+    import asyncio
+    import threading
+
+    mib = 2**20
+    found: dict[str, float] = {}
+    sqlite = sqlite_memory()
+    if sqlite is not None:
+        found["sqlite_mib"], found["sqlite_high_mib"] = sqlite[0] / mib, sqlite[1] / mib
+    found["tasks"] = len(getattr(asyncio.tasks, "_all_tasks", ()))
+    found["threads"] = threading.active_count()
+    with contextlib.suppress(OSError):
+        found["fds"] = len(os.listdir("/proc/self/fd"))
+    lru = sys.modules.get("gateway._lru")
+    if lru is not None and hasattr(lru, "memo_stats"):
+        for memo in lru.memo_stats():
+            found[f"memo:{memo.made_at}:n"] = memo.entries
+            if memo.weight:
+                found[f"memo:{memo.made_at}:mib"] = memo.weight / mib
+    seen: set[int] = set()
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("gateway") or module is None:
+            continue
+        for attribute, value in list(vars(module).items()):
+            info = getattr(value, "cache_info", None)
+            if callable(info) and id(value) not in seen:
+                seen.add(id(value))  # imported elsewhere too: counted where first seen
+                found[f"cache:{name}.{attribute}:n"] = info().currsize
+    return found
+
+
+def format_extras(found: dict[str, float]) -> str:
+    """``name=value`` pairs, as summarize.py reads them after ``||``."""
+    return " ".join(f"{name}={value:.3f}".rstrip("0").rstrip(".") for name, value in found.items())
