@@ -52,6 +52,8 @@ class MemoStats:
     entries: int
     weight: int  #: the weight (:class:`BoundedLru` given ``weigh``) or size (:class:`IdleLru`) held
     capacity: int  #: their bounds on entries (:class:`BoundedLru`) or on size (:class:`IdleLru`)
+    hits: int  #: lookups answered (:class:`BoundedLru`; 0 for :class:`IdleLru`)
+    misses: int
 
 
 def memo_stats() -> list[MemoStats]:
@@ -60,17 +62,24 @@ def memo_stats() -> list[MemoStats]:
     totals: dict[str, list[int]] = {}
     for memo, made_at in list(_MEMOS.items()):
         if isinstance(memo, BoundedLru):
-            entries, weight, capacity = len(memo), memo.weight(), memo._capacity
+            figures = (len(memo), memo.weight(), memo._capacity, memo.hits, memo.misses)
         else:
-            entries, weight, capacity = len(memo._entries), memo._size, memo._total_size
-        total = totals.setdefault(made_at, [0, 0, 0, 0])
+            figures = (len(memo._entries), memo._size, memo._total_size, 0, 0)
+        total = totals.setdefault(made_at, [0, 0, 0, 0, 0, 0])
         total[0] += 1
-        total[1] += entries
-        total[2] += weight
-        total[3] += capacity
+        for index, figure in enumerate(figures, start=1):
+            total[index] += figure
     return [
-        MemoStats(made_at=at, memos=n, entries=entries, weight=weight, capacity=capacity)
-        for at, (n, entries, weight, capacity) in sorted(totals.items())
+        MemoStats(
+            made_at=at,
+            memos=n,
+            entries=entries,
+            weight=weight,
+            capacity=capacity,
+            hits=hits,
+            misses=misses,
+        )
+        for at, (n, entries, weight, capacity, hits, misses) in sorted(totals.items())
     ]
 
 

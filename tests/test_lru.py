@@ -55,11 +55,11 @@ def test_a_weight_bound_needs_its_weigher() -> None:
 
 def test_encoded_bases_stay_within_their_byte_bound() -> None:
     # Bases grow with the departures they cut at; the memo of their encodings is bounded
-    # by bytes, so 64 bases of 512 KiB (32 MiB) leave at most BASE_BYTES_MEMO_BYTES.
+    # by bytes, so 64 bases of 128 KiB (8 MiB) leave at most BASE_BYTES_MEMO_BYTES.
     wire._BASE_BYTES.clear()
     for n in range(64):
         base = dsse.Envelope(
-            payload=n.to_bytes(4, "big") * (128 << 10),
+            payload=n.to_bytes(4, "big") * (32 << 10),
             payload_type=BASE_PAYLOAD_TYPE,
             signatures=(dsse.Signature(keyid="k", sig=b"s"),),
         )
@@ -83,8 +83,10 @@ def test_memo_stats_report_each_live_memo_by_where_it_was_made() -> None:
     assert made_at.startswith(f"{__name__}:")
     counted.put(1, bytes(30))
     counted.put(2, bytes(20))
+    assert counted.get(1) is not None and counted.get(3) is None and 2 in counted
     (stats,) = [s for s in memo_stats() if s.made_at == made_at]
     assert (stats.memos, stats.entries, stats.weight, stats.capacity) == (1, 2, 50, 8)
+    assert (stats.hits, stats.misses) == (2, 1)
 
     clock = [0.0]
     idle: IdleLru[str, bytes] = IdleLru(1000, idle_seconds=1.0, clock=lambda: clock[0])

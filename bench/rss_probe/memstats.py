@@ -157,16 +157,36 @@ def _sqlite_library() -> Any:
     library.sqlite3_memory_used.restype = ctypes.c_int64
     library.sqlite3_memory_highwater.restype = ctypes.c_int64
     library.sqlite3_memory_highwater.argtypes = [ctypes.c_int]
+    library.sqlite3_status64.argtypes = [
+        ctypes.c_int,
+        ctypes.POINTER(ctypes.c_int64),
+        ctypes.POINTER(ctypes.c_int64),
+        ctypes.c_int,
+    ]
     return library
 
 
-def sqlite_memory() -> tuple[int, int] | None:
-    """SQLite's own heap: (bytes it holds now, the most it has held), or None. Its page
-    caches, statement caches and schemas, all connections of the process together."""
+#: sqlite3_status64's op for the page caches' bytes taken from SQLite's heap (with no
+#: SQLITE_CONFIG_PAGECACHE buffer, as here, that is all of them).
+_SQLITE_STATUS_PAGECACHE_OVERFLOW = 2
+
+
+def sqlite_memory() -> tuple[int, int, int] | None:
+    """SQLite's own heap: (bytes it holds now, the most it has held, the part of the
+    first that is page caches), or None. All connections of the process together; the
+    rest of it is mostly prepared statements (Python's sqlite3 keeps up to 128 per
+    connection) and schemas."""
+    import ctypes
+
     library = _sqlite_library()
     if library is None:
         return None
-    return library.sqlite3_memory_used(), library.sqlite3_memory_highwater(0)
+    current, highwater = ctypes.c_int64(0), ctypes.c_int64(0)
+    if library.sqlite3_status64(
+        _SQLITE_STATUS_PAGECACHE_OVERFLOW, ctypes.byref(current), ctypes.byref(highwater), 0
+    ):
+        current.value = -1
+    return library.sqlite3_memory_used(), library.sqlite3_memory_highwater(0), current.value
 
 
 def extras() -> dict[str, float]:
@@ -182,6 +202,7 @@ def extras() -> dict[str, float]:
     sqlite = sqlite_memory()
     if sqlite is not None:
         found["sqlite_mib"], found["sqlite_high_mib"] = sqlite[0] / mib, sqlite[1] / mib
+        found["sqlite_pages_mib"] = sqlite[2] / mib
     found["tasks"] = len(getattr(asyncio.tasks, "_all_tasks", ()))
     found["threads"] = threading.active_count()
     with contextlib.suppress(OSError):
@@ -192,15 +213,34 @@ def extras() -> dict[str, float]:
             found[f"memo:{memo.made_at}:n"] = memo.entries
             if memo.weight:
                 found[f"memo:{memo.made_at}:mib"] = memo.weight / mib
+            if memo.hits or memo.misses:  # since the start: a running hit rate
+                found[f"memo:{memo.made_at}:hit%"] = 100 * memo.hits / (memo.hits + memo.misses)
     seen: set[int] = set()
     for name, module in list(sys.modules.items()):
         if not name.startswith("gateway") or module is None:
             continue
         for attribute, value in list(vars(module).items()):
+            if id(value) in seen or isinstance(value, type):
+                continue
             info = getattr(value, "cache_info", None)
-            if callable(info) and id(value) not in seen:
+            if callable(info):
                 seen.add(id(value))  # imported elsewhere too: counted where first seen
                 found[f"cache:{name}.{attribute}:n"] = info().currsize
+                continue
+            # Other memories of a module: lineage's VerifiedPrefixes.sizes() (objects,
+            # checkpoints) and _BytesMemo.size() (values, bytes).
+            for method, suffixes in (("sizes", (":n", ":checkpoints")), ("size", (":n", ":mib"))):
+                measure = getattr(value, method, None)
+                if not callable(measure) or getattr(measure, "__self__", None) is not value:
+                    continue
+                with contextlib.suppress(Exception):
+                    figures = measure()
+                    if isinstance(figures, tuple) and len(figures) == 2:
+                        seen.add(id(value))
+                        for suffix, figure in zip(suffixes, figures, strict=True):
+                            scale = mib if suffix == ":mib" else 1
+                            found[f"held:{name}.{attribute}{suffix}"] = figure / scale
+                break
     return found
 
 
