@@ -169,11 +169,15 @@ def _sqlite_library() -> Any:
 #: sqlite3_status64's op for the page caches' bytes taken from SQLite's heap (with no
 #: SQLITE_CONFIG_PAGECACHE buffer, as here, that is all of them).
 _SQLITE_STATUS_PAGECACHE_OVERFLOW = 2
+#: Allocations outstanding, and (its high-water mark) the largest one asked for.
+_SQLITE_STATUS_MALLOC_COUNT = 9
+_SQLITE_STATUS_MALLOC_SIZE = 5
 
 
-def sqlite_memory() -> tuple[int, int, int] | None:
+def sqlite_memory() -> tuple[int, int, int, int, int] | None:
     """SQLite's own heap: (bytes it holds now, the most it has held, the part of the
-    first that is page caches), or None. All connections of the process together; the
+    first that is page caches, allocations outstanding, the largest allocation asked
+    for so far), or None. All connections of the process together; the
     rest of it is mostly prepared statements (Python's sqlite3 keeps up to 128 per
     connection) and schemas."""
     import ctypes
@@ -181,12 +185,23 @@ def sqlite_memory() -> tuple[int, int, int] | None:
     library = _sqlite_library()
     if library is None:
         return None
-    current, highwater = ctypes.c_int64(0), ctypes.c_int64(0)
-    if library.sqlite3_status64(
-        _SQLITE_STATUS_PAGECACHE_OVERFLOW, ctypes.byref(current), ctypes.byref(highwater), 0
+    figures = []
+    for op in (
+        _SQLITE_STATUS_PAGECACHE_OVERFLOW,
+        _SQLITE_STATUS_MALLOC_COUNT,
+        _SQLITE_STATUS_MALLOC_SIZE,
     ):
-        current.value = -1
-    return library.sqlite3_memory_used(), library.sqlite3_memory_highwater(0), current.value
+        current, highwater = ctypes.c_int64(0), ctypes.c_int64(0)
+        failed = library.sqlite3_status64(op, ctypes.byref(current), ctypes.byref(highwater), 0)
+        value = current.value if op != _SQLITE_STATUS_MALLOC_SIZE else highwater.value
+        figures.append(-1 if failed else value)
+    return (
+        library.sqlite3_memory_used(),
+        library.sqlite3_memory_highwater(0),
+        figures[0],
+        figures[1],
+        figures[2],
+    )
 
 
 def extras() -> dict[str, float]:
@@ -203,8 +218,11 @@ def extras() -> dict[str, float]:
     if sqlite is not None:
         found["sqlite_mib"], found["sqlite_high_mib"] = sqlite[0] / mib, sqlite[1] / mib
         found["sqlite_pages_mib"] = sqlite[2] / mib
+        found["sqlite_mallocs"] = sqlite[3]
+        found["sqlite_largest_malloc_kib"] = sqlite[4] / 1024
         for name, value in sqlite_connections().items():
-            found[f"sqlite_{name}" + ("" if name == "connections" else "_mib")] = (
+            # per connection, summed over those found (sqlite_pages_mib is the global)
+            found[f"sqlite_conn_{name}" + ("" if name == "connections" else "_mib")] = (
                 value if name == "connections" else value / mib
             )
     found["tasks"] = len(getattr(asyncio.tasks, "_all_tasks", ()))
