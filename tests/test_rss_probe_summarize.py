@@ -5,6 +5,7 @@ figures were logged."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from pathlib import Path
@@ -97,3 +98,36 @@ def test_a_log_without_the_bars_has_no_extra_figures(tmp_path: Path) -> None:
     log = tmp_path / "1.log"
     log.write_text("     30 " + PROBE.format(rss=250, anon=200, arenas=80, live=70) + "\n")
     assert extras_of(str(log)) == []
+
+
+def test_the_probe_reads_sqlites_heap_and_the_memos_of_this_process(tmp_path: Path) -> None:
+    import sqlite3
+
+    from memstats import extras, format_extras, sqlite_connections, sqlite_memory
+
+    from gateway._lru import BoundedLru
+
+    memo: BoundedLru[int, bytes] = BoundedLru(4, max_weight=1 << 20, weigh=len)
+    memo.put(1, bytes(1 << 19))
+    assert memo.get(1) is not None and memo.get(2) is None
+    before = sqlite_memory()
+    assert before is not None  # ctypes reaches the libsqlite3 that _sqlite3 links
+    with contextlib.closing(sqlite3.connect(tmp_path / "probe.db")) as connection:
+        connection.execute("CREATE TABLE t (v BLOB)")
+        connection.executemany("INSERT INTO t VALUES (?)", [(bytes(1000),)] * 1000)
+        connection.commit()
+        assert len(connection.execute("SELECT v FROM t").fetchall()) == 1000
+        used, highwater, pages, allocations, largest = sqlite_memory() or (0, 0, 0, 0, 0)
+        # The same library instance as _sqlite3: its heap holds this connection's pages.
+        assert used > before[0] and highwater >= used and 0 < pages < used
+        assert allocations > 0 and largest > 0
+        per_connection = sqlite_connections()
+        assert per_connection["connections"] >= 1 and per_connection["pages"] >= 1 << 19
+        found = extras()
+    assert found["sqlite_mib"] > 0.5
+    (made_at,) = {
+        name.split(":")[1] + ":" + name.split(":")[2] for name in found if __name__ in name
+    }
+    assert found[f"memo:{made_at}:n"] == 1 and found[f"memo:{made_at}:mib"] == 0.5
+    assert found[f"memo:{made_at}:hit%"] == 50
+    assert " " not in "".join(found) and "memo:" in format_extras(found)
