@@ -8,11 +8,18 @@ weight (``weigh(value)``: its bytes, say), the least recently used going first, 
 a peer sends can only evict, never grow it; a value heavier than ``max_weight`` on its
 own is not kept. A miss costs what the caller's work costs anyway. Thread-safe (one
 lock), because verification also runs on worker threads.
+
+Every memo made here registers itself, weakly, with the place that made it, so
+:func:`memo_stats` can say how full each one is (bench/rss_probe logs it beside a
+server's memory figures); registering costs one frame lookup per memo made, nothing
+per use.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +27,60 @@ from typing import Generic, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
+
+#: Every live memo of this module, with where it was made ("module:line").
+_MEMOS: weakref.WeakKeyDictionary[BoundedLru[object, object] | IdleLru[object, object], str] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _register(memo: BoundedLru[K, V] | IdleLru[K, V]) -> None:
+    """Remember ``memo`` (weakly) with the place that constructed it: the first frame
+    outside this module and ``typing`` (``BoundedLru[K, V](...)`` calls through it)."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__") in (__name__, "typing"):
+        frame = frame.f_back
+    _MEMOS[memo] = f"{frame.f_globals.get('__name__', '?')}:{frame.f_lineno}"  # type: ignore[index]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoStats:
+    """How full the memos made at one place are (summed over them)."""
+
+    made_at: str  #: "module:line" of the constructor call
+    memos: int  #: live memos made there
+    entries: int
+    weight: int  #: the weight (:class:`BoundedLru` given ``weigh``) or size (:class:`IdleLru`) held
+    capacity: int  #: their bounds on entries (:class:`BoundedLru`) or on size (:class:`IdleLru`)
+    hits: int  #: lookups answered (:class:`BoundedLru`; 0 for :class:`IdleLru`)
+    misses: int
+
+
+def memo_stats() -> list[MemoStats]:
+    """Every live memo's fill, summed by the place that made it, sorted by that place.
+    Reads counters only (no lock): figures for a probe, not for decisions."""
+    totals: dict[str, list[int]] = {}
+    for memo, made_at in list(_MEMOS.items()):
+        if isinstance(memo, BoundedLru):
+            figures = (len(memo), memo.weight(), memo._capacity, memo.hits, memo.misses)
+        else:
+            figures = (len(memo._entries), memo._size, memo._total_size, 0, 0)
+        total = totals.setdefault(made_at, [0, 0, 0, 0, 0, 0])
+        total[0] += 1
+        for index, figure in enumerate(figures, start=1):
+            total[index] += figure
+    return [
+        MemoStats(
+            made_at=at,
+            memos=n,
+            entries=entries,
+            weight=weight,
+            capacity=capacity,
+            hits=hits,
+            misses=misses,
+        )
+        for at, (n, entries, weight, capacity, hits, misses) in sorted(totals.items())
+    ]
 
 
 class BoundedLru(Generic[K, V]):
@@ -43,6 +104,7 @@ class BoundedLru(Generic[K, V]):
         self._lock = threading.Lock()
         self.hits = 0  #: lookups answered
         self.misses = 0
+        _register(self)
 
     def _hit(self, key: K) -> bool:
         """Whether ``key`` is held (counted; a hit becomes the most recently used).
@@ -113,7 +175,7 @@ class IdleLru(Generic[K, V]):
 
     Invariant: the sizes of the values held add up to at most ``total_size``."""
 
-    __slots__ = ("_clock", "_entries", "_idle", "_size", "_total_size")
+    __slots__ = ("__weakref__", "_clock", "_entries", "_idle", "_size", "_total_size")
 
     def __init__(self, total_size: int, *, idle_seconds: float, clock: Callable[[], float]) -> None:
         self._total_size = total_size
@@ -122,6 +184,7 @@ class IdleLru(Generic[K, V]):
         self._size = 0
         #: least recently used first
         self._entries: OrderedDict[K, _Slot[V]] = OrderedDict()
+        _register(self)
 
     def __contains__(self, key: K) -> bool:
         return key in self._entries

@@ -55,11 +55,11 @@ def test_a_weight_bound_needs_its_weigher() -> None:
 
 def test_encoded_bases_stay_within_their_byte_bound() -> None:
     # Bases grow with the departures they cut at; the memo of their encodings is bounded
-    # by bytes, so 64 bases of 512 KiB (32 MiB) leave at most BASE_BYTES_MEMO_BYTES.
+    # by bytes, so 64 bases of 128 KiB (8 MiB) leave at most BASE_BYTES_MEMO_BYTES.
     wire._BASE_BYTES.clear()
     for n in range(64):
         base = dsse.Envelope(
-            payload=n.to_bytes(4, "big") * (128 << 10),
+            payload=n.to_bytes(4, "big") * (32 << 10),
             payload_type=BASE_PAYLOAD_TYPE,
             signatures=(dsse.Signature(keyid="k", sig=b"s"),),
         )
@@ -68,3 +68,42 @@ def test_encoded_bases_stay_within_their_byte_bound() -> None:
     assert 0 < len(wire._BASE_BYTES) < 64
     assert wire._base_bytes(base) is wire._base_bytes(base)  # the newest is remembered
     wire._BASE_BYTES.clear()
+
+
+def test_memo_stats_report_each_live_memo_by_where_it_was_made() -> None:
+    from gateway._lru import IdleLru, memo_stats
+
+    def here(memo: object) -> str:
+        (made_at,) = {s.made_at for s in memo_stats()} - before
+        return made_at
+
+    before = {s.made_at for s in memo_stats()}
+    counted: BoundedLru[int, bytes] = BoundedLru(8, max_weight=100, weigh=len)
+    made_at = here(counted)
+    assert made_at.startswith(f"{__name__}:")
+    counted.put(1, bytes(30))
+    counted.put(2, bytes(20))
+    assert counted.get(1) is not None and counted.get(3) is None and 2 in counted
+    (stats,) = [s for s in memo_stats() if s.made_at == made_at]
+    assert (stats.memos, stats.entries, stats.weight, stats.capacity) == (1, 2, 50, 8)
+    assert (stats.hits, stats.misses) == (2, 1)
+
+    clock = [0.0]
+    idle: IdleLru[str, bytes] = IdleLru(1000, idle_seconds=1.0, clock=lambda: clock[0])
+    idle.put("a", b"x", 300)
+    (idle_stats,) = [s for s in memo_stats() if s.made_at not in before | {made_at}]
+    assert (idle_stats.entries, idle_stats.weight, idle_stats.capacity) == (1, 300, 1000)
+
+    del counted, idle  # registered weakly: a memo gone is no longer reported
+    assert {s.made_at for s in memo_stats()} == before
+
+
+def test_memos_made_at_one_place_are_summed() -> None:
+    from gateway._lru import memo_stats
+
+    memos = [BoundedLru[int, int](4) for _ in range(3)]
+    for n, memo in enumerate(memos):
+        for k in range(n + 1):
+            memo.put(k, k)
+    (stats,) = [s for s in memo_stats() if s.made_at.startswith(f"{__name__}:")]
+    assert (stats.memos, stats.entries, stats.capacity) == (3, 1 + 2 + 3, 12)

@@ -5,6 +5,7 @@ by bench/soak_memory.py (both hosts in one process)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import os
@@ -141,3 +142,165 @@ def census() -> dict[str, int]:
             counts[name] = counts.get(name, 0) + 1
     del tracked
     return counts
+
+
+@functools.cache
+def _sqlite_library() -> Any:
+    """The SQLite library ``_sqlite3`` links (the same instance: one copy of a shared
+    library per process), with its memory counters' result types set; None if absent."""
+    import ctypes
+
+    try:
+        library = ctypes.CDLL("libsqlite3.so.0")
+    except OSError:
+        return None
+    library.sqlite3_memory_used.restype = ctypes.c_int64
+    library.sqlite3_memory_highwater.restype = ctypes.c_int64
+    library.sqlite3_memory_highwater.argtypes = [ctypes.c_int]
+    library.sqlite3_status64.argtypes = [
+        ctypes.c_int,
+        ctypes.POINTER(ctypes.c_int64),
+        ctypes.POINTER(ctypes.c_int64),
+        ctypes.c_int,
+    ]
+    return library
+
+
+#: sqlite3_status64's op for the page caches' bytes taken from SQLite's heap (with no
+#: SQLITE_CONFIG_PAGECACHE buffer, as here, that is all of them).
+_SQLITE_STATUS_PAGECACHE_OVERFLOW = 2
+#: Allocations outstanding, and (its high-water mark) the largest one asked for.
+_SQLITE_STATUS_MALLOC_COUNT = 9
+_SQLITE_STATUS_MALLOC_SIZE = 5
+
+
+def sqlite_memory() -> tuple[int, int, int, int, int] | None:
+    """SQLite's own heap: (bytes it holds now, the most it has held, the part of the
+    first that is page caches, allocations outstanding, the largest allocation asked
+    for so far), or None. All connections of the process together; the
+    rest of it is mostly prepared statements (Python's sqlite3 keeps up to 128 per
+    connection) and schemas."""
+    import ctypes
+
+    library = _sqlite_library()
+    if library is None:
+        return None
+    figures = []
+    for op in (
+        _SQLITE_STATUS_PAGECACHE_OVERFLOW,
+        _SQLITE_STATUS_MALLOC_COUNT,
+        _SQLITE_STATUS_MALLOC_SIZE,
+    ):
+        current, highwater = ctypes.c_int64(0), ctypes.c_int64(0)
+        failed = library.sqlite3_status64(op, ctypes.byref(current), ctypes.byref(highwater), 0)
+        value = current.value if op != _SQLITE_STATUS_MALLOC_SIZE else highwater.value
+        figures.append(-1 if failed else value)
+    return (
+        library.sqlite3_memory_used(),
+        library.sqlite3_memory_highwater(0),
+        figures[0],
+        figures[1],
+        figures[2],
+    )
+
+
+def extras() -> dict[str, float]:
+    """Figures that might grow, by a name without spaces: SQLite's heap (MiB), asyncio
+    tasks alive, threads, open descriptors, and every gateway memo's entries and weight
+    (MiB; ``memo:<module:line where made>``) and every ``functools.lru_cache`` of a
+    ``gateway`` module's entries (``cache:<module.function>``)."""
+    import asyncio
+    import threading
+
+    mib = 2**20
+    found: dict[str, float] = {}
+    sqlite = sqlite_memory()
+    if sqlite is not None:
+        found["sqlite_mib"], found["sqlite_high_mib"] = sqlite[0] / mib, sqlite[1] / mib
+        found["sqlite_pages_mib"] = sqlite[2] / mib
+        found["sqlite_mallocs"] = sqlite[3]
+        found["sqlite_largest_malloc_kib"] = sqlite[4] / 1024
+        for name, value in sqlite_connections().items():
+            # per connection, summed over those found (sqlite_pages_mib is the global)
+            found[f"sqlite_conn_{name}" + ("" if name == "connections" else "_mib")] = (
+                value if name == "connections" else value / mib
+            )
+    found["tasks"] = len(getattr(asyncio.tasks, "_all_tasks", ()))
+    found["threads"] = threading.active_count()
+    with contextlib.suppress(OSError):
+        found["fds"] = len(os.listdir("/proc/self/fd"))
+    lru = sys.modules.get("gateway._lru")
+    if lru is not None and hasattr(lru, "memo_stats"):
+        for memo in lru.memo_stats():
+            found[f"memo:{memo.made_at}:n"] = memo.entries
+            if memo.weight:
+                found[f"memo:{memo.made_at}:mib"] = memo.weight / mib
+            if memo.hits or memo.misses:  # since the start: a running hit rate
+                found[f"memo:{memo.made_at}:hit%"] = 100 * memo.hits / (memo.hits + memo.misses)
+    seen: set[int] = set()
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("gateway") or module is None:
+            continue
+        for attribute, value in list(vars(module).items()):
+            if id(value) in seen or isinstance(value, type):
+                continue
+            info = getattr(value, "cache_info", None)
+            if callable(info):
+                seen.add(id(value))  # imported elsewhere too: counted where first seen
+                found[f"cache:{name}.{attribute}:n"] = info().currsize
+                continue
+            # Other memories of a module: lineage's VerifiedPrefixes.sizes() (objects,
+            # checkpoints) and _BytesMemo.size() (values, bytes).
+            for method, suffixes in (("sizes", (":n", ":checkpoints")), ("size", (":n", ":mib"))):
+                measure = getattr(value, method, None)
+                if not callable(measure) or getattr(measure, "__self__", None) is not value:
+                    continue
+                with contextlib.suppress(Exception):
+                    figures = measure()
+                    if isinstance(figures, tuple) and len(figures) == 2:
+                        seen.add(id(value))
+                        for suffix, figure in zip(suffixes, figures, strict=True):
+                            scale = mib if suffix == ":mib" else 1
+                            found[f"held:{name}.{attribute}{suffix}"] = figure / scale
+                break
+    return found
+
+
+def format_extras(found: dict[str, float]) -> str:
+    """``name=value`` pairs, as summarize.py reads them after ``||``."""
+    return " ".join(f"{name}={value:.3f}".rstrip("0").rstrip(".") for name, value in found.items())
+
+
+#: sqlite3_db_status ops: the connection's page cache, schemas, prepared statements.
+_SQLITE_DBSTATUS = {"pages": 1, "schema": 2, "statements": 3}
+
+
+def sqlite_connections() -> dict[str, int]:
+    """Per-connection SQLite heap of every ``sqlite3.Connection`` alive, summed: bytes of
+    page caches, schemas and prepared statements (``sqlite3_db_status``), and the count.
+    The connections are found with a walk of the collector's objects (tens of ms; they
+    cannot be weakly referenced, and holding them would keep closed ones). The ``sqlite3 *``
+    handle is read from the object's first field after its header (CPython 3.11's
+    ``pysqlite_Connection``); a closed connection reads as NULL and is skipped."""
+    import ctypes
+    import sqlite3
+
+    library = _sqlite_library()
+    if library is None:
+        return {}
+    alive = [o for o in gc.get_objects() if isinstance(o, sqlite3.Connection)]
+    totals = dict.fromkeys(_SQLITE_DBSTATUS, 0)
+    current, highwater = ctypes.c_int(0), ctypes.c_int(0)
+    counted = 0
+    for connection in alive:
+        handle = ctypes.c_void_p.from_address(id(connection) + object.__basicsize__).value
+        if not handle:
+            continue
+        counted += 1
+        for name, op in _SQLITE_DBSTATUS.items():
+            if not library.sqlite3_db_status(
+                ctypes.c_void_p(handle), op, ctypes.byref(current), ctypes.byref(highwater), 0
+            ):
+                totals[name] += current.value
+    totals["connections"] = counted
+    return totals

@@ -10,7 +10,10 @@ In each process whose command line has ``serve``, a daemon thread appends to
 CPython's object allocator (arenas held, bytes in live blocks, bytes free in used
 pools and in unused pools: ``sys._debugmallocstats``), ``sys.getallocatedblocks()`` and
 glibc's heap (in use, free, mmapped; or jemalloc's allocated and resident under
-``LD_PRELOAD``), ``PYTHONMALLOC`` and the process's CPU seconds. At each of
+``LD_PRELOAD``), ``PYTHONMALLOC`` and the process's CPU seconds; after ``||``, figures
+that might be what grows (memstats.extras: SQLite's own heap, asyncio tasks, threads,
+descriptors, each gateway memo's entries and bytes and each ``functools.lru_cache``'s
+entries). At each of
 ``RSS_PROBE_CENSUS`` (seconds after start, comma-separated) it writes ``<pid>-<t>.census.json``: objects by type after a full
 collection, the tracked ones and the untracked ones they refer to. With
 ``RSS_PROBE_TRACE=N`` tracemalloc runs with N frames, each sample gives the traced
@@ -34,7 +37,7 @@ def _start() -> None:
 
     # Beside this file, on the same PYTHONPATH; standard library only.
     from memstats import census as census_counts
-    from memstats import jemalloc_stats, mallinfo2, pymalloc_stats
+    from memstats import extras, format_extras, jemalloc_stats, mallinfo2, pymalloc_stats
 
     out = os.environ["RSS_PROBE_OUT"]
     every = float(os.environ.get("RSS_PROBE_EVERY", "30"))
@@ -105,7 +108,7 @@ def _start() -> None:
             while True:
                 time.sleep(every)
                 now = time.monotonic() - began
-                log.write(f"{now:7.0f} {status()} | {pymalloc()}\n")
+                log.write(f"{now:7.0f} {status()} | {pymalloc()} || {format_extras(extras())}\n")
                 while pending and now >= pending[0]:
                     moment = pending.pop(0)
                     census(moment)

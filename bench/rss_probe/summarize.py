@@ -16,6 +16,11 @@ bytes plus what malloc has handed out and not taken back, in its heaps and mmapp
 "held free" (RssAnon minus all live: what both allocators keep resident for nobody).
 They compare runs with and without ``PYTHONMALLOC=malloc``, where every object comes
 from malloc and the arenas are empty.
+
+Where the log has the figures after ``||`` (memstats.extras: SQLite's own heap, tasks,
+threads, descriptors, each memo's entries and MiB, each ``lru_cache``'s entries), each
+one's slope per minute over the same window, its mean and its last value, one a line,
+largest rise first; names ending in ``mib`` are MiB, so their slopes compare with RSS's.
 """
 
 from __future__ import annotations
@@ -58,6 +63,46 @@ def rows_of(path: str) -> list[tuple[float, ...]]:
     return rows
 
 
+def extras_of(path: str) -> list[tuple[float, dict[str, float]]]:
+    """Each sample's time and its ``name=value`` figures after ``||`` (none in older
+    logs)."""
+    found = []
+    with open(path) as handle:
+        for line in handle:
+            match = LINE.match(line)
+            if match is None or "||" not in line:
+                continue
+            figures = {}
+            for pair in line.split("||", 1)[1].split():
+                name, _, value = pair.rpartition("=")
+                if name:
+                    figures[name] = float(value)
+            found.append((float(match.group(1)), figures))
+    return found
+
+
+def extras_slopes(
+    samples: list[tuple[float, dict[str, float]]], low: float, high: float
+) -> list[tuple[str, float, float, float]]:
+    """(name, slope per minute, mean, last value) of each figure present in at least three
+    samples in [low, high], by falling slope (a figure missing from a sample, such as a
+    memo made later, counts from where it appears)."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for t, figures in samples:
+        if not low <= t <= high:
+            continue
+        for name, value in figures.items():
+            minutes, values = series.setdefault(name, ([], []))
+            minutes.append(t / 60)
+            values.append(value)
+    rows = [
+        (name, slope(minutes, values), sum(values) / len(values), values[-1])
+        for name, (minutes, values) in series.items()
+        if len(values) >= 3
+    ]
+    return sorted(rows, key=lambda row: (-row[1], row[0]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("logs", nargs="+")
@@ -70,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: too few samples")
             continue
         end = rows[-1][0]
+        extras = extras_of(path)
         windows = [(args.start, end)]
         if args.window:
             at = args.start
@@ -91,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"{name} {slope(minutes, values):+.2f} ({sum(values) / len(values):.0f})"
                 )
             print(f"  {low:5.0f}-{high:5.0f} s: " + ", ".join(parts))
+            for name, per_minute, mean, last in extras_slopes(extras, low, high):
+                print(
+                    f"      {name:48} {per_minute:+10.3f}/min  mean {mean:10.3f}  last {last:10.3f}"
+                )
     return 0
 
 
