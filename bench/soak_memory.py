@@ -600,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
                 host.journal._decoded._total_bytes = int(args.record_memo_mib * 2**20)
         count_record_memo(world)
         if args.identity_memos is not None:
-            rules._BY_IDENTITY._capacity = args.identity_memos
+            rules._BY_IDENTITY._values._capacity = args.identity_memos
             for host in world.hosts.values():
                 host.cycles._data._values._capacity = args.identity_memos
         try:

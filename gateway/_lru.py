@@ -165,6 +165,37 @@ class _Slot(Generic[V]):
     used: float
 
 
+class IdentityLru(Generic[K, V]):
+    """A bounded memo keyed by an immutable value's identity: for values whose hash would
+    cost more than the lookup saves (a tuple of rules hashed field by field, the bytes of
+    an object's data). Each entry holds the key object itself, so its id cannot be reused
+    while the entry lives, and a hit is checked with ``is``: an equal value that is
+    another object misses. The least recently used entry goes first, one at a time
+    (emptied whole when full, such memos swung their live bytes between empty and full,
+    and CPython's object arenas ratchet up to each high: docs/benchmarks.md, sessions 28
+    and 29)."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, entries: int) -> None:
+        self._values: BoundedLru[int, tuple[K, V]] = BoundedLru(entries)
+
+    def get(self, key: K) -> V | None:
+        held = self._values.get(id(key))
+        if held is not None and held[0] is key:
+            return held[1]
+        return None
+
+    def put(self, key: K, value: V) -> None:
+        self._values.put(id(key), (key, value))
+
+    def clear(self) -> None:
+        self._values.clear()
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
 class IdleLru(Generic[K, V]):
     """A memo bounded by the total size of its values, least recently used first, that
     evicts a value only once it went unused for ``idle_seconds``: when everything held

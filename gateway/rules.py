@@ -62,7 +62,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, empty_pb2, message_
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
-from gateway._lru import BoundedLru
+from gateway._lru import IdentityLru
 from gateway.errors import RuleCostError, RuleError
 from gateway.limits import MAX_ANSWERS, MAX_DATA_BYTES, MAX_ID_BYTES, MAX_SUBSCRIPTIONS
 from gateway.model import TRIGGERS, Answer, Binding, Invoke, Publish, Rule, WriteState
@@ -1382,7 +1382,7 @@ def _compiled(rules: tuple[Rule, ...]) -> RuleSet:
 #: arrival's check, then its first cycle; a cycling object keeps its own in the cycle
 #: runner), so a thousand entries do.
 IDENTITY_CACHE_SIZE = 1024
-_BY_IDENTITY: BoundedLru[int, tuple[tuple[Rule, ...], RuleSet]] = BoundedLru(IDENTITY_CACHE_SIZE)
+_BY_IDENTITY: IdentityLru[tuple[Rule, ...], RuleSet] = IdentityLru(IDENTITY_CACHE_SIZE)
 
 
 def compiled(rules: tuple[Rule, ...]) -> RuleSet:
@@ -1391,11 +1391,11 @@ def compiled(rules: tuple[Rule, ...]) -> RuleSet:
     a hash collision cannot return another object's rules), with the very same tuple
     answered by identity first. A rule set that fails to compile raises every time:
     exceptions are not cached."""
-    held = _BY_IDENTITY.get(id(rules))
-    if held is not None and held[0] is rules:
-        return held[1]
+    held = _BY_IDENTITY.get(rules)
+    if held is not None:
+        return held
     ruleset = _compiled(rules)
-    _BY_IDENTITY.put(id(rules), (rules, ruleset))
+    _BY_IDENTITY.put(rules, ruleset)
     return ruleset
 
 

@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 
 from gateway import _gc, rules
+from gateway._lru import IdentityLru
 from gateway.authority import CapabilitySet, EffectiveAuthority
 from gateway.errors import AdmissionDeniedError, RuleError
 from gateway.lineage import EntryKind
 from gateway.model import NO_AUTHORITY, CycleState, GovernedObject, LifecycleState, Rule
 from gateway.rules import compiled, load_data, rule_from_mapping
-from gateway.runtime.cycle import CycleRunner, _ByIdentity, _Derived, _rebuilt
+from gateway.runtime.cycle import CycleRunner, _Derived, _rebuilt
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -80,10 +81,9 @@ def test_compiled_rules_by_identity_evict_the_least_recently_used_one_at_a_time(
     newcomer = tuple([rule])
     compiled(newcomer)
     assert len(memo) == rules.IDENTITY_CACHE_SIZE  # one went, not all
-    assert memo.get(id(held[1])) is None  # the least recently used
+    assert memo.get(held[1]) is None  # the least recently used
     for kept in (held[0], held[2], held[-1], newcomer):
-        entry = memo.get(id(kept))
-        assert entry is not None and entry[0] is kept  # the entry holds its key
+        assert memo.get(kept) is not None
     memo.clear()
 
 
@@ -145,7 +145,7 @@ def test_objects_holding_the_very_same_authority_share_its_remembered_admissions
         require(self, resource, verb)
 
     monkeypatch.setattr(EffectiveAuthority, "require", counted)
-    shared = _ByIdentity[EffectiveAuthority, set[tuple[str, str]]]()
+    shared = IdentityLru[EffectiveAuthority, set[tuple[str, str]]](16)
     publish = _authority({"res": "pubsub:alerts/*", "act": ["publish"]})
     first, second = _Derived(shared), _Derived(shared)
     first.require(publish, "pubsub:alerts/x", "publish")
@@ -173,7 +173,7 @@ def _json_object(data: bytes, content_type: str = "application/json") -> Governe
 
 
 def test_remembered_data_is_what_decoding_the_same_bytes_gives() -> None:
-    runner = SimpleNamespace(_data=_ByIdentity[bytes, dict[str, Any]]())
+    runner = SimpleNamespace(_data=IdentityLru[bytes, dict[str, Any]](16))
     obj = _json_object(b'{"b":[1,{"c":"d"}],"a":1}')
     first = CycleRunner._loaded(runner, obj)  # type: ignore[arg-type]
     assert first == load_data(obj.data, obj.content_type)
@@ -191,7 +191,7 @@ def test_remembered_data_is_what_decoding_the_same_bytes_gives() -> None:
 
 
 def test_an_identity_memo_answers_only_for_the_very_same_key_and_stays_bounded() -> None:
-    memo = _ByIdentity[bytes, int](entries=2)
+    memo = IdentityLru[bytes, int](2)
     a, b, c = b"a" * 40, b"b" * 40, b"c" * 40
     memo.put(a, 1)
     memo.put(b, 2)

@@ -41,11 +41,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 from gateway import observability
 from gateway._crash import crash_point
-from gateway._lru import BoundedLru, IdleLru
+from gateway._lru import IdentityLru, IdleLru
 from gateway._time import format_time
 from gateway.authority import EffectiveAuthority
 from gateway.errors import (
@@ -66,9 +66,6 @@ from gateway.runtime.outbox import Event, event_key, outbox_puts
 from gateway.stores import Operation
 
 log = logging.getLogger(__name__)
-
-K = TypeVar("K")
-V = TypeVar("V")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -138,13 +135,13 @@ class CycleRunner:
         # The module-wide cache (gateway.rules.compiled) is shared with arrivals, which
         # compile an object's rules to check them; cache_size is kept for callers.
         del cache_size
-        self._data = _ByIdentity[bytes, dict[str, Any]]()
+        self._data = IdentityLru[bytes, dict[str, Any]](DATA_MEMO_ENTRIES)
         self._held = _Held()
         #: Admissions each authority permitted, shared by the objects holding that very
         #: authority (a host's objects mostly hold one of a few: gateway.wire decodes
         #: equal stored authorities to one value): an object's first cycle here asks
         #: none of what another object's cycle already found permitted.
-        self._permitted = _ByIdentity[EffectiveAuthority, set[tuple[str, str]]](
+        self._permitted = IdentityLru[EffectiveAuthority, set[tuple[str, str]]](
             PERMITTED_AUTHORITIES
         )
 
@@ -534,32 +531,6 @@ HELD_BYTES = 24 << 20
 HELD_IDLE_SECONDS = 60.0
 
 
-class _ByIdentity(Generic[K, V]):
-    """A bounded memo keyed by an immutable value's identity. Each entry holds the key
-    object itself, so its id cannot be reused while the entry lives, and a hit is
-    checked with ``is``. The least recently used entry goes first, one at a time
-    (emptied whole when full, it swung its live bytes between empty and full, and
-    CPython's object arenas ratchet up to each high: docs/benchmarks.md, sessions 28
-    and 29)."""
-
-    __slots__ = ("_values",)
-
-    def __init__(self, entries: int = DATA_MEMO_ENTRIES) -> None:
-        self._values: BoundedLru[int, tuple[K, V]] = BoundedLru(entries)
-
-    def get(self, key: K) -> V | None:
-        held = self._values.get(id(key))
-        if held is not None and held[0] is key:
-            return held[1]
-        return None
-
-    def put(self, key: K, value: V) -> None:
-        self._values.put(id(key), (key, value))
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-
 class _Derived:
     """What a cycle computes from an object's immutable parts, kept per object for its
     next cycle: its compiled rules, its decoded data, the digest of its grants, and the
@@ -586,7 +557,7 @@ class _Derived:
     )
 
     def __init__(
-        self, permitted: _ByIdentity[EffectiveAuthority, set[tuple[str, str]]] | None = None
+        self, permitted: IdentityLru[EffectiveAuthority, set[tuple[str, str]]] | None = None
     ) -> None:
         self.shared = permitted
         self.rules: object = None
