@@ -220,7 +220,13 @@ def extras() -> dict[str, float]:
         found["sqlite_pages_mib"] = sqlite[2] / mib
         found["sqlite_mallocs"] = sqlite[3]
         found["sqlite_largest_malloc_kib"] = sqlite[4] / 1024
-        for name, value in sqlite_connections().items():
+        # Opt-in: finding the connections walks gc.get_objects() from this thread, which
+        # can hand it a tuple the server's thread is still building (tuple(generator)),
+        # and the server then raises SystemError ("bad argument to internal function",
+        # Objects/tupleobject.c) out of whatever it was doing: seen in session 31 as
+        # "Commit failed inside the gateway" and failed cycles in probed soaks only.
+        per_connection = os.environ.get("RSS_PROBE_SQLITE_CONNECTIONS") == "1"
+        for name, value in (sqlite_connections() if per_connection else {}).items():
             # per connection, summed over those found (sqlite_pages_mib is the global)
             found[f"sqlite_conn_{name}" + ("" if name == "connections" else "_mib")] = (
                 value if name == "connections" else value / mib

@@ -21,6 +21,12 @@ total, and at those moments a snapshot is dumped instead of a census
 (``<pid>-<t>.trace``; compare them with ``tracemalloc.Snapshot.load``). A census or a
 snapshot allocates many small objects itself, so the arenas and RSS after the first one
 are not the server's alone.
+With ``RSS_PROBE_SQLITE_CONNECTIONS=1`` each sample also
+sums SQLite's page caches, schemas and statements per connection. A census and that sum
+walk ``gc.get_objects()`` from the probe's thread, which can hand it a tuple the server
+is still building: the server then raises ``SystemError`` (Objects/tupleobject.c, "bad
+argument to internal function") out of a handler or a cycle. Use them to diagnose, not
+in a soak whose refusals count.
 """
 
 from __future__ import annotations
