@@ -38,7 +38,6 @@ from gateway.rules import load_data
 from gateway.runtime import calls, events
 from gateway.runtime.appcallback import servicer_base
 from gateway.runtime.events import Message
-from gateway.stores import Expect, Put
 from gateway.testing import create_from_spec
 from gateway.transport.status import ERROR_TYPE_KEY
 from gateway.trust import new_bundle, sign_bundle
@@ -287,13 +286,7 @@ def test_pruning_reaches_expired_records_behind_a_full_window_of_young_ones(
                             kind="t",
                             received=now,
                         )
-                        operations.append(
-                            Put(
-                                key=events._bus_key(message),
-                                value=message.encode(),
-                                etag=Expect.ANY,
-                            )
-                        )
+                        operations.extend(events._bus_puts(message))
                     await host.store.transact(operations)
 
             await fill("old", batch)

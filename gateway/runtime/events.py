@@ -140,6 +140,10 @@ MAX_REPLAY_PAGES = 10
 WAKE_ATTEMPTS = 8
 #: Seconds before a wake held for a frozen or staged object is looked at again.
 HELD_RETRY = 0.5
+#: Prune passes per sweep of the bus's values for messages with no time index entry
+#: (damaged, or put by a replica of an earlier version): every other pass reads only
+#: the index and the messages it deletes.
+ORPHAN_SWEEP_EVERY = 10
 #: Seconds between prune passes.
 RECONCILE_SECONDS = 60.0
 #: Seconds to the next prune pass after one that found at least half a page expired:
@@ -344,6 +348,26 @@ def _timed(key: str) -> tuple[int, str] | None:
     return int(millis), digest
 
 
+def _bus_key_of(at_key: str) -> str | None:
+    """The bus key a ``busat/`` key's message lives under (None if the key is damaged)."""
+    topic, _, timed = at_key.removeprefix(BUS_AT).partition("/")
+    digest = timed.partition("-")[2]
+    if not topic or len(digest) != 32:
+        return None
+    return f"{BUS}{topic}/{digest}"
+
+
+def _expired(key: str, value: bytes, field: str, retention: timedelta, now: datetime) -> bool:
+    """Whether a stored record whose JSON names its time in ``field`` is older than
+    ``retention`` (a damaged one is: there is nothing to keep it for)."""
+    try:
+        document = load_json(value, error=StoreError, what=key)
+        at = parse_time(document[field])
+    except (GatewayError, KeyError, TypeError, ValueError):
+        return True
+    return now - at >= retention
+
+
 def _fan_out_key(message: Message) -> str:
     return f"{FAN_OUT}{_digest(message.topic)}/{message.digest}"
 
@@ -426,6 +450,7 @@ class Events:
         # record, not only the first ones of each prefix (see PrefixWalk).
         self._pruning = {prefix: PrefixWalk(prefix) for prefix in (BUS, SEEN, BUS_AT)}
         self._delivering = PrefixWalk(INBOX)
+        self._prune_passes = 0
 
     @property
     def store(self) -> StateStore:
@@ -830,29 +855,53 @@ class Events:
         Each pass looks at the PRUNE_BATCH records after those the previous pass looked
         at, going round each prefix: the keys are hash-ordered, not time-ordered, so a
         pass that always started from the first key would look at the same young records
-        for good once PRUNE_BATCH of them lived, and the rest would never be pruned."""
+        for good once PRUNE_BATCH of them lived, and the rest would never be pruned.
+
+        The bus is pruned from its time index (each key names its time): an expired
+        entry goes with the message it names, and only those messages are read. Messages
+        with no index entry (damaged, or put by a replica of an earlier version) are
+        found by a sweep that reads a page of values once every ORPHAN_SWEEP_EVERY
+        passes, starting with the first."""
         now = self.clock.now()
-        pruned = 0
+        pruned = await self._prune_bus_index(now)
+        sweep_bus = self._prune_passes % ORPHAN_SWEEP_EVERY == 0
+        self._prune_passes += 1
         for prefix, retention, field in (
             (BUS, BUS_RETENTION, "received"),
             (SEEN, SEEN_RETENTION, "at"),
         ):
+            if prefix == BUS and not sweep_bus:
+                continue
             keys = await self._pruning[prefix].next_page(self.store, limit=PRUNE_BATCH)
             items = await self.store.get_many(keys)
-            expired = []
-            for key, item in items.items():
-                try:
-                    document = load_json(item.value, error=StoreError, what=key)
-                    at = parse_time(document[field])
-                except (GatewayError, KeyError, TypeError, ValueError):
-                    at = None  # damaged: nothing to keep it for
-                if at is None or now - at >= retention:
-                    expired.append(item)
+            expired = [
+                item
+                for item in items.values()
+                if _expired(item.key, item.value, field, retention, now)
+            ]
             pruned += await delete_unchanged(self.store, expired)
-        # The bus's time index: each key names its time, so no value is read.
+        return pruned
+
+    async def _prune_bus_index(self, now: datetime) -> int:
+        """One page of the bus's time index: the expired entries and their messages."""
         keys = await self._pruning[BUS_AT].next_page(self.store, limit=PRUNE_BATCH)
         cutoff = int((now - BUS_RETENTION).timestamp() * 1000)
         gone = [key for key in keys if (timed := _timed(key)) is None or timed[0] <= cutoff]
+        if not gone:
+            return 0
+        # A message is deleted only if it is still as read and expired itself: the same
+        # message redelivered after a prune is put again under the same bus key, with an
+        # index entry of its own, and a stale entry must not take it.
+        named = [bus for key in gone if (bus := _bus_key_of(key)) is not None]
+        items = await self.store.get_many(named)
+        pruned = await delete_unchanged(
+            self.store,
+            [
+                item
+                for item in items.values()
+                if _expired(item.key, item.value, "received", BUS_RETENTION, now)
+            ],
+        )
         for start in range(0, len(gone), DELETE_CHUNK):
             chunk = gone[start : start + DELETE_CHUNK]
             await self.store.transact([Delete(key=key, etag=Expect.ANY) for key in chunk])
