@@ -555,6 +555,16 @@ def decode_cycle(raw: bytes) -> tuple[int, datetime | None] | None:
     ) else None
 
 
+def decode_subscribing(raw: bytes) -> bool:
+    """Whether a stored object is ACTIVE and subscribes to a topic: what the start-up
+    take-up of subscriptions (gateway.runtime.events) needs of every object held, read
+    without decoding the lineage, as :func:`decode_cycle` is."""
+    message = _parse(object_pb2.StoredObject(), raw, "stored object", canonical=False)
+    return message.state == object_pb2.LIFECYCLE_STATE_ACTIVE and bool(
+        message.snapshot.subscriptions
+    )
+
+
 def encode_object(obj: GovernedObject) -> bytes:
     """The at-rest form of an object (state, placement and all): the bytes of
     :func:`_stored_to_pb`, serialized deterministically, assembled from parts.
