@@ -249,6 +249,11 @@ class StoreContentionError(StoreUnavailableError):
     """The store kept losing internal races and gave up; nothing was written. Retry."""
 
 
+class BusFullError(StoreUnavailableError):
+    """The host's message bus took its allowance for now (of a topic, or in all); the
+    message was not kept. Retry later: the allowance refills over the bus's retention."""
+
+
 # --- credentials (grants and chains) --------------------------------------------------
 
 

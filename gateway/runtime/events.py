@@ -68,13 +68,14 @@ import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from gateway import wire
 from gateway._crash import crash_point
 from gateway._decode import load_json
 from gateway._time import Clock, format_time, parse_time
 from gateway.errors import (
+    BusFullError,
     ConcurrencyError,
     ConfigError,
     GatewayError,
@@ -115,6 +116,21 @@ BUS_AT = "busat/"
 #: How long the bus keeps a message for objects that arrive later (the longest
 #: migration blackout whose messages are still delivered after it).
 BUS_RETENTION = timedelta(hours=1)
+#: What the bus takes of one topic per BUS_RETENTION, in messages and in bytes, and of
+#: all topics together (BUS_MESSAGES, BUS_BYTES): token buckets, full at start and
+#: refilled evenly over the retention (:class:`_Allowance`). The bus keeps an hour of
+#: messages for objects that arrive later, so without these its size was set by the
+#: publishers' rate alone (an hour of whatever the store could ingest, up to 64 KiB a
+#: message). A new message over them is refused as "retry later" (BusFullError): Dapr's
+#: app callback answers RETRY, and the broker holds the message meanwhile. A topic then
+#: holds at most about twice its allowance (a full bucket and an hour's refill), the bus
+#: about twice its own, per process.
+BUS_MESSAGES_PER_TOPIC = 20_000
+BUS_BYTES_PER_TOPIC = 256 << 20
+BUS_MESSAGES = 100_000
+BUS_BYTES = 1 << 30
+#: Topic buckets held before the full ones are forgotten (then again at twice as many).
+ALLOWANCE_SWEEP = 1024
 #: How long a message id is remembered per object; longer than BUS_RETENTION, so a
 #: message replayed from the bus is always recognised.
 SEEN_RETENTION = timedelta(hours=24)
@@ -432,6 +448,70 @@ def _unwrap(raw: bytes, key: str) -> tuple[str, str, Message | str]:
     return tenant, object_id, bus
 
 
+class _Allowance:
+    """What the bus may still take now, per topic and in all: token buckets of messages
+    and bytes, refilled evenly over BUS_RETENTION (see :data:`BUS_MESSAGES_PER_TOPIC`).
+    A topic's bucket is forgotten once full again (it then says nothing a new one would
+    not), so the buckets held are those of topics that published within the retention."""
+
+    __slots__ = ("_bus", "_sweep_at", "_topics")
+
+    def __init__(self) -> None:
+        #: topic -> [messages left, bytes left, as of (POSIX seconds)]
+        self._topics: dict[str, list[float]] = {}
+        self._bus: list[float] | None = None
+        self._sweep_at = ALLOWANCE_SWEEP
+
+    @staticmethod
+    def _level(bucket: list[float] | None, at: float, messages: int, size: int) -> list[float]:
+        if bucket is None:
+            return [float(messages), float(size), at]
+        share = max(0.0, at - bucket[2]) / BUS_RETENTION.total_seconds()
+        return [
+            min(float(messages), bucket[0] + share * messages),
+            min(float(size), bucket[1] + share * size),
+            at,
+        ]
+
+    def _buckets(self, topic: str, at: float) -> list[tuple[str, list[float], int, int]]:
+        """(what it bounds, its level now, its messages, its bytes): the topic's, the bus's."""
+        per_topic = (BUS_MESSAGES_PER_TOPIC, BUS_BYTES_PER_TOPIC)
+        in_all = (BUS_MESSAGES, BUS_BYTES)
+        return [
+            (f"topic {topic}", self._level(self._topics.get(topic), at, *per_topic), *per_topic),
+            ("this host's bus", self._level(self._bus, at, *in_all), *in_all),
+        ]
+
+    def refusal(self, topic: str, size: int, at: float) -> str | None:
+        """Why a new message of ``size`` bytes on ``topic`` is refused now, or None."""
+        per = f"per {BUS_RETENTION.total_seconds() / 60:.0f} minutes"
+        for name, level, messages, most in self._buckets(topic, at):
+            if level[0] < 1:
+                return f"{name} took its {messages} messages {per}"
+            if level[1] < size:
+                return f"{name} took its {most} bytes {per}"
+        return None
+
+    def take(self, topic: str, size: int, at: float) -> None:
+        """A new message of ``size`` bytes on ``topic`` was kept."""
+        (_, mine, _, _), (_, everyone, _, _) = self._buckets(topic, at)
+        for level in (mine, everyone):
+            level[0] -= 1
+            level[1] -= size
+        self._topics[topic] = mine
+        self._bus = everyone
+        if len(self._topics) >= self._sweep_at:
+            full = [
+                name
+                for name, bucket in self._topics.items()
+                if self._level(bucket, at, BUS_MESSAGES_PER_TOPIC, BUS_BYTES_PER_TOPIC)
+                == [BUS_MESSAGES_PER_TOPIC, BUS_BYTES_PER_TOPIC, at]
+            ]
+            for name in full:
+                del self._topics[name]
+            self._sweep_at = max(ALLOWANCE_SWEEP, 2 * len(self._topics))
+
+
 class WakeResult:
     EVALUATED = "evaluated"
     DUPLICATE = "duplicate"  #: this message id was evaluated already
@@ -454,6 +534,7 @@ class Events:
         self._pruning = {prefix: PrefixWalk(prefix) for prefix in (BUS, SEEN, BUS_AT)}
         self._delivering = PrefixWalk(INBOX)
         self._prune_passes = 0
+        self._allowance = _Allowance()
 
     @property
     def store(self) -> StateStore:
@@ -487,9 +568,17 @@ class Events:
         """Keep ``message`` on the bus and queue a wake for the first page of subscribers
         here, in one transaction, with a ``fanout/`` record when the page was full (the
         events loop queues the rest, see :meth:`fan_out_once`). False if the bus holds
-        it already (a redelivery)."""
-        keys = await self.store.list(_subs_prefix(message.topic), limit=SUBSCRIBERS_PER_PAGE)
+        it already (a redelivery). :class:`BusFullError` if the bus took its allowance
+        (see :data:`BUS_MESSAGES_PER_TOPIC`): nothing is kept; retry later."""
         operations = _bus_puts(message)
+        size = len(cast(Put, operations[0]).value)
+        at = self.clock.now().timestamp()
+        refusal = self._allowance.refusal(message.topic, size, at)
+        if refusal is not None:
+            if await self.store.get(_bus_key(message)) is not None:
+                return False  # a redelivery costs no allowance
+            raise BusFullError(f"message {message.id[:64]!r}: {refusal}; retry later")
+        keys = await self.store.list(_subs_prefix(message.topic), limit=SUBSCRIBERS_PER_PAGE)
         operations.extend(await self._wakes(message, keys))
         if len(keys) >= SUBSCRIBERS_PER_PAGE:
             operations.append(
@@ -504,6 +593,7 @@ class Events:
         except ConcurrencyError:
             log.info("message %s on %s: already on the bus", message.id, message.topic)
             return False
+        self._allowance.take(message.topic, size, at)
         self._wakeup.set()
         return True
 

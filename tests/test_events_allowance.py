@@ -1,0 +1,143 @@
+"""The bus takes a bounded share of each topic per retention period.
+
+The bus keeps every message an hour (BUS_RETENTION), for objects that arrive later, so
+without a bound a publisher's rate alone set its size: an hour of whatever the store
+could ingest, up to 64 KiB a message. Each topic now has an allowance of messages and
+bytes, refilled over the retention period (a token bucket), and so has the bus as a
+whole. A new message over it is refused as "retry later" (BusFullError, a
+StoreUnavailableError): Dapr's app callback answers RETRY, so the broker holds the
+message and daprd redelivers it; nothing is kept and nothing is lost. A redelivery of a
+message the bus holds already costs no allowance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import BusFullError, StoreUnavailableError
+from gateway.runtime import events
+from tests.test_events import TOPIC
+from tests.test_events_bounds import _open
+from tests.test_peer_review_s31 import _STATUS, _event_with
+from tests.test_runtime_review_s28 import FakeContext, _servicer
+
+OTHER = "orders/other"
+
+
+def _small(monkeypatch: pytest.MonkeyPatch, *, messages: int, size: int) -> None:
+    monkeypatch.setattr(events, "BUS_MESSAGES_PER_TOPIC", messages)
+    monkeypatch.setattr(events, "BUS_BYTES_PER_TOPIC", size)
+
+
+def test_a_topic_over_its_allowance_is_refused_and_refills_over_the_retention(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _small(monkeypatch, messages=5, size=1 << 20)
+
+    async def main() -> None:
+        host, clock = await _open(tmp_path)
+        try:
+            for n in range(5):
+                await host.events.publish(TOPIC, data={"n": n}, message_id=f"m-{n}")
+            with pytest.raises(BusFullError, match=TOPIC) as refused:
+                await host.events.publish(TOPIC, data={"n": 5}, message_id="m-5")
+            assert isinstance(refused.value, StoreUnavailableError)
+            assert "retry" in str(refused.value)
+            assert len(await host.store.list(events.BUS)) == 5  # nothing kept of it
+            # Another topic has its own allowance.
+            await host.events.publish(OTHER, data={}, message_id="o-1")
+            # Redeliveries of what the bus holds cost nothing.
+            for _ in range(10):
+                await host.events.publish(TOPIC, data={"n": 0}, message_id="m-0")
+            # A fifth of the retention refills one message.
+            clock.offset = events.BUS_RETENTION / 5 + timedelta(seconds=1)
+            await host.events.publish(TOPIC, data={"n": 5}, message_id="m-5")
+            with pytest.raises(BusFullError):
+                await host.events.publish(TOPIC, data={"n": 6}, message_id="m-6")
+        finally:
+            await host.close()
+
+    asyncio.run(main())
+
+
+def test_bytes_are_bounded_as_well_as_messages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _small(monkeypatch, messages=1000, size=8 << 10)
+
+    async def main() -> None:
+        host, _clock = await _open(tmp_path)
+        try:
+            await host.events.publish(TOPIC, data={"pad": "x" * (5 << 10)}, message_id="big-1")
+            with pytest.raises(BusFullError, match="bytes"):
+                await host.events.publish(TOPIC, data={"pad": "x" * (5 << 10)}, message_id="big-2")
+            await host.events.publish(TOPIC, data={"pad": "x"}, message_id="small")
+        finally:
+            await host.close()
+
+    asyncio.run(main())
+
+
+def test_the_bus_as_a_whole_is_bounded_across_topics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fresh topics each have a full allowance: the bus's own bounds every topic together."""
+    monkeypatch.setattr(events, "BUS_MESSAGES", 8)
+
+    async def main() -> None:
+        host, _clock = await _open(tmp_path)
+        try:
+            for n in range(8):
+                await host.events.publish(f"spread/t{n}", data={}, message_id=f"s-{n}")
+            with pytest.raises(BusFullError, match="this host's bus"):
+                await host.events.publish("spread/t8", data={}, message_id="s-8")
+        finally:
+            await host.close()
+
+    asyncio.run(main())
+
+
+def test_dapr_is_told_to_retry_a_message_over_the_allowance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _small(monkeypatch, messages=1, size=1 << 20)
+
+    async def main() -> None:
+        host, _clock = await _open(tmp_path)
+        try:
+            servicer = _servicer(host)
+            first = await servicer.OnTopicEvent(_event_with("d-1", {}), FakeContext())
+            assert first.status == _STATUS.SUCCESS
+            second = await servicer.OnTopicEvent(_event_with("d-2", {}), FakeContext())
+            assert second.status == _STATUS.RETRY
+            # The redelivery of the first is still recognised, and costs nothing.
+            again = await servicer.OnTopicEvent(_event_with("d-1", {}), FakeContext())
+            assert again.status == _STATUS.SUCCESS
+        finally:
+            await host.close()
+
+    asyncio.run(main())
+
+
+def test_the_buckets_of_quiet_topics_are_forgotten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Topic names come from publishers: a bucket is held only while it is not full."""
+    monkeypatch.setattr(events, "ALLOWANCE_SWEEP", 8)
+
+    async def main() -> None:
+        host, clock = await _open(tmp_path)
+        try:
+            for n in range(7):
+                await host.events.publish(f"spread/t{n}", data={}, message_id=f"s-{n}")
+            clock.offset = events.BUS_RETENTION  # all of them full again
+            await host.events.publish("spread/last", data={}, message_id="last")
+            assert list(host.events._allowance._topics) == ["spread/last"]
+        finally:
+            await host.close()
+
+    asyncio.run(main())
