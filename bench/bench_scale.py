@@ -661,6 +661,19 @@ def rss_mib() -> float:
     return 0.0
 
 
+async def quiet(pid: int, *, limit: float = 60.0) -> None:
+    """Until process ``pid`` has used at most one clock tick of CPU in each of two
+    quarter-seconds in a row (or ``limit`` seconds passed)."""
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    deadline = time.monotonic() + limit
+    last, calm = process_cpu(pid), 0
+    while calm < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+        now = process_cpu(pid)
+        calm = calm + 1 if now - last <= tick + 1e-9 else 0
+        last = now
+
+
 def process_cpu(pid: int | None) -> float:
     """User + system CPU seconds of process ``pid`` (this one if None), all its threads."""
     if pid is None:
@@ -863,6 +876,11 @@ async def migration_figures(
                 await fill(hosts[HOST_C], arguments.residents, began)
             await host_a.migrate(p1b_rewarm, tenant=TENANT, destination=HOST_C)
             await asyncio.sleep(1.5)
+            if processes:
+                # "Holding" is the steady state: C's start-up work over its residents (the
+                # scheduler's first read of their due times, the pruner's first passes)
+                # is over before the full half, as it is for the empty one.
+                await quiet(servers[HOST_C].pid)
             full_cpu = -process_cpu(servers[HOST_C].pid) if processes else 0.0
             full = statistics.median(await migrate_sequential(host_a, p1b_ids[half:], HOST_C))
             results["P1b"] = {
