@@ -1,0 +1,144 @@
+"""What reaches a host from outside (session 32 review, a dishonest peer's view).
+
+Each test here failed on main for the reason its docstring gives (an ``xfail`` marks a
+flaw found in a module another session owns, left for it to fix)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import TransferStreamError
+from gateway.model import LifecycleState
+from gateway.testing import World, serving
+from tests.conftest import HOST_A, HOST_B
+from tests.test_streaming import OBJECT, PAYLOAD, SIZE, create_large, pieces, sealed_transfer
+
+# --- PrepareStream: how many data messages a peer may send ------------------------------
+
+
+class _Counted:
+    """A stream of parts that records how many the receiver asked for."""
+
+    def __init__(self, parts: AsyncIterator[bytes]) -> None:
+        self.parts, self.taken = parts, 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for part in self.parts:
+            self.taken += 1
+            yield part
+
+
+async def _empties_then(data: bytes, empties: int) -> AsyncIterator[bytes]:
+    for _ in range(empties):
+        yield b""
+    async for part in pieces(data):
+        yield part
+
+
+async def _bytes_one_by_one_then(data: bytes, singles: int) -> AsyncIterator[bytes]:
+    for index in range(singles):
+        yield data[index : index + 1]
+    async for part in pieces(data[singles:]):
+        yield part
+
+
+@pytest.mark.parametrize(
+    ("stream", "refusal"),
+    [
+        (lambda: _empties_then(PAYLOAD, 20_000), "an empty data message"),
+        (lambda: _bytes_one_by_one_then(PAYLOAD, 2000), "a data message of 1 bytes before the end"),
+    ],
+    ids=["empty-messages", "one-byte-messages"],
+)
+def test_a_stream_of_tiny_data_messages_is_refused_at_the_second(
+    world: World, stream, refusal: str
+) -> None:  # type: ignore[no-untyped-def]
+    """A PrepareStream's size is bounded by the transfer the peer signs, but not how many
+    messages carry it: on main an empty data message cost the destination a decode, a
+    trip through write_blob and a hand-off to its hashing thread, and none of them
+    counted towards the size, so one stream could go on for ever; measured in one process
+    (both ends), 20,000 empty messages (7 bytes each on the wire) took 3.6 s of CPU, about
+    180 us each: a peer sending 100 KB/s of them keeps a core busy. One-byte messages of
+    a 64 GiB object: 64 billion trips. Now every data message but the last carries at
+    least MIN_STREAM_PART_BYTES (64 KiB) and none is empty: the count is bounded by the
+    signed size, and a stream that breaks the rule is refused at its second message,
+    leaving nothing behind. (An honest sender's messages are 1 MiB.)"""
+
+    async def main() -> None:
+        async with serving(world, [HOST_A, HOST_B]) as hosts:
+            a, b = hosts[HOST_A], hosts[HOST_B]
+            await create_large(a)
+            counted = _Counted(stream())
+            with pytest.raises(TransferStreamError, match=refusal):
+                await b.destination.prepare_stream(
+                    await sealed_transfer(a), aiter(counted), peer=HOST_A
+                )
+            assert counted.taken <= 3
+            assert await b.store.list("upload/") == [] and await b.store.list("journal/") == []
+            # Honest parts of any size of at least 64 KiB, and a short last one, still go.
+            receipt = await b.destination.prepare_stream(
+                await sealed_transfer(a), pieces(PAYLOAD, size=64 << 10), peer=HOST_A
+            )
+            assert receipt
+            assert (await a.get_object(OBJECT, tenant="default")).state is LifecycleState.ACTIVE
+            assert SIZE % (64 << 10)  # so the last part above was a short one
+
+    asyncio.run(main())
+
+
+# --- the `gateway` command with a hostile file -------------------------------------------
+
+
+def _cli_with_memory_cap(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m gateway ARGS`` with its address space capped at 3 GiB, so that a read
+    of a whole huge file fails (MemoryError) instead of taking the machine's memory."""
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *(os.fspath(a) for a in args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        preexec_fn=cap,
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("verify", "{huge}", "--trust", "{small}"),
+        ("verify", "{small}", "--trust", "{huge}"),
+        ("trust", "import", "{huge}"),
+        ("admit", "--dry-run", "{huge}"),
+    ],
+    ids=["verify-file", "verify-trust", "trust-import", "admit"],
+)
+def test_the_cli_reads_a_partners_file_within_its_limit(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """Bundles, proposals and transfers are files a partner hands over. On main `gateway
+    verify`, `gateway trust import` and `gateway admit --dry-run` read each whole
+    (Path.read_bytes) before any size was checked: a 64 GiB file (sparse: it costs the
+    partner no disk) ended in "internal error: MemoryError" under a 3 GiB address-space
+    cap and took all of memory without one, and /dev/zero the same, reading for ever. Now
+    at most one byte over the file's limit is read: a ConfigError naming the file."""
+    huge, small = tmp_path / "huge.json", tmp_path / "small.json"
+    with open(huge, "wb") as handle:
+        handle.truncate(64 << 30)
+    small.write_bytes(b"{}")
+    argv = [part.format(huge=huge, small=small) for part in command]
+    done = _cli_with_memory_cap(*argv, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert f"{huge} is larger than" in done.stderr and "bytes" in done.stderr
