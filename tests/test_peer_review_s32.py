@@ -15,9 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import TransferStreamError
+from gateway import wire
+from gateway.errors import LimitExceededError, TransferStreamError
 from gateway.model import LifecycleState
+from gateway.objectspec import parse_spec
 from gateway.testing import World, serving
+from gateway.v1 import gateway_pb2
 from tests.conftest import HOST_A, HOST_B
 from tests.test_streaming import OBJECT, PAYLOAD, SIZE, create_large, pieces, sealed_transfer
 
@@ -142,3 +145,71 @@ def test_the_cli_reads_a_partners_file_within_its_limit(
     done = _cli_with_memory_cap(*argv, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert f"{huge} is larger than" in done.stderr and "bytes" in done.stderr
+
+
+# --- the answer to Evaluate (a dry run asked of a destination) ----------------------------
+
+
+GRANTED_OBJECT = "obj://org-a.example/billing/invoice-32"
+GRANTED = {
+    "data": {"invoice": 32},
+    "grant": {
+        "audience": "spiffe://org-b.example",
+        "capabilities": [
+            {"resource": "pubsub:alerts/overdue", "actions": ["publish"]},
+            {"resource": "state:self", "actions": ["read"]},
+        ],
+    },
+}
+
+
+def _flooded_evaluation(evaluation: object) -> gateway_pb2.EvaluateResponse:
+    del evaluation
+    return gateway_pb2.EvaluateResponse(
+        admitted=True, decisions=[gateway_pb2.CapabilityDecision()] * 400_000
+    )
+
+
+def _long_refusal(evaluation: object) -> gateway_pb2.EvaluateResponse:
+    del evaluation
+    return gateway_pb2.EvaluateResponse(admitted=False, refusal="r" * (2 << 20))
+
+
+@pytest.mark.parametrize(
+    ("answer", "refusal"),
+    [
+        (_flooded_evaluation, "decisions of 0 bytes; each takes at least"),
+        (_long_refusal, r"answer to Evaluate is 2097\d+ bytes; at most 1048576"),
+    ],
+    ids=["empty-decisions", "two-megabytes-of-refusal"],
+)
+def test_an_evaluation_answer_is_bounded_before_it_is_parsed(
+    world: World, monkeypatch: pytest.MonkeyPatch, answer, refusal: str
+) -> None:  # type: ignore[no-untyped-def]
+    """A dry run (`gateway migrate --dry-run`) asks the destination what it would grant;
+    its answer is not signed, and on main it was parsed by protobuf and turned into one
+    Decision per element, whatever its size, up to gRPC's 32 MiB message cap: 32 MiB of
+    empty decisions (16.7 million) cost the asking process 0.8 s to parse and 22 s more
+    to decode, and 2.4 GB of memory. Now the answer is at most MAX_EVALUATION_BYTES
+    (1 MiB), and its decisions are counted before protobuf parses them: each honest one
+    names a capability and an outcome, so one shorter than 16 bytes is refused at once."""
+
+    async def main() -> None:
+        async with serving(world, [HOST_A, HOST_B]) as hosts:
+            a = hosts[HOST_A]
+            spec = parse_spec(GRANTED, source="test")
+            await a.create_object(
+                GRANTED_OBJECT,
+                tenant="default",
+                data=spec.data,
+                content_type=spec.content_type,
+                grant=spec.grant,
+            )
+            monkeypatch.setattr(wire, "encode_evaluation", answer)  # B answers so
+            with pytest.raises(LimitExceededError, match=refusal):
+                await a.evaluate_remote(GRANTED_OBJECT, tenant="default", destination=HOST_B)
+            monkeypatch.undo()
+            honest = await a.evaluate_remote(GRANTED_OBJECT, tenant="default", destination=HOST_B)
+            assert honest.admitted and len(honest.decisions) == 2, honest
+
+    asyncio.run(main())
