@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 
 from gateway import wire
-from gateway.errors import LimitExceededError, TransferStreamError
+from gateway.errors import LimitExceededError, PeerUnavailableError, TransferStreamError
+from gateway.host import Host
 from gateway.model import LifecycleState
 from gateway.objectspec import parse_spec
 from gateway.testing import World, serving
+from gateway.testing.plugin import WorldFactory
 from gateway.v1 import gateway_pb2
 from tests.conftest import HOST_A, HOST_B
 from tests.test_streaming import OBJECT, PAYLOAD, SIZE, create_large, pieces, sealed_transfer
@@ -213,3 +215,46 @@ def test_an_evaluation_answer_is_bounded_before_it_is_parsed(
             assert honest.admitted and len(honest.decisions) == 2, honest
 
     asyncio.run(main())
+
+
+# --- recovery: one unreachable source must not hold up the others -------------------------
+
+
+def test_a_recovery_pass_asks_an_unreachable_source_once(
+    gateway_world: WorldFactory, world: World
+) -> None:
+    """A destination asks the source of each copy staged past stage_timeout for its
+    decision, one after the other. How many copies a source leaves staged is the
+    source's doing (it prepares and then never answers). On main a pass asked about
+    each of them, and each question to a source that does not answer costs
+    retry_attempts x rpc_timeout (5 x 10 s by default): 100 copies kept the pass busy
+    for over 80 minutes, while the copies of every other peer, committed at their
+    source and live nowhere until this pass settles them, waited. Now the first question
+    the source does not answer ends that source's turn in the pass: one series of
+    attempts per unreachable source, whatever it left staged."""
+    running = gateway_world(world)
+    staged = 4
+    running.network(HOST_A).lose_reply("prepare", to=HOST_B, times=staged)
+    running.network(HOST_A).drop("abort", to=HOST_B, times=staged)
+
+    async def scenario(hosts: dict[str, Host]) -> None:
+        a, b = hosts[HOST_A], hosts[HOST_B]
+        for index in range(staged):
+            object_id = f"obj://org-a.example/billing/left-{index}"
+            await a.create_object(
+                object_id, tenant="default", data=b"{}", content_type="application/json"
+            )
+            with pytest.raises(PeerUnavailableError):
+                await a.migrate(object_id, tenant="default", destination=HOST_B)
+        assert len(await b.store.list("journal/destination/")) == staged
+        await asyncio.sleep(0.3)  # past stage_timeout
+        network = running.network(HOST_B)
+        network.drop("decision", to=HOST_A, times=staged)
+        await b.recovery.recover_destinations()
+        asked = [d for d in network.log if d.rpc == "decision"]
+        assert len(asked) == 1, asked
+        # The next pass asks again (and, the source answering now, settles them all).
+        network.clear()
+        assert await b.recovery.recover_destinations() == staged
+
+    running.run(scenario(running.hosts))
