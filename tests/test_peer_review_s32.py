@@ -13,6 +13,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from gateway import wire
@@ -258,3 +259,43 @@ def test_a_recovery_pass_asks_an_unreachable_source_once(
         assert await b.recovery.recover_destinations() == staged
 
     running.run(scenario(running.hosts))
+
+
+# --- `gateway call --wait` ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("wait", "escaped"),
+    [
+        (float("nan"), "ValueError: cannot convert float NaN to integer"),
+        (float("inf"), "OverflowError: cannot convert float infinity to integer"),
+        (1e300, "DEADLINE_EXCEEDED at once: the deadline overflowed"),
+        (-5.0, "taken as no wait at all"),
+    ],
+)
+def test_a_call_wait_outside_its_range_is_a_config_error(wait: float, escaped: str) -> None:
+    """`gateway call --wait` (Host.call's ``wait``) went into int(wait * 1000) and the
+    RPC's deadline unchecked: NaN and infinity escaped as ValueError and OverflowError
+    (exit 70, "internal error"), 1e300 failed at once as a peer that "did not answer",
+    and a negative wait was taken silently. Now anything but 0-30 s is a ConfigError,
+    before any connection is made."""
+    from gateway.errors import ConfigError
+    from gateway.transport.client import call_object
+
+    with pytest.raises(ConfigError, match="--wait"):
+        (
+            asyncio.run(
+                call_object(
+                    address="127.0.0.1:1",
+                    server_name="localhost",
+                    host_id=HOST_B,
+                    credentials=grpc.ssl_channel_credentials(),
+                    tenant="default",
+                    object_id=OBJECT,
+                    method="status",
+                    data=b"",
+                    wait=wait,
+                )
+            ),
+            escaped,
+        )

@@ -27,8 +27,9 @@ from tenacity import (
 
 from gateway import observability, versions
 from gateway.config import HandoffConfig, PeerConfig
-from gateway.errors import HandoffError, ObjectMovedError, PeerUnavailableError
+from gateway.errors import ConfigError, HandoffError, ObjectMovedError, PeerUnavailableError
 from gateway.handoff.messages import Evaluation
+from gateway.limits import MAX_CALL_WAIT
 from gateway.transport.framing import as_sent, encode_part
 from gateway.transport.status import ERROR_TYPE_KEY, MOVED_TO_KEY, RETRYABLE, error_from_status
 from gateway.transport.tls import CHANNEL_OPTIONS, channel_credentials
@@ -338,6 +339,14 @@ async def call_object(
 
     A refusal comes back as the gateway's own error type; an object that moved as
     :class:`~gateway.errors.ObjectMovedError` naming the host that holds it now."""
+    longest = MAX_CALL_WAIT.total_seconds()
+    # Not NaN, infinite or beyond what the host waits: it becomes the RPC's deadline
+    # (1e300 overflowed it: refused at once as a peer that "did not answer").
+    if not 0 <= wait <= longest:
+        raise ConfigError(
+            f"--wait is {wait} seconds; it must be between 0 and {longest:g}",
+            hint=f"a host waits at most {longest:g} s for an object frozen by a migration",
+        )
     async with grpc.aio.secure_channel(
         address,
         credentials,
