@@ -299,3 +299,31 @@ def test_a_call_wait_outside_its_range_is_a_config_error(wait: float, escaped: s
             ),
             escaped,
         )
+
+
+# --- the custody home's Claim -------------------------------------------------------------
+
+
+def test_a_claims_departure_and_decision_are_bounded_as_receipts(world: World) -> None:
+    """A Claim carries a departure (a signed checkpoint) and a decision (a signed
+    COMMITTED answer), each well under a kilobyte. On main each was decoded with the
+    16 MiB transfer limit: a claimant's 16 MiB departure was walked and parsed before its
+    checkpoint was refused (~95 ms of CPU each, and a Claim is not counted in the
+    in-flight bytes a peer may hold). Now both are held to MAX_RECEIPT_BYTES (64 KiB),
+    like every other signed answer, and refused before they are parsed."""
+    from gateway.errors import EnvelopeTooLargeError
+    from gateway.v1 import envelope_pb2
+
+    signed = envelope_pb2.Envelope(
+        payload=b"{" + b" " * (1 << 20) + b"}",
+        payload_type="application/vnd.gateway.checkpoint+json",
+        signatures=[envelope_pb2.Signature(keyid="k", sig=b"s")],
+    ).SerializeToString()
+
+    async def main() -> None:
+        async with serving(world, [HOST_A]) as hosts:
+            home = hosts[HOST_A].destination.home
+            with pytest.raises(EnvelopeTooLargeError, match=f"at most {wire.MAX_RECEIPT_BYTES}"):
+                await home.claim(signed, b"", peer=HOST_B)
+
+    asyncio.run(main())
