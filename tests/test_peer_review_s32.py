@@ -327,3 +327,22 @@ def test_a_claims_departure_and_decision_are_bounded_as_receipts(world: World) -
                 await home.claim(signed, b"", peer=HOST_B)
 
     asyncio.run(main())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway/objectspec.py load_spec reads the whole --spec file (Path.read_text) "
+    "before any size check; not a file this session may change",
+)
+def test_an_object_spec_file_is_read_within_a_limit(tmp_path: Path) -> None:
+    """`gateway object create --spec FILE` (and load_spec, its library entry): a spec may
+    come from another team; a 64 GiB sparse file ends in "internal error: MemoryError"
+    under a 3 GiB address-space cap, and takes all of memory without one (so would
+    /dev/zero). It should be refused as a ConfigError after a bounded read."""
+    huge = tmp_path / "huge.yaml"
+    with open(huge, "wb") as handle:
+        handle.truncate(64 << 30)
+    done = _cli_with_memory_cap(
+        "object", "create", "obj://org-a.example/x/y", "--spec", huge, cwd=tmp_path
+    )
+    assert done.returncode == 2, done.stderr
