@@ -68,10 +68,14 @@ def _varint(raw: bytes, at: int) -> tuple[int, int]:
 WALK_ABOVE_BYTES = 256 << 10
 
 
-def check_counts(raw: bytes, shape: Shape, what: str) -> None:
+def check_counts(
+    raw: bytes, shape: Shape, what: str, *, walk_above: int = WALK_ABOVE_BYTES
+) -> None:
     """Refuse ``raw`` if a field of it (or of a message field ``shape`` descends into)
-    occurs more often than its shape allows, before anything is parsed."""
-    if len(raw) <= WALK_ABOVE_BYTES:
+    occurs more often than its shape allows, before anything is parsed. ``walk_above``:
+    bytes below which ``raw`` is let through unwalked (0 for a message whose every
+    element becomes a Python object as soon as it is parsed)."""
+    if len(raw) <= walk_above:
         return
     try:
         _walk(raw, 0, len(raw), shape, what)

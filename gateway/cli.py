@@ -108,19 +108,32 @@ def _large_file(args: argparse.Namespace) -> Path | None:
     return path if size > INLINE_LIMIT else None
 
 
-def _read_file(name: str) -> bytes:
-    """The bytes of the file ``name`` given on the command line."""
+def _read_file(name: str, *, limit: int, what: str) -> bytes:
+    """The bytes of the file ``name`` given on the command line, at most ``limit``.
+
+    Bundles, proposals and transfers are files a partner hands over: reading one whole
+    before its size was checked let a huge (sparse) file or ``/dev/zero`` take all of
+    memory. One byte over the limit is read, to tell that it is over."""
     try:
-        return Path(name).read_bytes()
+        with open(name, "rb") as handle:
+            data = handle.read(limit + 1)
     except OSError as exc:
         raise ConfigError(f"{name}: cannot read: {exc.strerror}") from exc
+    if len(data) > limit:
+        raise ConfigError(
+            f"{name} is larger than {limit} bytes, the most {what} may be",
+            hint="check that it is the file you meant; it is refused, not read whole",
+        )
+    return data
 
 
 def _read_data(args: argparse.Namespace) -> bytes:
     if args.data is not None and args.data_file is not None:
         raise ConfigError("give --data or --data-file, not both")
     if args.data_file is not None:
-        return _read_file(args.data_file)
+        from gateway.limits import MAX_DATA_BYTES
+
+        return _read_file(args.data_file, limit=MAX_DATA_BYTES, what="inline object data")
     data = (args.data if args.data is not None else "{}").encode("utf-8")
     if args.content_type == "application/json":
         try:
@@ -409,7 +422,9 @@ def cmd_trust_export(args: argparse.Namespace) -> int:
 
 
 def cmd_trust_import(args: argparse.Namespace) -> int:
-    signed = _read_file(args.file)
+    from gateway.trust import MAX_BUNDLE_BYTES
+
+    signed = _read_file(args.file, limit=MAX_BUNDLE_BYTES, what="a trust bundle")
 
     async def run(host: Host) -> int:
         imported = await host.import_bundle(signed)
@@ -796,7 +811,9 @@ def cmd_admit(args: argparse.Namespace) -> int:
             "gateway admit only does dry runs (--dry-run)",
             hint="objects are admitted for real when their source migrates them here",
         )
-    signed = _read_file(args.envelope)
+    from gateway.wire import MAX_ENVELOPE_BYTES
+
+    signed = _read_file(args.envelope, limit=MAX_ENVELOPE_BYTES, what="a proposal")
 
     async def run(host: Host) -> int:
         evaluation = await host.evaluate_proposal(signed)
@@ -881,8 +898,9 @@ def _parse_at(text: str | None) -> datetime | None:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Verify a transfer, proposal or object archive with nothing but trust bundles."""
-    from gateway.audit import audit
+    from gateway.audit import MAX_FILE_BYTES, audit
     from gateway.handoff import offline
+    from gateway.trust import MAX_BUNDLE_BYTES
 
     try:
         with open(args.file, "rb") as handle:
@@ -892,11 +910,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     # A transfer file from `gateway export`: its signed transfer is what is verified (the
     # data frames after it are checked against the signed digest on import).
     subject = (
-        offline.transfer_envelope(Path(args.file)) if is_transfer_file else _read_file(args.file)
+        offline.transfer_envelope(Path(args.file))
+        if is_transfer_file
+        else _read_file(args.file, limit=MAX_FILE_BYTES, what="a signed file")
     )
     report = audit(
         subject,
-        [(name, _read_file(name)) for name in args.trust],
+        [
+            (name, _read_file(name, limit=MAX_BUNDLE_BYTES, what="a trust bundle"))
+            for name in args.trust
+        ],
         at=_parse_at(args.at),
         now=SystemClock().now(),
         archive=_read_archive(args.archive) if args.archive else None,

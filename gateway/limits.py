@@ -79,6 +79,11 @@ MAX_CONTENT_TYPE_CHARS: Final = 255
 #: Streamed uploads one peer may have open here at once (each holds a marker and
 #: chunks in the store until it is staged or refused).
 MAX_OPEN_UPLOADS_PER_PEER: Final = 4
+#: The least a streamed upload's data message carries, but for its last one (none may be
+#: empty): the signed size bounds the bytes, this bounds the messages, each of which costs
+#: the receiver a decode and a trip to its hashing thread whatever its size. Senders send
+#: 1 MiB (gateway.blobs.STREAM_PIECE_BYTES).
+MIN_STREAM_PART_BYTES: Final = 64 << 10
 #: Most handoffs an object may record (departures, and as many arrivals). Each costs the
 #: receiver signature checks, so the count is refused before any is verified.
 MAX_HANDOFFS: Final = 1024

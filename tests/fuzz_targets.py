@@ -76,7 +76,7 @@ from gateway.trust import (
     new_bundle,
     sign_bundle,
 )
-from gateway.v1 import envelope_pb2, journal_pb2, object_pb2
+from gateway.v1 import envelope_pb2, gateway_pb2, journal_pb2, object_pb2
 
 T0 = datetime(2026, 11, 21, 20, 52, 45, 123000, tzinfo=UTC)
 HOST_A = "spiffe://org-a.example/cluster/east/gateway"
@@ -621,6 +621,20 @@ def mutate_yaml(raw: bytes, rng: random.Random) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
 
 
+_EVALUATION = gateway_pb2.EvaluateResponse(
+    admitted=True,
+    decisions=[
+        gateway_pb2.CapabilityDecision(
+            capability="pubsub:alerts/overdue publish",
+            outcome="granted",
+            reason="within the ceiling for peer org-a.example",
+        ),
+        gateway_pb2.CapabilityDecision(capability="state:self read", outcome="denied", reason=""),
+    ],
+    authority=WORLD.authority,
+).SerializeToString()
+
+
 # --- the targets ---------------------------------------------------------------------
 
 
@@ -866,6 +880,13 @@ TARGETS: tuple[Target, ...] = (
         _sent_time,
         (b"2026-12-06T02:52:11Z", b"2026-12-06T04:52:11.123456789+02:00"),
         mutate_bytes,
+    ),
+    # Session 32: a destination's (unsigned) answer to Evaluate.
+    Target(
+        "evaluation",
+        lambda raw: wire.read_evaluation("spiffe://org-b.example/gw", raw),
+        (_EVALUATION,),
+        _proto(gateway_pb2.EvaluateResponse),
     ),
     Target("config", _from_file(load_config, "host.yaml"), (CONFIG_EXAMPLE.encode(),), mutate_yaml),
     Target("object-spec", _from_file(load_spec, "spec.yaml"), (SPEC_EXAMPLE,), mutate_yaml),

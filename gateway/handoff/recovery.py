@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from gateway import wire
-from gateway.errors import GatewayError, MigrationNotFoundError
+from gateway.errors import GatewayError, MigrationNotFoundError, PeerUnavailableError
 from gateway.handoff.context import HostContext
 from gateway.handoff.destination import Destination
 from gateway.handoff.journal import OPEN_DESTINATION_PREFIX, OPEN_SOURCE_PREFIX
@@ -140,8 +140,15 @@ class Recovery:
         return pause
 
     async def recover_destinations(self) -> int:
+        """Settle the copies staged here past ``stage_timeout``, asking each one's source.
+
+        A source that does not answer is asked no more in this pass: how many copies it
+        left staged is its own doing, and each question to it costs retry_attempts x
+        rpc_timeout, while other peers' copies (committed at their source, live nowhere
+        until settled here) wait their turn in the same pass."""
         ctx = self.ctx
         progressed = 0
+        unreachable: set[str] = set()
         for key in await ctx.journal.store.list(OPEN_DESTINATION_PREFIX):
             migration_id = key.removeprefix(OPEN_DESTINATION_PREFIX)
             loaded = await ctx.journal.destination(migration_id)
@@ -150,8 +157,15 @@ class Recovery:
             staged = loaded.value
             if ctx.clock.now() - staged.updated_at < ctx.timing.stage_timeout:
                 continue
+            if staged.source_host in unreachable:
+                continue
             try:
-                await self.settle_destination(staged)
+                try:
+                    answer = await self.peers.client(staged.source_host).decision(migration_id)
+                except PeerUnavailableError:
+                    unreachable.add(staged.source_host)
+                    raise
+                await self._follow_decision(staged, answer)
                 progressed += 1
             except GatewayError as exc:
                 log.info("destination recovery of %s: %s", migration_id, exc)
@@ -162,8 +176,12 @@ class Recovery:
     async def settle_destination(self, staged: DestinationRecord) -> Outcome:
         """Ask the source of a STAGED copy what it decided, and follow it (now, whatever
         ``stage_timeout`` says: ``gateway migration resume`` and a draining serve)."""
+        answer = await self.peers.client(staged.source_host).decision(staged.migration_id)
+        return await self._follow_decision(staged, answer)
+
+    async def _follow_decision(self, staged: DestinationRecord, answer: bytes) -> Outcome:
+        """Commit or discard a STAGED copy as its source's signed ``answer`` says."""
         migration_id = staged.migration_id
-        answer = await self.peers.client(staged.source_host).decision(migration_id)
         outcome = open_decision(
             self.ctx, answer, source=staged.source_host, migration_id=migration_id
         )

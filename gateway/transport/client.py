@@ -27,13 +27,14 @@ from tenacity import (
 
 from gateway import observability, versions
 from gateway.config import HandoffConfig, PeerConfig
-from gateway.errors import HandoffError, ObjectMovedError, PeerUnavailableError
+from gateway.errors import ConfigError, HandoffError, ObjectMovedError, PeerUnavailableError
 from gateway.handoff.messages import Evaluation
+from gateway.limits import MAX_CALL_WAIT
 from gateway.transport.framing import as_sent, encode_part
 from gateway.transport.status import ERROR_TYPE_KEY, MOVED_TO_KEY, RETRYABLE, error_from_status
 from gateway.transport.tls import CHANNEL_OPTIONS, channel_credentials
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from gateway.wire import decode_evaluation
+from gateway.wire import read_evaluation
 
 R = TypeVar("R", bound=Message)
 
@@ -76,6 +77,13 @@ class GrpcPeerClient:
             "/gateway.v1.Gateway/PrepareStream",
             request_serializer=as_sent,
             response_deserializer=gateway_pb2.PrepareResponse.FromString,
+        )
+        # Evaluate's answer as received: bounded and counted before protobuf parses it
+        # (wire.read_evaluation), not parsed whole by the stub first.
+        self._evaluate = self.channel.unary_unary(
+            "/gateway.v1.Gateway/Evaluate",
+            request_serializer=gateway_pb2.EvaluateRequest.SerializeToString,
+            response_deserializer=bytes,
         )
 
     async def _call(
@@ -230,10 +238,10 @@ class GrpcPeerClient:
         return response.receipt
 
     async def evaluate(self, proposal: bytes) -> Evaluation:
-        response: gateway_pb2.EvaluateResponse = await self._call(
-            "Evaluate", self.stub.Evaluate, gateway_pb2.EvaluateRequest(proposal=proposal)
+        answer: bytes = await self._call(
+            "Evaluate", self._evaluate, gateway_pb2.EvaluateRequest(proposal=proposal)
         )
-        return decode_evaluation(str(self.peer.id), response)
+        return read_evaluation(str(self.peer.id), answer)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -331,6 +339,14 @@ async def call_object(
 
     A refusal comes back as the gateway's own error type; an object that moved as
     :class:`~gateway.errors.ObjectMovedError` naming the host that holds it now."""
+    longest = MAX_CALL_WAIT.total_seconds()
+    # Not NaN, infinite or beyond what the host waits: it becomes the RPC's deadline
+    # (1e300 overflowed it: refused at once as a peer that "did not answer").
+    if not 0 <= wait <= longest:
+        raise ConfigError(
+            f"--wait is {wait} seconds; it must be between 0 and {longest:g}",
+            hint=f"a host waits at most {longest:g} s for an object frozen by a migration",
+        )
     async with grpc.aio.secure_channel(
         address,
         credentials,
