@@ -98,6 +98,9 @@ def _fail(source: str, where: str, problem: str, fix: str) -> ConfigError:
 
 _MIN_INTERVAL = 0.001
 _MAX_INTERVAL = MAX_CYCLE_INTERVAL.total_seconds()
+#: The most bytes a spec file may hold: its inline data is at most MAX_DATA_BYTES of
+#: JSON, and YAML may spend more characters on the same values (indentation, quoting).
+MAX_SPEC_BYTES = 4 * MAX_DATA_BYTES
 
 
 def interval_of(seconds: float) -> timedelta:
@@ -300,11 +303,24 @@ def parse_spec(document: Any, *, source: str) -> ObjectSpec:
 def load_spec(path: str | Path) -> ObjectSpec:
     source = Path(path)
     try:
-        text = source.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise _fail(str(source), f"byte {exc.start}", "not UTF-8 text", "save it as UTF-8") from exc
+        # At most one byte past the limit: a spec may come from another team, and a huge
+        # (sparse) file or /dev/zero read whole took all of memory before any check.
+        with open(source, "rb") as handle:
+            raw = handle.read(MAX_SPEC_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_SPEC_BYTES:
+        raise _fail(
+            str(source),
+            "(whole file)",
+            f"larger than {MAX_SPEC_BYTES:,} bytes, the most a spec may be",
+            "a spec's inline data is at most 4 MiB of JSON; create a larger object from "
+            "--data-file, without --spec",
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _fail(str(source), f"byte {exc.start}", "not UTF-8 text", "save it as UTF-8") from exc
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
