@@ -35,7 +35,14 @@ from gateway._crash import crash_point
 from gateway._retry import lost_race
 from gateway._time import format_time, to_millis
 from gateway.authority import Admission
-from gateway.blobs import BlobRef, delete_blob, delete_location, sweep_partial_files, write_blob
+from gateway.blobs import (
+    MAX_BLOB_BYTES,
+    BlobRef,
+    delete_blob,
+    delete_location,
+    sweep_partial_files,
+    write_blob,
+)
 from gateway.credentials import attenuate, audience_admits, root_home
 from gateway.custody import require_extends_departures, verify_custody
 from gateway.errors import (
@@ -93,6 +100,18 @@ log = logging.getLogger(__name__)
 #: (ms); the chunks are under upload/<the same suffix>/. The peer tag groups a peer's
 #: markers so that their number can be bounded (limits.MAX_OPEN_UPLOADS_PER_PEER).
 UPLOAD_MARKERS = "upload-open/"
+#: Markers of staged copies by the peer they came from:
+#: staged-by/<peer tag>/<size, 16 hex digits>-<migration> -> b"", written with the stage
+#: and gone with the copy's open/destination/ marker (activated or discarded), so that a
+#: Prepare can count what its peer holds here from the keys alone.
+STAGED_BY = "staged-by/"
+#: Staged copies one peer may have here, awaiting its Commit or Abort, and their bytes.
+#: A source that sends neither (dishonest, or gone) kept every copy it staged for good;
+#: the only bound was the optional tenant quota. One peer moving 400 objects a second
+#: with 8 in flight has about 8 staged at a time; the bytes allow two of the largest
+#: streamed objects (blobs.MAX_BLOB_BYTES).
+MAX_STAGED_PER_PEER = 1024
+MAX_STAGED_BYTES_PER_PEER = 2 * MAX_BLOB_BYTES
 
 #: Longest lifetime a transfer may claim, whatever the sender's configuration says.
 MAX_TRANSFER_LIFETIME_S = 600
@@ -442,6 +461,7 @@ class Destination:
             raise ReplayError(
                 f"transfer nonce of migration {transfer.migration_id} was already used here"
             )
+        await self._require_staging_room(peer, transfer.object.size)
         try:
             admission, fence, expires = await self._assess(
                 transfer, peer=peer, now=now, read=found if object_keys else None
@@ -486,6 +506,32 @@ class Destination:
         finally:
             if upload is not None:  # its stage is written or refused: the marker says
                 self._uploading.discard(upload)
+
+    async def _require_staging_room(self, peer: str, size: int) -> None:
+        """Refuse a Prepare from ``peer`` that would stage more than
+        :data:`MAX_STAGED_PER_PEER` copies or :data:`MAX_STAGED_BYTES_PER_PEER` bytes here,
+        counted from the peer's ``staged-by/`` keys, before anything is verified or
+        written: the source aborts, and its object stays live there."""
+        keys = await self.ctx.journal.store.list(
+            f"{STAGED_BY}{_peer_tag(peer)}/", limit=MAX_STAGED_PER_PEER
+        )
+        hint = (
+            "the source must commit or abort the migrations it staged here first; "
+            "`gateway migration list` on this host shows them"
+        )
+        if len(keys) >= MAX_STAGED_PER_PEER:
+            raise QuotaExceededError(
+                f"{peer} has {len(keys)} copies staged here awaiting its decision; at most "
+                f"{MAX_STAGED_PER_PEER}",
+                hint=hint,
+            )
+        held = sum(_staged_size(key) for key in keys)
+        if held + size > MAX_STAGED_BYTES_PER_PEER:
+            raise QuotaExceededError(
+                f"{peer} has {held} bytes staged here awaiting its decision; {size} more "
+                f"would pass {MAX_STAGED_BYTES_PER_PEER} bytes",
+                hint=hint,
+            )
 
     async def _upload(
         self,
@@ -694,6 +740,7 @@ class Destination:
                     etag=fence.etag if fence else Expect.ABSENT,
                 ),
                 Put(key=open_destination_key(record.migration_id), value=b"", etag=Expect.ABSENT),
+                Put(key=_staged_key(record, staged.size), value=b"", etag=Expect.ANY),
                 *([Delete(key=upload, etag=Expect.ANY)] if upload else []),
             ),
             done=asyncio.get_running_loop().create_future(),
@@ -1128,6 +1175,7 @@ class Destination:
                 ),
                 ctx.journal.put_destination(done, etag),
                 Delete(key=open_destination_key(record.migration_id), etag=Expect.ANY),
+                Delete(key=_staged_key(record, record.staged.size), etag=Expect.ANY),
                 *ctx.lifecycle.writes(
                     LifecycleEvent(
                         verb="object.rehosted",
@@ -1308,6 +1356,11 @@ class Destination:
                     [
                         ctx.journal.put_destination(record, loaded.etag),
                         Delete(key=open_destination_key(migration_id), etag=Expect.ANY),
+                        *(
+                            [Delete(key=_staged_key(loaded.value, staged.size), etag=Expect.ANY)]
+                            if (staged := loaded.value.staged) is not None
+                            else []
+                        ),
                         *released,
                     ]
                 )
@@ -1445,6 +1498,21 @@ async def _parts_of_bounded_count(
         if size < MIN_STREAM_PART_BYTES:
             short = size
         yield part
+
+
+def _staged_key(record: DestinationRecord, size: int) -> str:
+    """The ``staged-by/`` marker of ``record``'s staged copy of ``size`` bytes."""
+    return f"{STAGED_BY}{_peer_tag(record.source_host)}/{size:016x}-{record.migration_id}"
+
+
+def _staged_size(key: str) -> int:
+    """The size a ``staged-by/`` key names (0 if it names none: it then counts by number
+    only)."""
+    digits = key.rpartition("/")[2][:16]
+    try:
+        return int(digits, 16) if len(digits) == 16 else 0
+    except ValueError:
+        return 0
 
 
 def _peer_tag(peer: str) -> str:
