@@ -60,7 +60,7 @@ from gateway.handoff.journal import object_key
 from gateway.limits import next_counter
 from gateway.lineage import EntryKind, Lineage, digest
 from gateway.model import MAX_DATA_BYTES, CycleState, GovernedObject, LifecycleState
-from gateway.rules import RuleSet, check_data, compiled, dump_data, load_data
+from gateway.rules import RuleSet, check_patch, compiled, dump_data, load_data
 from gateway.runtime.compaction import Compaction
 from gateway.runtime.outbox import Event, event_key, outbox_puts
 from gateway.stores import Operation
@@ -418,7 +418,9 @@ class CycleRunner:
                 derived.require(obj.authority_at(now), proposal.resource, proposal.verb)
                 if proposal.verb == "write":
                     merged = {**data, **proposal.value}
-                    check_data(merged)
+                    # The data was checked whole when the object was created or arrived,
+                    # and each write since checked what it added: so does this one.
+                    check_patch(merged, proposal.value)
                     encoded = dump_data(merged)
                     if len(encoded) > MAX_DATA_BYTES:
                         raise AdmissionDeniedError(
