@@ -17,7 +17,7 @@ import pytest
 from gateway import rules
 from gateway.host import Host
 from gateway.lineage import EntryKind
-from gateway.runtime.cycle import CycleResult
+from gateway.runtime.cycle import CycleResult, CycleRunner, _Derived
 from gateway.testing import HostSpec, World, build_world, create_from_spec
 from tests.conftest import FAST_HANDOFF, HOST_A
 from tests.test_cycle import OFFERS, in_host, spec
@@ -100,3 +100,26 @@ def test_a_write_of_text_rules_cannot_read_is_still_denied(one_host: World) -> N
     with pytest.raises(rules.RuleError, match="not valid Unicode"):
         rules.check_patch({"a": 1, "b": [bad]}, {"b": [bad]})
     rules.check_patch({"a": [bad], "b": 1}, {"b": 1})  # what the patch leaves is not its own
+
+
+def test_a_cycling_objects_own_writes_stay_out_of_the_runners_data_memo(
+    one_host: World,
+) -> None:
+    """The runner's memo of decoded data serves objects it has not cycled yet (an
+    arrival, then its first cycle); an object cycling here keeps its decoded data in its
+    own :class:`_Derived`, and the bytes its own write made were never in the shared
+    memo: asking it costs a miss, and putting them fills it with what nobody asks for."""
+    rule = {"name": "w", "when": "true", "write": '{"checked": generation}'}
+
+    async def scenario(host: Host) -> None:
+        object_id = "obj://org-a.example/live/writer"
+        obj = await create_from_spec(host, object_id, spec([rule], capabilities=WRITE))
+        runner = CycleRunner(host.context)
+        derived = _Derived()
+        now = host.clock.now()
+        for generation in range(3):
+            obj, _events, admitted, _denied = runner._evaluate(obj, now, None, derived)
+            assert admitted == 1 and json.loads(obj.data)["checked"] == generation
+        assert len(runner._data) == 1  # the first decode only
+
+    in_host(one_host, scenario)
