@@ -232,9 +232,17 @@ class IdleLru(Generic[K, V]):
 
     def put(self, key: K, value: V, size: int) -> None:
         """Hold ``value`` under ``key`` if room can be made (see the class)."""
-        self.forget(key)
         entries = self._entries
         now = self._clock()
+        slot = entries.get(key)
+        if slot is not None and self._size - slot.size + size <= self._total_size:
+            # A new value for a key held (every cycle's write of its object): what
+            # forgetting it and putting it again does when nothing need make room, in place.
+            self._size += size - slot.size
+            slot.value, slot.size, slot.used = value, size, now
+            entries.move_to_end(key)
+            return
+        self.forget(key)
         while self._size + size > self._total_size:
             oldest = next(iter(entries.values()), None)
             if oldest is None or now - oldest.used < self._idle:

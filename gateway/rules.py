@@ -1438,6 +1438,27 @@ def check_data(value: Any, *, depth: int = 0) -> None:
             check_data(item, depth=depth + 1)
 
 
+def check_patch(merged: Mapping[str, Any], patch: Mapping[str, Any]) -> None:
+    """:func:`check_data` of ``merged`` (data within the bounds, updated by ``patch``),
+    checking only what the patch brought: the merged top level's size, and the patch's
+    keys and values (at the depth they have in ``merged``).
+
+    Exact when the data the patch was merged into is within the bounds, which is what
+    an object's rules read: its data was checked whole when it was created or arrived
+    (:meth:`gateway.handoff.context.HostContext.check_rules`), and every write since was
+    checked so. A value the patch did not touch is the one that was checked then, so a
+    write costs what it writes, not the size of the whole document."""
+    if len(merged) > COLLECTION_BOUND:
+        raise RuleCostError(
+            f"object data holds a collection of {len(merged)} elements; at most {COLLECTION_BOUND}",
+            hint="keep large collections out of an object with rules",
+        )
+    for key, value in patch.items():
+        if isinstance(key, str):
+            _check_text(key)
+        check_data(value, depth=1)
+
+
 def _check_text(text: str) -> None:
     # JSON may escape a lone surrogate ("\ud800") and json.loads accepts it, but it is
     # not Unicode: the CEL runtime fails on it mid-evaluation, so refuse it at the edge.

@@ -107,3 +107,26 @@ def test_memos_made_at_one_place_are_summed() -> None:
             memo.put(k, k)
     (stats,) = [s for s in memo_stats() if s.made_at.startswith(f"{__name__}:")]
     assert (stats.memos, stats.entries, stats.capacity) == (3, 1 + 2 + 3, 12)
+
+
+def test_an_idle_memo_replacing_a_value_keeps_its_size_and_order() -> None:
+    """A new value for a key held takes the old one's place as the most recently used,
+    its size counted once; one that no longer fits beside values in use is dropped, as
+    a newcomer would be."""
+    from gateway._lru import IdleLru
+
+    clock = [0.0]
+    memo: IdleLru[str, str] = IdleLru(300, idle_seconds=10.0, clock=lambda: clock[0])
+    for key in ("a", "b", "c"):
+        memo.put(key, key, 100)
+    clock[0] = 1.0
+    memo.put("a", "a2", 90)  # replaced: now the most recently used
+    assert memo.peek("a") == "a2" and memo._size == 290
+    assert list(memo._entries) == ["b", "c", "a"]
+    clock[0] = 10.5  # b and c idle long enough, a not
+    memo.put("d", "d", 100)  # makes room by evicting the least recently used: b
+    assert list(memo._entries) == ["c", "a", "d"] and memo._size == 290
+    memo.put("a", "a3", 130)  # 100 + 100 + 130 > 300: c is idle, so it gives way
+    assert list(memo._entries) == ["d", "a"] and memo._size == 230
+    memo.put("d", "d2", 250)  # only a (in use) could give way: d is dropped
+    assert memo.peek("d") is None and memo.peek("a") == "a3" and memo._size == 130

@@ -60,7 +60,7 @@ from gateway.handoff.journal import object_key
 from gateway.limits import next_counter
 from gateway.lineage import EntryKind, Lineage, digest
 from gateway.model import MAX_DATA_BYTES, CycleState, GovernedObject, LifecycleState
-from gateway.rules import RuleSet, check_data, compiled, dump_data, load_data
+from gateway.rules import RuleSet, check_patch, compiled, dump_data, load_data
 from gateway.runtime.compaction import Compaction
 from gateway.runtime.outbox import Event, event_key, outbox_puts
 from gateway.stores import Operation
@@ -376,12 +376,15 @@ class CycleRunner:
     ) -> tuple[GovernedObject, list[Event], int, int]:
         ctx = self.ctx
         generation = obj.cycle.generation
-        entries = _Entries(obj, host=ctx.host, at=now, credentials=derived.credentials_of(obj))
+        entries = _Entries(obj, host=ctx.host, at=now, derived=derived)
         events: list[Event] = []
         admitted = denied = 0
         try:
             ruleset = derived.ruleset_of(obj)
-            data = derived.data_of(obj, self._loaded)
+            # The runner's memo serves an object's first cycle here (an arrival decoded
+            # its data a moment ago); after that the object keeps its own, and new bytes
+            # are its own write's (or another writer's), which the memo never held.
+            data = derived.data_of(obj, self._loaded if derived.raw is None else _decoded)
             outcome = ruleset.evaluate(
                 data=data,
                 generation=generation,
@@ -418,7 +421,9 @@ class CycleRunner:
                 derived.require(obj.authority_at(now), proposal.resource, proposal.verb)
                 if proposal.verb == "write":
                     merged = {**data, **proposal.value}
-                    check_data(merged)
+                    # The data was checked whole when the object was created or arrived,
+                    # and each write since checked what it added: so does this one.
+                    check_patch(merged, proposal.value)
                     encoded = dump_data(merged)
                     if len(encoded) > MAX_DATA_BYTES:
                         raise AdmissionDeniedError(
@@ -507,6 +512,11 @@ class CycleRunner:
         return CycleState(generation=generation, interval=interval, next_due=next_due)
 
 
+def _decoded(obj: GovernedObject) -> dict[str, Any]:
+    """``load_data(obj.data, obj.content_type)``, not remembered by the runner."""
+    return load_data(obj.data, obj.content_type)
+
+
 #: Objects a batch (:meth:`CycleRunner.run_many`) evaluates before it lets the event loop
 #: run other tasks: about 5 ms of evaluations at a time, whatever the batch's size.
 PREPARE_SLICE = 32
@@ -533,13 +543,13 @@ HELD_IDLE_SECONDS = 60.0
 
 class _Derived:
     """What a cycle computes from an object's immutable parts, kept per object for its
-    next cycle: its compiled rules, its decoded data, the digest of its grants, and the
-    admissions its authority permitted. Each is held with the value it was computed
-    from and reused only while the object still carries that very value (``is``: the
-    memo holds it, so its identity cannot be reused); a cycle rebuilds its object from
-    the same values, so an object that cycles on here computes each of them once. Only
-    permissions are remembered: a refusal is asked again, so it raises with its own
-    reason every time. The admissions are those of the authority, not the object's: given
+    next cycle: its compiled rules, its decoded data, the digest of its data and of its
+    grants, and the admissions its authority permitted. Each is held with the value it
+    was computed from and reused only while the object still carries that very value
+    (``is``: the memo holds it, so its identity cannot be reused); a cycle rebuilds its
+    object from the same values, so an object that cycles on here computes each of them
+    once. Only permissions are remembered: a refusal is asked again, so it raises with
+    its own reason every time. The admissions are those of the authority, not the object's: given
     ``permitted`` (the runner's, by authority identity), objects holding the very same
     authority share one set. Expiry is not this memo's business: the caller passes
     ``authority_at(now)``, which is NO_AUTHORITY once the grants expired."""
@@ -548,6 +558,8 @@ class _Derived:
         "authority",
         "credentials",
         "data",
+        "data_digest",
+        "digested",
         "grants",
         "permitted",
         "raw",
@@ -564,6 +576,8 @@ class _Derived:
         self.ruleset: RuleSet | None = None
         self.raw: bytes | None = None
         self.data: dict[str, Any] | None = None
+        self.digested: bytes | None = None
+        self.data_digest = b""
         self.grants: object = None
         self.credentials = b""
         self.authority: EffectiveAuthority | None = None
@@ -585,6 +599,14 @@ class _Derived:
             self.data = load(obj)
             self.raw = obj.data
         return self.data
+
+    def digest_of(self, data: bytes) -> bytes:
+        """``digest(data)``: the data a cycle wrote is its object's data at the next
+        cycle, whose entries record its digest again."""
+        if self.digested is not data:
+            self.data_digest = digest(data)
+            self.digested = data
+        return self.data_digest
 
     def credentials_of(self, obj: GovernedObject) -> bytes:
         """``obj.credentials_digest()``."""
@@ -675,13 +697,23 @@ class _Entries:
     generation, and the digests of its data and credentials as they are when the entry
     is made (after a write that preceded it)."""
 
-    __slots__ = ("_at", "_credentials", "_data_digest", "_host", "_obj", "_records", "data")
+    __slots__ = (
+        "_at",
+        "_credentials",
+        "_data_digest",
+        "_derived",
+        "_host",
+        "_obj",
+        "_records",
+        "data",
+    )
 
-    def __init__(self, obj: GovernedObject, *, host: str, at: datetime, credentials: bytes) -> None:
+    def __init__(self, obj: GovernedObject, *, host: str, at: datetime, derived: _Derived) -> None:
         self._obj = obj
         self._host = host
         self._at = at
-        self._credentials = credentials  #: obj.credentials_digest()
+        self._derived = derived
+        self._credentials = derived.credentials_of(obj)  #: obj.credentials_digest()
         self._data_digest: bytes | None = None
         self._records: list[tuple[EntryKind, bytes, str]] = []
         self.data = obj.data
@@ -693,7 +725,9 @@ class _Entries:
     def record(self, kind: EntryKind, detail: str) -> None:
         obj = self._obj
         if self._data_digest is None:
-            self._data_digest = obj.blob.digest if obj.blob is not None else digest(self.data)
+            self._data_digest = (
+                obj.blob.digest if obj.blob is not None else self._derived.digest_of(self.data)
+            )
         self._records.append((kind, self._data_digest, detail))
 
     def result(self, *, cycle: CycleState | None = None) -> GovernedObject:
