@@ -205,8 +205,8 @@ def sqlite_memory() -> tuple[int, int, int, int, int] | None:
 
 
 def extras() -> dict[str, float]:
-    """Figures that might grow, by a name without spaces: SQLite's heap (MiB), asyncio
-    tasks alive, threads, open descriptors, and every gateway memo's entries and weight
+    """Figures that might grow, by a name without spaces: SQLite's heap (MiB), the
+    cyclic collector's runs and objects freed by generation, asyncio tasks alive, threads, open descriptors, and every gateway memo's entries and weight
     (MiB; ``memo:<module:line where made>``) and every ``functools.lru_cache`` of a
     ``gateway`` module's entries (``cache:<module.function>``)."""
     import asyncio
@@ -228,6 +228,12 @@ def extras() -> dict[str, float]:
             found[f"sqlite_{name}" + ("" if counted else "_mib")] = (
                 value if counted else value / mib
             )
+    # The cyclic collector by generation: runs, and objects it freed (garbage in
+    # reference cycles, which reference counting left behind: it waits for the next run,
+    # gateway._gc sets how far apart they are).
+    for generation, stats in enumerate(gc.get_stats()):
+        found[f"gc{generation}_runs"] = stats["collections"]
+        found[f"gc{generation}_freed"] = stats["collected"]
     found["tasks"] = len(getattr(asyncio.tasks, "_all_tasks", ()))
     found["threads"] = threading.active_count()
     with contextlib.suppress(OSError):
