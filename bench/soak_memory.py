@@ -241,7 +241,12 @@ async def drive(world: InProcessWorld, ids: list[str], args: argparse.Namespace)
             rss = held = rss_mib_self()
             trimmed = ""
             if args.gc_probe:
+                if args.gc_types:
+                    gc.set_debug(gc.DEBUG_SAVEALL)  # keep what it finds, to count it
                 unreachable = gc.collect()
+                if args.gc_types:
+                    gc.set_debug(0)
+                    print(f"{'':21}cyclic garbage: {garbage_types(args.gc_types)}", flush=True)
                 trimmed += f" gc {unreachable} freed {held - rss_mib_self():.1f}"
                 held = rss_mib_self()
             if args.trim_probe:
@@ -504,6 +509,19 @@ def account(world: InProcessWorld) -> None:
     print(f"  {'left':22} {rss_mib_self():6.1f} MiB")
 
 
+def garbage_types(top: int) -> str:
+    """The ``top`` most common types in ``gc.garbage`` (what a collection under
+    ``gc.DEBUG_SAVEALL`` found in reference cycles), then empties it."""
+    counts: dict[str, int] = {}
+    for thing in gc.garbage:
+        name = type(thing).__qualname__
+        counts[name] = counts.get(name, 0) + 1
+    total = len(gc.garbage)
+    gc.garbage.clear()
+    ranked = sorted(counts.items(), key=lambda item: -item[1])[:top]
+    return f"{total} objects: " + ", ".join(f"{name} {count}" for name, count in ranked)
+
+
 def rss_mib_self() -> float:
     import os
 
@@ -567,6 +585,13 @@ def main(argv: list[str] | None = None) -> int:
         "--gc-probe",
         action="store_true",
         help="run a full collection after each sample; print what it found and freed",
+    )
+    parser.add_argument(
+        "--gc-types",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --gc-probe: the N most common types among the unreachable objects found",
     )
     parser.add_argument(
         "--account",

@@ -205,8 +205,8 @@ def sqlite_memory() -> tuple[int, int, int, int, int] | None:
 
 
 def extras() -> dict[str, float]:
-    """Figures that might grow, by a name without spaces: SQLite's heap (MiB), asyncio
-    tasks alive, threads, open descriptors, and every gateway memo's entries and weight
+    """Figures that might grow, by a name without spaces: SQLite's heap (MiB), the
+    cyclic collector's runs and objects freed by generation, asyncio tasks alive, threads, open descriptors, and every gateway memo's entries and weight
     (MiB; ``memo:<module:line where made>``) and every ``functools.lru_cache`` of a
     ``gateway`` module's entries (``cache:<module.function>``)."""
     import asyncio
@@ -220,17 +220,20 @@ def extras() -> dict[str, float]:
         found["sqlite_pages_mib"] = sqlite[2] / mib
         found["sqlite_mallocs"] = sqlite[3]
         found["sqlite_largest_malloc_kib"] = sqlite[4] / 1024
-        # Opt-in: finding the connections walks gc.get_objects() from this thread, which
-        # can hand it a tuple the server's thread is still building (tuple(generator)),
-        # and the server then raises SystemError ("bad argument to internal function",
-        # Objects/tupleobject.c) out of whatever it was doing: seen in session 31 as
-        # "Commit failed inside the gateway" and failed cycles in probed soaks only.
-        per_connection = os.environ.get("RSS_PROBE_SQLITE_CONNECTIONS") == "1"
-        for name, value in (sqlite_connections() if per_connection else {}).items():
-            # per connection, summed over those found (sqlite_pages_mib is the global)
-            found[f"sqlite_conn_{name}" + ("" if name == "connections" else "_mib")] = (
-                value if name == "connections" else value / mib
+        # Connections registered by watch_connections() (no walk of the collector's
+        # objects: that walk, from this thread, made servers raise SystemError, and it
+        # never saw the store's write connection, frozen by gateway._gc.tune()).
+        for name, value in sqlite_connections().items():
+            counted = name.endswith(("_n", "_stmts"))
+            found[f"sqlite_{name}" + ("" if counted else "_mib")] = (
+                value if counted else value / mib
             )
+    # The cyclic collector by generation: runs, and objects it freed (garbage in
+    # reference cycles, which reference counting left behind: it waits for the next run,
+    # gateway._gc sets how far apart they are).
+    for generation, stats in enumerate(gc.get_stats()):
+        found[f"gc{generation}_runs"] = stats["collections"]
+        found[f"gc{generation}_freed"] = stats["collected"]
     found["tasks"] = len(getattr(asyncio.tasks, "_all_tasks", ()))
     found["threads"] = threading.active_count()
     with contextlib.suppress(OSError):
@@ -277,36 +280,92 @@ def format_extras(found: dict[str, float]) -> str:
     return " ".join(f"{name}={value:.3f}".rstrip("0").rstrip(".") for name, value in found.items())
 
 
-#: sqlite3_db_status ops: the connection's page cache, schemas, prepared statements.
-_SQLITE_DBSTATUS = {"pages": 1, "schema": 2, "statements": 3}
+#: sqlite3_db_status ops: the connection's page cache, schemas, prepared statements
+#: (with the parameters each one holds bound since its last run: Python's sqlite3 never
+#: clears them).
+_SQLITE_DBSTATUS = {"pages": 1, "schema": 2, "stmt": 3}
+
+#: Every ``sqlite3.Connection`` made since :func:`watch_connections`, weakly, with the
+#: role its creating thread names; None until then.
+_CONNECTIONS: list[tuple[Any, str]] | None = None
+_CONNECTIONS_LOCK: Any = None
+
+
+def _role(thread_name: str) -> str:
+    """A store connection's role from the thread that opened it (gateway/stores/sqlite.py
+    names its threads): the writer, a reader thread's, or an inline one (the event
+    loop's)."""
+    if thread_name.startswith("sqlite-store"):
+        return "writer"
+    if thread_name.startswith("sqlite-reader"):
+        return "reader"
+    return "inline"
+
+
+def watch_connections() -> None:
+    """Make ``sqlite3.connect`` register each connection it opens (a subclass that can be
+    weakly referenced, unless the caller passes its own ``factory``), for
+    :func:`sqlite_connections`. Call before the program opens any."""
+    global _CONNECTIONS, _CONNECTIONS_LOCK
+    import sqlite3
+    import threading
+    import weakref
+
+    if _CONNECTIONS is not None:
+        return
+    _CONNECTIONS, _CONNECTIONS_LOCK = [], threading.Lock()
+    connect = sqlite3.connect
+
+    class Watched(sqlite3.Connection):
+        pass
+
+    def watched_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        kwargs.setdefault("factory", Watched)
+        connection = connect(*args, **kwargs)
+        with contextlib.suppress(TypeError), _CONNECTIONS_LOCK:
+            # Dead references dropped as new ones come (a store opens a handful).
+            _CONNECTIONS[:] = [entry for entry in _CONNECTIONS if entry[0]() is not None]
+            _CONNECTIONS.append((weakref.ref(connection), _role(threading.current_thread().name)))
+        return connection
+
+    sqlite3.connect = watched_connect
 
 
 def sqlite_connections() -> dict[str, int]:
-    """Per-connection SQLite heap of every ``sqlite3.Connection`` alive, summed: bytes of
-    page caches, schemas and prepared statements (``sqlite3_db_status``), and the count.
-    The connections are found with a walk of the collector's objects (tens of ms; they
-    cannot be weakly referenced, and holding them would keep closed ones). The ``sqlite3 *``
-    handle is read from the object's first field after its header (CPython 3.11's
-    ``pysqlite_Connection``); a closed connection reads as NULL and is skipped."""
+    """Per role (writer, reader, inline), over the open connections
+    :func:`watch_connections` registered: how many (``<role>_n``), prepared statements
+    (``<role>_stmts``) and bytes of page cache, schema and statements
+    (``<role>_pages``...; ``sqlite3_db_status``). The ``sqlite3 *`` handle is read from
+    the object's first field after its header (CPython 3.11's ``pysqlite_Connection``); a
+    closed connection reads as NULL and is skipped. Empty when nothing was registered."""
     import ctypes
-    import sqlite3
 
     library = _sqlite_library()
-    if library is None:
+    if library is None or not _CONNECTIONS:
         return {}
-    alive = [o for o in gc.get_objects() if isinstance(o, sqlite3.Connection)]
-    totals = dict.fromkeys(_SQLITE_DBSTATUS, 0)
+    library.sqlite3_next_stmt.restype = ctypes.c_void_p
+    library.sqlite3_next_stmt.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    totals: dict[str, int] = {}
     current, highwater = ctypes.c_int(0), ctypes.c_int(0)
-    counted = 0
-    for connection in alive:
+    with _CONNECTIONS_LOCK:
+        watched = [(reference(), role) for reference, role in _CONNECTIONS]
+    for connection, role in watched:
+        if connection is None:
+            continue
         handle = ctypes.c_void_p.from_address(id(connection) + object.__basicsize__).value
         if not handle:
             continue
-        counted += 1
+        totals[f"{role}_n"] = totals.get(f"{role}_n", 0) + 1
         for name, op in _SQLITE_DBSTATUS.items():
             if not library.sqlite3_db_status(
                 ctypes.c_void_p(handle), op, ctypes.byref(current), ctypes.byref(highwater), 0
             ):
-                totals[name] += current.value
-    totals["connections"] = counted
+                totals[f"{role}_{name}"] = totals.get(f"{role}_{name}", 0) + current.value
+        statement, count = None, 0
+        while True:
+            statement = library.sqlite3_next_stmt(handle, statement)
+            if not statement:
+                break
+            count += 1
+        totals[f"{role}_stmts"] = totals.get(f"{role}_stmts", 0) + count
     return totals

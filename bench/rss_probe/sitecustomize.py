@@ -21,12 +21,17 @@ total, and at those moments a snapshot is dumped instead of a census
 (``<pid>-<t>.trace``; compare them with ``tracemalloc.Snapshot.load``). A census or a
 snapshot allocates many small objects itself, so the arenas and RSS after the first one
 are not the server's alone.
-With ``RSS_PROBE_SQLITE_CONNECTIONS=1`` each sample also
-sums SQLite's page caches, schemas and statements per connection. A census and that sum
-walk ``gc.get_objects()`` from the probe's thread, which can hand it a tuple the server
-is still building: the server then raises ``SystemError`` (Objects/tupleobject.c, "bad
-argument to internal function") out of a handler or a cycle. Use them to diagnose, not
-in a soak whose refusals count.
+Each sample also gives, per role of an SQLite connection (the store's writer, its
+reader threads', the inline ones of the event loop's thread), how many are open, their
+prepared statements and the bytes of their page caches, schemas and statements
+(``sqlite_writer_stmt_mib``...): ``sqlite3.connect`` is wrapped to register each
+connection it opens (memstats.watch_connections). A census walks ``gc.get_objects()``
+from the probe's thread, which can hand it a tuple the server is still building: the
+server then raises ``SystemError`` (Objects/tupleobject.c, "bad argument to internal
+function") out of a handler or a cycle. Use it to diagnose, not in a soak whose
+refusals count. (Before session 32 the per-connection sum walked too, as
+``RSS_PROBE_SQLITE_CONNECTIONS=1``; that walk never saw the write connection, which
+gateway._gc.tune() freezes, and gc.get_objects() leaves frozen objects out.)
 """
 
 from __future__ import annotations
@@ -43,7 +48,16 @@ def _start() -> None:
 
     # Beside this file, on the same PYTHONPATH; standard library only.
     from memstats import census as census_counts
-    from memstats import extras, format_extras, jemalloc_stats, mallinfo2, pymalloc_stats
+    from memstats import (
+        extras,
+        format_extras,
+        jemalloc_stats,
+        mallinfo2,
+        pymalloc_stats,
+        watch_connections,
+    )
+
+    watch_connections()  # before the server opens its store
 
     out = os.environ["RSS_PROBE_OUT"]
     every = float(os.environ.get("RSS_PROBE_EVERY", "30"))

@@ -187,6 +187,7 @@ class SqliteStore:
         "_reader_connections",
         "_reader_lock",
         "_readers",
+        "_unbinding",
     )
 
     def __init__(
@@ -216,6 +217,10 @@ class SqliteStore:
         #: Whether a drain of the pending writes is queued or running on the writer
         #: thread (under the lock): one at a time, so groups commit in arrival order.
         self._draining = False
+        #: Upserts of the group being committed that bound many bytes of values, with
+        #: their parameter counts: unbound once the group's callers are answered (writer
+        #: thread only; see _unbind).
+        self._unbinding: builtins.list[tuple[str, int]] = []
 
     @classmethod
     def open(
@@ -560,6 +565,11 @@ class SqliteStore:
                 # A closed loop has no caller left to answer.
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(_answer, answered)
+            # After the answers: the callers do not wait for it. (Before the next group:
+            # a write that returned has had its values unbound once the next one returns.)
+            unbinding, self._unbinding = self._unbinding, []
+            for sql, count in unbinding:
+                _unbind(self._connection, sql, count)
 
     # Everything below runs on the worker thread only.
 
@@ -664,7 +674,10 @@ class SqliteStore:
             parameters: builtins.list[object] = []
             for op in chunk:
                 parameters += (op.key, op.value, _etag_of(ops, op.key))
-            connection.execute(_statement(_UPSERT, len(chunk), "(?, ?, ?)"), parameters)
+            sql = _statement(_UPSERT, len(chunk), "(?, ?, ?)")
+            connection.execute(sql, parameters)
+            if sum(len(op.value) for op in chunk) >= _UNBIND_BYTES:
+                self._unbinding.append((sql, len(parameters)))
         gone = [op.key for op in ops if not isinstance(op, Put) and op.key in current]
         for start in range(0, len(gone), _CHUNK):
             connection.execute(*_listed(_DELETE, gone[start : start + _CHUNK]))
@@ -727,6 +740,44 @@ _UPSERT = (
     " ON CONFLICT (key) DO UPDATE SET value = excluded.value, etag = excluded.etag"
 )
 _DELETE = "DELETE FROM items WHERE key IN ({})"
+
+#: Values written by one upsert statement from which on the statement is made to let go
+#: of them (:func:`_unbind`). A migration's commits (a few KB) stay under it; a cycle's
+#: batch of objects (200 of up to 60 KB in the soak) does not. Bounds what the write
+#: connection's upserts hold between commits to 64 KiB per size, 1 MiB in all.
+_UNBIND_BYTES = 64 << 10
+
+#: What no SQLite parameter can be (see _unbind).
+_UNBINDABLE = object()
+
+
+def _unbind(connection: sqlite3.Connection, sql: str, count: int) -> None:
+    """Make the prepared statement ``sql`` (of ``count`` parameters) drop the values
+    last bound to it.
+
+    Why: SQLite copies every bound value (Python binds with ``SQLITE_TRANSIENT``) and
+    keeps the copy until the statement is bound again or finalized, and Python's
+    sqlite3 never calls ``sqlite3_clear_bindings``: it resets a statement after its run
+    and keeps it in the connection's cache. So each size of upsert (:data:`_SIZES`)
+    held the last rows written with it: in the soak, about 8 MiB of object values on
+    the write connection, growing as larger sizes and larger objects came along (the
+    per-server SQLite heap of 17-23 MiB that page caches did not explain; session 32).
+
+    How, with nothing but the public API: bind ``NULL`` to all parameters but the last
+    and something no parameter can be to the last. sqlite3 binds in order, so each
+    earlier parameter's copy is freed, then refuses the last before anything runs: no
+    step, no lock, nothing written, and the statement stays prepared in the cache. Costs
+    about what binding the values did (pysqlite's work per parameter, under the GIL):
+    about 230 us for 256 rows, on the writer thread once the group's callers are
+    answered. A sqlite3 that checked every parameter before binding any
+    would make this a no-op (tests/test_sqlite_bound_values.py measures the heap)."""
+    try:
+        connection.execute(sql, [*itertools.repeat(None, count - 1), _UNBINDABLE])
+    except sqlite3.ProgrammingError:  # the refusal of the last parameter, as intended
+        return
+    raise AssertionError("sqlite3 bound an object() as a parameter")  # pragma: no cover
+
+
 # No covering index of (key, etag): it cost every commit that creates keys 25-40 us
 # (its pages written and synced too; measured, session 24). A new file stores the ETag
 # before the value instead (_ensure_schema), so that reading it touches the row's
