@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway import envelope as dsse
-from gateway import observability
+from gateway import observability, wire
 from gateway._retry import lost_race
 from gateway._time import Clock, SystemClock
 from gateway.blobs import delete_blob, write_blob
@@ -36,7 +36,7 @@ from gateway.errors import (
 )
 from gateway.handoff.context import HostContext
 from gateway.handoff.destination import Destination
-from gateway.handoff.journal import MAX_FOLDED_RELEASES, Journal
+from gateway.handoff.journal import MAX_FOLDED_RELEASES, Journal, objects_prefix
 from gateway.handoff.messages import Evaluation
 from gateway.handoff.recovery import Recovery
 from gateway.handoff.source import MigrationResult, Source
@@ -85,6 +85,8 @@ log = logging.getLogger(__name__)
 
 #: Recovery passes between two reconciliations of Dapr cycle jobs.
 JOB_RECONCILE_PASSES = 30
+#: Object records read per store call when counting objects for the metrics.
+COUNT_PAGE = 500
 #: Create transactions tried when only the tenant's usage counter moved under them.
 CREATE_ATTEMPTS = 8
 #: Transactions of releases folded into a tenant's quota counter per recovery pass.
@@ -759,12 +761,22 @@ class Host:
                 await asyncio.wait_for(stop.wait(), timeout=interval)
 
     async def count_objects(self) -> list[tuple[str, str, int]]:
-        """(tenant, state, how many) of the object records here, for the metrics."""
+        """(tenant, state, how many) of the object records here, for the metrics; a record
+        that does not decode counts as ``unreadable``. Each state is read from the stored
+        record, a page at a time, without decoding the object (its lineage is most of
+        it): decoding every object cost about a second of CPU per count at 10,000."""
         counts: dict[tuple[str, str], int] = {}
         for tenant in self.config.tenants:
-            for obj in await self.journal.objects(tenant):
-                key = (tenant, obj.state.value)
-                counts[key] = counts.get(key, 0) + 1
+            prefix = objects_prefix(tenant)
+            keys = await self.store.list(prefix)
+            for start in range(0, len(keys), COUNT_PAGE):
+                items = await self.store.get_many(keys[start : start + COUNT_PAGE])
+                for item in items.values():
+                    try:
+                        state = wire.decode_state(item.value).value
+                    except GatewayError:
+                        state = "unreadable"
+                    counts[tenant, state] = counts.get((tenant, state), 0) + 1
         return [(tenant, state, n) for (tenant, state), n in sorted(counts.items())]
 
     async def recover(self, *, prune: bool = True) -> int:

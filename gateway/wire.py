@@ -565,6 +565,16 @@ def decode_subscribing(raw: bytes) -> bool:
     )
 
 
+def decode_state(raw: bytes) -> LifecycleState:
+    """The lifecycle state of a stored object, read without decoding the lineage (what
+    the objects gauge counts, gateway.host.Host.count_objects)."""
+    message = _parse(object_pb2.StoredObject(), raw, "stored object", canonical=False)
+    state = _STATE_FROM_PB.get(message.state)
+    if state is None:
+        raise PayloadDecodeError(f"stored object has an unknown lifecycle state {message.state}")
+    return state
+
+
 def encode_object(obj: GovernedObject) -> bytes:
     """The at-rest form of an object (state, placement and all): the bytes of
     :func:`_stored_to_pb`, serialized deterministically, assembled from parts.

@@ -11,6 +11,7 @@ Names and labels are documented in docs/observability.md; label values are bound
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -43,6 +44,10 @@ STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 
 #: Seconds between two counts of objects by tenant and state (each reads every object
 #: record of the host's tenants).
 OBJECTS_REFRESH_S = 15.0
+#: Seconds at least between two counts: a settled migration brings the next count
+#: forward, but not sooner than this after the last one (migrations settling every few
+#: milliseconds made the counts run back to back).
+OBJECTS_MIN_GAP_S = 1.0
 #: The label given to a peer that is not configured here (bounds the label set).
 OTHER = "other"
 
@@ -225,7 +230,8 @@ class Metrics:
         self, count: Callable[[], Awaitable[list[tuple[str, str, int]]]], stop: asyncio.Event
     ) -> None:
         """Refresh the objects gauge from ``count`` every :data:`OBJECTS_REFRESH_S` until
-        ``stop``."""
+        ``stop``; sooner after a migration settled, but never within
+        :data:`OBJECTS_MIN_GAP_S` of the last count."""
         changed = self._objects_changed = asyncio.Event()
         while not stop.is_set():
             changed.clear()
@@ -233,6 +239,10 @@ class Metrics:
                 self.set_objects(await count())
             except Exception:
                 log.exception("counting objects for metrics failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=OBJECTS_MIN_GAP_S)
+            if stop.is_set():
+                return
             waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(changed.wait())]
             try:
                 await asyncio.wait(waits, timeout=OBJECTS_REFRESH_S, return_when="FIRST_COMPLETED")
