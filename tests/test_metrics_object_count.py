@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from gateway import wire
 from gateway.handoff import journal
 from gateway.objectspec import parse_spec
 from gateway.observability import metrics as metrics_module
@@ -26,6 +24,7 @@ from gateway.stores import Expect
 from gateway.testing import create_from_spec
 from tests.conftest import HOST_B
 from tests.test_events_bounds import _open
+from tests.test_events_reconcile_start import _count_decodes
 
 OBJECTS = 20
 
@@ -43,14 +42,7 @@ def test_counting_objects_decodes_none_in_full(
                 "t/default/objects/obj://org-a.example/damaged", b"\xff\x00", etag=Expect.ANY
             )
             host.journal._objects = journal._Objects()  # nothing remembered
-            decoded: list[int] = []
-            decode = wire.decode_object
-
-            def counted(raw: bytes, *args: Any, **kwargs: Any) -> Any:
-                decoded.append(len(raw))
-                return decode(raw, *args, **kwargs)
-
-            monkeypatch.setattr(wire, "decode_object", counted)
+            decoded = _count_decodes(monkeypatch)
             counts = await host.count_objects()
             assert decoded == []
             assert ("default", "active", OBJECTS + 1) in counts
