@@ -36,7 +36,7 @@ from gateway.errors import (
 )
 from gateway.handoff.context import HostContext
 from gateway.handoff.destination import Destination
-from gateway.handoff.journal import MAX_FOLDED_RELEASES, Journal, objects_prefix
+from gateway.handoff.journal import MAX_FOLDED_RELEASES, Journal
 from gateway.handoff.messages import Evaluation
 from gateway.handoff.recovery import Recovery
 from gateway.handoff.source import MigrationResult, Source
@@ -85,8 +85,6 @@ log = logging.getLogger(__name__)
 
 #: Recovery passes between two reconciliations of Dapr cycle jobs.
 JOB_RECONCILE_PASSES = 30
-#: Object records read per store call when counting objects for the metrics.
-COUNT_PAGE = 500
 #: Create transactions tried when only the tenant's usage counter moved under them.
 CREATE_ATTEMPTS = 8
 #: Transactions of releases folded into a tenant's quota counter per recovery pass.
@@ -767,16 +765,12 @@ class Host:
         it): decoding every object cost about a second of CPU per count at 10,000."""
         counts: dict[tuple[str, str], int] = {}
         for tenant in self.config.tenants:
-            prefix = objects_prefix(tenant)
-            keys = await self.store.list(prefix)
-            for start in range(0, len(keys), COUNT_PAGE):
-                items = await self.store.get_many(keys[start : start + COUNT_PAGE])
-                for item in items.values():
-                    try:
-                        state = wire.decode_state(item.value).value
-                    except GatewayError:
-                        state = "unreadable"
-                    counts[tenant, state] = counts.get((tenant, state), 0) + 1
+            async for _object_id, raw in self.journal.object_records(tenant):
+                try:
+                    state = wire.decode_state(raw).value
+                except GatewayError:
+                    state = "unreadable"
+                counts[tenant, state] = counts.get((tenant, state), 0) + 1
         return [(tenant, state, n) for (tenant, state), n in sorted(counts.items())]
 
     async def recover(self, *, prune: bool = True) -> int:

@@ -250,20 +250,7 @@ def lineage_json(obj: GovernedObject) -> list[dict[str, Any]]:
 
 
 def event_json(event: Event) -> dict[str, Any]:
-    return {
-        "key": event.key,
-        "tenant": event.tenant,
-        "object_id": event.object_id,
-        "generation": event.generation,
-        "rule": event.rule,
-        "verb": event.verb,
-        "resource": event.resource,
-        "payload": event.payload,
-        "created_at": format_time(event.created_at),
-        "status": event.status,
-        "attempts": event.attempts,
-        "last_error": event.last_error,
-    }
+    return {"key": event.key, **event.document()}
 
 
 def key_json(record: KeyRecord, *, private: bool | None = None) -> dict[str, Any]:

@@ -740,7 +740,7 @@ class Destination:
                     etag=fence.etag if fence else Expect.ABSENT,
                 ),
                 Put(key=open_destination_key(record.migration_id), value=b"", etag=Expect.ABSENT),
-                Put(key=_staged_key(record, staged.size), value=b"", etag=Expect.ANY),
+                Put(key=_staged_key(record), value=b"", etag=Expect.ANY),
                 *([Delete(key=upload, etag=Expect.ANY)] if upload else []),
             ),
             done=asyncio.get_running_loop().create_future(),
@@ -1175,7 +1175,7 @@ class Destination:
                 ),
                 ctx.journal.put_destination(done, etag),
                 Delete(key=open_destination_key(record.migration_id), etag=Expect.ANY),
-                Delete(key=_staged_key(record, record.staged.size), etag=Expect.ANY),
+                Delete(key=_staged_key(record), etag=Expect.ANY),
                 *ctx.lifecycle.writes(
                     LifecycleEvent(
                         verb="object.rehosted",
@@ -1357,8 +1357,8 @@ class Destination:
                         ctx.journal.put_destination(record, loaded.etag),
                         Delete(key=open_destination_key(migration_id), etag=Expect.ANY),
                         *(
-                            [Delete(key=_staged_key(loaded.value, staged.size), etag=Expect.ANY)]
-                            if (staged := loaded.value.staged) is not None
+                            [Delete(key=_staged_key(loaded.value), etag=Expect.ANY)]
+                            if loaded.value.staged is not None
                             else []
                         ),
                         *released,
@@ -1500,8 +1500,10 @@ async def _parts_of_bounded_count(
         yield part
 
 
-def _staged_key(record: DestinationRecord, size: int) -> str:
-    """The ``staged-by/`` marker of ``record``'s staged copy of ``size`` bytes."""
+def _staged_key(record: DestinationRecord) -> str:
+    """The ``staged-by/`` marker of ``record``'s staged copy (which it holds)."""
+    assert record.staged is not None
+    size = record.staged.size
     return f"{STAGED_BY}{_peer_tag(record.source_host)}/{size:016x}-{record.migration_id}"
 
 

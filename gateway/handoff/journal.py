@@ -37,7 +37,7 @@ import struct
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
@@ -276,6 +276,9 @@ class _Decoded:
             (_decoder, evicted), _value = self._values.popitem(last=False)
             self._bytes -= len(evicted)
 
+
+#: Object records read per store call by :meth:`Journal.object_records`.
+RECORDS_PAGE = 500
 
 #: The objects a journal remembers by store key (see :class:`_Objects`): the encoded
 #: bytes they may add up to, the largest one remembered, and how long a remembered
@@ -537,3 +540,14 @@ class Journal:
         keys = await self.store.list(objects_prefix(tenant))
         items = await self.store.get_many(keys)
         return [self._objects.get(k, items[k].value) for k in keys if k in items]
+
+    async def object_records(self, tenant: str) -> AsyncIterator[tuple[str, bytes]]:
+        """(object id, stored bytes) of every object record of ``tenant``, read
+        :data:`RECORDS_PAGE` at a time and not decoded: for a pass over every object
+        that needs only a field or two of each (``wire.decode_state`` and its kind)."""
+        prefix = objects_prefix(tenant)
+        keys = await self.store.list(prefix)
+        for start in range(0, len(keys), RECORDS_PAGE):
+            items = await self.store.get_many(keys[start : start + RECORDS_PAGE])
+            for key, item in items.items():
+                yield key.removeprefix(prefix), item.value

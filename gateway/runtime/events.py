@@ -84,7 +84,7 @@ from gateway.errors import (
     StoreError,
 )
 from gateway.handoff.context import HostContext
-from gateway.handoff.journal import objects_prefix, put_object
+from gateway.handoff.journal import put_object
 from gateway.limits import MAX_MESSAGE_BYTES, MAX_MESSAGE_FIELD_CHARS
 from gateway.lineage import EntryKind
 from gateway.model import GovernedObject, LifecycleState
@@ -161,8 +161,6 @@ HELD_RETRY = 0.5
 #: (damaged, or put by a replica of an earlier version): every other pass reads only
 #: the index and the messages it deletes.
 ORPHAN_SWEEP_EVERY = 10
-#: Objects read per store call by the start-up take-up of subscriptions.
-RECONCILE_PAGE = 500
 #: Seconds between prune passes.
 RECONCILE_SECONDS = 60.0
 #: Seconds to the next prune pass after one that found at least half a page expired:
@@ -792,18 +790,13 @@ class Events:
         as the scheduler reads due times): at 10,000 residents subscribing to nothing,
         decoding them all cost about 1 s of CPU while the host already served."""
         for tenant in tenants:
-            prefix = objects_prefix(tenant)
-            keys = await self.store.list(prefix)
-            for start in range(0, len(keys), RECONCILE_PAGE):
-                items = await self.store.get_many(keys[start : start + RECONCILE_PAGE])
-                for key, item in items.items():
-                    object_id = key.removeprefix(prefix)
-                    try:
-                        if wire.decode_subscribing(item.value):
-                            await self.take_up(tenant, object_id)
-                    except GatewayError as exc:
-                        # One unreadable object must not keep the others' wakes away.
-                        log.warning("subscriptions of %s not taken up: %s", object_id, exc)
+            async for object_id, raw in self.ctx.journal.object_records(tenant):
+                try:
+                    if wire.decode_subscribing(raw):
+                        await self.take_up(tenant, object_id)
+                except GatewayError as exc:
+                    # One unreadable object must not keep the others' wakes away.
+                    log.warning("subscriptions of %s not taken up: %s", object_id, exc)
 
     # --- out: wakes --------------------------------------------------------------------
 

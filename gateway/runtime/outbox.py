@@ -73,7 +73,7 @@ class Event:
     def encode(self) -> bytes:
         """The event's canonical JSON (sorted keys, no spaces, ASCII): written out field
         by field when every field is of the type it is declared with (what
-        :meth:`_document` through the canonical encoder gives, byte for byte:
+        :meth:`document` through the canonical encoder gives, byte for byte:
         tests/test_outbox_encoding.py holds the two together), else through the encoder.
         Every cycle that publishes encodes its events, and the encoder's sort and the
         time's formatting were most of such a cycle's outbox work."""
@@ -104,9 +104,9 @@ class Event:
                 f'"status":{_string(self.status)},"tenant":{_string(self.tenant)},'
                 f'"verb":{_string(self.verb)}}}'
             ).encode("ascii")
-        return _CANONICAL.encode(self._document()).encode("utf-8")
+        return _CANONICAL.encode(self.document()).encode("utf-8")
 
-    def _document(self) -> dict[str, Any]:
+    def document(self) -> dict[str, Any]:
         """The event as a JSON document (what :meth:`encode` writes)."""
         return {
             "tenant": self.tenant,
