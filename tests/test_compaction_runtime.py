@@ -12,6 +12,7 @@ between writing a segment and storing the compacted object loses nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -26,12 +27,13 @@ import yaml
 from gateway.archive import CompactionPolicy, Segment, compact, read_archives, verify_archived
 from gateway.config import EXAMPLE, load_config, parse_config
 from gateway.errors import ConfigError, LineageError
+from gateway.handoff.journal import Journal
 from gateway.host import Host
 from gateway.lineage import EntryKind
 from gateway.model import GovernedObject
 from gateway.objectspec import parse_spec
-from gateway.runtime.compaction import StoreArchive, index_key, segment_key
-from gateway.runtime.cycle import CycleResult
+from gateway.runtime.compaction import Compaction, StoreArchive, index_key, segment_key
+from gateway.runtime.cycle import CycleResult, CycleRunner
 from gateway.stores import StateStore, listable
 from gateway.testing import (
     HostSpec,
@@ -614,5 +616,67 @@ def test_an_archive_directory_is_used_when_configured_and_a_failing_one_never_fa
         after = await host.get_object(OBJECT, tenant="default")
         assert after.lineage.start == start and after.cycle.generation == obj.cycle.generation + 30
         assert "lineage compaction of" in caplog.text and "cannot write" in caplog.text
+
+    in_host(world, HOST_A, scenario)
+
+
+class _Overlap:
+    """A store that notes how many archive writes are in flight at once. Each write waits
+    (at most ``patience`` seconds) for a second one to join it: writes issued one after
+    another never overlap, writes issued side by side do, whatever the machine's speed."""
+
+    def __init__(self, store: StateStore, *, patience: float = 2.0) -> None:
+        self._store = store
+        self._patience = patience
+        self._pending = 0
+        self._joined = asyncio.Event()
+        self.most = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def transact(self, ops: Any) -> Any:
+        if not any("/archive/" in op.key for op in ops):
+            return await self._store.transact(ops)
+        self._pending += 1
+        self.most = max(self.most, self._pending)
+        if self._pending >= 2:
+            self._joined.set()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._joined.wait(), self._patience)
+            return await self._store.transact(ops)
+        finally:
+            self._pending -= 1
+
+
+def test_the_compactions_a_batch_of_cycles_makes_due_are_committed_side_by_side(
+    tmp_path: Path,
+) -> None:
+    """Objects created together come due for compaction together (session 32: quick P5's
+    1,000 objects trimmed in lockstep). Each compaction writes its archive segment and
+    its object in commits of its own; one after another, a batch of 128 paid 256
+    sequential commits before its next cycle. Side by side, the store groups them."""
+    world = world_with(tmp_path, {"compaction": SMALL}, (HOST_A,))
+    ids = [f"{OBJECT}-{n}" for n in range(4)]
+
+    async def scenario(host: Host) -> None:
+        for object_id in ids:
+            await create_from_spec(host, object_id, spec(TICK))
+        overlap = _Overlap(host.store)
+        context = replace(host.context, journal=Journal(overlap))
+        runner = CycleRunner(
+            context, compaction=Compaction(context, policy=CompactionPolicy(**SMALL_POLICY))
+        )
+        clock = host.clock
+        assert isinstance(clock, SettableClock)
+        for generation in range(SMALL["max_entries"]):
+            clock.skew(1)
+            answers = await runner.run_many("default", [(i, generation) for i in ids])
+            assert {getattr(a, "result", a) for a in answers.values()} == {CycleResult.EVALUATED}
+        for object_id in ids:
+            obj = await host.get_object(object_id, tenant="default")
+            assert obj.lineage.start > 0, object_id  # each compacted at least once
+        assert overlap.most == len(ids)
 
     in_host(world, HOST_A, scenario)

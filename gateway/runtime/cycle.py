@@ -239,11 +239,19 @@ class CycleRunner:
                 else:
                     self._hold(prepared, outcome)
                     committed.append((object_id, prepared))
-        for object_id, prepared in committed:
-            try:
-                answers[object_id] = await self._committed(tenant, prepared)
-            except Exception as exc:
-                answers[object_id] = exc
+        # Concurrently: a compaction due after its cycle writes its archive segment and
+        # its object in commits of its own, and objects created together come due
+        # together; side by side, the store groups those commits (one per batch, not
+        # one per object).
+        outcomes = await asyncio.gather(
+            *(self._committed(tenant, prepared) for _, prepared in committed),
+            return_exceptions=True,
+        )
+        for (object_id, _), outcome in zip(committed, outcomes, strict=True):
+            if isinstance(outcome, Exception | CycleReport):
+                answers[object_id] = outcome
+            else:
+                raise outcome  # cancelled: the whole batch is
         return answers
 
     async def _load(
