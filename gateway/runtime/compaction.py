@@ -292,6 +292,11 @@ class Compaction:
         cycle before it, if folding is on and it is one (gateway.archive.fold_repeats)."""
         return fold_repeats(before, after) if self.fold else after
 
+    def due(self, obj: GovernedObject, stored: bytes, *, now: datetime) -> bool:
+        """Whether ``obj``, as a cycle just committed it (``stored``), is due to be
+        compacted (what :meth:`after_cycle` asks first)."""
+        return self.policy.due(obj.lineage, now=now, stored_bytes=len(stored))
+
     async def after_cycle(
         self, tenant: str, obj: GovernedObject, *, stored_bytes: int, now: datetime
     ) -> bool:

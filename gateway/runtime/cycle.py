@@ -239,19 +239,28 @@ class CycleRunner:
                 else:
                     self._hold(prepared, outcome)
                     committed.append((object_id, prepared))
-        # Concurrently: a compaction due after its cycle writes its archive segment and
-        # its object in commits of its own, and objects created together come due
-        # together; side by side, the store groups those commits (one per batch, not
-        # one per object).
-        outcomes = await asyncio.gather(
-            *(self._committed(tenant, prepared) for _, prepared in committed),
+        # A compaction due after its cycle writes its archive segment and its object in
+        # commits of its own, and objects created together come due together: those run
+        # side by side, so the store groups their commits (one per batch, not one per
+        # object). The rest answer at once (a task each would cost more than their check).
+        compacting: list[tuple[str, _Prepared]] = []
+        for object_id, prepared in committed:
+            if self.compaction.due(prepared.evaluated, prepared.stored, now=prepared.now):
+                compacting.append((object_id, prepared))
+                continue
+            try:
+                answers[object_id] = await self._committed(tenant, prepared)
+            except Exception as exc:
+                answers[object_id] = exc
+        reports = await asyncio.gather(
+            *(self._committed(tenant, prepared) for _, prepared in compacting),
             return_exceptions=True,
         )
-        for (object_id, _), outcome in zip(committed, outcomes, strict=True):
-            if isinstance(outcome, Exception | CycleReport):
-                answers[object_id] = outcome
+        for (object_id, _), report in zip(compacting, reports, strict=True):
+            if isinstance(report, Exception | CycleReport):
+                answers[object_id] = report
             else:
-                raise outcome  # cancelled: the whole batch is
+                raise report  # cancelled: the whole batch is
         return answers
 
     async def _load(
