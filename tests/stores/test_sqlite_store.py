@@ -686,3 +686,87 @@ def test_a_write_cancelled_before_its_group_forms_is_not_written(db_path: Path) 
             assert await store.list("") == ["first", "kept"]
 
     asyncio.run(main())
+
+
+async def _one_group(
+    store: SqliteStore, db_path: Path, writes: list[list[Put]]
+) -> tuple[list[BaseException | None], list[str]]:
+    """``writes`` (one list per caller) committed as one group, and the statements the
+    writer ran for it: a first write waits for another connection's lock while the
+    others queue behind it, so they form the next group together."""
+    statements: list[str] = []
+    # Set on the writer thread (a connection is used on the thread that made it).
+    await store._on_worker("trace", lambda: store._connection.set_trace_callback(statements.append))
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    first = asyncio.create_task(store.put("first", b"1", etag=Expect.ANY))
+    await asyncio.sleep(0.05)
+    callers = [asyncio.create_task(store.transact(ops)) for ops in writes]
+    await asyncio.sleep(0.05)  # queued behind the first group
+    assert not first.done() and not any(caller.done() for caller in callers)
+    other.execute("ROLLBACK")
+    other.close()
+    outcomes = await asyncio.gather(first, *callers, return_exceptions=True)
+    await store._on_worker("untrace", lambda: store._connection.set_trace_callback(None))
+    # The first group's statements end with its COMMIT; the group's follow, to its own.
+    ends = [n for n, sql in enumerate(statements) if sql == "COMMIT"]
+    assert len(ends) == 2, statements
+    group = statements[ends[0] + 1 : ends[1] + 1]
+    return [o if isinstance(o, BaseException) else None for o in outcomes[1:]], group
+
+
+def test_a_group_is_written_in_as_few_statements_as_one_caller(db_path: Path) -> None:
+    """Every statement hands the GIL to the event loop's thread and waits to get it back
+    (up to 5 ms); a savepoint, a read, a write and a release per caller made a group of
+    24 callers about a hundred statements. Now: one read of all their ETags and one
+    write, whatever their number; each caller still gets its own outcome, and callers
+    writing the same key see each other's writes in order, as separate commits would."""
+    from gateway.errors import ConcurrencyError
+
+    async def main() -> None:
+        async with SqliteStore.open(db_path, busy_timeout=5, create=True) as store:
+            await store.put("taken", b"0", etag=Expect.ABSENT)
+            writes = [[Put(key=f"own/{n}", value=b"x", etag=Expect.ABSENT)] for n in range(20)]
+            writes.append([Put(key="taken", value=b"1", etag=Expect.ABSENT)])  # refused
+            writes.append([Put(key="shared", value=b"a", etag=Expect.ABSENT)])  # wins
+            writes.append([Put(key="shared", value=b"b", etag=Expect.ABSENT)])  # refused
+            writes.append([Put(key="shared2", value=b"c", etag=Expect.ANY)])
+            outcomes, statements = await _one_group(store, db_path, writes)
+            refused = [n for n, outcome in enumerate(outcomes) if outcome is not None]
+            assert refused == [20, 22]
+            assert all(isinstance(outcomes[n], ConcurrencyError) for n in refused)
+            assert len(statements) <= 8, statements
+            assert sorted(await store.list("own/")) == sorted(f"own/{n}" for n in range(20))
+            assert (await store.get("taken")).value == b"0"  # type: ignore[union-attr]
+            assert (await store.get("shared")).value == b"a"  # type: ignore[union-attr]
+            assert (await store.get("shared2")).value == b"c"  # type: ignore[union-attr]
+
+    asyncio.run(main())
+
+
+def test_a_write_sqlite_refuses_fails_its_caller_only(db_path: Path) -> None:
+    """When SQLite itself refuses a write of the group (here a trigger; in life a full
+    disk or a value past its limits), the group's writes are undone and each caller is
+    applied on its own: the others commit, the one refused gets a StoreError."""
+
+    async def main() -> None:
+        async with SqliteStore.open(db_path, busy_timeout=5, create=True) as store:
+            await store.put("seed", b"0", etag=Expect.ABSENT)
+            guard = sqlite3.connect(db_path, isolation_level=None)
+            guard.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON items WHEN NEW.key = 'refused'"
+                " BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+            )
+            guard.close()
+            writes = [
+                [Put(key="before", value=b"1", etag=Expect.ABSENT)],
+                [Put(key="refused", value=b"2", etag=Expect.ABSENT)],
+                [Put(key="after", value=b"3", etag=Expect.ABSENT)],
+            ]
+            outcomes, _ = await _one_group(store, db_path, writes)
+            assert outcomes[0] is None and outcomes[2] is None
+            assert isinstance(outcomes[1], StoreError)
+            assert "refused by a trigger" in str(outcomes[1])
+            assert sorted(await store.list("")) == ["after", "before", "first", "seed"]
+
+    asyncio.run(main())
