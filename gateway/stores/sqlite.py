@@ -25,8 +25,8 @@ Invariants this module keeps, beyond the protocol's:
   all their ETags, each caller's preconditions checked in turn (seeing the writes of the
   callers before it), one write of those that passed, and the group's single COMMIT
   (one fsync) makes them all durable at once. One caller's failed precondition refuses
-  that caller only; a write SQLite itself refuses undoes the group's writes, which are
-  then applied caller by caller, each in its own SAVEPOINT. A caller
+  that caller only; a write SQLite itself refuses rolls the transaction back, and a new
+  one applies the callers one by one, each in its own SAVEPOINT. A caller
   is answered only after the COMMIT that holds its write returned, so durability per
   caller is exactly that of one transaction per call; the group is as atomic as each
   of its members (all of a caller's operations or none).
@@ -646,8 +646,8 @@ class SqliteStore:
         a write and a release per caller, a group of eight cycle batches waited for the
         loop some forty times per commit, and the writer thread, not its CPU, bounded
         P5. A statement that fails (SQLite refusing a write, not a precondition) undoes
-        them all, and each caller is then applied in its own savepoint, so that only
-        its own writes are refused."""
+        the transaction, and a new one applies each caller in its own savepoint, so
+        that only its own writes are refused."""
         connection = self._connection
         keys = builtins.list(dict.fromkeys(op.key for ops in group for op in ops))
         seen = _etags_in(connection, keys)
@@ -670,17 +670,18 @@ class SqliteStore:
                 else:
                     seen.pop(op.key, None)
                     final[op.key] = None
-        connection.execute("SAVEPOINT together")
         try:
             self._write(
                 [(key, *kept) for key, kept in final.items() if kept is not None],
                 [key for key, kept in final.items() if kept is None],
             )
         except sqlite3.Error:
-            connection.execute("ROLLBACK TO together")
-            connection.execute("RELEASE together")
+            # Rare (nothing of the group is written yet, and a savepoint around the
+            # write would cost two statements every time): start again, each caller in
+            # a savepoint of its own, its preconditions checked again.
+            _rollback(connection)
+            connection.execute("BEGIN IMMEDIATE")
             return [self._apply_caller(ops, savepoint=True) for ops in group]
-        connection.execute("RELEASE together")
         return outcomes
 
     def _apply_caller(self, ops: tuple[Operation, ...], *, savepoint: bool) -> BaseException | None:
