@@ -1,0 +1,111 @@
+"""An answer's write checks what it adds to the data, as a cycle's write does
+(tests/test_cycle_write_check.py): the data was checked whole when the object was
+created or arrived, and every write since checked what it added."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import rules
+from gateway.config import load_config
+from gateway.errors import CallDeniedError
+from gateway.host import Host
+from gateway.objectspec import parse_spec
+from gateway.runtime.calls import caller_of_host
+from gateway.testing import HostSpec, build_world, create_from_spec
+from tests.conftest import HOST_A, HOST_B
+from tests.test_calls import POLICY, SPEC
+
+OBJECT = "obj://org-a.example/orders/large"
+
+
+def _answered(tmp_path: Path, data: dict[str, Any], scenario: Any) -> None:
+    world = build_world(tmp_path, [HostSpec(host_id=HOST_A, policy=POLICY)])
+
+    async def main() -> None:
+        host = await Host.open(load_config(world.config(HOST_A)))
+        try:
+            await create_from_spec(host, OBJECT, parse_spec({**SPEC, "data": data}, source="test"))
+            await scenario(host)
+        finally:
+            await host.close()
+
+    asyncio.run(main())
+
+
+def _approve(host: Host) -> Any:
+    return host.calls.call(
+        tenant="default",
+        object_id=OBJECT,
+        method="approve",
+        data=b"",
+        caller=caller_of_host(HOST_B),
+    )
+
+
+def test_an_answers_write_checks_the_text_it_adds_not_the_whole_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = {"order": 7, "status": "open", **{f"line-{n}": f"text {n}" for n in range(400)}}
+    checked: list[str] = []
+    check_text = rules._check_text
+
+    def counted(text: str) -> None:
+        checked.append(text)
+        check_text(text)
+
+    async def scenario(host: Host) -> None:
+        monkeypatch.setattr(rules, "_check_text", counted)
+        answer = await _approve(host)
+        assert answer.reply == f"approved by {caller_of_host(HOST_B)}"
+        obj = await host.get_object(OBJECT, tenant="default")
+        assert json.loads(obj.data) == {**data, "status": "approved"}
+        assert checked == ["status", "approved"]  # what the write brought, no more
+
+    _answered(tmp_path, data, scenario)
+
+
+def test_an_answers_write_that_makes_the_top_level_too_large_is_still_refused(
+    tmp_path: Path,
+) -> None:
+    data = {f"k{n:04d}": n for n in range(rules.COLLECTION_BOUND)}  # at the bound
+    grant = {
+        **SPEC["grant"],
+        "capabilities": [
+            {"resource": "state:self", "actions": ["read", "write"]},
+            {"resource": "call:grow/org-b.example/*", "actions": ["call"]},
+        ],
+    }
+    spec = {
+        **SPEC,
+        "data": data,
+        "grant": grant,
+        "answers": {"grow": {"reply": '"grown"', "write": '{"one_more": 1}'}},
+    }
+    world = build_world(tmp_path, [HostSpec(host_id=HOST_A, policy=POLICY)])
+
+    async def main() -> None:
+        host = await Host.open(load_config(world.config(HOST_A)))
+        try:
+            await create_from_spec(host, OBJECT, parse_spec(spec, source="test"))
+            with pytest.raises(
+                CallDeniedError, match=f"collection of {rules.COLLECTION_BOUND + 1}"
+            ):
+                await host.calls.call(
+                    tenant="default",
+                    object_id=OBJECT,
+                    method="grow",
+                    data=b"",
+                    caller=caller_of_host(HOST_B),
+                )
+            obj = await host.get_object(OBJECT, tenant="default")
+            assert json.loads(obj.data) == data
+        finally:
+            await host.close()
+
+    asyncio.run(main())
