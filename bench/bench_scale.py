@@ -57,17 +57,18 @@ the same store; the counts are in the JSON under ``floor_counts`` (today: 2+2 si
 P1b compares two destinations at the same time, not one destination at two times: the
 empty half measured minutes before the full one (C empty, then C stopped, filled and
 restarted) saw a different load on the shared machine, and its quick ratio swung
-0.6x-2.6x between runs while careful runs found C's CPU per arrival flat. Now C and D are the same kind of
-host (the same policy and config, each its own trust domain and SQLite file) and differ
-only in C's residents: C is filled through its own Host served in this process (so the
-residents' first cycles and outbox events run and settle), closed, and then C and D
-start together (as processes in the process layout; in the one-process layout both are
-served here from the start). Three untimed migrations into each warm A's connections,
-and each host's start-up work is over (its process quiet) before the timed pairs:
-"holding" is the steady state. The ratio is C's p50 over D's (``pair_ratio``, the
-median of each pair's C over D, cross-checks it); in the process layout ``cpu_ratio``
-is C's process CPU over D's across the pairs (each the same number of arrivals),
-steadier than the p50s (``cpu_ms_full``/``cpu_ms_empty`` per arrival).
+0.6x-2.6x between runs while careful runs found C's CPU per arrival flat. Now C and D
+are the same kind of host (the same policy and config, each its own trust domain and
+SQLite file) and differ only in C's residents: C is filled through its own Host served
+in this process (so the residents' first cycles and outbox events run and settle) and
+closed, D served and closed beside it (the same store history), and then C and D start
+together (as processes in the process layout; in the one-process layout both are served
+here from the start). Three untimed migrations into each warm A's connections, and each
+host's start-up work is over (its process quiet) before the timed pairs: "holding" is
+the steady state. The ratio is C's p50 over D's (``pair_ratio``, the median of each
+pair's C over D, cross-checks it); in the process layout ``cpu_ratio`` is C's process
+CPU over D's across the pairs (each the same number of arrivals), steadier than the p50s
+(``cpu_ms_full``/``cpu_ms_empty`` per arrival).
 
 Runs: ``bench/run.py`` runs ``--quick --only P1 P1b P2 P5 --json F``. To compare
 layouts, alternate invocations (processes, one-process, processes, ...) and take the
