@@ -15,7 +15,9 @@ P1   p50 of one small migration A -> B (sequential), against the floor: the same
      as many durable SQLite commits (WAL, synchronous=FULL) as the protocol made, each
      of the object's size. Lower is better; 1.0 is the floor.
 P1b  p50 of a migration into a host (C) holding ``--residents`` cycling objects, over
-     the p50 into the same host C before it held them, same run. 1.0 is flat.
+     the p50 into a host (D) of the same kind holding none, the two timed in
+     ``--p1b-samples`` pairs (one into each, the order within a pair seeded) over the
+     same minutes of the same run. 1.0 is flat.
 P2   throughput of ``--moves`` migrations with 8 in flight, over the floor operation run
      with 8 in flight (its commits on one writer thread per side, as one connection per
      file would), in 4 alternating rounds of each. Higher is better.
@@ -30,15 +32,15 @@ files). P3 (a large object, streamed) is bench_stream.py.
 Process layout (``--layout``, P1/P1b/P2; issue 13 point 8: each figure beside its floor
 in the same process layout):
 
-``processes`` (default, as deployed) -- B and C each run ``gateway serve`` as their own
-     OS process (gateway.testing.ServerProcess); A drives the migrations from this
+``processes`` (default, as deployed) -- B, C and D each run ``gateway serve`` as their
+     own OS process (gateway.testing.ServerProcess); A drives the migrations from this
      process as ``gateway migrate`` does (its store opened with Host.open, not served).
      The floor is split the same way: its gRPC server (B's certificate, A's CA, mTLS) is
      this script re-run with ``--floor-server`` as its own process, doing the
      destination's share of the signs, verifies and durable commits (its own SQLite
      file, one writer thread) in its Transfer and Commit handlers; this process does
      the source's share around the two calls, on its own file and writer thread.
-``one-process`` (the old layout, for comparison) -- A, B and C served with Host.serve
+``one-process`` (the old layout, for comparison) -- A, B, C and D served with Host.serve
      on this process's one event loop, and the floor's server and both its sides here
      too. Then P2 puts both sides' Python CPU on one core, which a deployment never does.
 
@@ -52,11 +54,21 @@ else on the source's. In the process layout B then stops and restarts as a proce
 the same store; the counts are in the JSON under ``floor_counts`` (today: 2+2 signs,
 2+3 verifies, 3+2 commits, source+destination).
 
-P1b in the process layout: C serves as a process for the "empty" half; then it stops,
-is filled with the residents through its own Host in this process (served, so their
-first cycles and outbox events run and settle, as before), closed, and serves again as
-a process holding them (their interval is an hour: held, not due); one untimed
-migration re-warms A's connection to it before the "full" half.
+P1b compares two destinations at the same time, not one destination at two times: the
+empty half measured minutes before the full one (C empty, then C stopped, filled and
+restarted) saw a different load on the shared machine, and its quick ratio swung
+0.6x-2.6x between runs while careful runs found C's CPU per arrival flat. Now C and D
+are the same kind of host (the same policy and config, each its own trust domain and
+SQLite file) and differ only in C's residents: C is filled through its own Host served
+in this process (so the residents' first cycles and outbox events run and settle) and
+closed, D served and closed beside it (the same store history), and then C and D start
+together (as processes in the process layout; in the one-process layout both are served
+here from the start). Three untimed migrations into each warm A's connections, and each
+host's start-up work is over (its process quiet) before the timed pairs: "holding" is
+the steady state. The ratio is C's p50 over D's (``pair_ratio``, the median of each
+pair's C over D, cross-checks it); in the process layout ``cpu_ratio`` is C's process
+CPU over D's across the pairs (each the same number of arrivals), steadier than the p50s
+(``cpu_ms_full``/``cpu_ms_empty`` per arrival).
 
 Runs: ``bench/run.py`` runs ``--quick --only P1 P1b P2 P5 --json F``. To compare
 layouts, alternate invocations (processes, one-process, processes, ...) and take the
@@ -69,6 +81,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import sqlite3
 import statistics
 import subprocess
@@ -93,6 +106,9 @@ from gateway.testing import HostSpec, ServerProcess, World, build_world, create_
 HOST_A = "spiffe://org-a.example/cluster/east/gateway"
 HOST_B = "spiffe://org-b.example/cluster/west/gateway"
 HOST_C = "spiffe://org-c.example/cluster/north/gateway"
+#: P1b's second destination: the same kind of host as C (its own trust domain, the same
+#: policy, config and SQLite store) that never holds the residents.
+HOST_D = "spiffe://org-d.example/cluster/south/gateway"
 TENANT = "default"
 POLICY = {
     "offers": [
@@ -152,6 +168,12 @@ def spec(index: int, *, interval: float, audiences: tuple[str, ...] = ()) -> Any
 #: P2 runs ours and the floor in this many alternating rounds (each a share of --moves,
 #: 8 in flight within a round).
 P2_ROUNDS = 4
+
+#: P1b's untimed migrations into each of C and D once both serve, before the timed ones.
+P1B_WARM = 3
+
+#: Seeds the order within each of P1b's pairs, so that a run can be repeated.
+P1B_SEED = 13
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -581,11 +603,16 @@ async def shut(running: list[Any]) -> None:
 
 
 async def create_many(
-    host: Host, prefix: str, count: int, *, interval: float, in_flight: int = 16
+    host: Host,
+    prefix: str,
+    count: int,
+    *,
+    interval: float,
+    in_flight: int = 16,
+    audiences: tuple[str, ...] = (HOST_B, HOST_C),
 ) -> list[str]:
     ids = [f"obj://{prefix}-{index}" for index in range(count)]
     slots = asyncio.Semaphore(in_flight)
-    audiences = (HOST_B, HOST_C)
 
     async def one(index: int, object_id: str) -> None:
         async with slots:
@@ -595,6 +622,12 @@ async def create_many(
 
     await asyncio.gather(*(one(i, oid) for i, oid in enumerate(ids)))
     return ids
+
+
+async def migrate_one(source: Host, object_id: str, to: str) -> float:
+    began = time.perf_counter()
+    await source.migrate(object_id, tenant=TENANT, destination=to)
+    return time.perf_counter() - began
 
 
 async def migrate_sequential(source: Host, ids: list[str], to: str) -> list[float]:
@@ -740,18 +773,29 @@ async def migration_figures(
     wanted = set(arguments.only)
     processes = arguments.layout == "processes"
     results["layout"] = arguments.layout
-    hosts, running = await serve(world, [HOST_A, HOST_B] if processes else [HOST_A, HOST_B, HOST_C])
+    hosts, running = await serve(
+        world, [HOST_A, HOST_B] if processes else [HOST_A, HOST_B, HOST_C, HOST_D]
+    )
     host_a, host_b = hosts[HOST_A], hosts[HOST_B]
     floor: Floor | None = None
     servers: dict[str, ServerProcess] = {}
     opened: Host | None = None
     try:
         samples = arguments.samples
-        say(f"creating {2 * samples + 10 + arguments.moves} objects on A")
-        warm = await create_many(host_a, "org-a.example/bench/warm", 9, interval=3600)
+        # P1b's objects: its warm-ups and a pair (one into C, one into D) per sample; D
+        # must be in their grant's audience.
+        p1b_count = 2 * (P1B_WARM + arguments.p1b_samples) if "P1b" in wanted else 0
+        p2_count = arguments.moves if "P2" in wanted else 0
+        say(f"creating {6 + samples + p1b_count + p2_count} objects on A")
+        warm = await create_many(host_a, "org-a.example/bench/warm", 6, interval=3600)
         p1_ids = await create_many(host_a, "org-a.example/bench/p1", samples, interval=3600)
-        p1b_ids = await create_many(host_a, "org-a.example/bench/p1b", samples + 1, interval=3600)
-        p1b_rewarm, p1b_ids = p1b_ids[-1], p1b_ids[:-1]
+        p1b_ids = await create_many(
+            host_a,
+            "org-a.example/bench/p1b",
+            p1b_count,
+            interval=3600,
+            audiences=(HOST_B, HOST_C, HOST_D),
+        )
         p2_ids = (
             await create_many(host_a, "org-a.example/bench/p2", arguments.moves, interval=3600)
             if "P2" in wanted
@@ -760,13 +804,12 @@ async def migration_figures(
         counts = await count_protocol(host_a, host_b, warm)
         results["floor_counts"] = counts
         if processes:
-            # B (and C) become `gateway serve` processes; A drives migrations from this
-            # process as `gateway migrate` does: its store opened, not served.
+            # B becomes a `gateway serve` process (C and D too, for P1b, once C is
+            # filled); A drives migrations from this process as `gateway migrate` does:
+            # its store opened, not served.
             await shut(running)
             running = []
             servers[HOST_B] = ServerProcess(world.config(HOST_B)).start(timeout=60)
-            if "P1b" in wanted:
-                servers[HOST_C] = ServerProcess(world.config(HOST_C)).start(timeout=60)
             opened = host_a = await Host.open(load_config(world.config(HOST_A)))
             floor = ProcessFloor(
                 directory,
@@ -798,9 +841,6 @@ async def migration_figures(
         # Warm both paths (connections, a fresh server process's caches) in this layout.
         for object_id in warm[2:5]:
             await host_a.migrate(object_id, tenant=TENANT, destination=HOST_B)
-        if "P1b" in wanted:
-            for object_id in warm[5:8]:
-                await host_a.migrate(object_id, tenant=TENANT, destination=HOST_C)
         for _ in range(3):
             await floor.once()
         if "P1" in wanted or "P1b" in wanted:
@@ -854,61 +894,8 @@ async def migration_figures(
                 f"floor's {results['P1'].get('cpu_ratio', float('nan')):.2f}x"
             )
         if "P1b" in wanted:
-            # The same host before and after it holds the residents: only the same host
-            # in two phases compares like with like.
-            half = len(p1b_ids) // 2
-            empty_cpu = -process_cpu(servers[HOST_C].pid) if processes else 0.0
-            empty = statistics.median(await migrate_sequential(host_a, p1b_ids[:half], HOST_C))
-            if processes:
-                empty_cpu += process_cpu(servers[HOST_C].pid)
-            began = time.perf_counter()
-            if processes:
-                # C's residents are created through C's own Host (its store is not shared
-                # across processes while served): C stops, is filled and settled here,
-                # then serves again as a process holding them. Their interval is an hour,
-                # so after the restart they are held, not due.
-                servers.pop(HOST_C).stop()
-                filled, filling = await serve(world, [HOST_C])
-                await fill(filled[HOST_C], arguments.residents, began)
-                await shut(filling)
-                servers[HOST_C] = ServerProcess(world.config(HOST_C)).start(timeout=120)
-            else:
-                await fill(hosts[HOST_C], arguments.residents, began)
-            await host_a.migrate(p1b_rewarm, tenant=TENANT, destination=HOST_C)
-            await asyncio.sleep(1.5)
-            if processes:
-                # "Holding" is the steady state: C's start-up work over its residents (the
-                # scheduler's first read of their due times, the pruner's first passes)
-                # is over before the full half, as it is for the empty one.
-                await quiet(servers[HOST_C].pid)
-            full_cpu = -process_cpu(servers[HOST_C].pid) if processes else 0.0
-            full = statistics.median(await migrate_sequential(host_a, p1b_ids[half:], HOST_C))
-            results["P1b"] = {
-                "ratio": full / empty,
-                "p50_full_ms": full * 1e3,
-                "p50_empty_ms": empty * 1e3,
-                "residents": arguments.residents,
-            }
-            if processes:
-                # C's CPU per arrival (its whole process: handlers, writer thread, and
-                # whatever holding the residents costs meanwhile), full over empty: steadier
-                # than the p50s of a few sequential migrations on a shared machine (not the
-                # issue's figure, which is the ratio of the p50s).
-                full_cpu += process_cpu(servers[HOST_C].pid)
-                arrivals = len(p1b_ids) - half
-                results["P1b"]["cpu_ms_empty"] = empty_cpu / half * 1e3
-                results["P1b"]["cpu_ms_full"] = full_cpu / arrivals * 1e3
-                results["P1b"]["cpu_ratio"] = (full_cpu / arrivals) / (empty_cpu / half)
-            say(
-                f"P1b into C holding {arguments.residents} residents p50 {full * 1e3:.1f} ms, "
-                f"into C empty {empty * 1e3:.1f} ms: {results['P1b']['ratio']:.2f}x"
-                + (
-                    f"; C's CPU per arrival {results['P1b']['cpu_ms_full']:.2f} ms against "
-                    f"{results['P1b']['cpu_ms_empty']:.2f} ms: "
-                    f"{results['P1b']['cpu_ratio']:.2f}x"
-                    if processes
-                    else ""
-                )
+            await holding_figure(
+                world, host_a, hosts, servers, p1b_ids, arguments, results, processes=processes
             )
         if "P2" in wanted:
             # Interleaved in rounds (ours, floor, ours, floor...) as P1 is.
@@ -937,6 +924,102 @@ async def migration_figures(
             await opened.close()
         for server in servers.values():
             server.stop()
+
+
+async def holding_figure(
+    world: World,
+    host_a: Host,
+    hosts: dict[str, Host],
+    servers: dict[str, ServerProcess],
+    ids: list[str],
+    arguments: argparse.Namespace,
+    results: dict[str, Any],
+    *,
+    processes: bool,
+) -> None:
+    """P1b: migrations A -> C, C holding the residents, over migrations A -> D, the same
+    kind of host holding none, timed in pairs (one into each, in a seeded order) so that
+    whatever else loads the machine hits both halves alike. Measuring C empty and then C
+    full minutes apart measured the machine's drift between the halves, not the
+    residents."""
+    began = time.perf_counter()
+    if processes:
+        # C's residents are created through C's own Host (its store is not shared across
+        # processes while served): C is filled and settled here, closed, then C and D
+        # start together as processes. The residents' interval is an hour: held, not due.
+        # D is served and closed beside C, so that both stores have the same history
+        # (whatever a first serve writes once) and differ only in the residents.
+        filled, filling = await serve(world, [HOST_C, HOST_D])
+        await fill(filled[HOST_C], arguments.residents, began)
+        await shut(filling)
+        # Both start at once (each start blocks on the child's first line): it keeps the
+        # two alike in age and saves a start's seconds. Both are in ``servers`` first, so
+        # the caller stops whichever started even if the other failed.
+        for host_id in (HOST_C, HOST_D):
+            servers[host_id] = ServerProcess(world.config(host_id))
+        started = await asyncio.gather(
+            *(asyncio.to_thread(servers[h].start, 120) for h in (HOST_C, HOST_D)),
+            return_exceptions=True,
+        )
+        for outcome in started:
+            if isinstance(outcome, BaseException):
+                raise outcome
+    else:
+        await fill(hosts[HOST_C], arguments.residents, began)
+    warm, ids = ids[: 2 * P1B_WARM], ids[2 * P1B_WARM :]
+    for index, object_id in enumerate(warm):
+        await host_a.migrate(object_id, tenant=TENANT, destination=(HOST_C, HOST_D)[index % 2])
+    await asyncio.sleep(1.5)
+    pids = {host_id: servers[host_id].pid for host_id in (HOST_C, HOST_D)} if processes else {}
+    # "Holding" is the steady state: each host's start-up work (the scheduler's first read
+    # of due times, over the residents on C; the pruner's first passes) is over before the
+    # timed pairs.
+    await asyncio.gather(*(quiet(pid) for pid in pids.values()))
+    say(f"  C and D serving and quiet after {time.perf_counter() - began:.0f} s")
+    latencies: dict[str, list[float]] = {HOST_C: [], HOST_D: []}
+    cpu = {host_id: -process_cpu(pid) for host_id, pid in pids.items()}
+    order = random.Random(P1B_SEED)
+    for first in range(0, len(ids) - 1, 2):
+        pair = [HOST_C, HOST_D]
+        order.shuffle(pair)
+        for host_id, object_id in zip(pair, ids[first : first + 2], strict=True):
+            latencies[host_id].append(await migrate_one(host_a, object_id, host_id))
+    for host_id, pid in pids.items():
+        cpu[host_id] += process_cpu(pid)
+    full, empty = statistics.median(latencies[HOST_C]), statistics.median(latencies[HOST_D])
+    arrivals = len(latencies[HOST_C])
+    figure: dict[str, Any] = {
+        "ratio": full / empty,
+        "p50_full_ms": full * 1e3,
+        "p50_empty_ms": empty * 1e3,
+        "residents": arguments.residents,
+        "arrivals": arrivals,
+        # The median of each pair's C over D: the two migrations of a pair ran back to
+        # back, so even drift within the run cancels (a cross-check, not the issue's
+        # figure).
+        "pair_ratio": statistics.median(
+            c / d for c, d in zip(latencies[HOST_C], latencies[HOST_D], strict=True)
+        ),
+    }
+    results["P1b"] = figure
+    text = (
+        f"P1b {arrivals} pairs: into C holding {arguments.residents} residents p50 "
+        f"{full * 1e3:.1f} ms, into D empty {empty * 1e3:.1f} ms: {figure['ratio']:.2f}x "
+        f"(median pair {figure['pair_ratio']:.2f}x)"
+    )
+    if pids:
+        # Each host's CPU per arrival (its whole process over the pairs: handlers, writer
+        # thread, and whatever holding the residents costs meanwhile), C over D: steadier
+        # than the p50s on a shared machine (not the issue's figure, which is the ratio of
+        # the p50s).
+        figure["cpu_ms_full"] = cpu[HOST_C] / arrivals * 1e3
+        figure["cpu_ms_empty"] = cpu[HOST_D] / arrivals * 1e3
+        figure["cpu_ratio"] = cpu[HOST_C] / cpu[HOST_D]
+        text += (
+            f"; CPU per arrival {figure['cpu_ms_full']:.2f} ms against "
+            f"{figure['cpu_ms_empty']:.2f} ms: {figure['cpu_ratio']:.2f}x"
+        )
+    say(text)
 
 
 async def fill(host_c: Host, residents: int, began: float) -> None:
@@ -1029,7 +1112,10 @@ def say(text: str) -> None:
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes)")
-    parser.add_argument("--samples", type=int, help="sequential migrations for P1 and P1b")
+    parser.add_argument("--samples", type=int, help="sequential migrations for P1")
+    parser.add_argument(
+        "--p1b-samples", type=int, help="P1b's pairs: migrations into each of C and D (250)"
+    )
     parser.add_argument("--residents", type=int, help="objects held by C for P1b (10,000)")
     parser.add_argument("--moves", type=int, help="migrations for P2 (1,000)")
     parser.add_argument("--in-flight", type=int, default=8, help="P2 concurrency (8)")
@@ -1054,6 +1140,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     arguments = parser.parse_args(argv)
     quick = arguments.quick
     arguments.samples = arguments.samples or (30 if quick else 100)
+    arguments.p1b_samples = arguments.p1b_samples or (100 if quick else 250)
     arguments.residents = arguments.residents or (2000 if quick else 10_000)
     arguments.moves = arguments.moves or (200 if quick else 1000)
     arguments.cycle_objects = arguments.cycle_objects or (1000 if quick else 10_000)
@@ -1075,12 +1162,13 @@ def main(argv: list[str] | None = None) -> int:
             HOST_A: ("default",),
             HOST_B: ("default",),
             HOST_C: ("default",),
+            HOST_D: ("default",),
         }
         world = build_world(
             directory,
             [
                 HostSpec(host_id=h, policy=POLICY, peer_tenants=peers)
-                for h in (HOST_A, HOST_B, HOST_C)
+                for h in (HOST_A, HOST_B, HOST_C, HOST_D)
             ],
         )
         if {"P1", "P1b", "P2"} & set(arguments.only):
