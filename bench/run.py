@@ -92,8 +92,9 @@ class Script:
 
 
 def _scale_arguments(figures: Sequence[str], quick: bool) -> list[str]:
-    # The script's own quick sizes (30 samples, 2,000 residents, 200 moves, 1,000 cycling
-    # objects for 5 s) took under a minute on the shared 2-core VM.
+    # The script's own quick sizes (30 samples for P1, 100 pairs and 2,000 residents for
+    # P1b, 200 moves, 1,000 cycling objects for 5 s) take a minute or two on the shared
+    # 2-core VM.
     return [*(["--quick"] if quick else []), "--only", *figures]
 
 
@@ -155,7 +156,7 @@ TARGETS = (
     Target(
         "P1b",
         "P1b into a host holding residents",
-        "same host, empty",
+        "a twin host, empty, in pairs",
         True,
         1.2,
         1.05,
