@@ -49,7 +49,7 @@ from gateway.local import TRUST_PREFIX as TRUST_PREFIX
 from gateway.local import load_trust as load_trust
 from gateway.local import open_store as open_store
 from gateway.local import own_keyring, read_file
-from gateway.model import Answer, CycleState, GovernedObject, Rule, new_object
+from gateway.model import Answer, CycleState, GovernedObject, LifecycleState, Rule, new_object
 from gateway.objectspec import GrantSpec
 from gateway.observability.health import Readiness
 from gateway.runtime.appcallback import AppCallbackServer, dapr_topic, servicer_base
@@ -739,14 +739,14 @@ class Host:
         for tenant in self.config.tenants:
             async for object_id, raw in self.journal.object_records(tenant):
                 try:
-                    interval = wire.decode_cycle_interval(raw)
+                    head = wire.decode_head(raw)
                 except GatewayError as exc:
                     # One unreadable record must not keep the others' cycles away.
                     log.warning("the cycle of %s is not scheduled: %s", object_id, exc)
                     continue
-                if interval is None:
+                if head.state is not LifecycleState.ACTIVE or head.interval is None:
                     continue
-                if not await self.jobs.schedule_or_log(tenant, object_id, interval):
+                if not await self.jobs.schedule_or_log(tenant, object_id, head.interval):
                     return
 
     async def _recover_forever(self, stop: asyncio.Event) -> None:
@@ -777,7 +777,7 @@ class Host:
         for tenant in self.config.tenants:
             async for _object_id, raw in self.journal.object_records(tenant):
                 try:
-                    state = wire.decode_state(raw).value
+                    state = wire.decode_head(raw).state.value
                 except GatewayError:
                     state = "unreadable"
                 counts[tenant, state] = counts.get((tenant, state), 0) + 1

@@ -19,12 +19,15 @@ from pathlib import Path
 import pytest
 
 from gateway import wire
+from gateway.errors import PayloadDecodeError
 from gateway.handoff import journal
 from gateway.host import Host
+from gateway.limits import MAX_CYCLE_INTERVAL
 from gateway.model import LifecycleState
 from gateway.objectspec import parse_spec
 from gateway.stores import Expect
 from gateway.testing import create_from_spec
+from gateway.v1 import object_pb2
 from tests.test_events_bounds import _open
 from tests.test_events_reconcile_start import _count_decodes
 
@@ -129,6 +132,67 @@ def test_scheduling_stops_at_the_first_refusal(tmp_path: Path) -> None:
             host.jobs = jobs  # type: ignore[assignment]
             await host._schedule_all_jobs()  # the next pass tries them all again
             assert len(jobs.calls) == CYCLING
+        finally:
+            await host.close()
+
+    asyncio.run(main())
+
+
+#: Records that parse but that the full decode refuses, by what is wrong with them: every
+#: pass over the records counts and logs them as unreadable too, as it would if it
+#: decoded them in full (the gauge counted the second by its state).
+REFUSED = (
+    ("a lifecycle state this version does not know", "unknown-state", "state", 99),
+    (
+        "an evaluation interval beyond MAX_CYCLE_INTERVAL",
+        "endless-interval",
+        "interval_ms",
+        MAX_CYCLE_INTERVAL // timedelta(milliseconds=1) + 1,
+    ),
+)
+
+
+async def _put_refused(host: Host) -> list[str]:
+    """The REFUSED records, each made from a good cycling record of ``host``; their ids."""
+    good = (await host.store.get(f"t/default/objects/{_cycling(0)}")).value
+    ids = []
+    for _reason, name, field, value in REFUSED:
+        message = object_pb2.StoredObject.FromString(good)
+        setattr(message if field == "state" else message.snapshot.cycle, field, value)
+        raw = message.SerializeToString(deterministic=True)
+        with pytest.raises(PayloadDecodeError):
+            wire.decode_object(raw)
+        object_id = f"obj://org-a.example/{name}"
+        await host.store.put(f"t/default/objects/{object_id}", raw, etag=Expect.ANY)
+        ids.append(object_id)
+    return ids
+
+
+def test_records_the_full_decode_refuses_are_unreadable_to_every_pass(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        host, _clock = await _open(tmp_path)
+        try:
+            await _populate(host)
+            refused = await _put_refused(host)
+            counts = await host.count_objects()
+            assert ("default", "unreadable", len(REFUSED)) in counts, counts
+            assert ("default", "active", 1 + CYCLING + QUIET) in counts, counts
+            jobs = _Jobs()
+            host.jobs = jobs  # type: ignore[assignment]
+            with caplog.at_level(logging.WARNING):
+                await host._schedule_all_jobs()
+                await host.events.reconcile(("default",))
+            assert len(jobs.calls) == CYCLING
+            for (reason, *_), object_id in zip(REFUSED, refused, strict=True):
+                for logger in ("gateway.host", "gateway.runtime.events"):
+                    logged = [
+                        r
+                        for r in caplog.records
+                        if r.name == logger and object_id in r.getMessage()
+                    ]
+                    assert logged, f"{reason}: not logged by {logger}"
         finally:
             await host.close()
 
