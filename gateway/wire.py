@@ -26,7 +26,7 @@ import itertools
 import json
 import operator
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -279,21 +279,30 @@ def _cycle_to_pb(cycle: CycleState) -> object_pb2.CycleState:
 
 
 def _cycle_from_pb(message: object_pb2.CycleState, *, exact: bool) -> CycleState:
-    interval = None
-    if message.interval_ms:
-        if message.interval_ms > MAX_CYCLE_INTERVAL // timedelta(milliseconds=1):
-            raise PayloadDecodeError(
-                f"evaluation interval of {message.interval_ms} ms is longer than "
-                f"{MAX_CYCLE_INTERVAL.days} days"
-            )
-        interval = timedelta(milliseconds=message.interval_ms)
     return CycleState(
         generation=message.generation,
-        interval=interval,
+        interval=_interval_from_ms(message.interval_ms),
         next_due=_peer_dt(message.next_due, "next evaluation time", exact=exact)
         if message.HasField("next_due")
         else None,
     )
+
+
+#: The longest evaluation interval read, in the stored unit.
+_MAX_INTERVAL_MS = MAX_CYCLE_INTERVAL // timedelta(milliseconds=1)
+
+
+def _interval_from_ms(interval_ms: int) -> timedelta | None:
+    """A stored evaluation interval (0: the object does not cycle), bounded. Read for
+    every record by :func:`decode_head`: the bound is a constant and the product is a
+    third of ``timedelta(milliseconds=...)``'s cost, the same value."""
+    if not interval_ms:
+        return None
+    if interval_ms > _MAX_INTERVAL_MS:
+        raise PayloadDecodeError(
+            f"evaluation interval of {interval_ms} ms is longer than {MAX_CYCLE_INTERVAL.days} days"
+        )
+    return _MILLISECOND * interval_ms
 
 
 _MAX_TIMEDELTA_MS = timedelta.max // timedelta(milliseconds=1)
@@ -540,13 +549,22 @@ def _blob_from_pb(message: object_pb2.BlobRef) -> BlobRef:
     )
 
 
+def _stored_head(raw: bytes) -> object_pb2.StoredObject:
+    """A stored object parsed for the few fields a pass over every record reads (none
+    of its lineage is turned into model objects)."""
+    return _parse(object_pb2.StoredObject(), raw, "stored object", canonical=False)
+
+
 def decode_cycle(raw: bytes) -> tuple[int, datetime | None] | None:
     """(generation, next due) of a stored object that is ACTIVE and cycling, else None.
 
     Cheap on purpose: the scheduler reads every object often and needs none of the
-    lineage, which is by far the largest part to decode.
+    lineage, which is by far the largest part to decode. Kept apart from
+    :func:`decode_head` because it is the scheduler's per-object path: a RecordHead that
+    also carried generation and due time, with this as a wrapper, measured 1.1-1.8x its
+    cost per record (session 33, 1.7 and 25 KB records).
     """
-    message = _parse(object_pb2.StoredObject(), raw, "stored object", canonical=False)
+    message = _stored_head(raw)
     cycle = message.snapshot.cycle
     if message.state != object_pb2.LIFECYCLE_STATE_ACTIVE or not cycle.interval_ms:
         return None
@@ -555,24 +573,35 @@ def decode_cycle(raw: bytes) -> tuple[int, datetime | None] | None:
     ) else None
 
 
-def decode_subscribing(raw: bytes) -> bool:
-    """Whether a stored object is ACTIVE and subscribes to a topic: what the start-up
-    take-up of subscriptions (gateway.runtime.events) needs of every object held, read
-    without decoding the lineage, as :func:`decode_cycle` is."""
-    message = _parse(object_pb2.StoredObject(), raw, "stored object", canonical=False)
-    return message.state == object_pb2.LIFECYCLE_STATE_ACTIVE and bool(
-        message.snapshot.subscriptions
-    )
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordHead:
+    """What a pass over every object record needs of each, read from the stored record
+    without decoding the object (its lineage is most of it): the objects gauge counts
+    states (gateway.host.Host.count_objects), the start-up take-up of subscriptions finds
+    the ACTIVE subscribing objects (gateway.runtime.events), the reconciliation of Dapr
+    cycle jobs the ACTIVE cycling ones with their interval (Host._schedule_all_jobs).
+
+    A record the full decode refuses for its state or its interval is refused here too,
+    so that every pass counts and logs the same records as unreadable."""
+
+    state: LifecycleState
+    #: None: the object does not cycle.
+    interval: timedelta | None
+    subscribing: bool
 
 
-def decode_state(raw: bytes) -> LifecycleState:
-    """The lifecycle state of a stored object, read without decoding the lineage (what
-    the objects gauge counts, gateway.host.Host.count_objects)."""
-    message = _parse(object_pb2.StoredObject(), raw, "stored object", canonical=False)
+def decode_head(raw: bytes) -> RecordHead:
+    """The :class:`RecordHead` of a stored object: one parse, no lineage decode."""
+    message = _stored_head(raw)
     state = _STATE_FROM_PB.get(message.state)
     if state is None:
         raise PayloadDecodeError(f"stored object has an unknown lifecycle state {message.state}")
-    return state
+    snapshot = message.snapshot
+    return RecordHead(
+        state=state,
+        interval=_interval_from_ms(snapshot.cycle.interval_ms),
+        subscribing=bool(snapshot.subscriptions),
+    )
 
 
 def encode_object(obj: GovernedObject) -> bytes:

@@ -784,6 +784,7 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target("stored-object", wire.decode_object, (WORLD.stored,), _proto(object_pb2.StoredObject)),
     Target("object-cycle", wire.decode_cycle, (WORLD.stored,), _proto(object_pb2.StoredObject)),
+    Target("object-head", wire.decode_head, (WORLD.stored,), _proto(object_pb2.StoredObject)),
     Target(
         "source-record",
         wire.decode_source_record,

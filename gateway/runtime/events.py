@@ -792,7 +792,8 @@ class Events:
         for tenant in tenants:
             async for object_id, raw in self.ctx.journal.object_records(tenant):
                 try:
-                    if wire.decode_subscribing(raw):
+                    head = wire.decode_head(raw)
+                    if head.state is LifecycleState.ACTIVE and head.subscribing:
                         await self.take_up(tenant, object_id)
                 except GatewayError as exc:
                     # One unreadable object must not keep the others' wakes away.
