@@ -737,17 +737,18 @@ class Host:
         seconds of CPU per pass at 10,000, at start and every JOB_RECONCILE_PASSES."""
         assert self.jobs is not None
         for tenant in self.config.tenants:
-            async for object_id, raw in self.journal.object_records(tenant):
-                try:
-                    head = wire.decode_head(raw)
-                except GatewayError as exc:
-                    # One unreadable record must not keep the others' cycles away.
-                    log.warning("the cycle of %s is not scheduled: %s", object_id, exc)
-                    continue
-                if head.state is not LifecycleState.ACTIVE or head.interval is None:
-                    continue
-                if not await self.jobs.schedule_or_log(tenant, object_id, head.interval):
-                    return
+            async with contextlib.aclosing(self.journal.object_records(tenant)) as records:
+                async for object_id, raw in records:
+                    try:
+                        head = wire.decode_head(raw)
+                    except GatewayError as exc:
+                        # One unreadable record must not keep the others' cycles away.
+                        log.warning("the cycle of %s is not scheduled: %s", object_id, exc)
+                        continue
+                    if head.state is not LifecycleState.ACTIVE or head.interval is None:
+                        continue
+                    if not await self.jobs.schedule_or_log(tenant, object_id, head.interval):
+                        return
 
     async def _recover_forever(self, stop: asyncio.Event) -> None:
         interval = max(1.0, self.config.handoff.stage_timeout.total_seconds() / 3)

@@ -37,7 +37,7 @@ import struct
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
@@ -541,10 +541,11 @@ class Journal:
         items = await self.store.get_many(keys)
         return [self._objects.get(k, items[k].value) for k in keys if k in items]
 
-    async def object_records(self, tenant: str) -> AsyncIterator[tuple[str, bytes]]:
+    async def object_records(self, tenant: str) -> AsyncGenerator[tuple[str, bytes], None]:
         """(object id, stored bytes) of every object record of ``tenant``, read
         :data:`RECORDS_PAGE` at a time and not decoded: for a pass over every object
-        that needs only a field or two of each (``wire.decode_state`` and its kind)."""
+        that needs only a field or two of each (``wire.decode_head``). A pass that may
+        stop early closes it (``contextlib.aclosing``)."""
         prefix = objects_prefix(tenant)
         keys = await self.store.list(prefix)
         for start in range(0, len(keys), RECORDS_PAGE):
