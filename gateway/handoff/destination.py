@@ -283,7 +283,9 @@ class Destination:
         self._check_time(
             transfer, now, max_lifetime=MAX_PROPOSAL_LIFETIME_S if proposal else max_lifetime
         )
-        return transfer, digest(payload)
+        # The digest of exactly ``payload``, which decoded() took already as the staged
+        # copy's last_transfer_digest: hashing the same bytes again was work done twice.
+        return transfer, transfer.object.last_transfer_digest
 
     async def _assess(
         self,
