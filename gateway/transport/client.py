@@ -30,7 +30,7 @@ from gateway.config import HandoffConfig, PeerConfig
 from gateway.errors import ConfigError, HandoffError, ObjectMovedError, PeerUnavailableError
 from gateway.handoff.messages import Evaluation
 from gateway.limits import MAX_CALL_WAIT
-from gateway.transport.framing import as_sent, encode_part
+from gateway.transport.framing import STREAM_BYTES_PER_SECOND, as_sent, encode_part
 from gateway.transport.status import ERROR_TYPE_KEY, MOVED_TO_KEY, RETRYABLE, error_from_status
 from gateway.transport.tls import CHANNEL_OPTIONS, channel_credentials
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -182,7 +182,8 @@ class GrpcPeerClient:
         self, transfer: bytes, data: Callable[[], AsyncIterator[bytes | memoryview]], *, size: int
     ) -> bytes:
         """Prepare for a large object: the transfer, then its data, as one client stream.
-        The deadline grows with the size (at least 8 MiB/s must get through)."""
+        The deadline grows with the size (at least STREAM_BYTES_PER_SECOND must get
+        through; the peer waits no longer for the data either)."""
 
         async def requests() -> AsyncIterator[gateway_pb2.PrepareChunk | bytes]:
             yield gateway_pb2.PrepareChunk(transfer=transfer)
@@ -198,7 +199,7 @@ class GrpcPeerClient:
                 framed = encode_part(chunk)
                 yield framed
 
-        timeout = self.timing.rpc_timeout.total_seconds() + size / (8 << 20)
+        timeout = self.timing.rpc_timeout.total_seconds() + size / STREAM_BYTES_PER_SECOND
         response: gateway_pb2.PrepareResponse = await self._attempts(
             "PrepareStream",
             lambda t: self._prepare_stream(requests(), timeout=t, metadata=CAPABILITIES),

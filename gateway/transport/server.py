@@ -34,7 +34,7 @@ from gateway.handoff.source import Source
 from gateway.limits import MAX_REASON_CHARS, check_migration_id, check_text
 from gateway.observability.health import Readiness
 from gateway.runtime.calls import Calls, caller_of_host
-from gateway.transport.framing import RECEIVE_WINDOW_OPTIONS, data_of, decode_part
+from gateway.transport.framing import RECEIVE_WINDOW_OPTIONS, Paced, data_of, decode_part
 from gateway.transport.status import ERROR_TYPE_KEY, MOVED_TO_KEY, status_of
 from gateway.transport.tls import CHANNEL_OPTIONS, authenticated_peer
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -205,7 +205,15 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         context: grpc.aio.ServicerContext,
     ) -> gateway_pb2.PrepareResponse:
         async def handle(peer: str) -> gateway_pb2.PrepareResponse:
-            first = await anext(aiter(request_iterator), None)
+            # The peer's pace is bounded by this host's rpc_timeout, not by the deadline
+            # the peer chose for its call: until the stream ends, its upload slot, its
+            # bytes in the gate and its staging marker are held (framing.Paced).
+            messages = Paced(
+                aiter(request_iterator),
+                patience=self.destination.ctx.timing.rpc_timeout.total_seconds(),
+                size_of=_data_bytes,
+            )
+            first = await messages.next()
             if (
                 not isinstance(first, gateway_pb2.PrepareChunk)
                 or first.WhichOneof("part") != "transfer"
@@ -213,7 +221,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 raise TransferStreamError("a PrepareStream must start with the transfer")
 
             async def data() -> AsyncIterator[bytes | memoryview]:
-                async for chunk in request_iterator:
+                async for chunk in messages:
                     yield data_of(chunk)  # decoded by framing.decode_part: no copy
 
             # The data streams through a bounded window; the transfer is held whole.
@@ -317,6 +325,13 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             )
 
         await self._answer(context, rpc, handle)
+
+
+def _data_bytes(part: gateway_pb2.PrepareChunk | memoryview) -> int:
+    """Bytes of data a PrepareStream message carries (none for the transfer)."""
+    if isinstance(part, memoryview):
+        return part.nbytes
+    return len(part.data)
 
 
 class _Undecodable:

@@ -1,0 +1,139 @@
+"""What a peer can make this host's gRPC service and `gateway call` hold (session 33
+review: time with a slot held, size received).
+
+Each test here failed on main for the reason its docstring gives."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gateway import versions
+from gateway.host import Host
+from gateway.testing import HostSpec, World, build_world, sealed_transfer, serving, sign_transfer
+from gateway.transport.framing import encode_part
+from gateway.transport.status import ERROR_TYPE_KEY
+from gateway.v1 import gateway_pb2
+from tests.conftest import FAST_HANDOFF, HOST_A, HOST_B
+
+# --- PrepareStream: how long a peer may keep an upload open ------------------------------
+
+#: B's rpc_timeout: the longest B waits for a PrepareStream's next message.
+PATIENCE = 0.5
+PAYLOAD = random.Random(33).randbytes(3 << 20)
+PART = 64 << 10
+
+
+@pytest.fixture
+def patient_b(tmp_path: Path) -> World:
+    return build_world(
+        tmp_path,
+        [
+            HostSpec(host_id=HOST_A, handoff=FAST_HANDOFF),
+            HostSpec(host_id=HOST_B, handoff={**FAST_HANDOFF, "rpc_timeout_seconds": PATIENCE}),
+        ],
+    )
+
+
+async def _parts(data: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), 1 << 20):
+        yield data[start : start + (1 << 20)]
+
+
+async def _upload(a: Host, name: str) -> bytes:
+    """A's signed transfer to B of a new object of PAYLOAD (A is otherwise untouched)."""
+    obj = await a.create_object(
+        f"obj://org-a.example/pace/{name}",
+        tenant="default",
+        data=b"",
+        content_type="application/octet-stream",
+        data_stream=_parts(PAYLOAD),
+    )
+    return sign_transfer(a, sealed_transfer(a, obj, HOST_B))
+
+
+def _raw_stream(a: Host):  # type: ignore[no-untyped-def]
+    return a.peers.client(HOST_B).channel.stream_unary(
+        "/gateway.v1.Gateway/PrepareStream",
+        request_serializer=lambda raw: raw,
+        response_deserializer=gateway_pb2.PrepareResponse.FromString,
+    )
+
+
+async def _uploads_left(b: Host) -> list[str]:
+    """B's upload keys, once B has removed a broken-off upload (it does so as the call
+    ends, in a task of its own)."""
+    for _ in range(100):
+        left = await b.store.list("upload")
+        if not left:
+            break
+        await asyncio.sleep(0.05)
+    return left
+
+
+async def _stalled(transfer: bytes, stop: asyncio.Event) -> AsyncIterator[bytes]:
+    """The transfer, one part of data, then nothing, with the stream kept open."""
+    yield encode_part(gateway_pb2.PrepareChunk(transfer=transfer))
+    yield encode_part(PAYLOAD[:PART])
+    await stop.wait()
+
+
+async def _trickled(transfer: bytes) -> AsyncIterator[bytes]:
+    """The transfer, then the smallest parts allowed, each well within the wait for one
+    part, but far slower in all than any honest sender (about 0.3 MiB/s)."""
+    yield encode_part(gateway_pb2.PrepareChunk(transfer=transfer))
+    for start in range(0, len(PAYLOAD), PART):
+        await asyncio.sleep(PATIENCE / 3)
+        yield encode_part(PAYLOAD[start : start + PART])
+
+
+@pytest.mark.parametrize("behaviour", ["stalls", "trickles"])
+def test_a_prepare_stream_that_stalls_or_trickles_is_refused_and_frees_its_slot(
+    patient_b: World, behaviour: str
+) -> None:
+    """On main PrepareStream waited for a peer's next message for as long as the peer kept
+    the HTTP/2 stream open: the client's deadline, which is the peer's to choose. A peer
+    that sent a transfer and then nothing held its upload slot (one of
+    MAX_OPEN_UPLOADS_PER_PEER), its bytes in the gate and its staging marker until then,
+    here the test's 8 s; one that sent a 64 KiB part every third of the wait held them for
+    the whole object (3 MiB: 8 s; 64 GiB: two months). Now B waits at most its
+    rpc_timeout for any one message, and in all at most rpc_timeout plus the time the
+    data received so far takes at 8 MiB/s (what its sender's own deadline allows): either
+    breaks the stream off as a TransferStreamError, and everything is released."""
+
+    async def main() -> None:
+        async with serving(patient_b, [HOST_A, HOST_B]) as hosts:
+            a, b = hosts[HOST_A], hosts[HOST_B]
+            transfer = await _upload(a, behaviour)
+            stop = asyncio.Event()
+            sent = _stalled(transfer, stop) if behaviour == "stalls" else _trickled(transfer)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await _raw_stream(a)(sent, metadata=tuple(versions.ours().metadata()), timeout=8)
+            stop.set()
+            error = refused.value
+            assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, error.details()
+            trailers = tuple(error.trailing_metadata() or ())
+            assert (ERROR_TYPE_KEY, "TransferStreamError") in trailers
+            overdue = "did not come within" if behaviour == "stalls" else "came slower than"
+            assert overdue in (error.details() or ""), error.details()
+            assert b.service.gate.in_flight == 0 and b.service.gate.held == {}
+            assert await _uploads_left(b) == []
+            # An honest sender, whose parts follow each other at once, still gets through.
+            honest = [gateway_pb2.PrepareChunk(transfer=await _upload(a, f"{behaviour}-honest"))]
+
+            async def whole() -> AsyncIterator[bytes]:
+                yield encode_part(honest[0])
+                for start in range(0, len(PAYLOAD), 1 << 20):
+                    yield encode_part(PAYLOAD[start : start + (1 << 20)])
+
+            answer = await _raw_stream(a)(
+                whole(), metadata=tuple(versions.ours().metadata()), timeout=30
+            )
+            assert answer.receipt
+
+    asyncio.run(main())
