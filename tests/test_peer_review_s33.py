@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,8 +15,12 @@ import grpc
 import pytest
 
 from gateway import versions
+from gateway.errors import EnvelopeTooLargeError
 from gateway.host import Host
+from gateway.limits import MAX_CALL_REPLY_BYTES, MAX_ID_BYTES
+from gateway.runtime.calls import CallResult
 from gateway.testing import HostSpec, World, build_world, sealed_transfer, serving, sign_transfer
+from gateway.transport.client import MAX_CALL_ANSWER_BYTES
 from gateway.transport.framing import encode_part
 from gateway.transport.status import ERROR_TYPE_KEY
 from gateway.v1 import gateway_pb2
@@ -135,5 +140,55 @@ def test_a_prepare_stream_that_stalls_or_trickles_is_refused_and_frees_its_slot(
                 whole(), metadata=tuple(versions.ours().metadata()), timeout=30
             )
             assert answer.receipt
+
+    asyncio.run(main())
+
+
+# --- the answer to `gateway call` ---------------------------------------------------------
+
+OBJECT_CALLED = "obj://org-b.example/calls/anything"
+
+
+class _Answering:
+    """B's Calls, answering every call with ``reply`` from ``host``."""
+
+    def __init__(self, reply: bytes, host: str = HOST_B) -> None:
+        self.reply, self.host = reply, host
+
+    async def call(self, **_ask: object) -> CallResult:
+        return CallResult(reply=None, encoded=self.reply, host=self.host)
+
+
+@pytest.mark.parametrize(
+    ("reply", "host", "refusal"),
+    [
+        (b'"' + b"x" * (8 << 20) + b'"', HOST_B, f"over {MAX_CALL_ANSWER_BYTES} bytes"),
+        (b'"' + b"x" * MAX_CALL_REPLY_BYTES + b'"', HOST_B, "a reply of 65538 bytes"),
+        (b"{}", HOST_B + "/" + "h" * MAX_ID_BYTES, "a host id of 2092 characters"),
+    ],
+    ids=["eight-megabytes-of-reply", "a-reply-just-over-its-bound", "a-long-host"],
+)
+def test_a_call_answer_is_bounded_as_it_is_received(
+    world: World, monkeypatch: pytest.MonkeyPatch, reply: bytes, host: str, refusal: str
+) -> None:
+    """`gateway call` (Host.call, transport.client.call_object) took whatever answer the
+    called host sent, up to the channel's 32 MiB, held it, and printed it: a host
+    answering 8 MiB made the caller print 8 MiB, though no honest host answers more than
+    MAX_CALL_REPLY_BYTES of JSON and its own id. Now the call's channel receives at most
+    that (and the answer's parts are checked): a larger answer is an
+    EnvelopeTooLargeError naming the bound, on one line."""
+
+    async def main() -> None:
+        async with serving(world, [HOST_A, HOST_B]) as hosts:
+            a, b = hosts[HOST_A], hosts[HOST_B]
+            monkeypatch.setattr(b.service, "calls", _Answering(reply, host))
+            with pytest.raises(EnvelopeTooLargeError, match=re.escape(refusal)) as refused:
+                await a.call(OBJECT_CALLED, "status", tenant="default", at=HOST_B)
+            assert "\n" not in str(refused.value)
+            # The largest answer an honest host gives still comes through.
+            largest = b'"' + b"x" * (MAX_CALL_REPLY_BYTES - 2) + b'"'
+            monkeypatch.setattr(b.service, "calls", _Answering(largest))
+            answer = await a.call(OBJECT_CALLED, "status", tenant="default", at=HOST_B)
+            assert answer.reply == largest and answer.host == HOST_B
 
     asyncio.run(main())

@@ -27,9 +27,15 @@ from tenacity import (
 
 from gateway import observability, versions
 from gateway.config import HandoffConfig, PeerConfig
-from gateway.errors import ConfigError, HandoffError, ObjectMovedError, PeerUnavailableError
+from gateway.errors import (
+    ConfigError,
+    EnvelopeTooLargeError,
+    HandoffError,
+    ObjectMovedError,
+    PeerUnavailableError,
+)
 from gateway.handoff.messages import Evaluation
-from gateway.limits import MAX_CALL_WAIT
+from gateway.limits import MAX_CALL_REPLY_BYTES, MAX_CALL_WAIT, MAX_ID_BYTES
 from gateway.transport.framing import STREAM_BYTES_PER_SECOND, as_sent, encode_part
 from gateway.transport.status import ERROR_TYPE_KEY, MOVED_TO_KEY, RETRYABLE, error_from_status
 from gateway.transport.tls import CHANNEL_OPTIONS, channel_credentials
@@ -315,6 +321,12 @@ class GrpcPeers:
 
 #: Seconds a Call may take beyond the wait for a frozen object (evaluation, network).
 CALL_MARGIN_SECONDS = 20.0
+#: The largest answer to a Call an honest host sends: its reply (at most
+#: MAX_CALL_REPLY_BYTES of JSON), its own id, and the two fields' tags and lengths. The
+#: call's channel receives no more: a larger answer is refused by gRPC as it arrives, not
+#: held (up to the 32 MiB of a peer channel) and printed by `gateway call`.
+MAX_CALL_ANSWER_BYTES = MAX_CALL_REPLY_BYTES + MAX_ID_BYTES + 16
+_RECEIVE_LIMIT = "grpc.max_receive_message_length"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -351,7 +363,12 @@ async def call_object(
     async with grpc.aio.secure_channel(
         address,
         credentials,
-        options=(*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", server_name)),
+        options=(
+            # Not CHANNEL_OPTIONS' own receive limit beside this one: gRPC takes the first.
+            *(option for option in CHANNEL_OPTIONS if option[0] != _RECEIVE_LIMIT),
+            (_RECEIVE_LIMIT, MAX_CALL_ANSWER_BYTES),
+            ("grpc.ssl_target_name_override", server_name),
+        ),
     ) as channel:
         stub = gateway_pb2_grpc.GatewayStub(channel)
         try:
@@ -378,6 +395,8 @@ async def call_object(
             )
             if isinstance(moved_to, str) and moved_to:
                 raise ObjectMovedError(error.reason, moved_to=moved_to, hint=error.hint) from exc
+            if _over_receive_limit(exc) and type_name is None:
+                raise _answer_too_large(host_id, f"over {MAX_CALL_ANSWER_BYTES} bytes") from exc
             if exc.code() in RETRYABLE and type_name is None:
                 raise PeerUnavailableError(
                     f"{host_id} at {address} did not answer the call "
@@ -385,4 +404,25 @@ async def call_object(
                     hint="check that its gateway runs (gateway serve) and the address is right",
                 ) from exc
             raise error from exc
+    if len(response.reply) > MAX_CALL_REPLY_BYTES:
+        raise _answer_too_large(host_id, f"a reply of {len(response.reply)} bytes")
+    if len(response.host.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+        raise _answer_too_large(host_id, f"a host id of {len(response.host)} characters")
     return CallAnswer(reply=response.reply, host=response.host)
+
+
+def _over_receive_limit(error: grpc.aio.AioRpcError) -> bool:
+    """Whether ``error`` is this channel's own refusal of a message over its receive
+    limit (gRPC's words, sometimes after "Stream removed (CLIENT: "; no gateway answers
+    RESOURCE_EXHAUSTED: see transport.status)."""
+    return error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and (
+        "Received message larger than max" in (error.details() or "")
+    )
+
+
+def _answer_too_large(host_id: str, what: str) -> EnvelopeTooLargeError:
+    return EnvelopeTooLargeError(
+        f"{host_id}'s answer to the call is too large ({what}); a reply is at most "
+        f"{MAX_CALL_REPLY_BYTES} bytes of JSON and a host id at most {MAX_ID_BYTES} bytes",
+        hint="the called host runs an incompatible or misbehaving gateway",
+    )
