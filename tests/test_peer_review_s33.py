@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import grpc
 import pytest
 
 from gateway import versions
-from gateway.errors import EnvelopeTooLargeError
+from gateway.errors import LimitExceededError
 from gateway.host import Host
 from gateway.limits import MAX_CALL_REPLY_BYTES, MAX_ID_BYTES
 from gateway.runtime.calls import CallResult
@@ -24,6 +23,7 @@ from gateway.transport.client import MAX_CALL_ANSWER_BYTES
 from gateway.transport.framing import encode_part
 from gateway.transport.status import ERROR_TYPE_KEY
 from gateway.v1 import gateway_pb2
+from gateway.wire import MAX_EVALUATION_BYTES
 from tests.conftest import FAST_HANDOFF, HOST_A, HOST_B
 
 # --- PrepareStream: how long a peer may keep an upload open ------------------------------
@@ -162,7 +162,11 @@ class _Answering:
 @pytest.mark.parametrize(
     ("reply", "host", "refusal"),
     [
-        (b'"' + b"x" * (8 << 20) + b'"', HOST_B, f"over {MAX_CALL_ANSWER_BYTES} bytes"),
+        (
+            b'"' + b"x" * (8 << 20) + b'"',
+            HOST_B,
+            f"is 83886.. bytes; at most {MAX_CALL_ANSWER_BYTES}",
+        ),
         (b'"' + b"x" * MAX_CALL_REPLY_BYTES + b'"', HOST_B, "a reply of 65538 bytes"),
         (b"{}", HOST_B + "/" + "h" * MAX_ID_BYTES, "a host id of 2092 characters"),
     ],
@@ -175,14 +179,14 @@ def test_a_call_answer_is_bounded_as_it_is_received(
     called host sent, up to the channel's 32 MiB, held it, and printed it: a host
     answering 8 MiB made the caller print 8 MiB, though no honest host answers more than
     MAX_CALL_REPLY_BYTES of JSON and its own id. Now the call's channel receives at most
-    that (and the answer's parts are checked): a larger answer is an
-    EnvelopeTooLargeError naming the bound, on one line."""
+    that (and the answer's parts are checked): a larger answer is a LimitExceededError
+    naming its size and the bound, on one line."""
 
     async def main() -> None:
         async with serving(world, [HOST_A, HOST_B]) as hosts:
             a, b = hosts[HOST_A], hosts[HOST_B]
             monkeypatch.setattr(b.service, "calls", _Answering(reply, host))
-            with pytest.raises(EnvelopeTooLargeError, match=re.escape(refusal)) as refused:
+            with pytest.raises(LimitExceededError, match=refusal.replace("(", r"\(")) as refused:
                 await a.call(OBJECT_CALLED, "status", tenant="default", at=HOST_B)
             assert "\n" not in str(refused.value)
             # The largest answer an honest host gives still comes through.
@@ -190,5 +194,49 @@ def test_a_call_answer_is_bounded_as_it_is_received(
             monkeypatch.setattr(b.service, "calls", _Answering(largest))
             answer = await a.call(OBJECT_CALLED, "status", tenant="default", at=HOST_B)
             assert answer.reply == largest and answer.host == HOST_B
+
+    asyncio.run(main())
+
+
+# --- answers a peer gives this host's handoff client --------------------------------------
+
+
+@pytest.mark.parametrize("rpc", ["Commit", "Decision"])
+def test_a_peers_answer_is_bounded_as_it_is_received(
+    world: World, monkeypatch: pytest.MonkeyPatch, rpc: str
+) -> None:
+    """Every answer a peer gives the handoff client is small: a signed receipt or decision
+    (wire.MAX_RECEIPT_BYTES, 64 KiB) or a dry run's evaluation (MAX_EVALUATION_BYTES,
+    1 MiB). On main the client's channel took answers up to 32 MiB, held whole (and
+    then copied) before anything checked them; a destination answering every Commit
+    with 8 MiB made each migration in flight at the source hold that much. Then the
+    RESOURCE_EXHAUSTED of a smaller limit would have been retried as a peer that "did
+    not answer". Now the channel receives at most MAX_EVALUATION_BYTES, and a larger
+    answer is a LimitExceededError naming its size, at the first attempt."""
+
+    huge = b"\x00" * (8 << 20)
+    calls = 0
+
+    async def answer(*_args: object, **_kwargs: object) -> bytes:
+        nonlocal calls
+        calls += 1
+        return huge
+
+    async def main() -> None:
+        async with serving(world, [HOST_A, HOST_B]) as hosts:
+            b = hosts[HOST_B]
+            client = hosts[HOST_A].peers.client(HOST_B)
+            if rpc == "Commit":
+                monkeypatch.setattr(b.service.destination, "answer_commit", answer)
+                asked = client.commit
+            else:
+                monkeypatch.setattr(b.service.source, "decide", answer)
+                asked = client.decision
+            with pytest.raises(
+                LimitExceededError, match=f"answer to {rpc} is 83886\\d\\d bytes; at most "
+            ) as refused:
+                await asked("mig-huge")
+            assert f"at most {MAX_EVALUATION_BYTES}" in str(refused.value)
+            assert calls == 1  # not asked again: a too-large answer stays too large
 
     asyncio.run(main())

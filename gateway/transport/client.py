@@ -11,6 +11,7 @@ other status) is final and comes back as the peer's own error type.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,8 +30,8 @@ from gateway import observability, versions
 from gateway.config import HandoffConfig, PeerConfig
 from gateway.errors import (
     ConfigError,
-    EnvelopeTooLargeError,
     HandoffError,
+    LimitExceededError,
     ObjectMovedError,
     PeerUnavailableError,
 )
@@ -40,7 +41,7 @@ from gateway.transport.framing import STREAM_BYTES_PER_SECOND, as_sent, encode_p
 from gateway.transport.status import ERROR_TYPE_KEY, MOVED_TO_KEY, RETRYABLE, error_from_status
 from gateway.transport.tls import CHANNEL_OPTIONS, channel_credentials
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from gateway.wire import read_evaluation
+from gateway.wire import MAX_EVALUATION_BYTES, read_evaluation
 
 R = TypeVar("R", bound=Message)
 
@@ -63,6 +64,46 @@ _FIRST_WAIT = wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.05)
 _LATER_WAITS = wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.05)
 
 
+#: The largest answer a peer gives the handoff client: a dry run's evaluation. Every
+#: other answer is a signed receipt or decision (wire.MAX_RECEIPT_BYTES, 64 KiB). The
+#: channel receives no more: a larger answer is refused by gRPC as it arrives, not held
+#: whole (up to the 32 MiB a channel takes by default here) and copied before anything
+#: looks at it, for every migration in flight.
+MAX_PEER_ANSWER_BYTES = MAX_EVALUATION_BYTES
+_RECEIVE_LIMIT = "grpc.max_receive_message_length"
+
+
+def _receiving(limit: int) -> tuple[tuple[str, int], ...]:
+    """CHANNEL_OPTIONS with the receive limit ``limit`` (in its place: with two, gRPC
+    takes the first)."""
+    return tuple(
+        (name, limit if name == _RECEIVE_LIMIT else value) for name, value in CHANNEL_OPTIONS
+    )
+
+
+#: gRPC's words for a message over the receive limit: "Received message larger than max
+#: (SIZE vs. LIMIT)", at times after "Stream removed (CLIENT: ".
+_OVER_LIMIT = re.compile(r"Received message larger than max \((\d+) vs\. \d+\)")
+
+
+def _over_receive_limit(error: grpc.aio.AioRpcError) -> bool:
+    """Whether ``error`` is this channel's own refusal of a message over its receive
+    limit (no gateway answers RESOURCE_EXHAUSTED: see transport.status)."""
+    return error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and bool(
+        _OVER_LIMIT.search(error.details() or "")
+    )
+
+
+def _too_large(peer: str, rpc: str, error: grpc.aio.AioRpcError, limit: int) -> LimitExceededError:
+    """The refusal of ``peer``'s answer to ``rpc`` over ``limit``, with its size."""
+    found = _OVER_LIMIT.search(error.details() or "")
+    size = f"{found.group(1)} bytes" if found else "larger"
+    return LimitExceededError(
+        f"{peer}'s answer to {rpc} is {size}; at most {limit} accepted",
+        hint="the peer runs an incompatible or misbehaving gateway",
+    )
+
+
 class GrpcPeerClient:
     """A :class:`~gateway.handoff.peers.PeerClient` over one mTLS channel."""
 
@@ -74,7 +115,10 @@ class GrpcPeerClient:
         self.channel = grpc.aio.secure_channel(
             peer.address,
             credentials,
-            options=(*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", peer.server_name)),
+            options=(
+                *_receiving(MAX_PEER_ANSWER_BYTES),
+                ("grpc.ssl_target_name_override", peer.server_name),
+            ),
         )
         self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
         # PrepareStream with data chunks framed as they are (transport/framing.py), by
@@ -145,6 +189,8 @@ class GrpcPeerClient:
         try:
             return await invoke(deadline)
         except grpc.aio.AioRpcError as exc:
+            if _over_receive_limit(exc):  # checked first: its code is RESOURCE_EXHAUSTED
+                raise _too_large(str(self.peer.id), rpc, exc, MAX_PEER_ANSWER_BYTES) from exc
             if exc.code() in RETRYABLE or _status_lost(rpc, exc):
                 raise _Unavailable(exc) from exc
             refusal = self._refusal(exc)
@@ -326,7 +372,6 @@ CALL_MARGIN_SECONDS = 20.0
 #: call's channel receives no more: a larger answer is refused by gRPC as it arrives, not
 #: held (up to the 32 MiB of a peer channel) and printed by `gateway call`.
 MAX_CALL_ANSWER_BYTES = MAX_CALL_REPLY_BYTES + MAX_ID_BYTES + 16
-_RECEIVE_LIMIT = "grpc.max_receive_message_length"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -364,9 +409,7 @@ async def call_object(
         address,
         credentials,
         options=(
-            # Not CHANNEL_OPTIONS' own receive limit beside this one: gRPC takes the first.
-            *(option for option in CHANNEL_OPTIONS if option[0] != _RECEIVE_LIMIT),
-            (_RECEIVE_LIMIT, MAX_CALL_ANSWER_BYTES),
+            *_receiving(MAX_CALL_ANSWER_BYTES),
             ("grpc.ssl_target_name_override", server_name),
         ),
     ) as channel:
@@ -396,7 +439,7 @@ async def call_object(
             if isinstance(moved_to, str) and moved_to:
                 raise ObjectMovedError(error.reason, moved_to=moved_to, hint=error.hint) from exc
             if _over_receive_limit(exc) and type_name is None:
-                raise _answer_too_large(host_id, f"over {MAX_CALL_ANSWER_BYTES} bytes") from exc
+                raise _too_large(host_id, "the call", exc, MAX_CALL_ANSWER_BYTES) from exc
             if exc.code() in RETRYABLE and type_name is None:
                 raise PeerUnavailableError(
                     f"{host_id} at {address} did not answer the call "
@@ -411,17 +454,8 @@ async def call_object(
     return CallAnswer(reply=response.reply, host=response.host)
 
 
-def _over_receive_limit(error: grpc.aio.AioRpcError) -> bool:
-    """Whether ``error`` is this channel's own refusal of a message over its receive
-    limit (gRPC's words, sometimes after "Stream removed (CLIENT: "; no gateway answers
-    RESOURCE_EXHAUSTED: see transport.status)."""
-    return error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and (
-        "Received message larger than max" in (error.details() or "")
-    )
-
-
-def _answer_too_large(host_id: str, what: str) -> EnvelopeTooLargeError:
-    return EnvelopeTooLargeError(
+def _answer_too_large(host_id: str, what: str) -> LimitExceededError:
+    return LimitExceededError(
         f"{host_id}'s answer to the call is too large ({what}); a reply is at most "
         f"{MAX_CALL_REPLY_BYTES} bytes of JSON and a host id at most {MAX_ID_BYTES} bytes",
         hint="the called host runs an incompatible or misbehaving gateway",
