@@ -240,3 +240,53 @@ def test_a_peers_answer_is_bounded_as_it_is_received(
             assert calls == 1  # not asked again: a too-large answer stays too large
 
     asyncio.run(main())
+
+
+# --- a peer's refusal, as this host raises (and prints, and journals) it --------------------
+
+_UNRULY = "line one\n\x1b[2J\x1b[31mred\x1b[0m\r" + "x" * 7000
+
+
+@pytest.mark.parametrize("where", ["Commit", "call"])
+def test_a_peers_refusal_text_is_one_bounded_line(
+    world: World, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A refusal's text is the peer's status details (up to gRPC's 8 KiB of metadata),
+    and on main it became the reason of the error raised here as it was: newlines and
+    terminal escapes (\\x1b[2J clears the operator's screen) went into `gateway call`'s
+    one-line error, the log, and a source's abort reason, which is journaled and then sent
+    to the destination in Abort, where anything over MAX_REASON_CHARS (1024) is refused.
+    Now the peer's text is kept to MAX_PEER_TEXT_CHARS of printable characters."""
+    from gateway.errors import ObjectStateError
+    from gateway.limits import MAX_REASON_CHARS
+    from gateway.transport.status import MAX_PEER_TEXT_CHARS
+
+    async def refuse(*_args: object, **_kwargs: object) -> bytes:
+        raise ObjectStateError(_UNRULY, hint="\x1b[31mdo\nthis\x1b[0m")
+
+    async def main() -> None:
+        async with serving(world, [HOST_A, HOST_B]) as hosts:
+            a, b = hosts[HOST_A], hosts[HOST_B]
+            monkeypatch.setattr(b.service.destination, "answer_commit", refuse)
+            monkeypatch.setattr(b.service, "calls", _Refusing())
+            asked = (
+                a.peers.client(HOST_B).commit("mig-unruly")
+                if where == "Commit"
+                else a.call(OBJECT_CALLED, "status", tenant="default", at=HOST_B)
+            )
+            with pytest.raises(ObjectStateError) as refused:
+                await asked
+            text = str(refused.value)
+            assert text.isprintable(), repr(text[:80])
+            assert "line one?" in text and "do?this" in text
+            assert len(refused.value.reason) <= len(HOST_B) + 10 + MAX_PEER_TEXT_CHARS
+            assert len(f"destination refused: {refused.value}") <= MAX_REASON_CHARS
+
+    asyncio.run(main())
+
+
+class _Refusing:
+    async def call(self, **_ask: object) -> CallResult:
+        from gateway.errors import ObjectStateError
+
+        raise ObjectStateError(_UNRULY, hint="\x1b[31mdo\nthis\x1b[0m")

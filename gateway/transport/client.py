@@ -38,7 +38,13 @@ from gateway.errors import (
 from gateway.handoff.messages import Evaluation
 from gateway.limits import MAX_CALL_REPLY_BYTES, MAX_CALL_WAIT, MAX_ID_BYTES
 from gateway.transport.framing import STREAM_BYTES_PER_SECOND, as_sent, encode_part
-from gateway.transport.status import ERROR_TYPE_KEY, MOVED_TO_KEY, RETRYABLE, error_from_status
+from gateway.transport.status import (
+    ERROR_TYPE_KEY,
+    MOVED_TO_KEY,
+    RETRYABLE,
+    error_from_status,
+    peer_text,
+)
 from gateway.transport.tls import CHANNEL_OPTIONS, channel_credentials
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.wire import MAX_EVALUATION_BYTES, read_evaluation
@@ -210,7 +216,8 @@ class GrpcPeerClient:
             )
         return PeerUnavailableError(
             f"{self.peer.id} at {self.peer.address} did not answer {rpc} after "
-            f"{self.timing.retry_attempts} attempts ({exc.error.code().name}: {exc.error.details()})",
+            f"{self.timing.retry_attempts} attempts ({exc.error.code().name}: "
+            f"{peer_text(exc.error.details() or '')})",
             hint="check that the peer runs and that its address in the configuration is right",
         )
 
@@ -443,7 +450,7 @@ async def call_object(
             if exc.code() in RETRYABLE and type_name is None:
                 raise PeerUnavailableError(
                     f"{host_id} at {address} did not answer the call "
-                    f"({exc.code().name}: {exc.details()})",
+                    f"({exc.code().name}: {peer_text(exc.details() or '')})",
                     hint="check that its gateway runs (gateway serve) and the address is right",
                 ) from exc
             raise error from exc
