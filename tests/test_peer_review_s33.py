@@ -290,3 +290,49 @@ class _Refusing:
         from gateway.errors import ObjectStateError
 
         raise ObjectStateError(_UNRULY, hint="\x1b[31mdo\nthis\x1b[0m")
+
+
+@pytest.mark.parametrize(
+    "moved_to",
+    ["spiffe://" + "a" * 6000, "not a host"],
+    ids=["long", "not-a-spiffe-id"],
+)
+def test_where_a_called_object_moved_is_a_host_id(
+    world: World, monkeypatch: pytest.MonkeyPatch, moved_to: str
+) -> None:
+    """A host refusing a call because the object moved names where, in a trailer, and
+    `gateway call --follow` calls that host next. On main any text was taken: it became
+    ObjectMovedError.moved_to as it came (kilobytes of it), which --follow then put in
+    its "is not a configured peer" error. Now a trailer that is not a host id is the
+    called host's error (PayloadDecodeError), shown as one bounded printable line."""
+    from gateway.errors import ObjectMovedError, PayloadDecodeError
+
+    class _Moved:
+        async def call(self, **_ask: object) -> CallResult:
+            raise ObjectMovedError("it left", moved_to=moved_to)
+
+    async def main() -> None:
+        async with serving(world, [HOST_A, HOST_B]) as hosts:
+            a, b = hosts[HOST_A], hosts[HOST_B]
+            monkeypatch.setattr(b.service, "calls", _Moved())
+            with pytest.raises(PayloadDecodeError, match="not a host id") as refused:
+                await a.call(OBJECT_CALLED, "status", tenant="default", at=HOST_B)
+            text = str(refused.value)
+            assert text.isprintable() and len(text) < 1024, repr(text[:80])
+            # A host id is followed as before.
+            monkeypatch.setattr(b.service, "calls", _MovedTo(HOST_A))
+            with pytest.raises(ObjectMovedError) as moved:
+                await a.call(OBJECT_CALLED, "status", tenant="default", at=HOST_B)
+            assert moved.value.moved_to == HOST_A
+
+    asyncio.run(main())
+
+
+class _MovedTo:
+    def __init__(self, host: str) -> None:
+        self.host = host
+
+    async def call(self, **_ask: object) -> CallResult:
+        from gateway.errors import ObjectMovedError
+
+        raise ObjectMovedError("it left", moved_to=self.host)

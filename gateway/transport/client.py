@@ -30,13 +30,16 @@ from gateway import observability, versions
 from gateway.config import HandoffConfig, PeerConfig
 from gateway.errors import (
     ConfigError,
+    GatewayError,
     HandoffError,
     LimitExceededError,
     ObjectMovedError,
+    PayloadDecodeError,
     PeerUnavailableError,
 )
 from gateway.handoff.messages import Evaluation
-from gateway.limits import MAX_CALL_REPLY_BYTES, MAX_CALL_WAIT, MAX_ID_BYTES
+from gateway.identity import HostId
+from gateway.limits import MAX_CALL_REPLY_BYTES, MAX_CALL_WAIT, MAX_ID_BYTES, check_id
 from gateway.transport.framing import STREAM_BYTES_PER_SECOND, as_sent, encode_part
 from gateway.transport.status import (
     ERROR_TYPE_KEY,
@@ -444,7 +447,9 @@ async def call_object(
                 peer=host_id,
             )
             if isinstance(moved_to, str) and moved_to:
-                raise ObjectMovedError(error.reason, moved_to=moved_to, hint=error.hint) from exc
+                raise ObjectMovedError(
+                    error.reason, moved_to=_host_named(host_id, moved_to), hint=error.hint
+                ) from exc
             if _over_receive_limit(exc) and type_name is None:
                 raise _too_large(host_id, "the call", exc, MAX_CALL_ANSWER_BYTES) from exc
             if exc.code() in RETRYABLE and type_name is None:
@@ -459,6 +464,19 @@ async def call_object(
     if len(response.host.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
         raise _answer_too_large(host_id, f"a host id of {len(response.host)} characters")
     return CallAnswer(reply=response.reply, host=response.host)
+
+
+def _host_named(host_id: str, moved_to: str) -> str:
+    """Where ``host_id`` says the called object moved: a host id (`gateway call
+    --follow` calls it next, and names it when it is not a configured peer)."""
+    try:
+        return str(HostId.parse(check_id(moved_to, what="the host it moved to")))
+    except GatewayError as exc:
+        raise PayloadDecodeError(
+            f"{host_id} says the object moved, to {peer_text(moved_to, 80)!r}: "
+            f"not a host id ({peer_text(exc.reason, 200)})",
+            hint="the called host runs an incompatible or misbehaving gateway",
+        ) from exc
 
 
 def _answer_too_large(host_id: str, what: str) -> LimitExceededError:
