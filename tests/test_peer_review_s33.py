@@ -336,3 +336,50 @@ class _MovedTo:
         from gateway.errors import ObjectMovedError
 
         raise ObjectMovedError("it left", moved_to=self.host)
+
+
+# --- what the CLI prints of a peer's words --------------------------------------------------
+
+
+@pytest.mark.parametrize("admitted", [True, False])
+def test_a_dry_runs_answer_is_printed_without_the_peers_control_characters(
+    capsys: pytest.CaptureFixture[str], admitted: bool
+) -> None:
+    """`gateway migrate --dry-run` prints the destination's answer: its refusal, and each
+    decision's capability and reason, all the peer's unsigned words. On main they were
+    printed as sent (rich passes escape sequences through with markup off): "\\x1b[2J"
+    cleared the operator's screen, and an OSC sequence could set the terminal's title
+    or write to its clipboard. Now every character that is not printable is shown as
+    "?", and lines are only the ones this host makes."""
+    from gateway._cli_base import _print_evaluation
+    from gateway.handoff.messages import Decision, Evaluation
+
+    unruly = "\x1b[2J\x1b]52;c;cHduZWQ=\x07\nforged line"
+    evaluation = Evaluation(
+        host=HOST_B,
+        admitted=admitted,
+        refusal="" if admitted else unruly,
+        decisions=(Decision(capability=unruly, outcome="granted", reason=unruly),)
+        if admitted
+        else (),
+    )
+    _print_evaluation(evaluation, "text")
+    printed = capsys.readouterr()
+    shown = printed.out + printed.err
+    assert "\x1b" not in shown and "\x07" not in shown, repr(shown)
+    assert "\nforged line" not in shown, repr(shown)
+    assert "?[2J" in shown
+
+
+def test_an_error_line_shows_no_control_characters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every `gateway: error:` line goes through _cli_base._one_line, which made it one
+    line but let escape sequences through: a file name, an id or a peer's text holding
+    "\\x1b[2J" cleared the screen as the error was printed. Now they show as "?"."""
+    from gateway.cli import main
+
+    assert main(["verify", str(tmp_path / "\x1b[2Jnothing.json"), "--trust", "x"]) == 2
+    shown = capsys.readouterr().err
+    assert "gateway: error:" in shown and "?[2Jnothing.json" in shown, repr(shown)
+    assert "\x1b" not in shown, repr(shown)
