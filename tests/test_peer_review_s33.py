@@ -383,3 +383,66 @@ def test_an_error_line_shows_no_control_characters(
     shown = capsys.readouterr().err
     assert "gateway: error:" in shown and "?[2Jnothing.json" in shown, repr(shown)
     assert "\x1b" not in shown, repr(shown)
+
+
+# --- how many Calls a peer may have waiting here --------------------------------------------
+
+
+def test_calls_a_peer_has_in_flight_are_bounded(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Call for an object that is frozen, or staged here by a migration not settled,
+    waits for it (up to MAX_CALL_WAIT, 30 s), looking at the store every 0.1 s, and it
+    does so before the object's permissions are checked. A peer can stage such an
+    object itself (Prepare, never Commit), and nothing bounded how many Calls it had
+    waiting: on main 200 Calls at once, each waiting 1 s, made B read the object 2,000+
+    times (in 30 s: 60,000 reads, 2,000 a second, for as long as the peer keeps asking).
+    Now a peer has at most MAX_CALLS_IN_FLIGHT_PER_PEER Calls in flight here; more are
+    refused at once (PeerUnavailableError, UNAVAILABLE), saying why."""
+    from gateway.transport.server import MAX_CALLS_IN_FLIGHT_PER_PEER
+
+    asked = 200
+
+    async def main() -> None:
+        async with serving(world, [HOST_A, HOST_B]) as hosts:
+            b, client = hosts[HOST_B], hosts[HOST_A].peers.client(HOST_B)
+
+            async def held(*_args: object) -> bool:
+                return True  # as for a copy the peer staged here (Prepare, never Commit)
+
+            monkeypatch.setattr(b.journal, "held", held)
+            reads = 0
+            look = b.journal.object
+
+            async def counted(*args: object, **kwargs: object) -> object:
+                nonlocal reads
+                reads += 1
+                return await look(*args, **kwargs)
+
+            monkeypatch.setattr(b.journal, "object", counted)
+            request = gateway_pb2.CallRequest(
+                tenant="default",
+                object_id="obj://org-a.example/calls/staged",
+                method="status",
+                wait_ms=1000,
+            )
+            answers = await asyncio.gather(
+                *(
+                    client.stub.Call(
+                        request, metadata=tuple(versions.ours().metadata()), timeout=30
+                    )
+                    for _ in range(asked)
+                ),
+                return_exceptions=True,
+            )
+            kinds = sorted(
+                dict(a.trailing_metadata() or ()).get(ERROR_TYPE_KEY, repr(a))
+                for a in answers
+                if isinstance(a, grpc.aio.AioRpcError)
+            )
+            assert len(kinds) == asked
+            assert kinds.count("ObjectBusyError") == MAX_CALLS_IN_FLIGHT_PER_PEER, kinds[:3]
+            assert kinds.count("PeerUnavailableError") == asked - MAX_CALLS_IN_FLIGHT_PER_PEER
+            assert reads <= MAX_CALLS_IN_FLIGHT_PER_PEER * 12, reads
+
+    asyncio.run(main())

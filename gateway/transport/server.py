@@ -79,19 +79,29 @@ def _negotiated(metadata: tuple[tuple[str, str | bytes], ...], *, host: str, pee
 #: request is always let in when its peer has nothing else in flight (any size the
 #: limits allow can pass); small objects pass by the hundred (64 of 100 KiB are 6.4 MiB).
 PEER_IN_FLIGHT_BYTES = 64 << 20
+#: Calls one peer may have in flight here at once. A Call for an object frozen by a
+#: migration, or staged here by one, waits for it (up to MAX_CALL_WAIT, 30 s) and reads
+#: it from the store every 0.1 s, before its permissions are checked, and a peer can stage
+#: such an object itself: without a bound, its Calls at once decided how many reads a
+#: second this host made (200 waiting Calls: 2,000 a second). An operator's `gateway
+#: call` is one at a time.
+MAX_CALLS_IN_FLIGHT_PER_PEER = 32
 
 
 class Gate:
     """Counts the RPCs in flight and, once :meth:`close` is called (SIGTERM), refuses
     those that would start a new handoff; Commit, Abort, Decision and Claim are still
     answered, so that handoffs in flight can finish (gateway.serving). Holds each peer's
-    handoff requests in flight to :data:`PEER_IN_FLIGHT_BYTES` (:meth:`holding`)."""
+    handoff requests in flight to :data:`PEER_IN_FLIGHT_BYTES` (:meth:`holding`), and its
+    Calls to :data:`MAX_CALLS_IN_FLIGHT_PER_PEER` (:meth:`calling`)."""
 
     def __init__(self) -> None:
         self.in_flight = 0
         self.closed = False
         #: Bytes of handoff requests in flight, by peer; a peer with none has no entry.
         self.held: dict[str, int] = {}
+        #: Calls in flight, by peer; a peer with none has no entry.
+        self.calls: dict[str, int] = {}
 
     def close(self) -> None:
         self.closed = True
@@ -128,6 +138,27 @@ class Gate:
                 self.held[peer] = left
             else:
                 del self.held[peer]
+
+    @contextlib.contextmanager
+    def calling(self, peer: str, host: str) -> Iterator[None]:
+        """Count one Call of ``peer`` while the block runs; refused (UNAVAILABLE) when the
+        peer has :data:`MAX_CALLS_IN_FLIGHT_PER_PEER` in flight already."""
+        calls = self.calls.get(peer, 0)
+        if calls >= MAX_CALLS_IN_FLIGHT_PER_PEER:
+            raise PeerUnavailableError(
+                f"{host} is answering {calls} calls from {peer}; a peer may have at most "
+                f"{MAX_CALLS_IN_FLIGHT_PER_PEER} in flight at once",
+                hint="call again once those are answered",
+            )
+        self.calls[peer] = calls + 1
+        try:
+            yield
+        finally:
+            left = self.calls[peer] - 1
+            if left:
+                self.calls[peer] = left
+            else:
+                del self.calls[peer]
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
@@ -299,15 +330,16 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         async def handle(peer: str) -> gateway_pb2.CallResponse:
             if self.calls is None:
                 raise ObjectStateError("this gateway answers no calls")
-            result = await self.calls.call(
-                tenant=request.tenant or "default",
-                object_id=request.object_id,
-                method=request.method,
-                data=request.data,
-                # Who calls is the authenticated certificate's word, never the request's.
-                caller=caller_of_host(peer),
-                wait=timedelta(milliseconds=request.wait_ms) if request.wait_ms else None,
-            )
+            with self.gate.calling(peer, self.destination.ctx.host):
+                result = await self.calls.call(
+                    tenant=request.tenant or "default",
+                    object_id=request.object_id,
+                    method=request.method,
+                    data=request.data,
+                    # Who calls is the authenticated certificate's word, never the request's.
+                    caller=caller_of_host(peer),
+                    wait=timedelta(milliseconds=request.wait_ms) if request.wait_ms else None,
+                )
             return gateway_pb2.CallResponse(reply=result.encoded, host=result.host)
 
         return await self._answer(context, "Call", handle)
