@@ -2,9 +2,12 @@
 
 Every call first establishes who the peer is from its mTLS certificate, then checks
 the sizes of what the peer sent (migration ids, reasons: :mod:`gateway.limits`) before
-any work; the handoff code then checks that this peer is the one the migration names. Errors leave through
-one table (:mod:`gateway.transport.status`); anything unexpected is logged here and
-answered as INTERNAL without internals.
+any work; the handoff code then checks that this peer is the one the migration names.
+Nothing a peer does holds a slot here for a time of its choosing: a PrepareStream is
+broken off when its messages stop or trickle (:class:`~gateway.transport.framing.Paced`),
+and a peer's handoff bytes and Calls in flight are bounded (:class:`Gate`). Errors leave
+through one table (:mod:`gateway.transport.status`); anything unexpected is logged here
+and answered as INTERNAL without internals.
 """
 
 from __future__ import annotations
