@@ -446,3 +446,43 @@ def test_calls_a_peer_has_in_flight_are_bounded(
             assert reads <= MAX_CALLS_IN_FLIGHT_PER_PEER * 12, reads
 
     asyncio.run(main())
+
+
+# --- found outside this session's files (left to their owners) ------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway/migrations.py prints a peer's Abort reason as rich markup (cmd_list, "
+    "cmd_show): MarkupError, exit 70",
+)
+def test_a_peers_abort_reason_never_breaks_migration_list(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A source's Abort carries a reason (at most MAX_REASON_CHARS), which the destination
+    journals with the migration and `gateway migration list --all` / `show` print in a
+    rich table, where text is markup: a reason of "[/bold]" raises rich's MarkupError
+    ("internal error", exit 70), and keeps doing so on every listing until the record is
+    pruned; escape sequences are printed as sent."""
+    from gateway.cli import main
+
+    async def main_() -> None:
+        async with serving(world, [HOST_A, HOST_B]) as hosts:
+            a, b = hosts[HOST_A], hosts[HOST_B]
+            obj = await a.create_object(
+                "obj://org-a.example/abort/reason",
+                tenant="default",
+                data=b"{}",
+                content_type="application/json",
+            )
+            transfer = sealed_transfer(a, obj, HOST_B)
+            await a.peers.client(HOST_B).prepare(sign_transfer(a, transfer))
+            await b.destination.abort(
+                transfer.migration_id, peer=HOST_A, reason="[/bold] \x1b[2J it broke"
+            )
+
+    asyncio.run(main_())
+    code = main(["migration", "list", "--all", "--config", str(world.config(HOST_B))])
+    shown = capsys.readouterr()
+    assert code == 0, shown.err
+    assert "\x1b[2J" not in shown.out
