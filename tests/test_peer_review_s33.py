@@ -254,12 +254,11 @@ def test_a_peers_refusal_text_is_one_bounded_line(
     """A refusal's text is the peer's status details (up to gRPC's 8 KiB of metadata),
     and on main it became the reason of the error raised here as it was: newlines and
     terminal escapes (\\x1b[2J clears the operator's screen) went into `gateway call`'s
-    one-line error, the log, and a source's abort reason, which is journaled and then sent
-    to the destination in Abort, where anything over MAX_REASON_CHARS (1024) is refused.
-    Now the peer's text is kept to MAX_PEER_TEXT_CHARS of printable characters."""
+    one-line error, the log, and a source's journaled abort reason, kilobytes of it. Now
+    the peer's reason and hint are each kept to MAX_PEER_REASON_CHARS /
+    MAX_PEER_HINT_CHARS of printable characters."""
     from gateway.errors import ObjectStateError
-    from gateway.limits import MAX_REASON_CHARS
-    from gateway.transport.status import MAX_PEER_TEXT_CHARS
+    from gateway.transport.status import MAX_PEER_HINT_CHARS, MAX_PEER_REASON_CHARS
 
     async def refuse(*_args: object, **_kwargs: object) -> bytes:
         raise ObjectStateError(_UNRULY, hint="\x1b[31mdo\nthis\x1b[0m")
@@ -279,8 +278,8 @@ def test_a_peers_refusal_text_is_one_bounded_line(
             text = str(refused.value)
             assert text.isprintable(), repr(text[:80])
             assert "line one?" in text and "do?this" in text
-            assert len(refused.value.reason) <= len(HOST_B) + 10 + MAX_PEER_TEXT_CHARS
-            assert len(f"destination refused: {refused.value}") <= MAX_REASON_CHARS
+            assert len(refused.value.reason) <= len(HOST_B) + 10 + MAX_PEER_REASON_CHARS
+            assert len(refused.value.hint or "") <= MAX_PEER_HINT_CHARS
 
     asyncio.run(main())
 

@@ -16,12 +16,11 @@ ERROR_TYPE_KEY = "gateway-error"
 MOVED_TO_KEY = "gateway-moved-to"
 
 #: The most of a peer's refusal kept here, of its reason and of its hint: the peer's
-#: words (up to gRPC's 8 KiB of status details) are printed by the CLI, logged, and a
-#: source journals a destination's refusal as its abort reason and sends it back in
-#: Abort, which takes at most MAX_REASON_CHARS (1024) with its own words around it.
-MAX_PEER_REASON_CHARS = 400
-MAX_PEER_HINT_CHARS = 200
-MAX_PEER_TEXT_CHARS = MAX_PEER_REASON_CHARS + MAX_PEER_HINT_CHARS
+#: words (up to gRPC's 8 KiB of status details) are printed by the CLI, logged, and
+#: journaled by a source as its abort reason. Room for this gateway's own longest
+#: messages (a revoked key's reason and hint are some 300 characters each).
+MAX_PEER_REASON_CHARS = 1024
+MAX_PEER_HINT_CHARS = 1024
 
 #: Most specific first; the first entry the error is an instance of wins.
 STATUS: tuple[tuple[type[errors.GatewayError], grpc.StatusCode], ...] = (
