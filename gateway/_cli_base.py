@@ -15,6 +15,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TypeVar
 
@@ -39,8 +40,17 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def _one_line(text: str) -> str:
-    """Errors are one line on stderr, whatever the message they wrap."""
-    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+    """Errors are one line on stderr, whatever the message they wrap, and only of
+    printable characters (see :func:`_printable`)."""
+    return " ".join(_printable(part.strip()) for part in text.splitlines() if part.strip())
+
+
+def _printable(text: str) -> str:
+    """``text`` with every character that is not printable shown as ``?``: a message may
+    carry a file name, an id or a peer's words, and rich prints escape sequences as they
+    are (with markup off too), which clear the screen, retitle the terminal or write to
+    its clipboard."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,7 +122,22 @@ def _print_evaluation(evaluation: Evaluation, output: str) -> int:
 
         print_json(evaluation_json(evaluation))
     else:
-        out.print(evaluation.render(), markup=False)
+        # The refusal and the decisions are the peer's unsigned words: each made printable
+        # (a newline in one would start a line of its own), then every line made.
+        shown = replace(
+            evaluation,
+            refusal=_printable(evaluation.refusal),
+            decisions=tuple(
+                replace(
+                    d,
+                    capability=_printable(d.capability),
+                    outcome=_printable(d.outcome),
+                    reason=_printable(d.reason),
+                )
+                for d in evaluation.decisions
+            ),
+        )
+        out.print("\n".join(map(_printable, shown.render().split("\n"))), markup=False)
     if evaluation.admitted:
         return 0
     err.print(

@@ -11,6 +11,7 @@ other status) is final and comes back as the peer's own error type.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -27,14 +28,29 @@ from tenacity import (
 
 from gateway import observability, versions
 from gateway.config import HandoffConfig, PeerConfig
-from gateway.errors import ConfigError, HandoffError, ObjectMovedError, PeerUnavailableError
+from gateway.errors import (
+    ConfigError,
+    GatewayError,
+    HandoffError,
+    LimitExceededError,
+    ObjectMovedError,
+    PayloadDecodeError,
+    PeerUnavailableError,
+)
 from gateway.handoff.messages import Evaluation
-from gateway.limits import MAX_CALL_WAIT
-from gateway.transport.framing import as_sent, encode_part
-from gateway.transport.status import ERROR_TYPE_KEY, MOVED_TO_KEY, RETRYABLE, error_from_status
+from gateway.identity import HostId
+from gateway.limits import MAX_CALL_REPLY_BYTES, MAX_CALL_WAIT, MAX_ID_BYTES, check_id
+from gateway.transport.framing import STREAM_BYTES_PER_SECOND, as_sent, encode_part
+from gateway.transport.status import (
+    ERROR_TYPE_KEY,
+    MOVED_TO_KEY,
+    RETRYABLE,
+    error_from_status,
+    peer_text,
+)
 from gateway.transport.tls import CHANNEL_OPTIONS, channel_credentials
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from gateway.wire import read_evaluation
+from gateway.wire import MAX_EVALUATION_BYTES, read_evaluation
 
 R = TypeVar("R", bound=Message)
 
@@ -57,6 +73,46 @@ _FIRST_WAIT = wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.05)
 _LATER_WAITS = wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.05)
 
 
+#: The largest answer a peer gives the handoff client: a dry run's evaluation. Every
+#: other answer is a signed receipt or decision (wire.MAX_RECEIPT_BYTES, 64 KiB). The
+#: channel receives no more: a larger answer is refused by gRPC as it arrives, not held
+#: whole (up to the 32 MiB a channel takes by default here) and copied before anything
+#: looks at it, for every migration in flight.
+MAX_PEER_ANSWER_BYTES = MAX_EVALUATION_BYTES
+_RECEIVE_LIMIT = "grpc.max_receive_message_length"
+
+
+def _receiving(limit: int) -> tuple[tuple[str, int], ...]:
+    """CHANNEL_OPTIONS with the receive limit ``limit`` (in its place: with two, gRPC
+    takes the first)."""
+    return tuple(
+        (name, limit if name == _RECEIVE_LIMIT else value) for name, value in CHANNEL_OPTIONS
+    )
+
+
+#: gRPC's words for a message over the receive limit: "Received message larger than max
+#: (SIZE vs. LIMIT)", at times after "Stream removed (CLIENT: ".
+_OVER_LIMIT = re.compile(r"Received message larger than max \((\d+) vs\. \d+\)")
+
+
+def _over_receive_limit(error: grpc.aio.AioRpcError) -> bool:
+    """Whether ``error`` is this channel's own refusal of a message over its receive
+    limit (no gateway answers RESOURCE_EXHAUSTED: see transport.status)."""
+    return error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and bool(
+        _OVER_LIMIT.search(error.details() or "")
+    )
+
+
+def _too_large(peer: str, rpc: str, error: grpc.aio.AioRpcError, limit: int) -> LimitExceededError:
+    """The refusal of ``peer``'s answer to ``rpc`` over ``limit``, with its size."""
+    found = _OVER_LIMIT.search(error.details() or "")
+    size = f"{found.group(1)} bytes" if found else "larger"
+    return LimitExceededError(
+        f"{peer}'s answer to {rpc} is {size}; at most {limit} accepted",
+        hint="the peer runs an incompatible or misbehaving gateway",
+    )
+
+
 class GrpcPeerClient:
     """A :class:`~gateway.handoff.peers.PeerClient` over one mTLS channel."""
 
@@ -68,7 +124,10 @@ class GrpcPeerClient:
         self.channel = grpc.aio.secure_channel(
             peer.address,
             credentials,
-            options=(*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", peer.server_name)),
+            options=(
+                *_receiving(MAX_PEER_ANSWER_BYTES),
+                ("grpc.ssl_target_name_override", peer.server_name),
+            ),
         )
         self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
         # PrepareStream with data chunks framed as they are (transport/framing.py), by
@@ -139,6 +198,8 @@ class GrpcPeerClient:
         try:
             return await invoke(deadline)
         except grpc.aio.AioRpcError as exc:
+            if _over_receive_limit(exc):  # checked first: its code is RESOURCE_EXHAUSTED
+                raise _too_large(str(self.peer.id), rpc, exc, MAX_PEER_ANSWER_BYTES) from exc
             if exc.code() in RETRYABLE or _status_lost(rpc, exc):
                 raise _Unavailable(exc) from exc
             refusal = self._refusal(exc)
@@ -158,7 +219,8 @@ class GrpcPeerClient:
             )
         return PeerUnavailableError(
             f"{self.peer.id} at {self.peer.address} did not answer {rpc} after "
-            f"{self.timing.retry_attempts} attempts ({exc.error.code().name}: {exc.error.details()})",
+            f"{self.timing.retry_attempts} attempts ({exc.error.code().name}: "
+            f"{peer_text(exc.error.details() or '')})",
             hint="check that the peer runs and that its address in the configuration is right",
         )
 
@@ -182,7 +244,8 @@ class GrpcPeerClient:
         self, transfer: bytes, data: Callable[[], AsyncIterator[bytes | memoryview]], *, size: int
     ) -> bytes:
         """Prepare for a large object: the transfer, then its data, as one client stream.
-        The deadline grows with the size (at least 8 MiB/s must get through)."""
+        The deadline grows with the size (at least STREAM_BYTES_PER_SECOND must get
+        through; the peer waits no longer for the data either)."""
 
         async def requests() -> AsyncIterator[gateway_pb2.PrepareChunk | bytes]:
             yield gateway_pb2.PrepareChunk(transfer=transfer)
@@ -198,7 +261,7 @@ class GrpcPeerClient:
                 framed = encode_part(chunk)
                 yield framed
 
-        timeout = self.timing.rpc_timeout.total_seconds() + size / (8 << 20)
+        timeout = self.timing.rpc_timeout.total_seconds() + size / STREAM_BYTES_PER_SECOND
         response: gateway_pb2.PrepareResponse = await self._attempts(
             "PrepareStream",
             lambda t: self._prepare_stream(requests(), timeout=t, metadata=CAPABILITIES),
@@ -314,6 +377,11 @@ class GrpcPeers:
 
 #: Seconds a Call may take beyond the wait for a frozen object (evaluation, network).
 CALL_MARGIN_SECONDS = 20.0
+#: The largest answer to a Call an honest host sends: its reply (at most
+#: MAX_CALL_REPLY_BYTES of JSON), its own id, and the two fields' tags and lengths. The
+#: call's channel receives no more: a larger answer is refused by gRPC as it arrives, not
+#: held (up to the 32 MiB of a peer channel) and printed by `gateway call`.
+MAX_CALL_ANSWER_BYTES = MAX_CALL_REPLY_BYTES + MAX_ID_BYTES + 16
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -350,7 +418,10 @@ async def call_object(
     async with grpc.aio.secure_channel(
         address,
         credentials,
-        options=(*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", server_name)),
+        options=(
+            *_receiving(MAX_CALL_ANSWER_BYTES),
+            ("grpc.ssl_target_name_override", server_name),
+        ),
     ) as channel:
         stub = gateway_pb2_grpc.GatewayStub(channel)
         try:
@@ -376,12 +447,41 @@ async def call_object(
                 peer=host_id,
             )
             if isinstance(moved_to, str) and moved_to:
-                raise ObjectMovedError(error.reason, moved_to=moved_to, hint=error.hint) from exc
+                raise ObjectMovedError(
+                    error.reason, moved_to=_host_named(host_id, moved_to), hint=error.hint
+                ) from exc
+            if _over_receive_limit(exc) and type_name is None:
+                raise _too_large(host_id, "the call", exc, MAX_CALL_ANSWER_BYTES) from exc
             if exc.code() in RETRYABLE and type_name is None:
                 raise PeerUnavailableError(
                     f"{host_id} at {address} did not answer the call "
-                    f"({exc.code().name}: {exc.details()})",
+                    f"({exc.code().name}: {peer_text(exc.details() or '')})",
                     hint="check that its gateway runs (gateway serve) and the address is right",
                 ) from exc
             raise error from exc
+    if len(response.reply) > MAX_CALL_REPLY_BYTES:
+        raise _answer_too_large(host_id, f"a reply of {len(response.reply)} bytes")
+    if len(response.host.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+        raise _answer_too_large(host_id, f"a host id of {len(response.host)} characters")
     return CallAnswer(reply=response.reply, host=response.host)
+
+
+def _host_named(host_id: str, moved_to: str) -> str:
+    """Where ``host_id`` says the called object moved: a host id (`gateway call
+    --follow` calls it next, and names it when it is not a configured peer)."""
+    try:
+        return str(HostId.parse(check_id(moved_to, what="the host it moved to")))
+    except GatewayError as exc:
+        raise PayloadDecodeError(
+            f"{host_id} says the object moved, to {peer_text(moved_to, 80)!r}: "
+            f"not a host id ({peer_text(exc.reason, 200)})",
+            hint="the called host runs an incompatible or misbehaving gateway",
+        ) from exc
+
+
+def _answer_too_large(host_id: str, what: str) -> LimitExceededError:
+    return LimitExceededError(
+        f"{host_id}'s answer to the call is too large ({what}); a reply is at most "
+        f"{MAX_CALL_REPLY_BYTES} bytes of JSON and a host id at most {MAX_ID_BYTES} bytes",
+        hint="the called host runs an incompatible or misbehaving gateway",
+    )

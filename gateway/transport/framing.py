@@ -23,6 +23,11 @@ what that parser refuses is a :class:`~gateway.errors.TransferStreamError`.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Generic, TypeVar
+
 from google.protobuf.message import DecodeError
 
 from gateway.errors import TransferStreamError
@@ -43,6 +48,11 @@ RECEIVE_WINDOW_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.bdp_probe", 0),
     ("grpc.http2.lookahead_bytes", RECEIVE_WINDOW_BYTES),
 )
+
+#: The slowest a PrepareStream's data may arrive, on average: a sender's deadline for the
+#: whole stream is its ``rpc_timeout`` plus its size at this rate (client.py), and a
+#: receiver waits no longer than the same for the data it was sent (:class:`Paced`).
+STREAM_BYTES_PER_SECOND = 8 << 20
 
 #: Field 2 (``data``), wire type 2 (length-delimited): (2 << 3) | 2.
 _DATA_TAG = b"\x12"
@@ -109,3 +119,73 @@ def data_of(part: gateway_pb2.PrepareChunk | memoryview) -> memoryview | bytes:
     if part.WhichOneof("part") != "data":
         raise TransferStreamError("a PrepareStream carries one transfer, then only data")
     return part.data
+
+
+M = TypeVar("M")
+
+
+class Paced(Generic[M]):
+    """A PrepareStream's messages as the server reads them, with the time spent waiting
+    for the *peer* bounded (the time this host takes with each message is not counted):
+
+    * any one message must arrive within ``patience`` seconds of being asked for: a peer
+      that opens a stream and goes quiet holds its upload slot that long, not for as long
+      as the deadline it chose for its own call;
+    * all of them within ``patience`` plus the time the data received so far takes at
+      :data:`STREAM_BYTES_PER_SECOND`: a peer that trickles the smallest parts allowed,
+      each just within ``patience``, cannot stretch an object's upload beyond what an
+      honest sender's own deadline allows for its size (which the signed size bounds).
+
+    Either is a :class:`~gateway.errors.TransferStreamError` naming how long was waited.
+    ``size_of`` gives the bytes of data a message carries."""
+
+    def __init__(
+        self,
+        messages: AsyncIterator[M],
+        *,
+        patience: float,
+        size_of: Callable[[M], int],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._messages = messages
+        self._patience = patience
+        self._size_of = size_of
+        self._clock = clock
+        self.received = 0  #: bytes of data received so far
+        self.waited = 0.0  #: seconds spent waiting for the peer so far
+
+    async def next(self) -> M | None:
+        """The next message, or None at the end of the stream."""
+        allowed = self._patience + self.received / STREAM_BYTES_PER_SECOND - self.waited
+        wait = max(min(self._patience, allowed), 0.0)
+        started = self._clock()
+        try:
+            async with asyncio.timeout(wait):
+                message = await anext(self._messages, None)
+        except TimeoutError as exc:
+            self.waited += self._clock() - started
+            raise TransferStreamError(
+                self._overdue(stalled=wait >= self._patience),
+                hint="the sender's connection or its store stalled; migrate again once "
+                "it sends at a steady pace",
+            ) from exc
+        self.waited += self._clock() - started
+        if message is not None:
+            self.received += self._size_of(message)
+        return message
+
+    def _overdue(self, *, stalled: bool) -> str:
+        if stalled:
+            return (
+                f"the PrepareStream's next message did not come within {self._patience:g} s "
+                f"(after {self.received} bytes of data)"
+            )
+        return (
+            f"the PrepareStream's data came slower than {STREAM_BYTES_PER_SECOND} bytes/s: "
+            f"{self.received} bytes in {self.waited:.2f} s of waiting for the sender, where "
+            f"at most {self._patience:g} s more than that rate takes is allowed"
+        )
+
+    async def __aiter__(self) -> AsyncIterator[M]:
+        while (message := await self.next()) is not None:
+            yield message

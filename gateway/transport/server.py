@@ -2,9 +2,12 @@
 
 Every call first establishes who the peer is from its mTLS certificate, then checks
 the sizes of what the peer sent (migration ids, reasons: :mod:`gateway.limits`) before
-any work; the handoff code then checks that this peer is the one the migration names. Errors leave through
-one table (:mod:`gateway.transport.status`); anything unexpected is logged here and
-answered as INTERNAL without internals.
+any work; the handoff code then checks that this peer is the one the migration names.
+Nothing a peer does holds a slot here for a time of its choosing: a PrepareStream is
+broken off when its messages stop or trickle (:class:`~gateway.transport.framing.Paced`),
+and a peer's handoff bytes and Calls in flight are bounded (:class:`Gate`). Errors leave
+through one table (:mod:`gateway.transport.status`); anything unexpected is logged here
+and answered as INTERNAL without internals.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from gateway.handoff.source import Source
 from gateway.limits import MAX_REASON_CHARS, check_migration_id, check_text
 from gateway.observability.health import Readiness
 from gateway.runtime.calls import Calls, caller_of_host
-from gateway.transport.framing import RECEIVE_WINDOW_OPTIONS, data_of, decode_part
+from gateway.transport.framing import RECEIVE_WINDOW_OPTIONS, Paced, data_of, decode_part
 from gateway.transport.status import ERROR_TYPE_KEY, MOVED_TO_KEY, status_of
 from gateway.transport.tls import CHANNEL_OPTIONS, authenticated_peer
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -79,19 +82,29 @@ def _negotiated(metadata: tuple[tuple[str, str | bytes], ...], *, host: str, pee
 #: request is always let in when its peer has nothing else in flight (any size the
 #: limits allow can pass); small objects pass by the hundred (64 of 100 KiB are 6.4 MiB).
 PEER_IN_FLIGHT_BYTES = 64 << 20
+#: Calls one peer may have in flight here at once. A Call for an object frozen by a
+#: migration, or staged here by one, waits for it (up to MAX_CALL_WAIT, 30 s) and reads
+#: it from the store every 0.1 s, before its permissions are checked, and a peer can stage
+#: such an object itself: without a bound, its Calls at once decided how many reads a
+#: second this host made (200 waiting Calls: 2,000 a second). An operator's `gateway
+#: call` is one at a time.
+MAX_CALLS_IN_FLIGHT_PER_PEER = 32
 
 
 class Gate:
     """Counts the RPCs in flight and, once :meth:`close` is called (SIGTERM), refuses
     those that would start a new handoff; Commit, Abort, Decision and Claim are still
     answered, so that handoffs in flight can finish (gateway.serving). Holds each peer's
-    handoff requests in flight to :data:`PEER_IN_FLIGHT_BYTES` (:meth:`holding`)."""
+    handoff requests in flight to :data:`PEER_IN_FLIGHT_BYTES` (:meth:`holding`), and its
+    Calls to :data:`MAX_CALLS_IN_FLIGHT_PER_PEER` (:meth:`calling`)."""
 
     def __init__(self) -> None:
         self.in_flight = 0
         self.closed = False
         #: Bytes of handoff requests in flight, by peer; a peer with none has no entry.
         self.held: dict[str, int] = {}
+        #: Calls in flight, by peer; a peer with none has no entry.
+        self.calls: dict[str, int] = {}
 
     def close(self) -> None:
         self.closed = True
@@ -128,6 +141,27 @@ class Gate:
                 self.held[peer] = left
             else:
                 del self.held[peer]
+
+    @contextlib.contextmanager
+    def calling(self, peer: str, host: str) -> Iterator[None]:
+        """Count one Call of ``peer`` while the block runs; refused (UNAVAILABLE) when the
+        peer has :data:`MAX_CALLS_IN_FLIGHT_PER_PEER` in flight already."""
+        calls = self.calls.get(peer, 0)
+        if calls >= MAX_CALLS_IN_FLIGHT_PER_PEER:
+            raise PeerUnavailableError(
+                f"{host} is answering {calls} calls from {peer}; a peer may have at most "
+                f"{MAX_CALLS_IN_FLIGHT_PER_PEER} in flight at once",
+                hint="call again once those are answered",
+            )
+        self.calls[peer] = calls + 1
+        try:
+            yield
+        finally:
+            left = self.calls[peer] - 1
+            if left:
+                self.calls[peer] = left
+            else:
+                del self.calls[peer]
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
@@ -205,7 +239,15 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         context: grpc.aio.ServicerContext,
     ) -> gateway_pb2.PrepareResponse:
         async def handle(peer: str) -> gateway_pb2.PrepareResponse:
-            first = await anext(aiter(request_iterator), None)
+            # The peer's pace is bounded by this host's rpc_timeout, not by the deadline
+            # the peer chose for its call: until the stream ends, its upload slot, its
+            # bytes in the gate and its staging marker are held (framing.Paced).
+            messages = Paced(
+                aiter(request_iterator),
+                patience=self.destination.ctx.timing.rpc_timeout.total_seconds(),
+                size_of=_data_bytes,
+            )
+            first = await messages.next()
             if (
                 not isinstance(first, gateway_pb2.PrepareChunk)
                 or first.WhichOneof("part") != "transfer"
@@ -213,7 +255,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 raise TransferStreamError("a PrepareStream must start with the transfer")
 
             async def data() -> AsyncIterator[bytes | memoryview]:
-                async for chunk in request_iterator:
+                async for chunk in messages:
                     yield data_of(chunk)  # decoded by framing.decode_part: no copy
 
             # The data streams through a bounded window; the transfer is held whole.
@@ -291,15 +333,16 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         async def handle(peer: str) -> gateway_pb2.CallResponse:
             if self.calls is None:
                 raise ObjectStateError("this gateway answers no calls")
-            result = await self.calls.call(
-                tenant=request.tenant or "default",
-                object_id=request.object_id,
-                method=request.method,
-                data=request.data,
-                # Who calls is the authenticated certificate's word, never the request's.
-                caller=caller_of_host(peer),
-                wait=timedelta(milliseconds=request.wait_ms) if request.wait_ms else None,
-            )
+            with self.gate.calling(peer, self.destination.ctx.host):
+                result = await self.calls.call(
+                    tenant=request.tenant or "default",
+                    object_id=request.object_id,
+                    method=request.method,
+                    data=request.data,
+                    # Who calls is the authenticated certificate's word, never the request's.
+                    caller=caller_of_host(peer),
+                    wait=timedelta(milliseconds=request.wait_ms) if request.wait_ms else None,
+                )
             return gateway_pb2.CallResponse(reply=result.encoded, host=result.host)
 
         return await self._answer(context, "Call", handle)
@@ -317,6 +360,13 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             )
 
         await self._answer(context, rpc, handle)
+
+
+def _data_bytes(part: gateway_pb2.PrepareChunk | memoryview) -> int:
+    """Bytes of data a PrepareStream message carries (none for the transfer)."""
+    if isinstance(part, memoryview):
+        return part.nbytes
+    return len(part.data)
 
 
 class _Undecodable:

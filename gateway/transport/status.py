@@ -15,6 +15,13 @@ ERROR_TYPE_KEY = "gateway-error"
 #: Trailing metadata of a refusal because the object moved: the host holding it now.
 MOVED_TO_KEY = "gateway-moved-to"
 
+#: The most of a peer's refusal kept here, of its reason and of its hint: the peer's
+#: words (up to gRPC's 8 KiB of status details) are printed by the CLI, logged, and
+#: journaled by a source as its abort reason. Room for this gateway's own longest
+#: messages (a revoked key's reason and hint are some 300 characters each).
+MAX_PEER_REASON_CHARS = 1024
+MAX_PEER_HINT_CHARS = 1024
+
 #: Most specific first; the first entry the error is an instance of wins.
 STATUS: tuple[tuple[type[errors.GatewayError], grpc.StatusCode], ...] = (
     (errors.PeerMismatchError, grpc.StatusCode.PERMISSION_DENIED),
@@ -78,11 +85,20 @@ def _error_types() -> dict[str, type[errors.GatewayError]]:
 def error_from_status(
     code: grpc.StatusCode, details: str, type_name: str | None, *, peer: str
 ) -> errors.GatewayError:
-    """The error a peer raised, rebuilt from its status; unknown types become HandoffError."""
+    """The error a peer raised, rebuilt from its status; unknown types become HandoffError.
+    The peer's words are kept as one line of printable characters, bounded (:func:`peer_text`)."""
     kind = _error_types().get(type_name or "", errors.HandoffError)
     reason, _, hint = details.partition(" — ")
+    reason, hint = peer_text(reason, MAX_PEER_REASON_CHARS), peer_text(hint, MAX_PEER_HINT_CHARS)
     if kind is errors.ObjectMovedError:  # needs where it went; its caller reads the trailer
         kind = errors.ObjectStateError
     return kind(
         f"{peer} refused: {reason}" if reason else f"{peer} answered {code.name}", hint=hint or None
     )
+
+
+def peer_text(text: str, limit: int = MAX_PEER_REASON_CHARS) -> str:
+    """``text`` with every character that is not printable (newlines, terminal escapes)
+    shown as ``?``, cut to ``limit`` characters."""
+    kept = "".join(c if c.isprintable() else "?" for c in text[: limit + 1])
+    return kept if len(kept) <= limit else kept[: limit - 1] + "…"
