@@ -24,6 +24,8 @@ from rich.console import Console
 from gateway.errors import ConfigError, GatewayError, NotFoundError, UnknownPeerError
 
 if TYPE_CHECKING:
+    from rich.text import Text
+
     from gateway.handoff.messages import Evaluation
     from gateway.host import Host
     from gateway.local import LocalHost
@@ -51,6 +53,15 @@ def _printable(text: str) -> str:
     are (with markup off too), which clear the screen, retitle the terminal or write to
     its clipboard."""
     return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def plain(text: str) -> Text:
+    """A table cell that shows ``text`` as it is: rich reads a str cell as markup (a
+    peer's "[/bold]" raised MarkupError), so this is a ``rich.text.Text``, and its
+    unprintable characters are shown as ``?`` (:func:`_printable`)."""
+    from rich.text import Text
+
+    return Text(_printable(text))
 
 
 class _Parser(argparse.ArgumentParser):

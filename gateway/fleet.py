@@ -407,7 +407,7 @@ def report(results: Sequence[Moved], destination: str) -> dict[str, Any]:
 def print_summary(results: Sequence[Moved], destination: str, output: str) -> int:
     from rich.table import Table
 
-    from gateway._cli_base import out
+    from gateway._cli_base import out, plain
 
     document = report(results, destination)
     if output == "json":
@@ -427,7 +427,8 @@ def print_summary(results: Sequence[Moved], destination: str, output: str) -> in
             for column in ("object", "tenant", "reason"):
                 table.add_column(column, overflow="fold")
             for m in failed:
-                table.add_row(m.object_id, m.tenant, m.reason)
+                # The reason may be a peer's refusal: plain text, not markup.
+                table.add_row(plain(m.object_id), plain(m.tenant), plain(m.reason))
             out.print(table)
     return EXIT_BATCH_FAILED if document["failed"] else 0
 

@@ -286,6 +286,8 @@ async def resume(host: Host, migration_id: str) -> MigrationView:
 def _table(views: list[MigrationView], *, wide: bool) -> Any:
     from rich.table import Table
 
+    from gateway._cli_base import plain
+
     table = Table()
     columns = ["migration", "side", "object", "tenant", "peer", "step", "updated (UTC)"]
     if wide:
@@ -304,7 +306,8 @@ def _table(views: list[MigrationView], *, wide: bool) -> Any:
         ]
         if wide:
             row.append(v.next)
-        table.add_row(*row)
+        # A peer wrote some of it (its Abort's reason): cells are plain text.
+        table.add_row(*map(plain, row))
     return table
 
 
@@ -358,7 +361,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             return 0
         from rich.table import Table
 
-        from gateway._cli_base import out
+        from gateway._cli_base import out, plain
 
         for v in views:
             table = Table(show_header=False, box=None, pad_edge=False)
@@ -376,7 +379,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                 ("reason", v.reason or "-"),
                 ("next", v.next),
             ):
-                table.add_row(name, value)
+                table.add_row(name, plain(value))
             out.print(table)
         return 0
 

@@ -447,14 +447,9 @@ def test_calls_a_peer_has_in_flight_are_bounded(
     asyncio.run(main())
 
 
-# --- found outside this session's files (left to their owners) ------------------------------
+# --- found outside the review's files, mended in gateway/migrations.py -------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/migrations.py prints a peer's Abort reason as rich markup (cmd_list, "
-    "cmd_show): MarkupError, exit 70",
-)
 def test_a_peers_abort_reason_never_breaks_migration_list(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:

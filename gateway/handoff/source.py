@@ -72,6 +72,7 @@ from gateway.handoff.messages import (
 from gateway.handoff.peers import Peers
 from gateway.handoff.pruning import earliest_forgotten
 from gateway.handoff.records import SourceRecord, SourceStep
+from gateway.limits import MAX_REASON_CHARS
 from gateway.lineage import digest
 from gateway.model import GovernedObject
 from gateway.stores import Delete, Expect, Put
@@ -740,8 +741,12 @@ class Source:
 
     async def abort(self, migration_id: str, *, reason: str, tell: bool = True) -> SourceRecord:
         """Abort before commit: journal ABORTED and resume the object, then tell the
-        destination (best effort; it asks for the decision if it missed this)."""
+        destination (best effort; it asks for the decision if it missed this).
+        ``reason`` is cut to :data:`~gateway.limits.MAX_REASON_CHARS`, what a destination
+        accepts: one that quotes a long refusal would have the Abort refused, untold."""
         ctx = self.ctx
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[: MAX_REASON_CHARS - 1] + "…"
         for _attempt in range(3):
             journal = await ctx.journal.source(migration_id)
             if journal is None:
