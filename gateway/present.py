@@ -10,6 +10,7 @@ in memory).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -296,7 +297,14 @@ def evaluation_json(evaluation: Evaluation) -> dict[str, Any]:
 
 
 def print_json(document: Any) -> None:
-    """``-o json`` output: one JSON document on standard output, nothing else there."""
+    """``-o json`` output: one JSON document on standard output, nothing else there.
+    Non-ASCII text is kept as it is, but not the C1 controls (U+007F-U+009F): JSON
+    escapes only the controls below U+0020, and a terminal obeys U+009B (CSI) as it does
+    ESC [, so a peer's words could still have moved the cursor or cleared the screen."""
     import sys
 
-    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    text = json.dumps(document, indent=2, ensure_ascii=False)
+    sys.stdout.write(_C1.sub(lambda match: f"\\u{ord(match.group()):04x}", text) + "\n")
+
+
+_C1 = re.compile("[\x7f-\x9f]")

@@ -18,7 +18,7 @@ every released version, read by tests/test_compatibility.py).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.errors import VersionError
@@ -122,16 +122,6 @@ def negotiate(
             hint="upgrade the older host to a release that reads the other's format",
         )
     return max(common)
-
-
-def agreed(metadata: Mapping[str, str | bytes] | Iterable[tuple[str, str | bytes]]) -> int | None:
-    """The protocol version a server said it agreed on, if it said one."""
-    items = metadata.items() if isinstance(metadata, Mapping) else metadata
-    for key, value in items:
-        if key == AGREED_KEY:
-            text = value.decode() if isinstance(value, bytes) else value
-            return int(text) if text.isdigit() and len(text) <= 6 else None
-    return None
 
 
 def check_payload_type(found: str, expected: str) -> None:

@@ -480,3 +480,18 @@ def test_a_peers_abort_reason_never_breaks_migration_list(
     shown = capsys.readouterr()
     assert code == 0, shown.err
     assert "\x1b[2J" not in shown.out
+
+
+def test_json_output_escapes_the_c1_controls(capsys: pytest.CaptureFixture[str]) -> None:
+    """``-o json`` keeps non-ASCII text as it is, but JSON escapes only the controls below
+    U+0020: U+009B (CSI) reached the terminal, which obeys it as ESC [."""
+    import json
+
+    from gateway.present import print_json
+
+    document = {"reason": "caf\u00e9 \x9b2J \x7f\x85 done"}
+    print_json(document)
+    shown = capsys.readouterr().out
+    assert not any("\x7f" <= c <= "\x9f" for c in shown)
+    assert "café" in shown  # the rest is kept as it is
+    assert json.loads(shown) == document
