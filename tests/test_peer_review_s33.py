@@ -495,3 +495,42 @@ def test_json_output_escapes_the_c1_controls(capsys: pytest.CaptureFixture[str])
     assert not any("\x7f" <= c <= "\x9f" for c in shown)
     assert "café" in shown  # the rest is kept as it is
     assert json.loads(shown) == document
+
+
+def test_one_connection_runs_a_bounded_number_of_streams_at_once(patient_b: World) -> None:
+    """A peer's one connection could open any number of streams, each a handler running
+    here (the review found 1,797 at once; health Watch streams never end by themselves).
+    HTTP/2's own limit (MAX_CONCURRENT_STREAMS, MAX_STREAMS_PER_CONNECTION) holds the
+    rest at the peer, queued, until a stream ends."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from gateway.transport.server import MAX_STREAMS_PER_CONNECTION
+
+    opened = MAX_STREAMS_PER_CONNECTION + 30
+
+    async def main() -> None:
+        async with serving(patient_b, [HOST_A, HOST_B]) as hosts:
+            channel = hosts[HOST_A].peers.client(HOST_B).channel
+            stub = health_pb2_grpc.HealthStub(channel)
+            calls = [stub.Watch(health_pb2.HealthCheckRequest()) for _ in range(opened)]
+            answered = 0
+            first = asyncio.Event()
+
+            async def first_answer(call: grpc.aio.UnaryStreamCall) -> None:
+                nonlocal answered
+                await call.read()
+                answered += 1
+                if answered == MAX_STREAMS_PER_CONNECTION:
+                    first.set()
+
+            readers = [asyncio.create_task(first_answer(call)) for call in calls]
+            try:
+                await asyncio.wait_for(first.wait(), timeout=30)
+                await asyncio.sleep(1.0)  # any stream over the limit would answer meanwhile
+                assert answered == MAX_STREAMS_PER_CONNECTION
+            finally:
+                for call in calls:
+                    call.cancel()
+                await asyncio.gather(*readers, return_exceptions=True)
+
+    asyncio.run(main())

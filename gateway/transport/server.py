@@ -82,6 +82,15 @@ def _negotiated(metadata: tuple[tuple[str, str | bytes], ...], *, host: str, pee
 #: request is always let in when its peer has nothing else in flight (any size the
 #: limits allow can pass); small objects pass by the hundred (64 of 100 KiB are 6.4 MiB).
 PEER_IN_FLIGHT_BYTES = 64 << 20
+#: Streams (RPCs) one connection may have running here at once, HTTP/2's
+#: MAX_CONCURRENT_STREAMS: a peer's further streams wait at the peer, queued by its gRPC,
+#: until one ends. Without it one connection ran any number of handlers at once (the
+#: review found 1,797 health Watch streams, which never end by themselves). A host's own
+#: client has a few handoffs in flight per peer (8 under load, bench P2), far below; so
+#: is a burst of 200 Calls (tests/test_peer_review_s33.py), which at a limit of 100 saw a
+#: stream or two refused outright (RST_STREAM REFUSED_STREAM, UNAVAILABLE to the caller)
+#: when the two sides' counts of open streams crossed.
+MAX_STREAMS_PER_CONNECTION = 256
 #: Calls one peer may have in flight here at once. A Call for an object frozen by a
 #: migration, or staged here by one, waits for it (up to MAX_CALL_WAIT, 30 s) and reads
 #: it from the store every 0.1 s, before its permissions are checked, and a peer can stage
@@ -481,7 +490,12 @@ async def start_server(
     # SO_REUSEPORT off: with it (gRPC's default on Linux) a second `gateway serve` on the
     # same port starts "successfully" and the kernel splits connections between the two.
     server = grpc.aio.server(
-        options=(*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0), *RECEIVE_WINDOW_OPTIONS)
+        options=(
+            *CHANNEL_OPTIONS,
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+            *RECEIVE_WINDOW_OPTIONS,
+        )
     )
     gateway_pb2_grpc.add_GatewayServicer_to_server(service, _StreamDecoding(server, service))
     if readiness is not None:
