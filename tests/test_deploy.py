@@ -1226,3 +1226,35 @@ def test_the_documented_self_hosted_setup_commands_produce_loadable_hosts(
         for path in (config.tls.certificate, config.tls.private_key, config.tls.authority):
             assert path.is_file(), path
         assert load_keyring(config.keys).bundle.trust_domain == config.host.trust_domain
+
+
+def _seconds(duration: str) -> float:
+    """A Dapr duration of the forms deploy/ uses ("5s", "500ms", "2m")."""
+    for unit, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
+        if duration.endswith(unit) and duration[: -len(unit)].replace(".", "", 1).isdigit():
+            return float(duration[: -len(unit)]) * scale
+    raise AssertionError(f"unexpected duration {duration!r}")
+
+
+def test_a_message_answered_retry_outlives_the_sidecars_tries() -> None:
+    """A message the gateway answers RETRY is tried again by the sidecar (the inbound
+    retry policy), and after the last try pubsub.redis acknowledges it, dropping it,
+    unless the delivery outlasted the component's processingTimeout (60 s by default,
+    longer than the tries: measured on a real daprd, docs/dapr.md, "Real daprd re-run,
+    2026-12-06"). So the pub/sub component must set a processingTimeout shorter than the
+    tries, and a redeliverInterval, for the broker to keep and redeliver it."""
+    component = yaml.safe_load(
+        (KUBERNETES / "base" / "dapr-pubsub.yaml").read_text(encoding="utf-8")
+    )
+    assert component["spec"]["type"] == "pubsub.redis"
+    metadata = {m["name"]: m.get("value") for m in component["spec"]["metadata"]}
+    resiliency = yaml.safe_load(
+        (KUBERNETES / "base" / "dapr-resiliency.yaml").read_text(encoding="utf-8")
+    )
+    inbound = resiliency["spec"]["targets"]["components"]["pubsub"]["inbound"]
+    policy = resiliency["spec"]["policies"]["retries"][inbound["retry"]]
+    assert policy["policy"] == "constant"
+    tries_span = policy["maxRetries"] * _seconds(policy["duration"])
+    assert "processingTimeout" in metadata and "redeliverInterval" in metadata
+    assert _seconds(metadata["processingTimeout"]) < tries_span
+    assert _seconds(metadata["redeliverInterval"]) > 0

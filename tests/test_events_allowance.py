@@ -141,3 +141,32 @@ def test_the_buckets_of_quiet_topics_are_forgotten(
             await host.close()
 
     asyncio.run(main())
+
+
+def test_retries_of_a_full_bus_are_logged_once_a_minute_per_topic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """daprd tries a message again about once a second, then redelivers it, for as long
+    as the bus is full: a line per RETRY made the log as large as the publishers' rate
+    (the real-daprd re-run, session 33). One line per topic a minute, with the count of
+    the others."""
+    _small(monkeypatch, messages=1, size=1 << 20)
+
+    async def main() -> None:
+        host, _clock = await _open(tmp_path)
+        try:
+            servicer = _servicer(host)
+            assert (await servicer.OnTopicEvent(_event_with("f-0", {}), FakeContext())).status == (
+                _STATUS.SUCCESS
+            )
+            with caplog.at_level("WARNING", logger="gateway.runtime.appcallback"):
+                for n in range(1, 51):
+                    answer = await servicer.OnTopicEvent(_event_with(f"f-{n}", {}), FakeContext())
+                    assert answer.status == _STATUS.RETRY
+            lines = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+            assert len(lines) == 1, lines
+            assert "f-1" in lines[0]
+        finally:
+            await host.close()
+
+    asyncio.run(main())

@@ -5,9 +5,13 @@
   the app is up.
 * ``OnTopicEvent``: a message on one of them. It is put on the host's durable bus
   (:meth:`gateway.runtime.events.Events.ingest`), then answered ``SUCCESS``; a message
-  that breaks a bound is answered ``DROP`` (redelivering it cannot help); a store that
-  cannot take it now is answered ``RETRY``, and daprd redelivers it. A redelivered message
-  the bus holds already is answered ``SUCCESS`` without a second wake.
+  that breaks a bound is answered ``DROP`` (redelivering it cannot help); a bus or store
+  that cannot take it now is answered ``RETRY``, and daprd tries again (its inbound retry
+  policy); once those tries are over the message is redelivered only if the component
+  keeps it pending, which pubsub.redis does when its ``processingTimeout`` is shorter
+  than the tries (deploy/ sets both; docs/dapr.md, "Real daprd re-run, 2026-12-06"). A
+  redelivered message the bus holds already is answered ``SUCCESS`` without a second
+  wake.
 * ``OnInvoke``: Dapr service invocation of the gateway app. Method ``call`` with the JSON
   body ``{"object": ID, "method": M, "tenant": T, "data": ...}`` reaches the same path
   as the ``Call`` RPC; the caller is the invoking app id daprd passes in the
@@ -23,6 +27,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -52,12 +58,39 @@ def dapr_topic(topic: str) -> str:
     return topic.replace("/", ".")
 
 
+#: How often a topic's RETRY answers are logged, at most (one line, with the count).
+RETRY_LOG_SECONDS = 60.0
+
+
+class _RetryLines:
+    """A warning for a topic's RETRY answers at most once every :data:`RETRY_LOG_SECONDS`,
+    naming how many were not logged since. daprd tries a message again about once a
+    second and then redelivers it for as long as the bus or store cannot take it: a line
+    per answer made the log as large as the publishers' rate. Topics are the configured
+    subscriptions, so the entries are few."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._topics: dict[str, tuple[float, int]] = {}  #: topic -> (logged at, since)
+
+    def retry(self, topic: str, message_id: str, reason: object) -> None:
+        now = self._clock()
+        logged, since = self._topics.get(topic, (float("-inf"), 0))
+        if now - logged < RETRY_LOG_SECONDS:
+            self._topics[topic] = (logged, since + 1)
+            return
+        self._topics[topic] = (now, 0)
+        more = f" ({since} more RETRY answers on this topic since the last line)" if since else ""
+        log.warning("message %s on %s: retry, %s%s", message_id[:64], topic, reason, more)
+
+
 def servicer_base(
     *, dapr: DaprConfig, events: Events, calls: Calls, trust_domain: str
 ) -> type[appcallback_pb2_grpc.AppCallbackServicer]:
     """An AppCallback servicer class answering subscriptions, topic events and
     invocations; gateway/runtime/dapr.py adds the job callback to it."""
     topics = {dapr_topic(t): t for t in dapr.subscribe}
+    retries = _RetryLines()
 
     class AppCallback(appcallback_pb2_grpc.AppCallbackServicer):
         async def ListTopicSubscriptions(
@@ -100,7 +133,7 @@ def servicer_base(
             try:
                 await events.ingest(message)
             except StoreError as exc:
-                log.warning("message %s on %s: retry, %s", request.id[:64], topic, exc)
+                retries.retry(topic, request.id, exc)
                 return appcallback_pb2.TopicEventResponse(status=_STATUS.RETRY)
             crash_after_ingest()  # kept, not yet acknowledged: daprd redelivers it
             return appcallback_pb2.TopicEventResponse(status=_STATUS.SUCCESS)
