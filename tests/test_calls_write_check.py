@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from gateway.config import load_config
 from gateway.errors import CallDeniedError
 from gateway.host import Host
 from gateway.objectspec import parse_spec
-from gateway.runtime.calls import caller_of_host
+from gateway.runtime.calls import CallResult, caller_of_host
 from gateway.testing import HostSpec, build_world, create_from_spec
 from tests.conftest import HOST_A, HOST_B
 from tests.test_calls import POLICY, SPEC
@@ -24,13 +25,16 @@ from tests.test_calls import POLICY, SPEC
 OBJECT = "obj://org-a.example/orders/large"
 
 
-def _answered(tmp_path: Path, data: dict[str, Any], scenario: Any) -> None:
+def _with_object(
+    tmp_path: Path, spec: dict[str, Any], scenario: Callable[[Host], Awaitable[None]]
+) -> None:
+    """``scenario`` on host A holding OBJECT made from ``spec``."""
     world = build_world(tmp_path, [HostSpec(host_id=HOST_A, policy=POLICY)])
 
     async def main() -> None:
         host = await Host.open(load_config(world.config(HOST_A)))
         try:
-            await create_from_spec(host, OBJECT, parse_spec({**SPEC, "data": data}, source="test"))
+            await create_from_spec(host, OBJECT, parse_spec(spec, source="test"))
             await scenario(host)
         finally:
             await host.close()
@@ -38,13 +42,9 @@ def _answered(tmp_path: Path, data: dict[str, Any], scenario: Any) -> None:
     asyncio.run(main())
 
 
-def _approve(host: Host) -> Any:
+def _call(host: Host, method: str) -> Awaitable[CallResult]:
     return host.calls.call(
-        tenant="default",
-        object_id=OBJECT,
-        method="approve",
-        data=b"",
-        caller=caller_of_host(HOST_B),
+        tenant="default", object_id=OBJECT, method=method, data=b"", caller=caller_of_host(HOST_B)
     )
 
 
@@ -61,13 +61,13 @@ def test_an_answers_write_checks_the_text_it_adds_not_the_whole_data(
 
     async def scenario(host: Host) -> None:
         monkeypatch.setattr(rules, "_check_text", counted)
-        answer = await _approve(host)
-        assert answer.reply == f"approved by {caller_of_host(HOST_B)}"
+        answer = await _call(host, "approve")
+        assert json.loads(answer.encoded) == f"approved by {caller_of_host(HOST_B)}"
         obj = await host.get_object(OBJECT, tenant="default")
         assert json.loads(obj.data) == {**data, "status": "approved"}
         assert checked == ["status", "approved"]  # what the write brought, no more
 
-    _answered(tmp_path, data, scenario)
+    _with_object(tmp_path, {**SPEC, "data": data}, scenario)
 
 
 def test_an_answers_write_that_makes_the_top_level_too_large_is_still_refused(
@@ -87,25 +87,11 @@ def test_an_answers_write_that_makes_the_top_level_too_large_is_still_refused(
         "grant": grant,
         "answers": {"grow": {"reply": '"grown"', "write": '{"one_more": 1}'}},
     }
-    world = build_world(tmp_path, [HostSpec(host_id=HOST_A, policy=POLICY)])
 
-    async def main() -> None:
-        host = await Host.open(load_config(world.config(HOST_A)))
-        try:
-            await create_from_spec(host, OBJECT, parse_spec(spec, source="test"))
-            with pytest.raises(
-                CallDeniedError, match=f"collection of {rules.COLLECTION_BOUND + 1}"
-            ):
-                await host.calls.call(
-                    tenant="default",
-                    object_id=OBJECT,
-                    method="grow",
-                    data=b"",
-                    caller=caller_of_host(HOST_B),
-                )
-            obj = await host.get_object(OBJECT, tenant="default")
-            assert json.loads(obj.data) == data
-        finally:
-            await host.close()
+    async def scenario(host: Host) -> None:
+        with pytest.raises(CallDeniedError, match=f"collection of {rules.COLLECTION_BOUND + 1}"):
+            await _call(host, "grow")
+        obj = await host.get_object(OBJECT, tenant="default")
+        assert json.loads(obj.data) == data
 
-    asyncio.run(main())
+    _with_object(tmp_path, spec, scenario)
