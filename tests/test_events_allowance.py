@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import BusFullError, StoreUnavailableError
+from gateway.host import Host
 from gateway.runtime import events
 from tests.test_events import TOPIC
 from tests.test_events_bounds import _open
@@ -170,3 +171,52 @@ def test_retries_of_a_full_bus_are_logged_once_a_minute_per_topic(
             await host.close()
 
     asyncio.run(main())
+
+
+def test_deliveries_arriving_together_stay_within_the_allowance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The allowance was checked before the ingest's store calls and taken after them, so
+    deliveries arriving together all passed the check: on a real daprd, six messages
+    handed over at once were all kept with an allowance of 3 (session 33). Now the
+    allowance is taken before the first store call, and given back when the message is
+    not kept after all (a redelivery racing its first delivery, a failed write)."""
+    _small(monkeypatch, messages=3, size=1 << 20)
+
+    async def main() -> None:
+        host, _clock = await _open(tmp_path)
+        try:
+            outcomes = await asyncio.gather(
+                *(
+                    host.events.publish(TOPIC, data={}, message_id=f"together-{n}")
+                    for n in range(6)
+                ),
+                return_exceptions=True,
+            )
+            refused = [o for o in outcomes if isinstance(o, BusFullError)]
+            assert len(refused) == 3, outcomes
+            assert len(outcomes) - len(refused) == 3
+            # The same message twice at once: one is kept, the other is a redelivery,
+            # and the allowance it took is given back.
+            _small(monkeypatch, messages=5, size=1 << 20)
+            host.events._allowance = events._Allowance()
+            twice = await asyncio.gather(
+                *(host.events.ingest(_message(host, "again")) for _ in range(2)),
+            )
+            assert sorted(twice) == [False, True]
+            left = [
+                await host.events.publish(TOPIC, data={}, message_id=f"after-{n}") for n in range(4)
+            ]
+            assert len(left) == 4  # 5 - the one kept: the redelivery took nothing
+            with pytest.raises(BusFullError):
+                await host.events.publish(TOPIC, data={}, message_id="after-4")
+        finally:
+            await host.close()
+
+    asyncio.run(main())
+
+
+def _message(host: Host, message_id: str) -> events.Message:
+    return events.new_message(
+        TOPIC, data={}, message_id=message_id, source="test", kind="test", received=host.clock.now()
+    )

@@ -490,8 +490,18 @@ class _Allowance:
                 return f"{name} took its {most} bytes {per}"
         return None
 
+    def give_back(self, topic: str, size: int) -> None:
+        """What :meth:`take` took for a message that was not kept after all."""
+        for bucket, messages, most in (
+            (self._topics.get(topic), BUS_MESSAGES_PER_TOPIC, BUS_BYTES_PER_TOPIC),
+            (self._bus, BUS_MESSAGES, BUS_BYTES),
+        ):
+            if bucket is not None:
+                bucket[0] = min(float(messages), bucket[0] + 1)
+                bucket[1] = min(float(most), bucket[1] + size)
+
     def take(self, topic: str, size: int, at: float) -> None:
-        """A new message of ``size`` bytes on ``topic`` was kept."""
+        """A new message of ``size`` bytes on ``topic`` is being kept."""
         (_, mine, _, _), (_, everyone, _, _) = self._buckets(topic, at)
         for level in (mine, everyone):
             level[0] -= 1
@@ -576,22 +586,32 @@ class Events:
             if await self.store.get(_bus_key(message)) is not None:
                 return False  # a redelivery costs no allowance
             raise BusFullError(f"message {message.id[:64]!r}: {refusal}; retry later")
-        keys = await self.store.list(_subs_prefix(message.topic), limit=SUBSCRIBERS_PER_PAGE)
-        operations.extend(await self._wakes(message, keys))
-        if len(keys) >= SUBSCRIBERS_PER_PAGE:
-            operations.append(
-                Put(
-                    key=_fan_out_key(message),
-                    value=_encode_fan_out(message, keys[-1]),
-                    etag=Expect.ABSENT,
-                )
-            )
-        try:
-            await self.store.transact(operations)
-        except ConcurrencyError:
-            log.info("message %s on %s: already on the bus", message.id, message.topic)
-            return False
+        # Taken before the first store call, so that deliveries arriving together see
+        # each other's share (checked before and taken after the calls, six messages
+        # handed over at once by a real daprd were all kept with an allowance of 3);
+        # given back below when the message is not kept after all.
         self._allowance.take(message.topic, size, at)
+        kept = False
+        try:
+            keys = await self.store.list(_subs_prefix(message.topic), limit=SUBSCRIBERS_PER_PAGE)
+            operations.extend(await self._wakes(message, keys))
+            if len(keys) >= SUBSCRIBERS_PER_PAGE:
+                operations.append(
+                    Put(
+                        key=_fan_out_key(message),
+                        value=_encode_fan_out(message, keys[-1]),
+                        etag=Expect.ABSENT,
+                    )
+                )
+            try:
+                await self.store.transact(operations)
+            except ConcurrencyError:
+                log.info("message %s on %s: already on the bus", message.id, message.topic)
+                return False
+            kept = True
+        finally:
+            if not kept:
+                self._allowance.give_back(message.topic, size)
         self._wakeup.set()
         return True
 
