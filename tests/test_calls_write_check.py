@@ -21,6 +21,7 @@ from gateway.runtime.calls import CallResult, caller_of_host
 from gateway.testing import HostSpec, build_world, create_from_spec
 from tests.conftest import HOST_A, HOST_B
 from tests.test_calls import POLICY, SPEC
+from tests.test_cycle_write_check import text_counter
 
 OBJECT = "obj://org-a.example/orders/large"
 
@@ -52,12 +53,7 @@ def test_an_answers_write_checks_the_text_it_adds_not_the_whole_data(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = {"order": 7, "status": "open", **{f"line-{n}": f"text {n}" for n in range(400)}}
-    checked: list[str] = []
-    check_text = rules._check_text
-
-    def counted(text: str) -> None:
-        checked.append(text)
-        check_text(text)
+    checked, counted = text_counter()
 
     async def scenario(host: Host) -> None:
         monkeypatch.setattr(rules, "_check_text", counted)

@@ -9,6 +9,7 @@ document used to walk every element of it again, once per write."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,19 @@ from tests.conftest import FAST_HANDOFF, HOST_A
 from tests.test_cycle import OFFERS, in_host, spec
 
 WRITE = [{"resource": "state:self", "actions": ["read", "write"]}]
+
+
+def text_counter() -> tuple[list[str], Callable[[str], None]]:
+    """A stand-in for ``rules._check_text`` that checks as it does and notes each text:
+    what a write checked (patch it in once the object exists)."""
+    checked: list[str] = []
+    check_text = rules._check_text
+
+    def counted(text: str) -> None:
+        checked.append(text)
+        check_text(text)
+
+    return checked, counted
 
 
 @pytest.fixture
@@ -41,12 +55,7 @@ def test_a_write_checks_the_text_it_adds_not_the_whole_data(
 ) -> None:
     data = {f"line-{n}": f"text {n}" for n in range(400)}  # 800 strings (keys and values)
     rule = {"name": "w", "when": "true", "write": '{"checked": generation}'}
-    checked: list[str] = []
-    check_text = rules._check_text
-
-    def counted(text: str) -> None:
-        checked.append(text)
-        check_text(text)
+    checked, counted = text_counter()
 
     async def scenario(host: Host) -> None:
         object_id = "obj://org-a.example/live/large"
