@@ -262,6 +262,10 @@ HTTP_OF = {
 
 #: daprd's refusal while the app's health probe has not passed yet.
 UNHEALTHY = b"app is not in a healthy state"
+#: daprd's refusal (HTTP 503, gRPC code 14) while it has not yet found its app's port: it
+#: looks every 100 ms, and an invocation that comes sooner is refused, not held (session
+#: 34's real-daprd run, docs/dapr.md).
+NOT_ATTACHED = b"Error while dialing"
 #: How long a real daprd may take to reach an app that (re)started: its connection to
 #: the app port retries with gRPC's default backoff, which grows to 120 s while the port
 #: stays closed (docs/dapr.md); the probe passes on the first attempt after the backoff.
@@ -277,9 +281,10 @@ def through_sidecar(http_endpoint: str, gateway_app: str) -> Invoke:
         deadline = time.monotonic() + APP_CHANNEL_BACKOFF
         while True:
             status, answer = invoke_app(http_endpoint, gateway_app, "call", body)
-            # Until its health probe has passed the sidecar refuses to call the app; a
-            # caller tries again.
-            if UNHEALTHY not in answer or time.monotonic() > deadline:
+            # Until it has found the app's port and its health probe has passed, the
+            # sidecar refuses to call the app; a caller tries again.
+            waiting = UNHEALTHY in answer or (status == 503 and NOT_ATTACHED in answer)
+            if not waiting or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
         if status == 200:
