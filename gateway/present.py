@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.table import Table
+from rich.text import Text
 
 from gateway._time import format_time
 from gateway.lineage import EntryKind, handoffs_archived, verify_lineage
@@ -42,27 +43,49 @@ def _short(digest: bytes) -> str:
     return digest.hex()[:12]
 
 
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable shown as ``?``: an object's
+    words (its data, ids, rule names, entry details, a partner's words in them) reach the
+    terminal, and rich prints escape sequences as they are, which clear the screen,
+    retitle the terminal or write to its clipboard."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
+
+
+def plain(text: str | Text) -> Text:
+    """A table cell or title that shows ``text`` as it is: rich reads a ``str`` as markup,
+    so a "[/bold]" in an entry's detail (written by whichever host recorded it) raised
+    MarkupError and every listing of that object exited 70. Unprintable characters are
+    shown as ``?`` (:func:`printable`)."""
+    return text if isinstance(text, Text) else Text(printable(text))
+
+
+def _add_row(table: Table, *cells: str | Text) -> None:
+    """``table.add_row`` with every cell shown as text, not read as markup (:func:`plain`)."""
+    table.add_row(*map(plain, cells))
+
+
 def describe_object(obj: GovernedObject) -> Table:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("object", obj.object_id)
-    table.add_row("tenant", obj.tenant)
+    _add_row(table, "object", obj.object_id)
+    _add_row(table, "tenant", obj.tenant)
     state = obj.state.value.upper()
     if obj.state is LifecycleState.MOVED:
         state += f" → {obj.moved_to}"
-    table.add_row("state", state)
-    table.add_row("epoch", str(obj.epoch))
-    table.add_row("generation", str(obj.generation))
-    table.add_row("data", _preview(obj))
-    table.add_row("data digest", obj.data_digest().hex())
-    table.add_row("grants", f"{len(obj.grants)} (root first)" if obj.grants else "none")
+    _add_row(table, "state", state)
+    _add_row(table, "epoch", str(obj.epoch))
+    _add_row(table, "generation", str(obj.generation))
+    _add_row(table, "data", _preview(obj))
+    _add_row(table, "data digest", obj.data_digest().hex())
+    _add_row(table, "grants", f"{len(obj.grants)} (root first)" if obj.grants else "none")
     from gateway.credentials import root_home  # not at import: keeps `gateway --help` fast
 
     home = root_home(obj.grants)
-    table.add_row("custody home", home or "none (a stale copy is caught only where both meet)")
+    _add_row(table, "custody home", home or "none (a stale copy is caught only where both meet)")
     archived = handoffs_archived(obj.lineage)  # ADR 0010 step 2
-    table.add_row(
+    _add_row(
+        table,
         "handoffs",
         f"{archived + len(obj.lineage.arrivals)} completed"
         + (f" ({archived} archived, {len(obj.lineage.arrivals)} carried)" if archived else ""),
@@ -71,11 +94,11 @@ def describe_object(obj: GovernedObject) -> Table:
         authority = str(obj.authority.allow)
         if obj.authority.deny.capabilities:
             authority += f" except {obj.authority.deny}"
-        table.add_row("authority here", authority)
-    table.add_row("rules", ", ".join(r.name for r in obj.rules) or "none")
-    table.add_row("lineage", f"{len(obj.lineage)} entries, root {_short(obj.lineage.root())}")
+        _add_row(table, "authority here", authority)
+    _add_row(table, "rules", ", ".join(r.name for r in obj.rules) or "none")
+    _add_row(table, "lineage", f"{len(obj.lineage)} entries, root {_short(obj.lineage.root())}")
     if obj.migration_id:
-        table.add_row("migration", obj.migration_id)
+        _add_row(table, "migration", obj.migration_id)
     return table
 
 
@@ -94,11 +117,12 @@ def _host(host_id: str) -> str:
 
 
 def lineage_table(obj: GovernedObject) -> Table:
-    table = Table(title=f"lineage of {obj.object_id}", title_justify="left")
+    table = Table(title=plain(f"lineage of {obj.object_id}"), title_justify="left")
     for column in ("#", "time (UTC)", "host", "kind", "epoch", "gen", "data", "detail"):
         table.add_column(column, overflow="fold")
     for entry in obj.lineage.entries:
-        table.add_row(
+        _add_row(
+            table,
             str(entry.seq),
             format_time(entry.time)[:-1].replace("T", " "),
             _host(entry.host),
@@ -117,7 +141,8 @@ _CYCLE_KINDS = (EntryKind.ACTION_ADMITTED, EntryKind.ACTION_DENIED, EntryKind.EV
 def lineage_summary(obj: GovernedObject) -> Table:
     """The lineage with each evaluation's entries folded into one row (for long histories)."""
     table = Table(
-        title=f"lineage of {obj.object_id} (one row per evaluation)", title_justify="left"
+        title=plain(f"lineage of {obj.object_id} (one row per evaluation)"),
+        title_justify="left",
     )
     for column in ("#", "host", "epoch", "gen", "what happened"):
         table.add_column(column, overflow="fold")
@@ -127,8 +152,13 @@ def lineage_summary(obj: GovernedObject) -> Table:
         entry = entries[index]
         if entry.kind not in _CYCLE_KINDS:
             row = f"{entry.kind.value}: {entry.detail}"
-            table.add_row(
-                str(entry.seq), _host(entry.host), str(entry.epoch), str(entry.generation), row
+            _add_row(
+                table,
+                str(entry.seq),
+                _host(entry.host),
+                str(entry.epoch),
+                str(entry.generation),
+                row,
             )
             index += 1
             continue
@@ -141,11 +171,11 @@ def lineage_summary(obj: GovernedObject) -> Table:
         denied = [
             e.detail.removeprefix("rule ") for e in group if e.kind is EntryKind.ACTION_DENIED
         ]
-        parts = [f"admitted {', '.join(admitted)}"] if admitted else []
-        parts += [f"[red]{d}[/]" for d in denied]
+        parts = [plain(f"admitted {', '.join(admitted)}")] if admitted else []
+        parts += [Text(printable(d), style="red") for d in denied]
         seqs = f"{group[0].seq}–{group[-1].seq}" if len(group) > 1 else str(group[0].seq)
-        what = "; ".join(parts) or group[-1].detail
-        table.add_row(seqs, _host(entry.host), str(entry.epoch), str(entry.generation), what)
+        what = Text("; ").join(parts) if parts else plain(group[-1].detail)
+        _add_row(table, seqs, _host(entry.host), str(entry.epoch), str(entry.generation), what)
         index += len(group)
     return table
 
@@ -180,7 +210,7 @@ def events_table(
 ) -> Table:
     """One row per event; the payload is cut to the width left (full text: ``-o json``),
     unless ``whole`` (output that is piped is never cut)."""
-    table = Table(title=title, title_justify="left")
+    table = Table(title=plain(title) if title else None, title_justify="left")
     table.add_column("time (UTC)", no_wrap=True)
     if show_object:
         table.add_column("object", overflow="fold")
@@ -199,7 +229,7 @@ def events_table(
             status,
             payload if whole else payload[:200],
         ]
-        table.add_row(*row)
+        _add_row(table, *row)
     return table
 
 
