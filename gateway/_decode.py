@@ -72,8 +72,9 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 #: an escaped backslash followed by ``ud8``: those take the full walk, which tells them apart.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 #: More digits in a row than an integer may have (inside a string too: then the checked
-#: reader runs, and lets the string through).
-_LONG_DIGITS = re.compile(f"[0-9]{{{MAX_JSON_INT_DIGITS + 1}}}")
+#: reader runs, and lets the string through). Tried only where a run of digits starts:
+#: tried at every digit, a text of 64-digit runs would cost 64 steps a character.
+_LONG_DIGITS = re.compile(f"(?<![0-9])[0-9]{{{MAX_JSON_INT_DIGITS + 1}}}")
 
 
 def _may_break_limits(text: str, *, from_utf8: bool) -> bool:
