@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from gateway.errors import GatewayError
@@ -64,6 +65,29 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(document) != len(pairs):
         raise _Refused("an object repeats a member name")
     return document
+
+
+#: A ``\\u`` escape of a UTF-16 surrogate (D800-DFFF): in text that is valid UTF-8, the
+#: only way a parsed string can hold a lone surrogate. It also matches a valid pair and
+#: an escaped backslash followed by ``ud8``: those take the full walk, which tells them apart.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+#: More digits in a row than an integer may have (inside a string too: then the checked
+#: reader runs, and lets the string through). Tried only where a run of digits starts:
+#: tried at every digit, a text of 64-digit runs would cost 64 steps a character.
+_LONG_DIGITS = re.compile(f"(?<![0-9])[0-9]{{{MAX_JSON_INT_DIGITS + 1}}}")
+
+
+def _may_break_limits(text: str, *, from_utf8: bool) -> bool:
+    """Whether the document in ``text`` could hold a lone surrogate or nest deeper than
+    :data:`MAX_JSON_DEPTH`; if not, the walk of :func:`_check_tree` would find nothing.
+    Each container of depth *d* needs *d* opening brackets in the text, and a lone
+    surrogate needs a surrogate escape, or (text not decoded from UTF-8 here) a
+    non-ASCII character. Cheap, and never wrong in the direction that skips a check."""
+    if not from_utf8 and not text.isascii():
+        return True
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH:
+        return True
+    return _SURROGATE_ESCAPE.search(text) is not None
 
 
 def _check_tree(document: Any) -> None:
@@ -121,19 +145,35 @@ def _check_text(text: str) -> None:
         ) from exc
 
 
+#: The strict reader, made once (json.loads with hooks makes a decoder per call). Shared
+#: by threads as json's own default decoder is: its scanner keeps no state between calls.
+_STRICT = json.JSONDecoder(
+    parse_int=_parse_int,
+    parse_float=_parse_float,
+    parse_constant=_parse_constant,
+    object_pairs_hook=_unique,
+)
+#: The same, for text with no run of more than MAX_JSON_INT_DIGITS digits: no integer
+#: literal in it can be too long, so int() (in C) reads them without a hook per number.
+_SHORT_NUMBERS = json.JSONDecoder(
+    parse_float=_parse_float,
+    parse_constant=_parse_constant,
+    object_pairs_hook=_unique,
+)
+
+
 def load_json(raw: bytes | str, *, error: type[GatewayError], what: str) -> Any:
     """The JSON value in ``raw``, or ``error`` naming ``what`` could not be read and why."""
     try:
         # One encoding: json.loads would also guess UTF-16 and UTF-32 from bytes.
+        from_utf8 = isinstance(raw, bytes)
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        document = json.loads(
-            text,
-            parse_int=_parse_int,
-            parse_float=_parse_float,
-            parse_constant=_parse_constant,
-            object_pairs_hook=_unique,
-        )
-        _check_tree(document)
+        decoder = _STRICT if _LONG_DIGITS.search(text) else _SHORT_NUMBERS
+        document = decoder.decode(text)
+        # Every document is held to the same limits; the walk is skipped only where the
+        # text shows it cannot find anything (see _may_break_limits).
+        if _may_break_limits(text, from_utf8=from_utf8):
+            _check_tree(document)
     except _Refused as exc:
         raise error(f"{what} is not usable JSON: {exc}") from exc
     except RecursionError as exc:  # "[[[[…" exhausts the parser's stack before any hook runs
