@@ -1,0 +1,114 @@
+"""What a peer holding a valid certificate, or a file handed to an operator, can make a
+host do (session 34 review): the size of a request the server takes, what `gateway
+forks` and `gateway verify` print, and what an archive directory costs to verify.
+
+Each test here failed on main for the reason its docstring gives."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from gateway import versions
+from gateway.testing import World, serving
+from gateway.transport.status import ERROR_TYPE_KEY
+from gateway.v1 import gateway_pb2
+from gateway.wire import MAX_ENVELOPE_BYTES
+from tests.conftest import HOST_A, HOST_B
+
+# --- the largest request the server receives ----------------------------------------------
+
+
+def _prepare_request(size: int) -> bytes:
+    """A PrepareRequest, serialized, of exactly ``size`` bytes (a transfer of zeros)."""
+    for header in range(2, 12):  # the field's tag and length: 2 to 11 bytes
+        request = gateway_pb2.PrepareRequest(transfer=bytes(size - header))
+        if request.ByteSize() == size:
+            return request.SerializeToString()
+    raise AssertionError(f"no PrepareRequest is {size} bytes")
+
+
+def test_the_server_receives_no_request_larger_than_the_largest_legal_one(world: World) -> None:
+    """Every request a peer legitimately sends is at most one envelope
+    (wire.MAX_ENVELOPE_BYTES, 16 MiB: a transfer or a proposal) in one bytes field, or
+    smaller; on main the server received requests up to 32 MiB (tls.MAX_MESSAGE_BYTES),
+    each held whole and copied before any handler looked at it. Now a request over
+    MAX_REQUEST_BYTES is refused by gRPC as it arrives (RESOURCE_EXHAUSTED, no gateway
+    error type), while the largest legal Prepare (a 16 MiB transfer) reaches the handler,
+    which judges it (here: not an envelope, but not too large)."""
+    from gateway.transport.server import MAX_REQUEST_BYTES
+
+    assert MAX_REQUEST_BYTES < 2 * MAX_ENVELOPE_BYTES
+
+    async def main() -> None:
+        async with serving(world, [HOST_A, HOST_B]) as hosts:
+            prepare = (
+                hosts[HOST_A]
+                .peers.client(HOST_B)
+                .channel.unary_unary(
+                    "/gateway.v1.Gateway/Prepare",
+                    request_serializer=lambda raw: raw,
+                    response_deserializer=lambda raw: raw,
+                )
+            )
+            metadata = tuple(versions.ours().metadata())
+
+            with pytest.raises(grpc.aio.AioRpcError) as over:
+                await prepare(_prepare_request(MAX_REQUEST_BYTES + 1), metadata=metadata)
+            assert over.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, over.value.details()
+            assert ERROR_TYPE_KEY not in dict(over.value.trailing_metadata() or ())
+
+            largest = _prepare_request(MAX_ENVELOPE_BYTES + 5)  # the transfer: 16 MiB
+            with pytest.raises(grpc.aio.AioRpcError) as judged:
+                await prepare(largest, metadata=metadata)
+            assert judged.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            trailers = dict(judged.value.trailing_metadata() or ())
+            assert trailers.get(ERROR_TYPE_KEY) == "EnvelopeError", trailers  # not too large
+
+    asyncio.run(main())
+
+
+# --- what `gateway forks` prints ----------------------------------------------------------
+
+
+def test_gateway_forks_prints_a_peers_words_as_text(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fork's evidence keeps the refused copy's object id, the sender and the reason
+    (words of the peer's copy); `gateway forks` printed them in a rich table, where a str
+    cell is markup: a "[/bold]" in them raised rich's MarkupError ("internal error", exit
+    70) on every listing until the record was pruned, and escape sequences reached the
+    terminal. Now each cell is plain text (_cli_base.plain)."""
+    from gateway.cli import main
+    from gateway.config import load_config
+    from gateway.handoff.evidence import EVIDENCE_PREFIX, ForkEvidence
+    from gateway.host import Host
+    from gateway.stores import Expect, Put
+
+    evidence = ForkEvidence(
+        object_id="obj://org-a.example/[/bold]/x",
+        tenant="default",
+        sender=HOST_A,
+        migration="mig-[red]",
+        epoch=3,
+        reason="[/bold] lineage diverges \x1b[2J at entry 7",
+        seen_at="2026-12-06T19:00:00Z",
+        lineage=b"",
+    )
+
+    async def keep() -> None:
+        host = await Host.open(load_config(world.config(HOST_B)))
+        try:
+            key = f"{EVIDENCE_PREFIX}default/{evidence.object_id}/0"
+            await host.store.transact([Put(key=key, value=evidence.encode(), etag=Expect.ABSENT)])
+        finally:
+            await host.close()
+
+    asyncio.run(keep())
+    code = main(["forks", "--config", str(world.config(HOST_B))])
+    shown = capsys.readouterr()
+    assert code == 0, shown.err
+    assert "[/bold]" in shown.out.replace("\n", "")
+    assert "\x1b[2J" not in shown.out
