@@ -33,6 +33,7 @@ from gateway._cli_base import (
     _with_local,
     err,
     out,
+    plain,
 )
 from gateway._cli_events import add_commands as add_event_commands
 from gateway._cli_sweep import add_commands as add_sweep_commands
@@ -875,7 +876,11 @@ def cmd_forks(args: argparse.Namespace) -> int:
         for column in ("object", "from", "epoch", "seen", "reason"):
             table.add_column(column, overflow="fold")
         for f in forks:
-            table.add_row(f.object_id, f.sender, str(f.epoch), f.seen_at, f.reason)
+            # The object id and reason are words of the refused copy (a peer's): text,
+            # never markup (a "[/bold]" in them raised MarkupError on every listing).
+            table.add_row(
+                plain(f.object_id), plain(f.sender), str(f.epoch), plain(f.seen_at), plain(f.reason)
+            )
         out.print(table)
         return 0
 
