@@ -677,6 +677,76 @@ def archived_custody(
     )
 
 
+def _archived_entries(segments: Sequence[Segment], base: Base) -> list[LineageEntry]:
+    """Entries 0 to ``base.size - 1`` from ``segments`` (several hosts' archives, spares
+    included): the run that ends in the entry the base names (its ``head``) and links
+    back, entry by entry, to entry 0 through each entry's ``prev`` (the leaf hash of the
+    one before), and that rebuilds the root the base signed.
+
+    The segments are unsigned, so any number may start at one place. A search over their
+    chains decoded and hashed every chain it tried whole (up to 64: six positions of two
+    one-entry segments each made an honest verification's work 40 times over). Here each
+    entry is decoded and hashed once, and the run is followed back from the head: only
+    the entry whose leaf hash the next one names can stand before it (SHA-256), so at
+    each position at most one candidate links, and among the segments holding it the one
+    whose entries keep linking furthest back is taken (what they hold in common is the
+    same entries). Linear in the entries the segments hold."""
+    # (position, leaf hash) -> (where its segment's links run back to, segment, index)
+    linked: dict[tuple[int, bytes], tuple[int, int, int]] = {}
+    decoded: list[list[LineageEntry]] = []
+    unreadable: GatewayError | None = None
+    for number, segment in enumerate(segments):
+        held = segment.entries[: max(base.size - segment.start, 0)]
+        try:
+            entries = [LineageEntry.decode(raw) for raw in held]
+        except GatewayError as exc:  # unsigned bytes: passed over, named if nothing fits
+            unreadable = unreadable or exc
+            entries = []
+        decoded.append(entries)
+        low = 0
+        for index, entry in enumerate(entries):
+            leaf = entry.leaf_hash()
+            if index and entry.prev != entries[index - 1].leaf_hash():
+                low = index
+            key = (segment.start + index, leaf)
+            known = linked.get(key)
+            if known is None or segment.start + low < known[0]:
+                linked[key] = (segment.start + low, number, index)
+    run: list[list[LineageEntry]] = []
+    position, need = base.size, base.head
+    while position > 0:
+        found = linked.get((position - 1, need))
+        if found is None:
+            break
+        low, number, index = found
+        start = segments[number].start
+        piece = decoded[number][low - start : index + 1]
+        run.append(piece)
+        position, need = low, piece[0].prev
+    if position > 0:
+        covered = any(s.start < position <= s.start + len(s.entries) for s in segments)
+        if covered or unreadable is not None:
+            problem = f" ({unreadable.reason})" if unreadable is not None else ""
+            raise LineageError(
+                f"the archived entries do not match the root the object's base signed: no "
+                f"archived entry {position - 1} is the one entry {position} links to{problem}",
+                hint="the archive is not this object's, or was altered",
+            )
+        raise LineageError(
+            f"the archive holds no entry {position - 1}; the object's base covers entries 0 "
+            f"to {base.size - 1}",
+            hint="an archive segment is missing; export the archive of every host that held "
+            "the object and pass each with --archive",
+        )
+    archived = [entry for piece in reversed(run) for entry in piece]
+    if merkle.root([e.leaf_hash() for e in archived]) != base.root:
+        raise LineageError(
+            "the archived entries do not match the root the object's base signed",
+            hint="the archive is not this object's, or was altered",
+        )
+    return archived
+
+
 def verify_archived(
     segments: Sequence[Segment | CustodySegment],
     lineage: Lineage,
@@ -713,37 +783,7 @@ def verify_archived(
                 f"an archive segment is of {segment.object_id}, not {object_id}",
                 hint="give only the archive directories of the object verified",
             )
-    reach = [0]
-    archived: list[LineageEntry] | None = None
-    chains = _chains(
-        entries_archived,
-        base.size,
-        reach,
-        start=lambda s: s.start,
-        length=lambda s: len(s.entries),
-    )
-    for tried, chain in enumerate(chains):
-        if tried == MAX_CHAINS_TRIED:
-            break
-        entries: list[LineageEntry] = []
-        for segment in chain:
-            entries.extend(LineageEntry.decode(raw) for raw in segment.entries)
-        if merkle.root([e.leaf_hash() for e in entries[: base.size]]) == base.root:
-            archived = entries[: base.size]
-            break
-        archived = []  # a chain was found, and did not match
-    if archived is None:
-        raise LineageError(
-            f"the archive holds entries 0 to {reach[0]} contiguously; the object's base covers "
-            f"{base.size}",
-            hint="an archive segment is missing; export the archive of every host that held "
-            "the object and pass each with --archive",
-        )
-    if not archived:
-        raise LineageError(
-            "the archived entries do not match the root the object's base signed",
-            hint="the archive is not this object's, or was altered",
-        )
+    archived = _archived_entries(entries_archived, base)
     whole = Lineage(
         entries=(*archived, *lineage.entries),
         checkpoints=(*departures, *lineage.checkpoints),
