@@ -68,6 +68,12 @@ MAX_SEGMENT_ENTRIES = 1 << 16
 MAX_SEGMENTS = 1 << 14
 #: Largest segment file read.
 MAX_SEGMENT_BYTES = MAX_SEGMENT_ENTRIES * (MAX_ENTRY_BYTES // 8)
+#: Bytes of segment files one verification reads in all. Each file is bounded by
+#: MAX_SEGMENT_BYTES, but their sum was not (MAX_SEGMENTS files of that size: 2 TiB),
+#: and a verification holds them all decoded, peaking at about 12 times the bytes read
+#: (20,000 entries, 11 MB of segments: 134 MB). 512 MiB is a history of about a
+#: million entries at their typical 340 bytes (460 in a segment, base64 and quoted).
+MAX_ARCHIVE_BYTES = 512 << 20
 
 
 #: Default carried-lineage bytes above which an object is compacted. The carried lineage
@@ -513,20 +519,29 @@ def read_archives(paths: Sequence[Path]) -> list[Segment | CustodySegment]:
     keeps its own segments); the directories exported from each are read together here.
     Two segments with the same start (a spare left by a compaction that did not commit,
     and the one that did) are both kept: :func:`verify_archived` picks the chain."""
+    # Directories come from other hosts: the bytes their files would give are added up
+    # before any is read, and counted again as read (a file may grow after its stat).
     files: list[Path] = []
+    announced = 0
     for path in paths:
-        files.extend(
-            sorted([*path.glob("*.seg"), *path.glob("*.cus")]) if path.is_dir() else [path]
-        )
+        found = sorted([*path.glob("*.seg"), *path.glob("*.cus")]) if path.is_dir() else [path]
+        files.extend(found)
         if len(files) > MAX_SEGMENTS:
             raise ConfigError(
                 f"{path} brings the archive to {len(files)} segments; at most {MAX_SEGMENTS}",
                 hint="verify an object's own archive directories only",
             )
+        announced += sum(_size_of(file) for file in found)
+        if announced > MAX_ARCHIVE_BYTES:
+            raise _too_many_bytes(path, announced)
     segments: list[Segment] = []
     handoffs: list[CustodySegment] = []
+    read = 0
     for file in files:
         raw = _read_segment_file(file)
+        read += len(raw)
+        if read > MAX_ARCHIVE_BYTES:
+            raise _too_many_bytes(file, read)
         if file.suffix == ".cus":
             handoffs.append(CustodySegment.decode(raw))
         else:
@@ -535,6 +550,23 @@ def read_archives(paths: Sequence[Path]) -> list[Segment | CustodySegment]:
 
 
 S = TypeVar("S", Segment, CustodySegment)
+
+
+def _size_of(file: Path) -> int:
+    """The bytes of a segment file that would be read (its size as the file system says,
+    up to one over :data:`MAX_SEGMENT_BYTES`; 0 when it cannot say: reading it then
+    names the problem); what is read is bounded and counted all the same."""
+    try:
+        return min(file.stat().st_size, MAX_SEGMENT_BYTES + 1)
+    except OSError:
+        return 0
+
+
+def _too_many_bytes(where: Path, size: int) -> ConfigError:
+    return ConfigError(
+        f"{where} brings the archive to {size} bytes; at most {MAX_ARCHIVE_BYTES} bytes",
+        hint="verify an object's own archive directories only",
+    )
 
 
 def _read_segment_file(file: Path) -> bytes:

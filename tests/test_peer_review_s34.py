@@ -7,6 +7,7 @@ Each test here failed on main for the reason its docstring gives."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import grpc
 import pytest
@@ -172,3 +173,43 @@ def test_spare_segments_cost_one_decode_of_each_entry(monkeypatch: pytest.Monkey
     whole = verify_archived(segments, lineage, object_id=OBJECT, trust=TRUST, sealed=False)
     assert whole.size == lineage.size
     assert decoded <= len(honest.entries) + 12, decoded  # main: 64 x 296
+
+
+def test_an_archive_is_read_within_a_limit_on_all_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each segment file is read to at most MAX_SEGMENT_BYTES (128 MiB), but on main
+    nothing bounded their sum: `gateway verify --archive DIR` read up to MAX_SEGMENTS
+    (16,384) files of 128 MiB each, 2 TiB, and held every one decoded before verifying
+    anything (a verification peaks at about 12 times the bytes it reads, measured on
+    20,000 entries). Now the files' sizes are added up before any is read, and the bytes
+    read are counted as they are read: over MAX_ARCHIVE_BYTES is a ConfigError naming
+    the directory and the limit. (The limit is lowered here, so the files stay small.)"""
+    import gateway.archive
+    from gateway.archive import read_archives
+    from gateway.errors import ConfigError
+
+    _lineage, honest = _compacted(40)
+    limit = 3 * len(honest.encode()) - 1
+    monkeypatch.setattr(gateway.archive, "MAX_ARCHIVE_BYTES", limit, raising=False)
+    within, over = tmp_path / "within", tmp_path / "over"
+    within.mkdir()
+    over.mkdir()
+    for n in range(2):
+        (within / f"{n:020d}+{len(honest.entries)}.seg").write_bytes(honest.encode())
+    for n in range(3):
+        (over / f"{n:020d}+{len(honest.entries)}.seg").write_bytes(honest.encode())
+    assert len(read_archives([within])) == 2
+    read = 0
+    reading = gateway.archive._read_segment_file
+
+    def counting(file: Path) -> bytes:
+        nonlocal read
+        read += 1
+        return reading(file)
+
+    monkeypatch.setattr(gateway.archive, "_read_segment_file", counting)
+    with pytest.raises(ConfigError, match=f"at most {limit} bytes") as refused:
+        read_archives([within, over])
+    assert str(over) in str(refused.value)
+    assert read == 0  # refused from the files' sizes, before reading any
