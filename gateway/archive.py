@@ -677,18 +677,33 @@ def archived_custody(
     runs = _chains(
         fitting, count, reach, start=lambda s: s.first, length=lambda s: len(s.departures)
     )
+    # Each segment's envelopes are parsed once (None: one does not parse), whatever number
+    # of runs it is in: a run then costs only the hashing of its commitment.
+    parsed: dict[int, tuple[list[dsse.Envelope], list[dsse.Envelope]] | None] = {}
+
+    def envelopes(
+        segment: CustodySegment,
+    ) -> tuple[list[dsse.Envelope], list[dsse.Envelope]] | None:
+        if id(segment) not in parsed:
+            try:
+                parsed[id(segment)] = (
+                    [dsse.from_json(raw, max_size=MAX_SEGMENT_BYTES) for raw in segment.departures],
+                    [dsse.from_json(raw, max_size=MAX_SEGMENT_BYTES) for raw in segment.arrivals],
+                )
+            except GatewayError:
+                parsed[id(segment)] = None
+        return parsed[id(segment)]
+
     found_any = False
     for tried, run in enumerate(runs):
         if tried == MAX_CHAINS_TRIED:
             break
         found_any = True
-        departures = [raw for segment in run for raw in segment.departures]
-        arrivals = [raw for segment in run for raw in segment.arrivals]
-        try:
-            opened = [dsse.from_json(raw, max_size=MAX_SEGMENT_BYTES) for raw in departures]
-            acks = [dsse.from_json(raw, max_size=MAX_SEGMENT_BYTES) for raw in arrivals]
-        except GatewayError:
+        pieces = [envelopes(segment) for segment in run]
+        if any(piece is None for piece in pieces):
             continue
+        opened = [e for piece in pieces if piece is not None for e in piece[0]]
+        acks = [e for piece in pieces if piece is not None for e in piece[1]]
         value = custody_chain.commitment(
             object_id, [e.payload for e in opened], [e.payload for e in acks]
         )

@@ -213,3 +213,43 @@ def test_an_archive_is_read_within_a_limit_on_all_its_files(
         read_archives([within, over])
     assert str(over) in str(refused.value)
     assert read == 0  # refused from the files' sizes, before reading any
+
+
+def test_spare_custody_segments_cost_one_parse_of_each_handoff(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Custody segments (archived handoffs) are unsigned too. On main archived_custody
+    parsed every departure and arrival envelope of every run of segments it tried, up to
+    MAX_CHAINS_TRIED (64): two one-handoff segments at each of six positions before a
+    long one made 64 runs, each parsed whole. Now each segment's envelopes are parsed
+    once; a run then costs only its commitment's hashing."""
+    from gateway import envelope as dsse
+    from gateway.archive import CustodySegment, archived_custody
+    from gateway.errors import LineageError
+    from tests.test_peer_review_s31 import OBJECT as CUSTODY_OBJECT
+    from tests.test_peer_review_s31 import _departing
+
+    handoff = dsse.to_json(_departing(2).checkpoints[0])
+
+    def handoffs(first: int, count: int) -> CustodySegment:
+        return CustodySegment(
+            object_id=CUSTODY_OBJECT,
+            first=first,
+            departures=(handoff,) * count,
+            arrivals=(handoff,) * count,
+        )
+
+    segments = [handoffs(position, 1) for position in range(6) for _variant in range(2)]
+    segments.append(handoffs(6, 100))
+    parsed = 0
+    from_json = dsse.from_json
+
+    def counting(raw: bytes, *, max_size: int) -> dsse.Envelope:
+        nonlocal parsed
+        parsed += 1
+        return from_json(raw, max_size=max_size)
+
+    monkeypatch.setattr(dsse, "from_json", counting)
+    with pytest.raises(LineageError, match="do not digest to the custody"):
+        archived_custody(segments, _departing(107), object_id=CUSTODY_OBJECT)
+    assert parsed <= 2 * (12 + 100), parsed  # main: 64 runs x 212
