@@ -253,3 +253,74 @@ def test_spare_custody_segments_cost_one_parse_of_each_handoff(
     with pytest.raises(LineageError, match="do not digest to the custody"):
         archived_custody(segments, _departing(107), object_id=CUSTODY_OBJECT)
     assert parsed <= 2 * (12 + 100), parsed  # main: 64 runs x 212
+
+
+# --- what `gateway verify` prints ---------------------------------------------------------
+
+_SIGNED_WORDS = "[/bold] \x1b[2J"
+
+
+def test_a_verify_report_prints_what_signers_wrote_as_text() -> None:
+    """`gateway verify FILE` prints a report of what the file's signers wrote: migration
+    ids and receivers of departure checkpoints (Checkpoint.decode checks neither's
+    characters), grant ids. A partner holding a valid key signs what it likes there, and
+    on main those went into rich table cells as markup: a "[/bold]" raised MarkupError,
+    so the operator saw "internal error" (exit 70) instead of the report and its failed
+    checks, and escape sequences reached the terminal. Now every cell is text."""
+    import io
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+
+    from gateway.audit import GrantInfo, Kind, Report, Stay
+    from gateway.cli import render_report
+
+    moment = datetime(2026, 12, 6, tzinfo=UTC)
+    report = Report(
+        kind=Kind.TRANSFER,
+        object_id="obj://org-a.example/x",
+        presenter=HOST_A,
+        signed_at=moment,
+        judged_at=moment,
+        stays=(
+            Stay(
+                holder=HOST_A,
+                received_from="",
+                arrived_at=moment,
+                departed_to=HOST_B + _SIGNED_WORDS,
+                departed_at=moment,
+                departure_migration="mig" + _SIGNED_WORDS,
+                departure_epoch=1,
+                authority=_SIGNED_WORDS,
+            ),
+            Stay(
+                holder=HOST_B + _SIGNED_WORDS,
+                received_from=HOST_A,
+                arrived_at=moment,
+                arrival_migration="mig" + _SIGNED_WORDS,
+                arrival_epoch=1,
+            ),
+        ),
+        grants=(
+            GrantInfo(
+                index=0,
+                grant_id="g" + _SIGNED_WORDS,
+                issuer=HOST_A + _SIGNED_WORDS,
+                key_id="k",
+                audiences=(HOST_B + _SIGNED_WORDS,),
+                capabilities=[{"res": "state:self" + _SIGNED_WORDS, "act": ["read"]}],
+                constraints={"regions": [_SIGNED_WORDS]},
+                issued_at=moment,
+                not_before=moment,
+                expires_at=moment,
+                parent=None,
+            ),
+        ),
+    )
+    shown = io.StringIO()
+    console = Console(file=shown, width=400, highlight=False)
+    for renderable in render_report(report):
+        console.print(renderable)
+    text = shown.getvalue()
+    assert text.count("[/bold]") >= 8, text
+    assert "\x1b[2J" not in text
