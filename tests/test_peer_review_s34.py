@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from rich.errors import MarkupError
 
 from gateway import versions
 from gateway.archive import Segment, compact, verify_archived
@@ -324,3 +325,39 @@ def test_a_verify_report_prints_what_signers_wrote_as_text() -> None:
     text = shown.getvalue()
     assert text.count("[/bold]") >= 8, text
     assert "\x1b[2J" not in text
+
+
+# --- found outside the review's files: gateway/present.py (not mended here) ---------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=MarkupError,
+    reason="gateway/present.py renders an entry's detail and the object's data preview as "
+    "rich markup (lineage_table, lineage_summary, describe_object); mend there with "
+    "_cli_base.plain-like Text cells",
+)
+@pytest.mark.parametrize("table", ["lineage_table", "lineage_summary", "describe_object"])
+def test_an_objects_own_words_are_shown_as_text(table: str) -> None:
+    """An entry's detail (up to MAX_DETAIL characters, written by whichever host recorded
+    it: a partner holding the object writes its own) and the object's data (whatever its
+    holders wrote) are printed by `gateway lineage` and `gateway object show` in rich
+    tables as str cells, which rich reads as markup: a "[/bold]" in them raises
+    MarkupError, so each listing of that object fails with "internal error" (exit 70)
+    for as long as it carries that entry, and escape sequences reach the terminal."""
+    import io
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    from gateway import present
+    from tests.test_compaction import created
+    from tests.test_lineage import T0
+
+    obj = created().record(
+        EntryKind.EVALUATED, host=HOST_A_LINEAGE, at=T0, detail=_SIGNED_WORDS + " detail"
+    )
+    obj = replace(obj, data=b'{"note": "' + _SIGNED_WORDS.encode()[:7] + b'"}')
+    shown = io.StringIO()
+    Console(file=shown, width=400).print(getattr(present, table)(obj))
+    assert "[/bold]" in shown.getvalue()
