@@ -7,6 +7,7 @@ Each test here failed on main for the reason its docstring gives."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -17,6 +18,7 @@ from gateway import versions
 from gateway.archive import Segment, compact, verify_archived
 from gateway.lineage import EntryKind, Lineage, LineageEntry
 from gateway.testing import World, serving
+from gateway.transport.server import MAX_REQUEST_BYTES
 from gateway.transport.status import ERROR_TYPE_KEY
 from gateway.v1 import gateway_pb2
 from gateway.wire import MAX_ENVELOPE_BYTES
@@ -43,8 +45,6 @@ def test_the_server_receives_no_request_larger_than_the_largest_legal_one(world:
     MAX_REQUEST_BYTES is refused by gRPC as it arrives (RESOURCE_EXHAUSTED, no gateway
     error type), while the largest legal Prepare (a 16 MiB transfer) reaches the handler,
     which judges it (here: not an envelope, but not too large)."""
-    from gateway.transport.server import MAX_REQUEST_BYTES
-
     assert MAX_REQUEST_BYTES < 2 * MAX_ENVELOPE_BYTES
 
     async def main() -> None:
@@ -71,6 +71,37 @@ def test_the_server_receives_no_request_larger_than_the_largest_legal_one(world:
             assert judged.value.code() is grpc.StatusCode.INVALID_ARGUMENT
             trailers = dict(judged.value.trailing_metadata() or ())
             assert trailers.get(ERROR_TYPE_KEY) == "EnvelopeError", trailers  # not too large
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("rpc", ["prepare", "prepare_stream", "evaluate"])
+def test_a_request_too_large_to_send_is_named_before_it_is_sent(world: World, rpc: str) -> None:
+    """With the server's receive limit at MAX_REQUEST_BYTES, a transfer or proposal over
+    it was refused by the peer's gRPC as RESOURCE_EXHAUSTED "Received message larger
+    than max", which the client reads as its own receive limit: the source was told the
+    peer's *answer* was too large (LimitExceededError), for a transfer of its own that
+    no host accepts (over wire.MAX_ENVELOPE_BYTES). Now the client refuses to send an
+    envelope over MAX_ENVELOPE_BYTES, naming it: an EnvelopeTooLargeError, as the peer
+    would have answered one within the limit, and no peer is asked."""
+    from gateway.errors import EnvelopeTooLargeError
+
+    async def main() -> None:
+        async with serving(world, [HOST_A, HOST_B]) as hosts:
+            client = hosts[HOST_A].peers.client(HOST_B)
+            oversized = bytes(MAX_REQUEST_BYTES)
+
+            async def nothing() -> AsyncIterator[bytes]:
+                return
+                yield b""
+
+            asked = {
+                "prepare": lambda: client.prepare(oversized),
+                "prepare_stream": lambda: client.prepare_stream(oversized, nothing, size=0),
+                "evaluate": lambda: client.evaluate(oversized),
+            }[rpc]
+            with pytest.raises(EnvelopeTooLargeError, match=f"at most {MAX_ENVELOPE_BYTES}"):
+                await asked()
 
     asyncio.run(main())
 
