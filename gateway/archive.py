@@ -46,7 +46,13 @@ from gateway import merkle
 from gateway._decode import load_json
 from gateway.errors import ConfigError, GatewayError, LineageError
 from gateway.keys import Signer
-from gateway.limits import DEFAULT_CUSTODY_KEEP, MAX_HANDOFFS, MAX_HOPS, MIN_CARRIED_HANDOFFS
+from gateway.limits import (
+    DEFAULT_CUSTODY_KEEP,
+    MAX_HANDOFFS,
+    MAX_HOPS,
+    MAX_ID_BYTES,
+    MIN_CARRIED_HANDOFFS,
+)
 from gateway.lineage import (
     BASE_PAYLOAD_TYPE,
     MAX_ENTRY_BYTES,
@@ -214,7 +220,7 @@ class Segment:
         entries, start = document["entries"], document["start"]
         if (
             document["format"] != 1
-            or not isinstance(document["object_id"], str)
+            or not _is_id(document["object_id"])
             or type(start) is not int
             or start < 0
             or not isinstance(entries, list)
@@ -227,6 +233,13 @@ class Segment:
         except (ValueError, binascii.Error) as exc:
             raise LineageError(f"{what}: an entry is not base64") from exc
         return cls(object_id=document["object_id"], start=start, entries=decoded)
+
+
+def _is_id(value: object) -> bool:
+    """Whether a segment's ``object_id`` could be an object id: text no longer than one
+    (a segment of another object is named in the error that refuses it, so the name is
+    bounded like the id it stands for)."""
+    return isinstance(value, str) and len(value) <= MAX_ID_BYTES
 
 
 def segment_file_name(segment: Segment) -> str:
@@ -316,7 +329,7 @@ class CustodySegment:
         )
         if (
             document["format"] != 1
-            or not isinstance(document["object_id"], str)
+            or not _is_id(document["object_id"])
             or type(first) is not int
             or not 0 <= first <= MAX_HOPS
             or not isinstance(departures, list)

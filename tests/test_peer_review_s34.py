@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -15,7 +16,7 @@ import pytest
 from rich.errors import MarkupError
 
 from gateway import versions
-from gateway.archive import Segment, compact, verify_archived
+from gateway.archive import CustodySegment, Segment, compact, verify_archived
 from gateway.lineage import EntryKind, Lineage, LineageEntry
 from gateway.testing import World, serving
 from gateway.transport.server import MAX_REQUEST_BYTES
@@ -256,7 +257,7 @@ def test_spare_custody_segments_cost_one_parse_of_each_handoff(
     long one made 64 runs, each parsed whole. Now each segment's envelopes are parsed
     once; a run then costs only its commitment's hashing."""
     from gateway import envelope as dsse
-    from gateway.archive import CustodySegment, archived_custody
+    from gateway.archive import archived_custody
     from gateway.errors import LineageError
     from tests.test_peer_review_s31 import OBJECT as CUSTODY_OBJECT
     from tests.test_peer_review_s31 import _departing
@@ -377,7 +378,6 @@ def test_an_objects_own_words_are_shown_as_text(table: str) -> None:
     MarkupError, so each listing of that object fails with "internal error" (exit 70)
     for as long as it carries that entry, and escape sequences reach the terminal."""
     import io
-    from dataclasses import replace
 
     from rich.console import Console
 
@@ -392,3 +392,26 @@ def test_an_objects_own_words_are_shown_as_text(table: str) -> None:
     shown = io.StringIO()
     Console(file=shown, width=400).print(getattr(present, table)(obj))
     assert "[/bold]" in shown.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["entries", "custody"])
+def test_a_segments_object_id_is_bounded_as_an_id(kind: str) -> None:
+    """A segment names the object it is of, and verification names that in its error
+    when it is another object's ("an archive segment is of X, not Y"). On main the name
+    was any string the file held, up to MAX_SEGMENT_BYTES: a megabyte of it became one
+    line of `gateway verify`'s error. Now a segment naming an id longer than any object
+    id (limits.MAX_ID_BYTES) is refused as it is decoded."""
+    from gateway.errors import LineageError
+    from gateway.limits import MAX_ID_BYTES
+
+    long_id = "obj://org-a.example/" + "o" * (1 << 20)
+    segment: Segment | CustodySegment = (
+        Segment(object_id=long_id, start=0, entries=())
+        if kind == "entries"
+        else CustodySegment(object_id=long_id, first=0, departures=(), arrivals=())
+    )
+    with pytest.raises(LineageError, match="wrong type or size") as refused:
+        type(segment).decode(segment.encode())
+    assert len(str(refused.value)) < 500
+    fitting = "obj://org-a.example/" + "o" * (MAX_ID_BYTES - 20)
+    assert type(segment).decode(replace(segment, object_id=fitting).encode()).object_id == fitting
