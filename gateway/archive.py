@@ -859,5 +859,6 @@ def verify_archived(
             object_id=object_id,
             trust=trust,
             in_transit=len(whole.checkpoints) > len(whole.arrivals),
+            from_archive=len(departures),
         )
     return result

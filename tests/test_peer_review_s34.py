@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -24,6 +25,7 @@ from gateway.transport.status import ERROR_TYPE_KEY
 from gateway.v1 import gateway_pb2
 from gateway.wire import MAX_ENVELOPE_BYTES
 from tests.conftest import HOST_A, HOST_B
+from tests.test_custody_archive import OBJECT as CUSTODY_ARCHIVE_OBJECT
 from tests.test_lineage import HOST_A as HOST_A_LINEAGE
 
 # --- the largest request the server receives ----------------------------------------------
@@ -415,3 +417,51 @@ def test_a_segments_object_id_is_bounded_as_an_id(kind: str) -> None:
     assert len(str(refused.value)) < 500
     fitting = "obj://org-a.example/" + "o" * (MAX_ID_BYTES - 20)
     assert type(segment).decode(replace(segment, object_id=fitting).encode()).object_id == fitting
+
+
+# --- custody: a history longer than any object carries ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def custody_history(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """tests.test_custody_archive's history: an object moved A -> B -> A ... 20 times."""
+    from gateway.testing import HostSpec, build_world
+    from tests.conftest import FAST_HANDOFF
+    from tests.test_custody_archive import _ping_pong
+
+    directory = tmp_path_factory.mktemp("custody-archive-s34")
+    world = build_world(
+        directory, [HostSpec(host_id=h, handoff=FAST_HANDOFF) for h in (HOST_A, HOST_B)]
+    )
+
+    async def run() -> Any:
+        async with serving(world) as hosts:
+            return await _ping_pong(hosts)
+
+    return asyncio.run(run())
+
+
+def test_an_archive_may_hold_more_handoffs_than_an_object_carries(
+    custody_history: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ADR 0010 step 2: archived handoffs do not count against MAX_HANDOFFS (the bound on
+    the departures an object carries; they have MAX_HOPS and the archive's bytes). But
+    verify_archived reassembles the whole history and runs verify_custody over it, which
+    refused more than MAX_DEPARTURES departures: an object that had moved more than 1,024
+    times could never be verified offline with its archive ("records N departures; at
+    most 1024"). Now only the carried departures are held to that bound. (The bound is
+    lowered here to 16, under the 20 hops of the history, above the carried ones.)"""
+    import gateway.custody
+    from tests.test_custody_archive import HOPS, _offline
+
+    lineage, archive = _offline(custody_history)
+    assert len(lineage.checkpoints) < 16 < HOPS
+    monkeypatch.setattr(gateway.custody, "MAX_DEPARTURES", 16)
+    whole = verify_archived(
+        archive,
+        lineage,
+        object_id=CUSTODY_ARCHIVE_OBJECT,
+        trust=custody_history.trust,
+        sealed=False,
+    )
+    assert len(whole.checkpoints) == HOPS
