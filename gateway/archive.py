@@ -46,7 +46,13 @@ from gateway import merkle
 from gateway._decode import load_json
 from gateway.errors import ConfigError, GatewayError, LineageError
 from gateway.keys import Signer
-from gateway.limits import DEFAULT_CUSTODY_KEEP, MAX_HANDOFFS, MAX_HOPS, MIN_CARRIED_HANDOFFS
+from gateway.limits import (
+    DEFAULT_CUSTODY_KEEP,
+    MAX_HANDOFFS,
+    MAX_HOPS,
+    MAX_ID_BYTES,
+    MIN_CARRIED_HANDOFFS,
+)
 from gateway.lineage import (
     BASE_PAYLOAD_TYPE,
     MAX_ENTRY_BYTES,
@@ -68,6 +74,12 @@ MAX_SEGMENT_ENTRIES = 1 << 16
 MAX_SEGMENTS = 1 << 14
 #: Largest segment file read.
 MAX_SEGMENT_BYTES = MAX_SEGMENT_ENTRIES * (MAX_ENTRY_BYTES // 8)
+#: Bytes of segment files one verification reads in all. Each file is bounded by
+#: MAX_SEGMENT_BYTES, but their sum was not (MAX_SEGMENTS files of that size: 2 TiB),
+#: and a verification holds them all decoded, peaking at about 12 times the bytes read
+#: (20,000 entries, 11 MB of segments: 134 MB). 512 MiB is a history of about a
+#: million entries at their typical 340 bytes (460 in a segment, base64 and quoted).
+MAX_ARCHIVE_BYTES = 512 << 20
 
 
 #: Default carried-lineage bytes above which an object is compacted. The carried lineage
@@ -208,7 +220,7 @@ class Segment:
         entries, start = document["entries"], document["start"]
         if (
             document["format"] != 1
-            or not isinstance(document["object_id"], str)
+            or not _is_id(document["object_id"])
             or type(start) is not int
             or start < 0
             or not isinstance(entries, list)
@@ -221,6 +233,13 @@ class Segment:
         except (ValueError, binascii.Error) as exc:
             raise LineageError(f"{what}: an entry is not base64") from exc
         return cls(object_id=document["object_id"], start=start, entries=decoded)
+
+
+def _is_id(value: object) -> bool:
+    """Whether a segment's ``object_id`` could be an object id: text no longer than one
+    (a segment of another object is named in the error that refuses it, so the name is
+    bounded like the id it stands for)."""
+    return isinstance(value, str) and len(value) <= MAX_ID_BYTES
 
 
 def segment_file_name(segment: Segment) -> str:
@@ -310,7 +329,7 @@ class CustodySegment:
         )
         if (
             document["format"] != 1
-            or not isinstance(document["object_id"], str)
+            or not _is_id(document["object_id"])
             or type(first) is not int
             or not 0 <= first <= MAX_HOPS
             or not isinstance(departures, list)
@@ -513,20 +532,29 @@ def read_archives(paths: Sequence[Path]) -> list[Segment | CustodySegment]:
     keeps its own segments); the directories exported from each are read together here.
     Two segments with the same start (a spare left by a compaction that did not commit,
     and the one that did) are both kept: :func:`verify_archived` picks the chain."""
+    # Directories come from other hosts: the bytes their files would give are added up
+    # before any is read, and counted again as read (a file may grow after its stat).
     files: list[Path] = []
+    announced = 0
     for path in paths:
-        files.extend(
-            sorted([*path.glob("*.seg"), *path.glob("*.cus")]) if path.is_dir() else [path]
-        )
+        found = sorted([*path.glob("*.seg"), *path.glob("*.cus")]) if path.is_dir() else [path]
+        files.extend(found)
         if len(files) > MAX_SEGMENTS:
             raise ConfigError(
                 f"{path} brings the archive to {len(files)} segments; at most {MAX_SEGMENTS}",
                 hint="verify an object's own archive directories only",
             )
+        announced += sum(_size_of(file) for file in found)
+        if announced > MAX_ARCHIVE_BYTES:
+            raise _too_many_bytes(path, announced)
     segments: list[Segment] = []
     handoffs: list[CustodySegment] = []
+    read = 0
     for file in files:
         raw = _read_segment_file(file)
+        read += len(raw)
+        if read > MAX_ARCHIVE_BYTES:
+            raise _too_many_bytes(file, read)
         if file.suffix == ".cus":
             handoffs.append(CustodySegment.decode(raw))
         else:
@@ -535,6 +563,23 @@ def read_archives(paths: Sequence[Path]) -> list[Segment | CustodySegment]:
 
 
 S = TypeVar("S", Segment, CustodySegment)
+
+
+def _size_of(file: Path) -> int:
+    """The bytes of a segment file that would be read (its size as the file system says,
+    up to one over :data:`MAX_SEGMENT_BYTES`; 0 when it cannot say: reading it then
+    names the problem); what is read is bounded and counted all the same."""
+    try:
+        return min(file.stat().st_size, MAX_SEGMENT_BYTES + 1)
+    except OSError:
+        return 0
+
+
+def _too_many_bytes(where: Path, size: int) -> ConfigError:
+    return ConfigError(
+        f"{where} brings the archive to {size} bytes; at most {MAX_ARCHIVE_BYTES} bytes",
+        hint="verify an object's own archive directories only",
+    )
 
 
 def _read_segment_file(file: Path) -> bytes:
@@ -645,18 +690,33 @@ def archived_custody(
     runs = _chains(
         fitting, count, reach, start=lambda s: s.first, length=lambda s: len(s.departures)
     )
+    # Each segment's envelopes are parsed once (None: one does not parse), whatever number
+    # of runs it is in: a run then costs only the hashing of its commitment.
+    parsed: dict[int, tuple[list[dsse.Envelope], list[dsse.Envelope]] | None] = {}
+
+    def envelopes(
+        segment: CustodySegment,
+    ) -> tuple[list[dsse.Envelope], list[dsse.Envelope]] | None:
+        if id(segment) not in parsed:
+            try:
+                parsed[id(segment)] = (
+                    [dsse.from_json(raw, max_size=MAX_SEGMENT_BYTES) for raw in segment.departures],
+                    [dsse.from_json(raw, max_size=MAX_SEGMENT_BYTES) for raw in segment.arrivals],
+                )
+            except GatewayError:
+                parsed[id(segment)] = None
+        return parsed[id(segment)]
+
     found_any = False
     for tried, run in enumerate(runs):
         if tried == MAX_CHAINS_TRIED:
             break
         found_any = True
-        departures = [raw for segment in run for raw in segment.departures]
-        arrivals = [raw for segment in run for raw in segment.arrivals]
-        try:
-            opened = [dsse.from_json(raw, max_size=MAX_SEGMENT_BYTES) for raw in departures]
-            acks = [dsse.from_json(raw, max_size=MAX_SEGMENT_BYTES) for raw in arrivals]
-        except GatewayError:
+        pieces = [envelopes(segment) for segment in run]
+        if any(piece is None for piece in pieces):
             continue
+        opened = [e for piece in pieces if piece is not None for e in piece[0]]
+        acks = [e for piece in pieces if piece is not None for e in piece[1]]
         value = custody_chain.commitment(
             object_id, [e.payload for e in opened], [e.payload for e in acks]
         )
@@ -675,6 +735,76 @@ def archived_custody(
         hint="the archive is not this object's, or a handoff in it was hidden, reordered, "
         "altered or invented",
     )
+
+
+def _archived_entries(segments: Sequence[Segment], base: Base) -> list[LineageEntry]:
+    """Entries 0 to ``base.size - 1`` from ``segments`` (several hosts' archives, spares
+    included): the run that ends in the entry the base names (its ``head``) and links
+    back, entry by entry, to entry 0 through each entry's ``prev`` (the leaf hash of the
+    one before), and that rebuilds the root the base signed.
+
+    The segments are unsigned, so any number may start at one place. A search over their
+    chains decoded and hashed every chain it tried whole (up to 64: six positions of two
+    one-entry segments each made an honest verification's work 40 times over). Here each
+    entry is decoded and hashed once, and the run is followed back from the head: only
+    the entry whose leaf hash the next one names can stand before it (SHA-256), so at
+    each position at most one candidate links, and among the segments holding it the one
+    whose entries keep linking furthest back is taken (what they hold in common is the
+    same entries). Linear in the entries the segments hold."""
+    # (position, leaf hash) -> (where its segment's links run back to, segment, index)
+    linked: dict[tuple[int, bytes], tuple[int, int, int]] = {}
+    decoded: list[list[LineageEntry]] = []
+    unreadable: GatewayError | None = None
+    for number, segment in enumerate(segments):
+        held = segment.entries[: max(base.size - segment.start, 0)]
+        try:
+            entries = [LineageEntry.decode(raw) for raw in held]
+        except GatewayError as exc:  # unsigned bytes: passed over, named if nothing fits
+            unreadable = unreadable or exc
+            entries = []
+        decoded.append(entries)
+        low = 0
+        for index, entry in enumerate(entries):
+            leaf = entry.leaf_hash()
+            if index and entry.prev != entries[index - 1].leaf_hash():
+                low = index
+            key = (segment.start + index, leaf)
+            known = linked.get(key)
+            if known is None or segment.start + low < known[0]:
+                linked[key] = (segment.start + low, number, index)
+    run: list[list[LineageEntry]] = []
+    position, need = base.size, base.head
+    while position > 0:
+        found = linked.get((position - 1, need))
+        if found is None:
+            break
+        low, number, index = found
+        start = segments[number].start
+        piece = decoded[number][low - start : index + 1]
+        run.append(piece)
+        position, need = low, piece[0].prev
+    if position > 0:
+        covered = any(s.start < position <= s.start + len(s.entries) for s in segments)
+        if covered or unreadable is not None:
+            problem = f" ({unreadable.reason})" if unreadable is not None else ""
+            raise LineageError(
+                f"the archived entries do not match the root the object's base signed: no "
+                f"archived entry {position - 1} is the one entry {position} links to{problem}",
+                hint="the archive is not this object's, or was altered",
+            )
+        raise LineageError(
+            f"the archive holds no entry {position - 1}; the object's base covers entries 0 "
+            f"to {base.size - 1}",
+            hint="an archive segment is missing; export the archive of every host that held "
+            "the object and pass each with --archive",
+        )
+    archived = [entry for piece in reversed(run) for entry in piece]
+    if merkle.root([e.leaf_hash() for e in archived]) != base.root:
+        raise LineageError(
+            "the archived entries do not match the root the object's base signed",
+            hint="the archive is not this object's, or was altered",
+        )
+    return archived
 
 
 def verify_archived(
@@ -713,37 +843,7 @@ def verify_archived(
                 f"an archive segment is of {segment.object_id}, not {object_id}",
                 hint="give only the archive directories of the object verified",
             )
-    reach = [0]
-    archived: list[LineageEntry] | None = None
-    chains = _chains(
-        entries_archived,
-        base.size,
-        reach,
-        start=lambda s: s.start,
-        length=lambda s: len(s.entries),
-    )
-    for tried, chain in enumerate(chains):
-        if tried == MAX_CHAINS_TRIED:
-            break
-        entries: list[LineageEntry] = []
-        for segment in chain:
-            entries.extend(LineageEntry.decode(raw) for raw in segment.entries)
-        if merkle.root([e.leaf_hash() for e in entries[: base.size]]) == base.root:
-            archived = entries[: base.size]
-            break
-        archived = []  # a chain was found, and did not match
-    if archived is None:
-        raise LineageError(
-            f"the archive holds entries 0 to {reach[0]} contiguously; the object's base covers "
-            f"{base.size}",
-            hint="an archive segment is missing; export the archive of every host that held "
-            "the object and pass each with --archive",
-        )
-    if not archived:
-        raise LineageError(
-            "the archived entries do not match the root the object's base signed",
-            hint="the archive is not this object's, or was altered",
-        )
+    archived = _archived_entries(entries_archived, base)
     whole = Lineage(
         entries=(*archived, *lineage.entries),
         checkpoints=(*departures, *lineage.checkpoints),
@@ -759,5 +859,6 @@ def verify_archived(
             object_id=object_id,
             trust=trust,
             in_transit=len(whole.checkpoints) > len(whole.arrivals),
+            from_archive=len(departures),
         )
     return result

@@ -33,6 +33,7 @@ from gateway._cli_base import (
     _with_local,
     err,
     out,
+    plain,
 )
 from gateway._cli_events import add_commands as add_event_commands
 from gateway._cli_sweep import add_commands as add_sweep_commands
@@ -875,7 +876,11 @@ def cmd_forks(args: argparse.Namespace) -> int:
         for column in ("object", "from", "epoch", "seen", "reason"):
             table.add_column(column, overflow="fold")
         for f in forks:
-            table.add_row(f.object_id, f.sender, str(f.epoch), f.seen_at, f.reason)
+            # The object id and reason are words of the refused copy (a peer's): text,
+            # never markup (a "[/bold]" in them raised MarkupError on every listing).
+            table.add_row(
+                plain(f.object_id), plain(f.sender), str(f.epoch), plain(f.seen_at), plain(f.reason)
+            )
         out.print(table)
         return 0
 
@@ -955,6 +960,11 @@ def _read_archive(paths: Sequence[str]) -> list[Any]:
         ) from exc
 
 
+def _plain_lines(text: str) -> Text:
+    """:func:`~gateway._cli_base.plain`, keeping the cell's own line breaks."""
+    return Text("\n").join(plain(line) for line in text.split("\n"))
+
+
 def render_report(report: Any) -> list[Any]:
     """What `gateway verify` prints for people: custody, authority, checks."""
     from gateway.audit import Status
@@ -969,7 +979,7 @@ def render_report(report: Any) -> list[Any]:
         what += f", signed by {report.presenter} at {when(report.signed_at)} UTC"
     if report.destination:
         what += f", for {report.destination}"
-    parts.append(Text(what))
+    parts.append(plain(what))
     parts.append(Text(f"judged at {when(report.judged_at)} UTC"))
     if report.bundles:
         bundles = Table(
@@ -979,7 +989,7 @@ def render_report(report: Any) -> list[Any]:
             bundles.add_column(column, overflow="fold")
         for b in report.bundles:
             how = "first use (self-signed)" if b.first_use else "signed update"
-            bundles.add_row(b.trust_domain, str(b.sequence), b.fingerprint, how)
+            bundles.add_row(plain(b.trust_domain), str(b.sequence), plain(b.fingerprint), how)
         parts.append(bundles)
     if report.stays:
         stays = Table(title="custody: who held it, where and when", title_justify="left")
@@ -1005,13 +1015,13 @@ def render_report(report: Any) -> list[Any]:
                 left += "\nin transit: no arrival"
             stays.add_row(
                 str(index),
-                _host(s.holder),
-                _host(s.received_from) if s.received_from else "(created it)",
-                arrived,
-                _host(s.departed_to) if s.departed_to else "(holds it)",
-                left,
+                plain(_host(s.holder)),
+                plain(_host(s.received_from)) if s.received_from else "(created it)",
+                _plain_lines(arrived),
+                plain(_host(s.departed_to)) if s.departed_to else "(holds it)",
+                _plain_lines(left),
                 f"{s.first_entry}–{s.last_entry}",
-                f"grant {s.authority_from}" if s.authority_from is not None else s.authority,
+                f"grant {s.authority_from}" if s.authority_from is not None else plain(s.authority),
             )
         parts.append(stays)
         parts.append(
@@ -1032,10 +1042,10 @@ def render_report(report: Any) -> list[Any]:
             )
             grants.add_row(
                 str(g.index),
-                _host(g.issuer) + extra,
-                ", ".join(_host(a) for a in g.audiences),
-                capabilities or "none",
-                constraints,
+                _plain_lines(_host(g.issuer) + extra),
+                plain(", ".join(_host(a) for a in g.audiences)),
+                plain(capabilities or "none"),
+                plain(constraints),
                 f"{when(g.not_before)} to {when(g.expires_at)}",
             )
         parts.append(grants)
@@ -1044,7 +1054,7 @@ def render_report(report: Any) -> list[Any]:
         checks.add_column(column, overflow="fold")
     marks = {Status.OK: "[green]ok[/]", Status.FAILED: "[red]FAILED[/]", Status.SKIPPED: "skipped"}
     for c in report.checks:
-        checks.add_row(marks[c.status], Text(c.name), Text(c.detail))
+        checks.add_row(marks[c.status], plain(c.name), _plain_lines(c.detail))
     parts.append(checks)
     if report.ok:
         parts.append(

@@ -95,16 +95,21 @@ def verify_custody(
     object_id: str,
     trust: TrustStore,
     in_transit: bool,
+    from_archive: int = 0,
 ) -> Custody:
     """Check departures against arrivals (rules 1–3 above) and return the hop count.
 
     ``checkpoints`` are the decoded checkpoints that :func:`gateway.lineage.verify_lineage`
     verified for ``lineage``. With ``in_transit`` the last departure is the one being
-    received now and has no arrival yet.
+    received now and has no arrival yet. ``from_archive``: how many of the first were
+    put back from an archive (:func:`gateway.archive.verify_archived`); only the others,
+    the ones an object carries, are held to :data:`MAX_DEPARTURES` (rule 6: archived
+    handoffs are bounded by the archive's bytes, gateway.archive.MAX_ARCHIVE_BYTES).
     """
-    if len(checkpoints) > MAX_DEPARTURES:
+    if len(checkpoints) - from_archive > MAX_DEPARTURES:
         raise CustodyError(
-            f"{object_id} records {len(checkpoints)} departures; at most {MAX_DEPARTURES}"
+            f"{object_id} records {len(checkpoints) - from_archive} departures; at most "
+            f"{MAX_DEPARTURES}"
         )
     archived = archived_before(checkpoints[0]) if checkpoints else 0
     if archived and len(checkpoints) < MIN_CARRIED_HANDOFFS:

@@ -30,6 +30,7 @@ from gateway import observability, versions
 from gateway.config import HandoffConfig, PeerConfig
 from gateway.errors import (
     ConfigError,
+    EnvelopeTooLargeError,
     GatewayError,
     HandoffError,
     LimitExceededError,
@@ -50,7 +51,7 @@ from gateway.transport.status import (
 )
 from gateway.transport.tls import CHANNEL_OPTIONS, channel_credentials
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from gateway.wire import MAX_EVALUATION_BYTES, read_evaluation
+from gateway.wire import MAX_ENVELOPE_BYTES, MAX_EVALUATION_BYTES, read_evaluation
 
 R = TypeVar("R", bound=Message)
 
@@ -111,6 +112,19 @@ def _too_large(peer: str, rpc: str, error: grpc.aio.AioRpcError, limit: int) -> 
         f"{peer}'s answer to {rpc} is {size}; at most {limit} accepted",
         hint="the peer runs an incompatible or misbehaving gateway",
     )
+
+
+def _check_envelope_size(raw: bytes, what: str) -> None:
+    """Refuse to send a transfer or proposal no host accepts (over MAX_ENVELOPE_BYTES).
+    A peer refuses one a little over with this same error; one over its receive limit
+    (transport.server.MAX_REQUEST_BYTES) its gRPC refuses as "Received message larger
+    than max", which this client would take for its own limit on the peer's answer."""
+    if len(raw) > MAX_ENVELOPE_BYTES:
+        raise EnvelopeTooLargeError(
+            f"the {what} is {len(raw)} bytes; at most {MAX_ENVELOPE_BYTES} accepted",
+            hint="an object's lineage is what grows: keep lineage compaction on in the host "
+            "config (lineage.compaction), let it compact the object, then migrate again",
+        )
 
 
 class GrpcPeerClient:
@@ -235,6 +249,7 @@ class GrpcPeerClient:
         )
 
     async def prepare(self, transfer: bytes) -> bytes:
+        _check_envelope_size(transfer, "transfer")
         response: gateway_pb2.PrepareResponse = await self._call(
             "Prepare", self.stub.Prepare, gateway_pb2.PrepareRequest(transfer=transfer)
         )
@@ -246,6 +261,7 @@ class GrpcPeerClient:
         """Prepare for a large object: the transfer, then its data, as one client stream.
         The deadline grows with the size (at least STREAM_BYTES_PER_SECOND must get
         through; the peer waits no longer for the data either)."""
+        _check_envelope_size(transfer, "transfer")
 
         async def requests() -> AsyncIterator[gateway_pb2.PrepareChunk | bytes]:
             yield gateway_pb2.PrepareChunk(transfer=transfer)
@@ -301,6 +317,7 @@ class GrpcPeerClient:
         return response.receipt
 
     async def evaluate(self, proposal: bytes) -> Evaluation:
+        _check_envelope_size(proposal, "proposal")
         answer: bytes = await self._call(
             "Evaluate", self._evaluate, gateway_pb2.EvaluateRequest(proposal=proposal)
         )

@@ -98,6 +98,19 @@ MAX_STREAMS_PER_CONNECTION = 256
 #: second this host made (200 waiting Calls: 2,000 a second). An operator's `gateway
 #: call` is one at a time.
 MAX_CALLS_IN_FLIGHT_PER_PEER = 32
+#: The largest request this server receives. The largest any RPC legitimately needs is
+#: one envelope (wire.MAX_ENVELOPE_BYTES, 16 MiB: Prepare's transfer, PrepareStream's
+#: first message, Evaluate's proposal) in one bytes field, behind protobuf's tag and
+#: length (5 bytes at that size); every other request is far smaller (a Claim: two
+#: receipts of wire.MAX_RECEIPT_BYTES; a Call: limits.MAX_CALL_REQUEST_BYTES of data; a
+#: PrepareStream data part: blobs.STREAM_PIECE_BYTES, 1 MiB). The margin, 4 KiB, leaves
+#: room for a small field a later version adds beside the envelope. gRPC refuses a larger
+#: request as it arrives (RESOURCE_EXHAUSTED), before it is held whole and copied: at the
+#: channels' 32 MiB (tls.MAX_MESSAGE_BYTES) each request in flight could hold twice
+#: what any honest one does.
+REQUEST_MARGIN_BYTES = 4 << 10
+MAX_REQUEST_BYTES = wire.MAX_ENVELOPE_BYTES + REQUEST_MARGIN_BYTES
+_RECEIVE_LIMIT = "grpc.max_receive_message_length"
 
 
 class Gate:
@@ -491,7 +504,8 @@ async def start_server(
     # same port starts "successfully" and the kernel splits connections between the two.
     server = grpc.aio.server(
         options=(
-            *CHANNEL_OPTIONS,
+            # CHANNEL_OPTIONS with the receive limit replaced (with two, gRPC takes the first)
+            *((n, MAX_REQUEST_BYTES if n == _RECEIVE_LIMIT else v) for n, v in CHANNEL_OPTIONS),
             ("grpc.so_reuseport", 0),
             ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
             *RECEIVE_WINDOW_OPTIONS,
