@@ -21,11 +21,10 @@ from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from rich.console import Console
 
+from gateway._text import printable as _printable
 from gateway.errors import ConfigError, GatewayError, NotFoundError, UnknownPeerError
 
 if TYPE_CHECKING:
-    from rich.text import Text
-
     from gateway.handoff.messages import Evaluation
     from gateway.host import Host
     from gateway.local import LocalHost
@@ -45,23 +44,6 @@ def _one_line(text: str) -> str:
     """Errors are one line on stderr, whatever the message they wrap, and only of
     printable characters (see :func:`_printable`)."""
     return " ".join(_printable(part.strip()) for part in text.splitlines() if part.strip())
-
-
-def _printable(text: str) -> str:
-    """``text`` with every character that is not printable shown as ``?``: a message may
-    carry a file name, an id or a peer's words, and rich prints escape sequences as they
-    are (with markup off too), which clear the screen, retitle the terminal or write to
-    its clipboard."""
-    return "".join(c if c.isprintable() else "?" for c in text)
-
-
-def plain(text: str) -> Text:
-    """A table cell that shows ``text`` as it is: rich reads a str cell as markup (a
-    peer's "[/bold]" raised MarkupError), so this is a ``rich.text.Text``, and its
-    unprintable characters are shown as ``?`` (:func:`_printable`)."""
-    from rich.text import Text
-
-    return Text(_printable(text))
 
 
 class _Parser(argparse.ArgumentParser):

@@ -33,10 +33,10 @@ from gateway._cli_base import (
     _with_local,
     err,
     out,
-    plain,
 )
 from gateway._cli_events import add_commands as add_event_commands
 from gateway._cli_sweep import add_commands as add_sweep_commands
+from gateway._text import plain
 from gateway._time import SystemClock, format_time
 from gateway.errors import (
     ConcurrencyError,

@@ -407,7 +407,8 @@ def report(results: Sequence[Moved], destination: str) -> dict[str, Any]:
 def print_summary(results: Sequence[Moved], destination: str, output: str) -> int:
     from rich.table import Table
 
-    from gateway._cli_base import out, plain
+    from gateway._cli_base import out
+    from gateway._text import plain
 
     document = report(results, destination)
     if output == "json":

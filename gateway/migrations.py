@@ -286,7 +286,7 @@ async def resume(host: Host, migration_id: str) -> MigrationView:
 def _table(views: list[MigrationView], *, wide: bool) -> Any:
     from rich.table import Table
 
-    from gateway._cli_base import plain
+    from gateway._text import plain
 
     table = Table()
     columns = ["migration", "side", "object", "tenant", "peer", "step", "updated (UTC)"]
@@ -361,7 +361,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             return 0
         from rich.table import Table
 
-        from gateway._cli_base import out, plain
+        from gateway._cli_base import out
+        from gateway._text import plain
 
         for v in views:
             table = Table(show_header=False, box=None, pad_edge=False)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from rich.table import Table
 from rich.text import Text
 
+from gateway._text import plain, printable
 from gateway._time import format_time
 from gateway.lineage import EntryKind, handoffs_archived, verify_lineage
 from gateway.model import GovernedObject, LifecycleState
@@ -41,22 +42,6 @@ ELLIPSIS = "…"
 
 def _short(digest: bytes) -> str:
     return digest.hex()[:12]
-
-
-def printable(text: str) -> str:
-    """``text`` with every character that is not printable shown as ``?``: an object's
-    words (its data, ids, rule names, entry details, a partner's words in them) reach the
-    terminal, and rich prints escape sequences as they are, which clear the screen,
-    retitle the terminal or write to its clipboard."""
-    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
-
-
-def plain(text: str | Text) -> Text:
-    """A table cell or title that shows ``text`` as it is: rich reads a ``str`` as markup,
-    so a "[/bold]" in an entry's detail (written by whichever host recorded it) raised
-    MarkupError and every listing of that object exited 70. Unprintable characters are
-    shown as ``?`` (:func:`printable`)."""
-    return text if isinstance(text, Text) else Text(printable(text))
 
 
 def _add_row(table: Table, *cells: str | Text) -> None:

@@ -14,7 +14,6 @@ from typing import Any
 
 import grpc
 import pytest
-from rich.errors import MarkupError
 
 from gateway import versions
 from gateway.archive import CustodySegment, Segment, compact, verify_archived
@@ -119,7 +118,7 @@ def test_gateway_forks_prints_a_peers_words_as_text(
     (words of the peer's copy); `gateway forks` printed them in a rich table, where a str
     cell is markup: a "[/bold]" in them raised rich's MarkupError ("internal error", exit
     70) on every listing until the record was pruned, and escape sequences reached the
-    terminal. Now each cell is plain text (_cli_base.plain)."""
+    terminal. Now each cell is plain text (gateway._text.plain)."""
     from gateway.cli import main
     from gateway.config import load_config
     from gateway.handoff.evidence import EVIDENCE_PREFIX, ForkEvidence
@@ -361,24 +360,18 @@ def test_a_verify_report_prints_what_signers_wrote_as_text() -> None:
     assert "\x1b[2J" not in text
 
 
-# --- found outside the review's files: gateway/present.py (not mended here) ---------------
+# --- what `gateway lineage` and `gateway object show` print (gateway/present.py) -----------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=MarkupError,
-    reason="gateway/present.py renders an entry's detail and the object's data preview as "
-    "rich markup (lineage_table, lineage_summary, describe_object); mend there with "
-    "_cli_base.plain-like Text cells",
-)
 @pytest.mark.parametrize("table", ["lineage_table", "lineage_summary", "describe_object"])
 def test_an_objects_own_words_are_shown_as_text(table: str) -> None:
     """An entry's detail (up to MAX_DETAIL characters, written by whichever host recorded
     it: a partner holding the object writes its own) and the object's data (whatever its
-    holders wrote) are printed by `gateway lineage` and `gateway object show` in rich
-    tables as str cells, which rich reads as markup: a "[/bold]" in them raises
-    MarkupError, so each listing of that object fails with "internal error" (exit 70)
-    for as long as it carries that entry, and escape sequences reach the terminal."""
+    holders wrote) were printed by `gateway lineage` and `gateway object show` in rich
+    tables as str cells, which rich reads as markup: a "[/bold]" in them raised
+    MarkupError, so each listing of that object failed with "internal error" (exit 70)
+    for as long as it carried that entry, and escape sequences reached the terminal. Now
+    every cell is text (gateway._text.plain)."""
     import io
 
     from rich.console import Console
