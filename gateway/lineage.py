@@ -51,13 +51,14 @@ from gateway._time import format_time, parse_time
 from gateway.errors import (
     ConfigError,
     ExpiredError,
+    GatewayError,
     LineageError,
     MerkleProofError,
     VerificationError,
 )
 from gateway.identity import HostId, ObjectId
 from gateway.keys import Purpose, Signer
-from gateway.limits import MAX_HANDOFFS, MAX_HOPS
+from gateway.limits import MAX_HANDOFFS, MAX_HOPS, check_migration_id
 from gateway.trust import TrustStore, canonical_json
 
 MAX_DETAIL = 1024
@@ -600,6 +601,15 @@ class Checkpoint:
             # A hop number is a departure's index + 1 (ADR 0010); archived handoffs (step 2)
             # no longer count against MAX_HANDOFFS, so it has a bound of its own.
             raise LineageError(f"{what}: hops must be between 1 and {MAX_HOPS}")
+        # The receiver and the migration are the signer's words, shown to operators and
+        # matched against arrivals: held to what an id is before anything reads them.
+        to = _field(document, "to", str, what)
+        migration = _field(document, "migration", str, what)
+        try:
+            HostId.parse(to)
+            check_migration_id(migration)
+        except GatewayError as exc:
+            raise LineageError(f"{what}: {exc.reason}") from exc
         # Interned: an object's checkpoints name the same few hosts and one object id,
         # and verified checkpoints are kept (VerifiedPrefixes).
         return cls(
@@ -609,8 +619,8 @@ class Checkpoint:
             size=_field(document, "size", int, what),
             root=_hex(document, "root", what),
             issued_at=issued_at,
-            to=sys.intern(_field(document, "to", str, what)),
-            migration=_field(document, "migration", str, what),
+            to=sys.intern(to),
+            migration=migration,
             credentials_digest=b""
             if legacy
             else _hex(document, "credentials_digest", what, empty_ok=True),

@@ -458,3 +458,44 @@ def test_an_archive_may_hold_more_handoffs_than_an_object_carries(
         sealed=False,
     )
     assert len(whole.checkpoints) == HOPS
+
+
+# --- a checkpoint's receiver and migration (gateway/lineage.py) ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("to", _SIGNED_WORDS),
+        ("to", "spiffe://org-b.example/" + "a" * 4096),
+        ("migration", _SIGNED_WORDS),
+        ("migration", "m" * 4096),
+        ("migration", ""),
+    ],
+)
+def test_a_checkpoints_receiver_and_migration_are_held_to_what_ids_are(
+    field: str, value: str
+) -> None:
+    """A departure's checkpoint names its receiver and its migration: the signer's words,
+    matched against arrivals and shown to operators. They were taken as any string (the
+    session-34 review); a signed checkpoint whose ``to`` is not a host id or whose
+    ``migration`` is not a migration id is now refused where it is decoded, naming it."""
+    from datetime import UTC, datetime
+
+    from gateway.errors import LineageError
+    from gateway.lineage import Checkpoint
+
+    honest = Checkpoint(
+        object_id="obj://org-a.example/billing/invoice-42",
+        host=HOST_A,
+        epoch=1,
+        size=3,
+        root=bytes(32),
+        issued_at=datetime(2026, 12, 6, 12, 0, tzinfo=UTC),
+        to=HOST_B,
+        migration="mig-0123456789abcdef",
+        credentials_digest=bytes(32),
+    )
+    assert Checkpoint.decode(honest.encode()) == honest
+    with pytest.raises(LineageError, match="checkpoint"):
+        Checkpoint.decode(replace(honest, **{field: value}).encode())
