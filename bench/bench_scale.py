@@ -900,11 +900,25 @@ async def migration_figures(
         if "P2" in wanted:
             # Interleaved in rounds (ours, floor, ours, floor...) as P1 is.
             ours_seconds = floor_seconds = 0.0
+            # CPU per migration of each side, ours and the floor's, as P1's (each side's
+            # process over its own rounds only): steadier than the rates on a shared
+            # machine, and where a change to either side shows (not the issue's figure).
+            cpu = {"source": 0.0, "destination": 0.0, "floor_source": 0.0, "floor_destination": 0.0}
+            destination = servers[HOST_B].pid if HOST_B in servers else None
+            floor_server = floor.server_pid if isinstance(floor, ProcessFloor) else None
             rounds = P2_ROUNDS
             for index in range(rounds):
                 batch = p2_ids[index::rounds]
+                began = process_cpu(None), process_cpu(destination) if destination else 0.0
                 ours_seconds += await migrate_concurrent(host_a, batch, HOST_B, arguments.in_flight)
+                cpu["source"] += process_cpu(None) - began[0]
+                if destination:
+                    cpu["destination"] += process_cpu(destination) - began[1]
+                began = process_cpu(None), process_cpu(floor_server) if floor_server else 0.0
                 floor_seconds += await floor_concurrent(floor, len(batch), arguments.in_flight)
+                cpu["floor_source"] += process_cpu(None) - began[0]
+                if floor_server:
+                    cpu["floor_destination"] += process_cpu(floor_server) - began[1]
             rate, floor_rate = len(p2_ids) / ours_seconds, len(p2_ids) / floor_seconds
             results["P2"] = {
                 "ratio": rate / floor_rate,
@@ -912,10 +926,22 @@ async def migration_figures(
                 "floor_per_second": floor_rate,
                 "moves": len(p2_ids),
             }
-            say(
+            text = (
                 f"P2  {len(p2_ids)} moves, {arguments.in_flight} in flight: {rate:.1f}/s, "
                 f"floor {floor_rate:.1f}/s: {results['P2']['ratio']:.2f}x"
             )
+            if destination and floor_server:
+                p2 = results["P2"]
+                for side, seconds in cpu.items():
+                    p2[f"{side}_cpu_ms"] = seconds / len(p2_ids) * 1e3
+                p2["cpu_ratio"] = (cpu["source"] + cpu["destination"]) / (
+                    cpu["floor_source"] + cpu["floor_destination"]
+                )
+                text += (
+                    f"; CPU per migration: source {p2['source_cpu_ms']:.2f} ms, destination "
+                    f"{p2['destination_cpu_ms']:.2f} ms, over the floor's {p2['cpu_ratio']:.2f}x"
+                )
+            say(text)
     finally:
         if floor is not None:
             await floor.stop()
