@@ -63,10 +63,12 @@ def _start() -> None:
         jemalloc_stats,
         mallinfo2,
         pymalloc_stats,
+        watch_collections,
         watch_connections,
     )
 
     watch_connections()  # before the server opens its store
+    watch_collections()
 
     out = os.environ["RSS_PROBE_OUT"]
     every = float(os.environ.get("RSS_PROBE_EVERY", "30"))
