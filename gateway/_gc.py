@@ -20,10 +20,8 @@ What :func:`tune` does, once, after start-up state is built:
 
 Invariant: memory stays bounded. The collector still runs; cyclic garbage waits for at
 most :data:`GEN0_THRESHOLD` net container allocations (a few MiB at a few hundred bytes
-each) before a young collection, garbage that outlived one (a cycle still in use when
-it ran: grpc.aio leaves one per RPC) at most :data:`GEN1_THRESHOLD` young collections
-more, and full collections keep CPython's own rule (only once the long-lived objects
-grew by a quarter), so nothing accumulates without limit.
+each) before a young collection, and full collections keep CPython's own rule (only
+once the long-lived objects grew by a quarter), so nothing accumulates without limit.
 """
 
 from __future__ import annotations
@@ -34,13 +32,8 @@ import gc
 GEN0_THRESHOLD = 50_000
 #: Young collections between two middle ones, middle ones between two full ones
 #: (CPython's defaults are 10 and 10; a full collection is further gated by CPython on
-#: the long-lived objects having grown by 25 %). The middle threshold is what cyclic
-#: garbage promoted by a young collection waits for: at 20, one middle collection every
-#: ten minutes under the soak (a young one every 30 s), which freed 40,000-65,000
-#: objects, 6-14 MiB of live bytes, at once; CPython's arenas and glibc's heap rose to
-#: that ten-minute high and kept it (docs/benchmarks.md, "Session 34: the soak's RSS
-#: slope"). At 2 it waits a minute at most, and each middle collection walks a tenth.
-GEN1_THRESHOLD = 2
+#: the long-lived objects having grown by 25 %).
+GEN1_THRESHOLD = 20
 GEN2_THRESHOLD = 10
 
 
