@@ -204,6 +204,29 @@ def sqlite_memory() -> tuple[int, int, int, int, int] | None:
     )
 
 
+#: CPU seconds the collector spent per generation since watch_collections() (empty
+#: until then).
+_COLLECTING: list[float] = []
+
+
+def watch_collections() -> None:
+    """Count the CPU time of each collection by generation (``gc.callbacks``; a
+    collection runs in the thread that triggered it, holding the GIL, so its thread's
+    CPU time between start and stop is the collection's): what a threshold costs."""
+    import time
+
+    _COLLECTING.extend([0.0, 0.0, 0.0])
+    started = [0.0]
+
+    def note(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.thread_time()
+        else:
+            _COLLECTING[info["generation"]] += time.thread_time() - started[0]
+
+    gc.callbacks.append(note)
+
+
 def extras() -> dict[str, float]:
     """Figures that might grow, by a name without spaces: SQLite's heap (MiB), the
     cyclic collector's runs and objects freed by generation, asyncio tasks alive, threads, open descriptors, and every gateway memo's entries and weight
@@ -234,6 +257,8 @@ def extras() -> dict[str, float]:
     for generation, stats in enumerate(gc.get_stats()):
         found[f"gc{generation}_runs"] = stats["collections"]
         found[f"gc{generation}_freed"] = stats["collected"]
+        if _COLLECTING:
+            found[f"gc{generation}_cpu_s"] = _COLLECTING[generation]
     found["tasks"] = len(getattr(asyncio.tasks, "_all_tasks", ()))
     found["threads"] = threading.active_count()
     with contextlib.suppress(OSError):

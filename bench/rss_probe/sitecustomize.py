@@ -18,7 +18,15 @@ entries). At each of
 collection, the tracked ones and the untracked ones they refer to. With
 ``RSS_PROBE_TRACE=N`` tracemalloc runs with N frames, each sample gives the traced
 total, and at those moments a snapshot is dumped instead of a census
-(``<pid>-<t>.trace``; compare them with ``tracemalloc.Snapshot.load``). A census or a
+(``<pid>-<t>.trace``; compare them with ``tracemalloc.Snapshot.load``, or
+``summarize_trace.py`` beside this file). ``RSS_PROBE_TRACE_FROM=S`` starts tracing
+only S seconds after start: tracing from the start slows a server to a few
+migrations a second, so its objects are still growing their lineages when the
+snapshots are taken (session 30); started after the warm-up, the snapshots compare
+the steady state, and only what was allocated after S is traced. ``RSS_PROBE_GC_GEN1=N`` sets the collector's middle threshold to N once
+``gateway._gc.tune()`` has set its own (seen at the first sample after it): an
+experiment on how long cyclic garbage waits in the middle generation, without
+changing the gateway. A census or a
 snapshot allocates many small objects itself, so the arenas and RSS after the first one
 are not the server's alone.
 Each sample also gives, per role of an SQLite connection (the store's writer, its
@@ -41,6 +49,7 @@ import sys
 
 
 def _start() -> None:
+    import gc
     import json
     import threading
     import time
@@ -54,16 +63,20 @@ def _start() -> None:
         jemalloc_stats,
         mallinfo2,
         pymalloc_stats,
+        watch_collections,
         watch_connections,
     )
 
     watch_connections()  # before the server opens its store
+    watch_collections()
 
     out = os.environ["RSS_PROBE_OUT"]
     every = float(os.environ.get("RSS_PROBE_EVERY", "30"))
     moments = sorted(float(t) for t in os.environ.get("RSS_PROBE_CENSUS", "").split(",") if t)
     frames = int(os.environ.get("RSS_PROBE_TRACE", "0"))
-    if frames:
+    trace_from = float(os.environ.get("RSS_PROBE_TRACE_FROM", "0"))
+    gen1 = int(os.environ.get("RSS_PROBE_GC_GEN1", "0"))
+    if frames and not trace_from:
         tracemalloc.start(frames)
     os.makedirs(out, exist_ok=True)
     pid = os.getpid()
@@ -105,7 +118,7 @@ def _start() -> None:
                 f" mmapped {mmapped / mib:.1f}"
             )
         text += f" | {os.environ.get('PYTHONMALLOC', 'pymalloc')}" + cpu()
-        if frames:
+        if tracemalloc.is_tracing():
             text += f" | traced {tracemalloc.get_traced_memory()[0] / mib:.1f}"
         return text
 
@@ -128,6 +141,13 @@ def _start() -> None:
             while True:
                 time.sleep(every)
                 now = time.monotonic() - began
+                if frames and trace_from and now >= trace_from and not tracemalloc.is_tracing():
+                    tracemalloc.start(frames)
+                    log.write(f"{now:7.0f} tracing from now, {frames} frames\n")
+                young, middle, old = gc.get_threshold()
+                if gen1 and young >= 10_000 and middle != gen1:  # after gateway._gc.tune()
+                    gc.set_threshold(young, gen1, old)
+                    log.write(f"{now:7.0f} middle threshold {middle} -> {gen1}\n")
                 log.write(f"{now:7.0f} {status()} | {pymalloc()} || {format_extras(extras())}\n")
                 while pending and now >= pending[0]:
                     moment = pending.pop(0)
