@@ -22,3 +22,9 @@ def plain(text: str | Text) -> Text:
     """A table cell or title that shows ``text`` as it is, not read as markup, its
     unprintable characters shown as ``?`` (a ``Text`` is already that, and kept)."""
     return text if isinstance(text, Text) else Text(printable(text))
+
+
+def plain_lines(text: str) -> Text:
+    """:func:`plain`, keeping the text's own line breaks (which :func:`printable` would
+    show as ``?``)."""
+    return Text("\n").join(plain(line) for line in text.split("\n"))

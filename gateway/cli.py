@@ -36,7 +36,7 @@ from gateway._cli_base import (
 )
 from gateway._cli_events import add_commands as add_event_commands
 from gateway._cli_sweep import add_commands as add_sweep_commands
-from gateway._text import plain
+from gateway._text import plain, plain_lines
 from gateway._time import SystemClock, format_time
 from gateway.errors import (
     ConcurrencyError,
@@ -960,11 +960,6 @@ def _read_archive(paths: Sequence[str]) -> list[Any]:
         ) from exc
 
 
-def _plain_lines(text: str) -> Text:
-    """:func:`~gateway._cli_base.plain`, keeping the cell's own line breaks."""
-    return Text("\n").join(plain(line) for line in text.split("\n"))
-
-
 def render_report(report: Any) -> list[Any]:
     """What `gateway verify` prints for people: custody, authority, checks."""
     from gateway.audit import Status
@@ -1017,9 +1012,9 @@ def render_report(report: Any) -> list[Any]:
                 str(index),
                 plain(_host(s.holder)),
                 plain(_host(s.received_from)) if s.received_from else "(created it)",
-                _plain_lines(arrived),
+                plain_lines(arrived),
                 plain(_host(s.departed_to)) if s.departed_to else "(holds it)",
-                _plain_lines(left),
+                plain_lines(left),
                 f"{s.first_entry}–{s.last_entry}",
                 f"grant {s.authority_from}" if s.authority_from is not None else plain(s.authority),
             )
@@ -1042,7 +1037,7 @@ def render_report(report: Any) -> list[Any]:
             )
             grants.add_row(
                 str(g.index),
-                _plain_lines(_host(g.issuer) + extra),
+                plain_lines(_host(g.issuer) + extra),
                 plain(", ".join(_host(a) for a in g.audiences)),
                 plain(capabilities or "none"),
                 plain(constraints),
@@ -1054,7 +1049,7 @@ def render_report(report: Any) -> list[Any]:
         checks.add_column(column, overflow="fold")
     marks = {Status.OK: "[green]ok[/]", Status.FAILED: "[red]FAILED[/]", Status.SKIPPED: "skipped"}
     for c in report.checks:
-        checks.add_row(marks[c.status], plain(c.name), _plain_lines(c.detail))
+        checks.add_row(marks[c.status], plain(c.name), plain_lines(c.detail))
     parts.append(checks)
     if report.ok:
         parts.append(

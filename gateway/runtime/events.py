@@ -490,15 +490,15 @@ class _Allowance:
                 return f"{name} took its {most} bytes {per}"
         return None
 
-    def give_back(self, topic: str, size: int) -> None:
-        """What :meth:`take` took for a message that was not kept after all."""
-        for bucket, messages, most in (
-            (self._topics.get(topic), BUS_MESSAGES_PER_TOPIC, BUS_BYTES_PER_TOPIC),
-            (self._bus, BUS_MESSAGES, BUS_BYTES),
-        ):
-            if bucket is not None:
-                bucket[0] = min(float(messages), bucket[0] + 1)
-                bucket[1] = min(float(most), bucket[1] + size)
+    def give_back(self, topic: str, size: int, at: float) -> None:
+        """What :meth:`take` took for a message that was not kept after all (no level
+        rises past its bucket's size)."""
+        (_, mine, messages, most), (_, everyone, all_messages, all_most) = self._buckets(topic, at)
+        for level, top, bytes_top in ((mine, messages, most), (everyone, all_messages, all_most)):
+            level[0] = min(float(top), level[0] + 1)
+            level[1] = min(float(bytes_top), level[1] + size)
+        self._topics[topic] = mine
+        self._bus = everyone
 
     def take(self, topic: str, size: int, at: float) -> None:
         """A new message of ``size`` bytes on ``topic`` is being kept."""
@@ -611,7 +611,7 @@ class Events:
             kept = True
         finally:
             if not kept:
-                self._allowance.give_back(message.topic, size)
+                self._allowance.give_back(message.topic, size, at)
         self._wakeup.set()
         return True
 
