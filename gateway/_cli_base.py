@@ -17,7 +17,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from rich.console import Console
 
@@ -38,6 +38,19 @@ PIPE_WIDTH = 1 << 16
 out = Console(highlight=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
 # emoji=False: an error message is printed as is; ":name:" in a path or id stays text.
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+
+def show(renderable: Any) -> None:
+    """Print a table (or any rich renderable) to standard output. Piped, each line ends
+    at its last character: rich pads a borderless table's last column and a title to
+    the table's width, and a program reading the lines would have to strip that."""
+    if out.is_terminal:
+        out.print(renderable)
+        return
+    with out.capture() as captured:
+        out.print(renderable)
+    out.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+    out.file.flush()
 
 
 def _one_line(text: str) -> str:

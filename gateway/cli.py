@@ -33,6 +33,7 @@ from gateway._cli_base import (
     _with_local,
     err,
     out,
+    show,
 )
 from gateway._cli_events import add_commands as add_event_commands
 from gateway._cli_sweep import add_commands as add_sweep_commands
@@ -401,7 +402,7 @@ def _print_keys(records: Sequence[Any], private: set[str] | None = None) -> None
             format_time(record.valid_until) if record.valid_until else "-",
             status,
         )
-    out.print(table)
+    show(table)
 
 
 def cmd_trust_export(args: argparse.Namespace) -> int:
@@ -474,7 +475,7 @@ def cmd_trust_list(args: argparse.Namespace) -> int:
                 str(len(bundle.keys)),
                 _cut(bundle.fingerprint(), 32),
             )
-        out.print(table)
+        show(table)
         return 0
 
     return asyncio.run(_with_local(args, run))
@@ -561,7 +562,7 @@ def cmd_object_create(args: argparse.Namespace) -> int:
 
             print_json(object_json(obj))
             return 0
-        out.print(describe_object(obj))
+        show(describe_object(obj))
         return 0
 
     return asyncio.run(_with_host(args, run))
@@ -594,7 +595,7 @@ def cmd_object_show(args: argparse.Namespace) -> int:
                 }
             )
             return 0
-        out.print(describe_object(obj))
+        show(describe_object(obj))
         if quarantine is not None:
             out.print(f"QUARANTINED: {quarantine.describe()}", markup=False)
         return 0
@@ -666,7 +667,7 @@ def cmd_object_list(args: argparse.Namespace) -> int:
             table.add_row(
                 obj.object_id, state, str(obj.epoch), str(obj.generation), str(len(obj.lineage))
             )
-        out.print(table if objects else f"no objects in tenant {args.tenant}")
+        show(table if objects else f"no objects in tenant {args.tenant}")
         return 0
 
     return asyncio.run(_with_local(args, run))
@@ -686,7 +687,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
                 {"object_id": obj.object_id, "entries": lineage_json(obj), "verified": summary}
             )
             return 0
-        out.print(lineage_table(obj))
+        show(lineage_table(obj))
         out.print(verify_and_describe_lineage(host, obj))
         return 0
 
@@ -837,7 +838,7 @@ def cmd_events(args: argparse.Namespace) -> int:
             print_json([event_json(e) for e in events])
             return 0
         table = events_table(events, whole=not out.is_terminal)
-        out.print(table if events else f"no events in tenant {args.tenant}")
+        show(table if events else f"no events in tenant {args.tenant}")
         return 0
 
     return asyncio.run(_with_local(args, run))
@@ -881,7 +882,7 @@ def cmd_forks(args: argparse.Namespace) -> int:
             table.add_row(
                 plain(f.object_id), plain(f.sender), str(f.epoch), plain(f.seen_at), plain(f.reason)
             )
-        out.print(table)
+        show(table)
         return 0
 
     return asyncio.run(_with_host(args, run))
@@ -933,7 +934,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_json(), indent=2))
     else:
         for renderable in render_report(report):
-            out.print(renderable)
+            show(renderable)
     failures = report.failures
     if failures:
         first = failures[0]

@@ -407,7 +407,7 @@ def report(results: Sequence[Moved], destination: str) -> dict[str, Any]:
 def print_summary(results: Sequence[Moved], destination: str, output: str) -> int:
     from rich.table import Table
 
-    from gateway._cli_base import out
+    from gateway._cli_base import show
     from gateway._text import plain
 
     document = report(results, destination)
@@ -421,7 +421,7 @@ def print_summary(results: Sequence[Moved], destination: str, output: str) -> in
         summary.add_row("committed, activation not confirmed yet", str(document["committed"]))
         summary.add_row("failed (still here, live)", str(document["failed"]))
         summary.add_row("total", str(document["total"]))
-        out.print(summary)
+        show(summary)
         failed = [m for m in results if m.outcome == "failed"]
         if failed:
             table = Table(title="failed", title_justify="left")
@@ -430,7 +430,7 @@ def print_summary(results: Sequence[Moved], destination: str, output: str) -> in
             for m in failed:
                 # The reason may be a peer's refusal: plain text, not markup.
                 table.add_row(plain(m.object_id), plain(m.tenant), plain(m.reason))
-            out.print(table)
+            show(table)
     return EXIT_BATCH_FAILED if document["failed"] else 0
 
 

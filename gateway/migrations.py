@@ -330,13 +330,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         if args.output == "json":
             _print_json([v.to_json() for v in views])
             return 0
-        from gateway._cli_base import out
+        from gateway._cli_base import out, show
 
         if not views:
             what = "no migrations" if args.all else "no open migrations"
             out.print(f"{what} on {host.host_id}", markup=False)
             return 0
-        out.print(_table(views, wide=not args.all))
+        show(_table(views, wide=not args.all))
         return 0
 
     return _run(args, run)
@@ -361,7 +361,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             return 0
         from rich.table import Table
 
-        from gateway._cli_base import out
+        from gateway._cli_base import show
         from gateway._text import plain
 
         for v in views:
@@ -381,7 +381,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                 ("next", v.next),
             ):
                 table.add_row(name, plain(value))
-            out.print(table)
+            show(table)
         return 0
 
     return _run(args, run)

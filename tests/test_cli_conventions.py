@@ -274,6 +274,38 @@ def test_piped_output_is_neither_wrapped_nor_cut(world: World, tmp_path: Path) -
     assert re.search(r"\b[0-9a-f]{32,}\b", keys.stdout) and "…" not in keys.stdout, keys.stdout
 
 
+TRAILED = "obj://org-a.example/billing/piped-lines"
+
+
+def test_piped_lines_end_at_their_last_character(world: World, tmp_path: Path) -> None:
+    """Piped, no line carries trailing blanks: rich pads a borderless table's last column
+    (``object show``'s values, ``migration show``) and a table's title (``lineage``) to the
+    table's width, which every program reading the lines would have to strip."""
+    created = run_cli(
+        "object",
+        "create",
+        TRAILED,
+        "--data",
+        '{"n": 1}',
+        config=world.config(HOST_A),
+        cwd=tmp_path,
+    )
+    assert created.returncode == 0, created.stderr
+    for args in (
+        ("object", "show", TRAILED),
+        ("object", "list"),
+        ("lineage", TRAILED),
+        ("trust", "list"),
+        ("keys", "list"),
+    ):
+        done = run_cli(*args, config=world.config(HOST_A), cwd=tmp_path, columns=None)
+        assert done.returncode == 0, (args, done.stderr)
+        lines = done.stdout.splitlines()
+        assert len(lines) > 2, (args, done.stdout)
+        padded = [line for line in lines if line != line.rstrip()]
+        assert not padded, (args, padded)
+
+
 def _json(*args: str | Path, world: World, host: str, cwd: Path) -> Any:
     done = run_cli(*args, "-o", "json", config=world.config(host), cwd=cwd)
     assert done.returncode == 0, (args, done.stderr)
