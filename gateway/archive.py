@@ -34,6 +34,7 @@ import base64
 import binascii
 import bisect
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -209,11 +210,20 @@ class Segment:
         )
 
     @classmethod
-    def decode(cls, raw: bytes) -> Segment:
+    def decode(cls, raw: bytes, *, checked: bool = False) -> Segment:
+        """The segment in ``raw``. ``checked``: these very bytes passed ``decode`` before
+        (a file read again, its digest compared), so the strict JSON reader's scans for
+        what it refuses (about half the cost of decoding) are not repeated."""
         what = "archive segment"
         if len(raw) > MAX_SEGMENT_BYTES:
             raise LineageError(f"{what} is {len(raw)} bytes; at most {MAX_SEGMENT_BYTES}")
-        document = load_json(raw, error=LineageError, what=what)
+        if checked:
+            try:
+                document = json.loads(raw)
+            except ValueError as exc:
+                raise LineageError(f"{what} is not JSON: {exc}") from exc
+        else:
+            document = load_json(raw, error=LineageError, what=what)
         if not isinstance(document, dict) or set(document) != {
             "format",
             "object_id",
@@ -543,6 +553,8 @@ class SegmentFile:
     count: int
     #: SHA-256 of the file's bytes when it was first read
     digest: bytes
+    #: its entries' leaf hashes and links, taken when it was first read
+    index: _Indexed
 
     def load(self) -> Segment:
         """The segment, read again; refused if the file changed since it was first read
@@ -553,7 +565,7 @@ class SegmentFile:
                 f"{self.path} changed while the archive was verified",
                 hint="verify a copy of the archive that nothing else writes to",
             )
-        return Segment.decode(raw)
+        return Segment.decode(raw, checked=True)
 
 
 #: An entry segment as :func:`verify_archived` takes it: decoded, or a file read on demand.
@@ -634,6 +646,7 @@ def read_archives(paths: Sequence[Path]) -> list[SegmentFile | CustodySegment]:
                     start=segment.start,
                     count=len(segment.entries),
                     digest=hashlib.sha256(raw).digest(),
+                    index=_index(segment, len(segment.entries)),
                 )
             )
             del segment, raw  # one segment held at a time
@@ -944,6 +957,24 @@ class _Indexed:
     leaves: bytes
     breaks: list[int]
     links: list[bytes]
+    #: index of the first entry that names no ``prev`` (the index stops there), or None
+    unreadable: int | None
+
+    def below(self, size: int) -> _Indexed:
+        """The index of the entries before entry ``size`` (the base's size)."""
+        count = max(size - self.start, 0)
+        if count * _HASH >= len(self.leaves) and (
+            self.unreadable is None or self.unreadable < count
+        ):
+            return self
+        kept = bisect.bisect_left(self.breaks, count)
+        return _Indexed(
+            self.start,
+            self.leaves[: count * _HASH],
+            self.breaks[:kept],
+            self.links[:kept],
+            self.unreadable if self.unreadable is not None and self.unreadable < count else None,
+        )
 
     @property
     def end(self) -> int:
@@ -973,25 +1004,25 @@ def _named_prev(raw: bytes) -> bytes | None:
         return None
 
 
-def _index(segment: Segment, base: Base) -> tuple[_Indexed, str]:
-    """``segment`` indexed (see :class:`_Indexed`), and what is wrong with it (an entry
-    that names no ``prev`` ends it: unsigned bytes), or ``""``."""
+def _index(segment: Segment, count: int) -> _Indexed:
+    """``segment``'s first ``count`` entries indexed (see :class:`_Indexed`); an entry
+    that names no ``prev`` (unsigned bytes) ends the index."""
     leaves: list[bytes] = []
     breaks: list[int] = []
     links: list[bytes] = []
     previous: bytes | None = None
-    problem = ""
-    for index, raw in enumerate(segment.entries[: max(base.size - segment.start, 0)]):
+    unreadable = None
+    for index, raw in enumerate(segment.entries[: max(count, 0)]):
         prev = _named_prev(raw)
         if prev is None:
-            problem = f"archived entry {segment.start + index} is not a lineage entry"
+            unreadable = index
             break
         if prev != previous:
             breaks.append(index)
             links.append(prev)
         previous = merkle.leaf_hash(raw)
         leaves.append(previous)
-    return _Indexed(segment.start, b"".join(leaves), breaks, links), problem
+    return _Indexed(segment.start, b"".join(leaves), breaks, links, unreadable)
 
 
 def _archived_run(
@@ -1014,9 +1045,13 @@ def _archived_run(
     indexed: list[_Indexed] = []
     problem = ""
     for segment in segments:
-        held, trouble = _index(_loaded(segment), base)  # one segment decoded at a time
+        if isinstance(segment, SegmentFile):  # indexed as read_archives read it
+            held = segment.index.below(base.size)
+        else:
+            held = _index(segment, base.size - segment.start)
         indexed.append(held)
-        problem = problem or trouble
+        if held.unreadable is not None and not problem:
+            problem = f"archived entry {held.start + held.unreadable} is not a lineage entry"
     # Segments join the candidates as the walk, going back, reaches their last entry, and
     # leave once it passes their first.
     by_end = sorted(range(len(indexed)), key=lambda n: -indexed[n].end)
