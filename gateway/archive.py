@@ -23,7 +23,8 @@ Invariants:
 * **Offline verification** (:func:`verify_archived`) rebuilds the whole history from
   the segments and the object and runs the receiver's own verifiers over it, plus the
   base's root over the archived entries. Segments carry no signature of their own:
-  they are authenticated by the signed roots in the object.
+  they are authenticated by the signed roots in the object. It holds one segment at a
+  time and 32 bytes per archived entry, never the archive decoded (see verify_archived).
 
 No I/O except :class:`ArchiveDir`, which reads and writes segment files.
 """
