@@ -91,7 +91,8 @@ def test_streamed_verification_still_refuses_a_file_changed_between_reads(
 ) -> None:
     """Segments are read again when verified (only one is held at a time): a file that
     changes after it was read first (another process, a partner's mount) is refused as
-    such, never verified half from one version and half from the other."""
+    such, never verified half from one version and half from the other. (On main every
+    file was held whole from its one read: nothing to refuse, and nothing bounded.)"""
     lineage, archive = _history(3, 20)
     _write(tmp_path / "archive", archive)
     read = read_archives([tmp_path / "archive"])
@@ -219,3 +220,30 @@ def test_a_decoy_custody_segment_is_still_refused_alone(
         verify_archived(
             [entries, forged], lineage, object_id=CUSTODY_OBJECT, trust=history.trust, sealed=False
         )
+
+
+def test_an_archived_history_is_held_to_the_receivers_rules_segment_by_segment() -> None:
+    """The archived entries are no longer run through verify_lineage as one reassembled
+    history (that held them all decoded): their checks run segment by segment. A holder
+    signs a base over any prefix it likes; one whose epoch jumps without a freeze
+    (the fencing token, which only a freeze raises, by one) is still refused, though the
+    base's root and head match the archive. Passes on main too: it guards the rewrite."""
+    obj = created()
+    lineage = obj.lineage
+    last = lineage.entries[-1]
+    for n in range(3):
+        lineage = lineage.append(
+            EntryKind.EVALUATED,
+            host=HOST_A,
+            at=T0,
+            epoch=last.epoch + (2 if n == 1 else 0) + (2 if n == 2 else 0),
+            generation=last.generation + n + 1,
+            data_digest=last.data_digest,
+            credentials_digest=last.credentials_digest,
+            detail=f"cycle {n}",
+        )
+    compacted, segment = compact(
+        lineage, object_id=OBJECT, host=HOST_A, at=T0, signer=SIGNERS[HOST_A], keep=1
+    )
+    with pytest.raises(LineageError, match="only a freeze raises the epoch"):
+        verify_archived([segment], compacted, object_id=OBJECT, trust=TRUST, sealed=False)
