@@ -14,9 +14,11 @@ import pytest
 
 import gateway.archive
 from gateway import _custody_chain as custody_chain
+from gateway import envelope as dsse
 from gateway.archive import (
     CustodySegment,
     Segment,
+    archived_custody,
     compact,
     custody_file_name,
     read_archives,
@@ -24,7 +26,7 @@ from gateway.archive import (
     verify_archived,
 )
 from gateway.errors import ConfigError, LineageError
-from gateway.lineage import EntryKind, Lineage
+from gateway.lineage import Checkpoint, EntryKind, Lineage
 from tests.test_compaction import created
 from tests.test_custody_archive import OBJECT as CUSTODY_OBJECT
 from tests.test_custody_archive import History, _offline, history  # noqa: F401 (fixture)
@@ -247,3 +249,104 @@ def test_an_archived_history_is_held_to_the_receivers_rules_segment_by_segment()
     )
     with pytest.raises(LineageError, match="only a freeze raises the epoch"):
         verify_archived([segment], compacted, object_id=OBJECT, trust=TRUST, sealed=False)
+
+
+# --- the custody run, from made-up handoffs (archived_custody checks digests only) --------
+
+_B = "spiffe://org-b.example/cluster/east/gateway"
+
+
+def _envelope(payload: bytes, payload_type: str) -> dsse.Envelope:
+    return dsse.Envelope(
+        payload=payload,
+        payload_type=payload_type,
+        signatures=(dsse.Signature(keyid="k", sig=b"x"),),
+    )
+
+
+def _handoffs(committing_from: int, count: int) -> tuple[list[bytes], list[bytes], bytes]:
+    """``count`` handoffs whose departures from ``committing_from`` on commit to the
+    custody before them (the earlier ones are of the format that commits to nothing):
+    their departures' and arrivals' JSON, and the commitment after the last."""
+    value = custody_chain.genesis(CUSTODY_OBJECT)
+    departures, arrivals = [], []
+    for k in range(count):
+        checkpoint = Checkpoint(
+            object_id=CUSTODY_OBJECT,
+            host=_B,
+            epoch=k,
+            size=k + 1,
+            root=bytes(32),
+            issued_at=T0,
+            to=HOST_A,
+            migration=f"mig-{k}",
+            credentials_digest=bytes(32),
+            custody=value if k >= committing_from else b"",
+            hops=k + 1 if k >= committing_from else 0,
+        )
+        departure = _envelope(checkpoint.encode(), dsse.PayloadType.CHECKPOINT)
+        arrival = _envelope(f'{{"arrival":{k}}}'.encode(), "application/vnd.test")
+        value = custody_chain.step(value, departure.payload, arrival.payload)
+        departures.append(dsse.to_json(departure))
+        arrivals.append(dsse.to_json(arrival))
+    return departures, arrivals, value
+
+
+def _oldest_carried(custody: bytes, hops: int) -> Lineage:
+    checkpoint = Checkpoint(
+        object_id=CUSTODY_OBJECT,
+        host=_B,
+        epoch=hops,
+        size=hops + 1,
+        root=bytes(32),
+        issued_at=T0,
+        to=HOST_A,
+        migration="mig-carried",
+        credentials_digest=bytes(32),
+        custody=custody,
+        hops=hops,
+    )
+    return Lineage(checkpoints=(_envelope(checkpoint.encode(), dsse.PayloadType.CHECKPOINT),))
+
+
+@pytest.mark.parametrize(
+    ("committing_from", "reason"),
+    [
+        (0, "every archived departure commits: followed back alone"),
+        (3, "the first three commit to nothing (before ADR 0010): searched forward"),
+        (8, "none commits: searched forward from hop 0 alone"),
+    ],
+)
+def test_the_custody_run_is_found_back_from_the_commitment_among_decoys(
+    committing_from: int, reason: str
+) -> None:
+    """Decoys (one-handoff segments of other handoffs) beside every position; the run
+    that digests to the oldest carried departure's commitment is the one returned,
+    whichever of its departures commit to the custody before them."""
+    departures, arrivals, after = _handoffs(committing_from, 8)
+    lineage = _oldest_carried(after, 9)
+    segments = [
+        CustodySegment(
+            object_id=CUSTODY_OBJECT,
+            first=k,
+            departures=(departures[(k + 1) % 8],),
+            arrivals=(arrivals[(k + 1) % 8],),
+        )
+        for k in range(8)
+    ]
+    segments += [
+        CustodySegment(
+            object_id=CUSTODY_OBJECT,
+            first=first,
+            departures=tuple(departures[first:end]),
+            arrivals=tuple(arrivals[first:end]),
+        )
+        for first, end in ((0, 2), (2, 5), (5, 8))
+    ]
+    found, acknowledged = archived_custody(segments, lineage, object_id=CUSTODY_OBJECT)
+    assert [dsse.to_json(e) for e in found] == departures, reason
+    assert [dsse.to_json(e) for e in acknowledged] == arrivals, reason
+    # One handoff altered: nothing digests to the commitment any more.
+    altered = [*segments[:-1], replace(segments[-1], arrivals=(arrivals[6], *arrivals[6:]))]
+    with pytest.raises(LineageError, match="do not digest to the custody"):
+        archived_custody(altered, lineage, object_id=CUSTODY_OBJECT)
