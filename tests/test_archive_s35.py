@@ -350,3 +350,41 @@ def test_the_custody_run_is_found_back_from_the_commitment_among_decoys(
     altered = [*segments[:-1], replace(segments[-1], arrivals=(arrivals[6], *arrivals[6:]))]
     with pytest.raises(LineageError, match="do not digest to the custody"):
         archived_custody(altered, lineage, object_id=CUSTODY_OBJECT)
+
+
+def test_spare_segments_cost_one_decode_of_each_entry_of_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Session 34's decoys (a forged and a real one-entry segment at each of the first six
+    positions), counted where every decode ends (LineageEntry._decode, which the entry
+    memo calls too): the archived entries now bypass the memo (read once, they would
+    evict a host's working set and hold 16,384 entries of memory), so counting
+    LineageEntry.decode alone, as session 34's test does, no longer sees them. Each entry
+    of the run is decoded once; the decoys are indexed from their bytes, never decoded.
+    (Passes on main too, which decoded each entry once through the memo.)"""
+    from gateway.lineage import LineageEntry, forget_decoded_entries
+    from tests.test_peer_review_s34 import _compacted
+
+    lineage, honest = _compacted(300)
+    other = created().record(EntryKind.EVALUATED, host=HOST_A, at=T0, detail="other")
+    forged = other.lineage.entries[-1].encode()
+    segments = []
+    for position in range(6):
+        segments.append(Segment(object_id=OBJECT, start=position, entries=(forged,)))
+        segments.append(
+            Segment(object_id=OBJECT, start=position, entries=(honest.entries[position],))
+        )
+    segments.append(Segment(object_id=OBJECT, start=6, entries=honest.entries[6:]))
+    forget_decoded_entries()
+    decoded = 0
+    decode = LineageEntry._decode
+
+    def counting(raw: bytes) -> LineageEntry:
+        nonlocal decoded
+        decoded += 1
+        return decode(raw)
+
+    monkeypatch.setattr(LineageEntry, "_decode", staticmethod(counting))
+    whole = verify_archived(segments, lineage, object_id=OBJECT, trust=TRUST, sealed=False)
+    assert whole.size == lineage.size
+    assert len(honest.entries) <= decoded <= len(honest.entries) + len(lineage.entries), decoded
