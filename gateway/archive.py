@@ -23,7 +23,8 @@ Invariants:
 * **Offline verification** (:func:`verify_archived`) rebuilds the whole history from
   the segments and the object and runs the receiver's own verifiers over it, plus the
   base's root over the archived entries. Segments carry no signature of their own:
-  they are authenticated by the signed roots in the object.
+  they are authenticated by the signed roots in the object. It holds one segment at a
+  time and 32 bytes per archived entry, never the archive decoded (see verify_archived).
 
 No I/O except :class:`ArchiveDir`, which reads and writes segment files.
 """
@@ -32,7 +33,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -44,7 +47,8 @@ from gateway import _custody_chain as custody_chain
 from gateway import envelope as dsse
 from gateway import merkle
 from gateway._decode import load_json
-from gateway.errors import ConfigError, GatewayError, LineageError
+from gateway.errors import ConfigError, CustodyError, GatewayError, LineageError
+from gateway.identity import HostId, ObjectId
 from gateway.keys import Signer
 from gateway.limits import (
     DEFAULT_CUSTODY_KEEP,
@@ -58,9 +62,11 @@ from gateway.lineage import (
     MAX_ENTRY_BYTES,
     Base,
     Checkpoint,
+    EntryKind,
     Lineage,
     LineageEntry,
     VerifiedLineage,
+    _open_signed,
     archived_before,
     verify_lineage,
 )
@@ -205,11 +211,20 @@ class Segment:
         )
 
     @classmethod
-    def decode(cls, raw: bytes) -> Segment:
+    def decode(cls, raw: bytes, *, checked: bool = False) -> Segment:
+        """The segment in ``raw``. ``checked``: these very bytes passed ``decode`` before
+        (a file read again, its digest compared), so the strict JSON reader's scans for
+        what it refuses (about half the cost of decoding) are not repeated."""
         what = "archive segment"
         if len(raw) > MAX_SEGMENT_BYTES:
             raise LineageError(f"{what} is {len(raw)} bytes; at most {MAX_SEGMENT_BYTES}")
-        document = load_json(raw, error=LineageError, what=what)
+        if checked:
+            try:
+                document = json.loads(raw)
+            except ValueError as exc:
+                raise LineageError(f"{what} is not JSON: {exc}") from exc
+        else:
+            document = load_json(raw, error=LineageError, what=what)
         if not isinstance(document, dict) or set(document) != {
             "format",
             "object_id",
@@ -517,7 +532,7 @@ class ArchiveDir:
 
 def read_segments(path: Path) -> list[Segment]:
     """The entry segments in an archive directory (or one segment file), oldest first."""
-    return [s for s in read_archives([path]) if isinstance(s, Segment)]
+    return [s.load() for s in read_archives([path]) if isinstance(s, SegmentFile)]
 
 
 def read_custody(path: Path) -> list[CustodySegment]:
@@ -525,8 +540,63 @@ def read_custody(path: Path) -> list[CustodySegment]:
     return [s for s in read_archives([path]) if isinstance(s, CustodySegment)]
 
 
-def read_archives(paths: Sequence[Path]) -> list[Segment | CustodySegment]:
-    """The segments in several archive directories (or segment files), oldest first.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SegmentFile:
+    """An entry segment file, read and checked once, of which only what it holds is kept
+    (where its entries start, how many, a digest of its bytes): :func:`verify_archived`
+    reads it again when it needs the entries and holds one segment at a time, so memory
+    does not grow with the archive (held decoded together, segments took about 12 times
+    the bytes read)."""
+
+    path: Path
+    object_id: str
+    start: int
+    count: int
+    #: SHA-256 of the file's bytes when it was first read
+    digest: bytes
+    #: its entries' leaf hashes and links, taken when it was first read
+    index: _Indexed
+
+    def load(self) -> Segment:
+        """The segment, read again; refused if the file changed since it was first read
+        (a verification never mixes two versions of one file)."""
+        raw = _read_segment_file(self.path)
+        if hashlib.sha256(raw).digest() != self.digest:
+            raise ConfigError(
+                f"{self.path} changed while the archive was verified",
+                hint="verify a copy of the archive that nothing else writes to",
+            )
+        return Segment.decode(raw, checked=True)
+
+
+#: An entry segment as :func:`verify_archived` takes it: decoded, or a file read on demand.
+EntrySegment = Segment | SegmentFile
+
+
+def _loaded(segment: EntrySegment) -> Segment:
+    return segment if isinstance(segment, Segment) else segment.load()
+
+
+def _length(segment: EntrySegment) -> int:
+    return len(segment.entries) if isinstance(segment, Segment) else segment.count
+
+
+#: Largest custody segment file read: a custody segment holds handoffs an object carried
+#: (their exact envelopes), so it is never larger than an object could be
+#: (gateway.wire.MAX_ENVELOPE_BYTES, 16 MiB) in base64 (4/3) with its JSON around it.
+#: Entry segments' MAX_SEGMENT_BYTES (128 MiB) applied before.
+MAX_CUSTODY_SEGMENT_BYTES = (16 << 20) * 4 // 3 + (64 << 10)
+#: Bytes of custody segment files one verification reads in all. They are held decoded
+#: together (every envelope parsed, every signature checked over the whole history): 64 MiB
+#: is about 40,000 archived handoffs of 1.6 KiB (two envelopes in base64, as in tests).
+MAX_CUSTODY_ARCHIVE_BYTES = 64 << 20
+
+
+def read_archives(paths: Sequence[Path]) -> list[SegmentFile | CustodySegment]:
+    """The segments in several archive directories (or segment files), oldest first:
+    each file is read and decoded once here, to refuse a bad one at once; entry segments
+    are returned as :class:`SegmentFile` (read again, one at a time, when verified),
+    custody segments decoded.
 
     After migrations an object's archive is spread over the hosts that compacted it (each
     keeps its own segments); the directories exported from each are read together here.
@@ -535,7 +605,7 @@ def read_archives(paths: Sequence[Path]) -> list[Segment | CustodySegment]:
     # Directories come from other hosts: the bytes their files would give are added up
     # before any is read, and counted again as read (a file may grow after its stat).
     files: list[Path] = []
-    announced = 0
+    announced = custody = 0
     for path in paths:
         found = sorted([*path.glob("*.seg"), *path.glob("*.cus")]) if path.is_dir() else [path]
         files.extend(found)
@@ -544,35 +614,68 @@ def read_archives(paths: Sequence[Path]) -> list[Segment | CustodySegment]:
                 f"{path} brings the archive to {len(files)} segments; at most {MAX_SEGMENTS}",
                 hint="verify an object's own archive directories only",
             )
-        announced += sum(_size_of(file) for file in found)
+        for file in found:
+            size = _size_of(file)
+            announced += min(size, _limit(file) + 1)
+            if file.suffix == ".cus":
+                _check_custody_size(file, size)
+                custody += size
+                if custody > MAX_CUSTODY_ARCHIVE_BYTES:
+                    raise _too_many_custody_bytes(file, custody)
         if announced > MAX_ARCHIVE_BYTES:
             raise _too_many_bytes(path, announced)
-    segments: list[Segment] = []
+    segments: list[SegmentFile] = []
     handoffs: list[CustodySegment] = []
-    read = 0
+    read = custody = 0
     for file in files:
-        raw = _read_segment_file(file)
+        raw = _read_segment_file(file, _limit(file))
         read += len(raw)
         if read > MAX_ARCHIVE_BYTES:
             raise _too_many_bytes(file, read)
         if file.suffix == ".cus":
+            _check_custody_size(file, len(raw))
+            custody += len(raw)
+            if custody > MAX_CUSTODY_ARCHIVE_BYTES:
+                raise _too_many_custody_bytes(file, custody)
             handoffs.append(CustodySegment.decode(raw))
         else:
-            segments.append(Segment.decode(raw))
-    return [*sorted(segments, key=lambda s: (s.start, -len(s.entries))), *handoffs]
+            segment = Segment.decode(raw)
+            segments.append(
+                SegmentFile(
+                    path=file,
+                    object_id=segment.object_id,
+                    start=segment.start,
+                    count=len(segment.entries),
+                    digest=hashlib.sha256(raw).digest(),
+                    index=_index(segment, len(segment.entries)),
+                )
+            )
+            del segment, raw  # one segment held at a time
+    return [*sorted(segments, key=lambda s: (s.start, -s.count)), *handoffs]
 
 
-S = TypeVar("S", Segment, CustodySegment)
+def _limit(file: Path) -> int:
+    """The largest file of ``file``'s kind that is read (one more byte is read, to see)."""
+    return MAX_CUSTODY_SEGMENT_BYTES if file.suffix == ".cus" else MAX_SEGMENT_BYTES
 
 
 def _size_of(file: Path) -> int:
-    """The bytes of a segment file that would be read (its size as the file system says,
-    up to one over :data:`MAX_SEGMENT_BYTES`; 0 when it cannot say: reading it then
-    names the problem); what is read is bounded and counted all the same."""
+    """The bytes of a segment file as the file system says (0 when it cannot say: reading
+    it then names the problem); what is read is bounded and counted all the same."""
     try:
-        return min(file.stat().st_size, MAX_SEGMENT_BYTES + 1)
+        return file.stat().st_size
     except OSError:
         return 0
+
+
+def _check_custody_size(file: Path, size: int) -> None:
+    if size > MAX_CUSTODY_SEGMENT_BYTES:
+        raise ConfigError(
+            f"{file} is {size} bytes; a custody segment is at most "
+            f"{MAX_CUSTODY_SEGMENT_BYTES} bytes (the handoffs one object could carry)",
+            hint="this file was not written by `gateway object archive`; leave it out of the "
+            "archive directory",
+        )
 
 
 def _too_many_bytes(where: Path, size: int) -> ConfigError:
@@ -582,11 +685,19 @@ def _too_many_bytes(where: Path, size: int) -> ConfigError:
     )
 
 
-def _read_segment_file(file: Path) -> bytes:
-    """A segment file's bytes, at most one more than :data:`MAX_SEGMENT_BYTES` (decode
-    refuses that): directories come from other hosts, and reading a whole file first
-    let one huge file, or a name linked to ``/dev/zero``, take all memory. Only regular
-    files are read (a FIFO would block the verification for good)."""
+def _too_many_custody_bytes(where: Path, size: int) -> ConfigError:
+    return ConfigError(
+        f"{where} brings the archive to {size} bytes of custody segments; at most "
+        f"{MAX_CUSTODY_ARCHIVE_BYTES} bytes of custody segments",
+        hint="verify an object's own archive directories only",
+    )
+
+
+def _read_segment_file(file: Path, limit: int = MAX_SEGMENT_BYTES) -> bytes:
+    """A segment file's bytes, at most one more than ``limit`` (decode refuses that):
+    directories come from other hosts, and reading a whole file first let one huge file,
+    or a name linked to ``/dev/zero``, take all memory. Only regular files are read (a
+    FIFO would block the verification for good)."""
     try:
         if not file.is_file():
             raise ConfigError(
@@ -595,7 +706,15 @@ def _read_segment_file(file: Path) -> bytes:
                 "archive` wrote",
             )
         with open(file, "rb") as handle:
-            return handle.read(MAX_SEGMENT_BYTES + 1)
+            # read(limit + 1) allocates all of it at once (128 MiB for every segment, most
+            # of a verification's memory): read what the file holds, then on to the limit
+            # should it have grown.
+            chunks = [handle.read(min(os.fstat(handle.fileno()).st_size, limit) + 1)]
+            read = len(chunks[0])
+            while chunks[-1] and read <= limit:
+                chunks.append(handle.read(min(1 << 20, limit + 1 - read)))
+                read += len(chunks[-1])
+            return b"".join(chunks)
     except OSError as exc:
         raise ConfigError(f"cannot read {file}: {exc.strerror}") from exc
 
@@ -603,6 +722,8 @@ def _read_segment_file(file: Path) -> bytes:
 #: Chains of segments tried against the base's root before giving up (they differ only
 #: where spares of compactions that never committed start where committed ones do).
 MAX_CHAINS_TRIED = 64
+
+S = TypeVar("S")
 
 
 def _chains(
@@ -661,6 +782,36 @@ def _chains(
         frames.append([position + length(segment), 0, False])
 
 
+@dataclass(frozen=True, slots=True)
+class _Handoff:
+    """One archived handoff, parsed once: its envelopes, the commitment its departure
+    states (``C_k``; empty for a departure of a format that commits to nothing) and the
+    commitment after it computed from that (``C_{k+1}``; empty likewise)."""
+
+    departure: dsse.Envelope
+    arrival: dsse.Envelope
+    claimed: bytes
+    after: bytes
+
+
+def _parsed_handoffs(segment: CustodySegment) -> list[_Handoff]:
+    """``segment``'s handoffs, each envelope parsed and each commitment hashed once; none
+    when one does not parse (unsigned bytes: the segment is passed over)."""
+    handoffs = []
+    try:
+        for raw_departure, raw_arrival in zip(segment.departures, segment.arrivals, strict=True):
+            departure = dsse.from_json(raw_departure, max_size=MAX_CUSTODY_SEGMENT_BYTES)
+            arrival = dsse.from_json(raw_arrival, max_size=MAX_CUSTODY_SEGMENT_BYTES)
+            claimed = Checkpoint.decode(departure.payload).custody
+            after = (
+                custody_chain.step(claimed, departure.payload, arrival.payload) if claimed else b""
+            )
+            handoffs.append(_Handoff(departure, arrival, claimed, after))
+    except GatewayError:
+        return []
+    return handoffs
+
+
 def archived_custody(
     segments: Sequence[CustodySegment], lineage: Lineage, *, object_id: str
 ) -> tuple[tuple[dsse.Envelope, ...], tuple[dsse.Envelope, ...]]:
@@ -668,7 +819,17 @@ def archived_custody(
     step 2), from ``segments`` (several hosts' archives, spares included): a contiguous
     run from hop 0 that digests to that departure's ``custody``. Only the digest is
     checked here; the signatures and ADR 0004's rules are checked over the reassembled
-    history by :func:`verify_archived`. ((), ()) when nothing is archived."""
+    history by :func:`verify_archived`. ((), ()) when nothing is archived.
+
+    The segments are unsigned and any number may start at one place. Trying runs of them
+    from hop 0 hashed each run's commitment whole (up to MAX_CHAINS_TRIED: a decoy beside
+    each of the first six handoffs made 64 runs). Here the run is followed back from the
+    commitment the oldest carried departure signed: each departure states the commitment
+    before it (``C_k``), so each handoff is hashed once, from that, and only a handoff
+    whose ``C_{k+1}`` is the one needed can stand at ``k`` (SHA-256); among segments
+    holding it, the one linking furthest back is taken, as for entries. Departures of a
+    format that commits to nothing come first (no downgrade, ADR 0010 rule 5): those
+    (and only those) are searched from hop 0 as before (:func:`_uncommitted_run`)."""
     if not lineage.checkpoints:
         return (), ()
     oldest = Checkpoint.decode(lineage.checkpoints[0].payload)
@@ -681,115 +842,252 @@ def archived_custody(
                 f"a custody segment is of {segment.object_id}, not {object_id}",
                 hint="give only the archive directories of the object verified",
             )
-    # Runs of segments that continue where the run ends (spares of compactions that did
-    # not commit may overlap), none past the count; bounded by MAX_CHAINS_TRIED runs. The
-    # segments are unsigned and the count is the presenter's: a recursive search over
-    # every combination took exponential time (and overflowed the stack on a long run).
+    # Whether contiguous segments reach the count at all (linear in their number, however
+    # they overlap: see _chains), to say a segment is missing rather than altered.
     reach = [0]
     fitting = [s for s in segments if s.first + len(s.departures) <= count]
     runs = _chains(
         fitting, count, reach, start=lambda s: s.first, length=lambda s: len(s.departures)
     )
-    # Each segment's envelopes are parsed once (None: one does not parse), whatever number
-    # of runs it is in: a run then costs only the hashing of its commitment.
-    parsed: dict[int, tuple[list[dsse.Envelope], list[dsse.Envelope]] | None] = {}
-
-    def envelopes(
-        segment: CustodySegment,
-    ) -> tuple[list[dsse.Envelope], list[dsse.Envelope]] | None:
-        if id(segment) not in parsed:
-            try:
-                parsed[id(segment)] = (
-                    [dsse.from_json(raw, max_size=MAX_SEGMENT_BYTES) for raw in segment.departures],
-                    [dsse.from_json(raw, max_size=MAX_SEGMENT_BYTES) for raw in segment.arrivals],
-                )
-            except GatewayError:
-                parsed[id(segment)] = None
-        return parsed[id(segment)]
-
-    found_any = False
-    for tried, run in enumerate(runs):
-        if tried == MAX_CHAINS_TRIED:
-            break
-        found_any = True
-        pieces = [envelopes(segment) for segment in run]
-        if any(piece is None for piece in pieces):
-            continue
-        opened = [e for piece in pieces if piece is not None for e in piece[0]]
-        acks = [e for piece in pieces if piece is not None for e in piece[1]]
-        value = custody_chain.commitment(
-            object_id, [e.payload for e in opened], [e.payload for e in acks]
-        )
-        if value == oldest.custody:
-            return tuple(opened), tuple(acks)
-    if not found_any:
+    if next(runs, None) is None:
         raise LineageError(
             f"the archive holds handoffs 0 to {reach[0] - 1} contiguously; the object's oldest "
             f"carried departure follows {count} archived handoffs",
             hint="a custody segment is missing; export the archive of every host that held "
             "the object and pass each with --archive",
         )
-    raise LineageError(
-        f"the {count} archived handoffs do not digest to the custody the oldest carried "
-        f"departure (by {oldest.host}) commits to",
-        hint="the archive is not this object's, or a handoff in it was hidden, reordered, "
-        "altered or invented",
-    )
-
-
-def _archived_entries(segments: Sequence[Segment], base: Base) -> list[LineageEntry]:
-    """Entries 0 to ``base.size - 1`` from ``segments`` (several hosts' archives, spares
-    included): the run that ends in the entry the base names (its ``head``) and links
-    back, entry by entry, to entry 0 through each entry's ``prev`` (the leaf hash of the
-    one before), and that rebuilds the root the base signed.
-
-    The segments are unsigned, so any number may start at one place. A search over their
-    chains decoded and hashed every chain it tried whole (up to 64: six positions of two
-    one-entry segments each made an honest verification's work 40 times over). Here each
-    entry is decoded and hashed once, and the run is followed back from the head: only
-    the entry whose leaf hash the next one names can stand before it (SHA-256), so at
-    each position at most one candidate links, and among the segments holding it the one
-    whose entries keep linking furthest back is taken (what they hold in common is the
-    same entries). Linear in the entries the segments hold."""
-    # (position, leaf hash) -> (where its segment's links run back to, segment, index)
+    parsed = [_parsed_handoffs(segment) for segment in fitting]
+    # (hop, commitment after it) -> (where its segment's links run back to, segment, index)
     linked: dict[tuple[int, bytes], tuple[int, int, int]] = {}
-    decoded: list[list[LineageEntry]] = []
-    unreadable: GatewayError | None = None
-    for number, segment in enumerate(segments):
-        held = segment.entries[: max(base.size - segment.start, 0)]
-        try:
-            entries = [LineageEntry.decode(raw) for raw in held]
-        except GatewayError as exc:  # unsigned bytes: passed over, named if nothing fits
-            unreadable = unreadable or exc
-            entries = []
-        decoded.append(entries)
-        low = 0
-        for index, entry in enumerate(entries):
-            leaf = entry.leaf_hash()
-            if index and entry.prev != entries[index - 1].leaf_hash():
+    for number, handoffs in enumerate(parsed):
+        first, low = fitting[number].first, 0
+        for index, handoff in enumerate(handoffs):
+            if not handoff.claimed:
+                continue
+            if not index or handoff.claimed != handoffs[index - 1].after:
                 low = index
-            key = (segment.start + index, leaf)
+            key = (first + index, handoff.after)
             known = linked.get(key)
-            if known is None or segment.start + low < known[0]:
-                linked[key] = (segment.start + low, number, index)
-    run: list[list[LineageEntry]] = []
-    position, need = base.size, base.head
+            if known is None or first + low < known[0]:
+                linked[key] = (first + low, number, index)
+    pieces: list[list[_Handoff]] = []
+    position, need = count, oldest.custody
     while position > 0:
         found = linked.get((position - 1, need))
         if found is None:
             break
         low, number, index = found
-        start = segments[number].start
-        piece = decoded[number][low - start : index + 1]
-        run.append(piece)
-        position, need = low, piece[0].prev
+        piece = parsed[number][low - fitting[number].first : index + 1]
+        pieces.append(piece)
+        position, need = low, piece[0].claimed
+    if position == 0:
+        prefix: list[_Handoff] | None = [] if need == custody_chain.genesis(object_id) else None
+    else:
+        prefix = _uncommitted_run(fitting, parsed, position, need, object_id)
+    if prefix is None:
+        raise LineageError(
+            f"the {count} archived handoffs do not digest to the custody the oldest carried "
+            f"departure (by {oldest.host}) commits to",
+            hint="the archive is not this object's, or a handoff in it was hidden, reordered, "
+            "altered or invented",
+        )
+    run = [*prefix, *(handoff for piece in reversed(pieces) for handoff in piece)]
+    return tuple(h.departure for h in run), tuple(h.arrival for h in run)
+
+
+@dataclass(frozen=True, slots=True)
+class _Uncommitted:
+    """The leading handoffs of a custody segment whose departures commit to nothing."""
+
+    number: int
+    first: int
+    length: int
+
+
+def _uncommitted_run(
+    segments: Sequence[CustodySegment],
+    parsed: Sequence[list[_Handoff]],
+    size: int,
+    target: bytes,
+    object_id: str,
+) -> list[_Handoff] | None:
+    """Handoffs 0 to ``size - 1``, all of departures that commit to nothing (so the run
+    cannot be followed back), that digest from ``C_0`` to ``target``; None if no run does.
+    Runs are tried from hop 0, at most MAX_CHAINS_TRIED, and each segment's part is hashed
+    once per commitment it is reached with (a run shares the work of its prefix): at worst
+    MAX_CHAINS_TRIED times these handoffs' bytes, and only objects older than ADR 0010
+    have them."""
+    views = []
+    for number, handoffs in enumerate(parsed):
+        first = segments[number].first
+        if not handoffs or first >= size:
+            continue
+        length = 0
+        while length < min(len(handoffs), size - first) and not handoffs[length].claimed:
+            length += 1
+        if length:
+            views.append(_Uncommitted(number, first, length))
+    runs = _chains(views, size, [0], start=lambda v: v.first, length=lambda v: v.length)
+    after: dict[tuple[int, bytes], bytes] = {}
+    for tried, run in enumerate(runs):
+        if tried == MAX_CHAINS_TRIED:
+            break
+        value = custody_chain.genesis(object_id)
+        for view in run:
+            key = (view.number, value)
+            if key not in after:
+                for handoff in parsed[view.number][: view.length]:
+                    value = custody_chain.step(
+                        value, handoff.departure.payload, handoff.arrival.payload
+                    )
+                after[key] = value
+            value = after[key]
+        if value == target:
+            return [h for v in run for h in parsed[v.number][: v.length]]
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Indexed:
+    """What verification keeps of one entry segment while it looks for the run: the leaf
+    hash of each entry below the base's size (32 bytes each, joined), where the entries
+    stop linking to the one before (``breaks``, 0 first) and the ``prev`` each of those
+    names. Never the entries themselves: those are read again, one segment at a time."""
+
+    start: int
+    leaves: bytes
+    breaks: list[int]
+    links: list[bytes]
+    #: index of the first entry that names no ``prev`` (the index stops there), or None
+    unreadable: int | None
+
+    def below(self, size: int) -> _Indexed:
+        """The index of the entries before entry ``size`` (the base's size)."""
+        count = max(size - self.start, 0)
+        if count * _HASH >= len(self.leaves) and (
+            self.unreadable is None or self.unreadable < count
+        ):
+            return self
+        kept = bisect.bisect_left(self.breaks, count)
+        return _Indexed(
+            self.start,
+            self.leaves[: count * _HASH],
+            self.breaks[:kept],
+            self.links[:kept],
+            self.unreadable if self.unreadable is not None and self.unreadable < count else None,
+        )
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.leaves) // _HASH
+
+    def leaf(self, position: int) -> bytes:
+        at = (position - self.start) * _HASH
+        return self.leaves[at : at + _HASH]
+
+
+_HASH = 32
+_PREV = b'"prev":"'
+
+
+def _named_prev(raw: bytes) -> bytes | None:
+    """The ``prev`` an entry's bytes name, read without decoding the entry (its canonical
+    form puts ``prev`` after every string field that could hold the same text, so the last
+    occurrence is the field); None when there is none. Used only to choose the run: every
+    entry of the run chosen is decoded and checked in full afterwards."""
+    at = raw.rfind(_PREV)
+    end = raw.find(b'"', at + len(_PREV)) if at >= 0 else -1
+    if end - at - len(_PREV) not in (0, 2 * _HASH):
+        return None
+    try:
+        return bytes.fromhex(raw[at + len(_PREV) : end].decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _index(segment: Segment, count: int) -> _Indexed:
+    """``segment``'s first ``count`` entries indexed (see :class:`_Indexed`); an entry
+    that names no ``prev`` (unsigned bytes) ends the index."""
+    leaves: list[bytes] = []
+    breaks: list[int] = []
+    links: list[bytes] = []
+    previous: bytes | None = None
+    unreadable = None
+    for index, raw in enumerate(segment.entries[: max(count, 0)]):
+        prev = _named_prev(raw)
+        if prev is None:
+            unreadable = index
+            break
+        if prev != previous:
+            breaks.append(index)
+            links.append(prev)
+        previous = merkle.leaf_hash(raw)
+        leaves.append(previous)
+    return _Indexed(segment.start, b"".join(leaves), breaks, links, unreadable)
+
+
+def _archived_run(
+    segments: Sequence[EntrySegment], base: Base
+) -> tuple[list[tuple[int, int, int]], list[_Indexed]]:
+    """Where entries 0 to ``base.size - 1`` are in ``segments`` (several hosts' archives,
+    spares included): the run that ends in the entry the base names (its ``head``) and
+    links back, entry by entry, to entry 0 through each entry's ``prev`` (the leaf hash of
+    the one before), as pieces (segment number, first index, end index), oldest first;
+    and the segments indexed. The root is checked by :func:`_check_archived`.
+
+    The segments are unsigned, so any number may start at one place. Each is read once
+    here, one at a time, and each entry hashed once (trying chains of segments decoded
+    and hashed each chain whole: up to 64 times the work). The run is followed back from
+    the head: only the entry whose leaf hash the next one names can stand before it
+    (SHA-256), so at each position at most one candidate links, and among the segments
+    holding it the one whose entries keep linking furthest back is taken (what they hold
+    in common is the same entries). Linear in the entries the segments hold, for each
+    position reached times the segments overlapping it."""
+    indexed: list[_Indexed] = []
+    problem = ""
+    for segment in segments:
+        if isinstance(segment, SegmentFile):  # indexed as read_archives read it
+            held = segment.index.below(base.size)
+        else:
+            held = _index(segment, base.size - segment.start)
+        indexed.append(held)
+        if held.unreadable is not None and not problem:
+            problem = f"archived entry {held.start + held.unreadable} is not a lineage entry"
+    # Segments join the candidates as the walk, going back, reaches their last entry, and
+    # leave once it passes their first.
+    by_end = sorted(range(len(indexed)), key=lambda n: -indexed[n].end)
+    joined = 0
+    candidates: set[int] = set()
+    pieces: list[tuple[int, int, int]] = []
+    position, need = base.size, base.head
+    while position > 0:
+        at = position - 1
+        while joined < len(by_end) and indexed[by_end[joined]].end > at:
+            candidates.add(by_end[joined])
+            joined += 1
+        best: tuple[int, int, int] | None = None  # (low, segment, which break)
+        for number in list(candidates):
+            held = indexed[number]
+            if held.start > at:
+                candidates.discard(number)
+            elif held.leaf(at) == need:
+                which = bisect.bisect_right(held.breaks, at - held.start) - 1
+                low = held.start + held.breaks[which]
+                if best is None or low < best[0]:
+                    best = (low, number, which)
+        if best is None:
+            break
+        low, number, which = best
+        held = indexed[number]
+        pieces.append((number, low - held.start, position - held.start))
+        position, need = low, held.links[which]
     if position > 0:
-        covered = any(s.start < position <= s.start + len(s.entries) for s in segments)
-        if covered or unreadable is not None:
-            problem = f" ({unreadable.reason})" if unreadable is not None else ""
+        covered = any(s.start < position <= s.start + _length(s) for s in segments)
+        if covered or problem:
+            because = f" ({problem})" if problem else ""
             raise LineageError(
                 f"the archived entries do not match the root the object's base signed: no "
-                f"archived entry {position - 1} is the one entry {position} links to{problem}",
+                f"archived entry {position - 1} is the one entry {position} links to{because}",
                 hint="the archive is not this object's, or was altered",
             )
         raise LineageError(
@@ -798,17 +1096,158 @@ def _archived_entries(segments: Sequence[Segment], base: Base) -> list[LineageEn
             hint="an archive segment is missing; export the archive of every host that held "
             "the object and pass each with --archive",
         )
-    archived = [entry for piece in reversed(run) for entry in piece]
-    if merkle.root([e.leaf_hash() for e in archived]) != base.root:
+    pieces.reverse()
+    return pieces, indexed
+
+
+def _archived_departures(
+    departures: Sequence[dsse.Envelope], *, object_id: str, trust: TrustStore, size: int
+) -> list[Checkpoint]:
+    """The archived departures, each signature checked as verify_lineage checks a
+    checkpoint's (by the host it names, whose recording of the entries it covers
+    :func:`_check_archived` checks), each covering more entries than the one before and
+    none past the base's ``size``."""
+    checkpoints: list[Checkpoint] = []
+    covered = 0
+    for index, envelope in enumerate(departures):
+        host = Checkpoint.decode(envelope.payload).host  # picks the keys; checked below
+        payload = _open_signed(
+            envelope,
+            host=host,
+            payload_type=dsse.PayloadType.CHECKPOINT,
+            trust=trust,
+            what=f"checkpoint {index} by {host} of {object_id}",
+            signed_at=lambda raw: Checkpoint.decode(raw).issued_at,
+        )
+        checkpoint = Checkpoint.decode(payload)
+        if checkpoint.object_id != object_id:
+            raise LineageError(f"checkpoint {index} is for {checkpoint.object_id}, not {object_id}")
+        if not covered < checkpoint.size <= size:
+            raise LineageError(
+                f"checkpoint {index} covers {checkpoint.size} entries; expected more than "
+                f"{covered} and at most {size} (the archived ones)"
+            )
+        covered = checkpoint.size
+        checkpoints.append(checkpoint)
+    return checkpoints
+
+
+def _check_archived(
+    segments: Sequence[EntrySegment],
+    pieces: Sequence[tuple[int, int, int]],
+    indexed: Sequence[_Indexed],
+    base: Base,
+    checkpoints: list[Checkpoint],
+    *,
+    object_id: str,
+    following: int,
+) -> str:
+    """What verify_lineage (and, for the first ``following`` departures, verify_custody's
+    entry after each departure) checks of the archived entries as part of the whole
+    history, one segment at a time: sequence numbers, links, epochs, the creation first;
+    that the entries each checkpoint covers were recorded by its host, end at its epoch
+    and grants, and rebuild its root; and that they rebuild the base's root and head.
+    ``checkpoints``: all of them, archived and carried, oldest first (a first-format one's
+    grants are filled in from its last entry, as verify_lineage does). Returns the
+    creator (the host of entry 0)."""
+    frontier = merkle.CompactRange()
+    stops = {c.size: i for i, c in enumerate(checkpoints) if c.size <= base.size}
+    after = {c.size: i for i, c in enumerate(checkpoints[:following]) if c.size < base.size}
+    position, previous, epoch, cursor, creator = 0, b"", 0, 0, ""
+    for number, low, high in pieces:
+        segment = _loaded(segments[number])  # its digest is the one indexed (SegmentFile)
+        held = indexed[number]
+        leaves = [held.leaf(held.start + index) for index in range(low, high)]
+        for raw, leaf in zip(segment.entries[low:high], leaves, strict=True):
+            # Not through the entry memo: archived entries are read once, and 16,384 of
+            # them held there would be most of this verification's memory.
+            entry = LineageEntry._decode(raw)
+            if entry.seq != position:
+                raise LineageError(f"entry {position} has sequence number {entry.seq}")
+            if entry.prev != previous:
+                raise LineageError(f"entry {position} does not link to entry {position - 1}")
+            if position == 0:
+                if entry.kind is not EntryKind.CREATED or entry.epoch != 0:
+                    raise LineageError(
+                        "the lineage does not start with the object's creation at epoch 0"
+                    )
+                creator = entry.host
+            elif entry.epoch != epoch + (entry.kind is EntryKind.FROZEN):
+                raise LineageError(
+                    f"entry {position} ({entry.kind.value}) is at epoch {entry.epoch} after "
+                    f"epoch {epoch}; only a freeze raises the epoch, by one"
+                )
+            while cursor < len(checkpoints) and checkpoints[cursor].size <= position:
+                cursor += 1
+            if cursor < len(checkpoints):
+                _check_covered(checkpoints, cursor, entry)
+            if position in after:
+                _check_taken_in(checkpoints[after[position]], after[position], entry, object_id)
+            previous, epoch, position = leaf, entry.epoch, position + 1
+        for size, head in frontier.append_leaves(leaves, stops).items():
+            checkpoint = checkpoints[stops[size]]
+            if head != checkpoint.root:
+                raise LineageError(
+                    f"checkpoint {stops[size]} by {checkpoint.host} does not match the entries "
+                    "it covers"
+                )
+        del segment, leaves  # one segment held at a time
+    if position != base.size or previous != base.head or frontier.root() != base.root:
         raise LineageError(
             "the archived entries do not match the root the object's base signed",
             hint="the archive is not this object's, or was altered",
         )
-    return archived
+    if epoch != base.epoch:
+        raise LineageError(
+            f"the last archived entry is at epoch {epoch}; the object's base says {base.epoch}"
+        )
+    return creator
+
+
+def _check_covered(checkpoints: list[Checkpoint], index: int, entry: LineageEntry) -> None:
+    """Entry ``entry`` lies in checkpoint ``index``'s range: recorded by its host, and if it
+    is the last one, at its epoch with its grants."""
+    checkpoint = checkpoints[index]
+    if entry.host != checkpoint.host:
+        raise LineageError(
+            f"entry {entry.seq} is recorded by {entry.host} but vouched for by {checkpoint.host}",
+            hint="each host signs only what it recorded",
+        )
+    if entry.seq != checkpoint.size - 1:
+        return
+    if not checkpoint.credentials_digest:
+        # First-format checkpoint: its grants are its last entry's (as verify_lineage).
+        checkpoint = replace(checkpoint, credentials_digest=entry.credentials_digest)
+        checkpoints[index] = checkpoint
+    if checkpoint.epoch != entry.epoch:
+        raise LineageError(
+            f"checkpoint {index} by {checkpoint.host} is for epoch {checkpoint.epoch}, but the "
+            f"last entry it covers is at epoch {entry.epoch}"
+        )
+    if checkpoint.credentials_digest != entry.credentials_digest:
+        raise LineageError(
+            f"checkpoint {index} by {checkpoint.host} records other grants than the last entry "
+            "it covers"
+        )
+
+
+def _check_taken_in(departure: Checkpoint, index: int, entry: LineageEntry, object_id: str) -> None:
+    """The entry right after departure ``index`` is its receiver's REHOSTED entry
+    (gateway.custody rule 2, for a departure whose next entry is archived)."""
+    if (
+        entry.kind is not EntryKind.REHOSTED
+        or entry.host != departure.to
+        or entry.epoch != departure.epoch
+    ):
+        raise CustodyError(
+            f"the lineage does not record {departure.to} taking {object_id} in right after "
+            f"departure {index}",
+            hint="refuse the object; an entry of its history was dropped or moved",
+        )
 
 
 def verify_archived(
-    segments: Sequence[Segment | CustodySegment],
+    segments: Sequence[Segment | SegmentFile | CustodySegment],
     lineage: Lineage,
     *,
     object_id: str,
@@ -816,8 +1255,8 @@ def verify_archived(
     sealed: bool,
 ) -> VerifiedLineage:
     """The whole history from ``segments`` and a compacted ``lineage``: the archived
-    entries rebuild the base's root and link to the carried ones, and the reassembled
-    history passes the receiver's verify_lineage as if it had never been compacted.
+    entries rebuild the base's root and link to the carried ones, and the history passes
+    every check the receiver's verify_lineage makes, as if it had never been compacted.
 
     ``segments`` may come from several hosts' archives and include spares (segments of a
     compaction that never committed): the chain used is contiguous from entry 0 to the
@@ -825,9 +1264,16 @@ def verify_archived(
 
     Handoffs archived too (ADR 0010 step 2, :class:`CustodySegment`) are put back in
     front of the carried ones once they digest to the oldest carried departure's
-    commitment (:func:`archived_custody`); the whole history then passes verify_lineage
-    (every original departure signature) and the custody rules of ADR 0004/0010 from the
-    first handoff (every arrival signature, the chain of holders, every commitment).
+    commitment (:func:`archived_custody`); the whole history then passes verify_lineage's
+    checks (every original departure signature) and the custody rules of ADR 0004/0010
+    from the first handoff (every arrival signature, the chain of holders, every
+    commitment).
+
+    Bounded in memory by the largest segment plus 32 bytes per archived entry: the
+    carried lineage is verified by verify_lineage, the archived entries segment by
+    segment (:func:`_archived_run`, then :func:`_check_archived`), never all decoded at
+    once (that peaked at about 12 times the bytes read). Custody segments are held
+    decoded (bounded by MAX_CUSTODY_ARCHIVE_BYTES).
 
     Raises :class:`LineageError` (or a signature's verification / custody error)."""
     verified = verify_lineage(lineage, object_id=object_id, trust=trust, sealed=sealed)
@@ -835,7 +1281,7 @@ def verify_archived(
     if base is None:
         return verified
     handoffs = [s for s in segments if isinstance(s, CustodySegment)]
-    entries_archived = [s for s in segments if isinstance(s, Segment)]
+    entries_archived = [s for s in segments if not isinstance(s, CustodySegment)]
     departures, arrivals = archived_custody(handoffs, lineage, object_id=object_id)
     for segment in entries_archived:
         if segment.object_id != object_id:
@@ -843,22 +1289,65 @@ def verify_archived(
                 f"an archive segment is of {segment.object_id}, not {object_id}",
                 hint="give only the archive directories of the object verified",
             )
-    archived = _archived_entries(entries_archived, base)
-    whole = Lineage(
-        entries=(*archived, *lineage.entries),
-        checkpoints=(*departures, *lineage.checkpoints),
-        arrivals=(*arrivals, *lineage.arrivals),
+    pieces, indexed = _archived_run(entries_archived, base)
+    archived = _archived_departures(departures, object_id=object_id, trust=trust, size=base.size)
+    if archived and verified.checkpoints and verified.checkpoints[0].size <= archived[-1].size:
+        raise LineageError(
+            f"checkpoint {len(archived)} covers {verified.checkpoints[0].size} entries; "
+            f"expected more than {archived[-1].size}"
+        )
+    checkpoints = [*archived, *verified.checkpoints]
+    in_transit = len(checkpoints) > len(arrivals) + len(lineage.arrivals)
+    creator = _check_archived(
+        entries_archived,
+        pieces,
+        indexed,
+        base,
+        checkpoints,
+        object_id=object_id,
+        # verify_custody checks the entry after each completed departure, where carried
+        following=len(checkpoints) - in_transit if departures else 0,
     )
-    result = verify_lineage(whole, object_id=object_id, trust=trust, sealed=sealed)
+    del pieces, indexed
+    _check_creator(creator, object_id)
+    result = replace(
+        verified,
+        hosts=(*(c.host for c in archived), *verified.hosts),
+        checkpoints=tuple(checkpoints),
+        base=None,
+        creator=creator,
+    )
     if departures:
         from gateway.custody import verify_custody  # custody imports the lineage module
 
+        # The object with its archived handoffs put back: verify_custody checks what its
+        # entries show where they are carried; _check_archived did where they are not.
+        restored = Lineage(
+            entries=lineage.entries,
+            checkpoints=(*departures, *lineage.checkpoints),
+            arrivals=(*arrivals, *lineage.arrivals),
+            base=lineage.base,
+        )
         verify_custody(
-            whole,
+            restored,
             result.checkpoints,
             object_id=object_id,
             trust=trust,
-            in_transit=len(whole.checkpoints) > len(whole.arrivals),
+            in_transit=in_transit,
             from_archive=len(departures),
         )
     return result
+
+
+def _check_creator(creator: str, object_id: str) -> None:
+    """Only the domain that owns an object id creates objects under it (verify_lineage's
+    check, on the first archived entry)."""
+    owner = ObjectId.parse(object_id).trust_domain
+    try:
+        created_in = HostId.parse(creator).trust_domain
+    except ConfigError as exc:
+        raise LineageError(f"the first entry names {creator!r}, which is not a host id") from exc
+    if created_in != owner:
+        raise LineageError(
+            f"{object_id} was created by {creator}, outside {owner}, the domain that owns it"
+        )

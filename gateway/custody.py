@@ -104,7 +104,7 @@ def verify_custody(
     received now and has no arrival yet. ``from_archive``: how many of the first were
     put back from an archive (:func:`gateway.archive.verify_archived`); only the others,
     the ones an object carries, are held to :data:`MAX_DEPARTURES` (rule 6: archived
-    handoffs are bounded by the archive's bytes, gateway.archive.MAX_ARCHIVE_BYTES).
+    handoffs are bounded by the archive's bytes, gateway.archive.MAX_CUSTODY_ARCHIVE_BYTES).
     """
     if len(checkpoints) - from_archive > MAX_DEPARTURES:
         raise CustodyError(
