@@ -17,7 +17,7 @@ import pytest
 
 from gateway import versions
 from gateway.archive import CustodySegment, Segment, compact, verify_archived
-from gateway.lineage import EntryKind, Lineage, LineageEntry
+from gateway.lineage import EntryKind, Lineage
 from gateway.testing import World, serving
 from gateway.transport.server import MAX_REQUEST_BYTES
 from gateway.transport.status import ERROR_TYPE_KEY
@@ -171,42 +171,6 @@ def _compacted(entries: int) -> tuple[Lineage, Segment]:
         signer=SIGNERS[HOST_A_LINEAGE],
         keep=5,
     )
-
-
-def test_spare_segments_cost_one_decode_of_each_entry(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Archive segments are unsigned and come from other hosts' directories. On main
-    verify_archived decoded and hashed every entry of every chain of segments it tried,
-    up to MAX_CHAINS_TRIED (64): two one-entry segments (the real entry and another) at
-    each of the first six positions make 64 chains of the whole history, the real one
-    last. Twelve tiny files made verification cost ~40 times an honest one's (20,000
-    entries: 0.42 s of CPU honest, 16.5 s so). Now each entry is decoded and hashed once,
-    and the run is found from the base's head back, entry by entry, along each entry's
-    link to the one before (its ``prev``): one candidate per position can link."""
-    from tests.test_compaction import created
-    from tests.test_lineage import OBJECT, T0, TRUST
-
-    lineage, honest = _compacted(300)
-    other = created().record(EntryKind.EVALUATED, host=HOST_A_LINEAGE, at=T0, detail="other")
-    forged = other.lineage.entries[-1].encode()
-    segments = []
-    for position in range(6):
-        segments.append(Segment(object_id=OBJECT, start=position, entries=(forged,)))
-        segments.append(
-            Segment(object_id=OBJECT, start=position, entries=(honest.entries[position],))
-        )
-    segments.append(Segment(object_id=OBJECT, start=6, entries=honest.entries[6:]))
-    decoded = 0
-    decode = LineageEntry.decode
-
-    def counting(raw: bytes) -> LineageEntry:
-        nonlocal decoded
-        decoded += 1
-        return decode(raw)
-
-    monkeypatch.setattr(LineageEntry, "decode", staticmethod(counting))
-    whole = verify_archived(segments, lineage, object_id=OBJECT, trust=TRUST, sealed=False)
-    assert whole.size == lineage.size
-    assert decoded <= len(honest.entries) + 12, decoded  # main: 64 x 296
 
 
 def test_an_archive_is_read_within_a_limit_on_all_its_files(
