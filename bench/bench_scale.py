@@ -20,7 +20,10 @@ P1b  p50 of a migration into a host (C) holding ``--residents`` cycling objects,
      same minutes of the same run. 1.0 is flat.
 P2   throughput of ``--moves`` migrations with 8 in flight, over the floor operation run
      with 8 in flight (its commits on one writer thread per side, as one connection per
-     file would), in 4 alternating rounds of each. Higher is better.
+     file would), in 4 alternating rounds of each. Higher is better. In the process
+     layout each side's CPU per migration is in the JSON, ours and the floor's, whole
+     (``source_cpu_ms``, ...) and its event-loop thread's alone (``source_loop_cpu_ms``,
+     ...): the rest is the side's other threads (the SQLite writer, gRPC's own).
 P5   committed cycles/s of ``--cycle-objects`` objects x 3 rules driven by the host's
      Scheduler (the real path: due times, concurrency, one commit per cycle), over bare
      CEL evaluation of the same rules on the same objects (cel-expr-python, compiled
@@ -711,12 +714,51 @@ def process_cpu(pid: int | None) -> float:
     """User + system CPU seconds of process ``pid`` (this one if None), all its threads."""
     if pid is None:
         return time.process_time()  # nanoseconds, where /proc counts clock ticks
-    with open(f"/proc/{pid}/stat") as handle:
+    return _stat_cpu(f"/proc/{pid}/stat")
+
+
+def loop_cpu(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid``'s main thread (this thread if None),
+    where every process here runs its event loop (``gateway serve``, the floor's server,
+    this script): a side's CPU less this is its other threads' (the SQLite writer's,
+    gRPC's own)."""
+    if pid is None:
+        return time.thread_time()
+    return _stat_cpu(f"/proc/{pid}/task/{pid}/stat")
+
+
+def _stat_cpu(path: str) -> float:
+    with open(path) as handle:
         fields = handle.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- the figures ---------------------------------------------------------------------------
+
+
+#: A P2 reading of both processes of a side pair: (this process's CPU, its loop
+#: thread's, the server process's CPU, its loop thread's); the server's are 0 with none.
+_SideCpu = tuple[float, float, float, float]
+
+
+def _side_cpu(server: int | None) -> _SideCpu:
+    """This process's CPU and its loop thread's (the source's side, ours or the floor's),
+    then ``server``'s and its loop thread's (the destination's side)."""
+    here = process_cpu(None), loop_cpu(None)
+    if server is None:
+        return (*here, 0.0, 0.0)
+    return (*here, process_cpu(server), loop_cpu(server))
+
+
+def _add_side_cpu(
+    cpu: dict[str, float], loop: dict[str, float], prefix: str, began: _SideCpu, ended: _SideCpu
+) -> None:
+    """Add one round's CPU (``ended`` less ``began``) to ``prefix``'s source and
+    destination, whole (``cpu``) and on the event-loop threads (``loop``)."""
+    cpu[f"{prefix}source"] += ended[0] - began[0]
+    loop[f"{prefix}source"] += ended[1] - began[1]
+    cpu[f"{prefix}destination"] += ended[2] - began[2]
+    loop[f"{prefix}destination"] += ended[3] - began[3]
 
 
 async def count_protocol(
@@ -904,21 +946,20 @@ async def migration_figures(
             # process over its own rounds only): steadier than the rates on a shared
             # machine, and where a change to either side shows (not the issue's figure).
             cpu = {"source": 0.0, "destination": 0.0, "floor_source": 0.0, "floor_destination": 0.0}
+            # The same, of each side's event-loop thread only: where a side spends more
+            # than the floor's, on the loop or in its other threads (issue 13's P2).
+            loop = dict.fromkeys(cpu, 0.0)
             destination = servers[HOST_B].pid if HOST_B in servers else None
             floor_server = floor.server_pid if isinstance(floor, ProcessFloor) else None
             rounds = P2_ROUNDS
             for index in range(rounds):
                 batch = p2_ids[index::rounds]
-                began = process_cpu(None), process_cpu(destination) if destination else 0.0
+                began = _side_cpu(destination)
                 ours_seconds += await migrate_concurrent(host_a, batch, HOST_B, arguments.in_flight)
-                cpu["source"] += process_cpu(None) - began[0]
-                if destination:
-                    cpu["destination"] += process_cpu(destination) - began[1]
-                began = process_cpu(None), process_cpu(floor_server) if floor_server else 0.0
+                _add_side_cpu(cpu, loop, "", began, _side_cpu(destination))
+                began = _side_cpu(floor_server)
                 floor_seconds += await floor_concurrent(floor, len(batch), arguments.in_flight)
-                cpu["floor_source"] += process_cpu(None) - began[0]
-                if floor_server:
-                    cpu["floor_destination"] += process_cpu(floor_server) - began[1]
+                _add_side_cpu(cpu, loop, "floor_", began, _side_cpu(floor_server))
             rate, floor_rate = len(p2_ids) / ours_seconds, len(p2_ids) / floor_seconds
             results["P2"] = {
                 "ratio": rate / floor_rate,
@@ -934,12 +975,17 @@ async def migration_figures(
                 p2 = results["P2"]
                 for side, seconds in cpu.items():
                     p2[f"{side}_cpu_ms"] = seconds / len(p2_ids) * 1e3
+                    p2[f"{side}_loop_cpu_ms"] = loop[side] / len(p2_ids) * 1e3
                 p2["cpu_ratio"] = (cpu["source"] + cpu["destination"]) / (
                     cpu["floor_source"] + cpu["floor_destination"]
                 )
                 text += (
                     f"; CPU per migration: source {p2['source_cpu_ms']:.2f} ms, destination "
                     f"{p2['destination_cpu_ms']:.2f} ms, over the floor's {p2['cpu_ratio']:.2f}x"
+                    f" (event-loop threads: source {p2['source_loop_cpu_ms']:.2f}, destination "
+                    f"{p2['destination_loop_cpu_ms']:.2f}; the floor's "
+                    f"{p2['floor_source_loop_cpu_ms']:.2f}, "
+                    f"{p2['floor_destination_loop_cpu_ms']:.2f} ms)"
                 )
             say(text)
     finally:
