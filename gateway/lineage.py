@@ -29,12 +29,14 @@ No I/O.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import functools
 import hashlib
 import itertools
 import json
+import operator
 import sys
 import threading
 from collections import OrderedDict
@@ -119,6 +121,8 @@ _BASE_FIELDS = frozenset(
     }
 )
 _INT_FIELDS = frozenset({"seq", "epoch", "generation", "repeats"})
+#: Integers below this have at most load_json's digit limit (its hooks refuse longer ones).
+_INT_LIMIT = 10**MAX_JSON_INT_DIGITS
 _encode_string = json.encoder.encode_basestring  # json.dumps(ensure_ascii=False) for a str
 #: The C scanner behind json.loads (the same parser and settings), without its per-call
 #: wrapper; NaN and Infinity parse as with json.loads and fail the field type checks.
@@ -156,34 +160,6 @@ def _strict_document(
         raise LineageError(f"{what} must be an object with exactly the fields {sorted(fields)}")
     if canonical_json(document) != raw:
         raise LineageError(f"{what} is not in canonical form (sorted keys, no spaces)")
-    return document
-
-
-def _plain_canonical(
-    raw: bytes, shapes: tuple[frozenset[str], ...], numbers: tuple[str, ...]
-) -> dict[str, Any] | None:
-    """The document in ``raw`` if it has one of the field sets ``shapes``, ``raw`` is its
-    canonical form and each of ``numbers`` is within load_json's digit limit; else None.
-
-    The fast path for documents received once per hop: the C scanner without load_json's
-    Python hooks. What those hooks refuse cannot pass here either (a repeated member or
-    any other spelling does not re-encode to ``raw``; a lone surrogate does not encode;
-    long integers are checked below), and the caller's field type checks, which admit no
-    nesting, still run. On None the caller runs the strict parser, for its message."""
-    try:
-        text = raw.decode("utf-8")
-        document, end = _scan_json(text, 0)
-        if end != len(text) or type(document) is not dict or document.keys() not in shapes:
-            return None
-        if canonical_json(document) != raw:
-            return None
-    except (ValueError, RecursionError, StopIteration, TypeError):  # Unicode errors too
-        return None
-    limit = 10**MAX_JSON_INT_DIGITS
-    for name in numbers:
-        value = document.get(name)  # a shape may leave a number out (checkpoint formats)
-        if type(value) is int and not -limit < value < limit:
-            return None
     return document
 
 
@@ -512,6 +488,17 @@ ENTRY_MEMO_MAX_BYTES = 1024
 #: An entry's fields (what :meth:`LineageEntry.stored` leaves unset until one is read).
 _FIELD_NAMES = tuple(field.name for field in dataclasses.fields(LineageEntry))
 
+#: Field readers for verify_chain's whole-list checks (C calls, mapped over the entries).
+_raw_of = operator.attrgetter("_raw")
+_seq_of = operator.attrgetter("seq")
+_prev_of = operator.attrgetter("prev")
+_epoch_of = operator.attrgetter("epoch")
+_kind_of = operator.attrgetter("kind")
+_host_of = operator.attrgetter("host")
+#: Sets an entry's remembered leaf hash: the slot's own descriptor, as object.__setattr__
+#: does (a frozen dataclass's __setattr__ refuses), callable by map() with no frame.
+_remember_leaf: Callable[[LineageEntry, bytes], None] = vars(_EncodedOnce)["_leaf"].__set__
+
 
 @functools.lru_cache(maxsize=ENTRY_MEMO_SIZE)
 def _remembered_entry(raw: bytes) -> LineageEntry:
@@ -570,13 +557,11 @@ class Checkpoint:
     @classmethod
     def decode(cls, raw: bytes) -> Checkpoint:
         what = "checkpoint"
-        shapes = (_CHECKPOINT_FIELDS_V3, _CHECKPOINT_FIELDS, _CHECKPOINT_FIELDS_V1)
-        fast = _plain_canonical(raw, shapes, ("epoch", "size", "hops"))
+        fast = _decode_checkpoint_fast(cls, raw)
         if fast is not None:
-            try:
-                return cls._from_document(fast, what, legacy=fast.keys() == _CHECKPOINT_FIELDS_V1)
-            except LineageError:
-                pass  # the strict parse below says it again, the same way as always
+            return fast
+        # Refused by the fast path: the strict parse says precisely why (or, for bytes the
+        # fast path does not know, accepts them as it always did).
         probe = load_json(raw, error=LineageError, what=what)
         legacy = isinstance(probe, dict) and set(probe) == _CHECKPOINT_FIELDS_V1
         committed = isinstance(probe, dict) and set(probe) == _CHECKPOINT_FIELDS_V3
@@ -627,6 +612,103 @@ class Checkpoint:
             custody=_hex(document, "custody", what) if "custody" in document else b"",
             hops=_field(document, "hops", int, what) if "hops" in document else 0,
         )
+
+
+def _decode_checkpoint_fast(cls: type[Checkpoint], raw: bytes) -> Checkpoint | None:
+    """The checkpoint in ``raw`` if it is exactly a canonical checkpoint of one of the
+    three formats, else None (then the strict parser decodes it, for its message).
+
+    A receiver decodes one checkpoint per departure (bench_lineage.py, P4). This is
+    Checkpoint._from_document's checks on the C scanner's document, field by field,
+    and one re-encoding by :func:`_checkpoint_bytes` compared with ``raw`` instead of
+    canonical_json: those bytes are canonical_json of the document when the field types
+    are right (a test holds the two together), and the hex fields and the time are
+    written from their decoded values, so the comparison also refuses what _from_hex
+    (upper case, spaces) and parse_time (any other spelling of the time) refuse. What
+    load_json's hooks refuse cannot pass either: a repeated member or any other
+    spelling does not re-encode to ``raw``, a lone surrogate does not encode, and
+    numbers are held to its digit limit below."""
+    try:
+        text = raw.decode("utf-8")
+        document, end = _scan_json(text, 0)
+    except (ValueError, RecursionError, StopIteration):  # Unicode errors too
+        return None
+    if end != len(text) or type(document) is not dict:
+        return None
+    keys = document.keys()
+    committed = keys == _CHECKPOINT_FIELDS_V3
+    legacy = not committed and keys == _CHECKPOINT_FIELDS_V1
+    if not (committed or legacy or keys == _CHECKPOINT_FIELDS):
+        return None
+    epoch, size, hops = document["epoch"], document["size"], document.get("hops", 1)
+    credentials = "" if legacy else document["credentials_digest"]
+    custody = document["custody"] if committed else ""
+    object_id, host, to = document["object_id"], document["host"], document["to"]
+    migration, issued_at, root = document["migration"], document["issued_at"], document["root"]
+    # Spelled out rather than any() over generators: this runs once per checkpoint.
+    if not (
+        type(epoch) is int
+        and type(size) is int
+        and type(hops) is int
+        and 0 <= epoch < _INT_LIMIT
+        and 0 <= size < _INT_LIMIT
+        and 1 <= hops <= MAX_HOPS
+        and type(object_id) is str
+        and type(host) is str
+        and type(to) is str
+        and type(migration) is str
+        and type(issued_at) is str
+        and type(root) is str
+        and type(credentials) is str
+        and type(custody) is str
+    ):
+        return None
+    try:
+        HostId.parse(to)
+        check_migration_id(migration)
+        checkpoint = cls(
+            object_id=sys.intern(object_id),
+            host=sys.intern(host),
+            epoch=epoch,
+            size=size,
+            root=bytes.fromhex(root),
+            issued_at=datetime.fromisoformat(issued_at),
+            to=sys.intern(to),
+            migration=migration,
+            credentials_digest=bytes.fromhex(credentials),
+            custody=bytes.fromhex(custody),
+            hops=hops if committed else 0,
+        )
+    except (GatewayError, ValueError):
+        return None
+    if (
+        len(checkpoint.root) != 32
+        or len(checkpoint.credentials_digest) not in ((0, 32) if not legacy else (0,))
+        or len(checkpoint.custody) != (32 if committed else 0)
+    ):
+        return None
+    try:
+        again = _checkpoint_bytes(checkpoint, legacy=legacy, committed=committed)
+    except (ValueError, UnicodeEncodeError):  # a naive or far time, a lone surrogate
+        return None
+    return checkpoint if again == raw else None
+
+
+def _checkpoint_bytes(checkpoint: Checkpoint, *, legacy: bool, committed: bool) -> bytes:
+    """canonical_json of the document of ``checkpoint`` in its format (``legacy``: the
+    first, with no grants recorded; ``committed``: with the custody commitment; else the
+    second, whose recorded grants may be empty), written out field by field in sorted
+    key order."""
+    c = checkpoint
+    credentials = "" if legacy else f'"credentials_digest":"{c.credentials_digest.hex()}",'
+    custody = f'"custody":"{c.custody.hex()}",' if committed else ""
+    hops = f'"hops":{c.hops},' if committed else ""
+    return (
+        f'{{{credentials}{custody}"epoch":{c.epoch},{hops}"host":{_encode_string(c.host)},'
+        f'"issued_at":"{_format_utc(c.issued_at)}","migration":{_encode_string(c.migration)},'
+        f'"object_id":{_encode_string(c.object_id)},"root":"{c.root.hex()}",'
+        f'"size":{c.size},"to":{_encode_string(c.to)}}}'
+    ).encode()
 
 
 class _FoldedOnce:
@@ -1303,35 +1385,40 @@ def verify_chain(
     base's size, last leaf hash and epoch); the defaults are a history from its creation.
     """
     # Every entry of every lineage received passes here, so the checks run first as
-    # whole-list comparisons (C loops, no per-entry interpreter work beyond building the
-    # lists; bench_lineage.py, P4); any mismatch falls through to the entry-by-entry loop
-    # below, which checks the same things and names the first entry that fails.
+    # whole-list comparisons, each list built by map() over an attrgetter (C loops, no
+    # interpreter frame per entry; bench_lineage.py, P4); any mismatch falls through to
+    # the entry-by-entry loop below, which checks the same things and names the first
+    # entry that fails.
     sha256 = hashlib.sha256
     listed = list(entries)
     count = len(listed)
     try:  # decoded entries hold their bytes; skip encode()'s call where all of them do
-        held: list[bytes | None] = [entry._raw for entry in listed]
+        held: list[bytes | None] = list(map(_raw_of, listed))
     except AttributeError:  # built by the constructor and never encoded
         held = [None]
-    # None: appended here and not encoded yet
-    raws = [entry.encode() for entry in listed] if None in held else cast("list[bytes]", held)
+    # None: appended here and not encoded yet (an encoding is never empty, so all() is
+    # "no None", without comparing each one with None)
+    raws = cast("list[bytes]", held) if all(held) else [entry.encode() for entry in listed]
     leaves = [sha256(b"\x00" + raw).digest() for raw in raws]
-    frozen = EntryKind.FROZEN
-    epochs = [entry.epoch for entry in listed]
+    # Epochs: entry i must be at epoch + (freezes among entries 0..i), the running sum
+    # of "is a freeze"; the same as "each entry raises the epoch before it by exactly
+    # its own freeze" (by induction on i), with no list of differences built.
+    freezes = map(operator.is_, map(_kind_of, listed), itertools.repeat(EntryKind.FROZEN))
+    raised = list(itertools.accumulate(freezes, initial=epoch))
+    del raised[0]
     if (
-        [entry.seq for entry in listed] == list(range(start, start + count))
-        and [entry.prev for entry in listed] == [head, *leaves[:-1]]
-        and [b - a for a, b in zip([epoch, *epochs], epochs, strict=False)]
-        == [entry.kind is frozen for entry in listed]
+        list(map(_seq_of, listed)) == list(range(start, start + count))
+        and list(map(_prev_of, listed)) == [head, *leaves[:-1]]
+        and list(map(_epoch_of, listed)) == raised
         and (
             start != 0
             or not listed
             or (listed[0].kind is EntryKind.CREATED and listed[0].epoch == 0)
         )
     ):
-        store = object.__setattr__
-        for entry, leaf in zip(listed, leaves, strict=True):
-            store(entry, "_leaf", leaf)  # what leaf_hash() would remember
+        # What leaf_hash() would remember, through the slot itself (a frozen dataclass
+        # refuses setattr; object.__setattr__ per entry was a tenth of this function).
+        collections.deque(map(_remember_leaf, listed, leaves), maxlen=0)
         return leaves
     hashes: list[bytes] = []
     previous_hash = head
@@ -1608,7 +1695,7 @@ def verify_lineage(
             )
     covered = 0
     holder = creator
-    recorders = [entry.host for entry in entries]  # sliced per checkpoint below
+    recorders = list(map(_host_of, entries))  # sliced per checkpoint below
     hosts: list[str] = []
     checkpoints: list[Checkpoint] = []
     base_digest = digest(lineage.base.payload) if lineage.base is not None else b""

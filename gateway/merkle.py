@@ -441,9 +441,11 @@ class CompactRange:
         hashing itself. An empty range is built level by level (one list comprehension
         per tree level); a range that already holds leaves (a compacted lineage's base)
         appends leaf by leaf."""
-        for position, node in enumerate(leaves):
-            if len(node) != _HASH_SIZE:
-                raise ValueError(f"leaf hash {position} is {len(node)} bytes, not {_HASH_SIZE}")
+        # Every length checked in C first; the loop only finds the one to name.
+        if not all(map(_HASH_SIZE.__eq__, map(len, leaves))):
+            for position, node in enumerate(leaves):
+                if len(node) != _HASH_SIZE:
+                    raise ValueError(f"leaf hash {position} is {len(node)} bytes, not {_HASH_SIZE}")
         if self.end == 0 and self.begin == 0:
             return self._fill(leaves, stops)
         nodes = self._nodes
@@ -476,9 +478,13 @@ class CompactRange:
         levels = [list(leaves)]
         level = levels[0]
         while len(level) > 1:
+            # Pairs by zip over one iterator (an odd last node is left out, as it has no
+            # sibling yet): no index arithmetic or subscripts per node, which were a
+            # tenth of each node's cost beside the hash itself.
+            pairs = iter(level)
             level = [
-                sha256(_NODE_PREFIX + level[i] + level[i + 1]).digest()
-                for i in range(0, len(level) - 1, 2)
+                sha256(_NODE_PREFIX + left + right).digest()
+                for left, right in zip(pairs, pairs, strict=False)
             ]
             levels.append(level)
 
@@ -527,7 +533,8 @@ class CompactRange:
             raise ValueError("only a range starting at leaf 0 has a tree root")
         if not self._nodes:
             return EMPTY_ROOT
+        sha256 = hashlib.sha256
         node = self._nodes[-1][1]
         for _height, left in reversed(self._nodes[:-1]):
-            node = node_hash(left, node)
+            node = sha256(_NODE_PREFIX + left + node).digest()  # node_hash(left, node)
         return node
