@@ -11,9 +11,11 @@ conflict with ``CONFLICT`` and never shows the traceback, so it drops it."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +23,8 @@ from gateway.errors import ConcurrencyError
 from gateway.handoff.journal import Journal, object_key
 from gateway.host import Host
 from gateway.runtime.cycle import CycleResult, CycleRunner
+from gateway.stores import Expect, Put
+from gateway.stores.sqlite import SqliteStore
 from gateway.testing import World, create_from_spec
 from tests.test_cycle import _StaleReads, in_host, one_host, spec
 
@@ -85,8 +89,43 @@ def test_a_lost_race_leaves_no_cyclic_garbage(
         else:
             report = await runner.run("default", loser, generation=0)
             assert report.result is CycleResult.CONFLICT
-        gc.collect()
-        left = refused_writes(saved_garbage)
-        assert not left, "\n".join(left)
 
     in_host(one_host, scenario)
+    # Only now: the host is closed, so the store's writer thread has left the frames
+    # that answered the race (while it runs they are alive, not garbage).
+    gc.collect()
+    left = refused_writes(saved_garbage)
+    assert not left, "\n".join(left)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway/stores/sqlite.py (not this session's file): a refused caller's error "
+    "keeps the writer thread's frames (f_back up to _drain_groups, whose outcomes list "
+    "holds the error) and transact's frame (whose `done` future holds it): two reference "
+    "cycles per refusal, holding the group's writes. Fix there: clear the outcome's "
+    "__traceback__ before _answer hands it over, and `del done` in a finally around "
+    "`await done` in transact.",
+)
+def test_a_refused_write_leaves_no_cyclic_garbage(
+    tmp_path: Path, saved_garbage: list[object]
+) -> None:
+    async def scenario() -> None:
+        store = SqliteStore.open(tmp_path / "store.db", create=True)
+        try:
+            await store.transact([Put(key="k", value=b"x" * 50_000, etag=Expect.ABSENT)])
+            gc.collect()
+            saved_garbage.clear()
+            refused = False
+            try:  # caught as a caller does (pytest.raises keeps the error, frames and all)
+                await store.transact([Put(key="k", value=b"y" * 50_000, etag=Expect.ABSENT)])
+            except ConcurrencyError:
+                refused = True
+            assert refused
+        finally:
+            await store.close()  # the writer thread has left its frames
+
+    asyncio.run(scenario())
+    gc.collect()
+    left = refused_writes(saved_garbage)
+    assert not left, "\n".join(left)
