@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -129,3 +130,33 @@ def test_a_refused_write_leaves_no_cyclic_garbage(
     gc.collect()
     left = refused_writes(saved_garbage)
     assert not left, "\n".join(left)
+
+
+def test_the_step_finder_names_what_each_step_was_made_of(tmp_path: Path) -> None:
+    """bench/rss_probe/steps.py: a step over the threshold is shown with its sample's
+    collections (objects freed), heap and tasks; a smaller rise is not a step."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench" / "rss_probe"))
+    from steps import describe, samples
+
+    line = (
+        "{t} rss {rss} anon 180.0 | arenas {arenas} live {live} free 0.5 unused 0.2 blocks 9"
+        " | malloc in use {heap} free 10.0 mmapped 1.3 | pymalloc | cpu {cpu} || "
+        "gc0_runs={gc0} gc0_freed={freed} gc1_runs=3 gc1_freed=10 tasks={tasks} sqlite_mib=5.0"
+    )
+    log = tmp_path / "1.log"
+    log.write_text(
+        "# -m serve\n"
+        + line.format(
+            t=10, rss=200.0, arenas=80, live=70.0, heap=60.0, cpu=1.0, gc0=5, freed=100, tasks=34
+        )
+        + "\n"
+        + line.format(
+            t=20, rss=212.5, arenas=82, live=71.0, heap=69.0, cpu=3.0, gc0=6, freed=30_100, tasks=44
+        )
+        + "\n"
+    )
+    before, after = samples(str(log))
+    shown = describe(before, after)
+    assert "(+12.5)" in shown and "arenas   +2" in shown and "heap in use  +9.0" in shown
+    assert "gc0 x1 freed 30,000" in shown and "gc1" not in shown
+    assert "tasks  44 (+10)" in shown and "cpu  2.0 s" in shown
