@@ -59,6 +59,7 @@ import tempfile
 import threading
 import time
 import tracemalloc
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ from bench.bench_soak import HOST_A, HOST_B, POLICY, TENANT, Soak, object_spec, 
 from bench.rss_probe.memstats import census, mallinfo2, pymalloc_stats
 from gateway import _gc, _malloc, credentials, custody, keys, rules, wire
 from gateway import lineage as lineage_module
+from gateway.stores import Put
 from gateway.testing import HostSpec, build_world, create_from_spec
 from gateway.testing.harness import InProcessWorld
 
@@ -511,15 +513,32 @@ def account(world: InProcessWorld) -> None:
 
 def garbage_types(top: int) -> str:
     """The ``top`` most common types in ``gc.garbage`` (what a collection under
-    ``gc.DEBUG_SAVEALL`` found in reference cycles), then empties it."""
+    ``gc.DEBUG_SAVEALL`` found in reference cycles), the encoded values of the store
+    operations among them (a refused write's traceback kept its whole commit group:
+    session 35), and the code of the most common frames (where the cycles were made),
+    then empties it."""
     counts: dict[str, int] = {}
+    frames: dict[str, int] = {}
+    held = 0
     for thing in gc.garbage:
         name = type(thing).__qualname__
         counts[name] = counts.get(name, 0) + 1
+        if isinstance(thing, Put):
+            held += len(thing.value)
+        elif isinstance(thing, types.FrameType):
+            code = thing.f_code
+            where = f"{Path(code.co_filename).name}:{code.co_name}"
+            frames[where] = frames.get(where, 0) + 1
     total = len(gc.garbage)
     gc.garbage.clear()
     ranked = sorted(counts.items(), key=lambda item: -item[1])[:top]
-    return f"{total} objects: " + ", ".join(f"{name} {count}" for name, count in ranked)
+    places = sorted(frames.items(), key=lambda item: -item[1])[:top]
+    return (
+        f"{total} objects: "
+        + ", ".join(f"{name} {count}" for name, count in ranked)
+        + f"; store writes' values {held / 2**20:.1f} MiB; frames: "
+        + (", ".join(f"{where} {count}" for where, count in places) or "none")
+    )
 
 
 def rss_mib_self() -> float:

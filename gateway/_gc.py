@@ -47,3 +47,24 @@ def tune() -> tuple[int, int, int]:
     gc.freeze()
     gc.set_threshold(GEN0_THRESHOLD, GEN1_THRESHOLD, GEN2_THRESHOLD)
     return previous
+
+
+def drop_traceback(error: BaseException) -> None:
+    """Forget the traceback of a handled error (and of the errors it was raised from)
+    that nobody will show.
+
+    Why: a traceback holds every frame the error passed through, and each frame its
+    caller and its locals; when one of those locals holds the error again (a list of
+    outcomes, the future it was set on), error and frames form a reference cycle that
+    only the cyclic collector frees. A store's refused write passes through the writer
+    thread's frames, which hold every operation of the group it was committed with, so
+    one lost race kept a batch of encoded objects alive until the middle generation was
+    collected (minutes later under load), and the heap kept the high they made
+    (docs/benchmarks.md, session 35). Without the traceback the frames go by reference
+    counting as soon as the handler lets go of the error."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__

@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 
 from gateway import observability
 from gateway._crash import crash_point
+from gateway._gc import drop_traceback
 from gateway._lru import IdentityLru, IdleLru
 from gateway._time import format_time
 from gateway.authority import EffectiveAuthority
@@ -165,7 +166,8 @@ class CycleRunner:
         crash_point("cycle.before-commit")
         try:
             etags = await ctx.journal.store.transact(prepared.operations)
-        except ConcurrencyError:
+        except ConcurrencyError as exc:
+            drop_traceback(exc)  # answered as CONFLICT: its frames are garbage
             self._held.forget(prepared.key)
             return CycleReport(result=CycleResult.CONFLICT)
         self._hold(prepared, etags)
@@ -215,7 +217,8 @@ class CycleRunner:
             etags = await ctx.journal.store.transact(
                 [operation for _, prepared in ready for operation in prepared.operations]
             )
-        except ConcurrencyError:
+        except ConcurrencyError as exc:
+            drop_traceback(exc)  # answered below: its frames would hold the batch
             committed = []  # the transaction wrote nothing
         else:
             for _, prepared in ready:
@@ -230,6 +233,7 @@ class CycleRunner:
             )
             for (object_id, prepared), outcome in zip(ready, outcomes, strict=True):
                 if isinstance(outcome, ConcurrencyError):
+                    drop_traceback(outcome)
                     self._held.forget(prepared.key)
                     answers[object_id] = CycleReport(result=CycleResult.CONFLICT)
                 elif isinstance(outcome, Exception):
