@@ -71,7 +71,14 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from gateway import observability
-from gateway.errors import ConcurrencyError, ConfigError, StoreError, StoreUnavailableError
+from gateway._gc import drop_traceback
+from gateway.errors import (
+    ConcurrencyError,
+    ConfigError,
+    GatewayError,
+    StoreError,
+    StoreUnavailableError,
+)
 from gateway.stores import (
     Delete,
     Expect,
@@ -418,7 +425,12 @@ class SqliteStore:
                     f"cannot {_describe(ops)}: the SQLite store {self._path} is closed"
                 )
                 raise _caused(closed, exc) from exc
-        await done
+        try:
+            await done
+        finally:
+            # A refusal's traceback holds this frame, whose `done` holds the refusal: a
+            # reference cycle keeping the caller's writes until a middle collection.
+            del done
         return ops.etags
 
     async def put(self, key: str, value: bytes, *, etag: str | Expect) -> None:
@@ -563,6 +575,13 @@ class SqliteStore:
             for (ops, done, loop), outcome in zip(group, outcomes, strict=True):
                 if isinstance(outcome, sqlite3.Error):
                     outcome = _caused(_store_error(outcome, self._path, _describe(ops)), outcome)
+                if isinstance(outcome, GatewayError):
+                    # A refusal's traceback runs through this thread's frames up to here, where
+                    # `outcomes` holds it again: a reference cycle keeping every write of
+                    # the group alive until a middle collection (docs/benchmarks.md,
+                    # session 35). The caller re-raises it with its own traceback; an
+                    # unexpected error (a bug) keeps its own, for whoever reads it.
+                    drop_traceback(outcome)
                 answers.setdefault(loop, []).append((done, outcome))
             for loop, answered in answers.items():
                 # A closed loop has no caller left to answer.
