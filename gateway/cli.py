@@ -29,6 +29,7 @@ from gateway._cli_base import (
     _one_line,
     _Parser,
     _print_evaluation,
+    _unreadable,
     _with_host,
     _with_local,
     err,
@@ -106,7 +107,7 @@ def _large_file(args: argparse.Namespace) -> Path | None:
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise ConfigError(f"{args.data_file}: cannot read: {exc.strerror}") from exc
+        raise _unreadable(args.data_file, exc) from exc
     return path if size > INLINE_LIMIT else None
 
 
@@ -120,7 +121,7 @@ def _read_file(name: str, *, limit: int, what: str) -> bytes:
         with open(name, "rb") as handle:
             data = handle.read(limit + 1)
     except OSError as exc:
-        raise ConfigError(f"{name}: cannot read: {exc.strerror}") from exc
+        raise _unreadable(name, exc) from exc
     if len(data) > limit:
         raise ConfigError(
             f"{name} is larger than {limit} bytes, the most {what} may be",
@@ -788,7 +789,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         with source.open("rb") as handle:
             head = handle.read(len(offline.MAGIC))
     except OSError as exc:
-        raise ConfigError(f"cannot read {source}: {exc.strerror}") from exc
+        raise _unreadable(source, exc) from exc
 
     async def run(host: Host) -> object:
         if head == offline.MAGIC:
@@ -912,7 +913,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         with open(args.file, "rb") as handle:
             is_transfer_file = handle.read(len(offline.MAGIC)) == offline.MAGIC
     except OSError as exc:
-        raise ConfigError(f"cannot read {args.file}: {exc.strerror}") from exc
+        raise _unreadable(args.file, exc) from exc
     # A transfer file from `gateway export`: its signed transfer is what is verified (the
     # data frames after it are checked against the signed digest on import).
     subject = (
