@@ -1179,7 +1179,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--tenant", action="append", help="tenant to host (repeatable; default: default)"
     )
     init.add_argument(
-        "--algorithm", default="ed25519", choices=algorithms, help="signing key algorithm"
+        "--algorithm",
+        default="ed25519",
+        choices=algorithms,
+        help="signing key algorithm (default: ed25519)",
     )
     init.add_argument(
         "--dns",
@@ -1246,7 +1249,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=5.0, help="seconds to wait for the answer (default: 5)"
     )
     health.add_argument(
-        "-o", "--output", choices=["text", "json"], default="text", help="output format"
+        "-o",
+        "--output",
+        choices=["text", "json"],
+        default="text",
+        help="text for people (default), json for programs",
     )
     health.set_defaults(handler=cmd_health)
 
@@ -1282,13 +1289,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keys_init = keys.add_parser("init", parents=[common], help="create the domain's first keys")
     keys_init.add_argument(
-        "--algorithm", default="ed25519", choices=algorithms, help="signing key algorithm"
+        "--algorithm",
+        default="ed25519",
+        choices=algorithms,
+        help="signing key algorithm (default: ed25519)",
     )
     keys_init.set_defaults(handler=cmd_keys_init)
     keys_add = keys.add_parser("add", parents=[common], help="add a signing key (rotation)")
     keys_add.add_argument("--host", help="host id the key signs for (default: this host)")
     keys_add.add_argument(
-        "--algorithm", default="ed25519", choices=algorithms, help="signing key algorithm"
+        "--algorithm",
+        default="ed25519",
+        choices=algorithms,
+        help="signing key algorithm (default: ed25519)",
     )
     keys_add.set_defaults(handler=cmd_keys_add)
     keys_retire = keys.add_parser(
@@ -1336,8 +1349,16 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("object_id", help="e.g. obj://org-a.example/billing/invoice-42")
     create.add_argument("--data", help="the object's data (default: {})")
     create.add_argument("--data-file", help="read the data from a file")
-    create.add_argument("--content-type", default="application/json", help="media type of the data")
-    create.add_argument("--interval", type=float, help="seconds between evaluation cycles")
+    create.add_argument(
+        "--content-type",
+        default="application/json",
+        help="media type of the data (default: application/json)",
+    )
+    create.add_argument(
+        "--interval",
+        type=float,
+        help="seconds between evaluation cycles (default: none, the object does not cycle)",
+    )
     create.add_argument("--spec", help="YAML object spec: data, root grant, cycle (see README)")
     create.set_defaults(handler=cmd_object_create)
     show = objects.add_parser("show", parents=[common, tenant, output], help="show an object")
@@ -1390,7 +1411,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="diverging copies of objects this host refused, and the evidence it kept",
     )
     forks.add_argument(
-        "-o", "--output", choices=["table", "json"], default="table", help="output format"
+        "-o",
+        "--output",
+        choices=["table", "json"],
+        default="table",
+        help="table for people (default), json for programs",
     )
     forks.set_defaults(handler=cmd_forks)
 
@@ -1482,7 +1507,11 @@ def build_parser() -> argparse.ArgumentParser:
         "for the archive of every host that compacted it",
     )
     verify.add_argument(
-        "-o", "--output", choices=["text", "json"], default="text", help="output format"
+        "-o",
+        "--output",
+        choices=["text", "json"],
+        default="text",
+        help="text for people (default), json for programs",
     )
     verify.add_argument("--debug", action="store_true", help="print tracebacks")
     verify.set_defaults(handler=cmd_verify)

@@ -7,12 +7,15 @@ Found by walking the CLI by hand in session 35; each case failed before its fix.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from gateway.cli import build_parser
 from gateway.testing import HostSpec, World, build_world, run_cli
 from tests.conftest import HOST_A
 
@@ -75,3 +78,38 @@ def test_a_missing_input_file_says_what_to_do(
     config = world.config(HOST_A) if case.with_config else None
     line = the_error(run_cli(*case.argv, config=config, cwd=tmp_path), CONFIG_ERROR)
     assert MISSING in line
+
+
+def _options(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.Action]]:
+    """Every option of every command in the tree, with its command path."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _options(sub, (*path, name))
+        elif action.option_strings:
+            yield path, action
+
+
+def test_every_option_with_a_default_says_it_in_its_help() -> None:
+    # `--algorithm` and `--content-type` said nothing of ed25519 and application/json:
+    # an operator reading --help could not tell what leaving them out does.
+    silent = [
+        f"gateway {' '.join(path)} {action.option_strings[0]} (default {action.default!r})"
+        for path, action in _options(build_parser())
+        if isinstance(action.default, str | int | float)
+        and not isinstance(action.default, bool)
+        and action.default != argparse.SUPPRESS
+        and "default" not in (action.help or "")
+    ]
+    assert not silent, "options whose help hides their default:\n" + "\n".join(silent)
+
+
+def test_object_create_interval_says_what_leaving_it_out_does() -> None:
+    (interval,) = [
+        action
+        for path, action in _options(build_parser())
+        if path == ("object", "create") and "--interval" in action.option_strings
+    ]
+    assert "default" in (interval.help or "")
