@@ -829,17 +829,22 @@ def cmd_events(args: argparse.Namespace) -> int:
     from gateway.present import events_table
     from gateway.runtime.outbox import list_events
 
+    # Checked before the store is opened: a mistyped id matched nothing and read as
+    # "no events", exit 0, hiding the typo.
+    only = _object_id(args.object) if args.object else None
+
     async def run(host: LocalHost) -> int:
         events = await list_events(host.store, tenant=host.tenant(args.tenant))
-        if args.object:
-            events = [e for e in events if e.object_id == args.object]
+        if only is not None:
+            events = [e for e in events if e.object_id == only]
         if args.output == "json":
             from gateway.present import event_json, print_json
 
             print_json([event_json(e) for e in events])
             return 0
         table = events_table(events, whole=not out.is_terminal)
-        show(table if events else f"no events in tenant {args.tenant}")
+        of = f" of {only}" if only is not None else ""
+        show(table if events else plain(f"no events{of} in tenant {args.tenant}"))
         return 0
 
     return asyncio.run(_with_local(args, run))
@@ -1401,7 +1406,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common, tenant, output],
         help="the outbox: events published and invocations made",
     )
-    events.add_argument("--object", help="only this object's events")
+    events.add_argument(
+        "--object", help="only this object's events, e.g. obj://org-a.example/billing/invoice-42"
+    )
     events.set_defaults(handler=cmd_events)
     add_event_commands(commands, common, tenant)
 

@@ -113,3 +113,17 @@ def test_object_create_interval_says_what_leaving_it_out_does() -> None:
         if path == ("object", "create") and "--interval" in action.option_strings
     ]
     assert "default" in (interval.help or "")
+
+
+def test_events_of_a_mistyped_object_id_is_an_error_not_no_events(world: World) -> None:
+    # `--object invoice-42` matched nothing and printed "no events", exit 0: the typo hid.
+    result = run_cli("events", "--object", "invoice-42", config=world.config(HOST_A))
+    line = the_error(result, CONFIG_ERROR)
+    assert "invoice-42" in line and "obj://" in line
+
+
+def test_events_of_an_object_with_none_names_the_object(world: World) -> None:
+    quiet = "obj://org-a.example/billing/never-created"
+    result = run_cli("events", "--object", quiet, config=world.config(HOST_A))
+    assert result.returncode == 0, result.stderr
+    assert quiet in result.stdout
