@@ -843,8 +843,8 @@ def cmd_events(args: argparse.Namespace) -> int:
             print_json([event_json(e) for e in events])
             return 0
         table = events_table(events, whole=not out.is_terminal)
-        of = f" of {only}" if only is not None else ""
-        show(table if events else plain(f"no events{of} in tenant {args.tenant}"))
+        of = f" for {only}" if only is not None else ""
+        show(table if events else plain(f"no events in tenant {args.tenant}{of}"))
         return 0
 
     return asyncio.run(_with_local(args, run))
