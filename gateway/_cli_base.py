@@ -77,7 +77,28 @@ def _object_id(text: str) -> str:
 
 
 def _config_path(args: argparse.Namespace) -> Path:
-    return Path(args.config or os.environ.get("GATEWAY_CONFIG") or "gateway.yaml")
+    path = Path(args.config or os.environ.get("GATEWAY_CONFIG") or "gateway.yaml")
+    # `gateway init hosts/a` makes a directory, so `--config hosts/a` is the usual slip.
+    if path.is_dir():
+        raise ConfigError(
+            f"{path} is a directory, not a host configuration file",
+            hint=f"pass --config {path / 'gateway.yaml'} (the file `gateway init` wrote)",
+        )
+    return path
+
+
+def _unreadable(name: str | os.PathLike[str], exc: OSError) -> ConfigError:
+    """The error for a file named on the command line that cannot be opened, saying what
+    to do about the usual causes (a mistyped path, a directory, permissions)."""
+    if isinstance(exc, FileNotFoundError):
+        hint = "check the path (a relative one is read from the current directory)"
+    elif isinstance(exc, IsADirectoryError):
+        hint = "name a file, not a directory"
+    elif isinstance(exc, PermissionError):
+        hint = "make it readable by this user, or run as one who can read it"
+    else:
+        hint = "check that the path names a readable file"
+    return ConfigError(f"{os.fspath(name)}: cannot read: {exc.strerror or exc}", hint=hint)
 
 
 async def _with_host(args: argparse.Namespace, action: Callable[[Host], Awaitable[T]]) -> T:

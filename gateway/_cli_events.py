@@ -128,7 +128,11 @@ def add_commands(
     """Register ``call`` and ``publish`` under ``gateway``."""
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument(
-        "-o", "--output", choices=("text", "json"), default="text", help="output format"
+        "-o",
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text for people (default), json for programs",
     )
     call = commands.add_parser(
         "call",

@@ -29,6 +29,7 @@ from gateway._cli_base import (
     _one_line,
     _Parser,
     _print_evaluation,
+    _unreadable,
     _with_host,
     _with_local,
     err,
@@ -106,7 +107,7 @@ def _large_file(args: argparse.Namespace) -> Path | None:
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise ConfigError(f"{args.data_file}: cannot read: {exc.strerror}") from exc
+        raise _unreadable(args.data_file, exc) from exc
     return path if size > INLINE_LIMIT else None
 
 
@@ -120,7 +121,7 @@ def _read_file(name: str, *, limit: int, what: str) -> bytes:
         with open(name, "rb") as handle:
             data = handle.read(limit + 1)
     except OSError as exc:
-        raise ConfigError(f"{name}: cannot read: {exc.strerror}") from exc
+        raise _unreadable(name, exc) from exc
     if len(data) > limit:
         raise ConfigError(
             f"{name} is larger than {limit} bytes, the most {what} may be",
@@ -788,7 +789,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         with source.open("rb") as handle:
             head = handle.read(len(offline.MAGIC))
     except OSError as exc:
-        raise ConfigError(f"cannot read {source}: {exc.strerror}") from exc
+        raise _unreadable(source, exc) from exc
 
     async def run(host: Host) -> object:
         if head == offline.MAGIC:
@@ -828,17 +829,22 @@ def cmd_events(args: argparse.Namespace) -> int:
     from gateway.present import events_table
     from gateway.runtime.outbox import list_events
 
+    # Checked before the store is opened: a mistyped id matched nothing and read as
+    # "no events", exit 0, hiding the typo.
+    only = _object_id(args.object) if args.object else None
+
     async def run(host: LocalHost) -> int:
         events = await list_events(host.store, tenant=host.tenant(args.tenant))
-        if args.object:
-            events = [e for e in events if e.object_id == args.object]
+        if only is not None:
+            events = [e for e in events if e.object_id == only]
         if args.output == "json":
             from gateway.present import event_json, print_json
 
             print_json([event_json(e) for e in events])
             return 0
         table = events_table(events, whole=not out.is_terminal)
-        show(table if events else f"no events in tenant {args.tenant}")
+        of = f" for {only}" if only is not None else ""
+        show(table if events else plain(f"no events in tenant {args.tenant}{of}"))
         return 0
 
     return asyncio.run(_with_local(args, run))
@@ -912,7 +918,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         with open(args.file, "rb") as handle:
             is_transfer_file = handle.read(len(offline.MAGIC)) == offline.MAGIC
     except OSError as exc:
-        raise ConfigError(f"cannot read {args.file}: {exc.strerror}") from exc
+        raise _unreadable(args.file, exc) from exc
     # A transfer file from `gateway export`: its signed transfer is what is verified (the
     # data frames after it are checked against the signed digest on import).
     subject = (
@@ -1178,7 +1184,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--tenant", action="append", help="tenant to host (repeatable; default: default)"
     )
     init.add_argument(
-        "--algorithm", default="ed25519", choices=algorithms, help="signing key algorithm"
+        "--algorithm",
+        default="ed25519",
+        choices=algorithms,
+        help="signing key algorithm (default: ed25519)",
     )
     init.add_argument(
         "--dns",
@@ -1245,7 +1254,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=5.0, help="seconds to wait for the answer (default: 5)"
     )
     health.add_argument(
-        "-o", "--output", choices=["text", "json"], default="text", help="output format"
+        "-o",
+        "--output",
+        choices=["text", "json"],
+        default="text",
+        help="text for people (default), json for programs",
     )
     health.set_defaults(handler=cmd_health)
 
@@ -1281,13 +1294,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keys_init = keys.add_parser("init", parents=[common], help="create the domain's first keys")
     keys_init.add_argument(
-        "--algorithm", default="ed25519", choices=algorithms, help="signing key algorithm"
+        "--algorithm",
+        default="ed25519",
+        choices=algorithms,
+        help="signing key algorithm (default: ed25519)",
     )
     keys_init.set_defaults(handler=cmd_keys_init)
     keys_add = keys.add_parser("add", parents=[common], help="add a signing key (rotation)")
     keys_add.add_argument("--host", help="host id the key signs for (default: this host)")
     keys_add.add_argument(
-        "--algorithm", default="ed25519", choices=algorithms, help="signing key algorithm"
+        "--algorithm",
+        default="ed25519",
+        choices=algorithms,
+        help="signing key algorithm (default: ed25519)",
     )
     keys_add.set_defaults(handler=cmd_keys_add)
     keys_retire = keys.add_parser(
@@ -1335,8 +1354,16 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("object_id", help="e.g. obj://org-a.example/billing/invoice-42")
     create.add_argument("--data", help="the object's data (default: {})")
     create.add_argument("--data-file", help="read the data from a file")
-    create.add_argument("--content-type", default="application/json", help="media type of the data")
-    create.add_argument("--interval", type=float, help="seconds between evaluation cycles")
+    create.add_argument(
+        "--content-type",
+        default="application/json",
+        help="media type of the data (default: application/json)",
+    )
+    create.add_argument(
+        "--interval",
+        type=float,
+        help="seconds between evaluation cycles (default: none, the object does not cycle)",
+    )
     create.add_argument("--spec", help="YAML object spec: data, root grant, cycle (see README)")
     create.set_defaults(handler=cmd_object_create)
     show = objects.add_parser("show", parents=[common, tenant, output], help="show an object")
@@ -1379,7 +1406,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common, tenant, output],
         help="the outbox: events published and invocations made",
     )
-    events.add_argument("--object", help="only this object's events")
+    events.add_argument(
+        "--object", help="only this object's events, e.g. obj://org-a.example/billing/invoice-42"
+    )
     events.set_defaults(handler=cmd_events)
     add_event_commands(commands, common, tenant)
 
@@ -1389,7 +1418,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="diverging copies of objects this host refused, and the evidence it kept",
     )
     forks.add_argument(
-        "-o", "--output", choices=["table", "json"], default="table", help="output format"
+        "-o",
+        "--output",
+        choices=["table", "json"],
+        default="table",
+        help="table for people (default), json for programs",
     )
     forks.set_defaults(handler=cmd_forks)
 
@@ -1481,7 +1514,11 @@ def build_parser() -> argparse.ArgumentParser:
         "for the archive of every host that compacted it",
     )
     verify.add_argument(
-        "-o", "--output", choices=["text", "json"], default="text", help="output format"
+        "-o",
+        "--output",
+        choices=["text", "json"],
+        default="text",
+        help="text for people (default), json for programs",
     )
     verify.add_argument("--debug", action="store_true", help="print tracebacks")
     verify.set_defaults(handler=cmd_verify)

@@ -596,7 +596,7 @@ def register(
         "--output",
         choices=["table", "json"],
         default="table",
-        help="summary as a table, or a JSON report on stdout (progress stays on stderr)",
+        help="summary as a table (default), or a JSON report on stdout (progress stays on stderr)",
     )
     batch_help = (
         "A failure does not stop the batch; the summary lists each with its reason. Exit "
@@ -659,7 +659,11 @@ def register(
         "labels", nargs="*", metavar="LABEL", help="KEY=VALUE to set, KEY- to remove; none: show"
     )
     label.add_argument(
-        "-o", "--output", choices=["table", "json"], default="table", help="output format"
+        "-o",
+        "--output",
+        choices=["table", "json"],
+        default="table",
+        help="table for people (default), json for programs",
     )
     label.set_defaults(handler=cmd_label)
 

@@ -419,7 +419,11 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 
     output = _Parser(add_help=False)
     output.add_argument(
-        "-o", "--output", choices=["table", "json"], default="table", help="output format"
+        "-o",
+        "--output",
+        choices=["table", "json"],
+        default="table",
+        help="table for people (default), json for programs",
     )
     migration = commands.add_parser(
         "migration",
