@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from rich.console import Console
 
 from gateway._text import printable as _printable
-from gateway.errors import ConfigError, GatewayError, NotFoundError, UnknownPeerError
+from gateway.errors import (
+    ConfigError,
+    GatewayError,
+    NotFoundError,
+    UnknownPeerError,
+    unreadable,
+)
 
 if TYPE_CHECKING:
     from gateway.handoff.messages import Evaluation
@@ -87,18 +93,9 @@ def _config_path(args: argparse.Namespace) -> Path:
     return path
 
 
-def _unreadable(name: str | os.PathLike[str], exc: OSError) -> ConfigError:
-    """The error for a file named on the command line that cannot be opened, saying what
-    to do about the usual causes (a mistyped path, a directory, permissions)."""
-    if isinstance(exc, FileNotFoundError):
-        hint = "check the path (a relative one is read from the current directory)"
-    elif isinstance(exc, IsADirectoryError):
-        hint = "name a file, not a directory"
-    elif isinstance(exc, PermissionError):
-        hint = "make it readable by this user, or run as one who can read it"
-    else:
-        hint = "check that the path names a readable file"
-    return ConfigError(f"{os.fspath(name)}: cannot read: {exc.strerror or exc}", hint=hint)
+#: The error for a file named on the command line that cannot be opened (kept under its
+#: old name for the CLI modules).
+_unreadable = unreadable
 
 
 async def _with_host(args: argparse.Namespace, action: Callable[[Host], Awaitable[T]]) -> T:

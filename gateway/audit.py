@@ -569,7 +569,11 @@ def _accept_bundles(
             )
 
         checks.run(f"trust bundle {domain}", accept)
-    return TrustStore.of(kept.values()), tuple(infos)
+    # Verifying keeps no store: a missing bundle is one more --trust, not an import.
+    missing = (
+        "pass {domain}'s bundle with --trust FILE (its owner writes it with `gateway trust export`)"
+    )
+    return TrustStore.of(kept.values(), missing_hint=missing), tuple(infos)
 
 
 def _check_file_signature(envelope: dsse.Envelope, subject: _Subject, trust: TrustStore) -> str:

@@ -15,6 +15,8 @@ Rules kept here:
 
 from __future__ import annotations
 
+import os
+
 
 class GatewayError(Exception):
     """Root of every error the gateway raises on purpose."""
@@ -40,6 +42,20 @@ class GatewayError(Exception):
 
 class ConfigError(GatewayError):
     """A configuration file, key file or command-line argument is unusable."""
+
+
+def unreadable(name: str | os.PathLike[str], exc: OSError) -> ConfigError:
+    """The error for a file named by the operator that cannot be opened, saying what to
+    do about the usual causes (a mistyped path, a directory, permissions)."""
+    if isinstance(exc, FileNotFoundError):
+        hint = "check the path (a relative one is read from the current directory)"
+    elif isinstance(exc, IsADirectoryError):
+        hint = "name a file, not a directory"
+    elif isinstance(exc, PermissionError):
+        hint = "make it readable by this user, or run as one who can read it"
+    else:
+        hint = "check that the path names a readable file"
+    return ConfigError(f"{os.fspath(name)}: cannot read: {exc.strerror or exc}", hint=hint)
 
 
 # --- envelopes ---------------------------------------------------------------------

@@ -53,7 +53,7 @@ import yaml
 from gateway._decode import check_document
 from gateway.authority import CapabilitySet, Constraints
 from gateway.credentials import parse_audience
-from gateway.errors import AuthorityError, ConfigError, GrantFormatError
+from gateway.errors import AuthorityError, ConfigError, GrantFormatError, unreadable
 from gateway.identity import HostId
 from gateway.limits import MAX_DATA_BYTES
 from gateway.model import MAX_CYCLE_INTERVAL, Answer, CycleState, Rule
@@ -308,7 +308,7 @@ def load_spec(path: str | Path) -> ObjectSpec:
         with open(source, "rb") as handle:
             raw = handle.read(MAX_SPEC_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from exc
+        raise unreadable(source, exc) from exc
     if len(raw) > MAX_SPEC_BYTES:
         raise _fail(
             str(source),

@@ -220,23 +220,30 @@ class DomainKeys:
             raise self._retired(record, signed_at, what=f"this {self.purpose.value} signature")
 
 
+#: TrustStore.missing_hint on a host.
+IMPORT_BUNDLE_HINT = "import {domain}'s bundle with `gateway trust import FILE`"
+
+
 @dataclass(frozen=True, slots=True)
 class TrustStore:
     """The bundles a host trusts: its own domain's and each peer domain's, kept apart."""
 
     bundles: Mapping[str, TrustBundle] = field(default_factory=lambda: MappingProxyType({}))
+    #: What to do when a domain's bundle is missing, ``{domain}`` standing for it: a host
+    #: imports it; `gateway verify`, which keeps no store, is given it with --trust.
+    missing_hint: str = field(default=IMPORT_BUNDLE_HINT, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bundles", MappingProxyType(dict(self.bundles)))
 
     @classmethod
-    def of(cls, bundles: Iterable[TrustBundle]) -> TrustStore:
+    def of(cls, bundles: Iterable[TrustBundle], *, missing_hint: str = "") -> TrustStore:
         collected: dict[str, TrustBundle] = {}
         for bundle in bundles:
             if bundle.trust_domain in collected:
                 raise TrustError(f"two bundles for {bundle.trust_domain}; keep only the newest")
             collected[bundle.trust_domain] = bundle
-        return cls(collected)
+        return cls(collected, missing_hint or IMPORT_BUNDLE_HINT)
 
     def bundle(self, trust_domain: str) -> TrustBundle:
         found = self.bundles.get(trust_domain)
@@ -244,7 +251,7 @@ class TrustStore:
             known = ", ".join(sorted(self.bundles)) or "none"
             raise UntrustedKeyError(
                 f"no trust bundle for {trust_domain} (trusted domains: {known})",
-                hint=f"import {trust_domain}'s bundle with `gateway trust import FILE`",
+                hint=self.missing_hint.replace("{domain}", trust_domain),
             )
         return found
 

@@ -68,6 +68,13 @@ MISSING_FILE_CASES = [
         ("object", "create", "obj://org-a.example/billing/x", "--data-file", MISSING),
     ),
     MissingFileCase("admit of a proposal not received", ("admit", "--dry-run", MISSING)),
+    MissingFileCase(
+        "export --complete of a receipt not received", ("export", "--complete", MISSING)
+    ),
+    MissingFileCase(
+        "object create from a mistyped spec path",
+        ("object", "create", "obj://org-a.example/billing/y", "--spec", MISSING),
+    ),
 ]
 
 
@@ -127,3 +134,35 @@ def test_events_of_an_object_with_none_names_the_object(world: World) -> None:
     result = run_cli("events", "--object", quiet, config=world.config(HOST_A))
     assert result.returncode == 0, result.stderr
     assert quiet in result.stdout
+
+
+def test_importing_a_trust_bundle_as_a_handoff_file_says_where_it_goes(
+    world: World, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "org-a.bundle.json"
+    exported = run_cli("trust", "export", "--out", bundle, config=world.config(HOST_A))
+    assert exported.returncode == 0, exported.stderr
+    done = run_cli("import", bundle, config=world.config(HOST_A), cwd=tmp_path)
+    assert done.returncode != 0
+    line = the_error(done, done.returncode)
+    assert "gateway trust import" in line.split(" — ", 1)[1]
+
+
+def test_verify_missing_a_bundle_says_to_pass_it_not_import_it(tmp_path: Path) -> None:
+    """`gateway verify` keeps no store: the bundle a check needs is one more --trust."""
+    from tests.test_offline import HOST_B, OBJECT
+
+    world = build_world(tmp_path / "w", [HostSpec(host_id=h) for h in (HOST_A, HOST_B)])
+    created = run_cli("object", "create", OBJECT, "--data", "{}", config=world.config(HOST_A))
+    assert created.returncode == 0, created.stderr
+    transfer = tmp_path / "t.gwx"
+    exported = run_cli(
+        "export", OBJECT, "--to", HOST_B, "-o", transfer, config=world.config(HOST_A)
+    )
+    assert exported.returncode == 0, exported.stderr
+    bundle = tmp_path / "org-b.bundle.json"  # the receiver's bundle, not the signer's
+    assert run_cli("trust", "export", "--out", bundle, config=world.config(HOST_B)).returncode == 0
+    done = run_cli("verify", transfer, "--trust", bundle, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "with --trust" in done.stderr, done.stderr
+    assert "gateway trust import" not in done.stderr, done.stderr

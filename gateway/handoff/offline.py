@@ -53,6 +53,7 @@ from gateway.errors import (
     EnvelopeError,
     HandoffError,
     MigrationNotFoundError,
+    unreadable,
 )
 from gateway.handoff.destination import Destination
 from gateway.handoff.messages import DecisionAnswer, Outcome, ReceiptKind
@@ -122,7 +123,7 @@ def transfer_envelope(path: Path) -> bytes:
         with open(path, "rb") as src:
             raw = next(_frames(src, first_limit=wire.MAX_ENVELOPE_BYTES), None)
     except OSError as exc:
-        raise HandoffError(f"cannot read {path}: {exc.strerror}") from exc
+        raise unreadable(path, exc) from exc
     if raw is None:
         raise EnvelopeError("transfer file holds no transfer")
     return raw
@@ -247,7 +248,7 @@ def _read(path: Path) -> bytes:
         with open(path, "rb") as src:
             data = src.read(wire.MAX_ENVELOPE_BYTES + 1)
     except OSError as exc:
-        raise HandoffError(f"cannot read {path}: {exc.strerror}") from exc
+        raise unreadable(path, exc) from exc
     if len(data) > wire.MAX_ENVELOPE_BYTES:
         raise EnvelopeError(f"{path} is larger than {wire.MAX_ENVELOPE_BYTES} bytes")
     return data
@@ -325,7 +326,11 @@ async def import_decision(destination: Destination, envelope: dsse.Envelope) -> 
     """The receiver's side of a decision file: COMMITTED activates (the step carries the
     activation receipt to hand back), ABORTED discards the staged copy."""
     if envelope.payload_type != dsse.PayloadType.DECISION:
-        raise EnvelopeError(f"{envelope.payload_type} is not a decision")
+        raise EnvelopeError(
+            f"{envelope.payload_type} is not a decision",
+            hint="import the commit or abort file `gateway export --complete` or "
+            "`--abort` wrote (a trust bundle goes to `gateway trust import`)",
+        )
     claimed = DecisionAnswer.decode(envelope.payload)
     raw = wire.encode_envelope(envelope)
     # Verified against the source's keys, this migration and this host, before use.
