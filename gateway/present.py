@@ -206,7 +206,8 @@ def events_table(
         status = event.status + (f" ({event.last_error})" if event.last_error else "")
         payload = json.dumps(event.payload, separators=(",", ":"))
         row = [
-            format_time(event.created_at)[11:-1],
+            # With its date: an outbox spans days, and times alone of two days look alike.
+            format_time(event.created_at)[:-1].replace("T", " "),
             *([event.object_id] if show_object else []),
             str(event.generation),
             event.rule,

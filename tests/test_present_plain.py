@@ -59,3 +59,24 @@ def test_a_summary_shows_a_denied_actions_words_as_text_in_red() -> None:
     colored = io.StringIO()
     Console(file=colored, width=400, force_terminal=True, color_system="standard").print(table)
     assert "\x1b[31m" in colored.getvalue()
+
+
+def test_an_events_table_dates_each_event() -> None:
+    """An outbox spans days: the same time of two days looked alike (the table showed
+    the time of day only)."""
+    events = [
+        Event(
+            key=f"k/{day}",
+            tenant="default",
+            object_id="obj://org-a.example/billing/invoice-42",
+            generation=day,
+            rule="r",
+            verb="publish",
+            resource="pubsub:alerts/raised",
+            payload={},
+            created_at=datetime(2026, 12, day, 12, 0, tzinfo=UTC),
+        )
+        for day in (5, 6)
+    ]
+    text = shown(present.events_table(events, whole=True))
+    assert "2026-12-05 12:00:00" in text and "2026-12-06 12:00:00" in text, text
