@@ -1,0 +1,339 @@
+"""Differential test: streamed offline verification refuses exactly what the reference does.
+
+Session 35 made :func:`gateway.archive.verify_archived` stream the archived entries,
+segment by segment (``_archived_run``, ``_check_archived`` and its helpers), instead of
+rebuilding the whole history and running the receiver's own verifiers over it. The
+streamed checks re-implement verify_lineage's and verify_custody's rules for the
+archived part, so they could drift. Here the old path (the reference, as it was before
+126b667: verify_lineage over the compacted object, then over the whole history
+reassembled, then verify_custody) and the new one judge the same archives, and must
+agree: both accept, or both refuse with a GatewayError.
+
+The histories are made in this process, deterministically (fixed seed): hosts of three
+domains hand the object round (each departure a signed checkpoint that commits to the
+custody before it, each arrival the receiver's signed activation receipt, each stay
+opened by the receiver's REHOSTED entry), and the holder compacts it once or twice,
+archiving entries and, past the receivers' floor, handoffs. The dishonest variants are
+what a *trusted* holder could hand over: every entry re-encoded with consistent links,
+every checkpoint, receipt and base re-signed by the key of the host it names, so root
+and head checks pass and only the rule broken can refuse. One variant per rule, then
+seeded random mutations of archived entries' and archived checkpoints' fields.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from gateway import _custody_chain as custody_chain
+from gateway import envelope as dsse
+from gateway import merkle, wire
+from gateway.archive import (
+    CustodySegment,
+    Segment,
+    archived_custody,
+    compact_custody,
+    verify_archived,
+)
+from gateway.custody import forget_verified_arrivals, verify_custody
+from gateway.errors import GatewayError, LineageError
+from gateway.handoff.messages import Receipt, ReceiptKind
+from gateway.lineage import (
+    BASE_PAYLOAD_TYPE,
+    Base,
+    Checkpoint,
+    EntryKind,
+    Lineage,
+    LineageEntry,
+    archived_before,
+    digest,
+    forget_verified_prefixes,
+    verify_lineage,
+)
+from tests.test_lineage import HOST_A, HOST_A2, HOST_B, HOST_C, HOSTS, OBJECT, SIGNERS, T0, TRUST
+
+SEED = 35
+#: The hosts the object visits in turn (the creator, HOST_A, owns the object id's domain).
+ROUND = (HOST_A, HOST_B, HOST_A2, HOST_C)
+
+
+@dataclass
+class Plan:
+    """A history as fields, before links, roots, commitments and signatures are made:
+    ``entries`` are LineageEntry fields without ``prev``; ``departures`` Checkpoint fields
+    without root, custody and hops (``legacy``: a first-format checkpoint, which records
+    no grants and commits to no custody). ``cuts``: entry counts at which the holder
+    compacts, each with the handoffs it keeps carried (0: archive none)."""
+
+    entries: list[dict[str, Any]]
+    departures: list[dict[str, Any]]
+    cuts: list[tuple[int, int]]
+    in_transit: bool = False
+    #: entry index -> the index of the entry its prev names instead of the one before
+    prev_from: dict[int, int] = field(default_factory=dict)
+    #: fields of the last base changed before it is signed again by its host
+    base_changes: dict[str, Any] = field(default_factory=dict)
+    #: departure index -> the entry count its root is computed over instead of its size
+    root_over: dict[int, int] = field(default_factory=dict)
+
+
+def honest_plan(
+    rng: random.Random,
+    *,
+    hops: int,
+    legacy: int = 0,
+    in_transit: bool = False,
+    cuts: list[tuple[float, int]],
+) -> Plan:
+    """``hops`` handoffs round ROUND, 1-4 entries per stay besides its REHOSTED and FROZEN
+    entries; the first ``legacy`` departures are of the first format. ``cuts``: (fraction
+    of the entries, handoffs kept carried)."""
+    entries: list[dict[str, Any]] = []
+    departures: list[dict[str, Any]] = []
+    epoch = 0
+
+    def add(kind: EntryKind, host: str) -> None:
+        n = len(entries)
+        entries.append(
+            {
+                "seq": n,
+                "time": T0 + timedelta(milliseconds=n),
+                "host": host,
+                "kind": kind,
+                "epoch": epoch,
+                "generation": n,
+                "data_digest": digest(f"data {n}".encode()),
+                "credentials_digest": digest(f"grants {rng.randrange(3)}".encode()),
+                "detail": f"entry {n}",
+            }
+        )
+
+    stays = hops + 1
+    for stay in range(stays):
+        host = ROUND[stay % len(ROUND)]
+        add(EntryKind.CREATED if stay == 0 else EntryKind.REHOSTED, host)
+        for _ in range(rng.randrange(1, 5)):
+            add(rng.choice((EntryKind.UPDATED, EntryKind.EVALUATED)), host)
+        if stay == stays - 1 and not in_transit:
+            break
+        epoch += 1
+        add(EntryKind.FROZEN, host)
+        departures.append(
+            {
+                "object_id": OBJECT,
+                "host": host,
+                "epoch": epoch,
+                "size": len(entries),
+                "issued_at": T0 + timedelta(minutes=1, milliseconds=len(entries)),
+                "to": ROUND[(stay + 1) % len(ROUND)],
+                "migration": f"mig-{stay}",
+                "legacy": stay < legacy,
+            }
+        )
+        if stay == stays - 1:
+            break
+    total = len(entries)
+    return Plan(
+        entries=entries,
+        departures=departures,
+        cuts=[(max(1, min(total - 1, int(total * at))), keep) for at, keep in cuts],
+        in_transit=in_transit,
+    )
+
+
+def _holder(departures: list[Checkpoint], size: int, creator: str) -> str:
+    covered = [d for d in departures if d.size <= size]
+    return covered[-1].to if covered else creator
+
+
+def build(plan: Plan) -> tuple[Lineage, list[Segment | CustodySegment]]:
+    """The compacted object and its archive for ``plan``: links, roots, commitments,
+    receipts and every signature made as honest hosts make them (by the host each names)."""
+    entries: list[LineageEntry] = []
+    leaves: list[bytes] = []
+    for index, fields in enumerate(plan.entries):
+        prev = leaves[plan.prev_from[index]] if index in plan.prev_from else leaves[-1] if leaves else b""
+        entry = LineageEntry(prev=prev, **fields)
+        entries.append(entry)
+        leaves.append(entry.leaf_hash())
+    checkpoints: list[dsse.Envelope] = []
+    arrivals: list[dsse.Envelope] = []
+    decoded: list[Checkpoint] = []
+    for index, spec in enumerate(plan.departures):
+        fields = {k: v for k, v in spec.items() if k != "legacy"}
+        last = entries[spec["size"] - 1] if 0 < spec["size"] <= len(entries) else entries[-1]
+        over = plan.root_over.get(index, spec["size"])
+        checkpoint = Checkpoint(
+            root=merkle.root(leaves[: max(over, 0)]),
+            credentials_digest=b"" if spec["legacy"] else fields.pop("credentials_digest", None)
+            or last.credentials_digest,
+            custody=b""
+            if spec["legacy"]
+            else custody_chain.commitment(
+                OBJECT, [c.payload for c in checkpoints], [a.payload for a in arrivals]
+            ),
+            hops=0 if spec["legacy"] else index + 1,
+            **{k: v for k, v in fields.items() if k != "credentials_digest"},
+        )
+        decoded.append(checkpoint)
+        checkpoints.append(
+            dsse.seal(checkpoint.encode(), dsse.PayloadType.CHECKPOINT, [SIGNERS[spec["host"]]])
+        )
+        if plan.in_transit and index == len(plan.departures) - 1:
+            break
+        receipt = Receipt(
+            kind=ReceiptKind.ACTIVATED,
+            migration_id=spec["migration"],
+            object_id=OBJECT,
+            epoch=spec["epoch"],
+            host=spec["to"],
+            source_host=spec["host"],
+            transfer_digest=digest(spec["migration"].encode()),
+            issued_at=spec["issued_at"] + timedelta(seconds=1),
+        )
+        arrivals.append(
+            dsse.seal(
+                wire.encode_receipt(receipt),
+                ReceiptKind.ACTIVATED.payload_type,
+                [SIGNERS[spec["to"]]],
+            )
+        )
+    creator = entries[0].host
+    archive: list[Segment | CustodySegment] = []
+    # The history as each compaction finds it: the object up to that entry, with the
+    # handoffs made by then; what follows is appended after (signed payloads do not
+    # depend on the base).
+    lineage = Lineage()
+    for number, (size, keep) in enumerate(plan.cuts):
+        last = number == len(plan.cuts) - 1
+        upto = len(entries) if last else plan.cuts[number + 1][0]
+        lineage = _extended(lineage, entries, checkpoints, arrivals, decoded, upto, last=last)
+        holder = _holder(decoded[: len(lineage.checkpoints)], size, creator)
+        lineage, segment, custody = compact_custody(
+            lineage,
+            object_id=OBJECT,
+            host=holder,
+            at=T0 + timedelta(hours=1),
+            signer=SIGNERS[holder],
+            keep=lineage.size - size,
+            custody_keep=keep,
+        )
+        archive.append(segment)
+        if custody is not None:
+            archive.append(custody)
+    if plan.base_changes:
+        assert lineage.base is not None
+        claimed = Base.decode(lineage.base.payload)
+        forged = replace(claimed, **plan.base_changes)
+        lineage = Lineage(
+            entries=lineage.entries,
+            checkpoints=lineage.checkpoints,
+            arrivals=lineage.arrivals,
+            base=dsse.seal(forged.encode(), BASE_PAYLOAD_TYPE, [SIGNERS[claimed.host]]),
+        )
+    return lineage, archive
+
+
+def _extended(
+    lineage: Lineage,
+    entries: list[LineageEntry],
+    checkpoints: list[dsse.Envelope],
+    arrivals: list[dsse.Envelope],
+    decoded: list[Checkpoint],
+    upto: int,
+    *,
+    last: bool,
+) -> Lineage:
+    """``lineage`` (possibly compacted, its handoffs counted from the first whatever was
+    archived) with entries up to ``upto`` and the handoffs whose departures they cover,
+    each with its arrival; with ``last``, everything."""
+    departed = len(decoded)
+    if not last:
+        departed = next((i for i, c in enumerate(decoded) if c.size > upto), len(decoded))
+    archived = 0
+    if lineage.checkpoints:
+        archived = archived_before(Checkpoint.decode(lineage.checkpoints[0].payload))
+    carried, received = len(lineage.checkpoints) + archived, len(lineage.arrivals) + archived
+    return Lineage(
+        entries=(*lineage.entries, *entries[lineage.size : upto]),
+        checkpoints=(*lineage.checkpoints, *checkpoints[carried:departed]),
+        arrivals=(*lineage.arrivals, *arrivals[received : min(departed, len(arrivals))]),
+        base=lineage.base,
+    )
+
+
+# --- the two verifiers ------------------------------------------------------------------
+
+
+def _forget() -> None:
+    # Both verifiers remember what they verified (per object id): each judgement here
+    # starts from nothing, so neither sees the other's, nor an earlier variant's.
+    forget_verified_prefixes()
+    forget_verified_arrivals()
+
+
+def reference(archive: list[Segment | CustodySegment], lineage: Lineage, *, sealed: bool) -> None:
+    """verify_archived before 126b667: verify_lineage over the object, the whole history
+    reassembled and verify_lineage over it, then verify_custody as it ran it."""
+    _forget()
+    verify_lineage(lineage, object_id=OBJECT, trust=TRUST, sealed=sealed)
+    base = lineage.base_claim()
+    assert base is not None
+    handoffs = [s for s in archive if isinstance(s, CustodySegment)]
+    departures, arrivals = archived_custody(handoffs, lineage, object_id=OBJECT)
+    # The segments made here are contiguous from entry 0; the old run search found this
+    # very run (it links to the head: a forged link is refused as it refused it).
+    raws = [raw for s in archive if isinstance(s, Segment) for raw in s.entries][: base.size]
+    archived = [LineageEntry.decode(raw) for raw in raws]
+    leaves = [e.leaf_hash() for e in archived]
+    linked = all(e.prev == (leaves[i - 1] if i else b"") for i, e in enumerate(archived))
+    if (
+        len(archived) != base.size
+        or not linked
+        or leaves[-1] != base.head
+        or merkle.root(leaves) != base.root
+    ):
+        raise LineageError("the archived entries do not match the root the object's base signed")
+    whole = Lineage(
+        entries=(*archived, *lineage.entries),
+        checkpoints=(*departures, *lineage.checkpoints),
+        arrivals=(*arrivals, *lineage.arrivals),
+    )
+    result = verify_lineage(whole, object_id=OBJECT, trust=TRUST, sealed=sealed)
+    if departures:
+        verify_custody(
+            whole,
+            result.checkpoints,
+            object_id=OBJECT,
+            trust=TRUST,
+            in_transit=len(whole.checkpoints) > len(whole.arrivals),
+            from_archive=len(departures),
+        )
+
+
+def streamed(archive: list[Segment | CustodySegment], lineage: Lineage, *, sealed: bool) -> None:
+    _forget()
+    verify_archived(archive, lineage, object_id=OBJECT, trust=TRUST, sealed=sealed)
+
+
+def outcome(check: Any, archive: Any, lineage: Lineage, *, sealed: bool) -> str:
+    """"accepted", or the refusal's error class and message."""
+    try:
+        check(archive, lineage, sealed=sealed)
+    except GatewayError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "accepted"
+
+
+def _smoke() -> None:
+    rng = random.Random(SEED)
+    plan = honest_plan(rng, hops=12, cuts=[(0.4, 0), (0.8, 8)])
+    lineage, archive = build(plan)
+    print([type(s).__name__ for s in archive], lineage.start, lineage.size)
+    print(outcome(reference, archive, lineage, sealed=False))
+    print(outcome(streamed, archive, lineage, sealed=False))
