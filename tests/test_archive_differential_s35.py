@@ -22,8 +22,10 @@ seeded random mutations of archived entries' and archived checkpoints' fields.
 
 from __future__ import annotations
 
+import copy
 import random
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
@@ -157,7 +159,13 @@ def build(plan: Plan) -> tuple[Lineage, list[Segment | CustodySegment]]:
     entries: list[LineageEntry] = []
     leaves: list[bytes] = []
     for index, fields in enumerate(plan.entries):
-        prev = leaves[plan.prev_from[index]] if index in plan.prev_from else leaves[-1] if leaves else b""
+        prev = (
+            leaves[plan.prev_from[index]]
+            if index in plan.prev_from
+            else leaves[-1]
+            if leaves
+            else b""
+        )
         entry = LineageEntry(prev=prev, **fields)
         entries.append(entry)
         leaves.append(entry.leaf_hash())
@@ -170,8 +178,9 @@ def build(plan: Plan) -> tuple[Lineage, list[Segment | CustodySegment]]:
         over = plan.root_over.get(index, spec["size"])
         checkpoint = Checkpoint(
             root=merkle.root(leaves[: max(over, 0)]),
-            credentials_digest=b"" if spec["legacy"] else fields.pop("credentials_digest", None)
-            or last.credentials_digest,
+            credentials_digest=b""
+            if spec["legacy"]
+            else fields.pop("credentials_digest", None) or last.credentials_digest,
             custody=b""
             if spec["legacy"]
             else custody_chain.commitment(
@@ -322,7 +331,7 @@ def streamed(archive: list[Segment | CustodySegment], lineage: Lineage, *, seale
 
 
 def outcome(check: Any, archive: Any, lineage: Lineage, *, sealed: bool) -> str:
-    """"accepted", or the refusal's error class and message."""
+    """ "accepted", or the refusal's error class and message."""
     try:
         check(archive, lineage, sealed=sealed)
     except GatewayError as exc:
@@ -330,10 +339,220 @@ def outcome(check: Any, archive: Any, lineage: Lineage, *, sealed: bool) -> str:
     return "accepted"
 
 
-def _smoke() -> None:
+# --- the variants -----------------------------------------------------------------------
+
+#: Honest histories: (name, hops, first-format departures, in transit, cuts).
+SHAPES = (
+    # two entry segments, then handoffs archived past the floor
+    ("twice", 12, 0, False, [(0.4, 0), (0.8, 8)]),
+    # the first two departures of the first format, archived with their handoffs
+    ("legacy", 12, 2, False, [(0.85, 8)]),
+    # entries archived, every handoff carried
+    ("entries-only", 5, 0, False, [(0.3, 0), (0.7, 0)]),
+    # handoffs archived and the object in transit
+    ("in-transit", 12, 0, True, [(0.5, 0), (0.75, 8)]),
+)
+
+
+def _shapes() -> dict[str, Plan]:
     rng = random.Random(SEED)
-    plan = honest_plan(rng, hops=12, cuts=[(0.4, 0), (0.8, 8)])
-    lineage, archive = build(plan)
-    print([type(s).__name__ for s in archive], lineage.start, lineage.size)
-    print(outcome(reference, archive, lineage, sealed=False))
-    print(outcome(streamed, archive, lineage, sealed=False))
+    return {
+        name: honest_plan(rng, hops=hops, legacy=legacy, in_transit=transit, cuts=cuts)
+        for name, hops, legacy, transit, cuts in SHAPES
+    }
+
+
+PLANS = _shapes()
+
+
+def _archived_custody_count(plan: Plan) -> int:
+    """Handoffs the last compaction of ``plan`` archives (as _archivable_handoffs)."""
+    _lineage, archive = build(plan)
+    return sum(len(s.departures) for s in archive if isinstance(s, CustodySegment))
+
+
+def _cut(plan: Plan) -> int:
+    return plan.cuts[-1][0]
+
+
+def _within(plan: Plan, first: int, end: int, kinds: tuple[EntryKind, ...]) -> int:
+    """The middle entry of kind ``kinds`` in [first, end)."""
+    found = [i for i in range(first, end) if plan.entries[i]["kind"] in kinds]
+    return found[len(found) // 2]
+
+
+def _shift_epochs(plan: Plan, at: int, delta: int) -> None:
+    for entry in plan.entries[at:]:
+        entry["epoch"] += delta
+    for departure in plan.departures:
+        if departure["size"] > at:
+            departure["epoch"] += delta
+
+
+BUSY = (EntryKind.UPDATED, EntryKind.EVALUATED)
+
+
+def targeted(name: str, honest: Plan, handed: int) -> Iterator[tuple[str, Plan]]:
+    """One variant per rule, each breaking it in the archived part. ``handed``: handoffs
+    archived with their custody (0: none; the departures covering archived entries are
+    then all carried)."""
+    cut = _cut(honest)
+    archived = [i for i, d in enumerate(honest.departures) if d["size"] <= cut]
+    # a departure whose handoff is archived when there are some, else one carried
+    departure = handed - 1 if handed else archived[-1]
+    end = honest.departures[departure]["size"]
+    begin = honest.departures[departure - 1]["size"] if departure else 0
+
+    def variant(rule: str, change: Callable[[Plan], None]) -> tuple[str, Plan]:
+        plan = copy.deepcopy(honest)
+        change(plan)
+        return f"{name}:{rule}", plan
+
+    middle = _within(honest, begin, end, BUSY)
+    yield variant("honest", lambda p: None)
+    yield variant("seq", lambda p: p.entries[middle].update(seq=middle + 1))
+    yield variant("prev", lambda p: p.prev_from.update({middle: middle - 2}))
+    yield variant("created-kind", lambda p: p.entries[0].update(kind=EntryKind.UPDATED))
+    yield variant("created-epoch", lambda p: _shift_epochs(p, 0, 1))
+    yield variant("epoch-jump", lambda p: _shift_epochs(p, middle, 1))
+    yield variant("epoch-without-freeze", lambda p: p.entries[middle].update(epoch=0))
+    yield variant("freeze-keeps-epoch", lambda p: _shift_epochs(p, end - 1, -1))
+    yield variant("freeze-raises-two", lambda p: _shift_epochs(p, end - 1, 1))
+    other = next(h for h in HOSTS if h != honest.entries[middle]["host"])
+    yield variant("recorded-by-other", lambda p: p.entries[middle].update(host=other))
+    yield variant("last-recorded-by-other", lambda p: p.entries[end - 1].update(host=other))
+    yield variant(
+        "checkpoint-epoch",
+        lambda p: p.departures[departure].update(epoch=p.entries[end - 1]["epoch"] + 1),
+    )
+    yield variant(
+        "checkpoint-grants",
+        lambda p: p.departures[departure].update(credentials_digest=digest(b"other grants")),
+    )
+    yield variant(
+        "last-entry-grants",
+        lambda p: p.entries[end - 1].update(credentials_digest=digest(b"other grants")),
+    )
+    yield variant("checkpoint-root", lambda p: p.root_over.update({departure: end - 1}))
+    yield variant("rehosted-kind", lambda p: p.entries[end].update(kind=EntryKind.UPDATED))
+    yield variant(
+        "rehosted-host", lambda p: p.entries[end].update(host=p.departures[departure]["host"])
+    )
+    yield variant("rehosted-epoch", lambda p: _shift_epochs(p, end, 1))
+    yield variant("rehosted-missing", lambda p: p.entries[end].update(kind=EntryKind.EVALUATED))
+
+    def foreign_creator(plan: Plan) -> None:
+        first = plan.departures[0]["size"]
+        for entry in plan.entries[:first]:
+            entry["host"] = HOST_C
+        plan.departures[0]["host"] = HOST_C
+
+    yield variant("creator-domain", foreign_creator)
+    yield variant("size-shrunk", lambda p: p.departures[departure].update(size=end - 1))
+    yield variant("base-root", lambda p: p.base_changes.update(root=digest(b"root")))
+    yield variant("base-head", lambda p: p.base_changes.update(head=digest(b"head")))
+    yield variant(
+        "base-epoch", lambda p: p.base_changes.update(epoch=p.entries[cut - 1]["epoch"] + 1)
+    )
+    yield variant("base-creator", lambda p: p.base_changes.update(creator=HOST_A2))
+    if honest.departures[0]["legacy"]:
+        # A first-format departure takes its last entry's grants, whatever they are.
+        yield variant(
+            "legacy-last-grants",
+            lambda p: p.entries[p.departures[0]["size"] - 1].update(
+                credentials_digest=digest(b"other grants")
+            ),
+        )
+
+
+ENTRY_FIELDS = ("seq", "epoch", "kind", "host", "credentials_digest")
+DEPARTURE_FIELDS = ("epoch", "size", "host", "to", "credentials_digest")
+
+
+def _mutate(rng: random.Random, plan: Plan) -> str:
+    """One seeded change to a field of an archived entry or checkpoint; what it was."""
+    cut = _cut(plan)
+    departures = [i for i, d in enumerate(plan.departures) if d["size"] <= cut]
+    if departures and rng.random() < 0.4:
+        index = rng.choice(departures)
+        name = rng.choice(DEPARTURE_FIELDS)
+        target = plan.departures[index]
+        what = f"departure {index} {name}"
+    else:
+        index = rng.randrange(cut)
+        name = rng.choice(ENTRY_FIELDS)
+        target = plan.entries[index]
+        what = f"entry {index} {name}"
+    value = target.get(name)
+    if name in ("seq", "epoch", "size"):
+        value = max(0 if name != "size" else 1, value + rng.choice((-1, 1)))
+    elif name == "kind":
+        value = rng.choice([k for k in EntryKind if k is not value])
+    elif name in ("host", "to"):
+        value = rng.choice([h for h in HOSTS if h != value])
+    else:
+        value = digest(f"grants {rng.randrange(4)}".encode())
+    target[name] = value
+    return what
+
+
+def randomized(
+    name: str, honest: Plan, count: int, rng: random.Random
+) -> Iterator[tuple[str, Plan]]:
+    for number in range(count):
+        plan = copy.deepcopy(honest)
+        changes = [_mutate(rng, plan) for _ in range(rng.choice((1, 1, 2)))]
+        yield f"{name}:random-{number}({'; '.join(changes)})", plan
+
+
+RANDOM_PER_SHAPE = 25
+
+
+def variants() -> list[tuple[str, Plan]]:
+    rng = random.Random(SEED + 1)
+    found: list[tuple[str, Plan]] = []
+    for name, plan in PLANS.items():
+        handed = 0 if name == "entries-only" else _archived_custody_count(plan)
+        found.extend(targeted(name, plan, handed))
+        found.extend(randomized(name, plan, RANDOM_PER_SHAPE, rng))
+    return found
+
+
+def judge(plan: Plan) -> tuple[str, str]:
+    """(reference outcome, streamed outcome) for ``plan``'s archive and object."""
+    try:
+        lineage, archive = build(plan)
+    except (ValueError, GatewayError) as exc:
+        return f"unbuildable: {exc}", f"unbuildable: {exc}"
+    sealed = plan.in_transit
+    return (
+        outcome(reference, archive, lineage, sealed=sealed),
+        outcome(streamed, archive, lineage, sealed=sealed),
+    )
+
+
+VARIANTS = variants()
+
+
+@pytest.mark.parametrize(("name", "plan"), VARIANTS, ids=[name for name, _ in VARIANTS])
+def test_streamed_verification_refuses_what_the_reference_refuses(name: str, plan: Plan) -> None:
+    reference_says, streamed_says = judge(plan)
+    assert not reference_says.startswith("unbuildable"), reference_says
+    assert (reference_says == "accepted") == (streamed_says == "accepted"), (
+        f"reference: {reference_says}; streamed: {streamed_says}"
+    )
+
+
+def test_the_variants_cover_every_shape_and_both_outcomes() -> None:
+    """Not vacuous: at least a hundred variants, honest histories accepted, most
+    dishonest ones refused, and each shape archives what it says it does."""
+    assert len(VARIANTS) >= 100
+    for name, plan in PLANS.items():
+        _lineage, archive = build(plan)
+        custody = [s for s in archive if isinstance(s, CustodySegment)]
+        entries = [s for s in archive if isinstance(s, Segment)]
+        assert len(entries) == len(plan.cuts)
+        assert bool(custody) == (name != "entries-only")
+        assert judge(plan) == ("accepted", "accepted")
+    outcomes = Counter(judge(plan)[0] == "accepted" for _, plan in VARIANTS)
+    assert outcomes[False] > 2 * outcomes[True] > 0
