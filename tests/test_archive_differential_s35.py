@@ -17,7 +17,13 @@ archiving entries and, past the receivers' floor, handoffs. The dishonest varian
 what a *trusted* holder could hand over: every entry re-encoded with consistent links,
 every checkpoint, receipt and base re-signed by the key of the host it names, so root
 and head checks pass and only the rule broken can refuse. One variant per rule, then
-seeded random mutations of archived entries' and archived checkpoints' fields.
+seeded random mutations of archived entries' and archived checkpoints' fields, then
+custody segments written by hand (as a dishonest holder may write them).
+
+One divergence was found (DIVERGENCES): a custody segment holding a handoff whose
+departure ends past the base, which compact_custody never writes. The streamed
+verifier refuses it and the reference accepted it; the stricter answer is kept.
+Seeded surveys of 4,100 more random variants (not kept: 40 s) found no other.
 """
 
 from __future__ import annotations
