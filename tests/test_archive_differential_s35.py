@@ -230,10 +230,11 @@ def build(plan: Plan) -> tuple[Lineage, list[Segment | CustodySegment]]:
     # depend on the base).
     lineage = Lineage()
     for number, (size, keep) in enumerate(plan.cuts):
-        last = number == len(plan.cuts) - 1
-        upto = len(entries) if last else plan.cuts[number + 1][0]
-        lineage = _extended(lineage, entries, checkpoints, arrivals, decoded, upto, last=last)
-        holder = _holder(decoded[: len(lineage.checkpoints)], size, creator)
+        final = number == len(plan.cuts) - 1
+        upto = len(entries) if final else plan.cuts[number + 1][0]
+        lineage = _extended(lineage, entries, checkpoints, arrivals, decoded, upto, last=final)
+        held = _handoffs(lineage)  # archived ones too: the holder is the last one's receiver
+        holder = _holder(decoded[:held], size, creator)
         lineage, segment, custody = compact_custody(
             lineage,
             object_id=OBJECT,
@@ -260,6 +261,14 @@ def build(plan: Plan) -> tuple[Lineage, list[Segment | CustodySegment]]:
             base=dsse.seal(forged.encode(), BASE_PAYLOAD_TYPE, [SIGNERS[claimed.host]]),
         )
     return lineage, archive
+
+
+def _handoffs(lineage: Lineage) -> int:
+    """Departures ``lineage`` counts, archived before its oldest carried one included."""
+    if not lineage.checkpoints:
+        return 0
+    first = Checkpoint.decode(lineage.checkpoints[0].payload)
+    return archived_before(first) + len(lineage.checkpoints)
 
 
 def _hand_archived(lineage: Lineage, drop: int) -> tuple[Lineage, CustodySegment]:
@@ -311,10 +320,8 @@ def _extended(
     departed = len(decoded)
     if not last:
         departed = next((i for i, c in enumerate(decoded) if c.size > upto), len(decoded))
-    archived = 0
-    if lineage.checkpoints:
-        archived = archived_before(Checkpoint.decode(lineage.checkpoints[0].payload))
-    carried, received = len(lineage.checkpoints) + archived, len(lineage.arrivals) + archived
+    carried = _handoffs(lineage)
+    received = carried - len(lineage.checkpoints) + len(lineage.arrivals)
     return Lineage(
         entries=(*lineage.entries, *entries[lineage.size : upto]),
         checkpoints=(*lineage.checkpoints, *checkpoints[carried:departed]),
