@@ -235,7 +235,10 @@ def live_bytes(path: Path) -> dict[str, tuple[int, int]]:
     try:
         for key, size in connection.execute("SELECT key, length(value) FROM items"):
             parts = key.split("/")
-            family = "/".join(parts[:3]) if parts[0] == "t" else "/".join(parts[:2])
+            # The key without its id: a tenant's family is three parts (t/TENANT/KIND),
+            # another two (journal/source), a one-level key's its prefix (nonce/ID: one
+            # family, not one per nonce).
+            family = "/".join(parts[: min(3 if parts[0] == "t" else 2, max(len(parts) - 1, 1))])
             row = families.setdefault(family, [0, 0])
             row[0] += 1
             row[1] += len(key) + size
