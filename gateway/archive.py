@@ -48,7 +48,6 @@ from gateway import envelope as dsse
 from gateway import merkle
 from gateway._decode import load_json
 from gateway.errors import ConfigError, CustodyError, GatewayError, LineageError
-from gateway.identity import HostId, ObjectId
 from gateway.keys import Signer
 from gateway.limits import (
     DEFAULT_CUSTODY_KEEP,
@@ -68,6 +67,7 @@ from gateway.lineage import (
     VerifiedLineage,
     _open_signed,
     archived_before,
+    check_creator,
     verify_lineage,
 )
 from gateway.model import GovernedObject
@@ -1309,7 +1309,7 @@ def verify_archived(
         following=len(checkpoints) - in_transit if departures else 0,
     )
     del pieces, indexed
-    _check_creator(creator, object_id)
+    check_creator(creator, object_id)
     result = replace(
         verified,
         hosts=(*(c.host for c in archived), *verified.hosts),
@@ -1337,17 +1337,3 @@ def verify_archived(
             from_archive=len(departures),
         )
     return result
-
-
-def _check_creator(creator: str, object_id: str) -> None:
-    """Only the domain that owns an object id creates objects under it (verify_lineage's
-    check, on the first archived entry)."""
-    owner = ObjectId.parse(object_id).trust_domain
-    try:
-        created_in = HostId.parse(creator).trust_domain
-    except ConfigError as exc:
-        raise LineageError(f"the first entry names {creator!r}, which is not a host id") from exc
-    if created_in != owner:
-        raise LineageError(
-            f"{object_id} was created by {creator}, outside {owner}, the domain that owns it"
-        )

@@ -1635,6 +1635,21 @@ def forget_verified_prefixes() -> None:
     VERIFIED_PREFIXES.clear()
 
 
+def check_creator(creator: str, object_id: str) -> None:
+    """Only the domain that owns an object id creates objects under it (the object's
+    first host signs the first checkpoint, so this cannot be forged by a peer); also
+    gateway.archive's rule for an archived history's first entry."""
+    owner = ObjectId.parse(object_id).trust_domain
+    try:
+        created_in = HostId.parse(creator).trust_domain
+    except ConfigError as exc:
+        raise LineageError(f"the first entry names {creator!r}, which is not a host id") from exc
+    if created_in != owner:
+        raise LineageError(
+            f"{object_id} was created by {creator}, outside {owner}, the domain that owns it"
+        )
+
+
 def verify_lineage(
     lineage: Lineage,
     *,
@@ -1680,19 +1695,7 @@ def verify_lineage(
     )
     creator = base.creator if base is not None else (entries[0].host if entries else "")
     if creator:
-        # Only the domain that owns an object id creates objects under it (the object's
-        # first host signs the first checkpoint, so this cannot be forged by a peer).
-        owner = ObjectId.parse(object_id).trust_domain
-        try:
-            created_in = HostId.parse(creator).trust_domain
-        except ConfigError as exc:
-            raise LineageError(
-                f"the first entry names {creator!r}, which is not a host id"
-            ) from exc
-        if created_in != owner:
-            raise LineageError(
-                f"{object_id} was created by {creator}, outside {owner}, the domain that owns it"
-            )
+        check_creator(creator, object_id)
     covered = 0
     holder = creator
     recorders = list(map(_host_of, entries))  # sliced per checkpoint below

@@ -11,15 +11,15 @@ import hashlib
 import json
 import random
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
+# The benchmark's own history (hops alternate A and B, each ends in a freeze), at small sizes.
+from bench.bench_lineage import OBJECT, SIGNERS, T0, TRUST, A, B, build
 from gateway import envelope as dsse
 from gateway import lineage as lineage_module
 from gateway import merkle
 from gateway.errors import BadSignatureError, GatewayError, LineageError
-from gateway.identity import HostId
 from gateway.keys import (
     VERIFIED_SIGNATURES,
     Algorithm,
@@ -34,63 +34,12 @@ from gateway.lineage import (
     EntryKind,
     Lineage,
     LineageEntry,
-    digest,
     forget_decoded_entries,
     forget_verified_prefixes,
     verify_chain,
     verify_lineage,
 )
-from gateway.trust import TrustStore, canonical_json, new_bundle
-
-T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
-A = "spiffe://org-a.example/cluster/east/gateway"
-B = "spiffe://org-b.example/cluster/west/gateway"
-OBJECT = "obj://org-a.example/billing/invoice-42"
-SIGNERS = {A: Signer.generate(Algorithm.ED25519), B: Signer.generate(Algorithm.ED25519)}
-TRUST = TrustStore.of(
-    new_bundle(
-        HostId.parse(host).trust_domain,
-        [s.record(purposes=[Purpose.ENVELOPE], hosts=[host], valid_from=T0 - timedelta(days=1))],
-        issued_at=T0 - timedelta(days=1),
-    )
-    for host, s in SIGNERS.items()
-)
-
-
-def build(entries: int, checkpoints: int) -> Lineage:
-    """bench_lineage.build at a small size: hops alternate A and B, each ends in a freeze."""
-    lineage = Lineage()
-    per = entries // checkpoints
-    epoch = 0
-    for hop in range(checkpoints):
-        host, to = (A, B) if hop % 2 == 0 else (B, A)
-        for index in range(per):
-            n = lineage.size
-            freezing = index == per - 1
-            kind = (
-                EntryKind.CREATED if n == 0 else EntryKind.FROZEN if freezing else EntryKind.UPDATED
-            )
-            epoch += freezing
-            lineage = lineage.append(
-                kind,
-                host=host,
-                at=T0 + timedelta(milliseconds=n),
-                epoch=epoch,
-                generation=n,
-                data_digest=digest(f"data {n}".encode()),
-                credentials_digest=digest(b"grants"),
-                detail=f"generation {n}",
-            )
-        lineage = lineage.sealed(
-            object_id=OBJECT,
-            host=host,
-            epoch=epoch,
-            at=T0 + timedelta(minutes=1),
-            signer=SIGNERS[host],
-            to=to,
-            migration=f"mig-{hop}",
-        )
-    return lineage
+from gateway.trust import canonical_json
 
 
 def fresh(lineage: Lineage) -> Lineage:
