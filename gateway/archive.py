@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import functools
 import hashlib
 import json
 import os
@@ -1100,6 +1101,10 @@ def _archived_run(
     return pieces, indexed
 
 
+def _issued_at(checkpoint: Checkpoint, _payload: bytes) -> datetime:
+    return checkpoint.issued_at
+
+
 def _archived_departures(
     departures: Sequence[dsse.Envelope], *, object_id: str, trust: TrustStore, size: int
 ) -> list[Checkpoint]:
@@ -1110,16 +1115,19 @@ def _archived_departures(
     checkpoints: list[Checkpoint] = []
     covered = 0
     for index, envelope in enumerate(departures):
-        host = Checkpoint.decode(envelope.payload).host  # picks the keys; checked below
-        payload = _open_signed(
+        # Decoded once: the host it names picks the keys, and the signature is then
+        # checked over these very bytes (the envelope's payload), so the decoded value
+        # is the signed one.
+        checkpoint = Checkpoint.decode(envelope.payload)
+        host = checkpoint.host
+        _open_signed(
             envelope,
             host=host,
             payload_type=dsse.PayloadType.CHECKPOINT,
             trust=trust,
             what=f"checkpoint {index} by {host} of {object_id}",
-            signed_at=lambda raw: Checkpoint.decode(raw).issued_at,
+            signed_at=functools.partial(_issued_at, checkpoint),
         )
-        checkpoint = Checkpoint.decode(payload)
         if checkpoint.object_id != object_id:
             raise LineageError(f"checkpoint {index} is for {checkpoint.object_id}, not {object_id}")
         if not covered < checkpoint.size <= size:
