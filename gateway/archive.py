@@ -67,8 +67,10 @@ from gateway.lineage import (
     LineageEntry,
     VerifiedLineage,
     _open_signed,
+    _other_creator,
     archived_before,
     check_creator,
+    check_departure,
     verify_lineage,
 )
 from gateway.model import GovernedObject
@@ -1135,6 +1137,7 @@ def _archived_departures(
                 f"checkpoint {index} covers {checkpoint.size} entries; expected more than "
                 f"{covered} and at most {size} (the archived ones)"
             )
+        check_departure(checkpoint, index)
         covered = checkpoint.size
         checkpoints.append(checkpoint)
     return checkpoints
@@ -1318,6 +1321,11 @@ def verify_archived(
     )
     del pieces, indexed
     check_creator(creator, object_id)
+    if creator != base.creator:
+        # The receiver compares the base's creator with the first departure's sender
+        # where it carries that departure; with handoffs archived nothing carried stands
+        # for entry 0, and only this check sees a base naming another host of the domain.
+        raise _other_creator(base.creator, object_id, f"entry 0 was recorded by {creator}")
     result = replace(
         verified,
         hosts=(*(c.host for c in archived), *verified.hosts),
