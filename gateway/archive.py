@@ -296,10 +296,14 @@ def compaction_cut(
     if departures is None:
         departures = [Checkpoint.decode(c.payload) for c in lineage.checkpoints]
     size = lineage.size - keep
+    # Before the oldest carried departure the holder is the creator, or with handoffs
+    # archived (ADR 0010 step 2) that departure's sender (verify_lineage's rule; the
+    # base's creator held the object before the archived ones, not necessarily here).
+    first = departures[0].host if departures and archived_before(departures[0]) else ""
 
     def holder(at: int) -> str:
         covered = [d for d in departures if d.size <= at]
-        return covered[-1].to if covered else lineage.creator()
+        return covered[-1].to if covered else first or lineage.creator()
 
     if holder(size) != host and departures:
         size = departures[-1].size

@@ -15,19 +15,24 @@ so only the rule under test can refuse it.
    The honest paths never write one: the source refuses to freeze an object for itself
    (gateway.handoff.source ``_freeze``; tests/test_cli.py
    ``test_migrate_to_itself_is_refused``), and every departure is sealed there.
+3. Found checking what rests on the creator: where a holder may cut
+   (``archive.compaction_cut``) took the creator for the holder before the oldest
+   carried departure even with handoffs archived, so a creator holding its object again
+   could sign a base inside another host's stay, which every receiver refuses.
 """
 
 from __future__ import annotations
 
 import copy
 import random
+from datetime import timedelta
 
 import pytest
 
-from gateway.archive import CustodySegment, verify_archived
+from gateway.archive import CustodySegment, compact_custody, compaction_cut, verify_archived
 from gateway.custody import forget_verified_arrivals
 from gateway.errors import LineageError
-from gateway.lineage import forget_verified_prefixes, verify_lineage
+from gateway.lineage import Checkpoint, archived_before, forget_verified_prefixes, verify_lineage
 from tests.test_archive_differential_s35 import (
     PLANS,
     Plan,
@@ -36,7 +41,9 @@ from tests.test_archive_differential_s35 import (
     judge,
     self_handoff,
 )
-from tests.test_lineage import HOST_A, HOST_A2, OBJECT, TRUST
+from tests.test_lineage import HOST_A, HOST_A2, OBJECT, SIGNERS, T0, TRUST
+
+SEED_CUT = 36
 
 
 def _receiver(plan: Plan) -> None:
@@ -137,3 +144,34 @@ def test_an_archived_departure_to_its_own_host_is_refused_offline(name: str) -> 
         _offline(plan)
     reference, _streamed = judge(plan)
     assert "to its own host" in reference
+
+
+# --- what rests on the creator: where a holder may cut ---------------------------------
+
+
+def test_a_cut_before_the_oldest_carried_departure_is_held_by_its_sender_not_the_creator() -> None:
+    """With handoffs archived, the host that held the object between the base and the
+    oldest carried departure is that departure's sender (verify_lineage's rule for who
+    signs a base there), not the creator the base names. compaction_cut took the
+    creator: the creator, holding the object again, cut inside another host's stay and
+    signed a base every receiver refuses."""
+    plan = honest_plan(random.Random(SEED_CUT), hops=12, cuts=[(0.2, 1)])
+    lineage, _archive = build(plan)
+    oldest = Checkpoint.decode(lineage.checkpoints[0].payload)
+    newest = Checkpoint.decode(lineage.checkpoints[-1].payload)
+    assert archived_before(oldest) and lineage.start < oldest.size - 1
+    assert newest.to == HOST_A != oldest.host, "the creator holds it, another host sent it"
+    keep = lineage.size - (oldest.size - 1)  # the cut falls in the oldest sender's stay
+    cut = compaction_cut(lineage, host=HOST_A, keep=keep)
+    assert cut is not None and cut >= newest.size, "moved to the creator's own stay"
+    compacted, _segment, _custody = compact_custody(
+        lineage,
+        object_id=OBJECT,
+        host=HOST_A,
+        at=T0 + timedelta(hours=2),
+        signer=SIGNERS[HOST_A],
+        keep=keep,
+        custody_keep=8,
+    )
+    forget_verified_prefixes()
+    verify_lineage(compacted, object_id=OBJECT, trust=TRUST, sealed=False)
