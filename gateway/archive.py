@@ -67,8 +67,10 @@ from gateway.lineage import (
     LineageEntry,
     VerifiedLineage,
     _open_signed,
+    _other_creator,
     archived_before,
     check_creator,
+    check_departure,
     verify_lineage,
 )
 from gateway.model import GovernedObject
@@ -294,10 +296,14 @@ def compaction_cut(
     if departures is None:
         departures = [Checkpoint.decode(c.payload) for c in lineage.checkpoints]
     size = lineage.size - keep
+    # Before the oldest carried departure the holder is the creator, or with handoffs
+    # archived (ADR 0010 step 2) that departure's sender (verify_lineage's rule; the
+    # base's creator held the object before the archived ones, not necessarily here).
+    first = departures[0].host if departures and archived_before(departures[0]) else ""
 
     def holder(at: int) -> str:
         covered = [d for d in departures if d.size <= at]
-        return covered[-1].to if covered else lineage.creator()
+        return covered[-1].to if covered else first or lineage.creator()
 
     if holder(size) != host and departures:
         size = departures[-1].size
@@ -1135,6 +1141,7 @@ def _archived_departures(
                 f"checkpoint {index} covers {checkpoint.size} entries; expected more than "
                 f"{covered} and at most {size} (the archived ones)"
             )
+        check_departure(checkpoint, index)
         covered = checkpoint.size
         checkpoints.append(checkpoint)
     return checkpoints
@@ -1318,6 +1325,11 @@ def verify_archived(
     )
     del pieces, indexed
     check_creator(creator, object_id)
+    if creator != base.creator:
+        # The receiver compares the base's creator with the first departure's sender
+        # where it carries that departure; with handoffs archived nothing carried stands
+        # for entry 0, and only this check sees a base naming another host of the domain.
+        raise _other_creator(base.creator, object_id, f"entry 0 was recorded by {creator}")
     result = replace(
         verified,
         hosts=(*(c.host for c in archived), *verified.hosts),

@@ -51,6 +51,7 @@ from gateway.errors import (
 # are what a command pays for only if it needs them (docs/cli.md).
 if TYPE_CHECKING:
     from gateway.config import Config
+    from gateway.envelope import Envelope
     from gateway.host import Host
     from gateway.keyring import Keyring
     from gateway.keys import KeyRecord
@@ -653,8 +654,15 @@ def cmd_object_release(args: argparse.Namespace) -> int:
 
 
 def cmd_object_list(args: argparse.Namespace) -> int:
+    from gateway.fleet import parse_label
+
+    # Parsed before the store is opened: a malformed one is one line, exit 2.
+    wanted = [parse_label(text) for text in args.label or []]
+
     async def run(host: LocalHost) -> int:
         objects = await host.list_objects(tenant=args.tenant)
+        if wanted:
+            objects = await _labelled(host, objects, wanted)
         if args.output == "json":
             from gateway.present import object_json, print_json
 
@@ -668,10 +676,29 @@ def cmd_object_list(args: argparse.Namespace) -> int:
             table.add_row(
                 obj.object_id, state, str(obj.epoch), str(obj.generation), str(len(obj.lineage))
             )
-        show(table if objects else f"no objects in tenant {args.tenant}")
+        selector = "".join(f" labelled {k}={v}" for k, v in wanted)
+        show(table if objects else f"no objects{selector} in tenant {args.tenant}")
         return 0
 
     return asyncio.run(_with_local(args, run))
+
+
+async def _labelled(
+    host: LocalHost, objects: list[GovernedObject], wanted: Sequence[tuple[str, str | None]]
+) -> list[GovernedObject]:
+    """The objects whose labels (`gateway object label`, host-local) include every one of
+    ``wanted``: one read of their label records."""
+    from gateway.fleet import _decode_labels, labels_key
+
+    keys = [labels_key(obj.tenant, obj.object_id) for obj in objects]
+    items = await host.store.get_many(keys)
+    chosen = []
+    for obj, key in zip(objects, keys, strict=True):
+        item = items.get(key)
+        have = {} if item is None else _decode_labels(item.value, obj.object_id)
+        if all(have.get(k) == v for k, v in wanted):
+            chosen.append(obj)
+    return chosen
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
@@ -712,6 +739,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         and not (args.complete and _is_activation(args.complete))
     ):
         raise ConfigError("say where to write the file with -o FILE")
+    if args.complete and args.out and _is_activation(args.complete):
+        # Finishing answers nothing: an -o silently not written looks like a lost file.
+        raise ConfigError(
+            f"{args.complete} is an activation receipt: finishing the migration writes "
+            f"nothing, so -o {args.out} has nothing to write",
+            hint=f"run `gateway export --complete {args.complete}` without -o",
+        )
     out_path = Path(args.out) if args.out else None
 
     if args.dry_run:
@@ -791,10 +825,20 @@ def cmd_import(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise _unreadable(source, exc) from exc
 
+    decision = None if head == offline.MAGIC else offline.read_signed(source)
+    if decision is not None and args.out and _is_abort(decision):
+        # Checked before anything is done: importing an abort file answers nothing, and
+        # an -o that is silently not written looks like a receipt that got lost.
+        raise ConfigError(
+            f"{source} is an abort file: importing it discards the staged copy and writes "
+            f"nothing, so -o {args.out} has nothing to write",
+            hint=f"run `gateway import {source}` without -o",
+        )
+
     async def run(host: Host) -> object:
-        if head == offline.MAGIC:
+        if decision is None:
             return await offline.import_transfer(host.destination, source)
-        return await offline.import_decision(host.destination, offline.read_signed(source))
+        return await offline.import_decision(host.destination, decision)
 
     step = asyncio.run(_with_host(args, run))
     from gateway.handoff.offline import Step
@@ -806,6 +850,19 @@ def cmd_import(args: argparse.Namespace) -> int:
             hint="run the same import again with -o FILE: it answers the same receipt",
         )
     return _finish_step(step, Path(args.out) if args.out else None)
+
+
+def _is_abort(envelope: Envelope) -> bool:
+    """Whether a decision file says ABORTED, as it claims (verified when imported)."""
+    from gateway import envelope as dsse
+    from gateway.handoff.messages import DecisionAnswer, Outcome
+
+    if envelope.payload_type != dsse.PayloadType.DECISION:
+        return False
+    try:
+        return DecisionAnswer.decode(envelope.payload).outcome is Outcome.ABORTED
+    except GatewayError:
+        return False  # the import itself says what is wrong with it
 
 
 def cmd_admit(args: argparse.Namespace) -> int:
@@ -1387,6 +1444,12 @@ def build_parser() -> argparse.ArgumentParser:
     release.set_defaults(handler=cmd_object_release)
     add_archive_commands(objects, common, tenant, output)
     listing = objects.add_parser("list", parents=[common, tenant, output], help="list objects")
+    listing.add_argument(
+        "--label",
+        action="append",
+        metavar="KEY=VALUE",
+        help="only objects with this label (`gateway object label`); repeat: all must match",
+    )
     listing.set_defaults(handler=cmd_object_list)
 
     lineage = commands.add_parser(

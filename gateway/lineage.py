@@ -1650,6 +1650,25 @@ def check_creator(creator: str, object_id: str) -> None:
         )
 
 
+def _other_creator(creator: str, object_id: str, because: str) -> LineageError:
+    return LineageError(
+        f"the lineage base names {creator} as the creator of {object_id}, but {because}",
+        hint="refuse the object; its base was rewritten (entry 0's host created it)",
+    )
+
+
+def check_departure(checkpoint: Checkpoint, index: int) -> None:
+    """A departure hands the object to another host: one naming its own host as receiver
+    is no handoff (the source refuses to migrate to itself), and would let a holder count
+    hops and arrivals it never made. Also gateway.archive's rule for archived ones."""
+    if checkpoint.to == checkpoint.host:
+        raise LineageError(
+            f"checkpoint {index} of {checkpoint.object_id} hands it from "
+            f"{checkpoint.host} to its own host",
+            hint="refuse the object; a departure names another host as receiver",
+        )
+
+
 def verify_lineage(
     lineage: Lineage,
     *,
@@ -1725,10 +1744,14 @@ def verify_lineage(
         if index == 0 and first is None:
             # Handoffs before this departure may be archived (ADR 0010 step 2): then its
             # sender is whoever signed it, pinned by the commitments of every later
-            # departure (gateway.custody checks them and the receiver's floor).
+            # departure (gateway.custody checks them and the receiver's floor), and
+            # nothing carried stands for entry 0 (its creator's domain alone is checked).
+            # Otherwise it is the first departure, which the creator signs.
             oldest = Checkpoint.decode(envelope.payload)
             if archived_before(oldest):
                 host = oldest.host
+            elif oldest.host != creator:
+                raise _other_creator(creator, object_id, f"its first departure is by {oldest.host}")
         opened: list[Checkpoint] = []  # the payload decoded once, for its time and here
 
         def signed_at(raw: bytes, opened: list[Checkpoint] = opened) -> datetime:
@@ -1750,6 +1773,7 @@ def verify_lineage(
             raise LineageError(
                 f"checkpoint {index} names {checkpoint.host}, but {host} recorded its entries"
             )
+        check_departure(checkpoint, index)
         if not covered < checkpoint.size <= total:
             raise LineageError(
                 f"checkpoint {index} covers {checkpoint.size} entries; expected more than "
@@ -1900,14 +1924,17 @@ def _check_base(
     # With handoffs archived and no carried departure in the base, the oldest carried
     # departure's sender held the object there.
     holder = archived[-1].to if archived else checkpoints[0].host if handoffs_archived else creator
+    if not archived and not handoffs_archived and base.creator != base.host:
+        # No departure before the base: its signer held the object from entry 0.
+        raise _other_creator(
+            base.creator, base.object_id, f"{base.host} held it from entry 0 and compacted it"
+        )
     if base.host != holder:
         raise LineageError(
             f"the lineage base is signed by {base.host}, but {holder} held the object after "
             f"entry {base.size - 1}",
             hint="only the holder compacts its object's lineage",
         )
-    if not archived and not handoffs_archived and base.creator != base.host:
-        raise LineageError("a lineage compacted before its first departure names another creator")
 
 
 def verify_extends(

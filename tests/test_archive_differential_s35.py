@@ -22,8 +22,10 @@ custody segments written by hand (as a dishonest holder may write them).
 
 One divergence was found (DIVERGENCES): a custody segment holding a handoff whose
 departure ends past the base, which compact_custody never writes. The streamed
-verifier refuses it and the reference accepted it; the stricter answer is intended.
-Seeded surveys of 4,100 more random variants (not kept: 40 s) found no other.
+verifier refused it and the reference accepted it. Seeded surveys of 4,100 more random
+variants (not kept: 40 s) found no other. Session 36 added two rules to both verifiers
+(a base's creator is entry 0's host; no departure to its own host), with variants for
+each; the second closed that divergence (its variant hands the object to itself).
 """
 
 from __future__ import annotations
@@ -342,7 +344,9 @@ def _forget() -> None:
 
 def reference(archive: list[Segment | CustodySegment], lineage: Lineage, *, sealed: bool) -> None:
     """verify_archived before 126b667: verify_lineage over the object, the whole history
-    reassembled and verify_lineage over it, then verify_custody as it ran it."""
+    reassembled and verify_lineage over it, then verify_custody as it ran it; with the
+    rules session 36 added to both verifiers (the base's creator is entry 0's host, here
+    compared directly; no departure to its own host, in verify_lineage)."""
     _forget()
     verify_lineage(lineage, object_id=OBJECT, trust=TRUST, sealed=sealed)
     base = lineage.base_claim()
@@ -362,6 +366,10 @@ def reference(archive: list[Segment | CustodySegment], lineage: Lineage, *, seal
         or merkle.root(leaves) != base.root
     ):
         raise LineageError("the archived entries do not match the root the object's base signed")
+    # Session 36: the base names entry 0's host as creator. The whole history below
+    # carries no base, so its verify_lineage cannot compare them; the streamed path does.
+    if archived[0].host != base.creator:
+        raise LineageError(f"the lineage base names {base.creator} as the creator")
     whole = Lineage(
         entries=(*archived, *lineage.entries),
         checkpoints=(*departures, *lineage.checkpoints),
@@ -509,6 +517,11 @@ def targeted(name: str, honest: Plan, handed: int) -> Iterator[tuple[str, Plan]]
         "base-epoch", lambda p: p.base_changes.update(epoch=p.entries[cut - 1]["epoch"] + 1)
     )
     yield variant("base-creator", lambda p: p.base_changes.update(creator=HOST_A2))
+    # Session 36: a departure to its own host, the archived one (with its handoff where
+    # the shape archives handoffs) and, for contrast, the newest completed one (carried).
+    yield variant("self-handoff", lambda p: self_handoff(p, departure))
+    newest = len(honest.departures) - 1 - honest.in_transit
+    yield variant("self-handoff-carried", lambda p: self_handoff(p, newest))
     if honest.departures[0]["legacy"]:
         # A first-format departure takes its last entry's grants, whatever they are.
         yield variant(
@@ -517,6 +530,23 @@ def targeted(name: str, honest: Plan, handed: int) -> Iterator[tuple[str, Plan]]
                 credentials_digest=digest(b"other grants")
             ),
         )
+
+
+def self_handoff(plan: Plan, index: int) -> None:
+    """Departure ``index`` of ``plan`` made a handoff from its host to itself: the stay
+    after it (its REHOSTED entry included) and the next departure become that host's, so
+    that only the rule against a departure to its own host can refuse it."""
+    host = plan.departures[index]["host"]
+    following = (
+        plan.departures[index + 1]["size"]
+        if index + 1 < len(plan.departures)
+        else len(plan.entries)
+    )
+    for entry in plan.entries[plan.departures[index]["size"] : following]:
+        entry["host"] = host
+    plan.departures[index]["to"] = host
+    if index + 1 < len(plan.departures):
+        plan.departures[index + 1]["host"] = host
 
 
 def hand_archived(rng: random.Random) -> Iterator[tuple[str, Plan]]:
@@ -535,18 +565,13 @@ def hand_archived(rng: random.Random) -> Iterator[tuple[str, Plan]]:
     yield from randomized("hand", plan, RANDOM_PER_SHAPE // 2, rng)
     # the departure past the cut, archived with the ones before it
     past = before
-    begin, end = honest.departures[past - 1]["size"], honest.departures[past]["size"]
+    begin = honest.departures[past - 1]["size"]
     plan = copy.deepcopy(honest)
     plan.cuts = [(begin + 1, 0)]
     plan.hand_archived = past + 1
     yield "hand:custody-past-cut", plan
     plan = copy.deepcopy(plan)
-    host = honest.departures[past]["host"]
-    following = honest.departures[past + 1]["size"]
-    for entry in plan.entries[end:following]:
-        entry["host"] = host
-    plan.departures[past]["to"] = host
-    plan.departures[past + 1]["host"] = host
+    self_handoff(plan, past)
     yield "hand:custody-past-cut-self-handoff", plan
 
 
@@ -620,18 +645,13 @@ def judge(plan: Plan) -> tuple[str, str]:
 VARIANTS = variants()
 
 #: Where the two disagree, on purpose: each names the history and what each verifier
-#: says. Decided (session 35): the stricter answer is the intended one, since no honest
-#: holder writes such an archive; docs/lineage.md says so.
-DIVERGENCES = {
-    "hand:custody-past-cut-self-handoff": (
-        "streamed is stricter: a custody segment holding a departure that ends past the "
-        "base (its sender handed the object to itself, so every entry after the cut is "
-        "the oldest carried departure's sender's, as verify_lineage requires) is refused by "
-        "_archived_departures ('checkpoint 8 covers 37 entries; expected ... at most 32'), "
-        "while the reference, over the whole history, accepts it. compact_custody never "
-        "archives such a handoff (_archivable_handoffs); the stricter answer is intended"
-    ),
-}
+#: says. Session 35 kept one here: a custody segment holding a departure that ends past
+#: the base, its sender handing the object to itself (so that every entry after the cut
+#: is the oldest carried departure's sender's), refused by the streamed path for its size
+#: and accepted by the reference. Session 36 refuses a departure to its own host in both
+#: verifiers, so the reference refuses it too and nothing differs any more
+#: (test_a_handoff_archived_past_the_base_is_refused_by_both).
+DIVERGENCES: dict[str, str] = {}
 
 
 def _params() -> list[Any]:
@@ -664,11 +684,12 @@ def test_the_variants_cover_every_shape_and_both_outcomes() -> None:
     assert outcomes[False] > 2 * outcomes[True] > 0
 
 
-def test_streamed_verification_refuses_a_handoff_archived_past_the_base() -> None:
-    """The one divergence found (DIVERGENCES), pinned from the streamed side: a custody
-    segment may hold only handoffs whose departure lies among the archived entries (as
-    compact_custody writes it); the reference accepted one past the base."""
+def test_a_handoff_archived_past_the_base_is_refused_by_both() -> None:
+    """The divergence session 35 found, closed by session 36's rule: the streamed path
+    still refuses a custody segment holding a departure past the base for that (its check
+    comes first), and the reference, over the whole history, now refuses the handoff
+    from a host to itself that let that departure pass there."""
     plan = dict(VARIANTS)["hand:custody-past-cut-self-handoff"]
     reference_says, streamed_says = judge(plan)
-    assert reference_says == "accepted"
+    assert "to its own host" in reference_says
     assert streamed_says.startswith("LineageError: checkpoint 8 covers 37 entries")

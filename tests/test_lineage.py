@@ -115,6 +115,11 @@ def grow(
     return lineage
 
 
+def receiver(host: str) -> str:
+    """Another host, for a departure's ``to``: one to its own host is refused."""
+    return HOST_B if host != HOST_B else HOST_A
+
+
 def seal(lineage: Lineage, host: str, *, signer: Signer | None = None, epoch: int = 0) -> Lineage:
     return lineage.sealed(
         object_id=OBJECT,
@@ -122,7 +127,7 @@ def seal(lineage: Lineage, host: str, *, signer: Signer | None = None, epoch: in
         epoch=epoch,
         at=T0 + timedelta(minutes=1),
         signer=signer or SIGNERS[host],
-        to=host,
+        to=receiver(host),
         migration="mig-test",
     )
 
@@ -155,7 +160,7 @@ def signed_checkpoint(
         size=size,
         root=root,
         issued_at=T0 + timedelta(minutes=1),
-        to=host,
+        to=receiver(host),
         migration="mig-test",
     )
     return dsse.seal(checkpoint.encode(), dsse.PayloadType.CHECKPOINT, [signer or SIGNERS[host]])
