@@ -688,14 +688,14 @@ async def _labelled(
 ) -> list[GovernedObject]:
     """The objects whose labels (`gateway object label`, host-local) include every one of
     ``wanted``: one read of their label records."""
-    from gateway.fleet import _decode_labels, labels_key
+    from gateway.fleet import decode_labels, labels_key
 
     keys = [labels_key(obj.tenant, obj.object_id) for obj in objects]
     items = await host.store.get_many(keys)
     chosen = []
     for obj, key in zip(objects, keys, strict=True):
         item = items.get(key)
-        have = {} if item is None else _decode_labels(item.value, obj.object_id)
+        have = {} if item is None else decode_labels(item.value, obj.object_id)
         if all(have.get(k) == v for k, v in wanted):
             chosen.append(obj)
     return chosen

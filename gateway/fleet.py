@@ -86,10 +86,11 @@ def parse_label(text: str, *, removal: bool = False) -> tuple[str, str | None]:
 
 async def read_labels(host: Host, tenant: str, object_id: str) -> dict[str, str]:
     item = await host.store.get(labels_key(tenant, object_id))
-    return {} if item is None else _decode_labels(item.value, object_id)
+    return {} if item is None else decode_labels(item.value, object_id)
 
 
-def _decode_labels(raw: bytes, object_id: str) -> dict[str, str]:
+def decode_labels(raw: bytes, object_id: str) -> dict[str, str]:
+    """A label record (`gateway object label`) as stored, bounded and checked."""
     if len(raw) > MAX_LABEL_RECORD_BYTES:
         raise ConfigError(f"the labels of {object_id} are {len(raw)} bytes; too large to read")
     value = load_json(raw, error=ConfigError, what=f"labels of {object_id}")
@@ -108,7 +109,7 @@ async def set_labels(
     key = labels_key(tenant, object_id)
     for _attempt in range(8):
         item = await host.store.get(key)
-        labels = {} if item is None else _decode_labels(item.value, object_id)
+        labels = {} if item is None else decode_labels(item.value, object_id)
         for name, value in changes:
             if value is None:
                 labels.pop(name, None)
