@@ -24,6 +24,8 @@ P2   throughput of ``--moves`` migrations with 8 in flight, over the floor opera
      layout each side's CPU per migration is in the JSON, ours and the floor's, whole
      (``source_cpu_ms``, ...) and its event-loop thread's alone (``source_loop_cpu_ms``,
      ...): the rest is the side's other threads (the SQLite writer, gRPC's own).
+     ``source_loop_over_floor`` and ``destination_loop_over_floor``, each side's loop
+     thread over the floor's in the same run, are the readings to pair across runs.
 P5   committed cycles/s of ``--cycle-objects`` objects x 3 rules driven by the host's
      Scheduler (the real path: due times, concurrency, one commit per cycle), over bare
      CEL evaluation of the same rules on the same objects (cel-expr-python, compiled
@@ -761,6 +763,27 @@ def _add_side_cpu(
     loop[f"{prefix}destination"] += ended[3] - began[3]
 
 
+def p2_cpu_figures(cpu: dict[str, float], loop: dict[str, float], moves: int) -> dict[str, float]:
+    """P2's CPU figures from its rounds' totals (seconds, by side, see :func:`_add_side_cpu`):
+    each side's CPU per migration in ms, whole and on its loop thread, ours and the
+    floor's; both sides' CPU over the floor's (``cpu_ratio``); and each side's loop
+    thread over the floor's same side (``source_loop_over_floor``,
+    ``destination_loop_over_floor``). The last two are the readings to pair before and
+    after a change: the floor's rounds alternate with ours in the same run, so load on
+    the shared machine, which moves a side's milliseconds by 15-25 % between runs,
+    moves both of a ratio's terms."""
+    figures: dict[str, float] = {}
+    for side, seconds in cpu.items():
+        figures[f"{side}_cpu_ms"] = seconds / moves * 1e3
+        figures[f"{side}_loop_cpu_ms"] = loop[side] / moves * 1e3
+    figures["cpu_ratio"] = (cpu["source"] + cpu["destination"]) / (
+        cpu["floor_source"] + cpu["floor_destination"]
+    )
+    for side in ("source", "destination"):
+        figures[f"{side}_loop_over_floor"] = loop[side] / loop[f"floor_{side}"]
+    return figures
+
+
 async def count_protocol(
     host_a: Host, host_b: Host, warm: list[str], *, to: str = HOST_B
 ) -> dict[str, Any]:
@@ -973,19 +996,16 @@ async def migration_figures(
             )
             if destination and floor_server:
                 p2 = results["P2"]
-                for side, seconds in cpu.items():
-                    p2[f"{side}_cpu_ms"] = seconds / len(p2_ids) * 1e3
-                    p2[f"{side}_loop_cpu_ms"] = loop[side] / len(p2_ids) * 1e3
-                p2["cpu_ratio"] = (cpu["source"] + cpu["destination"]) / (
-                    cpu["floor_source"] + cpu["floor_destination"]
-                )
+                p2.update(p2_cpu_figures(cpu, loop, len(p2_ids)))
                 text += (
                     f"; CPU per migration: source {p2['source_cpu_ms']:.2f} ms, destination "
                     f"{p2['destination_cpu_ms']:.2f} ms, over the floor's {p2['cpu_ratio']:.2f}x"
                     f" (event-loop threads: source {p2['source_loop_cpu_ms']:.2f}, destination "
                     f"{p2['destination_loop_cpu_ms']:.2f}; the floor's "
                     f"{p2['floor_source_loop_cpu_ms']:.2f}, "
-                    f"{p2['floor_destination_loop_cpu_ms']:.2f} ms)"
+                    f"{p2['floor_destination_loop_cpu_ms']:.2f} ms; ours over the floor's: "
+                    f"{p2['source_loop_over_floor']:.2f}x, "
+                    f"{p2['destination_loop_over_floor']:.2f}x)"
                 )
             say(text)
     finally:
