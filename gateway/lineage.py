@@ -217,6 +217,25 @@ def _format_utc_now(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
+def _shared_text(
+    host: str, at: datetime, epoch: int, generation: int, credentials_digest: bytes
+) -> tuple[str, str, str] | None:
+    """The parts of :meth:`LineageEntry._encode` that the entries of one append share:
+    the text before ``data_digest``, between ``detail`` and ``kind`` and after ``seq``;
+    None if one of them cannot be written (each entry's own encode then raises)."""
+    try:
+        time = _format_utc(at)
+        host_text = _encode_string(host)
+        host_text.encode()  # a lone surrogate raises here, as the entry's encode would
+    except (ValueError, UnicodeEncodeError):
+        return None
+    return (
+        f'{{"credentials_digest":"{credentials_digest.hex()}",',
+        f'"epoch":{epoch},"generation":{generation},"host":{host_text},',
+        f'"time":"{time}"}}',
+    )
+
+
 def _decode_fast(cls: type[LineageEntry], raw: bytes) -> LineageEntry | None:
     """The entry, or None if ``raw`` is not exactly a canonical entry."""
     try:
@@ -1212,12 +1231,31 @@ class Lineage:
         # What LineageEntry(...), the lineage's size and head and log.add do, written
         # out: every cycle appends one entry or more, and this was a tenth of it.
         added, base = log.entries, log.base
+        # Each entry's bytes are asked for in the same cycle (the object's encoding, then
+        # the next entry's link): written here, with the parts its records share (their
+        # credentials, host, epoch, generation and time) written once for all of them.
+        # The same text as LineageEntry._encode (tests/test_p5_s36.py holds the two
+        # together); fields it cannot write (a naive time, a lone surrogate) are left
+        # to it, to raise where they always did.
+        shared = _shared_text(host, at, epoch, generation, credentials_digest)
         for kind, data_digest, detail in records:
             if len(detail) > MAX_DETAIL:
                 detail = detail[: MAX_DETAIL - 1] + "…"
             prev = added[-1].leaf_hash() if added else (base.head if base is not None else b"")
+            seq = log.start + len(added)
+            raw = None
+            if shared is not None:
+                try:
+                    raw = (
+                        f'{shared[0]}"data_digest":"{data_digest.hex()}",'
+                        f'"detail":{_encode_string(detail)},{shared[1]}'
+                        f'"kind":"{kind._value_}","prev":"{prev.hex()}",'
+                        f'"seq":{seq},{shared[2]}'
+                    ).encode()
+                except UnicodeEncodeError:
+                    raw = None
             entry = object.__new__(LineageEntry)
-            _set(entry, "seq", log.start + len(added))
+            _set(entry, "seq", seq)
             _set(entry, "prev", prev)
             _set(entry, "time", at)
             _set(entry, "host", host)
@@ -1228,7 +1266,7 @@ class Lineage:
             _set(entry, "credentials_digest", credentials_digest)
             _set(entry, "detail", detail)
             _set(entry, "repeats", 0)
-            _set(entry, "_raw", None)  # computed when first asked for (encode, leaf_hash)
+            _set(entry, "_raw", raw)  # None: computed when first asked for (encode, leaf_hash)
             _set(entry, "_leaf", None)
             added.append(entry)  # log.add
         return self._on(log)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -185,3 +185,86 @@ def _object() -> Any:
         data=b'{"a":1}',
         content_type="application/json",
     )
+
+
+def _append_cases() -> list[tuple[Any, ...]]:
+    from gateway.lineage import EntryKind
+
+    rng = random.Random(SEED)
+    kinds = list(EntryKind)
+    cases = []
+    for index in range(300):
+        records = [
+            (
+                rng.choice(kinds),
+                rng.randbytes(32),
+                "".join(
+                    chr(rng.choice([rng.randrange(32, 127), rng.randrange(0, 0x2FFF)]))
+                    for _ in range(rng.randrange(0, 40 if index % 50 else 5000))
+                ),
+            )
+            for _ in range(rng.randrange(1, 5))
+        ]
+        host = rng.choice(["h", "spiffe://org-a.example/cluster/east/gateway", 'q"\\ü\n'])
+        at = NOW + timedelta(microseconds=rng.randrange(10**13))
+        if index % 7 == 0:
+            at = at.astimezone(timezone(timedelta(hours=rng.randrange(-12, 13))))
+        cases.append((records, host, at, rng.randrange(2**64), rng.randrange(2**64)))
+    return cases
+
+
+def test_entries_written_as_they_are_appended_are_their_canonical_encoding() -> None:
+    from gateway.lineage import Lineage, LineageEntry
+
+    for records, host, at, epoch, generation in _append_cases():
+        lineage = Lineage()
+        for _ in range(2):  # the second append links to the first's last entry
+            lineage = lineage.append_all(
+                records,
+                host=host,
+                at=at,
+                epoch=epoch,
+                generation=generation,
+                credentials_digest=b"\x07" * 32,
+            )
+        for entry in lineage.entries:
+            plain = LineageEntry(
+                seq=entry.seq,
+                prev=entry.prev,
+                time=entry.time,
+                host=entry.host,
+                kind=entry.kind,
+                epoch=entry.epoch,
+                generation=entry.generation,
+                data_digest=entry.data_digest,
+                credentials_digest=entry.credentials_digest,
+                detail=entry.detail,
+            )
+            assert entry.encode() == entry._encode() == plain.encode()
+            assert entry.leaf_hash() == plain.leaf_hash()
+            assert LineageEntry.decode(entry.encode()).encode() == plain.encode()
+
+
+@pytest.mark.parametrize(
+    ("host", "at", "detail"),
+    [
+        ("h", datetime(2026, 1, 1), "naive time"),  # the case refused
+        ("h\ud800", NOW, "a lone surrogate in the host"),
+        ("h", NOW, "a lone surrogate in the detail \udfff"),
+    ],
+)
+def test_entries_that_cannot_be_written_still_raise_when_encoded(
+    host: str, at: datetime, detail: str
+) -> None:
+    from gateway.lineage import EntryKind, Lineage
+
+    lineage = Lineage().append_all(
+        [(EntryKind.EVALUATED, b"\x01" * 32, detail)],
+        host=host,
+        at=at,
+        epoch=1,
+        generation=2,
+        credentials_digest=b"\x02" * 32,
+    )
+    with pytest.raises((ValueError, UnicodeEncodeError)):
+        lineage.entries[0].encode()
