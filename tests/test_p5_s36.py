@@ -268,3 +268,185 @@ def test_entries_that_cannot_be_written_still_raise_when_encoded(
     )
     with pytest.raises((ValueError, UnicodeEncodeError)):
         lineage.entries[0].encode()
+
+
+def _exactly(got: Any, want: Any) -> None:
+    """The same JSON value: equal, keys in the same order, values of the same types."""
+    assert type(got) is type(want)
+    if isinstance(want, dict):
+        assert list(got) == list(want)
+        for key in want:
+            _exactly(got[key], want[key])
+    elif isinstance(want, list):
+        assert len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            _exactly(a, b)
+    else:
+        assert got == want or (got != got and want != want)  # NaN
+
+
+def _random_patch(rng: random.Random, before: dict[str, Any]) -> dict[str, Any]:
+    keys = [*before, "new", "zz", "a"]
+    values = [
+        rng.randrange(-(2**70), 2**70),
+        "t\u00e9xt",
+        True,
+        None,
+        1.5,
+        {"b": 1, "a": [2]},
+        [3, "x"],
+    ]
+    return {rng.choice(keys): rng.choice(values) for _ in range(rng.randrange(1, 3))}
+
+
+def test_data_remembered_after_a_write_is_what_decoding_the_written_bytes_gives() -> None:
+    """_Derived.wrote: whatever the data before and the patch, the data a cycle hands
+    the next one without decoding is exactly the decoding of the bytes written."""
+    from gateway.rules import dump_data, load_data
+    from gateway.runtime.cycle import _Derived
+
+    rng = random.Random(SEED)
+    remembered = 0
+    for case in range(300):
+        # Data as a user may send it (keys in any order, nested, floats) or as written.
+        data = {"zeta": 1, "alpha": {"y": 1, "x": [1.25, {"k": None}]}, "mid": "m"}
+        raw = json_bytes(data, sort=case % 2 == 0)
+        obj = _object_with(raw, "application/json")
+        derived = _Derived()
+        for _ in range(6):
+            before = derived.data_of(obj, lambda o: load_data(o.data, o.content_type))
+            patch = _random_patch(rng, before)
+            merged = {**before, **patch}
+            encoded = dump_data(merged)
+            derived.wrote(obj, before, merged, patch, encoded)
+            obj = _object_with(encoded, "application/json")
+            if derived.raw is encoded:
+                remembered += 1
+            got = derived.data_of(obj, lambda o: load_data(o.data, o.content_type))
+            _exactly(got, load_data(encoded, "application/json"))
+    assert remembered > 100  # the shortcut was taken, not only the long way
+
+
+def test_a_write_into_data_rules_do_not_read_as_json_is_never_remembered() -> None:
+    from gateway.rules import dump_data
+    from gateway.runtime.cycle import _Derived
+
+    obj = _object_with(b"\x00\x01", "application/octet-stream")
+    derived = _Derived()
+    before = derived.data_of(obj, lambda o: {})
+    merged = {**before, "a": 1}
+    derived.wrote(obj, before, merged, {"a": 1}, dump_data(merged))
+    assert derived.written is None and derived.canonical is None
+    written = _object_with(dump_data(merged), "application/octet-stream")
+    assert derived.data_of(written, lambda o: {}) == {}  # what load_data gives it
+
+
+def test_cycles_hand_their_written_data_on_exactly(tmp_path: Any) -> None:
+    """Through the cycle path: after each cycle of objects whose rules write (leaves,
+    new keys, nested values, floats), the data the object's memo holds for its new
+    bytes is exactly their decoding."""
+    import asyncio
+
+    from gateway.config import load_config
+    from gateway.host import Host
+    from gateway.rules import load_data
+    from gateway.runtime.cycle import _Derived
+    from gateway.testing import HostSpec, build_world, create_from_spec
+    from tests.conftest import FAST_HANDOFF, HOST_A
+    from tests.test_cycle import OFFERS, spec
+
+    writes = [
+        '{"checked": generation}',
+        '{"flag": generation % 3 == 0, "amount": data.amount + 1}',
+        '{"name": "n" + string(generation)}',
+        '{"nested": {"b": generation, "a": [1, 2]}}',
+        '{"ratio": double(generation) / 4.0}',
+        '{"status": generation % 2 == 0 ? "open" : "paid", "gone": null}',
+    ]
+    world = build_world(tmp_path, [HostSpec(host_id=HOST_A, handoff=FAST_HANDOFF, policy=OFFERS)])
+    capabilities = [{"resource": "state:self", "actions": ["read", "write"]}]
+
+    async def main() -> None:
+        host = await Host.open(load_config(world.config(HOST_A)))
+        try:
+            runner = host.cycles
+            remembered = 0
+            for index, write in enumerate(writes):
+                object_id = f"obj://org-a.example/p5/{index}"
+                rules = [{"name": "w", "when": "generation % 5 != 4", "write": write}]
+                data = {"status": "open", "amount": 5, "b": {"z": 1, "y": 2}}
+                await create_from_spec(
+                    host, object_id, spec(rules, capabilities=capabilities, data=data)
+                )
+                obj = await host.get_object(object_id, tenant="default")
+                derived = _Derived()
+                for step in range(12):
+                    now = NOW + timedelta(seconds=step)
+                    obj, _events, _admitted, _denied = runner._evaluate(obj, now, None, derived)
+                    if derived.raw is obj.data:
+                        remembered += 1
+                        _exactly(derived.data, load_data(obj.data, obj.content_type))
+            assert remembered > 10
+        finally:
+            await host.close()
+
+    asyncio.run(main())
+
+
+def json_bytes(value: Any, *, sort: bool) -> bytes:
+    import json
+
+    return json.dumps(value, sort_keys=sort, separators=(",", ":")).encode()
+
+
+def _object_with(data: bytes, content_type: str) -> Any:
+    return dataclasses.replace(_object(), data=data, content_type=content_type)
+
+
+def test_folding_refused_early_gives_what_fold_repeats_gives() -> None:
+    """Compaction.folded's early refusal (the last entries differ) answers exactly what
+    gateway.archive.fold_repeats answers, folds included, over seeded cycles that repeat
+    or change (in their last entry or only in an earlier one)."""
+    from types import SimpleNamespace
+
+    from gateway.archive import fold_repeats
+    from gateway.lineage import EntryKind
+    from gateway.runtime.compaction import Compaction
+
+    compaction = Compaction(SimpleNamespace(journal=SimpleNamespace(store=None)))  # type: ignore[arg-type]
+    rng = random.Random(SEED)
+    groups = [
+        [(EntryKind.EVALUATED, b"\x01" * 32, "0 of 3 rules fired")],
+        [
+            (EntryKind.ACTION_ADMITTED, b"\x01" * 32, "rule p"),
+            (EntryKind.EVALUATED, b"\x01" * 32, "1 of 3 rules fired"),
+        ],
+        [
+            (EntryKind.ACTION_ADMITTED, b"\x02" * 32, "rule q"),
+            (EntryKind.EVALUATED, b"\x01" * 32, "1 of 3 rules fired"),
+        ],
+        [(EntryKind.EVALUATED, b"\x02" * 32, "0 of 3 rules fired")],
+    ]
+    folds = 0
+    obj = _object()
+    for step in range(400):
+        group = rng.choice(groups)
+        after = dataclasses.replace(
+            obj,
+            lineage=obj.lineage.append_all(
+                group,
+                host=rng.choice(["h", "h2"]) if step % 9 == 0 else "h",
+                at=NOW + timedelta(seconds=step),
+                epoch=0,
+                generation=step,
+                credentials_digest=b"\x03" * 32,
+            ),
+        )
+        got = compaction.folded(obj, after)
+        want = fold_repeats(obj, after)
+        assert [e.encode() for e in got.lineage.entries] == [
+            e.encode() for e in want.lineage.entries
+        ]
+        folds += got is not after
+        obj = got
+    assert folds > 20  # folds happened, and were the same

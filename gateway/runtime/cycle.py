@@ -449,6 +449,7 @@ class CycleRunner:
                         raise AdmissionDeniedError(
                             f"the write would make the data {len(encoded)} bytes"
                         )
+                    derived.wrote(obj, data, merged, proposal.value, encoded)
                     data = merged
                     entries.write(encoded)
                 else:
@@ -612,6 +613,7 @@ class _Derived:
 
     __slots__ = (
         "authority",
+        "canonical",
         "credentials",
         "data",
         "data_digest",
@@ -622,6 +624,7 @@ class _Derived:
         "rules",
         "ruleset",
         "shared",
+        "written",
     )
 
     def __init__(
@@ -632,6 +635,10 @@ class _Derived:
         self.ruleset: RuleSet | None = None
         self.raw: bytes | None = None
         self.data: dict[str, Any] | None = None
+        #: The last bytes a write of this object's cycles encoded (dump_data's), and a
+        #: decoded data known to be what decoding its own dump gives (see :meth:`wrote`).
+        self.written: bytes | None = None
+        self.canonical: dict[str, Any] | None = None
         self.digested: bytes | None = None
         self.data_digest = b""
         self.grants: object = None
@@ -654,7 +661,40 @@ class _Derived:
         if self.raw is not obj.data or self.data is None:
             self.data = load(obj)
             self.raw = obj.data
+            # Bytes dump_data wrote (sorted keys at every level, all of them strings)
+            # decode to a dict whose own dump is those bytes again.
+            self.canonical = self.data if obj.data is self.written else None
         return self.data
+
+    def wrote(
+        self,
+        obj: GovernedObject,
+        before: dict[str, Any],
+        merged: dict[str, Any],
+        patch: Mapping[str, Any],
+        encoded: bytes,
+    ) -> None:
+        """A write of ``obj``'s cycle merged ``patch`` into ``before`` (its data so far
+        this cycle) and encoded the result (``encoded``, ``dump_data(merged)``).
+
+        When decoding ``encoded`` would give ``merged`` itself, with its keys in the same
+        order and values of the same types, ``merged`` is remembered as the decoding of
+        ``encoded`` (the next cycle's data), and the next cycle decodes nothing. That
+        holds when ``before`` is such a dict (decoded from bytes dump_data wrote, or
+        remembered so) and the patch replaces values of keys it has with plain strings,
+        integers, booleans or nulls: the keys keep their sorted places, nested values
+        are those of ``before``, and each new value reads back as itself. Anything else
+        (a new key, a nested or float value, data rules do not read as JSON) is decoded
+        at the next cycle, as before."""
+        if obj.blob is not None or not obj.content_type.startswith("application/json"):
+            return
+        self.written = encoded
+        if before is not self.canonical or before is None:
+            return
+        for key, value in patch.items():
+            if type(value) not in _PLAIN_LEAVES or key not in before:
+                return
+        self.raw, self.data, self.canonical = encoded, merged, merged
 
     def digest_of(self, data: bytes) -> bytes:
         """``digest(data)``: the data a cycle wrote is its object's data at the next
@@ -687,6 +727,10 @@ class _Derived:
         authority.require(resource, verb)  # raises AdmissionDeniedError if refused
         if len(self.permitted) < ADMISSIONS_PER_OBJECT:
             self.permitted.add((resource, verb))
+
+
+#: Values that JSON writes and reads back as the very same value and type.
+_PLAIN_LEAVES = frozenset((str, int, bool, type(None)))
 
 
 class _HeldObject(NamedTuple):
