@@ -52,7 +52,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -1505,9 +1505,43 @@ def dump_data(value: Mapping[str, Any]) -> bytes:
     return _CANONICAL.encode(value).encode("utf-8")
 
 
+def dump_tree(value: Mapping[str, Any]) -> bytes:
+    """:func:`dump_data` of a value that is a tree (JSON decoded, CEL's values merged
+    into it): the same encoder, built once, without the bookkeeping that refuses a
+    value containing itself (which only a YAML alias can make: a spec's data goes
+    through :func:`dump_data`). Every write of a cycle dumps."""
+    return canonical_tree(value).encode("utf-8")
+
+
+def canonical_tree(value: Any) -> str:
+    """``_CANONICAL.encode(value)`` for a value that is a tree (see :func:`dump_tree`):
+    the C encoder json.JSONEncoder.encode builds per call, built once (without its
+    markers of the containers being encoded, it keeps nothing between calls)."""
+    if _TREE is None:
+        return _CANONICAL.encode(value)
+    return "".join(_TREE(value, 0))
+
+
 #: ``json.dumps(..., sort_keys=True, separators=(",", ":"))`` without building an
 #: encoder per call (it keeps no state between calls); every write of a cycle dumps.
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+#: The C encoder _CANONICAL.encode builds for a non-string value, without markers
+#: (check_circular off): None where the json module has no C speedups.
+_TREE: Callable[[Any, int], list[str]] | None = (
+    None
+    if json.encoder.c_make_encoder is None  # type: ignore[attr-defined]
+    else json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None,
+        _CANONICAL.default,
+        json.encoder.encode_basestring_ascii,
+        _CANONICAL.indent,
+        _CANONICAL.key_separator,
+        _CANONICAL.item_separator,
+        _CANONICAL.sort_keys,
+        _CANONICAL.skipkeys,
+        _CANONICAL.allow_nan,
+    )
+)
 
 
 def rule_from_mapping(item: Any, where: str) -> Rule:

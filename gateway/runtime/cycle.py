@@ -61,7 +61,7 @@ from gateway.handoff.journal import object_key
 from gateway.limits import next_counter
 from gateway.lineage import EntryKind, Lineage, digest
 from gateway.model import MAX_DATA_BYTES, CycleState, GovernedObject, LifecycleState
-from gateway.rules import RuleSet, check_patch, compiled, dump_data, load_data
+from gateway.rules import RuleSet, check_patch, compiled, dump_tree, load_data
 from gateway.runtime.compaction import Compaction
 from gateway.runtime.outbox import Event, event_key, outbox_puts, pending_event
 from gateway.stores import Operation
@@ -444,7 +444,7 @@ class CycleRunner:
                     # The data was checked whole when the object was created or arrived,
                     # and each write since checked what it added: so does this one.
                     check_patch(merged, proposal.value)
-                    encoded = dump_data(merged)
+                    encoded = dump_tree(merged)  # dump_data: JSON merged with CEL's values
                     if len(encoded) > MAX_DATA_BYTES:
                         raise AdmissionDeniedError(
                             f"the write would make the data {len(encoded)} bytes"

@@ -28,6 +28,7 @@ from gateway._decode import load_json
 from gateway._time import Clock, format_time, parse_time
 from gateway.errors import ConcurrencyError, GatewayError, StoreError
 from gateway.handoff.lifecycle import LifecycleEvent
+from gateway.rules import canonical_tree
 from gateway.stores import Delete, Expect, PrefixWalk, Put, StateStore
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class Event:
                 f'"generation":{int.__repr__(self.generation)},'
                 f'"last_error":{_string(self.last_error)},'
                 f'"object_id":{_string(self.object_id)},'
-                f'"payload":{_CANONICAL.encode(self.payload)},'
+                f'"payload":{canonical_tree(self.payload)},'
                 f'"resource":{_string(self.resource)},"rule":{_string(self.rule)},'
                 f'"status":{_string(self.status)},"tenant":{_string(self.tenant)},'
                 f'"verb":{_string(self.verb)}}}'
