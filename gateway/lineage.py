@@ -1034,6 +1034,30 @@ class _Log:
         return built
 
 
+#: The slots' own setters (what object.__setattr__ finds and calls, without finding it:
+#: a frozen dataclass's __setattr__ refuses), for the values every append builds.
+_ENTRY_SETTERS = tuple(
+    getattr(LineageEntry, name).__set__
+    if name in _FIELD_NAMES
+    else vars(_EncodedOnce)[name].__set__
+    for name in (
+        "seq",
+        "prev",
+        "time",
+        "host",
+        "kind",
+        "epoch",
+        "generation",
+        "data_digest",
+        "credentials_digest",
+        "detail",
+        "repeats",
+        "_raw",
+        "_leaf",
+    )
+)
+
+
 def _share_wire(source: _Log, target: _Log, count: int) -> None:
     """Give ``target`` (a new log holding the first ``count`` entries of ``source``) the
     encoding of those entries that ``source`` already has: a fold rewrites only the last
@@ -1238,6 +1262,21 @@ class Lineage:
         # together); fields it cannot write (a naive time, a lone surrogate) are left
         # to it, to raise where they always did.
         shared = _shared_text(host, at, epoch, generation, credentials_digest)
+        (
+            set_seq,
+            set_prev,
+            set_time,
+            set_host,
+            set_kind,
+            set_epoch,
+            set_generation,
+            set_data_digest,
+            set_credentials_digest,
+            set_detail,
+            set_repeats,
+            set_raw,
+            set_leaf,
+        ) = _ENTRY_SETTERS
         for kind, data_digest, detail in records:
             if len(detail) > MAX_DETAIL:
                 detail = detail[: MAX_DETAIL - 1] + "…"
@@ -1255,30 +1294,31 @@ class Lineage:
                 except UnicodeEncodeError:
                     raw = None
             entry = object.__new__(LineageEntry)
-            _set(entry, "seq", seq)
-            _set(entry, "prev", prev)
-            _set(entry, "time", at)
-            _set(entry, "host", host)
-            _set(entry, "kind", kind)
-            _set(entry, "epoch", epoch)
-            _set(entry, "generation", generation)
-            _set(entry, "data_digest", data_digest)
-            _set(entry, "credentials_digest", credentials_digest)
-            _set(entry, "detail", detail)
-            _set(entry, "repeats", 0)
-            _set(entry, "_raw", raw)  # None: computed when first asked for (encode, leaf_hash)
-            _set(entry, "_leaf", None)
+            set_seq(entry, seq)
+            set_prev(entry, prev)
+            set_time(entry, at)
+            set_host(entry, host)
+            set_kind(entry, kind)
+            set_epoch(entry, epoch)
+            set_generation(entry, generation)
+            set_data_digest(entry, data_digest)
+            set_credentials_digest(entry, credentials_digest)
+            set_detail(entry, detail)
+            set_repeats(entry, 0)
+            set_raw(entry, raw)  # None: computed when first asked for (encode, leaf_hash)
+            set_leaf(entry, None)
             added.append(entry)  # log.add
         return self._on(log)
 
     def _on(self, log: _Log) -> Lineage:
         """This lineage's value seeing all of ``log`` (appended to from this value): the
         same base, whose log it is, so __post_init__ has nothing to do."""
+        set_entries, set_checkpoints, set_arrivals, set_base = _LINEAGE_SETTERS
         appended = object.__new__(Lineage)
-        _set(appended, "entries", Entries(log, len(log.entries)))
-        _set(appended, "checkpoints", self.checkpoints)
-        _set(appended, "arrivals", self.arrivals)
-        _set(appended, "base", self.base)
+        set_entries(appended, Entries(log, len(log.entries)))
+        set_checkpoints(appended, self.checkpoints)
+        set_arrivals(appended, self.arrivals)
+        set_base(appended, self.base)
         return appended
 
     def signed_size(self) -> int:
@@ -1412,6 +1452,12 @@ class VerifiedLineage:
     checkpoints: tuple[Checkpoint, ...]
     base: Base | None = None  #: the verified base, when the lineage is compacted
     creator: str = ""  #: the host that created the object
+
+
+#: Lineage's slots' own setters (see _ENTRY_SETTERS), for the value every append makes.
+_LINEAGE_SETTERS = tuple(
+    getattr(Lineage, name).__set__ for name in ("entries", "checkpoints", "arrivals", "base")
+)
 
 
 def verify_chain(

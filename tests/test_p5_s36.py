@@ -240,6 +240,7 @@ def test_entries_written_as_they_are_appended_are_their_canonical_encoding() -> 
                 credentials_digest=entry.credentials_digest,
                 detail=entry.detail,
             )
+            assert entry == plain  # every field, as the constructor sets it
             assert entry.encode() == entry._encode() == plain.encode()
             assert entry.leaf_hash() == plain.leaf_hash()
             assert LineageEntry.decode(entry.encode()).encode() == plain.encode()

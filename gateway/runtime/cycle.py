@@ -851,7 +851,9 @@ _KEPT_FIELDS = tuple(
 )
 _kept = operator.attrgetter(*_KEPT_FIELDS)
 _KEPT_SETTERS = tuple(getattr(GovernedObject, name).__set__ for name in _KEPT_FIELDS)
-_set = object.__setattr__
+_CHANGED_SETTERS = tuple(
+    getattr(GovernedObject, name).__set__ for name in ("data", "lineage", "cycle")
+)
 
 
 def _rebuilt(
@@ -865,9 +867,10 @@ def _rebuilt(
     new = object.__new__(GovernedObject)
     for setter, value in zip(_KEPT_SETTERS, _kept(obj), strict=True):
         setter(new, value)
-    _set(new, "data", data)
-    _set(new, "lineage", lineage)
-    _set(new, "cycle", cycle)
+    set_data, set_lineage, set_cycle = _CHANGED_SETTERS
+    set_data(new, data)
+    set_lineage(new, lineage)
+    set_cycle(new, cycle)
     return new
 
 
