@@ -1277,12 +1277,16 @@ class Lineage:
             set_raw,
             set_leaf,
         ) = _ENTRY_SETTERS
+        leaf: bytes | None = None  # the leaf hash of the entry added last, if computed
         for kind, data_digest, detail in records:
             if len(detail) > MAX_DETAIL:
                 detail = detail[: MAX_DETAIL - 1] + "…"
-            prev = added[-1].leaf_hash() if added else (base.head if base is not None else b"")
+            if leaf is not None:
+                prev = leaf  # the entry this loop just added
+            else:
+                prev = added[-1].leaf_hash() if added else (base.head if base is not None else b"")
             seq = log.start + len(added)
-            raw = None
+            raw = leaf = None
             if shared is not None:
                 try:
                     raw = (
@@ -1293,6 +1297,10 @@ class Lineage:
                     ).encode()
                 except UnicodeEncodeError:
                     raw = None
+                else:
+                    # Its leaf hash too: the next entry (this append's, or the next
+                    # cycle's first) links to it.
+                    leaf = merkle.leaf_hash(raw)
             entry = object.__new__(LineageEntry)
             set_seq(entry, seq)
             set_prev(entry, prev)
@@ -1306,7 +1314,7 @@ class Lineage:
             set_detail(entry, detail)
             set_repeats(entry, 0)
             set_raw(entry, raw)  # None: computed when first asked for (encode, leaf_hash)
-            set_leaf(entry, None)
+            set_leaf(entry, leaf)
             added.append(entry)  # log.add
         return self._on(log)
 
