@@ -306,13 +306,20 @@ class RuleSet:
                     errors.append(f"rule {name}: action failed: {exc}")
                     continue
             proposals.append(_proposal(name, resource, verb, value))
-        return Outcome(proposals=tuple(proposals), errors=tuple(errors))
+        outcome = _new(Outcome)  # Outcome(proposals=..., errors=...), as _proposal does
+        set_proposals, set_errors = _OUTCOME_SETTERS
+        set_proposals(outcome, tuple(proposals))
+        set_errors(outcome, tuple(errors))
+        return outcome
 
 
 _new = object.__new__
 _PROPOSAL_SETTERS = tuple(
     getattr(Proposal, name).__set__ for name in ("rule", "resource", "verb", "value")
 )
+
+
+_OUTCOME_SETTERS = tuple(getattr(Outcome, name).__set__ for name in ("proposals", "errors"))
 
 
 def _proposal(rule: str, resource: str, verb: str, value: Any) -> Proposal:
@@ -454,9 +461,12 @@ def _evaluate(
         # The runtime raises (instead of returning an error value) on input it cannot
         # convert, e.g. a string holding a lone surrogate, which JSON allows as an escape.
         return None, _first_line(exc)
-    if value.type() == cel.Type.ERROR:
+    if value.type() == _ERROR:
         return None, _error_text(value)
     return value, None
+
+
+_ERROR = cel.Type.ERROR
 
 
 def _error_text(value: cel.Value) -> str:

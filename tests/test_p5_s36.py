@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gateway.model import CycleState
-from gateway.rules import Proposal, _proposal, compiled, rule_from_mapping
+from gateway.rules import Outcome, Proposal, _proposal, compiled, rule_from_mapping
 from gateway.runtime.cycle import (
     CycleReport,
     CycleResult,
@@ -37,7 +37,7 @@ def _same(got: object, want: object) -> None:
         assert getattr(got, field.name) is getattr(want, field.name), field.name
 
 
-@pytest.mark.parametrize("cls", [Proposal, CycleState, CycleReport, Event, Put])
+@pytest.mark.parametrize("cls", [Proposal, Outcome, CycleState, CycleReport, Event, Put])
 def test_classes_built_slot_by_slot_have_nothing_their_init_would_run(cls: type) -> None:
     # The shortcuts set slots directly: right only while the class is a frozen slotted
     # dataclass with no __post_init__ (which __init__ would call).
@@ -164,6 +164,7 @@ def test_rule_outcomes_are_those_of_the_plain_evaluation() -> None:
         assert [p.rule for p in outcome.proposals] == [
             name for name in fired if name != "bad-patch"
         ]
+        _same(outcome, Outcome(proposals=outcome.proposals, errors=outcome.errors))
         assert [e.split(":")[0] for e in outcome.errors] == [
             "rule broken",
             "rule not-bool",
@@ -496,3 +497,26 @@ def test_trees_are_dumped_as_dump_data_dumps_them() -> None:
     with pytest.raises(TypeError):
         rules.canonical_tree({"a": {"b": object()}})
     assert rules.canonical_tree({"a": {"b": 1}}) == '{"a":{"b":1}}'
+
+
+@pytest.mark.parametrize("generation", [0, 1, 2**63, 2**64 - 2, 2**64 - 1, 2**64, -1, True])
+def test_the_next_generation_is_next_counters(generation: int) -> None:
+    from gateway.errors import LimitExceededError
+    from gateway.limits import next_counter
+    from gateway.runtime.cycle import CycleRunner
+
+    obj = dataclasses.replace(
+        _object(),
+        cycle=CycleState(generation=generation, interval=timedelta(seconds=1), next_due=NOW),
+    )
+    if not 0 <= generation < 2**64 - 1:
+        with pytest.raises(LimitExceededError) as wanted:
+            next_counter(generation, what=f"the generation of {obj.object_id}")
+        with pytest.raises(LimitExceededError) as raised:
+            CycleRunner._next_cycle(obj, NOW)
+        assert str(raised.value) == str(wanted.value)
+        return
+    want = next_counter(generation, what=f"the generation of {obj.object_id}")
+    got = CycleRunner._next_cycle(obj, NOW).generation
+    assert got == want
+    assert type(got) is type(want)

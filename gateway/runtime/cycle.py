@@ -58,7 +58,7 @@ from gateway.errors import (
 )
 from gateway.handoff.context import HostContext
 from gateway.handoff.journal import object_key
-from gateway.limits import next_counter
+from gateway.limits import MAX_COUNTER, next_counter
 from gateway.lineage import EntryKind, Lineage, digest
 from gateway.model import MAX_DATA_BYTES, CycleState, GovernedObject, LifecycleState
 from gateway.rules import RuleSet, check_patch, compiled, dump_tree, load_data
@@ -520,7 +520,13 @@ class CycleRunner:
         # Arrival and creation keep counters and times within gateway.limits; an object
         # stored before those checks existed fails here with a GatewayError (and is
         # backed off, then quarantined by the scheduler) instead of an OverflowError.
-        generation = next_counter(obj.cycle.generation, what=f"the generation of {obj.object_id}")
+        current = obj.cycle.generation
+        # next_counter's answer, its message written only when it raises.
+        generation = (
+            current + 1
+            if type(current) is int and 0 <= current < MAX_COUNTER
+            else next_counter(current, what=f"the generation of {obj.object_id}")
+        )
         try:
             scheduled = (obj.cycle.next_due or now) + interval
             next_due = scheduled if scheduled > now else now + interval
