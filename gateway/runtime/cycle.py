@@ -34,7 +34,9 @@ Invariants this module keeps:
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
+import itertools
 import logging
 import operator
 import time
@@ -857,6 +859,8 @@ _KEPT_FIELDS = tuple(
 )
 _kept = operator.attrgetter(*_KEPT_FIELDS)
 _KEPT_SETTERS = tuple(getattr(GovernedObject, name).__set__ for name in _KEPT_FIELDS)
+#: Runs an iterator to its end, keeping nothing.
+_exhaust = collections.deque[object](maxlen=0).extend
 _CHANGED_SETTERS = tuple(
     getattr(GovernedObject, name).__set__ for name in ("data", "lineage", "cycle")
 )
@@ -871,8 +875,8 @@ def _rebuilt(
     if _HAS_POST_INIT:
         return replace(obj, data=data, lineage=lineage, cycle=cycle)
     new = object.__new__(GovernedObject)
-    for setter, value in zip(_KEPT_SETTERS, _kept(obj), strict=True):
-        setter(new, value)
+    # setter(new, value) for each kept field, the loop run by map (no bytecode per field).
+    _exhaust(map(operator.call, _KEPT_SETTERS, itertools.repeat(new), _kept(obj)))
     set_data, set_lineage, set_cycle = _CHANGED_SETTERS
     set_data(new, data)
     set_lineage(new, lineage)
