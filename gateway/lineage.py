@@ -2067,7 +2067,27 @@ def verify_extends(
 
 
 def digest(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
+    """SHA-256 of ``data``. The very same bytes object as the last one digested (of at
+    most :data:`DIGEST_MEMO_MAX_BYTES`) is answered from one slot: a cycle's write
+    digests its new data for its entries, and the object's encoding digests it again.
+    Bytes are immutable and the slot holds them, so the identity is not reused."""
+    last = _LAST_DIGEST  # one read: the slot is replaced whole, never changed
+    if last[0] is data:
+        return last[1]
+    value = hashlib.sha256(data).digest()
+    if type(data) is bytes and len(data) <= DIGEST_MEMO_MAX_BYTES:
+        _remember_digest(data, value)
+    return value
+
+
+#: The largest bytes whose digest :func:`digest` remembers (the slot keeps them alive).
+DIGEST_MEMO_MAX_BYTES = 16 * 1024
+_LAST_DIGEST: tuple[bytes | None, bytes] = (None, b"")
+
+
+def _remember_digest(data: bytes, value: bytes) -> None:
+    global _LAST_DIGEST
+    _LAST_DIGEST = (data, value)
 
 
 def credentials_digest(grants: Sequence[str]) -> bytes:

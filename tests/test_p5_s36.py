@@ -520,3 +520,30 @@ def test_the_next_generation_is_next_counters(generation: int) -> None:
     got = CycleRunner._next_cycle(obj, NOW).generation
     assert got == want
     assert type(got) is type(want)
+
+
+def test_a_remembered_digest_is_only_ever_that_of_the_very_same_bytes() -> None:
+    import hashlib
+
+    from gateway.lineage import DIGEST_MEMO_MAX_BYTES, digest
+
+    rng = random.Random(SEED)
+    for _ in range(200):
+        data = rng.randbytes(
+            rng.choice([0, 1, 90, DIGEST_MEMO_MAX_BYTES, DIGEST_MEMO_MAX_BYTES + 1])
+        )
+        want = hashlib.sha256(data).digest()
+        assert digest(data) == want
+        assert digest(data) == want  # the same object again: from the slot
+        assert digest(bytes(bytearray(data))) == want  # equal bytes, another object
+        other = rng.randbytes(8)
+        assert digest(other) == hashlib.sha256(other).digest()
+    # Mutable buffers are never remembered: what they hold now is what is digested.
+    buffer = bytearray(b"before")
+    assert digest(buffer) == hashlib.sha256(b"before").digest()
+    buffer[:] = b"after!"
+    assert digest(buffer) == hashlib.sha256(b"after!").digest()
+    view = memoryview(buffer)
+    assert digest(view) == hashlib.sha256(b"after!").digest()
+    buffer[0:1] = b"A"
+    assert digest(view) == hashlib.sha256(b"After!").digest()
