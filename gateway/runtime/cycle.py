@@ -28,7 +28,8 @@ Invariants this module keeps:
   data, permitted admissions) is keyed by the identity of the immutable value it was
   computed from, held by the memo so the identity cannot be reused; a hit is what
   computing it again would give, and a refusal (data rules cannot read, an admission
-  denied) is never remembered.
+  denied) is never remembered. The data a write merged is handed to the next cycle
+  (keyed by the written bytes) only where decoding those bytes gives exactly it.
 """
 
 from __future__ import annotations
@@ -341,9 +342,8 @@ class CycleRunner:
         evaluated, events, admitted, denied = self._evaluate(obj, now, None, derived)
         evaluated = self.compaction.folded(obj, evaluated)
         metrics = observability.current_metrics()
-        if (
-            metrics is not None
-        ):  # what observability.cycle_evaluated does, its lag computed only then
+        # What observability.cycle_evaluated does, its lag computed only when counted.
+        if metrics is not None:
             metrics.cycle_evaluated(
                 tenant,
                 lag=observability.since(obj.cycle.next_due or now, now),
