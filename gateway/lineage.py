@@ -217,6 +217,25 @@ def _format_utc_now(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
+def _shared_text(
+    host: str, at: datetime, epoch: int, generation: int, credentials_digest: bytes
+) -> tuple[str, str, str] | None:
+    """The parts of :meth:`LineageEntry._encode` that the entries of one append share:
+    the text before ``data_digest``, between ``detail`` and ``kind`` and after ``seq``;
+    None if one of them cannot be written (each entry's own encode then raises)."""
+    try:
+        time = _format_utc(at)
+        host_text = _encode_string(host)
+        host_text.encode()  # a lone surrogate raises here, as the entry's encode would
+    except (ValueError, UnicodeEncodeError):
+        return None
+    return (
+        f'{{"credentials_digest":"{credentials_digest.hex()}",',
+        f'"epoch":{epoch},"generation":{generation},"host":{host_text},',
+        f'"time":"{time}"}}',
+    )
+
+
 def _decode_fast(cls: type[LineageEntry], raw: bytes) -> LineageEntry | None:
     """The entry, or None if ``raw`` is not exactly a canonical entry."""
     try:
@@ -1015,6 +1034,30 @@ class _Log:
         return built
 
 
+#: The slots' own setters (what object.__setattr__ finds and calls, without finding it:
+#: a frozen dataclass's __setattr__ refuses), for the values every append builds.
+_ENTRY_SETTERS = tuple(
+    getattr(LineageEntry, name).__set__
+    if name in _FIELD_NAMES
+    else vars(_EncodedOnce)[name].__set__
+    for name in (
+        "seq",
+        "prev",
+        "time",
+        "host",
+        "kind",
+        "epoch",
+        "generation",
+        "data_digest",
+        "credentials_digest",
+        "detail",
+        "repeats",
+        "_raw",
+        "_leaf",
+    )
+)
+
+
 def _share_wire(source: _Log, target: _Log, count: int) -> None:
     """Give ``target`` (a new log holding the first ``count`` entries of ``source``) the
     encoding of those entries that ``source`` already has: a fold rewrites only the last
@@ -1212,35 +1255,78 @@ class Lineage:
         # What LineageEntry(...), the lineage's size and head and log.add do, written
         # out: every cycle appends one entry or more, and this was a tenth of it.
         added, base = log.entries, log.base
+        # Each entry's bytes are asked for in the same cycle (the object's encoding, then
+        # the next entry's link): written here, with the parts its records share (their
+        # credentials, host, epoch, generation and time) written once for all of them.
+        # The same text as LineageEntry._encode (tests/test_p5_s36.py holds the two
+        # together); fields it cannot write (a naive time, a lone surrogate) are left
+        # to it, to raise where they always did.
+        shared = _shared_text(host, at, epoch, generation, credentials_digest)
+        (
+            set_seq,
+            set_prev,
+            set_time,
+            set_host,
+            set_kind,
+            set_epoch,
+            set_generation,
+            set_data_digest,
+            set_credentials_digest,
+            set_detail,
+            set_repeats,
+            set_raw,
+            set_leaf,
+        ) = _ENTRY_SETTERS
+        leaf: bytes | None = None  # the leaf hash of the entry added last, if computed
         for kind, data_digest, detail in records:
             if len(detail) > MAX_DETAIL:
                 detail = detail[: MAX_DETAIL - 1] + "…"
-            prev = added[-1].leaf_hash() if added else (base.head if base is not None else b"")
+            if leaf is not None:
+                prev = leaf  # the entry this loop just added
+            else:
+                prev = added[-1].leaf_hash() if added else (base.head if base is not None else b"")
+            seq = log.start + len(added)
+            raw = leaf = None
+            if shared is not None:
+                try:
+                    raw = (
+                        f'{shared[0]}"data_digest":"{data_digest.hex()}",'
+                        f'"detail":{_encode_string(detail)},{shared[1]}'
+                        f'"kind":"{kind._value_}","prev":"{prev.hex()}",'
+                        f'"seq":{seq},{shared[2]}'
+                    ).encode()
+                except UnicodeEncodeError:
+                    raw = None
+                else:
+                    # Its leaf hash too: the next entry (this append's, or the next
+                    # cycle's first) links to it.
+                    leaf = merkle.leaf_hash(raw)
             entry = object.__new__(LineageEntry)
-            _set(entry, "seq", log.start + len(added))
-            _set(entry, "prev", prev)
-            _set(entry, "time", at)
-            _set(entry, "host", host)
-            _set(entry, "kind", kind)
-            _set(entry, "epoch", epoch)
-            _set(entry, "generation", generation)
-            _set(entry, "data_digest", data_digest)
-            _set(entry, "credentials_digest", credentials_digest)
-            _set(entry, "detail", detail)
-            _set(entry, "repeats", 0)
-            _set(entry, "_raw", None)  # computed when first asked for (encode, leaf_hash)
-            _set(entry, "_leaf", None)
+            set_seq(entry, seq)
+            set_prev(entry, prev)
+            set_time(entry, at)
+            set_host(entry, host)
+            set_kind(entry, kind)
+            set_epoch(entry, epoch)
+            set_generation(entry, generation)
+            set_data_digest(entry, data_digest)
+            set_credentials_digest(entry, credentials_digest)
+            set_detail(entry, detail)
+            set_repeats(entry, 0)
+            set_raw(entry, raw)  # None: computed when first asked for (encode, leaf_hash)
+            set_leaf(entry, leaf)
             added.append(entry)  # log.add
         return self._on(log)
 
     def _on(self, log: _Log) -> Lineage:
         """This lineage's value seeing all of ``log`` (appended to from this value): the
         same base, whose log it is, so __post_init__ has nothing to do."""
+        set_entries, set_checkpoints, set_arrivals, set_base = _LINEAGE_SETTERS
         appended = object.__new__(Lineage)
-        _set(appended, "entries", Entries(log, len(log.entries)))
-        _set(appended, "checkpoints", self.checkpoints)
-        _set(appended, "arrivals", self.arrivals)
-        _set(appended, "base", self.base)
+        set_entries(appended, Entries(log, len(log.entries)))
+        set_checkpoints(appended, self.checkpoints)
+        set_arrivals(appended, self.arrivals)
+        set_base(appended, self.base)
         return appended
 
     def signed_size(self) -> int:
@@ -1374,6 +1460,12 @@ class VerifiedLineage:
     checkpoints: tuple[Checkpoint, ...]
     base: Base | None = None  #: the verified base, when the lineage is compacted
     creator: str = ""  #: the host that created the object
+
+
+#: Lineage's slots' own setters (see _ENTRY_SETTERS), for the value every append makes.
+_LINEAGE_SETTERS = tuple(
+    getattr(Lineage, name).__set__ for name in ("entries", "checkpoints", "arrivals", "base")
+)
 
 
 def verify_chain(
@@ -2002,7 +2094,27 @@ def verify_extends(
 
 
 def digest(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
+    """SHA-256 of ``data``. The very same bytes object as the last one digested (of at
+    most :data:`DIGEST_MEMO_MAX_BYTES`) is answered from one slot: a cycle's write
+    digests its new data for its entries, and the object's encoding digests it again.
+    Bytes are immutable and the slot holds them, so the identity is not reused."""
+    last = _LAST_DIGEST  # one read: the slot is replaced whole, never changed
+    if last[0] is data:
+        return last[1]
+    value = hashlib.sha256(data).digest()
+    if type(data) is bytes and len(data) <= DIGEST_MEMO_MAX_BYTES:
+        _remember_digest(data, value)
+    return value
+
+
+#: The largest bytes whose digest :func:`digest` remembers (the slot keeps them alive).
+DIGEST_MEMO_MAX_BYTES = 16 * 1024
+_LAST_DIGEST: tuple[bytes | None, bytes] = (None, b"")
+
+
+def _remember_digest(data: bytes, value: bytes) -> None:
+    global _LAST_DIGEST
+    _LAST_DIGEST = (data, value)
 
 
 def credentials_digest(grants: Sequence[str]) -> bytes:

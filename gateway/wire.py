@@ -639,27 +639,33 @@ def _joined(
     head, rules, size, after, own_credentials, rest, tail = _unchanged_parts(obj)
     timing = _cycle_wire(obj.cycle)
     buffer, end = _entries_wire(obj.lineage)
+    parts: list[bytes | bytearray | memoryview] = [
+        first,
+        snapshot_tag,
+        _varint(len(head) + len(rules) + len(timing) + len(size) + len(after)),
+        head,
+        rules,
+        timing,
+        size,
+        after,
+        own_credentials if credentials is None else credentials,
+        lineage_tag,
+        _varint(end + len(rest)),
+        buffer,  # the entries: the whole log's when this value sees all of it
+        rest,
+        tail if last is None else last,
+    ]
+    if end == len(buffer):  # a cycle's object sees the whole log: join reads the buffer
+        return b"".join(parts)
     # A view, released at once: a bytearray with a view alive cannot grow, and the log's
     # buffer grows with the next append.
     with memoryview(buffer) as view, view[:end] as entries:
-        return b"".join(
-            (
-                first,
-                snapshot_tag,
-                _varint(len(head) + len(rules) + len(timing) + len(size) + len(after)),
-                head,
-                rules,
-                timing,
-                size,
-                after,
-                own_credentials if credentials is None else credentials,
-                lineage_tag,
-                _varint(end + len(rest)),
-                entries,
-                rest,
-                tail if last is None else last,
-            )
-        )
+        parts[_ENTRIES_PART] = entries
+        return b"".join(parts)
+
+
+#: Where _joined puts the lineage's entries among the parts it joins.
+_ENTRIES_PART = 11
 
 
 #: Encoded parts remembered (:func:`_unchanged_parts`): at most this many bytes, each

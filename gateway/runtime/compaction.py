@@ -290,7 +290,15 @@ class Compaction:
     def folded(self, before: GovernedObject, after: GovernedObject) -> GovernedObject:
         """``after`` (one cycle on ``before``) with that cycle counted into the identical
         cycle before it, if folding is on and it is one (gateway.archive.fold_repeats)."""
-        return fold_repeats(before, after) if self.fold else after
+        if not self.fold:
+            return after
+        # What Lineage.repeated refuses first, asked before fold_repeats slices out the
+        # cycle's entries: most cycles differ from the one before in their last entry
+        # (its summary, or the data's digest after a write), and then nothing folds.
+        carried, entries = before.lineage.entries, after.lineage.entries
+        if carried and len(entries) > len(carried) and not carried[-1].same_event(entries[-1]):
+            return after
+        return fold_repeats(before, after)
 
     def due(self, obj: GovernedObject, stored: bytes, *, now: datetime) -> bool:
         """Whether ``obj``, as a cycle just committed it (``stored``), is due to be

@@ -28,6 +28,7 @@ from gateway._decode import load_json
 from gateway._time import Clock, format_time, parse_time
 from gateway.errors import ConcurrencyError, GatewayError, StoreError
 from gateway.handoff.lifecycle import LifecycleEvent
+from gateway.rules import canonical_tree
 from gateway.stores import Delete, Expect, PrefixWalk, Put, StateStore
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class Event:
                 f'"generation":{int.__repr__(self.generation)},'
                 f'"last_error":{_string(self.last_error)},'
                 f'"object_id":{_string(self.object_id)},'
-                f'"payload":{_CANONICAL.encode(self.payload)},'
+                f'"payload":{canonical_tree(self.payload)},'
                 f'"resource":{_string(self.resource)},"rule":{_string(self.rule)},'
                 f'"status":{_string(self.status)},"tenant":{_string(self.tenant)},'
                 f'"verb":{_string(self.verb)}}}'
@@ -180,10 +181,56 @@ def lifecycle_event(
 
 def outbox_puts(event: Event) -> list[Put]:
     """The writes that record a new event, for the evaluation's own transaction."""
-    puts = [Put(key=EVENTS + event.key, value=event.encode(), etag=Expect.ABSENT)]
+    puts = [_put(EVENTS + event.key, event.encode(), Expect.ABSENT)]
     if event.status == "pending":
-        puts.append(Put(key=PENDING + event.key, value=b"", etag=Expect.ABSENT))
+        puts.append(_put(PENDING + event.key, b"", Expect.ABSENT))
     return puts
+
+
+# Every cycle that publishes makes an Event and two Puts. A frozen dataclass's __init__
+# sets each field through object.__setattr__; these set the slots directly (what it
+# amounts to: neither class has a __post_init__, and every field is given).
+# tests/test_p5_s36.py holds each equal to its class's own construction.
+_new = object.__new__
+_PUT_SETTERS = tuple(getattr(Put, name).__set__ for name in ("key", "value", "etag"))
+_EVENT_SETTERS = tuple(getattr(Event, name).__set__ for name in Event.__slots__)
+
+
+def _put(key: str, value: bytes, etag: str | Expect) -> Put:
+    """``Put(key=key, value=value, etag=etag)``."""
+    set_key, set_value, set_etag = _PUT_SETTERS
+    put = _new(Put)
+    set_key(put, key)
+    set_value(put, value)
+    set_etag(put, etag)
+    return put
+
+
+def pending_event(
+    *,
+    key: str,
+    tenant: str,
+    object_id: str,
+    generation: int,
+    rule: str,
+    verb: str,
+    resource: str,
+    payload: Any,
+    created_at: datetime,
+) -> Event:
+    """``Event(...)`` of these fields, pending, never attempted (what a cycle records)."""
+    event = _new(Event)
+    for setter, value in zip(
+        _EVENT_SETTERS,
+        (key, tenant, object_id, generation, rule, verb, resource, payload, created_at, *_PENDING),
+        strict=True,
+    ):
+        setter(event, value)
+    return event
+
+
+#: status, attempts and last_error of a new event.
+_PENDING = ("pending", 0, "")
 
 
 class OutboxLifecycle:
