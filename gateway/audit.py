@@ -49,7 +49,7 @@ from gateway import envelope as dsse
 from gateway import wire
 from gateway._decode import load_json
 from gateway._time import format_time, parse_time
-from gateway.archive import CustodySegment, Segment, verify_archived
+from gateway.archive import CustodySegment, Segment, archived_custody, verify_archived
 from gateway.credentials import Grant, VerifiedChain, audience_admits, verify_chain, verify_grant
 from gateway.custody import Custody, require_extends_departures, verify_custody
 from gateway.errors import (
@@ -61,7 +61,13 @@ from gateway.errors import (
 )
 from gateway.handoff.messages import Receipt, ReceiptKind
 from gateway.keys import Purpose
-from gateway.lineage import Checkpoint, Lineage, credentials_digest, verify_lineage
+from gateway.lineage import (
+    Checkpoint,
+    Lineage,
+    archived_before,
+    credentials_digest,
+    verify_lineage,
+)
 from gateway.trust import (
     MAX_BUNDLE_BYTES,
     TrustBundle,
@@ -202,11 +208,18 @@ class GrantInfo:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Stay:
-    """One host's custody of the object: from its arrival (or creation) to its departure."""
+    """One host's custody of the object: from its arrival (or creation) to its departure.
+
+    With the handoffs before the oldest carried departure archived (ADR 0010 step 2) and
+    no archive given, the first stay shown is that departure's sender's, from an arrival
+    the object no longer carries: who it came from, when, and its first entry are unknown
+    (None), never shown as a creation."""
 
     holder: str
-    received_from: str  #: "" for the creator
-    arrived_at: datetime | None  #: the creation time, or the holder's signed activation receipt
+    #: "" for the creator; None: unknown (the handoff that brought it here is archived)
+    received_from: str | None
+    #: the creation time, or the holder's signed activation receipt; None: not carried
+    arrived_at: datetime | None
     arrival_migration: str = ""
     arrival_epoch: int | None = None
     departed_to: str = ""  #: "" while it holds the object
@@ -215,7 +228,7 @@ class Stay:
     departure_epoch: int | None = None
     #: The departure is a transfer still without a signed arrival (or a dry run's proposal).
     in_transit: bool = False
-    first_entry: int = 0
+    first_entry: int | None = 0  #: None: unknown (its arrival is archived)
     last_entry: int = 0  #: its lineage entries (inclusive)
     #: How many grants (root first) were in force while it held the object: the chain
     #: recorded at its departure, or the chain presented. None: not one of those (renewed).
@@ -259,6 +272,9 @@ class Report:
     checks: tuple[Check, ...] = ()
     hops: int | None = None  #: departures, as custody counts them (None: not verified)
     destination: str = ""  #: a transfer's or proposal's receiver
+    #: Handoffs archived before the first stay shown (ADR 0010 step 2) and not restored
+    #: from an archive given: their stays are not shown. 0 with full evidence.
+    handoffs_archived: int = 0
 
     @property
     def ok(self) -> bool:
@@ -278,6 +294,7 @@ class Report:
             "signed_at": _time_or_none(self.signed_at),
             "judged_at": _time_or_none(self.judged_at),
             "hops": self.hops,
+            "handoffs_archived": self.handoffs_archived,
             "trust_bundles": [
                 {
                     "trust_domain": b.trust_domain,
@@ -625,12 +642,23 @@ def _verify(
         )
 
     lineage_ok = checks.run("lineage", check_lineage)
+    # The handoffs archived before the oldest carried departure, once the archive given
+    # put them back and the whole history verified: their departures and arrivals.
+    restored: list[tuple[Sequence[Checkpoint], Sequence[dsse.Envelope]]] = []
     if archive is not None:
 
         def check_archive() -> str:
             whole = verify_archived(
                 archive, lineage, object_id=object_id, trust=trust, sealed=in_flight
             )
+            # The run verify_archived just checked (the same segments, the same choice);
+            # its arrivals give the archived stays their signed arrival times.
+            _departures, arrivals = archived_custody(
+                [s for s in archive if isinstance(s, CustodySegment)],
+                lineage,
+                object_id=object_id,
+            )
+            restored.append((whole.checkpoints[: len(arrivals)], arrivals))
             return (
                 f"{whole.size} entries from {len(archive)} archive segment(s) and the object: "
                 f"the archived ones match the base's root ({lineage.start} entries), and the "
@@ -658,9 +686,16 @@ def _verify(
             lineage, verified, object_id=object_id, trust=trust, in_transit=in_transit
         )
         custody.append(found)
+        archived = (
+            f" ({found.archived} archived before the oldest carried departure: the custody "
+            f"it commits to)"
+            if found.archived
+            else ""
+        )
         return (
-            f"{found.hops} handoff(s); each departure signed by its sender, each completed one "
-            f"acknowledged by its receiver's signed arrival: {' → '.join(found.holders)}"
+            f"{found.hops} handoff(s){archived}; each departure signed by its sender, each "
+            "completed one acknowledged by its receiver's signed arrival: "
+            f"{' → '.join(found.holders)}"
         )
 
     if lineage_ok:
@@ -684,7 +719,15 @@ def _verify(
             lambda: _extends(lineage, verified, subject, chain),
         )
         _check_departure_chains(subject, trust, verified, checks)
-    stays = _stays(subject, verified, in_transit=in_transit, grants=grants)
+    archived_checkpoints, archived_arrivals = restored[0] if restored else ((), ())
+    stays = _stays(
+        subject,
+        [*archived_checkpoints, *verified],
+        [*archived_arrivals, *lineage.arrivals],
+        in_transit=in_transit,
+        grants=grants,
+    )
+    unshown = archived_before(verified[0]) if verified and not restored else 0
     return Report(
         kind=subject.kind,
         object_id=object_id,
@@ -697,6 +740,7 @@ def _verify(
         checks=tuple(checks.items),
         hops=custody[0].hops if custody else None,
         destination=subject.destination,
+        handoffs_archived=unshown,
     )
 
 
@@ -847,21 +891,31 @@ def _decoded_arrival(raw: dsse.Envelope) -> Receipt | None:
 def _stays(
     subject: _Subject,
     checkpoints: Sequence[Checkpoint],
+    arrivals: Sequence[dsse.Envelope],
     *,
     in_transit: bool,
     grants: Sequence[GrantInfo],
 ) -> tuple[Stay, ...]:
-    """Who held the object, from the verified departures and the arrivals' receipts."""
+    """Who held the object, from the verified departures and the arrivals' receipts
+    (``arrivals[i]`` for ``checkpoints[i]``: the carried ones, after any the archive put
+    back). When the oldest of ``checkpoints`` follows archived handoffs, the story starts
+    with its sender, as gateway.custody does, from an arrival nothing here shows."""
     lineage = subject.lineage
     if not lineage.entries:
         return ()
     by_index = {g.index: g for g in grants}
     stays: list[Stay] = []
-    first_entry = lineage.entry(0)
-    holder, received_from = lineage.creator(), ""
-    arrived_at: datetime | None = first_entry.time if first_entry else None
+    holder: str
+    received_from: str | None
+    first: int | None
+    arrived_at: datetime | None
+    if checkpoints and archived_before(checkpoints[0]):
+        holder, received_from, arrived_at, first = checkpoints[0].host, None, None, None
+    else:
+        created = lineage.entry(0)
+        holder, received_from, first = lineage.creator(), "", 0
+        arrived_at = created.time if created else None
     arrival: Receipt | None = None
-    first = 0
     for index, checkpoint in enumerate(checkpoints):
         length = _recorded_length(lineage, checkpoint, subject.grants)
         transit = index == len(checkpoints) - 1 and in_transit
@@ -880,9 +934,7 @@ def _stays(
             )
         )
         holder, received_from, first = checkpoint.to, checkpoint.host, checkpoint.size
-        arrival = (
-            _decoded_arrival(lineage.arrivals[index]) if index < len(lineage.arrivals) else None
-        )
+        arrival = _decoded_arrival(arrivals[index]) if index < len(arrivals) else None
         arrived_at = arrival.issued_at if arrival is not None else None
     if not (checkpoints and in_transit):
         stays.append(
@@ -904,12 +956,12 @@ def _stays(
 
 def _stay(
     holder: str,
-    received_from: str,
+    received_from: str | None,
     arrived_at: datetime | None,
     arrival: Receipt | None,
     departure: Checkpoint | None,
     in_transit: bool,
-    first: int,
+    first: int | None,
     last: int,
     length: int | None,
     grants: dict[int, GrantInfo],

@@ -17,12 +17,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 from rich.table import Table
 from rich.text import Text
 
-from gateway._text import plain, printable
+from gateway._text import plain, plain_lines, printable
 from gateway._time import format_time
 from gateway.lineage import EntryKind, handoffs_archived, verify_lineage
 from gateway.model import GovernedObject, LifecycleState
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from gateway.audit import Report
     from gateway.handoff.messages import Evaluation
     from gateway.keys import KeyRecord
     from gateway.runtime.outbox import Event
@@ -99,6 +102,75 @@ def _preview(obj: GovernedObject, limit: int = 200) -> str:
 
 def _host(host_id: str) -> str:
     return host_id.removeprefix("spiffe://")
+
+
+#: Where a stay's sender, or its first entry, is archived with the handoff that brought
+#: the object there (ADR 0010 step 2): unknown, never "created it".
+UNKNOWN_ARRIVAL = "(archived: unknown)"
+
+
+def custody_parts(report: Report) -> list[Table | Text]:
+    """What `gateway verify` prints of who held the object (``report.stays``): the table,
+    a note on handoffs archived before its first row, and what its authority column means.
+    Nothing when the report shows no stays."""
+    if not report.stays:
+        return []
+
+    def when(moment: datetime | None) -> str:
+        return format_time(moment)[:-1].replace("T", " ") if moment else "-"
+
+    stays = Table(title="custody: who held it, where and when", title_justify="left")
+    for column in (
+        "#",
+        "holder",
+        "from",
+        "arrived (UTC)",
+        "left to",
+        "left (UTC)",
+        "entries",
+        "authority",
+    ):
+        stays.add_column(column, overflow="fold")
+    for index, s in enumerate(report.stays):
+        arrived = when(s.arrived_at)
+        if s.arrival_migration:
+            arrived += f"\n{s.arrival_migration} (epoch {s.arrival_epoch})"
+        left = when(s.departed_at)
+        if s.departure_migration:
+            left += f"\n{s.departure_migration} (epoch {s.departure_epoch})"
+        if s.in_transit:
+            left += "\nin transit: no arrival"
+        if s.received_from is None:
+            source = UNKNOWN_ARRIVAL
+        else:
+            source = _host(s.received_from) if s.received_from else "(created it)"
+        first = "?" if s.first_entry is None else str(s.first_entry)
+        stays.add_row(
+            str(index),
+            plain(_host(s.holder)),
+            plain(source),
+            plain_lines(arrived),
+            plain(_host(s.departed_to)) if s.departed_to else "(holds it)",
+            plain_lines(left),
+            f"{first}–{s.last_entry}",
+            f"grant {s.authority_from}" if s.authority_from is not None else plain(s.authority),
+        )
+    parts: list[Table | Text] = [stays]
+    if report.handoffs_archived:
+        parts.append(
+            Text(
+                f"archived: {report.handoffs_archived} earlier handoff(s), from its creation "
+                "to the first row, are not carried by the object (the first row's departure "
+                "commits to them); pass the archive with --archive to show them"
+            )
+        )
+    parts.append(
+        Text(
+            "authority: what the grant chain in force gives a holder that is one of its "
+            "audiences (each host's own policy may narrow it; no file shows that)"
+        )
+    )
+    return parts
 
 
 def lineage_table(obj: GovernedObject) -> Table:
