@@ -1027,7 +1027,7 @@ def _read_archive(paths: Sequence[str]) -> list[Any]:
 def render_report(report: Any) -> list[Any]:
     """What `gateway verify` prints for people: custody, authority, checks."""
     from gateway.audit import Status
-    from gateway.present import _host
+    from gateway.present import _host, custody_parts
 
     def when(moment: datetime | None) -> str:
         return format_time(moment)[:-1].replace("T", " ") if moment else "-"
@@ -1050,45 +1050,7 @@ def render_report(report: Any) -> list[Any]:
             how = "first use (self-signed)" if b.first_use else "signed update"
             bundles.add_row(plain(b.trust_domain), str(b.sequence), plain(b.fingerprint), how)
         parts.append(bundles)
-    if report.stays:
-        stays = Table(title="custody: who held it, where and when", title_justify="left")
-        for column in (
-            "#",
-            "holder",
-            "from",
-            "arrived (UTC)",
-            "left to",
-            "left (UTC)",
-            "entries",
-            "authority",
-        ):
-            stays.add_column(column, overflow="fold")
-        for index, s in enumerate(report.stays):
-            arrived = when(s.arrived_at)
-            if s.arrival_migration:
-                arrived += f"\n{s.arrival_migration} (epoch {s.arrival_epoch})"
-            left = when(s.departed_at)
-            if s.departure_migration:
-                left += f"\n{s.departure_migration} (epoch {s.departure_epoch})"
-            if s.in_transit:
-                left += "\nin transit: no arrival"
-            stays.add_row(
-                str(index),
-                plain(_host(s.holder)),
-                plain(_host(s.received_from)) if s.received_from else "(created it)",
-                plain_lines(arrived),
-                plain(_host(s.departed_to)) if s.departed_to else "(holds it)",
-                plain_lines(left),
-                f"{s.first_entry}–{s.last_entry}",
-                f"grant {s.authority_from}" if s.authority_from is not None else plain(s.authority),
-            )
-        parts.append(stays)
-        parts.append(
-            Text(
-                "authority: what the grant chain in force gives a holder that is one of its "
-                "audiences (each host's own policy may narrow it; no file shows that)"
-            )
-        )
+    parts.extend(custody_parts(report))
     if report.grants:
         grants = Table(title="authority: the grant chain, root first", title_justify="left")
         for column in ("#", "issuer", "audiences", "capabilities", "constraints", "valid (UTC)"):

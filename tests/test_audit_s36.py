@@ -234,11 +234,6 @@ def test_the_custody_table_marks_the_unknown_arrival_and_counts_the_archived(
     assert "earlier handoff(s)" not in restored
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/cli.py render_report keeps its own copy of the custody table; it must "
-    "call gateway.present.custody_parts (owner of cli.py: replace its `if report.stays:` block)",
-)
 def test_the_cli_table_marks_the_unknown_arrival_instead_of_a_creation(
     history: History, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
