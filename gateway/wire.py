@@ -26,7 +26,7 @@ import itertools
 import json
 import operator
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -405,7 +405,12 @@ def _object_from_snapshot(
     *,
     exact: bool = False,
     stored: bool = False,
+    **placement: Any,
 ) -> GovernedObject:
+    """The object in ``snapshot``; ``placement``: its other fields (epoch, state, ...: a
+    stored object's or a staged copy's), given here rather than set by a ``replace``
+    after, which built every object decoded twice (a ``blob`` given replaces the
+    snapshot's digest-only one)."""
     blob = None
     if snapshot.data_streamed:
         if snapshot.data or len(snapshot.data_digest) != 32:
@@ -440,7 +445,8 @@ def _object_from_snapshot(
         answers=tuple(_answer_from_pb(a) for a in snapshot.answers),
         lineage=_lineage_from_pb(lineage, stored=stored),
         cycle=_cycle_from_pb(snapshot.cycle, exact=exact),
-        blob=blob,
+        blob=placement.pop("blob", blob),
+        **placement,
     )
 
 
@@ -521,25 +527,31 @@ def _decode_authority(raw: bytes) -> EffectiveAuthority:
 def _stored_from_pb(message: object_pb2.StoredObject, *, lazy: bool = True) -> GovernedObject:
     """An object this host stored; ``lazy``: its lineage's entries decoded when first read
     (see :meth:`LineageEntry.stored`: what a cycle reads), else each decoded now."""
-    obj = _object_from_snapshot(
-        message.snapshot, list(message.credentials), message.lineage, stored=lazy
-    )
-    if message.state not in _STATE_FROM_PB:
-        raise PayloadDecodeError(f"stored object {obj.object_id} has unknown state {message.state}")
-    return replace(
-        obj,
+    state = _STATE_FROM_PB.get(message.state)
+    if state is None:
+        raise PayloadDecodeError(
+            f"stored object {message.snapshot.object_id} has unknown state {message.state}"
+        )
+    placement: dict[str, Any] = {}
+    if message.HasField("blob"):
+        # At rest the blob's host-local location replaces the digest-only transit form.
+        placement["blob"] = _blob_from_pb(message.blob)
+    return _object_from_snapshot(
+        message.snapshot,
+        list(message.credentials),
+        message.lineage,
+        stored=lazy,
         epoch=message.epoch,
-        state=_STATE_FROM_PB[message.state],
+        state=state,
         migration_id=message.migration_id,
         moved_to=message.moved_to,
         receipt=decode_envelope(message.receipt) if message.receipt else None,
         last_transfer_digest=message.last_transfer_digest,
         authority=decode_authority(message.authority),
-        # At rest the blob's host-local location replaces the digest-only transit form.
-        blob=_blob_from_pb(message.blob) if message.HasField("blob") else obj.blob,
         authority_expires=_dt(message.authority_expires, "authority expiry")
         if message.HasField("authority_expires")
         else None,
+        **placement,
     )
 
 
@@ -1208,10 +1220,17 @@ class ParsedTransfer:
     def decoded(self) -> Transfer:
         """The transfer with its object as a STAGED candidate and its lineage decoded."""
         message = self._message
-        snapshot = _object_from_snapshot(
-            message.object, list(message.credentials), message.lineage, exact=True
+        obj = _object_from_snapshot(
+            message.object,
+            list(message.credentials),
+            message.lineage,
+            exact=True,
+            epoch=message.epoch,
+            state=LifecycleState.STAGED,
+            migration_id=message.migration_id,
+            last_transfer_digest=digest(self._payload),
         )
-        for entry in snapshot.lineage.entries:
+        for entry in obj.lineage.entries:
             # Lineage counters are copied into the entries this host appends; keep them
             # encodable as well.
             if entry.epoch > limits.MAX_COUNTER or entry.generation > limits.MAX_COUNTER:
@@ -1220,13 +1239,6 @@ class ParsedTransfer:
                     f"{limits.MAX_COUNTER}"
                 )
             limits.check_time(entry.time, what=f"time of lineage entry {entry.seq}")
-        obj = replace(
-            snapshot,
-            epoch=message.epoch,
-            state=LifecycleState.STAGED,
-            migration_id=message.migration_id,
-            last_transfer_digest=digest(self._payload),
-        )
         return Transfer(
             migration_id=message.migration_id,
             epoch=message.epoch,
