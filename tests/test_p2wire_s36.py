@@ -16,6 +16,7 @@ from gateway import wire
 from gateway.blobs import BlobRef
 from gateway.errors import PayloadDecodeError
 from gateway.handoff.messages import Transfer
+from gateway.handoff.records import DestinationRecord, DestinationStep
 from gateway.lineage import EntryKind
 from gateway.model import (
     Answer,
@@ -29,6 +30,7 @@ from gateway.model import (
 from gateway.v1 import object_pb2
 from tests.test_compaction import created, depart
 from tests.test_lineage import HOST_A, HOST_B, T0
+from tests.test_record_encoding import whole
 
 
 def _random_object(seed: int) -> GovernedObject:
@@ -119,3 +121,45 @@ def test_a_stored_object_with_an_unknown_state_is_refused_by_name() -> None:
     message.state = 99  # type: ignore[assignment]
     with pytest.raises(PayloadDecodeError, match=r"obj://.* has unknown state 99"):
         wire.decode_object(message.SerializeToString())
+
+
+def _plain(obj: GovernedObject) -> bytes:
+    return bytes(wire._stored_to_pb(obj).SerializeToString(deterministic=True))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_a_staged_copy_and_its_live_object_encode_as_the_whole_message(seed: int) -> None:
+    """A decoded staged copy's encodings (its journal record, the live object after
+    more entries) are the bytes of serializing the whole message."""
+    obj = _random_object(seed)
+    payload = wire.encode_transfer(
+        Transfer(
+            migration_id="mig-2",
+            epoch=obj.epoch + 1,
+            source_host=HOST_A,
+            destination_host=HOST_B,
+            issued_at=T0 + timedelta(days=1),
+            expires_at=T0 + timedelta(days=1, minutes=5),
+            nonce=bytes(range(16)),
+            object=obj,
+        )
+    )
+    staged = replace(wire.decode_transfer(payload).object, authority_expires=T0)
+    record = DestinationRecord(
+        migration_id="mig-2",
+        object_id=staged.object_id,
+        tenant=staged.tenant,
+        source_host=HOST_A,
+        step=DestinationStep.STAGED,
+        transfer_digest=bytes(32),
+        staged_receipt=b"r" * 200,
+        staged=staged,
+        created_at=T0,
+        updated_at=T0,
+    )
+    assert wire.encode_destination_record(record) == whole(record)
+    live = replace(staged, state=LifecycleState.ACTIVE, migration_id="").record(
+        EntryKind.REHOSTED, host=HOST_B, at=T0 + timedelta(days=2)
+    )
+    assert wire.encode_object(live) == _plain(live)
+    assert wire.encode_object(staged) == _plain(staged)
