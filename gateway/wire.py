@@ -25,7 +25,7 @@ import functools
 import itertools
 import json
 import operator
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -257,6 +257,32 @@ def _rule_from_pb(message: object_pb2.Rule) -> Rule:
     return Rule(name=message.name, when=message.when, action=action, on=trigger)
 
 
+#: Decoded rule sets remembered by their rules' encodings (at most this many bytes of
+#: them, counted twice: the key and the decoded values are about as large). A host holds
+#: few distinct rule sets, and every stored object or transfer decoded builds its rules
+#: again (about 6 us a rule, a fifth of a small object's decode).
+RULES_MEMO_BYTES = 1 << 20
+_RULES: BoundedLru[tuple[bytes, ...], tuple[int, tuple[Rule, ...]]] = BoundedLru(
+    1024, max_weight=RULES_MEMO_BYTES, weigh=lambda held: held[0]
+)
+
+
+def _rules_from_pb(messages: Sequence[object_pb2.Rule]) -> tuple[Rule, ...]:
+    """The rules in ``messages`` (counted by the caller first), remembered by their
+    deterministic encodings: a rule is decoded from its fields alone, those bytes say
+    every field (unknown ones were discarded at the parse), and rules are immutable, so
+    a hit is what decoding again would give. A refused rule raises, and is not kept."""
+    if not messages:
+        return ()
+    key = tuple(message.SerializeToString(deterministic=True) for message in messages)
+    held = _RULES.get(key)
+    if held is not None:
+        return held[1]
+    rules = tuple(map(_rule_from_pb, messages))
+    _RULES.put(key, (2 * sum(map(len, key)), rules))
+    return rules
+
+
 def _answer_to_pb(answer: Answer) -> object_pb2.Answer:
     return object_pb2.Answer(
         method=answer.method, when=answer.when, reply=answer.reply, write=answer.write
@@ -440,7 +466,7 @@ def _object_from_snapshot(
         data=snapshot.data,
         content_type=snapshot.content_type,
         grants=tuple(credentials),
-        rules=tuple(_rule_from_pb(r) for r in snapshot.rules),
+        rules=_rules_from_pb(snapshot.rules),
         subscriptions=tuple(snapshot.subscriptions),
         answers=tuple(_answer_from_pb(a) for a in snapshot.answers),
         lineage=_lineage_from_pb(lineage, stored=stored),

@@ -163,3 +163,51 @@ def test_a_staged_copy_and_its_live_object_encode_as_the_whole_message(seed: int
     )
     assert wire.encode_object(live) == _plain(live)
     assert wire.encode_object(staged) == _plain(staged)
+
+
+def _with_rules(rules: tuple[Rule, ...]) -> bytes:
+    return wire.encode_object(replace(created(), rules=rules))
+
+
+_RULE_SETS = [
+    (Rule(name="w", when="true", action=WriteState(patch='{"a": 1}')),),
+    (Rule(name="w", when="true", action=WriteState(patch='{"a": 2}')),),
+    (Rule(name="w", when="false", action=WriteState(patch='{"a": 1}')),),
+    (Rule(name="w", when="true", action=WriteState(patch='{"a": 1}'), on="message"),),
+    (Rule(name="w", when="true", action=Publish(topic="t", payload='{"a": 1}')),),
+    (
+        Rule(name="w", when="true", action=WriteState(patch='{"a": 1}')),
+        Rule(name="p", when="true", action=Publish(topic="t", payload="{}"), on="message"),
+    ),
+]
+
+
+def test_rule_sets_differing_in_any_field_decode_apart() -> None:
+    """The memo of decoded rules tells every field apart: each set decodes to itself,
+    however the sets before it were remembered."""
+    for _ in range(2):
+        for rules in _RULE_SETS:
+            assert wire.decode_object(_with_rules(rules)).rules == rules
+
+
+def test_a_rule_set_decoded_again_is_the_one_remembered() -> None:
+    raw = _with_rules(_RULE_SETS[5])
+    assert wire.decode_object(raw).rules is wire.decode_object(raw).rules
+
+
+def test_a_refused_rule_is_refused_every_time() -> None:
+    message = object_pb2.StoredObject()
+    message.ParseFromString(_with_rules(_RULE_SETS[0]))
+    message.snapshot.rules[0].trigger = "sunrise"
+    raw = message.SerializeToString()
+    for _ in range(2):
+        with pytest.raises(PayloadDecodeError, match="sunrise"):
+            wire.decode_object(raw)
+
+
+def test_the_rules_memo_is_bounded_in_bytes() -> None:
+    big = "x" * (wire.RULES_MEMO_BYTES // 8)
+    for index in range(8):
+        rules = (Rule(name=f"r{index}", when="true", action=WriteState(patch=big)),)
+        assert wire.decode_object(_with_rules(rules)).rules == rules
+    assert wire._RULES.weight() <= wire.RULES_MEMO_BYTES
