@@ -252,18 +252,8 @@ class RuleSet:
         event: Mapping[str, Any] | None = None,
     ) -> Outcome:
         """Evaluate the rules ``trigger`` wakes; ``event`` is the message that woke them."""
-        # activation_of(data=..., event=event), written out: every cycle builds one.
-        activation = _ENV.Activation(
-            {
-                "data": dict(data),
-                "generation": generation,
-                "epoch": epoch,
-                "now": now,
-                "host": host,
-                "event": dict(event) if event else {},
-                "request": {},
-            }
-        )
+        # activation_of's, called by position: every cycle builds one.
+        activation = _activation(data, generation, epoch, now, host, event, None)
         proposals: list[Proposal] = []
         errors: list[str] = []
         for name, when, effect, resource, verb in self._by_trigger.get(trigger, ()):
@@ -345,6 +335,19 @@ def activation_of(
     event: Mapping[str, Any] | None = None,
     request: Mapping[str, Any] | None = None,
 ) -> cel.Activation:
+    return _activation(data, generation, epoch, now, host, event, request)
+
+
+def _activation(
+    data: Mapping[str, Any],
+    generation: int,
+    epoch: int,
+    now: datetime,
+    host: str,
+    event: Mapping[str, Any] | None,
+    request: Mapping[str, Any] | None,
+) -> cel.Activation:
+    """The variables every rule sees (:func:`activation_of`, its arguments by position)."""
     return _ENV.Activation(
         {
             "data": dict(data),
