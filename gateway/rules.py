@@ -63,6 +63,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from gateway._lru import IdentityLru
+from gateway._slots import builder
 from gateway.errors import RuleCostError, RuleError
 from gateway.limits import MAX_ANSWERS, MAX_DATA_BYTES, MAX_ID_BYTES, MAX_SUBSCRIPTIONS
 from gateway.model import TRIGGERS, Answer, Binding, Invoke, Publish, Rule, WriteState
@@ -296,33 +297,12 @@ class RuleSet:
                     errors.append(f"rule {name}: action failed: {exc}")
                     continue
             proposals.append(_proposal(name, resource, verb, value))
-        outcome = _new(Outcome)  # Outcome(proposals=..., errors=...), as _proposal does
-        set_proposals, set_errors = _OUTCOME_SETTERS
-        set_proposals(outcome, tuple(proposals))
-        set_errors(outcome, tuple(errors))
-        return outcome
+        return _outcome(tuple(proposals), tuple(errors))
 
 
-_new = object.__new__
-_PROPOSAL_SETTERS = tuple(
-    getattr(Proposal, name).__set__ for name in ("rule", "resource", "verb", "value")
-)
-
-
-_OUTCOME_SETTERS = tuple(getattr(Outcome, name).__set__ for name in ("proposals", "errors"))
-
-
-def _proposal(rule: str, resource: str, verb: str, value: Any) -> Proposal:
-    """``Proposal(rule=rule, resource=resource, verb=verb, value=value)``, its slots set
-    directly (a frozen dataclass's __init__ sets each through object.__setattr__; every
-    rule that fires makes one). Proposal has no __post_init__ to run."""
-    set_rule, set_resource, set_verb, set_value = _PROPOSAL_SETTERS
-    proposal = _new(Proposal)
-    set_rule(proposal, rule)
-    set_resource(proposal, resource)
-    set_verb(proposal, verb)
-    set_value(proposal, value)
-    return proposal
+# Every rule that fires makes a Proposal, every evaluation an Outcome (gateway/_slots.py).
+_proposal = builder(Proposal, "rule", "resource", "verb", "value")
+_outcome = builder(Outcome, "proposals", "errors")
 
 
 def activation_of(

@@ -43,13 +43,14 @@ import operator
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from gateway import observability
 from gateway._crash import crash_point
 from gateway._gc import drop_traceback
 from gateway._lru import IdentityLru, IdleLru
+from gateway._slots import builder
 from gateway._time import format_time
 from gateway.authority import EffectiveAuthority
 from gateway.errors import (
@@ -540,41 +541,16 @@ class CycleRunner:
         return _cycle_state(generation, interval, next_due)
 
 
-# Every committed cycle makes a CycleState and a CycleReport. A frozen dataclass's
-# __init__ sets each field through object.__setattr__; these set the slots directly
-# (what it amounts to: neither class has a __post_init__, and every field is given).
-# tests/test_p5_s36.py holds each equal to its class's own construction.
-_new = object.__new__
-_STATE_SETTERS = tuple(
-    getattr(CycleState, name).__set__ for name in ("generation", "interval", "next_due")
-)
-_REPORT_SETTERS = tuple(
-    getattr(CycleReport, name).__set__ for name in ("result", "cycle", "admitted", "denied")
-)
-
-
-def _cycle_state(
-    generation: int, interval: timedelta | None, next_due: datetime | None
-) -> CycleState:
-    """``CycleState(generation=generation, interval=interval, next_due=next_due)``."""
-    set_generation, set_interval, set_next_due = _STATE_SETTERS
-    state = _new(CycleState)
-    set_generation(state, generation)
-    set_interval(state, interval)
-    set_next_due(state, next_due)
-    return state
+# Every committed cycle makes a CycleState and a CycleReport (gateway/_slots.py).
+_cycle_state = builder(CycleState, "generation", "interval", "next_due")
+_report = builder(CycleReport, "result", "cycle", "admitted", "denied")
 
 
 def _evaluated_report(prepared: _Prepared) -> CycleReport:
-    """The report of a committed cycle: ``CycleReport(result=EVALUATED, cycle=...,
-    admitted=..., denied=...)``."""
-    set_result, set_cycle, set_admitted, set_denied = _REPORT_SETTERS
-    report = _new(CycleReport)
-    set_result(report, CycleResult.EVALUATED)
-    set_cycle(report, prepared.evaluated.cycle)
-    set_admitted(report, prepared.admitted)
-    set_denied(report, prepared.denied)
-    return report
+    """The report of a committed cycle."""
+    return _report(
+        CycleResult.EVALUATED, prepared.evaluated.cycle, prepared.admitted, prepared.denied
+    )
 
 
 def _decoded(obj: GovernedObject) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from gateway._crash import crash_point
 from gateway._decode import load_json
+from gateway._slots import builder
 from gateway._time import Clock, format_time, parse_time
 from gateway.errors import ConcurrencyError, GatewayError, StoreError
 from gateway.handoff.lifecycle import LifecycleEvent
@@ -187,23 +188,9 @@ def outbox_puts(event: Event) -> list[Put]:
     return puts
 
 
-# Every cycle that publishes makes an Event and two Puts. A frozen dataclass's __init__
-# sets each field through object.__setattr__; these set the slots directly (what it
-# amounts to: neither class has a __post_init__, and every field is given).
-# tests/test_p5_s36.py holds each equal to its class's own construction.
-_new = object.__new__
-_PUT_SETTERS = tuple(getattr(Put, name).__set__ for name in ("key", "value", "etag"))
-_EVENT_SETTERS = tuple(getattr(Event, name).__set__ for name in Event.__slots__)
-
-
-def _put(key: str, value: bytes, etag: str | Expect) -> Put:
-    """``Put(key=key, value=value, etag=etag)``."""
-    set_key, set_value, set_etag = _PUT_SETTERS
-    put = _new(Put)
-    set_key(put, key)
-    set_value(put, value)
-    set_etag(put, etag)
-    return put
+# Every cycle that publishes makes an Event and two Puts (gateway/_slots.py).
+_put = builder(Put, "key", "value", "etag")
+_event = builder(Event, *Event.__slots__)
 
 
 def pending_event(
@@ -219,14 +206,9 @@ def pending_event(
     created_at: datetime,
 ) -> Event:
     """``Event(...)`` of these fields, pending, never attempted (what a cycle records)."""
-    event = _new(Event)
-    for setter, value in zip(
-        _EVENT_SETTERS,
-        (key, tenant, object_id, generation, rule, verb, resource, payload, created_at, *_PENDING),
-        strict=True,
-    ):
-        setter(event, value)
-    return event
+    return _event(
+        key, tenant, object_id, generation, rule, verb, resource, payload, created_at, *_PENDING
+    )
 
 
 #: status, attempts and last_error of a new event.
