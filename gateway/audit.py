@@ -49,7 +49,7 @@ from gateway import envelope as dsse
 from gateway import wire
 from gateway._decode import load_json
 from gateway._time import format_time, parse_time
-from gateway.archive import CustodySegment, Segment, archived_custody, verify_archived
+from gateway.archive import CustodySegment, Segment, verify_history
 from gateway.credentials import Grant, VerifiedChain, audience_admits, verify_chain, verify_grant
 from gateway.custody import Custody, require_extends_departures, verify_custody
 from gateway.errors import (
@@ -648,19 +648,16 @@ def _verify(
     if archive is not None:
 
         def check_archive() -> str:
-            whole = verify_archived(
+            whole = verify_history(
                 archive, lineage, object_id=object_id, trust=trust, sealed=in_flight
             )
-            # The run verify_archived just checked (the same segments, the same choice);
-            # its arrivals give the archived stays their signed arrival times.
-            _departures, arrivals = archived_custody(
-                [s for s in archive if isinstance(s, CustodySegment)],
-                lineage,
-                object_id=object_id,
-            )
-            restored.append((whole.checkpoints[: len(arrivals)], arrivals))
+            # The archived handoffs it put back and verified (found once: finding them
+            # again was about 8 % of `gateway verify --archive`); their arrivals give the
+            # archived stays their signed arrival times.
+            arrivals = whole.arrivals
+            restored.append((whole.lineage.checkpoints[: len(arrivals)], arrivals))
             return (
-                f"{whole.size} entries from {len(archive)} archive segment(s) and the object: "
+                f"{whole.lineage.size} entries from {len(archive)} archive segment(s) and the object: "
                 f"the archived ones match the base's root ({lineage.start} entries), and the "
                 "whole history verifies as if it had never been compacted"
             )
