@@ -24,10 +24,12 @@ from gateway import envelope as dsse
 from gateway._time import SystemClock
 from gateway.archive import ArchiveDir, CustodySegment, compact_custody, compaction_cut
 from gateway.audit import ARCHIVE_PAYLOAD_TYPE, archive_of
+from gateway.authority import CapabilitySet, Constraints
 from gateway.cli import main
 from gateway.keyring import load_keyring
 from gateway.lineage import Checkpoint, Lineage, handoffs_archived
 from gateway.model import GovernedObject
+from gateway.objectspec import GrantSpec
 from gateway.testing import HostSpec, build_world, serving
 from tests.conftest import FAST_HANDOFF, HOST_A, HOST_B
 
@@ -72,7 +74,19 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     async def run() -> tuple[GovernedObject, object]:
         async with serving(world) as hosts:
             await hosts[HOST_A].create_object(
-                OBJECT, tenant="default", data=b'{"n": 1}', content_type="application/json"
+                OBJECT,
+                tenant="default",
+                data=b'{"n": 1}',
+                content_type="application/json",
+                # A grant, so that "authority at departure N" checks are made too.
+                grant=GrantSpec(
+                    audience=tuple(f"spiffe://{d}" for d in DOMAINS),
+                    valid_for=timedelta(days=1),
+                    capabilities=CapabilitySet.from_config(
+                        [{"resource": "pubsub:alerts/*", "actions": ["publish"]}], "test"
+                    ),
+                    constraints=Constraints.from_claim({}),
+                ),
             )
             for hop in range(HOPS):
                 source, destination = (HOST_A, HOST_B) if hop % 2 == 0 else (HOST_B, HOST_A)
@@ -204,3 +218,58 @@ def test_the_custody_story_with_the_archive_is_the_uncompacted_objects(
     assert rows[0][4] == "-" and want[0][4] != "-"  # arrived: the creation time
     rows[0][4] = want[0][4]
     assert rows == want
+
+
+# --- checks named by hop -----------------------------------------------------------
+
+
+def _check_names(document: dict[str, Any]) -> list[str]:
+    return [c["name"] for c in document["checks"]]
+
+
+@pytest.mark.parametrize("with_archive", [False, True], ids=["carried only", "--archive"])
+def test_departures_and_arrivals_are_named_by_their_hop(
+    files: Files, capsys: pytest.CaptureFixture[str], with_archive: bool
+) -> None:
+    """Before, the first carried departure was "departure 0" although ARCHIVED handoffs
+    came before it (its signed hop count says so), and its arrival "arrival 0"."""
+    extra = ("--archive", str(files.archive)) if with_archive else ()
+    names = _check_names(_json(files, files.compacted, capsys, *extra))
+    carried = files.departures[ARCHIVED:]
+    departures = [n for n in names if n.startswith("departure ")]
+    arrivals = [n for n in names if n.startswith("arrival ")]
+    assert departures == [f"departure {ARCHIVED + k} by {c.host}" for k, c in enumerate(carried)]
+    assert arrivals == [f"arrival {ARCHIVED + k} at {c.to}" for k, c in enumerate(carried)]
+    # The grant chain recorded at every departure: checked at the first and the last.
+    assert [n for n in names if n.startswith("authority at departure ")] == [
+        f"authority at departure {ARCHIVED}",
+        f"authority at departure {HOPS - 1}",
+    ]
+
+
+def test_an_uncompacted_object_numbers_its_hops_from_zero_as_before(
+    files: Files, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = _check_names(_json(files, files.whole, capsys))
+    assert [n for n in names if n.startswith("departure ")] == [
+        f"departure {k} by {c.host}" for k, c in enumerate(files.departures)
+    ]
+    assert [n for n in names if n.startswith("arrival ")] == [
+        f"arrival {k} at {c.to}" for k, c in enumerate(files.departures)
+    ]
+    assert [n for n in names if n.startswith("authority at departure ")] == [
+        "authority at departure 0",
+        f"authority at departure {HOPS - 1}",
+    ]
+
+
+def test_the_table_names_checks_by_hop_too(
+    files: Files, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "400")
+    code, text = _verify(files, files.compacted, capsys)
+    assert code == 0, text
+    first = files.departures[ARCHIVED]
+    assert f"departure {ARCHIVED} by {first.host}" in text
+    assert f"arrival {ARCHIVED} at {first.to}" in text
+    assert "departure 0 by" not in text and "arrival 0 at" not in text
