@@ -1514,8 +1514,10 @@ def build_parser() -> argparse.ArgumentParser:
         "archive (`gateway object show --export`) with no store, configuration or running "
         "gateway: who held the object where and when, what authority each holder had and "
         "from which grant, and whether every signature, chain link, checkpoint, departure "
-        "and arrival verifies. Exit 0 only if every check passes, 1 if one fails, 2 if the "
-        "input is not such a file.",
+        "and arrival verifies. Checks name each departure and arrival by its hop over the "
+        'whole history ("departure 0" is the first handoff), counting handoffs archived '
+        "before the oldest one the object carries (docs/lineage.md). Exit 0 only if every "
+        "check passes, 1 if one fails, 2 if the input is not such a file.",
     )
     verify.add_argument("file", help="transfer, proposal or object archive file")
     verify.add_argument(
