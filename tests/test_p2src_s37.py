@@ -6,25 +6,38 @@ path gives. Seeded: every run checks the same cases.
   serialize to, for every length around the varint steps and for any text.
 * It hands grpc.aio the capabilities as one ``Metadata`` made per value of
   ``CAPABILITIES``: the pairs grpc.aio makes of the tuple itself, swapped with it.
+* An envelope's format checks skip encoding ASCII text to see that it is UTF-8; a seal
+  by one signer skips the duplicate-key set: the same outcome (value or error, with its
+  words) as the checks written before, on generated cases.
+* A signer finds its key's type once; the memory of verified signatures hashes each
+  algorithm's and encoding's name from a table: the same signatures and digests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
+import struct
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from gateway import envelope as dsse
 from gateway.config import HandoffConfig, PeerConfig
+from gateway.errors import EnvelopeError, EnvelopeTooLargeError, GatewayError
 from gateway.identity import HostId
+from gateway.keys import VERIFIED_SIGNATURES, Algorithm, Purpose, SignatureEncoding, Signer
 from gateway.transport import client as client_module
 from gateway.transport.client import GrpcPeerClient
 from gateway.transport.framing import encode_field_one
 from gateway.v1 import gateway_pb2
 
 SEED = 37
+NOW = datetime(2026, 12, 7, 4, 0, tzinfo=UTC)
 PEER = "spiffe://org-b.example/cluster/west/gateway"
 #: Lengths where the varint of a length changes size, and their neighbours.
 EDGES = (0, 1, 2, 126, 127, 128, 129, 255, 256, 16382, 16383, 16384, 16385, 70_000)
@@ -110,3 +123,138 @@ def test_sent_metadata_is_the_capabilities_and_follows_a_swap(
     other = (("gateway-protocol", "2"),)
     monkeypatch.setattr(client_module, "CAPABILITIES", other)
     assert tuple(sent.get()) == other
+
+
+# --- envelopes: the format checks and the seal --------------------------------------
+
+
+def _plain_checks(payload_type: str, signatures: tuple[dsse.Signature, ...]) -> None:
+    """Envelope's format checks as they were written before session 37 (the reference)."""
+    if not payload_type or len(payload_type) > dsse.MAX_PAYLOAD_TYPE:
+        raise EnvelopeError(
+            f"payload type must be 1..{dsse.MAX_PAYLOAD_TYPE} characters, got {len(payload_type)}"
+        )
+    dsse._require_utf8(payload_type, "payload type")
+    if not signatures:
+        raise EnvelopeError("envelope has no signatures", hint="seal it with at least one key")
+    if len(signatures) > dsse.MAX_SIGNATURES:
+        raise EnvelopeTooLargeError(
+            f"envelope has {len(signatures)} signatures; at most {dsse.MAX_SIGNATURES}"
+        )
+    seen: set[str] = set()
+    for signature in signatures:
+        if len(signature.keyid) > dsse.MAX_KEYID or len(signature.sig) > dsse.MAX_SIGNATURE_BYTES:
+            raise EnvelopeTooLargeError("a signature or key id is larger than any we issue")
+        dsse._require_utf8(signature.keyid, "key id")
+        if signature.keyid and signature.keyid in seen:
+            raise EnvelopeError(
+                f"key id {signature.keyid[:16]} signs the envelope twice",
+                hint="each key signs an envelope once",
+            )
+        seen.add(signature.keyid)
+
+
+def _outcome(check: Any, *args: Any) -> tuple[type[BaseException], str, str] | None:
+    try:
+        check(*args)
+    except GatewayError as exc:
+        return type(exc), exc.reason, exc.hint
+    return None
+
+
+_TEXTS = ("", "a", "é", "\ud800", "k" * 16, "ü" * 3, "x\udfffy")
+
+
+def _text(rng: random.Random, longest: int) -> str:
+    choice = rng.randrange(4)
+    if choice == 0:
+        return rng.choice(_TEXTS)
+    if choice == 1:
+        return "".join(rng.choice("abc0123456789") for _ in range(rng.randrange(longest + 3)))
+    if choice == 2:
+        return rng.choice(("a", "é", "\ud800")) * rng.choice((longest - 1, longest, longest + 1))
+    return "".join(rng.choice("aé\ud800b") for _ in range(rng.randrange(6)))
+
+
+def _envelope(payload_type: str, signatures: tuple[dsse.Signature, ...]) -> None:
+    dsse.Envelope(payload=b"p", payload_type=payload_type, signatures=signatures)
+
+
+def test_envelope_checks_are_the_plain_checks() -> None:
+    rng = random.Random(SEED)
+    for _ in range(3000):
+        payload_type = _text(rng, dsse.MAX_PAYLOAD_TYPE)
+        count = rng.choice((0, 1, 1, 1, 2, 3, dsse.MAX_SIGNATURES, dsse.MAX_SIGNATURES + 1))
+        keyids = [_text(rng, dsse.MAX_KEYID) for _ in range(count)]
+        if count > 1 and rng.random() < 0.3:
+            keyids[-1] = keyids[0]  # the same key id twice (or two empty ones)
+        signatures = tuple(
+            dsse.Signature(
+                keyid=keyid,
+                sig=b"s"
+                * rng.choice((0, 64, dsse.MAX_SIGNATURE_BYTES, dsse.MAX_SIGNATURE_BYTES + 1)),
+            )
+            for keyid in keyids
+        )
+        want = _outcome(_plain_checks, payload_type, signatures)
+        got = _outcome(_envelope, payload_type, signatures)
+        assert got == want, (payload_type, signatures)
+
+
+def test_seal_is_the_plain_seal() -> None:
+    """Ed25519 signs deterministically: the envelope equals the one built by hand."""
+    signers = [
+        Signer(ed25519.Ed25519PrivateKey.from_private_bytes(bytes([i]) * 32)) for i in (1, 2)
+    ]
+    rng = random.Random(SEED)
+    for count in (1, 2):
+        payload = rng.randbytes(rng.randrange(1, 5000))
+        message = dsse.pae(dsse.PayloadType.TRANSFER, payload)
+        want = dsse.Envelope(
+            payload=payload,
+            payload_type=dsse.PayloadType.TRANSFER,
+            signatures=tuple(
+                dsse.Signature(keyid=s.key_id, sig=s.sign(message)) for s in signers[:count]
+            ),
+        )
+        assert dsse.seal(payload, dsse.PayloadType.TRANSFER, signers[:count]) == want
+    with pytest.raises(ValueError, match="listed twice"):
+        dsse.seal(b"p", dsse.PayloadType.TRANSFER, [signers[0], signers[0]])
+    with pytest.raises(EnvelopeError, match="no signatures"):
+        dsse.seal(b"p", dsse.PayloadType.TRANSFER, [])
+
+
+# --- keys: signing and the memory of verified signatures -----------------------------
+
+
+def test_signer_signs_as_its_key_does() -> None:
+    rng = random.Random(SEED)
+    edwards = ed25519.Ed25519PrivateKey.from_private_bytes(rng.randbytes(32))
+    signer = Signer(edwards)
+    for _ in range(20):
+        message = rng.randbytes(rng.randrange(0, 3000))
+        assert signer.sign(message) == edwards.sign(message)
+    ecdsa = Signer(ec.derive_private_key(rng.randrange(1, 2**200), ec.SECP256R1()))
+    record = ecdsa.record(purposes=[Purpose.ENVELOPE], valid_from=NOW)
+    for encoding in SignatureEncoding:
+        message = rng.randbytes(300)
+        signature = ecdsa.sign(message, encoding=encoding)
+        record.verify(message, signature, encoding=encoding)  # raises if not
+        if encoding is SignatureEncoding.P1363:
+            assert len(signature) == 64
+
+
+def test_verified_signature_digest_is_the_plain_digest() -> None:
+    rng = random.Random(SEED)
+    for algorithm in Algorithm:
+        for encoding in SignatureEncoding:
+            spki, message, sig = (
+                rng.randbytes(44),
+                rng.randbytes(rng.randrange(900)),
+                rng.randbytes(64),
+            )
+            name, form = algorithm.value.encode(), encoding.value.encode()
+            lengths = struct.pack(">5Q", len(spki), len(name), len(form), len(message), len(sig))
+            want = hashlib.sha256(lengths + spki + name + form + message + sig).digest()
+            got = VERIFIED_SIGNATURES.digest(spki, algorithm, encoding, message, sig)
+            assert got == want, (algorithm, encoding)
