@@ -11,15 +11,20 @@ path gives. Seeded: every run checks the same cases.
   words) as the checks written before, on generated cases.
 * A signer finds its key's type once; the memory of verified signatures hashes each
   algorithm's and encoding's name from a table: the same signatures and digests.
+* The source replaces fields of its records and of the frozen object slot by slot
+  (``source._replacer``): the value ``dataclasses.replace`` gives, field by field and by
+  identity.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import random
 import struct
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -29,12 +34,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from gateway import envelope as dsse
 from gateway.config import HandoffConfig, PeerConfig
 from gateway.errors import EnvelopeError, EnvelopeTooLargeError, GatewayError
+from gateway.handoff import source
+from gateway.handoff.records import SourceRecord, SourceStep
 from gateway.identity import HostId
 from gateway.keys import VERIFIED_SIGNATURES, Algorithm, Purpose, SignatureEncoding, Signer
+from gateway.model import GovernedObject
 from gateway.transport import client as client_module
 from gateway.transport.client import GrpcPeerClient
 from gateway.transport.framing import encode_field_one
 from gateway.v1 import gateway_pb2
+from tests.test_p2wire_s36 import _random_object
 
 SEED = 37
 NOW = datetime(2026, 12, 7, 4, 0, tzinfo=UTC)
@@ -258,3 +267,65 @@ def test_verified_signature_digest_is_the_plain_digest() -> None:
             want = hashlib.sha256(lengths + spki + name + form + message + sig).digest()
             got = VERIFIED_SIGNATURES.digest(spki, algorithm, encoding, message, sig)
             assert got == want, (algorithm, encoding)
+
+
+# --- the source's replace, slot by slot ----------------------------------------------
+
+
+def _same(got: object, want: object) -> None:
+    """Equal, of the same class, and every field the very same value."""
+    assert type(got) is type(want)
+    assert got == want
+    for field in dataclasses.fields(want):  # type: ignore[arg-type]
+        assert getattr(got, field.name) is getattr(want, field.name), field.name
+
+
+def _random_record(rng: random.Random) -> SourceRecord:
+    return SourceRecord(
+        migration_id=f"mig-{rng.randbytes(16).hex()}",
+        object_id=f"obj://org-a.example/x/{rng.randrange(99)}",
+        tenant=rng.choice(("default", "t2")),
+        destination_host="spiffe://org-b.example/cluster/west/gateway",
+        step=rng.choice(list(SourceStep)),
+        transfer=rng.randbytes(rng.randrange(200)),
+        staged_receipt=rng.randbytes(rng.randrange(3)),
+        created_at=NOW,
+        updated_at=NOW + timedelta(seconds=rng.randrange(9)),
+        reason=rng.choice(("", "refused")),
+        transfer_digest=rng.randbytes(rng.choice((0, 32))),
+        epoch=rng.randrange(5),
+    )
+
+
+def test_replace_record_is_dataclasses_replace() -> None:
+    rng = random.Random(SEED)
+    names = [field.name for field in dataclasses.fields(SourceRecord)]
+    for _ in range(300):
+        record, other = _random_record(rng), _random_record(rng)
+        changed = rng.sample(names, rng.randrange(len(names) + 1))
+        changes = {name: getattr(other, name) for name in changed}
+        _same(source._replace_record(record, **changes), replace(record, **changes))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_replace_object_is_dataclasses_replace(seed: int) -> None:
+    rng = random.Random(SEED + seed)
+    obj, other = _random_object(seed), _random_object(seed + 100)
+    names = [field.name for field in dataclasses.fields(GovernedObject)]
+    for _ in range(20):
+        changes = {n: getattr(other, n) for n in rng.sample(names, rng.randrange(len(names) + 1))}
+        _same(source._replace_object(obj, **changes), replace(obj, **changes))
+
+
+def test_replace_refuses_an_unknown_field_and_a_class_it_cannot_build() -> None:
+    record = _random_record(random.Random(SEED))
+    with pytest.raises(TypeError, match="no field colour"):
+        source._replace_record(record, colour="red")
+
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class Derived:
+        a: int
+        b: int = dataclasses.field(init=False, default=0)
+
+    with pytest.raises(TypeError, match="does not set"):
+        source._replacer(Derived)

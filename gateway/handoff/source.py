@@ -27,13 +27,16 @@ import enum
 import logging
 import os
 import uuid
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from gateway import envelope as dsse
 from gateway import observability, wire
 from gateway._crash import crash_point
 from gateway._retry import lost_race
+from gateway._slots import builder
 from gateway._time import format_time
 from gateway.blobs import STREAM_PIECE_BYTES, BlobRef, delete_blob, read_blob_views
 from gateway.errors import (
@@ -121,6 +124,36 @@ class _Frozen:
     record: Versioned[SourceRecord]
     current: Versioned[GovernedObject]
     held: Versioned[int] | None
+
+
+T = TypeVar("T")
+
+
+def _replacer(cls: type[T]) -> Callable[..., T]:
+    """``dataclasses.replace`` for ``cls``, a frozen, slotted dataclass whose fields are
+    all set by its ``__init__`` and that has no ``__post_init__`` (:func:`builder`
+    refuses one): the same value, built slot by slot. ``replace`` walks the class's
+    fields, reads each and calls ``__init__`` with keywords: about 3.7 us for a source
+    record, three times per migration (the frozen object, COMMITTED, DONE); this about
+    1.5 us. An unknown field is a ``TypeError``, as with ``replace``."""
+    every = fields(cls)  # type: ignore[arg-type]
+    if not all(field.init for field in every):
+        raise TypeError(f"{cls.__name__} has a field its __init__ does not set")
+    names = tuple(field.name for field in every)
+    known = frozenset(names)
+    build = builder(cls, *names)
+
+    def replaced(value: T, /, **changes: Any) -> T:
+        if not known.issuperset(changes):
+            unknown = ", ".join(sorted(set(changes) - known))
+            raise TypeError(f"{cls.__name__} has no field {unknown}")
+        return build(*[changes[n] if n in changes else getattr(value, n) for n in names])
+
+    return replaced
+
+
+_replace_record = _replacer(SourceRecord)
+_replace_object = _replacer(GovernedObject)
 
 
 def new_migration_id() -> str:
@@ -296,7 +329,7 @@ class Source:
             issued_at=now,
             expires_at=now + (ttl or ctx.timing.transfer_ttl),
             nonce=os.urandom(NONCE_BYTES),
-            object=replace(frozen, lineage=sealed),
+            object=_replace_object(frozen, lineage=sealed),
             previous_transfer_digest=obj.last_transfer_digest,
         )
         payload = wire.encode_transfer(transfer)
@@ -468,7 +501,7 @@ class Source:
                         receipt=receipt,
                         transfer_digest=transfer_digest,
                     )
-                    committed = replace(
+                    committed = _replace_record(
                         record,
                         step=SourceStep.COMMITTED,
                         staged_receipt=receipt_raw,
@@ -682,7 +715,7 @@ class Source:
                 "activation receipt can only settle a committed migration",
                 hint="hand back the staged receipt first; an aborted migration stays aborted",
             )
-        done = replace(
+        done = _replace_record(
             loaded.value,
             step=SourceStep.DONE,
             activation_receipt=receipt_raw,
