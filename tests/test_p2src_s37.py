@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import random
 import struct
+import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -329,3 +330,11 @@ def test_replace_refuses_an_unknown_field_and_a_class_it_cannot_build() -> None:
 
     with pytest.raises(TypeError, match="does not set"):
         source._replacer(Derived)
+
+
+def test_new_migration_id_is_the_hex_of_uuid4(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(SEED)
+    for _ in range(2000):
+        raw = rng.randbytes(16)
+        monkeypatch.setattr(source.os, "urandom", lambda _n, raw=raw: raw)
+        assert source.new_migration_id() == "mig-" + uuid.UUID(bytes=raw, version=4).hex
