@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from gateway import envelope as dsse
 from gateway.config import HandoffConfig, PeerConfig
-from gateway.errors import EnvelopeError, EnvelopeTooLargeError, GatewayError
+from gateway.errors import EnvelopeError, EnvelopeTooLargeError, GatewayError, PayloadDecodeError
 from gateway.handoff import source
 from gateway.handoff.records import SourceRecord, SourceStep
 from gateway.identity import HostId
@@ -338,3 +338,33 @@ def test_new_migration_id_is_the_hex_of_uuid4(monkeypatch: pytest.MonkeyPatch) -
         raw = rng.randbytes(16)
         monkeypatch.setattr(source.os, "urandom", lambda _n, raw=raw: raw)
         assert source.new_migration_id() == "mig-" + uuid.UUID(bytes=raw, version=4).hex
+
+
+# --- a peer's answer that does not parse ---------------------------------------------
+
+
+@pytest.mark.parametrize("rpc", ["prepare", "commit", "decision", "claim"])
+def test_an_answer_that_does_not_parse_is_a_decode_error(rpc: str) -> None:
+    """grpc.aio logs a response its deserializer refuses and answers ``None`` for it
+    (grpc._common._transform): a peer's bytes that are no PrepareResponse came back as an
+    AttributeError on ``None.receipt``, outside the gateway's errors."""
+
+    async def run() -> None:
+        client = _client()
+        try:
+            answer_none = Recorder(None)
+            client._prepare = client._commit = answer_none  # type: ignore[assignment]
+            client.stub.Decision = client.stub.Claim = answer_none  # type: ignore[method-assign]
+            with pytest.raises(PayloadDecodeError, match="does not parse"):
+                if rpc == "prepare":
+                    await client.prepare(b"transfer")
+                elif rpc == "commit":
+                    await client.commit("mig-1")
+                elif rpc == "decision":
+                    await client.decision("mig-1")
+                else:
+                    await client.claim(b"departure", b"decision")
+        finally:
+            await client.close()
+
+    asyncio.run(run())

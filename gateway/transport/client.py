@@ -231,7 +231,7 @@ class GrpcPeerClient:
         0.05 s, 0.1 s, 0.2 s ... (at most 2 s) plus up to 0.05 s of jitter."""
         attempts = self.timing.retry_attempts
         try:
-            return await invoke(deadline)
+            return self._parsed(rpc, await invoke(deadline))
         except grpc.aio.AioRpcError as exc:
             first = self._failed(rpc, exc)  # the peer's refusal is raised from here
         if attempts <= 1:
@@ -247,7 +247,7 @@ class GrpcPeerClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._attempt(rpc, invoke, deadline)
+                    return self._parsed(rpc, await self._attempt(rpc, invoke, deadline))
         except _Unavailable as exc:
             raise self._unavailable(rpc, exc) from exc
         raise AssertionError("tenacity returns or raises")
@@ -260,6 +260,16 @@ class GrpcPeerClient:
             return await invoke(deadline)
         except grpc.aio.AioRpcError as exc:
             raise self._failed(rpc, exc) from exc
+
+    def _parsed(self, rpc: str, answer: R | None) -> R:
+        """``answer``, which grpc.aio gives as ``None`` when the response deserializer
+        refused the peer's bytes (it logs that and answers ``None``: grpc._common)."""
+        if answer is None:
+            raise PayloadDecodeError(
+                f"{self.peer.id}'s answer to {rpc} does not parse as its response message",
+                hint="the peer runs an incompatible or misbehaving gateway",
+            )
+        return answer
 
     def _failed(self, rpc: str, exc: grpc.aio.AioRpcError) -> _Unavailable:
         """What a failed attempt means: ``_Unavailable`` (worth repeating, caused by
