@@ -73,7 +73,7 @@ from gateway.handoff.messages import (
 )
 from gateway.handoff.peers import Peers
 from gateway.handoff.pruning import earliest_forgotten
-from gateway.handoff.records import SourceRecord, SourceStep
+from gateway.handoff.records import TRANSFER_DROPPED_STEPS, SourceRecord, SourceStep
 from gateway.limits import MAX_REASON_CHARS
 from gateway.lineage import digest
 from gateway.model import GovernedObject
@@ -153,6 +153,17 @@ def _replacer(cls: type[T]) -> Callable[..., T]:
 
 _replace_record = _replacer(SourceRecord)
 _replace_object = _replacer(GovernedObject)
+
+
+def _settled(record: SourceRecord) -> SourceRecord:
+    """:func:`~gateway.handoff.journal.settled_form`, with its usual case (a record that
+    keeps its transfer's digest and epoch beside the transfer since the freeze only
+    drops the envelope) replaced slot by slot. A record written so is what the journal
+    writes as it is, with no second ``replace`` there or at DONE."""
+    kept = record.transfer and record.transfer_digest and record.epoch
+    if kept and record.step in TRANSFER_DROPPED_STEPS:
+        return _replace_record(record, transfer=b"")
+    return settled_form(record)
 
 
 def new_migration_id() -> str:
@@ -506,11 +517,14 @@ class Source:
                         receipt=receipt,
                         transfer_digest=transfer_digest,
                     )
-                    committed = _replace_record(
-                        record,
-                        step=SourceStep.COMMITTED,
-                        staged_receipt=receipt_raw,
-                        updated_at=ctx.clock.now(),
+                    # As stored: without the transfer (see journal.settled_form).
+                    committed = _settled(
+                        _replace_record(
+                            record,
+                            step=SourceStep.COMMITTED,
+                            staged_receipt=receipt_raw,
+                            updated_at=ctx.clock.now(),
+                        )
                     )
                     written = await ctx.journal.store.transact(
                         [
@@ -705,7 +719,7 @@ class Source:
         ctx = self.ctx
         loaded: Versioned[SourceRecord] | None
         if etag is not None:
-            loaded = Versioned(settled_form(record), etag)
+            loaded = Versioned(_settled(record), etag)
         else:
             loaded = await ctx.journal.source(record.migration_id)
         assert loaded is not None
