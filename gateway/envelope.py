@@ -82,31 +82,35 @@ class Envelope:
     signatures: tuple[Signature, ...]
 
     def __post_init__(self) -> None:
-        if not self.payload_type or len(self.payload_type) > MAX_PAYLOAD_TYPE:
+        payload_type, signatures = self.payload_type, self.signatures
+        if not payload_type or len(payload_type) > MAX_PAYLOAD_TYPE:
             raise EnvelopeError(
-                f"payload type must be 1..{MAX_PAYLOAD_TYPE} characters, "
-                f"got {len(self.payload_type)}"
+                f"payload type must be 1..{MAX_PAYLOAD_TYPE} characters, got {len(payload_type)}"
             )
         # JSON can smuggle lone surrogates ("\ud800") that no UTF-8 byte string, hence no
         # PAE and no protobuf field, can carry; refuse them here rather than fail later.
-        _require_utf8(self.payload_type, "payload type")
-        if not self.signatures:
+        # ASCII text (every type and key id we issue) always encodes: not encoded to see.
+        if not payload_type.isascii():
+            _require_utf8(payload_type, "payload type")
+        if not signatures:
             raise EnvelopeError("envelope has no signatures", hint="seal it with at least one key")
-        if len(self.signatures) > MAX_SIGNATURES:
+        if len(signatures) > MAX_SIGNATURES:
             raise EnvelopeTooLargeError(
-                f"envelope has {len(self.signatures)} signatures; at most {MAX_SIGNATURES}"
+                f"envelope has {len(signatures)} signatures; at most {MAX_SIGNATURES}"
             )
         seen: set[str] = set()
-        for signature in self.signatures:
-            if len(signature.keyid) > MAX_KEYID or len(signature.sig) > MAX_SIGNATURE_BYTES:
+        for signature in signatures:
+            keyid = signature.keyid
+            if len(keyid) > MAX_KEYID or len(signature.sig) > MAX_SIGNATURE_BYTES:
                 raise EnvelopeTooLargeError("a signature or key id is larger than any we issue")
-            _require_utf8(signature.keyid, "key id")
-            if signature.keyid and signature.keyid in seen:
+            if not keyid.isascii():
+                _require_utf8(keyid, "key id")
+            if keyid and keyid in seen:
                 raise EnvelopeError(
-                    f"key id {signature.keyid[:16]} signs the envelope twice",
+                    f"key id {keyid[:16]} signs the envelope twice",
                     hint="each key signs an envelope once",
                 )
-            seen.add(signature.keyid)
+            seen.add(keyid)
 
 
 def _require_utf8(text: str, what: str) -> None:
@@ -150,13 +154,14 @@ def pae(payload_type: str, payload: bytes) -> bytes:
 
 def seal(payload: bytes, payload_type: str, signers: Sequence[Signer]) -> Envelope:
     """Sign ``payload`` as ``payload_type`` with every signer (distinct keys only)."""
-    if len({s.key_id for s in signers}) != len(signers):
+    # One signer (every host seal) cannot list a key twice: no set is made to see.
+    if len(signers) > 1 and len({s.key_id for s in signers}) != len(signers):
         raise ValueError("the same key is listed twice; a key signs an envelope once")
     message = pae(payload_type, payload)
     return Envelope(
         payload=payload,
         payload_type=payload_type,
-        signatures=tuple(Signature(keyid=s.key_id, sig=s.sign(message)) for s in signers),
+        signatures=tuple([Signature(keyid=s.key_id, sig=s.sign(message)) for s in signers]),
     )
 
 

@@ -28,9 +28,10 @@ from __future__ import annotations
 import enum
 import hashlib
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import cast
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -167,6 +168,13 @@ def _verify(
     public_key.verify(der, message, ec.ECDSA(hashes.SHA256()))
 
 
+#: Each algorithm's and encoding's value as bytes, as the memory of verified signatures
+#: hashes them (an enum's ``.value`` is a Python-level property: two calls and an
+#: encode per part, per signature checked).
+_ALGORITHM_NAMES = {algorithm: algorithm.value.encode() for algorithm in Algorithm}
+_ENCODING_NAMES = {encoding: encoding.value.encode() for encoding in SignatureEncoding}
+
+
 class _VerifiedSignatures(BoundedLru[bytes, None]):
     """The digests of (key, algorithm, encoding, message, signature) that verified.
 
@@ -179,7 +187,7 @@ class _VerifiedSignatures(BoundedLru[bytes, None]):
     def digest(
         spki: bytes, algorithm: Algorithm, encoding: SignatureEncoding, message: bytes, sig: bytes
     ) -> bytes:
-        name, form = algorithm.value.encode(), encoding.value.encode()
+        name, form = _ALGORITHM_NAMES[algorithm], _ENCODING_NAMES[encoding]
         # The five lengths first, then the five parts, so no two different tuples hash
         # the same bytes. One join and one hash call: half the cost of updating part by
         # part, paid on every signature checked, remembered or not.
@@ -328,7 +336,7 @@ class KeyRecord:
 class Signer:
     """A private signing key. Kept out of records, bundles and logs by design."""
 
-    __slots__ = ("_key", "algorithm", "key_id", "public_key")
+    __slots__ = ("_ed25519_sign", "_key", "algorithm", "key_id", "public_key")
 
     def __init__(self, private_key: PrivateKey) -> None:
         public = private_key.public_key()
@@ -336,6 +344,11 @@ class Signer:
         self.public_key = _spki(public)
         self.key_id = key_id_of(self.public_key)
         self._key = private_key
+        #: An Ed25519 key's own ``sign``, found once: :meth:`sign` made an ABC
+        #: ``isinstance`` check per signature to tell the key's type.
+        self._ed25519_sign: Callable[[bytes], bytes] | None = (
+            private_key.sign if isinstance(private_key, ed25519.Ed25519PrivateKey) else None
+        )
 
     @classmethod
     def generate(cls, algorithm: Algorithm = Algorithm.ED25519) -> Signer:
@@ -370,9 +383,9 @@ class Signer:
         )
 
     def sign(self, message: bytes, *, encoding: SignatureEncoding = SignatureEncoding.DER) -> bytes:
-        if isinstance(self._key, ed25519.Ed25519PrivateKey):
-            return self._key.sign(message)
-        der = self._key.sign(message, ec.ECDSA(hashes.SHA256()))
+        if self._ed25519_sign is not None:
+            return self._ed25519_sign(message)
+        der = cast(ec.EllipticCurvePrivateKey, self._key).sign(message, ec.ECDSA(hashes.SHA256()))
         if encoding is SignatureEncoding.DER:
             return der
         r, s = decode_dss_signature(der)

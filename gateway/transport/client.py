@@ -41,7 +41,12 @@ from gateway.errors import (
 from gateway.handoff.messages import Evaluation
 from gateway.identity import HostId
 from gateway.limits import MAX_CALL_REPLY_BYTES, MAX_CALL_WAIT, MAX_ID_BYTES, check_id
-from gateway.transport.framing import STREAM_BYTES_PER_SECOND, as_sent, encode_part
+from gateway.transport.framing import (
+    STREAM_BYTES_PER_SECOND,
+    as_sent,
+    encode_field_one,
+    encode_part,
+)
 from gateway.transport.status import (
     ERROR_TYPE_KEY,
     MOVED_TO_KEY,
@@ -59,6 +64,31 @@ R = TypeVar("R", bound=Message)
 #: What this host speaks, sent with every call (gateway/versions.py): the server agrees
 #: on a protocol version or refuses naming both sides' versions.
 CAPABILITIES = versions.ours().metadata()
+
+
+class _SentMetadata:
+    """:data:`CAPABILITIES` as the ``grpc.aio.Metadata`` grpc.aio makes of a tuple on every
+    call (an ABC ``isinstance`` check against ``Sequence``, then an ``OrderedDict`` of
+    the pairs), made once per value of
+    ``CAPABILITIES`` (one slot: a test that swaps it gets its own). grpc.aio only reads
+    what it is given (``tuple(metadata)`` as the call is made), and nothing here changes
+    it, so one value serves every call."""
+
+    __slots__ = ("_metadata", "_of")
+
+    def __init__(self) -> None:
+        self._of: object = None
+        self._metadata = grpc.aio.Metadata()
+
+    def get(self) -> grpc.aio.Metadata:
+        pairs = CAPABILITIES
+        if pairs is not self._of:
+            self._metadata = grpc.aio.Metadata(*pairs)
+            self._of = pairs
+        return self._metadata
+
+
+_SENT_METADATA = _SentMetadata()
 
 
 class _Unavailable(Exception):
@@ -151,6 +181,21 @@ class GrpcPeerClient:
             request_serializer=as_sent,
             response_deserializer=gateway_pb2.PrepareResponse.FromString,
         )
+        # Prepare and Commit with their requests' bytes written here (framing.encode_field_one:
+        # the bytes the generated messages serialize to), not built as messages and
+        # serialized again: a copy of the transfer less, and no message object per call.
+        self._prepare = self.channel.unary_unary(
+            "/gateway.v1.Gateway/Prepare",
+            request_serializer=None,
+            response_deserializer=gateway_pb2.PrepareResponse.FromString,
+            _registered_method=True,
+        )
+        self._commit = self.channel.unary_unary(
+            "/gateway.v1.Gateway/Commit",
+            request_serializer=None,
+            response_deserializer=gateway_pb2.CommitResponse.FromString,
+            _registered_method=True,
+        )
         # Evaluate's answer as received: bounded and counted before protobuf parses it
         # (wire.read_evaluation), not parsed whole by the stub first.
         self._evaluate = self.channel.unary_unary(
@@ -159,17 +204,17 @@ class GrpcPeerClient:
             response_deserializer=bytes,
         )
 
-    async def _call(
-        self, rpc: str, method: Callable[..., Awaitable[R]], request: Message | Callable[[], Any]
-    ) -> R:
-        """Call with retries. ``request`` is a message, or (for client streams) a function
-        making a fresh request iterator for every attempt."""
-        return await self._attempts(
+    def _call(self, rpc: str, method: Callable[..., Awaitable[R]], request: Any) -> Awaitable[R]:
+        """Call with retries. ``request`` is a message (or its bytes, for a method that
+        sends bytes as they are), or (for client streams) a function making a fresh
+        request iterator for every attempt. Not a coroutine itself: the caller awaits
+        :meth:`_attempts` directly, one frame less on every resume of the call."""
+        return self._attempts(
             rpc,
             lambda timeout: method(
                 request() if callable(request) else request,
                 timeout=timeout,
-                metadata=CAPABILITIES,
+                metadata=_SENT_METADATA.get(),
             ),
             deadline=self.timing.rpc_timeout.total_seconds(),
         )
@@ -177,18 +222,20 @@ class GrpcPeerClient:
     async def _attempts(
         self, rpc: str, invoke: Callable[[float], Awaitable[R]], *, deadline: float
     ) -> R:
-        """The first attempt is a plain call: tenacity's retry state is built only once
-        an attempt has failed in a way worth repeating (it cost about 5 % of a small
+        """The first attempt is a plain call, awaited here (not through :meth:`_attempt`:
+        one coroutine less per call): tenacity's retry state is built only once an
+        attempt has failed in a way worth repeating (it cost about 5 % of a small
         migration's loop time when built for every call). The attempts, what is retried
         and the waits between them are the same as with one tenacity loop: at most
         ``retry_attempts`` calls, only ``RETRYABLE`` statuses repeated, waits of
         0.05 s, 0.1 s, 0.2 s ... (at most 2 s) plus up to 0.05 s of jitter."""
         attempts = self.timing.retry_attempts
         try:
-            return await self._attempt(rpc, invoke, deadline)
-        except _Unavailable as exc:
-            if attempts <= 1:
-                raise self._unavailable(rpc, exc) from exc
+            return self._parsed(rpc, await invoke(deadline))
+        except grpc.aio.AioRpcError as exc:
+            first = self._failed(rpc, exc)  # the peer's refusal is raised from here
+        if attempts <= 1:
+            raise self._unavailable(rpc, first) from first
         # Attempts 2..n: tenacity counts them from 1, so its waits start one step later.
         retrying = AsyncRetrying(
             stop=stop_after_attempt(attempts - 1),
@@ -200,7 +247,7 @@ class GrpcPeerClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._attempt(rpc, invoke, deadline)
+                    return self._parsed(rpc, await self._attempt(rpc, invoke, deadline))
         except _Unavailable as exc:
             raise self._unavailable(rpc, exc) from exc
         raise AssertionError("tenacity returns or raises")
@@ -212,15 +259,31 @@ class GrpcPeerClient:
         try:
             return await invoke(deadline)
         except grpc.aio.AioRpcError as exc:
-            if _over_receive_limit(exc):  # checked first: its code is RESOURCE_EXHAUSTED
-                raise _too_large(str(self.peer.id), rpc, exc, MAX_PEER_ANSWER_BYTES) from exc
-            if exc.code() in RETRYABLE or _status_lost(rpc, exc):
-                raise _Unavailable(exc) from exc
-            refusal = self._refusal(exc)
-            observability.peer_error(
-                str(self.peer.id), rpc, type(refusal).__name__, direction="out"
+            raise self._failed(rpc, exc) from exc
+
+    def _parsed(self, rpc: str, answer: R | None) -> R:
+        """``answer``, which grpc.aio gives as ``None`` when the response deserializer
+        refused the peer's bytes (it logs that and answers ``None``: grpc._common)."""
+        if answer is None:
+            raise PayloadDecodeError(
+                f"{self.peer.id}'s answer to {rpc} does not parse as its response message",
+                hint="the peer runs an incompatible or misbehaving gateway",
             )
-            raise refusal from exc
+        return answer
+
+    def _failed(self, rpc: str, exc: grpc.aio.AioRpcError) -> _Unavailable:
+        """What a failed attempt means: ``_Unavailable`` (worth repeating, caused by
+        ``exc``) is returned; the peer's refusal (or an answer over the receive limit)
+        is raised from ``exc``."""
+        if _over_receive_limit(exc):  # checked first: its code is RESOURCE_EXHAUSTED
+            raise _too_large(str(self.peer.id), rpc, exc, MAX_PEER_ANSWER_BYTES) from exc
+        if exc.code() in RETRYABLE or _status_lost(rpc, exc):
+            unavailable = _Unavailable(exc)
+            unavailable.__cause__ = exc
+            return unavailable
+        refusal = self._refusal(exc)
+        observability.peer_error(str(self.peer.id), rpc, type(refusal).__name__, direction="out")
+        raise refusal from exc
 
     def _unavailable(self, rpc: str, exc: _Unavailable) -> PeerUnavailableError:
         observability.peer_error(str(self.peer.id), rpc, exc.error.code().name, direction="out")
@@ -251,7 +314,7 @@ class GrpcPeerClient:
     async def prepare(self, transfer: bytes) -> bytes:
         _check_envelope_size(transfer, "transfer")
         response: gateway_pb2.PrepareResponse = await self._call(
-            "Prepare", self.stub.Prepare, gateway_pb2.PrepareRequest(transfer=transfer)
+            "Prepare", self._prepare, encode_field_one(transfer)
         )
         return response.receipt
 
@@ -280,14 +343,14 @@ class GrpcPeerClient:
         timeout = self.timing.rpc_timeout.total_seconds() + size / STREAM_BYTES_PER_SECOND
         response: gateway_pb2.PrepareResponse = await self._attempts(
             "PrepareStream",
-            lambda t: self._prepare_stream(requests(), timeout=t, metadata=CAPABILITIES),
+            lambda t: self._prepare_stream(requests(), timeout=t, metadata=_SENT_METADATA.get()),
             deadline=timeout,
         )
         return response.receipt
 
     async def commit(self, migration_id: str) -> bytes:
         response: gateway_pb2.CommitResponse = await self._call(
-            "Commit", self.stub.Commit, gateway_pb2.CommitRequest(migration_id=migration_id)
+            "Commit", self._commit, encode_field_one(migration_id.encode("utf-8"))
         )
         return response.receipt
 

@@ -67,6 +67,21 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+#: Field 1, wire type 2 (length-delimited): (1 << 3) | 2.
+_FIELD_ONE_TAG = b"\x0a"
+
+
+def encode_field_one(value: bytes) -> bytes:
+    """The serialized message whose one field, number 1, is the bytes (or the UTF-8 of
+    the string) ``value``: exactly ``PrepareRequest(transfer=value).SerializeToString()``
+    and ``CommitRequest(migration_id=text).SerializeToString()`` for ``value`` of
+    ``text.encode()`` (proto3 leaves an empty field out). The client sends its Prepare
+    and Commit requests so, without building a message to serialize."""
+    if not value:
+        return b""
+    return b"".join((_FIELD_ONE_TAG, _varint(len(value)), value))
+
+
 def encode_part(part: gateway_pb2.PrepareChunk | bytes | bytearray | memoryview) -> bytes:
     """The serialized ``PrepareChunk``: a message as it is, bytes as its ``data``."""
     if isinstance(part, gateway_pb2.PrepareChunk):
