@@ -143,3 +143,43 @@ def test_configured_lines_skip_the_callers_frames(
         " INFO gateway.tests.s37: activated obj://a.example/x"
         " migration_id=mig-1 peer=spiffe://a.example/h\n"
     )
+
+
+def _plain_b64url_decode(segment: str) -> bytes | None:
+    """The plain path: decode, then refuse unless encoding the bytes again gives the
+    segment (None: refused)."""
+    import base64
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", segment) or len(segment) % 4 == 1:
+        return None
+    raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    return raw if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() == segment else None
+
+
+def test_grant_segments_are_canonical_exactly_when_they_encode_back() -> None:
+    import base64
+
+    from gateway.credentials import _b64url_decode
+    from gateway.errors import GrantFormatError
+
+    rng = random.Random(SEED)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    segments = ["", "A", "AA", "AB", "AAA", "AAB"]
+    for _ in range(3000):
+        raw = rng.randbytes(rng.randrange(0, 40))
+        encoded = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        segments.append(encoded)
+        if encoded:  # the same segment with its last character changed: maybe canonical
+            segments.append(encoded[:-1] + rng.choice(alphabet))
+        segments.append("".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 12))))
+    refused = 0
+    for segment in segments:
+        expected = _plain_b64url_decode(segment)
+        try:
+            got: bytes | None = _b64url_decode(segment, "payload")
+        except GrantFormatError:
+            got = None
+        assert got == expected, segment
+        refused += expected is None
+    assert 1000 < refused < len(segments) - 1000  # both outcomes well represented
