@@ -74,6 +74,7 @@ import jwt
 
 from gateway._decode import load_json
 from gateway._lru import BoundedLru
+from gateway._slots import builder
 from gateway._time import format_time
 from gateway.authority import CapabilitySet, Constraints
 from gateway.errors import (
@@ -256,6 +257,27 @@ class Grant:
     @property
     def is_root(self) -> bool:
         return self.parent_digest is None
+
+
+#: ``Grant(...)`` of every field, by position, without the frozen ``__init__`` (each
+#: fresh grant a destination verifies is built once: every P2 arrival's).
+_build_grant = builder(
+    Grant,
+    "compact",
+    "key_id",
+    "issuer",
+    "subject",
+    "audiences",
+    "issued_at",
+    "not_before",
+    "expires_at",
+    "grant_id",
+    "capabilities",
+    "constraints",
+    "parent_digest",
+    "replaces",
+    "home",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -445,21 +467,23 @@ def _parse(compact: str, *, key_id: str, claims: dict[str, Any]) -> Grant:
         except ConfigError as exc:
             raise GrantFormatError(f"grant claim 'home' is not a host id: {exc.reason}") from exc
     capabilities, constraints = _authority_claims(claims)
-    return Grant(
-        compact=compact,
-        key_id=key_id,
-        issuer=_require(claims, "iss", str),
-        subject=_require(claims, "sub", str),
-        audiences=_audiences_claim(claims.get("aud")),
-        issued_at=_time(_require(claims, "iat", int), "iat"),
-        not_before=_time(_require(claims, "nbf", int), "nbf"),
-        expires_at=_time(_require(claims, "exp", int), "exp"),
-        grant_id=_require(claims, "jti", str),
-        capabilities=capabilities,
-        constraints=constraints,
-        parent_digest=parent,
-        replaces=replaces,
-        home=home,
+    # Each argument is computed in the order the keyword call computed them (the first
+    # claim that is wrong is the one named), then set by _build_grant.
+    return _build_grant(
+        compact,
+        key_id,
+        _require(claims, "iss", str),
+        _require(claims, "sub", str),
+        _audiences_claim(claims.get("aud")),
+        _time(_require(claims, "iat", int), "iat"),
+        _time(_require(claims, "nbf", int), "nbf"),
+        _time(_require(claims, "exp", int), "exp"),
+        _require(claims, "jti", str),
+        capabilities,
+        constraints,
+        parent,
+        replaces,
+        home,
     )
 
 

@@ -183,3 +183,87 @@ def test_grant_segments_are_canonical_exactly_when_they_encode_back() -> None:
         assert got == expected, segment
         refused += expected is None
     assert 1000 < refused < len(segments) - 1000  # both outcomes well represented
+
+
+def _plain_grant(compact: str, key_id: str, claims: dict[str, object]) -> object:
+    """The grant as _parse built it before session 37: its class's own __init__, with
+    the same checks in the same order (the plain path)."""
+    from gateway import credentials as c
+
+    if set(claims) - c._CLAIMS:
+        raise c.GrantFormatError("unknown claims")
+    parent = claims.get("prf")
+    if parent is not None and not isinstance(parent, str):
+        raise c.GrantFormatError("grant claim 'prf' must be a string")
+    capabilities, constraints = c._authority_claims(claims)  # type: ignore[arg-type]
+    return c.Grant(
+        compact=compact,
+        key_id=key_id,
+        issuer=c._require(claims, "iss", str),  # type: ignore[arg-type]
+        subject=c._require(claims, "sub", str),  # type: ignore[arg-type]
+        audiences=c._audiences_claim(claims.get("aud")),
+        issued_at=c._time(c._require(claims, "iat", int), "iat"),  # type: ignore[arg-type]
+        not_before=c._time(c._require(claims, "nbf", int), "nbf"),  # type: ignore[arg-type]
+        expires_at=c._time(c._require(claims, "exp", int), "exp"),  # type: ignore[arg-type]
+        grant_id=c._require(claims, "jti", str),  # type: ignore[arg-type]
+        capabilities=capabilities,
+        constraints=constraints,
+        parent_digest=parent,  # type: ignore[arg-type]
+        replaces=claims.get("rpl", ""),  # type: ignore[arg-type]
+        home=claims.get("home", ""),  # type: ignore[arg-type]
+    )
+
+
+def test_grants_parsed_slot_by_slot_are_those_their_class_builds() -> None:
+    import dataclasses
+
+    from gateway import credentials as c
+    from gateway.errors import GatewayError
+
+    assert not hasattr(c.Grant, "__post_init__")  # the builder skips nothing __init__ runs
+    rng = random.Random(SEED)
+    hosts = [
+        "spiffe://org-a.example/cluster/east/gateway",
+        "spiffe://org-b.example/cluster/west/gateway",
+        "spiffe://org-b.example",
+    ]
+    parsed = refused = 0
+    for index in range(600):
+        claims: dict[str, object] = {
+            "iss": hosts[0],
+            "sub": f"obj://org-a.example/p/{index}",
+            "aud": rng.sample(hosts, rng.randrange(1, 4)) if rng.random() < 0.8 else hosts[1],
+            "iat": 1_796_000_000 + rng.randrange(100),
+            "nbf": 1_796_000_000,
+            "exp": 1_799_000_000 + rng.randrange(10**6),
+            "jti": f"{rng.getrandbits(128):032x}",
+            "cap": [{"res": "state:self", "act": ["read", "write"][: rng.randrange(1, 3)]}],
+            "cons": {"max_hops": rng.randrange(1, 1000)},
+        }
+        if rng.random() < 0.3:
+            claims["prf"] = f"{rng.getrandbits(128):032x}"
+        if rng.random() < 0.3:  # one claim missing or of the wrong type
+            name = rng.choice(sorted(claims))
+            if rng.random() < 0.5:
+                del claims[name]
+            else:
+                claims[name] = rng.choice([None, 7, "x", [], True])
+        compact, key_id = f"h.p{index}.s", f"key-{index % 3}"
+        plain_error: GatewayError | None = None
+        try:
+            want = _plain_grant(compact, key_id, claims)
+        except GatewayError as exc:
+            plain_error = exc
+        if plain_error is not None:
+            with pytest.raises(type(plain_error)) as raised:
+                c._parse(compact, key_id=key_id, claims=claims)
+            assert raised.value.reason == plain_error.reason
+            refused += 1
+            continue
+        got = c._parse(compact, key_id=key_id, claims=claims)
+        assert type(got) is type(want)
+        assert got == want
+        for field in dataclasses.fields(c.Grant):
+            assert getattr(got, field.name) == getattr(want, field.name), field.name
+        parsed += 1
+    assert parsed > 300 and refused > 50
