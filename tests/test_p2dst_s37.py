@@ -267,3 +267,67 @@ def test_grants_parsed_slot_by_slot_are_those_their_class_builds() -> None:
             assert getattr(got, field.name) == getattr(want, field.name), field.name
         parsed += 1
     assert parsed > 300 and refused > 50
+
+
+def test_the_destinations_copies_are_those_dataclasses_replace_makes() -> None:
+    """The staged copy (authority granted here) and the ACTIVATED record, built slot by
+    slot, are field for field the very values dataclasses.replace gives."""
+    import dataclasses
+    from datetime import UTC, datetime, timedelta
+
+    from gateway.handoff import destination
+    from gateway.handoff.records import DestinationRecord, DestinationStep
+    from gateway.model import NO_AUTHORITY, GovernedObject, LifecycleState
+
+    def same(got: object, want: object) -> None:
+        assert type(got) is type(want)
+        assert got == want
+        for field in dataclasses.fields(want):  # type: ignore[arg-type]
+            assert getattr(got, field.name) is getattr(want, field.name), field.name
+
+    rng = random.Random(SEED)
+    start = datetime(2026, 12, 7, 5, 0, tzinfo=UTC)
+    for index in range(300):
+        at = start + timedelta(milliseconds=rng.randrange(10**9))
+        obj = GovernedObject(
+            object_id=f"obj://org-a.example/p/{index}",
+            tenant=rng.choice(["default", "t2"]),
+            data=rng.randbytes(rng.randrange(64)),
+            content_type="application/json",
+            grants=tuple(f"g{rng.randrange(9)}" for _ in range(rng.randrange(3))),
+            epoch=rng.randrange(1, 1000),
+            state=rng.choice(list(LifecycleState)),
+            migration_id=f"mig-{rng.getrandbits(64):016x}",
+            last_transfer_digest=rng.randbytes(32),
+            subscriptions=tuple(f"topic-{n}" for n in range(rng.randrange(3))),
+        )
+        expires = None if rng.random() < 0.3 else at + timedelta(days=rng.randrange(1, 30))
+        authority = NO_AUTHORITY if rng.random() < 0.5 else dataclasses.replace(NO_AUTHORITY)
+        same(
+            destination._with_authority(obj, authority, expires),
+            dataclasses.replace(obj, authority=authority, authority_expires=expires),
+        )
+        record = DestinationRecord(
+            migration_id=obj.migration_id,
+            object_id=obj.object_id,
+            tenant=obj.tenant,
+            source_host="spiffe://org-a.example/cluster/east/gateway",
+            step=DestinationStep.STAGED,
+            transfer_digest=rng.randbytes(32),
+            staged_receipt=rng.randbytes(rng.randrange(300)),
+            staged=obj,
+            created_at=at,
+            updated_at=at,
+            reason=rng.choice(["", "why"]),
+        )
+        receipt, later = rng.randbytes(rng.randrange(1, 300)), at + timedelta(seconds=1)
+        same(
+            destination._activated_record(record, DestinationStep.ACTIVATED, None, receipt, later),
+            dataclasses.replace(
+                record,
+                step=DestinationStep.ACTIVATED,
+                staged=None,
+                activation_receipt=receipt,
+                updated_at=later,
+            ),
+        )
