@@ -146,7 +146,7 @@ def _replacing(cls: type[T], *changed: str) -> Callable[..., T]:
     """``dataclasses.replace(value, name=new, ...)`` for the fields ``changed``, given by
     position: every other field read in one call (``attrgetter``) and the value built
     slot by slot (:func:`gateway._slots.builder`), not through the frozen ``__init__``
-    with every field as a keyword (a third of the cost, for the two values each
+    with every field as a keyword (under half the cost, for the two values each
     arrival copies). Only for a class whose ``__init__`` takes every field."""
     names = tuple(field.name for field in dataclasses.fields(cls))  # type: ignore[arg-type]
     if not all(field.init for field in dataclasses.fields(cls)):  # type: ignore[arg-type]
