@@ -74,6 +74,7 @@ import jwt
 
 from gateway._decode import load_json
 from gateway._lru import BoundedLru
+from gateway._slots import builder
 from gateway._time import format_time
 from gateway.authority import CapabilitySet, Constraints
 from gateway.errors import (
@@ -136,6 +137,15 @@ def _b64url_encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+#: The last character of a canonical base64url segment, by the segment's length mod 4:
+#: with 2 (one byte) or 3 (two bytes) characters in the last group, its low 4 or 2 bits
+#: are unused and must be zero; a full group has no unused bits.
+_CANONICAL_LAST = {
+    2: frozenset("AQgw"),
+    3: frozenset("AEIMQUYcgkosw048"),
+}
+
+
 def _b64url_decode(segment: str, what: str) -> bytes:
     """Strict base64url: the alphabet only, no padding, and only the canonical form
     (a segment whose unused low bits are not zero would be a second spelling)."""
@@ -145,7 +155,10 @@ def _b64url_decode(segment: str, what: str) -> bytes:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except (binascii.Error, ValueError) as exc:
         raise GrantFormatError(f"grant {what} is not base64url") from exc
-    if _b64url_encode(raw) != segment:
+    # Canonical iff encoding ``raw`` again gives ``segment``: the same test as comparing
+    # with _b64url_encode(raw), without encoding the whole segment again.
+    last = _CANONICAL_LAST.get(len(segment) % 4)
+    if last is not None and segment[-1] not in last:
         raise GrantFormatError(
             f"grant {what} is not canonical base64url",
             hint="the grant was re-encoded or tampered with; ask its issuer for the original",
@@ -244,6 +257,27 @@ class Grant:
     @property
     def is_root(self) -> bool:
         return self.parent_digest is None
+
+
+#: ``Grant(...)`` of every field, by position, without the frozen ``__init__`` (each
+#: fresh grant a destination verifies is built once: every P2 arrival's).
+_build_grant = builder(
+    Grant,
+    "compact",
+    "key_id",
+    "issuer",
+    "subject",
+    "audiences",
+    "issued_at",
+    "not_before",
+    "expires_at",
+    "grant_id",
+    "capabilities",
+    "constraints",
+    "parent_digest",
+    "replaces",
+    "home",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -433,21 +467,23 @@ def _parse(compact: str, *, key_id: str, claims: dict[str, Any]) -> Grant:
         except ConfigError as exc:
             raise GrantFormatError(f"grant claim 'home' is not a host id: {exc.reason}") from exc
     capabilities, constraints = _authority_claims(claims)
-    return Grant(
-        compact=compact,
-        key_id=key_id,
-        issuer=_require(claims, "iss", str),
-        subject=_require(claims, "sub", str),
-        audiences=_audiences_claim(claims.get("aud")),
-        issued_at=_time(_require(claims, "iat", int), "iat"),
-        not_before=_time(_require(claims, "nbf", int), "nbf"),
-        expires_at=_time(_require(claims, "exp", int), "exp"),
-        grant_id=_require(claims, "jti", str),
-        capabilities=capabilities,
-        constraints=constraints,
-        parent_digest=parent,
-        replaces=replaces,
-        home=home,
+    # Each argument is computed in the order the keyword call computed them (the first
+    # claim that is wrong is the one named), then set by _build_grant.
+    return _build_grant(
+        compact,
+        key_id,
+        _require(claims, "iss", str),
+        _require(claims, "sub", str),
+        _audiences_claim(claims.get("aud")),
+        _time(_require(claims, "iat", int), "iat"),
+        _time(_require(claims, "nbf", int), "nbf"),
+        _time(_require(claims, "exp", int), "exp"),
+        _require(claims, "jti", str),
+        capabilities,
+        constraints,
+        parent,
+        replaces,
+        home,
     )
 
 
