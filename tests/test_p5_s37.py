@@ -49,3 +49,20 @@ def test_values_written_read_back_byte_for_byte(tmp_path: Path) -> None:
     plain.executemany("INSERT INTO t VALUES (?, ?)", [(k, bytearray(v)) for k, v in values.items()])
     assert dict(plain.execute("SELECT k, v FROM t")) == values
     plain.close()
+
+
+def test_enum_members_bound_once_are_the_members() -> None:
+    # Read on every cycle through module globals instead of the class (EnumType's
+    # __getattr__ makes each class read go through a hook): the very same members.
+    from gateway.lineage import EntryKind
+    from gateway.model import LifecycleState
+    from gateway.runtime import cycle, outbox
+    from gateway.stores import sqlite as sqlite_store
+
+    assert cycle._ACTIVE is LifecycleState.ACTIVE
+    assert cycle._ADMITTED is EntryKind.ACTION_ADMITTED
+    assert cycle._EVALUATED_ENTRY is EntryKind.EVALUATED
+    assert cycle._EVALUATED is cycle.CycleResult.EVALUATED
+    assert outbox._ABSENT is Expect.ABSENT
+    assert sqlite_store._ANY is Expect.ANY
+    assert sqlite_store._ABSENT is Expect.ABSENT
