@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from gateway._time import format_time
+from gateway.runtime import outbox
 from gateway.stores import Expect, Put
 from gateway.stores.sqlite import SqliteStore
 
@@ -66,3 +69,47 @@ def test_enum_members_bound_once_are_the_members() -> None:
     assert outbox._ABSENT is Expect.ABSENT
     assert sqlite_store._ANY is Expect.ANY
     assert sqlite_store._ABSENT is Expect.ABSENT
+
+
+def _utc_times(rng: random.Random) -> list[datetime]:
+    times = [
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 12, 7, 1, 2, 3, 999, tzinfo=UTC),
+        datetime(2026, 12, 7, 1, 2, 3, 1000, tzinfo=UTC),
+    ]
+    times += [
+        datetime(2026, 1, 1, tzinfo=UTC) + timedelta(microseconds=rng.randrange(10**14))
+        for _ in range(60)
+    ]
+    # Each again (a batch's events share one time object), an equal copy, a neighbour.
+    out: list[datetime] = []
+    for at in times:
+        step = timedelta(microseconds=rng.choice((1, 999, 1000)))
+        out += [at, at, at.replace(), at + step if at.year < 9999 else at - step]
+    rng.shuffle(out)
+    return out
+
+
+def test_event_times_are_written_as_format_time_writes_them() -> None:
+    rng = random.Random(SEED)
+    for at in _utc_times(rng):
+        assert outbox._utc_text(at) == format_time(at)
+        assert outbox._utc_text(at) == format_time(at)  # from the slot
+
+
+def test_events_encode_as_the_canonical_encoder_does_across_shared_times() -> None:
+    rng = random.Random(SEED)
+    for index, at in enumerate(_utc_times(rng)):
+        event = outbox.pending_event(
+            key=f"t/o/{index:012d}/000",
+            tenant="t",
+            object_id=f"o-{index}",
+            generation=index,
+            rule="r",
+            verb="publish",
+            resource="pubsub:orders/created",
+            payload={"n": index, "s": "x\u00e9"},
+            created_at=at,
+        )
+        assert event.encode() == outbox._CANONICAL.encode(event.document()).encode()
