@@ -8,6 +8,7 @@ import random
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from gateway._time import format_time
 from gateway.runtime import outbox
@@ -113,3 +114,52 @@ def test_events_encode_as_the_canonical_encoder_does_across_shared_times() -> No
             created_at=at,
         )
         assert event.encode() == outbox._CANONICAL.encode(event.document()).encode()
+
+
+#: Rules reading every variable, some only in part of a trigger's rules, one naming
+#: variables only inside string literals, one refused at run time.
+POOL: list[dict[str, Any]] = [
+    {"name": "amount", "when": "data.amount > 1000", "publish": {"topic": "a/big"}},
+    {"name": "even", "when": "generation % 2 == 0", "write": '{"checked": generation}'},
+    {"name": "epoch", "when": "epoch > 1", "write": '{"e": epoch}'},
+    {"name": "late", "when": "now > timestamp('2026-06-01T00:00:00Z')", "write": "{}"},
+    {"name": "host", "when": 'host == "h1"', "publish": {"topic": "a/h", "payload": "host"}},
+    {"name": "quoted", "when": '"now host epoch" != ""', "write": '{"s": "generation"}'},
+    {"name": "missing", "when": "data.nothing > 1", "publish": {"topic": "a/x"}},
+    {"name": "status", "when": 'data.status == "open"', "write": '{"status": "seen"}'},
+    {"name": "ev", "on": "message", "when": 'event.type == "t"', "write": '{"seen": event.id}'},
+    {"name": "ev-data", "on": "message", "when": "data.amount < 100", "write": "{}"},
+    {"name": "ev-now", "on": "message", "when": "has(event.id) && now > now", "write": "{}"},
+    {"name": "req", "when": "size(request) == 0 && size(event) == 0", "write": "{}"},
+]
+
+
+def test_rule_sets_given_only_the_variables_they_read_evaluate_as_given_all() -> None:
+    from gateway.rules import VARIABLES, RuleSet, compiled, rule_from_mapping
+
+    rng = random.Random(SEED)
+    for case in range(150):
+        chosen = rng.sample(POOL, rng.randrange(1, len(POOL) + 1))
+        ruleset = compiled(tuple(rule_from_mapping(r, "test") for r in chosen))
+        # Not through compiled(): its cache would answer the very same rule set.
+        plain = RuleSet(rules=ruleset.rules)
+        object.__setattr__(plain, "_reads", {})  # every variable, for every trigger
+        assert plain is not ruleset
+        data = {
+            "amount": rng.randrange(2000),
+            "status": rng.choice(["open", "paid"]),
+            "invoice": f"INV-{case}",
+        }
+        for trigger, event in (("cycle", None), ("message", {"type": "t", "id": f"m{case}"})):
+            kwargs: dict[str, Any] = {
+                "data": data,
+                "generation": rng.randrange(10),
+                "epoch": rng.randrange(3),
+                "now": datetime(2026, rng.randrange(1, 13), 1, tzinfo=UTC),
+                "host": rng.choice(["h1", "h2"]),
+                "trigger": trigger,
+                "event": event,
+            }
+            assert ruleset.evaluate(**kwargs) == plain.evaluate(**kwargs)
+        reads = ruleset._reads
+        assert set(reads.get("cycle", ())) | set(reads.get("message", ())) <= set(VARIABLES)
