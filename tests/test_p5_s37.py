@@ -163,3 +163,32 @@ def test_rule_sets_given_only_the_variables_they_read_evaluate_as_given_all() ->
             assert ruleset.evaluate(**kwargs) == plain.evaluate(**kwargs)
         reads = ruleset._reads
         assert set(reads.get("cycle", ())) | set(reads.get("message", ())) <= set(VARIABLES)
+
+
+def test_named_tuples_built_as_one_tuple_equal_their_own_construction() -> None:
+    import pytest
+
+    from gateway._slots import tuple_builder
+    from gateway.runtime.cycle import (
+        _Current,
+        _current,
+        _held_object,
+        _HeldObject,
+        _Prepared,
+        _prepared,
+    )
+
+    rng = random.Random(SEED)
+    for build, cls in ((_current, _Current), (_prepared, _Prepared), (_held_object, _HeldObject)):
+        for _ in range(50):
+            values = tuple(
+                rng.choice([object(), rng.random(), f"v{rng.randrange(99)}", None, [1], b"x"])
+                for _ in cls._fields
+            )
+            made, want = build(values), cls(*values)
+            assert type(made) is cls
+            assert made == want
+            assert all(getattr(made, f) is getattr(want, f) for f in cls._fields)
+            assert made._asdict() == want._asdict()
+    with pytest.raises(TypeError):
+        tuple_builder(Put)

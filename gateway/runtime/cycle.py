@@ -50,7 +50,7 @@ from gateway import observability
 from gateway._crash import crash_point
 from gateway._gc import drop_traceback
 from gateway._lru import IdentityLru, IdleLru
-from gateway._slots import builder
+from gateway._slots import builder, tuple_builder
 from gateway._time import format_time
 from gateway.authority import EffectiveAuthority
 from gateway.errors import (
@@ -128,6 +128,11 @@ class _Prepared(NamedTuple):
     now: datetime
     admitted: int
     denied: int
+
+
+# Each made once per cycle (gateway/_slots.py), from all their fields in order.
+_current = tuple_builder(_Current)
+_prepared = tuple_builder(_Prepared)
 
 
 class CycleRunner:
@@ -310,7 +315,7 @@ class CycleRunner:
             except Exception as exc:  # the object's own failure, reported as its answer
                 found[object_id] = exc
                 continue
-            found[object_id] = _Current(key=key, obj=obj, etag=item.etag, derived=held.derived(key))
+            found[object_id] = _current((key, obj, item.etag, held.derived(key)))
         return found
 
     def _hold(self, prepared: _Prepared, etags: Mapping[str, str] | None) -> None:
@@ -356,15 +361,8 @@ class CycleRunner:
         operations: list[Operation] = [stored]
         for event in events:
             operations.extend(outbox_puts(event))
-        return _Prepared(
-            key=current.key,
-            derived=derived,
-            evaluated=evaluated,
-            operations=operations,
-            stored=stored.value,
-            now=now,
-            admitted=admitted,
-            denied=denied,
+        return _prepared(
+            (current.key, derived, evaluated, operations, stored.value, now, admitted, denied)
         )
 
     async def _committed(self, tenant: str, prepared: _Prepared) -> CycleReport:
@@ -731,6 +729,9 @@ class _HeldObject(NamedTuple):
     derived: _Derived
 
 
+_held_object = tuple_builder(_HeldObject)  #: _HeldObject(etag, obj, derived)
+
+
 class _Held:
     """The objects this runner's cycles committed, by store key, each with the ETag the
     store gave that write: while the key still has that ETag (nobody wrote it since), a
@@ -766,7 +767,7 @@ class _Held:
         if held is None or etag is None or held.etag != etag:
             return None
         self._held.touch(key)
-        return _Current(key=key, obj=held.obj, etag=etag, derived=held.derived)
+        return _current((key, held.obj, etag, held.derived))
 
     def derived(self, key: str) -> _Derived | None:
         held = self._held.peek(key)
@@ -774,7 +775,7 @@ class _Held:
 
     def put(self, key: str, etag: str, obj: GovernedObject, size: int, derived: _Derived) -> None:
         """``obj`` (``size`` bytes encoded) is stored under ``key`` with ``etag``."""
-        self._held.put(key, _HeldObject(etag=etag, obj=obj, derived=derived), size)
+        self._held.put(key, _held_object((etag, obj, derived)), size)
 
     def forget(self, key: str) -> None:
         self._held.forget(key)
