@@ -1123,14 +1123,14 @@ def _pooled_etag() -> str:
     bytes drawn 4 KiB at a time. ETags are chosen on the event loop's thread, and
     os.urandom lets go of the GIL for its system call: under P5 each one cost the loop
     about 5 us waiting to take the GIL back from the writer thread (one ETag per
-    object written), against one call per 256 ETags here."""
-    at: int = getattr(_etag_pool, "at", _ETAG_POOL_BYTES)
-    if at >= _ETAG_POOL_BYTES:
-        _etag_pool.bytes = os.urandom(_ETAG_POOL_BYTES)
-        at = 0
-    _etag_pool.at = at + 16
-    pool: bytes = _etag_pool.bytes
-    return pool[at : at + 16].hex()
+    object written), against one call per 256 ETags here. The 256 are written out as
+    hex at once and handed out from a list: reading and setting a thread-local
+    position and slicing for each cost about 4,000 instructions an ETag (session 37)."""
+    etags: builtins.list[str] | None = getattr(_etag_pool, "etags", None)
+    if not etags:
+        text = os.urandom(_ETAG_POOL_BYTES).hex()
+        etags = _etag_pool.etags = [text[at : at + 32] for at in range(0, len(text), 32)]
+    return etags.pop()
 
 
 def _etag_of(ops: tuple[Operation, ...], key: str) -> str:
