@@ -192,3 +192,83 @@ def test_named_tuples_built_as_one_tuple_equal_their_own_construction() -> None:
             assert made._asdict() == want._asdict()
     with pytest.raises(TypeError):
         tuple_builder(Put)
+
+
+def _plain_check_operations(ops: tuple[Any, ...]) -> None:
+    """gateway.stores.sqlite._check_operations as it was before its exact-type path."""
+    from gateway.errors import StoreError
+    from gateway.stores import Delete
+
+    seen: set[str] = set()
+    for op in ops:
+        if not isinstance(op, Put | Delete):
+            raise TypeError(f"a transaction takes Put and Delete, got {type(op).__name__}")
+        key = op.key
+        if not isinstance(key, str):
+            raise TypeError(f"keys are str, got {type(key).__name__}")
+        if not key:
+            raise ValueError("keys must not be empty")
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"key {key!r} is not valid Unicode text: {exc.reason}") from exc
+        if not isinstance(op.etag, str | Expect):
+            raise TypeError(
+                f"the etag of key {op.key!r} must be a str or Expect, got {type(op.etag).__name__}"
+            )
+        if isinstance(op, Put) and not isinstance(op.value, bytes):
+            raise TypeError(
+                f"the value of key {op.key!r} must be bytes, got {type(op.value).__name__}"
+            )
+        if op.key in seen:
+            raise StoreError(
+                f"the transaction names key {op.key!r} more than once",
+                hint="merge the operations on that key into one",
+            )
+        seen.add(op.key)
+
+
+def _outcome(check: Any, ops: tuple[Any, ...]) -> tuple[type, str] | None:
+    try:
+        check(ops)
+    except Exception as exc:
+        return type(exc), str(exc)
+    return None
+
+
+def test_operations_are_checked_as_the_plain_checks_check_them() -> None:
+    from gateway.stores import Delete
+    from gateway.stores.sqlite import _check_key, _check_operations
+
+    class MyStr(str):
+        pass
+
+    class MyBytes(bytes):
+        pass
+
+    keys: list[Any] = ["t/a", "t/b", "t/é", "t/\ud800", "", MyStr("t/c"), 7, None, "t/a"]
+    etags: list[Any] = ["e1", Expect.ANY, Expect.ABSENT, MyStr("e2"), None, 3, b"e"]
+    values: list[Any] = [b"", b"v", MyBytes(b"v"), bytearray(b"v"), "v", None]
+    rng = random.Random(SEED)
+    outcomes = set()
+    for _ in range(3000):
+        ops: list[Any] = []
+        for _ in range(rng.randrange(1, 5)):
+            key = rng.choice(keys[:3]) if rng.random() < 0.7 else rng.choice(keys)
+            etag = rng.choice(etags[:3]) if rng.random() < 0.7 else rng.choice(etags)
+            shape = rng.random()
+            if shape < 0.5:
+                value = rng.choice(values[:2]) if rng.random() < 0.7 else rng.choice(values)
+                ops.append(Put(key=key, value=value, etag=etag))
+            elif shape < 0.95:
+                ops.append(Delete(key=key, etag=etag))
+            else:
+                ops.append(rng.choice([object(), key, (key, etag)]))
+        want = _outcome(_plain_check_operations, tuple(ops))
+        assert _outcome(_check_operations, tuple(ops)) == want
+        outcomes.add(None if want is None else want[0])
+        for key in keys[:-1]:
+            plain = _outcome(_plain_check_operations, (Delete(key=key, etag=Expect.ANY),))
+            assert _outcome(_check_key, key) == plain
+    assert outcomes >= {None, TypeError, ValueError}
+    assert len(outcomes) == 4  # and the StoreError of a key named twice
