@@ -272,3 +272,18 @@ def test_operations_are_checked_as_the_plain_checks_check_them() -> None:
             assert _outcome(_check_key, key) == plain
     assert outcomes >= {None, TypeError, ValueError}
     assert len(outcomes) == 4  # and the StoreError of a key named twice
+
+
+def test_object_puts_built_by_position_equal_their_own_construction() -> None:
+    from gateway.handoff import journal
+
+    rng = random.Random(SEED)
+    for index in range(200):
+        key = f"t/objects/o-{index}"
+        value = rng.randbytes(rng.randrange(64))
+        etag = rng.choice([Expect.ABSENT, Expect.ANY, f"etag-{index}"])
+        made, want = journal._put(key, value, etag), Put(key=key, value=value, etag=etag)
+        assert type(made) is Put
+        assert made == want
+        assert (made.key, made.value, made.etag) == (key, value, etag)
+        assert made.value is value and made.etag is etag
