@@ -287,3 +287,59 @@ def test_object_puts_built_by_position_equal_their_own_construction() -> None:
         assert made == want
         assert (made.key, made.value, made.etag) == (key, value, etag)
         assert made.value is value and made.etag is etag
+
+
+def _plain_same_event(one: Any, other: Any) -> bool:
+    """LineageEntry.same_event as it was: the six fields in declaration order."""
+    return (
+        one.kind is other.kind
+        and one.host == other.host
+        and one.epoch == other.epoch
+        and one.data_digest == other.data_digest
+        and one.credentials_digest == other.credentials_digest
+        and one.detail == other.detail
+    )
+
+
+def test_same_event_answers_as_the_fields_compared_in_declaration_order() -> None:
+    from gateway.lineage import EntryKind, LineageEntry
+
+    rng = random.Random(SEED)
+    kinds = [EntryKind.EVALUATED, EntryKind.ACTION_ADMITTED, EntryKind.WOKEN]
+
+    def entry(base: dict[str, Any]) -> LineageEntry:
+        fields = dict(base)
+        for name, choices in (
+            ("kind", kinds),
+            ("host", ["h1", "h2"]),
+            ("epoch", [0, 1]),
+            ("data_digest", [b"\x01" * 32, b"\x02" * 32]),
+            ("credentials_digest", [b"\x03" * 32, b"\x04" * 32]),
+            ("detail", ["2 of 3 rules fired", "1 of 3 rules fired", ""]),
+        ):
+            if rng.random() < 0.25:
+                fields[name] = rng.choice(choices)
+        return LineageEntry(**fields)
+
+    base: dict[str, Any] = {
+        "seq": 1,
+        "prev": b"",
+        "time": datetime(2026, 12, 7, tzinfo=UTC),
+        "host": "h1",
+        "kind": EntryKind.EVALUATED,
+        "epoch": 0,
+        "generation": 1,
+        "data_digest": b"\x01" * 32,
+        "credentials_digest": b"\x03" * 32,
+        "detail": "2 of 3 rules fired",
+    }
+    answers = set()
+    for _ in range(2000):
+        one, other = entry(base), entry(base)
+        want = _plain_same_event(one, other)
+        assert one.same_event(other) is want
+        # The same for entries decoded lazily from their bytes (LineageEntry.stored).
+        stored = LineageEntry.stored(one.encode()), LineageEntry.stored(other.encode())
+        assert stored[0].same_event(stored[1]) is want
+        answers.add(want)
+    assert answers == {True, False}
