@@ -217,6 +217,8 @@ class RuleSet:
     _by_trigger: dict[str, tuple[_Evaluable, ...]] = dataclasses.field(
         init=False, repr=False, compare=False
     )
+    #: The variables the rules of each trigger can read (see :func:`_read_variables`).
+    _reads: dict[str, tuple[str, ...]] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         woken: dict[str, int] = {}
@@ -236,6 +238,14 @@ class RuleSet:
         object.__setattr__(
             self, "_by_trigger", {on: tuple(rules) for on, rules in by_trigger.items()}
         )
+        sources: dict[str, list[str]] = {}
+        for compiled in self.rules:
+            sources.setdefault(compiled.rule.on, []).append(compiled.when.source)
+            if compiled.effect is not None:
+                sources[compiled.rule.on].append(compiled.effect.source)
+        object.__setattr__(
+            self, "_reads", {on: _read_variables(texts) for on, texts in sources.items()}
+        )
 
     def woken_by(self, trigger: str) -> int:
         """How many rules ``trigger`` (cycle or message) evaluates."""
@@ -253,8 +263,11 @@ class RuleSet:
         event: Mapping[str, Any] | None = None,
     ) -> Outcome:
         """Evaluate the rules ``trigger`` wakes; ``event`` is the message that woke them."""
-        # activation_of's, called by position: every cycle builds one.
-        activation = _activation(data, generation, epoch, now, host, event, None)
+        # activation_of's, called by position, of the variables these rules can read:
+        # every cycle builds one.
+        activation = _activation(
+            data, generation, epoch, now, host, event, None, self._reads.get(trigger)
+        )
         proposals: list[Proposal] = []
         errors: list[str] = []
         for name, when, effect, resource, verb in self._by_trigger.get(trigger, ()):
@@ -326,19 +339,35 @@ def _activation(
     host: str,
     event: Mapping[str, Any] | None,
     request: Mapping[str, Any] | None,
+    reads: tuple[str, ...] | None = None,
 ) -> cel.Activation:
-    """The variables every rule sees (:func:`activation_of`, its arguments by position)."""
-    return _ENV.Activation(
-        {
-            "data": dict(data),
-            "generation": generation,
-            "epoch": epoch,
-            "now": now,
-            "host": host,
-            "event": dict(event) if event else {},
-            "request": dict(request) if request else {},
-        }
-    )
+    """The variables every rule sees (:func:`activation_of`, its arguments by position),
+    or only those named in ``reads``: rules that cannot read a variable evaluate alike
+    whether it is given or not, and each one given is converted to a CEL value at every
+    evaluation (the five that P5's rules do not read cost about 9,300 instructions a
+    cycle; session 37)."""
+    variables = {
+        "data": dict(data),
+        "generation": generation,
+        "epoch": epoch,
+        "now": now,
+        "host": host,
+        "event": dict(event) if event else {},
+        "request": dict(request) if request else {},
+    }
+    if reads is not None:
+        variables = {name: variables[name] for name in reads}
+    return _ENV.Activation(variables)
+
+
+def _read_variables(sources: Sequence[str]) -> tuple[str, ...]:
+    """The variables of :data:`VARIABLES` that expressions of these ``sources`` can read:
+    those whose name appears in one of the texts. A CEL expression reads a variable
+    only through an identifier spelled out in its text (identifiers have no escapes,
+    and nothing in the language names a variable from a string), so a variable whose
+    name is in no text is read by none of them (a name inside a string literal or a
+    longer identifier only keeps a variable that is not needed)."""
+    return tuple(name for name in VARIABLES if any(name in text for text in sources))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

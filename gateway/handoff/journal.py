@@ -43,6 +43,7 @@ from typing import Generic, TypeVar
 
 from gateway import wire
 from gateway._lru import IdleLru
+from gateway._slots import builder
 from gateway.errors import ConcurrencyError, NotFoundError
 from gateway.handoff.records import TRANSFER_DROPPED_STEPS, DestinationRecord, SourceRecord
 from gateway.lineage import digest
@@ -161,7 +162,12 @@ def nonce_key(nonce: bytes) -> str:
 
 def put_object(tenant: str, obj: GovernedObject, etag: str | Expect) -> Put:
     """The op writing ``obj``'s record in ``tenant`` if ``etag`` holds."""
-    return Put(key=object_key(tenant, obj.object_id), value=wire.encode_object(obj), etag=etag)
+    return _put(object_key(tenant, obj.object_id), wire.encode_object(obj), etag)
+
+
+#: ``Put(key=..., value=..., etag=...)`` by position: every committed cycle writes its
+#: object through :func:`put_object` (gateway/_slots.py).
+_put = builder(Put, "key", "value", "etag")
 
 
 def settled_form(record: SourceRecord) -> SourceRecord:
