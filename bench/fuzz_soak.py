@@ -44,8 +44,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=None, help="time per decoder")
     parser.add_argument("--iterations", type=int, default=None, help="inputs per decoder")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--only", nargs="*", choices=sorted(TARGETS_BY_NAME), default=None)
+    parser.add_argument("--seed", type=int, default=1, help="seed of the generated inputs (1)")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        choices=sorted(TARGETS_BY_NAME),
+        default=None,
+        help="fuzz only these decoders (default: all)",
+    )
     parser.add_argument("--save", type=Path, default=None, help="write crashing inputs here")
     args = parser.parse_args()
     if args.seconds is None and args.iterations is None:

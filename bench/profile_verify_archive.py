@@ -134,11 +134,13 @@ def verify_once(argv: list[str]) -> None:
 
 def main_(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dir", type=Path, required=True)
+    parser.add_argument(
+        "--dir", type=Path, required=True, help="where the object, archive and bundles are (or go)"
+    )
     parser.add_argument("--hops", type=int, default=0, help="build first (odd: ends on B)")
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=5, help="timed verifications (5)")
     parser.add_argument("--only-verify", action="store_true", help="no profile, no timing")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
     if args.hops:
         build(args.dir, args.hops)

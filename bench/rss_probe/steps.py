@@ -72,7 +72,7 @@ def describe(before: dict[str, float], after: dict[str, float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("logs", nargs="+")
+    parser.add_argument("logs", nargs="+", help="RSS probe logs (RSS_PROBE_OUT files)")
     parser.add_argument("--over", type=float, default=5.0, help="MiB a step rises (5)")
     parser.add_argument("--from", dest="start", type=float, default=0.0, help="from second S")
     parser.add_argument("--highs", action="store_true", help="also each new high from --from")

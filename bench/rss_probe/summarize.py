@@ -105,8 +105,10 @@ def extras_slopes(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("logs", nargs="+")
-    parser.add_argument("--from", dest="start", type=float, default=120.0)
+    parser.add_argument("logs", nargs="+", help="RSS probe logs (RSS_PROBE_OUT files)")
+    parser.add_argument(
+        "--from", dest="start", type=float, default=120.0, help="from second S (120)"
+    )
     parser.add_argument("--window", type=float, default=0.0, help="also per window of S s")
     args = parser.parse_args(argv)
     for path in args.logs:
