@@ -1,0 +1,98 @@
+"""Session 37's last cuts of P2's CPU per migration (issue 13): each shortcut gives exactly
+what the plain path gives, on seeded cases.
+
+* The journal writes a source record in its settled form once (``put_source`` used to
+  settle it twice): the same ``Put`` as settling it and writing it the plain way.
+* A release marker's key ends in 128 random bits written as hex, not a ``uuid4``: the
+  same shape, and no two alike.
+* The object's copies at the freeze, its lineage entries, the tombstone and the rehosted
+  copy are built slot by slot (``gateway._slots.replacing``): the value
+  ``dataclasses.replace`` gives, field by field and by identity.
+* A lifecycle event is built in its status at once (``published`` with no event sink),
+  not built ``pending`` and copied: the same event and the same writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from gateway.handoff import journal as journal_module
+from gateway.handoff.journal import Journal, Versioned, settled_form, source_key
+from gateway.handoff.records import SourceRecord, SourceStep
+from gateway.stores import Delete, Expect, Put, StateStore
+from gateway.wire import encode_source_record
+from tests.test_p2src_s37 import _random_record
+
+SEED = 37
+NOW = datetime(2026, 12, 7, 6, 0, tzinfo=UTC)
+HOST = "spiffe://org-a.example/cluster/east/gateway"
+
+
+def _same(got: object, want: object, fresh: tuple[str, ...] = ()) -> None:
+    """Equal, of the same class, and every field the very same value (those in ``fresh``,
+    made afresh by each path, only equal)."""
+    assert type(got) is type(want)
+    assert got == want
+    for field in dataclasses.fields(want):  # type: ignore[arg-type]
+        if field.name not in fresh:
+            assert getattr(got, field.name) is getattr(want, field.name), field.name
+
+
+def _outcome(write: Any, record: SourceRecord, etag: Any) -> Put | type[BaseException]:
+    try:
+        return write(record, etag)  # type: ignore[no-any-return]
+    except Exception as exc:  # an old record's transfer that is no envelope: both refuse
+        return type(exc)
+
+
+def _plain_put_source(record: SourceRecord, etag: Any) -> Put:
+    settled = settled_form(record)
+    return Put(key=source_key(settled.migration_id), value=encode_source_record(settled), etag=etag)
+
+
+# --- journal --------------------------------------------------------------------------
+
+
+def test_put_source_is_settle_then_put() -> None:
+    """Every step, with and without the transfer, its digest and its epoch kept; both the
+    module's op and the journal's (which remembers the settled record it wrote)."""
+    rng = random.Random(SEED)
+    journal = Journal(cast(StateStore, None))  # put_source reads and writes nothing
+    for _ in range(600):
+        record = _random_record(rng)
+        if rng.random() < 0.3:
+            record = dataclasses.replace(record, transfer=b"")
+        etag = rng.choice((Expect.ABSENT, f"etag-{rng.randrange(99)}"))
+        want = _outcome(_plain_put_source, record, etag)
+        for write in (journal_module.put_source, journal.put_source):
+            got = _outcome(write, record, etag)
+            if isinstance(want, Put):
+                assert isinstance(got, Put)
+                assert (got.key, got.value, got.etag) == (want.key, want.value, want.etag)
+            else:
+                assert got is want, record
+    settled = [r for r in (_random_record(rng) for _ in range(50)) if r.step in {SourceStep.DONE}]
+    for record in settled:
+        record = dataclasses.replace(record, transfer=b"")
+        put = journal.put_source(record, Expect.ABSENT)
+        assert journal._decoded.get(journal_module.wire.decode_source_record, put.value) == record
+
+
+def test_release_markers_are_unique_keys_of_one_shape() -> None:
+    journal = Journal(cast(StateStore, None))
+    held = Versioned(3, "etag-1")
+    keys = set()
+    for _ in range(2000):
+        delete, put = journal.release_held("t2", "obj://org-a.example/x/1", held)
+        assert delete == Delete(key="t/t2/held/obj://org-a.example/x/1", etag="etag-1")
+        assert isinstance(put, Put)
+        assert re.fullmatch(r"t/t2/released/[0-9a-f]{32}", put.key), put.key
+        assert put.value == journal_module.encode_counter(3)
+        assert put.etag is Expect.ABSENT
+        keys.add(put.key)
+    assert len(keys) == 2000
+    assert journal.release_held("t2", "obj://org-a.example/x/1", None) == []
