@@ -17,15 +17,23 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import pytest
+
+from gateway._slots import replacing
 from gateway.handoff import journal as journal_module
 from gateway.handoff.journal import Journal, Versioned, settled_form, source_key
+from gateway.handoff.lifecycle import LifecycleEvent
 from gateway.handoff.records import SourceRecord, SourceStep
+from gateway.lineage import EntryKind
+from gateway.model import GovernedObject, LifecycleState
+from gateway.runtime.outbox import Event, OutboxLifecycle, lifecycle_event, outbox_puts
 from gateway.stores import Delete, Expect, Put, StateStore
 from gateway.wire import encode_source_record
 from tests.test_p2src_s37 import _random_record
+from tests.test_p2wire_s36 import _random_object
 
 SEED = 37
 NOW = datetime(2026, 12, 7, 6, 0, tzinfo=UTC)
@@ -96,3 +104,113 @@ def test_release_markers_are_unique_keys_of_one_shape() -> None:
         keys.add(put.key)
     assert len(keys) == 2000
     assert journal.release_held("t2", "obj://org-a.example/x/1", None) == []
+
+
+# --- model: the object's copies -------------------------------------------------------
+
+
+def test_object_copies_are_dataclasses_replace() -> None:
+    rng = random.Random(SEED)
+    names = [field.name for field in dataclasses.fields(GovernedObject)]
+    for seed in range(60):
+        obj = _random_object(seed)
+        donor = _random_object(seed + 1000)
+        for _ in range(5):
+            changed = rng.sample(names, rng.randrange(1, 5))
+            values = [getattr(donor, name) for name in changed]
+            got = replacing(GovernedObject, *changed)(obj, *values)
+            _same(got, dataclasses.replace(obj, **dict(zip(changed, values, strict=True))))
+    with pytest.raises(ValueError, match="not in tuple"):
+        replacing(GovernedObject, "colour")
+
+
+def test_freeze_and_tombstone_are_the_plain_copies() -> None:
+    for seed in range(40):
+        obj = _random_object(seed)
+        if obj.state is not LifecycleState.ACTIVE:
+            continue
+        frozen = obj.freeze("mig-1", destination="B", host=HOST, at=NOW)
+        plain = dataclasses.replace(
+            obj, state=LifecycleState.FROZEN, epoch=obj.epoch + 1, migration_id="mig-1"
+        )
+        plain = dataclasses.replace(
+            plain,
+            lineage=plain.lineage.append(
+                EntryKind.FROZEN,
+                host=HOST,
+                at=NOW,
+                epoch=plain.epoch,
+                generation=plain.cycle.generation,
+                data_digest=plain.data_digest(),
+                credentials_digest=plain.credentials_digest(),
+                detail="migration mig-1 to B",
+            ),
+        )
+        _same(frozen, plain, fresh=("lineage", "epoch"))
+        receipt = obj.receipt  # any envelope or None: tombstone does not look at it
+        moved = frozen.tombstone("mig-1", moved_to="B", receipt=receipt, transfer_digest=b"d")
+        _same(
+            moved,
+            dataclasses.replace(
+                frozen,
+                state=LifecycleState.MOVED,
+                blob=(
+                    None
+                    if frozen.blob is None
+                    else dataclasses.replace(frozen.blob, location="", chunks=0)
+                ),
+                moved_to="B",
+                receipt=receipt,
+                migration_id="mig-1",
+                last_transfer_digest=b"d",
+            ),
+            fresh=("blob",),
+        )
+
+
+# --- outbox: the lifecycle event ------------------------------------------------------
+
+
+@pytest.mark.parametrize("sink", [True, False])
+def test_lifecycle_event_is_the_plain_event(sink: bool) -> None:
+    rng = random.Random(SEED)
+    for index in range(200):
+        event = LifecycleEvent(
+            verb=rng.choice(("migration.committed", "object.rehosted", "object.forked")),
+            tenant=rng.choice(("default", "t2")),
+            object_id=f"obj://org-a.example/x/{index}",
+            epoch=rng.randrange(10**6),
+            generation=rng.randrange(10**6),
+            payload={"to": "B", "n": rng.randrange(9)},
+            at=NOW + timedelta(milliseconds=rng.randrange(10**9)),
+        )
+        topic = event.verb.split(".", 1)[0] + "s"
+        plain = Event(
+            key=f"{event.tenant}/{event.object_id}/epoch-{event.epoch:012d}-{event.verb}",
+            tenant=event.tenant,
+            object_id=event.object_id,
+            generation=event.generation,
+            rule="",
+            verb=event.verb,
+            resource=f"gateway:{topic}",
+            payload=event.payload,
+            created_at=event.at,
+        )
+        if not sink:
+            plain = dataclasses.replace(plain, status="published")
+        got = lifecycle_event(
+            event.verb,
+            tenant=event.tenant,
+            object_id=event.object_id,
+            epoch=event.epoch,
+            generation=event.generation,
+            payload=event.payload,
+            at=event.at,
+            status=plain.status,
+        )
+        assert type(got) is Event
+        assert got == plain  # the key and resource are made afresh by each
+        writes = OutboxLifecycle(sink=sink).writes(event)
+        assert [(p.key, p.value, p.etag) for p in writes] == [
+            (p.key, p.value, p.etag) for p in outbox_puts(plain)
+        ]
