@@ -8,6 +8,7 @@ what the plain path gives, on seeded cases.
 * The object's copies at the freeze, its lineage entries, the tombstone and the rehosted
   copy are built slot by slot (``gateway._slots.replacing``): the value
   ``dataclasses.replace`` gives, field by field and by identity.
+* A key's refusals name it as before, the name now made only when refusing.
 * A lifecycle event is built in its status at once (``published`` with no event sink),
   not built ``pending`` and copied: the same event and the same writes.
 """
@@ -21,16 +22,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gateway._slots import replacing
+from gateway.errors import GatewayError
 from gateway.handoff import journal as journal_module
 from gateway.handoff.journal import Journal, Versioned, settled_form, source_key
 from gateway.handoff.lifecycle import LifecycleEvent
 from gateway.handoff.records import SourceRecord, SourceStep
+from gateway.keys import Purpose, Signer
 from gateway.lineage import EntryKind
 from gateway.model import GovernedObject, LifecycleState
 from gateway.runtime.outbox import Event, OutboxLifecycle, lifecycle_event, outbox_puts
 from gateway.stores import Delete, Expect, Put, StateStore
+from gateway.trust import DomainKeys, new_bundle
 from gateway.wire import encode_source_record
 from tests.test_p2src_s37 import _random_record
 from tests.test_p2wire_s36 import _random_object
@@ -38,6 +43,7 @@ from tests.test_p2wire_s36 import _random_object
 SEED = 37
 NOW = datetime(2026, 12, 7, 6, 0, tzinfo=UTC)
 HOST = "spiffe://org-a.example/cluster/east/gateway"
+DAY = timedelta(days=1)
 
 
 def _same(got: object, want: object, fresh: tuple[str, ...] = ()) -> None:
@@ -214,3 +220,32 @@ def test_lifecycle_event_is_the_plain_event(sink: bool) -> None:
         assert [(p.key, p.value, p.etag) for p in writes] == [
             (p.key, p.value, p.etag) for p in outbox_puts(plain)
         ]
+
+
+# --- trust: a refusal names its key ---------------------------------------------------
+
+
+def test_key_refusals_name_the_key_as_before() -> None:
+    """The key's name is made only when refusing now: each refusal's words as before."""
+    signer = Signer(ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(32))))
+    domain, kid = "org-a.example", signer.key_id[:16]
+    good = signer.record(
+        purposes=[Purpose.ENVELOPE], hosts=[HOST], valid_from=NOW, valid_until=NOW + DAY
+    )
+    cases = [
+        (dataclasses.replace(good, revoked=True), HOST, NOW, f"key {kid} of {domain} is revoked"),
+        (good, HOST, NOW, ""),
+        (good, "spiffe://other", NOW, f"key {kid} of {domain} may not sign for host"),
+        (good, HOST, NOW + 2 * DAY, f"key {kid} of {domain} is valid from"),
+    ]
+    for record, host, at, said in cases:
+        keys = DomainKeys(new_bundle(domain, [record], issued_at=NOW), Purpose.ENVELOPE, host, at)
+        if not said:
+            assert keys.resolve(signer.key_id) == record
+            continue
+        with pytest.raises(GatewayError) as caught:
+            keys.resolve(signer.key_id)
+        assert str(caught.value).startswith(said), str(caught.value)
+    other = DomainKeys(new_bundle(domain, [good], issued_at=NOW), Purpose.GRANT, HOST, NOW)
+    with pytest.raises(GatewayError, match=f"^key {kid} of {re.escape(domain)} may sign"):
+        other.resolve(signer.key_id)
