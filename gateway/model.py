@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from gateway import envelope as dsse
+from gateway._slots import replacing
 from gateway.authority import CapabilitySet, EffectiveAuthority
 from gateway.blobs import BlobRef
 from gateway.errors import ConfigError, ObjectStateError
@@ -176,9 +177,9 @@ class GovernedObject:
         self, kind: EntryKind, *, host: str, at: datetime, detail: str = ""
     ) -> GovernedObject:
         """This object with one lineage entry more, describing its current state."""
-        return replace(
+        return _with_lineage(
             self,
-            lineage=self.lineage.append(
+            self.lineage.append(
                 kind,
                 host=host,
                 at=at,
@@ -205,7 +206,7 @@ class GovernedObject:
         self._require(LifecycleState.ACTIVE, "migrate")
         # Refused here, at the limit, rather than as an encoding error deeper down.
         epoch = next_counter(self.epoch, what=f"the epoch of {self.object_id}")
-        frozen = replace(self, state=LifecycleState.FROZEN, epoch=epoch, migration_id=migration_id)
+        frozen = _frozen(self, LifecycleState.FROZEN, epoch, migration_id)
         return frozen.record(
             EntryKind.FROZEN, host=host, at=at, detail=f"migration {migration_id} to {destination}"
         )
@@ -230,15 +231,15 @@ class GovernedObject:
     ) -> GovernedObject:
         """The handoff committed: keep only a pointer to where the object lives now."""
         self._require(LifecycleState.FROZEN, "commit the migration of")
-        return replace(
+        return _tombstoned(
             self,
-            state=LifecycleState.MOVED,
+            LifecycleState.MOVED,
             # A large object's chunks go with it; the tombstone keeps only digest and size.
-            blob=replace(self.blob, location="", chunks=0) if self.blob is not None else None,
-            moved_to=moved_to,
-            receipt=receipt,
-            migration_id=migration_id,
-            last_transfer_digest=transfer_digest,
+            replace(self.blob, location="", chunks=0) if self.blob is not None else None,
+            moved_to,
+            receipt,
+            migration_id,
+            transfer_digest,
         )
 
     def rehost(
@@ -248,14 +249,7 @@ class GovernedObject:
         activation receipt, kept in the lineage as the acknowledgement of the departure
         that brought the object here (gateway.custody)."""
         self._require(LifecycleState.STAGED, "activate")
-        live = replace(
-            self,
-            state=LifecycleState.ACTIVE,
-            moved_to="",
-            receipt=None,
-            migration_id="",
-            lineage=self.lineage.arrived(arrival),
-        )
+        live = _rehosted(self, LifecycleState.ACTIVE, "", None, "", self.lineage.arrived(arrival))
         return live.record(
             EntryKind.REHOSTED,
             host=host,
@@ -266,6 +260,22 @@ class GovernedObject:
 
 # Every lineage entry records the credentials digest, and the grants rarely change:
 # memoise it on the (immutable, hashable) grants tuple.
+#: The copies every migration makes of its object (freeze and its lineage entry, the
+#: tombstone, the rehosted copy), field by field as ``dataclasses.replace`` would
+#: (gateway/_slots.py; tests/test_p2more_s37.py holds them equal to it).
+_with_lineage = replacing(GovernedObject, "lineage")
+_frozen = replacing(GovernedObject, "state", "epoch", "migration_id")
+_tombstoned = replacing(
+    GovernedObject,
+    "state",
+    "blob",
+    "moved_to",
+    "receipt",
+    "migration_id",
+    "last_transfer_digest",
+)
+_rehosted = replacing(GovernedObject, "state", "moved_to", "receipt", "migration_id", "lineage")
+
 _credentials_digest = functools.lru_cache(maxsize=1024)(credentials_digest)
 
 

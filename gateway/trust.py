@@ -189,13 +189,12 @@ class DomainKeys:
 
     def _check(self, record: KeyRecord) -> None:
         domain = self.bundle.trust_domain
-        name = f"key {record.key_id[:16]} of {domain}"
         if record.revoked:
             # Revocation distrusts the past too: every checkpoint, grant and envelope the
             # key ever signed. Say so, and what the people involved can do about it.
             raise RevokedKeyError(
-                f"{name} is revoked: everything it signed (lineage checkpoints, grants, "
-                "transfers) is refused",
+                f"{_key_name(record, domain)} is revoked: everything it signed (lineage "
+                "checkpoints, grants, transfers) is refused",
                 hint=f"what it signed must be signed again with a current key of {domain}: "
                 "ask its owner to re-issue the grant or recreate the object; if the key was "
                 "replaced but never leaked, it should have been retired "
@@ -203,14 +202,17 @@ class DomainKeys:
             )
         if self.purpose not in record.purposes:
             raise UntrustedKeyError(
-                f"{name} may sign {sorted(p.value for p in record.purposes)}, "
-                f"not {self.purpose.value}"
+                f"{_key_name(record, domain)} may sign "
+                f"{sorted(p.value for p in record.purposes)}, not {self.purpose.value}"
             )
         if self.host is not None and record.hosts and self.host not in record.hosts:
-            raise UntrustedKeyError(f"{name} may not sign for host {self.host}")
+            raise UntrustedKeyError(
+                f"{_key_name(record, domain)} may not sign for host {self.host}"
+            )
         if self.at is not None and not record.valid_at(self.at):
             raise ExpiredError(
-                f"{name} is valid from {format_time(record.valid_from)} until "
+                f"{_key_name(record, domain)} is valid from "
+                f"{format_time(record.valid_from)} until "
                 f"{format_time(record.valid_until) if record.valid_until else 'revoked'}, "
                 f"not at {format_time(self.at)}",
                 hint="check both hosts' clocks, or import the peer's current bundle",
@@ -218,6 +220,11 @@ class DomainKeys:
         signed_at = self.signed_at if self.signed_at is not None else self.at
         if signed_at is not None and record.retired_by(signed_at):
             raise self._retired(record, signed_at, what=f"this {self.purpose.value} signature")
+
+
+def _key_name(record: KeyRecord, domain: str) -> str:
+    """How a refusal names the key: made only when refusing, not on every resolve."""
+    return f"key {record.key_id[:16]} of {domain}"
 
 
 #: TrustStore.missing_hint on a host.

@@ -21,22 +21,19 @@ Invariants this side keeps:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import enum
 import logging
-import operator
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, TypeVar
 
 from gateway import envelope as dsse
 from gateway import observability, wire
 from gateway._crash import crash_point
 from gateway._retry import lost_race
-from gateway._slots import builder
+from gateway._slots import replacing
 from gateway._time import format_time, to_millis
 from gateway.authority import Admission
 from gateway.blobs import (
@@ -139,34 +136,10 @@ STAGE_ATTEMPTS = 8
 MAX_STAGES_PER_COMMIT = 32
 
 
-T = TypeVar("T")
-
-
-def _replacing(cls: type[T], *changed: str) -> Callable[..., T]:
-    """``dataclasses.replace(value, name=new, ...)`` for the fields ``changed``, given by
-    position: every other field read in one call (``attrgetter``) and the value built
-    slot by slot (:func:`gateway._slots.builder`), not through the frozen ``__init__``
-    with every field as a keyword (under half the cost, for the two values each
-    arrival copies). Only for a class whose ``__init__`` takes every field."""
-    names = tuple(field.name for field in dataclasses.fields(cls))  # type: ignore[arg-type]
-    if not all(field.init for field in dataclasses.fields(cls)):  # type: ignore[arg-type]
-        raise TypeError(f"{cls.__name__} has a field its __init__ does not take")
-    read, build = operator.attrgetter(*names), builder(cls, *names)
-    positions = tuple(map(names.index, changed))
-
-    def replaced(value: T, *new: Any) -> T:
-        values = list(read(value))
-        for position, item in zip(positions, new, strict=True):
-            values[position] = item
-        return build(*values)
-
-    return replaced
-
-
 #: The staged copy: the arriving object with the authority this host grants it.
-_with_authority = _replacing(GovernedObject, "authority", "authority_expires")
+_with_authority = replacing(GovernedObject, "authority", "authority_expires")
 #: The record of an activation: ACTIVATED, its receipt, the staged copy dropped.
-_activated_record = _replacing(
+_activated_record = replacing(
     DestinationRecord, "step", "staged", "activation_receipt", "updated_at"
 )
 

@@ -33,9 +33,9 @@ operations for those transactions.
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -194,12 +194,12 @@ def settled_form(record: SourceRecord) -> SourceRecord:
 def put_source(record: SourceRecord, etag: str | Expect) -> Put:
     """The op writing the source side's ``record`` if ``etag`` holds (slimmed once
     settled, see :func:`settled_form`)."""
-    record = settled_form(record)
-    return Put(
-        key=source_key(record.migration_id),
-        value=wire.encode_source_record(record),
-        etag=etag,
-    )
+    return _put_settled(settled_form(record), etag)
+
+
+def _put_settled(record: SourceRecord, etag: str | Expect) -> Put:
+    """:func:`put_source` of a ``record`` already in its :func:`settled_form`."""
+    return _put(source_key(record.migration_id), wire.encode_source_record(record), etag)
 
 
 def put_destination(record: DestinationRecord, etag: str | Expect) -> Put:
@@ -377,7 +377,7 @@ class Journal:
 
     def put_source(self, record: SourceRecord, etag: str | Expect) -> Put:
         record = settled_form(record)
-        put = put_source(record, etag)
+        put = _put_settled(record, etag)
         self._decoded.remember(wire.decode_source_record, put.value, record)
         return put
 
@@ -536,7 +536,9 @@ class Journal:
         return [
             Delete(key=held_key(tenant, object_id), etag=held.etag),
             Put(
-                key=f"{released_prefix(tenant)}{uuid.uuid4().hex}",
+                # Any key no other release takes: its own random 128 bits (the marker
+                # is written only if absent, so a clash fails the commit, never merges).
+                key=f"{released_prefix(tenant)}{os.urandom(16).hex()}",
                 value=encode_counter(held.value),
                 etag=Expect.ABSENT,
             ),

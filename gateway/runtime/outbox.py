@@ -183,20 +183,25 @@ def lifecycle_event(
     generation: int,
     payload: Any,
     at: datetime,
+    status: str = "pending",
 ) -> Event:
     """A gateway event about an object (``object.rehosted``, ``migration.committed``): one
-    per object and epoch, so it is written once even if its transaction is retried."""
+    per object and epoch, so it is written once even if its transaction is retried.
+    ``status``: ``published`` for one recorded as delivered already (no event sink)."""
     topic = verb.split(".", 1)[0] + "s"  # object.rehosted -> objects, migration.… -> migrations
-    return Event(
-        key=f"{tenant}/{object_id}/epoch-{epoch:012d}-{verb}",
-        tenant=tenant,
-        object_id=object_id,
-        generation=generation,
-        rule="",
-        verb=verb,
-        resource=f"gateway:{topic}",
-        payload=payload,
-        created_at=at,
+    return _event(
+        f"{tenant}/{object_id}/epoch-{epoch:012d}-{verb}",
+        tenant,
+        object_id,
+        generation,
+        "",  # rule
+        verb,
+        f"gateway:{topic}",
+        payload,
+        at,  # created_at
+        status,
+        0,  # attempts
+        "",  # last_error
     )
 
 
@@ -262,9 +267,9 @@ class OutboxLifecycle:
             generation=event.generation,
             payload=event.payload,
             at=event.at,
+            # Built so at once, not built pending and copied (a dataclasses.replace each).
+            status="pending" if self.sink else "published",
         )
-        if not self.sink:
-            recorded = replace(recorded, status="published")
         return outbox_puts(recorded)
 
 
