@@ -258,8 +258,6 @@ class GovernedObject:
         )
 
 
-# Every lineage entry records the credentials digest, and the grants rarely change:
-# memoise it on the (immutable, hashable) grants tuple.
 #: The copies every migration makes of its object (freeze and its lineage entry, the
 #: tombstone, the rehosted copy), field by field as ``dataclasses.replace`` would
 #: (gateway/_slots.py; tests/test_p2more_s37.py holds them equal to it).
@@ -276,6 +274,8 @@ _tombstoned = replacing(
 )
 _rehosted = replacing(GovernedObject, "state", "moved_to", "receipt", "migration_id", "lineage")
 
+# Every lineage entry records the credentials digest, and the grants rarely change:
+# memoise it on the (immutable, hashable) grants tuple.
 _credentials_digest = functools.lru_cache(maxsize=1024)(credentials_digest)
 
 
