@@ -43,7 +43,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast, overload
+from typing import TYPE_CHECKING, Any, SupportsIndex, cast, overload
 
 from gateway import _custody_chain as custody_chain
 from gateway import envelope as dsse
@@ -427,32 +427,15 @@ class LineageEntry(_EncodedOnce):
         old entries' fields: their bytes (the object's encoding), the last one's leaf
         hash (what the next entry links to), their count (the next ``seq``). Encoding and
         hashing use the bytes as they are, so a lazily decoded entry encodes and hashes
-        exactly as a decoded one; once decoded it is equal to it field by field. Bytes a
-        peer sent go through :meth:`decode` (bounded, refused at the edge)."""
+        exactly as a decoded one; once decoded it is a LineageEntry equal to it field by
+        field (:class:`_StoredEntry`). Bytes a peer sent go through :meth:`decode`
+        (bounded, refused at the edge)."""
         if type(raw) is not bytes or len(raw) > MAX_ENTRY_BYTES:
             return cls.decode(raw)
-        entry = object.__new__(cls)
+        entry = object.__new__(_StoredEntry)
         _set(entry, "_raw", raw)
         _set(entry, "_leaf", None)
         return entry
-
-    if not TYPE_CHECKING:  # mypy keeps checking attribute names on entries
-
-        def __getattr__(self, name: str) -> Any:
-            # Called only for a slot that is not set: a field of an entry made by
-            # stored() (or _raw/_leaf of one made by the constructor, which stay unset).
-            if name not in _FIELD_NAMES:
-                raise AttributeError(name)
-            try:
-                raw = object.__getattribute__(self, "_raw")
-            except AttributeError:
-                raw = None
-            if raw is None:
-                raise AttributeError(name)
-            decoded = LineageEntry.decode(raw)
-            for field in _FIELD_NAMES:
-                _set(self, field, getattr(decoded, field))
-            return getattr(decoded, name)
 
     @classmethod
     def _decode(cls, raw: bytes) -> LineageEntry:
@@ -482,8 +465,7 @@ class LineageEntry(_EncodedOnce):
 
         The fields that differ from one cycle's last entry to the next (the data's
         digest after a write, the summary) are compared first: every cycle asks this of
-        its last entry and the one before (Compaction.folded), and each field read on an
-        entry goes through the class's __getattr__ hook (about 300 instructions)."""
+        its last entry and the one before (Compaction.folded)."""
         return (
             self.data_digest == other.data_digest
             and self.detail == other.detail
@@ -492,6 +474,48 @@ class LineageEntry(_EncodedOnce):
             and self.epoch == other.epoch
             and self.credentials_digest == other.credentials_digest
         )
+
+
+class _StoredEntry(LineageEntry):
+    """An entry made by :meth:`LineageEntry.stored`: its bytes, its fields unset until
+    one is first read. That read (or ==, hash, repr, a copy) decodes the bytes, sets
+    every field and makes the entry a plain LineageEntry, so that it is then one in
+    every way (dataclass equality asks for the same class) and later reads are slot
+    reads. The hook is on this class only: on LineageEntry every attribute read went
+    through it (about 300 instructions, and CPython cannot specialize such a read),
+    decoded and appended entries' reads included."""
+
+    __slots__ = ()
+
+    if not TYPE_CHECKING:  # mypy keeps checking attribute names on entries
+
+        def __getattr__(self, name: str) -> Any:
+            # Called only for a slot that is not set: the fields, until decoded.
+            if name not in _FIELD_NAMES:
+                raise AttributeError(name)
+            return getattr(self._decoded(), name)
+
+    def _decoded(self) -> LineageEntry:
+        """This entry, decoded (LineageError for bytes that are not a canonical entry)."""
+        if type(self) is not _StoredEntry:  # decoded by another reader meanwhile
+            return self
+        decoded = LineageEntry.decode(cast(bytes, self._raw))  # stored() always sets it
+        for field in _FIELD_NAMES:
+            _set(self, field, getattr(decoded, field))
+        _set(self, "__class__", LineageEntry)  # last: every field is set by then
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        return self._decoded() == other
+
+    def __hash__(self) -> int:
+        return hash(self._decoded())
+
+    def __repr__(self) -> str:
+        return repr(self._decoded())
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
+        return self._decoded().__reduce_ex__(protocol)
 
 
 #: Decoded entries remembered by their exact bytes, and the largest entry remembered.
