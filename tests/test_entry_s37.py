@@ -119,3 +119,17 @@ def test_stored_bytes_not_an_entry_are_refused_at_the_first_use(
                 stored.time  # noqa: B018  (the read is the test)
         assert stored.encode() == case.raw
         assert type(stored) is not LineageEntry  # never left half decoded
+
+
+def test_a_decoded_entry_is_the_one_its_constructor_builds() -> None:
+    """_decode_fast sets the slots one by one instead of calling the frozen dataclass's
+    __init__: the same fields, the same value in every way."""
+    for plain in _entries(400):
+        raw = plain.encode()
+        decoded = LineageEntry._decode(raw)  # not the memo: the decode itself
+        rebuilt = LineageEntry(**{name: getattr(decoded, name) for name in _FIELD_NAMES})
+        assert type(decoded) is LineageEntry
+        assert _fields(decoded) == _fields(plain) == _fields(rebuilt)
+        assert decoded == plain == rebuilt and hash(decoded) == hash(rebuilt)
+        assert repr(decoded) == repr(rebuilt)
+        assert decoded.encode() == raw == rebuilt.encode()
