@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from gateway import lineage as lineage_module
 from gateway.errors import LineageError
 from gateway.lineage import _FIELD_NAMES, EntryKind, LineageEntry
 from tests.test_lineage import BAD_ENCODINGS
@@ -133,3 +134,57 @@ def test_a_decoded_entry_is_the_one_its_constructor_builds() -> None:
         assert decoded == plain == rebuilt and hash(decoded) == hash(rebuilt)
         assert repr(decoded) == repr(rebuilt)
         assert decoded.encode() == raw == rebuilt.encode()
+
+
+def _time_texts(rng: random.Random) -> list[str]:
+    """Canonical entry times and near misses: other forms fromisoformat reads, digits
+    that are not ASCII, fields out of range."""
+    texts = []
+    for _ in range(300):
+        moment = datetime(1, 1, 1, tzinfo=UTC) + timedelta(
+            milliseconds=rng.randrange(315_537_897_600_000)
+        )
+        canonical = moment.isoformat(timespec="milliseconds")[:-6] + "Z"
+        at = rng.randrange(len(canonical))
+        texts += [
+            canonical,
+            canonical[:-1] + "+00:00",
+            canonical[:-1] + "z",
+            canonical[:-5] + "Z",
+            canonical[:-1] + "000Z",
+            canonical[:-1] + "+01:00",
+            canonical.replace("T", " "),
+            canonical[:at] + "\uff11\u0661"[rng.randrange(2)] + canonical[at + 1 :],
+            canonical[:at] + str(rng.randrange(10)) + canonical[at + 1 :],
+        ]
+    return [
+        *texts,
+        "0000-01-01T00:00:00.000Z",
+        "2026-01-01T24:00:00.000Z",
+        "2026-02-29T00:00:00.000Z",
+    ]
+
+
+def test_a_time_read_is_written_again_only_when_its_text_is_not_canonical() -> None:
+    """_decode_fast hands a canonical time text to the re-encode instead of formatting
+    the time again: the decode accepts exactly the texts that formatting gives back,
+    and _format_utc's slot only ever holds a time with its own text."""
+    rng = random.Random(SEED)
+    plain = _entries(1)[0]
+    raw = plain.encode()
+    written = lineage_module._format_utc_now(plain.time)
+    for text in _time_texts(rng):
+        changed = raw.replace(f'"time":"{written}"'.encode(), f'"time":"{text}"'.encode())
+        try:
+            moment = datetime.fromisoformat(text)
+            canonical = lineage_module._format_utc_now(moment) == text
+        except ValueError:
+            canonical = False
+        if canonical:
+            entry = LineageEntry._decode(changed)
+            assert entry.time == moment and entry.encode() == changed
+        else:
+            with pytest.raises(LineageError):
+                LineageEntry._decode(changed)
+        held, held_text = lineage_module._LAST_FORMATTED
+        assert held is not None and lineage_module._format_utc_now(held) == held_text
