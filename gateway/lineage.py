@@ -37,13 +37,14 @@ import hashlib
 import itertools
 import json
 import operator
+import re
 import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast, overload
+from typing import TYPE_CHECKING, Any, SupportsIndex, cast, overload
 
 from gateway import _custody_chain as custody_chain
 from gateway import envelope as dsse
@@ -193,6 +194,10 @@ def _from_hex(text: str, name: str, what: str, *, empty_ok: bool = False) -> byt
 #: sees a time with another's text): a cycle's entries, and a batch of cycles, share
 #: one ``now``, so most entries encode the same time object as the entry before.
 _LAST_FORMATTED: tuple[datetime | None, str] = (None, "")
+#: The one text _format_utc writes for a UTC time (ASCII digits: \d would take others).
+_CANONICAL_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z"
+).fullmatch
 
 
 def _format_utc(moment: datetime) -> str:
@@ -283,19 +288,46 @@ def _decode_fast(cls: type[LineageEntry], raw: bytes) -> LineageEntry | None:
         return None
     if len(prev) not in (0, 32) or len(data_digest) != 32 or len(credentials) != 32:
         return None
-    entry = cls(
-        seq=document["seq"],
-        prev=prev,
-        time=moment,
-        host=sys.intern(document["host"]),  # a few hosts record every entry
-        kind=kind,
-        epoch=document["epoch"],
-        generation=document["generation"],
-        data_digest=data_digest,
-        credentials_digest=credentials,
-        detail=document["detail"],
-        repeats=repeats,
-    )
+    text = document["time"]
+    if moment.tzinfo is UTC and _CANONICAL_TIME(text) is not None:
+        # The re-encode below would format the time again (datetime's isoformat: about
+        # 13k instructions, a seventh of a decode) only to compare it with this text.
+        # A text of this shape that fromisoformat read is exactly what _format_utc
+        # writes for the time read (fixed-width fields, milliseconds, "Z": one text per
+        # time), so it is handed to the re-encode through _format_utc's slot. Any other
+        # text is formatted and compared as before.
+        global _LAST_FORMATTED
+        _LAST_FORMATTED = (moment, text)
+    # Built slot by slot, as append_all does: the frozen dataclass's keyword __init__
+    # sets each field through object.__setattr__ (about 18k instructions an entry, a
+    # sixth of its decode). The values are those checked above; __init__ checks nothing.
+    entry = object.__new__(cls)
+    (
+        set_seq,
+        set_prev,
+        set_time,
+        set_host,
+        set_kind,
+        set_epoch,
+        set_generation,
+        set_data_digest,
+        set_credentials_digest,
+        set_detail,
+        set_repeats,
+        _,
+        _,
+    ) = _ENTRY_SETTERS
+    set_seq(entry, seq)
+    set_prev(entry, prev)
+    set_time(entry, moment)
+    set_host(entry, sys.intern(document["host"]))  # a few hosts record every entry
+    set_kind(entry, kind)
+    set_epoch(entry, epoch)
+    set_generation(entry, generation)
+    set_data_digest(entry, data_digest)
+    set_credentials_digest(entry, credentials)
+    set_detail(entry, document["detail"])
+    set_repeats(entry, repeats)
     try:
         again = entry._encode()
     except (ValueError, UnicodeEncodeError):  # a naive or far time, a lone surrogate
@@ -427,32 +459,15 @@ class LineageEntry(_EncodedOnce):
         old entries' fields: their bytes (the object's encoding), the last one's leaf
         hash (what the next entry links to), their count (the next ``seq``). Encoding and
         hashing use the bytes as they are, so a lazily decoded entry encodes and hashes
-        exactly as a decoded one; once decoded it is equal to it field by field. Bytes a
-        peer sent go through :meth:`decode` (bounded, refused at the edge)."""
+        exactly as a decoded one; once decoded it is a LineageEntry equal to it field by
+        field (:class:`_StoredEntry`). Bytes a peer sent go through :meth:`decode`
+        (bounded, refused at the edge)."""
         if type(raw) is not bytes or len(raw) > MAX_ENTRY_BYTES:
             return cls.decode(raw)
-        entry = object.__new__(cls)
+        entry = object.__new__(_StoredEntry)
         _set(entry, "_raw", raw)
         _set(entry, "_leaf", None)
         return entry
-
-    if not TYPE_CHECKING:  # mypy keeps checking attribute names on entries
-
-        def __getattr__(self, name: str) -> Any:
-            # Called only for a slot that is not set: a field of an entry made by
-            # stored() (or _raw/_leaf of one made by the constructor, which stay unset).
-            if name not in _FIELD_NAMES:
-                raise AttributeError(name)
-            try:
-                raw = object.__getattribute__(self, "_raw")
-            except AttributeError:
-                raw = None
-            if raw is None:
-                raise AttributeError(name)
-            decoded = LineageEntry.decode(raw)
-            for field in _FIELD_NAMES:
-                _set(self, field, getattr(decoded, field))
-            return getattr(decoded, name)
 
     @classmethod
     def _decode(cls, raw: bytes) -> LineageEntry:
@@ -482,8 +497,7 @@ class LineageEntry(_EncodedOnce):
 
         The fields that differ from one cycle's last entry to the next (the data's
         digest after a write, the summary) are compared first: every cycle asks this of
-        its last entry and the one before (Compaction.folded), and each field read on an
-        entry goes through the class's __getattr__ hook (about 300 instructions)."""
+        its last entry and the one before (Compaction.folded)."""
         return (
             self.data_digest == other.data_digest
             and self.detail == other.detail
@@ -492,6 +506,48 @@ class LineageEntry(_EncodedOnce):
             and self.epoch == other.epoch
             and self.credentials_digest == other.credentials_digest
         )
+
+
+class _StoredEntry(LineageEntry):
+    """An entry made by :meth:`LineageEntry.stored`: its bytes, its fields unset until
+    one is first read. That read (or ==, hash, repr, a copy) decodes the bytes, sets
+    every field and makes the entry a plain LineageEntry, so that it is then one in
+    every way (dataclass equality asks for the same class) and later reads are slot
+    reads. The hook is on this class only: on LineageEntry every attribute read went
+    through it (about 300 instructions, and CPython cannot specialize such a read),
+    decoded and appended entries' reads included."""
+
+    __slots__ = ()
+
+    if not TYPE_CHECKING:  # mypy keeps checking attribute names on entries
+
+        def __getattr__(self, name: str) -> Any:
+            # Called only for a slot that is not set: the fields, until decoded.
+            if name not in _FIELD_NAMES:
+                raise AttributeError(name)
+            return getattr(self._decoded(), name)
+
+    def _decoded(self) -> LineageEntry:
+        """This entry, decoded (LineageError for bytes that are not a canonical entry)."""
+        if type(self) is not _StoredEntry:  # decoded by another reader meanwhile
+            return self
+        decoded = LineageEntry.decode(cast(bytes, self._raw))  # stored() always sets it
+        for field in _FIELD_NAMES:
+            _set(self, field, getattr(decoded, field))
+        _set(self, "__class__", LineageEntry)  # last: every field is set by then
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        return self._decoded() == other
+
+    def __hash__(self) -> int:
+        return hash(self._decoded())
+
+    def __repr__(self) -> str:
+        return repr(self._decoded())
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
+        return self._decoded().__reduce_ex__(protocol)
 
 
 #: Decoded entries remembered by their exact bytes, and the largest entry remembered.
