@@ -79,3 +79,27 @@ def replacing(cls: type[T], *changed: str) -> Callable[..., T]:
         return build(*values)
 
     return replaced
+
+
+def replacer(cls: type[T]) -> Callable[..., T]:
+    """``dataclasses.replace`` for ``cls``, by keyword, any fields: the keyword form of
+    :func:`replacing` (which fixes the changed fields and takes them by position, the
+    cheaper of the two). ``cls`` is a frozen, slotted dataclass whose fields are all set
+    by its ``__init__`` and that has no ``__post_init__`` (:func:`builder` refuses one).
+    ``replace`` walks the class's fields, reads each and calls ``__init__`` with
+    keywords: about 3.7 us for a source record; this about 1.5 us. An unknown field is a
+    ``TypeError``, as with ``replace``."""
+    every = dataclasses.fields(cls)  # type: ignore[arg-type]
+    if not all(field.init for field in every):
+        raise TypeError(f"{cls.__name__} has a field its __init__ does not set")
+    names = tuple(field.name for field in every)
+    known = frozenset(names)
+    build = builder(cls, *names)
+
+    def replaced(value: T, /, **changes: Any) -> T:
+        if not known.issuperset(changes):
+            unknown = ", ".join(sorted(set(changes) - known))
+            raise TypeError(f"{cls.__name__} has no field {unknown}")
+        return build(*[changes[n] if n in changes else getattr(value, n) for n in names])
+
+    return replaced

@@ -26,16 +26,14 @@ from __future__ import annotations
 import enum
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
 
 from gateway import envelope as dsse
 from gateway import observability, wire
 from gateway._crash import crash_point
 from gateway._retry import lost_race
-from gateway._slots import builder
+from gateway._slots import replacer as _replacer
 from gateway._time import format_time
 from gateway.blobs import STREAM_PIECE_BYTES, BlobRef, delete_blob, read_blob_views
 from gateway.errors import (
@@ -123,32 +121,6 @@ class _Frozen:
     record: Versioned[SourceRecord]
     current: Versioned[GovernedObject]
     held: Versioned[int] | None
-
-
-T = TypeVar("T")
-
-
-def _replacer(cls: type[T]) -> Callable[..., T]:
-    """``dataclasses.replace`` for ``cls``, a frozen, slotted dataclass whose fields are
-    all set by its ``__init__`` and that has no ``__post_init__`` (:func:`builder`
-    refuses one): the same value, built slot by slot. ``replace`` walks the class's
-    fields, reads each and calls ``__init__`` with keywords: about 3.7 us for a source
-    record, on every migration (the frozen object, COMMITTED and its settled form,
-    DONE); this about 1.5 us. An unknown field is a ``TypeError``, as with ``replace``."""
-    every = fields(cls)  # type: ignore[arg-type]
-    if not all(field.init for field in every):
-        raise TypeError(f"{cls.__name__} has a field its __init__ does not set")
-    names = tuple(field.name for field in every)
-    known = frozenset(names)
-    build = builder(cls, *names)
-
-    def replaced(value: T, /, **changes: Any) -> T:
-        if not known.issuperset(changes):
-            unknown = ", ".join(sorted(set(changes) - known))
-            raise TypeError(f"{cls.__name__} has no field {unknown}")
-        return build(*[changes[n] if n in changes else getattr(value, n) for n in names])
-
-    return replaced
 
 
 _replace_record = _replacer(SourceRecord)
