@@ -657,7 +657,24 @@ def encode_object(obj: GovernedObject) -> bytes:
     lineage's entries come from the encoding its log keeps (:func:`_entries_wire`),
     which grows by the new entries only. Same bytes as serializing the whole message
     (tests/test_object_encoding.py holds the two together)."""
-    return _joined(obj, first=b"", snapshot_tag=_SNAPSHOT_TAG, lineage_tag=_LINEAGE_TAG)
+    return _joined_at(obj, first=b"", snapshot_tag=_SNAPSHOT_TAG, lineage_tag=_LINEAGE_TAG)[0]
+
+
+def encode_object_entries(obj: GovernedObject) -> tuple[bytes, int, list[int], bytes]:
+    """:func:`encode_object`'s bytes and where the lineage's entries lie in them: the
+    offset of the first entry's field, the end of each entry's field relative to it,
+    and each entry's leaf hash, joined (its id: gateway.stores.PutEntries, so that the
+    embedded store writes only the entries it does not hold yet).
+
+    The ends are those of the encoding the log keeps (:func:`_entries_wire`), which
+    encode_object has just brought up to date, and an entry remembers its leaf hash (the
+    next entry links to it), so beyond encode_object this costs a copy of the ends and
+    one hash read per entry, not an encoding or a hash."""
+    value, at = _joined_at(obj, first=b"", snapshot_tag=_SNAPSHOT_TAG, lineage_tag=_LINEAGE_TAG)
+    log = obj.lineage._log
+    count = len(obj.lineage.entries)
+    entries = log.entries if count == len(log.entries) else log.entries[:count]
+    return value, at, log.wire_ends[:count], b"".join([entry.leaf_hash() for entry in entries])
 
 
 def _joined(
@@ -674,6 +691,26 @@ def _joined(
     or a Transfer's fields 9-12 (:func:`encode_transfer`), from the object's remembered
     parts. ``credentials`` and ``last`` default to StoredObject's own (field 2, and
     fields 4-12)."""
+    return _joined_at(
+        obj,
+        first=first,
+        snapshot_tag=snapshot_tag,
+        lineage_tag=lineage_tag,
+        credentials=credentials,
+        last=last,
+    )[0]
+
+
+def _joined_at(
+    obj: GovernedObject,
+    *,
+    first: bytes,
+    snapshot_tag: bytes,
+    lineage_tag: bytes,
+    credentials: bytes | None = None,
+    last: bytes | None = None,
+) -> tuple[bytes, int]:
+    """:func:`_joined`'s bytes and the offset in them of the lineage's first entry."""
     head, rules, size, after, own_credentials, rest, tail = _unchanged_parts(obj)
     timing = _cycle_wire(obj.cycle)
     buffer, end = _entries_wire(obj.lineage)
@@ -694,12 +731,14 @@ def _joined(
         tail if last is None else last,
     ]
     if end == len(buffer):  # a cycle's object sees the whole log: join reads the buffer
-        return b"".join(parts)
-    # A view, released at once: a bytearray with a view alive cannot grow, and the log's
-    # buffer grows with the next append.
-    with memoryview(buffer) as view, view[:end] as entries:
-        parts[_ENTRIES_PART] = entries
-        return b"".join(parts)
+        joined = b"".join(parts)
+    else:
+        # A view, released at once: a bytearray with a view alive cannot grow, and the
+        # log's buffer grows with the next append.
+        with memoryview(buffer) as view, view[:end] as entries:
+            parts[_ENTRIES_PART] = entries
+            joined = b"".join(parts)
+    return joined, len(joined) - end - len(rest) - len(parts[_ENTRIES_PART + 2])
 
 
 #: Where _joined puts the lineage's entries among the parts it joins.

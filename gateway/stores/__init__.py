@@ -105,6 +105,31 @@ class Delete:
     etag: str | Expect
 
 
+#: Bytes of one entry's id in :class:`PutEntries`.
+ENTRY_ID_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PutEntries(Put):
+    """A :class:`Put` whose value is also told as parts: ``value[:entries_at]``, then its
+    entries in order (entry ``i`` is ``value[entries_at + entry_ends[i - 1] :
+    entries_at + entry_ends[i]]``, the first starting at ``entries_at``), then the rest.
+
+    ``value`` is the whole value, what every read returns, so a store may ignore the
+    parts (the Dapr store does). The embedded store keeps the entries as rows of their
+    own, so that writing an object whose record grew by one lineage entry writes a
+    head and that entry, not the whole record again (docs/storage.md).
+    ``entry_ids`` holds :data:`ENTRY_ID_BYTES` per entry, a collision-resistant digest
+    of that entry's bytes (the lineage's leaf hash): a store keeps a row it already
+    holds for the key under an equal id instead of writing it again, so equal ids must
+    mean equal bytes. Which rows it holds it decides from what it stored, never from
+    what the writer believes was stored."""
+
+    entries_at: int
+    entry_ends: Sequence[int]
+    entry_ids: bytes
+
+
 Operation = Put | Delete
 
 
@@ -225,6 +250,7 @@ async def delete_unchanged(store: StateStore, items: Sequence[Item]) -> int:
 
 __all__ = [
     "DELETE_CHUNK",
+    "ENTRY_ID_BYTES",
     "UNLISTED",
     "Delete",
     "Expect",
@@ -232,6 +258,7 @@ __all__ = [
     "Operation",
     "PrefixWalk",
     "Put",
+    "PutEntries",
     "StateStore",
     "check_listable",
     "check_start_after",

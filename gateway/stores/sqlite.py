@@ -60,9 +60,11 @@ import contextlib
 import functools
 import itertools
 import json
+import operator
 import os
 import secrets
 import sqlite3
+import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -80,11 +82,13 @@ from gateway.errors import (
     StoreUnavailableError,
 )
 from gateway.stores import (
+    ENTRY_ID_BYTES,
     Delete,
     Expect,
     Item,
     Operation,
     Put,
+    PutEntries,
     check_listable,
     check_start_after,
     listable,
@@ -93,6 +97,7 @@ from gateway.stores import (
 __all__ = ["SqliteStore"]
 
 _T = TypeVar("_T")
+_K = TypeVar("_K", str, int)
 
 #: A caller's write waiting for its group: its operations, the future it awaits and the
 #: loop that future belongs to.
@@ -100,8 +105,10 @@ _Write = tuple[tuple[Operation, ...], "asyncio.Future[None]", asyncio.AbstractEv
 #: A caller's future and its outcome: ``None`` (durable) or the error to raise.
 _Answer = tuple["asyncio.Future[None]", BaseException | None]
 
-#: Bumped when the table layout changes; a file from a newer gateway is refused.
-_SCHEMA_VERSION = 1
+#: Bumped when the table layout changes; a file from a newer gateway is refused, and
+#: one from an older gateway is brought up to date when opened (:func:`_ensure_schema`).
+#: 2 (session 38): values written as a head and entry rows (:class:`PutEntries`).
+_SCHEMA_VERSION = 2
 
 #: Keys per ``IN (...)`` query; far below SQLite's bound-parameter limit (32766 since 3.32,
 #: 999 before), so statements stay small whatever the build. One of :data:`_SIZES`.
@@ -132,8 +139,11 @@ INLINE_READ_MAX_KEYS = 32
 INLINE_LIST_MAX_KEYS = 256
 
 
+#: A value kept as a head and entry rows is read on a reader thread (its rows are a
+#: second statement, and a snapshot of both needs a transaction): NULL here too.
 _INLINE_GET = (
-    "SELECT key, CASE WHEN length(value) <= ? THEN value END, etag FROM items WHERE key IN ({})"
+    "SELECT key, CASE WHEN length(value) <= ? AND length(entry_rows) = 0 THEN value END, etag"
+    " FROM items WHERE key IN ({})"
 )
 
 #: What an inline read answers when the value must be read on a reader thread.
@@ -598,22 +608,14 @@ class SqliteStore:
     # Reads run on a reader thread, with that thread's connection.
 
     def _get(self, key: str, connection: sqlite3.Connection) -> Item | None:
-        row = connection.execute("SELECT value, etag FROM items WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            return None
-        value, etag = row
-        return Item(key=key, value=value, etag=etag)
+        return self._get_many([key], connection).get(key)
 
     def _get_many(self, keys: Sequence[str], connection: sqlite3.Connection) -> dict[str, Item]:
-        # More than one chunk means more than one statement: read them in one
-        # transaction so that the answer is a single snapshot, as one query would be.
-        with _read_transaction(connection) if len(keys) > _CHUNK else contextlib.nullcontext():
-            return {
-                key: Item(key=key, value=value, etag=etag)
-                for key, value, etag in _select_chunked(
-                    connection, "SELECT key, value, etag FROM items WHERE key IN ({})", keys
-                )
-            }
+        # Heads, then the entry rows of those kept as rows, and more than one chunk of
+        # keys is more than one statement: all in one transaction, so that the answer is
+        # a single snapshot, as one query would be.
+        with _read_transaction(connection):
+            return _assembled(self._path, connection, _select_chunked(connection, _GET_HEADS, keys))
 
     @staticmethod
     def _list(
@@ -669,10 +671,10 @@ class SqliteStore:
         that only its own writes are refused."""
         connection = self._connection
         keys = builtins.list(dict.fromkeys(op.key for ops in group for op in ops))
-        seen = _etags_in(connection, keys)
+        seen, stored = _state_in(self._path, connection, keys)
         outcomes: builtins.list[BaseException | None] = []
-        #: key -> the last passing write of it: the value and ETag it leaves, or None
-        final: dict[str, tuple[bytes, str] | None] = {}
+        #: key -> the last passing write of it: the put and the ETag it leaves, or None
+        final: dict[str, tuple[Put, str] | None] = {}
         for ops in group:
             try:
                 for op in ops:
@@ -685,7 +687,7 @@ class SqliteStore:
                 if isinstance(op, Put):
                     etag = _etag_of(ops, op.key)
                     seen[op.key] = etag
-                    final[op.key] = (op.value, etag)
+                    final[op.key] = (op, etag)
                 else:
                     seen.pop(op.key, None)
                     final[op.key] = None
@@ -693,6 +695,7 @@ class SqliteStore:
             self._write(
                 [(key, *kept) for key, kept in final.items() if kept is not None],
                 [key for key, kept in final.items() if kept is None],
+                stored,
             )
         except sqlite3.Error:
             # Rare (nothing of the group is written yet, and a savepoint around the
@@ -726,7 +729,7 @@ class SqliteStore:
         # must take it back from the event loop's thread, which holds it for up to the
         # switch interval (5 ms) while it computes. A caller's 40 puts as 40 steps waited
         # for the loop 40 times; as one statement, once.
-        current = _etags_in(self._connection, [op.key for op in ops])
+        current, stored = _state_in(self._path, self._connection, [op.key for op in ops])
         # Check every precondition before the first write: a failure then leaves nothing
         # to undo in this caller's savepoint.
         for op in ops:
@@ -734,30 +737,67 @@ class SqliteStore:
         # No key appears twice in a transaction, so the order of puts and deletes does
         # not matter.
         self._write(
-            [(op.key, op.value, _etag_of(ops, op.key)) for op in ops if isinstance(op, Put)],
+            [(op.key, op, _etag_of(ops, op.key)) for op in ops if isinstance(op, Put)],
             [op.key for op in ops if not isinstance(op, Put) and op.key in current],
+            stored,
         )
 
-    def _write(self, puts: builtins.list[tuple[str, bytes, str]], gone: builtins.list[str]) -> None:
-        """Upsert ``puts`` (key, value, ETag; no key twice) and delete ``gone``."""
+    def _write(
+        self,
+        puts: builtins.list[tuple[str, Put, str]],
+        gone: builtins.list[str],
+        stored: _Stored,
+    ) -> None:
+        """Upsert ``puts`` (key, put, ETag; no key twice) and delete ``gone``, given what
+        :func:`_state_in` read of their keys (``stored``): a :class:`PutEntries` writes
+        its head and the entry rows the key does not hold yet, and every row the key
+        held that the new value does not list is deleted, in this same transaction."""
         connection = self._connection
-        for start in range(0, len(puts), _UPSERT_ROWS):
-            chunk = puts[start : start + _UPSERT_ROWS]
-            # Padded to one of _SIZES with the chunk's smallest put again: the same row
-            # written twice in one statement is written once (its second upsert sets
-            # the same value and ETag), and statements of a few sizes stay prepared.
-            missing = _size_for(len(chunk)) - len(chunk)
-            if missing:
-                chunk += [min(chunk, key=lambda put: len(put[1]))] * missing
-            parameters: builtins.list[object] = []
-            for row in chunk:
-                parameters += row
-            sql = _statement(_UPSERT, len(chunk), "(?, ?, ?)")
-            connection.execute(sql, parameters)
-            if sum(len(value) for _key, value, _etag in chunk) >= _UNBIND_BYTES:
-                self._unbinding.append((sql, len(parameters)))
+        held, number = stored.rows, stored.top
+        heads: builtins.list[tuple[str, str, bytes, int, bytes, bytes]] = []
+        added: builtins.list[tuple[int, bytes, bytes]] = []
+        dropped: builtins.list[int] = []
+        for key, op, etag in puts:
+            old = held.get(key)
+            split = None
+            if type(op) is PutEntries:
+                split = _entry_rows(op, old, number + 1, added, dropped)
+            if split is None:
+                heads.append((key, etag, op.value, 0, b"", b""))
+                if old is not None:
+                    dropped += _numbers(old[0])
+            else:
+                head, at, numbers, ids, number = split
+                heads.append((key, etag, head, at, numbers, ids))
+        for key in gone:
+            if key in held:
+                dropped += _numbers(held[key][0])
+        for start in range(0, len(heads), _UPSERT_ROWS):
+            self._upsert(_UPSERT, "(?, ?, ?, ?, ?, ?)", heads[start : start + _UPSERT_ROWS], 2)
+        for start in range(0, len(added), _UPSERT_ROWS):
+            self._upsert(_ADD_ENTRIES, "(?, ?, ?)", added[start : start + _UPSERT_ROWS], 2)
+        for start in range(0, len(dropped), _CHUNK):
+            connection.execute(*_listed(_DROP_ENTRIES, dropped[start : start + _CHUNK]))
         for start in range(0, len(gone), _CHUNK):
             connection.execute(*_listed(_DELETE, gone[start : start + _CHUNK]))
+
+    def _upsert(
+        self, template: str, item: str, chunk: builtins.list[tuple[Any, ...]], value: int
+    ) -> None:
+        """One upsert of ``chunk``'s rows (their column ``value`` the bytes to weigh)."""
+        # Padded to one of _SIZES with the chunk's smallest row again: the same row
+        # written twice in one statement is written once (its second upsert sets the
+        # same values), and statements of a few sizes stay prepared.
+        missing = _size_for(len(chunk)) - len(chunk)
+        if missing:
+            chunk = chunk + [min(chunk, key=lambda row: len(row[value]))] * missing
+        parameters: builtins.list[object] = []
+        for row in chunk:
+            parameters += row
+        sql = _statement(template, len(chunk), item)
+        self._connection.execute(sql, parameters)
+        if sum(len(row[value]) for row in chunk) >= _UNBIND_BYTES:
+            self._unbinding.append((sql, len(parameters)))
 
     # ETags alone (added in session 24; public, but kept here at the end of the class).
 
@@ -809,14 +849,27 @@ def _caused(error: StoreError, cause: BaseException) -> StoreError:
     return error
 
 
-#: Rows per upsert statement (three parameters each: under the 999 parameters of
-#: SQLite before 3.32).
+#: Rows per upsert statement (of items: six parameters each, of entries three: under
+#: the 32766 parameters of SQLite since 3.32; _require_features asks for 3.38).
 _UPSERT_ROWS = 256
 _UPSERT = (
-    "INSERT INTO items (key, value, etag) VALUES {}"
-    " ON CONFLICT (key) DO UPDATE SET value = excluded.value, etag = excluded.etag"
+    "INSERT INTO items (key, etag, value, entries_at, entry_rows, entry_ids) VALUES {}"
+    " ON CONFLICT (key) DO UPDATE SET value = excluded.value, etag = excluded.etag,"
+    " entries_at = excluded.entries_at, entry_rows = excluded.entry_rows,"
+    " entry_ids = excluded.entry_ids"
 )
 _DELETE = "DELETE FROM items WHERE key IN ({})"
+#: Entry rows get numbers never held by a row at the time (above the largest), so an
+#: insert never meets an existing row; the upsert only makes a padded repeat harmless.
+_ADD_ENTRIES = (
+    "INSERT INTO entries (number, id, value) VALUES {}"
+    " ON CONFLICT (number) DO UPDATE SET id = excluded.id, value = excluded.value"
+)
+_DROP_ENTRIES = "DELETE FROM entries WHERE number IN ({})"
+_GET_HEADS = (
+    "SELECT key, etag, value, entries_at, entry_rows, entry_ids FROM items WHERE key IN ({})"
+)
+_GET_ENTRIES = "SELECT number, id, value FROM entries WHERE number IN ({})"
 
 #: Values written by one upsert statement from which on the statement is made to let go
 #: of them (:func:`_unbind`). A migration's commits (a few KB) stay under it; a cycle's
@@ -892,6 +945,163 @@ def _etags_in(connection: sqlite3.Connection, keys: Sequence[str]) -> dict[str, 
     return found
 
 
+#: What the writer reads of the keys it writes, one row per statement (see _apply): each
+#: key's ETag, or for a value kept as a head and entry rows ``[ETag, its rows' numbers
+#: as hex, its entries' ids as hex]``; and the largest entry row number.
+_STATE_AS_JSON = (
+    "SELECT (SELECT max(number) FROM entries), json_group_object(key, CASE WHEN"
+    " length(entry_rows) THEN json_array(etag, hex(entry_rows), hex(entry_ids)) ELSE etag END)"
+    " FROM items WHERE key IN ({})"
+)
+
+#: An entry row's number in a head's list (8 bytes, big-endian).
+_NUMBER = struct.Struct(">q")
+_NUMBER_BYTES = _NUMBER.size
+
+
+class _Stored:
+    """What :func:`_state_in` read for the writer."""
+
+    __slots__ = ("rows", "top")
+
+    def __init__(self, rows: dict[str, tuple[bytes, bytes]], top: int) -> None:
+        #: key -> (its entry rows' numbers, its entries' ids), for values kept as rows
+        self.rows = rows
+        #: the largest entry row number in the file (0 if none)
+        self.top = top
+
+
+def _state_in(
+    file: Path, connection: sqlite3.Connection, keys: Sequence[str]
+) -> tuple[dict[str, str], _Stored]:
+    """The ETags of the existing keys among ``keys`` (as :func:`_etags_in`), and what the
+    file holds of those kept as a head and entry rows: the store decides from this,
+    never from a writer's belief, which rows a new value keeps, adds and drops."""
+    found: dict[str, str] = {}
+    rows: dict[str, tuple[bytes, bytes]] = {}
+    top = 0
+    for start in range(0, len(keys), _CHUNK):
+        largest, document = connection.execute(
+            *_listed(_STATE_AS_JSON, keys[start : start + _CHUNK])
+        ).fetchone()
+        top = largest or 0
+        for key, state in json.loads(document).items():
+            if type(state) is builtins.list:
+                etag, numbers, ids = state
+                numbers, ids = bytes.fromhex(numbers), bytes.fromhex(ids)
+                if len(numbers) * ENTRY_ID_BYTES != len(ids) * _NUMBER_BYTES:
+                    raise _damaged(file, key, "its entry rows and ids do not pair up")
+                rows[key] = (numbers, ids)
+                state = etag
+            found[key] = state
+    return found, _Stored(rows, top)
+
+
+def _numbers(packed: bytes) -> tuple[int, ...]:
+    return struct.unpack(f">{len(packed) // _NUMBER_BYTES}q", packed)
+
+
+def _entry_rows(
+    op: PutEntries,
+    old: tuple[bytes, bytes] | None,
+    number: int,
+    added: builtins.list[tuple[int, bytes, bytes]],
+    dropped: builtins.list[int],
+) -> tuple[bytes, int, bytes, bytes, int] | None:
+    """How ``op``'s value is stored as a head and entry rows, given the rows its key
+    holds (``old``: their numbers and ids, or None): the head, where the entries go in
+    it, the rows' numbers and the entries' ids in order, and the largest number used (new rows are numbered
+    from ``number``). Appends the rows to insert to ``added`` and the numbers of rows
+    to delete to ``dropped``. A stored row is kept for an entry of equal id (once per
+    occurrence), every other entry gets a new row, and every stored row left over is
+    dropped. None when the parts do not describe the value (then it is written whole,
+    its bytes being what counts)."""
+    value, at, ends, ids = op.value, op.entries_at, op.entry_ends, op.entry_ids
+    count = len(ends)
+    if not (
+        count
+        and type(ids) is bytes
+        and len(ids) == count * ENTRY_ID_BYTES
+        and type(at) is int
+        and at >= 0
+        and ends[0] >= 0
+        and at + ends[-1] <= len(value)
+        and all(map(operator.le, ends, itertools.islice(ends, 1, None)))
+    ):
+        return None
+    old_numbers, old_ids = old if old is not None else (b"", b"")
+    width = ENTRY_ID_BYTES
+    reusable: dict[bytes, builtins.list[int]] | None = None
+    if ids.startswith(old_ids):
+        # The value appends to what the key holds (a cycle): every row stays.
+        numbers = bytearray(old_numbers)
+        first = len(old_ids) // width
+    else:
+        # Anything else (a compaction dropped the oldest entries, a fold rewrote the
+        # last one, another history altogether): matched id by id.
+        reusable = {}
+        for index, held in enumerate(_numbers(old_numbers)):
+            reusable.setdefault(old_ids[index * width : (index + 1) * width], []).append(held)
+        numbers = bytearray()
+        first = 0
+    begin = ends[first - 1] if first else 0
+    for index in range(first, count):
+        end = ends[index]
+        entry_id = ids[index * width : (index + 1) * width]
+        same = reusable.get(entry_id) if reusable is not None else None
+        if same:
+            numbers += _NUMBER.pack(same.pop())
+        else:
+            numbers += _NUMBER.pack(number)
+            added.append((number, entry_id, value[at + begin : at + end]))
+            number += 1
+        begin = end
+    if reusable is not None:
+        for left in reusable.values():
+            dropped += left
+    return value[:at] + value[at + ends[-1] :], at, bytes(numbers), ids, number - 1
+
+
+def _assembled(file: Path, connection: sqlite3.Connection, heads: Iterable[Any]) -> dict[str, Item]:
+    """The items of ``heads`` (rows of :data:`_GET_HEADS`), each value whole again: a
+    head kept with entry rows gets its entries back, read by number, each checked
+    against the id its head lists (a row of another id is never served)."""
+    found: dict[str, Item] = {}
+    split: builtins.list[tuple[str, str, bytes, int, tuple[int, ...], bytes]] = []
+    for key, etag, value, at, numbers, ids in heads:
+        if numbers:
+            split.append((key, etag, value, at, _numbers(numbers), ids))
+        else:
+            found[key] = Item(key=key, value=value, etag=etag)
+    if not split:
+        return found
+    wanted = [number for *_, numbers, _ids in split for number in numbers]
+    rows: dict[int, tuple[bytes, bytes]] = {}
+    for start in range(0, len(wanted), _CHUNK):
+        for number, entry_id, entry in connection.execute(
+            *_listed(_GET_ENTRIES, wanted[start : start + _CHUNK])
+        ):
+            rows[number] = (entry_id, entry)
+    width = ENTRY_ID_BYTES
+    for key, etag, head, at, numbers, ids in split:
+        parts = [head[:at]]
+        for index, number in enumerate(numbers):
+            row = rows.get(number)
+            if row is None or row[0] != ids[index * width : (index + 1) * width]:
+                raise _damaged(file, key, f"its entry row {number} is missing or not its own")
+            parts.append(row[1])
+        parts.append(head[at:])
+        found[key] = Item(key=key, value=b"".join(parts), etag=etag)
+    return found
+
+
+def _damaged(file: Path, key: str, problem: str) -> StoreError:
+    return StoreError(
+        f"the SQLite store {file} is damaged: key {key!r}: {problem}",
+        hint="restore the file from a backup",
+    )
+
+
 def _select_chunked(connection: sqlite3.Connection, sql: str, keys: Sequence[str]) -> Iterator[Any]:
     for start in range(0, len(keys), _CHUNK):
         yield from connection.execute(*_listed(sql, keys[start : start + _CHUNK]))
@@ -915,12 +1125,15 @@ def _size_for(count: int) -> int:
     return next(size for size in _SIZES if size >= count)
 
 
-def _listed(template: str, keys: Sequence[str]) -> tuple[str, Sequence[str]]:
+def _listed(template: str, keys: Sequence[_K]) -> tuple[str, Sequence[_K]]:
     """``template``'s statement for ``keys`` (at least one, at most :data:`_CHUNK`) and
     its parameters: the keys, the last one repeated up to a size of :data:`_SIZES` (a
     key listed twice in ``IN (...)`` matches its row once)."""
     missing = _size_for(len(keys)) - len(keys)
-    padded = [*keys, *([keys[-1]] * missing)] if missing else keys
+    if not missing:
+        return _statement(template, len(keys)), keys
+    padded = builtins.list(keys)
+    padded.extend(itertools.repeat(keys[-1], missing))
     return _statement(template, len(padded)), padded
 
 
@@ -1039,14 +1252,27 @@ def _ensure_schema(connection: sqlite3.Connection, file: Path) -> bool:
             # spills into overflow pages, so an ETag after it is read by walking them
             # (see _ETAGS_AS_JSON). Every statement names its columns, so a file made
             # with the value first (before session 28) is read and written as before.
+            # The entry rows' columns before the value too (read with the ETag by every
+            # write of such a value, see _state_in).
             connection.execute(
                 "CREATE TABLE items ("
                 " key TEXT PRIMARY KEY NOT NULL,"
                 " etag TEXT NOT NULL,"
+                f" {_ENTRY_COLUMNS},"
                 " value BLOB NOT NULL)"
             )
+            connection.execute(_CREATE_ENTRIES)
             connection.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
             created = True
+        elif version == 1:
+            # A file of an earlier gateway: its values stay single rows (empty entry
+            # columns), read as before; new columns go last, which every statement allows
+            # (each names its columns). Once it is version 2 that gateway refuses it,
+            # as it must: it would read a head as the whole value.
+            for column in _ENTRY_COLUMNS.split(", "):
+                connection.execute(f"ALTER TABLE items ADD COLUMN {column}")
+            connection.execute(_CREATE_ENTRIES)
+            connection.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         elif version != _SCHEMA_VERSION:
             raise StoreError(
                 f"the SQLite store {file} has schema version {version};"
@@ -1058,6 +1284,20 @@ def _ensure_schema(connection: sqlite3.Connection, file: Path) -> bool:
         _rollback(connection)
         raise
     return created
+
+
+#: A value's entry rows (schema version 2): where in the head its entries go, their rows'
+#: numbers (8 bytes each, in order) and their ids; all empty for a value kept whole.
+_ENTRY_COLUMNS = (
+    "entries_at INTEGER NOT NULL DEFAULT 0, entry_rows BLOB NOT NULL DEFAULT x'',"
+    " entry_ids BLOB NOT NULL DEFAULT x''"
+)
+#: Entry rows by number, in the order they were written: a cycle's new entries go to the
+#: table's last pages together (keyed by object and position, each went to a page of
+#: its own: twice the pages written per commit in a simulation, session 38).
+_CREATE_ENTRIES = (
+    "CREATE TABLE entries (number INTEGER PRIMARY KEY, id BLOB NOT NULL, value BLOB NOT NULL)"
+)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -1180,7 +1420,7 @@ def _check_operations(ops: tuple[Operation, ...]) -> None:
         # a str or Expect ETag, bytes for a put's value, a key not seen yet. Anything
         # else takes the checks, which say what is wrong.
         kind = type(op)
-        if kind is Put or kind is Delete:
+        if kind is Put or kind is Delete or kind is PutEntries:
             key, etag = op.key, op.etag
             if (
                 type(key) is str
