@@ -674,7 +674,17 @@ def encode_object_entries(obj: GovernedObject) -> tuple[bytes, int, list[int], b
     log = obj.lineage._log
     count = len(obj.lineage.entries)
     entries = log.entries if count == len(log.entries) else log.entries[:count]
-    return value, at, log.wire_ends[:count], b"".join([entry.leaf_hash() for entry in entries])
+    try:
+        # The remembered hashes read in C (a call of leaf_hash per entry cost the event
+        # loop about 300 instructions each, 60 entries a cycle).
+        ids = b"".join(map(_REMEMBERED_LEAF, entries))
+    except (TypeError, AttributeError):  # one not hashed yet (None, or never set)
+        ids = b"".join([entry.leaf_hash() for entry in entries])
+    return value, at, log.wire_ends[:count], ids
+
+
+#: An entry's leaf hash as it remembers it (None until first asked for).
+_REMEMBERED_LEAF = operator.attrgetter("_leaf")
 
 
 def _joined(

@@ -389,3 +389,32 @@ def test_the_journals_object_puts_describe_their_own_bytes(tmp_path: Path) -> No
                 assert wire.decode_object(got.value).lineage.entries == obj.lineage.entries
 
     asyncio.run(main())
+
+
+def test_two_stores_on_one_file_never_trust_a_list_the_other_replaced(tmp_path: Path) -> None:
+    """Each writer remembers the entry lists it wrote, by ETag; a write by another
+    process (here another store on the same file) changes the ETag, so the list is read
+    from the file again, not taken from memory."""
+    rng = random.Random(SEED)
+    path = tmp_path / "shared.db"
+    record = _Record(rng)
+    record.entries = [record.entry() for _ in range(6)]
+
+    async def main() -> None:
+        one = SqliteStore.open(path, create=True)
+        other = SqliteStore.open(path)
+        try:
+            etag: str | Expect = Expect.ABSENT
+            for step in range(40):
+                record.change()
+                writer = (one, other)[rng.randrange(2)] if step else one
+                etag = (await writer.transact([record.put("k", etag)]))["k"]
+                for reader in (one, other):
+                    got = await reader.get("k")
+                    assert got is not None and got.value == record.value()
+                _check_rows(path)
+        finally:
+            await one.close()
+            await other.close()
+
+    asyncio.run(main())

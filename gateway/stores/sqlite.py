@@ -199,6 +199,8 @@ class SqliteStore:
         "_closed",
         "_connection",
         "_draining",
+        "_entry_list_bytes",
+        "_entry_lists",
         "_executor",
         "_local",
         "_path",
@@ -241,6 +243,12 @@ class SqliteStore:
         #: their parameter counts: unbound once the group's callers are answered (writer
         #: thread only; see _unbind).
         self._unbinding: builtins.list[tuple[str, int]] = []
+        #: key -> (ETag, entry row numbers, entry ids) of values this writer kept as
+        #: rows, least recently written first (writer thread only; see _state_in).
+        self._entry_lists: collections.OrderedDict[str, tuple[str, bytes, bytes]] = (
+            collections.OrderedDict()
+        )
+        self._entry_list_bytes = 0
 
     @classmethod
     def open(
@@ -671,7 +679,7 @@ class SqliteStore:
         that only its own writes are refused."""
         connection = self._connection
         keys = builtins.list(dict.fromkeys(op.key for ops in group for op in ops))
-        seen, stored = _state_in(self._path, connection, keys)
+        seen, stored = self._state_in(keys)
         outcomes: builtins.list[BaseException | None] = []
         #: key -> the last passing write of it: the put and the ETag it leaves, or None
         final: dict[str, tuple[Put, str] | None] = {}
@@ -729,7 +737,7 @@ class SqliteStore:
         # must take it back from the event loop's thread, which holds it for up to the
         # switch interval (5 ms) while it computes. A caller's 40 puts as 40 steps waited
         # for the loop 40 times; as one statement, once.
-        current, stored = _state_in(self._path, self._connection, [op.key for op in ops])
+        current, stored = self._state_in([op.key for op in ops])
         # Check every precondition before the first write: a failure then leaves nothing
         # to undo in this caller's savepoint.
         for op in ops:
@@ -766,12 +774,15 @@ class SqliteStore:
                 heads.append((key, etag, op.value, 0, b"", b""))
                 if old is not None:
                     dropped += _numbers(old[0])
+                self._forget_entry_list(key)
             else:
                 head, at, numbers, ids, number = split
                 heads.append((key, etag, head, at, numbers, ids))
+                self._remember_entry_list(key, etag, numbers, ids)
         for key in gone:
             if key in held:
                 dropped += _numbers(held[key][0])
+            self._forget_entry_list(key)
         for start in range(0, len(heads), _UPSERT_ROWS):
             self._upsert(_UPSERT, "(?, ?, ?, ?, ?, ?)", heads[start : start + _UPSERT_ROWS], 2)
         for start in range(0, len(added), _UPSERT_ROWS):
@@ -780,6 +791,62 @@ class SqliteStore:
             connection.execute(*_listed(_DROP_ENTRIES, dropped[start : start + _CHUNK]))
         for start in range(0, len(gone), _CHUNK):
             connection.execute(*_listed(_DELETE, gone[start : start + _CHUNK]))
+
+    def _state_in(self, keys: Sequence[str]) -> tuple[dict[str, str], _Stored]:
+        """The ETags of the existing keys among ``keys`` (as :func:`_etags_in`), and what
+        the file holds of those kept as a head and entry rows: the store decides from
+        this, never from a writer's belief, which rows a new value keeps, adds and drops.
+
+        Each key kept as rows is read as its ETag alone when this writer remembers the
+        value it wrote under that ETag (ETags are never reused for a key, so that value
+        is the stored one; another process's write changes the ETag): a cycle's
+        object then costs no read of its rows' list (about 4 KB of hex, parsed, for 60
+        entries). The others' lists are read by a second statement."""
+        connection = self._connection
+        found: dict[str, str] = {}
+        rows: dict[str, tuple[bytes, bytes]] = {}
+        unknown: builtins.list[str] = []
+        top = 0
+        remembered = self._entry_lists
+        for start in range(0, len(keys), _CHUNK):
+            largest, document = connection.execute(
+                *_listed(_STATE_AS_JSON, keys[start : start + _CHUNK])
+            ).fetchone()
+            top = largest or 0
+            for key, state in json.loads(document).items():
+                if type(state) is builtins.list:  # kept as rows: [ETag]
+                    (state,) = state
+                    known = remembered.get(key)
+                    if known is not None and known[0] == state:
+                        rows[key] = known[1:]
+                    else:
+                        unknown.append(key)
+                found[key] = state
+        for start in range(0, len(unknown), _CHUNK):
+            (document,) = connection.execute(
+                *_listed(_ENTRY_LISTS_AS_JSON, unknown[start : start + _CHUNK])
+            ).fetchone()
+            for key, (numbers, ids) in json.loads(document).items():
+                numbers, ids = bytes.fromhex(numbers), bytes.fromhex(ids)
+                if len(numbers) * ENTRY_ID_BYTES != len(ids) * _NUMBER_BYTES:
+                    raise _damaged(self._path, key, "its entry rows and ids do not pair up")
+                rows[key] = (numbers, ids)
+        return found, _Stored(rows, top)
+
+    def _remember_entry_list(self, key: str, etag: str, numbers: bytes, ids: bytes) -> None:
+        """Remember what ``key`` holds once this write commits (if it does not, its ETag
+        is never the stored one, and the entry is never used)."""
+        self._forget_entry_list(key)
+        self._entry_lists[key] = (etag, numbers, ids)
+        self._entry_list_bytes += len(numbers) + len(ids)
+        while self._entry_list_bytes > ENTRY_LISTS_MEMO_BYTES:
+            _key, (_etag, old_numbers, old_ids) = self._entry_lists.popitem(last=False)
+            self._entry_list_bytes -= len(old_numbers) + len(old_ids)
+
+    def _forget_entry_list(self, key: str) -> None:
+        known = self._entry_lists.pop(key, None)
+        if known is not None:
+            self._entry_list_bytes -= len(known[1]) + len(known[2])
 
     def _upsert(
         self, template: str, item: str, chunk: builtins.list[tuple[Any, ...]], value: int
@@ -946,13 +1013,20 @@ def _etags_in(connection: sqlite3.Connection, keys: Sequence[str]) -> dict[str, 
 
 
 #: What the writer reads of the keys it writes, one row per statement (see _apply): each
-#: key's ETag, or for a value kept as a head and entry rows ``[ETag, its rows' numbers
-#: as hex, its entries' ids as hex]``; and the largest entry row number.
+#: key's ETag, as ``[ETag]`` for a value kept as a head and entry rows; and the largest
+#: entry row number.
 _STATE_AS_JSON = (
     "SELECT (SELECT max(number) FROM entries), json_group_object(key, CASE WHEN"
-    " length(entry_rows) THEN json_array(etag, hex(entry_rows), hex(entry_ids)) ELSE etag END)"
-    " FROM items WHERE key IN ({})"
+    " length(entry_rows) THEN json_array(etag) ELSE etag END) FROM items WHERE key IN ({})"
 )
+#: The entry rows' numbers and the entries' ids of values kept as rows, as hex.
+_ENTRY_LISTS_AS_JSON = (
+    "SELECT json_group_object(key, json_array(hex(entry_rows), hex(entry_ids)))"
+    " FROM items WHERE length(entry_rows) AND key IN ({})"
+)
+#: Bytes of entry lists (row numbers and ids, 40 bytes an entry) the writer remembers of
+#: the values it kept as rows (SqliteStore._state_in): 1,000 objects of 100 entries.
+ENTRY_LISTS_MEMO_BYTES = 4 << 20
 
 #: An entry row's number in a head's list (8 bytes, big-endian).
 _NUMBER = struct.Struct(">q")
@@ -969,32 +1043,6 @@ class _Stored:
         self.rows = rows
         #: the largest entry row number in the file (0 if none)
         self.top = top
-
-
-def _state_in(
-    file: Path, connection: sqlite3.Connection, keys: Sequence[str]
-) -> tuple[dict[str, str], _Stored]:
-    """The ETags of the existing keys among ``keys`` (as :func:`_etags_in`), and what the
-    file holds of those kept as a head and entry rows: the store decides from this,
-    never from a writer's belief, which rows a new value keeps, adds and drops."""
-    found: dict[str, str] = {}
-    rows: dict[str, tuple[bytes, bytes]] = {}
-    top = 0
-    for start in range(0, len(keys), _CHUNK):
-        largest, document = connection.execute(
-            *_listed(_STATE_AS_JSON, keys[start : start + _CHUNK])
-        ).fetchone()
-        top = largest or 0
-        for key, state in json.loads(document).items():
-            if type(state) is builtins.list:
-                etag, numbers, ids = state
-                numbers, ids = bytes.fromhex(numbers), bytes.fromhex(ids)
-                if len(numbers) * ENTRY_ID_BYTES != len(ids) * _NUMBER_BYTES:
-                    raise _damaged(file, key, "its entry rows and ids do not pair up")
-                rows[key] = (numbers, ids)
-                state = etag
-            found[key] = state
-    return found, _Stored(rows, top)
 
 
 def _numbers(packed: bytes) -> tuple[int, ...]:
