@@ -418,3 +418,38 @@ def test_two_stores_on_one_file_never_trust_a_list_the_other_replaced(tmp_path: 
             await other.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("reason", "change"),
+    [
+        ("ids of another count", {"entry_ids": b"\x00" * 31}),
+        ("entries past the value", {"entries_at": 10_000}),
+        ("a negative offset", {"entries_at": -1}),
+        ("ends that go back", {"entry_ends": [5, 3, 9]}),
+        ("no entries", {"entry_ends": [], "entry_ids": b""}),
+    ],
+)
+def test_parts_that_do_not_describe_the_value_write_it_whole(
+    tmp_path: Path, reason: str, change: dict[str, Any]
+) -> None:
+    value = bytes(range(40))
+    put = PutEntries(
+        key="k",
+        value=value,
+        etag=Expect.ABSENT,
+        entries_at=2,
+        entry_ends=[5, 7, 9],
+        entry_ids=b"".join(hashlib.sha256(bytes([n])).digest() for n in range(3)),
+    )
+    path = tmp_path / "s.db"
+
+    async def main() -> None:
+        async with SqliteStore.open(path, create=True) as store:
+            await store.transact([replace(put, **change)])
+            got = await store.get("k")
+            assert got is not None and got.value == value, reason
+
+    asyncio.run(main())
+    heads, rows = _file_state(path)
+    assert rows == [] and heads[0][2] == value, reason

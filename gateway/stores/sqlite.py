@@ -1074,7 +1074,6 @@ def _entry_rows(
         and at >= 0
         and ends[0] >= 0
         and at + ends[-1] <= len(value)
-        and all(map(operator.le, ends, itertools.islice(ends, 1, None)))
     ):
         return None
     old_numbers, old_ids = old if old is not None else (b"", b"")
@@ -1092,6 +1091,11 @@ def _entry_rows(
             reusable.setdefault(old_ids[index * width : (index + 1) * width], []).append(held)
         numbers = bytearray()
         first = 0
+    # The entries cut out of the value must not overlap: their ends (from the last kept
+    # one's on) must not decrease. Only those: kept entries are not cut out again.
+    since = first - 1 if first else 0
+    if not all(map(operator.le, itertools.islice(ends, since, None), ends[since + 1 :])):
+        return None
     begin = ends[first - 1] if first else 0
     for index in range(first, count):
         end = ends[index]
