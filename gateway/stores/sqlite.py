@@ -762,6 +762,7 @@ class SqliteStore:
         held that the new value does not list is deleted, in this same transaction."""
         connection = self._connection
         held, number = stored.rows, stored.top
+        whole: builtins.list[tuple[str, bytes, str]] = []
         heads: builtins.list[tuple[str, str, bytes, int, bytes, bytes]] = []
         added: builtins.list[tuple[int, bytes, bytes]] = []
         dropped: builtins.list[int] = []
@@ -771,7 +772,7 @@ class SqliteStore:
             if type(op) is PutEntries:
                 split = _entry_rows(op, old, number + 1, added, dropped)
             if split is None:
-                heads.append((key, etag, op.value, 0, b"", b""))
+                whole.append((key, op.value, etag))
                 if old is not None:
                     dropped += _numbers(old[0])
                 self._forget_entry_list(key)
@@ -783,8 +784,10 @@ class SqliteStore:
             if key in held:
                 dropped += _numbers(held[key][0])
             self._forget_entry_list(key)
+        for start in range(0, len(whole), _UPSERT_ROWS):
+            self._upsert(_UPSERT, "(?, ?, ?)", whole[start : start + _UPSERT_ROWS], 1)
         for start in range(0, len(heads), _UPSERT_ROWS):
-            self._upsert(_UPSERT, "(?, ?, ?, ?, ?, ?)", heads[start : start + _UPSERT_ROWS], 2)
+            self._upsert(_UPSERT_HEAD, "(?, ?, ?, ?, ?, ?)", heads[start : start + _UPSERT_ROWS], 2)
         for start in range(0, len(added), _UPSERT_ROWS):
             self._upsert(_ADD_ENTRIES, "(?, ?, ?)", added[start : start + _UPSERT_ROWS], 2)
         for start in range(0, len(dropped), _CHUNK):
@@ -919,7 +922,15 @@ def _caused(error: StoreError, cause: BaseException) -> StoreError:
 #: Rows per upsert statement (of items: six parameters each, of entries three: under
 #: the 32766 parameters of SQLite since 3.32; _require_features asks for 3.38).
 _UPSERT_ROWS = 256
+#: A value kept whole: its entry columns emptied (a new row takes their defaults), so
+#: its parameters are the three they always were.
 _UPSERT = (
+    "INSERT INTO items (key, value, etag) VALUES {}"
+    " ON CONFLICT (key) DO UPDATE SET value = excluded.value, etag = excluded.etag,"
+    " entries_at = 0, entry_rows = x'', entry_ids = x''"
+)
+#: A value kept as a head and entry rows.
+_UPSERT_HEAD = (
     "INSERT INTO items (key, etag, value, entries_at, entry_rows, entry_ids) VALUES {}"
     " ON CONFLICT (key) DO UPDATE SET value = excluded.value, etag = excluded.etag,"
     " entries_at = excluded.entries_at, entry_rows = excluded.entry_rows,"
