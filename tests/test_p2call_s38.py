@@ -9,11 +9,14 @@ nobody needed, with what each side does unchanged.
   stage's own future, not a shield of it (a future and two loop turns less per stage on
   a busy host): a caller cancelled meanwhile still leaves its stage to the writer, which
   writes it, and the stages beside it are answered as before.
+* A destination names a peer's ``staged-by/`` and upload keys by a tag of the peer's id
+  hashed once per peer, not three times per migration: the same tag for every id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +24,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.handoff import destination as destination_module
 from gateway.handoff.records import DestinationStep
 from gateway.host import Host
+from gateway.lineage import digest
 from gateway.observability.health import Readiness
 from gateway.testing import HostSpec, build_world, sealed_transfer, serving, sign_transfer
 from gateway.transport.server import GatewayService, start_server
@@ -146,3 +151,18 @@ def _migration_of(host: Host, raw: bytes) -> str:
     from gateway import wire
 
     return wire.ParsedTransfer(wire.decode_envelope(raw).payload).migration_id
+
+
+def test_a_peer_tag_is_the_digest_of_its_id_however_often_asked() -> None:
+    rng = random.Random(38)
+    alphabet = "abcxyz0123-./:é漢\U0001f600"
+    peers = [HOST_A, HOST_B, ""] + [
+        "spiffe://" + "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 60)))
+        for _ in range(3 * destination_module.PEER_TAGS_REMEMBERED)
+    ]
+    for _round in range(2):  # each asked again after many others (some forgotten)
+        for peer in [*peers, *rng.sample(peers, 100)]:
+            assert destination_module._peer_tag(peer) == digest(peer.encode()).hex()[:16]
+    assert destination_module._peer_tag.cache_info().maxsize == (
+        destination_module.PEER_TAGS_REMEMBERED
+    )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import uuid
 from collections import OrderedDict
@@ -1524,7 +1525,14 @@ def _staged_size(key: str) -> int:
         return 0
 
 
+#: Peers whose tag is remembered (a host has a few peers; a tag is a pure function of
+#: the id, so it cannot go stale).
+PEER_TAGS_REMEMBERED = 256
+
+
+@functools.lru_cache(maxsize=PEER_TAGS_REMEMBERED)
 def _peer_tag(peer: str) -> str:
     """A store-key segment naming ``peer``: a digest, because host ids contain ``/`` and
-    one id's prefix must never list another's uploads."""
+    one id's prefix must never list another's uploads. Remembered: an arrival needs it
+    three times (its staging room, its stage, its activation)."""
     return digest(peer.encode()).hex()[:16]
