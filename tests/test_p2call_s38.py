@@ -9,6 +9,12 @@ nobody needed, with what each side does unchanged.
   stage's own future, not a shield of it (a future and two loop turns less per stage on
   a busy host): a caller cancelled meanwhile still leaves its stage to the writer, which
   writes it, and the stages beside it are answered as before.
+* The server's gate counts a peer's handoff bytes in flight with a small context manager
+  class, not a generator-based one: the same counts, refusals and releases as the
+  generator it replaces (kept here as the reference) on seeded sequences.
+* Two empty requests of one peer in flight at once no longer leave the gate with a
+  ``KeyError`` (the second to finish found its peer's entry gone): an empty request
+  holds nothing.
 * A destination names a peer's ``staged-by/`` and upload keys by a tag of the peer's id
   hashed once per peer, not three times per migration: the same tag for every id.
 """
@@ -16,7 +22,9 @@ nobody needed, with what each side does unchanged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +32,14 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.errors import PeerUnavailableError
 from gateway.handoff import destination as destination_module
 from gateway.handoff.records import DestinationStep
 from gateway.host import Host
 from gateway.lineage import digest
 from gateway.observability.health import Readiness
 from gateway.testing import HostSpec, build_world, sealed_transfer, serving, sign_transfer
-from gateway.transport.server import GatewayService, start_server
+from gateway.transport.server import PEER_IN_FLIGHT_BYTES, Gate, GatewayService, start_server
 from gateway.transport.status import ERROR_TYPE_KEY
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.conftest import HOST_A, HOST_B
@@ -166,3 +175,74 @@ def test_a_peer_tag_is_the_digest_of_its_id_however_often_asked() -> None:
     assert destination_module._peer_tag.cache_info().maxsize == (
         destination_module.PEER_TAGS_REMEMBERED
     )
+
+
+class _ReferenceGate(Gate):
+    """The gate with ``holding`` as it was written before (a generator)."""
+
+    @contextlib.contextmanager
+    def holding(self, peer: str, size: int, host: str) -> Iterator[None]:  # type: ignore[override]
+        held = self.held.get(peer, 0)
+        if held and held + size > PEER_IN_FLIGHT_BYTES:
+            raise PeerUnavailableError(
+                f"{host} holds {held} bytes of handoffs from {peer} in flight; a peer may "
+                f"have at most {PEER_IN_FLIGHT_BYTES} at once",
+                hint="the sender retries once those are answered",
+            )
+        self.held[peer] = held + size
+        try:
+            yield
+        finally:
+            left = self.held[peer] - size
+            if left:
+                self.held[peer] = left
+            else:
+                del self.held[peer]
+
+
+class _Failed(Exception):
+    pass
+
+
+def _run_holds(gate: Gate, rng: random.Random, depth: int, trace: list[object]) -> None:
+    """Nested holds of random peers and sizes, some failing inside; every step's
+    outcome and the gate's counts go into ``trace``."""
+    peer = rng.choice(("p1", "p2", "p3"))
+    size = rng.choice((1, 4458, PEER_IN_FLIGHT_BYTES // 2, PEER_IN_FLIGHT_BYTES, 3 << 20))
+    try:
+        with gate.holding(peer, size, "host-b"):
+            trace.append(("in", peer, size, dict(gate.held)))
+            for _ in range(rng.randrange(0, 3) if depth < 4 else 0):
+                _run_holds(gate, rng, depth + 1, trace)
+            if rng.random() < 0.2:
+                raise _Failed
+    except PeerUnavailableError as exc:
+        trace.append(("refused", peer, size, str(exc), exc.hint, dict(gate.held)))
+    except _Failed:
+        trace.append(("failed", peer, size))
+    trace.append(("out", dict(gate.held)))
+
+
+def test_the_gate_holds_and_refuses_as_its_generator_did() -> None:
+    for seed in range(300):
+        traces = []
+        for gate in (_ReferenceGate(), Gate()):
+            trace: list[object] = []
+            _run_holds(gate, random.Random(seed), 0, trace)
+            assert gate.held == {}
+            traces.append(trace)
+        assert traces[0] == traces[1], seed
+
+
+def test_overlapping_empty_requests_of_one_peer_hold_nothing() -> None:
+    """Two empty Prepares from one peer in flight at once (a misbehaving peer can send
+    them): the second to finish raised KeyError in the gate (an INTERNAL answer and a
+    logged traceback instead of the request's refusal). An empty request holds nothing."""
+    gate = Gate()
+    with gate.holding("p1", 0, "host-b"):
+        with gate.holding("p1", 0, "host-b"):
+            assert gate.held == {}
+        with gate.holding("p1", 10, "host-b"):
+            assert gate.held == {"p1": 10}
+        assert gate.held == {}
+    assert gate.held == {}

@@ -154,6 +154,11 @@ class Gate:
                 f"have at most {PEER_IN_FLIGHT_BYTES} at once",
                 hint="the sender retries once those are answered",
             )
+        if not size:
+            # An empty request holds nothing. Counted, it made an entry of 0, which the
+            # first of two such requests to finish deleted under the second (KeyError).
+            yield
+            return
         self.held[peer] = held + size
         try:
             yield
