@@ -142,32 +142,11 @@ class Gate:
     def leave(self) -> None:
         self.in_flight -= 1
 
-    @contextlib.contextmanager
-    def holding(self, peer: str, size: int, host: str) -> Iterator[None]:
+    def holding(self, peer: str, size: int, host: str) -> _Holding:
         """Count ``size`` bytes against ``peer``'s budget while the block runs; refused
         (UNAVAILABLE: the sender's client retries with backoff) when the peer's requests
         in flight would then hold more than :data:`PEER_IN_FLIGHT_BYTES`."""
-        held = self.held.get(peer, 0)
-        if held and held + size > PEER_IN_FLIGHT_BYTES:
-            raise PeerUnavailableError(
-                f"{host} holds {held} bytes of handoffs from {peer} in flight; a peer may "
-                f"have at most {PEER_IN_FLIGHT_BYTES} at once",
-                hint="the sender retries once those are answered",
-            )
-        if not size:
-            # An empty request holds nothing. Counted, it made an entry of 0, which the
-            # first of two such requests to finish deleted under the second (KeyError).
-            yield
-            return
-        self.held[peer] = held + size
-        try:
-            yield
-        finally:
-            left = self.held[peer] - size
-            if left:
-                self.held[peer] = left
-            else:
-                del self.held[peer]
+        return _Holding(self.held, peer, size, host)
 
     @contextlib.contextmanager
     def calling(self, peer: str, host: str) -> Iterator[None]:
@@ -189,6 +168,40 @@ class Gate:
                 self.calls[peer] = left
             else:
                 del self.calls[peer]
+
+
+class _Holding:
+    """:meth:`Gate.holding`'s block: a class, not a ``contextlib`` generator (its context
+    object, generator and two steps: 12.9 k instructions a Prepare against 7.8 k, with
+    the call around it)."""
+
+    __slots__ = ("_held", "_host", "_peer", "_size")
+
+    def __init__(self, held: dict[str, int], peer: str, size: int, host: str) -> None:
+        self._held, self._peer, self._size, self._host = held, peer, size, host
+
+    def __enter__(self) -> None:
+        peer, size = self._peer, self._size
+        held = self._held.get(peer, 0)
+        if held and held + size > PEER_IN_FLIGHT_BYTES:
+            raise PeerUnavailableError(
+                f"{self._host} holds {held} bytes of handoffs from {peer} in flight; a peer "
+                f"may have at most {PEER_IN_FLIGHT_BYTES} at once",
+                hint="the sender retries once those are answered",
+            )
+        # An empty request holds nothing. Counted, it made an entry of 0, which the first
+        # of two such requests to finish deleted under the second (KeyError).
+        if size:
+            self._held[peer] = held + size
+
+    def __exit__(self, *_exc: object) -> None:
+        if not self._size:
+            return
+        left = self._held[self._peer] - self._size
+        if left:
+            self._held[self._peer] = left
+        else:
+            del self._held[self._peer]
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
