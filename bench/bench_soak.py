@@ -234,8 +234,10 @@ def cpu_ms_per_migration_by_third(
     Why: throughput and p99 by third are wall-clock figures on a machine shared with other
     work, so a drift in them cannot tell work that grows with history (a store that holds
     more costs more per migration) from a machine that got busier. CPU per migration
-    can: it grows only if each migration costs more. A third starts at the last sample
-    before it, as the store growth by third does."""
+    can: it grows only if each migration costs more. (Nearly: the servers' cycles cost
+    CPU per second, not per migration, so a throughput that falls for another reason
+    raises it by the cycles' share of the CPU times the fall.) A third starts at the
+    last sample before it, as the store growth by third does."""
     third = span / 3
     cut = [[s for s in samples if k * third <= s["t"] < (k + 1) * third] for k in range(3)]
     cut[2] += [s for s in samples if s["t"] >= span]
