@@ -208,6 +208,52 @@ def rss_parts_mib(pid: int) -> dict[str, float]:
     return parts
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) process ``pid`` has used so far, from
+    /proc/PID/stat; nan if it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            # After the command's closing parenthesis (it may hold spaces): field 3 on.
+            fields = handle.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+#: The process that coordinates the migrations (this one), beside the two servers, in
+#: each sample's ``cpu_s``.
+COORDINATOR = "coordinator"
+
+
+def cpu_ms_per_migration_by_third(
+    samples: list[dict[str, Any]], span: float
+) -> dict[str, list[float]]:
+    """CPU milliseconds each process (the two servers, the coordinator, ``total``) used
+    per migration finished, in each third of the measured window.
+
+    Why: throughput and p99 by third are wall-clock figures on a machine shared with other
+    work, so a drift in them cannot tell work that grows with history (a store that holds
+    more costs more per migration) from a machine that got busier. CPU per migration
+    can: it grows only if each migration costs more. (Nearly: the servers' cycles cost
+    CPU per second, not per migration, so a throughput that falls for another reason
+    raises it by the cycles' share of the CPU times the fall.) A third starts at the
+    last sample before it, as the store growth by third does."""
+    third = span / 3
+    cut = [[s for s in samples if k * third <= s["t"] < (k + 1) * third] for k in range(3)]
+    cut[2] += [s for s in samples if s["t"] >= span]
+    processes = list(samples[0].get("cpu_s", {})) if samples else []
+    result: dict[str, list[float]] = {p: [] for p in [*processes, "total"]}
+    for k, part in enumerate(cut):
+        start = next((s for s in reversed(samples) if s["t"] < k * third), None)
+        start = start or (part[0] if part else None)
+        made = part[-1]["migrations"] - start["migrations"] if part and start else 0
+        for process in processes:
+            used = part[-1]["cpu_s"][process] - start["cpu_s"][process] if made else 0.0
+            result[process].append(used * 1e3 / made if made else float("nan"))
+        result["total"].append(math.fsum(result[p][k] for p in processes) if made else float("nan"))
+    return result
+
+
 def store_file(world: World, host_id: str) -> Path:
     path = load_config(world.config(host_id)).sqlite
     assert path is not None
@@ -375,6 +421,10 @@ async def drive(
                 "p99_ms": percentile(recent, 0.99) * 1e3,
                 "rss_mib": {h: rss_mib(servers[h].pid) for h in hosts},
                 "rss_parts_mib": {h: rss_parts_mib(servers[h].pid) for h in hosts},
+                "cpu_s": {
+                    **{h: cpu_seconds(servers[h].pid) for h in hosts},
+                    COORDINATOR: time.process_time(),
+                },
                 "store_bytes": {h: store_bytes(files[h]) for h in hosts},
                 "wal_bytes": {h: wal_bytes(files[h]) for h in hosts},
                 **dict(
@@ -438,6 +488,7 @@ async def drive(
         for key in (
             "throughput_drift",
             "p99_drift",
+            "cpu_per_migration_drift",
             "rss_slope_mib_per_min",
             "rss_slope_by_host",
             "rss_slope_last_two_thirds",
@@ -516,9 +567,15 @@ def summarize(
     for k in range(3):
         previous = next((s for s in reversed(samples) if s["t"] < k * third), None)
         per_third.append(growth_per_migration(cut[k], previous))
+    cpu = cpu_ms_per_migration_by_third(samples, span)
     result = {
         "throughput_drift": rates[2] / rates[0] if rates[0] else float("nan"),
         "p99_drift": p99s[2] / p99s[0] if p99s[0] else float("nan"),
+        # Last third over first: above 1 only if each migration costs more.
+        "cpu_per_migration_drift": cpu["total"][2] / cpu["total"][0]
+        if cpu["total"] and cpu["total"][0]
+        else float("nan"),
+        "cpu_ms_per_migration_by_third": cpu,
         "rss_slope_mib_per_min": max(slopes.values()),
         "rss_slope_by_host": slopes,
         "rss_slope_standard_error_by_host": slope_errors,
@@ -633,6 +690,15 @@ def print_soak(result: dict[str, Any]) -> None:
     say(
         f"  throughput drift (last/first third) {result['throughput_drift']:.2f}, "
         f"p99 drift {result['p99_drift']:.2f}"
+    )
+    cpu = result["cpu_ms_per_migration_by_third"]
+    say(
+        "  CPU ms per migration by third: "
+        + ", ".join(
+            f"{p.split('/')[2] if '/' in p else p} " + " ".join(f"{v:.1f}" for v in values)
+            for p, values in cpu.items()
+        )
+        + f" (drift {result['cpu_per_migration_drift']:.2f})"
     )
     say(
         f"  RSS slope (MiB/min, larger server) {result['rss_slope_mib_per_min']:.2f} "
