@@ -272,6 +272,12 @@ class Host:
         if obj.subscriptions:
             self._in_background(self.events.take_up(obj.tenant, obj.object_id))
             self.events.activated(obj.tenant, obj.object_id)
+        if obj.cycle.interval is None and self.cycles.compaction.policy.due(
+            obj.lineage, now=self.context.clock.now()
+        ):
+            # Nothing else would compact an object that does not cycle here: each hop
+            # adds its entries and a departure checkpoint (Compaction.after_arrival).
+            self._in_background(self.cycles.compaction.after_arrival(obj.tenant, obj))
         if self.jobs is None and self._scheduling:
             self.scheduler.notice(obj)
         elif self.jobs is None:

@@ -305,11 +305,23 @@ class Compaction:
         compacted (what :meth:`after_cycle` asks first)."""
         return self.policy.due(obj.lineage, now=now, stored_bytes=len(stored))
 
+    async def after_arrival(self, tenant: str, obj: GovernedObject) -> bool:
+        """Compact ``obj`` as it just became active here by an arrival, if it is due.
+
+        For an object that does not cycle here (no interval): compaction otherwise runs
+        only after a cycle, a call or a message's wake, so an object that only moves
+        carried every hop's entries and departure checkpoint (about 2.7 KB a hop) until
+        it no longer fit an envelope. Its record's size is not known here, so the
+        policy's bytes limit is left to the next cycle; its entries, age and carried
+        handoffs (ADR 0010) are checked. Never raises: the arrival stays committed."""
+        return await self.after_cycle(tenant, obj, stored_bytes=None, now=self.ctx.clock.now())
+
     async def after_cycle(
-        self, tenant: str, obj: GovernedObject, *, stored_bytes: int, now: datetime
+        self, tenant: str, obj: GovernedObject, *, stored_bytes: int | None, now: datetime
     ) -> bool:
-        """Compact ``obj`` (as a cycle just committed it, ``stored_bytes`` long) if the
-        policy says it is due. Never raises: a cycle that committed stays committed."""
+        """Compact ``obj`` (as a cycle just committed it, ``stored_bytes`` long, or
+        ``None`` if not known) if the policy says it is due. Never raises: a cycle that
+        committed stays committed."""
         if not self.policy.due(obj.lineage, now=now, stored_bytes=stored_bytes):
             return False
         try:
