@@ -371,12 +371,16 @@ def test_the_journals_object_puts_describe_their_own_bytes(tmp_path: Path) -> No
     async def main() -> None:
         async with SqliteStore.open(tmp_path / "j.db", create=True) as store:
             etag: str | Expect = Expect.ABSENT
+            kinds = set()
             for obj in objects:
                 put = journal.put_object("acme", obj, etag)
                 assert put.value == wire.encode_object(obj)
-                assert type(put) is PutEntries
+                # A young record is written whole (journal.SPLIT_MIN_ENTRIES).
+                split = len(obj.lineage.entries) >= journal.SPLIT_MIN_ENTRIES
+                assert type(put) is (PutEntries if split else Put)
+                kinds.add(type(put))
                 start = 0
-                for index, entry in enumerate(obj.lineage.entries):
+                for index, entry in enumerate(obj.lineage.entries if split else ()):
                     raw = entry.encode()
                     end = put.entry_ends[index]
                     field = put.value[put.entries_at + start : put.entries_at + end]
@@ -387,6 +391,7 @@ def test_the_journals_object_puts_describe_their_own_bytes(tmp_path: Path) -> No
                 got = await store.get(put.key)
                 assert got is not None and got.value == put.value
                 assert wire.decode_object(got.value).lineage.entries == obj.lineage.entries
+            assert kinds == {Put, PutEntries}  # young records, then split ones, then back
 
     asyncio.run(main())
 

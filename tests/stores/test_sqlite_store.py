@@ -92,7 +92,9 @@ def test_a_new_file_stores_the_etag_before_the_value(db_path: Path) -> None:
     raw = sqlite3.connect(db_path)
     try:
         columns = [name for _cid, name, *_rest in raw.execute("PRAGMA table_info(items)")]
-        assert columns == ["key", "etag", "value"]
+        # The ETag, and what keeps an object record's entries as rows of their own
+        # (schema version 2, docs/storage.md), before the value.
+        assert columns == ["key", "etag", "entries_at", "entry_rows", "entry_ids", "value"]
     finally:
         raw.close()
 
@@ -112,7 +114,7 @@ def test_an_old_value_first_file_keeps_its_order(db_path: Path) -> None:
     raw = sqlite3.connect(db_path)
     try:
         columns = [name for _cid, name, *_rest in raw.execute("PRAGMA table_info(items)")]
-        assert columns == ["key", "value", "etag"]
+        assert columns == ["key", "value", "etag", "entries_at", "entry_rows", "entry_ids"]
     finally:
         raw.close()
 
@@ -183,7 +185,7 @@ def test_file_settings(db_path: Path) -> None:
     raw = sqlite3.connect(db_path)
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert raw.execute("PRAGMA user_version").fetchone() == (1,)
+        assert raw.execute("PRAGMA user_version").fetchone() == (2,)
     finally:
         raw.close()
 
