@@ -657,7 +657,7 @@ def encode_object(obj: GovernedObject) -> bytes:
     lineage's entries come from the encoding its log keeps (:func:`_entries_wire`),
     which grows by the new entries only. Same bytes as serializing the whole message
     (tests/test_object_encoding.py holds the two together)."""
-    return _joined_at(obj, first=b"", snapshot_tag=_SNAPSHOT_TAG, lineage_tag=_LINEAGE_TAG)[0]
+    return _joined(obj, first=b"", snapshot_tag=_SNAPSHOT_TAG, lineage_tag=_LINEAGE_TAG)[0]
 
 
 def encode_object_entries(obj: GovernedObject) -> tuple[bytes, int, list[int], bytes]:
@@ -670,7 +670,7 @@ def encode_object_entries(obj: GovernedObject) -> tuple[bytes, int, list[int], b
     encode_object has just brought up to date, and an entry remembers its leaf hash (the
     next entry links to it), so beyond encode_object this costs a copy of the ends and
     one hash read per entry, not an encoding or a hash."""
-    value, at = _joined_at(obj, first=b"", snapshot_tag=_SNAPSHOT_TAG, lineage_tag=_LINEAGE_TAG)
+    value, at = _joined(obj, first=b"", snapshot_tag=_SNAPSHOT_TAG, lineage_tag=_LINEAGE_TAG)
     log = obj.lineage._log
     count = len(obj.lineage.entries)
     entries = log.entries if count == len(log.entries) else log.entries[:count]
@@ -696,32 +696,12 @@ def _joined(
     lineage_tag: bytes,
     credentials: bytes | None = None,
     last: bytes | None = None,
-) -> bytes:
+) -> tuple[bytes, int]:
     """``first``, then the object's snapshot and its lineage under the given tags with
     ``credentials`` between them, then ``last``: a StoredObject (:func:`encode_object`)
     or a Transfer's fields 9-12 (:func:`encode_transfer`), from the object's remembered
     parts. ``credentials`` and ``last`` default to StoredObject's own (field 2, and
-    fields 4-12)."""
-    return _joined_at(
-        obj,
-        first=first,
-        snapshot_tag=snapshot_tag,
-        lineage_tag=lineage_tag,
-        credentials=credentials,
-        last=last,
-    )[0]
-
-
-def _joined_at(
-    obj: GovernedObject,
-    *,
-    first: bytes,
-    snapshot_tag: bytes,
-    lineage_tag: bytes,
-    credentials: bytes | None = None,
-    last: bytes | None = None,
-) -> tuple[bytes, int]:
-    """:func:`_joined`'s bytes and the offset in them of the lineage's first entry."""
+    fields 4-12); and the offset in those bytes of the lineage's first entry."""
     head, rules, size, after, own_credentials, rest, tail = _unchanged_parts(obj)
     timing = _cycle_wire(obj.cycle)
     buffer, end = _entries_wire(obj.lineage)
@@ -1119,7 +1099,7 @@ def encode_transfer(transfer: Transfer) -> bytes:
         lineage_tag=_TRANSFER_LINEAGE_TAG,
         credentials=_transfer_credentials_wire(tuple(obj.grants)),
         last=last,
-    )
+    )[0]
 
 
 @functools.lru_cache(maxsize=1024)
