@@ -178,9 +178,7 @@ def put_object(tenant: str, obj: GovernedObject, etag: str | Expect) -> Put:
     key = object_key(tenant, obj.object_id)
     if len(obj.lineage.entries) < SPLIT_MIN_ENTRIES:
         return _put(key, wire.encode_object(obj), etag)
-    value, at, ends, ids = wire.encode_object_entries(obj)
-    if not ends:
-        return _put(key, value, etag)
+    value, at, ends, ids = wire.encode_object_entries(obj)  # ends: one per entry, never empty here
     return _put_entries(key, value, etag, at, ends, ids)
 
 
