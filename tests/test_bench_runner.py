@@ -322,3 +322,30 @@ def test_the_rss_slope_row_shows_its_interval() -> None:
     assert plain[label][2] == "-"
     assert shown[label][2] == "+- 0.66 MiB/min (95 %)"
     assert shown[label][6] == plain[label][6] == "must"
+
+
+def test_the_soak_cpu_per_migration_drift_is_shown_and_not_judged() -> None:
+    """bench_soak reports CPU per migration by third (session 38): the table shows the
+    first and last third's totals and their drift, as a diagnostic with no must (a rise
+    that the coordinator, which holds no store, shares comes from the machine)."""
+    soak = {
+        "throughput_drift": 0.95,
+        "p99_drift": 1.02,
+        "rss_slope_mib_per_min": 0.8,
+        "cpu_per_migration_drift": 1.11,
+        "cpu_ms_per_migration_by_third": {"total": [15.6, 16.4, 17.3], "coordinator": [1, 1, 1]},
+    }
+    by_label = {row[0]: row for row in runner.rows({"soak": soak})[1:]}
+    row = by_label["soak CPU per migration, last/first third (diagnostic)"]
+    assert row[2] == "15.6 -> 17.3 ms", row
+    assert row[3] == "1.11x [1.11-1.11]", row
+    assert row[4] == row[5] == row[6] == "-", row
+    target = next(t for t in runner.TARGETS if t.key == "cpu_per_migration_drift")
+    assert runner.verdict(target, soak) == "-"
+    # A soak from before session 38 has no such key: no row, and nothing breaks.
+    older = {k: v for k, v in soak.items() if not k.startswith("cpu")}
+    labels = [row[0] for row in runner.rows({"soak": older})[1:]]
+    assert "soak CPU per migration, last/first third (diagnostic)" in labels
+    assert {row[0]: row for row in runner.rows({"soak": older})[1:]}[
+        "soak CPU per migration, last/first third (diagnostic)"
+    ][3] == "-"
