@@ -1050,6 +1050,7 @@ class _Log:
         "start_frontier",
         "wire",
         "wire_ends",
+        "wire_ids",
     )
 
     def __init__(self, base: Base | None, base_payload: bytes) -> None:
@@ -1065,6 +1066,10 @@ class _Log:
         #: written every cycle encodes only its new entries.
         self.wire = bytearray()
         self.wire_ends: list[int] = []
+        #: The entries' ids (their leaf hashes, gateway.stores.PutEntries), joined, grown
+        #: as the log's encoding is (gateway.wire fills it): ``wire_ids[: 32 * i]`` are
+        #: those of entries [0, i), so a cycle's put joins only its new entries' ids.
+        self.wire_ids = bytearray()
         #: Tree heads over the first n entries of the whole history (archived ones
         #: included) by n, as verify_lineage computed them from the entries: the entries
         #: of a log never change, so neither do these.
@@ -1119,15 +1124,22 @@ _ENTRY_SETTERS = tuple(
 )
 
 
+#: The bytes of an entry's leaf hash (SHA-256), its id in :attr:`_Log.wire_ids`.
+LEAF_HASH_BYTES = 32
+
+
 def _share_wire(source: _Log, target: _Log, count: int) -> None:
     """Give ``target`` (a new log holding the first ``count`` entries of ``source``) the
-    encoding of those entries that ``source`` already has: a fold rewrites only the last
-    group, so the rest of the history is not encoded again."""
+    encoding of those entries that ``source`` already has, and their ids: a fold
+    rewrites only the last group, so the rest of the history is not encoded again."""
     target.parts = source.parts  # checked value by value by whoever uses them
     ends = source.wire_ends[:count]
     if ends:
         target.wire = bytearray(memoryview(source.wire)[: ends[-1]])
         target.wire_ends = ends
+    ids = source.wire_ids
+    if ids:
+        target.wire_ids = ids[: LEAF_HASH_BYTES * count]
 
 
 class Entries(Sequence[LineageEntry]):

@@ -63,7 +63,7 @@ from gateway.handoff.records import (
     SourceStep,
 )
 from gateway.limits import MAX_ANSWERS, MAX_SUBSCRIPTIONS
-from gateway.lineage import Lineage, LineageEntry, digest
+from gateway.lineage import LEAF_HASH_BYTES, Lineage, LineageEntry, digest
 from gateway.model import (
     MAX_CYCLE_INTERVAL,
     NO_AUTHORITY,
@@ -673,19 +673,27 @@ def encode_object_entries(obj: GovernedObject) -> tuple[bytes, int, list[int], b
     value, at = _joined(obj, first=b"", snapshot_tag=_SNAPSHOT_TAG, lineage_tag=_LINEAGE_TAG)
     log = obj.lineage._log
     count = len(obj.lineage.entries)
-    entries = log.entries if count == len(log.entries) else log.entries[:count]
     if not count:
         return value, at, [], b""
-    # Every entry but the newest remembers its leaf hash (the next one links to it); the
-    # newest is hashed now rather than by the next cycle's append. Then the remembered
-    # hashes are read as slots (about 30 ns an entry; a call of leaf_hash per entry cost
-    # about 300 instructions, an attrgetter about 500 through the generic lookup).
-    entries[-1].leaf_hash()
-    try:
-        ids = b"".join([entry._leaf for entry in entries])  # type: ignore[misc]
-    except (TypeError, AttributeError):  # another one not hashed yet (None, or never set)
-        ids = b"".join([entry.leaf_hash() for entry in entries])
-    return value, at, log.wire_ends[:count], ids
+    # The log keeps its entries' ids joined, as it keeps their encoding: only the entries
+    # appended since its last put are read (entries are only ever appended to a log, and
+    # a fold or a fork starts a new one with the ids of the entries it shares).
+    ids = log.wire_ids
+    size = LEAF_HASH_BYTES * count
+    done = len(ids) // LEAF_HASH_BYTES
+    if done < count:
+        new = log.entries[done:count]
+        # Every entry but the newest remembers its leaf hash (the next one links to it);
+        # the newest is hashed now rather than by the next cycle's append. Then the
+        # remembered hashes are read as slots (about 30 ns an entry; a call of leaf_hash
+        # per entry cost about 300 instructions, an attrgetter about 500).
+        new[-1].leaf_hash()
+        try:
+            ids += b"".join([entry._leaf for entry in new])  # type: ignore[misc]
+        except (TypeError, AttributeError):  # another one not hashed yet (None, or never set)
+            ids += b"".join([entry.leaf_hash() for entry in new])
+    # A copy (the log's buffer grows with the next append); a prefix for an older value.
+    return value, at, log.wire_ends[:count], bytes(ids) if len(ids) == size else bytes(ids[:size])
 
 
 def _joined(
