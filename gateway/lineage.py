@@ -1280,8 +1280,10 @@ class Lineage:
 
     def _appendable(self) -> _Log:
         """The log to append to: this one if this value sees all of it, else a copy."""
-        log = self._log
-        count = len(self.entries)
+        entries = self.entries
+        assert isinstance(entries, Entries)  # __post_init__ makes it one
+        # Its slots read, not the ``_log`` property and ``__len__``: every cycle appends.
+        log, count = entries._log, entries._count
         if count == len(log.entries):
             return log
         copy = _Log(log.base, log.base_payload)
