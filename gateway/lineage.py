@@ -50,6 +50,7 @@ from gateway import _custody_chain as custody_chain
 from gateway import envelope as dsse
 from gateway import merkle
 from gateway._decode import MAX_JSON_INT_DIGITS, load_json
+from gateway._slots import builder
 from gateway._time import format_time, parse_time
 from gateway.errors import (
     ConfigError,
@@ -1124,6 +1125,25 @@ _ENTRY_SETTERS = tuple(
 )
 
 
+#: ``LineageEntry(...)`` with its encoding and leaf hash (None: not computed yet), by
+#: position, for the entries every append builds (gateway/_slots.py).
+_new_entry = builder(
+    LineageEntry,
+    "seq",
+    "prev",
+    "time",
+    "host",
+    "kind",
+    "epoch",
+    "generation",
+    "data_digest",
+    "credentials_digest",
+    "detail",
+    "repeats",
+    "_raw",
+    "_leaf",
+)
+
 #: The bytes of an entry's leaf hash (SHA-256), its id in :attr:`_Log.wire_ids`.
 LEAF_HASH_BYTES = 32
 
@@ -1337,21 +1357,6 @@ class Lineage:
         # together); fields it cannot write (a naive time, a lone surrogate) are left
         # to it, to raise where they always did.
         shared = _shared_text(host, at, epoch, generation, credentials_digest)
-        (
-            set_seq,
-            set_prev,
-            set_time,
-            set_host,
-            set_kind,
-            set_epoch,
-            set_generation,
-            set_data_digest,
-            set_credentials_digest,
-            set_detail,
-            set_repeats,
-            set_raw,
-            set_leaf,
-        ) = _ENTRY_SETTERS
         leaf: bytes | None = None  # the leaf hash of the entry added last, if computed
         for kind, data_digest, detail in records:
             if len(detail) > MAX_DETAIL:
@@ -1376,21 +1381,24 @@ class Lineage:
                     # Its leaf hash too: the next entry (this append's, or the next
                     # cycle's first) links to it.
                     leaf = merkle.leaf_hash(raw)
-            entry = object.__new__(LineageEntry)
-            set_seq(entry, seq)
-            set_prev(entry, prev)
-            set_time(entry, at)
-            set_host(entry, host)
-            set_kind(entry, kind)
-            set_epoch(entry, epoch)
-            set_generation(entry, generation)
-            set_data_digest(entry, data_digest)
-            set_credentials_digest(entry, credentials_digest)
-            set_detail(entry, detail)
-            set_repeats(entry, 0)
-            set_raw(entry, raw)  # None: computed when first asked for (encode, leaf_hash)
-            set_leaf(entry, leaf)
-            added.append(entry)  # log.add
+            # raw None: computed when first asked for (encode, leaf_hash)
+            added.append(  # log.add
+                _new_entry(
+                    seq,
+                    prev,
+                    at,
+                    host,
+                    kind,
+                    epoch,
+                    generation,
+                    data_digest,
+                    credentials_digest,
+                    detail,
+                    0,
+                    raw,
+                    leaf,
+                )
+            )
         return self._on(log)
 
     def _on(self, log: _Log) -> Lineage:
