@@ -50,6 +50,7 @@ from gateway import _custody_chain as custody_chain
 from gateway import envelope as dsse
 from gateway import merkle
 from gateway._decode import MAX_JSON_INT_DIGITS, load_json
+from gateway._slots import builder
 from gateway._time import format_time, parse_time
 from gateway.errors import (
     ConfigError,
@@ -1050,6 +1051,7 @@ class _Log:
         "start_frontier",
         "wire",
         "wire_ends",
+        "wire_ids",
     )
 
     def __init__(self, base: Base | None, base_payload: bytes) -> None:
@@ -1065,6 +1067,10 @@ class _Log:
         #: written every cycle encodes only its new entries.
         self.wire = bytearray()
         self.wire_ends: list[int] = []
+        #: The entries' ids (their leaf hashes, gateway.stores.PutEntries), joined, grown
+        #: as the log's encoding is (gateway.wire fills it): ``wire_ids[: 32 * i]`` are
+        #: those of entries [0, i), so a cycle's put joins only its new entries' ids.
+        self.wire_ids = bytearray()
         #: Tree heads over the first n entries of the whole history (archived ones
         #: included) by n, as verify_lineage computed them from the entries: the entries
         #: of a log never change, so neither do these.
@@ -1119,15 +1125,41 @@ _ENTRY_SETTERS = tuple(
 )
 
 
+#: ``LineageEntry(...)`` with its encoding and leaf hash (None: not computed yet), by
+#: position, for the entries every append builds (gateway/_slots.py).
+_new_entry = builder(
+    LineageEntry,
+    "seq",
+    "prev",
+    "time",
+    "host",
+    "kind",
+    "epoch",
+    "generation",
+    "data_digest",
+    "credentials_digest",
+    "detail",
+    "repeats",
+    "_raw",
+    "_leaf",
+)
+
+#: The bytes of an entry's leaf hash (SHA-256), its id in :attr:`_Log.wire_ids`.
+LEAF_HASH_BYTES = 32
+
+
 def _share_wire(source: _Log, target: _Log, count: int) -> None:
     """Give ``target`` (a new log holding the first ``count`` entries of ``source``) the
-    encoding of those entries that ``source`` already has: a fold rewrites only the last
-    group, so the rest of the history is not encoded again."""
+    encoding of those entries that ``source`` already has, and their ids: a fold
+    rewrites only the last group, so the rest of the history is not encoded again."""
     target.parts = source.parts  # checked value by value by whoever uses them
     ends = source.wire_ends[:count]
     if ends:
         target.wire = bytearray(memoryview(source.wire)[: ends[-1]])
         target.wire_ends = ends
+    ids = source.wire_ids
+    if ids:
+        target.wire_ids = ids[: LEAF_HASH_BYTES * count]
 
 
 class Entries(Sequence[LineageEntry]):
@@ -1268,8 +1300,10 @@ class Lineage:
 
     def _appendable(self) -> _Log:
         """The log to append to: this one if this value sees all of it, else a copy."""
-        log = self._log
-        count = len(self.entries)
+        entries = self.entries
+        assert isinstance(entries, Entries)  # __post_init__ makes it one
+        # Its slots read, not the ``_log`` property and ``__len__``: every cycle appends.
+        log, count = entries._log, entries._count
         if count == len(log.entries):
             return log
         copy = _Log(log.base, log.base_payload)
@@ -1323,21 +1357,6 @@ class Lineage:
         # together); fields it cannot write (a naive time, a lone surrogate) are left
         # to it, to raise where they always did.
         shared = _shared_text(host, at, epoch, generation, credentials_digest)
-        (
-            set_seq,
-            set_prev,
-            set_time,
-            set_host,
-            set_kind,
-            set_epoch,
-            set_generation,
-            set_data_digest,
-            set_credentials_digest,
-            set_detail,
-            set_repeats,
-            set_raw,
-            set_leaf,
-        ) = _ENTRY_SETTERS
         leaf: bytes | None = None  # the leaf hash of the entry added last, if computed
         for kind, data_digest, detail in records:
             if len(detail) > MAX_DETAIL:
@@ -1362,21 +1381,24 @@ class Lineage:
                     # Its leaf hash too: the next entry (this append's, or the next
                     # cycle's first) links to it.
                     leaf = merkle.leaf_hash(raw)
-            entry = object.__new__(LineageEntry)
-            set_seq(entry, seq)
-            set_prev(entry, prev)
-            set_time(entry, at)
-            set_host(entry, host)
-            set_kind(entry, kind)
-            set_epoch(entry, epoch)
-            set_generation(entry, generation)
-            set_data_digest(entry, data_digest)
-            set_credentials_digest(entry, credentials_digest)
-            set_detail(entry, detail)
-            set_repeats(entry, 0)
-            set_raw(entry, raw)  # None: computed when first asked for (encode, leaf_hash)
-            set_leaf(entry, leaf)
-            added.append(entry)  # log.add
+            # raw None: computed when first asked for (encode, leaf_hash)
+            added.append(  # log.add
+                _new_entry(
+                    seq,
+                    prev,
+                    at,
+                    host,
+                    kind,
+                    epoch,
+                    generation,
+                    data_digest,
+                    credentials_digest,
+                    detail,
+                    0,
+                    raw,
+                    leaf,
+                )
+            )
         return self._on(log)
 
     def _on(self, log: _Log) -> Lineage:

@@ -63,7 +63,7 @@ from gateway.handoff.records import (
     SourceStep,
 )
 from gateway.limits import MAX_ANSWERS, MAX_SUBSCRIPTIONS
-from gateway.lineage import Lineage, LineageEntry, digest
+from gateway.lineage import LEAF_HASH_BYTES, Entries, Lineage, LineageEntry, _Log, digest
 from gateway.model import (
     MAX_CYCLE_INTERVAL,
     NO_AUTHORITY,
@@ -671,21 +671,28 @@ def encode_object_entries(obj: GovernedObject) -> tuple[bytes, int, list[int], b
     next entry links to it), so beyond encode_object this costs a copy of the ends and
     one hash read per entry, not an encoding or a hash."""
     value, at = _joined(obj, first=b"", snapshot_tag=_SNAPSHOT_TAG, lineage_tag=_LINEAGE_TAG)
-    log = obj.lineage._log
-    count = len(obj.lineage.entries)
-    entries = log.entries if count == len(log.entries) else log.entries[:count]
+    log, count = _log_and_count(obj.lineage)
     if not count:
         return value, at, [], b""
-    # Every entry but the newest remembers its leaf hash (the next one links to it); the
-    # newest is hashed now rather than by the next cycle's append. Then the remembered
-    # hashes are read as slots (about 30 ns an entry; a call of leaf_hash per entry cost
-    # about 300 instructions, an attrgetter about 500 through the generic lookup).
-    entries[-1].leaf_hash()
-    try:
-        ids = b"".join([entry._leaf for entry in entries])  # type: ignore[misc]
-    except (TypeError, AttributeError):  # another one not hashed yet (None, or never set)
-        ids = b"".join([entry.leaf_hash() for entry in entries])
-    return value, at, log.wire_ends[:count], ids
+    # The log keeps its entries' ids joined, as it keeps their encoding: only the entries
+    # appended since its last put are read (entries are only ever appended to a log, and
+    # a fold or a fork starts a new one with the ids of the entries it shares).
+    ids = log.wire_ids
+    size = LEAF_HASH_BYTES * count
+    done = len(ids) // LEAF_HASH_BYTES
+    if done < count:
+        new = log.entries[done:count]
+        # Every entry but the newest remembers its leaf hash (the next one links to it);
+        # the newest is hashed now rather than by the next cycle's append. Then the
+        # remembered hashes are read as slots (about 30 ns an entry; a call of leaf_hash
+        # per entry cost about 300 instructions, an attrgetter about 500).
+        new[-1].leaf_hash()
+        try:
+            ids += b"".join([entry._leaf for entry in new])  # type: ignore[misc]
+        except (TypeError, AttributeError):  # another one not hashed yet (None, or never set)
+            ids += b"".join([entry.leaf_hash() for entry in new])
+    # A copy (the log's buffer grows with the next append); a prefix for an older value.
+    return value, at, log.wire_ends[:count], bytes(ids) if len(ids) == size else bytes(ids[:size])
 
 
 def _joined(
@@ -1004,14 +1011,23 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+def _log_and_count(lineage: Lineage) -> tuple[_Log, int]:
+    """``(lineage._log, len(lineage.entries))`` read from its entries' slots: both are
+    Python-level calls (a property and ``Entries.__len__``), asked several times by every
+    cycle's encoding."""
+    entries = lineage.entries
+    if type(entries) is Entries:
+        return entries._log, entries._count
+    return lineage._log, len(entries)  # never: Lineage's __post_init__ makes Entries
+
+
 def _entries_wire(lineage: Lineage) -> tuple[bytearray, int]:
     """The encoding of field 1 of ``lineage``'s Lineage message (its entries), from the
     encoding its log keeps, extended by the entries not encoded yet. The log holds the
     entries of every value appended from it; this value sees the first ``count``: the
     log's buffer and how many of its bytes are this value's (the caller takes a view,
     not a copy, and releases it before the log can grow again)."""
-    log = lineage._log
-    count = len(lineage.entries)
+    log, count = _log_and_count(lineage)
     ends = log.wire_ends
     done = len(ends)
     if done < count:

@@ -296,7 +296,8 @@ class Compaction:
         # cycle's entries: most cycles differ from the one before in their last entry
         # (its summary, or the data's digest after a write), and then nothing folds.
         carried, entries = before.lineage.entries, after.lineage.entries
-        if carried and len(entries) > len(carried) and not carried[-1].same_event(entries[-1]):
+        count = len(carried)  # Entries.__len__ is a Python call: asked once
+        if count and len(entries) > count and not carried[-1].same_event(entries[-1]):
             return after
         return fold_repeats(before, after)
 

@@ -35,14 +35,11 @@ Invariants this module keeps:
 from __future__ import annotations
 
 import asyncio
-import collections
 import enum
-import itertools
 import logging
-import operator
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -50,7 +47,7 @@ from gateway import observability
 from gateway._crash import crash_point
 from gateway._gc import drop_traceback
 from gateway._lru import IdentityLru, IdleLru
-from gateway._slots import builder, tuple_builder
+from gateway._slots import builder, replacing, tuple_builder
 from gateway._time import format_time
 from gateway.authority import EffectiveAuthority
 from gateway.errors import (
@@ -835,39 +832,12 @@ class _Entries:
         return _rebuilt(obj, self.data, lineage, obj.cycle if cycle is None else cycle)
 
 
-#: The fields a cycle keeps as they are, read in one call, and their slots' setters
-#: (a slot's own setter, as object.__setattr__ finds it, without the frozen check).
-_KEPT_FIELDS = tuple(
-    f.name for f in fields(GovernedObject) if f.name not in ("data", "lineage", "cycle")
+#: ``replace(obj, data=data, lineage=lineage, cycle=cycle)`` at a fraction of the cost
+#: (one per cycle): the other fields copied slot by slot (gateway/_slots.py, which
+#: refuses a class with a ``__post_init__``: nothing would re-run it).
+_rebuilt: Callable[[GovernedObject, bytes, Lineage, CycleState], GovernedObject] = replacing(
+    GovernedObject, "data", "lineage", "cycle"
 )
-_kept = operator.attrgetter(*_KEPT_FIELDS)
-_KEPT_SETTERS = tuple(getattr(GovernedObject, name).__set__ for name in _KEPT_FIELDS)
-#: Runs an iterator to its end, keeping nothing.
-_exhaust = collections.deque[object](maxlen=0).extend
-_CHANGED_SETTERS = tuple(
-    getattr(GovernedObject, name).__set__ for name in ("data", "lineage", "cycle")
-)
-
-
-def _rebuilt(
-    obj: GovernedObject, data: bytes, lineage: Lineage, cycle: CycleState
-) -> GovernedObject:
-    """``replace(obj, data=data, lineage=lineage, cycle=cycle)`` at about half the cost
-    (one per cycle): the same fields copied slot by slot. GovernedObject has no
-    ``__post_init__`` (nothing to re-run); if it ever has one, this is ``replace``."""
-    if _HAS_POST_INIT:
-        return replace(obj, data=data, lineage=lineage, cycle=cycle)
-    new = object.__new__(GovernedObject)
-    # setter(new, value) for each kept field, the loop run by map (no bytecode per field).
-    _exhaust(map(operator.call, _KEPT_SETTERS, itertools.repeat(new), _kept(obj)))
-    set_data, set_lineage, set_cycle = _CHANGED_SETTERS
-    set_data(new, data)
-    set_lineage(new, lineage)
-    set_cycle(new, cycle)
-    return new
-
-
-_HAS_POST_INIT = hasattr(GovernedObject, "__post_init__")
 
 
 def _why_denied(
