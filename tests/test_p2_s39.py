@@ -1,4 +1,5 @@
-"""Session 39: a destination's nonce pruning reads what expires, not every nonce held.
+"""Session 39: a destination's nonce pruning reads what expires, not every nonce held;
+the source's COMMITTED record is built by one copy.
 
 ``Destination.prune_nonces`` runs in every recovery pass (every 10 s). It used to list
 and read every nonce each time: about 4,700 a pass at 60 migrations a second, 25-60 ms.
@@ -13,13 +14,17 @@ pinned ahead, sees any expired.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+from gateway import wire
 from gateway._time import to_millis
+from gateway.handoff import source
 from gateway.handoff.destination import NONCE_PAGE, NONCE_PAGES_PER_PASS, Destination
 from gateway.handoff.journal import Journal, encode_counter, nonce_key
+from gateway.handoff.records import SourceRecord, SourceStep
 from gateway.host import Host
 from gateway.stores import Expect, Item, Operation, Put, StateStore
 from gateway.testing import World, serving
@@ -148,3 +153,40 @@ def test_a_backlog_of_expired_nonces_is_read_on_past_the_first_page(world: World
         assert await b.store.list("nonce/") == []
 
     run(world, scenario)
+
+
+# --- the COMMITTED record, one copy -------------------------------------------------
+
+
+def test_the_committed_record_is_the_settled_copy_of_the_committed_step() -> None:
+    """``_committed`` (one copy dropping the transfer with the step change) makes the
+    very record, and so the very bytes, that a copy for the step and then the settled
+    form made; records without a kept digest and epoch (older ones) go the long way."""
+    rng = random.Random(39)
+    at = datetime(2026, 12, 7, 11, 0, 0)
+    seen = {"kept": 0, "long way": 0}
+    for _ in range(400):
+        kept = rng.random() < 0.7
+        record = SourceRecord(
+            migration_id=f"mig-{rng.randbytes(16).hex()}",
+            object_id=f"obj://org-a.example/x/{rng.randrange(99)}",
+            tenant=rng.choice(("default", "t2")),
+            destination_host="spiffe://org-b.example/cluster/west/gateway",
+            step=SourceStep.FROZEN,
+            transfer=rng.randbytes(rng.randrange(1, 200)) if kept else b"",
+            created_at=at - timedelta(seconds=rng.randrange(9)),
+            updated_at=at - timedelta(seconds=rng.randrange(9)),
+            transfer_digest=rng.randbytes(32) if kept else rng.choice((b"", rng.randbytes(32))),
+            epoch=rng.randrange(1, 5) if kept else rng.randrange(5),
+        )
+        seen["kept" if kept else "long way"] += 1
+        receipt = rng.randbytes(rng.randrange(1, 90))
+        want = source._settled(
+            source._replace_record(
+                record, step=SourceStep.COMMITTED, staged_receipt=receipt, updated_at=at
+            )
+        )
+        got = source._committed(record, receipt, at)
+        assert got == want
+        assert wire.encode_source_record(got) == wire.encode_source_record(want)
+    assert min(seen.values()) > 50
