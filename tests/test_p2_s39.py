@@ -190,3 +190,33 @@ def test_the_committed_record_is_the_settled_copy_of_the_committed_step() -> Non
         assert got == want
         assert wire.encode_source_record(got) == wire.encode_source_record(want)
     assert min(seen.values()) > 50
+
+
+# --- a tenant's usage without releases ----------------------------------------------
+
+
+class ReadsCounted(CountingStore):
+    def __init__(self, store: StateStore) -> None:
+        super().__init__(store)
+        self.reads_of_many = 0
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Item]:
+        self.reads_of_many += 1
+        return await super().get_many(keys)
+
+
+def test_usage_without_releases_reads_no_releases(world: World) -> None:
+    """A charge in a tenant with no release to fold (every stage of a busy destination)
+    lists the releases and makes no read of their values; with one, it reads it."""
+
+    async def scenario(b: Host) -> None:
+        counting = ReadsCounted(b.store)
+        journal = Journal(counting)  # type: ignore[arg-type]
+        usage = await journal.usage("default")
+        assert usage.released == () and counting.reads_of_many == 0
+        await b.store.put("t/default/released/obj", encode_counter(7), etag=Expect.ABSENT)
+        usage = await journal.usage("default")
+        assert [key for key, _etag, size in usage.released] == ["t/default/released/obj"]
+        assert counting.reads_of_many == 1
+
+    run(world, scenario)
