@@ -70,6 +70,7 @@ from gateway.handoff.context import HostContext
 from gateway.handoff.evidence import record_fork
 from gateway.handoff.home import CustodyHome, open_custody_receipt
 from gateway.handoff.journal import (
+    NONCE_PREFIX,
     Versioned,
     decode_counter,
     destination_key,
@@ -94,9 +95,14 @@ from gateway.lineage import (
     verify_lineage,
 )
 from gateway.model import GovernedObject, LifecycleState
-from gateway.stores import Delete, Expect, Item, Operation, Put
+from gateway.stores import Delete, Expect, Item, Operation, PrefixWalk, Put, delete_unchanged
 
 log = logging.getLogger(__name__)
+
+#: Nonces one pruning pass reads first (see :meth:`Destination.prune_nonces`).
+NONCE_PAGE = 1000
+#: Pages one pruning pass reads at most, however many of them had expired.
+NONCE_PAGES_PER_PASS = 16
 
 #: Markers of uploads in progress: upload-open/<peer tag>/<migration>/<attempt> -> expiry
 #: (ms); the chunks are under upload/<the same suffix>/. The peer tag groups a peer's
@@ -247,6 +253,8 @@ class Destination:
         #: (collect_uploads), however long the peer takes, while their stage can still
         #: be written. Bounded like _uploads.
         self._uploading: set[str] = set()
+        #: Where nonce pruning stopped (see :meth:`prune_nonces`).
+        self._nonce_walk = PrefixWalk(NONCE_PREFIX)
         #: clean-ups of failed uploads, held until done (shielded from the call's cancel)
         self._cleanups: set[asyncio.Future[None]] = set()
         #: Stages waiting for a writer and Commits being handled in this process: none
@@ -1460,22 +1468,27 @@ class Destination:
         return removed
 
     async def prune_nonces(self) -> int:
-        """Forget nonces whose transfers can no longer be accepted anyway."""
+        """Forget nonces whose transfers can no longer be accepted anyway; returns how
+        many went.
+
+        A pass reads a page of :data:`NONCE_PAGE` nonces from where the previous pass
+        stopped, and reads on only while at least half of the page it read had expired
+        (a backlog), up to :data:`NONCE_PAGES_PER_PASS` pages: its reads follow what
+        expires, not every nonce held (reading all of them, about 4,700 at 60 migrations
+        a second, cost 25-60 ms a pass). A nonce that expired is deleted within one lap
+        of the walk; one still live is never deleted (each delete is conditional on the
+        ETag read with its expiry)."""
         store = self.ctx.journal.store
         now = to_millis(self.ctx.clock.now())
-        keys = await store.list("nonce/")
-        items = await store.get_many(keys)
-        expired = [
-            Delete(key=k, etag=item.etag)
-            for k, item in items.items()
-            if decode_counter(item.value) < now
-        ]
-        for start in range(0, len(expired), 100):
-            try:
-                await store.transact(expired[start : start + 100])
-            except ConcurrencyError:
-                continue
-        return len(expired)
+        pruned = 0
+        for _ in range(NONCE_PAGES_PER_PASS):
+            keys = await self._nonce_walk.next_page(store, limit=NONCE_PAGE)
+            items = await store.get_many(keys)
+            expired = [item for item in items.values() if decode_counter(item.value) < now]
+            pruned += await delete_unchanged(store, expired)
+            if len(keys) < NONCE_PAGE or 2 * len(expired) < len(keys):
+                break  # the end of the walk's lap, or no backlog
+        return pruned
 
 
 async def _parts_of_bounded_count(

@@ -34,6 +34,7 @@ from gateway import observability, wire
 from gateway._crash import crash_point
 from gateway._retry import lost_race
 from gateway._slots import replacer as _replacer
+from gateway._slots import replacing
 from gateway._time import format_time
 from gateway.blobs import STREAM_PIECE_BYTES, BlobRef, delete_blob, read_blob_views
 from gateway.errors import (
@@ -125,6 +126,7 @@ class _Frozen:
 
 _replace_record = _replacer(SourceRecord)
 _replace_object = _replacer(GovernedObject)
+_committed_record = replacing(SourceRecord, "step", "staged_receipt", "updated_at", "transfer")
 
 
 def _settled(record: SourceRecord) -> SourceRecord:
@@ -136,6 +138,20 @@ def _settled(record: SourceRecord) -> SourceRecord:
     if kept and record.step in TRANSFER_DROPPED_STEPS:
         return _replace_record(record, transfer=b"")
     return settled_form(record)
+
+
+def _committed(record: SourceRecord, staged_receipt: bytes, at: datetime) -> SourceRecord:
+    """``record`` COMMITTED on ``staged_receipt`` at ``at``, as stored (:func:`_settled`).
+    In its usual case (the transfer's digest and epoch kept beside it since the freeze)
+    one copy that also drops the transfer, not a copy for the step and another for the
+    transfer: the same record, so the same bytes stored."""
+    if record.transfer_digest and record.epoch:
+        return _committed_record(record, SourceStep.COMMITTED, staged_receipt, at, b"")
+    return settled_form(
+        _replace_record(
+            record, step=SourceStep.COMMITTED, staged_receipt=staged_receipt, updated_at=at
+        )
+    )
 
 
 def new_migration_id() -> str:
@@ -490,14 +506,7 @@ class Source:
                         transfer_digest=transfer_digest,
                     )
                     # As stored: without the transfer (see journal.settled_form).
-                    committed = _settled(
-                        _replace_record(
-                            record,
-                            step=SourceStep.COMMITTED,
-                            staged_receipt=receipt_raw,
-                            updated_at=ctx.clock.now(),
-                        )
-                    )
+                    committed = _committed(record, receipt_raw, ctx.clock.now())
                     written = await ctx.journal.store.transact(
                         [
                             ctx.journal.put_object(record.tenant, moved, current.etag),
