@@ -621,7 +621,15 @@ class SqliteStore:
     def _get_many(self, keys: Sequence[str], connection: sqlite3.Connection) -> dict[str, Item]:
         # Heads, then the entry rows of those kept as rows, and more than one chunk of
         # keys is more than one statement: all in one transaction, so that the answer is
-        # a single snapshot, as one query would be.
+        # a single snapshot, as one query would be. One chunk of heads none of which has
+        # rows is one statement, its own snapshot: it needs no transaction (BEGIN and
+        # ROLLBACK would be two statements more for every read of journals, events and
+        # whole records). When a head has rows, a writer may have replaced it (and
+        # dropped its rows) since: everything is read again inside a transaction.
+        if len(keys) <= _CHUNK:
+            heads = connection.execute(*_listed(_GET_HEADS, keys)).fetchall()
+            if not any(numbers for _key, _etag, _value, _at, numbers, _ids in heads):
+                return _assembled(self._path, connection, heads)
         with _read_transaction(connection):
             return _assembled(self._path, connection, _select_chunked(connection, _GET_HEADS, keys))
 
