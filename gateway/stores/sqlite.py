@@ -1112,22 +1112,32 @@ def _entry_rows(
         first = 0
     # The entries cut out of the value must not overlap: their ends (from the last kept
     # one's on) must not decrease. Only those: kept entries are not cut out again.
-    since = first - 1 if first else 0
-    if not all(map(operator.le, itertools.islice(ends, since, None), ends[since + 1 :])):
+    cut = ends[first - 1 :] if first else ends
+    if not all(map(operator.le, cut, cut[1:])):
         return None
     begin = ends[first - 1] if first else 0
-    for index in range(first, count):
-        end = ends[index]
-        entry_id = ids[index * width : (index + 1) * width]
-        same = reusable.get(entry_id) if reusable is not None else None
-        if same:
-            numbers += _NUMBER.pack(same.pop())
-        else:
+    start = first * width
+    if reusable is None:
+        # Every row stays: each new entry gets a new row (no id to match, a cycle's
+        # case, the loop below without its look-up per entry).
+        for end in ends[first:]:
             numbers += _NUMBER.pack(number)
-            added.append((number, entry_id, value[at + begin : at + end]))
+            added.append((number, ids[start : start + width], value[at + begin : at + end]))
             number += 1
-        begin = end
-    if reusable is not None:
+            start += width
+            begin = end
+    else:
+        for end in ends:
+            entry_id = ids[start : start + width]
+            same = reusable.get(entry_id)
+            if same:
+                numbers += _NUMBER.pack(same.pop())
+            else:
+                numbers += _NUMBER.pack(number)
+                added.append((number, entry_id, value[at + begin : at + end]))
+                number += 1
+            start += width
+            begin = end
         for left in reusable.values():
             dropped += left
     return value[:at] + value[at + ends[-1] :], at, bytes(numbers), ids, number - 1
