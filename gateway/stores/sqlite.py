@@ -621,7 +621,15 @@ class SqliteStore:
     def _get_many(self, keys: Sequence[str], connection: sqlite3.Connection) -> dict[str, Item]:
         # Heads, then the entry rows of those kept as rows, and more than one chunk of
         # keys is more than one statement: all in one transaction, so that the answer is
-        # a single snapshot, as one query would be.
+        # a single snapshot, as one query would be. One chunk of heads none of which has
+        # rows is one statement, its own snapshot: it needs no transaction (BEGIN and
+        # ROLLBACK would be two statements more for every read of journals, events and
+        # whole records). When a head has rows, a writer may have replaced it (and
+        # dropped its rows) since: everything is read again inside a transaction.
+        if len(keys) <= _CHUNK:
+            heads = connection.execute(*_listed(_GET_HEADS, keys)).fetchall()
+            if not any(numbers for _key, _etag, _value, _at, numbers, _ids in heads):
+                return _assembled(self._path, connection, heads)
         with _read_transaction(connection):
             return _assembled(self._path, connection, _select_chunked(connection, _GET_HEADS, keys))
 
@@ -1104,22 +1112,32 @@ def _entry_rows(
         first = 0
     # The entries cut out of the value must not overlap: their ends (from the last kept
     # one's on) must not decrease. Only those: kept entries are not cut out again.
-    since = first - 1 if first else 0
-    if not all(map(operator.le, itertools.islice(ends, since, None), ends[since + 1 :])):
+    cut = ends[first - 1 :] if first else ends
+    if not all(map(operator.le, cut, cut[1:])):
         return None
     begin = ends[first - 1] if first else 0
-    for index in range(first, count):
-        end = ends[index]
-        entry_id = ids[index * width : (index + 1) * width]
-        same = reusable.get(entry_id) if reusable is not None else None
-        if same:
-            numbers += _NUMBER.pack(same.pop())
-        else:
+    start = first * width
+    if reusable is None:
+        # Every row stays: each new entry gets a new row (no id to match, a cycle's
+        # case, the loop below without its look-up per entry).
+        for end in ends[first:]:
             numbers += _NUMBER.pack(number)
-            added.append((number, entry_id, value[at + begin : at + end]))
+            added.append((number, ids[start : start + width], value[at + begin : at + end]))
             number += 1
-        begin = end
-    if reusable is not None:
+            start += width
+            begin = end
+    else:
+        for end in ends:
+            entry_id = ids[start : start + width]
+            same = reusable.get(entry_id)
+            if same:
+                numbers += _NUMBER.pack(same.pop())
+            else:
+                numbers += _NUMBER.pack(number)
+                added.append((number, entry_id, value[at + begin : at + end]))
+                number += 1
+            start += width
+            begin = end
         for left in reusable.values():
             dropped += left
     return value[:at] + value[at + ends[-1] :], at, bytes(numbers), ids, number - 1
