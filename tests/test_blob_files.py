@@ -229,8 +229,16 @@ def test_a_destination_killed_after_writing_the_file_keeps_no_orphan(tmp_path: P
         server_b.stop()
         server_b = ServerProcess(config_b)
         start_all(stack, server_b)
-        wait_for("B to collect the orphaned upload", lambda: files(config_b) == [], 30)
-        assert read_store(config_b, lambda store: store.list(UPLOAD_MARKERS)) == []
+        # The collector deletes the file, then its marker, in two steps: wait for both
+        # (asserting the marker right after the file went was a race under load).
+        wait_for(
+            "B to collect the orphaned upload",
+            lambda: (
+                files(config_b) == []
+                and read_store(config_b, lambda store: store.list(UPLOAD_MARKERS)) == []
+            ),
+            30,
+        )
 
     a = host_state(config_a, "default").obj
     assert a is not None and a.state is LifecycleState.ACTIVE and a.blob is not None
