@@ -36,4 +36,3 @@ def test_a_third_without_samples_has_no_mean() -> None:
     means = rss_mean_by_third(samples([1.0, 2.0], [3.0, 4.0], 500.0), 600.0)
     assert means[HOST_A][0] == 1.0 and math.isnan(means[HOST_A][1])
     assert means[HOST_A][2] == 2.0
-
