@@ -18,9 +18,14 @@ What :func:`tune` does, once, after start-up state is built:
 * A gen-0 threshold of :data:`GEN0_THRESHOLD` allocations instead of 700, and older
   generations visited as often as before relative to it.
 
+A served host also runs a :class:`Sweeper`: a young collection every
+:data:`SWEEP_INTERVAL_SECONDS`, for the garbage that comes with time rather than with
+allocations (grpc.aio's reference cycle per RPC).
+
 Invariant: memory stays bounded. The collector still runs; cyclic garbage waits for at
 most :data:`GEN0_THRESHOLD` net container allocations (a few MiB at a few hundred bytes
-each) before a young collection, and full collections keep CPython's own rule (only
+each), and in a served host at most :data:`SWEEP_INTERVAL_SECONDS`, before a young
+collection, and full collections keep CPython's own rule (only
 once the long-lived objects grew by a quarter), so nothing accumulates without limit.
 """
 
