@@ -225,6 +225,26 @@ def cpu_seconds(pid: int) -> float:
 COORDINATOR = "coordinator"
 
 
+def rss_mean_by_third(samples: list[dict[str, Any]], span: float) -> dict[str, list[float]]:
+    """Each server's mean RSS (MiB) over each third of the measured window (nan for a
+    third without samples; a sample at the window's end counts in the last).
+
+    Why: a slope says how fast RSS rose on average, not when. A host's memos fill in its
+    first minutes and its heap then swings with the cyclic collector and the trims, so
+    the rise from one third to the next tells a one-off fill (first third to second)
+    from growth that goes on (second to last); a mean over a third's samples is steadier
+    than any one sample (docs/benchmarks.md, "Session 39")."""
+    third = span / 3
+    means: dict[str, list[float]] = {}
+    for host in (HOST_A, HOST_B):
+        parts: list[list[float]] = [[], [], []]
+        for sample in samples:
+            if sample["t"] >= 0:
+                parts[min(2, int(sample["t"] / third))].append(sample["rss_mib"][host])
+        means[host] = [statistics.fmean(part) if part else float("nan") for part in parts]
+    return means
+
+
 def cpu_ms_per_migration_by_third(
     samples: list[dict[str, Any]], span: float
 ) -> dict[str, list[float]]:
@@ -593,6 +613,7 @@ def summarize(
         # the time (slope_standard_error).
         "rss_slope_ci95_mib_per_min": 1.96 * slope_errors[max(slopes, key=slopes.__getitem__)],
         "rss_slope_last_two_thirds": max(late_slopes.values()),
+        "rss_mean_mib_by_third": rss_mean_by_third(samples, span),
         "rss_anon_slope_by_host": anon_slopes,
         "rss_anon_slope_last_two_thirds_by_host": anon_late_slopes,
         "store_bytes_per_migration": (totals[-1] - totals[0]) / sampled
@@ -717,6 +738,14 @@ def print_soak(result: dict[str, Any]) -> None:
         + ", ".join(
             f"{'A' if h == HOST_A else 'B'} {result['rss_slope_by_host'][h]:.2f} +- "
             f"{1.96 * result['rss_slope_standard_error_by_host'][h]:.2f}"
+            for h in (HOST_A, HOST_B)
+        )
+    )
+    say(
+        "  RSS mean by third (MiB): "
+        + ", ".join(
+            f"{'A' if h == HOST_A else 'B'} "
+            + " ".join(f"{v:.1f}" for v in result["rss_mean_mib_by_third"][h])
             for h in (HOST_A, HOST_B)
         )
     )

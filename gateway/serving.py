@@ -206,9 +206,13 @@ def serve(config: Config, *, grace: float, reload_interval: float) -> int:
         # Freed heap back to the kernel now and then (gateway/_malloc.py: glibc held 1-10
         # MiB free between trims under the soak, docs/benchmarks.md "RSS under the soak").
         trimmer = _malloc.Trimmer().start()
+        # Cyclic garbage (grpc.aio's, one cycle per RPC) freed every few seconds, not
+        # once per GEN0_THRESHOLD allocations (gateway/_gc.py, Sweeper).
+        sweeper = _gc.Sweeper().start()
         try:
             return await serving.run(announce)
         finally:
+            await _gc.Sweeper.stop(sweeper)
             await _malloc.Trimmer.stop(trimmer)
 
     return asyncio.run(run())
