@@ -1,0 +1,99 @@
+"""A cycle whose object missed every memo (read from the store and decoded) costs
+little more than one whose object was held: the decode keeps what encoding the object
+again would build (gateway.wire._keep_wire), and the bytes stay those of serializing
+the whole message at once."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from gateway import wire
+from gateway.lineage import EntryKind, LineageEntry
+from gateway.model import GovernedObject
+from tests.test_lineage import HOST_A, T0
+from tests.test_object_encoding import _cycled, _fields_unset, every_field, whole
+
+
+def _inline(obj: GovernedObject) -> GovernedObject:
+    """``obj`` with its data inline (the parts are kept only then)."""
+    return replace(obj, blob=None, data=b'{"n": 1}')
+
+
+#: (object, reason)
+_OBJECTS = [
+    (_cycled(0), "no entries"),
+    (_cycled(12), "a cycled object"),
+    (_inline(every_field()), "every field but a blob: rules, grants, receipt, expiry"),
+]
+
+
+@pytest.mark.parametrize(("obj", "reason"), _OBJECTS, ids=[r for _, r in _OBJECTS])
+def test_a_decoded_object_encodes_again_without_building_its_parts(
+    obj: GovernedObject, reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Encoding a freshly decoded object, and its next cycle's value, builds none of its
+    unchanged parts: each is cut from the stored bytes, and equal to what it builds."""
+    encoded = wire.encode_object(obj)
+    decoded = wire.decode_object(encoded)
+    cut = decoded.lineage._log.parts[4]
+    # What the parts would be, built from the decoded values (no memo to answer).
+    decoded.lineage._log.parts = None
+    wire._OBJECT_PARTS.clear()
+    assert wire._unchanged_parts(decoded) == cut, reason
+
+    decoded = wire.decode_object(encoded)
+    for name in ("_encode_body", "_tail", "_head", "_after", "_envelopes_wire"):
+        monkeypatch.setattr(wire, name, _refuse)
+    assert wire.encode_object(decoded) == encoded
+    after = decoded.record(EntryKind.EVALUATED, host=HOST_A, at=T0 + timedelta(days=1))
+    monkeypatch.undo()
+    assert wire.encode_object(after) == whole(after)
+
+
+def _refuse(*_args: object) -> bytes:
+    raise AssertionError("a part was built again")
+
+
+def test_a_stored_blob_object_builds_its_parts_as_before() -> None:
+    """A blob's placement is written from the host's record of it: its parts are not
+    cut from the record, and its encoding is still the whole message's."""
+    obj = every_field()
+    decoded = wire.decode_object(wire.encode_object(obj))
+    assert decoded.lineage._log.parts is None
+    assert wire.encode_object(decoded) == whole(decoded) == wire.encode_object(obj)
+
+
+_BASE = _cycled(3).lineage.entries[-1]
+#: (changes to the stored entry's next entry, reason)
+_EVENTS = [
+    ({}, "the same entry"),
+    ({"seq": 9, "generation": 4, "time": T0 + timedelta(days=3)}, "only what a cycle moves"),
+    ({"repeats": 3}, "counted repeats: still the same event"),
+    ({"prev": bytes(32)}, "another link: not compared"),
+    ({"detail": "run 2!"}, "another summary"),
+    ({"detail": 'run 2","generation":0,"host":"x'}, "a summary spelling out keys (escaped)"),
+    ({"data_digest": bytes(32)}, "a write"),
+    ({"credentials_digest": bytes(32)}, "other grants"),
+    ({"epoch": 1}, "another epoch"),
+    ({"host": HOST_A + "x"}, "another host"),
+    ({"kind": EntryKind.WOKEN}, "another kind"),
+]
+
+
+@pytest.mark.parametrize(("changes", "reason"), _EVENTS, ids=[r for _, r in _EVENTS])
+def test_a_stored_entry_tells_the_same_event_without_decoding(
+    changes: dict[str, object], reason: str
+) -> None:
+    """A stored entry (read from this host's store, not decoded yet) answers same_event
+    from the two encodings, as the decoded entry does, and stays undecoded."""
+    other = replace(_BASE, **changes)  # type: ignore[arg-type]
+    other.encode()  # an appended entry's encoding is known
+    stored = LineageEntry.stored(_BASE.encode())
+    assert stored.same_event(other) is _BASE.same_event(other), reason
+    assert _fields_unset(stored)
+    # The other way round, and with an entry whose encoding is not known yet: decoded.
+    fresh = replace(_BASE, **changes)  # type: ignore[arg-type]
+    assert LineageEntry.stored(_BASE.encode()).same_event(fresh) is _BASE.same_event(fresh)
