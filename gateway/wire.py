@@ -21,6 +21,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import json
@@ -63,7 +64,7 @@ from gateway.handoff.records import (
     SourceStep,
 )
 from gateway.limits import MAX_ANSWERS, MAX_SUBSCRIPTIONS
-from gateway.lineage import LEAF_HASH_BYTES, Entries, Lineage, LineageEntry, _Log, digest
+from gateway.lineage import LEAF_HASH_BYTES, Entries, Lineage, LineageEntry, _Log, _raw_of, digest
 from gateway.model import (
     MAX_CYCLE_INTERVAL,
     NO_AUTHORITY,
@@ -424,67 +425,74 @@ def _keep_wire(obj: GovernedObject, message: object_pb2.StoredObject) -> None:
     if log.wire_ends or log.parts is not None:
         return
     whole = message.SerializeToString(deterministic=True)
-    fields = _field_starts(whole, 0, len(whole))
+    numbers, starts, values = _field_starts(whole, 0, len(whole))
     # Fields 1 (the snapshot) and 3 (the lineage) are always written, even when empty.
-    lineage = next((f for f in fields if f[0] >= 3), None)
-    if fields[0][0] != 1 or lineage is None or lineage[0] != 3:
+    at = bisect.bisect_left(numbers, 3)
+    if numbers[0] != 1 or at == len(numbers) or numbers[at] != 3:
         return
-    entries_at = lineage[2]
-    sizes = list(map(len, map(LineageEntry.encode, log.entries)))
+    entries_at, lineage_end = values[at], starts[at + 1]
+    # The stored entries' own bytes (LineageEntry.stored keeps them), read as slots.
+    sizes = list(map(len, map(_raw_of, log.entries)))
     if sizes and _TWO_BYTE_MIN <= min(sizes) <= max(sizes) < _TWO_BYTE_END:
         # Each entry's end: the running sum of its tag (1 byte), length (2) and bytes.
         ends = list(itertools.accumulate(map(operator.add, sizes, itertools.repeat(3))))
-        with memoryview(whole) as view:
-            log.wire = bytearray(view[entries_at : entries_at + ends[-1]])
-        log.wire_ends = ends
         entries_end = entries_at + ends[-1]
+        log.wire = bytearray(whole[entries_at:entries_end])
+        log.wire_ends = ends
     elif sizes:
         return
     else:
         entries_end = entries_at
     if obj.blob is not None or whole[entries_end : entries_end + 1] == _ENTRY_TAG:
         return
-    snapshot = fields[0]
-    inner = _field_starts(whole, snapshot[2], snapshot[3])
+    snapshot_at, snapshot_end = values[0], starts[1]
+    inner, inner_starts, _ = _field_starts(whole, snapshot_at, snapshot_end)
     # Where each part of the snapshot starts: its first field numbered at least 6 (the
     # rules), 7 (the cycle), 8 (the data's size), 9 (the fields after it), or its end.
-    cuts = [next((f[1] for f in inner if f[0] >= n), snapshot[3]) for n in (6, 7, 8, 9)]
-    credentials = whole[fields[1][1] : lineage[1]]
+    rules = inner_starts[bisect.bisect_left(inner, 6)]
+    cycle = inner_starts[bisect.bisect_left(inner, 7)]
+    size = inner_starts[bisect.bisect_left(inner, 8)]
+    after = inner_starts[bisect.bisect_left(inner, 9)]
     parts = (
-        whole[snapshot[2] : cuts[0]],
-        whole[cuts[0] : cuts[1]],
-        whole[cuts[2] : cuts[3]],
-        whole[cuts[3] : snapshot[3]],
-        credentials,
-        whole[entries_end : lineage[3]],
-        whole[lineage[3] :],
+        whole[snapshot_at:rules],
+        whole[rules:cycle],
+        whole[size:after],
+        whole[after:snapshot_end],
+        whole[starts[1] : starts[at]],  # the grants
+        whole[entries_end:lineage_end],
+        whole[lineage_end:],
     )
     log.parts = (*_part_values(obj), obj.data, parts)
 
 
-def _field_starts(buffer: bytes, at: int, end: int) -> list[tuple[int, int, int, int]]:
-    """(number, start, start of its value, end) of each field of the message encoded in
-    ``buffer[at:end]`` (protobuf's own deterministic encoding: nothing is checked)."""
-    fields = []
+def _field_starts(buffer: bytes, at: int, end: int) -> tuple[list[int], list[int], list[int]]:
+    """The fields of the message encoded in ``buffer[at:end]`` (protobuf's own
+    deterministic encoding, so in number order; nothing is checked): their numbers,
+    where each starts (and, last, ``end``), and where each one's value starts."""
+    numbers = []
+    starts = []
+    values = []
     while at < end:
         key = buffer[at]
         value_at = at + 1
         if key >= 0x80:  # a field numbered 16 or more
             key, value_at = _read_varint(buffer, at)
         kind = key & 7
+        numbers.append(key >> 3)
+        starts.append(at)
         if kind == 2:
             length = buffer[value_at]
             value_at += 1
             if length >= 0x80:
                 length, value_at = _read_varint(buffer, value_at - 1)
-            field_end = value_at + length
+            at = value_at + length
         elif kind == 0:
-            field_end = _read_varint(buffer, value_at)[1]
+            at = _read_varint(buffer, value_at)[1]
         else:  # fixed 64 (1) or 32 (5) bits
-            field_end = value_at + (8 if kind == 1 else 4)
-        fields.append((key >> 3, at, value_at, field_end))
-        at = field_end
-    return fields
+            at = value_at + (8 if kind == 1 else 4)
+        values.append(value_at)
+    starts.append(end)
+    return numbers, starts, values
 
 
 def _read_varint(buffer: bytes, at: int) -> tuple[int, int]:
