@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from gateway import wire
+from gateway import archive, wire
 from gateway.lineage import EntryKind, LineageEntry
 from gateway.model import GovernedObject
 from tests.test_lineage import HOST_A, T0
@@ -97,3 +97,24 @@ def test_a_stored_entry_tells_the_same_event_without_decoding(
     # The other way round, and with an entry whose encoding is not known yet: decoded.
     fresh = replace(_BASE, **changes)  # type: ignore[arg-type]
     assert LineageEntry.stored(_BASE.encode()).same_event(fresh) is _BASE.same_event(fresh)
+
+
+@pytest.mark.parametrize("margin", [-4000, -300, -1, 0, 1, 300, 4000])
+def test_the_bytes_limit_is_read_off_the_logs_encoding(
+    margin: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CompactionPolicy.due compares the carried entries' bytes with its limit as
+    measuring them would, and measures none when the encoding its log keeps (written
+    by the cycle that asks) puts the answer outside two bytes an entry."""
+    obj = _cycled(60)
+    wire.encode_object(obj)  # the log's encoding now covers every entry
+    measured = archive.carried_bytes(obj.lineage)
+    limit = measured + margin
+    assert limit >= archive.MIN_MAX_BYTES  # 60 entries of about 400 bytes
+    policy = archive.CompactionPolicy(
+        keep_entries=1, max_entries=1000, max_age=None, max_bytes=limit
+    )
+    expected = measured > limit
+    if abs(margin) > 4 * len(obj.lineage.entries):
+        monkeypatch.setattr(archive, "carried_bytes", _refuse)
+    assert policy.due(obj.lineage, now=T0, stored_bytes=limit + 1) is expected
