@@ -857,7 +857,8 @@ def _part_values(
     obj: GovernedObject,
 ) -> tuple[tuple[object, ...], tuple[object, ...], tuple[object, ...]]:
     """The values :func:`_unchanged_parts` builds the parts from, as it holds them: the
-    body's, the lineage's envelopes and the tail's."""
+    body's, the lineage's envelopes and the tail's (it builds the same tuples inline;
+    tests/test_miss_s39.py finds a decoded object's parts through them)."""
     lineage = obj.lineage
     return (
         (
@@ -905,7 +906,28 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
     receipt changes just the envelopes: neither encodes its whole body again (on a
     destination, the live object at a Commit takes its body from the staged copy's)."""
     lineage = obj.lineage
-    body, envelopes, tail = _part_values(obj)
+    # What _part_values returns, built here without its call (every cycle asks this).
+    body = (
+        obj.object_id,
+        obj.tenant,
+        obj.content_type,
+        obj.blob,
+        obj.rules,
+        obj.subscriptions,
+        obj.answers,
+        obj.grants,
+    )
+    envelopes = (lineage.checkpoints, lineage.arrivals, lineage.base)
+    tail = (
+        obj.epoch,
+        obj.state,
+        obj.migration_id,
+        obj.moved_to,
+        obj.receipt,
+        obj.last_transfer_digest,
+        obj.authority,
+        obj.authority_expires,
+    )
     # The log's own slot first: it holds the parts of this object's last encoding and
     # lives as long as the object does, so an object held by a host's memos finds them
     # however many other objects were encoded since (the shared memo below is LRU: a host
