@@ -5,12 +5,14 @@ the whole message at once."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
-from gateway import archive, wire
+from gateway import archive, rules, wire
+from gateway.errors import RuleError
 from gateway.lineage import EntryKind, LineageEntry
 from gateway.model import GovernedObject
 from tests.test_lineage import HOST_A, T0
@@ -118,3 +120,41 @@ def test_the_bytes_limit_is_read_off_the_logs_encoding(
     if abs(margin) > 4 * len(obj.lineage.entries):
         monkeypatch.setattr(archive, "carried_bytes", _refuse)
     assert policy.due(obj.lineage, now=T0, stored_bytes=limit + 1) is expected
+
+
+#: (data, reason): each decodes as json.loads does, or is refused as it is
+_DATA = [
+    (b"{}", "empty"),
+    (b'{"a": [1, 2.5, "x\\u00e9"], "b": {"c": null}}', "nested"),
+    ('{"é": "ü"}'.encode(), "UTF-8 text"),
+    (b' {"a": 1}\n', "whitespace around"),
+    (b'{"a": 1} {"b": 2}', "extra data"),
+    (b'{"a": 1', "cut short"),
+    ('{"a": 1}'.encode("utf-16-le"), "UTF-16 (json.loads detects it)"),
+    ('{"a": 1}'.encode("utf-8-sig"), "a byte order mark"),
+    (b'{"a": "\\ud800"}', "an escaped lone surrogate"),
+    (b"[1]", "not an object"),
+    (b"\xff{", "not text"),
+]
+
+
+@pytest.mark.parametrize(("data", "reason"), _DATA, ids=[r for _, r in _DATA])
+def test_data_loads_as_json_loads_reads_it(data: bytes, reason: str) -> None:
+    try:
+        expected: object = json.loads(data)
+    except ValueError as exc:
+        expected = exc
+    if not isinstance(expected, dict):
+        with pytest.raises(RuleError):
+            rules.load_data(data, "application/json")
+        return
+    assert rules.load_data(data, "application/json") == expected, reason
+
+
+def test_data_in_canonical_form_takes_no_encoding_detection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Data a write stored (a JSON object, UTF-8, nothing around it) is read by the
+    scanner json.loads ends in, without its encoding detection and whitespace scans."""
+    monkeypatch.setattr(json, "detect_encoding", _refuse)
+    assert rules.load_data(b'{"a": 1}', "application/json") == {"a": 1}
