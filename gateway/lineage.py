@@ -2238,5 +2238,12 @@ def credentials_digest(grants: Sequence[str]) -> bytes:
 
 def _plain_json_string(text: str) -> bool:
     """Whether json.dumps (ensure_ascii) writes ``text`` as it is between quotes:
-    printable ASCII (0x20-0x7E) without a quote or a backslash."""
-    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+    printable ASCII (0x20-0x7E) without a quote or a backslash. Read as bytes with
+    those deleted (one table lookup a byte): str.isprintable looks every character up
+    in the Unicode database, about 27k instructions for a 1 KB grant, and an object
+    whose grants' digest is not remembered asks this of each of them every cycle."""
+    return text.isascii() and not text.encode("ascii").translate(None, _PLAIN_JSON_BYTES)
+
+
+#: The bytes json.dumps writes as they are inside a string.
+_PLAIN_JSON_BYTES = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 
-from gateway import archive, rules, wire
+from gateway import archive, lineage, rules, wire
 from gateway.errors import RuleError
 from gateway.lineage import EntryKind, LineageEntry
 from gateway.model import GovernedObject
@@ -158,3 +158,12 @@ def test_data_in_canonical_form_takes_no_encoding_detection(
     scanner json.loads ends in, without its encoding detection and whitespace scans."""
     monkeypatch.setattr(json, "detect_encoding", _refuse)
     assert rules.load_data(b'{"a": 1}', "application/json") == {"a": 1}
+
+
+@pytest.mark.parametrize("code", range(0x100))
+def test_a_plain_json_string_is_what_json_dumps_writes_as_it_is(code: int) -> None:
+    """Each character, alone and inside a grant-like text, is plain exactly when
+    json.dumps writes it unescaped (the grants' digest is then built without it)."""
+    for text in (chr(code), f"eyJh.{chr(code)}.sig", chr(code) * 3 + "é"):
+        plain = json.dumps(text) == f'"{text}"'
+        assert lineage._plain_json_string(text) is plain, repr(text)
