@@ -425,7 +425,7 @@ def _keep_wire(obj: GovernedObject, message: object_pb2.StoredObject) -> None:
     if log.wire_ends or log.parts is not None:
         return
     whole = message.SerializeToString(deterministic=True)
-    numbers, starts, values = _field_starts(whole, 0, len(whole))
+    numbers, starts, values = _field_starts(whole, 0, len(whole), last=3)
     # Fields 1 (the snapshot) and 3 (the lineage) are always written, even when empty.
     at = bisect.bisect_left(numbers, 3)
     if numbers[0] != 1 or at == len(numbers) or numbers[at] != 3:
@@ -465,10 +465,13 @@ def _keep_wire(obj: GovernedObject, message: object_pb2.StoredObject) -> None:
     log.parts = (*_part_values(obj), obj.data, parts)
 
 
-def _field_starts(buffer: bytes, at: int, end: int) -> tuple[list[int], list[int], list[int]]:
+def _field_starts(
+    buffer: bytes, at: int, end: int, *, last: int = 1 << 29
+) -> tuple[list[int], list[int], list[int]]:
     """The fields of the message encoded in ``buffer[at:end]`` (protobuf's own
-    deterministic encoding, so in number order; nothing is checked): their numbers,
-    where each starts (and, last, ``end``), and where each one's value starts."""
+    deterministic encoding, so in number order; nothing is checked) up to the first
+    numbered ``last`` or more: their numbers, where each starts (and, last, where the
+    fields read end), and where each one's value starts."""
     numbers = []
     starts = []
     values = []
@@ -491,7 +494,9 @@ def _field_starts(buffer: bytes, at: int, end: int) -> tuple[list[int], list[int
         else:  # fixed 64 (1) or 32 (5) bits
             at = value_at + (8 if kind == 1 else 4)
         values.append(value_at)
-    starts.append(end)
+        if key >> 3 >= last:
+            break
+    starts.append(at)
     return numbers, starts, values
 
 
