@@ -451,18 +451,20 @@ def _keep_wire(obj: GovernedObject, message: object_pb2.StoredObject) -> None:
     # rules), 7 (the cycle), 8 (the data's size), 9 (the fields after it), or its end.
     rules = inner_starts[bisect.bisect_left(inner, 6)]
     cycle = inner_starts[bisect.bisect_left(inner, 7)]
-    size = inner_starts[bisect.bisect_left(inner, 8)]
     after = inner_starts[bisect.bisect_left(inner, 9)]
     parts = (
-        whole[snapshot_at:rules],
+        b"",  # the head: built from the object (see below)
         whole[rules:cycle],
-        whole[size:after],
+        b"",  # the data's size, likewise
         whole[after:snapshot_end],
         whole[starts[1] : starts[at]],  # the grants
         whole[entries_end:lineage_end],
         whole[lineage_end:],
     )
-    log.parts = (*_part_values(obj), obj.data, parts)
+    # Held with no data: the head (fields 1-5) holds a copy of the data, which a decoded
+    # object that is only read (not written again) would carry twice; the object's
+    # first encoding builds it and its size (one small message), as after a write.
+    log.parts = (*_part_values(obj), None, parts)
 
 
 def _field_starts(
