@@ -451,20 +451,28 @@ def _keep_wire(obj: GovernedObject, message: object_pb2.StoredObject) -> None:
     # rules), 7 (the cycle), 8 (the data's size), 9 (the fields after it), or its end.
     rules = inner_starts[bisect.bisect_left(inner, 6)]
     cycle = inner_starts[bisect.bisect_left(inner, 7)]
+    size = inner_starts[bisect.bisect_left(inner, 8)]
     after = inner_starts[bisect.bisect_left(inner, 9)]
+    # The head (fields 1-5) holds a copy of the data, which a decoded object that is
+    # only read (not written again) would carry twice: past a few hundred bytes of data
+    # it is held with no data, and the object's first encoding builds it and the size
+    # (a small message and the data's digest, about 10k instructions), as after a write.
+    data = obj.data if len(obj.data) <= KEPT_HEAD_MAX_DATA_BYTES else None
     parts = (
-        b"",  # the head: built from the object (see below)
+        b"" if data is None else whole[snapshot_at:rules],
         whole[rules:cycle],
-        b"",  # the data's size, likewise
+        b"" if data is None else whole[size:after],
         whole[after:snapshot_end],
         whole[starts[1] : starts[at]],  # the grants
         whole[entries_end:lineage_end],
         whole[lineage_end:],
     )
-    # Held with no data: the head (fields 1-5) holds a copy of the data, which a decoded
-    # object that is only read (not written again) would carry twice; the object's
-    # first encoding builds it and its size (one small message), as after a write.
-    log.parts = (*_part_values(obj), None, parts)
+    log.parts = (*_part_values(obj), data, parts)
+
+
+#: The most data whose head :func:`_keep_wire` cuts from a stored record (a copy of
+#: the data an object read from the store then carries beside its own).
+KEPT_HEAD_MAX_DATA_BYTES = 512
 
 
 def _field_starts(

@@ -36,22 +36,19 @@ _OBJECTS = [
 def test_a_decoded_object_encodes_again_without_building_its_parts(
     obj: GovernedObject, reason: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Encoding a freshly decoded object, and its next cycle's value, builds none of its
-    unchanged parts but the head (which holds the data): each is cut from the stored
-    bytes, and equal to what it builds."""
+    """Encoding a freshly decoded object (of small data), and its next cycle's value,
+    builds none of its unchanged parts: each is cut from the stored bytes, and equal to
+    what it builds."""
     encoded = wire.encode_object(obj)
     decoded = wire.decode_object(encoded)
-    held = decoded.lineage._log.parts
-    assert held[3] is None  # no data held: the head is built when first encoded
-    cut = held[4]
+    cut = decoded.lineage._log.parts[4]
     # What the parts would be, built from the decoded values (no memo to answer).
     decoded.lineage._log.parts = None
     wire._OBJECT_PARTS.clear()
-    built = wire._unchanged_parts(decoded)
-    assert (cut[1], *cut[3:]) == (built[1], *built[3:]), reason
+    assert wire._unchanged_parts(decoded) == cut, reason
 
     decoded = wire.decode_object(encoded)
-    for name in ("_encode_body", "_tail", "_after", "_envelopes_wire"):
+    for name in ("_encode_body", "_tail", "_head", "_after", "_envelopes_wire"):
         monkeypatch.setattr(wire, name, _refuse)
     assert wire.encode_object(decoded) == encoded
     after = decoded.record(EntryKind.EVALUATED, host=HOST_A, at=T0 + timedelta(days=1))
@@ -60,12 +57,18 @@ def test_a_decoded_object_encodes_again_without_building_its_parts(
 
 
 def test_a_decoded_object_holds_one_copy_of_its_data() -> None:
-    """The parts a decode keeps leave out the head: an object only read carries its
-    data once (the object's own bytes), not again inside a part."""
+    """Past KEPT_HEAD_MAX_DATA_BYTES the parts a decode keeps leave out the head: an
+    object only read carries its data once (the object's own bytes), not again inside
+    a part; its encoding builds the head, the same bytes."""
     data = b'{"payload": "' + b"d" * 4000 + b'"}'
-    decoded = wire.decode_object(wire.encode_object(replace(_cycled(2), data=data)))
+    obj = replace(_cycled(2), data=data)
+    encoded = wire.encode_object(obj)
+    decoded = wire.decode_object(encoded)
     assert decoded.data == data
-    assert not any(b"d" * 4000 in part for part in decoded.lineage._log.parts[4])
+    held = decoded.lineage._log.parts
+    assert held[3] is None
+    assert not any(b"d" * 4000 in part for part in held[4])
+    assert wire.encode_object(decoded) == encoded == whole(decoded)
 
 
 def _refuse(*_args: object) -> bytes:
