@@ -419,8 +419,9 @@ def _keep_wire(obj: GovernedObject, message: object_pb2.StoredObject) -> None:
     The entries' encoding is kept when every entry's length takes two bytes (128 bytes
     to 16 KiB: every entry recorded so far), so that the ends are one running sum; the
     parts when the object's data is inline (a blob's placement is written from the
-    host's own record of it, not from the snapshot's fields). Otherwise the log builds
-    what is missing when first encoded."""
+    host's own record of it, not from the snapshot's fields), the head only for data of
+    at most :data:`KEPT_HEAD_MAX_DATA_BYTES`. Otherwise the log builds what is missing
+    when first encoded."""
     log = obj.lineage._log
     if log.wire_ends or log.parts is not None:
         return
@@ -428,7 +429,7 @@ def _keep_wire(obj: GovernedObject, message: object_pb2.StoredObject) -> None:
     numbers, starts, values = _field_starts(whole, 0, len(whole), last=3)
     # Fields 1 (the snapshot) and 3 (the lineage) are always written, even when empty.
     at = bisect.bisect_left(numbers, 3)
-    if numbers[0] != 1 or at == len(numbers) or numbers[at] != 3:
+    if not numbers or numbers[0] != 1 or at == len(numbers) or numbers[at] != 3:
         return
     entries_at, lineage_end = values[at], starts[at + 1]
     # The stored entries' own bytes (LineageEntry.stored keeps them), read as slots.
