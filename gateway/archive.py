@@ -172,7 +172,7 @@ class CompactionPolicy:
             self.max_bytes is not None
             and stored_bytes is not None
             and stored_bytes > self.max_bytes
-            and carried_bytes(lineage) > self.max_bytes
+            and _carried_over(lineage, self.max_bytes)
         )
 
     def keep(self, lineage: Lineage) -> int:
@@ -190,6 +190,25 @@ MIN_MAX_BYTES = 16 * 1024
 def carried_bytes(lineage: Lineage) -> int:
     """Bytes of the entries ``lineage`` carries, as encoded (each entry caches its bytes)."""
     return sum(len(entry.encode()) for entry in lineage.entries)
+
+
+def _carried_over(lineage: Lineage, limit: int) -> bool:
+    """``carried_bytes(lineage) > limit``, read off the encoding of the entries that
+    lineage's log keeps (gateway.wire) when it covers them: a cycle has just written
+    them, and once a record passes the bytes limit every cycle asked this, summing every
+    entry's length. There each entry's field is its bytes after a tag (1 byte) and its
+    length (1 to 3 bytes: an entry is at most MAX_ENTRY_BYTES), so the sum lies within
+    two bytes an entry of the encoding's length; only a limit inside that band measures
+    the entries."""
+    count = len(lineage.entries)
+    ends = lineage._log.wire_ends
+    if count and len(ends) >= count:
+        encoded = ends[count - 1]
+        if encoded - 2 * count <= limit:
+            return False
+        if encoded - 4 * count > limit:
+            return True
+    return carried_bytes(lineage) > limit
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1460,10 +1460,28 @@ def compiled(rules: tuple[Rule, ...]) -> RuleSet:
 # --- data ---------------------------------------------------------------------------
 
 
+#: The scanner json.loads ends in (what a JSONDecoder sets up; untyped in typeshed).
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
 def load_data(data: bytes, content_type: str) -> dict[str, Any]:
     """The data rules see: a JSON object. Objects with other content have none."""
     if not content_type.startswith("application/json"):
         return {}
+    if data[:1] == b"{" and data[1:2] != b"\x00":
+        # An object in UTF-8 with nothing around it (what a write stores), read by the
+        # scanner json.loads ends in, without its encoding detection (a Python call)
+        # and whitespace scans: every cycle whose object was read from the store reads
+        # its data. json.loads takes UTF-8 for text starting with "{" and a byte that
+        # is not NUL. Anything else, or an error, goes through json.loads itself.
+        try:
+            text = data.decode("utf-8", "surrogatepass")
+            value, end = _scan_json(text, 0)
+        except (ValueError, RecursionError, StopIteration):
+            pass  # refused below, with json.loads's own message
+        else:
+            if end == len(text) and type(value) is dict:
+                return value
     try:
         value = json.loads(data)
     except (ValueError, RecursionError) as exc:

@@ -21,6 +21,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import json
@@ -63,7 +64,7 @@ from gateway.handoff.records import (
     SourceStep,
 )
 from gateway.limits import MAX_ANSWERS, MAX_SUBSCRIPTIONS
-from gateway.lineage import LEAF_HASH_BYTES, Entries, Lineage, LineageEntry, _Log, digest
+from gateway.lineage import LEAF_HASH_BYTES, Entries, Lineage, LineageEntry, _Log, _raw_of, digest
 from gateway.model import (
     MAX_CYCLE_INTERVAL,
     NO_AUTHORITY,
@@ -394,34 +395,137 @@ def _lineage_from_pb(message: object_pb2.Lineage, *, stored: bool = False) -> Li
     try:
         lineage = Lineage(
             entries=tuple(
-                map(LineageEntry.stored if stored else LineageEntry.decode, message.entries)
+                map(LineageEntry.stored if stored else LineageEntry.decode, message.entries[:])
             ),
-            checkpoints=tuple(decode_envelope(raw) for raw in message.checkpoints),
-            arrivals=tuple(decode_envelope(raw) for raw in message.arrivals),
+            checkpoints=tuple(decode_envelope(raw) for raw in message.checkpoints[:]),
+            arrivals=tuple(decode_envelope(raw) for raw in message.arrivals[:]),
             base=decode_envelope(message.base) if message.base else None,
         )
     except EnvelopeError as exc:
         raise LineageError(f"a lineage checkpoint is malformed: {exc.reason}") from exc
-    if stored:
-        _keep_entries_wire(lineage, message)
     return lineage
 
 
-def _keep_entries_wire(lineage: Lineage, message: object_pb2.Lineage) -> None:
-    """Give the fresh log of ``lineage`` (decoded from ``message``) the encoding of its
-    entries that :func:`_entries_wire` would build entry by entry: the same bytes, cut
-    from ``message`` serialized again in one C call (its field 1 comes first, each entry
-    its tag, its length and its bytes: a bytes field has one encoding). Done when every
-    entry's length takes two bytes (128 bytes to 16 KiB: every entry recorded so far),
-    so that the ends are one running sum; else the log builds it when first encoded."""
-    log = lineage._log
-    sizes = list(map(len, map(LineageEntry.encode, log.entries)))
-    if not sizes or log.wire_ends or not _TWO_BYTE_MIN <= min(sizes) <= max(sizes) < _TWO_BYTE_END:
+def _keep_wire(obj: GovernedObject, message: object_pb2.StoredObject) -> None:
+    """Give the fresh log of ``obj`` (decoded from ``message``, a record this host
+    stored) what encoding ``obj`` again would build: the encoding of its entries
+    (:func:`_entries_wire`) and the parts of the rest (:func:`_unchanged_parts`), cut
+    from ``message`` serialized again in one C call. A message's deterministic encoding
+    is its fields' encodings in field-number order, and decoding then encoding a value
+    gives the value back (tests/test_object_encoding.py), so each cut is the bytes its
+    part encodes to: a cycle whose object missed every memo then encodes only its cycle
+    state and its new entries, as one that hit does.
+
+    The entries' encoding is kept when every entry's length takes two bytes (128 bytes
+    to 16 KiB: every entry recorded so far), so that the ends are one running sum; the
+    parts when the object's data is inline (a blob's placement is written from the
+    host's own record of it, not from the snapshot's fields), the head only for data of
+    at most :data:`KEPT_HEAD_MAX_DATA_BYTES`. Otherwise the log builds what is missing
+    when first encoded."""
+    log = obj.lineage._log
+    if log.wire_ends or log.parts is not None:
         return
-    # Each entry's end: the running sum of its tag (1 byte), length (2) and bytes.
-    ends = list(itertools.accumulate(map(operator.add, sizes, itertools.repeat(3))))
-    log.wire = bytearray(memoryview(message.SerializeToString(deterministic=True))[: ends[-1]])
-    log.wire_ends = ends
+    whole = message.SerializeToString(deterministic=True)
+    numbers, starts, values = _field_starts(whole, 0, len(whole), last=3)
+    # Fields 1 (the snapshot) and 3 (the lineage) are always written, even when empty.
+    at = bisect.bisect_left(numbers, 3)
+    if not numbers or numbers[0] != 1 or at == len(numbers) or numbers[at] != 3:
+        return
+    entries_at, lineage_end = values[at], starts[at + 1]
+    # The stored entries' own bytes (LineageEntry.stored keeps them), read as slots.
+    sizes = list(map(len, map(_raw_of, log.entries)))
+    if sizes and _TWO_BYTE_MIN <= min(sizes) <= max(sizes) < _TWO_BYTE_END:
+        # Each entry's end: the running sum of its tag (1 byte), length (2) and bytes.
+        ends = list(itertools.accumulate(map(operator.add, sizes, itertools.repeat(3))))
+        entries_end = entries_at + ends[-1]
+        log.wire = bytearray(whole[entries_at:entries_end])
+        log.wire_ends = ends
+    elif sizes:
+        return
+    else:
+        entries_end = entries_at
+    if obj.blob is not None or whole[entries_end : entries_end + 1] == _ENTRY_TAG:
+        return
+    snapshot_at, snapshot_end = values[0], starts[1]
+    inner, inner_starts, _ = _field_starts(whole, snapshot_at, snapshot_end)
+    # Where each part of the snapshot starts: its first field numbered at least 6 (the
+    # rules), 7 (the cycle), 8 (the data's size), 9 (the fields after it), or its end.
+    rules = inner_starts[bisect.bisect_left(inner, 6)]
+    cycle = inner_starts[bisect.bisect_left(inner, 7)]
+    size = inner_starts[bisect.bisect_left(inner, 8)]
+    after = inner_starts[bisect.bisect_left(inner, 9)]
+    # The head (fields 1-5) holds a copy of the data, which a decoded object that is
+    # only read (not written again) would carry twice: past a few hundred bytes of data
+    # it is held with no data, and the object's first encoding builds it and the size
+    # (a small message and the data's digest, about 10k instructions), as after a write.
+    data = obj.data if len(obj.data) <= KEPT_HEAD_MAX_DATA_BYTES else None
+    parts = (
+        b"" if data is None else whole[snapshot_at:rules],
+        whole[rules:cycle],
+        b"" if data is None else whole[size:after],
+        whole[after:snapshot_end],
+        whole[starts[1] : starts[at]],  # the grants
+        whole[entries_end:lineage_end],
+        whole[lineage_end:],
+    )
+    log.parts = (*_part_values(obj), data, parts)
+
+
+#: The most data whose head :func:`_keep_wire` cuts from a stored record (a copy of
+#: the data an object read from the store then carries beside its own).
+KEPT_HEAD_MAX_DATA_BYTES = 512
+
+
+def _field_starts(
+    buffer: bytes, at: int, end: int, *, last: int = 1 << 29
+) -> tuple[list[int], list[int], list[int]]:
+    """The fields of the message encoded in ``buffer[at:end]`` (protobuf's own
+    deterministic encoding, so in number order; nothing is checked) up to the first
+    numbered ``last`` or more: their numbers, where each starts (and, last, where the
+    fields read end), and where each one's value starts."""
+    numbers = []
+    starts = []
+    values = []
+    while at < end:
+        key = buffer[at]
+        value_at = at + 1
+        if key >= 0x80:  # a field numbered 16 or more
+            key, value_at = _read_varint(buffer, at)
+        kind = key & 7
+        numbers.append(key >> 3)
+        starts.append(at)
+        if kind == 2:
+            length = buffer[value_at]
+            value_at += 1
+            if length >= 0x80:
+                length, value_at = _read_varint(buffer, value_at - 1)
+            at = value_at + length
+        elif kind == 0:
+            at = _read_varint(buffer, value_at)[1]
+        else:  # fixed 64 (1) or 32 (5) bits
+            at = value_at + (8 if kind == 1 else 4)
+        values.append(value_at)
+        if key >> 3 >= last:
+            break
+    starts.append(at)
+    return numbers, starts, values
+
+
+def _read_varint(buffer: bytes, at: int) -> tuple[int, int]:
+    """The varint at ``buffer[at]`` and the offset after it."""
+    value = buffer[at]
+    if value < 0x80:
+        return value, at + 1
+    value &= 0x7F
+    shift = 7
+    at += 1
+    while True:
+        byte = buffer[at]
+        value |= (byte & 0x7F) << shift
+        at += 1
+        if byte < 0x80:
+            return value, at
+        shift += 7
 
 
 def _object_from_snapshot(
@@ -466,9 +570,12 @@ def _object_from_snapshot(
         data=snapshot.data,
         content_type=snapshot.content_type,
         grants=tuple(credentials),
-        rules=_rules_from_pb(snapshot.rules),
-        subscriptions=tuple(snapshot.subscriptions),
-        answers=tuple(_answer_from_pb(a) for a in snapshot.answers),
+        # Each repeated field read as a slice (a list, one C call): iterating the
+        # container itself indexes it until an IndexError, whose message is formatted
+        # (about 2k instructions a field, seven fields an object).
+        rules=_rules_from_pb(snapshot.rules[:]),
+        subscriptions=tuple(snapshot.subscriptions[:]),
+        answers=tuple(_answer_from_pb(a) for a in snapshot.answers[:]),
         lineage=_lineage_from_pb(lineage, stored=stored),
         cycle=_cycle_from_pb(snapshot.cycle, exact=exact),
         blob=placement.pop("blob", blob),
@@ -562,9 +669,9 @@ def _stored_from_pb(message: object_pb2.StoredObject, *, lazy: bool = True) -> G
     if message.HasField("blob"):
         # At rest the blob's host-local location replaces the digest-only transit form.
         placement["blob"] = _blob_from_pb(message.blob)
-    return _object_from_snapshot(
+    obj = _object_from_snapshot(
         message.snapshot,
-        list(message.credentials),
+        message.credentials[:],
         message.lineage,
         stored=lazy,
         epoch=message.epoch,
@@ -579,6 +686,9 @@ def _stored_from_pb(message: object_pb2.StoredObject, *, lazy: bool = True) -> G
         else None,
         **placement,
     )
+    if lazy:
+        _keep_wire(obj, message)
+    return obj
 
 
 def _blob_from_pb(message: object_pb2.BlobRef) -> BlobRef:
@@ -759,6 +869,38 @@ _OBJECT_PARTS: BoundedLru[tuple[int, ...], _HeldParts] = BoundedLru(
 )
 
 
+def _part_values(
+    obj: GovernedObject,
+) -> tuple[tuple[object, ...], tuple[object, ...], tuple[object, ...]]:
+    """The values :func:`_unchanged_parts` builds the parts from, as it holds them: the
+    body's, the lineage's envelopes and the tail's (it builds the same tuples inline;
+    tests/test_miss_s39.py finds a decoded object's parts through them)."""
+    lineage = obj.lineage
+    return (
+        (
+            obj.object_id,
+            obj.tenant,
+            obj.content_type,
+            obj.blob,
+            obj.rules,
+            obj.subscriptions,
+            obj.answers,
+            obj.grants,
+        ),
+        (lineage.checkpoints, lineage.arrivals, lineage.base),
+        (
+            obj.epoch,
+            obj.state,
+            obj.migration_id,
+            obj.moved_to,
+            obj.receipt,
+            obj.last_transfer_digest,
+            obj.authority,
+            obj.authority_expires,
+        ),
+    )
+
+
 def _unchanged_parts(obj: GovernedObject) -> _Parts:
     """The parts of ``obj``'s encoding that are neither its cycle state nor its
     lineage's entries, remembered by the identity of every value they are built from.
@@ -780,6 +922,7 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
     receipt changes just the envelopes: neither encodes its whole body again (on a
     destination, the live object at a Commit takes its body from the staged copy's)."""
     lineage = obj.lineage
+    # What _part_values returns, built here without its call (every cycle asks this).
     body = (
         obj.object_id,
         obj.tenant,

@@ -91,7 +91,10 @@ def test_a_stored_entry_is_a_decoded_one_whatever_is_done_first(
         stored = LineageEntry.stored(raw)
         assert stored.encode() is raw and stored.leaf_hash() == plain.leaf_hash()
         assert first(stored, plain) == first(LineageEntry.decode(raw), plain)
-        assert type(stored) is LineageEntry
+        # same_event answers from the two encodings and leaves the entry stored (a
+        # cycle's question of its last entry: tests/test_miss_s39.py); every other first
+        # use decodes it.
+        assert (type(stored) is LineageEntry) is (use != "same_event")
         assert _fields(stored) == _fields(plain)
         assert stored == plain and plain == stored
         assert (stored != plain) is False

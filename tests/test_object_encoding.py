@@ -297,9 +297,7 @@ def test_entries_of_one_byte_lengths_are_encoded_entry_by_entry() -> None:
     """A log whose entries' lengths do not all take two bytes as varints is left to
     build its encoding when first encoded: the same bytes."""
     obj = _cycled(2)
-    message = object_pb2.StoredObject()
-    message.ParseFromString(wire.encode_object(obj))
-    lineage = wire._lineage_from_pb(message.lineage, stored=True)
+    lineage = wire.decode_object(wire.encode_object(obj)).lineage
     assert lineage._log.wire_ends  # typical entries (hundreds of bytes): cut at once
     short = object_pb2.Lineage(entries=[b"{}"])
     log = wire._lineage_from_pb(short, stored=True)._log
