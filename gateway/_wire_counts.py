@@ -50,7 +50,9 @@ class _Unreadable(Exception):
     """The walk cannot read on: the protobuf parser will say what is wrong."""
 
 
-def _varint(raw: bytes, at: int) -> tuple[int, int]:
+def read_varint(raw: bytes, at: int) -> tuple[int, int]:
+    """The varint at ``raw[at]`` and the offset after it (:class:`_Unreadable` past 10
+    bytes or the end of ``raw``)."""
     value = shift = 0
     for index in range(at, min(len(raw), at + 10)):
         byte = raw[index]
@@ -91,7 +93,7 @@ def _walk(raw: bytes, at: int, end: int, shape: Shape, what: str) -> None:
         if key < 0x80:  # every field number the gateway uses: a one-byte key
             at += 1
         else:
-            key, at = _varint(raw, at)
+            key, at = read_varint(raw, at)
         number, wire_type = key >> 3, key & 7
         seen = counts.get(number, 0) + 1
         known = fields.get(number)
@@ -103,7 +105,7 @@ def _walk(raw: bytes, at: int, end: int, shape: Shape, what: str) -> None:
             if size < 0x80:
                 at += 1
             else:
-                size, at = _varint(raw, at)
+                size, at = read_varint(raw, at)
             if at + size > end:
                 raise _Unreadable
             least = min_bytes.get(number)
@@ -119,7 +121,7 @@ def _walk(raw: bytes, at: int, end: int, shape: Shape, what: str) -> None:
                 _walk(raw, at, at + size, inner, f"{what} {known[0]}")
             at += size
         elif wire_type == _VARINT:
-            _, at = _varint(raw, at)
+            _, at = read_varint(raw, at)
         elif wire_type == _FIXED64:
             at += 8
         elif wire_type == _FIXED32:
@@ -166,7 +168,7 @@ def _run(
         elif high < 0x80:
             size, at = (low & 0x7F) | (high << 7), at + 3
         else:
-            size, at = _varint(raw, at + 1)
+            size, at = read_varint(raw, at + 1)
         if at + size > end:
             raise _Unreadable
 

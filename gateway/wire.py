@@ -38,6 +38,7 @@ from gateway import _wire_counts, limits
 from gateway import envelope as dsse
 from gateway._decode import load_json
 from gateway._lru import BoundedLru
+from gateway._wire_counts import read_varint
 from gateway.authority import CapabilitySet, EffectiveAuthority
 from gateway.blobs import MAX_BLOB_BYTES, BlobRef
 from gateway.credentials import MAX_CHAIN
@@ -482,7 +483,8 @@ def _field_starts(
     """The fields of the message encoded in ``buffer[at:end]`` (protobuf's own
     deterministic encoding, so in number order; nothing is checked) up to the first
     numbered ``last`` or more: their numbers, where each starts (and, last, where the
-    fields read end), and where each one's value starts."""
+    fields read end), and where each one's value starts. Only for bytes protobuf has just
+    serialized here, which read_varint always reads to their end."""
     numbers = []
     starts = []
     values = []
@@ -490,7 +492,7 @@ def _field_starts(
         key = buffer[at]
         value_at = at + 1
         if key >= 0x80:  # a field numbered 16 or more
-            key, value_at = _read_varint(buffer, at)
+            key, value_at = read_varint(buffer, at)
         kind = key & 7
         numbers.append(key >> 3)
         starts.append(at)
@@ -498,10 +500,10 @@ def _field_starts(
             length = buffer[value_at]
             value_at += 1
             if length >= 0x80:
-                length, value_at = _read_varint(buffer, value_at - 1)
+                length, value_at = read_varint(buffer, value_at - 1)
             at = value_at + length
         elif kind == 0:
-            at = _read_varint(buffer, value_at)[1]
+            at = read_varint(buffer, value_at)[1]
         else:  # fixed 64 (1) or 32 (5) bits
             at = value_at + (8 if kind == 1 else 4)
         values.append(value_at)
@@ -509,23 +511,6 @@ def _field_starts(
             break
     starts.append(at)
     return numbers, starts, values
-
-
-def _read_varint(buffer: bytes, at: int) -> tuple[int, int]:
-    """The varint at ``buffer[at]`` and the offset after it."""
-    value = buffer[at]
-    if value < 0x80:
-        return value, at + 1
-    value &= 0x7F
-    shift = 7
-    at += 1
-    while True:
-        byte = buffer[at]
-        value |= (byte & 0x7F) << shift
-        at += 1
-        if byte < 0x80:
-            return value, at
-        shift += 7
 
 
 def _object_from_snapshot(
