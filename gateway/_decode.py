@@ -24,9 +24,16 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from gateway.errors import GatewayError
+
+#: The C scanner behind json.loads (the same parser and settings), without its per-call
+#: wrapper (encoding detection, whitespace scans): one value from an offset, and its
+#: end. None of load_json's refusals: for text whose fields the caller checks itself
+#: (lineage entries) or that this host wrote (an object's data). Untyped in typeshed.
+scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 #: Every integer the gateway signs or stores fits in 64 bits (20 digits). Longer ones
 #: up to this many digits are read (cheaply) so that the field's own check can name

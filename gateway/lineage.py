@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, SupportsIndex, cast, overload
 from gateway import _custody_chain as custody_chain
 from gateway import envelope as dsse
 from gateway import merkle
-from gateway._decode import MAX_JSON_INT_DIGITS, load_json
+from gateway._decode import MAX_JSON_INT_DIGITS, load_json, scan_json
 from gateway._slots import builder
 from gateway._time import format_time, parse_time
 from gateway.errors import (
@@ -126,9 +126,8 @@ _INT_FIELDS = frozenset({"seq", "epoch", "generation", "repeats"})
 #: Integers below this have at most load_json's digit limit (its hooks refuse longer ones).
 _INT_LIMIT = 10**MAX_JSON_INT_DIGITS
 _encode_string = json.encoder.encode_basestring  # json.dumps(ensure_ascii=False) for a str
-#: The C scanner behind json.loads (the same parser and settings), without its per-call
-#: wrapper; NaN and Infinity parse as with json.loads and fail the field type checks.
-_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # set in __init__, untyped in typeshed
+#: NaN and Infinity parse as with json.loads and fail the field type checks.
+_scan_json = scan_json
 
 
 class EntryKind(enum.Enum):

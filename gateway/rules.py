@@ -62,6 +62,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, empty_pb2, message_
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from gateway._decode import scan_json
 from gateway._lru import IdentityLru
 from gateway._slots import builder
 from gateway.errors import RuleCostError, RuleError
@@ -1460,10 +1461,6 @@ def compiled(rules: tuple[Rule, ...]) -> RuleSet:
 # --- data ---------------------------------------------------------------------------
 
 
-#: The scanner json.loads ends in (what a JSONDecoder sets up; untyped in typeshed).
-_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-
-
 def load_data(data: bytes, content_type: str) -> dict[str, Any]:
     """The data rules see: a JSON object. Objects with other content have none."""
     if not content_type.startswith("application/json"):
@@ -1476,7 +1473,7 @@ def load_data(data: bytes, content_type: str) -> dict[str, Any]:
         # is not NUL. Anything else, or an error, goes through json.loads itself.
         try:
             text = data.decode("utf-8", "surrogatepass")
-            value, end = _scan_json(text, 0)
+            value, end = scan_json(text, 0)
         except (ValueError, RecursionError, StopIteration):
             pass  # refused below, with json.loads's own message
         else:
