@@ -61,6 +61,14 @@ class PayloadType:
     UNKNOWN_MIGRATION = "application/vnd.gateway.unknown-migration.v1+json"
 
 
+#: Payload types whose signatures are not remembered (keys.VERIFIED_SIGNATURES): a
+#: transfer (or a proposal) carries a fresh nonce and is opened once, by its one
+#: destination (a retried Prepare is the only second look, and a rare one). Remembering
+#: its signature hashed its whole PAE (the object and its lineage: 4.4 KB for a small
+#: object, on every arrival) for an entry never looked up again, which evicted one that
+#: may be (a checkpoint of an object that comes back).
+ONCE_ONLY = frozenset({PayloadType.TRANSFER, PayloadType.PROPOSAL})
+
 MAX_PAYLOAD_TYPE = 256
 MAX_SIGNATURES = 16
 MAX_KEYID = 128
@@ -183,11 +191,12 @@ def open_envelope(
     if threshold < 1:
         raise ValueError("threshold must be at least 1: an envelope nobody signed proves nothing")
     message = pae(envelope.payload_type, envelope.payload)
+    remember = envelope.payload_type not in ONCE_ONLY
     verified: set[str] = set()
     failures: list[VerificationError] = []
     for signature in envelope.signatures:
         try:
-            verified.add(_verify_one(signature, message, keys))
+            verified.add(_verify_one(signature, message, keys, remember=remember))
         except VerificationError as exc:
             failures.append(exc)
     if len(verified) < threshold:
@@ -207,16 +216,18 @@ def open_envelope(
     )
 
 
-def _verify_one(signature: Signature, message: bytes, keys: KeyResolver) -> str:
+def _verify_one(
+    signature: Signature, message: bytes, keys: KeyResolver, *, remember: bool = True
+) -> str:
     """The key id that produced ``signature``, or a verification error."""
     if signature.keyid:
         record = keys.resolve(signature.keyid)
-        record.verify(message, signature.sig)
+        record.verify(message, signature.sig, remember=remember)
         return record.key_id
     # No key id: try every usable key. The algorithm still comes from each record.
     for record in keys.all():
         try:
-            record.verify(message, signature.sig)
+            record.verify(message, signature.sig, remember=remember)
         except BadSignatureError:
             continue
         return record.key_id

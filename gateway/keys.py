@@ -308,17 +308,24 @@ class KeyRecord:
         signature: bytes,
         *,
         encoding: SignatureEncoding = SignatureEncoding.DER,
+        remember: bool = True,
     ) -> None:
         """Raise :class:`BadSignatureError` unless ``signature`` signs ``message`` under this key.
 
         Only the signature is checked here; whether the record may be used (purpose,
         host, validity, revocation) is the caller's question, answered by
-        :mod:`gateway.trust`.
+        :mod:`gateway.trust`. ``remember=False``: a signature checked once only (a
+        transfer's) is verified without the memory (:data:`VERIFIED_SIGNATURES`), neither
+        looked up nor added, which saves hashing ``message`` for it.
         """
-        seen = VERIFIED_SIGNATURES.digest(
-            self.public_key, self.algorithm, encoding, message, signature
+        seen = (
+            VERIFIED_SIGNATURES.digest(
+                self.public_key, self.algorithm, encoding, message, signature
+            )
+            if remember
+            else None
         )
-        if seen in VERIFIED_SIGNATURES:
+        if seen is not None and seen in VERIFIED_SIGNATURES:
             return
         try:
             _verify(self._key, self.algorithm, message, signature, encoding)
@@ -326,7 +333,8 @@ class KeyRecord:
             raise BadSignatureError(
                 f"signature does not verify under key {self.key_id[:16]} ({self.algorithm.value})"
             ) from exc
-        VERIFIED_SIGNATURES.add(seen)
+        if seen is not None:
+            VERIFIED_SIGNATURES.add(seen)
 
     def public_key_object(self) -> PublicKey:
         """The parsed public key, for libraries that take one (PyJWT)."""
