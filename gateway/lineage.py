@@ -241,8 +241,8 @@ def _shared_text(
     )
 
 
-def _decode_fast(cls: type[LineageEntry], raw: bytes) -> LineageEntry | None:
-    """The entry, or None if ``raw`` is not exactly a canonical entry."""
+def _decode_fast(raw: bytes) -> LineageEntry | None:
+    """The entry, or None if ``raw`` (exact ``bytes``) is not exactly a canonical entry."""
     try:
         # The C scanner json.loads ends in, called directly: the whole text must be one
         # value (no whitespace around it either, which the re-encode below refuses anyway).
@@ -298,36 +298,27 @@ def _decode_fast(cls: type[LineageEntry], raw: bytes) -> LineageEntry | None:
         # text is formatted and compared as before.
         global _LAST_FORMATTED
         _LAST_FORMATTED = (moment, text)
-    # Built slot by slot, as append_all does: the frozen dataclass's keyword __init__
-    # sets each field through object.__setattr__ (about 18k instructions an entry, a
-    # sixth of its decode). The values are those checked above; __init__ checks nothing.
-    entry = object.__new__(cls)
-    (
-        set_seq,
-        set_prev,
-        set_time,
-        set_host,
-        set_kind,
-        set_epoch,
-        set_generation,
-        set_data_digest,
-        set_credentials_digest,
-        set_detail,
-        set_repeats,
-        _,
-        _,
-    ) = _ENTRY_SETTERS
-    set_seq(entry, seq)
-    set_prev(entry, prev)
-    set_time(entry, moment)
-    set_host(entry, sys.intern(document["host"]))  # a few hosts record every entry
-    set_kind(entry, kind)
-    set_epoch(entry, epoch)
-    set_generation(entry, generation)
-    set_data_digest(entry, data_digest)
-    set_credentials_digest(entry, credentials)
-    set_detail(entry, document["detail"])
-    set_repeats(entry, repeats)
+    # Built by the builder append_all uses (gateway/_slots.py): the frozen dataclass's
+    # keyword __init__ sets each field through object.__setattr__ (about 18k
+    # instructions an entry, a sixth of its decode), and each slot's own setter called
+    # in turn about 3k more than the builder's stores. The values are those checked
+    # above; __init__ checks nothing. Its bytes are ``raw`` itself (kept only if they
+    # are what the entry encodes to), its leaf hash not computed yet.
+    entry = _new_entry(
+        seq,
+        prev,
+        moment,
+        sys.intern(document["host"]),  # a few hosts record every entry
+        kind,
+        epoch,
+        generation,
+        data_digest,
+        credentials,
+        document["detail"],
+        repeats,
+        raw,
+        None,
+    )
     try:
         again = entry._encode()
     except (ValueError, UnicodeEncodeError):  # a naive or far time, a lone surrogate
@@ -474,12 +465,10 @@ class LineageEntry(_EncodedOnce):
         what = "lineage entry"
         if len(raw) > MAX_ENTRY_BYTES:
             raise LineageError(f"{what} is {len(raw)} bytes; at most {MAX_ENTRY_BYTES}")
-        entry = _decode_fast(cls, raw)
+        entry = _decode_fast(raw if type(raw) is bytes else bytes(raw))
         if entry is None:
             _explain_refusal(raw)
             raise LineageError(f"{what} is not in canonical form (sorted keys, no spaces)")
-        object.__setattr__(entry, "_raw", bytes(raw))
-        object.__setattr__(entry, "_leaf", None)
         return entry
 
     def leaf_hash(self) -> bytes:
@@ -1123,30 +1112,6 @@ class _Log:
         built = self.start_frontier.copy()
         built.append_leaves([entry.leaf_hash() for entry in self.entries[:count]])
         return built
-
-
-#: The slots' own setters (what object.__setattr__ finds and calls, without finding it:
-#: a frozen dataclass's __setattr__ refuses), for the values every append builds.
-_ENTRY_SETTERS = tuple(
-    getattr(LineageEntry, name).__set__
-    if name in _FIELD_NAMES
-    else vars(_EncodedOnce)[name].__set__
-    for name in (
-        "seq",
-        "prev",
-        "time",
-        "host",
-        "kind",
-        "epoch",
-        "generation",
-        "data_digest",
-        "credentials_digest",
-        "detail",
-        "repeats",
-        "_raw",
-        "_leaf",
-    )
-)
 
 
 #: ``LineageEntry(...)`` with its encoding and leaf hash (None: not computed yet), by
