@@ -407,7 +407,7 @@ def _lineage_from_pb(message: object_pb2.Lineage, *, stored: bool = False) -> Li
     return lineage
 
 
-def _keep_wire(obj: GovernedObject, message: object_pb2.StoredObject) -> None:
+def _keep_wire(obj: GovernedObject, message: object_pb2.StoredObject, entry_ids: bytes) -> None:
     """Give the fresh log of ``obj`` (decoded from ``message``, a record this host
     stored) what encoding ``obj`` again would build: the encoding of its entries
     (:func:`_entries_wire`) and the parts of the rest (:func:`_unchanged_parts`), cut
@@ -422,10 +422,18 @@ def _keep_wire(obj: GovernedObject, message: object_pb2.StoredObject) -> None:
     parts when the object's data is inline (a blob's placement is written from the
     host's own record of it, not from the snapshot's fields), the head only for data of
     at most :data:`KEPT_HEAD_MAX_DATA_BYTES`. Otherwise the log builds what is missing
-    when first encoded."""
+    when first encoded.
+
+    ``entry_ids`` (the ids the store keeps for the record's entries, one per entry, in
+    order) become the log's :attr:`~gateway.lineage._Log.wire_ids`: the next put then
+    hashes only the entries appended since (a record read back from the store hashed
+    every entry it carried for its ids). Ids of another count are not the record's
+    entries' and are ignored (the put hashes them all, as before)."""
     log = obj.lineage._log
     if log.wire_ends or log.parts is not None:
         return
+    if entry_ids and len(entry_ids) == LEAF_HASH_BYTES * len(log.entries) and not log.wire_ids:
+        log.wire_ids = bytearray(entry_ids)
     whole = message.SerializeToString(deterministic=True)
     numbers, starts, values = _field_starts(whole, 0, len(whole), last=3)
     # Fields 1 (the snapshot) and 3 (the lineage) are always written, even when empty.
@@ -642,7 +650,9 @@ def _decode_authority(raw: bytes) -> EffectiveAuthority:
         raise PayloadDecodeError(f"stored effective authority is unreadable: {exc}") from exc
 
 
-def _stored_from_pb(message: object_pb2.StoredObject, *, lazy: bool = True) -> GovernedObject:
+def _stored_from_pb(
+    message: object_pb2.StoredObject, *, lazy: bool = True, entry_ids: bytes = b""
+) -> GovernedObject:
     """An object this host stored; ``lazy``: its lineage's entries decoded when first read
     (see :meth:`LineageEntry.stored`: what a cycle reads), else each decoded now."""
     state = _STATE_FROM_PB.get(message.state)
@@ -672,7 +682,7 @@ def _stored_from_pb(message: object_pb2.StoredObject, *, lazy: bool = True) -> G
         **placement,
     )
     if lazy:
-        _keep_wire(obj, message)
+        _keep_wire(obj, message, entry_ids)
     return obj
 
 
@@ -1204,8 +1214,12 @@ def _base_bytes(base: dsse.Envelope) -> bytes:
     return raw
 
 
-def decode_object(raw: bytes) -> GovernedObject:
-    return _stored_from_pb(_parse(object_pb2.StoredObject(), raw, "stored object", canonical=False))
+def decode_object(raw: bytes, *, entry_ids: bytes = b"") -> GovernedObject:
+    """The object this host stored as ``raw``; ``entry_ids``: the ids the store keeps
+    for its lineage's entries (:attr:`gateway.stores.Item.entry_ids`), kept by its log
+    for the object's next write (see :func:`_keep_wire`)."""
+    message = _parse(object_pb2.StoredObject(), raw, "stored object", canonical=False)
+    return _stored_from_pb(message, entry_ids=entry_ids)
 
 
 # --- transfers and receipts ---------------------------------------------------------

@@ -1,0 +1,193 @@
+"""A cycle whose object missed every memo (read back from the store and decoded) does
+little more than one whose object was held (session 40, docs/benchmarks.md "P5's memo
+miss"): the store hands back the ids it keeps for the record's entries, so writing the
+object again hashes only the entries appended since. Each shortcut is held equal to
+the plain path, refusals included."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import merkle, wire
+from gateway.archive import compact
+from gateway.handoff import journal
+from gateway.handoff.journal import Journal, object_key
+from gateway.lineage import EntryKind
+from gateway.model import GovernedObject
+from gateway.stores import Expect, Item, PutEntries
+from gateway.stores.sqlite import SqliteStore
+from tests.test_compaction import POLICY, created, cycle
+from tests.test_lineage import HOST_A, OBJECT, SIGNERS, T0
+
+TENANT = "billing"
+
+
+def _grown(rng: random.Random, obj: GovernedObject, steps: int) -> GovernedObject:
+    """``obj`` after ``steps`` random changes of the kinds a host makes: cycles that
+    fold (the same denial again) or not, single entries, a compaction now and then."""
+    for step in range(steps):
+        what = rng.random()
+        generation = obj.cycle.generation + step
+        if what < 0.4:
+            obj = cycle(obj, generation, host=HOST_A, denial="publish: denied")
+        elif what < 0.9:
+            at = T0 + timedelta(seconds=generation + 1, milliseconds=rng.randrange(1000))
+            detail = f"run {rng.randrange(1_000_000)}"
+            obj = obj.record(EntryKind.EVALUATED, host=HOST_A, at=at, detail=detail)
+        elif len(obj.lineage.entries) > POLICY.keep_entries + 1:
+            lineage, _segment = compact(
+                obj.lineage,
+                object_id=OBJECT,
+                host=HOST_A,
+                at=T0 + timedelta(days=1, seconds=step),
+                signer=SIGNERS[HOST_A],
+                keep=POLICY.keep_entries,
+            )
+            obj = replace(obj, lineage=lineage)
+    return obj
+
+
+def _split(obj: GovernedObject, rng: random.Random) -> GovernedObject:
+    """``obj`` grown until the journal writes it as a head and entry rows."""
+    while len(obj.lineage.entries) < journal.SPLIT_MIN_ENTRIES:
+        obj = _grown(rng, obj, 4)
+    return obj
+
+
+def _next(obj: GovernedObject, rng: random.Random) -> GovernedObject:
+    """One more cycle of ``obj``, as a host would run it (folded or not)."""
+    return _grown(rng, obj, 1 + rng.randrange(2))
+
+
+def test_the_store_reads_back_the_ids_it_keeps_for_a_records_entries(tmp_path: Path) -> None:
+    """A value written as a head and entry rows is read (get and get_many) with the
+    ids it was written with; a value kept whole, with none."""
+    rng = random.Random(40)
+
+    async def main() -> None:
+        async with SqliteStore.open(tmp_path / "s.db", create=True) as store:
+            obj = created()
+            etag: str | Expect = Expect.ABSENT
+            kinds = set()
+            for _ in range(40):
+                put = journal.put_object(TENANT, obj, etag)
+                kinds.add(type(put))
+                etag = (await store.transact([put]))[put.key]
+                ids = put.entry_ids if type(put) is PutEntries else b""
+                got = await store.get(put.key)
+                many = await store.get_many([put.key])
+                assert got is not None and got.value == put.value and got.entry_ids == ids
+                assert many[put.key].entry_ids == ids
+                obj = _grown(rng, obj, 2)
+            assert kinds == {journal.Put, PutEntries}
+
+    asyncio.run(main())
+
+
+def _leaf_hashes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every leaf hash computed from now on, recorded."""
+    made: list[bytes] = []
+    plain = merkle.leaf_hash
+
+    def counted(data: bytes) -> bytes:
+        made.append(data)
+        return plain(data)
+
+    monkeypatch.setattr(merkle, "leaf_hash", counted)
+    return made
+
+
+def test_a_decoded_record_given_its_ids_hashes_only_the_new_entries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Decoded with the ids the store keeps, a record's next write hashes the entry the
+    cycle links to and the entries it appended, not every entry it carried; the ids it
+    writes are those of hashing every entry."""
+    rng = random.Random(41)
+    obj = _split(created(), rng)
+    put = journal.put_object(TENANT, obj, Expect.ABSENT)
+    assert type(put) is PutEntries
+    decoded = wire.decode_object(put.value, entry_ids=put.entry_ids)
+    made = _leaf_hashes(monkeypatch)
+    after = decoded.record(EntryKind.EVALUATED, host=HOST_A, at=T0 + timedelta(days=2))
+    again = journal.put_object(TENANT, after, "etag")
+    assert type(again) is PutEntries
+    assert len(made) == 2  # the last carried entry (the new one's link) and the new one
+    monkeypatch.undo()
+    plain = wire.decode_object(put.value).record(
+        EntryKind.EVALUATED, host=HOST_A, at=T0 + timedelta(days=2)
+    )
+    assert again.entry_ids == b"".join(e.leaf_hash() for e in plain.lineage.entries)
+    assert again.value == wire.encode_object(plain)
+
+
+def test_ids_of_another_count_are_not_the_records_and_are_ignored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ids that are not one per entry (a value written with other parts, or none) are
+    not used: the write hashes every entry, as without them."""
+    rng = random.Random(42)
+    obj = _split(created(), rng)
+    put = journal.put_object(TENANT, obj, Expect.ABSENT)
+    assert type(put) is PutEntries
+    for ids in (put.entry_ids[:-32], put.entry_ids + put.entry_ids[:32], b"", b"\x00" * 7):
+        decoded = wire.decode_object(put.value, entry_ids=ids)
+        assert not decoded.lineage._log.wire_ids
+        made = _leaf_hashes(monkeypatch)
+        after = decoded.record(EntryKind.EVALUATED, host=HOST_A, at=T0 + timedelta(days=2))
+        again = journal.put_object(TENANT, after, "etag")
+        assert len(made) == len(after.lineage.entries)
+        monkeypatch.undo()
+        assert again.entry_ids == b"".join(e.leaf_hash() for e in after.lineage.entries)
+
+
+def _put_fields(put: Any) -> tuple[Any, ...]:
+    if type(put) is PutEntries:
+        return put.value, put.entries_at, list(put.entry_ends), put.entry_ids
+    return (put.value,)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_writes_of_records_read_back_equal_the_plain_paths(tmp_path: Path, seed: int) -> None:
+    """Objects through random cycles, folds and compactions, written by a journal to a
+    store and read back by another (whose memo holds none of them: every read is a
+    miss), with the store's ids: each next write is the write of the same object
+    decoded without ids (every entry hashed), value, parts and ids alike; and each id
+    is its entry's leaf hash."""
+    rng = random.Random(400 + seed)
+
+    async def main() -> None:
+        async with SqliteStore.open(tmp_path / "w.db", create=True) as store:
+            writer = Journal(store)
+            objects = {f"t{index}": created() for index in range(4)}
+            etags: dict[str, str | Expect] = dict.fromkeys(objects, Expect.ABSENT)
+            for _round in range(24):
+                for tenant, obj in objects.items():
+                    obj = _next(obj, rng)
+                    put = writer.put_object(tenant, obj, etags[tenant])
+                    etags[tenant] = (await store.transact([put]))[put.key]
+                    objects[tenant] = obj
+                    reader = Journal(store)  # a fresh memo: this read misses
+                    loaded = await reader.object(tenant, OBJECT)
+                    item = await store.get(object_key(tenant, OBJECT))
+                    assert loaded is not None and isinstance(item, Item)
+                    plain = wire.decode_object(item.value)
+                    step = rng.getstate()
+                    ours = reader.put_object(tenant, _next(loaded.value, rng), loaded.etag)
+                    rng.setstate(step)
+                    theirs = journal.put_object(tenant, _next(plain, rng), loaded.etag)
+                    assert _put_fields(ours) == _put_fields(theirs)
+                    if type(ours) is PutEntries:
+                        entries = wire.decode_object(ours.value).lineage.entries
+                        hashes = b"".join(merkle.leaf_hash(e.encode()) for e in entries)
+                        assert ours.entry_ids == hashes
+                    assert loaded.value == plain == obj
+
+    asyncio.run(main())
