@@ -38,6 +38,7 @@ from gateway import _wire_counts, limits
 from gateway import envelope as dsse
 from gateway._decode import load_json
 from gateway._lru import BoundedLru
+from gateway._slots import builder
 from gateway._wire_counts import read_varint
 from gateway.authority import CapabilitySet, EffectiveAuthority
 from gateway.blobs import MAX_BLOB_BYTES, BlobRef
@@ -150,7 +151,9 @@ def _dt(stamp: Timestamp, what: str = "a time") -> datetime:
     # What ToDatetime(tzinfo=UTC) and truncate give (the same value and zone object),
     # without protobuf's Python-level conversion: every record, receipt and stored object
     # read carries two or three of these.
-    return _EPOCH + timedelta(seconds=stamp.seconds, milliseconds=stamp.nanos // 1_000_000)
+    # timedelta(days, seconds, microseconds, milliseconds) by position: the keywords
+    # were parsed on every call.
+    return _EPOCH + timedelta(0, stamp.seconds, 0, stamp.nanos // 1_000_000)
 
 
 def _peer_dt(stamp: Timestamp, what: str, *, exact: bool = True) -> datetime:
@@ -307,13 +310,17 @@ def _cycle_to_pb(cycle: CycleState) -> object_pb2.CycleState:
 
 
 def _cycle_from_pb(message: object_pb2.CycleState, *, exact: bool) -> CycleState:
-    return CycleState(
-        generation=message.generation,
-        interval=_interval_from_ms(message.interval_ms),
-        next_due=_peer_dt(message.next_due, "next evaluation time", exact=exact)
+    # CycleState(...) by position (gateway/_slots.py): every object decoded builds one.
+    return _cycle_state(
+        message.generation,
+        _interval_from_ms(message.interval_ms),
+        _peer_dt(message.next_due, "next evaluation time", exact=exact)
         if message.HasField("next_due")
         else None,
     )
+
+
+_cycle_state = builder(CycleState, "generation", "interval", "next_due")
 
 
 #: The longest evaluation interval read, in the stored unit.
@@ -528,20 +535,29 @@ def _object_from_snapshot(
     *,
     exact: bool = False,
     stored: bool = False,
-    **placement: Any,
+    epoch: int = 0,
+    state: LifecycleState = LifecycleState.ACTIVE,
+    migration_id: str = "",
+    moved_to: str = "",
+    receipt: dsse.Envelope | None = None,
+    last_transfer_digest: bytes = b"",
+    authority: EffectiveAuthority = NO_AUTHORITY,
+    blob: BlobRef | None = None,
+    authority_expires: datetime | None = None,
 ) -> GovernedObject:
-    """The object in ``snapshot``; ``placement``: its other fields (epoch, state, ...: a
-    stored object's or a staged copy's), given here rather than set by a ``replace``
-    after, which built every object decoded twice (a ``blob`` given replaces the
-    snapshot's digest-only one)."""
-    blob = None
+    """The object in ``snapshot``; the keywords after ``stored``: its other fields (a
+    stored object's or a staged copy's, GovernedObject's defaults otherwise), given here
+    rather than set by a ``replace`` after, which built every object decoded twice (a
+    ``blob`` given replaces the snapshot's digest-only one)."""
+    data = snapshot.data  # read once: each read of a bytes field makes a new object
     if snapshot.data_streamed:
-        if snapshot.data or len(snapshot.data_digest) != 32:
+        if data or len(snapshot.data_digest) != 32:
             raise PayloadDecodeError(
                 f"streamed object {snapshot.object_id} has inline data or no digest"
             )
-        blob = BlobRef(digest=snapshot.data_digest, size=snapshot.data_size)
-    elif digest(snapshot.data) != snapshot.data_digest or len(snapshot.data) != snapshot.data_size:
+        if blob is None:
+            blob = BlobRef(digest=snapshot.data_digest, size=snapshot.data_size)
+    elif digest(data) != snapshot.data_digest or len(data) != snapshot.data_size:
         raise PayloadDecodeError(
             f"data of {snapshot.object_id} does not match its digest",
             hint="the object was damaged on the way; migrate it again",
@@ -557,23 +573,62 @@ def _object_from_snapshot(
         raise LimitExceededError(
             f"{snapshot.object_id:.200} has {len(snapshot.rules)} rules; at most {MAX_RULES}"
         )
-    return GovernedObject(
-        object_id=snapshot.object_id,
-        tenant=snapshot.tenant,
-        data=snapshot.data,
-        content_type=snapshot.content_type,
-        grants=tuple(credentials),
-        # Each repeated field read as a slice (a list, one C call): iterating the
-        # container itself indexes it until an IndexError, whose message is formatted
-        # (about 2k instructions a field, seven fields an object).
-        rules=_rules_from_pb(snapshot.rules[:]),
-        subscriptions=tuple(snapshot.subscriptions[:]),
-        answers=tuple(_answer_from_pb(a) for a in snapshot.answers[:]),
-        lineage=_lineage_from_pb(lineage, stored=stored),
-        cycle=_cycle_from_pb(snapshot.cycle, exact=exact),
-        blob=placement.pop("blob", blob),
-        **placement,
+    # Each repeated field read as a slice (a list, one C call): iterating the container
+    # itself indexes it until an IndexError, whose message is formatted (about 2k
+    # instructions a field, seven fields an object). Built in the order the fields were
+    # always read, so a record with several faults is refused for the same one.
+    rules = _rules_from_pb(snapshot.rules[:])
+    subscriptions = tuple(snapshot.subscriptions[:])
+    answers = tuple(_answer_from_pb(a) for a in snapshot.answers[:])
+    # GovernedObject(...) with every field, by position (gateway/_slots.py): its frozen
+    # keyword __init__ cost about 39k instructions a decode (tests/test_p5miss_s40.py
+    # holds the two equal, and these keywords' defaults equal the class's).
+    return _new_object(
+        snapshot.object_id,
+        snapshot.tenant,
+        data,
+        snapshot.content_type,
+        tuple(credentials),
+        rules,
+        _lineage_from_pb(lineage, stored=stored),
+        _cycle_from_pb(snapshot.cycle, exact=exact),
+        epoch,
+        state,
+        migration_id,
+        moved_to,
+        receipt,
+        last_transfer_digest,
+        authority,
+        blob,
+        authority_expires,
+        subscriptions,
+        answers,
     )
+
+
+#: Every field of a GovernedObject, in the order :func:`_new_object` takes them.
+_OBJECT_FIELDS = (
+    "object_id",
+    "tenant",
+    "data",
+    "content_type",
+    "grants",
+    "rules",
+    "lineage",
+    "cycle",
+    "epoch",
+    "state",
+    "migration_id",
+    "moved_to",
+    "receipt",
+    "last_transfer_digest",
+    "authority",
+    "blob",
+    "authority_expires",
+    "subscriptions",
+    "answers",
+)
+_new_object = builder(GovernedObject, *_OBJECT_FIELDS)
 
 
 _STATE_TO_PB = {
@@ -660,10 +715,8 @@ def _stored_from_pb(
         raise PayloadDecodeError(
             f"stored object {message.snapshot.object_id} has unknown state {message.state}"
         )
-    placement: dict[str, Any] = {}
-    if message.HasField("blob"):
-        # At rest the blob's host-local location replaces the digest-only transit form.
-        placement["blob"] = _blob_from_pb(message.blob)
+    # At rest the blob's host-local location replaces the digest-only transit form.
+    blob = _blob_from_pb(message.blob) if message.HasField("blob") else None
     obj = _object_from_snapshot(
         message.snapshot,
         message.credentials[:],
@@ -679,7 +732,7 @@ def _stored_from_pb(
         authority_expires=_dt(message.authority_expires, "authority expiry")
         if message.HasField("authority_expires")
         else None,
-        **placement,
+        blob=blob,
     )
     if lazy:
         _keep_wire(obj, message, entry_ids)

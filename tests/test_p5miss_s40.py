@@ -7,6 +7,8 @@ the plain path, refusals included."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
 import random
 from dataclasses import replace
 from datetime import timedelta
@@ -20,11 +22,12 @@ from gateway.archive import compact
 from gateway.handoff import journal
 from gateway.handoff.journal import Journal, object_key
 from gateway.lineage import EntryKind
-from gateway.model import GovernedObject
+from gateway.model import CycleState, GovernedObject
 from gateway.stores import Expect, Item, PutEntries
 from gateway.stores.sqlite import SqliteStore
 from tests.test_compaction import POLICY, created, cycle
 from tests.test_lineage import HOST_A, OBJECT, SIGNERS, T0
+from tests.test_object_encoding import every_field
 
 TENANT = "billing"
 
@@ -191,3 +194,31 @@ def test_writes_of_records_read_back_equal_the_plain_paths(tmp_path: Path, seed:
                     assert loaded.value == plain == obj
 
     asyncio.run(main())
+
+
+def test_a_decoded_object_is_the_one_its_constructor_builds() -> None:
+    """wire builds a decoded object (and its cycle state) slot by slot: the same value
+    as the class's own constructor, in every way, and the decoder's defaults for the
+    fields a snapshot does not carry are the class's."""
+    rng = random.Random(43)
+    made = [every_field(), _split(created(), rng), _grown(rng, created(), 3)]
+    for obj in made:
+        for decoded in (wire.decode_object(wire.encode_object(obj)),):
+            rebuilt = GovernedObject(**{n: getattr(decoded, n) for n in wire._OBJECT_FIELDS})
+            assert type(decoded) is GovernedObject and decoded == rebuilt == obj
+            assert hash(decoded.cycle) == hash(rebuilt.cycle) and repr(decoded) == repr(rebuilt)
+            assert type(decoded.cycle) is CycleState and decoded.cycle == CycleState(
+                generation=obj.cycle.generation,
+                interval=obj.cycle.interval,
+                next_due=obj.cycle.next_due,
+            )
+    assert tuple(f.name for f in dataclasses.fields(GovernedObject)) == wire._OBJECT_FIELDS
+    parameters = inspect.signature(wire._object_from_snapshot).parameters
+    defaults = {n: p for n, p in parameters.items() if p.kind is p.KEYWORD_ONLY}
+    assert len(defaults) == 11
+    for field in dataclasses.fields(GovernedObject):
+        if field.name in defaults:
+            default = (
+                field.default_factory() if field.default is dataclasses.MISSING else field.default  # type: ignore[misc]
+            )
+            assert defaults[field.name].default == default, field.name
