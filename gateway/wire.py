@@ -26,10 +26,10 @@ import functools
 import itertools
 import json
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -267,24 +267,40 @@ def _rule_from_pb(message: object_pb2.Rule) -> Rule:
 #: few distinct rule sets, and every stored object or transfer decoded builds its rules
 #: again (about 6 us a rule, a fifth of a small object's decode).
 RULES_MEMO_BYTES = 1 << 20
-_RULES: BoundedLru[tuple[bytes, ...], tuple[int, tuple[Rule, ...]]] = BoundedLru(
+_RULES: BoundedLru[bytes | tuple[bytes, ...], tuple[int, tuple[Rule, ...]]] = BoundedLru(
     1024, max_weight=RULES_MEMO_BYTES, weigh=lambda held: held[0]
 )
 
 
-def _rules_from_pb(messages: Sequence[object_pb2.Rule]) -> tuple[Rule, ...]:
-    """The rules in ``messages`` (counted by the caller first), remembered by their
+def _rules_from_pb(
+    snapshot: object_pb2.ObjectSnapshot, wire: bytes | None = None
+) -> tuple[Rule, ...]:
+    """The rules of ``snapshot`` (counted by the caller first), remembered by their
     deterministic encodings: a rule is decoded from its fields alone, those bytes say
     every field (unknown ones were discarded at the parse), and rules are immutable, so
-    a hit is what decoding again would give. A refused rule raises, and is not kept."""
-    if not messages:
-        return ()
-    key = tuple(message.SerializeToString(deterministic=True) for message in messages)
+    a hit is what decoding again would give. A refused rule raises, and is not kept.
+
+    ``wire``: the snapshot's field 6 (its rules) as cut from the record serialized again
+    (:func:`_cut`), which says every rule as well: the key then costs no serialization
+    of each rule (a stored record read back). Otherwise the key is each rule's own
+    encoding (a transfer)."""
+    key: bytes | tuple[bytes, ...]
+    if wire is not None:
+        if not wire:
+            return ()
+        key = wire
+        weight = 2 * len(wire)
+    else:
+        messages = snapshot.rules[:]
+        if not messages:
+            return ()
+        key = tuple(message.SerializeToString(deterministic=True) for message in messages)
+        weight = 2 * sum(map(len, key))
     held = _RULES.get(key)
     if held is not None:
         return held[1]
-    rules = tuple(map(_rule_from_pb, messages))
-    _RULES.put(key, (2 * sum(map(len, key)), rules))
+    rules = tuple(map(_rule_from_pb, snapshot.rules[:]))
+    _RULES.put(key, (weight, rules))
     return rules
 
 
@@ -414,11 +430,48 @@ def _lineage_from_pb(message: object_pb2.Lineage, *, stored: bool = False) -> Li
     return lineage
 
 
-def _keep_wire(obj: GovernedObject, message: object_pb2.StoredObject, entry_ids: bytes) -> None:
-    """Give the fresh log of ``obj`` (decoded from ``message``, a record this host
-    stored) what encoding ``obj`` again would build: the encoding of its entries
-    (:func:`_entries_wire`) and the parts of the rest (:func:`_unchanged_parts`), cut
-    from ``message`` serialized again in one C call. A message's deterministic encoding
+class _Cut(NamedTuple):
+    """A stored record's message serialized again (deterministic: its fields' encodings
+    in field-number order) and where its parts lie in those bytes."""
+
+    whole: bytes
+    starts: list[int]  #: where each top-level field up to the lineage starts, then its end
+    values: list[int]  #: where each one's value starts
+    at: int  #: the index of the lineage (field 3) among them
+    #: Where the snapshot's rules (field 6), cycle (7), data size (8) and the fields
+    #: after it (9-11) start: the first field numbered at least that, or its end.
+    rules: int
+    cycle: int
+    size: int
+    after: int
+
+
+def _cut(message: object_pb2.StoredObject) -> _Cut | None:
+    """``message`` serialized again in one C call, and where its parts are; None if it
+    lacks the snapshot or the lineage (fields 1 and 3, always written, even when empty)."""
+    whole = message.SerializeToString(deterministic=True)
+    numbers, starts, values = _field_starts(whole, 0, len(whole), last=3)
+    at = bisect.bisect_left(numbers, 3)
+    if not numbers or numbers[0] != 1 or at == len(numbers) or numbers[at] != 3:
+        return None
+    inner, inner_starts, _ = _field_starts(whole, values[0], starts[1])
+    return _Cut(
+        whole,
+        starts,
+        values,
+        at,
+        inner_starts[bisect.bisect_left(inner, 6)],
+        inner_starts[bisect.bisect_left(inner, 7)],
+        inner_starts[bisect.bisect_left(inner, 8)],
+        inner_starts[bisect.bisect_left(inner, 9)],
+    )
+
+
+def _keep_wire(obj: GovernedObject, cut: _Cut, entry_ids: bytes) -> None:
+    """Give the fresh log of ``obj`` (decoded from a record this host stored, ``cut``
+    from its message serialized again, :func:`_cut`) what encoding ``obj`` again would
+    build: the encoding of its entries (:func:`_entries_wire`) and the parts of the
+    rest (:func:`_unchanged_parts`). A message's deterministic encoding
     is its fields' encodings in field-number order, and decoding then encoding a value
     gives the value back (tests/test_object_encoding.py), so each cut is the bytes its
     part encodes to: a cycle whose object missed every memo then encodes only its cycle
@@ -441,12 +494,7 @@ def _keep_wire(obj: GovernedObject, message: object_pb2.StoredObject, entry_ids:
         return
     if entry_ids and len(entry_ids) == LEAF_HASH_BYTES * len(log.entries) and not log.wire_ids:
         log.wire_ids = bytearray(entry_ids)
-    whole = message.SerializeToString(deterministic=True)
-    numbers, starts, values = _field_starts(whole, 0, len(whole), last=3)
-    # Fields 1 (the snapshot) and 3 (the lineage) are always written, even when empty.
-    at = bisect.bisect_left(numbers, 3)
-    if not numbers or numbers[0] != 1 or at == len(numbers) or numbers[at] != 3:
-        return
+    whole, starts, values, at, rules, cycle, size, after = cut
     entries_at, lineage_end = values[at], starts[at + 1]
     # The stored entries' own bytes (LineageEntry.stored keeps them), read as slots.
     sizes = list(map(len, map(_raw_of, log.entries)))
@@ -463,13 +511,6 @@ def _keep_wire(obj: GovernedObject, message: object_pb2.StoredObject, entry_ids:
     if obj.blob is not None or whole[entries_end : entries_end + 1] == _ENTRY_TAG:
         return
     snapshot_at, snapshot_end = values[0], starts[1]
-    inner, inner_starts, _ = _field_starts(whole, snapshot_at, snapshot_end)
-    # Where each part of the snapshot starts: its first field numbered at least 6 (the
-    # rules), 7 (the cycle), 8 (the data's size), 9 (the fields after it), or its end.
-    rules = inner_starts[bisect.bisect_left(inner, 6)]
-    cycle = inner_starts[bisect.bisect_left(inner, 7)]
-    size = inner_starts[bisect.bisect_left(inner, 8)]
-    after = inner_starts[bisect.bisect_left(inner, 9)]
     # The head (fields 1-5) holds a copy of the data, which a decoded object that is
     # only read (not written again) would carry twice: past a few hundred bytes of data
     # it is held with no data, and the object's first encoding builds it and the size
@@ -535,6 +576,7 @@ def _object_from_snapshot(
     *,
     exact: bool = False,
     stored: bool = False,
+    rules_wire: bytes | None = None,
     epoch: int = 0,
     state: LifecycleState = LifecycleState.ACTIVE,
     migration_id: str = "",
@@ -545,7 +587,8 @@ def _object_from_snapshot(
     blob: BlobRef | None = None,
     authority_expires: datetime | None = None,
 ) -> GovernedObject:
-    """The object in ``snapshot``; the keywords after ``stored``: its other fields (a
+    """The object in ``snapshot``; ``rules_wire``: its rules' encoding, if known (see
+    :func:`_rules_from_pb`); the keywords after it: its other fields (a
     stored object's or a staged copy's, GovernedObject's defaults otherwise), given here
     rather than set by a ``replace`` after, which built every object decoded twice (a
     ``blob`` given replaces the snapshot's digest-only one)."""
@@ -577,7 +620,7 @@ def _object_from_snapshot(
     # itself indexes it until an IndexError, whose message is formatted (about 2k
     # instructions a field, seven fields an object). Built in the order the fields were
     # always read, so a record with several faults is refused for the same one.
-    rules = _rules_from_pb(snapshot.rules[:])
+    rules = _rules_from_pb(snapshot, rules_wire)
     subscriptions = tuple(snapshot.subscriptions[:])
     answers = tuple(_answer_from_pb(a) for a in snapshot.answers[:])
     # GovernedObject(...) with every field, by position (gateway/_slots.py): its frozen
@@ -717,11 +760,13 @@ def _stored_from_pb(
         )
     # At rest the blob's host-local location replaces the digest-only transit form.
     blob = _blob_from_pb(message.blob) if message.HasField("blob") else None
+    cut = _cut(message) if lazy else None
     obj = _object_from_snapshot(
         message.snapshot,
         message.credentials[:],
         message.lineage,
         stored=lazy,
+        rules_wire=None if cut is None else cut.whole[cut.rules : cut.cycle],
         epoch=message.epoch,
         state=state,
         migration_id=message.migration_id,
@@ -734,8 +779,8 @@ def _stored_from_pb(
         else None,
         blob=blob,
     )
-    if lazy:
-        _keep_wire(obj, message, entry_ids)
+    if cut is not None:
+        _keep_wire(obj, cut, entry_ids)
     return obj
 
 
