@@ -455,10 +455,7 @@ class LineageEntry(_EncodedOnce):
         (bounded, refused at the edge)."""
         if type(raw) is not bytes or len(raw) > MAX_ENTRY_BYTES:
             return cls.decode(raw)
-        entry = object.__new__(_StoredEntry)
-        _set(entry, "_raw", raw)
-        _set(entry, "_leaf", None)
-        return entry
+        return _new_stored(raw)
 
     @classmethod
     def _decode(cls, raw: bytes) -> LineageEntry:
@@ -554,6 +551,61 @@ class _StoredEntry(LineageEntry):
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
         return self._decoded().__reduce_ex__(protocol)
+
+
+class _StoredDraft(_EncodedOnce):
+    """The twin of :class:`_StoredEntry` with no frozen ``__setattr__`` (the same base and
+    slots, so the same layout): a stored entry is made as one, its two slots set by plain
+    stores, then given its class (as gateway/_slots.py builds values; setting them
+    through ``object.__setattr__`` cost about 2k instructions an entry, and a record
+    read back from the store makes one per entry it carries)."""
+
+    __slots__ = LineageEntry.__slots__
+
+
+def _new_stored(raw: bytes) -> LineageEntry:
+    """``LineageEntry.stored(raw)`` for bytes it takes as they are (exact ``bytes`` of at
+    most :data:`MAX_ENTRY_BYTES`)."""
+    entry: Any = object.__new__(_StoredDraft)
+    entry._raw = raw
+    entry._leaf = None
+    entry.__class__ = _StoredEntry
+    return cast(LineageEntry, entry)
+
+
+def stored_entries(raws: Sequence[bytes]) -> list[LineageEntry]:
+    """``list(map(LineageEntry.stored, raws))``, each made by :func:`_new_stored` when
+    every one is exact ``bytes`` of at most :data:`MAX_ENTRY_BYTES` (a record read back
+    from the store: one per entry it carries)."""
+    if set(map(type, raws)) <= _BYTES and max(map(len, raws), default=0) <= MAX_ENTRY_BYTES:
+        return list(map(_new_stored, raws))
+    return list(map(LineageEntry.stored, raws))
+
+
+def stored_lineage(
+    entries: list[LineageEntry],
+    *,
+    checkpoints: tuple[dsse.Envelope, ...],
+    arrivals: tuple[dsse.Envelope, ...],
+    base: dsse.Envelope | None,
+) -> Lineage:
+    """``Lineage(entries=tuple(entries), checkpoints=..., arrivals=..., base=...)`` for
+    the fresh list ``entries`` (:func:`stored_entries`: a record this host stored), its
+    log and value built as ``__post_init__`` builds them (the list becomes the log's),
+    without the dataclass's keyword ``__init__``."""
+    payload = base.payload if base is not None else b""
+    log = _Log(Base.decode(payload) if base is not None else None, payload)
+    log.entries = entries
+    set_entries, set_checkpoints, set_arrivals, set_base = _LINEAGE_SETTERS
+    lineage = object.__new__(Lineage)
+    set_entries(lineage, Entries(log, len(entries)))
+    set_checkpoints(lineage, checkpoints)
+    set_arrivals(lineage, arrivals)
+    set_base(lineage, base)
+    return lineage
+
+
+_BYTES = frozenset((bytes,))
 
 
 def _event_spans(raw: bytes) -> tuple[bytes, bytes]:
@@ -1043,6 +1095,11 @@ _BASE_MEMO = _BytesMemo(
 )
 
 
+#: The compact range of no leaves, the start of every log without a base (copied, never
+#: changed).
+_NO_LEAVES = merkle.CompactRange()
+
+
 class _Log:
     """The entries of a lineage, shared by the successive values that appending makes.
 
@@ -1071,9 +1128,13 @@ class _Log:
         self.base = base
         self.base_payload = base_payload
         self.start = base.size if base is not None else 0
-        self.start_frontier = base.frontier() if base is not None else merkle.CompactRange()
+        # Only ever copied, never changed: a log with no base shares one empty range.
+        self.start_frontier = base.frontier() if base is not None else _NO_LEAVES
         self.entries: list[LineageEntry] = []
-        self.frontier: merkle.CompactRange | None = self.start_frontier.copy()
+        #: A copy of ``start_frontier`` extended by the entries hashed so far, made when
+        #: a tree head is first asked for (most logs never are: a cycle's values, a
+        #: record read back from the store).
+        self.frontier: merkle.CompactRange | None = None
         #: The entries' at-rest encoding, grown as they are encoded (gateway.wire fills
         #: it): ``wire[: wire_ends[i]]`` encodes entries [0, i]. Entries are only ever
         #: appended to a log, so a prefix once encoded never changes and an object
@@ -1104,7 +1165,9 @@ class _Log:
         frontier = self.frontier
         # append_leaves, not append per leaf: a freshly decoded lineage (every source
         # sealing a departure) builds its whole tree here, level by level.
-        if count == len(self.entries) and frontier is not None:
+        if count == len(self.entries):
+            if frontier is None:
+                frontier = self.frontier = self.start_frontier.copy()
             frontier.append_leaves(
                 [entry.leaf_hash() for entry in self.entries[frontier.end - self.start :]]
             )

@@ -66,7 +66,17 @@ from gateway.handoff.records import (
     SourceStep,
 )
 from gateway.limits import MAX_ANSWERS, MAX_SUBSCRIPTIONS
-from gateway.lineage import LEAF_HASH_BYTES, Entries, Lineage, LineageEntry, _Log, _raw_of, digest
+from gateway.lineage import (
+    LEAF_HASH_BYTES,
+    Entries,
+    Lineage,
+    LineageEntry,
+    _Log,
+    _raw_of,
+    digest,
+    stored_entries,
+    stored_lineage,
+)
 from gateway.model import (
     MAX_CYCLE_INTERVAL,
     NO_AUTHORITY,
@@ -417,14 +427,17 @@ def _lineage_from_pb(message: object_pb2.Lineage, *, stored: bool = False) -> Li
                 hint="an object this well travelled cannot move again; keep it where it is",
             )
     try:
-        lineage = Lineage(
-            entries=tuple(
-                map(LineageEntry.stored if stored else LineageEntry.decode, message.entries[:])
-            ),
-            checkpoints=tuple(decode_envelope(raw) for raw in message.checkpoints[:]),
-            arrivals=tuple(decode_envelope(raw) for raw in message.arrivals[:]),
-            base=decode_envelope(message.base) if message.base else None,
+        entries = (
+            stored_entries(message.entries[:])
+            if stored
+            else tuple(map(LineageEntry.decode, message.entries[:]))
         )
+        checkpoints = tuple(decode_envelope(raw) for raw in message.checkpoints[:])
+        arrivals = tuple(decode_envelope(raw) for raw in message.arrivals[:])
+        base = decode_envelope(message.base) if message.base else None
+        if type(entries) is list:  # stored: the log takes the fresh list as it is
+            return stored_lineage(entries, checkpoints=checkpoints, arrivals=arrivals, base=base)
+        lineage = Lineage(entries=entries, checkpoints=checkpoints, arrivals=arrivals, base=base)
     except EnvelopeError as exc:
         raise LineageError(f"a lineage checkpoint is malformed: {exc.reason}") from exc
     return lineage

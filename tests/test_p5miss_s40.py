@@ -17,12 +17,13 @@ from typing import Any
 
 import pytest
 
+from gateway import lineage as lineage_module
 from gateway import merkle, wire
 from gateway.archive import compact
-from gateway.errors import PayloadDecodeError
+from gateway.errors import LineageError, PayloadDecodeError
 from gateway.handoff import journal
 from gateway.handoff.journal import Journal, object_key
-from gateway.lineage import EntryKind
+from gateway.lineage import EntryKind, Lineage, LineageEntry
 from gateway.model import (
     Binding,
     CycleState,
@@ -276,3 +277,101 @@ def test_rules_read_back_from_a_stored_record_are_the_plain_decodes() -> None:
                 for _ in range(2):
                     with pytest.raises(PayloadDecodeError, match="sometimes"):
                         wire.decode_object(bad)
+
+
+def _histories(rng: random.Random) -> list[GovernedObject]:
+    """Objects of every history shape: none, young, grown, compacted (a base), departed
+    (a checkpoint) and arrived back."""
+    made = [created(), _grown(rng, created(), 3), _split(created(), rng)]
+    compacted = _grown(random.Random(7), created(), 60)
+    while compacted.lineage.base is None:
+        compacted = _grown(rng, compacted, 20)
+    made += [compacted, _grown(rng, compacted, 5), every_field()]
+    return made
+
+
+def test_a_stored_lineage_is_the_one_its_constructor_builds() -> None:
+    """A record's lineage built for the store's path (entries made as stored entries
+    by plain slot stores, the log and value without the dataclass's __init__) is the
+    lineage the constructor builds from LineageEntry.stored: the same entries, log,
+    tree heads, links and encoding, before and after appends; entries the fast path
+    does not take (too long, not bytes) go through LineageEntry.stored as before."""
+    rng = random.Random(45)
+    for obj in _histories(rng):
+        message = wire._parse(
+            object_pb2.StoredObject(), wire.encode_object(obj), "x", canonical=False
+        )
+        raws = message.lineage.entries[:]
+        ours = wire._lineage_from_pb(message.lineage, stored=True)
+        theirs = Lineage(
+            entries=tuple(map(LineageEntry.stored, raws)),
+            checkpoints=ours.checkpoints,
+            arrivals=ours.arrivals,
+            base=ours.base,
+        )
+        assert all(type(e) is lineage_module._StoredEntry for e in ours.entries)
+        assert [e._raw for e in ours.entries] == raws
+        log, plain = ours._log, theirs._log
+        assert (log.start, log.base_payload, log.frontier) == (
+            plain.start,
+            plain.base_payload,
+            None,
+        )
+        assert log.start_frontier.hashes == plain.start_frontier.hashes
+        assert (ours.size, ours.head(), ours.root()) == (theirs.size, theirs.head(), theirs.root())
+        assert ours == theirs == obj.lineage
+        at = T0 + timedelta(days=3)
+        for step in range(3):
+            ours = ours.append(
+                EntryKind.EVALUATED,
+                host=HOST_A,
+                at=at,
+                epoch=0,
+                generation=step,
+                data_digest=bytes(32),
+                credentials_digest=bytes(32),
+            )
+            theirs = theirs.append(
+                EntryKind.EVALUATED,
+                host=HOST_A,
+                at=at,
+                epoch=0,
+                generation=step,
+                data_digest=bytes(32),
+                credentials_digest=bytes(32),
+            )
+            assert (
+                ours.root()
+                == theirs.root()
+                == Lineage(entries=tuple(ours.entries), base=ours.base).root()
+            )
+            assert ours.head() == theirs.head()
+    long = b"x" * (lineage_module.MAX_ENTRY_BYTES + 1)
+    with pytest.raises(LineageError):
+        lineage_module.stored_entries([*raws, long])
+    assert [type(e) for e in lineage_module.stored_entries([bytearray(raws[0])])] == [LineageEntry]
+
+
+def test_a_log_makes_its_frontier_when_a_tree_head_is_first_asked_for() -> None:
+    """A log holds no frontier until a tree head is asked for, then keeps it and extends
+    it with later appends: every head is the one built from scratch."""
+    obj = _grown(random.Random(46), created(), 10)
+    lineage = wire.decode_object(wire.encode_object(obj)).lineage
+    assert lineage._log.frontier is None
+    heads = [lineage.root()]
+    kept = lineage._log.frontier
+    assert kept is not None and kept is not lineage._log.start_frontier
+    for step in range(5):
+        lineage = lineage.append(
+            EntryKind.EVALUATED,
+            host=HOST_A,
+            at=T0 + timedelta(days=4),
+            epoch=0,
+            generation=step,
+            data_digest=bytes(32),
+            credentials_digest=bytes(32),
+        )
+        heads.append(lineage.root())
+        assert lineage._log.frontier is kept
+        assert heads[-1] == Lineage(entries=tuple(lineage.entries)).root()
+    assert lineage_module._NO_LEAVES.end == 0 and not lineage_module._NO_LEAVES.hashes
