@@ -556,30 +556,30 @@ class _StoredEntry(LineageEntry):
 class _StoredDraft(_EncodedOnce):
     """The twin of :class:`_StoredEntry` with no frozen ``__setattr__`` (the same base and
     slots, so the same layout): a stored entry is made as one, its two slots set by plain
-    stores, then given its class (as gateway/_slots.py builds values; setting them
-    through ``object.__setattr__`` cost about 2k instructions an entry, and a record
-    read back from the store makes one per entry it carries)."""
+    stores, then given its class, as gateway/_slots.py builds values (through
+    ``object.__setattr__`` each entry cost about 2k instructions more, and a record read
+    back from the store makes one per entry it carries)."""
 
     __slots__ = LineageEntry.__slots__
 
 
 def _new_stored(raw: bytes) -> LineageEntry:
-    """``LineageEntry.stored(raw)`` for bytes it takes as they are (exact ``bytes`` of at
-    most :data:`MAX_ENTRY_BYTES`)."""
-    entry: Any = object.__new__(_StoredDraft)
+    """``LineageEntry.stored(raw)``."""
+    if type(raw) is not bytes or len(raw) > MAX_ENTRY_BYTES:
+        return LineageEntry.stored(raw)
+    entry = _new(_StoredDraft)
     entry._raw = raw
     entry._leaf = None
-    entry.__class__ = _StoredEntry
-    return cast(LineageEntry, entry)
+    entry.__class__ = _StoredEntry  # type: ignore[assignment]
+    return entry  # type: ignore[return-value]
+
+
+_new = object.__new__
 
 
 def stored_entries(raws: Sequence[bytes]) -> list[LineageEntry]:
-    """``list(map(LineageEntry.stored, raws))``, each made by :func:`_new_stored` when
-    every one is exact ``bytes`` of at most :data:`MAX_ENTRY_BYTES` (a record read back
-    from the store: one per entry it carries)."""
-    if set(map(type, raws)) <= _BYTES and max(map(len, raws), default=0) <= MAX_ENTRY_BYTES:
-        return list(map(_new_stored, raws))
-    return list(map(LineageEntry.stored, raws))
+    """``list(map(LineageEntry.stored, raws))`` (a record read back from the store)."""
+    return list(map(_new_stored, raws))
 
 
 def stored_lineage(
@@ -603,9 +603,6 @@ def stored_lineage(
     set_arrivals(lineage, arrivals)
     set_base(lineage, base)
     return lineage
-
-
-_BYTES = frozenset((bytes,))
 
 
 def _event_spans(raw: bytes) -> tuple[bytes, bytes]:

@@ -554,27 +554,35 @@ def _field_starts(
     numbered ``last`` or more: their numbers, where each starts (and, last, where the
     fields read end), and where each one's value starts. Only for bytes protobuf has just
     serialized here, which read_varint always reads to their end."""
-    numbers = []
-    starts = []
-    values = []
+    numbers: list[int] = []
+    starts: list[int] = []
+    values: list[int] = []
+    # Lengths and varints of one or two bytes (every field of a record but the
+    # snapshot's and the lineage's lengths) read inline: a call of read_varint each
+    # cost more than the rest of the field's step.
     while at < end:
         key = buffer[at]
-        value_at = at + 1
-        if key >= 0x80:  # a field numbered 16 or more
+        if key < 0x80:
+            value_at = at + 1
+        else:  # a field numbered 16 or more
             key, value_at = read_varint(buffer, at)
-        kind = key & 7
-        numbers.append(key >> 3)
         starts.append(at)
+        kind = key & 7
         if kind == 2:
             length = buffer[value_at]
-            value_at += 1
-            if length >= 0x80:
-                length, value_at = read_varint(buffer, value_at - 1)
+            if length < 0x80:
+                value_at += 1
+            elif buffer[value_at + 1] < 0x80:
+                length = (length & 0x7F) | (buffer[value_at + 1] << 7)
+                value_at += 2
+            else:
+                length, value_at = read_varint(buffer, value_at)
             at = value_at + length
         elif kind == 0:
-            at = read_varint(buffer, value_at)[1]
+            at = value_at + 1 if buffer[value_at] < 0x80 else read_varint(buffer, value_at)[1]
         else:  # fixed 64 (1) or 32 (5) bits
             at = value_at + (8 if kind == 1 else 4)
+        numbers.append(key >> 3)
         values.append(value_at)
         if key >> 3 >= last:
             break
