@@ -336,14 +336,29 @@ def _cycle_to_pb(cycle: CycleState) -> object_pb2.CycleState:
 
 
 def _cycle_from_pb(message: object_pb2.CycleState, *, exact: bool) -> CycleState:
+    global _LAST_DUE
+    generation = message.generation
+    interval = _interval_from_ms(message.interval_ms)
+    next_due = None
+    if message.HasField("next_due"):
+        stamp = message.next_due
+        read = (stamp.seconds, stamp.nanos, exact)
+        last = _LAST_DUE  # one read: the slot is replaced whole, never changed
+        if last[0] == read:
+            next_due = last[1]
+        else:
+            next_due = _peer_dt(stamp, "next evaluation time", exact=exact)
+            _LAST_DUE = (read, next_due)
     # CycleState(...) by position (gateway/_slots.py): every object decoded builds one.
-    return _cycle_state(
-        message.generation,
-        _interval_from_ms(message.interval_ms),
-        _peer_dt(message.next_due, "next evaluation time", exact=exact)
-        if message.HasField("next_due")
-        else None,
-    )
+    return _cycle_state(generation, interval, next_due)
+
+
+#: The last next due time read (its stamp's seconds and nanoseconds, and ``exact``) and
+#: the time it gave: the objects one batch of cycles wrote share one next due time (the
+#: batch's ``now`` plus their interval), and are read back together. Only a time that
+#: passed _peer_dt's checks is held, and a stamp equal in all three gives that same
+#: time (datetimes are immutable), so a hit is what reading it again would give.
+_LAST_DUE: tuple[tuple[int, int, bool] | None, datetime | None] = (None, None)
 
 
 _cycle_state = builder(CycleState, "generation", "interval", "next_due")

@@ -375,3 +375,46 @@ def test_a_log_makes_its_frontier_when_a_tree_head_is_first_asked_for() -> None:
         assert lineage._log.frontier is kept
         assert heads[-1] == Lineage(entries=tuple(lineage.entries)).root()
     assert lineage_module._NO_LEAVES.end == 0 and not lineage_module._NO_LEAVES.hashes
+
+
+def _plain_cycle(message: object_pb2.CycleState, *, exact: bool) -> Any:
+    """What _cycle_from_pb gives without its slot: the state, or the error's text."""
+    try:
+        return CycleState(
+            generation=message.generation,
+            interval=wire._interval_from_ms(message.interval_ms),
+            next_due=wire._peer_dt(message.next_due, "next evaluation time", exact=exact)
+            if message.HasField("next_due")
+            else None,
+        )
+    except PayloadDecodeError as exc:
+        return str(exc)
+
+
+def test_a_remembered_next_due_time_is_the_one_reading_its_stamp_gives() -> None:
+    """Cycle states read in a row (stamps shared, repeated, sub-millisecond, out of
+    range, read exactly and not) are what reading each alone gives, refusals included:
+    a refused stamp is refused every time, and an exact read is never answered by a
+    lenient one's time."""
+    rng = random.Random(50)
+    stamps = [(1_800_000_000, 0), (1_800_000_000, 5_000_000), (1_800_000_000, 5_000_001)]
+    stamps += [(-62_135_596_801, 0), (253_402_300_800, 0), (1, -1), (1, 1_000_000_000)]
+    stamps += [(-5_000_000_000, 0), (rng.randrange(2_000_000_000), 0)]
+    cases = []
+    for _ in range(400):
+        message = object_pb2.CycleState(
+            generation=rng.randrange(5), interval_ms=rng.choice([0, 5, 1000])
+        )
+        if rng.random() < 0.9:
+            seconds, nanos = rng.choice(stamps)
+            message.next_due.seconds, message.next_due.nanos = seconds, nanos
+        cases.append((message, rng.random() < 0.5))
+    sub = object_pb2.CycleState(generation=1, interval_ms=5)
+    sub.next_due.seconds, sub.next_due.nanos = 1_800_000_000, 5_000_001  # sub-millisecond
+    cases += [(sub, False), (sub, True)] * 3
+    for message, exact in cases:
+        try:
+            got: Any = wire._cycle_from_pb(message, exact=exact)
+        except PayloadDecodeError as exc:
+            got = str(exc)
+        assert got == _plain_cycle(message, exact=exact)
