@@ -241,8 +241,8 @@ def _shared_text(
     )
 
 
-def _decode_fast(cls: type[LineageEntry], raw: bytes) -> LineageEntry | None:
-    """The entry, or None if ``raw`` is not exactly a canonical entry."""
+def _decode_fast(raw: bytes) -> LineageEntry | None:
+    """The entry, or None if ``raw`` (exact ``bytes``) is not exactly a canonical entry."""
     try:
         # The C scanner json.loads ends in, called directly: the whole text must be one
         # value (no whitespace around it either, which the re-encode below refuses anyway).
@@ -298,36 +298,27 @@ def _decode_fast(cls: type[LineageEntry], raw: bytes) -> LineageEntry | None:
         # text is formatted and compared as before.
         global _LAST_FORMATTED
         _LAST_FORMATTED = (moment, text)
-    # Built slot by slot, as append_all does: the frozen dataclass's keyword __init__
-    # sets each field through object.__setattr__ (about 18k instructions an entry, a
-    # sixth of its decode). The values are those checked above; __init__ checks nothing.
-    entry = object.__new__(cls)
-    (
-        set_seq,
-        set_prev,
-        set_time,
-        set_host,
-        set_kind,
-        set_epoch,
-        set_generation,
-        set_data_digest,
-        set_credentials_digest,
-        set_detail,
-        set_repeats,
-        _,
-        _,
-    ) = _ENTRY_SETTERS
-    set_seq(entry, seq)
-    set_prev(entry, prev)
-    set_time(entry, moment)
-    set_host(entry, sys.intern(document["host"]))  # a few hosts record every entry
-    set_kind(entry, kind)
-    set_epoch(entry, epoch)
-    set_generation(entry, generation)
-    set_data_digest(entry, data_digest)
-    set_credentials_digest(entry, credentials)
-    set_detail(entry, document["detail"])
-    set_repeats(entry, repeats)
+    # Built by the builder append_all uses (gateway/_slots.py): the frozen dataclass's
+    # keyword __init__ sets each field through object.__setattr__ (about 18k
+    # instructions an entry, a sixth of its decode), and each slot's own setter called
+    # in turn about 3k more than the builder's stores. The values are those checked
+    # above; __init__ checks nothing. Its bytes are ``raw`` itself (kept only if they
+    # are what the entry encodes to), its leaf hash not computed yet.
+    entry = _new_entry(
+        seq,
+        prev,
+        moment,
+        sys.intern(document["host"]),  # a few hosts record every entry
+        kind,
+        epoch,
+        generation,
+        data_digest,
+        credentials,
+        document["detail"],
+        repeats,
+        raw,
+        None,
+    )
     try:
         again = entry._encode()
     except (ValueError, UnicodeEncodeError):  # a naive or far time, a lone surrogate
@@ -464,22 +455,17 @@ class LineageEntry(_EncodedOnce):
         (bounded, refused at the edge)."""
         if type(raw) is not bytes or len(raw) > MAX_ENTRY_BYTES:
             return cls.decode(raw)
-        entry = object.__new__(_StoredEntry)
-        _set(entry, "_raw", raw)
-        _set(entry, "_leaf", None)
-        return entry
+        return _new_stored(raw)
 
     @classmethod
     def _decode(cls, raw: bytes) -> LineageEntry:
         what = "lineage entry"
         if len(raw) > MAX_ENTRY_BYTES:
             raise LineageError(f"{what} is {len(raw)} bytes; at most {MAX_ENTRY_BYTES}")
-        entry = _decode_fast(cls, raw)
+        entry = _decode_fast(raw if type(raw) is bytes else bytes(raw))
         if entry is None:
             _explain_refusal(raw)
             raise LineageError(f"{what} is not in canonical form (sorted keys, no spaces)")
-        object.__setattr__(entry, "_raw", bytes(raw))
-        object.__setattr__(entry, "_leaf", None)
         return entry
 
     def leaf_hash(self) -> bytes:
@@ -565,6 +551,58 @@ class _StoredEntry(LineageEntry):
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
         return self._decoded().__reduce_ex__(protocol)
+
+
+class _StoredDraft(_EncodedOnce):
+    """The twin of :class:`_StoredEntry` with no frozen ``__setattr__`` (the same base and
+    slots, so the same layout): a stored entry is made as one, its two slots set by plain
+    stores, then given its class, as gateway/_slots.py builds values (through
+    ``object.__setattr__`` each entry cost about 2k instructions more, and a record read
+    back from the store makes one per entry it carries)."""
+
+    __slots__ = LineageEntry.__slots__
+
+
+def _new_stored(raw: bytes) -> LineageEntry:
+    """``LineageEntry.stored(raw)``."""
+    if type(raw) is not bytes or len(raw) > MAX_ENTRY_BYTES:
+        return LineageEntry.stored(raw)
+    entry = _new(_StoredDraft)
+    entry._raw = raw
+    entry._leaf = None
+    entry.__class__ = _StoredEntry  # type: ignore[assignment]
+    return entry  # type: ignore[return-value]
+
+
+_new = object.__new__
+
+
+def stored_entries(raws: Sequence[bytes]) -> list[LineageEntry]:
+    """``list(map(LineageEntry.stored, raws))`` (a record read back from the store)."""
+    return list(map(_new_stored, raws))
+
+
+def stored_lineage(
+    entries: list[LineageEntry],
+    *,
+    checkpoints: tuple[dsse.Envelope, ...],
+    arrivals: tuple[dsse.Envelope, ...],
+    base: dsse.Envelope | None,
+) -> Lineage:
+    """``Lineage(entries=tuple(entries), checkpoints=..., arrivals=..., base=...)`` for
+    the fresh list ``entries`` (:func:`stored_entries`: a record this host stored), its
+    log and value built as ``__post_init__`` builds them (the list becomes the log's),
+    without the dataclass's keyword ``__init__``."""
+    payload = base.payload if base is not None else b""
+    log = _Log(Base.decode(payload) if base is not None else None, payload)
+    log.entries = entries
+    set_entries, set_checkpoints, set_arrivals, set_base = _LINEAGE_SETTERS
+    lineage = object.__new__(Lineage)
+    set_entries(lineage, Entries(log, len(entries)))
+    set_checkpoints(lineage, checkpoints)
+    set_arrivals(lineage, arrivals)
+    set_base(lineage, base)
+    return lineage
 
 
 def _event_spans(raw: bytes) -> tuple[bytes, bytes]:
@@ -1054,6 +1092,11 @@ _BASE_MEMO = _BytesMemo(
 )
 
 
+#: The compact range of no leaves, the start of every log without a base (copied, never
+#: changed).
+_NO_LEAVES = merkle.CompactRange()
+
+
 class _Log:
     """The entries of a lineage, shared by the successive values that appending makes.
 
@@ -1082,9 +1125,13 @@ class _Log:
         self.base = base
         self.base_payload = base_payload
         self.start = base.size if base is not None else 0
-        self.start_frontier = base.frontier() if base is not None else merkle.CompactRange()
+        # Only ever copied, never changed: a log with no base shares one empty range.
+        self.start_frontier = base.frontier() if base is not None else _NO_LEAVES
         self.entries: list[LineageEntry] = []
-        self.frontier: merkle.CompactRange | None = self.start_frontier.copy()
+        #: A copy of ``start_frontier`` extended by the entries hashed so far, made when
+        #: a tree head is first asked for (most logs never are: a cycle's values, a
+        #: record read back from the store).
+        self.frontier: merkle.CompactRange | None = None
         #: The entries' at-rest encoding, grown as they are encoded (gateway.wire fills
         #: it): ``wire[: wire_ends[i]]`` encodes entries [0, i]. Entries are only ever
         #: appended to a log, so a prefix once encoded never changes and an object
@@ -1115,7 +1162,9 @@ class _Log:
         frontier = self.frontier
         # append_leaves, not append per leaf: a freshly decoded lineage (every source
         # sealing a departure) builds its whole tree here, level by level.
-        if count == len(self.entries) and frontier is not None:
+        if count == len(self.entries):
+            if frontier is None:
+                frontier = self.frontier = self.start_frontier.copy()
             frontier.append_leaves(
                 [entry.leaf_hash() for entry in self.entries[frontier.end - self.start :]]
             )
@@ -1123,30 +1172,6 @@ class _Log:
         built = self.start_frontier.copy()
         built.append_leaves([entry.leaf_hash() for entry in self.entries[:count]])
         return built
-
-
-#: The slots' own setters (what object.__setattr__ finds and calls, without finding it:
-#: a frozen dataclass's __setattr__ refuses), for the values every append builds.
-_ENTRY_SETTERS = tuple(
-    getattr(LineageEntry, name).__set__
-    if name in _FIELD_NAMES
-    else vars(_EncodedOnce)[name].__set__
-    for name in (
-        "seq",
-        "prev",
-        "time",
-        "host",
-        "kind",
-        "epoch",
-        "generation",
-        "data_digest",
-        "credentials_digest",
-        "detail",
-        "repeats",
-        "_raw",
-        "_leaf",
-    )
-)
 
 
 #: ``LineageEntry(...)`` with its encoding and leaf hash (None: not computed yet), by

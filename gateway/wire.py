@@ -26,10 +26,10 @@ import functools
 import itertools
 import json
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -38,6 +38,7 @@ from gateway import _wire_counts, limits
 from gateway import envelope as dsse
 from gateway._decode import load_json
 from gateway._lru import BoundedLru
+from gateway._slots import builder
 from gateway._wire_counts import read_varint
 from gateway.authority import CapabilitySet, EffectiveAuthority
 from gateway.blobs import MAX_BLOB_BYTES, BlobRef
@@ -65,7 +66,17 @@ from gateway.handoff.records import (
     SourceStep,
 )
 from gateway.limits import MAX_ANSWERS, MAX_SUBSCRIPTIONS
-from gateway.lineage import LEAF_HASH_BYTES, Entries, Lineage, LineageEntry, _Log, _raw_of, digest
+from gateway.lineage import (
+    LEAF_HASH_BYTES,
+    Entries,
+    Lineage,
+    LineageEntry,
+    _Log,
+    _raw_of,
+    digest,
+    stored_entries,
+    stored_lineage,
+)
 from gateway.model import (
     MAX_CYCLE_INTERVAL,
     NO_AUTHORITY,
@@ -150,7 +161,9 @@ def _dt(stamp: Timestamp, what: str = "a time") -> datetime:
     # What ToDatetime(tzinfo=UTC) and truncate give (the same value and zone object),
     # without protobuf's Python-level conversion: every record, receipt and stored object
     # read carries two or three of these.
-    return _EPOCH + timedelta(seconds=stamp.seconds, milliseconds=stamp.nanos // 1_000_000)
+    # timedelta(days, seconds, microseconds, milliseconds) by position: the keywords
+    # were parsed on every call.
+    return _EPOCH + timedelta(0, stamp.seconds, 0, stamp.nanos // 1_000_000)
 
 
 def _peer_dt(stamp: Timestamp, what: str, *, exact: bool = True) -> datetime:
@@ -264,24 +277,40 @@ def _rule_from_pb(message: object_pb2.Rule) -> Rule:
 #: few distinct rule sets, and every stored object or transfer decoded builds its rules
 #: again (about 6 us a rule, a fifth of a small object's decode).
 RULES_MEMO_BYTES = 1 << 20
-_RULES: BoundedLru[tuple[bytes, ...], tuple[int, tuple[Rule, ...]]] = BoundedLru(
+_RULES: BoundedLru[bytes | tuple[bytes, ...], tuple[int, tuple[Rule, ...]]] = BoundedLru(
     1024, max_weight=RULES_MEMO_BYTES, weigh=lambda held: held[0]
 )
 
 
-def _rules_from_pb(messages: Sequence[object_pb2.Rule]) -> tuple[Rule, ...]:
-    """The rules in ``messages`` (counted by the caller first), remembered by their
+def _rules_from_pb(
+    snapshot: object_pb2.ObjectSnapshot, wire: bytes | None = None
+) -> tuple[Rule, ...]:
+    """The rules of ``snapshot`` (counted by the caller first), remembered by their
     deterministic encodings: a rule is decoded from its fields alone, those bytes say
     every field (unknown ones were discarded at the parse), and rules are immutable, so
-    a hit is what decoding again would give. A refused rule raises, and is not kept."""
-    if not messages:
-        return ()
-    key = tuple(message.SerializeToString(deterministic=True) for message in messages)
+    a hit is what decoding again would give. A refused rule raises, and is not kept.
+
+    ``wire``: the snapshot's field 6 (its rules) as cut from the record serialized again
+    (:func:`_cut`), which says every rule as well: the key then costs no serialization
+    of each rule (a stored record read back). Otherwise the key is each rule's own
+    encoding (a transfer)."""
+    key: bytes | tuple[bytes, ...]
+    if wire is not None:
+        if not wire:
+            return ()
+        key = wire
+        weight = 2 * len(wire)
+    else:
+        messages = snapshot.rules[:]
+        if not messages:
+            return ()
+        key = tuple(message.SerializeToString(deterministic=True) for message in messages)
+        weight = 2 * sum(map(len, key))
     held = _RULES.get(key)
     if held is not None:
         return held[1]
-    rules = tuple(map(_rule_from_pb, messages))
-    _RULES.put(key, (2 * sum(map(len, key)), rules))
+    rules = tuple(map(_rule_from_pb, snapshot.rules[:]))
+    _RULES.put(key, (weight, rules))
     return rules
 
 
@@ -307,13 +336,32 @@ def _cycle_to_pb(cycle: CycleState) -> object_pb2.CycleState:
 
 
 def _cycle_from_pb(message: object_pb2.CycleState, *, exact: bool) -> CycleState:
-    return CycleState(
-        generation=message.generation,
-        interval=_interval_from_ms(message.interval_ms),
-        next_due=_peer_dt(message.next_due, "next evaluation time", exact=exact)
-        if message.HasField("next_due")
-        else None,
-    )
+    global _LAST_DUE
+    generation = message.generation
+    interval = _interval_from_ms(message.interval_ms)
+    next_due = None
+    if message.HasField("next_due"):
+        stamp = message.next_due
+        read = (stamp.seconds, stamp.nanos, exact)
+        last = _LAST_DUE  # one read: the slot is replaced whole, never changed
+        if last[0] == read:
+            next_due = last[1]
+        else:
+            next_due = _peer_dt(stamp, "next evaluation time", exact=exact)
+            _LAST_DUE = (read, next_due)
+    # CycleState(...) by position (gateway/_slots.py): every object decoded builds one.
+    return _cycle_state(generation, interval, next_due)
+
+
+#: The last next due time read (its stamp's seconds and nanoseconds, and ``exact``) and
+#: the time it gave: the objects one batch of cycles wrote share one next due time (the
+#: batch's ``now`` plus their interval), and are read back together. Only a time that
+#: passed _peer_dt's checks is held, and a stamp equal in all three gives that same
+#: time (datetimes are immutable), so a hit is what reading it again would give.
+_LAST_DUE: tuple[tuple[int, int, bool] | None, datetime | None] = (None, None)
+
+
+_cycle_state = builder(CycleState, "generation", "interval", "next_due")
 
 
 #: The longest evaluation interval read, in the stored unit.
@@ -394,24 +442,64 @@ def _lineage_from_pb(message: object_pb2.Lineage, *, stored: bool = False) -> Li
                 hint="an object this well travelled cannot move again; keep it where it is",
             )
     try:
-        lineage = Lineage(
-            entries=tuple(
-                map(LineageEntry.stored if stored else LineageEntry.decode, message.entries[:])
-            ),
-            checkpoints=tuple(decode_envelope(raw) for raw in message.checkpoints[:]),
-            arrivals=tuple(decode_envelope(raw) for raw in message.arrivals[:]),
-            base=decode_envelope(message.base) if message.base else None,
+        entries = (
+            stored_entries(message.entries[:])
+            if stored
+            else tuple(map(LineageEntry.decode, message.entries[:]))
         )
+        checkpoints = tuple(decode_envelope(raw) for raw in message.checkpoints[:])
+        arrivals = tuple(decode_envelope(raw) for raw in message.arrivals[:])
+        base = decode_envelope(message.base) if message.base else None
+        if type(entries) is list:  # stored: the log takes the fresh list as it is
+            return stored_lineage(entries, checkpoints=checkpoints, arrivals=arrivals, base=base)
+        lineage = Lineage(entries=entries, checkpoints=checkpoints, arrivals=arrivals, base=base)
     except EnvelopeError as exc:
         raise LineageError(f"a lineage checkpoint is malformed: {exc.reason}") from exc
     return lineage
 
 
-def _keep_wire(obj: GovernedObject, message: object_pb2.StoredObject) -> None:
-    """Give the fresh log of ``obj`` (decoded from ``message``, a record this host
-    stored) what encoding ``obj`` again would build: the encoding of its entries
-    (:func:`_entries_wire`) and the parts of the rest (:func:`_unchanged_parts`), cut
-    from ``message`` serialized again in one C call. A message's deterministic encoding
+class _Cut(NamedTuple):
+    """A stored record's message serialized again (deterministic: its fields' encodings
+    in field-number order) and where its parts lie in those bytes."""
+
+    whole: bytes
+    starts: list[int]  #: where each top-level field up to the lineage starts, then its end
+    values: list[int]  #: where each one's value starts
+    at: int  #: the index of the lineage (field 3) among them
+    #: Where the snapshot's rules (field 6), cycle (7), data size (8) and the fields
+    #: after it (9-11) start: the first field numbered at least that, or its end.
+    rules: int
+    cycle: int
+    size: int
+    after: int
+
+
+def _cut(message: object_pb2.StoredObject) -> _Cut | None:
+    """``message`` serialized again in one C call, and where its parts are; None if it
+    lacks the snapshot or the lineage (fields 1 and 3, always written, even when empty)."""
+    whole = message.SerializeToString(deterministic=True)
+    numbers, starts, values = _field_starts(whole, 0, len(whole), last=3)
+    at = bisect.bisect_left(numbers, 3)
+    if not numbers or numbers[0] != 1 or at == len(numbers) or numbers[at] != 3:
+        return None
+    inner, inner_starts, _ = _field_starts(whole, values[0], starts[1])
+    return _Cut(
+        whole,
+        starts,
+        values,
+        at,
+        inner_starts[bisect.bisect_left(inner, 6)],
+        inner_starts[bisect.bisect_left(inner, 7)],
+        inner_starts[bisect.bisect_left(inner, 8)],
+        inner_starts[bisect.bisect_left(inner, 9)],
+    )
+
+
+def _keep_wire(obj: GovernedObject, cut: _Cut, entry_ids: bytes) -> None:
+    """Give the fresh log of ``obj`` (decoded from a record this host stored, ``cut``
+    from its message serialized again, :func:`_cut`) what encoding ``obj`` again would
+    build: the encoding of its entries (:func:`_entries_wire`) and the parts of the
+    rest (:func:`_unchanged_parts`). A message's deterministic encoding
     is its fields' encodings in field-number order, and decoding then encoding a value
     gives the value back (tests/test_object_encoding.py), so each cut is the bytes its
     part encodes to: a cycle whose object missed every memo then encodes only its cycle
@@ -422,16 +510,19 @@ def _keep_wire(obj: GovernedObject, message: object_pb2.StoredObject) -> None:
     parts when the object's data is inline (a blob's placement is written from the
     host's own record of it, not from the snapshot's fields), the head only for data of
     at most :data:`KEPT_HEAD_MAX_DATA_BYTES`. Otherwise the log builds what is missing
-    when first encoded."""
+    when first encoded.
+
+    ``entry_ids`` (the ids the store keeps for the record's entries, one per entry, in
+    order) become the log's :attr:`~gateway.lineage._Log.wire_ids`: the next put then
+    hashes only the entries appended since (a record read back from the store hashed
+    every entry it carried for its ids). Ids of another count are not the record's
+    entries' and are ignored (the put hashes them all, as before)."""
     log = obj.lineage._log
     if log.wire_ends or log.parts is not None:
         return
-    whole = message.SerializeToString(deterministic=True)
-    numbers, starts, values = _field_starts(whole, 0, len(whole), last=3)
-    # Fields 1 (the snapshot) and 3 (the lineage) are always written, even when empty.
-    at = bisect.bisect_left(numbers, 3)
-    if not numbers or numbers[0] != 1 or at == len(numbers) or numbers[at] != 3:
-        return
+    if entry_ids and len(entry_ids) == LEAF_HASH_BYTES * len(log.entries) and not log.wire_ids:
+        log.wire_ids = bytearray(entry_ids)
+    whole, starts, values, at, rules, cycle, size, after = cut
     entries_at, lineage_end = values[at], starts[at + 1]
     # The stored entries' own bytes (LineageEntry.stored keeps them), read as slots.
     sizes = list(map(len, map(_raw_of, log.entries)))
@@ -448,13 +539,6 @@ def _keep_wire(obj: GovernedObject, message: object_pb2.StoredObject) -> None:
     if obj.blob is not None or whole[entries_end : entries_end + 1] == _ENTRY_TAG:
         return
     snapshot_at, snapshot_end = values[0], starts[1]
-    inner, inner_starts, _ = _field_starts(whole, snapshot_at, snapshot_end)
-    # Where each part of the snapshot starts: its first field numbered at least 6 (the
-    # rules), 7 (the cycle), 8 (the data's size), 9 (the fields after it), or its end.
-    rules = inner_starts[bisect.bisect_left(inner, 6)]
-    cycle = inner_starts[bisect.bisect_left(inner, 7)]
-    size = inner_starts[bisect.bisect_left(inner, 8)]
-    after = inner_starts[bisect.bisect_left(inner, 9)]
     # The head (fields 1-5) holds a copy of the data, which a decoded object that is
     # only read (not written again) would carry twice: past a few hundred bytes of data
     # it is held with no data, and the object's first encoding builds it and the size
@@ -485,27 +569,35 @@ def _field_starts(
     numbered ``last`` or more: their numbers, where each starts (and, last, where the
     fields read end), and where each one's value starts. Only for bytes protobuf has just
     serialized here, which read_varint always reads to their end."""
-    numbers = []
-    starts = []
-    values = []
+    numbers: list[int] = []
+    starts: list[int] = []
+    values: list[int] = []
+    # Lengths and varints of one or two bytes (every field of a record but the
+    # snapshot's and the lineage's lengths) read inline: a call of read_varint each
+    # cost more than the rest of the field's step.
     while at < end:
         key = buffer[at]
-        value_at = at + 1
-        if key >= 0x80:  # a field numbered 16 or more
+        if key < 0x80:
+            value_at = at + 1
+        else:  # a field numbered 16 or more
             key, value_at = read_varint(buffer, at)
-        kind = key & 7
-        numbers.append(key >> 3)
         starts.append(at)
+        kind = key & 7
         if kind == 2:
             length = buffer[value_at]
-            value_at += 1
-            if length >= 0x80:
-                length, value_at = read_varint(buffer, value_at - 1)
+            if length < 0x80:
+                value_at += 1
+            elif buffer[value_at + 1] < 0x80:
+                length = (length & 0x7F) | (buffer[value_at + 1] << 7)
+                value_at += 2
+            else:
+                length, value_at = read_varint(buffer, value_at)
             at = value_at + length
         elif kind == 0:
-            at = read_varint(buffer, value_at)[1]
+            at = value_at + 1 if buffer[value_at] < 0x80 else read_varint(buffer, value_at)[1]
         else:  # fixed 64 (1) or 32 (5) bits
             at = value_at + (8 if kind == 1 else 4)
+        numbers.append(key >> 3)
         values.append(value_at)
         if key >> 3 >= last:
             break
@@ -520,20 +612,31 @@ def _object_from_snapshot(
     *,
     exact: bool = False,
     stored: bool = False,
-    **placement: Any,
+    rules_wire: bytes | None = None,
+    epoch: int = 0,
+    state: LifecycleState = LifecycleState.ACTIVE,
+    migration_id: str = "",
+    moved_to: str = "",
+    receipt: dsse.Envelope | None = None,
+    last_transfer_digest: bytes = b"",
+    authority: EffectiveAuthority = NO_AUTHORITY,
+    blob: BlobRef | None = None,
+    authority_expires: datetime | None = None,
 ) -> GovernedObject:
-    """The object in ``snapshot``; ``placement``: its other fields (epoch, state, ...: a
-    stored object's or a staged copy's), given here rather than set by a ``replace``
-    after, which built every object decoded twice (a ``blob`` given replaces the
-    snapshot's digest-only one)."""
-    blob = None
+    """The object in ``snapshot``; ``rules_wire``: its rules' encoding, if known (see
+    :func:`_rules_from_pb`); the keywords after it: its other fields (a
+    stored object's or a staged copy's, GovernedObject's defaults otherwise), given here
+    rather than set by a ``replace`` after, which built every object decoded twice (a
+    ``blob`` given replaces the snapshot's digest-only one)."""
+    data = snapshot.data  # read once: each read of a bytes field makes a new object
     if snapshot.data_streamed:
-        if snapshot.data or len(snapshot.data_digest) != 32:
+        if data or len(snapshot.data_digest) != 32:
             raise PayloadDecodeError(
                 f"streamed object {snapshot.object_id} has inline data or no digest"
             )
-        blob = BlobRef(digest=snapshot.data_digest, size=snapshot.data_size)
-    elif digest(snapshot.data) != snapshot.data_digest or len(snapshot.data) != snapshot.data_size:
+        if blob is None:
+            blob = BlobRef(digest=snapshot.data_digest, size=snapshot.data_size)
+    elif digest(data) != snapshot.data_digest or len(data) != snapshot.data_size:
         raise PayloadDecodeError(
             f"data of {snapshot.object_id} does not match its digest",
             hint="the object was damaged on the way; migrate it again",
@@ -549,23 +652,62 @@ def _object_from_snapshot(
         raise LimitExceededError(
             f"{snapshot.object_id:.200} has {len(snapshot.rules)} rules; at most {MAX_RULES}"
         )
-    return GovernedObject(
-        object_id=snapshot.object_id,
-        tenant=snapshot.tenant,
-        data=snapshot.data,
-        content_type=snapshot.content_type,
-        grants=tuple(credentials),
-        # Each repeated field read as a slice (a list, one C call): iterating the
-        # container itself indexes it until an IndexError, whose message is formatted
-        # (about 2k instructions a field, seven fields an object).
-        rules=_rules_from_pb(snapshot.rules[:]),
-        subscriptions=tuple(snapshot.subscriptions[:]),
-        answers=tuple(_answer_from_pb(a) for a in snapshot.answers[:]),
-        lineage=_lineage_from_pb(lineage, stored=stored),
-        cycle=_cycle_from_pb(snapshot.cycle, exact=exact),
-        blob=placement.pop("blob", blob),
-        **placement,
+    # Each repeated field read as a slice (a list, one C call): iterating the container
+    # itself indexes it until an IndexError, whose message is formatted (about 2k
+    # instructions a field, seven fields an object). Built in the order the fields were
+    # always read, so a record with several faults is refused for the same one.
+    rules = _rules_from_pb(snapshot, rules_wire)
+    subscriptions = tuple(snapshot.subscriptions[:])
+    answers = tuple(_answer_from_pb(a) for a in snapshot.answers[:])
+    # GovernedObject(...) with every field, by position (gateway/_slots.py): its frozen
+    # keyword __init__ cost about 39k instructions a decode (tests/test_p5miss_s40.py
+    # holds the two equal, and these keywords' defaults equal the class's).
+    return _new_object(
+        snapshot.object_id,
+        snapshot.tenant,
+        data,
+        snapshot.content_type,
+        tuple(credentials),
+        rules,
+        _lineage_from_pb(lineage, stored=stored),
+        _cycle_from_pb(snapshot.cycle, exact=exact),
+        epoch,
+        state,
+        migration_id,
+        moved_to,
+        receipt,
+        last_transfer_digest,
+        authority,
+        blob,
+        authority_expires,
+        subscriptions,
+        answers,
     )
+
+
+#: Every field of a GovernedObject, in the order :func:`_new_object` takes them.
+_OBJECT_FIELDS = (
+    "object_id",
+    "tenant",
+    "data",
+    "content_type",
+    "grants",
+    "rules",
+    "lineage",
+    "cycle",
+    "epoch",
+    "state",
+    "migration_id",
+    "moved_to",
+    "receipt",
+    "last_transfer_digest",
+    "authority",
+    "blob",
+    "authority_expires",
+    "subscriptions",
+    "answers",
+)
+_new_object = builder(GovernedObject, *_OBJECT_FIELDS)
 
 
 _STATE_TO_PB = {
@@ -642,7 +784,9 @@ def _decode_authority(raw: bytes) -> EffectiveAuthority:
         raise PayloadDecodeError(f"stored effective authority is unreadable: {exc}") from exc
 
 
-def _stored_from_pb(message: object_pb2.StoredObject, *, lazy: bool = True) -> GovernedObject:
+def _stored_from_pb(
+    message: object_pb2.StoredObject, *, lazy: bool = True, entry_ids: bytes = b""
+) -> GovernedObject:
     """An object this host stored; ``lazy``: its lineage's entries decoded when first read
     (see :meth:`LineageEntry.stored`: what a cycle reads), else each decoded now."""
     state = _STATE_FROM_PB.get(message.state)
@@ -650,15 +794,15 @@ def _stored_from_pb(message: object_pb2.StoredObject, *, lazy: bool = True) -> G
         raise PayloadDecodeError(
             f"stored object {message.snapshot.object_id} has unknown state {message.state}"
         )
-    placement: dict[str, Any] = {}
-    if message.HasField("blob"):
-        # At rest the blob's host-local location replaces the digest-only transit form.
-        placement["blob"] = _blob_from_pb(message.blob)
+    # At rest the blob's host-local location replaces the digest-only transit form.
+    blob = _blob_from_pb(message.blob) if message.HasField("blob") else None
+    cut = _cut(message) if lazy else None
     obj = _object_from_snapshot(
         message.snapshot,
         message.credentials[:],
         message.lineage,
         stored=lazy,
+        rules_wire=None if cut is None else cut.whole[cut.rules : cut.cycle],
         epoch=message.epoch,
         state=state,
         migration_id=message.migration_id,
@@ -669,10 +813,10 @@ def _stored_from_pb(message: object_pb2.StoredObject, *, lazy: bool = True) -> G
         authority_expires=_dt(message.authority_expires, "authority expiry")
         if message.HasField("authority_expires")
         else None,
-        **placement,
+        blob=blob,
     )
-    if lazy:
-        _keep_wire(obj, message)
+    if cut is not None:
+        _keep_wire(obj, cut, entry_ids)
     return obj
 
 
@@ -1204,8 +1348,12 @@ def _base_bytes(base: dsse.Envelope) -> bytes:
     return raw
 
 
-def decode_object(raw: bytes) -> GovernedObject:
-    return _stored_from_pb(_parse(object_pb2.StoredObject(), raw, "stored object", canonical=False))
+def decode_object(raw: bytes, *, entry_ids: bytes = b"") -> GovernedObject:
+    """The object this host stored as ``raw``; ``entry_ids``: the ids the store keeps
+    for its lineage's entries (:attr:`gateway.stores.Item.entry_ids`), kept by its log
+    for the object's next write (see :func:`_keep_wire`)."""
+    message = _parse(object_pb2.StoredObject(), raw, "stored object", canonical=False)
+    return _stored_from_pb(message, entry_ids=entry_ids)
 
 
 # --- transfers and receipts ---------------------------------------------------------

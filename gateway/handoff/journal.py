@@ -339,12 +339,14 @@ class _Objects:
             total_bytes, idle_seconds=idle_seconds, clock=clock
         )
 
-    def get(self, key: str, raw: bytes) -> GovernedObject:
+    def get(self, key: str, raw: bytes, entry_ids: bytes = b"") -> GovernedObject:
+        """The object stored under ``key`` as ``raw`` (``entry_ids``: the ids the store
+        keeps for its entries, :attr:`gateway.stores.Item.entry_ids`)."""
         held = self._held.peek(key)
         if held is not None and held[0] == raw:
             self._held.touch(key)
             return held[1]
-        obj = wire.decode_object(raw)
+        obj = wire.decode_object(raw, entry_ids=entry_ids)
         self.remember(key, raw, obj)
         return obj
 
@@ -407,18 +409,24 @@ class Journal:
     async def object(self, tenant: str, object_id: str) -> Versioned[GovernedObject] | None:
         key = object_key(tenant, object_id)
         item = await self.store.get(key)
-        return None if item is None else Versioned(self._objects.get(key, item.value), item.etag)
+        if item is None:
+            return None
+        return Versioned(self._objects.get(key, item.value, item.entry_ids), item.etag)
 
     def decoded_object(self, key: str, item: Item | None) -> Versioned[GovernedObject] | None:
         """The object item under ``key`` the caller read itself (several keys in one
         read), decoded through this journal's memo of objects (not the content memo of
         records, which would hold a second copy of it)."""
-        return None if item is None else Versioned(self._objects.get(key, item.value), item.etag)
+        if item is None:
+            return None
+        return Versioned(self._objects.get(key, item.value, item.entry_ids), item.etag)
 
-    def decode_object(self, key: str, raw: bytes) -> GovernedObject:
+    def decode_object(self, key: str, raw: bytes, entry_ids: bytes = b"") -> GovernedObject:
         """The object stored under ``key`` as ``raw``, read by the caller itself (a batch
-        read), decoded through this journal's memo of objects."""
-        return self._objects.get(key, raw)
+        read), decoded through this journal's memo of objects; ``entry_ids``: the item's
+        (:attr:`gateway.stores.Item.entry_ids`), so that writing the object back hashes
+        only the entries appended since."""
+        return self._objects.get(key, raw, entry_ids)
 
     async def require_object(
         self, tenant: str, object_id: str, *, host: str
@@ -567,7 +575,9 @@ class Journal:
     async def objects(self, tenant: str) -> list[GovernedObject]:
         keys = await self.store.list(objects_prefix(tenant))
         items = await self.store.get_many(keys)
-        return [self._objects.get(k, items[k].value) for k in keys if k in items]
+        return [
+            self._objects.get(k, items[k].value, items[k].entry_ids) for k in keys if k in items
+        ]
 
     async def object_records(self, tenant: str) -> AsyncGenerator[tuple[str, bytes], None]:
         """(object id, stored bytes) of every object record of ``tenant``, read

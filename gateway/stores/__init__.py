@@ -81,11 +81,19 @@ class Expect(enum.Enum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Item:
-    """A stored value and the ETag it was read with."""
+    """A stored value and the ETag it was read with.
+
+    ``entry_ids``: the ids the value's lineage entries were written with
+    (:attr:`PutEntries.entry_ids`), when the store kept them (the embedded store, for a
+    value it holds as a head and entry rows), else empty. A reader that decodes the
+    value and writes it back with entries appended gives them back for the entries it
+    kept, instead of hashing each of those entries again: they are the ids the store
+    holds for those very rows, so equal ids still mean equal bytes."""
 
     key: str
     value: bytes
     etag: str
+    entry_ids: bytes = b""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1146,7 +1146,8 @@ def _entry_rows(
 def _assembled(file: Path, connection: sqlite3.Connection, heads: Iterable[Any]) -> dict[str, Item]:
     """The items of ``heads`` (rows of :data:`_GET_HEADS`), each value whole again: a
     head kept with entry rows gets its entries back, read by number, each checked
-    against the id its head lists (a row of another id is never served)."""
+    against the id its head lists (a row of another id is never served), and those ids
+    with it (:attr:`Item.entry_ids`)."""
     found: dict[str, Item] = {}
     split: builtins.list[tuple[str, str, bytes, int, tuple[int, ...], bytes]] = []
     for key, etag, value, at, numbers, ids in heads:
@@ -1172,7 +1173,7 @@ def _assembled(file: Path, connection: sqlite3.Connection, heads: Iterable[Any])
                 raise _damaged(file, key, f"its entry row {number} is missing or not its own")
             parts.append(row[1])
         parts.append(head[at:])
-        found[key] = Item(key=key, value=b"".join(parts), etag=etag)
+        found[key] = Item(key=key, value=b"".join(parts), etag=etag, entry_ids=ids)
     return found
 
 
