@@ -220,6 +220,11 @@ class RuleSet:
     )
     #: The variables the rules of each trigger can read (see :func:`_read_variables`).
     _reads: dict[str, tuple[str, ...]] = dataclasses.field(init=False, repr=False, compare=False)
+    #: The rules of each trigger as one expression (see :meth:`_together`), compiled when
+    #: first evaluated; None where it does not compile.
+    _combined: dict[str, cel.Expression | None] = dataclasses.field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         woken: dict[str, int] = {}
@@ -247,6 +252,7 @@ class RuleSet:
         object.__setattr__(
             self, "_reads", {on: _read_variables(texts) for on, texts in sources.items()}
         )
+        object.__setattr__(self, "_combined", {})
 
     def woken_by(self, trigger: str) -> int:
         """How many rules ``trigger`` (cycle or message) evaluates."""
@@ -269,49 +275,128 @@ class RuleSet:
         activation = _activation(
             data, generation, epoch, now, host, event, None, self._reads.get(trigger)
         )
-        proposals: list[Proposal] = []
-        errors: list[str] = []
-        for name, when, effect, resource, verb in self._by_trigger.get(trigger, ()):
-            # One rule failing must not stop the others or the cycle.
+        evaluable = self._by_trigger.get(trigger, ())
+        if evaluable:
+            # One evaluation for all the rules where none fails (every cycle evaluates
+            # them); anything else is evaluated rule by rule, which says what failed.
+            outcome = _evaluate_together(self._together(trigger), evaluable, activation)
+            if outcome is not None:
+                return outcome
+        return _evaluate_each(evaluable, activation)
+
+    def _together(self, trigger: str) -> cel.Expression | None:
+        """The rules ``trigger`` wakes as one expression: a list with, for each rule in
+        order, ``[effect]`` if its condition holds (``[null]`` for a rule with no
+        effect) and ``[]`` if not. CEL has no side effects and its conditional
+        evaluates only the branch taken, so each element is what evaluating that rule's
+        condition, then its effect if it fired, gives on its own; an error in any of
+        them makes the whole an error. Each source is put between parentheses on lines
+        of its own, so a comment runs to the end of its line only and a valid source is
+        one operand (a source that does not parse alone was never compiled). None if
+        the whole does not compile (the parser's size limits, say): rule by rule then."""
+        combined = self._combined.get(trigger, _UNCOMPILED)
+        if combined is not _UNCOMPILED:
+            return combined  # type: ignore[return-value]
+        parts = []
+        for compiled in self.rules:
+            if compiled.rule.on != trigger:
+                continue
+            effect = "null" if compiled.effect is None else f"(\n{compiled.effect.source}\n)"
+            parts.append(f"dyn((\n{compiled.when.source}\n) ? [{effect}] : [])")
+        try:
+            together: cel.Expression | None = _ENV.compile(f"[{', '.join(parts)}]")
+        except RuntimeError:
+            together = None
+        self._combined[trigger] = together
+        return together
+
+
+#: Not compiled yet (a rule set's :meth:`RuleSet._together`).
+_UNCOMPILED = object()
+
+
+def _evaluate_together(
+    together: cel.Expression | None, evaluable: Sequence[_Evaluable], activation: cel.Activation
+) -> Outcome | None:
+    """The outcome of ``evaluable`` from their one expression (:meth:`RuleSet._together`),
+    or None when anything failed or is refused (an evaluation error, a patch that is
+    not a map with string keys, a value JSON cannot hold): :func:`_evaluate_each` then
+    says what, as it always did. (Exactly the outcome rule by rule otherwise:
+    tests/test_p5loop_s40.py.) One evaluation instead of one per condition and effect:
+    each costs the binding's call (a failed search for the arena's type: about 5,000
+    instructions, session 37), the runtime's frame and a result object."""
+    if together is None:
+        return None
+    try:
+        fired: Any = together.eval(activation).plain_value()
+    except RuntimeError:
+        return None
+    if type(fired) is not list or len(fired) != len(evaluable):
+        return None  # an error value reads as its message
+    proposals: list[Proposal] = []
+    for (name, _when, effect, resource, verb), answer in zip(evaluable, fired, strict=True):
+        if not answer:
+            continue
+        value: Any = None
+        if effect is not None:
+            raw = answer[0]
+            if verb == "write" and (
+                not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw)
+            ):
+                return None
             try:
-                # The activation passed by position: the binding's keyword handling cost
-                # a third of an evaluation (every rule of every cycle).
-                fired = when.eval(activation)
-            except RuntimeError as exc:  # see _evaluate
-                errors.append(f"rule {name}: condition failed: {_first_line(exc)}")
+                value = _plain(raw)
+            except _NotJSONError:
+                return None
+        proposals.append(_proposal(name, resource, verb, value))
+    return _outcome(tuple(proposals), ())
+
+
+def _evaluate_each(evaluable: Sequence[_Evaluable], activation: cel.Activation) -> Outcome:
+    """The outcome of ``evaluable``, each rule's condition and effect evaluated on its own."""
+    proposals: list[Proposal] = []
+    errors: list[str] = []
+    for name, when, effect, resource, verb in evaluable:
+        # One rule failing must not stop the others or the cycle.
+        try:
+            # The activation passed by position: the binding's keyword handling cost
+            # a third of an evaluation (every rule of every cycle).
+            fired = when.eval(activation)
+        except RuntimeError as exc:  # see _evaluate
+            errors.append(f"rule {name}: condition failed: {_first_line(exc)}")
+            continue
+        # The common answers first: a value that is True or False is a BOOL (an error
+        # value's is its message, an int's is an int), so only a value that is neither
+        # pays for the type checks.
+        answer = fired.value()
+        if answer is not True:
+            if answer is False:
                 continue
-            # The common answers first: a value that is True or False is a BOOL (an error
-            # value's is its message, an int's is an int), so only a value that is neither
-            # pays for the type checks.
-            answer = fired.value()
-            if answer is not True:
-                if answer is False:
-                    continue
-                kind = fired.type()
-                if kind == cel.Type.ERROR:
-                    errors.append(f"rule {name}: condition failed: {_error_text(fired)}")
-                elif kind != cel.Type.BOOL:
-                    errors.append(f"rule {name}: condition gave {kind.name()}, not a bool")
+            kind = fired.type()
+            if kind == cel.Type.ERROR:
+                errors.append(f"rule {name}: condition failed: {_error_text(fired)}")
+            elif kind != cel.Type.BOOL:
+                errors.append(f"rule {name}: condition gave {kind.name()}, not a bool")
+            continue
+        value: Any = None
+        if effect is not None:
+            result, failure = _evaluate(effect, activation)
+            if result is None:
+                errors.append(f"rule {name}: action failed: {failure}")
                 continue
-            value: Any = None
-            if effect is not None:
-                result, failure = _evaluate(effect, activation)
-                if result is None:
-                    errors.append(f"rule {name}: action failed: {failure}")
-                    continue
-                raw = result.plain_value()
-                if verb == "write" and (
-                    not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw)
-                ):
-                    errors.append(f"rule {name}: patch is not a map with string keys")
-                    continue
-                try:
-                    value = _plain(raw)
-                except _NotJSONError as exc:
-                    errors.append(f"rule {name}: action failed: {exc}")
-                    continue
-            proposals.append(_proposal(name, resource, verb, value))
-        return _outcome(tuple(proposals), tuple(errors))
+            raw = result.plain_value()
+            if verb == "write" and (
+                not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw)
+            ):
+                errors.append(f"rule {name}: patch is not a map with string keys")
+                continue
+            try:
+                value = _plain(raw)
+            except _NotJSONError as exc:
+                errors.append(f"rule {name}: action failed: {exc}")
+                continue
+        proposals.append(_proposal(name, resource, verb, value))
+    return _outcome(tuple(proposals), tuple(errors))
 
 
 # Every rule that fires makes a Proposal, every evaluation an Outcome (gateway/_slots.py).
