@@ -432,17 +432,7 @@ def _activation(
     whether it is given or not, and each one given is converted to a CEL value at every
     evaluation (the five that P5's rules do not read cost about 9,300 instructions a
     cycle; session 37)."""
-    variables = {
-        "data": dict(data),
-        "generation": generation,
-        "epoch": epoch,
-        "now": now,
-        "host": host,
-        "event": dict(event) if event else {},
-        "request": dict(request) if request else {},
-    }
-    if reads is not None:
-        variables = {name: variables[name] for name in reads}
+    variables = _variables(data, generation, epoch, now, host, event, request, reads)
     # Given its own arena, as the binding makes one when none is given: an arena of None
     # goes through pybind11's search of other modules' types before it is taken as
     # "none" (a failed attribute lookup, about 5,000 instructions; session 39).
@@ -450,6 +440,43 @@ def _activation(
 
 
 _new_arena = cel.Arena
+
+
+def _variables(
+    data: Mapping[str, Any],
+    generation: int,
+    epoch: int,
+    now: datetime,
+    host: str,
+    event: Mapping[str, Any] | None,
+    request: Mapping[str, Any] | None,
+    reads: tuple[str, ...] | None,
+) -> dict[str, Any]:
+    """:func:`_activation`'s variables: all of them, or those named in ``reads`` (in
+    that order), each built only if given (every cycle builds them: the whole set
+    picked from cost about 4,000 instructions more; session 40)."""
+    if reads is None:
+        reads = _ALL_VARIABLES
+    variables: dict[str, Any] = {}
+    for name in reads:
+        if name == "data":
+            variables[name] = dict(data)
+        elif name == "generation":
+            variables[name] = generation
+        elif name == "epoch":
+            variables[name] = epoch
+        elif name == "now":
+            variables[name] = now
+        elif name == "host":
+            variables[name] = host
+        elif name == "event":
+            variables[name] = dict(event) if event else {}
+        elif name == "request":
+            variables[name] = dict(request) if request else {}
+    return variables
+
+
+_ALL_VARIABLES = tuple(VARIABLES)
 
 
 def _read_variables(sources: Sequence[str]) -> tuple[str, ...]:

@@ -181,3 +181,32 @@ def test_a_source_cannot_reach_past_its_own_place_in_the_expression() -> None:
     outcome = ruleset.evaluate(data={}, generation=1, epoch=1, now=NOW, host=HOST)
     assert [(p.rule, p.value) for p in outcome.proposals] == [("a", {"x": 1})]
     assert ruleset._together("cycle") is not None
+
+
+def test_the_variables_given_are_those_read_with_the_values_of_all_of_them() -> None:
+    # _variables builds only the variables named in ``reads``; held to picking them out of
+    # the whole set, for every subset of the names, in their order.
+    pick = random.Random(40)
+    names = list(rules.VARIABLES)
+    for _ in range(300):
+        data = _data(pick)
+        event = pick.choice([None, {}, {"type": "a", "data": {"k": 1}}])
+        request = pick.choice([None, {}, {"method": "m", "caller": "c", "data": {}}])
+        generation, epoch = pick.randrange(1000), pick.randrange(10)
+        whole = rules._variables(data, generation, epoch, NOW, HOST, event, request, None)
+        assert whole == {
+            "data": data,
+            "generation": generation,
+            "epoch": epoch,
+            "now": NOW,
+            "host": HOST,
+            "event": dict(event) if event else {},
+            "request": dict(request) if request else {},
+        }
+        reads = tuple(name for name in names if pick.random() < 0.5)
+        got = rules._variables(data, generation, epoch, NOW, HOST, event, request, reads)
+        assert list(got.items()) == [(name, whole[name]) for name in reads]
+        # Copies, as before: the activation never holds the caller's own mappings.
+        for name in ("data", "event", "request"):
+            if name in got:
+                assert got[name] is not {"data": data, "event": event, "request": request}[name]
