@@ -109,11 +109,11 @@ def test_one_evaluation_gives_what_each_rule_on_its_own_gives() -> None:
             expected = _one_by_one(ruleset, data, generation)
             got = ruleset.evaluate(data=data, generation=generation, epoch=2, now=NOW, host=HOST)
             assert got == expected, (ruleset, data, generation)
-            activation = rules._activation(
+            variables = rules._variables(
                 data, generation, 2, NOW, HOST, None, None, ruleset._reads.get("cycle")
             )
             fast = rules._evaluate_together(
-                ruleset._together("cycle"), ruleset._by_trigger["cycle"], activation
+                ruleset._together("cycle"), ruleset._by_trigger["cycle"], variables
             )
             if fast is None:
                 apart += 1
