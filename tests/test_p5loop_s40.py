@@ -210,3 +210,40 @@ def test_the_variables_given_are_those_read_with_the_values_of_all_of_them() -> 
         for name in ("data", "event", "request"):
             if name in got:
                 assert got[name] is not {"data": data, "event": event, "request": request}[name]
+
+
+def test_a_rule_set_whose_evaluation_keeps_failing_tries_one_evaluation_seldom() -> None:
+    # A rule that fails at every evaluation would make each one cost the one evaluation and
+    # then every rule's own; after a few such in a row, the rule set tries the one
+    # evaluation only now and then, and takes it again at once when it succeeds.
+    ruleset = compile_rules(
+        [
+            Rule(name="ok", when="generation % 2 == 0", action=Publish(topic="alerts/ok")),
+            Rule(name="broken", when="data.missing > 1", action=Publish(topic="alerts/b")),
+        ]
+    )
+    calls = 0
+    evaluate_together = rules._evaluate_together
+
+    def counted(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return evaluate_together(*args)
+
+    rules._evaluate_together = counted  # type: ignore[assignment]
+    try:
+        for generation in range(200):
+            failing = ruleset.evaluate(data={}, generation=generation, epoch=1, now=NOW, host=HOST)
+            assert failing == _one_by_one(ruleset, {}, generation)
+            assert failing.errors
+        assert calls <= 4 + 200 // 16 + 1, calls
+        tried = calls
+        # The data no longer fails: within one retry period it is one evaluation again.
+        for generation in range(40):
+            fine = ruleset.evaluate(
+                data={"missing": 0}, generation=generation, epoch=1, now=NOW, host=HOST
+            )
+            assert fine == _one_by_one(ruleset, {"missing": 0}, generation)
+        assert calls - tried >= 40 - 16, (calls, tried)
+    finally:
+        rules._evaluate_together = evaluate_together  # type: ignore[assignment]
