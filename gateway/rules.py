@@ -220,6 +220,13 @@ class RuleSet:
     )
     #: The variables the rules of each trigger can read (see :func:`_read_variables`).
     _reads: dict[str, tuple[str, ...]] = dataclasses.field(init=False, repr=False, compare=False)
+    #: The rules of each trigger as one expression (see :meth:`_together`), compiled when
+    #: first evaluated; None where it does not compile.
+    _combined: dict[str, cel.Expression | None] = dataclasses.field(
+        init=False, repr=False, compare=False
+    )
+    #: Evaluations in a row that the one expression did not answer, per trigger.
+    _misses: dict[str, int] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         woken: dict[str, int] = {}
@@ -247,6 +254,8 @@ class RuleSet:
         object.__setattr__(
             self, "_reads", {on: _read_variables(texts) for on, texts in sources.items()}
         )
+        object.__setattr__(self, "_combined", {})
+        object.__setattr__(self, "_misses", {})
 
     def woken_by(self, trigger: str) -> int:
         """How many rules ``trigger`` (cycle or message) evaluates."""
@@ -266,52 +275,151 @@ class RuleSet:
         """Evaluate the rules ``trigger`` wakes; ``event`` is the message that woke them."""
         # activation_of's, called by position, of the variables these rules can read:
         # every cycle builds one.
-        activation = _activation(
+        variables = _variables(
             data, generation, epoch, now, host, event, None, self._reads.get(trigger)
         )
-        proposals: list[Proposal] = []
-        errors: list[str] = []
-        for name, when, effect, resource, verb in self._by_trigger.get(trigger, ()):
-            # One rule failing must not stop the others or the cycle.
+        evaluable = self._by_trigger.get(trigger, ())
+        if evaluable:
+            # One evaluation for all the rules where none fails (every cycle evaluates
+            # them); anything else is evaluated rule by rule, which says what failed.
+            # A rule set whose one evaluation keeps failing (a rule that fails on every
+            # object's data) would pay both each time: after a few misses in a row it is
+            # tried only every RETRY_TOGETHER_EVERY evaluations. Either path gives the
+            # same outcome; only the cost differs.
+            misses = self._misses.get(trigger, 0)
+            if misses < MISSES_BEFORE_PAUSE or not misses % RETRY_TOGETHER_EVERY:
+                outcome = _evaluate_together(self._together(trigger), evaluable, variables)
+                if outcome is not None:
+                    if misses:
+                        self._misses[trigger] = 0
+                    return outcome
+            self._misses[trigger] = misses + 1
+        # An activation only here: evaluate_together gives its variables to the one
+        # evaluation (see there).
+        return _evaluate_each(evaluable, _ENV.Activation(variables, None, _new_arena()))
+
+    def _together(self, trigger: str) -> cel.Expression | None:
+        """The rules ``trigger`` wakes as one expression: a list with, for each rule in
+        order, ``[effect]`` if its condition holds (``[null]`` for a rule with no
+        effect) and ``[]`` if not. CEL has no side effects and its conditional
+        evaluates only the branch taken, so each element is what evaluating that rule's
+        condition, then its effect if it fired, gives on its own; an error in any of
+        them makes the whole an error. Each source is put between parentheses on lines
+        of its own, so a comment runs to the end of its line only and a valid source is
+        one operand (a source that does not parse alone was never compiled). None if
+        the whole does not compile (the parser's size limits, say): rule by rule then."""
+        combined = self._combined.get(trigger, _UNCOMPILED)
+        if combined is not _UNCOMPILED:
+            return combined  # type: ignore[return-value]
+        parts = []
+        for compiled in self.rules:
+            if compiled.rule.on != trigger:
+                continue
+            effect = "null" if compiled.effect is None else f"(\n{compiled.effect.source}\n)"
+            parts.append(f"dyn((\n{compiled.when.source}\n) ? [{effect}] : [])")
+        try:
+            together: cel.Expression | None = _ENV.compile(f"[{', '.join(parts)}]")
+        except RuntimeError:
+            together = None
+        self._combined[trigger] = together
+        return together
+
+
+#: Not compiled yet (a rule set's :meth:`RuleSet._together`).
+_UNCOMPILED = object()
+#: Evaluations in a row that the one expression may miss before it is tried only every
+#: RETRY_TOGETHER_EVERY evaluations (a failing rule set cost about 25 % more per
+#: evaluation trying it every time: one evaluation, then each rule's; session 40).
+MISSES_BEFORE_PAUSE = 4
+RETRY_TOGETHER_EVERY = 16
+
+
+def _evaluate_together(
+    together: cel.Expression | None, evaluable: Sequence[_Evaluable], variables: dict[str, Any]
+) -> Outcome | None:
+    """The outcome of ``evaluable`` from their one expression (:meth:`RuleSet._together`),
+    or None when anything failed or is refused (an evaluation error, a patch that is
+    not a map with string keys, a value JSON cannot hold): :func:`_evaluate_each` then
+    says what, as it always did. (Exactly the outcome rule by rule otherwise:
+    tests/test_p5loop_s40.py.) One evaluation instead of one per condition and effect:
+    each costs the binding's call (a failed search for the arena's type: about 5,000
+    instructions, session 37), the runtime's frame and a result object. The variables
+    are given to that evaluation itself with an arena of its own, not through an
+    activation: the binding then builds the activation inside the call (one Python
+    call and object fewer), and an arena given with the variables, unlike one given
+    with an activation, spares that search."""
+    if together is None:
+        return None
+    try:
+        fired: Any = together.eval(None, variables, None, _new_arena()).plain_value()
+    except RuntimeError:
+        return None
+    if type(fired) is not list or len(fired) != len(evaluable):
+        return None  # an error value reads as its message
+    proposals: list[Proposal] = []
+    for (name, _when, effect, resource, verb), answer in zip(evaluable, fired, strict=True):
+        if not answer:
+            continue
+        value: Any = None
+        if effect is not None:
+            raw = answer[0]
+            if verb == "write" and (
+                not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw)
+            ):
+                return None
             try:
-                # The activation passed by position: the binding's keyword handling cost
-                # a third of an evaluation (every rule of every cycle).
-                fired = when.eval(activation)
-            except RuntimeError as exc:  # see _evaluate
-                errors.append(f"rule {name}: condition failed: {_first_line(exc)}")
+                value = _plain(raw)
+            except _NotJSONError:
+                return None
+        proposals.append(_proposal(name, resource, verb, value))
+    return _outcome(tuple(proposals), ())
+
+
+def _evaluate_each(evaluable: Sequence[_Evaluable], activation: cel.Activation) -> Outcome:
+    """The outcome of ``evaluable``, each rule's condition and effect evaluated on its own."""
+    proposals: list[Proposal] = []
+    errors: list[str] = []
+    for name, when, effect, resource, verb in evaluable:
+        # One rule failing must not stop the others or the cycle.
+        try:
+            # The activation passed by position: the binding's keyword handling cost
+            # a third of an evaluation (every rule of every cycle).
+            fired = when.eval(activation)
+        except RuntimeError as exc:  # see _evaluate
+            errors.append(f"rule {name}: condition failed: {_first_line(exc)}")
+            continue
+        # The common answers first: a value that is True or False is a BOOL (an error
+        # value's is its message, an int's is an int), so only a value that is neither
+        # pays for the type checks.
+        answer = fired.value()
+        if answer is not True:
+            if answer is False:
                 continue
-            # The common answers first: a value that is True or False is a BOOL (an error
-            # value's is its message, an int's is an int), so only a value that is neither
-            # pays for the type checks.
-            answer = fired.value()
-            if answer is not True:
-                if answer is False:
-                    continue
-                kind = fired.type()
-                if kind == cel.Type.ERROR:
-                    errors.append(f"rule {name}: condition failed: {_error_text(fired)}")
-                elif kind != cel.Type.BOOL:
-                    errors.append(f"rule {name}: condition gave {kind.name()}, not a bool")
+            kind = fired.type()
+            if kind == cel.Type.ERROR:
+                errors.append(f"rule {name}: condition failed: {_error_text(fired)}")
+            elif kind != cel.Type.BOOL:
+                errors.append(f"rule {name}: condition gave {kind.name()}, not a bool")
+            continue
+        value: Any = None
+        if effect is not None:
+            result, failure = _evaluate(effect, activation)
+            if result is None:
+                errors.append(f"rule {name}: action failed: {failure}")
                 continue
-            value: Any = None
-            if effect is not None:
-                result, failure = _evaluate(effect, activation)
-                if result is None:
-                    errors.append(f"rule {name}: action failed: {failure}")
-                    continue
-                raw = result.plain_value()
-                if verb == "write" and (
-                    not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw)
-                ):
-                    errors.append(f"rule {name}: patch is not a map with string keys")
-                    continue
-                try:
-                    value = _plain(raw)
-                except _NotJSONError as exc:
-                    errors.append(f"rule {name}: action failed: {exc}")
-                    continue
-            proposals.append(_proposal(name, resource, verb, value))
-        return _outcome(tuple(proposals), tuple(errors))
+            raw = result.plain_value()
+            if verb == "write" and (
+                not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw)
+            ):
+                errors.append(f"rule {name}: patch is not a map with string keys")
+                continue
+            try:
+                value = _plain(raw)
+            except _NotJSONError as exc:
+                errors.append(f"rule {name}: action failed: {exc}")
+                continue
+        proposals.append(_proposal(name, resource, verb, value))
+    return _outcome(tuple(proposals), tuple(errors))
 
 
 # Every rule that fires makes a Proposal, every evaluation an Outcome (gateway/_slots.py).
@@ -347,17 +455,7 @@ def _activation(
     whether it is given or not, and each one given is converted to a CEL value at every
     evaluation (the five that P5's rules do not read cost about 9,300 instructions a
     cycle; session 37)."""
-    variables = {
-        "data": dict(data),
-        "generation": generation,
-        "epoch": epoch,
-        "now": now,
-        "host": host,
-        "event": dict(event) if event else {},
-        "request": dict(request) if request else {},
-    }
-    if reads is not None:
-        variables = {name: variables[name] for name in reads}
+    variables = _variables(data, generation, epoch, now, host, event, request, reads)
     # Given its own arena, as the binding makes one when none is given: an arena of None
     # goes through pybind11's search of other modules' types before it is taken as
     # "none" (a failed attribute lookup, about 5,000 instructions; session 39).
@@ -365,6 +463,43 @@ def _activation(
 
 
 _new_arena = cel.Arena
+
+
+def _variables(
+    data: Mapping[str, Any],
+    generation: int,
+    epoch: int,
+    now: datetime,
+    host: str,
+    event: Mapping[str, Any] | None,
+    request: Mapping[str, Any] | None,
+    reads: tuple[str, ...] | None,
+) -> dict[str, Any]:
+    """:func:`_activation`'s variables: all of them, or those named in ``reads`` (in
+    that order), each built only if given (every cycle builds them: the whole set
+    picked from cost about 4,000 instructions more; session 40)."""
+    if reads is None:
+        reads = _ALL_VARIABLES
+    variables: dict[str, Any] = {}
+    for name in reads:
+        if name == "data":
+            variables[name] = dict(data)
+        elif name == "generation":
+            variables[name] = generation
+        elif name == "epoch":
+            variables[name] = epoch
+        elif name == "now":
+            variables[name] = now
+        elif name == "host":
+            variables[name] = host
+        elif name == "event":
+            variables[name] = dict(event) if event else {}
+        elif name == "request":
+            variables[name] = dict(request) if request else {}
+    return variables
+
+
+_ALL_VARIABLES = tuple(VARIABLES)
 
 
 def _read_variables(sources: Sequence[str]) -> tuple[str, ...]:
