@@ -308,7 +308,7 @@ class CycleRunner:
             if item is None:
                 continue
             try:
-                obj = journal.decode_object(key, item.value)
+                obj = journal.decode_object(key, item.value, item.entry_ids)
             except Exception as exc:  # the object's own failure, reported as its answer
                 found[object_id] = exc
                 continue
