@@ -57,6 +57,9 @@ def _number(rng: random.Random) -> Any:
     return rng.choice(
         (
             rng.randrange(0, 1000),
+            999,
+            1000,
+            rng.randrange(1000, 10**5),
             rng.randrange(0, 10**12),
             10**12 - 1,
             10**12,
