@@ -261,9 +261,9 @@ def test_the_object_memo_serves_only_the_exact_bytes_and_keeps_objects_in_use() 
         total_bytes=2 * len(stored_object("a")) + 10, idle_seconds=5.0, clock=lambda: now[0]
     )
 
-    def counting(raw: bytes) -> Any:
+    def counting(raw: bytes, *, entry_ids: bytes = b"") -> Any:
         decoded.append(raw)
-        return real_decode(raw)
+        return real_decode(raw, entry_ids=entry_ids)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(wire, "decode_object", counting)
