@@ -227,18 +227,34 @@ def _shared_text(
 ) -> tuple[str, str, str] | None:
     """The parts of :meth:`LineageEntry._encode` that the entries of one append share:
     the text before ``data_digest``, between ``detail`` and ``kind`` and after ``seq``;
-    None if one of them cannot be written (each entry's own encode then raises)."""
-    try:
-        time = _format_utc(at)
-        host_text = _encode_string(host)
-        host_text.encode()  # a lone surrogate raises here, as the entry's encode would
-    except (ValueError, UnicodeEncodeError):
-        return None
+    None if one of them cannot be written (each entry's own encode then raises).
+
+    The host's text and the last part are those of the last call when its host and
+    time are the same objects (a batch of cycles shares its host and ``now``; the slot
+    holds both, so their ids are not reused while it does)."""
+    global _LAST_SHARED
+    last = _LAST_SHARED
+    if last[0] is host and last[1] is at:
+        host_text, end = last[2], last[3]
+    else:
+        try:
+            time = _format_utc(at)
+            host_text = _encode_string(host)
+            host_text.encode()  # a lone surrogate raises here, as the entry's encode would
+        except (ValueError, UnicodeEncodeError):
+            return None
+        end = f'"time":"{time}"}}'
+        _LAST_SHARED = (host, at, host_text, end)
     return (
         f'{{"credentials_digest":"{credentials_digest.hex()}",',
         f'"epoch":{epoch},"generation":{generation},"host":{host_text},',
-        f'"time":"{time}"}}',
+        end,
     )
+
+
+#: The host, time, host's text and last part of the last :func:`_shared_text` (one
+#: slot, replaced whole, so a thread never sees one call's text with another's values).
+_LAST_SHARED: tuple[str | None, datetime | None, str, str] = (None, None, "", "")
 
 
 def _decode_fast(raw: bytes) -> LineageEntry | None:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from gateway import lineage as lineage_module
 from gateway import wire
 from gateway.lineage import EntryKind, LineageEntry
 from gateway.model import CycleState, GovernedObject, LifecycleState
@@ -161,6 +162,7 @@ def test_the_slot_does_not_answer_for_another_host_or_time() -> None:
         generation=1,
         credentials_digest=bytes(32),
     )
+    assert lineage_module._LAST_SHARED[0] is HOST_A
     assert ok.entries[-1].encode() == plain_entry(ok.entries[-1])
     bad_host = ok.append_all(
         [(EntryKind.EVALUATED, digest, "")],
