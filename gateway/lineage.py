@@ -1468,14 +1468,13 @@ class Lineage:
 
     def _on(self, log: _Log) -> Lineage:
         """This lineage's value seeing all of ``log`` (appended to from this value): the
-        same base, whose log it is, so __post_init__ has nothing to do."""
-        set_entries, set_checkpoints, set_arrivals, set_base = _LINEAGE_SETTERS
-        appended = object.__new__(Lineage)
-        set_entries(appended, Entries(log, len(log.entries)))
-        set_checkpoints(appended, self.checkpoints)
-        set_arrivals(appended, self.arrivals)
-        set_base(appended, self.base)
-        return appended
+        same base, whose log it is, so __post_init__ has nothing to do. Built slot by
+        slot (:func:`_appended`, and the view on the log by two stores: Entries is no
+        dataclass, its ``__init__`` a Python call), as every cycle appends."""
+        entries = _new(Entries)
+        entries._log = log
+        entries._count = len(log.entries)
+        return _appended(entries, self.checkpoints, self.arrivals, self.base)
 
     def signed_size(self) -> int:
         """Entries covered by a signature (the last checkpoint or the base): entries after
@@ -1610,10 +1609,14 @@ class VerifiedLineage:
     creator: str = ""  #: the host that created the object
 
 
-#: Lineage's slots' own setters (see _ENTRY_SETTERS), for the value every append makes.
+#: Lineage's slots' own setters (see _ENTRY_SETTERS), for a stored record's lineage.
 _LINEAGE_SETTERS = tuple(
     getattr(Lineage, name).__set__ for name in ("entries", "checkpoints", "arrivals", "base")
 )
+#: ``Lineage(entries=..., checkpoints=..., arrivals=..., base=...)`` by position and
+#: slot by slot, without ``__post_init__``: for :meth:`Lineage._on` only, whose entries
+#: are already an :class:`Entries` on a log of the same base (all __post_init__ checks).
+_appended = builder(Lineage, "entries", "checkpoints", "arrivals", "base", post_init_done=True)
 
 
 def verify_chain(

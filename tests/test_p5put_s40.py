@@ -19,9 +19,9 @@ import pytest
 
 from gateway import lineage as lineage_module
 from gateway import wire
-from gateway.lineage import EntryKind, LineageEntry
+from gateway.lineage import Entries, EntryKind, Lineage, LineageEntry
 from gateway.model import CycleState, GovernedObject, LifecycleState
-from tests.test_compaction import created
+from tests.test_compaction import created, depart
 from tests.test_lineage import HOST_A, HOST_B, T0
 
 SEEDS = range(40)
@@ -186,3 +186,35 @@ def test_the_slot_does_not_answer_for_another_host_or_time() -> None:
         naive.entries[-1].encode()
     with pytest.raises(ValueError, match="naive datetime"):
         plain_entry(naive.entries[-1])
+
+
+def test_an_appended_lineage_is_what_its_class_builds() -> None:
+    """Lineage._on builds its value slot by slot, without __post_init__: the same value
+    as the class's own construction from its entries (which shares the log)."""
+    for seed in SEEDS:
+        rng = random.Random(2000 + seed)
+        obj = created()
+        if seed % 2:  # a lineage with a checkpoint
+            obj = depart(obj, host=HOST_A, to=HOST_B, migration=f"mig-{seed}")
+            assert obj.lineage.checkpoints
+        for generation in range(rng.randrange(1, 12)):
+            at = T0 + timedelta(seconds=generation)
+            before = obj.lineage
+            obj = obj.record(EntryKind.EVALUATED, host=HOST_A, at=at, detail=f"{rng.randrange(2)}")
+            appended = obj.lineage
+            assert appended.checkpoints is before.checkpoints
+            assert appended.arrivals is before.arrivals and appended.base is before.base
+            assert type(appended) is Lineage and type(appended.entries) is Entries
+            built = Lineage(
+                entries=appended.entries,
+                checkpoints=appended.checkpoints,
+                arrivals=appended.arrivals,
+                base=appended.base,
+            )
+            assert built.entries is appended.entries  # __post_init__ left them as they are
+            assert appended == built
+            assert len(appended.entries) == len(list(appended.entries)) == appended.size
+            assert appended.entries._log is appended._log
+            assert list(appended.entries) == list(appended._log.entries)
+            plain = Lineage(entries=tuple(appended.entries))
+            assert (appended.root(), appended.head()) == (plain.root(), plain.head())
