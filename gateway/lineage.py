@@ -227,18 +227,34 @@ def _shared_text(
 ) -> tuple[str, str, str] | None:
     """The parts of :meth:`LineageEntry._encode` that the entries of one append share:
     the text before ``data_digest``, between ``detail`` and ``kind`` and after ``seq``;
-    None if one of them cannot be written (each entry's own encode then raises)."""
-    try:
-        time = _format_utc(at)
-        host_text = _encode_string(host)
-        host_text.encode()  # a lone surrogate raises here, as the entry's encode would
-    except (ValueError, UnicodeEncodeError):
-        return None
+    None if one of them cannot be written (each entry's own encode then raises).
+
+    The host's text and the last part are those of the last call when its host and
+    time are the same objects (a batch of cycles shares its host and ``now``; the slot
+    holds both, so their ids are not reused while it does)."""
+    global _LAST_SHARED
+    last = _LAST_SHARED
+    if last[0] is host and last[1] is at:
+        host_text, end = last[2], last[3]
+    else:
+        try:
+            time = _format_utc(at)
+            host_text = _encode_string(host)
+            host_text.encode()  # a lone surrogate raises here, as the entry's encode would
+        except (ValueError, UnicodeEncodeError):
+            return None
+        end = f'"time":"{time}"}}'
+        _LAST_SHARED = (host, at, host_text, end)
     return (
         f'{{"credentials_digest":"{credentials_digest.hex()}",',
         f'"epoch":{epoch},"generation":{generation},"host":{host_text},',
-        f'"time":"{time}"}}',
+        end,
     )
+
+
+#: The host, time, host's text and last part of the last :func:`_shared_text` (one
+#: slot, replaced whole, so a thread never sees one call's text with another's values).
+_LAST_SHARED: tuple[str | None, datetime | None, str, str] = (None, None, "", "")
 
 
 def _decode_fast(raw: bytes) -> LineageEntry | None:
@@ -1452,14 +1468,13 @@ class Lineage:
 
     def _on(self, log: _Log) -> Lineage:
         """This lineage's value seeing all of ``log`` (appended to from this value): the
-        same base, whose log it is, so __post_init__ has nothing to do."""
-        set_entries, set_checkpoints, set_arrivals, set_base = _LINEAGE_SETTERS
-        appended = object.__new__(Lineage)
-        set_entries(appended, Entries(log, len(log.entries)))
-        set_checkpoints(appended, self.checkpoints)
-        set_arrivals(appended, self.arrivals)
-        set_base(appended, self.base)
-        return appended
+        same base, whose log it is, so __post_init__ has nothing to do. Built slot by
+        slot (:func:`_appended`, and the view on the log by two stores: Entries is no
+        dataclass, its ``__init__`` a Python call), as every cycle appends."""
+        entries = _new(Entries)
+        entries._log = log
+        entries._count = len(log.entries)
+        return _appended(entries, self.checkpoints, self.arrivals, self.base)
 
     def signed_size(self) -> int:
         """Entries covered by a signature (the last checkpoint or the base): entries after
@@ -1594,10 +1609,14 @@ class VerifiedLineage:
     creator: str = ""  #: the host that created the object
 
 
-#: Lineage's slots' own setters (see _ENTRY_SETTERS), for the value every append makes.
+#: Lineage's slots' own setters (see _ENTRY_SETTERS), for a stored record's lineage.
 _LINEAGE_SETTERS = tuple(
     getattr(Lineage, name).__set__ for name in ("entries", "checkpoints", "arrivals", "base")
 )
+#: ``Lineage(entries=..., checkpoints=..., arrivals=..., base=...)`` by position and
+#: slot by slot, without ``__post_init__``: for :meth:`Lineage._on` only, whose entries
+#: are already an :class:`Entries` on a log of the same base (all __post_init__ checks).
+_appended = builder(Lineage, "entries", "checkpoints", "arrivals", "base", post_init_done=True)
 
 
 def verify_chain(

@@ -553,7 +553,8 @@ def _keep_wire(obj: GovernedObject, cut: _Cut, entry_ids: bytes) -> None:
         whole[entries_end:lineage_end],
         whole[lineage_end:],
     )
-    log.parts = (*_part_values(obj), data, parts)
+    body, envelopes, tail = _part_values(obj)
+    log.parts = (body, envelopes, tail, data, parts, body + envelopes + tail)
 
 
 #: The most data whose head :func:`_keep_wire` cuts from a stored record (a copy of
@@ -988,8 +989,11 @@ OBJECT_PARTS_MEMO_BYTES = 16 << 20
 OBJECT_PARTS_MEMO_ENTRIES = 16384
 
 _Parts = tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes]
-#: (the body's values, the lineage's envelopes, the tail's values, data, parts)
-_HeldParts = tuple[tuple[object, ...], tuple[object, ...], tuple[object, ...], bytes, _Parts]
+#: (the body's values, the lineage's envelopes, the tail's values, data, parts, and the
+#: first three joined: what a cycle's object is checked against, one comparison)
+_HeldParts = tuple[
+    tuple[object, ...], tuple[object, ...], tuple[object, ...], bytes, _Parts, tuple[object, ...]
+]
 #: key: ids of the body's values -> what they encode to
 _OBJECT_PARTS: BoundedLru[tuple[int, ...], _HeldParts] = BoundedLru(
     OBJECT_PARTS_MEMO_ENTRIES,
@@ -1051,8 +1055,9 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
     receipt changes just the envelopes: neither encodes its whole body again (on a
     destination, the live object at a Commit takes its body from the staged copy's)."""
     lineage = obj.lineage
-    # What _part_values returns, built here without its call (every cycle asks this).
-    body = (
+    # What _part_values returns, built here without its call (every cycle asks this),
+    # as one tuple: the body's values (8), the lineage's envelopes (3), the tail's (8).
+    values = (
         obj.object_id,
         obj.tenant,
         obj.content_type,
@@ -1061,9 +1066,9 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
         obj.subscriptions,
         obj.answers,
         obj.grants,
-    )
-    envelopes = (lineage.checkpoints, lineage.arrivals, lineage.base)
-    tail = (
+        lineage.checkpoints,
+        lineage.arrivals,
+        lineage.base,
         obj.epoch,
         obj.state,
         obj.migration_id,
@@ -1077,9 +1082,16 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
     # lives as long as the object does, so an object held by a host's memos finds them
     # however many other objects were encoded since (the shared memo below is LRU: a host
     # cycling more objects than it holds finds nothing there).
-    log = lineage._log
-    key = None  # None: the parts come from the log's slot (not kept in the shared memo)
+    log = lineage.entries._log  # type: ignore[attr-defined]  # Entries (__post_init__)
     hit: _HeldParts | None = log.parts
+    # A cycle's object: every value the same as at the last encoding (one comparison,
+    # not three), the data perhaps written (then only its fields 1-5 and 8 again).
+    if hit is not None and all(map(operator.is_, hit[5], values)):
+        if hit[3] is obj.data:
+            return hit[4]
+        return _with_data(obj, hit, values)
+    body, envelopes, tail = values[:8], values[8:11], values[11:]
+    key = None  # None: the parts come from the log's slot (not kept in the shared memo)
     if hit is None or not all(map(operator.is_, hit[0], body)):
         key = tuple(map(id, body))
         hit = _OBJECT_PARTS.get(key)
@@ -1103,10 +1115,19 @@ def _unchanged_parts(obj: GovernedObject) -> _Parts:
         )
     else:
         parts = (*_encode_body(obj), _tail(obj))
-    held = (body, envelopes, tail, obj.data, parts)
+    held = (body, envelopes, tail, obj.data, parts, values)
     log.parts = held
     if key is not None:
         _OBJECT_PARTS.put(key, held)
+    return parts
+
+
+def _with_data(obj: GovernedObject, hit: _HeldParts, values: tuple[object, ...]) -> _Parts:
+    """The parts of ``hit`` (the log's, every value the same) with ``obj``'s data: its
+    head and size encoded again, the rest kept; remembered in the log's slot."""
+    parts = hit[4]
+    parts = (_head(obj), parts[1], _size_wire(obj), parts[3], parts[4], parts[5], parts[6])
+    obj.lineage.entries._log.parts = (hit[0], hit[1], hit[2], obj.data, parts, values)  # type: ignore[attr-defined]
     return parts
 
 
