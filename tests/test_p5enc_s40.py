@@ -9,7 +9,6 @@ so a fast path that takes them, or that is broken, fails here."""
 
 from __future__ import annotations
 
-import json
 import random
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -20,8 +19,8 @@ from gateway._time import format_time
 from gateway.handoff.lifecycle import LifecycleEvent
 from gateway.runtime import outbox
 from gateway.runtime.outbox import Event, OutboxLifecycle, event_key, lifecycle_event
+from tests.test_outbox_encoding import _reference
 
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 _CASES = 3000
 
 #: Characters the fast paths must tell apart: plain ASCII, what JSON escapes (quote,
@@ -73,24 +72,6 @@ def _number(rng: random.Random) -> Any:
 
 def _payload(rng: random.Random) -> Any:
     return rng.choice((None, {"n": rng.randrange(100)}, [_text(rng)], {"from": _text(rng)}))
-
-
-def _reference(event: Event) -> bytes:
-    return _CANONICAL.encode(
-        {
-            "tenant": event.tenant,
-            "object_id": event.object_id,
-            "generation": event.generation,
-            "rule": event.rule,
-            "verb": event.verb,
-            "resource": event.resource,
-            "payload": event.payload,
-            "created_at": format_time(event.created_at),
-            "status": event.status,
-            "attempts": event.attempts,
-            "last_error": event.last_error,
-        }
-    ).encode("utf-8")
 
 
 def _event(rng: random.Random) -> Event:
