@@ -362,14 +362,9 @@ def _evaluate_together(
             continue
         value: Any = None
         if effect is not None:
-            raw = answer[0]
-            if verb == "write" and (
-                not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw)
-            ):
-                return None
             try:
-                value = _plain(raw)
-            except _NotJSONError:
+                value = _effect_value(verb, answer[0])
+            except _RefusedEffectError:
                 return None
         proposals.append(_proposal(name, resource, verb, value))
     return _outcome(tuple(proposals), ())
@@ -407,19 +402,31 @@ def _evaluate_each(evaluable: Sequence[_Evaluable], activation: cel.Activation) 
             if result is None:
                 errors.append(f"rule {name}: action failed: {failure}")
                 continue
-            raw = result.plain_value()
-            if verb == "write" and (
-                not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw)
-            ):
-                errors.append(f"rule {name}: patch is not a map with string keys")
-                continue
             try:
-                value = _plain(raw)
-            except _NotJSONError as exc:
-                errors.append(f"rule {name}: action failed: {exc}")
+                value = _effect_value(verb, result.plain_value())
+            except _RefusedEffectError as exc:
+                errors.append(f"rule {name}: {exc}")
                 continue
         proposals.append(_proposal(name, resource, verb, value))
     return _outcome(tuple(proposals), tuple(errors))
+
+
+class _RefusedEffectError(ValueError):
+    """A fired rule's effect evaluated to a value its verb cannot take (the message says
+    why, as a rule's error reads after ``rule <name>:``)."""
+
+
+def _effect_value(verb: str, raw: Any) -> Any:
+    """The proposal's value of an effect that evaluated to ``raw``: a write's patch must
+    be a map with string keys, and every value must be one JSON can hold. The one
+    post-processing of both evaluation paths (:func:`_evaluate_together` returns None on
+    a refusal, :func:`_evaluate_each` records it), so the two cannot drift apart."""
+    if verb == "write" and (not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw)):
+        raise _RefusedEffectError("patch is not a map with string keys")
+    try:
+        return _plain(raw)
+    except _NotJSONError as exc:
+        raise _RefusedEffectError(f"action failed: {exc}") from exc
 
 
 # Every rule that fires makes a Proposal, every evaluation an Outcome (gateway/_slots.py).
