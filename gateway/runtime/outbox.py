@@ -207,14 +207,18 @@ def event_key(tenant: str, object_id: str, generation: int, index: int) -> str:
     """``f"{tenant}/{object_id}/{generation:012d}/{index:03d}"``: for the numbers every
     cycle has, without the format specs (about 6.6k instructions a key, session 40). A
     number below 10**12 added to it is written "1" and its own twelve digits."""
-    if (
-        type(generation) is int
-        and type(index) is int
-        and 0 <= generation < _TWELVE
-        and 0 <= index < 1000
-    ):
-        return f"{tenant}/{object_id}/{str(generation + _TWELVE)[1:]}/{_THREE[index]}"
-    return f"{tenant}/{object_id}/{generation:012d}/{index:03d}"
+    twelve = _twelve_digits(generation)  # first: a bad generation is refused first, as before
+    three = _THREE[index] if type(index) is int and 0 <= index < 1000 else f"{index:03d}"
+    return f"{tenant}/{object_id}/{twelve}/{three}"
+
+
+def _twelve_digits(number: int) -> str:
+    """``f"{number:012d}"``, without the format spec for a number that has twelve digits
+    or fewer (added to 10**12 it is written "1" and its own twelve digits); anything
+    else through the spec, which refuses what it refused."""
+    if type(number) is int and 0 <= number < _TWELVE:
+        return str(number + _TWELVE)[1:]
+    return f"{number:012d}"
 
 
 def lifecycle_event(
@@ -232,12 +236,8 @@ def lifecycle_event(
     per object and epoch, so it is written once even if its transaction is retried.
     ``status``: ``published`` for one recorded as delivered already (no event sink)."""
     topic = verb.split(".", 1)[0] + "s"  # object.rehosted -> objects, migration.… -> migrations
-    # f"{epoch:012d}" without the format spec (see event_key).
-    padded = (
-        str(epoch + _TWELVE)[1:] if type(epoch) is int and 0 <= epoch < _TWELVE else f"{epoch:012d}"
-    )
     return _event(
-        f"{tenant}/{object_id}/epoch-{padded}-{verb}",
+        f"{tenant}/{object_id}/epoch-{_twelve_digits(epoch)}-{verb}",
         tenant,
         object_id,
         generation,
