@@ -612,13 +612,7 @@ def stored_lineage(
     payload = base.payload if base is not None else b""
     log = _Log(Base.decode(payload) if base is not None else None, payload)
     log.entries = entries
-    set_entries, set_checkpoints, set_arrivals, set_base = _LINEAGE_SETTERS
-    lineage = object.__new__(Lineage)
-    set_entries(lineage, Entries(log, len(entries)))
-    set_checkpoints(lineage, checkpoints)
-    set_arrivals(lineage, arrivals)
-    set_base(lineage, base)
-    return lineage
+    return _built_lineage(Entries(log, len(entries)), checkpoints, arrivals, base)
 
 
 def _event_spans(raw: bytes) -> tuple[bytes, bytes]:
@@ -1469,12 +1463,12 @@ class Lineage:
     def _on(self, log: _Log) -> Lineage:
         """This lineage's value seeing all of ``log`` (appended to from this value): the
         same base, whose log it is, so __post_init__ has nothing to do. Built slot by
-        slot (:func:`_appended`, and the view on the log by two stores: Entries is no
+        slot (:func:`_built_lineage`, and the view on the log by two stores: Entries is no
         dataclass, its ``__init__`` a Python call), as every cycle appends."""
         entries = _new(Entries)
         entries._log = log
         entries._count = len(log.entries)
-        return _appended(entries, self.checkpoints, self.arrivals, self.base)
+        return _built_lineage(entries, self.checkpoints, self.arrivals, self.base)
 
     def signed_size(self) -> int:
         """Entries covered by a signature (the last checkpoint or the base): entries after
@@ -1609,14 +1603,11 @@ class VerifiedLineage:
     creator: str = ""  #: the host that created the object
 
 
-#: Lineage's slots' own setters (see _ENTRY_SETTERS), for a stored record's lineage.
-_LINEAGE_SETTERS = tuple(
-    getattr(Lineage, name).__set__ for name in ("entries", "checkpoints", "arrivals", "base")
-)
 #: ``Lineage(entries=..., checkpoints=..., arrivals=..., base=...)`` by position and
-#: slot by slot, without ``__post_init__``: for :meth:`Lineage._on` only, whose entries
-#: are already an :class:`Entries` on a log of the same base (all __post_init__ checks).
-_appended = builder(Lineage, "entries", "checkpoints", "arrivals", "base", post_init_done=True)
+#: slot by slot, without ``__post_init__``: for values whose entries are already an
+#: :class:`Entries` on a log of the same base, which is what __post_init__ makes
+#: (:meth:`Lineage._on`, and :func:`stored_lineage` for a record this host stored).
+_built_lineage = builder(Lineage, "entries", "checkpoints", "arrivals", "base", post_init_done=True)
 
 
 def verify_chain(
