@@ -693,20 +693,21 @@ class SqliteStore:
         final: dict[str, tuple[Put, str] | None] = {}
         for ops in group:
             try:
-                for op in ops:
-                    _check_precondition(op, seen.get(op.key))
+                _check_preconditions(ops, seen)
             except ConcurrencyError as exc:
                 outcomes.append(exc)
                 continue
             outcomes.append(None)
+            etags = _etags_of(ops)
             for op in ops:
+                key = op.key
                 if isinstance(op, Put):
-                    etag = _etag_of(ops, op.key)
-                    seen[op.key] = etag
-                    final[op.key] = (op, etag)
+                    etag = etags[key]
+                    seen[key] = etag
+                    final[key] = (op, etag)
                 else:
-                    seen.pop(op.key, None)
-                    final[op.key] = None
+                    seen.pop(key, None)
+                    final[key] = None
         try:
             self._write(
                 [(key, *kept) for key, kept in final.items() if kept is not None],
@@ -748,15 +749,19 @@ class SqliteStore:
         current, stored = self._state_in([op.key for op in ops])
         # Check every precondition before the first write: a failure then leaves nothing
         # to undo in this caller's savepoint.
-        for op in ops:
-            _check_precondition(op, current.get(op.key))
+        _check_preconditions(ops, current)
         # No key appears twice in a transaction, so the order of puts and deletes does
         # not matter.
-        self._write(
-            [(op.key, op, _etag_of(ops, op.key)) for op in ops if isinstance(op, Put)],
-            [op.key for op in ops if not isinstance(op, Put) and op.key in current],
-            stored,
-        )
+        etags = _etags_of(ops)
+        puts: builtins.list[tuple[str, Put, str]] = []
+        gone: builtins.list[str] = []
+        for op in ops:
+            key = op.key
+            if isinstance(op, Put):
+                puts.append((key, op, etags[key]))
+            elif key in current:
+                gone.append(key)
+        self._write(puts, gone, stored)
 
     def _write(
         self,
@@ -770,6 +775,7 @@ class SqliteStore:
         held that the new value does not list is deleted, in this same transaction."""
         connection = self._connection
         held, number = stored.rows, stored.top
+        remembered = self._entry_lists
         whole: builtins.list[tuple[str, bytes, str]] = []
         heads: builtins.list[tuple[str, str, bytes, int, bytes, bytes]] = []
         added: builtins.list[tuple[int, bytes, bytes]] = []
@@ -783,7 +789,8 @@ class SqliteStore:
                 whole.append((key, op.value, etag))
                 if old is not None:
                     dropped += _numbers(old[0])
-                self._forget_entry_list(key)
+                if key in remembered:
+                    self._forget_entry_list(key)
             else:
                 head, at, numbers, ids, number = split
                 heads.append((key, etag, head, at, numbers, ids))
@@ -791,7 +798,8 @@ class SqliteStore:
         for key in gone:
             if key in held:
                 dropped += _numbers(held[key][0])
-            self._forget_entry_list(key)
+            if key in remembered:
+                self._forget_entry_list(key)
         for start in range(0, len(whole), _UPSERT_ROWS):
             self._upsert(_UPSERT, "(?, ?, ?)", whole[start : start + _UPSERT_ROWS], 1)
         for start in range(0, len(heads), _UPSERT_ROWS):
@@ -824,7 +832,7 @@ class SqliteStore:
                 *_listed(_STATE_AS_JSON, keys[start : start + _CHUNK])
             ).fetchone()
             top = largest or 0
-            for key, state in json.loads(document).items():
+            for key, state in _json_object(document).items():
                 if type(state) is builtins.list:  # kept as rows: [ETag]
                     (state,) = state
                     known = remembered.get(key)
@@ -837,7 +845,7 @@ class SqliteStore:
             (document,) = connection.execute(
                 *_listed(_ENTRY_LISTS_AS_JSON, unknown[start : start + _CHUNK])
             ).fetchone()
-            for key, (numbers, ids) in json.loads(document).items():
+            for key, (numbers, ids) in _json_object(document).items():
                 numbers, ids = bytes.fromhex(numbers), bytes.fromhex(ids)
                 if len(numbers) * ENTRY_ID_BYTES != len(ids) * _NUMBER_BYTES:
                     raise _damaged(self._path, key, "its entry rows and ids do not pair up")
@@ -1018,6 +1026,17 @@ def _unbind(connection: sqlite3.Connection, sql: str, count: int) -> None:
 # ETag-first (session 28). Every commit reads its keys' ETags (the preconditions), and
 # a cycle's batch reads its objects' ETags on the event loop's thread (get_etags).
 _ETAGS_AS_JSON = "SELECT json_group_object(key, etag) FROM items WHERE key IN ({})"
+
+
+#: ``json.loads`` of a JSON object SQLite made (no whitespace around it): the decoder's
+#: scanner called at once, without ``loads``'s and ``decode``'s checks and two regular
+#: expression matches around it.
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _json_object(document: str) -> dict[str, Any]:
+    found: dict[str, Any] = _scan_json(document, 0)[0]
+    return found
 
 
 def _etags_in(connection: sqlite3.Connection, keys: Sequence[str]) -> dict[str, str]:
@@ -1455,13 +1474,6 @@ def _pooled_etag() -> str:
     return etags.pop()
 
 
-def _etag_of(ops: tuple[Operation, ...], key: str) -> str:
-    """The ETag the put of ``key`` among ``ops`` writes."""
-    if isinstance(ops, _Writes):
-        return ops.etags[key]
-    return _new_etag()
-
-
 #: Enum members read for every operation written, bound once: in Python 3.11 ``EnumType`` defines
 #: ``__getattr__``, so each ``Kind.MEMBER`` read goes through the class's attribute hook
 #: (about 420 instructions against about 40 for a module global; session 37).
@@ -1491,6 +1503,26 @@ def _check_precondition(op: Operation, found: str | None) -> None:
         f"{verb} of key {op.key!r} refused: {problem}",
         hint="somebody else wrote first; read the key again and decide whether to retry",
     )
+
+
+def _check_preconditions(ops: tuple[Operation, ...], found: dict[str, str]) -> None:
+    """:func:`_check_precondition` of each of ``ops`` against ``found`` (key -> ETag of
+    the keys that exist), in order; those that pass at a glance (no precondition, the
+    ETag found, absent as expected: nearly every one) without a call each."""
+    get = found.get
+    for op in ops:
+        expected, current = op.etag, get(op.key)
+        if expected is _ANY or expected == current or (expected is _ABSENT and current is None):
+            continue  # an ETag str equals a str only; an Expect equals nothing found
+        _check_precondition(op, current)
+
+
+def _etags_of(ops: tuple[Operation, ...]) -> dict[str, str]:
+    """key -> the ETag each put of ``ops`` writes: those :class:`_Writes` chose, or new
+    ones (a tuple of operations that did not come through :meth:`SqliteStore.transact`)."""
+    if isinstance(ops, _Writes):
+        return ops.etags
+    return {op.key: _new_etag() for op in ops if isinstance(op, Put)}
 
 
 def _check_operations(ops: tuple[Operation, ...]) -> None:
