@@ -659,10 +659,12 @@ class SqliteStore:
             if len(group) == 1:
                 # One caller (every commit of a quiet host): the transaction is its
                 # savepoint; a failure rolls it all back, which is all its writes.
-                outcomes = [self._apply_caller(group[0], savepoint=False)]
-                if outcomes[0] is not None:
+                outcomes: builtins.list[BaseException | None] = [None]
+                try:
+                    self._apply(group[0])
+                except (ConcurrencyError, sqlite3.Error) as exc:
                     _rollback(connection)
-                    return outcomes
+                    return [exc]
             else:
                 outcomes = self._apply_together(group)
             connection.execute("COMMIT")
@@ -720,24 +722,21 @@ class SqliteStore:
             # a savepoint of its own, its preconditions checked again.
             _rollback(connection)
             connection.execute("BEGIN IMMEDIATE")
-            return [self._apply_caller(ops, savepoint=True) for ops in group]
+            return [self._apply_caller(ops) for ops in group]
         return outcomes
 
-    def _apply_caller(self, ops: tuple[Operation, ...], *, savepoint: bool) -> BaseException | None:
-        """One caller's writes, or the error that refused them (rolled back to its
-        savepoint when it has one; without one the caller rolls back the transaction)."""
+    def _apply_caller(self, ops: tuple[Operation, ...]) -> BaseException | None:
+        """One caller's writes in a savepoint of their own, or the error that refused
+        them (rolled back to that savepoint)."""
         connection = self._connection
-        if savepoint:
-            connection.execute("SAVEPOINT caller")
+        connection.execute("SAVEPOINT caller")
         try:
             self._apply(ops)
         except (ConcurrencyError, sqlite3.Error) as exc:
-            if savepoint:
-                connection.execute("ROLLBACK TO caller")
-                connection.execute("RELEASE caller")
-            return exc
-        if savepoint:
+            connection.execute("ROLLBACK TO caller")
             connection.execute("RELEASE caller")
+            return exc
+        connection.execute("RELEASE caller")
         return None
 
     def _apply(self, ops: tuple[Operation, ...]) -> None:
@@ -828,19 +827,23 @@ class SqliteStore:
         top = 0
         remembered = self._entry_lists
         for start in range(0, len(keys), _CHUNK):
-            largest, document = connection.execute(
-                *_listed(_STATE_AS_JSON, keys[start : start + _CHUNK])
+            chunk = keys if len(keys) <= _CHUNK else keys[start : start + _CHUNK]
+            largest, document, split = connection.execute(
+                *_listed(_STATE_AS_JSON, chunk)
             ).fetchone()
             top = largest or 0
-            for key, state in _json_object(document).items():
-                if type(state) is builtins.list:  # kept as rows: [ETag]
-                    (state,) = state
+            etags: dict[str, str] = _json_object(document)
+            if found:
+                found.update(etags)
+            else:
+                found = etags
+            if split != "[]":  # keys kept as rows (none, for most writes)
+                for key in _scan_json(split, 0)[0]:
                     known = remembered.get(key)
-                    if known is not None and known[0] == state:
+                    if known is not None and known[0] == etags[key]:
                         rows[key] = known[1:]
                     else:
                         unknown.append(key)
-                found[key] = state
         for start in range(0, len(unknown), _CHUNK):
             (document,) = connection.execute(
                 *_listed(_ENTRY_LISTS_AS_JSON, unknown[start : start + _CHUNK])
@@ -1050,12 +1053,14 @@ def _etags_in(connection: sqlite3.Connection, keys: Sequence[str]) -> dict[str, 
     return found
 
 
-#: What the writer reads of the keys it writes, one row per statement (see _apply): each
-#: key's ETag, as ``[ETag]`` for a value kept as a head and entry rows; and the largest
-#: entry row number.
+#: What the writer reads of the keys it writes, one row per statement (see _apply): the
+#: largest entry row number, each key's ETag, and the keys of values kept as a head and
+#: entry rows (a JSON array, ``[]`` for most writes: the ETags' object is then taken as
+#: it was decoded, with no Python step per key).
 _STATE_AS_JSON = (
-    "SELECT (SELECT max(number) FROM entries), json_group_object(key, CASE WHEN"
-    " length(entry_rows) THEN json_array(etag) ELSE etag END) FROM items WHERE key IN ({})"
+    "SELECT (SELECT max(number) FROM entries), json_group_object(key, etag),"
+    " json_group_array(key) FILTER (WHERE length(entry_rows))"
+    " FROM items WHERE key IN ({})"
 )
 #: The entry rows' numbers and the entries' ids of values kept as rows, as hex.
 _ENTRY_LISTS_AS_JSON = (
@@ -1310,10 +1315,11 @@ def _configure(connection: sqlite3.Connection, file: Path, busy_timeout: float) 
 
 
 #: What the store's statements need of the SQLite library Python was built with: an
-#: upsert (3.24) and the JSON functions (``_ETAGS_AS_JSON``; built in since 3.38, an
-#: option before). Tried once per connection, so a library without them is named at
-#: open time rather than failing the first commit.
-_FEATURE_PROBE = "SELECT json_group_object('key', 'etag')"
+#: upsert (3.24), the JSON functions (``_ETAGS_AS_JSON``; built in since 3.38, an
+#: option before) and an aggregate's FILTER clause (3.30, ``_STATE_AS_JSON``). Tried
+#: once per connection, so a library without them is named at open time rather than
+#: failing the first commit.
+_FEATURE_PROBE = "SELECT json_group_object('key', 'etag'), json_group_array('key') FILTER (WHERE 1)"
 
 
 def _require_features(connection: sqlite3.Connection) -> None:
