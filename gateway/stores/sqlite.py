@@ -659,10 +659,12 @@ class SqliteStore:
             if len(group) == 1:
                 # One caller (every commit of a quiet host): the transaction is its
                 # savepoint; a failure rolls it all back, which is all its writes.
-                outcomes = [self._apply_caller(group[0], savepoint=False)]
-                if outcomes[0] is not None:
+                outcomes: builtins.list[BaseException | None] = [None]
+                try:
+                    self._apply(group[0])
+                except (ConcurrencyError, sqlite3.Error) as exc:
                     _rollback(connection)
-                    return outcomes
+                    return [exc]
             else:
                 outcomes = self._apply_together(group)
             connection.execute("COMMIT")
@@ -693,20 +695,21 @@ class SqliteStore:
         final: dict[str, tuple[Put, str] | None] = {}
         for ops in group:
             try:
-                for op in ops:
-                    _check_precondition(op, seen.get(op.key))
+                _check_preconditions(ops, seen)
             except ConcurrencyError as exc:
                 outcomes.append(exc)
                 continue
             outcomes.append(None)
+            etags = _etags_of(ops)
             for op in ops:
+                key = op.key
                 if isinstance(op, Put):
-                    etag = _etag_of(ops, op.key)
-                    seen[op.key] = etag
-                    final[op.key] = (op, etag)
+                    etag = etags[key]
+                    seen[key] = etag
+                    final[key] = (op, etag)
                 else:
-                    seen.pop(op.key, None)
-                    final[op.key] = None
+                    seen.pop(key, None)
+                    final[key] = None
         try:
             self._write(
                 [(key, *kept) for key, kept in final.items() if kept is not None],
@@ -719,24 +722,21 @@ class SqliteStore:
             # a savepoint of its own, its preconditions checked again.
             _rollback(connection)
             connection.execute("BEGIN IMMEDIATE")
-            return [self._apply_caller(ops, savepoint=True) for ops in group]
+            return [self._apply_caller(ops) for ops in group]
         return outcomes
 
-    def _apply_caller(self, ops: tuple[Operation, ...], *, savepoint: bool) -> BaseException | None:
-        """One caller's writes, or the error that refused them (rolled back to its
-        savepoint when it has one; without one the caller rolls back the transaction)."""
+    def _apply_caller(self, ops: tuple[Operation, ...]) -> BaseException | None:
+        """One caller's writes in a savepoint of their own, or the error that refused
+        them (rolled back to that savepoint)."""
         connection = self._connection
-        if savepoint:
-            connection.execute("SAVEPOINT caller")
+        connection.execute("SAVEPOINT caller")
         try:
             self._apply(ops)
         except (ConcurrencyError, sqlite3.Error) as exc:
-            if savepoint:
-                connection.execute("ROLLBACK TO caller")
-                connection.execute("RELEASE caller")
-            return exc
-        if savepoint:
+            connection.execute("ROLLBACK TO caller")
             connection.execute("RELEASE caller")
+            return exc
+        connection.execute("RELEASE caller")
         return None
 
     def _apply(self, ops: tuple[Operation, ...]) -> None:
@@ -748,15 +748,19 @@ class SqliteStore:
         current, stored = self._state_in([op.key for op in ops])
         # Check every precondition before the first write: a failure then leaves nothing
         # to undo in this caller's savepoint.
-        for op in ops:
-            _check_precondition(op, current.get(op.key))
+        _check_preconditions(ops, current)
         # No key appears twice in a transaction, so the order of puts and deletes does
         # not matter.
-        self._write(
-            [(op.key, op, _etag_of(ops, op.key)) for op in ops if isinstance(op, Put)],
-            [op.key for op in ops if not isinstance(op, Put) and op.key in current],
-            stored,
-        )
+        etags = _etags_of(ops)
+        puts: builtins.list[tuple[str, Put, str]] = []
+        gone: builtins.list[str] = []
+        for op in ops:
+            key = op.key
+            if isinstance(op, Put):
+                puts.append((key, op, etags[key]))
+            elif key in current:
+                gone.append(key)
+        self._write(puts, gone, stored)
 
     def _write(
         self,
@@ -770,6 +774,7 @@ class SqliteStore:
         held that the new value does not list is deleted, in this same transaction."""
         connection = self._connection
         held, number = stored.rows, stored.top
+        remembered = self._entry_lists
         whole: builtins.list[tuple[str, bytes, str]] = []
         heads: builtins.list[tuple[str, str, bytes, int, bytes, bytes]] = []
         added: builtins.list[tuple[int, bytes, bytes]] = []
@@ -783,7 +788,8 @@ class SqliteStore:
                 whole.append((key, op.value, etag))
                 if old is not None:
                     dropped += _numbers(old[0])
-                self._forget_entry_list(key)
+                if key in remembered:
+                    self._forget_entry_list(key)
             else:
                 head, at, numbers, ids, number = split
                 heads.append((key, etag, head, at, numbers, ids))
@@ -791,7 +797,8 @@ class SqliteStore:
         for key in gone:
             if key in held:
                 dropped += _numbers(held[key][0])
-            self._forget_entry_list(key)
+            if key in remembered:
+                self._forget_entry_list(key)
         for start in range(0, len(whole), _UPSERT_ROWS):
             self._upsert(_UPSERT, "(?, ?, ?)", whole[start : start + _UPSERT_ROWS], 1)
         for start in range(0, len(heads), _UPSERT_ROWS):
@@ -820,24 +827,28 @@ class SqliteStore:
         top = 0
         remembered = self._entry_lists
         for start in range(0, len(keys), _CHUNK):
-            largest, document = connection.execute(
-                *_listed(_STATE_AS_JSON, keys[start : start + _CHUNK])
+            chunk = keys if len(keys) <= _CHUNK else keys[start : start + _CHUNK]
+            largest, document, split = connection.execute(
+                *_listed(_STATE_AS_JSON, chunk)
             ).fetchone()
             top = largest or 0
-            for key, state in json.loads(document).items():
-                if type(state) is builtins.list:  # kept as rows: [ETag]
-                    (state,) = state
+            etags: dict[str, str] = _json_object(document)
+            if found:
+                found.update(etags)
+            else:
+                found = etags
+            if split != "[]":  # keys kept as rows (none, for most writes)
+                for key in _scan_json(split, 0)[0]:
                     known = remembered.get(key)
-                    if known is not None and known[0] == state:
+                    if known is not None and known[0] == etags[key]:
                         rows[key] = known[1:]
                     else:
                         unknown.append(key)
-                found[key] = state
         for start in range(0, len(unknown), _CHUNK):
             (document,) = connection.execute(
                 *_listed(_ENTRY_LISTS_AS_JSON, unknown[start : start + _CHUNK])
             ).fetchone()
-            for key, (numbers, ids) in json.loads(document).items():
+            for key, (numbers, ids) in _json_object(document).items():
                 numbers, ids = bytes.fromhex(numbers), bytes.fromhex(ids)
                 if len(numbers) * ENTRY_ID_BYTES != len(ids) * _NUMBER_BYTES:
                     raise _damaged(self._path, key, "its entry rows and ids do not pair up")
@@ -1020,6 +1031,17 @@ def _unbind(connection: sqlite3.Connection, sql: str, count: int) -> None:
 _ETAGS_AS_JSON = "SELECT json_group_object(key, etag) FROM items WHERE key IN ({})"
 
 
+#: ``json.loads`` of a JSON object SQLite made (no whitespace around it): the decoder's
+#: scanner called at once, without ``loads``'s and ``decode``'s checks and two regular
+#: expression matches around it.
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _json_object(document: str) -> dict[str, Any]:
+    found: dict[str, Any] = _scan_json(document, 0)[0]
+    return found
+
+
 def _etags_in(connection: sqlite3.Connection, keys: Sequence[str]) -> dict[str, str]:
     """The ETags of the existing keys among ``keys``, as one row per statement (a JSON object) rather than a row per key: see ``_apply``."""
     found: dict[str, str] = {}
@@ -1031,12 +1053,14 @@ def _etags_in(connection: sqlite3.Connection, keys: Sequence[str]) -> dict[str, 
     return found
 
 
-#: What the writer reads of the keys it writes, one row per statement (see _apply): each
-#: key's ETag, as ``[ETag]`` for a value kept as a head and entry rows; and the largest
-#: entry row number.
+#: What the writer reads of the keys it writes, one row per statement (see _apply): the
+#: largest entry row number, each key's ETag, and the keys of values kept as a head and
+#: entry rows (a JSON array, ``[]`` for most writes: the ETags' object is then taken as
+#: it was decoded, with no Python step per key).
 _STATE_AS_JSON = (
-    "SELECT (SELECT max(number) FROM entries), json_group_object(key, CASE WHEN"
-    " length(entry_rows) THEN json_array(etag) ELSE etag END) FROM items WHERE key IN ({})"
+    "SELECT (SELECT max(number) FROM entries), json_group_object(key, etag),"
+    " json_group_array(key) FILTER (WHERE length(entry_rows))"
+    " FROM items WHERE key IN ({})"
 )
 #: The entry rows' numbers and the entries' ids of values kept as rows, as hex.
 _ENTRY_LISTS_AS_JSON = (
@@ -1291,10 +1315,11 @@ def _configure(connection: sqlite3.Connection, file: Path, busy_timeout: float) 
 
 
 #: What the store's statements need of the SQLite library Python was built with: an
-#: upsert (3.24) and the JSON functions (``_ETAGS_AS_JSON``; built in since 3.38, an
-#: option before). Tried once per connection, so a library without them is named at
-#: open time rather than failing the first commit.
-_FEATURE_PROBE = "SELECT json_group_object('key', 'etag')"
+#: upsert (3.24), the JSON functions (``_ETAGS_AS_JSON``; built in since 3.38, an
+#: option before) and an aggregate's FILTER clause (3.30, ``_STATE_AS_JSON``). Tried
+#: once per connection, so a library without them is named at open time rather than
+#: failing the first commit.
+_FEATURE_PROBE = "SELECT json_group_object('key', 'etag'), json_group_array('key') FILTER (WHERE 1)"
 
 
 def _require_features(connection: sqlite3.Connection) -> None:
@@ -1455,13 +1480,6 @@ def _pooled_etag() -> str:
     return etags.pop()
 
 
-def _etag_of(ops: tuple[Operation, ...], key: str) -> str:
-    """The ETag the put of ``key`` among ``ops`` writes."""
-    if isinstance(ops, _Writes):
-        return ops.etags[key]
-    return _new_etag()
-
-
 #: Enum members read for every operation written, bound once: in Python 3.11 ``EnumType`` defines
 #: ``__getattr__``, so each ``Kind.MEMBER`` read goes through the class's attribute hook
 #: (about 420 instructions against about 40 for a module global; session 37).
@@ -1491,6 +1509,26 @@ def _check_precondition(op: Operation, found: str | None) -> None:
         f"{verb} of key {op.key!r} refused: {problem}",
         hint="somebody else wrote first; read the key again and decide whether to retry",
     )
+
+
+def _check_preconditions(ops: tuple[Operation, ...], found: dict[str, str]) -> None:
+    """:func:`_check_precondition` of each of ``ops`` against ``found`` (key -> ETag of
+    the keys that exist), in order; those that pass at a glance (no precondition, the
+    ETag found, absent as expected: nearly every one) without a call each."""
+    get = found.get
+    for op in ops:
+        expected, current = op.etag, get(op.key)
+        if expected is _ANY or expected == current or (expected is _ABSENT and current is None):
+            continue  # an ETag str equals a str only; an Expect equals nothing found
+        _check_precondition(op, current)
+
+
+def _etags_of(ops: tuple[Operation, ...]) -> dict[str, str]:
+    """key -> the ETag each put of ``ops`` writes: those :class:`_Writes` chose, or new
+    ones (a tuple of operations that did not come through :meth:`SqliteStore.transact`)."""
+    if isinstance(ops, _Writes):
+        return ops.etags
+    return {op.key: _new_etag() for op in ops if isinstance(op, Put)}
 
 
 def _check_operations(ops: tuple[Operation, ...]) -> None:
