@@ -495,7 +495,7 @@ def _cut(message: object_pb2.StoredObject) -> _Cut | None:
     )
 
 
-def _keep_wire(obj: GovernedObject, cut: _Cut, entry_ids: bytes) -> None:
+def _keep_wire(obj: GovernedObject, cut: _Cut, entry_ids: bytes, raw: bytes = b"") -> None:
     """Give the fresh log of ``obj`` (decoded from a record this host stored, ``cut``
     from its message serialized again, :func:`_cut`) what encoding ``obj`` again would
     build: the encoding of its entries (:func:`_entries_wire`) and the parts of the
@@ -516,7 +516,11 @@ def _keep_wire(obj: GovernedObject, cut: _Cut, entry_ids: bytes) -> None:
     order) become the log's :attr:`~gateway.lineage._Log.wire_ids`: the next put then
     hashes only the entries appended since (a record read back from the store hashed
     every entry it carried for its ids). Ids of another count are not the record's
-    entries' and are ignored (the put hashes them all, as before)."""
+    entries' and are ignored (the put hashes them all, as before).
+
+    ``raw``: the bytes the record was decoded from. When they are the message serialized
+    again (this host wrote them) and mostly entries, the log's encoding of its entries
+    is a view of them, not a copy (see :func:`_held_wire`)."""
     log = obj.lineage._log
     if log.wire_ends or log.parts is not None:
         return
@@ -530,7 +534,7 @@ def _keep_wire(obj: GovernedObject, cut: _Cut, entry_ids: bytes) -> None:
         # Each entry's end: the running sum of its tag (1 byte), length (2) and bytes.
         ends = list(itertools.accumulate(map(operator.add, sizes, itertools.repeat(3))))
         entries_end = entries_at + ends[-1]
-        log.wire = bytearray(whole[entries_at:entries_end])
+        log.wire = _held_wire(raw if raw == whole else whole, entries_at, ends[-1], raw)
         log.wire_ends = ends
     elif sizes:
         return
@@ -555,6 +559,21 @@ def _keep_wire(obj: GovernedObject, cut: _Cut, entry_ids: bytes) -> None:
     )
     body, envelopes, tail = _part_values(obj)
     log.parts = (body, envelopes, tail, data, parts, body + envelopes + tail)
+
+
+def _held_wire(record: bytes, at: int, size: int, held: bytes) -> bytearray | memoryview:
+    """What a log keeps as the encoding of its entries, which are ``record[at : at +
+    size]``: a view of ``record`` when that is ``held`` (the bytes the record was read
+    as, which the journal's memo of objects holds with the object) and the entries are
+    at least half of it; else a copy. The copy was the third copy of the object's
+    history (each stored entry holds its own bytes, and the memo the record): about
+    5 KB of the 17 KB a P5 object took decoded. A record mostly data is not held alive
+    for its entries (a view keeps the whole record). The record is immutable, so the
+    view never changes; a log appending to it copies it first (:func:`_entries_wire`),
+    as the decode did before: an object only read keeps no copy."""
+    if record is held and 2 * size >= len(record):
+        return memoryview(record)[at : at + size]
+    return bytearray(record[at : at + size])
 
 
 #: The most data whose head :func:`_keep_wire` cuts from a stored record (a copy of
@@ -786,10 +805,15 @@ def _decode_authority(raw: bytes) -> EffectiveAuthority:
 
 
 def _stored_from_pb(
-    message: object_pb2.StoredObject, *, lazy: bool = True, entry_ids: bytes = b""
+    message: object_pb2.StoredObject,
+    *,
+    lazy: bool = True,
+    entry_ids: bytes = b"",
+    raw: bytes = b"",
 ) -> GovernedObject:
     """An object this host stored; ``lazy``: its lineage's entries decoded when first read
-    (see :meth:`LineageEntry.stored`: what a cycle reads), else each decoded now."""
+    (see :meth:`LineageEntry.stored`: what a cycle reads), else each decoded now;
+    ``raw``: the bytes ``message`` was parsed from (see :func:`_keep_wire`)."""
     state = _STATE_FROM_PB.get(message.state)
     if state is None:
         raise PayloadDecodeError(
@@ -817,7 +841,7 @@ def _stored_from_pb(
         blob=blob,
     )
     if cut is not None:
-        _keep_wire(obj, cut, entry_ids)
+        _keep_wire(obj, cut, entry_ids, raw)
     return obj
 
 
@@ -1314,7 +1338,7 @@ def _log_and_count(lineage: Lineage) -> tuple[_Log, int]:
     return lineage._log, len(entries)  # never: Lineage's __post_init__ makes Entries
 
 
-def _entries_wire(lineage: Lineage) -> tuple[bytearray, int]:
+def _entries_wire(lineage: Lineage) -> tuple[bytearray | memoryview, int]:
     """The encoding of field 1 of ``lineage``'s Lineage message (its entries), from the
     encoding its log keeps, extended by the entries not encoded yet. The log holds the
     entries of every value appended from it; this value sees the first ``count``: the
@@ -1325,6 +1349,8 @@ def _entries_wire(lineage: Lineage) -> tuple[bytearray, int]:
     done = len(ends)
     if done < count:
         buffer = log.wire
+        if type(buffer) is not bytearray:  # a view of a record (_held_wire): copied
+            buffer = log.wire = bytearray(buffer)
         for entry in log.entries[done:count]:
             raw = entry.encode()
             buffer += _ENTRY_TAG
@@ -1374,7 +1400,7 @@ def decode_object(raw: bytes, *, entry_ids: bytes = b"") -> GovernedObject:
     for its lineage's entries (:attr:`gateway.stores.Item.entry_ids`), kept by its log
     for the object's next write (see :func:`_keep_wire`)."""
     message = _parse(object_pb2.StoredObject(), raw, "stored object", canonical=False)
-    return _stored_from_pb(message, entry_ids=entry_ids)
+    return _stored_from_pb(message, entry_ids=entry_ids, raw=raw)
 
 
 # --- transfers and receipts ---------------------------------------------------------

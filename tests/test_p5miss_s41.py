@@ -1,0 +1,131 @@
+"""A decoded object's log holds its entries' encoding as a view of the record's own
+bytes, not a copy (session 41, docs/benchmarks.md "P5's memo miss, again"): the journal's
+memo of objects holds those bytes anyway, and every stored entry holds its own bytes, so
+the copy was a third copy of the object's history. Each shortcut is held equal to the
+plain path (serializing the whole message), refusals included."""
+
+from __future__ import annotations
+
+import pickle
+import random
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from gateway import wire
+from gateway.errors import GatewayError
+from gateway.lineage import EntryKind
+from gateway.model import GovernedObject
+from gateway.v1 import object_pb2
+from tests.test_compaction import created
+from tests.test_lineage import HOST_A, T0
+from tests.test_object_encoding import whole
+from tests.test_p5miss_s40 import _grown
+
+
+def _cycled(count: int, *, detail: str = "run") -> GovernedObject:
+    obj = created()
+    for generation in range(count):
+        at = T0 + timedelta(seconds=generation + 1)
+        obj = obj.record(EntryKind.EVALUATED, host=HOST_A, at=at, detail=f"{detail} {generation}")
+    return obj
+
+
+def _view_of(obj: GovernedObject) -> object:
+    """What the log's encoding of its entries is a view of (None: the log's own bytes)."""
+    held = obj.lineage._log.wire
+    return held.obj if type(held) is memoryview else None
+
+
+def test_a_decoded_log_holds_a_view_of_the_records_bytes_not_a_copy() -> None:
+    raw = wire.encode_object(_cycled(8))
+    decoded = wire.decode_object(raw)
+    assert _view_of(decoded) is raw
+    entries = decoded.lineage.entries
+    assert bytes(decoded.lineage._log.wire) == b"".join(
+        b"\x0a" + wire._varint(len(entry.encode())) + entry.encode() for entry in entries
+    )
+
+
+def test_a_log_appending_to_a_view_copies_it_first() -> None:
+    """A cycle's append copies the record's entries into the log's own bytes (the record
+    is left as it was), and every encoding after it is the whole message's, an older
+    value's included."""
+    obj = _cycled(8)
+    raw = wire.encode_object(obj)
+    kept = bytes(raw)
+    decoded = wire.decode_object(raw)
+    again = decoded.record(EntryKind.EVALUATED, host=HOST_A, at=T0 + timedelta(days=1))
+    value = wire.encode_object(again)
+    assert value == whole(again)
+    assert _view_of(again) is None
+    assert raw == kept
+    third = again.record(EntryKind.EVALUATED, host=HOST_A, at=T0 + timedelta(days=2))
+    assert wire.encode_object(third) == whole(third)
+    assert wire.encode_object(again) == value  # an older value: its own entries
+    assert wire.encode_object(decoded) == raw
+
+
+def test_a_log_with_large_data_keeps_its_own_copy() -> None:
+    """A record mostly data is not held alive for its entries: the log copies them."""
+    obj = replace(_cycled(3), data=b"x" * 20_000)
+    raw = wire.encode_object(obj)
+    decoded = wire.decode_object(raw)
+    assert _view_of(decoded) is None
+    again = decoded.record(EntryKind.EVALUATED, host=HOST_A, at=T0 + timedelta(days=1))
+    assert wire.encode_object(again) == whole(again)
+    assert _view_of(again) is None
+
+
+def test_a_decoded_log_pickles_with_its_entries() -> None:
+    decoded = wire.decode_object(wire.encode_object(_cycled(4)))
+    copy = pickle.loads(pickle.dumps(decoded))
+    assert copy == decoded
+    assert bytes(copy.lineage._log.wire) == bytes(decoded.lineage._log.wire)
+    again = copy.record(EntryKind.EVALUATED, host=HOST_A, at=T0 + timedelta(days=1))
+    assert wire.encode_object(again) == whole(again)
+
+
+def _damaged(rng: random.Random, raw: bytes) -> bytes:
+    at = rng.randrange(len(raw))
+    return raw[:at] + bytes((raw[at] ^ (1 << rng.randrange(8)),)) + raw[at + 1 :]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_records_read_back_and_written_again_equal_the_plain_paths(seed: int) -> None:
+    """Seeded histories (cycles that fold or not, entries recorded, compactions), read
+    back and written again by turns, older values encoded after newer ones, transfers
+    and forks among them: every encoding is the whole message serialized, and damaged
+    records are refused as the plain decode refuses them."""
+    rng = random.Random(seed)
+    obj = _cycled(rng.randrange(1, 6), detail="x" * rng.choice((1, 40, 300)))
+    older: list[GovernedObject] = []
+    for _step in range(30):
+        obj = _grown(rng, obj, 1 + rng.randrange(3))
+        value = wire.encode_object(obj)
+        assert value == whole(obj)
+        what = rng.random()
+        if what < 0.5:
+            obj = wire.decode_object(value if rng.random() < 0.8 else bytes(bytearray(value)))
+            assert wire.encode_object(obj) == value
+        elif what < 0.6:
+            obj = replace(obj, data=rng.randbytes(rng.choice((10, 600, 9000))))
+        older.append(obj)
+        if older and rng.random() < 0.3:
+            old = rng.choice(older)
+            assert wire.encode_object(old) == whole(old)
+            if rng.random() < 0.3:  # a fork: appending to an older value copies its log
+                fork = old.record(EntryKind.EVALUATED, host=HOST_A, at=T0 + timedelta(days=9))
+                assert wire.encode_object(fork) == whole(fork)
+        damaged = _damaged(rng, value)
+        try:
+            fast = wire.decode_object(damaged)
+        except GatewayError:  # then the strict decode refuses it too
+            with pytest.raises(GatewayError):
+                wire._stored_from_pb(
+                    wire._parse(object_pb2.StoredObject(), damaged, "x", canonical=False),
+                    lazy=False,
+                )
+        else:
+            assert wire.encode_object(fast) == whole(fast)
