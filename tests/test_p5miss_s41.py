@@ -6,6 +6,7 @@ plain path (serializing the whole message), refusals included."""
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import random
 from dataclasses import replace
@@ -13,10 +14,11 @@ from datetime import timedelta
 
 import pytest
 
-from gateway import wire
+from gateway import limits, wire
 from gateway.errors import GatewayError
 from gateway.lineage import EntryKind
 from gateway.model import GovernedObject
+from gateway.rules import MAX_RULES
 from gateway.v1 import object_pb2
 from tests.test_compaction import created
 from tests.test_lineage import HOST_A, T0
@@ -129,3 +131,59 @@ def test_records_read_back_and_written_again_equal_the_plain_paths(seed: int) ->
                 )
         else:
             assert wire.encode_object(fast) == whole(fast)
+
+
+_FAULTS = ("data", "subscriptions", "answers", "rules", "checkpoints", "arrivals")
+
+
+def _faulty(faults: tuple[str, ...]) -> bytes:
+    """A stored record with each of ``faults`` (a count over its limit, or data that does
+    not match its digest)."""
+    message = object_pb2.StoredObject()
+    message.ParseFromString(wire.encode_object(_cycled(3)))
+    snapshot = message.snapshot
+    if "data" in faults:
+        snapshot.data = b'{"a":1}'
+    if "subscriptions" in faults:
+        snapshot.subscriptions.extend(f"t/{i}" for i in range(limits.MAX_SUBSCRIPTIONS + 1))
+    if "answers" in faults:
+        snapshot.answers.extend(
+            object_pb2.Answer(method=f"m{i}") for i in range(limits.MAX_ANSWERS + 1)
+        )
+    if "rules" in faults:
+        rule = snapshot.rules[0] if snapshot.rules else object_pb2.Rule(name="r", when="true")
+        snapshot.rules.extend([rule] * (MAX_RULES + 1))
+    if "checkpoints" in faults:
+        message.lineage.checkpoints.extend([b"x"] * (limits.MAX_HANDOFFS + 1))
+    if "arrivals" in faults:
+        message.lineage.arrivals.extend([b"x"] * (limits.MAX_HANDOFFS + 1))
+    return message.SerializeToString(deterministic=True)
+
+
+_FIRST_FAULT_SAYS = {
+    "data": "does not match its digest",
+    "subscriptions": "subscriptions and",
+    "answers": "subscriptions and",
+    "rules": "rules; at most",
+    "checkpoints": "checkpoints; at most",
+    "arrivals": "arrivals; at most",
+}
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [faults for size in (1, 2, 3) for faults in itertools.combinations(_FAULTS, size)],
+)
+def test_a_record_with_several_faults_is_refused_for_the_first_one_read(
+    faults: tuple[str, ...],
+) -> None:
+    """Counts are checked before the items are read, in the order the fields were always
+    read (data, subscriptions and answers, rules, checkpoints, arrivals): a record with
+    several faults is refused for the first of them, by the lazy and the strict decode."""
+    raw = _faulty(faults)
+    says = _FIRST_FAULT_SAYS[faults[0]]
+    with pytest.raises(GatewayError, match=says):
+        wire.decode_object(raw)
+    message = wire._parse(object_pb2.StoredObject(), raw, "x", canonical=False)
+    with pytest.raises(GatewayError, match=says):
+        wire._stored_from_pb(message, lazy=False)
