@@ -9,14 +9,16 @@ from __future__ import annotations
 import itertools
 import pickle
 import random
+import re
 from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
 from gateway import limits, wire
+from gateway import lineage as lineage_module
 from gateway.errors import GatewayError
-from gateway.lineage import EntryKind
+from gateway.lineage import EntryKind, LineageEntry
 from gateway.model import GovernedObject
 from gateway.rules import MAX_RULES
 from gateway.v1 import object_pb2
@@ -187,3 +189,45 @@ def test_a_record_with_several_faults_is_refused_for_the_first_one_read(
     message = wire._parse(object_pb2.StoredObject(), raw, "x", canonical=False)
     with pytest.raises(GatewayError, match=says):
         wire._stored_from_pb(message, lazy=False)
+
+
+def _slots(entry: LineageEntry) -> tuple[type, object, object]:
+    return type(entry), object.__getattribute__(entry, "_raw"), entry._leaf
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_stored_entries_are_each_the_entry_stored_makes(seed: int) -> None:
+    """stored_entries makes, for a list of plain bytes within the bound, the entries
+    LineageEntry.stored makes one by one (same class, bytes and unset leaf, equal once
+    read), and takes their path for anything else: bytes past the bound refused with
+    the same error, a bytearray decoded at once, damaged bytes refused when read."""
+    rng = random.Random(seed)
+    good = [entry.encode() for entry in _cycled(6).lineage.entries]
+    for _case in range(20):
+        raws: list[bytes] = [rng.choice(good) for _ in range(rng.randrange(0, 9))]
+        what = rng.random()
+        if what < 0.15 and raws:
+            raws[rng.randrange(len(raws))] = b"x" * (lineage_module.MAX_ENTRY_BYTES + 1)
+        elif what < 0.3 and raws:
+            at = rng.randrange(len(raws))
+            raws[at] = bytearray(raws[at])  # type: ignore[call-overload]
+        elif what < 0.45 and raws:
+            at = rng.randrange(len(raws))
+            raws[at] = raws[at].replace(b'"seq":', b'"seq": ')
+        try:
+            plain = [LineageEntry.stored(raw) for raw in raws]
+        except GatewayError as exc:
+            with pytest.raises(type(exc), match=re.escape(str(exc))):
+                lineage_module.stored_entries(raws)
+            continue
+        fast = lineage_module.stored_entries(raws)
+        assert type(fast) is list
+        assert list(map(_slots, fast)) == list(map(_slots, plain))
+        for mine, theirs in zip(fast, plain, strict=True):
+            try:
+                expected = theirs.seq
+            except GatewayError as exc:
+                with pytest.raises(type(exc)):
+                    mine.seq  # noqa: B018  (the read is the test)
+            else:
+                assert mine.seq == expected and mine == theirs
