@@ -231,3 +231,47 @@ def test_stored_entries_are_each_the_entry_stored_makes(seed: int) -> None:
                     mine.seq  # noqa: B018  (the read is the test)
             else:
                 assert mine.seq == expected and mine == theirs
+
+
+def _cycle_records(rng: random.Random) -> list[bytes]:
+    """Stored records of one object at random cycle states, some in runs of the same
+    state (a batch), some a stored record would never hold (refused)."""
+    message = object_pb2.StoredObject()
+    message.ParseFromString(wire.encode_object(_cycled(2)))
+    records = []
+    state = message.snapshot.cycle
+    for _ in range(40):
+        if rng.random() < 0.6:  # a new state; else the last one again
+            state.Clear()
+            if rng.random() < 0.9:
+                state.generation = rng.choice((0, 1, 7, 1 << 40))
+            if rng.random() < 0.8:
+                state.interval_ms = rng.choice((1, 1000, 86_400_000, 1 << 62))
+            if rng.random() < 0.8:
+                state.next_due.seconds = rng.choice((0, 1_800_000_000, 1 << 40, -5))
+                state.next_due.nanos = rng.choice((0, 1_000_000, 1_500_000, 999_999_999))
+            if rng.random() < 0.1:
+                message.snapshot.ClearField("cycle")
+        records.append(message.SerializeToString(deterministic=True))
+    return records
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_remembered_cycle_state_is_the_one_reading_its_field_gives(seed: int) -> None:
+    """Records decoded in turn (runs of one cycle state among others) carry the cycle
+    state the plain read of their field gives, and are refused as it refuses them."""
+    rng = random.Random(seed)
+    for raw in _cycle_records(rng):
+        message = wire._parse(object_pb2.StoredObject(), raw, "x", canonical=False)
+        try:
+            expected = wire._cycle_from_pb(message.snapshot.cycle, exact=False)
+        except GatewayError as exc:
+            with pytest.raises(type(exc), match=re.escape(str(exc))):
+                wire.decode_object(raw)
+            continue
+        decoded = wire.decode_object(raw)
+        assert decoded.cycle == expected
+        assert (decoded.cycle.interval, decoded.cycle.next_due) == (
+            expected.interval,
+            expected.next_due,
+        )
