@@ -559,7 +559,9 @@ def _keep_wire(obj: GovernedObject, cut: _Cut, entry_ids: bytes, raw: bytes = b"
         # Each entry's end: the running sum of its tag (1 byte), length (2) and bytes.
         ends = list(itertools.accumulate(map(operator.add, sizes, itertools.repeat(3))))
         entries_end = entries_at + ends[-1]
-        log.wire = _held_wire(raw if raw == whole else whole, entries_at, ends[-1], raw)
+        # Only bytes (immutable) are viewed: a bytearray handed in could change later.
+        same = type(raw) is bytes and raw == whole
+        log.wire = _held_wire(raw if same else whole, entries_at, ends[-1], raw)
         log.wire_ends = ends
     elif sizes:
         return
