@@ -364,6 +364,28 @@ _LAST_DUE: tuple[tuple[int, int, bool] | None, datetime | None] = (None, None)
 _cycle_state = builder(CycleState, "generation", "interval", "next_due")
 
 
+def _stored_cycle(snapshot: object_pb2.ObjectSnapshot, wire: bytes, exact: bool) -> CycleState:
+    """``_cycle_from_pb(snapshot.cycle, exact=exact)``, where ``wire`` is that field's
+    encoding (cut from the record serialized again, :func:`_cut`): the state read last
+    is given again for the same bytes. The objects one batch of cycles wrote share their
+    generation (they cycle in turn) and next due time, and are read back together; six
+    field reads and a CycleState cost about 10k instructions a decode. The bytes say
+    every field (unknown ones were discarded at the parse) and a CycleState is
+    immutable, so a hit is what reading again would give; a refusal is not held."""
+    global _LAST_CYCLE
+    last = _LAST_CYCLE  # one read: the slot is replaced whole, never changed
+    if last[0] == wire and last[1] is exact and last[2] is not None:
+        return last[2]
+    cycle = _cycle_from_pb(snapshot.cycle, exact=exact)
+    _LAST_CYCLE = (wire, exact, cycle)
+    return cycle
+
+
+#: The last cycle state :func:`_stored_cycle` read: its field's bytes, ``exact``, and the
+#: state.
+_LAST_CYCLE: tuple[bytes, bool, CycleState | None] = (b"", False, None)
+
+
 #: The longest evaluation interval read, in the stored unit.
 _MAX_INTERVAL_MS = MAX_CYCLE_INTERVAL // timedelta(milliseconds=1)
 
@@ -434,7 +456,10 @@ def decode_lineage(raw: bytes, *, max_size: int = MAX_ENVELOPE_BYTES) -> Lineage
 def _lineage_from_pb(message: object_pb2.Lineage, *, stored: bool = False) -> Lineage:
     """The lineage in ``message``; ``stored``: read from this host's store, its entries
     decoded when first read (:meth:`LineageEntry.stored`), else each decoded now."""
-    for name, items in (("checkpoints", message.checkpoints), ("arrivals", message.arrivals)):
+    # Each repeated field's container read once (each read of a field makes a new one,
+    # about 1.5k instructions), and counted before its items are read.
+    held_checkpoints, held_arrivals = message.checkpoints, message.arrivals
+    for name, items in (("checkpoints", held_checkpoints), ("arrivals", held_arrivals)):
         # Each is a signature to check: bounded before any is decoded or verified.
         if len(items) > limits.MAX_HANDOFFS:
             raise LimitExceededError(
@@ -447,8 +472,8 @@ def _lineage_from_pb(message: object_pb2.Lineage, *, stored: bool = False) -> Li
             if stored
             else tuple(map(LineageEntry.decode, message.entries[:]))
         )
-        checkpoints = tuple(decode_envelope(raw) for raw in message.checkpoints[:])
-        arrivals = tuple(decode_envelope(raw) for raw in message.arrivals[:])
+        checkpoints = tuple(map(decode_envelope, held_checkpoints[:]))
+        arrivals = tuple(map(decode_envelope, held_arrivals[:]))
         base = decode_envelope(message.base) if message.base else None
         if type(entries) is list:  # stored: the log takes the fresh list as it is
             return stored_lineage(entries, checkpoints=checkpoints, arrivals=arrivals, base=base)
@@ -495,7 +520,7 @@ def _cut(message: object_pb2.StoredObject) -> _Cut | None:
     )
 
 
-def _keep_wire(obj: GovernedObject, cut: _Cut, entry_ids: bytes) -> None:
+def _keep_wire(obj: GovernedObject, cut: _Cut, entry_ids: bytes, raw: bytes = b"") -> None:
     """Give the fresh log of ``obj`` (decoded from a record this host stored, ``cut``
     from its message serialized again, :func:`_cut`) what encoding ``obj`` again would
     build: the encoding of its entries (:func:`_entries_wire`) and the parts of the
@@ -516,7 +541,11 @@ def _keep_wire(obj: GovernedObject, cut: _Cut, entry_ids: bytes) -> None:
     order) become the log's :attr:`~gateway.lineage._Log.wire_ids`: the next put then
     hashes only the entries appended since (a record read back from the store hashed
     every entry it carried for its ids). Ids of another count are not the record's
-    entries' and are ignored (the put hashes them all, as before)."""
+    entries' and are ignored (the put hashes them all, as before).
+
+    ``raw``: the bytes the record was decoded from. When they are the message serialized
+    again (this host wrote them) and mostly entries, the log's encoding of its entries
+    is a view of them, not a copy (see :func:`_held_wire`)."""
     log = obj.lineage._log
     if log.wire_ends or log.parts is not None:
         return
@@ -530,7 +559,9 @@ def _keep_wire(obj: GovernedObject, cut: _Cut, entry_ids: bytes) -> None:
         # Each entry's end: the running sum of its tag (1 byte), length (2) and bytes.
         ends = list(itertools.accumulate(map(operator.add, sizes, itertools.repeat(3))))
         entries_end = entries_at + ends[-1]
-        log.wire = bytearray(whole[entries_at:entries_end])
+        # Only bytes (immutable) are viewed: a bytearray handed in could change later.
+        same = type(raw) is bytes and raw == whole
+        log.wire = _held_wire(raw if same else whole, entries_at, ends[-1], raw)
         log.wire_ends = ends
     elif sizes:
         return
@@ -555,6 +586,21 @@ def _keep_wire(obj: GovernedObject, cut: _Cut, entry_ids: bytes) -> None:
     )
     body, envelopes, tail = _part_values(obj)
     log.parts = (body, envelopes, tail, data, parts, body + envelopes + tail)
+
+
+def _held_wire(record: bytes, at: int, size: int, held: bytes) -> bytearray | memoryview:
+    """What a log keeps as the encoding of its entries, which are ``record[at : at +
+    size]``: a view of ``record`` when that is ``held`` (the bytes the record was read
+    as, which the journal's memo of objects holds with the object) and the entries are
+    at least half of it; else a copy. The copy was the third copy of the object's
+    history (each stored entry holds its own bytes, and the memo the record): about
+    5 KB of the 17 KB a P5 object took decoded. A record mostly data is not held alive
+    for its entries (a view keeps the whole record). The record is immutable, so the
+    view never changes; a log appending to it copies it first (:func:`_entries_wire`),
+    as the decode did before: an object only read keeps no copy."""
+    if record is held and 2 * size >= len(record):
+        return memoryview(record)[at : at + size]
+    return bytearray(record[at : at + size])
 
 
 #: The most data whose head :func:`_keep_wire` cuts from a stored record (a copy of
@@ -614,6 +660,7 @@ def _object_from_snapshot(
     exact: bool = False,
     stored: bool = False,
     rules_wire: bytes | None = None,
+    cycle_wire: bytes | None = None,
     epoch: int = 0,
     state: LifecycleState = LifecycleState.ACTIVE,
     migration_id: str = "",
@@ -625,7 +672,8 @@ def _object_from_snapshot(
     authority_expires: datetime | None = None,
 ) -> GovernedObject:
     """The object in ``snapshot``; ``rules_wire``: its rules' encoding, if known (see
-    :func:`_rules_from_pb`); the keywords after it: its other fields (a
+    :func:`_rules_from_pb`); ``cycle_wire``: its cycle state's (:func:`_stored_cycle`);
+    the keywords after it: its other fields (a
     stored object's or a staged copy's, GovernedObject's defaults otherwise), given here
     rather than set by a ``replace`` after, which built every object decoded twice (a
     ``blob`` given replaces the snapshot's digest-only one)."""
@@ -644,10 +692,12 @@ def _object_from_snapshot(
         )
     # Counted before anything is built from them; their content is checked with the
     # rules (gateway.handoff.context.check_rules).
-    if len(snapshot.subscriptions) > MAX_SUBSCRIPTIONS or len(snapshot.answers) > MAX_ANSWERS:
+    # (Each container read once: each read of a repeated field makes a new one.)
+    held_subscriptions, held_answers = snapshot.subscriptions, snapshot.answers
+    if len(held_subscriptions) > MAX_SUBSCRIPTIONS or len(held_answers) > MAX_ANSWERS:
         raise LimitExceededError(
-            f"{snapshot.object_id:.200} has {len(snapshot.subscriptions)} subscriptions and "
-            f"{len(snapshot.answers)} answers; at most {MAX_SUBSCRIPTIONS} and {MAX_ANSWERS}"
+            f"{snapshot.object_id:.200} has {len(held_subscriptions)} subscriptions and "
+            f"{len(held_answers)} answers; at most {MAX_SUBSCRIPTIONS} and {MAX_ANSWERS}"
         )
     if len(snapshot.rules) > MAX_RULES:
         raise LimitExceededError(
@@ -658,8 +708,8 @@ def _object_from_snapshot(
     # instructions a field, seven fields an object). Built in the order the fields were
     # always read, so a record with several faults is refused for the same one.
     rules = _rules_from_pb(snapshot, rules_wire)
-    subscriptions = tuple(snapshot.subscriptions[:])
-    answers = tuple(_answer_from_pb(a) for a in snapshot.answers[:])
+    subscriptions = tuple(held_subscriptions[:])
+    answers = tuple(map(_answer_from_pb, held_answers[:]))
     # GovernedObject(...) with every field, by position (gateway/_slots.py): its frozen
     # keyword __init__ cost about 39k instructions a decode (tests/test_p5miss_s40.py
     # holds the two equal, and these keywords' defaults equal the class's).
@@ -671,7 +721,9 @@ def _object_from_snapshot(
         tuple(credentials),
         rules,
         _lineage_from_pb(lineage, stored=stored),
-        _cycle_from_pb(snapshot.cycle, exact=exact),
+        _cycle_from_pb(snapshot.cycle, exact=exact)
+        if cycle_wire is None
+        else _stored_cycle(snapshot, cycle_wire, exact),
         epoch,
         state,
         migration_id,
@@ -786,10 +838,15 @@ def _decode_authority(raw: bytes) -> EffectiveAuthority:
 
 
 def _stored_from_pb(
-    message: object_pb2.StoredObject, *, lazy: bool = True, entry_ids: bytes = b""
+    message: object_pb2.StoredObject,
+    *,
+    lazy: bool = True,
+    entry_ids: bytes = b"",
+    raw: bytes = b"",
 ) -> GovernedObject:
     """An object this host stored; ``lazy``: its lineage's entries decoded when first read
-    (see :meth:`LineageEntry.stored`: what a cycle reads), else each decoded now."""
+    (see :meth:`LineageEntry.stored`: what a cycle reads), else each decoded now;
+    ``raw``: the bytes ``message`` was parsed from (see :func:`_keep_wire`)."""
     state = _STATE_FROM_PB.get(message.state)
     if state is None:
         raise PayloadDecodeError(
@@ -804,6 +861,7 @@ def _stored_from_pb(
         message.lineage,
         stored=lazy,
         rules_wire=None if cut is None else cut.whole[cut.rules : cut.cycle],
+        cycle_wire=None if cut is None else cut.whole[cut.cycle : cut.size],
         epoch=message.epoch,
         state=state,
         migration_id=message.migration_id,
@@ -817,7 +875,7 @@ def _stored_from_pb(
         blob=blob,
     )
     if cut is not None:
-        _keep_wire(obj, cut, entry_ids)
+        _keep_wire(obj, cut, entry_ids, raw)
     return obj
 
 
@@ -1314,7 +1372,7 @@ def _log_and_count(lineage: Lineage) -> tuple[_Log, int]:
     return lineage._log, len(entries)  # never: Lineage's __post_init__ makes Entries
 
 
-def _entries_wire(lineage: Lineage) -> tuple[bytearray, int]:
+def _entries_wire(lineage: Lineage) -> tuple[bytearray | memoryview, int]:
     """The encoding of field 1 of ``lineage``'s Lineage message (its entries), from the
     encoding its log keeps, extended by the entries not encoded yet. The log holds the
     entries of every value appended from it; this value sees the first ``count``: the
@@ -1325,6 +1383,8 @@ def _entries_wire(lineage: Lineage) -> tuple[bytearray, int]:
     done = len(ends)
     if done < count:
         buffer = log.wire
+        if type(buffer) is not bytearray:  # a view of a record (_held_wire): copied
+            buffer = log.wire = bytearray(buffer)
         for entry in log.entries[done:count]:
             raw = entry.encode()
             buffer += _ENTRY_TAG
@@ -1374,7 +1434,7 @@ def decode_object(raw: bytes, *, entry_ids: bytes = b"") -> GovernedObject:
     for its lineage's entries (:attr:`gateway.stores.Item.entry_ids`), kept by its log
     for the object's next write (see :func:`_keep_wire`)."""
     message = _parse(object_pb2.StoredObject(), raw, "stored object", canonical=False)
-    return _stored_from_pb(message, entry_ids=entry_ids)
+    return _stored_from_pb(message, entry_ids=entry_ids, raw=raw)
 
 
 # --- transfers and receipts ---------------------------------------------------------
