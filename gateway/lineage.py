@@ -1145,10 +1145,8 @@ class _Log:
         #: The entries' at-rest encoding, grown as they are encoded (gateway.wire fills
         #: it): ``wire[: wire_ends[i]]`` encodes entries [0, i]. Entries are only ever
         #: appended to a log, so a prefix once encoded never changes and an object
-        #: written every cycle encodes only its new entries. Its own bytes, or a
-        #: read-only view of the record they were read from or last written to (which
-        #: the journal's memo of objects holds anyway: gateway.wire._held_wire).
-        self.wire: bytearray | memoryview = bytearray()
+        #: written every cycle encodes only its new entries.
+        self.wire = bytearray()
         self.wire_ends: list[int] = []
         #: The entries' ids (their leaf hashes, gateway.stores.PutEntries), joined, grown
         #: as the log's encoding is (gateway.wire fills it): ``wire_ids[: 32 * i]`` are
@@ -1163,13 +1161,6 @@ class _Log:
         #: identity before using them): an object's successive values share its log, so
         #: the object's next write finds them here whatever else was encoded since.
         self.parts: Any = None
-
-    def __getstate__(self) -> tuple[None, dict[str, Any]]:
-        # A view cannot be pickled: a copy of its bytes is (only a copy of the log is
-        # made from this state, and a bytearray is what it would have built).
-        state = {name: getattr(self, name) for name in _Log.__slots__}
-        state["wire"] = bytearray(self.wire)
-        return None, state
 
     def add(self, entry: LineageEntry) -> None:
         # Hashing waits until a tree head is asked for (frontier_at): decoding a lineage
@@ -1223,13 +1214,7 @@ def _share_wire(source: _Log, target: _Log, count: int) -> None:
     target.parts = source.parts  # checked value by value by whoever uses them
     ends = source.wire_ends[:count]
     if ends:
-        held = source.wire
-        # A view of a record is shared (it never changes); a log's own bytes are copied.
-        target.wire = (
-            held[: ends[-1]]
-            if type(held) is memoryview
-            else bytearray(memoryview(held)[: ends[-1]])
-        )
+        target.wire = bytearray(memoryview(source.wire)[: ends[-1]])
         target.wire_ends = ends
     ids = source.wire_ids
     if ids:

@@ -364,28 +364,6 @@ _LAST_DUE: tuple[tuple[int, int, bool] | None, datetime | None] = (None, None)
 _cycle_state = builder(CycleState, "generation", "interval", "next_due")
 
 
-def _stored_cycle(snapshot: object_pb2.ObjectSnapshot, wire: bytes, exact: bool) -> CycleState:
-    """``_cycle_from_pb(snapshot.cycle, exact=exact)``, where ``wire`` is that field's
-    encoding (cut from the record serialized again, :func:`_cut`): the state read last
-    is given again for the same bytes. The objects one batch of cycles wrote share their
-    generation (they cycle in turn) and next due time, and are read back together; six
-    field reads and a CycleState cost about 10k instructions a decode. The bytes say
-    every field (unknown ones were discarded at the parse) and a CycleState is
-    immutable, so a hit is what reading again would give; a refusal is not held."""
-    global _LAST_CYCLE
-    last = _LAST_CYCLE  # one read: the slot is replaced whole, never changed
-    if last[0] == wire and last[1] is exact and last[2] is not None:
-        return last[2]
-    cycle = _cycle_from_pb(snapshot.cycle, exact=exact)
-    _LAST_CYCLE = (wire, exact, cycle)
-    return cycle
-
-
-#: The last cycle state :func:`_stored_cycle` read: its field's bytes, ``exact``, and the
-#: state.
-_LAST_CYCLE: tuple[bytes, bool, CycleState | None] = (b"", False, None)
-
-
 #: The longest evaluation interval read, in the stored unit.
 _MAX_INTERVAL_MS = MAX_CYCLE_INTERVAL // timedelta(milliseconds=1)
 
@@ -520,7 +498,7 @@ def _cut(message: object_pb2.StoredObject) -> _Cut | None:
     )
 
 
-def _keep_wire(obj: GovernedObject, cut: _Cut, entry_ids: bytes, raw: bytes = b"") -> None:
+def _keep_wire(obj: GovernedObject, cut: _Cut, entry_ids: bytes) -> None:
     """Give the fresh log of ``obj`` (decoded from a record this host stored, ``cut``
     from its message serialized again, :func:`_cut`) what encoding ``obj`` again would
     build: the encoding of its entries (:func:`_entries_wire`) and the parts of the
@@ -541,11 +519,7 @@ def _keep_wire(obj: GovernedObject, cut: _Cut, entry_ids: bytes, raw: bytes = b"
     order) become the log's :attr:`~gateway.lineage._Log.wire_ids`: the next put then
     hashes only the entries appended since (a record read back from the store hashed
     every entry it carried for its ids). Ids of another count are not the record's
-    entries' and are ignored (the put hashes them all, as before).
-
-    ``raw``: the bytes the record was decoded from. When they are the message serialized
-    again (this host wrote them) and mostly entries, the log's encoding of its entries
-    is a view of them, not a copy (see :func:`_held_wire`)."""
+    entries' and are ignored (the put hashes them all, as before)."""
     log = obj.lineage._log
     if log.wire_ends or log.parts is not None:
         return
@@ -559,9 +533,7 @@ def _keep_wire(obj: GovernedObject, cut: _Cut, entry_ids: bytes, raw: bytes = b"
         # Each entry's end: the running sum of its tag (1 byte), length (2) and bytes.
         ends = list(itertools.accumulate(map(operator.add, sizes, itertools.repeat(3))))
         entries_end = entries_at + ends[-1]
-        # Only bytes (immutable) are viewed: a bytearray handed in could change later.
-        same = type(raw) is bytes and raw == whole
-        log.wire = _held_wire(raw if same else whole, entries_at, ends[-1], raw)
+        log.wire = bytearray(whole[entries_at:entries_end])
         log.wire_ends = ends
     elif sizes:
         return
@@ -586,21 +558,6 @@ def _keep_wire(obj: GovernedObject, cut: _Cut, entry_ids: bytes, raw: bytes = b"
     )
     body, envelopes, tail = _part_values(obj)
     log.parts = (body, envelopes, tail, data, parts, body + envelopes + tail)
-
-
-def _held_wire(record: bytes, at: int, size: int, held: bytes) -> bytearray | memoryview:
-    """What a log keeps as the encoding of its entries, which are ``record[at : at +
-    size]``: a view of ``record`` when that is ``held`` (the bytes the record was read
-    as, which the journal's memo of objects holds with the object) and the entries are
-    at least half of it; else a copy. The copy was the third copy of the object's
-    history (each stored entry holds its own bytes, and the memo the record): about
-    5 KB of the 17 KB a P5 object took decoded. A record mostly data is not held alive
-    for its entries (a view keeps the whole record). The record is immutable, so the
-    view never changes; a log appending to it copies it first (:func:`_entries_wire`),
-    as the decode did before: an object only read keeps no copy."""
-    if record is held and 2 * size >= len(record):
-        return memoryview(record)[at : at + size]
-    return bytearray(record[at : at + size])
 
 
 #: The most data whose head :func:`_keep_wire` cuts from a stored record (a copy of
@@ -660,7 +617,6 @@ def _object_from_snapshot(
     exact: bool = False,
     stored: bool = False,
     rules_wire: bytes | None = None,
-    cycle_wire: bytes | None = None,
     epoch: int = 0,
     state: LifecycleState = LifecycleState.ACTIVE,
     migration_id: str = "",
@@ -672,8 +628,7 @@ def _object_from_snapshot(
     authority_expires: datetime | None = None,
 ) -> GovernedObject:
     """The object in ``snapshot``; ``rules_wire``: its rules' encoding, if known (see
-    :func:`_rules_from_pb`); ``cycle_wire``: its cycle state's (:func:`_stored_cycle`);
-    the keywords after it: its other fields (a
+    :func:`_rules_from_pb`); the keywords after it: its other fields (a
     stored object's or a staged copy's, GovernedObject's defaults otherwise), given here
     rather than set by a ``replace`` after, which built every object decoded twice (a
     ``blob`` given replaces the snapshot's digest-only one)."""
@@ -721,9 +676,7 @@ def _object_from_snapshot(
         tuple(credentials),
         rules,
         _lineage_from_pb(lineage, stored=stored),
-        _cycle_from_pb(snapshot.cycle, exact=exact)
-        if cycle_wire is None
-        else _stored_cycle(snapshot, cycle_wire, exact),
+        _cycle_from_pb(snapshot.cycle, exact=exact),
         epoch,
         state,
         migration_id,
@@ -838,15 +791,10 @@ def _decode_authority(raw: bytes) -> EffectiveAuthority:
 
 
 def _stored_from_pb(
-    message: object_pb2.StoredObject,
-    *,
-    lazy: bool = True,
-    entry_ids: bytes = b"",
-    raw: bytes = b"",
+    message: object_pb2.StoredObject, *, lazy: bool = True, entry_ids: bytes = b""
 ) -> GovernedObject:
     """An object this host stored; ``lazy``: its lineage's entries decoded when first read
-    (see :meth:`LineageEntry.stored`: what a cycle reads), else each decoded now;
-    ``raw``: the bytes ``message`` was parsed from (see :func:`_keep_wire`)."""
+    (see :meth:`LineageEntry.stored`: what a cycle reads), else each decoded now."""
     state = _STATE_FROM_PB.get(message.state)
     if state is None:
         raise PayloadDecodeError(
@@ -861,7 +809,6 @@ def _stored_from_pb(
         message.lineage,
         stored=lazy,
         rules_wire=None if cut is None else cut.whole[cut.rules : cut.cycle],
-        cycle_wire=None if cut is None else cut.whole[cut.cycle : cut.size],
         epoch=message.epoch,
         state=state,
         migration_id=message.migration_id,
@@ -875,7 +822,7 @@ def _stored_from_pb(
         blob=blob,
     )
     if cut is not None:
-        _keep_wire(obj, cut, entry_ids, raw)
+        _keep_wire(obj, cut, entry_ids)
     return obj
 
 
@@ -1372,7 +1319,7 @@ def _log_and_count(lineage: Lineage) -> tuple[_Log, int]:
     return lineage._log, len(entries)  # never: Lineage's __post_init__ makes Entries
 
 
-def _entries_wire(lineage: Lineage) -> tuple[bytearray | memoryview, int]:
+def _entries_wire(lineage: Lineage) -> tuple[bytearray, int]:
     """The encoding of field 1 of ``lineage``'s Lineage message (its entries), from the
     encoding its log keeps, extended by the entries not encoded yet. The log holds the
     entries of every value appended from it; this value sees the first ``count``: the
@@ -1383,8 +1330,6 @@ def _entries_wire(lineage: Lineage) -> tuple[bytearray | memoryview, int]:
     done = len(ends)
     if done < count:
         buffer = log.wire
-        if type(buffer) is not bytearray:  # a view of a record (_held_wire): copied
-            buffer = log.wire = bytearray(buffer)
         for entry in log.entries[done:count]:
             raw = entry.encode()
             buffer += _ENTRY_TAG
@@ -1434,7 +1379,7 @@ def decode_object(raw: bytes, *, entry_ids: bytes = b"") -> GovernedObject:
     for its lineage's entries (:attr:`gateway.stores.Item.entry_ids`), kept by its log
     for the object's next write (see :func:`_keep_wire`)."""
     message = _parse(object_pb2.StoredObject(), raw, "stored object", canonical=False)
-    return _stored_from_pb(message, entry_ids=entry_ids, raw=raw)
+    return _stored_from_pb(message, entry_ids=entry_ids)
 
 
 # --- transfers and receipts ---------------------------------------------------------
