@@ -421,6 +421,15 @@ def _effect_value(verb: str, raw: Any) -> Any:
     be a map with string keys, and every value must be one JSON can hold. The one
     post-processing of both evaluation paths (:func:`_evaluate_together` returns None on
     a refusal, :func:`_evaluate_each` records it), so the two cannot drift apart."""
+    if type(raw) is dict:
+        # The common effect (a patch or payload of a few plain fields, what the runtime
+        # gives every firing rule afresh) is its own plain value: given back as it is,
+        # without the write's key check (a generator) and _plain's copy of the map.
+        for key, value in raw.items():
+            if type(key) is not str or type(value) not in _PLAIN_LEAVES:
+                break
+        else:
+            return raw
     if verb == "write" and (not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw)):
         raise _RefusedEffectError("patch is not a map with string keys")
     try:
@@ -428,6 +437,9 @@ def _effect_value(verb: str, raw: Any) -> Any:
     except _NotJSONError as exc:
         raise _RefusedEffectError(f"action failed: {exc}") from exc
 
+
+#: What :func:`_plain` gives back as it is (by exact type).
+_PLAIN_LEAVES = frozenset((str, int, bool, type(None)))
 
 # Every rule that fires makes a Proposal, every evaluation an Outcome (gateway/_slots.py).
 _proposal = builder(Proposal, "rule", "resource", "verb", "value")
