@@ -271,13 +271,8 @@ class RuleSet:
         host: str,
         trigger: str = "cycle",
         event: Mapping[str, Any] | None = None,
-        data_bytes: int | None = None,
     ) -> Outcome:
-        """Evaluate the rules ``trigger`` wakes; ``event`` is the message that woke them.
-
-        ``data_bytes``: the size of the encoded data ``data`` was decoded from, when the
-        caller knows it (a cycle does): the evaluation may then use the arena shared by
-        evaluations of small data (see :class:`_SharedArena`)."""
+        """Evaluate the rules ``trigger`` wakes; ``event`` is the message that woke them."""
         # activation_of's, called by position, of the variables these rules can read:
         # every cycle builds one.
         variables = _variables(
@@ -293,12 +288,7 @@ class RuleSet:
             # same outcome; only the cost differs.
             misses = self._misses.get(trigger, 0)
             if misses < MISSES_BEFORE_PAUSE or not misses % RETRY_TOGETHER_EVERY:
-                outcome = _evaluate_together(
-                    self._together(trigger),
-                    evaluable,
-                    variables,
-                    _SHARED_ARENA.take(data_bytes) if event is None else _new_arena(),
-                )
+                outcome = _evaluate_together(self._together(trigger), evaluable, variables)
                 if outcome is not None:
                     if misses:
                         self._misses[trigger] = 0
@@ -345,10 +335,7 @@ RETRY_TOGETHER_EVERY = 16
 
 
 def _evaluate_together(
-    together: cel.Expression | None,
-    evaluable: Sequence[_Evaluable],
-    variables: dict[str, Any],
-    arena: Any = None,
+    together: cel.Expression | None, evaluable: Sequence[_Evaluable], variables: dict[str, Any]
 ) -> Outcome | None:
     """The outcome of ``evaluable`` from their one expression (:meth:`RuleSet._together`),
     or None when anything failed or is refused (an evaluation error, a patch that is
@@ -360,14 +347,11 @@ def _evaluate_together(
     are given to that evaluation itself with an arena of its own, not through an
     activation: the binding then builds the activation inside the call (one Python
     call and object fewer), and an arena given with the variables, unlike one given
-    with an activation, spares that search. ``arena``: the one to evaluate in (a new one
-    if None)."""
+    with an activation, spares that search."""
     if together is None:
         return None
     try:
-        fired: Any = together.eval(
-            None, variables, None, _new_arena() if arena is None else arena
-        ).plain_value()
+        fired: Any = together.eval(None, variables, None, _new_arena()).plain_value()
     except RuntimeError:
         return None
     if type(fired) is not list or len(fired) != len(evaluable):
@@ -498,50 +482,6 @@ def _activation(
 
 
 _new_arena = cel.Arena
-
-
-class _SharedArena:
-    """One arena for evaluations of small data in turn, replaced by a new one once they
-    may have put :data:`SHARED_ARENA_BYTES` in it.
-
-    Why: making an arena and freeing it with its blocks cost each evaluation about 5,600
-    instructions of its 42,000 (session 41), every cycle. Why bounded: an arena frees
-    nothing until it goes, and an evaluation leaves in it about 1.4 KB plus its data
-    converted (about twice the data's encoded bytes, measured); so each evaluation is
-    charged :data:`ARENA_CHARGE_PER_EVALUATION` plus twice its data's bytes, and data
-    whose charge alone passes the bound is evaluated in an arena of its own. Nothing an
-    evaluation gives back points into its arena (results are converted to Python values
-    at once), and protobuf's arena allocates safely from several threads; a count raced
-    by two threads only moves when the arena is replaced."""
-
-    __slots__ = ("arena", "charged")
-
-    def __init__(self) -> None:
-        self.arena: Any = None
-        self.charged = 0
-
-    def take(self, data_bytes: int | None) -> Any:
-        """The arena for one evaluation of data ``data_bytes`` long (None: not known,
-        then an arena of its own)."""
-        if data_bytes is None:
-            return _new_arena()
-        charge = ARENA_CHARGE_PER_EVALUATION + 2 * data_bytes
-        if charge > SHARED_ARENA_BYTES:
-            return _new_arena()
-        arena = self.arena
-        if arena is None or self.charged + charge > SHARED_ARENA_BYTES:
-            self.arena = arena = _new_arena()
-            self.charged = 0
-        self.charged += charge
-        return arena
-
-
-#: What one arena is charged with at most before it is replaced (see _SharedArena).
-SHARED_ARENA_BYTES = 64 << 10
-#: What an evaluation is charged besides twice its data's bytes (measured about 1.4 KB
-#: for P5's rules and data: the variables' map, the results).
-ARENA_CHARGE_PER_EVALUATION = 2048
-_SHARED_ARENA = _SharedArena()
 
 
 def _variables(

@@ -3,13 +3,11 @@ exactly what the plain path gives. Seeded: every run checks the same cases."""
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gateway import rules
 from gateway.rules import _effect_value, _NotJSONError, _plain, _RefusedEffectError
 
 SEED = 41
@@ -126,56 +124,3 @@ def test_an_effects_value_is_what_the_plain_path_gives() -> None:
         _exactly(got[1], want[1])
         fast += got[1] is raw
     assert fast > 1000 and refused > 300  # both paths and refusals were exercised
-
-
-def test_an_evaluation_in_the_shared_arena_gives_what_a_fresh_arena_gives() -> None:
-    """RuleSet.evaluate given its data's size (the shared arena) answers what it answers
-    without (an arena of its own), over seeded rule sets and data: conditions that fail,
-    that are not bools, effects that fail or are refused; small data and data too large
-    to share an arena."""
-    from gateway.rules import compile_rules
-    from tests.test_p5loop_s40 import HOST, NOW, _data, _rule
-
-    rng = random.Random(SEED)
-    shared = 0
-    for _ in range(300):
-        ruleset = compile_rules([_rule(rng, index) for index in range(rng.randrange(1, 5))])
-        for _ in range(6):
-            data = _data(rng)
-            if rng.random() < 0.1:
-                data["big"] = "x" * rng.randrange(1, 40_000)
-            size = len(json.dumps(data))
-            generation = rng.randrange(8)
-            want = ruleset.evaluate(data=data, generation=generation, epoch=2, now=NOW, host=HOST)
-            before = rules._SHARED_ARENA.arena
-            got = ruleset.evaluate(
-                data=data, generation=generation, epoch=2, now=NOW, host=HOST, data_bytes=size
-            )
-            assert got == want, (ruleset, data, generation)
-            shared += rules._SHARED_ARENA.arena is before
-    assert shared > 1000  # most evaluations took the arena the one before took
-
-
-def test_the_shared_arena_is_replaced_once_its_charge_passes_the_bound() -> None:
-    """Each evaluation is charged ARENA_CHARGE_PER_EVALUATION plus twice its data's bytes;
-    the arena is replaced by the evaluation that would take the charge past
-    SHARED_ARENA_BYTES, and data charged more than that alone never uses it."""
-    shared = rules._SharedArena()
-    first = shared.take(100)
-    charge = rules.ARENA_CHARGE_PER_EVALUATION + 200
-    fits = rules.SHARED_ARENA_BYTES // charge
-    for _ in range(fits - 1):
-        assert shared.take(100) is first
-    assert shared.charged == fits * charge
-    second = shared.take(100)
-    assert second is not first and shared.charged == charge
-    # Too large to share: an arena of its own, the shared one left as it was.
-    alone = shared.take(rules.SHARED_ARENA_BYTES // 2)
-    assert alone is not second and shared.arena is second and shared.charged == charge
-    # Size unknown: an arena of its own too.
-    assert shared.take(None) is not second and shared.charged == charge
-    # Random sizes: the charge never passes the bound.
-    rng = random.Random(SEED)
-    for _ in range(2000):
-        shared.take(rng.choice([0, 10, 500, 5_000, 20_000, 40_000]))
-        assert shared.charged <= rules.SHARED_ARENA_BYTES

@@ -411,7 +411,6 @@ class CycleRunner:
                 host=ctx.host,
                 trigger="cycle" if wake is None else "message",
                 event=None if wake is None else wake.event,
-                data_bytes=len(obj.data),
             )
         except RuleError as exc:
             # Rules were checked when the object arrived; this only happens if data was
