@@ -1,0 +1,142 @@
+"""Session 41, P2's destination: an arrival hashes its grants once.
+
+The destination's lineage check (``GovernedObject.credentials_digest``) and custody's
+rule 4 (:func:`gateway.custody.require_extends_departures`) both need the digest of the
+arriving object's grants; each computed it (844 bytes for a P2 object's one grant). Rule
+4 now asks the same memo, keyed by the grants' text. These tests hold rule 4 to what it
+answered when it hashed every prefix itself: the same outcome and the same refusal
+text, over seeded chains and departures (renewals and refusals included).
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from gateway.custody import require_extends_departures
+from gateway.errors import CustodyError
+from gateway.lineage import credentials_digest
+from gateway.model import remembered_credentials_digest
+
+_ALPHABET = string.ascii_letters + string.digits + "-_"
+
+
+def _grant(rng: random.Random) -> str:
+    return ".".join(
+        "".join(rng.choice(_ALPHABET) for _ in range(rng.randint(4, k))) for k in (40, 300, 86)
+    )
+
+
+def _plain(
+    checkpoints: Sequence[Any], grants: Sequence[str], chain: Any, *, object_id: str
+) -> None:
+    """Rule 4 as written before the memo: every prefix hashed here."""
+    prefixes = {credentials_digest(grants[:n]): n for n in range(len(grants) + 1)}
+    longest = len(grants)
+    for index in range(len(checkpoints) - 1, -1, -1):
+        departure = checkpoints[index]
+        recorded = departure.credentials_digest
+        length = prefixes.get(recorded)
+        if length is not None and length <= longest:
+            longest = length
+            continue
+        renewal = chain.grants[0].replaces if chain is not None else ""
+        if renewal and renewal == recorded.hex():
+            return
+        where = f"when {object_id} left {departure.host} (departure {index})"
+        raise CustodyError(
+            f"the grants presented do not extend the grants recorded {where}: "
+            "a narrowing made on the way was dropped",
+            hint="refuse the object; only a renewal by the owner that names the replaced "
+            "chain (rpl) may replace its grants",
+        )
+
+
+def _outcome(rule: Any, *args: Any, **kwargs: Any) -> object:
+    try:
+        rule(*args, **kwargs)
+    except CustodyError as exc:
+        return ("refused", str(exc), exc.hint)
+    return "extends"
+
+
+def _case(rng: random.Random, index: int) -> tuple[list[Any], tuple[str, ...], Any]:
+    grants = tuple(_grant(rng) for _ in range(rng.randint(0, 4)))
+    others = tuple(_grant(rng) for _ in range(rng.randint(1, 3)))
+    checkpoints = []
+    for hop in range(rng.randint(1, 4)):
+        choice = rng.random()
+        if choice < 0.6:  # a prefix of the chain presented (in order or not)
+            recorded = credentials_digest(grants[: rng.randint(0, len(grants))])
+        elif choice < 0.8:  # a chain that is not a prefix: refused unless renewed
+            recorded = credentials_digest(others)
+        elif choice < 0.9:  # an old-format or damaged record
+            recorded = bytes(rng.randrange(256) for _ in range(rng.choice((0, 31, 32))))
+        else:  # the whole chain, with one grant more or one byte off
+            recorded = credentials_digest((*grants, others[0]))
+        checkpoints.append(SimpleNamespace(credentials_digest=recorded, host=f"h{hop}"))
+    chain = None
+    if rng.random() < 0.4:
+        replaces = rng.choice(
+            ["", credentials_digest(others).hex(), checkpoints[0].credentials_digest.hex()]
+        )
+        chain = SimpleNamespace(grants=[SimpleNamespace(replaces=replaces)])
+    if index % 7 == 0:  # the arrival's own check asked first, as the destination does
+        remembered_credentials_digest(grants)
+    return checkpoints, grants, chain
+
+
+def test_rule_4_answers_as_when_it_hashed_every_prefix() -> None:
+    rng = random.Random(41)
+    outcomes: dict[object, int] = {}
+    for index in range(600):
+        checkpoints, grants, chain = _case(rng, index)
+        # A list of grants too (audit passes what it read): the memo's key is a tuple.
+        presented: Sequence[str] = list(grants) if index % 5 == 0 else grants
+        object_id = f"obj://org-a.example/p2/{index}"
+        # (rule 4 reads no lineage: None stands for it)
+        got = _outcome(
+            require_extends_departures, None, checkpoints, presented, chain, object_id=object_id
+        )
+        want = _outcome(_plain, checkpoints, grants, chain, object_id=object_id)
+        assert got == want, (index, grants, checkpoints)
+        kind = got if got == "extends" else "refused"
+        outcomes[kind] = outcomes.get(kind, 0) + 1
+    # Both answers are well represented, so the comparison means something.
+    assert outcomes["extends"] > 150 and outcomes["refused"] > 150, outcomes
+
+
+def test_an_arrival_hashes_its_grants_once() -> None:
+    rng = random.Random(7)
+    grants = (_grant(rng),)
+    departure = SimpleNamespace(credentials_digest=credentials_digest(grants), host="h")
+    remembered_credentials_digest(grants)  # the destination's lineage check
+    before = remembered_credentials_digest.cache_info()
+    require_extends_departures(
+        None,  # type: ignore[arg-type]
+        [departure],
+        grants,
+        None,
+        object_id="obj://org-a.example/p2/1",
+    )
+    after = remembered_credentials_digest.cache_info()
+    # The whole chain was a hit; only the empty prefix may be new to the memo.
+    assert after.hits - before.hits >= 1
+    assert after.misses - before.misses <= 1
+
+
+@pytest.mark.parametrize("grants", [(), ("a.b.c",), ("a.b.c", "d.e.f")])
+def test_a_chain_that_extends_its_own_record_passes(grants: tuple[str, ...]) -> None:
+    departure = SimpleNamespace(credentials_digest=credentials_digest(grants), host="h")
+    require_extends_departures(
+        None,  # type: ignore[arg-type]
+        [departure],
+        grants,
+        None,
+        object_id="obj://org-a.example/p2/2",
+    )
