@@ -1,4 +1,5 @@
-"""Session 41, P2's destination: an arrival hashes its grants once.
+"""Session 41, P2's destination: an arrival hashes its grants once; key enums hash in C;
+a grant's segments and authority claims are read with fewer Python layers.
 
 The destination's lineage check (``GovernedObject.credentials_digest``) and custody's
 rule 4 (:func:`gateway.custody.require_extends_departures`) both need the digest of the
@@ -10,16 +11,23 @@ text, over seeded chains and departures (renewals and refusals included).
 
 from __future__ import annotations
 
+import base64
+import binascii
+import enum
+import json
 import random
 import string
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from gateway import credentials
 from gateway.custody import require_extends_departures
-from gateway.errors import CustodyError
+from gateway.errors import CustodyError, GrantFormatError
+from gateway.keys import Algorithm, Purpose, SignatureEncoding
 from gateway.lineage import credentials_digest
 from gateway.model import remembered_credentials_digest
 
@@ -140,3 +148,135 @@ def test_a_chain_that_extends_its_own_record_passes(grants: tuple[str, ...]) -> 
         None,
         object_id="obj://org-a.example/p2/2",
     )
+
+
+# --- keys: members hashed as the singletons they are ----------------------------------
+
+
+@pytest.mark.parametrize("enum_type", [Algorithm, Purpose, SignatureEncoding])
+def test_hashing_a_key_enum_member_runs_no_python_code(enum_type: type[enum.Enum]) -> None:
+    """Every signature checked or made looks these up in dicts and sets; Enum's own
+    ``__hash__`` is a Python function (about 1,300 instructions a call)."""
+    calls: list[str] = []
+
+    def watch(frame: object, event: str, arg: object) -> None:
+        if event == "call":
+            calls.append(event)
+
+    members = list(enum_type)
+    sys.setprofile(watch)
+    try:
+        for member in members:
+            hash(member)
+    finally:
+        sys.setprofile(None)
+    assert calls == []
+
+
+@pytest.mark.parametrize("enum_type", [Algorithm, Purpose, SignatureEncoding])
+def test_key_enum_members_are_found_by_value_in_dicts_and_sets(
+    enum_type: type[enum.Enum],
+) -> None:
+    members = list(enum_type)
+    by_member = {member: member.value for member in members}
+    assert [by_member[enum_type(member.value)] for member in members] == [m.value for m in members]
+    assert all(enum_type(member.value) in frozenset(members) for member in members)
+    assert len({hash(member) for member in members}) == len(members)
+
+
+def test_algorithms_name_their_jose_alg() -> None:
+    assert [(a, a.jose) for a in Algorithm] == [
+        (Algorithm.ED25519, "EdDSA"),
+        (Algorithm.ECDSA_P256_SHA256, "ES256"),
+    ]
+
+
+# --- credentials: base64url and the authority claims' text ----------------------------
+
+
+def _plain_b64url(segment: str, what: str) -> bytes:
+    """credentials._b64url_decode as written with base64.urlsafe_b64decode."""
+    if not credentials._B64URL.fullmatch(segment) or len(segment) % 4 == 1:
+        raise GrantFormatError(f"grant {what} is not base64url")
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise GrantFormatError(f"grant {what} is not base64url") from exc
+    last = credentials._CANONICAL_LAST.get(len(segment) % 4)
+    if last is not None and segment[-1] not in last:
+        raise GrantFormatError(
+            f"grant {what} is not canonical base64url",
+            hint="the grant was re-encoded or tampered with; ask its issuer for the original",
+        )
+    return raw
+
+
+def _decoded(decode: Any, segment: str) -> object:
+    try:
+        return decode(segment, "payload")
+    except GrantFormatError as exc:
+        return ("refused", str(exc), exc.hint)
+
+
+def _segments(rng: random.Random) -> list[str]:
+    found = []
+    odd = "+/=. \n\té\x00"
+    for _ in range(4000):
+        raw = bytes(rng.randrange(256) for _ in range(rng.randint(0, 40)))
+        segment = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        choice = rng.random()
+        if choice < 0.3 and segment:  # one character replaced (maybe outside the alphabet)
+            at = rng.randrange(len(segment))
+            letter = rng.choice(_ALPHABET + odd)
+            segment = segment[:at] + letter + segment[at + 1 :]
+        elif choice < 0.4:  # one more or one fewer character
+            segment = segment + rng.choice(_ALPHABET) if rng.random() < 0.5 else segment[:-1]
+        elif choice < 0.45:  # padded, or a standard-alphabet spelling
+            segment = base64.b64encode(raw).decode()
+        found.append(segment)
+    return found
+
+
+def test_base64url_segments_decode_and_are_refused_as_before() -> None:
+    outcomes: dict[str, int] = {}
+    for segment in _segments(random.Random(41)):
+        got = _decoded(credentials._b64url_decode, segment)
+        assert got == _decoded(_plain_b64url, segment), segment
+        kind = "refused" if isinstance(got, tuple) else "decoded"
+        outcomes[kind] = outcomes.get(kind, 0) + 1
+    assert outcomes["decoded"] > 2000 and outcomes["refused"] > 500, outcomes
+
+
+def _claim_values(rng: random.Random) -> Iterator[tuple[object, object]]:
+    atoms: list[object] = [
+        0, 1, -7, 2**53, True, False, None, 1.5, float("nan"), float("inf"),
+        "", "state:self", "pubsub:alerts/*", "é", "\u2028", "a\"b\\c",
+    ]  # fmt: skip
+    for _ in range(600):
+        cap = [
+            {"resource": rng.choice(atoms), "actions": rng.sample(atoms, rng.randint(0, 3))}
+            for _ in range(rng.randint(0, 3))
+        ]
+        cons: object = {"max_hops": rng.choice(atoms), rng.choice(["a", "é", "z"]): [1, "x"]}
+        if rng.random() < 0.1:
+            cons = rng.choice(atoms)  # not an object: never remembered
+        yield cap, cons
+
+
+def test_the_authority_claims_are_keyed_by_the_text_json_dumps_wrote() -> None:
+    seen_none = seen_text = 0
+    for cap, cons in _claim_values(random.Random(5)):
+        if isinstance(cons, dict):
+            try:
+                want: str | None = json.dumps(
+                    [cap, cons], ensure_ascii=False, separators=(",", ":"), allow_nan=False
+                )
+            except (TypeError, ValueError, RecursionError):
+                want = None
+        else:
+            want = None
+        got = credentials._authority_key(cap, cons)  # type: ignore[arg-type]
+        assert got == want
+        seen_none += got is None
+        seen_text += got is not None
+    assert seen_none > 50 and seen_text > 300, (seen_none, seen_text)
