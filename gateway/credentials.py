@@ -146,13 +146,22 @@ _CANONICAL_LAST = {
 }
 
 
+#: base64url's two letters as the standard alphabet spells them.
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
 def _b64url_decode(segment: str, what: str) -> bytes:
     """Strict base64url: the alphabet only, no padding, and only the canonical form
     (a segment whose unused low bits are not zero would be a second spelling)."""
     if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
         raise GrantFormatError(f"grant {what} is not base64url")
     try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        # base64.urlsafe_b64decode's own steps (ASCII bytes, '-' and '_' read as '+' and
+        # '/', the lenient decode), without its three Python layers: the alphabet was
+        # checked above, so neither '+' nor '/' can be in the segment to be confused.
+        raw = binascii.a2b_base64(
+            segment.encode("ascii").translate(_FROM_URLSAFE) + b"=" * (-len(segment) % 4)
+        )
     except (binascii.Error, ValueError) as exc:
         raise GrantFormatError(f"grant {what} is not base64url") from exc
     # Canonical iff encoding ``raw`` again gives ``segment``: the same test as comparing
@@ -505,6 +514,13 @@ def _authority_claims(claims: dict[str, Any]) -> tuple[CapabilitySet, Constraint
     return capabilities, constraints
 
 
+#: json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False), with
+#: the encoder made once (json.dumps makes one per call for any non-default option).
+_AUTHORITY_TEXT = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False
+).encode
+
+
 def _authority_key(cap: list[Any], cons: object) -> str | None:
     """The text by which a ``cap`` and ``cons`` claim are remembered: their JSON as read,
     written again. It tells apart every two values the parse could tell apart (``true``
@@ -514,7 +530,7 @@ def _authority_key(cap: list[Any], cons: object) -> str | None:
     if not isinstance(cons, dict):
         return None
     try:
-        return json.dumps([cap, cons], ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return _AUTHORITY_TEXT([cap, cons])
     except (TypeError, ValueError, RecursionError):
         return None
 
