@@ -19,6 +19,7 @@ import random
 import string
 import sys
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -27,9 +28,10 @@ import pytest
 from gateway import credentials
 from gateway.custody import require_extends_departures
 from gateway.errors import CustodyError, GrantFormatError
-from gateway.keys import Algorithm, Purpose, SignatureEncoding
+from gateway.keys import Algorithm, Purpose, SignatureEncoding, Signer
 from gateway.lineage import credentials_digest
 from gateway.model import remembered_credentials_digest
+from gateway.trust import TrustBundle
 
 _ALPHABET = string.ascii_letters + string.digits + "-_"
 
@@ -280,3 +282,19 @@ def test_the_authority_claims_are_keyed_by_the_text_json_dumps_wrote() -> None:
         seen_none += got is None
         seen_text += got is not None
     assert seen_none > 50 and seen_text > 300, (seen_none, seen_text)
+
+
+# --- trust: a bundle's key by id ------------------------------------------------------
+
+
+def test_a_bundle_finds_the_record_with_the_id_or_none() -> None:
+    signers = [Signer.generate() for _ in range(3)]
+    at = datetime(2026, 12, 7, tzinfo=UTC)
+    records = [s.record(purposes=[Purpose.ENVELOPE], hosts=["*"], valid_from=at) for s in signers]
+    bundle = TrustBundle(
+        trust_domain="org-a.example", keys=tuple(records), sequence=1, issued_at=at
+    )
+    assert [bundle.key(r.key_id) for r in records] == records
+    assert [bundle.key(r.key_id) for r in bundle.keys] == list(bundle.keys)
+    assert bundle.key("0" * 64) is None
+    assert bundle.key("") is None
