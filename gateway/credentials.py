@@ -566,10 +566,16 @@ def forget_verified_grants() -> None:
     PARSED_AUTHORITY.clear()
 
 
+#: Made once: timedelta(...) parses its keywords on every call (a few thousand
+#: instructions), and each fresh grant's signing time needs one.
+_MICROSECOND = timedelta(microseconds=1)
+_LAST_MOMENT_OF_SECOND = timedelta(seconds=1) - _MICROSECOND
+
+
 def _signed_at(grant: Grant) -> datetime:
     """When a verified grant may at the latest have been signed, as verify_grant judges
     it: the last moment of its ``iat`` second (in range: verify_grant computed it)."""
-    return grant.issued_at + timedelta(seconds=1) - timedelta(microseconds=1)
+    return grant.issued_at + _LAST_MOMENT_OF_SECOND
 
 
 def _remembered_grant(
@@ -620,7 +626,7 @@ def verify_grant(
     # refused with the other claims). iat is whole seconds, rounded down: take the last
     # moment of that second, so a grant signed just after the retirement is not let in.
     iat = claims.get("iat")
-    signed_at = _time(iat + 1, "iat") - timedelta(microseconds=1) if type(iat) is int else None
+    signed_at = _time(iat + 1, "iat") - _MICROSECOND if type(iat) is int else None
     keys = trust.keys_for_host(issuer, purpose=Purpose.GRANT, at=at, signed_at=signed_at)
     if keys.bundle.key(kid) is None:
         others = [

@@ -19,7 +19,7 @@ import random
 import string
 import sys
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -298,3 +298,12 @@ def test_a_bundle_finds_the_record_with_the_id_or_none() -> None:
     assert [bundle.key(r.key_id) for r in bundle.keys] == list(bundle.keys)
     assert bundle.key("0" * 64) is None
     assert bundle.key("") is None
+
+
+def test_a_grants_signing_time_is_the_last_moment_of_its_iat_second() -> None:
+    rng = random.Random(3)
+    for _ in range(500):
+        issued = datetime.fromtimestamp(rng.randrange(0, 2**33), UTC)
+        grant = SimpleNamespace(issued_at=issued)
+        want = issued + timedelta(seconds=1) - timedelta(microseconds=1)
+        assert credentials._signed_at(grant) == want  # type: ignore[arg-type]
