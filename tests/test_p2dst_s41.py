@@ -11,8 +11,10 @@ text, over seeded chains and departures (renewals and refusals included).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextvars
 import enum
 import json
 import random
@@ -23,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
+import grpc
 import pytest
 
 from gateway import credentials
@@ -31,6 +34,7 @@ from gateway.errors import CustodyError, GrantFormatError
 from gateway.keys import Algorithm, Purpose, SignatureEncoding, Signer
 from gateway.lineage import credentials_digest
 from gateway.model import remembered_credentials_digest
+from gateway.transport import server as transport_server
 from gateway.trust import TrustBundle
 
 _ALPHABET = string.ascii_letters + string.digits + "-_"
@@ -307,3 +311,64 @@ def test_a_grants_signing_time_is_the_last_moment_of_its_iat_second() -> None:
         grant = SimpleNamespace(issued_at=issued)
         want = issued + timedelta(seconds=1) - timedelta(microseconds=1)
         assert credentials._signed_at(grant) == want  # type: ignore[arg-type]
+
+
+# --- transport: the RPC's metadata as grpc.aio converted it for the handler lookup ----
+
+
+def _echo_server_handlers() -> grpc.GenericRpcHandler:
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        # Other calls' tasks run meanwhile, each with its own metadata.
+        for _ in range(int(request) % 4):
+            await asyncio.sleep(0)
+        kept = transport_server._call_metadata(context)
+        asked = tuple(context.invocation_metadata() or ())
+        return json.dumps([kept == asked, dict(kept).get("x-call")]).encode()
+
+    inner = grpc.method_handlers_generic_handler(
+        "t.T",
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(
+                echo, request_deserializer=bytes, response_serializer=bytes
+            )
+        },
+    )
+    unused = grpc.unary_unary_rpc_method_handler(echo)
+    return transport_server._Replacing(inner, unused, None)  # type: ignore[arg-type]
+
+
+def test_each_rpc_is_handed_its_own_metadata_by_the_handler_lookup() -> None:
+    """Against a real grpc.aio server, 300 calls at once, each with its own metadata."""
+
+    async def main() -> list[object]:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((_echo_server_handlers(),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                echo = channel.unary_unary(
+                    "/t.T/Echo", request_serializer=bytes, response_deserializer=bytes
+                )
+                rng = random.Random(9)
+
+                async def one(index: int) -> object:
+                    metadata = (("x-call", str(index)), ("x-pad", "p" * rng.randrange(64)))
+                    answer = await echo(str(index).encode(), metadata=metadata)
+                    return json.loads(answer)
+
+                return await asyncio.gather(*(one(i) for i in range(300)))
+        finally:
+            await server.stop(None)
+
+    answers = asyncio.run(main())
+    assert answers == [[True, str(index)] for index in range(300)]
+
+
+def test_without_a_lookup_the_context_is_asked() -> None:
+    class Context:
+        def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+            return (("x-call", "asked"),)
+
+    found = contextvars.copy_context().run(transport_server._call_metadata, Context())
+    assert found == (("x-call", "asked"),)
