@@ -146,13 +146,22 @@ _CANONICAL_LAST = {
 }
 
 
+#: base64url's two letters as the standard alphabet spells them.
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
 def _b64url_decode(segment: str, what: str) -> bytes:
     """Strict base64url: the alphabet only, no padding, and only the canonical form
     (a segment whose unused low bits are not zero would be a second spelling)."""
     if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
         raise GrantFormatError(f"grant {what} is not base64url")
     try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        # base64.urlsafe_b64decode's own steps (ASCII bytes, '-' and '_' read as '+' and
+        # '/', the lenient decode), without its three Python layers: the alphabet was
+        # checked above, so neither '+' nor '/' can be in the segment to be confused.
+        raw = binascii.a2b_base64(
+            segment.encode("ascii").translate(_FROM_URLSAFE) + b"=" * (-len(segment) % 4)
+        )
     except (binascii.Error, ValueError) as exc:
         raise GrantFormatError(f"grant {what} is not base64url") from exc
     # Canonical iff encoding ``raw`` again gives ``segment``: the same test as comparing
@@ -505,6 +514,13 @@ def _authority_claims(claims: dict[str, Any]) -> tuple[CapabilitySet, Constraint
     return capabilities, constraints
 
 
+#: json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False), with
+#: the encoder made once (json.dumps makes one per call for any non-default option).
+_AUTHORITY_TEXT = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False
+).encode
+
+
 def _authority_key(cap: list[Any], cons: object) -> str | None:
     """The text by which a ``cap`` and ``cons`` claim are remembered: their JSON as read,
     written again. It tells apart every two values the parse could tell apart (``true``
@@ -514,7 +530,7 @@ def _authority_key(cap: list[Any], cons: object) -> str | None:
     if not isinstance(cons, dict):
         return None
     try:
-        return json.dumps([cap, cons], ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return _AUTHORITY_TEXT([cap, cons])
     except (TypeError, ValueError, RecursionError):
         return None
 
@@ -550,10 +566,16 @@ def forget_verified_grants() -> None:
     PARSED_AUTHORITY.clear()
 
 
+#: Made once: timedelta(...) parses its keywords on every call (a few thousand
+#: instructions), and each fresh grant's signing time needs one.
+_MICROSECOND = timedelta(microseconds=1)
+_LAST_MOMENT_OF_SECOND = timedelta(seconds=1) - _MICROSECOND
+
+
 def _signed_at(grant: Grant) -> datetime:
     """When a verified grant may at the latest have been signed, as verify_grant judges
     it: the last moment of its ``iat`` second (in range: verify_grant computed it)."""
-    return grant.issued_at + timedelta(seconds=1) - timedelta(microseconds=1)
+    return grant.issued_at + _LAST_MOMENT_OF_SECOND
 
 
 def _remembered_grant(
@@ -604,7 +626,7 @@ def verify_grant(
     # refused with the other claims). iat is whole seconds, rounded down: take the last
     # moment of that second, so a grant signed just after the retirement is not let in.
     iat = claims.get("iat")
-    signed_at = _time(iat + 1, "iat") - timedelta(microseconds=1) if type(iat) is int else None
+    signed_at = _time(iat + 1, "iat") - _MICROSECOND if type(iat) is int else None
     keys = trust.keys_for_host(issuer, purpose=Purpose.GRANT, at=at, signed_at=signed_at)
     if keys.bundle.key(kid) is None:
         others = [

@@ -69,8 +69,8 @@ from gateway.lineage import (
     EntryKind,
     Lineage,
     archived_before,
-    credentials_digest,
 )
+from gateway.model import remembered_credentials_digest
 from gateway.trust import TrustStore
 
 #: Most departures an object may record (the wire decoder refuses more before verifying).
@@ -392,7 +392,9 @@ def require_extends_departures(
 ) -> None:
     """Rule 4: the credentials ``grants`` extend what every departure recorded, unless a
     renewal root names the chain recorded at the last departure it does not extend."""
-    prefixes = {credentials_digest(grants[:n]): n for n in range(len(grants) + 1)}
+    # Remembered digests (the destination's lineage check asked for the whole chain's
+    # already): a pure function of the grants' text, so a hit is the same answer.
+    prefixes = {remembered_credentials_digest(tuple(grants[:n])): n for n in range(len(grants) + 1)}
     longest = len(grants)
     for index in range(len(checkpoints) - 1, -1, -1):
         departure = checkpoints[index]

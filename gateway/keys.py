@@ -55,10 +55,15 @@ class Algorithm(enum.Enum):
     ED25519 = "ed25519"
     ECDSA_P256_SHA256 = "ecdsa-p256-sha256"
 
+    # Hashed as the singletons they are (Enum's own __hash__ is Python code hashing the
+    # member's name: about 1,300 instructions a call, and every signature checked or made
+    # looks keys, algorithms and purposes up in dicts and sets several times).
+    __hash__ = object.__hash__
+
     @property
     def jose(self) -> str:
         """The JOSE ``alg`` value for this algorithm (RFC 8037 / RFC 7518)."""
-        return {Algorithm.ED25519: "EdDSA", Algorithm.ECDSA_P256_SHA256: "ES256"}[self]
+        return _JOSE[self]
 
     @classmethod
     def parse(cls, text: str) -> Algorithm:
@@ -78,6 +83,8 @@ class Purpose(enum.Enum):
     GRANT = "grant"  #: credential grants (JWTs)
     BUNDLE = "bundle"  #: the trust domain's own bundle updates
 
+    __hash__ = object.__hash__  # as Algorithm's
+
     @classmethod
     def parse(cls, text: str) -> Purpose:
         try:
@@ -94,6 +101,12 @@ class SignatureEncoding(enum.Enum):
 
     DER = "der"  #: ASN.1 SEQUENCE { r, s } — DSSE envelopes
     P1363 = "p1363"  #: fixed-width r || s — JOSE (ES256)
+
+    __hash__ = object.__hash__  # as Algorithm's
+
+
+#: Algorithm.jose, made once (it built this dict on every call).
+_JOSE = {Algorithm.ED25519: "EdDSA", Algorithm.ECDSA_P256_SHA256: "ES256"}
 
 
 PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey

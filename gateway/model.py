@@ -171,7 +171,7 @@ class GovernedObject:
         return self.blob.size if self.blob is not None else len(self.data)
 
     def credentials_digest(self) -> bytes:
-        return _credentials_digest(self.grants)
+        return remembered_credentials_digest(self.grants)
 
     def record(
         self, kind: EntryKind, *, host: str, at: datetime, detail: str = ""
@@ -274,9 +274,12 @@ _tombstoned = replacing(
 )
 _rehosted = replacing(GovernedObject, "state", "moved_to", "receipt", "migration_id", "lineage")
 
-# Every lineage entry records the credentials digest, and the grants rarely change:
-# memoise it on the (immutable, hashable) grants tuple.
-_credentials_digest = functools.lru_cache(maxsize=1024)(credentials_digest)
+#: :func:`gateway.lineage.credentials_digest`, memoised on the (immutable, hashable)
+#: grants tuple: every lineage entry records the credentials digest, and the grants
+#: rarely change. An arrival asks it of the same grants twice, in the destination's
+#: lineage check and in custody's rule 4 (gateway.custody.require_extends_departures):
+#: both ask here, so its 844 bytes (a P2 object's one grant) are hashed once.
+remembered_credentials_digest = functools.lru_cache(maxsize=1024)(credentials_digest)
 
 
 _STATE_HINTS = {

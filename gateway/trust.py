@@ -119,7 +119,12 @@ class TrustBundle:
                 )
 
     def key(self, key_id: str) -> KeyRecord | None:
-        return next((k for k in self.keys if k.key_id == key_id), None)
+        # A loop, not next() over a generator: every signature checked looks its key up
+        # here, some twice, and the generator's frame was most of the cost.
+        for record in self.keys:
+            if record.key_id == key_id:
+                return record
+        return None
 
     def resolver(self, *, purpose: Purpose, host: str | None, at: datetime | None) -> DomainKeys:
         """Keys of this domain usable for ``purpose`` by ``host`` at time ``at``."""
