@@ -29,14 +29,38 @@ def test_every_count_has_a_size_at_most_half_again_as_large() -> None:
         assert count <= size <= max(2, count * 3 // 2 + 1), (count, size)
 
 
-class _Recording(sqlite3.Connection):
-    """A connection that notes the text of every statement it is asked to run."""
-
-    texts: ClassVar[set[str]] = set()
+class _RecordingCursor(sqlite3.Cursor):
+    """A cursor that notes the text of every statement it runs (the store's writer runs
+    its statements on one cursor of its own)."""
 
     def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:  # type: ignore[override]
-        _Recording.texts.add(sql)
-        return super().execute(sql, *args)
+        cursor = super().execute(sql, *args)
+        _Recording.note(sql)
+        return cursor
+
+
+class _Recording(sqlite3.Connection):
+    """A connection that notes the text of every statement it is asked to run, on
+    itself or on a cursor of its own; SQLite's trace of the statements it ran is counted
+    beside them, so that a statement run some other way is noticed."""
+
+    texts: ClassVar[set[str]] = set()
+    #: Statements noted (each run that returned) and statements SQLite traced.
+    noted: ClassVar[list[str]] = []
+    traced: ClassVar[list[str]] = []
+
+    @classmethod
+    def note(cls, sql: str) -> None:
+        cls.texts.add(sql)
+        cls.noted.append(sql)
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:  # type: ignore[override]
+        cursor = super().execute(sql, *args)
+        _Recording.note(sql)
+        return cursor
+
+    def cursor(self, factory: Any = _RecordingCursor) -> sqlite3.Cursor:  # type: ignore[override]
+        return super().cursor(factory)
 
 
 def test_many_sizes_of_reads_writes_and_deletes_use_few_statements(
@@ -45,10 +69,14 @@ def test_many_sizes_of_reads_writes_and_deletes_use_few_statements(
     connect = sqlite3.connect
 
     def recording(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        return connect(*args, factory=_Recording, **kwargs)
+        connection = connect(*args, factory=_Recording, **kwargs)
+        connection.set_trace_callback(_Recording.traced.append)
+        return connection
 
     monkeypatch.setattr(sqlite_store.sqlite3, "connect", recording)
     _Recording.texts = set()
+    _Recording.noted = []
+    _Recording.traced = []
     written: dict[str, bytes] = {}
 
     async def main() -> None:
@@ -89,6 +117,9 @@ def test_many_sizes_of_reads_writes_and_deletes_use_few_statements(
             assert {k: item.value for k, item in left.items()} == written
 
     asyncio.run(main())
+    # Every statement SQLite ran was noted: each statement run once is traced once (a
+    # statement refused before it ran, as _unbind's are, is neither).
+    assert len(_Recording.traced) == len(_Recording.noted) > 0
     # Statements with a list in them, by their text with the list taken out: each kind
     # comes in at most len(_SIZES) sizes (before: one per count, hundreds here).
     listed = [t for t in _Recording.texts if re.search(r"IN \(|VALUES ", t)]

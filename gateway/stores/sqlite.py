@@ -198,6 +198,7 @@ class SqliteStore:
         "_busy_timeout",
         "_closed",
         "_connection",
+        "_cursor",
         "_draining",
         "_entry_list_bytes",
         "_entry_lists",
@@ -218,12 +219,16 @@ class SqliteStore:
         path: Path,
         executor: ThreadPoolExecutor,
         connection: sqlite3.Connection,
+        cursor: sqlite3.Cursor,
         busy_timeout: float = _DEFAULT_BUSY_TIMEOUT,
     ) -> None:
         # Use open(): the connection must have been made on the executor's only thread.
         self._path = path
         self._executor = executor
         self._connection = connection
+        #: The writer's statements run on this one cursor: ``Connection.execute`` makes
+        #: (and frees) a cursor per statement, about 1.4k instructions each.
+        self._cursor = cursor
         self._busy_timeout = busy_timeout
         self._closed = False
         self._readers = ThreadPoolExecutor(
@@ -288,10 +293,17 @@ class SqliteStore:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-store:{file}")
         try:
             connection = executor.submit(_connect, file, busy_timeout).result()
+            cursor = executor.submit(connection.cursor).result()
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(path=file, executor=executor, connection=connection, busy_timeout=busy_timeout)
+        return cls(
+            path=file,
+            executor=executor,
+            connection=connection,
+            cursor=cursor,
+            busy_timeout=busy_timeout,
+        )
 
     @property
     def path(self) -> Path:
@@ -609,7 +621,7 @@ class SqliteStore:
             # a write that returned has had its values unbound once the next one returns.)
             unbinding, self._unbinding = self._unbinding, []
             for sql, count in unbinding:
-                _unbind(self._connection, sql, count)
+                _unbind(self._cursor, sql, count)
 
     # Everything below runs on the worker thread only.
 
@@ -653,8 +665,8 @@ class SqliteStore:
         the error that refused that caller's writes. Raises (writing nothing) if the
         transaction itself cannot begin or commit.
         """
-        connection = self._connection
-        connection.execute("BEGIN IMMEDIATE")
+        connection, cursor = self._connection, self._cursor
+        cursor.execute("BEGIN IMMEDIATE")
         try:
             if len(group) == 1:
                 # One caller (every commit of a quiet host): the transaction is its
@@ -667,7 +679,7 @@ class SqliteStore:
                     return [exc]
             else:
                 outcomes = self._apply_together(group)
-            connection.execute("COMMIT")
+            cursor.execute("COMMIT")
         except BaseException:
             _rollback(connection)
             raise
@@ -721,22 +733,22 @@ class SqliteStore:
             # write would cost two statements every time): start again, each caller in
             # a savepoint of its own, its preconditions checked again.
             _rollback(connection)
-            connection.execute("BEGIN IMMEDIATE")
+            self._cursor.execute("BEGIN IMMEDIATE")
             return [self._apply_caller(ops) for ops in group]
         return outcomes
 
     def _apply_caller(self, ops: tuple[Operation, ...]) -> BaseException | None:
         """One caller's writes in a savepoint of their own, or the error that refused
         them (rolled back to that savepoint)."""
-        connection = self._connection
-        connection.execute("SAVEPOINT caller")
+        cursor = self._cursor
+        cursor.execute("SAVEPOINT caller")
         try:
             self._apply(ops)
         except (ConcurrencyError, sqlite3.Error) as exc:
-            connection.execute("ROLLBACK TO caller")
-            connection.execute("RELEASE caller")
+            cursor.execute("ROLLBACK TO caller")
+            cursor.execute("RELEASE caller")
             return exc
-        connection.execute("RELEASE caller")
+        cursor.execute("RELEASE caller")
         return None
 
     def _apply(self, ops: tuple[Operation, ...]) -> None:
@@ -772,7 +784,7 @@ class SqliteStore:
         :func:`_state_in` read of their keys (``stored``): a :class:`PutEntries` writes
         its head and the entry rows the key does not hold yet, and every row the key
         held that the new value does not list is deleted, in this same transaction."""
-        connection = self._connection
+        cursor = self._cursor
         held, number = stored.rows, stored.top
         remembered = self._entry_lists
         whole: builtins.list[tuple[str, bytes, str]] = []
@@ -806,9 +818,9 @@ class SqliteStore:
         for start in range(0, len(added), _UPSERT_ROWS):
             self._upsert(_ADD_ENTRIES, "(?, ?, ?)", added[start : start + _UPSERT_ROWS], 2)
         for start in range(0, len(dropped), _CHUNK):
-            connection.execute(*_listed(_DROP_ENTRIES, dropped[start : start + _CHUNK]))
+            cursor.execute(*_listed(_DROP_ENTRIES, dropped[start : start + _CHUNK]))
         for start in range(0, len(gone), _CHUNK):
-            connection.execute(*_listed(_DELETE, gone[start : start + _CHUNK]))
+            cursor.execute(*_listed(_DELETE, gone[start : start + _CHUNK]))
 
     def _state_in(self, keys: Sequence[str]) -> tuple[dict[str, str], _Stored]:
         """The ETags of the existing keys among ``keys`` (as :func:`_etags_in`), and what
@@ -820,7 +832,7 @@ class SqliteStore:
         is the stored one; another process's write changes the ETag): a cycle's
         object then costs no read of its rows' list (about 4 KB of hex, parsed, for 60
         entries). The others' lists are read by a second statement."""
-        connection = self._connection
+        cursor = self._cursor
         found: dict[str, str] = {}
         rows: dict[str, tuple[bytes, bytes]] = {}
         unknown: builtins.list[str] = []
@@ -828,9 +840,7 @@ class SqliteStore:
         remembered = self._entry_lists
         for start in range(0, len(keys), _CHUNK):
             chunk = keys if len(keys) <= _CHUNK else keys[start : start + _CHUNK]
-            largest, document, split = connection.execute(
-                *_listed(_STATE_AS_JSON, chunk)
-            ).fetchone()
+            largest, document, split = cursor.execute(*_listed(_STATE_AS_JSON, chunk)).fetchone()
             top = largest or 0
             etags: dict[str, str] = _json_object(document)
             if found:
@@ -845,7 +855,7 @@ class SqliteStore:
                     else:
                         unknown.append(key)
         for start in range(0, len(unknown), _CHUNK):
-            (document,) = connection.execute(
+            (document,) = cursor.execute(
                 *_listed(_ENTRY_LISTS_AS_JSON, unknown[start : start + _CHUNK])
             ).fetchone()
             for key, (numbers, ids) in _json_object(document).items():
@@ -884,7 +894,7 @@ class SqliteStore:
         for row in chunk:
             parameters += row
         sql = _statement(template, len(chunk), item)
-        self._connection.execute(sql, parameters)
+        self._cursor.execute(sql, parameters)
         if sum(len(row[value]) for row in chunk) >= _UNBIND_BYTES:
             self._unbinding.append((sql, len(parameters)))
 
@@ -990,7 +1000,7 @@ sqlite3.register_adapter(bytes, bytes.__bytes__)
 _UNBINDABLE = object()
 
 
-def _unbind(connection: sqlite3.Connection, sql: str, count: int) -> None:
+def _unbind(cursor: sqlite3.Cursor, sql: str, count: int) -> None:
     """Make the prepared statement ``sql`` (of ``count`` parameters) drop the values
     last bound to it.
 
@@ -1014,7 +1024,7 @@ def _unbind(connection: sqlite3.Connection, sql: str, count: int) -> None:
     group's callers are answered. A sqlite3 that checked every parameter before binding any
     would make this a no-op (tests/test_sqlite_bound_values.py measures the heap)."""
     try:
-        connection.execute(sql, [*itertools.repeat(0, count - 1), _UNBINDABLE])
+        cursor.execute(sql, [*itertools.repeat(0, count - 1), _UNBINDABLE])
     except sqlite3.ProgrammingError:  # the refusal of the last parameter, as intended
         return
     raise AssertionError("sqlite3 bound an object() as a parameter")  # pragma: no cover
