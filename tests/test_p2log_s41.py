@@ -257,3 +257,48 @@ def test_configured_text_lines_are_written_without_percent_of_the_record(
         " migration_id=m-1 object_id=obj://a.example/x peer=p tenant=t\n"
     )
     assert line.count("\n") == 1
+
+
+class _Recording(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append("write")
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.calls.append("flush")
+        super().flush()
+
+
+def test_configured_handler_flushes_each_line_without_its_flush_method(
+    restored_logging: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each line is written, then its stream flushed, once; not through
+    ``StreamHandler.flush`` (which takes the lock ``handle`` already holds)."""
+    out = _Recording()
+    monkeypatch.setattr(sys, "stderr", out)
+    configure_logging("text", level=logging.INFO)
+    flushes: list[object] = []
+    monkeypatch.setattr(logging.StreamHandler, "flush", lambda self: flushes.append(self))
+    for index in range(3):
+        logging.getLogger("gateway.tests.s41").info("line %d", index)
+    assert out.calls == ["write", "flush"] * 3
+    assert flushes == []
+    assert out.getvalue().count("\n") == 3
+
+
+def test_configured_handler_hands_a_refused_line_to_handle_error(
+    restored_logging: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = _Recording()
+    monkeypatch.setattr(sys, "stderr", out)
+    configure_logging("text", level=logging.INFO)
+    refused: list[logging.LogRecord] = []
+    handler = logging.getLogger().handlers[0]
+    monkeypatch.setattr(handler, "handleError", refused.append)
+    logging.getLogger("gateway.tests.s41").info("count %d", "not a number")
+    assert [record.msg for record in refused] == ["count %d"]
+    assert out.calls == []
