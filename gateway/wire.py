@@ -1692,10 +1692,15 @@ _DESTINATION_STEPS = {
     DestinationStep.ABORTED: journal_pb2.DESTINATION_STEP_ABORTED,
 }
 _SOURCE_STEPS_FROM_PB = {v: k for k, v in _SOURCE_STEPS.items()}
-#: SourceRecord's fields 1-4 (strings: migration id, object, tenant, destination host).
-_SOURCE_TEXT_TAGS = (b"\x0a", b"\x12", b"\x1a", b"\x22")
+#: Fields 1-4 of SourceRecord and DestinationRecord (strings: migration id, object,
+#: tenant, the other host).
+_HEAD_TEXT_TAGS = (b"\x0a", b"\x12", b"\x1a", b"\x22")
 #: SourceRecord.step (field 5, a varint), tag and value, by the step's value.
 _SOURCE_STEP_FIELDS = {step._value_: bytes((0x28, value)) for step, value in _SOURCE_STEPS.items()}
+#: DestinationRecord.step (field 5), the same way.
+_DESTINATION_STEP_FIELDS = {
+    step._value_: bytes((0x28, value)) for step, value in _DESTINATION_STEPS.items()
+}
 _DESTINATION_STEPS_FROM_PB = {v: k for k, v in _DESTINATION_STEPS.items()}
 
 
@@ -1723,7 +1728,7 @@ def encode_source_record(record: SourceRecord) -> bytes:
     records a migration; tests/test_p2wire_s41.py holds the two together): fields in
     number order, a proto3 default left out, both times always written (a set
     submessage, empty at the epoch). A migration's three records share their first four
-    fields and their creation time, remembered (:func:`_source_head`,
+    fields and their creation time, remembered (:func:`_head_texts`,
     :func:`_utc_stamp_field`). Values only protobuf's path may take (a time not in UTC,
     an epoch outside a uint64, a string that is not UTF-8, a value of another type, an
     unknown step) take it, and so raise or convert as they always did."""
@@ -1746,7 +1751,7 @@ def encode_source_record(record: SourceRecord) -> bytes:
     try:
         # The step by its value: Enum's hash is Python code (about 1,100 Ir).
         parts = [
-            _source_head(migration_id, object_id, tenant, host),
+            _head_texts(migration_id, object_id, tenant, host),
             _SOURCE_STEP_FIELDS[step._value_],
         ]
         reason_utf8 = reason.encode()
@@ -1774,11 +1779,11 @@ def encode_source_record(record: SourceRecord) -> bytes:
 
 
 @functools.lru_cache(maxsize=256)
-def _source_head(migration_id: str, object_id: str, tenant: str, host: str) -> bytes:
-    """SourceRecord's fields 1-4 (strings), the same in a migration's every record: a
-    UnicodeEncodeError for a string that is not UTF-8 (never remembered)."""
+def _head_texts(migration_id: str, object_id: str, tenant: str, host: str) -> bytes:
+    """Fields 1-4 (strings) of a journal record, the same in a migration's every record:
+    a UnicodeEncodeError for a string that is not UTF-8 (never remembered)."""
     parts: list[bytes] = []
-    for tag, text in zip(_SOURCE_TEXT_TAGS, (migration_id, object_id, tenant, host), strict=True):
+    for tag, text in zip(_HEAD_TEXT_TAGS, (migration_id, object_id, tenant, host), strict=True):
         if text:
             value = text.encode()
             parts += (tag, _varint(len(value)), value)
@@ -1816,7 +1821,7 @@ def decode_source_record(raw: bytes) -> SourceRecord:
 _STAGED_TAG = b"\x4a"
 
 
-def encode_destination_record(record: DestinationRecord) -> bytes:
+def _destination_record_pb(record: DestinationRecord) -> bytes:
     """The record's bytes, serialized deterministically. A staged copy is written as
     :func:`encode_object`'s bytes between fields 1-8 and 10-12 (a message's encoding is
     its fields' in number order): the same bytes as setting the submessage, without
@@ -1841,6 +1846,54 @@ def encode_destination_record(record: DestinationRecord) -> bytes:
         return head + tail
     staged = encode_object(record.staged)
     return b"".join((head, _STAGED_TAG, _varint(len(staged)), staged, tail))
+
+
+def encode_destination_record(record: DestinationRecord) -> bytes:
+    """:func:`_destination_record_pb`, its fields other than the staged copy written out
+    as :func:`encode_source_record` writes a source record's (tests/test_p2wire_s41.py
+    holds the two together); values only protobuf's path may take take it."""
+    step, created, updated = record.step, record.created_at, record.updated_at
+    migration_id, object_id, tenant = record.migration_id, record.object_id, record.tenant
+    host, reason, staged_copy = record.source_host, record.reason, record.staged
+    digest, staged, activation = (
+        record.transfer_digest,
+        record.staged_receipt,
+        record.activation_receipt,
+    )
+    if not (
+        type(step) is DestinationStep
+        and type(created) is type(updated) is datetime
+        and created.tzinfo is updated.tzinfo is UTC
+        and type(migration_id) is type(object_id) is type(tenant) is type(host) is str
+        and type(reason) is str
+        and type(digest) is type(staged) is type(activation) is bytes
+    ):
+        return _destination_record_pb(record)
+    try:
+        parts = [
+            _head_texts(migration_id, object_id, tenant, host),
+            _DESTINATION_STEP_FIELDS[step._value_],
+        ]
+        reason_utf8 = reason.encode()
+    except UnicodeEncodeError:
+        return _destination_record_pb(record)
+    if digest:
+        size = len(digest)
+        parts += (b"\x32", _SHORT_VARINTS[size] if size < 0x80 else _varint(size), digest)
+    if staged:
+        size = len(staged)
+        parts += (b"\x3a", _SHORT_VARINTS[size] if size < 0x80 else _varint(size), staged)
+    if activation:
+        size = len(activation)
+        parts += (b"\x42", _SHORT_VARINTS[size] if size < 0x80 else _varint(size), activation)
+    if staged_copy is not None:
+        copy = encode_object(staged_copy)
+        parts += (_STAGED_TAG, _varint(len(copy)), copy)
+    parts += (b"\x52", _utc_stamp_field(created), b"\x5a", _utc_stamp_field(updated))
+    if reason_utf8:
+        size = len(reason_utf8)
+        parts += (b"\x62", _SHORT_VARINTS[size] if size < 0x80 else _varint(size), reason_utf8)
+    return b"".join(parts)
 
 
 def decode_destination_record(raw: bytes) -> DestinationRecord:

@@ -14,8 +14,9 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 import pytest
 
 from gateway import wire
-from gateway.handoff.records import SourceRecord, SourceStep
+from gateway.handoff.records import DestinationRecord, DestinationStep, SourceRecord, SourceStep
 from gateway.v1 import journal_pb2
+from tests.test_record_encoding import _staged, whole
 
 
 class _NoOffset(tzinfo):
@@ -162,3 +163,43 @@ def test_a_string_that_is_not_utf8_is_refused_as_protobuf_refuses_it(field: str)
     with pytest.raises(UnicodeEncodeError) as fast:
         wire.encode_source_record(record)
     assert str(fast.value) == str(plain.value)
+
+
+def random_destination_record(rng: random.Random, staged: DestinationRecord) -> DestinationRecord:
+    text = lambda: _pick(rng, _TEXTS, _BAD_TEXTS)  # noqa: E731
+    blob = lambda: _pick(rng, _BLOBS, _BAD_BLOBS)  # noqa: E731
+    steps: list[object] = list(DestinationStep)
+    step = rng.choice([*steps, "staged"]) if rng.random() < 0.02 else rng.choice(steps)
+    return DestinationRecord(
+        migration_id=text(),  # type: ignore[arg-type]
+        object_id=text(),  # type: ignore[arg-type]
+        tenant=text(),  # type: ignore[arg-type]
+        source_host=text(),  # type: ignore[arg-type]
+        step=step,  # type: ignore[arg-type]
+        transfer_digest=blob(),  # type: ignore[arg-type]
+        staged_receipt=blob(),  # type: ignore[arg-type]
+        activation_receipt=blob(),  # type: ignore[arg-type]
+        staged=staged.staged if rng.random() < 0.2 else None,
+        created_at=_moment(rng),  # type: ignore[arg-type]
+        updated_at=_moment(rng),  # type: ignore[arg-type]
+        reason=text(),  # type: ignore[arg-type]
+    )
+
+
+def test_destination_records_written_out_are_what_protobuf_serializes() -> None:
+    """The same over destination records (a staged copy in some): protobuf's bytes (the
+    whole message, tests/test_record_encoding.py's reference) or its refusal."""
+    rng = random.Random(4142)
+    staged = _staged()
+    encoded = refused = 0
+    for case in range(3000):
+        record = random_destination_record(rng, staged)
+        expected = _outcome(wire._destination_record_pb, record)  # type: ignore[arg-type]
+        assert _outcome(wire.encode_destination_record, record) == expected, (case, record)  # type: ignore[arg-type]
+        if isinstance(expected, bytes):
+            assert expected == whole(record), (case, record)
+            encoded += 1
+        else:
+            refused += 1
+    assert encoded > 1500
+    assert refused > 150
