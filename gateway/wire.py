@@ -1786,7 +1786,8 @@ def _head_texts(migration_id: str, object_id: str, tenant: str, host: str) -> by
     for tag, text in zip(_HEAD_TEXT_TAGS, (migration_id, object_id, tenant, host), strict=True):
         if text:
             value = text.encode()
-            parts += (tag, _varint(len(value)), value)
+            size = len(value)
+            parts += (tag, _SHORT_VARINTS[size] if size < 0x80 else _varint(size), value)
     return b"".join(parts)
 
 
