@@ -21,7 +21,7 @@ import sys
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -219,6 +219,23 @@ class IdleLru(Generic[K, V]):
 
     def __contains__(self, key: K) -> bool:
         return key in self._entries
+
+    def get(self, key: K) -> V | None:
+        """The value held under ``key``, counted as a use (``peek`` then ``touch`` in one
+        call: a lookup per cycle, its second dict lookup and Python call were a third of
+        what the memo cost)."""
+        slot = self._entries.get(key)
+        if slot is None:
+            return None
+        slot.used = self._clock()
+        self._entries.move_to_end(key)
+        return slot.value
+
+    def held(self, keys: Iterable[K]) -> list[K]:
+        """Those of ``keys`` that are held, in the order given (``in`` for each, in one
+        call: a batch asks it of every object it cycles)."""
+        entries = self._entries
+        return [key for key in keys if key in entries]
 
     def peek(self, key: K) -> V | None:
         """The value held under ``key``, not counted as a use."""

@@ -342,9 +342,10 @@ class _Objects:
     def get(self, key: str, raw: bytes, entry_ids: bytes = b"") -> GovernedObject:
         """The object stored under ``key`` as ``raw`` (``entry_ids``: the ids the store
         keeps for its entries, :attr:`gateway.stores.Item.entry_ids`)."""
-        held = self._held.peek(key)
+        # A lookup of a key held counts as its use, whatever bytes it finds: other bytes
+        # are decoded and remembered in its place (a use too).
+        held = self._held.get(key)
         if held is not None and held[0] == raw:
-            self._held.touch(key)
             return held[1]
         obj = wire.decode_object(raw, entry_ids=entry_ids)
         self.remember(key, raw, obj)

@@ -38,7 +38,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -288,7 +288,7 @@ class CycleRunner:
         unknown = list(keys)
         # Only when something may be in the memo: a store that returns no ETags from its
         # writes (Dapr) never fills it, and its ETag read reads the values anyway.
-        remembered = [keys[object_id] for object_id in object_ids if keys[object_id] in held]
+        remembered = held.held(keys.values())
         if remembered:
             etags = await store.get_etags(remembered)
             unknown = []
@@ -758,12 +758,19 @@ class _Held:
     def __contains__(self, key: str) -> bool:
         return key in self._held
 
+    def held(self, keys: Iterable[str]) -> list[str]:
+        """Those of ``keys`` remembered, in the order given."""
+        return self._held.held(keys)
+
     def get(self, key: str, etag: str | None) -> _Current | None:
-        """The object stored under ``key`` if it is the one remembered (same ETag)."""
-        held = self._held.peek(key)
-        if held is None or etag is None or held.etag != etag:
+        """The object stored under ``key`` if it is the one remembered (same ETag).
+
+        Any lookup of a key held counts as its use, a hit or not: after another ETag
+        (somebody else wrote it) the cycle goes on with the entry's :class:`_Derived`
+        and its commit replaces the entry."""
+        held = self._held.get(key)
+        if held is None or held.etag != etag:
             return None
-        self._held.touch(key)
         return _current((key, held.obj, etag, held.derived))
 
     def derived(self, key: str) -> _Derived | None:
