@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,3 +118,30 @@ def any_store_world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     finally:
         for sidecar in sidecars.values():
             sidecar.stop()
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """configure_logging changes the root logger and logging's module switches: put back."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    switches = (
+        logging._srcfile,
+        logging.logThreads,
+        logging.logProcesses,
+        logging.logMultiprocessing,
+    )
+    try:
+        yield
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+        (
+            logging._srcfile,
+            logging.logThreads,
+            logging.logProcesses,
+            logging.logMultiprocessing,
+        ) = switches

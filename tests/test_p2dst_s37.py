@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import random
-from collections.abc import Iterator
 
 import pytest
 
@@ -22,33 +21,6 @@ from gateway.observability.logs import (
 )
 
 SEED = 37
-
-
-@pytest.fixture
-def restored_logging() -> Iterator[None]:
-    """configure_logging changes the root logger and logging's module switches: put back."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    switches = (
-        logging._srcfile,
-        logging.logThreads,
-        logging.logProcesses,
-        logging.logMultiprocessing,
-    )
-    try:
-        yield
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in handlers:
-            root.addHandler(handler)
-        root.setLevel(level)
-        (
-            logging._srcfile,
-            logging.logThreads,
-            logging.logProcesses,
-            logging.logMultiprocessing,
-        ) = switches
 
 
 def _plain_handoff(record: logging.LogRecord) -> None:

@@ -31,33 +31,6 @@ from gateway.observability.logs import (
 SEED = 41
 
 
-@pytest.fixture
-def restored_logging() -> Iterator[None]:
-    """configure_logging changes the root logger and logging's module switches: put back."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    switches = (
-        logging._srcfile,
-        logging.logThreads,
-        logging.logProcesses,
-        logging.logMultiprocessing,
-    )
-    try:
-        yield
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in handlers:
-            root.addHandler(handler)
-        root.setLevel(level)
-        (
-            logging._srcfile,
-            logging.logThreads,
-            logging.logProcesses,
-            logging.logMultiprocessing,
-        ) = switches
-
-
 class _PlainHandoff(logging.Filter):
     """``HandoffFields.filter`` as it was before session 41: the plain path."""
 
