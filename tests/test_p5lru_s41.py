@@ -5,7 +5,6 @@ event's strings remembered as needing no escape, held to the canonical encoder."
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -13,9 +12,9 @@ from datetime import UTC, datetime
 import pytest
 
 from gateway._lru import IdleLru
-from gateway._time import format_time
 from gateway.runtime import outbox
 from gateway.runtime.outbox import Event
+from tests.test_outbox_encoding import _reference
 
 
 def _state(memo: IdleLru[str, int]) -> list[tuple[str, int, int, float]]:
@@ -81,7 +80,6 @@ def test_get_counts_a_use_and_held_keeps_the_order_asked() -> None:
 
 # --- an outbox event's strings known to need no escape ---------------------------------
 
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 _PIECES = (
     "org-a.example",
     "obj://org-a.example/bench/cycle/00042",
@@ -98,23 +96,6 @@ _PIECES = (
     "\u2028",
     "~ !#$%&'()*+,-./:;<=>?@[]^_`{|}",
 )
-
-
-def _reference(event: Event) -> bytes:
-    document = {
-        "tenant": event.tenant,
-        "object_id": event.object_id,
-        "generation": event.generation,
-        "rule": event.rule,
-        "verb": event.verb,
-        "resource": event.resource,
-        "payload": event.payload,
-        "created_at": format_time(event.created_at),
-        "status": event.status,
-        "attempts": event.attempts,
-        "last_error": event.last_error,
-    }
-    return _CANONICAL.encode(document).encode("utf-8")
 
 
 def _event(rng: random.Random, pieces: list[str]) -> Event:
