@@ -106,6 +106,14 @@ class Envelope:
             raise EnvelopeTooLargeError(
                 f"envelope has {len(signatures)} signatures; at most {MAX_SIGNATURES}"
             )
+        if len(signatures) == 1:  # every envelope a host seals: no set to see twice in
+            signature = signatures[0]
+            keyid = signature.keyid
+            if len(keyid) > MAX_KEYID or len(signature.sig) > MAX_SIGNATURE_BYTES:
+                raise EnvelopeTooLargeError("a signature or key id is larger than any we issue")
+            if not keyid.isascii():
+                _require_utf8(keyid, "key id")
+            return
         seen: set[str] = set()
         for signature in signatures:
             keyid = signature.keyid

@@ -11,11 +11,23 @@ from __future__ import annotations
 
 import enum
 import pickle
+import random
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
+from gateway.envelope import (
+    MAX_KEYID,
+    MAX_PAYLOAD_TYPE,
+    MAX_SIGNATURE_BYTES,
+    MAX_SIGNATURES,
+    Envelope,
+    Signature,
+)
+from gateway.errors import EnvelopeError, EnvelopeTooLargeError
 from gateway.handoff.messages import ReceiptKind
 from gateway.handoff.records import DestinationStep, SourceStep
 
@@ -63,3 +75,86 @@ def test_a_receipt_kinds_payload_type_is_its_value_as_text() -> None:
         (kind, str(kind.value)) for kind in ReceiptKind
     ]
     assert all(type(kind.payload_type) is str for kind in ReceiptKind)
+
+
+# --- envelopes ---------------------------------------------------------------------
+
+
+def _reference_envelope_checks(payload_type: str, signatures: tuple[Signature, ...]) -> None:
+    """Envelope.__post_init__ as it was (every envelope through the set)."""
+    if not payload_type or len(payload_type) > MAX_PAYLOAD_TYPE:
+        raise EnvelopeError(
+            f"payload type must be 1..{MAX_PAYLOAD_TYPE} characters, got {len(payload_type)}"
+        )
+    if not payload_type.isascii():
+        _reference_utf8(payload_type, "payload type")
+    if not signatures:
+        raise EnvelopeError("envelope has no signatures", hint="seal it with at least one key")
+    if len(signatures) > MAX_SIGNATURES:
+        raise EnvelopeTooLargeError(
+            f"envelope has {len(signatures)} signatures; at most {MAX_SIGNATURES}"
+        )
+    seen: set[str] = set()
+    for signature in signatures:
+        keyid = signature.keyid
+        if len(keyid) > MAX_KEYID or len(signature.sig) > MAX_SIGNATURE_BYTES:
+            raise EnvelopeTooLargeError("a signature or key id is larger than any we issue")
+        if not keyid.isascii():
+            _reference_utf8(keyid, "key id")
+        if keyid and keyid in seen:
+            raise EnvelopeError(
+                f"key id {keyid[:16]} signs the envelope twice",
+                hint="each key signs an envelope once",
+            )
+        seen.add(keyid)
+
+
+def _reference_utf8(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EnvelopeError(f"{what} is not valid Unicode text (lone surrogate)") from exc
+
+
+def _outcome(call: Callable[..., object], *args: Any, **kwargs: Any) -> tuple[str, str, str]:
+    try:
+        call(*args, **kwargs)
+    except Exception as exc:  # compared by type and words below
+        return (type(exc).__name__, str(exc), repr(getattr(exc, "hint", None)))
+    return ("ok", "", "")
+
+
+def _keyid(rng: random.Random) -> str:
+    pick = rng.random()
+    if pick < 0.5:
+        return "".join(rng.choice("0123456789abcdef") for _ in range(64))
+    if pick < 0.6:
+        return ""
+    if pick < 0.7:
+        return "k" * rng.choice((MAX_KEYID, MAX_KEYID + 1, MAX_KEYID + 40))
+    if pick < 0.8:
+        return rng.choice(("é", "\ud800", "日本", "a\udfffb", "ok\x00"))
+    return rng.choice(("a", "b", "c"))  # repeats across signatures
+
+
+def _sig(rng: random.Random) -> bytes:
+    return bytes(
+        rng.getrandbits(8)
+        for _ in range(rng.choice((0, 1, 64, 72, MAX_SIGNATURE_BYTES, MAX_SIGNATURE_BYTES + 1)))
+    )
+
+
+def test_an_envelope_is_checked_as_before_over_seeded_cases() -> None:
+    rng = random.Random(4201)
+    outcomes: set[str] = set()
+    for _ in range(6000):
+        payload_type = rng.choice(
+            ("application/x", "", "t" * (MAX_PAYLOAD_TYPE + 1), "typé", "bad\ud800")
+        )
+        count = rng.choice((1, 1, 1, 1, 0, 2, 3, MAX_SIGNATURES, MAX_SIGNATURES + 1))
+        signatures = tuple(Signature(keyid=_keyid(rng), sig=_sig(rng)) for _ in range(count))
+        got = _outcome(Envelope, payload=b"p", payload_type=payload_type, signatures=signatures)
+        want = _outcome(_reference_envelope_checks, payload_type, signatures)
+        assert got == want, (payload_type, signatures)
+        outcomes.add(got[0])
+    assert outcomes == {"ok", "EnvelopeError", "EnvelopeTooLargeError"}
