@@ -67,7 +67,13 @@ class PayloadType:
 #: its signature hashed its whole PAE (the object and its lineage: 4.4 KB for a small
 #: object, on every arrival) for an entry never looked up again, which evicted one that
 #: may be (a checkpoint of an object that comes back).
-ONCE_ONLY = frozenset({PayloadType.TRANSFER, PayloadType.PROPOSAL})
+#:
+#: A staged receipt likewise: it names one migration, and its source opens it once, when
+#: Prepare answers (after a crash, recovery's Prepare gets the same receipt again, in a
+#: new process whose memory is empty). An activation receipt is remembered: it travels
+#: on in the object's lineage as an arrival, and custody opens it again when the object
+#: comes back.
+ONCE_ONLY = frozenset({PayloadType.TRANSFER, PayloadType.PROPOSAL, PayloadType.STAGED_RECEIPT})
 
 MAX_PAYLOAD_TYPE = 256
 MAX_SIGNATURES = 16

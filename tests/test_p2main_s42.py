@@ -28,12 +28,15 @@ from gateway.envelope import (
     MAX_SIGNATURE_BYTES,
     MAX_SIGNATURES,
     Envelope,
+    PayloadType,
     Signature,
+    open_envelope,
+    seal,
 )
 from gateway.errors import BadSignatureError, EnvelopeError, EnvelopeTooLargeError
 from gateway.handoff.messages import ReceiptKind
 from gateway.handoff.records import DestinationStep, SourceStep
-from gateway.keys import KeyRecord, Purpose, Signer
+from gateway.keys import VERIFIED_SIGNATURES, KeyRecord, Purpose, Signer
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -294,3 +297,47 @@ def _plain_ed25519(record: KeyRecord, message: bytes, signature: bytes) -> None:
         raise BadSignatureError(
             f"signature does not verify under key {record.key_id[:16]} (ed25519)"
         ) from exc
+
+
+# --- staged receipts ---------------------------------------------------------------
+
+
+class _Keys:
+    def __init__(self, record: KeyRecord) -> None:
+        self._record = record
+
+    def resolve(self, key_id: str) -> KeyRecord:
+        assert key_id == self._record.key_id
+        return self._record
+
+    def all(self) -> list[KeyRecord]:
+        return [self._record]
+
+
+def test_a_staged_receipts_signature_is_not_remembered_an_activation_receipts_is() -> None:
+    """A staged receipt is opened once, by its source, when Prepare answers: its
+    signature is neither hashed into nor looked up in the memory of verified signatures.
+    An activation receipt travels on as an arrival and is opened again by custody."""
+    rng = random.Random(4205)
+    signer = _signers(rng)[0]
+    record = KeyRecord.for_public_key(signer.public_key, purposes=[Purpose.ENVELOPE], valid_from=T0)
+    keys = _Keys(record)
+    VERIFIED_SIGNATURES.clear()
+    try:
+        staged = seal(b"r" * 300, PayloadType.STAGED_RECEIPT, [signer])
+        for _ in range(2):  # verified each time, never remembered
+            opened = open_envelope(staged, payload_type=PayloadType.STAGED_RECEIPT, keys=keys)
+            assert opened.payload == staged.payload
+        assert len(VERIFIED_SIGNATURES) == 0
+        spoiled = Envelope(
+            payload=b"s" + staged.payload[1:],
+            payload_type=staged.payload_type,
+            signatures=staged.signatures,
+        )
+        with pytest.raises(BadSignatureError):
+            open_envelope(spoiled, payload_type=PayloadType.STAGED_RECEIPT, keys=keys)
+        activated = seal(b"a" * 300, PayloadType.ACTIVATION_RECEIPT, [signer])
+        open_envelope(activated, payload_type=PayloadType.ACTIVATION_RECEIPT, keys=keys)
+        assert len(VERIFIED_SIGNATURES) == 1
+    finally:
+        VERIFIED_SIGNATURES.clear()
