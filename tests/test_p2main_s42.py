@@ -9,6 +9,7 @@ seeded cases: the same values accepted, the same error types and words for the r
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import pickle
 import random
@@ -21,7 +22,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from gateway import credentials
+from gateway import credentials, observability
 from gateway.envelope import (
     MAX_KEYID,
     MAX_PAYLOAD_TYPE,
@@ -341,3 +342,52 @@ def test_a_staged_receipts_signature_is_not_remembered_an_activation_receipts_is
         assert len(VERIFIED_SIGNATURES) == 1
     finally:
         VERIFIED_SIGNATURES.clear()
+
+
+# --- handoff binding ---------------------------------------------------------------
+
+
+def _reference_bind(**fields: str | None) -> None:
+    """observability.bind as it was (tracing aside)."""
+    given = {
+        name: value
+        for name, value in (
+            ("migration_id", fields.get("migration_id")),
+            ("object_id", fields.get("object_id")),
+            ("peer", fields.get("peer")),
+            ("tenant", fields.get("tenant")),
+        )
+        if value
+    }
+    observability.HANDOFF.set({**observability.HANDOFF.get(), **given})
+
+
+def _bindings(bind: Callable[..., None], calls: list[dict[str, str | None]]) -> list[object]:
+    def run() -> list[object]:
+        seen: list[object] = []
+        for fields in calls:
+            bind(**fields)
+            seen.append(list(observability.HANDOFF.get().items()))
+        return seen
+
+    return contextvars.copy_context().run(run)
+
+
+def test_a_binding_is_the_same_dict_in_the_same_order_over_seeded_calls() -> None:
+    rng = random.Random(4206)
+    names = ("migration_id", "object_id", "peer", "tenant")
+    for _ in range(400):
+        calls = []
+        for _ in range(rng.randrange(1, 5)):
+            chosen = rng.sample(names, rng.randrange(len(names) + 1))
+            if rng.random() < 0.5:
+                chosen = list(names)  # the migrations' case, all four
+            calls.append(
+                {
+                    name: rng.choice(("", None, "mig-1", "obj://a/b", "org-b", "default", "é"))
+                    if rng.random() < 0.2
+                    else f"{name}-{rng.randrange(3)}"
+                    for name in chosen
+                }
+            )
+        assert _bindings(observability.bind, calls) == _bindings(_reference_bind, calls), calls
