@@ -29,12 +29,13 @@ Checks, in this order, and why:
    the payload only to choose the trust bundle; ``kid`` must name a ``grant`` key of
    that domain, allowed for that host. A ``kid`` from another domain is refused.
 3. **The algorithm is the record's.** The header's ``alg`` must equal the record's, and
-   the signature is verified by PyJWT's algorithm for the record's ``alg`` (EdDSA or
-   ES256 only): ``none``, HMAC and any mismatch fail before a signature is computed.
+   the signature over the first two segments is verified by the key record itself, as
+   every other signature (EdDSA, or ES256 as JOSE's 64-byte ``r || s``; nothing else):
+   ``none``, HMAC and any mismatch fail before a signature is computed.
 4. **Then the claims**, strictly; the validity window is checked against the caller's
    ``at`` (PyJWT would use the wall clock), and then each link against its parent (§5).
    The claims used are the ones the strict reader of step 1 parsed from the very
-   segment PyJWT's JWS layer verified: one parser decides what a grant says.
+   segment whose signature was verified: one parser decides what a grant says.
 
 Verified grants are remembered (:data:`VERIFIED_GRANTS`, a bounded LRU) by their exact
 text, with the key record whose public key verified them: what a grant says and whether
