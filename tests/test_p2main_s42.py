@@ -15,6 +15,7 @@ import pickle
 import random
 import sys
 from collections.abc import Callable
+from dataclasses import FrozenInstanceError
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,6 +39,7 @@ from gateway.errors import BadSignatureError, EnvelopeError, EnvelopeTooLargeErr
 from gateway.handoff.messages import ReceiptKind
 from gateway.handoff.records import DestinationStep, SourceStep
 from gateway.keys import VERIFIED_SIGNATURES, KeyRecord, Purpose, Signer
+from gateway.trust import DomainKeys, TrustStore, new_bundle
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -391,3 +393,54 @@ def test_a_binding_is_the_same_dict_in_the_same_order_over_seeded_calls() -> Non
                 }
             )
         assert _bindings(observability.bind, calls) == _bindings(_reference_bind, calls), calls
+
+
+# --- trust: a domain's resolver built slot by slot ----------------------------------
+
+
+def test_a_domains_resolver_is_the_value_its_constructor_makes_over_seeded_cases() -> None:
+    rng = random.Random(4207)
+    signers = _signers(rng)
+    domains = ("org-a.example", "org-b.example")
+    bundles = [
+        new_bundle(
+            domain,
+            [
+                KeyRecord.for_public_key(
+                    signer.public_key, purposes=[Purpose.ENVELOPE, Purpose.GRANT], valid_from=T0
+                )
+                for signer in signers[index * 2 : index * 2 + 2]
+            ],
+            issued_at=T0,
+        )
+        for index, domain in enumerate(domains)
+    ]
+    store = TrustStore.of(bundles)
+    hosts = [f"spiffe://{d}/gateway/{n}" for d in (*domains, "org-c.example") for n in "ab"]
+    moments = [None, T0, datetime(2030, 5, 6, 7, 8, 9, 10, tzinfo=UTC)]
+    for _ in range(500):
+        host = rng.choice([*hosts, "not a host id", "spiffe://"])
+        purpose = rng.choice(list(Purpose))
+        at, signed_at = rng.choice(moments), rng.choice(moments)
+        got = _outcome(store.keys_for_host, host, purpose=purpose, at=at, signed_at=signed_at)
+        try:
+            made = store.keys_for_host(host, purpose=purpose, at=at, signed_at=signed_at)
+        except Exception:
+            assert got[0] != "ok"
+            continue
+        want = DomainKeys(
+            bundle=store.bundle(made.bundle.trust_domain),
+            purpose=purpose,
+            host=host,
+            at=at,
+            signed_at=signed_at,
+        )
+        assert type(made) is DomainKeys
+        assert made == want and hash(made) == hash(want) and repr(made) == repr(want)
+        bundle = rng.choice(bundles)
+        resolver_host = rng.choice([None, *hosts])
+        assert bundle.resolver(purpose=purpose, host=resolver_host, at=at) == DomainKeys(
+            bundle=bundle, purpose=purpose, host=resolver_host, at=at
+        )
+        with pytest.raises(FrozenInstanceError):
+            made.host = "x"  # type: ignore[misc]
