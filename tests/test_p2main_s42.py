@@ -10,6 +10,7 @@ seeded cases: the same values accepted, the same error types and words for the r
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import enum
 import pickle
 import random
@@ -24,6 +25,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from gateway import credentials, observability
+from gateway import envelope as envelope_module
 from gateway.envelope import (
     MAX_KEYID,
     MAX_PAYLOAD_TYPE,
@@ -32,12 +34,15 @@ from gateway.envelope import (
     Envelope,
     PayloadType,
     Signature,
+    Verified,
     open_envelope,
+    pae,
     seal,
 )
 from gateway.errors import BadSignatureError, EnvelopeError, EnvelopeTooLargeError
-from gateway.handoff.messages import ReceiptKind
-from gateway.handoff.records import DestinationStep, SourceStep
+from gateway.handoff import destination, source
+from gateway.handoff.messages import Receipt, ReceiptKind, Transfer
+from gateway.handoff.records import DestinationRecord, DestinationStep, SourceRecord, SourceStep
 from gateway.keys import VERIFIED_SIGNATURES, KeyRecord, Purpose, Signer
 from gateway.trust import DomainKeys, TrustStore, new_bundle
 
@@ -444,3 +449,67 @@ def test_a_domains_resolver_is_the_value_its_constructor_makes_over_seeded_cases
         )
         with pytest.raises(FrozenInstanceError):
             made.host = "x"  # type: ignore[misc]
+
+
+# --- frozen values built slot by slot ----------------------------------------------
+
+
+_BUILT = [
+    (source._frozen_record, SourceRecord),
+    (source._transfer, Transfer),
+    (source._result, source.MigrationResult),
+    (destination._staged_record, DestinationRecord),
+    (destination._new_receipt, Receipt),
+    (envelope_module._signature, Signature),
+    (envelope_module._verified, Verified),
+]
+
+
+@pytest.mark.parametrize(("build", "cls"), _BUILT)
+def test_each_builder_makes_what_its_classs_constructor_makes(build: Any, cls: type) -> None:
+    """Every field, in the class's own order (a distinct value at each position: a builder
+    that skips, repeats or swaps a field makes another value), equal to the constructor's
+    value with the same repr and hash, and still frozen."""
+    rng = random.Random(4208)
+    names = [field.name for field in dataclasses.fields(cls)]
+    for _ in range(50):
+        values = [
+            rng.choice((f"v{index}-{rng.randrange(9)}", index * 10 + rng.randrange(9)))
+            for index in range(len(names))
+        ]
+        made, want = build(*values), cls(**dict(zip(names, values, strict=True)))
+        assert type(made) is cls
+        assert [getattr(made, n) for n in names] == [getattr(want, n) for n in names]
+        assert made == want and repr(made) == repr(want)
+        with pytest.raises(FrozenInstanceError):
+            setattr(made, names[0], "changed")
+
+
+def _reference_seal(payload: bytes, payload_type: str, signers: list[Signer]) -> Envelope:
+    """envelope.seal as it was (Envelope and Signature by their constructors)."""
+    if len(signers) > 1 and len({s.key_id for s in signers}) != len(signers):
+        raise ValueError("the same key is listed twice; a key signs an envelope once")
+    message = pae(payload_type, payload)
+    return Envelope(
+        payload=payload,
+        payload_type=payload_type,
+        signatures=tuple([Signature(keyid=s.key_id, sig=s.sign(message)) for s in signers]),
+    )
+
+
+def test_a_seal_is_the_envelope_it_was_and_refuses_as_it_did() -> None:
+    """Ed25519 signatures are deterministic: the envelopes are equal whole."""
+    rng = random.Random(4209)
+    signers = _signers(rng)[:2]
+    payload_types = ("application/x", "", "t" * (MAX_PAYLOAD_TYPE + 1), "typé", "bad\ud800")
+    for _ in range(300):
+        payload = rng.randbytes(rng.choice((0, 1, 300)))
+        payload_type = rng.choice(payload_types)
+        chosen = rng.choice(([signers[0]], [signers[1]], signers, [signers[0], signers[0]]))
+        got = _outcome(seal, payload, payload_type, chosen)
+        assert got == _outcome(_reference_seal, payload, payload_type, chosen)
+        if got[0] == "ok":
+            made = seal(payload, payload_type, chosen)
+            assert made == _reference_seal(payload, payload_type, chosen)
+            assert type(made) is Envelope
+            assert all(type(s) is Signature for s in made.signatures)
