@@ -41,6 +41,7 @@ from gateway.envelope import (
 )
 from gateway.errors import BadSignatureError, EnvelopeError, EnvelopeTooLargeError
 from gateway.handoff import destination, source
+from gateway.handoff.lifecycle import LifecycleEvent
 from gateway.handoff.messages import Receipt, ReceiptKind, Transfer
 from gateway.handoff.records import DestinationRecord, DestinationStep, SourceRecord, SourceStep
 from gateway.keys import VERIFIED_SIGNATURES, KeyRecord, Purpose, Signer
@@ -460,6 +461,10 @@ _BUILT = [
     (source._result, source.MigrationResult),
     (destination._staged_record, DestinationRecord),
     (destination._new_receipt, Receipt),
+    (source._written, source._Frozen),
+    (source._event, LifecycleEvent),
+    (destination._staged_for_commit, destination._Staged),
+    (destination._event, LifecycleEvent),
     (envelope_module._signature, Signature),
     (envelope_module._verified, Verified),
 ]

@@ -205,6 +205,13 @@ class _Staged:
     current: Versioned[GovernedObject] | None
 
 
+#: As the receipts above: the held stage, and the activation's lifecycle event.
+_staged_for_commit = builder(_Staged, "record", "current")
+_event = builder(
+    LifecycleEvent, "verb", "tenant", "object_id", "epoch", "generation", "payload", "at"
+)
+
+
 def _answer(pending: _PendingStage, outcome: BaseException | None) -> None:
     if pending.done.done():  # answered already, or its caller cancelled it
         return
@@ -743,7 +750,7 @@ class Destination:
         self._remember_staged(transfer.migration_id, record.tenant, transfer.object_id)
         if etag is not None:
             self._hold_staged(
-                transfer.migration_id, _Staged(record=Versioned(record, etag), current=current)
+                transfer.migration_id, _staged_for_commit(Versioned(record, etag), current)
             )
         # DEBUG: a migration's INFO line here is its activation (each line written cost
         # about 150 µs of the loop's time per migration on a busy host).
@@ -1218,14 +1225,14 @@ class Destination:
                 Delete(key=open_destination_key(record.migration_id), etag=Expect.ANY),
                 Delete(key=_staged_key(record), etag=Expect.ANY),
                 *ctx.lifecycle.writes(
-                    LifecycleEvent(
-                        verb="object.rehosted",
-                        tenant=record.tenant,
-                        object_id=record.object_id,
-                        epoch=live.epoch,
-                        generation=live.generation,
-                        payload={"host": ctx.host, "from": peer, "migration": record.migration_id},
-                        at=now,
+                    _event(
+                        "object.rehosted",
+                        record.tenant,
+                        record.object_id,
+                        live.epoch,
+                        live.generation,
+                        {"host": ctx.host, "from": peer, "migration": record.migration_id},
+                        now,  # at
                     )
                 ),
             ]

@@ -191,6 +191,10 @@ _transfer = builder(
     "previous_transfer_digest",
 )
 _result = builder(MigrationResult, "migration_id", "object_id", "destination", "step", "epoch")
+_written = builder(_Frozen, "record", "current", "held")
+_event = builder(
+    LifecycleEvent, "verb", "tenant", "object_id", "epoch", "generation", "payload", "at"
+)
 
 
 def new_migration_id() -> str:
@@ -337,11 +341,7 @@ class Source:
         return (
             record,
             frozen,
-            _Frozen(
-                record=Versioned(record, record_etag),
-                current=Versioned(frozen, frozen_etag),
-                held=held,
-            ),
+            _written(Versioned(record, record_etag), Versioned(frozen, frozen_etag), held),
         )
 
     def _seal(
@@ -553,18 +553,18 @@ class Source:
                             # A tombstone is not held: the tenant's quota gets the room back.
                             *ctx.journal.release_held(record.tenant, record.object_id, held),
                             *ctx.lifecycle.writes(
-                                LifecycleEvent(
-                                    verb="migration.committed",
-                                    tenant=record.tenant,
-                                    object_id=record.object_id,
-                                    epoch=moved.epoch,
-                                    generation=moved.generation,
-                                    payload={
+                                _event(
+                                    "migration.committed",
+                                    record.tenant,
+                                    record.object_id,
+                                    moved.epoch,
+                                    moved.generation,
+                                    {
                                         "from": ctx.host,
                                         "to": record.destination_host,
                                         "migration": migration_id,
                                     },
-                                    at=committed.updated_at,
+                                    committed.updated_at,
                                 )
                             ),
                         ]
