@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway._decode import load_json
+from gateway._slots import builder
 from gateway.errors import (
     BadSignatureError,
     EnvelopeError,
@@ -67,7 +68,13 @@ class PayloadType:
 #: its signature hashed its whole PAE (the object and its lineage: 4.4 KB for a small
 #: object, on every arrival) for an entry never looked up again, which evicted one that
 #: may be (a checkpoint of an object that comes back).
-ONCE_ONLY = frozenset({PayloadType.TRANSFER, PayloadType.PROPOSAL})
+#:
+#: A staged receipt likewise: it names one migration, and its source opens it once, when
+#: Prepare answers (after a crash, recovery's Prepare gets the same receipt again, in a
+#: new process whose memory is empty). An activation receipt is remembered: it travels
+#: on in the object's lineage as an arrival, and custody opens it again when the object
+#: comes back.
+ONCE_ONLY = frozenset({PayloadType.TRANSFER, PayloadType.PROPOSAL, PayloadType.STAGED_RECEIPT})
 
 MAX_PAYLOAD_TYPE = 256
 MAX_SIGNATURES = 16
@@ -106,6 +113,14 @@ class Envelope:
             raise EnvelopeTooLargeError(
                 f"envelope has {len(signatures)} signatures; at most {MAX_SIGNATURES}"
             )
+        if len(signatures) == 1:  # every envelope a host seals: no set to see twice in
+            signature = signatures[0]
+            keyid = signature.keyid
+            if len(keyid) > MAX_KEYID or len(signature.sig) > MAX_SIGNATURE_BYTES:
+                raise EnvelopeTooLargeError("a signature or key id is larger than any we issue")
+            if not keyid.isascii():
+                _require_utf8(keyid, "key id")
+            return
         seen: set[str] = set()
         for signature in signatures:
             keyid = signature.keyid
@@ -166,11 +181,11 @@ def seal(payload: bytes, payload_type: str, signers: Sequence[Signer]) -> Envelo
     if len(signers) > 1 and len({s.key_id for s in signers}) != len(signers):
         raise ValueError("the same key is listed twice; a key signs an envelope once")
     message = pae(payload_type, payload)
-    return Envelope(
-        payload=payload,
-        payload_type=payload_type,
-        signatures=tuple([Signature(keyid=s.key_id, sig=s.sign(message)) for s in signers]),
+    envelope = _envelope(
+        payload, payload_type, tuple([_signature(s.key_id, s.sign(message)) for s in signers])
     )
+    envelope.__post_init__()  # the format checks, as Envelope(...) makes them
+    return envelope
 
 
 def open_envelope(
@@ -209,11 +224,17 @@ def open_envelope(
             f"envelope carries {envelope.payload_type!r}, expected {payload_type!r}",
             hint="this message is a different kind than the operation needs",
         )
-    return Verified(
-        payload=envelope.payload,
-        payload_type=envelope.payload_type,
-        key_ids=frozenset(verified),
-    )
+    return _verified(envelope.payload, envelope.payload_type, frozenset(verified))
+
+
+#: The values every seal and every open builds, by position and slot by slot
+#: (gateway/_slots.py): a frozen dataclass's ``__init__`` sets each field through
+#: ``object.__setattr__`` with keyword handling around it (``Verified(...)`` about 7,600
+#: instructions, 2,500 this way). An envelope so built gets its format checks from
+#: :func:`seal` itself, which calls ``__post_init__`` as the constructor would.
+_envelope = builder(Envelope, "payload", "payload_type", "signatures", post_init_done=True)
+_signature = builder(Signature, "keyid", "sig")
+_verified = builder(Verified, "payload", "payload_type", "key_ids")
 
 
 def _verify_one(

@@ -157,8 +157,10 @@ def _verify(
 ) -> None:
     """Verify under the record's algorithm; any failure is ``InvalidSignature``."""
     if algorithm is Algorithm.ED25519:
-        assert isinstance(public_key, ed25519.Ed25519PublicKey)
-        public_key.verify(signature, message)
+        # The record's algorithm is its key's own (checked in KeyRecord.__post_init__),
+        # so no isinstance here: Ed25519PublicKey is an ABC, whose check is a Python
+        # call (abc.__instancecheck__) on every signature verified.
+        cast(ed25519.Ed25519PublicKey, public_key).verify(signature, message)
         return
     assert isinstance(public_key, ec.EllipticCurvePublicKey)
     if encoding is SignatureEncoding.P1363:

@@ -46,9 +46,16 @@ class ReceiptKind(enum.Enum):
     STAGED = dsse.PayloadType.STAGED_RECEIPT
     ACTIVATED = dsse.PayloadType.ACTIVATION_RECEIPT
 
+    __hash__ = object.__hash__  # as gateway.handoff.records.SourceStep's
+
     @property
     def payload_type(self) -> str:
-        return str(self.value)
+        # From a dict made once, not through Enum's ``value`` descriptor (a Python call
+        # and str()), on every receipt made or checked.
+        return _PAYLOAD_TYPES[self]
+
+
+_PAYLOAD_TYPES = {kind: str(kind.value) for kind in ReceiptKind}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -15,11 +15,20 @@ class SourceStep(enum.Enum):
     DONE = "done"  #: destination confirmed activation
     ABORTED = "aborted"  #: object resumed here; can never commit
 
+    # Hashed as the singletons they are, as gateway.keys' enums (Enum's own __hash__ is
+    # Python code hashing the name, about 1,100 instructions a call): a record's step is
+    # looked up in sets and dicts on every write (settled_form, the wire's step tables).
+    # Members are compared by identity (Enum defines no __eq__), so hash and equality
+    # agree; iteration order of a set of steps was never fixed (string hashes are salted).
+    __hash__ = object.__hash__
+
 
 class DestinationStep(enum.Enum):
     STAGED = "staged"  #: verified and stored, not live
     ACTIVATED = "activated"  #: live here
     ABORTED = "aborted"  #: staged copy discarded (or never staged); can never activate
+
+    __hash__ = object.__hash__  # as SourceStep's
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -92,16 +92,26 @@ def bind(
     Every log line written afterwards in this task carries them (see
     :mod:`gateway.observability.logs`), and so does the current trace span.
     """
-    given = {
-        name: value
-        for name, value in (
-            ("migration_id", migration_id),
-            ("object_id", object_id),
-            ("peer", peer),
-            ("tenant", tenant),
-        )
-        if value
-    }
+    if migration_id and object_id and peer and tenant:
+        # All four (every migration's source and destination bind them so): the same dict
+        # as below, without the generator and its tuples.
+        given = {
+            "migration_id": migration_id,
+            "object_id": object_id,
+            "peer": peer,
+            "tenant": tenant,
+        }
+    else:
+        given = {
+            name: value
+            for name, value in (
+                ("migration_id", migration_id),
+                ("object_id", object_id),
+                ("peer", peer),
+                ("tenant", tenant),
+            )
+            if value
+        }
     HANDOFF.set({**HANDOFF.get(), **given})
     if _state.tracing:
         from gateway.observability.tracing import annotate
