@@ -29,13 +29,12 @@ Checks, in this order, and why:
    the payload only to choose the trust bundle; ``kid`` must name a ``grant`` key of
    that domain, allowed for that host. A ``kid`` from another domain is refused.
 3. **The algorithm is the record's.** The header's ``alg`` must equal the record's, and
-   the signature over the first two segments is verified by the key record itself, as
-   every other signature (EdDSA, or ES256 as JOSE's 64-byte ``r || s``; nothing else):
-   ``none``, HMAC and any mismatch fail before a signature is computed.
+   the signature is verified by PyJWT's algorithm for the record's ``alg`` (EdDSA or
+   ES256 only): ``none``, HMAC and any mismatch fail before a signature is computed.
 4. **Then the claims**, strictly; the validity window is checked against the caller's
    ``at`` (PyJWT would use the wall clock), and then each link against its parent (§5).
    The claims used are the ones the strict reader of step 1 parsed from the very
-   segment whose signature was verified: one parser decides what a grant says.
+   segment PyJWT's JWS layer verified: one parser decides what a grant says.
 
 Verified grants are remembered (:data:`VERIFIED_GRANTS`, a bounded LRU) by their exact
 text, with the key record whose public key verified them: what a grant says and whether
@@ -100,7 +99,7 @@ from gateway.errors import (
     WideningError,
 )
 from gateway.identity import HostId, ObjectId, trust_domain_problem
-from gateway.keys import KeyRecord, Purpose, SignatureEncoding, Signer
+from gateway.keys import KeyRecord, Purpose, Signer
 from gateway.trust import TrustStore
 
 GRANT_TYPE = "gateway-grant+jwt"
@@ -114,6 +113,9 @@ _CLAIMS = frozenset(
 MAX_AUDIENCES = 8
 _DIGEST_HEX = re.compile(r"[0-9a-f]{64}")
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
+#: PyJWT's algorithms, by JOSE name: one verifies each grant's signature (see
+#: verify_grant).
+_JWS = jwt.PyJWS()
 
 #: Header segments that passed every header check, with the ``alg`` and ``kid`` they
 #: name: a pure function of the segment's exact text (see the module docstring).
@@ -649,32 +651,37 @@ def verify_grant(
             f"grant says alg {alg!r}, but key {kid[:16]} is {record.algorithm.value} ({record.algorithm.jose})",
             hint="the algorithm is pinned by the key record; the grant was forged or mis-signed",
         )
-    _check_grant_signature(record, signing_input, signature, kid=kid, jti=claims.get("jti", "?"))
+    try:
+        # PyJWT's algorithm for the record's ``alg`` (never the header's, which was
+        # checked equal to it above) verifies the signature over the exact segments.
+        # What PyJWT's JWS and JWT layers would add is done above, more strictly, or
+        # below: canonical base64url, a header of exactly alg/typ/kid (so no ``crit``,
+        # ``b64`` or key in the message), one strict reading of the claims (theirs was a
+        # second, laxer one), every claim required by _parse, and the window checked
+        # against ``at`` (they use the wall clock). Their re-reading of the same bytes
+        # was most of a grant's verification time.
+        algorithm = _JWS.get_algorithm_by_name(record.algorithm.jose)
+        key = algorithm.prepare_key(record.public_key_object())
+        if not algorithm.verify(signing_input, key, signature):
+            raise jwt.InvalidSignatureError("Signature verification failed")
+    except NotImplementedError as exc:
+        raise GrantAlgorithmError(f"grant algorithm refused: {exc}") from exc
+    except jwt.InvalidSignatureError as exc:
+        raise BadSignatureError(
+            f"grant {claims.get('jti', '?')} signature does not verify under {kid[:16]}"
+        ) from exc
+    except jwt.InvalidAlgorithmError as exc:
+        raise GrantAlgorithmError(f"grant algorithm refused: {exc}") from exc
+    except jwt.PyJWTError as exc:
+        raise GrantFormatError(f"grant refused: {exc}") from exc
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # The claims passed _split's strict reading, so this is PyJWT choking on a value
+        # it checks itself; still the peer's bytes, still only a refused grant.
+        raise GrantFormatError(f"grant refused: {type(exc).__name__}: {exc}") from exc
     grant = _parse(compact, key_id=kid, claims=claims)
     _check_window(grant, at=at, leeway=leeway)
     VERIFIED_GRANTS.add(compact, grant, record)
     return grant
-
-
-def _check_grant_signature(
-    record: KeyRecord, signing_input: bytes, signature: bytes, *, kid: str, jti: object
-) -> None:
-    """The JWS signature over the grant's exact segments, under ``record`` (the issuer's
-    key; its algorithm pinned by the record, never taken from the header, which was
-    checked equal to it). What PyJWT's JWS and JWT layers would add is done by the
-    caller, more strictly: canonical base64url, a header of exactly alg/typ/kid (so no
-    ``crit``, ``b64`` or key in the message), one strict reading of the claims, every
-    claim required by _parse, and the window checked against ``at``.
-
-    Checked by the record itself, as every other signature is: Ed25519 over the bytes,
-    ES256 as JOSE's raw ``r || s`` (P1363: 64 bytes, or refused), exactly what PyJWT's
-    algorithm objects did, without their layers (a lookup by name, ``prepare_key``'s and
-    ``verify``'s ABC type checks: about 8,000 instructions a grant). Not remembered
-    (``remember=False``): a verified grant is remembered whole by VERIFIED_GRANTS."""
-    try:
-        record.verify(signing_input, signature, encoding=SignatureEncoding.P1363, remember=False)
-    except BadSignatureError as exc:
-        raise BadSignatureError(f"grant {jti} signature does not verify under {kid[:16]}") from exc
 
 
 def _check_window(grant: Grant, *, at: datetime, leeway: timedelta) -> None:

@@ -108,19 +108,31 @@ class _Counts:
 
 @pytest.fixture
 def counts(monkeypatch: pytest.MonkeyPatch) -> _Counts:
-    """Counts the grant signature checks made and the ``cap`` claims parsed."""
+    """Counts the signature checks asked of PyJWT's algorithms and the ``cap`` claims
+    parsed."""
     counted = _Counts()
-    real_check, real_parse = credentials._check_grant_signature, CapabilitySet.from_claim
+    real_jws, real_parse = credentials._JWS, CapabilitySet.from_claim
 
-    def check(*args: Any, **kwargs: Any) -> None:
-        counted.signatures += 1
-        real_check(*args, **kwargs)
+    class Algorithm:
+        def __init__(self, real: Any) -> None:
+            self.real = real
+
+        def prepare_key(self, key: Any) -> Any:
+            return self.real.prepare_key(key)
+
+        def verify(self, message: bytes, key: Any, signature: bytes) -> bool:
+            counted.signatures += 1
+            return bool(self.real.verify(message, key, signature))
+
+    class JWS:
+        def get_algorithm_by_name(self, name: str) -> Any:
+            return Algorithm(real_jws.get_algorithm_by_name(name))
 
     def from_claim(claim: object) -> CapabilitySet:
         counted.capability_parses += 1
         return real_parse(claim)
 
-    monkeypatch.setattr(credentials, "_check_grant_signature", check)
+    monkeypatch.setattr(credentials, "_JWS", JWS())
     monkeypatch.setattr(CapabilitySet, "from_claim", staticmethod(from_claim))
     return counted
 

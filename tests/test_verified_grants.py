@@ -74,21 +74,33 @@ def _root(signer: Signer) -> Grant:
 
 
 class _CountingJWS:
-    """Counts the grant signature checks made (credentials._check_grant_signature)."""
+    """Counts the signature checks PyJWT's algorithms are asked for."""
 
     def __init__(self, real: Any) -> None:
         self.real = real
         self.calls = 0
 
-    def __call__(self, *args: Any, **kwargs: Any) -> None:
-        self.calls += 1
-        self.real(*args, **kwargs)
+    def get_algorithm_by_name(self, name: str) -> Any:
+        return _CountingAlgorithm(self, self.real.get_algorithm_by_name(name))
+
+
+class _CountingAlgorithm:
+    def __init__(self, counter: _CountingJWS, real: Any) -> None:
+        self.counter = counter
+        self.real = real
+
+    def prepare_key(self, key: Any) -> Any:
+        return self.real.prepare_key(key)
+
+    def verify(self, message: bytes, key: Any, signature: bytes) -> bool:
+        self.counter.calls += 1
+        return bool(self.real.verify(message, key, signature))
 
 
 @pytest.fixture
 def jws(monkeypatch: pytest.MonkeyPatch) -> _CountingJWS:
-    counting = _CountingJWS(credentials._check_grant_signature)
-    monkeypatch.setattr(credentials, "_check_grant_signature", counting)
+    counting = _CountingJWS(credentials._JWS)
+    monkeypatch.setattr(credentials, "_JWS", counting)
     return counting
 
 
