@@ -166,3 +166,24 @@ def test_the_writer_connection_checkpoints_only_past_its_bound(tmp_path: Path) -
             assert pages == _WRITER_AUTOCHECKPOINT
 
     asyncio.run(main())
+
+
+def test_the_writer_connection_alone_has_the_larger_page_cache(tmp_path: Path) -> None:
+    """A group commit's dirty pages fit in the writer's cache (no spill into the WAL in
+    mid-transaction); readers keep SQLite's default."""
+
+    async def main() -> None:
+        async with SqliteStore.open(tmp_path / "s.db", create=True) as store:
+            await store.transact(_puts("k", 1, 10))
+            writer = await store._on_worker(
+                "read the setting",
+                lambda: store._connection.execute("PRAGMA cache_size").fetchone()[0],
+            )
+            assert writer == -sqlite_store.WRITER_CACHE_KIB
+            reader = await store._read(
+                "read the setting",
+                lambda connection: connection.execute("PRAGMA cache_size").fetchone()[0],
+            )
+            assert reader == -2000
+
+    asyncio.run(main())
