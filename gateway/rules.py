@@ -64,10 +64,16 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from gateway._decode import scan_json
 from gateway._lru import IdentityLru
+from gateway._none_guard import keep_none_alive
 from gateway._slots import builder
 from gateway.errors import RuleCostError, RuleError
 from gateway.limits import MAX_ANSWERS, MAX_DATA_BYTES, MAX_ID_BYTES, MAX_SUBSCRIPTIONS
 from gateway.model import TRIGGERS, Answer, Binding, Invoke, Publish, Rule, WriteState
+
+# cel-expr-python takes a reference from None for every CEL null it converts to Python;
+# on CPython 3.11 None would be deallocated (the process aborts) after about 12,000 of
+# them. Before any rule is compiled or evaluated (gateway/_none_guard.py says how).
+keep_none_alive()
 
 MAX_RULES = 32
 MAX_EXPRESSION_CHARS = 2048
