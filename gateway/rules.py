@@ -306,7 +306,7 @@ class RuleSet:
 
     def _together(self, trigger: str) -> cel.Expression | None:
         """The rules ``trigger`` wakes as one expression: a list with, for each rule in
-        order, ``[effect]`` if its condition holds (``[null]`` for a rule with no
+        order, ``[effect]`` if its condition holds (``[true]`` for a rule with no
         effect) and ``[]`` if not. CEL has no side effects and its conditional
         evaluates only the branch taken, so each element is what evaluating that rule's
         condition, then its effect if it fired, gives on its own; an error in any of
@@ -321,7 +321,11 @@ class RuleSet:
         for compiled in self.rules:
             if compiled.rule.on != trigger:
                 continue
-            effect = "null" if compiled.effect is None else f"(\n{compiled.effect.source}\n)"
+            # A rule with no effect fires as [true], not [null]: cel-expr-python 0.1.3
+            # gives a CEL null to Python as None without a reference of its own (each
+            # one takes a reference from None until the interpreter aborts,
+            # "deallocating None").
+            effect = "true" if compiled.effect is None else f"(\n{compiled.effect.source}\n)"
             parts.append(f"dyn((\n{compiled.when.source}\n) ? [{effect}] : [])")
         try:
             together: cel.Expression | None = _ENV.compile(f"[{', '.join(parts)}]")

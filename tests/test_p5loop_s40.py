@@ -1,7 +1,7 @@
 """Session 40: a rule set's rules evaluated in one CEL evaluation (benchmark P5).
 
 :meth:`RuleSet.evaluate` evaluates the rules a trigger wakes as one expression, a list
-holding for each rule ``[effect]`` when its condition holds (``[null]`` for a rule
+holding for each rule ``[effect]`` when its condition holds (``[true]`` for a rule
 without an effect) and ``[]`` when it does not, and reads its proposals from that list;
 anything else (an error anywhere, a value the rules' post-processing refuses) is
 evaluated again rule by rule, as before. Held here, seeded, to give exactly the
