@@ -61,7 +61,9 @@ def test_an_answers_write_checks_the_text_it_adds_not_the_whole_data(
         assert json.loads(answer.encoded) == f"approved by {caller_of_host(HOST_B)}"
         obj = await host.get_object(OBJECT, tenant="default")
         assert json.loads(obj.data) == {**data, "status": "approved"}
-        assert checked == ["status", "approved"]  # what the write brought, no more
+        # What the write brought, no more (since session 42 plain ASCII leaves under
+        # ASCII keys need no call at all: tests/test_p5rules_s42_patch.py).
+        assert set(checked) <= {"status", "approved"}
 
     _with_object(tmp_path, {**SPEC, "data": data}, scenario)
 
