@@ -14,7 +14,7 @@ import pytest
 from gateway import wire
 from gateway.errors import GatewayError
 from gateway.handoff import journal as journal_module
-from gateway.lineage import EntryKind
+from gateway.lineage import EntryKind, LineageEntry
 from gateway.model import GovernedObject
 from tests.test_lineage import HOST_A, T0
 from tests.test_object_encoding import _cycled, every_field, whole
@@ -140,3 +140,63 @@ def test_reads_answer_as_with_the_bytes_kept(seed: int) -> None:
         assert hits[0] == hits[1], (seed, step, choice)
         if answers[0][0] == "object":
             assert answers[0][1] == wire.encode_object(wire.decode_object(raw))
+
+
+# A log's entries' encoding is kept as pieces referencing each entry's own bytes
+# (gateway.lineage._Log.wire), not as a copy of them.
+
+
+def _fold_group(obj: GovernedObject) -> tuple[LineageEntry, ...]:
+    last = obj.lineage.entries[-1]
+    return (replace(last, time=last.time + timedelta(seconds=1), generation=last.generation + 1),)
+
+
+def _check_encoding(obj: GovernedObject) -> None:
+    """The object's encoding is the whole message's, its entries lie where
+    encode_object_entries says, and they reference the entries' own bytes."""
+    value, at, ends, ids = wire.encode_object_entries(obj)
+    assert value == whole(obj)
+    entries = obj.lineage.entries
+    assert len(ends) == len(entries)
+    start = at
+    for entry, end in zip(entries, ends, strict=True):
+        raw = entry.encode()
+        field = value[start : at + end]
+        assert field.endswith(raw) and field[:1] == b"\x0a"
+        start = at + end
+    assert ids == b"".join(entry.leaf_hash() for entry in entries)
+    log = obj.lineage._log
+    count = len(entries)
+    assert all(
+        piece is entry.encode()
+        for piece, entry in zip(log.wire[1 : 2 * count : 2], entries, strict=True)
+    )
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_entries_encode_as_the_whole_message_through_appends_forks_folds_and_reads(
+    seed: int,
+) -> None:
+    """Seeded runs over an object's values: appends to the newest value, appends to an
+    older one (its log is copied), folds of a repeat, the record read back (its log cut
+    from the stored bytes) and written again: every value, old ones included after the
+    log grew, encodes exactly as the whole message serialized at once."""
+    rng = random.Random(seed)
+    values = [_objects(rng)]
+    values[0] = replace(values[0], blob=None, data=b'{"n": 0}') if rng.random() < 0.5 else values[0]
+    for step in range(40):
+        op = rng.randrange(5)
+        base = values[-1] if op != 1 else rng.choice(values)
+        if op in (0, 1):
+            value = _next(base, rng, step)
+        elif op == 2 and len(base.lineage.entries) > 1:
+            folded = base.lineage.repeated(_fold_group(base))
+            value = base if folded is None else replace(base, lineage=folded)
+        elif op == 3:
+            value = wire.decode_object(wire.encode_object(base))
+        else:
+            value = _next(base, rng, step)
+            value = wire.decode_object(wire.encode_object(value))
+        values.append(value)
+        for checked in [*rng.sample(values, min(3, len(values))), value]:
+            _check_encoding(checked)
