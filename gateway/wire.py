@@ -29,7 +29,7 @@ import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -537,7 +537,13 @@ def _keep_wire(obj: GovernedObject, cut: _Cut, entry_ids: bytes) -> None:
         entries_end = entries_at + ends[-1]
         # Each entry's field is its frame and its own bytes (what whole holds there),
         # the bytes referenced, not copied (see _Log.wire).
-        log.wire = list(itertools.chain.from_iterable(zip(map(_frame, sizes), raws, strict=True)))
+        known = list(map(_FRAMES.get, sizes))  # C calls: a dict's get, no frame each
+        # A length not seen before (each only once) makes its frame in Python.
+        frames = cast(list[bytes], known) if None not in known else list(map(_frame, sizes))
+        pieces: list[bytes] = [b""] * (2 * len(raws))
+        pieces[::2] = frames
+        pieces[1::2] = raws
+        log.wire = pieces
         log.wire_ends = ends
     elif sizes:
         return
@@ -1345,8 +1351,8 @@ def _entries_wire(lineage: Lineage) -> tuple[list[bytes], int, int]:
 
 
 def _frame(size: int) -> bytes:
-    """The tag and length that come before an entry of ``size`` bytes in its field,
-    one object per length (every entry's field references one)."""
+    """The tag and length that come before an entry of ``size`` bytes in its field (see
+    :data:`_FRAMES`)."""
     frame = _FRAMES.get(size)
     if frame is None:
         frame = _ENTRY_TAG + _varint(size)
@@ -1355,9 +1361,10 @@ def _frame(size: int) -> bytes:
     return frame
 
 
-#: An entry field's frame by the entry's length: at most one per length an entry may
-#: have (gateway.lineage.MAX_ENTRY_BYTES), about 40 bytes each; a host's entries take a
-#: few hundred lengths.
+#: An entry field's frame by the entry's length: one object per length, which every
+#: entry's field of that length references (:attr:`gateway.lineage._Log.wire`). At most
+#: one per length an entry may have (gateway.lineage.MAX_ENTRY_BYTES), about 40 bytes
+#: each; a host's entries take a few hundred lengths.
 _FRAMES: dict[int, bytes] = {}
 
 
