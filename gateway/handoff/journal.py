@@ -326,8 +326,10 @@ class _Objects:
     :func:`wire.encode_object` of the object, a pure function of an immutable value,
     and the object's log keeps the parts that encoding is joined from, so a read
     compares the bytes it found with the object encoded again (a join, not a decode),
-    exactly as with the bytes kept. Holding them cost a quarter of a cycled object's
-    memory (a P5 object: about 5.6 of 23 KB) for a copy of what its log already holds.
+    exactly as with the bytes kept; a read that finds them keeps them for the next one.
+    Holding them cost a quarter of a cycled object's memory (a P5 object: about 5.6 of
+    23 KB) for a copy of what its log already holds; an object a host cycles is written
+    again before it is read again.
 
     Bounded by bytes. Least recently used first, but a full memo evicts an entry only if
     it has not been used for :data:`OBJECT_MEMO_IDLE_SECONDS`; otherwise the newcomer is
@@ -356,7 +358,13 @@ class _Objects:
         held = self._held.get(key)
         if held is not None:
             kept, obj = held
-            if (kept if kept is not None else wire.encode_object(obj)) == raw:
+            if kept is None:
+                if wire.encode_object(obj) == raw:
+                    # Read, perhaps again before its next write (a migration's steps):
+                    # the next read compares these bytes, as for an object decoded.
+                    self._held.put(key, (raw, obj), len(raw))
+                    return obj
+            elif kept == raw:
                 return obj
         obj = wire.decode_object(raw, entry_ids=entry_ids)
         self.remember(key, raw, obj)
