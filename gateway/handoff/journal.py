@@ -307,9 +307,11 @@ RECORDS_PAGE = 500
 #: The objects a journal remembers by store key (see :class:`_Objects`): the encoded
 #: bytes they may add up to, the largest one remembered, and how long a remembered
 #: object must have gone unused before a new one may take its place in a full memo.
-#: A decoded object takes about 2.3 times its bytes, so 24 MiB stays under about
-#: 80 MiB; this is the one memo of objects (cycles and migrations share it).
-OBJECT_MEMO_BYTES = 24 << 20
+#: An object held takes about 2.6 times its encoded bytes (an object remembered from
+#: its write holds no copy of them), so 64 MiB stays under about 165 MiB, mostly the
+#: same objects as the cycle runner's memo (gateway.runtime.cycle.HELD_BYTES); this is
+#: the one memo of objects (cycles and migrations share it).
+OBJECT_MEMO_BYTES = 64 << 20
 OBJECT_MEMO_MAX_BYTES = DECODED_CACHE_MAX_BYTES
 OBJECT_MEMO_IDLE_SECONDS = 60.0
 
