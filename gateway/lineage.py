@@ -1142,11 +1142,14 @@ class _Log:
         #: a tree head is first asked for (most logs never are: a cycle's values, a
         #: record read back from the store).
         self.frontier: merkle.CompactRange | None = None
-        #: The entries' at-rest encoding, grown as they are encoded (gateway.wire fills
-        #: it): ``wire[: wire_ends[i]]`` encodes entries [0, i]. Entries are only ever
+        #: The entries' at-rest encoding as the pieces it joins, grown as they are
+        #: encoded (gateway.wire fills it): two an entry, its field's tag and length
+        #: and the entry's own bytes (the very object the entry holds, not a copy: the
+        #: log held each entry's bytes twice), so ``b"".join(wire[: 2 * (i + 1)])`` is
+        #: ``wire_ends[i]`` bytes and encodes entries [0, i]. Entries are only ever
         #: appended to a log, so a prefix once encoded never changes and an object
         #: written every cycle encodes only its new entries.
-        self.wire = bytearray()
+        self.wire: list[bytes] = []
         self.wire_ends: list[int] = []
         #: The entries' ids (their leaf hashes, gateway.stores.PutEntries), joined, grown
         #: as the log's encoding is (gateway.wire fills it): ``wire_ids[: 32 * i]`` are
@@ -1214,7 +1217,7 @@ def _share_wire(source: _Log, target: _Log, count: int) -> None:
     target.parts = source.parts  # checked value by value by whoever uses them
     ends = source.wire_ends[:count]
     if ends:
-        target.wire = bytearray(memoryview(source.wire)[: ends[-1]])
+        target.wire = source.wire[: 2 * len(ends)]
         target.wire_ends = ends
     ids = source.wire_ids
     if ids:

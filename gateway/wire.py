@@ -29,7 +29,7 @@ import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -68,6 +68,7 @@ from gateway.handoff.records import (
 from gateway.limits import MAX_ANSWERS, MAX_SUBSCRIPTIONS
 from gateway.lineage import (
     LEAF_HASH_BYTES,
+    MAX_ENTRY_BYTES,
     Entries,
     Lineage,
     LineageEntry,
@@ -528,12 +529,21 @@ def _keep_wire(obj: GovernedObject, cut: _Cut, entry_ids: bytes) -> None:
     whole, starts, values, at, rules, cycle, size, after = cut
     entries_at, lineage_end = values[at], starts[at + 1]
     # The stored entries' own bytes (LineageEntry.stored keeps them), read as slots.
-    sizes = list(map(len, map(_raw_of, log.entries)))
+    raws = list(map(_raw_of, log.entries))
+    sizes = list(map(len, raws))
     if sizes and _TWO_BYTE_MIN <= min(sizes) <= max(sizes) < _TWO_BYTE_END:
         # Each entry's end: the running sum of its tag (1 byte), length (2) and bytes.
         ends = list(itertools.accumulate(map(operator.add, sizes, itertools.repeat(3))))
         entries_end = entries_at + ends[-1]
-        log.wire = bytearray(whole[entries_at:entries_end])
+        # Each entry's field is its frame and its own bytes (what whole holds there),
+        # the bytes referenced, not copied (see _Log.wire).
+        known = list(map(_FRAMES.get, sizes))  # C calls: a dict's get, no frame each
+        # A length not seen before (each only once) makes its frame in Python.
+        frames = cast(list[bytes], known) if None not in known else list(map(_frame, sizes))
+        pieces: list[bytes] = [b""] * (2 * len(raws))
+        pieces[::2] = frames
+        pieces[1::2] = raws
+        log.wire = pieces
         log.wire_ends = ends
     elif sizes:
         return
@@ -956,8 +966,10 @@ def _joined(
     fields 4-12); and the offset in those bytes of the lineage's first entry."""
     head, rules, size, after, own_credentials, rest, tail = _unchanged_parts(obj)
     timing = _cycle_wire(obj.cycle)
-    buffer, end = _entries_wire(obj.lineage)
-    parts: list[bytes | bytearray | memoryview] = [
+    pieces, count, end = _entries_wire(obj.lineage)
+    if last is None:
+        last = tail
+    parts: list[bytes] = [
         first,
         snapshot_tag,
         _varint(len(head) + len(rules) + len(timing) + len(size) + len(after)),
@@ -969,23 +981,13 @@ def _joined(
         own_credentials if credentials is None else credentials,
         lineage_tag,
         _varint(end + len(rest)),
-        buffer,  # the entries: the whole log's when this value sees all of it
-        rest,
-        tail if last is None else last,
     ]
-    if end == len(buffer):  # a cycle's object sees the whole log: join reads the buffer
-        joined = b"".join(parts)
-    else:
-        # A view, released at once: a bytearray with a view alive cannot grow, and the
-        # log's buffer grows with the next append.
-        with memoryview(buffer) as view, view[:end] as entries:
-            parts[_ENTRIES_PART] = entries
-            joined = b"".join(parts)
-    return joined, len(joined) - end - len(rest) - len(parts[_ENTRIES_PART + 2])
-
-
-#: Where _joined puts the lineage's entries among the parts it joins.
-_ENTRIES_PART = 11
+    # The entries' fields: the whole log's when this value sees all of it (a cycle's).
+    parts += pieces if count == len(pieces) else pieces[:count]
+    parts.append(rest)
+    parts.append(last)
+    joined = b"".join(parts)
+    return joined, len(joined) - end - len(rest) - len(last)
 
 
 #: Encoded parts remembered (:func:`_unchanged_parts`): at most this many bytes, each
@@ -1326,24 +1328,44 @@ def _log_and_count(lineage: Lineage) -> tuple[_Log, int]:
     return lineage._log, len(entries)  # never: Lineage's __post_init__ makes Entries
 
 
-def _entries_wire(lineage: Lineage) -> tuple[bytearray, int]:
+def _entries_wire(lineage: Lineage) -> tuple[list[bytes], int, int]:
     """The encoding of field 1 of ``lineage``'s Lineage message (its entries), from the
-    encoding its log keeps, extended by the entries not encoded yet. The log holds the
-    entries of every value appended from it; this value sees the first ``count``: the
-    log's buffer and how many of its bytes are this value's (the caller takes a view,
-    not a copy, and releases it before the log can grow again)."""
+    pieces its log keeps (:attr:`~gateway.lineage._Log.wire`), extended by the entries
+    not encoded yet. The log holds the entries of every value appended from it; this
+    value sees the first ``count``: the log's pieces, how many of them are this value's
+    (two an entry) and how many bytes they join to."""
     log, count = _log_and_count(lineage)
     ends = log.wire_ends
     done = len(ends)
+    pieces = log.wire
     if done < count:
-        buffer = log.wire
+        end = ends[-1] if ends else 0
         for entry in log.entries[done:count]:
             raw = entry.encode()
-            buffer += _ENTRY_TAG
-            buffer += _varint(len(raw))
-            buffer += raw
-            ends.append(len(buffer))
-    return log.wire, ends[count - 1] if count else 0
+            frame = _FRAMES.get(len(raw)) or _frame(len(raw))
+            pieces.append(frame)
+            pieces.append(raw)
+            end += len(frame) + len(raw)
+            ends.append(end)
+    return pieces, 2 * count, ends[count - 1] if count else 0
+
+
+def _frame(size: int) -> bytes:
+    """The tag and length that come before an entry of ``size`` bytes in its field (see
+    :data:`_FRAMES`)."""
+    frame = _FRAMES.get(size)
+    if frame is None:
+        frame = _ENTRY_TAG + _varint(size)
+        if size <= MAX_ENTRY_BYTES:
+            _FRAMES[size] = frame
+    return frame
+
+
+#: An entry field's frame by the entry's length: one object per length, which every
+#: entry's field of that length references (:attr:`gateway.lineage._Log.wire`). At most
+#: one per length an entry may have (gateway.lineage.MAX_ENTRY_BYTES), about 40 bytes
+#: each; a host's entries take a few hundred lengths.
+_FRAMES: dict[int, bytes] = {}
 
 
 @functools.lru_cache(maxsize=4096)

@@ -307,9 +307,11 @@ RECORDS_PAGE = 500
 #: The objects a journal remembers by store key (see :class:`_Objects`): the encoded
 #: bytes they may add up to, the largest one remembered, and how long a remembered
 #: object must have gone unused before a new one may take its place in a full memo.
-#: A decoded object takes about 2.3 times its bytes, so 24 MiB stays under about
-#: 80 MiB; this is the one memo of objects (cycles and migrations share it).
-OBJECT_MEMO_BYTES = 24 << 20
+#: An object held takes about 2.6 times its encoded bytes (an object remembered from
+#: its write holds no copy of them), so 64 MiB stays under about 165 MiB, mostly the
+#: same objects as the cycle runner's memo (gateway.runtime.cycle.HELD_BYTES); this is
+#: the one memo of objects (cycles and migrations share it).
+OBJECT_MEMO_BYTES = 64 << 20
 OBJECT_MEMO_MAX_BYTES = DECODED_CACHE_MAX_BYTES
 OBJECT_MEMO_IDLE_SECONDS = 60.0
 
@@ -320,6 +322,16 @@ class _Objects:
     exactly those bytes (a memcmp; decoding is a pure function of the bytes and encoding
     is exact, so a hit is what decoding would give, whoever wrote the bytes and whether
     or not a write of them committed).
+
+    An object remembered from its encoding (:meth:`remember_encoded`: every write of it,
+    each cycle's included) is held without those bytes: they are
+    :func:`wire.encode_object` of the object, a pure function of an immutable value,
+    and the object's log keeps the parts that encoding is joined from, so a read
+    compares the bytes it found with the object encoded again (a join, not a decode),
+    exactly as with the bytes kept; a read that finds them keeps them for the next one.
+    Holding them cost a quarter of a cycled object's memory (a P5 object: about 5.6 of
+    23 KB) for a copy of what its log already holds; an object a host cycles is written
+    again before it is read again.
 
     Bounded by bytes. Least recently used first, but a full memo evicts an entry only if
     it has not been used for :data:`OBJECT_MEMO_IDLE_SECONDS`; otherwise the newcomer is
@@ -334,8 +346,9 @@ class _Objects:
         idle_seconds: float = OBJECT_MEMO_IDLE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        #: key -> (bytes, object), weighed by the bytes
-        self._held: IdleLru[str, tuple[bytes, GovernedObject]] = IdleLru(
+        #: key -> (bytes, object), weighed by the bytes; None for the bytes of an object
+        #: remembered from its encoding (they are ``wire.encode_object(object)``)
+        self._held: IdleLru[str, tuple[bytes | None, GovernedObject]] = IdleLru(
             total_bytes, idle_seconds=idle_seconds, clock=clock
         )
 
@@ -345,8 +358,16 @@ class _Objects:
         # A lookup of a key held counts as its use, whatever bytes it finds: other bytes
         # are decoded and remembered in its place (a use too).
         held = self._held.get(key)
-        if held is not None and held[0] == raw:
-            return held[1]
+        if held is not None:
+            kept, obj = held
+            if kept is None:
+                if wire.encode_object(obj) == raw:
+                    # Read, perhaps again before its next write (a migration's steps):
+                    # the next read compares these bytes, as for an object decoded.
+                    self._held.put(key, (raw, obj), len(raw))
+                    return obj
+            elif kept == raw:
+                return obj
         obj = wire.decode_object(raw, entry_ids=entry_ids)
         self.remember(key, raw, obj)
         return obj
@@ -357,6 +378,14 @@ class _Objects:
             self._held.forget(key)
             return
         self._held.put(key, (raw, obj), len(raw))
+
+    def remember_encoded(self, key: str, raw: bytes, obj: GovernedObject) -> None:
+        """``raw`` is ``wire.encode_object(obj)``, stored (or about to be) under ``key``:
+        remembered without the bytes (see the class)."""
+        if len(raw) > OBJECT_MEMO_MAX_BYTES:
+            self._held.forget(key)
+            return
+        self._held.put(key, (None, obj), len(raw))
 
 
 class Journal:
@@ -393,7 +422,7 @@ class Journal:
 
     def put_object(self, tenant: str, obj: GovernedObject, etag: str | Expect) -> Put:
         put = put_object(tenant, obj, etag)
-        self._objects.remember(put.key, put.value, obj)
+        self._objects.remember_encoded(put.key, put.value, obj)
         return put
 
     def put_source(self, record: SourceRecord, etag: str | Expect) -> Put:

@@ -579,7 +579,12 @@ PERMITTED_AUTHORITIES = 256
 #: all, and how long one must have gone unused before a newcomer may take its place.
 #: The same budget as the journal's memo of objects, which mostly holds the same ones
 #: (each cycle's write is remembered there too), so the two share the decoded objects.
-HELD_BYTES = 24 << 20
+#: 64 MiB holds P5's 10,000 objects (4-6 KB each encoded after a few cycles): an
+#: object held takes about 2.6 times its encoded bytes (10 KB at 7 entries), so a full
+#: memo is about 165 MiB of objects; 24 MiB at 4.3 times (the journal kept a copy of
+#: the bytes and each log one of its entries') was about 103 MiB and held about half
+#: of them, each miss a decode (docs/benchmarks.md, session 42).
+HELD_BYTES = 64 << 20
 HELD_IDLE_SECONDS = 60.0
 
 
