@@ -17,6 +17,7 @@ import binascii
 import contextvars
 import enum
 import json
+import pickle
 import random
 import string
 import sys
@@ -31,6 +32,8 @@ import pytest
 from gateway import credentials
 from gateway.custody import require_extends_departures
 from gateway.errors import CustodyError, GrantFormatError
+from gateway.handoff.messages import ReceiptKind
+from gateway.handoff.records import DestinationStep, SourceStep
 from gateway.keys import Algorithm, Purpose, SignatureEncoding, Signer
 from gateway.lineage import credentials_digest
 from gateway.model import remembered_credentials_digest
@@ -159,7 +162,19 @@ def test_a_chain_that_extends_its_own_record_passes(grants: tuple[str, ...]) -> 
 # --- keys: members hashed as the singletons they are ----------------------------------
 
 
-@pytest.mark.parametrize("enum_type", [Algorithm, Purpose, SignatureEncoding])
+#: Enums hashed as the singletons they are (``__hash__ = object.__hash__``): the key
+#: enums (session 41) and the handoff's steps and receipt kinds (session 42).
+_SINGLETON_ENUMS = [
+    Algorithm,
+    Purpose,
+    SignatureEncoding,
+    SourceStep,
+    DestinationStep,
+    ReceiptKind,
+]
+
+
+@pytest.mark.parametrize("enum_type", _SINGLETON_ENUMS)
 def test_hashing_a_key_enum_member_runs_no_python_code(enum_type: type[enum.Enum]) -> None:
     """Every signature checked or made looks these up in dicts and sets; Enum's own
     ``__hash__`` is a Python function (about 1,300 instructions a call)."""
@@ -179,7 +194,7 @@ def test_hashing_a_key_enum_member_runs_no_python_code(enum_type: type[enum.Enum
     assert calls == []
 
 
-@pytest.mark.parametrize("enum_type", [Algorithm, Purpose, SignatureEncoding])
+@pytest.mark.parametrize("enum_type", _SINGLETON_ENUMS)
 def test_key_enum_members_are_found_by_value_in_dicts_and_sets(
     enum_type: type[enum.Enum],
 ) -> None:
@@ -187,6 +202,7 @@ def test_key_enum_members_are_found_by_value_in_dicts_and_sets(
     by_member = {member: member.value for member in members}
     assert [by_member[enum_type(member.value)] for member in members] == [m.value for m in members]
     assert all(enum_type(member.value) in frozenset(members) for member in members)
+    assert all(pickle.loads(pickle.dumps(member)) in set(members) for member in members)
     assert len({hash(member) for member in members}) == len(members)
 
 

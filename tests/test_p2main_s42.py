@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import enum
-import pickle
 import random
-import sys
 from collections.abc import Callable
 from dataclasses import FrozenInstanceError
 from datetime import UTC, datetime
@@ -42,47 +39,13 @@ from gateway.errors import BadSignatureError, EnvelopeError, EnvelopeTooLargeErr
 from gateway.handoff import destination, source
 from gateway.handoff.lifecycle import LifecycleEvent
 from gateway.handoff.messages import Receipt, ReceiptKind, Transfer
-from gateway.handoff.records import DestinationRecord, DestinationStep, SourceRecord, SourceStep
+from gateway.handoff.records import DestinationRecord, SourceRecord
 from gateway.keys import VERIFIED_SIGNATURES, KeyRecord, Purpose, Signer
 from gateway.trust import DomainKeys, TrustStore, new_bundle
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
-# --- enums -------------------------------------------------------------------------
-
-_ENUMS = [SourceStep, DestinationStep, ReceiptKind]
-
-
-@pytest.mark.parametrize("enum_type", _ENUMS)
-def test_hashing_a_step_or_receipt_kind_runs_no_python_code(enum_type: type[enum.Enum]) -> None:
-    """Enum's own ``__hash__`` is a Python function (about 1,100 instructions a call);
-    a record's step is looked up in sets and dicts on every journal write."""
-    calls: list[str] = []
-
-    def watch(frame: object, event: str, arg: object) -> None:
-        if event == "call":
-            calls.append(event)
-
-    members = list(enum_type)
-    sys.setprofile(watch)
-    try:
-        for member in members:
-            hash(member)
-    finally:
-        sys.setprofile(None)
-    assert calls == []
-
-
-@pytest.mark.parametrize("enum_type", _ENUMS)
-def test_steps_are_found_by_value_in_dicts_and_sets_and_survive_pickling(
-    enum_type: type[enum.Enum],
-) -> None:
-    members = list(enum_type)
-    by_member = {member: member.value for member in members}
-    assert [by_member[enum_type(member.value)] for member in members] == [m.value for m in members]
-    assert all(enum_type(member.value) in frozenset(members) for member in members)
-    assert all(pickle.loads(pickle.dumps(member)) in set(members) for member in members)
-    assert len({hash(member) for member in members}) == len(members)
+# --- enums (their hashing is held by tests/test_p2dst_s41.py's _SINGLETON_ENUMS) ---
 
 
 def test_a_receipt_kinds_payload_type_is_its_value_as_text() -> None:
