@@ -213,11 +213,8 @@ def decode_envelope(raw: bytes, *, max_size: int = MAX_ENVELOPE_BYTES) -> dsse.E
         raise EnvelopeTooLargeError(
             f"envelope has {len(message.signatures)} signatures; at most {dsse.MAX_SIGNATURES}"
         )
-    return dsse.Envelope(
-        payload=message.payload,
-        payload_type=message.payload_type,
-        signatures=tuple(dsse.Signature(keyid=s.keyid, sig=s.sig) for s in message.signatures),
-    )
+    # Every check Envelope(...) makes, made by received() on the same values.
+    return dsse.received(message.payload, message.payload_type, message.signatures)
 
 
 # --- objects ------------------------------------------------------------------------
