@@ -22,6 +22,7 @@ from gateway.errors import EnvelopeError, EnvelopeTooLargeError
 from gateway.model import GovernedObject, LifecycleState
 from gateway.v1 import envelope_pb2, object_pb2
 from tests.test_compaction import created
+from tests.test_record_encoding import _transfer
 
 # --- envelopes ---------------------------------------------------------------------
 
@@ -202,3 +203,22 @@ def test_a_remembered_authority_is_its_own_value_not_an_id_reused() -> None:
 
 def test_every_state_has_its_wire_value() -> None:
     assert {s: wire._STATE_TO_PB_BY_ID[id(s)] for s in LifecycleState} == wire._STATE_TO_PB
+
+
+# --- a transfer's grants ---------------------------------------------------------------
+
+
+def test_a_decoded_transfer_carries_its_grants_as_sent() -> None:
+    """ParsedTransfer.decoded reads the grants by a slice (a list, as ``list()`` made it)."""
+    rng = random.Random(4304)
+    sent = _transfer()
+    for _ in range(200):
+        grants = tuple(
+            ".".join(_text(rng, [1, 8, 40]) for _ in range(3)) for _ in range(rng.randrange(0, 6))
+        )
+        transfer = replace(sent, object=replace(sent.object, grants=grants))
+        decoded = wire.ParsedTransfer(wire.encode_transfer(transfer)).decoded()
+        assert decoded.object.grants == grants
+        assert type(decoded.object.grants) is type(
+            wire.decode_object(wire.encode_object(transfer.object)).grants
+        )
