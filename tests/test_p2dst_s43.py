@@ -12,16 +12,27 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import replace
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from gateway import envelope as dsse
 from gateway import wire
-from gateway.authority import Capability, CapabilitySet, EffectiveAuthority, ResourcePattern
+from gateway.authority import (
+    Capability,
+    CapabilitySet,
+    Constraints,
+    EffectiveAuthority,
+    HostPolicy,
+    ResourcePattern,
+)
 from gateway.errors import EnvelopeError, EnvelopeTooLargeError
+from gateway.handoff.context import ADMISSIONS_REMEMBERED, HostContext
 from gateway.model import GovernedObject, LifecycleState
 from gateway.v1 import envelope_pb2, object_pb2
 from tests.test_compaction import created
+from tests.test_lineage import T0
 from tests.test_record_encoding import _transfer
 
 # --- envelopes ---------------------------------------------------------------------
@@ -222,3 +233,69 @@ def test_a_decoded_transfer_carries_its_grants_as_sent() -> None:
         assert type(decoded.object.grants) is type(
             wire.decode_object(wire.encode_object(transfer.object)).grants
         )
+
+
+# --- admissions remembered by the capabilities' identity ---------------------------
+
+_HOST = "spiffe://org-b.example/cluster/west/gateway"
+_PEERS = ["spiffe://org-a.example/cluster/east/gateway", "spiffe://org-c.example/x/gateway"]
+_POLICY = {
+    "offers": [
+        {"resource": "pubsub:*", "actions": ["publish"]},
+        {"resource": "state:self", "actions": ["read", "write"]},
+    ],
+    "ceilings": [
+        {"peer": "org-c.example", "allow": [{"resource": "state:self", "actions": ["read"]}]}
+    ],
+}
+
+
+def _context() -> HostContext:
+    # admit() reads the host, its region and its policy only.
+    return HostContext(  # type: ignore[arg-type]
+        host=_HOST,
+        region="",
+        tenants=frozenset({"default"}),
+        journal=None,
+        trust=None,
+        signer=None,
+        grant_signer=None,
+        clock=None,
+        timing=None,
+        policy=HostPolicy.from_config(_POLICY, "policy"),
+        lifecycle=None,
+    )
+
+
+def _chain(capabilities: CapabilitySet, audiences: tuple[str, ...]) -> Any:
+    leaf = SimpleNamespace(audiences=audiences, audience=" ".join(audiences))
+    return SimpleNamespace(constraints=Constraints(), capabilities=capabilities, leaf=leaf)
+
+
+def test_admissions_are_those_of_a_context_that_remembers_nothing() -> None:
+    rng = random.Random(4305)
+    ctx, base = _context(), created()
+    shared = [_capabilities(rng) for _ in range(5)]
+    for _ in range(1500):
+        pick = rng.random()
+        if pick < 0.5:
+            capabilities = rng.choice(shared)
+        elif pick < 0.7:
+            capabilities = _capabilities(rng)
+        else:
+            capabilities = CapabilitySet(capabilities=rng.choice(shared).capabilities)
+        chain = (
+            None
+            if rng.random() < 0.1
+            else _chain(capabilities, rng.choice([(_HOST,), ("spiffe://org-b.example",), ("x",)]))
+        )
+        obj = replace(base, tenant=rng.choice(["default", "billing"]))
+        peer = rng.choice(_PEERS)
+        expected = _context().admit(obj, peer=peer, hops=1, at=T0, chain=chain)
+        assert ctx.admit(obj, peer=peer, hops=1, at=T0, chain=chain) == expected
+        assert len(ctx._admitted) <= ADMISSIONS_REMEMBERED
+    # The same capabilities value gets the very same admission (and so the same
+    # authority value, which wire._tail remembers by identity).
+    chain = _chain(shared[0], (_HOST,))
+    first = ctx.admit(base, peer=_PEERS[0], hops=1, at=T0, chain=chain)
+    assert ctx.admit(base, peer=_PEERS[0], hops=1, at=T0, chain=chain) is first
