@@ -9,9 +9,11 @@ error types and words.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -27,13 +29,22 @@ from gateway.authority import (
     HostPolicy,
     ResourcePattern,
 )
-from gateway.errors import EnvelopeError, EnvelopeTooLargeError
+from gateway.errors import (
+    EnvelopeError,
+    EnvelopeTooLargeError,
+    PeerMismatchError,
+    UntrustedKeyError,
+)
 from gateway.handoff.context import ADMISSIONS_REMEMBERED, HostContext
 from gateway.model import GovernedObject, LifecycleState
+from gateway.testing import HostSpec, build_world
+from gateway.transport import tls
 from gateway.v1 import envelope_pb2, object_pb2
+from tests.conftest import HOST_A, HOST_B
 from tests.test_compaction import created
 from tests.test_lineage import T0
 from tests.test_record_encoding import _transfer
+from tests.test_x509_chains import _ca, _host
 
 # --- envelopes ---------------------------------------------------------------------
 
@@ -299,3 +310,85 @@ def test_admissions_are_those_of_a_context_that_remembers_nothing() -> None:
     chain = _chain(shared[0], (_HOST,))
     first = ctx.admit(base, peer=_PEERS[0], hops=1, at=T0, chain=chain)
     assert ctx.admit(base, peer=_PEERS[0], hops=1, at=T0, chain=chain) is first
+
+
+# --- peers remembered by their certificate, the chain compared ---------------------
+
+
+def _authenticated_peer_plain(
+    memo: dict[bytes, tuple[str, tuple[bytes, ...], str]],
+    auth_context: dict[str, list[bytes]],
+    authorities: dict[str, tuple[bytes, ...]],
+) -> str:
+    """gateway.transport.tls.authenticated_peer before session 43 (its memo passed in):
+    keyed by the certificate joined to the chain."""
+    certificates = auth_context.get("x509_pem_cert") or []
+    if not certificates:
+        raise PeerMismatchError(
+            "the peer presented no client certificate", hint="connect with mTLS"
+        )
+    pem = bytes(certificates[0])
+    key = pem + b"".join(auth_context.get("x509_pem_cert_chain") or [])
+    known = memo.get(key)
+    if known is not None and authorities.get(known[0]) == known[1]:
+        return known[2]
+    cert = tls.load_peer_certificate(pem)
+    host = tls.certificate_spiffe_id(cert)
+    domain_authorities = authorities.get(host.trust_domain)
+    if not domain_authorities:
+        raise UntrustedKeyError(
+            f"peer {host} belongs to {host.trust_domain}, whose CA this host does not trust",
+            hint=f"import {host.trust_domain}'s trust bundle with `gateway trust import`; a "
+            "running `gateway serve` uses it within seconds (at once on SIGHUP), no restart",
+        )
+    presented = b"".join(auth_context.get("x509_pem_cert_chain") or [])
+    intermediates = [c for c in tls._certificates(presented) if c != cert]
+    accepted = str(
+        tls.verify_certificate_for_domain(
+            cert, host, domain_authorities, host.trust_domain, intermediates=intermediates
+        )
+    )
+    memo[key] = (host.trust_domain, tuple(domain_authorities), accepted)
+    return accepted
+
+
+def test_peers_are_accepted_and_refused_as_the_plain_path_did(tmp_path: Path) -> None:
+    world = build_world(tmp_path, [HostSpec(host_id=HOST_A), HostSpec(host_id=HOST_B)])
+    tls_a, tls_b = (world.host_directory(h) / "tls" for h in (HOST_A, HOST_B))
+    leaf_a, leaf_b = (d.read_bytes() for d in (tls_a / "host.crt", tls_b / "host.crt"))
+    ca_a, ca_b = (d.read_bytes() for d in (tls_a / "ca.crt", tls_b / "ca.crt"))
+    # A host certificate issued by an intermediate CA: accepted only with the chain
+    # that presents the intermediate (tests/test_x509_chains.py).
+    root = _ca("org-a root", issuer=None, domain="org-a.example", path_length=1)
+    middle = _ca("org-a issuing CA", issuer=root, domain=None, path_length=0)
+    leaf_i = _host(middle).pem
+    leaves = [leaf_a, leaf_b, leaf_i, leaf_a[:-40], b"not a certificate"]
+    chains = [[], [leaf_a], [leaf_a, ca_a], [ca_b], [leaf_b, ca_b], [b"x"]]
+    chains += [[leaf_i + middle.pem], [leaf_i], [leaf_i, middle.pem]]
+    trusts = [
+        {"org-a.example": (ca_a,), "org-b.example": (ca_b,)},
+        {"org-a.example": (root.pem,), "org-b.example": (ca_b,)},
+        {"org-a.example": (ca_b,), "org-b.example": (ca_a,)},
+        {"org-a.example": (ca_a,)},
+        {},
+    ]
+    rng = random.Random(4306)
+    plain: dict[bytes, tuple[str, tuple[bytes, ...], str]] = {}
+    tls._ACCEPTED_PEERS.clear()
+    seen: set[object] = set()
+    for _ in range(600):
+        auth: dict[str, list[bytes]] = {}
+        if rng.random() < 0.95:
+            auth["x509_pem_cert"] = [rng.choice(leaves[:3] if rng.random() < 0.8 else leaves)]
+        if rng.random() < 0.7:
+            auth["x509_pem_cert_chain"] = rng.choice(chains)
+        trust = rng.choice(trusts[:2] if rng.random() < 0.6 else trusts)
+        outcomes = []
+        for check in (tls.authenticated_peer, functools.partial(_authenticated_peer_plain, plain)):
+            try:
+                outcomes.append(check(auth, trust))
+            except Exception as exc:  # compared by type and words
+                outcomes.append((type(exc), str(exc)))
+        assert outcomes[0] == outcomes[1], (auth, trust)
+        seen.add(outcomes[0] if isinstance(outcomes[0], str) else outcomes[0][0])
+    assert {HOST_A, HOST_B, UntrustedKeyError, PeerMismatchError} <= seen, seen
