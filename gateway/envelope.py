@@ -255,7 +255,8 @@ def received(payload: bytes, payload_type: str, signatures: Iterable[SignatureFi
     checked by ``__post_init__``: every format check the constructor makes, on the same
     values and in the same order (a dataclass's ``__init__`` checks nothing else), so a
     peer's envelope is refused exactly as before. Each arrival and receipt decodes two
-    or more; the frozen ``__init__`` cost about 2,000 instructions a field."""
+    or more; a receipt's decode cost 43,700 instructions through the frozen
+    ``__init__``s, 33,200 so (callgrind)."""
     envelope = _envelope(
         payload, payload_type, tuple([_signature(s.keyid, s.sig) for s in signatures])
     )

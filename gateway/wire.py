@@ -1177,8 +1177,9 @@ _STATE_TO_PB_BY_ID = {id(state): value for state, value in _STATE_TO_PB.items()}
 #: held beside it so that the id stays its own): an object's authority is one value
 #: shared by every object admitted alike (the destination's admissions are remembered,
 #: stored authorities decoded once), and hashing it for the memo above walks every
-#: capability's fields in Python (about 4,000 instructions a call, twice an arrival).
-#: A value not held is encoded (memoised) as before. At most this many, then forgotten.
+#: capability's fields in Python: with the state's hash, a tail cost 22,200
+#: instructions, 14,700 so (callgrind; two capabilities; twice an arrival). A value
+#: not held is encoded (memoised) as before. At most this many, then forgotten.
 AUTHORITY_WIRE_REMEMBERED = 256
 _AUTHORITY_WIRE: dict[int, tuple[EffectiveAuthority, bytes]] = {}
 

@@ -81,8 +81,8 @@ def channel_credentials(
 #: (a connection's certificate does not change, but each call is checked on its own),
 #: and parsing the certificate and verifying its issuer's signature was the largest
 #: single cost of a small Prepare. Keyed by the certificate; the chain is compared, not
-#: hashed (gRPC hands both over as new bytes with every call: hashing the chain too,
-#: joined to the certificate, was about 2,500 instructions a call).
+#: hashed (gRPC hands both over as new bytes with every call: joined and hashed, a
+#: remembered peer cost 10,100 instructions, 7,200 so; callgrind).
 _ACCEPTED_PEERS: OrderedDict[bytes, tuple[str, tuple[bytes, ...], str, bytes]] = OrderedDict()
 ACCEPTED_PEERS_CACHED = 256
 
