@@ -77,10 +77,13 @@ def channel_credentials(
 
 
 #: Peers whose certificate was found issued for their domain, remembered per
-#: (certificate, that domain's CAs). Every RPC asks again (a connection's certificate
-#: does not change, but each call is checked on its own), and parsing the certificate
-#: and verifying its issuer's signature was the largest single cost of a small Prepare.
-_ACCEPTED_PEERS: OrderedDict[bytes, tuple[str, tuple[bytes, ...], str]] = OrderedDict()
+#: (certificate, the chain presented with it, that domain's CAs). Every RPC asks again
+#: (a connection's certificate does not change, but each call is checked on its own),
+#: and parsing the certificate and verifying its issuer's signature was the largest
+#: single cost of a small Prepare. Keyed by the certificate; the chain is compared, not
+#: hashed (gRPC hands both over as new bytes with every call: joined and hashed, a
+#: remembered peer cost 10,100 instructions, 7,200 so; callgrind).
+_ACCEPTED_PEERS: OrderedDict[bytes, tuple[str, tuple[bytes, ...], str, bytes]] = OrderedDict()
 ACCEPTED_PEERS_CACHED = 256
 
 
@@ -100,10 +103,11 @@ def authenticated_peer(
             "the peer presented no client certificate", hint="connect with mTLS"
         )
     pem = bytes(certificates[0])
-    # Keyed by the whole presented chain: an intermediate may decide the path check.
-    key = pem + b"".join(auth_context.get("x509_pem_cert_chain") or [])
-    known = _ACCEPTED_PEERS.get(key)
-    if known is not None and authorities.get(known[0]) == known[1]:
+    # The whole presented chain must be the same: an intermediate may decide the path
+    # check.
+    presented = b"".join(auth_context.get("x509_pem_cert_chain") or [])
+    known = _ACCEPTED_PEERS.get(pem)
+    if known is not None and known[3] == presented and authorities.get(known[0]) == known[1]:
         return known[2]
     cert = load_peer_certificate(pem)  # parsed once for both checks
     host = certificate_spiffe_id(cert)
@@ -116,14 +120,14 @@ def authenticated_peer(
         )
     # The whole chain the peer presented: a host certificate may be issued by an
     # intermediate CA of its domain, which the path check needs to see.
-    presented = b"".join(auth_context.get("x509_pem_cert_chain") or [])
     intermediates = [c for c in _certificates(presented) if c != cert]
     accepted = str(
         verify_certificate_for_domain(
             cert, host, domain_authorities, host.trust_domain, intermediates=intermediates
         )
     )
-    _ACCEPTED_PEERS[key] = (host.trust_domain, tuple(domain_authorities), accepted)
+    _ACCEPTED_PEERS[pem] = (host.trust_domain, tuple(domain_authorities), accepted, presented)
+    _ACCEPTED_PEERS.move_to_end(pem)  # a replaced entry is the newest
     while len(_ACCEPTED_PEERS) > ACCEPTED_PEERS_CACHED:
         _ACCEPTED_PEERS.popitem(last=False)
     return accepted
