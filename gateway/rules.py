@@ -231,6 +231,9 @@ class RuleSet:
     _combined: dict[str, cel.Expression | None] = dataclasses.field(
         init=False, repr=False, compare=False
     )
+    #: A cycle's summary entry for each number of rules that fired (``"<n> of <cycle
+    #: rules> rules fired"``, n from 0): written once per rule set, not once per cycle.
+    cycle_summaries: tuple[str, ...] = dataclasses.field(init=False, repr=False, compare=False)
     #: Evaluations in a row that the one expression did not answer, per trigger.
     _misses: dict[str, int] = dataclasses.field(init=False, repr=False, compare=False)
 
@@ -249,6 +252,12 @@ class RuleSet:
                 )
             )
         object.__setattr__(self, "_woken", woken)
+        cycle = woken.get("cycle", 0)
+        object.__setattr__(
+            self,
+            "cycle_summaries",
+            tuple(f"{fired} of {cycle} rules fired" for fired in range(cycle + 1)),
+        )
         object.__setattr__(
             self, "_by_trigger", {on: tuple(rules) for on, rules in by_trigger.items()}
         )

@@ -484,7 +484,13 @@ class CycleRunner:
             return entries.result(), events, admitted, denied
         # The entry carries the generation; leaving it out of the text lets identical
         # cycles fold into one entry (repeats, ADR 0007).
-        summary = f"{len(outcome.proposals)} of {ruleset.woken_by('cycle')} rules fired"
+        fired = ruleset.cycle_summaries
+        count = len(outcome.proposals)
+        summary = (
+            fired[count]
+            if count < len(fired)
+            else f"{count} of {ruleset.woken_by('cycle')} rules fired"
+        )
         if outcome.errors:
             summary += "; " + "; ".join(outcome.errors)
         entries.record(_EVALUATED_ENTRY, summary)
