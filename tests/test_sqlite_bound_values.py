@@ -55,15 +55,7 @@ def _puts(prefix: str, count: int, size: int) -> list[Put]:
     ]
 
 
-def test_large_writes_leave_their_values_with_no_prepared_statement(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from gateway.stores import sqlite as sqlite_store
-
-    # The writer's page cache at SQLite's default, as when this was measured: with its
-    # own 8 MiB (WRITER_CACHE_KIB, session 42) the pages of the values written fill the
-    # heap as much as the bound values did, and the test could not tell them apart.
-    monkeypatch.setattr(sqlite_store, "WRITER_CACHE_KIB", 2000)
+def test_large_writes_leave_their_values_with_no_prepared_statement(tmp_path: Path) -> None:
     used = _memory_used()
     held: dict[str, int] = {}
 

@@ -142,15 +142,16 @@ INLINE_READ_MAX_BYTES = 64 << 10
 #: and blobs are files beside the store now (ADR 0009).
 PAGE_SIZE = 4 << 10
 
-#: Page cache of the writer's connection, in KiB (readers keep SQLite's default, 2,000
-#: KiB). A group commit of P5's cycles dirties more pages than 2,000 KiB hold (about
-#: 1,750 for 512 cycles of 4.3 KB objects): SQLite then spilled dirty pages into the WAL
-#: in mid-transaction, writing some twice, and read back through the OS the B-tree pages
-#: it had just dropped. In a replay of such groups (10,000 objects, session 42) the
-#: writer read 22 KB and wrote 22 KB a cycle with 2,000 KiB, 7 KB and 18 KB with 8 MiB,
-#: and its CPU fell from 37 to 27-30 us a cycle (16 MiB: 27-28 us, not worth the memory).
-#: A bound: SQLite allocates the pages as it uses them.
-WRITER_CACHE_KIB = 8 << 10
+# The writer's connection keeps SQLite's default page cache (2,000 KiB), as the readers
+# do. Session 42 gave it 8 MiB: a group commit of P5's cycles dirties more pages than
+# 2,000 KiB hold, and P5 ran about 5 % faster with it (session 43, alternating pairs).
+# But a connection drops its whole page cache when it begins a transaction after
+# another *process* committed to the file, and beside a running server that is every
+# `gateway migrate` (the library's Host.migrate on the source's own store). In the soak
+# the writer's cache was dropped about every 1.6 s, holding 0.1-8.4 MiB: no gain there,
+# and up to 8 MiB of pages freed and made again on the writer's heap each time. Soaks
+# with it read RSS slopes of 1.15, 1.05 and 1.66 MiB/min, without it 0.70 and 0.92,
+# against a must of < 1 (docs/benchmarks.md, session 43).
 
 #: Most keys a ``get_many`` reads on the event loop's thread.
 INLINE_READ_MAX_KEYS = 32
@@ -1418,7 +1419,6 @@ def _configure(connection: sqlite3.Connection, file: Path, busy_timeout: float) 
         # Per connection, not stored in the file: every connection must set it.
         connection.execute("PRAGMA synchronous = FULL")
         connection.execute(f"PRAGMA wal_autocheckpoint = {_WRITER_AUTOCHECKPOINT}")
-        connection.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
         _require_features(connection)
         created = _ensure_schema(connection, file)
     except sqlite3.Error as exc:
