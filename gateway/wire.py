@@ -37,7 +37,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from gateway import _wire_counts, limits
 from gateway import envelope as dsse
 from gateway._decode import load_json
-from gateway._lru import BoundedLru
+from gateway._lru import BoundedLru, IdentityLru
 from gateway._slots import builder
 from gateway._wire_counts import read_varint
 from gateway.authority import CapabilitySet, EffectiveAuthority
@@ -1173,26 +1173,22 @@ def _after(obj: GovernedObject) -> bytes:
 #: singletons, alive as long as their class, so their ids are theirs for good.
 _STATE_TO_PB_BY_ID = {id(state): value for state, value in _STATE_TO_PB.items()}
 
-#: :func:`encode_authority`'s bytes by the authority value itself (its ``id``, the value
-#: held beside it so that the id stays its own): an object's authority is one value
-#: shared by every object admitted alike (the destination's admissions are remembered,
-#: stored authorities decoded once), and hashing it for the memo above walks every
-#: capability's fields in Python: with the state's hash, a tail cost 22,200
-#: instructions, 14,700 so (callgrind; two capabilities; twice an arrival). A value
-#: not held is encoded (memoised) as before. At most this many, then forgotten.
+#: :func:`encode_authority`'s bytes by the authority value's identity: an object's
+#: authority is one value shared by every object admitted alike (the destination's
+#: admissions are remembered, stored authorities decoded once), and hashing it for the
+#: memo above walks every capability's fields in Python: with the state's hash, a tail
+#: cost 22,200 instructions, 14,700 so (callgrind; two capabilities; twice an arrival).
+#: A value not held is encoded (memoised) as before.
 AUTHORITY_WIRE_REMEMBERED = 256
-_AUTHORITY_WIRE: dict[int, tuple[EffectiveAuthority, bytes]] = {}
+_AUTHORITY_WIRE: IdentityLru[EffectiveAuthority, bytes] = IdentityLru(AUTHORITY_WIRE_REMEMBERED)
 
 
 def _authority_wire(authority: EffectiveAuthority) -> bytes:
     """:func:`encode_authority`, remembered by identity (see :data:`_AUTHORITY_WIRE`)."""
-    held = _AUTHORITY_WIRE.get(id(authority))
-    if held is not None and held[0] is authority:
-        return held[1]
-    raw = encode_authority(authority)
-    if len(_AUTHORITY_WIRE) >= AUTHORITY_WIRE_REMEMBERED:
-        _AUTHORITY_WIRE.clear()  # one call: no iteration another thread could disturb
-    _AUTHORITY_WIRE[id(authority)] = (authority, raw)
+    raw = _AUTHORITY_WIRE.get(authority)
+    if raw is None:
+        raw = encode_authority(authority)
+        _AUTHORITY_WIRE.put(authority, raw)
     return raw
 
 

@@ -218,7 +218,7 @@ def test_a_remembered_authority_is_its_own_value_not_an_id_reused() -> None:
         authority = _authority(rng)
         assert wire._authority_wire(authority) == wire.encode_authority(authority)
         del authority  # its id may be reused by the next value: the held copy keeps it
-    for key, (held, encoded) in list(wire._AUTHORITY_WIRE.items()):
+    for key, (held, encoded) in list(wire._AUTHORITY_WIRE._values._entries.items()):
         assert key == id(held)
         assert encoded == wire.encode_authority(held)
 

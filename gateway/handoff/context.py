@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from gateway import envelope as dsse
+from gateway._lru import BoundedLru
 from gateway._time import Clock
 from gateway.authority import Admission, CapabilitySet, HostPolicy, effective_authority
 from gateway.config import HandoffConfig
@@ -74,14 +75,18 @@ class HostContext:
     _admissions: dict[tuple[CapabilitySet, str, str], Admission] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
-    #: The same answers by the capabilities' identity (their ``id``, the value held
-    #: beside the answer so that the id stays its own): a chain's capabilities are its
-    #: leaf grant's, one value per claim text (gateway.credentials.PARSED_AUTHORITY), and
-    #: hashing them for the key above walks every capability's fields in Python (the
-    #: lookup cost 7,500 instructions for two capabilities, 1,200 by identity; once an
-    #: arrival). A value not held is looked up by value as before.
-    _admitted: dict[tuple[int, str, str], tuple[CapabilitySet, Admission]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
+    #: The same answers by the capabilities' identity (the value held beside the answer,
+    #: so that the id stays its own), per (tenant, peer): a chain's
+    #: capabilities are its leaf grant's, one value per claim text
+    #: (gateway.credentials.PARSED_AUTHORITY), and hashing them for the key above walks
+    #: every capability's fields in Python (the lookup cost 7,500 instructions for two
+    #: capabilities, 1,200 by identity; once an arrival). A value not held is looked up
+    #: by value as before.
+    _admitted: BoundedLru[tuple[int, str, str], tuple[CapabilitySet, Admission]] = field(
+        default_factory=lambda: BoundedLru(ADMISSIONS_REMEMBERED),
+        init=False,
+        repr=False,
+        compare=False,
     )
 
     @property
@@ -165,9 +170,7 @@ class HostContext:
             admission = held[1]
         else:
             admission = self._admission(capabilities, obj.tenant, peer)
-            if len(self._admitted) >= ADMISSIONS_REMEMBERED:
-                self._admitted.clear()  # one call: nothing iterated
-            self._admitted[id(capabilities), obj.tenant, peer] = (capabilities, admission)
+            self._admitted.put((id(capabilities), obj.tenant, peer), (capabilities, admission))
         if chain is not None and not audience_admits(chain.leaf.audiences, self.host):
             # ``aud`` says who may *hold* the authority: a host outside it may keep the
             # object (its constraints allowed that) but gets no capability from it.

@@ -142,17 +142,6 @@ INLINE_READ_MAX_BYTES = 64 << 10
 #: and blobs are files beside the store now (ADR 0009).
 PAGE_SIZE = 4 << 10
 
-# The writer's connection keeps SQLite's default page cache (2,000 KiB), as the readers
-# do. Session 42 gave it 8 MiB: a group commit of P5's cycles dirties more pages than
-# 2,000 KiB hold, and P5 ran about 5 % faster with it (session 43, alternating pairs).
-# But a connection drops its whole page cache when it begins a transaction after
-# another *process* committed to the file, and beside a running server that is every
-# `gateway migrate` (the library's Host.migrate on the source's own store). In the soak
-# the writer's cache was dropped about every 1.6 s, holding 0.1-8.4 MiB: no gain there,
-# and up to 8 MiB of pages freed and made again on the writer's heap each time. Soaks
-# with it read RSS slopes of 1.15, 1.05 and 1.66 MiB/min, without it 0.70 and 0.92,
-# against a must of < 1 (docs/benchmarks.md, session 43).
-
 #: Most keys a ``get_many`` reads on the event loop's thread.
 INLINE_READ_MAX_KEYS = 32
 #: Most keys a ``list`` returns from the event loop's thread; a longer listing (a scan
@@ -1419,6 +1408,16 @@ def _configure(connection: sqlite3.Connection, file: Path, busy_timeout: float) 
         # Per connection, not stored in the file: every connection must set it.
         connection.execute("PRAGMA synchronous = FULL")
         connection.execute(f"PRAGMA wal_autocheckpoint = {_WRITER_AUTOCHECKPOINT}")
+        # The writer's connection keeps SQLite's default page cache (2,000 KiB), as the readers
+        # do. Session 42 gave it 8 MiB: a group commit of P5's cycles dirties more pages than
+        # 2,000 KiB hold, and P5 ran about 5 % faster with it (session 43, alternating pairs).
+        # But a connection drops its whole page cache when it begins a transaction after
+        # another *process* committed to the file, and beside a running server that is every
+        # `gateway migrate` (the library's Host.migrate on the source's own store). In the soak
+        # the writer's cache was dropped about every 1.6 s, holding 0.1-8.4 MiB: no gain there,
+        # and up to 8 MiB of pages freed and made again on the writer's heap each time. Soaks
+        # with it read RSS slopes of 1.15, 1.05 and 1.66 MiB/min, without it 0.70 and 0.92,
+        # against a must of < 1 (docs/benchmarks.md, session 43).
         _require_features(connection)
         created = _ensure_schema(connection, file)
     except sqlite3.Error as exc:
